@@ -1,0 +1,249 @@
+"""The bus client every Python service uses.
+
+- connects with the service's own credentials (NATS_URL / NATS_USER / NATS_PASSWORD),
+  retries the first connect and reconnects forever, logs connection events;
+- typed publish / subscribe / request with the pydantic models of proto/;
+- a message that does not parse goes to `errors.<service>` and never kills a handler;
+- registers the NATS service API ($SRV.PING/INFO/STATS) with typed endpoints that
+  always reply (a bad request gets `{"error": {"code", "message"}}`);
+- orders go to JetStream with Nats-Msg-Id = client_order_id (dedupe) and await the ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import PubAck
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+from pydantic import BaseModel, ValidationError
+
+from .models import ErrorEvent, ErrorReply, OrderRequest, encode, now_ns
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An `*.api.*` endpoint answered with an error reply (or did not answer)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RequestError(ApiError):
+    """Raised inside an endpoint handler to answer with a specific error code."""
+
+
+def _validation_summary(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors()[:5]:
+        where = ".".join(str(p) for p in e["loc"]) or "message"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+class Bus:
+    def __init__(self, service: str, version: str = "0.1.0") -> None:
+        self.service = service
+        self.version = version
+        self.nc: Client | None = None
+        self._micro: Service | None = None
+        self.errors_published = 0
+
+    # ------------------------------------------------------------ connection
+
+    async def connect(self, url: str | None = None) -> None:
+        url = url or os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+        options: dict[str, Any] = {}
+        if os.environ.get("NATS_USER"):
+            options["user"] = os.environ["NATS_USER"]
+            options["password"] = os.environ.get("NATS_PASSWORD", "")
+
+        async def on_error(e: Exception) -> None:
+            log.warning("nats error: %s", e)
+
+        async def on_disconnect() -> None:
+            log.warning("disconnected from NATS, reconnecting")
+
+        async def on_reconnect() -> None:
+            log.info("reconnected to NATS")
+
+        self.nc = await nats.connect(
+            url,
+            name=self.service,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **options,
+        )
+        log.info("connected to NATS at %s as %s", url, options.get("user", "(anonymous)"))
+
+    @property
+    def client(self) -> Client:
+        if self.nc is None:
+            raise RuntimeError("Bus.connect() first")
+        return self.nc
+
+    async def close(self) -> None:
+        if self._micro is not None:
+            await self._micro.stop()
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()
+
+    # ------------------------------------------------------------ messages
+
+    async def publish(self, subject: str, message: BaseModel) -> None:
+        await self.client.publish(subject, encode(message))
+
+    async def publish_order(self, subject: str, order: OrderRequest, timeout: float = 2.0) -> PubAck:
+        """Into the ORDERS stream; the stream drops a second copy of the same client_order_id."""
+        return await self.client.jetstream().publish(
+            subject,
+            encode(order),
+            timeout=timeout,
+            headers={"Nats-Msg-Id": order.client_order_id},
+        )
+
+    async def report_error(self, subject: str, reason: str, payload: bytes) -> None:
+        log.warning("rejected input on %s: %s", subject, reason)
+        self.errors_published += 1
+        event = ErrorEvent(
+            service=self.service,
+            subject=subject[:256],
+            reason=reason[:1000],
+            excerpt=payload[:800].decode("utf-8", "replace")[:200],
+            ts=now_ns(),
+        )
+        try:
+            await self.client.publish(f"errors.{self.service}", encode(event))
+        except Exception as e:  # the error path must never raise into a handler
+            log.error("could not publish error event: %s", e)
+
+    async def subscribe(
+        self,
+        subject: str,
+        model: type[M],
+        handler: Callable[[M, Msg], Awaitable[None]],
+        queue: str = "",
+    ) -> Any:
+        """Typed subscription. Bad payloads go to errors.<service>; a handler that raises
+        is logged and reported, and the subscription carries on."""
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                message = model.model_validate_json(msg.data)
+            except ValidationError as e:
+                await self.report_error(msg.subject, _validation_summary(e), msg.data)
+                return
+            try:
+                await handler(message, msg)
+            except Exception as e:
+                log.exception("handler for %s failed", msg.subject)
+                await self.report_error(msg.subject, f"handler failed: {e!r}", msg.data)
+
+        return await self.client.subscribe(subject, queue=queue, cb=on_message)
+
+    async def request(self, subject: str, message: BaseModel, reply_model: type[R], timeout: float = 2.0) -> R:
+        """Request/reply; an error reply or no answer raises ApiError."""
+        try:
+            msg = await self.client.request(subject, encode(message), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise ApiError("no_responders", f"nobody serves {subject}") from None
+        except nats.errors.TimeoutError:
+            raise ApiError("timeout", f"no answer from {subject} within {timeout}s") from None
+        if b'"error"' in msg.data[:20]:
+            try:
+                err = ErrorReply.model_validate_json(msg.data).error
+                raise ApiError(err.code, err.message)
+            except ValidationError:
+                pass
+        return reply_model.model_validate_json(msg.data)
+
+    # ------------------------------------------------------------ NATS service API
+
+    async def serve(
+        self,
+        description: str,
+        endpoints: dict[str, tuple[type[BaseModel], Callable[[Any], Awaitable[BaseModel]]]],
+    ) -> Service:
+        """Register on $SRV.* with one endpoint per subject; each handler takes the parsed
+        request and returns the reply model. The reply is always sent."""
+        self._micro = await add_service(
+            self.client,
+            ServiceConfig(name=self.service, version=self.version, description=description),
+        )
+        for subject, (request_model, handler) in endpoints.items():
+            await self._micro.add_endpoint(
+                EndpointConfig(
+                    name=subject.replace(".", "-"),
+                    subject=subject,
+                    handler=self._endpoint(subject, request_model, handler),
+                )
+            )
+        return self._micro
+
+    def _endpoint(
+        self,
+        subject: str,
+        request_model: type[BaseModel],
+        handler: Callable[[Any], Awaitable[BaseModel]],
+    ) -> Callable[[Request], Awaitable[None]]:
+        async def handle(req: Request) -> None:
+            try:
+                request = request_model.model_validate_json(req.data or b"{}")
+                reply = await handler(request)
+                await req.respond(encode(reply))
+            except ValidationError as e:
+                await self._reply_error(req, "bad_request", _validation_summary(e))
+            except ApiError as e:
+                await self._reply_error(req, e.code, e.message)
+            except Exception as e:
+                log.exception("endpoint %s failed", subject)
+                await self._reply_error(req, "internal", repr(e))
+
+        return handle
+
+    @staticmethod
+    async def _reply_error(req: Request, code: str, message: str) -> None:
+        body = ErrorReply.model_validate({"error": {"code": code, "message": message}})
+        await req.respond(encode(body), headers={"Nats-Service-Error": message[:200], "Nats-Service-Error-Code": "400"})
+
+
+def setup_logging(service: str) -> None:
+    """Readable logs by default; MOONBUS_LOG_FORMAT=json for one JSON object per line."""
+    level = os.environ.get("MOONBUS_LOG_LEVEL", "INFO").upper()
+    if os.environ.get("MOONBUS_LOG_FORMAT") == "json":
+        fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","service":"' + service + '","msg":%(message)r}'
+    else:
+        fmt = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt)
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a service's main(stop_event) until SIGINT/SIGTERM sets the event."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
