@@ -38,23 +38,29 @@ CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 AGENT_PATTERN = r"^[a-z0-9_-]{1,32}$"
 INTERVAL_PATTERN = r"^[0-9]{1,4}[smhd]$"
 
-_decimal_re = re.compile(DECIMAL_PATTERN)
+MAX_DECIMAL_CHARS = 40
 
 
-def _decimal_from_string(value: Any) -> Decimal:
-    if isinstance(value, Decimal):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("money must be a decimal string such as \"187.42\", not a JSON number")
-    if len(value) > 40 or not _decimal_re.match(value):
-        raise ValueError(f"not a decimal string: {value[:40]!r}")
-    return Decimal(value)
+def _decimal_parser(pattern: str) -> Any:
+    regex = re.compile(pattern)
+
+    def parse(value: Any) -> Decimal:
+        if isinstance(value, Decimal):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("money must be a decimal string such as \"187.42\", not a JSON number")
+        if len(value) > MAX_DECIMAL_CHARS or not regex.fullmatch(value):
+            raise ValueError(f"not a decimal string of the expected sign: {value[:40]!r}")
+        return Decimal(value)
+
+    return parse
 
 
 def _decimal_to_string(value: Decimal) -> str:
-    # Fixed-point, never exponent notation, so the other side's parser always accepts it.
-    text = format(value, "f")
-    return "0" if text in ("-0", "") else text
+    # Fixed-point, never exponent notation and never "-0", so every reader accepts it.
+    if value.is_zero():
+        value = value.copy_abs()
+    return format(value, "f")
 
 
 NON_NEGATIVE_DECIMAL_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"
@@ -62,14 +68,14 @@ POSITIVE_DECIMAL_PATTERN = r"^(0\.[0-9]*[1-9][0-9]*|[1-9][0-9]*(\.[0-9]+)?)$"
 
 
 def _money(pattern: str, check: Any = None) -> Any:
-    validators = [BeforeValidator(_decimal_from_string)]
+    validators = [BeforeValidator(_decimal_parser(pattern))]
     if check is not None:
         validators.append(AfterValidator(check))
     return Annotated[
         Decimal,
         *validators,
         PlainSerializer(_decimal_to_string, return_type=str, when_used="always"),
-        WithJsonSchema({"type": "string", "pattern": pattern}),
+        WithJsonSchema({"type": "string", "pattern": pattern, "maxLength": MAX_DECIMAL_CHARS}),
     ]
 
 
@@ -302,7 +308,13 @@ class RiskCheckResult(Tolerant):
             "allOf": [
                 {
                     "if": {"properties": {"approved": {"const": False}}},
-                    "then": {"required": ["reason_code", "reason"]},
+                    "then": {
+                        "required": ["reason_code", "reason"],
+                        "properties": {
+                            "reason_code": {"type": "string", "minLength": 1},
+                            "reason": {"type": "string", "minLength": 1},
+                        },
+                    },
                 }
             ]
         }
@@ -516,7 +528,7 @@ class ExecutionReport(Tolerant):
                         "properties": {"status": {"enum": ["REJECTED", "FAILED"]}},
                         "required": ["status"],
                     },
-                    "then": {"required": ["reason"]},
+                    "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "minLength": 1}}},
                 }
             ]
         }

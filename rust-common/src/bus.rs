@@ -1,0 +1,137 @@
+//! NATS plumbing shared by the Rust services: connect with the service's own
+//! credentials, the JetStream streams, JSON encode/decode, error events and replies,
+//! and the NATS service API (`$SRV.PING/INFO/STATS`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, stream};
+use async_nats::service::{Service, ServiceExt};
+use async_nats::Client;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::messages::{now_ns, ErrorEvent, ErrorReply};
+use crate::subjects;
+
+/// Connect as `NATS_USER` / `NATS_PASSWORD` to `NATS_URL` (default localhost:4222).
+/// Retries the first connect and reconnects forever: a bus restart is not fatal.
+pub async fn connect(service: &str) -> Result<Client> {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let mut options = async_nats::ConnectOptions::new()
+        .name(service)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            tracing::warn!(%event, "nats connection event");
+        });
+    if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
+        options = options.user_and_password(user, password);
+    }
+    let client = options
+        .connect(url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))?;
+    tracing::info!(%url, "connected to NATS");
+    Ok(client)
+}
+
+/// Create the ORDERS and EXEC streams if they do not exist (idempotent; the Python
+/// side, services/common/streams.py, uses the same settings).
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
+    for config in [orders_stream_config(), exec_stream_config()] {
+        let name = config.name.clone();
+        js.get_or_create_stream(config)
+            .await
+            .with_context(|| format!("creating stream {name}"))?;
+    }
+    Ok(())
+}
+
+pub fn orders_stream_config() -> stream::Config {
+    stream::Config {
+        name: subjects::ORDERS_STREAM.into(),
+        subjects: vec!["orders.>".into()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(600),
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    }
+}
+
+pub fn exec_stream_config() -> stream::Config {
+    stream::Config {
+        name: subjects::EXEC_STREAM.into(),
+        subjects: vec!["exec.>".into()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(600),
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        ..Default::default()
+    }
+}
+
+/// Serialize a message for the wire.
+pub fn encode<T: Serialize>(message: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(message).expect("bus messages always serialize"))
+}
+
+/// Parse a message strictly; the error text is fit to send back to whoever sent it.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> std::result::Result<T, String> {
+    serde_json::from_slice(payload).map_err(|e| e.to_string())
+}
+
+/// The body of an `{"error": {"code", "message"}}` reply.
+pub fn error_reply(code: &str, message: impl Into<String>) -> Bytes {
+    encode(&ErrorReply::new(code, message))
+}
+
+/// Publishes rejected input on `errors.<service>` so it can be seen and debugged.
+#[derive(Clone)]
+pub struct ErrorSink {
+    client: Client,
+    service: String,
+    subject: String,
+}
+
+impl ErrorSink {
+    pub fn new(client: Client, service: &str) -> Self {
+        Self {
+            client,
+            service: service.into(),
+            subject: subjects::errors(service),
+        }
+    }
+
+    pub async fn report(&self, subject: &str, reason: &str, payload: &[u8]) {
+        tracing::warn!(subject, reason, "rejected input");
+        let event = ErrorEvent {
+            service: self.service.clone(),
+            subject: subject.chars().take(256).collect(),
+            reason: reason.chars().take(1000).collect(),
+            excerpt: excerpt(payload),
+            ts: now_ns(),
+        };
+        if let Err(e) = self.client.publish(self.subject.clone(), encode(&event)).await {
+            tracing::error!(error = %e, "could not publish error event");
+        }
+    }
+}
+
+/// The first 200 characters of a payload, lossily decoded: enough to recognise it.
+pub fn excerpt(payload: &[u8]) -> String {
+    String::from_utf8_lossy(&payload[..payload.len().min(800)])
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// Register on the NATS service API so `nats micro ls` and `moon status` see us.
+pub async fn start_service(client: &Client, name: &str, description: &str) -> Result<Service> {
+    client
+        .service_builder()
+        .description(description)
+        .start(name, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("starting NATS service {name}: {e}"))
+}

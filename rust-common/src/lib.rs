@@ -1,0 +1,13 @@
+//! moonbus shared crate: the bus contract (message types, subjects), NATS connect,
+//! configuration, logging and shutdown. No business logic lives here.
+
+pub mod bus;
+pub mod config;
+pub mod messages;
+pub mod subjects;
+pub mod telemetry;
+
+pub use messages::*;
+
+#[cfg(feature = "testing")]
+pub mod testing;

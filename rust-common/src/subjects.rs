@@ -1,0 +1,64 @@
+//! Subject names of proto/SUBJECTS.md. Build subjects only from validated
+//! `Symbol` / `Venue` values (they are single safe tokens), never from raw input.
+
+use std::fmt::Display;
+
+pub const ACCOUNT: &str = "risk.account";
+pub const RISK_EVENTS: &str = "risk.events";
+pub const RISK_CHECK: &str = "risk.api.check";
+pub const RISK_KILLSWITCH: &str = "risk.api.killswitch";
+pub const RISK_LIMITS: &str = "risk.api.limits";
+pub const RISK_POSITIONS: &str = "risk.api.positions";
+pub const RISK_VERSION: &str = "risk.api.version";
+pub const MD_PRICE: &str = "md.api.price";
+pub const MD_PRICES: &str = "md.api.prices";
+pub const MD_HISTORY: &str = "md.api.history";
+pub const MD_MONITOR_START: &str = "md.api.monitor.start";
+pub const MD_MONITOR_STOP: &str = "md.api.monitor.stop";
+pub const MD_MONITOR_STATUS: &str = "md.api.monitor.status";
+pub const MD_VERSION: &str = "md.api.version";
+pub const EXEC_VERSION: &str = "exec.api.version";
+pub const ALL_TICKS: &str = "md.tick.>";
+pub const ALL_REPORTS: &str = "exec.report.>";
+pub const ORDERS_SUBMIT_ALL: &str = "orders.submit.>";
+pub const ORDERS_CANCEL_ALL: &str = "orders.cancel.>";
+
+/// The JetStream streams; ORDERS dedupes on `Nats-Msg-Id` = client_order_id.
+pub const ORDERS_STREAM: &str = "ORDERS";
+pub const EXEC_STREAM: &str = "EXEC";
+
+/// Where a report goes when the order's symbol cannot be trusted.
+pub const INVALID_TOKEN: &str = "_invalid";
+
+pub fn tick(venue: impl Display, symbol: impl Display) -> String {
+    format!("md.tick.{venue}.{symbol}")
+}
+pub fn bar(interval: impl Display, venue: impl Display, symbol: impl Display) -> String {
+    format!("md.bar.{interval}.{venue}.{symbol}")
+}
+pub fn book(venue: impl Display, symbol: impl Display) -> String {
+    format!("md.book.{venue}.{symbol}")
+}
+pub fn alert(symbol: impl Display) -> String {
+    format!("md.alert.{symbol}")
+}
+pub fn feed_status(venue: impl Display) -> String {
+    format!("md.status.{venue}")
+}
+pub fn verdict(symbol: impl Display) -> String {
+    format!("risk.verdict.{symbol}")
+}
+pub fn exec_report(symbol: impl Display) -> String {
+    format!("exec.report.{symbol}")
+}
+pub fn orders_submit(symbol: impl Display) -> String {
+    format!("orders.submit.{symbol}")
+}
+pub fn errors(service: impl Display) -> String {
+    format!("errors.{service}")
+}
+
+/// The last token of a subject (`orders.submit.BTC-USD` -> `BTC-USD`).
+pub fn last_token(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or(subject)
+}
