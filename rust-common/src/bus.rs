@@ -24,7 +24,12 @@ pub async fn connect(service: &str) -> Result<Client> {
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(|event| async move {
-            tracing::warn!(%event, "nats connection event");
+            match event {
+                async_nats::Event::Connected | async_nats::Event::Closed => {
+                    tracing::info!(%event, "nats connection event")
+                }
+                _ => tracing::warn!(%event, "nats connection event"),
+            }
         });
     if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
         options = options.user_and_password(user, password);

@@ -83,6 +83,15 @@ impl ChildGuard {
         Self(cmd.spawn().unwrap_or_else(|e| panic!("spawning {binary}: {e}")))
     }
 
+    /// SIGTERM and wait: the graceful-shutdown case. Returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // The `kill` command is enough here and keeps libc out of the crate.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        self.0.wait().expect("wait for child")
+    }
+
     /// SIGKILL: the crash case.
     pub fn kill(&mut self) {
         let _ = self.0.kill();
