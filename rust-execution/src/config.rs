@@ -1,0 +1,141 @@
+//! The `[execution]` section of moonbus.toml.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutionConfig {
+    /// Which venue implementation routes orders; only "paper" exists so far.
+    pub venue: String,
+    /// The `OrderRequest.venue` names this service serves; others are REJECTED `unknown_venue`.
+    pub venues: Vec<String>,
+    /// Paper fills: fee charged on the fill notional, in basis points.
+    pub fee_bps: f64,
+    /// Paper fills: how far the fill price moves against the taker, in basis points.
+    pub slippage_bps: f64,
+    /// No answer from risk within this time = REJECTED `risk_unavailable` (fail closed).
+    pub risk_timeout_ms: u64,
+    /// How long the ORDERS consumer waits for an ack before re-delivering an order.
+    pub ack_wait_ms: u64,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        Self {
+            venue: "paper".into(),
+            venues: vec!["sim".into()],
+            fee_bps: 10.0,
+            slippage_bps: 5.0,
+            risk_timeout_ms: 500,
+            ack_wait_ms: 30_000,
+        }
+    }
+}
+
+impl ExecutionConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.venue != "paper" {
+            bail!(
+                "[execution] venue = {:?}: only \"paper\" is implemented",
+                self.venue
+            );
+        }
+        if self.venues.is_empty() {
+            bail!("[execution] venues must name at least one venue");
+        }
+        for venue in &self.venues {
+            moonbus_common::Venue::from_str(venue)
+                .map_err(|e| anyhow::anyhow!("[execution] venues: {venue:?}: {e}"))?;
+        }
+        if self.risk_timeout_ms == 0 || self.ack_wait_ms == 0 {
+            bail!("[execution] risk_timeout_ms and ack_wait_ms must be positive");
+        }
+        if self.risk_timeout_ms >= self.ack_wait_ms {
+            bail!("[execution] risk_timeout_ms must be shorter than ack_wait_ms");
+        }
+        self.fee_rate()?;
+        self.slippage_rate()?;
+        Ok(())
+    }
+
+    /// fee_bps as an exact decimal (10.0 -> 10).
+    pub fn fee_rate(&self) -> Result<Decimal> {
+        bps(self.fee_bps, "fee_bps", Decimal::from(10_000))
+    }
+
+    /// slippage_bps as an exact decimal; at most 1000 bps (10 %) so a SELL stays positive.
+    pub fn slippage_rate(&self) -> Result<Decimal> {
+        bps(self.slippage_bps, "slippage_bps", Decimal::from(1_000))
+    }
+
+    pub fn risk_timeout(&self) -> Duration {
+        Duration::from_millis(self.risk_timeout_ms)
+    }
+
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms)
+    }
+}
+
+/// A basis-point setting as the decimal it was written as: f64's shortest display form
+/// ("5", "0.1") parses back exactly, so no binary-float noise enters money maths.
+fn bps(value: f64, name: &str, max: Decimal) -> Result<Decimal> {
+    if !value.is_finite() {
+        bail!("[execution] {name} must be a finite number");
+    }
+    let exact = Decimal::from_str(&value.to_string())
+        .with_context(|| format!("[execution] {name} = {value}"))?;
+    if exact < Decimal::ZERO || exact > max {
+        bail!("[execution] {name} = {value} is outside 0..={max}");
+    }
+    Ok(exact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bps_settings_become_exact_decimals() {
+        let cfg = ExecutionConfig {
+            fee_bps: 0.1,
+            slippage_bps: 7.5,
+            ..Default::default()
+        };
+        assert_eq!(cfg.fee_rate().unwrap(), Decimal::from_str("0.1").unwrap());
+        assert_eq!(
+            cfg.slippage_rate().unwrap(),
+            Decimal::from_str("7.5").unwrap()
+        );
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let negative = ExecutionConfig {
+            fee_bps: -1.0,
+            ..Default::default()
+        };
+        assert!(negative.validate().is_err());
+        let huge_slippage = ExecutionConfig {
+            slippage_bps: 2000.0,
+            ..Default::default()
+        };
+        assert!(huge_slippage.validate().is_err());
+        let other_venue = ExecutionConfig {
+            venue: "binance".into(),
+            ..Default::default()
+        };
+        assert!(other_venue.validate().is_err());
+        let bad_name = ExecutionConfig {
+            venues: vec!["s.m".into()],
+            ..Default::default()
+        };
+        assert!(bad_name.validate().is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! What happened to every client_order_id, rebuilt from the EXEC stream on start.
+//! This is what makes execution idempotent beyond the streams' 10-minute duplicate
+//! window and across restarts: an id with a final report is never executed again.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use moonbus_common::{bus, subjects, ClientOrderId, ExecutionReport, OrderStatus};
+
+pub fn is_final(status: OrderStatus) -> bool {
+    !matches!(status, OrderStatus::Accepted | OrderStatus::PartiallyFilled)
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    last_status: HashMap<ClientOrderId, OrderStatus>,
+}
+
+impl Ledger {
+    pub fn status(&self, id: &ClientOrderId) -> Option<OrderStatus> {
+        self.last_status.get(id).copied()
+    }
+
+    /// Remember a recorded report; a final status is never overwritten.
+    pub fn record(&mut self, report: &ExecutionReport) {
+        let Some(id) = &report.client_order_id else {
+            return;
+        };
+        match self.last_status.get(id) {
+            Some(&known) if is_final(known) => {}
+            _ => {
+                self.last_status.insert(id.clone(), report.status);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.last_status.len()
+    }
+}
+
+/// The ledger after reading every report in the EXEC stream, and the ACCEPTED reports
+/// of orders with no final report yet (the resting orders to put back on the venue).
+pub async fn replay(js: &jetstream::Context) -> Result<(Ledger, Vec<ExecutionReport>)> {
+    let stream = js
+        .get_stream(subjects::EXEC_STREAM)
+        .await
+        .context("opening the EXEC stream")?;
+    let reader = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subjects::ALL_REPORTS.into(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .context("creating the EXEC replay consumer")?;
+    let mut ledger = Ledger::default();
+    let mut open: HashMap<ClientOrderId, ExecutionReport> = HashMap::new();
+    if reader.cached_info().num_pending > 0 {
+        let mut messages = reader.messages().await.context("reading the EXEC stream")?;
+        while let Some(message) = messages.next().await {
+            let message = message.context("reading the EXEC stream")?;
+            match bus::decode::<ExecutionReport>(&message.payload) {
+                Ok(report) => {
+                    ledger.record(&report);
+                    if let Some(id) = &report.client_order_id {
+                        match ledger.status(id) {
+                            Some(OrderStatus::Accepted) => {
+                                open.insert(id.clone(), report);
+                            }
+                            _ => {
+                                open.remove(id);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(subject = %message.subject, error = %e, "unreadable report in EXEC skipped")
+                }
+            }
+            let caught_up = message
+                .info()
+                .map(|info| info.pending == 0)
+                .unwrap_or(false);
+            if caught_up {
+                break;
+            }
+        }
+    }
+    let mut open: Vec<ExecutionReport> = open.into_values().collect();
+    open.sort_by_key(|r| r.ts);
+    tracing::info!(
+        orders = ledger.len(),
+        resting = open.len(),
+        "rebuilt order outcomes from EXEC"
+    );
+    Ok((ledger, open))
+}
+
+/// The ORDERS stream sequence inside an order_id `<venue>-<sequence>`.
+pub fn orders_sequence(order_id: &str) -> Option<u64> {
+    order_id.rsplit_once('-')?.1.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reports;
+
+    fn report(id: &str, status: OrderStatus) -> ExecutionReport {
+        let mut r = reports::invalid(
+            Some(ClientOrderId::try_from(id).unwrap()),
+            None,
+            "x".into(),
+            1,
+        );
+        r.status = status;
+        r
+    }
+
+    #[test]
+    fn final_status_sticks() {
+        let mut ledger = Ledger::default();
+        let id = ClientOrderId::try_from("a").unwrap();
+        ledger.record(&report("a", OrderStatus::Accepted));
+        assert_eq!(ledger.status(&id), Some(OrderStatus::Accepted));
+        ledger.record(&report("a", OrderStatus::Filled));
+        ledger.record(&report("a", OrderStatus::Accepted));
+        assert_eq!(ledger.status(&id), Some(OrderStatus::Filled));
+        ledger.record(&reports::invalid(None, None, "x".into(), 1));
+        assert_eq!(ledger.len(), 1);
+    }
+
+    #[test]
+    fn order_id_carries_the_orders_sequence() {
+        assert_eq!(orders_sequence("sim-42"), Some(42));
+        assert_eq!(orders_sequence("my_venue-7"), Some(7));
+        assert_eq!(orders_sequence("sim"), None);
+        assert_eq!(orders_sequence("sim-x"), None);
+    }
+}

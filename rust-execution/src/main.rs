@@ -1,0 +1,153 @@
+//! rust-execution: order intake, pre-trade risk check, venue (paper), execution reports.
+//!
+//! Consumes `orders.submit.>` / `orders.cancel.>` from the ORDERS stream (durable pull
+//! consumer `execution`), asks `risk.api.check` before routing, fills on the paper venue
+//! against `md.tick.>`, and records every outcome on `exec.report.<symbol>` (EXEC stream)
+//! before acking the order. Answers `exec.api.version` on the NATS service API.
+
+mod config;
+mod engine;
+mod intake;
+mod ledger;
+mod paper;
+mod reports;
+mod risk;
+mod venue;
+
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use moonbus_common::bus::{self, ErrorSink};
+use moonbus_common::config::Config;
+use moonbus_common::{now_ns, subjects, telemetry, Venue as VenueName, VersionReply};
+
+use crate::config::ExecutionConfig;
+use crate::engine::Engine;
+use crate::paper::PaperVenue;
+use crate::reports::Recorder;
+use crate::risk::RiskClient;
+use crate::venue::Market;
+
+const SERVICE: &str = "execution";
+/// The durable ORDERS consumer; its position survives restarts.
+const CONSUMER: &str = "execution";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init_logging();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "execution stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
+    let started_ts = now_ns();
+    let cfg: ExecutionConfig = Config::load()?.section("execution")?;
+    cfg.validate()?;
+    let client = bus::connect(SERVICE).await?;
+    let js = jetstream::new(client.clone());
+    bus::ensure_streams(&js).await?;
+
+    let (ledger, resting) = ledger::replay(&js).await?;
+    let ticks = client
+        .subscribe(subjects::ALL_TICKS)
+        .await
+        .context("subscribing to ticks")?;
+    let orders_stream = js
+        .get_stream(subjects::ORDERS_STREAM)
+        .await
+        .context("opening ORDERS")?;
+    let venues = cfg
+        .venues
+        .iter()
+        .map(|v| VenueName::from_str(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut engine = Engine {
+        venue: PaperVenue::new(venues, cfg.fee_rate()?, cfg.slippage_rate()?),
+        market: Market::default(),
+        ledger,
+        risk: RiskClient::new(client.clone(), cfg.risk_timeout()),
+        recorder: Recorder::new(js.clone()),
+        errors: ErrorSink::new(client.clone(), SERVICE),
+        orders_stream: orders_stream.clone(),
+        ticks,
+    };
+    engine.restore(resting).await?;
+
+    let consumer = orders_stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: cfg.ack_wait(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            filter_subjects: vec![
+                subjects::ORDERS_SUBMIT_ALL.into(),
+                subjects::ORDERS_CANCEL_ALL.into(),
+            ],
+            // One order in flight: strict stream order, also for re-deliveries.
+            max_ack_pending: 1,
+            ..Default::default()
+        })
+        .await
+        .context("creating the ORDERS consumer")?;
+    let orders = consumer
+        .stream()
+        .max_messages_per_batch(1)
+        .messages()
+        .await
+        .context("reading the ORDERS consumer")?;
+
+    let service = bus::start_service(
+        &client,
+        SERVICE,
+        "order intake, pre-trade check, paper venue, reports",
+    )
+    .await?;
+    let mut version = service
+        .endpoint_builder()
+        .name("version")
+        .add(subjects::EXEC_VERSION)
+        .await
+        .map_err(|e| anyhow::anyhow!("adding the version endpoint: {e}"))?;
+    tokio::spawn(async move {
+        let reply = VersionReply {
+            service: SERVICE.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_ts,
+        };
+        while let Some(request) = version.next().await {
+            if let Err(e) = request.respond(Ok(bus::encode(&reply))).await {
+                tracing::warn!(error = %e, "could not answer a version request");
+            }
+        }
+    });
+    tracing::info!(venues = ?cfg.venues, "execution ready");
+
+    let mut ticks = engine.run(orders, telemetry::shutdown_signal()).await?;
+
+    if let Err(e) = service.stop().await {
+        tracing::warn!(error = %e, "stopping the service API");
+    }
+    client.flush().await.context("flushing acks and reports")?;
+    client
+        .drain()
+        .await
+        .context("draining the NATS connection")?;
+    // The drain closes the subscriptions once the server confirmed it; wait for that.
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while ticks.next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        tracing::warn!("NATS drain did not finish within 5 s");
+    }
+    tracing::info!("execution stopped");
+    Ok(())
+}

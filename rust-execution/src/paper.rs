@@ -1,0 +1,532 @@
+//! The paper venue: fills against the latest tick, with a fee and a slippage model.
+//!
+//! Prices (all exact decimals):
+//! - a taker pays the quote it crosses: BUY at the ask (the last price when the tick
+//!   has no ask), SELL at the bid (or the last price), moved against it by
+//!   `slippage_bps`: `ask * (1 + slippage/10000)`, `bid * (1 - slippage/10000)`;
+//! - the result is rounded to the tick's price precision (the most decimals among its
+//!   price, bid and ask), against the taker: a BUY rounds up, a SELL rounds down (but
+//!   never below one price increment), so rounding never flatters paper PnL;
+//! - a LIMIT order is marketable when the quote reaches the limit (BUY: quote <= limit,
+//!   SELL: quote >= limit); it fills at the better of the limit and the taker price, so
+//!   slippage never pushes it past its limit. A resting GTC order fills by the same
+//!   rule when a later tick makes it marketable (no maker/taker distinction yet);
+//! - fee = fill price * quantity * fee_bps / 10000, exact, not rounded (Decimal keeps
+//!   28 decimal places: far more than price and quantity precisions add up to).
+
+use moonbus_common::{
+    now_ns, ClientOrderId, NonNegativeMoney, OrderType, PositiveMoney, Side, Tick, TimeInForce,
+    Venue as VenueName,
+};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::venue::{Fill, Market, Placement, Routed, Venue};
+
+const BPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
+
+/// The result does not fit a Decimal (|x| >= 7.9e28): the order is refused, never rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+pub struct PaperVenue {
+    venues: Vec<VenueName>,
+    fee_bps: Decimal,
+    slippage_bps: Decimal,
+    /// Resting GTC orders in arrival order (fills on a tick go first come, first served).
+    resting: Vec<Routed>,
+}
+
+impl PaperVenue {
+    pub fn new(venues: Vec<VenueName>, fee_bps: Decimal, slippage_bps: Decimal) -> Self {
+        Self {
+            venues,
+            fee_bps,
+            slippage_bps,
+            resting: Vec::new(),
+        }
+    }
+
+    fn fill(&self, routed: &Routed, price: Decimal) -> Result<Fill, Overflow> {
+        let quantity = routed.order.quantity;
+        Ok(Fill {
+            price: PositiveMoney::new(price).map_err(|_| Overflow)?,
+            quantity,
+            fee: NonNegativeMoney::new(fee(price, *quantity, self.fee_bps)?)
+                .map_err(|_| Overflow)?,
+            ts: now_ns(),
+        })
+    }
+}
+
+impl Venue for PaperVenue {
+    fn serves(&self, venue: &VenueName) -> bool {
+        self.venues.contains(venue)
+    }
+
+    async fn place(&mut self, routed: &Routed, market: &Market) -> Placement {
+        let order = &routed.order;
+        let tick = market.tick(&order.symbol);
+        let price = match (order.order_type, order.limit_price, tick) {
+            (OrderType::Market, _, Some(tick)) => {
+                taker_price(order.side, tick, self.slippage_bps).map(Some)
+            }
+            (OrderType::Limit, Some(limit), Some(tick)) => {
+                limit_fill_price(order.side, *limit, tick, self.slippage_bps)
+            }
+            (OrderType::Limit, None, _) => {
+                return Placement::Rejected {
+                    reason: "invalid_order: a LIMIT order needs limit_price".into(),
+                }
+            }
+            // No market: a GTC limit order waits for one, anything else cannot execute.
+            (OrderType::Limit, Some(_), None) if order.time_in_force == TimeInForce::Gtc => {
+                Ok(None)
+            }
+            (_, _, None) => {
+                return Placement::Rejected {
+                    reason: format!("no_market_price: no tick received for {}", order.symbol),
+                }
+            }
+        };
+        match price {
+            Err(Overflow) => Placement::Rejected {
+                reason: overflow_reason(),
+            },
+            Ok(Some(price)) => match self.fill(routed, price) {
+                Ok(fill) => Placement::Filled(fill),
+                Err(Overflow) => Placement::Rejected {
+                    reason: overflow_reason(),
+                },
+            },
+            Ok(None) if order.time_in_force == TimeInForce::Ioc => Placement::Expired {
+                reason: format!(
+                    "not_marketable: IOC {} limit {} does not reach the market",
+                    order.side,
+                    order.limit_price.map(|p| p.to_string()).unwrap_or_default()
+                ),
+            },
+            Ok(None) => {
+                self.restore(routed.clone());
+                Placement::Resting
+            }
+        }
+    }
+
+    async fn cancel(&mut self, client_order_id: &ClientOrderId) -> Option<Routed> {
+        let at = self
+            .resting
+            .iter()
+            .position(|r| &r.order.client_order_id == client_order_id)?;
+        Some(self.resting.remove(at))
+    }
+
+    fn resting(&self, client_order_id: &ClientOrderId) -> Option<&Routed> {
+        self.resting
+            .iter()
+            .find(|r| &r.order.client_order_id == client_order_id)
+    }
+
+    fn restore(&mut self, routed: Routed) {
+        let id = &routed.order.client_order_id;
+        match self
+            .resting
+            .iter_mut()
+            .find(|r| &r.order.client_order_id == id)
+        {
+            Some(known) => *known = routed,
+            None => self.resting.push(routed),
+        }
+    }
+
+    fn on_market(&mut self, tick: &Tick) -> Vec<(Routed, Fill)> {
+        let mut fills = Vec::new();
+        let mut still_resting = Vec::with_capacity(self.resting.len());
+        for routed in std::mem::take(&mut self.resting) {
+            let order = &routed.order;
+            let price = match order.limit_price {
+                Some(limit) if order.symbol == tick.symbol => {
+                    limit_fill_price(order.side, *limit, tick, self.slippage_bps)
+                }
+                _ => Ok(None),
+            };
+            match price.and_then(|p| p.map(|p| self.fill(&routed, p)).transpose()) {
+                Ok(Some(fill)) => fills.push((routed, fill)),
+                Ok(None) => still_resting.push(routed),
+                Err(Overflow) => {
+                    tracing::error!(client_order_id = %order.client_order_id, "fill price overflows; order keeps resting");
+                    still_resting.push(routed);
+                }
+            }
+        }
+        self.resting = still_resting;
+        fills
+    }
+}
+
+fn overflow_reason() -> String {
+    "notional_overflow: price or notional too large to compute exactly".into()
+}
+
+/// The quote a taker crosses: the ask for a BUY, the bid for a SELL, else the last price.
+pub fn quote(side: Side, tick: &Tick) -> Decimal {
+    let quote = match side {
+        Side::Buy => tick.ask,
+        Side::Sell => tick.bid,
+    };
+    *quote.unwrap_or(tick.price)
+}
+
+/// The number of decimals the tick is quoted in (the most among price, bid and ask).
+pub fn tick_precision(tick: &Tick) -> u32 {
+    [Some(tick.price), tick.bid, tick.ask]
+        .into_iter()
+        .flatten()
+        .map(|p| p.scale())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The price a MARKET order fills at: the quote moved against the taker by the slippage,
+/// rounded to the tick's precision against the taker.
+pub fn taker_price(side: Side, tick: &Tick, slippage_bps: Decimal) -> Result<Decimal, Overflow> {
+    let shift = slippage_bps.checked_div(BPS).ok_or(Overflow)?;
+    let factor = match side {
+        Side::Buy => Decimal::ONE + shift,
+        Side::Sell => Decimal::ONE - shift,
+    };
+    let raw = quote(side, tick).checked_mul(factor).ok_or(Overflow)?;
+    let scale = tick_precision(tick);
+    Ok(match side {
+        Side::Buy => raw.round_dp_with_strategy(scale, RoundingStrategy::ToPositiveInfinity),
+        Side::Sell => raw
+            .round_dp_with_strategy(scale, RoundingStrategy::ToNegativeInfinity)
+            .max(Decimal::new(1, scale)),
+    })
+}
+
+/// The fill price of a LIMIT order against this tick, `None` if it is not marketable.
+pub fn limit_fill_price(
+    side: Side,
+    limit: Decimal,
+    tick: &Tick,
+    slippage_bps: Decimal,
+) -> Result<Option<Decimal>, Overflow> {
+    let quote = quote(side, tick);
+    let marketable = match side {
+        Side::Buy => quote <= limit,
+        Side::Sell => quote >= limit,
+    };
+    if !marketable {
+        return Ok(None);
+    }
+    let market = taker_price(side, tick, slippage_bps)?;
+    Ok(Some(match side {
+        Side::Buy => market.min(limit),
+        Side::Sell => market.max(limit),
+    }))
+}
+
+/// fee = price * quantity * fee_bps / 10000, exact (trailing zeros dropped).
+pub fn fee(price: Decimal, quantity: Decimal, fee_bps: Decimal) -> Result<Decimal, Overflow> {
+    price
+        .checked_mul(quantity)
+        .and_then(|notional| notional.checked_mul(fee_bps))
+        .and_then(|x| x.checked_div(BPS))
+        .map(|fee| fee.normalize())
+        .ok_or(Overflow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moonbus_common::{AgentName, OrderRequest, Symbol, Timings};
+
+    fn dec(text: &str) -> Decimal {
+        text.parse().unwrap()
+    }
+
+    fn tick(price: &str, bid: Option<&str>, ask: Option<&str>) -> Tick {
+        Tick {
+            venue: VenueName::sim(),
+            symbol: Symbol::try_from("BTC-USD").unwrap(),
+            price: price.parse().unwrap(),
+            bid: bid.map(|b| b.parse().unwrap()),
+            ask: ask.map(|a| a.parse().unwrap()),
+            size: None,
+            seq: 1,
+            ts: 1,
+        }
+    }
+
+    fn routed(
+        id: &str,
+        side: Side,
+        order_type: OrderType,
+        limit: Option<&str>,
+        tif: TimeInForce,
+    ) -> Routed {
+        Routed {
+            order: OrderRequest {
+                client_order_id: ClientOrderId::try_from(id).unwrap(),
+                agent: AgentName::try_from("trading").unwrap(),
+                symbol: Symbol::try_from("BTC-USD").unwrap(),
+                venue: VenueName::sim(),
+                side,
+                order_type,
+                quantity: "0.01".parse().unwrap(),
+                limit_price: limit.map(|l| l.parse().unwrap()),
+                time_in_force: tif,
+                reduce_only: false,
+                decision_price: None,
+                origin_ts: 1,
+                ts: 1,
+            },
+            order_id: format!("sim-{id}"),
+            timings: Timings::default(),
+        }
+    }
+
+    fn venue() -> PaperVenue {
+        PaperVenue::new(vec![VenueName::sim()], dec("10"), dec("5"))
+    }
+
+    fn market(t: Tick) -> Market {
+        let mut m = Market::default();
+        m.update(t);
+        m
+    }
+
+    #[test]
+    fn buy_pays_the_ask_plus_slippage_rounded_up_to_tick_precision() {
+        let t = tick("97000.00", Some("96999.00"), Some("97001.50"));
+        // 97001.50 * 1.0005 = 97050.00075 -> 2 decimals, up
+        assert_eq!(
+            taker_price(Side::Buy, &t, dec("5")).unwrap(),
+            dec("97050.01")
+        );
+        // exact when no rounding is needed
+        assert_eq!(
+            taker_price(Side::Buy, &t, dec("0")).unwrap(),
+            dec("97001.50")
+        );
+    }
+
+    #[test]
+    fn sell_gets_the_bid_minus_slippage_rounded_down() {
+        let t = tick("97000.00", Some("96999.00"), Some("97001.50"));
+        // 96999 * 0.9995 = 96950.5005 -> 96950.50
+        assert_eq!(
+            taker_price(Side::Sell, &t, dec("5")).unwrap(),
+            dec("96950.50")
+        );
+    }
+
+    #[test]
+    fn without_bid_or_ask_the_last_price_is_the_quote() {
+        let t = tick("150", None, None);
+        // 150 * 1.0005 = 150.075 -> 0 decimals, up = 151; down = 149
+        assert_eq!(taker_price(Side::Buy, &t, dec("5")).unwrap(), dec("151"));
+        assert_eq!(taker_price(Side::Sell, &t, dec("5")).unwrap(), dec("149"));
+    }
+
+    #[test]
+    fn precision_is_the_finest_of_price_bid_and_ask() {
+        assert_eq!(
+            tick_precision(&tick("97000", Some("96999.5"), Some("97000.125"))),
+            3
+        );
+        assert_eq!(tick_precision(&tick("150", None, None)), 0);
+    }
+
+    #[test]
+    fn a_sell_never_rounds_to_zero() {
+        let t = tick("0.01", None, None);
+        assert_eq!(taker_price(Side::Sell, &t, dec("5")).unwrap(), dec("0.01"));
+    }
+
+    #[test]
+    fn fee_is_exact() {
+        // 97050.01 * 0.01 = 970.5001; * 10 / 10000 = 0.9705001
+        assert_eq!(
+            fee(dec("97050.01"), dec("0.01"), dec("10")).unwrap(),
+            dec("0.9705001")
+        );
+        assert_eq!(
+            fee(dec("150"), dec("3"), dec("0.1")).unwrap().to_string(),
+            "0.0045"
+        );
+        assert_eq!(fee(dec("150"), dec("3"), dec("0")).unwrap(), Decimal::ZERO);
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_panic() {
+        let huge = dec("70000000000000000000000000000");
+        assert_eq!(fee(huge, dec("2"), dec("10")), Err(Overflow));
+        let t = tick("75000000000000000000000000000", None, None);
+        assert_eq!(taker_price(Side::Buy, &t, dec("1000")), Err(Overflow));
+    }
+
+    #[test]
+    fn limit_fills_at_the_better_of_limit_and_market() {
+        let t = tick("100.00", Some("99.90"), Some("100.10"));
+        // BUY limit 100.50 crosses the ask; market 100.10*1.0005 = 100.15005 -> 100.16 < limit
+        assert_eq!(
+            limit_fill_price(Side::Buy, dec("100.50"), &t, dec("5")).unwrap(),
+            Some(dec("100.16"))
+        );
+        // BUY limit 100.12 crosses, but slippage would go past it: capped at the limit
+        assert_eq!(
+            limit_fill_price(Side::Buy, dec("100.12"), &t, dec("5")).unwrap(),
+            Some(dec("100.12"))
+        );
+        // BUY limit below the ask: not marketable
+        assert_eq!(
+            limit_fill_price(Side::Buy, dec("100.00"), &t, dec("5")).unwrap(),
+            None
+        );
+        // SELL limit 99.80 <= bid; market 99.90*0.9995 = 99.85005 -> 99.85
+        assert_eq!(
+            limit_fill_price(Side::Sell, dec("99.80"), &t, dec("5")).unwrap(),
+            Some(dec("99.85"))
+        );
+        assert_eq!(
+            limit_fill_price(Side::Sell, dec("99.88"), &t, dec("5")).unwrap(),
+            Some(dec("99.88"))
+        );
+        assert_eq!(
+            limit_fill_price(Side::Sell, dec("99.95"), &t, dec("5")).unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn market_order_fills_with_fee() {
+        let mut v = venue();
+        let m = market(tick("97000.00", Some("96999.00"), Some("97001.50")));
+        let placed = v
+            .place(
+                &routed("a", Side::Buy, OrderType::Market, None, TimeInForce::Gtc),
+                &m,
+            )
+            .await;
+        let Placement::Filled(fill) = placed else {
+            panic!("not filled: {placed:?}")
+        };
+        assert_eq!(*fill.price, dec("97050.01"));
+        assert_eq!(*fill.quantity, dec("0.01"));
+        assert_eq!(*fill.fee, dec("0.9705001"));
+    }
+
+    #[tokio::test]
+    async fn no_tick_means_no_market_price_except_for_resting_gtc() {
+        let mut v = venue();
+        let empty = Market::default();
+        let market_order = v
+            .place(
+                &routed("a", Side::Buy, OrderType::Market, None, TimeInForce::Gtc),
+                &empty,
+            )
+            .await;
+        assert!(
+            matches!(market_order, Placement::Rejected { ref reason } if reason.starts_with("no_market_price"))
+        );
+        let ioc = v
+            .place(
+                &routed(
+                    "b",
+                    Side::Buy,
+                    OrderType::Limit,
+                    Some("1"),
+                    TimeInForce::Ioc,
+                ),
+                &empty,
+            )
+            .await;
+        assert!(
+            matches!(ioc, Placement::Rejected { ref reason } if reason.starts_with("no_market_price"))
+        );
+        let gtc = v
+            .place(
+                &routed(
+                    "c",
+                    Side::Buy,
+                    OrderType::Limit,
+                    Some("1"),
+                    TimeInForce::Gtc,
+                ),
+                &empty,
+            )
+            .await;
+        assert_eq!(gtc, Placement::Resting);
+    }
+
+    #[tokio::test]
+    async fn unmarketable_ioc_expires_and_gtc_rests_until_a_tick_crosses() {
+        let mut v = venue();
+        let m = market(tick("100.00", Some("99.90"), Some("100.10")));
+        let ioc = v
+            .place(
+                &routed(
+                    "i",
+                    Side::Buy,
+                    OrderType::Limit,
+                    Some("99.00"),
+                    TimeInForce::Ioc,
+                ),
+                &m,
+            )
+            .await;
+        assert!(
+            matches!(ioc, Placement::Expired { ref reason } if reason.starts_with("not_marketable"))
+        );
+        assert!(v.resting(&ClientOrderId::try_from("i").unwrap()).is_none());
+
+        let gtc = routed(
+            "g",
+            Side::Buy,
+            OrderType::Limit,
+            Some("99.00"),
+            TimeInForce::Gtc,
+        );
+        assert_eq!(v.place(&gtc, &m).await, Placement::Resting);
+        assert!(v
+            .on_market(&tick("99.50", Some("99.40"), Some("99.60")))
+            .is_empty());
+        let fills = v.on_market(&tick("98.90", Some("98.80"), Some("98.95")));
+        assert_eq!(fills.len(), 1);
+        let (filled, fill) = &fills[0];
+        assert_eq!(filled, &gtc);
+        // 98.95 * 1.0005 = 98.999475 -> 99.00, capped at the limit 99.00
+        assert_eq!(*fill.price, dec("99.00"));
+        assert!(
+            v.on_market(&tick("90", None, None)).is_empty(),
+            "filled only once"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_takes_a_resting_order_off_and_restore_puts_it_back() {
+        let mut v = venue();
+        let gtc = routed(
+            "g",
+            Side::Sell,
+            OrderType::Limit,
+            Some("200"),
+            TimeInForce::Gtc,
+        );
+        let id = gtc.order.client_order_id.clone();
+        assert_eq!(
+            v.place(&gtc, &market(tick("100", None, None))).await,
+            Placement::Resting
+        );
+        assert_eq!(v.cancel(&id).await, Some(gtc.clone()));
+        assert_eq!(v.cancel(&id).await, None);
+        v.restore(gtc.clone());
+        v.restore(gtc.clone());
+        assert_eq!(
+            v.on_market(&tick("201", None, None)).len(),
+            1,
+            "restored once, filled once"
+        );
+    }
+}

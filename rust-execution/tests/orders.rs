@@ -1,0 +1,821 @@
+//! rust-execution end to end: a real nats-server, the real binary, a fake risk responder
+//! (a plain subscriber on risk.api.check) and ticks published by the test.
+//!
+//! Every outcome is read back from the EXEC stream, the durable record, so "exactly one
+//! report" means exactly one stored report.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, message::PublishMessage};
+use async_nats::Client;
+use futures::StreamExt;
+use moonbus_common::testing::{ChildGuard, NatsServer};
+use moonbus_common::{
+    bus, now_ns, ErrorEvent, ExecutionReport, OrderStatus, RiskCheckRequest, RiskCheckResult,
+    TradingState, VersionReply,
+};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- fixtures
+
+/// Fields drop in order: the binary goes before the server it talks to.
+struct System {
+    execution: Option<ChildGuard>,
+    client: Client,
+    js: jetstream::Context,
+    quote: watch::Sender<Quote>,
+    server: NatsServer,
+}
+
+/// The market the test publishes on md.tick.sim.BTC-USD, every 20 ms.
+#[derive(Clone, Copy)]
+struct Quote {
+    price: &'static str,
+    bid: &'static str,
+    ask: &'static str,
+}
+
+const START_QUOTE: Quote = Quote {
+    price: "97000.00",
+    bid: "96999.00",
+    ask: "97001.50",
+};
+
+impl System {
+    async fn start() -> Self {
+        let server = NatsServer::start();
+        let client = async_nats::connect(&server.url).await.expect("connect");
+        let js = jetstream::new(client.clone());
+        let (quote, quotes) = watch::channel(START_QUOTE);
+        tokio::spawn(publish_ticks(client.clone(), quotes));
+        let mut system = Self {
+            execution: None,
+            client,
+            js,
+            quote,
+            server,
+        };
+        system.start_execution().await;
+        system
+    }
+
+    async fn start_execution(&mut self) {
+        let binary = env!("CARGO_BIN_EXE_rust-execution");
+        self.execution = Some(ChildGuard::spawn(
+            binary,
+            &self.server.url,
+            &[
+                ("MOONBUS__EXECUTION__FEE_BPS", "10"),
+                ("MOONBUS__EXECUTION__SLIPPAGE_BPS", "5"),
+                ("MOONBUS__EXECUTION__RISK_TIMEOUT_MS", "500"),
+                // A killed instance's order in hand comes back after this.
+                ("MOONBUS__EXECUTION__ACK_WAIT_MS", "2000"),
+            ],
+        ));
+        wait_ready(&self.client).await;
+    }
+
+    fn kill_execution(&mut self) {
+        if let Some(mut child) = self.execution.take() {
+            child.kill();
+        }
+    }
+
+    fn set_quote(&self, quote: Quote) {
+        self.quote.send_replace(quote);
+    }
+
+    async fn submit(&self, symbol: &str, body: &Value, msg_id: Option<&str>) {
+        self.submit_raw(
+            &format!("orders.submit.{symbol}"),
+            body.to_string().into_bytes(),
+            msg_id,
+        )
+        .await;
+    }
+
+    async fn submit_raw(&self, subject: &str, payload: Vec<u8>, msg_id: Option<&str>) {
+        let mut message = PublishMessage::build().payload(payload.into());
+        if let Some(id) = msg_id {
+            message = message.message_id(id);
+        }
+        self.js
+            .send_publish(subject.to_string(), message)
+            .await
+            .expect("publish order")
+            .await
+            .expect("ORDERS stored the order");
+    }
+
+    /// Wait until execution has acked every order in the ORDERS stream; fails when no
+    /// order is settled for WAIT (a slow machine is allowed, a stuck service is not).
+    async fn wait_orders_done(&self) {
+        let mut deadline = Instant::now() + WAIT;
+        let mut left = u64::MAX;
+        loop {
+            let stream = self.js.get_stream("ORDERS").await.expect("ORDERS");
+            let info = stream
+                .consumer_info("execution")
+                .await
+                .expect("consumer execution");
+            let now_left = info.num_pending + info.num_ack_pending as u64;
+            if now_left == 0 {
+                return;
+            }
+            if now_left < left {
+                (left, deadline) = (now_left, Instant::now() + WAIT);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "orders not all handled, no progress for {WAIT:?}: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every report in the EXEC stream, with its subject, in order.
+    async fn stored_reports(&self) -> Vec<(String, ExecutionReport)> {
+        let stream = self.js.get_stream("EXEC").await.expect("EXEC");
+        let reader = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: "exec.report.>".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("EXEC reader");
+        let mut reports = Vec::new();
+        if reader.cached_info().num_pending == 0 {
+            return reports;
+        }
+        let mut messages = reader.messages().await.expect("EXEC messages");
+        while let Some(message) = messages.next().await {
+            let message = message.expect("EXEC message");
+            let report: ExecutionReport =
+                bus::decode(&message.payload).expect("a valid ExecutionReport");
+            reports.push((message.subject.to_string(), report));
+            if message.info().expect("info").pending == 0 {
+                break;
+            }
+        }
+        reports
+    }
+
+    /// Wait for a stored report that matches; returns it with its subject.
+    async fn wait_report(
+        &self,
+        what: &str,
+        matches: impl Fn(&ExecutionReport) -> bool,
+    ) -> (String, ExecutionReport) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = self
+                .stored_reports()
+                .await
+                .into_iter()
+                .find(|(_, r)| matches(r))
+            {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "no report: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn reports_for(&self, client_order_id: &str) -> Vec<ExecutionReport> {
+        self.stored_reports()
+            .await
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| {
+                r.client_order_id
+                    .as_ref()
+                    .is_some_and(|id| id == client_order_id)
+            })
+            .collect()
+    }
+}
+
+async fn publish_ticks(client: Client, quotes: watch::Receiver<Quote>) {
+    for seq in 0u64.. {
+        let quote = *quotes.borrow();
+        let tick = json!({
+            "venue": "sim", "symbol": "BTC-USD", "price": quote.price, "bid": quote.bid,
+            "ask": quote.ask, "seq": seq, "ts": now_ns(),
+        });
+        if client
+            .publish("md.tick.sim.BTC-USD", tick.to_string().into())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ready = answers exec.api.version (a reply that is not a VersionReply is ignored).
+async fn wait_ready(client: &Client) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let asked = client.request("exec.api.version", "".into());
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
+            if let Ok(version) = bus::decode::<VersionReply>(&reply.payload) {
+                assert_eq!(version.service, "execution");
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "execution did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum RiskMode {
+    Approve,
+    /// Approves after 5 ms, so a stream of orders takes a while.
+    ApproveSlowly,
+    Refuse,
+    /// Takes the request and never answers.
+    Silent,
+}
+
+/// A stand-in for rust-risk on risk.api.check; keeps every request it saw.
+async fn fake_risk(client: &Client, mode: RiskMode) -> Arc<Mutex<Vec<RiskCheckRequest>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut requests = client
+        .subscribe("risk.api.check")
+        .await
+        .expect("subscribe risk");
+    client.flush().await.expect("flush");
+    let (client, log) = (client.clone(), seen.clone());
+    tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            let request: RiskCheckRequest =
+                bus::decode(&message.payload).expect("a valid RiskCheckRequest");
+            let result = RiskCheckResult {
+                client_order_id: request.client_order_id.clone(),
+                approved: matches!(mode, RiskMode::Approve | RiskMode::ApproveSlowly),
+                reason_code: (mode == RiskMode::Refuse).then(|| "max_order_notional".into()),
+                reason: (mode == RiskMode::Refuse).then(|| "notional 970.50 > limit 500".into()),
+                state: TradingState::Active,
+                ts: now_ns(),
+            };
+            log.lock().unwrap().push(request);
+            if mode == RiskMode::ApproveSlowly {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if let (Some(reply), true) = (message.reply, mode != RiskMode::Silent) {
+                client
+                    .publish(reply, bus::encode(&result))
+                    .await
+                    .expect("reply");
+            }
+        }
+    });
+    seen
+}
+
+fn order(client_order_id: &str, side: &str) -> Value {
+    json!({
+        "client_order_id": client_order_id, "agent": "trading", "symbol": "BTC-USD",
+        "venue": "sim", "side": side, "type": "MARKET", "quantity": "0.01",
+        "decision_price": "97000", "origin_ts": now_ns() - 1_000, "ts": now_ns(),
+    })
+}
+
+fn limit(client_order_id: &str, side: &str, price: &str, tif: &str) -> Value {
+    let mut body = order(client_order_id, side);
+    body["type"] = json!("LIMIT");
+    body["limit_price"] = json!(price);
+    body["time_in_force"] = json!(tif);
+    body
+}
+
+fn dec(text: &str) -> Decimal {
+    text.parse().unwrap()
+}
+
+/// Collects ErrorEvents from errors.execution.
+async fn error_events(client: &Client) -> Arc<Mutex<Vec<ErrorEvent>>> {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut sub = client
+        .subscribe("errors.execution")
+        .await
+        .expect("subscribe errors");
+    client.flush().await.expect("flush");
+    let log = events.clone();
+    tokio::spawn(async move {
+        while let Some(message) = sub.next().await {
+            log.lock()
+                .unwrap()
+                .push(bus::decode(&message.payload).expect("a valid ErrorEvent"));
+        }
+    });
+    events
+}
+
+async fn wait_error_event(events: &Arc<Mutex<Vec<ErrorEvent>>>, reason_start: &str) -> ErrorEvent {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(event) = events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.reason.starts_with(reason_start))
+        {
+            return event.clone();
+        }
+        assert!(Instant::now() < deadline, "no ErrorEvent {reason_start}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn market_buy_fills_at_the_ask_plus_slippage_with_the_fee() {
+    let system = System::start().await;
+    let checks = fake_risk(&system.client, RiskMode::Approve).await;
+    let sent = order("buy-1", "BUY");
+    system.submit("BTC-USD", &sent, Some("buy-1")).await;
+
+    let (subject, report) = system
+        .wait_report("buy-1", |r| {
+            r.client_order_id.as_ref().is_some_and(|id| id == "buy-1")
+        })
+        .await;
+    assert_eq!(subject, "exec.report.BTC-USD");
+    assert_eq!(report.status, OrderStatus::Filled, "{report:?}");
+    // ask 97001.50 * 1.0005 = 97050.00075 -> rounded up to the tick's 2 decimals
+    assert_eq!(report.last_fill_price.map(|p| *p), Some(dec("97050.01")));
+    assert_eq!(report.avg_fill_price.map(|p| *p), Some(dec("97050.01")));
+    assert_eq!(*report.filled_quantity, dec("0.01"));
+    assert_eq!(report.last_fill_quantity.map(|q| *q), Some(dec("0.01")));
+    assert_eq!(report.quantity.map(|q| *q), Some(dec("0.01")));
+    // 97050.01 * 0.01 * 10 / 10000
+    assert_eq!(*report.fee, dec("0.9705001"));
+    // (97050.01 - 97000) / 97000 * 10000, worse for us = positive
+    assert_eq!(report.slippage_bps, Some(5.1557));
+    assert_eq!(report.agent.as_ref().map(|a| a.as_str()), Some("trading"));
+    assert_eq!(report.venue.as_ref().map(|v| v.as_str()), Some("sim"));
+    assert_eq!(report.symbol.as_ref().map(|s| s.as_str()), Some("BTC-USD"));
+    assert!(
+        report
+            .order_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("sim-")),
+        "{:?}",
+        report.order_id
+    );
+    let t = &report.timings;
+    assert_eq!(t.origin_ts, sent["origin_ts"].as_u64());
+    let (received, checked, filled) = (
+        t.received_ts.unwrap(),
+        t.risk_checked_ts.unwrap(),
+        t.filled_ts.unwrap(),
+    );
+    assert!(
+        t.origin_ts.unwrap() <= received
+            && received <= checked
+            && checked <= filled
+            && filled <= report.ts,
+        "{t:?}"
+    );
+
+    // One round trip: no separate ACCEPTED, and risk saw the market price.
+    system.wait_orders_done().await;
+    assert_eq!(system.reports_for("buy-1").await.len(), 1);
+    let checks = checks.lock().unwrap();
+    assert_eq!(checks.len(), 1);
+    assert_eq!(
+        checks[0].ref_price.map(|p| p.to_string()).as_deref(),
+        Some("97000.00")
+    );
+    assert_eq!(checks[0].quantity.to_string(), "0.01");
+}
+
+#[tokio::test]
+async fn a_refused_check_is_rejected_with_the_risk_reason() {
+    let system = System::start().await;
+    fake_risk(&system.client, RiskMode::Refuse).await;
+    system
+        .submit("BTC-USD", &order("big-1", "BUY"), Some("big-1"))
+        .await;
+    let (subject, report) = system
+        .wait_report("big-1", |r| r.client_order_id.is_some())
+        .await;
+    assert_eq!(subject, "exec.report.BTC-USD");
+    assert_eq!(report.status, OrderStatus::Rejected);
+    assert_eq!(
+        report.reason.as_deref(),
+        Some("max_order_notional: notional 970.50 > limit 500")
+    );
+    assert_eq!(*report.filled_quantity, Decimal::ZERO);
+    assert!(report.timings.risk_checked_ts.is_some());
+    assert!(report.timings.filled_ts.is_none());
+}
+
+#[tokio::test]
+async fn without_risk_nothing_is_routed() {
+    let system = System::start().await;
+    // Nobody on risk.api.check: refused at once.
+    system
+        .submit("BTC-USD", &order("alone-1", "BUY"), Some("alone-1"))
+        .await;
+    let (_, report) = system
+        .wait_report("alone-1", |r| r.client_order_id.is_some())
+        .await;
+    assert_eq!(report.status, OrderStatus::Rejected);
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("risk_unavailable: "),
+        "{report:?}"
+    );
+    assert!(report.timings.risk_checked_ts.is_none());
+
+    // Risk takes the request and never answers: refused after risk_timeout_ms (500).
+    let checks = fake_risk(&system.client, RiskMode::Silent).await;
+    system
+        .submit("BTC-USD", &order("silent-1", "BUY"), Some("silent-1"))
+        .await;
+    let (_, report) = system
+        .wait_report("silent-1", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "silent-1")
+        })
+        .await;
+    assert_eq!(report.status, OrderStatus::Rejected);
+    assert_eq!(
+        report.reason.as_deref(),
+        Some("risk_unavailable: no answer within 500 ms")
+    );
+    let waited = Duration::from_nanos(report.ts - report.timings.received_ts.unwrap());
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(checks.lock().unwrap().len(), 1);
+    system.wait_orders_done().await;
+    assert!(system
+        .stored_reports()
+        .await
+        .iter()
+        .all(|(_, r)| r.status == OrderStatus::Rejected));
+}
+
+#[tokio::test]
+async fn bad_orders_are_rejected_with_a_reason_where_they_belong() {
+    let system = System::start().await;
+    let checks = fake_risk(&system.client, RiskMode::Approve).await;
+
+    let mut unknown_field = order("bad-field", "BUY");
+    unknown_field["reduce_onyl"] = json!(true);
+    system
+        .submit("BTC-USD", &unknown_field, Some("bad-field"))
+        .await;
+    let mut float_money = order("bad-float", "BUY");
+    float_money["quantity"] = json!(0.01);
+    system
+        .submit("BTC-USD", &float_money, Some("bad-float"))
+        .await;
+    let mut bad_symbol = order("bad-symbol", "BUY");
+    bad_symbol["symbol"] = json!("BTC.USD");
+    system
+        .submit("BTC-USD", &bad_symbol, Some("bad-symbol"))
+        .await;
+    let mut no_id = order("x", "BUY");
+    no_id.as_object_mut().unwrap().remove("client_order_id");
+    system.submit("BTC-USD", &no_id, None).await;
+    system
+        .submit_raw("orders.submit.ETH-USD", b"not json at all".to_vec(), None)
+        .await;
+    system
+        .submit(
+            "ETH-USD",
+            &order("wrong-subject", "BUY"),
+            Some("wrong-subject"),
+        )
+        .await;
+    let mut elsewhere = order("elsewhere", "BUY");
+    elsewhere["venue"] = json!("binance");
+    system
+        .submit("BTC-USD", &elsewhere, Some("elsewhere"))
+        .await;
+    let mut limit_without_price = order("no-price", "BUY");
+    limit_without_price["type"] = json!("LIMIT");
+    system
+        .submit("BTC-USD", &limit_without_price, Some("no-price"))
+        .await;
+    system.wait_orders_done().await;
+
+    let reports = system.stored_reports().await;
+    assert_eq!(reports.len(), 8, "one report per bad order: {reports:#?}");
+    assert!(reports
+        .iter()
+        .all(|(_, r)| r.status == OrderStatus::Rejected && *r.filled_quantity == Decimal::ZERO));
+    let find = |reason: &str| {
+        reports
+            .iter()
+            .find(|(_, r)| r.reason.as_deref().unwrap_or_default().contains(reason))
+            .unwrap_or_else(|| panic!("no report with reason {reason}: {reports:#?}"))
+    };
+    let id = |r: &ExecutionReport| r.client_order_id.as_ref().map(|i| i.to_string());
+    let symbol = |r: &ExecutionReport| r.symbol.as_ref().map(|s| s.to_string());
+
+    let (subject, r) = find("unknown field `reduce_onyl`");
+    assert_eq!(
+        (subject.as_str(), id(r).as_deref()),
+        ("exec.report.BTC-USD", Some("bad-field"))
+    );
+    let (subject, r) = find("not a JSON number");
+    assert_eq!(
+        (subject.as_str(), id(r).as_deref()),
+        ("exec.report.BTC-USD", Some("bad-float"))
+    );
+    let (subject, r) = find("invalid symbol");
+    assert_eq!(
+        (subject.as_str(), id(r).as_deref(), symbol(r)),
+        ("exec.report._invalid", Some("bad-symbol"), None)
+    );
+    let (subject, r) = find("missing field `client_order_id`");
+    assert_eq!(
+        (subject.as_str(), id(r), symbol(r).as_deref()),
+        ("exec.report.BTC-USD", None, Some("BTC-USD"))
+    );
+    let (subject, r) = find("expected ident");
+    assert_eq!(
+        (subject.as_str(), id(r), symbol(r)),
+        ("exec.report._invalid", None, None)
+    );
+    let (subject, r) = find("symbol_mismatch: ");
+    assert_eq!(
+        (subject.as_str(), id(r).as_deref()),
+        ("exec.report.BTC-USD", Some("wrong-subject"))
+    );
+    let (_, r) = find("unknown_venue: ");
+    assert_eq!(id(r).as_deref(), Some("elsewhere"));
+    let (_, r) = find("a LIMIT order needs limit_price");
+    assert_eq!(id(r).as_deref(), Some("no-price"));
+    assert!(
+        checks.lock().unwrap().is_empty(),
+        "a bad order never reaches risk"
+    );
+
+    // Still serving.
+    system
+        .submit("BTC-USD", &order("good-1", "SELL"), Some("good-1"))
+        .await;
+    let (_, r) = system
+        .wait_report("good-1", |r| {
+            r.client_order_id.as_ref().is_some_and(|i| i == "good-1")
+        })
+        .await;
+    assert_eq!(r.status, OrderStatus::Filled);
+    // bid 96999.00 * 0.9995 = 96950.5005 -> rounded down; SELL slippage vs 97000 is positive
+    assert_eq!(r.last_fill_price.map(|p| *p), Some(dec("96950.50")));
+    assert_eq!(r.slippage_bps, Some(5.1031));
+}
+
+#[tokio::test]
+async fn a_client_order_id_fills_once_whatever_is_resent() {
+    let mut system = System::start().await;
+    let checks = fake_risk(&system.client, RiskMode::Approve).await;
+    system
+        .submit("BTC-USD", &order("dup-1", "BUY"), Some("dup-1"))
+        .await;
+    system
+        .wait_report("dup-1 filled", |r| r.status == OrderStatus::Filled)
+        .await;
+    // Within the duplicate window the stream drops it; beyond it (no Nats-Msg-Id here)
+    // it is stored and delivered, with a different body even: the first outcome stands.
+    system
+        .submit("BTC-USD", &order("dup-1", "BUY"), Some("dup-1"))
+        .await;
+    let mut other_body = order("dup-1", "SELL");
+    other_body["quantity"] = json!("5");
+    system.submit("BTC-USD", &other_body, None).await;
+    system.wait_orders_done().await;
+    assert_eq!(system.reports_for("dup-1").await.len(), 1);
+
+    // Across a graceful restart the ledger comes back from EXEC.
+    let status = system.execution.as_mut().unwrap().terminate();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+    system.start_execution().await;
+    system.submit("BTC-USD", &order("dup-1", "BUY"), None).await;
+    system
+        .submit("BTC-USD", &order("dup-2", "BUY"), Some("dup-2"))
+        .await;
+    system
+        .wait_report("dup-2", |r| {
+            r.client_order_id.as_ref().is_some_and(|i| i == "dup-2")
+        })
+        .await;
+    system.wait_orders_done().await;
+    let reports = system.reports_for("dup-1").await;
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(reports[0].status, OrderStatus::Filled);
+    assert_eq!(
+        checks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.client_order_id == "dup-1")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_crash_mid_stream_loses_and_doubles_nothing() {
+    let mut system = System::start().await;
+    let checks = fake_risk(&system.client, RiskMode::ApproveSlowly).await;
+    const ORDERS: usize = 200;
+    for n in 0..ORDERS {
+        let id = format!("crash-{n}");
+        system
+            .submit("BTC-USD", &order(&id, "BUY"), Some(&id))
+            .await;
+    }
+    // SIGKILL somewhere in the middle of the stream.
+    let deadline = Instant::now() + WAIT;
+    while checks.lock().unwrap().len() < ORDERS / 4 {
+        assert!(Instant::now() < deadline, "orders are not being handled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    system.kill_execution();
+    let handled_before = system.stored_reports().await.len();
+    assert!(handled_before < ORDERS, "killed too late to prove anything");
+    system.start_execution().await;
+    system.wait_orders_done().await;
+
+    let reports = system.stored_reports().await;
+    for n in 0..ORDERS {
+        let id = format!("crash-{n}");
+        let mine: Vec<_> = reports
+            .iter()
+            .filter(|(_, r)| r.client_order_id.as_ref().is_some_and(|i| *i == *id))
+            .collect();
+        assert_eq!(mine.len(), 1, "{id}: {mine:#?}");
+        assert_eq!(mine[0].1.status, OrderStatus::Filled, "{id}");
+    }
+    assert_eq!(reports.len(), ORDERS);
+}
+
+#[tokio::test]
+async fn limit_orders_rest_fill_expire_cancel_and_survive_a_restart() {
+    let mut system = System::start().await;
+    fake_risk(&system.client, RiskMode::Approve).await;
+    let errors = error_events(&system.client).await;
+    let is = |id: &'static str, status: OrderStatus| {
+        move |r: &ExecutionReport| {
+            r.status == status && r.client_order_id.as_ref().is_some_and(|i| i == id)
+        }
+    };
+
+    // Marketable limit: fills at once at the better of limit and market.
+    system
+        .submit(
+            "BTC-USD",
+            &limit("lim-now", "BUY", "98000", "GTC"),
+            Some("lim-now"),
+        )
+        .await;
+    let (_, r) = system
+        .wait_report("lim-now", is("lim-now", OrderStatus::Filled))
+        .await;
+    assert_eq!(r.last_fill_price.map(|p| *p), Some(dec("97050.01")));
+    // Not marketable, IOC: expires.
+    system
+        .submit(
+            "BTC-USD",
+            &limit("lim-ioc", "BUY", "96000", "IOC"),
+            Some("lim-ioc"),
+        )
+        .await;
+    system
+        .wait_report("lim-ioc", is("lim-ioc", OrderStatus::Expired))
+        .await;
+    // Not marketable, GTC: rests, then fills when a tick crosses.
+    system
+        .submit(
+            "BTC-USD",
+            &limit("lim-gtc", "BUY", "96000", "GTC"),
+            Some("lim-gtc"),
+        )
+        .await;
+    system
+        .submit(
+            "BTC-USD",
+            &limit("lim-cxl", "BUY", "90000", "GTC"),
+            Some("lim-cxl"),
+        )
+        .await;
+    system
+        .submit(
+            "BTC-USD",
+            &limit("lim-rest", "SELL", "99000", "GTC"),
+            Some("lim-rest"),
+        )
+        .await;
+    system
+        .wait_report("lim-rest accepted", is("lim-rest", OrderStatus::Accepted))
+        .await;
+    system.set_quote(Quote {
+        price: "95900.00",
+        bid: "95899.00",
+        ask: "95901.00",
+    });
+    let (_, r) = system
+        .wait_report("lim-gtc filled", is("lim-gtc", OrderStatus::Filled))
+        .await;
+    // 95901.00 * 1.0005 = 95948.9505 -> 95948.96 (under the 96000 limit)
+    assert_eq!(r.last_fill_price.map(|p| *p), Some(dec("95948.96")));
+    assert_eq!(*r.fee, dec("0.9594896"));
+    assert!(r.timings.filled_ts.is_some() && r.timings.risk_checked_ts.is_some());
+    let gtc = system.reports_for("lim-gtc").await;
+    assert_eq!(
+        gtc.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [OrderStatus::Accepted, OrderStatus::Filled]
+    );
+
+    // Cancels: someone else's, the right one, again, unknown, unreadable.
+    let cancel = |id: &str, agent: &str| json!({"client_order_id": id, "agent": agent, "symbol": "BTC-USD", "ts": now_ns()});
+    let cancel_subject = "orders.cancel.BTC-USD";
+    system
+        .submit_raw(
+            cancel_subject,
+            cancel("lim-cxl", "other").to_string().into_bytes(),
+            None,
+        )
+        .await;
+    wait_error_event(&errors, "agent_mismatch: ").await;
+    system
+        .submit_raw(
+            cancel_subject,
+            cancel("lim-cxl", "trading").to_string().into_bytes(),
+            None,
+        )
+        .await;
+    system
+        .wait_report("lim-cxl cancelled", is("lim-cxl", OrderStatus::Cancelled))
+        .await;
+    system
+        .submit_raw(
+            cancel_subject,
+            cancel("lim-cxl", "trading").to_string().into_bytes(),
+            None,
+        )
+        .await;
+    wait_error_event(&errors, "already_final: ").await;
+    system
+        .submit_raw(
+            cancel_subject,
+            cancel("nope", "trading").to_string().into_bytes(),
+            None,
+        )
+        .await;
+    wait_error_event(&errors, "unknown_order: ").await;
+    system
+        .submit_raw(cancel_subject, b"{\"client_order_id\": 1}".to_vec(), None)
+        .await;
+    let unreadable = wait_error_event(&errors, "invalid type").await;
+    assert_eq!(unreadable.subject, cancel_subject);
+    system.wait_orders_done().await;
+    assert_eq!(
+        system.reports_for("lim-cxl").await.len(),
+        2,
+        "ACCEPTED and CANCELLED only"
+    );
+
+    // A resting order survives a crash: rebuilt from EXEC + ORDERS, filled afterwards.
+    system.kill_execution();
+    system.start_execution().await;
+    system.set_quote(Quote {
+        price: "99100.00",
+        bid: "99100.00",
+        ask: "99102.00",
+    });
+    let (_, r) = system
+        .wait_report("lim-rest filled", is("lim-rest", OrderStatus::Filled))
+        .await;
+    // 99100.00 * 0.9995 = 99050.45, above the 99000 limit
+    assert_eq!(r.last_fill_price.map(|p| *p), Some(dec("99050.45")));
+    assert!(
+        r.timings.received_ts.is_some(),
+        "timings restored from the ACCEPTED report"
+    );
+    assert!(system
+        .reports_for("lim-cxl")
+        .await
+        .iter()
+        .all(|r| r.status != OrderStatus::Filled));
+}
