@@ -65,17 +65,21 @@ class Bus:
 
     # ------------------------------------------------------------ connection
 
-    async def connect(self, url: str | None = None) -> None:
+    async def connect(self, url: str | None = None, user: str | None = None, password: str | None = None) -> None:
+        """Connect to `url` as `user` (defaults: NATS_URL, NATS_USER, NATS_PASSWORD)."""
         url = url or os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+        user = user or os.environ.get("NATS_USER")
         options: dict[str, Any] = {}
-        if os.environ.get("NATS_USER"):
-            options["user"] = os.environ["NATS_USER"]
-            options["password"] = os.environ.get("NATS_PASSWORD", "")
+        if user:
+            options["user"] = user
+            options["password"] = password if password is not None else os.environ.get("NATS_PASSWORD", "")
 
         async def on_error(e: Exception) -> None:
             log.warning("nats error: %s", e)
 
         async def on_disconnect() -> None:
+            if self.nc is not None and (self.nc.is_closed or self.nc.is_draining):
+                return  # our own close(), not an outage
             log.warning("disconnected from NATS, reconnecting")
 
         async def on_reconnect() -> None:

@@ -14,13 +14,25 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 ENV_PREFIX = "MOONBUS__"
 S = TypeVar("S", bound=BaseModel)
+
+
+def _no_float(value: object) -> object:
+    # Money in the config is a decimal string ("100"); a TOML float would be inexact.
+    if isinstance(value, float):
+        raise ValueError('write money as a decimal string, e.g. "100"')
+    return value
+
+
+ConfigMoney = Annotated[Decimal, BeforeValidator(_no_float)]
+"""Money in a config section: a decimal string (or an integer), never a float."""
 
 
 class Section(BaseModel):

@@ -1,0 +1,36 @@
+"""Serving the gateway: uvicorn on [gateway] host/port, inside `main(stop)` like every
+other service, so `bus.run` and in-process tests drive it the same way.
+
+On SIGINT/SIGTERM uvicorn shuts down gracefully (the app's lifespan exit drains the
+bus) and hands the signal back to bus.run, which sets `stop`; setting `stop` from
+elsewhere asks uvicorn to exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import uvicorn
+
+from services.common.config import load, section
+
+from .app import create_app
+from .config import GatewayConfig
+
+
+async def main(stop: asyncio.Event, config: dict[str, Any] | None = None) -> None:
+    table = load() if config is None else config
+    cfg = section(table, "gateway", GatewayConfig)
+    server = uvicorn.Server(uvicorn.Config(create_app(config=table), host=cfg.host, port=cfg.port, log_config=None))
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        await serving
+    finally:
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping

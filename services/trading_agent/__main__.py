@@ -1,0 +1,8 @@
+"""`python -m services.trading_agent`: run the trading agent until SIGINT/SIGTERM."""
+
+from services.common.bus import run, setup_logging
+
+from .service import SERVICE, main
+
+setup_logging(SERVICE)
+run(main)

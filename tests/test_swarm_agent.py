@@ -1,0 +1,223 @@
+"""Swarm agent: the consensus methods (majority, weighted, quorum, abstentions), the
+offline models, timeouts and failures as ABSTAIN, and the agent in-process against
+the real nats-server with a fake md.api.history."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+
+import pytest
+
+from services.common.models import Bar, Consensus, Sentiment, Vote, VoteAction, decode, encode, now_ns
+from services.swarm_agent import service
+from services.swarm_agent.config import SwarmConfig
+from services.swarm_agent.consensus import decide, summarize
+from services.swarm_agent.model import NoData, Opinion, ask_models
+from services.swarm_agent.offline import LatestSentiment, MeanReversionModel, MomentumModel, SentimentModel
+
+BUY, SELL, HOLD, ABSTAIN = VoteAction.BUY, VoteAction.SELL, VoteAction.HOLD, VoteAction.ABSTAIN
+
+
+def vote(action: VoteAction, confidence: float = 0.5, model: str = "m") -> Vote:
+    return Vote(model=model, action=action, confidence=confidence, latency_ms=1.0,
+                error="failed" if action is ABSTAIN else None)
+
+
+# ---------------------------------------------------------------- consensus
+
+
+def test_majority() -> None:
+    out = decide([vote(BUY), vote(BUY), vote(SELL)], "majority")
+    assert (out.action, out.agreement) == (BUY, 0.6667)
+
+
+def test_majority_tie_is_hold_and_abstentions_do_not_count() -> None:
+    assert decide([vote(BUY), vote(SELL)], "majority").action is HOLD
+    out = decide([vote(SELL), vote(ABSTAIN), vote(ABSTAIN)], "majority")
+    assert (out.action, out.agreement) == (SELL, 1.0)
+
+
+def test_no_votes_at_all_is_abstain() -> None:
+    for method in ("majority", "weighted", "quorum"):
+        assert decide([vote(ABSTAIN), vote(ABSTAIN)], method).action is ABSTAIN
+        assert decide([], method).action is ABSTAIN
+
+
+def test_weighted_sums_confidence() -> None:
+    # two weak BUYs (0.2 + 0.3) lose to one strong SELL (0.9)
+    out = decide([vote(BUY, 0.2), vote(BUY, 0.3), vote(SELL, 0.9)], "weighted")
+    assert (out.action, out.agreement) == (SELL, round(0.9 / 1.4, 4))
+    assert decide([vote(BUY, 0.5), vote(SELL, 0.5)], "weighted").action is HOLD  # tie
+    assert decide([vote(BUY, 0.0), vote(SELL, 0.0)], "weighted").action is HOLD
+
+
+def test_quorum_counts_every_model() -> None:
+    votes = [vote(BUY), vote(BUY), vote(ABSTAIN)]
+    # 2 of 3 models = 0.667
+    assert decide(votes, "quorum", quorum=0.6).action is BUY
+    assert decide(votes, "quorum", quorum=0.7).action is HOLD
+    assert decide(votes, "quorum", quorum=2 / 3).action is BUY  # exactly at the quorum
+    out = decide([vote(BUY), vote(ABSTAIN), vote(ABSTAIN)], "quorum", quorum=0.5)
+    assert (out.action, out.agreement) == (HOLD, 0.0)  # majority says BUY, but 1 of 3 < 0.5
+    assert decide([vote(BUY), vote(SELL), vote(HOLD)], "quorum", quorum=0.3).action is HOLD  # tie
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(ValueError):
+        decide([vote(BUY)], "unanimous")
+
+
+def test_summary_names_every_vote() -> None:
+    votes = [vote(BUY, 0.8, "a"), vote(ABSTAIN, 0, "b")]
+    text = summarize(votes, decide(votes, "majority"), "majority")
+    assert text == "BUY by majority (agreement 1.00): a BUY 0.80, b ABSTAIN (failed)"
+
+
+# ---------------------------------------------------------------- models
+
+
+def bars(closes: list[str], symbol: str = "BTC-USD") -> list[Bar]:
+    return [
+        Bar(venue="sim", symbol=symbol, interval="1s", open=Decimal(c), high=Decimal(c), low=Decimal(c),
+            close=Decimal(c), volume=Decimal(1), trades=1, start_ts=i * 10**9, end_ts=(i + 1) * 10**9)
+        for i, c in enumerate(closes)
+    ]
+
+
+def history_of(closes: list[str]):
+    async def history(symbol: str) -> list[Bar]:
+        return bars(closes, symbol)
+
+    return history
+
+
+async def test_momentum_model() -> None:
+    m = MomentumModel(history_of(["100", "100.05", "100.1"]), threshold_pct=0.05)
+    assert (await m.ask("BTC-USD", "")).action is BUY
+    o = await MomentumModel(history_of(["100", "99.9"]), 0.05).ask("BTC-USD", "")
+    assert (o.action, o.confidence) == (SELL, 1.0)
+    assert (await MomentumModel(history_of(["100", "100.01"]), 0.05).ask("BTC-USD", "")).action is HOLD
+    with pytest.raises(NoData):
+        await MomentumModel(history_of(["100"]), 0.05).ask("BTC-USD", "")
+
+
+async def test_meanrev_model_fades_a_stretch() -> None:
+    # mean 101, last 103: +1.98% above the mean -> SELL
+    o = await MeanReversionModel(history_of(["100", "100", "101", "103"]), stretch_pct=0.5).ask("BTC-USD", "")
+    assert o.action is SELL and o.confidence == 1.0
+    o = await MeanReversionModel(history_of(["100", "100", "99", "97"]), stretch_pct=0.5).ask("BTC-USD", "")
+    assert o.action is BUY
+    o = await MeanReversionModel(history_of(["100", "100.1"]), stretch_pct=0.5).ask("BTC-USD", "")
+    assert o.action is HOLD
+
+
+async def test_sentiment_model() -> None:
+    latest = LatestSentiment()
+    m = SentimentModel(latest, threshold=0.2, max_age_s=60)
+    with pytest.raises(NoData):
+        await m.ask("BTC-USD", "")
+    latest.update(Sentiment(symbol="BTC-USD", score=0.6, confidence=0.5, items=3, model="x", ts=now_ns()))
+    o = await m.ask("BTC-USD", "")
+    assert (o.action, o.confidence) == (BUY, 0.3)
+    latest.update(Sentiment(symbol="BTC-USD", score=-0.1, confidence=0.5, items=3, model="x", ts=now_ns()))
+    assert (await m.ask("BTC-USD", "")).action is HOLD
+    latest.update(Sentiment(symbol="BTC-USD", score=-0.9, confidence=0.5, items=3, model="x", ts=now_ns()), now=-100)
+    with pytest.raises(NoData, match="stale"):
+        await m.ask("BTC-USD", "")
+
+
+async def test_failing_and_slow_models_abstain_in_parallel() -> None:
+    class Slow:
+        name = "slow"
+
+        async def ask(self, symbol: str, question: str) -> Opinion:
+            await asyncio.sleep(10)
+            raise AssertionError("not reached")
+
+    class Broken:
+        name = "broken"
+
+        async def ask(self, symbol: str, question: str) -> Opinion:
+            raise RuntimeError("model exploded")
+
+    class Fine:
+        name = "fine"
+
+        async def ask(self, symbol: str, question: str) -> Opinion:
+            return Opinion(BUY, 1.7, "sure")  # confidence clamped to 1
+
+    start = asyncio.get_running_loop().time()
+    votes = await ask_models([Slow(), Broken(), Fine()], "BTC-USD", "?", timeout_s=0.2)
+    assert asyncio.get_running_loop().time() - start < 1.0
+    assert [(v.model, v.action) for v in votes] == [("slow", ABSTAIN), ("broken", ABSTAIN), ("fine", BUY)]
+    assert votes[0].error == "timeout after 0.2s" and votes[0].latency_ms >= 150
+    assert votes[1].error == "model exploded"
+    assert votes[2].confidence == 1.0 and votes[2].error is None
+
+
+def test_config_models_must_be_known_and_distinct() -> None:
+    with pytest.raises(ValueError):
+        SwarmConfig(models=["offline-momentum", "offline-momentum"])
+    with pytest.raises(ValueError):
+        SwarmConfig(models=["gpt-7"])
+
+
+# ---------------------------------------------------------------- in-process, real nats-server
+
+CONFIG = {"swarm_agent": {"method": "majority", "timeout_s": 1.0, "history_limit": 30,
+                          "momentum_threshold_pct": 0.05, "meanrev_stretch_pct": 0.1}}
+
+
+async def test_ask_returns_consensus_of_three_votes(connect, running_service) -> None:
+    operator, md, sentiment = await connect("operator"), await connect("market-data"), await connect("sentiment-agent")
+    history_requests: list[dict] = []
+
+    async def history_api(msg) -> None:  # a fake market-data
+        request = json.loads(msg.data)
+        history_requests.append(request)
+        if request["symbol"] != "SWMA-USD":
+            await msg.respond(b'{"error": {"code": "unknown_symbol", "message": "no such symbol"}}')
+            return
+        closes = [str(100 + i) for i in range(request["limit"])]  # steadily rising
+        await msg.respond(json.dumps({"bars": [json.loads(encode(b)) for b in bars(closes, "SWMA-USD")]}).encode())
+
+    sub = await md.subscribe("md.api.history", cb=history_api)
+    published = await operator.collect("agent.swarm.>")
+    try:
+        async with running_service("swarm-agent", service.main, CONFIG, operator):
+            s = Sentiment(symbol="SWMA-USD", score=0.6, confidence=0.5, items=3, model="offline-lexicon", ts=now_ns())
+            await sentiment.publish("agent.sentiment.SWMA-USD", encode(s))
+            await sentiment.flush()
+            for _ in range(50):  # until the swarm has seen the sentiment
+                reply = await operator.request("agent.api.swarm.ask", b'{"symbol": "SWMA-USD"}', timeout=3)
+                consensus = decode(Consensus, reply.data)
+                if consensus.votes[2].action is not ABSTAIN:
+                    break
+                await asyncio.sleep(0.05)
+
+            # Nothing known about SWMB-USD: every model abstains, with its error.
+            ask = b'{"symbol": "SWMB-USD", "question": "buy?"}'
+            reply = await operator.request("agent.api.swarm.ask", ask, timeout=3)
+            unknown = decode(Consensus, reply.data)
+            bad = json.loads((await operator.request("agent.api.swarm.ask", b'{"symbol": "a.b"}', timeout=3)).data)
+            pub = decode(Consensus, (await asyncio.wait_for(published.get(), 3)).data)
+    finally:
+        await sub.unsubscribe()
+
+    assert [(v.model, v.action) for v in consensus.votes] == [
+        ("offline-momentum", BUY),  # +29% over the bars
+        ("offline-meanrev", SELL),  # far above the mean: fade it
+        ("offline-sentiment", BUY),  # score 0.6
+    ]
+    assert (consensus.action, consensus.method, consensus.agreement) == (BUY, "majority", 0.6667)
+    assert consensus.question == "BUY, SELL or HOLD SWMA-USD now?"
+    assert all(v.latency_ms >= 0 and v.reasoning for v in consensus.votes)
+    assert history_requests[0] == {"symbol": "SWMA-USD", "interval": "1s", "limit": 30}
+    assert pub.symbol == "SWMA-USD" and len(pub.votes) == 3  # also published on agent.swarm.<symbol>
+
+    assert unknown.action is ABSTAIN and unknown.question == "buy?"
+    assert [v.action for v in unknown.votes] == [ABSTAIN] * 3
+    assert "unknown_symbol" in unknown.votes[0].error and "no sentiment" in unknown.votes[2].error
+    assert bad["error"]["code"] == "bad_request"
