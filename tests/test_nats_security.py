@@ -652,6 +652,7 @@ async def test_risk_reads_exec_with_ordered_and_durable_consumers(connect, strea
 
     # risk may not touch ORDERS
     await assert_denied_request(risk, f"$JS.API.CONSUMER.CREATE.{ORDERS}")
+    await assert_denied_request(risk, f"$JS.API.STREAM.INFO.{ORDERS}")
 
 
 async def test_only_execution_publishes_exec_reports(connect, streams):

@@ -1,0 +1,524 @@
+//! The risk state and every change to it. One task owns the engine (service.rs), so
+//! there are no locks: reports, ticks and requests are applied one at a time, in the
+//! order they arrive. Time is always passed in, which keeps all of this testable.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use moonbus_common::{
+    AccountState, ClientOrderId, ExecutionReport, KillSwitchAction, KillSwitchRequest,
+    KillSwitchState, LimitsPatch, Money, NonNegativeMoney, OrderStatus, Position, RiskCheckRequest,
+    RiskCheckResult, RiskLimits, Side, Symbol, Tick, TradingState, Verdict,
+};
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+
+use crate::config::Settings;
+use crate::ledger::{Fill, Ledger};
+use crate::limits::{BreachAction, Limits};
+use crate::reservations::{Reservation, Reservations};
+use crate::rules::{self, Gate, MarketData, Refusal};
+use crate::watermarks::Watermarks;
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// The latest tick price of a symbol, and when risk received it.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    price: Decimal,
+    received_ns: u64,
+}
+
+/// What applying an execution report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportEffect {
+    /// Positions, cash or reservations may have changed.
+    Applied,
+    /// The same (client_order_id, status, filled_quantity) was applied before.
+    Duplicate,
+    /// A report about an order too malformed to have an id: nothing to apply.
+    NoOrder,
+}
+
+/// Account figures at the current marks.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    equity: Decimal,
+    unrealized_pnl: Decimal,
+    gross_exposure: Decimal,
+    open_positions: u64,
+}
+
+pub struct Engine {
+    settings: Settings,
+    ledger: Ledger,
+    marks: HashMap<Symbol, Mark>,
+    reservations: Reservations,
+    watermarks: Watermarks,
+    kill_switch: KillSwitchState,
+    ready: bool,
+    applied: HashSet<(ClientOrderId, OrderStatus, NonNegativeMoney)>,
+}
+
+impl Engine {
+    pub fn new(settings: Settings, now_ns: u64) -> Self {
+        Self {
+            ledger: Ledger::new(settings.starting_cash),
+            watermarks: Watermarks::new(settings.starting_cash),
+            marks: HashMap::new(),
+            reservations: Reservations::default(),
+            kill_switch: KillSwitchState {
+                engaged: false,
+                actor: "risk".into(),
+                reason: "released at start".into(),
+                changed_ts: now_ns,
+            },
+            ready: false,
+            applied: HashSet::new(),
+            settings,
+        }
+    }
+
+    /// The EXEC stream has been read up to where it was at start: checks may pass,
+    /// and from now on the marks value positions and time is the wall clock.
+    pub fn mark_ready(&mut self, now_ns: u64) {
+        self.ready = true;
+        self.watermarks.roll_day(now_ns, self.totals().equity);
+        self.watermarks.observe(self.totals().equity);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    // ------------------------------------------------------------ inputs
+
+    /// Apply one report of the EXEC stream. Err = a report that claims a fill but
+    /// lacks what a fill needs (it goes to errors.risk; nothing was changed).
+    pub fn apply_report(&mut self, report: &ExecutionReport) -> Result<ReportEffect, String> {
+        let Some(order_id) = &report.client_order_id else {
+            return Ok(ReportEffect::NoOrder);
+        };
+        let fill_quantity = report.last_fill_quantity.map_or(Decimal::ZERO, |q| q.get());
+        let fill = if fill_quantity.is_zero() {
+            None
+        } else {
+            let (Some(symbol), Some(side), Some(price)) =
+                (&report.symbol, report.side, report.last_fill_price)
+            else {
+                return Err(format!(
+                    "report of order {order_id} fills {fill_quantity} but lacks symbol, side or last_fill_price"
+                ));
+            };
+            let fill = Fill {
+                quantity: side.sign() * fill_quantity,
+                price: price.get(),
+                fee: report.fee.get(),
+            };
+            Some((symbol, fill))
+        };
+        if !self
+            .applied
+            .insert((order_id.clone(), report.status, report.filled_quantity))
+        {
+            return Ok(ReportEffect::Duplicate);
+        }
+        self.watermarks.roll_day(report.ts, self.totals().equity);
+        if let Some((symbol, fill)) = fill {
+            self.ledger.apply(symbol, &fill);
+            self.reservations.fill(order_id.as_str(), fill_quantity);
+        }
+        if is_terminal(report.status) {
+            self.reservations.release(order_id.as_str());
+        }
+        self.watermarks.observe(self.totals().equity);
+        Ok(ReportEffect::Applied)
+    }
+
+    /// A new mark; returns whether the account's valuation changed.
+    pub fn apply_tick(&mut self, tick: &Tick, now_ns: u64) -> bool {
+        let mark = Mark {
+            price: tick.price.get(),
+            received_ns: now_ns,
+        };
+        if !self.ready {
+            // Kept for later; during the rebuild history runs on the reports' clock.
+            self.marks.insert(tick.symbol.clone(), mark);
+            return false;
+        }
+        self.watermarks.roll_day(now_ns, self.totals().equity);
+        let previous = self.marks.insert(tick.symbol.clone(), mark);
+        let revalued = self.ledger.quantity(tick.symbol.as_str()) != Decimal::ZERO
+            && previous.is_none_or(|p| p.price != mark.price);
+        self.watermarks.observe(self.totals().equity);
+        revalued
+    }
+
+    /// Time passes: reservations expire, a new UTC day starts.
+    pub fn heartbeat(&mut self, now_ns: u64) {
+        for order in self.reservations.expire(now_ns) {
+            tracing::info!(client_order_id = %order, "reservation expired without a terminal report");
+        }
+        if self.ready {
+            self.watermarks.roll_day(now_ns, self.totals().equity);
+        }
+    }
+
+    // ------------------------------------------------------------ requests
+
+    /// The pre-trade check. An approval reserves the order's share of the limits.
+    pub fn check(&mut self, request: &RiskCheckRequest, now_ns: u64) -> RiskCheckResult {
+        self.heartbeat(now_ns);
+        // A re-check of the same order (execution retrying) replaces the earlier one,
+        // so the order is neither counted twice nor against itself.
+        self.reservations.release(request.client_order_id.as_str());
+        let symbol = &request.symbol;
+        let order = rules::Order {
+            quantity: request.quantity.get(),
+            buy: request.side == Side::Buy,
+            reduce_only: request.reduce_only,
+            price: request.limit_price.or(request.ref_price).map(|p| p.get()),
+        };
+        let totals = self.totals();
+        let (gate, _) = self.gate(&totals);
+        let pending = self.reservations.pending(symbol.as_str());
+        let context = rules::Context {
+            ready: self.ready,
+            kill_switch: self.kill_switch.engaged,
+            gate,
+            limits: &self.settings.limits,
+            stale_after_ms: self.settings.stale_after_ms,
+            fee_bps: self.settings.fee_bps,
+            position: self.ledger.quantity(symbol.as_str()),
+            pending,
+            market: self.marks.get(symbol).map(|mark| MarketData {
+                price: mark.price,
+                age_ms: now_ns.saturating_sub(mark.received_ns) / NS_PER_MS,
+            }),
+            cash: self.ledger.cash,
+            buys_in_flight: self.reservations.buy_notional(),
+            other_exposure: self.exposure_except(symbol),
+        };
+        let outcome = rules::check(&context, &order);
+        let state = self.trading_state(&totals);
+        let (approved, reason_code, reason) = match outcome {
+            Ok(approval) => {
+                self.reservations.reserve(
+                    request.client_order_id.as_str(),
+                    Reservation {
+                        symbol: symbol.clone(),
+                        quantity: request.side.sign() * order.quantity,
+                        price: approval.price,
+                        expires_ns: now_ns
+                            .saturating_add(self.settings.reservation_ttl_ms * NS_PER_MS),
+                    },
+                );
+                tracing::debug!(
+                    client_order_id = %request.client_order_id, %symbol, side = %request.side,
+                    quantity = %order.quantity, notional = %approval.notional, "approved"
+                );
+                (true, None, None)
+            }
+            Err(Refusal { code, reason }) => {
+                tracing::info!(
+                    client_order_id = %request.client_order_id, %symbol, side = %request.side,
+                    quantity = %order.quantity, code, %reason, "refused"
+                );
+                (false, Some(code.to_string()), Some(reason))
+            }
+        };
+        RiskCheckResult {
+            client_order_id: request.client_order_id.clone(),
+            approved,
+            reason_code,
+            reason,
+            state,
+            ts: now_ns,
+        }
+    }
+
+    /// Engage, release or read the kill switch; `Ok((state, changed))`.
+    pub fn kill_switch(
+        &mut self,
+        request: &KillSwitchRequest,
+        now_ns: u64,
+    ) -> Result<(KillSwitchState, bool), Refusal> {
+        if request.flatten {
+            return Err(Refusal {
+                code: "unsupported",
+                reason: "flatten is not supported yet (nothing was changed): engage without flatten and \
+                         close positions with reduce-only orders"
+                    .into(),
+            });
+        }
+        let engage = match request.action {
+            KillSwitchAction::Status => return Ok((self.kill_switch.clone(), false)),
+            KillSwitchAction::Engage => true,
+            KillSwitchAction::Release => false,
+        };
+        if self.kill_switch.engaged == engage {
+            return Ok((self.kill_switch.clone(), false));
+        }
+        self.kill_switch = KillSwitchState {
+            engaged: engage,
+            actor: request.actor.clone(),
+            reason: request.reason.clone(),
+            changed_ts: now_ns,
+        };
+        tracing::warn!(engaged = engage, actor = %request.actor, reason = %request.reason, "kill switch changed");
+        Ok((self.kill_switch.clone(), true))
+    }
+
+    /// Change some limits; all or nothing.
+    pub fn set_limits(&mut self, patch: &LimitsPatch) -> Result<(), String> {
+        let current = &self.settings.limits;
+        let limits = Limits {
+            max_order_notional: patch
+                .max_order_notional
+                .map_or(current.max_order_notional, |v| v.get()),
+            max_position_notional: patch
+                .max_position_notional
+                .map_or(current.max_position_notional, |v| v.get()),
+            max_gross_exposure: patch
+                .max_gross_exposure
+                .map_or(current.max_gross_exposure, |v| v.get()),
+            min_cash: patch.min_cash.map_or(current.min_cash, |v| v.get()),
+            max_daily_loss: patch
+                .max_daily_loss
+                .map_or(current.max_daily_loss, |v| v.get()),
+            max_drawdown_pct: patch.max_drawdown_pct.unwrap_or(current.max_drawdown_pct),
+        };
+        limits.validate()?;
+        tracing::warn!(?limits, "limits changed");
+        self.settings.limits = limits;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ views
+
+    pub fn limits(&self) -> RiskLimits {
+        let l = &self.settings.limits;
+        RiskLimits {
+            max_order_notional: non_negative(l.max_order_notional),
+            max_position_notional: non_negative(l.max_position_notional),
+            max_gross_exposure: non_negative(l.max_gross_exposure),
+            min_cash: money(l.min_cash),
+            max_daily_loss: non_negative(l.max_daily_loss),
+            max_drawdown_pct: l.max_drawdown_pct,
+        }
+    }
+
+    /// Every symbol ever traded (flat ones keep their realized PnL), or just one.
+    pub fn positions(&self, only: Option<&Symbol>) -> Vec<Position> {
+        self.ledger
+            .positions
+            .iter()
+            .filter(|(symbol, _)| only.is_none_or(|s| s == *symbol))
+            .map(|(symbol, p)| {
+                let price = self.valuation_price(symbol).unwrap_or(Decimal::ZERO);
+                Position {
+                    symbol: symbol.clone(),
+                    quantity: money(p.quantity),
+                    avg_price: non_negative(p.avg_price()),
+                    mark_price: self.marks.get(symbol).map(|m| non_negative(m.price)),
+                    realized_pnl: money(p.realized_pnl),
+                    unrealized_pnl: money(p.unrealized_pnl(price)),
+                    fees: non_negative(p.fees),
+                    notional: non_negative(p.quantity.abs() * price),
+                }
+            })
+            .collect()
+    }
+
+    pub fn account(&self, now_ns: u64) -> AccountState {
+        let totals = self.totals();
+        let drawdown = self.watermarks.drawdown_pct(totals.equity);
+        AccountState {
+            state: self.trading_state(&totals),
+            reasons: self.account_reasons(&totals),
+            cash: money(self.ledger.cash),
+            equity: money(totals.equity),
+            peak_equity: money(self.watermarks.peak_equity),
+            drawdown_pct: drawdown.to_f64().unwrap_or(0.0),
+            realized_pnl: money(self.ledger.realized_pnl()),
+            unrealized_pnl: money(totals.unrealized_pnl),
+            day_pnl: money(self.watermarks.day_pnl(totals.equity)),
+            fees: non_negative(self.ledger.fees),
+            gross_exposure: non_negative(totals.gross_exposure),
+            open_positions: totals.open_positions,
+            kill_switch: self.kill_switch.engaged,
+            ts: now_ns,
+        }
+    }
+
+    /// A verdict for every configured symbol and every symbol with a position.
+    pub fn verdicts(&self, now_ns: u64) -> Vec<Verdict> {
+        let totals = self.totals();
+        let account_state = self.trading_state(&totals);
+        let account_reasons = self.account_reasons(&totals);
+        let mut symbols: BTreeSet<&Symbol> = self.settings.symbols.iter().collect();
+        symbols.extend(
+            self.ledger
+                .positions
+                .iter()
+                .filter(|(_, p)| !p.quantity.is_zero())
+                .map(|(s, _)| s),
+        );
+        symbols
+            .into_iter()
+            .map(|symbol| {
+                let mut state = account_state;
+                let mut reasons = account_reasons.clone();
+                let position = self.ledger.quantity(symbol.as_str());
+                match self.marks.get(symbol) {
+                    None => {
+                        state = TradingState::Halted;
+                        reasons.push("no_market_data".into());
+                    }
+                    Some(mark)
+                        if now_ns.saturating_sub(mark.received_ns) / NS_PER_MS
+                            > self.settings.stale_after_ms =>
+                    {
+                        state = TradingState::Halted;
+                        reasons.push("stale_market_data".into());
+                    }
+                    Some(mark) => {
+                        if position.abs() * mark.price >= self.settings.limits.max_position_notional
+                        {
+                            if state == TradingState::Active {
+                                state = TradingState::ReduceOnly;
+                            }
+                            reasons.push("max_position_notional".into());
+                        }
+                    }
+                }
+                Verdict {
+                    symbol: symbol.clone(),
+                    state,
+                    reasons,
+                    position: money(position),
+                    max_order_notional: Some(non_negative(self.settings.limits.max_order_notional)),
+                    ts: now_ns,
+                }
+            })
+            .collect()
+    }
+
+    // ------------------------------------------------------------ internals
+
+    /// The tick mark, else the last fill price (a position rebuilt before any tick).
+    /// While rebuilding, only fill prices: today's mark on a half-replayed history
+    /// would record a peak (or a day start) the account never had.
+    fn valuation_price(&self, symbol: &Symbol) -> Option<Decimal> {
+        let mark = self.marks.get(symbol).filter(|_| self.ready);
+        mark.map(|m| m.price).or_else(|| {
+            self.ledger
+                .positions
+                .get(symbol)
+                .and_then(|p| p.last_fill_price)
+        })
+    }
+
+    fn totals(&self) -> Totals {
+        let mut totals = Totals {
+            equity: self.ledger.cash,
+            unrealized_pnl: Decimal::ZERO,
+            gross_exposure: Decimal::ZERO,
+            open_positions: 0,
+        };
+        for (symbol, p) in self
+            .ledger
+            .positions
+            .iter()
+            .filter(|(_, p)| !p.quantity.is_zero())
+        {
+            let price = self.valuation_price(symbol).unwrap_or(Decimal::ZERO);
+            totals.equity += p.quantity * price;
+            totals.unrealized_pnl += p.unrealized_pnl(price);
+            totals.gross_exposure += (p.quantity * price).abs();
+            totals.open_positions += 1;
+        }
+        totals
+    }
+
+    /// Worst-case exposure of every symbol but `symbol`, if all in-flight orders fill.
+    fn exposure_except(&self, symbol: &Symbol) -> Decimal {
+        let mut prices: HashMap<&Symbol, Decimal> = self.reservations.symbols().collect();
+        for s in self.ledger.positions.keys() {
+            if let Some(price) = self.valuation_price(s) {
+                prices.insert(s, price);
+            }
+        }
+        prices
+            .into_iter()
+            .filter(|(s, _)| *s != symbol)
+            .map(|(s, price)| {
+                let worst = rules::worst_case_quantity(
+                    self.ledger.quantity(s.as_str()),
+                    self.reservations.pending(s.as_str()),
+                );
+                worst * price
+            })
+            .sum()
+    }
+
+    /// The account's limits (not the kill switch): what they allow, and which are past.
+    fn gate(&self, totals: &Totals) -> (Gate, Vec<&'static str>) {
+        let breaches = self.settings.limits.breaches(
+            self.watermarks.day_pnl(totals.equity),
+            self.watermarks.drawdown_pct(totals.equity),
+        );
+        let gate = match (breaches.is_empty(), self.settings.on_limit_breach) {
+            (true, _) => Gate::Active,
+            (false, BreachAction::ReduceOnly) => Gate::ReduceOnly,
+            (false, BreachAction::Halted) => Gate::Halted,
+        };
+        (gate, breaches)
+    }
+
+    fn trading_state(&self, totals: &Totals) -> TradingState {
+        if !self.ready || self.kill_switch.engaged {
+            return TradingState::Halted;
+        }
+        match self.gate(totals).0 {
+            Gate::Active => TradingState::Active,
+            Gate::ReduceOnly => TradingState::ReduceOnly,
+            Gate::Halted => TradingState::Halted,
+        }
+    }
+
+    fn account_reasons(&self, totals: &Totals) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.ready {
+            reasons.push("not_ready".to_string());
+        }
+        if self.kill_switch.engaged {
+            reasons.push("kill_switch".to_string());
+        }
+        reasons.extend(self.gate(totals).1.into_iter().map(String::from));
+        reasons
+    }
+}
+
+fn is_terminal(status: OrderStatus) -> bool {
+    matches!(
+        status,
+        OrderStatus::Filled
+            | OrderStatus::Rejected
+            | OrderStatus::Cancelled
+            | OrderStatus::Expired
+            | OrderStatus::Failed
+    )
+}
+
+/// Wire form: trailing zeros of products and quotients dropped (970.0000 -> 970).
+fn money(value: Decimal) -> Money {
+    Money::from(value.normalize())
+}
+
+/// For values that are never negative by construction (prices, fees, |notional|).
+fn non_negative(value: Decimal) -> NonNegativeMoney {
+    NonNegativeMoney::new(value.normalize()).unwrap_or(NonNegativeMoney::ZERO)
+}
+
+#[cfg(test)]
+mod tests;

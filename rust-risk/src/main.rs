@@ -1,0 +1,38 @@
+//! rust-risk: positions, PnL, limits and the kill switch; answers `risk.api.check`
+//! for every order before execution routes it. Fails closed: until its state is
+//! rebuilt from the EXEC stream, and whenever a rule cannot be evaluated, it refuses.
+
+mod config;
+mod engine;
+mod exec_feed;
+mod ledger;
+mod limits;
+mod reservations;
+mod rules;
+mod service;
+mod watermarks;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use moonbus_common::bus;
+use moonbus_common::config::Config;
+use moonbus_common::telemetry;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init_logging();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
+    let settings = config::Settings::load(&Config::load()?)?;
+    let client = bus::connect(service::SERVICE).await?;
+    service::run(settings, client).await
+}

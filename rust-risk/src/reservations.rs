@@ -1,0 +1,180 @@
+//! In-flight reservations: an approved order holds its share of the limits until its
+//! execution report is terminal or its time-to-live passes, so two orders that each
+//! fit but together do not cannot both be approved.
+
+use std::collections::HashMap;
+
+use moonbus_common::Symbol;
+use rust_decimal::Decimal;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub symbol: Symbol,
+    /// Not yet filled quantity, signed: + buy, - sell.
+    pub quantity: Decimal,
+    /// The price the order was checked at.
+    pub price: Decimal,
+    pub expires_ns: u64,
+}
+
+impl Reservation {
+    pub fn notional(&self) -> Decimal {
+        self.quantity.abs() * self.price
+    }
+}
+
+/// Unfilled quantities in flight for one symbol (both >= 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pending {
+    pub buys: Decimal,
+    pub sells: Decimal,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Reservations {
+    by_order: HashMap<String, Reservation>,
+}
+
+impl Reservations {
+    /// Reserve for `client_order_id`; a re-check of the same order replaces, never adds.
+    pub fn reserve(&mut self, client_order_id: &str, reservation: Reservation) {
+        self.by_order
+            .insert(client_order_id.to_string(), reservation);
+    }
+
+    /// A fill of `quantity` (> 0) uses up that much of the order's reservation.
+    pub fn fill(&mut self, client_order_id: &str, quantity: Decimal) {
+        if let Some(r) = self.by_order.get_mut(client_order_id) {
+            let left = (r.quantity.abs() - quantity).max(Decimal::ZERO);
+            if left.is_zero() {
+                self.by_order.remove(client_order_id);
+            } else {
+                r.quantity = if r.quantity.is_sign_negative() {
+                    -left
+                } else {
+                    left
+                };
+            }
+        }
+    }
+
+    /// The order is done (terminal report): nothing of it is in flight any more.
+    pub fn release(&mut self, client_order_id: &str) {
+        self.by_order.remove(client_order_id);
+    }
+
+    /// Drop reservations whose TTL passed; returns the orders dropped.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<String> {
+        let expired: Vec<String> = self
+            .by_order
+            .iter()
+            .filter(|(_, r)| r.expires_ns <= now_ns)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.by_order.remove(id);
+        }
+        expired
+    }
+
+    pub fn pending(&self, symbol: &str) -> Pending {
+        let mut pending = Pending::default();
+        for r in self
+            .by_order
+            .values()
+            .filter(|r| r.symbol.as_str() == symbol)
+        {
+            if r.quantity.is_sign_negative() {
+                pending.sells -= r.quantity;
+            } else {
+                pending.buys += r.quantity;
+            }
+        }
+        pending
+    }
+
+    /// Notional of every buy in flight: cash it may still take.
+    pub fn buy_notional(&self) -> Decimal {
+        self.by_order
+            .values()
+            .filter(|r| r.quantity.is_sign_positive())
+            .map(Reservation::notional)
+            .sum()
+    }
+
+    /// Symbols with something in flight, and the price each was last checked at.
+    pub fn symbols(&self) -> impl Iterator<Item = (&Symbol, Decimal)> {
+        self.by_order.values().map(|r| (&r.symbol, r.price))
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_order.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{d, sym};
+
+    fn reservation(symbol: &str, quantity: &str, price: &str, expires_ns: u64) -> Reservation {
+        Reservation {
+            symbol: sym(symbol),
+            quantity: d(quantity),
+            price: d(price),
+            expires_ns,
+        }
+    }
+
+    #[test]
+    fn pending_sums_buys_and_sells_per_symbol() {
+        let mut r = Reservations::default();
+        r.reserve("a", reservation("BTC-USD", "0.5", "100", 10));
+        r.reserve("b", reservation("BTC-USD", "-0.25", "100", 10));
+        r.reserve("c", reservation("ETH-USD", "2", "10", 10));
+        assert_eq!(
+            r.pending("BTC-USD"),
+            Pending {
+                buys: d("0.5"),
+                sells: d("0.25")
+            }
+        );
+        assert_eq!(r.buy_notional(), d("70"));
+    }
+
+    #[test]
+    fn recheck_of_the_same_order_replaces_its_reservation() {
+        let mut r = Reservations::default();
+        r.reserve("a", reservation("BTC-USD", "1", "100", 10));
+        r.reserve("a", reservation("BTC-USD", "1", "100", 10));
+        assert_eq!(r.pending("BTC-USD").buys, d("1"));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn fills_use_up_the_reservation_and_release_ends_it() {
+        let mut r = Reservations::default();
+        r.reserve("a", reservation("BTC-USD", "-1", "100", 10));
+        r.fill("a", d("0.4"));
+        assert_eq!(r.pending("BTC-USD").sells, d("0.6"));
+        r.fill("a", d("0.6"));
+        assert_eq!(r.len(), 0);
+        r.reserve("b", reservation("BTC-USD", "1", "100", 10));
+        r.release("b");
+        assert_eq!(r.pending("BTC-USD"), Pending::default());
+        // Reports of unknown orders (e.g. placed before a restart) change nothing.
+        r.fill("zzz", d("1"));
+        r.release("zzz");
+    }
+
+    #[test]
+    fn expire_drops_only_what_is_past_its_ttl() {
+        let mut r = Reservations::default();
+        r.reserve("old", reservation("BTC-USD", "1", "100", 100));
+        r.reserve("new", reservation("BTC-USD", "2", "100", 200));
+        assert!(r.expire(99).is_empty());
+        assert_eq!(r.expire(100), vec!["old".to_string()]);
+        assert_eq!(r.pending("BTC-USD").buys, d("2"));
+    }
+}

@@ -1,0 +1,458 @@
+//! rust-risk end to end: a real nats-server with JetStream, the real binary, ticks on
+//! core NATS and execution reports in the EXEC stream, as execution would publish them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::Client;
+use bytes::Bytes;
+use futures::StreamExt;
+use moonbus_common::bus;
+use moonbus_common::testing::{ChildGuard, NatsServer};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rust-risk");
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Bus {
+    client: Client,
+    js: async_nats::jetstream::Context,
+    ticks: JoinHandle<()>,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.ticks.abort();
+    }
+}
+
+/// Connect, create the streams, and keep ticks flowing for BTC-USD (99000) and ETH-USD
+/// (3600): core NATS keeps nothing, so risk sees them whenever it starts.
+async fn bus(server: &NatsServer) -> Bus {
+    let client = async_nats::connect(server.url.as_str())
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    bus::ensure_streams(&js).await.expect("streams");
+    let publisher = client.clone();
+    let ticks = tokio::spawn(async move {
+        for seq in 0u64.. {
+            for (symbol, price) in [("BTC-USD", "99000"), ("ETH-USD", "3600")] {
+                let tick =
+                    json!({"venue": "sim", "symbol": symbol, "price": price, "seq": seq, "ts": 1});
+                let _ = publisher
+                    .publish(format!("md.tick.sim.{symbol}"), body(&tick))
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    Bus { client, js, ticks }
+}
+
+fn start_risk(server: &NatsServer) -> ChildGuard {
+    ChildGuard::spawn(BIN, &server.url, &[("MOONBUS__RISK__HEARTBEAT_MS", "200")])
+}
+
+fn body(value: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap())
+}
+
+fn report(id: &str, side: &str, quantity: &str, price: &str, fee: &str) -> Value {
+    json!({
+        "client_order_id": id, "order_id": format!("sim-{id}"), "agent": "trading",
+        "symbol": "BTC-USD", "venue": "sim", "side": side, "status": "FILLED",
+        "quantity": quantity, "filled_quantity": quantity, "last_fill_price": price,
+        "last_fill_quantity": quantity, "avg_fill_price": price, "fee": fee,
+        "timings": {}, "ts": 1_764_130_000_000_000_000u64,
+    })
+}
+
+async fn publish_report(bus: &Bus, payload: Bytes) {
+    bus.js
+        .publish("exec.report.BTC-USD", payload)
+        .await
+        .expect("publish")
+        .await
+        .expect("stream ack");
+}
+
+fn check(id: &str, side: &str, quantity: &str) -> Value {
+    json!({
+        "client_order_id": id, "agent": "trading", "symbol": "BTC-USD", "venue": "sim",
+        "side": side, "type": "MARKET", "quantity": quantity, "ref_price": "99000",
+        "ts": 1_764_130_000_000_000_000u64,
+    })
+}
+
+/// One request; None if nobody answered (yet) or the reply is not JSON.
+async fn try_request(client: &Client, subject: &str, payload: Bytes) -> Option<Value> {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(subject.to_string(), payload),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    serde_json::from_slice(&reply.payload).ok()
+}
+
+async fn request(client: &Client, subject: &str, payload: &Value) -> Value {
+    try_request(client, subject, body(payload))
+        .await
+        .unwrap_or_else(|| panic!("no reply on {subject}"))
+}
+
+/// Poll `probe` until it gives a value, for at most WAIT.
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The positions reply once risk is rebuilt and has a mark for BTC-USD.
+async fn ready_positions(client: &Client) -> Value {
+    eventually("positions with a mark", || async {
+        let reply = try_request(client, "risk.api.positions", Bytes::from_static(b"{}")).await?;
+        let marked = reply["positions"]
+            .as_array()?
+            .iter()
+            .all(|p| p.get("mark_price").is_some());
+        marked.then_some(reply)
+    })
+    .await
+}
+
+fn code(reply: &Value) -> &str {
+    if reply["approved"] == json!(true) {
+        "approved"
+    } else if let Some(code) = reply["reason_code"].as_str() {
+        code
+    } else {
+        reply["error"]["code"].as_str().unwrap_or("?")
+    }
+}
+
+async fn next_json(subscriber: &mut async_nats::Subscriber) -> Value {
+    next_where(subscriber, "a message", |_| true).await
+}
+
+/// The next message on `subscriber` that satisfies `wanted`, within WAIT.
+async fn next_where(
+    subscriber: &mut async_nats::Subscriber,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, subscriber.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("subscription open");
+        let value: Value = serde_json::from_slice(&message.payload).expect("JSON");
+        if wanted(&value) {
+            return value;
+        }
+    }
+}
+
+#[tokio::test]
+async fn positions_checks_kill_switch_and_bad_input() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    publish_report(&bus, body(&report("t-1", "BUY", "0.02", "97000", "1.94"))).await;
+    publish_report(&bus, body(&report("t-2", "SELL", "0.01", "98000", "0.98"))).await;
+    let mut accounts = client.subscribe("risk.account").await.unwrap();
+    let mut verdicts = client.subscribe("risk.verdict.BTC-USD").await.unwrap();
+    let _risk = start_risk(&server);
+
+    // Positions and PnL, rebuilt from EXEC and marked at the tick.
+    let reply = ready_positions(client).await;
+    let p = &reply["positions"][0];
+    assert_eq!(reply["positions"].as_array().unwrap().len(), 1);
+    assert_eq!(p["symbol"], "BTC-USD");
+    assert_eq!(p["quantity"], "0.01");
+    assert_eq!(p["avg_price"], "97000");
+    assert_eq!(p["mark_price"], "99000");
+    assert_eq!(p["realized_pnl"], "10");
+    assert_eq!(p["unrealized_pnl"], "20");
+    assert_eq!(p["fees"], "2.92");
+    assert_eq!(p["notional"], "990");
+    let account = &reply["account"];
+    // 10000 - 1940 + 980 - 2.92 = 9037.08; + 0.01 * 99000 = 10027.08.
+    assert_eq!(account["cash"], "9037.08");
+    assert_eq!(account["equity"], "10027.08");
+    assert_eq!(account["state"], "ACTIVE");
+    assert_eq!(account["open_positions"], 1);
+
+    // risk.account and risk.verdict.<symbol> are published.
+    let account = next_where(&mut accounts, "risk.account with the position", |a| {
+        a["equity"] == "10027.08"
+    })
+    .await;
+    assert_eq!(account["gross_exposure"], "990");
+    let verdict = next_where(&mut verdicts, "an ACTIVE verdict", |v| {
+        v["state"] == "ACTIVE"
+    })
+    .await;
+    assert_eq!(verdict["position"], "0.01");
+
+    // Checks: a small order passes, an oversized one is refused.
+    let small = request(client, "risk.api.check", &check("c-small", "BUY", "0.001")).await;
+    assert_eq!(
+        (code(&small), small["client_order_id"].as_str()),
+        ("approved", Some("c-small"))
+    );
+    let big = request(client, "risk.api.check", &check("c-big", "BUY", "0.02")).await;
+    assert_eq!(code(&big), "max_order_notional");
+    assert!(big["reason"].as_str().unwrap().contains("1980"), "{big}");
+
+    // The kill switch: effective on the very next check; an event on risk.events.
+    let mut events = client.subscribe("risk.events").await.unwrap();
+    client.flush().await.unwrap();
+    let engage = json!({"action": "engage", "actor": "alice", "reason": "exchange incident"});
+    let state = request(client, "risk.api.killswitch", &engage).await;
+    assert_eq!(
+        (state["engaged"].as_bool(), state["actor"].as_str()),
+        (Some(true), Some("alice"))
+    );
+    let refused = request(client, "risk.api.check", &check("c-k1", "BUY", "0.001")).await;
+    assert_eq!(
+        (code(&refused), refused["state"].as_str()),
+        ("kill_switch", Some("HALTED"))
+    );
+    let reducing = request(client, "risk.api.check", &check("c-k2", "SELL", "0.005")).await;
+    assert_eq!(code(&reducing), "approved");
+    let event = next_json(&mut events).await;
+    assert_eq!(
+        (event["engaged"].as_bool(), event["reason"].as_str()),
+        (Some(true), Some("exchange incident"))
+    );
+    let flatten = json!({"action": "release", "flatten": true});
+    assert_eq!(
+        code(&request(client, "risk.api.killswitch", &flatten).await),
+        "unsupported"
+    );
+    let release = request(
+        client,
+        "risk.api.killswitch",
+        &json!({"action": "release", "actor": "bob"}),
+    )
+    .await;
+    assert_eq!(release["engaged"], false);
+    assert_eq!(next_json(&mut events).await["actor"], "bob");
+    assert_eq!(
+        code(&request(client, "risk.api.check", &check("c-k3", "BUY", "0.001")).await),
+        "approved"
+    );
+
+    // Limits: read, change, refuse a bad change.
+    let limits = request(client, "risk.api.limits", &json!({})).await;
+    assert_eq!(limits["limits"]["max_order_notional"], "1000");
+    let changed = request(
+        client,
+        "risk.api.limits",
+        &json!({"set": {"max_order_notional": "50"}}),
+    )
+    .await;
+    assert_eq!(changed["limits"]["max_order_notional"], "50");
+    assert_eq!(
+        code(&request(client, "risk.api.check", &check("c-l1", "BUY", "0.001")).await),
+        "max_order_notional"
+    );
+    let bad = request(
+        client,
+        "risk.api.limits",
+        &json!({"set": {"max_order_notional": 50}}),
+    )
+    .await;
+    assert_eq!(code(&bad), "bad_request");
+
+    // Bad input: a reply with the serde message, and the service keeps answering.
+    let reply = try_request(client, "risk.api.check", Bytes::from_static(b"{not json"))
+        .await
+        .unwrap();
+    assert_eq!(code(&reply), "bad_request");
+    let mut unknown_field = check("c-x", "BUY", "0.001");
+    unknown_field["reduce_onyl"] = json!(true);
+    let reply = request(client, "risk.api.check", &unknown_field).await;
+    assert_eq!(code(&reply), "bad_request");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reduce_onyl"),
+        "{reply}"
+    );
+    let version = request(client, "risk.api.version", &json!({})).await;
+    assert_eq!(version["service"], "risk");
+
+    // A malformed report in EXEC and a malformed tick go to errors.risk, nothing breaks.
+    let mut errors = client.subscribe("errors.risk").await.unwrap();
+    client.flush().await.unwrap();
+    publish_report(&bus, Bytes::from_static(b"{\"status\": \"FILLED\"")).await;
+    let error = next_json(&mut errors).await;
+    assert_eq!(
+        (error["service"].as_str(), error["subject"].as_str()),
+        (Some("risk"), Some("exec.report.BTC-USD"))
+    );
+    client
+        .publish("md.tick.sim.BTC-USD", Bytes::from_static(b"{\"price\": 1}"))
+        .await
+        .unwrap();
+    let error = next_json(&mut errors).await;
+    assert_eq!(error["subject"], "md.tick.sim.BTC-USD");
+    let reply = ready_positions(client).await;
+    assert_eq!(reply["positions"][0]["quantity"], "0.01");
+
+    // The NATS service API.
+    let ping = try_request(client, "$SRV.PING.risk", Bytes::new())
+        .await
+        .expect("ping reply");
+    assert_eq!(ping["name"], "risk");
+}
+
+#[tokio::test]
+async fn restart_rebuilds_the_same_positions_from_exec() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let eth = |id: &str, side: &str, quantity: &str, price: &str, fee: &str| {
+        let mut r = report(id, side, quantity, price, fee);
+        r["symbol"] = json!("ETH-USD");
+        body(&r)
+    };
+    publish_report(&bus, body(&report("r-1", "BUY", "0.01", "97000", "0.97"))).await;
+    publish_report(&bus, eth("r-2", "BUY", "0.3", "3500", "1.05")).await;
+    let mut risk = start_risk(&server);
+    let first = ready_positions(client).await;
+    assert_eq!(first["positions"].as_array().unwrap().len(), 2);
+
+    // Live reports after the rebuild, on the same consumer; one republished twice.
+    let flip = body(&report("r-3", "SELL", "0.015", "98000", "1.47"));
+    publish_report(&bus, flip.clone()).await;
+    publish_report(&bus, flip).await;
+    publish_report(&bus, eth("r-4", "SELL", "0.1", "3550", "0.35")).await;
+    let before = eventually("the live reports applied", || async {
+        let reply = ready_positions(client).await;
+        (reply["positions"][1]["quantity"] == "0.2").then_some(reply)
+    })
+    .await;
+    let btc = &before["positions"][0];
+    // Long 0.01 @ 97000, sold 0.015 @ 98000 once (the copy is skipped): +10, short 0.005 @ 98000.
+    assert_eq!(
+        (btc["symbol"].as_str(), btc["quantity"].as_str()),
+        (Some("BTC-USD"), Some("-0.005"))
+    );
+    assert_eq!(
+        (btc["avg_price"].as_str(), btc["realized_pnl"].as_str()),
+        (Some("98000"), Some("10"))
+    );
+    let eth_position = &before["positions"][1];
+    assert_eq!(
+        (
+            eth_position["avg_price"].as_str(),
+            eth_position["realized_pnl"].as_str()
+        ),
+        (Some("3500"), Some("5"))
+    );
+
+    risk.kill();
+    let _risk = start_risk(&server);
+    let after = ready_positions(client).await;
+    assert_eq!(after["positions"], before["positions"]);
+    for key in ["cash", "realized_pnl", "fees", "open_positions"] {
+        assert_eq!(after["account"][key], before["account"][key], "{key}");
+    }
+    assert_eq!(after["account"]["realized_pnl"], "15");
+}
+
+#[tokio::test]
+async fn checks_during_the_rebuild_fail_closed() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    // A backlog long enough that the rebuild outlasts a round trip by far.
+    const REPORTS: usize = 20_000;
+    for batch in 0..REPORTS / 1000 {
+        // Acks awaited per batch: the client allows only so many in flight.
+        let mut acks = Vec::with_capacity(1000);
+        for i in batch * 1000..(batch + 1) * 1000 {
+            // SOL-USDC has no ticks here: valued at its fill price, 20 * 100.
+            let mut r = report(&format!("b-{i}"), "BUY", "0.001", "100", "0");
+            r["symbol"] = json!("SOL-USDC");
+            acks.push(
+                bus.js
+                    .publish("exec.report.SOL-USDC", body(&r))
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for ack in acks {
+            ack.await.expect("stream ack");
+        }
+    }
+    let _risk = start_risk(&server);
+    let first = eventually("the check endpoint", || {
+        try_request(
+            client,
+            "risk.api.check",
+            body(&check("early", "BUY", "0.001")),
+        )
+    })
+    .await;
+    assert_eq!(
+        (code(&first), first["state"].as_str()),
+        ("not_ready", Some("HALTED"))
+    );
+    let early_positions = try_request(client, "risk.api.positions", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let rebuilt = eventually("the rebuild", || async {
+        let reply = try_request(client, "risk.api.positions", Bytes::from_static(b"{}")).await?;
+        reply.get("positions").is_some().then_some(reply)
+    })
+    .await;
+    assert!(
+        early_positions.get("error").is_some() || early_positions == rebuilt,
+        "positions must not be half-rebuilt: {early_positions}"
+    );
+    assert_eq!(rebuilt["positions"][0]["quantity"], "20");
+    assert_eq!(
+        code(&request(client, "risk.api.check", &check("late", "BUY", "0.001")).await),
+        "approved"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let mut risk = start_risk(&server);
+    ready_positions(&bus.client).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &risk.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = eventually("risk to exit", || {
+        let exit = risk.0.try_wait().expect("wait");
+        async move { exit }
+    })
+    .await;
+    assert!(exit.success(), "exit status {exit}");
+}
