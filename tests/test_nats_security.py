@@ -392,11 +392,11 @@ async def test_ensure_streams_is_idempotent_and_repairs_drift(connect):
 
 @pytest.mark.parametrize(
     ("orders_creator", "exec_creator"),
-    [("trading-agent", "risk"), ("risk-agent", "execution"), ("risk", "risk"), ("execution", "execution")],
+    [("trading-agent", "risk"), ("risk-agent", "execution"), ("execution", "risk"), ("execution", "execution")],
 )
 async def test_streams_are_created_by_whoever_starts_first(tmp_path, orders_creator, exec_creator):
     """On an empty bus the first service up creates what it needs; later ones reuse it.
-    (risk and execution create both streams at start: rust-common bus::ensure_streams.)"""
+    (execution creates both streams at start, risk only EXEC, the order publishers only ORDERS.)"""
     creds = load_or_create_credentials(tmp_path)
     async with NatsServer(store_dir=tmp_path, credentials=creds) as server:
         async def js_as(user):
