@@ -10,11 +10,12 @@ PY     := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.moonbus-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup python rust run test test-rust test-python fmt lint clean distclean
+.PHONY: help setup python rust run test test-rust test-python bench fmt lint clean distclean
 
 help:
 	@echo "make run     start nats-server and every service (Ctrl+C stops them all)"
 	@echo "make test    run all tests (cargo test, pytest)"
+	@echo "make bench   run the benchmark harness; results in bench/results/*.json"
 	@echo "make setup   create .venv, install the Python package, build the Rust binaries"
 	@echo "make fmt     format code (cargo fmt; ruff format if installed)"
 	@echo "make lint    cargo clippy -D warnings (and ruff check if installed)"
@@ -53,6 +54,10 @@ test-rust:
 
 test-python: setup
 	$(PY) -m pytest -q
+
+# Writes bench/results/<name>.json; BENCH="name ..." runs a subset.
+bench: setup
+	$(PY) -m bench $(BENCH)
 
 # ---- code hygiene ---------------------------------------------------------------------
 

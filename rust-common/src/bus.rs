@@ -17,20 +17,13 @@ use crate::subjects;
 
 /// Connect as `NATS_USER` / `NATS_PASSWORD` to `NATS_URL` (default localhost:4222).
 /// Retries the first connect and reconnects forever: a bus restart is not fatal.
+/// (async-nats itself logs every connection event: connected, disconnected, ...)
 pub async fn connect(service: &str) -> Result<Client> {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let mut options = async_nats::ConnectOptions::new()
         .name(service)
         .retry_on_initial_connect()
-        .max_reconnects(None)
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected | async_nats::Event::Closed => {
-                    tracing::info!(%event, "nats connection event")
-                }
-                _ => tracing::warn!(%event, "nats connection event"),
-            }
-        });
+        .max_reconnects(None);
     if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
         options = options.user_and_password(user, password);
     }

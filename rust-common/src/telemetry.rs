@@ -1,18 +1,22 @@
 //! Logging set-up and the shutdown signal, the same for every binary.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Human-readable logs by default; `MOONBUS_LOG_FORMAT=json` for one JSON object per line.
-/// Level from `RUST_LOG` (default `info`).
+/// Level from `RUST_LOG` (default `info`). Logs go to stderr.
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        // Colours only on a terminal: under `make run` the launcher labels the lines.
+        .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("MOONBUS_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().flatten_event(true).init();
+        builder.json().flatten_event(true).with_writer(std::io::stderr).init();
     } else {
-        builder.compact().init();
+        builder.compact().with_writer(std::io::stderr).init();
     }
 }
 
