@@ -152,7 +152,8 @@ PUBLISH_CASES = [
     ("risk", "risk.events", True),
     ("risk", "md.tick.sim.BTC-USD", False),
     ("risk", "exec.report.BTC-USD", False),
-    ("risk", "orders.submit.BTC-USD", False),
+    ("risk", "orders.submit.BTC-USD", True),  # kill switch flatten
+    ("risk", "orders.cancel.BTC-USD", False),
     ("execution", "exec.report.BTC-USD", True),
     ("execution", "risk.api.check", True),
     ("execution", "risk.api.killswitch", False),
@@ -655,6 +656,31 @@ async def test_risk_reads_exec_with_ordered_and_durable_consumers(connect, strea
     await assert_denied_request(risk, f"$JS.API.STREAM.INFO.{ORDERS}")
 
 
+async def test_risk_flatten_orders_land_in_orders_deduplicated(connect, streams):
+    """Kill switch flatten: risk publishes reduce-only orders into ORDERS through
+    JetStream (Nats-Msg-Id = client_order_id), and nothing else of ORDERS."""
+    risk = await connect("risk")
+    js = risk.jetstream(timeout=5)
+    coid = f"ks-{uid()}-RISKFLAT-USD"
+    subject = f"orders.submit.RISKFLAT{uid()}-USD"  # this test's own symbol
+    ack = await js.publish(subject, b'{"flatten":1}', headers={MSG_ID_HEADER: coid})
+    assert ack.stream == ORDERS and not ack.duplicate
+    again = await js.publish(subject, b'{"flatten":1}', headers={MSG_ID_HEADER: coid})
+    assert again.duplicate and again.seq == ack.seq
+    assert not risk.permission_errors(), risk.permission_errors()
+
+    reader = await connect("operator")
+    stored = await reader.jetstream(timeout=5).get_last_msg(ORDERS, subject)
+    assert (stored.data, stored.headers[MSG_ID_HEADER]) == (b'{"flatten":1}', coid)
+
+    # Publishing is all: no ORDERS API, no consumer, no cancels.
+    await assert_denied_request(risk, f"$JS.API.STREAM.INFO.{ORDERS}")
+    await assert_denied_request(risk, f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.execution", {"batch": 1})
+    with pytest.raises(NatsTimeoutError):
+        await risk.jetstream(timeout=SHORT).publish("orders.cancel.BTC-USD", b"{}")
+    await risk.wait_for_permission_error("orders.cancel.BTC-USD")
+
+
 async def test_only_execution_publishes_exec_reports(connect, streams):
     for user in ("risk", "trading-agent", "gateway", "operator"):
         nc = await connect(user)
@@ -686,6 +712,29 @@ async def test_kv_writers_and_readers(connect):
     rkv = await ensure_kv(risk.jetstream(timeout=5))
     await rkv.put(f"verdict.BTC-USD.{uid()}", b"ACTIVE")
     assert (await rkv.get(key)).value == b'{"score":0.4}'
+
+    # The shape of what rust-risk keeps there (risk.killswitch, risk.loss_latch,
+    # risk.account, risk.verdict.<symbol>), readable at once by a starting agent and
+    # by the gateway. Keys of this test's own (the session's agents read the real ones).
+    tag = uid()
+    risk_keys = {
+        f"risk.killswitch{tag}": b'{"engaged":true,"actor":"alice","reason":"test","changed_ts":1}',
+        f"risk.loss_latch{tag}": b"null",
+        f"risk.account{tag}": b'{"state":"ACTIVE"}',
+        f"risk.verdict.SEC{tag.upper()}-USD": b'{"state":"ACTIVE"}',
+    }
+    for k, value in risk_keys.items():
+        await rkv.put(k, value)
+    for reader in ("trading-agent", "risk-agent", "swarm-agent", "gateway"):
+        nc = await connect(reader)
+        kv_reader = await nc.jetstream(timeout=5).key_value(KV_BUCKET)
+        for k, value in risk_keys.items():
+            assert (await kv_reader.get(k)).value == value, (reader, k)
+        assert not nc.permission_errors(), (reader, nc.permission_errors())
+    forger = await connect("risk-agent")
+    with pytest.raises(NatsTimeoutError):
+        await (await forger.jetstream(timeout=SHORT).key_value(KV_BUCKET)).put(f"risk.killswitch{tag}", b"{}")
+    await forger.wait_for_permission_error(f"$KV.{KV_BUCKET}.risk.killswitch{tag}")
 
 
 # ---- the launcher gives each service its own user, and only that -------------------------

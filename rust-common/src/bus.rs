@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
 use async_nats::service::{Service, ServiceExt};
 use async_nats::Client;
 use bytes::Bytes;
@@ -76,6 +76,31 @@ pub fn exec_stream_config() -> stream::Config {
         duplicate_window: Duration::from_secs(600),
         max_age: Duration::from_secs(30 * 24 * 3600),
         ..Default::default()
+    }
+}
+
+/// Open the KV bucket `moonbus`, or create it if missing, with the settings of
+/// services/common/streams.py `ensure_kv` (one value per key, file storage, direct
+/// get). Idempotent, and safe when another service creates it at the same moment.
+pub async fn ensure_kv(js: &jetstream::Context) -> Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(subjects::KV_BUCKET).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: subjects::KV_BUCKET.into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Created meanwhile (perhaps by the Python side, with its defaults): use it.
+        Err(create) => js
+            .get_key_value(subjects::KV_BUCKET)
+            .await
+            .with_context(|| format!("creating KV bucket {}: {create}", subjects::KV_BUCKET)),
     }
 }
 

@@ -839,6 +839,12 @@ pub struct Verdict {
     pub position: Money,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_order_notional: Option<NonNegativeMoney>,
+    /// Why, in words (e.g. the move that tripped the circuit breaker).
+    #[serde(default)]
+    pub detail: String,
+    /// While a circuit breaker halts the symbol: when the halt ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted_until: Option<u64>,
     pub ts: u64,
 }
 
@@ -950,6 +956,9 @@ pub struct KillSwitchState {
     pub actor: String,
     pub reason: String,
     pub changed_ts: u64,
+    /// engage + flatten: reduce-only orders stored in ORDERS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flatten_orders: Option<u64>,
 }
 
 /// The limits rust-risk enforces (all present in replies).
@@ -987,12 +996,37 @@ pub struct LimitsPatch {
     pub max_drawdown_pct: Option<f64>,
 }
 
-/// `risk.api.limits` request: read (no `set`) or change some limits.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `risk.api.limits` request: read (no `set`) or change some limits; optionally
+/// release the loss latch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set: Option<LimitsPatch>,
+    /// End the loss latch (REDUCE_ONLY / HALTED after a loss or drawdown limit tripped).
+    #[serde(default)]
+    pub release_loss_latch: bool,
+    /// 1 to 64 characters.
+    #[serde(
+        default = "default_actor",
+        deserialize_with = "check::chars::<1, 64, _>"
+    )]
+    pub actor: String,
+    /// At most 500 characters.
+    #[serde(default, deserialize_with = "check::chars::<0, 500, _>")]
+    pub reason: String,
+}
+
+/// `{}`: read the limits, change nothing.
+impl Default for LimitsRequest {
+    fn default() -> Self {
+        Self {
+            set: None,
+            release_loss_latch: false,
+            actor: default_actor(),
+            reason: String::new(),
+        }
+    }
 }
 
 /// `risk.api.limits` reply.
@@ -1048,6 +1082,12 @@ pub struct Signal {
     pub model: String,
     #[serde(default)]
     pub fallback: bool,
+    /// Time the model took (LLM call or rule), milliseconds.
+    #[serde(default, deserialize_with = "check::non_negative")]
+    pub latency_ms: f64,
+    /// Estimated LLM cost of this decision, USD.
+    #[serde(default, deserialize_with = "check::non_negative")]
+    pub cost_usd: f64,
     pub origin_ts: u64,
     pub ts: u64,
 }

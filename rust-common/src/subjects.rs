@@ -27,6 +27,10 @@ pub const ORDERS_CANCEL_ALL: &str = "orders.cancel.>";
 pub const ORDERS_STREAM: &str = "ORDERS";
 pub const EXEC_STREAM: &str = "EXEC";
 
+/// The KV bucket for the latest state a starting service reads at once
+/// (services/common/streams.py `KV_BUCKET`).
+pub const KV_BUCKET: &str = "moonbus";
+
 /// Where a report goes when the order's symbol cannot be trusted.
 pub const INVALID_TOKEN: &str = "_invalid";
 

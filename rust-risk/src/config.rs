@@ -3,12 +3,15 @@
 
 use anyhow::{bail, Context, Result};
 use moonbus_common::config::{Config, SystemConfig};
-use moonbus_common::{Money, NonNegativeMoney, Symbol};
+use moonbus_common::{Money, NonNegativeMoney, Symbol, Venue};
 use rust_decimal::prelude::FromPrimitive;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
+use crate::breaker::BreakerConfig;
 use crate::limits::{BreachAction, Limits};
+use crate::rate::RateLimits;
+use crate::rules::OrderGuards;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -26,6 +29,22 @@ pub struct RiskConfig {
     pub on_limit_breach: BreachAction,
     /// Fee rate assumed for the min_cash check (basis points of notional).
     pub fee_bps: f64,
+    /// Approved orders per window; 0 = no limit.
+    pub rate_limit_window_ms: u64,
+    pub rate_limit_agent: u64,
+    pub rate_limit_global: u64,
+    pub rate_limit_reduce_only: u64,
+    /// A LIMIT order this far on the aggressive side of the mark is refused; 0 = off.
+    pub price_band_pct: f64,
+    /// In-flight plus resting orders; 0 = no limit.
+    pub max_open_orders: u64,
+    pub max_open_orders_per_symbol: u64,
+    /// A move of more than this within the window halts the symbol; 0 = off.
+    pub circuit_breaker_pct: f64,
+    pub circuit_breaker_window_s: u64,
+    pub circuit_breaker_halt_s: u64,
+    /// Venue of the orders a kill switch flatten sends.
+    pub flatten_venue: String,
 }
 
 impl Default for RiskConfig {
@@ -45,6 +64,17 @@ impl Default for RiskConfig {
             reservation_ttl_ms: 10_000,
             on_limit_breach: BreachAction::ReduceOnly,
             fee_bps: 10.0,
+            rate_limit_window_ms: 1000,
+            rate_limit_agent: 20,
+            rate_limit_global: 50,
+            rate_limit_reduce_only: 200,
+            price_band_pct: 5.0,
+            max_open_orders: 50,
+            max_open_orders_per_symbol: 10,
+            circuit_breaker_pct: 5.0,
+            circuit_breaker_window_s: 60,
+            circuit_breaker_halt_s: 300,
+            flatten_venue: "sim".into(),
         }
     }
 }
@@ -59,6 +89,10 @@ pub struct Settings {
     pub reservation_ttl_ms: u64,
     pub on_limit_breach: BreachAction,
     pub fee_bps: Decimal,
+    pub rate: RateLimits,
+    pub guards: OrderGuards,
+    pub breaker: BreakerConfig,
+    pub flatten_venue: Venue,
     /// `[system].symbols`: a verdict is published for each, position or not.
     pub symbols: Vec<Symbol>,
 }
@@ -86,14 +120,31 @@ impl Settings {
         if risk.reservation_ttl_ms == 0 {
             bail!("reservation_ttl_ms must be greater than zero");
         }
-        let fee_bps = Decimal::from_f64(risk.fee_bps)
-            .filter(|fee| !fee.is_sign_negative())
-            .with_context(|| {
-                format!(
-                    "fee_bps must be a non-negative number, got {}",
-                    risk.fee_bps
-                )
-            })?;
+        let fee_bps = non_negative("fee_bps", risk.fee_bps, f64::MAX)?;
+        if risk.rate_limit_window_ms == 0 {
+            bail!("rate_limit_window_ms must be greater than zero");
+        }
+        let breaker = BreakerConfig {
+            pct: non_negative("circuit_breaker_pct", risk.circuit_breaker_pct, 100.0)?,
+            window_ns: risk.circuit_breaker_window_s.saturating_mul(NS_PER_S),
+            halt_ns: risk.circuit_breaker_halt_s.saturating_mul(NS_PER_S),
+        };
+        if !breaker.pct.is_zero() && (breaker.window_ns == 0 || breaker.halt_ns == 0) {
+            bail!("circuit_breaker_window_s and circuit_breaker_halt_s must be greater than zero (or circuit_breaker_pct 0: off)");
+        }
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let rate = RateLimits {
+            window_ns: risk.rate_limit_window_ms.saturating_mul(1_000_000),
+            per_agent: count(risk.rate_limit_agent),
+            global: count(risk.rate_limit_global),
+            reduce_only: count(risk.rate_limit_reduce_only),
+        };
+        let guards = OrderGuards {
+            price_band_pct: non_negative("price_band_pct", risk.price_band_pct, 100.0)?,
+            max_open_orders: risk.max_open_orders,
+            max_open_orders_per_symbol: risk.max_open_orders_per_symbol,
+        };
+        let flatten_venue = Venue::try_from(risk.flatten_venue).context("flatten_venue")?;
         let symbols = system
             .symbols
             .into_iter()
@@ -108,9 +159,22 @@ impl Settings {
             reservation_ttl_ms: risk.reservation_ttl_ms,
             on_limit_breach: risk.on_limit_breach,
             fee_bps,
+            rate,
+            guards,
+            breaker,
+            flatten_venue,
             symbols,
         })
     }
+}
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// A percentage or rate from the config as an exact decimal within 0 ..= `max`.
+fn non_negative(name: &str, value: f64, max: f64) -> Result<Decimal> {
+    Decimal::from_f64(value)
+        .filter(|v| !v.is_sign_negative() && value <= max)
+        .with_context(|| format!("{name} must be a number within 0 ..= {max}, got {value}"))
 }
 
 #[cfg(test)]
@@ -134,6 +198,10 @@ mod tests {
         assert_eq!(settings.starting_cash, "10000".parse().unwrap());
         assert_eq!(settings.on_limit_breach, BreachAction::ReduceOnly);
         assert_eq!(settings.symbols.len(), 3);
+        assert_eq!(settings.rate.window_ns, 1_000_000_000);
+        assert_eq!(settings.guards.price_band_pct, "5".parse().unwrap());
+        assert_eq!(settings.breaker.halt_ns, 300 * NS_PER_S);
+        assert_eq!(settings.flatten_venue, "sim");
     }
 
     #[test]
@@ -163,5 +231,22 @@ mod tests {
         assert!(error("[system]\nsymbols = [\"BTC.USD\"]\n").contains("invalid symbol"));
         let halted = load("[risk]\non_limit_breach = \"halted\"\n").unwrap();
         assert_eq!(halted.on_limit_breach, BreachAction::Halted);
+        assert!(error("[risk]\nprice_band_pct = -1.0\n").contains("price_band_pct"));
+        assert!(error("[risk]\ncircuit_breaker_pct = 101.0\n").contains("circuit_breaker_pct"));
+        assert!(error("[risk]\ncircuit_breaker_halt_s = 0\n").contains("circuit_breaker_halt_s"));
+        assert!(error("[risk]\nrate_limit_window_ms = 0\n").contains("rate_limit_window_ms"));
+        assert!(error("[risk]\nflatten_venue = \"Sim!\"\n").contains("flatten_venue"));
+        assert!(error("[risk]\nfee_bps = -3.0\n").contains("fee_bps"));
+    }
+
+    #[test]
+    fn zero_turns_the_order_flow_guards_off() {
+        // (An integer where a percentage goes is fine: MOONBUS__RISK__PRICE_BAND_PCT=0.)
+        let text = "[risk]\ncircuit_breaker_pct = 0.0\ncircuit_breaker_halt_s = 0\n\
+                    price_band_pct = 0\nrate_limit_agent = 0\nmax_open_orders = 0\n";
+        let settings = load(text).unwrap();
+        assert!(settings.breaker.pct.is_zero() && settings.guards.price_band_pct.is_zero());
+        assert_eq!((settings.rate.per_agent, settings.rate.global), (0, 50));
+        assert_eq!(settings.guards.max_open_orders, 0);
     }
 }

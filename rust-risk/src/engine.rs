@@ -5,19 +5,26 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use moonbus_common::{
-    AccountState, ClientOrderId, ExecutionReport, KillSwitchAction, KillSwitchRequest,
-    KillSwitchState, LimitsPatch, Money, NonNegativeMoney, OrderStatus, Position, RiskCheckRequest,
-    RiskCheckResult, RiskLimits, Side, Symbol, Tick, TradingState, Verdict,
+    AccountState, AgentName, ClientOrderId, ExecutionReport, KillSwitchAction, KillSwitchRequest,
+    KillSwitchState, LimitsPatch, Money, NonNegativeMoney, OrderRequest, OrderStatus, OrderType,
+    Position, PositiveMoney, RiskCheckRequest, RiskCheckResult, RiskLimits, Side, Symbol, Tick,
+    TimeInForce, TradingState, Venue, Verdict,
 };
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
+use crate::breaker::CircuitBreakers;
 use crate::config::Settings;
 use crate::ledger::{Fill, Ledger};
-use crate::limits::{BreachAction, Limits};
+use crate::limits::{BreachAction, Limits, LossLatch};
+use crate::open_orders::{is_terminal, OpenOrders};
+use crate::rate::RateLimiter;
 use crate::reservations::{Reservation, Reservations};
-use crate::rules::{self, Gate, MarketData, Refusal};
+use crate::rules::{self, Gate, MarketData, OpenOrderCounts, Refusal};
 use crate::watermarks::Watermarks;
+
+/// The agent name of the orders risk itself sends (kill switch flatten).
+pub const RISK_AGENT: &str = "risk";
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -53,7 +60,11 @@ pub struct Engine {
     ledger: Ledger,
     marks: HashMap<Symbol, Mark>,
     reservations: Reservations,
+    open_orders: OpenOrders,
+    rate: RateLimiter,
+    breakers: CircuitBreakers,
     watermarks: Watermarks,
+    loss_latch: Option<LossLatch>,
     kill_switch: KillSwitchState,
     ready: bool,
     applied: HashSet<(ClientOrderId, OrderStatus, NonNegativeMoney)>,
@@ -66,16 +77,29 @@ impl Engine {
             watermarks: Watermarks::new(settings.starting_cash),
             marks: HashMap::new(),
             reservations: Reservations::default(),
+            open_orders: OpenOrders::default(),
+            rate: RateLimiter::new(settings.rate),
+            breakers: CircuitBreakers::new(settings.breaker),
+            loss_latch: None,
             kill_switch: KillSwitchState {
                 engaged: false,
-                actor: "risk".into(),
+                actor: RISK_AGENT.into(),
                 reason: "released at start".into(),
                 changed_ts: now_ns,
+                flatten_orders: None,
             },
             ready: false,
             applied: HashSet::new(),
             settings,
         }
+    }
+
+    /// State kept in the KV bucket across restarts; call before `mark_ready`.
+    pub fn restore(&mut self, kill_switch: Option<KillSwitchState>, loss_latch: Option<LossLatch>) {
+        if let Some(state) = kill_switch {
+            self.kill_switch = state;
+        }
+        self.loss_latch = loss_latch;
     }
 
     /// The EXEC stream has been read up to where it was at start: checks may pass,
@@ -84,6 +108,7 @@ impl Engine {
         self.ready = true;
         self.watermarks.roll_day(now_ns, self.totals().equity);
         self.watermarks.observe(self.totals().equity);
+        self.latch_breaches(now_ns);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -130,16 +155,21 @@ impl Engine {
         if is_terminal(report.status) {
             self.reservations.release(order_id.as_str());
         }
+        self.open_orders
+            .on_report(order_id.as_str(), report.symbol.as_ref(), report.status);
         self.watermarks.observe(self.totals().equity);
+        self.latch_breaches(report.ts);
         Ok(ReportEffect::Applied)
     }
 
-    /// A new mark; returns whether the account's valuation changed.
+    /// A new mark; returns whether the account's valuation changed or the circuit
+    /// breaker halted the symbol.
     pub fn apply_tick(&mut self, tick: &Tick, now_ns: u64) -> bool {
         let mark = Mark {
             price: tick.price.get(),
             received_ns: now_ns,
         };
+        let tripped = self.breakers.observe(&tick.symbol, mark.price, now_ns);
         if !self.ready {
             // Kept for later; during the rebuild history runs on the reports' clock.
             self.marks.insert(tick.symbol.clone(), mark);
@@ -150,7 +180,8 @@ impl Engine {
         let revalued = self.ledger.quantity(tick.symbol.as_str()) != Decimal::ZERO
             && previous.is_none_or(|p| p.price != mark.price);
         self.watermarks.observe(self.totals().equity);
-        revalued
+        self.latch_breaches(now_ns);
+        revalued || tripped
     }
 
     /// Time passes: reservations expire, a new UTC day starts.
@@ -160,6 +191,7 @@ impl Engine {
         }
         if self.ready {
             self.watermarks.roll_day(now_ns, self.totals().equity);
+            self.latch_breaches(now_ns);
         }
     }
 
@@ -177,6 +209,10 @@ impl Engine {
             buy: request.side == Side::Buy,
             reduce_only: request.reduce_only,
             price: request.limit_price.or(request.ref_price).map(|p| p.get()),
+            limit_price: request
+                .limit_price
+                .filter(|_| request.order_type == OrderType::Limit)
+                .map(|p| p.get()),
         };
         let totals = self.totals();
         let (gate, _) = self.gate(&totals);
@@ -186,6 +222,9 @@ impl Engine {
             kill_switch: self.kill_switch.engaged,
             gate,
             limits: &self.settings.limits,
+            guards: &self.settings.guards,
+            halt: self.breakers.halt(symbol, now_ns),
+            open_orders: self.open_order_counts(symbol, request.client_order_id.as_str()),
             stale_after_ms: self.settings.stale_after_ms,
             fee_bps: self.settings.fee_bps,
             position: self.ledger.quantity(symbol.as_str()),
@@ -198,7 +237,18 @@ impl Engine {
             buys_in_flight: self.reservations.buy_notional(),
             other_exposure: self.exposure_except(symbol),
         };
-        let outcome = rules::check(&context, &order);
+        // Last, and only for an order every other rule approves: the rate budgets
+        // count orders that would be routed, not every attempt.
+        let outcome = rules::check(&context, &order).and_then(|approval| {
+            self.rate
+                .admit(
+                    request.agent.as_str(),
+                    request.client_order_id.as_str(),
+                    approval.reducing,
+                    now_ns,
+                )
+                .map(|()| approval)
+        });
         let state = self.trading_state(&totals);
         let (approved, reason_code, reason) = match outcome {
             Ok(approval) => {
@@ -236,36 +286,111 @@ impl Engine {
         }
     }
 
-    /// Engage, release or read the kill switch; `Ok((state, changed))`.
-    pub fn kill_switch(
-        &mut self,
+    pub fn kill_switch_state(&self) -> KillSwitchState {
+        self.kill_switch.clone()
+    }
+
+    /// The kill switch state a request asks for, not yet applied (the service stores
+    /// it first when releasing). None = nothing changes (status, or already so).
+    /// An engage with flatten is always a change: a new action by its actor.
+    pub fn kill_switch_change(
+        &self,
         request: &KillSwitchRequest,
         now_ns: u64,
-    ) -> Result<(KillSwitchState, bool), Refusal> {
-        if request.flatten {
+    ) -> Result<Option<KillSwitchState>, Refusal> {
+        let engage = match request.action {
+            KillSwitchAction::Engage => true,
+            _ if request.flatten => {
+                return Err(Refusal {
+                    code: "bad_request",
+                    reason: "flatten goes with action \"engage\" (nothing was changed)".into(),
+                })
+            }
+            KillSwitchAction::Status => return Ok(None),
+            KillSwitchAction::Release => false,
+        };
+        if request.flatten && !self.ready {
             return Err(Refusal {
-                code: "unsupported",
-                reason: "flatten is not supported yet (nothing was changed): engage without flatten and \
-                         close positions with reduce-only orders"
+                code: "not_ready",
+                reason: "positions are still being rebuilt from EXEC, so flatten cannot size its \
+                         orders (nothing was changed): engage without flatten now, flatten when ready"
                     .into(),
             });
         }
-        let engage = match request.action {
-            KillSwitchAction::Status => return Ok((self.kill_switch.clone(), false)),
-            KillSwitchAction::Engage => true,
-            KillSwitchAction::Release => false,
-        };
-        if self.kill_switch.engaged == engage {
-            return Ok((self.kill_switch.clone(), false));
+        if self.kill_switch.engaged == engage && !request.flatten {
+            return Ok(None);
         }
-        self.kill_switch = KillSwitchState {
+        Ok(Some(KillSwitchState {
             engaged: engage,
             actor: request.actor.clone(),
             reason: request.reason.clone(),
             changed_ts: now_ns,
+            flatten_orders: None,
+        }))
+    }
+
+    pub fn set_kill_switch(&mut self, state: KillSwitchState) {
+        tracing::warn!(engaged = state.engaged, actor = %state.actor, reason = %state.reason, "kill switch changed");
+        self.kill_switch = KillSwitchState {
+            flatten_orders: None,
+            ..state
         };
-        tracing::warn!(engaged = engage, actor = %request.actor, reason = %request.reason, "kill switch changed");
-        Ok((self.kill_switch.clone(), true))
+    }
+
+    /// One reduce-only MARKET order per open position, closing what the orders in
+    /// flight do not close already (so it passes the reduce-only check). Ids are
+    /// `ks-<now_ns>-<symbol>`: unique per flatten, and the JetStream dedupe key.
+    pub fn flatten_orders(&self, venue: &Venue, now_ns: u64) -> Vec<OrderRequest> {
+        let agent = AgentName::try_from(RISK_AGENT).expect("a valid agent name");
+        self.ledger
+            .positions
+            .iter()
+            .filter_map(|(symbol, p)| {
+                let pending = self.reservations.pending(symbol.as_str());
+                let (side, open) = if p.quantity.is_sign_positive() {
+                    (Side::Sell, p.quantity - pending.sells)
+                } else {
+                    (Side::Buy, -p.quantity - pending.buys)
+                };
+                let quantity = PositiveMoney::new(open).ok()?;
+                let client_order_id =
+                    ClientOrderId::try_from(format!("ks-{now_ns}-{symbol}")).ok()?;
+                Some(OrderRequest {
+                    client_order_id,
+                    agent: agent.clone(),
+                    symbol: symbol.clone(),
+                    venue: venue.clone(),
+                    side,
+                    order_type: OrderType::Market,
+                    quantity,
+                    limit_price: None,
+                    time_in_force: TimeInForce::default(),
+                    reduce_only: true,
+                    decision_price: self
+                        .valuation_price(symbol)
+                        .and_then(|p| PositiveMoney::new(p).ok()),
+                    origin_ts: now_ns,
+                    ts: now_ns,
+                })
+            })
+            .collect()
+    }
+
+    /// The latched loss limits, if any (stored so a restart keeps them).
+    pub fn loss_latch(&self) -> Option<&LossLatch> {
+        self.loss_latch.as_ref()
+    }
+
+    /// An operator ends the loss latch; a limit still breached latches again at once.
+    /// Returns the limits that were latched.
+    pub fn release_loss_latch(&mut self, now_ns: u64) -> Vec<String> {
+        let released = self
+            .loss_latch
+            .take()
+            .map(|l| l.breaches)
+            .unwrap_or_default();
+        self.latch_breaches(now_ns);
+        released
     }
 
     /// Change some limits; all or nothing.
@@ -368,6 +493,21 @@ impl Engine {
             .map(|symbol| {
                 let mut state = account_state;
                 let mut reasons = account_reasons.clone();
+                let mut details = Vec::new();
+                let mut halted_until = None;
+                if let Some(latch) = self.loss_latch.as_ref().filter(|_| self.ready) {
+                    details.push(format!(
+                        "{} latched since ts {} until the UTC day rolls over or an operator releases it",
+                        latch.breaches.join(", "),
+                        latch.since_ts
+                    ));
+                }
+                if let Some(halt) = self.breakers.halt(symbol, now_ns) {
+                    state = TradingState::Halted;
+                    reasons.push("circuit_breaker".into());
+                    details.push(halt.detail.clone());
+                    halted_until = Some(halt.until_ns);
+                }
                 let position = self.ledger.quantity(symbol.as_str());
                 match self.marks.get(symbol) {
                     None => {
@@ -397,6 +537,8 @@ impl Engine {
                     reasons,
                     position: money(position),
                     max_order_notional: Some(non_negative(self.settings.limits.max_order_notional)),
+                    detail: details.join("; "),
+                    halted_until,
                     ts: now_ns,
                 }
             })
@@ -461,12 +603,66 @@ impl Engine {
             .sum()
     }
 
-    /// The account's limits (not the kill switch): what they allow, and which are past.
-    fn gate(&self, totals: &Totals) -> (Gate, Vec<&'static str>) {
-        let breaches = self.settings.limits.breaches(
+    /// Orders open now (reservations in flight and resting orders, once each),
+    /// for the account and for `symbol`, not counting `client_order_id` itself.
+    fn open_order_counts(&self, symbol: &Symbol, client_order_id: &str) -> OpenOrderCounts {
+        let open: HashMap<&str, &Symbol> = self
+            .reservations
+            .orders()
+            .chain(self.open_orders.iter())
+            .filter(|(id, _)| *id != client_order_id)
+            .collect();
+        OpenOrderCounts {
+            account: open.len() as u64,
+            symbol: open.values().filter(|s| **s == symbol).count() as u64,
+        }
+    }
+
+    /// The loss and drawdown limits past right now (not the latch).
+    fn breaches(&self, totals: &Totals) -> Vec<&'static str> {
+        self.settings.limits.breaches(
             self.watermarks.day_pnl(totals.equity),
             self.watermarks.drawdown_pct(totals.equity),
-        );
+        )
+    }
+
+    /// Latch the limits past now; a new UTC day ends the old latch. Only once ready:
+    /// during the rebuild the history is valued at fill prices only.
+    fn latch_breaches(&mut self, now_ns: u64) {
+        if !self.ready {
+            return;
+        }
+        let Some(day) = self.watermarks.day() else {
+            return;
+        };
+        let breaches = self.breaches(&self.totals());
+        let latch = LossLatch::update(self.loss_latch.as_ref(), &breaches, day, now_ns);
+        if latch != self.loss_latch {
+            tracing::warn!(?latch, "loss latch changed");
+            self.loss_latch = latch;
+        }
+    }
+
+    /// The account's limits (not the kill switch): what they allow, and which are
+    /// past or latched.
+    fn gate(&self, totals: &Totals) -> (Gate, Vec<String>) {
+        let mut breaches: Vec<String> = self
+            .breaches(totals)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let today = self.watermarks.day();
+        if let Some(latch) = self
+            .loss_latch
+            .as_ref()
+            .filter(|l| self.ready && Some(l.day) >= today)
+        {
+            for breach in &latch.breaches {
+                if !breaches.contains(breach) {
+                    breaches.push(breach.clone());
+                }
+            }
+        }
         let gate = match (breaches.is_empty(), self.settings.on_limit_breach) {
             (true, _) => Gate::Active,
             (false, BreachAction::ReduceOnly) => Gate::ReduceOnly,
@@ -494,20 +690,9 @@ impl Engine {
         if self.kill_switch.engaged {
             reasons.push("kill_switch".to_string());
         }
-        reasons.extend(self.gate(totals).1.into_iter().map(String::from));
+        reasons.extend(self.gate(totals).1);
         reasons
     }
-}
-
-fn is_terminal(status: OrderStatus) -> bool {
-    matches!(
-        status,
-        OrderStatus::Filled
-            | OrderStatus::Rejected
-            | OrderStatus::Cancelled
-            | OrderStatus::Expired
-            | OrderStatus::Failed
-    )
 }
 
 /// Wire form: trailing zeros of products and quotients dropped (970.0000 -> 970).

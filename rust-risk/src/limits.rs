@@ -2,7 +2,7 @@
 
 use rust_decimal::prelude::FromPrimitive;
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -48,6 +48,47 @@ impl Limits {
             breached.push("max_drawdown");
         }
         breached
+    }
+}
+
+/// A loss or drawdown limit that tripped keeps gating the account, so it does not
+/// flap back to ACTIVE on a small bounce: until the UTC day rolls over (a new day's
+/// loss budget) or an operator releases it (`risk.api.limits` `release_loss_latch`).
+/// A limit still breached at that moment trips again at once. Stored in the KV bucket
+/// so a restart keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossLatch {
+    /// The limits that tripped, by name, sorted.
+    pub breaches: Vec<String>,
+    /// The UTC day (days since the epoch) it holds for.
+    pub day: u64,
+    pub since_ts: u64,
+}
+
+impl LossLatch {
+    /// Latch `breaches` on `day`: a latch of an earlier day is over, one of the same
+    /// day gathers the new names. Returns the latch to keep (None = nothing latched).
+    pub fn update(
+        current: Option<&LossLatch>,
+        breaches: &[&str],
+        day: u64,
+        now_ns: u64,
+    ) -> Option<LossLatch> {
+        let mut latch = current
+            .filter(|l| l.day >= day)
+            .cloned()
+            .unwrap_or(LossLatch {
+                breaches: Vec::new(),
+                day,
+                since_ts: now_ns,
+            });
+        for breach in breaches {
+            if !latch.breaches.iter().any(|b| b == breach) {
+                latch.breaches.push(breach.to_string());
+            }
+        }
+        latch.breaches.sort();
+        (!latch.breaches.is_empty()).then_some(latch)
     }
 }
 
@@ -99,6 +140,30 @@ mod tests {
             limits().breaches(d("-600"), d("12")),
             vec!["max_daily_loss", "max_drawdown"]
         );
+    }
+
+    #[test]
+    fn loss_latch_holds_for_the_day_and_gathers_breaches() {
+        let latch = LossLatch::update(None, &["max_daily_loss"], 10, 5).unwrap();
+        assert_eq!(
+            (latch.breaches.clone(), latch.day, latch.since_ts),
+            (vec!["max_daily_loss".to_string()], 10, 5)
+        );
+        // The bounce: no breach now, the latch stays.
+        let same_day = LossLatch::update(Some(&latch), &[], 10, 6);
+        assert_eq!(same_day.as_ref(), Some(&latch));
+        let more =
+            LossLatch::update(Some(&latch), &["max_drawdown", "max_daily_loss"], 10, 7).unwrap();
+        assert_eq!(more.breaches, ["max_daily_loss", "max_drawdown"]);
+        assert_eq!(more.since_ts, 5);
+        // The next UTC day ends it; a limit still breached then latches anew.
+        assert_eq!(LossLatch::update(Some(&more), &[], 11, 8), None);
+        let again = LossLatch::update(Some(&more), &["max_drawdown"], 11, 8).unwrap();
+        assert_eq!(
+            (again.breaches.len(), again.day, again.since_ts),
+            (1, 11, 8)
+        );
+        assert_eq!(LossLatch::update(None, &[], 11, 9), None);
     }
 
     #[test]

@@ -2,14 +2,20 @@
 //! for every order before execution routes it. Fails closed: until its state is
 //! rebuilt from the EXEC stream, and whenever a rule cannot be evaluated, it refuses.
 
+mod breaker;
 mod config;
 mod engine;
 mod exec_feed;
+mod flatten;
 mod ledger;
 mod limits;
+mod open_orders;
+mod publish;
+mod rate;
 mod reservations;
 mod rules;
 mod service;
+mod store;
 mod watermarks;
 
 use std::process::ExitCode;

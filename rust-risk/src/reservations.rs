@@ -102,6 +102,11 @@ impl Reservations {
             .sum()
     }
 
+    /// The orders in flight and their symbols.
+    pub fn orders(&self) -> impl Iterator<Item = (&str, &Symbol)> {
+        self.by_order.iter().map(|(id, r)| (id.as_str(), &r.symbol))
+    }
+
     /// Symbols with something in flight, and the price each was last checked at.
     pub fn symbols(&self) -> impl Iterator<Item = (&Symbol, Decimal)> {
         self.by_order.values().map(|r| (&r.symbol, r.price))

@@ -3,8 +3,25 @@
 
 use rust_decimal::Decimal;
 
+use crate::breaker::Halt;
 use crate::limits::Limits;
 use crate::reservations::Pending;
+
+/// The order-flow guards of [risk] (fixed at start; 0 = off).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderGuards {
+    /// Percent from the mark a LIMIT order may reach on its aggressive side.
+    pub price_band_pct: Decimal,
+    pub max_open_orders: u64,
+    pub max_open_orders_per_symbol: u64,
+}
+
+/// Orders open now (in flight or resting), not counting the one being checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OpenOrderCounts {
+    pub account: u64,
+    pub symbol: u64,
+}
 
 /// What the account's limits allow (the kill switch is separate: it lets reducing
 /// orders through even when the account is past a limit set to halt).
@@ -23,6 +40,8 @@ pub struct Order {
     pub reduce_only: bool,
     /// The limit price, else the reference price execution sent; None = use the mark.
     pub price: Option<Decimal>,
+    /// Set for a LIMIT order only: the price band applies to it.
+    pub limit_price: Option<Decimal>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +56,10 @@ pub struct Context<'a> {
     pub kill_switch: bool,
     pub gate: Gate,
     pub limits: &'a Limits,
+    pub guards: &'a OrderGuards,
+    /// The circuit breaker's halt of this symbol, if one is in force.
+    pub halt: Option<&'a Halt>,
+    pub open_orders: OpenOrderCounts,
     pub stale_after_ms: u64,
     pub fee_bps: Decimal,
     /// This symbol's position and what is in flight for it.
@@ -61,6 +84,8 @@ pub struct Approval {
     /// The price the order was checked at, and its notional there.
     pub price: Decimal,
     pub notional: Decimal,
+    /// It only shrinks a position (the reduce-only rate budget applies).
+    pub reducing: bool,
 }
 
 fn refuse(code: &'static str, reason: impl Into<String>) -> Result<Approval, Refusal> {
@@ -109,16 +134,24 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
         Gate::Halted => {
             return refuse(
                 "account_halted",
-                "the account is past a loss limit and halted",
+                "a loss limit tripped and the account is halted (latched until the UTC day \
+                 rolls over or an operator releases it)",
             )
         }
         Gate::ReduceOnly if !reducing => {
             return refuse(
                 "account_reduce_only",
-                "the account is past a loss limit: only orders that reduce a position pass",
+                "a loss limit tripped: only orders that reduce a position pass (latched until \
+                 the UTC day rolls over or an operator releases it)",
             )
         }
         _ => {}
+    }
+    if let Some(halt) = ctx.halt.filter(|_| !reducing) {
+        return refuse(
+            "circuit_breaker",
+            format!("{}: only orders that reduce a position pass", halt.detail),
+        );
     }
     if order.reduce_only && !reducing {
         return refuse(
@@ -141,9 +174,14 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
             ),
         );
     }
+    if let Some(refusal) = price_band(ctx.guards.price_band_pct, market.price, order) {
+        return Err(refusal);
+    }
     let price = order.price.unwrap_or(market.price);
     let notional = order.quantity * price;
-    if notional > limits.max_order_notional {
+    // A reducing order can at most close the position, which the position limit
+    // already bounds: a mass close (kill switch flatten) is never split or refused.
+    if !reducing && notional > limits.max_order_notional {
         return refuse(
             "max_order_notional",
             format!(
@@ -182,6 +220,27 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
                 ),
             );
         }
+        let guards = ctx.guards;
+        if guards.max_open_orders > 0 && ctx.open_orders.account >= guards.max_open_orders {
+            return refuse(
+                "max_open_orders",
+                format!(
+                    "{} orders open (in flight or resting) already, max_open_orders {}",
+                    ctx.open_orders.account, guards.max_open_orders
+                ),
+            );
+        }
+        if guards.max_open_orders_per_symbol > 0
+            && ctx.open_orders.symbol >= guards.max_open_orders_per_symbol
+        {
+            return refuse(
+                "max_open_orders_symbol",
+                format!(
+                    "{} orders open for this symbol already, max_open_orders_per_symbol {}",
+                    ctx.open_orders.symbol, guards.max_open_orders_per_symbol
+                ),
+            );
+        }
         if order.buy {
             let buys = ctx.buys_in_flight + notional;
             let fee = buys * ctx.fee_bps / Decimal::from(10_000);
@@ -197,7 +256,34 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
             }
         }
     }
-    Ok(Approval { price, notional })
+    Ok(Approval {
+        price,
+        notional,
+        reducing,
+    })
+}
+
+/// The fat-finger check: a LIMIT order priced more than `band_pct` past the mark on
+/// its aggressive side (a BUY above, a SELL below) is refused. Only that side: a BUY
+/// far below the market (or a SELL far above) just rests and cannot fill at a bad
+/// price, while an aggressive one would cross the book up to its limit. The same
+/// choice as exchange price banding (CME Globex bands bids above and offers below).
+fn price_band(band_pct: Decimal, mark: Decimal, order: &Order) -> Option<Refusal> {
+    let limit = order.limit_price?;
+    if band_pct.is_zero() || mark.is_zero() {
+        return None;
+    }
+    let off_pct = (limit - mark) * Decimal::ONE_HUNDRED / mark;
+    let aggressive = if order.buy { off_pct } else { -off_pct };
+    (aggressive > band_pct).then(|| Refusal {
+        code: "price_band",
+        reason: format!(
+            "{} limit {limit} is {}% {} the mark {mark}, past price_band_pct {band_pct} (fat finger?)",
+            if order.buy { "BUY" } else { "SELL" },
+            off_pct.abs().round_dp(2).normalize(),
+            if order.buy { "above" } else { "below" },
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -206,12 +292,22 @@ mod tests {
     use crate::ledger::d;
     use crate::limits;
 
+    /// As in moonbus.toml: band 5%, 50 open orders, 10 per symbol.
+    const GUARDS: OrderGuards = OrderGuards {
+        price_band_pct: Decimal::from_parts(5, 0, 0, false, 0),
+        max_open_orders: 50,
+        max_open_orders_per_symbol: 10,
+    };
+
     fn ctx(limits: &Limits) -> Context<'_> {
         Context {
             ready: true,
             kill_switch: false,
             gate: Gate::Active,
             limits,
+            guards: &GUARDS,
+            halt: None,
+            open_orders: OpenOrderCounts::default(),
             stale_after_ms: 5000,
             fee_bps: d("10"),
             position: d("0"),
@@ -232,6 +328,15 @@ mod tests {
             buy: true,
             reduce_only: false,
             price: None,
+            limit_price: None,
+        }
+    }
+
+    fn limit(order: Order, price: &str) -> Order {
+        Order {
+            price: Some(d(price)),
+            limit_price: Some(d(price)),
+            ..order
         }
     }
 
@@ -256,7 +361,8 @@ mod tests {
             check(&ctx(&l), &buy("2")),
             Ok(Approval {
                 price: d("100"),
-                notional: d("200")
+                notional: d("200"),
+                reducing: false,
             })
         );
     }
@@ -393,6 +499,13 @@ mod tests {
             ..buy("10")
         };
         assert_eq!(code(check(&ctx(&l), &priced)), "max_order_notional");
+        // Closing a position bigger than one order's notional is one order.
+        let long = Context {
+            position: d("40"),
+            ..ctx(&l)
+        };
+        assert_eq!(code(check(&long, &sell("40"))), "approved");
+        assert_eq!(code(check(&long, &sell("41"))), "max_order_notional");
     }
 
     #[test]
@@ -460,6 +573,113 @@ mod tests {
     }
 
     #[test]
+    fn price_band_refuses_only_the_aggressive_side() {
+        let l = limits::sample();
+        let c = Context {
+            position: d("5"),
+            ..ctx(&l)
+        };
+        // Mark 100, band 5%: a BUY may bid up to 105, a SELL offer down to 95.
+        assert_eq!(code(check(&c, &limit(buy("1"), "105"))), "approved");
+        let refusal = check(&c, &limit(buy("1"), "105.01")).unwrap_err();
+        assert_eq!(refusal.code, "price_band");
+        assert!(
+            refusal
+                .reason
+                .contains("BUY limit 105.01 is 5.01% above the mark 100"),
+            "{}",
+            refusal.reason
+        );
+        assert_eq!(code(check(&c, &limit(sell("1"), "95"))), "approved");
+        assert_eq!(code(check(&c, &limit(sell("1"), "94.99"))), "price_band");
+        // The passive side rests and cannot fill at a bad price: not banded.
+        assert_eq!(code(check(&c, &limit(buy("1"), "50"))), "approved");
+        assert_eq!(code(check(&c, &limit(sell("1"), "200"))), "approved");
+        // A reducing order is banded too: a fat-fingered close dumps the position.
+        assert_eq!(code(check(&c, &limit(sell("5"), "60"))), "price_band");
+        // Market orders (a ref_price is no limit) and a zero band are not checked.
+        let market = Order {
+            price: Some(d("300")),
+            ..buy("1")
+        };
+        assert_eq!(code(check(&c, &market)), "approved");
+        let off = OrderGuards {
+            price_band_pct: Decimal::ZERO,
+            ..GUARDS
+        };
+        let unbanded = Context { guards: &off, ..c };
+        assert_eq!(code(check(&unbanded, &limit(buy("1"), "500"))), "approved");
+    }
+
+    #[test]
+    fn circuit_breaker_halts_all_but_reducing_orders() {
+        let l = limits::sample();
+        let halt = Halt {
+            until_ns: 99,
+            detail: "circuit_breaker: BTC-USD moved -6%".into(),
+        };
+        let c = Context {
+            halt: Some(&halt),
+            position: d("2"),
+            ..ctx(&l)
+        };
+        let refusal = check(&c, &buy("1")).unwrap_err();
+        assert_eq!(refusal.code, "circuit_breaker");
+        assert!(refusal.reason.contains("moved -6%"), "{}", refusal.reason);
+        assert_eq!(
+            code(check(&c, &sell("3"))),
+            "circuit_breaker",
+            "a flip adds risk"
+        );
+        assert_eq!(code(check(&c, &sell("2"))), "approved");
+    }
+
+    #[test]
+    fn max_open_orders_account_and_symbol() {
+        let l = limits::sample();
+        let at = |account, symbol| Context {
+            open_orders: OpenOrderCounts { account, symbol },
+            position: d("3"),
+            ..ctx(&l)
+        };
+        assert_eq!(code(check(&at(49, 9), &buy("1"))), "approved");
+        let refusal = check(&at(50, 0), &buy("1")).unwrap_err();
+        assert_eq!(refusal.code, "max_open_orders");
+        assert!(
+            refusal.reason.contains("50 orders open"),
+            "{}",
+            refusal.reason
+        );
+        assert_eq!(
+            code(check(&at(10, 10), &buy("1"))),
+            "max_open_orders_symbol"
+        );
+        // Closing is never blocked by the count.
+        assert_eq!(code(check(&at(50, 10), &sell("3"))), "approved");
+        let off = OrderGuards {
+            max_open_orders: 0,
+            max_open_orders_per_symbol: 0,
+            ..GUARDS
+        };
+        let unlimited = Context {
+            guards: &off,
+            ..at(1000, 1000)
+        };
+        assert_eq!(code(check(&unlimited, &buy("1"))), "approved");
+    }
+
+    #[test]
+    fn approval_says_whether_the_order_reduces() {
+        let l = limits::sample();
+        let c = Context {
+            position: d("3"),
+            ..ctx(&l)
+        };
+        assert!(check(&c, &sell("3")).unwrap().reducing);
+        assert!(!check(&c, &buy("1")).unwrap().reducing);
+    }
+
+    #[test]
     fn rules_run_in_the_documented_order() {
         let l = limits::sample();
         // Everything is wrong at once: the kill switch is reported, not the rest.
@@ -480,10 +700,17 @@ mod tests {
             ..c
         };
         assert_eq!(code(check(&c, &order)), "account_halted");
+        let halt = Halt {
+            until_ns: 1,
+            detail: "circuit_breaker".into(),
+        };
         let c = Context {
             gate: Gate::Active,
+            halt: Some(&halt),
             ..c
         };
+        assert_eq!(code(check(&c, &order)), "circuit_breaker");
+        let c = Context { halt: None, ..c };
         assert_eq!(code(check(&c, &order)), "reduce_only_increases");
         let order = Order {
             reduce_only: false,
@@ -497,6 +724,7 @@ mod tests {
             }),
             ..c
         };
+        assert_eq!(code(check(&c, &limit(buy("1000"), "200"))), "price_band");
         assert_eq!(code(check(&c, &order)), "max_order_notional");
         let order = buy("10");
         let c = Context {
@@ -512,6 +740,23 @@ mod tests {
         assert_eq!(code(check(&c, &order)), "max_gross_exposure");
         let c = Context {
             other_exposure: d("0"),
+            open_orders: OpenOrderCounts {
+                account: 50,
+                symbol: 10,
+            },
+            ..c
+        };
+        assert_eq!(code(check(&c, &order)), "max_open_orders");
+        let c = Context {
+            open_orders: OpenOrderCounts {
+                account: 0,
+                symbol: 10,
+            },
+            ..c
+        };
+        assert_eq!(code(check(&c, &order)), "max_open_orders_symbol");
+        let c = Context {
+            open_orders: OpenOrderCounts::default(),
             ..c
         };
         assert_eq!(code(check(&c, &order)), "min_cash");

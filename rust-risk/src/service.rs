@@ -1,7 +1,6 @@
 //! The NATS side: one task owns the engine and `select!`s over the EXEC feed, ticks,
 //! the service endpoints and a heartbeat, so every check sees every change before it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
@@ -11,9 +10,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use moonbus_common::bus::{self, ErrorSink};
 use moonbus_common::{
-    now_ns, subjects, telemetry, AccountState, ExecutionReport, KillSwitchRequest, LimitsReply,
-    LimitsRequest, PositionsReply, PositionsRequest, RiskCheckRequest, Symbol, Tick, Verdict,
-    VersionReply,
+    now_ns, subjects, telemetry, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
+    LimitsRequest, PositionsReply, PositionsRequest, RiskCheckRequest, Tick, Venue, VersionReply,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -21,14 +19,31 @@ use tokio::sync::mpsc;
 use crate::config::Settings;
 use crate::engine::{Engine, ReportEffect};
 use crate::exec_feed::{self, FeedEvent};
+use crate::flatten;
+use crate::limits::LossLatch;
+use crate::publish::Publisher;
+use crate::store::{self, Store};
 
 pub const SERVICE: &str = "risk";
 
+/// What the kill switch handler needs besides the engine (cheap to clone into a task).
+#[derive(Clone)]
+struct Io {
+    client: Client,
+    js: async_nats::jetstream::Context,
+    errors: ErrorSink,
+    store: Store,
+    flatten_venue: Venue,
+}
+
 pub async fn run(settings: Settings, client: Client) -> Result<()> {
     let js = async_nats::jetstream::new(client.clone());
-    // Risk reads EXEC only; ORDERS belongs to execution and the agents.
+    // Risk reads EXEC only; ORDERS belongs to execution and the agents (risk only
+    // publishes flatten orders into it).
     bus::ensure_stream(&js, bus::exec_stream_config()).await?;
     let errors = ErrorSink::new(client.clone(), SERVICE);
+    let (store, kv_writer) = Store::open(&js).await?;
+    let (kill_switch, loss_latch) = restore(&store).await?;
     let mut ticks = client
         .subscribe(subjects::ALL_TICKS)
         .await
@@ -55,12 +70,26 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
     let mut version = endpoint("version", subjects::RISK_VERSION).await?;
 
     let (feed_tx, mut feed) = mpsc::channel(1024);
-    let feed_task = tokio::spawn(exec_feed::run(js, feed_tx));
+    let feed_task = tokio::spawn(exec_feed::run(js.clone(), feed_tx));
     let mut heartbeat = tokio::time::interval(Duration::from_millis(settings.heartbeat_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started_ts = now_ns();
+    let io = Io {
+        client: client.clone(),
+        js: js.clone(),
+        errors: errors.clone(),
+        store: store.clone(),
+        flatten_venue: settings.flatten_venue.clone(),
+    };
     let mut engine = Engine::new(settings, started_ts);
-    let mut publisher = Publisher::new(client.clone());
+    if kill_switch.as_ref().is_some_and(|k| k.engaged) {
+        tracing::warn!(
+            ?kill_switch,
+            "the kill switch is engaged (kept from before the restart)"
+        );
+    }
+    engine.restore(kill_switch, loss_latch.clone());
+    let mut publisher = Publisher::new(client.clone(), store, loss_latch);
     let shutdown = telemetry::shutdown_signal();
     tokio::pin!(shutdown);
     tracing::info!("risk started; rebuilding from EXEC");
@@ -94,33 +123,26 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
             }
             request = killswitch.next() => {
                 let request = request.context("killswitch endpoint closed")?;
-                let reply = match bus::decode::<KillSwitchRequest>(&request.message.payload) {
-                    Ok(change) => match engine.kill_switch(&change, now_ns()) {
-                        Ok((state, changed)) => {
-                            let body = bus::encode(&state);
-                            if changed {
-                                publisher.publish(subjects::RISK_EVENTS.to_string(), body.clone()).await;
-                                publisher.changes(&engine).await;
-                            }
-                            body
-                        }
-                        Err(refusal) => bus::error_reply(refusal.code, refusal.reason),
-                    },
-                    Err(e) => bad_request(&request, e),
-                };
-                respond(&request, reply).await;
+                match bus::decode::<KillSwitchRequest>(&request.message.payload) {
+                    Ok(change) => {
+                        on_kill_switch(&mut engine, &mut publisher, &io, request, change).await;
+                    }
+                    Err(e) => {
+                        let reply = bad_request(&request, e);
+                        respond(&request, reply).await;
+                    }
+                }
             }
             request = limits.next() => {
                 let request = request.context("limits endpoint closed")?;
                 let reply = match decode_or_default::<LimitsRequest>(&request.message.payload) {
-                    Ok(LimitsRequest { set: Some(patch) }) => match engine.set_limits(&patch) {
+                    Ok(change) => match on_limits(&mut engine, &change) {
                         Ok(()) => {
                             publisher.changes(&engine).await;
                             bus::encode(&LimitsReply { limits: engine.limits() })
                         }
                         Err(e) => bad_request(&request, e),
                     },
-                    Ok(LimitsRequest { set: None }) => bus::encode(&LimitsReply { limits: engine.limits() }),
                     Err(e) => bad_request(&request, e),
                 };
                 respond(&request, reply).await;
@@ -187,10 +209,123 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
     if engine.is_ready() {
         publisher.everything(&engine).await;
     }
+    // The last KV values are written before the connection closes.
+    drop((publisher, io));
+    kv_writer.finish().await;
     client
         .drain()
         .await
         .context("draining the NATS connection")?;
+    Ok(())
+}
+
+/// The kill switch and loss latch stored before the restart. A kill switch that
+/// cannot be read stops the start (the launcher restarts risk); one that is stored
+/// but unreadable counts as engaged: fail closed.
+async fn restore(store: &Store) -> Result<(Option<KillSwitchState>, Option<LossLatch>)> {
+    let kill_switch = store.get(store::KILL_SWITCH_KEY).await?.map(|value| {
+        bus::decode::<KillSwitchState>(&value).unwrap_or_else(|e| KillSwitchState {
+            engaged: true,
+            actor: SERVICE.into(),
+            reason: format!("the stored kill switch state is unreadable ({e}): engaged to be safe"),
+            changed_ts: now_ns(),
+            flatten_orders: None,
+        })
+    });
+    let loss_latch = match store.get(store::LOSS_LATCH_KEY).await? {
+        None => None,
+        Some(value) => bus::decode::<Option<LossLatch>>(&value)
+            .map_err(|e| anyhow::anyhow!("the stored loss latch is unreadable: {e}"))?,
+    };
+    Ok((kill_switch, loss_latch))
+}
+
+/// Engage, release or read the kill switch. Engaging takes effect at once, before
+/// it is stored (a slow KV must not delay it; if storing fails the reply says so).
+/// Releasing takes effect only once stored: a release that cannot be stored leaves
+/// the switch engaged. Every change is an event on `risk.events`.
+async fn on_kill_switch(
+    engine: &mut Engine,
+    publisher: &mut Publisher,
+    io: &Io,
+    request: Request,
+    change: KillSwitchRequest,
+) {
+    let now = now_ns();
+    let mut state = match engine.kill_switch_change(&change, now) {
+        Ok(Some(state)) => state,
+        Ok(None) => return respond(&request, bus::encode(&engine.kill_switch_state())).await,
+        Err(refusal) => {
+            return respond(&request, bus::error_reply(refusal.code, refusal.reason)).await
+        }
+    };
+    if state.engaged {
+        engine.set_kill_switch(state.clone());
+    }
+    let stored = io
+        .store
+        .put(store::KILL_SWITCH_KEY, bus::encode(&state))
+        .await;
+    if !state.engaged {
+        if let Err(e) = stored {
+            let message =
+                format!("the kill switch stays ENGAGED: its release could not be stored ({e:#})");
+            return respond(&request, bus::error_reply("not_persisted", message)).await;
+        }
+        engine.set_kill_switch(state.clone());
+    }
+    publisher.changes(engine).await;
+    let orders = if change.flatten {
+        engine.flatten_orders(&io.flatten_venue, now)
+    } else {
+        Vec::new()
+    };
+    let in_background = !orders.is_empty();
+    let io = io.clone();
+    let finish = async move {
+        if change.flatten {
+            state.flatten_orders = Some(flatten::send(&io.js, &orders, &io.errors).await);
+        }
+        let event = bus::encode(&state);
+        if let Err(e) = io
+            .client
+            .publish(subjects::RISK_EVENTS, event.clone())
+            .await
+        {
+            tracing::warn!(error = %e, "could not publish the kill switch event");
+        }
+        let reply = match stored {
+            Ok(()) => event,
+            Err(e) => bus::error_reply(
+                "not_persisted",
+                format!(
+                    "the kill switch is ENGAGED (flatten orders sent: {}) but could not be stored ({e:#}): \
+                     a restart would release it; engage again",
+                    state.flatten_orders.unwrap_or(0)
+                ),
+            ),
+        };
+        respond(&request, reply).await;
+    };
+    // Waiting for ORDERS to store the flatten orders must not hold up the checks.
+    if in_background {
+        tokio::spawn(finish);
+    } else {
+        finish.await;
+    }
+}
+
+/// Change limits (all or nothing) and / or release the loss latch, in that order, so
+/// one request can raise a limit and release the latch it tripped.
+fn on_limits(engine: &mut Engine, change: &LimitsRequest) -> Result<(), String> {
+    if let Some(patch) = &change.set {
+        engine.set_limits(patch)?;
+        tracing::warn!(actor = %change.actor, reason = %change.reason, "limits changed");
+    }
+    if change.release_loss_latch {
+        let released = engine.release_loss_latch(now_ns());
+        tracing::warn!(actor = %change.actor, reason = %change.reason, ?released, "loss latch released");
+    }
     Ok(())
 }
 
@@ -225,85 +360,4 @@ async fn respond(request: &Request, body: Bytes) {
     if let Err(e) = request.respond(Ok(body)).await {
         tracing::warn!(subject = %request.message.subject, error = %e, "could not reply");
     }
-}
-
-/// Publishes `risk.account` and `risk.verdict.<symbol>` when they change (timestamps
-/// aside) and all of them on every heartbeat. Nothing on change before the rebuild
-/// is done: half-rebuilt numbers would flap; the heartbeat says "not_ready".
-struct Publisher {
-    client: Client,
-    account: Option<AccountState>,
-    verdicts: HashMap<Symbol, Verdict>,
-}
-
-impl Publisher {
-    fn new(client: Client) -> Self {
-        Self {
-            client,
-            account: None,
-            verdicts: HashMap::new(),
-        }
-    }
-
-    /// A tick for a symbol whose last verdict said there was no market data.
-    fn lacks_mark(&self, symbol: &Symbol) -> bool {
-        self.verdicts.get(symbol).is_some_and(|v| {
-            v.reasons
-                .iter()
-                .any(|r| r == "no_market_data" || r == "stale_market_data")
-        })
-    }
-
-    async fn changes(&mut self, engine: &Engine) {
-        if engine.is_ready() {
-            self.send(engine, false).await;
-        }
-    }
-
-    async fn everything(&mut self, engine: &Engine) {
-        self.send(engine, true).await;
-    }
-
-    async fn send(&mut self, engine: &Engine, all: bool) {
-        let now = now_ns();
-        let account = engine.account(now);
-        if all
-            || self
-                .account
-                .as_ref()
-                .is_none_or(|last| !same_account(last, &account))
-        {
-            self.publish(subjects::ACCOUNT.to_string(), bus::encode(&account))
-                .await;
-            self.account = Some(account);
-        }
-        for verdict in engine.verdicts(now) {
-            let last = self.verdicts.get(&verdict.symbol);
-            let changed = last.is_none_or(|last| !same_verdict(last, &verdict));
-            if last
-                .is_none_or(|last| last.state != verdict.state || last.reasons != verdict.reasons)
-            {
-                tracing::info!(symbol = %verdict.symbol, state = %verdict.state, reasons = ?verdict.reasons, "verdict");
-            }
-            if all || changed {
-                self.publish(subjects::verdict(&verdict.symbol), bus::encode(&verdict))
-                    .await;
-                self.verdicts.insert(verdict.symbol.clone(), verdict);
-            }
-        }
-    }
-
-    async fn publish(&self, subject: String, body: Bytes) {
-        if let Err(e) = self.client.publish(subject.clone(), body).await {
-            tracing::warn!(subject, error = %e, "could not publish");
-        }
-    }
-}
-
-fn same_account(a: &AccountState, b: &AccountState) -> bool {
-    AccountState { ts: 0, ..a.clone() } == AccountState { ts: 0, ..b.clone() }
-}
-
-fn same_verdict(a: &Verdict, b: &Verdict) -> bool {
-    Verdict { ts: 0, ..a.clone() } == Verdict { ts: 0, ..b.clone() }
 }

@@ -32,6 +32,11 @@ impl Watermarks {
         }
     }
 
+    /// The UTC day (days since the epoch) the day start belongs to.
+    pub fn day(&self) -> Option<u64> {
+        self.day
+    }
+
     /// Call after applying an event.
     pub fn observe(&mut self, equity: Decimal) {
         self.peak_equity = self.peak_equity.max(equity);

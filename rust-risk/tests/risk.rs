@@ -123,7 +123,31 @@ where
     }
 }
 
-/// The positions reply once risk is rebuilt and has a mark for BTC-USD.
+/// A BTC-USD check once risk has a tick for it (after a restart the first may
+/// not have arrived yet); each attempt is a new order `<prefix>-<n>`.
+async fn check_with_a_mark(client: &Client, prefix: &str) -> Value {
+    let mut attempt = 0;
+    eventually("a check with a mark", || {
+        attempt += 1;
+        let order = check(&format!("{prefix}-{attempt}"), "BUY", "0.001");
+        async move {
+            let reply = request(client, "risk.api.check", &order).await;
+            (code(&reply) != "no_market_data").then_some(reply)
+        }
+    })
+    .await
+}
+
+/// The positions reply once risk is rebuilt from EXEC.
+async fn rebuilt(client: &Client) -> Value {
+    eventually("the rebuild", || async {
+        let reply = try_request(client, "risk.api.positions", Bytes::from_static(b"{}")).await?;
+        reply.get("positions").is_some().then_some(reply)
+    })
+    .await
+}
+
+/// The positions reply once risk is rebuilt and has a mark for every position.
 async fn ready_positions(client: &Client) -> Value {
     eventually("positions with a mark", || async {
         let reply = try_request(client, "risk.api.positions", Bytes::from_static(b"{}")).await?;
@@ -245,7 +269,7 @@ async fn positions_checks_kill_switch_and_bad_input() {
     let flatten = json!({"action": "release", "flatten": true});
     assert_eq!(
         code(&request(client, "risk.api.killswitch", &flatten).await),
-        "unsupported"
+        "bad_request"
     );
     let release = request(
         client,
@@ -281,6 +305,9 @@ async fn positions_checks_kill_switch_and_bad_input() {
     )
     .await;
     assert_eq!(code(&bad), "bad_request");
+    let release = json!({"set": {"max_order_notional": "1000"}, "release_loss_latch": true, "actor": "alice"});
+    let released = request(client, "risk.api.limits", &release).await;
+    assert_eq!(released["limits"]["max_order_notional"], "1000");
 
     // Bad input: a reply with the serde message, and the service keeps answering.
     let reply = try_request(client, "risk.api.check", Bytes::from_static(b"{not json"))
@@ -422,11 +449,7 @@ async fn checks_during_the_rebuild_fail_closed() {
     let early_positions = try_request(client, "risk.api.positions", Bytes::from_static(b"{}"))
         .await
         .unwrap();
-    let rebuilt = eventually("the rebuild", || async {
-        let reply = try_request(client, "risk.api.positions", Bytes::from_static(b"{}")).await?;
-        reply.get("positions").is_some().then_some(reply)
-    })
-    .await;
+    let rebuilt = rebuilt(client).await;
     assert!(
         early_positions.get("error").is_some() || early_positions == rebuilt,
         "positions must not be half-rebuilt: {early_positions}"
@@ -455,4 +478,299 @@ async fn sigterm_shuts_down_cleanly() {
     })
     .await;
     assert!(exit.success(), "exit status {exit}");
+}
+
+/// The value of `key` in the KV bucket `moonbus`, as JSON, once it satisfies `wanted`.
+async fn kv_value(bus: &Bus, key: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    let store = bus
+        .js
+        .get_key_value("moonbus")
+        .await
+        .expect("KV bucket moonbus");
+    eventually(key, || async {
+        let value = store.get(key).await.ok()??;
+        let json: Value = serde_json::from_slice(&value).ok()?;
+        wanted(&json).then_some(json)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_kill_switch_survives_a_sigkill_restart() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let mut risk = start_risk(&server);
+    ready_positions(client).await;
+    let engage = json!({"action": "engage", "actor": "alice", "reason": "venue outage"});
+    assert_eq!(
+        request(client, "risk.api.killswitch", &engage).await["engaged"],
+        true
+    );
+    let stored = kv_value(&bus, "risk.killswitch", |v| v["engaged"] == true).await;
+    assert_eq!(stored["actor"], "alice");
+
+    // A crash, not a clean stop; the new process starts engaged.
+    risk.kill();
+    let mut risk = start_risk(&server);
+    ready_positions(client).await;
+    let refused = request(client, "risk.api.check", &check("after-1", "BUY", "0.001")).await;
+    assert_eq!(code(&refused), "kill_switch");
+    let status = request(client, "risk.api.killswitch", &json!({"action": "status"})).await;
+    assert_eq!(
+        (
+            status["engaged"].as_bool(),
+            status["actor"].as_str(),
+            status["reason"].as_str()
+        ),
+        (Some(true), Some("alice"), Some("venue outage"))
+    );
+    let account = next_where(
+        &mut client.subscribe("risk.account").await.unwrap(),
+        "the account after the restart",
+        |a| a["kill_switch"] == true,
+    )
+    .await;
+    assert_eq!(account["state"], "HALTED");
+
+    // A release is stored too: the next restart trades again.
+    let release = json!({"action": "release", "actor": "bob", "reason": "venue back"});
+    assert_eq!(
+        request(client, "risk.api.killswitch", &release).await["engaged"],
+        false
+    );
+    kv_value(&bus, "risk.killswitch", |v| v["engaged"] == false).await;
+    risk.kill();
+    let _risk = start_risk(&server);
+    ready_positions(client).await;
+    let last = check_with_a_mark(client, "after-2").await;
+    assert_eq!(code(&last), "approved");
+}
+
+#[tokio::test]
+async fn flatten_sends_one_reduce_only_order_per_position_through_orders() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    publish_report(&bus, body(&report("p-1", "BUY", "0.02", "97000", "1.94"))).await;
+    let mut eth = report("p-2", "SELL", "0.3", "3500", "1.05");
+    eth["symbol"] = json!("ETH-USD");
+    publish_report(&bus, body(&eth)).await;
+    let _risk = start_risk(&server);
+    ready_positions(client).await;
+    let mut events = client.subscribe("risk.events").await.unwrap();
+    client.flush().await.unwrap();
+
+    let engage =
+        json!({"action": "engage", "actor": "alice", "reason": "flatten all", "flatten": true});
+    let state = request(client, "risk.api.killswitch", &engage).await;
+    assert_eq!(
+        (state["engaged"].as_bool(), state["flatten_orders"].as_u64()),
+        (Some(true), Some(2)),
+        "{state}"
+    );
+    let event = next_json(&mut events).await;
+    assert_eq!(
+        (event["actor"].as_str(), event["flatten_orders"].as_u64()),
+        (Some("alice"), Some(2))
+    );
+
+    // The orders are in the ORDERS stream, deduplicated on their client_order_id.
+    let mut orders = bus.js.get_stream("ORDERS").await.expect("ORDERS");
+    for (symbol, side, quantity, mark) in [
+        ("BTC-USD", "SELL", "0.02", "99000"),
+        ("ETH-USD", "BUY", "0.3", "3600"),
+    ] {
+        let stored = orders
+            .get_last_raw_message_by_subject(&format!("orders.submit.{symbol}"))
+            .await
+            .unwrap_or_else(|e| panic!("no flatten order for {symbol}: {e}"));
+        let order: Value = serde_json::from_slice(&stored.payload).unwrap();
+        let id = order["client_order_id"].as_str().unwrap();
+        assert!(id.starts_with("ks-") && id.ends_with(symbol), "{id}");
+        assert_eq!(
+            stored.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some(id)
+        );
+        let fields = [
+            "agent",
+            "symbol",
+            "venue",
+            "side",
+            "type",
+            "quantity",
+            "reduce_only",
+            "decision_price",
+        ]
+        .map(|k| order[k].clone());
+        assert_eq!(
+            fields,
+            [
+                json!("risk"),
+                json!(symbol),
+                json!("sim"),
+                json!(side),
+                json!("MARKET"),
+                json!(quantity),
+                json!(true),
+                json!(mark)
+            ]
+        );
+        // What execution does next: the check passes, kill switch or not.
+        let mut check = check(id, side, quantity);
+        check["symbol"] = json!(symbol);
+        check["agent"] = json!("risk");
+        check["reduce_only"] = json!(true);
+        check["ref_price"] = json!(mark);
+        assert_eq!(
+            code(&request(client, "risk.api.check", &check).await),
+            "approved"
+        );
+    }
+    assert_eq!(orders.info().await.unwrap().state.messages, 2);
+}
+
+#[tokio::test]
+async fn circuit_breaker_verdicts_and_the_account_are_kept_in_kv() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let _risk = start_risk(&server);
+    ready_positions(client).await;
+    let account = kv_value(&bus, "risk.account", |a| a["state"] == "ACTIVE").await;
+    assert_eq!(account["cash"], "10000");
+    // Risk created the bucket with services/common/streams.py's settings; opening
+    // it again (as the next service to start does) changes nothing.
+    let created = bus
+        .js
+        .get_stream("KV_moonbus")
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    bus::ensure_kv(&bus.js).await.expect("ensure_kv again");
+    let mut stream = bus.js.get_stream("KV_moonbus").await.unwrap();
+    let config = &stream.info().await.unwrap().config;
+    assert_eq!(
+        (
+            config.max_messages_per_subject,
+            config.storage,
+            config.allow_direct
+        ),
+        (1, async_nats::jetstream::stream::StorageType::File, true)
+    );
+    assert_eq!(stream.cached_info().created, created.created);
+    kv_value(&bus, "risk.verdict.BTC-USD", |v| v["state"] == "ACTIVE").await;
+
+    // SOL-USDC falls 6.7% at once: halted for circuit_breaker_halt_s (300 s).
+    let mut verdicts = client.subscribe("risk.verdict.SOL-USDC").await.unwrap();
+    client.flush().await.unwrap();
+    for (seq, price) in [(1, "150"), (2, "140")] {
+        let tick =
+            json!({"venue": "sim", "symbol": "SOL-USDC", "price": price, "seq": seq, "ts": 1});
+        client
+            .publish("md.tick.sim.SOL-USDC", body(&tick))
+            .await
+            .unwrap();
+    }
+    let halted = next_where(&mut verdicts, "a circuit breaker halt", |v| {
+        v["reasons"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("circuit_breaker")))
+    })
+    .await;
+    assert_eq!(halted["state"], "HALTED");
+    assert!(
+        halted["detail"]
+            .as_str()
+            .unwrap()
+            .contains("SOL-USDC moved -6.67% within 60 s"),
+        "{halted}"
+    );
+    let until = halted["halted_until"].as_u64().unwrap();
+    assert!(until > halted["ts"].as_u64().unwrap(), "{halted}");
+    let stored = kv_value(&bus, "risk.verdict.SOL-USDC", |v| v["state"] == "HALTED").await;
+    assert_eq!(stored["halted_until"].as_u64(), Some(until));
+    let mut buy = check("cb-1", "BUY", "1");
+    buy["symbol"] = json!("SOL-USDC");
+    buy["ref_price"] = json!("140");
+    assert_eq!(
+        code(&request(client, "risk.api.check", &buy).await),
+        "circuit_breaker"
+    );
+    // Other symbols trade on.
+    assert_eq!(
+        code(&request(client, "risk.api.check", &check("cb-2", "BUY", "0.001")).await),
+        "approved"
+    );
+}
+
+#[tokio::test]
+async fn a_tripped_loss_limit_stays_latched_across_a_restart_until_released() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let mut sol = report("l-1", "BUY", "30", "150", "0");
+    sol["symbol"] = json!("SOL-USDC");
+    bus.js
+        .publish("exec.report.SOL-USDC", body(&sol))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let sol_tick = |seq: u64, price: &str| json!({"venue": "sim", "symbol": "SOL-USDC", "price": price, "seq": seq, "ts": 1});
+    let mut risk = start_risk(&server);
+    rebuilt(client).await;
+    let mut accounts = client.subscribe("risk.account").await.unwrap();
+    client.flush().await.unwrap();
+    // 30 SOL marked 20 lower: day PnL -600, past max_daily_loss 500.
+    client
+        .publish("md.tick.sim.SOL-USDC", body(&sol_tick(1, "130")))
+        .await
+        .unwrap();
+    next_where(&mut accounts, "the loss limit", |a| {
+        a["state"] == "REDUCE_ONLY"
+    })
+    .await;
+    // The bounce: day PnL -30. Still reduce-only, latched.
+    client
+        .publish("md.tick.sim.SOL-USDC", body(&sol_tick(2, "149")))
+        .await
+        .unwrap();
+    let bounced = next_where(&mut accounts, "the bounce", |a| a["day_pnl"] == "-30").await;
+    assert_eq!(bounced["state"], "REDUCE_ONLY");
+    assert_eq!(bounced["reasons"], json!(["max_daily_loss"]));
+    let latch = kv_value(&bus, "risk.loss_latch", |v| v.is_object()).await;
+    assert_eq!(latch["breaches"], json!(["max_daily_loss"]));
+
+    risk.kill();
+    // Only what the new process publishes from here on.
+    let mut accounts = client.subscribe("risk.account").await.unwrap();
+    client.flush().await.unwrap();
+    let _risk = start_risk(&server);
+    rebuilt(client).await;
+    let after = next_where(&mut accounts, "the account after the restart", |a| {
+        a["reasons"] != json!(["not_ready"])
+    })
+    .await;
+    // No loss now (the fill is of an earlier day and SOL-USDC has no tick since the
+    // restart: day PnL 0), yet the latch holds.
+    assert_eq!(
+        (
+            after["state"].as_str(),
+            after["reasons"].clone(),
+            after["day_pnl"].as_str()
+        ),
+        (Some("REDUCE_ONLY"), json!(["max_daily_loss"]), Some("0"))
+    );
+    assert_eq!(
+        code(&request(client, "risk.api.check", &check("l-2", "BUY", "0.001")).await),
+        "account_reduce_only"
+    );
+
+    let release = json!({"release_loss_latch": true, "actor": "alice", "reason": "reviewed"});
+    request(client, "risk.api.limits", &release).await;
+    next_where(&mut accounts, "the release", |a| a["state"] == "ACTIVE").await;
+    kv_value(&bus, "risk.loss_latch", Value::is_null).await;
+    assert_eq!(code(&check_with_a_mark(client, "l-3").await), "approved");
 }

@@ -251,6 +251,8 @@ class Verdict(Tolerant):
     reasons: list[str] = []
     position: Money = Decimal(0)
     max_order_notional: NonNegativeMoney | None = None
+    detail: str = ""  # why, in words (e.g. the move that tripped the circuit breaker)
+    halted_until: TimestampNs | None = None  # while a circuit breaker halts the symbol
     ts: TimestampNs
 
 
@@ -350,6 +352,7 @@ class KillSwitchState(Tolerant):
     actor: str
     reason: str
     changed_ts: TimestampNs
+    flatten_orders: Count | None = None  # engage + flatten: reduce-only orders stored in ORDERS
 
 
 class RiskLimits(Tolerant):
@@ -375,9 +378,14 @@ class LimitsPatch(Strict):
 
 
 class LimitsRequest(Strict):
-    """`risk.api.limits` request: read (no `set`) or change some limits."""
+    """`risk.api.limits` request: read (no `set`) or change some limits; optionally
+    release the loss latch (the account stays REDUCE_ONLY / HALTED after a loss or
+    drawdown limit trips until the UTC day rolls over or an operator releases it)."""
 
     set: LimitsPatch | None = None
+    release_loss_latch: bool = False
+    actor: Annotated[str, Field(min_length=1, max_length=64)] = "operator"
+    reason: Annotated[str, Field(max_length=500)] = ""
 
 
 class LimitsReply(Tolerant):
@@ -420,6 +428,8 @@ class Signal(Tolerant):
     reasoning: str
     model: str
     fallback: bool = False
+    latency_ms: Annotated[float, Field(ge=0)] = 0.0  # time the model took (LLM call or rule)
+    cost_usd: Annotated[float, Field(ge=0)] = 0.0  # estimated LLM cost of this decision
     origin_ts: TimestampNs
     ts: TimestampNs
 

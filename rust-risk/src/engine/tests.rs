@@ -6,6 +6,7 @@ use serde_json::json;
 use super::*;
 use crate::config::RiskConfig;
 use crate::ledger::{d, sym};
+use crate::limits::LossLatch;
 
 /// 2025-11-26T04:26:40Z, and one day of nanoseconds.
 const T0: u64 = 1_764_130_000_000_000_000;
@@ -21,6 +22,15 @@ fn settings() -> Settings {
 
 fn ready_engine() -> Engine {
     let mut engine = Engine::new(settings(), T0);
+    engine.mark_ready(T0);
+    engine
+}
+
+/// A ready engine without circuit breakers, for big moves that test other rules.
+fn no_breaker_engine() -> Engine {
+    let mut settings = settings();
+    settings.breaker.pct = Decimal::ZERO;
+    let mut engine = Engine::new(settings, T0);
     engine.mark_ready(T0);
     engine
 }
@@ -196,62 +206,226 @@ fn checks_fail_closed_until_ready() {
     assert_eq!(result.state, TradingState::Active);
 }
 
-#[test]
-fn every_rule_has_its_reason_code() {
-    let mut engine = ready_engine();
-    assert_eq!(
-        code(&engine.check(&request("a", "BUY", "1"), T0)),
-        "no_market_data"
-    );
-    engine.apply_tick(&tick("BTC-USD", "100"), T0);
-    let stale = T0 + 5001 * MS;
-    assert_eq!(
-        code(&engine.check(&request("b", "BUY", "1"), stale)),
-        "stale_market_data"
-    );
-    assert_eq!(
-        code(&engine.check(&request("c", "BUY", "10.5"), T0)),
-        "max_order_notional"
-    );
-    let mut reduce_only = request("d", "SELL", "1");
-    reduce_only.reduce_only = true;
-    assert_eq!(
-        code(&engine.check(&reduce_only, T0)),
-        "reduce_only_increases"
-    );
+/// One row of the reason-code table: a config change, then a setup that brings a
+/// fresh ready engine (BTC-USD marked at 100 at T0) to the brink and returns the
+/// order that trips the rule and the time it is checked at.
+struct Case {
+    code: &'static str,
+    config: fn(&mut RiskConfig),
+    setup: fn(&mut Engine) -> (RiskCheckRequest, u64),
+}
+
+fn no_change(_: &mut RiskConfig) {}
+
+fn approve(engine: &mut Engine, request: &RiskCheckRequest, now: u64) {
+    let result = engine.check(request, now);
+    assert!(result.approved, "setup order {result:?}");
+}
+
+fn with_agent(mut request: RiskCheckRequest, agent: &str) -> RiskCheckRequest {
+    request.agent = agent.parse().unwrap();
+    request
+}
+
+fn limit_request(id: &str, side: &str, quantity: &str, price: &str) -> RiskCheckRequest {
+    let mut request = request(id, side, quantity);
+    request.order_type = OrderType::Limit;
+    request.limit_price = Some(price.parse().unwrap());
+    request
+}
+
+fn reduce_only(mut request: RiskCheckRequest) -> RiskCheckRequest {
+    request.reduce_only = true;
+    request
+}
+
+/// BTC-USD bought 45 @ 100 then marked at 88.5: day PnL -517.5, past max_daily_loss.
+fn lose_the_daily_limit(engine: &mut Engine) {
     engine
         .apply_report(&filled("f", "BUY", "45", "100"))
         .unwrap();
-    assert_eq!(
-        code(&engine.check(&request("e", "BUY", "6"), T0)),
-        "max_position_notional"
-    );
-    engine
-        .set_limits(&LimitsPatch {
-            max_gross_exposure: Some("4600".parse().unwrap()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(
-        code(&engine.check(&request("g", "BUY", "2"), T0)),
-        "max_gross_exposure"
-    );
-    engine
-        .set_limits(&LimitsPatch {
-            min_cash: Some("5400".parse().unwrap()),
-            ..Default::default()
-        })
-        .unwrap();
-    engine
-        .set_limits(&LimitsPatch {
-            max_gross_exposure: Some("20000".parse().unwrap()),
-            ..Default::default()
-        })
-        .unwrap();
-    // cash 5500 - 200 bought - 0.2 estimated fees = 5299.8 < 5400.
-    let refused = engine.check(&request("h", "BUY", "2"), T0);
-    assert_eq!(code(&refused), "min_cash");
-    assert!(refused.reason.as_deref().unwrap().contains("5299.8"));
+    engine.apply_tick(&tick("BTC-USD", "88.5"), T0);
+}
+
+const CASES: &[Case] = &[
+    Case {
+        code: "not_ready",
+        config: no_change,
+        setup: |engine| {
+            *engine = Engine::new(settings(), T0);
+            engine.apply_tick(&tick("BTC-USD", "100"), T0);
+            (request("o", "BUY", "1"), T0)
+        },
+    },
+    Case {
+        code: "kill_switch",
+        config: no_change,
+        setup: |engine| {
+            let state = engine
+                .kill_switch_change(&kill("engage", false), T0)
+                .unwrap();
+            engine.set_kill_switch(state.unwrap());
+            (request("o", "BUY", "1"), T0)
+        },
+    },
+    Case {
+        code: "account_halted",
+        config: |c| c.on_limit_breach = BreachAction::Halted,
+        setup: |engine| {
+            lose_the_daily_limit(engine);
+            (request("o", "SELL", "1"), T0)
+        },
+    },
+    Case {
+        code: "account_reduce_only",
+        config: no_change,
+        setup: |engine| {
+            lose_the_daily_limit(engine);
+            (request("o", "BUY", "1"), T0)
+        },
+    },
+    Case {
+        code: "circuit_breaker",
+        config: no_change,
+        setup: |engine| {
+            engine.apply_tick(&tick("BTC-USD", "94.9"), T0 + 1000 * MS);
+            (request("o", "BUY", "1"), T0 + 1000 * MS)
+        },
+    },
+    Case {
+        code: "reduce_only_increases",
+        config: no_change,
+        setup: |_| (reduce_only(request("o", "SELL", "1")), T0),
+    },
+    Case {
+        code: "no_market_data",
+        config: no_change,
+        setup: |_| {
+            let mut eth = request("o", "BUY", "1");
+            eth.symbol = sym("ETH-USD");
+            (eth, T0)
+        },
+    },
+    Case {
+        code: "stale_market_data",
+        config: no_change,
+        setup: |_| (request("o", "BUY", "1"), T0 + 5001 * MS),
+    },
+    Case {
+        code: "price_band",
+        config: no_change,
+        setup: |_| (limit_request("o", "BUY", "1", "105.01"), T0),
+    },
+    Case {
+        code: "max_order_notional",
+        config: no_change,
+        setup: |_| (request("o", "BUY", "10.5"), T0),
+    },
+    Case {
+        code: "max_position_notional",
+        config: no_change,
+        setup: |engine| {
+            engine
+                .apply_report(&filled("f", "BUY", "45", "100"))
+                .unwrap();
+            (request("o", "BUY", "6"), T0)
+        },
+    },
+    Case {
+        code: "max_gross_exposure",
+        config: |c| c.max_gross_exposure = "300".parse().unwrap(),
+        setup: |_| (request("o", "BUY", "4"), T0),
+    },
+    Case {
+        code: "min_cash",
+        config: |c| c.starting_cash = "500".parse().unwrap(),
+        // 500 - 450 - 0.45 estimated fees = 49.55 < 100.
+        setup: |_| (request("o", "BUY", "4.5"), T0),
+    },
+    Case {
+        code: "max_open_orders",
+        config: |c| c.max_open_orders = 2,
+        setup: |engine| {
+            // One resting at the venue (ACCEPTED, no terminal report), one in flight.
+            engine
+                .apply_report(&report("resting", "BUY", "ACCEPTED", "0", None))
+                .unwrap();
+            approve(engine, &request("a", "BUY", "1"), T0);
+            (request("o", "BUY", "1"), T0)
+        },
+    },
+    Case {
+        code: "max_open_orders_symbol",
+        config: |c| c.max_open_orders_per_symbol = 1,
+        setup: |engine| {
+            approve(engine, &request("a", "BUY", "1"), T0);
+            (request("o", "BUY", "1"), T0)
+        },
+    },
+    Case {
+        code: "rate_limit_agent",
+        config: |c| c.rate_limit_agent = 2,
+        setup: |engine| {
+            approve(engine, &request("a", "BUY", "1"), T0);
+            approve(engine, &request("b", "BUY", "1"), T0);
+            // Another agent still has budget.
+            approve(engine, &with_agent(request("c", "BUY", "1"), "swarm"), T0);
+            (request("o", "BUY", "1"), T0 + 999 * MS)
+        },
+    },
+    Case {
+        code: "rate_limit_global",
+        config: |c| c.rate_limit_global = 2,
+        setup: |engine| {
+            approve(engine, &request("a", "BUY", "1"), T0);
+            approve(engine, &with_agent(request("b", "BUY", "1"), "swarm"), T0);
+            (with_agent(request("o", "BUY", "1"), "gateway"), T0)
+        },
+    },
+    Case {
+        code: "rate_limit_reduce_only",
+        config: |c| {
+            c.rate_limit_reduce_only = 2;
+            c.rate_limit_agent = 1;
+        },
+        setup: |engine| {
+            engine
+                .apply_report(&filled("f", "BUY", "5", "100"))
+                .unwrap();
+            approve(engine, &request("a", "BUY", "1"), T0);
+            // The normal budget is spent: closing orders use their own.
+            approve(engine, &reduce_only(request("c1", "SELL", "1")), T0);
+            approve(engine, &request("c2", "SELL", "1"), T0);
+            (request("o", "SELL", "1"), T0)
+        },
+    },
+];
+
+/// Every reason code the check can answer, each tripped by one row of `CASES`.
+#[test]
+fn every_rule_trips_with_its_own_reason_code() {
+    for case in CASES {
+        let mut config = RiskConfig::default();
+        (case.config)(&mut config);
+        let system = SystemConfig {
+            symbols: vec!["BTC-USD".into(), "ETH-USD".into()],
+        };
+        let mut engine = Engine::new(Settings::from_parts(config, system).unwrap(), T0);
+        engine.mark_ready(T0);
+        engine.apply_tick(&tick("BTC-USD", "100"), T0);
+        let (order, now) = (case.setup)(&mut engine);
+        let result = engine.check(&order, now);
+        assert_eq!(code(&result), case.code, "{result:?}");
+        assert!(
+            result.reason.as_deref().is_some_and(|r| !r.is_empty()),
+            "{}: a refusal says why",
+            case.code
+        );
+        result.validate().unwrap();
+    }
+    let codes: BTreeSet<&str> = CASES.iter().map(|c| c.code).collect();
+    assert_eq!(codes.len(), CASES.len(), "one row per code");
+    assert_eq!(codes.len(), 18);
 }
 
 #[test]
@@ -341,7 +515,7 @@ fn reservations_expire_after_their_ttl() {
 
 #[test]
 fn daily_loss_makes_the_account_reduce_only() {
-    let mut engine = ready_engine();
+    let mut engine = no_breaker_engine();
     engine.apply_tick(&tick("BTC-USD", "100"), T0);
     engine
         .apply_report(&filled("f", "BUY", "40", "100"))
@@ -430,21 +604,25 @@ fn kill_switch_halts_all_but_reducing_orders() {
     engine
         .apply_report(&filled("f", "BUY", "5", "100"))
         .unwrap();
-    let (state, changed) = engine.kill_switch(&kill("engage", false), T0 + 1).unwrap();
-    assert!(state.engaged && changed);
+    let state = engine
+        .kill_switch_change(&kill("engage", false), T0 + 1)
+        .unwrap()
+        .expect("a change");
+    assert!(!engine.kill_switch_state().engaged, "not applied yet");
+    engine.set_kill_switch(state);
+    let state = engine.kill_switch_state();
     assert_eq!(
         (
+            state.engaged,
             state.actor.as_str(),
             state.reason.as_str(),
             state.changed_ts
         ),
-        ("alice", "incident", T0 + 1)
+        (true, "alice", "incident", T0 + 1)
     );
-    assert!(
-        !engine
-            .kill_switch(&kill("engage", false), T0 + 2)
-            .unwrap()
-            .1,
+    assert_eq!(
+        engine.kill_switch_change(&kill("engage", false), T0 + 2),
+        Ok(None),
         "already engaged"
     );
     let buy = engine.check(&request("a", "BUY", "1"), T0);
@@ -466,23 +644,289 @@ fn kill_switch_halts_all_but_reducing_orders() {
         (account.state, account.reasons),
         (TradingState::Halted, vec!["kill_switch".to_string()])
     );
-    // flatten is refused outright, nothing changes.
-    let refusal = engine.kill_switch(&kill("release", true), T0).unwrap_err();
-    assert_eq!(refusal.code, "unsupported");
-    assert!(
-        engine
-            .kill_switch(&kill("status", false), T0)
-            .unwrap()
-            .0
-            .engaged
+    // flatten goes with engage only; status changes nothing.
+    let refusal = engine
+        .kill_switch_change(&kill("release", true), T0)
+        .unwrap_err();
+    assert_eq!(refusal.code, "bad_request");
+    assert_eq!(
+        engine.kill_switch_change(&kill("status", false), T0),
+        Ok(None)
     );
-    let (state, changed) = engine.kill_switch(&kill("release", false), T0 + 3).unwrap();
-    assert!(!state.engaged && changed);
+    // A second engage with flatten is a new action: a change, with the new actor.
+    let mut again = kill("engage", true);
+    again.actor = "bob".into();
+    let state = engine.kill_switch_change(&again, T0 + 5).unwrap().unwrap();
+    assert_eq!((state.actor.as_str(), state.changed_ts), ("bob", T0 + 5));
+    let released = engine
+        .kill_switch_change(&kill("release", false), T0 + 3)
+        .unwrap()
+        .unwrap();
+    engine.set_kill_switch(released);
+    assert!(!engine.kill_switch_state().engaged);
     assert_eq!(
         code(&engine.check(&request("d", "BUY", "1"), T0)),
         "approved"
     );
-    assert!(!engine.kill_switch(&kill("status", false), T0).unwrap().1);
+}
+
+#[test]
+fn flatten_waits_for_the_rebuild_engage_does_not() {
+    let engine = Engine::new(settings(), T0);
+    let refusal = engine
+        .kill_switch_change(&kill("engage", true), T0)
+        .unwrap_err();
+    assert_eq!(refusal.code, "not_ready");
+    assert!(engine
+        .kill_switch_change(&kill("engage", false), T0)
+        .unwrap()
+        .is_some_and(|s| s.engaged));
+}
+
+#[test]
+fn a_restart_restores_the_kill_switch_and_the_loss_latch() {
+    let mut engine = Engine::new(settings(), T0);
+    let engaged = KillSwitchState {
+        engaged: true,
+        actor: "alice".into(),
+        reason: "before the restart".into(),
+        changed_ts: T0 - 5,
+        flatten_orders: None,
+    };
+    let today = LossLatch {
+        breaches: vec!["max_daily_loss".into()],
+        day: T0 / DAY,
+        since_ts: T0 - 5,
+    };
+    engine.restore(Some(engaged.clone()), Some(today.clone()));
+    engine.mark_ready(T0);
+    engine.apply_tick(&tick("BTC-USD", "100"), T0);
+    assert_eq!(engine.kill_switch_state(), engaged);
+    assert_eq!(engine.loss_latch(), Some(&today));
+    let account = engine.account(T0);
+    assert_eq!(account.reasons, ["kill_switch", "max_daily_loss"]);
+    // Yesterday's latch is over by the time risk is back.
+    let mut engine = Engine::new(settings(), T0);
+    let yesterday = LossLatch {
+        day: T0 / DAY - 1,
+        ..today
+    };
+    engine.restore(None, Some(yesterday));
+    engine.mark_ready(T0);
+    assert_eq!(engine.loss_latch(), None);
+    assert_eq!(engine.account(T0).state, TradingState::Active);
+}
+
+#[test]
+fn flatten_closes_what_the_orders_in_flight_do_not() {
+    let mut engine = ready_engine();
+    let eth = |mut r: ExecutionReport| {
+        r.symbol = Some(sym("ETH-USD"));
+        r
+    };
+    engine.apply_tick(&tick("BTC-USD", "100"), T0);
+    engine.apply_tick(&tick("ETH-USD", "30"), T0);
+    engine
+        .apply_report(&filled("f1", "BUY", "5", "100"))
+        .unwrap();
+    engine
+        .apply_report(&eth(filled("f2", "SELL", "2", "31")))
+        .unwrap();
+    // SOL-USDC traded and closed: nothing to flatten there.
+    let mut sol = filled("f3", "BUY", "1", "150");
+    sol.symbol = Some(sym("SOL-USDC"));
+    engine.apply_report(&sol).unwrap();
+    let mut sol_close = filled("f4", "SELL", "1", "150");
+    sol_close.symbol = Some(sym("SOL-USDC"));
+    engine.apply_report(&sol_close).unwrap();
+    // A sell of 1 BTC already in flight.
+    approve(&mut engine, &request("in-flight", "SELL", "1"), T0);
+    let state = engine
+        .kill_switch_change(&kill("engage", true), T0 + 7)
+        .unwrap()
+        .unwrap();
+    engine.set_kill_switch(state);
+    let venue: Venue = "sim".parse().unwrap();
+    let orders = engine.flatten_orders(&venue, T0 + 7);
+    let summary: Vec<(String, Side, Decimal)> = orders
+        .iter()
+        .map(|o| (o.symbol.to_string(), o.side, o.quantity.get()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("BTC-USD".to_string(), Side::Sell, d("4")),
+            ("ETH-USD".to_string(), Side::Buy, d("2"))
+        ]
+    );
+    let btc = &orders[0];
+    assert_eq!(
+        btc.client_order_id,
+        format!("ks-{}-BTC-USD", T0 + 7).as_str()
+    );
+    assert_eq!(
+        (btc.agent.as_str(), btc.venue.as_str(), btc.order_type),
+        ("risk", "sim", OrderType::Market)
+    );
+    assert!(btc.reduce_only && btc.limit_price.is_none());
+    assert_eq!(btc.decision_price.map(|p| p.get()), Some(d("100")));
+    assert_eq!((btc.origin_ts, btc.ts), (T0 + 7, T0 + 7));
+    btc.validate().unwrap();
+    // With the kill switch engaged, execution's check of each passes.
+    for order in &orders {
+        let check: RiskCheckRequest = serde_json::from_value(json!({
+            "client_order_id": order.client_order_id, "agent": order.agent,
+            "symbol": order.symbol, "venue": order.venue, "side": order.side,
+            "type": "MARKET", "quantity": order.quantity, "reduce_only": true, "ts": T0 + 8,
+        }))
+        .unwrap();
+        assert_eq!(code(&engine.check(&check, T0 + 8)), "approved");
+    }
+    // Everything closing is in flight now: a second flatten has nothing left to send.
+    assert!(engine.flatten_orders(&venue, T0 + 9).is_empty());
+}
+
+#[test]
+fn open_orders_count_resting_and_in_flight_orders_once() {
+    let mut config = RiskConfig {
+        max_open_orders: 3,
+        ..RiskConfig::default()
+    };
+    config.max_open_orders_per_symbol = 3;
+    let mut engine = Engine::new(
+        Settings::from_parts(config, SystemConfig::default()).unwrap(),
+        T0,
+    );
+    engine.mark_ready(T0);
+    engine.apply_tick(&tick("BTC-USD", "100"), T0);
+    // Approved (in flight), then ACCEPTED by the venue (resting): one order, not two.
+    approve(&mut engine, &limit_request("a", "BUY", "1", "99"), T0);
+    engine
+        .apply_report(&report("a", "BUY", "ACCEPTED", "0", None))
+        .unwrap();
+    approve(&mut engine, &limit_request("b", "BUY", "1", "99"), T0);
+    approve(&mut engine, &limit_request("c", "BUY", "1", "99"), T0);
+    assert_eq!(
+        code(&engine.check(&request("d", "BUY", "1"), T0)),
+        "max_open_orders"
+    );
+    // A re-check of an open order does not count itself.
+    assert_eq!(
+        code(&engine.check(&limit_request("c", "BUY", "1", "99"), T0)),
+        "approved"
+    );
+    // The resting order outlives its reservation's TTL: still open.
+    let later = T0 + 11_000 * MS;
+    engine.apply_tick(&tick("BTC-USD", "100"), later);
+    approve(&mut engine, &request("e", "BUY", "1"), later);
+    approve(&mut engine, &request("f", "BUY", "1"), later);
+    assert_eq!(
+        code(&engine.check(&request("g", "BUY", "1"), later)),
+        "max_open_orders"
+    );
+    engine
+        .apply_report(&report("a", "BUY", "CANCELLED", "0", None))
+        .unwrap();
+    assert_eq!(
+        code(&engine.check(&request("g", "BUY", "1"), later)),
+        "approved"
+    );
+}
+
+#[test]
+fn the_circuit_breaker_halts_the_symbol_in_its_verdict() {
+    let mut engine = ready_engine();
+    engine.apply_tick(&tick("BTC-USD", "100"), T0);
+    engine.apply_tick(&tick("ETH-USD", "3000"), T0);
+    engine
+        .apply_report(&filled("f", "BUY", "2", "100"))
+        .unwrap();
+    assert!(
+        engine.apply_tick(&tick("BTC-USD", "94"), T0 + 30_000 * MS),
+        "a trip is a change"
+    );
+    let now = T0 + 31_000 * MS;
+    engine.apply_tick(&tick("ETH-USD", "3000"), now);
+    engine.apply_tick(&tick("BTC-USD", "94"), now);
+    let verdicts = engine.verdicts(now);
+    let btc = verdicts.iter().find(|v| v.symbol == "BTC-USD").unwrap();
+    assert_eq!(btc.state, TradingState::Halted);
+    assert_eq!(btc.reasons, ["circuit_breaker"]);
+    assert_eq!(btc.halted_until, Some(T0 + 330_000 * MS));
+    assert!(
+        btc.detail.contains("BTC-USD moved -6% within 60 s"),
+        "{}",
+        btc.detail
+    );
+    let eth = verdicts.iter().find(|v| v.symbol == "ETH-USD").unwrap();
+    assert_eq!((eth.state, eth.halted_until), (TradingState::Active, None));
+    // Nothing new in BTC-USD; closing the position is allowed.
+    let refused = engine.check(&request("a", "BUY", "1"), now);
+    assert_eq!(code(&refused), "circuit_breaker");
+    assert!(refused.reason.unwrap().contains("halted for 300 s"));
+    assert_eq!(
+        code(&engine.check(&request("b", "SELL", "2"), now)),
+        "approved"
+    );
+    // After the halt, on a calm market: active again.
+    let after = T0 + 330_000 * MS;
+    engine.apply_tick(&tick("BTC-USD", "94.1"), after);
+    let btc = engine
+        .verdicts(after)
+        .into_iter()
+        .find(|v| v.symbol == "BTC-USD")
+        .unwrap();
+    assert_eq!(
+        (btc.state, btc.halted_until, btc.detail.as_str()),
+        (TradingState::Active, None, "")
+    );
+}
+
+#[test]
+fn a_tripped_loss_limit_stays_latched_until_released() {
+    let mut engine = no_breaker_engine();
+    engine.apply_tick(&tick("BTC-USD", "100"), T0);
+    lose_the_daily_limit(&mut engine);
+    assert_eq!(engine.account(T0).state, TradingState::ReduceOnly);
+    // A small bounce: day PnL -495, under the limit again. Still reduce-only.
+    engine.apply_tick(&tick("BTC-USD", "89"), T0 + MS);
+    let account = engine.account(T0 + MS);
+    assert_eq!(account.day_pnl.get(), d("-495"));
+    assert_eq!(
+        (account.state, account.reasons),
+        (TradingState::ReduceOnly, vec!["max_daily_loss".to_string()])
+    );
+    assert_eq!(
+        code(&engine.check(&request("a", "BUY", "1"), T0 + MS)),
+        "account_reduce_only"
+    );
+    let verdict = &engine.verdicts(T0 + MS)[0];
+    assert!(
+        verdict.detail.contains("max_daily_loss latched since"),
+        "{}",
+        verdict.detail
+    );
+    // Released by an operator while still breached: latched again at once.
+    engine.apply_tick(&tick("BTC-USD", "88"), T0 + 2 * MS);
+    assert_eq!(engine.release_loss_latch(T0 + 2 * MS), ["max_daily_loss"]);
+    assert_eq!(engine.account(T0 + 2 * MS).state, TradingState::ReduceOnly);
+    // Released after the bounce: trading resumes.
+    engine.apply_tick(&tick("BTC-USD", "89"), T0 + 3 * MS);
+    engine.release_loss_latch(T0 + 3 * MS);
+    assert_eq!(engine.loss_latch(), None);
+    assert_eq!(engine.account(T0 + 3 * MS).state, TradingState::Active);
+    assert_eq!(
+        code(&engine.check(&request("b", "BUY", "1"), T0 + 3 * MS)),
+        "approved"
+    );
+    // Or wait for the next UTC day.
+    engine.apply_tick(&tick("BTC-USD", "88"), T0 + 4 * MS);
+    assert!(engine.loss_latch().is_some());
+    engine.apply_tick(&tick("BTC-USD", "89"), T0 + 5 * MS);
+    assert_eq!(engine.account(T0 + 5 * MS).state, TradingState::ReduceOnly);
+    engine.heartbeat(T0 + DAY);
+    assert_eq!(engine.loss_latch(), None);
+    assert_eq!(engine.account(T0 + DAY).state, TradingState::Active);
 }
 
 #[test]

@@ -1,0 +1,111 @@
+//! Publishes `risk.account` and `risk.verdict.<symbol>` when they change (timestamps
+//! aside) and all of them on every heartbeat; what changed is also stored in the KV
+//! bucket (`risk.account`, `risk.verdict.<symbol>`), as is the loss latch. Nothing on
+//! change before the rebuild is done: half-rebuilt numbers would flap; the heartbeat
+//! says "not_ready".
+
+use std::collections::HashMap;
+
+use async_nats::Client;
+use bytes::Bytes;
+use moonbus_common::{bus, now_ns, subjects, AccountState, Symbol, Verdict};
+
+use crate::engine::Engine;
+use crate::limits::LossLatch;
+use crate::store::{self, Store};
+
+pub struct Publisher {
+    client: Client,
+    store: Store,
+    account: Option<AccountState>,
+    verdicts: HashMap<Symbol, Verdict>,
+    /// The loss latch as last stored.
+    loss_latch: Option<LossLatch>,
+}
+
+impl Publisher {
+    pub fn new(client: Client, store: Store, loss_latch: Option<LossLatch>) -> Self {
+        Self {
+            client,
+            store,
+            account: None,
+            verdicts: HashMap::new(),
+            loss_latch,
+        }
+    }
+
+    /// A tick for a symbol whose last verdict said there was no market data.
+    pub fn lacks_mark(&self, symbol: &Symbol) -> bool {
+        self.verdicts.get(symbol).is_some_and(|v| {
+            v.reasons
+                .iter()
+                .any(|r| r == "no_market_data" || r == "stale_market_data")
+        })
+    }
+
+    pub async fn changes(&mut self, engine: &Engine) {
+        if engine.is_ready() {
+            self.send(engine, false).await;
+        }
+    }
+
+    pub async fn everything(&mut self, engine: &Engine) {
+        self.send(engine, true).await;
+    }
+
+    async fn send(&mut self, engine: &Engine, all: bool) {
+        let now = now_ns();
+        let account = engine.account(now);
+        let changed = self
+            .account
+            .as_ref()
+            .is_none_or(|last| !same_account(last, &account));
+        if all || changed {
+            let body = bus::encode(&account);
+            if changed {
+                self.store
+                    .put_latest(store::ACCOUNT_KEY.to_string(), body.clone());
+            }
+            self.publish(subjects::ACCOUNT.to_string(), body).await;
+            self.account = Some(account);
+        }
+        for verdict in engine.verdicts(now) {
+            let last = self.verdicts.get(&verdict.symbol);
+            let changed = last.is_none_or(|last| !same_verdict(last, &verdict));
+            if last
+                .is_none_or(|last| last.state != verdict.state || last.reasons != verdict.reasons)
+            {
+                tracing::info!(symbol = %verdict.symbol, state = %verdict.state, reasons = ?verdict.reasons, "verdict");
+            }
+            if all || changed {
+                let body = bus::encode(&verdict);
+                if changed {
+                    self.store
+                        .put_latest(store::verdict_key(&verdict.symbol), body.clone());
+                }
+                self.publish(subjects::verdict(&verdict.symbol), body).await;
+                self.verdicts.insert(verdict.symbol.clone(), verdict);
+            }
+        }
+        let latch = engine.loss_latch();
+        if self.loss_latch.as_ref() != latch {
+            self.store
+                .put_latest(store::LOSS_LATCH_KEY.to_string(), bus::encode(&latch));
+            self.loss_latch = latch.cloned();
+        }
+    }
+
+    pub async fn publish(&self, subject: String, body: Bytes) {
+        if let Err(e) = self.client.publish(subject.clone(), body).await {
+            tracing::warn!(subject, error = %e, "could not publish");
+        }
+    }
+}
+
+fn same_account(a: &AccountState, b: &AccountState) -> bool {
+    AccountState { ts: 0, ..a.clone() } == AccountState { ts: 0, ..b.clone() }
+}
+
+fn same_verdict(a: &Verdict, b: &Verdict) -> bool {
+    Verdict { ts: 0, ..a.clone() } == Verdict { ts: 0, ..b.clone() }
+}

@@ -1,0 +1,92 @@
+//! What risk keeps in the KV bucket `moonbus`: the kill switch and the loss latch
+//! (so a restart keeps them), and the latest account and verdicts (so a starting
+//! agent reads them at once instead of waiting for the next heartbeat).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use moonbus_common::bus;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub const KILL_SWITCH_KEY: &str = "risk.killswitch";
+pub const LOSS_LATCH_KEY: &str = "risk.loss_latch";
+pub const ACCOUNT_KEY: &str = "risk.account";
+
+pub fn verdict_key(symbol: impl std::fmt::Display) -> String {
+    format!("risk.verdict.{symbol}")
+}
+
+/// A write that must be stored before risk goes on gives up after this long.
+const PUT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct Store {
+    kv: kv::Store,
+    latest: mpsc::UnboundedSender<(String, Bytes)>,
+}
+
+impl Store {
+    /// Open (or create) the bucket; `Writer` stores the `put_latest` values.
+    pub async fn open(js: &jetstream::Context) -> Result<(Self, Writer)> {
+        let kv = bus::ensure_kv(js).await?;
+        let (latest, queue) = mpsc::unbounded_channel();
+        let task = tokio::spawn(write_latest(kv.clone(), queue));
+        Ok((Self { kv, latest }, Writer(task)))
+    }
+
+    /// The value of `key`; None if it was never written. Err if the bucket cannot
+    /// be read: the caller decides how to fail closed.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        tokio::time::timeout(PUT_TIMEOUT, self.kv.get(key))
+            .await
+            .with_context(|| format!("reading KV {key}: timed out"))?
+            .with_context(|| format!("reading KV {key}"))
+    }
+
+    /// Store now and wait for the server to confirm.
+    pub async fn put(&self, key: &str, value: Bytes) -> Result<()> {
+        tokio::time::timeout(PUT_TIMEOUT, self.kv.put(key, value))
+            .await
+            .with_context(|| format!("storing KV {key}: timed out"))?
+            .with_context(|| format!("storing KV {key}"))?;
+        Ok(())
+    }
+
+    /// Store in the background without holding up the caller; if several values of
+    /// one key queue up, only the latest is written.
+    pub fn put_latest(&self, key: String, value: Bytes) {
+        if self.latest.send((key, value)).is_err() {
+            tracing::warn!("the KV writer has stopped");
+        }
+    }
+}
+
+/// The background writer; `finish` writes what is queued and stops it.
+pub struct Writer(JoinHandle<()>);
+
+impl Writer {
+    /// Call after every `Store` clone is dropped (the queue then ends).
+    pub async fn finish(self) {
+        if tokio::time::timeout(PUT_TIMEOUT, self.0).await.is_err() {
+            tracing::warn!("the KV writer did not finish in time");
+        }
+    }
+}
+
+async fn write_latest(kv: kv::Store, mut queue: mpsc::UnboundedReceiver<(String, Bytes)>) {
+    while let Some((key, value)) = queue.recv().await {
+        let mut batch = BTreeMap::from([(key, value)]);
+        while let Ok((key, value)) = queue.try_recv() {
+            batch.insert(key, value);
+        }
+        for (key, value) in batch {
+            if let Err(e) = kv.put(&key, value).await {
+                tracing::warn!(key, error = %e, "could not store in KV");
+            }
+        }
+    }
+}
