@@ -26,17 +26,19 @@ from services.common.models import (
 )
 from services.risk_agent import service
 from services.risk_agent.config import RiskAgentConfig
-from services.risk_agent.rules import Breach, Latch, check_account, close_orders
+from services.common.llm import Decision, DecisionRequest, LLMConfig
+from services.risk_agent.confirm import ask_hold, hold_threshold
+from services.risk_agent.rules import Breach, Latch, PnLWindow, check_account, close_orders, day_pnl
 
 D = Decimal
 CFG = RiskAgentConfig(max_loss_usd=D("300"), max_gain_usd=D("1000"), min_balance_usd=D("100"))
 
 
-def account(day_pnl: str = "0", equity: str = "10000") -> AccountState:
+def account(pnl: str = "0", equity: str = "10000", ts: int | None = None) -> AccountState:
     return AccountState(
         state=TradingState.ACTIVE, cash=D(equity), equity=D(equity), peak_equity=D(equity), drawdown_pct=0.0,
-        realized_pnl=D(0), unrealized_pnl=D(0), day_pnl=D(day_pnl), fees=D(0), gross_exposure=D(0),
-        open_positions=0, kill_switch=False, ts=now_ns(),
+        realized_pnl=D(0), unrealized_pnl=D(0), day_pnl=D(pnl), fees=D(0), gross_exposure=D(0),
+        open_positions=0, kill_switch=False, ts=ts or now_ns(),
     )
 
 
@@ -47,8 +49,8 @@ def position(symbol: str, quantity: str, mark: str | None = "100") -> Position:
     )
 
 
-def rules(acc: AccountState) -> list[str]:
-    return [b.rule for b in check_account(acc, CFG)]
+def rules(acc: AccountState, cfg: RiskAgentConfig = CFG) -> list[str]:
+    return [b.rule for b in check_account(acc, day_pnl(acc), cfg)]
 
 
 # ---------------------------------------------------------------- rules
@@ -76,8 +78,32 @@ def test_min_balance_rule() -> None:
 
 
 def test_breach_reason_has_the_numbers() -> None:
-    (breach,) = check_account(account("-412.5"), CFG)
+    (breach,) = check_account(account("-412.5"), day_pnl(account("-412.5")), CFG)
     assert breach.reason == "day PnL -412.5 <= -300 (max_loss_usd)"
+
+
+def test_percent_limits_against_the_equity_at_the_start_of_the_day() -> None:
+    cfg = RiskAgentConfig(max_loss_usd=D(0), max_loss_pct=4.0, max_gain_usd=D(0), max_gain_pct=5.0)
+    assert rules(account("-399", equity="9601"), cfg) == []  # -399 of 10000 = -3.99%
+    (breach,) = check_account(account("-400", equity="9600"), day_pnl(account("-400", equity="9600")), cfg)
+    assert breach == Breach("max_loss", "day PnL -4.00% of 10000 <= -4% (max_loss_pct)")
+    assert rules(account("500", equity="10500"), cfg) == ["max_gain"]  # +5% of 10000
+    assert rules(account("5000", equity="15000"), cfg) == ["max_gain"]  # never the loss rule
+    assert rules(account("-400", equity="9600"), CFG) == ["max_loss"]  # 0 % = off, USD still on
+
+
+def test_sliding_window_pnl() -> None:
+    w = PnLWindow(lookback_s=60)
+    s = 10**9
+    assert w.update(account(equity="10000", ts=100 * s)).amount == 0
+    w.update(account(equity="9900", ts=130 * s))
+    pnl = w.update(account(equity="9700", ts=159 * s))
+    assert (pnl.amount, pnl.start_equity, pnl.period) == (D(-300), D(10000), "last 60s")
+    # at 190 s the window starts at 130 s: the reference is the equity seen at 130 s
+    pnl = w.update(account(equity="9800", ts=190 * s))
+    assert (pnl.amount, pnl.start_equity) == (D(-100), D(9900))
+    (breach,) = check_account(account(equity="9650"), w.update(account(equity="9550", ts=200 * s)), CFG)
+    assert breach.reason == "PnL over the last 60s -350 <= -300 (max_loss_usd)"
 
 
 def test_latch_acts_once_per_breach_until_it_clears() -> None:
@@ -167,6 +193,109 @@ async def test_breach_flattens_every_position_once(connect, running_service) -> 
     assert all(o.reduce_only and o.agent == "risk" and o.client_order_id.startswith("rsk-") for o in got)
     assert all(s.reasoning.startswith("day PnL -400 <= -300 (max_loss_usd)") for s in sigs)
     assert {o.client_order_id for o in again}.isdisjoint(o.client_order_id for o in got)
+
+
+# ---------------------------------------------------------------- AI confirmation
+
+
+class FakeProvider:
+    name = "fake:m"
+
+    def __init__(self, decision: Decision | None = None, delay: float = 0.0, fail: Exception | None = None) -> None:
+        self.decision, self.delay, self.fail = decision, delay, fail
+        self.requests: list[DecisionRequest] = []
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        self.requests.append(request)
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise self.fail
+        assert self.decision is not None
+        return self.decision
+
+
+def answer(action: str, confidence: float) -> Decision:
+    sign = {"BUY": 1.0, "SELL": -1.0}.get(action, 0.0)
+    return Decision(action=action, conviction=sign * confidence, confidence=confidence, reasoning="r",
+                    model="fake:m", latency_ms=700.0, cost_usd=0.001)
+
+
+LOSS, GAIN, BALANCE = Breach("max_loss", "loss"), Breach("max_gain", "gain"), Breach("min_balance", "low")
+
+
+def test_hold_threshold_by_rule() -> None:
+    assert hold_threshold([LOSS], CFG) == 0.90 and hold_threshold([GAIN], CFG) == 0.60
+    assert hold_threshold([LOSS, BALANCE], CFG) is None  # min_balance is never put to a model
+    assert hold_threshold([], CFG) is None
+
+
+@pytest.mark.parametrize("provider, threshold, hold, why", [
+    (FakeProvider(answer("HOLD", 0.90)), 0.90, True, "answered HOLD with confidence 0.90 >= 0.90: position kept"),
+    (FakeProvider(answer("HOLD", 0.89)), 0.90, False, "a hold needs HOLD with >= 0.90, closing"),
+    (FakeProvider(answer("HOLD", 0.60)), 0.60, True, "position kept"),
+    (FakeProvider(answer("SELL", 0.99)), 0.60, False, "answered SELL with confidence 0.99"),
+    (FakeProvider(Decision.abstain("fake:m", "unparsable answer")), 0.60, False, "could not answer (unparsable"),
+    (FakeProvider(fail=RuntimeError("boom")), 0.60, False, "AI confirmation failed (RuntimeError('boom'))"),
+    (FakeProvider(answer("HOLD", 1.0), delay=30), 0.60, False, "no answer within 0.2s"),
+])
+async def test_ai_confirmation_holds_only_on_a_confident_hold(provider, threshold, hold, why) -> None:
+    cfg = RiskAgentConfig(ai_timeout_s=0.2)
+    got = await asyncio.wait_for(ask_hold(provider, position("BTC-USD", "0.01"), "day PnL -400 <= -300",
+                                          account("-400"), threshold, cfg), 5)
+    assert got.hold is hold and why in got.why
+    (req,) = provider.requests
+    assert (req.agent, req.symbol) == ("risk", "BTC-USD") and "Breached rule: day PnL -400 <= -300" in req.prompt
+
+
+def test_ai_confirm_needs_a_model() -> None:
+    with pytest.raises(ValueError, match="needs an LLM"):
+        service.make_provider(RiskAgentConfig(ai_confirm=True), {"llm": {"provider": "offline"}})
+    assert service.make_provider(RiskAgentConfig(), {}) is None
+    LLMConfig()  # the default [llm] is offline
+
+
+async def test_breach_with_ai_hold_and_kill_switch(connect, service_bus) -> None:
+    """act() on the real bus: positions and the kill switch from a fake rust-risk; the model
+    keeps one position (confident HOLD) and not the other, the kill switch is engaged first."""
+    operator, risk = await connect("operator"), await connect("risk")
+    bus = await service_bus("risk-agent")
+    calls: list[str] = []
+
+    async def positions_api(msg) -> None:
+        calls.append("positions")
+        reply = PositionsReply(positions=[position("RSKH-USD", "0.01"), position("RSKJ-USD", "-0.5")],
+                               account=account("-400"))
+        await msg.respond(encode(reply))
+
+    async def killswitch_api(msg) -> None:
+        calls.append(f"killswitch {json.loads(msg.data)['action']} by {json.loads(msg.data)['actor']}")
+        await msg.respond(json.dumps({"engaged": True, "actor": "risk-agent", "reason": "x",
+                                      "changed_ts": now_ns()}).encode())
+
+    class PerSymbol(FakeProvider):
+        async def decide(self, request: DecisionRequest) -> Decision:
+            self.requests.append(request)
+            return answer("HOLD", 0.95) if request.symbol == "RSKH-USD" else answer("HOLD", 0.5)
+
+    subs = [await risk.subscribe("risk.api.positions", cb=positions_api),
+            await risk.subscribe("risk.api.killswitch", cb=killswitch_api)]
+    orders = await operator.collect("orders.submit.>")
+    signals = await operator.collect("agent.signal.risk.>")
+    cfg = RiskAgentConfig(ai_confirm=True, engage_kill_switch_on_breach=True)
+    try:
+        ok = await service.act(bus, cfg, PerSymbol(), [Breach("max_loss", "day PnL -400 <= -300 (max_loss_usd)")],
+                               account("-400"))
+        got = [decode(Signal, m.data) for m in await drain(signals, 2)]
+        (order,) = [decode(OrderRequest, m.data) for m in await drain(orders, 1)]
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+    assert ok and calls == ["positions", "killswitch engage by risk-agent"]
+    held, closed = sorted(got, key=lambda s: s.symbol)
+    assert (held.symbol, held.action, held.model, held.cost_usd) == ("RSKH-USD", Action.HOLD, "fake:m", 0.001)
+    assert "position kept" in held.reasoning
+    assert (closed.symbol, closed.action) == ("RSKJ-USD", Action.BUY) and "closing" in closed.reasoning
+    assert (order.symbol, order.side, order.reduce_only, order.quantity) == ("RSKJ-USD", Side.BUY, True, D("0.5"))
 
 
 async def test_positions_unavailable_is_reported_and_retried(connect, running_service) -> None:

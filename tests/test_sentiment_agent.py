@@ -1,21 +1,34 @@
-"""Sentiment agent: the lexicon scorer (weights, negation, range), the time decay,
-the headline file, and the replay loop in-process against the real nats-server."""
+"""Sentiment agent: the lexicon scorer (weights, negation, range), the time decay, the
+headline file, the LLM scorer and its fallback, RSS / Atom feeds from a local HTTP server,
+and the agent in-process against the real nats-server (publish + KV `sentiment.<symbol>`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import httpx
 
 import pytest
 
+from services.common.llm import Decision, DecisionRequest
 from services.common.models import Sentiment, decode
+from services.common.streams import KV_BUCKET
 from services.sentiment_agent import service
 from services.sentiment_agent.aggregate import DecayingSentiment
+from services.sentiment_agent.config import SentimentConfig, keywords_for
+from services.sentiment_agent.feeds import FeedError, FeedPoller, parse_feed
 from services.sentiment_agent.headlines import Headline, load_headlines
-from services.sentiment_agent.lexicon import LexiconModel, raw_score, score, tokens
+from services.sentiment_agent.lexicon import raw_score, score, tokens
+from services.sentiment_agent.scoring import LexiconScorer, LLMScorer
 from services.sentiment_agent.service import SentimentTracker
+
+score_text = score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,12 +91,52 @@ def test_decay_forgets_old_items_and_unknown_symbols() -> None:
     assert d.value("SOL-USDC", now=0).score == 0.0
 
 
-def test_tracker_publishes_one_sentiment_per_symbol() -> None:
-    tracker = SentimentTracker(LexiconModel(), half_life_s=600, source="replay:x.jsonl")
-    out = tracker.on_headline(Headline(title="ETH rallies", symbols=["ETH-USD", "SOL-USDC", "ETH-USD"]), now=0)
+async def test_tracker_publishes_one_sentiment_per_symbol() -> None:
+    tracker = SentimentTracker(LexiconScorer(), half_life_s=600)
+    item = Headline(title="ETH rallies", symbols=["ETH-USD", "SOL-USDC", "ETH-USD"])
+    out = await tracker.on_headline(item, "replay:x.jsonl", now=0)
     assert [s.symbol for s in out] == ["ETH-USD", "SOL-USDC"]
     assert out[0].score == round(2 / math.sqrt(8), 6) and out[0].model == "offline-lexicon"
     assert out[0].sources == ["replay:x.jsonl"]
+
+
+# ---------------------------------------------------------------- LLM scorer
+
+
+class FakeProvider:
+    name = "fake"
+
+    def __init__(self, decision: Decision | None = None, fail: Exception | None = None) -> None:
+        self.decision, self.fail = decision, fail
+        self.requests: list[DecisionRequest] = []
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        self.requests.append(request)
+        if self.fail:
+            raise self.fail
+        return self.decision
+
+
+async def test_llm_scorer_uses_the_signed_conviction() -> None:
+    answer = Decision(action="SELL", conviction=-0.8, confidence=0.8, reasoning="hack", model="fake:m")
+    provider = FakeProvider(answer)
+    score = await LLMScorer(provider, timeout_s=3).score("Exchange hacked", "BTC-USD")
+    assert (score.value, score.model, score.fallback) == (-0.8, "fake:m", False)
+    (req,) = provider.requests
+    assert (req.agent, req.symbol, req.timeout_s) == ("sentiment", "BTC-USD", 3)
+    assert req.prompt == "Asset: BTC-USD\nHeadline: Exchange hacked"
+    hold = Decision(action="HOLD", conviction=0.0, confidence=0.9, reasoning="neutral", model="fake:m")
+    assert (await LLMScorer(FakeProvider(hold), 3).score("Bitcoin surges", "BTC-USD")).value == 0.0
+
+
+@pytest.mark.parametrize("provider", [
+    FakeProvider(Decision.abstain("fake:m", "unparsable answer")),
+    FakeProvider(fail=RuntimeError("boom")),
+])
+async def test_llm_scorer_falls_back_to_the_lexicon(provider) -> None:
+    score = await LLMScorer(provider, timeout_s=3).score("Bitcoin surges to a record", "BTC-USD")
+    assert score.value == score_text("Bitcoin surges to a record") > 0
+    assert (score.model, score.fallback) == ("offline-lexicon", True) and score.error
 
 
 # ---------------------------------------------------------------- headlines file
@@ -129,3 +182,129 @@ async def test_replay_publishes_scores(connect, running_service, tmp_path: Path)
     assert b.score < 0 and b.items == 1
     assert third.items == 3  # cycled back to the first headline
     assert all(m.model == "offline-lexicon" and m.sources == ["replay:news.jsonl"] for _, m in received)
+
+    # The latest per symbol is in the KV bucket for any agent to read.
+    kv = await operator.jetstream().key_value(KV_BUCKET)
+    latest_b = decode(Sentiment, (await kv.get("sentiment.SENTB-USD")).value)
+    assert latest_b == b
+    latest_a = decode(Sentiment, (await kv.get("sentiment.SENTA-USD")).value)
+    assert latest_a.items >= 3 and latest_a.symbol == "SENTA-USD"
+
+
+# ---------------------------------------------------------------- RSS / Atom feeds
+
+FEEDS = REPO / "tests" / "data" / "feeds"
+KEYWORDS = keywords_for(SentimentConfig(), ["BTC-USD", "ETH-USD", "SOL-USDC"])
+
+
+class FeedServer:
+    """A local HTTP server: /crypto.rss and /crypto.atom (the files, editable per test),
+    /broken (HTTP 500), /garbage (not a feed)."""
+
+    def __init__(self) -> None:
+        self.files = {"/crypto.rss": (FEEDS / "crypto.rss").read_bytes(),
+                      "/crypto.atom": (FEEDS / "crypto.atom").read_bytes()}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                server.requests.append(self.path)
+                types = {"/crypto.rss": "application/rss+xml", "/crypto.atom": "application/atom+xml"}
+                if self.path in server.files:
+                    body, status, ctype = server.files[self.path], 200, types[self.path]
+                elif self.path == "/garbage":
+                    body, status, ctype = b"<html><body>not a feed", 200, "text/html"
+                else:
+                    body, status, ctype = b"internal error", 500, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def feed_server() -> Iterator[FeedServer]:
+    server = FeedServer()
+    yield server
+    server.close()
+
+
+def test_rss_entries_map_to_symbols_by_keywords() -> None:
+    items = parse_feed((FEEDS / "crypto.rss").read_bytes(), KEYWORDS)
+    assert [(i.key, i.headline.title, i.headline.symbols) for i in items] == [
+        ("desk-1001", "Bitcoin surges to a record as ETF inflows jump", ["BTC-USD"]),
+        ("desk-1002", "Solana outage halts block production", ["SOL-USDC"]),
+    ]  # the rates story names no symbol: skipped
+
+
+def test_atom_entries_title_markup_and_summary_keywords() -> None:
+    items = parse_feed((FEEDS / "crypto.atom").read_bytes(), KEYWORDS)
+    assert [(i.headline.title, i.headline.symbols) for i in items] == [
+        ("Ethereum rallies after a successful upgrade", ["ETH-USD"]),  # <em> stripped
+        ("Exchange hacked, funds stolen", ["BTC-USD", "ETH-USD"]),  # symbols from the summary
+    ]
+    assert items[0].key == "urn:uuid:1225c695-cfb8-4ebb-aaaa-80da344efa6a"
+
+
+def test_configured_keywords_replace_the_defaults() -> None:
+    cfg = SentimentConfig(keywords={"DOGE-USD": ["Dogecoin"]})
+    assert keywords_for(cfg, ["BTC-USD", "bad.symbol"]) == {"BTC-USD": ["bitcoin", "btc"], "DOGE-USD": ["dogecoin"]}
+    with pytest.raises(ValueError, match="http"):
+        SentimentConfig(feeds=["file:///etc/passwd"])
+
+
+async def test_poller_reports_each_entry_once(feed_server: FeedServer) -> None:
+    async with httpx.AsyncClient() as client:
+        poller = FeedPoller(f"{feed_server.url}/crypto.rss", KEYWORDS, 5.0, client)
+        first = await poller.poll()
+        assert [h.symbols for h in first] == [["BTC-USD"], ["SOL-USDC"]]
+        assert await poller.poll() == []  # nothing new
+        rss = feed_server.files["/crypto.rss"].decode()
+        new_item = ("<item><title>Bitcoin slumps as liquidations mount</title>"
+                    "<guid isPermaLink=\"false\">desk-1004</guid></item>")
+        feed_server.files["/crypto.rss"] = rss.replace("<item>", new_item + "<item>", 1).encode()
+        (latest,) = await poller.poll()
+        assert latest.title == "Bitcoin slumps as liquidations mount" and poller.source.startswith("feed:127.0.0.1:")
+
+
+async def test_poller_errors_are_feed_errors(feed_server: FeedServer) -> None:
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(FeedError, match="500"):
+            await FeedPoller(f"{feed_server.url}/broken", KEYWORDS, 5.0, client).poll()
+        with pytest.raises(FeedError, match="not an RSS or Atom feed"):
+            await FeedPoller(f"{feed_server.url}/garbage", KEYWORDS, 5.0, client).poll()
+
+
+async def test_feeds_are_scored_published_and_a_broken_feed_is_reported(
+    connect, running_service, feed_server: FeedServer
+) -> None:
+    operator = await connect("operator")
+    got = await operator.collect("agent.sentiment.>")
+    errors = await operator.collect("errors.sentiment-agent")
+    config = {
+        "system": {"symbols": ["BTC-USD", "ETH-USD", "SOL-USDC"]},
+        "sentiment_agent": {"headlines": "", "feed_poll_s": 0.2,
+                            "feeds": [f"{feed_server.url}/crypto.atom", f"{feed_server.url}/broken"]},
+    }
+    async with running_service("sentiment-agent", service.main, config, operator):
+        messages = [decode(Sentiment, (await asyncio.wait_for(got.get(), 5)).data) for _ in range(3)]
+        error = json.loads((await asyncio.wait_for(errors.get(), 5)).data)
+        await asyncio.sleep(0.5)  # more polls: the same entries are not scored again
+    assert got.empty()
+    assert [(m.symbol, m.items) for m in messages] == [("ETH-USD", 1), ("BTC-USD", 1), ("ETH-USD", 2)]
+    assert messages[0].score > 0 and messages[1].score < 0  # rallies / hacked
+    assert all(m.sources == [f"feed:{feed_server.url.removeprefix('http://')}"] for m in messages)
+    assert error["subject"].endswith("/broken") and "500" in error["reason"]

@@ -1,19 +1,33 @@
 """Swarm agent: the consensus methods (majority, weighted, quorum, abstentions), the
-offline models, timeouts and failures as ABSTAIN, and the agent in-process against
-the real nats-server with a fake md.api.history."""
+offline and LLM models, timeouts and failures as ABSTAIN (with latency, cost, error), and
+the agent in-process against the real nats-server with a fake md.api.history (asked, and
+on a price alert by itself)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from decimal import Decimal
 
 import pytest
 
-from services.common.models import Bar, Consensus, Sentiment, Vote, VoteAction, decode, encode, now_ns
+from services.common.llm import Decision, DecisionRequest, LLMConfig
+from services.common.models import (
+    Bar,
+    Consensus,
+    PriceAlert,
+    Sentiment,
+    Vote,
+    VoteAction,
+    decode,
+    encode,
+    now_ns,
+)
 from services.swarm_agent import service
 from services.swarm_agent.config import SwarmConfig
 from services.swarm_agent.consensus import decide, summarize
+from services.swarm_agent.llm import LLMModel
 from services.swarm_agent.model import NoData, Opinion, ask_models
 from services.swarm_agent.offline import LatestSentiment, MeanReversionModel, MomentumModel, SentimentModel
 
@@ -149,7 +163,7 @@ async def test_failing_and_slow_models_abstain_in_parallel() -> None:
             return Opinion(BUY, 1.7, "sure")  # confidence clamped to 1
 
     start = asyncio.get_running_loop().time()
-    votes = await ask_models([Slow(), Broken(), Fine()], "BTC-USD", "?", timeout_s=0.2)
+    votes = await ask_models([Slow(), Broken(), Fine()], "BTC-USD", "?", [0.2] * 3)
     assert asyncio.get_running_loop().time() - start < 1.0
     assert [(v.model, v.action) for v in votes] == [("slow", ABSTAIN), ("broken", ABSTAIN), ("fine", BUY)]
     assert votes[0].error == "timeout after 0.2s" and votes[0].latency_ms >= 150
@@ -161,7 +175,65 @@ def test_config_models_must_be_known_and_distinct() -> None:
     with pytest.raises(ValueError):
         SwarmConfig(models=["offline-momentum", "offline-momentum"])
     with pytest.raises(ValueError):
-        SwarmConfig(models=["gpt-7"])
+        SwarmConfig(models=[])
+    with pytest.raises(ValueError, match="unknown swarm model"):
+        service.build_models(SwarmConfig(models=["gpt-7"]), history_of([]), LatestSentiment(), LLMConfig())
+    models = service.build_models(SwarmConfig(models=["offline-meanrev", "local"]), history_of([]),
+                                  LatestSentiment(), LLM_CONFIG)
+    assert [m.name for m in models] == ["offline-meanrev", "local:m"] and isinstance(models[1], LLMModel)
+
+
+# ---------------------------------------------------------------- LLM members
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# An OpenAI-compatible endpoint where nothing listens: every call fails to connect.
+LLM_CONFIG = LLMConfig.model_validate({
+    "max_retries": 0,
+    "endpoints": {"local": {"kind": "openai_compatible", "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                            "model": "m", "api_key_env": ""}},
+    "prices": {"m": {"input": "1", "output": "5"}},
+})
+
+
+class FakeProvider:
+    name = "fake:m"
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        self.requests: list[DecisionRequest] = []
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        self.requests.append(request)
+        return self.decision
+
+
+async def test_llm_member_votes_with_cost_and_sees_bars_and_sentiment() -> None:
+    latest = LatestSentiment()
+    latest.update(Sentiment(symbol="BTC-USD", score=0.5, confidence=0.4, items=2, model="x", ts=now_ns()))
+    answer = Decision(action="BUY", conviction=0.9, confidence=0.9, reasoning="trend", model="fake:m",
+                      cost_usd=0.0031, latency_ms=900.0)
+    provider = FakeProvider(answer)
+    model = LLMModel(provider, history_of(["100", "101"]), latest, timeout_s=7)
+    (v,) = await ask_models([model], "BTC-USD", "buy?", [8])
+    assert (v.model, v.action, v.confidence, v.cost_usd, v.error, v.reasoning) == ("fake:m", BUY, 0.9, 0.0031, None,
+                                                                                 "trend")
+    (req,) = provider.requests
+    assert (req.agent, req.symbol, req.timeout_s) == ("swarm", "BTC-USD", 7)
+    assert "Question: buy?" in req.prompt and "101, 1" in req.prompt and "score +0.500" in req.prompt
+
+
+async def test_llm_member_failure_is_an_abstention_with_error_and_cost() -> None:
+    failed = Decision.abstain("fake:m", "unparsable answer (stop: stop): no JSON object", cost_usd=0.002)
+    model = LLMModel(FakeProvider(failed), history_of([]), LatestSentiment(), 5)
+    (v,) = await ask_models([model], "BTC-USD", "?", [6])
+    assert (v.action, v.confidence, v.cost_usd) == (ABSTAIN, 0.0, 0.002) and "unparsable" in v.error
+    assert "(unavailable" not in v.reasoning
 
 
 # ---------------------------------------------------------------- in-process, real nats-server
@@ -221,3 +293,33 @@ async def test_ask_returns_consensus_of_three_votes(connect, running_service) ->
     assert [v.action for v in unknown.votes] == [ABSTAIN] * 3
     assert "unknown_symbol" in unknown.votes[0].error and "no sentiment" in unknown.votes[2].error
     assert bad["error"]["code"] == "bad_request"
+
+
+async def test_an_alert_makes_the_swarm_ask_by_itself(connect, running_service) -> None:
+    operator, md = await connect("operator"), await connect("market-data")
+
+    async def history_api(msg) -> None:
+        closes = [str(100 + i) for i in range(json.loads(msg.data)["limit"])]
+        await msg.respond(json.dumps({"bars": [json.loads(encode(b)) for b in bars(closes, "SWMC-USD")]}).encode())
+
+    sub = await md.subscribe("md.api.history", cb=history_api)
+    published = await operator.collect("agent.swarm.SWMC-USD")
+    config = {"swarm_agent": {**CONFIG["swarm_agent"], "models": ["offline-momentum", "offline-meanrev", "local"],
+                              "llm_timeout_s": 3.0},
+              "llm": LLM_CONFIG.model_dump(mode="json")}
+    try:
+        async with running_service("swarm-agent", service.main, config, operator):
+            alert = PriceAlert(venue="sim", symbol="SWMC-USD", direction="UP", change_pct=2.5, threshold_pct=2.0,
+                               window_s=60, from_price=Decimal("100"), price=Decimal("102.5"), ts=now_ns())
+            await md.publish("md.alert.SWMC-USD", encode(alert))
+            consensus = decode(Consensus, (await asyncio.wait_for(published.get(), 10)).data)
+    finally:
+        await sub.unsubscribe()
+    assert consensus.question == ("SWMC-USD moved +2.500% (UP) within 60s, 100 -> 102.5. "
+                                  "BUY, SELL or HOLD SWMC-USD now?")
+    assert [(v.model, v.action) for v in consensus.votes] == [
+        ("offline-momentum", BUY), ("offline-meanrev", SELL), ("local:m", ABSTAIN)]
+    llm_vote = consensus.votes[2]
+    assert "connection error" in llm_vote.error and llm_vote.cost_usd == 0.0 and llm_vote.latency_ms > 0
+    assert consensus.action is HOLD  # one BUY, one SELL, one abstention: a tie
+    assert "local:m ABSTAIN (connection error" in consensus.summary

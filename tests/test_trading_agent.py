@@ -1,19 +1,26 @@
-"""Trading agent: momentum strategy, sizing (exact Decimals), fail-closed gating, and
-the agent in-process against the real nats-server (ticks in, Signal + order out)."""
+"""Trading agent: the strategies, sizing (exact Decimals), fail-closed gating, the LLM
+strategy and its fallback, and the agent in-process against the real nats-server (bars
+and alerts in, one Signal per event and orders into ORDERS out; context from a fake
+md.api.history, the KV bucket and live verdicts)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from decimal import Decimal
 
 import nats.errors
 import pytest
 
+from services.common.llm import Decision, DecisionRequest
 from services.common.models import (
     AccountState,
     Action,
+    Bar,
     OrderRequest,
+    PriceAlert,
+    Sentiment,
     Side,
     Signal,
     Tick,
@@ -23,274 +30,510 @@ from services.common.models import (
     encode,
     now_ns,
 )
-from services.common.streams import MSG_ID_HEADER, ORDERS
+from services.common.streams import MSG_ID_HEADER, ORDERS, ensure_kv
 from services.trading_agent import service
-from services.trading_agent.agent import TradingAgent
+from services.trading_agent.agent import Choice, Context, Event, plan
 from services.trading_agent.config import TradingConfig
-from services.trading_agent.sizing import buy_quantity, round_down, sell_quantity
-from services.trading_agent.strategy import MomentumStrategy
+from services.trading_agent.context import merge_bars
+from services.trading_agent.decide import LLMDecider, RuleDecider, build_prompt
+from services.trading_agent.sizing import buy_quantity, reduce_quantity, round_down
+from services.trading_agent.strategy import MeanReversionStrategy, MomentumStrategy, MovingAverageCrossover
 
 D = Decimal
+BUY, SELL, HOLD = Action.BUY, Action.SELL, Action.HOLD
+T0 = 1_764_000_000 * 10**9
 
 
-def tick(symbol: str, price: str, seq: int = 0) -> Tick:
-    return Tick(venue="sim", symbol=symbol, price=D(price), seq=seq, ts=now_ns())
+def bar(symbol: str, close: str, i: int, interval: str = "1s") -> Bar:
+    c = D(close)
+    return Bar(venue="sim", symbol=symbol, interval=interval, open=c, high=c, low=c, close=c, volume=D(1),
+               trades=1, start_ts=T0 + i * 10**9, end_ts=T0 + (i + 1) * 10**9)
 
 
-def verdict(symbol: str, state: TradingState = TradingState.ACTIVE, position: str = "0") -> Verdict:
-    return Verdict(symbol=symbol, state=state, position=D(position), ts=now_ns())
+def bars(symbol: str, closes: list[str]) -> list[Bar]:
+    return [bar(symbol, c, i) for i, c in enumerate(closes)]
 
 
-def account(equity: str = "10000", state: TradingState = TradingState.ACTIVE) -> AccountState:
+def verdict(symbol: str, state: TradingState = TradingState.ACTIVE, position: str = "0",
+            ts: int | None = None) -> Verdict:
+    return Verdict(symbol=symbol, state=state, position=D(position), ts=ts or now_ns())
+
+
+def account(equity: str = "10000", cash: str | None = None, state: TradingState = TradingState.ACTIVE) -> AccountState:
     return AccountState(
-        state=state, cash=D(equity), equity=D(equity), peak_equity=D(equity), drawdown_pct=0.0,
+        state=state, cash=D(cash or equity), equity=D(equity), peak_equity=D(equity), drawdown_pct=0.0,
         realized_pnl=D(0), unrealized_pnl=D(0), day_pnl=D(0), fees=D(0), gross_exposure=D(0),
         open_positions=0, kill_switch=False, ts=now_ns(),
     )
 
 
-# ---------------------------------------------------------------- strategy
+# ---------------------------------------------------------------- strategies
 
 
-def test_momentum_waits_for_a_full_window() -> None:
-    s = MomentumStrategy(lookback_ticks=3, threshold_pct=1.0)
-    assert s.on_tick(tick("BTC-USD", "100")) is None
-    assert s.on_tick(tick("BTC-USD", "105")) is None  # only 2 of 3 prices
+def test_momentum() -> None:
+    s = MomentumStrategy(lookback=3, threshold_pct=1.0)
+    short = s.decide("BTC-USD", bars("BTC-USD", ["100", "105"]))
+    assert short.action is HOLD and "2 closed bars, the strategy needs 3" in short.reasoning
+    d = s.decide("BTC-USD", bars("BTC-USD", ["90", "100", "100.5", "101"]))  # window 100 -> 101: +1%
+    assert (d.action, d.confidence) == (BUY, 0.5) and "+1.0000%" in d.reasoning and "100 -> 101" in d.reasoning
+    d = s.decide("BTC-USD", bars("BTC-USD", ["100", "99", "98"]))
+    assert (d.action, d.confidence) == (SELL, 1.0)
+    d = s.decide("BTC-USD", bars("BTC-USD", ["100", "100.5", "100.5"]))
+    assert (d.action, d.confidence) == (HOLD, 0.5)
 
 
-def test_momentum_buy_sell_and_nothing() -> None:
-    s = MomentumStrategy(lookback_ticks=3, threshold_pct=1.0)
-    for p in ("100", "100.5", "101"):  # +1% exactly: BUY at the threshold, confidence 0.5
-        d = s.on_tick(tick("BTC-USD", p))
-    assert d is not None and d.action is Action.BUY and d.confidence == 0.5
-    assert "+1.0000%" in d.reasoning and "100 -> 101" in d.reasoning
-
-    s = MomentumStrategy(lookback_ticks=3, threshold_pct=1.0)
-    for p in ("100", "99", "98"):  # -2%: SELL, confidence 1.0
-        d = s.on_tick(tick("ETH-USD", p))
-    assert d is not None and d.action is Action.SELL and d.confidence == 1.0
-
-    s = MomentumStrategy(lookback_ticks=3, threshold_pct=1.0)
-    for p in ("100", "100.5", "100.99"):
-        d = s.on_tick(tick("SOL-USDC", p))
-    assert d is None
+def test_mean_reversion_fades_a_stretch() -> None:
+    s = MeanReversionStrategy(lookback=4, threshold_pct=0.5)
+    d = s.decide("ETH-USD", bars("ETH-USD", ["100", "100", "101", "103"]))  # mean 101, +1.98%
+    assert (d.action, d.confidence) == (SELL, 1.0) and "stretched up" in d.reasoning
+    assert s.decide("ETH-USD", bars("ETH-USD", ["100", "100", "99", "97"])).action is BUY
+    assert s.decide("ETH-USD", bars("ETH-USD", ["100", "100", "100", "100.1"])).action is HOLD
+    assert s.decide("ETH-USD", bars("ETH-USD", ["100"])).action is HOLD
 
 
-def test_momentum_windows_are_per_symbol_and_slide() -> None:
-    s = MomentumStrategy(lookback_ticks=2, threshold_pct=1.0)
-    s.on_tick(tick("BTC-USD", "100"))
-    assert s.on_tick(tick("ETH-USD", "200")) is None  # other symbol, own window
-    assert s.on_tick(tick("BTC-USD", "101")).action is Action.BUY
-    assert s.on_tick(tick("BTC-USD", "101")) is None  # window is now 101, 101
+def test_ma_crossover_acts_on_the_cross_only() -> None:
+    s = MovingAverageCrossover(fast=2, slow=3, min_gap_pct=0.1)
+    assert s.bars_needed == 4
+    # before: fast(100,100)=100 <= slow(100,100,100); now: fast(100,103)=101.5 > slow 101
+    d = s.decide("SOL-USDC", bars("SOL-USDC", ["100", "100", "100", "103"]))
+    assert d.action is BUY and d.confidence == 1.0 and "crossed above" in d.reasoning
+    d = s.decide("SOL-USDC", bars("SOL-USDC", ["100", "100", "100", "97"]))
+    assert d.action is SELL and "crossed below" in d.reasoning
+    # already above on the bar before: no new cross
+    d = s.decide("SOL-USDC", bars("SOL-USDC", ["100", "100", "103", "104"]))
+    assert d.action is HOLD and "no cross, fast stays above slow" in d.reasoning
+    with pytest.raises(ValueError):
+        MovingAverageCrossover(fast=3, slow=3, min_gap_pct=0.1)
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ValueError, match="decimal string"):
+        TradingConfig(order_usd=100.5)
+    with pytest.raises(ValueError, match="ma_fast"):
+        TradingConfig(ma_fast=20, ma_slow=5)
+    with pytest.raises(ValueError):
+        TradingConfig(bar_interval="1 s")  # not a subject token
+    with pytest.raises(ValueError):
+        TradingConfig(lookback_ticks=5)  # an old key is an error, not silently ignored
 
 
 # ---------------------------------------------------------------- sizing
 
 
 def test_buy_quantity_is_order_usd_over_price_rounded_down() -> None:
-    assert buy_quantity(D("97000"), D(0), D("10000"), D("100"), 30.0) == D("0.001030")
-    assert buy_quantity(D("150"), D(0), D("10000"), D("100"), 30.0) == D("0.666666")
+    assert buy_quantity(D("97000"), D(0), D("10000"), D("10000"), D("100"), 30.0, 10.0) == D("0.001030")
+    assert buy_quantity(D("150"), D(0), D("10000"), D("10000"), D("100"), 30.0, 10.0) == D("0.666666")
 
 
-def test_buy_quantity_capped_by_position_share_of_equity() -> None:
-    # cap 3000; holding 0.03 * 97000 = 2910 -> room 90 -> 0.000927835... -> 0.000927
-    assert buy_quantity(D("97000"), D("0.03"), D("10000"), D("100"), 30.0) == D("0.000927")
-    assert buy_quantity(D("97000"), D("0.031"), D("10000"), D("100"), 30.0) == D(0)  # over the cap
-    assert buy_quantity(D("97000"), D(0), D(0), D("100"), 30.0) == D(0)  # no equity
-    assert buy_quantity(D("97000"), D(0), D("10000"), D("100"), 0.0001) == D(0)  # rounds to zero
+def test_buy_quantity_capped_by_position_share_and_cash_reserve() -> None:
+    # position cap 3000; holding 0.03 * 97000 = 2910 -> room 90 -> 0.000927835... -> 0.000927
+    assert buy_quantity(D("97000"), D("0.03"), D("10000"), D("7000"), D("100"), 30.0, 10.0) == D("0.000927")
+    assert buy_quantity(D("97000"), D("0.031"), D("10000"), D("7000"), D("100"), 30.0, 10.0) == D(0)
+    # cash 1040, reserve 10% of 10000 = 1000 -> room 40
+    assert buy_quantity(D("100"), D(0), D("10000"), D("1040"), D("100"), 30.0, 10.0) == D("0.4")
+    assert buy_quantity(D("100"), D(0), D("10000"), D("999"), D("100"), 30.0, 10.0) == D(0)
+    assert buy_quantity(D("97000"), D(0), D(0), D(0), D("100"), 30.0, 0.0) == D(0)  # no equity
 
 
-def test_sell_quantity_only_reduces_a_long() -> None:
-    assert sell_quantity(D("97000"), D("0.01"), D("100")) == D("0.001030")
-    assert sell_quantity(D("97000"), D("0.0005"), D("100")) == D("0.0005")
-    assert sell_quantity(D("97000"), D("0.00000049"), D("100")) == D(0)  # dust rounds to zero
-    assert sell_quantity(D("97000"), D(0), D("100")) == D(0)
-    assert sell_quantity(D("97000"), D("-1"), D("100")) == D(0)  # never deepen a short
+def test_reduce_quantity_never_past_zero() -> None:
+    assert reduce_quantity(D("97000"), D("0.01"), D("100")) == D("0.001030")
+    assert reduce_quantity(D("97000"), D("0.0005"), D("100")) == D("0.0005")
+    assert reduce_quantity(D("97000"), D("-0.0005"), D("100")) == D("0.0005")  # a short: buy it back
+    assert reduce_quantity(D("97000"), D("0.00000049"), D("100")) == D(0)  # dust rounds to zero
+    assert round_down(D("0.0000019999")) == D("0.000001") and round_down(D("-1")) == D(0)
 
 
-def test_round_down_never_rounds_up() -> None:
-    assert round_down(D("0.0000019999")) == D("0.000001")
-    assert round_down(D("-1")) == D(0)
+# ---------------------------------------------------------------- gating (plan)
+
+CFG = TradingConfig(order_usd=D("100"), max_position_pct=30.0, cash_pct=10.0, state_max_age_s=10.0)
 
 
-# ---------------------------------------------------------------- agent gating
+def ctx_for(symbol: str = "BTC-USD", price: str = "100", v: Verdict | None = None,
+            a: AccountState | None = None) -> Context:
+    event = Event("bar", symbol, "sim", D(price), T0, "1s bar closed")
+    return Context(event=event, bars=[], verdict=v, account=a)
 
 
-def make_agent(**overrides: object) -> TradingAgent:
-    cfg = TradingConfig(lookback_ticks=2, threshold_pct=1.0, order_usd=D("100"), cooldown_s=10.0,
-                        **overrides)
-    return TradingAgent(cfg)
+def choice(action: Action, confidence: float = 0.8) -> Choice:
+    return Choice(action, confidence, "because", "momentum")
 
 
-def rise(agent: TradingAgent, symbol: str, now: float, start: str = "100", end: str = "102"):
-    agent.on_tick(tick(symbol, start), now)
-    return agent.on_tick(tick(symbol, end), now)
+def test_hold_is_a_signal_without_an_order() -> None:
+    p = plan(choice(HOLD, 0.3), ctx_for(v=verdict("BTC-USD"), a=account()), CFG, now_ns())
+    assert p.order is None and p.signal.action is HOLD and p.signal.reasoning == "because; no order"
 
 
-def test_no_verdict_no_order() -> None:
-    agent = make_agent()
-    agent.on_account(account())
-    assert rise(agent, "BTC-USD", 0.0) is None
+def test_no_verdict_no_order_even_to_sell() -> None:
+    for action in (BUY, SELL):
+        p = plan(choice(action), ctx_for(a=account()), CFG, now_ns())
+        assert p.order is None and p.signal.action is HOLD and "fail closed" in p.signal.reasoning
 
 
-def test_buy_needs_active_verdict_and_active_account() -> None:
-    agent = make_agent()
-    agent.on_verdict(verdict("BTC-USD"))
-    assert rise(agent, "BTC-USD", 0.0) is None  # no account yet: equity unknown
-    agent.on_account(account(state=TradingState.REDUCE_ONLY))
-    assert rise(agent, "BTC-USD", 0.0) is None
+def test_never_a_risk_increasing_order_unless_active_and_fresh() -> None:
+    ts = now_ns()
     for state in (TradingState.REDUCE_ONLY, TradingState.HALTED):
-        agent.on_account(account())
-        agent.on_verdict(verdict("BTC-USD", state))
-        assert rise(agent, "BTC-USD", 0.0) is None
+        p = plan(choice(BUY), ctx_for(v=verdict("BTC-USD", state), a=account()), CFG, ts)
+        assert p.order is None and f"the verdict is {state.value}" in p.signal.reasoning
+    stale = verdict("BTC-USD", ts=ts - 11 * 10**9)
+    assert "too old" in plan(choice(BUY), ctx_for(v=stale, a=account()), CFG, ts).signal.reasoning
+    assert plan(choice(BUY), ctx_for(v=verdict("BTC-USD")), CFG, ts).order is None  # account unknown
+    halted_account = account(state=TradingState.HALTED)
+    assert plan(choice(BUY), ctx_for(v=verdict("BTC-USD"), a=halted_account), CFG, ts).order is None
 
 
-def test_buy_proposal_fields() -> None:
-    agent = make_agent()
-    agent.on_verdict(verdict("BTC-USD"))
-    agent.on_account(account())
-    t0 = tick("BTC-USD", "100")
-    agent.on_tick(t0, 0.0)
-    t1 = tick("BTC-USD", "102")
-    p = agent.on_tick(t1, 0.0)
-    assert p is not None
+def test_buy_order_fields() -> None:
+    ts = now_ns()
+    p = plan(choice(BUY), ctx_for(price="102", v=verdict("BTC-USD"), a=account()), CFG, ts)
     o, s = p.order, p.signal
-    assert re.fullmatch(r"trd-[0-9a-f]{20}", o.client_order_id)
+    assert o is not None and re.fullmatch(r"trd-[0-9a-f]{20}", o.client_order_id)
     assert (o.agent, o.symbol, o.venue, o.side, o.reduce_only) == ("trading", "BTC-USD", "sim", Side.BUY, False)
-    assert o.quantity == D("0.980392")  # 100 / 102 rounded down
-    assert o.decision_price == D("102") and o.origin_ts == t1.ts and o.ts >= t1.ts
-    assert (s.action, s.model, s.origin_ts, s.confidence) == (Action.BUY, "momentum", t1.ts, 1.0)
-    assert "+2.0000%" in s.reasoning and "0.980392" in s.reasoning
-    decode(OrderRequest, encode(o))  # valid on the wire
+    assert o.quantity == D("0.980392") and o.decision_price == D("102") and (o.origin_ts, o.ts) == (T0, ts)
+    assert (s.action, s.model, s.origin_ts, s.confidence) == (BUY, "momentum", T0, 0.8)
+    assert s.reasoning == "because; order BUY 0.980392 at ~102"
+    decode(OrderRequest, encode(o))
+    again = plan(choice(BUY), ctx_for(price="102", v=verdict("BTC-USD"), a=account()), CFG, ts)
+    assert again.order and again.order.client_order_id != o.client_order_id  # fresh every time
 
 
-def test_cooldown_per_symbol() -> None:
-    agent = make_agent()
-    agent.on_account(account())
-    for sym in ("BTC-USD", "ETH-USD"):
-        agent.on_verdict(verdict(sym))
-    assert rise(agent, "BTC-USD", 0.0) is not None
-    assert agent.on_tick(tick("BTC-USD", "105"), 9.9) is None  # cooling down
-    assert rise(agent, "ETH-USD", 9.9) is not None  # other symbol unaffected
-    assert agent.on_tick(tick("BTC-USD", "108"), 10.0) is not None
-
-
-def test_sell_reduces_a_long_in_every_state() -> None:
+def test_reducing_orders_pass_in_every_state() -> None:
     for state in TradingState:
-        agent = make_agent()
-        agent.on_verdict(verdict("ETH-USD", state, position="0.5"))
-        p = rise(agent, "ETH-USD", 0.0, start="100", end="98")  # -2% -> SELL
-        assert p is not None, state
-        assert (p.order.side, p.order.reduce_only, p.order.quantity) == (Side.SELL, True, D("0.5"))
-        assert p.signal.action is Action.SELL
+        p = plan(choice(SELL), ctx_for(v=verdict("ETH-USD", state, position="0.5")), CFG, now_ns())
+        assert p.order and (p.order.side, p.order.reduce_only, p.order.quantity) == (Side.SELL, True, D("0.5"))
+        p = plan(choice(BUY), ctx_for(v=verdict("ETH-USD", state, position="-0.25")), CFG, now_ns())
+        assert p.order and (p.order.side, p.order.reduce_only, p.order.quantity) == (Side.BUY, True, D("0.25"))
+        assert p.signal.action is BUY and "(reduce only)" in p.signal.reasoning
 
 
 def test_sell_without_a_long_is_no_order() -> None:
-    agent = make_agent()
-    agent.on_account(account())
-    agent.on_verdict(verdict("ETH-USD", position="0"))
-    assert rise(agent, "ETH-USD", 0.0, start="100", end="98") is None  # no shorting
+    p = plan(choice(SELL), ctx_for(v=verdict("ETH-USD"), a=account()), CFG, now_ns())
+    assert p.order is None and "no shorting" in p.signal.reasoning
 
 
-def test_config_rejects_float_money() -> None:
-    with pytest.raises(ValueError, match="decimal string"):
-        TradingConfig(order_usd=100.5)
+# ---------------------------------------------------------------- context and the LLM strategy
+
+
+def test_merge_bars_adds_the_event_bar_once_and_keeps_the_last() -> None:
+    history = bars("BTC-USD", ["1", "2", "3"])
+    assert [b.close for b in merge_bars(history, history[2], 10)] == [D(1), D(2), D(3)]
+    nxt = bar("BTC-USD", "4", 3)
+    assert [b.close for b in merge_bars(history, nxt, 3)] == [D(2), D(3), D(4)]
+    assert [b.close for b in merge_bars(history, history[1], 10)] == [D(1), D(2)]  # nothing after the event
+    assert [b.close for b in merge_bars(history, None, 2)] == [D(2), D(3)]
+
+
+class FakeProvider:
+    def __init__(self, answer: Decision | None = None, delay: float = 0.0, fail: Exception | None = None) -> None:
+        self.name = "fake"
+        self.answer, self.delay, self.fail = answer, delay, fail
+        self.requests: list[DecisionRequest] = []
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        self.requests.append(request)
+        await asyncio.sleep(self.delay)  # ignores request.timeout_s on purpose
+        if self.fail:
+            raise self.fail
+        assert self.answer is not None
+        return self.answer
+
+
+def llm_ctx() -> Context:
+    ctx = ctx_for("BTC-USD", "103", verdict("BTC-USD", position="0.01"), account())
+    ctx.bars = bars("BTC-USD", ["100", "101", "102", "103"])
+    ctx.sentiment = Sentiment(symbol="BTC-USD", score=0.42, confidence=0.6, items=3, model="offline-lexicon", ts=T0)
+    return ctx
+
+
+async def test_llm_answer_is_used_with_its_cost_and_latency() -> None:
+    answer = Decision(action="SELL", conviction=-0.7, confidence=0.7, reasoning="overbought", model="fake:m",
+                      latency_ms=812.0, cost_usd=0.0021)
+    provider = FakeProvider(answer)
+    decider = LLMDecider(provider, MomentumStrategy(3, 1.0), TradingConfig(llm_bars=3, llm_timeout_s=5))
+    c = await decider.decide(llm_ctx())
+    assert c == Choice(SELL, 0.7, "overbought", "fake:m", False, 812.0, 0.0021)
+    (req,) = provider.requests
+    assert (req.agent, req.symbol, req.timeout_s) == ("trading", "BTC-USD", 5)
+    assert ", 100, 100, 100, 100, 1" not in req.prompt  # only the last llm_bars=3 bars
+    assert req.prompt.count("\n2025-") == 3 and ", 103, 103, 103, 103, 1" in req.prompt
+    assert "Sentiment: score +0.420" in req.prompt and "Risk verdict: ACTIVE, position 0.01" in req.prompt
+    assert "Account: ACTIVE, equity 10000" in req.prompt and "BUY, SELL or HOLD BTC-USD now?" in req.prompt
+
+
+async def test_llm_abstention_is_a_hold_not_a_fallback() -> None:
+    answer = Decision(action="ABSTAIN", conviction=0.0, confidence=0.2, reasoning="not enough data", model="fake:m")
+    c = await LLMDecider(FakeProvider(answer), MomentumStrategy(3, 1.0), TradingConfig()).decide(llm_ctx())
+    assert (c.action, c.fallback, c.model) == (HOLD, False, "fake:m") and "abstained" in c.reasoning
+
+
+@pytest.mark.parametrize("provider, why", [
+    (FakeProvider(Decision.abstain("fake:m", "unparsable answer: no JSON object", cost_usd=0.001)), "unparsable"),
+    (FakeProvider(fail=RuntimeError("boom")), "provider failed"),
+    (FakeProvider(Decision.abstain("fake:m", "x"), delay=30), "no answer within 0.2s"),
+])
+async def test_llm_failure_falls_back_to_the_deterministic_strategy(provider, why) -> None:
+    decider = LLMDecider(provider, MomentumStrategy(3, 1.0), TradingConfig(llm_timeout_s=0.2))
+    c = await asyncio.wait_for(decider.decide(llm_ctx()), 5)  # the deadline holds even if the provider ignores it
+    assert (c.action, c.model, c.fallback) == (BUY, "momentum", True)  # 101 -> 103 is +1.98%
+    assert why in c.reasoning and "momentum: BTC-USD moved" in c.reasoning
+
+
+async def test_rule_decider_names_missing_context() -> None:
+    ctx = ctx_for()
+    ctx.notes.append("history unavailable (timeout)")
+    c = await RuleDecider(MomentumStrategy(3, 1.0)).decide(ctx)
+    assert c.action is HOLD and c.reasoning.endswith("; history unavailable (timeout)")
+    assert "Missing data: history unavailable" in build_prompt(ctx, 10)
 
 
 # ---------------------------------------------------------------- in-process, real nats-server
 
-CONFIG = {"trading_agent": {"lookback_ticks": 5, "threshold_pct": 0.5, "order_usd": "100",
-                            "max_position_pct": 30.0, "cooldown_s": 60.0}}
+CONFIG = {"trading_agent": {"momentum_lookback": 3, "momentum_threshold_pct": 0.5, "order_usd": "100",
+                            "max_position_pct": 30.0, "cash_pct": 10.0, "workers": 2}}
 
 
-async def feed_ticks(md, symbol: str, prices, until: asyncio.Queue | None, timeout: float) -> list[Tick]:
-    """Publish ticks (20 ms apart) until something lands in `until`, or for `timeout` s."""
-    sent = []
-    deadline = asyncio.get_running_loop().time() + timeout
-    for seq, price in enumerate(prices):
-        t = Tick(venue="sim", symbol=symbol, price=D(price), seq=seq, ts=now_ns())
-        await md.publish(f"md.tick.sim.{symbol}", encode(t))
-        sent.append(t)
-        await asyncio.sleep(0.02)
-        if (until is not None and not until.empty()) or asyncio.get_running_loop().time() > deadline:
-            break
-    return sent
+class FakeMarket:
+    """market-data stand-in: publishes closed bars and answers md.api.history with them."""
+
+    def __init__(self, nc) -> None:
+        self.nc = nc
+        self.bars: dict[str, list[Bar]] = {}
+        self.requests: list[dict] = []
+
+    async def start(self) -> FakeMarket:
+        self.sub = await self.nc.subscribe("md.api.history", cb=self._history)
+        return self
+
+    async def _history(self, msg) -> None:
+        request = json.loads(msg.data)
+        self.requests.append(request)
+        have = self.bars.get(request["symbol"], [])[-request["limit"]:]
+        await msg.respond(json.dumps({"bars": [json.loads(encode(b)) for b in have]}).encode())
+
+    async def publish(self, b: Bar) -> None:
+        self.bars.setdefault(b.symbol, []).append(b)
+        await self.nc.publish(f"md.bar.{b.interval}.{b.venue}.{b.symbol}", encode(b))
+
+    async def close(self) -> None:
+        await self.sub.unsubscribe()
 
 
-def rising(start: int = 100):
-    return (str(start + i) for i in range(10_000))
+async def allow_trading(risk, symbol: str) -> None:
+    """risk stand-in: an ACTIVE verdict and the account, seen by the agent before it goes on."""
+    await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol)))
+    await risk.publish("risk.account", encode(account("10000")))
+    await risk.flush()
+    await asyncio.sleep(0.1)
 
 
-async def test_rising_price_sends_signal_and_order_into_orders_stream(connect, running_service) -> None:
+async def next_signal(queue: asyncio.Queue, timeout: float = 5.0) -> Signal:
+    return decode(Signal, (await asyncio.wait_for(queue.get(), timeout)).data)
+
+
+async def test_every_bar_is_decided_and_a_rise_buys(connect, running_service) -> None:
     operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
     symbol = "TRDA-USD"
+    market = await FakeMarket(md).start()
     orders = await operator.collect(f"orders.submit.{symbol}")
     signals = await operator.collect(f"agent.signal.trading.{symbol}")
-    async with running_service("trading-agent", service.main, CONFIG, operator):
-        await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol)))
-        await risk.publish("risk.account", encode(account("10000")))
-        await risk.flush()
-        await asyncio.sleep(0.1)
-        sent = await feed_ticks(md, symbol, rising(), orders, timeout=5)
-        msg = await asyncio.wait_for(orders.get(), 5)
-        sig_msg = await asyncio.wait_for(signals.get(), 1)
+    try:
+        async with running_service("trading-agent", service.main, CONFIG, operator):
+            await allow_trading(risk, symbol)
+            got = []
+            for i, close in enumerate(["100", "100.1", "100.2", "101"]):
+                await market.publish(bar(symbol, close, i))
+                got.append(await next_signal(signals))  # one Signal per bar, in turn
+            order = decode(OrderRequest, (await asyncio.wait_for(orders.get(), 5)).data)
+    finally:
+        await market.close()
 
-    order = decode(OrderRequest, msg.data)
-    by_ts = {t.ts: t for t in sent}
-    assert order.origin_ts in by_ts
-    decision_tick = by_ts[order.origin_ts]
-    assert order.decision_price == decision_tick.price
-    assert order.quantity == round_down(D("100") / decision_tick.price)
-    assert (order.agent, order.symbol, order.side, order.reduce_only) == ("trading", symbol, Side.BUY, False)
-    assert re.fullmatch(r"trd-[0-9a-f]{20}", order.client_order_id)
-
-    signal = decode(Signal, sig_msg.data)
-    assert (signal.action, signal.model, signal.origin_ts) == (Action.BUY, "momentum", order.origin_ts)
-
-    # Stored in ORDERS, with the client_order_id as the dedupe id.
+    assert [s.origin_ts for s in got] == [T0 + (i + 1) * 10**9 for i in range(4)]  # the bar's end_ts
+    assert [s.action for s in got] == [HOLD, HOLD, HOLD, BUY]  # 2 bars, 3 bars (+0.2%), then +0.9%
+    assert "the strategy needs 3" in got[0].reasoning and "within +/-0.5%" in got[2].reasoning
+    assert all(s.model == "momentum" and not s.fallback for s in got)
+    assert (order.side, order.reduce_only, order.quantity) == (Side.BUY, False, round_down(D("100") / D("101")))
+    assert (order.origin_ts, order.decision_price) == (got[3].origin_ts, D("101"))
+    assert market.requests[-1] == {"symbol": symbol, "interval": "1s", "limit": 3, "venue": "sim"}
     stored = await operator.jetstream().get_last_msg(ORDERS, f"orders.submit.{symbol}")
-    assert decode(OrderRequest, stored.data) == order
-    assert stored.headers[MSG_ID_HEADER] == order.client_order_id
-    assert orders.empty()  # cooldown: one order
+    assert decode(OrderRequest, stored.data) == order and stored.headers[MSG_ID_HEADER] == order.client_order_id
+    assert orders.empty()
 
 
-async def test_halted_verdict_sends_no_buy(connect, running_service) -> None:
+async def test_a_fresh_replica_reads_the_verdict_from_kv(connect, running_service) -> None:
     operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
-    symbol = "TRDB-USD"
+    symbol = "TRDK-USD"
+    kv = await ensure_kv(risk.jetstream())
+    await kv.put(f"risk.verdict.{symbol}", encode(verdict(symbol, TradingState.HALTED, "0.25")))
+    market = await FakeMarket(md).start()
     orders = await operator.collect(f"orders.submit.{symbol}")
     signals = await operator.collect(f"agent.signal.trading.{symbol}")
-    async with running_service("trading-agent", service.main, CONFIG, operator):
-        await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol, TradingState.HALTED)))
-        await risk.publish("risk.account", encode(account("10000")))
-        await risk.flush()
-        await asyncio.sleep(0.1)
-        await feed_ticks(md, symbol, [str(100 + i) for i in range(30)], None, timeout=5)
-        await asyncio.sleep(0.2)
-    assert orders.empty() and signals.empty()
-
-
-async def test_halted_verdict_still_reduces_a_long(connect, running_service) -> None:
-    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
-    symbol = "TRDC-USD"
-    orders = await operator.collect(f"orders.submit.{symbol}")
-    async with running_service("trading-agent", service.main, CONFIG, operator):
-        await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol, TradingState.HALTED, "0.25")))
-        await risk.flush()
-        await asyncio.sleep(0.1)
-        await feed_ticks(md, symbol, [str(100 - i) for i in range(50)], orders, timeout=5)
-        msg = await asyncio.wait_for(orders.get(), 5)
-    order = decode(OrderRequest, msg.data)
+    try:
+        async with running_service("trading-agent", service.main, CONFIG, operator):
+            for i, close in enumerate(["100", "99", "98"]):  # -2%: SELL
+                await market.publish(bar(symbol, close, i))
+            order = decode(OrderRequest, (await asyncio.wait_for(orders.get(), 5)).data)
+            for i, close in enumerate(["98", "99", "101"], start=3):  # +3%: BUY, but HALTED
+                await market.publish(bar(symbol, close, i))
+            sigs = [await next_signal(signals) for _ in range(6)]
+    finally:
+        await market.close()
     assert (order.side, order.reduce_only, order.quantity) == (Side.SELL, True, D("0.25"))
+    assert sigs[-1].action is HOLD and "BUY would increase the position and the verdict is HALTED" in sigs[-1].reasoning
+
+
+async def test_alert_is_decided_with_its_price_and_ts(connect, running_service) -> None:
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    symbol = "TRDL-USD"
+    market = await FakeMarket(md).start()
+    signals = await operator.collect(f"agent.signal.trading.{symbol}")
+    orders = await operator.collect(f"orders.submit.{symbol}")
+    try:
+        async with running_service("trading-agent", service.main, CONFIG, operator):
+            for i, close in enumerate(["100", "100", "102"]):
+                market.bars.setdefault(symbol, []).append(bar(symbol, close, i))  # history only, no bar events
+            await allow_trading(risk, symbol)
+            alert = PriceAlert(venue="sim", symbol=symbol, direction="UP", change_pct=2.0, threshold_pct=1.0,
+                               window_s=60, from_price=D("100"), price=D("102.5"), ts=now_ns())
+            await md.publish(f"md.alert.{symbol}", encode(alert))
+            s = await next_signal(signals)
+            order = decode(OrderRequest, (await asyncio.wait_for(orders.get(), 5)).data)
+    finally:
+        await market.close()
+    assert (s.action, s.origin_ts) == (BUY, alert.ts)
+    assert (order.origin_ts, order.decision_price) == (alert.ts, D("102.5"))
+
+
+def test_a_newer_tick_prices_the_decision() -> None:
+    ctx = ctx_for(price="100", v=verdict("BTC-USD"), a=account())
+    ctx.tick = Tick(venue="sim", symbol="BTC-USD", price=D("101"), seq=1, ts=T0 - 1)
+    assert ctx.price == D("100")  # older than the bar
+    ctx.tick = Tick(venue="sim", symbol="BTC-USD", price=D("101"), seq=2, ts=T0 + 1)
+    assert ctx.price == D("101")
+    p = plan(choice(BUY), ctx, CFG, now_ns())
+    assert p.order and p.order.decision_price == D("101") and p.order.quantity == D("0.990099")
+
+
+async def test_ticks_are_parsed_only_when_used(connect, running_service) -> None:
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    symbol = "TRDN-USD"
+    market = await FakeMarket(md).start()
+    orders = await operator.collect(f"orders.submit.{symbol}")
+    errors = await operator.collect("errors.trading-agent")
+    try:
+        async with running_service("trading-agent", service.main, CONFIG, operator):
+            await allow_trading(risk, symbol)
+            bad = {"venue": "sim", "symbol": symbol, "price": 101.5, "seq": 1, "ts": now_ns()}  # float money
+            await md.publish(f"md.tick.sim.{symbol}", json.dumps(bad).encode())
+            await md.flush()
+            await asyncio.sleep(0.1)
+            assert errors.empty()  # not parsed on arrival
+            for i, close in enumerate(["100", "100", "101"]):
+                await market.publish(bar(symbol, close, i))
+            first = decode(OrderRequest, (await asyncio.wait_for(orders.get(), 5)).data)
+            error = json.loads((await asyncio.wait_for(errors.get(), 5)).data)
+            good = Tick(venue="sim", symbol=symbol, price=D("101.7"), seq=2, ts=now_ns())
+            await md.publish(f"md.tick.sim.{symbol}", encode(good))
+            await market.publish(bar(symbol, "102", 3))
+            second = decode(OrderRequest, (await asyncio.wait_for(orders.get(), 5)).data)
+    finally:
+        await market.close()
+    assert first.decision_price == D("101")  # the bad tick was dropped: the bar's close
+    assert error["subject"] == f"md.tick.sim.{symbol}" and "bad tick" in error["reason"]
+    assert second.decision_price == D("101.7")  # the tick is newer than the bar (T0-based)
+
+
+async def test_failed_and_overloaded_decisions_are_still_signals(connect, service_bus) -> None:
+    operator = await connect("operator")
+    symbol = "TRDF-USD"
+    signals = await operator.collect(f"agent.signal.trading.{symbol}")
+    errors = await operator.collect("errors.trading-agent")
+    release = asyncio.Event()
+
+    class Stuck:
+        name, bars_needed, uses_sentiment = "stuck", 2, False
+
+        async def decide(self, ctx: Context) -> Choice:
+            if ctx.event.origin_ts == bar(symbol, "1", 0).end_ts:
+                raise RuntimeError("strategy bug")
+            await release.wait()
+            return choice(HOLD)
+
+    svc = service.TradingService(await service_bus("trading-agent"),
+                                 TradingConfig(workers=1, max_pending=1, history_timeout_s=0.2), Stuck())
+    await svc.start()
+    try:
+        events = [bar(symbol, "1", i) for i in range(4)]
+        await svc.enqueue(service.bar_event(events[0]), events[0])  # fails
+        failed = await next_signal(signals)
+        await svc.enqueue(service.bar_event(events[1]), events[1])
+        while not svc.queue.empty():  # until the worker is stuck on it
+            await asyncio.sleep(0.01)
+        for b in events[2:]:  # 2: queued, 3: overloaded
+            await svc.enqueue(service.bar_event(b), b)
+        overloaded = await next_signal(signals)
+        release.set()
+        rest = [await next_signal(signals) for _ in range(2)]
+    finally:
+        await svc.stop(2)
+    assert (failed.action, failed.model, failed.origin_ts) == (HOLD, "failed", events[0].end_ts)
+    assert "decision failed: RuntimeError('strategy bug')" in failed.reasoning
+    assert "decision failed" in json.loads((await asyncio.wait_for(errors.get(), 5)).data)["reason"]
+    assert (overloaded.model, overloaded.origin_ts) == ("overloaded", events[3].end_ts)
+    assert sorted(s.origin_ts for s in rest) == [events[1].end_ts, events[2].end_ts]
+
+
+class SilentLLM:
+    """An OpenAI-compatible endpoint that accepts the connection and never answers."""
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._hang, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def _hang(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(3600)
+
+    async def close(self) -> None:
+        self.server.close()
+
+
+async def test_a_silent_llm_degrades_to_the_fallback_visibly(connect, running_service) -> None:
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    symbol = "TRDM-USD"
+    llm = SilentLLM()
+    base_url = await llm.start()
+    config = {
+        "trading_agent": {**CONFIG["trading_agent"], "strategy": "llm", "llm_fallback": "momentum",
+                          "llm_timeout_s": 0.5, "workers": 4},
+        "llm": {"provider": "local", "max_retries": 0,
+                "endpoints": {"local": {"kind": "openai_compatible", "base_url": base_url, "model": "m",
+                                        "api_key_env": ""}},
+                "prices": {"m": {"input": "0", "output": "0"}}},
+    }
+    market = await FakeMarket(md).start()
+    signals = await operator.collect(f"agent.signal.trading.{symbol}")
+    try:
+        async with running_service("trading-agent", service.main, config, operator):
+            await allow_trading(risk, symbol)
+            for i, close in enumerate(["100", "100.5", "101", "101.5"]):
+                await market.publish(bar(symbol, close, i))
+            got = [await next_signal(signals, 10) for _ in range(4)]
+    finally:
+        await market.close()
+        await llm.close()
+    assert sorted(s.origin_ts for s in got) == [T0 + (i + 1) * 10**9 for i in range(4)]
+    assert all(s.fallback and s.model == "momentum" for s in got)
+    assert all("LLM local:m unavailable" in s.reasoning and "timeout" in s.reasoning for s in got)
+    assert BUY in {s.action for s in got}
+    assert service.metrics.FALLBACKS.labels("llm:local:m")._value.get() >= 4
 
 
 async def test_unacknowledged_order_is_reported_not_raised() -> None:
     class NoAckBus:
         def __init__(self) -> None:
-            self.published: list[str] = []
+            self.published: list[tuple[str, Signal]] = []
             self.errors: list[tuple[str, str]] = []
 
-        async def publish(self, subject: str, message: object) -> None:
-            self.published.append(subject)
+        async def publish(self, subject: str, message: Signal) -> None:
+            self.published.append((subject, message))
 
         async def publish_order(self, subject: str, order: object, timeout: float) -> None:
             raise nats.errors.TimeoutError
@@ -298,10 +541,11 @@ async def test_unacknowledged_order_is_reported_not_raised() -> None:
         async def report_error(self, subject: str, reason: str, payload: bytes) -> None:
             self.errors.append((subject, reason))
 
-    agent = make_agent()
-    agent.on_verdict(verdict("BTC-USD"))
-    agent.on_account(account())
     bus = NoAckBus()
-    assert await service.submit(bus, rise(agent, "BTC-USD", 0.0), timeout=0.1) is False  # type: ignore[arg-type]
-    assert bus.published == ["agent.signal.trading.BTC-USD"]
+    failures = service.metrics.ORDER_FAILURES._value.get()
+    proposal = plan(choice(BUY), ctx_for(v=verdict("BTC-USD"), a=account()), CFG, now_ns())
+    assert await service.submit(bus, proposal, timeout=0.1) is False  # type: ignore[arg-type]
+    ((subject, signal),) = bus.published
+    assert subject == "agent.signal.trading.BTC-USD" and "NOT acknowledged" in signal.reasoning
     assert bus.errors and bus.errors[0][0] == "orders.submit.BTC-USD" and "not acknowledged" in bus.errors[0][1]
+    assert service.metrics.ORDER_FAILURES._value.get() == failures + 1

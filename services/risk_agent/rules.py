@@ -1,19 +1,25 @@
 """The account rules and what to do on a breach, without the bus.
 
-- max_loss:    day_pnl <= -max_loss_usd  (a loss; a gain can never trip it)
-- max_gain:    day_pnl >= +max_gain_usd  (take the profit and stop)
+- max_loss:    PnL <= -max_loss_usd, or <= -max_loss_pct of the equity at the start of
+               the period (a loss; a gain can never trip it: the PnL is signed)
+- max_gain:    PnL >= +max_gain_usd, or >= +max_gain_pct (take the profit and stop)
 - min_balance: equity < min_balance_usd
 
-A breach acts once: the `Latch` reports a rule when it starts being breached and
-stays quiet until the rule has cleared, so a heartbeat every second does not
-flatten the book every second.
+The PnL is over risk's trading day (`day_pnl`, lookback_s = 0) or over a sliding window
+of lookback_s seconds of the equity this agent has seen (`PnLWindow`).
+
+A breach acts once: the `Latch` reports a rule when it starts being breached and stays
+quiet until the rule has cleared, so a heartbeat every second does not flatten the book
+every second.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 
 from services.common.models import (
     AccountState,
@@ -37,15 +43,61 @@ class Breach:
     reason: str
 
 
-def check_account(account: AccountState, cfg: RiskAgentConfig) -> list[Breach]:
-    breaches = []
-    if account.day_pnl <= -cfg.max_loss_usd:
-        breaches.append(Breach("max_loss", f"day PnL {account.day_pnl} <= -{cfg.max_loss_usd} (max_loss_usd)"))
-    if account.day_pnl >= cfg.max_gain_usd:
-        breaches.append(Breach("max_gain", f"day PnL {account.day_pnl} >= {cfg.max_gain_usd} (max_gain_usd)"))
+@dataclass(frozen=True)
+class PnL:
+    amount: Decimal
+    start_equity: Decimal  # the equity at the start of the period
+    period: str  # "day", "last 3600s"
+
+    @property
+    def pct(self) -> Decimal | None:
+        return self.amount / self.start_equity * 100 if self.start_equity > 0 else None
+
+
+def day_pnl(account: AccountState) -> PnL:
+    return PnL(account.day_pnl, account.equity - account.day_pnl, "day")
+
+
+class PnLWindow:
+    """The equity change over the last `lookback_s` seconds of account updates: the
+    reference is the last equity seen at or before the window's start (or the first one
+    seen, while the agent has run for less than the window)."""
+
+    def __init__(self, lookback_s: float) -> None:
+        self.lookback_ns = int(lookback_s * 1e9)
+        self.period = f"last {lookback_s:g}s"
+        self._samples: deque[tuple[int, Decimal]] = deque()
+
+    def update(self, account: AccountState) -> PnL:
+        samples = self._samples
+        if not samples or account.ts >= samples[-1][0]:
+            samples.append((account.ts, account.equity))
+        start = account.ts - self.lookback_ns
+        while len(samples) > 1 and samples[1][0] <= start:
+            samples.popleft()
+        reference = samples[0][1]
+        return PnL(account.equity - reference, reference, self.period)
+
+
+def _limit(rule: str, pnl: PnL, usd: Decimal, pct: float, sign: int) -> Breach | None:
+    what = "day PnL" if pnl.period == "day" else f"PnL over the {pnl.period}"
+    op = "<=" if sign < 0 else ">="
+    if usd > 0 and sign * pnl.amount >= usd:
+        return Breach(rule, f"{what} {pnl.amount} {op} {sign * usd} ({rule}_usd)")
+    p = pnl.pct
+    if pct > 0 and p is not None and sign * p >= Decimal(str(pct)):
+        return Breach(rule, f"{what} {p:+.2f}% of {pnl.start_equity} {op} {sign * pct:+g}% ({rule}_pct)")
+    return None
+
+
+def check_account(account: AccountState, pnl: PnL, cfg: RiskAgentConfig) -> list[Breach]:
+    breaches = [
+        _limit("max_loss", pnl, cfg.max_loss_usd, cfg.max_loss_pct, -1),
+        _limit("max_gain", pnl, cfg.max_gain_usd, cfg.max_gain_pct, +1),
+    ]
     if account.equity < cfg.min_balance_usd:
         breaches.append(Breach("min_balance", f"equity {account.equity} < {cfg.min_balance_usd} (min_balance_usd)"))
-    return breaches
+    return [b for b in breaches if b is not None]
 
 
 class Latch:
@@ -69,6 +121,37 @@ def new_client_order_id() -> str:
     return f"rsk-{uuid.uuid4().hex[:20]}"
 
 
+def close_order(p: Position, reason: str, venue: str, origin_ts: int, ts: int) -> tuple[Signal, OrderRequest]:
+    """A reduce-only MARKET order closing the position, and the Signal saying why."""
+    side = Side.SELL if p.quantity > 0 else Side.BUY
+    quantity = abs(p.quantity)
+    signal = Signal(
+        agent=AGENT,
+        symbol=p.symbol,
+        action=Action(side.value),
+        confidence=1.0,
+        reasoning=f"{reason}; closing {p.symbol} position {p.quantity} with a reduce-only "
+        f"market {side.value} of {quantity}",
+        model=MODEL,
+        origin_ts=origin_ts,
+        ts=ts,
+    )
+    order = OrderRequest(
+        client_order_id=new_client_order_id(),
+        agent=AGENT,
+        symbol=p.symbol,
+        venue=venue,
+        side=side,
+        type=OrderType.MARKET,
+        quantity=quantity,
+        reduce_only=True,
+        decision_price=p.mark_price or None,
+        origin_ts=origin_ts,
+        ts=ts,
+    )
+    return signal, order
+
+
 def close_orders(
     positions: Iterable[Position],
     reason: str,
@@ -76,38 +159,5 @@ def close_orders(
     origin_ts: int,
     ts: int,
 ) -> list[tuple[Signal, OrderRequest]]:
-    """A reduce-only MARKET order (and the Signal saying why) per non-zero position."""
-    out = []
-    for p in positions:
-        if p.quantity == 0:
-            continue
-        side = Side.SELL if p.quantity > 0 else Side.BUY
-        quantity = abs(p.quantity)
-        price = p.mark_price if p.mark_price else None
-        signal = Signal(
-            agent=AGENT,
-            symbol=p.symbol,
-            action=Action(side.value),
-            confidence=1.0,
-            reasoning=f"{reason}; closing {p.symbol} position {p.quantity} with a reduce-only "
-            f"market {side.value} of {quantity}",
-            model=MODEL,
-            origin_ts=origin_ts,
-            ts=ts,
-        )
-        order = OrderRequest(
-            client_order_id=new_client_order_id(),
-            agent=AGENT,
-            symbol=p.symbol,
-            venue=venue,
-            side=side,
-            type=OrderType.MARKET,
-            quantity=quantity,
-            reduce_only=True,
-            decision_price=price,
-            origin_ts=origin_ts,
-            ts=ts,
-        )
-        out.append((signal, order))
-    return out
-
+    """A closing order (and its Signal) per non-zero position."""
+    return [close_order(p, reason, venue, origin_ts, ts) for p in positions if p.quantity != 0]

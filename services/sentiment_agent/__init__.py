@@ -1,7 +1,9 @@
 """Sentiment agent: scores news headlines per symbol and publishes the running score.
 
 - `headlines`: the replay file (format below);
+- `feeds`: RSS / Atom feeds by URL (httpx + feedparser), entries mapped to symbols by keywords;
 - `lexicon`: the offline model, a weighted word list with negation (pure);
+- `scoring`: the lexicon scorer, or an LLM scorer through the [llm] provider with the lexicon as fallback;
 - `aggregate`: per-symbol score with exponential time decay (pure);
-- `service`: replay loop and bus wiring (`python -m services.sentiment_agent`).
+- `service`: sources, bus wiring, KV `sentiment.<symbol>` (`python -m services.sentiment_agent`).
 """

@@ -69,7 +69,7 @@ def score(text: str) -> float:
 
 
 class LexiconModel:
-    """The offline model behind the `SentimentModel` seam of the service."""
+    """The offline model (scoring.LexiconScorer wraps it for the service)."""
 
     name = NAME
 

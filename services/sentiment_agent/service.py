@@ -1,8 +1,9 @@
-"""Replay loop and bus wiring of the sentiment agent.
+"""Sources, scoring and bus wiring of the sentiment agent.
 
-Every interval_s the next headline of the file (cycling) is scored, added to the
-decaying score of each of its symbols, and a Sentiment is published on
-`agent.sentiment.<symbol>` for each of them.
+Sources: the replay file (one headline every interval_s, cycling) and RSS / Atom feeds
+(polled every feed_poll_s). Each headline is scored per symbol, added to the symbol's
+decaying score, and the result published on `agent.sentiment.<symbol>` and written to
+the KV bucket `moonbus` under `sentiment.<symbol>` (the latest, for any agent to read).
 """
 
 from __future__ import annotations
@@ -12,55 +13,104 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
+
+import httpx
+from nats.js.kv import KeyValue
 
 from services.common.bus import Bus
-from services.common.config import load, section
-from services.common.models import Sentiment, now_ns
+from services.common.config import SystemConfig, load, section
+from services.common.llm import LLMConfig, build_provider
+from services.common.metrics import serve_metrics
+from services.common.models import Sentiment, encode, now_ns
+from services.common.streams import ensure_kv
 
+from . import metrics
 from .aggregate import DecayingSentiment
-from .config import SentimentConfig
+from .config import SentimentConfig, keywords_for
+from .feeds import FeedError, FeedPoller
 from .headlines import Headline, load_headlines, resolve
-from .lexicon import LexiconModel
+from .scoring import LexiconScorer, LLMScorer, Scorer
 
 SERVICE = "sentiment-agent"
 log = logging.getLogger(__name__)
 
 
-class SentimentModel(Protocol):
-    """Scores one text in [-1, 1]. The offline lexicon today; LLM providers later."""
-
-    name: str
-
-    def score(self, text: str) -> float: ...
+def make_scorer(cfg: SentimentConfig, config: dict[str, Any]) -> Scorer:
+    if cfg.scorer == "lexicon":
+        return LexiconScorer()
+    llm = section(config, "llm", LLMConfig)
+    if llm.provider == "offline":
+        log.info("scorer llm with [llm] provider offline: the lexicon scores")
+        return LexiconScorer()
+    return LLMScorer(build_provider(llm), cfg.llm_timeout_s)
 
 
 class SentimentTracker:
     """Scores headlines and keeps the decaying score per symbol (no bus, clock injected)."""
 
-    def __init__(self, model: SentimentModel, half_life_s: float, source: str) -> None:
-        self.model = model
+    def __init__(self, scorer: Scorer, half_life_s: float) -> None:
+        self.scorer = scorer
         self.decay = DecayingSentiment(half_life_s)
-        self.source = source
 
-    def on_headline(self, item: Headline, now: float) -> list[Sentiment]:
-        item_score = self.model.score(item.title)
+    async def on_headline(self, item: Headline, source: str, now: float) -> list[Sentiment]:
+        symbols = list(dict.fromkeys(item.symbols))  # de-duplicated, order kept
+        scores = await asyncio.gather(*(self.scorer.score(item.title, s) for s in symbols))
+        metrics.ITEMS.labels(source).inc()
         out = []
-        for symbol in dict.fromkeys(item.symbols):  # de-duplicated, order kept
-            self.decay.add(symbol, item_score, now)
+        for symbol, score in zip(symbols, scores, strict=True):
+            metrics.SCORES.labels(score.model, str(score.fallback).lower()).inc()
+            if score.error:
+                log.warning("%s: %s fell back to %s: %s", symbol, self.scorer.name, score.model, score.error)
+            self.decay.add(symbol, score.value, now)
             agg = self.decay.value(symbol, now)
-            out.append(
-                Sentiment(
-                    symbol=symbol,
-                    score=agg.score,
-                    confidence=agg.confidence,
-                    items=agg.items,
-                    sources=[self.source],
-                    model=self.model.name,
-                    ts=now_ns(),
-                )
-            )
+            out.append(Sentiment(symbol=symbol, score=agg.score, confidence=agg.confidence, items=agg.items,
+                                 sources=[source], model=score.model, ts=now_ns()))
         return out
+
+
+class SentimentService:
+    def __init__(self, bus: Bus, tracker: SentimentTracker, kv: KeyValue | None,
+                 clock: Callable[[], float]) -> None:
+        self.bus = bus
+        self.tracker = tracker
+        self.kv = kv
+        self.clock = clock
+
+    async def handle(self, item: Headline, source: str) -> None:
+        try:
+            sentiments = await self.tracker.on_headline(item, source, self.clock())
+        except Exception as e:  # one headline must not stop its source
+            log.exception("scoring %r from %s failed", item.title, source)
+            await self.bus.report_error(source[:256], f"scoring failed: {e!r}", item.title.encode())
+            return
+        for sentiment in sentiments:
+            await self.bus.publish(f"agent.sentiment.{sentiment.symbol}", sentiment)
+            if self.kv is None:
+                continue
+            try:
+                await self.kv.put(f"sentiment.{sentiment.symbol}", encode(sentiment))
+            except Exception as e:  # readers fall back to the live subject
+                metrics.KV_FAILURES.inc()
+                log.warning("sentiment.%s not written to KV: %r", sentiment.symbol, e)
+        log.debug("scored %r from %s", item.title, source)
+
+    async def replay(self, items: list[Headline], source: str, interval_s: float) -> None:
+        index = 0
+        while True:
+            await self.handle(items[index % len(items)], source)
+            index += 1
+            await asyncio.sleep(interval_s)
+
+    async def poll(self, poller: FeedPoller, every_s: float) -> None:
+        while True:
+            try:
+                for item in await poller.poll():
+                    await self.handle(item, poller.source)
+            except FeedError as e:
+                metrics.FEED_ERRORS.labels(poller.source).inc()
+                await self.bus.report_error(poller.url[:256], f"feed unusable: {e}", b"")
+            await asyncio.sleep(every_s)
 
 
 async def main(
@@ -69,23 +119,42 @@ async def main(
     config: dict[str, Any] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> None:
-    cfg = section(load() if config is None else config, "sentiment_agent", SentimentConfig)
-    items = load_headlines(cfg.headlines)
-    tracker = SentimentTracker(LexiconModel(), cfg.half_life_s, f"replay:{resolve(cfg.headlines).name}")
+    config = load() if config is None else config
+    cfg = section(config, "sentiment_agent", SentimentConfig)
+    if not cfg.headlines and not cfg.feeds:
+        raise ValueError("[sentiment_agent] has no source: set headlines and/or feeds")
+    items = load_headlines(cfg.headlines) if cfg.headlines else []
+    keywords = keywords_for(cfg, section(config, "system", SystemConfig).symbols)
+    tracker = SentimentTracker(make_scorer(cfg, config), cfg.half_life_s)
     bus = bus or Bus(SERVICE)
     if bus.nc is None:
         await bus.connect()
+    tasks: list[asyncio.Task[None]] = []
     try:
-        await bus.serve(f"sentiment agent: replays {len(items)} headlines, {tracker.model.name}", {})
-        log.info("sentiment agent ready: %d headlines, %s", len(items), cfg.model_dump())
-        index = 0
-        while not stop.is_set():
-            item = items[index % len(items)]
-            index += 1
-            for sentiment in tracker.on_headline(item, clock()):
-                await bus.publish(f"agent.sentiment.{sentiment.symbol}", sentiment)
-            log.debug("scored %r", item.title)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), cfg.interval_s)
+        serve_metrics(cfg.metrics_port)
+        kv = None
+        try:
+            kv = await ensure_kv(bus.client.jetstream())
+        except Exception as e:  # publish anyway; KV readers will find nothing
+            log.error("KV bucket unavailable, sentiment is only published: %r", e)
+        service = SentimentService(bus, tracker, kv, clock)
+        async with httpx.AsyncClient(headers={"User-Agent": "moonbus-sentiment/0.1"}) as client:
+            if items:
+                source = f"replay:{resolve(cfg.headlines).name}"
+                tasks.append(asyncio.create_task(service.replay(items, source, cfg.interval_s)))
+            for url in cfg.feeds:
+                poller = FeedPoller(url, keywords, cfg.feed_timeout_s, client)
+                tasks.append(asyncio.create_task(service.poll(poller, cfg.feed_poll_s)))
+            sources = f"{len(items)} replayed headlines, {len(cfg.feeds)} feeds"
+            await bus.serve(f"sentiment agent: {sources}, {tracker.scorer.name}", {})
+            log.info("sentiment agent ready: %s; %s", sources, cfg.model_dump())
+            await stop.wait()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
+        for task in tasks:
+            task.cancel()
         await bus.close()

@@ -1,8 +1,8 @@
 """The `Model` seam: anything that can answer "BUY, SELL or HOLD this symbol?".
 
-`ask_models` asks every model in parallel, each with its own timeout; a model that
-raises or times out ABSTAINs with the error, so one broken model never breaks the
-swarm. LLM-backed models plug in here later.
+`ask_models` asks every model in parallel, each with its own timeout; a model that raises, times out or
+answers with an error ABSTAINs with the error (and the cost it ran up), so one broken
+model never breaks the swarm. Offline models are in `offline`, LLM ones in `llm`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ class Opinion:
     action: VoteAction
     confidence: float
     reasoning: str
+    cost_usd: float = 0.0
+    error: str | None = None  # set = the model could not answer (action ABSTAIN)
 
 
 class Model(Protocol):
@@ -46,14 +48,19 @@ async def ask_model(model: Model, symbol: str, question: str, timeout_s: float) 
     except Exception as e:
         return Vote(model=model.name, action=VoteAction.ABSTAIN, confidence=0.0,
                     latency_ms=elapsed_ms(), error=str(e) or repr(e))
+    failed = opinion.error is not None
     return Vote(
         model=model.name,
-        action=opinion.action,
-        confidence=max(0.0, min(1.0, opinion.confidence)),
+        action=VoteAction.ABSTAIN if failed else opinion.action,
+        confidence=0.0 if failed else max(0.0, min(1.0, opinion.confidence)),
         reasoning=opinion.reasoning,
         latency_ms=elapsed_ms(),
+        cost_usd=max(0.0, opinion.cost_usd),
+        error=opinion.error,
     )
 
 
-async def ask_models(models: list[Model], symbol: str, question: str, timeout_s: float) -> list[Vote]:
-    return list(await asyncio.gather(*(ask_model(m, symbol, question, timeout_s) for m in models)))
+async def ask_models(models: list[Model], symbol: str, question: str, timeouts: list[float]) -> list[Vote]:
+    """Every model in parallel, each with its own timeout; the votes in the models' order."""
+    asks = (ask_model(m, symbol, question, t) for m, t in zip(models, timeouts, strict=True))
+    return list(await asyncio.gather(*asks))

@@ -4,8 +4,8 @@
 - offline-meanrev:   fades a move stretched away from the mean close of those bars;
 - offline-sentiment: follows the latest `agent.sentiment.<symbol>` score.
 
-Confidence grows with the signal: 0.5 at the threshold, 1.0 at twice the threshold;
-a HOLD is the surer the smaller the move.
+Momentum and mean reversion are the shared rules of services/common/price_rules.py
+(the trading agent's strategies use them too).
 """
 
 from __future__ import annotations
@@ -14,20 +14,12 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
+from services.common import price_rules
 from services.common.models import Bar, Sentiment, VoteAction
 
-from .config import SwarmConfig
-from .model import Model, NoData, Opinion
+from .model import NoData, Opinion
 
 HistoryFn = Callable[[str], Awaitable[list[Bar]]]
-
-
-def _strength(value: float, threshold: float) -> float:
-    return round(min(1.0, abs(value) / (2 * threshold)), 4)
-
-
-def _hold_confidence(value: float, threshold: float) -> float:
-    return round(max(0.0, 1.0 - abs(value) / threshold), 4)
 
 
 async def _closes(history: HistoryFn, symbol: str) -> list[Decimal]:
@@ -35,6 +27,10 @@ async def _closes(history: HistoryFn, symbol: str) -> list[Decimal]:
     if len(bars) < 2:
         raise NoData(f"need at least 2 bars of history for {symbol}, got {len(bars)}")
     return [b.close for b in sorted(bars, key=lambda b: b.start_ts)]
+
+
+def _opinion(call: price_rules.Call) -> Opinion:
+    return Opinion(VoteAction(call.action), call.confidence, call.reasoning)
 
 
 class MomentumModel:
@@ -46,14 +42,7 @@ class MomentumModel:
 
     async def ask(self, symbol: str, question: str) -> Opinion:
         closes = await _closes(self.history, symbol)
-        change = float((closes[-1] - closes[0]) / closes[0] * 100)
-        text = f"{symbol} moved {change:+.4f}% over {len(closes)} bars ({closes[0]} -> {closes[-1]})"
-        if change >= self.threshold_pct:
-            return Opinion(VoteAction.BUY, _strength(change, self.threshold_pct), f"{text}: momentum up")
-        if change <= -self.threshold_pct:
-            return Opinion(VoteAction.SELL, _strength(change, self.threshold_pct), f"{text}: momentum down")
-        return Opinion(VoteAction.HOLD, _hold_confidence(change, self.threshold_pct),
-                       f"{text}: within +/-{self.threshold_pct}%")
+        return _opinion(price_rules.momentum(symbol, closes, self.threshold_pct))
 
 
 class MeanReversionModel:
@@ -65,15 +54,7 @@ class MeanReversionModel:
 
     async def ask(self, symbol: str, question: str) -> Opinion:
         closes = await _closes(self.history, symbol)
-        mean = sum(closes) / len(closes)
-        stretch = float((closes[-1] - mean) / mean * 100)
-        text = f"{symbol} last {closes[-1]} is {stretch:+.4f}% from the {len(closes)}-bar mean {mean:.6f}"
-        if stretch >= self.stretch_pct:
-            return Opinion(VoteAction.SELL, _strength(stretch, self.stretch_pct), f"{text}: stretched up, fade it")
-        if stretch <= -self.stretch_pct:
-            return Opinion(VoteAction.BUY, _strength(stretch, self.stretch_pct), f"{text}: stretched down, fade it")
-        return Opinion(VoteAction.HOLD, _hold_confidence(stretch, self.stretch_pct),
-                       f"{text}: within +/-{self.stretch_pct}%")
+        return _opinion(price_rules.mean_reversion(symbol, closes, self.stretch_pct))
 
 
 class LatestSentiment:
@@ -111,13 +92,3 @@ class SentimentModel:
         if s.score <= -self.threshold:
             return Opinion(VoteAction.SELL, round(abs(s.score) * s.confidence, 4), f"{text}: negative")
         return Opinion(VoteAction.HOLD, round(s.confidence, 4), f"{text}: neutral")
-
-
-def build_models(cfg: SwarmConfig, history: HistoryFn, latest: LatestSentiment) -> list[Model]:
-    """The configured models, in config order."""
-    factories: dict[str, Callable[[], Model]] = {
-        MomentumModel.name: lambda: MomentumModel(history, cfg.momentum_threshold_pct),
-        MeanReversionModel.name: lambda: MeanReversionModel(history, cfg.meanrev_stretch_pct),
-        SentimentModel.name: lambda: SentimentModel(latest, cfg.sentiment_threshold, cfg.sentiment_max_age_s),
-    }
-    return [factories[name]() for name in cfg.models]

@@ -1,36 +1,64 @@
-"""Bus wiring of the swarm agent: serves `agent.api.swarm.ask` (queue group of the
-NATS service API, so replicas share the load) and publishes every Consensus on
-`agent.swarm.<symbol>`.
+"""Bus wiring of the swarm agent: serves `agent.api.swarm.ask` (queue group of the NATS
+service API, so replicas share the load), asks by itself on every price alert
+(`md.alert.<symbol>`, queue group `swarm-agent`: one replica per alert), and publishes
+every Consensus on `agent.swarm.<symbol>`.
 
-`agent.sentiment.>` is subscribed without a queue group: each replica needs the
-latest sentiment of every symbol.
+`agent.sentiment.>` is subscribed without a queue group: each replica needs the latest
+sentiment of every symbol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from services.common.bus import Bus
 from services.common.config import load, section
+from services.common.llm import LLMConfig, build_provider
+from services.common.metrics import serve_metrics
 from services.common.models import (
     Bar,
     Consensus,
     HistoryReply,
     HistoryRequest,
+    PriceAlert,
     Sentiment,
     SwarmAskRequest,
     now_ns,
 )
 
+from . import metrics
 from .config import SwarmConfig
 from .consensus import decide, summarize
+from .llm import LLMModel
 from .model import Model, ask_models
-from .offline import LatestSentiment, build_models
+from .offline import HistoryFn, LatestSentiment, MeanReversionModel, MomentumModel, SentimentModel
 
 SERVICE = "swarm-agent"
 log = logging.getLogger(__name__)
+
+
+def build_models(cfg: SwarmConfig, history: HistoryFn, latest: LatestSentiment, llm: LLMConfig) -> list[Model]:
+    """The configured models, in config order: offline names, or endpoint names of [llm]."""
+    offline: dict[str, Callable[[], Model]] = {
+        MomentumModel.name: lambda: MomentumModel(history, cfg.momentum_threshold_pct),
+        MeanReversionModel.name: lambda: MeanReversionModel(history, cfg.meanrev_stretch_pct),
+        SentimentModel.name: lambda: SentimentModel(latest, cfg.sentiment_threshold, cfg.sentiment_max_age_s),
+    }
+    unknown = [m for m in cfg.models if m not in offline and m not in llm.endpoints]
+    if unknown:
+        raise ValueError(f"unknown swarm model(s) {unknown}; known: offline {sorted(offline)}, "
+                         f"[llm.endpoints] {sorted(llm.endpoints)}")
+    return [offline[name]() if name in offline
+            else LLMModel(build_provider(llm, endpoint=name), history, latest, cfg.llm_timeout_s)
+            for name in cfg.models]
+
+
+def alert_question(alert: PriceAlert) -> str:
+    return (f"{alert.symbol} moved {alert.change_pct:+.3f}% ({alert.direction}) within {alert.window_s:g}s, "
+            f"{alert.from_price} -> {alert.price}. BUY, SELL or HOLD {alert.symbol} now?")
 
 
 class Swarm:
@@ -38,10 +66,19 @@ class Swarm:
         self.models = models
         self.cfg = cfg
 
+    def timeout_for(self, model: Model) -> float:
+        # An LLM member keeps its own deadline (llm_timeout_s); this one only backs it up.
+        return self.cfg.llm_timeout_s + 1.0 if isinstance(model, LLMModel) else self.cfg.timeout_s
+
     async def ask(self, request: SwarmAskRequest) -> Consensus:
         question = request.question or f"BUY, SELL or HOLD {request.symbol} now?"
-        votes = await ask_models(self.models, request.symbol, question, self.cfg.timeout_s)
+        votes = await ask_models(self.models, request.symbol, question, [self.timeout_for(m) for m in self.models])
         outcome = decide(votes, self.cfg.method, self.cfg.quorum)
+        for v in votes:
+            metrics.VOTES.labels(v.model, v.action.value).inc()
+            metrics.VOTE_SECONDS.labels(v.model).observe(v.latency_ms / 1000)
+            metrics.COST.labels(v.model).inc(v.cost_usd)
+        metrics.CONSENSUS.labels(outcome.action.value, self.cfg.method).inc()
         return Consensus(
             symbol=request.symbol,
             question=question,
@@ -55,10 +92,9 @@ class Swarm:
 
 
 async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, Any] | None = None) -> None:
-    cfg = section(load() if config is None else config, "swarm_agent", SwarmConfig)
+    config = load() if config is None else config
+    cfg = section(config, "swarm_agent", SwarmConfig)
     bus = bus or Bus(SERVICE)
-    if bus.nc is None:
-        await bus.connect()
     latest = LatestSentiment()
 
     async def history(symbol: str) -> list[Bar]:
@@ -66,24 +102,46 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
         reply = await bus.request("md.api.history", request, HistoryReply, timeout=cfg.timeout_s)
         return reply.bars
 
-    swarm = Swarm(build_models(cfg, history, latest), cfg)
+    swarm = Swarm(build_models(cfg, history, latest, section(config, "llm", LLMConfig)), cfg)
+    if bus.nc is None:
+        await bus.connect()
+    pending: set[asyncio.Task[None]] = set()
 
-    async def on_sentiment(sentiment: Sentiment, _msg: Any) -> None:
-        latest.update(sentiment)
-
-    async def ask(request: SwarmAskRequest) -> Consensus:
+    async def ask(request: SwarmAskRequest, trigger: str = "request") -> Consensus:
+        metrics.ASKS.labels(trigger).inc()
         consensus = await swarm.ask(request)
         await bus.publish(f"agent.swarm.{consensus.symbol}", consensus)
         log.info("%s: %s", consensus.symbol, consensus.summary)
         return consensus
 
+    async def on_sentiment(sentiment: Sentiment, _msg: Any) -> None:
+        latest.update(sentiment)
+
+    async def ask_on_alert(alert: PriceAlert) -> None:
+        try:
+            await ask(SwarmAskRequest(symbol=alert.symbol, question=alert_question(alert)), "alert")
+        except Exception as e:
+            log.exception("swarm on alert %s failed", alert.symbol)
+            await bus.report_error(f"md.alert.{alert.symbol}", f"swarm failed: {e!r}", b"")
+
+    async def on_alert(alert: PriceAlert, _msg: Any) -> None:
+        # In a task: the models may take seconds, the next alert must not wait for them.
+        task = asyncio.create_task(ask_on_alert(alert))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
     try:
+        serve_metrics(cfg.metrics_port)
         await bus.subscribe("agent.sentiment.>", Sentiment, on_sentiment)
+        if cfg.on_alerts:
+            await bus.subscribe("md.alert.*", PriceAlert, on_alert, queue=SERVICE)
         await bus.serve(
             f"swarm of {len(swarm.models)} models, {cfg.method} consensus",
             {"agent.api.swarm.ask": (SwarmAskRequest, ask)},
         )
-        log.info("swarm agent ready: %s", cfg.model_dump())
+        log.info("swarm agent ready: %s", [m.name for m in swarm.models])
         await stop.wait()
+        if pending:
+            await asyncio.wait(pending, timeout=cfg.llm_timeout_s + 1.0)
     finally:
         await bus.close()

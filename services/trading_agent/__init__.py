@@ -1,7 +1,9 @@
-"""Trading agent: turns ticks into orders with a deterministic strategy.
+"""Trading agent: decides BUY / SELL / HOLD per symbol on every closed bar and price alert.
 
-- `strategy`: the `Strategy` protocol and the momentum strategy (pure);
+- `strategy`: the deterministic strategies (momentum, mean reversion, MA crossover) (pure);
+- `decide`: deciders: a strategy, or the LLM strategy with its deterministic fallback;
 - `sizing`: how much to buy or sell, exact Decimal arithmetic (pure);
-- `agent`: the decision state per symbol (verdicts, account, cooldowns) (pure);
-- `service`: the bus wiring (`python -m services.trading_agent`).
+- `agent`: decision + context -> Signal and order, gated by the risk verdict (pure);
+- `context`: recent bars, verdicts, account, sentiment from the bus and the KV bucket;
+- `service`: the bus wiring, queue group `trading-agent` (`python -m services.trading_agent`).
 """

@@ -1,36 +1,34 @@
-"""The trading agent's decisions, without the bus: feed it verdicts, account states
-and ticks; it returns the Signal and OrderRequest to publish, or None.
+"""From a decision to what is published, without the bus: the Signal (always, one per
+event) and the order (when the decision leads to one and risk allows it).
 
-It fails closed: no verdict for a symbol = no order; a risk-increasing BUY needs an
-ACTIVE verdict and an ACTIVE account (its equity caps the position); a SELL only
-ever reduces a long position (reduce_only) and is allowed in every state, risk
-decides the rest.
+It fails closed: no verdict for the symbol = no order (the position is unknown); a
+risk-increasing BUY needs a fresh ACTIVE verdict and a fresh ACTIVE account (its equity
+and cash size the order), "fresh" = younger than state_max_age_s; an order that only
+reduces a position (SELL of a long, BUY of a short) is reduce_only and allowed in every
+state, risk decides the rest. No shorting: a SELL without a long is no order.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from services.common.models import (
     AccountState,
     Action,
+    Bar,
     OrderRequest,
+    Sentiment,
     Side,
     Signal,
     Tick,
     TradingState,
     Verdict,
-    now_ns,
 )
 
 from .config import TradingConfig
-from .sizing import buy_quantity, sell_quantity
-from .strategy import Strategy, make_strategy
-
-log = logging.getLogger(__name__)
+from .sizing import buy_quantity, reduce_quantity
 
 AGENT = "trading"
 
@@ -40,92 +38,124 @@ def new_client_order_id() -> str:
 
 
 @dataclass(frozen=True)
+class Event:
+    """What a decision is about: a closed bar or a price alert."""
+
+    kind: str  # "bar" | "alert"
+    symbol: str
+    venue: str
+    price: Decimal  # the bar's close, the alert's price
+    origin_ts: int  # the bar's end_ts, the alert's ts
+    summary: str
+
+
+@dataclass
+class Context:
+    """Everything a decision may look at; None = not known (or too old to trust)."""
+
+    event: Event
+    bars: list[Bar]  # oldest first, the event's bar last
+    tick: Tick | None = None  # the latest tick of the symbol, if any
+    verdict: Verdict | None = None
+    account: AccountState | None = None
+    sentiment: Sentiment | None = None
+    notes: list[str] = field(default_factory=list)  # context that could not be had, and why
+
+    @property
+    def price(self) -> Decimal:
+        """The price to size and stamp the order with: the latest tick if it is newer than
+        the event (a decision may take seconds), else the event's price."""
+        if self.tick is not None and self.tick.ts > self.event.origin_ts:
+            return self.tick.price
+        return self.event.price
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A strategy's answer (deterministic or LLM)."""
+
+    action: Action
+    confidence: float
+    reasoning: str
+    model: str
+    fallback: bool = False
+    latency_ms: float = 0.0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
 class Proposal:
     signal: Signal
-    order: OrderRequest
+    order: OrderRequest | None
 
 
-class TradingAgent:
-    def __init__(self, cfg: TradingConfig, strategy: Strategy | None = None) -> None:
-        self.cfg = cfg
-        self.strategy = strategy or make_strategy(cfg)
-        self.verdicts: dict[str, Verdict] = {}
-        self.account: AccountState | None = None
-        self._cooldown_until: dict[str, float] = {}
+def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int) -> Proposal:
+    """The Signal for this decision and the order it leads to (or None, with why in the reasoning)."""
+    order, outcome = _order(choice.action, ctx, cfg, ts)
+    action = Action(order.side.value) if order else Action.HOLD
+    signal = Signal(
+        agent=AGENT,
+        symbol=ctx.event.symbol,
+        action=action,
+        confidence=max(0.0, min(1.0, choice.confidence)),
+        reasoning=f"{choice.reasoning}; {outcome}",
+        model=choice.model,
+        fallback=choice.fallback,
+        latency_ms=choice.latency_ms,
+        cost_usd=choice.cost_usd,
+        origin_ts=ctx.event.origin_ts,
+        ts=ts,
+    )
+    return Proposal(signal, order)
 
-    def on_verdict(self, verdict: Verdict) -> None:
-        self.verdicts[verdict.symbol] = verdict
 
-    def on_account(self, account: AccountState) -> None:
-        self.account = account
+def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int) -> tuple[OrderRequest | None, str]:
+    if action is Action.HOLD:
+        return None, "no order"
+    verdict = ctx.verdict
+    if verdict is None:
+        return None, f"no order: {action.value} needs a verdict from risk (fail closed)"
+    price, position = ctx.price, verdict.position
+    reducing = (action is Action.SELL and position > 0) or (action is Action.BUY and position < 0)
+    if reducing:
+        quantity = reduce_quantity(price, position, cfg.order_usd)
+    elif action is Action.SELL:
+        return None, f"no order: no long position to sell (position {position}, no shorting)"
+    else:
+        refusal = _may_increase(verdict, ctx.account, ts - int(cfg.state_max_age_s * 1e9))
+        if refusal:
+            return None, f"no order: BUY would increase the position and {refusal}"
+        assert ctx.account is not None
+        quantity = buy_quantity(price, position, ctx.account.equity, ctx.account.cash, cfg.order_usd,
+                                cfg.max_position_pct, cfg.cash_pct)
+    if quantity <= 0:
+        return None, (f"no order: {action.value} size is zero (position {position}, max position "
+                      f"{cfg.max_position_pct}% of equity, cash reserve {cfg.cash_pct}%)")
+    order = OrderRequest(
+        client_order_id=new_client_order_id(),
+        agent=AGENT,
+        symbol=ctx.event.symbol,
+        venue=ctx.event.venue,
+        side=Side(action.value),
+        quantity=quantity,
+        reduce_only=reducing,
+        decision_price=price,
+        origin_ts=ctx.event.origin_ts,
+        ts=ts,
+    )
+    return order, f"order {action.value} {quantity} at ~{price}" + (" (reduce only)" if reducing else "")
 
-    def on_tick(self, tick: Tick, now: float) -> Proposal | None:
-        """`now` is a monotonic clock in seconds (for the cooldown)."""
-        decision = self.strategy.on_tick(tick)
-        if decision is None or decision.action is Action.HOLD:
-            return None
-        symbol = tick.symbol
-        if now < self._cooldown_until.get(symbol, float("-inf")):
-            return None
-        verdict = self.verdicts.get(symbol)
-        if verdict is None:
-            log.debug("%s: %s skipped, no verdict from risk yet", symbol, decision.action.value)
-            return None
 
-        if decision.action is Action.BUY:
-            if not self._may_increase(verdict):
-                return None
-            assert self.account is not None
-            quantity = buy_quantity(
-                tick.price,
-                verdict.position,
-                self.account.equity,
-                self.cfg.order_usd,
-                self.cfg.max_position_pct,
-            )
-            side, reduce_only = Side.BUY, False
-        else:
-            quantity = sell_quantity(tick.price, verdict.position, self.cfg.order_usd)
-            side, reduce_only = Side.SELL, True
-        if quantity <= 0:
-            log.debug("%s: %s skipped, size rounds to zero", symbol, decision.action.value)
-            return None
-
-        self._cooldown_until[symbol] = now + self.cfg.cooldown_s
-        ts = now_ns()
-        signal = Signal(
-            agent=AGENT,
-            symbol=symbol,
-            action=decision.action,
-            confidence=decision.confidence,
-            reasoning=f"{decision.reasoning}; {side.value} {quantity} at ~{tick.price}"
-            + (" (reduce only)" if reduce_only else ""),
-            model=self.strategy.name,
-            origin_ts=tick.ts,
-            ts=ts,
-        )
-        order = OrderRequest(
-            client_order_id=new_client_order_id(),
-            agent=AGENT,
-            symbol=symbol,
-            venue=tick.venue,
-            side=side,
-            quantity=quantity,
-            reduce_only=reduce_only,
-            decision_price=tick.price,
-            origin_ts=tick.ts,
-            ts=ts,
-        )
-        return Proposal(signal, order)
-
-    def _may_increase(self, verdict: Verdict) -> bool:
-        account = self.account
-        if verdict.state is not TradingState.ACTIVE:
-            log.debug("%s: BUY skipped, verdict is %s", verdict.symbol, verdict.state.value)
-            return False
-        if account is None or account.state is not TradingState.ACTIVE or account.kill_switch:
-            log.debug("%s: BUY skipped, account unknown or not ACTIVE", verdict.symbol)
-            return False
-        if account.equity <= Decimal(0):
-            return False
-        return True
+def _may_increase(verdict: Verdict, account: AccountState | None, fresh_after_ts: int) -> str | None:
+    """None when a risk-increasing order may be sent, else why not."""
+    if verdict.state is not TradingState.ACTIVE:
+        return f"the verdict is {verdict.state.value}"
+    if verdict.ts < fresh_after_ts:
+        return "the ACTIVE verdict is too old to trust"
+    if account is None or account.ts < fresh_after_ts:
+        return "the account state is unknown or too old"
+    if account.state is not TradingState.ACTIVE or account.kill_switch:
+        return f"the account is {account.state.value}" + (" (kill switch)" if account.kill_switch else "")
+    if account.equity <= Decimal(0):
+        return f"equity is {account.equity}"
+    return None

@@ -1,20 +1,50 @@
-"""The [trading_agent] section of moonbus.toml."""
+"""The [trading_agent] section of moonbus.toml (keys documented there)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.common.config import ConfigMoney, Section
+from services.common.models import INTERVAL_PATTERN
+
+Deterministic = Literal["momentum", "mean_reversion", "ma_crossover"]
 
 
 class TradingConfig(Section):
-    strategy: Literal["momentum"] = "momentum"
-    lookback_ticks: Annotated[int, Field(ge=2)] = 20
-    threshold_pct: Annotated[float, Field(gt=0)] = 0.05
+    strategy: Literal["momentum", "mean_reversion", "ma_crossover", "llm"] = "momentum"
+    bar_interval: Annotated[str, Field(pattern=INTERVAL_PATTERN)] = "1s"
+    on_alerts: bool = True
+    # momentum
+    momentum_lookback: Annotated[int, Field(ge=2, le=1000)] = 20
+    momentum_threshold_pct: Annotated[float, Field(gt=0)] = 0.05
+    # mean reversion
+    meanrev_lookback: Annotated[int, Field(ge=2, le=1000)] = 20
+    meanrev_stretch_pct: Annotated[float, Field(gt=0)] = 0.1
+    # moving-average crossover
+    ma_fast: Annotated[int, Field(ge=1, le=1000)] = 5
+    ma_slow: Annotated[int, Field(ge=2, le=1000)] = 20
+    ma_min_gap_pct: Annotated[float, Field(ge=0)] = 0.01
+    # LLM strategy ([llm] section: provider, endpoints, budget)
+    llm_fallback: Deterministic = "momentum"
+    llm_bars: Annotated[int, Field(ge=2, le=500)] = 30
+    llm_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # sizing (the original's USD_SIZE, MAX_POSITION_PERCENTAGE, CASH_PERCENTAGE)
     order_usd: Annotated[ConfigMoney, Field(gt=0)] = Decimal("100")
     max_position_pct: Annotated[float, Field(gt=0, le=100)] = 30.0
-    cooldown_s: Annotated[float, Field(ge=0)] = 5.0
+    cash_pct: Annotated[float, Field(ge=0, lt=100)] = 10.0
+    # context and plumbing
+    state_max_age_s: Annotated[float, Field(gt=0)] = 10.0
+    history_timeout_s: Annotated[float, Field(gt=0)] = 1.0
     publish_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    workers: Annotated[int, Field(ge=1, le=256)] = 8
+    max_pending: Annotated[int, Field(ge=1)] = 1000
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+
+    @model_validator(mode="after")
+    def _ma_fast_below_slow(self) -> TradingConfig:
+        if self.ma_fast >= self.ma_slow:
+            raise ValueError(f"ma_fast ({self.ma_fast}) must be below ma_slow ({self.ma_slow})")
+        return self

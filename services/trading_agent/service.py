@@ -1,76 +1,183 @@
 """Bus wiring of the trading agent.
 
-Ticks come through the `trading-agent` queue group (replicas share the load);
-verdicts and account states are subscribed without a queue group, because every
-replica needs the latest state to gate its own decisions.
+Closed bars (`md.bar.<bar_interval>.<venue>.<symbol>`) and price alerts (`md.alert.<symbol>`)
+come through the `trading-agent` queue group: the server hands each one to exactly one
+replica, which decides it (one Signal on `agent.signal.trading.<symbol>` per event, the
+order into ORDERS when there is one). The subscription callback only queues the event;
+`workers` tasks decide, so a slow LLM never holds up the bar path. Context comes from
+`context.ContextSource` (history, KV, live state), so any replica can decide any event
+and one can die without the others missing anything after the server notices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 from services.common.bus import Bus
 from services.common.config import load, section
-from services.common.models import AccountState, Tick, Verdict, encode
+from services.common.llm import LLMConfig, build_provider
+from services.common.metrics import serve_metrics
+from services.common.models import Action, Bar, PriceAlert, Signal, encode, now_ns
 from services.common.streams import ORDERS, ensure_streams
 
-from .agent import Proposal, TradingAgent
+from . import metrics
+from .agent import AGENT, Event, Proposal, plan
 from .config import TradingConfig
+from .context import ContextSource
+from .decide import Decider, LLMDecider, RuleDecider
+from .strategy import make_strategy
 
 SERVICE = "trading-agent"
 log = logging.getLogger(__name__)
 
 
+def make_decider(cfg: TradingConfig, config: dict[str, Any]) -> Decider:
+    if cfg.strategy != "llm":
+        return RuleDecider(make_strategy(cfg.strategy, cfg))
+    llm = section(config, "llm", LLMConfig)
+    fallback = make_strategy(cfg.llm_fallback, cfg)
+    if llm.provider == "offline":
+        log.info("strategy llm with [llm] provider offline: the %s strategy decides", fallback.name)
+        return RuleDecider(fallback)
+    return LLMDecider(build_provider(llm), fallback, cfg)
+
+
+def bar_event(bar: Bar) -> Event:
+    summary = (f"{bar.interval} bar closed: open {bar.open}, high {bar.high}, low {bar.low}, close {bar.close}, "
+               f"volume {bar.volume}")
+    return Event("bar", bar.symbol, bar.venue, bar.close, bar.end_ts, summary)
+
+
+def alert_event(alert: PriceAlert) -> Event:
+    summary = (f"price alert: {alert.direction} {alert.change_pct:+.3f}% within {alert.window_s:g}s "
+               f"({alert.from_price} -> {alert.price}; threshold {alert.threshold_pct:g}%)")
+    return Event("alert", alert.symbol, alert.venue, alert.price, alert.ts, summary)
+
+
 async def submit(bus: Bus, proposal: Proposal, timeout: float) -> bool:
-    """Signal first (why), then the order into ORDERS. A missing ack is reported, not raised."""
-    order = proposal.order
-    await bus.publish(f"agent.signal.{order.agent}.{order.symbol}", proposal.signal)
-    subject = f"orders.submit.{order.symbol}"
-    try:
-        ack = await bus.publish_order(subject, order, timeout=timeout)
-    except Exception as e:
-        log.error("order %s not acknowledged: %r", order.client_order_id, e)
-        await bus.report_error(subject, f"order not acknowledged: {e!r}", encode(order))
-        return False
-    log.info(
-        "order %s %s %s %s (stream seq %s%s)",
-        order.client_order_id, order.side.value, order.quantity, order.symbol,
-        ack.seq, ", duplicate" if ack.duplicate else "",
-    )
-    return True
+    """The order into ORDERS (if any), then the Signal saying why (and whether the order
+    was acknowledged). A missing ack is reported on errors.trading-agent, never raised."""
+    order, signal, ok = proposal.order, proposal.signal, True
+    if order is not None:
+        subject = f"orders.submit.{order.symbol}"
+        try:
+            ack = await bus.publish_order(subject, order, timeout=timeout)
+        except Exception as e:
+            ok = False
+            metrics.ORDER_FAILURES.inc()
+            log.error("order %s not acknowledged: %r", order.client_order_id, e)
+            await bus.report_error(subject, f"order not acknowledged: {e!r}", encode(order))
+            signal = signal.model_copy(update={"reasoning": f"{signal.reasoning}; NOT acknowledged: {e!r}"})
+        else:
+            metrics.ORDERS.labels(order.side.value).inc()
+            log.info("order %s %s %s %s (stream seq %s%s)", order.client_order_id, order.side.value,
+                     order.quantity, order.symbol, ack.seq, ", duplicate" if ack.duplicate else "")
+    await bus.publish(f"agent.signal.{AGENT}.{signal.symbol}", signal)
+    return ok
+
+
+class TradingService:
+    def __init__(self, bus: Bus, cfg: TradingConfig, decider: Decider) -> None:
+        self.bus = bus
+        self.cfg = cfg
+        self.decider = decider
+        self.context = ContextSource(bus, cfg)
+        self.queue: asyncio.Queue[tuple[Event, Bar | None, float]] = asyncio.Queue(cfg.max_pending)
+        self._workers: list[asyncio.Task[None]] = []
+        self._subs: list[Any] = []
+
+    async def start(self) -> None:
+        await self.context.subscribe()
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self.cfg.workers)]
+
+        async def on_bar(bar: Bar, _msg: Any) -> None:
+            await self.enqueue(bar_event(bar), bar)
+
+        async def on_alert(alert: PriceAlert, _msg: Any) -> None:
+            await self.enqueue(alert_event(alert), None)
+
+        self._subs.append(await self.bus.subscribe(f"md.bar.{self.cfg.bar_interval}.*.*", Bar, on_bar, queue=SERVICE))
+        if self.cfg.on_alerts:
+            self._subs.append(await self.bus.subscribe("md.alert.*", PriceAlert, on_alert, queue=SERVICE))
+
+    async def enqueue(self, event: Event, bar: Bar | None) -> None:
+        metrics.EVENTS.labels(event.kind).inc()
+        try:
+            self.queue.put_nowait((event, bar, time.perf_counter()))
+        except asyncio.QueueFull:  # still decided, visibly: HOLD without a strategy
+            metrics.OVERLOADED.inc()
+            await self.hold(event, "overloaded", f"{self.cfg.max_pending} decisions pending, {event.kind} "
+                                                 "not evaluated")
+
+    async def hold(self, event: Event, model: str, why: str) -> None:
+        """The Signal of an event no strategy could decide: HOLD, no order, and why."""
+        metrics.DECISIONS.labels("HOLD", model, "false").inc()
+        signal = Signal(agent=AGENT, symbol=event.symbol, action=Action.HOLD, confidence=0.0,
+                        reasoning=f"{why}; no order", model=model, origin_ts=event.origin_ts, ts=now_ns())
+        await self.bus.publish(f"agent.signal.{AGENT}.{event.symbol}", signal)
+
+    async def _work(self) -> None:
+        while True:
+            event, bar, received = await self.queue.get()
+            try:
+                await self.decide(event, bar, received)
+            except Exception as e:  # one bad decision must not stop the worker
+                log.exception("decision for %s %s failed", event.kind, event.symbol)
+                subject = f"md.{event.kind}.{event.symbol}"
+                with contextlib.suppress(Exception):  # the bus itself may be what failed
+                    await self.bus.report_error(subject, f"decision failed: {e!r}", b"")
+                    await self.hold(event, "failed", f"decision failed: {e!r}")
+            finally:
+                self.queue.task_done()
+
+    async def decide(self, event: Event, bar: Bar | None, received: float) -> None:
+        d = self.decider
+        ctx = await self.context.gather(event, bar, d.bars_needed, d.uses_sentiment)
+        choice = await d.decide(ctx)
+        proposal = plan(choice, ctx, self.cfg, now_ns())
+        await submit(self.bus, proposal, self.cfg.publish_timeout_s)
+        s = proposal.signal
+        metrics.DECISIONS.labels(s.action.value, d.name, str(s.fallback).lower()).inc()
+        if s.fallback:
+            metrics.FALLBACKS.labels(d.name).inc()
+        metrics.DECISION_SECONDS.labels(d.name).observe(time.perf_counter() - received)
+        log.debug("%s %s: %s (%s)", event.kind, event.symbol, s.action.value, s.reasoning)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking events, decide what is queued (within `timeout`), stop the workers."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), timeout)
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
 
 
 async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, Any] | None = None) -> None:
-    cfg = section(load() if config is None else config, "trading_agent", TradingConfig)
+    config = load() if config is None else config
+    cfg = section(config, "trading_agent", TradingConfig)
+    decider = make_decider(cfg, config)
     bus = bus or Bus(SERVICE)
     if bus.nc is None:
         await bus.connect()
-    agent = TradingAgent(cfg)
+    service = TradingService(bus, cfg, decider)
     try:
+        serve_metrics(cfg.metrics_port)
         try:
             await ensure_streams(bus.client.jetstream(), [ORDERS])
         except Exception as e:  # execution may create it; orders will fail loudly if not
             log.warning("could not ensure stream %s: %r", ORDERS, e)
-
-        async def on_verdict(verdict: Verdict, _msg: Any) -> None:
-            agent.on_verdict(verdict)
-
-        async def on_account(account: AccountState, _msg: Any) -> None:
-            agent.on_account(account)
-
-        async def on_tick(tick: Tick, _msg: Any) -> None:
-            proposal = agent.on_tick(tick, time.monotonic())
-            if proposal is not None:
-                await submit(bus, proposal, cfg.publish_timeout_s)
-
-        await bus.subscribe("risk.verdict.>", Verdict, on_verdict)
-        await bus.subscribe("risk.account", AccountState, on_account)
-        await bus.subscribe("md.tick.>", Tick, on_tick, queue=SERVICE)
-        await bus.serve(f"trading agent ({agent.strategy.name} strategy)", {})
+        await service.start()
+        await bus.serve(f"trading agent ({decider.name} on {cfg.bar_interval} bars"
+                        f"{' and alerts' if cfg.on_alerts else ''})", {})
         log.info("trading agent ready: %s", cfg.model_dump(mode="json"))
         await stop.wait()
+        await service.stop(cfg.publish_timeout_s + cfg.llm_timeout_s)
     finally:
         await bus.close()

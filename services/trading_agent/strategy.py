@@ -1,18 +1,22 @@
-"""Strategies: given the next tick, decide BUY / SELL or nothing.
+"""Deterministic strategies: given the recent closed bars of one symbol (oldest first,
+the triggering bar last), decide BUY / SELL / HOLD with a confidence and the reason.
 
-A strategy only looks at prices; whether an order may be sent and how big it is
-are decided by the agent (risk verdicts, sizing, cooldown), so strategies stay
-small and are easy to test. More strategies plug in through `STRATEGIES`.
+A strategy only looks at prices; whether an order may be sent and how big it is are
+decided by the agent (risk verdicts, sizing), so strategies stay small and pure.
+They hold no state: the bars come with every decision (from `md.api.history`), which
+is what lets any replica decide any bar. Momentum and mean reversion are the shared
+rules of services/common/price_rules.py (the swarm's offline models use them too).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from services.common.models import Action, Tick
+from services.common import price_rules
+from services.common.models import Action, Bar
 
 from .config import TradingConfig
 
@@ -26,51 +30,98 @@ class Decision:
 
 class Strategy(Protocol):
     name: str
+    bars_needed: int  # how many closed bars a decision looks at
 
-    def on_tick(self, tick: Tick) -> Decision | None:
-        """The decision this tick leads to, or None (nothing to do)."""
-        ...
+    def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision: ...
 
 
-class MomentumStrategy:
-    """BUY when the price rose >= threshold_pct over the last `lookback_ticks` prices,
-    SELL when it fell as much. Confidence grows with the move: 0.5 at the threshold,
-    1.0 at twice the threshold."""
+def _not_enough(symbol: str, bars: Sequence[Bar], needed: int) -> Decision | None:
+    if len(bars) >= needed:
+        return None
+    return Decision(Action.HOLD, 0.0, f"{symbol}: {len(bars)} closed bars, the strategy needs {needed}")
+
+
+def _closes(bars: Sequence[Bar], n: int) -> list[Decimal]:
+    return [b.close for b in bars[-n:]]
+
+
+class CloseRuleStrategy:
+    """A rule of services/common/price_rules.py over the closes of the last `lookback` bars."""
+
+    name: str
+    rule: Callable[[str, Sequence[Decimal], float], price_rules.Call]
+
+    def __init__(self, lookback: int, threshold_pct: float) -> None:
+        if lookback < 2:
+            raise ValueError(f"{self.name} lookback must be >= 2 bars")
+        self.bars_needed = lookback
+        self.threshold_pct = threshold_pct
+
+    def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision:
+        if short := _not_enough(symbol, bars, self.bars_needed):
+            return short
+        call = type(self).rule(symbol, _closes(bars, self.bars_needed), self.threshold_pct)
+        return Decision(Action(call.action), call.confidence, call.reasoning)
+
+
+class MomentumStrategy(CloseRuleStrategy):
+    """BUY when the close rose >= threshold_pct over the last `lookback` bars, SELL when
+    it fell as much."""
 
     name = "momentum"
-
-    def __init__(self, lookback_ticks: int, threshold_pct: float) -> None:
-        if lookback_ticks < 2:
-            raise ValueError("lookback_ticks must be >= 2")
-        self.lookback_ticks = lookback_ticks
-        self.threshold = Decimal(str(threshold_pct))
-        self._windows: dict[str, deque[Decimal]] = {}
-
-    def on_tick(self, tick: Tick) -> Decision | None:
-        window = self._windows.setdefault(tick.symbol, deque(maxlen=self.lookback_ticks))
-        window.append(tick.price)
-        if len(window) < self.lookback_ticks:
-            return None
-        first, last = window[0], window[-1]
-        change_pct = (last - first) / first * 100
-        if change_pct >= self.threshold:
-            action = Action.BUY
-        elif change_pct <= -self.threshold:
-            action = Action.SELL
-        else:
-            return None
-        confidence = float(min(Decimal(1), abs(change_pct) / (2 * self.threshold)))
-        reasoning = (
-            f"{tick.symbol} moved {change_pct:+.4f}% over the last {len(window)} ticks "
-            f"({first} -> {last}); threshold is +/-{self.threshold}%"
-        )
-        return Decision(action, round(confidence, 4), reasoning)
+    rule = staticmethod(price_rules.momentum)
 
 
-def make_strategy(cfg: TradingConfig) -> Strategy:
-    return STRATEGIES[cfg.strategy](cfg)
+class MeanReversionStrategy(CloseRuleStrategy):
+    """Fade a close stretched >= threshold_pct away from the mean close of the last
+    `lookback` bars: SELL above the mean, BUY below it."""
+
+    name = "mean_reversion"
+    rule = staticmethod(price_rules.mean_reversion)
 
 
-STRATEGIES = {
-    "momentum": lambda cfg: MomentumStrategy(cfg.lookback_ticks, cfg.threshold_pct),
+class MovingAverageCrossover:
+    """BUY when the fast moving average of the closes crosses above the slow one on this
+    bar, SELL when it crosses below; HOLD while they keep their order. Confidence grows
+    with the gap between the averages after the cross (0.5 at min_gap_pct, 1.0 at twice)."""
+
+    name = "ma_crossover"
+
+    def __init__(self, fast: int, slow: int, min_gap_pct: float) -> None:
+        if not 1 <= fast < slow:
+            raise ValueError("ma_crossover needs 1 <= fast < slow")
+        self.fast, self.slow = fast, slow
+        self.min_gap = Decimal(str(min_gap_pct))
+        self.bars_needed = slow + 1  # the averages on this bar and on the one before
+
+    def _averages(self, closes: Sequence[Decimal]) -> tuple[Decimal, Decimal]:
+        return price_rules.mean(closes[-self.fast :]), price_rules.mean(closes[-self.slow :])
+
+    def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision:
+        if short := _not_enough(symbol, bars, self.bars_needed):
+            return short
+        closes = _closes(bars, self.bars_needed)
+        fast_before, slow_before = self._averages(closes[:-1])
+        fast, slow = self._averages(closes)
+        gap = (fast - slow) / slow * 100
+        text = (f"{symbol} fast MA({self.fast}) {fast:.6f} vs slow MA({self.slow}) {slow:.6f}, "
+                f"gap {gap:+.4f}%")
+        confidence = price_rules.strength(gap, self.min_gap) if self.min_gap > 0 else 1.0
+        if fast_before <= slow_before and fast > slow:
+            return Decision(Action.BUY, confidence, f"{text}: crossed above")
+        if fast_before >= slow_before and fast < slow:
+            return Decision(Action.SELL, confidence, f"{text}: crossed below")
+        side = "above" if fast > slow else "below" if fast < slow else "level with"
+        return Decision(Action.HOLD, 0.5, f"{text}: no cross, fast stays {side} slow")
+
+
+STRATEGIES: dict[str, Callable[[TradingConfig], Strategy]] = {
+    "momentum": lambda cfg: MomentumStrategy(cfg.momentum_lookback, cfg.momentum_threshold_pct),
+    "mean_reversion": lambda cfg: MeanReversionStrategy(cfg.meanrev_lookback, cfg.meanrev_stretch_pct),
+    "ma_crossover": lambda cfg: MovingAverageCrossover(cfg.ma_fast, cfg.ma_slow, cfg.ma_min_gap_pct),
 }
+
+
+def make_strategy(name: str, cfg: TradingConfig) -> Strategy:
+    """A deterministic strategy by name (the `strategy` key, or `llm_fallback`)."""
+    return STRATEGIES[name](cfg)

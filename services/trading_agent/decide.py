@@ -1,0 +1,121 @@
+"""Deciders: a deterministic strategy, or an LLM that falls back to one.
+
+The LLM strategy asks the [llm] provider with a prompt of the recent bars, the latest
+sentiment, the position and the risk verdict, and gets a schema-checked answer. When the
+model cannot answer (outage, timeout, budget spent, refusal, unparsable output) the
+deterministic `llm_fallback` strategy decides instead, marked fallback=True. The call has
+a deadline (llm_timeout_s), so a slow model delays one decision, never the bar path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+from services.common.llm import Decision, DecisionRequest, Provider
+from services.common.models import Action
+
+from .agent import AGENT, Choice, Context
+from .config import TradingConfig
+from .strategy import Strategy
+
+SYSTEM_PROMPT = (
+    "You are the trading agent of an automated trading system. For one symbol you get the "
+    "recent closed bars, the latest news sentiment, the position, the risk verdict and the "
+    "account. Decide BUY (open or add to a long), SELL (reduce the long; there is no shorting) "
+    "or HOLD, with a confidence from 0 to 1 and a short reasoning that cites the data. Answer "
+    "ABSTAIN when the data is not enough. Risk limits are enforced elsewhere: under a "
+    "REDUCE_ONLY or HALTED verdict a BUY that adds to the position is not sent."
+)
+
+
+class Decider(Protocol):
+    name: str
+    bars_needed: int
+    uses_sentiment: bool
+
+    async def decide(self, ctx: Context) -> Choice: ...
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+class RuleDecider:
+    """A deterministic strategy as a Decider."""
+
+    uses_sentiment = False
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+        self.name = strategy.name
+        self.bars_needed = strategy.bars_needed
+
+    async def decide(self, ctx: Context) -> Choice:
+        start = time.perf_counter()
+        d = self.strategy.decide(ctx.event.symbol, ctx.bars)
+        reasoning = d.reasoning + "".join(f"; {note}" for note in ctx.notes)
+        return Choice(d.action, d.confidence, reasoning, self.name, latency_ms=_ms_since(start))
+
+
+class LLMDecider:
+    uses_sentiment = True
+
+    def __init__(self, provider: Provider, fallback: Strategy, cfg: TradingConfig) -> None:
+        self.provider = provider
+        self.fallback = fallback
+        self.cfg = cfg
+        self.name = f"llm:{provider.name}"
+        self.bars_needed = max(cfg.llm_bars, fallback.bars_needed)
+
+    async def decide(self, ctx: Context) -> Choice:
+        start = time.perf_counter()
+        request = DecisionRequest(agent=AGENT, symbol=ctx.event.symbol, system=SYSTEM_PROMPT,
+                                  prompt=build_prompt(ctx, self.cfg.llm_bars), timeout_s=self.cfg.llm_timeout_s)
+        decision: Decision | None = None
+        try:
+            # The provider keeps its own deadline; this one only guards against a provider that does not.
+            decision = await asyncio.wait_for(self.provider.decide(request), self.cfg.llm_timeout_s + 1.0)
+            failure = decision.error if decision.error or decision.fallback else None
+        except TimeoutError:
+            failure = f"no answer within {self.cfg.llm_timeout_s}s"
+        except Exception as e:  # a provider must not raise; if it does, the bar is still decided
+            failure = f"provider failed: {e!r}"
+        cost = decision.cost_usd if decision else 0.0
+        if failure is None and decision is not None:
+            if decision.action == "ABSTAIN":  # the model's own choice: no trade
+                return Choice(Action.HOLD, decision.confidence, f"the model abstained: {decision.reasoning}",
+                              decision.model, latency_ms=decision.latency_ms, cost_usd=cost)
+            return Choice(Action(decision.action), decision.confidence, decision.reasoning, decision.model,
+                          latency_ms=decision.latency_ms, cost_usd=cost)
+        d = self.fallback.decide(ctx.event.symbol, ctx.bars)
+        reasoning = f"LLM {self.provider.name} unavailable ({failure}); {self.fallback.name}: {d.reasoning}"
+        return Choice(d.action, d.confidence, reasoning, self.fallback.name, fallback=True,
+                      latency_ms=_ms_since(start), cost_usd=cost)
+
+
+def _iso(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_prompt(ctx: Context, bars: int) -> str:
+    e = ctx.event
+    lines = [f"Symbol: {e.symbol} (venue {e.venue})", f"Event: {e.summary}", f"Last price: {ctx.price}", "",
+             f"Last {min(bars, len(ctx.bars))} closed bars (oldest first): start (UTC), open, high, low, close, volume"]
+    lines += [f"{_iso(b.start_ts)}, {b.open}, {b.high}, {b.low}, {b.close}, {b.volume}" for b in ctx.bars[-bars:]]
+    if not ctx.bars:
+        lines.append("(none)")
+    s = ctx.sentiment
+    lines += ["", "Sentiment: " + (f"score {s.score:+.3f} in [-1, 1], confidence {s.confidence:.2f}, "
+                                   f"{s.items} items, model {s.model}, at {_iso(s.ts)}" if s else "unknown")]
+    v = ctx.verdict
+    lines.append("Risk verdict: " + (f"{v.state.value}, position {v.position}"
+                                     + (f", reasons: {'; '.join(v.reasons)}" if v.reasons else "") if v else "unknown"))
+    a = ctx.account
+    lines.append("Account: " + (f"{a.state.value}, equity {a.equity}, cash {a.cash}, day PnL {a.day_pnl}, "
+                                f"drawdown {a.drawdown_pct:.2f}%" if a else "unknown"))
+    lines += [f"Missing data: {note}" for note in ctx.notes]
+    lines += ["", f"Question: BUY, SELL or HOLD {e.symbol} now?"]
+    return "\n".join(lines)
