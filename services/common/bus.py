@@ -47,7 +47,8 @@ class RequestError(ApiError):
     """Raised inside an endpoint handler to answer with a specific error code."""
 
 
-def _validation_summary(error: ValidationError) -> str:
+def validation_summary(error: ValidationError) -> str:
+    """The first few problems of a validation error, one line, fit to send back."""
     parts = []
     for e in error.errors()[:5]:
         where = ".".join(str(p) for p in e["loc"]) or "message"
@@ -154,7 +155,7 @@ class Bus:
             try:
                 message = model.model_validate_json(msg.data)
             except ValidationError as e:
-                await self.report_error(msg.subject, _validation_summary(e), msg.data)
+                await self.report_error(msg.subject, validation_summary(e), msg.data)
                 return
             try:
                 await handler(message, msg)
@@ -215,7 +216,7 @@ class Bus:
                 reply = await handler(request)
                 await req.respond(encode(reply))
             except ValidationError as e:
-                await self._reply_error(req, "bad_request", _validation_summary(e))
+                await self._reply_error(req, "bad_request", validation_summary(e))
             except ApiError as e:
                 await self._reply_error(req, e.code, e.message)
             except Exception as e:

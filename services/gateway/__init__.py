@@ -1,5 +1,9 @@
-"""Gateway: the HTTP edge (FastAPI) in front of the bus APIs.
+"""Gateway: the HTTP edge (FastAPI) in front of the bus.
 
-- `app`: `create_app()`, the routes and the error mapping;
+- `app`: `create_app()`: error mapping, /health, /metrics, the dashboard page;
+- `routes`: the REST API (/api/...), the live stream (/api/stream, Server-Sent Events);
+- `context`: bus requests (counted, errors mapped) and the write-token check;
+- `live`: the subscriptions, the latest state and the fan-out to open streams;
+- `metrics`: the Prometheus metrics; `static/`: the dashboard (plain HTML/JS);
 - `service`: `main(stop)` serves it with uvicorn on [gateway] host/port (`python -m services.gateway`).
 """

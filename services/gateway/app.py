@@ -1,9 +1,10 @@
-"""The gateway's HTTP API: each route is one bus request, the reply passed through
-in its wire format (money as decimal strings).
+"""The gateway's HTTP app: the REST API over the bus (routes), the live stream (live),
+the dashboard (static/), /health and /metrics; the OpenAPI spec at /openapi.json, docs at /docs.
 
 Errors are `{"error": {"code", "message"}}` like on the bus, with an HTTP status:
-bad input -> 422 (checked here, before anything reaches the bus), unknown symbol
--> 404, no bus / no responder / timeout / not ready -> 503, other bus errors -> 502.
+bad input -> 422 (checked here, before anything reaches the bus), unknown symbol or
+order -> 404, missing or wrong token -> 401, writes disabled (no token set) -> 403,
+no bus / no responder / timeout / not ready -> 503, other bus errors -> 502.
 """
 
 from __future__ import annotations
@@ -11,90 +12,115 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.bus import ApiError, Bus
+from services.common.bus import ApiError, Bus, validation_summary
 from services.common.config import SystemConfig, load, section
-from services.common.models import (
-    HistoryReply,
-    HistoryRequest,
-    PositionsReply,
-    PositionsRequest,
-    PriceReply,
-    PriceRequest,
-    PricesReply,
-    PricesRequest,
-    encode,
-)
 
-from .config import GatewayConfig
+from .config import TOKEN_ENV, GatewayConfig
+from .context import Gateway
+from .live import Live
+from .metrics import GatewayMetrics
+from .routes import router
 
 SERVICE = "gateway"
-R = TypeVar("R", bound=BaseModel)
+STATIC = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
 
 STATUS_BY_CODE = {
     "bad_request": 422,
     "unknown_symbol": 404,
     "not_found": 404,
+    "unauthorized": 401,
+    "writes_disabled": 403,
     "bus_unavailable": 503,
     "no_responders": 503,
     "timeout": 503,
     "not_ready": 503,
+    "not_stored": 503,
+    "stream_unavailable": 503,
+    "too_many_streams": 503,
 }
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def _validation_message(error: ValidationError | RequestValidationError) -> str:
-    parts = []
-    for e in list(error.errors())[:5]:
-        where = ".".join(str(p) for p in e["loc"]) or "request"
-        parts.append(f"{where}: {e['msg']}")
-    return "; ".join(parts)
+class CountRequests:
+    """HTTP requests by route template and status, and the time to the response's headers
+    (a live stream counts once, when it starts)."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+
+        def record(status: int) -> None:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.http_seconds.labels(scope["method"], route).observe(time.perf_counter() - started)
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        except Exception:
+            record(500)
+            raise
 
 
-def _wire(message: BaseModel) -> Response:
-    return Response(content=encode(message), media_type="application/json")
-
-
-async def _call(bus: Bus, subject: str, message: BaseModel, reply_model: type[R], timeout: float) -> R:
-    """bus.request, with a reply that does not parse reported as the upstream's fault (502)."""
-    try:
-        return await bus.request(subject, message, reply_model, timeout)
-    except ValidationError as e:
-        raise ApiError("bad_reply", f"{subject} answered an invalid reply: {_validation_message(e)}") from None
-
-
-def _connected(bus: Bus | None) -> bool:
-    return bus is not None and bus.nc is not None and bus.nc.is_connected
-
-
-def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None) -> FastAPI:
+def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None, token: str | None = None) -> FastAPI:
     """The app. Without `bus`, the lifespan connects one as the `gateway` user (from
-    NATS_URL / NATS_USER / NATS_PASSWORD); a given bus is used as it is (tests)."""
+    NATS_URL / NATS_USER / NATS_PASSWORD); a given bus is used as it is (tests). The
+    write token defaults to $MOONBUS_GATEWAY_TOKEN (unset or empty: writes refused)."""
     table = load() if config is None else config
     cfg = section(table, "gateway", GatewayConfig)
-    default_symbols = section(table, "system", SystemConfig).symbols
+    metrics = GatewayMetrics()
+    gw = Gateway(
+        cfg=cfg,
+        symbols=section(table, "system", SystemConfig).symbols,
+        live=Live(metrics, cfg.stream_queue, cfg.max_streams, cfg.recent_signals),
+        metrics=metrics,
+        token=token if token is not None else os.environ.get(TOKEN_ENV) or None,
+        bus=bus,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if app.state.bus is not None:
-            yield
+        if bus is not None:
+            await gw.live.start(bus)
+            try:
+                yield
+            finally:
+                await gw.live.stop()
             return
-        own = app.state.bus = Bus(SERVICE)
+        own = gw.bus = Bus(SERVICE)
 
         async def connect() -> None:
             await own.connect()
-            await own.serve("HTTP gateway to the moonbus APIs", {})
+            await gw.live.start(own)
+            await own.serve("HTTP gateway to the moonbus APIs, live stream and dashboard", {})
 
         # Start serving HTTP even if NATS is not up yet: /health says so, the API
         # answers 503, and the connection keeps being retried in the background.
@@ -108,10 +134,16 @@ def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None) -> 
             yield
         finally:
             task.cancel()
+            await gw.live.stop()
             await own.close()
 
-    app = FastAPI(title="moonbus gateway", version="0.1.0", lifespan=lifespan)
-    app.state.bus = bus
+    app = FastAPI(title="moonbus gateway", version="0.2.0", lifespan=lifespan,
+                  description="REST over the moonbus bus, a live stream and a dashboard. Money is a "
+                              "decimal string, time integer nanoseconds. Writes need `Authorization: Bearer "
+                              f"<{TOKEN_ENV}>`.")
+    app.state.gateway = gw
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(ApiError)
     async def on_api_error(_request: Request, e: ApiError) -> JSONResponse:
@@ -119,50 +151,27 @@ def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None) -> 
 
     @app.exception_handler(ValidationError)
     async def on_bad_input(_request: Request, e: ValidationError) -> JSONResponse:
-        return _error(422, "bad_request", _validation_message(e))
+        return _error(422, "bad_request", validation_summary(e))
 
     @app.exception_handler(RequestValidationError)
     async def on_bad_request(_request: Request, e: RequestValidationError) -> JSONResponse:
-        return _error(422, "bad_request", _validation_message(e))
+        return _error(422, "bad_request", validation_summary(e))  # type: ignore[arg-type]
 
-    def the_bus(request: Request) -> Bus:
-        bus = request.app.state.bus
-        if not _connected(bus):
-            raise ApiError("bus_unavailable", "the gateway is not connected to NATS")
-        return bus
-
-    timeout = cfg.request_timeout_s
+    app.add_middleware(CountRequests, metrics=metrics)
 
     @app.get("/health")
-    async def health(request: Request) -> JSONResponse:
-        connected = _connected(request.app.state.bus)
+    async def health() -> JSONResponse:
+        connected = gw.connected
         body = {"status": "ok" if connected else "degraded", "bus": "connected" if connected else "disconnected"}
         return JSONResponse(body, status_code=200 if connected else 503)
 
-    @app.get("/api/prices")
-    async def prices(symbols: str | None = None, bus: Bus = Depends(the_bus)) -> Response:
-        wanted = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else default_symbols
-        req = PricesRequest(symbols=wanted)
-        return _wire(await _call(bus, "md.api.prices", req, PricesReply, timeout))
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        metrics.nats_connected.set(1 if gw.connected else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/price/{symbol}")
-    async def price(symbol: str, bus: Bus = Depends(the_bus)) -> Response:
-        req = PriceRequest(symbol=symbol)
-        return _wire(await _call(bus, "md.api.price", req, PriceReply, timeout))
-
-    @app.get("/api/history/{symbol}")
-    async def history(symbol: str, interval: str = "1m", limit: int = 100, bus: Bus = Depends(the_bus)) -> Response:
-        req = HistoryRequest(symbol=symbol, interval=interval, limit=limit)
-        return _wire(await _call(bus, "md.api.history", req, HistoryReply, timeout))
-
-    @app.get("/api/positions")
-    async def positions(symbol: str | None = None, bus: Bus = Depends(the_bus)) -> JSONResponse:
-        reply = await _call(bus, "risk.api.positions", PositionsRequest(symbol=symbol), PositionsReply, timeout)
-        return JSONResponse({"positions": [p.model_dump(mode="json", exclude_none=True) for p in reply.positions]})
-
-    @app.get("/api/account")
-    async def account(bus: Bus = Depends(the_bus)) -> Response:
-        reply = await _call(bus, "risk.api.positions", PositionsRequest(), PositionsReply, timeout)
-        return _wire(reply.account)
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
 
     return app

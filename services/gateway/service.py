@@ -23,7 +23,9 @@ from .config import GatewayConfig
 async def main(stop: asyncio.Event, config: dict[str, Any] | None = None) -> None:
     table = load() if config is None else config
     cfg = section(table, "gateway", GatewayConfig)
-    server = uvicorn.Server(uvicorn.Config(create_app(config=table), host=cfg.host, port=cfg.port, log_config=None))
+    # Live streams never end by themselves: after shutdown_grace_s uvicorn closes them.
+    server = uvicorn.Server(uvicorn.Config(create_app(config=table), host=cfg.host, port=cfg.port, log_config=None,
+                                           timeout_graceful_shutdown=cfg.shutdown_grace_s))
     serving = asyncio.create_task(server.serve())
     stopping = asyncio.create_task(stop.wait())
     try:

@@ -1,0 +1,178 @@
+"""`moon status`: every service ($SRV.INFO / $SRV.STATS), the feeds (md.status.*), the
+account, trading state and kill switch (risk.api.positions, risk.api.killswitch)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from services.common.bus import ApiError
+from services.common.config import SystemConfig, load, section
+from services.common.discovery import Service, discover
+from services.common.models import (
+    AccountState,
+    FeedStatus,
+    KillSwitchRequest,
+    KillSwitchState,
+    PositionsReply,
+    PositionsRequest,
+    PricesReply,
+    PricesRequest,
+)
+from services.common.natsserver import SERVICE_USERS
+
+from .connection import Session, explain
+from .render import age, cells, duration, money, signed, state
+
+# Every service of a full system (the NATS users, less the humans').
+EXPECTED = [u for u in SERVICE_USERS if u != "operator"]
+
+
+@dataclass
+class Status:
+    services: dict[str, Service]
+    feeds: dict[str, FeedStatus] = field(default_factory=dict)
+    account: AccountState | None = None
+    kill_switch: KillSwitchState | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name in EXPECTED if name not in self.services]
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.missing or self.problems)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "services": [s.as_dict() for s in self.services.values()],
+            "missing": self.missing,
+            "feeds": {v: json.loads(f.model_dump_json()) for v, f in self.feeds.items()},
+            "account": json.loads(self.account.model_dump_json()) if self.account else None,
+            "kill_switch": json.loads(self.kill_switch.model_dump_json()) if self.kill_switch else None,
+            "problems": self.problems,
+        }
+
+
+async def gather(session: Session, wait: float, feed_wait: float) -> Status:
+    """Ask everything at once; the feeds' heartbeat comes every few seconds, so wait for one
+    status per venue that has prices (or `feed_wait` at most)."""
+    feeds: dict[str, FeedStatus] = {}
+    feed_seen = asyncio.Event()
+
+    async def on_feed(msg: Msg) -> None:
+        try:
+            status = FeedStatus.model_validate_json(msg.data)
+        except ValidationError:
+            return
+        feeds[status.venue] = status
+        feed_seen.set()
+
+    started = time.monotonic()
+    sub = await session.nc.subscribe("md.status.>", cb=on_feed)
+    bus, timeout = session.bus, session.timeout
+    symbols = section(load(), "system", SystemConfig).symbols
+    results = await asyncio.gather(
+        discover(session.nc, wait=wait),
+        bus.request("risk.api.positions", PositionsRequest(), PositionsReply, timeout),
+        bus.request("risk.api.killswitch", KillSwitchRequest(action="status", actor="moon"), KillSwitchState, timeout),
+        bus.request("md.api.prices", PricesRequest(symbols=symbols), PricesReply, timeout),
+        return_exceptions=True,
+    )
+    services, positions, kill_switch, prices = results
+    if isinstance(services, BaseException):
+        raise services
+    status = Status(services)
+    for name, result in (("risk.api.positions", positions), ("risk.api.killswitch", kill_switch),
+                         ("md.api.prices", prices)):
+        if isinstance(result, ApiError):
+            status.problems.append(f"{name}: {explain(result, session)}")
+        elif isinstance(result, BaseException):
+            raise result
+    if isinstance(positions, PositionsReply):
+        status.account = positions.account
+    if isinstance(kill_switch, KillSwitchState):
+        status.kill_switch = kill_switch
+    venues = {t.venue for t in prices.prices.values()} if isinstance(prices, PricesReply) else set()
+    while not venues <= set(feeds) or not feeds:
+        left = feed_wait - (time.monotonic() - started)
+        if left <= 0 or not venues and isinstance(prices, BaseException):
+            break
+        feed_seen.clear()
+        try:
+            await asyncio.wait_for(feed_seen.wait(), left)
+        except asyncio.TimeoutError:
+            break
+    await sub.unsubscribe()
+    status.feeds = dict(sorted(feeds.items()))
+    if not feeds:
+        status.problems.append(f"no feed status on md.status.* within {feed_wait:g}s")
+    status.problems += [f"feed {v}: {f.status} ({f.detail})" for v, f in feeds.items() if f.status != "connected"]
+    return status
+
+
+def services_table(status: Status) -> Table:
+    table = Table(title="services", title_justify="left", expand=False)
+    for column in ("service", "instances", "version", "uptime", "requests", "errors", "last error"):
+        table.add_column(column, justify="right" if column in ("instances", "requests", "errors") else "left")
+    now = time.time_ns()
+    for name, service in status.services.items():
+        uptime = duration((now - service.started_ns) / 1e9) if service.started_ns else "-"
+        errors = Text(str(service.errors), style="red" if service.errors else "")
+        table.add_row(*cells(name, str(len(service.instances)), ", ".join(service.versions), uptime,
+                      str(service.requests), errors, service.last_error[:60]))
+    for name in status.missing:
+        down = Text("not running", style="red")
+        table.add_row(*cells(Text(name, style="red"), Text("0", style="red"), "", down, "", "", ""))
+    return table
+
+
+def feeds_table(status: Status) -> Table:
+    table = Table(title="feeds", title_justify="left")
+    for column in ("venue", "status", "symbols", "detail", "last heard"):
+        table.add_column(column)
+    for venue, feed in status.feeds.items():
+        style = "green" if feed.status == "connected" else "red"
+        heard = age(feed.ts) + " ago"
+        table.add_row(*cells(venue, Text(feed.status, style=style), str(feed.symbols), feed.detail, heard))
+    return table
+
+
+def account_table(account: AccountState, kill_switch: KillSwitchState | None) -> Table:
+    table = Table(title="account", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    reasons = f" ({'; '.join(account.reasons)})" if account.reasons else ""
+    table.add_row(*cells("trading state", Text.assemble(state(account.state), reasons)))
+    if kill_switch is not None:
+        engaged = Text(f"ENGAGED by {kill_switch.actor}: {kill_switch.reason}", style="bold red")
+        table.add_row(*cells("kill switch", engaged if kill_switch.engaged else Text("off", style="green")))
+    table.add_row(*cells("equity", money(account.equity)))
+    table.add_row(*cells("cash", money(account.cash)))
+    table.add_row(*cells("day PnL", signed(account.day_pnl)))
+    table.add_row(*cells("realized PnL", signed(account.realized_pnl)))
+    table.add_row(*cells("unrealized PnL", signed(account.unrealized_pnl)))
+    table.add_row(*cells("fees", money(account.fees)))
+    table.add_row(*cells("drawdown", f"{account.drawdown_pct:.2f}% (peak {money(account.peak_equity)})"))
+    table.add_row(*cells("gross exposure", money(account.gross_exposure)))
+    table.add_row(*cells("open positions", str(account.open_positions)))
+    return table
+
+
+def show(status: Status, console: Console) -> None:
+    parts: list[Any] = [services_table(status), feeds_table(status)]
+    if status.account is not None:
+        parts.append(account_table(status.account, status.kill_switch))
+    parts += [Text(f"! {p}", style="red") for p in status.problems]
+    console.print(Group(*parts))

@@ -1,0 +1,195 @@
+"""The gateway's live view of the bus: one subscription per topic for the whole gateway,
+the latest state kept (prices, verdicts, account, kill switch, feeds, recent decisions),
+and every message fanned out to the open streams (/api/stream, Server-Sent Events).
+
+Messages pass through as their wire JSON (no re-encoding: money stays a decimal string).
+A stream whose client reads too slowly loses its oldest events, never blocks the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from services.common.bus import Bus
+from services.common.catalogue import model_for
+
+from .metrics import GatewayMetrics
+
+# Topic -> subjects. A stream asks for topics; the dashboard wants all of them.
+TOPICS: dict[str, list[str]] = {
+    "ticks": ["md.tick.>"],
+    "alerts": ["md.alert.>"],
+    "feeds": ["md.status.>"],
+    "signals": ["agent.signal.>"],
+    "swarm": ["agent.swarm.>"],
+    "orders": ["orders.submit.>", "orders.cancel.>"],
+    "reports": ["exec.report.>"],
+    "risk": ["risk.account", "risk.verdict.>", "risk.events"],
+}
+
+
+def event_bytes(name: str, data: bytes) -> bytes:
+    """One Server-Sent Event."""
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def _one_line(payload: bytes) -> bytes:
+    """SSE data must be one line: wire JSON is compact, anything else is re-encoded."""
+    if b"\n" not in payload and b"\r" not in payload:
+        return payload
+    try:
+        return json.dumps(json.loads(payload), separators=(",", ":")).encode()
+    except ValueError:
+        return json.dumps(payload.decode("utf-8", "replace")).encode()
+
+
+@dataclass(eq=False)  # identity: each open stream is its own
+class Stream:
+    topics: set[str]
+    symbols: set[str] | None  # None = every symbol
+    queue: asyncio.Queue[bytes]
+    dropped: int = 0
+
+
+@dataclass
+class LiveState:
+    ticks: dict[str, bytes] = field(default_factory=dict)  # subject -> latest payload
+    verdicts: dict[str, bytes] = field(default_factory=dict)  # symbol -> latest Verdict
+    feeds: dict[str, bytes] = field(default_factory=dict)  # venue -> latest FeedStatus
+    account: bytes | None = None
+    kill_switch: bytes | None = None  # the latest risk.events
+    signals: collections.deque[bytes] = field(default_factory=collections.deque)
+    swarm: collections.deque[bytes] = field(default_factory=collections.deque)
+
+
+def _symbol_of(topic: str, subject: str) -> str | None:
+    """The symbol a message is about (the last subject token), for the `symbols` filter."""
+    if topic in ("ticks", "alerts", "signals", "swarm", "orders", "reports") or subject.startswith("risk.verdict."):
+        return subject.rsplit(".", 1)[-1]
+    return None
+
+
+class Live:
+    def __init__(self, metrics: GatewayMetrics, queue_size: int = 1000, max_streams: int = 50,
+                 recent: int = 200) -> None:
+        self.metrics = metrics
+        self.queue_size = queue_size
+        self.max_streams = max_streams
+        self.state = LiveState(signals=collections.deque(maxlen=recent), swarm=collections.deque(maxlen=recent))
+        self.streams: set[Stream] = set()
+        self._subs: list[Any] = []
+
+    async def start(self, bus: Bus) -> None:
+        for topic, subjects in TOPICS.items():
+            for subject in subjects:
+                self._subs.append(await bus.client.subscribe(subject, cb=self._handler(topic)))
+        await bus.client.flush()  # the server has the subscriptions: nothing published after is missed
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):  # the connection may be closing already
+                await sub.unsubscribe()
+        self._subs.clear()
+
+    def _handler(self, topic: str):  # noqa: ANN202
+        async def on_message(msg: Msg) -> None:
+            self.metrics.bus_messages.labels(topic).inc()
+            self.remember(topic, msg.subject, msg.data)
+            self.fan_out(topic, msg.subject, msg.data)
+
+        return on_message
+
+    def remember(self, topic: str, subject: str, data: bytes) -> None:
+        s = self.state
+        last = subject.rsplit(".", 1)[-1]
+        if topic == "ticks":
+            s.ticks[subject] = data
+        elif topic == "feeds":
+            s.feeds[last] = data
+        elif topic == "signals":
+            s.signals.append(data)
+        elif topic == "swarm":
+            s.swarm.append(data)
+        elif subject == "risk.account":
+            s.account = data
+        elif subject == "risk.events":
+            s.kill_switch = data
+        elif subject.startswith("risk.verdict."):
+            s.verdicts[last] = data
+
+    def fan_out(self, topic: str, subject: str, data: bytes) -> None:
+        if not self.streams:
+            return
+        model = model_for(subject)
+        symbol = _symbol_of(topic, subject)
+        body = b'{"subject":' + json.dumps(subject).encode() + b',"message":' + _one_line(data) + b"}"
+        event = event_bytes(model.__name__ if model else "Message", body)
+        for stream in self.streams:
+            if topic not in stream.topics or (stream.symbols is not None and symbol is not None
+                                              and symbol not in stream.symbols):
+                continue
+            if stream.queue.full():  # latest wins: drop the oldest for this slow client
+                stream.queue.get_nowait()
+                stream.dropped += 1
+                self.metrics.stream_dropped.inc()
+            stream.queue.put_nowait(event)
+            self.metrics.stream_events.labels(topic).inc()
+
+    def open(self, topics: set[str], symbols: set[str] | None) -> Stream | None:
+        """A new stream, or None when `max_streams` are open already."""
+        if len(self.streams) >= self.max_streams:
+            return None
+        stream = Stream(topics, symbols, asyncio.Queue(self.queue_size))
+        self.streams.add(stream)
+        self.metrics.stream_clients.set(len(self.streams))
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        self.streams.discard(stream)
+        self.metrics.stream_clients.set(len(self.streams))
+
+    async def events(self, stream: Stream, keepalive_s: float) -> AsyncIterator[bytes]:
+        """The stream's events as SSE bytes, a comment every `keepalive_s` when idle
+        (proxies close silent connections); closes the stream when the client goes."""
+        try:
+            yield b"retry: 2000\n\n"
+            while True:
+                try:
+                    yield await asyncio.wait_for(stream.queue.get(), keepalive_s)
+                except asyncio.TimeoutError:
+                    yield b": keepalive\n\n"
+        finally:
+            self.close(stream)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The latest state as JSON (for /api/state and the dashboard's first paint)."""
+        s = self.state
+        return {
+            "account": _parse(s.account),
+            "kill_switch": _parse(s.kill_switch),
+            "verdicts": {k: _parse(v) for k, v in sorted(s.verdicts.items())},
+            "feeds": {k: _parse(v) for k, v in sorted(s.feeds.items())},
+            "ticks": {k.rsplit(".", 1)[-1]: _parse(v) for k, v in sorted(s.ticks.items())},
+        }
+
+    def recent(self, which: str, limit: int) -> list[Any]:
+        """The last `limit` signals or swarm consensus messages, oldest first."""
+        items = list(self.state.signals if which == "signals" else self.state.swarm)[-limit:]
+        return [m for m in map(_parse, items) if m is not None]
+
+
+def _parse(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None

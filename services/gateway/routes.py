@@ -1,0 +1,251 @@
+"""The REST API (/api/...): each read is one bus request or a read of the ORDERS / EXEC
+streams or of the live state; each write needs the bearer token. Replies keep the bus's
+wire format (money as decimal strings)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any, Literal
+
+import nats.errors
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from services.common import orderlog
+from services.common.bus import ApiError
+from services.common.discovery import discover
+from services.common.models import (
+    CLIENT_ORDER_ID_PATTERN,
+    SYMBOL_PATTERN,
+    ClientOrderId,
+    ErrorReply,
+    HistoryReply,
+    HistoryRequest,
+    KillSwitchRequest,
+    KillSwitchState,
+    LimitsReply,
+    LimitsRequest,
+    OrderRequest,
+    PositiveMoney,
+    PositionsReply,
+    PositionsRequest,
+    PriceReply,
+    PriceRequest,
+    PricesReply,
+    PricesRequest,
+    Strict,
+    Symbol,
+    Venue,
+    encode,
+    now_ns,
+)
+
+from .context import Gateway, the_gateway, writer
+from .live import TOPICS
+
+router = APIRouter(prefix="/api")
+Gw = Annotated[Gateway, Depends(the_gateway)]
+Writer = Annotated[Gateway, Depends(writer)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorReply, "description": text}
+    for code, text in ((422, "bad input"), (502, "the service answered an error"),
+                       (503, "no bus, no responder, timeout or not ready"))
+}
+WRITE_ERRORS = {**ERRORS, 401: {"model": ErrorReply, "description": "missing or wrong bearer token"},
+                403: {"model": ErrorReply, "description": "writes disabled: no MOONBUS_GATEWAY_TOKEN"}}
+
+
+def wire(message: BaseModel) -> Response:
+    return Response(content=encode(message), media_type="application/json")
+
+
+def split_list(text: str | None, default: list[str]) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else default
+
+
+# ---------------------------------------------------------------- market data
+
+
+@router.get("/prices", response_model=PricesReply, responses=ERRORS)
+async def prices(gw: Gw, symbols: Annotated[str | None, Query(description="comma-separated; default: "
+                                                                "[system].symbols")] = None) -> Response:
+    """Latest tick per symbol (md.api.prices); unknown symbols are listed in `missing`."""
+    request = PricesRequest(symbols=split_list(symbols, gw.symbols))
+    return wire(await gw.call("md.api.prices", request, PricesReply))
+
+
+@router.get("/price/{symbol}", response_model=PriceReply, responses={**ERRORS, 404: {"model": ErrorReply}})
+async def price(gw: Gw, symbol: str) -> Response:
+    """Latest tick of one symbol (md.api.price)."""
+    return wire(await gw.call("md.api.price", PriceRequest(symbol=symbol), PriceReply))
+
+
+@router.get("/history/{symbol}", response_model=HistoryReply, responses={**ERRORS, 404: {"model": ErrorReply}})
+async def history(gw: Gw, symbol: str, interval: str = "1m", limit: int = 100) -> Response:
+    """The last closed bars (md.api.history)."""
+    request = HistoryRequest(symbol=symbol, interval=interval, limit=limit)
+    return wire(await gw.call("md.api.history", request, HistoryReply))
+
+
+# ---------------------------------------------------------------- risk
+
+
+@router.get("/positions", responses=ERRORS)
+async def positions(gw: Gw, symbol: str | None = None) -> JSONResponse:
+    """Positions and PnL (risk.api.positions)."""
+    reply = await gw.call("risk.api.positions", PositionsRequest(symbol=symbol), PositionsReply)
+    return JSONResponse({"positions": [json.loads(p.model_dump_json(exclude_none=True)) for p in reply.positions]})
+
+
+@router.get("/account", responses=ERRORS)
+async def account(gw: Gw) -> Response:
+    """Equity, cash, PnL, drawdown, trading state (from risk.api.positions)."""
+    reply = await gw.call("risk.api.positions", PositionsRequest(), PositionsReply)
+    return wire(reply.account)
+
+
+@router.get("/verdicts")
+async def verdicts(gw: Gw) -> JSONResponse:
+    """The latest verdict per symbol, as heard on risk.verdict.* (risk re-sends them every heartbeat)."""
+    return JSONResponse({"verdicts": gw.live.snapshot()["verdicts"]})
+
+
+@router.get("/limits", response_model=LimitsReply, responses=ERRORS)
+async def limits(gw: Gw) -> Response:
+    """The limits risk enforces (risk.api.limits)."""
+    return wire(await gw.call("risk.api.limits", LimitsRequest(), LimitsReply))
+
+
+@router.post("/limits", response_model=LimitsReply, responses=WRITE_ERRORS)
+async def set_limits(gw: Writer, body: LimitsRequest) -> Response:
+    """Change limits (the ones left out keep their value). Needs the bearer token."""
+    return wire(await gw.call("risk.api.limits", body, LimitsReply))
+
+
+@router.get("/killswitch", response_model=KillSwitchState, responses=ERRORS)
+async def kill_switch(gw: Gw) -> Response:
+    """Is the kill switch engaged, by whom, why."""
+    return wire(await gw.call("risk.api.killswitch", KillSwitchRequest(action="status", actor="gateway"),
+                              KillSwitchState))
+
+
+@router.post("/killswitch", response_model=KillSwitchState, responses=WRITE_ERRORS)
+async def set_kill_switch(gw: Writer, body: KillSwitchRequest) -> Response:
+    """`{"action": "engage" | "release", "actor", "reason", "flatten"}`. Needs the bearer token."""
+    return wire(await gw.call("risk.api.killswitch", body, KillSwitchState))
+
+
+# ---------------------------------------------------------------- orders
+
+
+class OrderSubmit(Strict):
+    """An order from a person. `client_order_id` is the idempotency key: sending the same
+    order twice (a retry) stores it once. The gateway adds agent `gateway` and the times."""
+
+    client_order_id: ClientOrderId
+    symbol: Symbol
+    side: Literal["BUY", "SELL"]
+    quantity: PositiveMoney
+    type: Literal["MARKET", "LIMIT"] = "MARKET"
+    limit_price: PositiveMoney | None = None
+    venue: Venue = "sim"
+    time_in_force: Literal["GTC", "IOC"] = "GTC"
+    reduce_only: bool = False
+
+
+class OrderAccepted(BaseModel):
+    client_order_id: str
+    stream: str
+    seq: int
+    duplicate: bool = Field(description="true: this client_order_id was stored before; nothing new was sent")
+
+
+@router.get("/orders", responses=ERRORS)
+async def orders(gw: Gw, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                 symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None) -> JSONResponse:
+    """The last orders in ORDERS, oldest first, each with its execution reports from EXEC."""
+    trails = await _read(orderlog.recent_orders(gw.the_bus().client, limit, symbol))
+    return JSONResponse({"orders": [t.as_dict() for t in trails]})
+
+
+@router.get("/orders/{client_order_id}", responses={**ERRORS, 404: {"model": ErrorReply}})
+async def order_trace(gw: Gw, client_order_id: Annotated[str, Path(pattern=CLIENT_ORDER_ID_PATTERN)],
+                      since_s: Annotated[float | None, Query(gt=0, description="look back this far")] = None,
+                      ) -> JSONResponse:
+    """One order, its reports and every hop's timestamp from the origin tick to the fill."""
+    since_ns = now_ns() - int(since_s * 1e9) if since_s else None
+    trail = await _read(orderlog.trace(gw.the_bus().client, client_order_id, since_ns))
+    if trail is None:
+        raise ApiError("not_found", f"no order {client_order_id} in ORDERS or EXEC")
+    return JSONResponse(trail.as_dict())
+
+
+async def _read(pending: Any) -> Any:
+    try:
+        return await pending
+    except orderlog.StreamReadError as e:
+        raise ApiError("stream_unavailable", str(e)) from None
+
+
+@router.post("/orders", status_code=202, response_model=OrderAccepted, responses=WRITE_ERRORS)
+async def submit_order(gw: Writer, body: OrderSubmit) -> OrderAccepted:
+    """Store an order in ORDERS (orders.submit.<symbol>); execution takes it from there,
+    through the risk check. Needs the bearer token."""
+    ts = now_ns()
+    order = OrderRequest.model_validate_json(json.dumps({**body.model_dump(mode="json", exclude_none=True),
+                                                         "agent": "gateway", "origin_ts": ts, "ts": ts}))
+    try:
+        ack = await gw.the_bus().publish_order(f"orders.submit.{order.symbol}", order, gw.cfg.request_timeout_s)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        raise ApiError("not_stored", "the ORDERS stream did not acknowledge the order; it may be retried "
+                                     "with the same client_order_id") from None
+    gw.metrics.orders_submitted.labels(str(ack.duplicate).lower()).inc()
+    return OrderAccepted(client_order_id=order.client_order_id, stream=ack.stream, seq=ack.seq,
+                         duplicate=bool(ack.duplicate))
+
+
+# ---------------------------------------------------------------- live
+
+
+@router.get("/signals")
+async def signals(gw: Gw, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
+    """The last agent decisions (agent.signal.*) with their reasoning, oldest first."""
+    return JSONResponse({"signals": gw.live.recent("signals", limit), "swarm": gw.live.recent("swarm", limit)})
+
+
+@router.get("/state")
+async def state(gw: Gw) -> JSONResponse:
+    """What the gateway heard last: account, kill switch event, verdicts, feeds, latest ticks."""
+    return JSONResponse({"connected": gw.connected, **gw.live.snapshot()})
+
+
+@router.get("/services", responses=ERRORS)
+async def services(gw: Gw) -> JSONResponse:
+    """Every running service and instance ($SRV.INFO / $SRV.STATS)."""
+    found = await discover(gw.the_bus().client, wait=gw.cfg.request_timeout_s / 2)
+    return JSONResponse({"services": [s.as_dict() for s in found.values()], "ts": time.time_ns()})
+
+
+@router.get("/stream", responses={200: {"content": {"text/event-stream": {}},
+                                        "description": "Server-Sent Events; event = message type"}, **ERRORS})
+async def stream(
+    gw: Gw,
+    topics: Annotated[str | None, Query(description=f"comma-separated, of: {', '.join(TOPICS)} (default all)")] = None,
+    symbols: Annotated[str | None, Query(description="comma-separated; default every symbol")] = None,
+) -> StreamingResponse:
+    """Live messages as Server-Sent Events: `event: <message type>`, `data: {"subject", "message"}`."""
+    wanted = set(split_list(topics, list(TOPICS)))
+    unknown = wanted - set(TOPICS)
+    if unknown:
+        raise ApiError("bad_request", f"unknown topics {sorted(unknown)}; known: {', '.join(TOPICS)}")
+    chosen = set(split_list(symbols, [])) or None
+    for symbol in chosen or ():
+        PriceRequest(symbol=symbol)  # the symbol check of the contract (422 on a bad one)
+    gw.the_bus()
+    opened = gw.live.open(wanted, chosen)
+    if opened is None:
+        raise ApiError("too_many_streams", f"{gw.cfg.max_streams} live streams are open already")
+    return StreamingResponse(gw.live.events(opened, gw.cfg.keepalive_s), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

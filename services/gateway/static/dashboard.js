@@ -1,0 +1,261 @@
+// moonbus dashboard: REST for the first paint, then the live stream (/api/stream, SSE).
+// No libraries. Money stays a decimal string for display; it becomes a Number only to draw.
+"use strict";
+
+const MAX_POINTS = 900, MAX_ORDERS = 40, MAX_SIGNALS = 40;
+const view = {
+  symbols: [], ticks: {}, selected: null, series: {}, orders: new Map(), signals: [],
+  account: null, verdicts: {}, feeds: {}, killSwitch: null,
+};
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(c == null ? "-" : String(c)));
+  return node;
+}
+// Long decimals are cut to 6 places for display only; the exact value is in the tooltip.
+const short = (text) => (typeof text === "string" ? text.replace(/(\.\d{6})\d+$/, "$1") : text);
+const num = (text, cls) => el("td", { class: "num " + (cls || ""), title: text == null ? "" : String(text) }, short(text));
+const sign = (text) => (text && text.startsWith("-") ? "neg" : Number(text) > 0 ? "pos" : "");
+const clock = (ns) => (ns ? new Date(ns / 1e6).toLocaleTimeString([], { hour12: false }) : "-");
+const say = (text) => { $("message").textContent = text || ""; };
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error((body.error && `${body.error.code}: ${body.error.message}`) || response.statusText);
+  return body;
+}
+
+// ---------------------------------------------------------------- prices and chart
+
+function onTick(tick) {
+  view.ticks[tick.symbol] = tick;
+  const series = (view.series[tick.symbol] ||= []);
+  if (series.length && tick.ts <= series[series.length - 1][0]) return schedule();  // seen already
+  series.push([tick.ts, Number(tick.price)]);
+  if (series.length > MAX_POINTS) series.splice(0, series.length - MAX_POINTS);
+  schedule();
+}
+
+function renderPrices() {
+  const body = $("prices").tBodies[0];
+  body.replaceChildren(...view.symbols.map((s) => {
+    const t = view.ticks[s] || {};
+    const row = el("tr", { "data-symbol": s }, el("td", {}, s), num(t.price), num(t.bid), num(t.ask));
+    if (s === view.selected) row.className = "selected";
+    row.onclick = () => select(s);
+    return row;
+  }));
+}
+
+async function select(symbol) {
+  view.selected = symbol;
+  $("chart-symbol").textContent = symbol;
+  if (!view.series[symbol] || view.series[symbol].length < 2) {
+    try {
+      const history = await api(`/api/history/${symbol}?interval=1s&limit=300`);
+      const bars = history.bars.map((b) => [b.end_ts, Number(b.close)]);
+      view.series[symbol] = bars.concat(view.series[symbol] || []).sort((a, b) => a[0] - b[0]);
+    } catch (e) { say(`history of ${symbol}: ${e.message}`); }
+  }
+  schedule();
+}
+
+function drawChart() {
+  const canvas = $("chart"), ctx = canvas.getContext("2d");
+  const ratio = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  canvas.width = w * ratio; canvas.height = h * ratio;
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  const points = view.series[view.selected] || [];
+  ctx.font = "11px system-ui"; ctx.fillStyle = "#7d8b99";
+  if (points.length < 2) { ctx.fillText("waiting for prices...", 12, 20); return; }
+  const left = 8, right = 70, top = 10, bottom = 22;
+  const t0 = points[0][0], t1 = points[points.length - 1][0];
+  let lo = Infinity, hi = -Infinity;
+  for (const [, p] of points) { lo = Math.min(lo, p); hi = Math.max(hi, p); }
+  if (hi === lo) { hi += 1e-9; lo -= 1e-9; }
+  const x = (t) => left + ((t - t0) / Math.max(1, t1 - t0)) * (w - left - right);
+  const y = (p) => top + (1 - (p - lo) / (hi - lo)) * (h - top - bottom);
+  ctx.strokeStyle = "#27313c"; ctx.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const p = lo + ((hi - lo) * i) / 4, yy = y(p);
+    ctx.beginPath(); ctx.moveTo(left, yy); ctx.lineTo(w - right, yy); ctx.stroke();
+    ctx.fillText(p.toPrecision(7), w - right + 4, yy + 4);
+  }
+  ctx.fillText(clock(t0), left, h - 6);
+  ctx.fillText(clock(t1), w - right - 50, h - 6);
+  ctx.strokeStyle = "#58a6ff"; ctx.lineWidth = 1.5; ctx.beginPath();
+  points.forEach(([t, p], i) => (i ? ctx.lineTo(x(t), y(p)) : ctx.moveTo(x(t), y(p))));
+  ctx.stroke();
+  const last = view.ticks[view.selected];
+  $("chart-last").textContent = last ? `${last.price} at ${clock(last.ts)}` : "";
+}
+
+// ---------------------------------------------------------------- account, positions, verdicts
+
+function renderAccount() {
+  const a = view.account;
+  const state = a ? a.state : "?";
+  $("trading").textContent = `state: ${state}`;
+  $("trading").className = `pill ${state}`;
+  if (!a) return;
+  const rows = [["equity", a.equity], ["cash", a.cash], ["day PnL", a.day_pnl, sign(a.day_pnl)],
+    ["realized PnL", a.realized_pnl, sign(a.realized_pnl)], ["unrealized PnL", a.unrealized_pnl, sign(a.unrealized_pnl)],
+    ["fees", a.fees], ["drawdown", `${a.drawdown_pct.toFixed(2)}%`], ["gross exposure", a.gross_exposure],
+    ["open positions", a.open_positions], ["reasons", (a.reasons || []).join("; ") || "-"]];
+  $("account").replaceChildren(...rows.flatMap(([k, v, cls]) => [el("dt", {}, k),
+    el("dd", { class: cls || "", title: String(v) }, short(v))]));
+  renderKillSwitch();
+}
+
+function renderKillSwitch() {
+  const engaged = view.killSwitch ? view.killSwitch.engaged : view.account && view.account.kill_switch;
+  const ks = $("killswitch"), button = $("killbutton");
+  ks.textContent = engaged == null ? "kill switch: ?" : engaged
+    ? `kill switch ENGAGED${view.killSwitch ? ` by ${view.killSwitch.actor}: ${view.killSwitch.reason}` : ""}` : "kill switch: off";
+  ks.className = "pill" + (engaged ? " engaged" : " on");
+  button.textContent = engaged ? "Release kill switch" : "Engage kill switch";
+  button.className = engaged ? "release" : "";
+  button.dataset.action = engaged ? "release" : "engage";
+}
+
+async function refreshPositions() {
+  try {
+    const reply = await api("/api/positions");
+    $("positions").tBodies[0].replaceChildren(...reply.positions.map((p) => el("tr", {},
+      el("td", {}, p.symbol), num(p.quantity), num(p.avg_price), num(p.mark_price),
+      num(p.unrealized_pnl, sign(p.unrealized_pnl)), num(p.realized_pnl, sign(p.realized_pnl)))));
+  } catch (e) { say(`positions: ${e.message}`); }
+}
+
+function renderVerdicts() {
+  $("verdicts").tBodies[0].replaceChildren(...Object.values(view.verdicts).map((v) => el("tr", {},
+    el("td", {}, v.symbol), el("td", { class: v.state }, v.state), el("td", {}, (v.reasons || []).join("; ") || ""))));
+}
+
+function renderFeeds() {
+  const feeds = Object.values(view.feeds);
+  const ok = feeds.length && feeds.every((f) => f.status === "connected");
+  $("feeds").textContent = feeds.length ? "feeds: " + feeds.map((f) => `${f.venue} ${f.status}`).join(", ") : "feeds: ?";
+  $("feeds").className = "pill " + (feeds.length ? (ok ? "on" : "off") : "");
+}
+
+// ---------------------------------------------------------------- orders and decisions
+
+function orderRow(id) {
+  let entry = view.orders.get(id);
+  if (!entry) {
+    entry = { id, order: null, report: null, stored: null, latency: null };
+    view.orders.set(id, entry);
+    while (view.orders.size > MAX_ORDERS) view.orders.delete(view.orders.keys().next().value);
+  }
+  return entry;
+}
+
+function onReport(report) {
+  if (!report.client_order_id) return;
+  const entry = orderRow(report.client_order_id);
+  entry.report = report;
+  const t = report.timings || {};
+  const end = t.filled_ts || report.ts, start = t.origin_ts || (entry.order && entry.order.origin_ts);
+  if (start && end) entry.latency = (end - start) / 1e6;
+}
+
+function renderOrders() {
+  const rows = [...view.orders.values()].reverse().map((o) => {
+    const order = o.order || {}, report = o.report || {};
+    const status = report.status || "PENDING";
+    return el("tr", { title: report.reason || "" }, el("td", {}, clock(order.ts || report.ts)), el("td", {}, o.id),
+      el("td", {}, order.agent || report.agent), el("td", {}, order.symbol || report.symbol),
+      el("td", { class: order.side || report.side || "" }, order.side || report.side), num(order.quantity || report.quantity),
+      el("td", { class: status }, status), num(report.filled_quantity), num(report.avg_fill_price),
+      num(o.latency == null ? "-" : o.latency.toFixed(2)));
+  });
+  $("orders").tBodies[0].replaceChildren(...rows);
+}
+
+function renderSignals() {
+  $("signals").replaceChildren(...view.signals.slice().reverse().map((s) => el("li", {},
+    el("span", { class: "meta" }, `${clock(s.ts)} ${s.agent} ${s.symbol}`),
+    el("span", { class: s.action }, s.action), ` ${(s.confidence * 100).toFixed(0)}% `,
+    el("span", { class: "meta" }, `[${s.model}${s.fallback ? " fallback" : ""}]`),
+    el("span", { class: "why" }, s.reasoning))));
+}
+
+// ---------------------------------------------------------------- kill switch
+
+async function toggleKillSwitch() {
+  const token = $("token").value.trim();
+  if (!token) { say("enter the gateway token (MOONBUS_GATEWAY_TOKEN) first"); return; }
+  sessionStorage.setItem("moonbus-token", token);
+  const action = $("killbutton").dataset.action || "engage";
+  try {
+    view.killSwitch = await api("/api/killswitch", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify({ action, actor: "dashboard", reason: $("reason").value || `${action} from the dashboard` }),
+    });
+    say(`kill switch ${view.killSwitch.engaged ? "engaged" : "released"}`);
+    renderKillSwitch();
+  } catch (e) { say(`kill switch: ${e.message}`); }
+}
+
+// ---------------------------------------------------------------- live stream
+
+let pending = false;
+function schedule() {
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(() => {
+    pending = false;
+    renderPrices(); drawChart(); renderAccount(); renderVerdicts(); renderFeeds(); renderOrders(); renderSignals();
+  });
+}
+
+function openStream() {
+  const source = new EventSource(`/api/stream?symbols=${encodeURIComponent(view.symbols.join(","))}`);
+  const on = (type, handle) => source.addEventListener(type, (e) => { handle(JSON.parse(e.data).message); schedule(); });
+  on("Tick", onTick);
+  on("AccountState", (a) => { view.account = a; });
+  on("Verdict", (v) => { view.verdicts[v.symbol] = v; });
+  on("KillSwitchState", (k) => { view.killSwitch = k; });
+  on("FeedStatus", (f) => { view.feeds[f.venue] = f; });
+  on("Signal", (s) => { view.signals.push(s); if (view.signals.length > MAX_SIGNALS) view.signals.shift(); });
+  on("OrderRequest", (o) => { orderRow(o.client_order_id).order = o; });
+  on("ExecutionReport", (r) => { onReport(r); refreshPositions(); });
+  source.onopen = () => { $("stream").textContent = "stream: live"; $("stream").className = "pill on"; };
+  source.onerror = () => { $("stream").textContent = "stream: reconnecting"; $("stream").className = "pill off"; };
+}
+
+async function start() {
+  $("token").value = sessionStorage.getItem("moonbus-token") || "";
+  $("killform").onsubmit = (e) => { e.preventDefault(); toggleKillSwitch(); };
+  // Everything from before is read first, so the stream's newer events land after it.
+  const [state, prices, orders, signals] = await Promise.allSettled(
+    ["/api/state", "/api/prices", "/api/orders?limit=30", `/api/signals?limit=${MAX_SIGNALS}`].map((p) => api(p)));
+  if (state.value) Object.assign(view, { account: state.value.account, verdicts: state.value.verdicts, feeds: state.value.feeds });
+  if (prices.value) {
+    view.symbols = [...Object.keys(prices.value.prices), ...prices.value.missing];
+    for (const tick of Object.values(prices.value.prices)) onTick(tick);
+  }
+  for (const t of orders.value ? orders.value.orders : []) {
+    orderRow(t.client_order_id).order = t.order;
+    for (const rep of t.reports) onReport(rep.report);
+  }
+  if (signals.value) view.signals = signals.value.signals;
+  const failed = [state, prices, orders, signals].filter((r) => r.status === "rejected");
+  if (failed.length) say(failed.map((r) => r.reason.message).join("; "));
+  openStream();
+  select(view.symbols[0]);
+  api("/api/killswitch").then((k) => { view.killSwitch = k; schedule(); }).catch((e) => say(`kill switch: ${e.message}`));
+  refreshPositions();
+  setInterval(refreshPositions, 5000);
+  window.addEventListener("resize", schedule);
+}
+
+start();

@@ -1,0 +1,341 @@
+"""Gateway live side: the latest state it keeps, the fan-out to streams (filters, slow
+clients), the Server-Sent Events stream over real uvicorn, and the dashboard page in
+headless Chromium (skipped when Chromium is not installed)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from unittest import mock
+
+import httpx
+import pytest
+from prometheus_client import generate_latest
+from test_gateway import CONFIG, account, fake_market_data, fake_risk
+
+from services.common.models import (
+    Action,
+    ExecutionReport,
+    FeedStatus,
+    KillSwitchState,
+    OrderRequest,
+    OrderStatus,
+    Side,
+    Signal,
+    Tick,
+    Timings,
+    TradingState,
+    Verdict,
+    encode,
+    now_ns,
+)
+from services.common.natsserver import free_port
+from services.common.streams import MSG_ID_HEADER, ensure_streams
+from services.gateway import service
+from services.gateway.app import create_app
+from services.gateway.live import Live
+from services.gateway.metrics import GatewayMetrics
+
+D = Decimal
+TOKEN = "dashboard-token-5678"
+
+
+def tick(symbol: str, price: str, seq: int = 1) -> Tick:
+    return Tick(venue="sim", symbol=symbol, price=D(price), bid=D(price), ask=D(price), seq=seq, ts=now_ns())
+
+
+def signal(symbol: str, why: str) -> Signal:
+    return Signal(agent="trading", symbol=symbol, action=Action.BUY, confidence=0.75, reasoning=why,
+                  model="momentum", origin_ts=now_ns(), ts=now_ns())
+
+
+async def wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+# ---------------------------------------------------------------- fan-out (no bus needed)
+
+
+def test_fan_out_filters_by_topic_and_symbol_and_drops_the_oldest() -> None:
+    metrics = GatewayMetrics()
+    live = Live(metrics, queue_size=2, max_streams=2)
+    ticks_a = live.open({"ticks"}, {"LVA-USD"})
+    everything = live.open({"ticks", "reports", "risk"}, None)
+    assert ticks_a and everything and live.open({"ticks"}, None) is None  # max_streams
+
+    live.fan_out("ticks", "md.tick.sim.LVB-USD", b'{"p":"1"}')
+    live.fan_out("reports", "exec.report.LVA-USD", b'{"r":1}')
+    live.fan_out("ticks", "md.tick.sim.LVA-USD", b'{"p":"2"}')
+    assert ticks_a.queue.qsize() == 1
+    assert ticks_a.queue.get_nowait() == b'event: Tick\ndata: {"subject":"md.tick.sim.LVA-USD","message":{"p":"2"}}\n\n'
+    # `everything` holds 2: the first of its 3 events was dropped for the newest
+    assert (everything.queue.qsize(), everything.dropped) == (2, 1)
+    assert b"exec.report.LVA-USD" in everything.queue.get_nowait()
+    live.fan_out("risk", "risk.account", b'{\n "state": "ACTIVE"\n}')  # SSE data must stay one line
+    assert everything.queue.get_nowait().endswith(b'"message":{"p":"2"}}\n\n')
+    assert everything.queue.get_nowait() == (
+        b'event: AccountState\ndata: {"subject":"risk.account","message":{"state":"ACTIVE"}}\n\n')
+
+    live.close(ticks_a)
+    assert live.open({"ticks"}, None) is not None
+    text = generate_latest(metrics.registry).decode()
+    assert "moonbus_gateway_stream_dropped_total 1.0" in text
+    assert "moonbus_gateway_stream_clients 2.0" in text
+
+
+# ---------------------------------------------------------------- the latest state
+
+
+async def test_state_verdicts_and_signals_from_the_bus(connect, service_bus) -> None:
+    app = create_app(bus=await service_bus("gateway"), config=CONFIG)
+    risk, md, agent = await connect("risk"), await connect("market-data"), await connect("trading-agent")
+    async with app.router.lifespan_context(app):  # subscribes before it yields
+        await risk.publish("risk.verdict.LVA-USD", encode(Verdict(symbol="LVA-USD", state=TradingState.HALTED,
+                                                                  reasons=["circuit_breaker"], ts=5)))
+        await risk.publish("risk.account", encode(account()))
+        await risk.publish("risk.events", encode(KillSwitchState(engaged=True, actor="al", reason="x", changed_ts=3)))
+        await md.publish("md.status.sim", encode(FeedStatus(venue="sim", status="stale", ts=4)))
+        await md.publish("md.tick.sim.LVA-USD", encode(tick("LVA-USD", "10.25")))
+        for i in range(3):
+            await agent.publish("agent.signal.trading.LVA-USD", encode(signal("LVA-USD", f"reason {i}")))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+            async def complete() -> bool:
+                body = (await c.get("/api/state")).json()
+                return all(body[k] for k in ("account", "kill_switch", "verdicts", "feeds", "ticks")) and len(
+                    (await c.get("/api/signals")).json()["signals"]) == 3
+
+            await wait_for(complete, what="the state to fill")
+            state = (await c.get("/api/state")).json()
+            assert state["connected"] is True
+            assert state["account"]["equity"] == "10050.25"
+            assert state["kill_switch"]["engaged"] is True
+            assert state["feeds"]["sim"]["status"] == "stale"
+            assert state["ticks"]["LVA-USD"]["price"] == "10.25"
+            verdicts = (await c.get("/api/verdicts")).json()["verdicts"]
+            assert verdicts["LVA-USD"]["reasons"] == ["circuit_breaker"]
+            signals = (await c.get("/api/signals", params={"limit": 2})).json()["signals"]
+            assert [s["reasoning"] for s in signals] == ["reason 1", "reason 2"]  # the last two, oldest first
+
+
+# ---------------------------------------------------------------- the stream, over real uvicorn
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(nats_server, **gateway: object) -> AsyncIterator[str]:
+    """service.main on a free port as the `gateway` user; yields the base URL once /health is 200."""
+    port = free_port()
+    config = {**CONFIG, "gateway": {"host": "127.0.0.1", "port": port, "keepalive_s": 0.5, **gateway}}
+    stop = asyncio.Event()
+    env = {**nats_server.env_for("gateway"), "MOONBUS_GATEWAY_TOKEN": TOKEN}
+    with mock.patch.dict(os.environ, env):
+        task = asyncio.create_task(service.main(stop, config=config))
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=base) as c:
+                async def healthy() -> bool:
+                    if task.done():
+                        task.result()
+                    with contextlib.suppress(httpx.TransportError):
+                        return (await c.get("/health")).status_code == 200
+                    return False
+
+                await wait_for(healthy, 30, "the gateway to serve")
+            yield base
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+
+
+async def events(response: httpx.Response) -> AsyncIterator[tuple[str, dict]]:
+    """(event name, data) of each Server-Sent Event; comments and `retry:` are skipped."""
+    name, data = "", ""
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "" and name:
+            yield name, json.loads(data)
+            name, data = "", ""
+
+
+async def test_stream_serves_server_sent_events(nats_server, connect) -> None:
+    md = await connect("market-data")
+    async with serve_gateway(nats_server, max_streams=1) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            for bad in ({"topics": "ticks,gossip"}, {"symbols": "lva-usd"}):
+                r = await c.get("/api/stream", params=bad)
+                assert (r.status_code, r.json()["error"]["code"]) == (422, "bad_request"), bad
+            async with c.stream("GET", "/api/stream", params={"topics": "ticks", "symbols": "LVA-USD"}) as r:
+                assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+                r2 = await c.get("/api/stream")  # max_streams = 1
+                assert (r2.status_code, r2.json()["error"]["code"]) == (503, "too_many_streams")
+                # One subscription, so in order: LVB would come first if the filter let it through.
+                await md.publish("md.tick.sim.LVB-USD", encode(tick("LVB-USD", "1")))
+                sent = tick("LVA-USD", "97000.50")
+                await md.publish("md.tick.sim.LVA-USD", encode(sent))
+                name, data = await asyncio.wait_for(anext(events(r)), 10)
+                assert name == "Tick"
+                assert data["subject"] == "md.tick.sim.LVA-USD"
+                assert data["message"] == json.loads(encode(sent))
+                assert data["message"]["price"] == "97000.50"  # the wire JSON, untouched
+            metrics = (await c.get("/metrics")).text
+            assert 'moonbus_gateway_stream_events_total{topic="ticks"} 1.0' in metrics
+            assert 'route="/api/stream",status="200"' in metrics
+
+
+# ---------------------------------------------------------------- the dashboard in Chromium
+
+
+def find_chromium() -> str | None:
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (one page)."""
+
+    def __init__(self, binary: str) -> None:
+        self.profile = tempfile.mkdtemp(prefix="moonbus-chromium-")
+        self.process = subprocess.Popen(
+            [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={self.profile}",
+             "--window-size=1500,1000", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.ws = None
+        self.next_id = 0
+
+    async def open(self) -> None:
+        import websockets
+
+        port_file = Path(self.profile) / "DevToolsActivePort"  # written once it listens
+
+        async def listening() -> bool:
+            return port_file.exists() and port_file.read_text().strip() != ""
+
+        await wait_for(listening, 60, "Chromium's DevTools port")
+        port = port_file.read_text().split()[0]
+        targets = json.loads(await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10).read()))
+        page = next(t for t in targets if t["type"] == "page")
+        self.ws = await websockets.connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024)
+
+    async def call(self, method: str, **params: object) -> dict:
+        self.next_id += 1
+        await self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            answer = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
+            if answer.get("id") == self.next_id:
+                if "error" in answer:
+                    raise AssertionError(f"{method}: {answer['error']}")
+                return answer["result"]
+
+    async def js(self, expression: str) -> object:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def until(self, expression: str, what: str, timeout: float = 30) -> None:
+        """Wait until `expression` is true on the page (an error, e.g. before it loaded, is false)."""
+        async def true() -> bool:
+            guarded = f"(() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }})()"
+            return bool(await self.js(guarded))
+
+        await wait_for(true, timeout, what)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        self.process.terminate()
+        await asyncio.to_thread(self.process.wait, 10)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+async def test_dashboard_in_headless_chromium(nats_server, connect, tmp_path) -> None:
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium (Debian: apt-get install chromium)")
+    pytest.importorskip("websockets")
+    md, risk, agent = await connect("market-data"), await connect("risk"), await connect("trading-agent")
+    execution = await connect("execution")
+    await ensure_streams(execution.jetstream(timeout=5))  # /api/orders reads them
+    coid = f"dash-{now_ns()}"
+    order = OrderRequest(client_order_id=coid, agent="trading", symbol="GWA-USD", side=Side.BUY, quantity=D("0.5"),
+                         origin_ts=now_ns() - 9_000_000, ts=now_ns())
+    report = ExecutionReport(client_order_id=coid, agent="trading", symbol="GWA-USD", side=Side.BUY,
+                             status=OrderStatus.FILLED, quantity=D("0.5"), filled_quantity=D("0.5"),
+                             avg_fill_price=D("100.55"), timings=Timings(origin_ts=order.origin_ts, filled_ts=now_ns()),
+                             ts=now_ns())
+    await agent.jetstream().publish("orders.submit.GWA-USD", encode(order), headers={MSG_ID_HEADER: coid})
+    await execution.jetstream().publish("exec.report.GWA-USD", encode(report),
+                                        headers={MSG_ID_HEADER: f"{coid}:FILLED:0.5"})
+    await fake_market_data(md)
+    seen: list[tuple[str, dict]] = []
+    await fake_risk(risk, seen)
+
+    async def publish_live() -> None:  # what the real services would send, until the test ends
+        seq = 0
+        while True:
+            seq += 1
+            await md.publish("md.tick.sim.GWA-USD", encode(tick("GWA-USD", f"100.{seq % 9}", seq)))
+            if seq % 5 == 1:
+                await risk.publish("risk.account", encode(account()))
+                await risk.publish("risk.verdict.GWA-USD", encode(Verdict(symbol="GWA-USD", state=TradingState.ACTIVE,
+                                                                          ts=seq)))
+                await agent.publish("agent.signal.trading.GWA-USD",
+                                    encode(signal("GWA-USD", f"momentum up {seq}: buy a little")))
+                await md.publish("md.status.sim", encode(FeedStatus(venue="sim", status="connected", ts=seq)))
+            await asyncio.sleep(0.1)
+
+    publisher = asyncio.create_task(publish_live())
+    browser = Browser(binary)
+    try:
+        async with serve_gateway(nats_server) as base:
+            await browser.open()
+            await browser.call("Page.navigate", url=base + "/")
+            await browser.until("document.getElementById('stream').textContent === 'stream: live'", "the stream")
+            await browser.until("document.querySelectorAll('#prices tbody tr').length === 2", "two price rows")
+            await browser.until("view.series['GWA-USD'] && view.series['GWA-USD'].length > 20", "chart points")
+            # /api/prices' tick has no bid, the stream's have
+            await browser.until("view.ticks['GWA-USD'].bid !== undefined", "a tick from the stream")
+            await browser.until("document.getElementById('account').textContent.includes('10050.25')", "the account")
+            await browser.until("document.querySelectorAll('#signals li').length > 0", "agent decisions")
+            await browser.until("document.querySelector('#positions tbody td') !== null", "positions")
+            await browser.until(f"document.getElementById('orders').textContent.includes('{coid}')", "the order")
+            assert "FILLED" in str(await browser.js("document.getElementById('orders').textContent"))
+            assert await browser.js("document.getElementById('trading').textContent") == "state: ACTIVE"
+            assert "momentum up" in str(await browser.js("document.getElementById('signals').textContent"))
+            assert "GWA-USD" in str(await browser.js("document.getElementById('verdicts').textContent"))
+
+            shot = base64.b64decode((await browser.call("Page.captureScreenshot", format="png"))["data"])
+            assert shot.startswith(b"\x89PNG") and len(shot) > 20_000
+            (tmp_path / "dashboard.png").write_bytes(shot)
+            print(f"dashboard screenshot: {tmp_path / 'dashboard.png'}")
+
+            # The kill switch button: token and reason typed in, one click, risk is asked.
+            await browser.js(f"document.getElementById('token').value = '{TOKEN}';"
+                             "document.getElementById('reason').value = 'from the browser test';"
+                             "document.getElementById('killbutton').click()")
+            await browser.until("document.getElementById('killswitch').textContent.includes('ENGAGED')",
+                                "the kill switch to show engaged")
+            engage = [body for subject, body in seen if subject == "risk.api.killswitch" and body["action"] == "engage"]
+            assert engage == [{"action": "engage", "actor": "dashboard", "reason": "from the browser test",
+                               "flatten": False}]
+    finally:
+        publisher.cancel()
+        await browser.close()
