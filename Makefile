@@ -77,3 +77,30 @@ clean:
 # Also removes the virtualenv and .moon (credentials and the local JetStream data).
 distclean: clean
 	rm -rf $(VENV) .moon
+
+# ---- docker compose -------------------------------------------------------------------
+# `make images` builds everything `docker compose up` needs, offline: the base images
+# (debootstrap, under the official names; kept once built), `.env` with the NATS
+# passwords, and the moonbus images. The host's CA bundle is given to the builds as a
+# BuildKit secret (never stored in an image); a pip index set on the host is passed on.
+.PHONY: base-images compose-env images
+DOCKER_CA ?= /etc/ssl/certs/ca-certificates.crt
+MOONBUS_TAG ?= latest
+# The builder image is tagged with the host's Rust version (base-images.sh copies it).
+RUST_MINOR = $(shell rustc --version | awk '{print $$2}' | cut -d. -f1,2)
+
+base-images:
+	docker/base-images.sh
+
+compose-env:
+	$(PYTHON) docker/compose_env.py
+
+images: base-images compose-env
+	@cli=$$(docker/buildkit-cli.sh) && \
+	secret=$$([ -r $(DOCKER_CA) ] && echo "--secret id=ca,src=$(DOCKER_CA)") && \
+	index=$$($(PYTHON) -m pip config get global.index-url 2>/dev/null || echo "$${PIP_INDEX_URL:-}") && \
+	set -x && \
+	DOCKER_BUILDKIT=1 $$cli build $$secret --build-arg MOONBUS_PIP_INDEX_URL="$$index" \
+		-t moonbus/python:$(MOONBUS_TAG) -f docker/python.Dockerfile . && \
+	DOCKER_BUILDKIT=1 $$cli build $$secret --build-arg RUST_IMAGE=rust:$(RUST_MINOR)-slim-bookworm \
+		-t moonbus/rust:$(MOONBUS_TAG) -f docker/rust.Dockerfile .
