@@ -1,13 +1,14 @@
 //! The request/reply API on the NATS service "market-data": `md.api.price`,
-//! `md.api.prices`, `md.api.history`, `md.api.version`. Every request gets an
-//! answer: the reply, or `{"error": {"code", "message"}}`.
+//! `md.api.prices`, `md.api.history`, `md.api.monitor.start` / `.stop` /
+//! `.status`, `md.api.version`. Every request gets an answer: the reply, or
+//! `{"error": {"code", "message"}}`.
 //!
 //! | code               | when                                                       |
 //! |--------------------|------------------------------------------------------------|
 //! | `bad_request`      | not JSON, or not the request's schema (serde's message)    |
-//! | `unknown_symbol`   | the symbol is not configured                               |
-//! | `unknown_venue`    | `venue` names a venue market-data has no feed for          |
-//! | `unknown_interval` | history for an interval that is not built (1s and 1m are)  |
+//! | `unknown_symbol`   | the symbol is neither configured nor sent by a feed        |
+//! | `unknown_venue`    | `venue` names a venue with no data for the symbol          |
+//! | `unknown_interval` | history for an interval not in `bar_intervals`             |
 //! | `no_price`         | a configured symbol that has not ticked yet (just started) |
 //! | `unavailable`      | the engine did not answer in time (shutting down)          |
 
@@ -20,7 +21,8 @@ use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use moonbus_common::bus::{decode, encode, error_reply, ErrorSink};
 use moonbus_common::{
-    subjects, HistoryReply, HistoryRequest, PriceReply, PriceRequest, PricesRequest, VersionReply,
+    subjects, HistoryReply, HistoryRequest, MonitorStartRequest, MonitorStatusRequest,
+    MonitorStopRequest, PriceReply, PriceRequest, PricesRequest, VersionReply,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +38,9 @@ enum Endpoint {
     Price,
     Prices,
     History,
+    MonitorStart,
+    MonitorStop,
+    MonitorStatus,
     Version,
 }
 
@@ -49,6 +54,21 @@ pub async fn endpoints(service: &Service) -> Result<Requests> {
         (Endpoint::Price, "price", subjects::MD_PRICE),
         (Endpoint::Prices, "prices", subjects::MD_PRICES),
         (Endpoint::History, "history", subjects::MD_HISTORY),
+        (
+            Endpoint::MonitorStart,
+            "monitor-start",
+            subjects::MD_MONITOR_START,
+        ),
+        (
+            Endpoint::MonitorStop,
+            "monitor-stop",
+            subjects::MD_MONITOR_STOP,
+        ),
+        (
+            Endpoint::MonitorStatus,
+            "monitor-status",
+            subjects::MD_MONITOR_STATUS,
+        ),
         (Endpoint::Version, "version", subjects::MD_VERSION),
     ] {
         let requests = service
@@ -138,6 +158,35 @@ impl Api {
                         .and_then(|r| r);
                     reply(bars.map(|bars| HistoryReply { bars }))
                 }
+                Err(e) => error_reply("bad_request", e),
+            },
+            Endpoint::MonitorStart => match decode::<MonitorStartRequest>(payload) {
+                Ok(request) => reply(
+                    self.ask(|tx| Query::MonitorStart(request, tx))
+                        .await
+                        .and_then(|r| r),
+                ),
+                Err(e) => error_reply("bad_request", e),
+            },
+            Endpoint::MonitorStop => match decode::<MonitorStopRequest>(payload) {
+                Ok(request) => reply(
+                    self.ask(|tx| Query::MonitorStop(request.symbol, tx))
+                        .await
+                        .and_then(|r| r),
+                ),
+                Err(e) => error_reply("bad_request", e),
+            },
+            // An empty body means `{}`: every monitor.
+            Endpoint::MonitorStatus => match decode::<MonitorStatusRequest>(if payload.is_empty() {
+                b"{}"
+            } else {
+                payload
+            }) {
+                Ok(request) => reply(
+                    self.ask(|tx| Query::MonitorStatus(request.symbol, tx))
+                        .await
+                        .and_then(|r| r),
+                ),
                 Err(e) => error_reply("bad_request", e),
             },
         }

@@ -1,17 +1,23 @@
 //! The `[market_data]` section of moonbus.toml, checked once at start-up: a bad
 //! value stops the service with a message that names the key.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use moonbus_common::config::SystemConfig;
-use moonbus_common::{PositiveMoney, Symbol};
-use rust_decimal::prelude::FromPrimitive;
+use moonbus_common::{PositiveMoney, Symbol, Venue};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::sim::GbmParams;
+use crate::alerts::Threshold;
+use crate::bars::{BarData, Intervals};
+use crate::connectors::{BinanceConfig, BirdeyeConfig, CoinbaseConfig, HyperliquidConfig, Section};
+use crate::feed::FeedKind;
+use crate::market::MarketSettings;
+use crate::replay::{ReplaySettings, Speed};
+use crate::sim::{GbmParams, SimBooks};
 
 /// Start price of a symbol not listed in `[market_data.start_prices]`.
 const DEFAULT_START_PRICE: Decimal = Decimal::ONE_HUNDRED;
@@ -22,6 +28,8 @@ const MAX_SPREAD_BPS: f64 = 1000.0;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MarketDataConfig {
+    /// The feeds to run: sim, replay, binance, coinbase, hyperliquid, birdeye.
+    pub feeds: Vec<String>,
     pub seed: u64,
     pub tick_interval_ms: u64,
     pub volatility: f64,
@@ -32,11 +40,35 @@ pub struct MarketDataConfig {
     /// Symbol -> decimal string. Keys are matched case-insensitively, because an
     /// environment override (`MOONBUS__MARKET_DATA__START_PRICES__BTC-USD`) arrives lowercased.
     pub start_prices: BTreeMap<String, String>,
+    pub bar_intervals: Vec<String>,
+    pub history_len: usize,
+    pub history_budget_mb: u64,
+    pub max_series: usize,
+    pub book_depth: usize,
+    pub book_interval_ms: u64,
+    pub book_step_bps: f64,
+    pub stale_after_ms: u64,
+    pub alert_threshold_pct: f64,
+    pub alert_window_s: f64,
+    /// Symbol -> threshold %, case-insensitive keys like `start_prices`.
+    pub alert_thresholds: BTreeMap<String, f64>,
+    pub metrics_addr: String,
+    pub publish_timeout_ms: u64,
+    pub replay_files: Vec<String>,
+    pub replay_speed: f64,
+    pub replay_venue: String,
+    pub replay_loop: bool,
+    /// `[market_data.<venue>]`: the live connectors' settings (src/connectors/).
+    pub binance: Section<BinanceConfig>,
+    pub coinbase: Section<CoinbaseConfig>,
+    pub hyperliquid: Section<HyperliquidConfig>,
+    pub birdeye: Section<BirdeyeConfig>,
 }
 
 impl Default for MarketDataConfig {
     fn default() -> Self {
         Self {
+            feeds: vec!["sim".into()],
             seed: 42,
             tick_interval_ms: 200,
             volatility: 0.8,
@@ -45,8 +77,192 @@ impl Default for MarketDataConfig {
             jump_probability: 0.0005,
             jump_pct: 1.5,
             start_prices: BTreeMap::new(),
+            bar_intervals: ["1s", "1m", "5m", "15m", "1h"].map(String::from).to_vec(),
+            history_len: 1000,
+            history_budget_mb: 64,
+            max_series: 20_000,
+            book_depth: 10,
+            book_interval_ms: 1000,
+            book_step_bps: 1.0,
+            stale_after_ms: 10_000,
+            alert_threshold_pct: 2.0,
+            alert_window_s: 60.0,
+            alert_thresholds: BTreeMap::new(),
+            metrics_addr: "127.0.0.1:9100".into(),
+            publish_timeout_ms: 100,
+            replay_files: Vec::new(),
+            replay_speed: 1.0,
+            replay_venue: "replay".into(),
+            replay_loop: false,
+            binance: Section::default(),
+            coinbase: Section::default(),
+            hyperliquid: Section::default(),
+            birdeye: Section::default(),
         }
     }
+}
+
+/// Memory of one kept bar (`BarData`), for the history budget.
+const BAR_BYTES: usize = std::mem::size_of::<BarData>();
+
+/// Everything market-data runs with, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub feeds: Vec<FeedKind>,
+    pub sim: SimSettings,
+    pub sim_books: Option<SimBooks>,
+    pub market: MarketSettings,
+    pub replay: ReplaySettings,
+    /// `None`: no metrics endpoint.
+    pub metrics_addr: Option<String>,
+    pub publish_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(system: &SystemConfig, md: &MarketDataConfig) -> Result<Self> {
+        let feeds = parse_feeds(&md.feeds)?;
+        let sim = SimSettings::from_config(system, md)?;
+        let intervals = Intervals::parse(&md.bar_intervals)?;
+        let positive = |key: &str, value: u64| -> Result<u64> {
+            if value == 0 {
+                bail!("[market_data] {key} = 0: must be at least 1");
+            }
+            Ok(value)
+        };
+        let book_interval =
+            Duration::from_millis(positive("book_interval_ms", md.book_interval_ms)?);
+        if md.book_depth > 1000 {
+            bail!(
+                "[market_data] book_depth = {}: must be 0..=1000 (0 = no sim books)",
+                md.book_depth
+            );
+        }
+        if !(md.book_step_bps.is_finite() && md.book_step_bps > 0.0 && md.book_step_bps <= 1000.0) {
+            bail!(
+                "[market_data] book_step_bps = {}: must be > 0 and <= 1000",
+                md.book_step_bps
+            );
+        }
+        let sim_books = (md.book_depth > 0).then_some(SimBooks {
+            depth: md.book_depth,
+            step_bps: md.book_step_bps,
+            interval: book_interval,
+        });
+        // Bounded memory: the kept bars of all the series fit the budget.
+        let series = (sim.symbols.len() * feeds.len()).max(1);
+        let budget = usize::try_from(md.history_budget_mb)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1 << 20);
+        let history = md
+            .history_len
+            .min(budget / (BAR_BYTES * intervals.len() * series));
+        if history < md.history_len {
+            tracing::warn!(
+                history_len = md.history_len,
+                kept = history,
+                series,
+                "[market_data] history_budget_mb holds fewer bars than history_len for this many symbols"
+            );
+        }
+        Ok(Self {
+            market: MarketSettings {
+                intervals,
+                history,
+                max_series: positive("max_series", md.max_series as u64)? as usize,
+                book_depth: md.book_depth.max(1),
+                book_interval_ns: book_interval.as_nanos() as u64,
+                stale_after_ns: positive("stale_after_ms", md.stale_after_ms)? * 1_000_000,
+                default_threshold: threshold(
+                    "alert_threshold_pct",
+                    md.alert_threshold_pct,
+                    md.alert_window_s,
+                    true,
+                )?,
+                thresholds: parse_thresholds(md)?,
+                symbols: sim.symbols.iter().map(|(s, _)| s.clone()).collect(),
+            },
+            replay: parse_replay(md, &feeds)?,
+            metrics_addr: Some(md.metrics_addr.trim().to_string()).filter(|a| !a.is_empty()),
+            publish_timeout: Duration::from_millis(positive(
+                "publish_timeout_ms",
+                md.publish_timeout_ms,
+            )?),
+            feeds,
+            sim,
+            sim_books,
+        })
+    }
+}
+
+/// A monitor's threshold, checked like `md.api.monitor.start` checks it;
+/// `optional`: 0 means no monitor.
+fn threshold(key: &str, pct: f64, window_s: f64, optional: bool) -> Result<Option<Threshold>> {
+    if optional && pct == 0.0 {
+        return Ok(None);
+    }
+    if !(pct > 0.0 && pct <= 100.0) {
+        bail!("[market_data] {key} = {pct}: must be > 0 and <= 100");
+    }
+    if !(window_s > 0.0 && window_s <= 86_400.0) {
+        bail!("[market_data] alert_window_s = {window_s}: must be > 0 and <= 86400");
+    }
+    Ok(Some(Threshold {
+        threshold_pct: pct,
+        window_s,
+    }))
+}
+
+fn parse_thresholds(md: &MarketDataConfig) -> Result<HashMap<Symbol, Threshold>> {
+    md.alert_thresholds
+        .iter()
+        .map(|(key, pct)| {
+            let symbol: Symbol = key.to_ascii_uppercase().parse().with_context(|| {
+                format!("[market_data.alert_thresholds]: {key:?} is not a valid symbol")
+            })?;
+            let name = format!("alert_thresholds.{key}");
+            let threshold = threshold(&name, *pct, md.alert_window_s, false)?;
+            Ok((symbol, threshold.expect("not optional")))
+        })
+        .collect()
+}
+
+fn parse_replay(md: &MarketDataConfig, feeds: &[FeedKind]) -> Result<ReplaySettings> {
+    let venue: Venue = md
+        .replay_venue
+        .parse()
+        .with_context(|| format!("[market_data] replay_venue = {:?}", md.replay_venue))?;
+    let speed = match md.replay_speed {
+        0.0 => Speed::AsFastAsPossible,
+        s if s.is_finite() && s > 0.0 => Speed::Times(s),
+        s => bail!("[market_data] replay_speed = {s}: must be > 0 (1 = real pace), or 0 = as fast as possible"),
+    };
+    if feeds.contains(&FeedKind::Replay) && md.replay_files.is_empty() {
+        bail!("[market_data] feeds has replay but replay_files is empty");
+    }
+    Ok(ReplaySettings {
+        files: md.replay_files.iter().map(PathBuf::from).collect(),
+        speed,
+        venue,
+        repeat: md.replay_loop,
+    })
+}
+
+/// `[market_data] feeds`, parsed: at least one, each once.
+pub fn parse_feeds(names: &[String]) -> Result<Vec<FeedKind>> {
+    if names.is_empty() {
+        bail!("[market_data] feeds is empty: market-data would publish nothing");
+    }
+    let mut kinds = Vec::new();
+    for name in names {
+        let kind: FeedKind = name
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("[market_data] feeds: {e}"))?;
+        if kinds.contains(&kind) {
+            bail!("[market_data] feeds: {kind} is listed twice");
+        }
+        kinds.push(kind);
+    }
+    Ok(kinds)
 }
 
 /// The simulated feed's settings, validated.
@@ -165,13 +381,11 @@ fn gbm_params(md: &MarketDataConfig) -> Result<GbmParams> {
         "must be >= 0 and < 100",
         v,
     )?;
-    let spread_bps = Decimal::from_f64(md.spread_bps)
-        .with_context(|| format!("[market_data] spread_bps = {}", md.spread_bps))?;
     Ok(GbmParams {
         step_ms: md.tick_interval_ms,
         volatility: md.volatility,
         drift: md.drift,
-        spread_bps,
+        spread_bps: md.spread_bps,
         jump_probability: md.jump_probability,
         jump_pct: md.jump_pct,
     })
@@ -200,7 +414,7 @@ mod tests {
         assert_eq!(settings.symbols.len(), 3);
         assert_eq!(settings.symbols[0].0, "BTC-USD");
         assert_eq!(settings.symbols[0].1.to_string(), "97000");
-        assert_eq!(settings.params.spread_bps, Decimal::TWO);
+        assert_eq!(settings.params.spread_bps, 2.0);
     }
 
     #[test]
@@ -225,6 +439,84 @@ mod tests {
         assert_eq!(prices, ["97000", "0.25"]);
         let unlisted = load("[system]\nsymbols = [\"ETH-USD\"]\n", &[]).unwrap();
         assert_eq!(unlisted.symbols[0].1.get(), DEFAULT_START_PRICE);
+    }
+
+    fn settings_of(text: &str, env: &[(&str, &str)]) -> Result<Settings> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = Config::from_parts(text, env)?;
+        Settings::from_config(&cfg.section("system")?, &cfg.section("market_data")?)
+    }
+
+    #[test]
+    fn the_project_config_gives_full_settings() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../moonbus.toml"))
+            .unwrap();
+        let settings = settings_of(&text, &[]).unwrap();
+        assert_eq!(settings.feeds, [FeedKind::Sim]);
+        assert_eq!(settings.market.intervals.names(), "1s, 1m, 5m, 15m, 1h");
+        assert_eq!(settings.market.history, 1000, "3 symbols fit the budget");
+        assert_eq!(
+            settings.market.default_threshold,
+            Some(Threshold {
+                threshold_pct: 2.0,
+                window_s: 60.0
+            })
+        );
+        assert_eq!(settings.metrics_addr.as_deref(), Some("127.0.0.1:9100"));
+        assert_eq!(settings.sim_books.map(|b| b.depth), Some(10));
+        assert_eq!(settings.replay.speed, Speed::Times(1.0));
+    }
+
+    #[test]
+    fn the_history_budget_bounds_memory_for_many_symbols() {
+        let symbols: Vec<String> = (0..10_000).map(|i| format!("\"S{i}-USD\"")).collect();
+        let text = format!("[system]\nsymbols = [{}]\n", symbols.join(","));
+        let settings = settings_of(&text, &[]).unwrap();
+        // 64 MB / (96 B x 5 intervals x 10,000 series) = 13 bars.
+        assert_eq!(settings.market.history, 13);
+    }
+
+    #[test]
+    fn bad_market_data_settings_name_their_key() {
+        let err = |env: &[(&str, &str)]| format!("{:#}", settings_of("", env).unwrap_err());
+        assert!(
+            err(&[("MOONBUS__MARKET_DATA__FEEDS", r#"["sim", "nyse"]"#)])
+                .contains("unknown feed \"nyse\"")
+        );
+        assert!(err(&[("MOONBUS__MARKET_DATA__FEEDS", r#"["sim", "sim"]"#)])
+            .contains("sim is listed twice"));
+        assert!(err(&[("MOONBUS__MARKET_DATA__FEEDS", "[]")]).contains("feeds is empty"));
+        assert!(err(&[("MOONBUS__MARKET_DATA__FEEDS", r#"["replay"]"#)])
+            .contains("replay_files is empty"));
+        assert!(
+            err(&[("MOONBUS__MARKET_DATA__BAR_INTERVALS", r#"["1m", "90s"]"#)])
+                .contains("not a multiple")
+        );
+        assert!(err(&[("MOONBUS__MARKET_DATA__ALERT_THRESHOLD_PCT", "150")])
+            .contains("alert_threshold_pct = 150"));
+        assert!(
+            err(&[("MOONBUS__MARKET_DATA__ALERT_THRESHOLDS__BTC-USD", "0")])
+                .contains("alert_thresholds.btc-usd = 0")
+        );
+        assert!(err(&[("MOONBUS__MARKET_DATA__REPLAY_SPEED", "-1")]).contains("replay_speed = -1"));
+        assert!(err(&[("MOONBUS__MARKET_DATA__BOOK_INTERVAL_MS", "0")])
+            .contains("book_interval_ms = 0"));
+        assert!(
+            err(&[("MOONBUS__MARKET_DATA__REPLAY_VENUE", "\"Bad Venue\"")])
+                .contains("replay_venue")
+        );
+        let off = settings_of(
+            "",
+            &[
+                ("MOONBUS__MARKET_DATA__ALERT_THRESHOLD_PCT", "0"),
+                ("MOONBUS__MARKET_DATA__METRICS_ADDR", "\"\""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (off.market.default_threshold, off.metrics_addr),
+            (None, None)
+        );
     }
 
     #[test]

@@ -1,56 +1,164 @@
-//! The price engine: one task owns the feed and the market state. It publishes
-//! every tick and closed bar, closes quiet bars on a timer, sends the feed status
+//! The price engine: one task owns the market state. It takes ticks from the sim
+//! feed (run in this task: no queue hop on the 10,000-symbol path) and events from
+//! every other feed (through the `FeedSink` queue), publishes ticks, books, closed
+//! bars and alerts, closes quiet bars on a timer, sends the sim feed's status
 //! heartbeat, and answers the API's queries.
 //!
 //! Why queries go through this task instead of a shared snapshot: the state then
 //! needs no lock, the tick path never waits for a reader, and an answer always
-//! reflects every tick published before it. A query costs a lookup and a clone of
-//! at most 1000 bars; the JSON encoding happens in the API task, off this loop.
+//! reflects every tick published before it. The JSON encoding of the answers
+//! happens in the API task, off this loop.
+//!
+//! Slow subscribers and a full client buffer: nats-server keeps a pending buffer
+//! per *subscriber* connection and cuts a subscriber that falls too far behind
+//! (a "slow consumer"), so a slow reader never pushes back on this publisher.
+//! What can push back is our own client: async-nats queues publishes in a bounded
+//! channel (`client_capacity`, 2048 messages) that its connection task writes to
+//! the socket; when nats-server reads slower than we publish, or the connection is
+//! down, that channel fills and `publish().await` waits. `Publisher` bounds that
+//! wait: it waits up to `publish_timeout_ms` for room (backpressure at normal load,
+//! so nothing is lost in a burst); past it the message is dropped and counted
+//! (`md_dropped_total{reason="bus_full"}`), and until the channel has room again
+//! every message is dropped without waiting. So a stuck bus costs the engine one
+//! timeout, not one per message, memory stays bounded by the channel, and the
+//! feed, the timers and the API keep running.
 
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_nats::{Client, Subject};
 use bytes::Bytes;
 use moonbus_common::bus::encode;
-use moonbus_common::{now_ns, subjects, Bar, FeedState, FeedStatus, HistoryRequest, PriceRequest};
-use moonbus_common::{PricesReply, PricesRequest, Tick};
+use moonbus_common::{now_ns, subjects, Bar, FeedState, FeedStatus, HistoryRequest};
+use moonbus_common::{
+    MonitorStartRequest, MonitorStatusReply, PriceRequest, PricesReply, PricesRequest, Symbol, Tick,
+};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::{unconstrained, yield_now};
 use tokio::time::{interval, sleep, Instant, MissedTickBehavior};
 
-use crate::feed::Feed;
-use crate::market::{ApiError, Market};
+use crate::encode::{TickData, TickEncoder};
+use crate::feed::FeedEvent;
+use crate::market::{ApiError, BookOut, Market, Outputs};
+use crate::metrics;
+use crate::sim::SimFeed;
 
-/// `md.status.<venue>` heartbeat period.
+/// `md.status.sim` heartbeat period; the stale-symbol gauges are counted then too.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// The bar timer wakes on every whole second (the shortest interval), plus this
-/// margin so it never wakes a hair early and finds nothing due.
+/// The bar timer wakes on every whole second (the shortest interval is >= 1 s),
+/// plus this margin so it never wakes a hair early and finds nothing due.
 const BAR_TIMER_MARGIN: Duration = Duration::from_millis(1);
 const NANOS_PER_SEC: u64 = 1_000_000_000;
+/// Feed events taken from the queue per loop turn (the rest wait for the next turn,
+/// so timers and queries are served in between).
+const EVENT_BATCH: usize = 256;
+/// One tick in this many is timed for the publish latency histogram (reading the
+/// clock twice per tick would cost more than the rest of the bookkeeping).
+const LATENCY_SAMPLE: u64 = 8;
 
 /// A question for the engine, with the channel for its answer.
 pub enum Query {
     Price(PriceRequest, oneshot::Sender<Result<Tick, ApiError>>),
     Prices(PricesRequest, oneshot::Sender<PricesReply>),
     History(HistoryRequest, oneshot::Sender<Result<Vec<Bar>, ApiError>>),
+    MonitorStart(
+        MonitorStartRequest,
+        oneshot::Sender<Result<MonitorStatusReply, ApiError>>,
+    ),
+    MonitorStop(
+        Symbol,
+        oneshot::Sender<Result<MonitorStatusReply, ApiError>>,
+    ),
+    MonitorStatus(
+        Option<Symbol>,
+        oneshot::Sender<Result<MonitorStatusReply, ApiError>>,
+    ),
+}
+
+/// Publishes with a bounded wait for room in the client's buffer (module docs).
+pub struct Publisher {
+    client: Client,
+    timeout: Duration,
+    shedding: bool,
+}
+
+impl Publisher {
+    pub fn new(client: Client, timeout: Duration) -> Self {
+        Self {
+            client,
+            timeout,
+            shedding: false,
+        }
+    }
+
+    /// True if the message was handed to the client.
+    pub async fn publish(&mut self, subject: Subject, payload: Bytes) -> bool {
+        // Unconstrained: tokio's cooperative budget must not make a full buffer of a
+        // buffer with room (the engine yields after every batch instead).
+        let mut publish = pin!(unconstrained(self.client.publish(subject, payload)));
+        // One poll: done at once when the buffer has room (the usual case).
+        let result = match futures::poll!(publish.as_mut()) {
+            Poll::Ready(result) => result,
+            Poll::Pending if self.shedding => return self.dropped(),
+            Poll::Pending => match tokio::time::timeout(self.timeout, publish).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(timeout = ?self.timeout, "the NATS client's buffer stayed full; dropping messages until it has room");
+                    self.shedding = true;
+                    return self.dropped();
+                }
+            },
+        };
+        if self.shedding {
+            tracing::info!("the NATS client's buffer has room again");
+            self.shedding = false;
+        }
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "publish failed");
+                false
+            }
+        }
+    }
+
+    fn dropped(&self) -> bool {
+        metrics::global().dropped_bus_full.inc();
+        false
+    }
 }
 
 pub struct Engine {
-    client: Client,
-    feed: Feed,
+    publisher: Publisher,
+    /// The sim feed, run in this task; `sim_slots[i]` is the market slot of its symbol i.
+    sim: Option<SimFeed>,
+    sim_slots: Vec<usize>,
     market: Market,
-    status_subject: Subject,
-    /// Bars closed by the current step; reused so the hot path does not allocate.
-    closed: Vec<(Subject, Bar)>,
+    encoder: TickEncoder,
+    /// Reused buffers: the hot path does not allocate.
+    outputs: Outputs,
+    books: BookOut,
+    /// Ticks taken in, for the latency sampling.
+    ticks_in: u64,
 }
 
 impl Engine {
-    pub fn new(client: Client, feed: Feed, market: Market) -> Self {
+    pub fn new(publisher: Publisher, sim: Option<SimFeed>, mut market: Market) -> Self {
+        let sim_slots = sim
+            .iter()
+            .flat_map(|sim| sim.symbols().iter().map(|s| (sim.venue(), s)))
+            .filter_map(|(venue, symbol)| market.slot(venue, symbol))
+            .collect();
         Self {
-            status_subject: subjects::feed_status(feed.venue()).into(),
-            client,
-            feed,
+            publisher,
+            sim,
+            sim_slots,
             market,
-            closed: Vec::new(),
+            encoder: TickEncoder::default(),
+            outputs: Outputs::default(),
+            books: BookOut::default(),
+            ticks_in: 0,
         }
     }
 
@@ -58,24 +166,51 @@ impl Engine {
     pub async fn run(
         mut self,
         mut queries: mpsc::Receiver<Query>,
+        mut events: mpsc::Receiver<FeedEvent>,
         mut stop: oneshot::Receiver<()>,
     ) {
         // The first heartbeat fires at once: `connected` at start.
         let mut heartbeat = interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut book_timer = interval(Duration::from_nanos(
+            self.market.settings().book_interval_ns,
+        ));
+        book_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let bar_timer = sleep(until_next_second(now_ns()));
         tokio::pin!(bar_timer);
+        let mut batch = Vec::with_capacity(EVENT_BATCH);
+        // False once every feed task has ended (all sinks dropped); the sim goes on.
+        let mut feeds_open = true;
         loop {
             // Every branch is cancel-safe: a branch that loses the race has changed nothing.
             tokio::select! {
                 _ = &mut stop => break,
-                (index, tick) = self.feed.next_tick() => self.on_tick(index, tick).await,
+                due = sim_due(&mut self.sim) => {
+                    self.sim_ticks(due).await;
+                    // Let the other tasks of this worker (the NATS connection, the
+                    // API) run between batches, whatever the feed's pace.
+                    yield_now().await;
+                }
+                n = events.recv_many(&mut batch, EVENT_BATCH), if feeds_open => {
+                    feeds_open = n > 0;
+                    for event in batch.drain(..) {
+                        self.on_event(event).await;
+                    }
+                    yield_now().await;
+                }
                 () = &mut bar_timer => {
-                    self.market.close_due(now_ns(), &mut self.closed);
-                    self.publish_closed_bars().await;
+                    self.market.close_due(now_ns(), &mut self.outputs);
+                    self.publish_outputs().await;
                     bar_timer.as_mut().reset(Instant::now() + until_next_second(now_ns()));
                 }
-                _ = heartbeat.tick() => self.publish_status(FeedState::Connected, "simulated").await,
+                _ = book_timer.tick() => {
+                    self.market.flush_books(now_ns(), &mut self.books);
+                    self.publish_books().await;
+                }
+                _ = heartbeat.tick() => {
+                    self.market.count_stale(now_ns());
+                    self.publish_status(FeedState::Connected, "simulated").await;
+                }
                 Some(query) = queries.recv() => self.answer(query),
             }
         }
@@ -83,54 +218,174 @@ impl Engine {
             .await;
     }
 
-    async fn on_tick(&mut self, index: usize, tick: Tick) {
-        let Some(subject) = self.market.tick_subject(index) else {
-            return;
-        };
-        publish(&self.client, subject.clone(), encode(&tick)).await;
-        self.market.record(index, tick, &mut self.closed);
-        self.publish_closed_bars().await;
-    }
-
-    async fn publish_closed_bars(&mut self) {
-        for (subject, bar) in self.closed.drain(..) {
-            publish(&self.client, subject, encode(&bar)).await;
+    /// Generates and publishes `due` sim ticks. They are stamped with one clock
+    /// reading per batch: they were all due by then, a batch has at most one tick
+    /// per symbol (sim.rs) and takes well under a millisecond.
+    async fn sim_ticks(&mut self, due: u64) {
+        let now = now_ns();
+        if let Some(&slot) = self.sim_slots.first() {
+            self.market.tick_route(slot).2.ticks_in.add(due);
+        }
+        for _ in 0..due {
+            let received = self.received();
+            let Some(sim) = &mut self.sim else { return };
+            let Some((index, tick, book)) = sim.tick(now) else {
+                continue;
+            };
+            let slot = self.sim_slots[index];
+            self.publish_tick(slot, tick, received).await;
+            if let Some(book) = book {
+                self.market.offer_book(slot, book, now, &mut self.books);
+                self.publish_books().await;
+            }
         }
     }
 
-    async fn publish_status(&self, status: FeedState, detail: &str) {
-        let symbols = self.feed.symbols().len();
+    async fn on_event(&mut self, event: FeedEvent) {
+        match event {
+            FeedEvent::Tick(tick) => {
+                let received = self.received();
+                let Some(slot) = self.market.slot(&tick.venue, &tick.symbol) else {
+                    return;
+                };
+                self.market.tick_route(slot).2.ticks_in.inc();
+                let data = TickData {
+                    price: tick.price,
+                    bid: tick.bid,
+                    ask: tick.ask,
+                    size: tick.size,
+                    seq: tick.seq,
+                    ts: tick.ts,
+                };
+                self.publish_tick(slot, data, received).await;
+            }
+            FeedEvent::Book(book) => {
+                if let Some(slot) = self.market.slot(&book.venue, &book.symbol) {
+                    self.market
+                        .offer_book(slot, book, now_ns(), &mut self.books);
+                    self.publish_books().await;
+                }
+            }
+            FeedEvent::Status(status) => {
+                let subject = subjects::feed_status(&status.venue);
+                self.publisher
+                    .publish(subject.into(), encode(&status))
+                    .await;
+            }
+        }
+    }
+
+    /// When a tick came in, for one tick in `LATENCY_SAMPLE`.
+    fn received(&mut self) -> Option<std::time::Instant> {
+        self.ticks_in += 1;
+        self.ticks_in
+            .is_multiple_of(LATENCY_SAMPLE)
+            .then(std::time::Instant::now)
+    }
+
+    /// The hot path: encode, publish, then bars and alerts.
+    async fn publish_tick(
+        &mut self,
+        slot: usize,
+        tick: TickData,
+        received: Option<std::time::Instant>,
+    ) {
+        let (subject, prefix, _) = self.market.tick_route(slot);
+        let subject = subject.clone();
+        let payload = self.encoder.encode(prefix, &tick);
+        if self.publisher.publish(subject, payload).await {
+            if let Some(received) = received {
+                metrics::global()
+                    .publish_latency
+                    .observe(received.elapsed());
+            }
+            self.market.tick_route(slot).2.ticks_out.inc();
+        }
+        self.market.record(slot, tick, &mut self.outputs);
+        if !self.outputs.bars.is_empty() || !self.outputs.alerts.is_empty() {
+            self.publish_outputs().await;
+        }
+    }
+
+    async fn publish_outputs(&mut self) {
+        let mut bars = std::mem::take(&mut self.outputs.bars);
+        for (slot, closed) in bars.drain(..) {
+            let (subject, bar) = self.market.bar_out(slot, &closed);
+            let payload = self.encoder.bar(&bar);
+            if self.publisher.publish(subject, payload).await {
+                metrics::global().bars_out.inc();
+            }
+        }
+        self.outputs.bars = bars;
+        let mut alerts = std::mem::take(&mut self.outputs.alerts);
+        for alert in alerts.drain(..) {
+            tracing::info!(symbol = %alert.symbol, venue = %alert.venue, change_pct = alert.change_pct, "price alert");
+            let subject = subjects::alert(&alert.symbol);
+            if self.publisher.publish(subject.into(), encode(&alert)).await {
+                metrics::global().alerts.inc();
+            }
+        }
+        self.outputs.alerts = alerts;
+    }
+
+    async fn publish_books(&mut self) {
+        let mut books = std::mem::take(&mut self.books.books);
+        for (subject, payload) in books.drain(..) {
+            self.publisher.publish(subject, payload).await;
+        }
+        self.books.books = books;
+    }
+
+    /// The sim feed's status (the other feeds send their own).
+    async fn publish_status(&mut self, status: FeedState, detail: &str) {
+        let Some(sim) = &self.sim else {
+            return;
+        };
+        let symbols = sim.symbols().len();
         let message = FeedStatus {
-            venue: self.feed.venue().clone(),
+            venue: sim.venue().clone(),
             status,
             detail: format!("{detail}, {symbols} symbols"),
             symbols: symbols as u64,
             ts: now_ns(),
         };
-        publish(&self.client, self.status_subject.clone(), encode(&message)).await;
+        let subject = subjects::feed_status(sim.venue());
+        self.publisher
+            .publish(subject.into(), encode(&message))
+            .await;
     }
 
     /// The API task may have given up waiting; then the answer is simply dropped.
-    fn answer(&self, query: Query) {
+    fn answer(&mut self, query: Query) {
+        let market = &mut self.market;
         match query {
             Query::Price(request, reply) => {
-                let _ = reply.send(self.market.price(&request));
+                let _ = reply.send(market.price(&request));
             }
             Query::Prices(request, reply) => {
-                let _ = reply.send(self.market.prices(&request));
+                let _ = reply.send(market.prices(&request));
             }
             Query::History(request, reply) => {
-                let _ = reply.send(self.market.history(&request));
+                let _ = reply.send(market.history(&request));
+            }
+            Query::MonitorStart(request, reply) => {
+                let _ = reply.send(market.monitor_start(&request));
+            }
+            Query::MonitorStop(symbol, reply) => {
+                let _ = reply.send(market.monitor_stop(&symbol));
+            }
+            Query::MonitorStatus(symbol, reply) => {
+                let _ = reply.send(market.monitor_status(symbol.as_ref()));
             }
         }
     }
 }
 
-/// async-nats buffers publishes in the client, so a slow subscriber never blocks
-/// this loop. An error means the client is closed; it is logged, not fatal.
-async fn publish(client: &Client, subject: Subject, payload: Bytes) {
-    if let Err(e) = client.publish(subject, payload).await {
-        tracing::warn!(error = %e, "publish failed");
+/// How many sim ticks are due; never, without a sim feed.
+async fn sim_due(sim: &mut Option<SimFeed>) -> u64 {
+    match sim {
+        Some(sim) => sim.due().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,111 +1,101 @@
-//! Where ticks come from. `Feed` is the seam for the venues: today the simulated
-//! feed only; live exchange connectors become more variants with the same three
-//! methods, and the engine does not change.
+//! Where market data comes from, and the seam between the feeds and the engine.
+//!
+//! The engine task owns all market state. Feeds that run in their own tasks (the
+//! replay, the live connectors in `connectors/`) hand it `FeedEvent`s through a
+//! `FeedSink`: a bounded queue, so a flooding feed cannot grow memory. The sim feed
+//! runs inside the engine task instead (no queue hop: it is the 10,000-symbol,
+//! 500,000 ticks/s path).
 
-use moonbus_common::{now_ns, NonNegativeMoney, PositiveMoney, Symbol, Tick, Venue};
-use tokio::time::{interval, Interval, MissedTickBehavior};
+use std::fmt;
+use std::str::FromStr;
 
-use crate::config::SimSettings;
-use crate::sim::GbmPath;
+use moonbus_common::{Book, FeedStatus, Tick};
+use serde::Deserialize;
+use tokio::sync::mpsc;
 
-pub enum Feed {
-    Sim(SimFeed),
+/// One thing a feed observed. Ticks and books carry their venue and canonical
+/// symbol; the engine publishes them on `md.tick.<venue>.<symbol>` and
+/// `md.book.<venue>.<symbol>`, and a status on `md.status.<venue>`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedEvent {
+    Tick(Tick),
+    Book(Book),
+    Status(FeedStatus),
 }
 
-impl Feed {
-    pub fn venue(&self) -> &Venue {
+/// Capacity of the queue from all the feeds to the engine, in events.
+///
+/// When it is full, `FeedSink::send(event).await` waits until the engine has taken
+/// events out: the feed is slowed down to the engine's pace (a WebSocket reader
+/// stops reading, and the exchange's TCP window closes), memory stays bounded, and
+/// nothing already queued is lost. A feed that must not wait uses `try_send` and
+/// decides itself what to drop (e.g. an intermediate book update). When the engine
+/// stops, the receiver is dropped and `send` fails: that is the feed's signal to end.
+pub const FEED_QUEUE: usize = 16_384;
+
+/// Where a feed task sends its events: one clone per feed, any number of feeds.
+pub type FeedSink = mpsc::Sender<FeedEvent>;
+
+/// The queue from the feeds to the engine.
+pub fn channel() -> (FeedSink, mpsc::Receiver<FeedEvent>) {
+    mpsc::channel(FEED_QUEUE)
+}
+
+/// The values of `[market_data] feeds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedKind {
+    Sim,
+    Replay,
+    Binance,
+    Coinbase,
+    Hyperliquid,
+    Birdeye,
+}
+
+impl FeedKind {
+    pub const ALL: [FeedKind; 6] = [
+        FeedKind::Sim,
+        FeedKind::Replay,
+        FeedKind::Binance,
+        FeedKind::Coinbase,
+        FeedKind::Hyperliquid,
+        FeedKind::Birdeye,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            Feed::Sim(sim) => &sim.venue,
+            FeedKind::Sim => "sim",
+            FeedKind::Replay => "replay",
+            FeedKind::Binance => "binance",
+            FeedKind::Coinbase => "coinbase",
+            FeedKind::Hyperliquid => "hyperliquid",
+            FeedKind::Birdeye => "birdeye",
         }
     }
 
-    /// The symbols this feed publishes; a tick's index refers to this list.
-    pub fn symbols(&self) -> &[Symbol] {
-        match self {
-            Feed::Sim(sim) => &sim.symbols,
-        }
-    }
-
-    /// Waits for the next tick and the index of its symbol in `symbols()`.
-    /// Cancel-safe: nothing changes before the last await, so it can sit in a `select!`.
-    pub async fn next_tick(&mut self) -> (usize, Tick) {
-        match self {
-            Feed::Sim(sim) => sim.next_tick().await,
-        }
+    /// A live exchange connector (src/connectors/), as opposed to sim and replay.
+    pub fn is_live(self) -> bool {
+        !matches!(self, FeedKind::Sim | FeedKind::Replay)
     }
 }
 
-/// Venue `sim`: each symbol ticks every `tick_interval`, the symbols in turn (one
-/// clock at interval / n, round robin) so the load is spread evenly.
-pub struct SimFeed {
-    venue: Venue,
-    symbols: Vec<Symbol>,
-    paths: Vec<GbmPath>,
-    /// The last seq published per symbol; the first tick is seq 1.
-    seqs: Vec<u64>,
-    clock: Interval,
-    next: usize,
+impl fmt::Display for FeedKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
-impl SimFeed {
-    /// Must run inside the tokio runtime (it starts the clock).
-    pub fn new(settings: &SimSettings) -> Self {
-        let symbols: Vec<Symbol> = settings.symbols.iter().map(|(s, _)| s.clone()).collect();
-        let paths = settings
-            .symbols
-            .iter()
-            .map(|(symbol, start)| {
-                GbmPath::new(
-                    settings.seed,
-                    symbol.as_str(),
-                    start.get(),
-                    &settings.params,
-                )
+impl FromStr for FeedKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FeedKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = FeedKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown feed {s:?}; the feeds are {}", names.join(", "))
             })
-            .collect();
-        let count = u32::try_from(symbols.len()).unwrap_or(u32::MAX).max(1);
-        let mut clock = interval(settings.tick_interval / count);
-        // Burst keeps the configured rate even when interval / n is below the
-        // timer's 1 ms resolution (several ticks per wake-up).
-        clock.set_missed_tick_behavior(MissedTickBehavior::Burst);
-        Self {
-            venue: Venue::sim(),
-            seqs: vec![0; symbols.len()],
-            symbols,
-            paths,
-            clock,
-            next: 0,
-        }
-    }
-
-    async fn next_tick(&mut self) -> (usize, Tick) {
-        if self.symbols.is_empty() {
-            // Config refuses an empty symbol list; without symbols there is never a tick.
-            return std::future::pending().await;
-        }
-        loop {
-            self.clock.tick().await;
-            let index = self.next;
-            self.next = (index + 1) % self.symbols.len();
-            let quote = self.paths[index].next_quote();
-            // The model keeps prices > 0 (sim.rs); a refused price would be a bug
-            // there, so it is logged and that step skipped rather than published.
-            let Ok(price) = PositiveMoney::new(quote.price) else {
-                tracing::error!(symbol = %self.symbols[index], price = %quote.price, "simulated price refused");
-                continue;
-            };
-            self.seqs[index] += 1;
-            let tick = Tick {
-                venue: self.venue.clone(),
-                symbol: self.symbols[index].clone(),
-                price,
-                bid: PositiveMoney::new(quote.bid).ok(),
-                ask: PositiveMoney::new(quote.ask).ok(),
-                size: NonNegativeMoney::new(quote.size).ok(),
-                seq: self.seqs[index],
-                ts: now_ns(),
-            };
-            return (index, tick);
-        }
     }
 }

@@ -1,19 +1,13 @@
-//! rust-market-data: the price engine. Turns a feed (today: the simulated `sim`
-//! venue) into ticks and closed OHLCV bars on the bus, and answers price and
-//! history questions on the NATS service API.
+//! rust-market-data: the price engine. Turns the feeds of `[market_data] feeds`
+//! (sim, replay, live connectors) into ticks, books, closed OHLCV bars and price
+//! alerts on the bus, and answers price, history and monitor requests on the NATS
+//! service API.
 //!
-//! Publishes `md.tick.<venue>.<symbol>`, `md.bar.<interval>.<venue>.<symbol>`
-//! (1s, 1m) and `md.status.<venue>`; serves `md.api.price`, `md.api.prices`,
-//! `md.api.history`, `md.api.version` (see api.rs). Config: `[system].symbols`
-//! and `[market_data]` of moonbus.toml.
-
-mod api;
-mod bars;
-mod config;
-mod engine;
-mod feed;
-mod market;
-mod sim;
+//! Publishes `md.tick.<venue>.<symbol>`, `md.bar.<interval>.<venue>.<symbol>`,
+//! `md.book.<venue>.<symbol>`, `md.book.all.<symbol>`, `md.alert.<symbol>` and
+//! `md.status.<venue>`; serves `md.api.price`, `.prices`, `.history`,
+//! `.monitor.start/stop/status`, `.version` (see api.rs); Prometheus metrics on
+//! `metrics_addr` (metrics.rs). Config: `[system].symbols` and `[market_data]`.
 
 use std::time::Duration;
 
@@ -23,11 +17,13 @@ use moonbus_common::config::{Config, SystemConfig};
 use moonbus_common::telemetry;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::Api;
-use crate::config::{MarketDataConfig, SimSettings};
-use crate::engine::Engine;
-use crate::feed::{Feed, SimFeed};
-use crate::market::Market;
+use rust_market_data::api::{self, Api};
+use rust_market_data::config::{MarketDataConfig, Settings};
+use rust_market_data::engine::{Engine, Publisher};
+use rust_market_data::feed::{self, FeedKind, FeedSink};
+use rust_market_data::market::Market;
+use rust_market_data::sim::SimFeed;
+use rust_market_data::{connectors, metrics, replay};
 
 /// NATS user and service name.
 const SERVICE: &str = "market-data";
@@ -44,11 +40,32 @@ async fn main() -> Result<()> {
     let config = Config::load()?;
     let system: SystemConfig = config.section("system")?;
     let market_data: MarketDataConfig = config.section("market_data")?;
-    let settings = SimSettings::from_config(&system, &market_data)?;
+    let settings = Settings::from_config(&system, &market_data)?;
 
     let client = bus::connect(SERVICE).await?;
-    let feed = Feed::Sim(SimFeed::new(&settings));
-    let market = Market::new(feed.venue(), feed.symbols())?;
+    if let Some(addr) = &settings.metrics_addr {
+        // Metrics are not worth refusing to run for (a second instance on one
+        // machine finds the port taken): an error in the log, and no endpoint.
+        match metrics::bind(addr).await {
+            Ok((bound, serve)) => {
+                tracing::info!(%bound, "metrics on http://{bound}/metrics");
+                tokio::spawn(serve);
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "no metrics endpoint"),
+        }
+    }
+    let sim = settings
+        .feeds
+        .contains(&FeedKind::Sim)
+        .then(|| SimFeed::new(&settings.sim, settings.sim_books));
+    let symbols = settings.sim.symbols.len();
+    let market = Market::new(settings.market.clone());
+    let (sink, events) = feed::channel();
+    for &kind in &settings.feeds {
+        spawn_feed(kind, &settings, &market_data, &sink)?;
+    }
+    // The engine's queue ends when every feed has dropped its sink.
+    drop(sink);
     let service = bus::start_service(
         &client,
         SERVICE,
@@ -60,14 +77,21 @@ async fn main() -> Result<()> {
     let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
     let (stop_engine, engine_stopped) = oneshot::channel();
     let (stop_api, api_stopped) = oneshot::channel();
-    let symbols = feed.symbols().len();
-    let mut engine =
-        tokio::spawn(Engine::new(client.clone(), feed, market).run(query_rx, engine_stopped));
+    let mut engine = tokio::spawn(
+        Engine::new(
+            Publisher::new(client.clone(), settings.publish_timeout),
+            sim,
+            market,
+        )
+        .run(query_rx, events, engine_stopped),
+    );
     let api = Api::new(query_tx, ErrorSink::new(client.clone(), SERVICE), SERVICE);
     let mut api = tokio::spawn(api.serve(requests, api_stopped));
     tracing::info!(
         symbols,
-        tick_interval_ms = settings.tick_interval.as_millis() as u64,
+        feeds = ?settings.feeds,
+        tick_interval_ms = settings.sim.tick_interval.as_millis() as u64,
+        history_bars = settings.market.history,
         "market-data running"
     );
 
@@ -108,4 +132,22 @@ async fn main() -> Result<()> {
     }
     tracing::info!("market-data stopped");
     Ok(())
+}
+
+/// Starts one feed of `[market_data] feeds`: the one place the feeds are built.
+/// Each feed task owns a clone of `sink` and ends when the engine drops the queue.
+fn spawn_feed(
+    kind: FeedKind,
+    settings: &Settings,
+    config: &MarketDataConfig,
+    sink: &FeedSink,
+) -> Result<()> {
+    match kind {
+        // The sim feed runs inside the engine task (see engine.rs).
+        FeedKind::Sim => Ok(()),
+        FeedKind::Replay => replay::spawn(settings.replay.clone(), sink.clone()),
+        FeedKind::Binance | FeedKind::Coinbase | FeedKind::Hyperliquid | FeedKind::Birdeye => {
+            connectors::spawn(kind, config, sink.clone())
+        }
+    }
 }

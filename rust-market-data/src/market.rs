@@ -1,17 +1,24 @@
-//! The market state: the latest tick and the bar series of every (venue, symbol),
-//! and the answers to the price/prices/history queries. Pure data, no I/O; the
+//! The market state: per (venue, symbol) the latest tick, the bars, the alert
+//! monitor and the latest book; per symbol the monitor setting and the aggregated
+//! book. Answers the price/prices/history/monitor queries. Pure data, no I/O: the
 //! engine owns the one instance and does the publishing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use async_nats::Subject;
+use bytes::Bytes;
 use moonbus_common::{
-    subjects, Bar, HistoryRequest, Interval, PriceRequest, PricesReply, PricesRequest, Symbol,
-    Tick, Venue,
+    subjects, Bar, Book, HistoryRequest, Monitor as MonitorInfo, MonitorStartRequest,
+    MonitorStatusReply, PriceAlert, PriceRequest, PricesReply, PricesRequest, Symbol, Tick, Venue,
 };
 
-use crate::bars::{BarSeries, HISTORY_LEN, INTERVALS};
+use crate::alerts::{Monitor, Threshold};
+use crate::bars::{self, Bars, Closed, Intervals};
+use crate::books::{self, BookSlot};
+use crate::encode::{tick_prefix, TickData, TickEncoder};
+use crate::fnv::FnvBuild;
+use crate::metrics::{self, VenueMetrics};
 
 /// A query refused, as the `{"error": {"code", "message"}}` reply will say it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,96 +33,293 @@ impl ApiError {
     }
 }
 
-/// The latest tick and the bars of one symbol on one venue, with their subjects
-/// built once at start-up (cloning a `Subject` does not allocate).
+/// The market's settings (validated in config.rs).
+#[derive(Debug, Clone)]
+pub struct MarketSettings {
+    pub intervals: Intervals,
+    /// Closed bars kept per (venue, symbol, interval).
+    pub history: usize,
+    /// At most this many (venue, symbol) series; ticks for more are dropped.
+    pub max_series: usize,
+    pub book_depth: usize,
+    pub book_interval_ns: u64,
+    /// A venue's book older than this is left out of the aggregate, and a symbol
+    /// without a tick for this long counts as stale.
+    pub stale_after_ns: u64,
+    /// The monitor of a symbol without its own threshold (`None`: no monitor).
+    pub default_threshold: Option<Threshold>,
+    /// Per-symbol thresholds from the config.
+    pub thresholds: HashMap<Symbol, Threshold>,
+    /// The symbols known before any tick ([system].symbols): monitors can be set on them.
+    pub symbols: Vec<Symbol>,
+}
+
+/// One (venue, symbol), with its subjects built once (cloning a `Subject` does not allocate).
 struct Series {
+    venue: Venue,
+    symbol: Symbol,
+    metrics: Arc<VenueMetrics>,
     tick_subject: Subject,
-    latest: Option<Tick>,
-    bars: Vec<(Subject, BarSeries)>,
+    /// The constant start of this series' tick JSON.
+    prefix: Box<[u8]>,
+    latest: Option<TickData>,
+    bars: Bars,
+    bar_subjects: Vec<Subject>,
+    monitor: Option<Monitor>,
+    book: BookSlot,
+    book_subject: Subject,
+}
+
+/// One symbol, across venues.
+struct SymbolState {
+    /// Its series, one per venue, in order of first appearance.
+    slots: Vec<usize>,
+    threshold: Option<Threshold>,
+    all_subject: Subject,
+    all_seq: u64,
 }
 
 pub struct Market {
-    venue: Venue,
-    /// Index = the symbol's index in the feed's symbol list.
+    settings: MarketSettings,
+    all_metrics: Arc<VenueMetrics>,
     series: Vec<Series>,
-    slots: HashMap<Symbol, usize>,
+    symbols: HashMap<Symbol, SymbolState, FnvBuild>,
+}
+
+/// Books to publish, encoded: (subject, JSON).
+#[derive(Debug, Default)]
+pub struct BookOut {
+    pub encoder: TickEncoder,
+    pub books: Vec<(Subject, Bytes)>,
+}
+
+/// What recording a tick produced, for the engine to publish.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Closed bars: (slot, bar).
+    pub bars: Vec<(usize, Closed)>,
+    pub alerts: Vec<PriceAlert>,
+    /// Reused between calls, so the tick path does not allocate.
+    scratch: Vec<Closed>,
 }
 
 impl Market {
-    pub fn new(venue: &Venue, symbols: &[Symbol]) -> Result<Self> {
-        let intervals: Vec<Interval> = INTERVALS
-            .iter()
-            .map(|i| i.parse().with_context(|| format!("bar interval {i}")))
-            .collect::<Result<_>>()?;
-        let series = symbols
-            .iter()
-            .map(|symbol| {
-                let bars = intervals
-                    .iter()
-                    .map(|interval| {
-                        let series = BarSeries::new(interval.clone())
-                            .with_context(|| format!("bar interval {interval} has no length"))?;
-                        Ok((subjects::bar(interval, venue, symbol).into(), series))
-                    })
-                    .collect::<Result<_>>()?;
-                Ok(Series {
-                    tick_subject: subjects::tick(venue, symbol).into(),
-                    latest: None,
-                    bars,
-                })
-            })
-            .collect::<Result<_>>()?;
-        let slots = symbols
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, s)| (s, i))
-            .collect();
-        Ok(Self {
-            venue: venue.clone(),
-            series,
-            slots,
-        })
-    }
-
-    pub fn tick_subject(&self, index: usize) -> Option<&Subject> {
-        self.series.get(index).map(|s| &s.tick_subject)
-    }
-
-    /// Keeps `tick` as the latest of its symbol and feeds its bar series; the bars
-    /// it closes are appended to `closed` (a buffer the caller reuses).
-    pub fn record(&mut self, index: usize, tick: Tick, closed: &mut Vec<(Subject, Bar)>) {
-        let Some(series) = self.series.get_mut(index) else {
-            return;
+    pub fn new(settings: MarketSettings) -> Self {
+        let mut market = Self {
+            all_metrics: metrics::venue("all"),
+            series: Vec::new(),
+            symbols: HashMap::default(),
+            settings,
         };
-        for (subject, bars) in &mut series.bars {
-            if let Some(bar) = bars.on_tick(&tick) {
-                closed.push((subject.clone(), bar));
+        for symbol in market.settings.symbols.clone() {
+            market.symbol_state(&symbol);
+        }
+        market
+    }
+
+    pub fn settings(&self) -> &MarketSettings {
+        &self.settings
+    }
+
+    fn symbol_state(&mut self, symbol: &Symbol) -> &mut SymbolState {
+        let settings = &self.settings;
+        self.symbols
+            .entry(symbol.clone())
+            .or_insert_with(|| SymbolState {
+                slots: Vec::new(),
+                threshold: settings
+                    .thresholds
+                    .get(symbol)
+                    .copied()
+                    .or(settings.default_threshold),
+                all_subject: subjects::book("all", symbol).into(),
+                all_seq: 0,
+            })
+    }
+
+    /// The slot of (venue, symbol), created on first sight; `None` once
+    /// `max_series` slots exist (memory stays bounded whatever a feed sends).
+    pub fn slot(&mut self, venue: &Venue, symbol: &Symbol) -> Option<usize> {
+        if let Some(slot) = self.find(venue, symbol) {
+            return Some(slot);
+        }
+        if self.series.len() >= self.settings.max_series {
+            metrics::global().dropped_max_series.inc();
+            return None;
+        }
+        let slot = self.series.len();
+        let state = self.symbol_state(symbol);
+        state.slots.push(slot);
+        let monitor = state.threshold.map(Monitor::new);
+        let settings = &self.settings;
+        self.series.push(Series {
+            venue: venue.clone(),
+            symbol: symbol.clone(),
+            metrics: metrics::venue(venue.as_str()),
+            tick_subject: lasting(subjects::tick(venue, symbol)),
+            prefix: tick_prefix(venue, symbol),
+            latest: None,
+            bars: Bars::new(&settings.intervals, settings.history),
+            bar_subjects: settings
+                .intervals
+                .iter()
+                .map(|i| lasting(subjects::bar(i, venue, symbol)))
+                .collect(),
+            monitor,
+            book: BookSlot::default(),
+            book_subject: lasting(subjects::book(venue, symbol)),
+        });
+        Some(slot)
+    }
+
+    fn find(&self, venue: &Venue, symbol: &Symbol) -> Option<usize> {
+        self.symbols
+            .get(symbol.as_str())?
+            .slots
+            .iter()
+            .copied()
+            .find(|&i| self.series[i].venue == *venue)
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// The subject, JSON prefix and counters of a slot's ticks.
+    pub fn tick_route(&self, slot: usize) -> (&Subject, &[u8], &VenueMetrics) {
+        let s = &self.series[slot];
+        (&s.tick_subject, &s.prefix, &s.metrics)
+    }
+
+    /// Keeps `tick` as the latest of its slot, feeds its bars and its monitor.
+    pub fn record(&mut self, slot: usize, tick: TickData, out: &mut Outputs) {
+        let series = &mut self.series[slot];
+        series
+            .bars
+            .on_tick(tick.ts, tick.price, tick.size, &mut out.scratch);
+        out.bars.extend(out.scratch.drain(..).map(|c| (slot, c)));
+        series.latest = Some(tick);
+        if let Some(monitor) = &mut series.monitor {
+            if let Some(alert) =
+                monitor.on_price(&series.venue, &series.symbol, tick.price, tick.ts)
+            {
+                out.alerts.push(alert);
             }
         }
-        series.latest = Some(tick);
     }
 
     /// Closes every open bar whose interval ended by `now_ns`.
-    pub fn close_due(&mut self, now_ns: u64, closed: &mut Vec<(Subject, Bar)>) {
-        for series in &mut self.series {
-            for (subject, bars) in &mut series.bars {
-                if let Some(bar) = bars.close_due(now_ns) {
-                    closed.push((subject.clone(), bar));
-                }
+    pub fn close_due(&mut self, now_ns: u64, out: &mut Outputs) {
+        for (slot, series) in self.series.iter_mut().enumerate() {
+            series.bars.close_due(now_ns, &mut out.scratch);
+            out.bars.extend(out.scratch.drain(..).map(|c| (slot, c)));
+        }
+    }
+
+    /// The subject and wire form of a closed bar.
+    pub fn bar_out(&self, slot: usize, closed: &Closed) -> (Subject, Bar) {
+        let s = &self.series[slot];
+        let bar = bars::to_bar(&s.venue, &s.symbol, &self.settings.intervals, closed);
+        (s.bar_subjects[closed.0].clone(), bar)
+    }
+
+    /// Counts, per venue, the series without a tick for `stale_after`, and sets the gauges.
+    pub fn count_stale(&self, now_ns: u64) {
+        let mut stale: HashMap<&str, (u64, &VenueMetrics)> = HashMap::new();
+        for s in &self.series {
+            let entry = stale.entry(s.venue.as_str()).or_insert((0, &s.metrics));
+            let last = s.latest.map_or(0, |t| t.ts);
+            if now_ns.saturating_sub(last) >= self.settings.stale_after_ns {
+                entry.0 += 1;
+            }
+        }
+        for (count, metrics) in stale.values() {
+            metrics.stale_symbols.set(*count);
+        }
+    }
+
+    // ------------------------------------------------------------------ books
+
+    /// Takes a venue's book; returns the books to publish now: the venue's (if its
+    /// interval has passed, else it waits for `flush_books`) and the aggregate.
+    pub fn offer_book(&mut self, slot: usize, book: Book, now_ns: u64, out: &mut BookOut) {
+        let interval = self.settings.book_interval_ns;
+        if self.series[slot].book.offer(book, now_ns, interval) {
+            self.publish_book(slot, now_ns, out);
+        }
+    }
+
+    /// Publishes the books that waited for their interval.
+    pub fn flush_books(&mut self, now_ns: u64, out: &mut BookOut) {
+        let interval = self.settings.book_interval_ns;
+        for slot in 0..self.series.len() {
+            let book = &self.series[slot].book;
+            if book.pending && now_ns.saturating_sub(book.published_ns) >= interval {
+                self.publish_book(slot, now_ns, out);
             }
         }
     }
 
-    /// `md.api.price`.
+    fn publish_book(&mut self, slot: usize, now_ns: u64, out: &mut BookOut) {
+        let series = &mut self.series[slot];
+        series.book.published(now_ns);
+        let Some(book) = &series.book.latest else {
+            return;
+        };
+        series.metrics.books_out.inc();
+        let payload = out.encoder.book(series.venue.as_str(), book);
+        out.books.push((series.book_subject.clone(), payload));
+        self.aggregate(slot, now_ns, out);
+    }
+
+    /// `md.book.all.<symbol>` for the symbol of `slot`.
+    fn aggregate(&mut self, slot: usize, now_ns: u64, out: &mut BookOut) {
+        let since = now_ns.saturating_sub(self.settings.stale_after_ns);
+        let depth = self.settings.book_depth;
+        let series = &self.series;
+        let symbol = &series[slot].symbol;
+        let state = self
+            .symbols
+            .get_mut(symbol.as_str())
+            .expect("a slot's symbol is known");
+        let fresh: Vec<&Book> = state
+            .slots
+            .iter()
+            .filter_map(|&i| series[i].book.latest.as_ref())
+            .filter(|b| b.ts >= since)
+            .collect();
+        state.all_seq += 1;
+        self.all_metrics.books_out.inc();
+        let payload = match fresh.as_slice() {
+            // One venue: its levels as they are (the common case: no merge).
+            [book] => {
+                let (bids, asks) = (
+                    &book.bids[..depth.min(book.bids.len())],
+                    &book.asks[..depth.min(book.asks.len())],
+                );
+                out.encoder
+                    .levels("all", symbol, bids, asks, state.all_seq, now_ns)
+            }
+            books => {
+                let (bids, asks) = books::aggregate(books.iter().copied(), depth);
+                out.encoder
+                    .levels("all", symbol, &bids, &asks, state.all_seq, now_ns)
+            }
+        };
+        out.books.push((state.all_subject.clone(), payload));
+    }
+
+    // ------------------------------------------------------------------ queries
+
+    /// `md.api.price`: the latest tick on `venue`, or without a venue the most
+    /// recent tick of any venue.
     pub fn price(&self, request: &PriceRequest) -> Result<Tick, ApiError> {
-        let series = self.series_of(&request.symbol, request.venue.as_ref())?;
-        series.latest.clone().ok_or_else(|| {
-            ApiError::new(
-                "no_price",
-                format!("no tick for {} on {} yet", request.symbol, self.venue),
-            )
-        })
+        self.latest(&request.symbol, request.venue.as_ref())?
+            .ok_or_else(|| ApiError::new("no_price", format!("no tick for {} yet", request.symbol)))
     }
 
     /// `md.api.prices`: every symbol with a price; the others (unknown, or no tick
@@ -127,13 +331,9 @@ impl Market {
         };
         let mut missing = HashSet::new();
         for symbol in &request.symbols {
-            let latest = self
-                .series_of(symbol, request.venue.as_ref())
-                .ok()
-                .and_then(|s| s.latest.as_ref());
-            match latest {
+            match self.latest(symbol, request.venue.as_ref()).ok().flatten() {
                 Some(tick) => {
-                    reply.prices.insert(symbol.to_string(), tick.clone());
+                    reply.prices.insert(symbol.to_string(), tick);
                 }
                 None => {
                     if missing.insert(symbol.as_str()) {
@@ -145,165 +345,361 @@ impl Market {
         reply
     }
 
-    /// `md.api.history`: the last `limit` closed bars, oldest first (at most
-    /// the 1000 kept per series).
+    /// `md.api.history`: the last `limit` closed bars, oldest first, of `venue`
+    /// (default: the symbol's first venue).
     pub fn history(&self, request: &HistoryRequest) -> Result<Vec<Bar>, ApiError> {
-        let series = self.series_of(&request.symbol, request.venue.as_ref())?;
-        let (_, bars) = series
-            .bars
+        let slot = match &request.venue {
+            Some(venue) => self.slot_on(&request.symbol, venue)?,
+            None => *self
+                .slots_of(&request.symbol)?
+                .first()
+                .ok_or_else(|| no_data(&request.symbol))?,
+        };
+        let intervals = &self.settings.intervals;
+        let index = intervals
             .iter()
-            .find(|(_, bars)| *bars.interval() == request.interval)
+            .position(|i| *i == request.interval)
             .ok_or_else(|| {
                 ApiError::new(
                     "unknown_interval",
                     format!(
                         "interval {} is not served; the intervals are {}",
                         request.interval,
-                        INTERVALS.join(", ")
+                        intervals.names()
                     ),
                 )
             })?;
-        let limit = usize::try_from(request.limit).unwrap_or(HISTORY_LEN);
-        Ok(bars.last(limit))
+        let s = &self.series[slot];
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        Ok(s.bars
+            .last(index, limit)
+            .into_iter()
+            .map(|bar| bars::to_bar(&s.venue, &s.symbol, intervals, &(index, bar)))
+            .collect())
     }
 
-    fn series_of(&self, symbol: &Symbol, venue: Option<&Venue>) -> Result<&Series, ApiError> {
-        if let Some(venue) = venue.filter(|v| **v != self.venue) {
-            return Err(ApiError::new(
-                "unknown_venue",
-                format!("no feed for venue {venue}; the venue is {}", self.venue),
-            ));
+    /// `md.api.monitor.start`: set (or replace) the symbol's monitor on every venue.
+    pub fn monitor_start(
+        &mut self,
+        request: &MonitorStartRequest,
+    ) -> Result<MonitorStatusReply, ApiError> {
+        let threshold = Threshold {
+            threshold_pct: request.threshold_pct,
+            window_s: request.window_s,
+        };
+        self.set_monitor(&request.symbol, Some(threshold))?;
+        Ok(self
+            .monitor_status(Some(&request.symbol))
+            .unwrap_or_else(|_| MonitorStatusReply {
+                monitors: Vec::new(),
+            }))
+    }
+
+    /// `md.api.monitor.stop`: no alerts for the symbol until the next start.
+    /// Stopping a symbol without a monitor is not an error (the reply is empty).
+    pub fn monitor_stop(&mut self, symbol: &Symbol) -> Result<MonitorStatusReply, ApiError> {
+        self.set_monitor(symbol, None)?;
+        Ok(MonitorStatusReply {
+            monitors: Vec::new(),
+        })
+    }
+
+    /// `md.api.monitor.status`: the symbol's monitor, or every monitor (by symbol).
+    pub fn monitor_status(&self, symbol: Option<&Symbol>) -> Result<MonitorStatusReply, ApiError> {
+        let info = |symbol: &Symbol, state: &SymbolState| {
+            state.threshold.map(|t| MonitorInfo {
+                symbol: symbol.clone(),
+                threshold_pct: t.threshold_pct,
+                window_s: t.window_s,
+            })
+        };
+        let mut monitors: Vec<MonitorInfo> = match symbol {
+            Some(symbol) => {
+                let state = self
+                    .symbols
+                    .get(symbol.as_str())
+                    .ok_or_else(|| unknown_symbol(symbol))?;
+                info(symbol, state).into_iter().collect()
+            }
+            None => self
+                .symbols
+                .iter()
+                .filter_map(|(s, state)| info(s, state))
+                .collect(),
+        };
+        monitors.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+        Ok(MonitorStatusReply { monitors })
+    }
+
+    fn set_monitor(
+        &mut self,
+        symbol: &Symbol,
+        threshold: Option<Threshold>,
+    ) -> Result<(), ApiError> {
+        let state = self
+            .symbols
+            .get_mut(symbol.as_str())
+            .ok_or_else(|| unknown_symbol(symbol))?;
+        state.threshold = threshold;
+        for &slot in &state.slots {
+            self.series[slot].monitor = threshold.map(Monitor::new);
         }
-        self.slots
+        Ok(())
+    }
+
+    /// The latest tick of `symbol` on `venue`, or the most recent of any venue.
+    fn latest(&self, symbol: &Symbol, venue: Option<&Venue>) -> Result<Option<Tick>, ApiError> {
+        let slot = match venue {
+            Some(venue) => Some(self.slot_on(symbol, venue)?),
+            None => self
+                .slots_of(symbol)?
+                .iter()
+                .copied()
+                .filter(|&i| self.series[i].latest.is_some())
+                .max_by_key(|&i| self.series[i].latest.map(|t| t.ts)),
+        };
+        Ok(slot.and_then(|i| {
+            let s = &self.series[i];
+            s.latest.map(|t| Tick {
+                venue: s.venue.clone(),
+                symbol: s.symbol.clone(),
+                price: t.price,
+                bid: t.bid,
+                ask: t.ask,
+                size: t.size,
+                seq: t.seq,
+                ts: t.ts,
+            })
+        }))
+    }
+
+    fn slots_of(&self, symbol: &Symbol) -> Result<&[usize], ApiError> {
+        self.symbols
             .get(symbol.as_str())
-            .and_then(|&i| self.series.get(i))
+            .map(|s| s.slots.as_slice())
+            .ok_or_else(|| unknown_symbol(symbol))
+    }
+
+    fn slot_on(&self, symbol: &Symbol, venue: &Venue) -> Result<usize, ApiError> {
+        let slots = self.slots_of(symbol)?;
+        slots
+            .iter()
+            .copied()
+            .find(|&i| self.series[i].venue == *venue)
             .ok_or_else(|| {
+                let venues: Vec<&str> = slots
+                    .iter()
+                    .map(|&i| self.series[i].venue.as_str())
+                    .collect();
+                let on = if venues.is_empty() {
+                    "no venue yet".to_string()
+                } else {
+                    venues.join(", ")
+                };
                 ApiError::new(
-                    "unknown_symbol",
-                    format!("{symbol} is not a configured symbol"),
+                    "unknown_venue",
+                    format!("no {symbol} on venue {venue}; it is on {on}"),
                 )
             })
     }
 }
 
+/// A subject for as long as the process runs. A series is never removed (and there
+/// are at most `max_series`), so its subjects are leaked once, a few hundred bytes a
+/// series: cloning a static `Subject` is free, where a shared one would bounce its
+/// reference count between this thread and the NATS connection's on every message.
+fn lasting(subject: String) -> Subject {
+    Subject::from_static(Box::leak(subject.into_boxed_str()))
+}
+
+fn unknown_symbol(symbol: &Symbol) -> ApiError {
+    ApiError::new(
+        "unknown_symbol",
+        format!("{symbol} is not a configured symbol and no feed has sent it"),
+    )
+}
+
+fn no_data(symbol: &Symbol) -> ApiError {
+    ApiError::new("no_price", format!("no tick for {symbol} yet"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moonbus_common::PositiveMoney;
+    use moonbus_common::{PositiveMoney, PriceLevel};
 
     const SEC: u64 = 1_000_000_000;
     const T0: u64 = 1_764_129_600 * SEC;
 
     fn market() -> Market {
-        let symbols: Vec<Symbol> = ["BTC-USD", "ETH-USD"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        Market::new(&Venue::sim(), &symbols).unwrap()
+        let names: Vec<String> = ["1s", "1m"].iter().map(|s| s.to_string()).collect();
+        Market::new(MarketSettings {
+            intervals: Intervals::parse(&names).unwrap(),
+            history: 100,
+            max_series: 3,
+            book_depth: 3,
+            book_interval_ns: SEC,
+            stale_after_ns: 10 * SEC,
+            default_threshold: None,
+            thresholds: HashMap::new(),
+            symbols: vec!["BTC-USD".parse().unwrap()],
+        })
     }
 
-    fn tick(symbol: &str, price: &str, seq: u64, ts: u64) -> Tick {
-        Tick {
-            venue: Venue::sim(),
-            symbol: symbol.parse().unwrap(),
-            price: price.parse::<PositiveMoney>().unwrap(),
+    fn data(price: &str, seq: u64, ts: u64) -> TickData {
+        TickData {
+            price: price.parse().unwrap(),
             bid: None,
             ask: None,
-            size: Some("1".parse().unwrap()),
+            size: None,
             seq,
             ts,
         }
     }
 
-    fn price_request(json: &str) -> PriceRequest {
-        serde_json::from_str(json).unwrap()
+    fn venue(name: &str) -> Venue {
+        name.parse().unwrap()
+    }
+
+    fn level(p: &str, s: &str) -> PriceLevel {
+        (p.parse::<PositiveMoney>().unwrap(), s.parse().unwrap())
     }
 
     #[test]
-    fn subjects_are_built_from_venue_and_symbol() {
+    fn venues_of_a_symbol_price_history_and_the_series_bound() {
         let mut m = market();
+        let btc: Symbol = "BTC-USD".parse().unwrap();
+        let a = m.slot(&venue("sim"), &btc).unwrap();
+        let b = m.slot(&venue("binance"), &btc).unwrap();
         assert_eq!(
-            m.tick_subject(1).map(|s| s.as_str()),
-            Some("md.tick.sim.ETH-USD")
+            m.slot(&venue("sim"), &btc),
+            Some(a),
+            "a slot is found again"
         );
-        let mut closed = Vec::new();
-        m.record(0, tick("BTC-USD", "1", 1, T0), &mut closed);
-        m.close_due(T0 + 60 * SEC, &mut closed);
-        let subjects: Vec<&str> = closed.iter().map(|(s, _)| s.as_str()).collect();
-        assert_eq!(subjects, ["md.bar.1s.sim.BTC-USD", "md.bar.1m.sim.BTC-USD"]);
-    }
-
-    #[test]
-    fn price_is_the_latest_tick_or_a_coded_error() {
-        let mut m = market();
-        let mut closed = Vec::new();
-        let err = m
-            .price(&price_request(r#"{"symbol":"BTC-USD"}"#))
-            .unwrap_err();
-        assert_eq!(err.code, "no_price");
-        m.record(0, tick("BTC-USD", "97000", 1, T0), &mut closed);
-        m.record(0, tick("BTC-USD", "97001.5", 2, T0 + 1), &mut closed);
-        let latest = m
-            .price(&price_request(r#"{"symbol":"BTC-USD","venue":"sim"}"#))
+        let mut out = Outputs::default();
+        m.record(a, data("100", 1, T0), &mut out);
+        m.record(b, data("101", 1, T0 + 1), &mut out);
+        m.record(a, data("102", 2, T0 + SEC), &mut out);
+        assert_eq!(out.bars.len(), 1, "sim's first 1s bar closed");
+        let price = |json: &str| m.price(&serde_json::from_str(json).unwrap());
+        assert_eq!(
+            price(r#"{"symbol":"BTC-USD"}"#).unwrap().price.to_string(),
+            "102",
+            "the most recent of any venue"
+        );
+        let on_binance = price(r#"{"symbol":"BTC-USD","venue":"binance"}"#).unwrap();
+        assert_eq!(
+            (on_binance.venue.as_str(), on_binance.price.to_string()),
+            ("binance", "101".to_string())
+        );
+        assert_eq!(
+            price(r#"{"symbol":"BTC-USD","venue":"coinbase"}"#)
+                .unwrap_err()
+                .code,
+            "unknown_venue"
+        );
+        let history = m
+            .history(&serde_json::from_str(r#"{"symbol":"BTC-USD","interval":"1s"}"#).unwrap())
             .unwrap();
         assert_eq!(
-            (latest.price.to_string(), latest.seq),
-            ("97001.5".into(), 2)
+            (
+                history.len(),
+                history[0].venue.as_str(),
+                history[0].close.to_string()
+            ),
+            (1, "sim", "100".to_string())
         );
         let err = m
-            .price(&price_request(r#"{"symbol":"DOGE-USD"}"#))
+            .history(&serde_json::from_str(r#"{"symbol":"BTC-USD","interval":"5m"}"#).unwrap())
             .unwrap_err();
-        assert_eq!(err.code, "unknown_symbol");
-        let err = m
-            .price(&price_request(r#"{"symbol":"BTC-USD","venue":"binance"}"#))
-            .unwrap_err();
-        assert_eq!(err.code, "unknown_venue");
-    }
-
-    #[test]
-    fn prices_name_the_missing_once() {
-        let mut m = market();
-        m.record(0, tick("BTC-USD", "97000", 1, T0), &mut Vec::new());
-        let request: PricesRequest =
-            serde_json::from_str(r#"{"symbols":["BTC-USD","DOGE-USD","ETH-USD","DOGE-USD"]}"#)
-                .unwrap();
-        let reply = m.prices(&request);
-        assert_eq!(reply.prices.keys().collect::<Vec<_>>(), ["BTC-USD"]);
-        assert_eq!(reply.missing, ["DOGE-USD", "ETH-USD"]);
-    }
-
-    #[test]
-    fn history_by_interval_oldest_first() {
-        let mut m = market();
-        let mut closed = Vec::new();
-        for i in 0..5 {
-            m.record(
-                1,
-                tick("ETH-USD", &format!("{}", 3500 + i), i, T0 + i * SEC),
-                &mut closed,
-            );
-        }
-        m.close_due(T0 + 60 * SEC, &mut closed);
-        let request = |json: &str| serde_json::from_str::<HistoryRequest>(json).unwrap();
-        let bars = m
-            .history(&request(
-                r#"{"symbol":"ETH-USD","interval":"1s","limit":3}"#,
-            ))
-            .unwrap();
-        let closes: Vec<String> = bars.iter().map(|b| b.close.to_string()).collect();
-        assert_eq!(closes, ["3502", "3503", "3504"]);
-        let bars = m.history(&request(r#"{"symbol":"ETH-USD"}"#)).unwrap();
         assert_eq!(
-            bars.len(),
-            1,
-            "the default interval is 1m: one bar of 5 ticks"
+            (err.code, err.message.contains("1s, 1m")),
+            ("unknown_interval", true)
         );
-        assert_eq!(bars[0].trades, 5);
-        let err = m
-            .history(&request(r#"{"symbol":"ETH-USD","interval":"5m"}"#))
-            .unwrap_err();
-        assert_eq!(err.code, "unknown_interval");
-        let err = m.history(&request(r#"{"symbol":"XRP-USD"}"#)).unwrap_err();
-        assert_eq!(err.code, "unknown_symbol");
+        // max_series = 3: a third pair fits, a fourth is refused.
+        assert!(m.slot(&venue("sim"), &"ETH-USD".parse().unwrap()).is_some());
+        assert!(m.slot(&venue("sim"), &"SOL-USD".parse().unwrap()).is_none());
+        assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn the_aggregate_merges_the_fresh_books_of_every_venue() {
+        let mut m = market();
+        let btc: Symbol = "BTC-USD".parse().unwrap();
+        let (a, b) = (
+            m.slot(&venue("sim"), &btc).unwrap(),
+            m.slot(&venue("binance"), &btc).unwrap(),
+        );
+        let book = |v: &str, bids: Vec<PriceLevel>, asks: Vec<PriceLevel>, ts| Book {
+            venue: venue(v),
+            symbol: btc.clone(),
+            bids,
+            asks,
+            seq: 1,
+            ts,
+        };
+        let mut out = BookOut::default();
+        m.offer_book(
+            a,
+            book(
+                "sim",
+                vec![level("100", "1"), level("99", "2")],
+                vec![level("101", "1")],
+                T0,
+            ),
+            T0,
+            &mut out,
+        );
+        m.offer_book(
+            b,
+            book(
+                "binance",
+                vec![level("100.5", "3"), level("99", "1")],
+                vec![level("100.9", "2")],
+                T0,
+            ),
+            T0,
+            &mut out,
+        );
+        let subjects: Vec<&str> = out.books.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            subjects,
+            [
+                "md.book.sim.BTC-USD",
+                "md.book.all.BTC-USD",
+                "md.book.binance.BTC-USD",
+                "md.book.all.BTC-USD"
+            ]
+        );
+        let all: Book = serde_json::from_slice(&out.books[3].1).unwrap();
+        assert_eq!(
+            all.bids,
+            [level("100.5", "3"), level("100", "1"), level("99", "3")]
+        );
+        assert_eq!(all.asks, [level("100.9", "2"), level("101", "1")]);
+        assert_eq!((all.venue.as_str(), all.seq), ("all", 2));
+        // Within the interval a new book waits (latest wins); the flush sends it.
+        out.books.clear();
+        m.offer_book(
+            b,
+            book("binance", vec![level("100.6", "1")], vec![], T0 + 1),
+            T0 + 1,
+            &mut out,
+        );
+        assert!(out.books.is_empty());
+        m.flush_books(T0 + SEC / 2, &mut out);
+        assert!(out.books.is_empty(), "not due yet");
+        m.flush_books(T0 + SEC, &mut out);
+        assert_eq!(out.books.len(), 2);
+        // Much later the sim book is stale and left out of the aggregate.
+        out.books.clear();
+        m.offer_book(
+            b,
+            book("binance", vec![level("50", "1")], vec![], T0 + 20 * SEC),
+            T0 + 20 * SEC,
+            &mut out,
+        );
+        let all: Book = serde_json::from_slice(&out.books[1].1).unwrap();
+        assert_eq!(all.bids, [level("50", "1")]);
     }
 }

@@ -1,107 +1,20 @@
 //! rust-market-data end to end: a real nats-server, the real binary (simulated feed
 //! at 20 ms per symbol), and a plain NATS client asking and listening.
 
+mod support;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, Subscriber};
 use futures::StreamExt;
 use moonbus_common::testing::{ChildGuard, NatsServer};
 use moonbus_common::{
-    Bar, ErrorReply, FeedState, FeedStatus, HistoryReply, PriceReply, PricesReply, Tick,
-    VersionReply,
+    Bar, FeedState, FeedStatus, HistoryReply, PriceReply, PricesReply, Tick, VersionReply,
 };
 use rust_decimal::Decimal;
-use serde::de::DeserializeOwned;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_rust-market-data");
-const WAIT: Duration = Duration::from_secs(10);
-/// Each symbol ticks every 20 ms.
-const FAST_TICKS: &str = "20";
-
-struct Running {
-    _server: NatsServer,
-    service: ChildGuard,
-    client: Client,
-}
-
-/// Starts nats-server and the service; subscribes to `subjects` before the first
-/// tick, and returns once the service answers requests.
-async fn start(subjects: &[&str]) -> (Running, Vec<Subscriber>) {
-    start_with(subjects, FAST_TICKS).await
-}
-
-async fn start_with(subjects: &[&str], tick_interval_ms: &str) -> (Running, Vec<Subscriber>) {
-    let server = NatsServer::start();
-    let client = async_nats::connect(&server.url).await.expect("connect");
-    let mut subscribers = Vec::new();
-    for subject in subjects {
-        subscribers.push(
-            client
-                .subscribe(subject.to_string())
-                .await
-                .expect("subscribe"),
-        );
-    }
-    client.flush().await.expect("flush");
-    let service = ChildGuard::spawn(
-        BINARY,
-        &server.url,
-        &[("MOONBUS__MARKET_DATA__TICK_INTERVAL_MS", tick_interval_ms)],
-    );
-    let deadline = Instant::now() + WAIT;
-    // Poll until the service lists its four endpoints (before, no responders).
-    loop {
-        if let Ok(info) = client.request("$SRV.INFO.market-data", "".into()).await {
-            let info: serde_json::Value = serde_json::from_slice(&info.payload).expect("JSON info");
-            if info["endpoints"].as_array().is_some_and(|e| e.len() == 4) {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "market-data did not start answering"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let running = Running {
-        _server: server,
-        service,
-        client,
-    };
-    (running, subscribers)
-}
-
-async fn next<T: DeserializeOwned>(subscriber: &mut Subscriber) -> T {
-    let message = tokio::time::timeout(WAIT, subscriber.next())
-        .await
-        .expect("a message in time")
-        .expect("subscription open");
-    serde_json::from_slice(&message.payload)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&message.payload)))
-}
-
-async fn request(client: &Client, subject: &str, body: &str) -> serde_json::Value {
-    let reply = tokio::time::timeout(
-        WAIT,
-        client.request(subject.to_string(), body.to_string().into()),
-    )
-    .await
-    .expect("a reply in time")
-    .expect("a reply");
-    serde_json::from_slice(&reply.payload).expect("a JSON reply")
-}
-
-async fn ask<T: DeserializeOwned>(client: &Client, subject: &str, body: &str) -> T {
-    let value = request(client, subject, body).await;
-    serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{e}: {value}"))
-}
-
-async fn error_code(client: &Client, subject: &str, body: &str) -> (String, String) {
-    let reply: ErrorReply = ask(client, subject, body).await;
-    (reply.error.code, reply.error.message)
-}
+use support::{ask, error_code, next, request, start, start_with, BINARY, WAIT};
 
 #[tokio::test]
 async fn ticks_status_and_bars_flow_and_bars_match_the_ticks() {
@@ -174,7 +87,7 @@ async fn ticks_status_and_bars_flow_and_bars_match_the_ticks() {
     let (code, _) = error_code(
         &running.client,
         "md.api.history",
-        r#"{"symbol":"BTC-USD","interval":"5m"}"#,
+        r#"{"symbol":"BTC-USD","interval":"2m"}"#,
     )
     .await;
     assert_eq!(code, "unknown_interval");
@@ -184,7 +97,11 @@ async fn ticks_status_and_bars_flow_and_bars_match_the_ticks() {
 async fn a_quiet_symbols_bar_is_closed_by_the_timer() {
     // Each symbol ticks every 3 s, so a 1s bar can only close by the timer. One
     // subscription for everything keeps the order in which the service published.
-    let (_running, mut subs) = start_with(&["md.>"], "3000").await;
+    let (_running, mut subs) = start_with(
+        &["md.>"],
+        &[("MOONBUS__MARKET_DATA__TICK_INTERVAL_MS", "3000")],
+    )
+    .await;
     let mut first: Option<Tick> = None;
     let bar = loop {
         let message = tokio::time::timeout(WAIT, subs[0].next())
@@ -296,6 +213,9 @@ async fn price_prices_version_and_ping() {
         served,
         [
             "md.api.history",
+            "md.api.monitor.start",
+            "md.api.monitor.status",
+            "md.api.monitor.stop",
             "md.api.price",
             "md.api.prices",
             "md.api.version"

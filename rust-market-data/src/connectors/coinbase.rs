@@ -1,0 +1,493 @@
+//! Coinbase public market data, no key, in either of its two dialects
+//! (`api` in config):
+//!
+//! - `exchange` (`wss://ws-feed.exchange.coinbase.com`): channels `ticker`,
+//!   `level2_batch` (the public level 2) and `heartbeat`. Ticker and heartbeat
+//!   messages carry the product's `sequence`: one not above the last seen arrived
+//!   out of order and is dropped. Level 2 messages carry none, so the book checks
+//!   itself: an `l2update` before its `snapshot`, or one that leaves the book
+//!   crossed, means updates were lost -> a gap: unsubscribe and subscribe that
+//!   product's level 2 again, which sends a new snapshot.
+//! - `advanced` (`wss://advanced-trade-ws.coinbase.com`): channels `ticker`,
+//!   `level2` and `heartbeats`. Every message of a connection carries
+//!   `sequence_num`, one more than the last: a jump is a gap -> resubscribe every
+//!   product's level 2 (new snapshots), as above.
+//!
+//! A ticker -> a tick (price, best bid and ask, last size); a book change ->
+//! `md.book`. Product ids are canonical already (`BTC-USD`).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Result;
+use moonbus_common::Venue;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+
+use super::book::{level, Instrument, LocalBook, Side};
+use super::link::{check_url, Link, WS};
+use super::session::{plain_request, run_ws, Batch, Fault, FeedOut, WsVenue};
+use super::symbols::{self, Naming};
+use super::wire::Dec;
+use crate::feed::FeedSink;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoinbaseApi {
+    #[default]
+    Exchange,
+    Advanced,
+}
+
+/// `[market_data.coinbase]`, besides the link keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CoinbaseConfig {
+    pub api: CoinbaseApi,
+    /// Empty: the public endpoint of `api`.
+    pub ws_url: String,
+    /// Product ids (`BTC-USD`).
+    pub symbols: Vec<String>,
+    pub symbol_map: BTreeMap<String, String>,
+}
+
+impl Default for CoinbaseConfig {
+    fn default() -> Self {
+        Self {
+            api: CoinbaseApi::Exchange,
+            ws_url: String::new(),
+            symbols: vec!["BTC-USD".into(), "ETH-USD".into(), "SOL-USD".into()],
+            symbol_map: BTreeMap::new(),
+        }
+    }
+}
+
+const NAMING: Naming = Naming {
+    venue: "coinbase",
+    pattern: "^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$",
+    valid: |name| {
+        name.split_once('-')
+            .is_some_and(|(b, q)| symbols::upper_alnum(b, 1, 20) && symbols::upper_alnum(q, 1, 20))
+    },
+};
+
+pub(super) fn start(name: &str, link: Link, config: &CoinbaseConfig, sink: FeedSink) -> Result<()> {
+    let coinbase = Coinbase::new(name, &link, config)?;
+    let out = FeedOut::new(name.parse()?, sink, coinbase.ids.len());
+    tokio::spawn(run_ws(coinbase, link, out));
+    Ok(())
+}
+
+pub(super) struct Coinbase {
+    api: CoinbaseApi,
+    ws_url: String,
+    depth: usize,
+    /// The product ids, sorted (subscription order).
+    ids: Vec<String>,
+    products: HashMap<String, Product>,
+    /// `advanced`: the `sequence_num` the next message must carry.
+    next_sequence_num: Option<u64>,
+}
+
+struct Product {
+    instrument: Instrument,
+    /// `exchange`: the highest `sequence` seen (ticker, heartbeat).
+    sequence: u64,
+    /// `None`: waiting for a snapshot.
+    book: Option<LocalBook>,
+    /// A resubscription is on its way: updates of the old subscription may still
+    /// come before its snapshot, and are ignored.
+    resyncing: bool,
+}
+
+impl Product {
+    fn new(instrument: Instrument) -> Self {
+        Self {
+            instrument,
+            sequence: 0,
+            book: None,
+            resyncing: false,
+        }
+    }
+}
+
+impl Coinbase {
+    /// Checks `[market_data.coinbase]`.
+    pub(super) fn new(name: &str, link: &Link, config: &CoinbaseConfig) -> Result<Self> {
+        let products = symbols::map(&NAMING, &config.symbols, &config.symbol_map, |p| {
+            Some(p.to_string())
+        })?;
+        let ws_url = match (config.ws_url.is_empty(), config.api) {
+            (false, _) => config.ws_url.clone(),
+            (true, CoinbaseApi::Exchange) => "wss://ws-feed.exchange.coinbase.com".into(),
+            (true, CoinbaseApi::Advanced) => "wss://advanced-trade-ws.coinbase.com".into(),
+        };
+        check_url("coinbase", "ws_url", &ws_url, WS)?;
+        let venue: Venue = name.parse()?;
+        let mut ids: Vec<String> = products.iter().map(|(id, _)| id.clone()).collect();
+        ids.sort();
+        Ok(Self {
+            api: config.api,
+            ws_url,
+            depth: link.book_depth,
+            ids,
+            products: products
+                .into_iter()
+                .map(|(id, symbol)| (id, Product::new(Instrument::new(venue.clone(), symbol))))
+                .collect(),
+            next_sequence_num: None,
+        })
+    }
+}
+
+impl WsVenue for Coinbase {
+    type Done = std::convert::Infallible;
+
+    fn request(&self) -> Result<Request, String> {
+        plain_request(&self.ws_url)
+    }
+
+    fn on_open(&mut self, out: &mut Batch) {
+        // A fresh subscription sends each snapshot before any update.
+        self.next_sequence_num = None;
+        for product in self.products.values_mut() {
+            product.book = None;
+            product.resyncing = false;
+        }
+        match self.api {
+            CoinbaseApi::Exchange => out.frames.push(
+                json!({
+                    "type": "subscribe",
+                    "product_ids": self.ids,
+                    "channels": ["ticker", "level2_batch", "heartbeat"],
+                })
+                .to_string(),
+            ),
+            CoinbaseApi::Advanced => {
+                // One channel per message; heartbeats keep a quiet subscription open.
+                for channel in ["ticker", "level2"] {
+                    out.frames
+                        .push(subscription("subscribe", channel, &self.ids));
+                }
+                out.frames
+                    .push(json!({"type": "subscribe", "channel": "heartbeats"}).to_string());
+            }
+        }
+    }
+
+    fn on_text(&mut self, text: &str, out: &mut Batch) -> Result<(), Fault> {
+        match self.api {
+            CoinbaseApi::Exchange => self.on_exchange(text, out),
+            CoinbaseApi::Advanced => self.on_advanced(text, out),
+        }
+    }
+}
+
+fn subscription(kind: &str, channel: &str, ids: &[String]) -> String {
+    json!({"type": kind, "product_ids": ids, "channel": channel}).to_string()
+}
+
+/// One change of a level 2 message, either dialect.
+type Change = (Side, Decimal, Decimal);
+
+impl Coinbase {
+    fn on_exchange(&mut self, text: &str, out: &mut Batch) -> Result<(), Fault> {
+        let head: TypeHead = serde_json::from_str(text).map_err(garbage)?;
+        match head.kind.as_ref() {
+            "ticker" => {
+                let t: ExchangeTicker = serde_json::from_str(text).map_err(garbage)?;
+                let Some(product) = self.fresh(&t.product_id, t.sequence) else {
+                    return Ok(());
+                };
+                product
+                    .instrument
+                    .set_quote(t.best_bid.map(|d| d.0), t.best_ask.map(|d| d.0));
+                let tick = product
+                    .instrument
+                    .trade(t.price.0, t.last_size.map(|d| d.0));
+                out.events.push(tick.map_err(Fault::Garbage)?);
+                Ok(())
+            }
+            "heartbeat" => {
+                let h: ExchangeHeartbeat = serde_json::from_str(text).map_err(garbage)?;
+                self.fresh(&h.product_id, h.sequence);
+                Ok(())
+            }
+            "snapshot" => {
+                let s: ExchangeSnapshot = serde_json::from_str(text).map_err(garbage)?;
+                let bids = s.bids.iter().map(|(p, q)| (Side::Bid, p.0, q.0));
+                let asks = s.asks.iter().map(|(p, q)| (Side::Ask, p.0, q.0));
+                let changes: Vec<Change> = bids.chain(asks).collect();
+                self.on_book(&s.product_id, true, &changes, out)
+            }
+            "l2update" => {
+                let u: ExchangeUpdate = serde_json::from_str(text).map_err(garbage)?;
+                let changes = u
+                    .changes
+                    .iter()
+                    .map(|(side, p, q)| Ok((side_of(side, "buy", "sell")?, p.0, q.0)))
+                    .collect::<Result<Vec<Change>, Fault>>()?;
+                self.on_book(&u.product_id, false, &changes, out)
+            }
+            "error" => Err(Fault::Garbage(format!("Coinbase error: {text}"))),
+            // Coinbase may add message types; clients are to ignore them.
+            _ => Ok(()),
+        }
+    }
+
+    /// The product, when `sequence` is newer than any seen for it.
+    fn fresh(&mut self, id: &str, sequence: u64) -> Option<&mut Product> {
+        let product = self.products.get_mut(id)?;
+        if sequence <= product.sequence {
+            tracing::debug!(
+                product = id,
+                sequence,
+                last = product.sequence,
+                "out-of-order message dropped"
+            );
+            return None;
+        }
+        product.sequence = sequence;
+        Some(product)
+    }
+
+    fn on_advanced(&mut self, text: &str, out: &mut Batch) -> Result<(), Fault> {
+        let head: AdvancedHead = serde_json::from_str(text).map_err(garbage)?;
+        if head.kind.as_deref() == Some("error") {
+            return Err(Fault::Garbage(format!("Coinbase error: {text}")));
+        }
+        let (Some(channel), Some(sequence_num)) = (head.channel, head.sequence_num) else {
+            return Err(Fault::Garbage("no channel or sequence_num".into()));
+        };
+        if self
+            .next_sequence_num
+            .is_some_and(|next| next != sequence_num)
+        {
+            tracing::warn!(
+                expected = self.next_sequence_num,
+                got = sequence_num,
+                "Coinbase sequence gap; resubscribing level2"
+            );
+            out.gaps += 1;
+            self.resync(&self.ids.clone(), out);
+        }
+        self.next_sequence_num = Some(sequence_num + 1);
+        let events = head.events.map_or("[]", RawValue::get);
+        match channel.as_ref() {
+            "l2_data" => {
+                let events: Vec<AdvancedL2> = serde_json::from_str(events).map_err(garbage)?;
+                for event in events {
+                    let changes = event
+                        .updates
+                        .iter()
+                        .map(|u| {
+                            Ok((
+                                side_of(&u.side, "bid", "offer")?,
+                                u.price_level.0,
+                                u.new_quantity.0,
+                            ))
+                        })
+                        .collect::<Result<Vec<Change>, Fault>>()?;
+                    self.on_book(&event.product_id, event.kind == "snapshot", &changes, out)?;
+                }
+                Ok(())
+            }
+            "ticker" | "ticker_batch" => {
+                let events: Vec<AdvancedTickers> = serde_json::from_str(events).map_err(garbage)?;
+                for ticker in events.iter().flat_map(|e| &e.tickers) {
+                    let Some(product) = self.products.get_mut(ticker.product_id.as_ref()) else {
+                        continue;
+                    };
+                    product
+                        .instrument
+                        .set_quote(ticker.best_bid.map(|d| d.0), ticker.best_ask.map(|d| d.0));
+                    out.events.push(
+                        product
+                            .instrument
+                            .trade(ticker.price.0, None)
+                            .map_err(Fault::Garbage)?,
+                    );
+                }
+                Ok(())
+            }
+            _ => Ok(()), // heartbeats, subscriptions, channels we did not ask for
+        }
+    }
+
+    /// A snapshot (replaces the book) or an update of one product's book.
+    fn on_book(
+        &mut self,
+        id: &str,
+        snapshot: bool,
+        changes: &[Change],
+        out: &mut Batch,
+    ) -> Result<(), Fault> {
+        for &(_, price, size) in changes {
+            level(price, size).map_err(Fault::Garbage)?;
+        }
+        let Some(product) = self.products.get_mut(id) else {
+            return Ok(());
+        };
+        if snapshot {
+            product.book = Some(LocalBook::default());
+            product.resyncing = false;
+        }
+        let Some(book) = &mut product.book else {
+            if product.resyncing {
+                return Ok(()); // the new snapshot is on its way
+            }
+            return self.gap(id, "an update before its snapshot", out);
+        };
+        for &(side, price, size) in changes {
+            book.set(side, price, size);
+        }
+        if book.is_crossed() {
+            return self.gap(id, "the book crossed", out);
+        }
+        product.instrument.touch(book);
+        out.events
+            .push(product.instrument.book(book, self.depth, None));
+        Ok(())
+    }
+
+    fn gap(&mut self, id: &str, why: &str, out: &mut Batch) -> Result<(), Fault> {
+        tracing::warn!(
+            product = id,
+            why,
+            "Coinbase level 2 out of sync; resubscribing"
+        );
+        out.gaps += 1;
+        self.resync(&[id.to_string()], out);
+        Ok(())
+    }
+
+    /// Unsubscribe and subscribe again the level 2 of `ids`: Coinbase then sends
+    /// each a new snapshot.
+    fn resync(&mut self, ids: &[String], out: &mut Batch) {
+        for id in ids {
+            if let Some(product) = self.products.get_mut(id) {
+                product.book = None;
+                product.resyncing = true;
+            }
+        }
+        match self.api {
+            CoinbaseApi::Exchange => {
+                for kind in ["unsubscribe", "subscribe"] {
+                    let frame =
+                        json!({"type": kind, "product_ids": ids, "channels": ["level2_batch"]});
+                    out.frames.push(frame.to_string());
+                }
+            }
+            CoinbaseApi::Advanced => {
+                for kind in ["unsubscribe", "subscribe"] {
+                    out.frames.push(subscription(kind, "level2", ids));
+                }
+            }
+        }
+    }
+}
+
+fn side_of(side: &str, bid: &str, ask: &str) -> Result<Side, Fault> {
+    if side == bid {
+        Ok(Side::Bid)
+    } else if side == ask {
+        Ok(Side::Ask)
+    } else {
+        Err(Fault::Garbage(format!("unknown side {side:?}")))
+    }
+}
+
+fn garbage(e: serde_json::Error) -> Fault {
+    Fault::Garbage(e.to_string())
+}
+
+// ---------------------------------------------------------------- wire format: exchange
+
+#[derive(Deserialize)]
+struct TypeHead<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct ExchangeTicker {
+    product_id: String,
+    sequence: u64,
+    price: Dec,
+    #[serde(default)]
+    best_bid: Option<Dec>,
+    #[serde(default)]
+    best_ask: Option<Dec>,
+    #[serde(default)]
+    last_size: Option<Dec>,
+}
+
+#[derive(Deserialize)]
+struct ExchangeHeartbeat {
+    product_id: String,
+    sequence: u64,
+}
+
+#[derive(Deserialize)]
+struct ExchangeSnapshot {
+    product_id: String,
+    bids: Vec<(Dec, Dec)>,
+    asks: Vec<(Dec, Dec)>,
+}
+
+#[derive(Deserialize)]
+struct ExchangeUpdate {
+    product_id: String,
+    /// `[side ("buy" | "sell"), price, new size]`
+    changes: Vec<(String, Dec, Dec)>,
+}
+
+// ---------------------------------------------------------------- wire format: advanced
+
+#[derive(Deserialize)]
+struct AdvancedHead<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default)]
+    sequence_num: Option<u64>,
+    #[serde(borrow, default)]
+    events: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AdvancedL2 {
+    #[serde(rename = "type")]
+    kind: String,
+    product_id: String,
+    updates: Vec<AdvancedLevel>,
+}
+
+#[derive(Deserialize)]
+struct AdvancedLevel {
+    /// "bid" | "offer"
+    side: String,
+    price_level: Dec,
+    new_quantity: Dec,
+}
+
+#[derive(Deserialize)]
+struct AdvancedTickers<'a> {
+    #[serde(borrow)]
+    tickers: Vec<AdvancedTicker<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AdvancedTicker<'a> {
+    #[serde(borrow)]
+    product_id: Cow<'a, str>,
+    price: Dec,
+    #[serde(default)]
+    best_bid: Option<Dec>,
+    #[serde(default)]
+    best_ask: Option<Dec>,
+}

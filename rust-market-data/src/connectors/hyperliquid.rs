@@ -1,0 +1,332 @@
+//! Hyperliquid, public WebSocket (`wss://api.hyperliquid.xyz/ws`), no key.
+//!
+//! Subscribes to `allMids` (every coin's mid, each block) and, per coin, `trades`
+//! and `l2Book` (a full snapshot of the top levels each block, so a lost message
+//! cannot desync a book; one older than the last is dropped).
+//! - a changed mid -> a tick at the mid; a trade -> a tick at its price and size;
+//! - `l2Book` -> `md.book`, and the best bid and ask of the next ticks.
+//!
+//! The server closes a connection that has sent nothing for 60 s, so the client
+//! sends `{"method":"ping"}` every `ping_interval_ms` and gets `{"channel":"pong"}`.
+//! Coins map to `<COIN>-<quote>` (perps: `BTC` -> `BTC-USD`), spot pairs
+//! `PURR/USDC` -> `PURR-USDC`; spot indices (`@107`) need `symbol_map`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use moonbus_common::Venue;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::book::{level, Instrument, LocalBook};
+use super::link::{check_url, Link, WS};
+use super::session::{plain_request, run_ws, Batch, Fault, FeedOut, WsVenue};
+use super::symbols::{self, Naming};
+use super::wire::{decimal, Dec};
+use crate::feed::FeedSink;
+
+/// `[market_data.hyperliquid]`, besides the link keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HyperliquidConfig {
+    pub ws_url: String,
+    /// Coins (`BTC`), spot pairs (`PURR/USDC`) or spot indices (`@107`).
+    pub symbols: Vec<String>,
+    /// The quote of a bare coin's canonical symbol (`BTC` -> `BTC-USD`).
+    pub quote: String,
+    pub symbol_map: BTreeMap<String, String>,
+    pub ping_interval_ms: u64,
+}
+
+impl Default for HyperliquidConfig {
+    fn default() -> Self {
+        Self {
+            ws_url: "wss://api.hyperliquid.xyz/ws".into(),
+            symbols: vec!["BTC".into(), "ETH".into(), "SOL".into()],
+            quote: "USD".into(),
+            symbol_map: BTreeMap::new(),
+            ping_interval_ms: 30_000,
+        }
+    }
+}
+
+const NAMING: Naming = Naming {
+    venue: "hyperliquid",
+    pattern: "COIN, BASE/QUOTE or @INDEX, letters and digits only",
+    valid: is_coin,
+};
+
+fn is_coin(name: &str) -> bool {
+    let part =
+        |p: &str| (1..=20).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric());
+    match name.strip_prefix('@') {
+        Some(index) => (1..=6).contains(&index.len()) && index.bytes().all(|b| b.is_ascii_digit()),
+        None => match name.split_once('/') {
+            Some((base, quote)) => part(base) && part(quote),
+            None => part(name),
+        },
+    }
+}
+
+fn canonical(name: &str, quote: &str) -> Option<String> {
+    if name.starts_with('@') {
+        return None;
+    }
+    let symbol = match name.split_once('/') {
+        Some((base, quote)) => format!("{base}-{quote}"),
+        None => format!("{name}-{quote}"),
+    };
+    Some(symbol.to_ascii_uppercase())
+}
+
+pub(super) fn start(
+    name: &str,
+    link: Link,
+    config: &HyperliquidConfig,
+    sink: FeedSink,
+) -> Result<()> {
+    let hyperliquid = Hyperliquid::new(name, &link, config)?;
+    let out = FeedOut::new(name.parse()?, sink, hyperliquid.coins.len());
+    tokio::spawn(run_ws(hyperliquid, link, out));
+    Ok(())
+}
+
+pub(super) struct Hyperliquid {
+    ws_url: String,
+    ping_interval: Duration,
+    depth: usize,
+    /// Hyperliquid coin -> its state (kept across reconnects: the time checks
+    /// then also drop what a new subscription repeats).
+    coins: HashMap<String, Coin>,
+}
+
+struct Coin {
+    instrument: Instrument,
+    mid: Option<Decimal>,
+    /// The time (ms) of the newest trade taken, and the ids of the trades taken at
+    /// that time: a new subscription repeats recent trades, which are dropped.
+    trade_time: u64,
+    trade_ids: Vec<u64>,
+    /// The time (ms) of the book taken.
+    book_time: u64,
+}
+
+impl Coin {
+    fn new(instrument: Instrument) -> Self {
+        Self {
+            instrument,
+            mid: None,
+            trade_time: 0,
+            trade_ids: Vec::new(),
+            book_time: 0,
+        }
+    }
+
+    /// True for a trade not taken before.
+    fn take_trade(&mut self, time: u64, id: u64) -> bool {
+        if time < self.trade_time || (time == self.trade_time && self.trade_ids.contains(&id)) {
+            return false;
+        }
+        if time > self.trade_time {
+            self.trade_time = time;
+            self.trade_ids.clear();
+        }
+        self.trade_ids.push(id);
+        true
+    }
+}
+
+impl Hyperliquid {
+    /// Checks `[market_data.hyperliquid]`.
+    pub(super) fn new(name: &str, link: &Link, config: &HyperliquidConfig) -> Result<Self> {
+        let symbols = symbols::map(&NAMING, &config.symbols, &config.symbol_map, |coin| {
+            canonical(coin, &config.quote)
+        })?;
+        check_url("hyperliquid", "ws_url", &config.ws_url, WS)?;
+        if config.ping_interval_ms == 0 {
+            bail!("[market_data.hyperliquid] ping_interval_ms = 0: must be at least 1");
+        }
+        let venue: Venue = name.parse()?;
+        Ok(Self {
+            ws_url: config.ws_url.clone(),
+            ping_interval: Duration::from_millis(config.ping_interval_ms),
+            depth: link.book_depth,
+            coins: symbols
+                .into_iter()
+                .map(|(coin, symbol)| (coin, Coin::new(Instrument::new(venue.clone(), symbol))))
+                .collect(),
+        })
+    }
+}
+
+impl WsVenue for Hyperliquid {
+    type Done = std::convert::Infallible;
+
+    fn request(&self) -> Result<Request, String> {
+        plain_request(&self.ws_url)
+    }
+
+    fn on_open(&mut self, out: &mut Batch) {
+        let subscribe =
+            |subscription| json!({"method": "subscribe", "subscription": subscription}).to_string();
+        out.frames.push(subscribe(json!({"type": "allMids"})));
+        let mut coins: Vec<&String> = self.coins.keys().collect();
+        coins.sort();
+        for coin in coins {
+            out.frames
+                .push(subscribe(json!({"type": "trades", "coin": coin})));
+            out.frames
+                .push(subscribe(json!({"type": "l2Book", "coin": coin})));
+        }
+    }
+
+    fn on_text(&mut self, text: &str, out: &mut Batch) -> Result<(), Fault> {
+        let envelope: Envelope = serde_json::from_str(text).map_err(garbage)?;
+        let data = || envelope.data.map_or("null", RawValue::get);
+        match envelope.channel.as_ref() {
+            "subscriptionResponse" | "pong" => Ok(()),
+            "allMids" => {
+                let mids: AllMids = serde_json::from_str(data()).map_err(garbage)?;
+                self.on_mids(&mids, out)
+            }
+            "trades" => {
+                let trades: Vec<TradeWire> = serde_json::from_str(data()).map_err(garbage)?;
+                for trade in trades {
+                    let Some(coin) = self.coins.get_mut(trade.coin.as_ref()) else {
+                        continue;
+                    };
+                    if !coin.take_trade(trade.time, trade.tid) {
+                        continue;
+                    }
+                    out.events.push(
+                        coin.instrument
+                            .trade(trade.px.0, Some(trade.sz.0))
+                            .map_err(Fault::Garbage)?,
+                    );
+                }
+                Ok(())
+            }
+            "l2Book" => {
+                let book: BookWire = serde_json::from_str(data()).map_err(garbage)?;
+                let Some(coin) = self.coins.get_mut(book.coin.as_ref()) else {
+                    return Ok(());
+                };
+                if book.time < coin.book_time {
+                    return Ok(()); // an older snapshot than the one we hold
+                }
+                let side = |levels: &[LevelWire]| -> Result<Vec<(Decimal, Decimal)>, Fault> {
+                    levels
+                        .iter()
+                        .map(|l| level(l.px.0, l.sz.0).map_err(Fault::Garbage))
+                        .collect()
+                };
+                let local = LocalBook::from_levels(&side(&book.levels.0)?, &side(&book.levels.1)?);
+                coin.book_time = book.time;
+                coin.instrument.touch(&local);
+                out.events
+                    .push(coin.instrument.book(&local, self.depth, None));
+                Ok(())
+            }
+            "error" => Err(Fault::Garbage(format!("Hyperliquid error: {}", data()))),
+            other => Err(Fault::Garbage(format!("unknown channel {other:?}"))),
+        }
+    }
+
+    fn keepalive(&self) -> Option<(Duration, Message)> {
+        Some((self.ping_interval, Message::text(r#"{"method":"ping"}"#)))
+    }
+}
+
+impl Hyperliquid {
+    /// Mids of every coin arrive each block: a tick for each of ours that moved.
+    fn on_mids(&mut self, mids: &AllMids, out: &mut Batch) -> Result<(), Fault> {
+        let mut coins: Vec<(&String, &mut Coin)> = self.coins.iter_mut().collect();
+        coins.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, coin) in coins {
+            let Some(text) = mids.mids.get(name.as_str()) else {
+                continue;
+            };
+            let mid = decimal(text).map_err(Fault::Garbage)?;
+            if coin.mid == Some(mid) {
+                continue;
+            }
+            coin.mid = Some(mid);
+            out.events
+                .push(coin.instrument.trade(mid, None).map_err(Fault::Garbage)?);
+        }
+        Ok(())
+    }
+}
+
+fn garbage(e: serde_json::Error) -> Fault {
+    Fault::Garbage(e.to_string())
+}
+
+// ---------------------------------------------------------------- wire format
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// Only our coins' values are parsed; other coins may carry anything.
+#[derive(Deserialize)]
+struct AllMids<'a> {
+    #[serde(borrow)]
+    mids: HashMap<Cow<'a, str>, Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct TradeWire<'a> {
+    #[serde(borrow)]
+    coin: Cow<'a, str>,
+    px: Dec,
+    sz: Dec,
+    time: u64,
+    tid: u64,
+}
+
+#[derive(Deserialize)]
+struct BookWire<'a> {
+    #[serde(borrow)]
+    coin: Cow<'a, str>,
+    time: u64,
+    /// Bids, then asks; best first.
+    levels: (Vec<LevelWire>, Vec<LevelWire>),
+}
+
+#[derive(Deserialize)]
+struct LevelWire {
+    px: Dec,
+    sz: Dec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coins_pairs_and_indices_map_to_canonical_symbols() {
+        assert!(is_coin("BTC") && is_coin("kPEPE") && is_coin("PURR/USDC") && is_coin("@107"));
+        assert!(
+            !is_coin("BTC-USD")
+                && !is_coin("@")
+                && !is_coin("A/B/C")
+                && !is_coin("BTC.X")
+                && !is_coin("")
+        );
+        assert_eq!(canonical("BTC", "USD").as_deref(), Some("BTC-USD"));
+        assert_eq!(canonical("kPEPE", "USDC").as_deref(), Some("KPEPE-USDC"));
+        assert_eq!(canonical("PURR/USDC", "USD").as_deref(), Some("PURR-USDC"));
+        assert_eq!(canonical("@107", "USD"), None);
+    }
+}

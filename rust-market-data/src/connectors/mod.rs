@@ -1,0 +1,137 @@
+//! Live exchange connectors: Binance spot, Coinbase, Hyperliquid and Birdeye.
+//!
+//! Each connector is one task that speaks its venue's wire format and hands the
+//! engine `FeedEvent`s (ticks, books, statuses) through the `FeedSink`. What they
+//! share lives here: the settings of a link ([`link`]), the reconnecting WebSocket
+//! session with staleness detection ([`session`]), symbol mapping ([`symbols`]),
+//! local books and per-symbol tick state ([`book`]), and exact number parsing
+//! ([`wire`]). A connector ends when the engine drops the queue.
+//!
+//! Config: `[market_data.<venue>]` of moonbus.toml (see there), read only when the
+//! venue is listed in `[market_data] feeds`.
+
+mod binance;
+mod birdeye;
+mod book;
+mod coinbase;
+mod hyperliquid;
+mod link;
+mod session;
+mod symbols;
+mod wire;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::config::MarketDataConfig;
+use crate::feed::{FeedKind, FeedSink};
+
+pub use binance::BinanceConfig;
+pub use birdeye::BirdeyeConfig;
+pub use coinbase::CoinbaseConfig;
+pub use hyperliquid::HyperliquidConfig;
+pub use link::LinkConfig;
+
+/// One `[market_data.<venue>]` section: the settings every link has, the venue's
+/// own, and nothing else (an unknown key is a start-up error, not a silent typo).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Section<V> {
+    #[serde(flatten)]
+    pub link: LinkConfig,
+    #[serde(flatten)]
+    pub venue: V,
+    /// Keys neither of the above took.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, IgnoredAny>,
+}
+
+impl<V> Section<V> {
+    fn check_keys(&self, venue: &str) -> Result<()> {
+        match self.unknown.keys().next() {
+            None => Ok(()),
+            Some(key) => anyhow::bail!("[market_data.{venue}]: unknown key `{key}`"),
+        }
+    }
+}
+
+/// Starts the connector of `kind` (a live venue), reading its section of
+/// `config`. A bad section is an error here, at start-up, naming the key.
+pub fn spawn(kind: FeedKind, config: &MarketDataConfig, sink: FeedSink) -> Result<()> {
+    let name = kind.as_str();
+    let started = match kind {
+        FeedKind::Binance => start(name, &config.binance, sink, binance::start),
+        FeedKind::Coinbase => start(name, &config.coinbase, sink, coinbase::start),
+        FeedKind::Hyperliquid => start(name, &config.hyperliquid, sink, hyperliquid::start),
+        FeedKind::Birdeye => start(name, &config.birdeye, sink, birdeye::start),
+        FeedKind::Sim | FeedKind::Replay => anyhow::bail!("{name} is not a live connector"),
+    };
+    started.with_context(|| format!("starting the {name} connector"))
+}
+
+type Starter<V> = fn(&str, link::Link, &V, FeedSink) -> Result<()>;
+
+fn start<V>(name: &str, section: &Section<V>, sink: FeedSink, starter: Starter<V>) -> Result<()> {
+    section.check_keys(name)?;
+    let link = section.link.validate(name)?;
+    starter(name, link, &section.venue, sink)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moonbus_common::config::Config;
+
+    fn link<V>(section: &Section<V>, venue: &str) -> link::Link {
+        section.check_keys(venue).unwrap();
+        section.link.validate(venue).unwrap()
+    }
+
+    #[test]
+    fn the_project_config_sections_are_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../moonbus.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let config: MarketDataConfig = Config::from_parts(&text, [])
+            .unwrap()
+            .section("market_data")
+            .unwrap();
+        let (b, c, h, e) = (
+            &config.binance,
+            &config.coinbase,
+            &config.hyperliquid,
+            &config.birdeye,
+        );
+        binance::Binance::new("binance", &link(b, "binance"), &b.venue).unwrap();
+        coinbase::Coinbase::new("coinbase", &link(c, "coinbase"), &c.venue).unwrap();
+        hyperliquid::Hyperliquid::new("hyperliquid", &link(h, "hyperliquid"), &h.venue).unwrap();
+        link(e, "birdeye");
+        birdeye::Birdeye::new("birdeye", &e.venue, birdeye::ApiKey("key".into())).unwrap();
+        assert_eq!(b.link.stale_after_ms, 10_000);
+        assert_eq!(h.venue.symbols, ["BTC", "ETH", "SOL"]);
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    struct Venue {
+        ws_url: String,
+    }
+
+    fn parse(text: &str) -> Section<Venue> {
+        let text = format!("[venue]\n{text}");
+        let config = Config::from_parts(&text, []).unwrap();
+        config.section("venue").unwrap()
+    }
+
+    #[test]
+    fn a_section_splits_into_link_and_venue_keys_and_refuses_others() {
+        let section = parse("ws_url = \"ws://x\"\nstale_after_ms = 250\n");
+        assert_eq!(section.venue.ws_url, "ws://x");
+        assert_eq!(section.link.stale_after_ms, 250);
+        assert!(section.check_keys("x").is_ok());
+        let section = parse("ws_url = \"ws://x\"\nstale_afer_ms = 250\n");
+        let err = section.check_keys("binance").unwrap_err().to_string();
+        assert_eq!(err, "[market_data.binance]: unknown key `stale_afer_ms`");
+    }
+}

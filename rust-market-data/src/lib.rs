@@ -1,0 +1,17 @@
+//! rust-market-data: the price engine, as a library so the binary (main.rs) and
+//! the benchmark driver (benches/market_data.rs) run the same code.
+
+pub mod alerts;
+pub mod api;
+pub mod bars;
+pub mod books;
+pub mod config;
+pub mod connectors;
+pub mod encode;
+pub mod engine;
+pub mod feed;
+pub mod fnv;
+pub mod market;
+pub mod metrics;
+pub mod replay;
+pub mod sim;

@@ -1,0 +1,622 @@
+//! The `replay` feed: ticks or bars from CSV / JSON Lines files, replayed at real
+//! pace, N x pace, or as fast as the engine and the bus take them, then a
+//! `replay_done` status on `md.status.<venue>`.
+//!
+//! Files (columns by name, in any order; README "Replay files"):
+//! - `.csv`: a header line, then comma-separated values (no quoting); `#` lines and
+//!   blank lines are skipped. `.jsonl`: one JSON object per line, money as strings
+//!   (numbers are accepted too).
+//! - tick rows: `ts` (ns since the epoch), `symbol`, `price`; optional `venue`,
+//!   `bid`, `ask`, `size`.
+//! - bar rows (recognised by an `open` column / field): `ts` (the bar's start),
+//!   `symbol`, `interval` (`1m`, ...), `open`, `high`, `low`, `close`; optional
+//!   `volume`, `venue`. A bar becomes four ticks inside its interval: open at the
+//!   start, then the extreme nearer the open, the other extreme, and the close at
+//!   the end, with the volume on the close; the engine's bars of that interval so
+//!   reproduce its open, high, low, close and volume.
+//!
+//! The file's `ts` sets the pace only: each tick is stamped with the time it is
+//! published, like a live tick (agents, risk and bars all run on the wall clock).
+//! Rows should be in time order; a row earlier than the one before goes out at
+//! once. A bad row is logged and skipped; a missing file ends the replay with a
+//! `disconnected` status.
+//!
+//! The replay runs on its own thread (file reads and pacing sleeps never occupy
+//! the async runtime) and hands events to the engine with `blocking_send`: when
+//! the queue is full it waits, which is how "as fast as the bus takes them" works.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use moonbus_common::{
+    now_ns, FeedState, FeedStatus, Interval, NonNegativeMoney, PositiveMoney, Symbol, Tick, Venue,
+};
+use rust_decimal::Decimal;
+
+use crate::encode::TickData;
+use crate::feed::{FeedEvent, FeedSink};
+use crate::fnv::FnvBuild;
+
+/// How fast to replay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Speed {
+    /// 1.0 = the pace of the file's timestamps, 10.0 = ten times faster.
+    Times(f64),
+    AsFastAsPossible,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplaySettings {
+    pub files: Vec<PathBuf>,
+    pub speed: Speed,
+    /// The venue of rows without a `venue` column.
+    pub venue: Venue,
+    /// Start again at the end (no `replay_done` then).
+    pub repeat: bool,
+}
+
+/// One row: a tick, or the four ticks of a bar, at source time `ts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub ts: u64,
+    pub venue: Option<Venue>,
+    pub symbol: Symbol,
+    pub prices: RowPrices,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowPrices {
+    Tick {
+        price: PositiveMoney,
+        bid: Option<PositiveMoney>,
+        ask: Option<PositiveMoney>,
+        size: Option<NonNegativeMoney>,
+    },
+    Bar {
+        len_ns: u64,
+        open: PositiveMoney,
+        high: PositiveMoney,
+        low: PositiveMoney,
+        close: PositiveMoney,
+        volume: Option<NonNegativeMoney>,
+    },
+}
+
+impl Row {
+    /// The ticks of this row (at source time, seq still 0): one for a tick row, four for a bar.
+    fn points(&self) -> Vec<TickData> {
+        let at = |ts, price, size| TickData {
+            price,
+            bid: None,
+            ask: None,
+            size,
+            seq: 0,
+            ts,
+        };
+        match &self.prices {
+            RowPrices::Tick {
+                price,
+                bid,
+                ask,
+                size,
+            } => {
+                vec![TickData {
+                    price: *price,
+                    bid: *bid,
+                    ask: *ask,
+                    size: *size,
+                    seq: 0,
+                    ts: self.ts,
+                }]
+            }
+            RowPrices::Bar {
+                len_ns,
+                open,
+                high,
+                low,
+                close,
+                volume,
+            } => {
+                // The extreme nearer the open comes first: the shorter path.
+                let (first, second) = if high.get() - open.get() <= open.get() - low.get() {
+                    (*high, *low)
+                } else {
+                    (*low, *high)
+                };
+                let zero = Some(NonNegativeMoney::ZERO);
+                let third = len_ns / 3;
+                vec![
+                    at(self.ts, *open, zero),
+                    at(self.ts + third, first, zero),
+                    at(self.ts + 2 * third, second, zero),
+                    at(self.ts + len_ns - 1, *close, volume.or(zero)),
+                ]
+            }
+        }
+    }
+}
+
+/// Starts the replay thread.
+pub fn spawn(settings: ReplaySettings, sink: FeedSink) -> Result<()> {
+    for file in &settings.files {
+        format_of(file)?;
+    }
+    std::thread::Builder::new()
+        .name("replay".into())
+        .spawn(move || {
+            if let Err(e) = run(&settings, &sink) {
+                tracing::error!(error = %format!("{e:#}"), "replay stopped");
+                let _ = sink.blocking_send(status(
+                    &settings.venue,
+                    FeedState::Disconnected,
+                    format!("{e:#}"),
+                    0,
+                ));
+            }
+        })
+        .context("starting the replay thread")?;
+    Ok(())
+}
+
+fn status(venue: &Venue, status: FeedState, detail: String, symbols: u64) -> FeedEvent {
+    FeedEvent::Status(FeedStatus {
+        venue: venue.clone(),
+        status,
+        detail,
+        symbols,
+        ts: now_ns(),
+    })
+}
+
+/// Ends when the files are done (or, repeating, when the engine stops).
+fn run(settings: &ReplaySettings, sink: &FeedSink) -> Result<()> {
+    let mut replay = Replayer::new(settings, sink);
+    let names: Vec<String> = settings
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    replay.send(status(
+        &settings.venue,
+        FeedState::Connected,
+        format!("replaying {}", names.join(", ")),
+        0,
+    ))?;
+    loop {
+        for file in &settings.files {
+            replay.file(file)?;
+        }
+        if !settings.repeat {
+            break;
+        }
+    }
+    let detail = format!(
+        "replayed {} ticks from {} rows of {} files, {} bad rows skipped",
+        replay.ticks,
+        replay.rows,
+        settings.files.len(),
+        replay.bad_rows
+    );
+    tracing::info!("{detail}");
+    let symbols = replay.symbols.len() as u64;
+    replay.send(status(
+        &settings.venue,
+        FeedState::ReplayDone,
+        detail,
+        symbols,
+    ))
+}
+
+/// The engine has stopped (the queue is closed): the replay ends quietly.
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the engine stopped")
+    }
+}
+
+struct Replayer<'a> {
+    settings: &'a ReplaySettings,
+    sink: &'a FeedSink,
+    /// The source time and wall time the pace is measured from (per file pass).
+    origin: Option<(u64, Instant)>,
+    /// The last seq per venue and symbol (looked up without allocating).
+    seqs: HashMap<Venue, HashMap<Symbol, u64>>,
+    symbols: HashSet<Symbol>,
+    interned: Interned,
+    rows: u64,
+    ticks: u64,
+    bad_rows: u64,
+}
+
+impl<'a> Replayer<'a> {
+    fn new(settings: &'a ReplaySettings, sink: &'a FeedSink) -> Self {
+        Self {
+            settings,
+            sink,
+            origin: None,
+            seqs: HashMap::new(),
+            symbols: HashSet::new(),
+            interned: Interned::default(),
+            rows: 0,
+            ticks: 0,
+            bad_rows: 0,
+        }
+    }
+
+    fn send(&self, event: FeedEvent) -> Result<()> {
+        self.sink
+            .blocking_send(event)
+            .map_err(|_| anyhow::anyhow!(Stopped))
+    }
+
+    fn file(&mut self, path: &Path) -> Result<()> {
+        let format = format_of(path)?;
+        let file = File::open(path).with_context(|| format!("replay file {}", path.display()))?;
+        let mut reader = BufReader::with_capacity(1 << 16, file);
+        let mut header: Option<Vec<String>> = None;
+        self.origin = None;
+        // One line buffer for the whole file: no allocation per row.
+        let mut buffer = String::new();
+        for number in 0.. {
+            buffer.clear();
+            let read = reader
+                .read_line(&mut buffer)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if read == 0 {
+                break;
+            }
+            let line = buffer.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let row = match format {
+                Format::Csv => match &header {
+                    None => {
+                        header = Some(
+                            line.split(',')
+                                .map(|c| c.trim().to_ascii_lowercase())
+                                .collect(),
+                        );
+                        continue;
+                    }
+                    Some(columns) => parse_csv(columns, line, &mut self.interned),
+                },
+                Format::Jsonl => parse_json(line, &mut self.interned),
+            };
+            match row {
+                Ok(row) => self.row(&row)?,
+                Err(e) => {
+                    self.bad_rows += 1;
+                    tracing::warn!(file = %path.display(), line = number + 1, error = %format!("{e:#}"), "bad replay row skipped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn row(&mut self, row: &Row) -> Result<()> {
+        self.rows += 1;
+        let venue = row
+            .venue
+            .clone()
+            .unwrap_or_else(|| self.settings.venue.clone());
+        if !self.symbols.contains(row.symbol.as_str()) {
+            self.symbols.insert(row.symbol.clone());
+        }
+        for point in row.points() {
+            self.wait_until(point.ts);
+            let seq = self.next_seq(&venue, &row.symbol);
+            let tick = Tick {
+                venue: venue.clone(),
+                symbol: row.symbol.clone(),
+                price: point.price,
+                bid: point.bid,
+                ask: point.ask,
+                size: point.size,
+                seq,
+                ts: now_ns(),
+            };
+            self.send(FeedEvent::Tick(tick))?;
+            self.ticks += 1;
+        }
+        Ok(())
+    }
+
+    fn next_seq(&mut self, venue: &Venue, symbol: &Symbol) -> u64 {
+        let seqs = match self.seqs.get_mut(venue.as_str()) {
+            Some(seqs) => seqs,
+            None => self.seqs.entry(venue.clone()).or_default(),
+        };
+        let seq = match seqs.get_mut(symbol.as_str()) {
+            Some(seq) => seq,
+            None => seqs.entry(symbol.clone()).or_default(),
+        };
+        *seq += 1;
+        *seq
+    }
+
+    /// Sleeps until source time `ts` is due at the replay's speed.
+    fn wait_until(&mut self, ts: u64) {
+        let Speed::Times(speed) = self.settings.speed else {
+            return;
+        };
+        let (ts0, t0) = *self.origin.get_or_insert((ts, Instant::now()));
+        let offset = Duration::from_secs_f64(ts.saturating_sub(ts0) as f64 / 1e9 / speed);
+        let due = t0 + offset;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    Csv,
+    Jsonl,
+}
+
+fn format_of(path: &Path) -> Result<Format> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => Ok(Format::Csv),
+        Some("jsonl") => Ok(Format::Jsonl),
+        _ => bail!(
+            "replay file {}: the name must end in .csv or .jsonl",
+            path.display()
+        ),
+    }
+}
+
+/// A row as named text fields (borrowed where the text is there already).
+trait Fields {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>>;
+
+    fn required(&self, name: &str) -> Result<Cow<'_, str>> {
+        self.get(name).with_context(|| format!("no {name}"))
+    }
+}
+
+struct CsvRow<'a> {
+    columns: &'a [String],
+    values: Vec<&'a str>,
+}
+
+impl Fields for CsvRow<'_> {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        let i = self.columns.iter().position(|c| c == name)?;
+        self.values
+            .get(i)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(Cow::Borrowed)
+    }
+}
+
+impl Fields for serde_json::Map<String, serde_json::Value> {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        match serde_json::Map::get(self, name)? {
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+            serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// The symbols seen so far: a known symbol is cloned, not parsed and validated again.
+#[derive(Default)]
+pub struct Interned(HashMap<String, Symbol, FnvBuild>);
+
+impl Interned {
+    fn symbol(&mut self, text: &str) -> Result<Symbol> {
+        if let Some(symbol) = self.0.get(text) {
+            return Ok(symbol.clone());
+        }
+        let symbol: Symbol = text.parse().context("symbol")?;
+        self.0.insert(text.to_string(), symbol.clone());
+        Ok(symbol)
+    }
+}
+
+pub fn parse_csv(columns: &[String], line: &str, interned: &mut Interned) -> Result<Row> {
+    let values: Vec<&str> = line.split(',').collect();
+    if values.len() != columns.len() {
+        bail!("{} values for {} columns", values.len(), columns.len());
+    }
+    parse_row(&CsvRow { columns, values }, interned)
+}
+
+pub fn parse_json(line: &str, interned: &mut Interned) -> Result<Row> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(line).context("not a JSON object")?;
+    parse_row(&object, interned)
+}
+
+fn parse_row(fields: &impl Fields, interned: &mut Interned) -> Result<Row> {
+    let ts: u64 = fields
+        .required("ts")?
+        .parse()
+        .context("ts: not an integer of nanoseconds")?;
+    let symbol = interned.symbol(&fields.required("symbol")?)?;
+    let venue: Option<Venue> = fields
+        .get("venue")
+        .map(|v| v.parse())
+        .transpose()
+        .context("venue")?;
+    let money = |name: &str| -> Result<Option<Decimal>> {
+        fields
+            .get(name)
+            .map(|v| {
+                v.parse::<Decimal>()
+                    .with_context(|| format!("{name}: {v:?} is not a decimal"))
+            })
+            .transpose()
+    };
+    let positive = |name: &str| -> Result<Option<PositiveMoney>> {
+        money(name)?
+            .map(|d| PositiveMoney::new(d).with_context(|| format!("{name} must be > 0")))
+            .transpose()
+    };
+    let non_negative = |name: &str| -> Result<Option<NonNegativeMoney>> {
+        money(name)?
+            .map(|d| NonNegativeMoney::new(d).with_context(|| format!("{name} must be >= 0")))
+            .transpose()
+    };
+    let required = |name: &str| positive(name)?.with_context(|| format!("no {name}"));
+    let prices = if fields.get("open").is_some() {
+        let interval: Interval = fields.required("interval")?.parse().context("interval")?;
+        let len_ns = interval.seconds().saturating_mul(1_000_000_000);
+        if len_ns == 0 {
+            bail!("interval {interval} has no length");
+        }
+        let (open, high, low, close) = (
+            required("open")?,
+            required("high")?,
+            required("low")?,
+            required("close")?,
+        );
+        if high < open.max(close).max(low) || low > open.min(close) {
+            bail!("high {high} / low {low} do not contain open {open} and close {close}");
+        }
+        RowPrices::Bar {
+            len_ns,
+            open,
+            high,
+            low,
+            close,
+            volume: non_negative("volume")?,
+        }
+    } else {
+        RowPrices::Tick {
+            price: required("price")?,
+            bid: positive("bid")?,
+            ask: positive("ask")?,
+            size: non_negative("size")?,
+        }
+    };
+    Ok(Row {
+        ts,
+        venue,
+        symbol,
+        prices,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(header: &str) -> Vec<String> {
+        header.split(',').map(String::from).collect()
+    }
+
+    #[test]
+    fn csv_and_json_ticks_read_the_same() {
+        let csv = parse_csv(
+            &columns("ts,symbol,price,bid,ask,size"),
+            "1000,BTC-USD,97000.5,97000,97001,0.25",
+            &mut Interned::default(),
+        )
+        .unwrap();
+        let json = parse_json(r#"{"ts":1000,"symbol":"BTC-USD","price":"97000.5","bid":"97000","ask":97001,"size":"0.25"}"#, &mut Interned::default()).unwrap();
+        assert_eq!(csv, json);
+        assert_eq!(csv.points().len(), 1);
+        let no_optional = parse_csv(
+            &columns("symbol,ts,price,venue"),
+            "ETH-USD,5,3500,",
+            &mut Interned::default(),
+        )
+        .unwrap();
+        assert_eq!(no_optional.venue, None);
+        assert!(matches!(
+            no_optional.prices,
+            RowPrices::Tick {
+                bid: None,
+                size: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_bar_becomes_four_ticks_inside_its_interval() {
+        let row = parse_csv(
+            &columns("ts,symbol,interval,open,high,low,close,volume,venue"),
+            "60000000000,SOL-USDC,1m,150,151,149.5,150.5,12.5,binance",
+            &mut Interned::default(),
+        )
+        .unwrap();
+        assert_eq!(row.venue.as_ref().map(Venue::as_str), Some("binance"));
+        let points: Vec<(u64, String, String)> = row
+            .points()
+            .into_iter()
+            .map(|t| {
+                (
+                    t.ts,
+                    t.price.to_string(),
+                    t.size.map(|s| s.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let s = 1_000_000_000;
+        assert_eq!(
+            points,
+            [
+                (60 * s, "150".into(), "0".into()),
+                (80 * s, "149.5".into(), "0".into()),
+                (100 * s, "151".into(), "0".into()),
+                (120 * s - 1, "150.5".into(), "12.5".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_shipped_sample_parses() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/replay_sample.csv"
+        ))
+        .unwrap();
+        let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+        let header = columns(lines.next().unwrap());
+        let mut interned = Interned::default();
+        let rows: Vec<Row> = lines
+            .map(|l| parse_csv(&header, l, &mut interned).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 720);
+        assert!(rows.windows(2).all(|w| w[0].ts < w[1].ts), "in time order");
+    }
+
+    #[test]
+    fn bad_rows_say_what_is_wrong() {
+        let err = |cols: &str, line: &str| {
+            format!(
+                "{:#}",
+                parse_csv(&columns(cols), line, &mut Interned::default()).unwrap_err()
+            )
+        };
+        assert!(err("ts,symbol,price", "x,BTC-USD,1").contains("ts: not an integer"));
+        assert!(err("ts,symbol,price", "1,btc,1").contains("symbol"));
+        assert!(err("ts,symbol,price", "1,BTC-USD,-1").contains("price must be > 0"));
+        assert!(err("ts,symbol,price", "1,BTC-USD").contains("2 values for 3 columns"));
+        assert!(err("ts,symbol", "1,BTC-USD").contains("no price"));
+        assert!(err(
+            "ts,symbol,interval,open,high,low,close",
+            "1,A-B,1m,10,9,8,9"
+        )
+        .contains("do not contain"));
+        assert!(format!(
+            "{:#}",
+            parse_json("[1]", &mut Interned::default()).unwrap_err()
+        )
+        .contains("not a JSON object"));
+        assert!(format_of(Path::new("x.txt")).is_err());
+    }
+}
