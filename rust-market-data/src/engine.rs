@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_nats::{Client, Subject};
 use bytes::Bytes;
 use moonbus_common::bus::encode;
-use moonbus_common::{now_ns, subjects, Bar, FeedState, FeedStatus, HistoryRequest};
+use moonbus_common::{now_ns, subjects, Bar, ErrorEvent, FeedState, FeedStatus, HistoryRequest};
 use moonbus_common::{
     MonitorStartRequest, MonitorStatusReply, PriceRequest, PricesReply, PricesRequest, Symbol, Tick,
 };
@@ -43,6 +43,7 @@ use crate::feed::FeedEvent;
 use crate::market::{ApiError, BookOut, Market, Outputs};
 use crate::metrics;
 use crate::sim::SimFeed;
+use crate::SERVICE;
 
 /// `md.status.sim` heartbeat period; the stale-symbol gauges are counted then too.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -270,6 +271,22 @@ impl Engine {
                 let subject = subjects::feed_status(&status.venue);
                 self.publisher
                     .publish(subject.into(), encode(&status))
+                    .await;
+            }
+            FeedEvent::Rejected {
+                venue,
+                reason,
+                excerpt,
+            } => {
+                let event = ErrorEvent {
+                    service: SERVICE.into(),
+                    subject: format!("feed:{venue}"),
+                    reason,
+                    excerpt,
+                    ts: now_ns(),
+                };
+                self.publisher
+                    .publish(subjects::errors(SERVICE).into(), encode(&event))
                     .await;
             }
         }

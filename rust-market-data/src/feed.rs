@@ -21,6 +21,13 @@ pub enum FeedEvent {
     Tick(Tick),
     Book(Book),
     Status(FeedStatus),
+    /// Input the feed skipped (a frame not in the venue's format): the engine
+    /// reports it on `errors.market-data` so it can be seen without the logs.
+    Rejected {
+        venue: String,
+        reason: String,
+        excerpt: String,
+    },
 }
 
 /// Capacity of the queue from all the feeds to the engine, in events.

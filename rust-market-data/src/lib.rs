@@ -1,6 +1,9 @@
 //! rust-market-data: the price engine, as a library so the binary (main.rs) and
 //! the benchmark driver (benches/market_data.rs) run the same code.
 
+/// NATS user and service name.
+pub const SERVICE: &str = "market-data";
+
 pub mod alerts;
 pub mod api;
 pub mod bars;

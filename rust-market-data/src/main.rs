@@ -23,10 +23,8 @@ use rust_market_data::engine::{Engine, Publisher};
 use rust_market_data::feed::{self, FeedKind, FeedSink};
 use rust_market_data::market::Market;
 use rust_market_data::sim::SimFeed;
-use rust_market_data::{connectors, metrics, replay};
+use rust_market_data::{connectors, metrics, replay, SERVICE};
 
-/// NATS user and service name.
-const SERVICE: &str = "market-data";
 /// Queries waiting for the engine; a full queue makes requests wait (bounded by
 /// the API's timeout), never grows memory.
 const QUERY_QUEUE: usize = 256;

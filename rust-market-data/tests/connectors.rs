@@ -104,10 +104,12 @@ impl Events {
         }
     }
 
-    /// The next event that is not a status.
+    /// The next tick or book (statuses and reports of skipped frames pass by).
     async fn data(&mut self) -> FeedEvent {
-        self.next("tick or book", |e| !matches!(e, FeedEvent::Status(_)))
-            .await
+        self.next("tick or book", |e| {
+            matches!(e, FeedEvent::Tick(_) | FeedEvent::Book(_))
+        })
+        .await
     }
 }
 
@@ -598,7 +600,7 @@ async fn hyperliquid_streams_mids_trades_and_books_pings_and_notices_silence() {
                 t.size.map(|s| s.to_string()),
             )),
             FeedEvent::Book(b) => books.push(b),
-            FeedEvent::Status(_) => unreachable!(),
+            other => unreachable!("data() yields ticks and books only, got {other:?}"),
         }
     }
     assert_eq!(
@@ -773,6 +775,7 @@ async fn the_service_runs_a_connector_from_its_config_and_publishes_on_the_bus()
     let mut status = client.subscribe("md.status.binance").await.unwrap();
     let mut books = client.subscribe("md.book.binance.BNB-BTC").await.unwrap();
     let mut ticks = client.subscribe("md.tick.binance.BNB-BTC").await.unwrap();
+    let mut errors = client.subscribe("errors.market-data").await.unwrap();
     client.flush().await.unwrap();
     let mut service = ChildGuard::spawn(
         env!("CARGO_BIN_EXE_rust-market-data"),
@@ -810,6 +813,15 @@ async fn the_service_runs_a_connector_from_its_config_and_publishes_on_the_bus()
     );
     let tick: Tick = serde_json::from_slice(&next(&mut ticks).await.payload).unwrap();
     assert_eq!(tick.price.to_string(), "25.3601");
+    // A frame that is not Binance's format is reported on errors.market-data, and
+    // the link carries on.
+    conn.send("this is not json").await;
+    let error: moonbus_common::ErrorEvent =
+        serde_json::from_slice(&next(&mut errors).await.payload).unwrap();
+    assert_eq!(
+        (error.service.as_str(), error.subject.as_str(), error.excerpt.as_str()),
+        ("market-data", "feed:binance", "this is not json")
+    );
     service.kill(); // before the stand-in goes, so that it logs no lost connection
 }
 

@@ -109,13 +109,21 @@ impl FeedOut {
         self.metrics.gaps.add(gaps);
     }
 
-    /// A message the venue should not have sent: logged and skipped.
+    /// A message the venue should not have sent: logged, reported on
+    /// `errors.market-data` and skipped (the first few, then every 1000th, so a
+    /// venue sending nothing but garbage cannot flood the log or the bus).
     pub fn garbage(&mut self, reason: &str, frame: &str) {
         self.garbage += 1;
         if self.garbage <= 10 || self.garbage.is_multiple_of(1000) {
             let excerpt: String = frame.chars().take(200).collect();
             let skipped = self.garbage;
             tracing::warn!(venue = %self.venue, reason, excerpt, skipped, "skipped a frame the venue should not send");
+            // try_send: reporting must never hold up the link; a full queue drops the report.
+            let _ = self.sink.try_send(FeedEvent::Rejected {
+                venue: self.venue.to_string(),
+                reason: format!("{reason} ({skipped} skipped so far)"),
+                excerpt,
+            });
         }
     }
 }
