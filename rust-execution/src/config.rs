@@ -22,6 +22,13 @@ pub struct ExecutionConfig {
     pub risk_timeout_ms: u64,
     /// How long the ORDERS consumer waits for an ack before re-delivering an order.
     pub ack_wait_ms: u64,
+    /// ORDERS messages taken and not yet acked: in flight (different symbols at once)
+    /// or waiting behind an earlier order of their symbol (engine.rs).
+    pub max_in_flight: u64,
+    /// Paper venue: simulated venue latency, waited between the risk approval and the fill.
+    pub latency_ms: u64,
+    /// Paper venue: a book received longer ago than this is not walked (slippage model).
+    pub book_max_age_ms: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -33,6 +40,9 @@ impl Default for ExecutionConfig {
             slippage_bps: 5.0,
             risk_timeout_ms: 500,
             ack_wait_ms: 30_000,
+            max_in_flight: 32,
+            latency_ms: 0,
+            book_max_age_ms: 2_000,
         }
     }
 }
@@ -55,8 +65,19 @@ impl ExecutionConfig {
         if self.risk_timeout_ms == 0 || self.ack_wait_ms == 0 {
             bail!("[execution] risk_timeout_ms and ack_wait_ms must be positive");
         }
-        if self.risk_timeout_ms >= self.ack_wait_ms {
-            bail!("[execution] risk_timeout_ms must be shorter than ack_wait_ms");
+        if self.max_in_flight == 0 || self.max_in_flight > 10_000 {
+            bail!("[execution] max_in_flight must be within 1..=10000");
+        }
+        // Orders of one symbol wait for each other: the last of a full queue must be
+        // done before ack_wait, or it is re-delivered while it waits (harmless, wasted).
+        let worst = self
+            .max_in_flight
+            .saturating_mul(self.risk_timeout_ms.saturating_add(self.latency_ms));
+        if worst >= self.ack_wait_ms {
+            bail!(
+                "[execution] max_in_flight x (risk_timeout_ms + latency_ms) = {worst} ms must be shorter than ack_wait_ms ({} ms)",
+                self.ack_wait_ms
+            );
         }
         self.fee_rate()?;
         self.slippage_rate()?;
@@ -79,6 +100,14 @@ impl ExecutionConfig {
 
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms)
+    }
+
+    pub fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms)
+    }
+
+    pub fn book_max_age(&self) -> Duration {
+        Duration::from_millis(self.book_max_age_ms)
     }
 }
 
@@ -137,5 +166,21 @@ mod tests {
             ..Default::default()
         };
         assert!(bad_name.validate().is_err());
+        let no_flight = ExecutionConfig {
+            max_in_flight: 0,
+            ..Default::default()
+        };
+        assert!(no_flight.validate().is_err());
+        // 64 x (500 + 0) ms would outlast ack_wait_ms 30000
+        let queue_outlives_ack_wait = ExecutionConfig {
+            max_in_flight: 64,
+            ..Default::default()
+        };
+        assert!(queue_outlives_ack_wait.validate().is_err());
+        let slow_venue = ExecutionConfig {
+            latency_ms: 500,
+            ..Default::default()
+        };
+        assert!(slow_venue.validate().is_err());
     }
 }

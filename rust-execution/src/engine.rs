@@ -1,12 +1,31 @@
-//! The order path. One task owns all order state (ledger, venue, market), so orders are
-//! handled strictly one after another, in stream order, without locks.
+//! The order path, pipelined.
 //!
-//! For every ORDERS message: decide the outcome, record the report(s) in EXEC (the
-//! stream's ack is awaited), then ack the order. A crash anywhere re-delivers the order,
-//! and the ledger (rebuilt from EXEC) makes the second delivery a no-op once a final
-//! report exists. Invariant: an order is ACCEPTED in the ledger exactly when it rests on
-//! the venue (resting orders are put back from EXEC + ORDERS on start, see `restore`).
+//! One task (this engine) owns all order state: the ledger, the venue (resting orders)
+//! and the market. What waits on the network runs in spawned jobs that report back on a
+//! channel: the risk check (plus the simulated venue latency), and recording an order's
+//! reports in EXEC followed by its ack. So orders of different symbols are in flight at
+//! the same time (one risk round trip and one EXEC write each), while:
+//!
+//! - per symbol, stream order: a symbol's orders and cancels go through its lane
+//!   (lanes.rs) one at a time; the next starts only when the previous one's reports are
+//!   stored and its message acked. A cancel never overtakes its order, and a symbol's
+//!   orders reach risk and the venue in the order they were sent;
+//! - ack after the report: a message is acked only once all its reports are stored in
+//!   EXEC. A crash re-delivers it; a failed write naks it (back after RETRY_DELAY);
+//! - nothing doubled: a client_order_id with a final report is never executed again
+//!   (ledger.rs, rebuilt from EXEC on start), and one in flight right now (the same id
+//!   sent on two symbols) is not started twice: the second is nak'ed, comes back later
+//!   and finds the first one's outcome;
+//! - an order rests on the venue only once its ACCEPTED report is stored, so a tick never
+//!   fills an order that was not accepted; a cancel or a tick fill takes the order off
+//!   the venue first and puts it back if its report cannot be stored;
+//! - every state change happens here, in the order events arrive, ticks and books first
+//!   (biased select): a fill uses the freshest market.
+//!
+//! The ORDERS consumer's max_ack_pending (`max_in_flight`) bounds what is in hand: in
+//! flight plus waiting in lanes.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
@@ -15,23 +34,25 @@ use async_nats::jetstream::{self, consumer::pull, stream::LastRawMessageErrorKin
 use async_nats::Subscriber;
 use futures::{FutureExt, StreamExt};
 use moonbus_common::bus::{self, ErrorSink};
-use moonbus_common::{now_ns, subjects, ExecutionReport, OrderRequest, OrderStatus, Tick, Timings};
+use moonbus_common::{
+    now_ns, subjects, Book, ClientOrderId, ExecutionReport, OrderRequest, OrderStatus, Tick,
+    Timings,
+};
+use tokio::sync::mpsc;
 
 use crate::intake::{self, RawIds};
+use crate::jobs::{self, settle, Checked, Done, Recording, RETRY_DELAY};
+use crate::lanes::Lanes;
 use crate::ledger::{self, is_final, Ledger};
 use crate::reports::{self, Recorder};
-use crate::risk::{RiskAnswer, RiskClient};
+use crate::risk::RiskClient;
 use crate::venue::{Market, Placement, Routed, Venue};
 
-/// When recording an outcome fails (EXEC unavailable), the order comes back after this.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
-/// At most this many buffered ticks are applied before a fill (the rest wait their turn).
-const MAX_CATCH_UP_TICKS: usize = 10_000;
+/// On shutdown, orders in flight get this long to finish (else they are re-delivered).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct Engine<V: Venue> {
-    pub venue: V,
-    pub market: Market,
-    pub ledger: Ledger,
+/// The engine's connections to the rest of the system.
+pub struct Bus {
     pub risk: RiskClient,
     pub recorder: Recorder,
     pub errors: ErrorSink,
@@ -39,33 +60,92 @@ pub struct Engine<V: Venue> {
     pub orders_stream: jetstream::stream::Stream,
     /// `md.tick.>`
     pub ticks: Subscriber,
+    /// `md.book.>`
+    pub books: Subscriber,
+}
+
+pub struct Engine<V: Venue> {
+    venue: V,
+    market: Market,
+    ledger: Ledger,
+    bus: Bus,
+    /// Simulated venue latency, waited after the risk approval, before the fill.
+    latency: Duration,
+    lanes: Lanes<Incoming>,
+    /// Orders being handled right now, by id.
+    in_flight: HashSet<ClientOrderId>,
+    /// Jobs spawned and not reported back yet.
+    jobs: usize,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Submit,
+    Cancel,
+}
+
+/// An ORDERS message waiting for, or in, its lane.
+struct Incoming {
+    kind: Kind,
+    message: jetstream::Message,
+}
+
+/// Whether handling a message went on in a job, or is over.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Started,
+    Over,
 }
 
 impl<V: Venue> Engine<V> {
-    /// Put the orders that were resting before a restart back on the venue. Their
-    /// ACCEPTED report names the ORDERS message (order_id `<venue>-<sequence>`) that holds
-    /// the limit price and time in force, which ExecutionReport does not carry. An order
-    /// that cannot be found any more gets a FAILED report: it no longer works anywhere.
-    pub async fn restore(&mut self, accepted: Vec<ExecutionReport>) -> Result<()> {
-        for report in accepted {
+    pub fn new(venue: V, market: Market, ledger: Ledger, bus: Bus, latency: Duration) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Self {
+            venue,
+            market,
+            ledger,
+            bus,
+            latency,
+            lanes: Lanes::default(),
+            in_flight: HashSet::new(),
+            jobs: 0,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    /// Finish what a previous run left open: resting orders go back on the venue (their
+    /// ACCEPTED report names the ORDERS message, order_id `<venue>-<sequence>`, that holds
+    /// the limit price and time in force); an order cut off between its PARTIALLY_FILLED
+    /// and EXPIRED reports gets the EXPIRED one. A resting order that cannot be found any
+    /// more gets a FAILED report: it no longer works anywhere.
+    pub async fn restore(&mut self) -> Result<()> {
+        for report in self.ledger.open_reports() {
+            let key = report
+                .client_order_id
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            if report.status == OrderStatus::PartiallyFilled {
+                let expired = reports::rest_expired(&report, interrupted_reason());
+                self.record_now(&expired, &key).await?;
+                continue;
+            }
             match self.find_order(&report).await? {
                 Ok(routed) => {
-                    tracing::info!(client_order_id = %routed.order.client_order_id, "resting order restored");
-                    self.venue.restore(routed);
+                    tracing::info!(client_order_id = %key, "resting order restored");
+                    self.venue.rest(routed);
                 }
                 Err(why) => {
-                    let key = report
-                        .client_order_id
-                        .as_ref()
-                        .map(|id| id.to_string())
-                        .unwrap_or_default();
                     let failed = ExecutionReport {
                         status: OrderStatus::Failed,
                         reason: Some(format!("restore_failed: {why}")),
                         ts: now_ns(),
                         ..report
                     };
-                    self.record(&failed, &key)
+                    self.record_now(&failed, &key)
                         .await
                         .context("recording a FAILED restore")?;
                 }
@@ -82,7 +162,7 @@ impl<V: Venue> Engine<V> {
         let Some(sequence) = ledger::orders_sequence(&order_id) else {
             return Ok(Err(format!("order_id {order_id} names no ORDERS sequence")));
         };
-        let message = match self.orders_stream.get_raw_message(sequence).await {
+        let message = match self.bus.orders_stream.get_raw_message(sequence).await {
             Ok(message) => message,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
                 return Ok(Err(format!("ORDERS message {sequence} no longer exists")))
@@ -106,19 +186,22 @@ impl<V: Venue> Engine<V> {
         }))
     }
 
-    /// Handle ticks and orders until `shutdown`; the order in hand is finished and acked.
-    /// Returns the tick subscription so the caller can wait for the drain to close it.
+    /// Handle market data, orders and job results until `shutdown`; then hand back the
+    /// orders not started and let those in flight finish. Returns the market data
+    /// subscriptions so the caller can wait for the drain to close them.
     pub async fn run(
         mut self,
         mut orders: pull::Stream,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<Subscriber> {
+    ) -> Result<[Subscriber; 2]> {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(message) = self.ticks.next() => self.on_tick_message(message).await,
+                Some(message) = self.bus.ticks.next() => self.on_tick_message(message).await,
+                Some(message) = self.bus.books.next() => self.on_book_message(message).await,
+                Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 next = orders.next() => match next {
                     Some(Ok(message)) => self.on_order_message(message).await,
                     Some(Err(e)) => tracing::warn!(error = %e, "ORDERS consumer"),
@@ -126,208 +209,318 @@ impl<V: Venue> Engine<V> {
                 },
             }
         }
-        // An order delivered but not started goes straight back, not after ack_wait.
-        if let Some(Some(Ok(message))) = orders.next().now_or_never() {
-            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(error = %e, "could not hand back an unstarted order");
+        // Not started: straight back to the stream, not after ack_wait.
+        let mut unstarted: Vec<jetstream::Message> = self
+            .lanes
+            .take_waiting()
+            .into_iter()
+            .map(|incoming| incoming.message)
+            .collect();
+        while let Some(Some(Ok(message))) = orders.next().now_or_never() {
+            unstarted.push(message);
+        }
+        for message in unstarted {
+            settle(&message, AckKind::Nak(None)).await;
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.jobs > 0 {
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(done)) => self.on_done(done).await,
+                _ => {
+                    tracing::warn!(
+                        orders = self.lanes.held(),
+                        "stopping with orders in flight; they will be re-delivered"
+                    );
+                    break;
+                }
             }
         }
-        Ok(self.ticks)
+        Ok([self.bus.ticks, self.bus.books])
     }
 
     async fn on_order_message(&mut self, message: jetstream::Message) {
-        let subject = message.subject.as_str();
-        let submit_prefix = subjects::ORDERS_SUBMIT_ALL.trim_end_matches('>');
-        let cancel_prefix = subjects::ORDERS_CANCEL_ALL.trim_end_matches('>');
-        let outcome = if let Some(symbol) = subject.strip_prefix(submit_prefix) {
-            self.on_submit(&message, symbol).await
-        } else if let Some(symbol) = subject.strip_prefix(cancel_prefix) {
-            self.on_cancel(&message, symbol).await
-        } else {
-            self.errors
-                .report(subject, "not an order subject", &message.payload)
+        let Some((kind, symbol)) = order_subject(&message.subject) else {
+            self.bus
+                .errors
+                .report(&message.subject, "not an order subject", &message.payload)
                 .await;
-            Ok(())
+            settle(&message, AckKind::Ack).await;
+            return;
         };
-        let settled = match outcome {
-            Ok(()) => message.ack().await,
-            Err(e) => {
-                tracing::error!(%subject, error = format!("{e:#}"), "outcome not recorded; the order will be re-delivered");
-                message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await
-            }
-        };
-        if let Err(e) = settled {
-            // Harmless: the re-delivered order finds its outcome in the ledger.
-            tracing::warn!(%subject, error = %e, "could not ack an order");
+        let lane = symbol.to_string();
+        if let Some(incoming) = self.lanes.admit(&lane, Incoming { kind, message }) {
+            self.start(lane, incoming).await;
         }
     }
 
-    async fn on_submit(
-        &mut self,
-        message: &jetstream::Message,
-        subject_symbol: &str,
-    ) -> Result<()> {
+    /// Begin the lane's messages until one goes on in a job (or the lane is empty).
+    async fn start(&mut self, lane: String, mut incoming: Incoming) {
+        loop {
+            let step = match incoming.kind {
+                Kind::Submit => self.begin_submit(&lane, incoming.message).await,
+                Kind::Cancel => self.begin_cancel(&lane, incoming.message).await,
+            };
+            if step == Step::Started {
+                return;
+            }
+            match self.lanes.next(&lane) {
+                Some(next) => incoming = next,
+                None => return,
+            }
+        }
+    }
+
+    async fn begin_submit(&mut self, lane: &str, message: jetstream::Message) -> Step {
         let received_ts = now_ns();
-        let sequence = message
-            .info()
-            .map_err(|e| anyhow!("not a JetStream message: {e}"))?
-            .stream_sequence;
-        let payload = &message.payload;
-        let raw = RawIds::peek(payload);
+        let sequence = match message.info() {
+            Ok(info) => info.stream_sequence,
+            Err(e) => {
+                tracing::error!(error = %e, subject = %message.subject, "not a JetStream message; dropped");
+                return Step::Over;
+            }
+        };
+        let raw = RawIds::peek(&message.payload);
         if let Some(id) = &raw.client_order_id {
+            if self.in_flight.contains(id) {
+                tracing::info!(client_order_id = %id, "the same order id is in flight; this one comes back later");
+                settle(&message, AckKind::Nak(Some(RETRY_DELAY))).await;
+                return Step::Over;
+            }
+            if let Some(open) = self.ledger.open_report(id) {
+                if open.status == OrderStatus::PartiallyFilled {
+                    // Cut off between its reports (a failed write): finish it.
+                    let expired = reports::rest_expired(open, interrupted_reason());
+                    let mut recording = Recording::for_message(lane, message, id.to_string());
+                    recording.reports.push(expired);
+                    recording.holds = Some(id.clone());
+                    return self.spawn_record(recording);
+                }
+            }
             if let Some(status) = self.ledger.status(id) {
                 // Seen before (re-delivery or resubmission): the first outcome stands. An
                 // ACCEPTED order is resting and carries on there.
                 tracing::info!(client_order_id = %id, %status, "duplicate order ignored");
-                return Ok(());
+                settle(&message, AckKind::Ack).await;
+                return Step::Over;
             }
         }
-        let order = match intake::decode_order(payload) {
+        let key = match &raw.client_order_id {
+            Some(id) => id.to_string(),
+            None => format!("invalid-{sequence}"),
+        };
+        let order = match intake::decode_order(&message.payload) {
             Ok(order) => order,
             Err(reason) => {
-                let key = match &raw.client_order_id {
-                    Some(id) => id.to_string(),
-                    None => format!("invalid-{sequence}"),
-                };
+                let mut recording = Recording::for_message(lane, message, key);
+                recording.holds = raw.client_order_id.clone();
                 let report = reports::invalid(raw.client_order_id, raw.symbol, reason, received_ts);
-                return self.record(&report, &key).await;
+                recording.reports.push(report);
+                return self.spawn_record(recording);
             }
         };
-        let key = order.client_order_id.to_string();
-        let report = self
-            .execute(order, subject_symbol, sequence, received_ts)
-            .await;
-        let recorded = self.record(&report, &key).await;
-        if recorded.is_err() && report.status == OrderStatus::Accepted {
-            // Not resting unless recorded; the re-delivery places it again.
-            if let Some(id) = &report.client_order_id {
-                self.venue.cancel(id).await;
-            }
-        }
-        recorded
-    }
-
-    /// Route check, risk check, venue: the one report that says what became of a
-    /// readable order (MARKET orders get no separate ACCEPTED: one round trip).
-    async fn execute(
-        &mut self,
-        order: OrderRequest,
-        subject_symbol: &str,
-        sequence: u64,
-        received_ts: u64,
-    ) -> ExecutionReport {
-        let mut timings = Timings {
+        let timings = Timings {
             origin_ts: Some(order.origin_ts),
             received_ts: Some(received_ts),
             ..Timings::default()
         };
-        if let Err(reason) = intake::check_route(&order, subject_symbol, &self.venue) {
-            return reports::rejected(&order, None, reason, timings);
+        if let Err(reason) = intake::check_route(&order, lane, &self.venue) {
+            let mut recording = Recording::for_message(lane, message, key);
+            recording.holds = Some(order.client_order_id.clone());
+            recording
+                .reports
+                .push(reports::rejected(&order, None, reason, timings));
+            return self.spawn_record(recording);
         }
-        let order_id = format!("{}-{sequence}", order.venue);
+        self.spawn_check(lane, message, order, sequence, timings)
+    }
+
+    /// The risk round trip (then the venue latency) in a job.
+    fn spawn_check(
+        &mut self,
+        lane: &str,
+        message: jetstream::Message,
+        order: OrderRequest,
+        sequence: u64,
+        timings: Timings,
+    ) -> Step {
+        self.in_flight.insert(order.client_order_id.clone());
         let ref_price = self.market.price(&order.symbol);
-        let refusal = match self.risk.check(&order, ref_price).await {
-            RiskAnswer::Approved { ts } => {
-                timings.risk_checked_ts = Some(ts);
-                None
-            }
-            RiskAnswer::Refused { reason, ts } => {
-                timings.risk_checked_ts = Some(ts);
-                Some(reason)
-            }
-            RiskAnswer::Unavailable { reason } => Some(reason),
+        let checked = Checked {
+            message,
+            lane: lane.to_string(),
+            order_id: format!("{}-{sequence}", order.venue),
+            order,
+            timings,
+            refusal: None,
         };
+        self.spawn(jobs::check(
+            self.bus.risk.clone(),
+            self.latency,
+            checked,
+            ref_price,
+        ))
+    }
+
+    /// Risk has spoken: route the order to the venue, then record what became of it
+    /// (MARKET orders get no separate ACCEPTED: one round trip).
+    async fn on_checked(&mut self, checked: Checked) {
+        let Checked {
+            message,
+            lane,
+            order,
+            order_id,
+            timings,
+            refusal,
+        } = checked;
+        let key = order.client_order_id.to_string();
+        let mut recording = Recording::for_message(&lane, message, key);
+        recording.holds = Some(order.client_order_id.clone());
         if let Some(reason) = refusal {
-            return reports::rejected(&order, Some(&order_id), reason, timings);
+            recording
+                .reports
+                .push(reports::rejected(&order, Some(&order_id), reason, timings));
+            self.spawn_record(recording);
+            return;
         }
-        // Ticks that came in during the risk round trip: fill against the freshest market.
-        self.catch_up_ticks().await;
         let routed = Routed {
             order,
             order_id,
             timings,
         };
-        match self.venue.place(&routed, &self.market).await {
-            Placement::Filled(fill) => reports::filled(&routed, &fill),
-            Placement::Resting => reports::routed(&routed, OrderStatus::Accepted, None),
+        recording.reports = match self.venue.place(&routed, &self.market).await {
+            Placement::Filled(fill) => vec![reports::filled(&routed, &fill)],
+            Placement::PartiallyFilled { fill, reason } => {
+                let part = reports::with_fill(&routed, &fill, OrderStatus::PartiallyFilled);
+                let rest = reports::rest_expired(&part, reason);
+                vec![part, rest]
+            }
+            Placement::Resting => {
+                recording.rest = Some(routed.clone());
+                vec![reports::routed(&routed, OrderStatus::Accepted, None)]
+            }
             Placement::Expired { reason } => {
-                reports::routed(&routed, OrderStatus::Expired, Some(reason))
+                vec![reports::routed(&routed, OrderStatus::Expired, Some(reason))]
             }
             Placement::Rejected { reason } => {
-                reports::routed(&routed, OrderStatus::Rejected, Some(reason))
+                vec![reports::routed(
+                    &routed,
+                    OrderStatus::Rejected,
+                    Some(reason),
+                )]
             }
-        }
+        };
+        self.spawn_record(recording);
     }
 
-    async fn on_cancel(
-        &mut self,
-        message: &jetstream::Message,
-        subject_symbol: &str,
-    ) -> Result<()> {
-        let subject = message.subject.as_str();
-        let payload = &message.payload;
-        let refusal = match intake::decode_cancel(payload) {
-            Err(reason) => Some(reason),
+    async fn begin_cancel(&mut self, lane: &str, message: jetstream::Message) -> Step {
+        let refusal = match intake::decode_cancel(&message.payload) {
+            Err(reason) => reason,
             Ok(cancel) => 'check: {
                 let id = &cancel.client_order_id;
-                if cancel.symbol != subject_symbol {
-                    break 'check Some(format!(
-                        "symbol_mismatch: subject token {subject_symbol:?} but cancel symbol {}",
+                if cancel.symbol != lane {
+                    break 'check format!(
+                        "symbol_mismatch: subject token {lane:?} but cancel symbol {}",
                         cancel.symbol
-                    ));
+                    );
                 }
                 match self.ledger.status(id) {
-                    None => break 'check Some(format!("unknown_order: no order {id}")),
+                    None => break 'check format!("unknown_order: no order {id}"),
                     Some(status) if is_final(status) => {
-                        break 'check Some(format!("already_final: order {id} is {status}"))
+                        break 'check format!("already_final: order {id} is {status}")
                     }
                     Some(_) => {}
                 }
                 let Some(resting) = self.venue.resting(id) else {
-                    break 'check Some(format!(
-                        "not_resting: order {id} is not resting on the venue"
-                    ));
+                    break 'check format!("not_resting: order {id} is not resting on the venue");
                 };
                 if resting.order.symbol != cancel.symbol {
-                    break 'check Some(format!(
+                    break 'check format!(
                         "symbol_mismatch: order {id} is for {}",
                         resting.order.symbol
-                    ));
+                    );
                 }
                 if resting.order.agent != cancel.agent {
-                    break 'check Some(format!(
+                    break 'check format!(
                         "agent_mismatch: order {id} belongs to agent {}",
                         resting.order.agent
-                    ));
+                    );
                 }
                 let Some(routed) = self.venue.cancel(id).await else {
-                    break 'check Some(format!(
-                        "not_resting: order {id} is not resting on the venue"
-                    ));
+                    break 'check format!("not_resting: order {id} is not resting on the venue");
                 };
                 let report = reports::routed(
                     &routed,
                     OrderStatus::Cancelled,
                     Some(format!("cancelled by {}", cancel.agent)),
                 );
-                if let Err(e) = self.record(&report, id.as_str()).await {
-                    self.venue.restore(routed);
-                    return Err(e);
-                }
-                None
+                let mut recording = Recording::for_message(lane, message, id.to_string());
+                recording.reports.push(report);
+                recording.undo = Some(routed);
+                return self.spawn_record(recording);
             }
         };
-        if let Some(reason) = refusal {
-            self.errors.report(subject, &reason, payload).await;
+        self.bus
+            .errors
+            .report(&message.subject, &refusal, &message.payload)
+            .await;
+        settle(&message, AckKind::Ack).await;
+        Step::Over
+    }
+
+    /// Store the reports in a job, in order, then ack (or nak) the message.
+    fn spawn_record(&mut self, recording: Recording) -> Step {
+        if let Some(id) = &recording.holds {
+            self.in_flight.insert(id.clone());
         }
-        Ok(())
+        self.spawn(jobs::record(self.bus.recorder.clone(), recording))
+    }
+
+    fn spawn(&mut self, job: impl Future<Output = Done> + Send + 'static) -> Step {
+        let done = self.done_tx.clone();
+        self.jobs += 1;
+        tokio::spawn(async move {
+            // The engine only stops listening after every job reported back.
+            let _ = done.send(job.await);
+        });
+        Step::Started
+    }
+
+    async fn on_done(&mut self, done: Done) {
+        self.jobs -= 1;
+        match done {
+            Done::Checked(checked) => self.on_checked(*checked).await,
+            Done::Recorded(recording) => self.on_recorded(*recording).await,
+        }
+    }
+
+    async fn on_recorded(&mut self, recording: Recording) {
+        for report in &recording.reports[..recording.stored] {
+            self.remember(report, &recording.key);
+        }
+        if recording.stored == recording.reports.len() {
+            if let Some(routed) = recording.rest {
+                self.venue.rest(routed);
+            }
+        } else if let Some(routed) = recording.undo {
+            tracing::warn!(client_order_id = %routed.order.client_order_id, "outcome not recorded; the order keeps resting");
+            self.venue.rest(routed);
+        }
+        if let Some(id) = &recording.holds {
+            self.in_flight.remove(id);
+        }
+        if let Some(lane) = recording.lane {
+            if let Some(next) = self.lanes.next(&lane) {
+                self.start(lane, next).await;
+            }
+        }
     }
 
     async fn on_tick_message(&mut self, message: async_nats::Message) {
         let tick = match bus::decode::<Tick>(&message.payload) {
             Ok(tick) => tick,
             Err(reason) => {
-                self.errors
+                self.bus
+                    .errors
                     .report(message.subject.as_str(), &reason, &message.payload)
                     .await;
                 return;
@@ -340,28 +533,30 @@ impl<V: Venue> Engine<V> {
         self.market.update(tick);
         for (routed, fill) in fills {
             let report = reports::filled(&routed, &fill);
-            if let Err(e) = self
-                .record(&report, routed.order.client_order_id.as_str())
-                .await
-            {
-                tracing::error!(client_order_id = %routed.order.client_order_id, error = format!("{e:#}"),
-                    "fill not recorded; the order keeps resting");
-                self.venue.restore(routed);
+            self.spawn_record(Recording::tick_fill(report, routed));
+        }
+    }
+
+    async fn on_book_message(&mut self, message: async_nats::Message) {
+        match bus::decode::<Book>(&message.payload) {
+            Ok(book) => self.market.update_book(book),
+            Err(reason) => {
+                self.bus
+                    .errors
+                    .report(message.subject.as_str(), &reason, &message.payload)
+                    .await
             }
         }
     }
 
-    async fn catch_up_ticks(&mut self) {
-        for _ in 0..MAX_CATCH_UP_TICKS {
-            match self.ticks.next().now_or_never() {
-                Some(Some(message)) => self.on_tick_message(message).await,
-                _ => break,
-            }
-        }
+    /// Store a report now (start-up, before any order is taken).
+    async fn record_now(&mut self, report: &ExecutionReport, key: &str) -> Result<()> {
+        self.bus.recorder.record(report, key).await?;
+        self.remember(report, key);
+        Ok(())
     }
 
-    async fn record(&mut self, report: &ExecutionReport, key: &str) -> Result<()> {
-        self.recorder.record(report, key).await?;
+    fn remember(&mut self, report: &ExecutionReport, key: &str) {
         self.ledger.record(report);
         tracing::info!(
             client_order_id = report.client_order_id.as_ref().map(|id| id.as_str()).unwrap_or(key),
@@ -369,6 +564,22 @@ impl<V: Venue> Engine<V> {
             reason = report.reason.as_deref().unwrap_or(""),
             "order report recorded"
         );
-        Ok(())
     }
+}
+
+/// `orders.submit.<symbol>` / `orders.cancel.<symbol>` -> the kind and the symbol token.
+fn order_subject(subject: &str) -> Option<(Kind, &str)> {
+    let submit = subjects::ORDERS_SUBMIT_ALL.trim_end_matches('>');
+    let cancel = subjects::ORDERS_CANCEL_ALL.trim_end_matches('>');
+    if let Some(symbol) = subject.strip_prefix(submit) {
+        Some((Kind::Submit, symbol))
+    } else {
+        subject
+            .strip_prefix(cancel)
+            .map(|symbol| (Kind::Cancel, symbol))
+    }
+}
+
+fn interrupted_reason() -> String {
+    "interrupted: the rest of the order expired after a failure between its reports".into()
 }

@@ -16,6 +16,9 @@ pub fn is_final(status: OrderStatus) -> bool {
 #[derive(Debug, Default)]
 pub struct Ledger {
     last_status: HashMap<ClientOrderId, OrderStatus>,
+    /// The latest report of every order without a final one: ACCEPTED (resting), or
+    /// PARTIALLY_FILLED when a crash or a failed write came between an order's reports.
+    open: HashMap<ClientOrderId, ExecutionReport>,
 }
 
 impl Ledger {
@@ -32,8 +35,25 @@ impl Ledger {
             Some(&known) if is_final(known) => {}
             _ => {
                 self.last_status.insert(id.clone(), report.status);
+                if is_final(report.status) {
+                    self.open.remove(id);
+                } else {
+                    self.open.insert(id.clone(), report.clone());
+                }
             }
         }
+    }
+
+    /// The latest report of an order that has no final one yet.
+    pub fn open_report(&self, id: &ClientOrderId) -> Option<&ExecutionReport> {
+        self.open.get(id)
+    }
+
+    /// The latest reports of all orders without a final one, oldest first.
+    pub fn open_reports(&self) -> Vec<ExecutionReport> {
+        let mut open: Vec<ExecutionReport> = self.open.values().cloned().collect();
+        open.sort_by_key(|r| r.ts);
+        open
     }
 
     pub fn len(&self) -> usize {
@@ -41,9 +61,8 @@ impl Ledger {
     }
 }
 
-/// The ledger after reading every report in the EXEC stream, and the ACCEPTED reports
-/// of orders with no final report yet (the resting orders to put back on the venue).
-pub async fn replay(js: &jetstream::Context) -> Result<(Ledger, Vec<ExecutionReport>)> {
+/// The ledger after reading every report in the EXEC stream.
+pub async fn replay(js: &jetstream::Context) -> Result<Ledger> {
     let stream = js
         .get_stream(subjects::EXEC_STREAM)
         .await
@@ -57,25 +76,12 @@ pub async fn replay(js: &jetstream::Context) -> Result<(Ledger, Vec<ExecutionRep
         .await
         .context("creating the EXEC replay consumer")?;
     let mut ledger = Ledger::default();
-    let mut open: HashMap<ClientOrderId, ExecutionReport> = HashMap::new();
     if reader.cached_info().num_pending > 0 {
         let mut messages = reader.messages().await.context("reading the EXEC stream")?;
         while let Some(message) = messages.next().await {
             let message = message.context("reading the EXEC stream")?;
             match bus::decode::<ExecutionReport>(&message.payload) {
-                Ok(report) => {
-                    ledger.record(&report);
-                    if let Some(id) = &report.client_order_id {
-                        match ledger.status(id) {
-                            Some(OrderStatus::Accepted) => {
-                                open.insert(id.clone(), report);
-                            }
-                            _ => {
-                                open.remove(id);
-                            }
-                        }
-                    }
-                }
+                Ok(report) => ledger.record(&report),
                 Err(e) => {
                     tracing::warn!(subject = %message.subject, error = %e, "unreadable report in EXEC skipped")
                 }
@@ -89,14 +95,12 @@ pub async fn replay(js: &jetstream::Context) -> Result<(Ledger, Vec<ExecutionRep
             }
         }
     }
-    let mut open: Vec<ExecutionReport> = open.into_values().collect();
-    open.sort_by_key(|r| r.ts);
     tracing::info!(
         orders = ledger.len(),
-        resting = open.len(),
+        open = ledger.open.len(),
         "rebuilt order outcomes from EXEC"
     );
-    Ok((ledger, open))
+    Ok(ledger)
 }
 
 /// The ORDERS stream sequence inside an order_id `<venue>-<sequence>`.
@@ -126,7 +130,14 @@ mod tests {
         let id = ClientOrderId::try_from("a").unwrap();
         ledger.record(&report("a", OrderStatus::Accepted));
         assert_eq!(ledger.status(&id), Some(OrderStatus::Accepted));
+        assert_eq!(ledger.open_reports().len(), 1);
+        ledger.record(&report("a", OrderStatus::PartiallyFilled));
+        assert_eq!(
+            ledger.open_report(&id).map(|r| r.status),
+            Some(OrderStatus::PartiallyFilled)
+        );
         ledger.record(&report("a", OrderStatus::Filled));
+        assert!(ledger.open_report(&id).is_none());
         ledger.record(&report("a", OrderStatus::Accepted));
         assert_eq!(ledger.status(&id), Some(OrderStatus::Filled));
         ledger.record(&reports::invalid(None, None, "x".into(), 1));

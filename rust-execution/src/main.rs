@@ -2,17 +2,21 @@
 //!
 //! Consumes `orders.submit.>` / `orders.cancel.>` from the ORDERS stream (durable pull
 //! consumer `execution`), asks `risk.api.check` before routing, fills on the paper venue
-//! against `md.tick.>`, and records every outcome on `exec.report.<symbol>` (EXEC stream)
-//! before acking the order. Answers `exec.api.version` on the NATS service API.
+//! against `md.book.>` / `md.tick.>`, and records every outcome on `exec.report.<symbol>`
+//! (EXEC stream) before acking the order; orders of different symbols are pipelined
+//! (engine.rs). Answers `exec.api.version` on the NATS service API.
 
 mod config;
 mod engine;
 mod intake;
+mod jobs;
+mod lanes;
 mod ledger;
 mod paper;
 mod reports;
 mod risk;
 mod venue;
+mod walk;
 
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -26,7 +30,7 @@ use moonbus_common::config::Config;
 use moonbus_common::{now_ns, subjects, telemetry, Venue as VenueName, VersionReply};
 
 use crate::config::ExecutionConfig;
-use crate::engine::Engine;
+use crate::engine::{Bus, Engine};
 use crate::paper::PaperVenue;
 use crate::reports::Recorder;
 use crate::risk::RiskClient;
@@ -35,8 +39,12 @@ use crate::venue::Market;
 const SERVICE: &str = "execution";
 /// The durable ORDERS consumer; its position survives restarts.
 const CONSUMER: &str = "execution";
+/// Every book: the paper venue walks them (`md.book.<venue>.<symbol>`).
+const ALL_BOOKS: &str = "md.book.>";
 
-#[tokio::main]
+// One thread: the work is a few microseconds per order between network waits, and on a
+// small machine cross-thread wake-ups cost more than they give (bench/order_path.py).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     telemetry::init_logging();
     match run().await {
@@ -56,11 +64,15 @@ async fn run() -> Result<()> {
     let js = jetstream::new(client.clone());
     bus::ensure_streams(&js).await?;
 
-    let (ledger, resting) = ledger::replay(&js).await?;
+    let ledger = ledger::replay(&js).await?;
     let ticks = client
         .subscribe(subjects::ALL_TICKS)
         .await
         .context("subscribing to ticks")?;
+    let books = client
+        .subscribe(ALL_BOOKS)
+        .await
+        .context("subscribing to books")?;
     let orders_stream = js
         .get_stream(subjects::ORDERS_STREAM)
         .await
@@ -70,17 +82,22 @@ async fn run() -> Result<()> {
         .iter()
         .map(|v| VenueName::from_str(v))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut engine = Engine {
-        venue: PaperVenue::new(venues, cfg.fee_rate()?, cfg.slippage_rate()?),
-        market: Market::default(),
-        ledger,
+    let bus = Bus {
         risk: RiskClient::new(client.clone(), cfg.risk_timeout()),
         recorder: Recorder::new(js.clone()),
         errors: ErrorSink::new(client.clone(), SERVICE),
         orders_stream: orders_stream.clone(),
         ticks,
+        books,
     };
-    engine.restore(resting).await?;
+    let mut engine = Engine::new(
+        PaperVenue::new(venues, cfg.fee_rate()?, cfg.slippage_rate()?),
+        Market::new(cfg.book_max_age()),
+        ledger,
+        bus,
+        cfg.latency(),
+    );
+    engine.restore().await?;
 
     let consumer = orders_stream
         .create_consumer(consumer::pull::Config {
@@ -92,15 +109,15 @@ async fn run() -> Result<()> {
                 subjects::ORDERS_SUBMIT_ALL.into(),
                 subjects::ORDERS_CANCEL_ALL.into(),
             ],
-            // One order in flight: strict stream order, also for re-deliveries.
-            max_ack_pending: 1,
+            // In hand at once: in flight (one per symbol) or waiting for their symbol.
+            max_ack_pending: cfg.max_in_flight as i64,
             ..Default::default()
         })
         .await
         .context("creating the ORDERS consumer")?;
     let orders = consumer
         .stream()
-        .max_messages_per_batch(1)
+        .max_messages_per_batch(cfg.max_in_flight as usize)
         .messages()
         .await
         .context("reading the ORDERS consumer")?;
@@ -129,9 +146,9 @@ async fn run() -> Result<()> {
             }
         }
     });
-    tracing::info!(venues = ?cfg.venues, "execution ready");
+    tracing::info!(venues = ?cfg.venues, max_in_flight = cfg.max_in_flight, "execution ready");
 
-    let mut ticks = engine.run(orders, telemetry::shutdown_signal()).await?;
+    let market_data = engine.run(orders, telemetry::shutdown_signal()).await?;
 
     if let Err(e) = service.stop().await {
         tracing::warn!(error = %e, "stopping the service API");
@@ -143,7 +160,9 @@ async fn run() -> Result<()> {
         .context("draining the NATS connection")?;
     // The drain closes the subscriptions once the server confirmed it; wait for that.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
-        while ticks.next().await.is_some() {}
+        for mut subscription in market_data {
+            while subscription.next().await.is_some() {}
+        }
     });
     if drained.await.is_err() {
         tracing::warn!("NATS drain did not finish within 5 s");

@@ -1,6 +1,18 @@
-//! The paper venue: fills against the latest tick, with a fee and a slippage model.
+//! The paper venue: MARKET orders walk the book when there is one, else fill against
+//! the latest tick with a slippage model; LIMIT orders fill against the tick; a fee on
+//! every fill.
 //!
-//! Prices (all exact decimals):
+//! MARKET orders (all sizes exact decimals):
+//! - with a fresh book for the order's venue (`md.book.<venue>.<symbol>`, else the
+//!   aggregated `md.book.all.<symbol>`; fresh = received within `book_max_age_ms`) the
+//!   order walks its levels (walk.rs): one fill at the volume-weighted average price.
+//!   What the book cannot fill expires: a PARTIALLY_FILLED report for the part that
+//!   executed, then an EXPIRED one for the rest (a MARKET order never rests, whatever
+//!   its time in force, as on the exchanges); nothing on that side: EXPIRED.
+//!   The depth is the price impact, so no slippage is added on top;
+//! - without a book, the slippage model below fills the whole quantity.
+//!
+//! The slippage model and LIMIT orders (the book's depth is not consulted for them):
 //! - a taker pays the quote it crosses: BUY at the ask (the last price when the tick
 //!   has no ask), SELL at the bid (or the last price), moved against it by
 //!   `slippage_bps`: `ask * (1 + slippage/10000)`, `bid * (1 - slippage/10000)`;
@@ -15,12 +27,13 @@
 //!   28 decimal places: far more than price and quantity precisions add up to).
 
 use moonbus_common::{
-    now_ns, ClientOrderId, NonNegativeMoney, OrderType, PositiveMoney, Side, Tick, TimeInForce,
-    Venue as VenueName,
+    now_ns, Book, ClientOrderId, NonNegativeMoney, OrderType, PositiveMoney, Side, Tick,
+    TimeInForce, Venue as VenueName,
 };
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::venue::{Fill, Market, Placement, Routed, Venue};
+use crate::walk::{self, Walked};
 
 const BPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
 
@@ -46,15 +59,61 @@ impl PaperVenue {
         }
     }
 
+    /// The whole order at `price`.
     fn fill(&self, routed: &Routed, price: Decimal) -> Result<Fill, Overflow> {
-        let quantity = routed.order.quantity;
+        self.fill_of(*routed.order.quantity, price)
+    }
+
+    fn fill_of(&self, quantity: Decimal, price: Decimal) -> Result<Fill, Overflow> {
         Ok(Fill {
             price: PositiveMoney::new(price).map_err(|_| Overflow)?,
-            quantity,
-            fee: NonNegativeMoney::new(fee(price, *quantity, self.fee_bps)?)
+            quantity: PositiveMoney::new(quantity).map_err(|_| Overflow)?,
+            fee: NonNegativeMoney::new(fee(price, quantity, self.fee_bps)?)
                 .map_err(|_| Overflow)?,
             ts: now_ns(),
         })
+    }
+
+    /// A MARKET order against a book (see the module comment).
+    fn walk_book(&self, routed: &Routed, book: &Book) -> Placement {
+        let order = &routed.order;
+        let wanted = *order.quantity;
+        let walked = walk::walk(order.side, book, wanted).and_then(|w| {
+            w.map(|w| Ok((w, self.fill_of(w.quantity, w.price)?)))
+                .transpose()
+        });
+        match walked {
+            Err(Overflow) => Placement::Rejected {
+                reason: overflow_reason(),
+            },
+            Ok(None) => Placement::Expired {
+                reason: format!(
+                    "no_liquidity: the {} book of {} has no {}",
+                    book.venue,
+                    order.symbol,
+                    book_side(order.side)
+                ),
+            },
+            Ok(Some((Walked { quantity, .. }, fill))) if quantity == wanted => {
+                Placement::Filled(fill)
+            }
+            Ok(Some((Walked { quantity, levels, .. }, fill))) => Placement::PartiallyFilled {
+                fill,
+                reason: format!(
+                    "book_exhausted: {quantity} of {wanted} filled; the {} book of {} held no more {} ({levels} levels)",
+                    book.venue,
+                    order.symbol,
+                    book_side(order.side)
+                ),
+            },
+        }
+    }
+}
+
+fn book_side(side: Side) -> &'static str {
+    match side {
+        Side::Buy => "asks",
+        Side::Sell => "bids",
     }
 }
 
@@ -65,6 +124,11 @@ impl Venue for PaperVenue {
 
     async fn place(&mut self, routed: &Routed, market: &Market) -> Placement {
         let order = &routed.order;
+        if order.order_type == OrderType::Market {
+            if let Some(book) = market.book(&order.venue, &order.symbol) {
+                return self.walk_book(routed, book);
+            }
+        }
         let tick = market.tick(&order.symbol);
         let price = match (order.order_type, order.limit_price, tick) {
             (OrderType::Market, _, Some(tick)) => {
@@ -105,10 +169,7 @@ impl Venue for PaperVenue {
                     order.limit_price.map(|p| p.to_string()).unwrap_or_default()
                 ),
             },
-            Ok(None) => {
-                self.restore(routed.clone());
-                Placement::Resting
-            }
+            Ok(None) => Placement::Resting,
         }
     }
 
@@ -126,7 +187,7 @@ impl Venue for PaperVenue {
             .find(|r| &r.order.client_order_id == client_order_id)
     }
 
-    fn restore(&mut self, routed: Routed) {
+    fn rest(&mut self, routed: Routed) {
         let id = &routed.order.client_order_id;
         match self
             .resting
@@ -489,6 +550,12 @@ mod tests {
             TimeInForce::Gtc,
         );
         assert_eq!(v.place(&gtc, &m).await, Placement::Resting);
+        assert!(
+            v.on_market(&tick("98.90", Some("98.80"), Some("98.95")))
+                .is_empty(),
+            "not resting before the engine rests it"
+        );
+        v.rest(gtc.clone());
         assert!(v
             .on_market(&tick("99.50", Some("99.40"), Some("99.60")))
             .is_empty());
@@ -505,7 +572,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cancel_takes_a_resting_order_off_and_restore_puts_it_back() {
+    async fn cancel_takes_a_resting_order_off_and_rest_puts_it_back() {
         let mut v = venue();
         let gtc = routed(
             "g",
@@ -519,14 +586,106 @@ mod tests {
             v.place(&gtc, &market(tick("100", None, None))).await,
             Placement::Resting
         );
+        v.rest(gtc.clone());
         assert_eq!(v.cancel(&id).await, Some(gtc.clone()));
         assert_eq!(v.cancel(&id).await, None);
-        v.restore(gtc.clone());
-        v.restore(gtc.clone());
+        v.rest(gtc.clone());
+        v.rest(gtc.clone());
         assert_eq!(
             v.on_market(&tick("201", None, None)).len(),
             1,
-            "restored once, filled once"
+            "rested once, filled once"
         );
+    }
+
+    fn book(venue: &str, bids: &[(&str, &str)], asks: &[(&str, &str)]) -> Book {
+        let levels = |side: &[(&str, &str)]| {
+            side.iter()
+                .map(|(p, s)| (p.parse().unwrap(), s.parse().unwrap()))
+                .collect()
+        };
+        Book {
+            venue: VenueName::try_from(venue).unwrap(),
+            symbol: Symbol::try_from("BTC-USD").unwrap(),
+            bids: levels(bids),
+            asks: levels(asks),
+            seq: 1,
+            ts: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_market_order_walks_the_book_without_slippage_on_top() {
+        let mut v = venue();
+        let mut m = market(tick("97000.00", Some("96999.00"), Some("97001.50")));
+        m.update_book(book(
+            "sim",
+            &[("96999.00", "0.004")],
+            &[("97001.50", "0.004"), ("97002.00", "0.01")],
+        ));
+        let buy = routed("a", Side::Buy, OrderType::Market, None, TimeInForce::Gtc);
+        let Placement::Filled(fill) = v.place(&buy, &m).await else {
+            panic!("not filled")
+        };
+        // (0.004 * 97001.50 + 0.006 * 97002.00) / 0.01 = 97001.8
+        assert_eq!(*fill.price, dec("97001.8"));
+        assert_eq!(*fill.quantity, dec("0.01"));
+        // 97001.8 * 0.01 * 10 / 10000
+        assert_eq!(*fill.fee, dec("0.970018"));
+    }
+
+    #[tokio::test]
+    async fn what_the_book_cannot_fill_expires() {
+        let mut v = venue();
+        let mut m = Market::default();
+        m.update_book(book("sim", &[("96999.00", "0.004")], &[]));
+        let sell = routed("s", Side::Sell, OrderType::Market, None, TimeInForce::Gtc);
+        let Placement::PartiallyFilled { fill, reason } = v.place(&sell, &m).await else {
+            panic!("not partially filled")
+        };
+        assert_eq!((*fill.price, *fill.quantity), (dec("96999"), dec("0.004")));
+        assert!(
+            reason.starts_with("book_exhausted: 0.004 of 0.01 filled"),
+            "{reason}"
+        );
+        let buy = routed("b", Side::Buy, OrderType::Market, None, TimeInForce::Gtc);
+        assert!(matches!(v.place(&buy, &m).await,
+            Placement::Expired { reason } if reason == "no_liquidity: the sim book of BTC-USD has no asks"));
+        assert!(v.resting(&buy.order.client_order_id).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_aggregated_book_serves_when_the_venue_has_none_and_stale_books_are_ignored() {
+        let mut v = venue();
+        let mut m = market(tick("100.00", Some("99.90"), Some("100.10")));
+        m.update_book(book("all", &[], &[("100.20", "1")]));
+        let buy = routed("a", Side::Buy, OrderType::Market, None, TimeInForce::Gtc);
+        let Placement::Filled(fill) = v.place(&buy, &m).await else {
+            panic!("not filled")
+        };
+        assert_eq!(*fill.price, dec("100.2"));
+
+        let mut stale = Market::new(std::time::Duration::ZERO);
+        stale.update(tick("100.00", Some("99.90"), Some("100.10")));
+        stale.update_book(book("sim", &[], &[("100.20", "1")]));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let Placement::Filled(fill) = v.place(&buy, &stale).await else {
+            panic!("not filled")
+        };
+        // the slippage model: 100.10 * 1.0005 = 100.15005 -> 100.16
+        assert_eq!(*fill.price, dec("100.16"));
+        // LIMIT orders do not walk the book
+        let mut limit = routed(
+            "l",
+            Side::Buy,
+            OrderType::Limit,
+            Some("101"),
+            TimeInForce::Ioc,
+        );
+        limit.order.quantity = "5".parse().unwrap();
+        let Placement::Filled(fill) = v.place(&limit, &m).await else {
+            panic!("not filled")
+        };
+        assert_eq!((*fill.price, *fill.quantity), (dec("100.16"), dec("5")));
     }
 }

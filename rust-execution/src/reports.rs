@@ -65,7 +65,13 @@ pub fn routed(routed: &Routed, status: OrderStatus, reason: Option<String>) -> E
 
 /// The whole order filled at once.
 pub fn filled(routed: &Routed, fill: &Fill) -> ExecutionReport {
-    let mut report = self::routed(routed, OrderStatus::Filled, None);
+    with_fill(routed, fill, OrderStatus::Filled)
+}
+
+/// A report of one fill (its fee is that fill's: an order's fees are the sum over its
+/// reports): FILLED, or PARTIALLY_FILLED for the part of an order that executed.
+pub fn with_fill(routed: &Routed, fill: &Fill, status: OrderStatus) -> ExecutionReport {
+    let mut report = self::routed(routed, status, None);
     report.filled_quantity = fill.quantity.into();
     report.last_fill_price = Some(fill.price);
     report.last_fill_quantity = Some(fill.quantity.into());
@@ -77,6 +83,20 @@ pub fn filled(routed: &Routed, fill: &Fill) -> ExecutionReport {
         .and_then(|decision| slippage_bps(routed.order.side, fill.price, decision));
     report.timings.filled_ts = Some(fill.ts);
     report
+}
+
+/// The rest of a partly filled order expired: what was filled stays (filled_quantity,
+/// avg_fill_price), and there is no new fill (no last_fill_*, fee 0).
+pub fn rest_expired(partial: &ExecutionReport, reason: String) -> ExecutionReport {
+    ExecutionReport {
+        status: OrderStatus::Expired,
+        reason: Some(reason),
+        last_fill_price: None,
+        last_fill_quantity: None,
+        fee: NonNegativeMoney::ZERO,
+        ts: now_ns(),
+        ..partial.clone()
+    }
 }
 
 /// An order that could not be read: only the id and symbol, and only if they are

@@ -29,6 +29,8 @@ struct System {
     client: Client,
     js: jetstream::Context,
     quote: watch::Sender<Quote>,
+    /// Settings of this test on top of the common ones.
+    env: Vec<(&'static str, &'static str)>,
     server: NatsServer,
 }
 
@@ -48,6 +50,10 @@ const START_QUOTE: Quote = Quote {
 
 impl System {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(env: &[(&'static str, &'static str)]) -> Self {
         let server = NatsServer::start();
         let client = async_nats::connect(&server.url).await.expect("connect");
         let js = jetstream::new(client.clone());
@@ -58,6 +64,7 @@ impl System {
             client,
             js,
             quote,
+            env: env.to_vec(),
             server,
         };
         system.start_execution().await;
@@ -66,17 +73,17 @@ impl System {
 
     async fn start_execution(&mut self) {
         let binary = env!("CARGO_BIN_EXE_rust-execution");
-        self.execution = Some(ChildGuard::spawn(
-            binary,
-            &self.server.url,
-            &[
-                ("MOONBUS__EXECUTION__FEE_BPS", "10"),
-                ("MOONBUS__EXECUTION__SLIPPAGE_BPS", "5"),
-                ("MOONBUS__EXECUTION__RISK_TIMEOUT_MS", "500"),
-                // A killed instance's order in hand comes back after this.
-                ("MOONBUS__EXECUTION__ACK_WAIT_MS", "2000"),
-            ],
-        ));
+        let mut env = vec![
+            ("MOONBUS__EXECUTION__FEE_BPS", "10"),
+            ("MOONBUS__EXECUTION__SLIPPAGE_BPS", "5"),
+            ("MOONBUS__EXECUTION__RISK_TIMEOUT_MS", "500"),
+            // A killed instance's orders in hand come back after this; it must
+            // outlast a full queue of one symbol: 3 x risk_timeout_ms.
+            ("MOONBUS__EXECUTION__ACK_WAIT_MS", "2000"),
+            ("MOONBUS__EXECUTION__MAX_IN_FLIGHT", "3"),
+        ];
+        env.extend(self.env.iter().copied());
+        self.execution = Some(ChildGuard::spawn(binary, &self.server.url, &env));
         wait_ready(&self.client).await;
     }
 
@@ -242,6 +249,8 @@ enum RiskMode {
     Refuse,
     /// Takes the request and never answers.
     Silent,
+    /// Approves the orders of this symbol after 300 ms, the others at once.
+    SlowFor(&'static str),
 }
 
 /// A stand-in for rust-risk on risk.api.check; keeps every request it saw.
@@ -259,21 +268,36 @@ async fn fake_risk(client: &Client, mode: RiskMode) -> Arc<Mutex<Vec<RiskCheckRe
                 bus::decode(&message.payload).expect("a valid RiskCheckRequest");
             let result = RiskCheckResult {
                 client_order_id: request.client_order_id.clone(),
-                approved: matches!(mode, RiskMode::Approve | RiskMode::ApproveSlowly),
+                approved: !matches!(mode, RiskMode::Refuse | RiskMode::Silent),
                 reason_code: (mode == RiskMode::Refuse).then(|| "max_order_notional".into()),
                 reason: (mode == RiskMode::Refuse).then(|| "notional 970.50 > limit 500".into()),
                 state: TradingState::Active,
                 ts: now_ns(),
             };
+            let delay = match mode {
+                RiskMode::ApproveSlowly => Duration::from_millis(5),
+                RiskMode::SlowFor(symbol) if request.symbol == symbol => Duration::from_millis(300),
+                _ => Duration::ZERO,
+            };
             log.lock().unwrap().push(request);
-            if mode == RiskMode::ApproveSlowly {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            if let (Some(reply), true) = (message.reply, mode != RiskMode::Silent) {
-                client
-                    .publish(reply, bus::encode(&result))
-                    .await
-                    .expect("reply");
+            let Some(reply) = message.reply.filter(|_| mode != RiskMode::Silent) else {
+                continue;
+            };
+            let answer = {
+                let client = client.clone();
+                async move {
+                    tokio::time::sleep(delay).await;
+                    client
+                        .publish(reply, bus::encode(&result))
+                        .await
+                        .expect("reply");
+                }
+            };
+            // One symbol's slow answers must not hold up the others'.
+            if matches!(mode, RiskMode::SlowFor(_)) {
+                tokio::spawn(answer);
+            } else {
+                answer.await;
             }
         }
     });
@@ -818,4 +842,179 @@ async fn limit_orders_rest_fill_expire_cancel_and_survive_a_restart() {
         .await
         .iter()
         .all(|r| r.status != OrderStatus::Filled));
+}
+
+/// A book on md.book.sim.<symbol>, as market-data publishes it.
+async fn publish_book(client: &Client, symbol: &str, bids: Value, asks: Value) {
+    let book = json!({
+        "venue": "sim", "symbol": symbol, "bids": bids, "asks": asks, "seq": now_ns(), "ts": now_ns(),
+    });
+    client
+        .publish(format!("md.book.sim.{symbol}"), book.to_string().into())
+        .await
+        .expect("publish book");
+    client.flush().await.expect("flush");
+}
+
+#[tokio::test]
+async fn market_orders_walk_the_book_and_expire_what_it_cannot_fill() {
+    let system = System::start().await;
+    fake_risk(&system.client, RiskMode::Approve).await;
+    let is = |id: &'static str| {
+        move |r: &ExecutionReport| r.client_order_id.as_ref().is_some_and(|i| i == id)
+    };
+
+    publish_book(
+        &system.client,
+        "BTC-USD",
+        json!([["96999.00", "0.004"]]),
+        json!([["97001.50", "0.004"], ["97002.00", "0.01"]]),
+    )
+    .await;
+    system
+        .submit("BTC-USD", &order("walk-buy", "BUY"), Some("walk-buy"))
+        .await;
+    let (_, r) = system.wait_report("walk-buy", is("walk-buy")).await;
+    assert_eq!(r.status, OrderStatus::Filled, "{r:?}");
+    // (0.004 * 97001.50 + 0.006 * 97002.00) / 0.01, no slippage on top of the depth
+    assert_eq!(r.avg_fill_price.map(|p| *p), Some(dec("97001.8")));
+    assert_eq!(r.last_fill_price, r.avg_fill_price);
+    assert_eq!(*r.filled_quantity, dec("0.01"));
+    assert_eq!(*r.fee, dec("0.970018"));
+    assert_eq!(r.slippage_bps, Some(0.1856));
+
+    // Only 0.004 bid: that part fills, the rest of the MARKET order expires.
+    system
+        .submit("BTC-USD", &order("walk-sell", "SELL"), Some("walk-sell"))
+        .await;
+    system
+        .wait_report("walk-sell expired", |r| {
+            is("walk-sell")(r) && r.status == OrderStatus::Expired
+        })
+        .await;
+    let sell = system.reports_for("walk-sell").await;
+    assert_eq!(
+        sell.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [OrderStatus::PartiallyFilled, OrderStatus::Expired]
+    );
+    let (part, rest) = (&sell[0], &sell[1]);
+    assert_eq!(part.last_fill_quantity.map(|q| *q), Some(dec("0.004")));
+    assert_eq!(part.last_fill_price.map(|p| *p), Some(dec("96999")));
+    assert_eq!(*part.fee, dec("0.387996"));
+    assert!(rest
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("book_exhausted: 0.004 of 0.01 filled"));
+    assert_eq!(*rest.filled_quantity, dec("0.004"), "what did fill stays");
+    assert_eq!(rest.avg_fill_price.map(|p| *p), Some(dec("96999")));
+    assert_eq!(rest.last_fill_quantity, None, "no second fill");
+    assert_eq!(*rest.fee, Decimal::ZERO, "the fee was on the fill's report");
+
+    // Nothing on the bid side: expires unfilled.
+    publish_book(
+        &system.client,
+        "BTC-USD",
+        json!([]),
+        json!([["97001.50", "1"]]),
+    )
+    .await;
+    system
+        .submit("BTC-USD", &order("walk-none", "SELL"), Some("walk-none"))
+        .await;
+    let (_, r) = system.wait_report("walk-none", is("walk-none")).await;
+    assert_eq!(r.status, OrderStatus::Expired);
+    assert_eq!(
+        r.reason.as_deref(),
+        Some("no_liquidity: the sim book of BTC-USD has no bids")
+    );
+    assert_eq!(*r.filled_quantity, Decimal::ZERO);
+}
+
+#[tokio::test]
+async fn symbols_run_side_by_side_each_in_stream_order() {
+    let system = System::start().await;
+    let errors = error_events(&system.client).await;
+    // Risk takes 300 ms for every BTC-USD order, ETH-USD orders pass at once.
+    fake_risk(&system.client, RiskMode::SlowFor("BTC-USD")).await;
+    publish_book(
+        &system.client,
+        "ETH-USD",
+        json!([]),
+        json!([["3500.10", "5"]]),
+    )
+    .await;
+    let mut eth = order("fast-eth", "BUY");
+    eth["symbol"] = json!("ETH-USD");
+
+    system
+        .submit("BTC-USD", &order("slow-btc", "BUY"), Some("slow-btc"))
+        .await;
+    system.submit("ETH-USD", &eth, Some("fast-eth")).await;
+    system
+        .submit(
+            "BTC-USD",
+            &limit("rest-btc", "BUY", "90000", "GTC"),
+            Some("rest-btc"),
+        )
+        .await;
+    let cancel = json!({"client_order_id": "rest-btc", "agent": "trading", "symbol": "BTC-USD", "ts": now_ns()});
+    system
+        .submit_raw(
+            "orders.cancel.BTC-USD",
+            cancel.to_string().into_bytes(),
+            None,
+        )
+        .await;
+    system
+        .wait_report("rest-btc cancelled", |r| {
+            r.status == OrderStatus::Cancelled
+                && r.client_order_id.as_ref().is_some_and(|i| i == "rest-btc")
+        })
+        .await;
+    system.wait_orders_done().await;
+
+    let order_of = |reports: &[(String, ExecutionReport)]| {
+        reports
+            .iter()
+            .map(|(_, r)| format!("{}:{}", r.client_order_id.as_ref().unwrap(), r.status))
+            .collect::<Vec<_>>()
+    };
+    // ETH did not wait for the slow BTC check; BTC kept its order, and the cancel came
+    // after the order it cancels was accepted.
+    assert_eq!(
+        order_of(&system.stored_reports().await),
+        [
+            "fast-eth:FILLED",
+            "slow-btc:FILLED",
+            "rest-btc:ACCEPTED",
+            "rest-btc:CANCELLED"
+        ]
+    );
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_simulated_venue_latency_comes_before_the_fill() {
+    let system = System::start_with(&[
+        ("MOONBUS__EXECUTION__LATENCY_MS", "200"),
+        // 2 x (500 + 200) ms stays within ack_wait_ms (validated at start)
+        ("MOONBUS__EXECUTION__MAX_IN_FLIGHT", "2"),
+    ])
+    .await;
+    fake_risk(&system.client, RiskMode::Approve).await;
+    system
+        .submit("BTC-USD", &order("late-1", "BUY"), Some("late-1"))
+        .await;
+    let (_, r) = system
+        .wait_report("late-1", |r| r.client_order_id.is_some())
+        .await;
+    assert_eq!(r.status, OrderStatus::Filled);
+    let t = &r.timings;
+    let waited = Duration::from_nanos(t.filled_ts.unwrap() - t.risk_checked_ts.unwrap());
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
 }

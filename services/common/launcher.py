@@ -337,6 +337,38 @@ class System:
         """`wait_for_output` for async tests (does not block the event loop)."""
         return await asyncio.to_thread(self.wait_for_output, name, pattern, timeout)
 
+    # ---- one service (fault tests) ------------------------------------------------------
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int | None:
+        """Stop one service with `sig` (default SIGKILL: a crash, no clean-up) and wait until
+        it is gone (SIGKILL after `timeout`); returns its exit code. The others keep running."""
+        child = self.children[name]
+        if child.process is None:
+            return None
+        child.stopping = True
+        child.signal(sig)
+        try:
+            child.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.signal(signal.SIGKILL)
+            child.process.wait()
+        child.join_output()
+        return child.returncode
+
+    def restart(self, name: str) -> None:
+        """Start a killed or stopped service again: same command, same environment. Its kept
+        output starts afresh, so `wait_for_output` only sees the new run's lines."""
+        child = self.children[name]
+        if child.running:
+            raise RuntimeError(f"{name} is still running: kill it first")
+        child.join_output()
+        with child._cond:
+            child.lines.clear()
+        child.stopping = False
+        child.start_error = None
+        self.out.line("launcher", f"restarting {name}")
+        child.start()
+
     # ---- stopping -----------------------------------------------------------------------
 
     def stop(self, timeout: float = 10.0) -> None:
