@@ -109,8 +109,12 @@ def test_prometheus_scrapes_every_metrics_endpoint() -> None:
             targets[job["job_name"]] = f"{sd['names'][0]}:{sd['port']}"
     config = tomllib.loads((REPO_ROOT / "moonbus.toml").read_text())
     compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
-    expected = {"market-data": compose["market-data"]["environment"]["MOONBUS__MARKET_DATA__METRICS_ADDR"]
-                .strip('"').split(":")[1], "gateway": str(config["gateway"]["port"])}
+    expected = {"gateway": str(config["gateway"]["port"])}
+    for service in ["market-data", "risk", "execution"]:
+        section = service.replace("-", "_")
+        addr = compose[service]["environment"][f"MOONBUS__{section.upper()}__METRICS_ADDR"].strip('"')
+        assert addr.split(":")[1] == config[section]["metrics_addr"].split(":")[1], service
+        expected[service] = addr.split(":")[1]
     for agent in ["trading-agent", "risk-agent", "sentiment-agent", "swarm-agent"]:
         expected[agent] = str(config[agent.replace("-", "_")]["metrics_port"])
     assert {job: t.split(":")[1] for job, t in targets.items()} == expected
@@ -127,7 +131,7 @@ def test_grafana_dashboard_is_provisioned_and_uses_real_metrics() -> None:
     dashboard = json.loads((grafana / "dashboards/moonbus.json").read_text())
     source = metric_names_defined()
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
-    for topic in ["ticks", "decisions", "orders", "latency", "llm", "cost"]:
+    for topic in ["ticks", "decisions", "orders", "latency", "llm", "cost", "pnl", "rejects"]:
         assert topic in titles, topic
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -136,7 +140,7 @@ def test_grafana_dashboard_is_provisioned_and_uses_real_metrics() -> None:
         for target in panel["targets"]:
             expr = target["expr"]
             assert expr.count("(") == expr.count(")"), expr
-            for name in re.findall(r"\b((?:md|moonbus)_[a-z_]+)", expr):
+            for name in re.findall(r"\b((?:md|moonbus|risk|exec)_[a-z_]+)", expr):
                 base = re.sub(r"_(bucket|sum|count)$", "", name)
                 assert f'"{base}"' in source or f"# TYPE {base} " in source, \
                     f"{panel['title']}: {base} is defined nowhere"

@@ -1,9 +1,10 @@
 //! moonbus shared crate: the bus contract (message types, subjects), NATS connect,
-//! configuration, logging and shutdown. No business logic lives here.
+//! configuration, logging, shutdown and the Prometheus metrics primitives. No business logic lives here.
 
 pub mod bus;
 pub mod config;
 pub mod messages;
+pub mod metrics;
 pub mod subjects;
 pub mod telemetry;
 

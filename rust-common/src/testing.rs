@@ -104,3 +104,28 @@ impl Drop for ChildGuard {
         self.kill();
     }
 }
+
+/// `GET /metrics` on 127.0.0.1:`port`: the whole HTTP response, or None while
+/// nothing listens there yet.
+pub async fn scrape(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+        .await
+        .ok()?
+        .ok()?;
+    Some(text)
+}
+
+/// The value of the sample `name` (with its labels, as written) in a scrape.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

@@ -29,6 +29,8 @@ pub struct ExecutionConfig {
     pub latency_ms: u64,
     /// Paper venue: a book received longer ago than this is not walked (slippage model).
     pub book_max_age_ms: u64,
+    /// Prometheus `GET /metrics`; "" or port 0 = off.
+    pub metrics_addr: String,
 }
 
 impl Default for ExecutionConfig {
@@ -43,6 +45,7 @@ impl Default for ExecutionConfig {
             max_in_flight: 32,
             latency_ms: 0,
             book_max_age_ms: 2_000,
+            metrics_addr: "127.0.0.1:9106".into(),
         }
     }
 }

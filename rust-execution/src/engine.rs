@@ -44,6 +44,7 @@ use crate::intake::{self, RawIds};
 use crate::jobs::{self, settle, Checked, Done, Recording, RETRY_DELAY};
 use crate::lanes::Lanes;
 use crate::ledger::{self, is_final, Ledger};
+use crate::metrics;
 use crate::reports::{self, Recorder};
 use crate::risk::RiskClient;
 use crate::venue::{Market, Placement, Routed, Venue};
@@ -478,6 +479,7 @@ impl<V: Venue> Engine<V> {
     fn spawn(&mut self, job: impl Future<Output = Done> + Send + 'static) -> Step {
         let done = self.done_tx.clone();
         self.jobs += 1;
+        metrics::global().in_flight.set(self.in_flight.len() as u64);
         tokio::spawn(async move {
             // The engine only stops listening after every job reported back.
             let _ = done.send(job.await);
@@ -507,6 +509,7 @@ impl<V: Venue> Engine<V> {
         }
         if let Some(id) = &recording.holds {
             self.in_flight.remove(id);
+            metrics::global().in_flight.set(self.in_flight.len() as u64);
         }
         if let Some(lane) = recording.lane {
             if let Some(next) = self.lanes.next(&lane) {
@@ -558,6 +561,7 @@ impl<V: Venue> Engine<V> {
 
     fn remember(&mut self, report: &ExecutionReport, key: &str) {
         self.ledger.record(report);
+        metrics::global().stored(report);
         tracing::info!(
             client_order_id = report.client_order_id.as_ref().map(|id| id.as_str()).unwrap_or(key),
             status = %report.status,

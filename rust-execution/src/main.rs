@@ -12,6 +12,7 @@ mod intake;
 mod jobs;
 mod lanes;
 mod ledger;
+mod metrics;
 mod paper;
 mod reports;
 mod risk;
@@ -61,6 +62,8 @@ async fn run() -> Result<()> {
     let cfg: ExecutionConfig = Config::load()?.section("execution")?;
     cfg.validate()?;
     let client = bus::connect(SERVICE).await?;
+    let metrics_addr = moonbus_common::metrics::enabled_addr(&cfg.metrics_addr);
+    metrics::serve(metrics_addr, || metrics::global().render()).await;
     let js = jetstream::new(client.clone());
     bus::ensure_streams(&js).await?;
 

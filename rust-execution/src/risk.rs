@@ -1,13 +1,15 @@
 //! The pre-trade check: one `risk.api.check` round trip per order. Risk fails closed:
 //! no answer in time, an error reply or an unreadable one all mean REJECTED.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, RequestErrorKind};
 use moonbus_common::{
     bus, now_ns, subjects, ClientOrderId, ErrorReply, OrderRequest, PositiveMoney,
     RiskCheckRequest, RiskCheckResult,
 };
+
+use crate::metrics;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RiskAnswer {
@@ -57,7 +59,12 @@ impl RiskClient {
         let asked = self
             .client
             .request(subjects::RISK_CHECK, bus::encode(&request));
-        match tokio::time::timeout(self.timeout, asked).await {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.timeout, asked).await;
+        metrics::global()
+            .risk_check_seconds
+            .observe(started.elapsed());
+        match answer {
             Err(_) => unavailable(format!("no answer within {} ms", self.timeout.as_millis())),
             Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
                 unavailable(format!("no responders on {}", subjects::RISK_CHECK))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use async_nats::Client;
 use futures::StreamExt;
-use moonbus_common::testing::{ChildGuard, NatsServer};
+use moonbus_common::testing::{self, ChildGuard, NatsServer};
 use moonbus_common::{
     bus, now_ns, ErrorEvent, ExecutionReport, OrderStatus, RiskCheckRequest, RiskCheckResult,
     TradingState, VersionReply,
@@ -81,6 +81,7 @@ impl System {
             // outlast a full queue of one symbol: 3 x risk_timeout_ms.
             ("MOONBUS__EXECUTION__ACK_WAIT_MS", "2000"),
             ("MOONBUS__EXECUTION__MAX_IN_FLIGHT", "3"),
+            ("MOONBUS__EXECUTION__METRICS_ADDR", "\"\""),
         ];
         env.extend(self.env.iter().copied());
         self.execution = Some(ChildGuard::spawn(binary, &self.server.url, &env));
@@ -421,6 +422,39 @@ async fn market_buy_fills_at_the_ask_plus_slippage_with_the_fee() {
         Some("97000.00")
     );
     assert_eq!(checks[0].quantity.to_string(), "0.01");
+}
+
+#[tokio::test]
+async fn metrics_count_orders_by_status_and_reason() {
+    let port = testing::free_port();
+    let addr: &'static str = Box::leak(format!("\"127.0.0.1:{port}\"").into_boxed_str());
+    let system = System::start_with(&[("MOONBUS__EXECUTION__METRICS_ADDR", addr)]).await;
+    fake_risk(&system.client, RiskMode::Approve).await;
+    system
+        .submit("BTC-USD", &order("m-1", "BUY"), Some("m-1"))
+        .await;
+    let (_, report) = system
+        .wait_report("m-1", |r| r.client_order_id.is_some())
+        .await;
+    assert_eq!(report.status, OrderStatus::Filled);
+
+    let filled = "exec_orders_total{status=\"FILLED\",reason=\"none\"}";
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        if let Some(text) = testing::scrape(port).await {
+            if testing::sample(&text, filled) == Some(1.0) {
+                break text;
+            }
+        }
+        assert!(Instant::now() < deadline, "no FILLED order in the metrics");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let value =
+        |name: &str| testing::sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"));
+    assert_eq!(value("exec_order_seconds_count"), 1.0);
+    assert_eq!(value("exec_risk_check_seconds_count"), 1.0);
+    assert_eq!(value("exec_fees_total"), 0.9705001);
+    assert_eq!(value("exec_in_flight"), 0.0);
 }
 
 #[tokio::test]

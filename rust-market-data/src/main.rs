@@ -41,17 +41,10 @@ async fn main() -> Result<()> {
     let settings = Settings::from_config(&system, &market_data)?;
 
     let client = bus::connect(SERVICE).await?;
-    if let Some(addr) = &settings.metrics_addr {
-        // Metrics are not worth refusing to run for (a second instance on one
-        // machine finds the port taken): an error in the log, and no endpoint.
-        match metrics::bind(addr).await {
-            Ok((bound, serve)) => {
-                tracing::info!(%bound, "metrics on http://{bound}/metrics");
-                tokio::spawn(serve);
-            }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "no metrics endpoint"),
-        }
-    }
+    moonbus_common::metrics::serve(settings.metrics_addr.as_deref(), || {
+        metrics::global().render()
+    })
+    .await;
     let sim = settings
         .feeds
         .contains(&FeedKind::Sim)

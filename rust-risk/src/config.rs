@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use moonbus_common::config::{Config, SystemConfig};
+use moonbus_common::metrics;
 use moonbus_common::{Money, NonNegativeMoney, Symbol, Venue};
 use rust_decimal::prelude::FromPrimitive;
 use rust_decimal::Decimal;
@@ -45,6 +46,8 @@ pub struct RiskConfig {
     pub circuit_breaker_halt_s: u64,
     /// Venue of the orders a kill switch flatten sends.
     pub flatten_venue: String,
+    /// Prometheus `GET /metrics`; "" or port 0 = off.
+    pub metrics_addr: String,
 }
 
 impl Default for RiskConfig {
@@ -75,6 +78,7 @@ impl Default for RiskConfig {
             circuit_breaker_window_s: 60,
             circuit_breaker_halt_s: 300,
             flatten_venue: "sim".into(),
+            metrics_addr: "127.0.0.1:9105".into(),
         }
     }
 }
@@ -95,6 +99,8 @@ pub struct Settings {
     pub flatten_venue: Venue,
     /// `[system].symbols`: a verdict is published for each, position or not.
     pub symbols: Vec<Symbol>,
+    /// `None`: no metrics endpoint.
+    pub metrics_addr: Option<String>,
 }
 
 impl Settings {
@@ -164,6 +170,7 @@ impl Settings {
             breaker,
             flatten_venue,
             symbols,
+            metrics_addr: metrics::enabled_addr(&risk.metrics_addr).map(str::to_string),
         })
     }
 }
@@ -202,6 +209,7 @@ mod tests {
         assert_eq!(settings.guards.price_band_pct, "5".parse().unwrap());
         assert_eq!(settings.breaker.halt_ns, 300 * NS_PER_S);
         assert_eq!(settings.flatten_venue, "sim");
+        assert_eq!(settings.metrics_addr.as_deref(), Some("127.0.0.1:9105"));
     }
 
     #[test]
@@ -209,6 +217,8 @@ mod tests {
         let settings = load("").unwrap();
         assert_eq!(settings.reservation_ttl_ms, 10_000);
         assert_eq!(settings.fee_bps, "10".parse().unwrap());
+        let off = load("[risk]\nmetrics_addr = \"\"\n").unwrap();
+        assert_eq!(off.metrics_addr, None);
     }
 
     #[test]

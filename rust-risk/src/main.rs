@@ -9,6 +9,7 @@ mod exec_feed;
 mod flatten;
 mod ledger;
 mod limits;
+mod metrics;
 mod open_orders;
 mod publish;
 mod rate;

@@ -12,6 +12,7 @@ use moonbus_common::{bus, now_ns, subjects, AccountState, Symbol, Verdict};
 
 use crate::engine::Engine;
 use crate::limits::LossLatch;
+use crate::metrics;
 use crate::store::{self, Store};
 
 pub struct Publisher {
@@ -56,6 +57,7 @@ impl Publisher {
     async fn send(&mut self, engine: &Engine, all: bool) {
         let now = now_ns();
         let account = engine.account(now);
+        metrics::global().set_account(&account);
         let changed = self
             .account
             .as_ref()

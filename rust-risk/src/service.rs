@@ -1,7 +1,7 @@
 //! The NATS side: one task owns the engine and `select!`s over the EXEC feed, ticks,
 //! the service endpoints and a heartbeat, so every check sees every change before it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use async_nats::service::Request;
@@ -21,6 +21,7 @@ use crate::engine::{Engine, ReportEffect};
 use crate::exec_feed::{self, FeedEvent};
 use crate::flatten;
 use crate::limits::LossLatch;
+use crate::metrics;
 use crate::publish::Publisher;
 use crate::store::{self, Store};
 
@@ -81,6 +82,10 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
         store: store.clone(),
         flatten_venue: settings.flatten_venue.clone(),
     };
+    metrics::serve(settings.metrics_addr.as_deref(), || {
+        metrics::global().render()
+    })
+    .await;
     let mut engine = Engine::new(settings, started_ts);
     if kill_switch.as_ref().is_some_and(|k| k.engaged) {
         tracing::warn!(
@@ -116,7 +121,13 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
             request = checks.next() => {
                 let request = request.context("check endpoint closed")?;
                 let reply = match bus::decode::<RiskCheckRequest>(&request.message.payload) {
-                    Ok(check) => bus::encode(&engine.check(&check, now_ns())),
+                    Ok(check) => {
+                        let started = Instant::now();
+                        let result = engine.check(&check, now_ns());
+                        metrics::global().check_seconds.observe(started.elapsed());
+                        metrics::global().count_check(&result);
+                        bus::encode(&result)
+                    }
                     Err(e) => bad_request(&request, e),
                 };
                 respond(&request, reply).await;
@@ -338,7 +349,8 @@ async fn on_report(engine: &mut Engine, errors: &ErrorSink, subject: &str, paylo
         Ok(ReportEffect::Duplicate) => {
             tracing::debug!(subject, client_order_id = ?report.client_order_id, "duplicate report skipped");
         }
-        Ok(_) => {}
+        Ok(ReportEffect::Applied) => metrics::global().reports_applied.inc(),
+        Ok(ReportEffect::NoOrder) => {}
         Err(e) => errors.report(subject, &e, payload).await,
     }
 }

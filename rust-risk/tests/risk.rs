@@ -8,7 +8,7 @@ use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
 use moonbus_common::bus;
-use moonbus_common::testing::{ChildGuard, NatsServer};
+use moonbus_common::testing::{self, ChildGuard, NatsServer};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -52,7 +52,16 @@ async fn bus(server: &NatsServer) -> Bus {
 }
 
 fn start_risk(server: &NatsServer) -> ChildGuard {
-    ChildGuard::spawn(BIN, &server.url, &[("MOONBUS__RISK__HEARTBEAT_MS", "200")])
+    start_risk_with(server, "\"\"")
+}
+
+/// `metrics_addr`: a TOML string (`"\"\""` = no metrics endpoint).
+fn start_risk_with(server: &NatsServer, metrics_addr: &str) -> ChildGuard {
+    let env = [
+        ("MOONBUS__RISK__HEARTBEAT_MS", "200"),
+        ("MOONBUS__RISK__METRICS_ADDR", metrics_addr),
+    ];
+    ChildGuard::spawn(BIN, &server.url, &env)
 }
 
 fn body(value: &Value) -> Bytes {
@@ -406,6 +415,48 @@ async fn restart_rebuilds_the_same_positions_from_exec() {
         assert_eq!(after["account"][key], before["account"][key], "{key}");
     }
     assert_eq!(after["account"]["realized_pnl"], "15");
+}
+
+#[tokio::test]
+async fn metrics_count_checks_reports_and_show_the_account() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    publish_report(&bus, body(&report("t-1", "BUY", "0.02", "97000", "1.94"))).await;
+    publish_report(&bus, body(&report("t-2", "SELL", "0.01", "98000", "0.98"))).await;
+    let port = testing::free_port();
+    let _risk = start_risk_with(&server, &format!("\"127.0.0.1:{port}\""));
+    ready_positions(client).await;
+    let small = request(client, "risk.api.check", &check("m-small", "BUY", "0.001")).await;
+    assert_eq!(code(&small), "approved");
+    let big = request(client, "risk.api.check", &check("m-big", "BUY", "0.02")).await;
+    assert_eq!(code(&big), "max_order_notional");
+
+    // Counted before the reply; the gauges follow the published account.
+    let text = eventually("the account in the metrics", || async move {
+        let text = testing::scrape(port).await?;
+        (testing::sample(&text, "risk_equity") == Some(10027.08)).then_some(text)
+    })
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let value =
+        |name: &str| testing::sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"));
+    assert_eq!(
+        value("risk_checks_total{result=\"approved\",reason=\"none\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("risk_checks_total{result=\"refused\",reason=\"max_order_notional\"}"),
+        1.0
+    );
+    assert_eq!(value("risk_check_seconds_count"), 2.0);
+    assert_eq!(value("risk_reports_applied_total"), 2.0);
+    assert_eq!(value("risk_cash"), 9037.08);
+    assert_eq!(value("risk_realized_pnl"), 10.0);
+    assert_eq!(value("risk_unrealized_pnl"), 20.0);
+    assert_eq!(value("risk_gross_exposure"), 990.0);
+    assert_eq!(value("risk_open_positions"), 1.0);
+    assert_eq!(value("risk_kill_switch"), 0.0);
 }
 
 #[tokio::test]
