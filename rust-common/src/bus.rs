@@ -15,6 +15,12 @@ use serde::Serialize;
 use crate::messages::{now_ns, ErrorEvent, ErrorReply};
 use crate::subjects;
 
+/// The reply-inbox prefix of a NATS user: `_INBOX.<user>`. Each user may subscribe
+/// only its own (proto/nats/moonbus.conf), so nobody reads replies meant for another.
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX.{user}")
+}
+
 /// Connect as `NATS_USER` / `NATS_PASSWORD` to `NATS_URL` (default localhost:4222).
 /// Retries the first connect and reconnects forever: a bus restart is not fatal.
 /// (async-nats itself logs every connection event: connected, disconnected, ...)
@@ -25,7 +31,7 @@ pub async fn connect(service: &str) -> Result<Client> {
         .retry_on_initial_connect()
         .max_reconnects(None);
     if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
-        options = options.user_and_password(user, password);
+        options = options.custom_inbox_prefix(inbox_prefix(&user)).user_and_password(user, password);
     }
     let client = options
         .connect(url.as_str())

@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
 from nats.aio.client import Client
 
-from services.common.bus import ApiError, Bus
+from services.common.bus import ApiError, Bus, inbox_prefix
 from services.common.natsserver import REPO_ROOT
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -105,7 +105,9 @@ async def connect(target: Target, timeout: float = 3.0) -> Session:
     async def on_error(e: Exception) -> None:
         errors.append(str(e))
 
-    options = {"user": target.user, "password": target.password or ""} if target.user else {}
+    options: dict[str, Any] = {}
+    if target.user:
+        options = {"user": target.user, "password": target.password or "", "inbox_prefix": inbox_prefix(target.user)}
     try:
         nc = await nats.connect(
             # max_reconnect_attempts=0 would mean "retry forever" to nats-py: 1 = two tries.

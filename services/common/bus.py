@@ -47,6 +47,12 @@ class RequestError(ApiError):
     """Raised inside an endpoint handler to answer with a specific error code."""
 
 
+def inbox_prefix(user: str) -> str:
+    """The reply-inbox prefix of a NATS user, `_INBOX.<user>`: each user may subscribe only
+    its own (proto/nats/moonbus.conf), so nobody reads replies meant for another."""
+    return f"_INBOX.{user}"
+
+
 def validation_summary(error: ValidationError) -> str:
     """The first few problems of a validation error, one line, fit to send back."""
     parts = []
@@ -74,6 +80,7 @@ class Bus:
         if user:
             options["user"] = user
             options["password"] = password if password is not None else os.environ.get("NATS_PASSWORD", "")
+            options["inbox_prefix"] = inbox_prefix(user)
 
         async def on_error(e: Exception) -> None:
             log.warning("nats error: %s", e)
