@@ -86,6 +86,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         log_path=moon_dir / "nats-server.log",
     )
     with server:
+        server.provision()  # ORDERS, EXEC, KV and the durables, as `make run` has them
         yield server
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from services.common import config
 from services.common.natsserver import (
     REPO_ROOT,
     SERVICE_USERS,
@@ -274,6 +275,16 @@ class System:
         base.setdefault("MOONBUS_CONFIG", str(self.repo_root / "moonbus.toml"))
         base["PYTHONUNBUFFERED"] = "1"
         base.update(env or {})
+        # Streams, KV and the durable consumers, as the services' config wants them,
+        # before any service starts: no service may create or change them itself.
+        try:
+            changes = self.nats.provision(config.load(environ=base))
+        except BaseException:
+            self.stop()
+            raise
+        if changes:
+            self.out.line("launcher", "JetStream provisioned: " + "; ".join(
+                f"{name} {', '.join(what)}" for name, what in changes.items()))
         try:
             for spec in specs:
                 name = spec.name

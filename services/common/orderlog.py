@@ -2,9 +2,9 @@
 execution reports (ORDERS + EXEC), and the trace of one order from its origin tick to
 its fill. Used by `moon orders` / `moon trace` and the gateway.
 
-Every read is an unnamed, unacknowledged push consumer (`$JS.API.CONSUMER.CREATE.<stream>`)
-that the server removes once we unsubscribe: it never takes, holds back or acks an order
-meant for execution, which is all the operator and gateway users may do (moonbus.conf).
+Every read is a batch of direct gets (streams.read_stream): no consumer, nothing acked,
+nothing held back from execution, which is all the operator and gateway users may do
+(moonbus.conf). Every scan is bounded by `max_scan` messages.
 
     trails = await recent_orders(nc, limit=20)          # newest last
     trail = await trace(nc, "trading-BTC-USD-42")      # None if not found
@@ -13,101 +13,21 @@ meant for execution, which is all the operator and gateway users may do (moonbus
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
 from .models import ExecutionReport, OrderRequest, OrderStatus
-from .streams import EXEC, MSG_ID_HEADER, ORDERS
+from .streams import EXEC, ORDERS, Stored, StreamReadError, read_stream
 
-# A scan gives up when the server sends nothing for this long while messages are pending.
-STALL_S = 10.0
+__all__ = ["OrderTrail", "Report", "Stored", "StreamReadError", "hops", "recent_orders", "trace"]
 
-
-class StreamReadError(RuntimeError):
-    """A stream could not be read (missing, not allowed, or the server stopped sending)."""
-
-
-@dataclass
-class Stored:
-    """One stream message: its sequence, subject, the server's time of storing it (ns)."""
-
-    seq: int
-    subject: str
-    stored_ns: int
-    msg_id: str
-    data: bytes
-
-
-def _stored(msg: Msg) -> tuple[Stored, int]:
-    """The message and how many more are pending after it."""
-    meta = msg.metadata
-    tokens = (msg.reply or "").split(".")
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (v1), or with
-    # domain and account hash after ACK (v2): the timestamp in full nanoseconds.
-    stored_ns = int(tokens[7] if len(tokens) == 9 else tokens[Msg.Ack.Timestamp])
-    msg_id = (msg.headers or {}).get(MSG_ID_HEADER, "")
-    return Stored(meta.sequence.stream, msg.subject, stored_ns, msg_id, msg.data), meta.num_pending
-
-
-async def scan(
-    nc: Client,
-    stream: str,
-    subject: str,
-    *,
-    start_seq: int | None = None,
-    start_ns: int | None = None,
-    headers_only: bool = False,
-) -> AsyncIterator[Stored]:
-    """Every message of `stream` on `subject` from `start_seq` or `start_ns` (else the
-    first) up to the last one stored now, oldest first. headers_only: `data` is empty
-    (much less to send when looking for a Nats-Msg-Id).
-
-    Use as `async with contextlib.aclosing(scan(...)) as messages:` when stopping early.
-    """
-    js = nc.jetstream()
-    inbox = nc.new_inbox()
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-    sub = await nc.subscribe(inbox, cb=queue.put)
-    config = ConsumerConfig(
-        deliver_subject=inbox,
-        ack_policy=AckPolicy.NONE,
-        filter_subject=subject,
-        headers_only=headers_only or None,
-        mem_storage=True,
-        num_replicas=1,
-        inactive_threshold=10.0,
-    )
-    if start_seq is not None:
-        config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, max(1, start_seq)
-    elif start_ns is not None:
-        config.deliver_policy = DeliverPolicy.BY_START_TIME
-        config.opt_start_time = datetime.fromtimestamp(start_ns / 1e9, timezone.utc)
-    try:
-        try:
-            info = await js.add_consumer(stream, config)
-        except Exception as e:
-            raise StreamReadError(f"cannot read stream {stream}: {e}") from None
-        # Delivery starts with the create: whatever went out before the answer counts too.
-        pending = (info.num_pending or 0) + (info.delivered.consumer_seq if info.delivered else 0)
-        while pending > 0:
-            try:
-                msg = await asyncio.wait_for(queue.get(), STALL_S)
-            except asyncio.TimeoutError:
-                raise StreamReadError(f"stream {stream} stopped sending ({pending} messages pending)") from None
-            stored, pending = _stored(msg)
-            yield stored
-    finally:
-        await sub.unsubscribe()
+# The most messages one lookup reads from a stream: an unknown id costs at most this.
+MAX_SCAN = 100_000
 
 
 @dataclass
@@ -179,7 +99,7 @@ async def _last_seq(nc: Client, stream: str) -> tuple[int, int]:
 
 async def _attach_reports(nc: Client, trails: dict[str, OrderTrail], subject: str, start_ns: int) -> None:
     """Reports are stored after their order, so EXEC is read from the oldest order's time."""
-    async for stored in scan(nc, EXEC, subject, start_ns=start_ns):
+    async for stored in read_stream(nc, EXEC, subject, start_ns=start_ns, max_messages=MAX_SCAN):
         report = _report(stored)
         if report is not None and report.client_order_id in trails:
             trails[report.client_order_id].reports.append(Report(stored, report))
@@ -187,14 +107,14 @@ async def _attach_reports(nc: Client, trails: dict[str, OrderTrail], subject: st
 
 async def recent_orders(nc: Client, limit: int = 20, symbol: str | None = None) -> list[OrderTrail]:
     """The last `limit` orders submitted (for `symbol`, or all), oldest first, with their reports."""
-    subject = f"orders.submit.{symbol or '>'}"
+    subject = f"orders.submit.*.{symbol}" if symbol else "orders.submit.>"
     first, last = await _last_seq(nc, ORDERS)
     found: list[Stored] = []
     window = limit
     # Walk back from the end in growing windows until `limit` orders of the subject are in.
     while last >= first and last > 0:
         start = max(first, last - window + 1)
-        found = [s async for s in scan(nc, ORDERS, subject, start_seq=start)]
+        found = [s async for s in read_stream(nc, ORDERS, subject, start_seq=start, max_messages=MAX_SCAN)]
         if len(found) >= limit or start == first:
             break
         window *= 4
@@ -209,27 +129,26 @@ async def recent_orders(nc: Client, limit: int = 20, symbol: str | None = None) 
     return list(trails.values())
 
 
-async def trace(nc: Client, client_order_id: str, since_ns: int | None = None) -> OrderTrail | None:
+async def trace(nc: Client, client_order_id: str, since_ns: int | None = None,
+                max_scan: int = MAX_SCAN) -> OrderTrail | None:
     """The order `client_order_id` (stored since `since_ns`, default: all the stream
-    keeps) and its reports; None when neither ORDERS nor EXEC knows it."""
+    keeps) and its reports; None when neither ORDERS nor EXEC knows it within the first
+    `max_scan` messages of each stream read."""
     trail = OrderTrail(client_order_id)
-    async with contextlib.aclosing(scan(nc, ORDERS, "orders.submit.>", start_ns=since_ns, headers_only=True)) as found:
-        async for head in found:
-            if head.msg_id == client_order_id:
-                raw = await nc.jetstream().get_msg(ORDERS, head.seq)
-                head.data = raw.data or b""
-                trail.stored, trail.order = head, _order(head)
+    orders = read_stream(nc, ORDERS, "orders.submit.>", start_ns=since_ns, max_messages=max_scan)
+    async with contextlib.aclosing(orders) as found:
+        async for stored in found:
+            if stored.msg_id == client_order_id:
+                trail.stored, trail.order = stored, _order(stored)
                 break
     symbol = trail.order.symbol if trail.order else ">"
     start_ns = trail.stored.stored_ns if trail.stored else since_ns
-    # EXEC's Nats-Msg-Id is `<client_order_id>:<status>:<filled>`: find by header, then fetch.
-    async for head in scan(nc, EXEC, f"exec.report.{symbol}", start_ns=start_ns, headers_only=True):
-        if head.msg_id.startswith(client_order_id + ":"):
-            raw = await nc.jetstream().get_msg(EXEC, head.seq)
-            head.data = raw.data or b""
-            report = _report(head)
+    # EXEC's Nats-Msg-Id is `<client_order_id>:<status>:<filled>`.
+    async for stored in read_stream(nc, EXEC, f"exec.report.{symbol}", start_ns=start_ns, max_messages=max_scan):
+        if stored.msg_id.startswith(client_order_id + ":"):
+            report = _report(stored)
             if report is not None and report.client_order_id == client_order_id:
-                trail.reports.append(Report(head, report))
+                trail.reports.append(Report(stored, report))
     return trail if trail.stored or trail.reports else None
 
 

@@ -1,140 +1,269 @@
-"""The JetStream streams (and the KV bucket) of moonbus, created idempotently.
+"""The JetStream state of moonbus (streams ORDERS and EXEC, the KV bucket `moonbus`, the
+durable consumers of execution and risk) and how it is read.
 
-    js = nc.jetstream()
-    await ensure_streams(js)                 # ORDERS and EXEC
-    await ensure_streams(js, ["ORDERS"])     # only what this user may create
-    kv = await ensure_kv(js)                 # KV bucket `moonbus`
+    await provision(admin_nc, config)         # create or update all of it (user `admin` only)
+    async for m in read_stream(nc, EXEC, "exec.report.>"):   # by direct gets, no consumer
+        ...
+    kv = await open_kv(nc.jetstream())        # the KV bucket, for get/put of one's own keys
 
-The Rust side (rust-common, bus.rs) mirrors these settings; keep the two in step.
+The state is data, `proto/nats/jetstream.json`, in the JetStream API's own JSON, read
+by this module and by rust-common (streams.rs). Only the `admin` user may create or
+change it (proto/nats/moonbus.conf, SECURITY.md): a user that may create a consumer can
+make the server publish on any subject through a push consumer's deliver subject, and
+one that may update a stream can do the same with `republish`. So services never create
+consumers; they read streams with direct gets (`$JS.API.DIRECT.GET.<stream>`, batched),
+and execution and risk pull from their own provisioned durables.
 
-- ORDERS captures `orders.>` (orders.submit.<symbol>, orders.cancel.<symbol>). Each
-  order is published with header `Nats-Msg-Id: <client_order_id>`, so a re-sent
+- ORDERS captures `orders.>` (orders.submit.<agent>.<symbol>, orders.cancel.<agent>.<symbol>).
+  Each order is published with header `Nats-Msg-Id: <client_order_id>`, so a re-sent
   order within the 10-minute duplicate window is stored once (PubAck.duplicate).
 - EXEC captures `exec.report.>` only, NOT `exec.>`: a stream that captured
   `exec.api.*` would store every API request and answer it with a PubAck, racing the
   real responder.
+- ORDERS, EXEC and the KV bucket deny delete and purge (and so rollups): nothing stored
+  can be erased through the API.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (
-    DiscardPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-    StreamInfo,
-)
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 
-DAY = 24 * 3600.0
-
 ORDERS = "ORDERS"
 EXEC = "EXEC"
 KV_BUCKET = "moonbus"
+KV_STREAM = f"KV_{KV_BUCKET}"
 
 # Header that carries the client_order_id for de-duplication.
 MSG_ID_HEADER = "Nats-Msg-Id"
 
-STREAMS: dict[str, StreamConfig] = {
-    ORDERS: StreamConfig(
-        name=ORDERS,
-        description="Order requests (orders.submit.<symbol>, orders.cancel.<symbol>); dedupe on Nats-Msg-Id = client_order_id",
-        subjects=["orders.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_age=7 * DAY,
-        duplicate_window=600.0,
-        num_replicas=1,
-    ),
-    EXEC: StreamConfig(
-        name=EXEC,
-        description="Execution reports (exec.report.<symbol>)",
-        subjects=["exec.report.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_age=30 * DAY,
-        duplicate_window=600.0,
-        num_replicas=1,
-    ),
-}
+JETSTREAM_FILE = Path(__file__).resolve().parents[2] / "proto" / "nats" / "jetstream.json"
 
-# The settings ensure_streams owns; any other field of a live stream is left alone.
-_MANAGED = ("subjects", "retention", "storage", "discard", "max_age", "duplicate_window", "num_replicas")
-
-# nats-server error code: "stream name already in use with a different configuration".
-_STREAM_NAME_IN_USE = 10058
+# nats-server error code: "stream not found" / "consumer not found".
+_STREAM_NOT_FOUND = 10059
 
 
-def _differs(live: StreamConfig, wanted: StreamConfig) -> list[str]:
-    diffs = []
-    for field in _MANAGED:
-        have, want = getattr(live, field), getattr(wanted, field)
-        if field == "subjects":
-            have, want = sorted(have or []), sorted(want or [])
-        elif field in ("max_age", "duplicate_window"):
-            have, want = round(float(have or 0), 3), round(float(want or 0), 3)
-        if have != want:
-            diffs.append(f"{field}: {have!r} -> {want!r}")
-    return diffs
+class StreamReadError(RuntimeError):
+    """A stream could not be read (missing, not allowed, or the server stopped answering)."""
 
 
-async def ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> StreamInfo:
-    """Create the stream, or update it when a managed setting differs. Idempotent."""
-    name = wanted.name
-    assert name
-    try:
-        info = await js.stream_info(name)
-    except NotFoundError:
-        try:
-            info = await js.add_stream(wanted)
-            log.info("created stream %s on %s", name, ", ".join(wanted.subjects or []))
-            return info
-        except BadRequestError as e:  # created by someone else meanwhile, differently
-            if e.err_code != _STREAM_NAME_IN_USE:
-                raise
-            info = await js.stream_info(name)
-    diffs = _differs(info.config, wanted)
-    if not diffs:
-        return info
-    # Update from the live config so settings we do not manage are kept.
-    merged = info.config.evolve(**{f: getattr(wanted, f) for f in _MANAGED})
-    info = await js.update_stream(merged)
-    log.warning("updated stream %s: %s", name, "; ".join(diffs))
-    return info
+class ProvisionError(RuntimeError):
+    """The JetStream state could not be created or updated."""
 
 
-async def ensure_streams(js: JetStreamContext, names: Iterable[str] | None = None) -> dict[str, StreamInfo]:
-    """Create or update ORDERS and EXEC (or only `names`). Safe to call on every start."""
-    selected = list(names) if names is not None else list(STREAMS)
-    unknown = [n for n in selected if n not in STREAMS]
-    if unknown:
-        raise ValueError(f"unknown stream(s) {unknown}; known: {list(STREAMS)}")
-    return {name: await ensure_stream(js, STREAMS[name]) for name in selected}
+def jetstream_spec() -> dict[str, Any]:
+    """proto/nats/jetstream.json: {"streams": [config...], "consumers": [{stream_name, config}...]}."""
+    return json.loads(JETSTREAM_FILE.read_text())
 
 
-async def ensure_kv(js: JetStreamContext, bucket: str = KV_BUCKET) -> KeyValue:
-    """The KV bucket (latest sentiment, latest verdicts): opened, or created if missing.
+def wanted_state(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The spec with the settings moonbus.toml owns applied: execution's ack_wait_ms and
+    max_in_flight become its consumer's ack_wait and max_ack_pending."""
+    spec = copy.deepcopy(jetstream_spec())
+    execution = dict((config or {}).get("execution", {}))
+    for consumer in spec["consumers"]:
+        if consumer["config"]["durable_name"] == "execution":
+            if "ack_wait_ms" in execution:
+                consumer["config"]["ack_wait"] = int(execution["ack_wait_ms"]) * 1_000_000
+            if "max_in_flight" in execution:
+                consumer["config"]["max_ack_pending"] = int(execution["max_in_flight"])
+    return spec
 
-    An existing bucket is used as it is (it may have been created by a Rust service
-    with slightly different defaults); only users allowed to create it get here with
-    a missing bucket (risk, sentiment-agent).
+
+async def _api(nc: Client, subject: str, body: Mapping[str, Any] | None, timeout: float) -> dict[str, Any]:
+    reply = await nc.request(subject, json.dumps(body).encode() if body is not None else b"", timeout=timeout)
+    return json.loads(reply.data)
+
+
+def _differs(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    return [f"{k}: {live.get(k)!r} -> {v!r}" for k, v in wanted.items() if k != "$comment" and live.get(k) != v]
+
+
+async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout: float = 5.0) -> dict[str, list[str]]:
+    """Create what is missing and update what differs (streams, then consumers), as the
+    `admin` user. Settings not in the spec are kept. Idempotent; returns, per stream and
+    consumer, the changes made ("created", or "field: old -> new")."""
+    spec = wanted_state(config)
+    changes: dict[str, list[str]] = {}
+    for wanted in spec["streams"]:
+        name = wanted["name"]
+        info = await _api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout)
+        if "error" in info:
+            if info["error"].get("err_code") != _STREAM_NOT_FOUND:
+                raise ProvisionError(f"stream {name}: {info['error'].get('description')}")
+            made = await _api(nc, f"$JS.API.STREAM.CREATE.{name}", wanted, timeout)
+            what = ["created"]
+        else:
+            what = _differs(info["config"], wanted)
+            if not what:
+                continue
+            made = await _api(nc, f"$JS.API.STREAM.UPDATE.{name}", {**info["config"], **wanted}, timeout)
+        if "error" in made:
+            raise ProvisionError(f"stream {name}: {made['error'].get('description')}")
+        changes[name] = what
+        log.info("stream %s: %s", name, "; ".join(what))
+    for consumer in spec["consumers"]:
+        stream, wanted = consumer["stream_name"], consumer["config"]
+        name = wanted["durable_name"]
+        info = await _api(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}", None, timeout)
+        if "error" not in info:
+            what = _differs(info["config"], wanted)
+            if not what:
+                continue
+        else:
+            what = ["created"]
+        made = await _api(nc, f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+                          {"stream_name": stream, "config": wanted}, timeout)
+        if "error" in made:
+            raise ProvisionError(f"consumer {stream}/{name}: {made['error'].get('description')}")
+        changes[f"{stream}/{name}"] = what
+        log.info("consumer %s/%s: %s", stream, name, "; ".join(what))
+    return changes
+
+
+async def open_kv(js: JetStreamContext, bucket: str = KV_BUCKET) -> KeyValue:
+    """The provisioned KV bucket (its gets are direct gets; puts are plain publishes)."""
+    return await js.key_value(bucket)
+
+
+# ------------------------------------------------------------------ reading by direct get
+
+
+@dataclass
+class Stored:
+    """One stream message: its sequence, subject, the server's time of storing it (ns)."""
+
+    seq: int
+    subject: str
+    stored_ns: int
+    msg_id: str
+    data: bytes
+
+
+def _rfc3339_ns(text: str) -> int:
+    """'2026-12-05T02:40:43.081942939Z' -> ns since the epoch (datetime keeps only µs)."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    seconds = int(datetime.fromisoformat(head + "+00:00").timestamp())
+    return seconds * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+def _stored(msg: Msg) -> Stored:
+    h = msg.headers or {}
+    return Stored(
+        seq=int(h["Nats-Sequence"]),
+        subject=h.get("Nats-Subject", ""),
+        stored_ns=_rfc3339_ns(h.get("Nats-Time-Stamp", "1970-01-01T00:00:00Z")),
+        msg_id=h.get(MSG_ID_HEADER, ""),
+        data=msg.data,
+    )
+
+
+async def read_stream(
+    nc: Client,
+    stream: str,
+    subject: str,
+    *,
+    start_seq: int | None = None,
+    start_ns: int | None = None,
+    batch: int = 256,
+    max_messages: int | None = None,
+    timeout: float = 5.0,
+) -> AsyncIterator[Stored]:
+    """Every message of `stream` on `subject` from `start_seq` or `start_ns` (else the
+    first) up to the last one stored now, oldest first, by batched direct gets: no
+    consumer, nothing acked, nothing held back. Stops after `max_messages` if given.
+
+    Use as `async with contextlib.aclosing(read_stream(...)) as messages:` when stopping early.
     """
+    inbox = nc.new_inbox()
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+    sub = await nc.subscribe(inbox, cb=queue.put)
+    request: dict[str, Any] = {"batch": batch, "next_by_subj": subject}
+    if start_seq is not None:
+        request["seq"] = max(1, start_seq)
+    elif start_ns is not None:
+        seconds, ns = divmod(max(0, start_ns), 1_000_000_000)
+        request["start_time"] = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+    else:
+        request["seq"] = 1
+    # How many match when we start: a busy stream never keeps us reading.
+    remaining: int | None = None
+    read = 0
     try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(bucket=bucket, history=1, storage=StorageType.FILE, direct=True)
-    except BadRequestError as e:
-        if e.err_code != _STREAM_NAME_IN_USE:
-            raise
-        return await js.key_value(bucket)
+        while True:
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+            got = 0
+            while True:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    raise StreamReadError(f"stream {stream} did not answer a direct get within {timeout:g}s") from None
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "204":  # end of this batch
+                    break
+                if status == "404":  # nothing (more) on that subject
+                    return
+                if status:
+                    description = headers.get("Description", "")
+                    raise StreamReadError(f"cannot read stream {stream}: {status} {description}".rstrip())
+                stored = _stored(msg)
+                got += 1
+                if remaining is None:
+                    remaining = int(headers.get("Nats-Num-Pending", "0")) + 1
+                yield stored
+                read += 1
+                remaining -= 1
+                if remaining <= 0 or (max_messages is not None and read >= max_messages):
+                    return
+                request = {"batch": batch, "next_by_subj": subject, "seq": stored.seq + 1}
+            if got == 0:
+                return
+    finally:
+        await sub.unsubscribe()
+
+
+def provision_sync(url: str, password: str, config: Mapping[str, Any] | None = None, **connect: Any) -> dict[str, list[str]]:
+    """`provision` as the `admin` user, from synchronous code (the launcher, test fixtures),
+    in a thread of its own so that it works whether or not an event loop is running here."""
+    import nats
+    import threading
+
+    from .bus import inbox_prefix
+
+    result: dict[str, Any] = {}
+
+    async def run() -> None:
+        nc = await nats.connect(url, user="admin", password=password, inbox_prefix=inbox_prefix("admin"),
+                                allow_reconnect=False, connect_timeout=5, **connect)
+        try:
+            result["changes"] = await provision(nc, config)
+        finally:
+            await nc.close()
+
+    def thread() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as e:  # handed to the caller
+            result["error"] = e
+
+    worker = threading.Thread(target=thread, name="provision")
+    worker.start()
+    worker.join()
+    if "error" in result:
+        raise ProvisionError(f"provisioning JetStream at {url} failed: {result['error']}") from result["error"]
+    return result["changes"]
