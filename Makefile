@@ -81,8 +81,9 @@ distclean: clean
 # ---- docker compose -------------------------------------------------------------------
 # `make images` builds everything `docker compose up` needs, offline: the base images
 # (debootstrap, under the official names; kept once built), `.env` with the NATS
-# passwords, and the moonbus images. The host's CA bundle is given to the builds as a
-# BuildKit secret (never stored in an image); a pip index set on the host is passed on.
+# passwords (and their bcrypt hashes for nats-server), and the moonbus images. The
+# host's CA bundle is given to the builds as a BuildKit secret (never stored in an
+# image); a pip index set on the host is passed on.
 .PHONY: base-images compose-env images
 DOCKER_CA ?= /etc/ssl/certs/ca-certificates.crt
 MOONBUS_TAG ?= latest
@@ -92,8 +93,9 @@ RUST_MINOR = $(shell rustc --version | awk '{print $$2}' | cut -d. -f1,2)
 base-images:
 	docker/base-images.sh
 
-compose-env:
-	$(PYTHON) docker/compose_env.py
+# The venv's Python: the hashes for nats-server need bcrypt.
+compose-env: python
+	$(PY) docker/compose_env.py
 
 images: base-images compose-env
 	@cli=$$(docker/buildkit-cli.sh) && \

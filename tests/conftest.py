@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ from services.common.bus import Bus
 from services.common.natsserver import NatsServer, load_or_create_credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# nats-server checks a password's bcrypt hash at every connect: at the default cost (11,
+# ~0.12 s of CPU per connect) the hundreds of connects of the suite would take minutes.
+# The hashes are still bcrypt, made and checked the same way, only cheaper; the
+# subprocesses (`make run` in a test, compose) inherit it. tests/test_nats_secrets.py
+# checks the default.
+os.environ.setdefault("MOONBUS_BCRYPT_COST", "4")
 
 
 class MoonClient(Client):

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import tomllib
 import uuid
@@ -25,13 +26,16 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import bcrypt
 import nats
 import pytest
 import yaml
 
 from services.common.models import Bar, ExecutionReport, Signal
 from services.common.natsserver import REPO_ROOT, SERVICE_USERS, password_env_var
+
+sys.path.insert(0, str(REPO_ROOT / "docker"))
+from compose_env import hash_env_var  # noqa: E402
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 MONITORING = REPO_ROOT / "docker" / "monitoring"
@@ -88,11 +92,88 @@ def test_compose_file_defines_every_service_and_no_fixed_agent_names() -> None:
             assert svc["environment"]["NATS_URL"] == "nats://nats:4222"
         if name.endswith("-agent"):
             assert "ports" not in svc, f"{name} must scale: no fixed host port"
-    # nats-server gets every password the config references, quoted.
+    # nats-server gets the bcrypt hash of every password the config references, quoted.
     env = services["nats"]["environment"]
     for user in SERVICE_USERS:
-        assert env[password_env_var(user)].startswith('"${' + password_env_var(user) + ":?")
+        assert env[password_env_var(user)].startswith('"${' + hash_env_var(user) + ":?")
     assert {s for s, v in services.items() if v.get("profiles") == ["monitoring"]} == {"prometheus", "grafana"}
+
+
+# ---- secrets: each container gets only its own --------------------------------------------
+
+SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|^MOONBUS_PW")
+
+
+def llm_services() -> set[str]:
+    """The services whose code asks models through services/common/llm."""
+    uses = re.compile(r"from services\.common\.llm\b|from services\.common import llm\b|from \.\.common\.llm\b")
+    found = set()
+    for package in (REPO_ROOT / "services").iterdir():
+        if package.name in ("common", "cli") or not (package / "__init__.py").exists():
+            continue
+        if any(uses.search(f.read_text()) for f in package.rglob("*.py")):
+            found.add(package.name.replace("_", "-"))
+    return found
+
+
+def llm_key_names() -> set[str]:
+    from services.common.llm.config import DEFAULT_KEY_ENV
+
+    llm = tomllib.loads((REPO_ROOT / "moonbus.toml").read_text())["llm"]
+    names = {ep.get("api_key_env", DEFAULT_KEY_ENV[ep["kind"]]) for ep in llm["endpoints"].values()}
+    return {n for n in names if n}
+
+
+def test_each_secret_reaches_only_the_containers_that_use_it() -> None:
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    config = tomllib.loads((REPO_ROOT / "moonbus.toml").read_text())
+    llm_keys = llm_key_names()
+    assert llm_keys == {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DEEPSEEK_API_KEY"}
+    agents = llm_services()
+    assert agents == {"trading-agent", "risk-agent", "sentiment-agent", "swarm-agent"}
+    birdeye = config["market_data"]["birdeye"]["api_key_env"]
+    secrets = {name: {k for k in (svc.get("environment") or {}) if SECRET_NAME.search(k)}
+               for name, svc in services.items()}
+
+    # nats-server: the hashes, nothing else (no plaintext password, no API key).
+    assert secrets["nats"] == {password_env_var(u) for u in SERVICE_USERS}
+    assert all("PWHASH" in v for k, v in services["nats"]["environment"].items() if k in secrets["nats"])
+    for name in SERVICES[1:]:
+        env = services[name]["environment"]
+        # Its own NATS password and nobody else's.
+        assert env["NATS_PASSWORD"] == "${" + password_env_var(name) + "}", name
+        expected = {"NATS_PASSWORD"}
+        if name in agents:
+            expected |= llm_keys
+        if name == "market-data":
+            expected.add(birdeye)
+        if name == "gateway":
+            expected.add("MOONBUS_GATEWAY_TOKEN")
+            expected |= {k for k in secrets[name] if k.startswith("MOONBUS_GATEWAY_") and k.endswith("TOKEN")}
+        assert secrets[name] == expected, f"{name}: {sorted(secrets[name] ^ expected)}"
+        for key in expected - {"NATS_PASSWORD"}:
+            assert env[key] == "${" + key + ":-}", f"{name}: {key} is passed through from the shell, empty by default"
+    for name in ("prometheus", "grafana"):
+        assert secrets[name] == set(), name
+    # Every service's secrets, by name, listed above: nothing leaks through an anchor.
+    assert set(SERVICES) | {"prometheus", "grafana"} == set(services)
+
+
+def test_monitoring_is_not_published() -> None:
+    """nats-server's HTTP monitoring has no authentication: moonbus.conf binds it to the
+    container's loopback, the health check runs inside, and no compose file publishes it."""
+    conf = (REPO_ROOT / "proto/nats/moonbus.conf").read_text()
+    assert re.search(r'^http: "127\.0\.0\.1:0"$', conf, re.M)
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    assert services["nats"]["healthcheck"]["test"][-1].startswith("http://127.0.0.1:8222/")
+    operator = yaml.safe_load((REPO_ROOT / "docker/compose.operator.yml").read_text())["services"]
+    for spec in (services, operator):
+        for name, svc in spec.items():
+            for port in svc.get("ports", []):
+                assert not str(port).endswith(":8222"), f"{name} publishes the monitoring port: {port}"
+                # Published only on the loopback by default.
+                assert str(port).startswith(("${MOONBUS_", "127.0.0.1:")), port
+                assert ":-127.0.0.1:" in str(port) or str(port).startswith("127.0.0.1:"), port
 
 
 def test_prometheus_scrapes_every_metrics_endpoint() -> None:
@@ -152,14 +233,32 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
     if cmd is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
     env_file = tmp_path / "compose.env"
-    subprocess.run(["python3", str(REPO_ROOT / "docker/compose_env.py"), str(env_file), str(tmp_path / "moon")],
+    subprocess.run([sys.executable, str(REPO_ROOT / "docker/compose_env.py"), str(env_file), str(tmp_path / "moon")],
                    check=True, capture_output=True)
+    assert env_file.stat().st_mode & 0o077 == 0
     for extra in ([], ["--profile", "monitoring"]):
         run = subprocess.run([*cmd, "--project-directory", str(REPO_ROOT), "--env-file", str(env_file),
                               "-f", str(COMPOSE_FILE), *extra, "config", "--services"],
                              capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
         assert set(SERVICES) | ({"prometheus", "grafana"} if extra else set()) <= set(run.stdout.split())
+
+    # As compose hands them over: each service its plaintext password, nats-server a
+    # bcrypt hash of it (`$$` is how `config` writes a literal `$`).
+    run = subprocess.run([*cmd, "--project-directory", str(REPO_ROOT), "--env-file", str(env_file),
+                          "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rendered = yaml.safe_load(run.stdout)["services"]
+    nats_env = {k: str(v).replace("$$", "$") for k, v in rendered["nats"]["environment"].items()}
+    credentials = json.loads((tmp_path / "moon" / "credentials.json").read_text())
+    for name in SERVICES[1:]:
+        password = str(rendered[name]["environment"]["NATS_PASSWORD"])
+        assert password == credentials[name]
+        hashed = nats_env[password_env_var(name)]
+        assert hashed.startswith('"$2b$') and hashed.endswith('"'), hashed
+        assert bcrypt.checkpw(password.encode(), hashed.strip('"').encode()), name
+    for user in SERVICE_USERS:
+        assert credentials[user] not in str(rendered["nats"]), f"{user}'s plaintext password reaches nats"
 
 
 # ---- the real thing ---------------------------------------------------------------------
@@ -176,8 +275,7 @@ class Stack:
         self.cmd = [*compose_command(), "-p", self.project, "--project-directory", str(REPO_ROOT),
                     "--env-file", str(self.env_file), "-f", str(COMPOSE_FILE),
                     "-f", str(REPO_ROOT / "docker/compose.operator.yml"), "-f", str(override)]
-        self.env = {**os.environ, "MOONBUS_NATS_PUBLISH": "127.0.0.1:", "MOONBUS_NATS_MONITOR_PUBLISH": "127.0.0.1:",
-                    "MOONBUS_GATEWAY_PUBLISH": "127.0.0.1:"}
+        self.env = {**os.environ, "MOONBUS_NATS_PUBLISH": "127.0.0.1:", "MOONBUS_GATEWAY_PUBLISH": "127.0.0.1:"}
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
         run = subprocess.run([*self.cmd, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -212,6 +310,13 @@ class Stack:
     def port(self, service: str, port: int) -> int:
         return int(self.compose("port", service, str(port)).strip().rsplit(":", 1)[1])
 
+    def monitor(self, path: str) -> dict:
+        """nats-server's monitoring endpoint, read inside its container (the only place it
+        listens)."""
+        out = self.compose("exec", "-T", "nats", "python3", "/app/healthcheck.py", "--print",
+                           f"http://127.0.0.1:8222{path}", timeout=30)
+        return json.loads(out)
+
     def logs(self) -> str:
         return self.compose("logs", "--no-color", "--tail", "30", check=False, timeout=60)[-20000:]
 
@@ -233,7 +338,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     build = subprocess.run(["make", "-C", str(REPO_ROOT), "images"], capture_output=True, text=True, timeout=3600)
     assert build.returncode == 0, f"make images failed:\n{build.stdout[-5000:]}\n{build.stderr[-5000:]}"
     s = Stack(tmp_path_factory.mktemp("compose"))
-    subprocess.run(["python3", str(REPO_ROOT / "docker/compose_env.py"), str(s.env_file), str(s.tmp / "moon")],
+    subprocess.run([sys.executable, str(REPO_ROOT / "docker/compose_env.py"), str(s.env_file), str(s.tmp / "moon")],
                    check=True, capture_output=True)
     try:
         s.compose("up", "-d", "--scale", f"trading-agent={REPLICAS}")
@@ -246,14 +351,38 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def credentials(stack: Stack) -> dict[str, str]:
     values = dict(line.split("=", 1) for line in stack.env_file.read_text().splitlines()
                   if line and not line.startswith("#"))
-    return {"user": "operator", "password": values[password_env_var("operator")]}
+    return {"user": "operator", "password": values[password_env_var("operator")].strip("'")}
 
 
-async def agent_connections(monitor: int) -> dict[int, int]:
+async def agent_connections(stack: Stack) -> dict[int, int]:
     """cid -> messages it published, for every trading-agent connection nats-server has."""
-    async with httpx.AsyncClient() as client:
-        reply = await client.get(f"http://127.0.0.1:{monitor}/connz?limit=1024", timeout=5)
-    return {c["cid"]: c["in_msgs"] for c in reply.json()["connections"] if c.get("name") == "trading-agent"}
+    connz = await asyncio.to_thread(stack.monitor, "/connz?limit=1024")
+    return {c["cid"]: c["in_msgs"] for c in connz["connections"] if c.get("name") == "trading-agent"}
+
+
+def container_env(container: str) -> dict[str, str]:
+    out = subprocess.run(["docker", "inspect", "-f", "{{json .Config.Env}}", container], capture_output=True,
+                         text=True, check=True).stdout
+    return dict(item.split("=", 1) for item in json.loads(out))
+
+
+@pytest.mark.e2e
+def test_compose_secrets_in_the_running_containers(stack: Stack) -> None:
+    """nats-server runs on hashes (no plaintext warning); API keys set in the shell reach
+    only their containers; the monitoring port is not published."""
+    logs = stack.compose("logs", "--no-color", "nats", timeout=60)
+    assert "Server is ready" in logs and "Plaintext passwords detected" not in logs
+    plain = {line.split("=", 1)[1].strip("'") for line in stack.env_file.read_text().splitlines()
+             if line.startswith("MOONBUS_PW_")}
+    nats_env = container_env(stack.containers("nats")[0])
+    assert not plain & set(nats_env.values()), "a plaintext password reached the nats container"
+    assert not {k for k in nats_env if "API_KEY" in k or "TOKEN" in k}
+    for service, unwanted in {"risk": "ANTHROPIC_API_KEY", "execution": "BIRDEYE_API_KEY",
+                              "market-data": "OPENAI_API_KEY", "gateway": "DEEPSEEK_API_KEY"}.items():
+        assert unwanted not in container_env(stack.containers(service)[0]), service
+    assert "ANTHROPIC_API_KEY" in container_env(stack.containers("swarm-agent")[0])
+    assert stack.monitor("/varz")["http_host"] == "127.0.0.1"
+    assert not re.search(r":[1-9][0-9]*\s*$", stack.compose("port", "nats", "8222", check=False))
 
 
 async def wait_for(condition, timeout: float, what: str, stack: Stack) -> None:
@@ -268,7 +397,6 @@ async def wait_for(condition, timeout: float, what: str, stack: Stack) -> None:
 async def test_compose_system_trades_scales_and_loses_nothing(stack: Stack) -> None:
     nc = await nats.connect(f"nats://127.0.0.1:{stack.port('nats', 4222)}", **credentials(stack),
                             allow_reconnect=False)
-    monitor = stack.port("nats", 8222)
     ticks: Counter[str] = Counter()
     bars: list[tuple[tuple[str, int], float]] = []
     signals: Counter[tuple[str, int]] = Counter()
@@ -306,12 +434,12 @@ async def test_compose_system_trades_scales_and_loses_nothing(stack: Stack) -> N
 
         # Three replicas in the queue group, each of them deciding.
         async def three() -> bool:
-            return len(await agent_connections(monitor)) == REPLICAS
+            return len(await agent_connections(stack)) == REPLICAS
         await wait_for(three, 30, f"{REPLICAS} trading-agent connections", stack)
-        start = await agent_connections(monitor)
+        start = await agent_connections(stack)
         window_start = time.monotonic()
         await asyncio.sleep(8)
-        grown = await agent_connections(monitor)
+        grown = await agent_connections(stack)
         assert all(grown[cid] > start[cid] for cid in start), f"a replica decided nothing: {start} -> {grown}"
 
         # Stop one replica's container (SIGTERM: it drains); the others take over.
@@ -319,7 +447,7 @@ async def test_compose_system_trades_scales_and_loses_nothing(stack: Stack) -> N
         subprocess.run(["docker", "stop", "-t", "10", victim], check=True, capture_output=True)
 
         async def two() -> bool:
-            return len(await agent_connections(monitor)) == REPLICAS - 1
+            return len(await agent_connections(stack)) == REPLICAS - 1
         await wait_for(two, 30, "the stopped replica's connection to go", stack)
         await asyncio.sleep(8)
         window_end = time.monotonic() - 3  # the last bars' decisions may still be in flight

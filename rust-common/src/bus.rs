@@ -22,6 +22,8 @@ pub fn inbox_prefix(user: &str) -> String {
 }
 
 /// Connect as `NATS_USER` / `NATS_PASSWORD` to `NATS_URL` (default localhost:4222).
+/// With `NATS_CA` (a PEM CA file) TLS is required and the server's certificate must
+/// chain to that CA, and to it only (`make run` with `[nats] tls = true` sets it).
 /// Retries the first connect and reconnects forever: a bus restart is not fatal.
 /// (async-nats itself logs every connection event: connected, disconnected, ...)
 pub async fn connect(service: &str) -> Result<Client> {
@@ -30,6 +32,11 @@ pub async fn connect(service: &str) -> Result<Client> {
         .name(service)
         .retry_on_initial_connect()
         .max_reconnects(None);
+    if let Some(ca) = std::env::var_os("NATS_CA").filter(|ca| !ca.is_empty()) {
+        let ca = std::path::PathBuf::from(ca);
+        anyhow::ensure!(ca.is_file(), "NATS_CA: no CA file at {}", ca.display());
+        options = options.add_root_certificates(ca).require_tls(true);
+    }
     if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
         options = options.custom_inbox_prefix(inbox_prefix(&user)).user_and_password(user, password);
     }

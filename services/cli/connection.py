@@ -1,9 +1,11 @@
 """How `moon` finds and reaches NATS, and how it reports what went wrong.
 
 Each setting is taken from, in order: the command-line flag (--server, --user,
---password), the environment (NATS_URL, NATS_USER, NATS_PASSWORD), the env file
+--password), the environment (NATS_URL, NATS_USER, NATS_PASSWORD, NATS_CA), the env file
 written by `make run` (.moon/nats.env, in the current directory or the repository),
-then the default (nats://127.0.0.1:4222, no user).
+then the default (nats://127.0.0.1:4222, no user, no TLS). With NATS_CA (a CA file, set
+by `make run` when `[nats] tls` is on) the connection is TLS and the server's certificate
+must chain to that CA.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nats.aio.client import Client
 
 from services.common.bus import ApiError, Bus, inbox_prefix
 from services.common.natsserver import REPO_ROOT
+from services.common.tls import client_tls_options
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 OWNERS = {"md": "market-data", "risk": "risk", "exec": "execution", "agent": "the swarm agent"}  # by subject prefix
@@ -58,6 +61,7 @@ class Target:
     user: str | None
     password: str | None
     env_file: Path | None  # the file that was read, if any
+    ca: str | None = None  # CA file for TLS (NATS_CA)
 
     @classmethod
     def resolve(cls, server: str | None = None, user: str | None = None, password: str | None = None,
@@ -77,7 +81,7 @@ class Target:
             return flag or os.environ.get(name) or file.get(name)
 
         return cls(pick(server, "NATS_URL") or DEFAULT_URL, pick(user, "NATS_USER"),
-                   pick(password, "NATS_PASSWORD"), path if file else None)
+                   pick(password, "NATS_PASSWORD"), path if file else None, pick(None, "NATS_CA"))
 
     def describe(self) -> str:
         return f"{self.url} as {self.user or '(no user)'}"
@@ -105,9 +109,9 @@ async def connect(target: Target, timeout: float = 3.0) -> Session:
     async def on_error(e: Exception) -> None:
         errors.append(str(e))
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = client_tls_options(target.url, target.ca)
     if target.user:
-        options = {"user": target.user, "password": target.password or "", "inbox_prefix": inbox_prefix(target.user)}
+        options |= {"user": target.user, "password": target.password or "", "inbox_prefix": inbox_prefix(target.user)}
     try:
         nc = await nats.connect(
             # max_reconnect_attempts=0 would mean "retry forever" to nats-py: 1 = two tries.

@@ -28,6 +28,7 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from pydantic import BaseModel, ValidationError
 
 from .models import ErrorEvent, ErrorReply, OrderRequest, encode, now_ns
+from .tls import client_tls_options
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -72,11 +73,14 @@ class Bus:
 
     # ------------------------------------------------------------ connection
 
-    async def connect(self, url: str | None = None, user: str | None = None, password: str | None = None) -> None:
-        """Connect to `url` as `user` (defaults: NATS_URL, NATS_USER, NATS_PASSWORD)."""
+    async def connect(self, url: str | None = None, user: str | None = None, password: str | None = None,
+                      ca: str | None = None) -> None:
+        """Connect to `url` as `user` (defaults: NATS_URL, NATS_USER, NATS_PASSWORD). With a CA
+        file (`ca`, default NATS_CA) the connection is TLS and the server must present a
+        certificate of that CA for the URL's host; a `tls://` URL alone uses the system's CAs."""
         url = url or os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
         user = user or os.environ.get("NATS_USER")
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = client_tls_options(url, ca or os.environ.get("NATS_CA"))
         if user:
             options["user"] = user
             options["password"] = password if password is not None else os.environ.get("NATS_PASSWORD", "")

@@ -44,8 +44,16 @@ from services.common.natsserver import (
     load_or_create_credentials,
     write_nats_env,
 )
+from services.common.tls import ensure_tls_files
 
 DEFAULT_PORT = 4222
+
+
+class NatsConfig(config.Section):
+    """`[nats]` of moonbus.toml: how `make run` starts nats-server."""
+
+    tls: bool = False  # TLS required; CA + server certificate generated into <moon_dir>/tls/
+    monitor_port: int = 8222  # HTTP monitoring on 127.0.0.1 only; 0 = off
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,8 @@ class System:
         env: dict[str, str] | None = None,
         write_env_file: bool = True,
         nats_timeout: float = 15.0,
+        tls: bool = False,
+        monitor_port: int | None = None,
     ) -> System:
         """Start nats-server, then `services` (default: all of SERVICES, in order).
 
@@ -240,6 +250,9 @@ class System:
         (credentials.json, nats.env, jetstream/). out: where prefixed output goes
         (None: kept only in memory, see `output()` / `tail()`). env: extra variables
         for every service (after the defaults, before the NATS credentials).
+        tls: TLS required on every connection, with a CA and server certificate made (once)
+        in <moon_dir>/tls/; every service gets a `tls://` NATS_URL and NATS_CA.
+        monitor_port: nats-server's HTTP monitoring on 127.0.0.1 (None or 0: off).
         """
         specs = [SERVICES[s] if isinstance(s, str) and s in SERVICES else s
                  for s in (list(SERVICES) if services is None else services)]
@@ -263,12 +276,17 @@ class System:
             host=host,
             log_path=self.moon_dir / "nats-server.log",
             on_line=lambda text: self.out.line("nats", text),
+            monitor_port=monitor_port or None,
+            tls=ensure_tls_files(self.moon_dir / "tls", [host]) if tls else None,
         )
         self.nats.start(timeout=nats_timeout)
-        self.out.line("launcher", f"nats-server ready on {self.nats.url}; starting {', '.join(names) or 'no services'}")
+        monitor = f", monitoring on {self.nats.monitor_url}" if self.nats.monitor_url else ""
+        self.out.line("launcher", f"nats-server ready on {self.nats.url}{monitor}; "
+                                  f"starting {', '.join(names) or 'no services'}")
         if write_env_file:
             op = self.nats.env_for("operator")
-            write_nats_env(self.moon_dir / "nats.env", op["NATS_URL"], op["NATS_USER"], op["NATS_PASSWORD"])
+            write_nats_env(self.moon_dir / "nats.env", op["NATS_URL"], op["NATS_USER"], op["NATS_PASSWORD"],
+                           op.get("NATS_CA"))
 
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MOONBUS_PW_", "NATS_"))}
         base.setdefault("RUST_LOG", "info")
@@ -423,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     services = [s.strip() for s in args.services.split(",") if s.strip()] or None
+    try:
+        table = config.load(None if "MOONBUS_CONFIG" in os.environ else REPO_ROOT / "moonbus.toml")
+        nats_cfg = config.section(table, "nats", NatsConfig)
+    except Exception as e:  # a bad [nats] section or override: one line, exit 1
+        print(f"moonbus: config: {e}", file=sys.stderr)
+        return 1
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -434,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     system = System()
     try:
         system.start(port=args.port, host=args.host, moon_dir=args.moon_dir, services=services,
-                     colour=False if args.no_colour else None)
+                     colour=False if args.no_colour else None, tls=nats_cfg.tls,
+                     monitor_port=nats_cfg.monitor_port)
     except (NatsServerError, ValueError) as e:
         print(f"moonbus: {e}", file=sys.stderr)
         return 1

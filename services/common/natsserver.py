@@ -6,14 +6,21 @@ Used by the launcher (`make run`) and by the test suite (one server per session)
     with NatsServer(store_dir=Path(".moon"), credentials=creds) as server:   # data in .moon/jetstream
         env = server.env_for("market-data")   # NATS_URL / NATS_USER / NATS_PASSWORD
 
-The server runs proto/nats/moonbus.conf; every password reaches it as an environment
-variable (`MOONBUS_PW_<USER>`) of the nats-server process only, never on a command
-line (visible in `ps`) and never in the config file.
+The server runs proto/nats/moonbus.conf; every password reaches it as a bcrypt hash in
+an environment variable (`MOONBUS_PW_<USER>`) of the nats-server process only, never on
+a command line (visible in `ps`) and never in the config file. The clients keep the
+plaintext (.moon/credentials.json); the hashes are cached beside it
+(`credentials.bcrypt.json`, 0600) and made again only for a password that changed.
+
+Options: `monitor_port` turns on the HTTP monitoring (/varz, /connz, /healthz), which
+moonbus.conf binds to 127.0.0.1 whatever the client address; `tls` (services/common/tls.py)
+makes TLS required on every connection (`tls://` URLs, NATS_CA for the clients).
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import shlex
@@ -25,7 +32,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from services.common.tls import TlsFiles
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "proto" / "nats" / "moonbus.conf"
@@ -45,6 +55,24 @@ SERVICE_USERS: list[str] = [
 ]
 
 CREDENTIALS_FILE = "credentials.json"
+HASHES_FILE = "credentials.bcrypt.json"
+# nats-server checks the hash at every connect, so the cost is paid per connection too:
+# cost 11 is ~0.12 s of one core here, for each hash made and each client that connects
+# (make run hashes once, then reads the cache). $MOONBUS_BCRYPT_COST changes it (the
+# test suite, which connects hundreds of clients, uses 4).
+BCRYPT_COST = 11
+BCRYPT_COST_ENV = "MOONBUS_BCRYPT_COST"
+
+
+def default_bcrypt_cost() -> int:
+    raw = os.environ.get(BCRYPT_COST_ENV, "")
+    try:
+        cost = int(raw) if raw else BCRYPT_COST
+    except ValueError:
+        raise NatsServerError(f"{BCRYPT_COST_ENV}={raw!r}: expected an integer from 4 to 16") from None
+    if not 4 <= cost <= 16:
+        raise NatsServerError(f"{BCRYPT_COST_ENV}={raw!r}: expected an integer from 4 to 16")
+    return cost
 
 
 class NatsServerError(RuntimeError):
@@ -132,17 +160,81 @@ def load_or_create_credentials(moon_dir: Path) -> dict[str, str]:
     return creds
 
 
-def write_nats_env(path: Path, url: str, user: str, password: str) -> None:
+def _fingerprint(user: str, password: str) -> str:
+    # Tells whether a cached hash is still the hash of this password without a bcrypt
+    # check (as slow as hashing). The cache sits beside credentials.json, with the same
+    # mode, so this gives nobody anything the plaintext file does not.
+    return hashlib.sha256(f"moonbus-bcrypt-cache\0{user}\0{password}".encode()).hexdigest()
+
+
+def _bcrypt_cost(hashed: str) -> int | None:
+    parts = hashed.split("$")  # $2b$11$<salt+hash>
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
+
+
+_HASH_MEMO: dict[tuple[str, str, int], str] = {}  # (user, password, cost) -> hash, this process
+
+
+def password_hashes(credentials: dict[str, str], cache: Path | None = None,
+                    cost: int | None = None) -> dict[str, str]:
+    """A bcrypt hash (`$2b$<cost>$...`) of every password, what nats-server is given.
+
+    Hashes are reused from `cache` (a JSON file, mode 0600) and from this process while
+    the password and the cost are the same; new ones are made in parallel threads (bcrypt
+    releases the GIL) and written back to `cache`. `cost`: default_bcrypt_cost()."""
+    import bcrypt
+
+    cost = cost if cost is not None else default_bcrypt_cost()
+    cached: dict[str, dict[str, str]] = {}
+    if cache is not None and cache.exists():
+        try:
+            loaded = json.loads(cache.read_text())
+            cached = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            cached = {}
+    hashes: dict[str, str] = {}
+    missing: list[str] = []
+    for user, password in credentials.items():
+        entry = cached.get(user)
+        memo = _HASH_MEMO.get((user, password, cost))
+        if memo:
+            hashes[user] = memo
+        elif (isinstance(entry, dict) and entry.get("fingerprint") == _fingerprint(user, password)
+              and isinstance(entry.get("hash"), str) and _bcrypt_cost(entry["hash"]) == cost):
+            hashes[user] = entry["hash"]
+        else:
+            missing.append(user)
+
+    def make(user: str) -> str:
+        return bcrypt.hashpw(credentials[user].encode(), bcrypt.gensalt(cost)).decode()
+
+    if missing:
+        with ThreadPoolExecutor(max_workers=min(len(missing), os.cpu_count() or 1)) as pool:
+            hashes.update(zip(missing, pool.map(make, missing)))
+    for user, hashed in hashes.items():
+        _HASH_MEMO[(user, credentials[user], cost)] = hashed
+    wanted = {u: {"fingerprint": _fingerprint(u, credentials[u]), "hash": h} for u, h in sorted(hashes.items())}
+    if cache is not None and wanted != cached:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(cache, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+    return hashes
+
+
+def write_nats_env(path: Path, url: str, user: str, password: str, ca: str | Path | None = None) -> None:
     """A shell-sourceable file (mode 0600) for the `nats` CLI and friends:
 
         source .moon/nats.env && nats sub 'md.>'
-    """
+
+    With TLS, `NATS_CA` names the CA the server's certificate must chain to (the `nats`
+    CLI and `moon` read it)."""
     lines = [
         "# moonbus: NATS connection for humans and tools (generated; secret; do not commit)",
         f"export NATS_URL={shlex.quote(url)}",
         f"export NATS_USER={shlex.quote(user)}",
         f"export NATS_PASSWORD={shlex.quote(password)}",
     ]
+    if ca:
+        lines.append(f"export NATS_CA={shlex.quote(str(ca))}")
     _write_private(Path(path), "\n".join(lines) + "\n")
 
 
@@ -153,12 +245,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _port_open(host: str, port: int) -> bool:
+def _port_open(host: str, port: int, ca: Path | None = None) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2) as s:
             # A NATS server greets with INFO; wait for it so we know it really serves.
             s.settimeout(0.5)
-            return s.recv(4).startswith(b"INFO")
+            greeting = b""
+            while b"\r\n" not in greeting and len(greeting) < 65536:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                greeting += chunk
+            if not greeting.startswith(b"INFO"):
+                return False
+            if ca is not None:  # finish the TLS handshake it now expects (else it logs an error)
+                from services.common.tls import client_ssl_context
+
+                client_ssl_context(ca).wrap_socket(s, server_hostname=host).close()
+            return True
     except OSError:
         return False
 
@@ -166,7 +270,10 @@ def _port_open(host: str, port: int) -> bool:
 class NatsServer:
     """One nats-server process with the moonbus config.
 
-    `store_dir` is passed as `-sd`: JetStream keeps its data in `<store_dir>/jetstream`.
+    `store_dir` is passed as `-sd`: JetStream keeps its data in `<store_dir>/jetstream`;
+    the bcrypt hashes of the passwords are cached in `<store_dir>/credentials.bcrypt.json`
+    (`hash_cache`). `monitor_port`: HTTP monitoring on 127.0.0.1 (moonbus.conf), None =
+    off. `tls`: TLS required, with this certificate and key (clients verify with its CA).
 
     Usable as `with NatsServer(...) as server:` or `async with`, or with explicit
     `start()` / `stop()`. The server's output (it logs on stderr) is kept: the last
@@ -187,9 +294,17 @@ class NatsServer:
         binary: str | None = None,
         extra_args: list[str] | None = None,
         keep_lines: int = 200,
+        monitor_port: int | None = None,
+        tls: TlsFiles | None = None,
+        hash_cache: Path | None = None,
+        bcrypt_cost: int | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.credentials = dict(credentials)
+        self.monitor_port = monitor_port
+        self.tls = tls
+        self.hash_cache = Path(hash_cache) if hash_cache else self.store_dir / HASHES_FILE
+        self.bcrypt_cost = bcrypt_cost
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.config = Path(config)
@@ -213,21 +328,36 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.connect_host}:{self.port}"
+        scheme = "tls" if self.tls else "nats"
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str | None:
+        """http://127.0.0.1:<monitor_port>, or None when monitoring is off."""
+        return f"http://127.0.0.1:{self.monitor_port}" if self.monitor_port else None
 
     def env_for(self, user: str) -> dict[str, str]:
-        """NATS_URL / NATS_USER / NATS_PASSWORD for a service running as `user`."""
+        """NATS_URL / NATS_USER / NATS_PASSWORD (and NATS_CA with TLS) for a service running
+        as `user`."""
         if user not in self.credentials:
             raise KeyError(f"unknown NATS user {user!r}; known: {', '.join(SERVICE_USERS)}")
-        return {"NATS_URL": self.url, "NATS_USER": user, "NATS_PASSWORD": self.credentials[user]}
+        env = {"NATS_URL": self.url, "NATS_USER": user, "NATS_PASSWORD": self.credentials[user]}
+        if self.tls:
+            env["NATS_CA"] = str(self.tls.ca)
+        return env
 
     def argv(self) -> list[str]:
+        monitor = ["-m", str(self.monitor_port)] if self.monitor_port else []
+        tls = (["--tls", "--tlscert", str(self.tls.cert), "--tlskey", str(self.tls.key)] if self.tls else [])
         return [
             self.binary or find_nats_server(),
             "-c", str(self.config),
             "-a", self.host,
             "-p", str(self.port),
             "-sd", str(self.store_dir),
+            *monitor,
+            *tls,
             *self.extra_args,
         ]
 
@@ -248,7 +378,8 @@ class NatsServer:
         # Never let a stray password variable from the caller's shell leak in.
         for key in [k for k in env if k.startswith("MOONBUS_PW_")]:
             del env[key]
-        env.update({password_env_var(u): config_string(p) for u, p in self.credentials.items()})
+        hashes = password_hashes(self.credentials, self.hash_cache, self.bcrypt_cost)
+        env.update({password_env_var(u): config_string(h) for u, h in hashes.items()})
         self.lines.clear()
         self.process = subprocess.Popen(
             self.argv(),
@@ -269,7 +400,7 @@ class NatsServer:
                     f"nats-server exited with code {self.process.returncode} at start-up "
                     f"({' '.join(self.argv())}):\n{self.output()}"
                 )
-            if _port_open(self.connect_host, self.port):
+            if _port_open(self.connect_host, self.port, self.tls.ca if self.tls else None):
                 return self
             time.sleep(0.05)
         self.stop()
