@@ -110,6 +110,7 @@ async def connect(nats_server: NatsServer) -> AsyncIterator[ConnectFn]:
         nc = MoonClient()
         nc.user = user
         options.setdefault("allow_reconnect", False)
+        options.setdefault("inbox_prefix", f"_INBOX.{user}")  # each user may read only its own
         options.setdefault("connect_timeout", 5)
         await nc.connect(
             servers=[nats_server.url],

@@ -2,10 +2,7 @@
 //! credentials, the JetStream streams, JSON encode/decode, error events and replies,
 //! and the NATS service API (`$SRV.PING/INFO/STATS`).
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, kv, stream};
 use async_nats::service::{Service, ServiceExt};
 use async_nats::Client;
 use bytes::Bytes;
@@ -46,75 +43,6 @@ pub async fn connect(service: &str) -> Result<Client> {
         .with_context(|| format!("connecting to NATS at {url}"))?;
     tracing::info!(%url, "connected to NATS");
     Ok(client)
-}
-
-/// Create the ORDERS and EXEC streams if they do not exist (idempotent; the Python
-/// side, services/common/streams.py, uses the same settings).
-pub async fn ensure_streams(js: &jetstream::Context) -> Result<()> {
-    ensure_stream(js, orders_stream_config()).await?;
-    ensure_stream(js, exec_stream_config()).await
-}
-
-/// Create one stream if it does not exist (for a service that may only touch that one).
-pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<()> {
-    let name = config.name.clone();
-    js.get_or_create_stream(config)
-        .await
-        .with_context(|| format!("creating stream {name}"))?;
-    Ok(())
-}
-
-pub fn orders_stream_config() -> stream::Config {
-    stream::Config {
-        name: subjects::ORDERS_STREAM.into(),
-        description: Some(
-            "Order requests (orders.submit.<symbol>, orders.cancel.<symbol>); dedupe on Nats-Msg-Id = client_order_id".into(),
-        ),
-        subjects: vec!["orders.>".into()],
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(600),
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        ..Default::default()
-    }
-}
-
-pub fn exec_stream_config() -> stream::Config {
-    stream::Config {
-        name: subjects::EXEC_STREAM.into(),
-        description: Some("Execution reports (exec.report.<symbol>)".into()),
-        // Reports only: a stream on `exec.>` would also capture (and PubAck) the
-        // `exec.api.*` requests, racing the real responder.
-        subjects: vec![subjects::ALL_REPORTS.into()],
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(600),
-        max_age: Duration::from_secs(30 * 24 * 3600),
-        ..Default::default()
-    }
-}
-
-/// Open the KV bucket `moonbus`, or create it if missing, with the settings of
-/// services/common/streams.py `ensure_kv` (one value per key, file storage, direct
-/// get). Idempotent, and safe when another service creates it at the same moment.
-pub async fn ensure_kv(js: &jetstream::Context) -> Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(subjects::KV_BUCKET).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: subjects::KV_BUCKET.into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Created meanwhile (perhaps by the Python side, with its defaults): use it.
-        Err(create) => js
-            .get_key_value(subjects::KV_BUCKET)
-            .await
-            .with_context(|| format!("creating KV bucket {}: {create}", subjects::KV_BUCKET)),
-    }
 }
 
 /// Serialize a message for the wire.

@@ -6,8 +6,10 @@ use std::fmt::Display;
 pub const ACCOUNT: &str = "risk.account";
 pub const RISK_EVENTS: &str = "risk.events";
 pub const RISK_CHECK: &str = "risk.api.check";
-pub const RISK_KILLSWITCH: &str = "risk.api.killswitch";
-pub const RISK_LIMITS: &str = "risk.api.limits";
+/// `risk.api.killswitch.<caller>` / `risk.api.limits.<caller>`: the caller is the NATS
+/// user, pinned by its permissions (proto/nats/moonbus.conf), never a payload claim.
+pub const RISK_KILLSWITCH: &str = "risk.api.killswitch.*";
+pub const RISK_LIMITS: &str = "risk.api.limits.*";
 pub const RISK_POSITIONS: &str = "risk.api.positions";
 pub const RISK_VERSION: &str = "risk.api.version";
 pub const MD_PRICE: &str = "md.api.price";
@@ -55,8 +57,36 @@ pub fn verdict(symbol: impl Display) -> String {
 pub fn exec_report(symbol: impl Display) -> String {
     format!("exec.report.{symbol}")
 }
-pub fn orders_submit(symbol: impl Display) -> String {
-    format!("orders.submit.{symbol}")
+/// `orders.submit.<agent>.<symbol>`: each NATS user may publish only its own agent token.
+pub fn orders_submit(agent: impl Display, symbol: impl Display) -> String {
+    format!("orders.submit.{agent}.{symbol}")
+}
+
+/// The agent of rust-risk's kill-switch flatten orders (`orders.submit.killswitch.<symbol>`).
+pub const KILLSWITCH_AGENT: &str = "killswitch";
+
+/// Submit or cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderKind {
+    Submit,
+    Cancel,
+}
+
+/// `orders.<submit|cancel>.<agent>.<symbol>` -> (kind, agent token, symbol token); None for
+/// any other shape. The tokens are not validated here.
+pub fn parse_order_subject(subject: &str) -> Option<(OrderKind, &str, &str)> {
+    let mut tokens = subject.split('.');
+    let (Some("orders"), Some(kind), Some(agent), Some(symbol), None) =
+        (tokens.next(), tokens.next(), tokens.next(), tokens.next(), tokens.next())
+    else {
+        return None;
+    };
+    let kind = match kind {
+        "submit" => OrderKind::Submit,
+        "cancel" => OrderKind::Cancel,
+        _ => return None,
+    };
+    Some((kind, agent, symbol))
 }
 pub fn errors(service: impl Display) -> String {
     format!("errors.{service}")

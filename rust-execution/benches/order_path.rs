@@ -1,5 +1,5 @@
 //! Order -> report latency of the running system, measured from outside like an agent
-//! sees it: publish an OrderRequest on `orders.submit.<symbol>` (JetStream, Nats-Msg-Id),
+//! sees it: publish an OrderRequest on `orders.submit.bench.<symbol>` (JetStream, Nats-Msg-Id),
 //! time until its terminal report arrives on `exec.report.>`.
 //!
 //!   --mode rate   open loop: `--rate` orders/s, paced on an absolute schedule (a late
@@ -173,7 +173,7 @@ async fn main() -> Result<()> {
         run.sent_at[i as usize].store(run.start.elapsed().as_nanos() as u64, Ordering::Release);
         let ack = js
             .send_publish(
-                format!("orders.submit.{symbol}"),
+                format!("orders.submit.bench.{symbol}"),
                 PublishMessage::build()
                     .payload(serde_json::to_vec(&order)?.into())
                     .message_id(&id),

@@ -101,6 +101,24 @@ impl ExecutionConfig {
         Duration::from_millis(self.risk_timeout_ms)
     }
 
+    /// The provisioned ORDERS consumer must be the one this config expects
+    /// (`make run` provisions it from [execution]): ack_wait and max_ack_pending are
+    /// what keeps an order in flight from being re-delivered while it is handled.
+    pub fn check_consumer(&self, live: &async_nats::jetstream::consumer::pull::Config) -> Result<()> {
+        if live.ack_wait != self.ack_wait() || live.max_ack_pending != self.max_in_flight as i64 {
+            bail!(
+                "the provisioned ORDERS consumer has ack_wait {:?} and max_ack_pending {}, but [execution] \
+                 says ack_wait_ms {} and max_in_flight {}: provision again with this config \
+                 (make run and the compose provision service do)",
+                live.ack_wait,
+                live.max_ack_pending,
+                self.ack_wait_ms,
+                self.max_in_flight
+            );
+        }
+        Ok(())
+    }
+
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms)
     }

@@ -240,7 +240,7 @@ impl<V: Venue> Engine<V> {
     }
 
     async fn on_order_message(&mut self, message: jetstream::Message) {
-        let Some((kind, symbol)) = order_subject(&message.subject) else {
+        let Some((kind, _, symbol)) = order_subject(&message.subject) else {
             self.bus
                 .errors
                 .report(&message.subject, "not an order subject", &message.payload)
@@ -324,7 +324,8 @@ impl<V: Venue> Engine<V> {
             received_ts: Some(received_ts),
             ..Timings::default()
         };
-        if let Err(reason) = intake::check_route(&order, lane, &self.venue) {
+        let agent = subject_agent(&message.subject);
+        if let Err(reason) = intake::check_route(&order, agent, lane, &self.venue) {
             let mut recording = Recording::for_message(lane, message, key);
             recording.holds = Some(order.client_order_id.clone());
             recording
@@ -418,6 +419,14 @@ impl<V: Venue> Engine<V> {
             Err(reason) => reason,
             Ok(cancel) => 'check: {
                 let id = &cancel.client_order_id;
+                let agent = subject_agent(&message.subject);
+                if cancel.agent.as_str() != agent {
+                    break 'check format!(
+                        "agent_mismatch: subject agent {:?} but cancel agent {}",
+                        agent.chars().take(64).collect::<String>(),
+                        cancel.agent
+                    );
+                }
                 if cancel.symbol != lane {
                     break 'check format!(
                         "symbol_mismatch: subject token {lane:?} but cancel symbol {}",
@@ -440,7 +449,9 @@ impl<V: Venue> Engine<V> {
                         resting.order.symbol
                     );
                 }
-                if resting.order.agent != cancel.agent {
+                if resting.order.agent != cancel.agent
+                    && !intake::CANCELS_ANY_ORDER.contains(&cancel.agent.as_str())
+                {
                     break 'check format!(
                         "agent_mismatch: order {id} belongs to agent {}",
                         resting.order.agent
@@ -571,17 +582,19 @@ impl<V: Venue> Engine<V> {
     }
 }
 
-/// `orders.submit.<symbol>` / `orders.cancel.<symbol>` -> the kind and the symbol token.
-fn order_subject(subject: &str) -> Option<(Kind, &str)> {
-    let submit = subjects::ORDERS_SUBMIT_ALL.trim_end_matches('>');
-    let cancel = subjects::ORDERS_CANCEL_ALL.trim_end_matches('>');
-    if let Some(symbol) = subject.strip_prefix(submit) {
-        Some((Kind::Submit, symbol))
-    } else {
-        subject
-            .strip_prefix(cancel)
-            .map(|symbol| (Kind::Cancel, symbol))
-    }
+/// `orders.<submit|cancel>.<agent>.<symbol>` -> the kind and the agent and symbol tokens.
+fn order_subject(subject: &str) -> Option<(Kind, &str, &str)> {
+    let (kind, agent, symbol) = subjects::parse_order_subject(subject)?;
+    let kind = match kind {
+        subjects::OrderKind::Submit => Kind::Submit,
+        subjects::OrderKind::Cancel => Kind::Cancel,
+    };
+    Some((kind, agent, symbol))
+}
+
+/// The agent token of an order subject ("" if it has none: never equal to a valid agent).
+fn subject_agent(subject: &str) -> &str {
+    order_subject(subject).map(|(_, agent, _)| agent).unwrap_or("")
 }
 
 fn interrupted_reason() -> String {

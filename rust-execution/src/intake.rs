@@ -42,12 +42,25 @@ pub fn decode_cancel(payload: &[u8]) -> Result<CancelRequest, String> {
     bus::decode::<CancelRequest>(payload)
 }
 
-/// Checks beyond the message itself: the subject it came on and the venue it names.
+/// Agents that may cancel any agent's order: the humans' (operator, the gateway's
+/// token-guarded writes). Every other agent cancels only its own.
+pub const CANCELS_ANY_ORDER: [&str; 2] = ["operator", "gateway"];
+
+/// Checks beyond the message itself: the subject it came on (whose agent token the
+/// publisher's NATS permissions pin, so it is who sent it) and the venue it names.
 pub fn check_route(
     order: &OrderRequest,
+    subject_agent: &str,
     subject_symbol: &str,
     venue: &impl Venue,
 ) -> Result<(), String> {
+    if order.agent.as_str() != subject_agent {
+        return Err(format!(
+            "agent_mismatch: subject agent {:?} but order agent {}",
+            subject_agent.chars().take(64).collect::<String>(),
+            order.agent
+        ));
+    }
     if order.symbol != subject_symbol {
         return Err(format!(
             "symbol_mismatch: subject token {:?} but order symbol {}",
@@ -134,12 +147,17 @@ mod tests {
     fn route_checks_subject_symbol_and_venue() {
         let venue = PaperVenue::new(vec![VenueName::sim()], Decimal::ZERO, Decimal::ZERO);
         let order = decode_order(VALID.as_bytes()).unwrap();
-        assert_eq!(check_route(&order, "BTC-USD", &venue), Ok(()));
-        assert!(check_route(&order, "ETH-USD", &venue)
+        assert_eq!(check_route(&order, "trading", "BTC-USD", &venue), Ok(()));
+        assert!(check_route(&order, "trading", "ETH-USD", &venue)
             .unwrap_err()
             .starts_with("symbol_mismatch: "));
+        // The publisher may only publish its own agent token: a payload claiming another
+        // agent is refused.
+        assert!(check_route(&order, "gateway", "BTC-USD", &venue)
+            .unwrap_err()
+            .starts_with("agent_mismatch: "));
         let elsewhere = decode_order(with("venue", r#""binance""#).as_bytes()).unwrap();
-        assert!(check_route(&elsewhere, "BTC-USD", &venue)
+        assert!(check_route(&elsewhere, "trading", "BTC-USD", &venue)
             .unwrap_err()
             .starts_with("unknown_venue: "));
     }

@@ -5,8 +5,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use moonbus_common::streams::DirectReader;
 use moonbus_common::{bus, subjects, ClientOrderId, ExecutionReport, OrderStatus};
 
 pub fn is_final(status: OrderStatus) -> bool {
@@ -61,37 +60,16 @@ impl Ledger {
     }
 }
 
-/// The ledger after reading every report in the EXEC stream.
-pub async fn replay(js: &jetstream::Context) -> Result<Ledger> {
-    let stream = js
-        .get_stream(subjects::EXEC_STREAM)
-        .await
-        .context("opening the EXEC stream")?;
-    let reader = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subjects::ALL_REPORTS.into(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .context("creating the EXEC replay consumer")?;
+/// The ledger after reading every report in the EXEC stream (batched direct gets: no
+/// consumer, see moonbus_common::streams).
+pub async fn replay(client: &async_nats::Client) -> Result<Ledger> {
+    let mut reader = DirectReader::new(client.clone(), subjects::EXEC_STREAM, subjects::ALL_REPORTS, 1);
     let mut ledger = Ledger::default();
-    if reader.cached_info().num_pending > 0 {
-        let mut messages = reader.messages().await.context("reading the EXEC stream")?;
-        while let Some(message) = messages.next().await {
-            let message = message.context("reading the EXEC stream")?;
-            match bus::decode::<ExecutionReport>(&message.payload) {
-                Ok(report) => ledger.record(&report),
-                Err(e) => {
-                    tracing::warn!(subject = %message.subject, error = %e, "unreadable report in EXEC skipped")
-                }
-            }
-            let caught_up = message
-                .info()
-                .map(|info| info.pending == 0)
-                .unwrap_or(false);
-            if caught_up {
-                break;
+    while let Some(message) = reader.next().await.context("reading the EXEC stream")? {
+        match bus::decode::<ExecutionReport>(&message.payload) {
+            Ok(report) => ledger.record(&report),
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "unreadable report in EXEC skipped")
             }
         }
     }

@@ -24,9 +24,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures::StreamExt;
 use moonbus_common::bus::{self, ErrorSink};
+use moonbus_common::streams;
 use moonbus_common::config::Config;
 use moonbus_common::{now_ns, subjects, telemetry, Venue as VenueName, VersionReply};
 
@@ -65,9 +66,11 @@ async fn run() -> Result<()> {
     let metrics_addr = moonbus_common::metrics::enabled_addr(&cfg.metrics_addr);
     metrics::serve(metrics_addr, || metrics::global().render()).await;
     let js = jetstream::new(client.clone());
-    bus::ensure_streams(&js).await?;
+    // Provisioned as proto/nats/jetstream.json says (execution may not create them).
+    streams::open_stream(&js, subjects::EXEC_STREAM).await?;
+    let orders_stream = streams::open_stream(&js, subjects::ORDERS_STREAM).await?;
 
-    let ledger = ledger::replay(&js).await?;
+    let ledger = ledger::replay(&client).await?;
     let ticks = client
         .subscribe(subjects::ALL_TICKS)
         .await
@@ -76,10 +79,6 @@ async fn run() -> Result<()> {
         .subscribe(ALL_BOOKS)
         .await
         .context("subscribing to books")?;
-    let orders_stream = js
-        .get_stream(subjects::ORDERS_STREAM)
-        .await
-        .context("opening ORDERS")?;
     let venues = cfg
         .venues
         .iter()
@@ -102,22 +101,12 @@ async fn run() -> Result<()> {
     );
     engine.restore().await?;
 
-    let consumer = orders_stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(CONSUMER.into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: cfg.ack_wait(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            filter_subjects: vec![
-                subjects::ORDERS_SUBMIT_ALL.into(),
-                subjects::ORDERS_CANCEL_ALL.into(),
-            ],
-            // In hand at once: in flight (one per symbol) or waiting for their symbol.
-            max_ack_pending: cfg.max_in_flight as i64,
-            ..Default::default()
-        })
-        .await
-        .context("creating the ORDERS consumer")?;
+    let consumer = streams::open_consumer(&orders_stream, CONSUMER, |c| {
+        c.ack_wait = cfg.ack_wait();
+        c.max_ack_pending = cfg.max_in_flight as i64;
+    })
+    .await?;
+    cfg.check_consumer(&consumer.cached_info().config)?;
     let orders = consumer
         .stream()
         .max_messages_per_batch(cfg.max_in_flight as usize)

@@ -98,9 +98,11 @@ impl System {
         self.quote.send_replace(quote);
     }
 
+    /// On `orders.submit.<the body's agent>.<symbol>`, as that agent's NATS user may.
     async fn submit(&self, symbol: &str, body: &Value, msg_id: Option<&str>) {
+        let agent = body["agent"].as_str().unwrap_or("trading");
         self.submit_raw(
-            &format!("orders.submit.{symbol}"),
+            &format!("orders.submit.{agent}.{symbol}"),
             body.to_string().into_bytes(),
             msg_id,
         )
@@ -554,7 +556,7 @@ async fn bad_orders_are_rejected_with_a_reason_where_they_belong() {
     no_id.as_object_mut().unwrap().remove("client_order_id");
     system.submit("BTC-USD", &no_id, None).await;
     system
-        .submit_raw("orders.submit.ETH-USD", b"not json at all".to_vec(), None)
+        .submit_raw("orders.submit.trading.ETH-USD", b"not json at all".to_vec(), None)
         .await;
     system
         .submit(
@@ -573,10 +575,27 @@ async fn bad_orders_are_rejected_with_a_reason_where_they_belong() {
     system
         .submit("BTC-USD", &limit_without_price, Some("no-price"))
         .await;
+    // Another agent's name in the payload, on the gateway's own subject (all the
+    // gateway's NATS user may publish): the subject is who sent it.
+    system
+        .submit_raw(
+            "orders.submit.gateway.BTC-USD",
+            order("impostor", "BUY").to_string().into_bytes(),
+            Some("impostor"),
+        )
+        .await;
     system.wait_orders_done().await;
 
     let reports = system.stored_reports().await;
-    assert_eq!(reports.len(), 8, "one report per bad order: {reports:#?}");
+    assert_eq!(reports.len(), 9, "one report per bad order: {reports:#?}");
+    let impostor = reports
+        .iter()
+        .find(|(_, r)| r.reason.as_deref().unwrap_or_default().starts_with("agent_mismatch: "))
+        .unwrap_or_else(|| panic!("no agent_mismatch report: {reports:#?}"));
+    assert_eq!(
+        impostor.1.client_order_id.as_ref().map(|i| i.as_str()),
+        Some("impostor")
+    );
     assert!(reports
         .iter()
         .all(|(_, r)| r.status == OrderStatus::Rejected && *r.filled_quantity == Decimal::ZERO));
@@ -807,15 +826,24 @@ async fn limit_orders_rest_fill_expire_cancel_and_survive_a_restart() {
 
     // Cancels: someone else's, the right one, again, unknown, unreadable.
     let cancel = |id: &str, agent: &str| json!({"client_order_id": id, "agent": agent, "symbol": "BTC-USD", "ts": now_ns()});
-    let cancel_subject = "orders.cancel.BTC-USD";
+    let cancel_subject = "orders.cancel.trading.BTC-USD";
     system
         .submit_raw(
-            cancel_subject,
+            "orders.cancel.other.BTC-USD",
             cancel("lim-cxl", "other").to_string().into_bytes(),
             None,
         )
         .await;
-    wait_error_event(&errors, "agent_mismatch: ").await;
+    wait_error_event(&errors, "agent_mismatch: order lim-cxl belongs to agent trading").await;
+    // A payload claiming the owner on another agent's subject: refused too.
+    system
+        .submit_raw(
+            "orders.cancel.other.BTC-USD",
+            cancel("lim-cxl", "trading").to_string().into_bytes(),
+            None,
+        )
+        .await;
+    wait_error_event(&errors, "agent_mismatch: subject agent \"other\"").await;
     system
         .submit_raw(
             cancel_subject,
@@ -992,20 +1020,22 @@ async fn symbols_run_side_by_side_each_in_stream_order() {
             Some("rest-btc"),
         )
         .await;
-    let cancel = json!({"client_order_id": "rest-btc", "agent": "trading", "symbol": "BTC-USD", "ts": now_ns()});
+    // The operator may cancel any agent's order.
+    let cancel = json!({"client_order_id": "rest-btc", "agent": "operator", "symbol": "BTC-USD", "ts": now_ns()});
     system
         .submit_raw(
-            "orders.cancel.BTC-USD",
+            "orders.cancel.operator.BTC-USD",
             cancel.to_string().into_bytes(),
             None,
         )
         .await;
-    system
+    let (_, cancelled) = system
         .wait_report("rest-btc cancelled", |r| {
             r.status == OrderStatus::Cancelled
                 && r.client_order_id.as_ref().is_some_and(|i| i == "rest-btc")
         })
         .await;
+    assert_eq!(cancelled.reason.as_deref(), Some("cancelled by operator"));
     system.wait_orders_done().await;
 
     let order_of = |reports: &[(String, ExecutionReport)]| {

@@ -1,17 +1,25 @@
-//! Reads `exec.report.>` from the EXEC stream, from the first message, with an ordered
-//! consumer, and keeps reading it live: the rebuild and the live feed are one consumer,
-//! so no report falls between them. Raw messages go to the engine task in stream order.
+//! Reads `exec.report.>` from the EXEC stream in sequence order, from the first message,
+//! and keeps reading it live. Risk may create no consumer (SECURITY.md): the rebuild, and
+//! any gap, is read by batched direct gets; the live reports come from risk's provisioned
+//! durable pull consumer `EXEC/risk`. Every report carries its stream sequence, so the
+//! two meet exactly: what the durable delivers at or below the next sequence wanted is
+//! already applied and skipped; one above it means something was missed (a delivery
+//! lost in a reconnect), which is read by direct gets first. Nothing skipped, nothing
+//! applied twice. Raw messages go to the engine task in stream order.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::Context;
+use async_nats::jetstream::consumer::{pull, Consumer};
+use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
+use moonbus_common::streams::DirectReader;
 use moonbus_common::subjects;
 use tokio::sync::mpsc;
+
+/// Risk's durable pull consumer on EXEC (proto/nats/jetstream.json).
+pub const CONSUMER: &str = "risk";
 
 #[derive(Debug)]
 pub enum FeedEvent {
@@ -23,75 +31,56 @@ pub enum FeedEvent {
     CaughtUp,
 }
 
-/// Where the feed is: the next stream sequence to read, and the rebuild target.
-struct Position {
-    next_sequence: u64,
-    /// The stream's last sequence when risk started; None until first read.
-    target: Option<u64>,
-    caught_up: bool,
-}
-
-/// Runs until the receiver is dropped. If the consumer fails it is opened again at
-/// the next unread sequence: nothing skipped, nothing applied twice.
-pub async fn run(js: Context, events: mpsc::Sender<FeedEvent>) {
-    let mut position = Position {
-        next_sequence: 1,
-        target: None,
-        caught_up: false,
-    };
+/// Runs until the receiver is dropped. If reading fails it starts again at the next
+/// unread sequence.
+pub async fn run(client: Client, consumer: Consumer<pull::Config>, events: mpsc::Sender<FeedEvent>) {
+    let mut next_sequence = 1;
+    let mut caught_up = false;
     loop {
-        match follow(&js, &events, &mut position).await {
+        match follow(&client, &consumer, &events, &mut next_sequence, &mut caught_up).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), next_sequence = position.next_sequence, "EXEC feed failed; reopening");
+                tracing::error!(error = %format!("{e:#}"), next_sequence, "EXEC feed failed; reopening");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-/// Ok(()) = the engine is gone (shutting down); Err = reopen.
+/// Ok(()) = the engine is gone (shutting down); Err = start again.
 async fn follow(
-    js: &Context,
+    client: &Client,
+    consumer: &Consumer<pull::Config>,
     events: &mpsc::Sender<FeedEvent>,
-    position: &mut Position,
+    next_sequence: &mut u64,
+    caught_up: &mut bool,
 ) -> Result<()> {
-    let stream = js
-        .get_stream(subjects::EXEC_STREAM)
-        .await
-        .context("EXEC stream")?;
-    let target = *position
-        .target
-        .get_or_insert(stream.cached_info().state.last_sequence);
-    let deliver_policy = if position.next_sequence <= 1 {
-        DeliverPolicy::All
-    } else {
-        DeliverPolicy::ByStartSequence {
-            start_sequence: position.next_sequence,
-        }
-    };
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subjects::ALL_REPORTS.into(),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .context("creating the ordered EXEC consumer")?;
-    if !position.caught_up && consumer.cached_info().num_pending == 0 {
-        position.caught_up = true;
+    // Open the live feed first: whatever is stored after the catch-up below is then
+    // either read by it or delivered by the durable.
+    let mut live = consumer.messages().await.context("reading EXEC/risk")?;
+    if !catch_up(client, events, next_sequence).await? {
+        return Ok(());
+    }
+    if !*caught_up {
+        *caught_up = true;
+        tracing::info!(next_sequence = *next_sequence, "EXEC rebuilt");
         if events.send(FeedEvent::CaughtUp).await.is_err() {
             return Ok(());
         }
     }
-    let mut messages = consumer.messages().await.context("reading EXEC")?;
-    while let Some(message) = messages.next().await {
-        let message = message.context("EXEC message")?;
-        let (sequence, pending) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.pending),
+    while let Some(message) = live.next().await {
+        let message = message.context("EXEC/risk message")?;
+        let sequence = match message.info() {
+            Ok(info) => info.stream_sequence,
             Err(e) => anyhow::bail!("EXEC message without metadata: {e}"),
         };
-        position.next_sequence = sequence + 1;
+        if sequence > *next_sequence && !catch_up(client, events, next_sequence).await? {
+            return Ok(());
+        }
+        if sequence < *next_sequence {
+            continue; // read already
+        }
+        *next_sequence = sequence + 1;
         let report = FeedEvent::Report {
             subject: message.subject.to_string(),
             payload: message.payload.clone(),
@@ -99,13 +88,31 @@ async fn follow(
         if events.send(report).await.is_err() {
             return Ok(());
         }
-        if !position.caught_up && (pending == 0 || sequence >= target) {
-            position.caught_up = true;
-            tracing::info!(sequence, "EXEC rebuilt");
-            if events.send(FeedEvent::CaughtUp).await.is_err() {
-                return Ok(());
-            }
+    }
+    anyhow::bail!("EXEC/risk consumer ended")
+}
+
+/// Send everything stored from `next_sequence` on; false = the engine is gone.
+async fn catch_up(
+    client: &Client,
+    events: &mpsc::Sender<FeedEvent>,
+    next_sequence: &mut u64,
+) -> Result<bool> {
+    let mut reader = DirectReader::new(
+        client.clone(),
+        subjects::EXEC_STREAM,
+        subjects::ALL_REPORTS,
+        *next_sequence,
+    );
+    while let Some(message) = reader.next().await.context("reading EXEC")? {
+        *next_sequence = message.sequence + 1;
+        let report = FeedEvent::Report {
+            subject: message.subject,
+            payload: message.payload,
+        };
+        if events.send(report).await.is_err() {
+            return Ok(false);
         }
     }
-    anyhow::bail!("EXEC consumer ended")
+    Ok(true)
 }

@@ -1,4 +1,5 @@
-//! Kill switch flatten: the closing orders go to `orders.submit.<symbol>` through the
+//! Kill switch flatten: the closing orders go to `orders.submit.killswitch.<symbol>` (agent
+//! `killswitch`, the only order subject risk may publish) through the
 //! ORDERS stream like any agent's order (`Nats-Msg-Id` = client_order_id, so a
 //! re-send is stored once), and execution checks and routes them as usual.
 
@@ -12,7 +13,7 @@ use moonbus_common::{subjects, OrderRequest};
 pub async fn send(js: &Context, orders: &[OrderRequest], errors: &ErrorSink) -> u64 {
     let mut pending = Vec::with_capacity(orders.len());
     for order in orders {
-        let subject = subjects::orders_submit(&order.symbol);
+        let subject = subjects::orders_submit(&order.agent, &order.symbol);
         let message = PublishMessage::build()
             .payload(bus::encode(order))
             .message_id(order.client_order_id.as_str());

@@ -2,6 +2,7 @@
 //! for every order before execution routes it. Fails closed: until its state is
 //! rebuilt from the EXEC stream, and whenever a rule cannot be evaluated, it refuses.
 
+mod access;
 mod breaker;
 mod config;
 mod engine;

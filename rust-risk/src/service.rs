@@ -9,6 +9,7 @@ use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
 use moonbus_common::bus::{self, ErrorSink};
+use moonbus_common::streams;
 use moonbus_common::{
     now_ns, subjects, telemetry, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
     LimitsRequest, PositionsReply, PositionsRequest, RiskCheckRequest, Tick, Venue, VersionReply,
@@ -16,6 +17,7 @@ use moonbus_common::{
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use crate::access;
 use crate::config::Settings;
 use crate::engine::{Engine, ReportEffect};
 use crate::exec_feed::{self, FeedEvent};
@@ -39,9 +41,9 @@ struct Io {
 
 pub async fn run(settings: Settings, client: Client) -> Result<()> {
     let js = async_nats::jetstream::new(client.clone());
-    // Risk reads EXEC only; ORDERS belongs to execution and the agents (risk only
-    // publishes flatten orders into it).
-    bus::ensure_stream(&js, bus::exec_stream_config()).await?;
+    // Provisioned (proto/nats/jetstream.json): risk reads EXEC and publishes flatten
+    // orders into ORDERS, and may configure neither.
+    let exec_stream = streams::open_stream(&js, subjects::EXEC_STREAM).await?;
     let errors = ErrorSink::new(client.clone(), SERVICE);
     let (store, kv_writer) = Store::open(&js).await?;
     let (kill_switch, loss_latch) = restore(&store).await?;
@@ -71,7 +73,8 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
     let mut version = endpoint("version", subjects::RISK_VERSION).await?;
 
     let (feed_tx, mut feed) = mpsc::channel(1024);
-    let feed_task = tokio::spawn(exec_feed::run(js.clone(), feed_tx));
+    let exec_consumer = streams::open_consumer(&exec_stream, exec_feed::CONSUMER, |_| {}).await?;
+    let feed_task = tokio::spawn(exec_feed::run(client.clone(), exec_consumer, feed_tx));
     let mut heartbeat = tokio::time::interval(Duration::from_millis(settings.heartbeat_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started_ts = now_ns();
@@ -134,10 +137,18 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
             }
             request = killswitch.next() => {
                 let request = request.context("killswitch endpoint closed")?;
+                let caller = subjects::last_token(&request.message.subject).to_string();
                 match bus::decode::<KillSwitchRequest>(&request.message.payload) {
-                    Ok(change) => {
-                        on_kill_switch(&mut engine, &mut publisher, &io, request, change).await;
-                    }
+                    Ok(mut change) => match access::kill_switch(&caller, change.action, change.flatten) {
+                        Err(reason) => {
+                            tracing::warn!(%caller, %reason, "kill switch request refused");
+                            respond(&request, bus::error_reply("forbidden", reason)).await;
+                        }
+                        Ok(()) => {
+                            change.actor = access::actor(&caller, &change.actor);
+                            on_kill_switch(&mut engine, &mut publisher, &io, request, change).await;
+                        }
+                    },
                     Err(e) => {
                         let reply = bad_request(&request, e);
                         respond(&request, reply).await;
@@ -146,8 +157,17 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
             }
             request = limits.next() => {
                 let request = request.context("limits endpoint closed")?;
+                let caller = subjects::last_token(&request.message.subject).to_string();
                 let reply = match decode_or_default::<LimitsRequest>(&request.message.payload) {
-                    Ok(change) => match on_limits(&mut engine, &change) {
+                    Ok(change) if access::limits(&caller, change.set.is_some() || change.release_loss_latch).is_err() => {
+                        let reason = access::limits(&caller, true).unwrap_err();
+                        tracing::warn!(%caller, %reason, "limits request refused");
+                        bus::error_reply("forbidden", reason)
+                    }
+                    Ok(mut change) => match {
+                        change.actor = access::actor(&caller, &change.actor);
+                        on_limits(&mut engine, &change)
+                    } {
                         Ok(()) => {
                             publisher.changes(&engine).await;
                             bus::encode(&LimitsReply { limits: engine.limits() })
@@ -233,16 +253,42 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
 /// The kill switch and loss latch stored before the restart. A kill switch that
 /// cannot be read stops the start (the launcher restarts risk); one that is stored
 /// but unreadable counts as engaged: fail closed.
+///
+/// An absent kill switch counts as released only on a system risk has never run on (no
+/// account stored either), and that first start stores the released state, so the key
+/// exists from then on: a key that was written and is gone (erased, or a store that lost
+/// it) reads as engaged.
 async fn restore(store: &Store) -> Result<(Option<KillSwitchState>, Option<LossLatch>)> {
-    let kill_switch = store.get(store::KILL_SWITCH_KEY).await?.map(|value| {
-        bus::decode::<KillSwitchState>(&value).unwrap_or_else(|e| KillSwitchState {
-            engaged: true,
-            actor: SERVICE.into(),
-            reason: format!("the stored kill switch state is unreadable ({e}): engaged to be safe"),
-            changed_ts: now_ns(),
-            flatten_orders: None,
-        })
-    });
+    let engaged_to_be_safe = |why: String| KillSwitchState {
+        engaged: true,
+        actor: SERVICE.into(),
+        reason: format!("{why}: engaged to be safe; an operator may release it"),
+        changed_ts: now_ns(),
+        flatten_orders: None,
+    };
+    let kill_switch = match store.entry(store::KILL_SWITCH_KEY).await? {
+        store::Stored::Value(value) => bus::decode::<KillSwitchState>(&value).unwrap_or_else(|e| {
+            engaged_to_be_safe(format!("the stored kill switch state is unreadable ({e})"))
+        }),
+        store::Stored::Erased => engaged_to_be_safe("the stored kill switch state was erased".into()),
+        store::Stored::Never => match store.entry(store::ACCOUNT_KEY).await? {
+            store::Stored::Never => {
+                let first = KillSwitchState {
+                    engaged: false,
+                    actor: SERVICE.into(),
+                    reason: "first start".into(),
+                    changed_ts: now_ns(),
+                    flatten_orders: None,
+                };
+                store.put(store::KILL_SWITCH_KEY, bus::encode(&first)).await?;
+                first
+            }
+            _ => engaged_to_be_safe(
+                "the kill switch state is missing from KV although risk has run here before".into(),
+            ),
+        },
+    };
+    let kill_switch = Some(kill_switch);
     let loss_latch = match store.get(store::LOSS_LATCH_KEY).await? {
         None => None,
         Some(value) => bus::decode::<Option<LossLatch>>(&value)

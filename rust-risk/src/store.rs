@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use moonbus_common::bus;
+use moonbus_common::streams;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -23,6 +23,14 @@ pub fn verdict_key(symbol: impl std::fmt::Display) -> String {
 /// A write that must be stored before risk goes on gives up after this long.
 const PUT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// What the bucket holds for a key.
+pub enum Stored {
+    Value(Bytes),
+    /// A delete (or purge) marker: the key was written once.
+    Erased,
+    Never,
+}
+
 #[derive(Clone)]
 pub struct Store {
     kv: kv::Store,
@@ -30,9 +38,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (or create) the bucket; `Writer` stores the `put_latest` values.
+    /// Open the provisioned bucket; `Writer` stores the `put_latest` values.
     pub async fn open(js: &jetstream::Context) -> Result<(Self, Writer)> {
-        let kv = bus::ensure_kv(js).await?;
+        let kv = streams::open_kv(js).await?;
         let (latest, queue) = mpsc::unbounded_channel();
         let task = tokio::spawn(write_latest(kv.clone(), queue));
         Ok((Self { kv, latest }, Writer(task)))
@@ -45,6 +53,20 @@ impl Store {
             .await
             .with_context(|| format!("reading KV {key}: timed out"))?
             .with_context(|| format!("reading KV {key}"))
+    }
+
+    /// What the bucket holds for `key`: a value, a delete marker, or nothing ever.
+    /// Err if the bucket cannot be read: the caller decides how to fail closed.
+    pub async fn entry(&self, key: &str) -> Result<Stored> {
+        let entry = tokio::time::timeout(PUT_TIMEOUT, self.kv.entry(key))
+            .await
+            .with_context(|| format!("reading KV {key}: timed out"))?
+            .with_context(|| format!("reading KV {key}"))?;
+        Ok(match entry {
+            None => Stored::Never,
+            Some(e) if e.operation == kv::Operation::Put => Stored::Value(e.value),
+            Some(_) => Stored::Erased,
+        })
     }
 
     /// Store now and wait for the server to confirm.

@@ -7,7 +7,6 @@ use std::time::Duration;
 use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
-use moonbus_common::bus;
 use moonbus_common::testing::{self, ChildGuard, NatsServer};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -34,7 +33,7 @@ async fn bus(server: &NatsServer) -> Bus {
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client.clone());
-    bus::ensure_streams(&js).await.expect("streams");
+    moonbus_common::testing::provision_streams(&js).await;
     let publisher = client.clone();
     let ticks = tokio::spawn(async move {
         for seq in 0u64.. {
@@ -258,10 +257,10 @@ async fn positions_checks_kill_switch_and_bad_input() {
     let mut events = client.subscribe("risk.events").await.unwrap();
     client.flush().await.unwrap();
     let engage = json!({"action": "engage", "actor": "alice", "reason": "exchange incident"});
-    let state = request(client, "risk.api.killswitch", &engage).await;
+    let state = request(client, "risk.api.killswitch.operator", &engage).await;
     assert_eq!(
         (state["engaged"].as_bool(), state["actor"].as_str()),
-        (Some(true), Some("alice"))
+        (Some(true), Some("operator (alice)"))
     );
     let refused = request(client, "risk.api.check", &check("c-k1", "BUY", "0.001")).await;
     assert_eq!(
@@ -277,28 +276,28 @@ async fn positions_checks_kill_switch_and_bad_input() {
     );
     let flatten = json!({"action": "release", "flatten": true});
     assert_eq!(
-        code(&request(client, "risk.api.killswitch", &flatten).await),
+        code(&request(client, "risk.api.killswitch.operator", &flatten).await),
         "bad_request"
     );
     let release = request(
         client,
-        "risk.api.killswitch",
+        "risk.api.killswitch.operator",
         &json!({"action": "release", "actor": "bob"}),
     )
     .await;
     assert_eq!(release["engaged"], false);
-    assert_eq!(next_json(&mut events).await["actor"], "bob");
+    assert_eq!(next_json(&mut events).await["actor"], "operator (bob)");
     assert_eq!(
         code(&request(client, "risk.api.check", &check("c-k3", "BUY", "0.001")).await),
         "approved"
     );
 
     // Limits: read, change, refuse a bad change.
-    let limits = request(client, "risk.api.limits", &json!({})).await;
+    let limits = request(client, "risk.api.limits.operator", &json!({})).await;
     assert_eq!(limits["limits"]["max_order_notional"], "1000");
     let changed = request(
         client,
-        "risk.api.limits",
+        "risk.api.limits.operator",
         &json!({"set": {"max_order_notional": "50"}}),
     )
     .await;
@@ -309,13 +308,13 @@ async fn positions_checks_kill_switch_and_bad_input() {
     );
     let bad = request(
         client,
-        "risk.api.limits",
+        "risk.api.limits.operator",
         &json!({"set": {"max_order_notional": 50}}),
     )
     .await;
     assert_eq!(code(&bad), "bad_request");
     let release = json!({"set": {"max_order_notional": "1000"}, "release_loss_latch": true, "actor": "alice"});
-    let released = request(client, "risk.api.limits", &release).await;
+    let released = request(client, "risk.api.limits.operator", &release).await;
     assert_eq!(released["limits"]["max_order_notional"], "1000");
 
     // Bad input: a reply with the serde message, and the service keeps answering.
@@ -555,11 +554,11 @@ async fn the_kill_switch_survives_a_sigkill_restart() {
     ready_positions(client).await;
     let engage = json!({"action": "engage", "actor": "alice", "reason": "venue outage"});
     assert_eq!(
-        request(client, "risk.api.killswitch", &engage).await["engaged"],
+        request(client, "risk.api.killswitch.operator", &engage).await["engaged"],
         true
     );
     let stored = kv_value(&bus, "risk.killswitch", |v| v["engaged"] == true).await;
-    assert_eq!(stored["actor"], "alice");
+    assert_eq!(stored["actor"], "operator (alice)");
 
     // A crash, not a clean stop; the new process starts engaged.
     risk.kill();
@@ -567,14 +566,14 @@ async fn the_kill_switch_survives_a_sigkill_restart() {
     ready_positions(client).await;
     let refused = request(client, "risk.api.check", &check("after-1", "BUY", "0.001")).await;
     assert_eq!(code(&refused), "kill_switch");
-    let status = request(client, "risk.api.killswitch", &json!({"action": "status"})).await;
+    let status = request(client, "risk.api.killswitch.operator", &json!({"action": "status"})).await;
     assert_eq!(
         (
             status["engaged"].as_bool(),
             status["actor"].as_str(),
             status["reason"].as_str()
         ),
-        (Some(true), Some("alice"), Some("venue outage"))
+        (Some(true), Some("operator (alice)"), Some("venue outage"))
     );
     let account = next_where(
         &mut client.subscribe("risk.account").await.unwrap(),
@@ -587,7 +586,7 @@ async fn the_kill_switch_survives_a_sigkill_restart() {
     // A release is stored too: the next restart trades again.
     let release = json!({"action": "release", "actor": "bob", "reason": "venue back"});
     assert_eq!(
-        request(client, "risk.api.killswitch", &release).await["engaged"],
+        request(client, "risk.api.killswitch.operator", &release).await["engaged"],
         false
     );
     kv_value(&bus, "risk.killswitch", |v| v["engaged"] == false).await;
@@ -614,7 +613,7 @@ async fn flatten_sends_one_reduce_only_order_per_position_through_orders() {
 
     let engage =
         json!({"action": "engage", "actor": "alice", "reason": "flatten all", "flatten": true});
-    let state = request(client, "risk.api.killswitch", &engage).await;
+    let state = request(client, "risk.api.killswitch.operator", &engage).await;
     assert_eq!(
         (state["engaged"].as_bool(), state["flatten_orders"].as_u64()),
         (Some(true), Some(2)),
@@ -623,7 +622,7 @@ async fn flatten_sends_one_reduce_only_order_per_position_through_orders() {
     let event = next_json(&mut events).await;
     assert_eq!(
         (event["actor"].as_str(), event["flatten_orders"].as_u64()),
-        (Some("alice"), Some(2))
+        (Some("operator (alice)"), Some(2))
     );
 
     // The orders are in the ORDERS stream, deduplicated on their client_order_id.
@@ -633,7 +632,7 @@ async fn flatten_sends_one_reduce_only_order_per_position_through_orders() {
         ("ETH-USD", "BUY", "0.3", "3600"),
     ] {
         let stored = orders
-            .get_last_raw_message_by_subject(&format!("orders.submit.{symbol}"))
+            .get_last_raw_message_by_subject(&format!("orders.submit.killswitch.{symbol}"))
             .await
             .unwrap_or_else(|e| panic!("no flatten order for {symbol}: {e}"));
         let order: Value = serde_json::from_slice(&stored.payload).unwrap();
@@ -657,7 +656,7 @@ async fn flatten_sends_one_reduce_only_order_per_position_through_orders() {
         assert_eq!(
             fields,
             [
-                json!("risk"),
+                json!("killswitch"),
                 json!(symbol),
                 json!("sim"),
                 json!(side),
@@ -670,7 +669,7 @@ async fn flatten_sends_one_reduce_only_order_per_position_through_orders() {
         // What execution does next: the check passes, kill switch or not.
         let mut check = check(id, side, quantity);
         check["symbol"] = json!(symbol);
-        check["agent"] = json!("risk");
+        check["agent"] = json!("killswitch");
         check["reduce_only"] = json!(true);
         check["ref_price"] = json!(mark);
         assert_eq!(
@@ -690,8 +689,8 @@ async fn circuit_breaker_verdicts_and_the_account_are_kept_in_kv() {
     ready_positions(client).await;
     let account = kv_value(&bus, "risk.account", |a| a["state"] == "ACTIVE").await;
     assert_eq!(account["cash"], "10000");
-    // Risk created the bucket with services/common/streams.py's settings; opening
-    // it again (as the next service to start does) changes nothing.
+    // The bucket has proto/nats/jetstream.json's settings; opening it again (as the
+    // next service to start does) changes nothing.
     let created = bus
         .js
         .get_stream("KV_moonbus")
@@ -699,7 +698,7 @@ async fn circuit_breaker_verdicts_and_the_account_are_kept_in_kv() {
         .unwrap()
         .cached_info()
         .clone();
-    bus::ensure_kv(&bus.js).await.expect("ensure_kv again");
+    moonbus_common::streams::open_kv(&bus.js).await.expect("open_kv again");
     let mut stream = bus.js.get_stream("KV_moonbus").await.unwrap();
     let config = &stream.info().await.unwrap().config;
     assert_eq!(
@@ -820,8 +819,94 @@ async fn a_tripped_loss_limit_stays_latched_across_a_restart_until_released() {
     );
 
     let release = json!({"release_loss_latch": true, "actor": "alice", "reason": "reviewed"});
-    request(client, "risk.api.limits", &release).await;
+    request(client, "risk.api.limits.operator", &release).await;
     next_where(&mut accounts, "the release", |a| a["state"] == "ACTIVE").await;
     kv_value(&bus, "risk.loss_latch", Value::is_null).await;
     assert_eq!(code(&check_with_a_mark(client, "l-3").await), "approved");
+}
+
+#[tokio::test]
+async fn the_caller_is_the_subject_and_the_risk_agent_may_only_engage() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let _risk = start_risk(&server);
+    ready_positions(client).await;
+    // The risk agent engages (the payload claims to be the operator: recorded as a claim).
+    let engage = json!({"action": "engage", "actor": "operator", "reason": "max loss"});
+    let state = request(client, "risk.api.killswitch.risk-agent", &engage).await;
+    assert_eq!(
+        (state["engaged"].as_bool(), state["actor"].as_str()),
+        (Some(true), Some("risk-agent"))
+    );
+    // ...but may not release it, change limits or release the loss latch.
+    let release = json!({"action": "release", "actor": "operator"});
+    let refused = request(client, "risk.api.killswitch.risk-agent", &release).await;
+    assert_eq!(code(&refused), "forbidden", "{refused}");
+    let raise = json!({"set": {"max_order_notional": "1000000"}});
+    assert_eq!(
+        code(&request(client, "risk.api.limits.risk-agent", &raise).await),
+        "forbidden"
+    );
+    let unlatch = json!({"release_loss_latch": true});
+    assert_eq!(
+        code(&request(client, "risk.api.limits.risk-agent", &unlatch).await),
+        "forbidden"
+    );
+    // Nothing changed: still engaged, limits as configured; reading is open.
+    let status = request(client, "risk.api.killswitch.risk-agent", &json!({"action": "status"})).await;
+    assert_eq!(status["engaged"], true);
+    let limits = request(client, "risk.api.limits.risk-agent", &json!({})).await;
+    assert_eq!(limits["limits"]["max_order_notional"], "1000");
+    // A subject token no permission grants gets nothing but status.
+    let stranger = request(client, "risk.api.killswitch.trading-agent", &engage).await;
+    assert_eq!(code(&stranger), "forbidden");
+    // The operator releases.
+    let released = request(client, "risk.api.killswitch.operator", &release).await;
+    assert_eq!(
+        (released["engaged"].as_bool(), released["actor"].as_str()),
+        (Some(false), Some("operator"))
+    );
+}
+
+#[tokio::test]
+async fn a_kill_switch_gone_from_kv_reads_as_engaged() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let mut risk = start_risk(&server);
+    ready_positions(client).await;
+    // The first start stores the released state, so the key exists from then on.
+    kv_value(&bus, "risk.killswitch", |v| v["engaged"] == false).await;
+    kv_value(&bus, "risk.account", |a| a["state"] == "ACTIVE").await;
+    risk.kill();
+
+    // Erased (a delete marker): engaged at the next start.
+    let store = bus.js.get_key_value("moonbus").await.unwrap();
+    store.delete("risk.killswitch").await.unwrap();
+    let mut risk = start_risk(&server);
+    ready_positions(client).await;
+    let status = request(client, "risk.api.killswitch.operator", &json!({"action": "status"})).await;
+    assert_eq!(status["engaged"], true, "{status}");
+    assert!(status["reason"].as_str().unwrap().contains("erased"), "{status}");
+    let refused = request(client, "risk.api.check", &check("erased-1", "BUY", "0.001")).await;
+    assert_eq!(code(&refused), "kill_switch");
+    risk.kill();
+
+    // Missing altogether while the account shows risk ran here before (a store that
+    // lost it: the bucket denies purges, so this test lifts that first): engaged too.
+    let kv_stream = bus.js.get_stream("KV_moonbus").await.unwrap();
+    let mut config = kv_stream.cached_info().config.clone();
+    config.deny_purge = false;
+    bus.js.update_stream(config).await.unwrap();
+    kv_stream
+        .purge()
+        .filter("$KV.moonbus.risk.killswitch")
+        .await
+        .unwrap();
+    let _risk = start_risk(&server);
+    ready_positions(client).await;
+    let status = request(client, "risk.api.killswitch.operator", &json!({"action": "status"})).await;
+    assert_eq!(status["engaged"], true, "{status}");
+    assert!(status["reason"].as_str().unwrap().contains("missing"), "{status}");
 }

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from services.common import orderlog
 from services.common.config import SystemConfig, load, section
+from services.common.natsserver import REPO_ROOT
 from services.common.models import (
     KillSwitchRequest,
     KillSwitchState,
@@ -280,7 +281,8 @@ def actor() -> str:
 
 def _kill_switch(ctx: typer.Context, action: str, reason: str, flatten: bool, as_json: bool) -> None:
     request = _build(KillSwitchRequest, action=action, actor=actor(), reason=reason, flatten=flatten)
-    reply = execute(ctx, lambda s: s.bus.request("risk.api.killswitch", request, KillSwitchState, s.timeout))
+    reply = execute(ctx, lambda s: s.bus.request(f"risk.api.killswitch.{s.target.user}", request, KillSwitchState,
+                                                 s.timeout))
     if as_json:
         return print_json(reply)
     if reply.engaged:
@@ -313,3 +315,48 @@ def killswitch_off(ctx: typer.Context, reason: Reason = "", as_json: JsonFlag = 
 def killswitch_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Is the kill switch engaged, by whom and why."""
     _kill_switch(ctx, "status", "", False, as_json)
+
+
+@app.command("audit")
+def audit_command(
+    ctx: typer.Context,
+    credentials: Annotated[Path | None, typer.Option(
+        "--credentials", help="Every service's NATS password (default: .moon/credentials.json here, "
+        "else in the repository; written by `make run`, the source of compose's .env).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Try the attacks of SECURITY.md with every service's credential against the running
+    system, aimed at probe subjects and keys so that nothing real is touched, and show
+    which defences hold. Exit code 1 if any does not."""
+    import asyncio
+
+    from services.common.tls import client_tls_options
+
+    from .audit import Auditor, audit
+
+    target: Target = ctx.obj.target
+    path = credentials or next((p for p in (Path.cwd() / ".moon" / "credentials.json",
+                                            REPO_ROOT / ".moon" / "credentials.json") if p.exists()), None)
+    if path is None or not path.exists():
+        raise fail(f"no credentials file {path or '.moon/credentials.json'} (written by `make run`)")
+    try:
+        creds = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise fail(f"cannot read {path}: {e}") from None
+    auditor = Auditor(target.url, creds, client_tls_options(target.url, target.ca))
+    try:
+        results = asyncio.run(audit(auditor, safe=True))
+    except Exception as e:
+        raise fail(f"cannot audit {target.url}: {e}") from None
+    if as_json:
+        print_json([r.__dict__ for r in results])
+    else:
+        table = Table("attack", "credential", "result", "detail", title=f"moon audit of {target.url}")
+        for r in results:
+            table.add_row(r.attack, r.user, Text("holds", style="green") if r.held else Text("BROKEN", style="bold red"),
+                          r.detail)
+        console().print(table)
+        held = sum(r.held for r in results)
+        console().print(f"{held} of {len(results)} attacks refused")
+    if not all(r.held for r in results):
+        raise typer.Exit(1)

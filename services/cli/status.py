@@ -86,7 +86,8 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
     results = await asyncio.gather(
         discover(session.nc, wait=wait),
         bus.request("risk.api.positions", PositionsRequest(), PositionsReply, timeout),
-        bus.request("risk.api.killswitch", KillSwitchRequest(action="status", actor="moon"), KillSwitchState, timeout),
+        bus.request(f"risk.api.killswitch.{session.target.user}", KillSwitchRequest(action="status", actor="moon"),
+                    KillSwitchState, timeout),
         bus.request("md.api.prices", PricesRequest(symbols=symbols), PricesReply, timeout),
         return_exceptions=True,
     )

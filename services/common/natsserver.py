@@ -52,6 +52,7 @@ SERVICE_USERS: list[str] = [
     "swarm-agent",
     "gateway",
     "operator",
+    "admin",  # provisioning only (streams.provision): no running service holds it
 ]
 
 CREDENTIALS_FILE = "credentials.json"
@@ -346,6 +347,18 @@ class NatsServer:
         if self.tls:
             env["NATS_CA"] = str(self.tls.ca)
         return env
+
+    def provision(self, config: dict | None = None) -> dict[str, list[str]]:
+        """Create or update the streams, the KV bucket and the durable consumers
+        (proto/nats/jetstream.json, with `config`'s execution settings) as `admin`."""
+        import ssl
+
+        from services.common.streams import provision_sync
+
+        options = {}
+        if self.tls:
+            options["tls"] = ssl.create_default_context(cafile=str(self.tls.ca))
+        return provision_sync(self.url, self.credentials["admin"], config, **options)
 
     def argv(self) -> list[str]:
         monitor = ["-m", str(self.monitor_port)] if self.monitor_port else []

@@ -31,7 +31,6 @@ from services.common.models import (
     encode,
     now_ns,
 )
-from services.common.streams import ORDERS, ensure_streams
 
 from . import metrics
 from .config import RiskAgentConfig
@@ -39,6 +38,8 @@ from .confirm import Answer, ask_hold, hold_threshold
 from .rules import AGENT, Breach, Latch, PnLWindow, check_account, close_order, day_pnl
 
 SERVICE = "risk-agent"
+# Its NATS user may engage (never release) the kill switch; rust-risk reads the caller here.
+KILL_SWITCH = f"risk.api.killswitch.{SERVICE}"
 log = logging.getLogger(__name__)
 
 
@@ -54,11 +55,11 @@ def make_provider(cfg: RiskAgentConfig, config: dict[str, Any]) -> Provider | No
 async def engage_kill_switch(bus: Bus, cfg: RiskAgentConfig, reason: str) -> None:
     request = KillSwitchRequest(action="engage", actor=SERVICE, reason=reason[:500])
     try:
-        state = await bus.request("risk.api.killswitch", request, KillSwitchState, cfg.request_timeout_s)
+        state = await bus.request(KILL_SWITCH, request, KillSwitchState, cfg.request_timeout_s)
     except (ApiError, ValueError) as e:
         metrics.KILL_SWITCH.labels("failed").inc()
         log.error("kill switch not engaged: %s", e)
-        await bus.report_error("risk.api.killswitch", f"kill switch not engaged: {e}", encode(request))
+        await bus.report_error(KILL_SWITCH, f"kill switch not engaged: {e}", encode(request))
         return
     metrics.KILL_SWITCH.labels("engaged" if state.engaged else "refused").inc()
     log.warning("kill switch engaged=%s by %s: %s", state.engaged, state.actor, state.reason)
@@ -96,7 +97,7 @@ async def act(bus: Bus, cfg: RiskAgentConfig, provider: Provider | None, breache
             signal = signal.model_copy(update={"latency_ms": answer.decision.latency_ms,
                                                "cost_usd": answer.decision.cost_usd})
         await bus.publish(f"agent.signal.{AGENT}.{p.symbol}", signal)
-        subject = f"orders.submit.{order.symbol}"
+        subject = f"orders.submit.{order.agent}.{order.symbol}"  # the agent token our user may publish
         try:
             await bus.publish_order(subject, order, timeout=cfg.request_timeout_s)
         except Exception as e:
@@ -129,10 +130,6 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
     latch = Latch()
     try:
         serve_metrics(cfg.metrics_port)
-        try:
-            await ensure_streams(bus.client.jetstream(), [ORDERS])
-        except Exception as e:
-            log.warning("could not ensure stream %s: %r", ORDERS, e)
 
         async def on_account(account: AccountState, _msg: Any) -> None:
             pnl = window.update(account) if window else day_pnl(account)

@@ -23,7 +23,7 @@ from services.common.config import SystemConfig, load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
 from services.common.models import Sentiment, encode, now_ns
-from services.common.streams import ensure_kv
+from services.common.streams import open_kv
 
 from . import metrics
 from .aggregate import DecayingSentiment
@@ -134,7 +134,7 @@ async def main(
         serve_metrics(cfg.metrics_port)
         kv = None
         try:
-            kv = await ensure_kv(bus.client.jetstream())
+            kv = await open_kv(bus.client.jetstream())
         except Exception as e:  # publish anyway; KV readers will find nothing
             log.error("KV bucket unavailable, sentiment is only published: %r", e)
         service = SentimentService(bus, tracker, kv, clock)

@@ -22,7 +22,6 @@ from services.common.config import load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
 from services.common.models import Action, Bar, PriceAlert, Signal, encode, now_ns
-from services.common.streams import ORDERS, ensure_streams
 
 from . import metrics
 from .agent import AGENT, Event, Proposal, plan
@@ -63,7 +62,7 @@ async def submit(bus: Bus, proposal: Proposal, timeout: float) -> bool:
     was acknowledged). A missing ack is reported on errors.trading-agent, never raised."""
     order, signal, ok = proposal.order, proposal.signal, True
     if order is not None:
-        subject = f"orders.submit.{order.symbol}"
+        subject = f"orders.submit.{order.agent}.{order.symbol}"  # the agent token our user may publish
         try:
             ack = await bus.publish_order(subject, order, timeout=timeout)
         except Exception as e:
@@ -169,10 +168,6 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
     service = TradingService(bus, cfg, decider)
     try:
         serve_metrics(cfg.metrics_port)
-        try:
-            await ensure_streams(bus.client.jetstream(), [ORDERS])
-        except Exception as e:  # execution may create it; orders will fail loudly if not
-            log.warning("could not ensure stream %s: %r", ORDERS, e)
         await service.start()
         await bus.serve(f"trading agent ({decider.name} on {cfg.bar_interval} bars"
                         f"{' and alerts' if cfg.on_alerts else ''})", {})

@@ -766,7 +766,7 @@ fn flatten_closes_what_the_orders_in_flight_do_not() {
     );
     assert_eq!(
         (btc.agent.as_str(), btc.venue.as_str(), btc.order_type),
-        ("risk", "sim", OrderType::Market)
+        ("killswitch", "sim", OrderType::Market)
     );
     assert!(btc.reduce_only && btc.limit_price.is_none());
     assert_eq!(btc.decision_price.map(|p| p.get()), Some(d("100")));

@@ -1,0 +1,264 @@
+//! The JetStream state of moonbus and how the services use it without configuring it.
+//!
+//! The streams, the KV bucket and the durable consumers are data,
+//! `proto/nats/jetstream.json` (the JetStream API's own JSON), created and updated only
+//! by the `admin` user (services/common/streams.py `provision`): a user that may create a
+//! consumer or update a stream can make the server publish on any subject (a push
+//! consumer's deliver subject, a stream's republish), so no service may (SECURITY.md).
+//! Services open what is provisioned; they read streams by batched direct gets
+//! ([`DirectReader`]) and pull from their own durable.
+//!
+//! Where a service runs against a server without permissions (the crates' own tests),
+//! `open_*` creates a missing stream or consumer from the same file; under moonbus.conf
+//! that create is refused and the error says to provision first.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{Client, Subscriber};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::subjects;
+
+/// proto/nats/jetstream.json, compiled in so a binary and its file cannot disagree.
+pub const SPEC_JSON: &str = include_str!("../../proto/nats/jetstream.json");
+
+#[derive(Deserialize)]
+struct Spec {
+    streams: Vec<stream::Config>,
+    consumers: Vec<ConsumerSpec>,
+}
+
+#[derive(Deserialize)]
+struct ConsumerSpec {
+    stream_name: String,
+    config: consumer::pull::Config,
+}
+
+fn spec() -> Spec {
+    serde_json::from_str(SPEC_JSON).expect("proto/nats/jetstream.json is valid (tested)")
+}
+
+/// The provisioned configuration of stream `name` (ORDERS, EXEC, KV_moonbus).
+pub fn stream_config(name: &str) -> Result<stream::Config> {
+    spec()
+        .streams
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| anyhow!("no stream {name} in proto/nats/jetstream.json"))
+}
+
+/// The provisioned configuration of durable consumer `name` on `stream`.
+pub fn consumer_config(stream: &str, name: &str) -> Result<consumer::pull::Config> {
+    spec()
+        .consumers
+        .into_iter()
+        .find(|c| c.stream_name == stream && c.config.durable_name.as_deref() == Some(name))
+        .map(|c| c.config)
+        .ok_or_else(|| anyhow!("no consumer {stream}/{name} in proto/nats/jetstream.json"))
+}
+
+const NOT_PROVISIONED: &str =
+    "is it provisioned? `make run`, the compose `provision` service and the test fixtures do it as the admin user";
+
+/// Open stream `name`; create it from the spec where this user may (tests only).
+pub async fn open_stream(js: &jetstream::Context, name: &str) -> Result<jetstream::stream::Stream> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(stream),
+        Err(get) => js
+            .create_stream(stream_config(name)?)
+            .await
+            .map_err(|create| anyhow!("stream {name} cannot be opened ({get}) nor created ({create}): {NOT_PROVISIONED}")),
+    }
+}
+
+/// Open the KV bucket `moonbus` (provisioned as the stream KV_moonbus).
+pub async fn open_kv(js: &jetstream::Context) -> Result<kv::Store> {
+    let name = format!("KV_{}", subjects::KV_BUCKET);
+    open_stream(js, &name).await?;
+    js.get_key_value(subjects::KV_BUCKET)
+        .await
+        .with_context(|| format!("opening KV bucket {}", subjects::KV_BUCKET))
+}
+
+/// Open this service's durable pull consumer `name` on `stream`; create it from the spec,
+/// changed by `adjust`, where this user may (tests only). Under moonbus.conf no service may
+/// create or change a consumer: a pull consumer cannot become a push one, but one given an
+/// inactive threshold would vanish and could be created again as a push consumer.
+pub async fn open_consumer(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    adjust: impl FnOnce(&mut consumer::pull::Config),
+) -> Result<jetstream::consumer::Consumer<consumer::pull::Config>> {
+    let stream_name = stream.cached_info().config.name.clone();
+    match stream.get_consumer(name).await {
+        Ok(consumer) => Ok(consumer),
+        Err(get) => {
+            let mut config = consumer_config(&stream_name, name)?;
+            adjust(&mut config);
+            stream.create_consumer(config).await.map_err(|create| {
+                anyhow!("consumer {stream_name}/{name} cannot be opened ({get}) nor created ({create}): {NOT_PROVISIONED}")
+            })
+        }
+    }
+}
+
+/// One stored message read by a direct get.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub sequence: u64,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// Reads a stream's messages on `filter` in sequence order by batched direct gets
+/// (`$JS.API.DIRECT.GET.<stream>` with `batch` and `next_by_subj`): no consumer, nothing
+/// acked. Reads up to the last matching message stored when the first batch is answered.
+pub struct DirectReader {
+    client: Client,
+    stream: String,
+    filter: String,
+    next_sequence: u64,
+    remaining: Option<u64>,
+    in_batch: usize,
+    requested: bool,
+    inbox: Option<(String, Subscriber)>,
+    batch: usize,
+    timeout: Duration,
+}
+
+impl DirectReader {
+    pub fn new(client: Client, stream: &str, filter: &str, from_sequence: u64) -> Self {
+        Self {
+            client,
+            stream: stream.into(),
+            filter: filter.into(),
+            next_sequence: from_sequence.max(1),
+            remaining: None,
+            in_batch: 0,
+            requested: false,
+            inbox: None,
+            batch: 512,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The sequence after the last message read.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// The next message, or None once everything stored at the start has been read.
+    pub async fn next(&mut self) -> Result<Option<StoredMessage>> {
+        loop {
+            if self.remaining == Some(0) {
+                return Ok(None);
+            }
+            if !self.requested {
+                self.request().await?;
+            }
+            let stream = self.stream.clone();
+            let (_, subscriber) = self.inbox.as_mut().expect("request() opened the inbox");
+            let message = tokio::time::timeout(self.timeout, subscriber.next())
+                .await
+                .map_err(|_| anyhow!("stream {stream} did not answer a direct get within {:?}", self.timeout))?
+                .ok_or_else(|| anyhow!("direct get reply subscription of {stream} closed"))?;
+            if let Some(status) = message.status {
+                match status.as_u16() {
+                    // End of a batch: ask for the next one, unless this one was empty.
+                    204 => {
+                        self.requested = false;
+                        if self.in_batch == 0 {
+                            self.remaining = Some(0);
+                        }
+                        continue;
+                    }
+                    404 => {
+                        self.remaining = Some(0);
+                        return Ok(None);
+                    }
+                    code => bail!(
+                        "cannot read stream {stream}: {code} {}",
+                        message.description.unwrap_or_default()
+                    ),
+                }
+            }
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let sequence: u64 = header("Nats-Sequence")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| anyhow!("direct get from {stream} without Nats-Sequence"))?;
+            let subject = header("Nats-Subject").unwrap_or_default();
+            if self.remaining.is_none() {
+                let pending: u64 = header("Nats-Num-Pending")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                self.remaining = Some(pending.saturating_add(1));
+            }
+            self.remaining = self.remaining.map(|r| r.saturating_sub(1));
+            self.in_batch += 1;
+            self.next_sequence = sequence.saturating_add(1);
+            return Ok(Some(StoredMessage {
+                sequence,
+                subject,
+                payload: message.payload,
+            }));
+        }
+    }
+
+    async fn request(&mut self) -> Result<()> {
+        if self.inbox.is_none() {
+            let inbox = self.client.new_inbox();
+            let subscriber = self
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .context("subscribing to the direct get inbox")?;
+            self.inbox = Some((inbox, subscriber));
+        }
+        let (inbox, _) = self.inbox.as_ref().expect("just opened");
+        let body = serde_json::json!({
+            "seq": self.next_sequence,
+            "batch": self.batch,
+            "next_by_subj": self.filter,
+        });
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.stream),
+                inbox.clone(),
+                Bytes::from(body.to_string()),
+            )
+            .await
+            .with_context(|| format!("direct get from {}", self.stream))?;
+        self.requested = true;
+        self.in_batch = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_parses_and_names_every_stream_and_consumer() {
+        for name in ["ORDERS", "EXEC", "KV_moonbus"] {
+            let config = stream_config(name).unwrap();
+            assert!(config.deny_delete && config.deny_purge && config.allow_direct, "{name}");
+            assert!(!config.allow_rollup, "{name}: rollups would purge");
+        }
+        let execution = consumer_config("ORDERS", "execution").unwrap();
+        assert_eq!(execution.ack_policy, consumer::AckPolicy::Explicit);
+        let risk = consumer_config("EXEC", "risk").unwrap();
+        assert_eq!(risk.filter_subject, subjects::ALL_REPORTS);
+        assert!(consumer_config("EXEC", "nobody").is_err());
+    }
+}

@@ -1,0 +1,430 @@
+"""`moon audit`: run the attacks of SECURITY.md against a running moonbus, each with every
+service's own credential, and say which defences hold.
+
+Each attack is what a thief holding ONE credential would try: make the server publish
+where the thief may not (push consumers, stream republish), read replies meant for
+others, rewrite or erase streams and KV keys, call APIs beyond the service's role, act
+as another agent. An attack holds when the server (or the service) refuses it AND
+nothing changed; a refusal alone is not trusted.
+
+The same attacks are the test suite's (tests/test_attacks.py). `safe=True` (what
+`moon audit` runs) aims every attempt at probe subjects and keys, so that even a
+defence that failed changes nothing that matters: no real tick, verdict or report is
+forged, no real key is written, no limit is changed, the kill switch is not touched.
+
+    results = await audit(Auditor(url, credentials), safe=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from services.common.bus import inbox_prefix
+from services.common.natsserver import SERVICE_USERS
+from services.common.streams import EXEC, KV_BUCKET, KV_STREAM, ORDERS
+
+# Long enough for the server to have refused (or done) what it was asked.
+SETTLE_S = 0.3
+
+SERVICES = [u for u in SERVICE_USERS if u != "admin"]
+STREAMS = [ORDERS, EXEC, KV_STREAM]
+# The agent token each user may put in orders.submit.<agent>.<symbol> (moonbus.conf).
+OWN_AGENT = {"trading-agent": "trading", "risk-agent": "risk", "gateway": "gateway", "operator": "operator",
+             "risk": "killswitch"}
+# Who owns which KV keys.
+KV_OWNER = {"risk": "risk", "sentiment": "sentiment-agent"}
+
+
+@dataclass
+class Result:
+    attack: str
+    user: str
+    held: bool
+    detail: str
+
+
+class Probe:
+    """A client connected as one user that remembers what the server refused."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.errors: list[str] = []
+        self.nc: Client | None = None
+
+    async def _on_error(self, e: Exception) -> None:
+        self.errors.append(str(e))
+
+    def refused(self, needle: str = "") -> bool:
+        return any("permissions violation" in e.lower() and needle.lower() in e.lower() for e in self.errors)
+
+    async def request(self, subject: str, body: Any = None, timeout: float = SETTLE_S,
+                      headers: dict[str, str] | None = None) -> dict[str, Any] | None:
+        """The JSON answer, or None when nothing answered (refused, or nobody there)."""
+        assert self.nc
+        data = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
+        try:
+            reply = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+        except (NatsTimeoutError, nats.errors.NoRespondersError):
+            return None
+        try:
+            return json.loads(reply.data or b"{}")
+        except ValueError:
+            return {"raw": reply.data.decode(errors="replace")}
+
+
+class Auditor:
+    """Connects as any user of `credentials` (user -> password) to `url`."""
+
+    def __init__(self, url: str, credentials: dict[str, str], connect_options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.credentials = credentials
+        self.options = dict(connect_options or {})
+        self._open: list[Client] = []
+
+    async def connect(self, user: str) -> Probe:
+        probe = Probe(user)
+        probe.nc = await nats.connect(
+            self.url, user=user, password=self.credentials[user], inbox_prefix=inbox_prefix(user),
+            name=f"moon-audit-{user}", allow_reconnect=False, connect_timeout=5, error_cb=probe._on_error,
+            **self.options,
+        )
+        self._open.append(probe.nc)
+        return probe
+
+    async def close(self) -> None:
+        for nc in self._open:
+            if not nc.is_closed:
+                await nc.close()
+        self._open.clear()
+
+
+def _uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+async def _watch(watcher: Probe, subject: str) -> asyncio.Queue:
+    assert watcher.nc
+    queue: asyncio.Queue = asyncio.Queue()
+    await watcher.nc.subscribe(subject, cb=queue.put)
+    await watcher.nc.flush()
+    return queue
+
+
+async def _stream_config(reader: Probe, stream: str) -> dict[str, Any] | None:
+    info = await reader.request(f"$JS.API.STREAM.INFO.{stream}", timeout=5)
+    return info.get("config") if info and "error" not in info else None
+
+
+async def _stream_state(reader: Probe, stream: str) -> dict[str, Any] | None:
+    info = await reader.request(f"$JS.API.STREAM.INFO.{stream}", timeout=5)
+    return info.get("state") if info and "error" not in info else None
+
+
+async def _consumer(reader: Probe, stream: str, name: str) -> dict[str, Any] | None:
+    info = await reader.request(f"$JS.API.CONSUMER.INFO.{stream}.{name}", timeout=5)
+    return info if info and "error" not in info else None
+
+
+async def _kv_raw(reader: Probe, key: str) -> bytes | None:
+    """The stored value of `key` (None: none), by direct get."""
+    assert reader.nc
+    try:
+        msg = await reader.nc.request(f"$JS.API.DIRECT.GET.{KV_STREAM}.$KV.{KV_BUCKET}.{key}", b"", timeout=5)
+    except NatsTimeoutError:
+        return None
+    if (msg.headers or {}).get("Status"):
+        return None
+    return (msg.headers or {}).get("KV-Operation", "PUT").encode() + b":" + msg.data
+
+
+async def _last_on(reader: Probe, stream: str, subject: str) -> str | None:
+    """The subject of the last message stored on `subject` (wildcards allowed), or None."""
+    assert reader.nc
+    inbox = reader.nc.new_inbox()
+    queue: asyncio.Queue = asyncio.Queue()
+    sub = await reader.nc.subscribe(inbox, cb=queue.put)
+    try:
+        await reader.nc.publish(f"$JS.API.DIRECT.GET.{stream}",
+                                json.dumps({"batch": 1, "next_by_subj": subject}).encode(), reply=inbox)
+        msg = await asyncio.wait_for(queue.get(), 5)
+    finally:
+        await sub.unsubscribe()
+    headers = msg.headers or {}
+    return None if headers.get("Status") else headers.get("Nats-Subject", "?")
+
+
+# ---------------------------------------------------------------- the attacks
+# Each takes (auditor, watcher = an operator Probe, attacker user, safe) -> Result.
+
+
+async def forge_with_push_consumer(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """A push consumer whose deliver subject is one the user may not publish (nats-server
+    #8274): the server would publish stored messages there on the user's behalf."""
+    target = "md.status.audit-probe" if safe else "md.tick.sim.BTC-USD"
+    arrived = await _watch(watcher, target)
+    attacker = await a.connect(user)
+    tries = []
+    for stream in STREAMS:
+        name = f"audit-{_uid()}"
+        config = {"deliver_subject": target, "ack_policy": "none", "deliver_policy": "all"}
+        named = {**config, "durable_name": name, "name": name}
+        tries += [
+            (f"$JS.API.CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}),
+            (f"$JS.API.CONSUMER.CREATE.{stream}.{name}", {"stream_name": stream, "config": named}),
+            (f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}", {"stream_name": stream, "config": named}),
+        ]
+    answers = await asyncio.gather(*(attacker.request(subject, body) for subject, body in tries))
+    made = [f"{subject} -> {answer.get('name')}" for (subject, _), answer in zip(tries, answers)
+            if answer and "error" not in answer]
+    await asyncio.sleep(SETTLE_S)
+    forged = arrived.qsize()
+    held = not made and forged == 0
+    return Result("push consumer delivering to a foreign subject", user, held,
+                  "refused" if held else f"created {made}, {forged} message(s) forged on {target}")
+
+
+async def forge_with_republish(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """A stream config whose `republish` sends every stored message to a foreign subject,
+    on an existing stream (update) or a new one (create)."""
+    target = "md.status.audit-probe" if safe else "risk.account"
+    arrived = await _watch(watcher, target)
+    attacker = await a.connect(user)
+    before = {s: await _stream_config(watcher, s) for s in STREAMS}
+    name = f"AUDIT{_uid().upper()}"
+    # A literal source inside the stream's subjects: a transform from a wildcard to one
+    # literal subject is not valid, from a literal it is.
+    tries = [(f"$JS.API.STREAM.UPDATE.{stream}",
+              {**before[stream], "republish": {"src": before[stream]["subjects"][0].replace(">", "audit"),
+                                               "dest": target}})
+             for stream in STREAMS if before[stream] is not None]
+    tries.append((f"$JS.API.STREAM.CREATE.{name}", {"name": name, "subjects": [f"audit.{name}.>"],
+                                                    "republish": {"src": f"audit.{name}.x", "dest": target}}))
+    answers = await asyncio.gather(*(attacker.request(subject, body) for subject, body in tries))
+    accepted = [subject for (subject, _), answer in zip(tries, answers) if answer and "error" not in answer]
+    after = {s: await _stream_config(watcher, s) for s in STREAMS}
+    await asyncio.sleep(SETTLE_S)
+    held = not accepted and before == after and arrived.qsize() == 0
+    return Result("stream republish to a foreign subject", user, held,
+                  "refused" if held else f"accepted: {accepted or 'none'}; configs changed: {before != after}")
+
+
+async def read_others_replies(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Subscribe to every reply inbox (or another user's) and read the replies."""
+    attacker = await a.connect(user)
+    assert attacker.nc
+    seen: list[str] = []
+
+    async def got(msg: Any) -> None:
+        seen.append(msg.subject)
+
+    for subject in ["_INBOX.>", *(f"_INBOX.{u}.>" for u in SERVICE_USERS if u != user)]:
+        await attacker.nc.subscribe(subject, cb=got)
+    await attacker.nc.flush()
+    await asyncio.sleep(0.05)
+    # Another service asks something; the JetStream API replies to that service's inbox.
+    asker = await a.connect("execution" if user != "execution" else "risk")
+    answer = await asker.request("$JS.API.INFO", timeout=5)
+    await asyncio.sleep(SETTLE_S)
+    # (The operator may subscribe to `_INBOX.>`: the server drops what its deny list names.)
+    held = answer is not None and not seen
+    return Result("subscribe to other users' reply inboxes", user, held,
+                  "refused" if held else f"read {len(seen)} replies: {seen[:3]}" if seen else "no probe reply")
+
+
+async def take_or_ack_orders(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Pull from, or ack/terminate on, execution's ORDERS consumer."""
+    if user == "execution":
+        return Result("take or ack execution's orders", user, True, "its own consumer (expected)")
+    attacker = await a.connect(user)
+    before = await _consumer(watcher, ORDERS, "execution")
+    answer = await attacker.request(f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.execution",
+                                    {"batch": 1, "no_wait": True})
+    assert attacker.nc
+    await attacker.nc.publish(f"$JS.ACK.{ORDERS}.execution.1.1.1.1.0", b"+TERM")
+    await attacker.nc.flush()
+    await asyncio.sleep(SETTLE_S)
+    after = await _consumer(watcher, ORDERS, "execution")
+    same = (before or {}).get("delivered") == (after or {}).get("delivered")
+    held = answer is None and attacker.refused("$JS.ACK") and same
+    return Result("take or ack execution's orders", user, held,
+                  "refused" if held else f"fetch answered {answer}; consumer moved: {not same}")
+
+
+async def rewrite_or_erase_streams(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Seal, shrink or re-subject a stream; purge or delete it or a message of it."""
+    attacker = await a.connect(user)
+    before = {s: await _stream_config(watcher, s) for s in STREAMS}
+    states = {s: await _stream_state(watcher, s) for s in STREAMS}
+    tries = []
+    for stream in STREAMS:
+        config = before[stream]
+        if config is None:
+            continue
+        for change in ({"sealed": True}, {"max_msgs": 1}, {"subjects": ["audit.>"]}, {"allow_rollup_hdrs": True},
+                       {"deny_purge": False}):
+            if safe and change.get("max_msgs") == 1:
+                continue  # were it accepted, it would drop real data
+            tries.append((f"$JS.API.STREAM.UPDATE.{stream}", {**config, **change}))
+        if not safe:
+            tries += [(f"$JS.API.STREAM.PURGE.{stream}", {}), (f"$JS.API.STREAM.MSG.DELETE.{stream}", {"seq": 1}),
+                      (f"$JS.API.STREAM.DELETE.{stream}", {})]
+    answers = await asyncio.gather(*(attacker.request(subject, body) for subject, body in tries))
+    accepted = [f"{subject} {json.dumps(body)[:60]}" for (subject, body), answer in zip(tries, answers)
+                if answer and "error" not in answer and answer.get("success", True)]
+    after = {s: await _stream_config(watcher, s) for s in STREAMS}
+    lost = [s for s in STREAMS if states[s] and (await _stream_state(watcher, s) or {}).get("first_seq")
+            != states[s].get("first_seq")]
+    held = not accepted and before == after and not lost
+    return Result("rewrite, purge or delete a stream", user, held,
+                  "refused" if held else f"accepted: {accepted}; lost data in: {lost}")
+
+
+async def tamper_with_kv(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Write or delete another service's KV key (risk's kill switch above all), or roll up
+    (purge) the bucket through a key of one's own."""
+    attacker = await a.connect(user)
+    assert attacker.nc
+    broken: list[str] = []
+    for prefix, owner in KV_OWNER.items():
+        if owner == user:
+            continue
+        key = f"{prefix}.audit-probe" if safe else ("risk.killswitch" if prefix == "risk" else "sentiment.BTC-USD")
+        before = await _kv_raw(watcher, key)
+        subject = f"$KV.{KV_BUCKET}.{key}"
+        put, delete = await asyncio.gather(
+            attacker.request(subject, b'{"engaged":false,"actor":"audit","reason":"","changed_ts":1}'),
+            attacker.request(subject, b"", headers={"KV-Operation": "DEL"}))
+        if (put and "error" not in put) or (delete and "error" not in delete) or await _kv_raw(watcher, key) != before:
+            broken.append(f"wrote {key}")
+    own = next((p for p, o in KV_OWNER.items() if o == user), None)
+    if own is not None:
+        state = await _stream_state(watcher, KV_STREAM)
+        key = f"{own}.audit-probe"
+        rollup = "sub" if safe else "all"
+        answer = await attacker.request(f"$KV.{KV_BUCKET}.{key}", b"probe",
+                                        headers={"Nats-Rollup": rollup, "KV-Operation": "PURGE"})
+        after = await _stream_state(watcher, KV_STREAM)
+        if (answer and "error" not in answer) or (state and after and after.get("messages", 0) < state.get("messages", 0)):
+            broken.append(f"rollup {rollup} accepted ({answer})")
+    held = not broken
+    return Result("write, delete or purge KV keys that are not one's own", user, held,
+                  "refused" if held else "; ".join(broken))
+
+
+async def order_as_another_agent(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Publish an order or a cancel on another agent's subject (to trade as it, cancel its
+    orders, or spend its rate limit)."""
+    attacker = await a.connect(user)
+    assert attacker.nc
+    mine = OWN_AGENT.get(user)
+    victims = [agent for agent in ("trading", "risk", "gateway", "operator", "killswitch") if agent != mine]
+    symbol = f"AUDIT{_uid().upper()}-USD"  # a symbol of its own: found again below, traded by nobody
+    for agent in victims:
+        for kind in ("submit", "cancel"):
+            # Never a valid order: even stored, execution would only reject it.
+            await attacker.nc.publish(f"orders.{kind}.{agent}.{symbol}", b'{"audit": true}')
+    await attacker.nc.flush()
+    await asyncio.sleep(SETTLE_S)
+    found = await _last_on(watcher, ORDERS, f"orders.*.*.{symbol}")
+    held = attacker.refused("orders.") and found is None
+    return Result("orders or cancels as another agent", user, held,
+                  "refused" if held else f"stored on {found}" if found else "not refused")
+
+
+async def reconfigure_execution_consumer(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Create-or-update execution's durable (e.g. a short ack_wait, an inactive threshold
+    that deletes it, a filter that starves it)."""
+    attacker = await a.connect(user)
+    before = await _consumer(watcher, ORDERS, "execution")
+    config = dict((before or {}).get("config", {"durable_name": "execution", "ack_policy": "explicit"}))
+    changes = [{"inactive_threshold": 1_000_000_000}, {"filter_subjects": ["orders.audit.>"]}, {"max_ack_pending": 1}]
+    answers = await asyncio.gather(*(attacker.request(f"$JS.API.CONSUMER.CREATE.{ORDERS}.execution",
+                                                      {"stream_name": ORDERS, "config": {**config, **change}})
+                                     for change in changes))
+    accepted = [change for change, answer in zip(changes, answers) if answer and "error" not in answer]
+    after = await _consumer(watcher, ORDERS, "execution")
+    held = not accepted and (before or {}).get("config") == (after or {}).get("config")
+    return Result("reconfigure execution's consumer", user, held,
+                  "refused" if held else f"accepted {accepted}")
+
+
+async def risk_api_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Release the kill switch, raise limits or release the loss latch, as whoever the
+    credential may publish for, and claiming to be the operator."""
+    if user in ("operator", "gateway"):
+        return Result("release the kill switch or change limits", user, True, "a human's role (expected)")
+    attacker = await a.connect(user)
+    state = await watcher.request("risk.api.killswitch.operator", {"action": "status"}, timeout=5)
+    limits = await watcher.request("risk.api.limits.operator", {}, timeout=5)
+    if state is None or limits is None:
+        return Result("release the kill switch or change limits", user, True, "skipped: risk is not running")
+    broken = []
+    same_limits = {"set": {"max_order_notional": limits["limits"]["max_order_notional"]}}
+    for caller in {user, "operator"}:
+        subject = f"risk.api.killswitch.{caller}"
+        # Safe: a release of a released switch changes nothing even if it went through.
+        if not safe or not state.get("engaged"):
+            answer = await attacker.request(subject, {"action": "release", "actor": "operator"}, timeout=2)
+            if answer and "error" not in answer:
+                broken.append(f"release via {subject}")
+        answer = await attacker.request(f"risk.api.limits.{caller}", {**same_limits, "actor": "operator"}, timeout=2)
+        if answer and "error" not in answer:
+            broken.append(f"limits via risk.api.limits.{caller}")
+        answer = await attacker.request(f"risk.api.limits.{caller}", {"release_loss_latch": True}, timeout=2)
+        if answer and "error" not in answer:
+            broken.append(f"latch release via risk.api.limits.{caller}")
+    after = await watcher.request("risk.api.killswitch.operator", {"action": "status"}, timeout=5)
+    if after and after.get("engaged") != state.get("engaged"):
+        broken.append("the kill switch changed")
+    held = not broken
+    return Result("release the kill switch or change limits", user, held, "refused" if held else "; ".join(broken))
+
+
+ATTACKS: list[Callable[[Auditor, Probe, str, bool], Awaitable[Result]]] = [
+    forge_with_push_consumer,
+    forge_with_republish,
+    read_others_replies,
+    take_or_ack_orders,
+    rewrite_or_erase_streams,
+    tamper_with_kv,
+    order_as_another_agent,
+    reconfigure_execution_consumer,
+    risk_api_beyond_role,
+]
+
+
+async def audit(auditor: Auditor, *, safe: bool = True, users: Iterable[str] | None = None,
+                attacks: Iterable[Callable[..., Awaitable[Result]]] | None = None) -> list[Result]:
+    """Every attack with every credential (of `users`), one after another."""
+    results: list[Result] = []
+    watcher = await auditor.connect("operator")
+    try:
+        for attack in attacks or ATTACKS:
+            for user in users or SERVICES:
+                if user not in auditor.credentials:
+                    continue
+                try:
+                    results.append(await attack(auditor, watcher, user, safe))
+                except Exception as e:  # an attack that cannot even be tried says so
+                    results.append(Result(attack.__name__, user, False, f"could not run: {e!r}"))
+    finally:
+        await auditor.close()
+    return results
+
+
+@dataclass
+class Summary:
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def broken(self) -> list[Result]:
+        return [r for r in self.results if not r.held]
