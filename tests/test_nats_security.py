@@ -4,7 +4,8 @@ Runs against the real nats-server with proto/nats/moonbus.conf (conftest.nats_se
 Each "allowed" case checks that a message really arrives; each "denied" case checks
 that the server reports a permission violation AND that nothing arrives. JetStream
 cases use nats-py directly and, for the Rust services, the exact API subjects that
-async-nats 0.51 sends (CONSUMER.CREATE.<stream>.<name>.<filter>, MSG.NEXT, acks).
+async-nats 0.51 sends (CONSUMER.INFO, MSG.NEXT, acks, direct gets). What a stolen
+credential must NOT be able to do is tests/test_attacks.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import nats
 import nats.micro
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.common.natsserver import (
     SERVICE_USERS,
@@ -33,11 +33,13 @@ from services.common.natsserver import (
 from services.common.streams import (
     EXEC,
     KV_BUCKET,
+    KV_STREAM,
     MSG_ID_HEADER,
     ORDERS,
-    STREAMS,
-    ensure_kv,
-    ensure_streams,
+    jetstream_spec,
+    open_kv,
+    provision,
+    read_stream,
 )
 
 # Seconds to wait for something that must NOT happen. Short is enough: a message the
@@ -64,9 +66,9 @@ async def assert_denied_request(nc, subject: str, body: dict | None = None) -> N
 
 @pytest.fixture
 async def streams(connect):
-    """ORDERS and EXEC exist (created as `execution`, which may create both)."""
-    nc = await connect("execution")
-    return await ensure_streams(nc.jetstream(timeout=5))
+    """ORDERS, EXEC, the KV bucket and the durables, as provisioned for the session."""
+    nc = await connect("operator")
+    return {name: await nc.jetstream(timeout=5).stream_info(name) for name in (ORDERS, EXEC, KV_STREAM)}
 
 
 # ---- authentication --------------------------------------------------------------
@@ -144,45 +146,65 @@ PUBLISH_CASES = [
     ("market-data", "md.tick.sim.BTC-USD", True),
     ("market-data", "md.alert.BTC-USD", True),
     ("market-data", "errors.market-data", True),
+    ("market-data", "md.api.price", False),  # requests are for others to make
     ("market-data", "errors.risk", False),
     ("market-data", "risk.verdict.BTC-USD", False),
-    ("market-data", "orders.submit.BTC-USD", False),
+    ("market-data", "orders.submit.trading.BTC-USD", False),
     ("risk", "risk.verdict.BTC-USD", True),
     ("risk", "risk.account", True),
     ("risk", "risk.events", True),
     ("risk", "md.tick.sim.BTC-USD", False),
     ("risk", "exec.report.BTC-USD", False),
-    ("risk", "orders.submit.BTC-USD", True),  # kill switch flatten
-    ("risk", "orders.cancel.BTC-USD", False),
+    ("risk", "orders.submit.killswitch.BTC-USD", True),  # kill switch flatten
+    ("risk", "orders.submit.trading.BTC-USD", False),
+    ("risk", "orders.cancel.killswitch.BTC-USD", False),
     ("execution", "exec.report.BTC-USD", True),
     ("execution", "risk.api.check", True),
-    ("execution", "risk.api.killswitch", False),
-    ("execution", "orders.submit.BTC-USD", False),
+    ("execution", "exec.api.version", False),
+    ("execution", "risk.api.killswitch.execution", False),
+    ("execution", "orders.submit.trading.BTC-USD", False),
     ("execution", "md.tick.sim.BTC-USD", False),
-    ("trading-agent", "orders.submit.BTC-USD", True),
-    ("trading-agent", "orders.cancel.BTC-USD", True),
+    ("trading-agent", "orders.submit.trading.BTC-USD", True),
+    ("trading-agent", "orders.cancel.trading.BTC-USD", True),
+    ("trading-agent", "orders.submit.risk.BTC-USD", False),
+    ("trading-agent", "orders.submit.gateway.BTC-USD", False),
+    ("trading-agent", "orders.cancel.operator.BTC-USD", False),
     ("trading-agent", "agent.signal.trading.BTC-USD", True),
     ("trading-agent", "md.api.price", True),
+    ("trading-agent", "md.api.monitor.start", False),
     ("trading-agent", "risk.api.positions", True),
-    ("trading-agent", "risk.api.killswitch", False),
+    ("trading-agent", "risk.api.killswitch.trading-agent", False),
     ("trading-agent", "agent.signal.risk.BTC-USD", False),
     ("trading-agent", "md.tick.sim.BTC-USD", False),
     ("trading-agent", "exec.report.BTC-USD", False),
     ("risk-agent", "agent.signal.risk.BTC-USD", True),
-    ("risk-agent", "risk.api.killswitch", True),
-    ("risk-agent", "orders.cancel.BTC-USD", True),
+    ("risk-agent", "risk.api.killswitch.risk-agent", True),
+    ("risk-agent", "risk.api.killswitch.operator", False),
+    ("risk-agent", "risk.api.limits.risk-agent", False),
+    ("risk-agent", "risk.api.check", False),
+    ("risk-agent", "orders.submit.risk.BTC-USD", True),
+    ("risk-agent", "orders.cancel.risk.BTC-USD", True),
+    ("risk-agent", "orders.submit.trading.BTC-USD", False),
     ("risk-agent", "risk.verdict.BTC-USD", False),
     ("risk-agent", "agent.signal.trading.BTC-USD", False),
     ("sentiment-agent", "agent.sentiment.BTC-USD", True),
+    ("sentiment-agent", "$KV.moonbus.sentiment.BTC-USD", True),
+    ("sentiment-agent", "$KV.moonbus.risk.killswitch", False),
     ("sentiment-agent", "agent.swarm.BTC-USD", False),
-    ("sentiment-agent", "orders.submit.BTC-USD", False),
+    ("sentiment-agent", "orders.submit.trading.BTC-USD", False),
     ("swarm-agent", "agent.swarm.BTC-USD", True),
     ("swarm-agent", "agent.signal.swarm.BTC-USD", True),
     ("swarm-agent", "md.api.history", True),
+    ("swarm-agent", "md.api.monitor.stop", False),
     ("swarm-agent", "agent.sentiment.BTC-USD", False),
-    ("swarm-agent", "orders.submit.BTC-USD", False),
-    ("gateway", "orders.submit.BTC-USD", True),
-    ("gateway", "risk.api.killswitch", True),
+    ("swarm-agent", "orders.submit.swarm.BTC-USD", False),
+    ("gateway", "orders.submit.gateway.BTC-USD", True),
+    ("gateway", "orders.cancel.gateway.BTC-USD", True),
+    ("gateway", "orders.submit.trading.BTC-USD", False),
+    ("gateway", "risk.api.killswitch.gateway", True),
+    ("gateway", "risk.api.limits.gateway", True),
+    ("gateway", "risk.api.killswitch.operator", False),
+    ("gateway", "risk.api.check", False),
     ("gateway", "agent.api.swarm.ask", True),
     ("gateway", "$SRV.PING", True),
     ("gateway", "md.tick.sim.BTC-USD", False),
@@ -190,12 +212,16 @@ PUBLISH_CASES = [
     ("gateway", "exec.report.BTC-USD", False),
     ("gateway", "agent.signal.gateway.BTC-USD", False),
     ("operator", "md.api.price", True),
-    ("operator", "risk.api.killswitch", True),
+    ("operator", "risk.api.killswitch.operator", True),
+    ("operator", "risk.api.limits.operator", True),
+    ("operator", "risk.api.killswitch.gateway", False),
+    ("operator", "risk.api.check", False),
     ("operator", "exec.api.version", True),
     ("operator", "agent.api.swarm.ask", True),
     ("operator", "$SRV.PING", True),
-    ("operator", "orders.submit.BTC-USD", True),
-    ("operator", "orders.cancel.BTC-USD", True),
+    ("operator", "orders.submit.operator.BTC-USD", True),
+    ("operator", "orders.cancel.operator.BTC-USD", True),
+    ("operator", "orders.submit.trading.BTC-USD", False),
     ("operator", "md.tick.sim.X", False),
     ("operator", "md.alert.X", False),
     ("operator", "risk.verdict.X", False),
@@ -204,6 +230,7 @@ PUBLISH_CASES = [
     ("operator", "agent.sentiment.X", False),
     ("operator", "agent.signal.operator.X", False),
     ("operator", "_INBOX.someone-elses-reply", False),
+    ("operator", "$KV.moonbus.risk.killswitch", False),
 ]
 
 
@@ -271,26 +298,38 @@ async def test_nobody_may_delete_or_purge_streams(connect, streams, user):
 SUBSCRIBE_CASES = [
     ("market-data", "md.api.price", True),
     ("market-data", "md.tick.>", False),
+    ("market-data", "_INBOX.market-data.x", True),
+    ("market-data", "_INBOX.>", False),
+    ("market-data", "_INBOX.risk.>", False),
+    ("market-data", "$SRV.PING.market-data", True),
+    ("market-data", "$SRV.PING.risk", False),
     ("risk", "exec.report.>", True),
     ("risk", "orders.submit.>", False),
+    ("risk", "_INBOX.execution.>", False),
     ("execution", "md.book.>", True),
     ("execution", "orders.submit.>", False),  # orders come from the stream, not core
+    ("execution", "_INBOX.>", False),
     ("trading-agent", "md.tick.>", True),
     ("trading-agent", "md.api.price", False),
     ("trading-agent", "risk.api.check", False),
     ("trading-agent", "orders.submit.>", False),
+    ("trading-agent", "_INBOX.>", False),
     ("risk-agent", "risk.verdict.>", True),
     ("risk-agent", "risk.api.check", False),
     ("sentiment-agent", "md.alert.>", True),
     ("sentiment-agent", "md.tick.>", False),
     ("swarm-agent", "agent.api.swarm.ask", True),
     ("swarm-agent", "orders.>", False),
+    ("swarm-agent", "_INBOX.gateway.>", False),
     ("gateway", "orders.>", True),
     ("gateway", "errors.>", True),
     ("gateway", "exec.api.version", False),
     ("gateway", "risk.api.check", False),
     ("gateway", ">", False),
+    ("gateway", "_INBOX.operator.>", False),
     ("operator", ">", True),
+    ("operator", "_INBOX.risk.>", False),
+    ("operator", "$JS.ACK.>", False),
 ]
 
 
@@ -363,69 +402,47 @@ async def test_operator_cannot_answer_requests(connect):
     await operator.wait_for_permission_error("_INBOX")
 
 
-# ---- JetStream: streams ----------------------------------------------------------------
+# ---- JetStream: provisioning ------------------------------------------------------------
 
 
-async def test_ensure_streams_is_idempotent_and_repairs_drift(connect):
-    nc = await connect("execution")
-    js = nc.jetstream(timeout=5)
-    first = await ensure_streams(js)
-    second = await ensure_streams(js)
-    assert set(first) == set(second) == {ORDERS, EXEC}
-    for name in (ORDERS, EXEC):
-        assert first[name].created == second[name].created
-        cfg = second[name].config
-        assert cfg.subjects == STREAMS[name].subjects
-        assert cfg.storage == "file"
-        assert cfg.retention == "limits"
-        assert cfg.duplicate_window == pytest.approx(600)
-    assert second[ORDERS].config.max_age == pytest.approx(7 * 24 * 3600)
-    assert second[EXEC].config.max_age == pytest.approx(30 * 24 * 3600)
-    assert second[EXEC].config.subjects == ["exec.report.>"]
-
-    # Someone changed a managed setting: ensure_streams puts it back (UPDATE).
-    drifted = second[ORDERS].config.evolve(max_age=3600.0)
-    await js.update_stream(drifted)
-    repaired = await ensure_streams(js, [ORDERS])
-    assert repaired[ORDERS].config.max_age == pytest.approx(7 * 24 * 3600)
-    assert repaired[ORDERS].created == first[ORDERS].created
+async def test_provisioned_state_is_the_spec_and_provisioning_is_idempotent(connect, streams):
+    spec = jetstream_spec()
+    for wanted in spec["streams"]:
+        nc = await connect("operator")
+        live = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{wanted['name']}", b"", timeout=5)).data)["config"]
+        assert {k: live.get(k) for k in wanted} == wanted
+        assert live["deny_delete"] and live["deny_purge"] and not live["allow_rollup_hdrs"]
+    admin = await connect("admin")
+    assert await provision(admin) == {}  # nothing to change
+    # Drift (made here by the admin itself, as a hand edit would) is put back.
+    live = json.loads((await admin.request(f"$JS.API.STREAM.INFO.{ORDERS}", b"", timeout=5)).data)["config"]
+    changed = await js_request(admin, f"$JS.API.STREAM.UPDATE.{ORDERS}", {**live, "max_age": 3_600_000_000_000})
+    assert "error" not in changed, changed
+    repaired = await provision(admin)
+    assert repaired == {ORDERS: ["max_age: 3600000000000 -> 604800000000000"]}
+    # Execution's settings from moonbus.toml become its consumer's.
+    moved = await provision(admin, {"execution": {"ack_wait_ms": 2000, "max_in_flight": 7}})
+    assert moved == {f"{ORDERS}/execution": ["ack_wait: 30000000000 -> 2000000000", "max_ack_pending: 32 -> 7"]}
+    assert await provision(admin) != {}  # and back to the defaults
 
 
-@pytest.mark.parametrize(
-    ("orders_creator", "exec_creator"),
-    [("trading-agent", "risk"), ("risk-agent", "execution"), ("execution", "risk"), ("execution", "execution")],
-)
-async def test_streams_are_created_by_whoever_starts_first(tmp_path, orders_creator, exec_creator):
-    """On an empty bus the first service up creates what it needs; later ones reuse it.
-    (execution creates both streams at start, risk only EXEC, the order publishers only ORDERS.)"""
-    creds = load_or_create_credentials(tmp_path)
-    async with NatsServer(store_dir=tmp_path, credentials=creds) as server:
-        async def js_as(user):
-            nc = await nats.connect(server.url, user=user, password=creds[user], allow_reconnect=False)
-            return nc, nc.jetstream(timeout=5)
-
-        nc1, js1 = await js_as(orders_creator)
-        created = (await ensure_streams(js1, [ORDERS]))[ORDERS]
-        nc2, js2 = await js_as(exec_creator)
-        await ensure_streams(js2, [EXEC])
-        nc3, js3 = await js_as("execution")
-        both = await ensure_streams(js3)
-        assert both[ORDERS].created == created.created
-        nc4, js4 = await js_as("sentiment-agent")
-        kv = await ensure_kv(js4)
-        await kv.put("sentiment.BTC-USD", b"0.1")
-        for nc in (nc1, nc2, nc3, nc4):
-            await nc.close()
+@pytest.mark.parametrize("user", [u for u in SERVICE_USERS if u != "admin"])
+async def test_no_service_may_provision(connect, streams, user):
+    nc = await connect(user)
+    await assert_denied_request(nc, f"$JS.API.STREAM.CREATE.{ORDERS}", {"name": ORDERS, "subjects": ["orders.>"]})
+    await assert_denied_request(nc, f"$JS.API.STREAM.UPDATE.{EXEC}", {"name": EXEC})
+    await assert_denied_request(nc, f"$JS.API.CONSUMER.CREATE.{ORDERS}.execution",
+                                {"stream_name": ORDERS, "config": {"durable_name": "execution"}})
 
 
-async def test_order_publishers_may_ensure_orders_but_not_exec(connect):
-    nc = await connect("trading-agent")
-    js = nc.jetstream(timeout=1)
-    infos = await ensure_streams(js, [ORDERS])
-    assert infos[ORDERS].config.name == ORDERS
-    with pytest.raises(NatsTimeoutError):
-        await ensure_streams(js, [EXEC])
-    await nc.wait_for_permission_error(f"$JS.API.STREAM.INFO.{EXEC}")
+async def test_admin_may_provision_but_never_delete(connect, streams):
+    admin = await connect("admin")
+    await assert_denied_request(admin, f"$JS.API.STREAM.DELETE.{ORDERS}")
+    await assert_denied_request(admin, f"$JS.API.STREAM.PURGE.{EXEC}")
+    await assert_denied_request(admin, f"$JS.API.CONSUMER.DELETE.{ORDERS}.execution")
+    # Only the named consumers of the spec, no others.
+    await assert_denied_request(admin, f"$JS.API.CONSUMER.CREATE.{ORDERS}.other",
+                                {"stream_name": ORDERS, "config": {"durable_name": "other"}})
 
 
 async def test_exec_api_requests_are_not_captured_by_exec_stream(connect, streams):
@@ -450,219 +467,126 @@ async def test_trading_agent_gets_puback_and_dedupe_works(connect, streams):
     nc = await connect("trading-agent")
     js = nc.jetstream(timeout=5)
     coid = f"co-{uid()}"
-    ack = await js.publish("orders.submit.BTC-USD", b'{"order":1}', headers={MSG_ID_HEADER: coid})
+    subject = "orders.submit.trading.BTC-USD"
+    ack = await js.publish(subject, b'{"order":1}', headers={MSG_ID_HEADER: coid})
     assert ack.stream == ORDERS
     assert not ack.duplicate
-    again = await js.publish("orders.submit.BTC-USD", b'{"order":1}', headers={MSG_ID_HEADER: coid})
+    again = await js.publish(subject, b'{"order":1}', headers={MSG_ID_HEADER: coid})
     assert again.stream == ORDERS
     assert again.duplicate is True
     assert again.seq == ack.seq
-    other = await js.publish("orders.submit.BTC-USD", b'{"order":2}', headers={MSG_ID_HEADER: f"co-{uid()}"})
+    other = await js.publish(subject, b'{"order":2}', headers={MSG_ID_HEADER: f"co-{uid()}"})
     assert not other.duplicate and other.seq > ack.seq
 
 
-async def test_execution_durable_pull_consumer_fetch_and_ack(connect, streams):
-    agent = await connect("trading-agent")
-    coid = f"co-{uid()}"
-    subject = f"orders.submit.EXEC{uid()}"  # this test's own symbol: other tests fill ORDERS too
-    await agent.jetstream().publish(subject, coid.encode(), headers={MSG_ID_HEADER: coid})
-
-    nc = await connect("execution")
-    js = nc.jetstream(timeout=5)
-    durable = f"execution-{uid()}"
-    # nats-py: CONSUMER.INFO, then CONSUMER.CREATE.ORDERS.<durable>.<filter>
-    psub = await js.pull_subscribe(
-        subject, durable=durable, stream=ORDERS,
-        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL),
-    )
-    msgs = await psub.fetch(batch=100, timeout=5)
-    ours = [m for m in msgs if m.data == coid.encode()]
-    assert len(ours) == 1
-    for m in msgs:
-        await m.in_progress()  # a second reply to the same message: needs $JS.ACK.ORDERS.>,
-        await m.ack_sync()     # allow_responses alone allows one; ack_sync waits for the server
-    assert not nc.permission_errors(), nc.permission_errors()
-    info = await js.consumer_info(ORDERS, durable)
-    assert info.num_ack_pending == 0
-    assert info.config.durable_name == durable
-    assert info.ack_floor.stream_seq >= ours[0].metadata.sequence.stream
-
-
-async def test_execution_consumer_as_async_nats_does_it(connect, streams):
-    """The raw API subjects of async-nats 0.51: get_or_create_consumer, fetch, ack."""
+async def test_execution_pulls_and_acks_from_its_durable_as_async_nats_does(connect, streams):
+    """The raw API subjects of async-nats 0.51: get_consumer (INFO), fetch (MSG.NEXT), acks."""
     agent = await connect("risk-agent")
     coid = f"co-{uid()}"
-    await agent.jetstream().publish("orders.cancel.SOL-USDC", coid.encode(), headers={MSG_ID_HEADER: coid})
+    await agent.jetstream().publish("orders.cancel.risk.SOL-USDC", coid.encode(), headers={MSG_ID_HEADER: coid})
 
     nc = await connect("execution")
-    name = f"exec-rs-{uid()}"
-    info = await js_request(nc, f"$JS.API.CONSUMER.INFO.{ORDERS}.{name}")
-    assert info["error"]["code"] == 404
-    created = await js_request(
-        nc,
-        f"$JS.API.CONSUMER.CREATE.{ORDERS}.{name}.orders.>",
-        {
-            "stream_name": ORDERS,
-            "config": {"durable_name": name, "name": name, "ack_policy": "explicit",
-                       "deliver_policy": "all", "filter_subject": "orders.>"},
-            "action": "create",
-        },
-    )
-    assert "error" not in created, created
+    info = await js_request(nc, f"$JS.API.CONSUMER.INFO.{ORDERS}.execution")
+    assert info["config"]["durable_name"] == "execution" and "deliver_subject" not in info["config"]
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.{name}", json.dumps({"batch": 500, "no_wait": True}).encode(), reply=inbox)
+    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.execution",
+                     json.dumps({"batch": 500, "no_wait": True}).encode(), reply=inbox)
     found = None
     while True:
         msg = await sub.next_msg(timeout=5)
         if not msg.reply:  # 404 "no messages" status: end of the batch
             break
-        assert msg.reply.startswith(f"$JS.ACK.{ORDERS}.{name}.")
+        assert msg.reply.startswith(f"$JS.ACK.{ORDERS}.execution.")
         await nc.publish(msg.reply, b"+WPI")  # in progress, then a double ack (async-nats AckKind / double_ack)
         await nc.request(msg.reply, b"+ACK", timeout=5)
         if msg.data == coid.encode():
             found = msg
     assert found is not None
     assert not nc.permission_errors(), nc.permission_errors()
-    info = await js_request(nc, f"$JS.API.CONSUMER.INFO.{ORDERS}.{name}")
+    info = await js_request(nc, f"$JS.API.CONSUMER.INFO.{ORDERS}.execution")
     assert info["num_ack_pending"] == 0
 
 
-async def test_gateway_reads_orders_but_cannot_take_or_ack_them(connect, streams):
+@pytest.mark.parametrize("reader", ["gateway", "operator"])
+async def test_readers_read_orders_by_direct_get_and_cannot_take_them(connect, streams, reader):
     agent = await connect("trading-agent")
     coid = f"co-{uid()}"
-    await agent.jetstream().publish("orders.submit.ADA-USD", coid.encode(), headers={MSG_ID_HEADER: coid})
+    symbol = f"R{uid().upper()}-USD"
+    await agent.jetstream().publish(f"orders.submit.trading.{symbol}", coid.encode(), headers={MSG_ID_HEADER: coid})
 
-    gw = await connect("gateway")
-    js = gw.jetstream(timeout=5)
-    sub = await js.subscribe("orders.submit.ADA-USD", ordered_consumer=True)  # unnamed ephemeral
-    msg = await sub.next_msg(timeout=5)
-    assert msg.subject == "orders.submit.ADA-USD"
-    assert not gw.permission_errors(), gw.permission_errors()
-
-    # No durable consumer and no fetch on ORDERS, no acks, no stream changes.
-    await assert_denied_request(
-        gw, f"$JS.API.CONSUMER.CREATE.{ORDERS}.gw.orders.>",
-        {"stream_name": ORDERS, "config": {"durable_name": "gw", "name": "gw"}},
-    )
-    await assert_denied_request(gw, f"$JS.API.CONSUMER.DURABLE.CREATE.{ORDERS}.gw")
-    await assert_denied_request(gw, f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.execution", {"batch": 1})
-    await assert_denied_request(gw, f"$JS.API.STREAM.UPDATE.{ORDERS}")
-    await gw.publish(f"$JS.ACK.{ORDERS}.execution.1.1.1.1.0", b"+ACK")
-    await gw.wait_for_permission_error(f"$JS.ACK.{ORDERS}")
-
-    # The unnamed CONSUMER.CREATE.ORDERS is allowed, but one that smuggles a durable
-    # name in is refused by the server itself: the gateway only ever gets ephemerals.
-    answer = await js_request(
-        gw, f"$JS.API.CONSUMER.CREATE.{ORDERS}",
-        {"stream_name": ORDERS, "config": {"durable_name": f"sneaky-{uid()}", "deliver_subject": gw.new_inbox()}},
-    )
-    assert answer["error"]["code"] == 400, answer
+    nc = await connect(reader)
+    found = [m async for m in read_stream(nc, ORDERS, f"orders.submit.*.{symbol}")]
+    assert [(m.msg_id, m.data) for m in found] == [(coid, coid.encode())]
+    last = await nc.jetstream(timeout=5).get_last_msg(ORDERS, f"orders.submit.trading.{symbol}")
+    assert last.data == coid.encode()
+    assert not nc.permission_errors(), nc.permission_errors()
+    await assert_denied_request(nc, f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.execution", {"batch": 1})
+    await assert_denied_request(nc, f"$JS.API.CONSUMER.CREATE.{ORDERS}",
+                                {"stream_name": ORDERS, "config": {"deliver_subject": nc.new_inbox()}})
+    await nc.publish(f"$JS.ACK.{ORDERS}.execution.1.1.1.1.0", b"+ACK")
+    await nc.wait_for_permission_error(f"$JS.ACK.{ORDERS}")
 
 
-@pytest.mark.parametrize("reader", ["gateway", "operator"])  # with and without allow_responses
-async def test_ordered_consumer_flow_control_replies_are_allowed(connect, streams, reader):
-    """A backlog big enough for the server to ask for flow control: the reader must be
-    allowed to answer on $JS.FC.<stream>.>, or delivery stalls."""
+async def test_read_stream_reads_batches_in_order_and_stops_at_the_end(connect, streams):
     execution = await connect("execution")
-    subject = f"exec.report.FLOW{uid()}"
-    count, payload = 3000, b"x" * 4000
-    for _ in range(count):
-        await execution.publish(subject, payload)  # core publish: stored by EXEC, no acks to wait for
+    subject = f"exec.report.BATCH{uid().upper()}"
+    for i in range(1200):  # more than two batches of 512
+        await execution.publish(subject, str(i).encode())
     await execution.flush()
-
-    gw = await connect(reader)
-    fc_replies: list[str] = []
-    publish = gw.publish
-
-    async def spy(subj, *args, **kwargs):
-        if subj.startswith("$JS.FC."):
-            fc_replies.append(subj)
-        return await publish(subj, *args, **kwargs)
-
-    gw.publish = spy
-    sub = await gw.jetstream(timeout=5).subscribe(subject, ordered_consumer=True, stream=EXEC)
-    for _ in range(count):
-        await sub.next_msg(timeout=5)
-    await sub.unsubscribe()
-    assert fc_replies and all(r.startswith(f"$JS.FC.{EXEC}.") for r in fc_replies)
-    assert not gw.permission_errors(), gw.permission_errors()
-
-
-async def test_operator_reads_jetstream_but_never_changes_it(connect, streams):
-    op = await connect("operator")
-    js = op.jetstream(timeout=5)
-    info = await js.stream_info(ORDERS)
-    assert info.config.name == ORDERS
-    names = await js.streams_info()
-    assert {ORDERS, EXEC} <= {s.config.name for s in names}
-    sub = await js.subscribe("exec.report.>", ordered_consumer=True, stream=EXEC)
-    await sub.unsubscribe()
-    await assert_denied_request(op, f"$JS.API.STREAM.CREATE.NEWSTREAM", {"name": "NEWSTREAM", "subjects": ["md.>"]})
-    await assert_denied_request(op, f"$JS.API.STREAM.UPDATE.{ORDERS}")
-    await assert_denied_request(op, f"$JS.API.CONSUMER.DURABLE.CREATE.{ORDERS}.op")
-    await assert_denied_request(op, f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.execution", {"batch": 1})
-    await assert_denied_request(op, f"$JS.API.CONSUMER.DELETE.{ORDERS}.execution")
+    await execution.jetstream(timeout=5).publish(subject, b"last")
+    reader = await connect("gateway")
+    seen = [m async for m in read_stream(reader, EXEC, subject, batch=512)]
+    assert [m.data for m in seen] == [str(i).encode() for i in range(1200)] + [b"last"]
+    assert [m.seq for m in seen] == sorted(m.seq for m in seen)
+    assert len([m async for m in read_stream(reader, EXEC, subject, start_seq=seen[-2].seq)]) == 2
+    assert len([m async for m in read_stream(reader, EXEC, subject, max_messages=10)]) == 10
+    assert [m async for m in read_stream(reader, EXEC, "exec.report.NOTHING-HERE")] == []
 
 
 # ---- JetStream: execution reports ----------------------------------------------------------
 
 
-async def test_risk_reads_exec_with_ordered_and_durable_consumers(connect, streams):
+async def test_risk_reads_exec_by_direct_get_and_its_durable(connect, streams):
     execution = await connect("execution")
     report = f"report-{uid()}".encode()
-    subject = f"exec.report.RISK{uid()}"  # this test's own symbol: other tests fill EXEC too
+    subject = f"exec.report.RISK{uid()}"
     ack = await execution.jetstream().publish(subject, report)
     assert ack.stream == EXEC
 
     risk = await connect("risk")
-    js = risk.jetstream(timeout=5)
-    # nats-py ordered push consumer; stream found by subject (STREAM.NAMES)
-    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    seen = []
-    while report not in seen:
-        seen.append((await sub.next_msg(timeout=5)).data)
-    await sub.unsubscribe()
-
-    # async-nats ordered (pull) consumer: unnamed CONSUMER.CREATE.EXEC, then MSG.NEXT
-    created = await js_request(
-        risk, f"$JS.API.CONSUMER.CREATE.{EXEC}",
-        {"stream_name": EXEC, "config": {"ack_policy": "none", "deliver_policy": "all",
-                                         "filter_subject": subject, "inactive_threshold": 5_000_000_000,
-                                         "mem_storage": True, "num_replicas": 1}},
-    )
-    assert "error" not in created, created
-    inbox = risk.new_inbox()  # (nats-py's request() cannot receive a JetStream delivery)
-    isub = await risk.subscribe(inbox)
-    await risk.publish(
-        f"$JS.API.CONSUMER.MSG.NEXT.{EXEC}.{created['name']}",
-        json.dumps({"batch": 1, "expires": 1_000_000_000}).encode(),
-        reply=inbox,
-    )
-    msg = await isub.next_msg(timeout=5)
-    assert msg.subject == subject and msg.data == report, (msg.subject, msg.headers)
-
-    # durable pull consumer with acks (rebuilding positions)
-    psub = await js.pull_subscribe(subject, durable=f"risk-{uid()}", stream=EXEC)
-    msgs = await psub.fetch(batch=100, timeout=5)
-    assert report in [m.data for m in msgs]
-    for m in msgs:
-        await m.ack()
-    await risk.flush()
+    found = [m async for m in read_stream(risk, EXEC, subject)]
+    assert [m.data for m in found] == [report]
+    # Its durable (deliver new, no acks): what is stored next arrives.
+    info = await js_request(risk, f"$JS.API.CONSUMER.INFO.{EXEC}.risk")
+    assert info["config"]["ack_policy"] == "none"
+    inbox = risk.new_inbox()
+    sub = await risk.subscribe(inbox)
+    second = f"report-{uid()}".encode()
+    await execution.jetstream().publish(subject, second)
+    got: list[bytes] = []
+    while second not in got:  # (the session's other tests left a backlog on the durable)
+        await risk.publish(f"$JS.API.CONSUMER.MSG.NEXT.{EXEC}.risk",
+                           json.dumps({"batch": 5000, "no_wait": True}).encode(), reply=inbox)
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            if not msg.subject.startswith("exec.report."):
+                break  # a status: this batch is done
+            if msg.subject == subject:
+                got.append(msg.data)
     assert not risk.permission_errors(), risk.permission_errors()
-
-    # risk may not touch ORDERS
-    await assert_denied_request(risk, f"$JS.API.CONSUMER.CREATE.{ORDERS}")
+    # risk may not touch ORDERS beyond publishing flatten orders
     await assert_denied_request(risk, f"$JS.API.STREAM.INFO.{ORDERS}")
+    await assert_denied_request(risk, f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.execution", {"batch": 1})
 
 
 async def test_risk_flatten_orders_land_in_orders_deduplicated(connect, streams):
     """Kill switch flatten: risk publishes reduce-only orders into ORDERS through
-    JetStream (Nats-Msg-Id = client_order_id), and nothing else of ORDERS."""
+    JetStream (Nats-Msg-Id = client_order_id) as agent `killswitch`, and nothing else."""
     risk = await connect("risk")
     js = risk.jetstream(timeout=5)
     coid = f"ks-{uid()}-RISKFLAT-USD"
-    subject = f"orders.submit.RISKFLAT{uid()}-USD"  # this test's own symbol
+    subject = f"orders.submit.killswitch.RISKFLAT{uid()}-USD"
     ack = await js.publish(subject, b'{"flatten":1}', headers={MSG_ID_HEADER: coid})
     assert ack.stream == ORDERS and not ack.duplicate
     again = await js.publish(subject, b'{"flatten":1}', headers={MSG_ID_HEADER: coid})
@@ -672,13 +596,9 @@ async def test_risk_flatten_orders_land_in_orders_deduplicated(connect, streams)
     reader = await connect("operator")
     stored = await reader.jetstream(timeout=5).get_last_msg(ORDERS, subject)
     assert (stored.data, stored.headers[MSG_ID_HEADER]) == (b'{"flatten":1}', coid)
-
-    # Publishing is all: no ORDERS API, no consumer, no cancels.
-    await assert_denied_request(risk, f"$JS.API.STREAM.INFO.{ORDERS}")
-    await assert_denied_request(risk, f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.execution", {"batch": 1})
     with pytest.raises(NatsTimeoutError):
-        await risk.jetstream(timeout=SHORT).publish("orders.cancel.BTC-USD", b"{}")
-    await risk.wait_for_permission_error("orders.cancel.BTC-USD")
+        await risk.jetstream(timeout=SHORT).publish("orders.cancel.killswitch.BTC-USD", b"{}")
+    await risk.wait_for_permission_error("orders.cancel.killswitch.btc-usd")
 
 
 async def test_only_execution_publishes_exec_reports(connect, streams):
@@ -692,30 +612,14 @@ async def test_only_execution_publishes_exec_reports(connect, streams):
 # ---- KV bucket ------------------------------------------------------------------------------
 
 
-async def test_kv_writers_and_readers(connect):
+async def test_kv_each_writer_writes_only_its_own_keys_and_everyone_reads(connect, streams):
     sentiment = await connect("sentiment-agent")
-    kv = await ensure_kv(sentiment.jetstream(timeout=5))
-    again = await ensure_kv(sentiment.jetstream(timeout=5))
-    assert again.bucket if hasattr(again, "bucket") else True
-    key = f"sentiment.BTC-USD.{uid()}"
+    kv = await open_kv(sentiment.jetstream(timeout=5))
+    key = f"sentiment.KV{uid().upper()}-USD"
     await kv.put(key, b'{"score":0.4}')
 
-    trader = await connect("trading-agent")
-    tkv = await trader.jetstream(timeout=5).key_value(KV_BUCKET)
-    entry = await tkv.get(key)  # DIRECT.GET.KV_moonbus.$KV.moonbus.<key>
-    assert entry.value == b'{"score":0.4}'
-    with pytest.raises(NatsTimeoutError):
-        await (await trader.jetstream(timeout=SHORT).key_value(KV_BUCKET)).put(key, b"forged")
-    await trader.wait_for_permission_error(f"$KV.{KV_BUCKET}.")
-
     risk = await connect("risk")
-    rkv = await ensure_kv(risk.jetstream(timeout=5))
-    await rkv.put(f"verdict.BTC-USD.{uid()}", b"ACTIVE")
-    assert (await rkv.get(key)).value == b'{"score":0.4}'
-
-    # The shape of what rust-risk keeps there (risk.killswitch, risk.loss_latch,
-    # risk.account, risk.verdict.<symbol>), readable at once by a starting agent and
-    # by the gateway. Keys of this test's own (the session's agents read the real ones).
+    rkv = await open_kv(risk.jetstream(timeout=5))
     tag = uid()
     risk_keys = {
         f"risk.killswitch{tag}": b'{"engaged":true,"actor":"alice","reason":"test","changed_ts":1}',
@@ -725,16 +629,23 @@ async def test_kv_writers_and_readers(connect):
     }
     for k, value in risk_keys.items():
         await rkv.put(k, value)
-    for reader in ("trading-agent", "risk-agent", "swarm-agent", "gateway"):
+    for reader in ("trading-agent", "risk-agent", "swarm-agent", "gateway", "sentiment-agent", "risk"):
         nc = await connect(reader)
-        kv_reader = await nc.jetstream(timeout=5).key_value(KV_BUCKET)
-        for k, value in risk_keys.items():
+        kv_reader = await nc.jetstream(timeout=5).key_value(KV_BUCKET)  # STREAM.INFO, then direct gets
+        for k, value in {**risk_keys, key: b'{"score":0.4}'}.items():
             assert (await kv_reader.get(k)).value == value, (reader, k)
         assert not nc.permission_errors(), (reader, nc.permission_errors())
-    forger = await connect("risk-agent")
-    with pytest.raises(NatsTimeoutError):
-        await (await forger.jetstream(timeout=SHORT).key_value(KV_BUCKET)).put(f"risk.killswitch{tag}", b"{}")
-    await forger.wait_for_permission_error(f"$KV.{KV_BUCKET}.risk.killswitch{tag}")
+    # Writers are confined to their own prefix; readers write nothing.
+    for user, foreign in (("sentiment-agent", f"risk.killswitch{tag}"), ("risk", key),
+                          ("trading-agent", key), ("risk-agent", f"risk.killswitch{tag}")):
+        nc = await connect(user)
+        with pytest.raises(NatsTimeoutError):
+            await (await nc.jetstream(timeout=SHORT).key_value(KV_BUCKET)).put(foreign, b"forged")
+        await nc.wait_for_permission_error(f"$KV.{KV_BUCKET}.")
+    # Purging a key of one's own (a rollup) is refused by the bucket: nothing is erased.
+    with pytest.raises(nats.js.errors.APIError):
+        await kv.purge(key)
+    assert (await kv.get(key)).value == b'{"score":0.4}'
 
 
 # ---- the launcher gives each service its own user, and only that -------------------------
@@ -751,7 +662,7 @@ async def main():
     nc = await nats.connect(os.environ["NATS_URL"], user=os.environ["NATS_USER"],
                             password=os.environ["NATS_PASSWORD"], error_cb=on_error)
     await nc.publish("md.tick.sim.STANDIN", b"hello")
-    await nc.publish("orders.submit.STANDIN", b"not mine to send")
+    await nc.publish("orders.submit.trading.STANDIN", b"not mine to send")
     await nc.flush()
     await asyncio.sleep(0.2)
     stop = asyncio.Event()
@@ -776,7 +687,7 @@ def test_launcher_runs_each_service_as_its_own_user(tmp_path):
     try:
         line = system.wait_for_output("market-data", r"stand-in up as", timeout=30)
         assert "up as market-data leaked: []" in line
-        assert 'publish to "orders.submit.standin"' in line.lower()  # denied: not market-data's
+        assert 'publish to "orders.submit.trading.standin"' in line.lower()  # denied: not market-data's
         assert "md.tick" not in line.lower()  # allowed: no error about it
         system.wait_for_output("swarm-agent", r"exited unexpectedly: exit code 3", timeout=30)
         assert system.running("market-data")  # one service dying does not stop the others
