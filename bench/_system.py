@@ -66,7 +66,7 @@ def wait_until_serving(system: System, symbols: list[str], services: tuple[str, 
 
 async def _wait_until_serving(system: System, symbols: list[str], services: tuple[str, ...], timeout: float) -> None:
     env = system.env_for("operator")
-    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"])
+    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"], inbox_prefix=f"_INBOX.{env['NATS_USER']}")
     try:
         states: dict[str, str] = {}
 

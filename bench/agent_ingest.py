@@ -113,7 +113,7 @@ def _subscriber(path: str, env: dict[str, str], total: int, pipe: Any) -> None:
 
 
 async def _publish(env: dict[str, str], payloads: list[tuple[str, bytes]], total: int) -> float:
-    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
+    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"], inbox_prefix=f"_INBOX.{env['NATS_USER']}",
                             pending_size=64 * 1024 * 1024)
     start = time.perf_counter()
     for i, (subject, data) in zip(range(total), itertools.cycle(payloads)):
@@ -187,7 +187,7 @@ async def decision_latency(server: NatsServer, tmp: Path, bars: int) -> dict[str
                   Output(None, []), keep_lines=200)
 
     async def connect(user: str) -> nats.NATS:
-        return await nats.connect(server.url, user=user, password=server.credentials[user])
+        return await nats.connect(server.url, user=user, password=server.credentials[user], inbox_prefix=f"_INBOX.{user}")
 
     md, risk, operator = await connect("market-data"), await connect("risk"), await connect("operator")
     history: dict[str, list[Bar]] = {s: [] for s in SYMBOLS}

@@ -155,7 +155,7 @@ async def test_replicas_decide_every_bar_once_and_survive_a_kill(cluster: Cluste
     server = cluster.server
 
     async def connect(user: str) -> nats.NATS:
-        return await nats.connect(server.url, user=user, password=server.credentials[user], allow_reconnect=False)
+        return await nats.connect(server.url, user=user, password=server.credentials[user], inbox_prefix=f"_INBOX.{user}", allow_reconnect=False)
 
     md, risk, operator = await connect("market-data"), await connect("risk"), await connect("operator")
     market = Market(md)

@@ -46,7 +46,7 @@ from services.common.models import (
     now_ns,
 )
 from services.common.natsserver import REPO_ROOT, free_port, write_nats_env
-from services.common.streams import MSG_ID_HEADER, ensure_streams
+from services.common.streams import MSG_ID_HEADER
 
 D = Decimal
 PRICES = {"CLA-USD": "100.5", "CLB-USD": "0.00012345"}
@@ -142,7 +142,7 @@ async def risk(service_bus) -> AsyncIterator[list[KillSwitchRequest]]:
         return switch
 
     await bus.serve("stand-in risk", {"risk.api.positions": (PositionsRequest, positions),
-                                      "risk.api.killswitch": (KillSwitchRequest, killswitch)})
+                                      "risk.api.killswitch.operator": (KillSwitchRequest, killswitch)})
     yield seen
 
 
@@ -322,12 +322,11 @@ async def test_status(moon, connect, market_data, risk) -> None:
 
 async def test_orders_and_trace(moon, connect) -> None:
     execution, agent = await connect("execution"), await connect("trading-agent")
-    await ensure_streams(execution.jetstream(timeout=5))
     symbol, coid = f"CL{uid()}-USD", f"cli-{uid()}"
     origin = now_ns() - 50_000_000
     order = OrderRequest(client_order_id=coid, agent="trading", symbol=symbol, side=Side.SELL, quantity=D("0.5"),
                          origin_ts=origin, ts=origin + 2_000_000)
-    await agent.jetstream().publish(f"orders.submit.{symbol}", encode(order), headers={MSG_ID_HEADER: coid})
+    await agent.jetstream().publish(f"orders.submit.trading.{symbol}", encode(order), headers={MSG_ID_HEADER: coid})
     timings = Timings(origin_ts=origin, received_ts=origin + 3_000_000, risk_checked_ts=origin + 3_500_000)
     accepted = ExecutionReport(client_order_id=coid, agent="trading", symbol=symbol, side=Side.SELL,
                                status=OrderStatus.ACCEPTED, quantity=D("0.5"), timings=timings, ts=origin + 3_600_000)
@@ -357,7 +356,7 @@ async def test_orders_and_trace(moon, connect) -> None:
 
     # A reason is shown as it is, even where it looks like rich markup.
     refused = f"cli-{uid()}"
-    await agent.jetstream().publish(f"orders.submit.{symbol}", encode(order.model_copy(update={
+    await agent.jetstream().publish(f"orders.submit.trading.{symbol}", encode(order.model_copy(update={
         "client_order_id": refused})), headers={MSG_ID_HEADER: refused})
     rejected = ExecutionReport(client_order_id=refused, symbol=symbol, status=OrderStatus.REJECTED,
                                reason="[/risk] max_order_notional", timings=Timings(), ts=now_ns())

@@ -28,6 +28,7 @@ from services.common.models import (
     encode,
 )
 from services.common.natsserver import REPO_ROOT, free_port
+from services.common.streams import read_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +60,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 async def _operator(system: System) -> nats.NATS:
     env = system.env_for("operator")
-    return await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"])
+    return await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"], inbox_prefix=f"_INBOX.{env['NATS_USER']}")
 
 
 async def test_every_service_answers_the_service_api(system: System) -> None:
@@ -123,7 +124,7 @@ async def test_a_tick_triggered_order_is_filled_and_shows_in_the_position(system
         assert t.origin_ts <= t.received_ts <= t.risk_checked_ts <= t.filled_ts
 
         # The order the agent sent is in the ORDERS stream under its client_order_id.
-        stored = await js.get_last_msg("ORDERS", f"orders.submit.{fill.symbol}")
+        stored = await js.get_last_msg("ORDERS", f"orders.submit.trading.{fill.symbol}")
         assert stored.headers and stored.headers.get("Nats-Msg-Id")
         order = OrderRequest.model_validate_json(stored.data)
         assert order.agent == "trading" and order.symbol == fill.symbol
@@ -132,7 +133,7 @@ async def test_a_tick_triggered_order_is_filled_and_shows_in_the_position(system
         # (The agent keeps trading meanwhile, so both sides are read again until they meet.)
         deadline = loop.time() + 15
         while True:
-            filled = await _net_filled(js, fill.symbol)
+            filled = await _net_filled(nc, fill.symbol)
             positions = await _positions(nc, fill.symbol)
             held = positions.positions[0].quantity if positions.positions else Decimal(0)
             if held == filled and filled != 0:
@@ -164,7 +165,7 @@ async def test_an_invalid_order_is_rejected_with_a_reason(system: System) -> Non
             "origin_ts": 0,
             "ts": 0,
         }
-        await js.publish("orders.submit.BTC-USD", json.dumps(bad).encode(), headers={"Nats-Msg-Id": "e2e-bad-1"})
+        await js.publish("orders.submit.operator.BTC-USD", json.dumps(bad).encode(), headers={"Nats-Msg-Id": "e2e-bad-1"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
         while True:
@@ -181,22 +182,13 @@ async def test_an_invalid_order_is_rejected_with_a_reason(system: System) -> Non
         await nc.close()
 
 
-async def _net_filled(js: nats.js.JetStreamContext, symbol: str) -> Decimal:
-    """Signed sum of all fills of `symbol` in the EXEC stream, read with an ordered consumer."""
-    sub = await js.subscribe(f"exec.report.{symbol}", ordered_consumer=True)
-    info = await js.stream_info("EXEC")
-    last = info.state.last_seq
+async def _net_filled(nc: nats.NATS, symbol: str) -> Decimal:
+    """Signed sum of all fills of `symbol` in the EXEC stream, read by direct gets."""
     net = Decimal(0)
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            report = ExecutionReport.model_validate_json(msg.data)
-            if report.last_fill_quantity and report.side:
-                net += report.last_fill_quantity if report.side.value == "BUY" else -report.last_fill_quantity
-            if msg.metadata.sequence.stream >= last or msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
+    async for stored in read_stream(nc, "EXEC", f"exec.report.{symbol}"):
+        report = ExecutionReport.model_validate_json(stored.data)
+        if report.last_fill_quantity and report.side:
+            net += report.last_fill_quantity if report.side.value == "BUY" else -report.last_fill_quantity
     return net
 
 

@@ -1,7 +1,7 @@
 """Fault tests of the money path on the real system: nats-server with the secure config,
 the release-built rust-market-data, rust-risk and rust-execution, started by the launcher
 on a free port in a temp dir (a fresh system per test). Orders come from the operator
-on orders.submit.<symbol> (JetStream ORDERS, Nats-Msg-Id = client_order_id), as an
+on orders.submit.operator.<symbol> (JetStream ORDERS, Nats-Msg-Id = client_order_id), as an
 agent sends them.
 
 - execution SIGKILLed in the middle of a stream of orders and restarted: every stored
@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from services.common.launcher import SERVICES, System
 from services.common.models import ExecutionReport, OrderStatus, PositionsReply
 from services.common.natsserver import REPO_ROOT, free_port
+from services.common.streams import read_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +77,7 @@ def system(tmp_path: Path) -> Iterator[System]:
 @pytest.fixture
 async def bus(system: System) -> AsyncIterator[Bus]:
     env = system.env_for("operator")
-    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"])
+    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"], inbox_prefix=f"_INBOX.{env['NATS_USER']}")
     bus = Bus(system, nc)
     try:
         await nc.subscribe("exec.report.>", cb=bus.on_report)
@@ -131,7 +132,7 @@ class Bus:
         order_id = f"mp-{self.sent}"
         body = {"client_order_id": order_id, "agent": "operator", "symbol": symbol, "side": side, "type": "MARKET",
                 "quantity": quantity or SYMBOLS[symbol], "origin_ts": 1, "ts": 1}
-        await self.js.publish(f"orders.submit.{symbol}", json.dumps(body).encode(),
+        await self.js.publish(f"orders.submit.operator.{symbol}", json.dumps(body).encode(),
                               headers={"Nats-Msg-Id": order_id})
         return order_id
 
@@ -152,19 +153,8 @@ class Bus:
 
     async def stored_reports(self) -> list[ExecutionReport]:
         """Every report in the EXEC stream, in order."""
-        last = (await self.js.stream_info("EXEC")).state.last_seq
-        reports: list[ExecutionReport] = []
-        if last == 0:
-            return reports
-        sub = await self.js.subscribe("exec.report.>", ordered_consumer=True)
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=10)
-                reports.append(ExecutionReport.model_validate_json(msg.data))
-                if msg.metadata.sequence.stream >= last:
-                    return reports
-        finally:
-            await sub.unsubscribe()
+        return [ExecutionReport.model_validate_json(stored.data)
+                async for stored in read_stream(self.nc, "EXEC", "exec.report.>")]
 
     async def positions(self) -> PositionsReply | None:
         """risk.api.positions; None while risk is not ready (or not there)."""
@@ -277,7 +267,7 @@ async def test_without_risk_no_order_is_routed(system: System, bus: Bus) -> None
 async def test_kill_switch_refuses_the_next_buy(system: System, bus: Bus) -> None:
     async def killswitch(action: str) -> dict:
         body = {"action": action, "actor": "money-path-test", "reason": "test"}
-        reply = await bus.nc.request("risk.api.killswitch", json.dumps(body).encode(), timeout=10)
+        reply = await bus.nc.request("risk.api.killswitch.operator", json.dumps(body).encode(), timeout=10)
         return json.loads(reply.data)
 
     assert (await killswitch("engage"))["engaged"] is True

@@ -278,7 +278,7 @@ async def test_breach_with_ai_hold_and_kill_switch(connect, service_bus) -> None
             return answer("HOLD", 0.95) if request.symbol == "RSKH-USD" else answer("HOLD", 0.5)
 
     subs = [await risk.subscribe("risk.api.positions", cb=positions_api),
-            await risk.subscribe("risk.api.killswitch", cb=killswitch_api)]
+            await risk.subscribe("risk.api.killswitch.risk-agent", cb=killswitch_api)]
     orders = await operator.collect("orders.submit.>")
     signals = await operator.collect("agent.signal.risk.>")
     cfg = RiskAgentConfig(ai_confirm=True, engage_kill_switch_on_breach=True)

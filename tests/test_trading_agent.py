@@ -30,7 +30,7 @@ from services.common.models import (
     encode,
     now_ns,
 )
-from services.common.streams import MSG_ID_HEADER, ORDERS, ensure_kv
+from services.common.streams import MSG_ID_HEADER, ORDERS, open_kv
 from services.trading_agent import service
 from services.trading_agent.agent import Choice, Context, Event, plan
 from services.trading_agent.config import TradingConfig
@@ -332,7 +332,7 @@ async def test_every_bar_is_decided_and_a_rise_buys(connect, running_service) ->
     operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
     symbol = "TRDA-USD"
     market = await FakeMarket(md).start()
-    orders = await operator.collect(f"orders.submit.{symbol}")
+    orders = await operator.collect(f"orders.submit.trading.{symbol}")
     signals = await operator.collect(f"agent.signal.trading.{symbol}")
     try:
         async with running_service("trading-agent", service.main, CONFIG, operator):
@@ -352,7 +352,7 @@ async def test_every_bar_is_decided_and_a_rise_buys(connect, running_service) ->
     assert (order.side, order.reduce_only, order.quantity) == (Side.BUY, False, round_down(D("100") / D("101")))
     assert (order.origin_ts, order.decision_price) == (got[3].origin_ts, D("101"))
     assert market.requests[-1] == {"symbol": symbol, "interval": "1s", "limit": 3, "venue": "sim"}
-    stored = await operator.jetstream().get_last_msg(ORDERS, f"orders.submit.{symbol}")
+    stored = await operator.jetstream().get_last_msg(ORDERS, f"orders.submit.trading.{symbol}")
     assert decode(OrderRequest, stored.data) == order and stored.headers[MSG_ID_HEADER] == order.client_order_id
     assert orders.empty()
 
@@ -360,10 +360,10 @@ async def test_every_bar_is_decided_and_a_rise_buys(connect, running_service) ->
 async def test_a_fresh_replica_reads_the_verdict_from_kv(connect, running_service) -> None:
     operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
     symbol = "TRDK-USD"
-    kv = await ensure_kv(risk.jetstream())
+    kv = await open_kv(risk.jetstream())
     await kv.put(f"risk.verdict.{symbol}", encode(verdict(symbol, TradingState.HALTED, "0.25")))
     market = await FakeMarket(md).start()
-    orders = await operator.collect(f"orders.submit.{symbol}")
+    orders = await operator.collect(f"orders.submit.trading.{symbol}")
     signals = await operator.collect(f"agent.signal.trading.{symbol}")
     try:
         async with running_service("trading-agent", service.main, CONFIG, operator):
@@ -384,7 +384,7 @@ async def test_alert_is_decided_with_its_price_and_ts(connect, running_service) 
     symbol = "TRDL-USD"
     market = await FakeMarket(md).start()
     signals = await operator.collect(f"agent.signal.trading.{symbol}")
-    orders = await operator.collect(f"orders.submit.{symbol}")
+    orders = await operator.collect(f"orders.submit.trading.{symbol}")
     try:
         async with running_service("trading-agent", service.main, CONFIG, operator):
             for i, close in enumerate(["100", "100", "102"]):
@@ -415,7 +415,7 @@ async def test_ticks_are_parsed_only_when_used(connect, running_service) -> None
     operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
     symbol = "TRDN-USD"
     market = await FakeMarket(md).start()
-    orders = await operator.collect(f"orders.submit.{symbol}")
+    orders = await operator.collect(f"orders.submit.trading.{symbol}")
     errors = await operator.collect("errors.trading-agent")
     try:
         async with running_service("trading-agent", service.main, CONFIG, operator):
@@ -547,5 +547,5 @@ async def test_unacknowledged_order_is_reported_not_raised() -> None:
     assert await service.submit(bus, proposal, timeout=0.1) is False  # type: ignore[arg-type]
     ((subject, signal),) = bus.published
     assert subject == "agent.signal.trading.BTC-USD" and "NOT acknowledged" in signal.reasoning
-    assert bus.errors and bus.errors[0][0] == "orders.submit.BTC-USD" and "not acknowledged" in bus.errors[0][1]
+    assert bus.errors and bus.errors[0][0] == "orders.submit.trading.BTC-USD" and "not acknowledged" in bus.errors[0][1]
     assert service.metrics.ORDER_FAILURES._value.get() == failures + 1
