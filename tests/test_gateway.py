@@ -1,21 +1,31 @@
 """Gateway REST: every route against fake md.api / risk.api responders on the real
 nats-server (and the real ORDERS / EXEC streams), through httpx + ASGITransport; bus
 errors mapped to HTTP codes; the bearer token on every write; metrics; the OpenAPI spec.
-The live state, the stream and the dashboard: tests/test_gateway_live.py."""
+The edge: the token checked before the body is read, the body size limit, the read
+token and the dashboard's session cookie, the refusal to listen beyond localhost without
+it, the Host allow-list, the security headers, bounded order lookups.
+The live state, the stream (and its limits) and the dashboard: tests/test_gateway_live.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 from unittest import mock
 
 import httpx
 import pytest
 
+from services.common.bus import inbox_prefix
 from services.common.models import (
     AccountState,
     Bar,
@@ -35,15 +45,19 @@ from services.common.models import (
     Timings,
     TradingState,
     encode,
+    now_ns,
 )
-from services.common.streams import MSG_ID_HEADER, ORDERS, ensure_streams
+from services.common.natsserver import REPO_ROOT
+from services.common.streams import MSG_ID_HEADER, ORDERS, StreamReadError
 from services.gateway.app import create_app
+from services.gateway.config import READ_TOKEN_ENV, GatewayConfigError
 
 D = Decimal
 KNOWN = {"GWA-USD": "100.5", "GWB-USD": "2000"}
 CONFIG = {"system": {"symbols": ["GWA-USD", "GWB-USD"]}, "gateway": {"request_timeout_s": 0.5}}
 TOKEN = "test-token-1234"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BASE = "http://127.0.0.1:8080"  # a Host the gateway serves ([gateway] port = 8080)
 UNKNOWN = b'{"error": {"code": "unknown_symbol", "message": "unknown symbol"}}'
 
 
@@ -129,26 +143,44 @@ async def fake_risk(risk, seen: list[tuple[str, dict]] | None = None) -> list:
 
     subs = [
         await risk.subscribe("risk.api.positions", cb=positions),
-        await risk.subscribe("risk.api.killswitch", cb=killswitch),
-        await risk.subscribe("risk.api.limits", cb=limits),
+        await risk.subscribe("risk.api.killswitch.*", cb=killswitch),  # the last token: the caller
+        await risk.subscribe("risk.api.limits.*", cb=limits),
     ]
     await risk.flush()
     return subs
 
 
 @pytest.fixture
-async def client(connect, service_bus) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with TOKEN; `client.seen`: the requests the fake risk got."""
+async def gateway_client(connect, service_bus) -> AsyncIterator[Any]:
+    """`await gateway_client(config, **create_app kwargs)`: an httpx client on a new app
+    (token TOKEN, no read token unless given) with the fake responders; `.seen`: the
+    requests the fake risk got."""
     # the bus and the responders' connections are closed by `service_bus` / `connect`
     md, risk = await connect("market-data"), await connect("risk")
     seen: list[tuple[str, dict]] = []
     await fake_market_data(md)
     risk_subs = await fake_risk(risk, seen)
-    app = create_app(bus=await service_bus("gateway"), config=CONFIG, token=TOKEN)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
-        c.risk, c.risk_subs = risk, risk_subs  # type: ignore[attr-defined]
-        c.seen = seen  # type: ignore[attr-defined]
-        yield c
+    async with contextlib.AsyncExitStack() as stack:
+        async def make(config: dict = CONFIG, **kwargs: Any) -> httpx.AsyncClient:
+            app = create_app(bus=await service_bus("gateway"), config=config, **{"token": TOKEN, "read_token": "",
+                                                                                   **kwargs})
+            transport = httpx.ASGITransport(app=app)
+            c = await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url=BASE))
+            c.risk, c.risk_subs, c.seen = risk, risk_subs, seen  # type: ignore[attr-defined]
+            return c
+
+        yield make
+
+
+@pytest.fixture
+async def client(gateway_client) -> httpx.AsyncClient:
+    """The app with TOKEN and no read token; `client.seen`: the requests the fake risk got."""
+    return await gateway_client()
+
+
+def with_gateway(**keys: Any) -> dict:
+    """CONFIG with these [gateway] keys."""
+    return {**CONFIG, "gateway": {**CONFIG["gateway"], **keys}}
 
 
 def error_code(r: httpx.Response) -> str:
@@ -222,7 +254,7 @@ async def test_no_responders_is_503(client: httpx.AsyncClient) -> None:
 
 async def test_without_a_bus_everything_is_503() -> None:
     app = create_app(bus=None, config=CONFIG)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
         r = await c.get("/health")
         assert (r.status_code, r.json()["bus"]) == (503, "disconnected")
         r = await c.get("/api/price/GWA-USD")
@@ -234,7 +266,7 @@ async def test_lifespan_connects_as_gateway_and_registers(nats_server, connect) 
     app = create_app(config=CONFIG)
     with mock.patch.dict(os.environ, nats_server.env_for("gateway")):
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
                 assert (await c.get("/health")).status_code == 200
             info = json.loads((await operator.request("$SRV.INFO.gateway", b"", timeout=2)).data)
             assert info["name"] == "gateway"
@@ -278,11 +310,11 @@ async def test_writes_need_the_bearer_token(client: httpx.AsyncClient) -> None:
         r = await client.post("/api/killswitch", json=body, headers=headers)
         assert (r.status_code, error_code(r)) == (401, "unauthorized"), headers
         assert r.headers["www-authenticate"] == "Bearer"
-    assert not [s for s, _ in client.seen if s == "risk.api.killswitch"]  # type: ignore[attr-defined]
+    assert not [s for s, _ in client.seen if s.startswith("risk.api.killswitch")]  # type: ignore[attr-defined]
 
     r = await client.post("/api/killswitch", json=body, headers=AUTH)
     assert r.status_code == 200 and r.json()["engaged"] is True and r.json()["actor"] == "alice"
-    assert client.seen[-1] == ("risk.api.killswitch", {**body, "flatten": False})  # type: ignore[attr-defined]
+    assert client.seen[-1] == ("risk.api.killswitch.gateway", {**body, "flatten": False})  # type: ignore[attr-defined]
     r = await client.get("/api/killswitch")  # reading needs no token
     assert (r.status_code, r.json()["engaged"], r.json()["reason"]) == (200, True, "test")
     r = await client.post("/api/killswitch", json={"action": "release", "reason": "done"}, headers=AUTH)
@@ -295,7 +327,7 @@ async def test_writes_are_refused_when_no_token_is_set(connect, service_bus) -> 
     await fake_risk(risk, seen)
     with mock.patch.dict(os.environ, {"MOONBUS_GATEWAY_TOKEN": ""}):
         app = create_app(bus=await service_bus("gateway"), config=CONFIG)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
         for path, body in (("/api/killswitch", {"action": "engage"}), ("/api/limits", {}),
                            ("/api/orders", {"client_order_id": "x1", "symbol": "GWA-USD", "side": "BUY",
                                             "quantity": "1"})):
@@ -303,7 +335,7 @@ async def test_writes_are_refused_when_no_token_is_set(connect, service_bus) -> 
                 r = await c.post(path, json=body, headers=headers)
                 assert (r.status_code, error_code(r)) == (403, "writes_disabled"), (path, headers)
         assert (await c.get("/api/limits")).status_code == 200  # reads still work
-    assert [s for s, _ in seen] == ["risk.api.limits"]
+    assert [s for s, _ in seen] == ["risk.api.limits.gateway"]
 
 
 async def test_bad_write_bodies_never_reach_the_bus(client: httpx.AsyncClient) -> None:
@@ -323,22 +355,17 @@ async def test_limits_read_and_change(client: httpx.AsyncClient) -> None:
     r = await client.post("/api/limits", json={"set": {"max_order_notional": "250.5"}}, headers=AUTH)
     assert r.status_code == 200 and r.json()["limits"]["max_order_notional"] == "250.5"
     subject, request = client.seen[-1]  # type: ignore[attr-defined]
-    assert subject == "risk.api.limits" and request["set"] == {"max_order_notional": "250.5"}
+    assert subject == "risk.api.limits.gateway" and request["set"] == {"max_order_notional": "250.5"}
 
 
 # ---------------------------------------------------------------- orders, from and to the streams
-
-
-@pytest.fixture
-async def streams(connect) -> None:
-    await ensure_streams((await connect("execution")).jetstream(timeout=5))
 
 
 def uid() -> str:
     return uuid.uuid4().hex[:10].upper()
 
 
-async def test_submit_order_is_stored_once(client: httpx.AsyncClient, connect, streams) -> None:
+async def test_submit_order_is_stored_once(client: httpx.AsyncClient, connect) -> None:
     symbol, coid = f"GW{uid()}-USD", f"gw-{uid()}"
     body = {"client_order_id": coid, "symbol": symbol, "side": "BUY", "quantity": "0.25"}
     assert (await client.post("/api/orders", json=body)).status_code == 401
@@ -349,9 +376,9 @@ async def test_submit_order_is_stored_once(client: httpx.AsyncClient, connect, s
     again = (await client.post("/api/orders", json=body, headers=AUTH)).json()
     assert (again["seq"], again["duplicate"]) == (first["seq"], True)  # a retry is stored once
 
-    stored = await (await connect("operator")).jetstream(timeout=5).get_msg(ORDERS, first["seq"])
+    stored = await (await connect("operator")).jetstream(timeout=5).get_msg(ORDERS, first["seq"], direct=True)
     order = OrderRequest.model_validate_json(stored.data)
-    assert (stored.subject, stored.headers[MSG_ID_HEADER]) == (f"orders.submit.{symbol}", coid)
+    assert (stored.subject, stored.headers[MSG_ID_HEADER]) == (f"orders.submit.gateway.{symbol}", coid)
     assert (order.agent, order.quantity, order.side.value, order.type.value) == ("gateway", D("0.25"), "BUY", "MARKET")
 
     for bad in ({**body, "type": "LIMIT"}, {**body, "limit_price": "1"}, {**body, "quantity": 1},
@@ -361,19 +388,19 @@ async def test_submit_order_is_stored_once(client: httpx.AsyncClient, connect, s
         assert (r.status_code, error_code(r)) == (422, "bad_request"), bad
 
 
-async def test_orders_and_trace_read_from_the_streams(client: httpx.AsyncClient, connect, streams) -> None:
+async def test_orders_and_trace_read_from_the_streams(client: httpx.AsyncClient, connect) -> None:
     symbol, coid = f"GW{uid()}-USD", f"gw-{uid()}"
     order = OrderRequest(client_order_id=coid, agent="trading", symbol=symbol, side=Side.BUY, quantity=D("2"),
                          origin_ts=1_000_000_000, ts=1_002_000_000)
-    agent = await connect("trading-agent")
-    await agent.jetstream().publish(f"orders.submit.{symbol}", encode(order), headers={MSG_ID_HEADER: coid})
+    agent = await connect("trading-agent", inbox_prefix=inbox_prefix("trading-agent"))  # its PubAck comes there
+    await agent.jetstream().publish(f"orders.submit.trading.{symbol}", encode(order), headers={MSG_ID_HEADER: coid})
     report = ExecutionReport(
         client_order_id=coid, agent="trading", symbol=symbol, side=Side.BUY, status=OrderStatus.FILLED,
         quantity=D("2"), filled_quantity=D("2"), avg_fill_price=D("100.5"), fee=D("0.2"), ts=1_009_000_000,
         timings=Timings(origin_ts=1_000_000_000, received_ts=1_004_000_000, risk_checked_ts=1_005_000_000,
                         filled_ts=1_008_000_000),
     )
-    execution = await connect("execution")
+    execution = await connect("execution", inbox_prefix=inbox_prefix("execution"))
     await execution.jetstream().publish(f"exec.report.{symbol}", encode(report),
                                         headers={MSG_ID_HEADER: f"{coid}:FILLED:2"})
 
@@ -399,13 +426,16 @@ async def test_orders_and_trace_read_from_the_streams(client: httpx.AsyncClient,
 
 
 async def test_orders_without_the_streams_is_503(service_bus, nats_server) -> None:
-    """A read of a stream that is not there is the bus's fault, said so."""
+    """A stream that cannot be read is the bus's fault, said so."""
+    async def unreadable(_nc, stream: str) -> tuple[int, int]:
+        raise StreamReadError(f"cannot read stream {stream}: stream not found")
+
     app = create_app(bus=await service_bus("gateway"), config=CONFIG)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
-        with mock.patch("services.common.orderlog.ORDERS", "NOSUCHSTREAM"):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+        with mock.patch("services.common.orderlog._last_seq", unreadable):
             r = await c.get("/api/orders")
     assert (r.status_code, error_code(r)) == (503, "stream_unavailable")
-    assert "NOSUCHSTREAM" in r.json()["error"]["message"]
+    assert "cannot read stream ORDERS" in r.json()["error"]["message"]
 
 
 async def test_services_lists_every_instance(client: httpx.AsyncClient, service_bus) -> None:
@@ -429,7 +459,7 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     assert 'moonbus_gateway_http_requests_total{method="GET",route="/api/price/{symbol}",status="404"} 1.0' in text
     assert 'moonbus_gateway_bus_requests_total{outcome="ok",subject="md.api.price"} 1.0' in text
     assert 'moonbus_gateway_bus_requests_total{outcome="unknown_symbol",subject="md.api.price"} 1.0' in text
-    assert 'moonbus_gateway_auth_failures_total{reason="missing"} 1.0' in text
+    assert 'moonbus_gateway_auth_failures_total{access="write",reason="missing"} 1.0' in text
     assert "moonbus_gateway_nats_connected 1.0" in text
     assert 'moonbus_gateway_bus_request_seconds_count{subject="md.api.price"} 2.0' in text
 
@@ -447,3 +477,263 @@ async def test_openapi_documents_the_api_and_its_security(client: httpx.AsyncCli
     assert "security" not in paths["/api/killswitch"]["get"]
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "PricesReply" in spec["components"]["schemas"]
+
+
+# ---------------------------------------------------------------- the edge: token before body, body size
+
+
+class EndlessBody:
+    """An ASGI `receive` that sends 1 KiB chunks for ever (a client that never stops), counting them."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> dict:
+        self.calls += 1
+        await asyncio.sleep(0.001)  # a network's pace: lets a reader without a limit time out
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": True}
+
+
+async def asgi(app: Any, method: str, path: str, headers: dict[str, str], receive: Any) -> tuple[int, dict, bytes]:
+    """One request straight into the ASGI app: (status, headers, body)."""
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080)}
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 5)  # an endless body never ends without the guard
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+LOCAL = {"host": "127.0.0.1:8080"}
+
+
+async def test_the_token_is_checked_before_the_body_is_read() -> None:
+    chunked = {**LOCAL, "transfer-encoding": "chunked", "content-type": "application/json"}
+    app = create_app(bus=None, config=CONFIG, token=TOKEN, read_token="")
+    for path in ("/api/killswitch", "/api/limits", "/api/orders"):
+        for auth in ({}, {"authorization": "Bearer wrong"}):
+            body = EndlessBody()
+            status, headers, reply = await asgi(app, "POST", path, {**chunked, **auth}, body)
+            assert (status, json.loads(reply)["error"]["code"]) == (401, "unauthorized"), (path, auth)
+            assert headers["www-authenticate"] == "Bearer"
+            assert body.calls == 0  # not one byte of it was read
+    no_writes = create_app(bus=None, config=CONFIG, token="", read_token="")
+    body = EndlessBody()
+    status, _, reply = await asgi(no_writes, "POST", "/api/killswitch", {**chunked, **AUTH}, body)
+    assert (status, json.loads(reply)["error"]["code"], body.calls) == (403, "writes_disabled", 0)
+
+
+async def test_bodies_over_max_body_bytes_are_refused(gateway_client) -> None:
+    config = with_gateway(max_body_bytes=1024)
+    # streamed (chunked, no Content-Length) and never ending: refused once past the limit
+    body = EndlessBody()
+    app = create_app(bus=None, config=config, token=TOKEN, read_token="")
+    status, _, reply = await asgi(app, "POST", "/api/limits", {**LOCAL, **AUTH, "transfer-encoding": "chunked"}, body)
+    assert (status, json.loads(reply)["error"]["code"]) == (413, "body_too_large")
+    assert body.calls == 2  # 1 KiB is within the limit, 2 KiB is not
+
+    c = await gateway_client(config)
+    padded = {"action": "engage", "reason": "x" * 1100}
+    r = await c.post("/api/killswitch", json=padded, headers=AUTH)  # with Content-Length
+    assert (r.status_code, error_code(r)) == (413, "body_too_large")
+    assert "max_body_bytes" in r.json()["error"]["message"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for piece in (b'{"action": "engage", "reason": "', b"y" * 700, b"y" * 700, b'"}'):
+            yield piece
+
+    r = await c.post("/api/killswitch", content=chunks(), headers={**AUTH, "Content-Type": "application/json"})
+    assert (r.status_code, error_code(r)) == (413, "body_too_large")
+    # a declared size alone is enough, for reads too (nothing is read)
+    r = await c.get("/api/limits", headers={"Content-Length": "5000"})
+    assert r.status_code == 413
+    assert c.seen == []  # type: ignore[attr-defined]
+
+    r = await c.post("/api/killswitch", json={"action": "engage", "reason": "x" * 500}, headers=AUTH)
+    assert r.status_code == 200  # within the limit: as before
+    text = (await c.get("/metrics")).text
+    assert 'moonbus_gateway_refused_total{code="body_too_large"} 3.0' in text
+
+
+# ---------------------------------------------------------------- the read token and the dashboard's session
+
+READ = "read-token-9012"
+READ_AUTH = {"Authorization": f"Bearer {READ}"}
+
+
+async def test_reads_need_the_read_token_when_one_is_set(gateway_client) -> None:
+    c = await gateway_client(read_token=READ)
+    for path in ("/api/limits", "/api/state", "/api/orders", "/api/orders/gw-x1", "/api/stream", "/metrics",
+                 "/openapi.json", "/docs"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {READ}"},
+                        {"Cookie": "moonbus_read=forged"}):
+            r = await c.get(path, headers=headers)
+            assert (r.status_code, error_code(r)) == (401, "unauthorized"), (path, headers)
+    assert c.seen == []  # type: ignore[attr-defined]
+    for token in (READ, TOKEN):  # the write token reads too
+        r = await c.get("/api/limits", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, token
+    for path in ("/health", "/", "/static/dashboard.js"):  # hold no data: open, so the page can ask
+        assert (await c.get(path)).status_code == 200, path
+    r = await c.post("/api/killswitch", json={"action": "engage"}, headers=READ_AUTH)
+    assert (r.status_code, error_code(r)) == (401, "unauthorized")  # the read token never writes
+    text = (await c.get("/metrics", headers=READ_AUTH)).text
+    for reason, count in (("missing", 16), ("wrong", 8), ("wrong_cookie", 8)):  # 8 paths, 4 ways each
+        assert f'moonbus_gateway_auth_failures_total{{access="read",reason="{reason}"}} {count}.0' in text
+    assert 'moonbus_gateway_auth_failures_total{access="write",reason="wrong"} 1.0' in text
+
+
+async def test_the_dashboard_reads_with_a_session_cookie(gateway_client) -> None:
+    c = await gateway_client(read_token=READ)
+    r = await c.post("/api/session", headers={"Authorization": "Bearer wrong"})
+    assert (r.status_code, "set-cookie" in r.headers) == (401, False)
+    r = await c.post("/api/session", headers=READ_AUTH)
+    assert r.status_code == 204
+    cookie = r.headers["set-cookie"]
+    assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower() and "path=/" in cookie.lower()
+    value = re.match(r"moonbus_read=([0-9a-f]+);", cookie).group(1)
+    assert READ not in cookie  # the token itself never sits in the browser
+    session = {"Cookie": f"moonbus_read={value}"}
+    c.cookies.clear()
+    assert (await c.get("/api/limits", headers=session)).status_code == 200
+    r = await c.post("/api/killswitch", json={"action": "engage"}, headers=session)
+    assert r.status_code == 401  # a cookie never writes: no cross-site request can use it
+    assert not [s for s, _ in c.seen if s.startswith("risk.api.killswitch")]  # type: ignore[attr-defined]
+    other = await gateway_client(read_token="another-read-token")  # a new token ends old sessions
+    r = await other.get("/api/limits", headers=session)
+    assert (r.status_code, error_code(r)) == (401, "unauthorized")
+    # without a read token the session is a no-op: reads are open anyway
+    open_reads = await gateway_client()
+    r = await open_reads.post("/api/session")
+    assert r.status_code == 204 and "set-cookie" not in r.headers
+
+
+def test_refuses_to_listen_beyond_localhost_without_a_read_token() -> None:
+    for host in ("0.0.0.0", "::", "192.168.1.10", "gateway.example"):
+        with pytest.raises(GatewayConfigError, match=READ_TOKEN_ENV):
+            create_app(bus=None, config={"gateway": {"host": host}}, read_token="")
+        create_app(bus=None, config={"gateway": {"host": host}}, read_token=READ)
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        create_app(bus=None, config={"gateway": {"host": host}}, read_token="")
+
+
+def test_python_m_services_gateway_says_why_it_refuses() -> None:
+    env = {**os.environ, "MOONBUS__GATEWAY__HOST": '"0.0.0.0"', READ_TOKEN_ENV: ""}
+    run = subprocess.run([sys.executable, "-m", "services.gateway"], env=env, cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert run.returncode == 2, run.stderr
+    assert "refusing to start" in run.stderr and READ_TOKEN_ENV in run.stderr and "Traceback" not in run.stderr
+
+
+# ---------------------------------------------------------------- Host allow-list, security headers
+
+
+async def test_only_the_hosts_it_serves_are_answered(gateway_client) -> None:
+    c = await gateway_client()
+    for host in ("evil.example", "evil.example:8080", "127.0.0.1:9999", "localhost", "127.0.0.1.evil.example:8080",
+                 "127.0.0.1:8080@evil", "[::1]:80"):
+        r = await c.get("/health", headers={"Host": host})
+        assert (r.status_code, error_code(r)) == (400, "bad_host"), host
+    for host in ("127.0.0.1:8080", "localhost:8080", "LOCALHOST:8080", "[::1]:8080"):
+        assert (await c.get("/health", headers={"Host": host})).status_code == 200, host
+    # a write from a page whose name was rebound to 127.0.0.1: refused, token or not
+    r = await c.post("/api/killswitch", json={"action": "engage"}, headers={**AUTH, "Host": "evil.example:8080"})
+    assert (r.status_code, error_code(r)) == (400, "bad_host")
+    assert c.seen == []  # type: ignore[attr-defined]
+    app = create_app(bus=None, config=CONFIG, token=TOKEN, read_token="")
+    status, _, _ = await asgi(app, "GET", "/health", {}, EndlessBody())  # no Host at all
+    assert status == 400
+
+    extra = await gateway_client(with_gateway(allowed_hosts=["gateway:8080", "Dash.Example"]))
+    for host, status in (("gateway:8080", 200), ("gateway:80", 400), ("gateway", 400), ("dash.example", 200),
+                         ("dash.example:1234", 200), ("127.0.0.1:8080", 200)):
+        r = await extra.get("/api/limits", headers={"Host": host})
+        assert r.status_code == status, host
+    assert 'moonbus_gateway_refused_total{code="bad_host"}' in (await c.get("/metrics")).text
+
+
+async def test_security_headers_on_every_response(gateway_client) -> None:
+    c = await gateway_client(read_token=READ)
+    page, script = await c.get("/"), await c.get("/static/dashboard.js")
+    api, refused = await c.get("/api/limits", headers=READ_AUTH), await c.get("/api/limits")
+    health, bad_host = await c.get("/health"), await c.get("/health", headers={"Host": "evil.example"})
+    assert [r.status_code for r in (page, script, api, refused, health, bad_host)] == [200, 200, 200, 401, 200, 400]
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp
+    for r in (page, script, api, refused, health, bad_host):
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["x-frame-options"] == "DENY", r.url
+        assert r.headers["referrer-policy"] == "no-referrer", r.url
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], r.url
+    for r in (page, api, refused, health):
+        assert r.headers["cache-control"] == "no-store", r.url
+    assert api.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_the_dashboard_has_no_inline_code() -> None:
+    """So that its CSP (default-src 'self') can forbid inline script and style."""
+    html = (REPO_ROOT / "services/gateway/static/index.html").read_text()
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.DOTALL)
+    assert scripts and all("src=" in attrs and not body.strip() for attrs, body in scripts)
+    assert "<style" not in html and not re.search(r"\sstyle=", html) and not re.search(r"\son[a-z]+=", html)
+
+
+# ---------------------------------------------------------------- bounded order lookups
+
+
+async def never_answers(*_args: Any, **_kwargs: Any) -> None:
+    await asyncio.Event().wait()
+
+
+async def test_an_order_lookup_ends_within_its_time_bound(gateway_client) -> None:
+    c = await gateway_client(with_gateway(order_lookup_timeout_s=0.2))
+    started = time.monotonic()
+    with mock.patch("services.common.orderlog.trace", never_answers), \
+            mock.patch("services.common.orderlog.recent_orders", never_answers):
+        r = await asyncio.wait_for(c.get("/api/orders/gw-unknown-1"), 5)
+        assert (r.status_code, error_code(r)) == (404, "not_found")
+        assert "0.2 s" in r.json()["error"]["message"]
+        r = await asyncio.wait_for(c.get("/api/orders"), 5)
+        assert (r.status_code, error_code(r)) == (503, "timeout")
+    assert time.monotonic() - started < 3
+    assert 'moonbus_gateway_refused_total{code="lookup_timeout"} 2.0' in (await c.get("/metrics")).text
+
+
+async def test_order_lookups_at_once_are_capped(gateway_client) -> None:
+    c = await gateway_client(with_gateway(max_order_lookups=1))
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(*_args: Any, **_kwargs: Any) -> None:
+        entered.set()
+        await release.wait()
+
+    with mock.patch("services.common.orderlog.trace", slow):
+        first = asyncio.create_task(c.get("/api/orders/gw-a1"))
+        await asyncio.wait_for(entered.wait(), 5)
+        r = await asyncio.wait_for(c.get("/api/orders/gw-b1"), 5)
+        assert (r.status_code, error_code(r)) == (503, "too_many_lookups")
+        release.set()
+        assert (await first).status_code == 404
+        assert (await c.get("/api/orders/gw-c1")).status_code == 404  # the slot is free again
+
+
+async def test_order_scan_max_bounds_the_search(gateway_client, connect) -> None:
+    agent = await connect("trading-agent", inbox_prefix=inbox_prefix("trading-agent"))
+    symbol, first, second = f"GW{uid()}-USD", f"gw-{uid()}", f"gw-{uid()}"
+    for coid in (first, second):
+        order = OrderRequest(client_order_id=coid, agent="trading", symbol=symbol, side=Side.BUY, quantity=D("1"),
+                             origin_ts=now_ns(), ts=now_ns())
+        await agent.jetstream().publish(f"orders.submit.trading.{symbol}", encode(order),
+                                        headers={MSG_ID_HEADER: coid})
+    bounded = await gateway_client(with_gateway(order_scan_max=1))
+    r = await bounded.get(f"/api/orders/{second}", params={"since_s": 30})
+    assert (r.status_code, error_code(r)) == (404, "not_found")  # it is there, past the bound
+    r = await (await gateway_client()).get(f"/api/orders/{second}", params={"since_s": 30})
+    assert r.status_code == 200 and r.json()["order"]["client_order_id"] == second

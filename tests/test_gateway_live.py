@@ -1,6 +1,8 @@
 """Gateway live side: the latest state it keeps, the fan-out to streams (filters, slow
-clients), the Server-Sent Events stream over real uvicorn, and the dashboard page in
-headless Chromium (skipped when Chromium is not installed)."""
+clients), the Server-Sent Events stream over real uvicorn and its limits (per client
+address, in total), the edge over a real socket (an unauthenticated body is never read, a
+streamed body past the limit is cut off), and the dashboard page in headless Chromium
+behind a read token (skipped when Chromium is not installed)."""
 
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from unittest import mock
 import httpx
 import pytest
 from prometheus_client import generate_latest
-from test_gateway import CONFIG, account, fake_market_data, fake_risk
+from test_gateway import BASE, CONFIG, account, fake_market_data, fake_risk
 
+from services.common.bus import ApiError
 from services.common.models import (
     Action,
     ExecutionReport,
@@ -40,7 +43,7 @@ from services.common.models import (
     now_ns,
 )
 from services.common.natsserver import free_port
-from services.common.streams import MSG_ID_HEADER, ensure_streams
+from services.common.streams import MSG_ID_HEADER
 from services.gateway import service
 from services.gateway.app import create_app
 from services.gateway.live import Live
@@ -48,6 +51,7 @@ from services.gateway.metrics import GatewayMetrics
 
 D = Decimal
 TOKEN = "dashboard-token-5678"
+READ_TOKEN = "dashboard-read-token-1234"
 
 
 def tick(symbol: str, price: str, seq: int = 1) -> Tick:
@@ -75,7 +79,8 @@ def test_fan_out_filters_by_topic_and_symbol_and_drops_the_oldest() -> None:
     live = Live(metrics, queue_size=2, max_streams=2)
     ticks_a = live.open({"ticks"}, {"LVA-USD"})
     everything = live.open({"ticks", "reports", "risk"}, None)
-    assert ticks_a and everything and live.open({"ticks"}, None) is None  # max_streams
+    with pytest.raises(ApiError, match="too_many_streams"):
+        live.open({"ticks"}, None)  # max_streams
 
     live.fan_out("ticks", "md.tick.sim.LVB-USD", b'{"p":"1"}')
     live.fan_out("reports", "exec.report.LVA-USD", b'{"r":1}')
@@ -91,6 +96,7 @@ def test_fan_out_filters_by_topic_and_symbol_and_drops_the_oldest() -> None:
         b'event: AccountState\ndata: {"subject":"risk.account","message":{"state":"ACTIVE"}}\n\n')
 
     live.close(ticks_a)
+    live.close(ticks_a)  # closing twice gives back one slot
     assert live.open({"ticks"}, None) is not None
     text = generate_latest(metrics.registry).decode()
     assert "moonbus_gateway_stream_dropped_total 1.0" in text
@@ -112,7 +118,7 @@ async def test_state_verdicts_and_signals_from_the_bus(connect, service_bus) -> 
         await md.publish("md.tick.sim.LVA-USD", encode(tick("LVA-USD", "10.25")))
         for i in range(3):
             await agent.publish("agent.signal.trading.LVA-USD", encode(signal("LVA-USD", f"reason {i}")))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
             async def complete() -> bool:
                 body = (await c.get("/api/state")).json()
                 return all(body[k] for k in ("account", "kill_switch", "verdicts", "feeds", "ticks")) and len(
@@ -135,12 +141,12 @@ async def test_state_verdicts_and_signals_from_the_bus(connect, service_bus) -> 
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(nats_server, **gateway: object) -> AsyncIterator[str]:
+async def serve_gateway(nats_server, read_token: str = "", **gateway: object) -> AsyncIterator[str]:
     """service.main on a free port as the `gateway` user; yields the base URL once /health is 200."""
     port = free_port()
     config = {**CONFIG, "gateway": {"host": "127.0.0.1", "port": port, "keepalive_s": 0.5, **gateway}}
     stop = asyncio.Event()
-    env = {**nats_server.env_for("gateway"), "MOONBUS_GATEWAY_TOKEN": TOKEN}
+    env = {**nats_server.env_for("gateway"), "MOONBUS_GATEWAY_TOKEN": TOKEN, "MOONBUS_GATEWAY_READ_TOKEN": read_token}
     with mock.patch.dict(os.environ, env):
         task = asyncio.create_task(service.main(stop, config=config))
         base = f"http://127.0.0.1:{port}"
@@ -196,6 +202,71 @@ async def test_stream_serves_server_sent_events(nats_server, connect) -> None:
             metrics = (await c.get("/metrics")).text
             assert 'moonbus_gateway_stream_events_total{topic="ticks"} 1.0' in metrics
             assert 'route="/api/stream",status="200"' in metrics
+
+
+async def test_streams_are_capped_per_client_address_and_in_total(nats_server) -> None:
+    """One address cannot take every stream: max_streams_per_client (429), max_streams (503)."""
+    async with serve_gateway(nats_server, max_streams=3, max_streams_per_client=2) as base, \
+            contextlib.AsyncExitStack() as stack:
+        here = await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=10))
+        # another client address: the whole of 127.0.0.0/8 is this machine
+        there = await stack.enter_async_context(httpx.AsyncClient(
+            base_url=base, timeout=10, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")))
+
+        async def open_stream(c: httpx.AsyncClient) -> httpx.Response:
+            return await stack.enter_async_context(c.stream("GET", "/api/stream", params={"topics": "ticks"}))
+
+        mine = [await open_stream(here), await open_stream(here)]
+        assert [r.status_code for r in mine] == [200, 200]
+        r = await here.get("/api/stream")
+        assert (r.status_code, r.json()["error"]["code"]) == (429, "too_many_client_streams")
+        assert (await open_stream(there)).status_code == 200  # not locked out by `here`
+        r = await there.get("/api/stream")
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "too_many_streams")  # 3 in all
+
+        await mine[0].aclose()  # the server sees it gone at its next keepalive, and frees the slot
+
+        async def freed() -> bool:
+            return "moonbus_gateway_stream_clients 2.0" in (await here.get("/metrics")).text
+
+        await wait_for(freed, 10, "the closed stream's slot")
+        assert (await open_stream(here)).status_code == 200
+        metrics = (await here.get("/metrics")).text
+        assert 'moonbus_gateway_refused_total{code="too_many_client_streams"} 1.0' in metrics
+        assert 'moonbus_gateway_refused_total{code="too_many_streams"} 1.0' in metrics
+
+
+async def first_line_of_reply(port: int, request: bytes, body: tuple[bytes, ...] = ()) -> bytes:
+    """Send `request` (and `body`, piece by piece) on a raw socket; the reply's status line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        for piece in body:
+            writer.write(piece)
+            await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+
+
+async def test_over_a_socket_the_body_waits_for_the_token_and_the_limit(nats_server) -> None:
+    async with serve_gateway(nats_server) as base:
+        port = int(base.rsplit(":", 1)[1])
+        head = f"POST /api/killswitch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        started = asyncio.get_running_loop().time()
+        # A gigabyte announced, one byte sent: without a token the answer comes at once, unread.
+        line = await first_line_of_reply(port, (head + "Content-Length: 1000000000\r\n\r\n{").encode())
+        assert line.startswith(b"HTTP/1.1 401 "), line
+        # With the token the announced size alone is refused.
+        auth = f"Authorization: Bearer {TOKEN}\r\n"
+        line = await first_line_of_reply(port, (head + auth + "Content-Length: 1000000000\r\n\r\n{").encode())
+        assert line.startswith(b"HTTP/1.1 413 "), line
+        # A chunked body is cut off once past max_body_bytes (64 KiB), its end never sent.
+        chunk = b"4000\r\n" + b" " * 0x4000 + b"\r\n"  # 16 KiB
+        line = await first_line_of_reply(port, (head + auth + "Transfer-Encoding: chunked\r\n\r\n").encode(),
+                                         (chunk,) * 5)
+        assert line.startswith(b"HTTP/1.1 413 "), line
+        assert asyncio.get_running_loop().time() - started < 5
 
 
 # ---------------------------------------------------------------- the dashboard in Chromium
@@ -273,7 +344,6 @@ async def test_dashboard_in_headless_chromium(nats_server, connect, tmp_path) ->
     pytest.importorskip("websockets")
     md, risk, agent = await connect("market-data"), await connect("risk"), await connect("trading-agent")
     execution = await connect("execution")
-    await ensure_streams(execution.jetstream(timeout=5))  # /api/orders reads them
     coid = f"dash-{now_ns()}"
     order = OrderRequest(client_order_id=coid, agent="trading", symbol="GWA-USD", side=Side.BUY, quantity=D("0.5"),
                          origin_ts=now_ns() - 9_000_000, ts=now_ns())
@@ -281,7 +351,7 @@ async def test_dashboard_in_headless_chromium(nats_server, connect, tmp_path) ->
                              status=OrderStatus.FILLED, quantity=D("0.5"), filled_quantity=D("0.5"),
                              avg_fill_price=D("100.55"), timings=Timings(origin_ts=order.origin_ts, filled_ts=now_ns()),
                              ts=now_ns())
-    await agent.jetstream().publish("orders.submit.GWA-USD", encode(order), headers={MSG_ID_HEADER: coid})
+    await agent.jetstream().publish("orders.submit.trading.GWA-USD", encode(order), headers={MSG_ID_HEADER: coid})
     await execution.jetstream().publish("exec.report.GWA-USD", encode(report),
                                         headers={MSG_ID_HEADER: f"{coid}:FILLED:0.5"})
     await fake_market_data(md)
@@ -305,10 +375,27 @@ async def test_dashboard_in_headless_chromium(nats_server, connect, tmp_path) ->
     publisher = asyncio.create_task(publish_live())
     browser = Browser(binary)
     try:
-        async with serve_gateway(nats_server) as base:
+        async with serve_gateway(nats_server, read_token=READ_TOKEN) as base:
             await browser.open()
+            # Whatever the page's CSP blocks is recorded (DevTools' own script is exempt from it).
+            await browser.call("Page.enable")
+            await browser.call("Page.addScriptToEvaluateOnNewDocument", source=(
+                "window.blocked = []; document.addEventListener('securitypolicyviolation',"
+                " (e) => window.blocked.push(e.violatedDirective + ' ' + e.blockedURI));"))
             await browser.call("Page.navigate", url=base + "/")
+            # Behind a read token the page asks for it; a wrong one is said so, the right one
+            # becomes an HttpOnly cookie (never visible to the page) and the page reloads.
+            await browser.until("!document.getElementById('loginform').hidden", "the read token form")
+            await browser.js("document.getElementById('readtoken').value = 'not-the-token';"
+                             "document.getElementById('loginform').requestSubmit()")
+            await browser.until("document.getElementById('message').textContent.includes('wrong token')",
+                                "a wrong read token refused")
+            await browser.js(f"document.getElementById('readtoken').value = '{READ_TOKEN}';"
+                             "document.getElementById('loginform').requestSubmit()")
+            await browser.until("document.getElementById('loginform').hidden", "the page to reload, signed in")
             await browser.until("document.getElementById('stream').textContent === 'stream: live'", "the stream")
+            assert await browser.js("document.cookie") == ""  # HttpOnly: the page cannot read it
+            assert await browser.js("getComputedStyle(document.body).backgroundColor") == "rgb(15, 20, 25)"
             await browser.until("document.querySelectorAll('#prices tbody tr').length === 2", "two price rows")
             await browser.until("view.series['GWA-USD'] && view.series['GWA-USD'].length > 20", "chart points")
             # /api/prices' tick has no bid, the stream's have
@@ -321,6 +408,7 @@ async def test_dashboard_in_headless_chromium(nats_server, connect, tmp_path) ->
             assert await browser.js("document.getElementById('trading').textContent") == "state: ACTIVE"
             assert "momentum up" in str(await browser.js("document.getElementById('signals').textContent"))
             assert "GWA-USD" in str(await browser.js("document.getElementById('verdicts').textContent"))
+            assert await browser.js("window.blocked") == []  # the CSP let everything the page needs through
 
             shot = base64.b64decode((await browser.call("Page.captureScreenshot", format="png"))["data"])
             assert shot.startswith(b"\x89PNG") and len(shot) > 20_000
@@ -333,7 +421,8 @@ async def test_dashboard_in_headless_chromium(nats_server, connect, tmp_path) ->
                              "document.getElementById('killbutton').click()")
             await browser.until("document.getElementById('killswitch').textContent.includes('ENGAGED')",
                                 "the kill switch to show engaged")
-            engage = [body for subject, body in seen if subject == "risk.api.killswitch" and body["action"] == "engage"]
+            engage = [body for subject, body in seen
+                      if subject == "risk.api.killswitch.gateway" and body["action"] == "engage"]
             assert engage == [{"action": "engage", "actor": "dashboard", "reason": "from the browser test",
                                "flatten": False}]
     finally:

@@ -1,10 +1,15 @@
 """The gateway's HTTP app: the REST API over the bus (routes), the live stream (live),
 the dashboard (static/), /health and /metrics; the OpenAPI spec at /openapi.json, docs at /docs.
 
-Errors are `{"error": {"code", "message"}}` like on the bus, with an HTTP status:
-bad input -> 422 (checked here, before anything reaches the bus), unknown symbol or
-order -> 404, missing or wrong token -> 401, writes disabled (no token set) -> 403,
-no bus / no responder / timeout / not ready -> 503, other bus errors -> 502.
+Errors are `{"error": {"code", "message"}}` like on the bus, with an HTTP status
+(context.STATUS_BY_CODE): bad input -> 422 (checked here, before anything reaches the
+bus), Host not served -> 400, body too large -> 413, unknown symbol or order -> 404,
+missing or wrong token -> 401, writes disabled (no token set) -> 403, too many streams
+from one client -> 429, no bus / no responder / timeout / not ready / too many streams or
+lookups -> 503, other bus errors -> 502.
+
+Middleware, outermost first: SecurityHeaders (every response, refusals too), CountRequests,
+Guard (Host, token, body size: before any route runs).
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.bus import ApiError, Bus, validation_summary
 from services.common.config import SystemConfig, load, section
 
-from .config import TOKEN_ENV, GatewayConfig
-from .context import Gateway
+from .config import READ_TOKEN_ENV, TOKEN_ENV, GatewayConfig, check_exposure
+from .context import Gateway, error_response
+from .guard import Guard, SecurityHeaders
 from .live import Live
 from .metrics import GatewayMetrics
 from .routes import router
@@ -39,25 +46,7 @@ SERVICE = "gateway"
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
 
-STATUS_BY_CODE = {
-    "bad_request": 422,
-    "unknown_symbol": 404,
-    "not_found": 404,
-    "unauthorized": 401,
-    "writes_disabled": 403,
-    "bus_unavailable": 503,
-    "no_responders": 503,
-    "timeout": 503,
-    "not_ready": 503,
-    "not_stored": 503,
-    "stream_unavailable": 503,
-    "too_many_streams": 503,
-}
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class CountRequests:
@@ -90,19 +79,25 @@ class CountRequests:
             raise
 
 
-def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None, token: str | None = None) -> FastAPI:
+def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None, token: str | None = None,
+               read_token: str | None = None) -> FastAPI:
     """The app. Without `bus`, the lifespan connects one as the `gateway` user (from
     NATS_URL / NATS_USER / NATS_PASSWORD); a given bus is used as it is (tests). The
-    write token defaults to $MOONBUS_GATEWAY_TOKEN (unset or empty: writes refused)."""
+    write token defaults to $MOONBUS_GATEWAY_TOKEN (unset or empty: writes refused), the
+    read token to $MOONBUS_GATEWAY_READ_TOKEN (unset or empty: reads open, which only a
+    loopback [gateway] host allows: GatewayConfigError otherwise)."""
     table = load() if config is None else config
     cfg = section(table, "gateway", GatewayConfig)
+    read_token = read_token if read_token is not None else os.environ.get(READ_TOKEN_ENV) or None
+    check_exposure(cfg, read_token)
     metrics = GatewayMetrics()
     gw = Gateway(
         cfg=cfg,
         symbols=section(table, "system", SystemConfig).symbols,
-        live=Live(metrics, cfg.stream_queue, cfg.max_streams, cfg.recent_signals),
+        live=Live(metrics, cfg.stream_queue, cfg.max_streams, cfg.recent_signals, cfg.max_streams_per_client),
         metrics=metrics,
         token=token if token is not None else os.environ.get(TOKEN_ENV) or None,
+        read_token=read_token,
         bus=bus,
     )
 
@@ -140,24 +135,35 @@ def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None, tok
     app = FastAPI(title="moonbus gateway", version="0.2.0", lifespan=lifespan,
                   description="REST over the moonbus bus, a live stream and a dashboard. Money is a "
                               "decimal string, time integer nanoseconds. Writes need `Authorization: Bearer "
-                              f"<{TOKEN_ENV}>`.")
+                              f"<{TOKEN_ENV}>`; reads, when the gateway has a {READ_TOKEN_ENV}, need it as a "
+                              "bearer token too (or the dashboard's cookie from `POST /api/session`).")
     app.state.gateway = gw
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(ApiError)
     async def on_api_error(_request: Request, e: ApiError) -> JSONResponse:
-        return _error(STATUS_BY_CODE.get(e.code, 502), e.code, e.message)
+        return error_response(e)
 
     @app.exception_handler(ValidationError)
     async def on_bad_input(_request: Request, e: ValidationError) -> JSONResponse:
-        return _error(422, "bad_request", validation_summary(e))
+        return error_response(ApiError("bad_request", validation_summary(e)))
 
     @app.exception_handler(RequestValidationError)
     async def on_bad_request(_request: Request, e: RequestValidationError) -> JSONResponse:
-        return _error(422, "bad_request", validation_summary(e))  # type: ignore[arg-type]
+        return error_response(ApiError("bad_request", validation_summary(e)))  # type: ignore[arg-type]
 
+    @app.exception_handler(HTTPException)
+    async def on_http_error(_request: Request, e: HTTPException) -> JSONResponse:
+        """Starlette's own (no such route, method not allowed) in the same error shape."""
+        code = HTTP_CODES.get(e.status_code, "bad_request")
+        return JSONResponse({"error": {"code": code, "message": str(e.detail)}}, status_code=e.status_code,
+                            headers=e.headers)
+
+    # add_middleware wraps what is there: the last added runs first.
+    app.add_middleware(Guard, gw=gw)
     app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -4,6 +4,7 @@ and every message fanned out to the open streams (/api/stream, Server-Sent Event
 
 Messages pass through as their wire JSON (no re-encoding: money stays a decimal string).
 A stream whose client reads too slowly loses its oldest events, never blocks the others.
+Streams are capped in total and per client address, so one client cannot take them all.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from services.common.bus import Bus
+from services.common.bus import ApiError, Bus
 from services.common.catalogue import model_for
 
 from .metrics import GatewayMetrics
@@ -56,6 +57,7 @@ class Stream:
     topics: set[str]
     symbols: set[str] | None  # None = every symbol
     queue: asyncio.Queue[bytes]
+    client: str = ""  # the peer's address
     dropped: int = 0
 
 
@@ -79,10 +81,12 @@ def _symbol_of(topic: str, subject: str) -> str | None:
 
 class Live:
     def __init__(self, metrics: GatewayMetrics, queue_size: int = 1000, max_streams: int = 50,
-                 recent: int = 200) -> None:
+                 recent: int = 200, max_per_client: int = 8) -> None:
         self.metrics = metrics
         self.queue_size = queue_size
         self.max_streams = max_streams
+        self.max_per_client = max_per_client
+        self.per_client: collections.Counter[str] = collections.Counter()
         self.state = LiveState(signals=collections.deque(maxlen=recent), swarm=collections.deque(maxlen=recent))
         self.streams: set[Stream] = set()
         self._subs: list[Any] = []
@@ -143,17 +147,29 @@ class Live:
             stream.queue.put_nowait(event)
             self.metrics.stream_events.labels(topic).inc()
 
-    def open(self, topics: set[str], symbols: set[str] | None) -> Stream | None:
-        """A new stream, or None when `max_streams` are open already."""
+    def open(self, topics: set[str], symbols: set[str] | None, client: str = "") -> Stream:
+        """A new stream for `client` (its address); ApiError when `max_per_client` of its
+        own or `max_streams` in all are open already."""
+        if self.per_client[client] >= self.max_per_client:
+            self.metrics.refused.labels("too_many_client_streams").inc()
+            raise ApiError("too_many_client_streams", f"{self.max_per_client} live streams are open from {client} "
+                                                      "already ([gateway] max_streams_per_client)")
         if len(self.streams) >= self.max_streams:
-            return None
-        stream = Stream(topics, symbols, asyncio.Queue(self.queue_size))
+            self.metrics.refused.labels("too_many_streams").inc()
+            raise ApiError("too_many_streams", f"{self.max_streams} live streams are open already "
+                                               "([gateway] max_streams)")
+        stream = Stream(topics, symbols, asyncio.Queue(self.queue_size), client)
         self.streams.add(stream)
+        self.per_client[client] += 1
         self.metrics.stream_clients.set(len(self.streams))
         return stream
 
     def close(self, stream: Stream) -> None:
-        self.streams.discard(stream)
+        if stream in self.streams:
+            self.streams.discard(stream)
+            self.per_client[stream.client] -= 1
+            if not self.per_client[stream.client]:
+                del self.per_client[stream.client]
         self.metrics.stream_clients.set(len(self.streams))
 
     async def events(self, stream: Stream, keepalive_s: float) -> AsyncIterator[bytes]:

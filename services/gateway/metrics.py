@@ -25,8 +25,10 @@ class GatewayMetrics:
         self.bus_seconds = Histogram("moonbus_gateway_bus_request_seconds", "Bus request latency", ["subject"],
                                      buckets=LATENCY_BUCKETS, registry=r)
         self.auth_failures = Counter("moonbus_gateway_auth_failures_total",
-                                     "Write requests refused (missing or wrong token, writes disabled)",
-                                     ["reason"], registry=r)
+                                     "Requests refused for their token, by access (read, write) and reason",
+                                     ["access", "reason"], registry=r)
+        self.refused = Counter("moonbus_gateway_refused_total",
+                               "Requests refused at the edge or for a limit, by error code", ["code"], registry=r)
         self.bus_messages = Counter("moonbus_gateway_bus_messages_total", "Live bus messages received, by topic",
                                     ["topic"], registry=r)
         self.stream_clients = Gauge("moonbus_gateway_stream_clients", "Open live streams (/api/stream)", registry=r)

@@ -1,17 +1,25 @@
 """The REST API (/api/...): each read is one bus request or a read of the ORDERS / EXEC
 streams or of the live state; each write needs the bearer token. Replies keep the bus's
-wire format (money as decimal strings)."""
+wire format (money as decimal strings). The tokens, the Host and the body size are
+checked before any of this runs (guard.py).
+
+The gateway is a caller of its own on the bus (proto/nats/moonbus.conf): it changes the
+kill switch and limits on `risk.api.<api>.gateway` and submits orders on
+`orders.submit.gateway.<symbol>`; risk knows the caller from the subject."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 import nats.errors
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 
 from services.common import orderlog
 from services.common.bus import ApiError
@@ -42,10 +50,12 @@ from services.common.models import (
     now_ns,
 )
 
-from .context import Gateway, the_gateway, writer
-from .live import TOPICS
+from .context import SESSION_COOKIE, Gateway, bearer, the_gateway, writer
+from .live import TOPICS, Live, Stream
 
 router = APIRouter(prefix="/api")
+KILL_SWITCH = "risk.api.killswitch.gateway"
+LIMITS = "risk.api.limits.gateway"
 Gw = Annotated[Gateway, Depends(the_gateway)]
 Writer = Annotated[Gateway, Depends(writer)]
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -54,7 +64,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                        (503, "no bus, no responder, timeout or not ready"))
 }
 WRITE_ERRORS = {**ERRORS, 401: {"model": ErrorReply, "description": "missing or wrong bearer token"},
-                403: {"model": ErrorReply, "description": "writes disabled: no MOONBUS_GATEWAY_TOKEN"}}
+                403: {"model": ErrorReply, "description": "writes disabled: no MOONBUS_GATEWAY_TOKEN"},
+                413: {"model": ErrorReply, "description": "body over [gateway] max_body_bytes"}}
+T = TypeVar("T")
 
 
 def wire(message: BaseModel) -> Response:
@@ -115,26 +127,26 @@ async def verdicts(gw: Gw) -> JSONResponse:
 @router.get("/limits", response_model=LimitsReply, responses=ERRORS)
 async def limits(gw: Gw) -> Response:
     """The limits risk enforces (risk.api.limits)."""
-    return wire(await gw.call("risk.api.limits", LimitsRequest(), LimitsReply))
+    return wire(await gw.call(LIMITS, LimitsRequest(), LimitsReply))
 
 
 @router.post("/limits", response_model=LimitsReply, responses=WRITE_ERRORS)
 async def set_limits(gw: Writer, body: LimitsRequest) -> Response:
     """Change limits (the ones left out keep their value). Needs the bearer token."""
-    return wire(await gw.call("risk.api.limits", body, LimitsReply))
+    return wire(await gw.call(LIMITS, body, LimitsReply))
 
 
 @router.get("/killswitch", response_model=KillSwitchState, responses=ERRORS)
 async def kill_switch(gw: Gw) -> Response:
     """Is the kill switch engaged, by whom, why."""
-    return wire(await gw.call("risk.api.killswitch", KillSwitchRequest(action="status", actor="gateway"),
+    return wire(await gw.call(KILL_SWITCH, KillSwitchRequest(action="status", actor="gateway"),
                               KillSwitchState))
 
 
 @router.post("/killswitch", response_model=KillSwitchState, responses=WRITE_ERRORS)
 async def set_kill_switch(gw: Writer, body: KillSwitchRequest) -> Response:
     """`{"action": "engage" | "release", "actor", "reason", "flatten"}`. Needs the bearer token."""
-    return wire(await gw.call("risk.api.killswitch", body, KillSwitchState))
+    return wire(await gw.call(KILL_SWITCH, body, KillSwitchState))
 
 
 # ---------------------------------------------------------------- orders
@@ -166,7 +178,12 @@ class OrderAccepted(BaseModel):
 async def orders(gw: Gw, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
                  symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None) -> JSONResponse:
     """The last orders in ORDERS, oldest first, each with its execution reports from EXEC."""
-    trails = await _read(orderlog.recent_orders(gw.the_bus().client, limit, symbol))
+    nc = gw.the_bus().client
+    try:
+        trails = await _bounded(gw, lambda: orderlog.recent_orders(nc, limit, symbol))
+    except TimeoutError:
+        raise ApiError("timeout", f"reading ORDERS / EXEC took over {gw.cfg.order_lookup_timeout_s} s "
+                                  "([gateway] order_lookup_timeout_s); ask for fewer or one symbol") from None
     return JSONResponse({"orders": [t.as_dict() for t in trails]})
 
 
@@ -174,30 +191,50 @@ async def orders(gw: Gw, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 async def order_trace(gw: Gw, client_order_id: Annotated[str, Path(pattern=CLIENT_ORDER_ID_PATTERN)],
                       since_s: Annotated[float | None, Query(gt=0, description="look back this far")] = None,
                       ) -> JSONResponse:
-    """One order, its reports and every hop's timestamp from the origin tick to the fill."""
+    """One order, its reports and every hop's timestamp from the origin tick to the fill.
+    The search is bounded ([gateway] order_scan_max messages of each stream, and
+    order_lookup_timeout_s): 404 when it ends without the order."""
     since_ns = now_ns() - int(since_s * 1e9) if since_s else None
-    trail = await _read(orderlog.trace(gw.the_bus().client, client_order_id, since_ns))
+    nc = gw.the_bus().client
+    try:
+        trail = await _bounded(gw, lambda: orderlog.trace(nc, client_order_id, since_ns,
+                                                          max_scan=gw.cfg.order_scan_max))
+    except TimeoutError:
+        raise ApiError("not_found", f"no order {client_order_id} found in {gw.cfg.order_lookup_timeout_s} s of "
+                                    "searching ORDERS and EXEC; since_s narrows the search") from None
     if trail is None:
         raise ApiError("not_found", f"no order {client_order_id} in ORDERS or EXEC")
     return JSONResponse(trail.as_dict())
 
 
-async def _read(pending: Any) -> Any:
-    try:
-        return await pending
-    except orderlog.StreamReadError as e:
-        raise ApiError("stream_unavailable", str(e)) from None
+async def _bounded(gw: Gateway, lookup: Callable[[], Awaitable[T]]) -> T:
+    """A read of ORDERS / EXEC, bounded: at most max_order_lookups at once (else 503 at
+    once), each cancelled after order_lookup_timeout_s (TimeoutError), so no scan runs on
+    and on, buffering messages, for a client."""
+    if gw.lookups.locked():
+        gw.metrics.refused.labels("too_many_lookups").inc()
+        raise ApiError("too_many_lookups", f"{gw.cfg.max_order_lookups} order lookups are running already "
+                                           "([gateway] max_order_lookups); try again")
+    async with gw.lookups:
+        try:
+            async with asyncio.timeout(gw.cfg.order_lookup_timeout_s):
+                return await lookup()
+        except orderlog.StreamReadError as e:
+            raise ApiError("stream_unavailable", str(e)) from None
+        except TimeoutError:
+            gw.metrics.refused.labels("lookup_timeout").inc()
+            raise
 
 
 @router.post("/orders", status_code=202, response_model=OrderAccepted, responses=WRITE_ERRORS)
 async def submit_order(gw: Writer, body: OrderSubmit) -> OrderAccepted:
-    """Store an order in ORDERS (orders.submit.<symbol>); execution takes it from there,
+    """Store an order in ORDERS (orders.submit.gateway.<symbol>); execution takes it from there,
     through the risk check. Needs the bearer token."""
     ts = now_ns()
     order = OrderRequest.model_validate_json(json.dumps({**body.model_dump(mode="json", exclude_none=True),
                                                          "agent": "gateway", "origin_ts": ts, "ts": ts}))
     try:
-        ack = await gw.the_bus().publish_order(f"orders.submit.{order.symbol}", order, gw.cfg.request_timeout_s)
+        ack = await gw.the_bus().publish_order(f"orders.submit.gateway.{order.symbol}", order, gw.cfg.request_timeout_s)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
         raise ApiError("not_stored", "the ORDERS stream did not acknowledge the order; it may be retried "
                                      "with the same client_order_id") from None
@@ -229,13 +266,16 @@ async def services(gw: Gw) -> JSONResponse:
 
 
 @router.get("/stream", responses={200: {"content": {"text/event-stream": {}},
-                                        "description": "Server-Sent Events; event = message type"}, **ERRORS})
+                                        "description": "Server-Sent Events; event = message type"}, **ERRORS,
+                                   429: {"model": ErrorReply, "description": "too many streams from this client"}})
 async def stream(
     gw: Gw,
+    request: Request,
     topics: Annotated[str | None, Query(description=f"comma-separated, of: {', '.join(TOPICS)} (default all)")] = None,
     symbols: Annotated[str | None, Query(description="comma-separated; default every symbol")] = None,
 ) -> StreamingResponse:
-    """Live messages as Server-Sent Events: `event: <message type>`, `data: {"subject", "message"}`."""
+    """Live messages as Server-Sent Events: `event: <message type>`, `data: {"subject", "message"}`.
+    At most [gateway] max_streams_per_client from one address (429), max_streams in all (503)."""
     wanted = set(split_list(topics, list(TOPICS)))
     unknown = wanted - set(TOPICS)
     if unknown:
@@ -244,8 +284,39 @@ async def stream(
     for symbol in chosen or ():
         PriceRequest(symbol=symbol)  # the symbol check of the contract (422 on a bad one)
     gw.the_bus()
-    opened = gw.live.open(wanted, chosen)
-    if opened is None:
-        raise ApiError("too_many_streams", f"{gw.cfg.max_streams} live streams are open already")
-    return StreamingResponse(gw.live.events(opened, gw.cfg.keepalive_s), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # The TCP peer's address: uvicorn runs with proxy_headers off, so X-Forwarded-For cannot fake it.
+    opened = gw.live.open(wanted, chosen, request.client.host if request.client else "")
+    return EventStream(gw.live, opened, gw.cfg.keepalive_s)
+
+
+class EventStream(StreamingResponse):
+    """The live stream's response; its slot is given back however the response ends, even
+    when the client is gone before the first event (then the generator never starts)."""
+
+    def __init__(self, live: Live, opened: Stream, keepalive_s: float) -> None:
+        super().__init__(live.events(opened, keepalive_s), media_type="text/event-stream",
+                         headers={"X-Accel-Buffering": "no"})
+        self.live, self.opened = live, opened
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.live.close(self.opened)
+
+
+# ---------------------------------------------------------------- the dashboard's session
+
+
+@router.post("/session", status_code=204, responses={401: {"model": ErrorReply, "description": "wrong read token"}})
+async def session(gw: Gw, request: Request, _: Annotated[Any, Depends(bearer)]) -> Response:
+    """`Authorization: Bearer <MOONBUS_GATEWAY_READ_TOKEN>` once; the answer sets an HttpOnly,
+    SameSite=Strict cookie with which this browser reads (an EventSource cannot send a
+    header). It is worth reads only, never writes. No read token set: nothing to do."""
+    gw.check_read(request.headers.get("authorization"), None)
+    response = Response(status_code=204)
+    value = gw.session_value()
+    if value is not None:
+        response.set_cookie(SESSION_COOKIE, value, httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
+    return response

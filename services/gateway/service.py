@@ -24,8 +24,10 @@ async def main(stop: asyncio.Event, config: dict[str, Any] | None = None) -> Non
     table = load() if config is None else config
     cfg = section(table, "gateway", GatewayConfig)
     # Live streams never end by themselves: after shutdown_grace_s uvicorn closes them.
+    # proxy_headers off: the client address (per-client stream cap) is the TCP peer, never
+    # an X-Forwarded-For that any local client could write.
     server = uvicorn.Server(uvicorn.Config(create_app(config=table), host=cfg.host, port=cfg.port, log_config=None,
-                                           timeout_graceful_shutdown=cfg.shutdown_grace_s))
+                                           timeout_graceful_shutdown=cfg.shutdown_grace_s, proxy_headers=False))
     serving = asyncio.create_task(server.serve())
     stopping = asyncio.create_task(stop.wait())
     try:

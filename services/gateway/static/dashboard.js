@@ -25,8 +25,27 @@ const say = (text) => { $("message").textContent = text || ""; };
 async function api(path, options) {
   const response = await fetch(path, options);
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error((body.error && `${body.error.code}: ${body.error.message}`) || response.statusText);
+  if (!response.ok) {
+    const error = new Error((body.error && `${body.error.code}: ${body.error.message}`) || response.statusText);
+    error.status = response.status;
+    throw error;
+  }
   return body;
+}
+
+// A gateway with a read token answers 401 until this browser has its session: the token
+// goes once to POST /api/session, which sets an HttpOnly cookie (the page never keeps it).
+function askForReadToken() {
+  $("loginform").hidden = false;
+  $("readtoken").focus();
+  $("loginform").onsubmit = async (e) => {
+    e.preventDefault();
+    const token = $("readtoken").value.trim();
+    try {
+      await api("/api/session", { method: "POST", headers: { Authorization: `Bearer ${token}` } });
+      location.reload();
+    } catch (err) { say(`read token: ${err.message}`); }
+  };
 }
 
 // ---------------------------------------------------------------- prices and chart
@@ -249,6 +268,7 @@ async function start() {
   }
   if (signals.value) view.signals = signals.value.signals;
   const failed = [state, prices, orders, signals].filter((r) => r.status === "rejected");
+  if (failed.some((r) => r.reason.status === 401)) return askForReadToken();
   if (failed.length) say(failed.map((r) => r.reason.message).join("; "));
   openStream();
   select(view.symbols[0]);
