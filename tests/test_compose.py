@@ -92,6 +92,14 @@ def test_compose_file_defines_every_service_and_no_fixed_agent_names() -> None:
             assert svc["environment"]["NATS_URL"] == "nats://nats:4222"
         if name.endswith("-agent"):
             assert "ports" not in svc, f"{name} must scale: no fixed host port"
+        if name not in ("nats", "market-data"):  # every user of JetStream waits for the provisioning
+            assert svc["depends_on"]["provision"]["condition"] == "service_completed_successfully", name
+    # The one-shot that provisions JetStream as `admin`: the only container with that password.
+    provision = services["provision"]
+    assert provision.get("restart") == "no" and provision["command"][-1] == "services.common.streams"
+    assert provision["environment"]["NATS_USER"] == "admin"
+    assert provision["environment"]["NATS_PASSWORD"] == "${MOONBUS_PW_ADMIN}"
+    assert provision["depends_on"]["nats"]["condition"] == "service_healthy"
     # nats-server gets the bcrypt hash of every password the config references, quoted.
     env = services["nats"]["environment"]
     for user in SERVICE_USERS:
@@ -155,8 +163,9 @@ def test_each_secret_reaches_only_the_containers_that_use_it() -> None:
             assert env[key] == "${" + key + ":-}", f"{name}: {key} is passed through from the shell, empty by default"
     for name in ("prometheus", "grafana"):
         assert secrets[name] == set(), name
+    assert secrets["provision"] == {"NATS_PASSWORD"}  # the admin's: see the test above
     # Every service's secrets, by name, listed above: nothing leaks through an anchor.
-    assert set(SERVICES) | {"prometheus", "grafana"} == set(services)
+    assert set(SERVICES) | {"provision", "prometheus", "grafana"} == set(services)
 
 
 def test_monitoring_is_not_published() -> None:

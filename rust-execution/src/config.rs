@@ -104,7 +104,7 @@ impl ExecutionConfig {
     /// The provisioned ORDERS consumer must be the one this config expects
     /// (`make run` provisions it from [execution]): ack_wait and max_ack_pending are
     /// what keeps an order in flight from being re-delivered while it is handled.
-    pub fn check_consumer(&self, live: &async_nats::jetstream::consumer::pull::Config) -> Result<()> {
+    pub fn check_consumer(&self, live: &async_nats::jetstream::consumer::Config) -> Result<()> {
         if live.ack_wait != self.ack_wait() || live.max_ack_pending != self.max_in_flight as i64 {
             bail!(
                 "the provisioned ORDERS consumer has ack_wait {:?} and max_ack_pending {}, but [execution] \

@@ -893,15 +893,15 @@ async fn a_kill_switch_gone_from_kv_reads_as_engaged() {
     assert_eq!(code(&refused), "kill_switch");
     risk.kill();
 
-    // Missing altogether while the account shows risk ran here before (a store that
-    // lost it: the bucket denies purges, so this test lifts that first): engaged too.
-    let kv_stream = bus.js.get_stream("KV_moonbus").await.unwrap();
-    let mut config = kv_stream.cached_info().config.clone();
-    config.deny_purge = false;
-    bus.js.update_stream(config).await.unwrap();
-    kv_stream
-        .purge()
-        .filter("$KV.moonbus.risk.killswitch")
+    // Missing altogether while the account shows risk ran here before: a store that lost
+    // the key. (The bucket denies purges, and no update may lift that, so a fresh bucket
+    // with an account and no kill switch stands in for it.)
+    let server = NatsServer::start();
+    let fresh = self::bus(&server).await;
+    let client = &fresh.client;
+    let store = fresh.js.get_key_value("moonbus").await.unwrap();
+    store
+        .put("risk.account", Bytes::from_static(br#"{"state":"ACTIVE"}"#))
         .await
         .unwrap();
     let _risk = start_risk(&server);

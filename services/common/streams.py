@@ -267,3 +267,28 @@ def provision_sync(url: str, password: str, config: Mapping[str, Any] | None = N
     if "error" in result:
         raise ProvisionError(f"provisioning JetStream at {url} failed: {result['error']}") from result["error"]
     return result["changes"]
+
+
+def main() -> None:
+    """`python -m services.common.streams`: provision as NATS_USER (admin) / NATS_PASSWORD at
+    NATS_URL, with moonbus.toml (MOONBUS_CONFIG) and its overrides; what the compose
+    `provision` one-shot runs. Exit code 1, with the reason, if it cannot."""
+    import os
+    import sys
+
+    from . import config
+    from .tls import client_tls_options
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+    options = client_tls_options(url, os.environ.get("NATS_CA"))
+    try:
+        changes = provision_sync(url, os.environ.get("NATS_PASSWORD", ""), config.load(), **options)
+    except (ProvisionError, OSError, ValueError) as e:
+        print(f"provision: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print("provision: " + ("; ".join(f"{k} {', '.join(v)}" for k, v in changes.items()) or "nothing to change"))
+
+
+if __name__ == "__main__":
+    main()
