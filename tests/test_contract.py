@@ -67,3 +67,23 @@ def test_money_is_written_as_fixed_point_strings() -> None:
 
     tick.price = Decimal("1E-7")
     assert json.loads(encode(tick))["price"] == "0.0000001"
+
+
+def test_money_range_holds_for_values_built_in_code() -> None:
+    """Below 1e14 and finite, from the wire or from Python code alike, so no service
+    writes what the Rust side refuses (the range keeps price x quantity inside
+    rust_decimal's 96 bits)."""
+    from decimal import Decimal
+
+    from services.common.models import MONEY_LIMIT, OrderRequest
+
+    raw = (VECTORS / "valid" / "OrderRequest" / "basic.json").read_text()
+    fields = dict(decode(OrderRequest, raw))
+    edge = OrderRequest(**{**fields, "quantity": Decimal("99999999999999.99")})
+    assert json.loads(encode(edge))["quantity"] == "99999999999999.99"
+    for bad in (MONEY_LIMIT, Decimal("1E+20"), Decimal("NaN"), Decimal("Infinity")):
+        with pytest.raises(ValidationError):
+            OrderRequest(**{**fields, "quantity": bad})
+    attack = {**json.loads(raw), "quantity": "79228162514264337593543950335"}
+    with pytest.raises(ValidationError, match="out of range"):
+        decode(OrderRequest, json.dumps(attack))

@@ -7,7 +7,9 @@
 //! Rules (DESIGN.md section 2), all enforced while deserializing:
 //! - money is a decimal *string* on the wire (`"187.42"`) and a [`Decimal`] in code;
 //!   a JSON number where money belongs is rejected; it is written fixed-point, never
-//!   with an exponent ([`Money`], [`PositiveMoney`], [`NonNegativeMoney`]);
+//!   with an exponent ([`Money`], [`PositiveMoney`], [`NonNegativeMoney`]); its
+//!   magnitude is below 1e14 ([`MONEY_LIMIT`]), so the product of any two money values
+//!   fits a `Decimal` (< 1e28 < 7.9e28) and cannot overflow;
 //! - time is integer nanoseconds since the epoch (`u64`); integers and bools are never
 //!   read from strings, integers never from floats;
 //! - symbols are `BASE-QUOTE`, venues lowercase, both single safe subject tokens
@@ -59,6 +61,31 @@ const MONEY_MAX_LEN: usize = 40;
 const MONEY_NOT_A_NUMBER: &str =
     "money must be a decimal string such as \"187.42\", not a JSON number";
 
+/// At most this many digits before the decimal point: |money| < 1e14.
+pub const MONEY_INT_DIGITS: usize = 14;
+
+/// 1e14, the exclusive bound of every money value (|x| < 1e14). Chosen so that the
+/// product of any two money values (price x quantity, notional x rate) stays below
+/// 1e28, inside `Decimal`'s 96-bit range (7.9e28): multiplying two values read from
+/// the wire can never overflow. Sums of many products can: the services use checked
+/// arithmetic on top and refuse with a code (never a panic).
+pub const MONEY_LIMIT: Decimal = Decimal::from_parts(276_447_232, 23_283, 0, false, 0);
+
+/// The largest money value with 14 decimals: 99999999999999.99999999999999 (what a
+/// figure beyond the range is shown as, see [`Money::saturating`]).
+pub const MONEY_MAX: Decimal =
+    Decimal::from_parts(268_435_455, 1_042_612_833, 542_101_086, false, 14);
+
+fn money_in_range(value: &Decimal) -> bool {
+    value.abs() < MONEY_LIMIT
+}
+
+fn out_of_range(value: impl fmt::Display) -> ValidationError {
+    ValidationError::new(format!(
+        "money {value} out of range: |x| must be below 1e14 (at most {MONEY_INT_DIGITS} digits before the point)"
+    ))
+}
+
 /// `^-?(0|[1-9][0-9]*)(\.[0-9]+)?$`: no exponent, no `+`, no leading zeros, no spaces.
 fn is_decimal_literal(text: &str) -> bool {
     let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
@@ -74,14 +101,21 @@ fn is_decimal_literal(text: &str) -> bool {
     digits(int) && (int == "0" || !int.starts_with('0')) && fraction_ok
 }
 
-/// The wire form of money to a `Decimal`; exact (rust_decimal holds 28 fractional
-/// digits and |x| < 7.9e28: anything beyond is refused, never rounded).
+/// The wire form of money to a `Decimal`: a decimal literal (the schema's pattern
+/// `^-?(0|[1-9][0-9]{0,13})(\.[0-9]+)?$`, at most 40 characters), exact (rust_decimal
+/// holds 28 fractional digits and a 96-bit mantissa: anything beyond is refused,
+/// never rounded).
 fn parse_decimal(text: &str) -> Result<Decimal, ValidationError> {
     if text.len() > MONEY_MAX_LEN || !is_decimal_literal(text) {
         return Err(ValidationError::new(format!(
             "not a decimal string: {}",
             quoted(text)
         )));
+    }
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let int_digits = unsigned.find('.').unwrap_or(unsigned.len());
+    if int_digits > MONEY_INT_DIGITS {
+        return Err(out_of_range(quoted(text)));
     }
     Decimal::from_str_exact(text)
         .map_err(|e| ValidationError::new(format!("decimal {text} out of range: {e}")))
@@ -139,10 +173,12 @@ macro_rules! money_type {
         pub struct $name($field_vis Decimal);
 
         impl $name {
-            /// Checks the bound.
+            /// Checks the range (|x| < [`MONEY_LIMIT`]) and the bound.
             pub fn new(value: Decimal) -> Result<Self, ValidationError> {
                 let ok: fn(&Decimal) -> bool = $ok;
-                if ok(&value) {
+                if !money_in_range(&value) {
+                    Err(out_of_range(value))
+                } else if ok(&value) {
                     Ok(Self(value))
                 } else {
                     Err(ValidationError::new(format!("{value}: {}", $rule)))
@@ -206,8 +242,8 @@ macro_rules! money_type {
 }
 
 money_type! {
-    /// Any exact decimal, may be negative: PnL, cash, positions.
-    pub struct Money(pub Decimal);
+    /// Any exact decimal within the range, may be negative: PnL, cash, positions.
+    pub struct Money(Decimal);
     unsigned: false, rule: "any decimal", check: |_| true
 }
 money_type! {
@@ -241,9 +277,25 @@ impl Default for NonNegativeMoney {
     }
 }
 
-impl From<Decimal> for Money {
-    fn from(value: Decimal) -> Self {
-        Self(value)
+impl TryFrom<Decimal> for Money {
+    type Error = ValidationError;
+    fn try_from(value: Decimal) -> Result<Self, ValidationError> {
+        Self::new(value)
+    }
+}
+
+impl Money {
+    /// `value`, or the nearest end of the range (-MONEY_MAX or MONEY_MAX) for a figure
+    /// beyond it: for reports of computed figures (equity, PnL) that must stay readable.
+    pub fn saturating(value: Decimal) -> Self {
+        Self(value.clamp(-MONEY_MAX, MONEY_MAX))
+    }
+}
+
+impl NonNegativeMoney {
+    /// `value` clamped into 0 ..= MONEY_MAX (a negative figure is 0).
+    pub fn saturating(value: Decimal) -> Self {
+        Self(value.clamp(Decimal::ZERO, MONEY_MAX))
     }
 }
 
@@ -1465,15 +1517,63 @@ mod tests {
         let write = |m: Money| serde_json::to_string(&m).unwrap();
         assert_eq!(write("97000.5".parse().unwrap()), "\"97000.5\"");
         assert_eq!(write("9500.00".parse().unwrap()), "\"9500.00\"");
-        assert_eq!(write(Money::from(Decimal::new(1, 7))), "\"0.0000001\"");
+        let money = |d: Decimal| Money::try_from(d).unwrap();
+        assert_eq!(write(money(Decimal::new(1, 7))), "\"0.0000001\"");
         assert_eq!(write("-0.0".parse().unwrap()), "\"0.0\"");
         assert_eq!(
-            write(Money::from(Decimal::from(10_000_000_000_i64))),
+            write(money(Decimal::from(10_000_000_000_i64))),
             "\"10000000000\""
         );
         assert_eq!(write(Money::default()), "\"0\"");
-        let huge = Money::from(Decimal::MAX);
-        assert!(!write(huge).contains(['e', 'E']));
+        let huge = Money::saturating(Decimal::MAX);
+        assert_eq!(write(huge), "\"99999999999999.99999999999999\"");
+        let tiny = Money::try_from(Decimal::new(1, 28)).unwrap();
+        assert_eq!(write(tiny), format!("\"0.{}1\"", "0".repeat(27)));
+    }
+
+    #[test]
+    fn money_range_is_below_1e14() {
+        assert_eq!(MONEY_LIMIT, dec("100000000000000"));
+        assert_eq!(MONEY_MAX, dec("99999999999999.99999999999999"));
+        // 14 digits before the point are fine, 15 are not, whatever the sign and type.
+        for ok in [
+            "99999999999999",
+            "99999999999999.999999",
+            "-99999999999999.5",
+        ] {
+            assert!(ok.parse::<Money>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "100000000000000",
+            "-100000000000000",
+            "100000000000000.0",
+            "79228162514264337593543950335",
+            "-79228162514264337593543950335",
+        ] {
+            let err = bad.parse::<Money>().unwrap_err().to_string();
+            assert!(err.contains("out of range"), "{bad}: {err}");
+        }
+        assert!("99999999999999.9".parse::<PositiveMoney>().is_ok());
+        assert!("100000000000000".parse::<PositiveMoney>().is_err());
+        assert!("100000000000000".parse::<NonNegativeMoney>().is_err());
+        // Built in code, the same range: Rust never writes what it cannot read.
+        assert!(PositiveMoney::new(MONEY_LIMIT).is_err());
+        assert!(PositiveMoney::new(MONEY_MAX).is_ok());
+        assert!(NonNegativeMoney::new(Decimal::MAX).is_err());
+        assert!(Money::try_from(Decimal::MIN).is_err());
+        assert!(Money::try_from(-MONEY_MAX).is_ok());
+        assert_eq!(Money::saturating(Decimal::MIN).get(), -MONEY_MAX);
+        assert_eq!(Money::saturating(dec("-12.5")).get(), dec("-12.5"));
+        assert_eq!(
+            NonNegativeMoney::saturating(dec("-1")),
+            NonNegativeMoney::ZERO
+        );
+        assert_eq!(NonNegativeMoney::saturating(Decimal::MAX).get(), MONEY_MAX);
+        // The point of the bound: any two values multiply without overflow.
+        let biggest = MONEY_MAX;
+        assert!(biggest.checked_mul(biggest).is_some());
+        assert!((-biggest).checked_mul(biggest).is_some());
+        assert!(biggest.checked_mul(Decimal::new(1, 28)).is_some());
     }
 
     #[test]

@@ -25,6 +25,11 @@
 //!   rule when a later tick makes it marketable (no maker/taker distinction yet);
 //! - fee = fill price * quantity * fee_bps / 10000, exact, not rounded (Decimal keeps
 //!   28 decimal places: far more than price and quantity precisions add up to).
+//!
+//! Every figure of a fill must be money the contract admits (|x| < 1e14, so any two
+//! multiply without overflow); a price, notional or fee that is not (a huge order at a
+//! huge price, slippage past the range, a book walk whose quantities do not fit 96 bits
+//! exactly) REJECTS the order with `notional_overflow`: checked arithmetic, never a panic.
 
 use moonbus_common::{
     now_ns, Book, ClientOrderId, NonNegativeMoney, OrderType, PositiveMoney, Side, Tick,
@@ -37,7 +42,8 @@ use crate::walk::{self, Walked};
 
 const BPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
 
-/// The result does not fit a Decimal (|x| >= 7.9e28): the order is refused, never rounded.
+/// A result does not fit a Decimal (|x| >= 7.9e28), or is beyond the contract's money
+/// range (|x| >= 1e14): the order is refused, never rounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
 
@@ -225,7 +231,9 @@ impl Venue for PaperVenue {
 }
 
 fn overflow_reason() -> String {
-    "notional_overflow: price or notional too large to compute exactly".into()
+    "notional_overflow: the fill's price, quantity, notional or fee cannot be computed exactly \
+     within the money range (|x| < 1e14)"
+        .into()
 }
 
 /// The quote a taker crosses: the ask for a BUY, the bid for a SELL, else the last price.
@@ -423,8 +431,33 @@ mod tests {
     fn overflow_is_an_error_not_a_panic() {
         let huge = dec("70000000000000000000000000000");
         assert_eq!(fee(huge, dec("2"), dec("10")), Err(Overflow));
-        let t = tick("75000000000000000000000000000", None, None);
-        assert_eq!(taker_price(Side::Buy, &t, dec("1000")), Err(Overflow));
+        assert_eq!(fee(Decimal::MAX, Decimal::MAX, dec("10")), Err(Overflow));
+        assert_eq!(fee(huge, dec("1"), dec("0")), Ok(Decimal::ZERO));
+    }
+
+    /// The largest order at the largest price the contract admits: 1e28 notional fits a
+    /// decimal, but its fee (1e25) is no money the contract can carry: REJECTED with a
+    /// code. Slippage that takes the price past the range is refused the same way.
+    #[tokio::test]
+    async fn a_fill_beyond_the_money_range_is_rejected_with_a_code() {
+        let max = "99999999999999.99999999999999";
+        let mut v = venue();
+        let mut order = routed("big", Side::Buy, OrderType::Market, None, TimeInForce::Gtc);
+        order.order.quantity = max.parse().unwrap();
+        let placed = v.place(&order, &market(tick(max, None, None))).await;
+        assert!(
+            matches!(&placed, Placement::Rejected { reason } if reason.starts_with("notional_overflow: ")),
+            "{placed:?}"
+        );
+        // 99999999999999 * 1.0005 is past 1e14: no price to fill at.
+        let small = routed("slip", Side::Buy, OrderType::Market, None, TimeInForce::Gtc);
+        let placed = v
+            .place(&small, &market(tick("99999999999999", None, None)))
+            .await;
+        assert!(matches!(placed, Placement::Rejected { .. }), "{placed:?}");
+        // The same market, an ordinary order: filled.
+        let placed = v.place(&small, &market(tick("97000", None, None))).await;
+        assert!(matches!(placed, Placement::Filled(_)), "{placed:?}");
     }
 
     #[test]
@@ -687,5 +720,84 @@ mod tests {
             panic!("not filled")
         };
         assert_eq!((*fill.price, *fill.quantity), (dec("100.16"), dec("5")));
+    }
+
+    mod properties {
+        use super::*;
+        use crate::reports;
+        use crate::walk::strategies::{any_decimal, money_text};
+        use moonbus_common::{bus, ExecutionReport, OrderStatus};
+        use proptest::prelude::*;
+
+        proptest! {
+            /// The paper venue's arithmetic on any decimals at all: a value or Overflow.
+            #[test]
+            fn fee_and_prices_never_panic(
+                price in any_decimal(),
+                quantity in any_decimal(),
+                bps in any_decimal(),
+            ) {
+                let _ = fee(price, quantity, bps);
+                if let Ok(fee) = fee(price, quantity, bps) {
+                    prop_assert_eq!(Some(fee), price.checked_mul(quantity).and_then(|n| n.checked_mul(bps)).and_then(|n| n.checked_div(BPS)).map(|f| f.normalize()));
+                }
+            }
+
+            /// Any order the contract admits against any market it admits (tick, book,
+            /// slippage and fee as configured up to their maxima): a placement whose
+            /// fill makes a valid report, or a refusal with a code. Never a panic.
+            #[test]
+            fn every_order_is_placed_or_refused_with_a_code(
+                (price, bid, ask) in (money_text(), proptest::option::of(money_text()), proptest::option::of(money_text())),
+                quantity in money_text(),
+                limit in proptest::option::of(money_text()),
+                book_levels in proptest::option::of(proptest::collection::vec((money_text(), money_text()), 0..6)),
+                buy in any::<bool>(),
+                ioc in any::<bool>(),
+                (fee_bps, slippage_bps) in (0u32..=10_000, 0u32..=1_000),
+            ) {
+                let mut v = PaperVenue::new(vec![VenueName::sim()], Decimal::from(fee_bps), Decimal::from(slippage_bps));
+                let t = tick(&price, bid.as_deref(), ask.as_deref());
+                let mut m = market(t.clone());
+                if let Some(levels) = &book_levels {
+                    let pairs: Vec<(&str, &str)> = levels.iter().map(|(p, s)| (p.as_str(), s.as_str())).collect();
+                    m.update_book(book("sim", &pairs, &pairs));
+                }
+                let side = if buy { Side::Buy } else { Side::Sell };
+                let tif = if ioc { TimeInForce::Ioc } else { TimeInForce::Gtc };
+                let order_type = if limit.is_some() { OrderType::Limit } else { OrderType::Market };
+                let mut r = routed("p", side, order_type, limit.as_deref(), tif);
+                r.order.quantity = quantity.parse().unwrap();
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let placed = runtime.block_on(v.place(&r, &m));
+                let fills = match &placed {
+                    Placement::Filled(fill) => vec![reports::filled(&r, fill)],
+                    Placement::PartiallyFilled { fill, reason } => {
+                        prop_assert!(reason.starts_with("book_exhausted: "), "{}", reason);
+                        vec![reports::with_fill(&r, fill, OrderStatus::PartiallyFilled)]
+                    }
+                    Placement::Resting => {
+                        v.rest(r.clone());
+                        v.on_market(&t).into_iter().map(|(r, fill)| reports::filled(&r, &fill)).collect()
+                    }
+                    Placement::Expired { reason } | Placement::Rejected { reason } => {
+                        let code = reason.split(':').next().unwrap_or_default();
+                        prop_assert!(!code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}", reason);
+                        Vec::new()
+                    }
+                };
+                for report in fills {
+                    let again: ExecutionReport = bus::decode(&bus::encode(&report)).map_err(TestCaseError::fail)?;
+                    prop_assert_eq!(&again, &report);
+                    let (fill_price, filled) = (report.last_fill_price.unwrap(), report.filled_quantity);
+                    prop_assert!(*filled <= *r.order.quantity);
+                    if let Some(limit) = r.order.limit_price {
+                        let within = if buy { *fill_price <= *limit } else { *fill_price >= *limit };
+                        prop_assert!(within, "fill {} past limit {}", fill_price, limit);
+                    }
+                    prop_assert_eq!(Ok(*report.fee), fee(*fill_price, *filled, Decimal::from(fee_bps)));
+                }
+            }
+        }
     }
 }

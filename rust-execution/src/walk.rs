@@ -11,6 +11,10 @@
 //!   at most 1/10000 of a price increment per unit and never flatters paper PnL.
 //! - The book is a snapshot: our own fills do not deplete it (the next order walks the
 //!   same levels until the feed sends a new book).
+//! - Quantities are exact and costs precise, or the walk is refused ([`Overflow`]):
+//!   rust_decimal rounds a result that needs more than 96 bits or 28 decimals, and a filled
+//!   quantity must never be rounded (99999999999999.99999999999999 - 1e-15), nor a cost
+//!   lose its digits below 1e-28 (1.1 x 1e-28), nor pass 7.9e28.
 
 use moonbus_common::{Book, PriceLevel, Side};
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -49,15 +53,12 @@ pub fn walk(side: Side, book: &Book, quantity: Decimal) -> Result<Option<Walked>
             continue;
         }
         let take = left.min(**size);
-        cost = price
-            .checked_mul(take)
-            .and_then(|notional| cost.checked_add(notional))
-            .ok_or(Overflow)?;
-        left -= take;
+        cost = cost.checked_add(product(**price, take)?).ok_or(Overflow)?;
+        left = exact_sub(left, take)?;
         taken += 1;
         scale = scale.max(price.scale());
     }
-    let filled = quantity - left;
+    let filled = exact_sub(quantity, left)?;
     if filled.is_zero() {
         return Ok(None);
     }
@@ -74,6 +75,82 @@ pub fn walk(side: Side, book: &Book, quantity: Decimal) -> Result<Option<Walked>
         price,
         levels: taken,
     }))
+}
+
+/// Proptest strategies shared by the property tests of the paper venue.
+/// `a - b`, refused unless exact: rust_decimal keeps the larger scale of the two when the
+/// difference fits 96 bits and rounds (to a smaller scale) when it does not. A zero
+/// operand comes back as is (any scale). Conservative: a rounding that only dropped
+/// trailing zeros is refused too.
+fn exact_sub(a: Decimal, b: Decimal) -> Result<Decimal, Overflow> {
+    let difference = a.checked_sub(b).ok_or(Overflow)?;
+    if a.is_zero() || b.is_zero() || difference.scale() >= a.scale().max(b.scale()) {
+        Ok(difference)
+    } else {
+        Err(Overflow)
+    }
+}
+
+/// `a * b` for a cost, refused when the exact product has digits below 1e-28, which
+/// rust_decimal rounds away (1.1 x 1e-28 = 1e-28: 9 % off). A product rounded for its
+/// length (more than 28 significant digits) is off by at most 1e-27 of itself: kept.
+fn product(a: Decimal, b: Decimal) -> Result<Decimal, Overflow> {
+    if a.normalize().scale() + b.normalize().scale() > 28 {
+        return Err(Overflow);
+    }
+    a.checked_mul(b).ok_or(Overflow)
+}
+
+#[cfg(test)]
+pub(crate) mod strategies {
+    use proptest::prelude::*;
+    use rust_decimal::Decimal;
+
+    /// Money as the contract admits it (0 < x < 1e14) as wire text: the ends of the range
+    /// (14 digits before the point, 28 after) and ordinary figures.
+    pub fn money_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            1 => prop::sample::select(vec![
+                "99999999999999.99999999999999",
+                "99999999999999",
+                "0.0000000000000000000000000001",
+                "0.00000001",
+                "1",
+                "97000.5",
+            ])
+            .prop_map(str::to_string),
+            2 => ("[1-9][0-9]{0,13}", proptest::option::of("[0-9]{1,14}")).prop_map(
+                |(int, frac)| match frac {
+                    Some(frac) => format!("{int}.{frac}"),
+                    None => int,
+                },
+            ),
+            1 => "[0-9]{0,20}[1-9]".prop_map(|frac| format!("0.{frac}")),
+            2 => (1u32..100_000, 0u32..4).prop_map(|(n, scale)| Decimal::new(n.into(), scale).to_string()),
+        ]
+    }
+
+    /// Any decimal at all: every mantissa, sign and scale.
+    pub fn any_decimal() -> impl Strategy<Value = Decimal> {
+        prop_oneof![
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<bool>(),
+                0u32..=28
+            )
+                .prop_map(|(lo, mid, hi, negative, scale)| Decimal::from_parts(
+                    lo, mid, hi, negative, scale
+                )),
+            prop::sample::select(vec![
+                Decimal::MAX,
+                Decimal::MIN,
+                Decimal::ZERO,
+                Decimal::new(1, 28)
+            ]),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -179,7 +256,134 @@ mod tests {
 
     #[test]
     fn overflow_is_an_error() {
-        let b = book(&[], &[("70000000000000000000000000000", "2")]);
-        assert_eq!(walk(Side::Buy, &b, dec("2")), Err(Overflow));
+        // Each level is 1e28 of notional, inside a decimal; eight of them are not.
+        let max = "99999999999999.99999999999999";
+        let levels = vec![(max, max); 8];
+        let b = book(&[], &levels);
+        assert_eq!(walk(Side::Buy, &b, dec("800000000000000")), Err(Overflow));
+        assert!(
+            walk(Side::Buy, &b, dec(max)).unwrap().is_some(),
+            "one level fits"
+        );
+    }
+
+    mod properties {
+        use super::super::strategies::money_text;
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Figures of ordinary precision: up to 10 digits before the point, 8 after.
+        fn plain_money() -> impl Strategy<Value = String> {
+            (1u64..10_000_000_000, 0u32..=8)
+                .prop_map(|(units, scale)| Decimal::new(units as i64, scale).to_string())
+        }
+
+        fn levels(money: BoxedStrategy<String>) -> impl Strategy<Value = Vec<(String, String)>> {
+            let size = prop_oneof![3 => money.clone(), 1 => Just("0".to_string())];
+            proptest::collection::vec((money, size), 0..10)
+        }
+
+        fn pairs(side: &[(String, String)]) -> Vec<(&str, &str)> {
+            side.iter().map(|(p, s)| (p.as_str(), s.as_str())).collect()
+        }
+
+        /// Walk, then check what came out: `exact` = the figures are ordinary, so the walk
+        /// must succeed.
+        fn judge(
+            asks: &[(String, String)],
+            bids: &[(String, String)],
+            quantity: &str,
+            buy: bool,
+            exact: bool,
+        ) -> Result<(), TestCaseError> {
+            let b = book(&pairs(bids), &pairs(asks));
+            let (side, levels) = if buy {
+                (Side::Buy, &b.asks)
+            } else {
+                (Side::Sell, &b.bids)
+            };
+            let wanted = dec(quantity);
+            let walked = match walk(side, &b, wanted) {
+                Ok(walked) => walked,
+                Err(Overflow) => {
+                    prop_assert!(!exact, "ordinary figures are walked exactly");
+                    return Ok(());
+                }
+            };
+            let depth: Decimal = levels.iter().map(|(_, s)| **s).sum();
+            match walked {
+                None => prop_assert!(depth.is_zero()),
+                Some(w) => {
+                    prop_assert!(!w.quantity.is_zero() && w.quantity <= wanted);
+                    if exact {
+                        prop_assert_eq!(w.quantity, wanted.min(depth));
+                    }
+                    let prices = levels
+                        .iter()
+                        .filter(|(_, s)| !s.is_zero())
+                        .map(|(p, _)| **p);
+                    let (low, high) =
+                        (prices.clone().min().unwrap(), prices.clone().max().unwrap());
+                    // The average is rounded against the taker 4 decimals finer than the
+                    // prices taken: at most one such unit past the levels.
+                    let coarsest = prices.map(|p| p.scale()).min().unwrap();
+                    let unit = Decimal::new(1, (coarsest + EXTRA_DECIMALS).min(28));
+                    prop_assert!(
+                        low - unit <= w.price && w.price <= high + unit,
+                        "{} not in [{}, {}]",
+                        w.price,
+                        low,
+                        high
+                    );
+                    prop_assert!(w.levels >= 1);
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            /// Any book of valid levels (the extremes of the money range included), in
+            /// any order, any quantity the contract admits: a fill of at most what was
+            /// asked, at a price within the levels, or a refusal; never a panic.
+            #[test]
+            fn a_walk_fills_within_the_book_or_is_refused(
+                asks in levels(money_text().boxed()),
+                bids in levels(money_text().boxed()),
+                quantity in money_text(),
+                buy in any::<bool>(),
+            ) {
+                judge(&asks, &bids, &quantity, buy, false)?;
+            }
+
+            /// Ordinary figures: always walked, exactly what the book holds.
+            #[test]
+            fn ordinary_figures_fill_exactly_what_the_book_holds(
+                asks in levels(plain_money().boxed()),
+                bids in levels(plain_money().boxed()),
+                quantity in plain_money(),
+                buy in any::<bool>(),
+            ) {
+                judge(&asks, &bids, &quantity, buy, true)?;
+            }
+        }
+
+        /// The cases proptest found: a 1e-15 level against a quantity of 28 digits (the
+        /// rest does not fit 96 bits), a cost below 1e-28. Refused, not reported empty
+        /// or filled at a rounded-away price.
+        #[test]
+        fn figures_too_fine_for_28_decimals_are_refused() {
+            let max = "99999999999999.99999999999999";
+            let b = book(&[], &[("2", "0.000000000000001")]);
+            assert_eq!(walk(Side::Buy, &b, dec(max)), Err(Overflow));
+            assert_eq!(
+                walk(Side::Buy, &b, dec("1")).unwrap(),
+                walked("0.000000000000001", "2", 1)
+            );
+            let tiny = book(&[], &[("1.1", "1")]);
+            assert_eq!(
+                walk(Side::Buy, &tiny, dec("0.0000000000000000000000000001")),
+                Err(Overflow)
+            );
+        }
     }
 }

@@ -32,6 +32,10 @@ const MAX_NOTIONAL: f64 = 10_000.0;
 const MIN_LEVEL_NOTIONAL: f64 = 1_000.0;
 const MAX_LEVEL_NOTIONAL: f64 = 50_000.0;
 const SIZE_DECIMALS: u32 = 8;
+/// The largest size in units of 1e-8: 99999999999999.99999999, just inside the contract's
+/// money range (|x| < 1e14). A tiny price times a big notional can want more (1000 USD
+/// of a 1e-12 token is 1e15 of it): the size is capped there.
+const MAX_SIZE_UNITS: i128 = 10_i128.pow(22) - 1;
 /// 10^0 ..= 10^MAX_DECIMALS.
 const POW10: [f64; 19] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
@@ -156,7 +160,7 @@ impl GbmPath {
             price: Decimal::new(units, scale),
             bid: Decimal::new(bid, scale),
             ask: Decimal::new(ask, scale),
-            size: Decimal::from_i128_with_scale(size.max(0), SIZE_DECIMALS),
+            size: Decimal::from_i128_with_scale(size.clamp(0, MAX_SIZE_UNITS), SIZE_DECIMALS),
         }
     }
 
@@ -175,9 +179,11 @@ impl GbmPath {
                 .book_rng
                 .random_range(MIN_LEVEL_NOTIONAL..MAX_LEVEL_NOTIONAL);
             let size = (notional / self.price * 1e8).round() as i128;
-            let size =
-                NonNegativeMoney::new(Decimal::from_i128_with_scale(size.max(0), SIZE_DECIMALS))
-                    .ok()?;
+            let size = NonNegativeMoney::new(Decimal::from_i128_with_scale(
+                size.clamp(0, MAX_SIZE_UNITS),
+                SIZE_DECIMALS,
+            ))
+            .ok()?;
             Some((PositiveMoney::new(price).ok()?, size))
         };
         let bids = (0..depth as i64)
@@ -314,7 +320,8 @@ impl SimFeed {
         let quote = path.next_quote();
         self.seqs[index] += 1;
         let money = |d: Decimal| PositiveMoney::new(d).ok();
-        // The model keeps every price > 0 (units >= 1), so `new` never refuses.
+        // The model keeps every price > 0 (units >= 1), so `new` refuses only a price past
+        // the contract's range (1e14): that tick is not sent.
         let tick = TickData {
             price: money(quote.price)?,
             bid: money(quote.bid),

@@ -57,15 +57,14 @@ impl Window {
 
     /// The largest move to `price` from any mark of the window, signed, in percent.
     fn move_pct(&self, price: Decimal) -> Decimal {
-        let hundred = Decimal::ONE_HUNDRED;
         let up = self
             .lows
             .front()
-            .map_or(Decimal::ZERO, |(_, low)| (price - low) * hundred / low);
+            .map_or(Decimal::ZERO, |(_, low)| percent_move(*low, price));
         let down = self
             .highs
             .front()
-            .map_or(Decimal::ZERO, |(_, high)| (price - high) * hundred / high);
+            .map_or(Decimal::ZERO, |(_, high)| percent_move(*high, price));
         if up >= -down {
             up
         } else {
@@ -77,6 +76,19 @@ impl Window {
         self.lows.clear();
         self.highs.clear();
     }
+}
+
+/// `(to - from) * 100 / from`; a move too big for a decimal (a mark of 1e-20 after one
+/// of 1e13) is as big as a decimal goes, in its direction: it trips the breaker.
+fn percent_move(from: Decimal, to: Decimal) -> Decimal {
+    to.checked_sub(from)
+        .and_then(|x| x.checked_mul(Decimal::ONE_HUNDRED))
+        .and_then(|x| x.checked_div(from))
+        .unwrap_or(if to < from {
+            Decimal::MIN
+        } else {
+            Decimal::MAX
+        })
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +230,25 @@ mod tests {
         assert!(calm.observe(&btc, d("106"), S));
         assert!(!calm.observe(&btc, d("106.5"), 400 * S));
         assert!(calm.halt(&btc, 400 * S).is_none());
+    }
+
+    #[test]
+    fn a_move_too_big_for_a_decimal_trips_without_a_panic() {
+        let mut b = breakers();
+        let btc = sym("BTC-USD");
+        b.observe(&btc, d("0.0000000000000000000000000001"), 0);
+        // +1e43 %: beyond the decimal range, reported as the largest move there is.
+        assert!(b.observe(&btc, d("99999999999999"), S));
+        let halt = b.halt(&btc, S).unwrap();
+        assert!(
+            halt.detail.contains("moved 79228162514264337593543950335%"),
+            "{}",
+            halt.detail
+        );
+        let eth = sym("ETH-USD");
+        b.observe(&eth, d("99999999999999"), 0);
+        assert!(b.observe(&eth, d("0.0000000000000000000000000001"), S));
+        assert!(b.halt(&eth, S).unwrap().detail.contains("moved -100%"));
     }
 
     #[test]

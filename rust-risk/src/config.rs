@@ -126,7 +126,8 @@ impl Settings {
         if risk.reservation_ttl_ms == 0 {
             bail!("reservation_ttl_ms must be greater than zero");
         }
-        let fee_bps = non_negative("fee_bps", risk.fee_bps, f64::MAX)?;
+        // At most 100 % of the notional (and so a fee estimate never overflows).
+        let fee_bps = non_negative("fee_bps", risk.fee_bps, 10_000.0)?;
         if risk.rate_limit_window_ms == 0 {
             bail!("rate_limit_window_ms must be greater than zero");
         }
@@ -247,6 +248,12 @@ mod tests {
         assert!(error("[risk]\nrate_limit_window_ms = 0\n").contains("rate_limit_window_ms"));
         assert!(error("[risk]\nflatten_venue = \"Sim!\"\n").contains("flatten_venue"));
         assert!(error("[risk]\nfee_bps = -3.0\n").contains("fee_bps"));
+        assert!(error("[risk]\nfee_bps = 1e30\n").contains("fee_bps"));
+        assert!(error("[risk]\nfee_bps = 10000.5\n").contains("fee_bps"));
+        assert!(error("[risk]\nfee_bps = nan\n").contains("fee_bps"));
+        assert!(
+            error("[risk]\nmax_order_notional = \"100000000000000\"\n").contains("out of range")
+        );
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! The risk state and every change to it. One task owns the engine (service.rs), so
 //! there are no locks: reports, ticks and requests are applied one at a time, in the
 //! order they arrive. Time is always passed in, which keeps all of this testable.
+//!
+//! Nothing here panics on a number: the rules and the ledger check their arithmetic
+//! (an order is refused `overflow`, a fill that cannot be booked is an error), the
+//! account's totals saturate and then halt the account (`overflow`), and figures
+//! beyond the contract's money range (|x| < 1e14) are written as its end.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -15,7 +20,7 @@ use rust_decimal::Decimal;
 
 use crate::breaker::CircuitBreakers;
 use crate::config::Settings;
-use crate::ledger::{Fill, Ledger};
+use crate::ledger::{Fill, Ledger, Overflow};
 use crate::limits::{BreachAction, Limits, LossLatch};
 use crate::open_orders::{is_terminal, OpenOrders};
 use crate::rate::RateLimiter;
@@ -24,7 +29,7 @@ use crate::rules::{self, Gate, MarketData, OpenOrderCounts, Refusal};
 use crate::watermarks::Watermarks;
 
 /// The agent name of the orders risk itself sends (kill switch flatten).
-pub const RISK_AGENT: &str = "risk";
+pub const RISK_AGENT: &str = moonbus_common::subjects::KILLSWITCH_AGENT;
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -53,7 +58,12 @@ struct Totals {
     unrealized_pnl: Decimal,
     gross_exposure: Decimal,
     open_positions: u64,
+    /// A figure did not fit a decimal (the others saturated): the account halts.
+    overflow: bool,
 }
+
+/// The account-state reason (and breach name) of books that no longer fit a decimal.
+const OVERFLOW: &str = "overflow";
 
 pub struct Engine {
     settings: Settings,
@@ -68,6 +78,9 @@ pub struct Engine {
     kill_switch: KillSwitchState,
     ready: bool,
     applied: HashSet<(ClientOrderId, OrderStatus, NonNegativeMoney)>,
+    /// A fill that could not be booked (its figures overflow a decimal): the books miss
+    /// it, so the account stays HALTED (fail closed) for the life of the process.
+    unbooked_fill: Option<String>,
 }
 
 impl Engine {
@@ -90,6 +103,7 @@ impl Engine {
             },
             ready: false,
             applied: HashSet::new(),
+            unbooked_fill: None,
             settings,
         }
     }
@@ -118,7 +132,8 @@ impl Engine {
     // ------------------------------------------------------------ inputs
 
     /// Apply one report of the EXEC stream. Err = a report that claims a fill but
-    /// lacks what a fill needs (it goes to errors.risk; nothing was changed).
+    /// lacks what a fill needs, or whose fill does not fit a decimal (it goes to
+    /// errors.risk; nothing was changed; the latter halts the account).
     pub fn apply_report(&mut self, report: &ExecutionReport) -> Result<ReportEffect, String> {
         let Some(order_id) = &report.client_order_id else {
             return Ok(ReportEffect::NoOrder);
@@ -141,17 +156,25 @@ impl Engine {
             };
             Some((symbol, fill))
         };
-        if !self
-            .applied
-            .insert((order_id.clone(), report.status, report.filled_quantity))
-        {
+        let key = (order_id.clone(), report.status, report.filled_quantity);
+        if self.applied.contains(&key) {
             return Ok(ReportEffect::Duplicate);
         }
         self.watermarks.roll_day(report.ts, self.totals().equity);
         if let Some((symbol, fill)) = fill {
-            self.ledger.apply(symbol, &fill);
+            if let Err(Overflow) = self.ledger.apply(symbol, &fill) {
+                let why = format!(
+                    "the fill of order {order_id} ({} {symbol} at {}, fee {}) does not fit the books' \
+                     exact decimals: not booked, account HALTED",
+                    fill.quantity, fill.price, fill.fee
+                );
+                tracing::error!(reason = %why, "overflow");
+                self.unbooked_fill = Some(why.clone());
+                return Err(format!("{OVERFLOW}: {why}"));
+            }
             self.reservations.fill(order_id.as_str(), fill_quantity);
         }
+        self.applied.insert(key);
         if is_terminal(report.status) {
             self.reservations.release(order_id.as_str());
         }
@@ -237,9 +260,19 @@ impl Engine {
             buys_in_flight: self.reservations.buy_notional(),
             other_exposure: self.exposure_except(symbol),
         };
+        // Books that do not fit a decimal (the account is HALTED for it) refuse with
+        // their own code, so it is not mistaken for a loss limit.
+        let books = self.books_overflow(&totals).filter(|_| self.ready);
         // Last, and only for an order every other rule approves: the rate budgets
         // count orders that would be routed, not every attempt.
-        let outcome = rules::check(&context, &order).and_then(|approval| {
+        let outcome = match books {
+            Some(reason) => Err(Refusal {
+                code: rules::OVERFLOW,
+                reason,
+            }),
+            None => rules::check(&context, &order),
+        }
+        .and_then(|approval| {
             self.rate
                 .admit(
                     request.agent.as_str(),
@@ -258,8 +291,9 @@ impl Engine {
                         symbol: symbol.clone(),
                         quantity: request.side.sign() * order.quantity,
                         price: approval.price,
-                        expires_ns: now_ns
-                            .saturating_add(self.settings.reservation_ttl_ms * NS_PER_MS),
+                        expires_ns: now_ns.saturating_add(
+                            self.settings.reservation_ttl_ms.saturating_mul(NS_PER_MS),
+                        ),
                     },
                 );
                 tracing::debug!(
@@ -348,9 +382,9 @@ impl Engine {
             .filter_map(|(symbol, p)| {
                 let pending = self.reservations.pending(symbol.as_str());
                 let (side, open) = if p.quantity.is_sign_positive() {
-                    (Side::Sell, p.quantity - pending.sells)
+                    (Side::Sell, p.quantity.saturating_sub(pending.sells))
                 } else {
-                    (Side::Buy, -p.quantity - pending.buys)
+                    (Side::Buy, (-p.quantity).saturating_sub(pending.buys))
                 };
                 let quantity = PositiveMoney::new(open).ok()?;
                 let client_order_id =
@@ -446,9 +480,15 @@ impl Engine {
                     avg_price: non_negative(p.avg_price()),
                     mark_price: self.marks.get(symbol).map(|m| non_negative(m.price)),
                     realized_pnl: money(p.realized_pnl),
-                    unrealized_pnl: money(p.unrealized_pnl(price)),
+                    unrealized_pnl: money(p.unrealized_pnl(price).unwrap_or(
+                        if p.quantity.is_sign_positive() == (price > Decimal::ZERO) {
+                            Decimal::MAX
+                        } else {
+                            Decimal::MIN
+                        },
+                    )),
                     fees: non_negative(p.fees),
-                    notional: non_negative(p.quantity.abs() * price),
+                    notional: non_negative(p.quantity.abs().saturating_mul(price)),
                 }
             })
             .collect()
@@ -464,7 +504,14 @@ impl Engine {
             equity: money(totals.equity),
             peak_equity: money(self.watermarks.peak_equity),
             drawdown_pct: drawdown.to_f64().unwrap_or(0.0),
-            realized_pnl: money(self.ledger.realized_pnl()),
+            realized_pnl: money(self.ledger.realized_pnl().unwrap_or_else(|| {
+                // Only a sum that large: the sign of its biggest part.
+                self.ledger
+                    .positions
+                    .values()
+                    .map(|p| p.realized_pnl)
+                    .fold(Decimal::ZERO, Decimal::saturating_add)
+            })),
             unrealized_pnl: money(totals.unrealized_pnl),
             day_pnl: money(self.watermarks.day_pnl(totals.equity)),
             fees: non_negative(self.ledger.fees),
@@ -522,7 +569,8 @@ impl Engine {
                         reasons.push("stale_market_data".into());
                     }
                     Some(mark) => {
-                        if position.abs() * mark.price >= self.settings.limits.max_position_notional
+                        if position.abs().saturating_mul(mark.price)
+                            >= self.settings.limits.max_position_notional
                         {
                             if state == TradingState::Active {
                                 state = TradingState::ReduceOnly;
@@ -560,13 +608,16 @@ impl Engine {
         })
     }
 
+    /// Checked sums: a figure that does not fit saturates and sets `overflow`.
     fn totals(&self) -> Totals {
         let mut totals = Totals {
             equity: self.ledger.cash,
             unrealized_pnl: Decimal::ZERO,
             gross_exposure: Decimal::ZERO,
             open_positions: 0,
+            overflow: false,
         };
+        let mut overflow = false;
         for (symbol, p) in self
             .ledger
             .positions
@@ -574,15 +625,19 @@ impl Engine {
             .filter(|(_, p)| !p.quantity.is_zero())
         {
             let price = self.valuation_price(symbol).unwrap_or(Decimal::ZERO);
-            totals.equity += p.quantity * price;
-            totals.unrealized_pnl += p.unrealized_pnl(price);
-            totals.gross_exposure += (p.quantity * price).abs();
+            let value = p.quantity.checked_mul(price);
+            let long = p.quantity.is_sign_positive();
+            overflow |= saturating_add(&mut totals.equity, value, long);
+            overflow |= saturating_add(&mut totals.unrealized_pnl, p.unrealized_pnl(price), long);
+            overflow |= saturating_add(&mut totals.gross_exposure, value.map(|v| v.abs()), true);
             totals.open_positions += 1;
         }
+        totals.overflow = overflow;
         totals
     }
 
-    /// Worst-case exposure of every symbol but `symbol`, if all in-flight orders fill.
+    /// Worst-case exposure of every symbol but `symbol`, if all in-flight orders fill
+    /// (saturating: a figure too big for a decimal is the biggest one).
     fn exposure_except(&self, symbol: &Symbol) -> Decimal {
         let mut prices: HashMap<&Symbol, Decimal> = self.reservations.symbols().collect();
         for s in self.ledger.positions.keys() {
@@ -594,13 +649,13 @@ impl Engine {
             .into_iter()
             .filter(|(s, _)| *s != symbol)
             .map(|(s, price)| {
-                let worst = rules::worst_case_quantity(
+                rules::worst_case_quantity(
                     self.ledger.quantity(s.as_str()),
                     self.reservations.pending(s.as_str()),
-                );
-                worst * price
+                )
+                .map_or(Decimal::MAX, |worst| worst.saturating_mul(price))
             })
-            .sum()
+            .fold(Decimal::ZERO, Decimal::saturating_add)
     }
 
     /// Orders open now (reservations in flight and resting orders, once each),
@@ -643,6 +698,18 @@ impl Engine {
         }
     }
 
+    /// Why the books cannot be trusted, if they cannot: a fill that was not booked, or
+    /// totals beyond the decimal range.
+    fn books_overflow(&self, totals: &Totals) -> Option<String> {
+        if let Some(why) = &self.unbooked_fill {
+            return Some(why.clone());
+        }
+        totals.overflow.then(|| {
+            "the account's totals (equity, exposure) do not fit an exact decimal: account HALTED"
+                .to_string()
+        })
+    }
+
     /// The account's limits (not the kill switch): what they allow, and which are
     /// past or latched.
     fn gate(&self, totals: &Totals) -> (Gate, Vec<String>) {
@@ -662,6 +729,11 @@ impl Engine {
                     breaches.push(breach.clone());
                 }
             }
+        }
+        // Books that do not fit a decimal are no basis for any decision: fail closed.
+        if self.books_overflow(totals).is_some() {
+            breaches.push(OVERFLOW.to_string());
+            return (Gate::Halted, breaches);
         }
         let gate = match (breaches.is_empty(), self.settings.on_limit_breach) {
             (true, _) => Gate::Active,
@@ -695,15 +767,33 @@ impl Engine {
     }
 }
 
-/// Wire form: trailing zeros of products and quotients dropped (970.0000 -> 970).
+/// `sum += value`; a value that is `None` (did not fit) or a sum that does not fit
+/// saturates towards `up` (true: Decimal::MAX, false: Decimal::MIN). True = overflowed.
+fn saturating_add(sum: &mut Decimal, value: Option<Decimal>, up: bool) -> bool {
+    match value.and_then(|v| sum.checked_add(v)) {
+        Some(next) => {
+            *sum = next;
+            false
+        }
+        None => {
+            *sum = if up { Decimal::MAX } else { Decimal::MIN };
+            true
+        }
+    }
+}
+
+/// Wire form: trailing zeros of products and quotients dropped (970.0000 -> 970); a
+/// figure beyond the contract's money range (|x| < 1e14) is written as its end.
 fn money(value: Decimal) -> Money {
-    Money::from(value.normalize())
+    Money::saturating(value.normalize())
 }
 
 /// For values that are never negative by construction (prices, fees, |notional|).
 fn non_negative(value: Decimal) -> NonNegativeMoney {
-    NonNegativeMoney::new(value.normalize()).unwrap_or(NonNegativeMoney::ZERO)
+    NonNegativeMoney::saturating(value.normalize())
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,10 @@
 //! In-flight reservations: an approved order holds its share of the limits until its
 //! execution report is terminal or its time-to-live passes, so two orders that each
 //! fit but together do not cannot both be approved.
+//!
+//! Sums saturate at the end of the decimal range instead of overflowing: a bigger
+//! figure in flight only makes the limits refuse sooner (the rules check their own
+//! arithmetic and refuse `overflow`).
 
 use std::collections::HashMap;
 
@@ -19,7 +23,7 @@ pub struct Reservation {
 
 impl Reservation {
     pub fn notional(&self) -> Decimal {
-        self.quantity.abs() * self.price
+        self.quantity.abs().saturating_mul(self.price)
     }
 }
 
@@ -85,9 +89,9 @@ impl Reservations {
             .filter(|r| r.symbol.as_str() == symbol)
         {
             if r.quantity.is_sign_negative() {
-                pending.sells -= r.quantity;
+                pending.sells = pending.sells.saturating_sub(r.quantity);
             } else {
-                pending.buys += r.quantity;
+                pending.buys = pending.buys.saturating_add(r.quantity);
             }
         }
         pending
@@ -99,7 +103,7 @@ impl Reservations {
             .values()
             .filter(|r| r.quantity.is_sign_positive())
             .map(Reservation::notional)
-            .sum()
+            .fold(Decimal::ZERO, Decimal::saturating_add)
     }
 
     /// The orders in flight and their symbols.
@@ -146,6 +150,24 @@ mod tests {
             }
         );
         assert_eq!(r.buy_notional(), d("70"));
+    }
+
+    #[test]
+    fn sums_saturate_instead_of_overflowing() {
+        let mut r = Reservations::default();
+        let max = Decimal::MAX.to_string();
+        r.reserve("a", reservation("BTC-USD", &max, "2", 10));
+        r.reserve("b", reservation("BTC-USD", &max, "1", 10));
+        r.reserve("c", reservation("BTC-USD", &format!("-{max}"), "1", 10));
+        r.reserve("d", reservation("BTC-USD", &format!("-{max}"), "1", 10));
+        assert_eq!(
+            r.pending("BTC-USD"),
+            Pending {
+                buys: Decimal::MAX,
+                sells: Decimal::MAX
+            }
+        );
+        assert_eq!(r.buy_notional(), Decimal::MAX);
     }
 
     #[test]

@@ -1,6 +1,14 @@
 //! The pre-trade check: a fixed sequence of rules, the first failure wins. Pure: the
 //! caller gathers everything the rules look at into a `Context`.
+//!
+//! Every sum and product is checked: a figure beyond the exact decimal range
+//! (7.9e28) is a refusal with code `overflow`, never a panic. Money read from the bus
+//! is below 1e14 (the contract), so one product cannot overflow; sums over many
+//! orders in flight, and inputs that did not come through the contract, can.
 
+use moonbus_common::MONEY_LIMIT;
+#[cfg(test)]
+use moonbus_common::MONEY_MAX;
 use rust_decimal::Decimal;
 
 use crate::breaker::Halt;
@@ -95,24 +103,38 @@ fn refuse(code: &'static str, reason: impl Into<String>) -> Result<Approval, Ref
     })
 }
 
+/// The refusal of a figure that does not fit an exact decimal.
+pub const OVERFLOW: &str = "overflow";
+
+/// `value`, or an `overflow` refusal naming `what` overflowed.
+fn checked(value: Option<Decimal>, what: &str) -> Result<Decimal, Refusal> {
+    value.ok_or_else(|| Refusal {
+        code: OVERFLOW,
+        reason: format!("{what} is beyond the exact decimal range (|x| < 7.9e28): refused"),
+    })
+}
+
 /// Does the order only shrink the position, even if every same-side order in flight
 /// fills first? (A sell against a long of 10 with a sell of 8 in flight may sell 2.)
 pub fn reduces(position: Decimal, pending: Pending, order: &Order) -> bool {
     let available = if order.buy && position.is_sign_negative() {
-        -position - pending.buys
+        (-position).checked_sub(pending.buys)
     } else if !order.buy && position.is_sign_positive() {
-        position - pending.sells
+        position.checked_sub(pending.sells)
     } else {
-        Decimal::ZERO
+        None
     };
+    // Beyond the decimal range counts as not reducing: the order meets every rule.
+    let available = available.unwrap_or(Decimal::ZERO);
     !order.quantity.is_zero() && order.quantity <= available
 }
 
-/// The largest |position| the symbol can reach if the in-flight orders of one side fill.
-pub fn worst_case_quantity(position: Decimal, pending: Pending) -> Decimal {
-    (position + pending.buys)
-        .abs()
-        .max((position - pending.sells).abs())
+/// The largest |position| the symbol can reach if the in-flight orders of one side
+/// fill; `None` if that is beyond the decimal range.
+pub fn worst_case_quantity(position: Decimal, pending: Pending) -> Option<Decimal> {
+    let long = position.checked_add(pending.buys)?;
+    let short = position.checked_sub(pending.sells)?;
+    Some(long.abs().max(short.abs()))
 }
 
 pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
@@ -178,7 +200,7 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
         return Err(refusal);
     }
     let price = order.price.unwrap_or(market.price);
-    let notional = order.quantity * price;
+    let notional = checked(order.quantity.checked_mul(price), "the order notional")?;
     // A reducing order can at most close the position, which the position limit
     // already bounds: a mass close (kill switch flatten) is never split or refused.
     if !reducing && notional > limits.max_order_notional {
@@ -194,13 +216,26 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
     if !reducing {
         let mut pending = ctx.pending;
         let projected = if order.buy {
-            pending.buys += order.quantity;
-            ctx.position + pending.buys
+            pending.buys = checked(pending.buys.checked_add(order.quantity), "buys in flight")?;
+            ctx.position.checked_add(pending.buys)
         } else {
-            pending.sells += order.quantity;
-            ctx.position - pending.sells
+            pending.sells = checked(pending.sells.checked_add(order.quantity), "sells in flight")?;
+            ctx.position.checked_sub(pending.sells)
         };
-        let position_notional = projected.abs() * price;
+        let projected = checked(projected, "the projected position")?;
+        // Positions are money on the bus (risk.api.positions, verdicts): one that could
+        // not be written is refused before it exists.
+        if projected.abs() >= MONEY_LIMIT {
+            return refuse(
+                OVERFLOW,
+                format!(
+                    "position after the order and those in flight would be {projected}, beyond the \
+                     contract's money range (|x| < 1e14)"
+                ),
+            );
+        }
+        let position_notional =
+            checked(projected.abs().checked_mul(price), "the position notional")?;
         if position_notional > limits.max_position_notional {
             return refuse(
                 "max_position_notional",
@@ -210,7 +245,16 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
                 ),
             );
         }
-        let gross = ctx.other_exposure + worst_case_quantity(ctx.position, pending) * price;
+        let worst = checked(
+            worst_case_quantity(ctx.position, pending),
+            "the worst-case position",
+        )?;
+        let gross = checked(
+            worst
+                .checked_mul(price)
+                .and_then(|own| own.checked_add(ctx.other_exposure)),
+            "the gross exposure",
+        )?;
         if gross > limits.max_gross_exposure {
             return refuse(
                 "max_gross_exposure",
@@ -242,9 +286,19 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
             );
         }
         if order.buy {
-            let buys = ctx.buys_in_flight + notional;
-            let fee = buys * ctx.fee_bps / Decimal::from(10_000);
-            let cash_after = ctx.cash - buys - fee;
+            let buys = checked(
+                ctx.buys_in_flight.checked_add(notional),
+                "the buys in flight",
+            )?;
+            let fee = checked(
+                buys.checked_mul(ctx.fee_bps)
+                    .and_then(|x| x.checked_div(Decimal::from(10_000))),
+                "the estimated fees",
+            )?;
+            let cash_after = checked(
+                ctx.cash.checked_sub(buys).and_then(|x| x.checked_sub(fee)),
+                "the cash after the buys in flight",
+            )?;
             if cash_after < limits.min_cash {
                 return refuse(
                     "min_cash",
@@ -273,7 +327,17 @@ fn price_band(band_pct: Decimal, mark: Decimal, order: &Order) -> Option<Refusal
     if band_pct.is_zero() || mark.is_zero() {
         return None;
     }
-    let off_pct = (limit - mark) * Decimal::ONE_HUNDRED / mark;
+    // The percentage off a tiny mark may not fit a decimal: then it is as far off as a
+    // decimal goes, on the limit's side of the mark.
+    let off_pct = limit
+        .checked_sub(mark)
+        .and_then(|x| x.checked_mul(Decimal::ONE_HUNDRED))
+        .and_then(|x| x.checked_div(mark))
+        .unwrap_or(if limit < mark {
+            Decimal::MIN
+        } else {
+            Decimal::MAX
+        });
     let aggressive = if order.buy { off_pct } else { -off_pct };
     (aggressive > band_pct).then(|| Refusal {
         code: "price_band",
@@ -760,5 +824,222 @@ mod tests {
             ..c
         };
         assert_eq!(code(check(&c, &order)), "min_cash");
+    }
+
+    mod properties {
+        use super::*;
+        use crate::ledger::strategies::{any_decimal, positive_decimal};
+        use proptest::prelude::*;
+
+        /// Every code `check` may answer with.
+        const CODES: &[&str] = &[
+            "not_ready",
+            "kill_switch",
+            "account_halted",
+            "account_reduce_only",
+            "circuit_breaker",
+            "reduce_only_increases",
+            "no_market_data",
+            "stale_market_data",
+            "price_band",
+            "max_order_notional",
+            "max_position_notional",
+            "max_gross_exposure",
+            "max_open_orders",
+            "max_open_orders_symbol",
+            "min_cash",
+            OVERFLOW,
+        ];
+
+        fn any_limits() -> impl Strategy<Value = Limits> {
+            (
+                any_decimal(),
+                any_decimal(),
+                any_decimal(),
+                any_decimal(),
+                any_decimal(),
+                0.0f64..=100.0,
+            )
+                .prop_map(|(order, position, gross, min_cash, loss, drawdown)| {
+                    Limits {
+                        max_order_notional: order.abs(),
+                        max_position_notional: position.abs(),
+                        max_gross_exposure: gross.abs(),
+                        min_cash,
+                        max_daily_loss: loss.abs(),
+                        max_drawdown_pct: drawdown,
+                    }
+                })
+        }
+
+        fn any_order() -> impl Strategy<Value = Order> {
+            (
+                positive_decimal(),
+                any::<bool>(),
+                any::<bool>(),
+                proptest::option::of(positive_decimal()),
+                any::<bool>(),
+            )
+                .prop_map(|(quantity, buy, reduce_only, price, is_limit)| Order {
+                    quantity,
+                    buy,
+                    reduce_only,
+                    price,
+                    limit_price: price.filter(|_| is_limit),
+                })
+        }
+
+        /// Everything but the limits and guards, which `Context` borrows.
+        #[derive(Debug, Clone)]
+        struct Rest {
+            gate: Gate,
+            fee_bps: Decimal,
+            position: Decimal,
+            pending: Pending,
+            market: Option<MarketData>,
+            cash: Decimal,
+            buys_in_flight: Decimal,
+            other_exposure: Decimal,
+            band: Decimal,
+        }
+
+        fn any_rest() -> impl Strategy<Value = Rest> {
+            (
+                prop::sample::select(vec![Gate::Active, Gate::ReduceOnly, Gate::Halted]),
+                any_decimal(),
+                any_decimal(),
+                (any_decimal(), any_decimal()),
+                proptest::option::of((positive_decimal(), 0u64..10_000)),
+                any_decimal(),
+                (any_decimal(), any_decimal()),
+                any_decimal(),
+            )
+                .prop_map(
+                    |(
+                        gate,
+                        fee_bps,
+                        position,
+                        (buys, sells),
+                        market,
+                        cash,
+                        (in_flight, other),
+                        band,
+                    )| {
+                        Rest {
+                            gate,
+                            fee_bps: fee_bps.abs(),
+                            position,
+                            pending: Pending {
+                                buys: buys.abs(),
+                                sells: sells.abs(),
+                            },
+                            market: market.map(|(price, age_ms)| MarketData { price, age_ms }),
+                            cash,
+                            buys_in_flight: in_flight.abs(),
+                            other_exposure: other.abs(),
+                            band: band.abs(),
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            /// Any figures at all, also those the contract keeps out: an approval with
+            /// the exact notional, or a refusal with a known code and a reason.
+            #[test]
+            fn check_answers_every_input_with_a_code(
+                limits in any_limits(),
+                rest in any_rest(),
+                order in any_order(),
+                kill_switch in any::<bool>(),
+            ) {
+                let guards = OrderGuards {
+                    price_band_pct: rest.band,
+                    max_open_orders: 0,
+                    max_open_orders_per_symbol: 0,
+                };
+                let ctx = Context {
+                    ready: true,
+                    kill_switch,
+                    gate: rest.gate,
+                    limits: &limits,
+                    guards: &guards,
+                    halt: None,
+                    open_orders: OpenOrderCounts::default(),
+                    stale_after_ms: 5_000,
+                    fee_bps: rest.fee_bps,
+                    position: rest.position,
+                    pending: rest.pending,
+                    market: rest.market,
+                    cash: rest.cash,
+                    buys_in_flight: rest.buys_in_flight,
+                    other_exposure: rest.other_exposure,
+                };
+                match check(&ctx, &order) {
+                    Ok(approval) => {
+                        prop_assert_eq!(Some(approval.notional), order.quantity.checked_mul(approval.price));
+                    }
+                    Err(refusal) => {
+                        prop_assert!(CODES.contains(&refusal.code), "{}", refusal.code);
+                        prop_assert!(!refusal.reason.is_empty());
+                    }
+                }
+            }
+
+            /// With the contract's figures (< 1e14) and limits, an approved order that
+            /// adds risk keeps the position writable on the bus.
+            #[test]
+            fn approvals_keep_positions_inside_the_contract(
+                quantity in 1u64..100_000_000_000_000u64,
+                price_units in 1u64..100_000_000_000_000u64,
+                scale in 0u32..=14,
+                position in -99_999_999_999_999i64..99_999_999_999_999i64,
+                buy in any::<bool>(),
+            ) {
+                let limits = Limits {
+                    max_order_notional: MONEY_MAX,
+                    max_position_notional: MONEY_MAX,
+                    max_gross_exposure: MONEY_MAX,
+                    min_cash: -MONEY_MAX,
+                    max_daily_loss: MONEY_MAX,
+                    max_drawdown_pct: 100.0,
+                };
+                let guards = OrderGuards {
+                    price_band_pct: Decimal::ZERO,
+                    max_open_orders: 0,
+                    max_open_orders_per_symbol: 0,
+                };
+                let price = Decimal::new(price_units as i64, scale);
+                let ctx = Context {
+                    ready: true,
+                    kill_switch: false,
+                    gate: Gate::Active,
+                    limits: &limits,
+                    guards: &guards,
+                    halt: None,
+                    open_orders: OpenOrderCounts::default(),
+                    stale_after_ms: 5_000,
+                    fee_bps: Decimal::from(10_000),
+                    position: Decimal::from(position),
+                    pending: Pending::default(),
+                    market: Some(MarketData { price, age_ms: 0 }),
+                    cash: MONEY_MAX,
+                    buys_in_flight: Decimal::ZERO,
+                    other_exposure: Decimal::ZERO,
+                };
+                let order = Order {
+                    quantity: Decimal::from(quantity),
+                    buy,
+                    reduce_only: false,
+                    price: None,
+                    limit_price: None,
+                };
+                if let Ok(approval) = check(&ctx, &order) {
+                    let signed = if buy { order.quantity } else { -order.quantity };
+                    prop_assert!((ctx.position + signed).abs() < MONEY_LIMIT);
+                    prop_assert!(approval.reducing || approval.notional <= MONEY_MAX);
+                }
+            }
+        }
     }
 }

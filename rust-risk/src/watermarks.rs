@@ -42,16 +42,22 @@ impl Watermarks {
         self.peak_equity = self.peak_equity.max(equity);
     }
 
+    /// Saturates at the end of the decimal range (a loss that large breaches any limit).
     pub fn day_pnl(&self, equity: Decimal) -> Decimal {
-        equity - self.day_start_equity
+        equity.saturating_sub(self.day_start_equity)
     }
 
-    /// Percent below the peak (0 at or above it, and when the peak is not positive).
+    /// Percent below the peak (0 at or above it, and when the peak is not positive);
+    /// Decimal::MAX when it does not fit a decimal (a fall from a tiny peak).
     pub fn drawdown_pct(&self, equity: Decimal) -> Decimal {
         if self.peak_equity <= Decimal::ZERO || equity >= self.peak_equity {
             return Decimal::ZERO;
         }
-        (self.peak_equity - equity) / self.peak_equity * Decimal::ONE_HUNDRED
+        self.peak_equity
+            .checked_sub(equity)
+            .and_then(|x| x.checked_div(self.peak_equity))
+            .and_then(|x| x.checked_mul(Decimal::ONE_HUNDRED))
+            .unwrap_or(Decimal::MAX)
     }
 }
 
@@ -84,5 +90,9 @@ mod tests {
         assert_eq!(w.drawdown_pct(d("1300")), d("0"));
         let broke = Watermarks::new(d("0"));
         assert_eq!(broke.drawdown_pct(d("-5")), d("0"));
+        // Beyond the decimal range: the largest figure, no panic.
+        let tiny = Watermarks::new(Decimal::new(1, 28));
+        assert_eq!(tiny.drawdown_pct(Decimal::MIN), Decimal::MAX);
+        assert_eq!(tiny.day_pnl(Decimal::MIN), Decimal::MIN);
     }
 }

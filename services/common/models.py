@@ -31,7 +31,10 @@ from pydantic import (
     model_validator,
 )
 
-DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
+# Money has at most 14 digits before the point (|x| < 1e14, MONEY_LIMIT): the product
+# of any two money values then stays below 1e28, inside the 96-bit decimal the Rust
+# services compute with (7.9e28), so no price x quantity can overflow there.
+DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]{0,13})(\.[0-9]+)?$"
 SYMBOL_PATTERN = r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$"
 VENUE_PATTERN = r"^[a-z0-9_]{1,32}$"
 CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -39,6 +42,13 @@ AGENT_PATTERN = r"^[a-z0-9_-]{1,32}$"
 INTERVAL_PATTERN = r"^[0-9]{1,4}[smhd]$"
 
 MAX_DECIMAL_CHARS = 40
+MONEY_LIMIT = Decimal(10) ** 14
+_TOO_LARGE = re.compile(r"^-?[1-9][0-9]{14,}(\.[0-9]+)?$")
+
+
+def _out_of_range(value: object) -> ValueError:
+    return ValueError(f"money {str(value)[:40]!r} out of range: |x| must be below 1e14 "
+                      "(at most 14 digits before the point)")
 
 
 def _decimal_parser(pattern: str) -> Any:
@@ -46,9 +56,16 @@ def _decimal_parser(pattern: str) -> Any:
 
     def parse(value: Any) -> Decimal:
         if isinstance(value, Decimal):
+            # Built in code: the same range as on the wire (and no NaN or Infinity).
+            if not value.is_finite():
+                raise ValueError(f"money must be a finite decimal, not {value}")
+            if abs(value) >= MONEY_LIMIT:
+                raise _out_of_range(value)
             return value
         if not isinstance(value, str):
             raise ValueError("money must be a decimal string such as \"187.42\", not a JSON number")
+        if len(value) <= MAX_DECIMAL_CHARS and _TOO_LARGE.fullmatch(value):
+            raise _out_of_range(value)
         if len(value) > MAX_DECIMAL_CHARS or not regex.fullmatch(value):
             raise ValueError(f"not a decimal string of the expected sign: {value[:40]!r}")
         return Decimal(value)
@@ -63,8 +80,8 @@ def _decimal_to_string(value: Decimal) -> str:
     return format(value, "f")
 
 
-NON_NEGATIVE_DECIMAL_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"
-POSITIVE_DECIMAL_PATTERN = r"^(0\.[0-9]*[1-9][0-9]*|[1-9][0-9]*(\.[0-9]+)?)$"
+NON_NEGATIVE_DECIMAL_PATTERN = r"^(0|[1-9][0-9]{0,13})(\.[0-9]+)?$"
+POSITIVE_DECIMAL_PATTERN = r"^(0\.[0-9]*[1-9][0-9]*|[1-9][0-9]{0,13}(\.[0-9]+)?)$"
 
 
 def _money(pattern: str, check: Any = None) -> Any:
@@ -103,8 +120,9 @@ Venue = Annotated[str, Field(pattern=VENUE_PATTERN)]
 ClientOrderId = Annotated[str, Field(pattern=CLIENT_ORDER_ID_PATTERN)]
 AgentName = Annotated[str, Field(pattern=AGENT_PATTERN)]
 Interval = Annotated[str, Field(pattern=INTERVAL_PATTERN)]
-TimestampNs = Annotated[int, Field(ge=0)]
-Count = Annotated[int, Field(ge=0)]
+U64_MAX = 2**64 - 1  # integers are u64 in the Rust services: more is refused, never wrapped
+TimestampNs = Annotated[int, Field(ge=0, le=U64_MAX)]
+Count = Annotated[int, Field(ge=0, le=U64_MAX)]
 Score = Annotated[float, Field(ge=-1.0, le=1.0)]
 Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
 PriceLevel = tuple[PositiveMoney, NonNegativeMoney]
