@@ -29,6 +29,18 @@ def hash_env_var(user: str) -> str:
     return password_env_var(user).replace("MOONBUS_PW_", "MOONBUS_PWHASH_", 1)
 
 
+def read_token(moon_dir: Path) -> str:
+    """The gateway's read token for compose, generated once into <moon_dir>/gateway-read-token (0600)."""
+    import secrets
+
+    path = moon_dir / "gateway-read-token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
 def main() -> None:
     env_file = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO_ROOT / ".env"
     moon_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO_ROOT / ".moon"
@@ -41,6 +53,9 @@ def main() -> None:
         raise SystemExit("a NATS password in credentials.json contains a single quote: .env cannot hold it")
     lines += [f"{password_env_var(user)}='{password}'" for user, password in sorted(credentials.items())]
     lines += [f"{hash_env_var(user)}='{hashed}'" for user, hashed in sorted(hashes.items())]
+    # The gateway listens on 0.0.0.0 in its container, where it refuses to start without a
+    # read token: one generated once (like the passwords), unless the shell gives one.
+    lines.append(f"MOONBUS_GATEWAY_READ_TOKEN='{os.environ.get('MOONBUS_GATEWAY_READ_TOKEN') or read_token(moon_dir)}'")
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -52,7 +52,21 @@ pub fn encode<T: Serialize>(message: &T) -> Bytes {
 
 /// Parse a message strictly; the error text is fit to send back to whoever sent it.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> std::result::Result<T, String> {
-    serde_json::from_slice(payload).map_err(|e| e.to_string())
+    serde_json::from_slice(payload).map_err(|e| shorten(&e.to_string()))
+}
+
+/// Longest error text put in a reply, a report's reason or an error event: serde repeats
+/// an unknown field or variant whole, and a reason as long as the order it rejects would
+/// not fit in EXEC (64 KiB a message) -- the order could never be recorded, nor acked.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// `text` cut to MAX_REASON_CHARS characters, marked when cut.
+pub fn shorten(text: &str) -> String {
+    if text.chars().count() <= MAX_REASON_CHARS {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(MAX_REASON_CHARS - 1).collect();
+    format!("{head}…")
 }
 
 /// The body of an `{"error": {"code", "message"}}` reply.
@@ -108,4 +122,19 @@ pub async fn start_service(client: &Client, name: &str, description: &str) -> Re
         .start(name, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("starting NATS service {name}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decode_error_is_never_longer_than_max_reason_chars() {
+        let field = "x".repeat(60_000);
+        let payload = format!(r#"{{"client_order_id":"a","{field}":1}}"#);
+        let error = decode::<crate::OrderRequest>(payload.as_bytes()).unwrap_err();
+        assert_eq!(error.chars().count(), MAX_REASON_CHARS);
+        assert!(error.starts_with("unknown field `xxx") && error.ends_with('…'), "{error}");
+        assert_eq!(shorten("short"), "short");
+    }
 }

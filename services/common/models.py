@@ -355,7 +355,7 @@ class RiskCheckResult(Tolerant):
 
 
 class KillSwitchRequest(Strict):
-    """`risk.api.killswitch` request."""
+    """`risk.api.killswitch.<caller>` request (the caller is the NATS user; `actor` is only a note)."""
 
     action: Literal["engage", "release", "status"]
     actor: Annotated[str, Field(min_length=1, max_length=64)] = "operator"
@@ -396,7 +396,7 @@ class LimitsPatch(Strict):
 
 
 class LimitsRequest(Strict):
-    """`risk.api.limits` request: read (no `set`) or change some limits; optionally
+    """`risk.api.limits.<caller>` request: read (no `set`) or change some limits; optionally
     release the loss latch (the account stays REDUCE_ONLY / HALTED after a loss or
     drawdown limit trips until the UTC day rolls over or an operator releases it)."""
 
@@ -486,7 +486,8 @@ class SwarmAskRequest(Strict):
 
 
 class OrderRequest(Strict):
-    """`orders.submit.<symbol>` (JetStream ORDERS, Nats-Msg-Id = client_order_id)."""
+    """`orders.submit.<agent>.<symbol>` (JetStream ORDERS, Nats-Msg-Id = client_order_id); the
+    subject's agent token, pinned by the publisher's NATS permissions, must equal `agent`."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -524,7 +525,7 @@ class OrderRequest(Strict):
 
 
 class CancelRequest(Strict):
-    """`orders.cancel.<symbol>`."""
+    """`orders.cancel.<agent>.<symbol>`: by the order's own agent, or `operator` / `gateway`."""
 
     client_order_id: ClientOrderId
     agent: AgentName

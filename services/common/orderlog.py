@@ -24,10 +24,15 @@ from pydantic import BaseModel, ValidationError
 from .models import ExecutionReport, OrderRequest, OrderStatus
 from .streams import EXEC, ORDERS, Stored, StreamReadError, read_stream
 
-__all__ = ["OrderTrail", "Report", "Stored", "StreamReadError", "hops", "recent_orders", "trace"]
+__all__ = ["OrderTrail", "Report", "ScanLimitReached", "Stored", "StreamReadError", "hops", "recent_orders",
+           "trace"]
 
 # The most messages one lookup reads from a stream: an unknown id costs at most this.
 MAX_SCAN = 100_000
+
+
+class ScanLimitReached(StreamReadError):
+    """A search read its `max_scan` messages without finding what it looked for."""
 
 
 @dataclass
@@ -97,16 +102,20 @@ async def _last_seq(nc: Client, stream: str) -> tuple[int, int]:
     return info.state.first_seq, info.state.last_seq
 
 
-async def _attach_reports(nc: Client, trails: dict[str, OrderTrail], subject: str, start_ns: int) -> None:
+async def _attach_reports(nc: Client, trails: dict[str, OrderTrail], subject: str, start_ns: int,
+                          max_scan: int) -> None:
     """Reports are stored after their order, so EXEC is read from the oldest order's time."""
-    async for stored in read_stream(nc, EXEC, subject, start_ns=start_ns, max_messages=MAX_SCAN):
+    async for stored in read_stream(nc, EXEC, subject, start_ns=start_ns, max_messages=max_scan):
         report = _report(stored)
         if report is not None and report.client_order_id in trails:
             trails[report.client_order_id].reports.append(Report(stored, report))
 
 
-async def recent_orders(nc: Client, limit: int = 20, symbol: str | None = None) -> list[OrderTrail]:
-    """The last `limit` orders submitted (for `symbol`, or all), oldest first, with their reports."""
+async def recent_orders(nc: Client, limit: int = 20, symbol: str | None = None, *,
+                        max_scan: int = MAX_SCAN) -> list[OrderTrail]:
+    """The last `limit` orders submitted (for `symbol`, or all), oldest first, with their reports.
+    Looks back over at most `max_scan` stream sequences of ORDERS (fewer orders when the
+    symbol's are sparser than that)."""
     subject = f"orders.submit.*.{symbol}" if symbol else "orders.submit.>"
     first, last = await _last_seq(nc, ORDERS)
     found: list[Stored] = []
@@ -114,10 +123,10 @@ async def recent_orders(nc: Client, limit: int = 20, symbol: str | None = None) 
     # Walk back from the end in growing windows until `limit` orders of the subject are in.
     while last >= first and last > 0:
         start = max(first, last - window + 1)
-        found = [s async for s in read_stream(nc, ORDERS, subject, start_seq=start, max_messages=MAX_SCAN)]
-        if len(found) >= limit or start == first:
+        found = [s async for s in read_stream(nc, ORDERS, subject, start_seq=start, max_messages=max_scan)]
+        if len(found) >= limit or start == first or window >= max_scan:
             break
-        window *= 4
+        window = min(window * 4, max_scan)
     trails: dict[str, OrderTrail] = {}
     for stored in found[-limit:]:
         order = _order(stored)
@@ -125,22 +134,27 @@ async def recent_orders(nc: Client, limit: int = 20, symbol: str | None = None) 
         trails[key] = OrderTrail(key, order, stored)
     if trails:
         oldest = min(t.stored.stored_ns for t in trails.values() if t.stored)
-        await _attach_reports(nc, trails, f"exec.report.{symbol or '>'}", oldest)
+        await _attach_reports(nc, trails, f"exec.report.{symbol or '>'}", oldest, max_scan)
     return list(trails.values())
 
 
 async def trace(nc: Client, client_order_id: str, since_ns: int | None = None,
                 max_scan: int = MAX_SCAN) -> OrderTrail | None:
     """The order `client_order_id` (stored since `since_ns`, default: all the stream
-    keeps) and its reports; None when neither ORDERS nor EXEC knows it within the first
-    `max_scan` messages of each stream read."""
+    keeps) and its reports; None when neither ORDERS nor EXEC knows it. Reads at most
+    `max_scan` messages of each stream: ScanLimitReached when that ends the search."""
     trail = OrderTrail(client_order_id)
     orders = read_stream(nc, ORDERS, "orders.submit.>", start_ns=since_ns, max_messages=max_scan)
+    scanned = 0
     async with contextlib.aclosing(orders) as found:
         async for stored in found:
+            scanned += 1
             if stored.msg_id == client_order_id:
                 trail.stored, trail.order = stored, _order(stored)
                 break
+    if trail.stored is None and scanned >= max_scan:
+        raise ScanLimitReached(f"no order {client_order_id} in the first {max_scan} orders of ORDERS read; "
+                               "a later start (since) narrows the search")
     symbol = trail.order.symbol if trail.order else ">"
     start_ns = trail.stored.stored_ns if trail.stored else since_ns
     # EXEC's Nats-Msg-Id is `<client_order_id>:<status>:<filled>`.

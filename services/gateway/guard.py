@@ -24,7 +24,9 @@ from .config import allowed_hosts, split_host
 from .context import SESSION_COOKIE, Gateway, error_response
 
 READS = frozenset({"GET", "HEAD"})
-OPEN_PATHS = frozenset({"/health", "/"})  # plus /static/...
+# Hold no data: /health, the page and its files (so it can ask for the token), and the
+# Prometheus counters of the gateway's own HTTP and bus traffic (Prometheus scrapes them).
+OPEN_PATHS = frozenset({"/health", "/", "/metrics"})  # plus /static/...
 SESSION_PATH = "/api/session"  # a POST that needs the read token, not the write token
 
 

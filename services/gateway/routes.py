@@ -180,7 +180,7 @@ async def orders(gw: Gw, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     """The last orders in ORDERS, oldest first, each with its execution reports from EXEC."""
     nc = gw.the_bus().client
     try:
-        trails = await _bounded(gw, lambda: orderlog.recent_orders(nc, limit, symbol))
+        trails = await _bounded(gw, lambda: orderlog.recent_orders(nc, limit, symbol, max_scan=gw.cfg.order_scan_max))
     except TimeoutError:
         raise ApiError("timeout", f"reading ORDERS / EXEC took over {gw.cfg.order_lookup_timeout_s} s "
                                   "([gateway] order_lookup_timeout_s); ask for fewer or one symbol") from None
@@ -202,6 +202,8 @@ async def order_trace(gw: Gw, client_order_id: Annotated[str, Path(pattern=CLIEN
     except TimeoutError:
         raise ApiError("not_found", f"no order {client_order_id} found in {gw.cfg.order_lookup_timeout_s} s of "
                                     "searching ORDERS and EXEC; since_s narrows the search") from None
+    except orderlog.ScanLimitReached as e:
+        raise ApiError("not_found", str(e)) from None
     if trail is None:
         raise ApiError("not_found", f"no order {client_order_id} in ORDERS or EXEC")
     return JSONResponse(trail.as_dict())
@@ -219,6 +221,8 @@ async def _bounded(gw: Gateway, lookup: Callable[[], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(gw.cfg.order_lookup_timeout_s):
                 return await lookup()
+        except orderlog.ScanLimitReached:
+            raise  # the caller says what was not found
         except orderlog.StreamReadError as e:
             raise ApiError("stream_unavailable", str(e)) from None
         except TimeoutError:
