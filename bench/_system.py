@@ -96,11 +96,13 @@ def summary(samples: list[float]) -> dict:
 
 
 def driver_env(system: System) -> dict[str, str]:
-    """The driver runs as the operator; its echo responder (the bus baseline) as `risk`,
-    a user that may subscribe `risk.api.>` and answer."""
-    echo = system.env_for("risk")
+    """The driver runs as the operator (orders as agent `operator`, the echo requests) and, for
+    `risk.api.check`, as `execution`, its only caller (CHECK_); its echo responder (the bus
+    baseline) as `market-data`, a user that may subscribe `md.api.>` and answer."""
+    echo, check = system.env_for("market-data"), system.env_for("execution")
     return {**os.environ, **system.env_for("operator"),
-            "ECHO_USER": echo["NATS_USER"], "ECHO_PASSWORD": echo["NATS_PASSWORD"]}
+            "ECHO_USER": echo["NATS_USER"], "ECHO_PASSWORD": echo["NATS_PASSWORD"],
+            "CHECK_USER": check["NATS_USER"], "CHECK_PASSWORD": check["NATS_PASSWORD"]}
 
 
 def build_driver(root: Path, bench: str) -> Path:

@@ -12,6 +12,8 @@ COPY rust-common rust-common
 COPY rust-market-data rust-market-data
 COPY rust-risk rust-risk
 COPY rust-execution rust-execution
+# The JetStream state the services open (rust-common includes it at compile time).
+COPY proto/nats/jetstream.json proto/nats/jetstream.json
 # The `ca` secret (the host's CA bundle, when its network needs one) is used for the
 # crates.io download only and never stored in a layer. No debug info: small binaries.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

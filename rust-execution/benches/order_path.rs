@@ -1,5 +1,5 @@
 //! Order -> report latency of the running system, measured from outside like an agent
-//! sees it: publish an OrderRequest on `orders.submit.bench.<symbol>` (JetStream, Nats-Msg-Id),
+//! sees it: publish an OrderRequest on `orders.submit.operator.<symbol>` (JetStream, Nats-Msg-Id),
 //! time until its terminal report arrives on `exec.report.>`.
 //!
 //!   --mode rate   open loop: `--rate` orders/s, paced on an absolute schedule (a late
@@ -167,13 +167,13 @@ async fn main() -> Result<()> {
         let id = format!("{}-{i}", run.prefix);
         let ts = wall_ns();
         let order = json!({
-            "client_order_id": id, "agent": "bench", "symbol": symbol, "side": side,
+            "client_order_id": id, "agent": "operator", "symbol": symbol, "side": side,
             "type": "MARKET", "quantity": quantity, "origin_ts": ts, "ts": ts,
         });
         run.sent_at[i as usize].store(run.start.elapsed().as_nanos() as u64, Ordering::Release);
         let ack = js
             .send_publish(
-                format!("orders.submit.bench.{symbol}"),
+                format!("orders.submit.operator.{symbol}"),
                 PublishMessage::build()
                     .payload(serde_json::to_vec(&order)?.into())
                     .message_id(&id),
@@ -315,7 +315,7 @@ async fn echo_baseline(
     let mut responder = common::EchoProcess::spawn()?;
     common::wait_for_echo(client).await?;
     let payload = serde_json::to_vec(&json!({
-        "client_order_id": "baseline-0000", "agent": "bench", "symbol": "BTC-USD", "side": "BUY",
+        "client_order_id": "baseline-0000", "agent": "operator", "symbol": "BTC-USD", "side": "BUY",
         "type": "MARKET", "quantity": "0.001", "origin_ts": wall_ns(), "ts": wall_ns(),
     }))?;
     let start = Instant::now();

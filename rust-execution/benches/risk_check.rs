@@ -5,7 +5,8 @@
 //! The two are measured in alternating blocks (`--blocks` x `--per-block` requests each)
 //! so that both see the same machine: this 2-core box is shared and its load drifts.
 //! The echo responder is this binary again (`--role echo`), a separate process like
-//! rust-risk, connected as `ECHO_USER` on `risk.api.bench_echo`.
+//! rust-risk, connected as `ECHO_USER` (market-data) on `md.api.bench_echo`; the checks go
+//! out as `CHECK_USER` (execution, the only user that may call risk.api.check).
 //!
 //! Prints one JSON object: round-trip samples in µs per target, and risk's answers by
 //! outcome. bench/risk_check.py starts nats-server, market-data and risk, runs this with
@@ -39,6 +40,8 @@ async fn main() -> Result<()> {
 
     let mut echo_process = common::EchoProcess::spawn()?;
     let client = common::connect("NATS_").await?;
+    // risk.api.check's only caller is execution: the checks go out as that user.
+    let checker = common::connect("CHECK_").await?;
     let price = current_price(&client, &symbol).await?;
     common::wait_for_echo(&client).await?;
 
@@ -76,7 +79,7 @@ async fn main() -> Result<()> {
         for i in 0..n {
             let body = request(if i % 2 == 0 { "BUY" } else { "SELL" });
             let started = Instant::now();
-            let reply = client.request("risk.api.check", body.into()).await?;
+            let reply = checker.request("risk.api.check", body.into()).await?;
             let took = started.elapsed();
             if block > 0 {
                 check_us.push(took.as_secs_f64() * 1e6);

@@ -245,18 +245,16 @@ async def take_or_ack_orders(a: Auditor, watcher: Probe, user: str, safe: bool) 
     if user == "execution":
         return Result("take or ack execution's orders", user, True, "its own consumer (expected)")
     attacker = await a.connect(user)
-    before = await _consumer(watcher, ORDERS, "execution")
     answer = await attacker.request(f"$JS.API.CONSUMER.MSG.NEXT.{ORDERS}.execution",
                                     {"batch": 1, "no_wait": True})
     assert attacker.nc
     await attacker.nc.publish(f"$JS.ACK.{ORDERS}.execution.1.1.1.1.0", b"+TERM")
     await attacker.nc.flush()
     await asyncio.sleep(SETTLE_S)
-    after = await _consumer(watcher, ORDERS, "execution")
-    same = (before or {}).get("delivered") == (after or {}).get("delivered")
-    held = answer is None and attacker.refused("$JS.ACK") and same
+    # (The consumer itself moves on with the orders of a live system: the refusals are the proof.)
+    held = answer is None and attacker.refused("$JS.ACK")
     return Result("take or ack execution's orders", user, held,
-                  "refused" if held else f"fetch answered {answer}; consumer moved: {not same}")
+                  "refused" if held else f"fetch answered {answer}; ack refused: {attacker.refused('$JS.ACK')}")
 
 
 async def rewrite_or_erase_streams(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 
-/// Where the echo responder (the bus baseline) answers; `ECHO_USER` may subscribe there.
-pub const ECHO_SUBJECT: &str = "risk.api.bench_echo";
+/// Where the echo responder (the bus baseline) answers: `ECHO_USER` (market-data) may
+/// subscribe there and the operator may ask.
+pub const ECHO_SUBJECT: &str = "md.api.bench_echo";
 
 /// `--key value` pairs after the program name (cargo adds a bare `--bench`: ignored).
 pub struct Args(HashMap<String, String>);
@@ -61,6 +62,7 @@ pub async fn connect(prefix: &str) -> Result<async_nats::Client> {
         std::env::var(format!("{prefix}PASSWORD")).with_context(|| format!("{prefix}PASSWORD"))?;
     async_nats::ConnectOptions::new()
         .name("bench")
+        .custom_inbox_prefix(moonbus_common::bus::inbox_prefix(&user))
         .user_and_password(user, password)
         .connect(url.as_str())
         .await
