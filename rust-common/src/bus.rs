@@ -35,7 +35,9 @@ pub async fn connect(service: &str) -> Result<Client> {
         options = options.add_root_certificates(ca).require_tls(true);
     }
     if let (Ok(user), Ok(password)) = (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD")) {
-        options = options.custom_inbox_prefix(inbox_prefix(&user)).user_and_password(user, password);
+        options = options
+            .custom_inbox_prefix(inbox_prefix(&user))
+            .user_and_password(user, password);
     }
     let client = options
         .connect(url.as_str())
@@ -100,7 +102,11 @@ impl ErrorSink {
             excerpt: excerpt(payload),
             ts: now_ns(),
         };
-        if let Err(e) = self.client.publish(self.subject.clone(), encode(&event)).await {
+        if let Err(e) = self
+            .client
+            .publish(self.subject.clone(), encode(&event))
+            .await
+        {
             tracing::error!(error = %e, "could not publish error event");
         }
     }
@@ -134,7 +140,10 @@ mod tests {
         let payload = format!(r#"{{"client_order_id":"a","{field}":1}}"#);
         let error = decode::<crate::OrderRequest>(payload.as_bytes()).unwrap_err();
         assert_eq!(error.chars().count(), MAX_REASON_CHARS);
-        assert!(error.starts_with("unknown field `xxx") && error.ends_with('…'), "{error}");
+        assert!(
+            error.starts_with("unknown field `xxx") && error.ends_with('…'),
+            "{error}"
+        );
         assert_eq!(shorten("short"), "short");
     }
 }

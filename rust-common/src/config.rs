@@ -84,7 +84,10 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<()> {
     let mut current = table;
     for key in parents {
         // Keys are matched case-insensitively so MOONBUS__RISK__X finds [risk] x.
-        let existing = current.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned();
+        let existing = current
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(key))
+            .cloned();
         let entry = current
             .entry(existing.unwrap_or_else(|| key.clone()))
             .or_insert_with(|| Value::Table(Table::new()));
@@ -93,7 +96,10 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<()> {
             _ => bail!("{key} is not a section"),
         };
     }
-    let existing = current.keys().find(|k| k.eq_ignore_ascii_case(last)).cloned();
+    let existing = current
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case(last))
+        .cloned();
     current.insert(existing.unwrap_or_else(|| last.clone()), value);
     Ok(())
 }

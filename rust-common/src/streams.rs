@@ -164,7 +164,12 @@ impl DirectReader {
             let (_, subscriber) = self.inbox.as_mut().expect("request() opened the inbox");
             let message = tokio::time::timeout(self.timeout, subscriber.next())
                 .await
-                .map_err(|_| anyhow!("stream {stream} did not answer a direct get within {:?}", self.timeout))?
+                .map_err(|_| {
+                    anyhow!(
+                        "stream {stream} did not answer a direct get within {:?}",
+                        self.timeout
+                    )
+                })?
                 .ok_or_else(|| anyhow!("direct get reply subscription of {stream} closed"))?;
             if let Some(status) = message.status {
                 match status.as_u16() {
@@ -252,7 +257,10 @@ mod tests {
     fn the_spec_parses_and_names_every_stream_and_consumer() {
         for name in ["ORDERS", "EXEC", "KV_moonbus"] {
             let config = stream_config(name).unwrap();
-            assert!(config.deny_delete && config.deny_purge && config.allow_direct, "{name}");
+            assert!(
+                config.deny_delete && config.deny_purge && config.allow_direct,
+                "{name}"
+            );
             assert!(!config.allow_rollup, "{name}: rollups would purge");
         }
         let execution = consumer_config("ORDERS", "execution").unwrap();

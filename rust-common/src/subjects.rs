@@ -76,9 +76,13 @@ pub enum OrderKind {
 /// any other shape. The tokens are not validated here.
 pub fn parse_order_subject(subject: &str) -> Option<(OrderKind, &str, &str)> {
     let mut tokens = subject.split('.');
-    let (Some("orders"), Some(kind), Some(agent), Some(symbol), None) =
-        (tokens.next(), tokens.next(), tokens.next(), tokens.next(), tokens.next())
-    else {
+    let (Some("orders"), Some(kind), Some(agent), Some(symbol), None) = (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) else {
         return None;
     };
     let kind = match kind {

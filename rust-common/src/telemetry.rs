@@ -14,7 +14,11 @@ pub fn init_logging() {
         // Colours only on a terminal: under `make run` the launcher labels the lines.
         .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("MOONBUS_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().flatten_event(true).with_writer(std::io::stderr).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .init();
     } else {
         builder.compact().with_writer(std::io::stderr).init();
     }

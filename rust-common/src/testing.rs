@@ -36,7 +36,8 @@ impl NatsServer {
     /// Start and wait until it accepts TCP connections.
     pub fn start() -> Self {
         let port = free_port();
-        let store = std::env::temp_dir().join(format!("moonbus-test-js-{}-{port}", std::process::id()));
+        let store =
+            std::env::temp_dir().join(format!("moonbus-test-js-{}-{port}", std::process::id()));
         let binary = nats_server_binary();
         let child = Command::new(&binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
@@ -47,7 +48,10 @@ impl NatsServer {
             .unwrap_or_else(|e| panic!("starting {} (run `make setup`): {e}", binary.display()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self {
@@ -75,12 +79,21 @@ impl ChildGuard {
     pub fn spawn(binary: &str, nats_url: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(binary);
         cmd.env("NATS_URL", nats_url)
-            .env("MOONBUS_CONFIG", Path::new(env!("CARGO_MANIFEST_DIR")).join("../moonbus.toml"))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+            .env(
+                "MOONBUS_CONFIG",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../moonbus.toml"),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Self(cmd.spawn().unwrap_or_else(|e| panic!("spawning {binary}: {e}")))
+        Self(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("spawning {binary}: {e}")),
+        )
     }
 
     /// SIGTERM and wait: the graceful-shutdown case. Returns the exit status.
@@ -144,4 +157,30 @@ pub async fn provision_streams(js: &async_nats::jetstream::Context) {
             .await
             .unwrap_or_else(|e| panic!("stream {name}: {e:#}"));
     }
+}
+
+/// Money as the contract admits it (0 < x < 1e14) as wire text, for property tests: the
+/// ends of the range (14 digits before the point, 28 after) and ordinary figures.
+pub fn money_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    use rust_decimal::Decimal;
+    prop_oneof![
+        1 => prop::sample::select(vec![
+            "99999999999999.99999999999999",
+            "99999999999999",
+            "0.0000000000000000000000000001",
+            "0.00000001",
+            "1",
+            "97000.5",
+        ])
+        .prop_map(str::to_string),
+        2 => ("[1-9][0-9]{0,13}", proptest::option::of("[0-9]{1,14}")).prop_map(
+            |(int, frac)| match frac {
+                Some(frac) => format!("{int}.{frac}"),
+                None => int,
+            },
+        ),
+        1 => "[0-9]{0,20}[1-9]".prop_map(|frac| format!("0.{frac}")),
+        2 => (1u32..100_000, 0u32..4).prop_map(|(n, scale)| Decimal::new(n.into(), scale).to_string()),
+    ]
 }

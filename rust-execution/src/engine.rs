@@ -594,7 +594,9 @@ fn order_subject(subject: &str) -> Option<(Kind, &str, &str)> {
 
 /// The agent token of an order subject ("" if it has none: never equal to a valid agent).
 fn subject_agent(subject: &str) -> &str {
-    order_subject(subject).map(|(_, agent, _)| agent).unwrap_or("")
+    order_subject(subject)
+        .map(|(_, agent, _)| agent)
+        .unwrap_or("")
 }
 
 fn interrupted_reason() -> String {

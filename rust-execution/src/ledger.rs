@@ -63,7 +63,12 @@ impl Ledger {
 /// The ledger after reading every report in the EXEC stream (batched direct gets: no
 /// consumer, see moonbus_common::streams).
 pub async fn replay(client: &async_nats::Client) -> Result<Ledger> {
-    let mut reader = DirectReader::new(client.clone(), subjects::EXEC_STREAM, subjects::ALL_REPORTS, 1);
+    let mut reader = DirectReader::new(
+        client.clone(),
+        subjects::EXEC_STREAM,
+        subjects::ALL_REPORTS,
+        1,
+    );
     let mut ledger = Ledger::default();
     while let Some(message) = reader.next().await.context("reading the EXEC stream")? {
         match bus::decode::<ExecutionReport>(&message.payload) {

@@ -27,8 +27,8 @@ use anyhow::{Context, Result};
 use async_nats::jetstream;
 use futures::StreamExt;
 use moonbus_common::bus::{self, ErrorSink};
-use moonbus_common::streams;
 use moonbus_common::config::Config;
+use moonbus_common::streams;
 use moonbus_common::{now_ns, subjects, telemetry, Venue as VenueName, VersionReply};
 
 use crate::config::ExecutionConfig;

@@ -556,7 +556,11 @@ async fn bad_orders_are_rejected_with_a_reason_where_they_belong() {
     no_id.as_object_mut().unwrap().remove("client_order_id");
     system.submit("BTC-USD", &no_id, None).await;
     system
-        .submit_raw("orders.submit.trading.ETH-USD", b"not json at all".to_vec(), None)
+        .submit_raw(
+            "orders.submit.trading.ETH-USD",
+            b"not json at all".to_vec(),
+            None,
+        )
         .await;
     system
         .submit(
@@ -590,7 +594,12 @@ async fn bad_orders_are_rejected_with_a_reason_where_they_belong() {
     assert_eq!(reports.len(), 9, "one report per bad order: {reports:#?}");
     let impostor = reports
         .iter()
-        .find(|(_, r)| r.reason.as_deref().unwrap_or_default().starts_with("agent_mismatch: "))
+        .find(|(_, r)| {
+            r.reason
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("agent_mismatch: ")
+        })
         .unwrap_or_else(|| panic!("no agent_mismatch report: {reports:#?}"));
     assert_eq!(
         impostor.1.client_order_id.as_ref().map(|i| i.as_str()),
@@ -834,7 +843,11 @@ async fn limit_orders_rest_fill_expire_cancel_and_survive_a_restart() {
             None,
         )
         .await;
-    wait_error_event(&errors, "agent_mismatch: order lim-cxl belongs to agent trading").await;
+    wait_error_event(
+        &errors,
+        "agent_mismatch: order lim-cxl belongs to agent trading",
+    )
+    .await;
     // A payload claiming the owner on another agent's subject: refused too.
     system
         .submit_raw(

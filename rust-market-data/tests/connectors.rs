@@ -819,7 +819,11 @@ async fn the_service_runs_a_connector_from_its_config_and_publishes_on_the_bus()
     let error: moonbus_common::ErrorEvent =
         serde_json::from_slice(&next(&mut errors).await.payload).unwrap();
     assert_eq!(
-        (error.service.as_str(), error.subject.as_str(), error.excerpt.as_str()),
+        (
+            error.service.as_str(),
+            error.subject.as_str(),
+            error.excerpt.as_str()
+        ),
         ("market-data", "feed:binance", "this is not json")
     );
     service.kill(); // before the stand-in goes, so that it logs no lost connection

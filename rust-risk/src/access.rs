@@ -50,7 +50,10 @@ pub fn actor(caller: &str, claimed: &str) -> String {
     if claimed.is_empty() || claimed == caller || claimed == "operator" {
         caller.to_string()
     } else {
-        format!("{caller} ({})", claimed.chars().take(64).collect::<String>())
+        format!(
+            "{caller} ({})",
+            claimed.chars().take(64).collect::<String>()
+        )
     }
 }
 

@@ -33,11 +33,23 @@ pub enum FeedEvent {
 
 /// Runs until the receiver is dropped. If reading fails it starts again at the next
 /// unread sequence.
-pub async fn run(client: Client, consumer: Consumer<pull::Config>, events: mpsc::Sender<FeedEvent>) {
+pub async fn run(
+    client: Client,
+    consumer: Consumer<pull::Config>,
+    events: mpsc::Sender<FeedEvent>,
+) {
     let mut next_sequence = 1;
     let mut caught_up = false;
     loop {
-        match follow(&client, &consumer, &events, &mut next_sequence, &mut caught_up).await {
+        match follow(
+            &client,
+            &consumer,
+            &events,
+            &mut next_sequence,
+            &mut caught_up,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), next_sequence, "EXEC feed failed; reopening");

@@ -222,29 +222,8 @@ pub(crate) mod strategies {
             .prop_filter("greater than zero", |d| !d.is_zero())
     }
 
-    /// Money as the contract admits it (0 < x < 1e14), as wire text: the extremes of
-    /// the range (14 digits before the point, 28 after) and ordinary figures.
-    pub fn money_text() -> impl Strategy<Value = String> {
-        prop_oneof![
-            1 => prop::sample::select(vec![
-                "99999999999999.99999999999999",
-                "99999999999999",
-                "0.0000000000000000000000000001",
-                "0.00000001",
-                "1",
-                "97000.5",
-            ])
-            .prop_map(str::to_string),
-            2 => ("[1-9][0-9]{0,13}", proptest::option::of("[0-9]{1,14}")).prop_map(
-                |(int, frac)| match frac {
-                    Some(frac) => format!("{int}.{frac}"),
-                    None => int,
-                },
-            ),
-            1 => "[0-9]{0,20}[1-9]".prop_map(|frac| format!("0.{frac}")),
-            2 => (1u32..100_000, 0u32..4).prop_map(|(n, scale)| Decimal::new(n.into(), scale).to_string()),
-        ]
-    }
+    /// Money as the contract admits it, as wire text (shared with the other crates).
+    pub use moonbus_common::testing::money_text;
 }
 
 #[cfg(test)]

@@ -159,20 +159,15 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
                 let request = request.context("limits endpoint closed")?;
                 let caller = subjects::last_token(&request.message.subject).to_string();
                 let reply = match decode_or_default::<LimitsRequest>(&request.message.payload) {
-                    Ok(change) if access::limits(&caller, change.set.is_some() || change.release_loss_latch).is_err() => {
-                        let reason = access::limits(&caller, true).unwrap_err();
-                        tracing::warn!(%caller, %reason, "limits request refused");
-                        bus::error_reply("forbidden", reason)
-                    }
-                    Ok(mut change) => match {
-                        change.actor = access::actor(&caller, &change.actor);
-                        on_limits(&mut engine, &change)
-                    } {
+                    Ok(change) => match limits_request(&mut engine, &caller, change) {
                         Ok(()) => {
                             publisher.changes(&engine).await;
                             bus::encode(&LimitsReply { limits: engine.limits() })
                         }
-                        Err(e) => bad_request(&request, e),
+                        Err((code, reason)) => {
+                            tracing::warn!(%caller, code, %reason, "limits request refused");
+                            bus::error_reply(code, reason)
+                        }
                     },
                     Err(e) => bad_request(&request, e),
                 };
@@ -270,7 +265,9 @@ async fn restore(store: &Store) -> Result<(Option<KillSwitchState>, Option<LossL
         store::Stored::Value(value) => bus::decode::<KillSwitchState>(&value).unwrap_or_else(|e| {
             engaged_to_be_safe(format!("the stored kill switch state is unreadable ({e})"))
         }),
-        store::Stored::Erased => engaged_to_be_safe("the stored kill switch state was erased".into()),
+        store::Stored::Erased => {
+            engaged_to_be_safe("the stored kill switch state was erased".into())
+        }
         store::Stored::Never => match store.entry(store::ACCOUNT_KEY).await? {
             store::Stored::Never => {
                 let first = KillSwitchState {
@@ -280,7 +277,9 @@ async fn restore(store: &Store) -> Result<(Option<KillSwitchState>, Option<LossL
                     changed_ts: now_ns(),
                     flatten_orders: None,
                 };
-                store.put(store::KILL_SWITCH_KEY, bus::encode(&first)).await?;
+                store
+                    .put(store::KILL_SWITCH_KEY, bus::encode(&first))
+                    .await?;
                 first
             }
             _ => engaged_to_be_safe(
@@ -370,6 +369,19 @@ async fn on_kill_switch(
     } else {
         finish.await;
     }
+}
+
+/// A limits request from `caller` (the NATS user): reading is open; a change is
+/// `forbidden` unless the caller's role may make it (access.rs), else applied.
+fn limits_request(
+    engine: &mut Engine,
+    caller: &str,
+    mut change: LimitsRequest,
+) -> Result<(), (&'static str, String)> {
+    access::limits(caller, change.set.is_some() || change.release_loss_latch)
+        .map_err(|reason| ("forbidden", reason))?;
+    change.actor = access::actor(caller, &change.actor);
+    on_limits(engine, &change).map_err(|reason| ("bad_request", reason))
 }
 
 /// Change limits (all or nothing) and / or release the loss latch, in that order, so

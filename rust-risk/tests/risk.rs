@@ -566,7 +566,12 @@ async fn the_kill_switch_survives_a_sigkill_restart() {
     ready_positions(client).await;
     let refused = request(client, "risk.api.check", &check("after-1", "BUY", "0.001")).await;
     assert_eq!(code(&refused), "kill_switch");
-    let status = request(client, "risk.api.killswitch.operator", &json!({"action": "status"})).await;
+    let status = request(
+        client,
+        "risk.api.killswitch.operator",
+        &json!({"action": "status"}),
+    )
+    .await;
     assert_eq!(
         (
             status["engaged"].as_bool(),
@@ -698,7 +703,9 @@ async fn circuit_breaker_verdicts_and_the_account_are_kept_in_kv() {
         .unwrap()
         .cached_info()
         .clone();
-    moonbus_common::streams::open_kv(&bus.js).await.expect("open_kv again");
+    moonbus_common::streams::open_kv(&bus.js)
+        .await
+        .expect("open_kv again");
     let mut stream = bus.js.get_stream("KV_moonbus").await.unwrap();
     let config = &stream.info().await.unwrap().config;
     assert_eq!(
@@ -854,7 +861,12 @@ async fn the_caller_is_the_subject_and_the_risk_agent_may_only_engage() {
         "forbidden"
     );
     // Nothing changed: still engaged, limits as configured; reading is open.
-    let status = request(client, "risk.api.killswitch.risk-agent", &json!({"action": "status"})).await;
+    let status = request(
+        client,
+        "risk.api.killswitch.risk-agent",
+        &json!({"action": "status"}),
+    )
+    .await;
     assert_eq!(status["engaged"], true);
     let limits = request(client, "risk.api.limits.risk-agent", &json!({})).await;
     assert_eq!(limits["limits"]["max_order_notional"], "1000");
@@ -886,9 +898,17 @@ async fn a_kill_switch_gone_from_kv_reads_as_engaged() {
     store.delete("risk.killswitch").await.unwrap();
     let mut risk = start_risk(&server);
     ready_positions(client).await;
-    let status = request(client, "risk.api.killswitch.operator", &json!({"action": "status"})).await;
+    let status = request(
+        client,
+        "risk.api.killswitch.operator",
+        &json!({"action": "status"}),
+    )
+    .await;
     assert_eq!(status["engaged"], true, "{status}");
-    assert!(status["reason"].as_str().unwrap().contains("erased"), "{status}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("erased"),
+        "{status}"
+    );
     let refused = request(client, "risk.api.check", &check("erased-1", "BUY", "0.001")).await;
     assert_eq!(code(&refused), "kill_switch");
     risk.kill();
@@ -906,7 +926,15 @@ async fn a_kill_switch_gone_from_kv_reads_as_engaged() {
         .unwrap();
     let _risk = start_risk(&server);
     ready_positions(client).await;
-    let status = request(client, "risk.api.killswitch.operator", &json!({"action": "status"})).await;
+    let status = request(
+        client,
+        "risk.api.killswitch.operator",
+        &json!({"action": "status"}),
+    )
+    .await;
     assert_eq!(status["engaged"], true, "{status}");
-    assert!(status["reason"].as_str().unwrap().contains("missing"), "{status}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("missing"),
+        "{status}"
+    );
 }

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.common.tls import TlsFiles
+from services.common.tls import TlsFiles, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "proto" / "nats" / "moonbus.conf"
@@ -121,16 +121,6 @@ def _private_dir(path: Path) -> None:
         pass
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only (created 0600, never world-readable)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def load_or_create_credentials(moon_dir: Path) -> dict[str, str]:
     """Passwords per user from `<moon_dir>/credentials.json` (mode 0600).
 
@@ -155,7 +145,7 @@ def load_or_create_credentials(moon_dir: Path) -> dict[str, str]:
             creds[user] = "m" + secrets.token_urlsafe(24)
             changed = True
     if changed:
-        _write_private(path, json.dumps(creds, indent=2, sort_keys=True) + "\n")
+        write_private(path, json.dumps(creds, indent=2, sort_keys=True) + "\n")
     elif path.stat().st_mode & 0o077:
         path.chmod(0o600)
     return creds
@@ -217,7 +207,7 @@ def password_hashes(credentials: dict[str, str], cache: Path | None = None,
     wanted = {u: {"fingerprint": _fingerprint(u, credentials[u]), "hash": h} for u, h in sorted(hashes.items())}
     if cache is not None and wanted != cached:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        _write_private(cache, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+        write_private(cache, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
     return hashes
 
 
@@ -236,7 +226,7 @@ def write_nats_env(path: Path, url: str, user: str, password: str, ca: str | Pat
     ]
     if ca:
         lines.append(f"export NATS_CA={shlex.quote(str(ca))}")
-    _write_private(Path(path), "\n".join(lines) + "\n")
+    write_private(Path(path), "\n".join(lines) + "\n")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -44,11 +44,13 @@ class TlsFiles:
     key: Path
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes | str) -> None:
+    """Write a file readable by its owner only (created 0600, never world-readable), whole
+    or not at all (a temporary file, then a rename)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        f.write(data.encode() if isinstance(data, str) else data)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
@@ -199,15 +201,15 @@ def ensure_tls_files(tls_dir: Path, extra_names: list[str] | tuple[str, ...] = (
               or ca_cert.public_key().public_numbers() != ca_key.public_key().public_numbers())
     if new_ca:
         ca_key, ca_cert = _make_ca(now)
-        _write_private(ca_key_path, _pem_key(ca_key))
-        _write_private(files.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
+        write_private(ca_key_path, _pem_key(ca_key))
+        write_private(files.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
 
     cert, key = _load_cert(files.cert), _load_key(files.key)
     if (new_ca or key is None or not _server_ok(cert, ca_cert, names, now)
             or cert.public_key().public_numbers() != key.public_key().public_numbers()):
         key, cert = _make_server(ca_key, ca_cert, names, now)
-        _write_private(files.key, _pem_key(key))
-        _write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(files.key, _pem_key(key))
+        write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
     for path in (ca_key_path, files.key, files.ca, files.cert):
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
