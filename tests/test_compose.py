@@ -301,16 +301,24 @@ class Stack:
                              capture_output=True, text=True, check=True).stdout
         return out.split()
 
+    def exit_code(self, container: str) -> int | None:
+        out = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", container],
+                             capture_output=True, text=True).stdout.split()
+        return int(out[1]) if out[:1] == ["exited"] else None
+
     def health(self, container: str) -> str:
         out = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}} {{if .State.Health}}"
                               "{{.State.Health.Status}}{{end}}", container], capture_output=True, text=True)
         return out.stdout.strip()
 
     def wait_healthy(self, expected: int, timeout: float) -> None:
+        """`expected` containers running and healthy, and the `provision` one-shot done (exit 0)."""
         deadline = time.monotonic() + timeout
         while True:
-            states = {c: self.health(c) for c in self.containers(all_=True)}
-            if len(states) == expected and all(s == "running healthy" for s in states.values()):
+            provision = set(self.containers("provision", all_=True))
+            states = {c: self.health(c) for c in self.containers(all_=True) if c not in provision}
+            provisioned = [self.exit_code(c) for c in provision] == [0]
+            if provisioned and len(states) == expected and all(s == "running healthy" for s in states.values()):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"not all {expected} containers healthy: {states}\n{self.logs()}")

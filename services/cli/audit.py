@@ -402,18 +402,20 @@ ATTACKS: list[Callable[[Auditor, Probe, str, bool], Awaitable[Result]]] = [
 
 async def audit(auditor: Auditor, *, safe: bool = True, users: Iterable[str] | None = None,
                 attacks: Iterable[Callable[..., Awaitable[Result]]] | None = None) -> list[Result]:
-    """Every attack with every credential (of `users`), one after another."""
+    """Every attack, one after another, each with every credential (of `users`) at once."""
     results: list[Result] = []
     watcher = await auditor.connect("operator")
+
+    async def attempt(attack: Callable[..., Awaitable[Result]], user: str) -> Result:
+        try:
+            return await attack(auditor, watcher, user, safe)
+        except Exception as e:  # an attack that cannot even be tried says so
+            return Result(attack.__name__, user, False, f"could not run: {e!r}")
+
     try:
         for attack in attacks or ATTACKS:
-            for user in users or SERVICES:
-                if user not in auditor.credentials:
-                    continue
-                try:
-                    results.append(await attack(auditor, watcher, user, safe))
-                except Exception as e:  # an attack that cannot even be tried says so
-                    results.append(Result(attack.__name__, user, False, f"could not run: {e!r}"))
+            tried = [user for user in users or SERVICES if user in auditor.credentials]
+            results += await asyncio.gather(*(attempt(attack, user) for user in tried))
     finally:
         await auditor.close()
     return results
