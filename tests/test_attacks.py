@@ -231,3 +231,30 @@ async def test_an_overflowing_order_is_refused_and_risk_keeps_running(system, op
     await js.publish("orders.submit.operator.BTC-USD", _order("atk-after", "operator"),
                      headers={"Nats-Msg-Id": "atk-after"})
     assert (await _report(op, "atk-after"))["status"] == "FILLED"
+
+
+async def test_an_agent_notices_a_stolen_order_id(server):
+    """The one thing subject permissions cannot stop (SECURITY.md, known limits): another
+    publisher stores a message under the id an agent is about to use, so ORDERS takes the
+    agent's order for a duplicate. The agent's fresh ids make that a guess, and an agent
+    that gets "duplicate" for a fresh id says its order was NOT stored."""
+    from services.common.bus import Bus, DuplicateOrderId
+    from services.common.models import OrderRequest
+
+    thief = await nats.connect(server.url, user="gateway", password=server.credentials["gateway"],
+                               inbox_prefix="_INBOX.gateway")
+    agent = Bus("trading-agent")
+    await agent.connect(server.url, "trading-agent", server.credentials["trading-agent"])
+    try:
+        await thief.jetstream().publish("orders.submit.gateway.BTC-USD", b"{}", headers={"Nats-Msg-Id": "trd-guessed"})
+        order = OrderRequest.model_validate_json(_order("trd-guessed", "trading"))
+        with pytest.raises(DuplicateOrderId, match="not stored"):
+            await agent.publish_order("orders.submit.trading.BTC-USD", order, fresh=True)
+        # A re-send of one's own order is a duplicate as it should be (not fresh: no error).
+        order = order.model_copy(update={"client_order_id": "trd-own"})
+        first = await agent.publish_order("orders.submit.trading.BTC-USD", order, fresh=True)
+        again = await agent.publish_order("orders.submit.trading.BTC-USD", order)
+        assert again.duplicate and again.seq == first.seq
+    finally:
+        await thief.close()
+        await agent.close()

@@ -48,6 +48,10 @@ class RequestError(ApiError):
     """Raised inside an endpoint handler to answer with a specific error code."""
 
 
+class DuplicateOrderId(RuntimeError):
+    """A freshly made client_order_id was already taken in ORDERS: the order was not stored."""
+
+
 def inbox_prefix(user: str) -> str:
     """The reply-inbox prefix of a NATS user, `_INBOX.<user>`: each user may subscribe only
     its own (proto/nats/moonbus.conf), so nobody reads replies meant for another."""
@@ -128,14 +132,23 @@ class Bus:
     async def publish(self, subject: str, message: BaseModel) -> None:
         await self.client.publish(subject, encode(message))
 
-    async def publish_order(self, subject: str, order: OrderRequest, timeout: float = 2.0) -> PubAck:
-        """Into the ORDERS stream; the stream drops a second copy of the same client_order_id."""
-        return await self.client.jetstream().publish(
+    async def publish_order(self, subject: str, order: OrderRequest, timeout: float = 2.0,
+                            fresh: bool = False) -> PubAck:
+        """Into the ORDERS stream; the stream drops a second copy of the same client_order_id.
+
+        fresh: the id was just made for this order, so a "duplicate" answer means something
+        else is stored under it (another publisher got there first, SECURITY.md): this order
+        was NOT stored, and DuplicateOrderId says so."""
+        ack = await self.client.jetstream().publish(
             subject,
             encode(order),
             timeout=timeout,
             headers={"Nats-Msg-Id": order.client_order_id},
         )
+        if fresh and ack.duplicate:
+            raise DuplicateOrderId(f"ORDERS already holds a message with id {order.client_order_id} "
+                                   f"(seq {ack.seq}): this new order was not stored")
+        return ack
 
     async def report_error(self, subject: str, reason: str, payload: bytes) -> None:
         log.warning("rejected input on %s: %s", subject, reason)

@@ -99,7 +99,7 @@ async def act(bus: Bus, cfg: RiskAgentConfig, provider: Provider | None, breache
         await bus.publish(f"agent.signal.{AGENT}.{p.symbol}", signal)
         subject = f"orders.submit.{order.agent}.{order.symbol}"  # the agent token our user may publish
         try:
-            await bus.publish_order(subject, order, timeout=cfg.request_timeout_s)
+            await bus.publish_order(subject, order, timeout=cfg.request_timeout_s, fresh=True)
         except Exception as e:
             ok = False
             metrics.ORDER_FAILURES.inc()

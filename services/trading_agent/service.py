@@ -64,7 +64,7 @@ async def submit(bus: Bus, proposal: Proposal, timeout: float) -> bool:
     if order is not None:
         subject = f"orders.submit.{order.agent}.{order.symbol}"  # the agent token our user may publish
         try:
-            ack = await bus.publish_order(subject, order, timeout=timeout)
+            ack = await bus.publish_order(subject, order, timeout=timeout, fresh=True)
         except Exception as e:
             ok = False
             metrics.ORDER_FAILURES.inc()
