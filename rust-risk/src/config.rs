@@ -40,6 +40,8 @@ pub struct RiskConfig {
     /// In-flight plus resting orders; 0 = no limit.
     pub max_open_orders: u64,
     pub max_open_orders_per_symbol: u64,
+    /// In-flight plus resting orders of one agent (its share of max_open_orders); 0 = off.
+    pub max_open_orders_per_agent: u64,
     /// A move of more than this within the window halts the symbol; 0 = off.
     pub circuit_breaker_pct: f64,
     pub circuit_breaker_window_s: u64,
@@ -74,6 +76,7 @@ impl Default for RiskConfig {
             price_band_pct: 5.0,
             max_open_orders: 50,
             max_open_orders_per_symbol: 10,
+            max_open_orders_per_agent: 25,
             circuit_breaker_pct: 5.0,
             circuit_breaker_window_s: 60,
             circuit_breaker_halt_s: 300,
@@ -150,6 +153,7 @@ impl Settings {
             price_band_pct: non_negative("price_band_pct", risk.price_band_pct, 100.0)?,
             max_open_orders: risk.max_open_orders,
             max_open_orders_per_symbol: risk.max_open_orders_per_symbol,
+            max_open_orders_per_agent: risk.max_open_orders_per_agent,
         };
         let flatten_venue = Venue::try_from(risk.flatten_venue).context("flatten_venue")?;
         let symbols = system

@@ -179,7 +179,12 @@ impl Engine {
             self.reservations.release(order_id.as_str());
         }
         self.open_orders
-            .on_report(order_id.as_str(), report.symbol.as_ref(), report.status);
+            .on_report(
+                order_id.as_str(),
+                report.symbol.as_ref(),
+                report.agent.as_ref(),
+                report.status,
+            );
         self.watermarks.observe(self.totals().equity);
         self.latch_breaches(report.ts);
         Ok(ReportEffect::Applied)
@@ -247,7 +252,11 @@ impl Engine {
             limits: &self.settings.limits,
             guards: &self.settings.guards,
             halt: self.breakers.halt(symbol, now_ns),
-            open_orders: self.open_order_counts(symbol, request.client_order_id.as_str()),
+            open_orders: self.open_order_counts(
+                symbol,
+                &request.agent,
+                request.client_order_id.as_str(),
+            ),
             stale_after_ms: self.settings.stale_after_ms,
             fee_bps: self.settings.fee_bps,
             position: self.ledger.quantity(symbol.as_str()),
@@ -289,6 +298,7 @@ impl Engine {
                     request.client_order_id.as_str(),
                     Reservation {
                         symbol: symbol.clone(),
+                        agent: request.agent.clone(),
                         quantity: request.side.sign() * order.quantity,
                         price: approval.price,
                         expires_ns: now_ns.saturating_add(
@@ -659,17 +669,24 @@ impl Engine {
     }
 
     /// Orders open now (reservations in flight and resting orders, once each),
-    /// for the account and for `symbol`, not counting `client_order_id` itself.
-    fn open_order_counts(&self, symbol: &Symbol, client_order_id: &str) -> OpenOrderCounts {
-        let open: HashMap<&str, &Symbol> = self
+    /// for the account, for `symbol` and for `agent`, not counting `client_order_id` itself.
+    fn open_order_counts(
+        &self,
+        symbol: &Symbol,
+        agent: &AgentName,
+        client_order_id: &str,
+    ) -> OpenOrderCounts {
+        let open: HashMap<&str, (&Symbol, Option<&AgentName>)> = self
             .reservations
             .orders()
             .chain(self.open_orders.iter())
-            .filter(|(id, _)| *id != client_order_id)
+            .filter(|(id, _, _)| *id != client_order_id)
+            .map(|(id, s, a)| (id, (s, a)))
             .collect();
         OpenOrderCounts {
             account: open.len() as u64,
-            symbol: open.values().filter(|s| **s == symbol).count() as u64,
+            symbol: open.values().filter(|(s, _)| *s == symbol).count() as u64,
+            agent: open.values().filter(|(_, a)| *a == Some(agent)).count() as u64,
         }
     }
 

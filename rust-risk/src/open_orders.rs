@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
-use moonbus_common::{OrderStatus, Symbol};
+use moonbus_common::{AgentName, OrderStatus, Symbol};
 
 #[derive(Debug, Clone, Default)]
 pub struct OpenOrders {
-    by_order: HashMap<String, Symbol>,
+    /// The symbol and the agent (None: a report without one) of each open order.
+    by_order: HashMap<String, (Symbol, Option<AgentName>)>,
 }
 
 impl OpenOrders {
@@ -16,18 +17,23 @@ impl OpenOrders {
         &mut self,
         client_order_id: &str,
         symbol: Option<&Symbol>,
+        agent: Option<&AgentName>,
         status: OrderStatus,
     ) {
         if is_terminal(status) {
             self.by_order.remove(client_order_id);
         } else if let Some(symbol) = symbol {
-            self.by_order
-                .insert(client_order_id.to_string(), symbol.clone());
+            self.by_order.insert(
+                client_order_id.to_string(),
+                (symbol.clone(), agent.cloned()),
+            );
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Symbol)> {
-        self.by_order.iter().map(|(id, s)| (id.as_str(), s))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Symbol, Option<&AgentName>)> {
+        self.by_order
+            .iter()
+            .map(|(id, (s, a))| (id.as_str(), s, a.as_ref()))
     }
 }
 
@@ -51,10 +57,10 @@ mod tests {
     fn open_until_a_terminal_report() {
         let mut open = OpenOrders::default();
         let btc = sym("BTC-USD");
-        open.on_report("a", Some(&btc), OrderStatus::Accepted);
-        open.on_report("b", Some(&btc), OrderStatus::PartiallyFilled);
-        open.on_report("c", Some(&btc), OrderStatus::Rejected);
-        let mut ids: Vec<&str> = open.iter().map(|(id, _)| id).collect();
+        open.on_report("a", Some(&btc), None, OrderStatus::Accepted);
+        open.on_report("b", Some(&btc), None, OrderStatus::PartiallyFilled);
+        open.on_report("c", Some(&btc), None, OrderStatus::Rejected);
+        let mut ids: Vec<&str> = open.iter().map(|(id, _, _)| id).collect();
         ids.sort_unstable();
         assert_eq!(ids, ["a", "b"]);
         for status in [OrderStatus::Filled, OrderStatus::Cancelled] {
@@ -65,13 +71,14 @@ mod tests {
                     "b"
                 },
                 Some(&btc),
+                None,
                 status,
             );
         }
         assert_eq!(open.iter().count(), 0);
         // Expired and failed are terminal too; a report without a symbol opens nothing.
         assert!(is_terminal(OrderStatus::Expired) && is_terminal(OrderStatus::Failed));
-        open.on_report("d", None, OrderStatus::Accepted);
+        open.on_report("d", None, None, OrderStatus::Accepted);
         assert_eq!(open.iter().count(), 0);
     }
 }

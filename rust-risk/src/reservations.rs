@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 
-use moonbus_common::Symbol;
+use moonbus_common::{AgentName, Symbol};
 use rust_decimal::Decimal;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
     pub symbol: Symbol,
+    pub agent: AgentName,
     /// Not yet filled quantity, signed: + buy, - sell.
     pub quantity: Decimal,
     /// The price the order was checked at.
@@ -107,8 +108,10 @@ impl Reservations {
     }
 
     /// The orders in flight and their symbols.
-    pub fn orders(&self) -> impl Iterator<Item = (&str, &Symbol)> {
-        self.by_order.iter().map(|(id, r)| (id.as_str(), &r.symbol))
+    pub fn orders(&self) -> impl Iterator<Item = (&str, &Symbol, Option<&AgentName>)> {
+        self.by_order
+            .iter()
+            .map(|(id, r)| (id.as_str(), &r.symbol, Some(&r.agent)))
     }
 
     /// Symbols with something in flight, and the price each was last checked at.
@@ -130,6 +133,7 @@ mod tests {
     fn reservation(symbol: &str, quantity: &str, price: &str, expires_ns: u64) -> Reservation {
         Reservation {
             symbol: sym(symbol),
+            agent: AgentName::try_from("trading").unwrap(),
             quantity: d(quantity),
             price: d(price),
             expires_ns,

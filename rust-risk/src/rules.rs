@@ -22,6 +22,9 @@ pub struct OrderGuards {
     pub price_band_pct: Decimal,
     pub max_open_orders: u64,
     pub max_open_orders_per_symbol: u64,
+    /// One agent's share of max_open_orders: no agent can take all of it and so lock
+    /// the others out (the agent is its NATS credential: SECURITY.md).
+    pub max_open_orders_per_agent: u64,
 }
 
 /// Orders open now (in flight or resting), not counting the one being checked.
@@ -29,6 +32,8 @@ pub struct OrderGuards {
 pub struct OpenOrderCounts {
     pub account: u64,
     pub symbol: u64,
+    /// The checked order's agent's.
+    pub agent: u64,
 }
 
 /// What the account's limits allow (the kill switch is separate: it lets reducing
@@ -265,6 +270,17 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
             );
         }
         let guards = ctx.guards;
+        if guards.max_open_orders_per_agent > 0
+            && ctx.open_orders.agent >= guards.max_open_orders_per_agent
+        {
+            return refuse(
+                "max_open_orders_agent",
+                format!(
+                    "{} orders of this agent open already, max_open_orders_per_agent {}",
+                    ctx.open_orders.agent, guards.max_open_orders_per_agent
+                ),
+            );
+        }
         if guards.max_open_orders > 0 && ctx.open_orders.account >= guards.max_open_orders {
             return refuse(
                 "max_open_orders",
@@ -361,6 +377,7 @@ mod tests {
         price_band_pct: Decimal::from_parts(5, 0, 0, false, 0),
         max_open_orders: 50,
         max_open_orders_per_symbol: 10,
+        max_open_orders_per_agent: 25,
     };
 
     fn ctx(limits: &Limits) -> Context<'_> {
@@ -702,7 +719,7 @@ mod tests {
     fn max_open_orders_account_and_symbol() {
         let l = limits::sample();
         let at = |account, symbol| Context {
-            open_orders: OpenOrderCounts { account, symbol },
+            open_orders: OpenOrderCounts { account, symbol, agent: 0 },
             position: d("3"),
             ..ctx(&l)
         };
@@ -718,11 +735,23 @@ mod tests {
             code(check(&at(10, 10), &buy("1"))),
             "max_open_orders_symbol"
         );
+        // One agent's share: it cannot take the whole account's budget.
+        let own = |agent| Context {
+            open_orders: OpenOrderCounts { account: agent, symbol: 0, agent },
+            position: d("3"),
+            ..ctx(&l)
+        };
+        assert_eq!(code(check(&own(24), &buy("1"))), "approved");
+        let refusal = check(&own(25), &buy("1")).unwrap_err();
+        assert_eq!(refusal.code, "max_open_orders_agent");
+        assert!(refusal.reason.contains("25 orders of this agent"), "{}", refusal.reason);
         // Closing is never blocked by the count.
         assert_eq!(code(check(&at(50, 10), &sell("3"))), "approved");
+        assert_eq!(code(check(&own(25), &sell("3"))), "approved");
         let off = OrderGuards {
             max_open_orders: 0,
             max_open_orders_per_symbol: 0,
+            max_open_orders_per_agent: 0,
             ..GUARDS
         };
         let unlimited = Context {
@@ -807,6 +836,16 @@ mod tests {
             open_orders: OpenOrderCounts {
                 account: 50,
                 symbol: 10,
+                agent: 25,
+            },
+            ..c
+        };
+        assert_eq!(code(check(&c, &order)), "max_open_orders_agent");
+        let c = Context {
+            open_orders: OpenOrderCounts {
+                account: 50,
+                symbol: 10,
+                agent: 0,
             },
             ..c
         };
@@ -815,6 +854,7 @@ mod tests {
             open_orders: OpenOrderCounts {
                 account: 0,
                 symbol: 10,
+                agent: 0,
             },
             ..c
         };
@@ -957,6 +997,7 @@ mod tests {
                     price_band_pct: rest.band,
                     max_open_orders: 0,
                     max_open_orders_per_symbol: 0,
+                    max_open_orders_per_agent: 0,
                 };
                 let ctx = Context {
                     ready: true,
@@ -1008,6 +1049,7 @@ mod tests {
                     price_band_pct: Decimal::ZERO,
                     max_open_orders: 0,
                     max_open_orders_per_symbol: 0,
+                    max_open_orders_per_agent: 0,
                 };
                 let price = Decimal::new(price_units as i64, scale);
                 let ctx = Context {

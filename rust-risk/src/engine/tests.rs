@@ -355,6 +355,20 @@ const CASES: &[Case] = &[
         },
     },
     Case {
+        code: "max_open_orders_agent",
+        config: |c| c.max_open_orders_per_agent = 2,
+        setup: |engine| {
+            // This agent's: one resting (from its report), one in flight. Another agent's
+            // order still passes: the cap is a share, not a lock on everyone.
+            engine
+                .apply_report(&report("resting", "BUY", "ACCEPTED", "0", None))
+                .unwrap();
+            approve(engine, &request("a", "BUY", "1"), T0);
+            approve(engine, &with_agent(request("b", "BUY", "1"), "swarm"), T0);
+            (request("o", "BUY", "1"), T0)
+        },
+    },
+    Case {
         code: "max_open_orders_symbol",
         config: |c| c.max_open_orders_per_symbol = 1,
         setup: |engine| {
@@ -425,7 +439,7 @@ fn every_rule_trips_with_its_own_reason_code() {
     }
     let codes: BTreeSet<&str> = CASES.iter().map(|c| c.code).collect();
     assert_eq!(codes.len(), CASES.len(), "one row per code");
-    assert_eq!(codes.len(), 18);
+    assert_eq!(codes.len(), 19);
 }
 
 #[test]
