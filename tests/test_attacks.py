@@ -97,6 +97,7 @@ ENV = {
     "MOONBUS__RISK__RATE_LIMIT_AGENT": "0",
     "MOONBUS__RISK__RATE_LIMIT_GLOBAL": "0",
     "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
+    "MOONBUS__RISK__MAX_OPEN_ORDERS_PER_AGENT": "3",
 }
 
 
@@ -258,3 +259,26 @@ async def test_an_agent_notices_a_stolen_order_id(server):
     finally:
         await thief.close()
         await agent.close()
+
+
+async def test_one_agent_cannot_lock_the_others_out(system, operator):
+    """Resting orders far from the market until the account's open-order budget is gone:
+    one credential gets its own share (max_open_orders_per_agent) and no more."""
+    gateway = await operator.connect("gateway")
+    op = await operator.connect("operator")
+    ids = [f"atk-lock-{i}" for i in range(4)]
+    for cid in ids:
+        resting = _order(cid, "gateway", type="LIMIT", limit_price="1000", time_in_force="GTC")
+        await gateway.jetstream().publish("orders.submit.gateway.BTC-USD", resting, headers={"Nats-Msg-Id": cid})
+    for cid in ids[:3]:
+        await _report(op, cid, until=("ACCEPTED",))
+    refused = await _report(op, ids[3])
+    assert refused["status"] == "REJECTED" and refused["reason"].startswith("max_open_orders_agent"), refused
+    # Everyone else still trades.
+    await op.jetstream().publish("orders.submit.operator.BTC-USD", _order("atk-unlocked", "operator"),
+                                 headers={"Nats-Msg-Id": "atk-unlocked"})
+    assert (await _report(op, "atk-unlocked"))["status"] == "FILLED"
+    for cid in ids[:3]:
+        cancel = {"client_order_id": cid, "agent": "gateway", "symbol": "BTC-USD", "ts": 1}
+        await gateway.jetstream().publish("orders.cancel.gateway.BTC-USD", json.dumps(cancel).encode())
+        assert (await _report(op, cid))["status"] == "CANCELLED"
