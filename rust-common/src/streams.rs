@@ -106,6 +106,105 @@ pub async fn open_consumer(
     }
 }
 
+/// The settings of moonbus.toml the provisioning applies on top of the spec: execution's
+/// `ack_wait_ms` and `max_in_flight` become its consumer's `ack_wait` and `max_ack_pending`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecutionSettings {
+    pub ack_wait_ms: Option<u64>,
+    pub max_in_flight: Option<u64>,
+}
+
+/// Create what is missing and update what differs, streams then consumers, exactly as
+/// services/common/streams.py `provision` does (the same spec, the same comparison of the
+/// spec's keys with the live config, unmanaged settings kept); returns each change as
+/// "<name>: created" or "<name>: <field>: <old> -> <new>". Needs the `admin` user's rights
+/// (or a server without permissions); used by the crates' tests, checked against the
+/// Python side by rust-common/tests/provision.rs.
+pub async fn provision(client: &Client, execution: ExecutionSettings) -> Result<Vec<String>> {
+    let spec: serde_json::Value = serde_json::from_str(SPEC_JSON)?;
+    let mut changes = Vec::new();
+    for wanted in spec["streams"].as_array().into_iter().flatten() {
+        let name = wanted["name"].as_str().unwrap_or_default();
+        let info = api(client, &format!("$JS.API.STREAM.INFO.{name}"), None).await?;
+        let (subject, body, what) = if info.get("error").is_some() {
+            if info["error"]["err_code"] != 10059 {
+                bail!("stream {name}: {}", info["error"]["description"]);
+            }
+            (format!("$JS.API.STREAM.CREATE.{name}"), wanted.clone(), vec!["created".to_string()])
+        } else {
+            let what = differs(&info["config"], wanted);
+            if what.is_empty() {
+                continue;
+            }
+            let mut merged = info["config"].clone();
+            merge(&mut merged, wanted);
+            (format!("$JS.API.STREAM.UPDATE.{name}"), merged, what)
+        };
+        let made = api(client, &subject, Some(&body)).await?;
+        if made.get("error").is_some() {
+            bail!("stream {name}: {}", made["error"]["description"]);
+        }
+        changes.extend(what.into_iter().map(|w| format!("{name}: {w}")));
+    }
+    for consumer in spec["consumers"].as_array().into_iter().flatten() {
+        let stream = consumer["stream_name"].as_str().unwrap_or_default();
+        let mut wanted = consumer["config"].clone();
+        let name = wanted["durable_name"].as_str().unwrap_or_default().to_string();
+        if name == "execution" {
+            if let Some(ms) = execution.ack_wait_ms {
+                wanted["ack_wait"] = (ms.saturating_mul(1_000_000)).into();
+            }
+            if let Some(n) = execution.max_in_flight {
+                wanted["max_ack_pending"] = n.into();
+            }
+        }
+        let info = api(client, &format!("$JS.API.CONSUMER.INFO.{stream}.{name}"), None).await?;
+        let what = if info.get("error").is_some() {
+            vec!["created".to_string()]
+        } else {
+            differs(&info["config"], &wanted)
+        };
+        if what.is_empty() {
+            continue;
+        }
+        let body = serde_json::json!({"stream_name": stream, "config": wanted});
+        let made = api(client, &format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"), Some(&body)).await?;
+        if made.get("error").is_some() {
+            bail!("consumer {stream}/{name}: {}", made["error"]["description"]);
+        }
+        changes.extend(what.into_iter().map(|w| format!("{stream}/{name}: {w}")));
+    }
+    Ok(changes)
+}
+
+/// The spec's keys whose live value differs, as "<field>: <old> -> <new>".
+fn differs(live: &serde_json::Value, wanted: &serde_json::Value) -> Vec<String> {
+    wanted
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| k.as_str() != "$comment" && live.get(k.as_str()) != Some(*v))
+        .map(|(k, v)| format!("{k}: {} -> {v}", live.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
+        .collect()
+}
+
+fn merge(into: &mut serde_json::Value, from: &serde_json::Value) {
+    if let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) {
+        for (k, v) in from {
+            into.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+async fn api(client: &Client, subject: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value> {
+    let payload = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    let reply = tokio::time::timeout(Duration::from_secs(5), client.request(subject.to_string(), payload))
+        .await
+        .map_err(|_| anyhow!("{subject}: no answer within 5 s"))?
+        .with_context(|| subject.to_string())?;
+    serde_json::from_slice(&reply.payload).with_context(|| format!("{subject}: not JSON"))
+}
+
 /// One stored message read by a direct get.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {

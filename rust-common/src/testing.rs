@@ -143,20 +143,13 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Create the streams and the KV bucket of proto/nats/jetstream.json that are missing,
-/// as the provisioning does (services/common/streams.py), on a test server without
-/// permissions. The durable consumers are left to the binaries, which create them from
-/// the same file with their own settings where nothing forbids it.
-pub async fn provision_streams(js: &async_nats::jetstream::Context) {
-    for name in [
-        crate::subjects::ORDERS_STREAM,
-        crate::subjects::EXEC_STREAM,
-        "KV_moonbus",
-    ] {
-        crate::streams::open_stream(js, name)
-            .await
-            .unwrap_or_else(|e| panic!("stream {name}: {e:#}"));
-    }
+/// Provision the streams, the KV bucket and the durable consumers of
+/// proto/nats/jetstream.json as `make run` does (streams::provision, the same rules as the
+/// Python side), with the default execution settings.
+pub async fn provision_streams(client: &async_nats::Client) {
+    crate::streams::provision(client, crate::streams::ExecutionSettings::default())
+        .await
+        .unwrap_or_else(|e| panic!("provisioning JetStream: {e:#}"));
 }
 
 /// Money as the contract admits it (0 < x < 1e14) as wire text, for property tests: the

@@ -47,7 +47,7 @@ async fn start(fills: &[Value], circuit_breaker_pct: &str) -> System {
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client.clone());
-    testing::provision_streams(&js).await;
+    testing::provision_streams(&client).await;
     for fill in fills {
         publish_report(&js, fill).await;
     }

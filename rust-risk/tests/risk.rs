@@ -33,7 +33,7 @@ async fn bus(server: &NatsServer) -> Bus {
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client.clone());
-    moonbus_common::testing::provision_streams(&js).await;
+    moonbus_common::testing::provision_streams(&client).await;
     let publisher = client.clone();
     let ticks = tokio::spawn(async move {
         for seq in 0u64.. {
