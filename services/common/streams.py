@@ -93,10 +93,12 @@ def _differs(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
     return [f"{k}: {live.get(k)!r} -> {v!r}" for k, v in wanted.items() if k != "$comment" and live.get(k) != v]
 
 
-async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout: float = 5.0) -> dict[str, list[str]]:
+async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout: float = 5.0,
+                    dry_run: bool = False) -> dict[str, list[str]]:
     """Create what is missing and update what differs (streams, then consumers), as the
     `admin` user. Settings not in the spec are kept. Idempotent; returns, per stream and
-    consumer, the changes made ("created", or "field: old -> new")."""
+    consumer, the changes made ("created", or "field: old -> new"); dry_run: only says them.
+    rust-common streams::provision follows the same rules (rust-risk/tests/provision.rs)."""
     spec = wanted_state(config)
     changes: dict[str, list[str]] = {}
     for wanted in spec["streams"]:
@@ -105,13 +107,14 @@ async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout
         if "error" in info:
             if info["error"].get("err_code") != _STREAM_NOT_FOUND:
                 raise ProvisionError(f"stream {name}: {info['error'].get('description')}")
-            made = await _api(nc, f"$JS.API.STREAM.CREATE.{name}", wanted, timeout)
             what = ["created"]
+            made = {} if dry_run else await _api(nc, f"$JS.API.STREAM.CREATE.{name}", wanted, timeout)
         else:
             what = _differs(info["config"], wanted)
             if not what:
                 continue
-            made = await _api(nc, f"$JS.API.STREAM.UPDATE.{name}", {**info["config"], **wanted}, timeout)
+            made = {} if dry_run else await _api(nc, f"$JS.API.STREAM.UPDATE.{name}",
+                                                 {**info["config"], **wanted}, timeout)
         if "error" in made:
             raise ProvisionError(f"stream {name}: {made['error'].get('description')}")
         changes[name] = what
@@ -126,8 +129,8 @@ async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout
                 continue
         else:
             what = ["created"]
-        made = await _api(nc, f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
-                          {"stream_name": stream, "config": wanted}, timeout)
+        made = {} if dry_run else await _api(nc, f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+                                             {"stream_name": stream, "config": wanted}, timeout)
         if "error" in made:
             raise ProvisionError(f"consumer {stream}/{name}: {made['error'].get('description')}")
         changes[f"{stream}/{name}"] = what
@@ -237,7 +240,8 @@ async def read_stream(
         await sub.unsubscribe()
 
 
-def provision_sync(url: str, password: str, config: Mapping[str, Any] | None = None, **connect: Any) -> dict[str, list[str]]:
+def provision_sync(url: str, password: str, config: Mapping[str, Any] | None = None, dry_run: bool = False,
+                   **connect: Any) -> dict[str, list[str]]:
     """`provision` as the `admin` user, from synchronous code (the launcher, test fixtures),
     in a thread of its own so that it works whether or not an event loop is running here."""
     import nats
@@ -251,7 +255,7 @@ def provision_sync(url: str, password: str, config: Mapping[str, Any] | None = N
         nc = await nats.connect(url, user="admin", password=password, inbox_prefix=inbox_prefix("admin"),
                                 allow_reconnect=False, connect_timeout=5, **connect)
         try:
-            result["changes"] = await provision(nc, config)
+            result["changes"] = await provision(nc, config, dry_run=dry_run)
         finally:
             await nc.close()
 
@@ -270,9 +274,10 @@ def provision_sync(url: str, password: str, config: Mapping[str, Any] | None = N
 
 
 def main() -> None:
-    """`python -m services.common.streams`: provision as NATS_USER (admin) / NATS_PASSWORD at
+    """`python -m services.common.streams [--check]`: provision as admin / NATS_PASSWORD at
     NATS_URL, with moonbus.toml (MOONBUS_CONFIG) and its overrides; what the compose
-    `provision` one-shot runs. Exit code 1, with the reason, if it cannot."""
+    `provision` one-shot runs. --check changes nothing and exits 3 if anything would change.
+    Exit code 1, with the reason, if it cannot."""
     import os
     import sys
 
@@ -282,12 +287,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
     options = client_tls_options(url, os.environ.get("NATS_CA"))
+    check = "--check" in sys.argv[1:]
     try:
-        changes = provision_sync(url, os.environ.get("NATS_PASSWORD", ""), config.load(), **options)
+        changes = provision_sync(url, os.environ.get("NATS_PASSWORD", ""), config.load(), dry_run=check, **options)
     except (ProvisionError, OSError, ValueError) as e:
         print(f"provision: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    print("provision: " + ("; ".join(f"{k} {', '.join(v)}" for k, v in changes.items()) or "nothing to change"))
+    said = "; ".join(f"{k} {', '.join(v)}" for k, v in changes.items())
+    print(f"provision{' --check' if check else ''}: " + (said or "nothing to change"))
+    if check and changes:
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":
