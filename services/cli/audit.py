@@ -28,6 +28,7 @@ import nats
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from services.common import subjects as S
 from services.common.bus import inbox_prefix
 from services.common.natsserver import SERVICE_USERS
 from services.common.streams import EXEC, KV_BUCKET, KV_STREAM, ORDERS
@@ -169,7 +170,7 @@ async def _last_on(reader: Probe, stream: str, subject: str) -> str | None:
 async def forge_with_push_consumer(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
     """A push consumer whose deliver subject is one the user may not publish (nats-server
     #8274): the server would publish stored messages there on the user's behalf."""
-    target = "md.status.audit-probe" if safe else "md.tick.sim.BTC-USD"
+    target = S.feed_status("audit-probe") if safe else S.tick("sim", "BTC-USD")
     arrived = await _watch(watcher, target)
     attacker = await a.connect(user)
     tries = []
@@ -195,7 +196,7 @@ async def forge_with_push_consumer(a: Auditor, watcher: Probe, user: str, safe: 
 async def forge_with_republish(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
     """A stream config whose `republish` sends every stored message to a foreign subject,
     on an existing stream (update) or a new one (create)."""
-    target = "md.status.audit-probe" if safe else "risk.account"
+    target = S.feed_status("audit-probe") if safe else S.ACCOUNT
     arrived = await _watch(watcher, target)
     attacker = await a.connect(user)
     before = {s: await _stream_config(watcher, s) for s in STREAMS}
@@ -295,7 +296,7 @@ async def tamper_with_kv(a: Auditor, watcher: Probe, user: str, safe: bool) -> R
     for prefix, owner in KV_OWNER.items():
         if owner == user:
             continue
-        key = f"{prefix}.audit-probe" if safe else ("risk.killswitch" if prefix == "risk" else "sentiment.BTC-USD")
+        key = f"{prefix}.audit-probe" if safe else (S.KV_KILLSWITCH if prefix == "risk" else S.kv_sentiment("BTC-USD"))
         before = await _kv_raw(watcher, key)
         subject = f"$KV.{KV_BUCKET}.{key}"
         put, delete = await asyncio.gather(
@@ -329,11 +330,11 @@ async def order_as_another_agent(a: Auditor, watcher: Probe, user: str, safe: bo
     for agent in victims:
         for kind in ("submit", "cancel"):
             # Never a valid order: even stored, execution would only reject it.
-            await attacker.nc.publish(f"orders.{kind}.{agent}.{symbol}", b'{"audit": true}')
+            await attacker.nc.publish(S.orders(kind, agent, symbol), b'{"audit": true}')
     await attacker.nc.flush()
     await asyncio.sleep(SETTLE_S)
-    found = await _last_on(watcher, ORDERS, f"orders.*.*.{symbol}")
-    held = attacker.refused("orders.") and found is None
+    found = await _last_on(watcher, ORDERS, S.orders("*", "*", symbol))
+    held = attacker.refused(S.ORDERS_PREFIX) and found is None
     return Result("orders or cancels as another agent", user, held,
                   "refused" if held else f"stored on {found}" if found else "not refused")
 
@@ -344,7 +345,7 @@ async def reconfigure_execution_consumer(a: Auditor, watcher: Probe, user: str, 
     attacker = await a.connect(user)
     before = await _consumer(watcher, ORDERS, "execution")
     config = dict((before or {}).get("config", {"durable_name": "execution", "ack_policy": "explicit"}))
-    changes = [{"inactive_threshold": 1_000_000_000}, {"filter_subjects": ["orders.audit.>"]}, {"max_ack_pending": 1}]
+    changes = [{"inactive_threshold": 1_000_000_000}, {"filter_subjects": [f"{S.ORDERS_PREFIX}audit.>"]}, {"max_ack_pending": 1}]
     answers = await asyncio.gather(*(attacker.request(f"$JS.API.CONSUMER.CREATE.{ORDERS}.execution",
                                                       {"stream_name": ORDERS, "config": {**config, **change}})
                                      for change in changes))
@@ -361,26 +362,26 @@ async def risk_api_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool
     if user in ("operator", "gateway"):
         return Result("release the kill switch or change limits", user, True, "a human's role (expected)")
     attacker = await a.connect(user)
-    state = await watcher.request("risk.api.killswitch.operator", {"action": "status"}, timeout=5)
-    limits = await watcher.request("risk.api.limits.operator", {}, timeout=5)
+    state = await watcher.request(S.risk_killswitch("operator"), {"action": "status"}, timeout=5)
+    limits = await watcher.request(S.risk_limits("operator"), {}, timeout=5)
     if state is None or limits is None:
         return Result("release the kill switch or change limits", user, True, "skipped: risk is not running")
     broken = []
     same_limits = {"set": {"max_order_notional": limits["limits"]["max_order_notional"]}}
     for caller in {user, "operator"}:
-        subject = f"risk.api.killswitch.{caller}"
+        subject = S.risk_killswitch(caller)
         # Safe: a release of a released switch changes nothing even if it went through.
         if not safe or not state.get("engaged"):
             answer = await attacker.request(subject, {"action": "release", "actor": "operator"}, timeout=2)
             if answer and "error" not in answer:
                 broken.append(f"release via {subject}")
-        answer = await attacker.request(f"risk.api.limits.{caller}", {**same_limits, "actor": "operator"}, timeout=2)
+        answer = await attacker.request(S.risk_limits(caller), {**same_limits, "actor": "operator"}, timeout=2)
         if answer and "error" not in answer:
-            broken.append(f"limits via risk.api.limits.{caller}")
-        answer = await attacker.request(f"risk.api.limits.{caller}", {"release_loss_latch": True}, timeout=2)
+            broken.append(f"limits via {S.risk_limits(caller)}")
+        answer = await attacker.request(S.risk_limits(caller), {"release_loss_latch": True}, timeout=2)
         if answer and "error" not in answer:
-            broken.append(f"latch release via risk.api.limits.{caller}")
-    after = await watcher.request("risk.api.killswitch.operator", {"action": "status"}, timeout=5)
+            broken.append(f"latch release via {S.risk_limits(caller)}")
+    after = await watcher.request(S.risk_killswitch("operator"), {"action": "status"}, timeout=5)
     if after and after.get("engaged") != state.get("engaged"):
         broken.append("the kill switch changed")
     held = not broken

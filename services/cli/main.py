@@ -21,18 +21,16 @@ from rich.table import Table
 from rich.text import Text
 
 from services.common import orderlog
+from services.common import subjects as S
 from services.common.config import SystemConfig, load, section
 from services.common.natsserver import REPO_ROOT
 from services.common.models import (
     KillSwitchRequest,
-    KillSwitchState,
     MonitorStartRequest,
     MonitorStatusReply,
     MonitorStatusRequest,
     MonitorStopRequest,
-    PositionsReply,
     PositionsRequest,
-    PricesReply,
     PricesRequest,
 )
 
@@ -144,8 +142,7 @@ def status(
 def positions(ctx: typer.Context, symbol: Annotated[str | None, typer.Argument()] = None,
               as_json: JsonFlag = False) -> None:
     """Positions and PnL (risk.api.positions)."""
-    reply = execute(ctx, lambda s: s.bus.request("risk.api.positions", PositionsRequest(symbol=symbol),
-                                                 PositionsReply, s.timeout))
+    reply = execute(ctx, lambda s: s.bus.call(S.RISK_POSITIONS_API, PositionsRequest(symbol=symbol), s.timeout))
     if as_json:
         return print_json(reply)
     table = Table(title="positions", title_justify="left")
@@ -209,7 +206,7 @@ def price(ctx: typer.Context, symbols: Annotated[list[str] | None, typer.Argumen
     """Latest prices (md.api.prices). Exit code 1 if a symbol is unknown."""
     wanted = symbols or section(load(), "system", SystemConfig).symbols
     request = _build(PricesRequest, symbols=wanted)
-    reply = execute(ctx, lambda s: s.bus.request("md.api.prices", request, PricesReply, s.timeout))
+    reply = execute(ctx, lambda s: s.bus.call(S.MD_PRICES_API, request, s.timeout))
     if as_json:
         print_json(reply)
     else:
@@ -236,8 +233,9 @@ def _show_monitors(reply: MonitorStatusReply, as_json: bool) -> None:
     console().print(table)
 
 
-def _monitor(ctx: typer.Context, subject: str, request: BaseModel, as_json: bool) -> None:
-    reply = execute(ctx, lambda s: s.bus.request(subject, request, MonitorStatusReply, s.timeout))
+def _monitor(ctx: typer.Context, endpoint: S.Endpoint[Any, MonitorStatusReply], request: BaseModel,
+             as_json: bool) -> None:
+    reply = execute(ctx, lambda s: s.bus.call(endpoint, request, s.timeout))
     _show_monitors(reply, as_json)
 
 
@@ -251,14 +249,14 @@ def monitor_start(
 ) -> None:
     """Alert on md.alert.SYMBOL when SYMBOL moves by --threshold % within --window seconds."""
     request = _build(MonitorStartRequest, symbol=symbol, threshold_pct=threshold, window_s=window)
-    _monitor(ctx, "md.api.monitor.start", request, as_json)
+    _monitor(ctx, S.MD_MONITOR_START_API, request, as_json)
 
 
 @monitor_app.command("stop")
 def monitor_stop(ctx: typer.Context, symbol: str, as_json: JsonFlag = False) -> None:
     """Stop monitoring SYMBOL."""
     request = _build(MonitorStopRequest, symbol=symbol)
-    reply = execute(ctx, lambda s: s.bus.request("md.api.monitor.stop", request, MonitorStatusReply, s.timeout))
+    reply = execute(ctx, lambda s: s.bus.call(S.MD_MONITOR_STOP_API, request, s.timeout))
     if not as_json and all(m.symbol != symbol for m in reply.monitors):
         console().print(f"stopped monitoring {symbol}")
     if reply.monitors or as_json:
@@ -269,7 +267,7 @@ def monitor_stop(ctx: typer.Context, symbol: str, as_json: JsonFlag = False) -> 
 def monitor_status(ctx: typer.Context, symbol: Annotated[str | None, typer.Argument()] = None,
                    as_json: JsonFlag = False) -> None:
     """The monitors (of SYMBOL, or all)."""
-    _monitor(ctx, "md.api.monitor.status", _build(MonitorStatusRequest, symbol=symbol), as_json)
+    _monitor(ctx, S.MD_MONITOR_STATUS_API, _build(MonitorStatusRequest, symbol=symbol), as_json)
 
 
 def actor() -> str:
@@ -281,8 +279,7 @@ def actor() -> str:
 
 def _kill_switch(ctx: typer.Context, action: str, reason: str, flatten: bool, as_json: bool) -> None:
     request = _build(KillSwitchRequest, action=action, actor=actor(), reason=reason, flatten=flatten)
-    reply = execute(ctx, lambda s: s.bus.request(f"risk.api.killswitch.{s.target.user}", request, KillSwitchState,
-                                                 s.timeout))
+    reply = execute(ctx, lambda s: s.bus.call(S.risk_killswitch_api(s.target.user), request, s.timeout))
     if as_json:
         return print_json(reply)
     if reply.engaged:

@@ -15,6 +15,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from services.common import subjects as S
 from services.common.bus import ApiError
 from services.common.config import SystemConfig, load, section
 from services.common.discovery import Service, discover
@@ -80,23 +81,23 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         feed_seen.set()
 
     started = time.monotonic()
-    sub = await session.nc.subscribe("md.status.>", cb=on_feed)
+    sub = await session.nc.subscribe(S.ALL_FEED_STATUS, cb=on_feed)
     bus, timeout = session.bus, session.timeout
     symbols = section(load(), "system", SystemConfig).symbols
     results = await asyncio.gather(
         discover(session.nc, wait=wait),
-        bus.request("risk.api.positions", PositionsRequest(), PositionsReply, timeout),
-        bus.request(f"risk.api.killswitch.{session.target.user}", KillSwitchRequest(action="status", actor="moon"),
-                    KillSwitchState, timeout),
-        bus.request("md.api.prices", PricesRequest(symbols=symbols), PricesReply, timeout),
+        bus.call(S.RISK_POSITIONS_API, PositionsRequest(), timeout),
+        bus.call(S.risk_killswitch_api(session.target.user), KillSwitchRequest(action="status", actor="moon"),
+                 timeout),
+        bus.call(S.MD_PRICES_API, PricesRequest(symbols=symbols), timeout),
         return_exceptions=True,
     )
     services, positions, kill_switch, prices = results
     if isinstance(services, BaseException):
         raise services
     status = Status(services)
-    for name, result in (("risk.api.positions", positions), ("risk.api.killswitch", kill_switch),
-                         ("md.api.prices", prices)):
+    for name, result in ((S.RISK_POSITIONS, positions), (S.RISK_KILLSWITCH.rstrip(".*"), kill_switch),
+                         (S.MD_PRICES, prices)):
         if isinstance(result, ApiError):
             status.problems.append(f"{name}: {explain(result, session)}")
         elif isinstance(result, BaseException):

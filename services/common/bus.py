@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -27,7 +28,9 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from pydantic import BaseModel, ValidationError
 
+from . import subjects
 from .models import ErrorEvent, ErrorReply, OrderRequest, encode, now_ns
+from .subjects import Endpoint
 from .tls import client_tls_options
 
 log = logging.getLogger(__name__)
@@ -43,9 +46,19 @@ class ApiError(Exception):
         self.code = code
         self.message = message
 
+    # The NATS service error code when a handler lets it through: an upstream's error or
+    # silence passed on is not the request's fault (RequestError says 400 by default).
+    status = 502
+
 
 class RequestError(ApiError):
-    """Raised inside an endpoint handler to answer with a specific error code."""
+    """Raised inside an endpoint handler to answer with a specific error code; `status` is
+    the NATS service error code (400: the request's fault; 5xx: the service's, e.g. 503
+    for a dependency that is not there)."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(code, message)
+        self.status = status
 
 
 class DuplicateOrderId(RuntimeError):
@@ -161,7 +174,7 @@ class Bus:
             ts=now_ns(),
         )
         try:
-            await self.client.publish(f"errors.{self.service}", encode(event))
+            await self.client.publish(subjects.errors(self.service), encode(event))
         except Exception as e:  # the error path must never raise into a handler
             log.error("could not publish error event: %s", e)
 
@@ -205,6 +218,14 @@ class Bus:
                 pass
         return reply_model.model_validate_json(msg.data)
 
+    async def call(self, endpoint: Endpoint[Any, R], request: BaseModel, timeout: float = 2.0) -> R:
+        """One request to a typed endpoint (services/common/subjects.py): the reply decoded
+        into the endpoint's reply model; an error reply or no answer raises ApiError."""
+        if not isinstance(request, endpoint.request_model):
+            raise TypeError(f"{endpoint.subject} takes {endpoint.request_model.__name__}, "
+                            f"not {type(request).__name__}")
+        return await self.request(endpoint.subject, request, endpoint.reply_model, timeout)
+
     # ------------------------------------------------------------ NATS service API
 
     async def serve(
@@ -240,29 +261,53 @@ class Bus:
                 reply = await handler(request)
                 await req.respond(encode(reply))
             except ValidationError as e:
-                await self._reply_error(req, "bad_request", validation_summary(e))
+                await self._reply_error(req, "bad_request", validation_summary(e), 400)
             except ApiError as e:
-                await self._reply_error(req, e.code, e.message)
+                await self._reply_error(req, e.code, e.message, e.status)
             except Exception as e:
                 log.exception("endpoint %s failed", subject)
-                await self._reply_error(req, "internal", repr(e))
+                await self._reply_error(req, "internal", repr(e), 500)
 
         return handle
 
     @staticmethod
-    async def _reply_error(req: Request, code: str, message: str) -> None:
+    async def _reply_error(req: Request, code: str, message: str, status: int) -> None:
+        """The ErrorReply body (its snake_case `code` is the contract); the NATS service error
+        code header says whose fault it was: 4xx the request's, 5xx the service's."""
         body = ErrorReply.model_validate({"error": {"code": code, "message": message}})
-        await req.respond(encode(body), headers={"Nats-Service-Error": message[:200], "Nats-Service-Error-Code": "400"})
+        await req.respond(encode(body), headers={"Nats-Service-Error": message[:200],
+                                                 "Nats-Service-Error-Code": str(status)})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (json.dumps: valid JSON whatever the message holds)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def setup_logging(service: str) -> None:
     """Readable logs by default; MOONBUS_LOG_FORMAT=json for one JSON object per line."""
     level = os.environ.get("MOONBUS_LOG_LEVEL", "INFO").upper()
     if os.environ.get("MOONBUS_LOG_FORMAT") == "json":
-        fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","service":"' + service + '","msg":%(message)r}'
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter(service))
+        logging.basicConfig(level=level, handlers=[handler])
     else:
-        fmt = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt)
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

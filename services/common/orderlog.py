@@ -21,6 +21,7 @@ from typing import Any
 from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
 
+from . import subjects
 from .models import ExecutionReport, OrderRequest, OrderStatus
 from .streams import EXEC, ORDERS, Stored, StreamReadError, read_stream
 
@@ -116,7 +117,7 @@ async def recent_orders(nc: Client, limit: int = 20, symbol: str | None = None, 
     """The last `limit` orders submitted (for `symbol`, or all), oldest first, with their reports.
     Looks back over at most `max_scan` stream sequences of ORDERS (fewer orders when the
     symbol's are sparser than that)."""
-    subject = f"orders.submit.*.{symbol}" if symbol else "orders.submit.>"
+    subject = subjects.orders_submit("*", symbol) if symbol else subjects.ORDERS_SUBMIT_ALL
     first, last = await _last_seq(nc, ORDERS)
     found: list[Stored] = []
     window = limit
@@ -134,7 +135,7 @@ async def recent_orders(nc: Client, limit: int = 20, symbol: str | None = None, 
         trails[key] = OrderTrail(key, order, stored)
     if trails:
         oldest = min(t.stored.stored_ns for t in trails.values() if t.stored)
-        await _attach_reports(nc, trails, f"exec.report.{symbol or '>'}", oldest, max_scan)
+        await _attach_reports(nc, trails, subjects.exec_report(symbol or ">"), oldest, max_scan)
     return list(trails.values())
 
 
@@ -144,7 +145,7 @@ async def trace(nc: Client, client_order_id: str, since_ns: int | None = None,
     keeps) and its reports; None when neither ORDERS nor EXEC knows it. Reads at most
     `max_scan` messages of each stream: ScanLimitReached when that ends the search."""
     trail = OrderTrail(client_order_id)
-    orders = read_stream(nc, ORDERS, "orders.submit.>", start_ns=since_ns, max_messages=max_scan)
+    orders = read_stream(nc, ORDERS, subjects.ORDERS_SUBMIT_ALL, start_ns=since_ns, max_messages=max_scan)
     scanned = 0
     async with contextlib.aclosing(orders) as found:
         async for stored in found:
@@ -158,7 +159,7 @@ async def trace(nc: Client, client_order_id: str, since_ns: int | None = None,
     symbol = trail.order.symbol if trail.order else ">"
     start_ns = trail.stored.stored_ns if trail.stored else since_ns
     # EXEC's Nats-Msg-Id is `<client_order_id>:<status>:<filled>`.
-    async for stored in read_stream(nc, EXEC, f"exec.report.{symbol}", start_ns=start_ns, max_messages=max_scan):
+    async for stored in read_stream(nc, EXEC, subjects.exec_report(symbol), start_ns=start_ns, max_messages=max_scan):
         if stored.msg_id.startswith(client_order_id + ":"):
             report = _report(stored)
             if report is not None and report.client_order_id == client_order_id:

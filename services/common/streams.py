@@ -2,7 +2,7 @@
 durable consumers of execution and risk) and how it is read.
 
     await provision(admin_nc, config)         # create or update all of it (user `admin` only)
-    async for m in read_stream(nc, EXEC, "exec.report.>"):   # by direct gets, no consumer
+    async for m in read_stream(nc, EXEC, subjects.ALL_REPORTS):   # by direct gets, no consumer
         ...
     kv = await open_kv(nc.jetstream())        # the KV bucket, for get/put of one's own keys
 
@@ -41,11 +41,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from .subjects import EXEC_STREAM, ORDERS_STREAM
+from .subjects import KV_BUCKET as SUBJECTS_KV_BUCKET
+
 log = logging.getLogger(__name__)
 
-ORDERS = "ORDERS"
-EXEC = "EXEC"
-KV_BUCKET = "moonbus"
+ORDERS = ORDERS_STREAM
+EXEC = EXEC_STREAM
+KV_BUCKET = SUBJECTS_KV_BUCKET
 KV_STREAM = f"KV_{KV_BUCKET}"
 
 # Header that carries the client_order_id for de-duplication.

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
 from services.common.bus import ApiError, Bus, validation_summary
+from services.common.subjects import Endpoint
 
 from .config import READ_TOKEN_ENV, TOKEN_ENV, GatewayConfig
 from .live import Live
@@ -75,13 +76,14 @@ class Gateway:
         assert self.bus is not None
         return self.bus
 
-    async def call(self, subject: str, message: BaseModel, reply_model: type[R]) -> R:
+    async def call(self, endpoint: Endpoint[Any, R], message: BaseModel) -> R:
         """One bus request; a reply that does not parse is the upstream's fault (bad_reply)."""
         bus = self.the_bus()
+        subject = endpoint.subject
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await bus.request(subject, message, reply_model, self.cfg.request_timeout_s)
+            return await bus.call(endpoint, message, self.cfg.request_timeout_s)
         except ApiError as e:
             outcome = e.code
             raise

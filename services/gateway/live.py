@@ -20,21 +20,23 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from services.common.bus import ApiError, Bus
+from services.common import subjects as S
 from services.common.catalogue import model_for
 
 from .metrics import GatewayMetrics
 
 # Topic -> subjects. A stream asks for topics; the dashboard wants all of them.
 TOPICS: dict[str, list[str]] = {
-    "ticks": ["md.tick.>"],
-    "alerts": ["md.alert.>"],
-    "feeds": ["md.status.>"],
-    "signals": ["agent.signal.>"],
-    "swarm": ["agent.swarm.>"],
-    "orders": ["orders.submit.>", "orders.cancel.>"],
-    "reports": ["exec.report.>"],
-    "risk": ["risk.account", "risk.verdict.>", "risk.events"],
+    "ticks": [S.ALL_TICKS],
+    "alerts": [S.ALL_ALERTS],
+    "feeds": [S.ALL_FEED_STATUS],
+    "signals": [S.ALL_SIGNALS],
+    "swarm": [S.ALL_SWARM],
+    "orders": [S.ORDERS_SUBMIT_ALL, S.ORDERS_CANCEL_ALL],
+    "reports": [S.ALL_REPORTS],
+    "risk": [S.ACCOUNT, S.ALL_VERDICTS, S.RISK_EVENTS],
 }
+VERDICT_PREFIX = S.verdict("")
 
 
 def event_bytes(name: str, data: bytes) -> bytes:
@@ -74,7 +76,7 @@ class LiveState:
 
 def _symbol_of(topic: str, subject: str) -> str | None:
     """The symbol a message is about (the last subject token), for the `symbols` filter."""
-    if topic in ("ticks", "alerts", "signals", "swarm", "orders", "reports") or subject.startswith("risk.verdict."):
+    if topic in ("ticks", "alerts", "signals", "swarm", "orders", "reports") or subject.startswith(VERDICT_PREFIX):
         return subject.rsplit(".", 1)[-1]
     return None
 
@@ -122,11 +124,11 @@ class Live:
             s.signals.append(data)
         elif topic == "swarm":
             s.swarm.append(data)
-        elif subject == "risk.account":
+        elif subject == S.ACCOUNT:
             s.account = data
-        elif subject == "risk.events":
+        elif subject == S.RISK_EVENTS:
             s.kill_switch = data
-        elif subject.startswith("risk.verdict."):
+        elif subject.startswith(VERDICT_PREFIX):
             s.verdicts[last] = data
 
     def fan_out(self, topic: str, subject: str, data: bytes) -> None:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from services.common import orderlog
+from services.common import subjects as S
 from services.common.bus import ApiError
 from services.common.discovery import discover
 from services.common.models import (
@@ -54,8 +55,8 @@ from .context import SESSION_COOKIE, Gateway, bearer, the_gateway, writer
 from .live import TOPICS, Live, Stream
 
 router = APIRouter(prefix="/api")
-KILL_SWITCH = "risk.api.killswitch.gateway"
-LIMITS = "risk.api.limits.gateway"
+KILL_SWITCH = S.risk_killswitch_api("gateway")  # the gateway calls as its own NATS user
+LIMITS = S.risk_limits_api("gateway")
 Gw = Annotated[Gateway, Depends(the_gateway)]
 Writer = Annotated[Gateway, Depends(writer)]
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -85,20 +86,20 @@ async def prices(gw: Gw, symbols: Annotated[str | None, Query(description="comma
                                                                 "[system].symbols")] = None) -> Response:
     """Latest tick per symbol (md.api.prices); unknown symbols are listed in `missing`."""
     request = PricesRequest(symbols=split_list(symbols, gw.symbols))
-    return wire(await gw.call("md.api.prices", request, PricesReply))
+    return wire(await gw.call(S.MD_PRICES_API, request))
 
 
 @router.get("/price/{symbol}", response_model=PriceReply, responses={**ERRORS, 404: {"model": ErrorReply}})
 async def price(gw: Gw, symbol: str) -> Response:
     """Latest tick of one symbol (md.api.price)."""
-    return wire(await gw.call("md.api.price", PriceRequest(symbol=symbol), PriceReply))
+    return wire(await gw.call(S.MD_PRICE_API, PriceRequest(symbol=symbol)))
 
 
 @router.get("/history/{symbol}", response_model=HistoryReply, responses={**ERRORS, 404: {"model": ErrorReply}})
 async def history(gw: Gw, symbol: str, interval: str = "1m", limit: int = 100) -> Response:
     """The last closed bars (md.api.history)."""
     request = HistoryRequest(symbol=symbol, interval=interval, limit=limit)
-    return wire(await gw.call("md.api.history", request, HistoryReply))
+    return wire(await gw.call(S.MD_HISTORY_API, request))
 
 
 # ---------------------------------------------------------------- risk
@@ -107,14 +108,14 @@ async def history(gw: Gw, symbol: str, interval: str = "1m", limit: int = 100) -
 @router.get("/positions", responses=ERRORS)
 async def positions(gw: Gw, symbol: str | None = None) -> JSONResponse:
     """Positions and PnL (risk.api.positions)."""
-    reply = await gw.call("risk.api.positions", PositionsRequest(symbol=symbol), PositionsReply)
+    reply = await gw.call(S.RISK_POSITIONS_API, PositionsRequest(symbol=symbol))
     return JSONResponse({"positions": [json.loads(p.model_dump_json(exclude_none=True)) for p in reply.positions]})
 
 
 @router.get("/account", responses=ERRORS)
 async def account(gw: Gw) -> Response:
     """Equity, cash, PnL, drawdown, trading state (from risk.api.positions)."""
-    reply = await gw.call("risk.api.positions", PositionsRequest(), PositionsReply)
+    reply = await gw.call(S.RISK_POSITIONS_API, PositionsRequest())
     return wire(reply.account)
 
 
@@ -127,26 +128,25 @@ async def verdicts(gw: Gw) -> JSONResponse:
 @router.get("/limits", response_model=LimitsReply, responses=ERRORS)
 async def limits(gw: Gw) -> Response:
     """The limits risk enforces (risk.api.limits)."""
-    return wire(await gw.call(LIMITS, LimitsRequest(), LimitsReply))
+    return wire(await gw.call(LIMITS, LimitsRequest()))
 
 
 @router.post("/limits", response_model=LimitsReply, responses=WRITE_ERRORS)
 async def set_limits(gw: Writer, body: LimitsRequest) -> Response:
     """Change limits (the ones left out keep their value). Needs the bearer token."""
-    return wire(await gw.call(LIMITS, body, LimitsReply))
+    return wire(await gw.call(LIMITS, body))
 
 
 @router.get("/killswitch", response_model=KillSwitchState, responses=ERRORS)
 async def kill_switch(gw: Gw) -> Response:
     """Is the kill switch engaged, by whom, why."""
-    return wire(await gw.call(KILL_SWITCH, KillSwitchRequest(action="status", actor="gateway"),
-                              KillSwitchState))
+    return wire(await gw.call(KILL_SWITCH, KillSwitchRequest(action="status", actor="gateway")))
 
 
 @router.post("/killswitch", response_model=KillSwitchState, responses=WRITE_ERRORS)
 async def set_kill_switch(gw: Writer, body: KillSwitchRequest) -> Response:
     """`{"action": "engage" | "release", "actor", "reason", "flatten"}`. Needs the bearer token."""
-    return wire(await gw.call(KILL_SWITCH, body, KillSwitchState))
+    return wire(await gw.call(KILL_SWITCH, body))
 
 
 # ---------------------------------------------------------------- orders
@@ -238,7 +238,7 @@ async def submit_order(gw: Writer, body: OrderSubmit) -> OrderAccepted:
     order = OrderRequest.model_validate_json(json.dumps({**body.model_dump(mode="json", exclude_none=True),
                                                          "agent": "gateway", "origin_ts": ts, "ts": ts}))
     try:
-        ack = await gw.the_bus().publish_order(f"orders.submit.gateway.{order.symbol}", order, gw.cfg.request_timeout_s)
+        ack = await gw.the_bus().publish_order(S.orders_submit("gateway", order.symbol), order, gw.cfg.request_timeout_s)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
         raise ApiError("not_stored", "the ORDERS stream did not acknowledge the order; it may be retried "
                                      "with the same client_order_id") from None

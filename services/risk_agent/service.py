@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
+from services.common import subjects as S
 from services.common.bus import ApiError, Bus
 from services.common.config import load, section
 from services.common.llm import LLMConfig, Provider, build_provider
@@ -24,8 +25,6 @@ from services.common.models import (
     AccountState,
     Action,
     KillSwitchRequest,
-    KillSwitchState,
-    PositionsReply,
     PositionsRequest,
     Signal,
     encode,
@@ -39,7 +38,7 @@ from .rules import AGENT, Breach, Latch, PnLWindow, check_account, close_order, 
 
 SERVICE = "risk-agent"
 # Its NATS user may engage (never release) the kill switch; rust-risk reads the caller here.
-KILL_SWITCH = f"risk.api.killswitch.{SERVICE}"
+KILL_SWITCH = S.risk_killswitch_api(SERVICE)
 log = logging.getLogger(__name__)
 
 
@@ -55,11 +54,11 @@ def make_provider(cfg: RiskAgentConfig, config: dict[str, Any]) -> Provider | No
 async def engage_kill_switch(bus: Bus, cfg: RiskAgentConfig, reason: str) -> None:
     request = KillSwitchRequest(action="engage", actor=SERVICE, reason=reason[:500])
     try:
-        state = await bus.request(KILL_SWITCH, request, KillSwitchState, cfg.request_timeout_s)
+        state = await bus.call(KILL_SWITCH, request, cfg.request_timeout_s)
     except (ApiError, ValueError) as e:
         metrics.KILL_SWITCH.labels("failed").inc()
         log.error("kill switch not engaged: %s", e)
-        await bus.report_error(KILL_SWITCH, f"kill switch not engaged: {e}", encode(request))
+        await bus.report_error(KILL_SWITCH.subject, f"kill switch not engaged: {e}", encode(request))
         return
     metrics.KILL_SWITCH.labels("engaged" if state.engaged else "refused").inc()
     log.warning("kill switch engaged=%s by %s: %s", state.engaged, state.actor, state.reason)
@@ -70,10 +69,10 @@ async def act(bus: Bus, cfg: RiskAgentConfig, provider: Provider | None, breache
     """Handle new breaches; True when everything that had to be done was done."""
     reason = "; ".join(b.reason for b in breaches)
     try:
-        reply = await bus.request("risk.api.positions", PositionsRequest(), PositionsReply, cfg.request_timeout_s)
+        reply = await bus.call(S.RISK_POSITIONS_API, PositionsRequest(), cfg.request_timeout_s)
     except (ApiError, ValueError) as e:
         log.error("cannot act on the breach (%s): positions unavailable: %s", reason, e)
-        await bus.report_error("risk.api.positions", f"cannot flatten: {e}", b"")
+        await bus.report_error(S.RISK_POSITIONS, f"cannot flatten: {e}", b"")
         return False
     positions = [p for p in reply.positions if p.quantity != 0]
     threshold = hold_threshold(breaches, cfg)
@@ -88,7 +87,7 @@ async def act(bus: Bus, cfg: RiskAgentConfig, provider: Provider | None, breache
         if answer is not None:
             metrics.AI_ANSWERS.labels("hold" if answer.hold else "close").inc()
         if answer is not None and answer.hold:
-            await bus.publish(f"agent.signal.{AGENT}.{p.symbol}", held_signal(p.symbol, reason, answer, account.ts))
+            await bus.publish(S.signal(AGENT, p.symbol), held_signal(p.symbol, reason, answer, account.ts))
             log.warning("%s kept: %s", p.symbol, answer.why)
             continue
         why = f"{reason}; {answer.why}" if answer else reason
@@ -96,8 +95,8 @@ async def act(bus: Bus, cfg: RiskAgentConfig, provider: Provider | None, breache
         if answer and answer.decision:
             signal = signal.model_copy(update={"latency_ms": answer.decision.latency_ms,
                                                "cost_usd": answer.decision.cost_usd})
-        await bus.publish(f"agent.signal.{AGENT}.{p.symbol}", signal)
-        subject = f"orders.submit.{order.agent}.{order.symbol}"  # the agent token our user may publish
+        await bus.publish(S.signal(AGENT, p.symbol), signal)
+        subject = S.orders_submit(order.agent, order.symbol)  # the agent token our user may publish
         try:
             await bus.publish_order(subject, order, timeout=cfg.request_timeout_s, fresh=True)
         except Exception as e:
@@ -142,7 +141,7 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
             if not await act(bus, cfg, provider, new, account):
                 latch.release(b.rule for b in new)
 
-        await bus.subscribe("risk.account", AccountState, on_account)
+        await bus.subscribe(S.ACCOUNT, AccountState, on_account)
         await bus.serve("risk agent: account rules (max loss, max gain, min balance)", {})
         log.info("risk agent ready: %s", cfg.model_dump(mode="json"))
         await stop.wait()

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from nats.js.kv import KeyValue
 
+from services.common import subjects as S
 from services.common.bus import Bus
 from services.common.config import SystemConfig, load, section
 from services.common.llm import LLMConfig, build_provider
@@ -85,11 +86,11 @@ class SentimentService:
             await self.bus.report_error(source[:256], f"scoring failed: {e!r}", item.title.encode())
             return
         for sentiment in sentiments:
-            await self.bus.publish(f"agent.sentiment.{sentiment.symbol}", sentiment)
+            await self.bus.publish(S.sentiment(sentiment.symbol), sentiment)
             if self.kv is None:
                 continue
             try:
-                await self.kv.put(f"sentiment.{sentiment.symbol}", encode(sentiment))
+                await self.kv.put(S.kv_sentiment(sentiment.symbol), encode(sentiment))
             except Exception as e:  # readers fall back to the live subject
                 metrics.KV_FAILURES.inc()
                 log.warning("sentiment.%s not written to KV: %r", sentiment.symbol, e)

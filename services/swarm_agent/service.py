@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from services.common import subjects as S
 from services.common.bus import Bus
 from services.common.config import load, section
 from services.common.llm import LLMConfig, build_provider
@@ -21,7 +22,6 @@ from services.common.metrics import serve_metrics
 from services.common.models import (
     Bar,
     Consensus,
-    HistoryReply,
     HistoryRequest,
     PriceAlert,
     Sentiment,
@@ -99,7 +99,7 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
 
     async def history(symbol: str) -> list[Bar]:
         request = HistoryRequest(symbol=symbol, interval=cfg.history_interval, limit=cfg.history_limit)
-        reply = await bus.request("md.api.history", request, HistoryReply, timeout=cfg.timeout_s)
+        reply = await bus.call(S.MD_HISTORY_API, request, timeout=cfg.timeout_s)
         return reply.bars
 
     swarm = Swarm(build_models(cfg, history, latest, section(config, "llm", LLMConfig)), cfg)
@@ -110,7 +110,7 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
     async def ask(request: SwarmAskRequest, trigger: str = "request") -> Consensus:
         metrics.ASKS.labels(trigger).inc()
         consensus = await swarm.ask(request)
-        await bus.publish(f"agent.swarm.{consensus.symbol}", consensus)
+        await bus.publish(S.swarm(consensus.symbol), consensus)
         log.info("%s: %s", consensus.symbol, consensus.summary)
         return consensus
 
@@ -122,7 +122,7 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
             await ask(SwarmAskRequest(symbol=alert.symbol, question=alert_question(alert)), "alert")
         except Exception as e:
             log.exception("swarm on alert %s failed", alert.symbol)
-            await bus.report_error(f"md.alert.{alert.symbol}", f"swarm failed: {e!r}", b"")
+            await bus.report_error(S.alert(alert.symbol), f"swarm failed: {e!r}", b"")
 
     async def on_alert(alert: PriceAlert, _msg: Any) -> None:
         # In a task: the models may take seconds, the next alert must not wait for them.
@@ -132,12 +132,12 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
 
     try:
         serve_metrics(cfg.metrics_port)
-        await bus.subscribe("agent.sentiment.>", Sentiment, on_sentiment)
+        await bus.subscribe(S.ALL_SENTIMENT, Sentiment, on_sentiment)
         if cfg.on_alerts:
-            await bus.subscribe("md.alert.*", PriceAlert, on_alert, queue=SERVICE)
+            await bus.subscribe(S.alert("*"), PriceAlert, on_alert, queue=SERVICE)
         await bus.serve(
             f"swarm of {len(swarm.models)} models, {cfg.method} consensus",
-            {"agent.api.swarm.ask": (SwarmAskRequest, ask)},
+            {S.SWARM_ASK: (SwarmAskRequest, ask)},
         )
         log.info("swarm agent ready: %s", [m.name for m in swarm.models])
         await stop.wait()

@@ -21,13 +21,12 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
+from services.common import subjects as S
 from services.common.bus import ApiError, Bus
 from services.common.models import (
     AccountState,
     Bar,
-    HistoryReply,
     HistoryRequest,
-    PositionsReply,
     PositionsRequest,
     Sentiment,
     Tick,
@@ -66,7 +65,7 @@ class LatestTicks:
         self._raw[msg.subject] = msg.data
 
     async def get(self, venue: str, symbol: str) -> Tick | None:
-        subject = f"md.tick.{venue}.{symbol}"
+        subject = S.tick(venue, symbol)
         raw = self._raw.get(subject)
         if raw is None:
             return None
@@ -103,32 +102,32 @@ class ContextSource:
             if s.symbol not in self.sentiments or s.ts >= self.sentiments[s.symbol].ts:
                 self.sentiments[s.symbol] = s
 
-        await self.bus.subscribe("risk.verdict.>", Verdict, on_verdict)
-        await self.bus.subscribe("risk.account", AccountState, on_account)
-        await self.bus.subscribe("agent.sentiment.>", Sentiment, on_sentiment)
-        await self.bus.client.subscribe("md.tick.>", cb=self.ticks.on_message)
+        await self.bus.subscribe(S.ALL_VERDICTS, Verdict, on_verdict)
+        await self.bus.subscribe(S.ACCOUNT, AccountState, on_account)
+        await self.bus.subscribe(S.ALL_SENTIMENT, Sentiment, on_sentiment)
+        await self.bus.client.subscribe(S.ALL_TICKS, cb=self.ticks.on_message)
 
     async def gather(self, event: Event, bar: Bar | None, bars_needed: int, sentiment: bool) -> Context:
         ctx = Context(event=event, bars=[])
         ctx.bars = merge_bars(await self._history(event, bars_needed, ctx.notes), bar, bars_needed)
         symbol = event.symbol
         ctx.tick = await self.ticks.get(event.venue, symbol)
-        if symbol not in self.verdicts and (v := await self._from_kv(f"risk.verdict.{symbol}", Verdict, ctx.notes)):
+        if symbol not in self.verdicts and (v := await self._from_kv(S.verdict(symbol), Verdict, ctx.notes)):
             self.verdicts.setdefault(symbol, v)
         ctx.verdict = self.verdicts.get(symbol)
         if self.account is None:
-            self.account = (await self._from_kv("risk.account", AccountState, ctx.notes)
+            self.account = (await self._from_kv(S.ACCOUNT, AccountState, ctx.notes)
                             or await self._account(ctx.notes))
         ctx.account = self.account
         if sentiment:
-            ctx.sentiment = self.sentiments.get(symbol) or await self._from_kv(f"sentiment.{symbol}", Sentiment,
+            ctx.sentiment = self.sentiments.get(symbol) or await self._from_kv(S.kv_sentiment(symbol), Sentiment,
                                                                                ctx.notes)
         return ctx
 
     async def _history(self, event: Event, limit: int, notes: list[str]) -> list[Bar]:
         request = HistoryRequest(symbol=event.symbol, interval=self.cfg.bar_interval, limit=limit, venue=event.venue)
         try:
-            reply = await self.bus.request("md.api.history", request, HistoryReply, self.cfg.history_timeout_s)
+            reply = await self.bus.call(S.MD_HISTORY_API, request, self.cfg.history_timeout_s)
         except (ApiError, ValidationError) as e:
             notes.append(f"history unavailable ({e})")
             return []
@@ -136,8 +135,7 @@ class ContextSource:
 
     async def _account(self, notes: list[str]) -> AccountState | None:
         try:
-            reply = await self.bus.request("risk.api.positions", PositionsRequest(), PositionsReply,
-                                           self.cfg.history_timeout_s)
+            reply = await self.bus.call(S.RISK_POSITIONS_API, PositionsRequest(), self.cfg.history_timeout_s)
         except (ApiError, ValidationError) as e:
             notes.append(f"account unavailable ({e})")
             return None

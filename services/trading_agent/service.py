@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from services.common import subjects as S
 from services.common.bus import Bus
 from services.common.config import load, section
 from services.common.llm import LLMConfig, build_provider
@@ -57,12 +58,19 @@ def alert_event(alert: PriceAlert) -> Event:
     return Event("alert", alert.symbol, alert.venue, alert.price, alert.ts, summary)
 
 
+def event_subject(event: Event, bar_interval: str) -> str:
+    """The subject the event came in on (md.bar.<interval>.<venue>.<symbol> / md.alert.<symbol>)."""
+    if event.kind == "bar":
+        return S.bar(bar_interval, event.venue, event.symbol)
+    return S.alert(event.symbol)
+
+
 async def submit(bus: Bus, proposal: Proposal, timeout: float) -> bool:
     """The order into ORDERS (if any), then the Signal saying why (and whether the order
     was acknowledged). A missing ack is reported on errors.trading-agent, never raised."""
     order, signal, ok = proposal.order, proposal.signal, True
     if order is not None:
-        subject = f"orders.submit.{order.agent}.{order.symbol}"  # the agent token our user may publish
+        subject = S.orders_submit(order.agent, order.symbol)  # the agent token our user may publish
         try:
             ack = await bus.publish_order(subject, order, timeout=timeout, fresh=True)
         except Exception as e:
@@ -75,7 +83,7 @@ async def submit(bus: Bus, proposal: Proposal, timeout: float) -> bool:
             metrics.ORDERS.labels(order.side.value).inc()
             log.info("order %s %s %s %s (stream seq %s%s)", order.client_order_id, order.side.value,
                      order.quantity, order.symbol, ack.seq, ", duplicate" if ack.duplicate else "")
-    await bus.publish(f"agent.signal.{AGENT}.{signal.symbol}", signal)
+    await bus.publish(S.signal(AGENT, signal.symbol), signal)
     return ok
 
 
@@ -99,9 +107,9 @@ class TradingService:
         async def on_alert(alert: PriceAlert, _msg: Any) -> None:
             await self.enqueue(alert_event(alert), None)
 
-        self._subs.append(await self.bus.subscribe(f"md.bar.{self.cfg.bar_interval}.*.*", Bar, on_bar, queue=SERVICE))
+        self._subs.append(await self.bus.subscribe(S.bar(self.cfg.bar_interval, "*", "*"), Bar, on_bar, queue=SERVICE))
         if self.cfg.on_alerts:
-            self._subs.append(await self.bus.subscribe("md.alert.*", PriceAlert, on_alert, queue=SERVICE))
+            self._subs.append(await self.bus.subscribe(S.alert("*"), PriceAlert, on_alert, queue=SERVICE))
 
     async def enqueue(self, event: Event, bar: Bar | None) -> None:
         metrics.EVENTS.labels(event.kind).inc()
@@ -117,7 +125,7 @@ class TradingService:
         metrics.DECISIONS.labels("HOLD", model, "false").inc()
         signal = Signal(agent=AGENT, symbol=event.symbol, action=Action.HOLD, confidence=0.0,
                         reasoning=f"{why}; no order", model=model, origin_ts=event.origin_ts, ts=now_ns())
-        await self.bus.publish(f"agent.signal.{AGENT}.{event.symbol}", signal)
+        await self.bus.publish(S.signal(AGENT, event.symbol), signal)
 
     async def _work(self) -> None:
         while True:
@@ -126,7 +134,7 @@ class TradingService:
                 await self.decide(event, bar, received)
             except Exception as e:  # one bad decision must not stop the worker
                 log.exception("decision for %s %s failed", event.kind, event.symbol)
-                subject = f"md.{event.kind}.{event.symbol}"
+                subject = event_subject(event, self.cfg.bar_interval)
                 with contextlib.suppress(Exception):  # the bus itself may be what failed
                     await self.bus.report_error(subject, f"decision failed: {e!r}", b"")
                     await self.hold(event, "failed", f"decision failed: {e!r}")
