@@ -38,14 +38,9 @@ use moonbus_common::{
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::venue::{Fill, Market, Placement, Routed, Venue};
-use crate::walk::{self, Walked};
+use crate::walk::{self, Overflow, Walked};
 
 const BPS: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
-
-/// A result does not fit a Decimal (|x| >= 7.9e28), or is beyond the contract's money
-/// range (|x| >= 1e14): the order is refused, never rounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Overflow;
 
 pub struct PaperVenue {
     venues: Vec<VenueName>,

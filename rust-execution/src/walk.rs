@@ -19,7 +19,12 @@
 use moonbus_common::{Book, PriceLevel, Side};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::paper::Overflow;
+/// A result of the paper venue's arithmetic (a book walk here, a taker price or a fee in
+/// paper.rs) does not fit a Decimal (|x| >= 7.9e28), or is beyond the contract's money
+/// range (|x| >= 1e14): the order is refused, never rounded. Defined here, the lower of
+/// the two modules, so that paper.rs uses walk.rs and never the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
 
 /// Decimals beyond the finest level price taken, for the average price.
 const EXTRA_DECIMALS: u32 = 4;

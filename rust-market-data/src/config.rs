@@ -13,11 +13,13 @@ use serde::Deserialize;
 
 use crate::alerts::Threshold;
 use crate::bars::{BarData, Intervals};
-use crate::connectors::{BinanceConfig, BirdeyeConfig, CoinbaseConfig, HyperliquidConfig, Section};
+use crate::connectors::{
+    BinanceConfig, BirdeyeConfig, CoinbaseConfig, HyperliquidConfig, Section, VenueSections,
+};
 use crate::feed::FeedKind;
 use crate::market::MarketSettings;
 use crate::replay::{ReplaySettings, Speed};
-use crate::sim::{GbmParams, SimBooks};
+use crate::sim::{GbmParams, SimBooks, SimSettings};
 
 /// Start price of a symbol not listed in `[market_data.start_prices]`.
 const DEFAULT_START_PRICE: Decimal = Decimal::ONE_HUNDRED;
@@ -99,6 +101,24 @@ impl Default for MarketDataConfig {
             hyperliquid: Section::default(),
             birdeye: Section::default(),
         }
+    }
+}
+
+impl VenueSections for MarketDataConfig {
+    fn binance(&self) -> &Section<BinanceConfig> {
+        &self.binance
+    }
+
+    fn coinbase(&self) -> &Section<CoinbaseConfig> {
+        &self.coinbase
+    }
+
+    fn hyperliquid(&self) -> &Section<HyperliquidConfig> {
+        &self.hyperliquid
+    }
+
+    fn birdeye(&self) -> &Section<BirdeyeConfig> {
+        &self.birdeye
     }
 }
 
@@ -265,17 +285,8 @@ pub fn parse_feeds(names: &[String]) -> Result<Vec<FeedKind>> {
     Ok(kinds)
 }
 
-/// The simulated feed's settings, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SimSettings {
-    pub seed: u64,
-    /// How often each symbol ticks.
-    pub tick_interval: Duration,
-    pub params: GbmParams,
-    /// The symbols in `[system].symbols` order, with their start prices.
-    pub symbols: Vec<(Symbol, PositiveMoney)>,
-}
-
+/// Built here from `[market_data]`; the type is the sim's (sim.rs), which never reads
+/// the config, so the dependency points one way: config -> sim.
 impl SimSettings {
     pub fn from_config(system: &SystemConfig, md: &MarketDataConfig) -> Result<Self> {
         let symbols = parse_symbols(&system.symbols)?;

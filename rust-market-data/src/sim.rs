@@ -11,7 +11,6 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rust_decimal::Decimal;
 use tokio::time::{sleep_until, Duration, Instant};
 
-use crate::config::SimSettings;
 use crate::encode::TickData;
 use crate::fnv::fnv1a;
 
@@ -230,6 +229,17 @@ pub struct SimBooks {
     pub depth: usize,
     pub step_bps: f64,
     pub interval: Duration,
+}
+
+/// The simulated feed's settings, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimSettings {
+    pub seed: u64,
+    /// How often each symbol ticks.
+    pub tick_interval: Duration,
+    pub params: GbmParams,
+    /// The symbols in `[system].symbols` order, with their start prices.
+    pub symbols: Vec<(Symbol, PositiveMoney)>,
 }
 
 /// Venue `sim`: each symbol ticks every `tick_interval`, the symbols in turn
@@ -567,7 +577,6 @@ mod book_tests {
 #[cfg(test)]
 mod feed_tests {
     use super::*;
-    use crate::config::SimSettings;
 
     fn feed(symbols: usize, tick_interval: Duration) -> SimFeed {
         let params = GbmParams {

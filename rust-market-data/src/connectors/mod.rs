@@ -26,7 +26,6 @@ use anyhow::{Context, Result};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use crate::config::MarketDataConfig;
 use crate::feed::{FeedKind, FeedSink};
 
 pub use binance::BinanceConfig;
@@ -57,15 +56,30 @@ impl<V> Section<V> {
     }
 }
 
+/// The `[market_data.<venue>]` sections of the live venues, wherever they are kept:
+/// config.rs implements it for its `MarketDataConfig`. The connectors name only this
+/// trait, never the config module, so the dependency points one way (config ->
+/// connectors).
+pub trait VenueSections {
+    /// `[market_data.binance]`.
+    fn binance(&self) -> &Section<BinanceConfig>;
+    /// `[market_data.coinbase]`.
+    fn coinbase(&self) -> &Section<CoinbaseConfig>;
+    /// `[market_data.hyperliquid]`.
+    fn hyperliquid(&self) -> &Section<HyperliquidConfig>;
+    /// `[market_data.birdeye]`.
+    fn birdeye(&self) -> &Section<BirdeyeConfig>;
+}
+
 /// Starts the connector of `kind` (a live venue), reading its section of
 /// `config`. A bad section is an error here, at start-up, naming the key.
-pub fn spawn(kind: FeedKind, config: &MarketDataConfig, sink: FeedSink) -> Result<()> {
+pub fn spawn(kind: FeedKind, config: &impl VenueSections, sink: FeedSink) -> Result<()> {
     let name = kind.as_str();
     let started = match kind {
-        FeedKind::Binance => start(name, &config.binance, sink, binance::start),
-        FeedKind::Coinbase => start(name, &config.coinbase, sink, coinbase::start),
-        FeedKind::Hyperliquid => start(name, &config.hyperliquid, sink, hyperliquid::start),
-        FeedKind::Birdeye => start(name, &config.birdeye, sink, birdeye::start),
+        FeedKind::Binance => start(name, config.binance(), sink, binance::start),
+        FeedKind::Coinbase => start(name, config.coinbase(), sink, coinbase::start),
+        FeedKind::Hyperliquid => start(name, config.hyperliquid(), sink, hyperliquid::start),
+        FeedKind::Birdeye => start(name, config.birdeye(), sink, birdeye::start),
         FeedKind::Sim | FeedKind::Replay => anyhow::bail!("{name} is not a live connector"),
     };
     started.with_context(|| format!("starting the {name} connector"))
@@ -89,11 +103,22 @@ mod tests {
         section.link.validate(venue).unwrap()
     }
 
+    /// The venue sections of `[market_data]`, the rest ignored (config.rs's tests read the
+    /// whole section).
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    struct Sections {
+        binance: Section<BinanceConfig>,
+        coinbase: Section<CoinbaseConfig>,
+        hyperliquid: Section<HyperliquidConfig>,
+        birdeye: Section<BirdeyeConfig>,
+    }
+
     #[test]
     fn the_project_config_sections_are_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../moonbus.toml");
         let text = std::fs::read_to_string(path).unwrap();
-        let config: MarketDataConfig = Config::from_parts(&text, [])
+        let config: Sections = Config::from_parts(&text, [])
             .unwrap()
             .section("market_data")
             .unwrap();

@@ -1,0 +1,303 @@
+//! Market data: [`Tick`], [`Bar`], [`Book`], [`PriceAlert`], [`FeedStatus`], and the
+//! `md.api.*` requests and replies (price, prices, history, monitors).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use super::check::{self, quoted, wire_enum, ValidationError};
+use super::ids::{default_interval, Interval, Symbol, Venue};
+use super::money::{NonNegativeMoney, PositiveMoney};
+
+wire_enum! {
+    /// [`PriceAlert::direction`].
+    Direction {
+        /// The price rose.
+        Up = "UP",
+        /// The price fell.
+        Down = "DOWN",
+    }
+}
+
+wire_enum! {
+    /// [`FeedStatus::status`].
+    FeedState {
+        /// Receiving data.
+        Connected = "connected",
+        /// Connected, but no data for longer than the staleness limit.
+        Stale = "stale",
+        /// The link dropped; trying again.
+        Reconnecting = "reconnecting",
+        /// Not connected (the feed stopped, e.g. the service is shutting down).
+        Disconnected = "disconnected",
+        /// A replay feed reached the end of its files.
+        ReplayDone = "replay_done",
+    }
+}
+
+fn default_history_limit() -> u32 {
+    100
+}
+
+fn default_threshold_pct() -> f64 {
+    2.0
+}
+
+fn default_window_s() -> f64 {
+    60.0
+}
+
+/// PricesRequest.symbols: 1 ..= 10000 symbols.
+fn symbol_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Symbol>, D::Error> {
+    let symbols = Vec::<Symbol>::deserialize(d)?;
+    if (1..=10_000).contains(&symbols.len()) {
+        Ok(symbols)
+    } else {
+        Err(de::Error::custom(format!(
+            "1 to 10000 symbols expected, got {}",
+            symbols.len()
+        )))
+    }
+}
+
+/// `md.tick.<venue>.<symbol>`: one price update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    pub venue: Venue,
+    pub symbol: Symbol,
+    pub price: PositiveMoney,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bid: Option<PositiveMoney>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask: Option<PositiveMoney>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<NonNegativeMoney>,
+    pub seq: u64,
+    pub ts: u64,
+}
+
+/// `md.bar.<interval>.<venue>.<symbol>`: one closed OHLCV bar [start_ts, end_ts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bar {
+    pub venue: Venue,
+    pub symbol: Symbol,
+    pub interval: Interval,
+    pub open: PositiveMoney,
+    pub high: PositiveMoney,
+    pub low: PositiveMoney,
+    pub close: PositiveMoney,
+    pub volume: NonNegativeMoney,
+    pub trades: u64,
+    pub start_ts: u64,
+    pub end_ts: u64,
+}
+
+/// One book level on the wire: `["price", "size"]`.
+pub type PriceLevel = (PositiveMoney, NonNegativeMoney);
+
+/// `md.book.<venue>.<symbol>`: top N levels, best first. venue `all` = aggregated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Book {
+    pub venue: Venue,
+    pub symbol: Symbol,
+    pub bids: Vec<PriceLevel>,
+    pub asks: Vec<PriceLevel>,
+    pub seq: u64,
+    pub ts: u64,
+}
+
+/// `md.alert.<symbol>`: the price moved >= threshold_pct within window_s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriceAlert {
+    pub venue: Venue,
+    pub symbol: Symbol,
+    pub direction: Direction,
+    pub change_pct: f64,
+    #[serde(deserialize_with = "check::positive")]
+    pub threshold_pct: f64,
+    #[serde(deserialize_with = "check::positive")]
+    pub window_s: f64,
+    pub from_price: PositiveMoney,
+    pub price: PositiveMoney,
+    pub ts: u64,
+}
+
+/// `md.status.<venue>`: health of one feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedStatus {
+    pub venue: Venue,
+    pub status: FeedState,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub symbols: u64,
+    pub ts: u64,
+}
+
+/// `md.api.price`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceRequest {
+    pub symbol: Symbol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venue: Option<Venue>,
+}
+
+/// `md.api.price` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriceReply {
+    pub tick: Tick,
+}
+
+/// `md.api.prices`: many symbols at once; the unknown ones are named in `missing`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricesRequest {
+    /// 1 to 10000 symbols.
+    #[serde(deserialize_with = "symbol_list")]
+    pub symbols: Vec<Symbol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venue: Option<Venue>,
+}
+
+/// `md.api.prices` reply: symbol -> last tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PricesReply {
+    pub prices: BTreeMap<String, Tick>,
+    pub missing: Vec<String>,
+}
+
+/// `md.api.history`: the last `limit` closed bars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRequest {
+    pub symbol: Symbol,
+    #[serde(default = "default_interval")]
+    pub interval: Interval,
+    /// 1 ..= 5000.
+    #[serde(
+        default = "default_history_limit",
+        deserialize_with = "check::history_limit"
+    )]
+    pub limit: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venue: Option<Venue>,
+}
+
+/// `md.api.history` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryReply {
+    pub bars: Vec<Bar>,
+}
+
+/// `md.api.monitor.start`: alert when `symbol` moves >= threshold_pct within window_s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorStartRequest {
+    pub symbol: Symbol,
+    /// 0 < x <= 100.
+    #[serde(
+        default = "default_threshold_pct",
+        deserialize_with = "check::threshold_pct"
+    )]
+    pub threshold_pct: f64,
+    /// 0 < x <= 86400.
+    #[serde(default = "default_window_s", deserialize_with = "check::window_s")]
+    pub window_s: f64,
+}
+
+/// `md.api.monitor.stop`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorStopRequest {
+    pub symbol: Symbol,
+}
+
+/// `md.api.monitor.status`; no symbol = all monitors.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorStatusRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<Symbol>,
+}
+
+/// One active price monitor, in [`MonitorStatusReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Monitor {
+    pub symbol: Symbol,
+    #[serde(deserialize_with = "check::positive")]
+    pub threshold_pct: f64,
+    #[serde(deserialize_with = "check::positive")]
+    pub window_s: f64,
+}
+
+/// `md.api.monitor.status` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorStatusReply {
+    pub monitors: Vec<Monitor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_strict() {
+        let base = r#"{"venue":"sim","symbol":"BTC-USD","price":"1","seq":SEQ,"ts":1}"#;
+        assert!(serde_json::from_str::<Tick>(&base.replace("SEQ", "1")).is_ok());
+        for bad in ["1.0", "\"1\"", "-1", "true", "null"] {
+            assert!(
+                serde_json::from_str::<Tick>(&base.replace("SEQ", bad)).is_err(),
+                "{bad}"
+            );
+        }
+        // An integer is a valid float, as in pydantic strict mode.
+        let monitor: MonitorStartRequest =
+            serde_json::from_str(r#"{"symbol":"BTC-USD","window_s":30}"#).unwrap();
+        assert_eq!((monitor.threshold_pct, monitor.window_s), (2.0, 30.0));
+        for bad in [
+            r#""threshold_pct":0"#,
+            r#""threshold_pct":100.5"#,
+            r#""window_s":86401"#,
+        ] {
+            let text = format!(r#"{{"symbol":"BTC-USD",{bad}}}"#);
+            assert!(
+                serde_json::from_str::<MonitorStartRequest>(&text).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_defaults_and_bounds() {
+        let history: HistoryRequest = serde_json::from_str(r#"{"symbol":"BTC-USD"}"#).unwrap();
+        assert_eq!(
+            (history.interval.as_str(), history.limit, history.venue),
+            ("1m", 100, None)
+        );
+        for bad in ["0", "5001", "1.5", "\"50\""] {
+            let text = format!(r#"{{"symbol":"BTC-USD","limit":{bad}}}"#);
+            assert!(
+                serde_json::from_str::<HistoryRequest>(&text).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(serde_json::from_str::<PricesRequest>(r#"{"symbols":[]}"#).is_err());
+        let symbols = vec!["BTC-USD"; 10_001];
+        let text = serde_json::json!({ "symbols": symbols }).to_string();
+        assert!(serde_json::from_str::<PricesRequest>(&text).is_err());
+        let book = |level: &str| {
+            let text = format!(
+                r#"{{"venue":"all","symbol":"BTC-USD","bids":[{level}],"asks":[],"seq":0,"ts":0}}"#
+            );
+            serde_json::from_str::<Book>(&text)
+        };
+        assert!(book(r#"["1","0"]"#).is_ok());
+        for bad in [r#"["0","1"]"#, r#"["1"]"#, r#"["1","1","1"]"#, r#"[1,"1"]"#] {
+            assert!(book(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Orders and their outcome: [`OrderRequest`], [`CancelRequest`], [`ExecutionReport`]
+//! with its [`Timings`], and the order enums ([`Side`], [`OrderType`], ...).
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::check::{quoted, validated_on_read, wire_enum, ValidationError};
+use super::ids::{AgentName, ClientOrderId, Symbol, Venue};
+use super::money::{NonNegativeMoney, PositiveMoney};
+
+wire_enum! {
+    /// The side of an order or a fill.
+    Side {
+        /// Buy: the position grows by the quantity.
+        Buy = "BUY",
+        /// Sell: the position shrinks by the quantity.
+        Sell = "SELL",
+    }
+}
+
+wire_enum! {
+    /// How an order is priced; MARKET when left out.
+    #[derive(Default)]
+    OrderType {
+        /// Fill at what the market offers (the book, or the tick with slippage).
+        #[default]
+        Market = "MARKET",
+        /// Fill at `limit_price` or better.
+        Limit = "LIMIT",
+    }
+}
+
+wire_enum! {
+    /// How long an order that cannot fill now stays; GTC when left out.
+    #[derive(Default)]
+    TimeInForce {
+        /// Good till cancelled: rests until it fills or is cancelled.
+        #[default]
+        Gtc = "GTC",
+        /// Immediate or cancel: what does not fill now expires.
+        Ioc = "IOC",
+    }
+}
+
+wire_enum! {
+    /// The state of an order an [`ExecutionReport`] announces.
+    OrderStatus {
+        /// Taken by the venue, not filled yet (resting).
+        Accepted = "ACCEPTED",
+        /// Refused (by risk, the intake or the venue); `reason` says why.
+        Rejected = "REJECTED",
+        /// Part of the quantity filled.
+        PartiallyFilled = "PARTIALLY_FILLED",
+        /// The whole quantity filled.
+        Filled = "FILLED",
+        /// Cancelled by a cancel request.
+        Cancelled = "CANCELLED",
+        /// Ended unfilled (or the rest of it): nothing more to fill against.
+        Expired = "EXPIRED",
+        /// Could not be processed; `reason` says why.
+        Failed = "FAILED",
+    }
+}
+
+impl Side {
+    /// +1 for BUY, -1 for SELL: the sign of the position change.
+    pub fn sign(self) -> Decimal {
+        match self {
+            Side::Buy => Decimal::ONE,
+            Side::Sell => Decimal::NEGATIVE_ONE,
+        }
+    }
+
+    /// The other side (SELL for BUY).
+    pub fn opposite(self) -> Self {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+}
+
+/// `orders.submit.<symbol>` (JetStream ORDERS, Nats-Msg-Id = client_order_id).
+///
+/// A LIMIT order needs `limit_price`, a MARKET order takes none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", deny_unknown_fields)]
+pub struct OrderRequest {
+    pub client_order_id: ClientOrderId,
+    pub agent: AgentName,
+    pub symbol: Symbol,
+    #[serde(default = "Venue::sim")]
+    pub venue: Venue,
+    pub side: Side,
+    #[serde(rename = "type", default)]
+    pub order_type: OrderType,
+    pub quantity: PositiveMoney,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_price: Option<PositiveMoney>,
+    #[serde(default)]
+    pub time_in_force: TimeInForce,
+    #[serde(default)]
+    pub reduce_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_price: Option<PositiveMoney>,
+    pub origin_ts: u64,
+    pub ts: u64,
+}
+
+impl OrderRequest {
+    /// The cross-field rule: a LIMIT order needs `limit_price`, a MARKET order takes none.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match (self.order_type, &self.limit_price) {
+            (OrderType::Limit, None) => {
+                Err(ValidationError::new("a LIMIT order needs limit_price"))
+            }
+            (OrderType::Market, Some(_)) => {
+                Err(ValidationError::new("a MARKET order takes no limit_price"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `orders.cancel.<symbol>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub client_order_id: ClientOrderId,
+    pub agent: AgentName,
+    pub symbol: Symbol,
+    pub ts: u64,
+}
+
+/// Each hop of an order, nanoseconds since the epoch; None = hop not reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_checked_ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filled_ts: Option<u64>,
+}
+
+/// `exec.report.<symbol>` (JetStream EXEC).
+///
+/// For an order so malformed that its id or symbol cannot be trusted, those
+/// fields are None and the report goes to `exec.report._invalid`.
+/// A REJECTED or FAILED report carries a non-empty reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
+pub struct ExecutionReport {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<ClientOrderId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<Symbol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venue: Option<Venue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<Side>,
+    pub status: OrderStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<NonNegativeMoney>,
+    #[serde(default)]
+    pub filled_quantity: NonNegativeMoney,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fill_price: Option<PositiveMoney>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fill_quantity: Option<NonNegativeMoney>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_fill_price: Option<PositiveMoney>,
+    #[serde(default)]
+    pub fee: NonNegativeMoney,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slippage_bps: Option<f64>,
+    pub timings: Timings,
+    pub ts: u64,
+}
+
+impl ExecutionReport {
+    /// The cross-field rule: a REJECTED or FAILED report carries a non-empty reason.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let refused = matches!(self.status, OrderStatus::Rejected | OrderStatus::Failed);
+        if refused && self.reason.as_deref().unwrap_or_default().is_empty() {
+            return Err(ValidationError::new(format!(
+                "a {} report must carry a reason",
+                self.status
+            )));
+        }
+        Ok(())
+    }
+}
+
+validated_on_read!(OrderRequest, ExecutionReport);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    fn dec(text: &str) -> Decimal {
+        Decimal::from_str_exact(text).unwrap()
+    }
+
+    #[test]
+    fn order_defaults_and_rules() {
+        let order: OrderRequest = serde_json::from_str(
+            r#"{"client_order_id":"a","agent":"trading","symbol":"SOL-USDC","side":"SELL",
+                "quantity":"1","origin_ts":0,"ts":1}"#,
+        )
+        .unwrap();
+        assert_eq!(order.venue, "sim");
+        assert_eq!(order.order_type, OrderType::Market);
+        assert_eq!(order.time_in_force, TimeInForce::Gtc);
+        assert!(!order.reduce_only);
+        let wire = serde_json::to_value(&order).unwrap();
+        assert_eq!(wire["type"], "MARKET");
+        assert!(wire.get("limit_price").is_none(), "None is left out");
+
+        let mut limit = order.clone();
+        limit.order_type = OrderType::Limit;
+        let err = serde_json::from_value::<OrderRequest>(serde_json::to_value(&limit).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a LIMIT order needs limit_price"), "{err}");
+        // null reads as None (pydantic agrees; the schema's `else: not required` does not).
+        let mut nulled = wire.clone();
+        nulled["limit_price"] = serde_json::Value::Null;
+        assert!(serde_json::from_value::<OrderRequest>(nulled).is_ok());
+    }
+
+    #[test]
+    fn refusals_need_a_reason() {
+        let report = r#"{"status":"FAILED","reason":"","timings":{},"ts":1}"#;
+        assert!(serde_json::from_str::<ExecutionReport>(report).is_err());
+    }
+
+    #[test]
+    fn side_sign() {
+        assert_eq!(Side::Buy.sign() * dec("2"), dec("2"));
+        assert_eq!(Side::Sell.sign() * dec("2"), dec("-2"));
+        assert_eq!("SELL".parse::<Side>().unwrap().opposite(), Side::Buy);
+    }
+}
