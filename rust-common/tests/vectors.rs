@@ -205,7 +205,7 @@ fn run(kind: &str) {
             }
         };
         match judge(name, kind == "valid", &raw, &schema) {
-            None => failures.push(format!("{shown}: no Rust type named {name} in messages.rs")),
+            None => failures.push(format!("{shown}: no Rust type named {name} in messages/")),
             Some(Err(why)) => failures.push(format!("{shown}: {why}")),
             Some(Ok(())) => {}
         }
