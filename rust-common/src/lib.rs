@@ -5,6 +5,7 @@ pub mod bus;
 pub mod config;
 pub mod messages;
 pub mod metrics;
+pub mod service;
 pub mod streams;
 pub mod subjects;
 pub mod telemetry;

@@ -26,10 +26,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use async_nats::jetstream;
 use futures::StreamExt;
-use moonbus_common::bus::{self, ErrorSink};
-use moonbus_common::config::Config;
+use moonbus_common::bus::ErrorSink;
+use moonbus_common::service::{self, Base};
 use moonbus_common::streams;
-use moonbus_common::{now_ns, subjects, telemetry, Venue as VenueName, VersionReply};
+use moonbus_common::{subjects, Venue as VenueName};
 
 use crate::config::ExecutionConfig;
 use crate::engine::{Bus, Engine};
@@ -48,23 +48,19 @@ const ALL_BOOKS: &str = "md.book.>";
 // small machine cross-thread wake-ups cost more than they give (bench/order_path.py).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    telemetry::init_logging();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "execution stopped");
-            ExitCode::FAILURE
-        }
-    }
+    service::exit(run().await)
 }
 
 async fn run() -> Result<()> {
-    let started_ts = now_ns();
-    let cfg: ExecutionConfig = Config::load()?.section("execution")?;
-    cfg.validate()?;
-    let client = bus::connect(SERVICE).await?;
-    let metrics_addr = moonbus_common::metrics::enabled_addr(&cfg.metrics_addr);
-    metrics::serve(metrics_addr, || metrics::global().render()).await;
+    let (base, cfg) = Base::start(SERVICE, |config| {
+        let cfg: ExecutionConfig = config.section("execution")?;
+        cfg.validate()?;
+        Ok(cfg)
+    })
+    .await?;
+    base.serve_metrics(&cfg.metrics_addr, || metrics::global().render())
+        .await;
+    let client = base.client.clone();
     let js = jetstream::new(client.clone());
     // Provisioned as proto/nats/jetstream.json says (execution may not create them).
     streams::open_stream(&js, subjects::EXEC_STREAM).await?;
@@ -114,42 +110,17 @@ async fn run() -> Result<()> {
         .await
         .context("reading the ORDERS consumer")?;
 
-    let service = bus::start_service(
-        &client,
-        SERVICE,
-        "order intake, pre-trade check, paper venue, reports",
-    )
-    .await?;
-    let mut version = service
-        .endpoint_builder()
-        .name("version")
-        .add(subjects::EXEC_VERSION)
-        .await
-        .map_err(|e| anyhow::anyhow!("adding the version endpoint: {e}"))?;
-    tokio::spawn(async move {
-        let reply = VersionReply {
-            service: SERVICE.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            started_ts,
-        };
-        while let Some(request) = version.next().await {
-            if let Err(e) = request.respond(Ok(bus::encode(&reply))).await {
-                tracing::warn!(error = %e, "could not answer a version request");
-            }
-        }
-    });
+    let api = base
+        .register(
+            "order intake, pre-trade check, paper venue, reports",
+            subjects::EXEC_VERSION,
+        )
+        .await?;
     tracing::info!(venues = ?cfg.venues, max_in_flight = cfg.max_in_flight, "execution ready");
 
-    let market_data = engine.run(orders, telemetry::shutdown_signal()).await?;
+    let market_data = engine.run(orders, service::shutdown_signal()).await?;
 
-    if let Err(e) = service.stop().await {
-        tracing::warn!(error = %e, "stopping the service API");
-    }
-    client.flush().await.context("flushing acks and reports")?;
-    client
-        .drain()
-        .await
-        .context("draining the NATS connection")?;
+    base.stop(Some(api)).await?;
     // The drain closes the subscriptions once the server confirmed it; wait for that.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
         for mut subscription in market_data {
@@ -159,6 +130,5 @@ async fn run() -> Result<()> {
     if drained.await.is_err() {
         tracing::warn!("NATS drain did not finish within 5 s");
     }
-    tracing::info!("execution stopped");
     Ok(())
 }

@@ -10,7 +10,6 @@
 
 use std::sync::LazyLock;
 
-pub use moonbus_common::metrics::serve;
 use moonbus_common::metrics::{
     Counter, Family, FloatCounter, Gauge, Histogram, Text, ROUND_TRIP_BOUNDS_NS,
 };

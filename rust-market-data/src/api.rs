@@ -1,6 +1,7 @@
 //! The request/reply API on the NATS service "market-data": `md.api.price`,
 //! `md.api.prices`, `md.api.history`, `md.api.monitor.start` / `.stop` /
-//! `.status`, `md.api.version`. Every request gets an answer: the reply, or
+//! `.status` (`md.api.version` is answered by moonbus_common::service, as for every
+//! service). Every request gets an answer: the reply, or
 //! `{"error": {"code", "message"}}`.
 //!
 //! | code               | when                                                       |
@@ -14,15 +15,16 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use async_nats::service::{Request, Service};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use moonbus_common::bus::{decode, encode, error_reply, ErrorSink};
+use moonbus_common::service as skeleton;
 use moonbus_common::{
     subjects, HistoryReply, HistoryRequest, MonitorStartRequest, MonitorStatusRequest,
-    MonitorStopRequest, PriceReply, PriceRequest, PricesRequest, VersionReply,
+    MonitorStopRequest, PriceReply, PriceRequest, PricesRequest,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -41,7 +43,6 @@ enum Endpoint {
     MonitorStart,
     MonitorStop,
     MonitorStatus,
-    Version,
 }
 
 /// All requests of all endpoints, as one stream.
@@ -69,14 +70,8 @@ pub async fn endpoints(service: &Service) -> Result<Requests> {
             "monitor-status",
             subjects::MD_MONITOR_STATUS,
         ),
-        (Endpoint::Version, "version", subjects::MD_VERSION),
     ] {
-        let requests = service
-            .endpoint_builder()
-            .name(name)
-            .add(subject)
-            .await
-            .map_err(|e| anyhow!("adding endpoint {subject}: {e}"))?;
+        let requests = skeleton::endpoint(service, name, subject).await?;
         streams.push(requests.map(move |r| (endpoint, r)).boxed());
     }
     Ok(Requests(stream::select_all(streams).boxed()))
@@ -85,21 +80,11 @@ pub async fn endpoints(service: &Service) -> Result<Requests> {
 pub struct Api {
     queries: mpsc::Sender<Query>,
     errors: ErrorSink,
-    version: Bytes,
 }
 
 impl Api {
-    pub fn new(queries: mpsc::Sender<Query>, errors: ErrorSink, service: &str) -> Self {
-        let version = encode(&VersionReply {
-            service: service.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            started_ts: moonbus_common::now_ns(),
-        });
-        Self {
-            queries,
-            errors,
-            version,
-        }
+    pub fn new(queries: mpsc::Sender<Query>, errors: ErrorSink) -> Self {
+        Self { queries, errors }
     }
 
     /// Answers requests one at a time until the endpoints stop (their streams end)
@@ -135,7 +120,6 @@ impl Api {
 
     async fn answer(&self, endpoint: Endpoint, payload: &[u8]) -> Bytes {
         match endpoint {
-            Endpoint::Version => self.version.clone(),
             Endpoint::Price => match decode::<PriceRequest>(payload) {
                 Ok(request) => {
                     let tick = self

@@ -9,12 +9,14 @@
 //! `.monitor.start/stop/status`, `.version` (see api.rs); Prometheus metrics on
 //! `metrics_addr` (metrics.rs). Config: `[system].symbols` and `[market_data]`.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use moonbus_common::bus::{self, ErrorSink};
-use moonbus_common::config::{Config, SystemConfig};
-use moonbus_common::telemetry;
+use moonbus_common::bus::ErrorSink;
+use moonbus_common::config::SystemConfig;
+use moonbus_common::service::{self, Base};
+use moonbus_common::subjects;
 use tokio::sync::{mpsc, oneshot};
 
 use rust_market_data::api::{self, Api};
@@ -28,23 +30,25 @@ use rust_market_data::{connectors, metrics, replay, SERVICE};
 /// Queries waiting for the engine; a full queue makes requests wait (bounded by
 /// the API's timeout), never grows memory.
 const QUERY_QUEUE: usize = 256;
-/// Shutdown: time to answer the requests in hand, then to flush the client.
+/// Shutdown: time to answer the requests in hand.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    telemetry::init_logging();
-    let config = Config::load()?;
-    let system: SystemConfig = config.section("system")?;
-    let market_data: MarketDataConfig = config.section("market_data")?;
-    let settings = Settings::from_config(&system, &market_data)?;
+async fn main() -> ExitCode {
+    service::exit(run().await)
+}
 
-    let client = bus::connect(SERVICE).await?;
-    moonbus_common::metrics::serve(settings.metrics_addr.as_deref(), || {
-        metrics::global().render()
+async fn run() -> Result<()> {
+    let (base, (settings, market_data)) = Base::start(SERVICE, |config| {
+        let system: SystemConfig = config.section("system")?;
+        let market_data: MarketDataConfig = config.section("market_data")?;
+        Ok((Settings::from_config(&system, &market_data)?, market_data))
     })
-    .await;
+    .await?;
+    let metrics_addr = settings.metrics_addr.as_deref().unwrap_or("");
+    base.serve_metrics(metrics_addr, || metrics::global().render())
+        .await;
+    let client = base.client.clone();
     let sim = settings
         .feeds
         .contains(&FeedKind::Sim)
@@ -57,12 +61,12 @@ async fn main() -> Result<()> {
     }
     // The engine's queue ends when every feed has dropped its sink.
     drop(sink);
-    let service = bus::start_service(
-        &client,
-        SERVICE,
-        "prices, bars and history from the market feeds",
-    )
-    .await?;
+    let service = base
+        .register(
+            "prices, bars and history from the market feeds",
+            subjects::MD_VERSION,
+        )
+        .await?;
     let requests = api::endpoints(&service).await?;
 
     let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
@@ -76,7 +80,7 @@ async fn main() -> Result<()> {
         )
         .run(query_rx, events, engine_stopped),
     );
-    let api = Api::new(query_tx, ErrorSink::new(client.clone(), SERVICE), SERVICE);
+    let api = Api::new(query_tx, ErrorSink::new(client.clone(), SERVICE));
     let mut api = tokio::spawn(api.serve(requests, api_stopped));
     tracing::info!(
         symbols,
@@ -87,7 +91,7 @@ async fn main() -> Result<()> {
     );
 
     tokio::select! {
-        () = telemetry::shutdown_signal() => {}
+        () = service::shutdown_signal() => {}
         result = &mut engine => bail!("the engine stopped on its own: {result:?}"),
         result = &mut api => bail!("the API stopped on its own: {result:?}"),
     }
@@ -95,9 +99,7 @@ async fn main() -> Result<()> {
     // Stop taking requests (the endpoints unsubscribe) and answer the ones already
     // received: the API task ends when its streams run dry. Then stop the feed (the
     // engine answers queries until then) and get everything out of the client.
-    if let Err(e) = service.stop().await {
-        tracing::warn!(error = %e, "stopping the NATS service");
-    }
+    service::stop_service(service).await;
     let api_result = match tokio::time::timeout(DRAIN_TIMEOUT, &mut api).await {
         Ok(result) => result,
         Err(_) => {
@@ -113,16 +115,7 @@ async fn main() -> Result<()> {
     if let Err(e) = engine.await {
         tracing::error!(error = %e, "engine task failed");
     }
-    match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "flush failed"),
-        Err(_) => tracing::warn!("flush timed out; unsent messages are lost"),
-    }
-    if let Err(e) = client.drain().await {
-        tracing::warn!(error = %e, "drain failed");
-    }
-    tracing::info!("market-data stopped");
-    Ok(())
+    base.stop(None).await
 }
 
 /// Starts one feed of `[market_data] feeds`: the one place the feeds are built.

@@ -23,24 +23,14 @@ mod watermarks;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use moonbus_common::bus;
-use moonbus_common::config::Config;
-use moonbus_common::telemetry;
+use moonbus_common::service::{exit, Base};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init_logging();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(run().await)
 }
 
 async fn run() -> Result<()> {
-    let settings = config::Settings::load(&Config::load()?)?;
-    let client = bus::connect(service::SERVICE).await?;
-    service::run(settings, client).await
+    let (base, settings) = Base::start(service::SERVICE, config::Settings::load).await?;
+    service::run(base, settings).await
 }

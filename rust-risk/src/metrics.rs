@@ -13,7 +13,6 @@
 
 use std::sync::LazyLock;
 
-pub use moonbus_common::metrics::serve;
 use moonbus_common::metrics::{Counter, Family, FloatGauge, Gauge, Histogram, Text};
 use moonbus_common::{AccountState, RiskCheckResult};
 use rust_decimal::prelude::ToPrimitive;

@@ -9,10 +9,11 @@ use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
 use moonbus_common::bus::{self, ErrorSink};
+use moonbus_common::service::{self as skeleton, Base};
 use moonbus_common::streams;
 use moonbus_common::{
-    now_ns, subjects, telemetry, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
-    LimitsRequest, PositionsReply, PositionsRequest, RiskCheckRequest, Tick, Venue, VersionReply,
+    now_ns, subjects, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
+    LimitsRequest, PositionsReply, PositionsRequest, RiskCheckRequest, Tick, Venue,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -39,7 +40,8 @@ struct Io {
     flatten_venue: Venue,
 }
 
-pub async fn run(settings: Settings, client: Client) -> Result<()> {
+pub async fn run(base: Base, settings: Settings) -> Result<()> {
+    let client = base.client.clone();
     let js = async_nats::jetstream::new(client.clone());
     // Provisioned (proto/nats/jetstream.json): risk reads EXEC and publishes flatten
     // orders into ORDERS, and may configure neither.
@@ -51,33 +53,23 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
         .subscribe(subjects::ALL_TICKS)
         .await
         .context("subscribing to ticks")?;
-    let service = bus::start_service(
-        &client,
-        SERVICE,
-        "positions, PnL, limits, kill switch, pre-trade checks",
-    )
-    .await?;
-    let endpoint = |name: &'static str, subject: &'static str| {
-        let builder = service.endpoint_builder().name(name);
-        async move {
-            builder
-                .add(subject)
-                .await
-                .map_err(|e| anyhow::anyhow!("adding endpoint {subject}: {e}"))
-        }
-    };
+    let service = base
+        .register(
+            "positions, PnL, limits, kill switch, pre-trade checks",
+            subjects::RISK_VERSION,
+        )
+        .await?;
+    let endpoint = |name, subject| skeleton::endpoint(&service, name, subject);
     let mut checks = endpoint("check", subjects::RISK_CHECK).await?;
     let mut killswitch = endpoint("killswitch", subjects::RISK_KILLSWITCH).await?;
     let mut limits = endpoint("limits", subjects::RISK_LIMITS).await?;
     let mut positions = endpoint("positions", subjects::RISK_POSITIONS).await?;
-    let mut version = endpoint("version", subjects::RISK_VERSION).await?;
 
     let (feed_tx, mut feed) = mpsc::channel(1024);
     let exec_consumer = streams::open_consumer(&exec_stream, exec_feed::CONSUMER, |_| {}).await?;
     let feed_task = tokio::spawn(exec_feed::run(client.clone(), exec_consumer, feed_tx));
     let mut heartbeat = tokio::time::interval(Duration::from_millis(settings.heartbeat_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let started_ts = now_ns();
     let io = Io {
         client: client.clone(),
         js: js.clone(),
@@ -85,11 +77,10 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
         store: store.clone(),
         flatten_venue: settings.flatten_venue.clone(),
     };
-    metrics::serve(settings.metrics_addr.as_deref(), || {
-        metrics::global().render()
-    })
-    .await;
-    let mut engine = Engine::new(settings, started_ts);
+    let metrics_addr = settings.metrics_addr.as_deref().unwrap_or("");
+    base.serve_metrics(metrics_addr, || metrics::global().render())
+        .await;
+    let mut engine = Engine::new(settings, base.started_ts);
     if kill_switch.as_ref().is_some_and(|k| k.engaged) {
         tracing::warn!(
             ?kill_switch,
@@ -98,7 +89,7 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
     }
     engine.restore(kill_switch, loss_latch.clone());
     let mut publisher = Publisher::new(client.clone(), store, loss_latch);
-    let shutdown = telemetry::shutdown_signal();
+    let shutdown = skeleton::shutdown_signal();
     tokio::pin!(shutdown);
     tracing::info!("risk started; rebuilding from EXEC");
 
@@ -188,15 +179,6 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
                 };
                 respond(&request, reply).await;
             }
-            request = version.next() => {
-                let request = request.context("version endpoint closed")?;
-                let reply = VersionReply {
-                    service: SERVICE.into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    started_ts,
-                };
-                respond(&request, bus::encode(&reply)).await;
-            }
             message = ticks.next() => {
                 let message = message.context("tick subscription closed")?;
                 match bus::decode::<Tick>(&message.payload) {
@@ -218,31 +200,19 @@ pub async fn run(settings: Settings, client: Client) -> Result<()> {
     // Stop taking input, then send what is in hand and close the connection.
     tracing::info!("stopping");
     feed_task.abort();
-    for endpoint in [
-        &mut checks,
-        &mut killswitch,
-        &mut limits,
-        &mut positions,
-        &mut version,
-    ] {
+    for endpoint in [&mut checks, &mut killswitch, &mut limits, &mut positions] {
         if let Err(e) = endpoint.stop().await {
             tracing::warn!(error = %e, "stopping an endpoint");
         }
     }
-    if let Err(e) = service.stop().await {
-        tracing::warn!(error = %e, "stopping the service");
-    }
+    skeleton::stop_service(service).await;
     if engine.is_ready() {
         publisher.everything(&engine).await;
     }
     // The last KV values are written before the connection closes.
     drop((publisher, io));
     kv_writer.finish().await;
-    client
-        .drain()
-        .await
-        .context("draining the NATS connection")?;
-    Ok(())
+    base.stop(None).await
 }
 
 /// The kill switch and loss latch stored before the restart. A kill switch that

@@ -289,7 +289,8 @@ class System:
                            op.get("NATS_CA"))
 
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MOONBUS_PW_", "NATS_"))}
-        base.setdefault("RUST_LOG", "info")
+        # No RUST_LOG default: the Rust services read MOONBUS_LOG_LEVEL as the agents do
+        # (default INFO); a RUST_LOG of the caller's still overrides it for them.
         base.setdefault("MOONBUS_CONFIG", str(self.repo_root / "moonbus.toml"))
         base["PYTHONUNBUFFERED"] = "1"
         base.update(env or {})
