@@ -50,6 +50,7 @@ wire_enum! {
 /// `agent.sentiment.<symbol>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sentiment {
+    /// The symbol.
     pub symbol: Symbol,
     /// -1 ..= 1.
     #[serde(deserialize_with = "check::score")]
@@ -57,24 +58,34 @@ pub struct Sentiment {
     /// 0 ..= 1.
     #[serde(deserialize_with = "check::unit")]
     pub confidence: f64,
+    /// How many news items the score is made of.
     pub items: u64,
+    /// Where the items came from.
     #[serde(default)]
     pub sources: Vec<String>,
+    /// The model that scored the items.
     pub model: String,
+    /// When this was made, ns since the epoch.
     pub ts: u64,
 }
 
 /// `agent.signal.<agent>.<symbol>`: one decision, with why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Signal {
+    /// The agent that decided.
     pub agent: AgentName,
+    /// The symbol.
     pub symbol: Symbol,
+    /// The decision.
     pub action: Action,
     /// 0 ..= 1.
     #[serde(deserialize_with = "check::unit")]
     pub confidence: f64,
+    /// Why, in words (with the reason when the fallback decided).
     pub reasoning: String,
+    /// The model that decided (LLM or rule).
     pub model: String,
+    /// True when the fallback strategy decided instead of the model.
     #[serde(default)]
     pub fallback: bool,
     /// Time the model took (LLM call or rule), milliseconds.
@@ -83,24 +94,32 @@ pub struct Signal {
     /// Estimated LLM cost of this decision, USD.
     #[serde(default, deserialize_with = "check::non_negative")]
     pub cost_usd: f64,
+    /// The event the decision answers (a bar's end), ns since the epoch.
     pub origin_ts: u64,
+    /// When this was made, ns since the epoch.
     pub ts: u64,
 }
 
 /// One swarm member's answer, in [`Consensus`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Vote {
+    /// The member that voted.
     pub model: String,
+    /// Its vote; ABSTAIN when it failed or timed out.
     pub action: VoteAction,
     /// 0 ..= 1.
     #[serde(deserialize_with = "check::unit")]
     pub confidence: f64,
+    /// Why, in words.
     #[serde(default)]
     pub reasoning: String,
+    /// Time the member took, milliseconds.
     #[serde(deserialize_with = "check::non_negative")]
     pub latency_ms: f64,
+    /// Estimated LLM cost of the vote, USD.
     #[serde(default, deserialize_with = "check::non_negative")]
     pub cost_usd: f64,
+    /// Why the member abstained (or fell back), if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -108,15 +127,22 @@ pub struct Vote {
 /// `agent.swarm.<symbol>` and the `agent.api.swarm.ask` reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Consensus {
+    /// The symbol.
     pub symbol: Symbol,
+    /// What the swarm was asked.
     pub question: String,
+    /// Every member's vote.
     pub votes: Vec<Vote>,
+    /// The outcome; ABSTAIN when no member voted.
     pub action: VoteAction,
+    /// How the votes were combined.
     pub method: ConsensusMethod,
     /// 0 ..= 1.
     #[serde(deserialize_with = "check::unit")]
     pub agreement: f64,
+    /// The outcome and the votes, in words.
     pub summary: String,
+    /// When this was made, ns since the epoch.
     pub ts: u64,
 }
 
@@ -124,6 +150,7 @@ pub struct Consensus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwarmAskRequest {
+    /// The symbol to ask about.
     pub symbol: Symbol,
     /// At most 2000 characters.
     #[serde(default, deserialize_with = "check::chars::<0, 2000, _>")]

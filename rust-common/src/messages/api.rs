@@ -29,12 +29,16 @@ fn error_code<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 /// `errors.<service>`: input a service rejected (not a request; those get an ErrorReply).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorEvent {
+    /// The service that rejected the input.
     pub service: String,
+    /// The subject the input came on.
     pub subject: String,
+    /// Why it was rejected.
     pub reason: String,
     /// At most 256 characters of the rejected input.
     #[serde(default, deserialize_with = "check::chars::<0, 256, _>")]
     pub excerpt: String,
+    /// When it was rejected, ns since the epoch.
     pub ts: u64,
 }
 
@@ -44,12 +48,14 @@ pub struct ErrorBody {
     /// `^[a-z][a-z0-9_]*$`, e.g. `unknown_symbol`.
     #[serde(deserialize_with = "error_code")]
     pub code: String,
+    /// What went wrong, in words.
     pub message: String,
 }
 
 /// Every `*.api.*` endpoint answers this on failure, never silence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReply {
+    /// The error code and message.
     pub error: ErrorBody,
 }
 
@@ -70,8 +76,11 @@ impl ErrorReply {
 /// `<service>.api.version` (md.api.version, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionReply {
+    /// The service name.
     pub service: String,
+    /// Its version.
     pub version: String,
+    /// When it started, ns since the epoch.
     pub started_ts: u64,
 }
 

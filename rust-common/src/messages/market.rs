@@ -66,32 +66,51 @@ fn symbol_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Symbol>, D::Error>
 /// `md.tick.<venue>.<symbol>`: one price update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tick {
+    /// The venue.
     pub venue: Venue,
+    /// The symbol.
     pub symbol: Symbol,
+    /// The last price.
     pub price: PositiveMoney,
+    /// The best bid, when the venue sends one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bid: Option<PositiveMoney>,
+    /// The best ask, when the venue sends one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ask: Option<PositiveMoney>,
+    /// The size of the last trade, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<NonNegativeMoney>,
+    /// Sequence number per venue and symbol.
     pub seq: u64,
+    /// When this was made, ns since the epoch.
     pub ts: u64,
 }
 
 /// `md.bar.<interval>.<venue>.<symbol>`: one closed OHLCV bar [start_ts, end_ts).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Bar {
+    /// The venue.
     pub venue: Venue,
+    /// The symbol.
     pub symbol: Symbol,
+    /// The bar's length.
     pub interval: Interval,
+    /// First price of the interval.
     pub open: PositiveMoney,
+    /// Highest price of the interval.
     pub high: PositiveMoney,
+    /// Lowest price of the interval.
     pub low: PositiveMoney,
+    /// Last price of the interval.
     pub close: PositiveMoney,
+    /// Sum of the trade sizes.
     pub volume: NonNegativeMoney,
+    /// Number of ticks the bar is made of.
     pub trades: u64,
+    /// Start of the interval (included), ns since the epoch.
     pub start_ts: u64,
+    /// End of the interval (excluded), ns since the epoch.
     pub end_ts: u64,
 }
 
@@ -101,39 +120,59 @@ pub type PriceLevel = (PositiveMoney, NonNegativeMoney);
 /// `md.book.<venue>.<symbol>`: top N levels, best first. venue `all` = aggregated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Book {
+    /// The venue; `all` = aggregated over the venues.
     pub venue: Venue,
+    /// The symbol.
     pub symbol: Symbol,
+    /// Bid levels, best (highest) first.
     pub bids: Vec<PriceLevel>,
+    /// Ask levels, best (lowest) first.
     pub asks: Vec<PriceLevel>,
+    /// Sequence number per venue and symbol.
     pub seq: u64,
+    /// When this was made, ns since the epoch.
     pub ts: u64,
 }
 
 /// `md.alert.<symbol>`: the price moved >= threshold_pct within window_s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PriceAlert {
+    /// The venue.
     pub venue: Venue,
+    /// The symbol.
     pub symbol: Symbol,
+    /// Which way the price moved.
     pub direction: Direction,
+    /// The move, percent (negative when down).
     pub change_pct: f64,
+    /// The monitor's threshold, percent (> 0).
     #[serde(deserialize_with = "check::positive")]
     pub threshold_pct: f64,
+    /// The monitor's window, seconds (> 0).
     #[serde(deserialize_with = "check::positive")]
     pub window_s: f64,
+    /// The price the move is measured from.
     pub from_price: PositiveMoney,
+    /// The price that triggered the alert.
     pub price: PositiveMoney,
+    /// When this was made, ns since the epoch.
     pub ts: u64,
 }
 
 /// `md.status.<venue>`: health of one feed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeedStatus {
+    /// The venue.
     pub venue: Venue,
+    /// The feed's state.
     pub status: FeedState,
+    /// Why, in words.
     #[serde(default)]
     pub detail: String,
+    /// Number of symbols the feed serves.
     #[serde(default)]
     pub symbols: u64,
+    /// When this was made, ns since the epoch.
     pub ts: u64,
 }
 
@@ -141,7 +180,9 @@ pub struct FeedStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceRequest {
+    /// The symbol to price.
     pub symbol: Symbol,
+    /// Only this venue's last tick; none = the latest of any venue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub venue: Option<Venue>,
 }
@@ -149,6 +190,7 @@ pub struct PriceRequest {
 /// `md.api.price` reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PriceReply {
+    /// The last tick.
     pub tick: Tick,
 }
 
@@ -159,6 +201,7 @@ pub struct PricesRequest {
     /// 1 to 10000 symbols.
     #[serde(deserialize_with = "symbol_list")]
     pub symbols: Vec<Symbol>,
+    /// Only this venue's last ticks; none = the latest of any venue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub venue: Option<Venue>,
 }
@@ -166,7 +209,9 @@ pub struct PricesRequest {
 /// `md.api.prices` reply: symbol -> last tick.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PricesReply {
+    /// Symbol -> its last tick.
     pub prices: BTreeMap<String, Tick>,
+    /// The symbols without a price.
     pub missing: Vec<String>,
 }
 
@@ -174,7 +219,9 @@ pub struct PricesReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryRequest {
+    /// The symbol.
     pub symbol: Symbol,
+    /// The bar interval; `1m` when left out.
     #[serde(default = "default_interval")]
     pub interval: Interval,
     /// 1 ..= 5000.
@@ -183,6 +230,7 @@ pub struct HistoryRequest {
         deserialize_with = "check::history_limit"
     )]
     pub limit: u32,
+    /// Only this venue's bars; none = the first venue that has the symbol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub venue: Option<Venue>,
 }
@@ -190,6 +238,7 @@ pub struct HistoryRequest {
 /// `md.api.history` reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryReply {
+    /// The bars, oldest first.
     pub bars: Vec<Bar>,
 }
 
@@ -197,6 +246,7 @@ pub struct HistoryReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorStartRequest {
+    /// The symbol to watch.
     pub symbol: Symbol,
     /// 0 < x <= 100.
     #[serde(
@@ -213,6 +263,7 @@ pub struct MonitorStartRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorStopRequest {
+    /// The symbol to stop watching.
     pub symbol: Symbol,
 }
 
@@ -220,6 +271,7 @@ pub struct MonitorStopRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorStatusRequest {
+    /// Only this symbol's monitor; none = all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbol: Option<Symbol>,
 }
@@ -227,9 +279,12 @@ pub struct MonitorStatusRequest {
 /// One active price monitor, in [`MonitorStatusReply`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Monitor {
+    /// The symbol.
     pub symbol: Symbol,
+    /// The move that triggers an alert, percent (> 0).
     #[serde(deserialize_with = "check::positive")]
     pub threshold_pct: f64,
+    /// The window the move is measured over, seconds (> 0).
     #[serde(deserialize_with = "check::positive")]
     pub window_s: f64,
 }
@@ -237,6 +292,7 @@ pub struct Monitor {
 /// `md.api.monitor.status` reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonitorStatusReply {
+    /// The active monitors.
     pub monitors: Vec<Monitor>,
 }
 

@@ -28,6 +28,9 @@
 //! `check` <- `money`, `ids` <- the message modules, and of those only `risk` uses another
 //! (`orders`, for [`Side`] and [`OrderType`]).
 
+// Every public item of the contract has a doc comment (clippy -D warnings keeps it so).
+#![warn(missing_docs)]
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod agents;

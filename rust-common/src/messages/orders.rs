@@ -90,24 +90,37 @@ impl Side {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(remote = "Self", deny_unknown_fields)]
 pub struct OrderRequest {
+    /// The agent's id of the order.
     pub client_order_id: ClientOrderId,
+    /// The agent that sent the order.
     pub agent: AgentName,
+    /// The symbol.
     pub symbol: Symbol,
+    /// Where to route it; `sim` when left out.
     #[serde(default = "Venue::sim")]
     pub venue: Venue,
+    /// BUY or SELL.
     pub side: Side,
+    /// MARKET or LIMIT (`type` on the wire).
     #[serde(rename = "type", default)]
     pub order_type: OrderType,
+    /// How much to buy or sell (> 0).
     pub quantity: PositiveMoney,
+    /// The worst price accepted; LIMIT orders only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_price: Option<PositiveMoney>,
+    /// GTC or IOC; GTC when left out.
     #[serde(default)]
     pub time_in_force: TimeInForce,
+    /// Only reduce a position, never grow or flip it.
     #[serde(default)]
     pub reduce_only: bool,
+    /// The price the agent decided at; reports measure slippage against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_price: Option<PositiveMoney>,
+    /// The event that led to the order (e.g. a bar's end), ns since the epoch.
     pub origin_ts: u64,
+    /// When the order was sent, ns since the epoch.
     pub ts: u64,
 }
 
@@ -130,21 +143,29 @@ impl OrderRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
+    /// The order to cancel.
     pub client_order_id: ClientOrderId,
+    /// The agent that owns the order.
     pub agent: AgentName,
+    /// The symbol.
     pub symbol: Symbol,
+    /// When the cancel was sent, ns since the epoch.
     pub ts: u64,
 }
 
 /// Each hop of an order, nanoseconds since the epoch; None = hop not reached.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
+    /// The event that led to the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_ts: Option<u64>,
+    /// Execution received the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_ts: Option<u64>,
+    /// Risk answered the pre-trade check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub risk_checked_ts: Option<u64>,
+    /// The order (or a part) filled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filled_ts: Option<u64>,
 }
@@ -157,36 +178,53 @@ pub struct Timings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(remote = "Self")]
 pub struct ExecutionReport {
+    /// The agent's id of the order; none when it cannot be trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<ClientOrderId>,
+    /// The venue's id of the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
+    /// The agent that sent the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentName>,
+    /// The symbol; none when it cannot be trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbol: Option<Symbol>,
+    /// The venue the order went to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub venue: Option<Venue>,
+    /// BUY or SELL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub side: Option<Side>,
+    /// The order's state.
     pub status: OrderStatus,
+    /// Why (required when REJECTED or FAILED).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The order's quantity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantity: Option<NonNegativeMoney>,
+    /// How much has filled so far.
     #[serde(default)]
     pub filled_quantity: NonNegativeMoney,
+    /// The price of the fill this report announces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fill_price: Option<PositiveMoney>,
+    /// The quantity of the fill this report announces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fill_quantity: Option<NonNegativeMoney>,
+    /// The average price of all fills so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avg_fill_price: Option<PositiveMoney>,
+    /// The fee charged on the fill.
     #[serde(default)]
     pub fee: NonNegativeMoney,
+    /// The fill price against the order's `decision_price`, basis points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slippage_bps: Option<f64>,
+    /// The time of each hop.
     pub timings: Timings,
+    /// When the report was made, ns since the epoch.
     pub ts: u64,
 }
 
