@@ -41,7 +41,7 @@ setup: python rust
 # ---- run and test -------------------------------------------------------------------
 
 run: setup
-	$(PY) -m services.run
+	$(PY) -m services.devstack.run
 
 # THE test command. The Python suite includes end-to-end tests that run the release
 # binaries, hence `setup` first.

@@ -20,8 +20,8 @@ from pathlib import Path
 import nats
 
 from bench.__main__ import percentiles
-from services.common.launcher import System
-from services.common.natsserver import free_port
+from services.devstack.launcher import System
+from services.devstack.natsserver import free_port
 
 # Every limit out of the way (0 = off for the counts and percentages).
 OPEN_RISK = {

@@ -33,8 +33,8 @@ import nats
 
 from bench.__main__ import Context, percentiles
 from services.common.bus import Bus
-from services.common.launcher import Child, Output
-from services.common.models import (
+from services.devstack.launcher import Child, Output
+from services.contract.models import (
     AccountState,
     Bar,
     OrderRequest,
@@ -45,7 +45,7 @@ from services.common.models import (
     encode,
     now_ns,
 )
-from services.common.natsserver import REPO_ROOT, NatsServer, load_or_create_credentials
+from services.devstack.natsserver import REPO_ROOT, NatsServer, load_or_create_credentials
 from services.trading_agent.context import LatestTicks
 
 SYMBOLS = ["BTC-USD", "ETH-USD", "SOL-USDC"]

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from bench.__main__ import Context
-from services.common.natsserver import free_port
+from services.devstack.natsserver import free_port
 
 SYMBOLS = 10_000
 ROUNDS = 3

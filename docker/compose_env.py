@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.common.natsserver import (  # noqa: E402
+from services.devstack.natsserver import (  # noqa: E402
     HASHES_FILE,
     REPO_ROOT,
     load_or_create_credentials,

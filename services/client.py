@@ -1,7 +1,7 @@
 """The public Python client of moonbus, for your own scripts and notebooks.
 
-Every call is one typed endpoint of services/common/subjects.py (the models of
-services/common/models.py in and out); the connection is found as `moon` finds it:
+Every call is one typed endpoint of services/contract/subjects.py (the models of
+services/contract/models.py in and out); the connection is found as `moon` finds it:
 arguments, then NATS_URL / NATS_USER / NATS_PASSWORD / NATS_CA, then .moon/nats.env
 (written by `make run`); the user defaults to `operator`.
 
@@ -37,11 +37,11 @@ from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
 
 from services.cli.connection import CliError, Target
-from services.common import orderlog
-from services.common import subjects as S
+from services.ops import orderlog
+from services.contract import subjects as S
 from services.common.bus import ApiError, Bus, inbox_prefix
-from services.common.catalogue import model_for
-from services.common.models import (
+from services.contract.catalogue import model_for
+from services.contract.models import (
     Bar,
     ExecutionReport,
     KillSwitchRequest,
@@ -64,7 +64,7 @@ from services.common.models import (
     VersionReply,
     now_ns,
 )
-from services.common.orderlog import OrderTrail
+from services.ops.orderlog import OrderTrail
 from services.common.tls import client_tls_options
 
 __all__ = ["ApiError", "BlockingMoonbusClient", "ConnectError", "MoonbusClient"]
@@ -136,7 +136,7 @@ class MoonbusClient:
         await self.close()
 
     async def call(self, endpoint: S.Endpoint[Any, M], request: BaseModel, timeout: float | None = None) -> M:
-        """Any typed endpoint of services/common/subjects.py."""
+        """Any typed endpoint of services/contract/subjects.py."""
         return await self._bus.call(endpoint, request, timeout or self.timeout)
 
     # ------------------------------------------------------------ market data (the original's calls)
@@ -220,7 +220,7 @@ class MoonbusClient:
     async def subscribe(self, subject: str, model: type[M] | None = None,
                         limit: int | None = None) -> AsyncIterator[Any]:
         """The decoded messages on `subject` (a pattern), as they arrive; the model is the
-        contract's for each subject (services/common/catalogue.py) unless given. Messages that
+        contract's for each subject (services/contract/catalogue.py) unless given. Messages that
         do not parse are skipped. Ends after `limit` messages, or when the loop breaks."""
         sub = await self.nc.subscribe(subject)
         await self.nc.flush()

@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from services.common.bus import Bus
-from services.common.natsserver import NatsServer, load_or_create_credentials
+from services.devstack.natsserver import NatsServer, load_or_create_credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,9 +24,9 @@ import httpx
 import nats
 import pytest
 
-from services.common.launcher import Child, Output
-from services.common.models import AccountState, Bar, Signal, TradingState, Verdict, encode, now_ns
-from services.common.natsserver import REPO_ROOT, NatsServer, free_port, load_or_create_credentials
+from services.devstack.launcher import Child, Output
+from services.contract.models import AccountState, Bar, Signal, TradingState, Verdict, encode, now_ns
+from services.devstack.natsserver import REPO_ROOT, NatsServer, free_port, load_or_create_credentials
 
 pytestmark = pytest.mark.e2e
 

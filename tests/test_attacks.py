@@ -19,8 +19,8 @@ import nats
 import pytest
 
 from services.cli import audit
-from services.common.launcher import SERVICES, System
-from services.common.natsserver import REPO_ROOT, NatsServer, free_port, load_or_create_credentials
+from services.devstack.launcher import SERVICES, System
+from services.devstack.natsserver import REPO_ROOT, NatsServer, free_port, load_or_create_credentials
 from services.common.streams import EXEC, KV_STREAM, ORDERS, jetstream_spec, read_stream
 
 NETWORK_ATTACKS = [a for a in audit.ATTACKS if a is not audit.risk_api_beyond_role]
@@ -240,7 +240,7 @@ async def test_an_agent_notices_a_stolen_order_id(server):
     agent's order for a duplicate. The agent's fresh ids make that a guess, and an agent
     that gets "duplicate" for a fresh id says its order was NOT stored."""
     from services.common.bus import Bus, DuplicateOrderId
-    from services.common.models import OrderRequest
+    from services.contract.models import OrderRequest
 
     thief = await nats.connect(server.url, user="gateway", password=server.credentials["gateway"],
                                inbox_prefix="_INBOX.gateway")

@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 
 from services.cli.main import app
 from services.common.bus import Bus, RequestError
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     ExecutionReport,
     FeedStatus,
@@ -45,7 +45,7 @@ from services.common.models import (
     encode,
     now_ns,
 )
-from services.common.natsserver import REPO_ROOT, free_port, write_nats_env
+from services.devstack.natsserver import REPO_ROOT, free_port, write_nats_env
 from services.common.streams import MSG_ID_HEADER
 
 D = Decimal

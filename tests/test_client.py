@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from services.client import ApiError, BlockingMoonbusClient, ConnectError, MoonbusClient
-from services.common import subjects as S
+from services.contract import subjects as S
 from services.common.bus import Bus, RequestError
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     ExecutionReport,
     KillSwitchRequest,
@@ -41,7 +41,7 @@ from services.common.models import (
     encode,
     now_ns,
 )
-from services.common.natsserver import free_port
+from services.devstack.natsserver import free_port
 from services.common.streams import MSG_ID_HEADER
 
 D = Decimal

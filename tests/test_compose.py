@@ -31,8 +31,8 @@ import nats
 import pytest
 import yaml
 
-from services.common.models import Bar, ExecutionReport, Signal
-from services.common.natsserver import REPO_ROOT, SERVICE_USERS, password_env_var
+from services.contract.models import Bar, ExecutionReport, Signal
+from services.devstack.natsserver import REPO_ROOT, SERVICE_USERS, password_env_var
 
 sys.path.insert(0, str(REPO_ROOT / "docker"))
 from compose_env import hash_env_var  # noqa: E402

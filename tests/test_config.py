@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from services.common import config
 from services.common.config import Section, SystemConfig
-from services.common.models import SYMBOL_PATTERN
+from services.contract.models import SYMBOL_PATTERN
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from services.common.launcher import SERVICES, System
-from services.common.models import (
+from services.devstack.launcher import SERVICES, System
+from services.contract.models import (
     AccountState,
     ExecutionReport,
     OrderRequest,
@@ -27,7 +27,7 @@ from services.common.models import (
     PositionsRequest,
     encode,
 )
-from services.common.natsserver import REPO_ROOT, free_port
+from services.devstack.natsserver import REPO_ROOT, free_port
 from services.common.streams import read_stream
 
 pytestmark = pytest.mark.e2e

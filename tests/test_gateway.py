@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from services.common.bus import inbox_prefix
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     Bar,
     ExecutionReport,
@@ -47,7 +47,7 @@ from services.common.models import (
     encode,
     now_ns,
 )
-from services.common.natsserver import REPO_ROOT
+from services.devstack.natsserver import REPO_ROOT
 from services.common.streams import MSG_ID_HEADER, ORDERS, StreamReadError
 from services.gateway.app import create_app
 from services.gateway.config import READ_TOKEN_ENV, GatewayConfigError
@@ -276,7 +276,7 @@ async def test_lifespan_connects_as_gateway_and_registers(nats_server, connect) 
 async def test_main_serves_http_with_uvicorn(nats_server) -> None:
     import asyncio
 
-    from services.common.natsserver import free_port
+    from services.devstack.natsserver import free_port
     from services.gateway import service
 
     port = free_port()
@@ -432,7 +432,7 @@ async def test_orders_without_the_streams_is_503(service_bus, nats_server) -> No
 
     app = create_app(bus=await service_bus("gateway"), config=CONFIG)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
-        with mock.patch("services.common.orderlog._last_seq", unreadable):
+        with mock.patch("services.ops.orderlog._last_seq", unreadable):
             r = await c.get("/api/orders")
     assert (r.status_code, error_code(r)) == (503, "stream_unavailable")
     assert "cannot read stream ORDERS" in r.json()["error"]["message"]
@@ -695,8 +695,8 @@ async def never_answers(*_args: Any, **_kwargs: Any) -> None:
 async def test_an_order_lookup_ends_within_its_time_bound(gateway_client) -> None:
     c = await gateway_client(with_gateway(order_lookup_timeout_s=0.2))
     started = time.monotonic()
-    with mock.patch("services.common.orderlog.trace", never_answers), \
-            mock.patch("services.common.orderlog.recent_orders", never_answers):
+    with mock.patch("services.ops.orderlog.trace", never_answers), \
+            mock.patch("services.ops.orderlog.recent_orders", never_answers):
         r = await asyncio.wait_for(c.get("/api/orders/gw-unknown-1"), 5)
         assert (r.status_code, error_code(r)) == (404, "not_found")
         assert "0.2 s" in r.json()["error"]["message"]
@@ -714,7 +714,7 @@ async def test_order_lookups_at_once_are_capped(gateway_client) -> None:
         entered.set()
         await release.wait()
 
-    with mock.patch("services.common.orderlog.trace", slow):
+    with mock.patch("services.ops.orderlog.trace", slow):
         first = asyncio.create_task(c.get("/api/orders/gw-a1"))
         await asyncio.wait_for(entered.wait(), 5)
         r = await asyncio.wait_for(c.get("/api/orders/gw-b1"), 5)

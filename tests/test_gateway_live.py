@@ -26,7 +26,7 @@ from prometheus_client import generate_latest
 from test_gateway import BASE, CONFIG, account, fake_market_data, fake_risk
 
 from services.common.bus import ApiError
-from services.common.models import (
+from services.contract.models import (
     Action,
     ExecutionReport,
     FeedStatus,
@@ -42,7 +42,7 @@ from services.common.models import (
     encode,
     now_ns,
 )
-from services.common.natsserver import free_port
+from services.devstack.natsserver import free_port
 from services.common.streams import MSG_ID_HEADER
 from services.gateway import service
 from services.gateway.app import create_app

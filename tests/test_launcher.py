@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from services.common.launcher import ServiceSpec, System
-from services.common.natsserver import free_port
+from services.devstack.launcher import ServiceSpec, System
+from services.devstack.natsserver import free_port
 
 STAND_IN = r"""
 import os, signal, sys, time

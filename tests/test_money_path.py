@@ -25,9 +25,9 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from services.common.launcher import SERVICES, System
-from services.common.models import ExecutionReport, OrderStatus, PositionsReply
-from services.common.natsserver import REPO_ROOT, free_port
+from services.devstack.launcher import SERVICES, System
+from services.contract.models import ExecutionReport, OrderStatus, PositionsReply
+from services.devstack.natsserver import REPO_ROOT, free_port
 from services.common.streams import read_stream
 
 pytestmark = pytest.mark.e2e

@@ -31,10 +31,11 @@ from cryptography import x509
 
 from services.cli.connection import CliError, Target
 from services.cli.connection import connect as cli_connect
-from services.common import config, natsserver
+from services.common import config
+from services.devstack import natsserver
 from services.common.bus import Bus
-from services.common.launcher import NatsConfig, System
-from services.common.natsserver import (
+from services.devstack.launcher import NatsConfig, System
+from services.devstack.natsserver import (
     HASHES_FILE,
     REPO_ROOT,
     NatsServer,
@@ -43,7 +44,8 @@ from services.common.natsserver import (
     password_env_var,
     password_hashes,
 )
-from services.common.tls import client_ssl_context, ensure_tls_files
+from services.common.tls import client_ssl_context
+from services.devstack.certs import ensure_tls_files
 
 PLAINTEXT_WARNING = "Plaintext passwords detected"
 

@@ -22,7 +22,7 @@ import nats.micro
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from services.common.natsserver import (
+from services.devstack.natsserver import (
     SERVICE_USERS,
     NatsServer,
     NatsServerError,
@@ -677,7 +677,7 @@ asyncio.run(main())
 
 
 def test_launcher_runs_each_service_as_its_own_user(tmp_path):
-    from services.common.launcher import ServiceSpec, System
+    from services.devstack.launcher import ServiceSpec, System
 
     specs = [
         ServiceSpec("market-data", ("-c", STAND_IN), "python"),

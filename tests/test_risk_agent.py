@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     Action,
     OrderRequest,

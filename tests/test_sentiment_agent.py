@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from services.common.llm import Decision, DecisionRequest
-from services.common.models import Sentiment, decode
+from services.contract.models import Sentiment, decode
 from services.common.streams import KV_BUCKET
 from services.sentiment_agent import service
 from services.sentiment_agent.aggregate import DecayingSentiment

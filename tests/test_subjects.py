@@ -1,5 +1,5 @@
 """The subjects in three places cannot drift: rust-common/src/subjects.rs, the Python module
-services/common/subjects.py and the tables of proto/SUBJECTS.md. And no Python service spells
+services/contract/subjects.py and the tables of proto/SUBJECTS.md. And no Python service spells
 a subject outside the module."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from services.common import subjects as S
-from services.common.models import MESSAGES
+from services.contract import subjects as S
+from services.contract.models import MESSAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 RUST = (ROOT / "rust-common" / "src" / "subjects.rs").read_text()
@@ -78,7 +78,7 @@ def test_parse_order_subject_and_last_token_as_in_rust() -> None:
 
 def test_subjects_md_and_the_module_name_the_same_subjects() -> None:
     documented, module = doc_patterns(), set(S.PATTERNS)
-    assert documented - module == set(), "in proto/SUBJECTS.md but not in services/common/subjects.py PATTERNS"
+    assert documented - module == set(), "in proto/SUBJECTS.md but not in services/contract/subjects.py PATTERNS"
     assert module - documented == set(), "in subjects.py PATTERNS but not in proto/SUBJECTS.md's tables"
 
 
@@ -139,6 +139,6 @@ def _literals(path: Path) -> list[str]:
 
 
 def test_no_subject_literal_outside_the_module() -> None:
-    module = ROOT / "services" / "common" / "subjects.py"
+    module = ROOT / "services" / "contract" / "subjects.py"
     found = [hit for path in sorted((ROOT / "services").rglob("*.py")) if path != module for hit in _literals(path)]
-    assert found == [], "use services/common/subjects.py:\n" + "\n".join(found)
+    assert found == [], "use services/contract/subjects.py:\n" + "\n".join(found)

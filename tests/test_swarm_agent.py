@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from services.common.llm import Decision, DecisionRequest, LLMConfig
-from services.common.models import (
+from services.contract.models import (
     Bar,
     Consensus,
     PriceAlert,

@@ -14,7 +14,7 @@ import nats.errors
 import pytest
 
 from services.common.llm import Decision, DecisionRequest
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     Action,
     Bar,

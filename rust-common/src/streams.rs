@@ -130,7 +130,11 @@ pub async fn provision(client: &Client, execution: ExecutionSettings) -> Result<
             if info["error"]["err_code"] != 10059 {
                 bail!("stream {name}: {}", info["error"]["description"]);
             }
-            (format!("$JS.API.STREAM.CREATE.{name}"), wanted.clone(), vec!["created".to_string()])
+            (
+                format!("$JS.API.STREAM.CREATE.{name}"),
+                wanted.clone(),
+                vec!["created".to_string()],
+            )
         } else {
             let what = differs(&info["config"], wanted);
             if what.is_empty() {
@@ -149,7 +153,10 @@ pub async fn provision(client: &Client, execution: ExecutionSettings) -> Result<
     for consumer in spec["consumers"].as_array().into_iter().flatten() {
         let stream = consumer["stream_name"].as_str().unwrap_or_default();
         let mut wanted = consumer["config"].clone();
-        let name = wanted["durable_name"].as_str().unwrap_or_default().to_string();
+        let name = wanted["durable_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if name == "execution" {
             if let Some(ms) = execution.ack_wait_ms {
                 wanted["ack_wait"] = (ms.saturating_mul(1_000_000)).into();
@@ -158,7 +165,12 @@ pub async fn provision(client: &Client, execution: ExecutionSettings) -> Result<
                 wanted["max_ack_pending"] = n.into();
             }
         }
-        let info = api(client, &format!("$JS.API.CONSUMER.INFO.{stream}.{name}"), None).await?;
+        let info = api(
+            client,
+            &format!("$JS.API.CONSUMER.INFO.{stream}.{name}"),
+            None,
+        )
+        .await?;
         let what = if info.get("error").is_some() {
             vec!["created".to_string()]
         } else {
@@ -168,7 +180,12 @@ pub async fn provision(client: &Client, execution: ExecutionSettings) -> Result<
             continue;
         }
         let body = serde_json::json!({"stream_name": stream, "config": wanted});
-        let made = api(client, &format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"), Some(&body)).await?;
+        let made = api(
+            client,
+            &format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"),
+            Some(&body),
+        )
+        .await?;
         if made.get("error").is_some() {
             bail!("consumer {stream}/{name}: {}", made["error"]["description"]);
         }
@@ -184,7 +201,12 @@ fn differs(live: &serde_json::Value, wanted: &serde_json::Value) -> Vec<String> 
         .into_iter()
         .flatten()
         .filter(|(k, v)| k.as_str() != "$comment" && live.get(k.as_str()) != Some(*v))
-        .map(|(k, v)| format!("{k}: {} -> {v}", live.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
+        .map(|(k, v)| {
+            format!(
+                "{k}: {} -> {v}",
+                live.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+            )
+        })
         .collect()
 }
 
@@ -196,12 +218,19 @@ fn merge(into: &mut serde_json::Value, from: &serde_json::Value) {
     }
 }
 
-async fn api(client: &Client, subject: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value> {
+async fn api(
+    client: &Client,
+    subject: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value> {
     let payload = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-    let reply = tokio::time::timeout(Duration::from_secs(5), client.request(subject.to_string(), payload))
-        .await
-        .map_err(|_| anyhow!("{subject}: no answer within 5 s"))?
-        .with_context(|| subject.to_string())?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject.to_string(), payload),
+    )
+    .await
+    .map_err(|_| anyhow!("{subject}: no answer within 5 s"))?
+    .with_context(|| subject.to_string())?;
     serde_json::from_slice(&reply.payload).with_context(|| format!("{subject}: not JSON"))
 }
 

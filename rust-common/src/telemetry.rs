@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 /// CRITICAL, any case; default INFO), unless `RUST_LOG` is set: the more detailed
 /// override (per-module directives, e.g. `info,async_nats=debug`). Logs go to stderr.
 pub fn init_logging() {
-    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
     let moonbus = std::env::var("MOONBUS_LOG_LEVEL").ok();
     let directives = filter_directives(rust_log.as_deref(), moonbus.as_deref());
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));

@@ -178,13 +178,12 @@ impl Engine {
         if is_terminal(report.status) {
             self.reservations.release(order_id.as_str());
         }
-        self.open_orders
-            .on_report(
-                order_id.as_str(),
-                report.symbol.as_ref(),
-                report.agent.as_ref(),
-                report.status,
-            );
+        self.open_orders.on_report(
+            order_id.as_str(),
+            report.symbol.as_ref(),
+            report.agent.as_ref(),
+            report.status,
+        );
         self.watermarks.observe(self.totals().equity);
         self.latch_breaches(report.ts);
         Ok(ReportEffect::Applied)

@@ -719,7 +719,11 @@ mod tests {
     fn max_open_orders_account_and_symbol() {
         let l = limits::sample();
         let at = |account, symbol| Context {
-            open_orders: OpenOrderCounts { account, symbol, agent: 0 },
+            open_orders: OpenOrderCounts {
+                account,
+                symbol,
+                agent: 0,
+            },
             position: d("3"),
             ..ctx(&l)
         };
@@ -737,14 +741,22 @@ mod tests {
         );
         // One agent's share: it cannot take the whole account's budget.
         let own = |agent| Context {
-            open_orders: OpenOrderCounts { account: agent, symbol: 0, agent },
+            open_orders: OpenOrderCounts {
+                account: agent,
+                symbol: 0,
+                agent,
+            },
             position: d("3"),
             ..ctx(&l)
         };
         assert_eq!(code(check(&own(24), &buy("1"))), "approved");
         let refusal = check(&own(25), &buy("1")).unwrap_err();
         assert_eq!(refusal.code, "max_open_orders_agent");
-        assert!(refusal.reason.contains("25 orders of this agent"), "{}", refusal.reason);
+        assert!(
+            refusal.reason.contains("25 orders of this agent"),
+            "{}",
+            refusal.reason
+        );
         // Closing is never blocked by the count.
         assert_eq!(code(check(&at(50, 10), &sell("3"))), "approved");
         assert_eq!(code(check(&own(25), &sell("3"))), "approved");

@@ -41,7 +41,11 @@ async fn rust_and_python_provision_the_same_state() {
     let made = streams::provision(&client, ExecutionSettings::default())
         .await
         .unwrap();
-    assert_eq!(made.len(), 5, "three streams and two consumers created: {made:?}");
+    assert_eq!(
+        made.len(),
+        5,
+        "three streams and two consumers created: {made:?}"
+    );
     assert!(streams::provision(&client, ExecutionSettings::default())
         .await
         .unwrap()
@@ -73,7 +77,10 @@ async fn rust_and_python_provision_the_same_state() {
     );
     let (code, said) = python_provision(&server.url, true);
     assert_eq!(code, 3, "python sees the drift from moonbus.toml: {said}");
-    assert!(said.contains("ack_wait: 2000000000 -> 30000000000"), "{said}");
+    assert!(
+        said.contains("ack_wait: 2000000000 -> 30000000000"),
+        "{said}"
+    );
     let (code, said) = python_provision(&server.url, false);
     assert_eq!(code, 0, "{said}");
     assert!(streams::provision(&client, ExecutionSettings::default())

@@ -28,9 +28,9 @@ import nats
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from services.common import subjects as S
+from services.contract import subjects as S
 from services.common.bus import inbox_prefix
-from services.common.natsserver import SERVICE_USERS
+from services.contract.users import SERVICE_USERS
 from services.common.streams import EXEC, KV_BUCKET, KV_STREAM, ORDERS
 
 # Long enough for the server to have refused (or done) what it was asked.

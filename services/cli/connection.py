@@ -24,7 +24,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from services.common.bus import ApiError, Bus, inbox_prefix
-from services.common.natsserver import REPO_ROOT
+from services.common.config import REPO_ROOT
 from services.common.tls import client_tls_options
 
 DEFAULT_URL = "nats://127.0.0.1:4222"

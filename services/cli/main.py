@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from services.common import orderlog
-from services.common import subjects as S
+from services.ops import orderlog
+from services.contract import subjects as S
 from services.common.config import SystemConfig, load, section
-from services.common.natsserver import REPO_ROOT
-from services.common.models import (
+from services.common.config import REPO_ROOT
+from services.contract.models import (
     KillSwitchRequest,
     MonitorStartRequest,
     MonitorStatusReply,

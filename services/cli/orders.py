@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from services.common.orderlog import OrderTrail, hops
+from services.ops.orderlog import OrderTrail, hops
 
 from .connection import CliError
 from .render import cells, clock, millis, money, stamp, status

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from rich.text import Text
 
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     Bar,
     Consensus,

@@ -15,11 +15,11 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from services.common import subjects as S
+from services.contract import subjects as S
 from services.common.bus import ApiError
 from services.common.config import SystemConfig, load, section
-from services.common.discovery import Service, discover
-from services.common.models import (
+from services.ops.discovery import Service, discover
+from services.contract.models import (
     AccountState,
     FeedStatus,
     KillSwitchRequest,
@@ -29,7 +29,7 @@ from services.common.models import (
     PricesReply,
     PricesRequest,
 )
-from services.common.natsserver import SERVICE_USERS
+from services.contract.users import SERVICE_USERS
 
 from .connection import Session, explain
 from .render import age, cells, duration, money, signed, state

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 from rich.console import Console
 
-from services.common.catalogue import model_for
+from services.contract.catalogue import model_for
 
 from .connection import CliError, Session
 from .render import message_line

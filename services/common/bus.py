@@ -28,9 +28,9 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from pydantic import BaseModel, ValidationError
 
-from . import subjects
-from .models import ErrorEvent, ErrorReply, OrderRequest, encode, now_ns
-from .subjects import Endpoint
+from services.contract import subjects
+from services.contract.models import ErrorEvent, ErrorReply, OrderRequest, encode, now_ns
+from services.contract.subjects import Endpoint
 from .tls import client_tls_options
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class Bus:
         return reply_model.model_validate_json(msg.data)
 
     async def call(self, endpoint: Endpoint[Any, R], request: BaseModel, timeout: float = 2.0) -> R:
-        """One request to a typed endpoint (services/common/subjects.py): the reply decoded
+        """One request to a typed endpoint (services/contract/subjects.py): the reply decoded
         into the endpoint's reply model; an error reply or no answer raises ApiError."""
         if not isinstance(request, endpoint.request_model):
             raise TypeError(f"{endpoint.subject} takes {endpoint.request_model.__name__}, "

@@ -20,6 +20,9 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+# The checkout the services run from (moonbus.toml, proto/, .moon/ of `make run`).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 ENV_PREFIX = "MOONBUS__"
 S = TypeVar("S", bound=BaseModel)
 

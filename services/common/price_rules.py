@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+
+from services.contract.models import Action
 
 
 @dataclass(frozen=True)
 class Call:
-    action: Literal["BUY", "SELL", "HOLD"]
+    action: Action
     confidence: float
     reasoning: str
 
@@ -39,10 +40,10 @@ def momentum(symbol: str, closes: Sequence[Decimal], threshold_pct: float) -> Ca
     change = (last - first) / first * 100
     text = f"{symbol} moved {change:+.4f}% over {len(closes)} bars ({first} -> {last})"
     if change >= threshold:
-        return Call("BUY", strength(change, threshold), f"{text}: momentum up")
+        return Call(Action.BUY, strength(change, threshold), f"{text}: momentum up")
     if change <= -threshold:
-        return Call("SELL", strength(change, threshold), f"{text}: momentum down")
-    return Call("HOLD", hold_confidence(change, threshold), f"{text}: within +/-{threshold}%")
+        return Call(Action.SELL, strength(change, threshold), f"{text}: momentum down")
+    return Call(Action.HOLD, hold_confidence(change, threshold), f"{text}: within +/-{threshold}%")
 
 
 def mean_reversion(symbol: str, closes: Sequence[Decimal], stretch_pct: float) -> Call:
@@ -52,7 +53,7 @@ def mean_reversion(symbol: str, closes: Sequence[Decimal], stretch_pct: float) -
     stretch = (closes[-1] - average) / average * 100
     text = f"{symbol} last {closes[-1]} is {stretch:+.4f}% from the {len(closes)}-bar mean {average:.6f}"
     if stretch >= threshold:
-        return Call("SELL", strength(stretch, threshold), f"{text}: stretched up, fade it")
+        return Call(Action.SELL, strength(stretch, threshold), f"{text}: stretched up, fade it")
     if stretch <= -threshold:
-        return Call("BUY", strength(stretch, threshold), f"{text}: stretched down, fade it")
-    return Call("HOLD", hold_confidence(stretch, threshold), f"{text}: within +/-{threshold}%")
+        return Call(Action.BUY, strength(stretch, threshold), f"{text}: stretched down, fade it")
+    return Call(Action.HOLD, hold_confidence(stretch, threshold), f"{text}: within +/-{threshold}%")

@@ -41,8 +41,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from .subjects import EXEC_STREAM, ORDERS_STREAM
-from .subjects import KV_BUCKET as SUBJECTS_KV_BUCKET
+from services.contract.subjects import EXEC_STREAM, ORDERS_STREAM
+from services.contract.subjects import KV_BUCKET as SUBJECTS_KV_BUCKET
 
 log = logging.getLogger(__name__)
 

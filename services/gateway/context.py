@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
 from services.common.bus import ApiError, Bus, validation_summary
-from services.common.subjects import Endpoint
+from services.contract.subjects import Endpoint
 
 from .config import READ_TOKEN_ENV, TOKEN_ENV, GatewayConfig
 from .live import Live

@@ -20,8 +20,8 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from services.common.bus import ApiError, Bus
-from services.common import subjects as S
-from services.common.catalogue import model_for
+from services.contract import subjects as S
+from services.contract.catalogue import model_for
 
 from .metrics import GatewayMetrics
 

@@ -21,11 +21,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
-from services.common import orderlog
-from services.common import subjects as S
+from services.ops import orderlog
+from services.contract import subjects as S
 from services.common.bus import ApiError
-from services.common.discovery import discover
-from services.common.models import (
+from services.ops.discovery import discover
+from services.contract.models import (
     CLIENT_ORDER_ID_PATTERN,
     SYMBOL_PATTERN,
     ClientOrderId,

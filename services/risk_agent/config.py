@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field
 
 from services.common.config import ConfigMoney, Section
-from services.common.models import VENUE_PATTERN
+from services.contract.models import VENUE_PATTERN
 
 Unit = Annotated[float, Field(ge=0, le=1)]
 

@@ -16,7 +16,7 @@ import asyncio
 from dataclasses import dataclass
 
 from services.common.llm import Decision, DecisionRequest, Provider
-from services.common.models import AccountState, Position
+from services.contract.models import AccountState, Position
 
 from .config import RiskAgentConfig
 from .rules import AGENT, Breach

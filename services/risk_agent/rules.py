@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     Action,
     OrderRequest,

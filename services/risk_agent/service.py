@@ -16,12 +16,12 @@ import asyncio
 import logging
 from typing import Any
 
-from services.common import subjects as S
+from services.contract import subjects as S
 from services.common.bus import ApiError, Bus
 from services.common.config import load, section
 from services.common.llm import LLMConfig, Provider, build_provider
 from services.common.metrics import serve_metrics
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     Action,
     KillSwitchRequest,

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from services.common.config import Section
-from services.common.models import SYMBOL_PATTERN, Symbol
+from services.contract.models import SYMBOL_PATTERN, Symbol
 
 # Words that tie a feed item to a symbol's base asset, unless [sentiment_agent.keywords] says otherwise.
 KNOWN_NAMES: dict[str, list[str]] = {

@@ -17,7 +17,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.common.models import Symbol
+from services.contract.models import Symbol
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

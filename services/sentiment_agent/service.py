@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 from nats.js.kv import KeyValue
 
-from services.common import subjects as S
+from services.contract import subjects as S
 from services.common.bus import Bus
 from services.common.config import SystemConfig, load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
-from services.common.models import Sentiment, encode, now_ns
+from services.contract.models import Sentiment, encode, now_ns
 from services.common.streams import open_kv
 
 from . import metrics

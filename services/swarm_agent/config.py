@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from services.common.config import Section
-from services.common.models import INTERVAL_PATTERN
+from services.contract.models import INTERVAL_PATTERN
 
 OFFLINE_MODELS = ("offline-momentum", "offline-meanrev", "offline-sentiment")
 

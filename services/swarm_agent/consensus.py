@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from services.common.models import Vote, VoteAction
+from services.contract.models import Vote, VoteAction
 
 METHODS = ("majority", "weighted", "quorum")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from services.common.bus import ApiError
 from services.common.llm import DecisionRequest, Provider
-from services.common.models import VoteAction
+from services.contract.models import VoteAction
 
 from .model import Opinion
 from .offline import HistoryFn, LatestSentiment

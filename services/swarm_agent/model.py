@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.common.models import Vote, VoteAction
+from services.contract.models import Vote, VoteAction
 
 
 @dataclass(frozen=True)

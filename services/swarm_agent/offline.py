@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 from services.common import price_rules
-from services.common.models import Bar, Sentiment, VoteAction
+from services.contract.models import Bar, Sentiment, VoteAction
 
 from .model import NoData, Opinion
 

@@ -14,12 +14,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from services.common import subjects as S
+from services.contract import subjects as S
 from services.common.bus import Bus
 from services.common.config import load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
-from services.common.models import (
+from services.contract.models import (
     Bar,
     Consensus,
     HistoryRequest,

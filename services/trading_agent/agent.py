@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     Action,
     Bar,

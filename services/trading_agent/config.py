@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from services.common.config import ConfigMoney, Section
-from services.common.models import INTERVAL_PATTERN
+from services.contract.models import INTERVAL_PATTERN
 
 Deterministic = Literal["momentum", "mean_reversion", "ma_crossover"]
 

@@ -21,9 +21,9 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
-from services.common import subjects as S
+from services.contract import subjects as S
 from services.common.bus import ApiError, Bus
-from services.common.models import (
+from services.contract.models import (
     AccountState,
     Bar,
     HistoryRequest,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from services.common.llm import Decision, DecisionRequest, Provider
-from services.common.models import Action
+from services.contract.models import Action
 
 from .agent import AGENT, Choice, Context
 from .config import TradingConfig

@@ -17,12 +17,12 @@ import logging
 import time
 from typing import Any
 
-from services.common import subjects as S
+from services.contract import subjects as S
 from services.common.bus import Bus
 from services.common.config import load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
-from services.common.models import Action, Bar, PriceAlert, Signal, encode, now_ns
+from services.contract.models import Action, Bar, PriceAlert, Signal, encode, now_ns
 
 from . import metrics
 from .agent import AGENT, Event, Proposal, plan

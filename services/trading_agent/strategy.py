@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from services.common import price_rules
-from services.common.models import Action, Bar
+from services.contract.models import Action, Bar
 
 from .config import TradingConfig
 
@@ -61,7 +61,7 @@ class CloseRuleStrategy:
         if short := _not_enough(symbol, bars, self.bars_needed):
             return short
         call = type(self).rule(symbol, _closes(bars, self.bars_needed), self.threshold_pct)
-        return Decision(Action(call.action), call.confidence, call.reasoning)
+        return Decision(call.action, call.confidence, call.reasoning)
 
 
 class MomentumStrategy(CloseRuleStrategy):

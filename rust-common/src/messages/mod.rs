@@ -4,7 +4,7 @@
 //! generated from it in `proto/schemas`. `tests/vectors.rs` runs every vector of
 //! `proto/vectors` through these types, so Rust and Python judge the wire the same way.
 //!
-//! Rules (DESIGN.md section 2), all enforced while deserializing:
+//! Rules (proto/SUBJECTS.md, README "The contract"), all enforced while deserializing:
 //! - money is a decimal *string* on the wire (`"187.42"`) and a
 //!   [`Decimal`](rust_decimal::Decimal) in code;
 //!   a JSON number where money belongs is rejected; it is written fixed-point, never

@@ -6,7 +6,11 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Action = Literal["BUY", "SELL", "HOLD", "ABSTAIN"]
+from services.contract.models import VoteAction
+
+# The contract's VoteAction, as plain strings: the JSON schema the models are given must be a
+# plain enum of strings, and their answers (dicts from the SDKs) are validated strictly.
+Action = Literal[tuple(a.value for a in VoteAction)]  # type: ignore[valid-type]
 
 
 class Answer(BaseModel):

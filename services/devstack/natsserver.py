@@ -35,25 +35,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.common.tls import TlsFiles, write_private
+from services.common.config import REPO_ROOT
+from services.contract.users import SERVICE_USERS
+from services.devstack.certs import TlsFiles, write_private
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "proto" / "nats" / "moonbus.conf"
-
-# One NATS user per service (the names of proto/nats/moonbus.conf), plus `operator`
-# for humans and tools.
-SERVICE_USERS: list[str] = [
-    "market-data",
-    "risk",
-    "execution",
-    "trading-agent",
-    "risk-agent",
-    "sentiment-agent",
-    "swarm-agent",
-    "gateway",
-    "operator",
-    "admin",  # provisioning only (streams.provision): no running service holds it
-]
 
 CREDENTIALS_FILE = "credentials.json"
 HASHES_FILE = "credentials.bcrypt.json"

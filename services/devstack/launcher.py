@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TextIO
 
 from services.common import config
-from services.common.natsserver import (
+from services.devstack.natsserver import (
     REPO_ROOT,
     SERVICE_USERS,
     NatsServer,
@@ -44,7 +44,7 @@ from services.common.natsserver import (
     load_or_create_credentials,
     write_nats_env,
 )
-from services.common.tls import ensure_tls_files
+from services.devstack.certs import ensure_tls_files
 
 DEFAULT_PORT = 4222
 
@@ -429,7 +429,7 @@ class System:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m services.devstack.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("MOONBUS_NATS_PORT", DEFAULT_PORT)),
                         help="NATS port (default $MOONBUS_NATS_PORT or 4222)")
     parser.add_argument("--host", default=os.environ.get("MOONBUS_NATS_HOST", "127.0.0.1"),

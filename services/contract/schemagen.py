@@ -1,7 +1,7 @@
 """Write proto/schemas/<Message>.json from the pydantic models (the source of truth).
 
-    python -m services.common.schemagen          # rewrite the schema files
-    python -m services.common.schemagen --check  # exit 1 if a file is out of date
+    python -m services.contract.schemagen          # rewrite the schema files
+    python -m services.contract.schemagen --check  # exit 1 if a file is out of date
 
 tests/test_contract.py runs the check, so the models and the schemas cannot drift.
 """

@@ -98,30 +98,37 @@ KV_LOSS_LATCH = "risk.loss_latch"
 
 
 def tick(venue: object, symbol: object) -> str:
+    """`md.tick.<venue>.<symbol>`."""
     return f"md.tick.{venue}.{symbol}"
 
 
 def bar(interval: object, venue: object, symbol: object) -> str:
+    """`md.bar.<interval>.<venue>.<symbol>` (closed bars)."""
     return f"md.bar.{interval}.{venue}.{symbol}"
 
 
 def book(venue: object, symbol: object) -> str:
+    """`md.book.<venue>.<symbol>` (`all` = every venue merged)."""
     return f"md.book.{venue}.{symbol}"
 
 
 def alert(symbol: object) -> str:
+    """`md.alert.<symbol>`."""
     return f"md.alert.{symbol}"
 
 
 def feed_status(venue: object) -> str:
+    """`md.status.<venue>`."""
     return f"md.status.{venue}"
 
 
 def verdict(symbol: object) -> str:
+    """`risk.verdict.<symbol>`."""
     return f"risk.verdict.{symbol}"
 
 
 def exec_report(symbol: object) -> str:
+    """`exec.report.<symbol>`."""
     return f"exec.report.{symbol}"
 
 
@@ -131,6 +138,7 @@ def orders_submit(agent: object, symbol: object) -> str:
 
 
 def orders_cancel(agent: object, symbol: object) -> str:
+    """`orders.cancel.<agent>.<symbol>`: each NATS user may publish only its own agent token."""
     return f"orders.cancel.{agent}.{symbol}"
 
 
@@ -140,6 +148,7 @@ def orders(kind: object, agent: object, symbol: object) -> str:
 
 
 def errors(service: object) -> str:
+    """`errors.<service>`."""
     return f"errors.{service}"
 
 
@@ -154,10 +163,12 @@ def kv_sentiment(symbol: object) -> str:
 
 
 def signal(agent: object, symbol: object) -> str:
+    """`agent.signal.<agent>.<symbol>`."""
     return f"agent.signal.{agent}.{symbol}"
 
 
 def swarm(symbol: object) -> str:
+    """`agent.swarm.<symbol>`."""
     return f"agent.swarm.{symbol}"
 
 
@@ -172,6 +183,8 @@ def risk_limits(caller: object) -> str:
 
 
 class OrderKind(str, Enum):
+    """Submit or cancel (`orders.<kind>.<agent>.<symbol>`)."""
+
     SUBMIT = "submit"
     CANCEL = "cancel"
 

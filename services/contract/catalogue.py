@@ -74,6 +74,7 @@ def matches(pattern: str, subject: str) -> bool:
 
 
 def model_for(subject: str) -> type[BaseModel] | None:
+    """The message model a concrete subject carries (the first pattern that matches), or None."""
     for pattern, model in SUBJECT_MODELS:
         if matches(pattern, subject):
             return model

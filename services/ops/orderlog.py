@@ -21,9 +21,9 @@ from typing import Any
 from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
 
-from . import subjects
-from .models import ExecutionReport, OrderRequest, OrderStatus
-from .streams import EXEC, ORDERS, Stored, StreamReadError, read_stream
+from services.contract import subjects
+from services.contract.models import ExecutionReport, OrderRequest, OrderStatus
+from services.common.streams import EXEC, ORDERS, Stored, StreamReadError, read_stream
 
 __all__ = ["OrderTrail", "Report", "ScanLimitReached", "Stored", "StreamReadError", "hops", "recent_orders",
            "trace"]
