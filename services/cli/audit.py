@@ -225,7 +225,12 @@ async def read_others_replies(a: Auditor, watcher: Probe, user: str, safe: bool)
     seen: list[str] = []
 
     async def got(msg: Any) -> None:
-        seen.append(msg.subject)
+        # The operator may watch every subject, so its `_INBOX.>` is accepted and the server
+        # drops what its deny list names: replies (which carry the inbox as their subject).
+        # JetStream's deliveries to another user's inbox carry their stream subject, which
+        # the operator may read anyway, with an ack subject it may not use: not a breach.
+        if user != "operator" or msg.subject.startswith("_INBOX."):
+            seen.append(msg.subject)
 
     for subject in ["_INBOX.>", *(f"_INBOX.{u}.>" for u in SERVICE_USERS if u != user)]:
         await attacker.nc.subscribe(subject, cb=got)
