@@ -185,8 +185,11 @@ async def test_replay_publishes_scores(connect, running_service, tmp_path: Path)
 
     # The latest per symbol is in the KV bucket for any agent to read.
     kv = await operator.jetstream().key_value(KV_BUCKET)
+    # (The agent goes on scoring until it has stopped: on a busy machine that is a few more
+    # cycles, so the latest is at least what was received, not necessarily equal to it.)
     latest_b = decode(Sentiment, (await kv.get("sentiment.SENTB-USD")).value)
-    assert latest_b == b
+    assert latest_b.symbol == "SENTB-USD" and latest_b.score == b.score and latest_b.items >= b.items
+    assert latest_b.model == b.model and latest_b.sources == b.sources and latest_b.ts >= b.ts
     latest_a = decode(Sentiment, (await kv.get("sentiment.SENTA-USD")).value)
     assert latest_a.items >= 3 and latest_a.symbol == "SENTA-USD"
 
