@@ -21,7 +21,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -425,12 +425,3 @@ async def audit(auditor: Auditor, *, safe: bool = True, users: Iterable[str] | N
     finally:
         await auditor.close()
     return results
-
-
-@dataclass
-class Summary:
-    results: list[Result] = field(default_factory=list)
-
-    @property
-    def broken(self) -> list[Result]:
-        return [r for r in self.results if not r.held]
