@@ -35,7 +35,7 @@ from .connection import Session, explain
 from .render import age, cells, duration, money, signed, state
 
 # Every service of a full system (the NATS users, less the humans').
-EXPECTED = [u for u in SERVICE_USERS if u not in ("operator", "admin")]
+EXPECTED = [u for u in SERVICE_USERS if u not in ("operator", "admin", "supervisor")]
 
 
 @dataclass

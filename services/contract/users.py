@@ -12,5 +12,6 @@ SERVICE_USERS: list[str] = [
     "swarm-agent",
     "gateway",
     "operator",
+    "supervisor",  # make run's launcher: restarts crashed services, records them in KV supervisor.*
     "admin",  # provisioning only (streams.provision): no running service holds it
 ]
