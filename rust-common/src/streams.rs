@@ -12,6 +12,7 @@
 //! `open_*` creates a missing stream or consumer from the same file; under moonbus.conf
 //! that create is refused and the error says to provision first.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -114,17 +115,154 @@ pub struct ExecutionSettings {
     pub max_in_flight: Option<u64>,
 }
 
+/// Everything of moonbus.toml the provisioning applies: execution's consumer settings and
+/// the `[jetstream.<STREAM>]` limits (max_bytes, max_msg_size in bytes, by stream name).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub execution: ExecutionSettings,
+    pub limits: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// The stream settings moonbus.toml may override per stream (`[jetstream.<STREAM>]`).
+pub const STREAM_LIMITS: [&str; 2] = ["max_bytes", "max_msg_size"];
+/// A message is never larger than the server's max_payload (proto/nats/moonbus.conf).
+pub const MAX_PAYLOAD: u64 = 1024 * 1024;
+
+impl Settings {
+    /// The provisioning settings of a config, validated exactly as services/common/streams.py
+    /// `wanted_state` validates them (the same errors for the same nonsense).
+    pub fn from_config(config: &crate::config::Config) -> Result<Self> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Execution {
+            ack_wait_ms: Option<u64>,
+            max_in_flight: Option<u64>,
+        }
+        let execution: Execution = config.section("execution")?;
+        let section: toml::Table = config
+            .section("jetstream")
+            .context("[jetstream] must be a table of [jetstream.<STREAM>] tables")?;
+        Ok(Self {
+            execution: ExecutionSettings {
+                ack_wait_ms: execution.ack_wait_ms,
+                max_in_flight: execution.max_in_flight,
+            },
+            limits: stream_limits(&section)?,
+        })
+    }
+}
+
+/// A size in bytes: a positive integer, or a string such as "64KiB", "1GiB", "500MB"
+/// (KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB of 1000), as streams.py `parse_size`.
+pub fn parse_size(value: &toml::Value, at: &str) -> Result<u64> {
+    let bad =
+        || anyhow!("{at}: {value} is not a size (e.g. 65536, \"64KiB\", \"1GiB\", \"500MB\")");
+    let size: i128 = match value {
+        toml::Value::Integer(n) => (*n).into(),
+        toml::Value::String(text) => {
+            let text = text.trim();
+            let digits = text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            let (number, unit) = text.split_at(digits);
+            let unit: i128 = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "kb" => 1000,
+                "mb" => 1000_i128.pow(2),
+                "gb" => 1000_i128.pow(3),
+                "tb" => 1000_i128.pow(4),
+                "kib" => 1 << 10,
+                "mib" => 1 << 20,
+                "gib" => 1 << 30,
+                "tib" => 1 << 40,
+                _ => return Err(bad()),
+            };
+            let number: i128 = number.parse().map_err(|_| bad())?;
+            number.checked_mul(unit).ok_or_else(bad)?
+        }
+        _ => return Err(bad()),
+    };
+    if size <= 0 || size >= 1_i128 << 63 {
+        bail!("{at}: {value} must be more than 0 bytes (stores are bounded) and below 2^63");
+    }
+    Ok(size as u64)
+}
+
+/// moonbus.toml's `[jetstream.<STREAM>]` tables, validated, by the spec's stream name
+/// (matched case-insensitively, as environment overrides are lower case).
+pub fn stream_limits(section: &toml::Table) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
+    let names: Vec<String> = spec().streams.into_iter().map(|s| s.name).collect();
+    let mut limits = BTreeMap::new();
+    for (key, table) in section {
+        let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case(key)) else {
+            bail!(
+                "[jetstream.{key}]: no such stream (streams: {})",
+                names.join(", ")
+            );
+        };
+        let Some(table) = table.as_table() else {
+            bail!("[jetstream.{key}] must be a table");
+        };
+        let mut these = BTreeMap::new();
+        for (setting, value) in table {
+            if !STREAM_LIMITS.contains(&setting.as_str()) {
+                bail!(
+                    "[jetstream.{key}]: unknown setting {setting:?} (settable: {})",
+                    STREAM_LIMITS.join(", ")
+                );
+            }
+            these.insert(
+                setting.clone(),
+                parse_size(value, &format!("[jetstream.{key}] {setting}"))?,
+            );
+        }
+        if these
+            .get("max_msg_size")
+            .is_some_and(|&size| size > MAX_PAYLOAD)
+        {
+            bail!("[jetstream.{key}] max_msg_size must be at most the server's max_payload ({MAX_PAYLOAD} bytes)");
+        }
+        limits.insert(name.clone(), these);
+    }
+    Ok(limits)
+}
+
 /// Create what is missing and update what differs, streams then consumers, exactly as
 /// services/common/streams.py `provision` does (the same spec, the same comparison of the
 /// spec's keys with the live config, unmanaged settings kept); returns each change as
 /// "<name>: created" or "<name>: <field>: <old> -> <new>". Needs the `admin` user's rights
 /// (or a server without permissions); used by the crates' tests, checked against the
-/// Python side by rust-common/tests/provision.rs.
+/// Python side by rust-risk/tests/provision.rs.
 pub async fn provision(client: &Client, execution: ExecutionSettings) -> Result<Vec<String>> {
+    provision_with(
+        client,
+        &Settings {
+            execution,
+            ..Settings::default()
+        },
+    )
+    .await
+}
+
+/// [`provision`] with every setting of moonbus.toml ([`Settings::from_config`]).
+pub async fn provision_with(client: &Client, settings: &Settings) -> Result<Vec<String>> {
+    let execution = settings.execution;
     let spec: serde_json::Value = serde_json::from_str(SPEC_JSON)?;
     let mut changes = Vec::new();
-    for wanted in spec["streams"].as_array().into_iter().flatten() {
-        let name = wanted["name"].as_str().unwrap_or_default();
+    for spec_stream in spec["streams"].as_array().into_iter().flatten() {
+        let mut wanted = spec_stream.clone();
+        let name = wanted["name"].as_str().unwrap_or_default().to_string();
+        for (setting, value) in settings.limits.get(&name).into_iter().flatten() {
+            wanted[setting.as_str()] = (*value).into();
+        }
+        let (max_bytes, max_msg_size) = (
+            wanted["max_bytes"].as_u64(),
+            wanted["max_msg_size"].as_u64(),
+        );
+        if let (Some(bytes), Some(size)) = (max_bytes, max_msg_size) {
+            if size > bytes {
+                bail!("stream {name}: max_msg_size {size} is larger than max_bytes {bytes}");
+            }
+        }
+        let wanted = &wanted;
         let info = api(client, &format!("$JS.API.STREAM.INFO.{name}"), None).await?;
         let (subject, body, what) = if info.get("error").is_some() {
             if info["error"]["err_code"] != 10059 {
@@ -139,6 +277,15 @@ pub async fn provision(client: &Client, execution: ExecutionSettings) -> Result<
             let what = differs(&info["config"], wanted);
             if what.is_empty() {
                 continue;
+            }
+            let stored = info["state"]["bytes"].as_u64().unwrap_or(0);
+            if wanted["discard"] == "old" && max_bytes.is_some_and(|bytes| bytes < stored) {
+                // The server would delete the oldest messages to fit: reports lost. (A discard
+                // new stream keeps them and refuses new ones until it has room.)
+                bail!(
+                    "stream {name}: max_bytes {} is below the {stored} bytes it stores; shrinking it would delete stored messages",
+                    max_bytes.unwrap_or_default()
+                );
             }
             let mut merged = info["config"].clone();
             merge(&mut merged, wanted);
@@ -383,7 +530,7 @@ mod tests {
 
     #[test]
     fn the_spec_parses_and_names_every_stream_and_consumer() {
-        for name in ["ORDERS", "EXEC", "KV_moonbus"] {
+        for name in ["ORDERS", "EXEC", "KV_moonbus", "SNAPSHOTS", "DEADLETTER"] {
             let config = stream_config(name).unwrap();
             assert!(
                 config.deny_delete && config.deny_purge && config.allow_direct,
@@ -396,5 +543,54 @@ mod tests {
         let risk = consumer_config("EXEC", "risk").unwrap();
         assert_eq!(risk.filter_subject, subjects::ALL_REPORTS);
         assert!(consumer_config("EXEC", "nobody").is_err());
+    }
+
+    fn limits(text: &str) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
+        stream_limits(&toml::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn stream_limits_are_sizes_of_known_streams() {
+        let got = limits(
+            "[ORDERS]\nmax_bytes = \"1GiB\"\nmax_msg_size = 4096\n[exec]\nmax_bytes = \"500 MB\"",
+        )
+        .unwrap();
+        assert_eq!(got["ORDERS"]["max_bytes"], 1 << 30);
+        assert_eq!(got["ORDERS"]["max_msg_size"], 4096);
+        assert_eq!(
+            got["EXEC"]["max_bytes"], 500_000_000,
+            "names match case-insensitively"
+        );
+        for (text, says) in [
+            ("[NOPE]\nmax_bytes = 1", "no such stream"),
+            ("[ORDERS]\nmax_age = 1", "unknown setting"),
+            ("[ORDERS]\nmax_bytes = 0", "more than 0 bytes"),
+            ("[ORDERS]\nmax_bytes = -5", "more than 0 bytes"),
+            ("[ORDERS]\nmax_bytes = \"1 parsec\"", "is not a size"),
+            ("[ORDERS]\nmax_bytes = \"GiB\"", "is not a size"),
+            ("[ORDERS]\nmax_bytes = 1.5", "is not a size"),
+            ("[ORDERS]\nmax_bytes = \"99999999TiB\"", "below 2^63"),
+            ("[ORDERS]\nmax_msg_size = \"2MiB\"", "max_payload"),
+            ("ORDERS = 5", "must be a table"),
+        ] {
+            let error = format!("{:#}", limits(text).unwrap_err());
+            assert!(error.contains(says), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn settings_come_from_the_config_and_its_overrides() {
+        let config = crate::config::Config::from_parts(
+            "[execution]\nack_wait_ms = 2000\n[jetstream.ORDERS]\nmax_bytes = \"8MiB\"",
+            [(
+                "MOONBUS__JETSTREAM__ORDERS__MAX_MSG_SIZE".to_string(),
+                "\"1KiB\"".to_string(),
+            )],
+        )
+        .unwrap();
+        let settings = Settings::from_config(&config).unwrap();
+        assert_eq!(settings.execution.ack_wait_ms, Some(2000));
+        assert_eq!(settings.limits["ORDERS"]["max_bytes"], 8 << 20);
+        assert_eq!(settings.limits["ORDERS"]["max_msg_size"], 1024);
     }
 }

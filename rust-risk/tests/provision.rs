@@ -6,11 +6,17 @@
 use std::path::Path;
 use std::process::Command;
 
-use moonbus_common::streams::{self, ExecutionSettings};
+use moonbus_common::config::Config;
+use moonbus_common::streams::{self, ExecutionSettings, Settings};
 use moonbus_common::testing::NatsServer;
 
 /// `python -m services.common.streams [--check]` against `url`: (exit code, output).
 fn python_provision(url: &str, check: bool) -> (i32, String) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    python_provision_with(url, check, &repo.join("moonbus.toml"))
+}
+
+fn python_provision_with(url: &str, check: bool, config: &Path) -> (i32, String) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let python = repo.join(".venv/bin/python");
     let mut cmd = Command::new(&python);
@@ -18,7 +24,7 @@ fn python_provision(url: &str, check: bool) -> (i32, String) {
         .args(["-m", "services.common.streams"])
         .env("NATS_URL", url)
         .env("NATS_PASSWORD", "unused: the test server has no users")
-        .env("MOONBUS_CONFIG", repo.join("moonbus.toml"));
+        .env("MOONBUS_CONFIG", config);
     if check {
         cmd.arg("--check");
     }
@@ -43,8 +49,8 @@ async fn rust_and_python_provision_the_same_state() {
         .unwrap();
     assert_eq!(
         made.len(),
-        5,
-        "three streams and two consumers created: {made:?}"
+        7,
+        "five streams and two consumers created: {made:?}"
     );
     assert!(streams::provision(&client, ExecutionSettings::default())
         .await
@@ -87,4 +93,49 @@ async fn rust_and_python_provision_the_same_state() {
         .await
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test]
+async fn stream_limits_of_the_config_are_applied_alike() {
+    // [jetstream.<STREAM>] limits: Rust applies them, Python with the same file finds
+    // nothing to change, and both refuse the same nonsense.
+    let text = "[jetstream.ORDERS]\nmax_bytes = \"512MiB\"\nmax_msg_size = \"32KiB\"\n[jetstream.exec]\nmax_bytes = 3000000000\n";
+    let dir = std::env::temp_dir().join(format!("moonbus-provision-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("moonbus.toml");
+    std::fs::write(&file, text).unwrap();
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url.as_str()).await.unwrap();
+    let settings = Settings::from_config(&Config::from_parts(text, []).unwrap()).unwrap();
+    let made = streams::provision_with(&client, &settings).await.unwrap();
+    assert_eq!(made.len(), 7, "{made:?}");
+    let (code, said) = python_provision_with(&server.url, true, &file);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("nothing to change"), "{said}");
+    // Python's defaults (no [jetstream]) put the spec's values back; Rust agrees after.
+    let (code, said) = python_provision(&server.url, false);
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("max_bytes: 536870912 -> 1073741824"),
+        "{said}"
+    );
+    assert!(streams::provision(&client, ExecutionSettings::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    std::fs::write(&file, "[jetstream.ORDERS]\nmax_bytes = \"1 parsec\"\n").unwrap();
+    let (code, said) = python_provision_with(&server.url, true, &file);
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("[jetstream.ORDERS] max_bytes: '1 parsec' is not a size"),
+        "{said}"
+    );
+    let rust = Config::from_parts("[jetstream.ORDERS]\nmax_bytes = \"1 parsec\"\n", []).unwrap();
+    let error = format!("{:#}", Settings::from_config(&rust).unwrap_err());
+    assert!(
+        error.contains("[jetstream.ORDERS] max_bytes: \"1 parsec\" is not a size"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
@@ -63,6 +64,30 @@ class RequestError(ApiError):
 
 class DuplicateOrderId(RuntimeError):
     """A freshly made client_order_id was already taken in ORDERS: the order was not stored."""
+
+
+class OrderRefused(RuntimeError):
+    """The ORDERS stream answered with an error: the order was NOT stored. `reason` is the
+    server's, e.g. "store full: maximum bytes exceeded" (ORDERS is discard new: a full store
+    refuses new orders rather than drop stored ones) or "message size exceeds maximum allowed".
+    Sending it again (same client_order_id) is safe once the cause is gone."""
+
+    def __init__(self, reason: str, code: int | None = None, err_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+        self.err_code = err_code
+
+
+# nats-server's err_code for a store write that failed (JSStreamStoreFailedF).
+_STORE_FAILED = 10077
+
+
+def _refusal_reason(e: nats.js.errors.APIError) -> str:
+    description = e.description or f"error {e.code}/{e.err_code}"
+    if e.err_code == _STORE_FAILED:
+        return f"store full: {description}" if "exceeded" in description else f"store failed: {description}"
+    return description
 
 
 def inbox_prefix(user: str) -> str:
@@ -151,13 +176,18 @@ class Bus:
 
         fresh: the id was just made for this order, so a "duplicate" answer means something
         else is stored under it (another publisher got there first, SECURITY.md): this order
-        was NOT stored, and DuplicateOrderId says so."""
-        ack = await self.client.jetstream().publish(
-            subject,
-            encode(order),
-            timeout=timeout,
-            headers={"Nats-Msg-Id": order.client_order_id},
-        )
+        was NOT stored, and DuplicateOrderId says so. An error answer of the stream (full,
+        order too large) raises OrderRefused with the server's reason; no answer in time
+        raises nats.errors.TimeoutError (stored or not: resend with the same id)."""
+        try:
+            ack = await self.client.jetstream().publish(
+                subject,
+                encode(order),
+                timeout=timeout,
+                headers={"Nats-Msg-Id": order.client_order_id},
+            )
+        except nats.js.errors.APIError as e:
+            raise OrderRefused(_refusal_reason(e), e.code, e.err_code) from None
         if fresh and ack.duplicate:
             raise DuplicateOrderId(f"ORDERS already holds a message with id {order.client_order_id} "
                                    f"(seq {ack.seq}): this new order was not stored")

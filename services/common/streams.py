@@ -73,10 +73,70 @@ def jetstream_spec() -> dict[str, Any]:
     return json.loads(JETSTREAM_FILE.read_text())
 
 
+# The stream settings moonbus.toml may override per stream (`[jetstream.<STREAM>]`).
+STREAM_LIMITS = ("max_bytes", "max_msg_size")
+# A message is never larger than the server's max_payload (proto/nats/moonbus.conf).
+MAX_PAYLOAD = 1024 * 1024
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_size(value: Any, where: str) -> int:
+    """A size in bytes: a positive integer, or a string such as "64KiB", "1GiB", "500MB"
+    (KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB of 1000). rust-common streams.rs
+    `parse_size` reads the same forms."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ProvisionError(f"{where}: {value!r} is not a size (an integer or e.g. \"1GiB\")")
+    if isinstance(value, int):
+        size = value
+    else:
+        text = value.strip()
+        digits = len(text) - len(text.lstrip("0123456789"))
+        number, unit = text[:digits], text[digits:].strip().lower() or "b"
+        if not number or unit not in _UNITS:
+            raise ProvisionError(f"{where}: {value!r} is not a size (e.g. 65536, \"64KiB\", \"1GiB\", \"500MB\")")
+        size = int(number) * _UNITS[unit]
+    if size <= 0 or size >= 2**63:
+        raise ProvisionError(f"{where}: {value!r} must be more than 0 bytes (stores are bounded) and below 2^63")
+    return size
+
+
+def stream_limits(config: Mapping[str, Any] | None) -> dict[str, dict[str, int]]:
+    """moonbus.toml's `[jetstream.<STREAM>]` max_bytes / max_msg_size, validated, by the
+    spec's stream name (names match case-insensitively: MOONBUS__JETSTREAM__ORDERS__MAX_BYTES)."""
+    section = (config or {}).get("jetstream", {})
+    if not isinstance(section, Mapping):
+        raise ProvisionError("[jetstream] must be a table of [jetstream.<STREAM>] tables")
+    names = {s["name"].lower(): s["name"] for s in jetstream_spec()["streams"]}
+    limits: dict[str, dict[str, int]] = {}
+    for key, table in section.items():
+        name = names.get(str(key).lower())
+        if name is None:
+            raise ProvisionError(f"[jetstream.{key}]: no such stream (streams: {', '.join(names.values())})")
+        if not isinstance(table, Mapping):
+            raise ProvisionError(f"[jetstream.{key}] must be a table")
+        unknown = sorted(set(table) - set(STREAM_LIMITS))
+        if unknown:
+            raise ProvisionError(f"[jetstream.{key}]: unknown setting {unknown[0]!r} "
+                                 f"(settable: {', '.join(STREAM_LIMITS)})")
+        limits[name] = {k: parse_size(v, f"[jetstream.{key}] {k}") for k, v in table.items()}
+        if limits[name].get("max_msg_size", 0) > MAX_PAYLOAD:
+            raise ProvisionError(f"[jetstream.{key}] max_msg_size must be at most the server's max_payload "
+                                 f"({MAX_PAYLOAD} bytes)")
+    return limits
+
+
 def wanted_state(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The spec with the settings moonbus.toml owns applied: execution's ack_wait_ms and
-    max_in_flight become its consumer's ack_wait and max_ack_pending."""
+    """The spec with the settings moonbus.toml owns applied: `[jetstream.<STREAM>]` limits,
+    and execution's ack_wait_ms and max_in_flight become its consumer's ack_wait and
+    max_ack_pending. Raises ProvisionError on a setting that makes no sense."""
     spec = copy.deepcopy(jetstream_spec())
+    limits = stream_limits(config)
+    for stream in spec["streams"]:
+        stream.update(limits.get(stream["name"], {}))
+        if stream["max_msg_size"] > stream["max_bytes"]:
+            raise ProvisionError(f"stream {stream['name']}: max_msg_size {stream['max_msg_size']} is larger "
+                                 f"than max_bytes {stream['max_bytes']}")
     execution = dict((config or {}).get("execution", {}))
     for consumer in spec["consumers"]:
         if consumer["config"]["durable_name"] == "execution":
@@ -116,6 +176,12 @@ async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout
             what = _differs(info["config"], wanted)
             if not what:
                 continue
+            stored = info.get("state", {}).get("bytes", 0)
+            if wanted.get("discard") == "old" and wanted["max_bytes"] < stored:
+                # The server would delete the oldest messages to fit: reports lost. (A discard
+                # new stream keeps them and refuses new ones until it has room.)
+                raise ProvisionError(f"stream {name}: max_bytes {wanted['max_bytes']} is below the {stored} bytes "
+                                     "it stores; shrinking it would delete stored messages")
             made = {} if dry_run else await _api(nc, f"$JS.API.STREAM.UPDATE.{name}",
                                                  {**info["config"], **wanted}, timeout)
         if "error" in made:

@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from services.ops import orderlog
 from services.contract import subjects as S
-from services.common.bus import ApiError
+from services.common.bus import ApiError, OrderRefused
 from services.ops.discovery import discover
 from services.contract.models import (
     CLIENT_ORDER_ID_PATTERN,
@@ -239,6 +239,8 @@ async def submit_order(gw: Writer, body: OrderSubmit) -> OrderAccepted:
                                                          "agent": "gateway", "origin_ts": ts, "ts": ts}))
     try:
         ack = await gw.the_bus().publish_order(S.orders_submit("gateway", order.symbol), order, gw.cfg.request_timeout_s)
+    except OrderRefused as e:  # not stored: a full store, an order too large
+        raise ApiError("not_stored", f"the ORDERS stream refused the order: {e.reason}") from None
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
         raise ApiError("not_stored", "the ORDERS stream did not acknowledge the order; it may be retried "
                                      "with the same client_order_id") from None

@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from services.contract import subjects as S
-from services.common.bus import ApiError, Bus
+from services.common.bus import ApiError, Bus, OrderRefused
 from services.common.config import load, section
 from services.common.llm import LLMConfig, Provider, build_provider
 from services.common.metrics import serve_metrics
@@ -103,7 +103,8 @@ async def act(bus: Bus, cfg: RiskAgentConfig, provider: Provider | None, breache
             ok = False
             metrics.ORDER_FAILURES.inc()
             log.error("close order %s not acknowledged: %r", order.client_order_id, e)
-            await bus.report_error(subject, f"order not acknowledged: {e!r}", encode(order))
+            why = f"order refused: {e.reason}" if isinstance(e, OrderRefused) else f"order not acknowledged: {e!r}"
+            await bus.report_error(subject, why, encode(order))
             continue
         metrics.CLOSE_ORDERS.inc()
         log.warning("closing %s: %s %s (%s)", order.symbol, order.side.value, order.quantity, order.client_order_id)

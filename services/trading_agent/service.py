@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from services.contract import subjects as S
-from services.common.bus import Bus
+from services.common.bus import Bus, OrderRefused
 from services.common.config import load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
@@ -77,7 +77,8 @@ async def submit(bus: Bus, proposal: Proposal, timeout: float) -> bool:
             ok = False
             metrics.ORDER_FAILURES.inc()
             log.error("order %s not acknowledged: %r", order.client_order_id, e)
-            await bus.report_error(subject, f"order not acknowledged: {e!r}", encode(order))
+            why = f"order refused: {e.reason}" if isinstance(e, OrderRefused) else f"order not acknowledged: {e!r}"
+            await bus.report_error(subject, why, encode(order))
             signal = signal.model_copy(update={"reasoning": f"{signal.reasoning}; NOT acknowledged: {e!r}"})
         else:
             metrics.ORDERS.labels(order.side.value).inc()
