@@ -13,6 +13,7 @@
 //! | `md_books_out_total` | counter | venue (`all` = aggregated): books published |
 //! | `md_reconnects_total` | counter | venue |
 //! | `md_gaps_total` | counter | venue: sequence gaps detected |
+//! | `md_duplicates_total` | counter | venue: old or duplicate messages ignored (already applied) |
 //! | `md_stale_symbols` | gauge | venue: symbols without a tick for `stale_after_ms` |
 //! | `md_dropped_total` | counter | reason: `bus_full` (client buffer full past `publish_timeout_ms`), `max_series` |
 //! | `md_bars_out_total` | counter | closed bars published |
@@ -32,6 +33,7 @@ pub struct VenueMetrics {
     pub books_out: Counter,
     pub reconnects: Counter,
     pub gaps: Counter,
+    pub duplicates: Counter,
     pub stale_symbols: Gauge,
 }
 
@@ -66,7 +68,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let venues = self.venues.members();
         let mut out = Text::default();
-        let per_venue: [(&str, &str, &str, VenueValue); 6] = [
+        let per_venue: [(&str, &str, &str, VenueValue); 7] = [
             (
                 "md_ticks_in_total",
                 "counter",
@@ -91,6 +93,12 @@ impl Metrics {
             ("md_gaps_total", "counter", "Sequence gaps detected.", |v| {
                 v.gaps.get()
             }),
+            (
+                "md_duplicates_total",
+                "counter",
+                "Old or duplicate venue messages ignored.",
+                |v| v.duplicates.get(),
+            ),
             (
                 "md_stale_symbols",
                 "gauge",

@@ -4,12 +4,16 @@
 //! - `trade` -> a tick at the trade price and size; `bookTicker` -> a tick when the
 //!   best bid or ask changes (priced at the last trade, or the mid before one).
 //! - `depth@100ms` diffs + the REST snapshot `GET /api/v3/depth` keep a local book,
-//!   as Binance's "How to manage a local order book correctly" says: buffer the
-//!   diffs, fetch a snapshot (again if diffs between its `lastUpdateId` and the
-//!   first buffered `U` are missing), drop the diffs with `u <= lastUpdateId`, the first applied diff
-//!   must straddle it (`U <= lastUpdateId + 1 <= u`), then each `U` must be the
-//!   previous `u + 1`. Anything else is a gap: count it, buffer again, fetch a new
-//!   snapshot. The book is published after every applied diff, `seq` = its `u`.
+//!   as Binance's "How to manage a local order book correctly" (spot) says: buffer
+//!   the diffs, fetch a snapshot (again, after the backoff, if it is older than
+//!   the first buffered diff: `lastUpdateId + 1 < U`), set the book to it, then
+//!   replay the buffer and every later diff with one rule, the book at update id
+//!   `last`: a diff with `u <= last` is old or a duplicate, ignored and counted
+//!   (`md_duplicates_total`); one with `U > last + 1` is a gap: count it, keep it
+//!   and every diff after it buffered, fetch a new snapshot; else apply it,
+//!   `last = u`. A diff is checked whole (`U <= u`, every level) before it is
+//!   buffered or applied. The book is published after every applied diff, `seq` =
+//!   its `u`; a replay that hits a gap publishes nothing.
 //! - The server pings every 20 s; tungstenite answers with the same payload.
 
 use std::borrow::Cow;
@@ -24,7 +28,7 @@ use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 
-use super::book::{level, Instrument, LocalBook, Side};
+use super::book::{level, Instrument, LocalBook, Side, Trade};
 use super::link::{check_url, Backoff, Link, HTTP, WS};
 use super::session::{http_body, plain_request, run_ws, Batch, Fault, FeedOut, WsVenue};
 use super::symbols::{self, Naming};
@@ -201,11 +205,8 @@ impl WsVenue for Binance {
         let stream = envelope.stream.as_ref();
         if stream.ends_with("@trade") {
             let trade: TradeWire = serde_json::from_str(envelope.data.get()).map_err(garbage)?;
-            out.events.push(
-                pair.instrument
-                    .trade(trade.p.0, Some(trade.q.0))
-                    .map_err(Fault::Garbage)?,
-            );
+            let trade = Trade::new(trade.p.0, Some(trade.q.0)).map_err(Fault::Garbage)?;
+            out.events.push(pair.instrument.trade(trade));
         } else if stream.ends_with("@bookTicker") {
             let quote: BookTickerWire =
                 serde_json::from_str(envelope.data.get()).map_err(garbage)?;
@@ -213,6 +214,12 @@ impl WsVenue for Binance {
                 .extend(pair.instrument.quote(Some(quote.b.0), Some(quote.a.0)));
         } else if stream.contains("@depth") {
             let wire: DiffWire = serde_json::from_str(envelope.data.get()).map_err(garbage)?;
+            if wire.first_id > wire.last_id {
+                return Err(Fault::Garbage(format!(
+                    "depth update with U {} > u {}",
+                    wire.first_id, wire.last_id
+                )));
+            }
             let diff = Diff {
                 first_id: wire.first_id,
                 last_id: wire.last_id,
@@ -368,13 +375,29 @@ enum Sync {
         buffer: VecDeque<Diff>,
         fetching: bool,
     },
-    /// The book is in sync up to `last` (a `u`); `straddle`: the next diff is the
-    /// first after the snapshot.
-    Live {
-        book: LocalBook,
-        last: u64,
-        straddle: bool,
-    },
+    /// The book is in sync up to update id `last` (the snapshot's `lastUpdateId`,
+    /// then each applied diff's `u`).
+    Live { book: LocalBook, last: u64 },
+}
+
+/// What the book at `last` makes of a diff (Binance's update procedure).
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// `u <= last`: already in the book.
+    Old,
+    /// `U > last + 1`: updates between were lost.
+    Gap,
+    Apply,
+}
+
+fn step(last: u64, diff: &Diff) -> Step {
+    if diff.last_id <= last {
+        Step::Old
+    } else if diff.first_id > last + 1 {
+        Step::Gap
+    } else {
+        Step::Apply
+    }
 }
 
 /// One Binance symbol.
@@ -400,26 +423,15 @@ impl Pair {
     fn on_diff(&mut self, diff: Diff, depth: usize, out: &mut Batch) -> Option<Fetch> {
         match &mut self.sync {
             Sync::Waiting { buffer, fetching } => {
-                if buffer.len() == MAX_BUFFER {
-                    buffer.pop_front();
-                }
-                buffer.push_back(diff);
+                buffer_diff(buffer, diff);
                 (!std::mem::replace(fetching, true)).then_some(Fetch::Now)
             }
-            Sync::Live {
-                book,
-                last,
-                straddle,
-            } => {
-                let follows = if *straddle {
-                    if diff.last_id <= *last {
-                        return None; // older than the snapshot
-                    }
-                    diff.first_id <= *last + 1
-                } else {
-                    diff.first_id == *last + 1
-                };
-                if !follows {
+            Sync::Live { book, last } => match step(*last, &diff) {
+                Step::Old => {
+                    out.duplicates += 1;
+                    None
+                }
+                Step::Gap => {
                     tracing::warn!(
                         symbol = %self.instrument.symbol,
                         book_at = *last,
@@ -431,20 +443,16 @@ impl Pair {
                         buffer: VecDeque::from([diff]),
                         fetching: true,
                     };
-                    return Some(Fetch::Now);
+                    Some(Fetch::Now)
                 }
-                for &(price, size) in &diff.bids {
-                    book.set(Side::Bid, price, size);
+                Step::Apply => {
+                    apply(book, &diff);
+                    *last = diff.last_id;
+                    out.events
+                        .push(self.instrument.book(book, depth, Some(diff.last_id)));
+                    None
                 }
-                for &(price, size) in &diff.asks {
-                    book.set(Side::Ask, price, size);
-                }
-                *last = diff.last_id;
-                *straddle = false;
-                out.events
-                    .push(self.instrument.book(book, depth, Some(diff.last_id)));
-                None
-            }
+            },
         }
     }
 
@@ -460,24 +468,60 @@ impl Pair {
             // Older than the diffs we hold: the ones between are lost to us.
             return Some(Fetch::Later);
         }
-        let buffered = std::mem::take(buffer);
-        let book = LocalBook::from_levels(&snapshot.bids, &snapshot.asks);
-        out.events.push(
-            self.instrument
-                .book(&book, depth, Some(snapshot.last_update_id)),
-        );
-        self.sync = Sync::Live {
-            book,
-            last: snapshot.last_update_id,
-            straddle: true,
-        };
-        self.retry.reset();
-        for diff in buffered {
-            if let Some(when) = self.on_diff(diff, depth, out) {
-                return Some(when);
+        // Replay the buffer on the snapshot; publish only a replay that reaches
+        // the end of the buffer.
+        let mut book = LocalBook::from_levels(&snapshot.bids, &snapshot.asks);
+        let mut last = snapshot.last_update_id;
+        let mut instrument = self.instrument.clone();
+        let mut events = vec![instrument.book(&book, depth, Some(last))];
+        let mut duplicates = 0;
+        while let Some(diff) = buffer.pop_front() {
+            match step(last, &diff) {
+                Step::Old => duplicates += 1,
+                Step::Gap => {
+                    // Lost updates behind the snapshot: this diff and the ones after it
+                    // stay buffered for the next snapshot; nothing is published.
+                    tracing::warn!(
+                        symbol = %self.instrument.symbol,
+                        book_at = last,
+                        diff_from = diff.first_id,
+                        "depth gap in the buffered diffs; fetching a new snapshot"
+                    );
+                    buffer.push_front(diff);
+                    out.gaps += 1;
+                    return Some(Fetch::Now);
+                }
+                Step::Apply => {
+                    apply(&mut book, &diff);
+                    last = diff.last_id;
+                    events.push(instrument.book(&book, depth, Some(last)));
+                }
             }
         }
+        out.duplicates += duplicates;
+        out.events.extend(events);
+        self.instrument = instrument;
+        self.sync = Sync::Live { book, last };
+        self.retry.reset();
         None
+    }
+}
+
+/// Buffers a diff while no book is live; past `MAX_BUFFER` the oldest goes (the
+/// snapshot check then asks for a newer snapshot if it must).
+fn buffer_diff(buffer: &mut VecDeque<Diff>, diff: Diff) {
+    if buffer.len() == MAX_BUFFER {
+        buffer.pop_front();
+    }
+    buffer.push_back(diff);
+}
+
+fn apply(book: &mut LocalBook, diff: &Diff) {
+    for &(price, size) in &diff.bids {
+        book.set(Side::Bid, price, size);
+    }
+    for &(price, size) in &diff.asks {
+        book.set(Side::Ask, price, size);
     }
 }
 

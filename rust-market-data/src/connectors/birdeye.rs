@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::book::Instrument;
+use super::book::{Instrument, Trade};
 use super::link::{check_url, Backoff, Link, HTTP, WS};
 use super::session::{http_body, run_ws, Batch, Fault, FeedOut, Liveness, Silence, WsVenue};
 use super::symbols::{self, Naming};
@@ -233,9 +233,12 @@ impl Birdeye {
         })
     }
 
-    /// One `multi_price` round: every token, 100 addresses a request.
+    /// One `multi_price` round: every token, 100 addresses a request. Every answer
+    /// of the round is decoded and checked before any token is updated: a failed
+    /// round changes nothing, so the next one sends every tick it would have.
     async fn poll(&mut self, http: &reqwest::Client, out: &mut Batch) -> Result<(), String> {
         let url = format!("{}/defi/multi_price", self.rest_url);
+        let mut polled = Vec::new();
         for chunk in self.addresses.clone().chunks(MAX_ADDRESSES) {
             let request = http
                 .get(&url)
@@ -252,24 +255,26 @@ impl Birdeye {
                 return Err("multi_price: success = false".into());
             }
             for (address, price) in &prices.data {
-                let (Some(token), Some(price)) = (self.tokens.get_mut(address.as_ref()), price)
+                let (true, Some(price)) = (self.tokens.contains_key(address.as_ref()), price)
                 else {
                     continue; // not ours, or Birdeye has no price for it
                 };
                 let value = json_number(price.value).map_err(|e| format!("{address}: {e}"))?;
                 let Some(value) = value else { continue };
+                let trade = Trade::new(value, None).map_err(|e| format!("{address}: {e}"))?;
                 let seen = (value, price.update_unix_time.unwrap_or(0));
-                if token.last == Some(seen) {
-                    continue;
-                }
-                token.last = Some(seen);
-                out.events.push(
-                    token
-                        .instrument
-                        .trade(value, None)
-                        .map_err(|e| format!("{address}: {e}"))?,
-                );
+                polled.push((address.to_string(), seen, trade));
             }
+        }
+        for (address, seen, trade) in polled {
+            let Some(token) = self.tokens.get_mut(&address) else {
+                continue;
+            };
+            if token.last == Some(seen) {
+                continue;
+            }
+            token.last = Some(seen);
+            out.events.push(token.instrument.trade(trade));
         }
         Ok(())
     }
@@ -396,12 +401,8 @@ impl WsVenue for Birdeye {
                 let close = json_number(price.c)
                     .map_err(Fault::Garbage)?
                     .ok_or_else(|| Fault::Garbage("PRICE_DATA without a close".into()))?;
-                out.events.push(
-                    token
-                        .instrument
-                        .trade(close, None)
-                        .map_err(Fault::Garbage)?,
-                );
+                let trade = Trade::new(close, None).map_err(Fault::Garbage)?;
+                out.events.push(token.instrument.trade(trade));
                 Ok(())
             }
             "ERROR" => Err(Fault::Garbage(format!("Birdeye error: {text}"))),

@@ -108,6 +108,25 @@ impl LocalBook {
     }
 }
 
+/// A trade's price and size, checked. Connectors check every trade of a frame
+/// before they change any state, so that a frame is taken whole or not at all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Trade {
+    price: PositiveMoney,
+    size: Option<NonNegativeMoney>,
+}
+
+impl Trade {
+    pub fn new(price: Decimal, size: Option<Decimal>) -> Result<Self, String> {
+        let price =
+            PositiveMoney::new(price).map_err(|_| format!("price {price} is not positive"))?;
+        let size = size
+            .map(|s| NonNegativeMoney::new(s).map_err(|_| format!("size {s} is negative")))
+            .transpose()?;
+        Ok(Self { price, size })
+    }
+}
+
 /// One symbol of one venue: what its next tick and book carry.
 #[derive(Debug, Clone)]
 pub(crate) struct Instrument {
@@ -134,15 +153,11 @@ impl Instrument {
         }
     }
 
-    /// A trade (or a venue's last/mid price): a tick with the last known bid and ask.
-    pub fn trade(&mut self, price: Decimal, size: Option<Decimal>) -> Result<FeedEvent, String> {
-        let price =
-            PositiveMoney::new(price).map_err(|_| format!("price {price} is not positive"))?;
-        let size = size
-            .map(|s| NonNegativeMoney::new(s).map_err(|_| format!("size {s} is negative")))
-            .transpose()?;
-        self.last_price = Some(price);
-        Ok(self.tick(price, size))
+    /// A trade (or a venue's last/mid price), checked beforehand with [`Trade::new`]:
+    /// a tick with the last known bid and ask.
+    pub fn trade(&mut self, trade: Trade) -> FeedEvent {
+        self.last_price = Some(trade.price);
+        self.tick(trade.price, trade.size)
     }
 
     /// A new best bid and ask: a tick when either changed, priced at the last trade
@@ -281,7 +296,8 @@ mod tests {
             btc.quote(Some(d("100")), Some(d("101"))).is_none(),
             "unchanged quote"
         );
-        let Ok(FeedEvent::Tick(t2)) = btc.trade(d("100.75"), Some(d("0.5"))) else {
+        let FeedEvent::Tick(t2) = btc.trade(Trade::new(d("100.75"), Some(d("0.5"))).unwrap())
+        else {
             panic!()
         };
         assert_eq!(t2.price.to_string(), "100.75");
@@ -298,7 +314,7 @@ mod tests {
             (t3.price.to_string(), t3.seq, t3.size),
             ("100.75".into(), 3, None)
         );
-        assert!(btc.trade(d("0"), None).is_err());
-        assert!(btc.trade(d("1"), Some(d("-1"))).is_err());
+        assert!(Trade::new(d("0"), None).is_err());
+        assert!(Trade::new(d("1"), Some(d("-1"))).is_err());
     }
 }

@@ -27,7 +27,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 
-use super::book::{level, Instrument, LocalBook, Side};
+use super::book::{level, Instrument, LocalBook, Side, Trade};
 use super::link::{check_url, Link, WS};
 use super::session::{plain_request, run_ws, Batch, Fault, FeedOut, WsVenue};
 use super::symbols::{self, Naming};
@@ -198,39 +198,42 @@ impl Coinbase {
         let head: TypeHead = serde_json::from_str(text).map_err(garbage)?;
         match head.kind.as_ref() {
             "ticker" => {
+                // Checked whole before the sequence moves: a rejected ticker must not
+                // make the next genuine one look old.
                 let t: ExchangeTicker = serde_json::from_str(text).map_err(garbage)?;
-                let Some(product) = self.fresh(&t.product_id, t.sequence) else {
+                let trade =
+                    Trade::new(t.price.0, t.last_size.map(|d| d.0)).map_err(Fault::Garbage)?;
+                let Some(product) = self.fresh(&t.product_id, t.sequence, out) else {
                     return Ok(());
                 };
                 product
                     .instrument
                     .set_quote(t.best_bid.map(|d| d.0), t.best_ask.map(|d| d.0));
-                let tick = product
-                    .instrument
-                    .trade(t.price.0, t.last_size.map(|d| d.0));
-                out.events.push(tick.map_err(Fault::Garbage)?);
+                out.events.push(product.instrument.trade(trade));
                 Ok(())
             }
             "heartbeat" => {
                 let h: ExchangeHeartbeat = serde_json::from_str(text).map_err(garbage)?;
-                self.fresh(&h.product_id, h.sequence);
+                self.fresh(&h.product_id, h.sequence, out);
                 Ok(())
             }
             "snapshot" => {
                 let s: ExchangeSnapshot = serde_json::from_str(text).map_err(garbage)?;
-                let bids = s.bids.iter().map(|(p, q)| (Side::Bid, p.0, q.0));
-                let asks = s.asks.iter().map(|(p, q)| (Side::Ask, p.0, q.0));
-                let changes: Vec<Change> = bids.chain(asks).collect();
-                self.on_book(&s.product_id, true, &changes, out)
+                let bids = s.bids.iter().map(|(p, q)| checked(Side::Bid, p.0, q.0));
+                let asks = s.asks.iter().map(|(p, q)| checked(Side::Ask, p.0, q.0));
+                let changes = bids.chain(asks).collect::<Result<Vec<Change>, Fault>>()?;
+                self.on_book(&s.product_id, true, &changes, out);
+                Ok(())
             }
             "l2update" => {
                 let u: ExchangeUpdate = serde_json::from_str(text).map_err(garbage)?;
                 let changes = u
                     .changes
                     .iter()
-                    .map(|(side, p, q)| Ok((side_of(side, "buy", "sell")?, p.0, q.0)))
+                    .map(|(side, p, q)| checked(side_of(side, "buy", "sell")?, p.0, q.0))
                     .collect::<Result<Vec<Change>, Fault>>()?;
-                self.on_book(&u.product_id, false, &changes, out)
+                self.on_book(&u.product_id, false, &changes, out);
+                Ok(())
             }
             "error" => Err(Fault::Garbage(format!("Coinbase error: {text}"))),
             // Coinbase may add message types; clients are to ignore them.
@@ -238,8 +241,9 @@ impl Coinbase {
         }
     }
 
-    /// The product, when `sequence` is newer than any seen for it.
-    fn fresh(&mut self, id: &str, sequence: u64) -> Option<&mut Product> {
+    /// The product, when `sequence` is newer than any seen for it (an older one
+    /// is a duplicate or arrived out of order: ignored and counted).
+    fn fresh(&mut self, id: &str, sequence: u64, out: &mut Batch) -> Option<&mut Product> {
         let product = self.products.get_mut(id)?;
         if sequence <= product.sequence {
             tracing::debug!(
@@ -248,12 +252,15 @@ impl Coinbase {
                 last = product.sequence,
                 "out-of-order message dropped"
             );
+            out.duplicates += 1;
             return None;
         }
         product.sequence = sequence;
         Some(product)
     }
 
+    /// Advanced Trade: the whole message is decoded and checked first; only a
+    /// good one moves `sequence_num` on and changes books and ticks.
     fn on_advanced(&mut self, text: &str, out: &mut Batch) -> Result<(), Fault> {
         let head: AdvancedHead = serde_json::from_str(text).map_err(garbage)?;
         if head.kind.as_deref() == Some("error") {
@@ -262,84 +269,95 @@ impl Coinbase {
         let (Some(channel), Some(sequence_num)) = (head.channel, head.sequence_num) else {
             return Err(Fault::Garbage("no channel or sequence_num".into()));
         };
-        if self
-            .next_sequence_num
-            .is_some_and(|next| next != sequence_num)
-        {
-            tracing::warn!(
-                expected = self.next_sequence_num,
-                got = sequence_num,
-                "Coinbase sequence gap; resubscribing level2"
-            );
-            out.gaps += 1;
-            self.resync(&self.ids.clone(), out);
-        }
-        self.next_sequence_num = Some(sequence_num + 1);
         let events = head.events.map_or("[]", RawValue::get);
-        match channel.as_ref() {
+        let message = match channel.as_ref() {
             "l2_data" => {
                 let events: Vec<AdvancedL2> = serde_json::from_str(events).map_err(garbage)?;
-                for event in events {
-                    let changes = event
-                        .updates
-                        .iter()
-                        .map(|u| {
-                            Ok((
-                                side_of(&u.side, "bid", "offer")?,
-                                u.price_level.0,
-                                u.new_quantity.0,
-                            ))
-                        })
-                        .collect::<Result<Vec<Change>, Fault>>()?;
-                    self.on_book(&event.product_id, event.kind == "snapshot", &changes, out)?;
-                }
-                Ok(())
+                let books = events
+                    .into_iter()
+                    .map(|event| {
+                        let changes = event
+                            .updates
+                            .iter()
+                            .map(|u| {
+                                let side = side_of(&u.side, "bid", "offer")?;
+                                checked(side, u.price_level.0, u.new_quantity.0)
+                            })
+                            .collect::<Result<Vec<Change>, Fault>>()?;
+                        Ok((event.product_id, event.kind == "snapshot", changes))
+                    })
+                    .collect::<Result<Vec<_>, Fault>>()?;
+                Advanced::Books(books)
             }
             "ticker" | "ticker_batch" => {
                 let events: Vec<AdvancedTickers> = serde_json::from_str(events).map_err(garbage)?;
-                for ticker in events.iter().flat_map(|e| &e.tickers) {
-                    let Some(product) = self.products.get_mut(ticker.product_id.as_ref()) else {
+                let ticks = events
+                    .into_iter()
+                    .flat_map(|e| e.tickers)
+                    .map(|t| {
+                        let trade = Trade::new(t.price.0, None).map_err(Fault::Garbage)?;
+                        let quote = (t.best_bid.map(|d| d.0), t.best_ask.map(|d| d.0));
+                        Ok((t.product_id, quote, trade))
+                    })
+                    .collect::<Result<Vec<_>, Fault>>()?;
+                Advanced::Ticks(ticks)
+            }
+            _ => Advanced::Other, // heartbeats, subscriptions, channels we did not ask for
+        };
+        match self.next_sequence_num {
+            Some(next) if sequence_num < next => {
+                // Already seen (a duplicate or out of order): its content is superseded.
+                tracing::debug!(expected = next, got = sequence_num, "old message dropped");
+                out.duplicates += 1;
+                return Ok(());
+            }
+            Some(next) if sequence_num > next => {
+                tracing::warn!(
+                    expected = next,
+                    got = sequence_num,
+                    "Coinbase sequence gap; resubscribing level2"
+                );
+                out.gaps += 1;
+                self.resync(&self.ids.clone(), out);
+            }
+            _ => {}
+        }
+        self.next_sequence_num = Some(sequence_num + 1);
+        match message {
+            Advanced::Books(books) => {
+                for (id, snapshot, changes) in books {
+                    self.on_book(&id, snapshot, &changes, out);
+                }
+            }
+            Advanced::Ticks(ticks) => {
+                for (id, (bid, ask), trade) in ticks {
+                    let Some(product) = self.products.get_mut(id.as_ref()) else {
                         continue;
                     };
-                    product
-                        .instrument
-                        .set_quote(ticker.best_bid.map(|d| d.0), ticker.best_ask.map(|d| d.0));
-                    out.events.push(
-                        product
-                            .instrument
-                            .trade(ticker.price.0, None)
-                            .map_err(Fault::Garbage)?,
-                    );
+                    product.instrument.set_quote(bid, ask);
+                    out.events.push(product.instrument.trade(trade));
                 }
-                Ok(())
             }
-            _ => Ok(()), // heartbeats, subscriptions, channels we did not ask for
+            Advanced::Other => {}
         }
+        Ok(())
     }
 
-    /// A snapshot (replaces the book) or an update of one product's book.
-    fn on_book(
-        &mut self,
-        id: &str,
-        snapshot: bool,
-        changes: &[Change],
-        out: &mut Batch,
-    ) -> Result<(), Fault> {
-        for &(_, price, size) in changes {
-            level(price, size).map_err(Fault::Garbage)?;
-        }
+    /// A snapshot (replaces the book) or an update of one product's book; the
+    /// changes are checked already.
+    fn on_book(&mut self, id: &str, snapshot: bool, changes: &[Change], out: &mut Batch) {
         let Some(product) = self.products.get_mut(id) else {
-            return Ok(());
+            return;
         };
         if snapshot {
             product.book = Some(LocalBook::default());
             product.resyncing = false;
         }
         let Some(book) = &mut product.book else {
-            if product.resyncing {
-                return Ok(()); // the new snapshot is on its way
-            }
-            return self.gap(id, "an update before its snapshot", out);
+            if !product.resyncing {
+                self.gap(id, "an update before its snapshot", out);
+            } // else the new snapshot is on its way
+            return;
         };
         for &(side, price, size) in changes {
             book.set(side, price, size);
@@ -350,10 +368,9 @@ impl Coinbase {
         product.instrument.touch(book);
         out.events
             .push(product.instrument.book(book, self.depth, None));
-        Ok(())
     }
 
-    fn gap(&mut self, id: &str, why: &str, out: &mut Batch) -> Result<(), Fault> {
+    fn gap(&mut self, id: &str, why: &str, out: &mut Batch) {
         tracing::warn!(
             product = id,
             why,
@@ -361,7 +378,6 @@ impl Coinbase {
         );
         out.gaps += 1;
         self.resync(&[id.to_string()], out);
-        Ok(())
     }
 
     /// Unsubscribe and subscribe again the level 2 of `ids`: Coinbase then sends
@@ -388,6 +404,24 @@ impl Coinbase {
             }
         }
     }
+}
+
+/// Best bid and ask.
+type Quote = (Option<Decimal>, Option<Decimal>);
+
+/// An Advanced Trade message, decoded and checked, not yet applied.
+enum Advanced<'a> {
+    /// Per event: product, snapshot or update, changes.
+    Books(Vec<(String, bool, Vec<Change>)>),
+    /// Per ticker: product, (best bid, best ask), the price as a trade.
+    Ticks(Vec<(Cow<'a, str>, Quote, Trade)>),
+    Other,
+}
+
+/// A level 2 change, its price and size checked.
+fn checked(side: Side, price: Decimal, size: Decimal) -> Result<Change, Fault> {
+    let (price, size) = level(price, size).map_err(Fault::Garbage)?;
+    Ok((side, price, size))
 }
 
 fn side_of(side: &str, bid: &str, ask: &str) -> Result<Side, Fault> {

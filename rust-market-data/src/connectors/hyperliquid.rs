@@ -2,9 +2,15 @@
 //!
 //! Subscribes to `allMids` (every coin's mid, each block) and, per coin, `trades`
 //! and `l2Book` (a full snapshot of the top levels each block, so a lost message
-//! cannot desync a book; one older than the last is dropped).
-//! - a changed mid -> a tick at the mid; a trade -> a tick at its price and size;
+//! cannot desync a book; one not newer than the last, by `time`, is dropped and
+//! counted as a duplicate).
+//! - a changed mid -> a tick at the mid; a trade -> a tick at its price and size
+//!   (a new subscription repeats recent trades: one at or before the newest taken,
+//!   by `time` then `tid`, is a duplicate, dropped and counted);
 //! - `l2Book` -> `md.book`, and the best bid and ask of the next ticks.
+//!
+//! Every message is decoded and checked whole before anything is taken from it:
+//! a rejected one moves no duplicate watermark and publishes nothing.
 //!
 //! The server closes a connection that has sent nothing for 60 s, so the client
 //! sends `{"method":"ping"}` every `ping_interval_ms` and gets `{"channel":"pong"}`.
@@ -24,7 +30,7 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::book::{level, Instrument, LocalBook};
+use super::book::{level, Instrument, LocalBook, Trade};
 use super::link::{check_url, Link, WS};
 use super::session::{plain_request, run_ws, Batch, Fault, FeedOut, WsVenue};
 use super::symbols::{self, Naming};
@@ -128,7 +134,8 @@ impl Coin {
         }
     }
 
-    /// True for a trade not taken before.
+    /// True for a trade not taken before (the trade is checked already: only a
+    /// good trade moves the watermark).
     fn take_trade(&mut self, time: u64, id: u64) -> bool {
         if time < self.trade_time || (time == self.trade_time && self.trade_ids.contains(&id)) {
             return false;
@@ -196,19 +203,20 @@ impl WsVenue for Hyperliquid {
                 self.on_mids(&mids, out)
             }
             "trades" => {
-                let trades: Vec<TradeWire> = serde_json::from_str(data()).map_err(garbage)?;
-                for trade in trades {
-                    let Some(coin) = self.coins.get_mut(trade.coin.as_ref()) else {
+                let wire: Vec<TradeWire> = serde_json::from_str(data()).map_err(garbage)?;
+                let trades = wire
+                    .iter()
+                    .map(|t| Trade::new(t.px.0, Some(t.sz.0)).map_err(Fault::Garbage))
+                    .collect::<Result<Vec<Trade>, Fault>>()?;
+                for (wire, trade) in wire.iter().zip(trades) {
+                    let Some(coin) = self.coins.get_mut(wire.coin.as_ref()) else {
                         continue;
                     };
-                    if !coin.take_trade(trade.time, trade.tid) {
+                    if !coin.take_trade(wire.time, wire.tid) {
+                        out.duplicates += 1;
                         continue;
                     }
-                    out.events.push(
-                        coin.instrument
-                            .trade(trade.px.0, Some(trade.sz.0))
-                            .map_err(Fault::Garbage)?,
-                    );
+                    out.events.push(coin.instrument.trade(trade));
                 }
                 Ok(())
             }
@@ -217,16 +225,19 @@ impl WsVenue for Hyperliquid {
                 let Some(coin) = self.coins.get_mut(book.coin.as_ref()) else {
                     return Ok(());
                 };
-                if book.time < coin.book_time {
-                    return Ok(()); // an older snapshot than the one we hold
-                }
                 let side = |levels: &[LevelWire]| -> Result<Vec<(Decimal, Decimal)>, Fault> {
                     levels
                         .iter()
                         .map(|l| level(l.px.0, l.sz.0).map_err(Fault::Garbage))
                         .collect()
                 };
-                let local = LocalBook::from_levels(&side(&book.levels.0)?, &side(&book.levels.1)?);
+                let (bids, asks) = (side(&book.levels.0)?, side(&book.levels.1)?);
+                if book.time <= coin.book_time {
+                    // The one we hold, again (a new subscription), or an older one.
+                    out.duplicates += 1;
+                    return Ok(());
+                }
+                let local = LocalBook::from_levels(&bids, &asks);
                 coin.book_time = book.time;
                 coin.instrument.touch(&local);
                 out.events
@@ -245,20 +256,29 @@ impl WsVenue for Hyperliquid {
 
 impl Hyperliquid {
     /// Mids of every coin arrive each block: a tick for each of ours that moved.
+    /// Our coins' mids are all checked before any is taken.
     fn on_mids(&mut self, mids: &AllMids, out: &mut Batch) -> Result<(), Fault> {
-        let mut coins: Vec<(&String, &mut Coin)> = self.coins.iter_mut().collect();
-        coins.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, coin) in coins {
+        let mut names: Vec<&String> = self.coins.keys().collect();
+        names.sort();
+        let mut moved = Vec::new();
+        for name in names {
             let Some(text) = mids.mids.get(name.as_str()) else {
                 continue;
             };
             let mid = decimal(text).map_err(Fault::Garbage)?;
+            let trade =
+                Trade::new(mid, None).map_err(|e| Fault::Garbage(format!("{name}: {e}")))?;
+            moved.push((name.clone(), mid, trade));
+        }
+        for (name, mid, trade) in moved {
+            let Some(coin) = self.coins.get_mut(&name) else {
+                continue;
+            };
             if coin.mid == Some(mid) {
                 continue;
             }
             coin.mid = Some(mid);
-            out.events
-                .push(coin.instrument.trade(mid, None).map_err(Fault::Garbage)?);
+            out.events.push(coin.instrument.trade(trade));
         }
         Ok(())
     }

@@ -109,6 +109,20 @@ impl FeedOut {
         self.metrics.gaps.add(gaps);
     }
 
+    pub fn count_duplicates(&self, duplicates: u64) {
+        self.metrics.duplicates.add(duplicates);
+    }
+
+    /// Adds the batch's gap and duplicate counts to the metrics and zeroes them.
+    pub fn count(&self, batch: &mut Batch) {
+        if batch.gaps > 0 {
+            self.count_gaps(std::mem::take(&mut batch.gaps));
+        }
+        if batch.duplicates > 0 {
+            self.count_duplicates(std::mem::take(&mut batch.duplicates));
+        }
+    }
+
     /// A message the venue should not have sent: logged, reported on
     /// `errors.market-data` and skipped (the first few, then every 1000th, so a
     /// venue sending nothing but garbage cannot flood the log or the bus).
@@ -209,6 +223,39 @@ pub(crate) struct Batch {
     pub frames: Vec<String>,
     /// Sequence gaps detected (each followed by a resync).
     pub gaps: u64,
+    /// Old or duplicate messages ignored (already applied or superseded).
+    pub duplicates: u64,
+}
+
+/// How far a [`Batch`] was filled before a frame: what to cut back to when the
+/// frame is rejected.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    events: usize,
+    frames: usize,
+    gaps: u64,
+    duplicates: u64,
+}
+
+impl Batch {
+    pub fn mark(&self) -> Mark {
+        Mark {
+            events: self.events.len(),
+            frames: self.frames.len(),
+            gaps: self.gaps,
+            duplicates: self.duplicates,
+        }
+    }
+
+    /// Forgets what was added since `mark`: a rejected frame publishes nothing. (The
+    /// venues check a whole frame before they change any state; this makes sure
+    /// nothing decoded before the bad part leaks out either.)
+    pub fn rollback(&mut self, mark: Mark) {
+        self.events.truncate(mark.events);
+        self.frames.truncate(mark.frames);
+        self.gaps = mark.gaps;
+        self.duplicates = mark.duplicates;
+    }
 }
 
 /// A frame or result the venue cannot go on from.
@@ -378,13 +425,17 @@ async fn session<V: WsVenue>(
                 match frame {
                     None => return Ok("the venue closed the connection".into()),
                     Some(Err(e)) => return Ok(format!("read failed: {e}")),
-                    Some(Ok(Message::Text(text))) => match venue.on_text(&text, &mut batch) {
-                        Err(Fault::Garbage(reason)) => {
-                            out.garbage(&reason, &text);
-                            Ok(())
+                    Some(Ok(Message::Text(text))) => {
+                        let mark = batch.mark();
+                        match venue.on_text(&text, &mut batch) {
+                            Err(Fault::Garbage(reason)) => {
+                                batch.rollback(mark);
+                                out.garbage(&reason, &text);
+                                Ok(())
+                            }
+                            other => other,
                         }
-                        other => other,
-                    },
+                    }
                     Some(Ok(Message::Binary(bytes))) => {
                         out.garbage("a binary frame", &String::from_utf8_lossy(&bytes));
                         Ok(())
@@ -399,7 +450,14 @@ async fn session<V: WsVenue>(
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
                 }
             }
-            done = venue.background() => venue.on_done(done, &mut batch),
+            done = venue.background() => {
+                let mark = batch.mark();
+                let result = venue.on_done(done, &mut batch);
+                if result.is_err() {
+                    batch.rollback(mark);
+                }
+                result
+            }
             _ = keepalive_timer.tick(), if keepalive.is_some() => {
                 if let Some((_, frame)) = &keepalive {
                     if let Err(e) = socket.send(frame.clone()).await {
@@ -421,9 +479,7 @@ async fn session<V: WsVenue>(
                 Ok(())
             }
         };
-        if batch.gaps > 0 {
-            out.count_gaps(std::mem::take(&mut batch.gaps));
-        }
+        out.count(&mut batch);
         match result {
             Ok(()) => {}
             Err(Fault::Garbage(reason)) => out.garbage(&reason, ""),
