@@ -29,6 +29,10 @@ pub struct ExecutionConfig {
     pub latency_ms: u64,
     /// Paper venue: a book received longer ago than this is not walked (slippage model).
     pub book_max_age_ms: u64,
+    /// Paper venue: a tick received longer ago than this is no price (stale market: a
+    /// MARKET order is REJECTED no_market_price, a GTC limit waits). Receive time, on this
+    /// process's monotonic clock: the sender's ts is never trusted for age.
+    pub tick_max_age_ms: u64,
     /// Prometheus `GET /metrics`; "" or port 0 = off.
     pub metrics_addr: String,
 }
@@ -45,6 +49,7 @@ impl Default for ExecutionConfig {
             max_in_flight: 32,
             latency_ms: 0,
             book_max_age_ms: 2_000,
+            tick_max_age_ms: 5_000,
             metrics_addr: "127.0.0.1:9106".into(),
         }
     }
@@ -65,8 +70,8 @@ impl ExecutionConfig {
             moonbus_common::Venue::from_str(venue)
                 .map_err(|e| anyhow::anyhow!("[execution] venues: {venue:?}: {e}"))?;
         }
-        if self.risk_timeout_ms == 0 || self.ack_wait_ms == 0 {
-            bail!("[execution] risk_timeout_ms and ack_wait_ms must be positive");
+        if self.risk_timeout_ms == 0 || self.ack_wait_ms == 0 || self.tick_max_age_ms == 0 {
+            bail!("[execution] risk_timeout_ms, ack_wait_ms and tick_max_age_ms must be positive");
         }
         if self.max_in_flight == 0 || self.max_in_flight > 10_000 {
             bail!("[execution] max_in_flight must be within 1..=10000");
@@ -129,6 +134,10 @@ impl ExecutionConfig {
 
     pub fn book_max_age(&self) -> Duration {
         Duration::from_millis(self.book_max_age_ms)
+    }
+
+    pub fn tick_max_age(&self) -> Duration {
+        Duration::from_millis(self.tick_max_age_ms)
     }
 }
 

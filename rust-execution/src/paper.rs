@@ -149,7 +149,10 @@ impl Venue for PaperVenue {
             }
             (_, _, None) => {
                 return Placement::Rejected {
-                    reason: format!("no_market_price: no tick received for {}", order.symbol),
+                    reason: format!(
+                        "no_market_price: no tick for {} received within tick_max_age_ms",
+                        order.symbol
+                    ),
                 }
             }
         };
@@ -693,7 +696,7 @@ mod tests {
         };
         assert_eq!(*fill.price, dec("100.2"));
 
-        let mut stale = Market::new(std::time::Duration::ZERO);
+        let mut stale = Market::new(std::time::Duration::ZERO, std::time::Duration::from_secs(5));
         stale.update(tick("100.00", Some("99.90"), Some("100.10")));
         stale.update_book(book("sim", &[], &[("100.20", "1")]));
         std::thread::sleep(std::time::Duration::from_millis(2));
