@@ -540,9 +540,7 @@ impl<V: Venue> Engine<V> {
                 return;
             }
         };
-        if self.market.is_stale(&tick) {
-            return;
-        }
+        // The last tick received wins, whatever its ts says (venue.rs Market: clocks).
         let fills = self.venue.on_market(&tick);
         self.market.update(tick);
         for (routed, fill) in fills {

@@ -90,7 +90,7 @@ async fn run() -> Result<()> {
     };
     let mut engine = Engine::new(
         PaperVenue::new(venues, cfg.fee_rate()?, cfg.slippage_rate()?),
-        Market::new(cfg.book_max_age()),
+        Market::new(cfg.book_max_age(), cfg.tick_max_age()),
         ledger,
         bus,
         cfg.latency(),

@@ -156,6 +156,7 @@ impl Market {
     }
 
     /// How long ago the latest tick of `symbol` arrived (fresh or not).
+    #[cfg(test)]
     pub fn tick_age(&self, symbol: &Symbol) -> Option<Duration> {
         self.ticks
             .get(symbol)
