@@ -329,8 +329,13 @@ async fn answer(
 
 // ---------------------------------------------------------------- Binance
 
+/// The metrics are per venue and per process: the Binance tests that count take
+/// turns.
+static BINANCE_METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn binance_syncs_its_book_resyncs_after_a_gap_and_survives_drops_garbage_and_pings() {
+    let _turn = BINANCE_METRICS.lock().await;
     let counters = metrics::venue("binance");
     let (gaps, reconnects) = (counters.gaps.get(), counters.reconnects.get());
     // The first snapshot is at 160, every later one at 165.
@@ -417,6 +422,57 @@ async fn binance_syncs_its_book_resyncs_after_a_gap_and_survives_drops_garbage_a
     assert_eq!(events.book().await.seq, 166);
     assert_eq!(rest.requests().len(), 3);
     assert!(counters.reconnects.get() > reconnects);
+}
+
+#[tokio::test]
+async fn binance_replays_the_diffs_behind_a_gap_after_the_resync_and_ignores_old_diffs() {
+    let _turn = BINANCE_METRICS.lock().await;
+    let counters = metrics::venue("binance");
+    let (gaps, duplicates) = (counters.gaps.get(), counters.duplicates.get());
+    let rest = HttpServer::start(|n, _| {
+        let name = if n == 1 {
+            "depth_snapshot_160.json"
+        } else {
+            "depth_snapshot_165.json"
+        };
+        (200, fixture(&format!("binance/{name}")))
+    })
+    .await;
+    let mut ws = WsServer::start(None).await;
+    let mut events = start(
+        FeedKind::Binance,
+        &format!(
+            "ws_url = \"{}\"\nrest_url = \"{}\"\nsymbols = [\"BNBBTC\"]\nbook_depth = 5\n",
+            ws.url, rest.url
+        ),
+    );
+    let mut conn = ws.accept().await;
+    events.status(FeedState::Connected).await;
+    // 161-163 is lost: 157-160, 164-165, 166. Whether the first snapshot (160)
+    // comes before 164-165 or after all three, 164-165 is a gap and the second
+    // snapshot (165) is followed by the buffered 166.
+    let diffs = lines("binance/depth_stream.jsonl");
+    conn.send_all(&[diffs[0].clone(), diffs[2].clone(), diffs[3].clone()])
+        .await;
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&166) {
+        seqs.push(events.book().await.seq);
+    }
+    assert!(seqs.ends_with(&[165, 166]), "{seqs:?}");
+    assert_eq!(rest.requests().len(), 2);
+    assert_eq!(counters.gaps.get(), gaps + 1);
+    // In sync at 166: 164-165 again is old (ignored, no resync); 167-168 follows.
+    conn.send(&diffs[2]).await;
+    conn.send(&lines("binance/depth_after_gap.jsonl")[0]).await;
+    let next = events.book().await;
+    // 167-168 removes the only ask of the snapshot at 165.
+    assert_eq!(
+        (next.seq, next.bids[0].0.to_string(), next.asks.len()),
+        (168, "0.0022".into(), 0)
+    );
+    assert_eq!(rest.requests().len(), 2, "no resync for an old diff");
+    assert_eq!(counters.gaps.get(), gaps + 1);
+    assert!(counters.duplicates.get() > duplicates);
 }
 
 #[tokio::test]

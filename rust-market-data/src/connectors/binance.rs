@@ -213,19 +213,7 @@ impl WsVenue for Binance {
             out.events
                 .extend(pair.instrument.quote(Some(quote.b.0), Some(quote.a.0)));
         } else if stream.contains("@depth") {
-            let wire: DiffWire = serde_json::from_str(envelope.data.get()).map_err(garbage)?;
-            if wire.first_id > wire.last_id {
-                return Err(Fault::Garbage(format!(
-                    "depth update with U {} > u {}",
-                    wire.first_id, wire.last_id
-                )));
-            }
-            let diff = Diff {
-                first_id: wire.first_id,
-                last_id: wire.last_id,
-                bids: levels(&wire.b).map_err(Fault::Garbage)?,
-                asks: levels(&wire.a).map_err(Fault::Garbage)?,
-            };
+            let diff = parse_diff(envelope.data.get()).map_err(Fault::Garbage)?;
             if let Some(when) = pair.on_diff(diff, self.depth, out) {
                 let name = head.s.into_owned();
                 self.fetch(&name, when);
@@ -281,12 +269,35 @@ async fn fetch_snapshot(
         .get(url)
         .query(&[("symbol", symbol), ("limit", &limit.to_string())]);
     let body = http_body(request).await?;
+    parse_snapshot(&body)
+}
+
+/// A `GET /api/v3/depth` answer, checked whole.
+fn parse_snapshot(body: &[u8]) -> Result<Snapshot, String> {
     let wire: SnapshotWire =
-        serde_json::from_slice(&body).map_err(|e| format!("bad snapshot: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| format!("bad snapshot: {e}"))?;
     Ok(Snapshot {
         last_update_id: wire.last_update_id,
         bids: levels(&wire.bids)?,
         asks: levels(&wire.asks)?,
+    })
+}
+
+/// A `depthUpdate` event, checked whole (ids and every level) before it is
+/// buffered or applied.
+fn parse_diff(data: &str) -> Result<Diff, String> {
+    let wire: DiffWire = serde_json::from_str(data).map_err(|e| e.to_string())?;
+    if wire.first_id > wire.last_id {
+        return Err(format!(
+            "depth update with U {} > u {}",
+            wire.first_id, wire.last_id
+        ));
+    }
+    Ok(Diff {
+        first_id: wire.first_id,
+        last_id: wire.last_id,
+        bids: levels(&wire.b)?,
+        asks: levels(&wire.a)?,
     })
 }
 
@@ -547,29 +558,44 @@ mod tests {
         Pair::new(instrument, &link)
     }
 
-    /// The depth diffs of the fixture stream, in order.
-    fn diffs() -> Vec<Diff> {
-        fixture("depth_stream.jsonl")
+    /// The depth diffs of a fixture stream, in order.
+    fn stream(name: &str) -> Vec<Diff> {
+        fixture(name)
             .lines()
             .map(|line| {
                 let envelope: Envelope = serde_json::from_str(line).unwrap();
-                let wire: DiffWire = serde_json::from_str(envelope.data.get()).unwrap();
-                Diff {
-                    first_id: wire.first_id,
-                    last_id: wire.last_id,
-                    bids: levels(&wire.b).unwrap(),
-                    asks: levels(&wire.a).unwrap(),
-                }
+                parse_diff(envelope.data.get()).unwrap()
             })
             .collect()
     }
 
+    /// 157-160, 161-163, 164-165, 166.
+    fn diffs() -> Vec<Diff> {
+        stream("depth_stream.jsonl")
+    }
+
     fn snapshot(name: &str) -> Snapshot {
-        let wire: SnapshotWire = serde_json::from_str(&fixture(name)).unwrap();
-        Snapshot {
-            last_update_id: wire.last_update_id,
-            bids: levels(&wire.bids).unwrap(),
-            asks: levels(&wire.asks).unwrap(),
+        parse_snapshot(fixture(name).as_bytes()).unwrap()
+    }
+
+    fn seqs(out: &Batch) -> Vec<u64> {
+        books(out).iter().map(|b| b.seq).collect()
+    }
+
+    /// A pair in sync at 163 (snapshot 160, then 161-163).
+    fn live_pair() -> Pair {
+        let mut pair = pair();
+        let mut out = Batch::default();
+        pair.on_diff(diffs()[1].clone(), 5, &mut out);
+        pair.on_snapshot(snapshot("depth_snapshot_160.json"), 5, &mut out);
+        assert_eq!(seqs(&out), [160, 163]);
+        pair
+    }
+
+    fn live_at(pair: &Pair) -> Option<u64> {
+        match pair.sync {
+            Sync::Live { last, .. } => Some(last),
+            Sync::Waiting { .. } => None,
         }
     }
 
@@ -686,6 +712,134 @@ mod tests {
             Some(Fetch::Now)
         );
         assert_eq!(out2.gaps, 1);
+    }
+
+    #[test]
+    fn a_snapshot_after_a_gap_replays_the_diffs_buffered_behind_it() {
+        // In sync at 163; 164-165 is lost: 166 is a gap. 167-168 and 169-170 come
+        // while the new snapshot (167) is on its way.
+        let mut pair = live_pair();
+        let mut out = Batch::default();
+        assert_eq!(
+            pair.on_diff(diffs()[3].clone(), 5, &mut out),
+            Some(Fetch::Now)
+        );
+        let after = stream("depth_after_gap.jsonl");
+        for diff in &after[..2] {
+            assert_eq!(pair.on_diff(diff.clone(), 5, &mut out), None, "buffered");
+        }
+        assert!(out.events.is_empty());
+        assert_eq!(
+            pair.on_snapshot(snapshot("depth_snapshot_167.json"), 5, &mut out),
+            None
+        );
+        // 166 is older than the snapshot; 167-168 straddles it; 169-170 follows.
+        assert_eq!(seqs(&out), [167, 168, 170]);
+        assert_eq!(
+            top(books(&out)[2]),
+            ("0.00225".into(), "0.0028".into()),
+            "not the bare snapshot"
+        );
+        assert_eq!((out.gaps, out.duplicates), (1, 1));
+        // The next diff follows: no second resync.
+        out.events.clear();
+        assert_eq!(pair.on_diff(after[2].clone(), 5, &mut out), None);
+        assert_eq!(seqs(&out), [171]);
+        assert_eq!(top(books(&out)[0]), ("0.0022".into(), "0.0028".into()));
+        assert_eq!(out.gaps, 1);
+    }
+
+    #[test]
+    fn a_gap_in_the_buffered_diffs_keeps_the_diffs_behind_it_for_the_next_snapshot() {
+        // 161-163 was lost before the first snapshot arrived.
+        let mut pair = pair();
+        let mut out = Batch::default();
+        let diffs = diffs();
+        for i in [0, 2, 3] {
+            pair.on_diff(diffs[i].clone(), 5, &mut out);
+        }
+        assert_eq!(
+            pair.on_snapshot(snapshot("depth_snapshot_160.json"), 5, &mut out),
+            Some(Fetch::Now)
+        );
+        assert_eq!(out.gaps, 1);
+        assert!(
+            out.events.is_empty(),
+            "a replay that hit a gap publishes nothing"
+        );
+        let Sync::Waiting { buffer, fetching } = &pair.sync else {
+            panic!("still waiting")
+        };
+        let kept: Vec<(u64, u64)> = buffer.iter().map(|d| (d.first_id, d.last_id)).collect();
+        assert_eq!((kept, *fetching), (vec![(164, 165), (166, 166)], true));
+        // The next snapshot (165) takes 166 from the buffer; 167-168 follows live.
+        assert_eq!(
+            pair.on_snapshot(snapshot("depth_snapshot_165.json"), 5, &mut out),
+            None
+        );
+        assert_eq!(
+            pair.on_diff(stream("depth_after_gap.jsonl")[0].clone(), 5, &mut out),
+            None
+        );
+        assert_eq!(seqs(&out), [165, 166, 168]);
+        assert_eq!(out.gaps, 1);
+    }
+
+    #[test]
+    fn old_and_duplicate_diffs_after_sync_are_ignored_not_gaps() {
+        let mut pair = live_pair();
+        let mut out = Batch::default();
+        let diffs = diffs();
+        // 161-163 again (a duplicate), 157-160 (older than the book).
+        assert_eq!(pair.on_diff(diffs[1].clone(), 5, &mut out), None);
+        assert_eq!(pair.on_diff(diffs[0].clone(), 5, &mut out), None);
+        assert_eq!((out.gaps, out.duplicates, out.events.len()), (0, 2, 0));
+        assert_eq!(live_at(&pair), Some(163));
+        assert_eq!(pair.on_diff(diffs[2].clone(), 5, &mut out), None);
+        // A diff that overlaps the book (U <= last < u) carries the newer sizes: applied.
+        let overlap = parse_diff(
+            r#"{"e":"depthUpdate","E":1,"s":"BNBBTC","U":165,"u":167,"b":[["0.0025","2"]],"a":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(pair.on_diff(overlap, 5, &mut out), None);
+        assert_eq!(seqs(&out), [165, 167]);
+        assert_eq!(books(&out)[1].bids[0].1.to_string(), "2");
+        assert_eq!((out.gaps, out.duplicates), (0, 2));
+    }
+
+    #[test]
+    fn a_rejected_depth_frame_changes_nothing() {
+        let link = LinkConfig::default().validate("binance").unwrap();
+        let config = BinanceConfig {
+            symbols: vec!["BNBBTC".into()],
+            ..BinanceConfig::default()
+        };
+        let mut binance = Binance::new("binance", &link, &config).unwrap();
+        *binance.pairs.get_mut("BNBBTC").unwrap() = live_pair();
+        let mut out = Batch::default();
+        for bad in [
+            // U > u
+            r#"{"stream":"bnbbtc@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BNBBTC","U":170,"u":164,"b":[],"a":[]}}"#,
+            // the second level's size is negative
+            r#"{"stream":"bnbbtc@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BNBBTC","U":164,"u":165,"b":[["0.0025","1"],["0.0024","-1"]],"a":[]}}"#,
+            // a price as a JSON number
+            r#"{"stream":"bnbbtc@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BNBBTC","U":164,"u":165,"b":[[0.0025,"1"]],"a":[]}}"#,
+        ] {
+            let result = binance.on_text(bad, &mut out);
+            assert!(matches!(result, Err(Fault::Garbage(_))), "{bad}");
+        }
+        assert!(out.events.is_empty());
+        assert_eq!((out.gaps, out.duplicates), (0, 0));
+        assert_eq!(live_at(&binance.pairs["BNBBTC"]), Some(163));
+        // The genuine 164-165 still follows the book.
+        binance
+            .on_text(&lines("depth_stream.jsonl")[2], &mut out)
+            .unwrap();
+        assert_eq!(seqs(&out), [165]);
+    }
+
+    fn lines(name: &str) -> Vec<String> {
+        fixture(name).lines().map(str::to_string).collect()
     }
 
     #[test]
