@@ -6,6 +6,7 @@ pub mod config;
 pub mod messages;
 pub mod metrics;
 pub mod service;
+pub mod snapshot;
 pub mod streams;
 pub mod subjects;
 pub mod telemetry;

@@ -144,6 +144,18 @@ impl CircuitBreakers {
         true
     }
 
+    /// Every halt recorded (in force or ended), for a snapshot.
+    pub fn halts(&self) -> impl Iterator<Item = (&Symbol, &Halt)> {
+        self.symbols
+            .iter()
+            .filter_map(|(symbol, s)| s.halt.as_ref().map(|h| (symbol, h)))
+    }
+
+    /// A halt from a snapshot; the window starts afresh with the next tick.
+    pub fn restore_halt(&mut self, symbol: Symbol, halt: Halt) {
+        self.symbols.entry(symbol).or_default().halt = Some(halt);
+    }
+
     /// The halt in force for `symbol` at `now_ns`, if any.
     pub fn halt(&self, symbol: &Symbol, now_ns: u64) -> Option<&Halt> {
         self.symbols

@@ -50,6 +50,10 @@ pub struct RiskConfig {
     pub flatten_venue: String,
     /// Prometheus `GET /metrics`; "" or port 0 = off.
     pub metrics_addr: String,
+    /// A state snapshot (SNAPSHOTS) this often, after this many reports, and on a
+    /// graceful stop; 0 turns each trigger off.
+    pub snapshot_interval_ms: u64,
+    pub snapshot_every_reports: u64,
 }
 
 impl Default for RiskConfig {
@@ -82,6 +86,8 @@ impl Default for RiskConfig {
             circuit_breaker_halt_s: 300,
             flatten_venue: "sim".into(),
             metrics_addr: "127.0.0.1:9105".into(),
+            snapshot_interval_ms: 60_000,
+            snapshot_every_reports: 10_000,
         }
     }
 }
@@ -104,6 +110,9 @@ pub struct Settings {
     pub symbols: Vec<Symbol>,
     /// `None`: no metrics endpoint.
     pub metrics_addr: Option<String>,
+    /// 0 = off.
+    pub snapshot_interval_ms: u64,
+    pub snapshot_every_reports: u64,
 }
 
 impl Settings {
@@ -176,6 +185,8 @@ impl Settings {
             flatten_venue,
             symbols,
             metrics_addr: metrics::enabled_addr(&risk.metrics_addr).map(str::to_string),
+            snapshot_interval_ms: risk.snapshot_interval_ms,
+            snapshot_every_reports: risk.snapshot_every_reports,
         })
     }
 }
@@ -215,6 +226,8 @@ mod tests {
         assert_eq!(settings.breaker.halt_ns, 300 * NS_PER_S);
         assert_eq!(settings.flatten_venue, "sim");
         assert_eq!(settings.metrics_addr.as_deref(), Some("127.0.0.1:9105"));
+        assert_eq!(settings.snapshot_interval_ms, 60_000);
+        assert_eq!(settings.snapshot_every_reports, 10_000);
     }
 
     #[test]

@@ -62,6 +62,9 @@ struct Totals {
     overflow: bool,
 }
 
+/// The refusal code (and account reason) while the state cannot be rebuilt.
+pub const UNAVAILABLE: &str = "risk_unavailable";
+
 /// The account-state reason (and breach name) of books that no longer fit a decimal.
 const OVERFLOW: &str = "overflow";
 
@@ -81,6 +84,9 @@ pub struct Engine {
     /// A fill that could not be booked (its figures overflow a decimal): the books miss
     /// it, so the account stays HALTED (fail closed) for the life of the process.
     unbooked_fill: Option<String>,
+    /// The state cannot be rebuilt (reports lost to retention, no snapshot covers
+    /// them): every check is refused `risk_unavailable` with this reason.
+    unavailable: Option<String>,
 }
 
 impl Engine {
@@ -104,6 +110,7 @@ impl Engine {
             ready: false,
             applied: HashSet::new(),
             unbooked_fill: None,
+            unavailable: None,
             settings,
         }
     }
@@ -127,6 +134,17 @@ impl Engine {
 
     pub fn is_ready(&self) -> bool {
         self.ready
+    }
+
+    /// Never ready: the state cannot be rebuilt, for `why`.
+    pub fn fail_closed(&mut self, why: String) {
+        self.ready = false;
+        self.unavailable = Some(why);
+    }
+
+    /// Why the state cannot be rebuilt, if it cannot.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.unavailable.as_deref()
     }
 
     // ------------------------------------------------------------ inputs
@@ -226,6 +244,16 @@ impl Engine {
 
     /// The pre-trade check. An approval reserves the order's share of the limits.
     pub fn check(&mut self, request: &RiskCheckRequest, now_ns: u64) -> RiskCheckResult {
+        if let Some(why) = &self.unavailable {
+            return RiskCheckResult {
+                client_order_id: request.client_order_id.clone(),
+                approved: false,
+                reason_code: Some(UNAVAILABLE.into()),
+                reason: Some(why.clone()),
+                state: TradingState::Halted,
+                ts: now_ns,
+            };
+        }
         self.heartbeat(now_ns);
         // A re-check of the same order (execution retrying) replaces the earlier one,
         // so the order is neither counted twice nor against itself.
@@ -438,6 +466,18 @@ impl Engine {
 
     /// Change some limits; all or nothing.
     pub fn set_limits(&mut self, patch: &LimitsPatch) -> Result<(), String> {
+        let limits = self.patched_limits(patch)?;
+        self.apply_limits(limits);
+        Ok(())
+    }
+
+    pub fn apply_limits(&mut self, limits: Limits) {
+        tracing::warn!(?limits, "limits changed");
+        self.settings.limits = limits;
+    }
+
+    /// The limits `patch` would make, checked; nothing applied.
+    pub fn patched_limits(&self, patch: &LimitsPatch) -> Result<Limits, String> {
         let current = &self.settings.limits;
         let limits = Limits {
             max_order_notional: patch
@@ -456,23 +496,13 @@ impl Engine {
             max_drawdown_pct: patch.max_drawdown_pct.unwrap_or(current.max_drawdown_pct),
         };
         limits.validate()?;
-        tracing::warn!(?limits, "limits changed");
-        self.settings.limits = limits;
-        Ok(())
+        Ok(limits)
     }
 
     // ------------------------------------------------------------ views
 
     pub fn limits(&self) -> RiskLimits {
-        let l = &self.settings.limits;
-        RiskLimits {
-            max_order_notional: non_negative(l.max_order_notional),
-            max_position_notional: non_negative(l.max_position_notional),
-            max_gross_exposure: non_negative(l.max_gross_exposure),
-            min_cash: money(l.min_cash),
-            max_daily_loss: non_negative(l.max_daily_loss),
-            max_drawdown_pct: l.max_drawdown_pct,
-        }
+        limits_view(&self.settings.limits)
     }
 
     /// Every symbol ever traded (flat ones keep their realized PnL), or just one.
@@ -772,7 +802,9 @@ impl Engine {
 
     fn account_reasons(&self, totals: &Totals) -> Vec<String> {
         let mut reasons = Vec::new();
-        if !self.ready {
+        if self.unavailable.is_some() {
+            reasons.push(UNAVAILABLE.to_string());
+        } else if !self.ready {
             reasons.push("not_ready".to_string());
         }
         if self.kill_switch.engaged {
@@ -804,10 +836,24 @@ fn money(value: Decimal) -> Money {
     Money::saturating(value.normalize())
 }
 
+/// The wire form of limits.
+pub fn limits_view(l: &Limits) -> RiskLimits {
+    RiskLimits {
+        max_order_notional: non_negative(l.max_order_notional),
+        max_position_notional: non_negative(l.max_position_notional),
+        max_gross_exposure: non_negative(l.max_gross_exposure),
+        min_cash: money(l.min_cash),
+        max_daily_loss: non_negative(l.max_daily_loss),
+        max_drawdown_pct: l.max_drawdown_pct,
+    }
+}
+
 /// For values that are never negative by construction (prices, fees, |notional|).
 fn non_negative(value: Decimal) -> NonNegativeMoney {
     NonNegativeMoney::saturating(value.normalize())
 }
+
+mod snapshot;
 
 #[cfg(test)]
 mod fuzz;

@@ -1,5 +1,5 @@
-//! Reads `exec.report.>` from the EXEC stream in sequence order, from the first message,
-//! and keeps reading it live. Risk may create no consumer (SECURITY.md): the rebuild, and
+//! Reads `exec.report.>` from the EXEC stream in sequence order, from the first message
+//! not in the snapshot risk started from (service.rs), and keeps reading it live. Risk may create no consumer (SECURITY.md): the rebuild, and
 //! any gap, is read by batched direct gets; the live reports come from risk's provisioned
 //! durable pull consumer `EXEC/risk`. Every report carries its stream sequence, so the
 //! two meet exactly: what the durable delivers at or below the next sequence wanted is
@@ -24,6 +24,7 @@ pub const CONSUMER: &str = "risk";
 #[derive(Debug)]
 pub enum FeedEvent {
     Report {
+        sequence: u64,
         subject: String,
         payload: Bytes,
     },
@@ -31,14 +32,15 @@ pub enum FeedEvent {
     CaughtUp,
 }
 
-/// Runs until the receiver is dropped. If reading fails it starts again at the next
-/// unread sequence.
+/// Runs until the receiver is dropped, from EXEC sequence `from_sequence`. If reading
+/// fails it starts again at the next unread sequence.
 pub async fn run(
     client: Client,
     consumer: Consumer<pull::Config>,
     events: mpsc::Sender<FeedEvent>,
+    from_sequence: u64,
 ) {
-    let mut next_sequence = 1;
+    let mut next_sequence = from_sequence;
     let mut caught_up = false;
     loop {
         match follow(
@@ -94,6 +96,7 @@ async fn follow(
         }
         *next_sequence = sequence + 1;
         let report = FeedEvent::Report {
+            sequence,
             subject: message.subject.to_string(),
             payload: message.payload.clone(),
         };
@@ -119,6 +122,7 @@ async fn catch_up(
     while let Some(message) = reader.next().await.context("reading EXEC")? {
         *next_sequence = message.sequence + 1;
         let report = FeedEvent::Report {
+            sequence: message.sequence,
             subject: message.subject,
             payload: message.payload,
         };

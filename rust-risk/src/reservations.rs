@@ -115,6 +115,11 @@ impl Reservations {
     }
 
     /// Symbols with something in flight, and the price each was last checked at.
+    /// Every reservation, for a snapshot.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &Reservation)> {
+        self.by_order.iter().map(|(id, r)| (id.as_str(), r))
+    }
+
     pub fn symbols(&self) -> impl Iterator<Item = (&Symbol, Decimal)> {
         self.by_order.values().map(|r| (&r.symbol, r.price))
     }

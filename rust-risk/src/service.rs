@@ -7,9 +7,10 @@ use anyhow::{bail, Context as _, Result};
 use async_nats::service::Request;
 use async_nats::Client;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use moonbus_common::bus::{self, ErrorSink};
 use moonbus_common::service::{self as skeleton, Base};
+use moonbus_common::snapshot::{Snapshots, Start};
 use moonbus_common::streams;
 use moonbus_common::{
     now_ns, subjects, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
@@ -17,6 +18,7 @@ use moonbus_common::{
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::access;
 use crate::config::Settings;
@@ -26,7 +28,7 @@ use crate::flatten;
 use crate::limits::LossLatch;
 use crate::metrics;
 use crate::publish::Publisher;
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoredLimits};
 
 pub const SERVICE: &str = "risk";
 
@@ -65,9 +67,48 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
     let mut limits = endpoint("limits", subjects::RISK_LIMITS).await?;
     let mut positions = endpoint("positions", subjects::RISK_POSITIONS).await?;
 
+    let mut engine = Engine::new(settings.clone(), base.started_ts);
+    restore_limits(&mut engine, &store).await?;
+    let snapshots = Snapshots::new(client.clone(), SERVICE);
+    let mut snapshotter = Snapshotter::new(snapshots.clone(), &settings);
     let (feed_tx, mut feed) = mpsc::channel(1024);
     let exec_consumer = streams::open_consumer(&exec_stream, exec_feed::CONSUMER, |_| {}).await?;
-    let feed_task = tokio::spawn(exec_feed::run(client.clone(), exec_consumer, feed_tx));
+    let feed_task = match snapshots.start().await? {
+        Start::Refuse(why) => {
+            let why = format!("risk cannot rebuild its state: {why}");
+            tracing::error!(reason = %why, "failing closed: every check is refused");
+            errors.report(subjects::EXEC_STREAM, &why, b"").await;
+            engine.fail_closed(why);
+            // No reports will come; the sender is kept so the feed is not "stopped".
+            tokio::spawn(async move { feed_tx.closed().await })
+        }
+        start => {
+            let from = match start {
+                Start::Snapshot(snapshot) => {
+                    let covered = snapshot.manifest.exec_sequence;
+                    let state = serde_json::from_slice(&snapshot.payload)
+                        .map_err(|e| e.to_string())
+                        .and_then(|state| engine.restore_state(state));
+                    if let Err(e) = state {
+                        // Verified by its hash, so written by a build that disagrees.
+                        bail!(
+                            "snapshot {} (EXEC up to {covered}) cannot be restored: {e}",
+                            snapshot.sequence
+                        );
+                    }
+                    tracing::info!(
+                        exec_sequence = covered,
+                        manifest = snapshot.sequence,
+                        "state restored from a snapshot"
+                    );
+                    snapshotter.restored(covered);
+                    covered + 1
+                }
+                _ => 1,
+            };
+            tokio::spawn(exec_feed::run(client.clone(), exec_consumer, feed_tx, from))
+        }
+    };
     let mut heartbeat = tokio::time::interval(Duration::from_millis(settings.heartbeat_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let io = Io {
@@ -80,7 +121,6 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
     let metrics_addr = settings.metrics_addr.as_deref().unwrap_or("");
     base.serve_metrics(metrics_addr, || metrics::global().render())
         .await;
-    let mut engine = Engine::new(settings, base.started_ts);
     if kill_switch.as_ref().is_some_and(|k| k.engaged) {
         tracing::warn!(
             ?kill_switch,
@@ -97,9 +137,10 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
         tokio::select! {
             _ = &mut shutdown => break,
             event = feed.recv() => match event {
-                Some(FeedEvent::Report { subject, payload }) => {
+                Some(FeedEvent::Report { sequence, subject, payload }) => {
                     on_report(&mut engine, &errors, &subject, &payload).await;
                     publisher.changes(&engine).await;
+                    snapshotter.applied(sequence, &engine);
                 }
                 Some(FeedEvent::CaughtUp) => {
                     engine.mark_ready(now_ns());
@@ -109,6 +150,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                         realized_pnl = %account.realized_pnl, "ready"
                     );
                     publisher.everything(&engine).await;
+                    snapshotter.write(&engine);
                 }
                 None => bail!("the EXEC feed stopped"),
             },
@@ -150,7 +192,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                 let request = request.context("limits endpoint closed")?;
                 let caller = subjects::last_token(&request.message.subject).to_string();
                 let reply = match decode_or_default::<LimitsRequest>(&request.message.payload) {
-                    Ok(change) => match limits_request(&mut engine, &caller, change) {
+                    Ok(change) => match limits_request(&mut engine, &io.store, &caller, change).await {
                         Ok(()) => {
                             publisher.changes(&engine).await;
                             bus::encode(&LimitsReply { limits: engine.limits() })
@@ -167,6 +209,9 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
             request = positions.next() => {
                 let request = request.context("positions endpoint closed")?;
                 let reply = match decode_or_default::<PositionsRequest>(&request.message.payload) {
+                    Ok(_) if engine.unavailable().is_some() => {
+                        bus::error_reply(crate::engine::UNAVAILABLE, engine.unavailable().unwrap_or_default())
+                    }
                     // Half-rebuilt positions would be wrong numbers, not a view.
                     Ok(_) if !engine.is_ready() => {
                         bus::error_reply("not_ready", "risk is still rebuilding its state from the EXEC stream")
@@ -193,7 +238,9 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
             _ = heartbeat.tick() => {
                 engine.heartbeat(now_ns());
                 publisher.everything(&engine).await;
+                snapshotter.owed(&engine);
             }
+            _ = snapshotter.timer.tick() => snapshotter.write(&engine),
         }
     }
 
@@ -209,6 +256,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
     if engine.is_ready() {
         publisher.everything(&engine).await;
     }
+    snapshotter.finish(&engine).await;
     // The last KV values are written before the connection closes.
     drop((publisher, io));
     kv_writer.finish().await;
@@ -343,22 +391,44 @@ async fn on_kill_switch(
 
 /// A limits request from `caller` (the NATS user): reading is open; a change is
 /// `forbidden` unless the caller's role may make it (access.rs), else applied.
-fn limits_request(
+async fn limits_request(
     engine: &mut Engine,
+    store: &Store,
     caller: &str,
     mut change: LimitsRequest,
 ) -> Result<(), (&'static str, String)> {
     access::limits(caller, change.set.is_some() || change.release_loss_latch)
         .map_err(|reason| ("forbidden", reason))?;
     change.actor = access::actor(caller, &change.actor);
-    on_limits(engine, &change).map_err(|reason| ("bad_request", reason))
+    on_limits(engine, store, &change).await
 }
 
 /// Change limits (all or nothing) and / or release the loss latch, in that order, so
-/// one request can raise a limit and release the latch it tripped.
-fn on_limits(engine: &mut Engine, change: &LimitsRequest) -> Result<(), String> {
+/// one request can raise a limit and release the latch it tripped. New limits take
+/// effect only once stored in KV, so a restart keeps them.
+async fn on_limits(
+    engine: &mut Engine,
+    store: &Store,
+    change: &LimitsRequest,
+) -> Result<(), (&'static str, String)> {
     if let Some(patch) = &change.set {
-        engine.set_limits(patch)?;
+        let limits = engine
+            .patched_limits(patch)
+            .map_err(|reason| ("bad_request", reason))?;
+        let stored = StoredLimits {
+            limits: crate::engine::limits_view(&limits),
+            actor: change.actor.clone(),
+            reason: change.reason.clone(),
+            changed_ts: now_ns(),
+        };
+        store
+            .put(store::LIMITS_KEY, bus::encode(&stored))
+            .await
+            .map_err(|e| {
+                let why = format!("the limits were NOT changed: they could not be stored ({e:#})");
+                ("not_persisted", why)
+            })?;
+        engine.apply_limits(limits);
         tracing::warn!(actor = %change.actor, reason = %change.reason, "limits changed");
     }
     if change.release_loss_latch {
@@ -366,6 +436,136 @@ fn on_limits(engine: &mut Engine, change: &LimitsRequest) -> Result<(), String> 
         tracing::warn!(actor = %change.actor, reason = %change.reason, ?released, "loss latch released");
     }
     Ok(())
+}
+
+/// Limits changed through the API before the restart override the config file's. A
+/// stored value that cannot be read or applied stops the start (fail closed).
+async fn restore_limits(engine: &mut Engine, store: &Store) -> Result<()> {
+    let Some(value) = store.get(store::LIMITS_KEY).await? else {
+        return Ok(());
+    };
+    let stored: StoredLimits = bus::decode(&value).map_err(|e| {
+        anyhow::anyhow!(
+            "the stored limits ({}) are unreadable: {e}",
+            store::LIMITS_KEY
+        )
+    })?;
+    engine.set_limits(&stored.patch()).map_err(|e| {
+        anyhow::anyhow!("the stored limits ({}) are invalid: {e}", store::LIMITS_KEY)
+    })?;
+    tracing::warn!(
+        limits = ?stored.limits, actor = %stored.actor, reason = %stored.reason, changed_ts = stored.changed_ts,
+        "limits from KV {} (changed through risk.api.limits) override the config file's", store::LIMITS_KEY
+    );
+    Ok(())
+}
+
+/// Writes the engine's state to SNAPSHOTS: every `interval`, after `every` reports, on a
+/// graceful stop; one write at a time, in the background (the checks go on).
+struct Snapshotter {
+    snapshots: Snapshots,
+    timer: tokio::time::Interval,
+    every: u64,
+    /// The last EXEC sequence applied, the one the last write started covers, and the
+    /// one the last stored snapshot covers.
+    covered: u64,
+    requested: u64,
+    stored: u64,
+    writing: Option<JoinHandle<Result<u64>>>,
+    /// A write was due while another was under way: start it once that one is over.
+    owed: bool,
+}
+
+impl Snapshotter {
+    fn new(snapshots: Snapshots, settings: &Settings) -> Self {
+        // Interval 0 = off: a timer that never fires within a process's life.
+        let period = match settings.snapshot_interval_ms {
+            0 => Duration::from_secs(86_400 * 365 * 100),
+            ms => Duration::from_millis(ms),
+        };
+        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            snapshots,
+            timer,
+            every: settings.snapshot_every_reports,
+            covered: 0,
+            requested: 0,
+            stored: 0,
+            writing: None,
+            owed: false,
+        }
+    }
+
+    /// From a restored snapshot covering `covered`.
+    fn restored(&mut self, covered: u64) {
+        (self.covered, self.requested, self.stored) = (covered, covered, covered);
+    }
+
+    fn applied(&mut self, sequence: u64, engine: &Engine) {
+        self.covered = sequence;
+        if self.every > 0 && self.covered.saturating_sub(self.requested) >= self.every {
+            self.write(engine);
+        }
+    }
+
+    /// Called every heartbeat: a write that was due while another ran.
+    fn owed(&mut self, engine: &Engine) {
+        if self.owed {
+            self.write(engine);
+        }
+    }
+
+    /// Start writing the state now, unless nothing changed since the last snapshot or
+    /// the state is not (yet) whole; while a write is under way, once it is over.
+    fn write(&mut self, engine: &Engine) {
+        if let Some(task) = self.writing.take_if(|t| t.is_finished()) {
+            if let Some(Ok(Ok(covered))) = task.now_or_never() {
+                self.stored = self.stored.max(covered);
+            }
+        }
+        self.owed = self.writing.is_some();
+        if !engine.is_ready() || self.owed || self.covered == self.stored {
+            return;
+        }
+        self.requested = self.covered;
+        let payload = match serde_json::to_vec(&engine.snapshot_state()) {
+            Ok(payload) => payload,
+            Err(e) => return tracing::error!(error = %e, "cannot encode the state snapshot"),
+        };
+        let (snapshots, covered) = (self.snapshots.clone(), self.covered);
+        self.writing = Some(tokio::spawn(async move {
+            match snapshots.write(covered, now_ns(), &payload).await {
+                Ok(manifest) => {
+                    tracing::info!(
+                        exec_sequence = covered,
+                        chunks = manifest.chunks.len(),
+                        bytes = manifest.bytes,
+                        "state snapshot stored"
+                    );
+                    Ok(covered)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), exec_sequence = covered, "state snapshot not stored");
+                    Err(e)
+                }
+            }
+        }));
+    }
+
+    /// On a graceful stop: wait for a write under way, then store the final state.
+    async fn finish(&mut self, engine: &Engine) {
+        for _ in 0..2 {
+            if let Some(task) = self.writing.take() {
+                match tokio::time::timeout(Duration::from_secs(10), task).await {
+                    Ok(Ok(Ok(covered))) => self.stored = self.stored.max(covered),
+                    Ok(_) => {}
+                    Err(_) => tracing::warn!("the state snapshot did not finish in time"),
+                }
+            }
+            self.write(engine);
+        }
+    }
 }
 
 async fn on_report(engine: &mut Engine, errors: &ErrorSink, subject: &str, payload: &[u8]) {

@@ -1,5 +1,5 @@
-//! What risk keeps in the KV bucket `moonbus`: the kill switch and the loss latch
-//! (so a restart keeps them), and the latest account and verdicts (so a starting
+//! What risk keeps in the KV bucket `moonbus`: the kill switch, the loss latch and the
+//! limits changed through `risk.api.limits` (so a restart keeps them), and the latest account and verdicts (so a starting
 //! agent reads them at once instead of waiting for the next heartbeat).
 
 use std::collections::BTreeMap;
@@ -8,13 +8,41 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use moonbus_common::streams;
+use moonbus_common::{streams, LimitsPatch, RiskLimits};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub const KILL_SWITCH_KEY: &str = "risk.killswitch";
 pub const LOSS_LATCH_KEY: &str = "risk.loss_latch";
 pub const ACCOUNT_KEY: &str = "risk.account";
+/// The limits as last changed through the API; they override the config file's.
+pub const LIMITS_KEY: &str = "risk.limits";
+
+/// The value of `LIMITS_KEY`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredLimits {
+    pub limits: RiskLimits,
+    pub actor: String,
+    pub reason: String,
+    pub changed_ts: u64,
+}
+
+impl StoredLimits {
+    /// As a patch that sets every limit.
+    pub fn patch(&self) -> LimitsPatch {
+        let l = self.limits.clone();
+        LimitsPatch {
+            max_order_notional: Some(l.max_order_notional),
+            max_position_notional: Some(l.max_position_notional),
+            max_gross_exposure: Some(l.max_gross_exposure),
+            min_cash: Some(l.min_cash),
+            max_daily_loss: Some(l.max_daily_loss),
+            max_drawdown_pct: Some(l.max_drawdown_pct),
+        }
+    }
+}
 
 pub fn verdict_key(symbol: impl std::fmt::Display) -> String {
     format!("risk.verdict.{symbol}")

@@ -33,6 +33,19 @@ impl Watermarks {
     }
 
     /// The UTC day (days since the epoch) the day start belongs to.
+    /// (peak equity, UTC day, equity at the day's start), for a snapshot.
+    pub fn parts(&self) -> (Decimal, Option<u64>, Decimal) {
+        (self.peak_equity, self.day, self.day_start_equity)
+    }
+
+    pub fn from_parts(peak_equity: Decimal, day: Option<u64>, day_start_equity: Decimal) -> Self {
+        Self {
+            peak_equity,
+            day,
+            day_start_equity,
+        }
+    }
+
     pub fn day(&self) -> Option<u64> {
         self.day
     }

@@ -938,3 +938,261 @@ async fn a_kill_switch_gone_from_kv_reads_as_engaged() {
         "{status}"
     );
 }
+
+// ------------------------------------------------------------ snapshots (issue 11)
+
+fn start_risk_env(server: &NatsServer, extra: &[(&str, &str)]) -> ChildGuard {
+    let mut env = vec![
+        ("MOONBUS__RISK__HEARTBEAT_MS", "200"),
+        ("MOONBUS__RISK__METRICS_ADDR", "\"\""),
+    ];
+    env.extend_from_slice(extra);
+    ChildGuard::spawn(BIN, &server.url, &env)
+}
+
+/// Snapshots after every `n` reports only (no timer), so a test knows what each covers.
+fn snapshot_every(n: &'static str) -> [(&'static str, &'static str); 2] {
+    [
+        ("MOONBUS__RISK__SNAPSHOT_INTERVAL_MS", "0"),
+        ("MOONBUS__RISK__SNAPSHOT_EVERY_REPORTS", n),
+    ]
+}
+
+/// Retention as an operator would bound it: EXEC keeps only its last `keep` reports.
+async fn shrink_exec(bus: &Bus, keep: i64) {
+    let mut config = bus
+        .js
+        .get_stream("EXEC")
+        .await
+        .expect("EXEC")
+        .cached_info()
+        .config
+        .clone();
+    config.max_messages = keep;
+    bus.js.update_stream(config).await.expect("update EXEC");
+}
+
+/// The newest manifest of `service` once it covers EXEC up to `sequence`.
+async fn manifest_covering(bus: &Bus, service: &str, sequence: u64) -> Value {
+    let stream = bus.js.get_stream("SNAPSHOTS").await.expect("SNAPSHOTS");
+    let subject = format!("snapshot.{service}.manifest");
+    eventually(
+        &format!("a {service} snapshot covering {sequence}"),
+        || async {
+            let message = stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .ok()?;
+            let manifest: Value = serde_json::from_slice(&message.payload).ok()?;
+            (manifest["exec_sequence"] == json!(sequence)).then_some(manifest)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_snapshot_outlives_exec_retention_and_a_gap_fails_closed() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let mut eth = report("r-2", "BUY", "0.3", "3500", "1.05");
+    eth["symbol"] = json!("ETH-USD");
+    publish_report(&bus, body(&report("r-1", "BUY", "0.01", "97000", "0.97"))).await;
+    publish_report(&bus, body(&eth)).await;
+    let mut risk = start_risk_env(&server, &snapshot_every("2"));
+    ready_positions(client).await;
+    // Ready: the state covering EXEC 1..2 is stored; the next report is only in EXEC.
+    manifest_covering(&bus, "risk", 2).await;
+    publish_report(&bus, body(&report("r-3", "SELL", "0.004", "98000", "0.39"))).await;
+    let before = eventually("r-3 applied", || async {
+        let reply = ready_positions(client).await;
+        (reply["positions"][0]["quantity"] == "0.006").then_some(reply)
+    })
+    .await;
+    risk.kill();
+
+    // Retention removes reports 1 and 2: only the snapshot has them.
+    shrink_exec(&bus, 1).await;
+    let mut risk = start_risk_env(&server, &snapshot_every("2"));
+    let after = ready_positions(client).await;
+    assert_eq!(after["positions"], before["positions"]);
+    for key in ["cash", "realized_pnl", "fees", "open_positions"] {
+        assert_eq!(after["account"][key], before["account"][key], "{key}");
+    }
+    assert_eq!(after["account"]["realized_pnl"], "4");
+    // A copy of r-1 (in the snapshot, gone from EXEC) is still a duplicate.
+    shrink_exec(&bus, -1).await;
+    publish_report(&bus, body(&report("r-1", "BUY", "0.01", "97000", "0.97"))).await;
+    publish_report(&bus, body(&report("r-4", "BUY", "0.001", "97000", "0.1"))).await;
+    eventually("r-4 applied, the copy of r-1 skipped", || async {
+        let reply = ready_positions(client).await;
+        (reply["positions"][0]["quantity"] == "0.007").then_some(())
+    })
+    .await;
+    // The restart's snapshot covers EXEC 1..5 (written once ready, then after 2 reports).
+    manifest_covering(&bus, "risk", 5).await;
+    risk.kill();
+
+    // Reports 6 and 7 arrive while risk is down, and retention removes 6: a gap.
+    publish_report(&bus, body(&report("r-5", "BUY", "0.001", "97000", "0.1"))).await;
+    publish_report(&bus, body(&report("r-6", "BUY", "0.001", "97000", "0.1"))).await;
+    shrink_exec(&bus, 1).await;
+    let mut errors = client.subscribe("errors.risk").await.unwrap();
+    let _risk = start_risk_env(&server, &snapshot_every("2"));
+    let event = next_where(&mut errors, "the fail-closed event", |e| {
+        e["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot rebuild")
+    })
+    .await;
+    assert!(
+        event["reason"]
+            .as_str()
+            .unwrap()
+            .contains("reports 6..6 were removed"),
+        "{event}"
+    );
+    let reply = eventually("a check answered", || async {
+        let order = check("after-gap", "SELL", "0.001");
+        try_request(client, "risk.api.check", body(&order)).await
+    })
+    .await;
+    assert_eq!(code(&reply), "risk_unavailable", "{reply}");
+    assert!(reply["reason"]
+        .as_str()
+        .unwrap()
+        .contains("EXEC starts at sequence 7"));
+    let positions = request(client, "risk.api.positions", &json!({})).await;
+    assert_eq!(
+        positions["error"]["code"], "risk_unavailable",
+        "{positions}"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    publish_report(&bus, body(&report("r-1", "BUY", "0.01", "97000", "0.97"))).await;
+    let mut risk = start_risk_env(&server, &snapshot_every("1"));
+    ready_positions(client).await;
+    manifest_covering(&bus, "risk", 1).await;
+    publish_report(&bus, body(&report("r-2", "BUY", "0.01", "98000", "0.98"))).await;
+    let good = manifest_covering(&bus, "risk", 2).await;
+    let before = ready_positions(client).await;
+    risk.terminate();
+
+    // Newer than the good one: a manifest whose chunk does not hash right, then one that
+    // is not even JSON. (A snapshot cut off before its manifest is never seen at all.)
+    let junk = bus
+        .js
+        .publish(
+            "snapshot.risk.chunk.0",
+            Bytes::from_static(b"{\"cash\":\"1e9\"}"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut forged = good.clone();
+    forged["chunks"] = json!([junk.sequence]);
+    forged["exec_sequence"] = json!(2);
+    for manifest in [body(&forged), Bytes::from_static(b"not json")] {
+        bus.js
+            .publish("snapshot.risk.manifest", manifest)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // And EXEC keeps only report 2, so a rebuild from EXEC alone is impossible.
+    shrink_exec(&bus, 1).await;
+    let _risk = start_risk_env(&server, &snapshot_every("1"));
+    let after = ready_positions(client).await;
+    assert_eq!(after["positions"], before["positions"]);
+    assert_eq!(after["account"]["cash"], before["account"]["cash"]);
+}
+
+#[tokio::test]
+async fn limits_changed_through_the_api_survive_a_restart() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let mut risk = start_risk(&server);
+    rebuilt(client).await;
+    let change = json!({"set": {"max_order_notional": "250", "min_cash": "-50"}, "reason": "test"});
+    let changed = request(client, "risk.api.limits.operator", &change).await;
+    assert_eq!(changed["limits"]["max_order_notional"], "250", "{changed}");
+    let stored = kv_value(&bus, "risk.limits", |v| {
+        v["limits"]["max_order_notional"] == "250"
+    })
+    .await;
+    assert_eq!(stored["actor"], "operator");
+    risk.kill();
+
+    let _risk = start_risk(&server);
+    rebuilt(client).await;
+    let limits = request(client, "risk.api.limits.operator", &json!({})).await;
+    assert_eq!(limits["limits"]["max_order_notional"], "250");
+    assert_eq!(limits["limits"]["min_cash"], "-50");
+    // The config file's value for what was not changed.
+    assert_eq!(limits["limits"]["max_position_notional"], "5000");
+    // And the limit is enforced: 0.003 BTC at 99000 is 297 > 250.
+    let reply = check_with_a_mark(client, "big").await;
+    assert_eq!(code(&reply), "approved");
+    let big = request(client, "risk.api.check", &check("big-x", "BUY", "0.003")).await;
+    assert_eq!(code(&big), "max_order_notional", "{big}");
+}
+
+/// The snapshot store alone: chunks beyond one message, a snapshot cut off before its
+/// manifest is never read, a chunk that is gone makes the reader fall back.
+#[tokio::test]
+async fn snapshots_are_chunked_verified_and_fall_back() {
+    use moonbus_common::snapshot::{Snapshots, CHUNK_BYTES};
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let snapshots = Snapshots::new(bus.client.clone(), "probe");
+    assert!(snapshots.latest().await.unwrap().snapshot.is_none());
+    let big: Vec<u8> = (0..CHUNK_BYTES * 3 + 17).map(|i| (i % 251) as u8).collect();
+    let first = snapshots.write(7, 1, &big).await.unwrap();
+    assert_eq!(first.chunks.len(), 4);
+    let found = snapshots.latest().await.unwrap().snapshot.unwrap();
+    assert_eq!(
+        (found.payload == big, found.manifest.exec_sequence),
+        (true, 7)
+    );
+
+    snapshots.write(8, 2, b"small").await.unwrap();
+    // Cut off: a chunk without a manifest.
+    bus.js
+        .publish("snapshot.probe.chunk.0", Bytes::from_static(b"partial"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let found = snapshots.latest().await.unwrap();
+    assert_eq!(found.snapshot.unwrap().payload, b"small");
+    assert!(found.rejected.is_empty());
+
+    // Two more writes push snapshot 8's chunk 0 out (3 per subject): its manifest is
+    // passed over, and so is the forged one pointing at a chunk of another index.
+    snapshots.write(9, 3, b"nine").await.unwrap();
+    let mut forged = serde_json::to_value(&first).unwrap();
+    forged["chunks"] = json!([first.chunks[1]]);
+    bus.js
+        .publish("snapshot.probe.manifest", body(&forged))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let found = snapshots.latest().await.unwrap();
+    assert_eq!(found.snapshot.unwrap().payload, b"nine");
+    assert_eq!(found.rejected.len(), 1, "{:?}", found.rejected);
+    assert!(
+        found.rejected[0].contains("not chunk 0"),
+        "{:?}",
+        found.rejected
+    );
+}

@@ -1064,3 +1064,91 @@ fn the_rebuild_runs_on_the_reports_clock_and_fill_prices() {
         "approved"
     );
 }
+
+/// A snapshot, then the tail, gives the very state the whole history gives; a duplicate
+/// of a report before the snapshot is still skipped after it.
+#[test]
+fn snapshot_plus_tail_equals_the_whole_history() {
+    let history = [
+        filled("a", "BUY", "0.01", "97000"),
+        report(
+            "b",
+            "BUY",
+            "PARTIALLY_FILLED",
+            "0.01",
+            Some(("0.01", "97100", "0.1")),
+        ),
+        report("c", "SELL", "ACCEPTED", "0", None),
+        filled("d", "SELL", "0.005", "98000"),
+        report("b", "BUY", "FILLED", "0.02", Some(("0.01", "97200", "0.1"))),
+    ];
+    for cut in 0..=history.len() {
+        let mut whole = Engine::new(settings(), T0);
+        for r in &history {
+            whole.apply_report(r).unwrap();
+        }
+        let mut before = Engine::new(settings(), T0);
+        assert!(before
+            .check(&request("r1", "BUY", "0.001"), T0)
+            .reason_code
+            .is_some());
+        for r in &history[..cut] {
+            before.apply_report(r).unwrap();
+        }
+        let json = serde_json::to_vec(&before.snapshot_state()).unwrap();
+        let mut after = Engine::new(settings(), T0);
+        after
+            .restore_state(serde_json::from_slice(&json).unwrap())
+            .unwrap();
+        if cut > 0 {
+            assert_eq!(
+                after.apply_report(&history[0]).unwrap(),
+                ReportEffect::Duplicate
+            );
+        }
+        for r in &history[cut..] {
+            after.apply_report(r).unwrap();
+        }
+        assert_eq!(
+            after.snapshot_state(),
+            whole.snapshot_state(),
+            "cut at {cut}"
+        );
+        whole.mark_ready(T0);
+        after.mark_ready(T0);
+        assert_eq!(
+            serde_json::to_value(after.account(T0)).unwrap(),
+            serde_json::to_value(whole.account(T0)).unwrap()
+        );
+        assert_eq!(after.positions(None), whole.positions(None));
+    }
+}
+
+#[test]
+fn a_changed_starting_cash_shifts_the_restored_books() {
+    let mut engine = ready_engine();
+    engine
+        .apply_report(&filled("a", "BUY", "0.01", "97000"))
+        .unwrap();
+    let state = engine.snapshot_state();
+    let mut richer = settings();
+    richer.starting_cash = d("12000");
+    let mut restored = Engine::new(richer, T0);
+    restored.restore_state(state).unwrap();
+    assert_eq!(restored.ledger.cash, d("12000") - d("970"));
+    assert_eq!(restored.snapshot_state().peak_equity.0, d("12000"));
+}
+
+#[test]
+fn fail_closed_refuses_every_check_with_the_reason() {
+    let mut engine = ready_engine();
+    engine.fail_closed("EXEC starts at 9".into());
+    let result = engine.check(&request("x", "SELL", "0.001"), T0);
+    assert!(!result.approved);
+    assert_eq!(result.reason_code.as_deref(), Some(UNAVAILABLE));
+    assert_eq!(result.reason.as_deref(), Some("EXEC starts at 9"));
+    assert_eq!(result.state, TradingState::Halted);
+    let account = engine.account(T0);
+    assert_eq!(account.state, TradingState::Halted);
+    assert!(account.reasons.contains(&UNAVAILABLE.to_string()));
+}
