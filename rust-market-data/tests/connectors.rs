@@ -612,6 +612,53 @@ async fn coinbase_advanced_resubscribes_after_a_sequence_num_gap() {
     assert_eq!(counters.gaps.get(), gaps + 1);
 }
 
+#[tokio::test]
+async fn coinbase_advanced_skips_a_rejected_message_without_a_resync_and_ignores_old_ones() {
+    let _turn = COINBASE_METRICS.lock().await;
+    let counters = metrics::venue("coinbase");
+    let (gaps, duplicates) = (counters.gaps.get(), counters.duplicates.get());
+    let mut ws = WsServer::start(None).await;
+    let mut events = start(
+        FeedKind::Coinbase,
+        &format!(
+            "api = \"advanced\"\nws_url = \"{}\"\nsymbols = [\"BTC-USD\"]\n",
+            ws.url
+        ),
+    );
+    let mut conn = ws.accept().await;
+    for _ in 0..3 {
+        conn.recv_json().await;
+    }
+    conn.send_all(&lines("coinbase/advanced.jsonl")).await;
+    for _ in 0..3 {
+        events.data().await; // snapshot, ticker, update (as in the test above)
+    }
+    // sequence_num 999, a good first event and a bad second one: reported, skipped
+    // whole, and the counter stays at 5.
+    conn.send(r#"{"channel":"l2_data","client_id":"","timestamp":"2023-02-09T20:32:54.000Z","sequence_num":999,"events":[{"type":"update","product_id":"BTC-USD","updates":[{"side":"bid","event_time":"2023-02-09T20:32:53.999Z","price_level":"21921.6","new_quantity":"1"}]},{"type":"update","product_id":"BTC-USD","updates":[{"side":"bid","event_time":"2023-02-09T20:32:53.999Z","price_level":"21921.7","new_quantity":"-1"}]}]}"#).await;
+    let rejected = events
+        .next("a rejected frame", |e| {
+            matches!(e, FeedEvent::Rejected { .. })
+        })
+        .await;
+    let FeedEvent::Rejected { reason, .. } = rejected else {
+        unreachable!()
+    };
+    assert!(reason.contains("negative"), "{reason}");
+    // 3 again (old), then the genuine 5.
+    conn.send(&lines("coinbase/advanced.jsonl")[3]).await;
+    conn.send(r#"{"channel":"l2_data","client_id":"","timestamp":"2023-02-09T20:32:54.100Z","sequence_num":5,"events":[{"type":"update","product_id":"BTC-USD","updates":[{"side":"bid","event_time":"2023-02-09T20:32:54.099Z","price_level":"21921.5","new_quantity":"0.1"}]}]}"#).await;
+    let book = events.book().await;
+    assert_eq!(top(&book), ("21921.5".into(), "21921.74".into()));
+    assert_eq!(
+        book.bids.len(),
+        2,
+        "21921.6 of the rejected message is not in the book"
+    );
+    assert_eq!(counters.gaps.get(), gaps, "no resync");
+    assert_eq!(counters.duplicates.get(), duplicates + 1);
+}
+
 // ---------------------------------------------------------------- Hyperliquid
 
 #[tokio::test]

@@ -525,3 +525,196 @@ struct AdvancedTicker<'a> {
     #[serde(default)]
     best_ask: Option<Dec>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connectors::link::LinkConfig;
+    use crate::feed::FeedEvent;
+
+    const FIXTURES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/connectors/coinbase"
+    );
+
+    fn lines(name: &str) -> Vec<String> {
+        std::fs::read_to_string(format!("{FIXTURES}/{name}"))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn coinbase(api: CoinbaseApi) -> Coinbase {
+        let link = LinkConfig::default().validate("coinbase").unwrap();
+        let config = CoinbaseConfig {
+            api,
+            symbols: vec!["BTC-USD".into()],
+            ..CoinbaseConfig::default()
+        };
+        let mut coinbase = Coinbase::new("coinbase", &link, &config).unwrap();
+        coinbase.on_open(&mut Batch::default());
+        coinbase
+    }
+
+    /// Advanced Trade after `advanced.jsonl` (sequence_num 0-4): the book is
+    /// 21921.3 / 21921.74, the next message must be 5.
+    fn advanced() -> Coinbase {
+        let mut coinbase = coinbase(CoinbaseApi::Advanced);
+        let mut out = Batch::default();
+        for line in lines("advanced.jsonl") {
+            coinbase.on_text(&line, &mut out).unwrap();
+        }
+        assert_eq!(coinbase.next_sequence_num, Some(5));
+        coinbase
+    }
+
+    fn l2(sequence_num: u64, updates: &str) -> String {
+        format!(
+            r#"{{"channel":"l2_data","client_id":"","timestamp":"2023-02-09T20:32:54.000Z","sequence_num":{sequence_num},"events":[{updates}]}}"#
+        )
+    }
+
+    fn update(side: &str, price: &str, quantity: &str) -> String {
+        format!(
+            r#"{{"type":"update","product_id":"BTC-USD","updates":[{{"side":"{side}","event_time":"2023-02-09T20:32:53.999Z","price_level":"{price}","new_quantity":"{quantity}"}}]}}"#
+        )
+    }
+
+    fn tops(out: &Batch) -> Vec<(String, String)> {
+        out.events
+            .iter()
+            .filter_map(|e| match e {
+                FeedEvent::Book(b) => Some((b.bids[0].0.to_string(), b.asks[0].0.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ticks(out: &Batch) -> Vec<(String, u64)> {
+        out.events
+            .iter()
+            .filter_map(|e| match e {
+                FeedEvent::Tick(t) => Some((t.price.to_string(), t.seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rejected_message_does_not_move_the_sequence_num() {
+        let mut coinbase = advanced();
+        let mut out = Batch::default();
+        // A message that fails its checks, whatever sequence_num it carries.
+        let bad = l2(999, &update("bid", "21921.5", "-1"));
+        assert!(matches!(
+            coinbase.on_text(&bad, &mut out),
+            Err(Fault::Garbage(_))
+        ));
+        assert_eq!(coinbase.next_sequence_num, Some(5));
+        // The genuine 5 follows: no gap, no resubscription.
+        let good = l2(5, &update("bid", "21921.5", "0.1"));
+        coinbase.on_text(&good, &mut out).unwrap();
+        assert_eq!((out.gaps, out.frames.len()), (0, 0));
+        assert_eq!(tops(&out), [("21921.5".into(), "21921.74".into())]);
+    }
+
+    #[test]
+    fn a_message_rejected_half_way_publishes_and_changes_nothing() {
+        let mut coinbase = advanced();
+        let mut out = Batch::default();
+        // Two events: the first is good, the second has an unknown side.
+        let events = format!(
+            "{},{}",
+            update("bid", "21921.6", "1"),
+            update("middle", "21921.7", "1")
+        );
+        assert!(coinbase.on_text(&l2(5, &events), &mut out).is_err());
+        // Two tickers: the second price is 0.
+        let tickers = r#"{"channel":"ticker","client_id":"","timestamp":"2023-02-09T20:32:54.100Z","sequence_num":5,"events":[{"type":"update","tickers":[{"type":"ticker","product_id":"BTC-USD","price":"21933","best_bid":"21921.3","best_ask":"21921.74"},{"type":"ticker","product_id":"BTC-USD","price":"0","best_bid":"1","best_ask":"2"}]}]}"#;
+        assert!(coinbase.on_text(tickers, &mut out).is_err());
+        assert!(out.events.is_empty());
+        assert_eq!(coinbase.next_sequence_num, Some(5));
+        // The book never had 21921.6, and the next tick is the second of this connection.
+        coinbase
+            .on_text(&l2(5, &update("offer", "21921.8", "1")), &mut out)
+            .unwrap();
+        assert_eq!(tops(&out), [("21921.3".into(), "21921.74".into())]);
+        let ticker = r#"{"channel":"ticker","client_id":"","timestamp":"2023-02-09T20:32:54.200Z","sequence_num":6,"events":[{"type":"update","tickers":[{"type":"ticker","product_id":"BTC-USD","price":"21934","best_bid":"21921.3","best_ask":"21921.74"}]}]}"#;
+        coinbase.on_text(ticker, &mut out).unwrap();
+        assert_eq!(ticks(&out), [("21934".into(), 2)]);
+        assert_eq!(out.gaps, 0);
+    }
+
+    #[test]
+    fn an_old_or_duplicate_sequence_num_is_ignored_and_a_jump_resyncs() {
+        let mut coinbase = advanced();
+        let mut out = Batch::default();
+        // 3 again (a duplicate of the last book update, which must not apply twice).
+        let duplicate = &lines("advanced.jsonl")[3];
+        coinbase.on_text(duplicate, &mut out).unwrap();
+        let old = l2(2, &update("bid", "21000", "1"));
+        coinbase.on_text(&old, &mut out).unwrap();
+        assert_eq!((out.gaps, out.duplicates), (0, 2));
+        assert!(out.events.is_empty() && out.frames.is_empty());
+        assert_eq!(coinbase.next_sequence_num, Some(5));
+        // A real gap (7 after 4) still resubscribes every product's level 2.
+        coinbase
+            .on_text(&lines("advanced_gap.jsonl")[0], &mut out)
+            .unwrap();
+        assert_eq!(out.gaps, 1);
+        assert_eq!(out.frames.len(), 2);
+        assert!(out.frames[0].contains("unsubscribe"));
+        assert_eq!(coinbase.next_sequence_num, Some(8));
+    }
+
+    #[test]
+    fn a_rejected_exchange_ticker_does_not_move_the_sequence_watermark() {
+        let mut coinbase = coinbase(CoinbaseApi::Exchange);
+        let mut out = Batch::default();
+        // A ticker whose price is 0 carries a high sequence: rejected whole.
+        let bad = r#"{"type":"ticker","sequence":37475249000,"product_id":"BTC-USD","price":"0","best_bid":"1","best_ask":"2","side":"buy","time":"2019-08-14T20:42:27.300Z","trade_id":370843401,"last_size":"0.001"}"#;
+        assert!(coinbase.on_text(bad, &mut out).is_err());
+        // The genuine tickers that follow are taken, an older one is a duplicate.
+        let exchange = lines("exchange.jsonl");
+        for line in &exchange[3..] {
+            coinbase.on_text(line, &mut out).unwrap();
+        }
+        let Some(FeedEvent::Tick(first)) = out.events.first() else {
+            panic!("{:?}", out.events)
+        };
+        assert_eq!(
+            (
+                first.bid.unwrap().to_string(),
+                first.ask.unwrap().to_string()
+            ),
+            ("10101.8".into(), "10103".into()),
+            "the rejected ticker's quote was not taken"
+        );
+        assert_eq!(ticks(&out), [("10101.8".into(), 1), ("10102".into(), 2)]);
+        assert_eq!(out.duplicates, 1);
+    }
+
+    #[test]
+    fn a_rejected_exchange_update_leaves_the_book_as_it_was() {
+        let mut coinbase = coinbase(CoinbaseApi::Exchange);
+        let mut out = Batch::default();
+        let exchange = lines("exchange.jsonl");
+        coinbase.on_text(&exchange[1], &mut out).unwrap(); // the snapshot
+                                                           // The first change is good, the second's size is not a number.
+        let bad = r#"{"type":"l2update","product_id":"BTC-USD","changes":[["buy","10101.50","1.0"],["sell","10102.55","x"]],"time":"2019-08-14T20:42:27.265Z"}"#;
+        assert!(coinbase.on_text(bad, &mut out).is_err());
+        coinbase.on_text(&exchange[2], &mut out).unwrap();
+        let books: Vec<&moonbus_common::Book> = out
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                FeedEvent::Book(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        let bids: Vec<String> = books[1].bids.iter().map(|l| l.0.to_string()).collect();
+        assert_eq!(bids, ["10101.8", "10101.1", "10101"], "no 10101.5");
+        assert_eq!(out.gaps, 0);
+    }
+}
