@@ -333,6 +333,120 @@ struct LevelWire {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connectors::link::LinkConfig;
+    use crate::feed::FeedEvent;
+
+    fn hyperliquid() -> Hyperliquid {
+        let link = LinkConfig::default().validate("hyperliquid").unwrap();
+        let config = HyperliquidConfig {
+            symbols: vec!["BTC".into(), "ETH".into()],
+            ..HyperliquidConfig::default()
+        };
+        Hyperliquid::new("hyperliquid", &link, &config).unwrap()
+    }
+
+    fn trade(px: &str, time: u64, tid: u64) -> String {
+        format!(
+            r#"{{"coin":"BTC","side":"B","px":"{px}","sz":"0.01234","hash":"0x4e1a2e0c3ad0a4b6a5b8040c2f7a7a0202a5d4e4e6c7f7c6d1b2a1e9c9d8e7f6","time":{time},"tid":{tid},"users":["0x1111111111111111111111111111111111111111","0x2222222222222222222222222222222222222222"]}}"#
+        )
+    }
+
+    fn trades(trades: &[String]) -> String {
+        format!(r#"{{"channel":"trades","data":[{}]}}"#, trades.join(","))
+    }
+
+    fn book(time: u64, bid: &str, ask: &str) -> String {
+        format!(
+            r#"{{"channel":"l2Book","data":{{"coin":"BTC","time":{time},"levels":[[{{"px":"{bid}","sz":"1.5","n":3}}],[{{"px":"{ask}","sz":"0.75","n":2}}]]}}}}"#
+        )
+    }
+
+    /// (symbol, price, seq) of each tick, and the best bid of each book.
+    fn seen(out: &Batch) -> (Vec<(String, String, u64)>, Vec<String>) {
+        let mut ticks = Vec::new();
+        let mut books = Vec::new();
+        for event in &out.events {
+            match event {
+                FeedEvent::Tick(t) => {
+                    ticks.push((t.symbol.to_string(), t.price.to_string(), t.seq));
+                }
+                FeedEvent::Book(b) => books.push(b.bids[0].0.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        (ticks, books)
+    }
+
+    #[test]
+    fn a_rejected_trade_does_not_move_the_duplicate_watermark() {
+        let mut hl = hyperliquid();
+        let mut out = Batch::default();
+        // A good trade then a bad one (price 0) at a later time: rejected whole.
+        let bad = trades(&[
+            trade("97013", 1732000000123, 1),
+            trade("0", 1732000000500, 2),
+        ]);
+        assert!(matches!(hl.on_text(&bad, &mut out), Err(Fault::Garbage(_))));
+        assert!(out.events.is_empty());
+        // Genuine trades before that later time, including the good one, are taken.
+        let good = trades(&[
+            trade("97013", 1732000000123, 1),
+            trade("97014", 1732000000200, 3),
+        ]);
+        hl.on_text(&good, &mut out).unwrap();
+        let (ticks, _) = seen(&out);
+        assert_eq!(
+            ticks,
+            [
+                ("BTC-USD".into(), "97013".into(), 1),
+                ("BTC-USD".into(), "97014".into(), 2)
+            ]
+        );
+        // A new subscription repeats them: duplicates, dropped and counted.
+        hl.on_text(&good, &mut out).unwrap();
+        assert_eq!((seen(&out).0.len(), out.duplicates), (2, 2));
+    }
+
+    #[test]
+    fn mids_are_checked_whole_before_any_is_taken() {
+        let mut hl = hyperliquid();
+        let mut out = Batch::default();
+        let bad =
+            r#"{"channel":"allMids","data":{"mids":{"BTC":"97012.5","ETH":"-1","@107":"18.402"}}}"#;
+        assert!(hl.on_text(bad, &mut out).is_err());
+        assert!(out.events.is_empty());
+        let good = r#"{"channel":"allMids","data":{"mids":{"BTC":"97012.5","ETH":"3501.15"}}}"#;
+        hl.on_text(good, &mut out).unwrap();
+        let (ticks, _) = seen(&out);
+        assert_eq!(
+            ticks,
+            [
+                ("BTC-USD".into(), "97012.5".into(), 1),
+                ("ETH-USD".into(), "3501.15".into(), 1)
+            ],
+            "BTC's mid was not taken from the rejected message"
+        );
+    }
+
+    #[test]
+    fn a_book_not_newer_than_the_one_held_is_a_duplicate_and_a_rejected_one_changes_nothing() {
+        let mut hl = hyperliquid();
+        let mut out = Batch::default();
+        hl.on_text(&book(1732000000200, "97012", "97013"), &mut out)
+            .unwrap();
+        // The same block again (a new subscription), and an older one.
+        hl.on_text(&book(1732000000200, "97012", "97013"), &mut out)
+            .unwrap();
+        hl.on_text(&book(1732000000100, "96000", "96001"), &mut out)
+            .unwrap();
+        assert_eq!(out.duplicates, 2);
+        // A newer book with a bad level is rejected and moves no watermark.
+        let bad = book(1732000000900, "97020", "97021").replace("0.75", "-0.75");
+        assert!(hl.on_text(&bad, &mut out).is_err());
+        hl.on_text(&book(1732000000300, "97015", "97016"), &mut out)
+            .unwrap();
+        assert_eq!(seen(&out).1, ["97012", "97015"]);
+    }
 
     #[test]
     fn coins_pairs_and_indices_map_to_canonical_symbols() {
