@@ -812,6 +812,57 @@ async fn birdeye_polls_with_the_key_backs_off_on_errors_and_keeps_every_digit() 
 }
 
 #[tokio::test]
+async fn birdeye_takes_a_poll_round_whole_or_not_at_all() {
+    // Round 1: SOL is good, mSOL's value is negative: the round is rejected
+    // (reported, backed off) and moves no token's last value, so round 2, the same
+    // SOL value, still ticks for both.
+    let rest = HttpServer::start(|n, _| match n {
+        1 => (
+            200,
+            format!(
+                r#"{{"data":{{"{SOL}":{{"value":23.40138801321701,"updateUnixTime":1692181644}},"{MSOL}":{{"value":-1,"updateUnixTime":1692181652}}}},"success":true}}"#
+            ),
+        ),
+        _ => (200, fixture("birdeye/multi_price.json")),
+    })
+    .await;
+    let mut events = start(
+        FeedKind::Birdeye,
+        &format!(
+            "mode = \"poll\"\nrest_url = \"{}\"\napi_key_env = \"{KEY_ENV}\"\nsymbols = [\"{SOL}\", \"{MSOL}\"]\npoll_interval_ms = 50\n",
+            rest.url
+        ),
+    );
+    let rejected = events
+        .next("a rejected round", |e| {
+            matches!(e, FeedEvent::Rejected { .. })
+        })
+        .await;
+    let FeedEvent::Rejected { reason, .. } = rejected else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains(MSOL) && reason.contains("not positive"),
+        "{reason}"
+    );
+    let failed = events.status(FeedState::Reconnecting).await;
+    assert!(failed.contains("not positive"), "{failed}");
+    let mut ticks = Vec::new();
+    for _ in 0..2 {
+        let t = events.tick().await;
+        ticks.push((t.symbol.to_string(), t.price.to_string(), t.seq));
+    }
+    ticks.sort();
+    assert_eq!(
+        ticks,
+        [
+            ("MSOL-USD".into(), "26.419009478261618".into(), 1),
+            ("SOL-USD".into(), "23.40138801321701".into(), 1)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn birdeye_socket_subscribes_with_its_handshake_and_pings() {
     let mut ws = WsServer::start(Some("echo-protocol")).await;
     let mut events = start(

@@ -236,7 +236,7 @@ impl Birdeye {
     /// One `multi_price` round: every token, 100 addresses a request. Every answer
     /// of the round is decoded and checked before any token is updated: a failed
     /// round changes nothing, so the next one sends every tick it would have.
-    async fn poll(&mut self, http: &reqwest::Client, out: &mut Batch) -> Result<(), String> {
+    async fn poll(&mut self, http: &reqwest::Client, out: &mut Batch) -> Result<(), PollError> {
         let url = format!("{}/defi/multi_price", self.rest_url);
         let mut polled = Vec::new();
         for chunk in self.addresses.clone().chunks(MAX_ADDRESSES) {
@@ -248,20 +248,26 @@ impl Birdeye {
                 .header("accept", "application/json");
             let body = http_body(request)
                 .await
-                .map_err(|e| format!("multi_price: {e}"))?;
+                .map_err(|e| PollError::Failed(format!("multi_price: {e}")))?;
+            let malformed = |reason: String| PollError::Malformed {
+                reason: format!("multi_price: {reason}"),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
             let prices: MultiPrice =
-                serde_json::from_slice(&body).map_err(|e| format!("multi_price: {e}"))?;
+                serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
             if !prices.success {
-                return Err("multi_price: success = false".into());
+                return Err(PollError::Failed("multi_price: success = false".into()));
             }
             for (address, price) in &prices.data {
                 let (true, Some(price)) = (self.tokens.contains_key(address.as_ref()), price)
                 else {
                     continue; // not ours, or Birdeye has no price for it
                 };
-                let value = json_number(price.value).map_err(|e| format!("{address}: {e}"))?;
+                let value =
+                    json_number(price.value).map_err(|e| malformed(format!("{address}: {e}")))?;
                 let Some(value) = value else { continue };
-                let trade = Trade::new(value, None).map_err(|e| format!("{address}: {e}"))?;
+                let trade =
+                    Trade::new(value, None).map_err(|e| malformed(format!("{address}: {e}")))?;
                 let seen = (value, price.update_unix_time.unwrap_or(0));
                 polled.push((address.to_string(), seen, trade));
             }
@@ -278,6 +284,14 @@ impl Birdeye {
         }
         Ok(())
     }
+}
+
+/// Why a poll round failed.
+enum PollError {
+    /// No answer, or an answer that is an error (HTTP status, `success = false`).
+    Failed(String),
+    /// An answer that is not Birdeye's format: also reported on `errors.market-data`.
+    Malformed { reason: String, body: String },
 }
 
 /// The REST mode: poll, report, back off on failure, until the engine is gone.
@@ -322,7 +336,14 @@ async fn run_poll(mut birdeye: Birdeye, http: reqwest::Client, link: Link, mut o
                             Err(closed) => Err(closed),
                         }
                     }
-                    Err(e) => {
+                    Err(failed) => {
+                        let e = match failed {
+                            PollError::Failed(e) => e,
+                            PollError::Malformed { reason, body } => {
+                                out.garbage(&reason, &body);
+                                reason
+                            }
+                        };
                         batch.events.clear();
                         out.count_reconnect();
                         let delay = backoff.next_delay();
