@@ -203,7 +203,11 @@ impl Coinbase {
                 let t: ExchangeTicker = serde_json::from_str(text).map_err(garbage)?;
                 let trade =
                     Trade::new(t.price.0, t.last_size.map(|d| d.0)).map_err(Fault::Garbage)?;
-                let Some(product) = self.fresh(&t.product_id, t.sequence, out) else {
+                if !self.products.contains_key(&t.product_id) {
+                    return Ok(()); // not subscribed
+                }
+                let Some(product) = self.fresh(&t.product_id, t.sequence) else {
+                    out.duplicates += 1; // older than the last taken
                     return Ok(());
                 };
                 product
@@ -214,7 +218,8 @@ impl Coinbase {
             }
             "heartbeat" => {
                 let h: ExchangeHeartbeat = serde_json::from_str(text).map_err(garbage)?;
-                self.fresh(&h.product_id, h.sequence, out);
+                // It repeats the product's last sequence: only ever moves it on.
+                self.fresh(&h.product_id, h.sequence);
                 Ok(())
             }
             "snapshot" => {
@@ -242,8 +247,8 @@ impl Coinbase {
     }
 
     /// The product, when `sequence` is newer than any seen for it (an older one
-    /// is a duplicate or arrived out of order: ignored and counted).
-    fn fresh(&mut self, id: &str, sequence: u64, out: &mut Batch) -> Option<&mut Product> {
+    /// is a duplicate or arrived out of order).
+    fn fresh(&mut self, id: &str, sequence: u64) -> Option<&mut Product> {
         let product = self.products.get_mut(id)?;
         if sequence <= product.sequence {
             tracing::debug!(
@@ -252,7 +257,6 @@ impl Coinbase {
                 last = product.sequence,
                 "out-of-order message dropped"
             );
-            out.duplicates += 1;
             return None;
         }
         product.sequence = sequence;

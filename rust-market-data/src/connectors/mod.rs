@@ -9,6 +9,43 @@
 //!
 //! Config: `[market_data.<venue>]` of moonbus.toml (see there), read only when the
 //! venue is listed in `[market_data] feeds`.
+//!
+//! # Sync rules
+//!
+//! What every connector does with each frame, in this order:
+//!
+//! 1. **Decode and check the whole frame first** (every field, price, size, side,
+//!    id). A frame that fails is skipped whole: it changes no state (no sequence
+//!    counter, no duplicate watermark, no book, no tick count) and publishes
+//!    nothing; it is logged and reported on `errors.market-data`, and the link
+//!    goes on. (`session` also rolls back anything a rejected frame added to its
+//!    batch.)
+//! 2. **Old or duplicate: ignore it**, counted in `md_duplicates_total{venue}`;
+//!    never treated as a gap.
+//! 3. **A real gap: resync**, counted in `md_gaps_total{venue}`.
+//! 4. Else apply it and publish what it produced.
+//!
+//! Per venue (each module's doc has the details, after the venue's documentation):
+//!
+//! - **Binance** ("How to manage a local order book correctly", spot): diffs are
+//!   buffered until the REST snapshot; a snapshot older than the first buffered diff
+//!   (`lastUpdateId + 1 < U`) is fetched again. The book at update id `last` then
+//!   takes the buffer and the stream with one rule: `u <= last` old (ignored),
+//!   `U > last + 1` gap (that diff and the ones after it stay buffered for a new
+//!   snapshot), else apply and `last = u`. A diff with `U > u` is refused.
+//! - **Coinbase Advanced Trade**: `sequence_num` counts every message of a
+//!   connection. Lower than expected: old, ignored. Higher: gap, every product's
+//!   `level2` is resubscribed (a new snapshot each), and the message is taken.
+//!   **Coinbase Exchange**: a ticker whose `sequence` is not above the product's last
+//!   is old; `level2_batch` has no sequence, so an update before its snapshot or one
+//!   that crosses the book is a gap (that product is resubscribed).
+//! - **Hyperliquid**: `l2Book` is a whole book per block: one not newer (`time`)
+//!   than the book held is old. A trade at or before the newest taken (`time`, then
+//!   `tid` at the same time) is a duplicate (a new subscription repeats recent
+//!   trades).
+//! - **Birdeye**: no sequence. A poll round (every `multi_price` answer) is checked
+//!   whole before any token moves; a token whose value and update time did not
+//!   change gives no tick.
 
 mod binance;
 mod birdeye;

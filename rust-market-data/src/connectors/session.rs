@@ -513,3 +513,33 @@ async fn flush(
     out.send(&mut batch.events).await?;
     Ok(Ok(()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_forgets_what_a_rejected_frame_added() {
+        let mut batch = Batch {
+            events: vec![FeedEvent::Rejected {
+                venue: "x".into(),
+                reason: "kept".into(),
+                excerpt: String::new(),
+            }],
+            frames: vec!["kept".into()],
+            gaps: 1,
+            duplicates: 2,
+        };
+        let mark = batch.mark();
+        batch.events.push(batch.events[0].clone());
+        batch.frames.push("dropped".into());
+        batch.gaps += 1;
+        batch.duplicates += 1;
+        batch.rollback(mark);
+        assert_eq!((batch.events.len(), batch.frames.len()), (1, 1));
+        assert_eq!(
+            (batch.frames[0].as_str(), batch.gaps, batch.duplicates),
+            ("kept", 1, 2)
+        );
+    }
+}
