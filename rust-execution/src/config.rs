@@ -33,8 +33,15 @@ pub struct ExecutionConfig {
     /// MARKET order is REJECTED no_market_price, a GTC limit waits). Receive time, on this
     /// process's monotonic clock: the sender's ts is never trusted for age.
     pub tick_max_age_ms: u64,
+    /// An order whose outcome could not be stored comes back after this, doubling with
+    /// each delivery up to `retry_max_delay_ms`: with the consumer's max_deliver (10) the
+    /// defaults give a failure about 5 minutes before the order is dead-lettered.
+    pub retry_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
     /// Prometheus `GET /metrics`; "" or port 0 = off.
     pub metrics_addr: String,
+    /// A ledger snapshot (SNAPSHOTS) this often and on a graceful stop; 0 = only on stop.
+    pub snapshot_interval_ms: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -50,7 +57,10 @@ impl Default for ExecutionConfig {
             latency_ms: 0,
             book_max_age_ms: 2_000,
             tick_max_age_ms: 5_000,
+            retry_delay_ms: 1_000,
+            retry_max_delay_ms: 60_000,
             metrics_addr: "127.0.0.1:9106".into(),
+            snapshot_interval_ms: 60_000,
         }
     }
 }
@@ -72,6 +82,9 @@ impl ExecutionConfig {
         }
         if self.risk_timeout_ms == 0 || self.ack_wait_ms == 0 || self.tick_max_age_ms == 0 {
             bail!("[execution] risk_timeout_ms, ack_wait_ms and tick_max_age_ms must be positive");
+        }
+        if self.retry_delay_ms == 0 || self.retry_max_delay_ms < self.retry_delay_ms {
+            bail!("[execution] retry_delay_ms must be positive and at most retry_max_delay_ms");
         }
         if self.max_in_flight == 0 || self.max_in_flight > 10_000 {
             bail!("[execution] max_in_flight must be within 1..=10000");
@@ -134,6 +147,13 @@ impl ExecutionConfig {
 
     pub fn book_max_age(&self) -> Duration {
         Duration::from_millis(self.book_max_age_ms)
+    }
+
+    pub fn backoff(&self) -> crate::jobs::Backoff {
+        crate::jobs::Backoff {
+            first: Duration::from_millis(self.retry_delay_ms),
+            max: Duration::from_millis(self.retry_max_delay_ms),
+        }
     }
 
     pub fn tick_max_age(&self) -> Duration {
@@ -207,6 +227,12 @@ mod tests {
             ..Default::default()
         };
         assert!(queue_outlives_ack_wait.validate().is_err());
+        let backwards = ExecutionConfig {
+            retry_delay_ms: 5_000,
+            retry_max_delay_ms: 1_000,
+            ..Default::default()
+        };
+        assert!(backwards.validate().is_err());
         let slow_venue = ExecutionConfig {
             latency_ms: 500,
             ..Default::default()

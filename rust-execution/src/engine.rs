@@ -11,7 +11,8 @@
 //!   stored and its message acked. A cancel never overtakes its order, and a symbol's
 //!   orders reach risk and the venue in the order they were sent;
 //! - ack after the report: a message is acked only once all its reports are stored in
-//!   EXEC. A crash re-delivers it; a failed write naks it (back after RETRY_DELAY);
+//!   EXEC. A crash re-delivers it; a failed write naks it (back after a growing delay,
+//!   jobs.rs Backoff) and says why on errors.execution;
 //! - nothing doubled: a client_order_id with a final report is never executed again
 //!   (ledger.rs, rebuilt from EXEC on start), and one in flight right now (the same id
 //!   sent on two symbols) is not started twice: the second is nak'ed, comes back later
@@ -22,10 +23,13 @@
 //! - every state change happens here, in the order events arrive, ticks and books first
 //!   (biased select): a fill uses the freshest market.
 //!
+//! - dead letters: an order the server stopped delivering (max_deliver) and that has no
+//!   outcome is REJECTED `dead_letter` once (deadletter.rs);
+//!
 //! The ORDERS consumer's max_ack_pending (`max_in_flight`) bounds what is in hand: in
 //! flight plus waiting in lanes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -40,8 +44,9 @@ use moonbus_common::{
 };
 use tokio::sync::mpsc;
 
+use crate::deadletter::{self, Advisory};
 use crate::intake::{self, RawIds};
-use crate::jobs::{self, settle, Checked, Done, Recording, RETRY_DELAY};
+use crate::jobs::{self, settle, Backoff, Checked, Done, Recording};
 use crate::lanes::Lanes;
 use crate::ledger::{self, is_final, Ledger};
 use crate::metrics;
@@ -63,6 +68,12 @@ pub struct Bus {
     pub ticks: Subscriber,
     /// `md.book.>`
     pub books: Subscriber,
+    /// The ledger's snapshots (snapshot.rs), taken while no job is in flight.
+    pub snapshots: crate::snapshot::Snapshotter,
+    /// The server's MAX_DELIVERIES advisories of the ORDERS consumer (deadletter.rs).
+    pub dead_letters: Subscriber,
+    /// Delays of the naks of orders whose outcome could not be stored.
+    pub backoff: Backoff,
 }
 
 pub struct Engine<V: Venue> {
@@ -79,6 +90,9 @@ pub struct Engine<V: Venue> {
     jobs: usize,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Dead letters not settled yet (ORDERS or EXEC could not be read or written), by
+    /// ORDERS sequence: tried again every `backoff.max`.
+    dead_letters: BTreeMap<u64, Advisory>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +128,7 @@ impl<V: Venue> Engine<V> {
             jobs: 0,
             done_tx,
             done_rx,
+            dead_letters: BTreeMap::new(),
         }
     }
 
@@ -160,6 +175,18 @@ impl<V: Venue> Engine<V> {
         let Some(order_id) = accepted.order_id.clone() else {
             return Ok(Err("the ACCEPTED report has no order_id".into()));
         };
+        // Kept by the snapshot the ledger was rebuilt from: ORDERS may not have it any more.
+        let restored = accepted
+            .client_order_id
+            .as_ref()
+            .and_then(|id| self.ledger.restored_order(id));
+        if let Some(order) = restored {
+            return Ok(Ok(Routed {
+                order: order.clone(),
+                order_id,
+                timings: accepted.timings.clone(),
+            }));
+        }
         let Some(sequence) = ledger::orders_sequence(&order_id) else {
             return Ok(Err(format!("order_id {order_id} names no ORDERS sequence")));
         };
@@ -196,6 +223,8 @@ impl<V: Venue> Engine<V> {
         shutdown: impl Future<Output = ()>,
     ) -> Result<[Subscriber; 2]> {
         tokio::pin!(shutdown);
+        let mut retry = tokio::time::interval(self.bus.backoff.max);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -203,6 +232,14 @@ impl<V: Venue> Engine<V> {
                 Some(message) = self.bus.ticks.next() => self.on_tick_message(message).await,
                 Some(message) = self.bus.books.next() => self.on_book_message(message).await,
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
+                Some(message) = self.bus.dead_letters.next() => self.on_dead_letter_message(message).await,
+                _ = retry.tick(), if !self.dead_letters.is_empty() => self.retry_dead_letters().await,
+                // Only with nothing in flight: every report in EXEC is then in the ledger.
+                _ = self.bus.snapshots.timer.tick(), if self.jobs == 0 => {
+                    let venue = &self.venue;
+                    let resting = |id: &ClientOrderId| venue.resting(id).map(|r| r.order.clone());
+                    self.bus.snapshots.write(&self.ledger, resting).await;
+                }
                 next = orders.next() => match next {
                     Some(Ok(message)) => self.on_order_message(message).await,
                     Some(Err(e)) => tracing::warn!(error = %e, "ORDERS consumer"),
@@ -235,6 +272,11 @@ impl<V: Venue> Engine<V> {
                     break;
                 }
             }
+        }
+        if self.jobs == 0 {
+            let venue = &self.venue;
+            let resting = |id: &ClientOrderId| venue.resting(id).map(|r| r.order.clone());
+            self.bus.snapshots.finish(&self.ledger, resting).await;
         }
         Ok([self.bus.ticks, self.bus.books])
     }
@@ -284,7 +326,8 @@ impl<V: Venue> Engine<V> {
         if let Some(id) = &raw.client_order_id {
             if self.in_flight.contains(id) {
                 tracing::info!(client_order_id = %id, "the same order id is in flight; this one comes back later");
-                settle(&message, AckKind::Nak(Some(RETRY_DELAY))).await;
+                let delay = self.bus.backoff.for_message(&message);
+                settle(&message, AckKind::Nak(Some(delay))).await;
                 return Step::Over;
             }
             if let Some(open) = self.ledger.open_report(id) {
@@ -484,7 +527,12 @@ impl<V: Venue> Engine<V> {
         if let Some(id) = &recording.holds {
             self.in_flight.insert(id.clone());
         }
-        self.spawn(jobs::record(self.bus.recorder.clone(), recording))
+        self.spawn(jobs::record(
+            self.bus.recorder.clone(),
+            self.bus.errors.clone(),
+            self.bus.backoff,
+            recording,
+        ))
     }
 
     fn spawn(&mut self, job: impl Future<Output = Done> + Send + 'static) -> Step {
@@ -509,6 +557,12 @@ impl<V: Venue> Engine<V> {
     async fn on_recorded(&mut self, recording: Recording) {
         for report in &recording.reports[..recording.stored] {
             self.remember(report, &recording.key);
+        }
+        if let Some(advisory) = &recording.dead_letter {
+            if recording.stored < recording.reports.len() {
+                self.dead_letters
+                    .insert(advisory.stream_seq, advisory.clone());
+            }
         }
         if recording.stored == recording.reports.len() {
             if let Some(routed) = recording.rest {
@@ -559,6 +613,107 @@ impl<V: Venue> Engine<V> {
                     .await
             }
         }
+    }
+
+    /// The dead letters kept in DEADLETTER (those missed while execution was down): each
+    /// is settled as if it came now; those already settled are left alone.
+    pub async fn settle_dead_letters(&mut self, advisories: Vec<Advisory>) {
+        for advisory in advisories {
+            self.on_dead_letter(advisory).await;
+        }
+    }
+
+    async fn on_dead_letter_message(&mut self, message: async_nats::Message) {
+        match deadletter::parse(&message.payload) {
+            Ok(advisory) => self.on_dead_letter(advisory).await,
+            Err(reason) => {
+                self.bus
+                    .errors
+                    .report(message.subject.as_str(), &reason, &message.payload)
+                    .await
+            }
+        }
+    }
+
+    async fn retry_dead_letters(&mut self) {
+        for advisory in std::mem::take(&mut self.dead_letters).into_values() {
+            self.on_dead_letter(advisory).await;
+        }
+    }
+
+    /// The server gave up on ORDERS message `stream_seq`: an order without an outcome gets
+    /// a REJECTED dead_letter report (the rest of a part-filled one an EXPIRED one) and an
+    /// event on errors.execution; one with an outcome, or in flight right now under the
+    /// same id (its outcome is on the way), is left alone. Idempotent: the ledger holds
+    /// every recorded outcome, and the report's message id is the outcome's.
+    async fn on_dead_letter(&mut self, advisory: Advisory) {
+        let sequence = advisory.stream_seq;
+        let message = match self.bus.orders_stream.get_raw_message(sequence).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                tracing::warn!(sequence, "dead letter: the ORDERS message no longer exists");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(sequence, error = %e, "dead letter: ORDERS unreadable; tried again later");
+                self.dead_letters.insert(sequence, advisory);
+                return;
+            }
+        };
+        let reason = deadletter::reason(&advisory);
+        let subject = message.subject.to_string();
+        let Some((kind, _, symbol)) = order_subject(&subject) else {
+            return;
+        };
+        let raw = RawIds::peek(&message.payload);
+        let Some(id) = raw.client_order_id.clone() else {
+            // No id, so no ledger entry to tell a second report from the first: said only.
+            self.bus
+                .errors
+                .report(&subject, &reason, &message.payload)
+                .await;
+            return;
+        };
+        if kind == Kind::Cancel || self.in_flight.contains(&id) {
+            if kind == Kind::Cancel {
+                self.bus
+                    .errors
+                    .report(&subject, &reason, &message.payload)
+                    .await;
+            }
+            return;
+        }
+        let report = match (self.ledger.status(&id), self.ledger.open_report(&id)) {
+            (None, _) => match intake::decode_order(&message.payload) {
+                Ok(order) => {
+                    let timings = Timings {
+                        origin_ts: Some(order.origin_ts),
+                        received_ts: Some(now_ns()),
+                        ..Timings::default()
+                    };
+                    reports::rejected(
+                        &order,
+                        Some(&format!("{}-{sequence}", order.venue)),
+                        reason.clone(),
+                        timings,
+                    )
+                }
+                Err(_) => reports::invalid(Some(id.clone()), raw.symbol, reason.clone(), now_ns()),
+            },
+            (Some(OrderStatus::PartiallyFilled), Some(open)) => {
+                reports::rest_expired(open, reason.clone())
+            }
+            _ => return, // an outcome, or resting (ACCEPTED): settled
+        };
+        tracing::warn!(client_order_id = %id, sequence, symbol, %reason, "dead letter");
+        self.bus
+            .errors
+            .report(&subject, &reason, &message.payload)
+            .await;
+        let mut recording = Recording::dead_letter(id.to_string(), report);
+        recording.holds = Some(id);
+        recording.dead_letter = Some(advisory);
+        self.spawn_record(recording);
     }
 
     /// Store a report now (start-up, before any order is taken).

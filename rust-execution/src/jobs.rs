@@ -6,14 +6,42 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
+use moonbus_common::bus::ErrorSink;
 use moonbus_common::{ClientOrderId, ExecutionReport, OrderRequest, PositiveMoney, Timings};
 
+use crate::deadletter::Advisory;
 use crate::reports::Recorder;
 use crate::risk::{RiskAnswer, RiskClient};
 use crate::venue::Routed;
 
-/// A message whose outcome could not be stored, or whose id is busy, comes back after this.
-pub const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How long a message whose outcome could not be stored (or whose id is busy) waits
+/// before it comes back: `first`, doubling with each delivery, at most `max`. Each nak
+/// uses a delivery of the consumer's max_deliver, so the delays decide how long a failure
+/// may last before the server gives up on the order (deadletter.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay after the `delivered`-th delivery (1 = the first) failed.
+    pub fn delay(&self, delivered: i64) -> Duration {
+        let doublings = delivered.clamp(1, 31) - 1;
+        self.first.saturating_mul(1_u32 << doublings).min(self.max)
+    }
+
+    /// From the first delivery until the server gives up, when every one of
+    /// `max_deliver` deliveries fails: the sum of the delays.
+    pub fn until_dead_letter(&self, max_deliver: i64) -> Duration {
+        (1..=max_deliver.max(1)).map(|n| self.delay(n)).sum()
+    }
+
+    /// The delay for this message, by how often it was delivered.
+    pub fn for_message(&self, message: &jetstream::Message) -> Duration {
+        self.delay(message.info().map(|info| info.delivered).unwrap_or(1))
+    }
+}
 
 /// What a job hands back (boxed: they are large and go through a channel).
 pub enum Done {
@@ -48,6 +76,8 @@ pub struct Recording {
     pub holds: Option<ClientOrderId>,
     /// How many reports were stored: all of them unless the EXEC stream failed.
     pub stored: usize,
+    /// The advisory this settles (a dead letter), tried again if not stored.
+    pub dead_letter: Option<Advisory>,
 }
 
 impl Recording {
@@ -61,6 +91,22 @@ impl Recording {
             undo: None,
             holds: None,
             stored: 0,
+            dead_letter: None,
+        }
+    }
+
+    /// The outcome of a dead-lettered order: no message to ack (the server gave up on it).
+    pub fn dead_letter(key: String, report: ExecutionReport) -> Self {
+        Self {
+            message: None,
+            lane: None,
+            key,
+            reports: vec![report],
+            rest: None,
+            undo: None,
+            holds: None,
+            stored: 0,
+            dead_letter: None,
         }
     }
 
@@ -75,6 +121,7 @@ impl Recording {
             undo: Some(routed),
             holds: None,
             stored: 0,
+            dead_letter: None,
         }
     }
 }
@@ -104,21 +151,48 @@ pub async fn check(
 }
 
 /// Store the reports one after the other (stop at the first failure), then ack the
-/// message if all are stored, else nak it so it comes back.
-pub async fn record(recorder: Recorder, mut recording: Recording) -> Done {
+/// message if all are stored, else nak it so it comes back after the backoff (never acked
+/// unstored); a failure is said on errors.execution with the stream's reason (e.g. a full
+/// store, a report over the stream's max_msg_size).
+pub async fn record(
+    recorder: Recorder,
+    errors: ErrorSink,
+    backoff: Backoff,
+    mut recording: Recording,
+) -> Done {
+    let mut failure = None;
     for report in &recording.reports {
         if let Err(e) = recorder.record(report, &recording.key).await {
-            tracing::error!(key = %recording.key, error = format!("{e:#}"),
-                "report not recorded; the order will be re-delivered");
+            failure = Some(format!("{e:#}"));
             break;
         }
         recording.stored += 1;
+    }
+    let delay = recording.message.as_ref().map(|m| backoff.for_message(m));
+    if let Some(error) = failure {
+        let (subject, payload) = match &recording.message {
+            Some(message) => (message.subject.to_string(), message.payload.to_vec()),
+            None => (recording.key.clone(), Vec::new()),
+        };
+        let then = match (delay, &recording.dead_letter) {
+            (Some(delay), _) => format!("the order comes back in {delay:?}"),
+            (None, Some(_)) => "the dead letter is settled again later".into(),
+            (None, None) => "the order keeps resting".into(),
+        };
+        tracing::error!(key = %recording.key, %error, "report not recorded; {then}");
+        errors
+            .report(
+                &subject,
+                &format!("report_not_stored: {error}; {then}"),
+                &payload,
+            )
+            .await;
     }
     if let Some(message) = &recording.message {
         let kind = if recording.stored == recording.reports.len() {
             AckKind::Ack
         } else {
-            AckKind::Nak(Some(RETRY_DELAY))
+            AckKind::Nak(delay)
         };
         settle(message, kind).await;
     }
@@ -129,5 +203,24 @@ pub async fn record(recorder: Recorder, mut recording: Recording) -> Done {
 pub async fn settle(message: &jetstream::Message, kind: AckKind) {
     if let Err(e) = message.ack_with(kind).await {
         tracing::warn!(subject = %message.subject, error = %e, "could not settle an order message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_max_and_spans_minutes_before_a_dead_letter() {
+        let backoff = Backoff {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        let delays: Vec<u64> = (1..=10).map(|n| backoff.delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        // The defaults with max_deliver 10: about 5 minutes of failures before giving up.
+        assert_eq!(backoff.until_dead_letter(10), Duration::from_secs(303));
+        assert_eq!(backoff.delay(0), Duration::from_secs(1));
+        assert_eq!(backoff.delay(i64::MAX), Duration::from_secs(60));
     }
 }

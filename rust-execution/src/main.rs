@@ -7,6 +7,7 @@
 //! (engine.rs). Answers `exec.api.version` on the NATS service API.
 
 mod config;
+mod deadletter;
 mod engine;
 mod intake;
 mod jobs;
@@ -16,6 +17,7 @@ mod metrics;
 mod paper;
 mod reports;
 mod risk;
+mod snapshot;
 mod venue;
 mod walk;
 
@@ -65,8 +67,10 @@ async fn run() -> Result<()> {
     // Provisioned as proto/nats/jetstream.json says (execution may not create them).
     streams::open_stream(&js, subjects::EXEC_STREAM).await?;
     let orders_stream = streams::open_stream(&js, subjects::ORDERS_STREAM).await?;
+    streams::open_stream(&js, deadletter::STREAM).await?;
 
-    let ledger = ledger::replay(&client).await?;
+    // The latest snapshot plus the EXEC tail; refuses to start if reports were lost.
+    let ledger = snapshot::rebuild(&client).await?;
     let ticks = client
         .subscribe(subjects::ALL_TICKS)
         .await
@@ -75,6 +79,11 @@ async fn run() -> Result<()> {
         .subscribe(ALL_BOOKS)
         .await
         .context("subscribing to books")?;
+    // Before the scan of DEADLETTER, so no advisory falls between the two.
+    let dead_letters = client
+        .subscribe(deadletter::ADVISORY_SUBJECT)
+        .await
+        .context("subscribing to the dead-letter advisories")?;
     let venues = cfg
         .venues
         .iter()
@@ -87,6 +96,9 @@ async fn run() -> Result<()> {
         orders_stream: orders_stream.clone(),
         ticks,
         books,
+        dead_letters,
+        backoff: cfg.backoff(),
+        snapshots: snapshot::Snapshotter::new(client.clone(), cfg.snapshot_interval_ms),
     };
     let mut engine = Engine::new(
         PaperVenue::new(venues, cfg.fee_rate()?, cfg.slippage_rate()?),
@@ -103,6 +115,15 @@ async fn run() -> Result<()> {
     })
     .await?;
     cfg.check_consumer(&consumer.cached_info().config)?;
+    let max_deliver = consumer.cached_info().config.max_deliver;
+    tracing::info!(
+        max_deliver,
+        until_dead_letter = ?cfg.backoff().until_dead_letter(max_deliver),
+        "an order whose outcome cannot be stored is dead-lettered after this"
+    );
+    engine
+        .settle_dead_letters(deadletter::stored(&client).await?)
+        .await;
     let orders = consumer
         .stream()
         .max_messages_per_batch(cfg.max_in_flight as usize)
