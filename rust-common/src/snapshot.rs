@@ -223,6 +223,8 @@ impl Snapshots {
 
     /// Where to rebuild from: the newest valid snapshot against EXEC's extent now.
     pub async fn start(&self) -> Result<Start> {
+        // Provisioned; created from the spec only where permitted (the crates' tests).
+        crate::streams::open_stream(&self.js, STREAM).await?;
         let found = self.latest().await?;
         let info = self
             .js

@@ -1,12 +1,13 @@
-//! What happened to every client_order_id, rebuilt from the EXEC stream on start.
-//! This is what makes execution idempotent beyond the streams' 10-minute duplicate
-//! window and across restarts: an id with a final report is never executed again.
+//! What happened to every client_order_id, rebuilt on start from the latest snapshot
+//! (snapshot.rs) plus the EXEC stream after it. This is what makes execution idempotent
+//! beyond the streams' 10-minute duplicate window and across restarts: an id with a
+//! final report is never executed again.
 
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use moonbus_common::streams::DirectReader;
-use moonbus_common::{bus, subjects, ClientOrderId, ExecutionReport, OrderStatus};
+use moonbus_common::{bus, subjects, ClientOrderId, ExecutionReport, OrderRequest, OrderStatus};
 
 pub fn is_final(status: OrderStatus) -> bool {
     !matches!(status, OrderStatus::Accepted | OrderStatus::PartiallyFilled)
@@ -18,6 +19,8 @@ pub struct Ledger {
     /// The latest report of every order without a final one: ACCEPTED (resting), or
     /// PARTIALLY_FILLED when a crash or a failed write came between an order's reports.
     open: HashMap<ClientOrderId, ExecutionReport>,
+    /// Resting orders as a snapshot kept them, so they rest again without ORDERS.
+    restored: HashMap<ClientOrderId, OrderRequest>,
 }
 
 impl Ledger {
@@ -36,6 +39,7 @@ impl Ledger {
                 self.last_status.insert(id.clone(), report.status);
                 if is_final(report.status) {
                     self.open.remove(id);
+                    self.restored.remove(id);
                 } else {
                     self.open.insert(id.clone(), report.clone());
                 }
@@ -58,18 +62,54 @@ impl Ledger {
     pub fn len(&self) -> usize {
         self.last_status.len()
     }
+
+    /// Every order's latest status, sorted by id (for a snapshot).
+    pub fn outcomes(&self) -> Vec<(ClientOrderId, OrderStatus)> {
+        let mut outcomes: Vec<_> = self
+            .last_status
+            .iter()
+            .map(|(id, s)| (id.clone(), *s))
+            .collect();
+        outcomes.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        outcomes
+    }
+
+    /// From a snapshot: the outcomes, the open orders' latest reports, and the resting
+    /// orders themselves.
+    pub fn from_parts(
+        outcomes: Vec<(ClientOrderId, OrderStatus)>,
+        open: Vec<ExecutionReport>,
+        restored: Vec<(ClientOrderId, OrderRequest)>,
+    ) -> Self {
+        Self {
+            last_status: outcomes.into_iter().collect(),
+            open: open
+                .into_iter()
+                .filter_map(|r| Some((r.client_order_id.clone()?, r)))
+                .collect(),
+            restored: restored.into_iter().collect(),
+        }
+    }
+
+    /// A resting order kept by the snapshot the ledger was rebuilt from.
+    pub fn restored_order(&self, id: &ClientOrderId) -> Option<&OrderRequest> {
+        self.restored.get(id)
+    }
 }
 
-/// The ledger after reading every report in the EXEC stream (batched direct gets: no
-/// consumer, see moonbus_common::streams).
-pub async fn replay(client: &async_nats::Client) -> Result<Ledger> {
+/// `ledger` after reading the reports in the EXEC stream from `from_sequence` on (batched
+/// direct gets: no consumer, see moonbus_common::streams).
+pub async fn replay(
+    client: &async_nats::Client,
+    mut ledger: Ledger,
+    from_sequence: u64,
+) -> Result<Ledger> {
     let mut reader = DirectReader::new(
         client.clone(),
         subjects::EXEC_STREAM,
         subjects::ALL_REPORTS,
-        1,
+        from_sequence,
     );
-    let mut ledger = Ledger::default();
     while let Some(message) = reader.next().await.context("reading the EXEC stream")? {
         match bus::decode::<ExecutionReport>(&message.payload) {
             Ok(report) => ledger.record(&report),
@@ -81,6 +121,7 @@ pub async fn replay(client: &async_nats::Client) -> Result<Ledger> {
     tracing::info!(
         orders = ledger.len(),
         open = ledger.open.len(),
+        from_sequence,
         "rebuilt order outcomes from EXEC"
     );
     Ok(ledger)

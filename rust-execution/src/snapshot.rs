@@ -1,0 +1,222 @@
+//! Execution's ledger in SNAPSHOTS (moonbus_common::snapshot): the latest status of every
+//! client_order_id, and the open orders with their latest report and, for those resting,
+//! the order itself, so a restart rests them again without reading ORDERS. A start
+//! rebuilds from the latest valid snapshot plus the EXEC tail after it, from EXEC alone if
+//! there is no snapshot and EXEC still starts at 1, else refuses to start: an order whose
+//! outcome was lost could be executed twice.
+//!
+//! A snapshot is taken only while no job is in flight (engine.rs), so every report stored
+//! in EXEC up to its last sequence at that moment is in the ledger.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use async_nats::jetstream;
+use async_nats::Client;
+use moonbus_common::snapshot::{Snapshots, Start};
+use moonbus_common::{now_ns, subjects, ClientOrderId, ExecutionReport, OrderRequest, OrderStatus};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::ledger::{self, Ledger};
+
+pub const SERVICE: &str = "execution";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub outcomes: Vec<(ClientOrderId, OrderStatus)>,
+    pub open: Vec<OpenOrder>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenOrder {
+    pub report: ExecutionReport,
+    /// The order, if it was resting on the venue.
+    pub order: Option<OrderRequest>,
+}
+
+impl State {
+    pub fn of(ledger: &Ledger, resting: impl Fn(&ClientOrderId) -> Option<OrderRequest>) -> Self {
+        let open = ledger
+            .open_reports()
+            .into_iter()
+            .map(|report| OpenOrder {
+                order: report.client_order_id.as_ref().and_then(&resting),
+                report,
+            })
+            .collect();
+        Self {
+            outcomes: ledger.outcomes(),
+            open,
+        }
+    }
+
+    pub fn into_ledger(self) -> Ledger {
+        let mut reports = Vec::new();
+        let mut orders = Vec::new();
+        for open in self.open {
+            if let (Some(order), Some(id)) = (open.order, open.report.client_order_id.clone()) {
+                orders.push((id, order));
+            }
+            reports.push(open.report);
+        }
+        Ledger::from_parts(self.outcomes, reports, orders)
+    }
+}
+
+/// The ledger from the latest valid snapshot plus the EXEC tail, or from EXEC alone;
+/// Err (execution does not start) if reports were lost to retention.
+pub async fn rebuild(client: &Client) -> Result<Ledger> {
+    let snapshots = Snapshots::new(client.clone(), SERVICE);
+    let (ledger, from) = match snapshots.start().await? {
+        Start::Refuse(why) => bail!(
+            "execution refuses to start: its order ledger cannot be rebuilt ({why}); an order \
+             whose outcome was lost could be executed twice"
+        ),
+        Start::Scratch => (Ledger::default(), 1),
+        Start::Snapshot(snapshot) => {
+            let covered = snapshot.manifest.exec_sequence;
+            let state: State = serde_json::from_slice(&snapshot.payload).with_context(|| {
+                format!(
+                    "snapshot {} (EXEC up to {covered}) cannot be restored",
+                    snapshot.sequence
+                )
+            })?;
+            tracing::info!(
+                exec_sequence = covered,
+                manifest = snapshot.sequence,
+                orders = state.outcomes.len(),
+                open = state.open.len(),
+                "order ledger restored from a snapshot"
+            );
+            (state.into_ledger(), covered + 1)
+        }
+    };
+    ledger::replay(client, ledger, from).await
+}
+
+/// Writes the ledger to SNAPSHOTS every `interval` and on a graceful stop, in the
+/// background; the engine calls `write` only while no job is in flight.
+pub struct Snapshotter {
+    snapshots: Snapshots,
+    js: jetstream::Context,
+    pub timer: tokio::time::Interval,
+    /// The EXEC sequence the last write covers.
+    covered: u64,
+    writing: Option<JoinHandle<()>>,
+}
+
+impl Snapshotter {
+    /// `interval_ms` 0 = only on a graceful stop.
+    pub fn new(client: Client, interval_ms: u64) -> Self {
+        let period = match interval_ms {
+            0 => Duration::from_secs(86_400 * 365 * 100),
+            ms => Duration::from_millis(ms),
+        };
+        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            snapshots: Snapshots::new(client.clone(), SERVICE),
+            js: jetstream::new(client),
+            timer,
+            covered: 0,
+            writing: None,
+        }
+    }
+
+    /// Snapshot `ledger` as covering EXEC up to its last sequence now; call only with no
+    /// report being written. Skipped if EXEC has not grown or a write is under way.
+    pub async fn write(
+        &mut self,
+        ledger: &Ledger,
+        resting: impl Fn(&ClientOrderId) -> Option<OrderRequest>,
+    ) {
+        if self.writing.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let last = match self.js.get_stream(subjects::EXEC_STREAM).await {
+            Ok(stream) => stream.cached_info().state.last_sequence,
+            Err(e) => return tracing::warn!(error = %e, "no snapshot: EXEC info unreadable"),
+        };
+        if last == self.covered {
+            return;
+        }
+        let payload = match serde_json::to_vec(&State::of(ledger, resting)) {
+            Ok(payload) => payload,
+            Err(e) => return tracing::error!(error = %e, "cannot encode the ledger snapshot"),
+        };
+        self.covered = last;
+        let snapshots = self.snapshots.clone();
+        self.writing = Some(tokio::spawn(async move {
+            match snapshots.write(last, now_ns(), &payload).await {
+                Ok(m) => tracing::info!(
+                    exec_sequence = last,
+                    chunks = m.chunks.len(),
+                    bytes = m.bytes,
+                    "ledger snapshot stored"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), exec_sequence = last, "ledger snapshot not stored")
+                }
+            }
+        }));
+    }
+
+    /// On a graceful stop (nothing in flight): the final snapshot, waited for.
+    pub async fn finish(
+        &mut self,
+        ledger: &Ledger,
+        resting: impl Fn(&ClientOrderId) -> Option<OrderRequest>,
+    ) {
+        for _ in 0..2 {
+            if let Some(task) = self.writing.take() {
+                if tokio::time::timeout(Duration::from_secs(10), task)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("the ledger snapshot did not finish in time");
+                }
+            }
+            self.write(ledger, &resting).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reports;
+
+    #[test]
+    fn the_ledger_round_trips_with_its_resting_orders() {
+        let id = |s: &str| ClientOrderId::try_from(s).unwrap();
+        let mut ledger = Ledger::default();
+        let mut done = reports::invalid(Some(id("done")), None, "x".into(), 1);
+        done.status = OrderStatus::Filled;
+        let mut resting = reports::invalid(Some(id("rest")), None, "x".into(), 2);
+        resting.status = OrderStatus::Accepted;
+        ledger.record(&done);
+        ledger.record(&resting);
+        let order: OrderRequest = serde_json::from_value(serde_json::json!({
+            "client_order_id": "rest", "agent": "trading", "symbol": "BTC-USD", "venue": "sim",
+            "side": "BUY", "type": "LIMIT", "quantity": "0.01", "limit_price": "90000",
+            "origin_ts": 1, "ts": 1,
+        }))
+        .unwrap();
+        let keep = order.clone();
+        let state = State::of(&ledger, move |i| {
+            (i.as_str() == "rest").then(|| keep.clone())
+        });
+        let json = serde_json::to_vec(&state).unwrap();
+        let back = serde_json::from_slice::<State>(&json)
+            .unwrap()
+            .into_ledger();
+        assert_eq!(back.status(&id("done")), Some(OrderStatus::Filled));
+        assert_eq!(back.status(&id("rest")), Some(OrderStatus::Accepted));
+        assert_eq!(back.open_reports().len(), 1);
+        assert_eq!(back.restored_order(&id("rest")), Some(&order));
+        assert_eq!(back.restored_order(&id("done")), None);
+    }
+}
