@@ -8,8 +8,8 @@
 //!   the diffs, fetch a snapshot (again, after the backoff, if it is older than
 //!   the first buffered diff: `lastUpdateId + 1 < U`), set the book to it, then
 //!   replay the buffer and every later diff with one rule, the book at update id
-//!   `last`: a diff with `u <= last` is old or a duplicate, ignored and counted
-//!   (`md_duplicates_total`); one with `U > last + 1` is a gap: count it, keep it
+//!   `last`: a diff with `u <= last` is old or a duplicate, ignored (and, once in
+//!   sync, counted in `md_duplicates_total`); one with `U > last + 1` is a gap: count it, keep it
 //!   and every diff after it buffered, fetch a new snapshot; else apply it,
 //!   `last = u`. A diff is checked whole (`U <= u`, every level) before it is
 //!   buffered or applied. The book is published after every applied diff, `seq` =
@@ -485,10 +485,10 @@ impl Pair {
         let mut last = snapshot.last_update_id;
         let mut instrument = self.instrument.clone();
         let mut events = vec![instrument.book(&book, depth, Some(last))];
-        let mut duplicates = 0;
         while let Some(diff) = buffer.pop_front() {
             match step(last, &diff) {
-                Step::Old => duplicates += 1,
+                // Buffered before the snapshot was taken: expected, not counted.
+                Step::Old => {}
                 Step::Gap => {
                     // Lost updates behind the snapshot: this diff and the ones after it
                     // stay buffered for the next snapshot; nothing is published.
@@ -509,7 +509,6 @@ impl Pair {
                 }
             }
         }
-        out.duplicates += duplicates;
         out.events.extend(events);
         self.instrument = instrument;
         self.sync = Sync::Live { book, last };
@@ -740,7 +739,7 @@ mod tests {
             ("0.00225".into(), "0.0028".into()),
             "not the bare snapshot"
         );
-        assert_eq!((out.gaps, out.duplicates), (1, 1));
+        assert_eq!((out.gaps, out.duplicates), (1, 0));
         // The next diff follows: no second resync.
         out.events.clear();
         assert_eq!(pair.on_diff(after[2].clone(), 5, &mut out), None);
