@@ -11,6 +11,11 @@ and rust-execution from the release build, then runs the Rust driver
 2. burst: `BURST` orders published as fast as possible; the rate at which reports come
    out in the steady middle of the burst is the maximum sustained rate.
 
+The fsync cost: the same two runs again with nats-server's JetStream `sync_interval` set to
+the other policy than proto/nats/moonbus.conf's (`always`: fsync after every write, vs the
+server's default of every 2 minutes), from a copy of the config, in the same run; the
+results' `sync_interval` block holds both, the configured one first.
+
 Baseline, measured in the same run on the same schedule: request/reply round trips to a
 trivial echo responder (a separate process) through the same server. The order path
 crosses the bus five times, 2.5 such round trips (publish -> ORDERS -> execution, the risk
@@ -19,6 +24,14 @@ request and reply, report -> subscriber), plus a JetStream write: `latency_us` a
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
 
 from bench.__main__ import Context
 from bench._system import (
@@ -35,9 +48,32 @@ SYMBOLS = "BTC-USD:0.001,ETH-USD:0.01,SOL-USDC:0.5"
 RATE = 1000
 
 
-def run(ctx: Context) -> dict:
-    seconds, burst = (3, 3000) if ctx.quick else (10, 20000)
-    driver = build_driver(ctx.root, "order_path")
+SYNC_LINE = re.compile(r"^(\s*sync_interval:\s*)(\S+)", re.MULTILINE)
+
+
+def configured_sync(root: Path) -> str:
+    """proto/nats/moonbus.conf's JetStream sync_interval."""
+    found = SYNC_LINE.search((root / "proto" / "nats" / "moonbus.conf").read_text())
+    if not found:
+        raise RuntimeError("proto/nats/moonbus.conf states no jetstream sync_interval")
+    return found.group(2)
+
+
+@contextlib.contextmanager
+def nats_sync(root: Path, sync: str) -> Iterator[None]:
+    """Servers started meanwhile use a copy of moonbus.conf with `sync_interval: <sync>`."""
+    from services.devstack import launcher
+    from services.devstack.natsserver import NatsServer
+
+    text = SYNC_LINE.sub(lambda m: m.group(1) + sync, (root / "proto" / "nats" / "moonbus.conf").read_text())
+    with tempfile.TemporaryDirectory(prefix="moonbus-sync-") as where:
+        config = Path(where) / "moonbus.conf"
+        config.write_text(text)
+        with mock.patch.object(launcher, "NatsServer", functools.partial(NatsServer, config=config)):
+            yield
+
+
+def measure(seconds: int, burst: int, driver: Path) -> dict:
     symbols = [pair.split(":")[0] for pair in SYMBOLS.split(",")]
     with running(["market-data", "risk", "execution"], OPEN_RISK) as system:
         wait_until_serving(system, symbols)
@@ -49,7 +85,34 @@ def run(ctx: Context) -> dict:
     return {
         "fixed_rate": figures(fixed),
         "burst": {**figures(most), "sustained_orders_per_s": round(most["sustained_rate"])},
+    }
+
+
+def run(ctx: Context) -> dict:
+    seconds, burst = (3, 3000) if ctx.quick else (10, 20000)
+    driver = build_driver(ctx.root, "order_path")
+    configured = configured_sync(ctx.root)
+    other = "2m" if configured == "always" else "always"
+    result = measure(seconds, burst, driver)
+    with nats_sync(ctx.root, other):
+        compared = measure(seconds, burst, driver)
+    return {
+        **result,
+        "sync_interval": {
+            configured: sync_figures(result, configured),
+            other: sync_figures(compared, other),
+        },
         "driver": "rust-execution/benches/order_path.rs (cargo bench), async-nats, one thread",
+    }
+
+
+def sync_figures(result: dict, sync: str) -> dict:
+    """The headline figures of one sync policy."""
+    fixed = result["fixed_rate"]["latency_us"].get("FILLED", {})
+    return {
+        "sync_interval": sync,
+        "fixed_rate_latency_us": {k: fixed.get(k) for k in ("p50", "p90", "p99", "max")},
+        "sustained_orders_per_s": result["burst"]["sustained_orders_per_s"],
     }
 
 
