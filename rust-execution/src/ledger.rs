@@ -63,15 +63,12 @@ impl Ledger {
         self.last_status.len()
     }
 
-    /// Every order's latest status, sorted by id (for a snapshot).
+    /// Every order's latest status (for a snapshot).
     pub fn outcomes(&self) -> Vec<(ClientOrderId, OrderStatus)> {
-        let mut outcomes: Vec<_> = self
-            .last_status
+        self.last_status
             .iter()
             .map(|(id, s)| (id.clone(), *s))
-            .collect();
-        outcomes.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        outcomes
+            .collect()
     }
 
     /// From a snapshot: the outcomes, the open orders' latest reports, and the resting

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use async_nats::jetstream;
 use async_nats::Client;
+use futures::FutureExt as _;
 use moonbus_common::snapshot::{Snapshots, Start};
 use moonbus_common::{now_ns, subjects, ClientOrderId, ExecutionReport, OrderRequest, OrderStatus};
 use serde::{Deserialize, Serialize};
@@ -105,7 +106,8 @@ pub struct Snapshotter {
     pub timer: tokio::time::Interval,
     /// The EXEC sequence the last write covers.
     covered: u64,
-    writing: Option<JoinHandle<()>>,
+    /// The write under way; it answers whether it stored the snapshot.
+    writing: Option<JoinHandle<bool>>,
 }
 
 impl Snapshotter {
@@ -133,7 +135,12 @@ impl Snapshotter {
         ledger: &Ledger,
         resting: impl Fn(&ClientOrderId) -> Option<OrderRequest>,
     ) {
-        if self.writing.as_ref().is_some_and(|t| !t.is_finished()) {
+        if let Some(task) = self.writing.take_if(|t| t.is_finished()) {
+            if !matches!(task.now_or_never(), Some(Ok(true))) {
+                self.covered = 0; // not stored: the next tick tries again
+            }
+        }
+        if self.writing.is_some() {
             return;
         }
         let last = match self.js.get_stream(subjects::EXEC_STREAM).await {
@@ -143,22 +150,31 @@ impl Snapshotter {
         if last == self.covered {
             return;
         }
-        let payload = match serde_json::to_vec(&State::of(ledger, resting)) {
-            Ok(payload) => payload,
-            Err(e) => return tracing::error!(error = %e, "cannot encode the ledger snapshot"),
-        };
+        // Copied here, encoded and stored beside the engine.
+        let state = State::of(ledger, resting);
         self.covered = last;
         let snapshots = self.snapshots.clone();
         self.writing = Some(tokio::spawn(async move {
-            match snapshots.write(last, now_ns(), &payload).await {
-                Ok(m) => tracing::info!(
-                    exec_sequence = last,
-                    chunks = m.chunks.len(),
-                    bytes = m.bytes,
-                    "ledger snapshot stored"
-                ),
+            let payload = match serde_json::to_vec(&state) {
+                Ok(payload) => payload,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), exec_sequence = last, "ledger snapshot not stored")
+                    tracing::error!(error = %e, "cannot encode the ledger snapshot");
+                    return false;
+                }
+            };
+            match snapshots.write(last, now_ns(), &payload).await {
+                Ok(m) => {
+                    tracing::info!(
+                        exec_sequence = last,
+                        chunks = m.chunks.len(),
+                        bytes = m.bytes,
+                        "ledger snapshot stored"
+                    );
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), exec_sequence = last, "ledger snapshot not stored");
+                    false
                 }
             }
         }));
@@ -172,11 +188,10 @@ impl Snapshotter {
     ) {
         for _ in 0..2 {
             if let Some(task) = self.writing.take() {
-                if tokio::time::timeout(Duration::from_secs(10), task)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!("the ledger snapshot did not finish in time");
+                match tokio::time::timeout(Duration::from_secs(10), task).await {
+                    Ok(Ok(true)) => {}
+                    Ok(_) => self.covered = 0,
+                    Err(_) => tracing::warn!("the ledger snapshot did not finish in time"),
                 }
             }
             self.write(ledger, &resting).await;

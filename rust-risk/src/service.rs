@@ -529,12 +529,11 @@ impl Snapshotter {
             return;
         }
         self.requested = self.covered;
-        let payload = match serde_json::to_vec(&engine.snapshot_state()) {
-            Ok(payload) => payload,
-            Err(e) => return tracing::error!(error = %e, "cannot encode the state snapshot"),
-        };
+        // Copied here, encoded and stored beside the engine: the checks go on meanwhile.
+        let state = engine.snapshot_state();
         let (snapshots, covered) = (self.snapshots.clone(), self.covered);
         self.writing = Some(tokio::spawn(async move {
+            let payload = serde_json::to_vec(&state).context("encoding the state snapshot")?;
             match snapshots.write(covered, now_ns(), &payload).await {
                 Ok(manifest) => {
                     tracing::info!(

@@ -1196,3 +1196,26 @@ async fn snapshots_are_chunked_verified_and_fall_back() {
         found.rejected
     );
 }
+
+/// Not a check: the time to store and read back a 10 MB snapshot on a local nats-server,
+/// printed. `cargo test --release -p rust-risk --test risk snapshot_io -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn snapshot_io_time() {
+    use moonbus_common::snapshot::Snapshots;
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let snapshots = Snapshots::new(bus.client.clone(), "probe");
+    let payload: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
+    let started = std::time::Instant::now();
+    let manifest = snapshots.write(1, 1, &payload).await.unwrap();
+    let written = started.elapsed();
+    let started = std::time::Instant::now();
+    let found = snapshots.latest().await.unwrap().snapshot.unwrap();
+    assert_eq!(found.payload.len(), payload.len());
+    println!(
+        "10 MB snapshot: {} chunks written in {written:?}, read and verified in {:?}",
+        manifest.chunks.len(),
+        started.elapsed()
+    );
+}
