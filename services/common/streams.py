@@ -22,6 +22,9 @@ and execution and risk pull from their own provisioned durables.
   real responder.
 - ORDERS, EXEC and the KV bucket deny delete and purge (and so rollups): nothing stored
   can be erased through the API.
+- Every stream is bounded (max_bytes, max_msg_size); moonbus.toml's `[jetstream.<STREAM>]`
+  overrides them (`stream_limits`, validated; rust-common streams.rs reads them alike).
+  ORDERS is discard new: full, it refuses new orders and keeps every stored one.
 """
 
 from __future__ import annotations
