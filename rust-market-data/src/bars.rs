@@ -107,6 +107,11 @@ impl Intervals {
         self.0.len()
     }
 
+    /// The length in nanoseconds of interval `index`.
+    pub fn len_ns(&self, index: usize) -> Option<u64> {
+        self.0.get(index).map(|(_, len)| *len)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -172,6 +177,27 @@ impl BarSeries {
             Some(bar) if bar.start_ts.saturating_add(self.len_ns) <= now_ns => self.close(),
             _ => None,
         }
+    }
+
+    /// Takes back a bar closed before a restart (read from the stream BARS), before any
+    /// tick: kept in the history if it is aligned and later than the last one kept, and
+    /// input stamped before its end counts in the next bar, so it is never built again.
+    fn restore(&mut self, bar: BarData) -> bool {
+        let later = self
+            .history
+            .back()
+            .is_none_or(|last| bar.start_ts > last.start_ts);
+        if self.open.is_some() || !bar.start_ts.is_multiple_of(self.len_ns) || !later {
+            return false;
+        }
+        self.floor_ts = bar.start_ts.saturating_add(self.len_ns);
+        if self.capacity > 0 {
+            if self.history.len() == self.capacity {
+                self.history.pop_front();
+            }
+            self.history.push_back(bar);
+        }
+        true
     }
 
     fn close(&mut self) -> Option<BarData> {
@@ -244,6 +270,15 @@ impl Bars {
                 closed.push((i, bar));
             }
         }
+    }
+
+    /// Takes back a closed bar of interval `index` from before a restart (see
+    /// `BarSeries::restore`); false if it is refused (no such interval, misaligned,
+    /// not later than the last one, or a bar is already open).
+    pub fn restore(&mut self, index: usize, bar: BarData) -> bool {
+        self.series
+            .get_mut(index)
+            .is_some_and(|series| series.restore(bar))
     }
 
     /// The last `limit` closed bars of interval `index`, oldest first.
@@ -465,6 +500,46 @@ mod tests {
         assert_eq!(all[0].start_ts, T0 + 10 * SEC);
         assert_eq!(bars.last(0, 3), all[97..].to_vec());
         assert!(bars.last(7, 3).is_empty(), "no such interval");
+    }
+
+    #[test]
+    fn restored_bars_are_history_and_are_never_built_again() {
+        let intervals = intervals(&["1s", "1m"]);
+        let mut bars = Bars::new(&intervals, 3);
+        let bar = |start, price| BarData::first(start, money(price, 0), NonNegativeMoney::ZERO, 1);
+        for i in 0..4 {
+            assert!(bars.restore(0, bar(T0 + i * SEC, 10 + i as i64)));
+        }
+        assert!(bars.restore(1, bar(T0 - 60 * SEC, 9)));
+        // Misaligned, not later than the last, or no such interval: refused.
+        assert!(!bars.restore(0, bar(T0 + 5 * SEC + 1, 1)));
+        assert!(!bars.restore(0, bar(T0 + 3 * SEC, 1)));
+        assert!(!bars.restore(2, bar(T0, 1)));
+        // The last 3 kept, oldest first.
+        let kept: Vec<u64> = bars.last(0, 10).iter().map(|b| b.start_ts).collect();
+        assert_eq!(kept, [T0 + SEC, T0 + 2 * SEC, T0 + 3 * SEC]);
+        // A tick stamped inside the last restored bar (a venue's late timestamp) goes to
+        // the next bar: no second bar with that start. The gap (market-data was down)
+        // stays a gap.
+        let mut closed = Vec::new();
+        bars.on_tick(T0 + 3 * SEC + SEC / 2, money(20, 0), None, &mut closed);
+        bars.on_tick(T0 + 9 * SEC, money(21, 0), None, &mut closed);
+        let got: Vec<(usize, u64)> = closed.iter().map(|(i, b)| (*i, b.start_ts)).collect();
+        assert_eq!(got, [(0, T0 + 4 * SEC)]);
+        bars.close_due(T0 + 60 * SEC, &mut closed);
+        let starts: Vec<u64> = bars.last(0, 10).iter().map(|b| b.start_ts).collect();
+        assert_eq!(starts, [T0 + 3 * SEC, T0 + 4 * SEC, T0 + 9 * SEC]);
+        // The 1m bar of T0 is built from the bars since the restart only (the one
+        // open at the stop was lost) and follows the restored one.
+        let minutes: Vec<(u64, u64)> = bars
+            .last(1, 10)
+            .iter()
+            .map(|b| (b.start_ts, b.trades))
+            .collect();
+        assert_eq!(minutes, [(T0 - 60 * SEC, 1), (T0, 2)]);
+        // Once a bar is open, nothing more is restored.
+        bars.on_tick(T0 + 61 * SEC, money(22, 0), None, &mut closed);
+        assert!(!bars.restore(0, bar(T0 + 100 * SEC, 1)));
     }
 
     #[test]

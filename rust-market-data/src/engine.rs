@@ -23,7 +23,7 @@
 //! timeout, not one per message, memory stays bounded by the channel, and the
 //! feed, the timers and the API keep running.
 
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ use moonbus_common::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{unconstrained, yield_now};
-use tokio::time::{interval, sleep, Instant, MissedTickBehavior};
+use tokio::time::{interval, sleep, Instant, MissedTickBehavior, Sleep};
 
 use crate::encode::{TickData, TickEncoder};
 use crate::feed::FeedEvent;
@@ -47,9 +47,10 @@ use crate::SERVICE;
 
 /// `md.status.sim` heartbeat period; the stale-symbol gauges are counted then too.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// The bar timer wakes on every whole second (the shortest interval is >= 1 s),
-/// plus this margin so it never wakes a hair early and finds nothing due.
-const BAR_TIMER_MARGIN: Duration = Duration::from_millis(1);
+/// The bar clock (see `BarClock`) sleeps on tokio's timer until this long before a
+/// boundary, then watches the clock: tokio's timer has a 1 ms granularity and rounds
+/// a deadline up (a sleep ends 0-2 ms late), too coarse for a bar due at its boundary.
+const BAR_CLOCK_LEAD: Duration = Duration::from_millis(2);
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// Feed events taken from the queue per loop turn (the rest wait for the next turn,
 /// so timers and queries are served in between).
@@ -177,8 +178,7 @@ impl Engine {
             self.market.settings().book_interval_ns,
         ));
         book_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let bar_timer = sleep(until_next_second(now_ns()));
-        tokio::pin!(bar_timer);
+        let mut bar_clock = BarClock::new(now_ns());
         let mut batch = Vec::with_capacity(EVENT_BATCH);
         // False once every feed task has ended (all sinks dropped); the sim goes on.
         let mut feeds_open = true;
@@ -199,10 +199,9 @@ impl Engine {
                     }
                     yield_now().await;
                 }
-                () = &mut bar_timer => {
+                _ = bar_clock.boundary() => {
                     self.market.close_due(now_ns(), &mut self.outputs);
                     self.publish_outputs().await;
-                    bar_timer.as_mut().reset(Instant::now() + until_next_second(now_ns()));
                 }
                 _ = book_timer.tick() => {
                     self.market.flush_books(now_ns(), &mut self.books);
@@ -406,9 +405,51 @@ async fn sim_due(sim: &mut Option<SimFeed>) -> u64 {
     }
 }
 
-/// Time from `now_ns` to the next whole second of the wall clock (+ margin).
-fn until_next_second(now_ns: u64) -> Duration {
-    Duration::from_nanos(NANOS_PER_SEC - now_ns % NANOS_PER_SEC) + BAR_TIMER_MARGIN
+/// Wakes the engine at each whole second of the wall clock (every bar boundary: the
+/// shortest interval is a whole number of seconds) within microseconds: a tokio sleep
+/// to `BAR_CLOCK_LEAD` before it, then the clock read between yields until the
+/// boundary. The last stretch keeps one core polling for ~1-2 ms per second; it
+/// yields after every look, so ticks and queries are served meanwhile.
+pub struct BarClock {
+    sleep: Pin<Box<Sleep>>,
+    boundary_ns: u64,
+}
+
+impl BarClock {
+    pub fn new(now_ns: u64) -> Self {
+        let boundary_ns = next_second(now_ns);
+        Self {
+            sleep: Box::pin(sleep(coarse_wait(now_ns, boundary_ns))),
+            boundary_ns,
+        }
+    }
+
+    /// Ready once the wall clock reaches the next boundary, which it returns.
+    /// Cancel-safe (a `select!` branch): nothing changes until the boundary is reached,
+    /// and a finished sleep stays ready, so a dropped call resumes where it was.
+    pub async fn boundary(&mut self) -> u64 {
+        self.sleep.as_mut().await;
+        while now_ns() < self.boundary_ns {
+            yield_now().await;
+        }
+        let boundary = self.boundary_ns;
+        let now = now_ns();
+        self.boundary_ns = next_second(now);
+        self.sleep
+            .as_mut()
+            .reset(Instant::now() + coarse_wait(now, self.boundary_ns));
+        boundary
+    }
+}
+
+/// The first whole second of the wall clock after `now_ns`.
+fn next_second(now_ns: u64) -> u64 {
+    now_ns - now_ns % NANOS_PER_SEC + NANOS_PER_SEC
+}
+
+/// How long tokio's timer may sleep towards `boundary_ns`: up to the lead.
+fn coarse_wait(now_ns: u64, boundary_ns: u64) -> Duration {
+    Duration::from_nanos(boundary_ns.saturating_sub(now_ns)).saturating_sub(BAR_CLOCK_LEAD)
 }
 
 #[cfg(test)]
@@ -416,12 +457,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bar_timer_aims_at_the_next_whole_second() {
+    fn the_bar_clock_aims_at_the_next_whole_second_minus_the_lead() {
         let t = 1_764_129_600 * NANOS_PER_SEC;
+        assert_eq!(next_second(t + 250_000_000), t + NANOS_PER_SEC);
+        assert_eq!(next_second(t), t + NANOS_PER_SEC);
         assert_eq!(
-            until_next_second(t + 250_000_000),
-            Duration::from_millis(751)
+            coarse_wait(t + 250_000_000, t + NANOS_PER_SEC),
+            Duration::from_millis(748)
         );
-        assert_eq!(until_next_second(t), Duration::from_millis(1001));
+        // Within the lead (or past the boundary): no sleep, straight to the clock.
+        assert_eq!(
+            coarse_wait(t + 999_000_000, t + NANOS_PER_SEC),
+            Duration::ZERO
+        );
+        assert_eq!(
+            coarse_wait(t + 2 * NANOS_PER_SEC, t + NANOS_PER_SEC),
+            Duration::ZERO
+        );
+    }
+
+    /// On the real clock: each boundary is returned at or just after the wall clock
+    /// reaches it (never before), whole seconds in a row, and a call dropped half-way
+    /// (a `select!` branch that lost) leaves the next call on the same boundary.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_bar_clock_is_never_early_and_survives_cancellation() {
+        let mut clock = BarClock::new(now_ns());
+        let first = clock.boundary_ns;
+        // Polled into its last stretch (the sleep over), then dropped: the boundary stays.
+        {
+            let mut call = pin!(clock.boundary());
+            while now_ns() + 200_000 < first {
+                if let Poll::Ready(boundary) = futures::poll!(call.as_mut()) {
+                    // Only if this thread was held up past the boundary.
+                    assert!(now_ns() >= boundary && boundary == first);
+                    return;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        assert_eq!(clock.boundary_ns, first);
+        let mut last = 0;
+        for i in 0..2 {
+            let boundary = clock.boundary().await;
+            let now = now_ns();
+            assert!(now >= boundary, "woken {} ns early", boundary - now);
+            assert_eq!(boundary, first + i * NANOS_PER_SEC);
+            assert_eq!(boundary % NANOS_PER_SEC, 0);
+            last = boundary;
+        }
+        assert_eq!(clock.boundary_ns, last + NANOS_PER_SEC);
     }
 }

@@ -14,6 +14,7 @@ pub mod encode;
 pub mod engine;
 pub mod feed;
 pub mod fnv;
+pub mod history;
 pub mod market;
 pub mod metrics;
 pub mod replay;

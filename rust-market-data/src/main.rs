@@ -25,7 +25,7 @@ use rust_market_data::engine::{Engine, Publisher};
 use rust_market_data::feed::{self, FeedKind, FeedSink};
 use rust_market_data::market::Market;
 use rust_market_data::sim::SimFeed;
-use rust_market_data::{connectors, metrics, replay, SERVICE};
+use rust_market_data::{connectors, history, metrics, replay, SERVICE};
 
 /// Queries waiting for the engine; a full queue makes requests wait (bounded by
 /// the API's timeout), never grows memory.
@@ -54,7 +54,8 @@ async fn run() -> Result<()> {
         .contains(&FeedKind::Sim)
         .then(|| SimFeed::new(&settings.sim, settings.sim_books));
     let symbols = settings.sim.symbols.len();
-    let market = Market::new(settings.market.clone());
+    let mut market = Market::new(settings.market.clone());
+    restore_history(&client, &mut market).await;
     let (sink, events) = feed::channel();
     for &kind in &settings.feeds {
         spawn_feed(kind, &settings, &market_data, &sink)?;
@@ -116,6 +117,37 @@ async fn run() -> Result<()> {
         tracing::error!(error = %e, "engine task failed");
     }
     base.stop(None).await
+}
+
+/// Takes back the bars stored in BARS (history.rs) before the API answers. Without
+/// them market-data still runs, its history starting empty as before BARS existed:
+/// prices matter more than history; the reason goes to the log and `errors.market-data`.
+async fn restore_history(client: &async_nats::Client, market: &mut Market) {
+    let errors = ErrorSink::new(client.clone(), SERVICE);
+    let started = std::time::Instant::now();
+    match history::reload(client, market).await {
+        Ok(reloaded) => {
+            tracing::info!(
+                bars = reloaded.bars,
+                series = market.len(),
+                refused = reloaded.refused,
+                ms = started.elapsed().as_millis() as u64,
+                "bar history reloaded from stream {}",
+                history::STREAM
+            );
+            if let Some((subject, reason)) = reloaded.first_refusal {
+                let reason = format!(
+                    "{} stored bar(s) not taken back into the history; the first: {reason}",
+                    reloaded.refused
+                );
+                errors.report(&subject, &reason, b"").await;
+            }
+        }
+        Err(e) => {
+            let reason = format!("bar history not reloaded, starting without it: {e:#}");
+            errors.report(history::STREAM, &reason, b"").await;
+        }
+    }
 }
 
 /// Starts one feed of `[market_data] feeds`: the one place the feeds are built.

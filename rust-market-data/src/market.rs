@@ -14,7 +14,7 @@ use moonbus_common::{
 };
 
 use crate::alerts::{Monitor, Threshold};
-use crate::bars::{self, Bars, Closed, Intervals};
+use crate::bars::{self, BarData, Bars, Closed, Intervals};
 use crate::books::{self, BookSlot};
 use crate::encode::{tick_prefix, TickData, TickEncoder};
 use crate::fnv::FnvBuild;
@@ -225,6 +225,49 @@ impl Market {
         let s = &self.series[slot];
         let bar = bars::to_bar(&s.venue, &s.symbol, &self.settings.intervals, closed);
         (s.bar_subjects[closed.0].clone(), bar)
+    }
+
+    /// Takes back a bar closed before a restart, stored on `subject` (see history.rs);
+    /// the reason if it is refused.
+    pub fn restore(&mut self, subject: &str, bar: &Bar) -> Result<(), String> {
+        let intervals = &self.settings.intervals;
+        let index = intervals
+            .iter()
+            .position(|i| *i == bar.interval)
+            .ok_or_else(|| {
+                format!(
+                    "interval {} is not one of {}",
+                    bar.interval,
+                    intervals.names()
+                )
+            })?;
+        if bar.end_ts.checked_sub(bar.start_ts) != intervals.len_ns(index) {
+            return Err(format!(
+                "start_ts..end_ts is not one {} interval",
+                bar.interval
+            ));
+        }
+        let slot = self
+            .slot(&bar.venue, &bar.symbol)
+            .ok_or("max_series reached")?;
+        let series = &mut self.series[slot];
+        if series.bar_subjects[index].as_str() != subject {
+            return Err(format!("stored on {subject}, not on its own subject"));
+        }
+        let data = BarData {
+            open: bar.open,
+            high: bar.high,
+            low: bar.low,
+            close: bar.close,
+            volume: bar.volume,
+            trades: bar.trades,
+            start_ts: bar.start_ts,
+        };
+        if series.bars.restore(index, data) {
+            Ok(())
+        } else {
+            Err("misaligned, or not later than the bar before it".into())
+        }
     }
 
     /// Counts, per venue, the series without a tick for `stale_after`, and sets the gauges.

@@ -45,31 +45,8 @@ pub async fn start_with(subjects: &[&str], env: &[(&str, &str)]) -> (Running, Ve
         );
     }
     client.flush().await.expect("flush");
-    let mut settings = vec![
-        ("MOONBUS__MARKET_DATA__TICK_INTERVAL_MS", FAST_TICKS),
-        ("MOONBUS__MARKET_DATA__METRICS_ADDR", "\"\""),
-    ];
-    settings.retain(|(key, _)| !env.iter().any(|(k, _)| k == key));
-    settings.extend_from_slice(env);
-    let service = ChildGuard::spawn(BINARY, &server.url, &settings);
-    let deadline = Instant::now() + WAIT;
-    // Poll until the service lists its endpoints (before, no responders).
-    loop {
-        if let Ok(info) = client.request("$SRV.INFO.market-data", "".into()).await {
-            let info: serde_json::Value = serde_json::from_slice(&info.payload).expect("JSON info");
-            if info["endpoints"]
-                .as_array()
-                .is_some_and(|e| e.len() == ENDPOINTS)
-            {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "market-data did not start answering"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let service = spawn(&server.url, env);
+    wait_serving(&client).await;
     (
         Running {
             server,
@@ -78,6 +55,38 @@ pub async fn start_with(subjects: &[&str], env: &[(&str, &str)]) -> (Running, Ve
         },
         subscribers,
     )
+}
+
+/// The binary on `url` with the tests' settings, `env` winning.
+pub fn spawn(url: &str, env: &[(&str, &str)]) -> ChildGuard {
+    let mut settings = vec![
+        ("MOONBUS__MARKET_DATA__TICK_INTERVAL_MS", FAST_TICKS),
+        ("MOONBUS__MARKET_DATA__METRICS_ADDR", "\"\""),
+    ];
+    settings.retain(|(key, _)| !env.iter().any(|(k, _)| k == key));
+    settings.extend_from_slice(env);
+    ChildGuard::spawn(BINARY, url, &settings)
+}
+
+/// Polls until the service lists its endpoints (before, no responders).
+pub async fn wait_serving(client: &Client) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(info) = client.request("$SRV.INFO.market-data", "".into()).await {
+            let info: serde_json::Value = serde_json::from_slice(&info.payload).expect("JSON info");
+            if info["endpoints"]
+                .as_array()
+                .is_some_and(|e| e.len() == ENDPOINTS)
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "market-data did not start answering"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn next<T: DeserializeOwned>(subscriber: &mut Subscriber) -> T {
