@@ -41,8 +41,10 @@ STREAMS = [ORDERS, EXEC, KV_STREAM]
 # The agent token each user may put in orders.submit.<agent>.<symbol> (moonbus.conf).
 OWN_AGENT = {"trading-agent": "trading", "risk-agent": "risk", "gateway": "gateway", "operator": "operator",
              "risk": "killswitch"}
-# Who owns which KV keys.
-KV_OWNER = {"risk": "risk", "sentiment": "sentiment-agent"}
+# Who owns which KV keys (`supervisor.*`: make run's launcher, records of each service).
+KV_OWNER = {"risk": "risk", "sentiment": "sentiment-agent", "supervisor": "supervisor"}
+# The real key an unsafe attack aims at, per prefix.
+KV_TARGET = {"risk": S.KV_KILLSWITCH, "sentiment": S.kv_sentiment("BTC-USD"), "supervisor": S.kv_supervisor("risk")}
 
 
 @dataclass
@@ -301,7 +303,7 @@ async def tamper_with_kv(a: Auditor, watcher: Probe, user: str, safe: bool) -> R
     for prefix, owner in KV_OWNER.items():
         if owner == user:
             continue
-        key = f"{prefix}.audit-probe" if safe else (S.KV_KILLSWITCH if prefix == "risk" else S.kv_sentiment("BTC-USD"))
+        key = f"{prefix}.audit-probe" if safe else KV_TARGET[prefix]
         before = await _kv_raw(watcher, key)
         subject = f"$KV.{KV_BUCKET}.{key}"
         put, delete = await asyncio.gather(

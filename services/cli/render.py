@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import BaseModel
 from rich.text import Text
 
+from services.ops.supervision import Supervised
+
 from services.contract.models import (
     AccountState,
     Bar,
@@ -104,6 +106,24 @@ def signed(value: Decimal) -> Text:
 
 def state(value: TradingState) -> Text:
     return Text(value.value, style=STATE_COLOURS.get(value, ""))
+
+
+SUPERVISOR_STYLES = {"running": "green", "restarting": "yellow", "crash_loop": "bold red", "stopped": "red"}
+
+
+def supervised(record: Supervised | None) -> Text:
+    """A service's state under `make run`'s supervisor: `running`, `restarting in 2s`,
+    `CRASH LOOP (exit code 1)`; `-` when unsupervised (compose); dimmed when stale."""
+    if record is None:
+        return Text("-")
+    if record.stale():
+        return Text(f"{record.state} (stale {age(record.ts)})", style="dim")
+    text = "CRASH LOOP" if record.state == "crash_loop" else record.state
+    if record.state in ("restarting", "crash_loop") and record.next_backoff_s is not None and record.pid is None:
+        text += f", restart in {record.next_backoff_s:g}s"
+    if record.state != "running" and record.last_exit:
+        text += f" ({record.last_exit})"
+    return Text(text, style=SUPERVISOR_STYLES.get(record.state, ""))
 
 
 def status(value: OrderStatus | str) -> Text:

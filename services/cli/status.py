@@ -1,5 +1,6 @@
-"""`moon status`: every service ($SRV.INFO / $SRV.STATS), the feeds (md.status.*), the
-account, trading state and kill switch (risk.api.positions, risk.api.killswitch)."""
+"""`moon status`: every service ($SRV.INFO / $SRV.STATS), with its restarts and crash-loop
+flag from `make run`'s supervisor (KV `supervisor.<service>`), the feeds (md.status.*),
+the account, trading state and kill switch (risk.api.positions, risk.api.killswitch)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from services.contract import subjects as S
 from services.common.bus import ApiError
 from services.common.config import SystemConfig, load, section
 from services.ops.discovery import Service, discover
+from services.ops.supervision import StreamReadError, Supervised, read_supervision
 from services.contract.models import (
     AccountState,
     FeedStatus,
@@ -32,7 +34,7 @@ from services.contract.models import (
 from services.contract.users import SERVICE_USERS
 
 from .connection import Session, explain
-from .render import age, cells, duration, money, signed, state
+from .render import age, cells, duration, money, signed, state, supervised
 
 # Every service of a full system (the NATS users, less the humans').
 EXPECTED = [u for u in SERVICE_USERS if u not in ("operator", "admin", "supervisor")]
@@ -44,6 +46,7 @@ class Status:
     feeds: dict[str, FeedStatus] = field(default_factory=dict)
     account: AccountState | None = None
     kill_switch: KillSwitchState | None = None
+    supervision: dict[str, Supervised] = field(default_factory=dict)  # empty unless run by `make run`
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -62,6 +65,7 @@ class Status:
             "feeds": {v: json.loads(f.model_dump_json()) for v, f in self.feeds.items()},
             "account": json.loads(self.account.model_dump_json()) if self.account else None,
             "kill_switch": json.loads(self.kill_switch.model_dump_json()) if self.kill_switch else None,
+            "supervision": {name: record.as_dict() for name, record in self.supervision.items()},
             "problems": self.problems,
         }
 
@@ -90,9 +94,10 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         bus.call(S.risk_killswitch_api(session.target.user), KillSwitchRequest(action="status", actor="moon"),
                  timeout),
         bus.call(S.MD_PRICES_API, PricesRequest(symbols=symbols), timeout),
+        read_supervision(session.nc, timeout),
         return_exceptions=True,
     )
-    services, positions, kill_switch, prices = results
+    services, positions, kill_switch, prices, supervision = results
     if isinstance(services, BaseException):
         raise services
     status = Status(services)
@@ -106,6 +111,14 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         status.account = positions.account
     if isinstance(kill_switch, KillSwitchState):
         status.kill_switch = kill_switch
+    if isinstance(supervision, StreamReadError):
+        status.problems.append(f"supervisor records (KV {S.kv_supervisor('*')}): {supervision}")
+    elif isinstance(supervision, BaseException):
+        raise supervision
+    else:
+        status.supervision, unreadable = supervision
+        status.problems += unreadable
+        status.problems += supervision_problems(status.supervision)
     venues = {t.venue for t in prices.prices.values()} if isinstance(prices, PricesReply) else set()
     while not venues <= set(feeds) or not feeds:
         left = feed_wait - (time.monotonic() - started)
@@ -124,19 +137,42 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
     return status
 
 
+def supervision_problems(records: dict[str, Supervised]) -> list[str]:
+    """A crash loop or a pending restart that the supervisor (still running) reports."""
+    problems = []
+    for name, record in records.items():
+        if record.stale() or record.state not in ("crash_loop", "restarting"):
+            continue
+        what = "CRASH LOOP" if record.state == "crash_loop" else "restarting"
+        problems.append(f"{name}: {what} ({record.restarts} restarts, {record.recent_crashes} recent crashes, "
+                        f"last {record.last_exit or '?'})")
+    return problems
+
+
 def services_table(status: Status) -> Table:
     table = Table(title="services", title_justify="left", expand=False)
-    for column in ("service", "instances", "version", "uptime", "requests", "errors", "last error"):
-        table.add_column(column, justify="right" if column in ("instances", "requests", "errors") else "left")
+    numeric = ("instances", "requests", "errors", "restarts")
+    for column in ("service", "instances", "version", "uptime", "requests", "errors", "restarts", "supervisor",
+                   "last error"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     now = time.time_ns()
+    sup = status.supervision
+
+    def restarts(name: str) -> str:
+        return str(sup[name].restarts) if name in sup else "-"
+
     for name, service in status.services.items():
         uptime = duration((now - service.started_ns) / 1e9) if service.started_ns else "-"
         errors = Text(str(service.errors), style="red" if service.errors else "")
         table.add_row(*cells(name, str(len(service.instances)), ", ".join(service.versions), uptime,
-                      str(service.requests), errors, service.last_error[:60]))
+                      str(service.requests), errors, restarts(name), supervised(sup.get(name)),
+                      service.last_error[:60]))
     for name in status.missing:
         down = Text("not running", style="red")
-        table.add_row(*cells(Text(name, style="red"), Text("0", style="red"), "", down, "", "", ""))
+        table.add_row(*cells(Text(name, style="red"), Text("0", style="red"), "", down, "", "", restarts(name),
+                             supervised(sup.get(name)), ""))
+    if "nats" in sup:  # nats-server itself, when `make run` supervises it
+        table.add_row(*cells("nats-server", "", "", "", "", "", restarts("nats"), supervised(sup["nats"]), ""))
     return table
 
 

@@ -162,6 +162,17 @@ def kv_sentiment(symbol: object) -> str:
     return f"sentiment.{symbol}"
 
 
+def kv_supervisor(service: object) -> str:
+    """The KV key (not a subject) of `make run`'s record of a supervised service
+    (`supervisor.<service>`, `supervisor.nats` for nats-server); only user `supervisor` writes them."""
+    return f"supervisor.{service}"
+
+
+def kv_subject(key: object) -> str:
+    """The subject a KV key of KV_BUCKET is stored on: `$KV.moonbus.<key>`."""
+    return f"$KV.{KV_BUCKET}.{key}"
+
+
 def signal(agent: object, symbol: object) -> str:
     """`agent.signal.<agent>.<symbol>`."""
     return f"agent.signal.{agent}.{symbol}"

@@ -3,9 +3,18 @@
 Starts nats-server (secure config, one user per service), writes `.moon/nats.env`
 with the operator's credentials, then every service as a child process with its own
 NATS user. Each line a child prints is shown with a fixed-width, coloured service
-name, like docker compose. A child that dies is reported and the rest keep running.
-Ctrl+C / SIGTERM stops the services (SIGTERM, then SIGKILL after 10 s) and
-nats-server last.
+name, like docker compose. Ctrl+C / SIGTERM stops the services (SIGTERM, then SIGKILL
+after 10 s) and nats-server last, promptly: no restart once stopping.
+
+Supervision (services/devstack/supervisor.py): a service that crashes (a non-zero exit,
+or killed by a signal the launcher did not send) is restarted with exponential backoff
+(RestartPolicy: 0.5 s doubling to 30 s, back to 0.5 s once it has stayed up 30 s); 3
+crashes within 60 s (or in a row) are a crash loop, flagged and still retried. A service that exits 0
+on its own stays stopped. If nats-server dies it is restarted on the same port and
+store; the services reconnect on their own. Each one's state is kept in the KV bucket
+`moonbus` under `supervisor.<service>` (`supervisor.nats`; read by `moon status` and the
+dashboard), written as the `supervisor` NATS user, and each crash is an ErrorEvent on
+`errors.supervisor`.
 
 The same class runs a subset of the system in tests:
 
@@ -14,6 +23,8 @@ The same class runs a subset of the system in tests:
     try:
         system.wait_for_output("market-data", r"connected to NATS", timeout=30)
         env = system.env_for("operator")        # NATS_URL / NATS_USER / NATS_PASSWORD
+        system.crash("risk")                    # SIGKILL the launcher did not ask for: a crash
+        system.wait_for_state("risk", "running", restarts=1)   # restarted by the supervisor
     finally:
         print(system.tail())                    # last lines of every service, on failure
         system.stop()
@@ -31,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -45,6 +57,10 @@ from services.devstack.natsserver import (
     write_nats_env,
 )
 from services.devstack.certs import ensure_tls_files
+from services.devstack.supervisor import Recorder, RestartPolicy, Track, describe_exit
+from services.ops.supervision import HEARTBEAT_S
+from services.contract.models import ErrorEvent
+from services.contract import subjects as S
 
 DEFAULT_PORT = 4222
 
@@ -63,8 +79,10 @@ class ServiceSpec:
     name: str
     command: tuple[str, ...]  # a path relative to the repository, or `-m module` for Python
     kind: str  # "rust" or "python"
+    env: tuple[tuple[str, str], ...] = ()  # extra variables for this service only (a test's config)
 
     def argv(self, repo_root: Path) -> list[str]:
+        """The command line, with the repository's path or this Python."""
         if self.kind == "python":
             return [sys.executable, *self.command]
         return [str(repo_root / self.command[0]), *self.command[1:]]
@@ -126,19 +144,24 @@ class Child:
         self.cwd = cwd
         self.out = out
         self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.total = 0  # lines ever added: `wait_for(after=...)` skips the older ones
         self.process: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.start_error: str | None = None
+        # Called from the output thread when the process has exited (the supervisor).
+        self.on_exit: Callable[[Child, subprocess.Popen[bytes], int], None] | None = None
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
 
     def _add(self, text: str) -> None:
         with self._cond:
             self.lines.append(text)
+            self.total += 1
             self._cond.notify_all()
         self.out.line(self.name, text)
 
     def start(self) -> None:
+        self.start_error = None
         try:
             self.process = subprocess.Popen(
                 self.argv,
@@ -162,7 +185,9 @@ class Child:
         for raw in proc.stdout:
             self._add(raw.decode("utf-8", "replace").rstrip("\r\n"))
         code = proc.wait()
-        if not self.stopping:
+        if self.on_exit is not None:
+            self.on_exit(self, proc, code)
+        elif not self.stopping:
             self._add(f"[launcher] {self.name} exited unexpectedly: {describe_exit(code)}; "
                       "the other services keep running")
 
@@ -186,13 +211,16 @@ class Child:
         if self._reader:
             self._reader.join(timeout)
 
-    def wait_for(self, pattern: str, timeout: float) -> str:
+    def wait_for(self, pattern: str, timeout: float, after: int = 0) -> str:
+        """The first kept line matching `pattern` among those after the `after`-th line
+        ever added (`total` before a restart: only the new run's lines)."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for text in self.lines:
-                    if regex.search(text):
+                first = self.total - len(self.lines)  # lines[i] is line number first + i + 1
+                for i, text in enumerate(self.lines):
+                    if first + i >= after and regex.search(text):
                         return text
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -202,17 +230,6 @@ class Child:
                         + "\n".join(self.lines)
                     )
                 self._cond.wait(min(remaining, 0.5))
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 class System:
@@ -225,6 +242,16 @@ class System:
         self.children: dict[str, Child] = {}
         self.out = Output(None, [])
         self.moon_dir: Path | None = None
+        # Supervision: one Track per child and "nats"; the supervisor thread acts on them.
+        self.policy = RestartPolicy()
+        self.supervise = False
+        self.tracks: dict[str, Track] = {}
+        self.recorder: Recorder | None = None
+        self._stopping = False
+        self._cond = threading.Condition()  # guards the tracks, _exits, _stopping and every (re)start
+        self._exits: list[tuple[Child, subprocess.Popen[bytes], int]] = []
+        self._supervisor: threading.Thread | None = None
+        self._nats_timeout = 15.0
 
     def start(
         self,
@@ -240,6 +267,8 @@ class System:
         nats_timeout: float = 15.0,
         tls: bool = False,
         monitor_port: int | None = None,
+        supervise: bool = True,
+        restart_policy: RestartPolicy | None = None,
     ) -> System:
         """Start nats-server, then `services` (default: all of SERVICES, in order).
 
@@ -253,6 +282,9 @@ class System:
         tls: TLS required on every connection, with a CA and server certificate made (once)
         in <moon_dir>/tls/; every service gets a `tls://` NATS_URL and NATS_CA.
         monitor_port: nats-server's HTTP monitoring on 127.0.0.1 (None or 0: off).
+        supervise: restart crashed services and nats-server (restart_policy, default
+        RestartPolicy()) and record them in KV `supervisor.<service>`; False: a crash is
+        only reported.
         """
         specs = [SERVICES[s] if isinstance(s, str) and s in SERVICES else s
                  for s in (list(SERVICES) if services is None else services)]
@@ -280,6 +312,12 @@ class System:
             tls=ensure_tls_files(self.moon_dir / "tls", [host]) if tls else None,
         )
         self.nats.start(timeout=nats_timeout)
+        self.supervise = supervise
+        self.policy = restart_policy or RestartPolicy()
+        self._nats_timeout = nats_timeout
+        if supervise:
+            self.tracks["nats"] = Track("nats", self.policy)
+            self.tracks["nats"].started(self.nats.process.pid if self.nats.process else None, time.monotonic())
         monitor = f", monitoring on {self.nats.monitor_url}" if self.nats.monitor_url else ""
         self.out.line("launcher", f"nats-server ready on {self.nats.url}{monitor}; "
                                   f"starting {', '.join(names) or 'no services'}")
@@ -305,16 +343,30 @@ class System:
             self.out.line("launcher", "JetStream provisioned: " + "; ".join(
                 f"{name} {', '.join(what)}" for name, what in changes.items()))
         try:
+            if supervise:
+                sup = self.nats.env_for("supervisor")
+                self.recorder = Recorder(sup["NATS_URL"], sup["NATS_PASSWORD"], sup.get("NATS_CA"),
+                                         on_problem=lambda text: self.out.line("launcher", text)).start()
+                self.recorder.put(self.tracks["nats"].record())
             for spec in specs:
                 name = spec.name
-                child_env = {**base, **self.nats.env_for(name)}
+                child_env = {**base, **dict(spec.env), **self.nats.env_for(name)}
                 child = Child(name, spec.argv(self.repo_root), child_env, self.repo_root, self.out, self.keep_lines)
                 self.children[name] = child
+                if supervise:
+                    self.tracks[name] = Track(name, self.policy)
+                    child.on_exit = self._on_exit
                 if spec.kind == "rust" and not Path(child.argv[0]).exists():
                     child.start_error = f"{child.argv[0]} not found: build it with `make setup` (cargo build --release)"
                     child._add(f"[launcher] {child.start_error}")
+                    if supervise:  # a missing build is no crash: nothing to retry
+                        self.tracks[name].stopped(None, child.start_error)
+                        self._record(name)
                     continue
-                child.start()
+                self._start_child(child)
+            if supervise:
+                self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+                self._supervisor.start()
         except BaseException:
             self.stop()
             raise
@@ -359,23 +411,184 @@ class System:
             parts.append(f"---- {name}{state} ----\n" + "\n".join(text))
         return "\n".join(parts)
 
-    def wait_for_output(self, name: str, pattern: str, timeout: float = 30.0) -> str:
-        """Block until a line of `name` matches the regex `pattern`; returns the line."""
-        return self.children[name].wait_for(pattern, timeout)
+    def wait_for_output(self, name: str, pattern: str, timeout: float = 30.0, after: int = 0) -> str:
+        """Block until a line of `name` matches the regex `pattern`; returns the line. `after`:
+        only lines after that many (`line_count(name)` taken before a crash: the new run's)."""
+        return self.children[name].wait_for(pattern, timeout, after)
 
-    async def await_output(self, name: str, pattern: str, timeout: float = 30.0) -> str:
+    def line_count(self, name: str) -> int:
+        """How many lines `name` has printed so far (for `wait_for_output(after=...)`)."""
+        return self.children[name].total
+
+    async def await_output(self, name: str, pattern: str, timeout: float = 30.0, after: int = 0) -> str:
         """`wait_for_output` for async tests (does not block the event loop)."""
-        return await asyncio.to_thread(self.wait_for_output, name, pattern, timeout)
+        return await asyncio.to_thread(self.wait_for_output, name, pattern, timeout, after)
+
+    # ---- supervision ----------------------------------------------------------------------
+
+    def supervision(self, name: str) -> Track:
+        """What the supervisor knows of `name` (a service or "nats"): state, restarts, ..."""
+        return self.tracks[name]
+
+    def wait_for_state(self, name: str, state: str, restarts: int = 0, timeout: float = 30.0) -> Track:
+        """Block until the supervisor has `name` in `state` with at least `restarts` restarts."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                track = self.tracks[name]
+                if track.state == state and track.restarts >= restarts:
+                    return track
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{name}: not {state} with {restarts}+ restarts within {timeout:.0f}s "
+                                       f"(now {track.state}, {track.restarts} restarts)")
+                self._cond.wait(min(remaining, 0.5))
+
+    def _record(self, name: str) -> None:
+        """Send the current record of `name` to KV (the caller holds _cond or runs alone)."""
+        if self.recorder is not None:
+            self.recorder.put(self.tracks[name].record())
+
+    def _event(self, name: str, reason: str, excerpt: str = "") -> None:
+        if self.recorder is not None:
+            self.recorder.event(ErrorEvent(service="supervisor", subject=S.kv_supervisor(name), reason=reason,
+                                           excerpt=excerpt[-256:], ts=time.time_ns()))
+
+    def _start_child(self, child: Child) -> None:
+        """(Re)start under the lock, unless stopping: stop() then sees the new process."""
+        with self._cond:
+            if self._stopping or child.stopping:
+                return
+            child.start()
+            track = self.tracks.get(child.name)
+            if track is not None:
+                if child.process is None:  # could not even be spawned: a crash like any other
+                    self._crashed(child.name, None, child.start_error or "could not start", "")
+                else:
+                    track.started(child.process.pid, time.monotonic())
+                    self._record(child.name)
+            self._cond.notify_all()
+
+    def _on_exit(self, child: Child, proc: subprocess.Popen[bytes], code: int) -> None:
+        """From a child's output thread: its process has exited (handled by _supervise)."""
+        with self._cond:
+            self._exits.append((child, proc, code))
+            self._cond.notify_all()
+
+    def _crashed(self, name: str, code: int | None, what: str, excerpt: str) -> None:
+        track = self.tracks[name]
+        backoff = track.crashed(code, time.monotonic(), what)
+        loop = (f"; CRASH LOOP: {track.consecutive} crashes in a row, {len(track.crashes)} within "
+                f"{self.policy.loop_window_s:g}s" if track.state == "crash_loop" else "")
+        label = "nats-server" if name == "nats" else name
+        reason = f"{label} {what}; restart #{track.restarts + 1} in {backoff:g}s{loop}"
+        if name in self.children:
+            self.children[name]._add(f"[launcher] {reason}")
+        else:
+            self.out.line("launcher", reason)
+        self._record(name)
+        self._event(name, reason, excerpt)
+
+    def _handle_exit(self, child: Child, proc: subprocess.Popen[bytes], code: int) -> None:
+        name, track = child.name, self.tracks[child.name]
+        if proc is not child.process:
+            return  # an older run's exit, already handled
+        if self._stopping or child.stopping:
+            track.stopped(code, "stopped by the launcher")
+            self._record(name)
+            return
+        excerpt = "\n".join(list(child.lines)[-4:])
+        if code == 0:  # it chose to end: not a crash, nothing to restart
+            reason = f"{name} exited on its own (exit code 0); not restarted"
+            track.stopped(code, "exited on its own")
+            child._add(f"[launcher] {reason}")
+            self._record(name)
+            self._event(name, reason, excerpt)
+            return
+        uptime = time.monotonic() - (track.started_mono or time.monotonic())
+        self._crashed(name, code, f"exited unexpectedly: {describe_exit(code)} after {uptime:.1f}s up", excerpt)
+
+    def _restart_nats(self) -> None:
+        """Same port, same store, same passwords; the services' clients reconnect."""
+        assert self.nats is not None
+        track = self.tracks["nats"]
+        track.restarts += 1
+        track.restart_due = None
+        self.out.line("launcher", f"restarting nats-server on {self.nats.url} (restart #{track.restarts})")
+        error = None
+        self._cond.release()  # a start takes a while: exits and stop() must not wait for it
+        try:
+            self.nats.start(timeout=self._nats_timeout)
+        except NatsServerError as e:
+            error = str(e).splitlines()[0]
+        finally:
+            self._cond.acquire()
+        if self._stopping:  # stop() came meanwhile and may have missed this process
+            self.nats.stop()
+            return
+        if error is not None:
+            self._crashed("nats", None, f"could not be restarted: {error}", "")
+            return
+        track.started(self.nats.process.pid if self.nats.process else None, time.monotonic())
+        self._record("nats")
+        self.out.line("launcher", f"nats-server is back on {self.nats.url}")
+
+    def _supervise(self) -> None:
+        """The supervisor thread: handles exits, restarts what is due, forgives the crashes
+        of a stable run, re-writes every record each HEARTBEAT_S; stop() wakes it at once."""
+        next_heartbeat = time.monotonic() + HEARTBEAT_S
+        with self._cond:
+            while not self._stopping:
+                exits, self._exits = self._exits, []
+                for child, proc, code in exits:
+                    self._handle_exit(child, proc, code)
+                now = time.monotonic()
+                nats = self.nats
+                if (nats is not None and nats.process is not None and nats.process.poll() is not None
+                        and self.tracks["nats"].restart_due is None):
+                    code = nats.process.returncode
+                    uptime = now - (self.tracks["nats"].started_mono or now)
+                    self._crashed("nats", code, f"died: {describe_exit(code)} after {uptime:.1f}s up",
+                                  "\n".join(list(nats.lines)[-4:]))
+                for name, track in self.tracks.items():
+                    if self._stopping:
+                        break
+                    if track.restart_due is not None and track.restart_due <= now:
+                        if name == "nats":
+                            self._restart_nats()
+                        elif not self.children[name].stopping:
+                            track.restarts += 1
+                            self.children[name]._add(f"[launcher] restarting {name} (restart #{track.restarts})")
+                            self._start_child(self.children[name])
+                    elif track.settle(now):
+                        self.out.line("launcher", f"{name} has stayed up {self.policy.stable_s:g}s: "
+                                                  "backoff and crash count reset")
+                        self._record(name)
+                if now >= next_heartbeat:
+                    next_heartbeat = now + HEARTBEAT_S
+                    for name in self.tracks:
+                        self._record(name)
+                self._cond.notify_all()  # for wait_for_state
+                due = [t.restart_due - time.monotonic() for t in self.tracks.values() if t.restart_due is not None]
+                if not self._exits and not self._stopping:
+                    self._cond.wait(max(0.01, min([0.5, *due])))
 
     # ---- one service (fault tests) ------------------------------------------------------
 
     def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int | None:
-        """Stop one service with `sig` (default SIGKILL: a crash, no clean-up) and wait until
-        it is gone (SIGKILL after `timeout`); returns its exit code. The others keep running."""
+        """Stop one service with `sig` (default SIGKILL: no clean-up) and wait until it is
+        gone (SIGKILL after `timeout`); returns its exit code. The launcher asked for it, so
+        the supervisor does not restart it (`crash` is the fault it restarts); the others
+        keep running."""
         child = self.children[name]
+        with self._cond:
+            child.stopping = True  # also cancels a pending restart
+            track = self.tracks.get(name)
+            if track is not None and track.restart_due is not None:
+                track.stopped(child.returncode, "stopped by the launcher")
+                self._record(name)
         if child.process is None:
             return None
-        child.stopping = True
         child.signal(sig)
         try:
             child.process.wait(timeout=timeout)
@@ -384,6 +597,23 @@ class System:
             child.process.wait()
         child.join_output()
         return child.returncode
+
+    def crash(self, name: str, sig: int = signal.SIGKILL) -> int | None:
+        """Send `sig` to one service as an outside fault would (the launcher did not ask for
+        it): with supervision it is restarted, with backoff. Returns the pid signalled."""
+        child = self.children[name]
+        pid = child.process.pid if child.running and child.process else None
+        child.signal(sig)
+        return pid
+
+    def crash_nats(self, sig: int = signal.SIGKILL) -> int | None:
+        """kill -9 (or `sig`) nats-server as an outside fault: the supervisor restarts it on
+        the same port and store. Returns the pid signalled."""
+        proc = self.nats.process if self.nats is not None else None
+        if proc is None or proc.poll() is not None:
+            return None
+        proc.send_signal(sig)
+        return proc.pid
 
     def restart(self, name: str) -> None:
         """Start a killed or stopped service again: same command, same environment. Its kept
@@ -397,15 +627,25 @@ class System:
         child.stopping = False
         child.start_error = None
         self.out.line("launcher", f"restarting {name}")
-        child.start()
+        if name in self.tracks:
+            self._start_child(child)
+        else:
+            child.start()
 
     # ---- stopping -----------------------------------------------------------------------
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM every service, SIGKILL what is left after `timeout`, then stop NATS."""
-        children = [c for c in self.children.values() if c.process is not None]
+        """SIGTERM every service, SIGKILL what is left after `timeout`, then stop NATS. From
+        the first line on nothing is restarted, whatever was pending."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            children = [c for c in self.children.values() if c.process is not None]
+            for child in children:
+                child.stopping = True
+        if self._supervisor is not None:
+            self._supervisor.join(2.0)  # it wakes at once, unless inside a nats-server restart
         for child in children:
-            child.stopping = True
             child.signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in children:
@@ -418,8 +658,20 @@ class System:
                 child.process.wait()
         for child in children:
             child.join_output()
+        if self.recorder is not None:
+            with self._cond:  # the last word in KV: stopped, and how
+                for name, track in self.tracks.items():
+                    if name in self.children:
+                        if track.state != "stopped" or track.restart_due is not None:
+                            track.stopped(self.children[name].returncode, "stopped by the launcher")
+                    else:
+                        track.stopped(None, "stopped by the launcher")
+                    self._record(name)
+            self.recorder.close()
         if self.nats is not None:
             self.nats.stop()
+        if self._supervisor is not None:
+            self._supervisor.join(self._nats_timeout + 5)
 
     def __enter__(self) -> System:
         return self

@@ -25,6 +25,7 @@ from services.ops import orderlog
 from services.contract import subjects as S
 from services.common.bus import ApiError, OrderRefused
 from services.ops.discovery import discover
+from services.ops.supervision import StreamReadError, read_supervision
 from services.contract.models import (
     CLIENT_ORDER_ID_PATTERN,
     SYMBOL_PATTERN,
@@ -269,6 +270,21 @@ async def services(gw: Gw) -> JSONResponse:
     """Every running service and instance ($SRV.INFO / $SRV.STATS)."""
     found = await discover(gw.the_bus().client, wait=gw.cfg.request_timeout_s / 2)
     return JSONResponse({"services": [s.as_dict() for s in found.values()], "ts": time.time_ns()})
+
+
+@router.get("/supervision", responses=ERRORS)
+async def supervision(gw: Gw) -> JSONResponse:
+    """Each service as `make run`'s supervisor last recorded it (KV `supervisor.<service>`,
+    `nats` for nats-server): state (running / restarting / crash_loop / stopped), restarts,
+    crash-loop flag, last exit, next backoff; `stale` when its launcher is gone. Empty
+    under docker compose, whose restart policies supervise."""
+    try:
+        records, problems = await read_supervision(gw.the_bus().client, gw.cfg.request_timeout_s)
+    except StreamReadError as e:
+        raise ApiError("stream_unavailable", str(e)) from None
+    now = time.time_ns()
+    return JSONResponse({"services": {name: r.as_dict(now) for name, r in records.items()}, "problems": problems,
+                         "ts": now})
 
 
 @router.get("/stream", responses={200: {"content": {"text/event-stream": {}},

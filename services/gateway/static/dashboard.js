@@ -164,6 +164,26 @@ function renderFeeds() {
   $("feeds").className = "pill " + (feeds.length ? (ok ? "on" : "off") : "");
 }
 
+// make run's supervisor (KV supervisor.<service>): restarts and crash loops. Empty under
+// compose, whose restart policies supervise.
+async function refreshSupervision() {
+  try {
+    const reply = await api("/api/supervision");
+    const records = Object.values(reply.services);
+    const label = (r) => (r.stale ? `${r.state} (stale)` : r.state === "crash_loop" ? "CRASH LOOP" : r.state);
+    $("supervision").tBodies[0].replaceChildren(...records.map((r) => el("tr", { title: r.detail || "" },
+      el("td", {}, r.service), el("td", { class: r.stale ? "stale" : r.state }, label(r)),
+      num(String(r.restarts)), el("td", {}, r.last_exit || "-"))));
+    const live = records.filter((r) => !r.stale);
+    const looping = live.filter((r) => r.state === "crash_loop").map((r) => r.service);
+    const restarting = live.filter((r) => r.state === "restarting").map((r) => r.service);
+    const pill = $("supervisor");
+    pill.textContent = !live.length ? "supervisor: -" : looping.length ? `CRASH LOOP: ${looping.join(", ")}`
+      : restarting.length ? `restarting: ${restarting.join(", ")}` : "supervisor: all running";
+    pill.className = "pill " + (!live.length ? "" : looping.length || restarting.length ? "off" : "on");
+  } catch (e) { say(`supervisor: ${e.message}`); }
+}
+
 // ---------------------------------------------------------------- orders and decisions
 
 function orderRow(id) {
@@ -274,7 +294,9 @@ async function start() {
   select(view.symbols[0]);
   api("/api/killswitch").then((k) => { view.killSwitch = k; schedule(); }).catch((e) => say(`kill switch: ${e.message}`));
   refreshPositions();
+  refreshSupervision();
   setInterval(refreshPositions, 5000);
+  setInterval(refreshSupervision, 5000);
   window.addEventListener("resize", schedule);
 }
 
