@@ -221,6 +221,20 @@ def test_merge_bars_adds_the_event_bar_once_and_keeps_the_last() -> None:
     assert [b.close for b in merge_bars(history, None, 2)] == [D(2), D(3)]
 
 
+def test_merge_bars_uses_no_bars_across_a_long_silence() -> None:
+    # Bars 0-2, then market-data down: the next bars start at 10 s and at 100 s.
+    history = bars("BTC-USD", ["1", "2", "3"]) + [bar("BTC-USD", "4", 10)]
+    late = bar("BTC-USD", "5", 100)
+    # A 7 s gap within the limit of 60 s: the series goes on across it (a restart).
+    assert [b.close for b in merge_bars(history, None, 10, 60 * 10**9)] == [D(1), D(2), D(3), D(4)]
+    # An 89 s gap: only the bars after it (the strategy then waits for enough of them).
+    assert [b.close for b in merge_bars(history, late, 10, 60 * 10**9)] == [D(5)]
+    assert [b.close for b in merge_bars(history, None, 10, 5 * 10**9)] == [D(4)]
+    # Contiguous bars are no gap, even with a limit of 0; without a limit nothing is cut.
+    assert [b.close for b in merge_bars(history[:3], None, 10, 0)] == [D(1), D(2), D(3)]
+    assert len(merge_bars(history, late, 10)) == 5
+
+
 class FakeProvider:
     def __init__(self, answer: Decision | None = None, delay: float = 0.0, fail: Exception | None = None) -> None:
         self.name = "fake"

@@ -38,6 +38,7 @@ class TradingConfig(Section):
     # context and plumbing
     state_max_age_s: Annotated[float, Field(gt=0)] = 10.0
     history_timeout_s: Annotated[float, Field(gt=0)] = 1.0
+    history_max_gap_s: Annotated[float, Field(ge=0)] = 60.0
     publish_timeout_s: Annotated[float, Field(gt=0)] = 2.0
     workers: Annotated[int, Field(ge=1, le=256)] = 8
     max_pending: Annotated[int, Field(ge=1)] = 1000

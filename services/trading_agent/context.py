@@ -41,13 +41,25 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 
-def merge_bars(history: list[Bar], bar: Bar | None, limit: int) -> list[Bar]:
+def merge_bars(history: list[Bar], bar: Bar | None, limit: int, max_gap_ns: int | None = None) -> list[Bar]:
     """History plus the event's bar (history may not have it yet), oldest first, no
-    duplicate start_ts, the last `limit`."""
+    duplicate start_ts, the last `limit`; with `max_gap_ns`, only the bars after the last
+    silence longer than that (a bar's start minus the end of the one before it).
+
+    A gap in start_ts is real: market-data makes no bar for an interval without ticks or
+    while it was down, and keeps its history across restarts (stream BARS). A short gap (a
+    restart) leaves a usable series, so a restarted system decides at once; bars across a
+    long one (hours down) are no series to measure a move over, so the strategy waits for
+    enough new bars, as on a first start."""
     by_start = {b.start_ts: b for b in history if bar is None or b.start_ts <= bar.start_ts}
     if bar is not None:
         by_start[bar.start_ts] = bar
-    return [by_start[k] for k in sorted(by_start)][-limit:]
+    merged = [by_start[k] for k in sorted(by_start)][-limit:]
+    if max_gap_ns is not None:
+        for i in range(len(merged) - 1, 0, -1):
+            if merged[i].start_ts - merged[i - 1].end_ts > max_gap_ns:
+                return merged[i:]
+    return merged
 
 
 class LatestTicks:
@@ -109,7 +121,8 @@ class ContextSource:
 
     async def gather(self, event: Event, bar: Bar | None, bars_needed: int, sentiment: bool) -> Context:
         ctx = Context(event=event, bars=[])
-        ctx.bars = merge_bars(await self._history(event, bars_needed, ctx.notes), bar, bars_needed)
+        ctx.bars = merge_bars(await self._history(event, bars_needed, ctx.notes), bar, bars_needed,
+                              int(self.cfg.history_max_gap_s * 1e9))
         symbol = event.symbol
         ctx.tick = await self.ticks.get(event.venue, symbol)
         if symbol not in self.verdicts and (v := await self._from_kv(S.verdict(symbol), Verdict, ctx.notes)):
