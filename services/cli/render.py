@@ -119,8 +119,8 @@ def supervised(record: Supervised | None) -> Text:
     if record.stale():
         return Text(f"{record.state} (stale {age(record.ts)})", style="dim")
     text = "CRASH LOOP" if record.state == "crash_loop" else record.state
-    if record.state in ("restarting", "crash_loop") and record.next_backoff_s is not None and record.pid is None:
-        text += f", restart in {record.next_backoff_s:g}s"
+    if record.state in ("restarting", "crash_loop") and record.restart_at_ns and record.pid is None:
+        text += f", restart in {duration(max(0.0, (record.restart_at_ns - time.time_ns()) / 1e9))}"
     if record.state != "running" and record.last_exit:
         text += f" ({record.last_exit})"
     return Text(text, style=SUPERVISOR_STYLES.get(record.state, ""))

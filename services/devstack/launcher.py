@@ -718,6 +718,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     env_file = args.moon_dir / "nats.env"
     system.out.line("launcher", f"operator credentials for the nats CLI: source {env_file} && nats sub 'md.>'")
+    system.out.line("launcher", f"supervising: a crashed service is restarted after {system.policy.backoff_initial_s:g}s "
+                                f"doubling to {system.policy.backoff_max_s:g}s; `moon status` shows restarts and "
+                                "crash loops")
     system.out.line("launcher", "Ctrl+C stops everything")
     while not stop.wait(0.5):
         pass
