@@ -1191,3 +1191,37 @@ fn snapshot_size_after_many_orders() {
         started.elapsed()
     );
 }
+
+/// A tick with the sender's clock `ts` (market-data skewed or stepped).
+fn tick_at(price: &str, ts: u64) -> Tick {
+    let mut t = tick("BTC-USD", price);
+    t.ts = ts;
+    t
+}
+
+#[test]
+fn marks_follow_receive_time_never_the_senders_clock() {
+    const HOUR: u64 = 3_600_000 * MS;
+    let mut engine = no_breaker_engine();
+    // A tick dated an hour ahead, then ordinary ones: the last received is the mark.
+    engine.apply_tick(&tick_at("150", T0 + HOUR), T0);
+    engine.apply_tick(&tick_at("101", T0), T0 + 10 * MS);
+    let mark = |engine: &Engine| engine.marks.get(&sym("BTC-USD")).map(|m| m.price);
+    assert_eq!(mark(&engine), Some(d("101")));
+    // market-data's clock steps back an hour: its ticks are fresh, orders pass.
+    engine.apply_tick(&tick_at("102", T0 - HOUR), T0 + 20 * MS);
+    assert_eq!(mark(&engine), Some(d("102")));
+    let at = T0 + 4000 * MS;
+    assert_eq!(
+        code(&engine.check(&request("o1", "BUY", "1"), at)),
+        "approved"
+    );
+    // Nothing received for longer than stale_after_ms (5 s), the last tick dated ahead:
+    // stale, whatever its ts says.
+    engine.apply_tick(&tick_at("103", T0 + HOUR), T0 + 5000 * MS);
+    let late = T0 + 10_001 * MS;
+    assert_eq!(
+        code(&engine.check(&request("o2", "BUY", "1"), late)),
+        "stale_market_data"
+    );
+}
