@@ -10,12 +10,14 @@ PY     := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.moonbus-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup python rust run test test-rust test-python bench fmt lint clean distclean
+.PHONY: help setup python rust run test test-rust test-python bench chaos soak fmt lint clean distclean
 
 help:
 	@echo "make run     start nats-server and every service (Ctrl+C stops them all)"
 	@echo "make test    run all tests (cargo test, pytest)"
 	@echo "make bench   run the benchmark harness; results in bench/results/*.json"
+	@echo "make chaos   the fault suite: every fault in turn under load; bench/results/chaos.json"
+	@echo "make soak    10 minutes at 10,000 ticks/s, RSS slope per service; bench/results/soak.json"
 	@echo "make setup   create .venv, install the Python package, build the Rust binaries"
 	@echo "make fmt     format code (cargo fmt; ruff format if installed)"
 	@echo "make lint    cargo clippy -D warnings (and ruff check if installed)"
@@ -58,6 +60,14 @@ test-python: setup
 # Writes bench/results/<name>.json; BENCH="name ..." runs a subset.
 bench: setup
 	$(PY) -m bench $(BENCH)
+
+# The fault suite (bench/chaos.py; short version tests/test_faults.py), ~6 minutes.
+chaos: setup
+	$(PY) -m bench chaos
+
+# The soak (bench/soak.py; short version tests/test_soak.py), ~11 minutes.
+soak: setup
+	$(PY) -m bench soak
 
 # ---- code hygiene ---------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Run the benchmarks and write their results (`make bench`).
 
-    python -m bench                 # every benchmark
+    python -m bench                 # every benchmark (but the long chaos and soak runs)
     python -m bench risk_check      # only these (module names in bench/)
     python -m bench --list
 
@@ -71,6 +71,10 @@ def available() -> list[str]:
     return sorted(p.stem for p in (ROOT / "bench").glob("*.py") if not p.stem.startswith("_"))
 
 
+# Long runs with their own make targets (`make chaos`, `make soak`): only when named.
+SEPARATE = ("chaos", "soak")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(available()))
         return 0
-    names = args.names or available()
+    names = args.names or [n for n in available() if n not in SEPARATE]
     unknown = sorted(set(names) - set(available()))
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(available())}", file=sys.stderr)
