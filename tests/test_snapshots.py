@@ -7,6 +7,7 @@ early reports are gone, and both are SIGKILLed and restarted:
 - risk's positions, cash and PnL are what they were; limits changed through the API too;
 - a resent old client_order_id is still not executed a second time;
 - a resting LIMIT order still rests (it can be cancelled: execution knows it and has it);
+- a graceful stop writes both snapshots;
 - with no snapshot covering the reports removed, risk fails closed (risk_unavailable, an
   errors.risk event) and execution refuses to start.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
@@ -290,3 +292,25 @@ async def test_a_retention_gap_fails_closed(start_system, bus_for) -> None:
     await bus.submit("while-refused", "BTC-USD", "BUY")
     await asyncio.sleep(1.0)
     assert not bus.reports["while-refused"]
+
+
+async def test_a_graceful_stop_writes_the_snapshots(start_system, bus_for) -> None:
+    system = start_system(NO_SNAPSHOTS)  # no timer: only the stop writes one
+    bus = await bus_for(system)
+    await bus.ready_positions()
+    ids = await bus.trade("stop", 6)
+    before = await bus.ready_positions()
+    last = await bus.exec_last_sequence()
+    system.kill("execution", signal.SIGTERM)
+    system.kill("risk", signal.SIGTERM)
+    await bus.snapshot_covering("execution", last)
+    await bus.snapshot_covering("risk", last)
+    await bus.shrink_exec(1)
+    system.restart("risk")
+    system.restart("execution")
+    assert books(await bus.ready_positions()) == books(before)
+    await bus.shrink_exec(-1)
+    await bus.submit(ids[0], "BTC-USD", "BUY", msg_id=f"{ids[0]}-again")
+    await bus.submit("after-stop", "BTC-USD", "BUY")
+    await bus.until(lambda: bus.terminal("after-stop"), "the order after the restart")
+    assert len(bus.reports[ids[0]]) == 1, f"{ids[0]} executed again: {bus.reports[ids[0]]}"

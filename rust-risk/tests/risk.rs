@@ -1071,6 +1071,23 @@ async fn a_snapshot_outlives_exec_retention_and_a_gap_fails_closed() {
 }
 
 #[tokio::test]
+async fn a_graceful_stop_writes_a_snapshot() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    publish_report(&bus, body(&report("r-1", "BUY", "0.01", "97000", "0.97"))).await;
+    publish_report(&bus, body(&report("r-2", "SELL", "0.004", "98000", "0.39"))).await;
+    let mut risk = start_risk_env(&server, &snapshot_every("0"));
+    let before = ready_positions(&bus.client).await;
+    assert!(risk.terminate().success());
+    manifest_covering(&bus, "risk", 2).await;
+    // EXEC keeps only report 2: the restart needs that snapshot.
+    shrink_exec(&bus, 1).await;
+    let _risk = start_risk_env(&server, &snapshot_every("0"));
+    let after = ready_positions(&bus.client).await;
+    assert_eq!(after["positions"], before["positions"]);
+}
+
+#[tokio::test]
 async fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one() {
     let server = NatsServer::start();
     let bus = bus(&server).await;
