@@ -23,6 +23,8 @@
 //! - every state change happens here, in the order events arrive, ticks and books first
 //!   (biased select): a fill uses the freshest market.
 //!
+//! - back off: while report writes fail, no new order is taken for the backoff of the
+//!   failures in a row (the failing ones come back after theirs);
 //! - dead letters: an order the server stopped delivering (max_deliver) and that has no
 //!   outcome is REJECTED `dead_letter` once (deadletter.rs);
 //!
@@ -93,6 +95,11 @@ pub struct Engine<V: Venue> {
     /// Dead letters not settled yet (ORDERS or EXEC could not be read or written), by
     /// ORDERS sequence: tried again every `backoff.max`.
     dead_letters: BTreeMap<u64, Advisory>,
+    /// Report writes failed in a row (EXEC full or unwritable), and until when no new
+    /// order is taken because of them: the backoff of the failures, so an outage is
+    /// not met with every order in the stream.
+    write_failures: i64,
+    intake_paused_until: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +136,8 @@ impl<V: Venue> Engine<V> {
             done_tx,
             done_rx,
             dead_letters: BTreeMap::new(),
+            write_failures: 0,
+            intake_paused_until: None,
         }
     }
 
@@ -234,13 +243,16 @@ impl<V: Venue> Engine<V> {
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
                 Some(message) = self.bus.dead_letters.next() => self.on_dead_letter_message(message).await,
                 _ = retry.tick(), if !self.dead_letters.is_empty() => self.retry_dead_letters().await,
+                () = sleep_until(self.intake_paused_until), if self.intake_paused_until.is_some() => {
+                    self.intake_paused_until = None;
+                }
                 // Only with nothing in flight: every report in EXEC is then in the ledger.
                 _ = self.bus.snapshots.timer.tick(), if self.jobs == 0 => {
                     let venue = &self.venue;
                     let resting = |id: &ClientOrderId| venue.resting(id).map(|r| r.order.clone());
                     self.bus.snapshots.write(&self.ledger, resting).await;
                 }
-                next = orders.next() => match next {
+                next = orders.next(), if self.intake_paused_until.is_none() => match next {
                     Some(Ok(message)) => self.on_order_message(message).await,
                     Some(Err(e)) => tracing::warn!(error = %e, "ORDERS consumer"),
                     None => return Err(anyhow!("the ORDERS consumer stream ended")),
@@ -558,6 +570,18 @@ impl<V: Venue> Engine<V> {
         for report in &recording.reports[..recording.stored] {
             self.remember(report, &recording.key);
         }
+        if recording.stored < recording.reports.len() {
+            self.write_failures = self.write_failures.saturating_add(1);
+            let pause = self.bus.backoff.delay(self.write_failures);
+            tracing::warn!(
+                ?pause,
+                failures = self.write_failures,
+                "report writes failing: no new order for a while"
+            );
+            self.intake_paused_until = Some(tokio::time::Instant::now() + pause);
+        } else if !recording.reports.is_empty() {
+            self.write_failures = 0;
+        }
         if let Some(advisory) = &recording.dead_letter {
             if recording.stored < recording.reports.len() {
                 self.dead_letters
@@ -750,6 +774,14 @@ fn subject_agent(subject: &str) -> &str {
     order_subject(subject)
         .map(|(_, agent, _)| agent)
         .unwrap_or("")
+}
+
+/// Sleeps until `until` (for ever without one: the select branch is off then anyway).
+async fn sleep_until(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn interrupted_reason() -> String {
