@@ -230,8 +230,10 @@ class Recorder:
                 for event in events:  # buffered by the client while it reconnects
                     await nc.publish(S.errors(USER), encode(event))
                     self.published += 1
-                failed = []
+                failed = [] if nc.is_connected else list(pending)  # no put can succeed while reconnecting
                 for name, record in pending.items():
+                    if not nc.is_connected:
+                        continue
                     try:
                         await js.publish(S.kv_subject(S.kv_supervisor(name)), record.model_dump_json().encode(),
                                          timeout=2)
