@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use async_nats::Client;
 use bytes::Bytes;
-use moonbus_common::{bus, now_ns, subjects, AccountState, Symbol, Verdict};
+use moonbus_common::{bus, steady_ns, subjects, AccountState, Symbol, Verdict};
 
 use crate::engine::Engine;
 use crate::limits::LossLatch;
@@ -55,7 +55,7 @@ impl Publisher {
     }
 
     async fn send(&mut self, engine: &Engine, all: bool) {
-        let now = now_ns();
+        let now = steady_ns();
         let account = engine.account(now);
         metrics::global().set_account(&account);
         let changed = self

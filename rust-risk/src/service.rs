@@ -13,7 +13,7 @@ use moonbus_common::service::{self as skeleton, Base};
 use moonbus_common::snapshot::{Snapshots, Start};
 use moonbus_common::streams;
 use moonbus_common::{
-    now_ns, subjects, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
+    now_ns, steady_ns, subjects, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
     LimitsRequest, PositionsReply, PositionsRequest, RiskCheckRequest, Tick, Venue,
 };
 use serde::de::DeserializeOwned;
@@ -143,8 +143,8 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                     snapshotter.applied(sequence, &engine);
                 }
                 Some(FeedEvent::CaughtUp) => {
-                    engine.mark_ready(now_ns());
-                    let account = engine.account(now_ns());
+                    engine.mark_ready(steady_ns());
+                    let account = engine.account(steady_ns());
                     tracing::info!(
                         positions = account.open_positions, equity = %account.equity,
                         realized_pnl = %account.realized_pnl, "ready"
@@ -159,7 +159,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                 let reply = match bus::decode::<RiskCheckRequest>(&request.message.payload) {
                     Ok(check) => {
                         let started = Instant::now();
-                        let result = engine.check(&check, now_ns());
+                        let result = engine.check(&check, steady_ns());
                         metrics::global().check_seconds.observe(started.elapsed());
                         metrics::global().count_check(&result);
                         bus::encode(&result)
@@ -218,7 +218,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                     }
                     Ok(query) => bus::encode(&PositionsReply {
                         positions: engine.positions(query.symbol.as_ref()),
-                        account: engine.account(now_ns()),
+                        account: engine.account(steady_ns()),
                     }),
                     Err(e) => bad_request(&request, e),
                 };
@@ -228,7 +228,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                 let message = message.context("tick subscription closed")?;
                 match bus::decode::<Tick>(&message.payload) {
                     Ok(tick) => {
-                        if engine.apply_tick(&tick, now_ns()) || publisher.lacks_mark(&tick.symbol) {
+                        if engine.apply_tick(&tick, steady_ns()) || publisher.lacks_mark(&tick.symbol) {
                             publisher.changes(&engine).await;
                         }
                     }
@@ -236,7 +236,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                 }
             }
             _ = heartbeat.tick() => {
-                engine.heartbeat(now_ns());
+                engine.heartbeat(steady_ns());
                 publisher.everything(&engine).await;
                 snapshotter.owed(&engine);
             }
@@ -432,7 +432,7 @@ async fn on_limits(
         tracing::warn!(actor = %change.actor, reason = %change.reason, "limits changed");
     }
     if change.release_loss_latch {
-        let released = engine.release_loss_latch(now_ns());
+        let released = engine.release_loss_latch(steady_ns());
         tracing::warn!(actor = %change.actor, reason = %change.reason, ?released, "loss latch released");
     }
     Ok(())

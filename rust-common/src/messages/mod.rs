@@ -58,6 +58,16 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Nanoseconds since the Unix epoch on a clock that never steps: the wall clock read
+/// once (at the first call) plus the monotonic time elapsed since. Ages, windows and
+/// expiries measured on it survive a wall-clock step (NTP, an operator) on this host;
+/// it strays from the wall clock only by the adjustments made since the process began.
+pub fn steady_ns() -> u64 {
+    static ANCHOR: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (at, wall) = *ANCHOR.get_or_init(|| (std::time::Instant::now(), now_ns()));
+    wall.saturating_add(u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +75,17 @@ mod tests {
     #[test]
     fn now_is_nanoseconds() {
         assert!(now_ns() > 1_700_000_000_000_000_000);
+    }
+
+    #[test]
+    fn the_steady_clock_starts_at_the_wall_clock_and_never_goes_back() {
+        let first = steady_ns();
+        assert!(first.abs_diff(now_ns()) < 1_000_000_000);
+        let mut last = first;
+        for _ in 0..1000 {
+            let now = steady_ns();
+            assert!(now >= last);
+            last = now;
+        }
     }
 }
