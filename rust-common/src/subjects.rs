@@ -24,6 +24,10 @@ pub const ALL_TICKS: &str = "md.tick.>";
 pub const ALL_REPORTS: &str = "exec.report.>";
 pub const ORDERS_SUBMIT_ALL: &str = "orders.submit.>";
 pub const ORDERS_CANCEL_ALL: &str = "orders.cancel.>";
+/// nats-server's advisory when execution's ORDERS consumer gives up on a message
+/// (`max_deliver`); kept in the DEADLETTER stream, acted on by execution.
+pub const DEAD_LETTER_ADVISORY: &str =
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ORDERS.execution";
 
 /// The JetStream streams; ORDERS dedupes on `Nats-Msg-Id` = client_order_id.
 pub const ORDERS_STREAM: &str = "ORDERS";

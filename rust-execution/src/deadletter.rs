@@ -18,7 +18,7 @@ use moonbus_common::streams::DirectReader;
 use serde::Deserialize;
 
 /// The server's advisory for execution's ORDERS consumer giving up on a message.
-pub const ADVISORY_SUBJECT: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ORDERS.execution";
+pub const ADVISORY_SUBJECT: &str = moonbus_common::subjects::DEAD_LETTER_ADVISORY;
 /// The stream that keeps those advisories (proto/nats/jetstream.json).
 pub const STREAM: &str = "DEADLETTER";
 

@@ -65,6 +65,9 @@ ALL_TICKS = "md.tick.>"
 ALL_REPORTS = "exec.report.>"
 ORDERS_SUBMIT_ALL = "orders.submit.>"
 ORDERS_CANCEL_ALL = "orders.cancel.>"
+# nats-server's advisory when execution's ORDERS consumer gives up on a message (max_deliver);
+# kept in the DEADLETTER stream, acted on by execution.
+DEAD_LETTER_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ORDERS.execution"
 
 # The JetStream streams; ORDERS dedupes on `Nats-Msg-Id` = client_order_id.
 ORDERS_STREAM = "ORDERS"
@@ -221,7 +224,7 @@ PATTERNS: tuple[str, ...] = (
     verdict("*"), ACCOUNT, RISK_EVENTS, RISK_CHECK, RISK_KILLSWITCH, RISK_LIMITS, RISK_POSITIONS, RISK_VERSION,
     sentiment("*"), signal("*", "*"), swarm("*"), SWARM_ASK,
     orders_submit("*", "*"), orders_cancel("*", "*"), exec_report("*"), exec_report(INVALID_TOKEN),
-    EXEC_VERSION, errors("*"),
+    EXEC_VERSION, errors("*"), DEAD_LETTER_ADVISORY,
 )
 
 # ---------------------------------------------------------------- typed endpoints
