@@ -68,8 +68,8 @@ def run(ctx: Context) -> dict:
     return out
 
 
-def drive(root: Path, args: list[str], timeout: float) -> dict:
-    argv = ["cargo", "bench", "-q", "-p", "rust-market-data", "--bench", "market_data", "--", *args]
+def drive(root: Path, args: list[str], timeout: float, bench: str = "market_data") -> dict:
+    argv = ["cargo", "bench", "-q", "-p", "rust-market-data", "--bench", bench, "--", *args]
     done = subprocess.run(argv, cwd=root, env={**os.environ, "RUST_LOG": "error"}, capture_output=True,
                           text=True, timeout=timeout)
     if done.returncode != 0:

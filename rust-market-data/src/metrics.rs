@@ -19,6 +19,7 @@
 //! | `md_bars_out_total` | counter | closed bars published |
 //! | `md_alerts_total` | counter | price alerts published |
 //! | `md_publish_latency_seconds` | histogram | tick in -> handed to the NATS client (1 tick in 8 timed) |
+//! | `md_bar_lateness_seconds` | histogram | a bar boundary -> the bars the bar clock closed there handed to the NATS client |
 
 use std::sync::{Arc, LazyLock};
 
@@ -49,6 +50,7 @@ pub struct Metrics {
     pub dropped_bus_full: Counter,
     pub dropped_max_series: Counter,
     pub publish_latency: Histogram,
+    pub bar_lateness: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -140,6 +142,11 @@ impl Metrics {
             "md_publish_latency_seconds",
             "Tick in to handed to the NATS client.",
             &self.publish_latency,
+        );
+        out.histogram(
+            "md_bar_lateness_seconds",
+            "A bar boundary to the bars the bar clock closed there handed to the NATS client.",
+            &self.bar_lateness,
         );
         out.finish()
     }
