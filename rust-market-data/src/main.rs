@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 use moonbus_common::bus::ErrorSink;
 use moonbus_common::config::SystemConfig;
 use moonbus_common::service::{self, Base};
-use moonbus_common::subjects;
+use moonbus_common::{subjects, Venue};
 use tokio::sync::{mpsc, oneshot};
 
 use rust_market_data::api::{self, Api};
@@ -49,13 +49,21 @@ async fn run() -> Result<()> {
     base.serve_metrics(metrics_addr, || metrics::global().render())
         .await;
     let client = base.client.clone();
+    let mut market = Market::new(settings.market.clone());
+    restore_history(&client, &mut market).await;
+    // The sim goes on from the last closes it left in the history (same seed, same
+    // steps), not back from its configured start: no made-up jump across a restart.
+    let mut sim_settings = settings.sim.clone();
+    for (symbol, start) in &mut sim_settings.symbols {
+        if let Some(close) = market.last_close(&Venue::sim(), symbol) {
+            *start = close;
+        }
+    }
     let sim = settings
         .feeds
         .contains(&FeedKind::Sim)
-        .then(|| SimFeed::new(&settings.sim, settings.sim_books));
+        .then(|| SimFeed::new(&sim_settings, settings.sim_books));
     let symbols = settings.sim.symbols.len();
-    let mut market = Market::new(settings.market.clone());
-    restore_history(&client, &mut market).await;
     let (sink, events) = feed::channel();
     for &kind in &settings.feeds {
         spawn_feed(kind, &settings, &market_data, &sink)?;

@@ -10,7 +10,8 @@ use async_nats::Subject;
 use bytes::Bytes;
 use moonbus_common::{
     subjects, Bar, Book, HistoryRequest, Monitor as MonitorInfo, MonitorStartRequest,
-    MonitorStatusReply, PriceAlert, PriceRequest, PricesReply, PricesRequest, Symbol, Tick, Venue,
+    MonitorStatusReply, PositiveMoney, PriceAlert, PriceRequest, PricesReply, PricesRequest,
+    Symbol, Tick, Venue,
 };
 
 use crate::alerts::{Monitor, Threshold};
@@ -268,6 +269,16 @@ impl Market {
         } else {
             Err("misaligned, or not later than the bar before it".into())
         }
+    }
+
+    /// The close of the last closed bar of (venue, symbol) in the shortest interval.
+    pub fn last_close(&self, venue: &Venue, symbol: &Symbol) -> Option<PositiveMoney> {
+        let slot = self.find(venue, symbol)?;
+        self.series[slot]
+            .bars
+            .last(0, 1)
+            .first()
+            .map(|bar| bar.close)
     }
 
     /// Counts, per venue, the series without a tick for `stale_after`, and sets the gauges.

@@ -7,7 +7,8 @@ mod support;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use moonbus_common::{Bar, ErrorEvent, HistoryReply};
+use moonbus_common::{Bar, ErrorEvent, HistoryReply, Tick};
+use rust_decimal::Decimal;
 
 use support::{ask, next, spawn, start, wait_serving};
 
@@ -48,7 +49,17 @@ async fn a_restarted_market_data_answers_history_with_the_bars_from_before() {
     .await
     .expect("stored in BARS");
 
-    running.service = spawn(&running.server.url, &[]);
+    // Started again with another configured start price: the sim goes on from the last
+    // close in the history instead (no made-up jump for the strategies across a restart).
+    let mut ticks = running
+        .client
+        .subscribe("md.tick.sim.BTC-USD")
+        .await
+        .unwrap();
+    running.service = spawn(
+        &running.server.url,
+        &[("MOONBUS__MARKET_DATA__START_PRICES__BTC-USD", "\"1000\"")],
+    );
     wait_serving(&running.client).await;
     // The first answer already has every bar from before the stop, as they were.
     let after: HistoryReply = ask(&running.client, "md.api.history", HISTORY).await;
@@ -61,6 +72,14 @@ async fn a_restarted_market_data_answers_history_with_the_bars_from_before() {
     for bar in &published {
         assert!(after.bars.contains(bar), "{bar:?} lost");
     }
+    let tick: Tick = next(&mut ticks).await;
+    let last_close = before.bars.last().unwrap().close.get();
+    let moved = (tick.price.get() - last_close).abs() / last_close;
+    assert!(
+        moved < Decimal::new(1, 2),
+        "first tick {} after a last close of {last_close}",
+        tick.price
+    );
     let event: ErrorEvent = next(&mut errors).await;
     assert!(
         event.reason.contains("1 stored bar(s) not taken back")
