@@ -467,7 +467,7 @@ class Chaos:
                 continue
             out.orders_stored += 1
             for r in terminal:
-                key = r.status.value + (f" ({r.reason})" if r.reason else "")
+                key = r.status.value + (f" ({r.reason.split(':')[0]})" if r.reason else "")  # the code
                 out.outcomes[key] = out.outcomes.get(key, 0) + 1
             if fault.impaired_until_ns and stored_ns < fault.impaired_until_ns:
                 for r in mine:
@@ -525,7 +525,9 @@ class Chaos:
         """After skewed ticks: the symbol keeps filling (nothing frozen, nothing stale) at
         prices near the genuine ones."""
         await asyncio.sleep(watch)
-        late = [(t, r) for t, r in self.reports if t > fault.at + 1 and r.symbol == symbol]
+        # From 0.5 s after the last skewed tick: a genuine one (every 20 ms) has come since.
+        since = fault.at + (fault.back_s or 0) + 0.5
+        late = [(t, r) for t, r in self.reports if t > since and r.symbol == symbol]
         stale = [r for _, r in late if r.status is OrderStatus.REJECTED and "stale" in (r.reason or "")]
         if stale:
             out.failures.append(f"{len(stale)} {symbol} orders REJECTED as stale after the skewed ticks: "

@@ -95,6 +95,15 @@ def slope_mb_per_min(points: list[tuple[float, float]]) -> float:
     return 0.0 if den == 0 else sum((t - mx) * (v - my) for t, v in points) / den * 60
 
 
+def jetstream_mb(port: int) -> float | None:
+    """What JetStream stores (every stream, file storage), from nats-server's /jsz."""
+    try:
+        jsz = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=5).read())
+    except (OSError, ValueError):
+        return None
+    return jsz.get("storage", 0) / 2**20
+
+
 def ticks_out(port: int) -> float | None:
     """market-data's md_ticks_out_total, all venues."""
     try:
@@ -106,10 +115,11 @@ def ticks_out(port: int) -> float | None:
 
 
 async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
-    metrics_port = free_port()
+    metrics_port, monitor_port = free_port(), free_port()
     system = System()
     await asyncio.to_thread(lambda: system.start(port=free_port(), moon_dir=moon_dir, out=None,
-                                                 env=env_for(plan, metrics_port), write_env_file=False))
+                                                 env=env_for(plan, metrics_port), write_env_file=False,
+                                                 monitor_port=monitor_port))
     errors: Counter[str] = Counter()
     samples: dict[str, list[str]] = defaultdict(list)
     reports: Counter[str] = Counter()
@@ -134,6 +144,7 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
         await nc.subscribe("exec.report.>", cb=on_report)
         started = time.monotonic()
         ticks: list[tuple[float, float]] = []
+        stored: list[tuple[float, float]] = []  # JetStream's stored MB
         while (elapsed := time.monotonic() - started) < plan.seconds:
             pids = {name: child.process.pid if child.running and child.process else None
                     for name, child in system.children.items()}
@@ -143,9 +154,11 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
                     rss[name].append((elapsed, mb))
             if (count := ticks_out(metrics_port)) is not None:
                 ticks.append((elapsed, count))
+            if (mb := jetstream_mb(monitor_port)) is not None:
+                stored.append((elapsed, mb))
             if progress:
                 print(f"  {elapsed:5.0f}s " + " ".join(f"{n}={v[-1][1]:.0f}" for n, v in rss.items() if v)
-                      + f" errors={sum(errors.values())}", flush=True)
+                      + f" stored={stored[-1][1] if stored else 0:.0f} errors={sum(errors.values())}", flush=True)
             await asyncio.sleep(SAMPLE_S)
         await nc.close()
         restarts = {name: system.supervision(name).restarts for name in [*system.children, "nats"]
@@ -172,6 +185,10 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
             "flat": abs(slope) <= bound,
             "samples": len(points),
         }
+    store_slope = slope_mb_per_min([p for p in stored if p[0] >= plan.warmup])
+    if "nats-server" in services:  # growth no faster than what it stores: the streams filling
+        nats_rss = services["nats-server"]
+        nats_rss["flat_given_store_growth"] = nats_rss["slope_mb_per_min"] <= nats_rss["flat_mb_per_min"] + store_slope
     measured = [(t, c) for t, c in ticks if t >= plan.warmup] or ticks
     rate = ((measured[-1][1] - measured[0][1]) / (measured[-1][0] - measured[0][0])
             if len(measured) >= 2 and measured[-1][0] > measured[0][0] else None)
@@ -184,6 +201,11 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
         "ticks_per_s_published": None if rate is None else round(rate),
         "services": services,
         "all_flat": all(s["flat"] for s in services.values()),
+        # nats-server's RSS follows what its streams hold (BARS fills up to 1000 bars per
+        # series, ORDERS and EXEC grow with every order), all bounded by the streams' limits.
+        "jetstream_stored_mb_start": round(stored[0][1], 1) if stored else None,
+        "jetstream_stored_mb_end": round(stored[-1][1], 1) if stored else None,
+        "jetstream_stored_slope_mb_per_min": round(store_slope, 3),
         "error_events": dict(errors),
         "error_samples": dict(samples),
         "restarts": restarts,
