@@ -10,16 +10,18 @@
 //! -> the bars closed there handed to the client; bucket upper bounds). Baselines in the same process and run, on the same
 //! boundaries: tokio's `sleep_until` the boundary (the timer's own lateness), the old bar
 //! timer (a sleep to the boundary + 1 ms margin), and the bus: a probe message published
-//! on the engine's client mid-second, send -> received by the same subscriber's client.
+//! on the engine's client mid-second, send -> received by the same subscriber's client, and
+//! one published at each boundary by a bar clock of its own (received - boundary).
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use futures::StreamExt;
 use moonbus_common::config::{Config, SystemConfig};
 use moonbus_common::now_ns;
 use rust_market_data::config::{MarketDataConfig, Settings};
-use rust_market_data::engine::{Engine, Publisher};
+use rust_market_data::engine::{BarClock, Engine, Publisher};
 use rust_market_data::feed;
 use rust_market_data::market::Market;
 use rust_market_data::metrics::{self, LATENCY_BOUNDS_NS};
@@ -71,6 +73,12 @@ async fn main() -> Result<()> {
     let sleep_until_boundary = tokio::spawn(timer_lateness(first, last, Duration::ZERO));
     let old_timer = tokio::spawn(timer_lateness(first, last, Duration::from_millis(1)));
     let bus = tokio::spawn(probes(client.clone(), listener.clone(), first, last));
+    let bus_at_boundaries = tokio::spawn(boundary_probes(
+        client.clone(),
+        listener.clone(),
+        first,
+        last,
+    ));
     let engine0 = metrics::global().bar_lateness.snapshot();
     let mut lateness = Vec::new();
     // The first bar of each boundary to arrive.
@@ -107,6 +115,7 @@ async fn main() -> Result<()> {
             "baseline_tokio_sleep_until_boundary_us": summary(sleep_until_boundary.await?),
             "baseline_old_bar_timer_us": summary(old_timer.await?),
             "baseline_bus_publish_to_subscriber_us": summary(bus.await??),
+            "baseline_bus_at_boundaries_us": summary(bus_at_boundaries.await??),
         })
     );
     Ok(())
@@ -162,6 +171,35 @@ async fn probes(
         at += SEC;
     }
     Ok(out)
+}
+
+/// The bus at the boundaries: a probe published on the engine's client when a bar clock
+/// of its own (the engine's kind) reaches each boundary, `received - boundary`; what the
+/// bus adds at the moment bars go out, without the engine's work.
+async fn boundary_probes(
+    client: async_nats::Client,
+    listener: async_nats::Client,
+    first: u64,
+    last: u64,
+) -> Result<Vec<u64>> {
+    let mut inbox = listener.subscribe("bench.boundary").await?;
+    listener.flush().await?;
+    let mut clock = BarClock::new(now_ns());
+    let mut out = Vec::new();
+    loop {
+        let boundary = clock.boundary().await;
+        if boundary > last {
+            return Ok(out);
+        }
+        client.publish("bench.boundary", Bytes::new()).await?;
+        tokio::time::timeout(Duration::from_secs(5), inbox.next())
+            .await
+            .context("probe lost")?
+            .context("probe subscription closed")?;
+        if boundary >= first {
+            out.push(now_ns() - boundary);
+        }
+    }
 }
 
 /// Nearest-rank percentiles in µs (0.1 µs).
