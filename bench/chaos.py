@@ -13,6 +13,7 @@ fault we can cause:
   past the ORDERS ack wait, market-data past risk's staleness), then SIGCONT;
 - the ORDERS stream full (admin shrinks its max_bytes to what it holds; discard=new
   refuses every new order), then restored;
+- EXEC refusing every report (admin sets its max_msg_size to 64 bytes), then restored;
 - one sender's clock skewed: ticks published as market-data an hour in the future and
   an hour in the past.
 
@@ -129,6 +130,7 @@ class Fault:
     impaired_until_ns: int | None = None  # risk back (restarted / resumed): later checks are real
     back_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    unstored_until: float = 0.0  # monotonic: reports seen before may not be in EXEC
 
 
 class Chaos:
@@ -373,6 +375,18 @@ class Chaos:
         fault.back_s = time.monotonic() - fault.at
         return fault
 
+    async def refuse_exec(self, seconds: float) -> Fault:
+        """EXEC refuses every report (as admin: max_msg_size 64 bytes) for `seconds`, then
+        restored: execution must leave each order unacked (re-delivered), never settled."""
+        current = await self.admin_stream_update("EXEC")
+        await self.admin_stream_update("EXEC", max_msg_size=64)
+        fault = self._fault()
+        await asyncio.sleep(seconds)
+        await self.admin_stream_update("EXEC", max_msg_size=current["max_msg_size"])
+        fault.unstored_until = time.monotonic()
+        fault.back_s = fault.unstored_until - fault.at
+        return fault
+
     async def skew_clock(self, symbol: str = "BTC-USD", hours: float = 1.0) -> Fault:
         """As market-data (the one sender of ticks): ticks of `symbol` an hour in the future,
         then an hour in the past, 1 % off the real price, among the genuine ones."""
@@ -398,7 +412,8 @@ class Chaos:
         def first() -> float | None:
             for received, r in self.reports:
                 seen = self.seen.get(r.client_order_id or "")
-                if received > fault.at and r.status is OrderStatus.FILLED and seen and seen[0] > fault.at \
+                if received > max(fault.at, fault.unstored_until) and r.status is OrderStatus.FILLED \
+                        and seen and seen[0] > fault.at \
                         and (agent is None or seen[1] == agent):
                     return received - fault.at
             return None
@@ -475,6 +490,16 @@ class Chaos:
                     if r.last_fill_quantity and checked < fault.impaired_until_ns:
                         out.fail_closed_violations.append(
                             f"{order_id} stored while risk was impaired, filled on a check at {checked}")
+        # What subscribers saw: a report published and not stored (EXEC refused it) still
+        # reaches them; two different terminal reports of one order is a doubling to them.
+        seen: dict[str, set] = defaultdict(set)
+        for when, r in self.reports:
+            if when >= fault.at and r.client_order_id and r.status in TERMINAL:
+                seen[r.client_order_id].add((r.status, r.filled_quantity, r.avg_fill_price))
+        conflicting = sorted(i for i, outcomes in seen.items() if len(outcomes) > 1)
+        if conflicting:
+            out.failures.append(f"{len(conflicting)} orders with two different terminal reports on exec.report.> "
+                                f"(one of them not in EXEC): {conflicting[:3]}")
         orphans = [i for i in reports if i not in orders]
         if orphans:
             out.failures.append(f"reports for orders not in ORDERS: {orphans[:5]}")
@@ -570,6 +595,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("nats-graceful-restart", lambda c: c.nats_restart(graceful=True)),
     *[Scenario(f"sigstop-{name}", _pause(name)) for name in STOP_PAST],
     Scenario("orders-stream-full", lambda c: c.fill_orders(5.0)),
+    Scenario("exec-store-refuses", lambda c: c.refuse_exec(5.0)),
     Scenario("clock-skew-ticks", lambda c: c.skew_clock(), watch=8.0),
 ]}
 

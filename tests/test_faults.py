@@ -5,7 +5,7 @@ gateway, as `make run` starts them) with a steady flow of orders from the real t
 agent and the operator; then one fault of each kind, in turn: SIGKILL of execution, of
 risk and of the trading agent; kill -9 of nats-server and a start on the same store;
 SIGSTOP of execution past the ORDERS ack wait; the ORDERS stream full; ticks from a
-skewed clock. After each, from the streams themselves and risk's answer: no stored order
+skewed clock; EXEC refusing every report (a known defect, marked xfail: see KNOWN). After each, from the streams themselves and risk's answer: no stored order
 lost, none doubled, risk's positions equal to the fills in EXEC (exact), no order filled
 while risk was impaired without a check made after it was back, and a FILLED report of an
 order sent after the fault (the time it took is measured by `make chaos`, not asserted).
@@ -41,7 +41,16 @@ async def chaos(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Chaos
         print(chaos.system.tail(30))  # shown by pytest only when a test failed
 
 
-@pytest.mark.parametrize("scenario", SHORT)
+# Known defect, found by this suite: a report EXEC refuses still reaches the subscribers of
+# exec.report.> (a JetStream publish is delivered to core subscribers whether stored or not);
+# the order, re-delivered, is filled again at another price, so agents and the gateway see
+# two different FILLED reports of one order (EXEC, and risk, keep one). Remove the mark once
+# subscribers read reports from EXEC itself.
+KNOWN = [pytest.param("exec-store-refuses", marks=pytest.mark.xfail(
+    strict=True, reason="subscribers of exec.report.> see reports EXEC refused"))]
+
+
+@pytest.mark.parametrize("scenario", [*SHORT, *KNOWN])
 async def test_fault_loses_and_doubles_nothing_and_recovers(chaos: Chaos, scenario: str) -> None:
     await asyncio.sleep(FLOW_S)
     outcome = await run_scenario(chaos, scenario)
