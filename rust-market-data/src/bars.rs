@@ -1,9 +1,11 @@
 //! OHLCV bars from ticks, for the intervals of `[market_data] bar_intervals`.
 //!
 //! Bars are `[start_ts, end_ts)` with boundaries aligned to the epoch (a 1m bar
-//! starts on a whole minute, a 1h bar on a whole hour, UTC). A bar closes when a
-//! tick arrives in a later interval, or when the timer calls `close_due` after its
-//! end, so a quiet symbol's bar still closes on time. **An interval in which no
+//! starts on a whole minute, a 1h bar on a whole hour, UTC). A bar closes at its
+//! boundary or at the first tick after it, whichever comes first: a tick stamped in a
+//! later interval closes it at once, and the engine's bar clock (engine.rs) calls
+//! `close_due` at the boundary, so a quiet symbol's bar still closes on time. Closed
+//! bars survive restarts through the stream BARS (history.rs, `restore`). **An interval in which no
 //! tick arrived produces no bar at all**: there is no price to put in it, and a flat
 //! bar would invent trades that never happened; readers see a gap in `start_ts`.
 //!

@@ -7,7 +7,8 @@
 //! `md.book.<venue>.<symbol>`, `md.book.all.<symbol>`, `md.alert.<symbol>` and
 //! `md.status.<venue>`; serves `md.api.price`, `.prices`, `.history`,
 //! `.monitor.start/stop/status`, `.version` (see api.rs); Prometheus metrics on
-//! `metrics_addr` (metrics.rs). Config: `[system].symbols` and `[market_data]`.
+//! `metrics_addr` (metrics.rs). Config: `[system].symbols` and `[market_data]`. On
+//! start it reloads its bar history from the stream BARS (history.rs).
 
 use std::process::ExitCode;
 use std::time::Duration;
