@@ -4,12 +4,14 @@ the release-built rust-market-data started by the launcher. market-data is kille
 started again, then the whole system (nats-server too, on the same store: `make run`
 twice): each time the first `md.api.history` answer, asked as the trading agent, already
 holds every bar from before, the restart leaves a gap (no bar made up), and bars go on
-after it, each start once."""
+after it, each start once. And a running trading agent decides across a market-data restart
+with the bars from before it, unless the stop was longer than history_max_gap_s."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,6 +148,51 @@ async def test_history_survives_a_market_data_restart_and_a_full_restart(moon_di
         check_restart(before, after, later)
         assert watch.errors == []
         await watch.close()
+    finally:
+        system.stop()
+        print(system.tail(40))
+
+
+AGENT_ENV = {**ENV, "MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK": "5", "MOONBUS__TRADING_AGENT__ON_ALERTS": "false"}
+
+
+async def next_btc_signal(queue: asyncio.Queue[dict], after_ns: int) -> dict:
+    while True:
+        signal = await asyncio.wait_for(queue.get(), WAIT)
+        if signal["symbol"] == "BTC-USD" and signal["origin_ts"] > after_ns:
+            return signal
+
+
+@pytest.mark.parametrize(("max_gap_s", "decides_at_once"), [("60", True), ("0.5", False)])
+async def test_the_trading_agent_decides_across_a_restart_only_within_the_max_gap(
+        moon_dir: Path, max_gap_s: str, decides_at_once: bool) -> None:
+    """market-data killed and restarted under a running trading agent (momentum over 5 bars):
+    with the history reloaded and a short stop, its first decision after the restart already
+    has the 5 bars; with history_max_gap_s below the stop, the bars before it are not used and
+    it waits for 5 new ones (the gap is real)."""
+    env = {**AGENT_ENV, "MOONBUS__TRADING_AGENT__HISTORY_MAX_GAP_S": max_gap_s}
+    system = System().start(port=free_port(), moon_dir=moon_dir, services=["market-data", "trading-agent"],
+                            out=None, env=env)
+    try:
+        nc = await connect(system, "operator")
+        signals: asyncio.Queue[dict] = asyncio.Queue()
+
+        async def on_signal(msg: nats.aio.msg.Msg) -> None:
+            await signals.put(json.loads(msg.data))
+
+        await nc.subscribe("agent.signal.trading.BTC-USD", cb=on_signal)
+        while "over 5 bars" not in (await next_btc_signal(signals, 0))["reasoning"]:
+            pass
+        system.kill("market-data")
+        stopped = time.time_ns()
+        await asyncio.sleep(1.5)
+        system.restart("market-data")
+        first = await next_btc_signal(signals, stopped)
+        if decides_at_once:
+            assert "over 5 bars" in first["reasoning"], first
+        else:
+            assert "the strategy needs 5" in first["reasoning"], first
+        await nc.close()
     finally:
         system.stop()
         print(system.tail(40))
