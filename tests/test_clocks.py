@@ -173,3 +173,28 @@ async def test_staleness_is_judged_on_receive_time(system: System, feed: Feed, o
     feed.on = True
     await settle(feed, "104.00", 0)
     assert Decimal("104") <= await filled_at(orders) < Decimal("104.1")
+
+
+async def test_a_restarted_execution_waits_for_the_market_before_taking_orders(
+        system: System, feed: Feed, orders: Orders) -> None:
+    """Orders stored while execution is down are taken only after `market_warmup_ms` (500)
+    of ticks: a restarted execution has no price yet, and would REJECT them
+    `no_market_price` (with market_warmup_ms = 0 they are)."""
+    assert (await filled_at(orders)) > 0  # risk is up and has a mark
+    system.kill("execution")
+    waiting = []
+    for _ in range(3):
+        orders.n += 1
+        order_id = f"warm-{orders.n}"
+        body = {"client_order_id": order_id, "agent": "operator", "symbol": "BTC-USD", "side": "BUY",
+                "type": "MARKET", "quantity": "0.01", "origin_ts": 1, "ts": 1}
+        await orders.nc.jetstream().publish("orders.submit.operator.BTC-USD", json.dumps(body).encode(),
+                                            headers={"Nats-Msg-Id": order_id})
+        waiting.append(order_id)
+    system.restart("execution")
+    deadline = time.monotonic() + WAIT
+    while not all(o in orders.reports for o in waiting):
+        assert time.monotonic() < deadline, f"no outcome for {[o for o in waiting if o not in orders.reports]}"
+        await asyncio.sleep(0.05)
+    outcomes = {o: (orders.reports[o].status, orders.reports[o].reason) for o in waiting}
+    assert all(status == OrderStatus.FILLED for status, _ in outcomes.values()), outcomes

@@ -33,6 +33,10 @@ pub struct ExecutionConfig {
     /// MARKET order is REJECTED no_market_price, a GTC limit waits). Receive time, on this
     /// process's monotonic clock: the sender's ts is never trusted for age.
     pub tick_max_age_ms: u64,
+    /// After a start, orders wait this long for the market's ticks to arrive before
+    /// they are taken: a restarted execution has no price yet, and would otherwise
+    /// REJECT the first MARKET orders `no_market_price`. 0 = take orders at once.
+    pub market_warmup_ms: u64,
     /// An order whose outcome could not be stored comes back after this, doubling with
     /// each delivery up to `retry_max_delay_ms`: with the consumer's max_deliver (10) the
     /// defaults give a failure about 5 minutes before the order is dead-lettered.
@@ -57,6 +61,7 @@ impl Default for ExecutionConfig {
             latency_ms: 0,
             book_max_age_ms: 2_000,
             tick_max_age_ms: 5_000,
+            market_warmup_ms: 500,
             retry_delay_ms: 1_000,
             retry_max_delay_ms: 60_000,
             metrics_addr: "127.0.0.1:9106".into(),
@@ -82,6 +87,9 @@ impl ExecutionConfig {
         }
         if self.risk_timeout_ms == 0 || self.ack_wait_ms == 0 || self.tick_max_age_ms == 0 {
             bail!("[execution] risk_timeout_ms, ack_wait_ms and tick_max_age_ms must be positive");
+        }
+        if self.market_warmup_ms > self.tick_max_age_ms {
+            bail!("[execution] market_warmup_ms must be at most tick_max_age_ms");
         }
         if self.retry_delay_ms == 0 || self.retry_max_delay_ms < self.retry_delay_ms {
             bail!("[execution] retry_delay_ms must be positive and at most retry_max_delay_ms");
@@ -154,6 +162,10 @@ impl ExecutionConfig {
             first: Duration::from_millis(self.retry_delay_ms),
             max: Duration::from_millis(self.retry_max_delay_ms),
         }
+    }
+
+    pub fn market_warmup(&self) -> Duration {
+        Duration::from_millis(self.market_warmup_ms)
     }
 
     pub fn tick_max_age(&self) -> Duration {

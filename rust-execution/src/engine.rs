@@ -229,9 +229,14 @@ impl<V: Venue> Engine<V> {
     pub async fn run(
         mut self,
         mut orders: pull::Stream,
+        market_warmup: Duration,
         shutdown: impl Future<Output = ()>,
     ) -> Result<[Subscriber; 2]> {
         tokio::pin!(shutdown);
+        // Ticks first: no order is taken before the market had `market_warmup` to arrive.
+        if !market_warmup.is_zero() {
+            self.intake_paused_until = Some(tokio::time::Instant::now() + market_warmup);
+        }
         let mut retry = tokio::time::interval(self.bus.backoff.max);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -139,7 +139,9 @@ async fn run() -> Result<()> {
         .await?;
     tracing::info!(venues = ?cfg.venues, max_in_flight = cfg.max_in_flight, "execution ready");
 
-    let market_data = engine.run(orders, service::shutdown_signal()).await?;
+    let market_data = engine
+        .run(orders, cfg.market_warmup(), service::shutdown_signal())
+        .await?;
 
     base.stop(Some(api)).await?;
     // The drain closes the subscriptions once the server confirmed it; wait for that.
