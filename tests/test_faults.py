@@ -5,7 +5,7 @@ gateway, as `make run` starts them) with a steady flow of orders from the real t
 agent and the operator; then one fault of each kind, in turn: SIGKILL of execution, of
 risk and of the trading agent; kill -9 of nats-server and a start on the same store;
 SIGSTOP of execution past the ORDERS ack wait; the ORDERS stream full; ticks from a
-skewed clock; EXEC refusing every report (a known defect, marked xfail: see KNOWN). After each, from the streams themselves and risk's answer: no stored order
+skewed clock; EXEC refusing every report (see KNOWN). After each, from the streams themselves and risk's answer: no stored order
 lost, none doubled, risk's positions equal to the fills in EXEC (exact), no order filled
 while risk was impaired without a check made after it was back, and a FILLED report of an
 order sent after the fault (the time it took is measured by `make chaos`, not asserted).
@@ -41,13 +41,11 @@ async def chaos(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Chaos
         print(chaos.system.tail(30))  # shown by pytest only when a test failed
 
 
-# Known defect, found by this suite: a report EXEC refuses still reaches the subscribers of
-# exec.report.> (a JetStream publish is delivered to core subscribers whether stored or not);
-# the order, re-delivered, is filled again at another price, so agents and the gateway see
-# two different FILLED reports of one order (EXEC, and risk, keep one). Remove the mark once
-# subscribers read reports from EXEC itself.
-KNOWN = [pytest.param("exec-store-refuses", marks=pytest.mark.xfail(
-    strict=True, reason="subscribers of exec.report.> see reports EXEC refused"))]
+# EXEC refusing every report: a report EXEC refuses still reaches the subscribers of
+# exec.report.> (a JetStream publish is delivered to core subscribers whether stored or
+# not). Execution keeps that outcome and stores it as it was when the order comes back,
+# so subscribers never see a second, different fill of one order (found by this suite).
+KNOWN = ["exec-store-refuses"]
 
 
 @pytest.mark.parametrize("scenario", [*SHORT, *KNOWN])

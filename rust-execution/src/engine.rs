@@ -31,7 +31,7 @@
 //! The ORDERS consumer's max_ack_pending (`max_in_flight`) bounds what is in hand: in
 //! flight plus waiting in lanes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -100,6 +100,11 @@ pub struct Engine<V: Venue> {
     /// not met with every order in the stream.
     write_failures: i64,
     intake_paused_until: Option<tokio::time::Instant>,
+    /// Outcomes decided but not stored (EXEC refused them), by order id: when the order
+    /// comes back they are stored as they were, never decided again. Subscribers of
+    /// exec.report.> may have seen them already, and a second decision would show them a
+    /// second, different fill (and at a real venue, place the order twice).
+    unsettled: HashMap<String, (Vec<ExecutionReport>, Option<Routed>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +143,7 @@ impl<V: Venue> Engine<V> {
             dead_letters: BTreeMap::new(),
             write_failures: 0,
             intake_paused_until: None,
+            unsettled: HashMap::new(),
         }
     }
 
@@ -346,6 +352,14 @@ impl<V: Venue> Engine<V> {
                 let delay = self.bus.backoff.for_message(&message);
                 settle(&message, AckKind::Nak(Some(delay))).await;
                 return Step::Over;
+            }
+            if let Some((reports, rest)) = self.unsettled.remove(id.as_str()) {
+                // Decided before, not stored: store that outcome, decide nothing again.
+                let mut recording = Recording::for_message(lane, message, id.to_string());
+                recording.reports = reports;
+                recording.rest = rest;
+                recording.holds = Some(id.clone());
+                return self.spawn_record(recording);
             }
             if let Some(open) = self.ledger.open_report(id) {
                 if open.status == OrderStatus::PartiallyFilled {
@@ -593,6 +607,18 @@ impl<V: Venue> Engine<V> {
                     .insert(advisory.stream_seq, advisory.clone());
             }
         }
+        if recording.stored < recording.reports.len()
+            && recording.message.is_some()
+            && recording.undo.is_none()
+            && recording
+                .holds
+                .as_ref()
+                .is_some_and(|id| id.as_str() == recording.key)
+        {
+            let unstored = recording.reports[recording.stored..].to_vec();
+            self.unsettled
+                .insert(recording.key.clone(), (unstored, recording.rest.clone()));
+        }
         if recording.stored == recording.reports.len() {
             if let Some(routed) = recording.rest {
                 self.venue.rest(routed);
@@ -710,6 +736,20 @@ impl<V: Venue> Engine<V> {
                     .report(&subject, &reason, &message.payload)
                     .await;
             }
+            return;
+        }
+        if let Some((reports, _)) = self.unsettled.remove(id.as_str()) {
+            // Its outcome was decided (and may have been seen): that is what is stored.
+            tracing::warn!(client_order_id = %id, sequence, symbol, %reason, "dead letter with an outcome not stored yet");
+            self.bus
+                .errors
+                .report(&subject, &reason, &message.payload)
+                .await;
+            let mut recording = Recording::dead_letter(id.to_string(), reports[0].clone());
+            recording.reports = reports;
+            recording.holds = Some(id);
+            recording.dead_letter = Some(advisory);
+            self.spawn_record(recording);
             return;
         }
         let report = match (self.ledger.status(&id), self.ledger.open_report(&id)) {
