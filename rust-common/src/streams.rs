@@ -530,7 +530,14 @@ mod tests {
 
     #[test]
     fn the_spec_parses_and_names_every_stream_and_consumer() {
-        for name in ["ORDERS", "EXEC", "KV_moonbus", "SNAPSHOTS", "DEADLETTER", "BARS"] {
+        for name in [
+            "ORDERS",
+            "EXEC",
+            "KV_moonbus",
+            "SNAPSHOTS",
+            "DEADLETTER",
+            "BARS",
+        ] {
             let config = stream_config(name).unwrap();
             assert!(
                 config.deny_delete && config.deny_purge && config.allow_direct,
