@@ -74,19 +74,21 @@ async def test_the_jetstream_state_is_still_as_provisioned(server):
 
 async def test_the_suite_sees_a_broken_defence(tmp_path):
     """The attacks can fail: against a server whose config lets every user create
-    consumers and update streams (the wave-1 weakness), they report it."""
+    consumers and update streams (the wave-1 weakness), or publish snapshots and the
+    server's advisories, they report it."""
     conf = (REPO_ROOT / "proto" / "nats" / "moonbus.conf").read_text()
     block = conf.index('user: "market-data"')
     weakened = conf[block:].replace(
-        'allow: ["md.tick.>",', 'allow: ["$JS.API.>", "md.tick.>",', 1).replace("deny: $DENY_DESTRUCTIVE", "", 1)
+        'allow: ["md.tick.>",', 'allow: ["$JS.API.>", "snapshot.>", "$JS.EVENT.>", "md.tick.>",', 1).replace("deny: $DENY_DESTRUCTIVE", "", 1)
     weak = tmp_path / "weak.conf"
     weak.write_text(conf[:block] + weakened)
     creds = load_or_create_credentials(tmp_path)
     with NatsServer(store_dir=tmp_path, credentials=creds, config=weak) as server:
         server.provision()
         results = await audit.audit(audit.Auditor(server.url, creds), safe=True, users=["market-data"],
-                                    attacks=[audit.forge_with_push_consumer, audit.forge_with_republish])
-    assert [r.held for r in results] == [False, False], results
+                                    attacks=[audit.forge_with_push_consumer, audit.forge_with_republish,
+                                             audit.forge_state_or_dead_letters])
+    assert [r.held for r in results] == [False, False, False], results
 
 
 # ---- attacks the services themselves must refuse: the real binaries ------------------------

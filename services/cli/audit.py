@@ -395,7 +395,49 @@ async def risk_api_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool
     return Result("release the kill switch or change limits", user, held, "refused" if held else "; ".join(broken))
 
 
+async def _last_data(reader: Probe, stream: str, subject: str) -> bytes | None:
+    """The data of the last message stored on `subject` in `stream` (None: none), by direct get."""
+    assert reader.nc
+    try:
+        msg = await reader.nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=5)
+    except NatsTimeoutError:
+        return None
+    return None if (msg.headers or {}).get("Status") else msg.data
+
+
+# Who writes which snapshots (SNAPSHOTS: snapshot.<service>.>); risk and execution rebuild from them.
+SNAPSHOT_OWNERS = ("risk", "execution")
+
+
+async def forge_state_or_dead_letters(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Write another service's snapshot manifest (its next start would rebuild from a forged
+    state), or forge the server's MAX_DELIVERIES advisory (execution would REJECT an order
+    still waiting in ORDERS `dead_letter`)."""
+    attacker = await a.connect(user)
+    assert attacker.nc
+    marker = f'{{"audit": "{_uid()}"}}'.encode()
+    targets = [("SNAPSHOTS", f"snapshot.{owner}.manifest") for owner in SNAPSHOT_OWNERS if owner != user]
+    # Safe: an ORDERS sequence that does not exist, so even a delivered forgery rejects nothing.
+    advisory = {"type": "io.nats.jetstream.advisory.v1.max_deliver", "stream": ORDERS, "consumer": "execution",
+                "stream_seq": 2**62 if safe else 1, "deliveries": 10, "audit": marker.decode()}
+    for _, subject in targets:
+        await attacker.nc.publish(subject, marker)
+    await attacker.nc.publish(S.DEAD_LETTER_ADVISORY, json.dumps(advisory).encode())
+    await attacker.nc.flush()
+    await asyncio.sleep(SETTLE_S)
+    broken = [f"not refused: {subject}" for _, subject in targets if not attacker.refused(subject)]
+    if not attacker.refused("MAX_DELIVERIES"):
+        broken.append("not refused: the dead-letter advisory")
+    for stream, subject in [*targets, ("DEADLETTER", S.DEAD_LETTER_ADVISORY)]:
+        stored = await _last_data(watcher, stream, subject)
+        if stored is not None and marker.decode() in stored.decode(errors="replace"):
+            broken.append(f"stored on {subject}")
+    held = not broken
+    return Result("forge a snapshot or a dead letter", user, held, "refused" if held else "; ".join(broken))
+
+
 ATTACKS: list[Callable[[Auditor, Probe, str, bool], Awaitable[Result]]] = [
+    forge_state_or_dead_letters,
     forge_with_push_consumer,
     forge_with_republish,
     read_others_replies,
