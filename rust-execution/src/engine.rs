@@ -739,18 +739,10 @@ impl<V: Venue> Engine<V> {
             return;
         }
         if let Some((reports, _)) = self.unsettled.remove(id.as_str()) {
-            // Its outcome was decided (and may have been seen): that is what is stored.
-            tracing::warn!(client_order_id = %id, sequence, symbol, %reason, "dead letter with an outcome not stored yet");
-            self.bus
-                .errors
-                .report(&subject, &reason, &message.payload)
-                .await;
-            let mut recording = Recording::dead_letter(id.to_string(), reports[0].clone());
-            recording.reports = reports;
-            recording.holds = Some(id);
-            recording.dead_letter = Some(advisory);
-            self.spawn_record(recording);
-            return;
+            // Ten deliveries could not store the outcome decided first; the dead letter is
+            // what is recorded (subscribers may have seen that outcome: logged here).
+            let abandoned: Vec<String> = reports.iter().map(|r| r.status.to_string()).collect();
+            tracing::warn!(client_order_id = %id, ?abandoned, "dead letter: the outcome decided first was never stored");
         }
         let report = match (self.ledger.status(&id), self.ledger.open_report(&id)) {
             (None, _) => match intake::decode_order(&message.payload) {
