@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.bus import ApiError, Bus, validation_summary
 from services.common.config import SystemConfig, load, section
 
+from . import backtests
 from .config import READ_TOKEN_ENV, TOKEN_ENV, GatewayConfig, check_exposure
 from .context import Gateway, error_response
 from .guard import Guard, SecurityHeaders
@@ -139,6 +140,7 @@ def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None, tok
                               "bearer token too (or the dashboard's cookie from `POST /api/session`).")
     app.state.gateway = gw
     app.include_router(router)
+    app.include_router(backtests.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(ApiError)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
+from pathlib import Path
+
 from pydantic import Field
 
-from services.common.config import Section
+from services.common.config import REPO_ROOT, Section
 
 TOKEN_ENV = "MOONBUS_GATEWAY_TOKEN"
 READ_TOKEN_ENV = "MOONBUS_GATEWAY_READ_TOKEN"
@@ -35,6 +37,12 @@ class GatewayConfig(Section):
     order_lookup_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     order_scan_max: Annotated[int, Field(ge=1)] = 100_000
     max_order_lookups: Annotated[int, Field(ge=1)] = 2
+    backtests_dir: str = ".moon/backtests"  # relative: under the checkout (REPO_ROOT)
+
+
+def backtests_path(cfg: GatewayConfig) -> Path:
+    """Where the past backtest reports are (one directory each), served at /api/backtests."""
+    return REPO_ROOT / cfg.backtests_dir  # an absolute backtests_dir stays as it is
 
 
 def is_loopback(host: str) -> bool:

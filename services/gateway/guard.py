@@ -104,6 +104,8 @@ def _replay(first: Message, receive: Receive) -> Receive:
 DASHBOARD_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
                  "form-action 'self'; frame-ancestors 'none'")
 API_CSP = "default-src 'none'; frame-ancestors 'none'"  # JSON and event streams run nothing
+# A backtest's report.html: its own inline SVG and <style>, still no script (backtests.py).
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 # FastAPI's /docs and /redoc pages load their scripts from a CDN and run inline code.
 DOCS_CSP = "frame-ancestors 'none'"
 DOCS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -117,6 +119,8 @@ def csp_for(path: str) -> str:
         return DOCS_CSP
     if path == "/" or path.startswith("/static/"):
         return DASHBOARD_CSP
+    if path.startswith("/api/backtests/") and path.endswith("/report.html"):
+        return REPORT_CSP
     return API_CSP
 
 
