@@ -5,9 +5,8 @@ never from this file."""
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
-
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 
