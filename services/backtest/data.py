@@ -44,9 +44,8 @@ QUOTES = ("FDUSD", "USDT", "USDC", "TUSD", "BUSD", "EURI", "USD", "EUR", "TRY", 
 DEFAULT_QUOTE = "USD"  # a name without one (GOOG) is priced in dollars, like backtesting.py's data
 
 BINANCE_COLUMNS = 12  # open_time, open, high, low, close, volume, close_time, quote_volume, count, ...
-BINANCE_NAME = re.compile(r"^([A-Z0-9]+)-([0-9]+[smhd])-[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")
+BINANCE_NAME = re.compile(r"^([A-Z0-9]+)-([0-9]+[a-z]+)-[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")
 DATE_COLUMNS = ("date", "datetime", "time", "timestamp")
-CACHE_LIMIT = 1 << 20  # distinct number texts kept before the cache starts again
 
 _SYMBOL = re.compile(SYMBOL_PATTERN)
 _VENUE = re.compile(VENUE_PATTERN)
@@ -164,12 +163,11 @@ class _Part:
     """One (venue, symbol)'s bars from one file, while it is read."""
 
     def __init__(self, path: str, venue: str, symbol: str, interval: str | None,
-                 aligned: bool, counts: bool, numbers: _Numbers) -> None:
+                 aligned: bool, counts: bool) -> None:
         self.path, self.venue, self.symbol = path, venue, symbol
         self.interval = interval  # as the file states it (None: inferred later)
         self.interval_line = 0  # where it was stated
         self.aligned = aligned  # bars must start on a multiple of the interval (epoch-aligned)
-        self.numbers = numbers
         self.ts: list[int] = []
         self.open: list[Decimal] = []
         self.high: list[Decimal] = []
@@ -187,28 +185,48 @@ class _Part:
         elif name != self.interval:
             raise _Bad(f"interval {name}, but earlier rows of {self.symbol} say {self.interval}")
 
-    def add(self, line: int, ts: int, o: str, h: str, lo: str, c: str, v: str | None,
-            trades: int | None = None) -> None:
-        if self.ts and ts <= self.ts[-1]:
-            _out_of_order(ts, self.ts[-1], "bar")
-        prices = self.numbers.prices
-        op = prices.get(o) or self.numbers.price(o, "open")
-        hp = prices.get(h) or self.numbers.price(h, "high")
-        lp = prices.get(lo) or self.numbers.price(lo, "low")
-        cp = prices.get(c) or self.numbers.price(c, "close")
-        if hp < op or hp < cp:
-            raise _Bad(f"high {h} is below max(open {o}, close {c})")
-        if lp > op or lp > cp:
-            raise _Bad(f"low {lo} is above min(open {o}, close {c})")
-        self.ts.append(ts)
-        self.open.append(op)
-        self.high.append(hp)
-        self.low.append(lp)
-        self.close.append(cp)
-        self.volume.append(ZERO if v is None else self.numbers.volume(v, "volume"))
-        if self.trades is not None:
-            self.trades.append(trades or 0)
-        self.lines.append(line)
+    def extend(self, rows: Iterable[tuple[int, int, str, str, str, str, str, int | None]],
+               reader: Any = None) -> None:
+        """Appends bars (line, start_ts, open, high, low, close, volume, trades) after
+        checking them. The hot loop of a load: locals only, checks per row not per value
+        (low > 0 and high < 1e14 bound all four prices once high/low contain open/close).
+        rows may come from a csv `reader`: its line_num is then where an error is."""
+        ts_, open_, high_, low_, close_, volume_, lines_ = (
+            c.append for c in (self.ts, self.open, self.high, self.low, self.close,
+                               self.volume, self.lines))
+        trades_ = self.trades.append if self.trades is not None else None
+        last = self.ts[-1] if self.ts else -1
+        line, o, h, lo, c, v, big = 0, "", "", "", "", "", MAX_DECIMAL_CHARS
+        try:
+            for line, ts, o, h, lo, c, v, n in rows:
+                if ts <= last:
+                    _out_of_order(ts, last, "bar")
+                op, hp, lp, cp, vp = Decimal(o), Decimal(h), Decimal(lo), Decimal(c), Decimal(v)
+                if (not (0 < lp and hp < MONEY_LIMIT and 0 <= vp < MONEY_LIMIT)
+                        or hp < op or hp < cp or lp > op or lp > cp
+                        or len(o) > big or len(h) > big or len(lo) > big or len(c) > big
+                        or len(v) > big):
+                    _diagnose(o, h, lo, c, v)
+                last = ts
+                ts_(ts)
+                open_(op)
+                high_(hp)
+                low_(lp)
+                close_(cp)
+                volume_(vp)
+                lines_(line)
+                if trades_:
+                    trades_(n or 0)
+        except (_Bad, csv.Error, InvalidOperation, ValueError, TypeError) as e:
+            if isinstance(e, DataError):
+                raise
+            reason = f"not valid CSV: {e}" if isinstance(e, csv.Error) else str(e)
+            if not isinstance(e, (_Bad, csv.Error)):
+                try:  # a Decimal refused: say which value and why
+                    _diagnose(o, h, lo, c, v)
+                except _Bad as bad:
+                    reason = str(bad)
+            raise DataError(self.path, reader.line_num if reader else line, reason) from None
 
     def tick(self, line: int, ts: int, price: str, size: str | None, length: int) -> None:
         """bars.rs: a tick opens the bar of its epoch-aligned interval or joins the open one
@@ -216,8 +234,8 @@ class _Part:
         if ts < self.last_tick:
             _out_of_order(ts, self.last_tick, "tick")
         self.last_tick = ts
-        p = self.numbers.prices.get(price) or self.numbers.price(price, "price")
-        v = ZERO if size is None else self.numbers.volume(size, "size")
+        p = _number(price, "price", True)
+        v = ZERO if size is None else _number(size, "size", False)
         start = ts - ts % length
         if self.ts and self.ts[-1] == start:
             self.high[-1] = max(self.high[-1], p)
@@ -243,48 +261,35 @@ def _out_of_order(ts: int, before: int, what: str) -> None:
                "(rows must be in time order)")
 
 
-class _Numbers:
-    """Text -> checked Decimal, each distinct text parsed once (and its Decimal shared)."""
+def _diagnose(o: str, h: str, lo: str, c: str, v: str) -> None:
+    """Why a row's numbers were refused (the slow path, value by value)."""
+    op, hp, lp, cp = (_number(t, n, True) for t, n in ((o, "open"), (h, "high"), (lo, "low"),
+                                                        (c, "close")))
+    _number(v, "volume", False)
+    if hp < op or hp < cp:
+        raise _Bad(f"high {h} is below max(open {o}, close {c})")
+    if lp > op or lp > cp:
+        raise _Bad(f"low {lo} is above min(open {o}, close {c})")
 
-    def __init__(self) -> None:
-        self.prices: dict[str, Decimal] = {}
-        self.volumes: dict[str, Decimal] = {}
 
-    def price(self, text: str, name: str) -> Decimal:
-        value = self._parse(text, name)
-        if value <= 0:
-            raise _Bad(f"{name} {text} must be greater than zero")
-        return self._keep(self.prices, text, value)
-
-    def volume(self, text: str, name: str) -> Decimal:
-        value = self.volumes.get(text)
-        if value is None:
-            value = self._parse(text, name)
-            if value < 0:
-                raise _Bad(f"{name} {text} must not be negative")
-            self._keep(self.volumes, text, value)
-        return value
-
-    @staticmethod
-    def _parse(text: str, name: str) -> Decimal:
-        try:
-            value = Decimal(text)
-        except (InvalidOperation, TypeError, ValueError):
-            raise _Bad(f"{name} {text!r} is not a decimal number") from None
-        if not value.is_finite():
-            raise _Bad(f"{name} {text!r} is not a finite number")
-        if abs(value) >= MONEY_LIMIT:
-            raise _Bad(f"{name} {text} is too large (money stays below 1e14)")
-        if len(format(value, "f")) > MAX_DECIMAL_CHARS:
-            raise _Bad(f"{name} {text} has more than {MAX_DECIMAL_CHARS} characters as a decimal")
-        return value
-
-    @staticmethod
-    def _keep(cache: dict[str, Decimal], text: str, value: Decimal) -> Decimal:
-        if len(cache) >= CACHE_LIMIT:
-            cache.clear()
-        cache[text] = value
-        return value
+def _number(text: str, name: str, positive: bool) -> Decimal:
+    """A price (positive) or an amount (>= 0) from its text, checked as the contract's
+    money (finite, below 1e14, at most 40 characters)."""
+    try:
+        value = Decimal(text)
+    except (InvalidOperation, TypeError, ValueError):
+        raise _Bad(f"{name} {text!r} is not a decimal number") from None
+    if not value.is_finite():
+        raise _Bad(f"{name} {text!r} is not a finite number")
+    if positive and value <= 0:
+        raise _Bad(f"{name} {text} must be greater than zero")
+    if value < 0:
+        raise _Bad(f"{name} {text} must not be negative")
+    if value >= MONEY_LIMIT:
+        raise _Bad(f"{name} {text} is too large (money stays below 1e14)")
+    if len(text) > MAX_DECIMAL_CHARS:
+        raise _Bad(f"{name} {text[:20]}... has more than {MAX_DECIMAL_CHARS} characters")
+    return value
 
 
 def _iso(ns: int) -> str:
@@ -309,7 +314,7 @@ def _epoch_ns(n: int) -> int:
 
 def _date_ns(text: str) -> int:
     """ISO date or datetime (naive = UTC, an offset honoured) or epoch number -> ns."""
-    if text.isdigit():
+    if text.isdecimal():
         return _epoch_ns(int(text))
     try:
         when = datetime.fromisoformat(text)
@@ -372,6 +377,8 @@ def _read(path: str, symbol: str | None, venue: str, interval: str | None,
 def _detect(path: str, f: Any) -> str:
     if path.endswith(".jsonl"):
         return "replay"
+    if BINANCE_NAME.fullmatch(Path(path).stem):
+        return "binance"
     for line in f:
         line = line.strip()
         if not line or line.startswith("#"):
@@ -379,7 +386,7 @@ def _detect(path: str, f: Any) -> str:
         cells = [c.strip().lower() for c in line.split(",")]
         if "ts" in cells and "symbol" in cells:
             return "replay"
-        if cells[0] == "open_time" or (len(cells) == BINANCE_COLUMNS and cells[0].isdigit()):
+        if cells[0] == "open_time" or (len(cells) == BINANCE_COLUMNS and cells[0].isdecimal()):
             return "binance"
         return "ohlcv"
     raise DataError(path, None, "no bars: the file is empty")
@@ -395,8 +402,7 @@ def _row_error(path: str, reader: Any, at: list[int] | None = None) -> Iterator[
 
 def _ohlcv(path: str, f: Any, symbol: str | None, venue: str) -> _Part:
     reader = csv.reader(f)
-    rows = _row_error(path, reader)
-    header = next((r for r in rows if r), None)
+    header = next((r for r in _row_error(path, reader) if r), None)
     if header is None:
         raise DataError(path, None, "no bars: the file is empty")
     names = [c.strip().lower() for c in header]
@@ -410,20 +416,21 @@ def _ohlcv(path: str, f: Any, symbol: str | None, venue: str) -> _Part:
         raise DataError(path, reader.line_num, f"missing columns: {', '.join(missing)} "
                         f"(the header is {','.join(header)})")
     name = symbol or Path(path).stem
-    part = _Part(path, venue, _symbol(path, name), None, False, False, _Numbers())
+    part = _Part(path, venue, _symbol(path, name), None, False, False)
     o, h, lo, c = at["open"], at["high"], at["low"], at["close"]
     v = at.get("volume")
     width = len(header)
-    for row in rows:
-        if not row:
-            continue
-        try:
+
+    def bars() -> Iterator[tuple[int, int, str, str, str, str, str, None]]:
+        for row in reader:
             if len(row) != width:
+                if not row:
+                    continue
                 raise _Bad(f"{len(row)} values for {width} columns")
-            part.add(reader.line_num, _date_ns(row[date].strip()), row[o], row[h], row[lo], row[c],
-                     None if v is None else row[v])
-        except _Bad as e:
-            raise DataError(path, reader.line_num, str(e)) from None
+            yield (reader.line_num, _date_ns(row[date].strip()), row[o], row[h], row[lo], row[c],
+                   "0" if v is None else row[v], None)
+
+    part.extend(bars(), reader)
     return part
 
 
@@ -447,26 +454,25 @@ def _binance(path: str, f: Any, symbol: str | None, venue: str) -> _Part:
             interval_ns(stated)
         except ValueError as e:
             raise DataError(path, None, f"{e} (from the file name)") from None
-    part = _Part(path, venue, _symbol(path, symbol or named.group(1)), stated, True, True,
-                 _Numbers())
+    part = _Part(path, venue, _symbol(path, symbol or named.group(1)), stated, True, True)
     reader = csv.reader(f)
-    for row in _row_error(path, reader):
-        if not row:
-            continue
-        line = reader.line_num
-        try:
+
+    def bars() -> Iterator[tuple[int, int, str, str, str, str, str, int]]:
+        for row in reader:
             if len(row) != BINANCE_COLUMNS:
+                if not row:
+                    continue
                 raise _Bad(f"{len(row)} values, a Binance kline row has {BINANCE_COLUMNS}")
-            if not row[0].isdigit():
-                if line == 1 and row[0].strip().lower() == "open_time":
+            if not row[0].isdecimal():
+                if reader.line_num == 1 and row[0].strip().lower() == "open_time":
                     continue  # the header some dumps have
                 raise _Bad(f"open_time {row[0]!r} is not an integer (ms or µs since the epoch)")
-            if not row[8].isdigit():
+            if not row[8].isdecimal():
                 raise _Bad(f"count {row[8]!r} is not a whole number of trades")
-            part.add(line, _epoch_ns(int(row[0])), row[1], row[2], row[3], row[4], row[5],
-                     int(row[8]))
-        except _Bad as e:
-            raise DataError(path, line, str(e)) from None
+            yield (reader.line_num, _epoch_ns(int(row[0])), row[1], row[2], row[3], row[4],
+                   row[5], int(row[8]))
+
+    part.extend(bars(), reader)
     return part
 
 
@@ -527,7 +533,6 @@ def _replay(path: str, rows: Iterator[tuple[int, Any]], want: str | None, defaul
             length: int | None) -> list[_Part]:
     parts: dict[tuple[str, str], _Part] = {}
     kinds: dict[tuple[str, str], str] = {}
-    numbers = _Numbers()
     want = _canonical(want) if want else None
     for line, row in rows:
         try:
@@ -542,7 +547,7 @@ def _replay(path: str, rows: Iterator[tuple[int, Any]], want: str | None, defaul
             if not _VENUE.fullmatch(venue):
                 raise _Bad(f"venue {venue!r} is not lowercase letters, digits and _")
             ts_text = _field(row, "ts")
-            if ts_text is None or not ts_text.isdigit():
+            if ts_text is None or not ts_text.isdecimal():
                 raise _Bad(f"ts {ts_text!r} is not an integer of nanoseconds")
             ts = int(ts_text)
             key = (venue, name)
@@ -552,7 +557,7 @@ def _replay(path: str, rows: Iterator[tuple[int, Any]], want: str | None, defaul
                 raise _Bad(f"a {kind} row, but earlier rows of {name} are {kinds[key]} rows")
             part = parts.get(key)
             if part is None:
-                part = parts[key] = _Part(path, venue, name, None, True, True, numbers)
+                part = parts[key] = _Part(path, venue, name, None, True, True)
             if kind == "tick":
                 price = _field(row, "price")
                 if price is None:
@@ -561,7 +566,7 @@ def _replay(path: str, rows: Iterator[tuple[int, Any]], want: str | None, defaul
                     raise _Bad("tick rows need interval= (the length of the bars to build)")
                 for quote in ("bid", "ask"):
                     if (text := _field(row, quote)) is not None:
-                        numbers.prices.get(text) or numbers.price(text, quote)
+                        _number(text, quote, True)
                 part.tick(line, ts, price, _field(row, "size"), length)
                 continue
             stated = _field(row, "interval")
@@ -575,7 +580,7 @@ def _replay(path: str, rows: Iterator[tuple[int, Any]], want: str | None, defaul
             values = [_field(row, c) for c in ("high", "low", "close")]
             if None in values:
                 raise _Bad(f"no {('high', 'low', 'close')[values.index(None)]}")
-            part.add(line, ts, opening, *values, _field(row, "volume"))  # type: ignore[arg-type]
+            part.extend([(line, ts, opening, *values, _field(row, "volume") or "0", 0)])
         except _Bad as e:
             raise DataError(path, line, str(e)) from None
     return list(parts.values())
@@ -628,8 +633,8 @@ def _finish(parts: list[_Part], interval: str | None, strict: bool) -> BarSeries
         if inferred is None:
             i = next(i for i in range(1, len(ts)) if ts[i] - ts[i - 1] == length)
             raise DataError(*where(i), f"{first.symbol}: the smallest step between bars is "
-                            f"{Decimal(length) / NS} s, not a whole number of seconds in "
-                            "1s..1d (pass interval= if a step is missing a bar)")
+                            f"{Decimal(length) / NS} s, not an interval of whole seconds "
+                            "from 1s to 1d")
         name = inferred
     steps = zip(ts, islice(ts, 1, None))
     if stated and any(b - a < length for a, b in steps):
