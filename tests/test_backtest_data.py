@@ -291,6 +291,8 @@ GOOD = "2024-01-01 00:00,10,11,9,10,5\n"
     ("high below", HEADER + GOOD + "2024-01-01 00:01,10,10.5,9,11,5\n", 3, "high 10.5 is below max(open 10, close 11)"),
     ("low above", HEADER + "2024-01-01 00:00,10,11,10.5,10.6,5\n", 2, "low 10.5 is above min(open 10, close 10.6)"),
     ("column count", HEADER + GOOD + "2024-01-01 00:01,10,11,9,10\n", 3, "5 values for 6 columns"),
+    ("too late", HEADER + GOOD + f"{2**64},10,11,9,10,5\n", 3,
+     f"timestamp {2**64} ns is past the year 2554"),
     ("bad date", HEADER + "yesterday,10,11,9,10,5\n", 2,
      "date 'yesterday' is neither an ISO date/datetime nor an epoch number"),
     ("missing columns", "Date,Open,Close,Volume\n" + "2024-01-01,1,1,1\n", 1,

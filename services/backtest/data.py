@@ -2,8 +2,8 @@
 (data.binance.vision dumps) and the project's replay files (bar rows, or tick rows built
 into bars the way rust-market-data/src/bars.rs does). README "Backtest data".
 
-Bars are kept by column (lists of int / Decimal, one shared Decimal per distinct price
-text), so a million bars stay cheap; `BarSeries.bar(i)` makes the contract's `Bar`.
+Bars are kept by column (lists of int / Decimal; an open equal to the close before shares
+its Decimal), so a million bars stay cheap; `BarSeries.bar(i)` makes the contract's `Bar`.
 Prices go from the file's text straight into Decimal, never through a float. Anything
 wrong in a file is a `DataError` "path:row: reason" (row = 1-based line of the file).
 """
@@ -16,6 +16,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from itertools import islice
@@ -27,6 +28,7 @@ from services.contract.models import (
     MAX_DECIMAL_CHARS,
     MONEY_LIMIT,
     SYMBOL_PATTERN,
+    U64_MAX,
     VENUE_PATTERN,
     Bar,
 )
@@ -87,7 +89,7 @@ class BarSeries:
     def __len__(self) -> int:
         return len(self.start_ts)
 
-    @property
+    @cached_property
     def interval_ns(self) -> int:
         return interval_ns(self.interval)
 
@@ -197,11 +199,15 @@ class _Part:
         trades_ = self.trades.append if self.trades is not None else None
         last = self.ts[-1] if self.ts else -1
         line, o, h, lo, c, v, big = 0, "", "", "", "", "", MAX_DECIMAL_CHARS
+        last_c, cp = "", ZERO
         try:
             for line, ts, o, h, lo, c, v, n in rows:
                 if ts <= last:
                     _out_of_order(ts, last, "bar")
-                op, hp, lp, cp, vp = Decimal(o), Decimal(h), Decimal(lo), Decimal(c), Decimal(v)
+                # Most opens are the close before (always in Binance klines): one object.
+                op = cp if o == last_c else Decimal(o)
+                hp, lp, cp, vp = Decimal(h), Decimal(lo), Decimal(c), Decimal(v)
+                last_c = c
                 if (not (0 < lp and hp < MONEY_LIMIT and 0 <= vp < MONEY_LIMIT)
                         or hp < op or hp < cp or lp > op or lp > cp
                         or len(o) > big or len(h) > big or len(lo) > big or len(c) > big
@@ -614,6 +620,8 @@ def _finish(parts: list[_Part], interval: str | None, strict: bool) -> BarSeries
         return [x for p in parts for x in getattr(p, name)]
 
     ts = column("ts")
+    if ts[-1] + MAX_INTERVAL_NS > U64_MAX:  # the contract's times (start and end) are u64 ns
+        raise DataError(*where(len(ts) - 1), f"timestamp {ts[-1]} ns is past the year 2554")
     stated = [(p.interval, p.path, p.interval_line) for p in parts if p.interval]
     if interval:
         stated.insert(0, (interval, "interval=", 0))
