@@ -540,18 +540,24 @@ def _replay(path: str, rows: Iterator[tuple[int, Any]], want: str | None, defaul
     parts: dict[tuple[str, str], _Part] = {}
     kinds: dict[tuple[str, str], str] = {}
     want = _canonical(want) if want else None
+    symbols: set[str] = set()  # checked already (a regex per row is slow)
+    venues = {default_venue}
     for line, row in rows:
         try:
             if not isinstance(row, dict):
                 raise _Bad("not a JSON object")
             name = _field(row, "symbol")
-            if name is None or not _SYMBOL.fullmatch(name):
-                raise _Bad(f"symbol {name!r} is not BASE-QUOTE (BTC-USD)")
+            if name not in symbols:
+                if name is None or not _SYMBOL.fullmatch(name):
+                    raise _Bad(f"symbol {name!r} is not BASE-QUOTE (BTC-USD)")
+                symbols.add(name)
             if want and name != want:
                 continue
             venue = _field(row, "venue") or default_venue
-            if not _VENUE.fullmatch(venue):
-                raise _Bad(f"venue {venue!r} is not lowercase letters, digits and _")
+            if venue not in venues:
+                if not _VENUE.fullmatch(venue):
+                    raise _Bad(f"venue {venue!r} is not lowercase letters, digits and _")
+                venues.add(venue)
             ts_text = _field(row, "ts")
             if ts_text is None or not ts_text.isdecimal():
                 raise _Bad(f"ts {ts_text!r} is not an integer of nanoseconds")
