@@ -9,11 +9,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from backtesting import test as backtesting_test  # the reference backtester, a test dependency
 
 from services.backtest.data import BarSeries, DataError, interval_name, interval_ns, load, load_many
 from services.contract.models import Bar
 
-backtesting_test = pytest.importorskip("backtesting.test")
 BUNDLED = Path(backtesting_test.__file__).parent
 S = 1_000_000_000
 MIN = 60 * S
@@ -90,6 +90,9 @@ def test_ohlcv_header_names_dates_and_symbol(tmp_path):
     path = write(tmp_path, "data.csv", "Timestamp,Open,High,Low,Close,Volume\n"
                  f"{T0 // S},1,1,1,1,0\n{T0 // 1_000_000 + 60_000},1,1,1,1,0\n")
     assert one(path, symbol="ETH-USD").start_ts == [T0, T0 + MIN]
+    path = write(tmp_path, "data.csv", "Date,Open,High,Low,Close,Volume\n"
+                 "20240101,1,1,1,1,0\n1704067201.5,1,1,1,1,0\n1704067203000000,1,1,1,1,0\n")
+    assert one(path, symbol="ETH-USD", interval="1s").start_ts == [T0, T0 + 3 * S // 2, T0 + 3 * S]
     path = write(tmp_path, "btcusdt.csv", "Datetime,Open,High,Low,Close,Volume\n"
                  "2024-01-01 00:00:00,1,1,1,1,0.5\n2024-01-01 00:00:01,1,1,1,1,0\n")
     series = one(path)
@@ -379,7 +382,7 @@ def test_whole_file_refusals(tmp_path):
     assert one(odd, interval="1m", symbol="BTC-USD").symbol == "BTC-USD"
 
 
-def test_a_million_rows_stay_columnar(tmp_path):
+def test_long_files_stay_columnar(tmp_path):
     # Not timed (make bench measures speed): the columns are plain lists, a bar is made on demand.
     ms = T0 // 1_000_000
     rows = "".join(kline(ms + i * 60_000, "1.5", "2", "1", "1.75", count=i % 9) for i in range(20_000))

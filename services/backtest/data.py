@@ -309,28 +309,39 @@ def _iso(ns: int) -> str:
 def _epoch_ns(n: int) -> int:
     """An epoch number in s, ms, µs or ns (by magnitude) -> ns. Binance spot dumps switched
     from ms to µs in 2025: both land here."""
-    if n < 10**11:
-        return n * NS
-    if n < 10**14:
-        return n * 1_000_000
-    if n < 10**17:
-        return n * 1_000
-    return n
+    return n * _epoch_unit(n)
+
+
+def _epoch_unit(n: int | Decimal) -> int:
+    """ns per unit of an epoch number, told by its size (s until 5138 AD, then ms...)."""
+    return NS if n < 10**11 else 1_000_000 if n < 10**14 else 1_000 if n < 10**17 else 1
 
 
 def _date_ns(text: str) -> int:
     """ISO date or datetime (naive = UTC, an offset honoured) or epoch number -> ns."""
-    if text.isdecimal():
+    # 8 digits is a date (20240101): as epoch seconds it would be before March 1973.
+    if text.isdecimal() and len(text) != 8:
         return _epoch_ns(int(text))
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise _Bad(f"date {text!r} is neither an ISO date/datetime nor an epoch number") from None
+        return _fractional_epoch_ns(text)
     delta = when - (_EPOCH_NAIVE if when.tzinfo is None else _EPOCH_UTC)
     ns = (delta.days * 86400 + delta.seconds) * NS + delta.microseconds * 1000
     if ns < 0:
         raise _Bad(f"date {text!r} is before 1970")
     return ns
+
+
+def _fractional_epoch_ns(text: str) -> int:
+    """1704067200.5 (seconds, or ms...) -> ns, exactly."""
+    try:
+        number = Decimal(text)
+        if number.is_finite() and number >= 0 and text.replace(".", "", 1).isdecimal():
+            return int(number * _epoch_unit(number))
+    except InvalidOperation:
+        pass
+    raise _Bad(f"date {text!r} is neither an ISO date/datetime nor an epoch number")
 
 
 def _canonical(name: str) -> str | None:
