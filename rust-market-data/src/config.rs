@@ -18,7 +18,7 @@ use crate::connectors::{
 };
 use crate::feed::FeedKind;
 use crate::market::MarketSettings;
-use crate::replay::{ReplaySettings, Speed};
+use crate::replay::{ReplayClock, ReplaySettings, Speed};
 use crate::sim::{GbmParams, SimBooks, SimSettings};
 
 /// Start price of a symbol not listed in `[market_data.start_prices]`.
@@ -60,6 +60,9 @@ pub struct MarketDataConfig {
     pub replay_speed: f64,
     pub replay_venue: String,
     pub replay_loop: bool,
+    /// "wall" (ticks stamped when published) or "file" (ticks keep the file's `ts`,
+    /// the replay's bars follow it): see replay.rs.
+    pub replay_clock: String,
     /// `[market_data.<venue>]`: the live connectors' settings (src/connectors/).
     pub binance: Section<BinanceConfig>,
     pub coinbase: Section<CoinbaseConfig>,
@@ -96,6 +99,7 @@ impl Default for MarketDataConfig {
             replay_speed: 1.0,
             replay_venue: "replay".into(),
             replay_loop: false,
+            replay_clock: "wall".into(),
             binance: Section::default(),
             coinbase: Section::default(),
             hyperliquid: Section::default(),
@@ -259,11 +263,21 @@ fn parse_replay(md: &MarketDataConfig, feeds: &[FeedKind]) -> Result<ReplaySetti
     if feeds.contains(&FeedKind::Replay) && md.replay_files.is_empty() {
         bail!("[market_data] feeds has replay but replay_files is empty");
     }
+    let clock = match md.replay_clock.as_str() {
+        "wall" => ReplayClock::Wall,
+        "file" => ReplayClock::File,
+        other => bail!("[market_data] replay_clock = {other:?}: must be \"wall\" or \"file\""),
+    };
+    if clock == ReplayClock::File && md.replay_loop {
+        // A second pass would go back in time: its ticks would land in later bars.
+        bail!("[market_data] replay_loop = true needs replay_clock = \"wall\"");
+    }
     Ok(ReplaySettings {
         files: md.replay_files.iter().map(PathBuf::from).collect(),
         speed,
         venue,
         repeat: md.replay_loop,
+        clock,
     })
 }
 
@@ -476,6 +490,7 @@ mod tests {
         assert_eq!(settings.metrics_addr.as_deref(), Some("127.0.0.1:9100"));
         assert_eq!(settings.sim_books.map(|b| b.depth), Some(10));
         assert_eq!(settings.replay.speed, Speed::Times(1.0));
+        assert_eq!(settings.replay.clock, ReplayClock::Wall);
     }
 
     #[test]
@@ -510,6 +525,13 @@ mod tests {
                 .contains("alert_thresholds.btc-usd = 0")
         );
         assert!(err(&[("MOONBUS__MARKET_DATA__REPLAY_SPEED", "-1")]).contains("replay_speed = -1"));
+        assert!(err(&[("MOONBUS__MARKET_DATA__REPLAY_CLOCK", "\"event\"")])
+            .contains("replay_clock = \"event\": must be \"wall\" or \"file\""));
+        assert!(err(&[
+            ("MOONBUS__MARKET_DATA__REPLAY_CLOCK", "\"file\""),
+            ("MOONBUS__MARKET_DATA__REPLAY_LOOP", "true")
+        ])
+        .contains("replay_loop = true needs replay_clock = \"wall\""));
         assert!(err(&[("MOONBUS__MARKET_DATA__BOOK_INTERVAL_MS", "0")])
             .contains("book_interval_ms = 0"));
         assert!(

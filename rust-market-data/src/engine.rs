@@ -4,6 +4,12 @@
 //! bars and alerts, closes quiet bars on a timer, sends the sim feed's status
 //! heartbeat, and answers the API's queries.
 //!
+//! Two bar clocks: the wall clock (`BarClock`) closes the bars of every live series
+//! at each boundary; a replay on the file's clock (`replay_clock = "file"`,
+//! `FeedEvent::ReplayTick`) moves its own clock with its ticks' time: the first tick
+//! at or past the next boundary closes the replayed series' bars that ended by then,
+//! before it is recorded, and `replay_done` closes the rest before it is published.
+//!
 //! Why queries go through this task instead of a shared snapshot: the state then
 //! needs no lock, the tick path never waits for a reader, and an answer always
 //! reflects every tick published before it. The JSON encoding of the answers
@@ -144,6 +150,9 @@ pub struct Engine {
     books: BookOut,
     /// Ticks taken in, for the latency sampling.
     ticks_in: u64,
+    /// The replay file's clock: the next bar boundary (of the shortest interval) of
+    /// its ticks' time; 0 before the first replayed tick.
+    file_boundary: u64,
 }
 
 impl Engine {
@@ -162,6 +171,7 @@ impl Engine {
             outputs: Outputs::default(),
             books: BookOut::default(),
             ticks_in: 0,
+            file_boundary: 0,
         }
     }
 
@@ -248,22 +258,8 @@ impl Engine {
 
     async fn on_event(&mut self, event: FeedEvent) {
         match event {
-            FeedEvent::Tick(tick) => {
-                let received = self.received();
-                let Some(slot) = self.market.slot(&tick.venue, &tick.symbol) else {
-                    return;
-                };
-                self.market.tick_route(slot).2.ticks_in.inc();
-                let data = TickData {
-                    price: tick.price,
-                    bid: tick.bid,
-                    ask: tick.ask,
-                    size: tick.size,
-                    seq: tick.seq,
-                    ts: tick.ts,
-                };
-                self.publish_tick(slot, data, received).await;
-            }
+            FeedEvent::Tick(tick) => self.feed_tick(tick, false).await,
+            FeedEvent::ReplayTick(tick) => self.feed_tick(tick, true).await,
             FeedEvent::Book(book) => {
                 if let Some(slot) = self.market.slot(&book.venue, &book.symbol) {
                     self.market
@@ -272,6 +268,11 @@ impl Engine {
                 }
             }
             FeedEvent::Status(status) => {
+                if status.status == FeedState::ReplayDone {
+                    // The replay's last bars, before anyone hears it is done.
+                    self.market.close_replayed(u64::MAX, &mut self.outputs);
+                    self.publish_outputs().await;
+                }
                 let subject = subjects::feed_status(&status.venue);
                 self.publisher
                     .publish(subject.into(), encode(&status))
@@ -294,6 +295,39 @@ impl Engine {
                     .await;
             }
         }
+    }
+
+    /// A tick of a feed task; `file_clock`: stamped with a replay file's time, which
+    /// moves the file's bar clock (module docs).
+    async fn feed_tick(&mut self, tick: Tick, file_clock: bool) {
+        let received = self.received();
+        let Some(slot) = self.market.slot(&tick.venue, &tick.symbol) else {
+            return;
+        };
+        if file_clock {
+            self.market.use_file_clock(slot);
+            if tick.ts >= self.file_boundary {
+                self.market.close_replayed(tick.ts, &mut self.outputs);
+                self.publish_outputs().await;
+                let base = self
+                    .market
+                    .settings()
+                    .intervals
+                    .len_ns(0)
+                    .unwrap_or(NANOS_PER_SEC);
+                self.file_boundary = tick.ts - tick.ts % base + base;
+            }
+        }
+        self.market.tick_route(slot).2.ticks_in.inc();
+        let data = TickData {
+            price: tick.price,
+            bid: tick.bid,
+            ask: tick.ask,
+            size: tick.size,
+            seq: tick.seq,
+            ts: tick.ts,
+        };
+        self.publish_tick(slot, data, received).await;
     }
 
     /// When a tick came in, for one tick in `LATENCY_SAMPLE`.

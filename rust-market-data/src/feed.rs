@@ -19,6 +19,9 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeedEvent {
     Tick(Tick),
+    /// A replayed tick stamped with the file's time (`replay_clock = "file"`): its
+    /// series' bars follow the ticks' time, not the wall clock (engine.rs).
+    ReplayTick(Tick),
     Book(Book),
     Status(FeedStatus),
     /// Input the feed skipped (a frame not in the venue's format): the engine

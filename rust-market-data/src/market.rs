@@ -69,6 +69,9 @@ struct Series {
     monitor: Option<Monitor>,
     book: BookSlot,
     book_subject: Subject,
+    /// Its ticks carry a replay file's time (`replay_clock = "file"`): its bars are
+    /// closed by `close_replayed`, never by the wall clock's `close_due`.
+    file_clock: bool,
 }
 
 /// One symbol, across venues.
@@ -169,6 +172,7 @@ impl Market {
             monitor,
             book: BookSlot::default(),
             book_subject: lasting(subjects::book(venue, symbol)),
+            file_clock: false,
         });
         Some(slot)
     }
@@ -213,11 +217,29 @@ impl Market {
         }
     }
 
-    /// Closes every open bar whose interval ended by `now_ns`.
+    /// Closes every open bar whose interval ended by `now_ns` on the wall clock (the
+    /// series on a replay file's clock are left to `close_replayed`).
     pub fn close_due(&mut self, now_ns: u64, out: &mut Outputs) {
+        self.close_where(now_ns, false, out);
+    }
+
+    /// Puts a slot on the replay file's clock (its ticks carry the file's time).
+    pub fn use_file_clock(&mut self, slot: usize) {
+        self.series[slot].file_clock = true;
+    }
+
+    /// Closes the bars of the series on the replay file's clock whose interval ended by
+    /// `file_ns` (`u64::MAX`: all of them, at the end of the replay).
+    pub fn close_replayed(&mut self, file_ns: u64, out: &mut Outputs) {
+        self.close_where(file_ns, true, out);
+    }
+
+    fn close_where(&mut self, now_ns: u64, file_clock: bool, out: &mut Outputs) {
         for (slot, series) in self.series.iter_mut().enumerate() {
-            series.bars.close_due(now_ns, &mut out.scratch);
-            out.bars.extend(out.scratch.drain(..).map(|c| (slot, c)));
+            if series.file_clock == file_clock {
+                series.bars.close_due(now_ns, &mut out.scratch);
+                out.bars.extend(out.scratch.drain(..).map(|c| (slot, c)));
+            }
         }
     }
 
@@ -674,6 +696,31 @@ mod tests {
         assert!(m.slot(&venue("sim"), &"ETH-USD".parse().unwrap()).is_some());
         assert!(m.slot(&venue("sim"), &"SOL-USD".parse().unwrap()).is_none());
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn the_wall_clock_leaves_the_bars_on_a_replay_files_clock_alone() {
+        let mut m = market();
+        let btc: Symbol = "BTC-USD".parse().unwrap();
+        let (live, replayed) = (
+            m.slot(&venue("sim"), &btc).unwrap(),
+            m.slot(&venue("replay"), &btc).unwrap(),
+        );
+        m.use_file_clock(replayed);
+        let mut out = Outputs::default();
+        m.record(live, data("100", 1, T0), &mut out);
+        m.record(replayed, data("90", 1, T0), &mut out);
+        m.close_due(T0 + 3600 * SEC, &mut out);
+        let closed: Vec<usize> = out.bars.iter().map(|(slot, _)| *slot).collect();
+        assert_eq!(closed, [live, live], "the live 1s and 1m bars only");
+        out.bars.clear();
+        m.close_replayed(T0 + SEC, &mut out);
+        let closed: Vec<(usize, u64)> =
+            out.bars.iter().map(|(s, (i, _))| (*s, *i as u64)).collect();
+        assert_eq!(closed, [(replayed, 0)], "its 1s bar, on the file's time");
+        out.bars.clear();
+        m.close_replayed(u64::MAX, &mut out);
+        assert_eq!(out.bars.len(), 1, "the rest at the end: its 1m bar");
     }
 
     #[test]

@@ -15,11 +15,21 @@
 //!   the end, with the volume on the close; the engine's bars of that interval so
 //!   reproduce its open, high, low, close and volume.
 //!
-//! The file's `ts` sets the pace only: each tick is stamped with the time it is
-//! published, like a live tick (agents, risk and bars all run on the wall clock).
+//! The clock (`replay_clock`):
+//! - `"wall"` (the default): the file's `ts` sets the pace only; each tick is stamped
+//!   with the time it is published, like a live tick (agents, risk and bars all run on
+//!   the wall clock).
+//! - `"file"`: each tick keeps the file's time (`FeedEvent::ReplayTick`), and the bars
+//!   of the replayed series follow that time instead of the wall clock (engine.rs): a
+//!   bar closes when a tick of a later interval arrives (of any replayed symbol), and
+//!   every bar still open closes at the end, before `replay_done`. So the bars
+//!   published are the file's bars whatever `replay_speed` (a rehearsal at full
+//!   speed: services/backtest/rehearsal.py). Not with `replay_loop` (time would go back).
+//!
 //! Rows should be in time order; a row earlier than the one before goes out at
-//! once. A bad row is logged and skipped; a missing file ends the replay with a
-//! `disconnected` status.
+//! once (with the file clock it lands in its symbol's open or next bar, never in a
+//! closed one). A bad row is logged and skipped; a missing file ends the replay with
+//! a `disconnected` status.
 //!
 //! The replay runs on its own thread (file reads and pacing sleeps never occupy
 //! the async runtime) and hands events to the engine with `blocking_send`: when
@@ -58,6 +68,16 @@ pub struct ReplaySettings {
     pub venue: Venue,
     /// Start again at the end (no `replay_done` then).
     pub repeat: bool,
+    pub clock: ReplayClock,
+}
+
+/// What a replayed tick is stamped with (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayClock {
+    /// The time it is published.
+    Wall,
+    /// The file's `ts`; the replayed series' bars follow it.
+    File,
 }
 
 /// One row: a tick, or the four ticks of a bar, at source time `ts`.
@@ -314,7 +334,7 @@ impl<'a> Replayer<'a> {
         for point in row.points() {
             self.wait_until(point.ts);
             let seq = self.next_seq(&venue, &row.symbol);
-            let tick = Tick {
+            let mut tick = Tick {
                 venue: venue.clone(),
                 symbol: row.symbol.clone(),
                 price: point.price,
@@ -322,9 +342,16 @@ impl<'a> Replayer<'a> {
                 ask: point.ask,
                 size: point.size,
                 seq,
-                ts: now_ns(),
+                ts: point.ts,
             };
-            self.send(FeedEvent::Tick(tick))?;
+            let event = match self.settings.clock {
+                ReplayClock::File => FeedEvent::ReplayTick(tick),
+                ReplayClock::Wall => {
+                    tick.ts = now_ns();
+                    FeedEvent::Tick(tick)
+                }
+            };
+            self.send(event)?;
             self.ticks += 1;
         }
         Ok(())
