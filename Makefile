@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.moonbus-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup python rust run test test-rust test-python bench chaos soak fmt lint clean distclean
+.PHONY: help setup python rust sim run test test-rust test-python bench chaos soak fmt lint clean distclean
 
 help:
 	@echo "make run     start nats-server and every service (Ctrl+C stops them all)"
@@ -38,7 +38,13 @@ python: $(PY_STAMP)
 rust:
 	$(CARGO) build --release --workspace
 
-setup: python rust
+# The live rules as a Python module for the backtester (crate rust-backtest), put where
+# the venv's Python finds it: `import moonbus_sim` (services/backtest/engine.py).
+SIM_LIB := target/release/libmoonbus_sim.so
+sim: python rust
+	$(PY) -c 'import shutil, sysconfig; shutil.copyfile("$(SIM_LIB)", sysconfig.get_paths()["platlib"] + "/moonbus_sim.abi3.so")'
+
+setup: python rust sim
 
 # ---- run and test -------------------------------------------------------------------
 

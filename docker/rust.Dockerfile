@@ -12,6 +12,7 @@ COPY rust-common rust-common
 COPY rust-market-data rust-market-data
 COPY rust-risk rust-risk
 COPY rust-execution rust-execution
+COPY rust-backtest rust-backtest
 # The JetStream state the services open (rust-common includes it at compile time).
 COPY proto/nats/jetstream.json proto/nats/jetstream.json
 # The `ca` secret (the host's CA bundle, when its network needs one) is used for the

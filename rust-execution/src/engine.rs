@@ -54,7 +54,7 @@ use crate::ledger::{self, is_final, Ledger};
 use crate::metrics;
 use crate::reports::{self, Recorder};
 use crate::risk::RiskClient;
-use crate::venue::{Market, Placement, Routed, Venue};
+use crate::venue::{Market, Routed, Venue};
 
 /// On shutdown, orders in flight get this long to finish (else they are re-delivered).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -463,28 +463,8 @@ impl<V: Venue> Engine<V> {
             order_id,
             timings,
         };
-        recording.reports = match self.venue.place(&routed, &self.market).await {
-            Placement::Filled(fill) => vec![reports::filled(&routed, &fill)],
-            Placement::PartiallyFilled { fill, reason } => {
-                let part = reports::with_fill(&routed, &fill, OrderStatus::PartiallyFilled);
-                let rest = reports::rest_expired(&part, reason);
-                vec![part, rest]
-            }
-            Placement::Resting => {
-                recording.rest = Some(routed.clone());
-                vec![reports::routed(&routed, OrderStatus::Accepted, None)]
-            }
-            Placement::Expired { reason } => {
-                vec![reports::routed(&routed, OrderStatus::Expired, Some(reason))]
-            }
-            Placement::Rejected { reason } => {
-                vec![reports::routed(
-                    &routed,
-                    OrderStatus::Rejected,
-                    Some(reason),
-                )]
-            }
-        };
+        let placement = self.venue.place(&routed, &self.market).await;
+        (recording.reports, recording.rest) = reports::placed(routed, placement);
         self.spawn_record(recording);
     }
 

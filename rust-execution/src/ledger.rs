@@ -63,6 +63,10 @@ impl Ledger {
         self.last_status.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.last_status.is_empty()
+    }
+
     /// Every order's latest status (for a snapshot).
     pub fn outcomes(&self) -> Vec<(ClientOrderId, OrderStatus)> {
         self.last_status

@@ -6,21 +6,6 @@
 //! (EXEC stream) before acking the order; orders of different symbols are pipelined
 //! (engine.rs). Answers `exec.api.version` on the NATS service API.
 
-mod config;
-mod deadletter;
-mod engine;
-mod intake;
-mod jobs;
-mod lanes;
-mod ledger;
-mod metrics;
-mod paper;
-mod reports;
-mod risk;
-mod snapshot;
-mod venue;
-mod walk;
-
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
@@ -33,12 +18,13 @@ use moonbus_common::service::{self, Base};
 use moonbus_common::streams;
 use moonbus_common::{subjects, Venue as VenueName};
 
-use crate::config::ExecutionConfig;
-use crate::engine::{Bus, Engine};
-use crate::paper::PaperVenue;
-use crate::reports::Recorder;
-use crate::risk::RiskClient;
-use crate::venue::Market;
+use rust_execution::config::ExecutionConfig;
+use rust_execution::engine::{Bus, Engine};
+use rust_execution::paper::PaperVenue;
+use rust_execution::reports::Recorder;
+use rust_execution::risk::RiskClient;
+use rust_execution::venue::Market;
+use rust_execution::{deadletter, metrics, snapshot};
 
 const SERVICE: &str = "execution";
 /// The durable ORDERS consumer; its position survives restarts.

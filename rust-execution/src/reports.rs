@@ -9,7 +9,7 @@ use moonbus_common::{
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
-use crate::venue::{Fill, Routed};
+use crate::venue::{Fill, Placement, Routed};
 
 /// A report about a valid order, with every field the order gives; status-specific
 /// fields are filled in by the callers.
@@ -87,6 +87,31 @@ pub fn with_fill(routed: &Routed, fill: &Fill, status: OrderStatus) -> Execution
 
 /// The rest of a partly filled order expired: what was filled stays (filled_quantity,
 /// avg_fill_price), and there is no new fill (no last_fill_*, fee 0).
+/// The reports of what the venue did with a new order (MARKET orders get no separate
+/// ACCEPTED: one round trip), and the order to rest on the venue once they are stored.
+pub fn placed(routed: Routed, placement: Placement) -> (Vec<ExecutionReport>, Option<Routed>) {
+    match placement {
+        Placement::Filled(fill) => (vec![filled(&routed, &fill)], None),
+        Placement::PartiallyFilled { fill, reason } => {
+            let part = with_fill(&routed, &fill, OrderStatus::PartiallyFilled);
+            let rest = rest_expired(&part, reason);
+            (vec![part, rest], None)
+        }
+        Placement::Resting => (
+            vec![self::routed(&routed, OrderStatus::Accepted, None)],
+            Some(routed),
+        ),
+        Placement::Expired { reason } => (
+            vec![self::routed(&routed, OrderStatus::Expired, Some(reason))],
+            None,
+        ),
+        Placement::Rejected { reason } => (
+            vec![self::routed(&routed, OrderStatus::Rejected, Some(reason))],
+            None,
+        ),
+    }
+}
+
 pub fn rest_expired(partial: &ExecutionReport, reason: String) -> ExecutionReport {
     ExecutionReport {
         status: OrderStatus::Expired,

@@ -43,19 +43,7 @@ impl RiskClient {
         order: &OrderRequest,
         ref_price: Option<PositiveMoney>,
     ) -> RiskAnswer {
-        let request = RiskCheckRequest {
-            client_order_id: order.client_order_id.clone(),
-            agent: order.agent.clone(),
-            symbol: order.symbol.clone(),
-            venue: order.venue.clone(),
-            side: order.side,
-            order_type: order.order_type,
-            quantity: order.quantity,
-            limit_price: order.limit_price,
-            reduce_only: order.reduce_only,
-            ref_price,
-            ts: now_ns(),
-        };
+        let request = request_for(order, ref_price, now_ns());
         let asked = self
             .client
             .request(subjects::RISK_CHECK, bus::encode(&request));
@@ -81,6 +69,42 @@ fn unavailable(why: String) -> RiskAnswer {
     }
 }
 
+/// The pre-trade check of `order` at time `ts`; `ref_price` prices a MARKET order.
+pub fn request_for(
+    order: &OrderRequest,
+    ref_price: Option<PositiveMoney>,
+    ts: u64,
+) -> RiskCheckRequest {
+    RiskCheckRequest {
+        client_order_id: order.client_order_id.clone(),
+        agent: order.agent.clone(),
+        symbol: order.symbol.clone(),
+        venue: order.venue.clone(),
+        side: order.side,
+        order_type: order.order_type,
+        quantity: order.quantity,
+        limit_price: order.limit_price,
+        reduce_only: order.reduce_only,
+        ref_price,
+        ts,
+    }
+}
+
+/// What risk's answer means for the order, answered at `ts`.
+pub fn answer(result: RiskCheckResult, ts: u64) -> RiskAnswer {
+    if result.approved {
+        return RiskAnswer::Approved { ts };
+    }
+    RiskAnswer::Refused {
+        reason: format!(
+            "{}: {}",
+            result.reason_code.unwrap_or_default(),
+            result.reason.unwrap_or_default()
+        ),
+        ts,
+    }
+}
+
 /// What a reply means for the order `client_order_id`.
 pub fn interpret(client_order_id: &ClientOrderId, payload: &[u8]) -> RiskAnswer {
     if let Ok(ErrorReply { error }) = bus::decode::<ErrorReply>(payload) {
@@ -92,15 +116,7 @@ pub fn interpret(client_order_id: &ClientOrderId, payload: &[u8]) -> RiskAnswer 
             "answer is for order {}, not {client_order_id}",
             result.client_order_id
         )),
-        Ok(result) if result.approved => RiskAnswer::Approved { ts: now_ns() },
-        Ok(result) => RiskAnswer::Refused {
-            reason: format!(
-                "{}: {}",
-                result.reason_code.unwrap_or_default(),
-                result.reason.unwrap_or_default()
-            ),
-            ts: now_ns(),
-        },
+        Ok(result) => answer(result, now_ns()),
     }
 }
 

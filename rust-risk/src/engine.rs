@@ -561,6 +561,11 @@ impl Engine {
         }
     }
 
+    /// Cash plus positions at the current marks (what `account` reports as equity).
+    pub fn equity(&self) -> Decimal {
+        self.totals().equity
+    }
+
     /// A verdict for every configured symbol and every symbol with a position.
     pub fn verdicts(&self, now_ns: u64) -> Vec<Verdict> {
         let totals = self.totals();

@@ -2,28 +2,11 @@
 //! for every order before execution routes it. Fails closed: until its state is
 //! rebuilt from the EXEC stream, and whenever a rule cannot be evaluated, it refuses.
 
-mod access;
-mod breaker;
-mod config;
-mod engine;
-mod exec_feed;
-mod flatten;
-mod ledger;
-mod limits;
-mod metrics;
-mod open_orders;
-mod publish;
-mod rate;
-mod reservations;
-mod rules;
-mod service;
-mod store;
-mod watermarks;
-
 use std::process::ExitCode;
 
 use anyhow::Result;
 use moonbus_common::service::{exit, Base};
+use rust_risk::{config, service};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -128,6 +128,11 @@ impl Reservations {
     pub fn len(&self) -> usize {
         self.by_order.len()
     }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.by_order.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,194 @@
+//! The simulator: rust-risk's engine and rust-execution's paper venue, in one process,
+//! on an event-time clock. Nothing here decides anything: every rule is the live one,
+//! called the way the services call it (risk.rs / reports.rs of rust-execution, engine.rs
+//! of rust-risk); only the transport (NATS, JetStream) and the wall clock are gone.
+//!
+//! - time is what the caller says it is (`advance`): the bars' times. Every report, fill
+//!   and risk decision is stamped with it, so the same inputs give the same outputs;
+//! - a tick marks the symbol for risk (valuation, staleness, circuit breakers) and is the
+//!   paper venue's market; resting orders it makes marketable fill on it, as live;
+//! - an order goes intake -> risk check -> venue -> reports -> risk's books, at once (no
+//!   latency: the venue answers at the time of the order);
+//! - ages on the venue side (`tick_max_age_ms`, `book_max_age_ms`) are measured on the
+//!   process clock live; here the latest tick is always the market (a backtest has no
+//!   feed that can stop), while risk's `stale_after_ms` runs on event time as live.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use moonbus_common::config::Config;
+use moonbus_common::{
+    AccountState, ExecutionReport, OrderRequest, PositiveMoney, Symbol, Tick, Timings,
+    Venue as VenueName, Verdict,
+};
+use rust_decimal::Decimal;
+use rust_execution::config::ExecutionConfig;
+use rust_execution::ledger::{is_final, Ledger};
+use rust_execution::paper::PaperVenue;
+use rust_execution::reports;
+use rust_execution::risk::{answer, request_for, RiskAnswer};
+use rust_execution::venue::{Market, Routed, Venue};
+use rust_risk::config::Settings;
+use rust_risk::engine::Engine;
+
+pub struct Simulator {
+    risk: Engine,
+    venue: PaperVenue,
+    market: Market,
+    /// Final outcomes by client_order_id: an id seen before is never executed again.
+    ledger: Ledger,
+    now: u64,
+    /// Per (venue, symbol) tick sequence, and the venue's order ids.
+    seq: u64,
+    orders: u64,
+}
+
+impl Simulator {
+    /// From the text of moonbus.toml and `MOONBUS__SECTION__KEY` overrides, read and
+    /// checked exactly as the services read them ([system], [risk], [execution]).
+    pub fn new(config_toml: &str, env: Vec<(String, String)>) -> Result<Self> {
+        let config = Config::from_parts(config_toml, env)?;
+        let settings = Settings::load(&config)?;
+        let execution: ExecutionConfig = config.section("execution")?;
+        execution.validate()?;
+        let venues = execution
+            .venues
+            .iter()
+            .map(|v| VenueName::try_from(v.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)
+            .context("[execution] venues")?;
+        let mut risk = Engine::new(settings, 0);
+        risk.mark_ready(0);
+        Ok(Self {
+            risk,
+            venue: PaperVenue::new(venues, execution.fee_rate()?, execution.slippage_rate()?),
+            market: Market::new(Duration::MAX, Duration::MAX),
+            ledger: Ledger::default(),
+            now: 0,
+            seq: 0,
+            orders: 0,
+        })
+    }
+
+    /// Moves the clock to `ts` (ns since the epoch); time never goes back.
+    pub fn advance(&mut self, ts: u64) -> Result<()> {
+        if ts < self.now {
+            bail!("time goes back: {ts} is before {}", self.now);
+        }
+        self.now = ts;
+        self.risk.heartbeat(ts);
+        Ok(())
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// A trade at `price` at the current time: the mark for risk and the venue's
+    /// market. Returns the reports of resting orders it filled.
+    pub fn tick(&mut self, venue: &str, symbol: &str, price: &str) -> Result<Vec<ExecutionReport>> {
+        self.seq += 1;
+        let tick = Tick {
+            venue: VenueName::try_from(venue).map_err(anyhow::Error::msg)?,
+            symbol: Symbol::try_from(symbol).map_err(anyhow::Error::msg)?,
+            price: price
+                .parse::<PositiveMoney>()
+                .map_err(|e| anyhow::anyhow!("{symbol} price {price:?}: {e}"))?,
+            bid: None,
+            ask: None,
+            size: None,
+            seq: self.seq,
+            ts: self.now,
+        };
+        self.risk.apply_tick(&tick, self.now);
+        self.market.update(tick.clone());
+        let fills = self.venue.on_market(&tick);
+        let mut out = Vec::with_capacity(fills.len());
+        for (routed, fill) in fills {
+            out.push(reports::filled(&routed, &fill));
+        }
+        self.book(&mut out);
+        Ok(out)
+    }
+
+    /// An order from an agent, handled as rust-execution handles one from ORDERS.
+    pub fn submit(&mut self, order: OrderRequest) -> Vec<ExecutionReport> {
+        if self
+            .ledger
+            .status(&order.client_order_id)
+            .is_some_and(is_final)
+        {
+            return Vec::new(); // executed before: never again (execution's ledger.rs)
+        }
+        self.orders += 1;
+        let order_id = format!("{}-{}", order.venue, self.orders);
+        let timings = Timings {
+            origin_ts: Some(order.origin_ts),
+            received_ts: Some(self.now),
+            ..Timings::default()
+        };
+        let mut out = if !self.venue.serves(&order.venue) {
+            let reason = format!("unknown_venue: venue {} is not served here", order.venue);
+            vec![reports::rejected(&order, Some(&order_id), reason, timings)]
+        } else {
+            let ref_price = self.market.price(&order.symbol);
+            let request = request_for(&order, ref_price, self.now);
+            match answer(self.risk.check(&request, self.now), self.now) {
+                RiskAnswer::Refused { reason, .. } | RiskAnswer::Unavailable { reason } => {
+                    vec![reports::rejected(&order, Some(&order_id), reason, timings)]
+                }
+                RiskAnswer::Approved { ts } => {
+                    let routed = Routed {
+                        order,
+                        order_id,
+                        timings: Timings {
+                            risk_checked_ts: Some(ts),
+                            ..timings
+                        },
+                    };
+                    // The paper venue answers at once: its future is ready when polled.
+                    let placement =
+                        futures::executor::block_on(self.venue.place(&routed, &self.market));
+                    let (reports, rest) = reports::placed(routed, placement);
+                    if let Some(routed) = rest {
+                        self.venue.rest(routed);
+                    }
+                    reports
+                }
+            }
+        };
+        self.book(&mut out);
+        out
+    }
+
+    /// Stamps reports with the event time and books them: execution's ledger, risk's books.
+    fn book(&mut self, reports: &mut [ExecutionReport]) {
+        for report in reports.iter_mut() {
+            report.ts = self.now;
+            if report.last_fill_quantity.is_some() {
+                report.timings.filled_ts = Some(self.now);
+            }
+            self.ledger.record(report);
+            if let Err(why) = self.risk.apply_report(report) {
+                // Only a fill that does not fit a decimal: risk halts the account, as live.
+                report.reason = Some(why);
+            }
+        }
+    }
+
+    pub fn account(&self) -> AccountState {
+        self.risk.account(self.now)
+    }
+
+    pub fn verdict(&self, symbol: &str) -> Option<Verdict> {
+        self.risk
+            .verdicts(self.now)
+            .into_iter()
+            .find(|v| v.symbol.as_str() == symbol)
+    }
+
+    pub fn equity(&self) -> Decimal {
+        self.risk.equity()
+    }
+}
