@@ -537,6 +537,7 @@ mod tests {
             "SNAPSHOTS",
             "DEADLETTER",
             "BARS",
+            "OBJ_backtest-data",
         ] {
             let config = stream_config(name).unwrap();
             assert!(

@@ -34,7 +34,7 @@ message_types! {
     Sentiment, Signal, Consensus, SwarmAskRequest, OrderRequest, CancelRequest,
     ExecutionReport, ErrorEvent, ErrorReply, PriceRequest, PriceReply, PricesRequest,
     PricesReply, HistoryRequest, HistoryReply, MonitorStartRequest, MonitorStopRequest,
-    MonitorStatusRequest, MonitorStatusReply, VersionReply,
+    MonitorStatusRequest, MonitorStatusReply, VersionReply, BacktestRequest, BacktestReply,
 }
 
 fn proto() -> PathBuf {

@@ -721,6 +721,65 @@ class VersionReply(Tolerant):
     started_ts: TimestampNs
 
 
+# ---------------------------------------------------------------- backtests
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# A [trading_agent] key or a moonbus.toml section / key: a plain identifier.
+KEY_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# A parameter value as moonbus.toml holds it (money as a decimal string).
+ParamValue = Annotated[bool | int | float | str, Field(union_mode="left_to_right")]
+Params = dict[Annotated[str, Field(pattern=KEY_PATTERN)], ParamValue]
+
+
+class Dataset(Strict):
+    """One data file of a backtest, stored in the JetStream object store `backtest-data`."""
+
+    name: Annotated[str, Field(pattern=CLIENT_ORDER_ID_PATTERN)]  # the object's name (= its sha256)
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]  # of the file's bytes: checked by the worker
+    filename: Annotated[str, Field(min_length=1, max_length=255)]  # the original name (format, errors)
+    symbol: Symbol | None = None  # else the file's own, or its name's
+    interval: Interval | None = None  # else inferred from the bars
+
+
+class BacktestRequest(Strict):
+    """`backtest.api.run` request: one run of the backtest engine over `datasets`."""
+
+    run_id: Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+    datasets: Annotated[list[Dataset], Field(min_length=1, max_length=32)]
+    strategy: Annotated[str, Field(pattern=KEY_PATTERN)] | None = None  # else moonbus.toml's
+    params: Params = {}  # [trading_agent] keys, e.g. {"ma_fast": 10, "ma_slow": 50}
+    overrides: dict[Annotated[str, Field(pattern=KEY_PATTERN)], Params] = {}  # {section: {key: value}}
+    # Only bars with start_ts in [start_ts, end_ts) (a train or test window); None = no bound.
+    start_ts: TimestampNs | None = None
+    end_ts: TimestampNs | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> BacktestRequest:
+        if self.start_ts is not None and self.end_ts is not None and self.end_ts <= self.start_ts:
+            raise ValueError(f"end_ts ({self.end_ts}) must be after start_ts ({self.start_ts})")
+        return self
+
+
+class BacktestReply(Tolerant):
+    """`backtest.api.run` reply: the run's summary (services/backtest/report.py `summarize`),
+    or `error` (code + reason: `dataset_missing`, `dataset_corrupt`, `bad_data`, `bad_params`,
+    `run_failed`), never both."""
+
+    run_id: Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+    params: Params = {}
+    summary: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+    worker: str = ""  # which worker ran it (host:pid)
+    elapsed_ms: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _summary_or_error(self) -> BacktestReply:
+        if (self.summary is None) == (self.error is None):
+            raise ValueError("a backtest reply carries either a summary or an error")
+        return self
+
+
 # Message name -> model: the schema files, the vectors and the Rust types use these names.
 MESSAGES: dict[str, type[BaseModel]] = {
     model.__name__: model
@@ -763,6 +822,8 @@ MESSAGES: dict[str, type[BaseModel]] = {
         MonitorStatusRequest,
         MonitorStatusReply,
         VersionReply,
+        BacktestRequest,
+        BacktestReply,
     )
 }
 

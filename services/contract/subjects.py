@@ -31,6 +31,8 @@ from .models import (
     MonitorStopRequest,
     PositionsReply,
     PositionsRequest,
+    BacktestReply,
+    BacktestRequest,
     PriceReply,
     PriceRequest,
     PricesReply,
@@ -82,6 +84,13 @@ KILLSWITCH_AGENT = "killswitch"
 # ---------------------------------------------------------------- Python-side constants
 
 SWARM_ASK = "agent.api.swarm.ask"
+# One backtest run (request/reply), served by the backtest workers in queue group BACKTEST_QUEUE:
+# a sweep fans its grid out here, so every worker (on any machine) adds capacity.
+BACKTEST_RUN = "backtest.api.run"
+BACKTEST_QUEUE = "backtest"
+# The JetStream object store of backtest datasets (stream OBJ_backtest-data), each named by
+# the sha256 of its bytes; the sweep writes them (user operator), the workers read them.
+BACKTEST_DATA_BUCKET = "backtest-data"
 ALL_BARS = "md.bar.>"
 ALL_BOOKS = "md.book.>"
 ALL_ALERTS = "md.alert.>"
@@ -171,6 +180,16 @@ def kv_supervisor(service: object) -> str:
     return f"supervisor.{service}"
 
 
+def object_chunks(bucket: object, nuid: object) -> str:
+    """`$O.<bucket>.C.<nuid>`: the chunks of one object of a JetStream object store."""
+    return f"$O.{bucket}.C.{nuid}"
+
+
+def object_meta(bucket: object, encoded_name: object) -> str:
+    """`$O.<bucket>.M.<base64url(name)>`: the meta (ObjectInfo JSON) of one object."""
+    return f"$O.{bucket}.M.{encoded_name}"
+
+
 def kv_subject(key: object) -> str:
     """The subject a KV key of KV_BUCKET is stored on: `$KV.moonbus.<key>`."""
     return f"$KV.{KV_BUCKET}.{key}"
@@ -224,7 +243,7 @@ PATTERNS: tuple[str, ...] = (
     verdict("*"), ACCOUNT, RISK_EVENTS, RISK_CHECK, RISK_KILLSWITCH, RISK_LIMITS, RISK_POSITIONS, RISK_VERSION,
     sentiment("*"), signal("*", "*"), swarm("*"), SWARM_ASK,
     orders_submit("*", "*"), orders_cancel("*", "*"), exec_report("*"), exec_report(INVALID_TOKEN),
-    EXEC_VERSION, errors("*"), DEAD_LETTER_ADVISORY,
+    EXEC_VERSION, errors("*"), DEAD_LETTER_ADVISORY, BACKTEST_RUN,
 )
 
 # ---------------------------------------------------------------- typed endpoints
@@ -259,6 +278,7 @@ RISK_POSITIONS_API = Endpoint(RISK_POSITIONS, PositionsRequest, PositionsReply)
 RISK_VERSION_API = Endpoint(RISK_VERSION, VersionRequest, VersionReply)
 EXEC_VERSION_API = Endpoint(EXEC_VERSION, VersionRequest, VersionReply)
 SWARM_ASK_API = Endpoint(SWARM_ASK, SwarmAskRequest, Consensus)
+BACKTEST_RUN_API = Endpoint(BACKTEST_RUN, BacktestRequest, BacktestReply)
 
 
 def risk_killswitch_api(caller: str) -> Endpoint[KillSwitchRequest, KillSwitchState]:

@@ -12,6 +12,7 @@ SERVICE_USERS: list[str] = [
     "swarm-agent",
     "gateway",
     "operator",
+    "backtest",  # the backtest workers (services/backtest/worker.py): backtest.api.run, dataset reads
     "supervisor",  # make run's launcher: restarts crashed services, records them in KV supervisor.*
     "admin",  # provisioning only (streams.provision): no running service holds it
 ]

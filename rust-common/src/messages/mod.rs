@@ -35,6 +35,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod agents;
 mod api;
+mod backtest;
 mod check;
 mod ids;
 mod market;
@@ -44,6 +45,7 @@ mod risk;
 
 pub use agents::*;
 pub use api::*;
+pub use backtest::*;
 pub use check::ValidationError;
 pub use ids::*;
 pub use market::*;
