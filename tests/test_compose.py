@@ -165,7 +165,12 @@ def test_each_secret_reaches_only_the_containers_that_use_it() -> None:
         assert secrets[name] == set(), name
     assert secrets["provision"] == {"NATS_PASSWORD"}  # the admin's: see the test above
     # Every service's secrets, by name, listed above: nothing leaks through an anchor.
-    assert set(SERVICES) | {"provision", "prometheus", "grafana"} == set(services)
+    assert set(SERVICES) | {"provision", "prometheus", "grafana", "backtest-worker"} == set(services)
+    # The backtest workers scale (`--scale backtest-worker=N`), all as user `backtest`.
+    worker = services["backtest-worker"]
+    assert worker["environment"]["NATS_USER"] == "backtest" and "ports" not in worker
+    assert worker["environment"]["NATS_PASSWORD"] == "${" + password_env_var("backtest") + "}"
+    assert secrets["backtest-worker"] == {"NATS_PASSWORD"}
 
 
 def test_monitoring_is_not_published() -> None:
