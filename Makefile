@@ -18,6 +18,7 @@ help:
 	@echo "make bench   run the benchmark harness; results in bench/results/*.json"
 	@echo "make chaos   the fault suite: every fault in turn under load; bench/results/chaos.json"
 	@echo "make soak    10 minutes at 10,000 ticks/s, RSS slope per service; bench/results/soak.json"
+	@echo "make backtest  the example backtest (data/backtest/BTC-USD.csv); BACKTEST_ARGS=\"--sweep fast=5:30:5 slow=20:100:20\" for a sweep"
 	@echo "make setup   create .venv, install the Python package, build the Rust binaries"
 	@echo "make fmt     format code (cargo fmt; ruff format if installed)"
 	@echo "make lint    cargo clippy -D warnings (and ruff check if installed)"
@@ -74,6 +75,14 @@ chaos: setup
 # The soak (bench/soak.py; short version tests/test_soak.py), ~11 minutes.
 soak: setup
 	$(PY) -m bench soak
+
+# The example backtest: the moving-average crossover over data/backtest/BTC-USD.csv (1500
+# synthetic 1 h bars), in this process; report in .moon/backtests/<run-id>/. BACKTEST_ARGS adds
+# options, e.g. BACKTEST_ARGS="--sweep fast=5:30:5 slow=20:100:20 --train 0.7": a sweep over
+# the backtest workers of a running `make run` (one per core).
+BACKTEST_DATA ?= data/backtest/BTC-USD.csv
+backtest: setup
+	$(PY) -m services.cli backtest $(BACKTEST_DATA) --strategy ma_crossover $(BACKTEST_ARGS)
 
 # ---- code hygiene ---------------------------------------------------------------------
 

@@ -41,13 +41,13 @@ class Workers:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, count: int) -> None:
+    def start(self, count: int, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "MOONBUS_PW"))}
         env |= {**self.server.env_for("backtest"), "PYTHONUNBUFFERED": "1",
                 "MOONBUS_CONFIG": str(REPO_ROOT / "moonbus.toml")}
         for i in range(count):
             log = open(self.tmp / f"worker-{len(self.procs)}.log", "wb")
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "services.backtest"], cwd=REPO_ROOT, env=env,
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "services.backtest", *args], cwd=REPO_ROOT, env=env,
                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     async def ready(self, nc, count: int, timeout: float = 30.0) -> None:
@@ -222,6 +222,14 @@ async def test_bad_data_is_an_error_with_file_and_row(connect, workers, tmp_path
     request = sweep.make_request("bad-data", [ref], {})
     reply = BacktestReply.model_validate_json((await operator.request(S.BACKTEST_RUN, encode(request), timeout=10)).data)
     assert reply.error.code == "bad_data" and reply.error.message.startswith("ETH-USD.csv:3:"), reply.error
+
+
+async def test_one_process_keeps_n_workers_as_make_run_starts_them(connect, workers):
+    operator = await connect("operator")
+    workers.start(1, "--workers", "2")
+    await workers.ready(operator, 2)
+    await asyncio.to_thread(workers.stop)
+    assert await sweep.count_workers(operator, 0.5) == 0, "SIGTERM stops every worker"
 
 
 # ---- sweeps (the engine) --------------------------------------------------------------------------

@@ -99,6 +99,8 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("trading-agent", ("-m", "services.trading_agent"), "python"),
         ServiceSpec("sentiment-agent", ("-m", "services.sentiment_agent"), "python"),
         ServiceSpec("swarm-agent", ("-m", "services.swarm_agent"), "python"),
+        # One worker process per core (all in queue group `backtest`), for backtest sweeps.
+        ServiceSpec("backtest", ("-m", "services.backtest", "--workers", "auto"), "python"),
         ServiceSpec("gateway", ("-m", "services.gateway"), "python"),
     ]
 }
