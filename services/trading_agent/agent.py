@@ -11,6 +11,7 @@ state, risk decides the rest. No shorting: a SELL without a long is no order.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -28,7 +29,7 @@ from services.contract.models import (
 )
 
 from .config import TradingConfig
-from .sizing import buy_quantity, reduce_quantity
+from .sizing import all_in_quantity, buy_quantity, reduce_quantity
 
 AGENT = "trading"
 
@@ -64,8 +65,9 @@ class Context:
     @property
     def price(self) -> Decimal:
         """The price to size and stamp the order with: the latest tick if it is newer than
-        the event (a decision may take seconds), else the event's price."""
-        if self.tick is not None and self.tick.ts > self.event.origin_ts:
+        the event (a decision may take seconds; a tick at a bar's end_ts is already the
+        next bar's, bars being [start_ts, end_ts)), else the event's price."""
+        if self.tick is not None and self.tick.ts >= self.event.origin_ts:
             return self.tick.price
         return self.event.price
 
@@ -89,9 +91,11 @@ class Proposal:
     order: OrderRequest | None
 
 
-def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int) -> Proposal:
-    """The Signal for this decision and the order it leads to (or None, with why in the reasoning)."""
-    order, outcome = _order(choice.action, ctx, cfg, ts)
+def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int,
+         new_id: Callable[[], str] = new_client_order_id) -> Proposal:
+    """The Signal for this decision and the order it leads to (or None, with why in the
+    reasoning). `new_id` names the order (a backtest numbers them, for byte-identical runs)."""
+    order, outcome = _order(choice.action, ctx, cfg, ts, new_id)
     action = Action(order.side.value) if order else Action.HOLD
     signal = Signal(
         agent=AGENT,
@@ -109,7 +113,8 @@ def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int) -> Proposal:
     return Proposal(signal, order)
 
 
-def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int) -> tuple[OrderRequest | None, str]:
+def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int,
+           new_id: Callable[[], str]) -> tuple[OrderRequest | None, str]:
     if action is Action.HOLD:
         return None, "no order"
     verdict = ctx.verdict
@@ -117,8 +122,9 @@ def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int) -> tuple[O
         return None, f"no order: {action.value} needs a verdict from risk (fail closed)"
     price, position = ctx.price, verdict.position
     reducing = (action is Action.SELL and position > 0) or (action is Action.BUY and position < 0)
+    all_in = cfg.sizing == "all_in"
     if reducing:
-        quantity = reduce_quantity(price, position, cfg.order_usd)
+        quantity = abs(position) if all_in else reduce_quantity(price, position, cfg.order_usd, cfg.quantity_step)
     elif action is Action.SELL:
         return None, f"no order: no long position to sell (position {position}, no shorting)"
     else:
@@ -126,13 +132,18 @@ def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int) -> tuple[O
         if refusal:
             return None, f"no order: BUY would increase the position and {refusal}"
         assert ctx.account is not None
-        quantity = buy_quantity(price, position, ctx.account.equity, ctx.account.cash, cfg.order_usd,
-                                cfg.max_position_pct, cfg.cash_pct)
+        a = ctx.account
+        if all_in:
+            quantity = all_in_quantity(price, a.equity, a.cash, cfg.cash_pct, Decimal(str(cfg.fee_bps)),
+                                       cfg.quantity_step)
+        else:
+            quantity = buy_quantity(price, position, a.equity, a.cash, cfg.order_usd, cfg.max_position_pct,
+                                    cfg.cash_pct, cfg.quantity_step)
     if quantity <= 0:
         return None, (f"no order: {action.value} size is zero (position {position}, max position "
                       f"{cfg.max_position_pct}% of equity, cash reserve {cfg.cash_pct}%)")
     order = OrderRequest(
-        client_order_id=new_client_order_id(),
+        client_order_id=new_id(),
         agent=AGENT,
         symbol=ctx.event.symbol,
         venue=ctx.event.venue,

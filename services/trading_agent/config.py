@@ -31,7 +31,11 @@ class TradingConfig(Section):
     llm_fallback: Deterministic = "momentum"
     llm_bars: Annotated[int, Field(ge=2, le=500)] = 30
     llm_timeout_s: Annotated[float, Field(gt=0)] = 10.0
-    # sizing (the original's USD_SIZE, MAX_POSITION_PERCENTAGE, CASH_PERCENTAGE)
+    # sizing (sizing.py): "fixed_usd" = the original's USD_SIZE, MAX_POSITION_PERCENTAGE,
+    # CASH_PERCENTAGE; "all_in" = all cash above the cash_pct reserve, net of fee_bps
+    sizing: Literal["fixed_usd", "all_in"] = "fixed_usd"
+    quantity_step: Annotated[ConfigMoney, Field(gt=0)] = Decimal("0.000001")
+    fee_bps: Annotated[float, Field(ge=0, le=10_000)] = 10.0
     order_usd: Annotated[ConfigMoney, Field(gt=0)] = Decimal("100")
     max_position_pct: Annotated[float, Field(gt=0, le=100)] = 30.0
     cash_pct: Annotated[float, Field(ge=0, lt=100)] = 10.0

@@ -1,8 +1,16 @@
-"""Order sizes, in exact Decimal arithmetic (the original's USD_SIZE,
-MAX_POSITION_PERCENTAGE and CASH_PERCENTAGE).
+"""Order sizes, in exact Decimal arithmetic.
 
-Quantities are rounded DOWN to 6 decimals, so rounding can never make an order
-bigger than its limits; a size that rounds to zero means "no order".
+Two modes ([trading_agent] `sizing`):
+- "fixed_usd" (default): the original's USD_SIZE, MAX_POSITION_PERCENTAGE and
+  CASH_PERCENTAGE: `order_usd` worth per order, capped by the position and cash limits;
+  a reducing order sells up to `order_usd` worth;
+- "all_in": a BUY spends all the cash above the `cash_pct` reserve, net of the fee
+  (`fee_bps`), as backtesting.py's default `buy()` does (size 0.9999 = cash_pct 0.01);
+  a reducing order closes the whole position.
+
+Quantities are rounded DOWN to `quantity_step` (0.000001 by default; 1 = whole units),
+so rounding can never make an order bigger than its limits; a size that rounds to zero
+means "no order".
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ from decimal import ROUND_DOWN, Decimal
 QUANTITY_STEP = Decimal("0.000001")
 
 
-def round_down(quantity: Decimal) -> Decimal:
+def round_down(quantity: Decimal, step: Decimal = QUANTITY_STEP) -> Decimal:
     if quantity <= 0:
         return Decimal(0)
-    return quantity.quantize(QUANTITY_STEP, rounding=ROUND_DOWN)
+    if step == QUANTITY_STEP:
+        return quantity.quantize(QUANTITY_STEP, rounding=ROUND_DOWN)
+    return (quantity // step) * step
 
 
 def _pct(value: Decimal, pct: float) -> Decimal:
@@ -30,6 +40,7 @@ def buy_quantity(
     order_usd: Decimal,
     max_position_pct: float,
     cash_pct: float,
+    step: Decimal = QUANTITY_STEP,
 ) -> Decimal:
     """order_usd worth, capped so that the long position's notional stays within
     max_position_pct of equity and the cash left stays >= cash_pct of equity."""
@@ -38,9 +49,21 @@ def buy_quantity(
     notional = min(order_usd, position_room, cash_room)
     if notional <= 0:
         return Decimal(0)
-    return round_down(notional / price)
+    return round_down(notional / price, step)
 
 
-def reduce_quantity(price: Decimal, position: Decimal, order_usd: Decimal) -> Decimal:
+def all_in_quantity(
+    price: Decimal, equity: Decimal, cash: Decimal, cash_pct: float, fee_bps: Decimal,
+    step: Decimal = QUANTITY_STEP,
+) -> Decimal:
+    """All the cash above the cash_pct reserve, with room for the fee at fee_bps."""
+    budget = cash - _pct(equity, cash_pct)
+    if budget <= 0:
+        return Decimal(0)
+    return round_down(budget / (price * (1 + fee_bps / 10_000)), step)
+
+
+def reduce_quantity(price: Decimal, position: Decimal, order_usd: Decimal,
+                    step: Decimal = QUANTITY_STEP) -> Decimal:
     """Reduce a position (long or short) by up to order_usd worth, never past zero."""
-    return round_down(min(abs(position), order_usd / price))
+    return round_down(min(abs(position), order_usd / price), step)
