@@ -39,6 +39,7 @@ from .config import TradingConfig
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+HISTORY_LIMIT = 5000  # the most bars one md.api.history request may ask for (HistoryRequest.limit)
 
 
 def merge_bars(history: list[Bar], bar: Bar | None, limit: int, max_gap_ns: int | None = None) -> list[Bar]:
@@ -121,7 +122,7 @@ class ContextSource:
 
     async def gather(self, event: Event, bar: Bar | None, bars_needed: int, sentiment: bool) -> Context:
         ctx = Context(event=event, bars=[])
-        ctx.bars = merge_bars(await self._history(event, bars_needed, ctx.notes), bar, bars_needed,
+        ctx.bars = merge_bars(await self._history(event, bar, bars_needed, ctx.notes), bar, bars_needed,
                               int(self.cfg.history_max_gap_s * 1e9))
         symbol = event.symbol
         ctx.tick = await self.ticks.get(event.venue, symbol)
@@ -137,7 +138,17 @@ class ContextSource:
                                                                                ctx.notes)
         return ctx
 
-    async def _history(self, event: Event, limit: int, notes: list[str]) -> list[Bar]:
+    async def _history(self, event: Event, bar: Bar | None, limit: int, notes: list[str]) -> list[Bar]:
+        """The `limit` bars up to the event's. market-data may be ahead of this decision (events
+        queued behind slower ones, a replay faster than the agent): merge_bars drops the bars
+        after the event's, so then ask once more, for as many more bars as fit in between."""
+        bars = await self._ask_history(event, limit, notes)
+        if bar is not None and bars and bars[-1].start_ts > bar.start_ts:
+            ahead = (bars[-1].start_ts - bar.start_ts) // max(1, bar.end_ts - bar.start_ts)
+            bars = await self._ask_history(event, min(HISTORY_LIMIT, limit + ahead), notes)
+        return bars
+
+    async def _ask_history(self, event: Event, limit: int, notes: list[str]) -> list[Bar]:
         request = HistoryRequest(symbol=event.symbol, interval=self.cfg.bar_interval, limit=limit, venue=event.venue)
         try:
             reply = await self.bus.call(S.MD_HISTORY_API, request, self.cfg.history_timeout_s)
