@@ -299,3 +299,29 @@ async def test_sweep_files_rank_and_heatmap(tmp_path):
     assert sweep.heat(results, *axes, "sharpe") == [[0.5, None], [1.5, -1.0]]
     assert outcome.files["heatmap_png"].read_bytes()[:4] == b"\x89PNG"
     assert "<table>" in outcome.files["heatmap_html"].read_text()
+
+
+def moon(server: NatsServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`moon backtest ...` as the operator, as a user types it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")} | {"COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "services.cli", "--server", server.url, "--user", "operator",
+                           "--password", server.credentials["operator"], "backtest", *args],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+async def test_moon_backtest_sweep_with_train_test_split(nats_server, connect, workers, tmp_path):
+    operator = await connect("operator")
+    workers.start(2)
+    await workers.ready(operator, 2)
+    run = await asyncio.to_thread(moon, nats_server, str(SAMPLE), "--strategy", "ma_crossover", "--sweep",
+                                  "fast=5:15:5", "slow=10,30", "--train", "0.7", "--out", str(tmp_path / "out"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 of 6 cells skipped" in run.stdout  # fast 10 and 15 with slow 10: ma_fast must be below ma_slow
+    [out] = (tmp_path / "out").iterdir()
+    table = json.loads((out / "sweep.json").read_text())
+    assert len(table) == 4 and all(not row["error"] for row in table)
+    assert {(row["ma_fast"], row["ma_slow"]) for row in table} == {(5, 10), (5, 30), (10, 30), (15, 30)}
+    split = json.loads((out / "out_of_sample.json").read_text())
+    assert split["best_params"] == {k: table[0][k] for k in ("ma_fast", "ma_slow")}  # the best in-sample
+    assert split["in_sample"]["bars"] == 1050 and split["out_of_sample"]["bars"] == 450
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG" and (out / "sweep.csv").exists()

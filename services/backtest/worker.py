@@ -23,6 +23,7 @@ import socket
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,16 @@ def window(series: list[data.BarSeries], start_ts: int | None, end_ts: int | Non
     if not cut:
         raise RunError("bad_params", f"no bars between start_ts {start_ts} and end_ts {end_ts}")
     return cut
+
+
+def load_files(files: Sequence[tuple[Path, str | None, str | None]]) -> list[data.BarSeries]:
+    """The bars of (path, symbol, interval) files; files of the same symbol and interval are
+    loaded together (one series, merged in time)."""
+    groups: dict[tuple[str | None, str | None], list[Path]] = {}
+    for path, symbol, interval in files:
+        groups.setdefault((symbol, interval), []).append(path)
+    return [s for (symbol, interval), paths in groups.items()
+            for s in data.load_many(paths, symbol=symbol, interval=interval)]
 
 
 def run_backtest(series: list[data.BarSeries], request: BacktestRequest) -> dict[str, Any]:
@@ -147,21 +158,14 @@ class Worker:
         return path
 
     async def series(self, datasets: list[Dataset]) -> list[data.BarSeries]:
-        """The bars of every dataset, parsed once per worker (the last `keep_series` kept).
-        Datasets of the same symbol and interval are loaded together (merged in time)."""
+        """The bars of every dataset, parsed once per worker (the last `keep_series` kept)."""
         key = tuple((d.sha256, d.filename, d.symbol, d.interval) for d in datasets)
         if key in self._series:
             self._series.move_to_end(key)
             return self._series[key]
-        groups: dict[tuple, list[Path]] = {}
-        for d in datasets:
-            groups.setdefault((d.symbol, d.interval), []).append(await self.path(d))
-        loop = asyncio.get_running_loop()
-        series: list[data.BarSeries] = []
+        files = [(await self.path(d), d.symbol, d.interval) for d in datasets]
         try:
-            for (symbol, interval), paths in groups.items():
-                series += await loop.run_in_executor(
-                    self._pool, lambda p=paths, s=symbol, i=interval: data.load_many(p, symbol=s, interval=i))
+            series = await asyncio.get_running_loop().run_in_executor(self._pool, load_files, files)
         except data.DataError as e:  # name the file as the user knows it, not the cache path
             raise data.DataError(Path(e.path).name, e.row, e.reason) from None
         self._series[key] = series

@@ -357,3 +357,9 @@ def audit_command(
         console().print(f"{held} of {len(results)} attacks refused")
     if not all(r.held for r in results):
         raise typer.Exit(1)
+
+
+# `moon backtest` (services/cli/backtest.py): one run here, or a sweep over the backtest workers.
+from .backtest import backtest_command  # noqa: E402  (it uses execute and fail, defined above)
+
+app.command("backtest")(backtest_command)
