@@ -4,7 +4,9 @@
 //! starts on a whole minute, a 1h bar on a whole hour, UTC). A bar closes at its
 //! boundary or at the first tick after it, whichever comes first: a tick stamped in a
 //! later interval closes it at once, and the engine's bar clock (engine.rs) calls
-//! `close_due` at the boundary, so a quiet symbol's bar still closes on time. Closed
+//! `close_due` at the boundary, so a quiet symbol's bar still closes on time (a replay
+//! on the file's clock, `replay_clock = "file"`, calls it with its ticks' time instead:
+//! at the first tick past a boundary, and at the end of the replay). Closed
 //! bars survive restarts through the stream BARS (history.rs, `restore`). **An interval in which no
 //! tick arrived produces no bar at all**: there is no price to put in it, and a flat
 //! bar would invent trades that never happened; readers see a gap in `start_ts`.
