@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from services.backtest import data
-from services.backtest.rehearsal import RehearsalResult, load_series, net_positions, rehearse_series
+from services.backtest.rehearsal import RehearsalError, RehearsalResult, load_series, net_positions, rehearse_series
 from services.contract.models import OrderStatus
 from services.devstack.launcher import SERVICES
 from services.devstack.natsserver import REPO_ROOT
@@ -104,3 +104,11 @@ async def test_the_firehose_decides_with_each_bars_own_history(series: list[data
     assert len(result.published) == result.signals == 2 * BARS
     assert result.orders >= 6
     assert len(result.final) == result.orders
+
+
+def test_bars_market_data_would_cut_differently_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "XYZ-USD.csv"
+    path.write_text("Date,Open,High,Low,Close,Volume\n2025-01-02 09:30:00,10,11,9,10,1\n"
+                    "2025-01-02 10:30:00,10,11,9,10,1\n")
+    with pytest.raises(RehearsalError, match="a 1h bar starts at 2025-01-02T09:30:00Z, not on a whole 1h"):
+        load_series([path])

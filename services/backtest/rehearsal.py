@@ -219,6 +219,11 @@ def load_series(paths: Sequence[str | Path], **kw: Any) -> list[data.BarSeries]:
                              "interval (the trading agent's bar_interval)")
     if len({s.symbol for s in series}) != len(series):
         raise RehearsalError("a symbol appears in two series (two venues): give one venue per symbol")
+    for s in series:
+        # market-data's bars start on whole intervals since the epoch (bars.rs).
+        if misaligned := next((ts for ts in s.start_ts if ts % s.interval_ns), None):
+            raise RehearsalError(f"{s.symbol}: a {s.interval} bar starts at {data._iso(misaligned)}, not on a whole "
+                                 f"{s.interval} since the epoch: market-data would cut it into two bars")
     return series
 
 
