@@ -138,6 +138,12 @@ def rehearsal_config(base: dict[str, Any], series: Sequence[data.BarSeries], rep
     # from the same position); never "overloaded" (the firehose queues every bar).
     put("trading_agent", bar_interval=interval, on_alerts=False, workers=1, max_pending=10_000_000,
         metrics_port=0)
+    # The data's own gaps (nights, weekends) are no outage of market-data: bars across them
+    # are one series, as in the engine (live, history_max_gap_s = 60 s would cut daily bars at
+    # every weekend and a 20-bar strategy would never decide).
+    longest = max((b - a - s.interval_ns for s in series for a, b in zip(s.start_ts, s.start_ts[1:])), default=0)
+    gap_s = cfg.get("trading_agent", {}).get("history_max_gap_s", 60.0)
+    put("trading_agent", history_max_gap_s=max(float(gap_s), longest / 1e9 + 1))
     if strategy:
         put("trading_agent", strategy=strategy)
     put("trading_agent", **(params or {}))
