@@ -22,9 +22,12 @@ pub fn inbox_prefix(user: &str) -> String {
 /// With `NATS_CA` (a PEM CA file) TLS is required and the server's certificate must
 /// chain to that CA, and to it only (`make run` with `[nats] tls = true` sets it).
 /// Retries the first connect and reconnects forever: a bus restart is not fatal.
+/// A NATS cluster: `NATS_URL` lists every seed, comma-separated (as the `nats` CLI reads
+/// it); the client connects to one and fails over to the others ([`server_addrs`]).
 /// (async-nats itself logs every connection event: connected, disconnected, ...)
 pub async fn connect(service: &str) -> Result<Client> {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let servers = server_addrs(&url)?;
     let mut options = async_nats::ConnectOptions::new()
         .name(service)
         .retry_on_initial_connect()
@@ -40,11 +43,28 @@ pub async fn connect(service: &str) -> Result<Client> {
             .user_and_password(user, password);
     }
     let client = options
-        .connect(url.as_str())
+        .connect(servers)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))?;
     tracing::info!(%url, "connected to NATS");
     Ok(client)
+}
+
+/// The servers of a `NATS_URL`: one URL, or a cluster's seeds separated by commas
+/// (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`); services/common/bus.py `server_urls`
+/// reads it alike.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse()
+                .with_context(|| format!("NATS_URL: bad server URL {u:?}"))
+        })
+        .collect::<Result<Vec<async_nats::ServerAddr>>>()?;
+    anyhow::ensure!(!servers.is_empty(), "NATS_URL names no server");
+    Ok(servers)
 }
 
 /// Serialize a message for the wire.
@@ -145,5 +165,15 @@ mod tests {
             "{error}"
         );
         assert_eq!(shorten("short"), "short");
+    }
+
+    #[test]
+    fn nats_url_names_one_server_or_a_clusters_seeds() {
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let seeds = server_addrs("nats://a:4222, nats://b:4223,tls://c:4224").unwrap();
+        assert_eq!(seeds.len(), 3);
+        assert_eq!(seeds[1].port(), 4223);
+        assert!(server_addrs(" , ").is_err());
+        assert!(server_addrs("nats://a:4222,nats://b:notaport").is_err());
     }
 }

@@ -115,18 +115,22 @@ pub struct ExecutionSettings {
     pub max_in_flight: Option<u64>,
 }
 
-/// Everything of moonbus.toml the provisioning applies: execution's consumer settings and
-/// the `[jetstream.<STREAM>]` limits (max_bytes, max_msg_size in bytes, by stream name).
+/// Everything of moonbus.toml the provisioning applies: execution's consumer settings,
+/// the `[jetstream.<STREAM>]` limits (max_bytes, max_msg_size in bytes, by stream name)
+/// and `[jetstream] replicas` (every stream's `num_replicas`; None = the spec's R1).
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub execution: ExecutionSettings,
     pub limits: BTreeMap<String, BTreeMap<String, u64>>,
+    pub replicas: Option<u64>,
 }
 
 /// The stream settings moonbus.toml may override per stream (`[jetstream.<STREAM>]`).
 pub const STREAM_LIMITS: [&str; 2] = ["max_bytes", "max_msg_size"];
 /// A message is never larger than the server's max_payload (proto/nats/moonbus.conf).
 pub const MAX_PAYLOAD: u64 = 1024 * 1024;
+/// JetStream keeps at most 5 copies of a stream.
+pub const MAX_REPLICAS: i64 = 5;
 
 impl Settings {
     /// The provisioning settings of a config, validated exactly as services/common/streams.py
@@ -139,16 +143,30 @@ impl Settings {
             max_in_flight: Option<u64>,
         }
         let execution: Execution = config.section("execution")?;
-        let section: toml::Table = config
+        let mut section: toml::Table = config
             .section("jetstream")
             .context("[jetstream] must be a table of [jetstream.<STREAM>] tables")?;
+        let replicas = section
+            .remove("replicas")
+            .map(|v| replicas(&v))
+            .transpose()?;
         Ok(Self {
             execution: ExecutionSettings {
                 ack_wait_ms: execution.ack_wait_ms,
                 max_in_flight: execution.max_in_flight,
             },
             limits: stream_limits(&section)?,
+            replicas,
         })
+    }
+}
+
+/// `[jetstream] replicas`: how many servers of a cluster keep each stream, 1 to 5 (3 on
+/// a 3-node cluster: one node may be lost); as streams.py `replicas`.
+pub fn replicas(value: &toml::Value) -> Result<u64> {
+    match value.as_integer() {
+        Some(n) if (1..=MAX_REPLICAS).contains(&n) => Ok(n as u64),
+        _ => bail!("[jetstream] replicas: {value} is not a number of copies from 1 to {MAX_REPLICAS} (3 on a 3-node cluster)"),
     }
 }
 
@@ -252,6 +270,9 @@ pub async fn provision_with(client: &Client, settings: &Settings) -> Result<Vec<
         let name = wanted["name"].as_str().unwrap_or_default().to_string();
         for (setting, value) in settings.limits.get(&name).into_iter().flatten() {
             wanted[setting.as_str()] = (*value).into();
+        }
+        if let Some(replicas) = settings.replicas {
+            wanted["num_replicas"] = replicas.into();
         }
         let (max_bytes, max_msg_size) = (
             wanted["max_bytes"].as_u64(),
@@ -600,5 +621,33 @@ mod tests {
         assert_eq!(settings.execution.ack_wait_ms, Some(2000));
         assert_eq!(settings.limits["ORDERS"]["max_bytes"], 8 << 20);
         assert_eq!(settings.limits["ORDERS"]["max_msg_size"], 1024);
+        assert_eq!(
+            settings.replicas, None,
+            "R1 (the spec's) unless a deployment says"
+        );
+    }
+
+    #[test]
+    fn replicas_are_one_setting_for_every_stream() {
+        let config = |text: &str, env: &[(&str, &str)]| {
+            let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            Settings::from_config(&crate::config::Config::from_parts(text, env).unwrap())
+        };
+        let three = config(
+            "[jetstream]\nreplicas = 3\n[jetstream.ORDERS]\nmax_bytes = 4096",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(three.replicas, Some(3));
+        assert_eq!(three.limits["ORDERS"]["max_bytes"], 4096);
+        let env = config("", &[("MOONBUS__JETSTREAM__REPLICAS", "5")]).unwrap();
+        assert_eq!(env.replicas, Some(5));
+        for bad in ["0", "6", "-1", "\"3\"", "2.5", "true"] {
+            let error = format!(
+                "{:#}",
+                config(&format!("[jetstream]\nreplicas = {bad}"), &[]).unwrap_err()
+            );
+            assert!(error.contains("[jetstream] replicas: "), "{bad}: {error}");
+        }
     }
 }
