@@ -364,7 +364,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                    check=True, capture_output=True)
     try:
         s.compose("up", "-d", "--scale", f"trading-agent={REPLICAS}")
-        s.wait_healthy(len(SERVICES) - 1 + REPLICAS, timeout=180)
+        s.wait_healthy(len(SERVICES) - 1 + REPLICAS + 1, timeout=180)  # + 1: the backtest worker
         yield s
     finally:
         s.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)

@@ -33,11 +33,14 @@ from services.common.bus import inbox_prefix
 from services.contract.users import SERVICE_USERS
 from services.common.streams import EXEC, KV_BUCKET, KV_STREAM, ORDERS
 
+# The object store of backtest datasets (only `operator` writes it, only appends).
+BACKTEST_DATA = f"OBJ_{S.BACKTEST_DATA_BUCKET}"
+
 # Long enough for the server to have refused (or done) what it was asked.
 SETTLE_S = 0.3
 
 SERVICES = [u for u in SERVICE_USERS if u != "admin"]
-STREAMS = [ORDERS, EXEC, KV_STREAM]
+STREAMS = [ORDERS, EXEC, KV_STREAM, BACKTEST_DATA]
 # The agent token each user may put in orders.submit.<agent>.<symbol> (moonbus.conf).
 OWN_AGENT = {"trading-agent": "trading", "risk-agent": "risk", "gateway": "gateway", "operator": "operator",
              "risk": "killswitch"}
@@ -436,6 +439,64 @@ async def forge_state_or_dead_letters(a: Auditor, watcher: Probe, user: str, saf
     return Result("forge a snapshot or a dead letter", user, held, "refused" if held else "; ".join(broken))
 
 
+async def hijack_backtests(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Take sweep runs to answer them with forged results (join queue group `backtest`, or read
+    every request with a plain subscription), or write a dataset (a forged object, or a rollup
+    that would erase the bucket)."""
+    attacker = await a.connect(user)
+    assert attacker.nc
+    broken = []
+    probe = f"audit-{_uid()}"
+    subs = [await attacker.nc.subscribe(S.BACKTEST_RUN)]
+    if user != "backtest":  # its own queue group is the workers' role
+        subs.append(await attacker.nc.subscribe(S.BACKTEST_RUN, queue=S.BACKTEST_QUEUE))
+    await attacker.nc.flush()
+    await asyncio.sleep(SETTLE_S)
+    if not attacker.refused(f'subscription to "{S.BACKTEST_RUN}"'):
+        broken.append("subscribed to the sweep requests")
+    for sub in subs:
+        await sub.unsubscribe()
+    # A rollup is refused by the stream itself, even for the uploader (operator).
+    chunk, meta = S.object_chunks(S.BACKTEST_DATA_BUCKET, probe), S.object_meta(S.BACKTEST_DATA_BUCKET, probe)
+    rollup = await attacker.request(chunk, b"audit", headers={"Nats-Rollup": "sub" if safe else "all"})
+    if rollup and "error" not in rollup:
+        broken.append(f"rollup accepted: {rollup}")
+    if user != "operator":
+        await attacker.request(meta, b'{"audit": true}')
+        if not attacker.refused(meta):
+            broken.append(f"not refused: {meta}")
+        if await _last_data(watcher, BACKTEST_DATA, meta) is not None:
+            broken.append(f"stored on {meta}")
+    held = not broken
+    return Result("take sweep runs or write datasets", user, held, "refused" if held else "; ".join(broken))
+
+
+async def backtest_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """With the backtest workers' credential: read ORDERS, EXEC or the KV bucket, subscribe to
+    orders and reports, forge another service's subjects (ticks, account, signals, errors)."""
+    if user != "backtest":
+        return Result("backtest credential beyond its role", user, True, "the backtest credential's attack")
+    attacker = await a.connect(user)
+    assert attacker.nc
+    broken = []
+    for stream in (ORDERS, EXEC, KV_STREAM):
+        if await attacker.request(f"$JS.API.DIRECT.GET.{stream}", {"seq": 1}) is not None:
+            broken.append(f"read {stream}")
+    for subject in (S.ALL_REPORTS, S.ORDERS_ALL):
+        await attacker.nc.subscribe(subject)
+    forged = [S.feed_status("audit-probe") if safe else S.tick("sim", "BTC-USD"), S.ACCOUNT,
+              S.signal("trading", "AUDIT-USD"), S.errors("risk")]
+    queues = [await _watch(watcher, subject) for subject in forged]
+    for subject in forged:
+        await attacker.nc.publish(subject, b'{"audit": true}')
+    await attacker.nc.flush()
+    await asyncio.sleep(SETTLE_S)
+    broken += [f"subscribed to {s}" for s in (S.ALL_REPORTS, S.ORDERS_ALL) if not attacker.refused(f'"{s}"')]
+    broken += [f"forged {s}" for s, q in zip(forged, queues) if q.qsize() or not attacker.refused(s)]
+    held = not broken
+    return Result("backtest credential beyond its role", user, held, "refused" if held else "; ".join(broken))
+
+
 ATTACKS: list[Callable[[Auditor, Probe, str, bool], Awaitable[Result]]] = [
     forge_state_or_dead_letters,
     forge_with_push_consumer,
@@ -447,6 +508,8 @@ ATTACKS: list[Callable[[Auditor, Probe, str, bool], Awaitable[Result]]] = [
     order_as_another_agent,
     reconfigure_execution_consumer,
     risk_api_beyond_role,
+    hijack_backtests,
+    backtest_beyond_role,
 ]
 
 
