@@ -39,7 +39,7 @@ from pydantic import BaseModel, ValidationError
 from services.cli.connection import CliError, Target
 from services.ops import orderlog
 from services.contract import subjects as S
-from services.common.bus import ApiError, Bus, inbox_prefix
+from services.common.bus import ApiError, Bus, inbox_prefix, server_urls
 from services.contract.catalogue import model_for
 from services.contract.models import (
     Bar,
@@ -112,7 +112,7 @@ class MoonbusClient:
 
         try:  # nats-py retries a first connect forever when reconnecting is on: bounded here
             self._bus.nc = await asyncio.wait_for(nats.connect(
-                self.url, name="moonbus-client", user=self.user, password=self._password,
+                server_urls(self.url), name="moonbus-client", user=self.user, password=self._password,
                 inbox_prefix=inbox_prefix(self.user), connect_timeout=self.timeout,
                 allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 error_cb=on_error, **options,

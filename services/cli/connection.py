@@ -23,7 +23,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from services.common.bus import ApiError, Bus, inbox_prefix
+from services.common.bus import ApiError, Bus, inbox_prefix, server_urls
 from services.common.config import REPO_ROOT
 from services.common.tls import client_tls_options
 
@@ -115,7 +115,7 @@ async def connect(target: Target, timeout: float = 3.0) -> Session:
     try:
         nc = await nats.connect(
             # max_reconnect_attempts=0 would mean "retry forever" to nats-py: 1 = two tries.
-            target.url, name="moon", allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1,
+            server_urls(target.url), name="moon", allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1,
             connect_timeout=timeout, error_cb=on_error, **options,
         )
     except Exception as e:

@@ -96,6 +96,16 @@ def inbox_prefix(user: str) -> str:
     return f"_INBOX.{user}"
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of a NATS_URL: one URL, or a cluster's seeds separated by commas
+    (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`, as the `nats` CLI reads it); the client
+    connects to one and fails over to the others. rust-common bus.rs `server_addrs` alike."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise ValueError(f"NATS_URL {url!r} names no server")
+    return servers
+
+
 def validation_summary(error: ValidationError) -> str:
     """The first few problems of a validation error, one line, fit to send back."""
     parts = []
@@ -117,7 +127,8 @@ class Bus:
 
     async def connect(self, url: str | None = None, user: str | None = None, password: str | None = None,
                       ca: str | None = None) -> None:
-        """Connect to `url` as `user` (defaults: NATS_URL, NATS_USER, NATS_PASSWORD). With a CA
+        """Connect to `url` (one URL or a cluster's seeds, comma-separated: `server_urls`) as
+        `user` (defaults: NATS_URL, NATS_USER, NATS_PASSWORD). With a CA
         file (`ca`, default NATS_CA) the connection is TLS and the server must present a
         certificate of that CA for the URL's host; a `tls://` URL alone uses the system's CAs."""
         url = url or os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
@@ -140,7 +151,7 @@ class Bus:
             log.info("reconnected to NATS")
 
         self.nc = await nats.connect(
-            url,
+            server_urls(url),
             name=self.service,
             allow_reconnect=True,
             max_reconnect_attempts=-1,

@@ -104,15 +104,39 @@ def parse_size(value: Any, where: str) -> int:
     return size
 
 
-def stream_limits(config: Mapping[str, Any] | None) -> dict[str, dict[str, int]]:
-    """moonbus.toml's `[jetstream.<STREAM>]` max_bytes / max_msg_size, validated, by the
-    spec's stream name (names match case-insensitively: MOONBUS__JETSTREAM__ORDERS__MAX_BYTES)."""
+# JetStream keeps at most 5 copies of a stream.
+MAX_REPLICAS = 5
+
+
+def _jetstream_section(config: Mapping[str, Any] | None) -> Mapping[str, Any]:
     section = (config or {}).get("jetstream", {})
     if not isinstance(section, Mapping):
         raise ProvisionError("[jetstream] must be a table of [jetstream.<STREAM>] tables")
+    return section
+
+
+def replicas(config: Mapping[str, Any] | None) -> int | None:
+    """moonbus.toml's `[jetstream] replicas`: how many servers of a cluster keep each stream
+    (1 to 5; 3 on a 3-node cluster, so one node may be lost), None = the spec's R1.
+    rust-common streams.rs `replicas` reads it alike."""
+    value = _jetstream_section(config).get("replicas")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPLICAS:
+        raise ProvisionError(f"[jetstream] replicas: {value!r} is not a number of copies from 1 to "
+                             f"{MAX_REPLICAS} (3 on a 3-node cluster)")
+    return value
+
+
+def stream_limits(config: Mapping[str, Any] | None) -> dict[str, dict[str, int]]:
+    """moonbus.toml's `[jetstream.<STREAM>]` max_bytes / max_msg_size, validated, by the
+    spec's stream name (names match case-insensitively: MOONBUS__JETSTREAM__ORDERS__MAX_BYTES)."""
+    section = _jetstream_section(config)
     names = {s["name"].lower(): s["name"] for s in jetstream_spec()["streams"]}
     limits: dict[str, dict[str, int]] = {}
     for key, table in section.items():
+        if key == "replicas":
+            continue
         name = names.get(str(key).lower())
         if name is None:
             raise ProvisionError(f"[jetstream.{key}]: no such stream (streams: {', '.join(names.values())})")
@@ -131,12 +155,16 @@ def stream_limits(config: Mapping[str, Any] | None) -> dict[str, dict[str, int]]
 
 def wanted_state(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The spec with the settings moonbus.toml owns applied: `[jetstream.<STREAM>]` limits,
+    `[jetstream] replicas` (every stream's num_replicas; the consumers follow their stream),
     and execution's ack_wait_ms and max_in_flight become its consumer's ack_wait and
     max_ack_pending. Raises ProvisionError on a setting that makes no sense."""
     spec = copy.deepcopy(jetstream_spec())
     limits = stream_limits(config)
+    copies = replicas(config)
     for stream in spec["streams"]:
         stream.update(limits.get(stream["name"], {}))
+        if copies is not None:
+            stream["num_replicas"] = copies
         if stream["max_msg_size"] > stream["max_bytes"]:
             raise ProvisionError(f"stream {stream['name']}: max_msg_size {stream['max_msg_size']} is larger "
                                  f"than max_bytes {stream['max_bytes']}")
@@ -319,12 +347,12 @@ def provision_sync(url: str, password: str, config: Mapping[str, Any] | None = N
     import nats
     import threading
 
-    from .bus import inbox_prefix
+    from .bus import inbox_prefix, server_urls
 
     result: dict[str, Any] = {}
 
     async def run() -> None:
-        nc = await nats.connect(url, user="admin", password=password, inbox_prefix=inbox_prefix("admin"),
+        nc = await nats.connect(server_urls(url), user="admin", password=password, inbox_prefix=inbox_prefix("admin"),
                                 allow_reconnect=False, connect_timeout=5, **connect)
         try:
             result["changes"] = await provision(nc, config, dry_run=dry_run)

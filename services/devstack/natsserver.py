@@ -31,8 +31,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.config import REPO_ROOT
@@ -40,6 +43,10 @@ from services.contract.users import SERVICE_USERS
 from services.devstack.certs import TlsFiles, write_private
 
 DEFAULT_CONFIG = REPO_ROOT / "proto" / "nats" / "moonbus.conf"
+# A node of a cluster: moonbus.conf plus the cluster block (routes from the environment).
+CLUSTER_CONFIG = REPO_ROOT / "proto" / "nats" / "cluster.conf"
+ROUTE_USER = "route"
+ROUTE_PASSWORD_FILE = "route-password"
 
 CREDENTIALS_FILE = "credentials.json"
 HASHES_FILE = "credentials.bcrypt.json"
@@ -244,6 +251,32 @@ def _port_open(host: str, port: int, ca: Path | None = None) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Routes:
+    """A cluster node's routes (proto/nats/cluster.conf): where it listens for the other
+    nodes, where they listen (`host:port`, itself included), and the route password."""
+
+    listen: str
+    peers: tuple[str, ...]
+    password: str
+
+    def env(self) -> dict[str, str]:
+        """cluster.conf's variables, for the server's environment only (secret)."""
+        urls = [config_string(f"nats://{ROUTE_USER}:{self.password}@{peer}") for peer in self.peers]
+        return {"MOONBUS_CLUSTER_LISTEN": config_string(self.listen),
+                "MOONBUS_PW_ROUTE": config_string(self.password),
+                "MOONBUS_CLUSTER_ROUTES": "[" + ", ".join(urls) + "]"}
+
+
+def _provision(url: str, credentials: dict[str, str], tls: TlsFiles | None, config: dict | None) -> dict[str, list[str]]:
+    import ssl
+
+    from services.common.streams import provision_sync
+
+    options = {"tls": ssl.create_default_context(cafile=str(tls.ca))} if tls else {}
+    return provision_sync(url, credentials["admin"], config, **options)
+
+
 class NatsServer:
     """One nats-server process with the moonbus config.
 
@@ -256,6 +289,8 @@ class NatsServer:
     `start()` / `stop()`. The server's output (it logs on stderr) is kept: the last
     `keep_lines` lines in `.lines`, all of it in `log_path` if given, and every line
     is passed to `on_line` if given (the launcher prefixes and prints them).
+
+    `name` and `routes`: a node of a cluster (proto/nats/cluster.conf; see NatsCluster).
     """
 
     def __init__(
@@ -275,7 +310,13 @@ class NatsServer:
         tls: TlsFiles | None = None,
         hash_cache: Path | None = None,
         bcrypt_cost: int | None = None,
+        name: str | None = None,
+        routes: Routes | None = None,
     ) -> None:
+        self.name = name
+        self.routes = routes
+        if routes is not None and config == DEFAULT_CONFIG:
+            config = CLUSTER_CONFIG
         self.store_dir = Path(store_dir)
         self.credentials = dict(credentials)
         self.monitor_port = monitor_port
@@ -327,14 +368,7 @@ class NatsServer:
     def provision(self, config: dict | None = None) -> dict[str, list[str]]:
         """Create or update the streams, the KV bucket and the durable consumers
         (proto/nats/jetstream.json, with `config`'s execution settings) as `admin`."""
-        import ssl
-
-        from services.common.streams import provision_sync
-
-        options = {}
-        if self.tls:
-            options["tls"] = ssl.create_default_context(cafile=str(self.tls.ca))
-        return provision_sync(self.url, self.credentials["admin"], config, **options)
+        return _provision(self.url, self.credentials, self.tls, config)
 
     def argv(self) -> list[str]:
         monitor = ["-m", str(self.monitor_port)] if self.monitor_port else []
@@ -342,6 +376,7 @@ class NatsServer:
         return [
             self.binary or find_nats_server(),
             "-c", str(self.config),
+            *(["-n", self.name] if self.name else []),
             "-a", self.host,
             "-p", str(self.port),
             "-sd", str(self.store_dir),
@@ -369,6 +404,10 @@ class NatsServer:
             del env[key]
         hashes = password_hashes(self.credentials, self.hash_cache, self.bcrypt_cost)
         env.update({password_env_var(u): config_string(h) for u, h in hashes.items()})
+        for key in ("MOONBUS_CLUSTER_LISTEN", "MOONBUS_CLUSTER_ROUTES"):
+            env.pop(key, None)
+        if self.routes is not None:
+            env.update(self.routes.env())
         self.lines.clear()
         self.process = subprocess.Popen(
             self.argv(),
@@ -449,3 +488,155 @@ class NatsServer:
         import asyncio
 
         await asyncio.to_thread(self.stop)
+
+
+def load_or_create_route_password(moon_dir: Path) -> str:
+    """The cluster's route password, `<moon_dir>/route-password` (mode 0600), made once.
+    No service holds it: a route may see and send every subject."""
+    import secrets
+
+    path = Path(moon_dir) / ROUTE_PASSWORD_FILE
+    if path.exists():
+        password = path.read_text().strip()
+        if password:
+            return password
+    _private_dir(path.parent)
+    password = "r" + secrets.token_urlsafe(24)
+    write_private(path, password + "\n")
+    return password
+
+
+def _http_json(url: str, timeout: float = 1.0) -> dict:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 (127.0.0.1 only)
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as e:  # /healthz answers 503 with a JSON body
+        return json.loads(e.read() or b"{}")
+
+
+class NatsCluster:
+    """`size` nats-server nodes on this machine routed into one JetStream cluster
+    (proto/nats/cluster.conf), for `MOONBUS_CLUSTER=3 make run` and the tests:
+
+        with NatsCluster(moon_dir=Path(".moon"), credentials=creds) as cluster:
+            cluster.url                  # every node's URL, comma-separated: the seeds
+            cluster.env_for("risk")      # NATS_URL = the seeds
+            cluster.nodes["nats-2"].stop(); cluster.nodes["nats-2"].start()
+
+    Node `nats-<i>` listens for clients on ports[i-1] (default: free ports), for routes on
+    cluster_ports[i-1], serves monitoring (/healthz, /jsz) on monitor_ports[i-1] and keeps
+    its store in `<moon_dir>/nats-<i>`; the nodes share the credentials, the hash cache
+    and the route password (`<moon_dir>/route-password`)."""
+
+    def __init__(
+        self,
+        *,
+        moon_dir: Path,
+        credentials: dict[str, str],
+        size: int = 3,
+        ports: list[int] | None = None,
+        cluster_ports: list[int] | None = None,
+        monitor_ports: list[int] | None = None,
+        host: str = "127.0.0.1",
+        tls: TlsFiles | None = None,
+        on_line: Callable[[str, str], None] | None = None,
+        bcrypt_cost: int | None = None,
+    ) -> None:
+        if size < 1:
+            raise NatsServerError(f"a cluster of {size} nodes makes no sense")
+        moon_dir = Path(moon_dir)
+        ports = ports or [free_port(host) for _ in range(size)]
+        cluster_ports = cluster_ports or [free_port(host) for _ in range(size)]
+        monitor_ports = monitor_ports or [free_port() for _ in range(size)]
+        if not len(ports) == len(cluster_ports) == len(monitor_ports) == size:
+            raise NatsServerError(f"a cluster of {size} nodes needs {size} ports of each kind")
+        route_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        peers = tuple(f"{route_host}:{p}" for p in cluster_ports)
+        password = load_or_create_route_password(moon_dir)
+        self.nodes: dict[str, NatsServer] = {}
+        for i in range(size):
+            name = f"nats-{i + 1}"
+            self.nodes[name] = NatsServer(
+                store_dir=moon_dir / name, credentials=credentials, port=ports[i], host=host,
+                log_path=moon_dir / f"{name}.log", monitor_port=monitor_ports[i], tls=tls,
+                hash_cache=moon_dir / HASHES_FILE, bcrypt_cost=bcrypt_cost, name=name,
+                routes=Routes(f"{host}:{cluster_ports[i]}", peers, password),
+                on_line=(lambda text, name=name: on_line(name, text)) if on_line else None,
+            )
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated: the seeds every client is given."""
+        return ",".join(node.url for node in self.nodes.values())
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        return next(iter(self.nodes.values())).tls
+
+    @property
+    def monitor_url(self) -> str | None:
+        return next(iter(self.nodes.values())).monitor_url
+
+    def env_for(self, user: str) -> dict[str, str]:
+        """As NatsServer.env_for, with every node's URL in NATS_URL."""
+        return {**next(iter(self.nodes.values())).env_for(user), "NATS_URL": self.url}
+
+    def provision(self, config: dict | None = None) -> dict[str, list[str]]:
+        """NatsServer.provision against the cluster (any node that answers)."""
+        return _provision(self.url, next(iter(self.nodes.values())).credentials, self.tls, config)
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        """Start every node, then wait until each one's JetStream is part of the cluster."""
+        deadline = time.monotonic() + timeout
+        try:
+            for node in self.nodes.values():
+                node.start(timeout=max(1.0, deadline - time.monotonic()))
+            self.wait_ready(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 30.0, nodes: list[str] | None = None) -> None:
+        """Until `nodes` (default: every running one) say /healthz ok: routed, a JetStream
+        meta leader known and their copy of it current."""
+        names = nodes or [n for n, node in self.nodes.items() if node.running]
+        deadline = time.monotonic() + timeout
+        said: dict[str, object] = {}
+        while True:
+            for name in names:
+                try:
+                    said[name] = _http_json(f"{self.nodes[name].monitor_url}/healthz")
+                except (OSError, ValueError) as e:
+                    said[name] = str(e)
+            if all(isinstance(s, dict) and s.get("status") == "ok" for s in said.values()):
+                return
+            if time.monotonic() > deadline:
+                raise NatsServerError(f"the NATS cluster is not ready within {timeout:.0f}s: {said}")
+            time.sleep(0.1)
+
+    def jsz(self, stream: str | None = None) -> dict:
+        """/jsz of the first running node (with the streams' details if `stream` is given)."""
+        for node in self.nodes.values():
+            if node.running:
+                query = "?accounts=true&streams=true" if stream else ""
+                return _http_json(f"{node.monitor_url}/jsz{query}")
+        raise NatsServerError("no node of the cluster is running")
+
+    def stream_leader(self, stream: str) -> str | None:
+        """The node that leads `stream` now (what /jsz says), None while it has none."""
+        for account in self.jsz(stream).get("account_details", []):
+            for detail in account.get("stream_detail", []):
+                if detail.get("name") == stream:
+                    return (detail.get("cluster") or {}).get("leader") or None
+        return None
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

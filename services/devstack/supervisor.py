@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import nats
 
-from services.common.bus import inbox_prefix
+from services.common.bus import inbox_prefix, server_urls
 from services.common.tls import client_tls_options
 from services.contract import subjects as S
 from services.contract.models import ErrorEvent, encode
@@ -211,7 +211,7 @@ class Recorder:
                 self.on_problem(f"supervisor: {text}")
 
         try:
-            nc = await nats.connect(self.url, user=USER, password=self.password, inbox_prefix=inbox_prefix(USER),
+            nc = await nats.connect(server_urls(self.url), user=USER, password=self.password, inbox_prefix=inbox_prefix(USER),
                                     name="moonbus-launcher", allow_reconnect=True, max_reconnect_attempts=-1,
                                     reconnect_time_wait=0.5, connect_timeout=2, error_cb=on_error,
                                     **client_tls_options(self.url, self.ca))  # type: ignore[arg-type]
