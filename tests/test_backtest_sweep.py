@@ -325,3 +325,36 @@ async def test_moon_backtest_sweep_with_train_test_split(nats_server, connect, w
     assert split["best_params"] == {k: table[0][k] for k in ("ma_fast", "ma_slow")}  # the best in-sample
     assert split["in_sample"]["bars"] == 1050 and split["out_of_sample"]["bars"] == 450
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG" and (out / "sweep.csv").exists()
+
+
+async def test_moon_backtest_walk_forward_and_a_local_run(nats_server, connect, workers, tmp_path):
+    operator = await connect("operator")
+    workers.start(2)
+    await workers.ready(operator, 2)
+    run = await asyncio.to_thread(moon, nats_server, str(SAMPLE), "--strategy", "ma_crossover", "--sweep",
+                                  "fast=5,10", "--param", "slow=40", "--walk-forward", "3", "--metric", "return_pct",
+                                  "--out", str(tmp_path / "wf"), "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    [out] = (tmp_path / "wf").iterdir()
+    folds = json.loads((out / "walk_forward.json").read_text())
+    assert [f["fold"] for f in folds] == [1, 2, 3]
+    assert [(f["in_sample"]["bars"], f["out_of_sample"]["bars"]) for f in folds] == [(375, 375)] * 3
+    assert all(f["best_params"]["ma_slow"] == 40 for f in folds)
+    assert all((out / f"fold-{i}" / "sweep.csv").exists() for i in (1, 2, 3))
+    # No --sweep: one run here, its report where the gateway looks (--out here).
+    local = await asyncio.to_thread(moon, nats_server, str(SAMPLE), "--strategy", "ma_crossover", "-p", "fast=10",
+                                    "-p", "slow=40", "--out", str(tmp_path / "one"))
+    assert local.returncode == 0, local.stdout + local.stderr
+    [report] = (tmp_path / "one").iterdir()
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["params"]["ma_fast"] == 10 and summary["params"]["ma_slow"] == 40
+    assert {"report.html", "report.png", "trades.csv"} <= {p.name for p in report.iterdir()}
+    assert "sharpe" in local.stdout and str(report / "report.html") in local.stdout
+
+
+def test_moon_backtest_says_what_is_wrong(nats_server, tmp_path):
+    for args, says in [(["nope.csv"], "no such file"), ([str(SAMPLE), "slow=10"], "not a file"),
+                       ([str(SAMPLE), "--sweep", "speed=1:2:1"], "not a [trading_agent] key"),
+                       ([str(SAMPLE), "--train", "0.7"], "add --sweep")]:
+        run = moon(nats_server, *args, "--out", str(tmp_path))
+        assert run.returncode == 1 and says in run.stderr, (args, run.stderr)
