@@ -336,6 +336,7 @@ async def test_moon_backtest_walk_forward_and_a_local_run(nats_server, connect, 
                                   "--out", str(tmp_path / "wf"), "--json")
     assert run.returncode == 0, run.stdout + run.stderr
     [out] = (tmp_path / "wf").iterdir()
+    assert json.loads(run.stdout)["mode"] == "walk_forward"  # --json: the result alone
     folds = json.loads((out / "walk_forward.json").read_text())
     assert [f["fold"] for f in folds] == [1, 2, 3]
     assert [(f["in_sample"]["bars"], f["out_of_sample"]["bars"]) for f in folds] == [(375, 375)] * 3

@@ -180,6 +180,11 @@ class Sweeper:
         self.concurrency = 1
         self.sent = 0
 
+    def say(self, text: str) -> None:
+        """Progress and notes, in the terminal only (--json prints the result alone)."""
+        if not self.settings.as_json:
+            self.console.print(text)
+
     def request(self, params: dict[str, Any], window: Window | None) -> BacktestRequest:
         self.sent += 1
         return sweep.make_request(f"{self.sweep_id}-{self.sent:05d}", self.refs, params, strategy=self.plan.strategy,
@@ -193,8 +198,8 @@ class Sweeper:
         def progress(result: RunResult) -> None:
             nonlocal done
             done += 1
-            if not self.settings.as_json and (done == len(requests) or done % max(1, len(requests) // 10) == 0):
-                self.console.print(f"  {what}: {done}/{len(requests)} runs ({time.monotonic() - started:.1f} s)")
+            if done == len(requests) or done % max(1, len(requests) // 10) == 0:
+                self.say(f"  {what}: {done}/{len(requests)} runs ({time.monotonic() - started:.1f} s)")
 
         return await sweep.fan_out(self.session.nc, requests, concurrency=self.concurrency,
                                    timeout=self.settings.run_timeout, on_result=progress)
@@ -205,10 +210,10 @@ class Sweeper:
         trading = {**load().get("trading_agent", {}), **plan.overrides.get("trading_agent", {})}
         grid = sweep.make_grid(plan.axes, plan.params, trading)
         for cell, why in grid.skipped[:5]:
-            self.console.print(f"  skipped {', '.join(f'{a.key}={cell[a.key]}' for a in plan.axes)}: {why}")
+            self.say(f"  skipped {', '.join(f'{a.key}={cell[a.key]}' for a in plan.axes)}: {why}")
         if grid.skipped:
-            self.console.print(f"{len(grid.skipped)} of {len(grid.cells) + len(grid.skipped)} cells skipped "
-                               "(the trading agent's config refuses them)")
+            self.say(f"{len(grid.skipped)} of {len(grid.cells) + len(grid.skipped)} cells skipped "
+                     "(the trading agent's config refuses them)")
         if not grid.cells:
             raise SweepError("every cell of the grid was skipped: nothing to run")
         workers = await sweep.count_workers(self.session.nc)
@@ -218,8 +223,8 @@ class Sweeper:
         # Two in flight per worker: each has the next run queued when it finishes one.
         self.concurrency = settings.concurrency or 2 * workers
         self.refs = [await upload(self.session.nc, p) for p in plan.paths]
-        self.console.print(f"{self.sweep_id}: {len(grid.cells)} runs on {workers} worker(s), "
-                           f"{self.concurrency} in flight, {len(times)} bars")
+        self.say(f"{self.sweep_id}: {len(grid.cells)} runs on {workers} worker(s), "
+                 f"{self.concurrency} in flight, {len(times)} bars")
         started = time.monotonic()
         if settings.walk_forward:
             report = await self.walk_forward(grid.cells, sweep.walk_forward_windows(times, settings.walk_forward))
@@ -232,8 +237,7 @@ class Sweeper:
         (self.out / "sweep_meta.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         if settings.as_json:
             self.console.print_json(json.dumps(report, default=str))
-        else:
-            self.console.print(f"{self.sent} runs in {report['wall_s']:.1f} s; files in {self.out}")
+        self.say(f"{self.sent} runs in {report['wall_s']:.1f} s; files in {self.out}")
         return report
 
     def _in_sample(self, results: list[RunResult], out: Path, title: str) -> sweep.SweepOutcome:
