@@ -49,6 +49,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from bench.__main__ import Context
+from services.common.bus import server_urls
 from services.common.streams import read_stream
 from services.contract.models import ExecutionReport, OrderStatus, PositionsReply
 from services.devstack.launcher import SERVICES, System
@@ -187,7 +188,7 @@ class Chaos:
     async def connect(self, user: str, **options: object) -> nats.NATS:
         env = self.system.env_for(user)
         options.setdefault("allow_reconnect", False)
-        return await nats.connect(env["NATS_URL"], user=user, password=env["NATS_PASSWORD"],
+        return await nats.connect(server_urls(env["NATS_URL"]), user=user, password=env["NATS_PASSWORD"],
                                   inbox_prefix=f"_INBOX.{user}", name=f"chaos-{user}", **options)
 
     async def wait_serving(self, timeout: float) -> None:

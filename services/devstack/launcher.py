@@ -51,6 +51,7 @@ from services.common import config
 from services.devstack.natsserver import (
     REPO_ROOT,
     SERVICE_USERS,
+    NatsCluster,
     NatsServer,
     NatsServerError,
     load_or_create_credentials,
@@ -63,6 +64,7 @@ from services.contract.models import ErrorEvent
 from services.contract import subjects as S
 
 DEFAULT_PORT = 4222
+DEFAULT_CLUSTER_PORT = 6222  # routes between the nodes of a cluster (MOONBUS_CLUSTER=3)
 
 
 class NatsConfig(config.Section):
@@ -240,11 +242,12 @@ class System:
     def __init__(self, repo_root: Path = REPO_ROOT, *, keep_lines: int = 500) -> None:
         self.repo_root = Path(repo_root)
         self.keep_lines = keep_lines
-        self.nats: NatsServer | None = None
+        self.nats: NatsServer | NatsCluster | None = None
         self.children: dict[str, Child] = {}
         self.out = Output(None, [])
         self.moon_dir: Path | None = None
-        # Supervision: one Track per child and "nats"; the supervisor thread acts on them.
+        # Supervision: one Track per child and per nats-server ("nats", or "nats-1".. for a
+        # cluster); the supervisor thread acts on them.
         self.policy = RestartPolicy()
         self.supervise = False
         self.tracks: dict[str, Track] = {}
@@ -252,6 +255,7 @@ class System:
         self._stopping = False
         self._cond = threading.Condition()  # guards the tracks, _exits, _stopping and every (re)start
         self._exits: list[tuple[Child, subprocess.Popen[bytes], int]] = []
+        self._held: set[str] = set()  # nats-server nodes kill_nats keeps down
         self._supervisor: threading.Thread | None = None
         self._nats_timeout = 15.0
 
@@ -271,6 +275,8 @@ class System:
         monitor_port: int | None = None,
         supervise: bool = True,
         restart_policy: RestartPolicy | None = None,
+        cluster: int = 1,
+        cluster_ports: tuple[list[int] | None, list[int] | None, list[int] | None] | None = None,
     ) -> System:
         """Start nats-server, then `services` (default: all of SERVICES, in order).
 
@@ -287,6 +293,10 @@ class System:
         supervise: restart crashed services and nats-server (restart_policy, default
         RestartPolicy()) and record them in KV `supervisor.<service>`; False: a crash is
         only reported.
+        cluster: more than 1 = that many nats-server nodes routed into one JetStream cluster
+        (NatsCluster: nodes `nats-1`.., each supervised; every service gets all of them as
+        seeds in NATS_URL; streams at `[jetstream] replicas`, default min(cluster, 3));
+        cluster_ports: (client, route, monitoring) ports per node, default free ports.
         """
         specs = [SERVICES[s] if isinstance(s, str) and s in SERVICES else s
                  for s in (list(SERVICES) if services is None else services)]
@@ -300,27 +310,38 @@ class System:
         if port is None:
             port = int(os.environ.get("MOONBUS_NATS_PORT", DEFAULT_PORT))
         self.moon_dir = Path(moon_dir) if moon_dir else self.repo_root / ".moon"
-        self.out = Output(out, ["nats", "launcher", *names], colour)
+        nodes = [f"nats-{i + 1}" for i in range(cluster)] if cluster > 1 else ["nats"]
+        self.out = Output(out, [*nodes, "launcher", *names], colour)
 
         credentials = load_or_create_credentials(self.moon_dir)
-        self.nats = NatsServer(
-            store_dir=self.moon_dir,  # JetStream keeps its data in <moon_dir>/jetstream
-            credentials=credentials,
-            port=port,
-            host=host,
-            log_path=self.moon_dir / "nats-server.log",
-            on_line=lambda text: self.out.line("nats", text),
-            monitor_port=monitor_port or None,
-            tls=ensure_tls_files(self.moon_dir / "tls", [host]) if tls else None,
-        )
-        self.nats.start(timeout=nats_timeout)
+        tls_files = ensure_tls_files(self.moon_dir / "tls", [host]) if tls else None
+        if cluster > 1:
+            ports_ = cluster_ports or (None, None, None)
+            self.nats = NatsCluster(moon_dir=self.moon_dir, credentials=credentials, size=cluster, host=host,
+                                    ports=ports_[0], cluster_ports=ports_[1], monitor_ports=ports_[2],
+                                    tls=tls_files, on_line=self.out.line)
+        else:
+            self.nats = NatsServer(
+                store_dir=self.moon_dir,  # JetStream keeps its data in <moon_dir>/jetstream
+                credentials=credentials,
+                port=port,
+                host=host,
+                log_path=self.moon_dir / "nats-server.log",
+                on_line=lambda text: self.out.line("nats", text),
+                monitor_port=monitor_port or None,
+                tls=tls_files,
+            )
+        self.nats.start(timeout=max(nats_timeout, 30.0) if cluster > 1 else nats_timeout)
         self.supervise = supervise
         self.policy = restart_policy or RestartPolicy()
         self._nats_timeout = nats_timeout
         if supervise:
-            self.tracks["nats"] = Track("nats", self.policy)
-            self.tracks["nats"].started(self.nats.process.pid if self.nats.process else None, time.monotonic())
+            for name, node in self.nats_nodes().items():
+                self.tracks[name] = Track(name, self.policy)
+                self.tracks[name].started(node.process.pid if node.process else None, time.monotonic())
         monitor = f", monitoring on {self.nats.monitor_url}" if self.nats.monitor_url else ""
+        if cluster > 1:
+            monitor += f" (a JetStream cluster of {cluster} nodes: {', '.join(nodes)})"
         self.out.line("launcher", f"nats-server ready on {self.nats.url}{monitor}; "
                                   f"starting {', '.join(names) or 'no services'}")
         if write_env_file:
@@ -333,6 +354,8 @@ class System:
         # (default INFO); a RUST_LOG of the caller's still overrides it for them.
         base.setdefault("MOONBUS_CONFIG", str(self.repo_root / "moonbus.toml"))
         base["PYTHONUNBUFFERED"] = "1"
+        if cluster > 1:  # replicated streams: one node may be lost (R3 on 3 nodes)
+            base.setdefault("MOONBUS__JETSTREAM__REPLICAS", str(min(cluster, 3)))
         base.update(env or {})
         # Streams, KV and the durable consumers, as the services' config wants them,
         # before any service starts: no service may create or change them itself.
@@ -349,7 +372,8 @@ class System:
                 sup = self.nats.env_for("supervisor")
                 self.recorder = Recorder(sup["NATS_URL"], sup["NATS_PASSWORD"], sup.get("NATS_CA"),
                                          on_problem=lambda text: self.out.line("launcher", text)).start()
-                self.recorder.put(self.tracks["nats"].record())
+                for name in self.nats_nodes():
+                    self.recorder.put(self.tracks[name].record())
             for spec in specs:
                 name = spec.name
                 child_env = {**base, **dict(spec.env), **self.nats.env_for(name)}
@@ -388,10 +412,19 @@ class System:
             raise RuntimeError("the system is not started")
         return self.nats.url
 
+    def nats_nodes(self) -> dict[str, NatsServer]:
+        """The nats-server processes by name: "nats", or a cluster's "nats-1", "nats-2", .."""
+        if isinstance(self.nats, NatsCluster):
+            return self.nats.nodes
+        return {"nats": self.nats} if self.nats is not None else {}
+
     def output(self, name: str) -> list[str]:
-        """The last lines of a service ("nats" for nats-server)."""
+        """The last lines of a service ("nats" for nats-server, "nats-<i>" for a node)."""
+        nodes = self.nats_nodes()
+        if name in nodes:
+            return list(nodes[name].lines)
         if name == "nats":
-            return list(self.nats.lines) if self.nats else []
+            return []
         return list(self.children[name].lines)
 
     def returncode(self, name: str) -> int | None:
@@ -404,7 +437,7 @@ class System:
     def tail(self, lines: int = 40) -> str:
         """The last `lines` lines of nats-server and of every service, for a failure message."""
         parts = []
-        for name in ["nats", *self.children]:
+        for name in [*(self.nats_nodes() or ["nats"]), *self.children]:
             text = self.output(name)[-lines:]
             state = ""
             if name in self.children:
@@ -482,7 +515,7 @@ class System:
         backoff = track.crashed(code, time.monotonic(), what)
         loop = (f"; CRASH LOOP: {track.consecutive} crashes in a row, {len(track.crashes)} within "
                 f"{self.policy.loop_window_s:g}s" if track.state == "crash_loop" else "")
-        label = "nats-server" if name == "nats" else name
+        label = "nats-server" if name == "nats" else (f"nats-server {name}" if name in self.nats_nodes() else name)
         reason = f"{label} {what}; restart #{track.restarts + 1} in {backoff:g}s{loop}"
         if name in self.children:
             self.children[name]._add(f"[launcher] {reason}")
@@ -510,30 +543,30 @@ class System:
         uptime = time.monotonic() - (track.started_mono or time.monotonic())
         self._crashed(name, code, f"exited unexpectedly: {describe_exit(code)} after {uptime:.1f}s up", excerpt)
 
-    def _restart_nats(self) -> None:
+    def _restart_nats(self, name: str = "nats") -> None:
         """Same port, same store, same passwords; the services' clients reconnect."""
-        assert self.nats is not None
-        track = self.tracks["nats"]
+        node = self.nats_nodes()[name]
+        track = self.tracks[name]
         track.restarts += 1
         track.restart_due = None
-        self.out.line("launcher", f"restarting nats-server on {self.nats.url} (restart #{track.restarts})")
+        self.out.line("launcher", f"restarting nats-server {name} on {node.url} (restart #{track.restarts})")
         error = None
         self._cond.release()  # a start takes a while: exits and stop() must not wait for it
         try:
-            self.nats.start(timeout=self._nats_timeout)
+            node.start(timeout=self._nats_timeout)
         except NatsServerError as e:
             error = str(e).splitlines()[0]
         finally:
             self._cond.acquire()
         if self._stopping:  # stop() came meanwhile and may have missed this process
-            self.nats.stop()
+            node.stop()
             return
         if error is not None:
-            self._crashed("nats", None, f"could not be restarted: {error}", "")
+            self._crashed(name, None, f"could not be restarted: {error}", "")
             return
-        track.started(self.nats.process.pid if self.nats.process else None, time.monotonic())
-        self._record("nats")
-        self.out.line("launcher", f"nats-server is back on {self.nats.url}")
+        track.started(node.process.pid if node.process else None, time.monotonic())
+        self._record(name)
+        self.out.line("launcher", f"nats-server {name} is back on {node.url}")
 
     def _supervise(self) -> None:
         """The supervisor thread: handles exits, restarts what is due, forgives the crashes
@@ -545,19 +578,20 @@ class System:
                 for child, proc, code in exits:
                     self._handle_exit(child, proc, code)
                 now = time.monotonic()
-                nats = self.nats
-                if (nats is not None and nats.process is not None and nats.process.poll() is not None
-                        and self.tracks["nats"].restart_due is None):
-                    code = nats.process.returncode
-                    uptime = now - (self.tracks["nats"].started_mono or now)
-                    self._crashed("nats", code, f"died: {describe_exit(code)} after {uptime:.1f}s up",
-                                  "\n".join(list(nats.lines)[-4:]))
+                nodes = self.nats_nodes()
+                for name, node in nodes.items():
+                    if (name not in self._held and node.process is not None and node.process.poll() is not None
+                            and self.tracks[name].restart_due is None):
+                        code = node.process.returncode
+                        uptime = now - (self.tracks[name].started_mono or now)
+                        self._crashed(name, code, f"died: {describe_exit(code)} after {uptime:.1f}s up",
+                                      "\n".join(list(node.lines)[-4:]))
                 for name, track in self.tracks.items():
                     if self._stopping:
                         break
                     if track.restart_due is not None and track.restart_due <= now:
-                        if name == "nats":
-                            self._restart_nats()
+                        if name in nodes:
+                            self._restart_nats(name)
                         elif not self.children[name].stopping:
                             track.restarts += 1
                             self.children[name]._add(f"[launcher] restarting {name} (restart #{track.restarts})")
@@ -608,14 +642,38 @@ class System:
         child.signal(sig)
         return pid
 
-    def crash_nats(self, sig: int = signal.SIGKILL) -> int | None:
-        """kill -9 (or `sig`) nats-server as an outside fault: the supervisor restarts it on
-        the same port and store. Returns the pid signalled."""
-        proc = self.nats.process if self.nats is not None else None
+    def crash_nats(self, sig: int = signal.SIGKILL, node: str = "nats") -> int | None:
+        """kill -9 (or `sig`) nats-server (a cluster's `node`) as an outside fault: the
+        supervisor restarts it on the same port and store. Returns the pid signalled."""
+        server = self.nats_nodes().get(node)
+        proc = server.process if server is not None else None
         if proc is None or proc.poll() is not None:
             return None
         proc.send_signal(sig)
         return proc.pid
+
+    def kill_nats(self, node: str, sig: int = signal.SIGKILL) -> None:
+        """Stop one nats-server node with `sig` (default kill -9) and keep it down, unlike
+        `crash_nats`: the supervisor leaves it alone until `restart_nats(node)`."""
+        server = self.nats_nodes()[node]
+        with self._cond:
+            self._held.add(node)
+            if node in self.tracks:
+                self.tracks[node].stopped(None, "stopped by the launcher")
+                self._record(node)
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(sig)
+            server.process.wait()
+
+    def restart_nats(self, node: str, timeout: float | None = None) -> None:
+        """Start a node `kill_nats` stopped, on its port and store; supervised again."""
+        server = self.nats_nodes()[node]
+        server.start(timeout=timeout or self._nats_timeout)
+        with self._cond:
+            self._held.discard(node)
+            if node in self.tracks:
+                self.tracks[node].started(server.process.pid if server.process else None, time.monotonic())
+                self._record(node)
 
     def restart(self, name: str) -> None:
         """Start a killed or stopped service again: same command, same environment. Its kept
@@ -692,6 +750,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="state directory: credentials, nats.env, JetStream store (default .moon)")
     parser.add_argument("--services", default=os.environ.get("MOONBUS_SERVICES", ""),
                         help=f"comma-separated subset to start (default all: {','.join(SERVICES)})")
+    parser.add_argument("--cluster", type=int, default=int(os.environ.get("MOONBUS_CLUSTER") or 1),
+                        help="nats-server nodes (default $MOONBUS_CLUSTER or 1); 3 = a JetStream cluster on this "
+                             "machine, clients on --port and the next ports, routes on --cluster-port.., "
+                             "streams at R3")
+    parser.add_argument("--cluster-port", type=int,
+                        default=int(os.environ.get("MOONBUS_CLUSTER_PORT", DEFAULT_CLUSTER_PORT)),
+                        help=f"first node's route port (default $MOONBUS_CLUSTER_PORT or {DEFAULT_CLUSTER_PORT})")
     parser.add_argument("--no-colour", "--no-color", action="store_true", help="no ANSI colours")
     args = parser.parse_args(argv)
 
@@ -710,11 +775,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    if args.cluster < 1:
+        print(f"moonbus: --cluster {args.cluster}: a number of nats-server nodes, 1 or more", file=sys.stderr)
+        return 1
+    # A cluster's node i (from 0) takes the i-th port after each first one.
+    nodes = range(args.cluster)
+    ports = ([args.port + i for i in nodes], [args.cluster_port + i for i in nodes],
+             [nats_cfg.monitor_port + i for i in nodes] if nats_cfg.monitor_port else None)
     system = System()
     try:
         system.start(port=args.port, host=args.host, moon_dir=args.moon_dir, services=services,
                      colour=False if args.no_colour else None, tls=nats_cfg.tls,
-                     monitor_port=nats_cfg.monitor_port)
+                     monitor_port=nats_cfg.monitor_port, cluster=args.cluster, cluster_ports=ports)
     except (NatsServerError, ValueError) as e:
         print(f"moonbus: {e}", file=sys.stderr)
         return 1
