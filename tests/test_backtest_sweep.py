@@ -266,7 +266,10 @@ async def test_a_worker_killed_mid_sweep_has_its_runs_retried_on_the_other(conne
     await workers.ready(operator, 2)
     ref = await upload_sample(operator)
     axes, requests, cells = grid_requests(ref, "kill")
-    requests = requests * 1  # 6 runs, 3 per worker in flight at once
+    # 12 runs all in flight at once: the queue group spreads them at random, so the worker that did
+    # not answer first still holds some (all 12 on one worker: a 1 in 2048 chance).
+    requests = requests + [r.model_copy(update={"run_id": r.run_id + "-b"}) for r in requests]
+    cells = cells * 2
     done: list[sweep.RunResult] = []
     killed: list[str] = []
 
