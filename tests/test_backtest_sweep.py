@@ -228,6 +228,13 @@ async def test_one_process_keeps_n_workers_as_make_run_starts_them(connect, work
     operator = await connect("operator")
     workers.start(1, "--workers", "2")
     await workers.ready(operator, 2)
+    children = subprocess.run(["pgrep", "-P", str(workers.procs[0].pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2
+    os.kill(int(children[0]), signal.SIGKILL)  # a worker dies: another takes its place
+    await asyncio.sleep(1)
+    await workers.ready(operator, 2)
+    after = subprocess.run(["pgrep", "-P", str(workers.procs[0].pid)], capture_output=True, text=True).stdout.split()
+    assert len(after) == 2 and children[0] not in after
     await asyncio.to_thread(workers.stop)
     assert await sweep.count_workers(operator, 0.5) == 0, "SIGTERM stops every worker"
 
