@@ -284,3 +284,34 @@ def test_long_runs_are_decimated_in_the_charts(tmp_path: Path) -> None:
     page = paths["report.html"].read_text()
     assert len(page) < 400_000 and "150.00" in page
     assert len(paths["equity.csv"].read_text().splitlines()) == n + 1
+
+
+# ---------------------------------------------------------------- a real run
+
+
+def test_the_report_of_a_real_run_agrees_with_backtesting_py(tmp_path: Path) -> None:
+    """The engine's peer run (the live ma_crossover under backtesting.py's fill model, see
+    test_backtest_peer.py) reported: its metrics are backtesting.py's for the same strategy."""
+    from test_backtest_peer import moonbus, reference
+
+    result, stats = moonbus(10, 20, 0.002), reference(10, 20, 0.002)
+    paths = report.write(result, tmp_path / "peer")
+    summary = json.loads(paths["summary.json"].read_text())
+    assert (summary["strategy"], summary["symbols"], summary["interval"]) == ("ma_crossover", ["GOOG-USD"], "1d")
+    assert (summary["trades"], summary["open_trades"]) == (stats["# Trades"], 1)  # backtesting.py leaves it open too
+    for ours in ("win_rate_pct", "best_trade_pct", "worst_trade_pct", "avg_trade_pct", "profit_factor",
+                 "expectancy_pct", "sqn"):
+        assert summary[ours] == pytest.approx(float(stats[SAME[ours]]), rel=1e-6), ours
+    # the equity curves agree to half a cent a bar, so these to ~1e-6
+    for ours in ("return_pct", "return_ann_pct", "volatility_ann_pct", "sharpe", "sortino", "calmar",
+                 "max_drawdown_pct", "avg_drawdown_pct"):
+        assert summary[ours] == pytest.approx(float(stats[SAME[ours]]), rel=1e-5), ours
+    for ours, theirs in DURATIONS.items():
+        assert summary[ours] == stats[theirs].total_seconds(), ours
+    assert summary["fees"] == str(result.fees) and D(summary["fees"]) > 0
+    rows = list(csv.DictReader(paths["trades.csv"].open()))
+    assert len(rows) == len(result.trades) and rows[-1]["exit_ts"] == ""
+    page = paths["report.html"].read_text()
+    assert page.count('class="buy"') == len(result.trades) and page.count('class="sell"') == len(result.trades) - 1
+    assert report.write(result, tmp_path / "again") and all(
+        (tmp_path / "again" / name).read_bytes() == path.read_bytes() for name, path in paths.items())
