@@ -105,9 +105,10 @@ distclean: clean
 
 # ---- docker compose -------------------------------------------------------------------
 # `make images` builds everything `docker compose up` needs, offline: the base images
-# (debootstrap, under the official names; kept once built), `.env` with the NATS
-# passwords (and their bcrypt hashes for nats-server), and the moonbus images. The
-# host's CA bundle is given to the builds as a BuildKit secret (never stored in an
+# (debootstrap, under the official names; kept once built) and the moonbus images. The
+# credentials are made by compose itself on first start (docker/credentials.py);
+# `make compose-env` writes an optional `.env` giving compose make run's NATS passwords.
+# The host's CA bundle is given to the builds as a BuildKit secret (never stored in an
 # image); a pip index set on the host is passed on.
 .PHONY: base-images compose-env images
 DOCKER_CA ?= /etc/ssl/certs/ca-certificates.crt
@@ -118,16 +119,17 @@ RUST_MINOR = $(shell rustc --version | awk '{print $$2}' | cut -d. -f1,2)
 base-images:
 	docker/base-images.sh
 
-# The venv's Python: the hashes for nats-server need bcrypt.
+# Optional: compose then uses make run's passwords (.moon/credentials.json).
 compose-env: python
 	$(PY) docker/compose_env.py
 
-images: base-images compose-env
+images: base-images
 	@cli=$$(docker/buildkit-cli.sh) && \
 	secret=$$([ -r $(DOCKER_CA) ] && echo "--secret id=ca,src=$(DOCKER_CA)") && \
 	index=$$($(PYTHON) -m pip config get global.index-url 2>/dev/null || echo "$${PIP_INDEX_URL:-}") && \
 	set -x && \
 	DOCKER_BUILDKIT=1 $$cli build $$secret --build-arg MOONBUS_PIP_INDEX_URL="$$index" \
+		--build-arg RUST_IMAGE=rust:$(RUST_MINOR)-slim-bookworm \
 		-t moonbus/python:$(MOONBUS_TAG) -f docker/python.Dockerfile . && \
 	DOCKER_BUILDKIT=1 $$cli build $$secret --build-arg RUST_IMAGE=rust:$(RUST_MINOR)-slim-bookworm \
 		-t moonbus/rust:$(MOONBUS_TAG) -f docker/rust.Dockerfile .

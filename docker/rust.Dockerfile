@@ -35,6 +35,9 @@ WORKDIR /app
 COPY --from=build /out/ /usr/local/bin/
 COPY moonbus.toml /app/moonbus.toml
 COPY data /app/data
+COPY docker/entrypoint.sh /usr/local/bin/moonbus-entrypoint
 ENV MOONBUS_CONFIG=/app/moonbus.toml RUST_LOG=info
 USER moonbus
+# Exports this container's credentials (/run/moonbus, see docker/credentials.py), then the command.
+ENTRYPOINT ["moonbus-entrypoint"]
 CMD ["rust-market-data"]

@@ -1,13 +1,15 @@
-"""docker compose, for real: `make images` (base images built offline), then the whole
-system from docker-compose.yml under a unique project name, with three trading-agent
-replicas. As the operator, through nats-server's port published by
-docker/compose.operator.yml only here, the test sees ticks flow and orders fill; every
-bar is decided exactly once (one Signal per (symbol, origin_ts)) across the replicas,
-also while one replica's container is stopped; `down -v` leaves no container, volume or
-network of the project behind.
+"""docker compose, for real and with zero set-up: a fresh clone (the tracked files only, no
+`.env`, no `.moon`) and `docker compose up -d` once the images exist (`make images`, base
+images built offline). The one-shot `credentials` makes every password, hash and token into
+volumes and each container gets only its own. With three trading-agent replicas, as the
+operator (nats-server's port published by docker/compose.operator.yml only here), the test
+sees ticks flow and orders fill; every bar is decided exactly once across the replicas, also
+while one replica's container is stopped; the backtest workers load `moonbus_sim`; `down -v`
+leaves no container, volume or network of the project behind.
 
-Needs a Docker engine (skipped when `docker info` fails). The monitoring configs are
-checked without Docker (Prometheus and Grafana images cannot be had here).
+Docker through testcontainers (tests/dockerstack.py): skipped, with the reason, without an
+engine. The compose file, the credentials script and the monitoring configs are checked
+without Docker (Prometheus and Grafana images cannot be had here).
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 import tomllib
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,15 +32,19 @@ import pytest
 import yaml
 
 from services.contract.models import Bar, ExecutionReport, Signal
-from services.devstack.natsserver import REPO_ROOT, SERVICE_USERS, password_env_var
+from services.contract.users import SERVICE_USERS
+from tests.dockerstack import ComposeProject, compose_command, docker, fresh_clone, moonbus_images  # noqa: F401
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "docker"))
-from compose_env import hash_env_var  # noqa: E402
+from credentials import CONTAINERS, TOKENS, password_var  # noqa: E402
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+CREDENTIALS = REPO_ROOT / "docker" / "credentials.py"
 MONITORING = REPO_ROOT / "docker" / "monitoring"
 SERVICES = ["nats", "market-data", "risk", "execution", "trading-agent", "risk-agent", "sentiment-agent",
-            "swarm-agent", "gateway"]
+            "swarm-agent", "backtest-worker", "gateway"]
+ONE_SHOTS = ["credentials", "provision"]
 REPLICAS = 3
 # Decide from 3 bars (not 20) so that orders, and so fills, come within seconds.
 TEST_OVERRIDE = """
@@ -49,38 +53,22 @@ services:
     environment:
       MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK: "3"
 """
+SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|^MOONBUS_PW")
 
 
-def compose_command() -> list[str] | None:
-    for cmd in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(cmd[0]) and subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
-            return cmd
-    return None
+def compose_spec() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())["services"]
 
 
-def docker_skip_reason() -> str | None:
-    if shutil.which("docker") is None:
-        return "no docker command"
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
-    if info.returncode != 0:
-        return f"no Docker engine: `docker info` failed: {(info.stderr or info.stdout).strip()[:200]}"
-    if compose_command() is None:
-        return "neither `docker compose` nor `docker-compose` is installed"
-    return None
+def secret_volumes(svc: dict) -> list[str]:
+    return [v for v in svc.get("volumes", []) if v.startswith(("secrets-", "credentials:"))]
 
 
-# ---- the monitoring profile's configs (no Docker needed) --------------------------------
-
-def metric_names_defined() -> str:
-    """The source of every service: a metric the dashboard uses must be defined in it."""
-    files = [*REPO_ROOT.glob("services/**/*.py"), *REPO_ROOT.glob("rust-*/src/**/*.rs")]
-    return "\n".join(p.read_text() for p in files)
-
+# ---- the compose file and the credentials (no Docker needed) ----------------------------
 
 def test_compose_file_defines_every_service_and_no_fixed_agent_names() -> None:
-    spec = yaml.safe_load(COMPOSE_FILE.read_text())
-    services = spec["services"]
-    assert set(SERVICES) <= set(services)
+    services = compose_spec()
+    assert set(SERVICES) | set(ONE_SHOTS) | {"prometheus", "grafana"} == set(services)
     for name in SERVICES:
         svc = services[name]
         assert "container_name" not in svc, name
@@ -88,28 +76,36 @@ def test_compose_file_defines_every_service_and_no_fixed_agent_names() -> None:
         assert "healthcheck" in svc, name
         if name != "nats":
             assert svc["depends_on"]["nats"]["condition"] == "service_healthy", name
-            assert svc["environment"]["NATS_USER"] == name
+            assert svc["environment"]["NATS_USER"] == CONTAINERS[name]
             assert svc["environment"]["NATS_URL"] == "nats://nats:4222"
-        if name.endswith("-agent"):
+        if name.endswith(("-agent", "-worker")):
             assert "ports" not in svc, f"{name} must scale: no fixed host port"
         if name not in ("nats", "market-data"):  # every user of JetStream waits for the provisioning
             assert svc["depends_on"]["provision"]["condition"] == "service_completed_successfully", name
+    # Credentials first: nats-server starts on the hashes the one-shot made.
+    assert services["nats"]["depends_on"]["credentials"]["condition"] == "service_completed_successfully"
     # The one-shot that provisions JetStream as `admin`: the only container with that password.
     provision = services["provision"]
     assert provision.get("restart") == "no" and provision["command"][-1] == "services.common.streams"
-    assert provision["environment"]["NATS_USER"] == "admin"
-    assert provision["environment"]["NATS_PASSWORD"] == "${MOONBUS_PW_ADMIN}"
+    assert provision["environment"]["NATS_USER"] == "admin" == CONTAINERS["provision"]
     assert provision["depends_on"]["nats"]["condition"] == "service_healthy"
-    # nats-server gets the bcrypt hash of every password the config references, quoted.
-    env = services["nats"]["environment"]
-    for user in SERVICE_USERS:
-        assert env[password_env_var(user)].startswith('"${' + hash_env_var(user) + ":?")
     assert {s for s, v in services.items() if v.get("profiles") == ["monitoring"]} == {"prometheus", "grafana"}
 
 
-# ---- secrets: each container gets only its own --------------------------------------------
-
-SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|^MOONBUS_PW")
+def test_each_container_mounts_only_its_own_credentials() -> None:
+    """One volume per container, read-only at /run/moonbus; only the `credentials`
+    one-shot (no network, run on every `up`) mounts them all, and the master volume."""
+    services = compose_spec()
+    for name in [*SERVICES, "provision"]:
+        assert secret_volumes(services[name]) == [f"secrets-{name}:/run/moonbus:ro"], name
+    init = services["credentials"]
+    assert init["restart"] == "no" and init["network_mode"] == "none"
+    assert init["command"] == ["python3", "/app/credentials.py", "/moonbus"]
+    assert secret_volumes(init) == ["credentials:/moonbus", "secrets-nats:/moonbus/nats",
+                                    *(f"secrets-{c}:/moonbus/{c}" for c in CONTAINERS)]
+    assert set(CONTAINERS) <= set(services)
+    volumes = yaml.safe_load(COMPOSE_FILE.read_text())["volumes"]
+    assert {f"secrets-{c}" for c in ["nats", *CONTAINERS]} | {"credentials"} <= set(volumes)
 
 
 def llm_services() -> set[str]:
@@ -132,8 +128,9 @@ def llm_key_names() -> set[str]:
     return {n for n in names if n}
 
 
+
 def test_each_secret_reaches_only_the_containers_that_use_it() -> None:
-    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    services = compose_spec()
     config = tomllib.loads((REPO_ROOT / "moonbus.toml").read_text())
     llm_keys = llm_key_names()
     assert llm_keys == {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DEEPSEEK_API_KEY"}
@@ -142,35 +139,69 @@ def test_each_secret_reaches_only_the_containers_that_use_it() -> None:
     birdeye = config["market_data"]["birdeye"]["api_key_env"]
     secrets = {name: {k for k in (svc.get("environment") or {}) if SECRET_NAME.search(k)}
                for name, svc in services.items()}
-
-    # nats-server: the hashes, nothing else (no plaintext password, no API key).
-    assert secrets["nats"] == {password_env_var(u) for u in SERVICE_USERS}
-    assert all("PWHASH" in v for k, v in services["nats"]["environment"].items() if k in secrets["nats"])
-    for name in SERVICES[1:]:
-        env = services[name]["environment"]
-        # Its own NATS password and nobody else's.
-        assert env["NATS_PASSWORD"] == "${" + password_env_var(name) + "}", name
-        expected = {"NATS_PASSWORD"}
+    # No password, hash or token in any environment but the generator's (the overrides).
+    assert secrets["credentials"] == {password_var(u) for u in SERVICE_USERS} | set(TOKENS)
+    for name in secrets["credentials"]:
+        assert services["credentials"]["environment"][name] == "${" + name + ":-}", name
+    for name in [*SERVICES, "provision", "prometheus", "grafana"]:
+        expected = set()
         if name in agents:
             expected |= llm_keys
         if name == "market-data":
             expected.add(birdeye)
-        if name == "gateway":
-            expected.add("MOONBUS_GATEWAY_TOKEN")
-            expected |= {k for k in secrets[name] if k.startswith("MOONBUS_GATEWAY_") and k.endswith("TOKEN")}
         assert secrets[name] == expected, f"{name}: {sorted(secrets[name] ^ expected)}"
-        for key in expected - {"NATS_PASSWORD"}:
-            assert env[key] == "${" + key + ":-}", f"{name}: {key} is passed through from the shell, empty by default"
-    for name in ("prometheus", "grafana"):
-        assert secrets[name] == set(), name
-    assert secrets["provision"] == {"NATS_PASSWORD"}  # the admin's: see the test above
-    # Every service's secrets, by name, listed above: nothing leaks through an anchor.
-    assert set(SERVICES) | {"provision", "prometheus", "grafana", "backtest-worker"} == set(services)
-    # The backtest workers scale (`--scale backtest-worker=N`), all as user `backtest`.
-    worker = services["backtest-worker"]
-    assert worker["environment"]["NATS_USER"] == "backtest" and "ports" not in worker
-    assert worker["environment"]["NATS_PASSWORD"] == "${" + password_env_var("backtest") + "}"
-    assert secrets["backtest-worker"] == {"NATS_PASSWORD"}
+        for key in expected:
+            assert services[name]["environment"][key] == "${" + key + ":-}", f"{name}: {key} passed from the shell"
+
+
+def test_credentials_script_makes_keeps_and_takes_overrides(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOONBUS_PW_", "MOONBUS_GATEWAY_"))}
+    env["MOONBUS_BCRYPT_COST"] = "4"
+    root = tmp_path / "c"
+
+    def run(*args: str, **extra: str) -> str:
+        return subprocess.run([sys.executable, str(CREDENTIALS), str(root), *args], env={**env, **extra},
+                              check=True, capture_output=True, text=True).stdout
+
+    run()
+    passwords = json.loads((root / "credentials.json").read_text())
+    assert set(passwords) == set(SERVICE_USERS) and len(set(passwords.values())) == len(SERVICE_USERS)
+    assert (root / "credentials.json").stat().st_mode & 0o077 == 0 and root.stat().st_mode & 0o077 == 0
+    # Each container's folder: its own password (the gateway also its tokens), 0400.
+    tokens = json.loads((root / "tokens.json").read_text())
+    for container, user in CONTAINERS.items():
+        files = list((root / container).iterdir())
+        expected = {"NATS_PASSWORD": passwords[user], **(tokens if container == "gateway" else {})}
+        assert {f.name: f.read_text() for f in files} == expected, container
+        assert all(f.stat().st_mode & 0o777 == 0o400 for f in files), container
+    # nats-server's folder: a quoted bcrypt hash of every password, no password.
+    hashes = {f.name: f.read_text() for f in (root / "nats").iterdir()}
+    assert set(hashes) == {password_var(u) for u in SERVICE_USERS}
+    for user in SERVICE_USERS:
+        hashed = hashes[password_var(user)]
+        assert hashed.startswith('"$2b$04$') and bcrypt.checkpw(passwords[user].encode(), hashed.strip('"').encode())
+
+    # A second start keeps everything (the hashes too); an override wins and is rehashed.
+    run()
+    assert json.loads((root / "credentials.json").read_text()) == passwords
+    assert {f.name: f.read_text() for f in (root / "nats").iterdir()} == hashes
+    run(MOONBUS_PW_RISK="from-my-env", MOONBUS_GATEWAY_TOKEN="write-token")
+    assert (root / "risk" / "NATS_PASSWORD").read_text() == "from-my-env"
+    assert bcrypt.checkpw(b"from-my-env", (root / "nats" / "MOONBUS_PW_RISK").read_text().strip('"').encode())
+    assert (root / "nats" / "MOONBUS_PW_EXECUTION").read_text() == hashes["MOONBUS_PW_EXECUTION"]
+    assert (root / "gateway" / "MOONBUS_GATEWAY_TOKEN").read_text() == "write-token"
+    assert run("--show") == f"NATS_USER=operator\nNATS_PASSWORD={passwords['operator']}\n"
+    bad = subprocess.run([sys.executable, str(CREDENTIALS), str(root)], env={**env, "MOONBUS_PW_RISK": 'a"b'},
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "MOONBUS_PW_RISK" in bad.stderr
+
+
+# ---- the monitoring profile's configs (no Docker needed) --------------------------------
+
+def metric_names_defined() -> str:
+    """The source of every service: a metric the dashboard uses must be defined in it."""
+    files = [*REPO_ROOT.glob("services/**/*.py"), *REPO_ROOT.glob("rust-*/src/**/*.rs")]
+    return "\n".join(p.read_text() for p in files)
 
 
 def test_monitoring_is_not_published() -> None:
@@ -241,186 +272,140 @@ def test_grafana_dashboard_is_provisioned_and_uses_real_metrics() -> None:
                     f"{panel['title']}: {base} is defined nowhere"
 
 
-def test_compose_config_is_valid(tmp_path: Path) -> None:
-    """The compose tool itself accepts the file, with and without the monitoring profile."""
+def test_compose_config_is_valid_without_any_set_up(tmp_path: Path) -> None:
+    """The compose tool accepts a fresh clone's file with no `.env` at all, with and without
+    the monitoring profile; `make compose-env`'s `.env` reaches the `credentials` one-shot only."""
     cmd = compose_command()
     if cmd is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-    env_file = tmp_path / "compose.env"
-    subprocess.run([sys.executable, str(REPO_ROOT / "docker/compose_env.py"), str(env_file), str(tmp_path / "moon")],
-                   check=True, capture_output=True)
-    assert env_file.stat().st_mode & 0o077 == 0
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("MOONBUS_")}
+    clean = fresh_clone(tmp_path / "clone")
     for extra in ([], ["--profile", "monitoring"]):
-        run = subprocess.run([*cmd, "--project-directory", str(REPO_ROOT), "--env-file", str(env_file),
-                              "-f", str(COMPOSE_FILE), *extra, "config", "--services"],
-                             capture_output=True, text=True)
+        run = subprocess.run([*cmd, *extra, "config", "--services"], cwd=clean, env=bare, capture_output=True,
+                             text=True)
         assert run.returncode == 0, run.stderr
-        assert set(SERVICES) | ({"prometheus", "grafana"} if extra else set()) <= set(run.stdout.split())
+        monitoring = {"prometheus", "grafana"} if extra else set()
+        assert set(SERVICES) | set(ONE_SHOTS) | monitoring <= set(run.stdout.split())
 
-    # As compose hands them over: each service its plaintext password, nats-server a
-    # bcrypt hash of it (`$$` is how `config` writes a literal `$`).
-    run = subprocess.run([*cmd, "--project-directory", str(REPO_ROOT), "--env-file", str(env_file),
-                          "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True)
+    subprocess.run([sys.executable, str(REPO_ROOT / "docker/compose_env.py"), str(clean / ".env"),
+                    str(tmp_path / "moon")], check=True, capture_output=True)
+    assert (clean / ".env").stat().st_mode & 0o077 == 0
+    run = subprocess.run([*cmd, "config"], cwd=clean, env=bare, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     rendered = yaml.safe_load(run.stdout)["services"]
-    nats_env = {k: str(v).replace("$$", "$") for k, v in rendered["nats"]["environment"].items()}
     credentials = json.loads((tmp_path / "moon" / "credentials.json").read_text())
-    for name in SERVICES[1:]:
-        password = str(rendered[name]["environment"]["NATS_PASSWORD"])
-        assert password == credentials[name]
-        hashed = nats_env[password_env_var(name)]
-        assert hashed.startswith('"$2b$') and hashed.endswith('"'), hashed
-        assert bcrypt.checkpw(password.encode(), hashed.strip('"').encode()), name
     for user in SERVICE_USERS:
-        assert credentials[user] not in str(rendered["nats"]), f"{user}'s plaintext password reaches nats"
+        assert str(rendered["credentials"]["environment"][password_var(user)]) == credentials[user], user
+    for name, svc in rendered.items():
+        if name != "credentials":
+            values = {str(v) for v in (svc.get("environment") or {}).values()}
+            assert not set(credentials.values()) & values, name
 
 
 # ---- the real thing ---------------------------------------------------------------------
 
-class Stack:
-    """One compose project: `docker compose -p <unique> -f ... --env-file ...`."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.project = f"moonbus-test-{uuid.uuid4().hex[:8]}"
-        self.tmp = tmp
-        self.env_file = tmp / "compose.env"
-        override = tmp / "test-override.yml"
-        override.write_text(TEST_OVERRIDE)
-        self.cmd = [*compose_command(), "-p", self.project, "--project-directory", str(REPO_ROOT),
-                    "--env-file", str(self.env_file), "-f", str(COMPOSE_FILE),
-                    "-f", str(REPO_ROOT / "docker/compose.operator.yml"), "-f", str(override)]
-        self.env = {**os.environ, "MOONBUS_NATS_PUBLISH": "127.0.0.1:", "MOONBUS_GATEWAY_PUBLISH": "127.0.0.1:"}
-
-    def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
-        run = subprocess.run([*self.cmd, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and run.returncode != 0:
-            raise AssertionError(f"compose {' '.join(args)} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
-        return run.stdout
-
-    def containers(self, service: str | None = None, all_: bool = False) -> list[str]:
-        label = f"com.docker.compose.project={self.project}"
-        filters = ["--filter", f"label={label}"]
-        if service:
-            filters += ["--filter", f"label=com.docker.compose.service={service}"]
-        out = subprocess.run(["docker", "ps", "-q", *(["-a"] if all_ else []), *filters],
-                             capture_output=True, text=True, check=True).stdout
-        return out.split()
-
-    def exit_code(self, container: str) -> int | None:
-        out = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", container],
-                             capture_output=True, text=True).stdout.split()
-        return int(out[1]) if out[:1] == ["exited"] else None
-
-    def health(self, container: str) -> str:
-        out = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}} {{if .State.Health}}"
-                              "{{.State.Health.Status}}{{end}}", container], capture_output=True, text=True)
-        return out.stdout.strip()
-
-    def wait_healthy(self, expected: int, timeout: float) -> None:
-        """`expected` containers running and healthy, and the `provision` one-shot done (exit 0)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            provision = set(self.containers("provision", all_=True))
-            states = {c: self.health(c) for c in self.containers(all_=True) if c not in provision}
-            provisioned = [self.exit_code(c) for c in provision] == [0]
-            if provisioned and len(states) == expected and all(s == "running healthy" for s in states.values()):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not all {expected} containers healthy: {states}\n{self.logs()}")
-            time.sleep(1)
-
-    def port(self, service: str, port: int) -> int:
-        return int(self.compose("port", service, str(port)).strip().rsplit(":", 1)[1])
-
-    def monitor(self, path: str) -> dict:
-        """nats-server's monitoring endpoint, read inside its container (the only place it
-        listens)."""
-        out = self.compose("exec", "-T", "nats", "python3", "/app/healthcheck.py", "--print",
-                           f"http://127.0.0.1:8222{path}", timeout=30)
-        return json.loads(out)
-
-    def logs(self) -> str:
-        return self.compose("logs", "--no-color", "--tail", "30", check=False, timeout=60)[-20000:]
-
-    def leftovers(self) -> dict[str, list[str]]:
-        label = f"label=com.docker.compose.project={self.project}"
-        found = {"containers": self.containers(all_=True)}
-        for kind in ["volume", "network"]:
-            out = subprocess.run(["docker", kind, "ls", "-q", "--filter", label], capture_output=True, text=True,
-                                 check=True).stdout
-            found[kind + "s"] = out.split()
-        return found
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    reason = docker_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    build = subprocess.run(["make", "-C", str(REPO_ROOT), "images"], capture_output=True, text=True, timeout=3600)
-    assert build.returncode == 0, f"make images failed:\n{build.stdout[-5000:]}\n{build.stderr[-5000:]}"
-    s = Stack(tmp_path_factory.mktemp("compose"))
-    subprocess.run([sys.executable, str(REPO_ROOT / "docker/compose_env.py"), str(s.env_file), str(s.tmp / "moon")],
-                   check=True, capture_output=True)
+def stack(moonbus_images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeProject]:
+    clone = fresh_clone(tmp_path_factory.mktemp("clone"))
+    override = clone / "test-override.yml"
+    override.write_text(TEST_OVERRIDE)
+    # Nothing from this shell's MOONBUS_* (a password, a token): zero set-up. Only the
+    # published ports move to free ones, beside whatever else runs on this machine.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOONBUS_")}
+    env.update(MOONBUS_NATS_PUBLISH="127.0.0.1:", MOONBUS_GATEWAY_PUBLISH="127.0.0.1:")
+    s = ComposeProject(clone, [clone / "docker-compose.yml", clone / "docker/compose.operator.yml", override], env)
     try:
         s.compose("up", "-d", "--scale", f"trading-agent={REPLICAS}")
-        s.wait_healthy(len(SERVICES) - 1 + REPLICAS + 1, timeout=180)  # + 1: the backtest worker
+        s.wait_healthy(len(SERVICES) - 1 + REPLICAS, timeout=180)
         yield s
     finally:
-        s.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
+        s.down()
 
 
-def credentials(stack: Stack) -> dict[str, str]:
-    values = dict(line.split("=", 1) for line in stack.env_file.read_text().splitlines()
-                  if line and not line.startswith("#"))
-    return {"user": "operator", "password": values[password_env_var("operator")].strip("'")}
+def stored_credentials(stack: ComposeProject) -> dict[str, str]:
+    """Every password, as the operator reads them: from the `credentials` volume."""
+    return json.loads(stack.compose("run", "--rm", "credentials", "cat", "/moonbus/credentials.json", timeout=60))
 
 
-async def agent_connections(stack: Stack) -> dict[int, int]:
+def operator(stack: ComposeProject) -> dict[str, str]:
+    """The operator's login, as the README tells to read it."""
+    shown = stack.compose("run", "--rm", "credentials", "python3", "/app/credentials.py", "/moonbus", "--show",
+                          timeout=60)
+    values = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    return {"user": values["NATS_USER"], "password": values["NATS_PASSWORD"]}
+
+
+def monitor(stack: ComposeProject, path: str) -> dict:
+    """nats-server's monitoring endpoint, read inside its container (the only place it listens)."""
+    code, out = stack.containers("nats")[0].exec_run(
+        ["python3", "/app/healthcheck.py", "--print", f"http://127.0.0.1:8222{path}"])
+    assert code == 0, out
+    return json.loads(out)
+
+
+def files_in(container, folder: str = "/run/moonbus") -> dict[str, str]:
+    """name -> content of every file the container can read there."""
+    script = f'for f in {folder}/*; do printf "%s\\t%s\\n" "${{f##*/}}" "$(cat "$f")"; done'
+    code, out = container.exec_run(["sh", "-c", script])
+    assert code == 0, out
+    return dict(line.split("\t", 1) for line in out.decode().splitlines())
+
+
+def env_of(container) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+
+
+async def agent_connections(stack: ComposeProject) -> dict[int, int]:
     """cid -> messages it published, for every trading-agent connection nats-server has."""
-    connz = await asyncio.to_thread(stack.monitor, "/connz?limit=1024")
+    connz = await asyncio.to_thread(monitor, stack, "/connz?limit=1024")
     return {c["cid"]: c["in_msgs"] for c in connz["connections"] if c.get("name") == "trading-agent"}
 
 
-def container_env(container: str) -> dict[str, str]:
-    out = subprocess.run(["docker", "inspect", "-f", "{{json .Config.Env}}", container], capture_output=True,
-                         text=True, check=True).stdout
-    return dict(item.split("=", 1) for item in json.loads(out))
-
-
 @pytest.mark.e2e
-def test_compose_secrets_in_the_running_containers(stack: Stack) -> None:
-    """nats-server runs on hashes (no plaintext warning); API keys set in the shell reach
-    only their containers; the monitoring port is not published."""
+def test_compose_credentials_each_container_its_own(stack: ComposeProject) -> None:
+    """Made on the first start; each running container holds only its own (nats-server only
+    the hashes: no plaintext warning), none in an environment; API keys reach only their
+    containers; the monitoring port is not published; the backtest workers have moonbus_sim."""
+    passwords = stored_credentials(stack)
+    assert set(passwords) == set(SERVICE_USERS)
     logs = stack.compose("logs", "--no-color", "nats", timeout=60)
     assert "Server is ready" in logs and "Plaintext passwords detected" not in logs
-    plain = {line.split("=", 1)[1].strip("'") for line in stack.env_file.read_text().splitlines()
-             if line.startswith("MOONBUS_PW_")}
-    nats_env = container_env(stack.containers("nats")[0])
-    assert not plain & set(nats_env.values()), "a plaintext password reached the nats container"
-    assert not {k for k in nats_env if "API_KEY" in k or "TOKEN" in k}
+    for name in SERVICES:
+        for container in stack.containers(name):
+            own = files_in(container)
+            if name == "nats":
+                assert set(own) == {password_var(u) for u in SERVICE_USERS}
+                assert not set(passwords.values()) & set(own.values()), "a plaintext password reached nats"
+            else:
+                assert set(own) == {"NATS_PASSWORD", *(TOKENS if name == "gateway" else [])}, name
+                assert own["NATS_PASSWORD"] == passwords[CONTAINERS[name]], name
+            assert not set(passwords.values()) & set(env_of(container).values()), f"{name}: password in env"
+    assert "ANTHROPIC_API_KEY" in env_of(stack.containers("swarm-agent")[0])
     for service, unwanted in {"risk": "ANTHROPIC_API_KEY", "execution": "BIRDEYE_API_KEY",
                               "market-data": "OPENAI_API_KEY", "gateway": "DEEPSEEK_API_KEY"}.items():
-        assert unwanted not in container_env(stack.containers(service)[0]), service
-    assert "ANTHROPIC_API_KEY" in container_env(stack.containers("swarm-agent")[0])
-    assert stack.monitor("/varz")["http_host"] == "127.0.0.1"
+        assert unwanted not in env_of(stack.containers(service)[0]), service
+    assert monitor(stack, "/varz")["http_host"] == "127.0.0.1"
     assert not re.search(r":[1-9][0-9]*\s*$", stack.compose("port", "nats", "8222", check=False))
+    worker = stack.containers("backtest-worker")[0]
+    code, out = worker.exec_run(["python3", "-c", "import moonbus_sim; print(moonbus_sim.__file__)"])
+    assert code == 0 and out.strip().endswith(b"moonbus_sim.abi3.so"), out
 
 
 @pytest.mark.e2e
-async def test_compose_holds_against_the_attack_suite(stack: Stack) -> None:
-    """`moon audit`'s attacks, with every service's credential (the passwords of .env),
-    against the running containers: every one refused, nothing changed."""
-    from services.cli.audit import ATTACKS, SERVICES, Auditor, audit
+async def test_compose_holds_against_the_attack_suite(stack: ComposeProject) -> None:
+    """`moon audit`'s attacks, with every service's credential (from the `credentials`
+    volume), against the running containers: every one refused, nothing changed."""
+    from services.cli.audit import ATTACKS, Auditor, audit
+    from services.cli.audit import SERVICES as AUDITED
 
-    creds = json.loads((stack.tmp / "moon" / "credentials.json").read_text())
+    creds = stored_credentials(stack)
     results = await audit(Auditor(f"nats://127.0.0.1:{stack.port('nats', 4222)}", creds), safe=True)
-    assert len(results) == len(ATTACKS) * len(SERVICES)  # every credential, `supervisor` included
+    assert len(results) == len(ATTACKS) * len(AUDITED)  # every credential, `supervisor` included
     broken = [r for r in results if not r.held or "skipped" in r.detail]
     assert not broken, broken
 
 
-async def wait_for(condition, timeout: float, what: str, stack: Stack) -> None:
+async def wait_for(condition, timeout: float, what: str, stack: ComposeProject) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
         if time.monotonic() > deadline:
@@ -429,8 +414,8 @@ async def wait_for(condition, timeout: float, what: str, stack: Stack) -> None:
 
 
 @pytest.mark.e2e
-async def test_compose_system_trades_scales_and_loses_nothing(stack: Stack) -> None:
-    nc = await nats.connect(f"nats://127.0.0.1:{stack.port('nats', 4222)}", **credentials(stack),
+async def test_compose_system_trades_scales_and_loses_nothing(stack: ComposeProject) -> None:
+    nc = await nats.connect(f"nats://127.0.0.1:{stack.port('nats', 4222)}", **operator(stack),
                             allow_reconnect=False)
     ticks: Counter[str] = Counter()
     bars: list[tuple[tuple[str, int], float]] = []
@@ -479,7 +464,7 @@ async def test_compose_system_trades_scales_and_loses_nothing(stack: Stack) -> N
 
         # Stop one replica's container (SIGTERM: it drains); the others take over.
         victim = stack.containers("trading-agent")[0]
-        subprocess.run(["docker", "stop", "-t", "10", victim], check=True, capture_output=True)
+        victim.stop(timeout=10)
 
         async def two() -> bool:
             return len(await agent_connections(stack)) == REPLICAS - 1
@@ -501,5 +486,5 @@ async def test_compose_system_trades_scales_and_loses_nothing(stack: Stack) -> N
         await nc.close()
 
     # `down -v` removes every container, volume and network of the project.
-    stack.compose("down", "-v", "--remove-orphans", "--timeout", "10")
+    stack.down()
     assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
