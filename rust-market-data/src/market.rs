@@ -303,10 +303,11 @@ impl Market {
             .map(|bar| bar.close)
     }
 
-    /// Counts, per venue, the series without a tick for `stale_after`, and sets the gauges.
+    /// Counts, per venue, the series without a tick for `stale_after`, and sets the gauges
+    /// (not the series on a replay file's clock: their ticks are old by design).
     pub fn count_stale(&self, now_ns: u64) {
         let mut stale: HashMap<&str, (u64, &VenueMetrics)> = HashMap::new();
-        for s in &self.series {
+        for s in self.series.iter().filter(|s| !s.file_clock) {
             let entry = stale.entry(s.venue.as_str()).or_insert((0, &s.metrics));
             let last = s.latest.map_or(0, |t| t.ts);
             if now_ns.saturating_sub(last) >= self.settings.stale_after_ns {

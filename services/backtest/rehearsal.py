@@ -153,9 +153,11 @@ def rehearsal_config(base: dict[str, Any], series: Sequence[data.BarSeries], rep
         rate_limit_reduce_only=0, flatten_venue=venues[0])
     put("execution", venues=venues, metrics_addr="")
     if not lockstep:
-        # The agent decides long after the last tick: no "stale market" for that.
+        # The agent decides long after the last tick: no "stale market" for that; and its
+        # history requests reach back to its bar through every bar published since.
         put("execution", tick_max_age_ms=3_600_000)
         put("risk", stale_after_ms=3_600_000)
+        put("market_data", history_len=max(1000, max(len(s) for s in series)))
     for section, values in (overrides or {}).items():
         put(section, **values)
     return cfg
