@@ -598,8 +598,9 @@ class NatsCluster:
         return self
 
     def wait_ready(self, timeout: float = 30.0, nodes: list[str] | None = None) -> None:
-        """Until `nodes` (default: every running one) say /healthz ok: routed, a JetStream
-        meta leader known and their copy of it current."""
+        """Until `nodes` (default: every running one) say /healthz ok (routed, their copy
+        of the JetStream meta data current) and the meta leader counts each of them as an
+        online, current peer: only then can a stream be placed on all of them (R3)."""
         names = nodes or [n for n, node in self.nodes.items() if node.running]
         deadline = time.monotonic() + timeout
         said: dict[str, object] = {}
@@ -610,10 +611,25 @@ class NatsCluster:
                 except (OSError, ValueError) as e:
                     said[name] = str(e)
             if all(isinstance(s, dict) and s.get("status") == "ok" for s in said.values()):
-                return
+                current = self._meta_peers()
+                if current >= set(names):
+                    return
+                said["meta leader's current peers"] = sorted(current)
             if time.monotonic() > deadline:
                 raise NatsServerError(f"the NATS cluster is not ready within {timeout:.0f}s: {said}")
-            time.sleep(0.1)
+            time.sleep(0.25)
+
+    def _meta_peers(self) -> set[str]:
+        """The meta leader and the peers it sees online and current (empty: no leader)."""
+        try:
+            leader = self.jsz().get("meta_cluster", {}).get("leader")
+            if leader not in self.nodes or not self.nodes[leader].running:
+                return set()
+            meta = _http_json(f"{self.nodes[leader].monitor_url}/jsz").get("meta_cluster", {})
+        except (OSError, ValueError, NatsServerError):
+            return set()
+        return {leader, *(r["name"] for r in meta.get("replicas") or []
+                          if r.get("current") and not r.get("offline"))}
 
     def jsz(self, stream: str | None = None) -> dict:
         """/jsz of the first running node (with the streams' details if `stream` is given)."""
