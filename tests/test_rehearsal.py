@@ -10,15 +10,19 @@ engine (services/backtest/engine.py) on the same bars.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from services.backtest import data
 from services.backtest.rehearsal import RehearsalError, RehearsalResult, load_series, net_positions, rehearse_series
+from services.cli.main import app
 from services.contract.models import OrderStatus
 from services.devstack.launcher import SERVICES
 from services.devstack.natsserver import REPO_ROOT
@@ -46,14 +50,19 @@ def write_ohlcv(path: Path, phase: float, base: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def series(tmp_path_factory: pytest.TempPathFactory) -> list[data.BarSeries]:
+def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     missing = [s.command[0] for s in SERVICES.values() if s.kind == "rust" and not (REPO_ROOT / s.command[0]).exists()]
     if missing:
         pytest.fail(f"release binaries missing ({', '.join(missing)}): run `make setup`")
     folder = tmp_path_factory.mktemp("rehearsal-data")
     write_ohlcv(folder / "AAA-USD.csv", 0.0, 100.0)
     write_ohlcv(folder / "BBB-USD.csv", 1.5, 50.0)
-    return load_series([folder / "AAA-USD.csv", folder / "BBB-USD.csv"])
+    return [folder / "AAA-USD.csv", folder / "BBB-USD.csv"]
+
+
+@pytest.fixture(scope="module")
+def series(files: list[Path]) -> list[data.BarSeries]:
+    return load_series(files)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +104,18 @@ async def test_in_lockstep_the_services_trade_like_the_engine(series: list[data.
     live = sorted((r.symbol, r.side.value, r.filled_quantity, r.avg_fill_price, r.fee) for r in lockstep.fills)
     assert live == sorted((f.symbol, f.side, f.quantity, f.price, f.fee) for f in result.fills)
     assert lockstep.account.equity == result.final_equity
+
+
+async def test_moon_backtest_rehearse_prints_the_services_and_the_engine_side_by_side(files: list[Path]) -> None:
+    pytest.importorskip("services.backtest.engine")
+    args = ["backtest", *map(str, files), "--strategy", "ma_crossover", "-p", "fast=5", "-p", "slow=20",
+            "--rehearse", "--json"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    live, engine = outcome["rehearsal"], outcome["engine"]
+    assert live["bars_published"] == live["decisions"] == engine["decisions"] == 2 * BARS
+    assert (live["fills"], live["fees"], live["equity"]) == (engine["fills"], engine["fees"], engine["equity"])
 
 
 async def test_the_firehose_decides_with_each_bars_own_history(series: list[data.BarSeries]) -> None:

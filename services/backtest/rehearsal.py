@@ -220,7 +220,13 @@ def bar_times(series: Sequence[data.BarSeries]) -> Iterator[list[tuple[data.BarS
 
 
 def load_series(paths: Sequence[str | Path], **kw: Any) -> list[data.BarSeries]:
-    series = data.load_many(paths, **kw)
+    """data.load_many(paths, **kw), checked for a rehearsal."""
+    return check(data.load_many(paths, **kw))
+
+
+def check(series: list[data.BarSeries]) -> list[data.BarSeries]:
+    """`series` if market-data can replay them as they are: one interval, one series per
+    symbol, bars on whole intervals since the epoch; else a RehearsalError saying why."""
     intervals = {s.interval for s in series}
     if len(intervals) != 1:
         raise RehearsalError(f"the files have bars of {', '.join(sorted(intervals))}: a rehearsal runs one "
@@ -479,7 +485,8 @@ def engine_summary(series: Sequence[data.BarSeries], **kw: Any) -> dict[str, Any
     }
 
 
-def side_by_side(rehearsal: dict[str, Any], engine: dict[str, Any] | None) -> str:
+def side_by_side(rehearsal: dict[str, Any], engine: dict[str, Any] | None = None) -> str:
+    """The two outcomes as a text table, one column each."""
     keys = ["mode", "bars_in_file", "bars_published", "decisions", "orders", "fills", "rejections",
             "rejection_reasons", "fees", "positions", "cash", "equity", "elapsed_s", "bars_per_s"]
     columns = [("rehearsal", rehearsal)] + ([("engine", engine)] if engine else [])
@@ -496,6 +503,16 @@ def _assignment(text: str) -> tuple[str, Any]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"{text!r}: expected name=value")
     return name.strip(), moon_config._parse_env_value(raw.strip())
+
+
+def compare(series: list[data.BarSeries], *, strategy: str | None = None, params: dict[str, Any] | None = None,
+            overrides: dict[str, dict[str, Any]] | None = None, lockstep: bool = True,
+            engine: bool = True) -> dict[str, dict[str, Any] | None]:
+    """Rehearses `series` and runs the engine on them: {"rehearsal": summary, "engine": summary or None}."""
+    result = asyncio.run(rehearse_series(check(series), strategy=strategy, params=params, overrides=overrides,
+                                         lockstep=lockstep))
+    theirs = engine_summary(series, strategy=strategy, params=params, overrides=overrides) if engine else None
+    return {"rehearsal": summary(result), "engine": theirs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -521,19 +538,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.setdefault(section, {})[key] = value
     params = dict(args.param)
     try:
-        series = load_series(args.data, symbol=args.symbol)
-        result = asyncio.run(rehearse_series(series, strategy=args.strategy, params=params, overrides=overrides,
-                                             lockstep=not args.firehose))
+        outcome = compare(data.load_many(args.data, symbol=args.symbol), strategy=args.strategy, params=params,
+                          overrides=overrides, lockstep=not args.firehose, engine=not args.no_engine)
     except (data.DataError, RehearsalError) as e:
         print(f"rehearsal failed: {e}", file=sys.stderr)
         return 1
-    mine = summary(result)
-    theirs = None if args.no_engine else engine_summary(series, strategy=args.strategy, params=params,
-                                                         overrides=overrides)
-    if args.json:
-        print(json.dumps({"rehearsal": mine, "engine": theirs}, indent=2))
-    else:
-        print(side_by_side(mine, theirs))
+    print(json.dumps(outcome, indent=2) if args.json else side_by_side(**outcome))
     return 0
 
 

@@ -331,6 +331,9 @@ def backtest_command(
     run_timeout: Annotated[float, typer.Option("--run-timeout", min=1, help="Seconds before a run is sent "
                                                "again (once), then reported failed.")] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    rehearse: Annotated[bool, typer.Option("--rehearse", help="Replay the bars through the real services too "
+                                           "(market-data, risk, execution, trading agent on a private "
+                                           "nats-server) and print both outcomes side by side.")] = False,
 ) -> None:
     """Backtest the live strategy over historical bars, here or as a sweep over the backtest workers."""
     from .main import execute, fail
@@ -341,6 +344,18 @@ def backtest_command(
         if not plan.axes:
             if train or walk_forward:
                 raise SweepError("--train and --walk-forward split a sweep: add --sweep")
+            if rehearse:  # services/backtest/rehearsal.py
+                from services.backtest import rehearsal
+                try:
+                    outcome = rehearsal.compare(load_files(plan.files()), strategy=plan.strategy,
+                                                params=plan.params, overrides=plan.overrides)
+                except rehearsal.RehearsalError as e:
+                    raise fail(f"rehearsal: {e}") from None
+                if as_json:
+                    console.print_json(json.dumps(outcome))
+                else:
+                    console.print(rehearsal.side_by_side(**outcome), markup=False)
+                return
             run_local(plan, console, as_json)
             return
         settings = SweepSettings(metric, train, walk_forward, concurrency, run_timeout, as_json)
