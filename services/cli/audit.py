@@ -484,8 +484,9 @@ async def backtest_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool
             broken.append(f"read {stream}")
     for subject in (S.ALL_REPORTS, S.ORDERS_ALL):
         await attacker.nc.subscribe(subject)
-    forged = [S.feed_status("audit-probe") if safe else S.tick("sim", "BTC-USD"), S.ACCOUNT,
-              S.signal("trading", "AUDIT-USD"), S.errors("risk")]
+    # Safe: probe subjects (outside the allow list just the same), so a broken defence forges nothing read.
+    forged = ([S.feed_status("audit-probe"), S.signal("audit-probe", "AUDIT-USD"), S.errors("audit-probe")] if safe
+              else [S.tick("sim", "BTC-USD"), S.ACCOUNT, S.signal("trading", "AUDIT-USD"), S.errors("risk")])
     queues = [await _watch(watcher, subject) for subject in forged]
     for subject in forged:
         await attacker.nc.publish(subject, b'{"audit": true}')
