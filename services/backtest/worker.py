@@ -75,8 +75,8 @@ def load_files(files: Sequence[tuple[Path, str | None, str | None]]) -> list[dat
 
 
 def run_backtest(series: list[data.BarSeries], request: BacktestRequest) -> dict[str, Any]:
-    """engine.run + report.summarize: what a worker computes, also what `moon backtest`
-    runs in-process (the same code, so a sweep's numbers equal a local run's)."""
+    """engine.run over the request's window + report.summarize: what a worker answers for one
+    request; called in-process it gives the same numbers (tests/test_backtest_sweep.py checks)."""
     from . import engine, report  # the engine loads the strategies and the Rust rules: only when running
 
     result = engine.run(window(series, request.start_ts, request.end_ts), strategy=request.strategy,
