@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod leader;
 pub mod messages;
 pub mod metrics;
 pub mod service;
