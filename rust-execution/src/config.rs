@@ -46,6 +46,11 @@ pub struct ExecutionConfig {
     pub metrics_addr: String,
     /// A ledger snapshot (SNAPSHOTS) this often and on a graceful stop; 0 = only on stop.
     pub snapshot_interval_ms: u64,
+    /// Active/standby: every instance contends for the lease `leader.execution`; only
+    /// its holder takes orders from ORDERS (rust-common leader.rs). false = one instance.
+    pub failover: bool,
+    /// How long a dead holder's lease blocks a standby (it stops acting at 3/4 of it).
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -66,6 +71,8 @@ impl Default for ExecutionConfig {
             retry_max_delay_ms: 60_000,
             metrics_addr: "127.0.0.1:9106".into(),
             snapshot_interval_ms: 60_000,
+            failover: false,
+            lease_ttl_ms: 3_000,
         }
     }
 }
@@ -110,7 +117,13 @@ impl ExecutionConfig {
         }
         self.fee_rate()?;
         self.slippage_rate()?;
+        self.lease()?;
         Ok(())
+    }
+
+    /// `Some` with `failover = true`: wait for the lease before taking orders.
+    pub fn lease(&self) -> Result<Option<moonbus_common::leader::LeaseSettings>> {
+        moonbus_common::leader::LeaseSettings::from_config("execution", self.failover, self.lease_ttl_ms)
     }
 
     /// fee_bps as an exact decimal (10.0 -> 10).

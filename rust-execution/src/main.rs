@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use async_nats::jetstream;
 use futures::StreamExt;
 use moonbus_common::bus::ErrorSink;
+use moonbus_common::leader::{self, Role};
 use moonbus_common::service::{self, Base};
 use moonbus_common::streams;
 use moonbus_common::{subjects, Venue as VenueName};
@@ -46,10 +47,17 @@ async fn run() -> Result<()> {
         Ok(cfg)
     })
     .await?;
-    base.serve_metrics(&cfg.metrics_addr, || metrics::global().render())
-        .await;
     let client = base.client.clone();
     let js = jetstream::new(client.clone());
+    // With failover, a standby waits here: it takes no order (never pulls ORDERS) until
+    // it holds the lease, then rebuilds its ledger from the snapshot + EXEC like any start,
+    // so an order the dead instance decided is never decided again.
+    let role = match leader::take_role(&js, SERVICE, cfg.lease()?.as_ref()).await? {
+        Role::Stopped => return base.stop(None).await,
+        role => role,
+    };
+    base.serve_metrics(&cfg.metrics_addr, || metrics::global().render())
+        .await;
     // Provisioned as proto/nats/jetstream.json says (execution may not create them).
     streams::open_stream(&js, subjects::EXEC_STREAM).await?;
     let orders_stream = streams::open_stream(&js, subjects::ORDERS_STREAM).await?;
@@ -129,6 +137,8 @@ async fn run() -> Result<()> {
         .run(orders, cfg.market_warmup(), service::shutdown_signal())
         .await?;
 
+    // Every order taken is settled and acked: a standby may take over at once.
+    leader::release(role).await;
     base.stop(Some(api)).await?;
     // The drain closes the subscriptions once the server confirmed it; wait for that.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {

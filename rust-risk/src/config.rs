@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use moonbus_common::config::{Config, SystemConfig};
+use moonbus_common::leader::LeaseSettings;
 use moonbus_common::metrics;
 use moonbus_common::{Money, NonNegativeMoney, Symbol, Venue};
 use rust_decimal::prelude::FromPrimitive;
@@ -54,6 +55,11 @@ pub struct RiskConfig {
     /// graceful stop; 0 turns each trigger off.
     pub snapshot_interval_ms: u64,
     pub snapshot_every_reports: u64,
+    /// Active/standby: every instance contends for the lease `leader.risk`; only its
+    /// holder answers checks (rust-common leader.rs). false = one instance, no lease.
+    pub failover: bool,
+    /// How long a dead holder's lease blocks a standby (it stops acting at 3/4 of it).
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for RiskConfig {
@@ -88,6 +94,8 @@ impl Default for RiskConfig {
             metrics_addr: "127.0.0.1:9105".into(),
             snapshot_interval_ms: 60_000,
             snapshot_every_reports: 10_000,
+            failover: false,
+            lease_ttl_ms: 3_000,
         }
     }
 }
@@ -113,6 +121,8 @@ pub struct Settings {
     /// 0 = off.
     pub snapshot_interval_ms: u64,
     pub snapshot_every_reports: u64,
+    /// `Some` with `failover = true`: wait for the lease before acting.
+    pub lease: Option<LeaseSettings>,
 }
 
 impl Settings {
@@ -187,6 +197,7 @@ impl Settings {
             metrics_addr: metrics::enabled_addr(&risk.metrics_addr).map(str::to_string),
             snapshot_interval_ms: risk.snapshot_interval_ms,
             snapshot_every_reports: risk.snapshot_every_reports,
+            lease: LeaseSettings::from_config("risk", risk.failover, risk.lease_ttl_ms)?,
         })
     }
 }

@@ -9,6 +9,7 @@ use async_nats::Client;
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt};
 use moonbus_common::bus::{self, ErrorSink};
+use moonbus_common::leader::{self, Role};
 use moonbus_common::service::{self as skeleton, Base};
 use moonbus_common::snapshot::{Snapshots, Start};
 use moonbus_common::streams;
@@ -45,6 +46,12 @@ struct Io {
 pub async fn run(base: Base, settings: Settings) -> Result<()> {
     let client = base.client.clone();
     let js = async_nats::jetstream::new(client.clone());
+    // With failover, a standby waits here: it reads, answers and publishes nothing until
+    // it holds the lease, then rebuilds from the snapshot + EXEC like any start.
+    let role = match leader::take_role(&js, SERVICE, settings.lease.as_ref()).await? {
+        Role::Stopped => return base.stop(None).await,
+        role => role,
+    };
     // Provisioned (proto/nats/jetstream.json): risk reads EXEC and publishes flatten
     // orders into ORDERS, and may configure neither.
     let exec_stream = streams::open_stream(&js, subjects::EXEC_STREAM).await?;
@@ -260,6 +267,8 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
     // The last KV values are written before the connection closes.
     drop((publisher, io));
     kv_writer.finish().await;
+    // Nothing more is answered or written: a standby may take over at once.
+    leader::release(role).await;
     base.stop(None).await
 }
 
