@@ -91,6 +91,29 @@ async def test_the_suite_sees_a_broken_defence(tmp_path):
     assert [r.held for r in results] == [False, False, False], results
 
 
+async def test_the_lease_attack_sees_a_broken_defence(tmp_path):
+    """Another service's credential taking the risk lease: against a server that lets
+    market-data write every KV key, both the safe probe and the real takeover are reported,
+    and the real one did take `leader.risk`."""
+    conf = (REPO_ROOT / "proto" / "nats" / "moonbus.conf").read_text()
+    block = conf.index('user: "market-data"')
+    weak = tmp_path / "weak.conf"
+    weak.write_text(conf[:block] + conf[block:].replace('allow: ["md.tick.>",', 'allow: ["$KV.moonbus.>", "md.tick.>",', 1))
+    creds = load_or_create_credentials(tmp_path)
+    with NatsServer(store_dir=tmp_path, credentials=creds, config=weak) as server:
+        server.provision()
+        for safe in (True, False):
+            results = await audit.audit(audit.Auditor(server.url, creds), safe=safe, users=["market-data"],
+                                        attacks=[audit.take_a_lease])
+            assert [r.held for r in results] == [False], results
+        nc = await nats.connect(server.url, user="operator", password=creds["operator"])
+        try:
+            lease = await (await nc.jetstream().key_value("moonbus")).get("leader.risk")
+            assert json.loads(lease.value)["holder"] == "audit-market-data"
+        finally:
+            await nc.close()
+
+
 # ---- attacks the services themselves must refuse: the real binaries ------------------------
 
 ENV = {

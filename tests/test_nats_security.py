@@ -231,6 +231,14 @@ PUBLISH_CASES = [
     ("operator", "agent.signal.operator.X", False),
     ("operator", "_INBOX.someone-elses-reply", False),
     ("operator", "$KV.moonbus.risk.killswitch", False),
+    # the failover leases (rust-common leader.rs): each only by its own service
+    ("risk", "$KV.moonbus.leader.risk", True),
+    ("risk", "$KV.moonbus.leader.execution", False),
+    ("execution", "$KV.moonbus.leader.execution", True),
+    ("execution", "$KV.moonbus.leader.risk", False),
+    ("execution", "$KV.moonbus.risk.killswitch", False),
+    ("operator", "$KV.moonbus.leader.risk", False),
+    ("gateway", "$KV.moonbus.leader.execution", False),
 ]
 
 

@@ -46,6 +46,8 @@ OWN_AGENT = {"trading-agent": "trading", "risk-agent": "risk", "gateway": "gatew
              "risk": "killswitch"}
 # Who owns which KV keys (`supervisor.*`: make run's launcher, records of each service).
 KV_OWNER = {"risk": "risk", "sentiment": "sentiment-agent", "supervisor": "supervisor"}
+# The failover leases (rust-common leader.rs): only the service's own user takes or renews one.
+LEASE_OWNER = {S.kv_leader("risk"): "risk", S.kv_leader("execution"): "execution"}
 # The real key an unsafe attack aims at, per prefix.
 KV_TARGET = {"risk": S.KV_KILLSWITCH, "sentiment": S.kv_sentiment("BTC-USD"), "supervisor": S.kv_supervisor("risk")}
 
@@ -329,6 +331,43 @@ async def tamper_with_kv(a: Auditor, watcher: Probe, user: str, safe: bool) -> R
                   "refused" if held else "; ".join(broken))
 
 
+async def take_a_lease(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Take another service's failover lease (`leader.risk` above all): made the active
+    risk, a rogue instance would answer checks from books it never built. Tries a create
+    and a compare-and-swap on the lease's revision. Safe: the swap names a revision that
+    cannot be the current one, so even a broken defence changes nothing (the server's
+    "wrong last sequence" then shows the write got through the permissions)."""
+    attacker = await a.connect(user)
+    broken: list[str] = []
+    for key, owner in LEASE_OWNER.items():
+        if owner == user:
+            continue
+        before = await _kv_raw(watcher, key)
+        subject = S.kv_subject(key)
+        revision = "999999999999" if safe else str(await _kv_revision(watcher, key))
+        value = json.dumps({"holder": f"audit-{user}", "acquired_ts": 1, "renewed_ts": 1, "acting_until_ts": 1,
+                            "ttl_ms": 1, "takeover_ts": None, "previous_holder": None, "takeovers": 0,
+                            "released": False}).encode()
+        answers = await asyncio.gather(*(
+            attacker.request(subject, value, headers={"Nats-Expected-Last-Subject-Sequence": seq})
+            for seq in ("0", revision)))
+        through = [x for x in answers if x is not None]  # a PubAck or a JetStream error: not refused
+        if through or await _kv_raw(watcher, key) != before:
+            broken.append(f"reached {key}: {through}")
+    held = not broken
+    return Result("take another service's failover lease", user, held, "refused" if held else "; ".join(broken))
+
+
+async def _kv_revision(reader: Probe, key: str) -> int:
+    """The revision (stream sequence) of `key`'s value; 0 when it has none."""
+    assert reader.nc
+    try:
+        msg = await reader.nc.request(f"$JS.API.DIRECT.GET.{KV_STREAM}.$KV.{KV_BUCKET}.{key}", b"", timeout=5)
+    except NatsTimeoutError:
+        return 0
+    return int((msg.headers or {}).get("Nats-Sequence", 0))
+
+
 async def order_as_another_agent(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
     """Publish an order or a cancel on another agent's subject (to trade as it, cancel its
     orders, or spend its rate limit)."""
@@ -506,6 +545,7 @@ ATTACKS: list[Callable[[Auditor, Probe, str, bool], Awaitable[Result]]] = [
     take_or_ack_orders,
     rewrite_or_erase_streams,
     tamper_with_kv,
+    take_a_lease,
     order_as_another_agent,
     reconfigure_execution_consumer,
     risk_api_beyond_role,

@@ -190,6 +190,12 @@ def object_meta(bucket: object, encoded_name: object) -> str:
     return f"$O.{bucket}.M.{encoded_name}"
 
 
+def kv_leader(service: object) -> str:
+    """The KV key (not a subject) of a service's failover lease (rust-common leader.rs):
+    `leader.risk`, `leader.execution`; written only by that service's user."""
+    return f"leader.{service}"
+
+
 def kv_subject(key: object) -> str:
     """The subject a KV key of KV_BUCKET is stored on: `$KV.moonbus.<key>`."""
     return f"$KV.{KV_BUCKET}.{key}"
