@@ -28,8 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import copy
-import heapq
-import itertools
 import json
 import os
 import re
@@ -37,7 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -47,6 +45,7 @@ import nats
 from nats.aio.msg import Msg
 
 from services.backtest import data
+from services.backtest import engine as backtest_engine
 from services.common import config as moon_config
 from services.common.streams import read_stream
 from services.contract.models import (
@@ -207,18 +206,6 @@ def open_row(s: data.BarSeries, i: int) -> str:
     return f"{s.start_ts[i]},{s.symbol},{s.venue},,,,,,,{_num(s.open[i])},0\n"
 
 
-def bar_times(series: Sequence[data.BarSeries]) -> Iterator[list[tuple[data.BarSeries, int]]]:
-    """The bars of every series merged in time order, grouped by start time."""
-
-    def one(s: data.BarSeries) -> Iterator[tuple[int, str, int]]:
-        return ((ts, s.symbol, i) for i, ts in enumerate(s.start_ts))
-
-    by_symbol = {s.symbol: s for s in series}
-    merged = heapq.merge(*(one(s) for s in series))
-    for _, group in itertools.groupby(merged, key=lambda t: t[0]):
-        yield [(by_symbol[symbol], i) for _, symbol, i in group]
-
-
 def load_series(paths: Sequence[str | Path], **kw: Any) -> list[data.BarSeries]:
     """data.load_many(paths, **kw), checked for a rehearsal."""
     return check(data.load_many(paths, **kw))
@@ -341,7 +328,8 @@ async def _feed(pipe: TextIO, series: Sequence[data.BarSeries], watch: Watch, lo
     written = 0
     seen: set[str] = set()
     pipe.write(HEADER)
-    for group in bar_times(series):
+    # The engine's order: bar times in turn, the symbols of each in symbol order.
+    for _, group in backtest_engine._times(sorted(series, key=lambda s: s.symbol)):
         if lockstep and written:
             pipe.write("".join(open_row(s, i) for s, i in group))
             pipe.flush()
@@ -459,14 +447,10 @@ def summary(result: RehearsalResult) -> dict[str, Any]:
     }
 
 
-def engine_summary(series: Sequence[data.BarSeries], **kw: Any) -> dict[str, Any] | None:
-    """The in-process engine (services/backtest/engine.py) on the same bars, if it is there."""
-    try:
-        from services.backtest import engine
-    except ImportError:
-        return None
+def engine_summary(series: Sequence[data.BarSeries], **kw: Any) -> dict[str, Any]:
+    """The in-process engine (services/backtest/engine.py) on the same bars."""
     started = time.perf_counter()
-    result = engine.run(list(series), **kw)
+    result = backtest_engine.run(list(series), **kw)
     elapsed = time.perf_counter() - started
     net = net_positions([(f.symbol, f.side, f.quantity) for f in result.fills])
     return {
