@@ -53,11 +53,13 @@ async def one_round(env: dict[str, str], workers: int, cells: list[dict], tag: s
     finally:
         await nc.close()
     ok = [r for r in results if r.error is None]
+    if len(ok) < len(results):  # a failed run is fast and says nothing about throughput
+        first = next(r for r in results if r.error)
+        raise RuntimeError(f"{len(results) - len(ok)} of {len(results)} runs failed, e.g. {first.params}: {first.error}")
     busy = sum(r.elapsed_ms for r in ok) / 1000
     return {
         "workers": workers,
         "runs": len(results),
-        "failed": len(results) - len(ok),
         "wall_s": round(wall, 2),
         "runs_per_s": round(len(results) / wall, 3),
         "run_elapsed_ms_median": round(statistics.median(r.elapsed_ms for r in ok), 1) if ok else None,
