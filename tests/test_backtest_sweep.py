@@ -295,6 +295,14 @@ async def test_a_worker_killed_mid_sweep_has_its_runs_retried_on_the_other(conne
     assert [r.summary for r in results] == local_summaries(cells)
 
 
+async def test_a_run_nobody_serves_is_tried_twice_then_reported_lost(connect):
+    operator = await connect("operator")
+    request = sweep.make_request("orphan", [DatasetRef(NOT_THERE, NOT_THERE, "x.csv", 0)], {})
+    [result] = await sweep.fan_out(operator, [request], concurrency=1, timeout=1)
+    assert result.summary is None and result.attempts == 2
+    assert result.error == "lost: no backtest worker answered (no responders) (2 attempts)"
+
+
 async def test_sweep_files_rank_and_heatmap(tmp_path):
     axes = [sweep.parse_axis("fast=5:10:5"), sweep.parse_axis("slow=20,30")]
     results = [sweep.RunResult(f"r{i}", {"ma_fast": f, "ma_slow": s}, {"sharpe": sharpe, "return_pct": 1.0})
