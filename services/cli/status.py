@@ -20,6 +20,7 @@ from services.contract import subjects as S
 from services.common.bus import ApiError
 from services.common.config import SystemConfig, load, section
 from services.ops.discovery import Service, discover
+from services.ops.leadership import Lease, read_leadership
 from services.ops.supervision import StreamReadError, Supervised, read_supervision
 from services.contract.models import (
     AccountState,
@@ -47,6 +48,7 @@ class Status:
     account: AccountState | None = None
     kill_switch: KillSwitchState | None = None
     supervision: dict[str, Supervised] = field(default_factory=dict)  # empty unless run by `make run`
+    leadership: dict[str, Lease] = field(default_factory=dict)  # failover leases (empty without failover)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -66,6 +68,7 @@ class Status:
             "account": json.loads(self.account.model_dump_json()) if self.account else None,
             "kill_switch": json.loads(self.kill_switch.model_dump_json()) if self.kill_switch else None,
             "supervision": {name: record.as_dict() for name, record in self.supervision.items()},
+            "leadership": {name: lease.as_dict() for name, lease in self.leadership.items()},
             "problems": self.problems,
         }
 
@@ -95,9 +98,10 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
                  timeout),
         bus.call(S.MD_PRICES_API, PricesRequest(symbols=symbols), timeout),
         read_supervision(session.nc, timeout),
+        read_leadership(session.nc, timeout),
         return_exceptions=True,
     )
-    services, positions, kill_switch, prices, supervision = results
+    services, positions, kill_switch, prices, supervision, leadership = results
     if isinstance(services, BaseException):
         raise services
     status = Status(services)
@@ -119,6 +123,16 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         status.supervision, unreadable = supervision
         status.problems += unreadable
         status.problems += supervision_problems(status.supervision)
+    if isinstance(leadership, StreamReadError):
+        status.problems.append(f"failover leases (KV {S.kv_leader('*')}): {leadership}")
+    elif isinstance(leadership, BaseException):
+        raise leadership
+    else:
+        status.leadership, unreadable = leadership
+        status.problems += unreadable
+        status.problems += [f"{name}: no active instance (lease {'released' if lease.released else 'not renewed'} "
+                            f"{age(lease.renewed_ts)} ago; a standby takes over)"
+                            for name, lease in status.leadership.items() if lease.lapsed()]
     venues = {t.venue for t in prices.prices.values()} if isinstance(prices, PricesReply) else set()
     while not venues <= set(feeds) or not feeds:
         left = feed_wait - (time.monotonic() - started)
@@ -176,6 +190,19 @@ def services_table(status: Status) -> Table:
     return table
 
 
+def failover_table(status: Status) -> Table:
+    """Per failover service: the active instance, since when, the last takeover."""
+    table = Table(title="failover (active instance)", title_justify="left")
+    for column in ("service", "active", "since", "last takeover", "takeovers", "renewed"):
+        table.add_column(column)
+    for name, lease in status.leadership.items():
+        active = Text(lease.holder, style="red" if lease.lapsed() else "green")
+        takeover = f"{age(lease.takeover_ts)} ago from {lease.previous_holder}" if lease.takeover_ts else "-"
+        table.add_row(*cells(name, active, age(lease.acquired_ts) + " ago", takeover, str(lease.takeovers),
+                             age(lease.renewed_ts) + " ago"))
+    return table
+
+
 def feeds_table(status: Status) -> Table:
     table = Table(title="feeds", title_justify="left")
     for column in ("venue", "status", "symbols", "detail", "last heard"):
@@ -210,6 +237,8 @@ def account_table(account: AccountState, kill_switch: KillSwitchState | None) ->
 
 def show(status: Status, console: Console) -> None:
     parts: list[Any] = [services_table(status), feeds_table(status)]
+    if status.leadership:
+        parts.insert(1, failover_table(status))
     if status.account is not None:
         parts.append(account_table(status.account, status.kill_switch))
     parts += [Text(f"! {p}", style="red") for p in status.problems]

@@ -82,6 +82,11 @@ class ServiceSpec:
     command: tuple[str, ...]  # a path relative to the repository, or `-m module` for Python
     kind: str  # "rust" or "python"
     env: tuple[tuple[str, str], ...] = ()  # extra variables for this service only (a test's config)
+    user: str = ""  # its NATS user when not its name (a standby: `risk-standby` runs as `risk`)
+
+    @property
+    def nats_user(self) -> str:
+        return self.user or self.name
 
     def argv(self, repo_root: Path) -> list[str]:
         """The command line, with the repository's path or this Python."""
@@ -106,6 +111,28 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("gateway", ("-m", "services.gateway"), "python"),
     ]
 }
+
+# Services that run as active + standby with `standby=True` (MOONBUS_STANDBY=1): leader
+# election over the KV lease `leader.<service>` (rust-common leader.rs), `[<service>] failover`.
+FAILOVER_SERVICES = ("risk", "execution")
+
+
+def with_standbys(specs: list[ServiceSpec]) -> list[ServiceSpec]:
+    """Each of FAILOVER_SERVICES followed by a standby `<name>-standby` (same binary, same
+    NATS user); every instance gets its own MOONBUS_INSTANCE for the lease records."""
+    out: list[ServiceSpec] = []
+    for spec in specs:
+        if spec.name not in FAILOVER_SERVICES:
+            out.append(spec)
+            continue
+        failover = (f"MOONBUS__{spec.name.upper()}__FAILOVER", "true")
+        out.append(ServiceSpec(spec.name, spec.command, spec.kind, (*spec.env, failover, ("MOONBUS_INSTANCE", spec.name)),
+                               spec.user))
+        standby = f"{spec.name}-standby"
+        out.append(ServiceSpec(standby, spec.command, spec.kind, (*spec.env, failover, ("MOONBUS_INSTANCE", standby)),
+                               spec.nats_user))
+    return out
+
 
 _COLOURS = ["36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96"]
 
@@ -277,6 +304,7 @@ class System:
         restart_policy: RestartPolicy | None = None,
         cluster: int = 1,
         cluster_ports: tuple[list[int] | None, list[int] | None, list[int] | None] | None = None,
+        standby: bool = False,
     ) -> System:
         """Start nats-server, then `services` (default: all of SERVICES, in order).
 
@@ -297,14 +325,18 @@ class System:
         (NatsCluster: nodes `nats-1`.., each supervised; every service gets all of them as
         seeds in NATS_URL; streams at `[jetstream] replicas`, default min(cluster, 3));
         cluster_ports: (client, route, monitoring) ports per node, default free ports.
+        standby: risk and execution each run twice, active + `<name>-standby`, with
+        `failover = true` (with_standbys): the standby takes over when the active one dies.
         """
         specs = [SERVICES[s] if isinstance(s, str) and s in SERVICES else s
                  for s in (list(SERVICES) if services is None else services)]
         unknown = [s for s in specs if not isinstance(s, ServiceSpec)]
         if unknown:
             raise ValueError(f"unknown service(s) {unknown}; known: {', '.join(SERVICES)}")
+        if standby:
+            specs = with_standbys(specs)
         names = [spec.name for spec in specs]
-        not_users = [n for n in names if n not in SERVICE_USERS]
+        not_users = [s.nats_user for s in specs if s.nats_user not in SERVICE_USERS]
         if not_users:
             raise ValueError(f"service(s) {not_users} have no NATS user; users: {', '.join(SERVICE_USERS)}")
         if port is None:
@@ -376,7 +408,7 @@ class System:
                     self.recorder.put(self.tracks[name].record())
             for spec in specs:
                 name = spec.name
-                child_env = {**base, **dict(spec.env), **self.nats.env_for(name)}
+                child_env = {**base, **dict(spec.env), **self.nats.env_for(spec.nats_user)}
                 child = Child(name, spec.argv(self.repo_root), child_env, self.repo_root, self.out, self.keep_lines)
                 self.children[name] = child
                 if supervise:
@@ -757,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster-port", type=int,
                         default=int(os.environ.get("MOONBUS_CLUSTER_PORT", DEFAULT_CLUSTER_PORT)),
                         help=f"first node's route port (default $MOONBUS_CLUSTER_PORT or {DEFAULT_CLUSTER_PORT})")
+    parser.add_argument("--standby", action="store_true", default=os.environ.get("MOONBUS_STANDBY", "") in ("1", "true"),
+                        help="run a standby of risk and of execution that takes over when the active one dies "
+                             "(default $MOONBUS_STANDBY)")
     parser.add_argument("--no-colour", "--no-color", action="store_true", help="no ANSI colours")
     args = parser.parse_args(argv)
 
@@ -786,7 +821,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         system.start(port=args.port, host=args.host, moon_dir=args.moon_dir, services=services,
                      colour=False if args.no_colour else None, tls=nats_cfg.tls,
-                     monitor_port=nats_cfg.monitor_port, cluster=args.cluster, cluster_ports=ports)
+                     monitor_port=nats_cfg.monitor_port, cluster=args.cluster, cluster_ports=ports,
+                     standby=args.standby)
     except (NatsServerError, ValueError) as e:
         print(f"moonbus: {e}", file=sys.stderr)
         return 1
