@@ -130,7 +130,10 @@ impl LeaseSettings {
         }
         let ttl = Duration::from_millis(lease_ttl_ms);
         if ttl < MIN_TTL {
-            bail!("[{section}] lease_ttl_ms = {lease_ttl_ms} is shorter than {} ms", MIN_TTL.as_millis());
+            bail!(
+                "[{section}] lease_ttl_ms = {lease_ttl_ms} is shorter than {} ms",
+                MIN_TTL.as_millis()
+            );
         }
         Ok(Some(Self {
             ttl,
@@ -147,7 +150,11 @@ pub fn instance_id() -> String {
         .filter(|n| !n.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "instance".into());
-    format!("{name}-{}-{}", std::process::id(), now_ns() / 1_000_000 % 100_000_000)
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        now_ns() / 1_000_000 % 100_000_000
+    )
 }
 
 /// What a standby saw of the key: the revision and when (its monotonic clock) it first
@@ -348,7 +355,9 @@ async fn try_take(
 ) -> Option<(u64, LeaseRecord)> {
     let record = LeaseRecord::taken(&settings.instance, settings.ttl, previous, now_ns());
     let written = if revision == 0 {
-        kv.create(key, bus::encode(&record)).await.map_err(|e| e.to_string())
+        kv.create(key, bus::encode(&record))
+            .await
+            .map_err(|e| e.to_string())
     } else {
         kv.update(key, bus::encode(&record), revision)
             .await
@@ -402,7 +411,8 @@ fn keep(
             }
             let sent = Instant::now();
             let next = record.renewed(ttl, now_ns());
-            match tokio::time::timeout(ttl / 4, kv.update(&key, bus::encode(&next), revision)).await {
+            match tokio::time::timeout(ttl / 4, kv.update(&key, bus::encode(&next), revision)).await
+            {
                 Ok(Ok(new_revision)) => {
                     revision = new_revision;
                     record = next;
@@ -436,7 +446,10 @@ mod tests {
     fn a_standby_takes_a_lease_only_once_its_revision_is_a_ttl_old() {
         let mut observer = Observer::default();
         let t0 = Instant::now();
-        assert!(!observer.may_take(5, false, t0, TTL), "first sight starts the clock");
+        assert!(
+            !observer.may_take(5, false, t0, TTL),
+            "first sight starts the clock"
+        );
         assert!(!observer.may_take(5, false, t0 + TTL / 2, TTL));
         // A renewal: the clock starts again from when it is seen.
         assert!(!observer.may_take(6, false, t0 + TTL - Duration::from_millis(1), TTL));
@@ -492,9 +505,13 @@ mod tests {
 
     #[test]
     fn failover_settings_are_checked() {
-        assert!(LeaseSettings::from_config("risk", false, 0).unwrap().is_none());
+        assert!(LeaseSettings::from_config("risk", false, 0)
+            .unwrap()
+            .is_none());
         assert!(LeaseSettings::from_config("risk", true, 100).is_err());
-        let settings = LeaseSettings::from_config("risk", true, 2000).unwrap().unwrap();
+        let settings = LeaseSettings::from_config("risk", true, 2000)
+            .unwrap()
+            .unwrap();
         assert_eq!(settings.ttl, Duration::from_secs(2));
         assert!(!settings.instance.is_empty());
     }

@@ -20,11 +20,17 @@ fn settings(instance: &str) -> LeaseSettings {
 async fn bucket(server: &NatsServer) -> async_nats::jetstream::kv::Store {
     let client = async_nats::connect(&server.url).await.unwrap();
     provision_streams(&client).await;
-    streams::open_kv(&async_nats::jetstream::new(client)).await.unwrap()
+    streams::open_kv(&async_nats::jetstream::new(client))
+        .await
+        .unwrap()
 }
 
 async fn record(kv: &async_nats::jetstream::kv::Store) -> LeaseRecord {
-    let value = kv.get(leader::key("svc")).await.unwrap().expect("a lease record");
+    let value = kv
+        .get(leader::key("svc"))
+        .await
+        .unwrap()
+        .expect("a lease record");
     bus::decode(&value).unwrap()
 }
 
@@ -41,12 +47,21 @@ async fn one_holder_at_a_time_and_a_graceful_handover() {
         async move { leader::acquire(&kv, "svc", &settings("b")).await.unwrap() }
     });
     tokio::time::sleep(TTL * 3).await;
-    assert!(!b.is_finished(), "a standby took a lease that was being renewed");
+    assert!(
+        !b.is_finished(),
+        "a standby took a lease that was being renewed"
+    );
     assert!(a.is_held());
-    assert!(record(&kv).await.renewed_ts > a.record.renewed_ts, "a renews");
+    assert!(
+        record(&kv).await.renewed_ts > a.record.renewed_ts,
+        "a renews"
+    );
     let released = Instant::now();
     a.release().await;
-    let b = tokio::time::timeout(TTL, b).await.expect("a released lease is taken at once").unwrap();
+    let b = tokio::time::timeout(TTL, b)
+        .await
+        .expect("a released lease is taken at once")
+        .unwrap();
     assert!(released.elapsed() < TTL);
     assert_eq!(b.record.previous_holder.as_deref(), Some("a"));
     assert_eq!(b.record.takeovers, 1);
@@ -63,9 +78,15 @@ async fn a_dead_holders_lease_is_taken_only_after_its_ttl() {
     let died = Instant::now();
     let b = leader::acquire(&kv, "svc", &settings("b")).await.unwrap();
     let waited = died.elapsed();
-    assert!(waited >= TTL, "taken after {waited:?}, before the ttl {TTL:?}");
+    assert!(
+        waited >= TTL,
+        "taken after {waited:?}, before the ttl {TTL:?}"
+    );
     assert!(waited < TTL * 3, "took {waited:?}");
-    assert!(b.record.acquired_ts > last_renewal.acting_until_ts, "the dead holder's acting window had ended");
+    assert!(
+        b.record.acquired_ts > last_renewal.acting_until_ts,
+        "the dead holder's acting window had ended"
+    );
     assert_eq!(record(&kv).await.holder, "b");
 }
 
@@ -78,7 +99,10 @@ async fn a_holder_whose_key_is_taken_stops_holding() {
     kv.put(leader::key("svc"), "intruder".into()).await.unwrap();
     let deadline = Instant::now() + TTL * 2;
     while a.is_held() {
-        assert!(Instant::now() < deadline, "a still believes it holds the lease");
+        assert!(
+            Instant::now() < deadline,
+            "a still believes it holds the lease"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -96,7 +120,12 @@ async fn of_two_racing_for_a_free_lease_exactly_one_wins() {
         .collect();
     tokio::time::sleep(TTL * 2).await;
     let winners: Vec<_> = racers.iter().filter(|r| r.is_finished()).collect();
-    assert_eq!(winners.len(), 1, "{} instances hold the lease", winners.len());
+    assert_eq!(
+        winners.len(),
+        1,
+        "{} instances hold the lease",
+        winners.len()
+    );
     for racer in racers {
         racer.abort();
     }

@@ -123,7 +123,11 @@ impl ExecutionConfig {
 
     /// `Some` with `failover = true`: wait for the lease before taking orders.
     pub fn lease(&self) -> Result<Option<moonbus_common::leader::LeaseSettings>> {
-        moonbus_common::leader::LeaseSettings::from_config("execution", self.failover, self.lease_ttl_ms)
+        moonbus_common::leader::LeaseSettings::from_config(
+            "execution",
+            self.failover,
+            self.lease_ttl_ms,
+        )
     }
 
     /// fee_bps as an exact decimal (10.0 -> 10).
