@@ -12,11 +12,14 @@ measures the takeover times; here only correctness is asserted).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
+from typer.testing import CliRunner
 
 from bench.failover import FAILOVER, Failover
+from services.cli.main import app as moon_app
 from services.devstack.launcher import SERVICES
 from services.devstack.natsserver import REPO_ROOT
 
@@ -79,3 +82,20 @@ async def test_never_two_active(failover: Failover) -> None:
         assert len(holders) >= 2, f"{service}: no takeover seen in the lease history {holders}"
         assert not failover.overlaps(service)
     assert failover.most_active == {"risk": 1, "execution": 1}, failover.most_active
+
+
+async def test_moon_status_shows_the_active_instances_and_the_last_takeover(failover: Failover) -> None:
+    env = {**failover.chaos.system.env_for("operator"), "COLUMNS": "220", "NO_COLOR": "1"}
+    result = await asyncio.to_thread(CliRunner().invoke, moon_app, ["status", "--json", "--feed-wait", "1"], env=env)
+    leadership = json.loads(result.stdout)["leadership"]
+    for service in FAILOVER:
+        lease = await failover.lease(service)
+        assert lease is not None
+        shown = leadership[service]
+        assert shown["holder"] == lease.holder and not shown["lapsed"]
+        assert shown["takeover_ts"] and shown["previous_holder"] and shown["takeovers"] >= 1
+    result = await asyncio.to_thread(CliRunner().invoke, moon_app, ["status", "--feed-wait", "1"], env=env)
+    text = result.stdout
+    assert "failover (active instance)" in text
+    for service in FAILOVER:
+        assert (await failover.lease(service)).holder in text  # type: ignore[union-attr]
