@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import tomllib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,8 +22,16 @@ import pytest
 from typer.testing import CliRunner
 
 from services.backtest import data, engine
-from services.backtest.rehearsal import RehearsalError, RehearsalResult, load_series, net_positions, rehearse_series
+from services.backtest.rehearsal import (
+    RehearsalError,
+    RehearsalResult,
+    dump_toml,
+    load_series,
+    net_positions,
+    rehearse_series,
+)
 from services.cli.main import app
+from services.common import config as moon_config
 from services.contract.models import OrderStatus
 from services.devstack.launcher import SERVICES
 from services.devstack.natsserver import REPO_ROOT
@@ -131,3 +140,8 @@ def test_bars_market_data_would_cut_differently_are_refused(tmp_path: Path) -> N
                     "2025-01-02 10:30:00,10,11,9,10,1\n")
     with pytest.raises(RehearsalError, match="a 1h bar starts at 2025-01-02T09:30:00Z, not on a whole 1h"):
         load_series([path])
+
+
+def test_the_written_config_reads_back_as_moonbus_toml() -> None:
+    base = moon_config.load(REPO_ROOT / "moonbus.toml", {})
+    assert tomllib.loads(dump_toml(base)) == base

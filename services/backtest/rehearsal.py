@@ -17,9 +17,10 @@ until every closed bar has its Signal, every order its final report and risk's v
 the fills; then the rest of those bars. That is as fast as the system takes the bars, with
 each decision seeing the history, position and price of its own bar. `lockstep=False` writes
 the whole file at once (a firehose: the replay runs ahead of the agent, which then decides
-with later prices and an empty history; README "Rehearsal" lists what that changes).
+with later prices; README "Rehearsal" lists what that changes).
 
-    python -m services.backtest.rehearsal data/GOOG.csv --param ma_fast=10 --param ma_slow=20
+    python -m services.backtest.rehearsal data/backtest/BTC-USD.csv --strategy ma_crossover \
+        --param ma_fast=5 --param ma_slow=20       # or: moon backtest ... --rehearse
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
@@ -90,7 +91,7 @@ class RehearsalResult:
     positions: list[Position]
     account: AccountState
     elapsed_s: float  # from the first bar written to the last report settled
-    config_path: Path
+    config_path: Path  # the config the services ran with (gone with rehearse's temp dir)
     lockstep: bool
 
     @property
