@@ -11,8 +11,10 @@ the baseline: runs/s x elapsed = how busy the workers were kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -33,7 +35,18 @@ def grid(quick: bool) -> list[dict]:
     return sweep.make_grid(axes, {}, {"strategy": "ma_crossover"}).cells
 
 
-async def one_round(env: dict[str, str], workers: int, cells: list[dict], tag: str) -> dict:
+def cpu_seconds(parent: int) -> float:
+    """User + system CPU time of `parent`'s child processes (the workers), from /proc."""
+    pids = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split() or [str(parent)]
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def one_round(env: dict[str, str], workers: int, cells: list[dict], tag: str, parent: int) -> dict:
     nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
                             inbox_prefix=inbox_prefix(env["NATS_USER"]))
     try:
@@ -46,10 +59,11 @@ async def one_round(env: dict[str, str], workers: int, cells: list[dict], tag: s
         # Warm-up (not timed): each worker fetches and parses the data once.
         await sweep.fan_out(nc, [make(f"w{i}", cells[0]) for i in range(2 * workers)], concurrency=2 * workers,
                             timeout=300)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(parent)
         results = await sweep.fan_out(nc, [make(i, c) for i, c in enumerate(cells)], concurrency=2 * workers,
                                       timeout=300)
         wall = time.perf_counter() - started
+        cpu = cpu_seconds(parent) - cpu
     finally:
         await nc.close()
     ok = [r for r in results if r.error is None]
@@ -65,6 +79,9 @@ async def one_round(env: dict[str, str], workers: int, cells: list[dict], tag: s
         "run_elapsed_ms_median": round(statistics.median(r.elapsed_ms for r in ok), 1) if ok else None,
         # engine time / (wall x workers): 1.0 = every worker busy all the time
         "worker_utilisation": round(busy / (wall * workers), 3),
+        # CPU the workers got / (wall x workers): below the utilisation = waiting for a core
+        "worker_cpu_s": round(cpu, 2),
+        "worker_cpu_share": round(cpu / (wall * workers), 3),
         "runs_per_worker": {w: sum(r.worker == w for r in ok) for w in sorted({r.worker for r in ok})},
     }
 
@@ -77,7 +94,8 @@ def run(ctx: Context) -> dict:
         spec = ServiceSpec("backtest", ("-m", "services.backtest", "--workers", str(workers)), "python")
         with running([spec], {}) as system:
             load = os.getloadavg()[0]
-            figures = asyncio.run(one_round(system.env_for("operator"), workers, cells, f"bench{len(rounds)}"))
+            parent = system.children["backtest"].process.pid
+            figures = asyncio.run(one_round(system.env_for("operator"), workers, cells, f"bench{len(rounds)}", parent))
             rounds.append({**figures, "loadavg_1m_before": round(load, 2)})
     best = {n: max((r for r in rounds if r["workers"] == n), key=lambda r: r["runs_per_s"]) for n in (1, 2)}
     return {
