@@ -71,7 +71,12 @@ def docker() -> DockerClient:
 
 @pytest.fixture(scope="session")
 def moonbus_images(docker: DockerClient) -> None:
-    """`make images`: a no-op when the images are up to date (BuildKit's cache), ~10 min cold."""
+    """`make images`: a no-op when the images are up to date (BuildKit's cache), ~10 min cold.
+    MOONBUS_TEST_IMAGES=keep uses the images there are (built from another checkout, say)."""
+    if os.environ.get("MOONBUS_TEST_IMAGES") == "keep":
+        missing = [i for i in (PYTHON_IMAGE, RUST_IMAGE) if not docker.client.images.list(name=i)]
+        assert not missing, f"MOONBUS_TEST_IMAGES=keep, but there is no {missing}: run make images"
+        return
     build = subprocess.run(["make", "-C", str(REPO_ROOT), "images"], capture_output=True, text=True, timeout=3600)
     assert build.returncode == 0, f"make images failed:\n{build.stdout[-5000:]}\n{build.stderr[-5000:]}"
 

@@ -302,6 +302,37 @@ def test_compose_config_is_valid_without_any_set_up(tmp_path: Path) -> None:
             assert not set(credentials.values()) & values, name
 
 
+# ---- the images -------------------------------------------------------------------------
+
+def test_images_export_their_own_credentials_and_carry_moonbus_sim(moonbus_images, tmp_path: Path) -> None:
+    """The entrypoint of both images exports each file of /run/moonbus (the environment
+    wins); the Python image has `moonbus_sim` for the backtest workers. testcontainers'
+    DockerContainer, as a cluster or failover test would start a node."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    from tests.dockerstack import PYTHON_IMAGE, RUST_IMAGE
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "NATS_PASSWORD").write_text("from-the-file")
+    (own / "NATS_USER").write_text("ignored: the environment wins")
+    (own / "not-a-variable").write_text("x")
+    own.chmod(0o755)
+    for f in own.iterdir():
+        f.chmod(0o444)  # the images' user is not this one
+    script = 'echo "user=$NATS_USER password=$NATS_PASSWORD"'
+    for image, command in [(PYTHON_IMAGE, ["sh", "-c", script + "; python3 -c 'import moonbus_sim; print(\"sim ok\")'"]),
+                           (RUST_IMAGE, ["sh", "-c", script + "; echo sim ok"])]:
+        container = (DockerContainer(image).with_command(command).with_env("NATS_USER", "risk")
+                     .with_volume_mapping(str(own), "/run/moonbus", "ro")
+                     .waiting_for(LogMessageWaitStrategy("sim ok").with_startup_timeout(60)))
+        with container:
+            out, err = container.get_logs()
+        assert b"user=risk password=from-the-file" in out, (image, out, err)
+        assert b"not-a-variable" in err and b"ignoring" in err, (image, err)
+
+
 # ---- the real thing ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -324,12 +355,12 @@ def stack(moonbus_images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def stored_credentials(stack: ComposeProject) -> dict[str, str]:
     """Every password, as the operator reads them: from the `credentials` volume."""
-    return json.loads(stack.compose("run", "--rm", "credentials", "cat", "/moonbus/credentials.json", timeout=60))
+    return json.loads(stack.compose("run", "--rm", "-T", "credentials", "cat", "/moonbus/credentials.json", timeout=60))
 
 
 def operator(stack: ComposeProject) -> dict[str, str]:
     """The operator's login, as the README tells to read it."""
-    shown = stack.compose("run", "--rm", "credentials", "python3", "/app/credentials.py", "/moonbus", "--show",
+    shown = stack.compose("run", "--rm", "-T", "credentials", "python3", "/app/credentials.py", "/moonbus", "--show",
                           timeout=60)
     values = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
     return {"user": values["NATS_USER"], "password": values["NATS_PASSWORD"]}
