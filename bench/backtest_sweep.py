@@ -82,6 +82,8 @@ async def one_round(env: dict[str, str], workers: int, cells: list[dict], tag: s
         # CPU the workers got / (wall x workers): below the utilisation = waiting for a core
         "worker_cpu_s": round(cpu, 2),
         "worker_cpu_share": round(cpu / (wall * workers), 3),
+        "worker_cores_used": round(cpu / wall, 2),  # what the machine gave the sweep
+        "worker_cpu_ms_per_run": round(1000 * cpu / len(results), 1),
         "runs_per_worker": {w: sum(r.worker == w for r in ok) for w in sorted({r.worker for r in ok})},
     }
 
