@@ -334,7 +334,13 @@ pub async fn acquire(kv: &kv::Store, service: &str, settings: &LeaseSettings) ->
                     None
                 }
             }
-            Err(e) => bail!("reading the lease {key}: {e}"),
+            // NATS down or restarting: keep trying (the revision clock is kept: the
+            // holder stops acting on its own deadline whatever we see meanwhile).
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot read the lease; retrying");
+                tokio::time::sleep(poll * 5).await;
+                None
+            }
         };
         if let Some((revision, record)) = taken {
             tracing::warn!(%key, instance = %settings.instance, previous = ?record.previous_holder, "ACTIVE: lease taken");
@@ -419,9 +425,17 @@ fn keep(
                     shared.set(sent + acting_window(ttl));
                 }
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    tracing::error!(%key, error = %e, "the lease was taken by another instance");
-                    shared.lose();
-                    return;
+                    // A renewal of ours that timed out here and was stored after all moved
+                    // the revision: still ours (nobody wrote after it), so carry on from it.
+                    // Anything else: another instance has it.
+                    match own_revision(&kv, &key, &record).await {
+                        Some(stored) => revision = stored,
+                        None => {
+                            tracing::error!(%key, error = %e, "the lease was taken by another instance");
+                            shared.lose();
+                            return;
+                        }
+                    }
                 }
                 Ok(Err(e)) => tracing::warn!(%key, error = %e, "lease renewal failed; retrying"),
                 Err(_) => tracing::warn!(%key, "lease renewal timed out; retrying"),
@@ -434,6 +448,17 @@ fn keep(
         release: Some(release_tx),
         keeper,
     }
+}
+
+/// The key's revision if its value is still our lease (same holder, same term).
+async fn own_revision(kv: &kv::Store, key: &str, ours: &LeaseRecord) -> Option<u64> {
+    let entry = kv.entry(key).await.ok()??;
+    let stored = bus::decode::<LeaseRecord>(&entry.value).ok()?;
+    (entry.operation == kv::Operation::Put
+        && stored.holder == ours.holder
+        && stored.acquired_ts == ours.acquired_ts
+        && !stored.released)
+        .then_some(entry.revision)
 }
 
 #[cfg(test)]

@@ -231,13 +231,14 @@ impl<V: Venue> Engine<V> {
 
     /// Handle market data, orders and job results until `shutdown`; then hand back the
     /// orders not started and let those in flight finish. Returns the market data
-    /// subscriptions so the caller can wait for the drain to close them.
+    /// subscriptions so the caller can wait for the drain to close them, and whether
+    /// every job finished (else one may still write a report: keep the failover lease).
     pub async fn run(
         mut self,
         mut orders: pull::Stream,
         market_warmup: Duration,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<[Subscriber; 2]> {
+    ) -> Result<([Subscriber; 2], bool)> {
         tokio::pin!(shutdown);
         // Ticks first: no order is taken before the market had `market_warmup` to arrive.
         if !market_warmup.is_zero() {
@@ -296,12 +297,13 @@ impl<V: Venue> Engine<V> {
                 }
             }
         }
-        if self.jobs == 0 {
+        let drained = self.jobs == 0;
+        if drained {
             let venue = &self.venue;
             let resting = |id: &ClientOrderId| venue.resting(id).map(|r| r.order.clone());
             self.bus.snapshots.finish(&self.ledger, resting).await;
         }
-        Ok([self.bus.ticks, self.bus.books])
+        Ok(([self.bus.ticks, self.bus.books], drained))
     }
 
     async fn on_order_message(&mut self, message: jetstream::Message) {

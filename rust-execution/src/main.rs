@@ -133,12 +133,15 @@ async fn run() -> Result<()> {
         .await?;
     tracing::info!(venues = ?cfg.venues, max_in_flight = cfg.max_in_flight, "execution ready");
 
-    let market_data = engine
+    let (market_data, drained) = engine
         .run(orders, cfg.market_warmup(), service::shutdown_signal())
         .await?;
 
-    // Every order taken is settled and acked: a standby may take over at once.
-    leader::release(role).await;
+    // Every order taken is settled: a standby may take over at once. Else a job may still
+    // store a report; the lease is kept until the process is gone (the standby waits a ttl).
+    if drained {
+        leader::release(role).await;
+    }
     base.stop(Some(api)).await?;
     // The drain closes the subscriptions once the server confirmed it; wait for that.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {

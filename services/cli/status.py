@@ -132,7 +132,8 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         status.problems += unreadable
         status.problems += [f"{name}: no active instance (lease {'released' if lease.released else 'not renewed'} "
                             f"{age(lease.renewed_ts)} ago; a standby takes over)"
-                            for name, lease in status.leadership.items() if lease.lapsed()]
+                            for name, lease in status.leadership.items()
+                            if lease.lapsed() and name not in status.services]  # (a lease left from a failover run)
     venues = {t.venue for t in prices.prices.values()} if isinstance(prices, PricesReply) else set()
     while not venues <= set(feeds) or not feeds:
         left = feed_wait - (time.monotonic() - started)
