@@ -16,9 +16,10 @@ k8s/base/secrets: kustomize's secretGenerator makes a Secret per container from 
     DIR/nats/MOONBUS_PW_<USER>  the bcrypt hash of USER's password, quoted (moonbus.conf)
     DIR/<container>/NATS_PASSWORD  its own password; gateway/ also MOONBUS_GATEWAY_TOKEN
                               and MOONBUS_GATEWAY_READ_TOKEN
+    DIR/nats-route/ROUTE_PASSWORD  what the NATS nodes of a Kubernetes cluster route with
 
 A value in the environment wins and is kept: MOONBUS_PW_<USER>, MOONBUS_GATEWAY_TOKEN,
-MOONBUS_GATEWAY_READ_TOKEN (from your shell or `.env`, e.g. `make compose-env`'s, which
+MOONBUS_GATEWAY_READ_TOKEN, MOONBUS_ROUTE_PASSWORD (from your shell or `.env`, e.g. `make compose-env`'s, which
 holds make run's passwords). MOONBUS_BCRYPT_COST sets the bcrypt cost (default 11).
 """
 
@@ -117,10 +118,16 @@ def make_all(root: Path) -> None:
                      lambda: "m" + secrets.token_urlsafe(24))  # a leading letter: always a string
     tokens = load(root / "tokens.json", [(t, t) for t in TOKENS], lambda: secrets.token_urlsafe(32))
     hashes(passwords, root / "nats")
+    # The password NATS nodes route to each other with (Kubernetes: k8s/base/nats.yaml); no
+    # compose container mounts it (docker-compose.cluster.yml makes its own).
+    route = load(root / "route.json", [("ROUTE_PASSWORD", "MOONBUS_ROUTE_PASSWORD")],
+                 lambda: "r" + secrets.token_urlsafe(24))
+    own = {"nats-route": route}
     for container, user in CONTAINERS.items():
-        own = {"NATS_PASSWORD": passwords[user], **(tokens if container == "gateway" else {})}
-        for name, value in own.items():
-            path = root / container / name
+        own[container] = {"NATS_PASSWORD": passwords[user], **(tokens if container == "gateway" else {})}
+    for folder, values in own.items():
+        for name, value in values.items():
+            path = root / folder / name
             if not path.exists() or path.read_text() != value:
                 write(path, value)
     print(f"credentials ready in {root}: " + ", ".join(["nats", *CONTAINERS]))

@@ -190,6 +190,8 @@ def test_credentials_script_makes_keeps_and_takes_overrides(tmp_path: Path) -> N
     assert bcrypt.checkpw(b"from-my-env", (root / "nats" / "MOONBUS_PW_RISK").read_text().strip('"').encode())
     assert (root / "nats" / "MOONBUS_PW_EXECUTION").read_text() == hashes["MOONBUS_PW_EXECUTION"]
     assert (root / "gateway" / "MOONBUS_GATEWAY_TOKEN").read_text() == "write-token"
+    route = (root / "nats-route" / "ROUTE_PASSWORD").read_text()
+    assert route.startswith("r") and route not in passwords.values()
     assert run("--show") == f"NATS_USER=operator\nNATS_PASSWORD={passwords['operator']}\n"
     bad = subprocess.run([sys.executable, str(CREDENTIALS), str(root)], env={**env, "MOONBUS_PW_RISK": 'a"b'},
                          capture_output=True, text=True)

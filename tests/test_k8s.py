@@ -11,6 +11,7 @@ installs Debian's kubernetes-client where kubectl is missing).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -106,11 +107,16 @@ def test_nats_is_a_three_node_cluster_with_jetstream_volumes(rendered, name: str
     replicas = nats["spec"]["replicas"]
     assert replicas == 3
     args = container(nats)["command"]
-    routes = args[args.index("--routes") + 1].split(",")
-    # One route per node, by the StatefulSet's stable names through the headless Service.
-    assert routes == [f"nats://nats-{i}.{headless['metadata']['name']}:6222" for i in range(replicas)]
-    assert args[args.index("--name") + 1] == "$(POD_NAME)" and "--cluster_name" in args
-    assert args[args.index("-sd") + 1] == "/data"
+    assert args[:3] == ["nats-server", "-c", "/app/proto/nats/cluster.conf"]
+    assert args[args.index("-n") + 1] == "$(POD_NAME)" and args[args.index("-sd") + 1] == "/data"
+    env = {e["name"]: e for e in container(nats)["env"]}
+    # One route per node, by the StatefulSet's stable names through the headless Service,
+    # each with the route password (from the Secret, never written in the manifest).
+    routes = json.loads(env["MOONBUS_CLUSTER_ROUTES"]["value"])
+    assert routes == [f"nats://route:$(ROUTE_PASSWORD)@nats-{i}.{headless['metadata']['name']}:6222"
+                      for i in range(replicas)]
+    assert env["MOONBUS_PW_ROUTE"]["value"] == '"$(ROUTE_PASSWORD)"'
+    assert json.loads(env["MOONBUS_CLUSTER_LISTEN"]["value"]) == "0.0.0.0:6222"
     assert {m["mountPath"]: m["name"] for m in container(nats)["volumeMounts"]} == {"/data": "data"}
     assert [t["metadata"]["name"] for t in nats["spec"]["volumeClaimTemplates"]] == ["data"]
     assert services["nats"]["spec"]["selector"] == nats["spec"]["selector"]["matchLabels"]
@@ -143,7 +149,7 @@ def test_each_service_a_workload_with_probes_resources_and_only_its_own_secret(r
         assert secret in secrets, f"{workload_name}: {secret} is not rendered (a hash suffix not followed?)"
         keys = set(secrets[secret]["data"])
         if workload_name == "nats":
-            assert keys == {password_var(u) for u in SERVICE_USERS}
+            assert keys == {password_var(u) for u in SERVICE_USERS} | {"ROUTE_PASSWORD"}
         else:
             assert keys == {"NATS_PASSWORD", *(TOKENS if workload_name == "gateway" else [])}, workload_name
             user = next(e["value"] for e in c["env"] if e["name"] == "NATS_USER")
