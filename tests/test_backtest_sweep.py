@@ -207,7 +207,7 @@ async def test_bad_requests_and_bad_datasets_are_answered_and_reported(connect, 
     answer = await operator.request(S.BACKTEST_RUN, b'{"run_id": "x", "datasetz": []}', timeout=10)
     assert ErrorReply.model_validate_json(answer.data).error.code == "bad_request"
     assert "bad_request" in ErrorEvent.model_validate_json((await asyncio.wait_for(errors.get(), 5)).data).reason
-    # Bad data: a file that is not bars (stored, hash right).
+    # And it carries on.
     assert workers.procs[0].poll() is None
 
 
