@@ -3,19 +3,25 @@
 says, and every object validated offline against the Kubernetes schemas
 (kubernetes-validate, strict: an unknown field fails). Then what the system needs of them:
 NATS clustered over a StatefulSet with JetStream volumes, a workload per service, each
-with probes, requests and limits and only its own credentials, the autoscalers.
+with probes, requests and limits and only its own credentials, the autoscalers. And the
+NATS pods run for real, as containers (testcontainers), with the command and environment
+the StatefulSet gives them: a 3-node JetStream cluster whose routes refuse a wrong password.
 
 Skipped, with the reason, where neither kubectl nor kustomize is installed (.ci/run
-installs Debian's kubernetes-client where kubectl is missing).
+installs Debian's kubernetes-client where kubectl is missing); the containers' test also
+where there is no Docker engine.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -27,6 +33,7 @@ sys.path.insert(0, str(REPO_ROOT / "docker"))
 from credentials import CONTAINERS, TOKENS, password_var  # noqa: E402
 
 from services.contract.users import SERVICE_USERS  # noqa: E402
+from tests.dockerstack import docker, docker_network, moonbus_images  # noqa: E402,F401
 
 K8S_VERSION = "1.32.0"  # the schemas validated against; kubernetes-validate ships them
 KUSTOMIZATIONS = ["base", "overlays/local", "overlays/production"]
@@ -187,3 +194,73 @@ def test_overlays_set_the_namespace_and_production_the_registry(rendered) -> Non
     nats = by_kind(rendered["overlays/production"], "StatefulSet")["nats"]
     assert nats["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
     assert by_kind(rendered["overlays/production"], "PodDisruptionBudget")["nats"]["spec"]["maxUnavailable"] == 1
+
+
+# ---- the NATS StatefulSet's pods, as containers ------------------------------------------
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command and env values."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], value)
+
+
+def test_the_nats_pods_form_a_jetstream_cluster(rendered, moonbus_images, docker_network) -> None:
+    """The base's nats pods as Kubernetes would start them (its command and environment, the
+    Secret's values, each pod's name and its DNS name under the headless Service), run as
+    three containers on a private network: they route to each other with the route
+    password and elect a JetStream meta leader; a route with another password is refused."""
+    from testcontainers.core.container import DockerContainer
+
+    from tests.dockerstack import PYTHON_IMAGE
+
+    objects = rendered["base"]
+    nats = by_kind(objects, "StatefulSet")["nats"]
+    c = container(nats)
+    (secret_name,) = [e["secretRef"]["name"] for e in c["envFrom"]]
+    secret = {k: base64.b64decode(v).decode() for k, v in by_kind(objects, "Secret")[secret_name]["data"].items()}
+    headless = nats["spec"]["serviceName"]
+    nodes = []
+    try:
+        for i in range(nats["spec"]["replicas"]):
+            env = {**secret, "POD_NAME": f"nats-{i}"}
+            for e in c["env"]:
+                if "value" in e:
+                    env[e["name"]] = expand(e["value"], env)
+            node = (DockerContainer(PYTHON_IMAGE).with_network(docker_network)
+                    .with_network_aliases(f"nats-{i}.{headless}")
+                    .with_kwargs(entrypoint=[expand(a, env) for a in c["command"]]))
+            for k, v in env.items():
+                node = node.with_env(k, v)
+            nodes.append(node.start())
+
+        def healthz(node) -> int:
+            return node.exec(["python3", "/app/healthcheck.py", "http://127.0.0.1:8222/healthz"]).exit_code
+
+        deadline = time.monotonic() + 60
+        while not all(healthz(n) == 0 for n in nodes):
+            assert time.monotonic() < deadline, [n.get_logs() for n in nodes]
+            time.sleep(1)
+        for node in nodes:
+            out = node.exec(["python3", "/app/healthcheck.py", "--print", "http://127.0.0.1:8222/routez"]).output
+            assert json.loads(out)["num_routes"] >= len(nodes) - 1, out
+        jsz = json.loads(nodes[0].exec(["python3", "/app/healthcheck.py", "--print",
+                                        "http://127.0.0.1:8222/jsz"]).output)
+        assert jsz["meta_cluster"]["cluster_size"] == len(nodes) and jsz["meta_cluster"]["leader"]
+
+        # A fourth server with the wrong route password is not let in.
+        env = {**secret, "POD_NAME": "intruder", "ROUTE_PASSWORD": "wrong"}
+        for e in c["env"]:
+            if "value" in e:
+                env[e["name"]] = expand(e["value"], env)
+        intruder = (DockerContainer(PYTHON_IMAGE).with_network(docker_network)
+                    .with_kwargs(entrypoint=[expand(a, env) for a in c["command"]]))
+        for k, v in env.items():
+            intruder = intruder.with_env(k, v)
+        nodes.append(intruder.start())
+        time.sleep(5)
+        routez = json.loads(nodes[0].exec(["python3", "/app/healthcheck.py", "--print",
+                                           "http://127.0.0.1:8222/routez"]).output)
+        assert {r["remote_name"] for r in routez["routes"]} == {"nats-1", "nats-2"}, routez
+        assert b'authentication error - User "route"' in nodes[0].get_logs()[1]
+    finally:
+        for node in nodes:
+            node.stop()
