@@ -1,6 +1,8 @@
 """Risk and execution failover under a steady order flow: the ACTIVE instance of risk
 SIGKILLed, then the active execution; each time the standby takes the lease
-(`leader.<service>`, rust-common leader.rs) and the orders fill again.
+(`leader.<service>`, rust-common leader.rs) and the orders fill again. Last, a graceful
+stop (SIGTERM) of the active execution: it releases the lease once its orders are settled
+and the other instance takes it at once.
 
 `make bench BENCH=failover` writes bench/results/failover.json: per kill, the takeover
 time (kill -> the first FILLED report of an order sent after the kill), the time until the
@@ -132,9 +134,11 @@ class Failover:
                 return name
         raise RuntimeError(f"no running process holds {lease.holder}")
 
-    async def kill_active(self, service: str, timeout: float = 60.0) -> tuple[Takeover, Fault]:
-        """SIGKILL the active instance of `service`; until another instance holds the lease
-        and the service answers again."""
+    async def kill_active(self, service: str, timeout: float = 60.0,
+                          sig: int = signal.SIGKILL) -> tuple[Takeover, Fault]:
+        """SIGKILL (a crash: no release, the standby waits out the ttl) or SIGTERM (a graceful
+        stop: released once settled, taken at once) the active instance of `service`; until
+        another instance holds the lease and the service answers again."""
         old = await self.lease(service)
         assert old is not None and not old.lapsed(), f"no active {service}: {old}"
         killed = self.holder_process(old)
@@ -142,7 +146,7 @@ class Failover:
         assert child.process is not None
         in_flight = await self.in_flight(until=time.monotonic() + 10) if service == "execution" else 0
         fault = self.chaos._fault()
-        child.signal(signal.SIGKILL)  # a crash: no release, the standby waits out the ttl
+        child.signal(sig)
         await asyncio.to_thread(child.process.wait)
         takeover = Takeover(service, killed, old.holder, in_flight)
         deadline = time.monotonic() + timeout
@@ -170,10 +174,11 @@ class Failover:
                 return pending
             await asyncio.sleep(0.01)
 
-    async def run_kill(self, service: str, recovery_timeout: float = 60.0) -> Takeover:
-        """Kill the active `service`, measure the takeover, audit everything so far."""
-        takeover, fault = await self.kill_active(service)
-        takeover.outcome.scenario = f"sigkill-active-{service}"
+    async def run_kill(self, service: str, recovery_timeout: float = 60.0, sig: int = signal.SIGKILL) -> Takeover:
+        """Kill (or stop, SIGTERM) the active `service`, measure the takeover, audit
+        everything so far."""
+        takeover, fault = await self.kill_active(service, sig=sig)
+        takeover.outcome.scenario = f"{signal.Signals(sig).name.lower()}-active-{service}"
         recovery = await self.chaos.recovery(fault, None, recovery_timeout)
         takeover.takeover_s = None if recovery is None else round(recovery, 3)
         takeover.outcome.recovery_s = takeover.takeover_s
@@ -207,8 +212,11 @@ async def _run(flow_s: float) -> dict:
             for service in FAILOVER:
                 await asyncio.sleep(flow_s)
                 takeovers.append(await failover.run_kill(service))
-                t = takeovers[-1]
-                print(f"-- {service}: {t.killed} killed, {t.new_holder} took over; lease {t.lease_taken_s} s, "
+            # A graceful stop: the lease released once every order is settled, taken at once.
+            await asyncio.sleep(flow_s)
+            takeovers.append(await failover.run_kill("execution", sig=signal.SIGTERM))
+            for t in takeovers:
+                print(f"-- {t.outcome.scenario}: {t.killed} stopped, {t.new_holder} took over; lease {t.lease_taken_s} s, "
                       f"answers {t.answers_s} s, first fill {t.takeover_s} s; "
                       f"{'PASS' if t.outcome.passed else t.outcome.failures}", flush=True)
         finally:

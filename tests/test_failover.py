@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -74,6 +75,16 @@ async def test_killing_the_active_instance_hands_over_and_loses_or_doubles_nothi
     lease = await failover.lease(service)
     assert lease is not None and lease.holder == takeover.new_holder
     assert lease.takeovers >= 1 and lease.previous_holder == takeover.old_holder
+
+
+async def test_a_graceful_stop_releases_the_lease_and_hands_over(failover: Failover) -> None:
+    await asyncio.sleep(FLOW_S)
+    takeover = await failover.run_kill("execution", sig=signal.SIGTERM)
+    out = takeover.outcome
+    released = [lease for lease in failover.history["execution"] if lease.holder == takeover.old_holder]
+    assert released and released[-1].released, "the stopped instance released its lease"
+    assert takeover.new_holder != takeover.old_holder
+    assert out.recovery_s is not None and not out.failures, f"{out.failures}\n{failover.chaos.system.tail(20)}"
 
 
 async def test_never_two_active(failover: Failover) -> None:
