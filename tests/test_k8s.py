@@ -203,7 +203,7 @@ def expand(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], value)
 
 
-def test_the_nats_pods_form_a_jetstream_cluster(rendered, moonbus_images, docker_network) -> None:
+def test_the_nats_pods_form_a_jetstream_cluster(rendered, request: pytest.FixtureRequest) -> None:
     """The base's nats pods as Kubernetes would start them (its command and environment, the
     Secret's values, each pod's name and its DNS name under the headless Service), run as
     three containers on a private network: they route to each other with the route
@@ -212,6 +212,8 @@ def test_the_nats_pods_form_a_jetstream_cluster(rendered, moonbus_images, docker
 
     from tests.dockerstack import PYTHON_IMAGE
 
+    request.getfixturevalue("moonbus_images")  # after `rendered`: no image build where it skips
+    docker_network = request.getfixturevalue("docker_network")
     objects = rendered["base"]
     nats = by_kind(objects, "StatefulSet")["nats"]
     c = container(nats)
