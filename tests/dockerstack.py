@@ -37,6 +37,7 @@ from testcontainers.core.network import Network  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON_IMAGE = "moonbus/python:latest"
 RUST_IMAGE = "moonbus/rust:latest"
+_built: list[bool] = []  # `make images` done in this session
 
 
 @cache
@@ -77,8 +78,11 @@ def moonbus_images(docker: DockerClient) -> None:
         missing = [i for i in (PYTHON_IMAGE, RUST_IMAGE) if not docker.client.images.list(name=i)]
         assert not missing, f"MOONBUS_TEST_IMAGES=keep, but there is no {missing}: run make images"
         return
+    if _built:  # once per session, whichever module imported the fixture first
+        return
     build = subprocess.run(["make", "-C", str(REPO_ROOT), "images"], capture_output=True, text=True, timeout=3600)
     assert build.returncode == 0, f"make images failed:\n{build.stdout[-5000:]}\n{build.stderr[-5000:]}"
+    _built.append(True)
 
 
 @pytest.fixture
