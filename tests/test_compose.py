@@ -324,8 +324,9 @@ def test_images_export_their_own_credentials_and_carry_moonbus_sim(moonbus_image
     for f in own.iterdir():
         f.chmod(0o444)  # the images' user is not this one
     script = 'echo "user=$NATS_USER password=$NATS_PASSWORD"'
-    for image, command in [(PYTHON_IMAGE, ["sh", "-c", script + "; python3 -c 'import moonbus_sim; print(\"sim ok\")'"]),
-                           (RUST_IMAGE, ["sh", "-c", script + "; echo sim ok"])]:
+    # Kept running after: the wait reads the logs of a live container.
+    for image, command in [(PYTHON_IMAGE, ["sh", "-c", script + "; python3 -c 'import moonbus_sim; print(\"sim ok\")'; sleep 60"]),
+                           (RUST_IMAGE, ["sh", "-c", script + "; echo sim ok; sleep 60"])]:
         container = (DockerContainer(image).with_command(command).with_env("NATS_USER", "risk")
                      .with_volume_mapping(str(own), "/run/moonbus", "ro")
                      .waiting_for(LogMessageWaitStrategy("sim ok").with_startup_timeout(60)))
