@@ -223,9 +223,16 @@ impl Market {
         self.close_where(now_ns, false, out);
     }
 
-    /// Puts a slot on the replay file's clock (its ticks carry the file's time).
+    /// Puts a slot on the replay file's clock (its ticks carry the file's time). Its bars
+    /// start afresh: bars kept from before (reloaded from BARS after an earlier replay of
+    /// the same file) are of another timeline, and their end would pull every replayed
+    /// tick into one bar.
     pub fn use_file_clock(&mut self, slot: usize) {
-        self.series[slot].file_clock = true;
+        let series = &mut self.series[slot];
+        if !series.file_clock {
+            series.file_clock = true;
+            series.bars = Bars::new(&self.settings.intervals, self.settings.history);
+        }
     }
 
     /// Closes the bars of the series on the replay file's clock whose interval ended by
@@ -707,8 +714,19 @@ mod tests {
             m.slot(&venue("sim"), &btc).unwrap(),
             m.slot(&venue("replay"), &btc).unwrap(),
         );
-        m.use_file_clock(replayed);
+        let request: HistoryRequest =
+            serde_json::from_str(r#"{"symbol":"BTC-USD","interval":"1s","venue":"replay"}"#)
+                .unwrap();
+        // A bar from before (an earlier replay, reloaded from BARS) is of another timeline:
+        // it is dropped when the series goes on the file's clock.
         let mut out = Outputs::default();
+        m.record(replayed, data("80", 1, T0 + 10 * SEC), &mut out);
+        m.close_due(T0 + 11 * SEC, &mut out);
+        assert_eq!(m.history(&request).unwrap().len(), 1);
+        m.use_file_clock(replayed);
+        assert!(m.history(&request).unwrap().is_empty());
+        out.bars.clear();
+
         m.record(live, data("100", 1, T0), &mut out);
         m.record(replayed, data("90", 1, T0), &mut out);
         m.close_due(T0 + 3600 * SEC, &mut out);
@@ -716,8 +734,7 @@ mod tests {
         assert_eq!(closed, [live, live], "the live 1s and 1m bars only");
         out.bars.clear();
         m.close_replayed(T0 + SEC, &mut out);
-        let closed: Vec<(usize, u64)> =
-            out.bars.iter().map(|(s, (i, _))| (*s, *i as u64)).collect();
+        let closed: Vec<(usize, usize)> = out.bars.iter().map(|(s, (i, _))| (*s, *i)).collect();
         assert_eq!(closed, [(replayed, 0)], "its 1s bar, on the file's time");
         out.bars.clear();
         m.close_replayed(u64::MAX, &mut out);
