@@ -29,6 +29,8 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import heapq
+import itertools
 import json
 import os
 import re
@@ -36,7 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -207,6 +209,19 @@ def open_row(s: data.BarSeries, i: int) -> str:
     return f"{s.start_ts[i]},{s.symbol},{s.venue},,,,,,,{_num(s.open[i])},0\n"
 
 
+def bar_times(series: Sequence[data.BarSeries]) -> Iterator[list[tuple[data.BarSeries, int]]]:
+    """The bars of every series merged in time order, grouped by start time, the symbols of
+    each time in symbol order (the engine's order)."""
+
+    def one(s: data.BarSeries) -> Iterator[tuple[int, str, int]]:
+        return ((ts, s.symbol, i) for i, ts in enumerate(s.start_ts))
+
+    by_symbol = {s.symbol: s for s in series}
+    merged = heapq.merge(*(one(s) for s in series))
+    for _, group in itertools.groupby(merged, key=lambda t: t[0]):
+        yield [(by_symbol[symbol], i) for _, symbol, i in group]
+
+
 def load_series(paths: Sequence[str | Path], **kw: Any) -> list[data.BarSeries]:
     """data.load_many(paths, **kw), checked for a rehearsal."""
     return check(data.load_many(paths, **kw))
@@ -329,8 +344,7 @@ async def _feed(pipe: TextIO, series: Sequence[data.BarSeries], watch: Watch, lo
     written = 0
     seen: set[str] = set()
     pipe.write(HEADER)
-    # The engine's order: bar times in turn, the symbols of each in symbol order.
-    for _, group in backtest_engine._times(sorted(series, key=lambda s: s.symbol)):
+    for group in bar_times(series):
         if lockstep and written:
             pipe.write("".join(open_row(s, i) for s, i in group))
             pipe.flush()
