@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -33,6 +35,7 @@ from services.devstack.natsserver import (
     free_port,
     load_or_create_credentials,
 )
+from tests.dockerstack import ComposeProject, docker, fresh_clone, moonbus_images  # noqa: F401
 
 STREAMS = [s["name"] for s in jetstream_spec()["streams"]]
 
@@ -187,3 +190,60 @@ async def test_failover_loses_and_doubles_no_order(tmp_path: Path) -> None:
     assert not out.lost and not out.doubled and out.positions_match, out.failures
     assert not out.failures, f"{out.failures}\n{chaos.system.tail(20)}"
     assert out.orders_stored > 0
+
+
+# ---- docker-compose.cluster.yml ------------------------------------------------------------
+
+# The trading agent orders on almost every 1 s bar (as in bench/chaos.py), so orders flow
+# within seconds of the start.
+FAST_AGENT = """
+services:
+  trading-agent:
+    environment:
+      MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK: "2"
+      MOONBUS__TRADING_AGENT__MOMENTUM_THRESHOLD_PCT: "0.0001"
+"""
+
+
+def _streams(stack: ComposeProject, node: str) -> dict[str, dict]:
+    """/jsz of `node` (read inside its container, where monitoring listens): name -> detail."""
+    code, out = stack.containers(node)[0].exec_run(
+        ["python3", "/app/healthcheck.py", "--print", "http://127.0.0.1:8222/jsz?streams=true&config=true"])
+    assert code == 0, out
+    return {s["name"]: s for a in json.loads(out).get("account_details", []) for s in a.get("stream_detail", [])}
+
+
+def _until(condition: Callable[[], object], timeout: float, what: str, stack: ComposeProject) -> object:
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out ({timeout:.0f}s) waiting for {what}\n{stack.logs()}")
+        time.sleep(1)
+    return found
+
+
+@pytest.mark.e2e
+def test_compose_cluster_trades_through_a_lost_node(moonbus_images, tmp_path: Path) -> None:
+    """The override on a fresh clone: three nodes, streams at R3, the money path trading; the
+    node `nats` killed, the orders and their reports go on; started again, it catches up."""
+    clone = fresh_clone(tmp_path)
+    (clone / "fast-agent.yml").write_text(FAST_AGENT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOONBUS_")}
+    env.update(MOONBUS_NATS_PUBLISH="127.0.0.1:", MOONBUS_GATEWAY_PUBLISH="127.0.0.1:", MOONBUS_BCRYPT_COST="4")
+    stack = ComposeProject(clone, [clone / "docker-compose.yml", clone / "docker-compose.cluster.yml",
+                                   clone / "fast-agent.yml"], env)
+    try:
+        stack.compose("up", "-d", "market-data", "risk", "execution", "trading-agent")
+        streams = _streams(stack, "nats-2")
+        assert {name: s["config"]["num_replicas"] for name, s in streams.items()} == dict.fromkeys(STREAMS, 3)
+        _until(lambda: _streams(stack, "nats-2")["EXEC"]["state"]["messages"] >= 5, 120, "5 reports in EXEC", stack)
+        stack.compose("kill", "nats")
+        before = _streams(stack, "nats-2")["EXEC"]["state"]["messages"]
+        _until(lambda: _streams(stack, "nats-3")["EXEC"]["state"]["messages"] >= before + 5, 90,
+               "5 more reports with node nats down", stack)
+        stack.compose("up", "-d", "nats")
+        _until(lambda: _streams(stack, "nats")["ORDERS"]["state"]["messages"]
+               >= _streams(stack, "nats-2")["ORDERS"]["state"]["messages"] > 0 and
+               stack.health(stack.containers("nats")[0]) == "running healthy", 90, "nats caught up", stack)
+    finally:
+        stack.down()
