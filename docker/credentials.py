@@ -19,8 +19,9 @@ k8s/base/secrets: kustomize's secretGenerator makes a Secret per container from 
     DIR/nats-route/ROUTE_PASSWORD  what the NATS nodes of a Kubernetes cluster route with
 
 A value in the environment wins and is kept: MOONBUS_PW_<USER>, MOONBUS_GATEWAY_TOKEN,
-MOONBUS_GATEWAY_READ_TOKEN, MOONBUS_ROUTE_PASSWORD (from your shell or `.env`, e.g. `make compose-env`'s, which
-holds make run's passwords). MOONBUS_BCRYPT_COST sets the bcrypt cost (default 11).
+MOONBUS_GATEWAY_READ_TOKEN, MOONBUS_ROUTE_PASSWORD (from your shell or `.env`, e.g.
+`make compose-env`'s, which holds make run's passwords). MOONBUS_BCRYPT_COST sets the
+bcrypt cost (default 11).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from pathlib import Path
 
 import bcrypt
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # /app in the image, the repo here
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the image: /app, services/ beside it
 try:
     from services.contract.users import SERVICE_USERS
-except ImportError:  # run from docker/ of a checkout
+except ImportError:  # a checkout: services/ is beside docker/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from services.contract.users import SERVICE_USERS
 
