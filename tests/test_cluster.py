@@ -99,6 +99,26 @@ async def test_the_nodes_form_one_jetstream_cluster_with_r3_streams(cluster: Nat
     assert cluster.provision({"jetstream": {"replicas": 3}}) == {}
 
 
+async def test_provisioning_scales_r1_streams_up_in_place(tmp_path: Path) -> None:
+    """A cluster provisioned at R1 (no setting), with a message stored, then with replicas 3:
+    every stream is updated to R3 and keeps what it stored."""
+    with NatsCluster(moon_dir=tmp_path, credentials=load_or_create_credentials(tmp_path)) as cluster:
+        cluster.provision(None)
+        nc = await _connect(cluster, "operator")
+        try:
+            ack = await nc.jetstream().publish("orders.submit.operator.BTC-USD", b"{}",
+                                               headers={"Nats-Msg-Id": "r1-order"})
+            changes = cluster.provision({"jetstream": {"replicas": 3}})
+            assert changes == {name: ["num_replicas: 1 -> 3"] for name in STREAMS}, changes
+            for name in STREAMS:
+                info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)).data)
+                assert info["config"]["num_replicas"] == 3, name
+            stored = json.loads((await nc.request("$JS.API.STREAM.INFO.ORDERS", b"", timeout=5)).data)
+            assert stored["state"]["last_seq"] == ack.seq and stored["state"]["messages"] == 1
+        finally:
+            await nc.close()
+
+
 async def test_a_client_reaches_the_cluster_through_any_seed(cluster: NatsCluster) -> None:
     """A message crosses the routes: published on one node, received on another; and the
     seeds list gets a client in while its first seed is down."""
