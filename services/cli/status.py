@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,8 +187,10 @@ def services_table(status: Status) -> Table:
         down = Text("not running", style="red")
         table.add_row(*cells(Text(name, style="red"), Text("0", style="red"), "", down, "", "", restarts(name),
                              supervised(sup.get(name)), ""))
-    if "nats" in sup:  # nats-server itself, when `make run` supervises it
-        table.add_row(*cells("nats-server", "", "", "", "", "", restarts("nats"), supervised(sup["nats"]), ""))
+    # nats-server itself when `make run` supervises it: "nats", or a cluster's "nats-1", ..
+    for node in sorted(n for n in sup if n == "nats" or re.fullmatch(r"nats-\d+", n)):
+        label = "nats-server" if node == "nats" else f"nats-server {node}"
+        table.add_row(*cells(label, "", "", "", "", "", restarts(node), supervised(sup[node]), ""))
     return table
 
 
