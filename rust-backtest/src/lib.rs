@@ -9,7 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rust_execution::{intake, reports};
 
-use crate::sim::Simulator as Inner;
+use crate::sim::{Phase, Simulator as Inner};
 
 fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(format!("{e:#}"))
@@ -26,8 +26,6 @@ fn encode_all(reports: &[ExecutionReport]) -> Vec<String> {
 #[pyclass(module = "moonbus_sim", unsendable)]
 struct Simulator {
     inner: Inner,
-    /// (time, equity) per `sample`, kept here so a run's curve crosses once.
-    curve: Vec<(u64, String)>,
 }
 
 #[pymethods]
@@ -37,7 +35,6 @@ impl Simulator {
     fn new(config_toml: &str, env: Vec<(String, String)>) -> PyResult<Self> {
         Ok(Self {
             inner: Inner::new(config_toml, env).map_err(value_error)?,
-            curve: Vec::new(),
         })
     }
 
@@ -85,13 +82,44 @@ impl Simulator {
 
     /// Records the equity now (one point of the equity curve).
     fn sample(&mut self) {
-        self.curve
-            .push((self.inner.now(), self.inner.equity().to_string()));
+        self.inner.sample();
     }
 
-    /// The points `sample` recorded, and forgets them.
-    fn take_curve(&mut self) -> Vec<(u64, String)> {
-        std::mem::take(&mut self.curve)
+    /// The times and equities recorded so far (two lists), and forgets them.
+    fn take_curve(&mut self) -> (Vec<u64>, Vec<String>) {
+        self.inner
+            .take_curve()
+            .into_iter()
+            .map(|(t, e)| (t, e.to_string()))
+            .unzip()
+    }
+
+    /// One symbol's bars for `advance_to` (prices as decimal text).
+    fn add_series(
+        &mut self,
+        venue: &str,
+        symbol: &str,
+        start: Vec<u64>,
+        open: Vec<String>,
+        close: Vec<String>,
+        interval_ns: u64,
+    ) -> PyResult<()> {
+        self.inner
+            .add_series(venue, symbol, start, open, close, interval_ns)
+            .map_err(value_error)
+    }
+
+    /// Runs the bars up to bar time `t` having reached `phase` (1 opened, 2 closed,
+    /// 3 sampled); the reports of resting orders they filled (JSON).
+    fn advance_to(&mut self, t: u64, phase: u8) -> PyResult<Vec<String>> {
+        let phase = match phase {
+            1 => Phase::Opened,
+            2 => Phase::Closed,
+            3 => Phase::Sampled,
+            _ => return Err(value_error(format!("phase {phase} is not 1, 2 or 3"))),
+        };
+        self.inner.advance_to(t, phase).map_err(value_error)?;
+        Ok(encode_all(&self.inner.take_reports()))
     }
 }
 

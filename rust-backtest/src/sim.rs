@@ -31,6 +31,32 @@ use rust_execution::venue::{Market, Routed, Venue};
 use rust_risk::config::Settings;
 use rust_risk::engine::Engine;
 
+/// One symbol's bars, held here so the bars between two decisions run without
+/// crossing into Python (`advance_to`).
+struct Series {
+    venue: VenueName,
+    symbol: Symbol,
+    start: Vec<u64>,
+    open: Vec<PositiveMoney>,
+    close: Vec<PositiveMoney>,
+    interval_ns: u64,
+    /// The next bar to open.
+    next: usize,
+}
+
+/// How far the current bar time has gone: its opens traded, its closes traded, sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Opened = 1,
+    Closed = 2,
+    Sampled = 3,
+}
+
+fn parse_price(symbol: &Symbol, text: &str) -> Result<PositiveMoney> {
+    text.parse::<PositiveMoney>()
+        .map_err(|e| anyhow::anyhow!("{symbol} price {text:?}: {e}"))
+}
+
 pub struct Simulator {
     risk: Engine,
     venue: PaperVenue,
@@ -41,6 +67,13 @@ pub struct Simulator {
     /// Per (venue, symbol) tick sequence, and the venue's order ids.
     seq: u64,
     orders: u64,
+    series: Vec<Series>,
+    /// The bar time in progress, how far it has gone, and which series have a bar then.
+    step: Option<(u64, Phase, Vec<usize>)>,
+    /// Equity per sampled bar time.
+    curve: Vec<(u64, Decimal)>,
+    /// Reports of resting orders filled while bars ran (`advance_to`), for the caller.
+    pending_reports: Vec<ExecutionReport>,
 }
 
 impl Simulator {
@@ -68,6 +101,10 @@ impl Simulator {
             now: 0,
             seq: 0,
             orders: 0,
+            series: Vec::new(),
+            step: None,
+            curve: Vec::new(),
+            pending_reports: Vec::new(),
         })
     }
 
@@ -88,13 +125,23 @@ impl Simulator {
     /// A trade at `price` at the current time: the mark for risk and the venue's
     /// market. Returns the reports of resting orders it filled.
     pub fn tick(&mut self, venue: &str, symbol: &str, price: &str) -> Result<Vec<ExecutionReport>> {
+        let venue = VenueName::try_from(venue).map_err(anyhow::Error::msg)?;
+        let symbol = Symbol::try_from(symbol).map_err(anyhow::Error::msg)?;
+        let price = parse_price(&symbol, price)?;
+        Ok(self.trade(venue, symbol, price))
+    }
+
+    fn trade(
+        &mut self,
+        venue: VenueName,
+        symbol: Symbol,
+        price: PositiveMoney,
+    ) -> Vec<ExecutionReport> {
         self.seq += 1;
         let tick = Tick {
-            venue: VenueName::try_from(venue).map_err(anyhow::Error::msg)?,
-            symbol: Symbol::try_from(symbol).map_err(anyhow::Error::msg)?,
-            price: price
-                .parse::<PositiveMoney>()
-                .map_err(|e| anyhow::anyhow!("{symbol} price {price:?}: {e}"))?,
+            venue,
+            symbol,
+            price,
             bid: None,
             ask: None,
             size: None,
@@ -102,14 +149,14 @@ impl Simulator {
             ts: self.now,
         };
         self.risk.apply_tick(&tick, self.now);
-        self.market.update(tick.clone());
         let fills = self.venue.on_market(&tick);
-        let mut out = Vec::with_capacity(fills.len());
-        for (routed, fill) in fills {
-            out.push(reports::filled(&routed, &fill));
-        }
+        self.market.update(tick);
+        let mut out: Vec<ExecutionReport> = fills
+            .iter()
+            .map(|(routed, fill)| reports::filled(routed, fill))
+            .collect();
         self.book(&mut out);
-        Ok(out)
+        out
     }
 
     /// An order from an agent, handled as rust-execution handles one from ORDERS.
@@ -175,6 +222,126 @@ impl Simulator {
                 report.reason = Some(why);
             }
         }
+    }
+
+    /// Adds one symbol's bars (start times strictly increasing, prices as decimal text).
+    pub fn add_series(
+        &mut self,
+        venue: &str,
+        symbol: &str,
+        start: Vec<u64>,
+        open: Vec<String>,
+        close: Vec<String>,
+        interval_ns: u64,
+    ) -> Result<()> {
+        if self.step.is_some() {
+            bail!("series must be added before the bars run");
+        }
+        if open.len() != start.len() || close.len() != start.len() {
+            bail!(
+                "{symbol}: {} start times, {} opens, {} closes",
+                start.len(),
+                open.len(),
+                close.len()
+            );
+        }
+        if start.windows(2).any(|w| w[0] >= w[1]) || interval_ns == 0 {
+            bail!("{symbol}: bar times must increase and the interval be positive");
+        }
+        let symbol = Symbol::try_from(symbol).map_err(anyhow::Error::msg)?;
+        let parse = |prices: Vec<String>| -> Result<Vec<PositiveMoney>> {
+            prices.iter().map(|p| parse_price(&symbol, p)).collect()
+        };
+        let (open, close) = (parse(open)?, parse(close)?);
+        self.series.push(Series {
+            venue: VenueName::try_from(venue).map_err(anyhow::Error::msg)?,
+            symbol,
+            start,
+            open,
+            close,
+            interval_ns,
+            next: 0,
+        });
+        Ok(())
+    }
+
+    /// Runs the added series' bars, in time order, up to bar time `t` having reached
+    /// `phase` (or up to the last bar when `t` is beyond it). Per bar time: every due
+    /// symbol's open trades at the bar's start, then (Closed) its close at the bar's
+    /// last nanosecond, then (Sampled) the equity is recorded. The caller acts
+    /// between phases: an order planned at the open, or at the close.
+    pub fn advance_to(&mut self, t: u64, phase: Phase) -> Result<()> {
+        loop {
+            let (time, done, due) = match self.step.take() {
+                Some((time, done, due)) if done < Phase::Sampled => (time, done, due),
+                _ => {
+                    let next = self
+                        .series
+                        .iter()
+                        .filter_map(|s| s.start.get(s.next).copied())
+                        .min();
+                    let Some(time) = next.filter(|&n| n <= t) else {
+                        return Ok(());
+                    };
+                    let due: Vec<usize> = (0..self.series.len())
+                        .filter(|&k| self.series[k].start.get(self.series[k].next) == Some(&time))
+                        .collect();
+                    self.advance(time)?;
+                    self.trade_bars(&due, |s, i| s.open[i]);
+                    self.step = Some((time, Phase::Opened, due));
+                    continue;
+                }
+            };
+            if time == t && done >= phase {
+                self.step = Some((time, done, due));
+                return Ok(());
+            }
+            let done = match done {
+                Phase::Opened => {
+                    let end = due
+                        .iter()
+                        .map(|&k| time.saturating_add(self.series[k].interval_ns - 1))
+                        .max()
+                        .unwrap_or(time);
+                    self.advance(end)?;
+                    self.trade_bars(&due, |s, i| s.close[i]);
+                    for &k in &due {
+                        self.series[k].next += 1;
+                    }
+                    Phase::Closed
+                }
+                _ => {
+                    self.curve.push((time, self.risk.equity()));
+                    Phase::Sampled
+                }
+            };
+            self.step = Some((time, done, due));
+        }
+    }
+
+    /// Trades each due series' bar at the price `price` picks (its open or its close).
+    fn trade_bars(&mut self, due: &[usize], price: fn(&Series, usize) -> PositiveMoney) {
+        for &k in due {
+            let s = &self.series[k];
+            let (venue, symbol, price) = (s.venue.clone(), s.symbol.clone(), price(s, s.next));
+            let reports = self.trade(venue, symbol, price);
+            self.pending_reports.extend(reports);
+        }
+    }
+
+    /// The reports of resting orders that bars filled since the last call.
+    pub fn take_reports(&mut self) -> Vec<ExecutionReport> {
+        std::mem::take(&mut self.pending_reports)
+    }
+
+    /// The equity at each sampled bar time since the last call.
+    pub fn take_curve(&mut self) -> Vec<(u64, Decimal)> {
+        std::mem::take(&mut self.curve)
+    }
+
+    /// Records the equity now (a caller running bars itself, with `tick`).
+    pub fn sample(&mut self) {
+        self.curve.push((self.now, self.risk.equity()));
     }
 
     pub fn account(&self) -> AccountState {

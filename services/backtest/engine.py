@@ -23,25 +23,30 @@ only (no NATS, no JetStream) and that the venue answers at once.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 import json
 import os
-from collections import deque
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from services.common import config as moonbus_config
-from services.contract.models import AccountState, Action, Bar, Side, Tick, Verdict
+from services.contract.models import AccountState, Action, Side, Tick, Verdict
 from services.trading_agent.agent import Choice, Context, Event, plan
 from services.trading_agent.config import TradingConfig
 from services.trading_agent.decide import Decider, RuleDecider
 from services.trading_agent.strategy import make_strategy
+from services.trading_agent.window import Window
 
 from .data import BarSeries
 from .result import BacktestResult, Fill, Rejection, Trade
 
 AGENT = "trading"
+# Where a bar time has got to in the simulator (rust-backtest sim.rs Phase).
+OPENED, CLOSED, SAMPLED = 1, 2, 3
+END = 2**64 - 1
 
 
 class BacktestError(ValueError):
@@ -88,20 +93,8 @@ def _overrides(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     return env
 
 
-def _run_sync(decider: Decider, ctx: Context, loop: asyncio.AbstractEventLoop | None) -> tuple[Choice, asyncio.AbstractEventLoop | None]:
-    """The decider's answer. A rule decider never awaits: its coroutine is stepped once,
-    with no event loop (microseconds); one that awaits (an LLM) runs on a loop."""
-    coro: Coroutine[Any, Any, Choice] = decider.decide(ctx)
-    if isinstance(decider, RuleDecider):
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            return done.value, loop
-        coro.close()
-        raise BacktestError(f"decider {decider.name} awaited")
-    if loop is None:
-        loop = asyncio.new_event_loop()
-    return loop.run_until_complete(coro), loop
+async def _decide(decider: Decider, ctx: Context) -> Choice:
+    return await decider.decide(ctx)
 
 
 class _Ids:
@@ -113,23 +106,6 @@ class _Ids:
     def __call__(self) -> str:
         self.n += 1
         return f"bt-{self.n:012d}"
-
-
-def _times(series: list[BarSeries]) -> Iterator[tuple[int, list[tuple[BarSeries, int]]]]:
-    """Each bar time in order, with the (series, index) of every symbol that has a bar then."""
-    cursors = [0] * len(series)
-    while True:
-        pending = [s.start_ts[c] for s, c in zip(series, cursors) if c < len(s)]
-        if not pending:
-            return
-        t = min(pending)
-        due = []
-        for k, s in enumerate(series):
-            c = cursors[k]
-            if c < len(s) and s.start_ts[c] == t:
-                due.append((s, c))
-                cursors[k] = c + 1
-        yield t, due
 
 
 def run(series: list[BarSeries], *, strategy: str | None = None, params: Mapping[str, Any] | None = None,
@@ -183,23 +159,130 @@ def run(series: list[BarSeries], *, strategy: str | None = None, params: Mapping
     starting_cash = AccountState.model_validate_json(sim.account()).equity
     result = BacktestResult(strategy=decider.name, params=cfg.model_dump(mode="json"), symbols=sorted(symbols),
                             interval=interval, starting_cash=starting_cash)
-    windows: dict[str, deque[Bar]] = {s.symbol: deque(maxlen=decider.bars_needed) for s in series}
-    choices: dict[str, tuple[Choice, Context]] = {}
-    new_id = _Ids()
-    loop: asyncio.AbstractEventLoop | None = None
-    interval_ns = series[0].interval_ns
-    closes: dict[str, list[Decimal | None]] = {s.symbol: [] for s in series}
+    for s in series:
+        sim.add_series(s.venue, s.symbol, s.start_ts, [str(p) for p in s.open], [str(p) for p in s.close],
+                       s.interval_ns)
+    _Run(sim, cfg, decider, series, result, trade_on_close).run()
+    return result
 
-    def submit_plan(choice: Choice, ctx: Context, ts: int, step: int) -> None:
-        symbol = ctx.event.symbol
-        if (raw := sim.verdict(symbol)) is not None:
-            ctx.verdict = Verdict.model_validate_json(raw)
-        ctx.account = AccountState.model_validate_json(sim.account())
-        order = plan(choice, ctx, cfg, ts, new_id).order
+
+class _Run:
+    """One backtest's event loop. The Rust simulator runs the bars (`advance_to`); this
+    stops it where the agent acts: at a bar's close to decide, at the next open (or at
+    the close, trade_on_close) to plan and send an order.
+
+    A rule decider decides from prices alone, so its decisions on every bar are made
+    first, in one pass per symbol, and the bars run in Rust from one order to the next.
+    Any other decider (an LLM) sees the account and positions: it is asked at each bar's
+    close, with the state of that moment."""
+
+    def __init__(self, sim: Any, cfg: TradingConfig, decider: Decider, series: list[BarSeries],
+                 result: BacktestResult, trade_on_close: bool) -> None:
+        self.sim, self.cfg, self.decider, self.series, self.result = sim, cfg, decider, series, result
+        self.trade_on_close = trade_on_close
+        self.new_id = _Ids()
+        self.fill_steps: list[int] = []
+        self.stops: list[tuple[int, int, int, str, Any]] = []  # (t, phase, order, kind, payload)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def stop(self, t: int, phase: int, kind: str, payload: Any) -> None:
+        heapq.heappush(self.stops, (t, phase, len(self.stops), kind, payload))
+
+    def run(self) -> None:
+        rules = isinstance(self.decider, RuleDecider)
+        for k, s in enumerate(self.series):
+            if rules:
+                self.decide_every_bar(s)
+            elif len(s):
+                self.stop(s.start_ts[0], CLOSED, "decide", (k, 0, Window(self.decider.bars_needed, s.bar)))
+        try:
+            while self.stops:
+                t, phase, _, kind, payload = heapq.heappop(self.stops)
+                self.record(self.sim.advance_to(t, phase))
+                if kind == "decide":
+                    self.decide_at_close(*payload)
+                else:
+                    self.send(t, *payload)
+            self.record(self.sim.advance_to(END, SAMPLED))
+        finally:
+            if self.loop is not None:
+                self.loop.close()
+        self.result.times, equity = self.sim.take_curve()
+        self.result.equity = list(map(Decimal, equity))
+        self.result.bars = sum(len(s) for s in self.series)
+        self.result.closes = {s.symbol: _closes_at(self.result.times, s) for s in self.series}
+        self.result.trades = round_trips(self.result.fills, [self.step_of(ts) for ts in self.fill_steps],
+                                         self.result.closes)
+
+    def step_of(self, ts: int) -> int:
+        return bisect.bisect_right(self.result.times, ts) - 1
+
+    def decide_every_bar(self, s: BarSeries) -> None:
+        """A rule decider's decisions on each bar of `s`, in one pass (the hot loop)."""
+        decider = self.decider
+        assert isinstance(decider, RuleDecider)
+        decide = decider.strategy.decide
+        window = Window(decider.bars_needed, s.bar)
+        push, symbol, hold = window.push_close, s.symbol, Action.HOLD
+        for i, close in enumerate(s.close):
+            push(close, i)
+            d = decide(symbol, window)
+            if d.action is not hold:
+                self.decided(s, i, decider.choice(d), None)
+
+    def decide_at_close(self, k: int, i: int, window: Window) -> None:
+        s = self.series[k]
+        window.push_close(s.close[i], i)
+        ctx = Context(event=self.event(s, i), bars=window)
+        ctx.tick = self.tick(s, i, s.start_ts[i] + s.interval_ns - 1, s.close[i])
+        self.context(ctx)
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        choice = self.loop.run_until_complete(_decide(self.decider, ctx))
+        self.result.llm_cost_usd += choice.cost_usd
+        if choice.action is not Action.HOLD:
+            self.decided(s, i, choice, ctx)
+        if i + 1 < len(s):
+            self.stop(s.start_ts[i + 1], CLOSED, "decide", (k, i + 1, window))
+
+    def decided(self, s: BarSeries, i: int, choice: Choice, ctx: Context | None) -> None:
+        """A decision on bar i (and its context, None for a rule's: made when planned):
+        planned at its close, or at the next bar's open."""
+        self.result.signals += 1
+        if self.trade_on_close:
+            self.stop(s.start_ts[i], CLOSED, "plan", (s, i, choice, ctx, True))
+        elif i + 1 < len(s):
+            self.stop(s.start_ts[i + 1], OPENED, "plan", (s, i + 1, choice, ctx, False))
+
+    def send(self, t: int, s: BarSeries, i: int, choice: Choice, ctx: Context | None, at_close: bool) -> None:
+        if at_close:  # the stop was queued after the bar's close: the sim is there already
+            ts, price = s.start_ts[i] + s.interval_ns - 1, s.close[i]
+        else:  # the order is planned at the open, with the open as the latest tick (live: Context.price)
+            ts, price = t, s.open[i]
+        if ctx is None:  # the deciding bar: i at the close, the one before i at the next open
+            ctx = Context(event=self.event(s, i if at_close else i - 1), bars=())
+        ctx.tick = self.tick(s, i, ts, price)
+        self.context(ctx)
+        order = plan(choice, ctx, self.cfg, ts, self.new_id).order
         if order is not None:
-            record(sim.submit(order.model_dump_json().encode()), step, order.reduce_only)
+            self.record(self.sim.submit(order.model_dump_json().encode()), order.reduce_only)
 
-    def record(reports: list[str], step: int, reduce_only: bool = False) -> None:
+    def context(self, ctx: Context) -> None:
+        """Risk's verdict and account now, as the live agent reads them from the bus."""
+        if (raw := self.sim.verdict(ctx.event.symbol)) is not None:
+            ctx.verdict = Verdict.model_validate_json(raw)
+        ctx.account = AccountState.model_validate_json(self.sim.account())
+
+    def event(self, s: BarSeries, i: int) -> Event:
+        return Event(kind="bar", symbol=s.symbol, venue=s.venue, price=s.close[i],
+                     origin_ts=s.start_ts[i] + s.interval_ns, summary=f"bar {s.interval} closed")
+
+    @staticmethod
+    def tick(s: BarSeries, i: int, ts: int, price: Decimal) -> Tick:
+        return Tick.model_construct(venue=s.venue, symbol=s.symbol, price=price, seq=0, ts=ts)
+
+    def record(self, reports: list[str], reduce_only: bool = False) -> None:
+        result = self.result
         for raw in reports:
             r = json.loads(raw)
             if r.get("last_fill_quantity") is not None:
@@ -207,53 +290,25 @@ def run(series: list[BarSeries], *, strategy: str | None = None, params: Mapping
                                          quantity=Decimal(r["last_fill_quantity"]),
                                          price=Decimal(r["last_fill_price"]), fee=Decimal(r["fee"]),
                                          client_order_id=r["client_order_id"], reduce_only=reduce_only))
-                fill_steps.append(step)
+                self.fill_steps.append(r["ts"])
             elif r["status"] in ("REJECTED", "EXPIRED"):
                 result.rejections.append(Rejection(ts=r["ts"], symbol=r.get("symbol") or "", side=r.get("side") or "",
                                                    quantity=Decimal(r.get("quantity") or 0),
                                                    reason=r.get("reason") or r["status"]))
 
-    fill_steps: list[int] = []
-    try:
-        for step, (t, due) in enumerate(_times(series)):
-            for s, i in due:  # 1. the opens
-                record(sim.tick(s.venue, s.symbol, str(s.open[i]), t), step)
-            for s, i in due:  # 2. last bar's decisions, planned and sent at the open
-                if (pending := choices.pop(s.symbol, None)) is not None:
-                    choice, ctx = pending
-                    ctx.tick = Tick.model_construct(venue=s.venue, symbol=s.symbol, price=s.open[i], seq=0, ts=t)
-                    submit_plan(choice, ctx, t, step)
-            close_ts = t + interval_ns - 1
-            for s, i in due:  # 3. the closes
-                record(sim.tick(s.venue, s.symbol, str(s.close[i]), close_ts), step)
-            for s, i in due:  # 4. decisions on the closed bar
-                bar = s.bar(i)
-                window = windows[s.symbol]
-                window.append(bar)
-                event = Event(kind="bar", symbol=s.symbol, venue=s.venue, price=bar.close,
-                              origin_ts=bar.end_ts, summary=f"bar {interval} closed")
-                ctx = Context(event=event, bars=list(window))
-                choice, loop = _run_sync(decider, ctx, loop)
-                result.llm_cost_usd += choice.cost_usd
-                if choice.action is not Action.HOLD:
-                    result.signals += 1
-                    if trade_on_close:
-                        submit_plan(choice, ctx, close_ts, step)
-                    else:
-                        choices[s.symbol] = (choice, ctx)
-            sim.sample()
-            result.times.append(t)
-            present = {s.symbol: s.close[i] for s, i in due}
-            for symbol, column in closes.items():
-                column.append(present.get(symbol, column[-1] if column else None))
-            result.bars += len(due)
-    finally:
-        if loop is not None:
-            loop.close()
-    result.equity = [Decimal(e) for _, e in sim.take_curve()]
-    result.closes = closes
-    result.trades = round_trips(result.fills, fill_steps, closes)
-    return result
+
+def _closes_at(times: list[int], s: BarSeries) -> list[Decimal | None]:
+    """The series' close at each of `times` (the last one before, None before its first bar)."""
+    if times == s.start_ts:
+        return list(s.close)
+    out: list[Decimal | None] = []
+    i, last = 0, None
+    for t in times:
+        while i < len(s) and s.start_ts[i] <= t:
+            last = s.close[i]
+            i += 1
+        out.append(last)
+    return out
 
 
 def round_trips(fills: list[Fill], steps: list[int], closes: Mapping[str, list[Decimal | None]]) -> list[Trade]:

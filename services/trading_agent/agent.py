@@ -11,7 +11,7 @@ state, risk decides the rest. No shorting: a SELL without a long is no order.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -55,7 +55,7 @@ class Context:
     """Everything a decision may look at; None = not known (or too old to trust)."""
 
     event: Event
-    bars: list[Bar]  # oldest first, the event's bar last
+    bars: Sequence[Bar]  # oldest first, the event's bar last (a list, or a Window in a backtest)
     tick: Tick | None = None  # the latest tick of the symbol, if any
     verdict: Verdict | None = None
     account: AccountState | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -19,6 +20,7 @@ from services.contract.models import Action
 
 from .agent import AGENT, Choice, Context
 from .config import TradingConfig
+from .strategy import Decision as StrategyDecision
 from .strategy import Strategy
 
 SYSTEM_PROMPT = (
@@ -56,8 +58,13 @@ class RuleDecider:
     async def decide(self, ctx: Context) -> Choice:
         start = time.perf_counter()
         d = self.strategy.decide(ctx.event.symbol, ctx.bars)
-        reasoning = d.reasoning + "".join(f"; {note}" for note in ctx.notes)
-        return Choice(d.action, d.confidence, reasoning, self.name, latency_ms=_ms_since(start))
+        return self.choice(d, ctx.notes, _ms_since(start))
+
+    def choice(self, d: StrategyDecision, notes: Sequence[str] = (), latency_ms: float = 0.0) -> Choice:
+        """The strategy's decision as the agent's choice (a backtest asks the strategy
+        itself, on every bar, and makes a choice of the decisions that are not HOLD)."""
+        reasoning = d.reasoning + "".join(f"; {note}" for note in notes)
+        return Choice(d.action, d.confidence, reasoning, self.name, latency_ms=latency_ms)
 
 
 class LLMDecider:

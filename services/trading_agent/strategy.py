@@ -3,8 +3,10 @@ the triggering bar last), decide BUY / SELL / HOLD with a confidence and the rea
 
 A strategy only looks at prices; whether an order may be sent and how big it is are
 decided by the agent (risk verdicts, sizing), so strategies stay small and pure.
-They hold no state: the bars come with every decision (from `md.api.history`), which
-is what lets any replica decide any bar. Momentum and mean reversion are the shared
+They hold no state: the bars come with every decision (live from `md.api.history`, in
+a backtest from the data), which is what lets any replica decide any bar. They read
+them through a `Window` (window.py): moving averages are running sums, so a decision
+costs microseconds whatever the lookback. Momentum and mean reversion are the shared
 rules of services/common/price_rules.py (the swarm's offline models use them too).
 """
 
@@ -19,6 +21,7 @@ from services.common import price_rules
 from services.contract.models import Action, Bar
 
 from .config import TradingConfig
+from .window import window_of
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ def _not_enough(symbol: str, bars: Sequence[Bar], needed: int) -> Decision | Non
 
 
 def _closes(bars: Sequence[Bar], n: int) -> list[Decimal]:
-    return [b.close for b in bars[-n:]]
+    return window_of(bars, n).last_closes(n)
 
 
 class CloseRuleStrategy:
@@ -93,26 +96,38 @@ class MovingAverageCrossover:
         self.fast, self.slow = fast, slow
         self.min_gap = Decimal(str(min_gap_pct))
         self.bars_needed = slow + 1  # the averages on this bar and on the one before
-
-    def _averages(self, closes: Sequence[Decimal]) -> tuple[Decimal, Decimal]:
-        return price_rules.mean(closes[-self.fast :]), price_rules.mean(closes[-self.slow :])
+        self._holds: dict[tuple[str, str], Decision] = {}
 
     def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision:
-        if short := _not_enough(symbol, bars, self.bars_needed):
-            return short
-        closes = _closes(bars, self.bars_needed)
-        fast_before, slow_before = self._averages(closes[:-1])
-        fast, slow = self._averages(closes)
+        if len(bars) < self.bars_needed:
+            return _not_enough(symbol, bars, self.bars_needed) or self._hold(symbol, "level with")
+        window = window_of(bars, self.bars_needed)
+        # Averages compared as sums scaled by the other length: exact, no division.
+        f, s = self.fast, self.slow
+        fast_sum, fast_sum_before = window.sums(f)
+        slow_sum, slow_sum_before = window.sums(s)
+        above, above_before = fast_sum * s - slow_sum * f, fast_sum_before * s - slow_sum_before * f
+        crossed_up = above_before <= 0 < above
+        crossed_down = above_before >= 0 > above
+        if not (crossed_up or crossed_down):
+            return self._hold(symbol, "above" if above > 0 else "below" if above < 0 else "level with")
+        fast, slow = fast_sum / f, slow_sum / s
         gap = (fast - slow) / slow * 100
         text = (f"{symbol} fast MA({self.fast}) {fast:.6f} vs slow MA({self.slow}) {slow:.6f}, "
                 f"gap {gap:+.4f}%")
         confidence = price_rules.strength(gap, self.min_gap) if self.min_gap > 0 else 1.0
-        if fast_before <= slow_before and fast > slow:
+        if crossed_up:
             return Decision(Action.BUY, confidence, f"{text}: crossed above")
-        if fast_before >= slow_before and fast < slow:
-            return Decision(Action.SELL, confidence, f"{text}: crossed below")
-        side = "above" if fast > slow else "below" if fast < slow else "level with"
-        return Decision(Action.HOLD, 0.5, f"{text}: no cross, fast stays {side} slow")
+        return Decision(Action.SELL, confidence, f"{text}: crossed below")
+
+    def _hold(self, symbol: str, side: str) -> Decision:
+        """The common case, kept cheap: no figures, one shared (immutable) decision."""
+        key = (symbol, side)
+        hold = self._holds.get(key)
+        if hold is None:
+            reason = f"{symbol} MA({self.fast}) vs MA({self.slow}): no cross, fast stays {side} slow"
+            hold = self._holds[key] = Decision(Action.HOLD, 0.5, reason)
+        return hold
 
 
 STRATEGIES: dict[str, Callable[[TradingConfig], Strategy]] = {
