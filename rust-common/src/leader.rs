@@ -288,12 +288,14 @@ pub async fn take_role(
     };
     let kv = crate::streams::open_kv(js).await?;
     tokio::select! {
+        // A stop that came with the lease (the whole system stopping) wins.
+        biased;
+        _ = crate::telemetry::shutdown_signal() => Ok(Role::Stopped),
         lease = acquire(&kv, service, settings) => {
             let lease = lease?;
             lease.exit_when_lost(service);
             Ok(Role::Active(lease))
         }
-        _ = crate::telemetry::shutdown_signal() => Ok(Role::Stopped),
     }
 }
 
@@ -499,7 +501,7 @@ mod tests {
     #[test]
     fn a_takeover_is_recorded_and_a_renewal_keeps_the_since() {
         let first = LeaseRecord::taken("a", TTL, None, 100);
-        assert_eq!((first.takeovers, first.takeover_ts.clone()), (0, None));
+        assert_eq!((first.takeovers, first.takeover_ts), (0, None));
         let renewed = first.renewed(TTL, 200);
         assert_eq!((renewed.acquired_ts, renewed.renewed_ts), (100, 200));
         assert_eq!(renewed.acting_until_ts, 200 + 750_000_000);

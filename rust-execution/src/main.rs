@@ -137,12 +137,14 @@ async fn run() -> Result<()> {
         .run(orders, cfg.market_warmup(), service::shutdown_signal())
         .await?;
 
-    // Every order taken is settled: a standby may take over at once. Else a job may still
-    // store a report; the lease is kept until the process is gone (the standby waits a ttl).
+    // Off the service API first, so the next active is the only one there. Every order
+    // taken is settled: a standby may take over at once. Else a job may still store a
+    // report; the lease is kept until the process is gone (the standby waits a ttl).
+    service::stop_service(api).await;
     if drained {
         leader::release(role).await;
     }
-    base.stop(Some(api)).await?;
+    base.stop(None).await?;
     // The drain closes the subscriptions once the server confirmed it; wait for that.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
         for mut subscription in market_data {
