@@ -116,21 +116,11 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         status.account = positions.account
     if isinstance(kill_switch, KillSwitchState):
         status.kill_switch = kill_switch
-    if isinstance(supervision, StreamReadError):
-        status.problems.append(f"supervisor records (KV {S.kv_supervisor('*')}): {supervision}")
-    elif isinstance(supervision, BaseException):
-        raise supervision
-    else:
-        status.supervision, unreadable = supervision
-        status.problems += unreadable
+    if records := _records(status, supervision, f"supervisor records (KV {S.kv_supervisor('*')})"):
+        status.supervision = records
         status.problems += supervision_problems(status.supervision)
-    if isinstance(leadership, StreamReadError):
-        status.problems.append(f"failover leases (KV {S.kv_leader('*')}): {leadership}")
-    elif isinstance(leadership, BaseException):
-        raise leadership
-    else:
-        status.leadership, unreadable = leadership
-        status.problems += unreadable
+    if records := _records(status, leadership, f"failover leases (KV {S.kv_leader('*')})"):
+        status.leadership = records
         status.problems += [f"{name}: no active instance (lease {'released' if lease.released else 'not renewed'} "
                             f"{age(lease.renewed_ts)} ago; a standby takes over)"
                             for name, lease in status.leadership.items()
@@ -151,6 +141,18 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         status.problems.append(f"no feed status on md.status.* within {feed_wait:g}s")
     status.problems += [f"feed {v}: {f.status} ({f.detail})" for v, f in feeds.items() if f.status != "connected"]
     return status
+
+
+def _records(status: Status, result: object, what: str) -> dict:
+    """The records of a read_records result; an unreadable bucket or value is a problem."""
+    if isinstance(result, StreamReadError):
+        status.problems.append(f"{what}: {result}")
+        return {}
+    if isinstance(result, BaseException):
+        raise result
+    records, unreadable = result  # type: ignore[misc]
+    status.problems += unreadable
+    return records
 
 
 def supervision_problems(records: dict[str, Supervised]) -> list[str]:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 
 from nats.aio.client import Client
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from services.common.streams import KV_STREAM, read_stream
 from services.contract import subjects as S
+from services.ops.supervision import read_records
 
 
 class Lease(BaseModel):
@@ -45,18 +45,7 @@ class Lease(BaseModel):
 async def read_leadership(nc: Client, timeout: float = 5.0) -> tuple[dict[str, Lease], list[str]]:
     """Every `leader.*` lease by direct gets: ({service: lease}, problems). Raises
     StreamReadError when the bucket cannot be read."""
-    found: dict[str, Lease] = {}
-    problems: list[str] = []
-    prefix = S.kv_subject(S.kv_leader(""))
-    async for stored in read_stream(nc, KV_STREAM, S.kv_subject(S.kv_leader(">")), timeout=timeout):
-        name = stored.subject.removeprefix(prefix)
-        if not stored.data:
-            continue
-        try:
-            found[name] = Lease.model_validate_json(stored.data)
-        except ValidationError as e:
-            problems.append(f"KV {S.kv_leader(name)}: not a lease record ({e.error_count()} errors)")
-    return dict(sorted(found.items())), problems
+    return await read_records(nc, S.kv_leader, Lease, "a lease record", timeout)
 
 
 __all__ = ["Lease", "read_leadership"]

@@ -14,13 +14,16 @@ policies supervise).
 from __future__ import annotations
 
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.common.streams import KV_STREAM, StreamReadError, read_stream
 from services.contract import subjects as S
+
+M = TypeVar("M", bound=BaseModel)
 
 HEARTBEAT_S = 10.0
 STALE_S = 3 * HEARTBEAT_S
@@ -61,18 +64,25 @@ async def read_supervision(nc: Client, timeout: float = 5.0) -> tuple[dict[str, 
     """Every `supervisor.*` record, by direct gets (one value per key: the bucket keeps no
     history): ({service: record}, problems). A value that does not parse is a problem, not
     an exception. Raises StreamReadError when the bucket cannot be read."""
-    found: dict[str, Supervised] = {}
+    return await read_records(nc, S.kv_supervisor, Supervised, "a supervisor record", timeout)
+
+
+async def read_records(nc: Client, key: Callable[[str], str], model: type[M], what: str,
+                       timeout: float = 5.0) -> tuple[dict[str, M], list[str]]:
+    """Every KV value under `key("")` (a prefix such as `supervisor.`), parsed as `model`:
+    ({name after the prefix: record}, problems: the values that do not parse)."""
+    found: dict[str, M] = {}
     problems: list[str] = []
-    prefix = S.kv_subject(S.kv_supervisor(""))
-    async for stored in read_stream(nc, KV_STREAM, S.kv_subject(S.kv_supervisor(">")), timeout=timeout):
+    prefix = S.kv_subject(key(""))
+    async for stored in read_stream(nc, KV_STREAM, S.kv_subject(key(">")), timeout=timeout):
         name = stored.subject.removeprefix(prefix)
-        if not stored.data:  # a deleted key (the supervisor never deletes; tolerated)
+        if not stored.data:  # a deleted key (never written so; tolerated)
             continue
         try:
-            found[name] = Supervised.model_validate_json(stored.data)
+            found[name] = model.model_validate_json(stored.data)
         except ValidationError as e:
-            problems.append(f"KV {S.kv_supervisor(name)}: not a supervisor record ({e.error_count()} errors)")
+            problems.append(f"KV {key(name)}: not {what} ({e.error_count()} errors)")
     return dict(sorted(found.items())), problems
 
 
-__all__ = ["HEARTBEAT_S", "STALE_S", "StreamReadError", "Supervised", "read_supervision"]
+__all__ = ["HEARTBEAT_S", "STALE_S", "StreamReadError", "Supervised", "read_records", "read_supervision"]
