@@ -1,5 +1,6 @@
 """Backtest speed: one million 1-minute bars of one symbol, the SMA-crossover strategy
-(fast 10, slow 30, long only, commission 0.1 %), moonbus (services/backtest/engine.py:
+(long only, commission 0.1 %) with slow averages (50/200: a cross every ~150 bars) and fast
+ones (10/30: every ~25 bars, so an order every ~25 bars), moonbus (services/backtest/engine.py:
 the live trading agent's strategy and plan, rust-risk's rules and the paper venue)
 against backtesting.py on the same bars, in the same run.
 
@@ -25,7 +26,8 @@ from typing import Any
 
 from bench.__main__ import Context
 
-FAST, SLOW, COMMISSION = 10, 30, 0.001
+CASES = {"sma_50_200": (50, 200), "sma_10_30": (10, 30)}
+COMMISSION = 0.001
 START_S = 1_600_000_000
 
 
@@ -90,9 +92,9 @@ print(json.dumps({"bars": len(df), "load_s": load, "run_s": run, "trades": int(s
 """
 
 
-def _side(code: str, path: Path, root: Path, drop_env: tuple[str, ...] = ()) -> dict[str, Any]:
+def _side(code: str, path: Path, root: Path, fast: int, slow: int, drop_env: tuple[str, ...] = ()) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in drop_env}
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(FAST), str(SLOW), str(COMMISSION)],
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(fast), str(slow), str(COMMISSION)],
                          cwd=root, env=env, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
@@ -104,17 +106,20 @@ def _side(code: str, path: Path, root: Path, drop_env: tuple[str, ...] = ()) -> 
 
 def run(ctx: Context) -> dict[str, Any]:
     bars = 100_000 if ctx.quick else 1_000_000
+    out: dict[str, Any] = {"bars": bars, "commission": COMMISSION, "cases": {}}
     with tempfile.TemporaryDirectory(prefix="moonbus-bench-") as tmp:
         path = Path(tmp) / "bars.csv"
         write_bars(path, bars)
-        ours = _side(MOONBUS, path, ctx.root)
-        theirs = _side(BACKTESTING_PY, path, ctx.root, drop_env=("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
-    return {
-        "bars": bars,
-        "strategy": f"SMA crossover {FAST}/{SLOW}, long only, commission {COMMISSION}",
-        "moonbus": ours,
-        "backtesting_py": theirs,
-        "speedup_run": round(theirs["run_s"] / ours["run_s"], 2),
-        "same_trades": ours["trades"] == theirs["trades"],
-        "final_equity_difference": abs(float(ours["final_equity"]) - float(theirs["final_equity"])),
-    }
+        for name, (fast, slow) in CASES.items():
+            ours = _side(MOONBUS, path, ctx.root, fast, slow)
+            theirs = _side(BACKTESTING_PY, path, ctx.root, fast, slow,
+                           drop_env=("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
+            out["cases"][name] = {
+                "strategy": f"SMA crossover {fast}/{slow}, long only",
+                "moonbus": ours,
+                "backtesting_py": theirs,
+                "speedup_run": round(theirs["run_s"] / ours["run_s"], 2),
+                "same_trades": ours["trades"] == theirs["trades"],
+                "final_equity_difference": abs(float(ours["final_equity"]) - float(theirs["final_equity"])),
+            }
+    return out

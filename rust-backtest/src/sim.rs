@@ -74,6 +74,8 @@ pub struct Simulator {
     curve: Vec<(u64, Decimal)>,
     /// Reports of resting orders filled while bars ran (`advance_to`), for the caller.
     pending_reports: Vec<ExecutionReport>,
+    heartbeat_ns: u64,
+    last_heartbeat: u64,
 }
 
 impl Simulator {
@@ -91,6 +93,7 @@ impl Simulator {
             .collect::<Result<Vec<_>, _>>()
             .map_err(anyhow::Error::msg)
             .context("[execution] venues")?;
+        let heartbeat_ns = settings.heartbeat_ms.saturating_mul(1_000_000);
         let mut risk = Engine::new(settings, 0);
         risk.mark_ready(0);
         Ok(Self {
@@ -105,16 +108,23 @@ impl Simulator {
             step: None,
             curve: Vec::new(),
             pending_reports: Vec::new(),
+            heartbeat_ns,
+            last_heartbeat: 0,
         })
     }
 
-    /// Moves the clock to `ts` (ns since the epoch); time never goes back.
+    /// Moves the clock to `ts` (ns since the epoch); time never goes back. Risk's
+    /// heartbeat (reservations expire, the UTC day rolls) runs as live: when
+    /// `heartbeat_ms` has passed since the last one (a tick rolls the day itself).
     pub fn advance(&mut self, ts: u64) -> Result<()> {
         if ts < self.now {
             bail!("time goes back: {ts} is before {}", self.now);
         }
         self.now = ts;
-        self.risk.heartbeat(ts);
+        if ts.saturating_sub(self.last_heartbeat) >= self.heartbeat_ns {
+            self.last_heartbeat = ts;
+            self.risk.heartbeat(ts);
+        }
         Ok(())
     }
 

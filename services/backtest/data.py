@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from services.contract.models import (
     INTERVAL_PATTERN,
@@ -69,18 +71,18 @@ class _Bad(Exception):
     """A reason a row is bad; the reader adds path and row."""
 
 
-_BAR_FIELDS = frozenset(Bar.model_fields)
+M = TypeVar("M", bound=BaseModel)
 
 
-def _trusted_bar(fields: dict[str, Any]) -> Bar:
-    """A Bar of values already checked: what `Bar.model_construct` makes, without its
-    per-call overhead (a backtest makes one per bar)."""
-    bar = object.__new__(Bar)
-    object.__setattr__(bar, "__dict__", fields)
-    object.__setattr__(bar, "__pydantic_fields_set__", set(_BAR_FIELDS))
-    object.__setattr__(bar, "__pydantic_extra__", None)
-    object.__setattr__(bar, "__pydantic_private__", None)
-    return bar
+def trusted(model: type[M], fields: dict[str, Any]) -> M:
+    """A model of values already checked (every field given): what `model_construct`
+    makes, without its per-call overhead (a backtest makes one per bar)."""
+    instance = object.__new__(model)
+    object.__setattr__(instance, "__dict__", fields)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class BarSeries:
     def bar(self, i: int) -> Bar:
         start = self.start_ts[i]
         # The values were checked when loaded; validating each bar again is too slow.
-        return _trusted_bar({
+        return trusted(Bar, {
             "venue": self.venue, "symbol": self.symbol, "interval": self.interval,
             "open": self.open[i], "high": self.high[i], "low": self.low[i], "close": self.close[i],
             "volume": self.volume[i], "trades": self.trades[i] if self.trades is not None else 0,

@@ -37,10 +37,10 @@ from services.contract.models import AccountState, Action, Side, Tick, Verdict
 from services.trading_agent.agent import Choice, Context, Event, plan
 from services.trading_agent.config import TradingConfig
 from services.trading_agent.decide import Decider, RuleDecider
-from services.trading_agent.strategy import make_strategy
-from services.trading_agent.window import Window
+from services.trading_agent.strategy import SeriesStrategy, make_strategy
 
-from .data import BarSeries
+from .data import BarSeries, trusted
+from .window import Window
 from .result import BacktestResult, Fill, Rejection, Trade
 
 AGENT = "trading"
@@ -218,21 +218,26 @@ class _Run:
         return bisect.bisect_right(self.result.times, ts) - 1
 
     def decide_every_bar(self, s: BarSeries) -> None:
-        """A rule decider's decisions on each bar of `s`, in one pass (the hot loop)."""
+        """A rule decider's decisions on each bar of `s`, in one pass: the strategy's own
+        scan over the closes when it has one (the built-in strategies), else its decide
+        on each bar's window."""
         decider = self.decider
         assert isinstance(decider, RuleDecider)
-        decide = decider.strategy.decide
+        strategy = decider.strategy
+        if isinstance(strategy, SeriesStrategy):
+            for i, d in strategy.scan(s.symbol, s.close):
+                self.decided(s, i, decider.choice(d), None)
+            return
         window = Window(decider.bars_needed, s.bar)
-        push, symbol, hold = window.push_close, s.symbol, Action.HOLD
-        for i, close in enumerate(s.close):
-            push(close, i)
-            d = decide(symbol, window)
-            if d.action is not hold:
+        for i in range(len(s)):
+            window.push(i)
+            d = strategy.decide(s.symbol, window)
+            if d.action is not Action.HOLD:
                 self.decided(s, i, decider.choice(d), None)
 
     def decide_at_close(self, k: int, i: int, window: Window) -> None:
         s = self.series[k]
-        window.push_close(s.close[i], i)
+        window.push(i)
         ctx = Context(event=self.event(s, i), bars=window)
         ctx.tick = self.tick(s, i, s.start_ts[i] + s.interval_ns - 1, s.close[i])
         self.context(ctx)
@@ -279,7 +284,8 @@ class _Run:
 
     @staticmethod
     def tick(s: BarSeries, i: int, ts: int, price: Decimal) -> Tick:
-        return Tick.model_construct(venue=s.venue, symbol=s.symbol, price=price, seq=0, ts=ts)
+        return trusted(Tick, {"venue": s.venue, "symbol": s.symbol, "price": price, "bid": None, "ask": None,
+                              "size": None, "seq": 0, "ts": ts})
 
     def record(self, reports: list[str], reduce_only: bool = False) -> None:
         result = self.result

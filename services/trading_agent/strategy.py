@@ -3,25 +3,29 @@ the triggering bar last), decide BUY / SELL / HOLD with a confidence and the rea
 
 A strategy only looks at prices; whether an order may be sent and how big it is are
 decided by the agent (risk verdicts, sizing), so strategies stay small and pure.
-They hold no state: the bars come with every decision (live from `md.api.history`, in
-a backtest from the data), which is what lets any replica decide any bar. They read
-them through a `Window` (window.py): moving averages are running sums, so a decision
-costs microseconds whatever the lookback. Momentum and mean reversion are the shared
-rules of services/common/price_rules.py (the swarm's offline models use them too).
+They hold no state: the bars come with every decision (live from `md.api.history`),
+which is what lets any replica decide any bar.
+
+Each rule is written once, as `scan`: the decisions over a whole series of closes, bar
+by bar. Live, `decide` scans the recent window and answers for its last bar; a backtest
+scans the whole history in one pass (services/backtest/engine.py), so a decision costs
+about a microsecond. Momentum and mean reversion are the shared rules of
+services/common/price_rules.py (the swarm's offline models use them too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from services.common import price_rules
 from services.contract.models import Action, Bar
 
 from .config import TradingConfig
-from .window import window_of
+
+ZERO = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,28 @@ class Strategy(Protocol):
     def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision: ...
 
 
+@runtime_checkable
+class SeriesStrategy(Strategy, Protocol):
+    """A strategy whose rule runs over a series of closes (the built-in ones)."""
+
+    def scan(self, symbol: str, closes: Sequence[Decimal], start: int = 0,
+             holds: bool = False) -> Iterator[tuple[int, Decision]]: ...
+
+
 def _not_enough(symbol: str, bars: Sequence[Bar], needed: int) -> Decision | None:
     if len(bars) >= needed:
         return None
     return Decision(Action.HOLD, 0.0, f"{symbol}: {len(bars)} closed bars, the strategy needs {needed}")
 
 
-def _closes(bars: Sequence[Bar], n: int) -> list[Decimal]:
-    return window_of(bars, n).last_closes(n)
+def _decide_last(strategy: SeriesStrategy, symbol: str, bars: Sequence[Bar]) -> Decision:
+    """The decision on the last of `bars`: the strategy's scan over their closes."""
+    if short := _not_enough(symbol, bars, strategy.bars_needed):
+        return short
+    closes = [b.close for b in bars[-strategy.bars_needed:]]
+    for _, decision in strategy.scan(symbol, closes, start=len(closes) - 1, holds=True):
+        return decision
+    raise AssertionError("a scan with holds=True decides every bar from start")
 
 
 class CloseRuleStrategy:
@@ -60,11 +78,18 @@ class CloseRuleStrategy:
         self.bars_needed = lookback
         self.threshold_pct = threshold_pct
 
+    def scan(self, symbol: str, closes: Sequence[Decimal], start: int = 0,
+             holds: bool = False) -> Iterator[tuple[int, Decision]]:
+        """The decision on every bar from `start` with `lookback` closes (only the ones
+        that are not HOLD unless `holds`)."""
+        n, rule = self.bars_needed, type(self).rule
+        for i in range(max(start, n - 1), len(closes)):
+            call = rule(symbol, closes[i - n + 1 : i + 1], self.threshold_pct)
+            if holds or call.action is not Action.HOLD:
+                yield i, Decision(call.action, call.confidence, call.reasoning)
+
     def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision:
-        if short := _not_enough(symbol, bars, self.bars_needed):
-            return short
-        call = type(self).rule(symbol, _closes(bars, self.bars_needed), self.threshold_pct)
-        return Decision(call.action, call.confidence, call.reasoning)
+        return _decide_last(self, symbol, bars)
 
 
 class MomentumStrategy(CloseRuleStrategy):
@@ -98,25 +123,39 @@ class MovingAverageCrossover:
         self.bars_needed = slow + 1  # the averages on this bar and on the one before
         self._holds: dict[tuple[str, str], Decision] = {}
 
-    def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision:
-        if len(bars) < self.bars_needed:
-            return _not_enough(symbol, bars, self.bars_needed) or self._hold(symbol, "level with")
-        window = window_of(bars, self.bars_needed)
-        # Averages compared as sums scaled by the other length: exact, no division.
+    def scan(self, symbol: str, closes: Sequence[Decimal], start: int = 0,
+             holds: bool = False) -> Iterator[tuple[int, Decision]]:
+        """The crosses from bar `start` on (every bar's decision with `holds`).
+
+        The sums of the last fast and slow closes run along the series (add the new
+        close, drop the one that leaves: exact in Decimal), and the averages are compared
+        as sums scaled by the other length (a/f > b/s exactly when a*s > b*f), so a bar
+        costs a few additions and no division."""
         f, s = self.fast, self.slow
-        fast_sum, fast_sum_before = window.sums(f)
-        slow_sum, slow_sum_before = window.sums(s)
-        above, above_before = fast_sum * s - slow_sum * f, fast_sum_before * s - slow_sum_before * f
-        crossed_up = above_before <= 0 < above
-        crossed_down = above_before >= 0 > above
-        if not (crossed_up or crossed_down):
-            return self._hold(symbol, "above" if above > 0 else "below" if above < 0 else "level with")
-        fast, slow = fast_sum / f, slow_sum / s
+        fast_sum = slow_sum = ZERO
+        above = ZERO
+        for i, close in enumerate(closes):
+            fast_sum += close - closes[i - f] if i >= f else close
+            slow_sum += close - closes[i - s] if i >= s else close
+            above_before, above = above, fast_sum * s - slow_sum * f
+            if i < s or i < start:  # the slow average of the bar before needs s closes before this one
+                continue
+            if above_before <= 0 < above:
+                yield i, self._crossed(symbol, fast_sum / f, slow_sum / s, up=True)
+            elif above_before >= 0 > above:
+                yield i, self._crossed(symbol, fast_sum / f, slow_sum / s, up=False)
+            elif holds:
+                yield i, self._hold(symbol, "above" if above > 0 else "below" if above < 0 else "level with")
+
+    def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision:
+        return _decide_last(self, symbol, bars)
+
+    def _crossed(self, symbol: str, fast: Decimal, slow: Decimal, up: bool) -> Decision:
         gap = (fast - slow) / slow * 100
         text = (f"{symbol} fast MA({self.fast}) {fast:.6f} vs slow MA({self.slow}) {slow:.6f}, "
                 f"gap {gap:+.4f}%")
         confidence = price_rules.strength(gap, self.min_gap) if self.min_gap > 0 else 1.0
-        if crossed_up:
+        if up:
             return Decision(Action.BUY, confidence, f"{text}: crossed above")
         return Decision(Action.SELL, confidence, f"{text}: crossed below")
 
