@@ -37,8 +37,10 @@ from services.contract.models import AccountState, Action, Side, Tick, Verdict
 from services.trading_agent.agent import Choice, Context, Event, plan
 from services.trading_agent.config import TradingConfig
 from services.trading_agent.decide import Decider, RuleDecider
-from services.trading_agent.strategy import SeriesStrategy, make_strategy
+from services.trading_agent.service import make_decider
+from services.trading_agent.strategy import SeriesStrategy
 
+from . import llm
 from .data import BarSeries, trusted
 from .window import Window
 from .result import BacktestResult, Fill, Rejection, Trade
@@ -83,13 +85,18 @@ def _toml_value(value: Any) -> str:
     raise BacktestError(f"override value {value!r} is not a string, number, boolean or list")
 
 
-def _overrides(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+def _overrides(overrides: Mapping[str, Any], prefix: str = moonbus_config.ENV_PREFIX) -> dict[str, str]:
+    """{section: {key: value}} (tables nest: {"llm": {"endpoints": {"x": {...}}}}) as
+    MOONBUS__SECTION__KEY overrides, read by both languages' config loaders."""
     env: dict[str, str] = {}
-    for section, keys in overrides.items():
-        if not isinstance(keys, Mapping):
-            raise BacktestError(f"override [{section}] must be a table of keys")
-        for key, value in keys.items():
-            env[f"{moonbus_config.ENV_PREFIX}{section.upper()}__{key.upper()}"] = _toml_value(value)
+    for name, value in overrides.items():
+        key = f"{prefix}{name.upper()}"
+        if isinstance(value, Mapping):
+            env |= _overrides(value, key + "__")
+        elif prefix == moonbus_config.ENV_PREFIX:
+            raise BacktestError(f"override [{name}] must be a table of keys")
+        else:
+            env[key] = _toml_value(value)
     return env
 
 
@@ -110,13 +117,16 @@ class _Ids:
 
 def run(series: list[BarSeries], *, strategy: str | None = None, params: Mapping[str, Any] | None = None,
         overrides: Mapping[str, Mapping[str, Any]] | None = None, config_path: str | Path | None = None,
-        trade_on_close: bool = False, decider: Decider | None = None) -> BacktestResult:
+        trade_on_close: bool = False, decider: Decider | None = None,
+        llm_mode: llm.Mode = "replay") -> BacktestResult:
     """Backtest the trading agent over `series` (one per symbol, one interval).
 
     `params` are [trading_agent] keys (e.g. {"ma_fast": 10}); `overrides` are any
     section's keys over the config file ({"risk": {"starting_cash": "5000"}}); the
     config file is read as the services read it, environment overrides included.
-    `decider` replaces the configured one (an LLM decider in replay mode, say)."""
+    `decider` replaces the configured one. The LLM strategy decides through the
+    record/replay cache (llm.py): `llm_mode` "replay" (free, reproducible) or "record"
+    (asks the model: see llm.estimate first)."""
     if not series:
         raise BacktestError("no data to backtest")
     intervals = {s.interval for s in series}
@@ -148,9 +158,10 @@ def run(series: list[BarSeries], *, strategy: str | None = None, params: Mapping
     except (ValueError, OSError) as e:
         raise BacktestError(f"config: {e}") from e
     if decider is None:
-        if cfg.strategy == "llm":
-            raise BacktestError("an LLM strategy backtests through the record/replay cache: see services/backtest/llm.py")
-        decider = RuleDecider(make_strategy(cfg.strategy, cfg))
+        try:
+            decider = make_decider(cfg, table | {"llm": llm.llm_settings(table, llm_mode).model_dump()})
+        except ValueError as e:
+            raise BacktestError(f"config: {e}") from e
     try:
         sim = _simulator().Simulator(text, sorted(merged.items()))
     except ValueError as e:
