@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_nats::Message;
@@ -16,36 +15,10 @@ use moonbus_common::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{ask, error_code, next, start_with, WAIT};
+use support::{ask, error_code, next, start_with, TempFile, WAIT};
 
 const T0: u64 = 1_764_129_600_000_000_000;
 const MS: u64 = 1_000_000;
-
-/// A file in a fresh temp dir (removed with the dir at the end of the test).
-struct TempFile {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "md-test-{}-{}",
-            std::process::id(),
-            moonbus_common::now_ns()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        Self { dir, path }
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn replay_env<'a>(files: &'a str, speed: &'a str) -> Vec<(&'static str, &'a str)> {
     vec![

@@ -4,42 +4,16 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
 use moonbus_common::{Bar, FeedState, FeedStatus, Tick};
 
-use support::{next, start_with, WAIT};
+use support::{next, start_with, TempFile, WAIT};
 
 /// 2025-11-26T04:00:00Z: long ago for the wall clock.
 const T0: u64 = 1_764_129_600_000_000_000;
 const MIN: u64 = 60_000_000_000;
-
-struct TempFile {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "md-clock-{}-{}",
-            std::process::id(),
-            moonbus_common::now_ns()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        Self { dir, path }
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// (subject, start_ts, open, high, low, close, volume)
 type BarRow = (String, u64, String, String, String, String, String);

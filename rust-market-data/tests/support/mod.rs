@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, Subscriber};
@@ -117,4 +118,30 @@ pub async fn ask<T: DeserializeOwned>(client: &Client, subject: &str, body: &str
 pub async fn error_code(client: &Client, subject: &str, body: &str) -> (String, String) {
     let reply: ErrorReply = ask(client, subject, body).await;
     (reply.error.code, reply.error.message)
+}
+
+/// A file in a fresh temp dir (removed with the dir at the end of the test).
+pub struct TempFile {
+    pub dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl TempFile {
+    pub fn new(name: &str, text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "md-test-{}-{}",
+            std::process::id(),
+            moonbus_common::now_ns()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        Self { dir, path }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
