@@ -51,6 +51,7 @@ from services.backtest import data
 from services.backtest import engine as backtest_engine
 from services.common import config as moon_config
 from services.common.streams import read_stream
+from services.contract import subjects as S
 from services.contract.models import (
     AccountState,
     Action,
@@ -278,12 +279,12 @@ class Watch:
         def account(_: AccountState) -> None:
             self.accounts += 1
 
-        await nc.subscribe(f"md.bar.{self.interval}.>", cb=on(Bar, self.bars.append))
-        await nc.subscribe("agent.signal.trading.>", cb=on(Signal, self.signals.append))
-        await nc.subscribe("exec.report.>", cb=on(ExecutionReport, report))
-        await nc.subscribe("risk.verdict.>", cb=on(Verdict, lambda v: self.verdicts.__setitem__(v.symbol, v)))
-        await nc.subscribe("risk.account", cb=on(AccountState, account))
-        await nc.subscribe("md.status.>", cb=on(FeedStatus, status))
+        await nc.subscribe(S.bar(self.interval, "*", "*"), cb=on(Bar, self.bars.append))
+        await nc.subscribe(S.signal("trading", "*"), cb=on(Signal, self.signals.append))
+        await nc.subscribe(S.ALL_REPORTS, cb=on(ExecutionReport, report))
+        await nc.subscribe(S.ALL_VERDICTS, cb=on(Verdict, lambda v: self.verdicts.__setitem__(v.symbol, v)))
+        await nc.subscribe(S.ACCOUNT, cb=on(AccountState, account))
+        await nc.subscribe(S.ALL_FEED_STATUS, cb=on(FeedStatus, status))
         await nc.flush()
 
     @property
@@ -393,8 +394,8 @@ async def rehearse_series(series: Sequence[data.BarSeries], *, strategy: str | N
             await watch.until(lambda: watch.settled(written), settle_timeout)
             elapsed = time.perf_counter() - started
             reports = [ExecutionReport.model_validate_json(m.data)
-                       async for m in read_stream(nc, "EXEC", "exec.report.>")]
-            reply = await nc.request("risk.api.positions", encode(PositionsRequest()), timeout=10)
+                       async for m in read_stream(nc, S.EXEC_STREAM, S.ALL_REPORTS)]
+            reply = await nc.request(S.RISK_POSITIONS, encode(PositionsRequest()), timeout=10)
             positions = PositionsReply.model_validate_json(reply.data)
             return RehearsalResult(
                 symbols=sorted(s.symbol for s in series), interval=series[0].interval,
@@ -418,7 +419,7 @@ async def _ready(system: System, nc: nats.NATS, watch: Watch) -> None:
     """Every service up: the agent subscribed, risk rebuilt (its account heartbeat), execution answering."""
     await system.await_output("trading-agent", r"trading agent ready", timeout=START_TIMEOUT_S)
     await watch.until(lambda: None if watch.accounts else "risk's first risk.account", START_TIMEOUT_S)
-    await nc.request("exec.api.version", b"{}", timeout=START_TIMEOUT_S)
+    await nc.request(S.EXEC_VERSION, b"{}", timeout=START_TIMEOUT_S)
 
 
 def rehearse(paths: Sequence[str | Path], *, strategy: str | None = None, params: dict[str, Any] | None = None,
