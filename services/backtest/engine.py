@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import heapq
+import itertools
 import json
 import os
 from collections.abc import Mapping
@@ -192,12 +193,13 @@ class _Run:
         self.sim, self.cfg, self.decider, self.series, self.result = sim, cfg, decider, series, result
         self.trade_on_close = trade_on_close
         self.new_id = _Ids()
-        self.fill_steps: list[int] = []
+        self.fill_times: list[int] = []
         self.stops: list[tuple[int, int, int, str, Any]] = []  # (t, phase, order, kind, payload)
+        self.order = itertools.count()  # stops at one (t, phase) go in the order they were made
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def stop(self, t: int, phase: int, kind: str, payload: Any) -> None:
-        heapq.heappush(self.stops, (t, phase, len(self.stops), kind, payload))
+        heapq.heappush(self.stops, (t, phase, next(self.order), kind, payload))
 
     def run(self) -> None:
         rules = isinstance(self.decider, RuleDecider)
@@ -222,7 +224,7 @@ class _Run:
         self.result.equity = list(map(Decimal, equity))
         self.result.bars = sum(len(s) for s in self.series)
         self.result.closes = {s.symbol: _closes_at(self.result.times, s) for s in self.series}
-        self.result.trades = round_trips(self.result.fills, [self.step_of(ts) for ts in self.fill_steps],
+        self.result.trades = round_trips(self.result.fills, [self.step_of(ts) for ts in self.fill_times],
                                          self.result.closes)
 
     def step_of(self, ts: int) -> int:
@@ -307,7 +309,7 @@ class _Run:
                                          quantity=Decimal(r["last_fill_quantity"]),
                                          price=Decimal(r["last_fill_price"]), fee=Decimal(r["fee"]),
                                          client_order_id=r["client_order_id"], reduce_only=reduce_only))
-                self.fill_steps.append(r["ts"])
+                self.fill_times.append(r["ts"])
             elif r["status"] in ("REJECTED", "EXPIRED"):
                 result.rejections.append(Rejection(ts=r["ts"], symbol=r.get("symbol") or "", side=r.get("side") or "",
                                                    quantity=Decimal(r.get("quantity") or 0),
