@@ -49,8 +49,8 @@ async fn rust_and_python_provision_the_same_state() {
         .unwrap();
     assert_eq!(
         made.len(),
-        8,
-        "six streams and two consumers created: {made:?}"
+        9,
+        "seven streams (the object store's included) and two consumers created: {made:?}"
     );
     assert!(streams::provision(&client, ExecutionSettings::default())
         .await
