@@ -134,8 +134,9 @@ def test_each_secret_reaches_only_the_containers_that_use_it() -> None:
     config = tomllib.loads((REPO_ROOT / "moonbus.toml").read_text())
     llm_keys = llm_key_names()
     assert llm_keys == {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DEEPSEEK_API_KEY"}
-    agents = llm_services()
-    assert agents == {"trading-agent", "risk-agent", "sentiment-agent", "swarm-agent"}
+    # The containers that run them (package backtest: the backtest workers).
+    agents = {"backtest-worker" if s == "backtest" else s for s in llm_services()}
+    assert agents == {"trading-agent", "risk-agent", "sentiment-agent", "swarm-agent", "backtest-worker"}
     birdeye = config["market_data"]["birdeye"]["api_key_env"]
     secrets = {name: {k for k in (svc.get("environment") or {}) if SECRET_NAME.search(k)}
                for name, svc in services.items()}
