@@ -257,6 +257,10 @@ async def test_a_sweep_over_two_workers_returns_every_cell_once_with_the_local_n
     await workers.ready(operator, 2)
     ref = await upload_sample(operator)
     axes, requests, cells = grid_requests(ref, "two")
+    # Three times the grid (18 runs): the queue group picks a worker at random per run, so that
+    # both get some (all 18 on one: a 1 in 131072 chance).
+    requests = [r.model_copy(update={"run_id": f"{r.run_id}-{k}"}) for k in range(3) for r in requests]
+    cells = cells * 3
     seen: list[str] = []
     results = await sweep.fan_out(operator, requests, concurrency=4, timeout=60,
                                   on_result=lambda r: seen.append(r.run_id))

@@ -209,19 +209,23 @@ def make_request(run_id: str, refs: Sequence[DatasetRef], params: dict[str, Any]
 
 
 async def count_workers(nc: Client, wait: float = 0.5) -> int:
-    """How many backtest workers answer $SRV.PING.backtest within `wait` seconds."""
+    """How many backtest workers serve backtest.api.run: the ones whose $SRV.INFO.backtest,
+    answered within `wait` seconds, lists the endpoint (a worker answers $SRV.PING a moment
+    before its endpoint is subscribed)."""
     inbox = nc.new_inbox()
     seen: set[str] = set()
 
     async def got(msg: Any) -> None:
         try:
-            seen.add(json.loads(msg.data).get("id", ""))
+            info = json.loads(msg.data)
         except ValueError:
-            pass
+            return
+        if any(e.get("subject") == S.BACKTEST_RUN for e in info.get("endpoints") or []):
+            seen.add(info.get("id", ""))
 
     sub = await nc.subscribe(inbox, cb=got)
     try:
-        await nc.publish(f"$SRV.PING.{S.BACKTEST_QUEUE}", b"", reply=inbox)
+        await nc.publish(f"$SRV.INFO.{S.BACKTEST_QUEUE}", b"", reply=inbox)
         await asyncio.sleep(wait)
     finally:
         await sub.unsubscribe()
