@@ -85,3 +85,22 @@ def test_a_rule_of_risk_still_applies_under_the_preset() -> None:
                         overrides=preset["overrides"])
     assert not result.fills
     assert result.rejections and all(r.reason.startswith("max_order_notional") for r in result.rejections)
+
+
+def test_moon_backtest_with_the_preset_gives_backtesting_pys_equity(tmp_path: Path) -> None:
+    """The same comparison as a user makes it: `moon backtest GOOG.csv --preset backtesting.py:0.002`."""
+    import json
+    import subprocess
+    import sys
+
+    from services.common.config import REPO_ROOT
+
+    done = subprocess.run([sys.executable, "-m", "services.cli", "backtest", str(GOOG_CSV), "--strategy",
+                           "ma_crossover", "--preset", "backtesting.py:0.002", "-p", "fast=10", "-p", "slow=20",
+                           "--out", str(tmp_path), "--json"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)["summary"]
+    expected = reference(10, 20, 0.002)["Equity Final [$]"]
+    assert abs(Decimal(summary["equity_final"]) - Decimal(str(expected))) < Decimal("0.005")
+    assert summary["trades"] == reference(10, 20, 0.002)["# Trades"]

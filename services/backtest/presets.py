@@ -29,6 +29,8 @@ WIDE_OPEN = "1000000000000"  # 1e12: no limit that a backtest of normal size rea
 def backtesting_py(commission: float = 0.0, cash: int | str = 10_000) -> dict[str, Any]:
     """`params` and `overrides` for engine.run equivalent to
     `Backtest(data, strategy, cash=cash, commission=commission)`."""
+    if not 0 <= commission < 1:
+        raise ValueError(f"commission {commission} must be a fraction in [0, 1)")
     fee_bps = float(Decimal(str(commission)) * 10_000)
     return {
         "params": {"sizing": "all_in", "cash_pct": 0.0, "quantity_step": "1", "fee_bps": fee_bps,

@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.backtest import data, sweep
+from services.backtest import data, presets, sweep
 from services.backtest.datastore import DatasetRef, upload
 from services.backtest.sweep import Axis, RunResult, SweepError, Window
 from services.backtest.worker import load_files
@@ -69,9 +69,11 @@ def default_out() -> Path:
 
 
 def make_plan(args: Sequence[str], sweeps: Sequence[str], params: Sequence[str], sets: Sequence[str],
-              symbols: Sequence[str], interval: str | None, strategy: str | None, out: Path | None) -> Plan:
+              symbols: Sequence[str], interval: str | None, strategy: str | None, out: Path | None,
+              preset: str | None = None) -> Plan:
     """DATA arguments that are `key=values` (and not files) are more sweep axes: click gives
-    `--sweep fast=5:50:5 slow=20:200:20` the first one, the rest land among the files."""
+    `--sweep fast=5:50:5 slow=20:200:20` the first one, the rest land among the files.
+    A preset (services/backtest/presets.py) comes first; --param and --set override it."""
     paths, extra = [], []
     for arg in args:
         (extra if "=" in arg and not Path(arg).exists() else paths).append(arg)
@@ -86,10 +88,20 @@ def make_plan(args: Sequence[str], sweeps: Sequence[str], params: Sequence[str],
         raise SweepError(f"--symbol: give one for all files or one per file ({len(paths)})")
     per_file = list(symbols) if len(symbols) > 1 else [symbols[0] if symbols else None] * len(paths)
     base: dict[str, Any] = {}
+    overrides: dict[str, dict[str, Any]] = {}
+    if preset is not None:
+        name, _, commission = preset.partition(":")  # backtesting.py:0.002 = its commission=0.002
+        if name not in presets.PRESETS:
+            raise SweepError(f"--preset {preset!r}: one of {', '.join(presets.PRESETS)} (NAME or NAME:COMMISSION)")
+        try:
+            chosen = presets.PRESETS[name](float(commission or 0))
+        except ValueError as e:
+            raise SweepError(f"--preset {preset!r}: {e}") from None
+        base |= chosen["params"]
+        overrides = {section: dict(keys) for section, keys in chosen["overrides"].items()}
     for text in params:
         path, value = sweep.parse_assignment(text)
         base[sweep.ALIASES.get(path[-1], path[-1])] = value
-    overrides: dict[str, dict[str, Any]] = {}
     for text in sets:
         path, value = sweep.parse_assignment(text)
         if len(path) != 2:
@@ -138,11 +150,15 @@ def _paths(console: Console, files: dict[str, Path]) -> None:
 # ---- one run in this process -------------------------------------------------------------------
 
 
-def run_local(plan: Plan, console: Console, as_json: bool) -> dict[str, Any]:
+def run_local(plan: Plan, console: Console, as_json: bool, trade_on_close: bool = False,
+              llm_record: bool = False, yes: bool = False) -> dict[str, Any]:
     from services.backtest import engine, report
 
     series = load_files(plan.files())
-    result = engine.run(series, strategy=plan.strategy, params=plan.params, overrides=plan.overrides)
+    if llm_record:
+        confirm_recording(series, plan, console, yes)
+    result = engine.run(series, strategy=plan.strategy, params=plan.params, overrides=plan.overrides,
+                        trade_on_close=trade_on_close, llm_mode="record" if llm_record else "replay")
     run_id = new_id(result.strategy)
     files = report.write(result, plan.out / run_id)
     summary = report.summarize(result)
@@ -154,6 +170,27 @@ def run_local(plan: Plan, console: Console, as_json: bool) -> dict[str, Any]:
                                     f"({result.interval}, {result.bars} bars)", {"result": summary}))
         _paths(console, files)
     return summary
+
+
+def confirm_recording(series: list[data.BarSeries], plan: Plan, console: Console, yes: bool) -> None:
+    """A recording run asks the model at every bar: say what it costs first, and go on only
+    when the user says so (--yes, or at the prompt)."""
+    from services.backtest import llm
+    from services.trading_agent.config import TradingConfig
+
+    table = load()
+    for section_name, keys in plan.overrides.items():
+        table[section_name] = table.get(section_name, {}) | keys
+    trading = table.get("trading_agent", {}) | plan.params | ({"strategy": plan.strategy} if plan.strategy else {})
+    cfg = TradingConfig(**trading)
+    if cfg.strategy != "llm":
+        raise SweepError("--llm-record records an LLM strategy's answers: add --strategy llm")
+    cost = llm.estimate(series, cfg, llm.llm_settings(table, "record"))
+    if cost is None:
+        raise SweepError("--llm-record: [llm] provider is offline, there is no model to record")
+    console.print(cost.text())
+    if not yes and not typer.confirm("Record (this calls the model and costs money)?", default=False):
+        raise SweepError("not recorded")
 
 
 # ---- sweeps over NATS -------------------------------------------------------------------------
@@ -334,13 +371,24 @@ def backtest_command(
     rehearse: Annotated[bool, typer.Option("--rehearse", help="Replay the bars through the real services too "
                                            "(market-data, risk, execution, trading agent on a private "
                                            "nats-server) and print both outcomes side by side.")] = False,
+    preset: Annotated[str | None, typer.Option("--preset", help="Named settings first: backtesting.py[:COMMISSION] "
+                                               "= its fill model, to compare with it.")] = None,
+    trade_on_close: Annotated[bool, typer.Option("--trade-on-close", help="Fill at the deciding bar's close, "
+                                                 "not the next open.")] = False,
+    llm_record: Annotated[bool, typer.Option("--llm-record", help="LLM strategy: ask the model and record its "
+                                             "answers (costs money: the estimate comes first). Default: replay "
+                                             "the recorded answers, free.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before recording.")] = False,
 ) -> None:
     """Backtest the live strategy over historical bars, here or as a sweep over the backtest workers."""
     from .main import execute, fail
 
     console = Console(highlight=False)
     try:
-        plan = make_plan(args, sweep_axes or [], param or [], set_ or [], symbol or [], interval, strategy, out)
+        plan = make_plan(args, sweep_axes or [], param or [], set_ or [], symbol or [], interval, strategy, out,
+                         preset)
+        if plan.axes and (trade_on_close or llm_record):
+            raise SweepError("--trade-on-close and --llm-record are for a single run, not a sweep")
         if not plan.axes:
             if train or walk_forward:
                 raise SweepError("--train and --walk-forward split a sweep: add --sweep")
@@ -356,7 +404,7 @@ def backtest_command(
                 else:
                     console.print(rehearsal.side_by_side(**outcome), markup=False)
                 return
-            run_local(plan, console, as_json)
+            run_local(plan, console, as_json, trade_on_close, llm_record, yes)
             return
         settings = SweepSettings(metric, train, walk_forward, concurrency, run_timeout, as_json)
     except (SweepError, data.DataError, ValueError) as e:
