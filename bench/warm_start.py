@@ -71,7 +71,10 @@ def start_until_fill(moon_dir: Path, port: int, after_seq: int, drop_bars: bool)
     if drop_bars:
         delete_bars(moon_dir)
     t0 = time.time_ns()
-    system = System().start(port=port, moon_dir=moon_dir, out=None, env={"MOONBUS_LOG_LEVEL": "INFO"})
+    # Momentum, as when these figures were first taken (the default is mean_reversion since):
+    # what is measured is how soon the agent decides with full history, not the strategy's call.
+    system = System().start(port=port, moon_dir=moon_dir, out=None,
+                            env={"MOONBUS_LOG_LEVEL": "INFO", "MOONBUS__TRADING_AGENT__STRATEGY": "momentum"})
     try:
         result = asyncio.run(first_fill(system, after_seq, t0))
         reloaded = [line for line in system.output("market-data") if "bar history reloaded" in line]

@@ -153,7 +153,8 @@ async def test_history_survives_a_market_data_restart_and_a_full_restart(moon_di
         print(system.tail(40))
 
 
-AGENT_ENV = {**ENV, "MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK": "5", "MOONBUS__TRADING_AGENT__ON_ALERTS": "false"}
+AGENT_ENV = {**ENV, "MOONBUS__TRADING_AGENT__STRATEGY": "momentum",
+             "MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK": "5", "MOONBUS__TRADING_AGENT__ON_ALERTS": "false"}
 
 
 async def next_btc_signal(queue: asyncio.Queue[dict], after_ns: int) -> dict:

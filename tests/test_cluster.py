@@ -220,6 +220,7 @@ FAST_AGENT = """
 services:
   trading-agent:
     environment:
+      MOONBUS__TRADING_AGENT__STRATEGY: "momentum"
       MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK: "2"
       MOONBUS__TRADING_AGENT__MOMENTUM_THRESHOLD_PCT: "0.0001"
 """

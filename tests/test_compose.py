@@ -51,6 +51,7 @@ TEST_OVERRIDE = """
 services:
   trading-agent:
     environment:
+      MOONBUS__TRADING_AGENT__STRATEGY: "momentum"
       MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK: "3"
 """
 SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|^MOONBUS_PW")

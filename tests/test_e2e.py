@@ -35,6 +35,7 @@ pytestmark = pytest.mark.e2e
 # Fast ticks and an eager strategy so a trade happens within seconds.
 FAST = {
     "MOONBUS__MARKET_DATA__TICK_INTERVAL_MS": "20",
+    "MOONBUS__TRADING_AGENT__STRATEGY": "momentum",  # the eager strategy of the tests, not the default
     "MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK": "3",
     "MOONBUS__TRADING_AGENT__MOMENTUM_THRESHOLD_PCT": "0.001",
     "MOONBUS__SENTIMENT_AGENT__INTERVAL_S": "0.5",

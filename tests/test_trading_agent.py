@@ -300,7 +300,8 @@ async def test_rule_decider_names_missing_context() -> None:
 
 # ---------------------------------------------------------------- in-process, real nats-server
 
-CONFIG = {"trading_agent": {"momentum_lookback": 3, "momentum_threshold_pct": 0.5, "order_usd": "100",
+CONFIG = {"trading_agent": {"strategy": "momentum", "momentum_lookback": 3, "momentum_threshold_pct": 0.5,
+                            "order_usd": "100",
                             "max_position_pct": 30.0, "cash_pct": 10.0, "workers": 2}}
 
 

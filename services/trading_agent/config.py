@@ -14,7 +14,7 @@ Deterministic = Literal["momentum", "mean_reversion", "ma_crossover"]
 
 
 class TradingConfig(Section):
-    strategy: Literal["momentum", "mean_reversion", "ma_crossover", "llm"] = "momentum"
+    strategy: Literal["momentum", "mean_reversion", "ma_crossover", "llm"] = "mean_reversion"
     bar_interval: Annotated[str, Field(pattern=INTERVAL_PATTERN)] = "1s"
     on_alerts: bool = True
     # momentum
