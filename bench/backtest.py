@@ -1,6 +1,5 @@
 """Backtest speed: one million 1-minute bars of one symbol, the SMA-crossover strategy
-(long only, commission 0.1 %) with slow averages (50/200: a cross every ~150 bars) and fast
-ones (10/30: every ~25 bars, so an order every ~25 bars), moonbus (services/backtest/engine.py:
+(long only, commission 0.1 %) with slow averages (50/200) and fast ones (10/30), moonbus (services/backtest/engine.py:
 the live trading agent's strategy and plan, rust-risk's rules and the paper venue)
 against backtesting.py on the same bars, in the same run.
 
