@@ -46,7 +46,6 @@ from .data import BarSeries, trusted
 from .window import Window
 from .result import BacktestResult, Fill, Rejection, Trade
 
-AGENT = "trading"
 # Where a bar time has got to in the simulator (rust-backtest sim.rs Phase).
 OPENED, CLOSED, SAMPLED = 1, 2, 3
 END = 2**64 - 1
