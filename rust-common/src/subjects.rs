@@ -24,6 +24,8 @@ pub const ALL_TICKS: &str = "md.tick.>";
 pub const ALL_REPORTS: &str = "exec.report.>";
 pub const ORDERS_SUBMIT_ALL: &str = "orders.submit.>";
 pub const ORDERS_CANCEL_ALL: &str = "orders.cancel.>";
+/// Every live venue's [`LiveVenueStatus`](crate::LiveVenueStatus) (published by execution only).
+pub const ALL_VENUE_STATUS: &str = "exec.venue.>";
 /// nats-server's advisory when execution's ORDERS consumer gives up on a message
 /// (`max_deliver`); kept in the DEADLETTER stream, acted on by execution.
 pub const DEAD_LETTER_ADVISORY: &str =
@@ -60,6 +62,15 @@ pub fn verdict(symbol: impl Display) -> String {
 }
 pub fn exec_report(symbol: impl Display) -> String {
     format!("exec.report.{symbol}")
+}
+/// `exec.venue.<venue>`: a live venue's status and account, published by execution only.
+pub fn exec_venue(venue: impl Display) -> String {
+    format!("exec.venue.{venue}")
+}
+/// `risk.recon.<venue>`: risk's reconciliation of a live venue, published by risk only;
+/// also the KV key of the latest one.
+pub fn risk_recon(venue: impl Display) -> String {
+    format!("risk.recon.{venue}")
 }
 /// `orders.submit.<agent>.<symbol>`: each NATS user may publish only its own agent token.
 pub fn orders_submit(agent: impl Display, symbol: impl Display) -> String {

@@ -23,9 +23,11 @@ from .models import (
     KillSwitchRequest,
     KillSwitchState,
     LimitsRequest,
+    LiveVenueStatus,
     OrderRequest,
     PositionsRequest,
     PriceAlert,
+    Reconciliation,
     RiskCheckRequest,
     Sentiment,
     Signal,
@@ -46,6 +48,7 @@ SUBJECT_MODELS: list[tuple[str, type[BaseModel]]] = [
                                              S.MD_MONITOR_STATUS_API)),
     (S.verdict("*"), Verdict),
     (S.ACCOUNT, AccountState),
+    (S.risk_recon("*"), Reconciliation),
     (S.RISK_EVENTS, KillSwitchState),
     (S.RISK_CHECK, RiskCheckRequest),
     (S.RISK_KILLSWITCH, KillSwitchRequest),
@@ -58,6 +61,7 @@ SUBJECT_MODELS: list[tuple[str, type[BaseModel]]] = [
     (S.orders_submit("*", "*"), OrderRequest),
     (S.orders_cancel("*", "*"), CancelRequest),
     (S.exec_report("*"), ExecutionReport),
+    (S.exec_venue("*"), LiveVenueStatus),
     (S.errors("*"), ErrorEvent),
 ]
 

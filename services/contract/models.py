@@ -442,6 +442,125 @@ class PositionsReply(Tolerant):
     account: AccountState
 
 
+# ---------------------------------------------------------------- live venues and reconciliation
+
+VenueText = Annotated[str, Field(min_length=1, max_length=128)]
+"""A venue's own name for something (an asset, a symbol, an order id, a status)."""
+
+
+class LiveVenueKind(str, Enum):
+    """Which live venue adapter of execution talks to the venue."""
+
+    BINANCE_SPOT = "binance_spot"
+    BINANCE_FUTURES = "binance_futures"
+    ASTER = "aster"
+    HYPERLIQUID = "hyperliquid"
+    JUPITER = "jupiter"
+
+
+class VenueMode(str, Enum):
+    """A live venue's mode: `testnet` (the venue's test network, no real money) or `live`."""
+
+    TESTNET = "testnet"
+    LIVE = "live"
+
+
+class VenueBalanceEntry(Tolerant):
+    """One asset's balance at a venue, as the venue reports it (total = free + locked)."""
+
+    asset: VenueText
+    total: Money
+
+
+class VenuePositionEntry(Tolerant):
+    """One position at a venue, as the venue reports it: signed quantity (short < 0)."""
+
+    symbol: Symbol
+    quantity: Money
+    entry_price: PositiveMoney | None = None
+
+
+class VenueAccount(Tolerant):
+    """The account read from a venue: cash and equity in the quote currency where the venue
+    says them (None where it does not), every balance, and the positions (derivatives, or
+    spot holdings mapped to `BASE-QUOTE` symbols)."""
+
+    cash: Money | None = None
+    equity: Money | None = None
+    balances: list[VenueBalanceEntry] = []
+    positions: list[VenuePositionEntry] = []
+
+
+class UnknownVenueOrder(Tolerant):
+    """An order open at the venue that execution does not know (placed by hand, by another
+    program, or lost): nobody risk knows of will manage it."""
+
+    venue_order_id: VenueText | None = None
+    client_order_id: VenueText | None = None
+    venue_symbol: VenueText
+    symbol: Symbol | None = None
+    status: VenueText
+    filled: NonNegativeMoney = Decimal(0)
+
+
+class LiveVenueStatus(Tolerant):
+    """`exec.venue.<venue>`: one live venue as execution sees it, with the account read from
+    it (every `reconcile_interval_ms` and on change). Published by execution only."""
+
+    venue: Venue
+    kind: LiveVenueKind
+    mode: VenueMode
+    connected: bool
+    detail: str | None = None
+    working_orders: Count = 0
+    unconfirmed_orders: Count = 0  # sent to the venue, no answer from it yet
+    account: VenueAccount | None = None  # None: the account could not be read (account_error says why)
+    account_error: str | None = None
+    unknown_orders: list[UnknownVenueOrder] = []
+    ts: TimestampNs
+
+
+class ReconState(str, Enum):
+    """Risk's reconciliation of a venue: MATCHED (the venue's positions are risk's, no unknown
+    orders), MISMATCH, or UNAVAILABLE (no account read from the venue for too long)."""
+
+    MATCHED = "MATCHED"
+    MISMATCH = "MISMATCH"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class ReconAction(str, Enum):
+    """What risk did about a reconciliation: NONE, or the account's gate (REDUCE_ONLY, HALTED)."""
+
+    NONE = "NONE"
+    REDUCE_ONLY = "REDUCE_ONLY"
+    HALTED = "HALTED"
+
+
+class ReconDifference(Tolerant):
+    """One symbol whose quantity at the venue differs from risk's beyond the tolerance."""
+
+    symbol: Symbol
+    venue: Money  # the venue's quantity (signed)
+    ledger: Money  # risk's quantity (signed)
+    difference: Money  # venue - ledger
+
+
+class Reconciliation(Tolerant):
+    """`risk.recon.<venue>`: risk's comparison of a live venue's account with its own positions
+    (after every LiveVenueStatus and when a venue goes stale). Published by risk only."""
+
+    venue: Venue
+    state: ReconState
+    action: ReconAction
+    differences: list[ReconDifference] = []
+    unknown_orders: Count = 0
+    cash: Money | None = None  # the venue's, as reported
+    equity: Money | None = None  # the venue's, as reported
+    detail: str = ""
+    ts: TimestampNs
+
+
 # ---------------------------------------------------------------- agents
 
 
@@ -802,6 +921,8 @@ MESSAGES: dict[str, type[BaseModel]] = {
         LimitsReply,
         PositionsRequest,
         PositionsReply,
+        LiveVenueStatus,
+        Reconciliation,
         Sentiment,
         Signal,
         Consensus,

@@ -67,6 +67,8 @@ ALL_TICKS = "md.tick.>"
 ALL_REPORTS = "exec.report.>"
 ORDERS_SUBMIT_ALL = "orders.submit.>"
 ORDERS_CANCEL_ALL = "orders.cancel.>"
+# Every live venue's LiveVenueStatus (published by execution only).
+ALL_VENUE_STATUS = "exec.venue.>"
 # nats-server's advisory when execution's ORDERS consumer gives up on a message (max_deliver);
 # kept in the DEADLETTER stream, acted on by execution.
 DEAD_LETTER_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ORDERS.execution"
@@ -96,6 +98,7 @@ ALL_BOOKS = "md.book.>"
 ALL_ALERTS = "md.alert.>"
 ALL_FEED_STATUS = "md.status.>"
 ALL_VERDICTS = "risk.verdict.>"
+ALL_RECONCILIATIONS = "risk.recon.>"
 ALL_SENTIMENT = "agent.sentiment.>"
 ALL_SIGNALS = "agent.signal.>"
 ALL_SWARM = "agent.swarm.>"
@@ -142,6 +145,17 @@ def verdict(symbol: object) -> str:
 def exec_report(symbol: object) -> str:
     """`exec.report.<symbol>`."""
     return f"exec.report.{symbol}"
+
+
+def exec_venue(venue: object) -> str:
+    """`exec.venue.<venue>`: a live venue's status and account, published by execution only."""
+    return f"exec.venue.{venue}"
+
+
+def risk_recon(venue: object) -> str:
+    """`risk.recon.<venue>`: risk's reconciliation of a live venue (published by risk only);
+    also the KV key (`risk.recon.<venue>`) of the latest one."""
+    return f"risk.recon.{venue}"
 
 
 def orders_submit(agent: object, symbol: object) -> str:
@@ -248,7 +262,9 @@ PATTERNS: tuple[str, ...] = (
     MD_PRICE, MD_PRICES, MD_HISTORY, MD_MONITOR_START, MD_MONITOR_STOP, MD_MONITOR_STATUS, MD_VERSION,
     verdict("*"), ACCOUNT, RISK_EVENTS, RISK_CHECK, RISK_KILLSWITCH, RISK_LIMITS, RISK_POSITIONS, RISK_VERSION,
     sentiment("*"), signal("*", "*"), swarm("*"), SWARM_ASK,
+    risk_recon("*"),
     orders_submit("*", "*"), orders_cancel("*", "*"), exec_report("*"), exec_report(INVALID_TOKEN),
+    exec_venue("*"),
     EXEC_VERSION, errors("*"), DEAD_LETTER_ADVISORY, BACKTEST_RUN,
 )
 

@@ -42,6 +42,7 @@ mod market;
 mod money;
 mod orders;
 mod risk;
+mod venues;
 
 pub use agents::*;
 pub use api::*;
@@ -52,6 +53,7 @@ pub use market::*;
 pub use money::*;
 pub use orders::*;
 pub use risk::*;
+pub use venues::*;
 
 /// Nanoseconds since the Unix epoch, the unit of every `*_ts` field.
 pub fn now_ns() -> u64 {
