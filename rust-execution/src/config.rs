@@ -1,11 +1,15 @@
 //! The `[execution]` section of moonbus.toml.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rust_decimal::Decimal;
 use serde::Deserialize;
+
+use crate::live::router::LiveVenueConfig;
+use crate::live::Mode;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,6 +55,17 @@ pub struct ExecutionConfig {
     pub failover: bool,
     /// How long a dead holder's lease blocks a standby (it stops acting at 3/4 of it).
     pub lease_ttl_ms: u64,
+    /// Real money: a venue in `mode = "live"` is refused unless this is true as well.
+    pub allow_live: bool,
+    /// Real venues, by OrderRequest.venue name: `[execution.live.<name>]` (live/router.rs).
+    /// In `paper` mode a venue is served by the paper venue like those of `venues`.
+    pub live: BTreeMap<String, LiveVenueConfig>,
+    /// Live orders without a venue answer (or while a venue's stream is down) are
+    /// queried this often.
+    pub live_poll_ms: u64,
+    /// Every live venue's account (balances, positions, open orders) is read this often
+    /// and published on exec.venue.<venue> for risk to reconcile.
+    pub reconcile_interval_ms: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -73,6 +88,10 @@ impl Default for ExecutionConfig {
             snapshot_interval_ms: 60_000,
             failover: false,
             lease_ttl_ms: 3_000,
+            allow_live: false,
+            live: BTreeMap::new(),
+            live_poll_ms: 1_000,
+            reconcile_interval_ms: 5_000,
         }
     }
 }
@@ -118,6 +137,21 @@ impl ExecutionConfig {
         self.fee_rate()?;
         self.slippage_rate()?;
         self.lease()?;
+        if self.live_poll_ms == 0 || self.reconcile_interval_ms == 0 {
+            bail!("[execution] live_poll_ms and reconcile_interval_ms must be positive");
+        }
+        for (name, venue) in &self.live {
+            moonbus_common::Venue::from_str(name)
+                .map_err(|e| anyhow::anyhow!("[execution.live.{name}]: {e}"))?;
+            if venue.mode == Mode::Live && !self.allow_live {
+                bail!(
+                    "[execution.live.{name}] mode = \"live\" trades real money: it also needs [execution] allow_live = true"
+                );
+            }
+            if venue.mode != Mode::Paper && self.venues.contains(name) {
+                bail!("[execution.live.{name}] is {} but {name:?} is also in [execution] venues (paper)", venue.mode);
+            }
+        }
         Ok(())
     }
 
@@ -164,6 +198,23 @@ impl ExecutionConfig {
 
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms)
+    }
+
+    /// The venue names the paper venue serves: `venues` and the live ones in paper mode.
+    pub fn paper_venues(&self) -> Vec<String> {
+        let mut names = self.venues.clone();
+        names.extend(
+            self.live
+                .iter()
+                .filter(|(_, v)| v.mode == Mode::Paper)
+                .map(|(name, _)| name.clone()),
+        );
+        names
+    }
+
+    /// The venues that trade for real (testnet or live mode).
+    pub fn real_venues(&self) -> impl Iterator<Item = (&String, &LiveVenueConfig)> {
+        self.live.iter().filter(|(_, v)| v.mode != Mode::Paper)
     }
 
     pub fn latency(&self) -> Duration {

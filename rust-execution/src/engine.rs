@@ -41,8 +41,8 @@ use async_nats::Subscriber;
 use futures::{FutureExt, StreamExt};
 use moonbus_common::bus::{self, ErrorSink};
 use moonbus_common::{
-    now_ns, subjects, Book, ClientOrderId, ExecutionReport, OrderRequest, OrderStatus, Tick,
-    Timings,
+    now_ns, subjects, Book, ClientOrderId, ExecutionReport, KillSwitchState, OrderRequest,
+    OrderStatus, Tick, Timings,
 };
 use tokio::sync::mpsc;
 
@@ -51,6 +51,7 @@ use crate::intake::{self, RawIds};
 use crate::jobs::{self, settle, Backoff, Checked, Done, Recording};
 use crate::lanes::Lanes;
 use crate::ledger::{self, is_final, Ledger};
+use crate::live::router::{LiveEvent, LiveUpdate, Router};
 use crate::metrics;
 use crate::reports::{self, Recorder};
 use crate::risk::RiskClient;
@@ -76,10 +77,18 @@ pub struct Bus {
     pub dead_letters: Subscriber,
     /// Delays of the naks of orders whose outcome could not be stored.
     pub backoff: Backoff,
+    /// `risk.events`: an engaged kill switch also cancels every order working at a live venue.
+    pub kill_switch: Subscriber,
+    /// How often live orders without a venue answer (or with the venue's stream down) are
+    /// queried, and failed updates tried again.
+    pub live_poll: Duration,
 }
 
-pub struct Engine<V: Venue> {
-    venue: V,
+pub struct Engine {
+    /// The paper venue and the live ones (live/router.rs).
+    venue: Router,
+    /// What live venues say about our orders (none without live venues).
+    live_events: Option<mpsc::UnboundedReceiver<LiveEvent>>,
     market: Market,
     ledger: Ledger,
     bus: Bus,
@@ -126,10 +135,17 @@ enum Step {
     Over,
 }
 
-impl<V: Venue> Engine<V> {
-    pub fn new(venue: V, market: Market, ledger: Ledger, bus: Bus, latency: Duration) -> Self {
+impl Engine {
+    pub fn new(
+        mut venue: Router,
+        market: Market,
+        ledger: Ledger,
+        bus: Bus,
+        latency: Duration,
+    ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
+            live_events: venue.take_events(),
             venue,
             market,
             ledger,
@@ -159,20 +175,29 @@ impl<V: Venue> Engine<V> {
                 .as_ref()
                 .map(|id| id.to_string())
                 .unwrap_or_default();
-            if report.status == OrderStatus::PartiallyFilled {
+            let live = report.venue.as_ref().is_some_and(|v| self.venue.is_live(v));
+            if report.status == OrderStatus::PartiallyFilled && !live {
                 let expired = reports::rest_expired(&report, interrupted_reason());
                 self.record_now(&expired, &key).await?;
                 continue;
             }
             match self.find_order(&report).await? {
+                Ok(routed) if live => {
+                    tracing::info!(client_order_id = %key, venue = %routed.order.venue, "live order restored; the venue is asked about it");
+                    self.venue.restore_live(routed, &report);
+                }
                 Ok(routed) => {
                     tracing::info!(client_order_id = %key, "resting order restored");
                     self.venue.rest(routed);
                 }
                 Err(why) => {
+                    // No new fill: the open report's fee is the order's total so far (ledger.rs).
                     let failed = ExecutionReport {
                         status: OrderStatus::Failed,
                         reason: Some(format!("restore_failed: {why}")),
+                        last_fill_price: None,
+                        last_fill_quantity: None,
+                        fee: moonbus_common::NonNegativeMoney::ZERO,
                         ts: now_ns(),
                         ..report
                     };
@@ -246,6 +271,9 @@ impl<V: Venue> Engine<V> {
         }
         let mut retry = tokio::time::interval(self.bus.backoff.max);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut live_poll = tokio::time::interval(self.bus.live_poll);
+        live_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let has_live = self.live_events.is_some() && !self.venue.views().is_empty();
         loop {
             tokio::select! {
                 biased;
@@ -253,6 +281,15 @@ impl<V: Venue> Engine<V> {
                 Some(message) = self.bus.ticks.next() => self.on_tick_message(message).await,
                 Some(message) = self.bus.books.next() => self.on_book_message(message).await,
                 Some(done) = self.done_rx.recv() => self.on_done(done).await,
+                Some(event) = next_live_event(&mut self.live_events), if has_live => {
+                    let updates = self.venue.on_event(event);
+                    self.record_live(updates);
+                }
+                Some(message) = self.bus.kill_switch.next() => self.on_kill_switch(message).await,
+                _ = live_poll.tick(), if has_live => {
+                    let updates = self.venue.poll().await;
+                    self.record_live(updates);
+                }
                 Some(message) = self.bus.dead_letters.next() => self.on_dead_letter_message(message).await,
                 _ = retry.tick(), if !self.dead_letters.is_empty() => self.retry_dead_letters().await,
                 () = sleep_until(self.intake_paused_until), if self.intake_paused_until.is_some() => {
@@ -364,7 +401,8 @@ impl<V: Venue> Engine<V> {
                 return self.spawn_record(recording);
             }
             if let Some(open) = self.ledger.open_report(id) {
-                if open.status == OrderStatus::PartiallyFilled {
+                let live = open.venue.as_ref().is_some_and(|v| self.venue.is_live(v));
+                if open.status == OrderStatus::PartiallyFilled && !live {
                     // Cut off between its reports (a failed write): finish it.
                     let expired = reports::rest_expired(open, interrupted_reason());
                     let mut recording = Recording::for_message(lane, message, id.to_string());
@@ -513,6 +551,15 @@ impl<V: Venue> Engine<V> {
                         resting.order.agent
                     );
                 }
+                if self.venue.is_live(&resting.order.venue) {
+                    match self.venue.cancel_live(id).await {
+                        Ok(updates) => {
+                            self.record_live_with(updates, Some((lane, message))).await;
+                            return Step::Started;
+                        }
+                        Err(reason) => break 'check reason,
+                    }
+                }
                 let Some(routed) = self.venue.cancel(id).await else {
                     break 'check format!("not_resting: order {id} is not resting on the venue");
                 };
@@ -557,6 +604,70 @@ impl<V: Venue> Engine<V> {
             let _ = done.send(job.await);
         });
         Step::Started
+    }
+
+    /// Record the reports of live orders' updates (their venue's state).
+    fn record_live(&mut self, updates: Vec<LiveUpdate>) {
+        for update in updates {
+            self.spawn_record(Recording::live(update));
+        }
+    }
+
+    /// The same, the first one acking `message` (the cancel that caused them) once
+    /// stored; no update at all: the message is acked now.
+    async fn record_live_with(
+        &mut self,
+        updates: Vec<LiveUpdate>,
+        mut message: Option<(&str, jetstream::Message)>,
+    ) {
+        for update in updates {
+            let mut recording = Recording::live(update);
+            if let Some((lane, message)) = message.take() {
+                recording.message = Some(message);
+                recording.lane = Some(lane.to_string());
+            }
+            self.spawn_record(recording);
+        }
+        if let Some((lane, message)) = message {
+            settle(&message, AckKind::Ack).await;
+            if let Some(next) = self.lanes.next(lane) {
+                Box::pin(self.start(lane.to_string(), next)).await;
+            }
+        }
+    }
+
+    /// An engaged kill switch cancels every order working at a live venue (risk already
+    /// refuses new risk; these would still fill).
+    async fn on_kill_switch(&mut self, message: async_nats::Message) {
+        let state = match bus::decode::<KillSwitchState>(&message.payload) {
+            Ok(state) => state,
+            Err(reason) => {
+                self.bus
+                    .errors
+                    .report(message.subject.as_str(), &reason, &message.payload)
+                    .await;
+                return;
+            }
+        };
+        if !state.engaged {
+            return;
+        }
+        for id in self.venue.working_ids() {
+            match self.venue.cancel_live(&id).await {
+                Ok(updates) => self.record_live(updates),
+                Err(reason) => {
+                    tracing::error!(client_order_id = %id, %reason, "kill switch: a live order could not be cancelled");
+                    self.bus
+                        .errors
+                        .report(
+                            message.subject.as_str(),
+                            &format!("kill switch cancel of {id}: {reason}"),
+                            b"",
+                        )
+                        .await;
+                }
+            }
+        }
     }
 
     async fn on_done(&mut self, done: Done) {
@@ -613,6 +724,16 @@ impl<V: Venue> Engine<V> {
             self.in_flight.remove(id);
             metrics::global().in_flight.set(self.in_flight.len() as u64);
         }
+        if recording.live {
+            if let Some(id) = &recording.holds {
+                let stored = recording.stored == recording.reports.len();
+                self.venue.settled(id, stored);
+            }
+        }
+        // A live order that started working, or whose update was stored, may have a
+        // venue state waiting.
+        let ready = self.venue.ready();
+        self.record_live(ready);
         if let Some(lane) = recording.lane {
             if let Some(next) = self.lanes.next(&lane) {
                 self.start(lane, next).await;
@@ -743,7 +864,9 @@ impl<V: Venue> Engine<V> {
                 }
                 Err(_) => reports::invalid(Some(id.clone()), raw.symbol, reason.clone(), now_ns()),
             },
-            (Some(OrderStatus::PartiallyFilled), Some(open)) => {
+            (Some(OrderStatus::PartiallyFilled), Some(open))
+                if !open.venue.as_ref().is_some_and(|v| self.venue.is_live(v)) =>
+            {
                 reports::rest_expired(open, reason.clone())
             }
             _ => return, // an outcome, or resting (ACCEPTED): settled
@@ -805,4 +928,14 @@ async fn sleep_until(until: Option<tokio::time::Instant>) {
 
 fn interrupted_reason() -> String {
     "interrupted: the rest of the order expired after a failure between its reports".into()
+}
+
+/// The next live venue event; never, without live venues.
+async fn next_live_event(
+    events: &mut Option<mpsc::UnboundedReceiver<LiveEvent>>,
+) -> Option<LiveEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -78,9 +78,28 @@ pub struct Recording {
     pub stored: usize,
     /// The advisory this settles (a dead letter), tried again if not stored.
     pub dead_letter: Option<Advisory>,
+    /// A live venue's update: the router is told whether it was stored.
+    pub live: bool,
 }
 
 impl Recording {
+    /// A live order's update (live/router.rs): its reports; the order keeps working, or ended.
+    pub fn live(update: crate::live::router::LiveUpdate) -> Self {
+        let id = update.routed.order.client_order_id.clone();
+        Self {
+            message: None,
+            lane: None,
+            key: id.to_string(),
+            reports: update.reports,
+            rest: update.working.then_some(update.routed),
+            undo: None,
+            holds: Some(id),
+            stored: 0,
+            dead_letter: None,
+            live: true,
+        }
+    }
+
     pub fn for_message(lane: &str, message: jetstream::Message, key: String) -> Self {
         Self {
             message: Some(message),
@@ -92,6 +111,7 @@ impl Recording {
             holds: None,
             stored: 0,
             dead_letter: None,
+            live: false,
         }
     }
 
@@ -107,6 +127,7 @@ impl Recording {
             holds: None,
             stored: 0,
             dead_letter: None,
+            live: false,
         }
     }
 
@@ -122,6 +143,7 @@ impl Recording {
             holds: None,
             stored: 0,
             dead_letter: None,
+            live: false,
         }
     }
 }

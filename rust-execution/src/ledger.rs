@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use moonbus_common::streams::DirectReader;
-use moonbus_common::{bus, subjects, ClientOrderId, ExecutionReport, OrderRequest, OrderStatus};
+use moonbus_common::{
+    bus, subjects, ClientOrderId, ExecutionReport, NonNegativeMoney, OrderRequest, OrderStatus,
+};
 
 pub fn is_final(status: OrderStatus) -> bool {
     !matches!(status, OrderStatus::Accepted | OrderStatus::PartiallyFilled)
@@ -41,7 +43,17 @@ impl Ledger {
                     self.open.remove(id);
                     self.restored.remove(id);
                 } else {
-                    self.open.insert(id.clone(), report.clone());
+                    // The open report keeps the order's fees so far (a live order's part
+                    // fills: its next update is the difference from them, router.rs).
+                    let mut open = report.clone();
+                    if let Some(before) = self.open.get(id) {
+                        open.fee = before
+                            .fee
+                            .checked_add(*report.fee)
+                            .and_then(|total| NonNegativeMoney::new(total).ok())
+                            .unwrap_or(before.fee);
+                    }
+                    self.open.insert(id.clone(), open);
                 }
             }
         }

@@ -8,6 +8,7 @@ pub mod intake;
 pub mod jobs;
 pub mod lanes;
 pub mod ledger;
+pub mod live;
 pub mod metrics;
 pub mod paper;
 pub mod reports;

@@ -21,6 +21,7 @@ use moonbus_common::{subjects, Venue as VenueName};
 
 use rust_execution::config::ExecutionConfig;
 use rust_execution::engine::{Bus, Engine};
+use rust_execution::live::router::Router;
 use rust_execution::paper::PaperVenue;
 use rust_execution::reports::Recorder;
 use rust_execution::risk::RiskClient;
@@ -79,7 +80,7 @@ async fn run() -> Result<()> {
         .await
         .context("subscribing to the dead-letter advisories")?;
     let venues = cfg
-        .venues
+        .paper_venues()
         .iter()
         .map(|v| VenueName::from_str(v))
         .collect::<Result<Vec<_>, _>>()?;
@@ -93,9 +94,26 @@ async fn run() -> Result<()> {
         dead_letters,
         backoff: cfg.backoff(),
         snapshots: snapshot::Snapshotter::new(client.clone(), cfg.snapshot_interval_ms),
+        kill_switch: client
+            .subscribe(subjects::RISK_EVENTS)
+            .await
+            .context("subscribing to the kill switch events")?,
+        live_poll: Duration::from_millis(cfg.live_poll_ms),
     };
+    // Real venues: keys from the environment, rules and clock read, private streams up,
+    // before any order is taken (a venue that cannot start stops the service: fail closed).
+    let mut router = Router::new(PaperVenue::new(
+        venues,
+        cfg.fee_rate()?,
+        cfg.slippage_rate()?,
+    ));
+    for (name, venue) in cfg.real_venues() {
+        router
+            .add_live(VenueName::from_str(name)?, venue.clone())
+            .await?;
+    }
     let mut engine = Engine::new(
-        PaperVenue::new(venues, cfg.fee_rate()?, cfg.slippage_rate()?),
+        router,
         Market::new(cfg.book_max_age(), cfg.tick_max_age()),
         ledger,
         bus,

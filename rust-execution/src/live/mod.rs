@@ -1,0 +1,210 @@
+//! Live venues: real exchanges behind one seam.
+//!
+//! Each venue of `[execution.live.<name>]` (moonbus.toml) has a mode: `paper` (the paper
+//! venue fills its orders, as always), `testnet` or `live` (an [`Exchange`] adapter sends
+//! them: binance.rs for Binance spot, USDⓈ-M futures and Aster, hyperliquid.rs, jupiter.rs).
+//!
+//! The contract between the router (router.rs) and an adapter:
+//! - `submit` sends a risk-approved order once. The venue's answer is the order's state
+//!   ([`Submitted`]); no answer at all is [`Submitted::Unknown`]: the order is never sent
+//!   again, it is queried (by its client order id) until the venue knows it or it can no
+//!   longer reach the venue (`unknown_deadline` after the send, e.g. Binance's recvWindow).
+//! - Orders carry our `client_order_id` to the venue (Binance `newClientOrderId`,
+//!   Hyperliquid a `cloid` derived from it, Jupiter none: the transaction signature is kept),
+//!   so a retry can never double at the venue.
+//! - Fills arrive as [`VenueEvent::Order`] with CUMULATIVE figures (filled quantity,
+//!   notional, fee): the router reports the difference from what it reported before, so a
+//!   duplicate or replayed event changes nothing and a missed one is caught up by the next.
+//! - Adapters are cheap to clone (an `Arc` inside) and their futures are `Send`, so the
+//!   router may run them in spawned jobs.
+
+use std::fmt;
+use std::time::Duration;
+
+use moonbus_common::Symbol;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::venue::Routed;
+
+pub mod binance;
+pub mod hyperliquid;
+pub mod jupiter;
+
+/// Where a venue's orders go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The paper venue fills them (default): nothing leaves the machine.
+    #[default]
+    Paper,
+    /// The venue's test network, with test keys.
+    Testnet,
+    /// Real money: needs `[execution] allow_live = true` as well.
+    Live,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Paper => "paper",
+            Mode::Testnet => "testnet",
+            Mode::Live => "live",
+        })
+    }
+}
+
+/// Why a venue call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VenueError {
+    /// The venue answered and refused (bad symbol, filter, insufficient balance, unknown
+    /// order...): final, the reason is the venue's own words, prefixed with its code.
+    Refused(String),
+    /// No usable answer (timeout, connection, 5xx, rate limited, malformed): the state at
+    /// the venue is unknown; try again later, never assume.
+    Transient(String),
+}
+
+impl fmt::Display for VenueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VenueError::Refused(why) => write!(f, "refused: {why}"),
+            VenueError::Transient(why) => write!(f, "transient: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for VenueError {}
+
+/// What the venue said to a new order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// The venue has the order; its fills and end come as events (or by `query`). `state`
+    /// is what the answer already said (an order can fill in part before the answer).
+    Accepted(VenueOrder),
+    /// Refused before it reached the book, by our own check of the venue's rules (tick
+    /// size, lot size, min notional, notional cap) or by the venue: REJECTED with reason.
+    Rejected { reason: String },
+    /// No answer: it may or may not be at the venue. Queried, never resent.
+    Unknown { reason: String },
+}
+
+/// An order's state at the venue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VenueStatus {
+    /// Working (possibly part filled).
+    Open,
+    /// Entirely filled.
+    Filled,
+    /// Cancelled (by us, the kill switch or the venue), possibly part filled.
+    Cancelled,
+    /// Ended by its time in force (IOC remainder, expiry, a swap whose blockhash expired).
+    Expired,
+    /// Refused by the venue after it was acknowledged.
+    Rejected,
+}
+
+/// One order as the venue reports it (answer, query, stream, open orders). Figures are
+/// cumulative since the order was placed and exact decimals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VenueOrder {
+    /// The client order id as WE know it (adapters map a derived id back to ours); `None`
+    /// for an order the venue has that did not come from us (reconciliation reports it).
+    pub client_order_id: Option<String>,
+    /// The venue's own id (Binance orderId, Hyperliquid oid, Solana transaction signature).
+    pub venue_order_id: Option<String>,
+    /// The symbol in our form (BASE-QUOTE); `None` if the venue's symbol maps to none.
+    pub symbol: Option<Symbol>,
+    /// The venue's own symbol (BTCUSDT, BTC, a mint pair).
+    pub venue_symbol: String,
+    pub status: VenueStatus,
+    /// Filled quantity so far.
+    pub filled: Decimal,
+    /// Sum of price x quantity over the fills so far (quote currency).
+    pub filled_notional: Decimal,
+    /// Fees so far, in the quote currency (converted by the adapter if the venue charges
+    /// them in another asset, e.g. BNB; an unconvertible fee is left out and logged).
+    pub fee: Decimal,
+    /// The venue's reason for a Cancelled/Expired/Rejected end, if it gave one.
+    pub reason: Option<String>,
+    /// When the venue last changed it (ns since the epoch; the venue's clock).
+    pub ts: u64,
+}
+
+/// A signed quantity of a symbol at the venue (perps: the position; spot: the base asset).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VenuePosition {
+    pub symbol: Symbol,
+    /// Long > 0, short < 0.
+    pub quantity: Decimal,
+    pub entry_price: Option<Decimal>,
+}
+
+/// A balance of one asset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VenueBalance {
+    pub asset: String,
+    /// Free + locked.
+    pub total: Decimal,
+}
+
+/// Everything reconciliation reads from a venue.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AccountState {
+    pub balances: Vec<VenueBalance>,
+    pub positions: Vec<VenuePosition>,
+    pub open_orders: Vec<VenueOrder>,
+    /// The account's value in the quote currency when the venue states it (perps margin
+    /// account value; spot: the quote balance plus positions at the venue's prices).
+    pub equity: Option<Decimal>,
+    /// Free cash in the quote currency (what risk uses as cash when the venue is live).
+    pub cash: Option<Decimal>,
+}
+
+/// What an adapter's private stream says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VenueEvent {
+    /// An order changed (fill, cancel, expiry, rejection).
+    Order(VenueOrder),
+    /// The private stream is up (`true`) or lost (`false`, with why); while it is down
+    /// the router polls open orders with `query`.
+    Health { connected: bool, detail: String },
+}
+
+/// A real venue. Methods take `&self`: adapters keep their state (symbol rules, time
+/// offset, rate-limit budget) behind an `Arc`, so clones share it.
+pub trait Exchange: Clone + Send + Sync + 'static {
+    /// Read the venue's rules (exchangeInfo, meta, token decimals), sync the clock, and
+    /// start the private stream (user data stream, WebSocket user feeds, signature
+    /// subscriptions) that sends `events` until the sender is dropped; it reconnects
+    /// by itself and says so with [`VenueEvent::Health`].
+    fn start(
+        &self,
+        events: mpsc::UnboundedSender<VenueEvent>,
+    ) -> impl std::future::Future<Output = Result<(), VenueError>> + Send;
+
+    /// Send a risk-approved order once (see the module comment).
+    fn submit(&self, order: &Routed) -> impl std::future::Future<Output = Submitted> + Send;
+
+    /// Cancel a working order; the order's state after the cancel (it may have filled
+    /// meanwhile: then Filled, not Cancelled).
+    fn cancel(
+        &self,
+        order: &Routed,
+    ) -> impl std::future::Future<Output = Result<VenueOrder, VenueError>> + Send;
+
+    /// The order's state by its client order id; `Ok(None)` if the venue has no such order.
+    fn query(
+        &self,
+        order: &Routed,
+    ) -> impl std::future::Future<Output = Result<Option<VenueOrder>, VenueError>> + Send;
+
+    /// Balances, positions, open orders (reconciliation).
+    fn account(&self)
+        -> impl std::future::Future<Output = Result<AccountState, VenueError>> + Send;
+
+    /// How long after a send without answer the order can no longer reach the venue.
+    fn unknown_deadline(&self) -> Duration;
+}
+pub mod router;

@@ -1,0 +1,911 @@
+//! The router: one `Venue` for the engine that sends each order where its `venue` says,
+//! to the paper venue or to a live adapter (mod.rs), and turns what live venues say
+//! about our orders into execution reports.
+//!
+//! Live orders, in the engine's terms:
+//! - `place` sends the order (one network call, awaited) and answers `Resting`: every live
+//!   order gets an ACCEPTED report first, then its fills and end from the venue's state
+//!   ([`VenueOrder`], cumulative). What the venue already said in its answer (a market
+//!   order that filled at once) is queued as an event, handled once the ACCEPTED report is
+//!   stored. A refusal (our check of the venue's rules, the venue itself, the notional cap)
+//!   is REJECTED at once. No answer: ACCEPTED with the order marked unconfirmed, queried
+//!   every `poll` until the venue knows it, or, past the adapter's `unknown_deadline`, it
+//!   is not there: REJECTED `venue_never_received`. Never sent twice.
+//! - A state of one of our working orders becomes reports by [`progress`]: the difference
+//!   from what was reported before (PARTIALLY_FILLED / FILLED with the new quantity, its
+//!   average price and fee; then CANCELLED / EXPIRED / REJECTED with the venue's reason).
+//!   An order has one update being stored at a time; a later state waits (only the latest
+//!   matters: figures are cumulative) and an update whose reports were not stored is
+//!   rolled back and tried again on the next poll.
+//! - Cancels go to the venue; its answer is a state like any other.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use moonbus_common::{
+    now_ns, ClientOrderId, ExecutionReport, NonNegativeMoney, OrderStatus, OrderType,
+    PositiveMoney, Tick, Venue as VenueName,
+};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+#[allow(unused_imports)] // used by the adapters the macro lists
+use super::Exchange;
+use super::{AccountState, Mode, Submitted, VenueError, VenueEvent, VenueOrder, VenueStatus};
+use crate::paper::PaperVenue;
+use crate::reports;
+use crate::venue::{Fill, Market, Placement, Routed, Venue};
+
+/// Adds a live venue kind: `Variant(Type) = "kind" | "other kind"`; `Type` implements
+/// [`Exchange`] and has `from_config(name, kind, mode, settings)`.
+macro_rules! live_venues {
+    ($($variant:ident($ty:ty) = $kinds:pat),* $(,)?) => {
+        /// A live adapter, whichever kind.
+        #[derive(Clone)]
+        pub enum Live {
+            $($variant($ty)),*
+        }
+
+        impl Live {
+            pub fn build(name: &str, kind: &str, mode: Mode, settings: serde_json::Value) -> Result<Self> {
+                match kind {
+                    $($kinds => Ok(Live::$variant(<$ty>::from_config(name, kind, mode, settings)?)),)*
+                    other => bail!("unknown live venue kind {other:?}"),
+                }
+            }
+
+            pub async fn start(&self, events: mpsc::UnboundedSender<VenueEvent>) -> Result<(), VenueError> {
+                let _ = &events;
+                match *self { $(Live::$variant(ref v) => v.start(events).await,)* }
+            }
+
+            pub async fn submit(&self, order: &Routed) -> Submitted {
+                let _ = order;
+                match *self { $(Live::$variant(ref v) => v.submit(order).await,)* }
+            }
+
+            pub async fn cancel(&self, order: &Routed) -> Result<VenueOrder, VenueError> {
+                let _ = order;
+                match *self { $(Live::$variant(ref v) => v.cancel(order).await,)* }
+            }
+
+            pub async fn query(&self, order: &Routed) -> Result<Option<VenueOrder>, VenueError> {
+                let _ = order;
+                match *self { $(Live::$variant(ref v) => v.query(order).await,)* }
+            }
+
+            pub async fn account(&self) -> Result<AccountState, VenueError> {
+                match *self { $(Live::$variant(ref v) => v.account().await,)* }
+            }
+
+            pub fn unknown_deadline(&self) -> Duration {
+                match *self { $(Live::$variant(ref v) => v.unknown_deadline(),)* }
+            }
+        }
+    };
+}
+
+live_venues! {}
+
+/// `[execution.live.<name>]`: the router's keys; the rest is the adapter's.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LiveVenueConfig {
+    /// binance_spot | binance_futures | aster | hyperliquid | jupiter
+    pub kind: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// The largest notional (quantity x price, quote currency) one order may have at this
+    /// venue; bigger ones are REJECTED `venue_notional_cap` before they are sent. Required
+    /// for testnet and live: a live venue without a cap is a config error.
+    #[serde(default)]
+    pub max_notional: Option<String>,
+    /// The adapter's own keys (symbols, URLs, key variables...).
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What has been reported of a live order: cumulative, like the venue's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Progress {
+    pub filled: Decimal,
+    pub notional: Decimal,
+    pub fee: Decimal,
+}
+
+impl Progress {
+    /// What an open report says was reported (the ledger keeps the order's fee total in
+    /// its open report, ledger.rs).
+    pub fn of_report(report: &ExecutionReport) -> Self {
+        let filled = *report.filled_quantity;
+        let notional = report
+            .avg_fill_price
+            .map(|p| *p * filled)
+            .unwrap_or(Decimal::ZERO);
+        Self {
+            filled,
+            notional,
+            fee: *report.fee,
+        }
+    }
+}
+
+/// Reports to record for one live order, and whether it still works at the venue after.
+#[derive(Debug, Clone)]
+pub struct LiveUpdate {
+    pub routed: Routed,
+    pub reports: Vec<ExecutionReport>,
+    pub working: bool,
+}
+
+/// A live venue's event, named by the venue it came from.
+pub type LiveEvent = (VenueName, VenueEvent);
+
+/// The reports that take a live order from what was reported (`before`) to the venue's
+/// `state`; `None` when there is nothing new. Errors: a state that cannot be ours (less
+/// filled than reported, more than ordered, a negative or unrepresentable figure).
+pub fn progress(
+    routed: &Routed,
+    before: &Progress,
+    state: &VenueOrder,
+) -> Result<Option<(Vec<ExecutionReport>, Progress, bool)>, String> {
+    let ordered = *routed.order.quantity;
+    if state.filled < before.filled {
+        return Err(format!(
+            "stale: the venue says {} filled, {} was reported",
+            state.filled, before.filled
+        ));
+    }
+    if state.filled > ordered {
+        return Err(format!(
+            "overfill: the venue says {} filled of {ordered}",
+            state.filled
+        ));
+    }
+    let mut reports = Vec::new();
+    let mut after = *before;
+    let done = !matches!(state.status, VenueStatus::Open) || state.filled == ordered;
+    if state.filled > before.filled {
+        let quantity = state.filled - before.filled;
+        let notional = state
+            .filled_notional
+            .checked_sub(before.notional)
+            .filter(|n| n.is_sign_positive() && !n.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "bad notional {} after {}",
+                    state.filled_notional, before.notional
+                )
+            })?;
+        let price = notional.checked_div(quantity).ok_or("price overflow")?;
+        let fee = state.fee.checked_sub(before.fee).unwrap_or(Decimal::ZERO);
+        let fill = Fill {
+            price: PositiveMoney::new(price).map_err(|e| format!("fill price: {e}"))?,
+            quantity: PositiveMoney::new(quantity).map_err(|e| format!("fill quantity: {e}"))?,
+            fee: NonNegativeMoney::new(fee.max(Decimal::ZERO)).map_err(|e| format!("fee: {e}"))?,
+            ts: if state.ts > 0 { state.ts } else { now_ns() },
+        };
+        let status = if state.filled == ordered {
+            OrderStatus::Filled
+        } else {
+            OrderStatus::PartiallyFilled
+        };
+        let mut report = reports::with_fill(routed, &fill, status);
+        report.filled_quantity =
+            NonNegativeMoney::new(state.filled).map_err(|e| format!("filled: {e}"))?;
+        let average = state
+            .filled_notional
+            .checked_div(state.filled)
+            .ok_or("average overflow")?;
+        report.avg_fill_price =
+            Some(PositiveMoney::new(average).map_err(|e| format!("average: {e}"))?);
+        reports.push(report);
+        after = Progress {
+            filled: state.filled,
+            notional: state.filled_notional,
+            fee: before.fee.max(state.fee),
+        };
+    }
+    if done && state.filled < ordered {
+        let status = match state.status {
+            VenueStatus::Cancelled => OrderStatus::Cancelled,
+            VenueStatus::Rejected if state.filled.is_zero() => OrderStatus::Rejected,
+            // Filled below the quantity (a venue that rounds) or rejected after a part
+            // filled: the rest will not execute.
+            _ => OrderStatus::Expired,
+        };
+        let reason = state
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("venue: {}", format!("{:?}", state.status).to_lowercase()));
+        let mut report = reports::routed(routed, status, Some(reason));
+        report.filled_quantity =
+            NonNegativeMoney::new(state.filled).map_err(|e| format!("filled: {e}"))?;
+        if !state.filled.is_zero() {
+            let average = state
+                .filled_notional
+                .checked_div(state.filled)
+                .ok_or("average overflow")?;
+            report.avg_fill_price =
+                Some(PositiveMoney::new(average).map_err(|e| format!("average: {e}"))?);
+        }
+        reports.push(report);
+    }
+    if reports.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((reports, after, !done)))
+}
+
+/// One of our orders at a live venue.
+#[derive(Debug, Clone)]
+struct Working {
+    routed: Routed,
+    /// Reported and stored.
+    stored: Progress,
+    /// Reported, being stored (one update at a time): the progress it makes, whether the
+    /// order ends with it, and the venue's state it came from.
+    storing: Option<(Progress, bool, VenueOrder)>,
+    /// A state that came while an update was being stored, or whose update failed.
+    later: Option<VenueOrder>,
+    /// The last update's reports could not be stored: tried again at the next poll (not
+    /// at once: EXEC is failing).
+    failed: bool,
+    /// Sent without an answer: since when (queried until known or past the deadline).
+    unconfirmed_since: Option<Instant>,
+}
+
+/// A live venue: its adapter, mode, cap and our orders there.
+struct Slot {
+    kind: String,
+    mode: Mode,
+    exchange: Live,
+    max_notional: Decimal,
+    working: HashMap<ClientOrderId, Working>,
+    /// Answered by the venue, ACCEPTED report not stored yet: (order, the venue's state
+    /// so far, unconfirmed).
+    accepting: HashMap<ClientOrderId, (Option<VenueOrder>, bool)>,
+    connected: bool,
+    detail: String,
+    account: Option<Result<AccountState, VenueError>>,
+}
+
+pub struct Router {
+    paper: PaperVenue,
+    live: HashMap<VenueName, Slot>,
+    events_tx: mpsc::UnboundedSender<LiveEvent>,
+    events_rx: Option<mpsc::UnboundedReceiver<LiveEvent>>,
+}
+
+/// The live venues' public view (LiveVenueStatus, `moon status`).
+#[derive(Debug, Clone)]
+pub struct SlotView {
+    pub venue: VenueName,
+    pub kind: String,
+    pub mode: Mode,
+    pub connected: bool,
+    pub detail: String,
+    pub working_orders: usize,
+    pub unconfirmed_orders: usize,
+    pub account: Option<Result<AccountState, VenueError>>,
+    /// Open at the venue, not ours.
+    pub unknown_orders: Vec<VenueOrder>,
+}
+
+impl Router {
+    /// Orders for venues without a live adapter go to `paper`.
+    pub fn new(paper: PaperVenue) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self {
+            paper,
+            live: HashMap::new(),
+            events_tx,
+            events_rx: Some(events_rx),
+        }
+    }
+
+    /// Add a live venue (testnet or live mode) and start its adapter: rules, clock, stream.
+    pub async fn add_live(&mut self, name: VenueName, config: LiveVenueConfig) -> Result<()> {
+        let max_notional: Decimal = config
+            .max_notional
+            .as_deref()
+            .with_context(|| {
+                format!(
+                    "[execution.live.{name}] needs max_notional in {} mode",
+                    config.mode
+                )
+            })?
+            .parse()
+            .with_context(|| format!("[execution.live.{name}] max_notional"))?;
+        if max_notional <= Decimal::ZERO {
+            bail!("[execution.live.{name}] max_notional must be > 0");
+        }
+        let exchange = Live::build(
+            name.as_str(),
+            &config.kind,
+            config.mode,
+            serde_json::Value::Object(config.settings),
+        )
+        .with_context(|| format!("[execution.live.{name}] ({})", config.kind))?;
+        // The adapter's events, named by their venue, into the engine's one channel.
+        let (tx, mut rx) = mpsc::unbounded_channel::<VenueEvent>();
+        let forward = self.events_tx.clone();
+        let venue = name.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if forward.send((venue.clone(), event)).is_err() {
+                    break;
+                }
+            }
+        });
+        exchange
+            .start(tx)
+            .await
+            .map_err(|e| anyhow::anyhow!("[execution.live.{name}] start: {e}"))?;
+        tracing::info!(venue = %name, kind = %config.kind, mode = %config.mode, %max_notional, "live venue ready");
+        self.live.insert(
+            name,
+            Slot {
+                kind: config.kind,
+                mode: config.mode,
+                exchange,
+                max_notional,
+                working: HashMap::new(),
+                accepting: HashMap::new(),
+                connected: true,
+                detail: "started".into(),
+                account: None,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn is_live(&self, venue: &VenueName) -> bool {
+        self.live.contains_key(venue)
+    }
+
+    /// The events of every live venue (taken once, by the engine).
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<LiveEvent>> {
+        self.events_rx.take()
+    }
+
+    /// A live order that is working; its venue.
+    fn find(&self, id: &ClientOrderId) -> Option<(&VenueName, &Working)> {
+        self.live
+            .iter()
+            .find_map(|(name, slot)| slot.working.get(id).map(|w| (name, w)))
+    }
+
+    /// Send a risk-approved order to its live venue (see the module comment).
+    async fn place_live(&mut self, routed: &Routed, market: &Market) -> Placement {
+        let Some(slot) = self.live.get_mut(&routed.order.venue) else {
+            return Placement::Rejected {
+                reason: format!("unknown_venue: {}", routed.order.venue),
+            };
+        };
+        let order = &routed.order;
+        let price = match order.order_type {
+            OrderType::Limit => order.limit_price.map(|p| *p),
+            OrderType::Market => market.price(&order.symbol).map(|p| *p),
+        };
+        let Some(price) = price else {
+            return Placement::Rejected {
+                reason: format!(
+                    "no_market_price: no tick for {} to check the venue_notional_cap against",
+                    order.symbol
+                ),
+            };
+        };
+        match order.quantity.checked_mul(price) {
+            Some(notional) if notional <= slot.max_notional => {}
+            Some(notional) => {
+                return Placement::Rejected {
+                    reason: format!(
+                        "venue_notional_cap: {notional} over the {} cap of {}",
+                        order.venue, slot.max_notional
+                    ),
+                }
+            }
+            None => {
+                return Placement::Rejected {
+                    reason: "notional_overflow".into(),
+                }
+            }
+        }
+        let id = order.client_order_id.clone();
+        match slot.exchange.submit(routed).await {
+            Submitted::Rejected { reason } => Placement::Rejected { reason },
+            Submitted::Accepted(state) => {
+                slot.accepting.insert(id, (Some(state), false));
+                Placement::Resting
+            }
+            Submitted::Unknown { reason } => {
+                tracing::warn!(client_order_id = %id, venue = %order.venue, %reason, "no answer from the venue: the order is queried, never resent");
+                slot.accepting.insert(id, (None, true));
+                Placement::Resting
+            }
+        }
+    }
+
+    /// A live venue's event: the reports it means for our orders.
+    pub fn on_event(&mut self, (venue, event): LiveEvent) -> Vec<LiveUpdate> {
+        let Some(slot) = self.live.get_mut(&venue) else {
+            return Vec::new();
+        };
+        match event {
+            VenueEvent::Health { connected, detail } => {
+                if connected != slot.connected {
+                    tracing::warn!(%venue, connected, %detail, "live venue stream");
+                }
+                slot.connected = connected;
+                slot.detail = detail;
+                Vec::new()
+            }
+            VenueEvent::Order(state) => {
+                let Some(id) = state
+                    .client_order_id
+                    .as_deref()
+                    .and_then(|id| ClientOrderId::try_from(id).ok())
+                else {
+                    return Vec::new(); // not ours: reconciliation reports it
+                };
+                if let Some((queued, _)) = slot.accepting.get_mut(&id) {
+                    // Its ACCEPTED report is being stored: handled right after.
+                    keep_latest(queued, state);
+                    return Vec::new();
+                }
+                slot.apply(&id, state).into_iter().collect()
+            }
+        }
+    }
+
+    /// The reports of an update were stored (`true`) or not: commit (an order that
+    /// ended leaves) or roll back (its state is applied again at the next poll).
+    pub fn settled(&mut self, id: &ClientOrderId, stored: bool) {
+        for slot in self.live.values_mut() {
+            let Some(working) = slot.working.get_mut(id) else {
+                continue;
+            };
+            let Some((progress, ends, state)) = working.storing.take() else {
+                continue;
+            };
+            if !stored {
+                working.failed = true;
+                keep_latest(&mut working.later, state);
+            } else if ends {
+                slot.working.remove(id);
+            } else {
+                working.stored = progress;
+            }
+            return;
+        }
+    }
+
+    /// The updates that can go now without asking a venue: states that came while an
+    /// update of their order was being stored (and answers queued at placement).
+    pub fn ready(&mut self) -> Vec<LiveUpdate> {
+        let mut updates = Vec::new();
+        for slot in self.live.values_mut() {
+            let due: Vec<ClientOrderId> = slot
+                .working
+                .iter()
+                .filter(|(_, w)| w.storing.is_none() && !w.failed && w.later.is_some())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in due {
+                if let Some(state) = slot.working.get_mut(&id).and_then(|w| w.later.take()) {
+                    updates.extend(slot.apply(&id, state));
+                }
+            }
+        }
+        updates
+    }
+
+    /// Orders waiting on the venue: unconfirmed ones queried, states that came while
+    /// an update was stored handled, and (stream down) every working order queried.
+    pub async fn poll(&mut self) -> Vec<LiveUpdate> {
+        let mut updates = Vec::new();
+        for (venue, slot) in self.live.iter_mut() {
+            let deadline = slot.exchange.unknown_deadline();
+            let ids: Vec<ClientOrderId> = slot.working.keys().cloned().collect();
+            for id in ids {
+                let Some(working) = slot.working.get_mut(&id) else {
+                    continue;
+                };
+                if working.storing.is_some() {
+                    continue;
+                }
+                working.failed = false;
+                if let Some(state) = working.later.take() {
+                    updates.extend(slot.apply(&id, state));
+                    continue;
+                }
+                let unconfirmed = working.unconfirmed_since;
+                if unconfirmed.is_none() && slot.connected {
+                    continue;
+                }
+                let routed = working.routed.clone();
+                match slot.exchange.query(&routed).await {
+                    Ok(Some(state)) => {
+                        if let Some(w) = slot.working.get_mut(&id) {
+                            w.unconfirmed_since = None;
+                        }
+                        updates.extend(slot.apply(&id, state));
+                    }
+                    Ok(None) => match unconfirmed {
+                        Some(since) if since.elapsed() > deadline => {
+                            let state = VenueOrder {
+                                client_order_id: Some(id.to_string()),
+                                venue_order_id: None,
+                                symbol: Some(routed.order.symbol.clone()),
+                                venue_symbol: String::new(),
+                                status: VenueStatus::Rejected,
+                                filled: Decimal::ZERO,
+                                filled_notional: Decimal::ZERO,
+                                fee: Decimal::ZERO,
+                                reason: Some(format!(
+                                    "venue_never_received: {venue} has no such order {}s after it was sent",
+                                    deadline.as_secs()
+                                )),
+                                ts: now_ns(),
+                            };
+                            updates.extend(slot.apply(&id, state));
+                        }
+                        Some(_) => {}
+                        None => {
+                            tracing::warn!(%venue, client_order_id = %id, "a working order is unknown to the venue; reconciliation will say")
+                        }
+                    },
+                    Err(e) => tracing::debug!(%venue, client_order_id = %id, error = %e, "query"),
+                }
+            }
+        }
+        updates
+    }
+
+    /// Ask the venue to cancel a live order: its answer as reports (or why not).
+    pub async fn cancel_live(&mut self, id: &ClientOrderId) -> Result<Vec<LiveUpdate>, String> {
+        let Some((venue, working)) = self.find(id) else {
+            return Err(format!(
+                "not_resting: order {id} is not working at a live venue"
+            ));
+        };
+        let venue = venue.clone();
+        let routed = working.routed.clone();
+        let slot = self.live.get_mut(&venue).expect("found above");
+        match slot.exchange.cancel(&routed).await {
+            Ok(state) => Ok(slot.apply(id, state).into_iter().collect()),
+            Err(e) => Err(format!("venue_cancel_failed: {venue}: {e}")),
+        }
+    }
+
+    /// Every order working at a live venue (the kill switch cancels them).
+    pub fn working_ids(&self) -> Vec<ClientOrderId> {
+        self.live
+            .values()
+            .flat_map(|slot| slot.working.keys().cloned())
+            .collect()
+    }
+
+    /// A live order restored after a restart, with what its last stored report said.
+    pub fn restore_live(&mut self, routed: Routed, open: &ExecutionReport) {
+        let id = routed.order.client_order_id.clone();
+        if let Some(slot) = self.live.get_mut(&routed.order.venue) {
+            slot.working.insert(
+                id,
+                Working {
+                    routed,
+                    stored: Progress::of_report(open),
+                    storing: None,
+                    later: None,
+                    failed: false,
+                    // Whatever happened meanwhile: ask the venue at the first poll.
+                    unconfirmed_since: Some(Instant::now()),
+                },
+            );
+        }
+    }
+
+    /// Read every live venue's account (reconciliation); kept for `views`.
+    pub async fn read_accounts(&mut self) {
+        for slot in self.live.values_mut() {
+            slot.account = Some(slot.exchange.account().await);
+        }
+    }
+
+    pub fn views(&self) -> Vec<SlotView> {
+        let mut views: Vec<SlotView> = self
+            .live
+            .iter()
+            .map(|(venue, slot)| {
+                let unknown_orders = match &slot.account {
+                    Some(Ok(account)) => account
+                        .open_orders
+                        .iter()
+                        .filter(|o| {
+                            !o.client_order_id
+                                .as_deref()
+                                .and_then(|id| ClientOrderId::try_from(id).ok())
+                                .is_some_and(|id| {
+                                    slot.working.contains_key(&id)
+                                        || slot.accepting.contains_key(&id)
+                                })
+                        })
+                        .cloned()
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                SlotView {
+                    venue: venue.clone(),
+                    kind: slot.kind.clone(),
+                    mode: slot.mode,
+                    connected: slot.connected,
+                    detail: slot.detail.clone(),
+                    working_orders: slot.working.len(),
+                    unconfirmed_orders: slot
+                        .working
+                        .values()
+                        .filter(|w| w.unconfirmed_since.is_some())
+                        .count(),
+                    account: slot.account.clone(),
+                    unknown_orders,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.venue.as_str().cmp(b.venue.as_str()));
+        views
+    }
+}
+
+/// Cumulative states: the one with more filled (or a final one) is the latest.
+fn keep_latest(slot: &mut Option<VenueOrder>, state: VenueOrder) {
+    let newer = match slot {
+        None => true,
+        Some(old) => {
+            state.filled > old.filled
+                || (state.filled == old.filled && old.status == VenueStatus::Open)
+        }
+    };
+    if newer {
+        *slot = Some(state);
+    }
+}
+
+impl Slot {
+    /// A state of a working order: its update, unless one is being stored (then later).
+    fn apply(&mut self, id: &ClientOrderId, state: VenueOrder) -> Option<LiveUpdate> {
+        let working = self.working.get_mut(id)?;
+        if working.storing.is_some() {
+            keep_latest(&mut working.later, state);
+            return None;
+        }
+        working.unconfirmed_since = None;
+        match progress(&working.routed, &working.stored, &state) {
+            Ok(None) => None,
+            Ok(Some((reports, after, still_working))) => {
+                working.storing = Some((after, !still_working, state));
+                let update = LiveUpdate {
+                    routed: working.routed.clone(),
+                    reports,
+                    working: still_working,
+                };
+                Some(update)
+            }
+            Err(why) => {
+                tracing::warn!(client_order_id = %id, %why, "venue state not applied");
+                None
+            }
+        }
+    }
+}
+
+impl Venue for Router {
+    fn serves(&self, venue: &VenueName) -> bool {
+        self.live.contains_key(venue) || self.paper.serves(venue)
+    }
+
+    async fn place(&mut self, routed: &Routed, market: &Market) -> Placement {
+        if self.is_live(&routed.order.venue) {
+            self.place_live(routed, market).await
+        } else {
+            self.paper.place(routed, market).await
+        }
+    }
+
+    async fn cancel(&mut self, client_order_id: &ClientOrderId) -> Option<Routed> {
+        self.paper.cancel(client_order_id).await
+    }
+
+    fn resting(&self, client_order_id: &ClientOrderId) -> Option<&Routed> {
+        self.paper
+            .resting(client_order_id)
+            .or_else(|| self.find(client_order_id).map(|(_, w)| &w.routed))
+    }
+
+    /// A live order whose ACCEPTED report is stored starts working; what its venue said
+    /// meanwhile is handled next. A live order already working (an update was stored) is
+    /// left as it is; a paper order rests on the paper venue.
+    fn rest(&mut self, routed: Routed) {
+        let Some(slot) = self.live.get_mut(&routed.order.venue) else {
+            self.paper.rest(routed);
+            return;
+        };
+        let id = routed.order.client_order_id.clone();
+        if slot.working.contains_key(&id) {
+            return;
+        }
+        let (state, unconfirmed) = slot.accepting.remove(&id).unwrap_or((None, false));
+        slot.working.insert(
+            id,
+            Working {
+                routed,
+                stored: Progress::default(),
+                storing: None,
+                later: state,
+                failed: false,
+                unconfirmed_since: unconfirmed.then(Instant::now),
+            },
+        );
+    }
+
+    fn on_market(&mut self, tick: &Tick) -> Vec<(Routed, Fill)> {
+        self.paper.on_market(tick)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moonbus_common::{AgentName, OrderRequest, Side, Symbol, TimeInForce, Timings};
+
+    fn dec(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn routed(quantity: &str) -> Routed {
+        Routed {
+            order: OrderRequest {
+                client_order_id: ClientOrderId::try_from("trd-1").unwrap(),
+                agent: AgentName::try_from("trading").unwrap(),
+                symbol: Symbol::try_from("BTC-USDT").unwrap(),
+                venue: VenueName::try_from("binance").unwrap(),
+                side: Side::Buy,
+                order_type: OrderType::Limit,
+                quantity: quantity.parse().unwrap(),
+                limit_price: Some("100".parse().unwrap()),
+                time_in_force: TimeInForce::Gtc,
+                reduce_only: false,
+                decision_price: None,
+                origin_ts: 1,
+                ts: 1,
+            },
+            order_id: "binance-7".into(),
+            timings: Timings::default(),
+        }
+    }
+
+    fn state(status: VenueStatus, filled: &str, notional: &str, fee: &str) -> VenueOrder {
+        VenueOrder {
+            client_order_id: Some("trd-1".into()),
+            venue_order_id: Some("42".into()),
+            symbol: None,
+            venue_symbol: "BTCUSDT".into(),
+            status,
+            filled: dec(filled),
+            filled_notional: dec(notional),
+            fee: dec(fee),
+            reason: None,
+            ts: 5,
+        }
+    }
+
+    #[test]
+    fn part_fills_report_the_difference_and_the_cumulative_figures() {
+        let order = routed("3");
+        let first = state(VenueStatus::Open, "1", "99", "0.1");
+        let (reports, after, working) = progress(&order, &Progress::default(), &first)
+            .unwrap()
+            .unwrap();
+        assert!(working);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].status, OrderStatus::PartiallyFilled);
+        assert_eq!(*reports[0].last_fill_quantity.unwrap(), dec("1"));
+        assert_eq!(*reports[0].last_fill_price.unwrap(), dec("99"));
+        assert_eq!(*reports[0].fee, dec("0.1"));
+        // The same state again (a duplicate event): nothing.
+        assert!(progress(&order, &after, &first).unwrap().is_none());
+        // The rest at 102: the new part at 102, average over all, only the new fee.
+        let done = state(VenueStatus::Filled, "3", "303", "0.4");
+        let (reports, after, working) = progress(&order, &after, &done).unwrap().unwrap();
+        assert!(!working);
+        assert_eq!(reports[0].status, OrderStatus::Filled);
+        assert_eq!(*reports[0].last_fill_quantity.unwrap(), dec("2"));
+        assert_eq!(*reports[0].last_fill_price.unwrap(), dec("102"));
+        assert_eq!(*reports[0].filled_quantity, dec("3"));
+        assert_eq!(*reports[0].avg_fill_price.unwrap(), dec("101"));
+        assert_eq!(*reports[0].fee, dec("0.3"));
+        assert_eq!(after.filled, dec("3"));
+    }
+
+    #[test]
+    fn a_cancel_after_a_part_fill_reports_the_fill_then_the_cancel() {
+        let order = routed("3");
+        let cancelled = VenueOrder {
+            reason: Some("cancelled by operator".into()),
+            ..state(VenueStatus::Cancelled, "1", "100", "0")
+        };
+        let (reports, _, working) = progress(&order, &Progress::default(), &cancelled)
+            .unwrap()
+            .unwrap();
+        assert!(!working);
+        let statuses: Vec<_> = reports.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [OrderStatus::PartiallyFilled, OrderStatus::Cancelled]
+        );
+        assert_eq!(*reports[1].filled_quantity, dec("1"));
+        assert_eq!(*reports[1].fee, Decimal::ZERO);
+        assert_eq!(reports[1].reason.as_deref(), Some("cancelled by operator"));
+    }
+
+    #[test]
+    fn a_rejection_without_fills_is_rejected_and_with_fills_expires_the_rest() {
+        let order = routed("3");
+        let rejected = state(VenueStatus::Rejected, "0", "0", "0");
+        let (reports, _, _) = progress(&order, &Progress::default(), &rejected)
+            .unwrap()
+            .unwrap();
+        assert_eq!(reports[0].status, OrderStatus::Rejected);
+        let before = Progress {
+            filled: dec("1"),
+            notional: dec("100"),
+            fee: Decimal::ZERO,
+        };
+        let (reports, _, _) = progress(
+            &order,
+            &before,
+            &VenueOrder {
+                status: VenueStatus::Rejected,
+                ..state(VenueStatus::Rejected, "1", "100", "0")
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(reports[0].status, OrderStatus::Expired);
+    }
+
+    #[test]
+    fn impossible_states_are_refused_not_reported() {
+        let order = routed("3");
+        let before = Progress {
+            filled: dec("2"),
+            notional: dec("200"),
+            fee: Decimal::ZERO,
+        };
+        assert!(
+            progress(&order, &before, &state(VenueStatus::Open, "1", "100", "0"))
+                .unwrap_err()
+                .starts_with("stale")
+        );
+        assert!(
+            progress(&order, &before, &state(VenueStatus::Open, "4", "400", "0"))
+                .unwrap_err()
+                .starts_with("overfill")
+        );
+        // More filled but no more notional: no price can be derived.
+        assert!(progress(&order, &before, &state(VenueStatus::Open, "3", "200", "0")).is_err());
+    }
+
+    #[test]
+    fn the_latest_state_is_the_most_filled_or_the_final_one() {
+        let mut slot = None;
+        keep_latest(&mut slot, state(VenueStatus::Open, "2", "200", "0"));
+        keep_latest(&mut slot, state(VenueStatus::Open, "1", "100", "0"));
+        assert_eq!(slot.as_ref().unwrap().filled, dec("2"));
+        keep_latest(&mut slot, state(VenueStatus::Cancelled, "2", "200", "0"));
+        assert_eq!(slot.as_ref().unwrap().status, VenueStatus::Cancelled);
+        keep_latest(&mut slot, state(VenueStatus::Open, "2", "200", "0"));
+        assert_eq!(slot.as_ref().unwrap().status, VenueStatus::Cancelled);
+    }
+}
