@@ -1,0 +1,2022 @@
+//! Binance spot, Binance USDⓈ-M futures and Aster perps: one REST + user-data-stream API
+//! family (Aster's futures API v1 is Binance's USDⓈ-M API at other URLs), picked by `kind`:
+//! `binance_spot`, `binance_futures`, `aster`.
+//!
+//! - SIGNED requests: every parameter in the query string, then `timestamp` (the venue's
+//!   clock: ours plus the offset measured from `/time` at start and again after -1021) and
+//!   `recvWindow`, then `signature` = hex HMAC-SHA256 of that query with the secret, or
+//!   base64 Ed25519 signature of it (Binance Ed25519 API keys: PKCS#8 PEM private key).
+//!   The API key goes in `X-MBX-APIKEY`.
+//! - Orders carry `newClientOrderId` = our client order id when it fits Binance's
+//!   `^[\.A-Z\:/a-z0-9_-]{1,36}$`, else `mb-` + 33 hex digits of its SHA-256 (deterministic,
+//!   mapped back), so a retry can never double: a duplicate answer means the order is
+//!   there, and it is queried.
+//! - exchangeInfo filters (PRICE_FILTER, LOT_SIZE, MARKET_LOT_SIZE, MIN_NOTIONAL, NOTIONAL)
+//!   are checked before sending; a failing order is `Rejected` and never sent.
+//! - Request weight: `X-MBX-USED-WEIGHT-1M` is read from every answer and kept under the
+//!   REQUEST_WEIGHT limit of exchangeInfo; a 429 / 418 stops all sending until its
+//!   Retry-After has passed (submits meanwhile: `Rejected rate_limited`, never sent).
+//! - Fills come from the user data stream (listenKey, kept alive every 30 min, renewed on
+//!   `listenKeyExpired` or a lost connection, with `Health` events); REST queries are the
+//!   fallback.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use base64::Engine as _;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use ed25519_dalek::Signer as _;
+use futures::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use moonbus_common::{OrderType, Side, Symbol, TimeInForce};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{
+    AccountState, Exchange, Mode, Submitted, VenueBalance, VenueError, VenueEvent, VenueOrder,
+    VenuePosition, VenueStatus,
+};
+use crate::venue::Routed;
+
+/// Spot or USDⓈ-M futures (Aster is the latter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Spot,
+    Futures,
+}
+
+/// `[execution.live.<name>]` without the router's keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// Our symbol (BTC-USDT) -> the venue's (BTCUSDT).
+    symbols: BTreeMap<String, String>,
+    /// REST base URL; default by kind and mode.
+    #[serde(default)]
+    rest_url: Option<String>,
+    /// WebSocket base URL (the stream is `<ws_url>/ws/<listenKey>`); default by kind and mode.
+    #[serde(default)]
+    ws_url: Option<String>,
+    /// `hmac` (API secret) or `ed25519` (PKCS#8 PEM private key).
+    #[serde(default = "default_key_type")]
+    key_type: String,
+    /// The environment variable with the API key (default BINANCE_API_KEY / ASTER_API_KEY).
+    #[serde(default)]
+    api_key_env: Option<String>,
+    /// The environment variable with the HMAC secret (default BINANCE_API_SECRET / ASTER_API_SECRET).
+    #[serde(default)]
+    api_secret_env: Option<String>,
+    /// Ed25519: the environment variable with the PEM text (default BINANCE_PRIVATE_KEY),
+    /// or the environment variable naming a PEM file (mode 0600; default BINANCE_PRIVATE_KEY_FILE).
+    #[serde(default)]
+    private_key_env: Option<String>,
+    #[serde(default)]
+    private_key_file_env: Option<String>,
+    /// recvWindow of every SIGNED request, ms (Binance's default 5000; at most 60000).
+    #[serde(default = "default_recv_window")]
+    recv_window_ms: u64,
+    /// Timeout of every HTTP call, ms.
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    /// Share of exchangeInfo's REQUEST_WEIGHT per minute we allow ourselves (0 < x <= 1).
+    #[serde(default = "default_weight_share")]
+    weight_share: f64,
+    /// listenKey keepalive period, s.
+    #[serde(default = "default_keepalive")]
+    keepalive_secs: u64,
+    /// Futures account endpoint (`/fapi/v2/account`; Aster and newer Binance: v3/v4 work too).
+    #[serde(default)]
+    account_path: Option<String>,
+}
+
+fn default_key_type() -> String {
+    "hmac".into()
+}
+fn default_recv_window() -> u64 {
+    5_000
+}
+fn default_timeout() -> u64 {
+    5_000
+}
+fn default_weight_share() -> f64 {
+    0.8
+}
+fn default_keepalive() -> u64 {
+    1_800
+}
+
+/// How requests are signed. Debug never shows the key.
+enum Signer {
+    Hmac(Vec<u8>),
+    Ed25519(Box<ed25519_dalek::SigningKey>),
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Signer::Hmac(_) => "Hmac(<redacted>)",
+            Signer::Ed25519(_) => "Ed25519(<redacted>)",
+        })
+    }
+}
+
+impl Signer {
+    /// The `signature` parameter of a SIGNED request (before URL encoding).
+    fn sign(&self, payload: &str) -> String {
+        match self {
+            Signer::Hmac(secret) => hmac_sha256_hex(secret, payload),
+            Signer::Ed25519(key) => ed25519_base64(key, payload),
+        }
+    }
+}
+
+/// Binance HMAC signature: lower-case hex of HMAC-SHA256(secret, payload).
+pub fn hmac_sha256_hex(secret: &[u8], payload: &str) -> String {
+    // HMAC accepts keys of any length: new_from_slice cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(payload.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Binance Ed25519 signature: standard base64 of the 64-byte signature of the payload.
+pub fn ed25519_base64(key: &ed25519_dalek::SigningKey, payload: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key.sign(payload.as_bytes()).to_bytes())
+}
+
+/// Percent-encoding of a query value (RFC 3986 unreserved characters kept).
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+fn query_string(params: &[(&str, String)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Binance's `newClientOrderId` rule: `^[\.A-Z\:/a-z0-9_-]{1,36}$`.
+pub fn fits_binance_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 36
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'/' | b'_' | b'-'))
+}
+
+/// Our client order id as the venue's `newClientOrderId`: itself when it fits, else a
+/// deterministic `mb-` + 33 hex digits of its SHA-256 (36 characters).
+pub fn venue_client_id(ours: &str) -> String {
+    if fits_binance_id(ours) {
+        ours.to_string()
+    } else {
+        let digest = hex::encode(Sha256::digest(ours.as_bytes()));
+        format!("mb-{}", &digest[..33])
+    }
+}
+
+/// One symbol's trading rules from exchangeInfo.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rules {
+    pub base: String,
+    pub quote: String,
+    pub tick_size: Decimal,
+    pub min_price: Decimal,
+    pub max_price: Decimal,
+    pub step_size: Decimal,
+    pub min_qty: Decimal,
+    pub max_qty: Decimal,
+    /// MARKET_LOT_SIZE (zero where the filter is absent or says 0).
+    pub market_step_size: Decimal,
+    pub market_min_qty: Decimal,
+    pub market_max_qty: Decimal,
+    /// MIN_NOTIONAL / NOTIONAL minimum (zero: none).
+    pub min_notional: Decimal,
+    /// Whether the minimum applies to MARKET orders (spot applyToMarket / applyMinToMarket).
+    pub min_notional_market: bool,
+    /// NOTIONAL maximum (spot; zero: none).
+    pub max_notional: Decimal,
+    pub max_notional_market: bool,
+}
+
+fn dec(value: &Value, key: &str) -> Option<Decimal> {
+    match value.get(key)? {
+        Value::String(text) => Decimal::from_str(text.trim()).ok(),
+        Value::Number(number) => Decimal::from_str(&number.to_string()).ok(),
+        _ => None,
+    }
+}
+
+fn dec_or_zero(value: &Value, key: &str) -> Decimal {
+    dec(value, key).unwrap_or(Decimal::ZERO)
+}
+
+fn text<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
+    value.get(key)?.as_str()
+}
+
+fn int(value: &Value, key: &str) -> Option<u64> {
+    match value.get(key)? {
+        Value::Number(number) => number.as_u64(),
+        Value::String(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+impl Rules {
+    /// The rules of one `symbols[]` entry of exchangeInfo.
+    pub fn from_exchange_info(entry: &Value) -> Result<Rules, String> {
+        let base = text(entry, "baseAsset").ok_or("no baseAsset")?.to_string();
+        let quote = text(entry, "quoteAsset")
+            .ok_or("no quoteAsset")?
+            .to_string();
+        let mut rules = Rules {
+            base,
+            quote,
+            ..Rules::default()
+        };
+        let filters = entry
+            .get("filters")
+            .and_then(Value::as_array)
+            .ok_or("no filters")?;
+        for filter in filters {
+            match text(filter, "filterType") {
+                Some("PRICE_FILTER") => {
+                    rules.tick_size = dec_or_zero(filter, "tickSize");
+                    rules.min_price = dec_or_zero(filter, "minPrice");
+                    rules.max_price = dec_or_zero(filter, "maxPrice");
+                }
+                Some("LOT_SIZE") => {
+                    rules.step_size = dec_or_zero(filter, "stepSize");
+                    rules.min_qty = dec_or_zero(filter, "minQty");
+                    rules.max_qty = dec_or_zero(filter, "maxQty");
+                }
+                Some("MARKET_LOT_SIZE") => {
+                    rules.market_step_size = dec_or_zero(filter, "stepSize");
+                    rules.market_min_qty = dec_or_zero(filter, "minQty");
+                    rules.market_max_qty = dec_or_zero(filter, "maxQty");
+                }
+                Some("MIN_NOTIONAL") => {
+                    // Spot: minNotional + applyToMarket; futures: notional.
+                    if let Some(min) = dec(filter, "minNotional") {
+                        rules.min_notional = min;
+                        rules.min_notional_market = filter
+                            .get("applyToMarket")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(true);
+                    } else if let Some(min) = dec(filter, "notional") {
+                        rules.min_notional = min;
+                        rules.min_notional_market = true;
+                    }
+                }
+                Some("NOTIONAL") => {
+                    rules.min_notional = dec_or_zero(filter, "minNotional");
+                    rules.min_notional_market = filter
+                        .get("applyMinToMarket")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true);
+                    rules.max_notional = dec_or_zero(filter, "maxNotional");
+                    rules.max_notional_market = filter
+                        .get("applyMaxToMarket")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                }
+                _ => {}
+            }
+        }
+        Ok(rules)
+    }
+
+    /// Whether an order passes the filters; `Err(reason)` says which and why. `ref_price`
+    /// prices a MARKET order's notional (the decision price), if known.
+    pub fn check(
+        &self,
+        order_type: OrderType,
+        quantity: Decimal,
+        limit_price: Option<Decimal>,
+        ref_price: Option<Decimal>,
+    ) -> Result<(), String> {
+        let market = order_type == OrderType::Market;
+        if let Some(price) = limit_price {
+            if self.min_price > Decimal::ZERO && price < self.min_price {
+                return Err(format!(
+                    "price_filter: price {price} below minPrice {}",
+                    self.min_price
+                ));
+            }
+            if self.max_price > Decimal::ZERO && price > self.max_price {
+                return Err(format!(
+                    "price_filter: price {price} above maxPrice {}",
+                    self.max_price
+                ));
+            }
+            if self.tick_size > Decimal::ZERO {
+                let rem = (price - self.min_price).checked_rem(self.tick_size);
+                if rem != Some(Decimal::ZERO) {
+                    return Err(format!(
+                        "tick_size: price {price} is not a multiple of tickSize {}",
+                        self.tick_size
+                    ));
+                }
+            }
+        }
+        // MARKET orders: MARKET_LOT_SIZE where it states a bound (0 = none), else LOT_SIZE.
+        let pick = |market_value: Decimal, value: Decimal| {
+            if market && market_value > Decimal::ZERO {
+                (market_value, "MARKET_LOT_SIZE")
+            } else {
+                (value, "LOT_SIZE")
+            }
+        };
+        let (step, step_filter) = pick(self.market_step_size, self.step_size);
+        let (min, min_filter) = pick(self.market_min_qty, self.min_qty);
+        let (max, max_filter) = pick(self.market_max_qty, self.max_qty);
+        if min > Decimal::ZERO && quantity < min {
+            return Err(format!(
+                "lot_size: quantity {quantity} below {min_filter} minQty {min}"
+            ));
+        }
+        if max > Decimal::ZERO && quantity > max {
+            return Err(format!(
+                "lot_size: quantity {quantity} above {max_filter} maxQty {max}"
+            ));
+        }
+        if step > Decimal::ZERO {
+            let step_min = if step_filter == "MARKET_LOT_SIZE" {
+                self.market_min_qty
+            } else {
+                self.min_qty
+            };
+            let rem = (quantity - step_min).checked_rem(step);
+            if rem != Some(Decimal::ZERO) {
+                return Err(format!(
+                    "lot_size: quantity {quantity} is not a multiple of {step_filter} stepSize {step}"
+                ));
+            }
+        }
+        let price = if market { ref_price } else { limit_price };
+        if let Some(price) = price {
+            let notional = price
+                .checked_mul(quantity)
+                .ok_or_else(|| format!("min_notional: {price} x {quantity} overflows"))?;
+            if self.min_notional > Decimal::ZERO
+                && (!market || self.min_notional_market)
+                && notional < self.min_notional
+            {
+                return Err(format!(
+                    "min_notional: notional {notional} below {}",
+                    self.min_notional
+                ));
+            }
+            if self.max_notional > Decimal::ZERO
+                && (!market || self.max_notional_market)
+                && notional > self.max_notional
+            {
+                return Err(format!(
+                    "max_notional: notional {notional} above {}",
+                    self.max_notional
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The REQUEST_WEIGHT per minute limit of exchangeInfo's `rateLimits`.
+pub fn weight_limit(info: &Value) -> Option<u32> {
+    info.get("rateLimits")?
+        .as_array()?
+        .iter()
+        .filter(|limit| text(limit, "rateLimitType") == Some("REQUEST_WEIGHT"))
+        .filter_map(|limit| {
+            let per = match (
+                text(limit, "interval")?,
+                int(limit, "intervalNum").unwrap_or(1),
+            ) {
+                ("SECOND", n) => n,
+                ("MINUTE", n) => n * 60,
+                ("HOUR", n) => n * 3_600,
+                ("DAY", n) => n * 86_400,
+                _ => return None,
+            };
+            // Scaled to one minute: the header we read is per minute.
+            let limit = int(limit, "limit")?;
+            u32::try_from(limit.checked_mul(60)? / per.max(1)).ok()
+        })
+        .min()
+}
+
+/// The venue's order status as ours.
+pub fn status_of(status: &str) -> Option<VenueStatus> {
+    Some(match status {
+        "NEW" | "PARTIALLY_FILLED" | "PENDING_NEW" | "NEW_INSURANCE" | "NEW_ADL" => {
+            VenueStatus::Open
+        }
+        "FILLED" => VenueStatus::Filled,
+        "CANCELED" | "PENDING_CANCEL" => VenueStatus::Cancelled,
+        "EXPIRED" | "EXPIRED_IN_MATCH" => VenueStatus::Expired,
+        "REJECTED" => VenueStatus::Rejected,
+        _ => return None,
+    })
+}
+
+/// A REST order object (new order RESULT, query, cancel, openOrders) as a VenueOrder,
+/// with the client id as the venue has it (mapped back by the caller) and fee 0 (REST
+/// answers carry no fee: the caller puts in what the stream reported).
+pub fn parse_rest_order(flavor: Flavor, value: &Value) -> Result<VenueOrder, String> {
+    let symbol = text(value, "symbol").ok_or("order without symbol")?;
+    let status_text = text(value, "status").ok_or("order without status")?;
+    let status = status_of(status_text).ok_or_else(|| format!("unknown status {status_text}"))?;
+    let filled = dec(value, "executedQty").ok_or("order without executedQty")?;
+    let notional = match flavor {
+        Flavor::Spot => {
+            dec(value, "cummulativeQuoteQty").ok_or("order without cummulativeQuoteQty")?
+        }
+        Flavor::Futures => match dec(value, "cumQuote") {
+            Some(quote) if !quote.is_zero() || filled.is_zero() => quote,
+            _ => {
+                let avg = dec(value, "avgPrice").unwrap_or(Decimal::ZERO);
+                avg.checked_mul(filled)
+                    .ok_or("executedQty x avgPrice overflows")?
+            }
+        },
+    };
+    if filled < Decimal::ZERO || notional < Decimal::ZERO {
+        return Err("negative executedQty or quote".into());
+    }
+    let ts_ms = int(value, "updateTime")
+        .or_else(|| int(value, "transactTime"))
+        .or_else(|| int(value, "time"))
+        .unwrap_or(0);
+    Ok(VenueOrder {
+        client_order_id: text(value, "clientOrderId")
+            .or_else(|| text(value, "origClientOrderId"))
+            .map(str::to_string),
+        venue_order_id: int(value, "orderId").map(|id| id.to_string()),
+        symbol: None,
+        venue_symbol: symbol.to_string(),
+        status,
+        filled,
+        filled_notional: notional,
+        fee: Decimal::ZERO,
+        reason: match status {
+            VenueStatus::Cancelled | VenueStatus::Expired | VenueStatus::Rejected => {
+                Some(status_text.to_string())
+            }
+            _ => None,
+        },
+        ts: ts_ms.saturating_mul(1_000_000),
+    })
+}
+
+/// One user-data-stream frame, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// An order update; `trade` = (trade id, fee of this trade, its asset, last price, last qty).
+    Order {
+        order: VenueOrder,
+        trade: Option<(u64, Decimal, String, Decimal)>,
+    },
+    /// The listenKey expired: get a new one.
+    Expired,
+    /// Anything else (balances, positions, ...).
+    Other,
+}
+
+/// Parse one frame of the user data stream (spot `executionReport`, futures
+/// `ORDER_TRADE_UPDATE`, `listenKeyExpired`; a combined-stream envelope is unwrapped).
+pub fn parse_stream(frame: &str) -> Result<StreamEvent, String> {
+    let value: Value = serde_json::from_str(frame).map_err(|e| format!("not JSON: {e}"))?;
+    let value = match value.get("data") {
+        Some(data) if value.get("stream").is_some() => data.clone(),
+        _ => value,
+    };
+    // The WebSocket API wraps events as {"event": {...}}.
+    let value = match value.get("event") {
+        Some(event) if event.is_object() => event.clone(),
+        _ => value,
+    };
+    let kind = text(&value, "e").ok_or("frame without event type")?;
+    match kind {
+        "listenKeyExpired" => Ok(StreamEvent::Expired),
+        "executionReport" => parse_execution_report(&value),
+        "ORDER_TRADE_UPDATE" => {
+            let o = value.get("o").ok_or("ORDER_TRADE_UPDATE without o")?;
+            parse_futures_update(o, int(&value, "E").unwrap_or(0))
+        }
+        _ => Ok(StreamEvent::Other),
+    }
+}
+
+fn trade_of(v: &Value, exec_type: &str) -> Result<Option<(u64, Decimal, String, Decimal)>, String> {
+    if exec_type != "TRADE" {
+        return Ok(None);
+    }
+    let id = int(v, "t").ok_or("TRADE without t")?;
+    let fee = dec(v, "n").unwrap_or(Decimal::ZERO);
+    let asset = text(v, "N").unwrap_or("").to_string();
+    let last = dec(v, "L").ok_or("TRADE without L")?;
+    Ok(Some((id, fee, asset, last)))
+}
+
+fn parse_execution_report(v: &Value) -> Result<StreamEvent, String> {
+    let symbol = text(v, "s").ok_or("executionReport without s")?;
+    let status_text = text(v, "X").ok_or("executionReport without X")?;
+    let status = status_of(status_text).ok_or_else(|| format!("unknown status {status_text}"))?;
+    let exec_type = text(v, "x").ok_or("executionReport without x")?;
+    let filled = dec(v, "z").ok_or("executionReport without z")?;
+    let notional = dec(v, "Z").ok_or("executionReport without Z")?;
+    // A cancel's report carries the cancel request's id in c and the order's in C.
+    let orig = text(v, "C").filter(|c| !c.is_empty());
+    let client = match (status, orig) {
+        (VenueStatus::Cancelled, Some(orig)) => orig,
+        _ => text(v, "c").ok_or("executionReport without c")?,
+    };
+    let reason = text(v, "r").filter(|r| *r != "NONE").map(str::to_string);
+    Ok(StreamEvent::Order {
+        order: VenueOrder {
+            client_order_id: Some(client.to_string()),
+            venue_order_id: int(v, "i").map(|id| id.to_string()),
+            symbol: None,
+            venue_symbol: symbol.to_string(),
+            status,
+            filled,
+            filled_notional: notional,
+            fee: Decimal::ZERO,
+            reason: match status {
+                VenueStatus::Cancelled | VenueStatus::Expired | VenueStatus::Rejected => {
+                    reason.or_else(|| Some(status_text.to_string()))
+                }
+                _ => None,
+            },
+            ts: int(v, "E").unwrap_or(0).saturating_mul(1_000_000),
+        },
+        trade: trade_of(v, exec_type)?,
+    })
+}
+
+fn parse_futures_update(o: &Value, event_ms: u64) -> Result<StreamEvent, String> {
+    let symbol = text(o, "s").ok_or("order update without s")?;
+    let status_text = text(o, "X").ok_or("order update without X")?;
+    let status = status_of(status_text).ok_or_else(|| format!("unknown status {status_text}"))?;
+    let exec_type = text(o, "x").ok_or("order update without x")?;
+    let filled = dec(o, "z").ok_or("order update without z")?;
+    let avg = dec(o, "ap").unwrap_or(Decimal::ZERO);
+    let notional = avg.checked_mul(filled).ok_or("z x ap overflows")?;
+    Ok(StreamEvent::Order {
+        order: VenueOrder {
+            client_order_id: Some(text(o, "c").ok_or("order update without c")?.to_string()),
+            venue_order_id: int(o, "i").map(|id| id.to_string()),
+            symbol: None,
+            venue_symbol: symbol.to_string(),
+            status,
+            filled,
+            filled_notional: notional,
+            fee: Decimal::ZERO,
+            reason: match status {
+                VenueStatus::Cancelled | VenueStatus::Expired | VenueStatus::Rejected => {
+                    Some(status_text.to_string())
+                }
+                _ => None,
+            },
+            ts: int(o, "T").unwrap_or(event_ms).saturating_mul(1_000_000),
+        },
+        trade: trade_of(o, exec_type)?,
+    })
+}
+
+/// The fee of one trade in the quote currency: as is when charged in the quote asset,
+/// times the trade price when charged in the base asset, `None` otherwise (e.g. BNB).
+pub fn fee_in_quote(rules: &Rules, fee: Decimal, asset: &str, price: Decimal) -> Option<Decimal> {
+    if fee.is_zero() {
+        Some(Decimal::ZERO)
+    } else if asset == rules.quote {
+        Some(fee)
+    } else if asset == rules.base {
+        fee.checked_mul(price)
+    } else {
+        None
+    }
+}
+
+/// The answer of one REST call.
+#[derive(Debug)]
+enum Reply {
+    /// 2xx with a JSON body.
+    Ok(Value),
+    /// The venue refused: its error code (0 if none) and message, HTTP status.
+    Error { http: u16, code: i64, msg: String },
+    /// 429 / 418: stop sending until the ban ends.
+    RateLimited(String),
+    /// Nothing usable (timeout, connection, 5xx, malformed).
+    NoAnswer(String),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Venue clock minus ours, ms.
+    offset_ms: i64,
+    rules: HashMap<String, Rules>,
+    /// REQUEST_WEIGHT per minute we allow ourselves.
+    weight_limit: u32,
+    /// Weight used in the minute `weight_minute` (venue clock) as the venue last said.
+    weight_used: u32,
+    weight_minute: i64,
+    /// No sending before this.
+    banned_until: Option<Instant>,
+    /// Venue client id -> ours, for derived ids.
+    ids: HashMap<String, String>,
+    /// Per venue client id: the trades counted and the fee so far (quote currency).
+    fees: HashMap<String, (HashSet<u64>, Decimal)>,
+}
+
+struct Inner {
+    name: String,
+    kind: String,
+    flavor: Flavor,
+    rest_url: String,
+    ws_url: String,
+    api_key: String,
+    signer: Signer,
+    recv_window_ms: u64,
+    weight_share: f64,
+    keepalive: Duration,
+    account_path: String,
+    symbols: HashMap<Symbol, String>,
+    venue_symbols: HashMap<String, Symbol>,
+    http: reqwest::Client,
+    state: Mutex<State>,
+}
+
+/// The Binance family adapter. Cheap to clone.
+#[derive(Clone)]
+pub struct Binance {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Binance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Binance")
+            .field("name", &self.inner.name)
+            .field("kind", &self.inner.kind)
+            .field("rest_url", &self.inner.rest_url)
+            .field("ws_url", &self.inner.ws_url)
+            .field("api_key", &"<redacted>")
+            .field("signer", &self.inner.signer)
+            .finish()
+    }
+}
+
+fn env_var(name: &str) -> anyhow::Result<String> {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_string()),
+        _ => bail!("environment variable {name} is not set (needed for the venue's keys)"),
+    }
+}
+
+fn read_key_file(path: &str) -> anyhow::Result<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).with_context(|| format!("key file {path}"))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "key file {path} has mode {mode:o}: it must be 0600 (readable by its owner only)"
+            );
+        }
+    }
+    std::fs::read_to_string(path).with_context(|| format!("key file {path}"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Binance {
+    /// Build from `[execution.live.<name>]` (see the module comment for the keys).
+    pub fn from_config(
+        name: &str,
+        kind: &str,
+        mode: Mode,
+        settings: Value,
+    ) -> anyhow::Result<Self> {
+        let settings: Settings =
+            serde_json::from_value(settings).with_context(|| format!("[execution.live.{name}]"))?;
+        let (flavor, env_prefix) = match kind {
+            "binance_spot" => (Flavor::Spot, "BINANCE"),
+            "binance_futures" => (Flavor::Futures, "BINANCE"),
+            "aster" => (Flavor::Futures, "ASTER"),
+            other => bail!("[execution.live.{name}] kind {other:?} is not a Binance-family kind"),
+        };
+        let (rest_default, ws_default) = match (kind, mode) {
+            ("binance_spot", Mode::Live) => {
+                ("https://api.binance.com", "wss://stream.binance.com:9443")
+            }
+            ("binance_spot", _) => (
+                "https://testnet.binance.vision",
+                "wss://stream.testnet.binance.vision",
+            ),
+            ("binance_futures", Mode::Live) => {
+                ("https://fapi.binance.com", "wss://fstream.binance.com")
+            }
+            ("binance_futures", _) => (
+                "https://testnet.binancefuture.com",
+                "wss://fstream.binancefuture.com",
+            ),
+            ("aster", Mode::Live) => ("https://fapi.asterdex.com", "wss://fstream.asterdex.com"),
+            _ => (
+                "https://fapi.asterdex-testnet.com",
+                "wss://fstream.asterdex-testnet.com",
+            ),
+        };
+        if mode == Mode::Paper {
+            bail!("[execution.live.{name}] mode paper needs no adapter");
+        }
+        if settings.recv_window_ms == 0 || settings.recv_window_ms > 60_000 {
+            bail!("[execution.live.{name}] recv_window_ms must be 1..=60000");
+        }
+        if !(settings.weight_share > 0.0 && settings.weight_share <= 1.0) {
+            bail!("[execution.live.{name}] weight_share must be in (0, 1]");
+        }
+        let mut symbols = HashMap::new();
+        let mut venue_symbols = HashMap::new();
+        for (ours, theirs) in &settings.symbols {
+            let symbol: Symbol = ours
+                .parse()
+                .map_err(|e| anyhow!("[execution.live.{name}] symbols: {ours}: {e}"))?;
+            if theirs.is_empty() || !theirs.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                bail!("[execution.live.{name}] symbols: {ours} = {theirs:?} is not a venue symbol");
+            }
+            symbols.insert(symbol.clone(), theirs.clone());
+            venue_symbols.insert(theirs.clone(), symbol);
+        }
+        if symbols.is_empty() {
+            bail!("[execution.live.{name}] symbols is empty");
+        }
+        let key_env = settings
+            .api_key_env
+            .clone()
+            .unwrap_or_else(|| format!("{env_prefix}_API_KEY"));
+        let api_key = env_var(&key_env)?;
+        let signer = match settings.key_type.as_str() {
+            "hmac" => {
+                let secret_env = settings
+                    .api_secret_env
+                    .clone()
+                    .unwrap_or_else(|| format!("{env_prefix}_API_SECRET"));
+                Signer::Hmac(env_var(&secret_env)?.into_bytes())
+            }
+            "ed25519" => {
+                let pem_env = settings
+                    .private_key_env
+                    .clone()
+                    .unwrap_or_else(|| format!("{env_prefix}_PRIVATE_KEY"));
+                let file_env = settings
+                    .private_key_file_env
+                    .clone()
+                    .unwrap_or_else(|| format!("{env_prefix}_PRIVATE_KEY_FILE"));
+                let pem = match std::env::var(&pem_env) {
+                    Ok(pem) if !pem.trim().is_empty() => pem,
+                    _ => match std::env::var(&file_env) {
+                        Ok(path) if !path.trim().is_empty() => read_key_file(path.trim())?,
+                        _ => bail!(
+                            "neither {pem_env} (PEM text) nor {file_env} (PEM file) is set (Ed25519 key)"
+                        ),
+                    },
+                };
+                let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem.trim()).map_err(|_| {
+                    anyhow!("the Ed25519 key is not a PKCS#8 PEM Ed25519 private key")
+                })?;
+                Signer::Ed25519(Box::new(key))
+            }
+            other => bail!("[execution.live.{name}] key_type {other:?}: hmac or ed25519"),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms.max(1)))
+            .build()
+            .context("HTTP client")?;
+        let account_path = settings
+            .account_path
+            .clone()
+            .unwrap_or_else(|| match flavor {
+                Flavor::Spot => "/api/v3/account".into(),
+                Flavor::Futures => "/fapi/v2/account".into(),
+            });
+        Ok(Binance {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                flavor,
+                rest_url: settings
+                    .rest_url
+                    .clone()
+                    .unwrap_or_else(|| rest_default.into())
+                    .trim_end_matches('/')
+                    .to_string(),
+                ws_url: settings
+                    .ws_url
+                    .clone()
+                    .unwrap_or_else(|| ws_default.into())
+                    .trim_end_matches('/')
+                    .to_string(),
+                api_key,
+                signer,
+                recv_window_ms: settings.recv_window_ms,
+                weight_share: settings.weight_share,
+                keepalive: Duration::from_secs(settings.keepalive_secs.max(1)),
+                account_path,
+                symbols,
+                venue_symbols,
+                http,
+                state: Mutex::new(State {
+                    weight_limit: 1_000,
+                    ..State::default()
+                }),
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the state itself stays usable.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path(&self, spot: &'static str, futures: &'static str) -> &'static str {
+        match self.inner.flavor {
+            Flavor::Spot => spot,
+            Flavor::Futures => futures,
+        }
+    }
+
+    /// Whether a call of `weight` may go now; `Err(why)` if banned or over budget.
+    fn admit(&self, weight: u32) -> Result<(), String> {
+        let mut state = self.state();
+        if let Some(until) = state.banned_until {
+            let now = Instant::now();
+            if now < until {
+                return Err(format!(
+                    "rate_limited: the venue asked us to wait {} ms more",
+                    (until - now).as_millis()
+                ));
+            }
+            state.banned_until = None;
+        }
+        let minute = (now_ms() + state.offset_ms).div_euclid(60_000);
+        if minute != state.weight_minute {
+            state.weight_minute = minute;
+            state.weight_used = 0;
+        }
+        let budget = (state.weight_limit as f64 * self.inner.weight_share) as u32;
+        if state.weight_used.saturating_add(weight) > budget {
+            return Err(format!(
+                "rate_limited: request weight {} of {budget} used this minute",
+                state.weight_used
+            ));
+        }
+        state.weight_used = state.weight_used.saturating_add(weight);
+        Ok(())
+    }
+
+    /// One REST call. `signed`: timestamp, recvWindow and signature are appended.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        params: &[(&str, String)],
+        signed: bool,
+        weight: u32,
+    ) -> Reply {
+        if let Err(why) = self.admit(weight) {
+            return Reply::RateLimited(why);
+        }
+        let mut query = query_string(params);
+        if signed {
+            let ts = now_ms() + self.state().offset_ms;
+            if !query.is_empty() {
+                query.push('&');
+            }
+            query.push_str(&format!(
+                "timestamp={ts}&recvWindow={}",
+                self.inner.recv_window_ms
+            ));
+            let signature = self.inner.signer.sign(&query);
+            query.push_str(&format!("&signature={}", encode(&signature)));
+        }
+        let url = if query.is_empty() {
+            format!("{}{path}", self.inner.rest_url)
+        } else {
+            format!("{}{path}?{query}", self.inner.rest_url)
+        };
+        let response = match self
+            .inner
+            .http
+            .request(method, &url)
+            .header("X-MBX-APIKEY", &self.inner.api_key)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection"
+                };
+                return Reply::NoAnswer(format!("{kind}: {}", e.without_url()));
+            }
+        };
+        let http = response.status().as_u16();
+        let headers = response.headers();
+        if let Some(used) = headers
+            .get("x-mbx-used-weight-1m")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            let mut state = self.state();
+            state.weight_minute = (now_ms() + state.offset_ms).div_euclid(60_000);
+            state.weight_used = used;
+        }
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = match response.text().await {
+            Ok(body) => body,
+            Err(e) => return Reply::NoAnswer(format!("reading the answer: {}", e.without_url())),
+        };
+        if http == 429 || http == 418 {
+            let wait =
+                Duration::from_secs(retry_after.unwrap_or(if http == 418 { 120 } else { 60 }));
+            self.state().banned_until = Some(Instant::now() + wait);
+            tracing::warn!(venue = %self.inner.name, http, wait_s = wait.as_secs(), "rate limited by the venue: sending stops until the ban ends");
+            return Reply::RateLimited(format!(
+                "rate_limited: HTTP {http}, retry after {} s",
+                wait.as_secs()
+            ));
+        }
+        let value: Option<Value> = serde_json::from_str(&body).ok();
+        if (200..300).contains(&http) {
+            return match value {
+                Some(value) => Reply::Ok(value),
+                None => Reply::NoAnswer(format!("HTTP {http}: malformed answer")),
+            };
+        }
+        let code = value
+            .as_ref()
+            .and_then(|v| v.get("code"))
+            .and_then(Value::as_i64);
+        let msg = value
+            .as_ref()
+            .and_then(|v| text(v, "msg"))
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect::<String>();
+        if http >= 500 || code.is_none() || code == Some(-1007) || code == Some(-1006) {
+            return Reply::NoAnswer(format!("HTTP {http} {}: {msg}", code.unwrap_or(0)));
+        }
+        Reply::Error {
+            http,
+            code: code.unwrap_or(0),
+            msg,
+        }
+    }
+
+    /// A SIGNED call; after -1021 (timestamp outside recvWindow) the clock is synced again
+    /// and the call made once more (the venue refused the first: nothing happened).
+    async fn signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        params: &[(&str, String)],
+        weight: u32,
+    ) -> Reply {
+        let reply = self.call(method.clone(), path, params, true, weight).await;
+        if let Reply::Error { code: -1021, .. } = reply {
+            tracing::warn!(venue = %self.inner.name, "timestamp outside recvWindow (-1021): syncing the clock again");
+            if let Err(e) = self.sync_time().await {
+                tracing::warn!(venue = %self.inner.name, error = %e, "clock sync failed");
+                return reply;
+            }
+            return self.call(method, path, params, true, weight).await;
+        }
+        reply
+    }
+
+    /// Measure the venue's clock offset from `/time` (half the round trip as the delay).
+    async fn sync_time(&self) -> Result<(), VenueError> {
+        let sent = now_ms();
+        let path = self.path("/api/v3/time", "/fapi/v1/time");
+        let reply = self.call(reqwest::Method::GET, path, &[], false, 1).await;
+        let received = now_ms();
+        let value = ok_or_error(reply)?;
+        let server = value
+            .get("serverTime")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| VenueError::Transient("time: no serverTime".into()))?;
+        let offset = server - (sent + received) / 2;
+        self.state().offset_ms = offset;
+        tracing::info!(venue = %self.inner.name, offset_ms = offset, "venue clock offset");
+        Ok(())
+    }
+
+    async fn load_rules(&self) -> Result<(), VenueError> {
+        let path = self.path("/api/v3/exchangeInfo", "/fapi/v1/exchangeInfo");
+        let mut params = Vec::new();
+        if self.inner.flavor == Flavor::Spot {
+            let list: Vec<String> = self
+                .inner
+                .symbols
+                .values()
+                .map(|s| format!("\"{s}\""))
+                .collect();
+            params.push(("symbols", format!("[{}]", list.join(","))));
+        }
+        let weight = if self.inner.flavor == Flavor::Spot {
+            20
+        } else {
+            1
+        };
+        let value = ok_or_error(
+            self.call(reqwest::Method::GET, path, &params, false, weight)
+                .await,
+        )?;
+        let mut rules = HashMap::new();
+        for entry in value
+            .get("symbols")
+            .and_then(Value::as_array)
+            .ok_or_else(|| VenueError::Transient("exchangeInfo without symbols".into()))?
+        {
+            let Some(symbol) = text(entry, "symbol") else {
+                continue;
+            };
+            if !self.inner.venue_symbols.contains_key(symbol) {
+                continue;
+            }
+            let parsed = Rules::from_exchange_info(entry)
+                .map_err(|e| VenueError::Transient(format!("exchangeInfo {symbol}: {e}")))?;
+            rules.insert(symbol.to_string(), parsed);
+        }
+        for theirs in self.inner.symbols.values() {
+            if !rules.contains_key(theirs) {
+                return Err(VenueError::Refused(format!(
+                    "exchangeInfo has no symbol {theirs} (check [execution.live.{}] symbols)",
+                    self.inner.name
+                )));
+            }
+        }
+        let mut state = self.state();
+        state.rules = rules;
+        if let Some(limit) = weight_limit(&value) {
+            state.weight_limit = limit;
+        }
+        Ok(())
+    }
+
+    /// Map a venue order to ours: our client id back from a derived one, our symbol, the
+    /// fee the stream has reported so far.
+    fn finish(&self, mut order: VenueOrder) -> VenueOrder {
+        let state = self.state();
+        if let Some(id) = &order.client_order_id {
+            if let Some((_, fee)) = state.fees.get(id) {
+                order.fee = order.fee.max(*fee);
+            }
+            if let Some(ours) = state.ids.get(id) {
+                order.client_order_id = Some(ours.clone());
+            }
+        }
+        order.symbol = self.inner.venue_symbols.get(&order.venue_symbol).cloned();
+        order
+    }
+
+    /// Record a stream trade's fee once (by trade id); the order's fee so far.
+    fn add_fee(
+        &self,
+        client: &str,
+        symbol: &str,
+        trade: (u64, Decimal, String, Decimal),
+    ) -> Decimal {
+        let (id, fee, asset, price) = trade;
+        let mut state = self.state();
+        let converted = state
+            .rules
+            .get(symbol)
+            .and_then(|rules| fee_in_quote(rules, fee, &asset, price));
+        let entry = state.fees.entry(client.to_string()).or_default();
+        if entry.0.insert(id) {
+            match converted {
+                Some(value) => entry.1 = entry.1.checked_add(value).unwrap_or(entry.1),
+                None => tracing::warn!(
+                    venue = %self.inner.name, symbol, asset = %asset, fee = %fee,
+                    "fee charged in an asset other than the symbol's: left out of the reported fee"
+                ),
+            }
+        }
+        entry.1
+    }
+
+    fn ids_for(&self, routed: &Routed) -> Result<(String, String), String> {
+        let symbol = &routed.order.symbol;
+        let venue_symbol = self
+            .inner
+            .symbols
+            .get(symbol)
+            .ok_or_else(|| {
+                format!(
+                    "unknown_symbol: {symbol} is not in [execution.live.{}] symbols",
+                    self.inner.name
+                )
+            })?
+            .clone();
+        let ours = routed.order.client_order_id.as_str();
+        let theirs = venue_client_id(ours);
+        if theirs != ours {
+            self.state().ids.insert(theirs.clone(), ours.to_string());
+        }
+        Ok((venue_symbol, theirs))
+    }
+
+    /// Query by venue client id; `Ok(None)` if the venue has no such order.
+    async fn query_ids(
+        &self,
+        venue_symbol: &str,
+        client: &str,
+    ) -> Result<Option<VenueOrder>, VenueError> {
+        let path = self.path("/api/v3/order", "/fapi/v1/order");
+        let weight = if self.inner.flavor == Flavor::Spot {
+            4
+        } else {
+            1
+        };
+        let params = [
+            ("symbol", venue_symbol.to_string()),
+            ("origClientOrderId", client.to_string()),
+        ];
+        match self
+            .signed(reqwest::Method::GET, path, &params, weight)
+            .await
+        {
+            Reply::Ok(value) => parse_rest_order(self.inner.flavor, &value)
+                .map(|order| Some(self.finish(order)))
+                .map_err(|e| VenueError::Transient(format!("malformed order answer: {e}"))),
+            Reply::Error { code: -2013, .. } => Ok(None),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    fn order_params(
+        &self,
+        routed: &Routed,
+        venue_symbol: &str,
+        client: &str,
+    ) -> Vec<(&'static str, String)> {
+        let order = &routed.order;
+        let mut params = vec![
+            ("symbol", venue_symbol.to_string()),
+            (
+                "side",
+                match order.side {
+                    Side::Buy => "BUY".to_string(),
+                    Side::Sell => "SELL".to_string(),
+                },
+            ),
+        ];
+        match order.order_type {
+            OrderType::Market => params.push(("type", "MARKET".into())),
+            OrderType::Limit => {
+                params.push(("type", "LIMIT".into()));
+                params.push((
+                    "timeInForce",
+                    match order.time_in_force {
+                        TimeInForce::Gtc => "GTC".into(),
+                        TimeInForce::Ioc => "IOC".into(),
+                    },
+                ));
+            }
+        }
+        params.push((
+            "quantity",
+            Decimal::from(order.quantity).normalize().to_string(),
+        ));
+        if let Some(price) = order.limit_price {
+            params.push(("price", Decimal::from(price).normalize().to_string()));
+        }
+        if order.reduce_only && self.inner.flavor == Flavor::Futures {
+            params.push(("reduceOnly", "true".into()));
+        }
+        params.push(("newClientOrderId", client.to_string()));
+        params.push(("newOrderRespType", "RESULT".into()));
+        params
+    }
+
+    async fn stream_loop(self, events: mpsc::UnboundedSender<VenueEvent>) {
+        let mut backoff = Duration::from_millis(500);
+        while !events.is_closed() {
+            let detail = match self.stream_once(&events).await {
+                Ok(why) => {
+                    backoff = Duration::from_millis(500);
+                    why
+                }
+                Err(why) => why,
+            };
+            if events.is_closed() {
+                return;
+            }
+            tracing::warn!(venue = %self.inner.name, detail = %detail, "user data stream lost; reconnecting");
+            let _ = events.send(VenueEvent::Health {
+                connected: false,
+                detail,
+            });
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One listenKey + WebSocket session; returns why it ended.
+    async fn stream_once(
+        &self,
+        events: &mpsc::UnboundedSender<VenueEvent>,
+    ) -> Result<String, String> {
+        let path = self.path("/api/v3/userDataStream", "/fapi/v1/listenKey");
+        let key = match self.call(reqwest::Method::POST, path, &[], false, 2).await {
+            Reply::Ok(value) => text(&value, "listenKey")
+                .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .ok_or("listenKey answer without a usable listenKey")?
+                .to_string(),
+            other => return Err(format!("listenKey: {}", reply_error(other))),
+        };
+        let url = format!("{}/ws/{key}", self.inner.ws_url);
+        let (mut ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .map_err(|_| "connecting the stream: timeout".to_string())?
+        .map_err(|e| format!("connecting the stream: {e}"))?;
+        let _ = events.send(VenueEvent::Health {
+            connected: true,
+            detail: "user data stream connected".into(),
+        });
+        let mut keepalive = tokio::time::interval(self.inner.keepalive);
+        keepalive.tick().await;
+        loop {
+            tokio::select! {
+                message = ws.next() => {
+                    let message = match message {
+                        None => return Ok("stream closed".into()),
+                        Some(Err(e)) => return Ok(format!("stream error: {e}")),
+                        Some(Ok(message)) => message,
+                    };
+                    match message {
+                        Message::Text(frame) => {
+                            if self.on_frame(frame.as_str(), events) {
+                                return Ok("listenKeyExpired".into());
+                            }
+                        }
+                        Message::Ping(payload) => {
+                            let _ = ws.send(Message::Pong(payload)).await;
+                        }
+                        Message::Close(_) => return Ok("stream closed by the venue".into()),
+                        _ => {}
+                    }
+                }
+                _ = keepalive.tick() => {
+                    let params = match self.inner.flavor {
+                        Flavor::Spot => vec![("listenKey", key.clone())],
+                        Flavor::Futures => vec![],
+                    };
+                    match self.call(reqwest::Method::PUT, path, &params, false, 2).await {
+                        Reply::Ok(_) => {}
+                        Reply::Error { code: -1125, .. } => return Ok("listenKey no longer valid".into()),
+                        other => tracing::warn!(venue = %self.inner.name, error = %reply_error(other), "listenKey keepalive failed"),
+                    }
+                }
+                _ = events.closed() => return Ok("stopped".into()),
+            }
+        }
+    }
+
+    /// Handle one stream frame; `true` when the listenKey expired.
+    fn on_frame(&self, frame: &str, events: &mpsc::UnboundedSender<VenueEvent>) -> bool {
+        match parse_stream(frame) {
+            Ok(StreamEvent::Expired) => true,
+            Ok(StreamEvent::Other) => false,
+            Ok(StreamEvent::Order { mut order, trade }) => {
+                if let (Some(client), Some(trade)) = (&order.client_order_id, trade) {
+                    order.fee = self.add_fee(client, &order.venue_symbol, trade);
+                }
+                let order = self.finish(order);
+                if order.symbol.is_some() {
+                    let _ = events.send(VenueEvent::Order(order));
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!(venue = %self.inner.name, error = %e, "malformed user data stream frame ignored");
+                false
+            }
+        }
+    }
+}
+
+fn ok_or_error(reply: Reply) -> Result<Value, VenueError> {
+    match reply {
+        Reply::Ok(value) => Ok(value),
+        other => Err(reply_error(other)),
+    }
+}
+
+fn reply_error(reply: Reply) -> VenueError {
+    match reply {
+        Reply::Ok(_) => VenueError::Transient("unexpected answer".into()),
+        Reply::Error { http, code, msg } => {
+            VenueError::Refused(format!("{code}: {msg} (HTTP {http})"))
+        }
+        Reply::RateLimited(why) => VenueError::Transient(why),
+        Reply::NoAnswer(why) => VenueError::Transient(why),
+    }
+}
+
+/// A duplicate client order id: the order is already at the venue.
+fn is_duplicate(code: i64, msg: &str) -> bool {
+    code == -4116
+        || code == -4015 && msg.to_ascii_lowercase().contains("duplicat")
+        || msg.to_ascii_lowercase().contains("duplicate order")
+}
+
+impl Exchange for Binance {
+    async fn start(&self, events: mpsc::UnboundedSender<VenueEvent>) -> Result<(), VenueError> {
+        self.sync_time().await?;
+        self.load_rules().await?;
+        tokio::spawn(self.clone().stream_loop(events));
+        Ok(())
+    }
+
+    async fn submit(&self, routed: &Routed) -> Submitted {
+        let (venue_symbol, client) = match self.ids_for(routed) {
+            Ok(ids) => ids,
+            Err(reason) => return Submitted::Rejected { reason },
+        };
+        let rules = self.state().rules.get(&venue_symbol).cloned();
+        let Some(rules) = rules else {
+            return Submitted::Rejected {
+                reason: format!(
+                    "unknown_symbol: no exchangeInfo rules for {venue_symbol} (not started?)"
+                ),
+            };
+        };
+        let order = &routed.order;
+        if let Err(reason) = rules.check(
+            order.order_type,
+            order.quantity.into(),
+            order.limit_price.map(Decimal::from),
+            order.decision_price.map(Decimal::from),
+        ) {
+            return Submitted::Rejected { reason };
+        }
+        let params = self.order_params(routed, &venue_symbol, &client);
+        let path = self.path("/api/v3/order", "/fapi/v1/order");
+        match self.signed(reqwest::Method::POST, path, &params, 1).await {
+            Reply::Ok(value) => match parse_rest_order(self.inner.flavor, &value) {
+                Ok(order) => Submitted::Accepted(self.finish(order)),
+                Err(e) => Submitted::Unknown {
+                    reason: format!("malformed order answer: {e}"),
+                },
+            },
+            Reply::Error { code, msg, .. } if is_duplicate(code, &msg) => {
+                match self.query_ids(&venue_symbol, &client).await {
+                    Ok(Some(order)) => Submitted::Accepted(order),
+                    Ok(None) => Submitted::Unknown {
+                        reason: format!(
+                            "duplicate order id ({code}: {msg}) but the venue does not find it"
+                        ),
+                    },
+                    Err(e) => Submitted::Unknown {
+                        reason: format!("duplicate order id ({code}: {msg}); query failed: {e}"),
+                    },
+                }
+            }
+            Reply::Error { code, msg, .. } => Submitted::Rejected {
+                reason: format!("{code}: {msg}"),
+            },
+            Reply::RateLimited(why) => Submitted::Rejected { reason: why },
+            Reply::NoAnswer(why) => Submitted::Unknown { reason: why },
+        }
+    }
+
+    async fn cancel(&self, routed: &Routed) -> Result<VenueOrder, VenueError> {
+        let (venue_symbol, client) = self.ids_for(routed).map_err(VenueError::Refused)?;
+        let path = self.path("/api/v3/order", "/fapi/v1/order");
+        let params = [
+            ("symbol", venue_symbol.clone()),
+            ("origClientOrderId", client.clone()),
+        ];
+        match self.signed(reqwest::Method::DELETE, path, &params, 1).await {
+            Reply::Ok(value) => parse_rest_order(self.inner.flavor, &value)
+                .map(|order| self.finish(order))
+                .map_err(|e| VenueError::Transient(format!("malformed cancel answer: {e}"))),
+            // Unknown order: it ended meanwhile (filled) or never arrived: ask.
+            Reply::Error {
+                code: -2011 | -2013,
+                msg,
+                ..
+            } => match self.query_ids(&venue_symbol, &client).await? {
+                Some(order) => Ok(order),
+                None => Err(VenueError::Refused(format!("-2011: {msg}"))),
+            },
+            other => Err(reply_error(other)),
+        }
+    }
+
+    async fn query(&self, routed: &Routed) -> Result<Option<VenueOrder>, VenueError> {
+        let (venue_symbol, client) = self.ids_for(routed).map_err(VenueError::Refused)?;
+        self.query_ids(&venue_symbol, &client).await
+    }
+
+    async fn account(&self) -> Result<AccountState, VenueError> {
+        let spot = self.inner.flavor == Flavor::Spot;
+        let weight = if spot { 20 } else { 5 };
+        let account = ok_or_error(
+            self.signed(reqwest::Method::GET, &self.inner.account_path, &[], weight)
+                .await,
+        )?;
+        let malformed =
+            |what: &str| VenueError::Transient(format!("malformed account answer: {what}"));
+        let mut state = AccountState::default();
+        let quote = {
+            let rules = &self.state().rules;
+            self.inner
+                .symbols
+                .values()
+                .filter_map(|s| rules.get(s).map(|r| r.quote.clone()))
+                .next()
+        };
+        if spot {
+            let balances = account
+                .get("balances")
+                .and_then(Value::as_array)
+                .ok_or_else(|| malformed("no balances"))?;
+            let mut totals = HashMap::new();
+            for balance in balances {
+                let asset =
+                    text(balance, "asset").ok_or_else(|| malformed("balance without asset"))?;
+                let free = dec(balance, "free").ok_or_else(|| malformed("balance without free"))?;
+                let locked = dec(balance, "locked").unwrap_or(Decimal::ZERO);
+                let total = free
+                    .checked_add(locked)
+                    .ok_or_else(|| malformed("balance overflows"))?;
+                totals.insert(asset.to_string(), (free, total));
+                if !total.is_zero() {
+                    state.balances.push(VenueBalance {
+                        asset: asset.to_string(),
+                        total,
+                    });
+                }
+            }
+            let rules = self.state().rules.clone();
+            for (symbol, theirs) in &self.inner.symbols {
+                if let Some(r) = rules.get(theirs) {
+                    let quantity = totals
+                        .get(&r.base)
+                        .map(|(_, t)| *t)
+                        .unwrap_or(Decimal::ZERO);
+                    state.positions.push(VenuePosition {
+                        symbol: symbol.clone(),
+                        quantity,
+                        entry_price: None,
+                    });
+                }
+            }
+            state.cash = quote
+                .as_ref()
+                .map(|q| totals.get(q).map(|(f, _)| *f).unwrap_or(Decimal::ZERO));
+        } else {
+            if let Some(assets) = account.get("assets").and_then(Value::as_array) {
+                for asset in assets {
+                    let name =
+                        text(asset, "asset").ok_or_else(|| malformed("asset without name"))?;
+                    let total = dec(asset, "walletBalance")
+                        .ok_or_else(|| malformed("asset without walletBalance"))?;
+                    if !total.is_zero() {
+                        state.balances.push(VenueBalance {
+                            asset: name.to_string(),
+                            total,
+                        });
+                    }
+                }
+            }
+            let mut amounts = HashMap::new();
+            for position in account
+                .get("positions")
+                .and_then(Value::as_array)
+                .ok_or_else(|| malformed("no positions"))?
+            {
+                let Some(symbol) = text(position, "symbol") else {
+                    continue;
+                };
+                let amount = dec(position, "positionAmt")
+                    .ok_or_else(|| malformed("position without positionAmt"))?;
+                let entry = dec(position, "entryPrice").filter(|p| !p.is_zero());
+                // Hedge mode lists LONG and SHORT legs: their sum is the net position.
+                let slot = amounts
+                    .entry(symbol.to_string())
+                    .or_insert((Decimal::ZERO, None));
+                slot.0 = (slot.0 as Decimal)
+                    .checked_add(amount)
+                    .ok_or_else(|| malformed("position overflows"))?;
+                if entry.is_some() {
+                    slot.1 = entry;
+                }
+            }
+            for (symbol, theirs) in &self.inner.symbols {
+                let (quantity, entry_price) = amounts
+                    .get(theirs)
+                    .cloned()
+                    .unwrap_or((Decimal::ZERO, None));
+                state.positions.push(VenuePosition {
+                    symbol: symbol.clone(),
+                    quantity,
+                    entry_price,
+                });
+            }
+            state.equity =
+                dec(&account, "totalMarginBalance").or_else(|| dec(&account, "totalWalletBalance"));
+            state.cash = dec(&account, "availableBalance");
+        }
+        let path = self.path("/api/v3/openOrders", "/fapi/v1/openOrders");
+        let weight = if spot { 6 } else { 1 };
+        for theirs in self.inner.symbols.values() {
+            let value = ok_or_error(
+                self.signed(
+                    reqwest::Method::GET,
+                    path,
+                    &[("symbol", theirs.clone())],
+                    weight,
+                )
+                .await,
+            )?;
+            for entry in value
+                .as_array()
+                .ok_or_else(|| malformed("openOrders is not a list"))?
+            {
+                let order = parse_rest_order(self.inner.flavor, entry)
+                    .map_err(|e| VenueError::Transient(format!("malformed open order: {e}")))?;
+                state.open_orders.push(self.finish(order));
+            }
+        }
+        Ok(state)
+    }
+
+    fn unknown_deadline(&self) -> Duration {
+        // The venue drops a request older than recvWindow (by its clock); our clock is
+        // off by at most the measured offset's error (half a round trip): 2 s of margin.
+        Duration::from_millis(self.inner.recv_window_ms + 2_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn d(text: &str) -> Decimal {
+        Decimal::from_str(text).unwrap()
+    }
+
+    /// Binance spot API docs, "SIGNED Endpoint Examples for POST /api/v3/order - HMAC Keys"
+    /// (developers.binance.com/docs/binance-spot-api-docs/rest-api/request-security):
+    /// the secret, the query, and the signature they print.
+    #[test]
+    fn hmac_signature_matches_binance_docs_example() {
+        let secret = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j";
+        let query = "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559";
+        assert_eq!(
+            hmac_sha256_hex(secret.as_bytes(), query),
+            "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71"
+        );
+        let signer = Signer::Hmac(secret.as_bytes().to_vec());
+        assert_eq!(
+            signer.sign(query),
+            "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71"
+        );
+        assert_eq!(format!("{signer:?}"), "Hmac(<redacted>)");
+    }
+
+    /// Binance's Ed25519 keys are PKCS#8 PEM and the signature is base64 of the raw
+    /// Ed25519 signature (binance-connector-python common/src/binance_common/signature.py:
+    /// eddsa "rfc8032" + b64encode). Binance publishes no fixed Ed25519 key with its
+    /// signature, so the vector is RFC 8032 section 7.1 TEST 1 (secret key 9d61b1...,
+    /// empty message, signature e55643...7a100b), its seed wrapped as the PKCS#8 PEM that
+    /// Binance's key generator writes.
+    const RFC8032_TEST1_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn ed25519_signature_matches_rfc8032_vector_from_a_pkcs8_pem() {
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(RFC8032_TEST1_PEM).unwrap();
+        let expected = hex::decode("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b").unwrap();
+        assert_eq!(
+            ed25519_base64(&key, ""),
+            base64::engine::general_purpose::STANDARD.encode(expected)
+        );
+        // The docs' example query, signed the same way (checked against Python's
+        // `cryptography` Ed25519PrivateKey.sign with the same seed).
+        let query = "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559";
+        assert_eq!(
+            ed25519_base64(&key, query),
+            "3fhuDZ9nYMviDQ5OEtJBJS11jUZDTRzRQ+TQMarm+LErFiJvUiVPQjTzDoWZQe4miPX+yHk1v/Z7TWLYjIbmCA=="
+        );
+        // In the query string the base64 signature is percent-encoded.
+        assert_eq!(encode("a+b/c=="), "a%2Bb%2Fc%3D%3D");
+    }
+
+    #[test]
+    fn client_ids_fit_binance_or_are_derived_deterministically() {
+        assert!(fits_binance_id("trd-7f3a9c_X"));
+        assert!(fits_binance_id("a.b:c/d"));
+        assert!(!fits_binance_id(""));
+        assert!(!fits_binance_id(&"x".repeat(37)));
+        assert!(!fits_binance_id("a b"));
+        assert_eq!(venue_client_id("trd-1"), "trd-1");
+        let long = "x".repeat(64);
+        let derived = venue_client_id(&long);
+        assert_eq!(derived.len(), 36);
+        assert!(derived.starts_with("mb-"));
+        assert!(fits_binance_id(&derived));
+        assert_eq!(derived, venue_client_id(&long));
+        assert_ne!(derived, venue_client_id(&"y".repeat(64)));
+    }
+
+    fn spot_info() -> Value {
+        json!({
+            "rateLimits": [
+                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100}
+            ],
+            "symbols": [{
+                "symbol": "BTCUSDT", "baseAsset": "BTC", "quoteAsset": "USDT",
+                "filters": [
+                    {"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000", "tickSize": "0.01000000"},
+                    {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000", "stepSize": "0.00001000"},
+                    {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000", "maxQty": "100.00000000", "stepSize": "0.00000000"},
+                    {"filterType": "NOTIONAL", "minNotional": "5.00000000", "applyMinToMarket": true, "maxNotional": "9000000.00000000", "applyMaxToMarket": false, "avgPriceMins": 5}
+                ]
+            }]
+        })
+    }
+
+    fn futures_entry() -> Value {
+        json!({
+            "symbol": "BTCUSDT", "baseAsset": "BTC", "quoteAsset": "USDT",
+            "filters": [
+                {"filterType": "PRICE_FILTER", "minPrice": "556.80", "maxPrice": "4529764", "tickSize": "0.10"},
+                {"filterType": "LOT_SIZE", "stepSize": "0.001", "maxQty": "1000", "minQty": "0.001"},
+                {"filterType": "MARKET_LOT_SIZE", "stepSize": "0.001", "maxQty": "120", "minQty": "0.001"},
+                {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+                {"filterType": "MIN_NOTIONAL", "notional": "100"},
+                {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500", "multiplierDecimal": "4"}
+            ]
+        })
+    }
+
+    #[test]
+    fn spot_filters_are_read_and_applied() {
+        let info = spot_info();
+        assert_eq!(weight_limit(&info), Some(6000));
+        let rules = Rules::from_exchange_info(&info["symbols"][0]).unwrap();
+        assert_eq!(rules.tick_size, d("0.01"));
+        assert_eq!(rules.step_size, d("0.00001"));
+        assert_eq!(rules.min_notional, d("5"));
+        assert_eq!(rules.market_max_qty, d("100"));
+        let limit = OrderType::Limit;
+        assert_eq!(
+            rules.check(limit, d("0.001"), Some(d("50000.01")), None),
+            Ok(())
+        );
+        let err = rules
+            .check(limit, d("0.001"), Some(d("50000.001")), None)
+            .unwrap_err();
+        assert!(err.starts_with("tick_size:"), "{err}");
+        let err = rules
+            .check(limit, d("0.000015"), Some(d("50000")), None)
+            .unwrap_err();
+        assert!(
+            err.starts_with("lot_size:") && err.contains("stepSize"),
+            "{err}"
+        );
+        let err = rules
+            .check(limit, d("0.000001"), Some(d("50000")), None)
+            .unwrap_err();
+        assert!(
+            err.starts_with("lot_size:") && err.contains("minQty"),
+            "{err}"
+        );
+        let err = rules
+            .check(limit, d("0.00001"), Some(d("100")), None)
+            .unwrap_err();
+        assert!(err.starts_with("min_notional:"), "{err}");
+        let err = rules
+            .check(limit, d("1"), Some(d("0.001")), None)
+            .unwrap_err();
+        assert!(err.starts_with("price_filter:"), "{err}");
+        // MARKET: MARKET_LOT_SIZE maxQty 100, its step 0 = LOT_SIZE's step applies.
+        let market = OrderType::Market;
+        let err = rules.check(market, d("101"), None, None).unwrap_err();
+        assert!(err.contains("MARKET_LOT_SIZE maxQty"), "{err}");
+        assert_eq!(rules.check(market, d("0.5"), None, None), Ok(()));
+        assert_eq!(rules.check(market, d("0.00001"), None, None), Ok(()));
+        // MARKET notional from the decision price when there is one.
+        let err = rules
+            .check(market, d("0.00001"), None, Some(d("50000")))
+            .unwrap_err();
+        assert!(err.starts_with("min_notional:"), "{err}");
+    }
+
+    #[test]
+    fn futures_filters_use_min_notional_notional() {
+        let rules = Rules::from_exchange_info(&futures_entry()).unwrap();
+        assert_eq!(rules.min_notional, d("100"));
+        assert_eq!(rules.min_price, d("556.80"));
+        let limit = OrderType::Limit;
+        assert_eq!(
+            rules.check(limit, d("0.002"), Some(d("60000.1")), None),
+            Ok(())
+        );
+        let err = rules
+            .check(limit, d("0.001"), Some(d("60000")), None)
+            .unwrap_err();
+        assert!(err.starts_with("min_notional:"), "{err}");
+        let err = rules
+            .check(limit, d("0.002"), Some(d("60000.15")), None)
+            .unwrap_err();
+        assert!(err.starts_with("tick_size:"), "{err}");
+        let err = rules
+            .check(OrderType::Market, d("121"), None, None)
+            .unwrap_err();
+        assert!(err.starts_with("lot_size:"), "{err}");
+        // Broken entries are errors, not panics.
+        assert!(Rules::from_exchange_info(&json!({"symbol": "X"})).is_err());
+        assert!(Rules::from_exchange_info(&json!({"baseAsset": "A", "quoteAsset": "B"})).is_err());
+    }
+
+    #[test]
+    fn weight_limits_scale_to_a_minute() {
+        let info = json!({"rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400}
+        ]});
+        assert_eq!(weight_limit(&info), Some(600));
+        assert_eq!(weight_limit(&json!({})), None);
+        assert_eq!(weight_limit(&json!({"rateLimits": "x"})), None);
+    }
+
+    #[test]
+    fn rest_orders_parse_spot_and_futures() {
+        let spot = json!({
+            "symbol": "BTCUSDT", "orderId": 28, "orderListId": -1, "clientOrderId": "6gCrw2kRUAF9CvJDGP16IP",
+            "transactTime": 1507725176595u64, "price": "0.00000000", "origQty": "10.00000000",
+            "executedQty": "10.00000000", "cummulativeQuoteQty": "10.00000000", "status": "FILLED",
+            "timeInForce": "GTC", "type": "MARKET", "side": "SELL"
+        });
+        let order = parse_rest_order(Flavor::Spot, &spot).unwrap();
+        assert_eq!(order.status, VenueStatus::Filled);
+        assert_eq!(order.filled, d("10"));
+        assert_eq!(order.filled_notional, d("10"));
+        assert_eq!(order.venue_order_id.as_deref(), Some("28"));
+        assert_eq!(
+            order.client_order_id.as_deref(),
+            Some("6gCrw2kRUAF9CvJDGP16IP")
+        );
+        assert_eq!(order.ts, 1_507_725_176_595_000_000);
+        let futures = json!({
+            "clientOrderId": "testOrder", "cumQty": "0", "cumQuote": "0", "executedQty": "0.002",
+            "orderId": 22542179, "avgPrice": "60000.5", "origQty": "10", "price": "0",
+            "reduceOnly": false, "side": "BUY", "positionSide": "SHORT", "status": "PARTIALLY_FILLED",
+            "stopPrice": "9300", "closePosition": false, "symbol": "BTCUSDT", "timeInForce": "GTD",
+            "type": "LIMIT", "updateTime": 1566818724722u64
+        });
+        let order = parse_rest_order(Flavor::Futures, &futures).unwrap();
+        assert_eq!(order.status, VenueStatus::Open);
+        assert_eq!(order.filled_notional, d("120.001"));
+        let expired = json!({"symbol": "BTCUSDT", "status": "EXPIRED", "executedQty": "0", "cumQuote": "0", "avgPrice": "0"});
+        let order = parse_rest_order(Flavor::Futures, &expired).unwrap();
+        assert_eq!(order.status, VenueStatus::Expired);
+        assert_eq!(order.reason.as_deref(), Some("EXPIRED"));
+        for bad in [
+            json!({}),
+            json!({"symbol": "BTCUSDT", "status": "WHAT", "executedQty": "1", "cummulativeQuoteQty": "1"}),
+            json!({"symbol": "BTCUSDT", "status": "NEW", "executedQty": "x", "cummulativeQuoteQty": "1"}),
+            json!({"symbol": "BTCUSDT", "status": "NEW", "executedQty": "-1", "cummulativeQuoteQty": "1"}),
+            json!({"symbol": "BTCUSDT", "status": "NEW", "executedQty": "1"}),
+        ] {
+            assert!(parse_rest_order(Flavor::Spot, &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spot_execution_reports_parse() {
+        let trade = r#"{"e":"executionReport","E":1499405658658,"s":"ETHBTC","c":"mUvoqJxFIILMdfAW5iGSOW","S":"BUY","o":"LIMIT","f":"GTC","q":"1.00000000","p":"0.10264410","P":"0.00000000","F":"0.00000000","g":-1,"C":"","x":"TRADE","X":"PARTIALLY_FILLED","r":"NONE","i":4293153,"l":"0.40000000","z":"0.40000000","L":"0.10264410","n":"0.00004106","N":"BTC","T":1499405658657,"t":77,"I":8641984,"w":false,"m":false,"M":false,"O":1499405658657,"Z":"0.04105764","Y":"0.04105764","Q":"0.00000000"}"#;
+        let StreamEvent::Order { order, trade } = parse_stream(trade).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            order.client_order_id.as_deref(),
+            Some("mUvoqJxFIILMdfAW5iGSOW")
+        );
+        assert_eq!(order.status, VenueStatus::Open);
+        assert_eq!(order.filled, d("0.4"));
+        assert_eq!(order.filled_notional, d("0.04105764"));
+        assert_eq!(
+            trade,
+            Some((77, d("0.00004106"), "BTC".into(), d("0.10264410")))
+        );
+        // A cancel: c is the cancel's id, C the order's.
+        let cancel = r#"{"e":"executionReport","E":1,"s":"ETHBTC","c":"cancel-1","C":"ours-1","x":"CANCELED","X":"CANCELED","r":"NONE","i":1,"z":"0","Z":"0","n":"0","N":null,"L":"0"}"#;
+        let StreamEvent::Order { order, trade } = parse_stream(cancel).unwrap() else {
+            panic!()
+        };
+        assert_eq!(order.client_order_id.as_deref(), Some("ours-1"));
+        assert_eq!(order.status, VenueStatus::Cancelled);
+        assert_eq!(trade, None);
+        let expired = r#"{"e":"executionReport","E":1,"s":"ETHBTC","c":"ours-2","C":"","x":"EXPIRED","X":"EXPIRED","r":"NONE","i":2,"z":"0.1","Z":"1","L":"0"}"#;
+        let StreamEvent::Order { order, .. } = parse_stream(expired).unwrap() else {
+            panic!()
+        };
+        assert_eq!(order.status, VenueStatus::Expired);
+        assert_eq!(order.client_order_id.as_deref(), Some("ours-2"));
+        // The WebSocket API's envelope and the combined stream's are unwrapped.
+        let wrapped = format!(r#"{{"subscriptionId":0,"event":{expired}}}"#);
+        assert!(matches!(
+            parse_stream(&wrapped),
+            Ok(StreamEvent::Order { .. })
+        ));
+    }
+
+    #[test]
+    fn futures_order_trade_updates_parse() {
+        let frame = r#"{"e":"ORDER_TRADE_UPDATE","E":1568879465651,"T":1568879465650,"o":{"s":"BTCUSDT","c":"TEST","S":"SELL","o":"TRAILING_STOP_MARKET","f":"GTC","q":"0.001","p":"0","ap":"0","sp":"7103.04","x":"NEW","X":"NEW","i":8886774,"l":"0","z":"0","L":"0","N":"USDT","n":"0","T":1568879465650,"t":0,"b":"0","a":"9.91","m":false,"R":false,"wt":"CONTRACT_PRICE","ot":"TRAILING_STOP_MARKET","ps":"LONG","cp":false,"AP":"7476.89","cr":"5.0","rp":"0"}}"#;
+        let StreamEvent::Order { order, trade } = parse_stream(frame).unwrap() else {
+            panic!()
+        };
+        assert_eq!(order.status, VenueStatus::Open);
+        assert_eq!(order.client_order_id.as_deref(), Some("TEST"));
+        assert_eq!(trade, None);
+        let fill = r#"{"e":"ORDER_TRADE_UPDATE","E":2,"T":2,"o":{"s":"BTCUSDT","c":"ours","x":"TRADE","X":"FILLED","i":9,"l":"0.002","z":"0.003","L":"60001","ap":"60000.5","N":"USDT","n":"0.048","T":3,"t":55}}"#;
+        let StreamEvent::Order { order, trade } = parse_stream(fill).unwrap() else {
+            panic!()
+        };
+        assert_eq!(order.status, VenueStatus::Filled);
+        assert_eq!(order.filled_notional, d("180.0015"));
+        assert_eq!(order.ts, 3_000_000);
+        assert_eq!(trade, Some((55, d("0.048"), "USDT".into(), d("60001"))));
+        assert_eq!(
+            parse_stream(r#"{"e":"listenKeyExpired","E":1}"#),
+            Ok(StreamEvent::Expired)
+        );
+        assert_eq!(
+            parse_stream(r#"{"e":"ACCOUNT_UPDATE","E":1}"#),
+            Ok(StreamEvent::Other)
+        );
+        let combined = r#"{"stream":"k","data":{"e":"listenKeyExpired","E":1}}"#;
+        assert_eq!(parse_stream(combined), Ok(StreamEvent::Expired));
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        for frame in [
+            "",
+            "not json",
+            "[]",
+            "{}",
+            r#"{"e":"executionReport"}"#,
+            r#"{"e":"executionReport","s":"X","X":"NEW","x":"NEW","c":"a","z":"1"}"#,
+            r#"{"e":"executionReport","s":"X","X":"BOGUS","x":"NEW","c":"a","z":"1","Z":"1"}"#,
+            r#"{"e":"executionReport","s":"X","X":"FILLED","x":"TRADE","c":"a","z":"1","Z":"1"}"#,
+            r#"{"e":"ORDER_TRADE_UPDATE"}"#,
+            r#"{"e":"ORDER_TRADE_UPDATE","o":{"s":"X","c":"a","x":"TRADE","X":"FILLED","z":"1e999","ap":"1"}}"#,
+            r#"{"e":"ORDER_TRADE_UPDATE","o":{"s":"X","c":"a","x":"TRADE","X":"FILLED","z":"79228162514264337593543950335","ap":"2","t":1,"L":"1"}}"#,
+        ] {
+            assert!(parse_stream(frame).is_err(), "{frame:?} accepted");
+        }
+    }
+
+    #[test]
+    fn fees_convert_only_when_trivial() {
+        let rules = Rules {
+            base: "BTC".into(),
+            quote: "USDT".into(),
+            ..Rules::default()
+        };
+        assert_eq!(
+            fee_in_quote(&rules, d("0.5"), "USDT", d("60000")),
+            Some(d("0.5"))
+        );
+        assert_eq!(
+            fee_in_quote(&rules, d("0.00001"), "BTC", d("60000")),
+            Some(d("0.6"))
+        );
+        assert_eq!(fee_in_quote(&rules, d("0.001"), "BNB", d("60000")), None);
+        assert_eq!(
+            fee_in_quote(&rules, d("0"), "BNB", d("60000")),
+            Some(d("0"))
+        );
+    }
+
+    #[test]
+    fn duplicates_are_recognised() {
+        assert!(is_duplicate(-2010, "Duplicate order sent."));
+        assert!(is_duplicate(-4116, "ClientOrderId is duplicated."));
+        assert!(!is_duplicate(
+            -2010,
+            "Account has insufficient balance for requested action."
+        ));
+        assert!(!is_duplicate(-1013, "Filter failure: LOT_SIZE"));
+    }
+
+    fn settings() -> Value {
+        json!({"symbols": {"BTC-USDT": "BTCUSDT"}, "api_key_env": "MB_TEST_BN_KEY", "api_secret_env": "MB_TEST_BN_SECRET"})
+    }
+
+    #[test]
+    fn config_needs_keys_from_env_and_redacts_them() {
+        std::env::remove_var("MB_TEST_BN_MISSING");
+        let mut missing = settings();
+        missing["api_key_env"] = json!("MB_TEST_BN_MISSING");
+        let err =
+            Binance::from_config("binance", "binance_spot", Mode::Testnet, missing).unwrap_err();
+        assert!(format!("{err:#}").contains("MB_TEST_BN_MISSING"), "{err:#}");
+        std::env::set_var("MB_TEST_BN_KEY", "the-api-key-value");
+        std::env::set_var("MB_TEST_BN_SECRET", "the-secret-value");
+        let venue =
+            Binance::from_config("binance", "binance_spot", Mode::Testnet, settings()).unwrap();
+        let shown = format!("{venue:?}");
+        assert!(
+            !shown.contains("the-api-key-value") && !shown.contains("the-secret-value"),
+            "{shown}"
+        );
+        assert_eq!(venue.inner.rest_url, "https://testnet.binance.vision");
+        assert_eq!(venue.unknown_deadline(), Duration::from_millis(7_000));
+        let futures =
+            Binance::from_config("bf", "binance_futures", Mode::Live, settings()).unwrap();
+        assert_eq!(futures.inner.rest_url, "https://fapi.binance.com");
+        assert_eq!(futures.inner.flavor, Flavor::Futures);
+        let aster = Binance::from_config("aster", "aster", Mode::Live, settings()).unwrap();
+        assert_eq!(aster.inner.rest_url, "https://fapi.asterdex.com");
+        assert_eq!(aster.inner.ws_url, "wss://fstream.asterdex.com");
+        let mut unknown = settings();
+        unknown["colour"] = json!("red");
+        assert!(Binance::from_config("b", "binance_spot", Mode::Testnet, unknown).is_err());
+        let mut bad_symbol = settings();
+        bad_symbol["symbols"] = json!({"BTCUSDT": "BTCUSDT"});
+        assert!(Binance::from_config("b", "binance_spot", Mode::Testnet, bad_symbol).is_err());
+        assert!(Binance::from_config("b", "kraken", Mode::Testnet, settings()).is_err());
+    }
+
+    #[test]
+    fn ed25519_key_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mb-bn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key.pem");
+        std::fs::write(&path, RFC8032_TEST1_PEM).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::env::set_var("MB_TEST_BN_KEY", "the-api-key-value");
+        std::env::set_var("MB_TEST_BN_PEMFILE", &path);
+        std::env::remove_var("MB_TEST_BN_PEMTEXT");
+        let mut cfg = settings();
+        cfg["key_type"] = json!("ed25519");
+        cfg["private_key_env"] = json!("MB_TEST_BN_PEMTEXT");
+        cfg["private_key_file_env"] = json!("MB_TEST_BN_PEMFILE");
+        let err =
+            Binance::from_config("b", "binance_spot", Mode::Testnet, cfg.clone()).unwrap_err();
+        assert!(format!("{err:#}").contains("0600"), "{err:#}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let venue = Binance::from_config("b", "binance_spot", Mode::Testnet, cfg).unwrap();
+        assert_eq!(venue.inner.signer.sign(""), base64::engine::general_purpose::STANDARD.encode(hex::decode("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b").unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
