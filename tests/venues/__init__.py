@@ -1,0 +1,1 @@
+"""Local stand-ins of the live venues (Binance, Hyperliquid, Jupiter) for the adapter tests."""
