@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::breaker::BreakerConfig;
 use crate::limits::{BreachAction, Limits};
 use crate::rate::RateLimits;
+use crate::recon::ReconSettings;
 use crate::rules::OrderGuards;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +61,16 @@ pub struct RiskConfig {
     pub failover: bool,
     /// How long a dead holder's lease blocks a standby (it stops acting at 3/4 of it).
     pub lease_ttl_ms: u64,
+    /// Live venue reconciliation (recon.rs): a position differs when |venue - risk| is
+    /// above both this quantity and `recon_tolerance_rel` x the larger of the two.
+    pub recon_tolerance: NonNegativeMoney,
+    pub recon_tolerance_rel: NonNegativeMoney,
+    /// No account read from a live venue for this long: UNAVAILABLE (gated).
+    pub recon_stale_ms: u64,
+    /// A difference must persist this long before it gates the account (fills race the reads).
+    pub recon_grace_ms: u64,
+    /// The account's gate while a live venue is mismatched or unavailable.
+    pub on_recon_mismatch: BreachAction,
 }
 
 impl Default for RiskConfig {
@@ -96,6 +107,11 @@ impl Default for RiskConfig {
             snapshot_every_reports: 10_000,
             failover: false,
             lease_ttl_ms: 3_000,
+            recon_tolerance: non_negative("0.00000001"),
+            recon_tolerance_rel: non_negative("0.00000001"),
+            recon_stale_ms: 30_000,
+            recon_grace_ms: 4_000,
+            on_recon_mismatch: BreachAction::ReduceOnly,
         }
     }
 }
@@ -123,6 +139,8 @@ pub struct Settings {
     pub snapshot_every_reports: u64,
     /// `Some` with `failover = true`: wait for the lease before acting.
     pub lease: Option<LeaseSettings>,
+    /// Live venue reconciliation.
+    pub recon: ReconSettings,
 }
 
 impl Settings {
@@ -175,6 +193,16 @@ impl Settings {
             max_open_orders_per_agent: risk.max_open_orders_per_agent,
         };
         let flatten_venue = Venue::try_from(risk.flatten_venue).context("flatten_venue")?;
+        if risk.recon_stale_ms == 0 {
+            bail!("recon_stale_ms must be greater than zero");
+        }
+        let recon = ReconSettings {
+            tolerance: risk.recon_tolerance.get(),
+            tolerance_rel: risk.recon_tolerance_rel.get(),
+            stale_ms: risk.recon_stale_ms,
+            grace_ms: risk.recon_grace_ms,
+            action: risk.on_recon_mismatch,
+        };
         let symbols = system
             .symbols
             .into_iter()
@@ -198,6 +226,7 @@ impl Settings {
             snapshot_interval_ms: risk.snapshot_interval_ms,
             snapshot_every_reports: risk.snapshot_every_reports,
             lease: LeaseSettings::from_config("risk", risk.failover, risk.lease_ttl_ms)?,
+            recon,
         })
     }
 }
@@ -282,6 +311,27 @@ mod tests {
         assert!(
             error("[risk]\nmax_order_notional = \"100000000000000\"\n").contains("out of range")
         );
+    }
+
+    #[test]
+    fn recon_settings_and_their_defaults() {
+        let settings = load("").unwrap();
+        assert_eq!(settings.recon.tolerance, "0.00000001".parse().unwrap());
+        assert_eq!(settings.recon.tolerance_rel, "0.00000001".parse().unwrap());
+        assert_eq!(
+            (settings.recon.stale_ms, settings.recon.grace_ms),
+            (30_000, 4_000)
+        );
+        assert_eq!(settings.recon.action, BreachAction::ReduceOnly);
+        let text = "[risk]\nrecon_tolerance = \"0.001\"\non_recon_mismatch = \"halted\"\nrecon_grace_ms = 0\n";
+        let settings = load(text).unwrap();
+        assert_eq!(settings.recon.tolerance, "0.001".parse().unwrap());
+        assert_eq!(settings.recon.action, BreachAction::Halted);
+        assert_eq!(settings.recon.grace_ms, 0);
+        assert!(error("[risk]\nrecon_tolerance = \"-1\"\n").contains("must not be negative"));
+        assert!(error("[risk]\nrecon_tolerance = 0.1\n").contains("decimal string"));
+        assert!(error("[risk]\nrecon_stale_ms = 0\n").contains("recon_stale_ms"));
+        assert!(error("[risk]\non_recon_mismatch = \"ignore\"\n").contains("unknown variant"));
     }
 
     #[test]

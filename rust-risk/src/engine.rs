@@ -11,9 +11,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use moonbus_common::{
     AccountState, AgentName, ClientOrderId, ExecutionReport, KillSwitchAction, KillSwitchRequest,
-    KillSwitchState, LimitsPatch, Money, NonNegativeMoney, OrderRequest, OrderStatus, OrderType,
-    Position, PositiveMoney, RiskCheckRequest, RiskCheckResult, RiskLimits, Side, Symbol, Tick,
-    TimeInForce, TradingState, Venue, Verdict,
+    KillSwitchState, LimitsPatch, LiveVenueStatus, Money, NonNegativeMoney, OrderRequest,
+    OrderStatus, OrderType, Position, PositiveMoney, Reconciliation, RiskCheckRequest,
+    RiskCheckResult, RiskLimits, Side, Symbol, Tick, TimeInForce, TradingState, Venue, Verdict,
 };
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -24,6 +24,7 @@ use crate::ledger::{Fill, Ledger, Overflow};
 use crate::limits::{BreachAction, Limits, LossLatch};
 use crate::open_orders::{is_terminal, OpenOrders};
 use crate::rate::RateLimiter;
+use crate::recon::Recon;
 use crate::reservations::{Reservation, Reservations};
 use crate::rules::{self, Gate, MarketData, OpenOrderCounts, Refusal};
 use crate::watermarks::Watermarks;
@@ -87,6 +88,8 @@ pub struct Engine {
     /// The state cannot be rebuilt (reports lost to retention, no snapshot covers
     /// them): every check is refused `risk_unavailable` with this reason.
     unavailable: Option<String>,
+    /// The live venues' reconciliation (recon.rs) and risk's books per venue.
+    recon: Recon,
 }
 
 impl Engine {
@@ -111,6 +114,7 @@ impl Engine {
             applied: HashSet::new(),
             unbooked_fill: None,
             unavailable: None,
+            recon: Recon::new(settings.recon.clone()),
             settings,
         }
     }
@@ -191,6 +195,11 @@ impl Engine {
                 return Err(format!("{OVERFLOW}: {why}"));
             }
             self.reservations.fill(order_id.as_str(), fill_quantity);
+            if let Some(venue) = &report.venue {
+                self.recon
+                    .books
+                    .book(venue, symbol, fill.quantity, fill.price, fill.fee);
+            }
         }
         self.applied.insert(key);
         if is_terminal(report.status) {
@@ -227,6 +236,41 @@ impl Engine {
         self.watermarks.observe(self.totals().equity);
         self.latch_breaches(now_ns);
         revalued || tripped
+    }
+
+    /// A live venue's status from execution: the reconciliation to publish (None while
+    /// risk's books are still being rebuilt: they would differ for no reason).
+    pub fn apply_venue_status(
+        &mut self,
+        status: &LiveVenueStatus,
+        now_ns: u64,
+    ) -> Option<Reconciliation> {
+        if !self.ready {
+            return None;
+        }
+        let reconciliation = self.recon.apply_status(status, now_ns);
+        if reconciliation.state != crate::recon::MATCHED {
+            tracing::warn!(venue = %status.venue, state = %reconciliation.state,
+                action = %reconciliation.action, detail = %reconciliation.detail, "reconciliation");
+        }
+        Some(reconciliation)
+    }
+
+    /// Live venues whose account went stale since the last call (UNAVAILABLE, gated).
+    pub fn recon_heartbeat(&mut self, now_ns: u64) -> Vec<Reconciliation> {
+        if !self.ready {
+            return Vec::new();
+        }
+        let changed = self.recon.heartbeat(now_ns);
+        for r in &changed {
+            tracing::warn!(venue = %r.venue, detail = %r.detail, "live venue unavailable");
+        }
+        changed
+    }
+
+    /// The latest reconciliation of every live venue heard from.
+    pub fn reconciliations(&self) -> Vec<Reconciliation> {
+        self.recon.latest().cloned().collect()
     }
 
     /// Time passes: reservations expire, a new UTC day starts.
@@ -306,7 +350,7 @@ impl Engine {
                 code: rules::OVERFLOW,
                 reason,
             }),
-            None => rules::check(&context, &order),
+            None => rules::check(&context, &order).map_err(|r| self.recon_refusal(r)),
         }
         .and_then(|approval| {
             self.rate
@@ -539,8 +583,8 @@ impl Engine {
         AccountState {
             state: self.trading_state(&totals),
             reasons: self.account_reasons(&totals),
-            cash: money(self.ledger.cash),
-            equity: money(totals.equity),
+            cash: money(self.live_cash()),
+            equity: money(self.live_equity(&totals)),
             peak_equity: money(self.watermarks.peak_equity),
             drawdown_pct: drawdown.to_f64().unwrap_or(0.0),
             realized_pnl: money(self.ledger.realized_pnl().unwrap_or_else(|| {
@@ -638,6 +682,93 @@ impl Engine {
     }
 
     // ------------------------------------------------------------ internals
+
+    /// A refusal for the account's gate says so when a live venue's reconciliation
+    /// closed it (rules.rs words it for the loss limits).
+    fn recon_refusal(&self, refusal: Refusal) -> Refusal {
+        let (recon, reasons) = self.recon.gate();
+        if recon.is_none() || !matches!(refusal.code, "account_halted" | "account_reduce_only") {
+            return refusal;
+        }
+        let details: Vec<String> = self
+            .recon
+            .latest()
+            .filter(|r| r.action != moonbus_common::ReconAction::None)
+            .map(|r| format!("{}: {} ({})", r.venue, r.state, r.detail))
+            .collect();
+        let allowed = if refusal.code == "account_halted" {
+            "no order passes"
+        } else {
+            "only orders that reduce a position pass"
+        };
+        Refusal {
+            code: refusal.code,
+            reason: format!(
+                "{} ({}): {allowed} until the venue's account matches risk's books again; {}",
+                reasons.join(", "),
+                details.join("; "),
+                refusal.reason
+            ),
+        }
+    }
+
+    /// Cash as the account shows it: the paper part from the ledger (its cash less what
+    /// the fills on each live venue that reports cash moved), plus each such venue's cash.
+    /// A figure that does not fit: the ledger's cash.
+    fn live_cash(&self) -> Decimal {
+        let mut cash = Some(self.ledger.cash);
+        for live in self.recon.live_figures() {
+            let Some(venue_cash) = live.cash else {
+                continue;
+            };
+            let flow = self.recon.books.cash_flow.get(live.venue).copied();
+            cash = cash
+                .and_then(|c| c.checked_sub(flow.unwrap_or_default()))
+                .and_then(|c| c.checked_add(venue_cash));
+        }
+        cash.unwrap_or(self.ledger.cash)
+    }
+
+    /// Equity as the account shows it: the ledger's equity less, for each live venue
+    /// that reports equity, what its fills contribute (their cash flow plus their
+    /// positions at the marks), plus the venue's equity; for a venue that reports only
+    /// cash, its cash replaces the fills' cash flow. A figure that does not fit: the
+    /// ledger's equity.
+    fn live_equity(&self, totals: &Totals) -> Decimal {
+        let mut equity = Some(totals.equity);
+        for live in self.recon.live_figures() {
+            let flow = self
+                .recon
+                .books
+                .cash_flow
+                .get(live.venue)
+                .copied()
+                .unwrap_or_default();
+            equity = match (live.equity, live.cash) {
+                (Some(venue_equity), _) => {
+                    let mut booked = Some(flow);
+                    for ((venue, symbol), quantity) in &self.recon.books.positions {
+                        if venue != live.venue || quantity.is_zero() {
+                            continue;
+                        }
+                        let price = self.valuation_price(symbol).unwrap_or(Decimal::ZERO);
+                        booked = booked
+                            .zip(quantity.checked_mul(price))
+                            .and_then(|(b, v)| b.checked_add(v));
+                    }
+                    equity
+                        .zip(booked)
+                        .and_then(|(e, b)| e.checked_sub(b))
+                        .and_then(|e| e.checked_add(venue_equity))
+                }
+                (None, Some(venue_cash)) => equity
+                    .and_then(|e| e.checked_sub(flow))
+                    .and_then(|e| e.checked_add(venue_cash)),
+                (None, None) => equity,
+            };
+        }
+        equity.unwrap_or(totals.equity)
+    }
 
     /// The tick mark, else the last fill price (a position rebuilt before any tick).
     /// While rebuilding, only fill prices: today's mark on a half-replayed history
@@ -791,6 +922,14 @@ impl Engine {
             (false, BreachAction::ReduceOnly) => Gate::ReduceOnly,
             (false, BreachAction::Halted) => Gate::Halted,
         };
+        // A live venue that differs from the books, or cannot be read: on_recon_mismatch.
+        let (recon, reasons) = self.recon.gate();
+        breaches.extend(reasons);
+        let gate = match (gate, recon) {
+            (Gate::Halted, _) | (_, Some(BreachAction::Halted)) => Gate::Halted,
+            (Gate::ReduceOnly, _) | (_, Some(BreachAction::ReduceOnly)) => Gate::ReduceOnly,
+            (Gate::Active, None) => Gate::Active,
+        };
         (gate, breaches)
     }
 
@@ -862,5 +1001,7 @@ mod snapshot;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod recon_tests;
 #[cfg(test)]
 mod tests;

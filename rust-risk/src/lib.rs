@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod open_orders;
 pub mod publish;
 pub mod rate;
+pub mod recon;
 pub mod reservations;
 pub mod rules;
 pub mod service;

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 
 use async_nats::Client;
 use bytes::Bytes;
-use moonbus_common::{bus, steady_ns, subjects, AccountState, Symbol, Verdict};
+use moonbus_common::{
+    bus, steady_ns, subjects, AccountState, Reconciliation, Symbol, Venue, Verdict,
+};
 
 use crate::engine::Engine;
 use crate::limits::LossLatch;
@@ -22,6 +24,8 @@ pub struct Publisher {
     verdicts: HashMap<Symbol, Verdict>,
     /// The loss latch as last stored.
     loss_latch: Option<LossLatch>,
+    /// The reconciliation of each live venue as last stored.
+    reconciliations: HashMap<Venue, Reconciliation>,
 }
 
 impl Publisher {
@@ -32,6 +36,7 @@ impl Publisher {
             account: None,
             verdicts: HashMap::new(),
             loss_latch,
+            reconciliations: HashMap::new(),
         }
     }
 
@@ -97,6 +102,21 @@ impl Publisher {
         }
     }
 
+    /// A live venue's reconciliation: always published (`risk.recon.<venue>`), stored in
+    /// KV (`risk.recon.<venue>`) when it changed (timestamps aside).
+    pub async fn reconciliation(&mut self, reconciliation: Reconciliation) {
+        let body = bus::encode(&reconciliation);
+        let last = self.reconciliations.get(&reconciliation.venue);
+        if last.is_none_or(|last| !same_reconciliation(last, &reconciliation)) {
+            let key = subjects::risk_recon(&reconciliation.venue);
+            self.store.put_latest(key, body.clone());
+        }
+        self.publish(subjects::risk_recon(&reconciliation.venue), body)
+            .await;
+        self.reconciliations
+            .insert(reconciliation.venue.clone(), reconciliation);
+    }
+
     pub async fn publish(&self, subject: String, body: Bytes) {
         if let Err(e) = self.client.publish(subject.clone(), body).await {
             tracing::warn!(subject, error = %e, "could not publish");
@@ -106,6 +126,10 @@ impl Publisher {
 
 fn same_account(a: &AccountState, b: &AccountState) -> bool {
     AccountState { ts: 0, ..a.clone() } == AccountState { ts: 0, ..b.clone() }
+}
+
+fn same_reconciliation(a: &Reconciliation, b: &Reconciliation) -> bool {
+    Reconciliation { ts: 0, ..a.clone() } == Reconciliation { ts: 0, ..b.clone() }
 }
 
 fn same_verdict(a: &Verdict, b: &Verdict) -> bool {

@@ -15,7 +15,8 @@ use moonbus_common::snapshot::{Snapshots, Start};
 use moonbus_common::streams;
 use moonbus_common::{
     now_ns, steady_ns, subjects, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
-    LimitsRequest, PositionsReply, PositionsRequest, RiskCheckRequest, Tick, Venue,
+    LimitsRequest, LiveVenueStatus, PositionsReply, PositionsRequest, RiskCheckRequest, Tick,
+    Venue,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -62,6 +63,11 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
         .subscribe(subjects::ALL_TICKS)
         .await
         .context("subscribing to ticks")?;
+    // The live venues' accounts (only execution may publish them: proto/nats/moonbus.conf).
+    let mut venue_statuses = client
+        .subscribe(subjects::ALL_VENUE_STATUS)
+        .await
+        .context("subscribing to the live venues' status")?;
     let service = base
         .register(
             "positions, PnL, limits, kill switch, pre-trade checks",
@@ -242,8 +248,27 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                     Err(e) => errors.report(&message.subject, &e, &message.payload).await,
                 }
             }
+            message = venue_statuses.next() => {
+                let message = message.context("venue status subscription closed")?;
+                match bus::decode::<LiveVenueStatus>(&message.payload) {
+                    Ok(status) if subjects::last_token(&message.subject) != status.venue.as_str() => {
+                        let why = format!("venue {} on the subject of another venue", status.venue);
+                        errors.report(&message.subject, &why, &message.payload).await;
+                    }
+                    Ok(status) => {
+                        if let Some(reconciliation) = engine.apply_venue_status(&status, steady_ns()) {
+                            publisher.reconciliation(reconciliation).await;
+                            publisher.changes(&engine).await;
+                        }
+                    }
+                    Err(e) => errors.report(&message.subject, &e, &message.payload).await,
+                }
+            }
             _ = heartbeat.tick() => {
                 engine.heartbeat(steady_ns());
+                for reconciliation in engine.recon_heartbeat(steady_ns()) {
+                    publisher.reconciliation(reconciliation).await;
+                }
                 publisher.everything(&engine).await;
                 snapshotter.owed(&engine);
             }

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use moonbus_common::{AgentName, ClientOrderId, NonNegativeMoney, OrderStatus, Symbol};
+use moonbus_common::{AgentName, ClientOrderId, NonNegativeMoney, OrderStatus, Symbol, Venue};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -83,6 +83,12 @@ pub struct State {
     pub unbooked_fill: Option<String>,
     /// (symbol, until_ns, detail) of every circuit breaker halt.
     pub halts: Vec<(Symbol, u64, String)>,
+    /// Risk's books per venue (recon.rs): (venue, symbol, quantity) and (venue, cash flow).
+    /// Absent in a snapshot from before live venues: empty, as the fills then were.
+    #[serde(default)]
+    pub venue_positions: Vec<(Venue, Symbol, Dec)>,
+    #[serde(default)]
+    pub venue_cash_flow: Vec<(Venue, Dec)>,
 }
 
 impl Engine {
@@ -141,6 +147,20 @@ impl Engine {
             day_start_equity: Dec(day_start_equity),
             unbooked_fill: self.unbooked_fill.clone(),
             halts,
+            venue_positions: self
+                .recon
+                .books
+                .positions
+                .iter()
+                .map(|((v, s), q)| (v.clone(), s.clone(), Dec(*q)))
+                .collect(),
+            venue_cash_flow: self
+                .recon
+                .books
+                .cash_flow
+                .iter()
+                .map(|(v, c)| (v.clone(), Dec(*c)))
+                .collect(),
         }
     }
 
@@ -198,6 +218,16 @@ impl Engine {
             shifted(state.day_start_equity)?,
         );
         self.unbooked_fill = state.unbooked_fill;
+        self.recon.books.positions = state
+            .venue_positions
+            .into_iter()
+            .map(|(v, s, q)| ((v, s), q.0))
+            .collect();
+        self.recon.books.cash_flow = state
+            .venue_cash_flow
+            .into_iter()
+            .map(|(v, c)| (v, c.0))
+            .collect();
         for (symbol, until_ns, detail) in state.halts {
             self.breakers
                 .restore_halt(symbol, Halt { until_ns, detail });
