@@ -82,6 +82,10 @@ pub struct Bus {
     /// How often live orders without a venue answer (or with the venue's stream down) are
     /// queried, and failed updates tried again.
     pub live_poll: Duration,
+    /// Live venues' accounts are read and published (`exec.venue.<venue>`) this often.
+    pub reconcile_interval: Duration,
+    /// Core NATS, for the live venues' status.
+    pub client: async_nats::Client,
 }
 
 pub struct Engine {
@@ -274,6 +278,8 @@ impl Engine {
         let mut live_poll = tokio::time::interval(self.bus.live_poll);
         live_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let has_live = self.live_events.is_some() && !self.venue.views().is_empty();
+        let mut reconcile = tokio::time::interval(self.bus.reconcile_interval);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -290,6 +296,7 @@ impl Engine {
                     let updates = self.venue.poll().await;
                     self.record_live(updates);
                 }
+                _ = reconcile.tick(), if has_live => self.publish_live_status().await,
                 Some(message) = self.bus.dead_letters.next() => self.on_dead_letter_message(message).await,
                 _ = retry.tick(), if !self.dead_letters.is_empty() => self.retry_dead_letters().await,
                 () = sleep_until(self.intake_paused_until), if self.intake_paused_until.is_some() => {
@@ -632,6 +639,22 @@ impl Engine {
             settle(&message, AckKind::Ack).await;
             if let Some(next) = self.lanes.next(lane) {
                 Box::pin(self.start(lane.to_string(), next)).await;
+            }
+        }
+    }
+
+    /// Read every live venue's account and publish its status for risk to reconcile.
+    async fn publish_live_status(&mut self) {
+        self.venue.read_accounts().await;
+        for view in self.venue.views() {
+            match view.status() {
+                Ok(status) => {
+                    let subject = subjects::exec_venue(&view.venue);
+                    if let Err(e) = self.bus.client.publish(subject, bus::encode(&status)).await {
+                        tracing::warn!(venue = %view.venue, error = %e, "publishing the venue status");
+                    }
+                }
+                Err(reason) => tracing::error!(venue = %view.venue, %reason, "venue status not publishable"),
             }
         }
     }

@@ -99,6 +99,8 @@ async fn run() -> Result<()> {
             .await
             .context("subscribing to the kill switch events")?,
         live_poll: Duration::from_millis(cfg.live_poll_ms),
+        reconcile_interval: Duration::from_millis(cfg.reconcile_interval_ms),
+        client: client.clone(),
     };
     // Real venues: keys from the environment, rules and clock read, private streams up,
     // before any order is taken (a venue that cannot start stops the service: fail closed).

@@ -87,7 +87,9 @@ macro_rules! live_venues {
     };
 }
 
-live_venues! {}
+live_venues! {
+    Binance(super::binance::Binance) = "binance_spot" | "binance_futures" | "aster",
+}
 
 /// `[execution.live.<name>]`: the router's keys; the rest is the adapter's.
 #[derive(Debug, Clone, Deserialize)]
@@ -655,6 +657,89 @@ impl Router {
             .collect();
         views.sort_by(|a, b| a.venue.as_str().cmp(b.venue.as_str()));
         views
+    }
+}
+
+impl SlotView {
+    /// `exec.venue.<venue>`: what risk reconciles and users see. A figure the contract
+    /// cannot carry (out of range) is left out and named in `account_error`.
+    pub fn status(&self) -> Result<moonbus_common::LiveVenueStatus, String> {
+        use moonbus_common::{
+            LiveVenueStatus, Money, NonNegativeMoney, PositiveMoney, UnknownVenueOrder,
+            VenueAccount, VenueBalanceEntry, VenueMode, VenuePositionEntry,
+        };
+        let money = |v: Decimal| Money::new(v).map_err(|e| e.to_string());
+        let (account, account_error) = match &self.account {
+            None => (None, Some("not read yet".to_string())),
+            Some(Err(e)) => (None, Some(e.to_string())),
+            Some(Ok(state)) => {
+                let read = || -> Result<VenueAccount, String> {
+                    Ok(VenueAccount {
+                        cash: state.cash.map(money).transpose()?,
+                        equity: state.equity.map(money).transpose()?,
+                        balances: state
+                            .balances
+                            .iter()
+                            .map(|b| {
+                                Ok(VenueBalanceEntry {
+                                    asset: b.asset.chars().take(128).collect(),
+                                    total: money(b.total)?,
+                                })
+                            })
+                            .collect::<Result<_, String>>()?,
+                        positions: state
+                            .positions
+                            .iter()
+                            .map(|p| {
+                                Ok(VenuePositionEntry {
+                                    symbol: p.symbol.clone(),
+                                    quantity: money(p.quantity)?,
+                                    entry_price: p
+                                        .entry_price
+                                        .and_then(|e| PositiveMoney::new(e).ok()),
+                                })
+                            })
+                            .collect::<Result<_, String>>()?,
+                    })
+                };
+                match read() {
+                    Ok(account) => (Some(account), None),
+                    Err(e) => (None, Some(format!("a figure out of range: {e}"))),
+                }
+            }
+        };
+        let unknown_orders = self
+            .unknown_orders
+            .iter()
+            .map(|o| UnknownVenueOrder {
+                venue_order_id: o.venue_order_id.as_ref().map(|s| s.chars().take(128).collect()),
+                client_order_id: o.client_order_id.as_ref().map(|s| s.chars().take(128).collect()),
+                venue_symbol: if o.venue_symbol.is_empty() {
+                    "?".into()
+                } else {
+                    o.venue_symbol.chars().take(128).collect()
+                },
+                symbol: o.symbol.clone(),
+                status: format!("{:?}", o.status).to_uppercase(),
+                filled: NonNegativeMoney::new(o.filled).unwrap_or(NonNegativeMoney::ZERO),
+            })
+            .collect();
+        Ok(LiveVenueStatus {
+            venue: self.venue.clone(),
+            kind: self.kind.parse().map_err(|e| format!("kind {}: {e:?}", self.kind))?,
+            mode: match self.mode {
+                Mode::Live => VenueMode::Live,
+                _ => VenueMode::Testnet,
+            },
+            connected: self.connected,
+            detail: (!self.detail.is_empty()).then(|| self.detail.chars().take(512).collect()),
+            working_orders: self.working_orders as u64,
+            unconfirmed_orders: self.unconfirmed_orders as u64,
+            account,
+            account_error,
+            unknown_orders,
+            ts: now_ns(),
+        })
     }
 }
 
