@@ -30,7 +30,7 @@ const MAX_SPREAD_BPS: f64 = 1000.0;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MarketDataConfig {
-    /// The feeds to run: sim, replay, binance, coinbase, hyperliquid, birdeye.
+    /// The feeds to run: sim, replay, binance, aster, coinbase, hyperliquid, birdeye.
     pub feeds: Vec<String>,
     pub seed: u64,
     pub tick_interval_ms: u64,
@@ -65,6 +65,8 @@ pub struct MarketDataConfig {
     pub replay_clock: String,
     /// `[market_data.<venue>]`: the live connectors' settings (src/connectors/).
     pub binance: Section<BinanceConfig>,
+    /// `[market_data.aster]`: the Binance family's futures flavour.
+    pub aster: Section<BinanceConfig>,
     pub coinbase: Section<CoinbaseConfig>,
     pub hyperliquid: Section<HyperliquidConfig>,
     pub birdeye: Section<BirdeyeConfig>,
@@ -101,6 +103,7 @@ impl Default for MarketDataConfig {
             replay_loop: false,
             replay_clock: "wall".into(),
             binance: Section::default(),
+            aster: Section::default(),
             coinbase: Section::default(),
             hyperliquid: Section::default(),
             birdeye: Section::default(),
@@ -111,6 +114,10 @@ impl Default for MarketDataConfig {
 impl VenueSections for MarketDataConfig {
     fn binance(&self) -> &Section<BinanceConfig> {
         &self.binance
+    }
+
+    fn aster(&self) -> &Section<BinanceConfig> {
+        &self.aster
     }
 
     fn coinbase(&self) -> &Section<CoinbaseConfig> {

@@ -58,16 +58,18 @@ pub enum FeedKind {
     Sim,
     Replay,
     Binance,
+    Aster,
     Coinbase,
     Hyperliquid,
     Birdeye,
 }
 
 impl FeedKind {
-    pub const ALL: [FeedKind; 6] = [
+    pub const ALL: [FeedKind; 7] = [
         FeedKind::Sim,
         FeedKind::Replay,
         FeedKind::Binance,
+        FeedKind::Aster,
         FeedKind::Coinbase,
         FeedKind::Hyperliquid,
         FeedKind::Birdeye,
@@ -78,6 +80,7 @@ impl FeedKind {
             FeedKind::Sim => "sim",
             FeedKind::Replay => "replay",
             FeedKind::Binance => "binance",
+            FeedKind::Aster => "aster",
             FeedKind::Coinbase => "coinbase",
             FeedKind::Hyperliquid => "hyperliquid",
             FeedKind::Birdeye => "birdeye",

@@ -171,8 +171,10 @@ fn spawn_feed(
         // The sim feed runs inside the engine task (see engine.rs).
         FeedKind::Sim => Ok(()),
         FeedKind::Replay => replay::spawn(settings.replay.clone(), sink.clone()),
-        FeedKind::Binance | FeedKind::Coinbase | FeedKind::Hyperliquid | FeedKind::Birdeye => {
-            connectors::spawn(kind, config, sink.clone())
-        }
+        FeedKind::Binance
+        | FeedKind::Aster
+        | FeedKind::Coinbase
+        | FeedKind::Hyperliquid
+        | FeedKind::Birdeye => connectors::spawn(kind, config, sink.clone()),
     }
 }

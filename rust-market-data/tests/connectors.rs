@@ -500,6 +500,115 @@ async fn binance_retries_a_failed_snapshot() {
     assert_eq!(rest.requests().len(), 2);
 }
 
+// ---------------------------------------------------------------- Aster
+
+/// Aster's perpetual futures speak Binance USDⓈ-M futures: aggTrade, futures
+/// bookTicker, depth diffs chained by `pu`, snapshots from /fapi/v1/depth.
+#[tokio::test]
+async fn aster_chains_diffs_by_pu_resyncs_on_a_mismatch_and_survives_drops_garbage_and_pings() {
+    let counters = metrics::venue("aster");
+    let (gaps, duplicates, reconnects) = (
+        counters.gaps.get(),
+        counters.duplicates.get(),
+        counters.reconnects.get(),
+    );
+    // The first snapshot is at 1000, every later one at 1012.
+    let rest = HttpServer::start(|n, _| {
+        let id = if n == 1 { 1000 } else { 1012 };
+        (200, fixture(&format!("aster/depth_snapshot_{id}.json")))
+    })
+    .await;
+    let mut ws = WsServer::start(None).await;
+    let mut events = start(
+        FeedKind::Aster,
+        &format!(
+            "ws_url = \"{}\"\nrest_url = \"{}\"\nsymbols = [\"BTCUSDT\"]\nsnapshot_limit = 5\nbook_depth = 5\n",
+            ws.url, rest.url
+        ),
+    );
+    let mut conn = ws.accept().await;
+    assert_eq!(
+        conn.target,
+        "/stream?streams=btcusdt@aggTrade/btcusdt@bookTicker/btcusdt@depth@100ms"
+    );
+    events.status(FeedState::Connected).await;
+
+    // 990-995 and 996-1003 buffered until the snapshot (1000): 996-1003 straddles it.
+    let diffs = lines("aster/depth_stream.jsonl");
+    conn.send_all(&diffs[..2]).await;
+    let snapshot = events.book().await;
+    assert_eq!(
+        (snapshot.seq, top(&snapshot)),
+        (1000, ("97000".into(), "97010".into()))
+    );
+    let next = events.book().await;
+    assert_eq!((next.seq, next.bids[0].1.to_string()), (1003, "1.5".into()));
+    assert_eq!(
+        rest.requests()[0].target,
+        "/fapi/v1/depth?symbol=BTCUSDT&limit=5"
+    );
+
+    // 1010-1012 is lost: 1020-1025 (pu 1012) does not follow 1003. A new snapshot
+    // (1012), which 1020-1025 starts right after.
+    conn.send(&diffs[3]).await;
+    let resynced = events.book().await;
+    assert_eq!(
+        (resynced.seq, top(&resynced)),
+        (1012, ("97005".into(), "97010".into()))
+    );
+    let after = events.book().await;
+    assert_eq!(
+        (after.seq, top(&after)),
+        (1025, ("97000".into(), "97008".into()))
+    );
+    assert_eq!(rest.requests().len(), 2);
+    assert_eq!(counters.gaps.get(), gaps + 1);
+
+    // 1010-1012, late, is stale; a frame without pu and garbage are skipped; the
+    // next diff (pu 1025) still follows, with no resync.
+    conn.send(&diffs[2]).await;
+    conn.send(r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":1030,"u":1031,"b":[],"a":[]}}"#).await;
+    conn.send("this is not JSON").await;
+    conn.ping(b"are you there").await;
+    conn.send(&diffs[4]).await;
+    let last = events.book().await;
+    assert_eq!(
+        (last.seq, top(&last)),
+        (1031, ("97001".into(), "97008".into()))
+    );
+    assert_eq!(rest.requests().len(), 2, "no resync for a stale diff");
+    assert_eq!(counters.gaps.get(), gaps + 1);
+    assert!(counters.duplicates.get() > duplicates);
+
+    // bookTicker, then aggTrade.
+    conn.send_all(&lines("aster/ticks.jsonl")).await;
+    let quoted = events.tick().await;
+    assert_eq!(
+        quote(&quoted),
+        ("97000.2".into(), "97000.1".into(), "97000.3".into())
+    );
+    let traded = events.tick().await;
+    assert_eq!(
+        (traded.price.to_string(), traded.size.unwrap().to_string()),
+        ("97000.25".into(), "0.015".into())
+    );
+    assert_eq!(
+        (traded.venue.as_str(), traded.symbol.as_str()),
+        ("aster", "BTC-USDT")
+    );
+
+    // The server drops the connection: a fresh snapshot (1012) on the new one.
+    drop(conn);
+    events.status(FeedState::Reconnecting).await;
+    let mut conn = ws.accept().await;
+    events.status(FeedState::Connected).await;
+    conn.send(&diffs[3]).await;
+    assert_eq!(events.book().await.seq, 1012);
+    assert_eq!(events.book().await.seq, 1025);
+    assert_eq!(rest.requests().len(), 3);
+    assert!(counters.reconnects.get() > reconnects);
+}
+
 // ---------------------------------------------------------------- Coinbase
 
 /// The metrics are per venue and per process: the Coinbase tests take turns so
@@ -1011,6 +1120,11 @@ async fn bad_sections_are_start_up_errors_that_name_the_key() {
     let err = error(FeedKind::Binance, "ws_url = \"http://x\"\n");
     assert!(
         err.contains("[market_data.binance] ws_url = \"http://x\": must be a ws:// or wss:// URL"),
+        "{err}"
+    );
+    let err = error(FeedKind::Aster, "snapshot_limit = 5000\n");
+    assert!(
+        err.contains("[market_data.aster] snapshot_limit = 5000: must be one of 5, 10, 20"),
         "{err}"
     );
     let err = error(

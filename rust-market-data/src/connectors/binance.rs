@@ -1,20 +1,34 @@
-//! Binance spot, public market data, no key: one combined-stream connection
-//! (`/stream?streams=<s>@trade/<s>@bookTicker/<s>@depth@100ms/...`).
+//! The Binance family, public market data, no key: Binance spot (`binance`) and
+//! Aster's perpetual futures (`aster`, asterdex.com, whose market-data API is
+//! Binance USDⓈ-M futures' own). One combined-stream connection
+//! (`/stream?streams=<s>@<trade>/<s>@bookTicker/<s>@depth@100ms/...`); what sets the
+//! two apart is a [`Flavour`]: endpoints, the trade stream, limits and the depth
+//! sync [`Rule`].
 //!
-//! - `trade` -> a tick at the trade price and size; `bookTicker` -> a tick when the
-//!   best bid or ask changes (priced at the last trade, or the mid before one).
-//! - `depth@100ms` diffs + the REST snapshot `GET /api/v3/depth` keep a local book,
-//!   as Binance's "How to manage a local order book correctly" (spot) says: buffer
-//!   the diffs, fetch a snapshot (again, after the backoff, if it is older than
-//!   the first buffered diff: `lastUpdateId + 1 < U`), set the book to it, then
-//!   replay the buffer and every later diff with one rule, the book at update id
-//!   `last`: a diff with `u <= last` is old or a duplicate, ignored (and, once in
-//!   sync, counted in `md_duplicates_total`); one with `U > last + 1` is a gap: count it, keep it
-//!   and every diff after it buffered, fetch a new snapshot; else apply it,
-//!   `last = u`. A diff is checked whole (`U <= u`, every level) before it is
-//!   buffered or applied. The book is published after every applied diff, `seq` =
-//!   its `u`; a replay that hits a gap publishes nothing.
-//! - The server pings every 20 s; tungstenite answers with the same payload.
+//! - `trade` (spot) or `aggTrade` (futures) -> a tick at the trade price and size;
+//!   `bookTicker` -> a tick when the best bid or ask changes (priced at the last
+//!   trade, or the mid before one).
+//! - `depth@100ms` diffs + the REST snapshot (`GET /api/v3/depth`, futures
+//!   `GET /fapi/v1/depth`) keep a local book, as each venue's "How to manage a local
+//!   order book correctly" says: buffer the diffs, fetch a snapshot (again, after the
+//!   backoff, if it is older than the first buffered diff), set the book to it, then
+//!   replay the buffer and every later diff with the one [`step`] of the venue's rule.
+//!   A diff is old or a duplicate (ignored, and, once in sync, counted in
+//!   `md_duplicates_total`), follows the book (applied, the book is then at its `u`),
+//!   or shows a gap (counted; that diff and every one after it stay buffered for a new
+//!   snapshot). The rules, with the book at update id `last`:
+//!   - spot: `u <= last` old; `U > last + 1` gap; else apply.
+//!   - futures (`pu`: the previous diff's `u`): after the snapshot (`last` =
+//!     `lastUpdateId`), `u < last` old; the first diff applied must straddle it
+//!     (`U <= last <= u`) or start right after it (`pu == last`), else gap; after a
+//!     diff, `u <= last` old (a stale or repeated diff), `pu == last` apply, else gap.
+//!     (Futures update ids are not contiguous: `U` is rarely `pu + 1`.)
+//!
+//!   A diff is checked whole (`U <= u`, every level, futures: `pu` present) before
+//!   it is buffered or applied. The book is published after every applied diff,
+//!   `seq` = its `u`; a replay that hits a gap publishes nothing.
+//! - Binance pings every 20 s, Aster every 5 min; tungstenite answers with the same
+//!   payload.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -35,26 +49,30 @@ use super::symbols::{self, Naming};
 use super::wire::Dec;
 use crate::feed::FeedSink;
 
-/// `[market_data.binance]`, besides the link keys.
+/// `[market_data.binance]` and `[market_data.aster]`, besides the link keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct BinanceConfig {
+    /// "" = the venue's endpoint (`wss://stream.binance.com:9443`,
+    /// `wss://fstream.asterdex.com`).
     pub ws_url: String,
+    /// "" = the venue's endpoint (`https://api.binance.com`, `https://fapi.asterdex.com`).
     pub rest_url: String,
-    /// Binance symbols (`BTCUSDT`).
+    /// The venue's symbols (`BTCUSDT`).
     pub symbols: Vec<String>,
-    /// Binance symbol -> canonical symbol, where the default split
+    /// Venue symbol -> canonical symbol, where the default split
     /// (`BTCUSDT` -> `BTC-USDT`) is not wanted or not possible.
     pub symbol_map: BTreeMap<String, String>,
-    /// Levels asked of `GET /api/v3/depth` (1..5000; 1000 costs weight 50).
+    /// Levels asked of the depth snapshot (spot 1..5000, 1000 costs weight 50;
+    /// Aster one of 5, 10, 20, 50, 100, 500, 1000).
     pub snapshot_limit: u32,
 }
 
 impl Default for BinanceConfig {
     fn default() -> Self {
         Self {
-            ws_url: "wss://stream.binance.com:9443".into(),
-            rest_url: "https://api.binance.com".into(),
+            ws_url: String::new(),
+            rest_url: String::new(),
             symbols: vec!["BTCUSDT".into(), "ETHUSDT".into(), "SOLUSDT".into()],
             symbol_map: BTreeMap::new(),
             snapshot_limit: 1000,
@@ -62,64 +80,147 @@ impl Default for BinanceConfig {
     }
 }
 
-const NAMING: Naming = Naming {
-    venue: "binance",
-    pattern: "^[A-Z0-9]{2,20}$",
-    valid: |name| symbols::upper_alnum(name, 2, 20),
+/// What sets a venue of the Binance family apart.
+pub(super) struct Flavour {
+    naming: Naming,
+    ws_url: &'static str,
+    rest_url: &'static str,
+    /// The depth snapshot's path under `rest_url`.
+    depth_path: &'static str,
+    /// The trade stream's suffix (`<symbol>@trade`).
+    trade_stream: &'static str,
+    /// Three streams a symbol: the connection's stream limit / 3.
+    max_symbols: usize,
+    snapshot_limit: fn(u32) -> bool,
+    /// The valid `snapshot_limit`s, for messages.
+    snapshot_limits: &'static str,
+    rule: Rule,
+}
+
+/// Binance spot: 1024 streams per connection.
+pub(super) const BINANCE: Flavour = Flavour {
+    naming: Naming {
+        venue: "binance",
+        pattern: "^[A-Z0-9]{2,20}$",
+        valid: |name| symbols::upper_alnum(name, 2, 20),
+    },
+    ws_url: "wss://stream.binance.com:9443",
+    rest_url: "https://api.binance.com",
+    depth_path: "/api/v3/depth",
+    trade_stream: "@trade",
+    max_symbols: 300,
+    snapshot_limit: |limit| (1..=5000).contains(&limit),
+    snapshot_limits: "1..5000",
+    rule: Rule::Spot,
 };
 
-/// Three streams a symbol; Binance allows 1024 streams per connection.
-const MAX_SYMBOLS: usize = 300;
+/// Aster perpetual futures (the Binance USDⓈ-M futures API): 200 streams per
+/// connection, no `trade` stream (`aggTrade`), snapshot limits from a list.
+pub(super) const ASTER: Flavour = Flavour {
+    naming: Naming {
+        venue: "aster",
+        pattern: "^[A-Z0-9]{2,20}$",
+        valid: |name| symbols::upper_alnum(name, 2, 20),
+    },
+    ws_url: "wss://fstream.asterdex.com",
+    rest_url: "https://fapi.asterdex.com",
+    depth_path: "/fapi/v1/depth",
+    trade_stream: "@aggTrade",
+    max_symbols: 66,
+    snapshot_limit: |limit| [5, 10, 20, 50, 100, 500, 1000].contains(&limit),
+    snapshot_limits: "one of 5, 10, 20, 50, 100, 500, 1000",
+    rule: Rule::Futures,
+};
+
 /// Diffs kept while a snapshot is on its way (10 a second: 100 s); past this the
 /// oldest go, and the snapshot check asks for a newer snapshot if it must.
 const MAX_BUFFER: usize = 1000;
 
+/// `[market_data.binance]`.
 pub(super) fn start(name: &str, link: Link, config: &BinanceConfig, sink: FeedSink) -> Result<()> {
-    let binance = Binance::new(name, &link, config)?;
+    launch(&BINANCE, name, link, config, sink)
+}
+
+/// `[market_data.aster]`.
+pub(super) fn start_aster(
+    name: &str,
+    link: Link,
+    config: &BinanceConfig,
+    sink: FeedSink,
+) -> Result<()> {
+    launch(&ASTER, name, link, config, sink)
+}
+
+fn launch(
+    flavour: &'static Flavour,
+    name: &str,
+    link: Link,
+    config: &BinanceConfig,
+    sink: FeedSink,
+) -> Result<()> {
+    let binance = Binance::new(flavour, name, &link, config)?;
     let out = FeedOut::new(name.parse()?, sink, binance.pairs.len());
     tokio::spawn(run_ws(binance, link, out));
     Ok(())
 }
 
 pub(super) struct Binance {
+    flavour: &'static Flavour,
     ws_url: String,
     rest_url: String,
     snapshot_limit: u32,
     depth: usize,
     http: reqwest::Client,
-    /// Binance symbol -> its state.
+    /// Venue symbol -> its state.
     pairs: HashMap<String, Pair>,
     /// Depth snapshots on their way (dropped, i.e. aborted, on a new connection).
     fetches: JoinSet<(String, Result<Snapshot, String>)>,
 }
 
 impl Binance {
-    /// Checks `[market_data.binance]`.
-    pub(super) fn new(name: &str, link: &Link, config: &BinanceConfig) -> Result<Self> {
+    /// Checks `[market_data.<name>]` (`binance` or `aster`).
+    pub(super) fn new(
+        flavour: &'static Flavour,
+        name: &str,
+        link: &Link,
+        config: &BinanceConfig,
+    ) -> Result<Self> {
         let symbols = symbols::map(
-            &NAMING,
+            &flavour.naming,
             &config.symbols,
             &config.symbol_map,
             symbols::split_known_quote,
         )?;
-        if symbols.len() > MAX_SYMBOLS {
+        if symbols.len() > flavour.max_symbols {
             bail!(
-                "[market_data.binance] symbols: {} listed, at most {MAX_SYMBOLS} per connection",
-                symbols.len()
+                "[market_data.{name}] symbols: {} listed, at most {} per connection",
+                symbols.len(),
+                flavour.max_symbols
             );
         }
-        check_url("binance", "ws_url", &config.ws_url, WS)?;
-        check_url("binance", "rest_url", &config.rest_url, HTTP)?;
-        if !(1..=5000).contains(&config.snapshot_limit) {
+        let or = |url: &str, default: &'static str| {
+            if url.is_empty() {
+                default.to_string()
+            } else {
+                url.to_string()
+            }
+        };
+        let ws_url = or(&config.ws_url, flavour.ws_url);
+        let rest_url = or(&config.rest_url, flavour.rest_url);
+        check_url(name, "ws_url", &ws_url, WS)?;
+        check_url(name, "rest_url", &rest_url, HTTP)?;
+        if !(flavour.snapshot_limit)(config.snapshot_limit) {
             bail!(
-                "[market_data.binance] snapshot_limit = {}: must be 1..5000",
-                config.snapshot_limit
+                "[market_data.{name}] snapshot_limit = {}: must be {}",
+                config.snapshot_limit,
+                flavour.snapshot_limits
             );
         }
         let venue: Venue = name.parse()?;
         Ok(Self {
-            ws_url: config.ws_url.trim_end_matches('/').to_string(),
-            rest_url: config.rest_url.trim_end_matches('/').to_string(),
+            flavour,
+            ws_url: ws_url.trim_end_matches('/').to_string(),
+            rest_url: rest_url.trim_end_matches('/').to_string(),
             snapshot_limit: config.snapshot_limit,
             depth: link.book_depth,
             http: reqwest::Client::builder()
@@ -128,10 +229,8 @@ impl Binance {
             pairs: symbols
                 .into_iter()
                 .map(|(name, symbol)| {
-                    (
-                        name,
-                        Pair::new(Instrument::new(venue.clone(), symbol), link),
-                    )
+                    let instrument = Instrument::new(venue.clone(), symbol);
+                    (name, Pair::new(instrument, link, flavour.rule))
                 })
                 .collect(),
             fetches: JoinSet::new(),
@@ -146,7 +245,7 @@ impl Binance {
             Fetch::Now => Duration::ZERO,
             Fetch::Later => pair.retry.next_delay(),
         };
-        let url = format!("{}/api/v3/depth", self.rest_url);
+        let url = format!("{}{}", self.rest_url, self.flavour.depth_path);
         let (http, limit, name) = (self.http.clone(), self.snapshot_limit, name.to_string());
         self.fetches.spawn(async move {
             tokio::time::sleep(delay).await;
@@ -162,11 +261,12 @@ impl WsVenue for Binance {
     fn request(&self) -> Result<Request, String> {
         let mut names: Vec<&String> = self.pairs.keys().collect();
         names.sort();
+        let trade = self.flavour.trade_stream;
         let streams: Vec<String> = names
             .iter()
             .map(|name| {
                 let s = name.to_ascii_lowercase();
-                format!("{s}@trade/{s}@bookTicker/{s}@depth@100ms")
+                format!("{s}{trade}/{s}@bookTicker/{s}@depth@100ms")
             })
             .collect();
         plain_request(&format!(
@@ -192,9 +292,10 @@ impl WsVenue for Binance {
             .map_err(|e| Fault::Garbage(format!("not a combined-stream event: {e}")))?;
         let head: Head = serde_json::from_str(envelope.data.get()).map_err(garbage)?;
         if head.e.as_deref() == Some("serverShutdown") {
-            return Err(Fault::Reconnect(
-                "Binance announced a server shutdown".into(),
-            ));
+            return Err(Fault::Reconnect(format!(
+                "{} announced a server shutdown",
+                self.flavour.naming.venue
+            )));
         }
         let Some(pair) = self.pairs.get_mut(head.s.as_ref()) else {
             return Err(Fault::Garbage(format!(
@@ -203,7 +304,7 @@ impl WsVenue for Binance {
             )));
         };
         let stream = envelope.stream.as_ref();
-        if stream.ends_with("@trade") {
+        if stream.ends_with(self.flavour.trade_stream) {
             let trade: TradeWire = serde_json::from_str(envelope.data.get()).map_err(garbage)?;
             let trade = Trade::new(trade.p.0, Some(trade.q.0)).map_err(Fault::Garbage)?;
             out.events.push(pair.instrument.trade(trade));
@@ -213,7 +314,7 @@ impl WsVenue for Binance {
             out.events
                 .extend(pair.instrument.quote(Some(quote.b.0), Some(quote.a.0)));
         } else if stream.contains("@depth") {
-            let diff = parse_diff(envelope.data.get()).map_err(Fault::Garbage)?;
+            let diff = parse_diff(pair.rule, envelope.data.get()).map_err(Fault::Garbage)?;
             if let Some(when) = pair.on_diff(diff, self.depth, out) {
                 let name = head.s.into_owned();
                 self.fetch(&name, when);
@@ -272,7 +373,7 @@ async fn fetch_snapshot(
     parse_snapshot(&body)
 }
 
-/// A `GET /api/v3/depth` answer, checked whole.
+/// A depth snapshot answer, checked whole.
 fn parse_snapshot(body: &[u8]) -> Result<Snapshot, String> {
     let wire: SnapshotWire =
         serde_json::from_slice(body).map_err(|e| format!("bad snapshot: {e}"))?;
@@ -284,8 +385,8 @@ fn parse_snapshot(body: &[u8]) -> Result<Snapshot, String> {
 }
 
 /// A `depthUpdate` event, checked whole (ids and every level) before it is
-/// buffered or applied.
-fn parse_diff(data: &str) -> Result<Diff, String> {
+/// buffered or applied. The futures rule needs `pu`.
+fn parse_diff(rule: Rule, data: &str) -> Result<Diff, String> {
     let wire: DiffWire = serde_json::from_str(data).map_err(|e| e.to_string())?;
     if wire.first_id > wire.last_id {
         return Err(format!(
@@ -293,9 +394,13 @@ fn parse_diff(data: &str) -> Result<Diff, String> {
             wire.first_id, wire.last_id
         ));
     }
+    if rule == Rule::Futures && wire.prev_id.is_none() {
+        return Err("futures depth update without pu".into());
+    }
     Ok(Diff {
         first_id: wire.first_id,
         last_id: wire.last_id,
+        prev_id: wire.prev_id,
         bids: levels(&wire.b)?,
         asks: levels(&wire.a)?,
     })
@@ -324,6 +429,7 @@ struct Head<'a> {
     s: Cow<'a, str>,
 }
 
+/// `trade` and `aggTrade` alike.
 #[derive(Deserialize)]
 struct TradeWire {
     p: Dec,
@@ -342,6 +448,9 @@ struct DiffWire {
     first_id: u64,
     #[serde(rename = "u")]
     last_id: u64,
+    /// Futures only.
+    #[serde(rename = "pu", default)]
+    prev_id: Option<u64>,
     b: Vec<(Dec, Dec)>,
     a: Vec<(Dec, Dec)>,
 }
@@ -360,6 +469,8 @@ struct SnapshotWire {
 struct Diff {
     first_id: u64,
     last_id: u64,
+    /// `pu`: the `u` of the diff before this one (futures).
+    prev_id: Option<u64>,
     bids: Vec<(Decimal, Decimal)>,
     asks: Vec<(Decimal, Decimal)>,
 }
@@ -386,42 +497,67 @@ enum Sync {
         buffer: VecDeque<Diff>,
         fetching: bool,
     },
-    /// The book is in sync up to update id `last` (the snapshot's `lastUpdateId`,
-    /// then each applied diff's `u`).
-    Live { book: LocalBook, last: u64 },
+    /// The book is in sync up to `at`.
+    Live { book: LocalBook, at: At },
 }
 
-/// What the book at `last` makes of a diff (Binance's update procedure).
+/// The update id a book is at: a snapshot's `lastUpdateId`, or the `u` of the last
+/// diff applied (the futures rule tells them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At {
+    id: u64,
+    snapshot: bool,
+}
+
+/// How a venue's diffs follow each other (the module doc has both rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Binance spot: a diff's `U` is the previous one's `u + 1`.
+    Spot,
+    /// Binance USDⓈ-M futures (Aster): a diff's `pu` is the previous one's `u`.
+    Futures,
+}
+
+/// What the book at `at` makes of a diff.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
-    /// `u <= last`: already in the book.
+    /// Already in the book.
     Old,
-    /// `U > last + 1`: updates between were lost.
+    /// Updates between were lost.
     Gap,
     Apply,
 }
 
-fn step(last: u64, diff: &Diff) -> Step {
-    if diff.last_id <= last {
+fn step(rule: Rule, at: At, diff: &Diff) -> Step {
+    let (first, last) = (diff.first_id, diff.last_id);
+    let (old, follows) = match (rule, at.snapshot) {
+        (Rule::Spot, _) => (last <= at.id, first <= at.id.saturating_add(1)),
+        // The first diff after the snapshot straddles it, or starts right after it.
+        (Rule::Futures, true) => (last < at.id, first <= at.id || diff.prev_id == Some(at.id)),
+        (Rule::Futures, false) => (last <= at.id, diff.prev_id == Some(at.id)),
+    };
+    if old {
         Step::Old
-    } else if diff.first_id > last + 1 {
-        Step::Gap
-    } else {
+    } else if follows {
         Step::Apply
+    } else {
+        Step::Gap
     }
 }
 
-/// One Binance symbol.
+/// One symbol.
 struct Pair {
     instrument: Instrument,
+    rule: Rule,
     sync: Sync,
     retry: Backoff,
 }
 
 impl Pair {
-    fn new(instrument: Instrument, link: &Link) -> Self {
+    fn new(instrument: Instrument, link: &Link, rule: Rule) -> Self {
         Self {
             instrument,
+            rule,
             sync: Sync::Waiting {
                 buffer: VecDeque::new(),
                 fetching: false,
@@ -437,7 +573,7 @@ impl Pair {
                 buffer_diff(buffer, diff);
                 (!std::mem::replace(fetching, true)).then_some(Fetch::Now)
             }
-            Sync::Live { book, last } => match step(*last, &diff) {
+            Sync::Live { book, at } => match step(self.rule, *at, &diff) {
                 Step::Old => {
                     out.duplicates += 1;
                     None
@@ -445,8 +581,9 @@ impl Pair {
                 Step::Gap => {
                     tracing::warn!(
                         symbol = %self.instrument.symbol,
-                        book_at = *last,
+                        book_at = at.id,
                         diff_from = diff.first_id,
+                        diff_after = diff.prev_id,
                         "depth gap; fetching a new snapshot"
                     );
                     out.gaps += 1;
@@ -458,7 +595,10 @@ impl Pair {
                 }
                 Step::Apply => {
                     apply(book, &diff);
-                    *last = diff.last_id;
+                    *at = At {
+                        id: diff.last_id,
+                        snapshot: false,
+                    };
                     out.events
                         .push(self.instrument.book(book, depth, Some(diff.last_id)));
                     None
@@ -472,9 +612,13 @@ impl Pair {
         let Sync::Waiting { buffer, .. } = &mut self.sync else {
             return None;
         };
+        let mut at = At {
+            id: snapshot.last_update_id,
+            snapshot: true,
+        };
         if buffer
             .front()
-            .is_some_and(|first| snapshot.last_update_id + 1 < first.first_id)
+            .is_some_and(|first| step(self.rule, at, first) == Step::Gap)
         {
             // Older than the diffs we hold: the ones between are lost to us.
             return Some(Fetch::Later);
@@ -482,11 +626,10 @@ impl Pair {
         // Replay the buffer on the snapshot; publish only a replay that reaches
         // the end of the buffer.
         let mut book = LocalBook::from_levels(&snapshot.bids, &snapshot.asks);
-        let mut last = snapshot.last_update_id;
         let mut instrument = self.instrument.clone();
-        let mut events = vec![instrument.book(&book, depth, Some(last))];
+        let mut events = vec![instrument.book(&book, depth, Some(at.id))];
         while let Some(diff) = buffer.pop_front() {
-            match step(last, &diff) {
+            match step(self.rule, at, &diff) {
                 // Buffered before the snapshot was taken: expected, not counted.
                 Step::Old => {}
                 Step::Gap => {
@@ -494,8 +637,9 @@ impl Pair {
                     // stay buffered for the next snapshot; nothing is published.
                     tracing::warn!(
                         symbol = %self.instrument.symbol,
-                        book_at = last,
+                        book_at = at.id,
                         diff_from = diff.first_id,
+                        diff_after = diff.prev_id,
                         "depth gap in the buffered diffs; fetching a new snapshot"
                     );
                     buffer.push_front(diff);
@@ -504,14 +648,17 @@ impl Pair {
                 }
                 Step::Apply => {
                     apply(&mut book, &diff);
-                    last = diff.last_id;
-                    events.push(instrument.book(&book, depth, Some(last)));
+                    at = At {
+                        id: diff.last_id,
+                        snapshot: false,
+                    };
+                    events.push(instrument.book(&book, depth, Some(at.id)));
                 }
             }
         }
         out.events.extend(events);
         self.instrument = instrument;
-        self.sync = Sync::Live { book, last };
+        self.sync = Sync::Live { book, at };
         self.retry.reset();
         None
     }
@@ -542,30 +689,39 @@ mod tests {
     use crate::feed::FeedEvent;
     use moonbus_common::Book;
 
-    const FIXTURES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/connectors/binance"
-    );
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/connectors");
 
+    /// `tests/fixtures/connectors/binance/<name>`.
     fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
+        venue_fixture("binance", name)
+    }
+
+    fn venue_fixture(venue: &str, name: &str) -> String {
+        std::fs::read_to_string(format!("{FIXTURES}/{venue}/{name}")).unwrap()
+    }
+
+    fn pair_of(venue: &str, symbol: &str, rule: Rule) -> Pair {
+        let link = LinkConfig::default().validate(venue).unwrap();
+        let instrument = Instrument::new(venue.parse().unwrap(), symbol.parse().unwrap());
+        Pair::new(instrument, &link, rule)
     }
 
     fn pair() -> Pair {
-        let link = LinkConfig::default().validate("binance").unwrap();
-        let instrument = Instrument::new("binance".parse().unwrap(), "BNB-BTC".parse().unwrap());
-        Pair::new(instrument, &link)
+        pair_of("binance", "BNB-BTC", Rule::Spot)
     }
 
     /// The depth diffs of a fixture stream, in order.
-    fn stream(name: &str) -> Vec<Diff> {
-        fixture(name)
-            .lines()
+    fn diffs_of(rule: Rule, text: &str) -> Vec<Diff> {
+        text.lines()
             .map(|line| {
                 let envelope: Envelope = serde_json::from_str(line).unwrap();
-                parse_diff(envelope.data.get()).unwrap()
+                parse_diff(rule, envelope.data.get()).unwrap()
             })
             .collect()
+    }
+
+    fn stream(name: &str) -> Vec<Diff> {
+        diffs_of(Rule::Spot, &fixture(name))
     }
 
     /// 157-160, 161-163, 164-165, 166.
@@ -575,6 +731,21 @@ mod tests {
 
     fn snapshot(name: &str) -> Snapshot {
         parse_snapshot(fixture(name).as_bytes()).unwrap()
+    }
+
+    /// Feeds `diffs` to a pair waiting for its first snapshot: only the first asks
+    /// for one (the fetch is then on its way), and nothing is published.
+    fn buffered(pair: &mut Pair, diffs: &[Diff]) -> Batch {
+        let mut out = Batch::default();
+        for (i, diff) in diffs.iter().enumerate() {
+            let want = (i == 0).then_some(Fetch::Now);
+            assert_eq!(pair.on_diff(diff.clone(), 5, &mut out), want, "diff {i}");
+        }
+        assert!(
+            out.events.is_empty(),
+            "nothing published before the snapshot"
+        );
+        out
     }
 
     fn seqs(out: &Batch) -> Vec<u64> {
@@ -593,7 +764,7 @@ mod tests {
 
     fn live_at(pair: &Pair) -> Option<u64> {
         match pair.sync {
-            Sync::Live { last, .. } => Some(last),
+            Sync::Live { at, .. } => Some(at.id),
             Sync::Waiting { .. } => None,
         }
     }
@@ -617,23 +788,8 @@ mod tests {
         // Fixture: snapshot lastUpdateId 160; diffs 157-160 (older), 161-163
         // (straddles 161), 164-165, 166-166.
         let mut pair = pair();
-        let mut out = Batch::default();
         let diffs = diffs();
-        assert_eq!(
-            pair.on_diff(diffs[0].clone(), 5, &mut out),
-            Some(Fetch::Now)
-        );
-        for diff in &diffs[1..3] {
-            assert_eq!(
-                pair.on_diff(diff.clone(), 5, &mut out),
-                None,
-                "already fetching"
-            );
-        }
-        assert!(
-            out.events.is_empty(),
-            "nothing published before the snapshot"
-        );
+        let mut out = buffered(&mut pair, &diffs[..3]);
         assert_eq!(
             pair.on_snapshot(snapshot("depth_snapshot_160.json"), 5, &mut out),
             None
@@ -797,6 +953,7 @@ mod tests {
         assert_eq!(pair.on_diff(diffs[2].clone(), 5, &mut out), None);
         // A diff that overlaps the book (U <= last < u) carries the newer sizes: applied.
         let overlap = parse_diff(
+            Rule::Spot,
             r#"{"e":"depthUpdate","E":1,"s":"BNBBTC","U":165,"u":167,"b":[["0.0025","2"]],"a":[]}"#,
         )
         .unwrap();
@@ -813,7 +970,7 @@ mod tests {
             symbols: vec!["BNBBTC".into()],
             ..BinanceConfig::default()
         };
-        let mut binance = Binance::new("binance", &link, &config).unwrap();
+        let mut binance = Binance::new(&BINANCE, "binance", &link, &config).unwrap();
         *binance.pairs.get_mut("BNBBTC").unwrap() = live_pair();
         let mut out = Batch::default();
         for bad in [
@@ -837,6 +994,24 @@ mod tests {
         assert_eq!(seqs(&out), [165]);
     }
 
+    /// The ticks of `out`, as "price bid ask size" (it must hold nothing else).
+    fn ticks(out: &Batch) -> Vec<String> {
+        let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        out.events
+            .iter()
+            .map(|e| match e {
+                FeedEvent::Tick(t) => format!(
+                    "{} {} {} {}",
+                    t.price,
+                    show(t.bid.map(|b| b.to_string())),
+                    show(t.ask.map(|a| a.to_string())),
+                    show(t.size.map(|s| s.to_string()))
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
     fn lines(name: &str) -> Vec<String> {
         fixture(name).lines().map(str::to_string).collect()
     }
@@ -848,31 +1023,13 @@ mod tests {
             symbols: vec!["BNBBTC".into()],
             ..BinanceConfig::default()
         };
-        let mut binance = Binance::new("binance", &link, &config).unwrap();
+        let mut binance = Binance::new(&BINANCE, "binance", &link, &config).unwrap();
         let mut out = Batch::default();
         for line in fixture("ticks.jsonl").lines() {
             binance.on_text(line, &mut out).unwrap();
         }
-        // price bid ask size
-        let ticks: Vec<String> = out
-            .events
-            .iter()
-            .map(|e| match e {
-                FeedEvent::Tick(t) => {
-                    let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-                    format!(
-                        "{} {} {} {}",
-                        t.price,
-                        show(t.bid.map(|b| b.to_string())),
-                        show(t.ask.map(|a| a.to_string())),
-                        show(t.size.map(|s| s.to_string()))
-                    )
-                }
-                other => panic!("{other:?}"),
-            })
-            .collect();
         assert_eq!(
-            ticks,
+            ticks(&out),
             ["25.35855 25.3519 25.3652 -", "25.3601 25.3519 25.3652 100"]
         );
         let err = binance.on_text(
@@ -893,5 +1050,385 @@ mod tests {
             matches!(err, Err(Fault::Garbage(_))),
             "a price as a JSON number"
         );
+    }
+
+    // ------------------------------------------------------------ Aster (futures rule)
+
+    fn aster_pair() -> Pair {
+        pair_of("aster", "BTC-USDT", Rule::Futures)
+    }
+
+    /// 990-995 (pu 980), 996-1003 (pu 995), 1010-1012 (pu 1003), 1020-1025
+    /// (pu 1012), 1030-1031 (pu 1025): a chain, though no `U` is the last `u + 1`.
+    fn aster_diffs() -> Vec<Diff> {
+        diffs_of(Rule::Futures, &venue_fixture("aster", "depth_stream.jsonl"))
+    }
+
+    /// `depth_snapshot_1000.json` or `depth_snapshot_1012.json`.
+    fn aster_snapshot(id: u64) -> Snapshot {
+        let text = venue_fixture("aster", &format!("depth_snapshot_{id}.json"));
+        parse_snapshot(text.as_bytes()).unwrap()
+    }
+
+    /// In sync at 1003 (snapshot 1000, then 996-1003).
+    fn live_aster_pair() -> Pair {
+        let mut pair = aster_pair();
+        let mut out = Batch::default();
+        pair.on_diff(aster_diffs()[1].clone(), 5, &mut out);
+        pair.on_snapshot(aster_snapshot(1000), 5, &mut out);
+        assert_eq!(seqs(&out), [1000, 1003]);
+        pair
+    }
+
+    fn aster() -> Binance {
+        let link = LinkConfig::default().validate("aster").unwrap();
+        let config = BinanceConfig {
+            symbols: vec!["BTCUSDT".into()],
+            ..BinanceConfig::default()
+        };
+        Binance::new(&ASTER, "aster", &link, &config).unwrap()
+    }
+
+    fn diff(first_id: u64, last_id: u64, prev_id: Option<u64>) -> Diff {
+        Diff {
+            first_id,
+            last_id,
+            prev_id,
+            bids: vec![],
+            asks: vec![],
+        }
+    }
+
+    #[test]
+    fn the_two_rules_step_by_their_own_ids() {
+        let snap = |id| At { id, snapshot: true };
+        let after = |id| At {
+            id,
+            snapshot: false,
+        };
+        let cases = [
+            // Spot: ids are contiguous.
+            (Rule::Spot, snap(160), diff(157, 160, None), Step::Old),
+            (Rule::Spot, snap(160), diff(161, 163, None), Step::Apply),
+            (Rule::Spot, snap(160), diff(159, 163, None), Step::Apply),
+            (Rule::Spot, after(163), diff(165, 166, None), Step::Gap),
+            (Rule::Spot, after(u64::MAX), diff(1, 5, None), Step::Old),
+            (
+                Rule::Spot,
+                after(u64::MAX - 1),
+                diff(u64::MAX, u64::MAX, None),
+                Step::Apply,
+            ),
+            // Futures after the snapshot: u < lastUpdateId old, then straddle (u ==
+            // lastUpdateId counts) or start right after it.
+            (
+                Rule::Futures,
+                snap(1000),
+                diff(990, 999, Some(980)),
+                Step::Old,
+            ),
+            (
+                Rule::Futures,
+                snap(1000),
+                diff(990, 1000, Some(980)),
+                Step::Apply,
+            ),
+            (
+                Rule::Futures,
+                snap(1000),
+                diff(996, 1003, Some(995)),
+                Step::Apply,
+            ),
+            (
+                Rule::Futures,
+                snap(1000),
+                diff(1005, 1008, Some(1000)),
+                Step::Apply,
+            ),
+            (
+                Rule::Futures,
+                snap(1000),
+                diff(1005, 1008, Some(1002)),
+                Step::Gap,
+            ),
+            // Futures after a diff: u <= last old (stale, repeated), pu == last applies.
+            (
+                Rule::Futures,
+                after(1003),
+                diff(996, 1003, Some(995)),
+                Step::Old,
+            ),
+            (
+                Rule::Futures,
+                after(1003),
+                diff(990, 995, Some(980)),
+                Step::Old,
+            ),
+            (
+                Rule::Futures,
+                after(1003),
+                diff(1010, 1012, Some(1003)),
+                Step::Apply,
+            ),
+            (
+                Rule::Futures,
+                after(1003),
+                diff(1020, 1025, Some(1012)),
+                Step::Gap,
+            ),
+            // Overlapping the book without chaining to it: futures never do that.
+            (
+                Rule::Futures,
+                after(1003),
+                diff(1001, 1005, Some(1000)),
+                Step::Gap,
+            ),
+            (
+                Rule::Futures,
+                after(u64::MAX),
+                diff(1, u64::MAX, Some(0)),
+                Step::Old,
+            ),
+        ];
+        for (rule, at, diff, want) in cases {
+            assert_eq!(step(rule, at, &diff), want, "{rule:?} at {at:?}: {diff:?}");
+        }
+    }
+
+    #[test]
+    fn futures_diffs_chain_by_pu_from_the_one_straddling_the_snapshot() {
+        let mut pair = aster_pair();
+        let diffs = aster_diffs();
+        let mut out = buffered(&mut pair, &diffs[..3]);
+        assert_eq!(pair.on_snapshot(aster_snapshot(1000), 5, &mut out), None);
+        // 990-995 is older than the snapshot; 996-1003 straddles it; 1010-1012 chains
+        // by pu (under the spot rule 1010 after 1003 would be a gap).
+        assert_eq!(seqs(&out), [1000, 1003, 1012]);
+        assert_eq!(
+            step(
+                Rule::Spot,
+                At {
+                    id: 1003,
+                    snapshot: false
+                },
+                &diffs[2]
+            ),
+            Step::Gap
+        );
+        let published = books(&out);
+        assert_eq!(top(published[0]), ("97000".into(), "97010".into()));
+        assert_eq!(published[1].bids[0].1.to_string(), "1.5");
+        assert_eq!(published[1].asks.len(), 1, "97020 was removed");
+        assert_eq!(top(published[2]), ("97005".into(), "97010".into()));
+        out.events.clear();
+        for diff in &diffs[3..] {
+            assert_eq!(pair.on_diff(diff.clone(), 5, &mut out), None);
+        }
+        assert_eq!(seqs(&out), [1025, 1031]);
+        assert_eq!(top(books(&out)[1]), ("97001".into(), "97008".into()));
+        assert_eq!((out.gaps, out.duplicates), (0, 0));
+    }
+
+    #[test]
+    fn a_futures_pu_mismatch_is_a_gap_and_the_new_snapshot_takes_the_buffered_diffs() {
+        let mut pair = live_aster_pair();
+        let mut out = Batch::default();
+        let diffs = aster_diffs();
+        // 1010-1012 is lost: 1020-1025 says it follows 1012, the book is at 1003.
+        assert_eq!(
+            pair.on_diff(diffs[3].clone(), 5, &mut out),
+            Some(Fetch::Now)
+        );
+        assert_eq!(out.gaps, 1);
+        assert!(out.events.is_empty());
+        assert_eq!(live_at(&pair), None);
+        // 1030-1031 arrives while the snapshot (1012) is on its way.
+        assert_eq!(
+            pair.on_diff(diffs[4].clone(), 5, &mut out),
+            None,
+            "buffered"
+        );
+        assert_eq!(pair.on_snapshot(aster_snapshot(1012), 5, &mut out), None);
+        // 1020-1025 starts right after the snapshot (pu == lastUpdateId).
+        assert_eq!(seqs(&out), [1012, 1025, 1031]);
+        let published = books(&out);
+        assert_eq!(top(published[0]), ("97005".into(), "97010".into()));
+        assert_eq!(top(published[1]), ("97000".into(), "97008".into()));
+        assert_eq!(
+            published[1].asks[2].0.to_string(),
+            "97030",
+            "the new snapshot's level"
+        );
+        assert_eq!((out.gaps, live_at(&pair)), (1, Some(1031)));
+    }
+
+    #[test]
+    fn futures_stale_and_repeated_diffs_are_ignored_not_gaps() {
+        let mut pair = live_aster_pair();
+        let mut out = Batch::default();
+        let diffs = aster_diffs();
+        assert_eq!(pair.on_diff(diffs[2].clone(), 5, &mut out), None);
+        // 1010-1012 again, 996-1003 and 990-995: all in the book already.
+        for i in [2, 1, 0] {
+            assert_eq!(
+                pair.on_diff(diffs[i].clone(), 5, &mut out),
+                None,
+                "diff {i}"
+            );
+        }
+        assert_eq!((out.gaps, out.duplicates, seqs(&out)), (0, 3, vec![1012]));
+        assert_eq!(live_at(&pair), Some(1012));
+        assert_eq!(pair.on_diff(diffs[3].clone(), 5, &mut out), None);
+        assert_eq!((out.gaps, seqs(&out)), (0, vec![1012, 1025]));
+    }
+
+    #[test]
+    fn a_futures_snapshot_older_than_the_first_buffered_diff_is_fetched_again() {
+        let mut pair = aster_pair();
+        let mut out = Batch::default();
+        let diffs = aster_diffs();
+        pair.on_diff(diffs[2].clone(), 5, &mut out); // 1010-1012, pu 1003
+        assert_eq!(
+            pair.on_snapshot(aster_snapshot(1000), 5, &mut out),
+            Some(Fetch::Later)
+        );
+        assert!(out.events.is_empty());
+        assert_eq!(out.gaps, 0);
+        assert!(matches!(pair.sync, Sync::Waiting { fetching: true, .. }));
+        // A snapshot at 1003 is where 1010-1012 starts (pu): it follows.
+        let mut at_1003 = aster_snapshot(1000);
+        at_1003.last_update_id = 1003;
+        assert_eq!(pair.on_snapshot(at_1003, 5, &mut out), None);
+        assert_eq!(seqs(&out), [1003, 1012]);
+    }
+
+    #[test]
+    fn a_futures_gap_in_the_buffered_diffs_keeps_them_for_the_next_snapshot() {
+        // 996-1003 was lost before the snapshot (1000) came: 1010-1012 cannot follow it.
+        let mut pair = aster_pair();
+        let mut out = Batch::default();
+        let diffs = aster_diffs();
+        for i in [0, 2, 3] {
+            pair.on_diff(diffs[i].clone(), 5, &mut out);
+        }
+        assert_eq!(
+            pair.on_snapshot(aster_snapshot(1000), 5, &mut out),
+            Some(Fetch::Now)
+        );
+        assert_eq!(out.gaps, 1);
+        assert!(
+            out.events.is_empty(),
+            "a replay that hit a gap publishes nothing"
+        );
+        let Sync::Waiting { buffer, .. } = &pair.sync else {
+            panic!("still waiting")
+        };
+        let kept: Vec<u64> = buffer.iter().map(|d| d.last_id).collect();
+        assert_eq!(kept, [1012, 1025]);
+        // The snapshot at 1012: 1010-1012 straddles it (u == lastUpdateId), 1020-1025 chains.
+        assert_eq!(pair.on_snapshot(aster_snapshot(1012), 5, &mut out), None);
+        assert_eq!(seqs(&out), [1012, 1012, 1025]);
+        assert_eq!(out.gaps, 1);
+    }
+
+    #[test]
+    fn a_malformed_futures_frame_changes_nothing() {
+        let mut aster = aster();
+        *aster.pairs.get_mut("BTCUSDT").unwrap() = live_aster_pair();
+        let mut out = Batch::default();
+        for bad in [
+            // no pu
+            r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":1010,"u":1012,"b":[],"a":[]}}"#,
+            // pu as a string
+            r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":1010,"u":1012,"pu":"1003","b":[],"a":[]}}"#,
+            // U > u
+            r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":1013,"u":1012,"pu":1003,"b":[],"a":[]}}"#,
+            // a negative id
+            r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":-1,"u":1012,"pu":1003,"b":[],"a":[]}}"#,
+            // the second level's price is 0
+            r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":1010,"u":1012,"pu":1003,"b":[["97005","1"],["0","1"]],"a":[]}}"#,
+            // a size as a JSON number
+            r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":1010,"u":1012,"pu":1003,"b":[],"a":[["97010",1]]}}"#,
+            // Aster has no `trade` stream
+            r#"{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","p":"1","q":"1"}}"#,
+            r#"{"stream":"btcusdt@depth@100ms","data":"#,
+        ] {
+            let result = aster.on_text(bad, &mut out);
+            assert!(
+                matches!(result, Err(Fault::Garbage(_))),
+                "{bad}: {result:?}"
+            );
+        }
+        assert!(out.events.is_empty());
+        assert_eq!((out.gaps, out.duplicates), (0, 0));
+        assert_eq!(live_at(&aster.pairs["BTCUSDT"]), Some(1003));
+        // The genuine 1010-1012 still follows the book.
+        let genuine = venue_fixture("aster", "depth_stream.jsonl");
+        aster
+            .on_text(genuine.lines().nth(2).unwrap(), &mut out)
+            .unwrap();
+        assert_eq!(seqs(&out), [1012]);
+    }
+
+    #[test]
+    fn aster_agg_trades_and_book_tickers_become_ticks() {
+        let mut aster = aster();
+        let mut out = Batch::default();
+        for line in venue_fixture("aster", "ticks.jsonl").lines() {
+            aster.on_text(line, &mut out).unwrap();
+        }
+        assert_eq!(
+            ticks(&out),
+            [
+                "97000.2 97000.1 97000.3 -",
+                "97000.25 97000.1 97000.3 0.015"
+            ]
+        );
+        let request = aster.request().unwrap();
+        assert_eq!(
+            request.uri().to_string(),
+            "wss://fstream.asterdex.com/stream?streams=btcusdt@aggTrade/btcusdt@bookTicker/btcusdt@depth@100ms"
+        );
+        assert_eq!(aster.rest_url, "https://fapi.asterdex.com");
+        assert_eq!(aster.flavour.depth_path, "/fapi/v1/depth");
+    }
+
+    #[test]
+    fn each_flavour_checks_its_own_limits() {
+        let link = LinkConfig::default().validate("aster").unwrap();
+        let new = |flavour, name, config: &BinanceConfig| {
+            Binance::new(flavour, name, &link, config).map(|_| ())
+        };
+        let odd = BinanceConfig {
+            snapshot_limit: 300,
+            ..BinanceConfig::default()
+        };
+        assert!(new(&BINANCE, "binance", &odd).is_ok());
+        let err = new(&ASTER, "aster", &odd).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "[market_data.aster] snapshot_limit = 300: must be one of 5, 10, 20, 50, 100, 500, 1000"
+        );
+        let many = BinanceConfig {
+            symbols: (0..67).map(|i| format!("C{i}USDT")).collect(),
+            ..BinanceConfig::default()
+        };
+        assert!(new(&BINANCE, "binance", &many).is_ok());
+        let err = new(&ASTER, "aster", &many).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "[market_data.aster] symbols: 67 listed, at most 66 per connection"
+        );
+        let err = new(
+            &ASTER,
+            "aster",
+            &BinanceConfig {
+                ws_url: "https://fstream.asterdex.com".into(),
+                ..BinanceConfig::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("[market_data.aster] ws_url = "), "{err}");
     }
 }

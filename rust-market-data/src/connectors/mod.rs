@@ -1,4 +1,5 @@
-//! Live exchange connectors: Binance spot, Coinbase, Hyperliquid and Birdeye.
+//! Live exchange connectors: Binance spot, Aster (perpetual futures), Coinbase,
+//! Hyperliquid and Birdeye.
 //!
 //! Each connector is one task that speaks its venue's wire format and hands the
 //! engine `FeedEvent`s (ticks, books, statuses) through the `FeedSink`. What they
@@ -33,6 +34,11 @@
 //!   takes the buffer and the stream with one rule: `u <= last` old (ignored),
 //!   `U > last + 1` gap (that diff and the ones after it stay buffered for a new
 //!   snapshot), else apply and `last = u`. A diff with `U > u` is refused.
+//! - **Aster** (Binance USDⓈ-M futures' API, binance.rs with the futures rule): the
+//!   same buffering and snapshot, but diffs chain by `pu` (the previous diff's `u`):
+//!   after the snapshot `u < lastUpdateId` is old and the first diff applied must
+//!   have `U <= lastUpdateId <= u` (or `pu == lastUpdateId`); after that `u <= last`
+//!   is old, `pu == last` applies, anything else is a gap.
 //! - **Coinbase Advanced Trade**: `sequence_num` counts every message of a
 //!   connection. Lower than expected: old, ignored. Higher: gap, every product's
 //!   `level2` is resubscribed (a new snapshot each), and the message is taken.
@@ -100,6 +106,8 @@ impl<V> Section<V> {
 pub trait VenueSections {
     /// `[market_data.binance]`.
     fn binance(&self) -> &Section<BinanceConfig>;
+    /// `[market_data.aster]` (the Binance family, futures flavour).
+    fn aster(&self) -> &Section<BinanceConfig>;
     /// `[market_data.coinbase]`.
     fn coinbase(&self) -> &Section<CoinbaseConfig>;
     /// `[market_data.hyperliquid]`.
@@ -114,6 +122,7 @@ pub fn spawn(kind: FeedKind, config: &impl VenueSections, sink: FeedSink) -> Res
     let name = kind.as_str();
     let started = match kind {
         FeedKind::Binance => start(name, config.binance(), sink, binance::start),
+        FeedKind::Aster => start(name, config.aster(), sink, binance::start_aster),
         FeedKind::Coinbase => start(name, config.coinbase(), sink, coinbase::start),
         FeedKind::Hyperliquid => start(name, config.hyperliquid(), sink, hyperliquid::start),
         FeedKind::Birdeye => start(name, config.birdeye(), sink, birdeye::start),
@@ -146,6 +155,7 @@ mod tests {
     #[serde(default)]
     struct Sections {
         binance: Section<BinanceConfig>,
+        aster: Section<BinanceConfig>,
         coinbase: Section<CoinbaseConfig>,
         hyperliquid: Section<HyperliquidConfig>,
         birdeye: Section<BirdeyeConfig>,
@@ -165,11 +175,13 @@ mod tests {
             &config.hyperliquid,
             &config.birdeye,
         );
-        binance::Binance::new("binance", &link(b, "binance"), &b.venue).unwrap();
+        binance::Binance::new(&binance::BINANCE, "binance", &link(b, "binance"), &b.venue).unwrap();
         coinbase::Coinbase::new("coinbase", &link(c, "coinbase"), &c.venue).unwrap();
         hyperliquid::Hyperliquid::new("hyperliquid", &link(h, "hyperliquid"), &h.venue).unwrap();
         link(e, "birdeye");
         birdeye::Birdeye::new("birdeye", &e.venue, birdeye::ApiKey("key".into())).unwrap();
+        let a = &config.aster;
+        binance::Binance::new(&binance::ASTER, "aster", &link(a, "aster"), &a.venue).unwrap();
         assert_eq!(b.link.stale_after_ms, 10_000);
         assert_eq!(h.venue.symbols, ["BTC", "ETH", "SOL"]);
     }
