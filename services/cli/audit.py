@@ -537,8 +537,32 @@ async def backtest_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool
     return Result("backtest credential beyond its role", user, held, "refused" if held else "; ".join(broken))
 
 
+async def forge_venue_accounts(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Publish a live venue's status (`exec.venue.<venue>`: risk would reconcile a forged
+    account, or see a mismatch where there is none) or risk's reconciliation of it
+    (`risk.recon.<venue>`: the dashboard and agents would see MATCHED while the venue
+    differs). Only execution may publish the one, only risk the other."""
+    attacker = await a.connect(user)
+    assert attacker.nc
+    venue = f"audit{_uid()}"  # a venue of its own: no real one is reconciled or shown
+    marker = f'{{"audit": "{_uid()}"}}'.encode()  # never a valid message either
+    targets = [subject for subject, owner in ((S.exec_venue(venue), "execution"), (S.risk_recon(venue), "risk"))
+               if owner != user]
+    queues = {subject: await _watch(watcher, subject) for subject in targets}
+    for subject in targets:
+        await attacker.nc.publish(subject, marker)
+    await attacker.nc.flush()
+    await asyncio.sleep(SETTLE_S)
+    broken = [f"not refused: {subject}" for subject in targets if not attacker.refused(subject)]
+    broken += [f"delivered on {subject}" for subject, queue in queues.items() if not queue.empty()]
+    held = not broken
+    return Result("forge a live venue's account or its reconciliation", user, held,
+                  "refused" if held else "; ".join(broken))
+
+
 ATTACKS: list[Callable[[Auditor, Probe, str, bool], Awaitable[Result]]] = [
     forge_state_or_dead_letters,
+    forge_venue_accounts,
     forge_with_push_consumer,
     forge_with_republish,
     read_others_replies,

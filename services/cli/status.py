@@ -1,6 +1,8 @@
 """`moon status`: every service ($SRV.INFO / $SRV.STATS), with its restarts and crash-loop
 flag from `make run`'s supervisor (KV `supervisor.<service>`), the feeds (md.status.*),
-the account, trading state and kill switch (risk.api.positions, risk.api.killswitch)."""
+the live venues (exec.venue.*: mode, connection, working and unconfirmed orders; risk's
+reconciliation of each, risk.recon.* and KV `risk.recon.<venue>`), the account, trading
+state and kill switch (risk.api.positions, risk.api.killswitch)."""
 
 from __future__ import annotations
 
@@ -22,16 +24,20 @@ from services.common.bus import ApiError
 from services.common.config import SystemConfig, load, section
 from services.ops.discovery import Service, discover
 from services.ops.leadership import Lease, read_leadership
-from services.ops.supervision import StreamReadError, Supervised, read_supervision
+from services.ops.supervision import StreamReadError, Supervised, read_records, read_supervision
 from services.contract.models import (
     AccountState,
     FeedStatus,
     KillSwitchRequest,
     KillSwitchState,
+    LiveVenueStatus,
     PositionsReply,
     PositionsRequest,
     PricesReply,
     PricesRequest,
+    ReconAction,
+    Reconciliation,
+    ReconState,
 )
 from services.contract.users import SERVICE_USERS
 
@@ -43,6 +49,33 @@ EXPECTED = [u for u in SERVICE_USERS if u not in ("operator", "admin", "supervis
 
 
 @dataclass
+class LiveVenue:
+    """One live venue: execution's latest status of it and risk's latest reconciliation
+    (heard on the bus, or the one stored in KV when none was heard)."""
+
+    status: LiveVenueStatus | None = None
+    reconciliation: Reconciliation | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        def plain(m: Any) -> Any:
+            return json.loads(m.model_dump_json(exclude_none=True)) if m is not None else None
+
+        return {"status": plain(self.status), "reconciliation": plain(self.reconciliation)}
+
+
+def venue_problems(venues: dict[str, LiveVenue]) -> list[str]:
+    """A live venue that execution is not connected to, or whose reconciliation gates the account."""
+    problems = []
+    for name, venue in venues.items():
+        if venue.status is not None and not venue.status.connected:
+            problems.append(f"live venue {name}: not connected ({venue.status.detail or 'no detail'})")
+        r = venue.reconciliation
+        if r is not None and r.action is not ReconAction.NONE:
+            problems.append(f"live venue {name}: {r.state.value}, account {r.action.value}: {r.detail}")
+    return problems
+
+
+@dataclass
 class Status:
     services: dict[str, Service]
     feeds: dict[str, FeedStatus] = field(default_factory=dict)
@@ -50,6 +83,7 @@ class Status:
     kill_switch: KillSwitchState | None = None
     supervision: dict[str, Supervised] = field(default_factory=dict)  # empty unless run by `make run`
     leadership: dict[str, Lease] = field(default_factory=dict)  # failover leases (empty without failover)
+    venues: dict[str, LiveVenue] = field(default_factory=dict)  # live venues (empty when trading paper only)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -70,6 +104,7 @@ class Status:
             "kill_switch": json.loads(self.kill_switch.model_dump_json()) if self.kill_switch else None,
             "supervision": {name: record.as_dict() for name, record in self.supervision.items()},
             "leadership": {name: lease.as_dict() for name, lease in self.leadership.items()},
+            "venues": {name: venue.as_dict() for name, venue in self.venues.items()},
             "problems": self.problems,
         }
 
@@ -88,8 +123,27 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         feeds[status.venue] = status
         feed_seen.set()
 
+    venues: dict[str, LiveVenue] = {}
+
+    def on_venue(model: type[LiveVenueStatus] | type[Reconciliation]):  # noqa: ANN202
+        async def handle(msg: Msg) -> None:
+            try:
+                message = model.model_validate_json(msg.data)
+            except ValidationError:
+                return
+            venue = venues.setdefault(message.venue, LiveVenue())
+            if isinstance(message, LiveVenueStatus):
+                venue.status = message
+            else:
+                venue.reconciliation = message
+            feed_seen.set()
+
+        return handle
+
     started = time.monotonic()
     sub = await session.nc.subscribe(S.ALL_FEED_STATUS, cb=on_feed)
+    venue_subs = [await session.nc.subscribe(S.ALL_VENUE_STATUS, cb=on_venue(LiveVenueStatus)),
+                  await session.nc.subscribe(S.ALL_RECONCILIATIONS, cb=on_venue(Reconciliation))]
     bus, timeout = session.bus, session.timeout
     symbols = section(load(), "system", SystemConfig).symbols
     results = await asyncio.gather(
@@ -100,9 +154,10 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         bus.call(S.MD_PRICES_API, PricesRequest(symbols=symbols), timeout),
         read_supervision(session.nc, timeout),
         read_leadership(session.nc, timeout),
+        read_records(session.nc, S.risk_recon, Reconciliation, "a Reconciliation", timeout),
         return_exceptions=True,
     )
-    services, positions, kill_switch, prices, supervision, leadership = results
+    services, positions, kill_switch, prices, supervision, leadership, stored_recon = results
     if isinstance(services, BaseException):
         raise services
     status = Status(services)
@@ -125,18 +180,34 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
                             f"{age(lease.renewed_ts)} ago; a standby takes over)"
                             for name, lease in status.leadership.items()
                             if lease.lapsed() and name not in status.services]  # (a lease left from a failover run)
-    venues = {t.venue for t in prices.prices.values()} if isinstance(prices, PricesReply) else set()
-    while not venues <= set(feeds) or not feeds:
+    # Risk's stored reconciliations name the live venues; each one's status comes every few seconds.
+    stored = _records(status, stored_recon, f"reconciliations (KV {S.risk_recon('*')})")
+    for name, reconciliation in stored.items():
+        venues.setdefault(name, LiveVenue())
+        if venues[name].reconciliation is None:
+            venues[name].reconciliation = reconciliation
+    priced = {t.venue for t in prices.prices.values()} if isinstance(prices, PricesReply) else set()
+
+    def waiting() -> bool:
+        return not priced <= set(feeds) or not feeds or any(v.status is None for v in venues.values())
+
+    while waiting():
         left = feed_wait - (time.monotonic() - started)
-        if left <= 0 or not venues and isinstance(prices, BaseException):
+        if left <= 0 or not priced and isinstance(prices, BaseException):
             break
         feed_seen.clear()
         try:
             await asyncio.wait_for(feed_seen.wait(), left)
         except asyncio.TimeoutError:
             break
-    await sub.unsubscribe()
+    for s in (sub, *venue_subs):
+        await s.unsubscribe()
     status.feeds = dict(sorted(feeds.items()))
+    status.venues = dict(sorted(venues.items()))
+    status.problems += venue_problems(status.venues)
+    status.problems += [f"live venue {name}: no status on {S.exec_venue(name)} within {feed_wait:g}s "
+                        f"(risk's last reconciliation: {v.reconciliation.state.value if v.reconciliation else '-'})"
+                        for name, v in status.venues.items() if v.status is None]
     if not feeds:
         status.problems.append(f"no feed status on md.status.* within {feed_wait:g}s")
     status.problems += [f"feed {v}: {f.status} ({f.detail})" for v, f in feeds.items() if f.status != "connected"]
@@ -220,6 +291,34 @@ def feeds_table(status: Status) -> Table:
     return table
 
 
+RECON_STYLES = {ReconState.MATCHED: "green", ReconState.MISMATCH: "bold red", ReconState.UNAVAILABLE: "red"}
+
+
+def venues_table(status: Status) -> Table:
+    """Each live venue: mode, connection, orders (working, unconfirmed, unknown to execution),
+    risk's reconciliation and what it did, when last heard."""
+    table = Table(title="live venues", title_justify="left")
+    numeric = ("working", "unconfirmed", "unknown")
+    for column in ("venue", "kind", "mode", "connected", "working", "unconfirmed", "unknown", "reconciliation",
+                   "action", "cash", "equity", "last heard", "detail"):
+        table.add_column(column, justify="right" if column in numeric else "left")
+    for name, venue in status.venues.items():
+        s, r = venue.status, venue.reconciliation
+        mode = Text(s.mode.value, style="bold yellow" if s.mode.value == "live" else "") if s else "-"
+        connected = Text("yes", style="green") if s and s.connected else Text("no" if s else "-", style="red")
+        recon = Text(r.state.value, style=RECON_STYLES.get(r.state, "")) if r else Text("-")
+        action = Text(r.action.value, style="" if r.action is ReconAction.NONE else "bold red") if r else Text("-")
+        detail = (r.detail if r and r.action is not ReconAction.NONE else
+                  (s.account_error or s.detail) if s else "") or (r.detail if r else "")
+        table.add_row(*cells(
+            name, s.kind.value if s else "-", mode, connected,
+            str(s.working_orders) if s else "-", str(s.unconfirmed_orders) if s else "-",
+            Text(str(len(s.unknown_orders)), style="red" if s.unknown_orders else "") if s else "-",
+            recon, action, money(r.cash if r else None), money(r.equity if r else None),
+            age(s.ts) + " ago" if s else "-", (detail or "")[:80]))
+    return table
+
+
 def account_table(account: AccountState, kill_switch: KillSwitchState | None) -> Table:
     table = Table(title="account", title_justify="left", show_header=False)
     table.add_column(style="bold")
@@ -245,6 +344,8 @@ def show(status: Status, console: Console) -> None:
     parts: list[Any] = [services_table(status), feeds_table(status)]
     if status.leadership:
         parts.insert(1, failover_table(status))
+    if status.venues:
+        parts.append(venues_table(status))
     if status.account is not None:
         parts.append(account_table(status.account, status.kill_switch))
     parts += [Text(f"! {p}", style="red") for p in status.problems]

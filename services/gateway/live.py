@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,11 @@ TOPICS: dict[str, list[str]] = {
     "orders": [S.ORDERS_SUBMIT_ALL, S.ORDERS_CANCEL_ALL],
     "reports": [S.ALL_REPORTS],
     "risk": [S.ACCOUNT, S.ALL_VERDICTS, S.RISK_EVENTS],
+    # the live venues: execution's status and account of each, risk's reconciliation of it
+    "venues": [S.ALL_VENUE_STATUS, S.ALL_RECONCILIATIONS],
 }
+VENUE_STATUS_PREFIX = S.exec_venue("")
+RECON_PREFIX = S.risk_recon("")
 VERDICT_PREFIX = S.verdict("")
 
 
@@ -72,6 +77,8 @@ class LiveState:
     kill_switch: bytes | None = None  # the latest risk.events
     signals: collections.deque[bytes] = field(default_factory=collections.deque)
     swarm: collections.deque[bytes] = field(default_factory=collections.deque)
+    venue_status: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # venue -> (LiveVenueStatus, received ns)
+    reconciliations: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # venue -> (Reconciliation, received)
 
 
 def _symbol_of(topic: str, subject: str) -> str | None:
@@ -130,6 +137,10 @@ class Live:
             s.kill_switch = data
         elif subject.startswith(VERDICT_PREFIX):
             s.verdicts[last] = data
+        elif subject.startswith(VENUE_STATUS_PREFIX):
+            s.venue_status[last] = (data, time.time_ns())
+        elif subject.startswith(RECON_PREFIX):
+            s.reconciliations[last] = (data, time.time_ns())
 
     def fan_out(self, topic: str, subject: str, data: bytes) -> None:
         if not self.streams:
@@ -197,6 +208,21 @@ class Live:
             "feeds": {k: _parse(v) for k, v in sorted(s.feeds.items())},
             "ticks": {k.rsplit(".", 1)[-1]: _parse(v) for k, v in sorted(s.ticks.items())},
         }
+
+    def venues(self, now_ns: int) -> dict[str, dict[str, Any]]:
+        """Each live venue heard from: its latest LiveVenueStatus (execution) and Reconciliation
+        (risk), and how many seconds ago each arrived (execution re-sends every
+        reconcile_interval_ms: an old one means execution or the venue went quiet)."""
+        s = self.state
+        found: dict[str, dict[str, Any]] = {}
+        for venue in sorted(set(s.venue_status) | set(s.reconciliations)):
+            entry: dict[str, Any] = {}
+            for key, source in (("status", s.venue_status), ("reconciliation", s.reconciliations)):
+                data, received = source.get(venue, (None, None))
+                entry[key] = _parse(data)
+                entry[f"{key}_age_s"] = None if received is None else round((now_ns - received) / 1e9, 3)
+            found[venue] = entry
+        return found
 
     def recent(self, which: str, limit: int) -> list[Any]:
         """The last `limit` signals or swarm consensus messages, oldest first."""

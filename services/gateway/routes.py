@@ -126,6 +126,17 @@ async def verdicts(gw: Gw) -> JSONResponse:
     return JSONResponse({"verdicts": gw.live.snapshot()["verdicts"]})
 
 
+@router.get("/venues")
+async def venues(gw: Gw) -> JSONResponse:
+    """Each live venue (mode testnet or live): execution's latest LiveVenueStatus (connected,
+    working and unconfirmed orders, the account read from the venue, orders open there that
+    execution does not know) and risk's latest Reconciliation of it (MATCHED / MISMATCH /
+    UNAVAILABLE, the action taken, the differences), as heard on exec.venue.* and
+    risk.recon.*, each with its age in seconds. Empty without live venues."""
+    now = time.time_ns()
+    return JSONResponse({"venues": gw.live.venues(now), "ts": now})
+
+
 @router.get("/limits", response_model=LimitsReply, responses=ERRORS)
 async def limits(gw: Gw) -> Response:
     """The limits risk enforces (risk.api.limits)."""

@@ -6,6 +6,7 @@ const MAX_POINTS = 900, MAX_ORDERS = 40, MAX_SIGNALS = 40;
 const view = {
   symbols: [], ticks: {}, selected: null, series: {}, orders: new Map(), signals: [],
   account: null, verdicts: {}, feeds: {}, killSwitch: null,
+  venues: {},  // venue -> { status: LiveVenueStatus, reconciliation: Reconciliation }
 };
 const $ = (id) => document.getElementById(id);
 
@@ -164,6 +165,47 @@ function renderFeeds() {
   $("feeds").className = "pill " + (feeds.length ? (ok ? "on" : "off") : "");
 }
 
+// Live venues: execution's status of each (mode, connection, orders) and risk's
+// reconciliation of its account (MATCHED / MISMATCH / UNAVAILABLE, and the gate it set).
+const venueEntry = (name) => (view.venues[name] ||= { status: null, reconciliation: null });
+
+function renderVenues() {
+  const names = Object.keys(view.venues).sort();
+  const pill = $("venuepill");
+  pill.hidden = !names.length;
+  if (!names.length) { $("venues").tBodies[0].replaceChildren(); return; }
+  $("venues").tBodies[0].replaceChildren(...names.map((name) => {
+    const s = view.venues[name].status, r = view.venues[name].reconciliation;
+    const why = [r && r.detail, s && (s.account_error || s.detail)].filter(Boolean).join(" | ");
+    return el("tr", { title: why },
+      el("td", {}, name), el("td", { class: s && s.mode === "live" ? "live" : "" }, s ? s.mode : "-"),
+      el("td", { class: s ? (s.connected ? "on" : "off") : "" }, s ? (s.connected ? "yes" : "NO") : "-"),
+      num(s ? String(s.working_orders) : "-"), num(s ? String(s.unconfirmed_orders) : "-"),
+      num(s ? String((s.unknown_orders || []).length) : "-", s && (s.unknown_orders || []).length ? "neg" : ""),
+      el("td", { class: r ? r.state : "" }, r ? r.state : "-"),
+      el("td", { class: r && r.action !== "NONE" ? r.action : "" }, r ? r.action : "-"));
+  }));
+  const bad = names.filter((n) => {
+    const { status: s, reconciliation: r } = view.venues[n];
+    return (s && !s.connected) || (r && r.action !== "NONE");
+  });
+  pill.textContent = bad.length ? `venues: ${bad.map((n) => `${n} ${(view.venues[n].reconciliation || {}).state || "DOWN"}`).join(", ")}`
+    : `venues: ${names.length} matched`;
+  pill.className = "pill " + (bad.length ? "off" : "on");
+}
+
+async function refreshVenues() {
+  try {
+    const reply = await api("/api/venues");
+    for (const [name, v] of Object.entries(reply.venues)) {
+      const entry = venueEntry(name);
+      entry.status = v.status || entry.status;
+      entry.reconciliation = v.reconciliation || entry.reconciliation;
+    }
+    schedule();
+  } catch (e) { say(`venues: ${e.message}`); }
+}
+
 // make run's supervisor (KV supervisor.<service>): restarts and crash loops. Empty under
 // compose, whose restart policies supervise.
 async function refreshSupervision() {
@@ -253,6 +295,7 @@ function schedule() {
   requestAnimationFrame(() => {
     pending = false;
     renderPrices(); drawChart(); renderAccount(); renderVerdicts(); renderFeeds(); renderOrders(); renderSignals();
+    renderVenues();
   });
 }
 
@@ -264,6 +307,8 @@ function openStream() {
   on("Verdict", (v) => { view.verdicts[v.symbol] = v; });
   on("KillSwitchState", (k) => { view.killSwitch = k; });
   on("FeedStatus", (f) => { view.feeds[f.venue] = f; });
+  on("LiveVenueStatus", (s) => { venueEntry(s.venue).status = s; });
+  on("Reconciliation", (r) => { venueEntry(r.venue).reconciliation = r; });
   on("Signal", (s) => { view.signals.push(s); if (view.signals.length > MAX_SIGNALS) view.signals.shift(); });
   on("OrderRequest", (o) => { orderRow(o.client_order_id).order = o; });
   on("ExecutionReport", (r) => { onReport(r); refreshPositions(); });
@@ -295,6 +340,7 @@ async function start() {
   api("/api/killswitch").then((k) => { view.killSwitch = k; schedule(); }).catch((e) => say(`kill switch: ${e.message}`));
   refreshPositions();
   refreshSupervision();
+  refreshVenues();
   setInterval(refreshPositions, 5000);
   setInterval(refreshSupervision, 5000);
   window.addEventListener("resize", schedule);
