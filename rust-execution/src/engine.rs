@@ -510,6 +510,23 @@ impl Engine {
             order_id,
             timings,
         };
+        if self.venue.is_live(&routed.order.venue) {
+            match self.venue.prepare_live(&routed, &self.market) {
+                Ok(exchange) => {
+                    // The network call in a job: other symbols, ticks and the kill switch
+                    // go on while a venue answers.
+                    self.spawn(async move {
+                        let submitted = exchange.submit(&routed).await;
+                        Done::Submitted(Box::new((recording, routed, submitted)))
+                    });
+                }
+                Err(placement) => {
+                    (recording.reports, recording.rest) = reports::placed(routed, placement);
+                    self.spawn_record(recording);
+                }
+            }
+            return;
+        }
         let placement = self.venue.place(&routed, &self.market).await;
         (recording.reports, recording.rest) = reports::placed(routed, placement);
         self.spawn_record(recording);
@@ -654,7 +671,9 @@ impl Engine {
                         tracing::warn!(venue = %view.venue, error = %e, "publishing the venue status");
                     }
                 }
-                Err(reason) => tracing::error!(venue = %view.venue, %reason, "venue status not publishable"),
+                Err(reason) => {
+                    tracing::error!(venue = %view.venue, %reason, "venue status not publishable")
+                }
             }
         }
     }
@@ -698,6 +717,12 @@ impl Engine {
         match done {
             Done::Checked(checked) => self.on_checked(*checked).await,
             Done::Recorded(recording) => self.on_recorded(*recording).await,
+            Done::Submitted(submitted) => {
+                let (mut recording, routed, submitted) = *submitted;
+                let placement = self.venue.submitted(&routed, submitted);
+                (recording.reports, recording.rest) = reports::placed(routed, placement);
+                self.spawn_record(recording);
+            }
         }
     }
 

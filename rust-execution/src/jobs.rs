@@ -47,6 +47,8 @@ impl Backoff {
 pub enum Done {
     Checked(Box<Checked>),
     Recorded(Box<Recording>),
+    /// A live venue answered a new order (or did not): the recording to fill in.
+    Submitted(Box<(Recording, Routed, crate::live::Submitted)>),
 }
 
 /// An order through its risk check (and the venue latency after an approval).

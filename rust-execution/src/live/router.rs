@@ -89,6 +89,8 @@ macro_rules! live_venues {
 
 live_venues! {
     Binance(super::binance::Binance) = "binance_spot" | "binance_futures" | "aster",
+    Jupiter(super::jupiter::Jupiter) = "jupiter",
+    Hyperliquid(super::hyperliquid::Hyperliquid) = "hyperliquid",
 }
 
 /// `[execution.live.<name>]`: the router's keys; the rest is the adapter's.
@@ -379,12 +381,14 @@ impl Router {
             .find_map(|(name, slot)| slot.working.get(id).map(|w| (name, w)))
     }
 
-    /// Send a risk-approved order to its live venue (see the module comment).
-    async fn place_live(&mut self, routed: &Routed, market: &Market) -> Placement {
-        let Some(slot) = self.live.get_mut(&routed.order.venue) else {
-            return Placement::Rejected {
+    /// Before a live order is sent: the venue's notional cap, checked at the limit price
+    /// or the latest tick. `Ok` gives the adapter to send it with (in a job: the engine
+    /// goes on meanwhile), `Err` the placement (REJECTED).
+    pub fn prepare_live(&self, routed: &Routed, market: &Market) -> Result<Live, Placement> {
+        let Some(slot) = self.live.get(&routed.order.venue) else {
+            return Err(Placement::Rejected {
                 reason: format!("unknown_venue: {}", routed.order.venue),
-            };
+            });
         };
         let order = &routed.order;
         let price = match order.order_type {
@@ -392,38 +396,45 @@ impl Router {
             OrderType::Market => market.price(&order.symbol).map(|p| *p),
         };
         let Some(price) = price else {
-            return Placement::Rejected {
+            return Err(Placement::Rejected {
                 reason: format!(
                     "no_market_price: no tick for {} to check the venue_notional_cap against",
                     order.symbol
                 ),
-            };
+            });
         };
         match order.quantity.checked_mul(price) {
-            Some(notional) if notional <= slot.max_notional => {}
-            Some(notional) => {
-                return Placement::Rejected {
-                    reason: format!(
-                        "venue_notional_cap: {notional} over the {} cap of {}",
-                        order.venue, slot.max_notional
-                    ),
-                }
-            }
-            None => {
-                return Placement::Rejected {
-                    reason: "notional_overflow".into(),
-                }
-            }
+            Some(notional) if notional <= slot.max_notional => Ok(slot.exchange.clone()),
+            Some(notional) => Err(Placement::Rejected {
+                reason: format!(
+                    "venue_notional_cap: {notional} over the {} cap of {}",
+                    order.venue, slot.max_notional
+                ),
+            }),
+            None => Err(Placement::Rejected {
+                reason: "notional_overflow".into(),
+            }),
         }
-        let id = order.client_order_id.clone();
-        match slot.exchange.submit(routed).await {
+    }
+
+    /// What the venue answered to a new order, as the engine's placement: a live order
+    /// that reached the venue (or may have) rests, its answer handled once its ACCEPTED
+    /// report is stored.
+    pub fn submitted(&mut self, routed: &Routed, submitted: Submitted) -> Placement {
+        let Some(slot) = self.live.get_mut(&routed.order.venue) else {
+            return Placement::Rejected {
+                reason: format!("unknown_venue: {}", routed.order.venue),
+            };
+        };
+        let id = routed.order.client_order_id.clone();
+        match submitted {
             Submitted::Rejected { reason } => Placement::Rejected { reason },
             Submitted::Accepted(state) => {
                 slot.accepting.insert(id, (Some(state), false));
                 Placement::Resting
             }
             Submitted::Unknown { reason } => {
-                tracing::warn!(client_order_id = %id, venue = %order.venue, %reason, "no answer from the venue: the order is queried, never resent");
+                tracing::warn!(client_order_id = %id, venue = %routed.order.venue, %reason, "no answer from the venue: the order is queried, never resent");
                 slot.accepting.insert(id, (None, true));
                 Placement::Resting
             }
@@ -712,8 +723,14 @@ impl SlotView {
             .unknown_orders
             .iter()
             .map(|o| UnknownVenueOrder {
-                venue_order_id: o.venue_order_id.as_ref().map(|s| s.chars().take(128).collect()),
-                client_order_id: o.client_order_id.as_ref().map(|s| s.chars().take(128).collect()),
+                venue_order_id: o
+                    .venue_order_id
+                    .as_ref()
+                    .map(|s| s.chars().take(128).collect()),
+                client_order_id: o
+                    .client_order_id
+                    .as_ref()
+                    .map(|s| s.chars().take(128).collect()),
                 venue_symbol: if o.venue_symbol.is_empty() {
                     "?".into()
                 } else {
@@ -726,7 +743,10 @@ impl SlotView {
             .collect();
         Ok(LiveVenueStatus {
             venue: self.venue.clone(),
-            kind: self.kind.parse().map_err(|e| format!("kind {}: {e:?}", self.kind))?,
+            kind: self
+                .kind
+                .parse()
+                .map_err(|e| format!("kind {}: {e:?}", self.kind))?,
             mode: match self.mode {
                 Mode::Live => VenueMode::Live,
                 _ => VenueMode::Testnet,
@@ -790,11 +810,16 @@ impl Venue for Router {
         self.live.contains_key(venue) || self.paper.serves(venue)
     }
 
+    /// Paper orders; live ones are sent by the engine in a job (`prepare_live`,
+    /// `submitted`), so a slow venue holds up nothing else.
     async fn place(&mut self, routed: &Routed, market: &Market) -> Placement {
-        if self.is_live(&routed.order.venue) {
-            self.place_live(routed, market).await
-        } else {
-            self.paper.place(routed, market).await
+        match self.prepare_live(routed, market) {
+            _ if !self.is_live(&routed.order.venue) => self.paper.place(routed, market).await,
+            Err(placement) => placement,
+            Ok(exchange) => {
+                let submitted = exchange.submit(routed).await;
+                self.submitted(routed, submitted)
+            }
         }
     }
 
