@@ -18,11 +18,13 @@
   after), other tokens in token accounts.
 - Hooks: `drop_sends` (accepted, then lost), `fail_preflight`, `fail_onchain` (an
   InstructionError, the fee is still paid), `settle_override` (odd or partial amounts),
-  `expire()` (the chain moves past every blockhash), `rpc_429` / `jupiter_429`.
+  `expire()` (the chain moves past every blockhash), `send_answer_delay` (the answer to
+  sendTransaction comes after the client gave up), `rpc_429` / `jupiter_429`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import itertools
@@ -89,6 +91,7 @@ class StandIn:
     rpc_429: int = 0
     jupiter_429: int = 0
     no_route: bool = False
+    send_answer_delay: float = 0.0  # sendTransaction lands, then answers this late (a client timeout)
     height_step: int = 1
 
     def __post_init__(self) -> None:
@@ -254,6 +257,8 @@ class StandIn:
                                       "error": {"code": -32601, "message": "Method not found"}})
         try:
             result = handler(params)
+            if method == "sendTransaction" and self.send_answer_delay:
+                await asyncio.sleep(self.send_answer_delay)
         except RpcError as e:
             error = {"code": e.code, "message": e.message}
             if e.data is not None:
