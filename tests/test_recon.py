@@ -255,3 +255,44 @@ async def test_rust_risk_reconciles_a_live_venue(system, feeds):
     # Reported again: an account read that matches clears it.
     await execution.publish(S.exec_venue("binance"), encode(venue_status(positions={"BTC-USDT": "0.5"})))
     await seen.until(lambda: seen.recon.state is ReconState.MATCHED, "matched again")
+
+
+@pytest_e2e
+async def test_a_gated_venue_stays_gated_across_a_risk_restart(system, feeds):
+    """Risk stores each reconciliation in KV and reads them back on start: a venue gated
+    before the restart gates the account again at once (before any new status), and a
+    report that matches opens it."""
+    execution, operator, seen = feeds
+    fill = {"client_order_id": "live-2", "agent": "trading", "symbol": "BTC-USDT", "venue": "binance",
+            "side": "BUY", "status": "FILLED", "quantity": "0.5", "filled_quantity": "0.5",
+            "last_fill_quantity": "0.5", "last_fill_price": "100", "avg_fill_price": "100", "fee": "0",
+            "timings": {}, "ts": time.time_ns()}
+    await execution.jetstream().publish(S.exec_report("BTC-USDT"), json.dumps(fill).encode(),
+                                        headers={"Nats-Msg-Id": "live-2:FILLED"})
+    await seen.until(lambda: seen.account is not None and seen.account.open_positions == 1
+                     and "not_ready" not in seen.account.reasons, "risk ready with the fill")
+    await execution.publish(S.exec_venue("binance"), encode(venue_status(positions={"BTC-USDT": "0.9"})))
+    kv = await operator.jetstream().key_value(S.KV_BUCKET)
+
+    async def stored_state() -> ReconState | None:
+        try:
+            return Reconciliation.model_validate_json((await kv.get(S.risk_recon("binance"))).value).state
+        except nats.js.errors.KeyNotFoundError:
+            return None
+
+    deadline = time.monotonic() + WAIT
+    while await stored_state() is not ReconState.MISMATCH:
+        assert time.monotonic() < deadline, "the mismatch was never stored"
+        await asyncio.sleep(0.05)
+
+    system.kill("risk")
+    seen.account = None
+    system.restart("risk")
+    await seen.until(lambda: seen.account is not None and "not_ready" not in seen.account.reasons,
+                     "risk ready again")
+    assert "recon_mismatch:binance" in seen.account.reasons and seen.account.state is TradingState.REDUCE_ONLY
+    refused = await check(execution, "BUY", 10)
+    assert refused["reason_code"] == "account_reduce_only" and "recon_mismatch:binance" in refused["reason"]
+    await execution.publish(S.exec_venue("binance"), encode(venue_status(positions={"BTC-USDT": "0.5"})))
+    await seen.until(lambda: seen.recon is not None and seen.recon.state is ReconState.MATCHED, "a match")
+    await seen.until(lambda: seen.account.state is TradingState.ACTIVE, "the gate open")

@@ -71,6 +71,8 @@ pub struct RiskConfig {
     pub recon_grace_ms: u64,
     /// The account's gate while a live venue is mismatched or unavailable.
     pub on_recon_mismatch: BreachAction,
+    /// Live venues not reconciled (retired): their statuses and stored reconciliations are ignored.
+    pub recon_ignore_venues: Vec<String>,
 }
 
 impl Default for RiskConfig {
@@ -112,6 +114,7 @@ impl Default for RiskConfig {
             recon_stale_ms: 30_000,
             recon_grace_ms: 4_000,
             on_recon_mismatch: BreachAction::ReduceOnly,
+            recon_ignore_venues: Vec::new(),
         }
     }
 }
@@ -202,6 +205,12 @@ impl Settings {
             stale_ms: risk.recon_stale_ms,
             grace_ms: risk.recon_grace_ms,
             action: risk.on_recon_mismatch,
+            ignore: risk
+                .recon_ignore_venues
+                .into_iter()
+                .map(Venue::try_from)
+                .collect::<Result<Vec<_>, _>>()
+                .context("recon_ignore_venues")?,
         };
         let symbols = system
             .symbols
@@ -332,6 +341,10 @@ mod tests {
         assert!(error("[risk]\nrecon_tolerance = 0.1\n").contains("decimal string"));
         assert!(error("[risk]\nrecon_stale_ms = 0\n").contains("recon_stale_ms"));
         assert!(error("[risk]\non_recon_mismatch = \"ignore\"\n").contains("unknown variant"));
+        assert!(error("[risk]\nrecon_ignore_venues = [\"Bad Venue\"]\n")
+            .contains("recon_ignore_venues"));
+        let ignoring = load("[risk]\nrecon_ignore_venues = [\"aster\"]\n").unwrap();
+        assert_eq!(ignoring.recon.ignore, vec!["aster"]);
     }
 
     #[test]

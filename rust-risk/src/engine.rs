@@ -245,7 +245,11 @@ impl Engine {
         status: &LiveVenueStatus,
         now_ns: u64,
     ) -> Option<Reconciliation> {
+        if self.recon.settings.ignore.contains(&status.venue) {
+            return None;
+        }
         if !self.ready {
+            self.recon.heard(status, now_ns);
             return None;
         }
         let reconciliation = self.recon.apply_status(status, now_ns);
@@ -254,6 +258,15 @@ impl Engine {
                 action = %reconciliation.action, detail = %reconciliation.detail, "reconciliation");
         }
         Some(reconciliation)
+    }
+
+    /// The reconciliations stored before a restart (recon.rs `Recon::restore`).
+    pub fn restore_reconciliations(&mut self, stored: Vec<Reconciliation>, now_ns: u64) {
+        for r in &stored {
+            tracing::info!(venue = %r.venue, state = %r.state, action = %r.action,
+                "live venue known from before the restart");
+        }
+        self.recon.restore(stored, now_ns);
     }
 
     /// Live venues whose account went stale since the last call (UNAVAILABLE, gated).

@@ -45,6 +45,9 @@ pub struct ReconSettings {
     pub grace_ms: u64,
     /// The gate of a mismatched or unavailable venue.
     pub action: BreachAction,
+    /// Venues risk does not reconcile (retired ones): their statuses and stored
+    /// reconciliations are ignored.
+    pub ignore: Vec<Venue>,
 }
 
 impl Default for ReconSettings {
@@ -55,6 +58,7 @@ impl Default for ReconSettings {
             stale_ms: 30_000,
             grace_ms: 4_000,
             action: BreachAction::ReduceOnly,
+            ignore: Vec::new(),
         }
     }
 }
@@ -142,6 +146,42 @@ impl Recon {
             settings,
             books: VenueBooks::default(),
             venues: BTreeMap::new(),
+        }
+    }
+
+    /// The reconciliations stored before a restart (KV `risk.recon.<venue>`): every venue
+    /// risk reconciled is known again, so one that does not report within `stale_ms` is
+    /// UNAVAILABLE, and a venue that was gated stays gated until a report matches (fail
+    /// closed across restarts). Ignored venues are left out.
+    pub fn restore(&mut self, stored: Vec<Reconciliation>, now_ns: u64) {
+        for latest in stored {
+            if self.settings.ignore.contains(&latest.venue) {
+                continue;
+            }
+            let gated_mismatch =
+                latest.state == ReconState::Mismatch && latest.action != ReconAction::None;
+            self.venues.insert(
+                latest.venue.clone(),
+                VenueRecon {
+                    last_status_ns: now_ns,
+                    last_account_ns: now_ns,
+                    account: None,
+                    // A gated mismatch has outlasted its grace already.
+                    mismatch_since: gated_mismatch.then_some(0),
+                    latest,
+                },
+            );
+        }
+    }
+
+    /// A status that arrived while risk's books were being rebuilt: not reconciled (the
+    /// books are partial), but a known venue that reports is not silent.
+    pub fn heard(&mut self, status: &LiveVenueStatus, now_ns: u64) {
+        if let Some(entry) = self.venues.get_mut(&status.venue) {
+            entry.last_status_ns = now_ns;
+            if status.account.is_some() {
+                entry.last_account_ns = now_ns;
+            }
         }
     }
 
@@ -641,6 +681,49 @@ mod tests {
         assert_eq!(recon.gate().0, None);
         let r = recon.apply_status(&s, 31_002 * MS);
         assert_eq!(r.action, ReconAction::ReduceOnly);
+    }
+
+    #[test]
+    fn a_restart_keeps_the_gate_and_knows_every_venue_again() {
+        let mut recon = strict();
+        let stored = |venue: &str, state, action| Reconciliation {
+            venue: Venue::try_from(venue).unwrap(),
+            state,
+            action,
+            differences: Vec::new(),
+            unknown_orders: 0,
+            cash: None,
+            equity: None,
+            detail: "before the restart".into(),
+            ts: 1,
+        };
+        recon.settings.ignore = vec![Venue::try_from("retired").unwrap()];
+        recon.restore(
+            vec![
+                stored("binance", ReconState::Mismatch, ReconAction::ReduceOnly),
+                stored("hyperliquid", ReconState::Matched, ReconAction::None),
+                stored("retired", ReconState::Unavailable, ReconAction::Halted),
+            ],
+            MS,
+        );
+        assert_eq!(
+            recon.gate(),
+            (
+                Some(BreachAction::ReduceOnly),
+                vec!["recon_mismatch:binance".to_string()]
+            )
+        );
+        // hyperliquid says nothing within recon_stale_ms: UNAVAILABLE; "retired" is forgotten.
+        let changed = recon.heartbeat(31_002 * MS);
+        let venues: Vec<_> = changed.iter().map(|r| r.venue.as_str()).collect();
+        assert_eq!(venues, vec!["binance", "hyperliquid"]);
+        assert!(recon.latest().all(|r| r.venue != "retired"));
+        // binance reports and matches: only hyperliquid gates now.
+        recon.apply_status(&status(&[]), 32_000 * MS);
+        assert_eq!(
+            recon.gate().1,
+            vec!["recon_unavailable:hyperliquid".to_string()]
+        );
     }
 
     #[test]

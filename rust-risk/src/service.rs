@@ -15,8 +15,8 @@ use moonbus_common::snapshot::{Snapshots, Start};
 use moonbus_common::streams;
 use moonbus_common::{
     now_ns, steady_ns, subjects, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
-    LimitsRequest, LiveVenueStatus, PositionsReply, PositionsRequest, RiskCheckRequest, Tick,
-    Venue,
+    LimitsRequest, LiveVenueStatus, PositionsReply, PositionsRequest, Reconciliation,
+    RiskCheckRequest, Tick, Venue,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -82,6 +82,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
 
     let mut engine = Engine::new(settings.clone(), base.started_ts);
     restore_limits(&mut engine, &store).await?;
+    engine.restore_reconciliations(stored_reconciliations(&client, &errors).await?, steady_ns());
     let snapshots = Snapshots::new(client.clone(), SERVICE);
     let mut snapshotter = Snapshotter::new(snapshots.clone(), &settings);
     let (feed_tx, mut feed) = mpsc::channel(1024);
@@ -346,6 +347,39 @@ async fn restore(store: &Store) -> Result<(Option<KillSwitchState>, Option<LossL
             .map_err(|e| anyhow::anyhow!("the stored loss latch is unreadable: {e}"))?,
     };
     Ok((kill_switch, loss_latch))
+}
+
+/// The reconciliations of the live venues stored before the restart (KV
+/// `risk.recon.<venue>`, read by direct gets). A bucket that cannot be read stops the start
+/// (fail closed: a gated venue must not come back ungated); a value that does not parse is
+/// reported on errors.risk and skipped.
+async fn stored_reconciliations(
+    client: &Client,
+    errors: &ErrorSink,
+) -> Result<Vec<Reconciliation>> {
+    let prefix = format!("$KV.{}.", subjects::KV_BUCKET);
+    let filter = format!("{prefix}{}", subjects::risk_recon(">"));
+    let mut reader = streams::DirectReader::new(
+        client.clone(),
+        &format!("KV_{}", subjects::KV_BUCKET),
+        &filter,
+        1,
+    );
+    let mut found = Vec::new();
+    while let Some(message) = reader
+        .next()
+        .await
+        .context("reading the stored reconciliations")?
+    {
+        if message.payload.is_empty() {
+            continue; // a deleted key
+        }
+        match bus::decode::<Reconciliation>(&message.payload) {
+            Ok(reconciliation) => found.push(reconciliation),
+            Err(e) => errors.report(&message.subject, &e, &message.payload).await,
+        }
+    }
+    Ok(found)
 }
 
 /// Engage, release or read the kill switch. Engaging takes effect at once, before
