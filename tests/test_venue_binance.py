@@ -126,3 +126,219 @@ async def test_stand_in_futures_stream_and_reduce_only(futures: StandIn) -> None
         assert body["code"] == -2022
         await futures.expire_listen_keys()
         assert (await ws.receive_json(timeout=5))["e"] == "listenKeyExpired"
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter through the real rust-execution binary: market-data, risk and execution started
+# by the launcher, [execution.live.binance] pointed at the stand-in by env overrides.
+
+import json  # noqa: E402
+import os  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+
+import nats  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+
+from services.contract.models import ExecutionReport  # noqa: E402
+from services.devstack.launcher import SERVICES, System  # noqa: E402
+from services.devstack.natsserver import REPO_ROOT, free_port  # noqa: E402
+
+WAIT = 60.0
+BASE_ENV = {
+    "RUST_LOG": "warn",
+    "MOONBUS__MARKET_DATA__TICK_INTERVAL_MS": "50",
+    "MOONBUS__RISK__STARTING_CASH": '"1000000"',
+    "MOONBUS__RISK__MAX_POSITION_NOTIONAL": '"1000000"',
+    "MOONBUS__RISK__MAX_GROSS_EXPOSURE": '"10000000"',
+    "MOONBUS__RISK__RATE_LIMIT_AGENT": "0",
+    "MOONBUS__RISK__RATE_LIMIT_GLOBAL": "0",
+    "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
+    "MOONBUS__EXECUTION__LIVE_POLL_MS": "200",
+    "MOONBUS__EXECUTION__RECONCILE_INTERVAL_MS": "2000",
+}
+
+
+class Operator:
+    def __init__(self, system: System, nc: nats.NATS) -> None:
+        self.system, self.nc, self.js = system, nc, nc.jetstream()
+        self.reports: dict[str, list[ExecutionReport]] = defaultdict(list)
+        self.sent = 0
+
+    async def on_report(self, msg) -> None:
+        report = ExecutionReport.model_validate_json(msg.data)
+        if report.client_order_id:
+            self.reports[report.client_order_id].append(report)
+
+    async def until(self, condition, what: str, timeout: float = WAIT) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            assert loop.time() < deadline, f"timed out waiting for: {what}\n{self.system.tail(40)}"
+            await asyncio.sleep(0.05)
+
+    def statuses(self, order_id: str) -> list[str]:
+        return [str(r.status.value if hasattr(r.status, "value") else r.status) for r in self.reports[order_id]]
+
+    async def wait_status(self, order_id: str, status: str) -> ExecutionReport:
+        await self.until(lambda: status in self.statuses(order_id),
+                         f"{order_id} {status}: {self.reports[order_id]}")
+        return self.reports[order_id][self.statuses(order_id).index(status)]
+
+    async def submit(self, side: str, quantity: str, price: str | None = None, tif: str = "GTC",
+                     order_id: str | None = None, reduce_only: bool = False) -> str:
+        self.sent += 1
+        order_id = order_id or f"bn-{self.sent}"
+        body = {"client_order_id": order_id, "agent": "operator", "symbol": "BTC-USD", "venue": "binance",
+                "side": side, "type": "LIMIT" if price else "MARKET", "quantity": quantity,
+                "time_in_force": tif, "reduce_only": reduce_only, "origin_ts": 1, "ts": 1}
+        if price:
+            body["limit_price"] = price
+        await self.js.publish("orders.submit.operator.BTC-USD", json.dumps(body).encode(),
+                              headers={"Nats-Msg-Id": order_id})
+        return order_id
+
+    async def cancel(self, order_id: str) -> None:
+        body = {"client_order_id": order_id, "agent": "operator", "symbol": "BTC-USD", "ts": 1}
+        await self.js.publish("orders.cancel.operator.BTC-USD", json.dumps(body).encode(),
+                              headers={"Nats-Msg-Id": f"cancel-{order_id}"})
+
+
+def live_env(kind: str, venue: StandIn, extra: dict[str, str]) -> dict[str, str]:
+    prefix = "MOONBUS__EXECUTION__LIVE__BINANCE__"
+    return BASE_ENV | {
+        prefix + "KIND": f'"{kind}"',
+        prefix + "MODE": '"testnet"',
+        prefix + "MAX_NOTIONAL": '"100000"',
+        prefix + "SYMBOLS": '{ "BTC-USD" = "BTCUSDT" }',
+        prefix + "REST_URL": f'"{venue.rest_url}"',
+        prefix + "WS_URL": f'"{venue.ws_url}"',
+        prefix + "TIMEOUT_MS": "1500",
+        "BINANCE_API_KEY": venue.api_key,
+        "ASTER_API_KEY": venue.api_key,
+    } | extra
+
+
+@pytest.fixture
+async def live(request, tmp_path) -> AsyncIterator[tuple[StandIn, Operator]]:
+    kind, key_type = request.param
+    missing = [s.command[0] for s in SERVICES.values() if s.kind == "rust" and not (REPO_ROOT / s.command[0]).exists()]
+    if missing:
+        pytest.fail(f"release binaries missing ({', '.join(missing)}): run `make setup`")
+    extra: dict[str, str] = {}
+    if key_type == "ed25519":
+        key = Ed25519PrivateKey.generate()
+        venue = StandIn(flavor=SPOT if kind == "binance_spot" else FUTURES, secret=None,
+                        public_key=key.public_key())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        path = tmp_path / "binance-ed25519.pem"
+        path.write_bytes(pem)
+        os.chmod(path, 0o600)
+        extra = {"MOONBUS__EXECUTION__LIVE__BINANCE__KEY_TYPE": '"ed25519"', "BINANCE_PRIVATE_KEY_FILE": str(path)}
+    else:
+        venue = StandIn(flavor=SPOT if kind == "binance_spot" else FUTURES)
+        extra = {"BINANCE_API_SECRET": venue.secret, "ASTER_API_SECRET": venue.secret}
+    await venue.start()
+    system = System().start(port=free_port(), moon_dir=tmp_path, services=["market-data", "risk", "execution"],
+                            out=None, env=live_env(kind, venue, extra))
+    nc = None
+    try:
+        env = system.env_for("operator")
+        nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
+                                inbox_prefix=f"_INBOX.{env['NATS_USER']}")
+        operator = Operator(system, nc)
+        await nc.subscribe("exec.report.>", cb=operator.on_report)
+        await operator.until(lambda: venue.stream_count() > 0, "the user data stream connected")
+        yield venue, operator
+    finally:
+        if nc is not None:
+            await nc.close()
+        system.stop()
+        await venue.stop()
+        print(system.tail(60))
+
+
+async def first_order(operator: Operator, venue: StandIn) -> None:
+    """Risk needs fresh prices before it approves: retry a small probe until one is routed."""
+    quantity = "0.001" if venue.flavor == SPOT else "0.002"
+    for attempt in range(100):
+        order_id = await operator.submit("BUY", quantity, order_id=f"warm-{attempt}")
+        await operator.until(lambda: operator.reports[order_id], f"a report for {order_id}")
+        await asyncio.sleep(0.3)
+        if order_id in venue.orders:
+            await operator.wait_status(order_id, "FILLED")
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no order reached the venue: {dict(operator.reports)}")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("live", [("binance_spot", "hmac")], indirect=True)
+async def test_binary_spot(live: tuple[StandIn, Operator]) -> None:
+    venue, op = live
+    await first_order(op, venue)
+    # MARKET BUY: filled at the venue, reported with its fee (0.1% in USDT).
+    market = await op.submit("BUY", "0.002")
+    filled = await op.wait_status(market, "FILLED")
+    assert Decimal(str(filled.fee)) == Decimal("0.12"), filled
+    assert venue.orders[market].client_id == market
+    # LIMIT GTC below the market rests; a partial fill, then our cancel.
+    resting = await op.submit("BUY", "0.003", price="59000.00")
+    await op.until(lambda: resting in venue.orders, "the resting order at the venue")
+    await op.wait_status(resting, "ACCEPTED")
+    await venue.fill(resting, Decimal("0.001"))
+    await op.wait_status(resting, "PARTIALLY_FILLED")
+    await op.cancel(resting)
+    cancelled = await op.wait_status(resting, "CANCELLED")
+    assert venue.orders[resting].status == "CANCELED", cancelled
+    # IOC that does not cross: EXPIRED.
+    ioc = await op.submit("BUY", "0.001", price="50000", tif="IOC")
+    await op.wait_status(ioc, "EXPIRED")
+    # Not a multiple of the tick: REJECTED before sending.
+    bad = await op.submit("BUY", "0.001", price="59000.001")
+    rejected = await op.wait_status(bad, "REJECTED")
+    assert "tick_size" in (rejected.reason or ""), rejected
+    assert bad not in venue.orders
+    # The stream drops; a fill meanwhile is found (reconnect or REST query).
+    later = await op.submit("BUY", "0.001", price="59500.00")
+    await op.until(lambda: later in venue.orders, "the order at the venue")
+    await op.wait_status(later, "ACCEPTED")
+    await venue.drop_streams()
+    await venue.fill(later, Decimal("0.001"))
+    filled = await op.wait_status(later, "FILLED")
+    assert Decimal(str(filled.fee)) == Decimal("0.0595"), filled  # from the trade list if the stream missed it
+    await op.until(lambda: venue.stream_count() > 0, "the stream reconnected")
+    # 429: the venue refuses, sending stops until Retry-After has passed.
+    venue.force_429 = 1
+    venue.retry_after = 3
+    limited = await op.submit("BUY", "0.001")
+    rejected = await op.wait_status(limited, "REJECTED")
+    assert "rate_limited" in (rejected.reason or ""), rejected
+    blocked = await op.submit("BUY", "0.001")
+    rejected = await op.wait_status(blocked, "REJECTED")
+    assert "rate_limited" in (rejected.reason or ""), rejected
+    assert limited not in venue.orders and blocked not in venue.orders
+    # No request was ever refused for its signature or its timestamp.
+    assert not [r for r in venue.refusals if r[1] in (-1022, -2015, -1021)], venue.refusals
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("live", [("binance_futures", "ed25519"), ("aster", "hmac")], indirect=True)
+async def test_binary_futures(live: tuple[StandIn, Operator]) -> None:
+    venue, op = live
+    await first_order(op, venue)
+    market = await op.submit("BUY", "0.002")
+    filled = await op.wait_status(market, "FILLED")
+    assert Decimal(str(filled.fee)) == Decimal("0.12"), filled
+    # The venue's clock jumps 8 s ahead: -1021, the adapter syncs again and the order goes.
+    venue.clock_skew_ms = 8000
+    skewed = await op.submit("SELL", "0.002", reduce_only=True)
+    await op.wait_status(skewed, "FILLED")
+    assert any(code == -1021 for _, code in venue.refusals), venue.refusals
+    assert venue.orders[skewed].reduce_only
+    # A filter failure of the venue's futures rules (MIN_NOTIONAL notional 100).
+    small = await op.submit("BUY", "0.001", price="59000.0")
+    rejected = await op.wait_status(small, "REJECTED")
+    assert "min_notional" in (rejected.reason or ""), rejected
+    assert not [r for r in venue.refusals if r[1] in (-1022, -2015)], venue.refusals

@@ -88,6 +88,7 @@ class Order:
     quote: Decimal = Decimal(0)
     time: int = 0
     update: int = 0
+    trades: list[dict[str, object]] = field(default_factory=list)
 
 
 @dataclass
@@ -158,6 +159,7 @@ class StandIn:
         app.router.add_get(f"{p}/exchangeInfo", self.exchange_info)
         app.router.add_route("*", f"{p}/order", self.order)
         app.router.add_get(f"{p}/openOrders", self.open_orders)
+        app.router.add_get("/api/v3/myTrades" if self.flavor == SPOT else "/fapi/v1/userTrades", self.my_trades)
         if self.flavor == SPOT:
             app.router.add_get("/api/v3/account", self.account)
             app.router.add_route("*", "/api/v3/userDataStream", self.listen_key)
@@ -298,7 +300,11 @@ class StandIn:
         else:
             self.positions[order.symbol] = self.positions.get(order.symbol, Decimal(0)) + sign * qty
         fee = qty * price * self.fee_rate if self.fee_asset is None else Decimal("0.0001")
-        await self.event(order, "TRADE", qty, price, fee, next(self.trade_ids))
+        trade_id = next(self.trade_ids)
+        order.trades.append({"symbol": order.symbol, "id": trade_id, "orderId": order.order_id, "price": str(price),
+                             "qty": str(qty), "quoteQty": str(qty * price), "commission": str(fee),
+                             "commissionAsset": self.fee_asset or rules.quote, "time": order.update})
+        await self.event(order, "TRADE", qty, price, fee, trade_id)
         return order
 
     async def expire(self, client_id: str) -> Order:
@@ -441,7 +447,20 @@ class StandIn:
         if self.answer_5xx > 0:
             self.answer_5xx -= 1
             return self.reply({"code": -1000, "msg": "An unknown error occurred while processing the request."}, 503)
-        return self.reply(self.order_json(order))
+        answer = self.order_json(order)
+        if self.flavor == SPOT and params.get("newOrderRespType") == "FULL":
+            answer["fills"] = [{"price": t["price"], "qty": t["qty"], "commission": t["commission"],
+                                "commissionAsset": t["commissionAsset"], "tradeId": t["id"]} for t in order.trades]
+        return self.reply(answer)
+
+    async def my_trades(self, request: web.Request) -> web.Response:
+        if (limited := self.charge(5)) is not None:
+            return limited
+        params, refused = self.authenticate(request, signed=True)
+        if refused is not None:
+            return refused
+        return self.reply([t for o in self.orders.values() if o.symbol == params.get("symbol")
+                           and str(o.order_id) == params.get("orderId", str(o.order_id)) for t in o.trades])
 
     async def open_orders(self, request: web.Request) -> web.Response:
         if (limited := self.charge(6 if self.flavor == SPOT else 1)) is not None:

@@ -493,10 +493,10 @@ pub fn parse_rest_order(flavor: Flavor, value: &Value) -> Result<VenueOrder, Str
 /// One user-data-stream frame, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    /// An order update; `trade` = (trade id, fee of this trade, its asset, last price, last qty).
+    /// An order update, with the trade it reports if it reports one.
     Order {
         order: VenueOrder,
-        trade: Option<(u64, Decimal, String, Decimal)>,
+        trade: Option<Trade>,
     },
     /// The listenKey expired: get a new one.
     Expired,
@@ -529,15 +529,38 @@ pub fn parse_stream(frame: &str) -> Result<StreamEvent, String> {
     }
 }
 
-fn trade_of(v: &Value, exec_type: &str) -> Result<Option<(u64, Decimal, String, Decimal)>, String> {
+/// One trade of an order: its id, commission (and the asset it is in), price and quantity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trade {
+    pub id: u64,
+    pub fee: Decimal,
+    pub asset: String,
+    pub price: Decimal,
+    pub qty: Decimal,
+}
+
+fn trade_of(v: &Value, exec_type: &str) -> Result<Option<Trade>, String> {
     if exec_type != "TRADE" {
         return Ok(None);
     }
-    let id = int(v, "t").ok_or("TRADE without t")?;
-    let fee = dec(v, "n").unwrap_or(Decimal::ZERO);
-    let asset = text(v, "N").unwrap_or("").to_string();
-    let last = dec(v, "L").ok_or("TRADE without L")?;
-    Ok(Some((id, fee, asset, last)))
+    Ok(Some(Trade {
+        id: int(v, "t").ok_or("TRADE without t")?,
+        fee: dec(v, "n").unwrap_or(Decimal::ZERO),
+        asset: text(v, "N").unwrap_or("").to_string(),
+        price: dec(v, "L").ok_or("TRADE without L")?,
+        qty: dec(v, "l").ok_or("TRADE without l")?,
+    }))
+}
+
+/// A REST trade (spot myTrades, futures userTrades) or a fill of a spot FULL answer.
+fn rest_trade(v: &Value, id_key: &str) -> Option<Trade> {
+    Some(Trade {
+        id: int(v, id_key)?,
+        fee: dec(v, "commission").unwrap_or(Decimal::ZERO),
+        asset: text(v, "commissionAsset").unwrap_or("").to_string(),
+        price: dec(v, "price")?,
+        qty: dec(v, "qty")?,
+    })
 }
 
 fn parse_execution_report(v: &Value) -> Result<StreamEvent, String> {
@@ -633,6 +656,14 @@ enum Reply {
     NoAnswer(String),
 }
 
+/// One order's trades counted: their ids, fees (quote currency) and quantity.
+#[derive(Debug, Default, Clone)]
+struct FeeBook {
+    ids: HashSet<u64>,
+    fee: Decimal,
+    qty: Decimal,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Venue clock minus ours, ms.
@@ -647,8 +678,8 @@ struct State {
     banned_until: Option<Instant>,
     /// Venue client id -> ours, for derived ids.
     ids: HashMap<String, String>,
-    /// Per venue client id: the trades counted and the fee so far (quote currency).
-    fees: HashMap<String, (HashSet<u64>, Decimal)>,
+    /// Per venue client id: the fees of the trades seen so far.
+    fees: HashMap<String, FeeBook>,
 }
 
 struct Inner {
@@ -1103,8 +1134,8 @@ impl Binance {
     fn finish(&self, mut order: VenueOrder) -> VenueOrder {
         let state = self.state();
         if let Some(id) = &order.client_order_id {
-            if let Some((_, fee)) = state.fees.get(id) {
-                order.fee = order.fee.max(*fee);
+            if let Some(book) = state.fees.get(id) {
+                order.fee = order.fee.max(book.fee);
             }
             if let Some(ours) = state.ids.get(id) {
                 order.client_order_id = Some(ours.clone());
@@ -1114,30 +1145,34 @@ impl Binance {
         order
     }
 
-    /// Record a stream trade's fee once (by trade id); the order's fee so far.
-    fn add_fee(
-        &self,
-        client: &str,
-        symbol: &str,
-        trade: (u64, Decimal, String, Decimal),
-    ) -> Decimal {
-        let (id, fee, asset, price) = trade;
+    /// Count a trade's fee once (by trade id); the order's fee so far.
+    fn add_fee(&self, client: &str, symbol: &str, trade: &Trade) -> Decimal {
         let mut state = self.state();
         let converted = state
             .rules
             .get(symbol)
-            .and_then(|rules| fee_in_quote(rules, fee, &asset, price));
-        let entry = state.fees.entry(client.to_string()).or_default();
-        if entry.0.insert(id) {
+            .and_then(|rules| fee_in_quote(rules, trade.fee, &trade.asset, trade.price));
+        let book = state.fees.entry(client.to_string()).or_default();
+        if book.ids.insert(trade.id) {
+            book.qty = book.qty.checked_add(trade.qty).unwrap_or(book.qty);
             match converted {
-                Some(value) => entry.1 = entry.1.checked_add(value).unwrap_or(entry.1),
+                Some(value) => book.fee = book.fee.checked_add(value).unwrap_or(book.fee),
                 None => tracing::warn!(
-                    venue = %self.inner.name, symbol, asset = %asset, fee = %fee,
+                    venue = %self.inner.name, symbol, asset = %trade.asset, fee = %trade.fee,
                     "fee charged in an asset other than the symbol's: left out of the reported fee"
                 ),
             }
         }
-        entry.1
+        book.fee
+    }
+
+    /// The quantity of the order's trades whose fees are counted.
+    fn fee_qty(&self, client: &str) -> Decimal {
+        self.state()
+            .fees
+            .get(client)
+            .map(|book| book.qty)
+            .unwrap_or_default()
     }
 
     fn ids_for(&self, routed: &Routed) -> Result<(String, String), String> {
@@ -1181,9 +1216,12 @@ impl Binance {
             .signed(reqwest::Method::GET, path, &params, weight)
             .await
         {
-            Reply::Ok(value) => parse_rest_order(self.inner.flavor, &value)
-                .map(|order| Some(self.finish(order)))
-                .map_err(|e| VenueError::Transient(format!("malformed order answer: {e}"))),
+            Reply::Ok(value) => {
+                let order = parse_rest_order(self.inner.flavor, &value)
+                    .map_err(|e| VenueError::Transient(format!("malformed order answer: {e}")))?;
+                self.complete_fees(venue_symbol, client, &order).await;
+                Ok(Some(self.finish(order)))
+            }
             Reply::Error { code: -2013, .. } => Ok(None),
             other => Err(reply_error(other)),
         }
@@ -1230,7 +1268,14 @@ impl Binance {
             params.push(("reduceOnly", "true".into()));
         }
         params.push(("newClientOrderId", client.to_string()));
-        params.push(("newOrderRespType", "RESULT".into()));
+        // Spot FULL = RESULT + the fills with their commissions; futures RESULT.
+        params.push((
+            "newOrderRespType",
+            match self.inner.flavor {
+                Flavor::Spot => "FULL".into(),
+                Flavor::Futures => "RESULT".into(),
+            },
+        ));
         params
     }
 
@@ -1321,13 +1366,77 @@ impl Binance {
         }
     }
 
+    /// The fees of a new order's answer: spot FULL answers list the fills with their
+    /// commissions; futures answers have none, so for an order that filled at once the
+    /// stream (which carries them) is given a moment to report that much filled.
+    async fn fees_of_answer(
+        &self,
+        client: &str,
+        venue_symbol: &str,
+        answer: &Value,
+        filled: Decimal,
+    ) {
+        if let Some(fills) = answer.get("fills").and_then(Value::as_array) {
+            for fill in fills {
+                match rest_trade(fill, "tradeId") {
+                    Some(trade) => {
+                        self.add_fee(client, venue_symbol, &trade);
+                    }
+                    None => tracing::warn!(venue = %self.inner.name, "a fill without tradeId, price or qty in the answer"),
+                }
+            }
+            return;
+        }
+        if filled.is_zero() {
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(1_000);
+        while Instant::now() < until {
+            if self.fee_qty(client) >= filled {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// For an order with more filled than the fees counted so far (a fill the stream
+    /// missed), read its trades (spot myTrades, futures userTrades) for their commissions.
+    async fn complete_fees(&self, venue_symbol: &str, client: &str, order: &VenueOrder) {
+        let Some(order_id) = order.venue_order_id.clone() else {
+            return;
+        };
+        if order.filled <= self.fee_qty(client) {
+            return;
+        }
+        let (path, weight) = match self.inner.flavor {
+            Flavor::Spot => ("/api/v3/myTrades", 5),
+            Flavor::Futures => ("/fapi/v1/userTrades", 5),
+        };
+        let params = [("symbol", venue_symbol.to_string()), ("orderId", order_id)];
+        let trades = match self.signed(reqwest::Method::GET, path, &params, weight).await {
+            Reply::Ok(Value::Array(trades)) => trades,
+            other => {
+                tracing::warn!(venue = %self.inner.name, client_order_id = client, error = %reply_error(other), "reading the order's trades failed: its fee may be left out");
+                return;
+            }
+        };
+        for trade in &trades {
+            match rest_trade(trade, "id") {
+                Some(trade) => {
+                    self.add_fee(client, venue_symbol, &trade);
+                }
+                None => tracing::warn!(venue = %self.inner.name, "a trade without id, price or qty ignored"),
+            }
+        }
+    }
+
     /// Handle one stream frame; `true` when the listenKey expired.
     fn on_frame(&self, frame: &str, events: &mpsc::UnboundedSender<VenueEvent>) -> bool {
         match parse_stream(frame) {
             Ok(StreamEvent::Expired) => true,
             Ok(StreamEvent::Other) => false,
             Ok(StreamEvent::Order { mut order, trade }) => {
-                if let (Some(client), Some(trade)) = (&order.client_order_id, trade) {
+                if let (Some(client), Some(trade)) = (&order.client_order_id, &trade) {
                     order.fee = self.add_fee(client, &order.venue_symbol, trade);
                 }
                 let order = self.finish(order);
@@ -1403,7 +1512,12 @@ impl Exchange for Binance {
         let path = self.path("/api/v3/order", "/fapi/v1/order");
         match self.signed(reqwest::Method::POST, path, &params, 1).await {
             Reply::Ok(value) => match parse_rest_order(self.inner.flavor, &value) {
-                Ok(order) => Submitted::Accepted(self.finish(order)),
+                Ok(order) => {
+                    self.fees_of_answer(&client, &venue_symbol, &value, order.filled)
+                        .await;
+                    self.complete_fees(&venue_symbol, &client, &order).await;
+                    Submitted::Accepted(self.finish(order))
+                }
                 Err(e) => Submitted::Unknown {
                     reason: format!("malformed order answer: {e}"),
                 },
@@ -1437,9 +1551,12 @@ impl Exchange for Binance {
             ("origClientOrderId", client.clone()),
         ];
         match self.signed(reqwest::Method::DELETE, path, &params, 1).await {
-            Reply::Ok(value) => parse_rest_order(self.inner.flavor, &value)
-                .map(|order| self.finish(order))
-                .map_err(|e| VenueError::Transient(format!("malformed cancel answer: {e}"))),
+            Reply::Ok(value) => {
+                let order = parse_rest_order(self.inner.flavor, &value)
+                    .map_err(|e| VenueError::Transient(format!("malformed cancel answer: {e}")))?;
+                self.complete_fees(&venue_symbol, &client, &order).await;
+                Ok(self.finish(order))
+            }
             // Unknown order: it ended meanwhile (filled) or never arrived: ask.
             Reply::Error {
                 code: -2011 | -2013,
@@ -1852,7 +1969,13 @@ mod tests {
         assert_eq!(order.filled_notional, d("0.04105764"));
         assert_eq!(
             trade,
-            Some((77, d("0.00004106"), "BTC".into(), d("0.10264410")))
+            Some(Trade {
+                id: 77,
+                fee: d("0.00004106"),
+                asset: "BTC".into(),
+                price: d("0.10264410"),
+                qty: d("0.4"),
+            })
         );
         // A cancel: c is the cancel's id, C the order's.
         let cancel = r#"{"e":"executionReport","E":1,"s":"ETHBTC","c":"cancel-1","C":"ours-1","x":"CANCELED","X":"CANCELED","r":"NONE","i":1,"z":"0","Z":"0","n":"0","N":null,"L":"0"}"#;
@@ -1892,7 +2015,16 @@ mod tests {
         assert_eq!(order.status, VenueStatus::Filled);
         assert_eq!(order.filled_notional, d("180.0015"));
         assert_eq!(order.ts, 3_000_000);
-        assert_eq!(trade, Some((55, d("0.048"), "USDT".into(), d("60001"))));
+        assert_eq!(
+            trade,
+            Some(Trade {
+                id: 55,
+                fee: d("0.048"),
+                asset: "USDT".into(),
+                price: d("60001"),
+                qty: d("0.002"),
+            })
+        );
         assert_eq!(
             parse_stream(r#"{"e":"listenKeyExpired","E":1}"#),
             Ok(StreamEvent::Expired)
