@@ -162,3 +162,247 @@ async def test_stand_in_websocket_feeds(venue: StandIn) -> None:
         msg = await ws.receive(timeout=5)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
     await asyncio.sleep(0)
+
+
+# ----- the adapter through the real binary -------------------------------------------------
+
+import hashlib  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from services.devstack.launcher import SERVICES, System  # noqa: E402
+from services.devstack.natsserver import REPO_ROOT, free_port  # noqa: E402
+
+RISK_ENV = {
+    "RUST_LOG": "warn,rust_execution=info",
+    "MOONBUS__MARKET_DATA__TICK_INTERVAL_MS": "50",
+    "MOONBUS__RISK__STARTING_CASH": '"1000000"',
+    "MOONBUS__RISK__MAX_POSITION_NOTIONAL": '"1000000"',
+    "MOONBUS__RISK__MAX_GROSS_EXPOSURE": '"10000000"',
+    "MOONBUS__RISK__RATE_LIMIT_AGENT": "0",
+    "MOONBUS__RISK__RATE_LIMIT_GLOBAL": "0",
+    "MOONBUS__RISK__RATE_LIMIT_REDUCE_ONLY": "0",
+    "MOONBUS__RISK__MAX_OPEN_ORDERS": "0",
+    "MOONBUS__RISK__MAX_OPEN_ORDERS_PER_SYMBOL": "0",
+    "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
+}
+WAIT = 60.0
+
+
+def cloid_of(client_order_id: str) -> str:
+    return "0x" + hashlib.sha256(client_order_id.encode()).digest()[:16].hex()
+
+
+@pytest.fixture
+def standin_loop_venue() -> Iterator[tuple[asyncio.AbstractEventLoop, StandIn]]:
+    """The stand-in runs on its own event loop in a thread: the test's loop awaits NATS."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    venue = StandIn(mids={"BTC": Decimal("97000"), "ETH": Decimal("3500"), "SOL": Decimal("150")})
+    asyncio.run_coroutine_threadsafe(venue.start(), loop).result(10)
+    try:
+        yield loop, venue
+    finally:
+        asyncio.run_coroutine_threadsafe(venue.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+@pytest.fixture
+def system(tmp_path: Path, standin_loop_venue: tuple[asyncio.AbstractEventLoop, StandIn]) -> Iterator[System]:
+    if not (REPO_ROOT / "rust-execution/src/live/router.rs").exists():
+        pytest.skip("the live router is not there yet")
+    missing = [s.command[0] for s in SERVICES.values() if s.kind == "rust" and not (REPO_ROOT / s.command[0]).exists()]
+    if missing:
+        pytest.fail(f"release binaries missing ({', '.join(missing)}): run `make setup` (or `make test`)")
+    _, venue = standin_loop_venue
+    env = RISK_ENV | {
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__KIND": '"hyperliquid"',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__MODE": '"testnet"',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__MAX_NOTIONAL": '"100000"',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__SYMBOLS": '{ "ETH-USD" = "ETH", "BTC-USD" = "BTC" }',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__REST_URL": f'"{venue.rest_url}"',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__WS_URL": f'"{venue.ws_url}"',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__PING_SECS": "2",
+        "MOONBUS__EXECUTION__LIVE_POLL_MS": "300",
+        "HYPERLIQUID_AGENT_PRIVATE_KEY": venue.agent_key,
+        "HYPERLIQUID_ACCOUNT_ADDRESS": venue.account,
+    }
+    system = System().start(port=free_port(), moon_dir=tmp_path, services=["market-data", "risk", "execution"],
+                            out=None, env=env)
+    try:
+        yield system
+    finally:
+        system.stop()
+        print(system.tail(60))  # shown by pytest only when the test failed
+
+
+class Operator:
+    def __init__(self, system: System, nc, loop: asyncio.AbstractEventLoop, venue: StandIn) -> None:
+        self.system, self.nc, self.loop, self.venue = system, nc, loop, venue
+        self.js = nc.jetstream()
+        self.reports: dict[str, list[dict]] = defaultdict(list)
+
+    async def on_report(self, msg) -> None:
+        report = json.loads(msg.data)
+        if report.get("client_order_id"):
+            self.reports[report["client_order_id"]].append(report)
+
+    async def hook(self, coro):
+        """Run a stand-in hook on its own loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def until(self, condition, what: str, timeout: float = WAIT) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"timed out waiting for: {what}\nreports: {dict(self.reports)}\nrefusals: {self.venue.refusals}\n"
+                f"{self.system.tail(40)}")
+            await asyncio.sleep(0.05)
+
+    def statuses(self, cid: str) -> list[str]:
+        return [r["status"] for r in self.reports[cid]]
+
+    async def wait_status(self, cid: str, status: str) -> dict:
+        await self.until(lambda: status in self.statuses(cid), f"{cid} {status}")
+        return [r for r in self.reports[cid] if r["status"] == status][-1]
+
+    async def submit(self, cid: str, symbol: str, side: str, quantity: str, limit: str | None = None,
+                     tif: str = "GTC", reduce_only: bool = False) -> None:
+        body = {"client_order_id": cid, "agent": "operator", "symbol": symbol, "venue": "hyperliquid",
+                "side": side, "type": "LIMIT" if limit else "MARKET", "quantity": quantity,
+                "time_in_force": tif, "reduce_only": reduce_only, "origin_ts": 1, "ts": 1}
+        if limit:
+            body["limit_price"] = limit
+        await self.js.publish(f"orders.submit.operator.{symbol}", json.dumps(body).encode(),
+                              headers={"Nats-Msg-Id": cid})
+
+    async def cancel(self, cid: str, symbol: str) -> None:
+        body = {"client_order_id": cid, "agent": "operator", "symbol": symbol, "ts": 1}
+        await self.js.publish(f"orders.cancel.operator.{symbol}", json.dumps(body).encode(),
+                              headers={"Nats-Msg-Id": f"cancel-{cid}"})
+
+
+@pytest.fixture
+async def operator(system: System, standin_loop_venue) -> AsyncIterator[Operator]:
+    import nats
+
+    loop, venue = standin_loop_venue
+    env = system.env_for("operator")
+    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
+                            inbox_prefix=f"_INBOX.{env['NATS_USER']}")
+    op = Operator(system, nc, loop, venue)
+    try:
+        await nc.subscribe("exec.report.>", cb=op.on_report)
+        states: dict[str, str] = {}
+
+        async def on_verdict(msg) -> None:
+            verdict = json.loads(msg.data)
+            states[verdict["symbol"]] = verdict["state"]
+
+        sub = await nc.subscribe("risk.verdict.>", cb=on_verdict)
+        await op.until(lambda: states.get("ETH-USD") == "ACTIVE", "risk trading ETH-USD", timeout=120)
+        await sub.unsubscribe()
+        await op.until(lambda: venue.subscribed("userFills") and venue.subscribed("orderUpdates"),
+                       "the adapter subscribed to the user feeds")
+        yield op
+    finally:
+        await nc.close()
+
+
+@pytest.mark.e2e
+async def test_binary_limit_rests_fills_in_part_and_cancels(operator: Operator) -> None:
+    op, venue = operator, operator.venue
+    await op.submit("hl-1", "ETH-USD", "BUY", "0.1", limit="3400")
+    await op.wait_status("hl-1", "ACCEPTED")
+    order = venue.find(cloid_of("hl-1"))  # the cloid is sha256(client_order_id)[:16]
+    assert (order.px, order.orig_sz, order.tif, order.is_buy) == (Decimal("3400"), Decimal("0.1"), "Gtc", True)
+    await op.hook(venue.fill(order.oid, Decimal("0.04")))
+    partial = await op.wait_status("hl-1", "PARTIALLY_FILLED")
+    assert Decimal(partial["filled_quantity"]) == Decimal("0.04")
+    assert Decimal(partial["avg_fill_price"]) == Decimal("3400")
+    assert Decimal(partial["fee"]) == Decimal("0.0204")  # 3400 x 0.04 x 1.5 bps, in USDC
+    await op.cancel("hl-1", "ETH-USD")
+    cancelled = await op.wait_status("hl-1", "CANCELLED")
+    assert Decimal(cancelled["filled_quantity"]) == Decimal("0.04")
+    assert venue.find(order.oid).status == "canceled"
+    # Every action came signed by the agent (the stand-in recovered each), nonces rising.
+    assert venue.refusals == []
+    kinds = [a["action"]["type"] for a in venue.actions]
+    assert kinds == ["order", "cancelByCloid"]
+    assert venue.actions[0]["expiresAfter"] > venue.actions[0]["nonce"]
+    assert venue.actions[1]["nonce"] > venue.actions[0]["nonce"]
+
+
+@pytest.mark.e2e
+async def test_binary_market_ioc_short_and_rejections(operator: Operator) -> None:
+    op, venue = operator, operator.venue
+    # MARKET: IOC at mid 3500 x 1.005 = 3517.5, filled at the mid; SELL with no position: a short.
+    await op.submit("hl-m1", "ETH-USD", "SELL", "0.01")
+    filled = await op.wait_status("hl-m1", "FILLED")
+    assert Decimal(filled["avg_fill_price"]) == Decimal("3500")
+    sent = venue.actions[0]["action"]["orders"][0]
+    assert (sent["p"], sent["t"], sent["b"]) == ("3482.5", {"limit": {"tif": "Ioc"}}, False)
+    # An IOC the book fills in part: the rest EXPIRED.
+    venue.ioc_liquidity = Decimal("0.004")
+    await op.submit("hl-m2", "ETH-USD", "BUY", "0.01", limit="3600", tif="IOC")
+    expired = await op.wait_status("hl-m2", "EXPIRED")
+    assert Decimal(expired["filled_quantity"]) == Decimal("0.004")
+    venue.ioc_liquidity = None
+    # Checked before sending: size step (szDecimals 4), price figures, minimum value.
+    await op.submit("hl-r1", "ETH-USD", "BUY", "0.00001", limit="3400")
+    assert "lot_size" in (await op.wait_status("hl-r1", "REJECTED"))["reason"]
+    await op.submit("hl-r2", "ETH-USD", "BUY", "0.01", limit="3400.55")
+    assert "tick_size" in (await op.wait_status("hl-r2", "REJECTED"))["reason"]
+    await op.submit("hl-r3", "ETH-USD", "BUY", "0.001", limit="3400")
+    assert "min_notional" in (await op.wait_status("hl-r3", "REJECTED"))["reason"]
+    # Refused by the venue: its words in the reason.
+    venue.reject_next.append("Insufficient margin to place order. asset=1")
+    await op.submit("hl-r4", "ETH-USD", "BUY", "0.01", limit="3400")
+    assert "Insufficient margin" in (await op.wait_status("hl-r4", "REJECTED"))["reason"]
+    # None of the locally refused orders reached the venue.
+    assert [a["action"]["orders"][0]["c"] for a in venue.actions] == [cloid_of(c) for c in ("hl-m1", "hl-m2", "hl-r4")]
+    state = venue.positions["ETH"]
+    assert state[0] == Decimal("-0.006")  # -0.01 + 0.004
+
+
+@pytest.mark.e2e
+async def test_binary_duplicate_cloid_unknown_answer_and_stream_drop(operator: Operator) -> None:
+    op, venue = operator, operator.venue
+    # The order is already at the venue (an earlier send): the duplicate is refused, the
+    # adapter finds it by its cloid and follows it.
+    status, body = await op.hook(Client(venue).order("ETH", True, "0.02", "3300", cloid=cloid_of("hl-d1")))
+    assert "resting" in body["response"]["data"]["statuses"][0]
+    await op.submit("hl-d1", "ETH-USD", "BUY", "0.02", limit="3300")
+    await op.wait_status("hl-d1", "ACCEPTED")
+    assert len(venue.orders) == 1
+    await op.hook(venue.fill(cloid_of("hl-d1"), Decimal("0.02")))
+    assert Decimal((await op.wait_status("hl-d1", "FILLED"))["filled_quantity"]) == Decimal("0.02")
+    # No answer (502 after the venue placed it) and its stream update lost: never resent,
+    # found by orderStatus with its cloid.
+    venue.answer_5xx = 1
+    venue.mute_ws = True
+    await op.submit("hl-u1", "ETH-USD", "BUY", "0.01", limit="3300")
+    await op.wait_status("hl-u1", "ACCEPTED")
+    await op.until(lambda: any(r.get("type") == "orderStatus" and r.get("oid") == cloid_of("hl-u1")
+                               for r in venue.info_requests), "the unanswered order queried")
+    venue.mute_ws = False
+    await op.hook(venue.fill(cloid_of("hl-u1"), Decimal("0.01")))
+    await op.wait_status("hl-u1", "FILLED")
+    assert sum(1 for a in venue.actions if a["action"]["orders"][0].get("c") == cloid_of("hl-u1")
+               if a["action"]["type"] == "order") == 1
+    # The stream drops; a fill while it is down arrives by the snapshot after the reconnect
+    # (or the query of the working order): reported once.
+    await op.submit("hl-s1", "ETH-USD", "SELL", "0.01", limit="3700")
+    await op.wait_status("hl-s1", "ACCEPTED")
+    await op.hook(venue.drop_ws())
+    await op.hook(venue.fill(cloid_of("hl-s1"), Decimal("0.01"), push=False))
+    filled = await op.wait_status("hl-s1", "FILLED")
+    assert Decimal(filled["avg_fill_price"]) == Decimal("3700")
+    await op.until(lambda: venue.subscribed("userFills"), "the adapter back on the user feeds")
+    await asyncio.sleep(1)
+    assert op.statuses("hl-s1").count("FILLED") == 1

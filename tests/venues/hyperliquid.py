@@ -145,6 +145,7 @@ class StandIn:
     answer_delay: float = 0.0  # delay before answering an order (after placing it)
     answer_5xx: int = 0  # the next N orders are placed but answered 502
     force_429: int = 0  # the next N requests are answered 429
+    mute_ws: bool = False  # the WebSocket feeds say nothing (updates lost, connections kept)
 
     def __post_init__(self) -> None:
         self.account = self.account.lower()
@@ -208,6 +209,8 @@ class StandIn:
     # ----- the WebSocket
 
     async def push(self, feed: str, message: dict[str, Any]) -> None:
+        if self.mute_ws:
+            return
         text = json.dumps(message)
         for ws in list(self.sockets):
             if feed in self.subscriptions.get(ws, set()) and not ws.closed:

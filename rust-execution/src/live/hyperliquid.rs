@@ -61,6 +61,8 @@ const MAX_SIG_FIGS: u32 = 5;
 const QUOTE: &str = "USDC";
 /// How many fill ids are remembered for deduplication.
 const SEEN_TIDS: usize = 100_000;
+/// How many fills of not-yet-known orders are kept.
+const UNMATCHED_FILLS: usize = 1_000;
 
 fn default_account_env() -> String {
     "HYPERLIQUID_ACCOUNT_ADDRESS".into()
@@ -233,6 +235,8 @@ struct Book {
     oid_to_cloid: HashMap<u64, String>,
     seen: HashSet<u64>,
     seen_order: VecDeque<u64>,
+    /// Fills of orders not known yet (a fill can beat the answer that names its oid).
+    unmatched: VecDeque<WsFill>,
 }
 
 impl Book {
@@ -267,8 +271,16 @@ impl Book {
                 debug!(
                     oid = fill.oid,
                     tid = fill.tid,
-                    "hyperliquid: fill of an order not ours"
+                    "hyperliquid: fill of an order not known (yet)"
                 );
+                if !self.seen.contains(&fill.tid)
+                    && !self.unmatched.iter().any(|f| f.tid == fill.tid)
+                {
+                    self.unmatched.push_back(fill.clone());
+                    if self.unmatched.len() > UNMATCHED_FILLS {
+                        self.unmatched.pop_front();
+                    }
+                }
                 continue;
             };
             if !self.remember_tid(fill.tid) {
@@ -314,6 +326,22 @@ impl Book {
             .collect()
     }
 
+    /// Links an oid to our order and applies the fills of it that came before.
+    fn register_oid(&mut self, oid: u64, cloid: &str) -> Vec<VenueOrder> {
+        self.oid_to_cloid.insert(oid, cloid.to_string());
+        if let Some(track) = self.by_cloid.get_mut(cloid) {
+            track.oid.get_or_insert(oid);
+        }
+        let (early, rest): (Vec<WsFill>, Vec<WsFill>) =
+            self.unmatched.drain(..).partition(|f| f.oid == oid);
+        self.unmatched = rest.into();
+        if early.is_empty() {
+            Vec::new()
+        } else {
+            self.apply_fills(&early)
+        }
+    }
+
     /// Applies order state updates; returns the orders that changed.
     fn apply_updates(&mut self, updates: &[WsOrderUpdate]) -> Vec<VenueOrder> {
         let mut out = Vec::new();
@@ -321,6 +349,7 @@ impl Book {
             let Some(cloid) = self.cloid_of(update.oid, update.cloid.as_deref()) else {
                 continue;
             };
+            out.extend(self.register_oid(update.oid, &cloid));
             let Some(track) = self.by_cloid.get_mut(&cloid) else {
                 continue;
             };
@@ -332,7 +361,6 @@ impl Book {
             track.oid.get_or_insert(update.oid);
             track.set_status(status, venue_filled, reason);
             track.ts = track.ts.max(update.ts.saturating_mul(1_000_000));
-            self.oid_to_cloid.insert(update.oid, cloid.clone());
             out.push(track.view());
         }
         out
@@ -683,12 +711,10 @@ impl Hyperliquid {
     ) -> Option<VenueOrder> {
         let mut book = self.inner.book.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(oid) = oid {
-            book.oid_to_cloid.insert(oid, cloid.to_string());
+            // Fills that came before the answer count now (the answer's state has them).
+            book.register_oid(oid, cloid);
         }
         let track = book.by_cloid.get_mut(cloid)?;
-        if let Some(oid) = oid {
-            track.oid.get_or_insert(oid);
-        }
         track.set_status(status, venue_filled, reason);
         Some(track.view())
     }
@@ -786,22 +812,34 @@ impl Hyperliquid {
         let view = self.update_track(&cloid, Some(status.oid), st, venue_filled, reason);
         // The venue says more was filled than the fills we saw: fetch the user's fills.
         if view.as_ref().is_some_and(|v| v.filled < venue_filled) {
-            match self
-                .info(json!({"type": "userFills", "user": self.inner.user}))
-                .await
-            {
-                Ok(fills) => {
-                    let fills = parse_fill_list(&fills).map_err(VenueError::Transient)?;
-                    let changed = {
-                        let mut book = self.inner.book.lock().unwrap_or_else(|e| e.into_inner());
-                        book.apply_fills(&fills)
-                    };
-                    self.emit(changed);
-                }
-                Err(e) => warn!(venue = %self.inner.name, "hyperliquid: userFills: {e}"),
-            }
+            self.catch_up_fills().await;
         }
         Ok(self.view(&cloid))
+    }
+
+    /// Reads the user's recent fills (`userFills`) and applies those not seen yet.
+    async fn catch_up_fills(&self) {
+        let fills = match self
+            .info(json!({"type": "userFills", "user": self.inner.user}))
+            .await
+        {
+            Ok(v) => match parse_fill_list(&v) {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(venue = %self.inner.name, "hyperliquid: userFills: {e}");
+                    return;
+                }
+            },
+            Err(e) => {
+                warn!(venue = %self.inner.name, "hyperliquid: userFills: {e}");
+                return;
+            }
+        };
+        let changed = {
+            let mut book = self.inner.book.lock().unwrap_or_else(|e| e.into_inner());
+            book.apply_fills(&fills)
+        };
+        self.emit(changed);
     }
 }
 
@@ -931,7 +969,14 @@ impl Exchange for Hyperliquid {
                 };
                 let reason =
                     (status == VenueStatus::Expired).then(|| "IOC remainder expired".to_string());
-                match self.update_track(&cloid, Some(oid), status, total_sz, reason) {
+                let mut view = self.update_track(&cloid, Some(oid), status, total_sz, reason);
+                // Filled at once: the fills behind the answer, if the stream has not
+                // brought them yet (the figures come from fills only).
+                if view.as_ref().is_some_and(|v| v.filled < total_sz) {
+                    self.catch_up_fills().await;
+                    view = self.view(&cloid);
+                }
+                match view {
                     Some(v) => Submitted::Accepted(v),
                     None => Submitted::Unknown {
                         reason: "order not tracked".into(),
@@ -2512,6 +2557,28 @@ mod tests {
         let h = mk(s).unwrap();
         assert_eq!(h.inner.settings.slippage_bps, 25);
         assert_eq!(h.unknown_deadline(), Duration::from_secs(172_800));
+    }
+
+    #[test]
+    fn a_fill_before_the_answer_counts_once_the_oid_is_known() {
+        let mut book = Book::default();
+        tracked(&mut book, "0x03", "0.2", false);
+        // The fill names oid 8, not yet linked to our order (no cloid on the fill).
+        assert!(book
+            .apply_fills(&fills(json!([fill(8, 11, "100", "0.2", "0.01")])))
+            .is_empty());
+        let out = book.register_oid(8, "0x03");
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].filled, out[0].filled_notional),
+            (d("0.2"), d("20.0"))
+        );
+        // Not applied twice: neither again from the buffer nor from a replay.
+        assert!(book.register_oid(8, "0x03").is_empty());
+        assert!(book
+            .apply_fills(&fills(json!([fill(8, 11, "100", "0.2", "0.01")])))
+            .is_empty());
+        assert_eq!(book.by_cloid["0x03"].filled, d("0.2"));
     }
 
     #[tokio::test]
