@@ -760,10 +760,7 @@ impl Engine {
             equity = match (live.equity, live.cash) {
                 (Some(venue_equity), _) => {
                     let mut booked = Some(flow);
-                    for ((venue, symbol), quantity) in &self.recon.books.positions {
-                        if venue != live.venue || quantity.is_zero() {
-                            continue;
-                        }
+                    for (symbol, quantity) in self.recon.books.held_on(live.venue) {
                         let price = self.valuation_price(symbol).unwrap_or(Decimal::ZERO);
                         booked = booked
                             .zip(quantity.checked_mul(price))

@@ -64,10 +64,11 @@ impl Default for ReconSettings {
 }
 
 /// Risk's books per venue: the signed quantity its fills on each venue built per symbol,
-/// and the cash those fills moved (-quantity x price - fee).
+/// and the cash those fills moved (-quantity x price - fee). Nested maps: booking a fill
+/// of a known venue and symbol allocates nothing (the backtester books millions).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VenueBooks {
-    pub positions: BTreeMap<(Venue, Symbol), Decimal>,
+    pub positions: BTreeMap<Venue, BTreeMap<Symbol, Decimal>>,
     pub cash_flow: BTreeMap<Venue, Decimal>,
 }
 
@@ -82,32 +83,48 @@ impl VenueBooks {
         price: Decimal,
         fee: Decimal,
     ) {
-        let position = self
-            .positions
-            .entry((venue.clone(), symbol.clone()))
-            .or_default();
-        *position = position.saturating_add(quantity);
+        if !self.positions.contains_key(venue) {
+            self.positions.insert(venue.clone(), BTreeMap::new());
+        }
+        if !self.cash_flow.contains_key(venue) {
+            self.cash_flow.insert(venue.clone(), Decimal::ZERO);
+        }
+        if let Some(symbols) = self.positions.get_mut(venue) {
+            match symbols.get_mut(symbol) {
+                Some(position) => *position = position.saturating_add(quantity),
+                None => {
+                    symbols.insert(symbol.clone(), quantity);
+                }
+            }
+        }
         let flow = quantity
             .checked_mul(price)
             .and_then(|v| v.checked_add(fee))
             .map_or(Decimal::MIN, |v| -v);
-        let cash = self.cash_flow.entry(venue.clone()).or_default();
-        *cash = cash.saturating_add(flow);
+        if let Some(cash) = self.cash_flow.get_mut(venue) {
+            *cash = cash.saturating_add(flow);
+        }
     }
 
     pub fn quantity(&self, venue: &Venue, symbol: &Symbol) -> Decimal {
         self.positions
-            .get(&(venue.clone(), symbol.clone()))
+            .get(venue)
+            .and_then(|symbols| symbols.get(symbol))
             .copied()
             .unwrap_or_default()
     }
 
-    /// The symbols risk holds (non-zero) on `venue`.
-    fn held_on<'a>(&'a self, venue: &'a Venue) -> impl Iterator<Item = &'a Symbol> + 'a {
+    /// The symbols risk holds (non-zero) on `venue`, with their quantities.
+    pub fn held_on<'a>(
+        &'a self,
+        venue: &Venue,
+    ) -> impl Iterator<Item = (&'a Symbol, Decimal)> + 'a {
         self.positions
-            .iter()
-            .filter(move |((v, _), q)| v == venue && !q.is_zero())
-            .map(|((_, s), _)| s)
+            .get(venue)
+            .into_iter()
+            .flat_map(|symbols| symbols.iter())
+            .filter(|(_, q)| !q.is_zero())
+            .map(|(s, q)| (s, *q))
     }
 }
 
@@ -419,7 +436,7 @@ fn compare(
             .or_insert(Some(Decimal::ZERO));
         *sum = sum.and_then(|s| s.checked_add(position.quantity.get()));
     }
-    for symbol in books.held_on(venue) {
+    for (symbol, _) in books.held_on(venue) {
         reported.entry(symbol).or_insert(Some(Decimal::ZERO));
     }
     let mut differences = Vec::new();

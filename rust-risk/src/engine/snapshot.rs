@@ -152,7 +152,11 @@ impl Engine {
                 .books
                 .positions
                 .iter()
-                .map(|((v, s), q)| (v.clone(), s.clone(), Dec(*q)))
+                .flat_map(|(v, symbols)| {
+                    symbols
+                        .iter()
+                        .map(move |(s, q)| (v.clone(), s.clone(), Dec(*q)))
+                })
                 .collect(),
             venue_cash_flow: self
                 .recon
@@ -218,11 +222,15 @@ impl Engine {
             shifted(state.day_start_equity)?,
         );
         self.unbooked_fill = state.unbooked_fill;
-        self.recon.books.positions = state
-            .venue_positions
-            .into_iter()
-            .map(|(v, s, q)| ((v, s), q.0))
-            .collect();
+        self.recon.books.positions.clear();
+        for (venue, symbol, quantity) in state.venue_positions {
+            self.recon
+                .books
+                .positions
+                .entry(venue)
+                .or_default()
+                .insert(symbol, quantity.0);
+        }
         self.recon.books.cash_flow = state
             .venue_cash_flow
             .into_iter()
