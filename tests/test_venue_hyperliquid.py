@@ -228,7 +228,9 @@ def system(tmp_path: Path, standin_loop_venue: tuple[asyncio.AbstractEventLoop, 
         "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__REST_URL": f'"{venue.rest_url}"',
         "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__WS_URL": f'"{venue.ws_url}"',
         "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__PING_SECS": "2",
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__EXPIRES_AFTER_MS": "3000",
         "MOONBUS__EXECUTION__LIVE_POLL_MS": "300",
+        "MOONBUS__EXECUTION__RECONCILE_INTERVAL_MS": "500",
         "HYPERLIQUID_AGENT_PRIVATE_KEY": venue.agent_key,
         "HYPERLIQUID_ACCOUNT_ADDRESS": venue.account,
     }
@@ -406,3 +408,49 @@ async def test_binary_duplicate_cloid_unknown_answer_and_stream_drop(operator: O
     await op.until(lambda: venue.subscribed("userFills"), "the adapter back on the user feeds")
     await asyncio.sleep(1)
     assert op.statuses("hl-s1").count("FILLED") == 1
+
+
+@pytest.mark.e2e
+async def test_binary_account_health_and_rate_limit(operator: Operator) -> None:
+    op, venue = operator, operator.venue
+    statuses: list[dict] = []
+
+    async def on_status(msg) -> None:
+        statuses.append(json.loads(msg.data))
+
+    await op.nc.subscribe("exec.venue.hyperliquid", cb=on_status)
+    # An order at the venue that is not ours; a short of ours.
+    await op.hook(Client(venue).order("BTC", False, "0.001", "99000", cloid="0x" + "77" * 16))
+    await op.submit("hl-a1", "ETH-USD", "SELL", "0.01")
+    await op.wait_status("hl-a1", "FILLED")
+
+    def latest_account():
+        for st in reversed(statuses):
+            if st.get("account") and st["account"].get("positions"):
+                return st
+        return None
+
+    await op.until(lambda: latest_account() is not None, "the account with the short read")
+    st = latest_account()
+    assert st["kind"] == "hyperliquid" and st["mode"] == "testnet" and st["connected"] is True
+    position = st["account"]["positions"][0]
+    assert (position["symbol"], Decimal(position["quantity"]), Decimal(position["entry_price"])) == (
+        "ETH-USD", Decimal("-0.01"), Decimal("3500"))
+    assert Decimal(st["account"]["equity"]) > 0 and Decimal(st["account"]["cash"]) > 0
+    assert [o["venue_symbol"] for o in st["unknown_orders"]] == ["BTC"]
+    asked = {r["type"] for r in venue.info_requests}
+    assert {"clearinghouseState", "frontendOpenOrders", "meta", "allMids"} <= asked
+    # The stream drops: the venue is reported disconnected, then connected again.
+    await op.hook(venue.drop_ws())
+    await op.until(lambda: any(s["connected"] is False for s in statuses), "disconnected reported")
+    n = len(statuses)
+    await op.until(lambda: any(s["connected"] for s in statuses[n:]), "connected again")
+    # Rate limited (429) on the send: nothing was placed; queried by cloid until the
+    # action's expiry has passed, then REJECTED, never resent.
+    venue.exchange_429 = 1
+    await op.submit("hl-q1", "ETH-USD", "BUY", "0.01", limit="3300")
+    rejected = await op.wait_status("hl-q1", "REJECTED")
+    assert "never" in rejected["reason"], rejected
+    assert not any(a["action"]["type"] == "order" and a["action"]["orders"][0].get("c") == cloid_of("hl-q1")
+                   for a in venue.actions)
+    assert any(r.get("type") == "orderStatus" and r.get("oid") == cloid_of("hl-q1") for r in venue.info_requests)

@@ -145,6 +145,7 @@ class StandIn:
     answer_delay: float = 0.0  # delay before answering an order (after placing it)
     answer_5xx: int = 0  # the next N orders are placed but answered 502
     force_429: int = 0  # the next N requests are answered 429
+    exchange_429: int = 0  # the next N /exchange requests are answered 429 (nothing placed)
     mute_ws: bool = False  # the WebSocket feeds say nothing (updates lost, connections kept)
 
     def __post_init__(self) -> None:
@@ -390,6 +391,9 @@ class StandIn:
     async def exchange(self, request: web.Request) -> web.Response:
         if (limited := self.take_429()) is not None:
             return limited
+        if self.exchange_429 > 0:
+            self.exchange_429 -= 1
+            return web.Response(status=429, text="Too many requests")
         try:
             body = await request.json()
             action = canonical_action(body["action"])
