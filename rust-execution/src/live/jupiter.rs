@@ -912,6 +912,8 @@ impl Jupiter {
                 return done.clone();
             }
             sent.terminal = Some(order.clone());
+            // Never sent again: the signed bytes are no longer needed.
+            sent.tx_base64 = String::new();
         }
         order
     }
@@ -1141,7 +1143,7 @@ impl Jupiter {
                 // It may be out there: watch it (re-sending the same bytes is safe).
                 self.spawn_watcher(cid);
                 Submitted::Unknown {
-                    reason: format!("sendTransaction: {why} (signature {signature})"),
+                    reason: format!("{why} (signature {signature})"),
                 }
             }
         }
@@ -1360,16 +1362,20 @@ impl Jupiter {
             );
             Decimal::ZERO
         };
-        let (status, reason) = if filled < sent.quantity {
+        let (status, reason, filled) = if filled < sent.quantity {
             (
                 VenueStatus::Expired,
                 Some(format!("partial_swap: {filled} of {}", sent.quantity)),
+                filled,
             )
         } else {
             if filled > sent.quantity {
-                tracing::warn!(client_order_id = cid, %filled, quantity = %sent.quantity, "swap filled more than ordered");
+                // ExactIn/ExactOut fix the base amount: more can only be a balance moved by
+                // something else in the same transaction. Reported as the ordered quantity
+                // (the notional is what was paid or received); reconciliation sees the rest.
+                tracing::warn!(client_order_id = cid, %filled, quantity = %sent.quantity, "the wallet's base balance moved more than ordered: reported as the ordered quantity");
             }
-            (VenueStatus::Filled, None)
+            (VenueStatus::Filled, None, sent.quantity)
         };
         Ok(VenueOrder {
             status,
@@ -1689,7 +1695,10 @@ mod tests {
         for (secret, public, message, signature) in RFC8032 {
             let key = SigningKey::from_bytes(&unhex(secret).try_into().unwrap());
             assert_eq!(key.verifying_key().to_bytes().to_vec(), unhex(public));
-            assert_eq!(key.sign(&unhex(message)).to_bytes().to_vec(), unhex(signature));
+            assert_eq!(
+                key.sign(&unhex(message)).to_bytes().to_vec(),
+                unhex(signature)
+            );
         }
     }
 
@@ -1703,7 +1712,8 @@ mod tests {
     const FIXTURE_PUBKEY: &str = "FAe4sisG95oZ42w7buUn5qEE4TAnfTTFPiguZUHmhiF";
     const V0_UNSIGNED: &str = "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACAAQABAwOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAQIDAAEDDm1vb25idXMgc3dhcCAxAQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJAAEA";
     const V0_SIGNED: &str = "Ac6xs2M1gK9iGowU0oWNU7/SnLmBt4O/yLx8s2+e2MG9qPjnruvhVlKceRpjlDZbyfbqLjD52h+KzZEzUI9UlgaAAQABAwOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3chmQSVTG4BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAQIDAAEDDm1vb25idXMgc3dhcCAxAQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJAAEA";
-    const V0_SIGNATURE: &str = "58gf3KBzvGmjiqnbBJAaK38SXyUforQ8TNm9UTBNqf6ox7WZep1ob6V5F8d1KUT3NNDBELfyrZHCW49LdJiQkqw3";
+    const V0_SIGNATURE: &str =
+        "58gf3KBzvGmjiqnbBJAaK38SXyUforQ8TNm9UTBNqf6ox7WZep1ob6V5F8d1KUT3NNDBELfyrZHCW49LdJiQkqw3";
     const LEGACY_UNSIGNED: &str = "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAABAAECA6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbgFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAQEBAAZsZWdhY3k=";
     const LEGACY_SIGNED: &str = "AQtRyS0ImlWxLG+AwPqsl1MUYi3ra8J/3OWkHqM93vB7EO1jv8bzrWcZS+xhRRpfUwH+8NBXSpwGaVQRiCwSBAsBAAECA6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbgFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAQEBAAZsZWdhY3k=";
 
@@ -1743,7 +1753,10 @@ mod tests {
         let other = SigningKey::from_bytes(&[42u8; 32]);
         let mut tx = SwapTransaction::parse(&b64(V0_UNSIGNED)).unwrap();
         let err = tx.sign_as_only_signer(&other).unwrap_err();
-        assert!(err.contains("fee payer is FAe4sisG95oZ42w7buUn5qEE4TAnfTTFPiguZUHmhiF"), "{err}");
+        assert!(
+            err.contains("fee payer is FAe4sisG95oZ42w7buUn5qEE4TAnfTTFPiguZUHmhiF"),
+            "{err}"
+        );
         assert_eq!(tx.signatures[0], [0u8; 64], "nothing signed");
         // Two required signatures (header byte after the version prefix) and two slots.
         let mut bytes = b64(V0_UNSIGNED);
@@ -1751,7 +1764,10 @@ mod tests {
         bytes.splice(1..1, [0u8; 64]);
         bytes[1 + 128 + 1] = 2;
         let mut two = SwapTransaction::parse(&bytes).unwrap();
-        assert!(two.sign_as_only_signer(&fixture_key()).unwrap_err().contains("2 signers"));
+        assert!(two
+            .sign_as_only_signer(&fixture_key())
+            .unwrap_err()
+            .contains("2 signers"));
     }
 
     #[test]
@@ -1799,11 +1815,16 @@ mod tests {
         for fixture in [V0_UNSIGNED, LEGACY_UNSIGNED, V0_SIGNED] {
             let bytes = b64(fixture);
             for cut in 0..bytes.len() {
-                assert!(SwapTransaction::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+                assert!(
+                    SwapTransaction::parse(&bytes[..cut]).is_err(),
+                    "cut at {cut}"
+                );
             }
             let mut longer = bytes.clone();
             longer.push(0);
-            assert!(SwapTransaction::parse(&longer).unwrap_err().contains("trailing"));
+            assert!(SwapTransaction::parse(&longer)
+                .unwrap_err()
+                .contains("trailing"));
             // Every single-byte change parses or fails, never panics.
             for i in 0..bytes.len() {
                 for v in [0x00, 0x01, 0x7f, 0x80, 0xff] {
@@ -1815,11 +1836,15 @@ mod tests {
         }
         let mut v1 = b64(V0_UNSIGNED);
         v1[65] = 0x81;
-        assert!(SwapTransaction::parse(&v1).unwrap_err().contains("version 1"));
+        assert!(SwapTransaction::parse(&v1)
+            .unwrap_err()
+            .contains("version 1"));
         let mut no_slot = b64(V0_UNSIGNED);
         no_slot.drain(0..65);
         no_slot.insert(0, 0);
-        assert!(SwapTransaction::parse(&no_slot).unwrap_err().contains("0 signature slots"));
+        assert!(SwapTransaction::parse(&no_slot)
+            .unwrap_err()
+            .contains("0 signature slots"));
         assert!(SwapTransaction::parse(&[0xff, 0xff, 0x03]).is_err());
     }
 
@@ -1838,13 +1863,21 @@ mod tests {
     fn atomic_amounts_are_exact() {
         assert_eq!(to_atomic(dec("1.5"), 9), Ok(1_500_000_000));
         assert_eq!(to_atomic(dec("0.000000001"), 9), Ok(1));
-        assert_eq!(to_atomic(dec("2.500000"), 6), Ok(2_500_000), "trailing zeros are fine");
+        assert_eq!(
+            to_atomic(dec("2.500000"), 6),
+            Ok(2_500_000),
+            "trailing zeros are fine"
+        );
         assert_eq!(to_atomic(dec("7"), 0), Ok(7));
-        assert!(to_atomic(dec("0.0000000001"), 9).unwrap_err().contains("more than the token's 9 decimals"));
+        assert!(to_atomic(dec("0.0000000001"), 9)
+            .unwrap_err()
+            .contains("more than the token's 9 decimals"));
         assert!(to_atomic(dec("1.0000001"), 6).is_err());
         assert!(to_atomic(dec("0"), 6).is_err());
         assert!(to_atomic(dec("-1"), 6).is_err());
-        assert!(to_atomic(dec("18446744073709551616"), 0).unwrap_err().contains("too large"));
+        assert!(to_atomic(dec("18446744073709551616"), 0)
+            .unwrap_err()
+            .contains("too large"));
         assert_eq!(to_atomic(dec("18446744073.709551615"), 9), Ok(u64::MAX));
         assert!(to_atomic(dec("99999999999999"), 18).is_err());
         assert_eq!(from_atomic(1_500_000_000, 9), Ok(dec("1.5")));
@@ -1916,7 +1949,10 @@ mod tests {
             "transaction": {"message": {"accountKeys": [FIXTURE_PUBKEY]}},
         });
         let s = settlement(&failed, FIXTURE_PUBKEY, JUP, USDC).unwrap();
-        assert_eq!(s.err, Some(json!({"InstructionError": [3, {"Custom": 6001}]})));
+        assert_eq!(
+            s.err,
+            Some(json!({"InstructionError": [3, {"Custom": 6001}]}))
+        );
         assert!(failure_reason(s.err.as_ref().unwrap()).starts_with("slippage_exceeded"));
         for bad in [
             json!({}),
@@ -1930,7 +1966,10 @@ mod tests {
             json!({"meta": {"fee": 1, "preBalances": []},
                    "transaction": {"message": {"accountKeys": [FIXTURE_PUBKEY]}}}),
         ] {
-            assert!(settlement(&bad, FIXTURE_PUBKEY, WSOL_MINT, USDC).is_err(), "{bad}");
+            assert!(
+                settlement(&bad, FIXTURE_PUBKEY, WSOL_MINT, USDC).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -1939,15 +1978,25 @@ mod tests {
         let quote = json!({"inputMint": USDC, "outputMint": JUP, "inAmount": "1234567",
             "outAmount": "2000000", "otherAmountThreshold": "1240739", "swapMode": "ExactOut",
             "slippageBps": 50});
-        assert_eq!(check_quote(&quote, USDC, JUP, "ExactOut", 2_000_000), Ok(1_240_739));
-        assert!(check_quote(&quote, USDC, JUP, "ExactOut", 2_000_001).unwrap_err().contains("outAmount"));
+        assert_eq!(
+            check_quote(&quote, USDC, JUP, "ExactOut", 2_000_000),
+            Ok(1_240_739)
+        );
+        assert!(check_quote(&quote, USDC, JUP, "ExactOut", 2_000_001)
+            .unwrap_err()
+            .contains("outAmount"));
         assert!(check_quote(&quote, JUP, USDC, "ExactOut", 2_000_000).is_err());
-        assert!(check_quote(&quote, USDC, JUP, "ExactIn", 1_234_567).unwrap_err().contains("swapMode"));
+        assert!(check_quote(&quote, USDC, JUP, "ExactIn", 1_234_567)
+            .unwrap_err()
+            .contains("swapMode"));
         let mut odd = quote.clone();
         odd["otherAmountThreshold"] = json!("1e6");
         assert!(check_quote(&odd, USDC, JUP, "ExactOut", 2_000_000).is_err());
         odd["otherAmountThreshold"] = json!(1240739);
-        assert!(check_quote(&odd, USDC, JUP, "ExactOut", 2_000_000).is_err(), "a number, not a string");
+        assert!(
+            check_quote(&odd, USDC, JUP, "ExactOut", 2_000_000).is_err(),
+            "a number, not a string"
+        );
     }
 
     #[test]
@@ -1973,7 +2022,10 @@ mod tests {
             parse_token_accounts(&result).unwrap(),
             vec![(USDC.to_string(), 98_765_433), (JUP.to_string(), 0)]
         );
-        assert!(parse_token_accounts(&json!({"value": [{"account": {"data": ["AA==", "base64"]}}]})).is_err());
+        assert!(parse_token_accounts(
+            &json!({"value": [{"account": {"data": ["AA==", "base64"]}}]})
+        )
+        .is_err());
         assert!(parse_token_accounts(&json!({})).is_err());
     }
 
@@ -1988,7 +2040,9 @@ mod tests {
         assert_eq!(parse_keypair(&b58).unwrap().to_bytes(), key.to_bytes());
         let mut wrong = bytes.clone();
         wrong[63] ^= 1;
-        assert!(parse_keypair(&serde_json::to_string(&wrong).unwrap()).unwrap_err().contains("does not match"));
+        assert!(parse_keypair(&serde_json::to_string(&wrong).unwrap())
+            .unwrap_err()
+            .contains("does not match"));
         assert!(parse_keypair("[1,2,3]").unwrap_err().contains("3 bytes"));
         let err = parse_keypair("[0,1,2,300]").unwrap_err();
         assert!(!err.contains("300"), "errors never quote the key: {err}");
@@ -1998,7 +2052,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("moonbus-jup-{}-{n}.json", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("moonbus-jup-{}-{n}.json", std::process::id()));
         std::fs::write(&path, FIXTURE_KEYPAIR).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         path.to_string_lossy().into_owned()
@@ -2012,16 +2067,21 @@ mod tests {
     #[tokio::test]
     async fn config_is_checked_and_the_key_never_shown() {
         let path = temp_keypair(0o600);
-        let venue = Jupiter::from_config("jupiter", "jupiter", Mode::Testnet, settings(&path)).unwrap();
+        let venue =
+            Jupiter::from_config("jupiter", "jupiter", Mode::Testnet, settings(&path)).unwrap();
         assert_eq!(venue.address(), FIXTURE_PUBKEY);
         let shown = format!("{venue:?}");
-        assert!(shown.contains("<redacted>") && !shown.contains("[0, 1, 2"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("[0, 1, 2"),
+            "{shown}"
+        );
         assert_eq!(venue.unknown_deadline(), Duration::from_secs(120));
         assert_eq!(venue.inner.settings.slippage_bps, 50);
         assert_eq!(venue.inner.jupiter_url, DEFAULT_JUPITER_URL);
 
         let loose = temp_keypair(0o644);
-        let err = Jupiter::from_config("jupiter", "jupiter", Mode::Live, settings(&loose)).unwrap_err();
+        let err =
+            Jupiter::from_config("jupiter", "jupiter", Mode::Live, settings(&loose)).unwrap_err();
         assert!(format!("{err:#}").contains("mode 0644"), "{err:#}");
 
         let mut unknown = settings(&path);
@@ -2030,19 +2090,33 @@ mod tests {
         let mut both = settings(&path);
         both["priority_max_lamports"] = json!(1000);
         both["compute_unit_price_micro_lamports"] = json!(1000);
-        assert!(format!("{:#}", Jupiter::from_config("j", "jupiter", Mode::Live, both).unwrap_err()).contains("not both"));
-        for bad in [json!({"SOL-USDC": USDC}), json!({"SOL-USDC": format!("{USDC}/{USDC}")}),
-                    json!({"SOL-USDC": "abc/def"}), json!({"sol/usdc": format!("{WSOL_MINT}/{USDC}")}),
-                    json!({"SOL-USDC": format!("{WSOL_MINT}/{USDC}"), "SOL-JUP": format!("{USDC}/{JUP}")})] {
+        assert!(format!(
+            "{:#}",
+            Jupiter::from_config("j", "jupiter", Mode::Live, both).unwrap_err()
+        )
+        .contains("not both"));
+        for bad in [
+            json!({"SOL-USDC": USDC}),
+            json!({"SOL-USDC": format!("{USDC}/{USDC}")}),
+            json!({"SOL-USDC": "abc/def"}),
+            json!({"sol/usdc": format!("{WSOL_MINT}/{USDC}")}),
+            json!({"SOL-USDC": format!("{WSOL_MINT}/{USDC}"), "SOL-JUP": format!("{USDC}/{JUP}")}),
+        ] {
             let mut s = settings(&path);
             s["symbols"] = bad.clone();
-            assert!(Jupiter::from_config("j", "jupiter", Mode::Live, s).is_err(), "{bad}");
+            assert!(
+                Jupiter::from_config("j", "jupiter", Mode::Live, s).is_err(),
+                "{bad}"
+            );
         }
         let mut no_key = settings(&path);
         no_key.as_object_mut().unwrap().remove("keypair_path");
         no_key["keypair_env"] = json!("MOONBUS_TEST_JUPITER_KEYPAIR_NOT_SET");
         let err = Jupiter::from_config("j", "jupiter", Mode::Live, no_key).unwrap_err();
-        assert!(format!("{err:#}").contains("MOONBUS_TEST_JUPITER_KEYPAIR_NOT_SET"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("MOONBUS_TEST_JUPITER_KEYPAIR_NOT_SET"),
+            "{err:#}"
+        );
         std::fs::remove_file(path).ok();
         std::fs::remove_file(loose).ok();
     }
