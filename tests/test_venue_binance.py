@@ -342,3 +342,53 @@ async def test_binary_futures(live: tuple[StandIn, Operator]) -> None:
     rejected = await op.wait_status(small, "REJECTED")
     assert "min_notional" in (rejected.reason or ""), rejected
     assert not [r for r in venue.refusals if r[1] in (-1022, -2015)], venue.refusals
+    # Reconciliation reads the futures account and open orders.
+    assert any(path == "/fapi/v2/account" for _, path, _ in venue.requests)
+    assert any(path == "/fapi/v1/openOrders" for _, path, _ in venue.requests)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("live", [("binance_spot", "hmac")], indirect=True)
+async def test_binary_spot_unknown_outcomes(live: tuple[StandIn, Operator]) -> None:
+    venue, op = live
+    await first_order(op, venue)
+    # Already at the venue (a duplicate client id, -2010): queried and followed, not doubled.
+    venue.add_order("bn-dup", "BUY", Decimal("0.001"), Decimal("59000.00"))
+    dup = await op.submit("BUY", "0.001", price="59000.00", order_id="bn-dup")
+    await op.wait_status(dup, "ACCEPTED")
+    assert any(code == -2010 for _, code in venue.refusals), venue.refusals
+    await venue.fill(dup, Decimal("0.001"))
+    await op.wait_status(dup, "FILLED")
+    # Placed, but the answer is a 503: unknown outcome, queried, found filled; never resent.
+    venue.answer_5xx = 1
+    lost = await op.submit("BUY", "0.001")
+    filled = await op.wait_status(lost, "FILLED")
+    assert Decimal(str(filled.fee)) == Decimal("0.06"), filled
+    # Placed, but the answer comes after our timeout (1.5 s): the same.
+    venue.answer_delay = 2.5
+    slow = await op.submit("BUY", "0.001")
+    await op.wait_status(slow, "FILLED")
+    venue.answer_delay = 0
+    posts = [p for m, path, p in venue.requests if m == "POST" and path == "/api/v3/order"]
+    assert [p["newClientOrderId"] for p in posts].count(lost) == 1
+    assert [p["newClientOrderId"] for p in posts].count(slow) == 1
+    # A client id longer than Binance's 36 characters goes as a derived one, reported as ours.
+    long_id = "operator-order-with-a-rather-long-id-0123456789"
+    await op.submit("BUY", "0.001", order_id=long_id)
+    await op.wait_status(long_id, "FILLED")
+    assert long_id not in venue.orders
+    assert any(o.client_id.startswith("mb-") and len(o.client_id) == 36 for o in venue.orders.values())
+    # The listenKey expires: a new one, a new connection, fills still arrive by the stream.
+    await venue.expire_listen_keys()
+    await op.until(lambda: venue.stream_count() > 0, "the stream reconnected with a new listenKey")
+    resting = await op.submit("BUY", "0.002", price="59100.00")
+    await op.until(lambda: resting in venue.orders, "the order at the venue")
+    await venue.fill(resting, Decimal("0.002"))
+    await op.wait_status(resting, "FILLED")
+    # An IP ban (418): REJECTED rate_limited, nothing sent while it lasts.
+    venue.ban(3)
+    banned = await op.submit("BUY", "0.001")
+    rejected = await op.wait_status(banned, "REJECTED")
+    assert "rate_limited" in (rejected.reason or ""), rejected
+    assert banned not in venue.orders
+    assert not [r for r in venue.refusals if r[1] in (-1022, -2015, -1021)], venue.refusals

@@ -196,7 +196,9 @@ class StandIn:
     def charge(self, weight: int) -> web.Response | None:
         now = time.time()
         if now < self.banned_until:
-            return self.error(418, -1003, "Way too many requests; IP banned.")
+            response = self.error(418, -1003, "Way too many requests; IP banned.")
+            response.headers["Retry-After"] = str(max(1, int(self.banned_until - now + 0.999)))
+            return response
         minute = int(now // 60)
         if minute != self.weight_minute:
             self.weight_minute, self.weight_used = minute, 0
@@ -305,6 +307,14 @@ class StandIn:
                              "qty": str(qty), "quoteQty": str(qty * price), "commission": str(fee),
                              "commissionAsset": self.fee_asset or rules.quote, "time": order.update})
         await self.event(order, "TRADE", qty, price, fee, trade_id)
+        return order
+
+    def add_order(self, client_id: str, side: str, qty: Decimal, price: Decimal, symbol: str = "BTCUSDT") -> Order:
+        """A resting LIMIT GTC order that is already at the venue (sent before, e.g. by an
+        earlier run): a new order with its client id is a duplicate."""
+        now = self.now_ms()
+        order = Order(symbol, next(self.ids), client_id, side, "LIMIT", "GTC", qty, price, False, time=now, update=now)
+        self.orders[client_id] = order
         return order
 
     async def expire(self, client_id: str) -> Order:

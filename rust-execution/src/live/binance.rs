@@ -495,7 +495,7 @@ pub fn parse_rest_order(flavor: Flavor, value: &Value) -> Result<VenueOrder, Str
 pub enum StreamEvent {
     /// An order update, with the trade it reports if it reports one.
     Order {
-        order: VenueOrder,
+        order: Box<VenueOrder>,
         trade: Option<Trade>,
     },
     /// The listenKey expired: get a new one.
@@ -578,7 +578,7 @@ fn parse_execution_report(v: &Value) -> Result<StreamEvent, String> {
     };
     let reason = text(v, "r").filter(|r| *r != "NONE").map(str::to_string);
     Ok(StreamEvent::Order {
-        order: VenueOrder {
+        order: Box::new(VenueOrder {
             client_order_id: Some(client.to_string()),
             venue_order_id: int(v, "i").map(|id| id.to_string()),
             symbol: None,
@@ -594,7 +594,7 @@ fn parse_execution_report(v: &Value) -> Result<StreamEvent, String> {
                 _ => None,
             },
             ts: int(v, "E").unwrap_or(0).saturating_mul(1_000_000),
-        },
+        }),
         trade: trade_of(v, exec_type)?,
     })
 }
@@ -608,7 +608,7 @@ fn parse_futures_update(o: &Value, event_ms: u64) -> Result<StreamEvent, String>
     let avg = dec(o, "ap").unwrap_or(Decimal::ZERO);
     let notional = avg.checked_mul(filled).ok_or("z x ap overflows")?;
     Ok(StreamEvent::Order {
-        order: VenueOrder {
+        order: Box::new(VenueOrder {
             client_order_id: Some(text(o, "c").ok_or("order update without c")?.to_string()),
             venue_order_id: int(o, "i").map(|id| id.to_string()),
             symbol: None,
@@ -624,7 +624,7 @@ fn parse_futures_update(o: &Value, event_ms: u64) -> Result<StreamEvent, String>
                 _ => None,
             },
             ts: int(o, "T").unwrap_or(event_ms).saturating_mul(1_000_000),
-        },
+        }),
         trade: trade_of(o, exec_type)?,
     })
 }
@@ -1338,10 +1338,8 @@ impl Binance {
                         Some(Ok(message)) => message,
                     };
                     match message {
-                        Message::Text(frame) => {
-                            if self.on_frame(frame.as_str(), events) {
-                                return Ok("listenKeyExpired".into());
-                            }
+                        Message::Text(frame) if self.on_frame(frame.as_str(), events) => {
+                            return Ok("listenKeyExpired".into());
                         }
                         Message::Ping(payload) => {
                             let _ = ws.send(Message::Pong(payload)).await;
@@ -1439,7 +1437,7 @@ impl Binance {
                 if let (Some(client), Some(trade)) = (&order.client_order_id, &trade) {
                     order.fee = self.add_fee(client, &order.venue_symbol, trade);
                 }
-                let order = self.finish(order);
+                let order = self.finish(*order);
                 if order.symbol.is_some() {
                     let _ = events.send(VenueEvent::Order(order));
                 }
@@ -2150,5 +2148,73 @@ mod tests {
         let venue = Binance::from_config("b", "binance_spot", Mode::Testnet, cfg).unwrap();
         assert_eq!(venue.inner.signer.sign(""), base64::engine::general_purpose::STANDARD.encode(hex::decode("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b").unwrap()));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn weight_budget_and_bans_stop_sending_before_it_happens() {
+        std::env::set_var("MB_TEST_BW_KEY", "k");
+        std::env::set_var("MB_TEST_BW_SECRET", "s");
+        let cfg = json!({"symbols": {"BTC-USDT": "BTCUSDT"}, "api_key_env": "MB_TEST_BW_KEY",
+                         "api_secret_env": "MB_TEST_BW_SECRET", "weight_share": 0.8});
+        let venue = Binance::from_config("b", "binance_futures", Mode::Testnet, cfg).unwrap();
+        venue.state().weight_limit = 10; // budget 8 a minute
+        assert_eq!(venue.admit(5), Ok(()));
+        let err = venue.admit(4).unwrap_err();
+        assert!(err.starts_with("rate_limited:"), "{err}");
+        assert_eq!(venue.admit(3), Ok(()));
+        // A new minute (by the venue's clock) starts from zero.
+        venue.state().weight_minute -= 1;
+        assert_eq!(venue.admit(8), Ok(()));
+        // A 429/418 ban: nothing goes until it ends.
+        venue.state().weight_minute -= 1;
+        venue.state().banned_until = Some(Instant::now() + Duration::from_secs(60));
+        let err = venue.admit(1).unwrap_err();
+        assert!(err.contains("wait"), "{err}");
+        venue.state().banned_until = Some(Instant::now());
+        assert_eq!(venue.admit(1), Ok(()));
+    }
+
+    #[test]
+    fn order_parameters_follow_the_flavour() {
+        use moonbus_common::OrderRequest;
+        std::env::set_var("MB_TEST_BW_KEY", "k");
+        std::env::set_var("MB_TEST_BW_SECRET", "s");
+        let cfg = json!({"symbols": {"BTC-USDT": "BTCUSDT"}, "api_key_env": "MB_TEST_BW_KEY",
+                         "api_secret_env": "MB_TEST_BW_SECRET"});
+        let order: OrderRequest = serde_json::from_value(json!({
+            "client_order_id": "x".repeat(40), "agent": "a", "symbol": "BTC-USDT", "venue": "b",
+            "side": "SELL", "type": "LIMIT", "quantity": "0.0100", "limit_price": "60000.50",
+            "time_in_force": "IOC", "reduce_only": true, "origin_ts": 1, "ts": 1
+        }))
+        .unwrap();
+        let routed = Routed {
+            order,
+            order_id: "b-1".into(),
+            timings: Default::default(),
+        };
+        for (kind, reduce, resp) in [("binance_spot", false, "FULL"), ("aster", true, "RESULT")] {
+            let venue = Binance::from_config("b", kind, Mode::Testnet, cfg.clone()).unwrap();
+            let (symbol, client) = venue.ids_for(&routed).unwrap();
+            assert_eq!(symbol, "BTCUSDT");
+            assert_eq!(client, venue_client_id(&"x".repeat(40)));
+            // The derived id maps back to ours.
+            assert_eq!(venue.state().ids.get(&client), Some(&"x".repeat(40)));
+            let params = venue.order_params(&routed, &symbol, &client);
+            let query = query_string(&params);
+            let mut expected = format!(
+                "symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=IOC&quantity=0.01&price=60000.5"
+            );
+            if reduce {
+                expected.push_str("&reduceOnly=true");
+            }
+            expected.push_str(&format!("&newClientOrderId={client}&newOrderRespType={resp}"));
+            assert_eq!(query, expected);
+        }
     }
 }
