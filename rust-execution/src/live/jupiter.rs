@@ -807,6 +807,14 @@ impl Jupiter {
                 clip(&text)
             ))
         })?;
+        if !status.is_success() {
+            // A node answers JSON-RPC errors with 200; anything else (a proxy's 5xx) says
+            // nothing sure about what happened.
+            return Err(RpcError::Unknown(format!(
+                "{method}: HTTP {status}: {}",
+                clip(&text)
+            )));
+        }
         if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
             return Err(RpcError::Rpc {
                 code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
@@ -816,9 +824,6 @@ impl Jupiter {
                     .unwrap_or("")
                     .to_string(),
             });
-        }
-        if !status.is_success() {
-            return Err(RpcError::Unknown(format!("{method}: HTTP {status}")));
         }
         value
             .get("result")
