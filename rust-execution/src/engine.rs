@@ -48,7 +48,7 @@ use tokio::sync::mpsc;
 
 use crate::deadletter::{self, Advisory};
 use crate::intake::{self, RawIds};
-use crate::jobs::{self, settle, Backoff, Checked, Done, Recording};
+use crate::jobs::{self, settle, Backoff, CancelAnswer, Checked, Done, Recording};
 use crate::lanes::Lanes;
 use crate::ledger::{self, is_final, Ledger};
 use crate::live::router::{LiveEvent, LiveUpdate, Router};
@@ -293,10 +293,13 @@ impl Engine {
                 }
                 Some(message) = self.bus.kill_switch.next() => self.on_kill_switch(message).await,
                 _ = live_poll.tick(), if has_live => {
-                    let updates = self.venue.poll().await;
+                    let (updates, queries) = self.venue.poll();
                     self.record_live(updates);
+                    for query in queries {
+                        self.spawn(async move { Done::Queried(Box::new(query.run().await)) });
+                    }
                 }
-                _ = reconcile.tick(), if has_live => self.publish_live_status().await,
+                _ = reconcile.tick(), if has_live => self.read_accounts(),
                 Some(message) = self.bus.dead_letters.next() => self.on_dead_letter_message(message).await,
                 _ = retry.tick(), if !self.dead_letters.is_empty() => self.retry_dead_letters().await,
                 () = sleep_until(self.intake_paused_until), if self.intake_paused_until.is_some() => {
@@ -576,9 +579,18 @@ impl Engine {
                     );
                 }
                 if self.venue.is_live(&resting.order.venue) {
-                    match self.venue.cancel_live(id).await {
-                        Ok(updates) => {
-                            self.record_live_with(updates, Some((lane, message))).await;
+                    match self.venue.cancel_request(id) {
+                        Ok((exchange, routed)) => {
+                            let id = id.clone();
+                            let lane = lane.to_string();
+                            self.spawn(async move {
+                                let result = exchange.cancel(&routed).await;
+                                Done::CancelAnswered(Box::new(CancelAnswer {
+                                    id,
+                                    result,
+                                    message: Some((lane, message)),
+                                }))
+                            });
                             return Step::Started;
                         }
                         Err(reason) => break 'check reason,
@@ -660,10 +672,19 @@ impl Engine {
         }
     }
 
-    /// Read every live venue's account and publish its status for risk to reconcile.
-    async fn publish_live_status(&mut self) {
-        self.venue.read_accounts().await;
-        for view in self.venue.views() {
+    /// Read every live venue's account beside the engine; each is published when read.
+    fn read_accounts(&mut self) {
+        for (venue, exchange) in self.venue.account_requests() {
+            self.spawn(async move {
+                let account = exchange.account().await;
+                Done::Account(Box::new((venue, account)))
+            });
+        }
+    }
+
+    /// A venue's status for risk to reconcile (`exec.venue.<venue>`).
+    async fn publish_live_status(&mut self, venue: &moonbus_common::Venue) {
+        for view in self.venue.views().into_iter().filter(|v| &v.venue == venue) {
             match view.status() {
                 Ok(status) => {
                     let subject = subjects::exec_venue(&view.venue);
@@ -695,8 +716,17 @@ impl Engine {
             return;
         }
         for id in self.venue.working_ids() {
-            match self.venue.cancel_live(&id).await {
-                Ok(updates) => self.record_live(updates),
+            match self.venue.cancel_request(&id) {
+                Ok((exchange, routed)) => {
+                    self.spawn(async move {
+                        let result = exchange.cancel(&routed).await;
+                        Done::CancelAnswered(Box::new(CancelAnswer {
+                            id,
+                            result,
+                            message: None,
+                        }))
+                    });
+                }
                 Err(reason) => {
                     tracing::error!(client_order_id = %id, %reason, "kill switch: a live order could not be cancelled");
                     self.bus
@@ -717,6 +747,45 @@ impl Engine {
         match done {
             Done::Checked(checked) => self.on_checked(*checked).await,
             Done::Recorded(recording) => self.on_recorded(*recording).await,
+            Done::Queried(queried) => {
+                let updates = self.venue.on_queried(*queried);
+                self.record_live(updates);
+            }
+            Done::Account(read) => {
+                let (venue, account) = *read;
+                self.venue.set_account(&venue, account);
+                self.publish_live_status(&venue).await;
+            }
+            Done::CancelAnswered(answer) => {
+                let CancelAnswer {
+                    id,
+                    result,
+                    message,
+                } = *answer;
+                match self.venue.on_cancelled(&id, result) {
+                    Ok(updates) => {
+                        let message = message.as_ref().map(|(lane, m)| (lane.as_str(), m.clone()));
+                        self.record_live_with(updates, message).await;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(client_order_id = %id, %reason, "cancel at the venue failed");
+                        let subject = message
+                            .as_ref()
+                            .map(|(_, m)| m.subject.to_string())
+                            .unwrap_or_else(|| subjects::RISK_EVENTS.to_string());
+                        self.bus
+                            .errors
+                            .report(&subject, &format!("cancel of {id}: {reason}"), b"")
+                            .await;
+                        if let Some((lane, message)) = message {
+                            settle(&message, AckKind::Ack).await;
+                            if let Some(next) = self.lanes.next(&lane) {
+                                Box::pin(self.start(lane, next)).await;
+                            }
+                        }
+                    }
+                }
+            }
             Done::Submitted(submitted) => {
                 let (mut recording, routed, submitted) = *submitted;
                 let placement = self.venue.submitted(&routed, submitted);

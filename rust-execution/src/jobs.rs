@@ -49,6 +49,25 @@ pub enum Done {
     Recorded(Box<Recording>),
     /// A live venue answered a new order (or did not): the recording to fill in.
     Submitted(Box<(Recording, Routed, crate::live::Submitted)>),
+    /// A live order's state, asked for (live/router.rs `poll`).
+    Queried(Box<crate::live::router::Queried>),
+    /// A live venue's account, read for reconciliation.
+    Account(
+        Box<(
+            moonbus_common::Venue,
+            Result<crate::live::AccountState, crate::live::VenueError>,
+        )>,
+    ),
+    /// A live venue answered a cancel (from a cancel message, or the kill switch).
+    CancelAnswered(Box<CancelAnswer>),
+}
+
+/// A live venue's answer to a cancel.
+pub struct CancelAnswer {
+    pub id: ClientOrderId,
+    pub result: Result<crate::live::VenueOrder, crate::live::VenueError>,
+    /// The cancel message and its lane (none for the kill switch's cancels).
+    pub message: Option<(String, jetstream::Message)>,
 }
 
 /// An order through its risk check (and the venue latency after an approval).

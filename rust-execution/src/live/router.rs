@@ -258,6 +258,35 @@ struct Working {
     failed: bool,
     /// Sent without an answer: since when (queried until known or past the deadline).
     unconfirmed_since: Option<Instant>,
+    /// A query is on its way.
+    querying: bool,
+    /// Ask the venue once (its stream came back, a cancel failed).
+    recheck: bool,
+}
+
+/// A query of one live order, made beside the engine.
+pub struct Query {
+    pub venue: VenueName,
+    pub routed: Routed,
+    pub exchange: Live,
+}
+
+impl Query {
+    pub async fn run(self) -> Queried {
+        let result = self.exchange.query(&self.routed).await;
+        Queried {
+            venue: self.venue,
+            id: self.routed.order.client_order_id,
+            result,
+        }
+    }
+}
+
+/// Its answer.
+pub struct Queried {
+    pub venue: VenueName,
+    pub id: ClientOrderId,
+    pub result: Result<Option<VenueOrder>, VenueError>,
 }
 
 /// A live venue: its adapter, mode, cap and our orders there.
@@ -451,6 +480,12 @@ impl Router {
                 if connected != slot.connected {
                     tracing::warn!(%venue, connected, %detail, "live venue stream");
                 }
+                if connected && !slot.connected {
+                    // Back: what happened while it was down is asked for.
+                    for working in slot.working.values_mut() {
+                        working.recheck = true;
+                    }
+                }
                 slot.connected = connected;
                 slot.detail = detail;
                 Vec::new()
@@ -515,18 +550,20 @@ impl Router {
         updates
     }
 
-    /// Orders waiting on the venue: unconfirmed ones queried, states that came while
-    /// an update was stored handled, and (stream down) every working order queried.
-    pub async fn poll(&mut self) -> Vec<LiveUpdate> {
+    /// Orders waiting on the venue: states that came while an update was stored (or
+    /// whose update failed) applied now, and the queries to make beside the engine:
+    /// orders without a venue answer, and every working order while its venue's stream
+    /// is down or just came back (fills may have been missed).
+    pub fn poll(&mut self) -> (Vec<LiveUpdate>, Vec<Query>) {
         let mut updates = Vec::new();
+        let mut queries = Vec::new();
         for (venue, slot) in self.live.iter_mut() {
-            let deadline = slot.exchange.unknown_deadline();
             let ids: Vec<ClientOrderId> = slot.working.keys().cloned().collect();
             for id in ids {
                 let Some(working) = slot.working.get_mut(&id) else {
                     continue;
                 };
-                if working.storing.is_some() {
+                if working.storing.is_some() || working.querying {
                     continue;
                 }
                 working.failed = false;
@@ -534,62 +571,115 @@ impl Router {
                     updates.extend(slot.apply(&id, state));
                     continue;
                 }
-                let unconfirmed = working.unconfirmed_since;
-                if unconfirmed.is_none() && slot.connected {
+                if working.unconfirmed_since.is_none() && slot.connected && !working.recheck {
                     continue;
                 }
-                let routed = working.routed.clone();
-                match slot.exchange.query(&routed).await {
-                    Ok(Some(state)) => {
-                        if let Some(w) = slot.working.get_mut(&id) {
-                            w.unconfirmed_since = None;
-                        }
-                        updates.extend(slot.apply(&id, state));
-                    }
-                    Ok(None) => match unconfirmed {
-                        Some(since) if since.elapsed() > deadline => {
-                            let state = VenueOrder {
-                                client_order_id: Some(id.to_string()),
-                                venue_order_id: None,
-                                symbol: Some(routed.order.symbol.clone()),
-                                venue_symbol: String::new(),
-                                status: VenueStatus::Rejected,
-                                filled: Decimal::ZERO,
-                                filled_notional: Decimal::ZERO,
-                                fee: Decimal::ZERO,
-                                reason: Some(format!(
-                                    "venue_never_received: {venue} has no such order {}s after it was sent",
-                                    deadline.as_secs()
-                                )),
-                                ts: now_ns(),
-                            };
-                            updates.extend(slot.apply(&id, state));
-                        }
-                        Some(_) => {}
-                        None => {
-                            tracing::warn!(%venue, client_order_id = %id, "a working order is unknown to the venue; reconciliation will say")
-                        }
-                    },
-                    Err(e) => tracing::debug!(%venue, client_order_id = %id, error = %e, "query"),
-                }
+                working.querying = true;
+                queries.push(Query {
+                    venue: venue.clone(),
+                    routed: working.routed.clone(),
+                    exchange: slot.exchange.clone(),
+                });
             }
         }
-        updates
+        (updates, queries)
     }
 
-    /// Ask the venue to cancel a live order: its answer as reports (or why not).
-    pub async fn cancel_live(&mut self, id: &ClientOrderId) -> Result<Vec<LiveUpdate>, String> {
-        let Some((venue, working)) = self.find(id) else {
-            return Err(format!(
-                "not_resting: order {id} is not working at a live venue"
-            ));
+    /// A query's answer: the order's state, or (unconfirmed, past the adapter's
+    /// deadline, unknown to the venue) REJECTED `venue_never_received`.
+    pub fn on_queried(&mut self, queried: Queried) -> Vec<LiveUpdate> {
+        let Queried { venue, id, result } = queried;
+        let Some(slot) = self.live.get_mut(&venue) else {
+            return Vec::new();
         };
-        let venue = venue.clone();
-        let routed = working.routed.clone();
+        let deadline = slot.exchange.unknown_deadline();
+        let Some(working) = slot.working.get_mut(&id) else {
+            return Vec::new();
+        };
+        working.querying = false;
+        let unconfirmed = working.unconfirmed_since;
+        let state = match result {
+            Ok(Some(state)) => {
+                working.recheck = false;
+                state
+            }
+            Ok(None) => match unconfirmed {
+                Some(since) if since.elapsed() > deadline => VenueOrder {
+                    client_order_id: Some(id.to_string()),
+                    venue_order_id: None,
+                    symbol: Some(working.routed.order.symbol.clone()),
+                    venue_symbol: String::new(),
+                    status: VenueStatus::Rejected,
+                    filled: Decimal::ZERO,
+                    filled_notional: Decimal::ZERO,
+                    fee: Decimal::ZERO,
+                    reason: Some(format!(
+                        "venue_never_received: {venue} has no such order {} s after it was sent",
+                        deadline.as_secs()
+                    )),
+                    ts: now_ns(),
+                },
+                Some(_) => return Vec::new(), // it may still arrive: asked again
+                None => {
+                    working.recheck = false;
+                    tracing::warn!(%venue, client_order_id = %id, "a working order is unknown to the venue; reconciliation will say");
+                    return Vec::new();
+                }
+            },
+            Err(e) => {
+                tracing::debug!(%venue, client_order_id = %id, error = %e, "query failed; asked again");
+                return Vec::new();
+            }
+        };
+        slot.apply(&id, state).into_iter().collect()
+    }
+
+    /// What a cancel of a live order needs: its adapter and the order.
+    pub fn cancel_request(&self, id: &ClientOrderId) -> Result<(Live, Routed), String> {
+        match self.find(id) {
+            Some((venue, working)) => {
+                Ok((self.live[venue].exchange.clone(), working.routed.clone()))
+            }
+            None => Err(format!(
+                "not_resting: order {id} is not working at a live venue"
+            )),
+        }
+    }
+
+    /// The venue's answer to a cancel: the order's state after it, as reports.
+    pub fn on_cancelled(
+        &mut self,
+        id: &ClientOrderId,
+        result: Result<VenueOrder, VenueError>,
+    ) -> Result<Vec<LiveUpdate>, String> {
+        let Some(venue) = self.find(id).map(|(venue, _)| venue.clone()) else {
+            return Ok(Vec::new()); // ended meanwhile (a fill): nothing left to cancel
+        };
         let slot = self.live.get_mut(&venue).expect("found above");
-        match slot.exchange.cancel(&routed).await {
+        match result {
             Ok(state) => Ok(slot.apply(id, state).into_iter().collect()),
-            Err(e) => Err(format!("venue_cancel_failed: {venue}: {e}")),
+            Err(e) => {
+                // Whatever the venue did, ask it.
+                if let Some(working) = slot.working.get_mut(id) {
+                    working.recheck = true;
+                }
+                Err(format!("venue_cancel_failed: {venue}: {e}"))
+            }
+        }
+    }
+
+    /// The adapters whose accounts to read (reconciliation), beside the engine.
+    pub fn account_requests(&self) -> Vec<(VenueName, Live)> {
+        self.live
+            .iter()
+            .map(|(venue, slot)| (venue.clone(), slot.exchange.clone()))
+            .collect()
+    }
+
+    /// A venue's account as read (or why not).
+    pub fn set_account(&mut self, venue: &VenueName, account: Result<AccountState, VenueError>) {
+        if let Some(slot) = self.live.get_mut(venue) {
+            slot.account = Some(account);
         }
     }
 
@@ -613,17 +703,12 @@ impl Router {
                     storing: None,
                     later: None,
                     failed: false,
+                    querying: false,
+                    recheck: false,
                     // Whatever happened meanwhile: ask the venue at the first poll.
                     unconfirmed_since: Some(Instant::now()),
                 },
             );
-        }
-    }
-
-    /// Read every live venue's account (reconciliation); kept for `views`.
-    pub async fn read_accounts(&mut self) {
-        for slot in self.live.values_mut() {
-            slot.account = Some(slot.exchange.account().await);
         }
     }
 
@@ -854,6 +939,8 @@ impl Venue for Router {
                 storing: None,
                 later: state,
                 failed: false,
+                querying: false,
+                recheck: false,
                 unconfirmed_since: unconfirmed.then(Instant::now),
             },
         );
