@@ -405,3 +405,26 @@ async def test_binary_lost_answer_is_found_on_chain_never_resent_as_a_new_swap(l
     assert len(chain.swap_requests) == 1 and len(chain.quote_requests) == 1
     assert len(chain.landed()) == 1
     assert chain.balance(str(kp.pubkey()), USDC) == 1_000_000_000 - 30_050_000
+
+
+@pytest.mark.e2e
+def test_binary_refuses_a_keypair_file_others_can_read(tmp_path: Path) -> None:
+    kp = Keypair()
+    key_file = tmp_path / "id.json"
+    key_file.write_text(json.dumps(list(bytes(kp))))
+    os.chmod(key_file, 0o644)
+    with ThreadedChain() as chain:
+        env = dict(BINARY_ENV)
+        env["MOONBUS__EXECUTION__LIVE__JUP__JUPITER_URL"] = json.dumps(chain.jupiter_url)
+        env["MOONBUS__EXECUTION__LIVE__JUP__RPC_URL"] = json.dumps(chain.rpc_url)
+        env["MOONBUS__EXECUTION__LIVE__JUP__KEYPAIR_PATH"] = json.dumps(str(key_file))
+        system = System().start(port=free_port(), moon_dir=tmp_path / "moon", services=["execution"],
+                                out=None, env=env)
+        try:
+            line = system.wait_for_output("execution", r"mode 0644", timeout=30)
+            assert "chmod 600" in line
+            secret = json.dumps(list(bytes(kp)))[1:40]
+            assert secret not in "\n".join(system.output("execution"))
+            assert chain.rpc_calls == [], "nothing sent before the key is accepted"
+        finally:
+            system.stop()

@@ -1029,15 +1029,11 @@ impl Jupiter {
             Err(why) => return reject(format!("jupiter: bad quote: {why}")),
         };
         if let Some(limit) = limit {
-            let worst_quote = match from_atomic(i128::from(worst), quote_decimals) {
-                Ok(w) => w,
-                Err(why) => return reject(format!("jupiter: bad quote: {why}")),
-            };
-            let worst_price = worst_quote.checked_div(quantity).unwrap_or(Decimal::MAX);
-            let ok = match order.side {
-                Side::Buy => worst_price <= limit,
-                Side::Sell => worst_price >= limit,
-            };
+            let (ok, worst_price) =
+                match limit_met(order.side, worst, quote_decimals, quantity, limit) {
+                    Ok(x) => x,
+                    Err(why) => return reject(format!("jupiter: bad quote: {why}")),
+                };
             if !ok {
                 let done = VenueOrder {
                     client_order_id: Some(cid.to_string()),
@@ -1343,29 +1339,23 @@ impl Jupiter {
         }
         let filled = from_atomic(base, base_d).map_err(VenueError::Transient)?;
         let notional = from_atomic(quote, quote_d).map_err(VenueError::Transient)?;
-        let fee_sol = from_atomic(i128::from(s.fee_lamports), 9).map_err(VenueError::Transient)?;
-        let fee = if sent.market.quote_mint == WSOL_MINT {
-            fee_sol
-        } else if sent.market.base_mint == WSOL_MINT {
-            // SOL fee at the swap's own price, to the quote token's precision.
-            fee_sol
-                .checked_mul(notional)
-                .and_then(|x| x.checked_div(filled))
-                .map(|x| {
-                    x.round_dp_with_strategy(
-                        u32::from(quote_d),
-                        RoundingStrategy::MidpointAwayFromZero,
-                    )
-                })
-                .unwrap_or(Decimal::ZERO)
-                .normalize()
-        } else {
-            tracing::info!(
-                client_order_id = cid,
-                fee_lamports = s.fee_lamports,
-                "SOL fee not convertible to the quote token: reported as 0"
-            );
-            Decimal::ZERO
+        let fee = match quote_fee(
+            s.fee_lamports,
+            &sent.market.base_mint,
+            &sent.market.quote_mint,
+            filled,
+            notional,
+            quote_d,
+        ) {
+            Some(fee) => fee,
+            None => {
+                tracing::info!(
+                    client_order_id = cid,
+                    fee_lamports = s.fee_lamports,
+                    "SOL fee not convertible to the quote token: reported as 0"
+                );
+                Decimal::ZERO
+            }
         };
         let (status, reason, filled) = if filled < sent.quantity {
             (
@@ -1497,6 +1487,56 @@ pub fn check_quote(
         return Err("a zero amount".into());
     }
     Ok(threshold)
+}
+
+/// The transaction fee in the quote token: exact when the quote is SOL, at the swap's own
+/// price (rounded to the quote token's decimals) when the base is SOL; `None` otherwise.
+pub fn quote_fee(
+    fee_lamports: u64,
+    base_mint: &str,
+    quote_mint: &str,
+    filled: Decimal,
+    notional: Decimal,
+    quote_decimals: u8,
+) -> Option<Decimal> {
+    let fee_sol = from_atomic(i128::from(fee_lamports), 9).ok()?;
+    if quote_mint == WSOL_MINT {
+        Some(fee_sol)
+    } else if base_mint == WSOL_MINT {
+        fee_sol
+            .checked_mul(notional)
+            .and_then(|x| x.checked_div(filled))
+            .map(|x| {
+                x.round_dp_with_strategy(
+                    u32::from(quote_decimals),
+                    RoundingStrategy::MidpointAwayFromZero,
+                )
+                .normalize()
+            })
+    } else {
+        None
+    }
+}
+
+/// The IOC limit rule: the quote's worst price within the slippage (`worst`, atomic quote:
+/// the most paid for a BUY, the least received for a SELL, per `quantity` of base) must be
+/// at or better than `limit`. Returns whether it is, and that worst price.
+pub fn limit_met(
+    side: Side,
+    worst: u64,
+    quote_decimals: u8,
+    quantity: Decimal,
+    limit: Decimal,
+) -> Result<(bool, Decimal), String> {
+    let worst_quote = from_atomic(i128::from(worst), quote_decimals)?;
+    let price = worst_quote
+        .checked_div(quantity)
+        .ok_or_else(|| format!("{worst_quote} / {quantity} does not fit a decimal"))?;
+    let ok = match side {
+        Side::Buy => price <= limit,
+        Side::Sell => price >= limit,
+    };
+    Ok((ok, price))
 }
 
 /// The transaction and `lastValidBlockHeight` of a `/swap` answer.
@@ -2001,6 +2041,53 @@ mod tests {
         assert!(
             check_quote(&odd, USDC, JUP, "ExactOut", 2_000_000).is_err(),
             "a number, not a string"
+        );
+    }
+
+    #[test]
+    fn fees_in_the_quote_token() {
+        // SOL-USDC: 15000 lamports at 15.025 USDC for 0.1 SOL = 0.00225375 -> 0.002254.
+        let fee = quote_fee(15_000, WSOL_MINT, USDC, dec("0.1"), dec("15.025"), 6);
+        assert_eq!(fee, Some(dec("0.002254")));
+        // USDC-SOL style (SOL quote): the fee in SOL, exact.
+        assert_eq!(
+            quote_fee(15_000, USDC, WSOL_MINT, dec("1"), dec("0.0066"), 9),
+            Some(dec("0.000015"))
+        );
+        assert_eq!(
+            quote_fee(15_000, JUP, USDC, dec("2"), dec("1.625"), 6),
+            None
+        );
+    }
+
+    #[test]
+    fn the_ioc_limit_rule_uses_the_worst_price_within_slippage() {
+        // BUY 0.1 SOL, at most 15.100125 USDC: 151.00125 per SOL.
+        let worst = 15_100_125;
+        assert_eq!(
+            limit_met(Side::Buy, worst, 6, dec("0.1"), dec("151.01")),
+            Ok((true, dec("151.00125")))
+        );
+        assert!(
+            !limit_met(Side::Buy, worst, 6, dec("0.1"), dec("151"))
+                .unwrap()
+                .0
+        );
+        assert!(
+            limit_met(Side::Buy, worst, 6, dec("0.1"), dec("151.00125"))
+                .unwrap()
+                .0
+        );
+        // SELL 0.1 SOL, at least 14.949875 USDC.
+        assert!(
+            limit_met(Side::Sell, 14_949_875, 6, dec("0.1"), dec("149.49875"))
+                .unwrap()
+                .0
+        );
+        assert!(
+            !limit_met(Side::Sell, 14_949_875, 6, dec("0.1"), dec("149.5"))
+                .unwrap()
+                .0
         );
     }
 
