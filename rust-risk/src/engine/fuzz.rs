@@ -39,6 +39,13 @@ enum Event {
         reduce_only: bool,
     },
     Heartbeat,
+    /// A live venue's status for the fills' venue: a position, cash and equity (recon.rs).
+    VenueStatus {
+        symbol: usize,
+        quantity: String,
+        cash: Option<String>,
+        equity: Option<String>,
+    },
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -64,6 +71,19 @@ fn event() -> impl Strategy<Value = Event> {
                 reduce_only,
             }),
         1 => Just(Event::Heartbeat),
+        2 => (
+            0..SYMBOLS.len(),
+            money_text(),
+            any::<bool>(),
+            proptest::option::of(money_text()),
+            proptest::option::of(money_text()),
+        )
+            .prop_map(|(symbol, quantity, short, cash, equity)| Event::VenueStatus {
+                symbol,
+                quantity: if short { format!("-{quantity}") } else { quantity },
+                cash: cash.map(|c| format!("-{c}")),
+                equity,
+            }),
     ]
 }
 
@@ -174,6 +194,28 @@ fn run(mut engine: Engine, events: &[Event]) -> Result<(), TestCaseError> {
                 );
             }
             Event::Heartbeat => engine.heartbeat(now),
+            Event::VenueStatus {
+                symbol,
+                quantity,
+                cash,
+                equity,
+            } => {
+                let status: LiveVenueStatus = serde_json::from_value(json!({
+                    "venue": "sim", "kind": "binance_futures", "mode": "testnet", "connected": true,
+                    "account": {"cash": cash, "equity": equity,
+                                "positions": [{"symbol": SYMBOLS[*symbol], "quantity": quantity}]},
+                    "ts": now,
+                }))
+                .map_err(|e| TestCaseError::fail(format!("{e}: {quantity}")))?;
+                let reconciliation = engine
+                    .apply_venue_status(&status, now)
+                    .expect("ready: reconciled");
+                let wire = bus::encode(&reconciliation);
+                prop_assert_eq!(
+                    bus::decode::<Reconciliation>(&wire).map_err(TestCaseError::fail)?,
+                    reconciliation
+                );
+            }
         }
         views_are_readable(&engine, now)?;
     }
