@@ -370,6 +370,11 @@ async def test_binary_market_ioc_short_and_rejections(operator: Operator) -> Non
     assert [a["action"]["orders"][0]["c"] for a in venue.actions] == [cloid_of(c) for c in ("hl-m1", "hl-m2", "hl-r4")]
     state = venue.positions["ETH"]
     assert state[0] == Decimal("-0.006")  # -0.01 + 0.004
+    # Reduce-only below the $10 minimum: allowed, it closes part of the short.
+    await op.submit("hl-c1", "ETH-USD", "BUY", "0.002", reduce_only=True)
+    await op.wait_status("hl-c1", "FILLED")
+    assert venue.positions["ETH"][0] == Decimal("-0.004")
+    assert venue.actions[-1]["action"]["orders"][0]["r"] is True
 
 
 @pytest.mark.e2e

@@ -774,7 +774,9 @@ impl Hyperliquid {
         let value = price
             .checked_mul(qty)
             .ok_or("invalid_order: price x quantity overflows")?;
-        if value < self.inner.min_notional {
+        // A reduce-only order may be smaller (closing what is left of a position); the
+        // venue has the last word on it.
+        if value < self.inner.min_notional && !o.reduce_only {
             return Err(format!(
                 "min_notional: {qty} x {price} = {value} USDC is below Hyperliquid's minimum order value {}",
                 self.inner.min_notional
