@@ -106,6 +106,32 @@ async def test_stand_in_orders_spot(spot: StandIn) -> None:
     assert status == 429
 
 
+async def test_stand_in_ws_api_subscription(spot: StandIn) -> None:
+    import aiohttp
+
+    from tests.venues.binance import ws_api_payload
+
+    async def subscribe(secret: str, timestamp: int) -> dict:
+        params: dict[str, object] = {"apiKey": spot.api_key, "timestamp": timestamp}
+        params["signature"] = hmac_signature(secret, ws_api_payload(params))
+        await ws.send_json({"id": "s1", "method": "userDataStream.subscribe.signature", "params": params})
+        return await ws.receive_json(timeout=5)
+
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{spot.ws_url}/ws-api/v3") as ws:
+        assert (await subscribe("wrong", spot.now_ms()))["error"]["code"] == -1022
+        assert (await subscribe(spot.secret, spot.now_ms() - 10_000))["error"]["code"] == -1021
+        answer = await subscribe(spot.secret, spot.now_ms())
+        assert answer["status"] == 200 and "subscriptionId" in answer["result"]
+        assert spot.stream_count() == 1
+        spot.add_order("w-1", "BUY", Decimal("0.001"), Decimal("59000"))
+        await spot.fill("w-1", Decimal("0.001"))
+        event = await ws.receive_json(timeout=5)
+        assert event["subscriptionId"] == answer["result"]["subscriptionId"]
+        assert event["event"]["e"] == "executionReport" and event["event"]["X"] == "FILLED"
+        await spot.expire_listen_keys()
+        assert (await ws.receive_json(timeout=5))["event"]["e"] == "eventStreamTerminated"
+
+
 async def test_stand_in_futures_stream_and_reduce_only(futures: StandIn) -> None:
     import aiohttp
 
@@ -319,6 +345,8 @@ async def test_binary_spot(live: tuple[StandIn, Operator]) -> None:
     rejected = await op.wait_status(blocked, "REJECTED")
     assert "rate_limited" in (rejected.reason or ""), rejected
     assert limited not in venue.orders and blocked not in venue.orders
+    # Spot's private stream is the WebSocket API subscription (listenKeys ended 2026-02-20).
+    assert not [p for _, p, _ in venue.requests if p == "/api/v3/userDataStream"]
     # No request was ever refused for its signature or its timestamp.
     assert not [r for r in venue.refusals if r[1] in (-1022, -2015, -1021)], venue.refusals
 

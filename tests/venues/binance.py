@@ -46,7 +46,16 @@ def verify_signature(query: str, secret: str | None, public_key: Ed25519PublicKe
     payload, sep, signature = query.rpartition("&signature=")
     if not sep or not signature:
         return False
-    signature = unquote(signature)
+    return verify_payload(payload, unquote(signature), secret, public_key)
+
+
+def ws_api_payload(params: dict[str, object]) -> str:
+    """What the WebSocket API signs: every parameter but `signature`, sorted by name."""
+    return "&".join(f"{k}={params[k]}" for k in sorted(params) if k != "signature")
+
+
+def verify_payload(payload: str, signature: str, secret: str | None, public_key: Ed25519PublicKey | None) -> bool:
+    """Whether `signature` (hex HMAC-SHA256 or base64 Ed25519) signs `payload` with the key."""
     if secret is not None:
         return hmac.compare_digest(hmac_signature(secret, payload), signature.lower())
     if public_key is not None:
@@ -128,6 +137,8 @@ class StandIn:
         self.trade_ids = itertools.count(1)
         self.listen_keys: set[str] = set()
         self.sockets: dict[str, list[web.WebSocketResponse]] = {}
+        self.ws_api: dict[web.WebSocketResponse, int] = {}  # subscribed WebSocket API sessions
+        self.subscription_ids = itertools.count(0)
         self.weight_minute = 0
         self.weight_used = 0
         self.banned_until = 0.0
@@ -168,6 +179,7 @@ class StandIn:
                 app.router.add_get(f"/fapi/{version}/account", self.account)
             app.router.add_route("*", "/fapi/v1/listenKey", self.listen_key)
         app.router.add_get("/ws/{key}", self.websocket)
+        app.router.add_get("/ws-api/v3", self.websocket_api)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -258,6 +270,9 @@ class StandIn:
             for ws in list(sockets):
                 if not ws.closed:
                     await ws.send_str(text)
+        for ws, subscription in list(self.ws_api.items()):
+            if not ws.closed:
+                await ws.send_str(json.dumps({"subscriptionId": subscription, "event": event}))
 
     async def event(self, order: Order, exec_type: str, last_qty: Decimal = Decimal(0),
                     last_price: Decimal = Decimal(0), fee: Decimal = Decimal(0), trade_id: int = 0) -> None:
@@ -330,14 +345,25 @@ class StandIn:
             for ws in list(sockets):
                 await ws.close()
         self.sockets.clear()
+        for ws in list(self.ws_api):
+            await ws.close()
+        self.ws_api.clear()
 
     async def expire_listen_keys(self) -> None:
-        await self.push({"e": "listenKeyExpired", "E": self.now_ms()})
+        """listenKeys expire (listenKeyExpired); WebSocket API subscriptions end
+        (eventStreamTerminated)."""
+        for ws, subscription in list(self.ws_api.items()):
+            await ws.send_str(json.dumps({"subscriptionId": subscription,
+                                          "event": {"e": "eventStreamTerminated", "E": self.now_ms()}}))
+        for sockets in self.sockets.values():
+            for ws in list(sockets):
+                await ws.send_str(json.dumps({"e": "listenKeyExpired", "E": self.now_ms()}))
         self.listen_keys.clear()
         await self.drop_streams()
 
     def stream_count(self) -> int:
-        return sum(1 for sockets in self.sockets.values() for ws in sockets if not ws.closed)
+        return (sum(1 for sockets in self.sockets.values() for ws in sockets if not ws.closed)
+                + sum(1 for ws in self.ws_api if not ws.closed))
 
     # ----- endpoints
 
@@ -516,6 +542,47 @@ class StandIn:
             self.listen_keys.discard(key)
         return self.reply({})
 
+    async def websocket_api(self, request: web.Request) -> web.StreamResponse:
+        """The spot WebSocket API, as far as the user data stream goes:
+        `userDataStream.subscribe.signature` (apiKey, timestamp, signature of the sorted
+        parameters), then the account's events as {"subscriptionId", "event"}."""
+        ws = web.WebSocketResponse(heartbeat=20)
+        await ws.prepare(request)
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    break
+                try:
+                    req = json.loads(message.data)
+                    request_id, method, params = req.get("id"), req["method"], dict(req.get("params") or {})
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    await _ws_api_answer(ws, None, 400, code=-1102, msg="Malformed request.")
+                    continue
+                if method != "userDataStream.subscribe.signature":
+                    await _ws_api_answer(ws, request_id, 400, code=-1100, msg=f"Unknown method {method}.")
+                    continue
+                if params.get("apiKey") != self.api_key:
+                    await _ws_api_answer(ws, request_id, 401, code=-2015, msg="Invalid API-key, IP, or permissions.")
+                    self.refusals.append(("/ws-api/v3", -2015))
+                    continue
+                if not verify_payload(ws_api_payload(params), str(params.get("signature", "")), self.secret,
+                                      self.public_key):
+                    await _ws_api_answer(ws, request_id, 400, code=-1022, msg="Signature for this request is not valid.")
+                    self.refusals.append(("/ws-api/v3", -1022))
+                    continue
+                server, timestamp = self.now_ms(), int(params.get("timestamp", 0))
+                if not (timestamp < server + 1000 and server - timestamp <= int(params.get("recvWindow", 5000))):
+                    await _ws_api_answer(ws, request_id, 400, code=-1021,
+                                         msg="Timestamp for this request is outside of the recvWindow.")
+                    self.refusals.append(("/ws-api/v3", -1021))
+                    continue
+                subscription = next(self.subscription_ids)
+                self.ws_api[ws] = subscription
+                await _ws_api_answer(ws, request_id, 200, {"subscriptionId": subscription})
+        finally:
+            self.ws_api.pop(ws, None)
+        return ws
+
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
         if key not in self.listen_keys:
@@ -527,6 +594,16 @@ class StandIn:
             if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
                 break
         return ws
+
+
+async def _ws_api_answer(ws: web.WebSocketResponse, request_id: object, status: int, result: object = None,
+                         code: int = 0, msg: str = "") -> None:
+    body: dict[str, object] = {"id": request_id, "status": status}
+    if status == 200:
+        body["result"] = result
+    else:
+        body["error"] = {"code": code, "msg": msg}
+    await ws.send_str(json.dumps(body))
 
 
 class Client:

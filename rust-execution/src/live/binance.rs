@@ -65,6 +65,15 @@ struct Settings {
     /// WebSocket base URL (the stream is `<ws_url>/ws/<listenKey>`); default by kind and mode.
     #[serde(default)]
     ws_url: Option<String>,
+    /// How the private stream is opened: `ws_api` (spot default: the WebSocket API's
+    /// `userDataStream.subscribe.signature`; Binance ended spot listenKeys on 2026-02-20) or
+    /// `listen_key` (futures and Aster default: POST listenKey, `<ws_url>/ws/<listenKey>`).
+    #[serde(default)]
+    user_stream: Option<String>,
+    /// The WebSocket API URL (spot); default by mode, or `<ws_url>/ws-api/v3` when only
+    /// `ws_url` is set.
+    #[serde(default)]
+    ws_api_url: Option<String>,
     /// `hmac` (API secret) or `ed25519` (PKCS#8 PEM private key).
     #[serde(default = "default_key_type")]
     key_type: String,
@@ -519,7 +528,7 @@ pub fn parse_stream(frame: &str) -> Result<StreamEvent, String> {
     };
     let kind = text(&value, "e").ok_or("frame without event type")?;
     match kind {
-        "listenKeyExpired" => Ok(StreamEvent::Expired),
+        "listenKeyExpired" | "eventStreamTerminated" => Ok(StreamEvent::Expired),
         "executionReport" => parse_execution_report(&value),
         "ORDER_TRADE_UPDATE" => {
             let o = value.get("o").ok_or("ORDER_TRADE_UPDATE without o")?;
@@ -688,6 +697,8 @@ struct Inner {
     flavor: Flavor,
     rest_url: String,
     ws_url: String,
+    /// `Some(url)`: the private stream is the WebSocket API's subscription at `url`.
+    ws_api_url: Option<String>,
     api_key: String,
     signer: Signer,
     recv_window_ms: u64,
@@ -713,6 +724,7 @@ impl fmt::Debug for Binance {
             .field("kind", &self.inner.kind)
             .field("rest_url", &self.inner.rest_url)
             .field("ws_url", &self.inner.ws_url)
+            .field("ws_api_url", &self.inner.ws_api_url)
             .field("api_key", &"<redacted>")
             .field("signer", &self.inner.signer)
             .finish()
@@ -851,6 +863,23 @@ impl Binance {
             .timeout(Duration::from_millis(settings.timeout_ms.max(1)))
             .build()
             .context("HTTP client")?;
+        let ws_api_default = match mode {
+            Mode::Live => "wss://ws-api.binance.com:443/ws-api/v3",
+            _ => "wss://ws-api.testnet.binance.vision/ws-api/v3",
+        };
+        let ws_api_url = match (settings.user_stream.as_deref(), flavor) {
+            (Some("ws_api"), _) | (None, Flavor::Spot) => {
+                Some(match (&settings.ws_api_url, &settings.ws_url) {
+                    (Some(url), _) => url.trim_end_matches('/').to_string(),
+                    (None, Some(ws)) => format!("{}/ws-api/v3", ws.trim_end_matches('/')),
+                    (None, None) => ws_api_default.to_string(),
+                })
+            }
+            (Some("listen_key"), _) | (None, Flavor::Futures) => None,
+            (Some(other), _) => {
+                bail!("[execution.live.{name}] user_stream {other:?}: ws_api or listen_key")
+            }
+        };
         let account_path = settings
             .account_path
             .clone()
@@ -875,6 +904,7 @@ impl Binance {
                     .unwrap_or_else(|| ws_default.into())
                     .trim_end_matches('/')
                     .to_string(),
+                ws_api_url,
                 api_key,
                 signer,
                 recv_window_ms: settings.recv_window_ms,
@@ -1302,11 +1332,98 @@ impl Binance {
         }
     }
 
-    /// One listenKey + WebSocket session; returns why it ended.
+    /// The WebSocket API request that subscribes to the account's events:
+    /// `userDataStream.subscribe.signature` with apiKey, timestamp and the signature of
+    /// `apiKey=...&timestamp=...` (the parameters sorted by name, as the WebSocket API signs).
+    fn subscribe_request(&self, id: &str) -> String {
+        let timestamp = now_ms() + self.state().offset_ms;
+        let payload = format!("apiKey={}&timestamp={timestamp}", self.inner.api_key);
+        let signature = self.inner.signer.sign(&payload);
+        serde_json::json!({
+            "id": id,
+            "method": "userDataStream.subscribe.signature",
+            "params": {"apiKey": self.inner.api_key, "timestamp": timestamp, "signature": signature},
+        })
+        .to_string()
+    }
+
+    /// One WebSocket API session with a user data subscription; returns why it ended.
+    async fn stream_ws_api(
+        &self,
+        url: &str,
+        events: &mpsc::UnboundedSender<VenueEvent>,
+    ) -> Result<String, String> {
+        let (mut ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .map_err(|_| "connecting the WebSocket API: timeout".to_string())?
+        .map_err(|e| format!("connecting the WebSocket API: {e}"))?;
+        let id = format!("mb-subscribe-{}", now_ms());
+        ws.send(Message::Text(self.subscribe_request(&id).into()))
+            .await
+            .map_err(|e| format!("subscribing: {e}"))?;
+        let mut subscribed = false;
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                message = ws.next() => {
+                    let message = match message {
+                        None => return Ok("stream closed".into()),
+                        Some(Err(e)) => return Ok(format!("stream error: {e}")),
+                        Some(Ok(message)) => message,
+                    };
+                    match message {
+                        Message::Text(frame) => {
+                            let value: Option<Value> = serde_json::from_str(frame.as_str()).ok();
+                            let answer = value.as_ref().filter(|v| v.get("id").and_then(Value::as_str) == Some(id.as_str()));
+                            if let Some(answer) = answer {
+                                if answer.get("status").and_then(Value::as_u64) == Some(200) {
+                                    subscribed = true;
+                                    let _ = events.send(VenueEvent::Health {
+                                        connected: true,
+                                        detail: "user data stream subscribed (WebSocket API)".into(),
+                                    });
+                                    continue;
+                                }
+                                let error = answer.get("error").cloned().unwrap_or(Value::Null);
+                                let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+                                if code == -1021 {
+                                    let _ = self.sync_time().await;
+                                }
+                                let msg = text(&error, "msg").unwrap_or("").chars().take(200).collect::<String>();
+                                return Err(format!("subscription refused: {code}: {msg}"));
+                            }
+                            if value.as_ref().is_some_and(|v| v.get("id").is_some() && v.get("status").is_some()) {
+                                continue; // an answer to something else
+                            }
+                            if self.on_frame(frame.as_str(), events) {
+                                return Ok("the subscription ended (eventStreamTerminated)".into());
+                            }
+                        }
+                        Message::Ping(payload) => {
+                            let _ = ws.send(Message::Pong(payload)).await;
+                        }
+                        Message::Close(_) => return Ok("stream closed by the venue".into()),
+                        _ => {}
+                    }
+                }
+                _ = &mut deadline, if !subscribed => return Err("no answer to the subscription in 10 s".into()),
+                _ = events.closed() => return Ok("stopped".into()),
+            }
+        }
+    }
+
+    /// One private stream session; returns why it ended.
     async fn stream_once(
         &self,
         events: &mpsc::UnboundedSender<VenueEvent>,
     ) -> Result<String, String> {
+        if let Some(url) = self.inner.ws_api_url.clone() {
+            return self.stream_ws_api(&url, events).await;
+        }
         let path = self.path("/api/v3/userDataStream", "/fapi/v1/listenKey");
         let key = match self.call(reqwest::Method::POST, path, &[], false, 2).await {
             Reply::Ok(value) => text(&value, "listenKey")
@@ -1380,7 +1497,9 @@ impl Binance {
                     Some(trade) => {
                         self.add_fee(client, venue_symbol, &trade);
                     }
-                    None => tracing::warn!(venue = %self.inner.name, "a fill without tradeId, price or qty in the answer"),
+                    None => {
+                        tracing::warn!(venue = %self.inner.name, "a fill without tradeId, price or qty in the answer")
+                    }
                 }
             }
             return;
@@ -1411,7 +1530,10 @@ impl Binance {
             Flavor::Futures => ("/fapi/v1/userTrades", 5),
         };
         let params = [("symbol", venue_symbol.to_string()), ("orderId", order_id)];
-        let trades = match self.signed(reqwest::Method::GET, path, &params, weight).await {
+        let trades = match self
+            .signed(reqwest::Method::GET, path, &params, weight)
+            .await
+        {
             Reply::Ok(Value::Array(trades)) => trades,
             other => {
                 tracing::warn!(venue = %self.inner.name, client_order_id = client, error = %reply_error(other), "reading the order's trades failed: its fee may be left out");
@@ -1423,7 +1545,9 @@ impl Binance {
                 Some(trade) => {
                     self.add_fee(client, venue_symbol, &trade);
                 }
-                None => tracing::warn!(venue = %self.inner.name, "a trade without id, price or qty ignored"),
+                None => {
+                    tracing::warn!(venue = %self.inner.name, "a trade without id, price or qty ignored")
+                }
             }
         }
     }
@@ -2207,14 +2331,77 @@ mod budget_tests {
             assert_eq!(venue.state().ids.get(&client), Some(&"x".repeat(40)));
             let params = venue.order_params(&routed, &symbol, &client);
             let query = query_string(&params);
-            let mut expected = format!(
-                "symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=IOC&quantity=0.01&price=60000.5"
+            let mut expected = String::from(
+                "symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=IOC&quantity=0.01&price=60000.5",
             );
             if reduce {
                 expected.push_str("&reduceOnly=true");
             }
-            expected.push_str(&format!("&newClientOrderId={client}&newOrderRespType={resp}"));
+            expected.push_str(&format!(
+                "&newClientOrderId={client}&newOrderRespType={resp}"
+            ));
             assert_eq!(query, expected);
         }
+    }
+}
+
+#[cfg(test)]
+mod ws_api_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn spot_subscribes_by_signature_and_futures_by_listen_key() {
+        std::env::set_var(
+            "MB_TEST_WS_KEY",
+            "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A",
+        );
+        std::env::set_var(
+            "MB_TEST_WS_SECRET",
+            "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j",
+        );
+        let cfg = json!({"symbols": {"BTC-USDT": "BTCUSDT"}, "api_key_env": "MB_TEST_WS_KEY",
+                         "api_secret_env": "MB_TEST_WS_SECRET"});
+        let spot = Binance::from_config("b", "binance_spot", Mode::Live, cfg.clone()).unwrap();
+        assert_eq!(
+            spot.inner.ws_api_url.as_deref(),
+            Some("wss://ws-api.binance.com:443/ws-api/v3")
+        );
+        let request: Value = serde_json::from_str(&spot.subscribe_request("x")).unwrap();
+        assert_eq!(request["method"], "userDataStream.subscribe.signature");
+        let params = &request["params"];
+        let payload = format!(
+            "apiKey={}&timestamp={}",
+            params["apiKey"].as_str().unwrap(),
+            params["timestamp"].as_i64().unwrap()
+        );
+        assert_eq!(
+            params["signature"].as_str().unwrap(),
+            hmac_sha256_hex(
+                b"NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j",
+                &payload
+            )
+        );
+        let mut local = cfg.clone();
+        local["ws_url"] = json!("ws://127.0.0.1:9/");
+        let spot = Binance::from_config("b", "binance_spot", Mode::Testnet, local).unwrap();
+        assert_eq!(
+            spot.inner.ws_api_url.as_deref(),
+            Some("ws://127.0.0.1:9/ws-api/v3")
+        );
+        let futures =
+            Binance::from_config("b", "binance_futures", Mode::Testnet, cfg.clone()).unwrap();
+        assert_eq!(futures.inner.ws_api_url, None);
+        let mut legacy = cfg.clone();
+        legacy["user_stream"] = json!("listen_key");
+        let spot = Binance::from_config("b", "binance_spot", Mode::Testnet, legacy).unwrap();
+        assert_eq!(spot.inner.ws_api_url, None);
+        let mut bad = cfg;
+        bad["user_stream"] = json!("carrier_pigeon");
+        assert!(Binance::from_config("b", "binance_spot", Mode::Testnet, bad).is_err());
+        assert_eq!(
+            parse_stream(r#"{"subscriptionId":3,"event":{"e":"eventStreamTerminated","E":1}}"#),
+            Ok(StreamEvent::Expired)
+        );
     }
 }
