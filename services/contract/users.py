@@ -11,6 +11,7 @@ SERVICE_USERS: list[str] = [
     "sentiment-agent",
     "swarm-agent",
     "gateway",
+    "notifier",  # services/notifier: read-only, sends fills, breaches and alerts to webhooks
     "operator",
     "backtest",  # the backtest workers (services/backtest/worker.py): backtest.api.run, dataset reads
     "supervisor",  # make run's launcher: restarts crashed services, records them in KV supervisor.*

@@ -61,6 +61,7 @@ from services.devstack.certs import ensure_tls_files
 from services.devstack.supervisor import Recorder, RestartPolicy, Track, describe_exit
 from services.ops.supervision import HEARTBEAT_S
 from services.contract.models import ErrorEvent
+from services.notifier.config import NotifierConfig
 from services.contract import subjects as S
 
 DEFAULT_PORT = 4222
@@ -111,6 +112,22 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("gateway", ("-m", "services.gateway"), "python"),
     ]
 }
+
+# Started by `make run` only when their config section says so (default_services):
+# the notifier with `[notifier] enabled = true`. System.start takes them by name too.
+OPTIONAL_SERVICES: dict[str, ServiceSpec] = {
+    "notifier": ServiceSpec("notifier", ("-m", "services.notifier"), "python"),
+}
+
+
+def default_services(table: dict[str, object]) -> list[str]:
+    """What `make run` starts without --services: every one of SERVICES, and the notifier
+    (before the gateway) when `[notifier] enabled = true`."""
+    names = list(SERVICES)
+    if config.section(table, "notifier", NotifierConfig).enabled:
+        names.insert(names.index("gateway"), "notifier")
+    return names
+
 
 # Services that run as active + standby with `standby=True` (MOONBUS_STANDBY=1): leader
 # election over the KV lease `leader.<service>` (rust-common leader.rs), `[<service>] failover`.
@@ -328,11 +345,12 @@ class System:
         standby: risk and execution each run twice, active + `<name>-standby`, with
         `failover = true` (with_standbys): the standby takes over when the active one dies.
         """
-        specs = [SERVICES[s] if isinstance(s, str) and s in SERVICES else s
+        known = {**SERVICES, **OPTIONAL_SERVICES}
+        specs = [known[s] if isinstance(s, str) and s in known else s
                  for s in (list(SERVICES) if services is None else services)]
         unknown = [s for s in specs if not isinstance(s, ServiceSpec)]
         if unknown:
-            raise ValueError(f"unknown service(s) {unknown}; known: {', '.join(SERVICES)}")
+            raise ValueError(f"unknown service(s) {unknown}; known: {', '.join(known)}")
         if standby:
             specs = with_standbys(specs)
         names = [spec.name for spec in specs]
@@ -799,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = config.load(None if "MOONBUS_CONFIG" in os.environ else REPO_ROOT / "moonbus.toml")
         nats_cfg = config.section(table, "nats", NatsConfig)
+        services = services or default_services(table)
     except Exception as e:  # a bad [nats] section or override: one line, exit 1
         print(f"moonbus: config: {e}", file=sys.stderr)
         return 1
