@@ -701,3 +701,40 @@ async def test_execution_report_reaches_the_webhooks_through_nats(
         await asyncio.sleep(0.3)
         assert len(by_path("/json/")) == 5 and errors.empty()
     assert "Zx9SeCrEt" not in caplog.text
+
+
+async def test_make_run_launches_the_notifier_as_its_own_user(hook: Hook, tmp_path: Any) -> None:
+    """`python -m services.notifier` under the launcher, configured by overrides only, as NATS
+    user `notifier`: a kill switch published by risk reaches the webhook; the URL is never printed."""
+    import nats as nats_py
+
+    from services.devstack.launcher import System
+    from services.devstack.natsserver import free_port
+
+    hook.default = (200, "ok", {}, 0.0)
+    secret_url = f"{hook.url}/hooks/Zx9SeCrEtLaUnChEr"
+    env = {"MOONBUS__NOTIFIER__ENABLED": "true", "MOONBUS__NOTIFIER__METRICS_PORT": "0",
+           "MOONBUS__NOTIFIER__CHANNELS__OPS__KIND": "json",
+           "MOONBUS__NOTIFIER__CHANNELS__OPS__URL_ENV": "NOTIFIER_OPS_URL",
+           "MOONBUS_LOG_LEVEL": "DEBUG", "NOTIFIER_OPS_URL": secret_url}
+    system = System().start(port=free_port(), moon_dir=tmp_path, services=["notifier"], out=None, env=env)
+    try:
+        await system.await_output("notifier", r"notifier ready: Channel\('ops', kind=json, secret from "
+                                              r"\$NOTIFIER_OPS_URL\)", timeout=30)
+        creds = system.env_for("risk")
+        risk = await nats_py.connect(creds["NATS_URL"], user="risk", password=creds["NATS_PASSWORD"],
+                                     inbox_prefix="_INBOX.risk")
+        try:
+            await risk.publish("risk.events", encode(KillSwitchState(engaged=True, actor="operator",
+                                                                     reason="launcher test", changed_ts=TS)))
+            await risk.flush()
+            (seen,) = await hook.wait(1, timeout=15)
+        finally:
+            await risk.close()
+        assert seen.path == "/hooks/Zx9SeCrEtLaUnChEr"
+        assert seen.body["event"] == "kill_switch" and seen.body["title"] == "Kill switch ENGAGED by operator"
+        assert system.running("notifier")
+        assert not any("Zx9SeCrEt" in line for line in system.output("notifier"))
+    finally:
+        system.stop()
+        print(system.tail(40))
