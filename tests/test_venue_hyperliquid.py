@@ -389,6 +389,15 @@ async def test_binary_duplicate_cloid_unknown_answer_and_stream_drop(operator: O
     assert len(venue.orders) == 1
     await op.hook(venue.fill(cloid_of("hl-d1"), Decimal("0.02")))
     assert Decimal((await op.wait_status("hl-d1", "FILLED"))["filled_quantity"]) == Decimal("0.02")
+    # Whatever words the venue uses for the refusal, the cloid's record decides.
+    venue.duplicate_error = "Order could not be placed."
+    await op.hook(Client(venue).order("ETH", False, "0.02", "3800", cloid=cloid_of("hl-d2")))
+    await op.submit("hl-d2", "ETH-USD", "SELL", "0.02", limit="3800")
+    await op.wait_status("hl-d2", "ACCEPTED")
+    await op.hook(venue.fill(cloid_of("hl-d2"), Decimal("0.02")))
+    await op.wait_status("hl-d2", "FILLED")
+    assert "REJECTED" not in op.statuses("hl-d2")
+    assert len(venue.orders) == 2
     # No answer (502 after the venue placed it) and its stream update lost: never resent,
     # found by orderStatus with its cloid.
     venue.answer_5xx = 1

@@ -146,6 +146,7 @@ class StandIn:
     answer_5xx: int = 0  # the next N orders are placed but answered 502
     force_429: int = 0  # the next N requests are answered 429
     exchange_429: int = 0  # the next N /exchange requests are answered 429 (nothing placed)
+    duplicate_error: str = "Duplicate cloid"  # the words of the duplicate-cloid refusal
     mute_ws: bool = False  # the WebSocket feeds say nothing (updates lost, connections kept)
 
     def __post_init__(self) -> None:
@@ -446,7 +447,7 @@ class StandIn:
         px, sz = Decimal(o["p"]), Decimal(o["s"])
         cloid = o.get("c")
         if cloid is not None and cloid.lower() in self.by_cloid:
-            return {"error": "Duplicate cloid"}  # idempotency: the first order stands
+            return {"error": self.duplicate_error}  # idempotency: the first order stands
         if self.reject_next:
             return {"error": self.reject_next.pop(0)}
         if sz <= 0 or sz != sz.quantize(Decimal(1).scaleb(-sz_decimals)):

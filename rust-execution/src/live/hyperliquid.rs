@@ -929,30 +929,35 @@ impl Exchange for Hyperliquid {
                     reason: format!("hyperliquid: {why}"),
                 }
             }
-            Ok(OrderAnswer::Error(why)) if is_duplicate_cloid(&why) => {
-                info!(venue = %self.inner.name, cloid, "hyperliquid: duplicate cloid, the order is already there");
-                match self.order_status(order).await {
-                    Ok(Some(state)) => Submitted::Accepted(state),
-                    Ok(None) => Submitted::Unknown {
-                        reason: format!("hyperliquid: {why}; orderStatus knows no such order yet"),
-                    },
-                    Err(e) => Submitted::Unknown {
-                        reason: format!("hyperliquid: {why}; orderStatus: {e}"),
-                    },
+            // The order was refused. Whatever the words, an order with our cloid may be
+            // at the venue already (a second send after a restart is refused as a
+            // duplicate): the venue's own record of the cloid decides.
+            Ok(OrderAnswer::Error(why)) => match self.order_status(order).await {
+                Ok(Some(state))
+                    if !(state.status == VenueStatus::Rejected && state.filled.is_zero()) =>
+                {
+                    info!(venue = %self.inner.name, cloid, why, "hyperliquid: the order is already there");
+                    Submitted::Accepted(state)
                 }
-            }
-            Ok(OrderAnswer::Error(why)) => {
-                self.update_track(
-                    &cloid,
-                    None,
-                    VenueStatus::Rejected,
-                    Decimal::ZERO,
-                    Some(why.clone()),
-                );
-                Submitted::Rejected {
-                    reason: format!("hyperliquid: {why}"),
+                Err(e) if is_duplicate_cloid(&why) => Submitted::Unknown {
+                    reason: format!("hyperliquid: {why}; orderStatus: {e}"),
+                },
+                Ok(None) if is_duplicate_cloid(&why) => Submitted::Unknown {
+                    reason: format!("hyperliquid: {why}; orderStatus knows no such order yet"),
+                },
+                _ => {
+                    self.update_track(
+                        &cloid,
+                        None,
+                        VenueStatus::Rejected,
+                        Decimal::ZERO,
+                        Some(why.clone()),
+                    );
+                    Submitted::Rejected {
+                        reason: format!("hyperliquid: {why}"),
+                    }
                 }
-            }
+            },
             Ok(OrderAnswer::Resting { oid }) => {
                 match self.update_track(&cloid, Some(oid), VenueStatus::Open, Decimal::ZERO, None) {
                     Some(v) => Submitted::Accepted(v),
