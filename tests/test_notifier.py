@@ -329,6 +329,10 @@ def test_reports_other_than_fills_and_rejections_are_not_notices() -> None:
     partial = report(OrderStatus.PARTIALLY_FILLED, filled_quantity=Decimal("0.2"), last_fill_quantity=Decimal("0.2"))
     n = from_report(partial, "exec.report.BTC-USD", {})
     assert n is not None and n.kind == "fills" and n.notional == Decimal("20000.1")
+    invalid = ExecutionReport(status=OrderStatus.REJECTED, reason="bad_request: symbol", timings=Timings(), ts=TS)
+    n = from_report(invalid, "exec.report._invalid", {})
+    assert n is not None and n.title == "REJECTED order (unreadable: exec.report._invalid)" and n.symbol is None
+    assert n.text == "? order ?: bad_request: symbol"
     failed = report(OrderStatus.FAILED, reason="venue down", filled_quantity=Decimal(0), last_fill_price=None,
                     last_fill_quantity=None, avg_fill_price=None)
     assert from_report(failed, "exec.report.BTC-USD", {}).kind == "rejections"  # type: ignore[union-attr]

@@ -79,7 +79,9 @@ def from_report(r: ExecutionReport, subject: str, data: dict[str, Any]) -> Notic
                f"{money(r.quantity)}, average {money(r.avg_fill_price)}"
         return Notice("fills", title, text, "info", r.symbol, notional, tuple(fields), subject, data, r.ts)
     if r.status in REJECT_STATUSES:
-        title = f"{r.status.value} {side} {money(r.quantity)} {symbol}"
+        title = " ".join(p for p in (r.status.value, r.side.value if r.side else "",
+                                     money(r.quantity) if r.quantity is not None else "",
+                                     r.symbol or "order (unreadable: exec.report._invalid)") if p)
         text = f"{r.agent or '?'} order {r.client_order_id or '?'}: {r.reason or 'no reason given'}"
         fields.append(("reason", r.reason or "-"))
         return Notice("rejections", title, text, "warning", r.symbol, None, tuple(fields), subject, data, r.ts)
