@@ -323,6 +323,11 @@ async def test_binary_limit_rests_fills_in_part_and_cancels(operator: Operator) 
     await op.wait_status("hl-1", "ACCEPTED")
     order = venue.find(cloid_of("hl-1"))  # the cloid is sha256(client_order_id)[:16]
     assert (order.px, order.orig_sz, order.tif, order.is_buy) == (Decimal("3400"), Decimal("0.1"), "Gtc", True)
+    # Malformed frames are skipped; the stream goes on (the same connection).
+    connections = list(venue.sockets)
+    for junk in ("not json", '{"channel":"userFills","data":{"user":"%s","fills":[{"px":"x"}]}}' % venue.account,
+                 '{"channel":"orderUpdates","data":{"oops":1}}', '{"data":[]}'):
+        await op.hook(venue.push_raw(junk))
     await op.hook(venue.fill(order.oid, Decimal("0.04")))
     partial = await op.wait_status("hl-1", "PARTIALLY_FILLED")
     assert Decimal(partial["filled_quantity"]) == Decimal("0.04")
@@ -332,6 +337,7 @@ async def test_binary_limit_rests_fills_in_part_and_cancels(operator: Operator) 
     cancelled = await op.wait_status("hl-1", "CANCELLED")
     assert Decimal(cancelled["filled_quantity"]) == Decimal("0.04")
     assert venue.find(order.oid).status == "canceled"
+    assert venue.sockets == connections and not connections[0].closed
     # Every action came signed by the agent (the stand-in recovered each), nonces rising.
     assert venue.refusals == []
     kinds = [a["action"]["type"] for a in venue.actions]

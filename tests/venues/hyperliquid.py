@@ -221,6 +221,12 @@ class StandIn:
                 except ConnectionError:
                     pass
 
+    async def push_raw(self, text: str) -> None:
+        """Send a frame as is (malformed ones included) on every connection."""
+        for ws in list(self.sockets):
+            if not ws.closed:
+                await ws.send_str(text)
+
     async def drop_ws(self) -> None:
         """Close every WebSocket connection (the adapter must reconnect)."""
         for ws in list(self.sockets):
