@@ -345,6 +345,9 @@ async def test_binary_spot(live: tuple[StandIn, Operator]) -> None:
     rejected = await op.wait_status(blocked, "REJECTED")
     assert "rate_limited" in (rejected.reason or ""), rejected
     assert limited not in venue.orders and blocked not in venue.orders
+    # Reconciliation reads balances, open orders, and prices for the equity.
+    for path in ("/api/v3/account", "/api/v3/openOrders", "/api/v3/ticker/price"):
+        assert any(p == path for _, p, _ in venue.requests), path
     # Spot's private stream is the WebSocket API subscription (listenKeys ended 2026-02-20).
     assert not [p for _, p, _ in venue.requests if p == "/api/v3/userDataStream"]
     # No request was ever refused for its signature or its timestamp.

@@ -173,6 +173,7 @@ class StandIn:
         app.router.add_get("/api/v3/myTrades" if self.flavor == SPOT else "/fapi/v1/userTrades", self.my_trades)
         if self.flavor == SPOT:
             app.router.add_get("/api/v3/account", self.account)
+            app.router.add_get("/api/v3/ticker/price", self.ticker_price)
             app.router.add_route("*", "/api/v3/userDataStream", self.listen_key)
         else:
             for version in ("v2", "v3"):
@@ -507,6 +508,13 @@ class StandIn:
         symbol = params.get("symbol")
         return self.reply([self.order_json(o) for o in self.orders.values()
                            if o.status in ("NEW", "PARTIALLY_FILLED") and symbol in (None, o.symbol)])
+
+    async def ticker_price(self, request: web.Request) -> web.Response:
+        if (limited := self.charge(4)) is not None:
+            return limited
+        self.requests.append((request.method, request.path, dict(request.query)))
+        wanted = json.loads(request.query.get("symbols", "null") or "null") or list(self.prices)
+        return self.reply([{"symbol": s, "price": str(self.prices[s])} for s in wanted if s in self.prices])
 
     async def account(self, request: web.Request) -> web.Response:
         if (limited := self.charge(20 if self.flavor == SPOT else 5)) is not None:

@@ -1552,6 +1552,52 @@ impl Binance {
         }
     }
 
+    /// Spot equity in the quote currency: its balance plus the mapped symbols' base assets
+    /// at the venue's last prices (GET /api/v3/ticker/price). `None` when the symbols do
+    /// not share one quote asset or the prices cannot be read.
+    async fn spot_equity(
+        &self,
+        rules: &HashMap<String, Rules>,
+        totals: &HashMap<String, (Decimal, Decimal)>,
+    ) -> Option<Decimal> {
+        let quotes: HashSet<&str> = rules.values().map(|r| r.quote.as_str()).collect();
+        if quotes.len() != 1 {
+            return None;
+        }
+        let quote = quotes.into_iter().next()?;
+        let list: Vec<String> = rules.keys().map(|s| format!("\"{s}\"")).collect();
+        let params = [("symbols", format!("[{}]", list.join(",")))];
+        let prices = match self
+            .call(
+                reqwest::Method::GET,
+                "/api/v3/ticker/price",
+                &params,
+                false,
+                4,
+            )
+            .await
+        {
+            Reply::Ok(Value::Array(prices)) => prices,
+            other => {
+                tracing::warn!(venue = %self.inner.name, error = %reply_error(other), "spot prices for the equity unavailable");
+                return None;
+            }
+        };
+        let mut equity = totals.get(quote).map(|(_, t)| *t).unwrap_or_default();
+        for (symbol, r) in rules {
+            let held = totals.get(&r.base).map(|(_, t)| *t).unwrap_or_default();
+            if held.is_zero() {
+                continue;
+            }
+            let price = prices
+                .iter()
+                .find(|p| text(p, "symbol") == Some(symbol.as_str()))
+                .and_then(|p| dec(p, "price"))?;
+            equity = equity.checked_add(held.checked_mul(price)?)?;
+        }
+        Some(equity)
+    }
+
     /// Handle one stream frame; `true` when the listenKey expired.
     fn on_frame(&self, frame: &str, events: &mpsc::UnboundedSender<VenueEvent>) -> bool {
         match parse_stream(frame) {
@@ -1754,6 +1800,7 @@ impl Exchange for Binance {
             state.cash = quote
                 .as_ref()
                 .map(|q| totals.get(q).map(|(f, _)| *f).unwrap_or(Decimal::ZERO));
+            state.equity = self.spot_equity(&rules, &totals).await;
         } else {
             if let Some(assets) = account.get("assets").and_then(Value::as_array) {
                 for asset in assets {
