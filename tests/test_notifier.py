@@ -539,6 +539,9 @@ async def test_4xx_is_not_retried(hook: Hook, client: httpx.AsyncClient) -> None
 
 @pytest.mark.parametrize(("kind", "status", "body", "headers", "wait"), [
     ("discord", 429, {"message": "You are being rate limited.", "retry_after": 0.6, "global": False}, {}, 0.6),
+    # an unversioned webhook URL (API v6) says milliseconds in the body, seconds in the header
+    ("discord", 429, {"message": "You are being rate limited.", "retry_after": 700, "global": False},
+     {"Retry-After": "1"}, 0.7),
     ("telegram", 429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
                        "parameters": {"retry_after": 1}}, {}, 1.0),
     ("slack", 429, "rate_limited", {"Retry-After": "1"}, 1.0),
@@ -552,6 +555,26 @@ async def test_429_waits_what_the_service_asks(hook: Hook, client: httpx.AsyncCl
     ok, _ = await ch.send(fill_notice())
     seen = await hook.wait(2)
     assert ok and wait - 0.05 <= seen[1].at - seen[0].at < wait + 2.0
+
+
+def test_retry_after_reads_bodies_and_headers() -> None:
+    import email.utils
+
+    from services.notifier.channel import retry_after
+
+    def r(body: Any = None, **headers: str) -> httpx.Response:
+        return httpx.Response(429, json=body, headers=headers) if body is not None else \
+            httpx.Response(429, text="", headers=headers)
+
+    assert retry_after(r({"retry_after": 1.5}), "discord") == 1.5
+    assert retry_after(r({"parameters": {"retry_after": 3}}), "telegram") == 3.0
+    assert retry_after(r({"retry_after": 9}), "telegram") is None  # not where Telegram puts it
+    assert retry_after(r(**{"Retry-After": "7"}), "slack") == 7.0
+    assert retry_after(r({"retry_after": True}, **{"Retry-After": "2"}), "discord") == 2.0
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= retry_after(r(**{"Retry-After": later}), "json") <= 31  # type: ignore[operator]
+    assert retry_after(r(**{"Retry-After": "soon"}), "json") is None
+    assert retry_after(r(), "json") is None
 
 
 async def test_429_longer_than_allowed_drops_the_event(hook: Hook, client: httpx.AsyncClient) -> None:

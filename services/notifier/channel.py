@@ -82,9 +82,18 @@ def retry_after(response: httpx.Response, kind: str) -> float | None:
             value = body.get("retry_after")
         elif kind == "telegram" and isinstance(body.get("parameters"), dict):
             value = body["parameters"].get("retry_after")
+    header = _header_seconds(response.headers.get("retry-after"))
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        # An unversioned Discord webhook URL (/api/webhooks/..., API v6) answers retry_after in
+        # milliseconds (discord/discord-api-docs#4722); its Retry-After header is in seconds.
+        if kind == "discord" and header is not None and value > max(header, 1.0) * 50:
+            return float(value) / 1000.0
         return float(value)
-    header = response.headers.get("retry-after")
+    return header
+
+
+def _header_seconds(header: str | None) -> float | None:
+    """A Retry-After header: seconds, or an HTTP date."""
     if header is None:
         return None
     try:
