@@ -6,11 +6,20 @@ then the rust-execution adapter through the real binary (test_binary_* below).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import nats
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.contract.models import ExecutionReport
+from services.devstack.launcher import SERVICES, System
+from services.devstack.natsserver import REPO_ROOT, free_port
 from tests.venues.binance import FUTURES, SPOT, Client, StandIn, hmac_signature, verify_signature
 
 # Binance spot API docs, "SIGNED Endpoint Examples for POST /api/v3/order - HMAC Keys".
@@ -38,14 +47,14 @@ def test_stand_in_verifies_ed25519_like_the_sdk() -> None:
 
 
 @pytest.fixture
-async def spot() -> StandIn:
+async def spot() -> AsyncIterator[StandIn]:
     venue = await StandIn(flavor=SPOT).start()
     yield venue
     await venue.stop()
 
 
 @pytest.fixture
-async def futures() -> StandIn:
+async def futures() -> AsyncIterator[StandIn]:
     venue = await StandIn(flavor=FUTURES).start()
     yield venue
     await venue.stop()
@@ -157,18 +166,6 @@ async def test_stand_in_futures_stream_and_reduce_only(futures: StandIn) -> None
 # ---------------------------------------------------------------------------------------------
 # The adapter through the real rust-execution binary: market-data, risk and execution started
 # by the launcher, [execution.live.binance] pointed at the stand-in by env overrides.
-
-import json  # noqa: E402
-import os  # noqa: E402
-from collections import defaultdict  # noqa: E402
-from collections.abc import AsyncIterator  # noqa: E402
-
-import nats  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-
-from services.contract.models import ExecutionReport  # noqa: E402
-from services.devstack.launcher import SERVICES, System  # noqa: E402
-from services.devstack.natsserver import REPO_ROOT, free_port  # noqa: E402
 
 WAIT = 60.0
 BASE_ENV = {
@@ -379,7 +376,7 @@ async def test_binary_futures(live: tuple[StandIn, Operator]) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("live", [("binance_spot", "hmac")], indirect=True)
+@pytest.mark.parametrize("live", [("binance_spot", "hmac"), ("binance_spot", "ed25519")], indirect=True)
 async def test_binary_spot_unknown_outcomes(live: tuple[StandIn, Operator]) -> None:
     venue, op = live
     await first_order(op, venue)
@@ -416,6 +413,12 @@ async def test_binary_spot_unknown_outcomes(live: tuple[StandIn, Operator]) -> N
     await op.until(lambda: resting in venue.orders, "the order at the venue")
     await venue.fill(resting, Decimal("0.002"))
     await op.wait_status(resting, "FILLED")
+    # A fee charged in BNB cannot be converted: left out of the report (and logged).
+    venue.fee_asset = "BNB"
+    bnb = await op.submit("BUY", "0.001")
+    filled = await op.wait_status(bnb, "FILLED")
+    assert Decimal(str(filled.fee)) == 0 and venue.orders[bnb].trades[0]["commissionAsset"] == "BNB", filled
+    venue.fee_asset = None
     # An IP ban (418): REJECTED rate_limited, nothing sent while it lasts.
     venue.ban(3)
     banned = await op.submit("BUY", "0.001")

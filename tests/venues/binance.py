@@ -27,8 +27,9 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
+import aiohttp
 from aiohttp import WSMsgType, web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -623,21 +624,15 @@ class Client:
         self.standin, self.api_key, self.secret, self.private_key = standin, api_key, secret, private_key
 
     def signed_query(self, params: dict[str, str], timestamp: int | None = None) -> str:
-        from urllib.parse import urlencode
-
         query = urlencode({**params, "timestamp": timestamp or self.standin.now_ms(), "recvWindow": 5000})
         if self.secret is not None:
             signature = hmac_signature(self.secret, query)
         else:
             signature = base64.b64encode(self.private_key.sign(query.encode())).decode()  # type: ignore[attr-defined]
-        from urllib.parse import quote
-
         return f"{query}&signature={quote(signature, safe='')}"
 
     async def request(self, method: str, path: str, params: dict[str, str], timestamp: int | None = None,
                       signed: bool = True) -> tuple[int, object]:
-        import aiohttp
-
         query = self.signed_query(params, timestamp) if signed else "&".join(f"{k}={v}" for k, v in params.items())
         url = f"{self.standin.rest_url}{path}" + (f"?{query}" if query else "")
         async with aiohttp.ClientSession() as session:
