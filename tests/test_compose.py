@@ -54,7 +54,10 @@ services:
       MOONBUS__TRADING_AGENT__STRATEGY: "momentum"
       MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK: "3"
 """
-SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|^MOONBUS_PW")
+SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|PRIVATE_KEY|KEYPAIR|^MOONBUS_PW")
+# The real venues' keys (README "Real venues": the adapters' default variables): execution only.
+VENUE_KEYS = {"BINANCE_API_KEY", "BINANCE_API_SECRET", "BINANCE_PRIVATE_KEY", "ASTER_API_KEY", "ASTER_API_SECRET",
+              "HYPERLIQUID_AGENT_PRIVATE_KEY", "MOONBUS_JUPITER_KEYPAIR", "JUPITER_API_KEY"}
 
 
 def compose_spec() -> dict:
@@ -151,6 +154,13 @@ def test_each_secret_reaches_only_the_containers_that_use_it() -> None:
             expected |= llm_keys
         if name == "market-data":
             expected.add(birdeye)
+        if name == "execution":
+            adapters = "".join(p.read_text() for p in (REPO_ROOT / "rust-execution/src/live").glob("*.rs"))
+            for key in VENUE_KEYS:  # Binance and Aster build theirs: "{env_prefix}_API_KEY"
+                prefix, _, rest = key.partition("_")
+                built = prefix in ("BINANCE", "ASTER") and f'"{{env_prefix}}_{rest}"' in adapters
+                assert f'"{key}"' in adapters or built, f"{key}: not a variable the adapters read"
+            expected |= VENUE_KEYS
         assert secrets[name] == expected, f"{name}: {sorted(secrets[name] ^ expected)}"
         for key in expected:
             assert services[name]["environment"][key] == "${" + key + ":-}", f"{name}: {key} passed from the shell"
