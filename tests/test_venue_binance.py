@@ -365,6 +365,18 @@ async def test_binary_futures(live: tuple[StandIn, Operator]) -> None:
     await op.wait_status(skewed, "FILLED")
     assert any(code == -1021 for _, code in venue.refusals), venue.refusals
     assert venue.orders[skewed].reduce_only
+    # A cancel that comes too late: the order filled just before (-2011): FILLED, not CANCELLED.
+    late = await op.submit("BUY", "0.002", price="59000.0")
+    await op.until(lambda: late in venue.orders, "the order at the venue")
+    await op.wait_status(late, "ACCEPTED")
+    await venue.drop_streams()  # the fill's event is lost with the stream
+    venue.fill_before_cancel = True
+    await op.cancel(late)
+    filled = await op.wait_status(late, "FILLED")
+    assert Decimal(str(filled.fee)) == Decimal("0.118"), filled
+    assert "CANCELLED" not in op.statuses(late)
+    assert any(code == -2011 for _, code in venue.refusals), venue.refusals
+    venue.fill_before_cancel = False
     # A filter failure of the venue's futures rules (MIN_NOTIONAL notional 100).
     small = await op.submit("BUY", "0.001", price="59000.0")
     rejected = await op.wait_status(small, "REJECTED")

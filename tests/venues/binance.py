@@ -121,6 +121,7 @@ class StandIn:
     answer_delay: float = 0.0  # delay before answering a new order (after placing it)
     answer_5xx: int = 0  # the next N new orders are placed but answered 503
     force_429: int = 0  # the next N requests are answered 429
+    fill_before_cancel: bool = False  # a cancel finds its order just filled (-2011)
     retry_after: int = 2
 
     def __post_init__(self) -> None:
@@ -426,6 +427,8 @@ class StandIn:
                 return self.error(400, -2011, "Unknown order sent.", request.path)
             return self.error(400, -2013, "Order does not exist.", request.path)
         if request.method == "DELETE":
+            if self.fill_before_cancel and order.status in ("NEW", "PARTIALLY_FILLED"):
+                await self.fill(order.client_id, order.qty - order.filled)
             if order.status not in ("NEW", "PARTIALLY_FILLED"):
                 return self.error(400, -2011, "Unknown order sent.", request.path)
             order.status = "CANCELED"
