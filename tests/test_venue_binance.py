@@ -187,6 +187,7 @@ class Operator:
         self.system, self.nc, self.js = system, nc, nc.jetstream()
         self.reports: dict[str, list[ExecutionReport]] = defaultdict(list)
         self.sent = 0
+        self.kind = ""
 
     async def on_report(self, msg) -> None:
         report = ExecutionReport.model_validate_json(msg.data)
@@ -271,6 +272,7 @@ async def live(request, tmp_path) -> AsyncIterator[tuple[StandIn, Operator]]:
         nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
                                 inbox_prefix=f"_INBOX.{env['NATS_USER']}")
         operator = Operator(system, nc)
+        operator.kind = kind
         await nc.subscribe("exec.report.>", cb=operator.on_report)
         await operator.until(lambda: venue.stream_count() > 0, "the user data stream connected")
         yield venue, operator
@@ -383,7 +385,8 @@ async def test_binary_futures(live: tuple[StandIn, Operator]) -> None:
     assert "min_notional" in (rejected.reason or ""), rejected
     assert not [r for r in venue.refusals if r[1] in (-1022, -2015)], venue.refusals
     # Reconciliation reads the futures account and open orders.
-    assert any(path == "/fapi/v2/account" for _, path, _ in venue.requests)
+    account = "/fapi/v4/account" if op.kind == "aster" else "/fapi/v2/account"
+    assert any(path == account for _, path, _ in venue.requests), account
     assert any(path == "/fapi/v1/openOrders" for _, path, _ in venue.requests)
 
 

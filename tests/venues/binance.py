@@ -178,7 +178,7 @@ class StandIn:
             app.router.add_get("/api/v3/ticker/price", self.ticker_price)
             app.router.add_route("*", "/api/v3/userDataStream", self.listen_key)
         else:
-            for version in ("v2", "v3"):
+            for version in ("v2", "v3", "v4"):  # Binance v2/v3, Aster v4
                 app.router.add_get(f"/fapi/{version}/account", self.account)
             app.router.add_route("*", "/fapi/v1/listenKey", self.listen_key)
         app.router.add_get("/ws/{key}", self.websocket)

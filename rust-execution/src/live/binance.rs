@@ -101,7 +101,7 @@ struct Settings {
     /// listenKey keepalive period, s.
     #[serde(default = "default_keepalive")]
     keepalive_secs: u64,
-    /// Futures account endpoint (`/fapi/v2/account`; Aster and newer Binance: v3/v4 work too).
+    /// Futures account endpoint (Binance `/fapi/v2/account`, Aster `/fapi/v4/account`).
     #[serde(default)]
     account_path: Option<String>,
 }
@@ -883,9 +883,11 @@ impl Binance {
         let account_path = settings
             .account_path
             .clone()
-            .unwrap_or_else(|| match flavor {
-                Flavor::Spot => "/api/v3/account".into(),
-                Flavor::Futures => "/fapi/v2/account".into(),
+            .unwrap_or_else(|| match (flavor, kind) {
+                (Flavor::Spot, _) => "/api/v3/account".into(),
+                // Aster's futures API v1 documents its account at v4.
+                (Flavor::Futures, "aster") => "/fapi/v4/account".into(),
+                (Flavor::Futures, _) => "/fapi/v2/account".into(),
             });
         Ok(Binance {
             inner: Arc::new(Inner {
@@ -2288,6 +2290,8 @@ mod tests {
         let aster = Binance::from_config("aster", "aster", Mode::Live, settings()).unwrap();
         assert_eq!(aster.inner.rest_url, "https://fapi.asterdex.com");
         assert_eq!(aster.inner.ws_url, "wss://fstream.asterdex.com");
+        assert_eq!(aster.inner.account_path, "/fapi/v4/account");
+        assert_eq!(futures.inner.account_path, "/fapi/v2/account");
         let mut unknown = settings();
         unknown["colour"] = json!("red");
         assert!(Binance::from_config("b", "binance_spot", Mode::Testnet, unknown).is_err());
