@@ -54,6 +54,10 @@ pub fn book(venue: impl Display, symbol: impl Display) -> String {
 pub fn alert(symbol: impl Display) -> String {
     format!("md.alert.{symbol}")
 }
+/// `md.arb.<symbol>`: cross-venue arbitrage opportunities, published by market-data.
+pub fn arb(symbol: impl Display) -> String {
+    format!("md.arb.{symbol}")
+}
 pub fn feed_status(venue: impl Display) -> String {
     format!("md.status.{venue}")
 }

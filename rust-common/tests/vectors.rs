@@ -28,7 +28,7 @@ macro_rules! message_types {
 }
 
 message_types! {
-    Tick, Bar, Book, PriceAlert, FeedStatus, Verdict, AccountState, Position,
+    Tick, Bar, Book, PriceAlert, ArbOpportunity, FeedStatus, Verdict, AccountState, Position,
     RiskCheckRequest, RiskCheckResult, KillSwitchRequest, KillSwitchState, RiskLimits,
     LimitsPatch, LimitsRequest, LimitsReply, PositionsRequest, PositionsReply,
     Sentiment, Signal, Consensus, SwarmAskRequest, OrderRequest, CancelRequest,

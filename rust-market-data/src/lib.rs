@@ -6,6 +6,7 @@ pub const SERVICE: &str = "market-data";
 
 pub mod alerts;
 pub mod api;
+pub mod arb;
 pub mod bars;
 pub mod books;
 pub mod config;

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from . import subjects as S
 from .models import (
     AccountState,
+    ArbOpportunity,
     Bar,
     Book,
     CancelRequest,
@@ -42,6 +43,7 @@ SUBJECT_MODELS: list[tuple[str, type[BaseModel]]] = [
     (S.bar("*", "*", "*"), Bar),
     (S.book("*", "*"), Book),
     (S.alert("*"), PriceAlert),
+    (S.arb("*"), ArbOpportunity),
     (S.feed_status("*"), FeedStatus),
     *((e.subject, e.request_model) for e in (S.MD_PRICE_API, S.MD_PRICES_API, S.MD_HISTORY_API,
                                              S.MD_MONITOR_START_API, S.MD_MONITOR_STOP_API,

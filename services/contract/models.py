@@ -263,6 +263,39 @@ class PriceAlert(Tolerant):
     ts: TimestampNs
 
 
+class ArbOpportunity(Tolerant):
+    """`md.arb.<symbol>`: buy at `buy_venue`'s best ask, sell at `sell_venue`'s best bid,
+    net of both venues' taker fees (rust-market-data/src/arb.rs).
+
+    `net_bps` = (sell_price x (1 - sell_fee) - buy_price x (1 + buy_fee)) / (buy_price x (1 + buy_fee))
+    x 10,000 at the top of the books (rounded to 4 decimals); `quantity` walks both books' levels
+    while each further unit still clears the threshold; `profit` (quote currency, fees paid)
+    is over that quantity, whose worst prices are `buy_limit` / `sell_limit`. `source_ts` is the
+    arrival of the book update that made it, so `ts - source_ts` is the detection latency."""
+
+    symbol: Symbol
+    buy_venue: Venue
+    sell_venue: Venue
+    buy_price: PositiveMoney
+    sell_price: PositiveMoney
+    buy_fee_bps: NonNegativeMoney
+    sell_fee_bps: NonNegativeMoney
+    gross_bps: Money
+    net_bps: Money
+    quantity: PositiveMoney
+    buy_limit: PositiveMoney
+    sell_limit: PositiveMoney
+    profit: NonNegativeMoney
+    source_ts: TimestampNs
+    ts: TimestampNs
+
+    @model_validator(mode="after")
+    def _two_venues(self) -> ArbOpportunity:
+        if self.buy_venue == self.sell_venue:
+            raise ValueError("an arbitrage pairs two different venues")
+        return self
+
+
 class FeedStatus(Tolerant):
     """`md.status.<venue>`: health of one feed."""
 
@@ -907,6 +940,7 @@ MESSAGES: dict[str, type[BaseModel]] = {
         Bar,
         Book,
         PriceAlert,
+        ArbOpportunity,
         FeedStatus,
         Verdict,
         AccountState,

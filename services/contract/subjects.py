@@ -96,6 +96,7 @@ BACKTEST_DATA_BUCKET = "backtest-data"
 ALL_BARS = "md.bar.>"
 ALL_BOOKS = "md.book.>"
 ALL_ALERTS = "md.alert.>"
+ALL_ARBS = "md.arb.>"
 ALL_FEED_STATUS = "md.status.>"
 ALL_VERDICTS = "risk.verdict.>"
 ALL_RECONCILIATIONS = "risk.recon.>"
@@ -130,6 +131,11 @@ def book(venue: object, symbol: object) -> str:
 def alert(symbol: object) -> str:
     """`md.alert.<symbol>`."""
     return f"md.alert.{symbol}"
+
+
+def arb(symbol: object) -> str:
+    """`md.arb.<symbol>` (cross-venue arbitrage opportunities)."""
+    return f"md.arb.{symbol}"
 
 
 def feed_status(venue: object) -> str:
@@ -258,7 +264,7 @@ def last_token(subject: str) -> str:
 # Patterns of every message subject of proto/SUBJECTS.md (`*` for a token; the API
 # subjects are the constants above). tests/test_subjects.py compares them with the tables.
 PATTERNS: tuple[str, ...] = (
-    tick("*", "*"), bar("*", "*", "*"), book("*", "*"), alert("*"), feed_status("*"),
+    tick("*", "*"), bar("*", "*", "*"), book("*", "*"), alert("*"), arb("*"), feed_status("*"),
     MD_PRICE, MD_PRICES, MD_HISTORY, MD_MONITOR_START, MD_MONITOR_STOP, MD_MONITOR_STATUS, MD_VERSION,
     verdict("*"), ACCOUNT, RISK_EVENTS, RISK_CHECK, RISK_KILLSWITCH, RISK_LIMITS, RISK_POSITIONS, RISK_VERSION,
     sentiment("*"), signal("*", "*"), swarm("*"), SWARM_ASK,

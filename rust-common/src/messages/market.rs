@@ -1,4 +1,4 @@
-//! Market data: [`Tick`], [`Bar`], [`Book`], [`PriceAlert`], [`FeedStatus`], and the
+//! Market data: [`Tick`], [`Bar`], [`Book`], [`PriceAlert`], [`ArbOpportunity`], [`FeedStatus`], and the
 //! `md.api.*` requests and replies (price, prices, history, monitors).
 
 use std::collections::BTreeMap;
@@ -6,11 +6,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
-use super::check::{self, quoted, wire_enum, ValidationError};
+use super::check::{self, quoted, validated_on_read, wire_enum, ValidationError};
 use super::ids::{default_interval, Interval, Symbol, Venue};
-use super::money::{NonNegativeMoney, PositiveMoney};
+use super::money::{Money, NonNegativeMoney, PositiveMoney};
 
 wire_enum! {
     /// [`PriceAlert::direction`].
@@ -158,6 +158,56 @@ pub struct PriceAlert {
     /// When this was made, ns since the epoch.
     pub ts: u64,
 }
+
+/// `md.arb.<symbol>`: buy at `buy_venue`'s best ask, sell at `sell_venue`'s best
+/// bid, net of both venues' taker fees (rust-market-data/src/arb.rs). Two different
+/// venues, checked on read like the model's validator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
+pub struct ArbOpportunity {
+    /// The symbol.
+    pub symbol: Symbol,
+    /// Where to buy (at its best ask).
+    pub buy_venue: Venue,
+    /// Where to sell (at its best bid); never `buy_venue`.
+    pub sell_venue: Venue,
+    /// `buy_venue`'s best ask.
+    pub buy_price: PositiveMoney,
+    /// `sell_venue`'s best bid.
+    pub sell_price: PositiveMoney,
+    /// The taker fees counted, basis points.
+    pub buy_fee_bps: NonNegativeMoney,
+    pub sell_fee_bps: NonNegativeMoney,
+    /// (sell_price - buy_price) / buy_price, basis points, before fees.
+    pub gross_bps: Money,
+    /// The return on the cost of buying, fees paid, basis points (4 decimals).
+    pub net_bps: Money,
+    /// The quantity executable on both books while still above the threshold.
+    pub quantity: PositiveMoney,
+    /// The worst ask and bid that quantity takes.
+    pub buy_limit: PositiveMoney,
+    pub sell_limit: PositiveMoney,
+    /// The profit over `quantity`, fees paid, quote currency.
+    pub profit: NonNegativeMoney,
+    /// The arrival of the book update that made it, ns since the epoch.
+    pub source_ts: u64,
+    /// When this was made, ns since the epoch (`ts - source_ts`: detection latency).
+    pub ts: u64,
+}
+
+impl ArbOpportunity {
+    /// The rule of the model: two different venues.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.buy_venue == self.sell_venue {
+            return Err(ValidationError::new(
+                "an arbitrage pairs two different venues",
+            ));
+        }
+        Ok(())
+    }
+}
+
+validated_on_read!(ArbOpportunity);
 
 /// `md.status.<venue>`: health of one feed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
