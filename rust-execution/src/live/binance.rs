@@ -689,6 +689,8 @@ struct State {
     ids: HashMap<String, String>,
     /// Per venue client id: the fees of the trades seen so far.
     fees: HashMap<String, FeeBook>,
+    /// Whether the private stream is up (fills arrive by it).
+    stream_up: bool,
 }
 
 struct Inner {
@@ -1325,6 +1327,7 @@ impl Binance {
                 return;
             }
             tracing::warn!(venue = %self.inner.name, detail = %detail, "user data stream lost; reconnecting");
+            self.state().stream_up = false;
             let _ = events.send(VenueEvent::Health {
                 connected: false,
                 detail,
@@ -1384,6 +1387,7 @@ impl Binance {
                             if let Some(answer) = answer {
                                 if answer.get("status").and_then(Value::as_u64) == Some(200) {
                                     subscribed = true;
+                                    self.state().stream_up = true;
                                     let _ = events.send(VenueEvent::Health {
                                         connected: true,
                                         detail: "user data stream subscribed (WebSocket API)".into(),
@@ -1442,6 +1446,7 @@ impl Binance {
         .await
         .map_err(|_| "connecting the stream: timeout".to_string())?
         .map_err(|e| format!("connecting the stream: {e}"))?;
+        self.state().stream_up = true;
         let _ = events.send(VenueEvent::Health {
             connected: true,
             detail: "user data stream connected".into(),
@@ -1508,6 +1513,9 @@ impl Binance {
         }
         if filled.is_zero() {
             return;
+        }
+        if !self.state().stream_up {
+            return; // no stream to wait for: the trade list is read instead
         }
         let until = Instant::now() + Duration::from_millis(1_000);
         while Instant::now() < until {
