@@ -488,27 +488,26 @@ async def test_binary_account_health_and_rate_limit(operator: Operator) -> None:
 
 
 @pytest.mark.e2e
-# Reconciliation would see the order at the venue that the restarted execution does not know
-# yet and put risk in reduce-only (the re-delivered order itself REJECTED): kept out of the way.
-@pytest.mark.parametrize("extra_env", [{"MOONBUS__EXECUTION__RECONCILE_INTERVAL_MS": "600000"}], indirect=True)
 async def test_binary_execution_killed_after_sending_does_not_double(operator: Operator) -> None:
-    """Killed while the venue holds the order but before its answer: the order comes back
-    from ORDERS, is sent again with the same cloid, refused as a duplicate and followed."""
+    """Killed while the venue holds the order but before its answer: the order's ACCEPTED was
+    stored before it was sent (write ahead), so the restarted execution restores it, asks the
+    venue by its cloid and follows it; the re-delivered message is a duplicate, never sent."""
     op, venue = operator, operator.venue
     venue.answer_delay = 4.0
     await op.submit("hl-k1", "ETH-USD", "BUY", "0.01", limit="3300")
     await op.until(lambda: cloid_of("hl-k1") in venue.by_cloid, "the order at the venue")
+    assert op.statuses("hl-k1") == ["ACCEPTED"]  # stored before it left the machine
     await asyncio.to_thread(op.system.kill, "execution")
     venue.answer_delay = 0.0
-    assert op.statuses("hl-k1") == []
     await asyncio.to_thread(op.system.restart, "execution")
-    await op.wait_status("hl-k1", "ACCEPTED")
-    sends = [a for a in venue.actions if a["action"]["type"] == "order"
-             and a["action"]["orders"][0].get("c") == cloid_of("hl-k1")]
-    assert len(sends) == 2 and len(venue.orders) == 1
+    await op.until(lambda: any(r.get("type") == "orderStatus" and r.get("oid") == cloid_of("hl-k1")
+                               for r in venue.info_requests), "the restarted execution asking the venue")
     await op.until(lambda: venue.subscribed("userFills") > 0, "the new execution on the user feeds")
     await op.hook(venue.fill(cloid_of("hl-k1"), Decimal("0.01")))
     filled = await op.wait_status("hl-k1", "FILLED")
     assert Decimal(filled["filled_quantity"]) == Decimal("0.01")
+    sends = [a for a in venue.actions if a["action"]["type"] == "order"
+             and a["action"]["orders"][0].get("c") == cloid_of("hl-k1")]
+    assert len(sends) == 1 and len(venue.orders) == 1
     await asyncio.sleep(1)
     assert op.statuses("hl-k1").count("FILLED") == 1

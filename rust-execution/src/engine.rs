@@ -513,23 +513,6 @@ impl Engine {
             order_id,
             timings,
         };
-        if self.venue.is_live(&routed.order.venue) {
-            match self.venue.prepare_live(&routed, &self.market) {
-                Ok(exchange) => {
-                    // The network call in a job: other symbols, ticks and the kill switch
-                    // go on while a venue answers.
-                    self.spawn(async move {
-                        let submitted = exchange.submit(&routed).await;
-                        Done::Submitted(Box::new((recording, routed, submitted)))
-                    });
-                }
-                Err(placement) => {
-                    (recording.reports, recording.rest) = reports::placed(routed, placement);
-                    self.spawn_record(recording);
-                }
-            }
-            return;
-        }
         let placement = self.venue.place(&routed, &self.market).await;
         (recording.reports, recording.rest) = reports::placed(routed, placement);
         self.spawn_record(recording);
@@ -787,10 +770,9 @@ impl Engine {
                 }
             }
             Done::Submitted(submitted) => {
-                let (mut recording, routed, submitted) = *submitted;
-                let placement = self.venue.submitted(&routed, submitted);
-                (recording.reports, recording.rest) = reports::placed(routed, placement);
-                self.spawn_record(recording);
+                let (routed, submitted) = *submitted;
+                let updates = self.venue.on_submitted(&routed, submitted);
+                self.record_live(updates);
             }
         }
     }
@@ -851,6 +833,13 @@ impl Engine {
         // venue state waiting.
         let ready = self.venue.ready();
         self.record_live(ready);
+        // Live orders whose ACCEPTED is stored: sent now, beside the engine.
+        for (exchange, routed) in self.venue.take_sends() {
+            self.spawn(async move {
+                let submitted = exchange.submit(&routed).await;
+                Done::Submitted(Box::new((routed, submitted)))
+            });
+        }
         if let Some(lane) = recording.lane {
             if let Some(next) = self.lanes.next(&lane) {
                 self.start(lane, next).await;

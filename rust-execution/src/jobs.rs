@@ -47,8 +47,8 @@ impl Backoff {
 pub enum Done {
     Checked(Box<Checked>),
     Recorded(Box<Recording>),
-    /// A live venue answered a new order (or did not): the recording to fill in.
-    Submitted(Box<(Recording, Routed, crate::live::Submitted)>),
+    /// A live venue answered a new order (or did not).
+    Submitted(Box<(Routed, crate::live::Submitted)>),
     /// A live order's state, asked for (live/router.rs `poll`).
     Queried(Box<crate::live::router::Queried>),
     /// A live venue's account, read for reconciliation.

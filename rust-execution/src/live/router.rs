@@ -3,14 +3,16 @@
 //! about our orders into execution reports.
 //!
 //! Live orders, in the engine's terms:
-//! - `place` sends the order (one network call, awaited) and answers `Resting`: every live
-//!   order gets an ACCEPTED report first, then its fills and end from the venue's state
-//!   ([`VenueOrder`], cumulative). What the venue already said in its answer (a market
-//!   order that filled at once) is queued as an event, handled once the ACCEPTED report is
-//!   stored. A refusal (our check of the venue's rules, the venue itself, the notional cap)
-//!   is REJECTED at once. No answer: ACCEPTED with the order marked unconfirmed, queried
-//!   every `poll` until the venue knows it, or, past the adapter's `unknown_deadline`, it
-//!   is not there: REJECTED `venue_never_received`. Never sent twice.
+//! - Write ahead: after risk's approval and the venue's notional cap, the order's ACCEPTED
+//!   report is stored in EXEC *before* anything leaves the machine; only then is it sent
+//!   (`take_sends`, in a job). So a crash can never leave an order at a venue that our
+//!   record does not have: a restarted execution finds it ACCEPTED and asks the venue, and
+//!   an order it would re-deliver is a duplicate of its ledger, never sent again.
+//! - Then its fills and end from the venue's state ([`VenueOrder`], cumulative): the answer
+//!   to the send, the venue's stream, queries. A refusal (our check of the venue's rules, the
+//!   venue itself) is REJECTED with the reason. No answer: the order is unconfirmed, queried
+//!   every `poll` until the venue knows it, or, past the adapter's `unknown_deadline`, it is
+//!   not there: REJECTED `venue_never_received`. Never sent twice.
 //! - A state of one of our working orders becomes reports by [`progress`]: the difference
 //!   from what was reported before (PARTIALLY_FILLED / FILLED with the new quantity, its
 //!   average price and fee; then CANCELLED / EXPIRED / REJECTED with the venue's reason).
@@ -262,6 +264,8 @@ struct Working {
     querying: bool,
     /// Ask the venue once (its stream came back, a cancel failed).
     recheck: bool,
+    /// ACCEPTED and stored, not sent yet.
+    to_send: bool,
 }
 
 /// A query of one live order, made beside the engine.
@@ -296,9 +300,6 @@ struct Slot {
     exchange: Live,
     max_notional: Decimal,
     working: HashMap<ClientOrderId, Working>,
-    /// Answered by the venue, ACCEPTED report not stored yet: (order, the venue's state
-    /// so far, unconfirmed).
-    accepting: HashMap<ClientOrderId, (Option<VenueOrder>, bool)>,
     connected: bool,
     detail: String,
     account: Option<Result<AccountState, VenueError>>,
@@ -385,7 +386,6 @@ impl Router {
                 exchange,
                 max_notional,
                 working: HashMap::new(),
-                accepting: HashMap::new(),
                 connected: true,
                 detail: "started".into(),
                 account: None,
@@ -410,10 +410,9 @@ impl Router {
             .find_map(|(name, slot)| slot.working.get(id).map(|w| (name, w)))
     }
 
-    /// Before a live order is sent: the venue's notional cap, checked at the limit price
-    /// or the latest tick. `Ok` gives the adapter to send it with (in a job: the engine
-    /// goes on meanwhile), `Err` the placement (REJECTED).
-    pub fn prepare_live(&self, routed: &Routed, market: &Market) -> Result<Live, Placement> {
+    /// Before a live order is accepted: the venue's notional cap, checked at the limit
+    /// price or the latest tick. `Err` is the placement (REJECTED).
+    pub fn prepare_live(&self, routed: &Routed, market: &Market) -> Result<(), Placement> {
         let Some(slot) = self.live.get(&routed.order.venue) else {
             return Err(Placement::Rejected {
                 reason: format!("unknown_venue: {}", routed.order.venue),
@@ -433,7 +432,7 @@ impl Router {
             });
         };
         match order.quantity.checked_mul(price) {
-            Some(notional) if notional <= slot.max_notional => Ok(slot.exchange.clone()),
+            Some(notional) if notional <= slot.max_notional => Ok(()),
             Some(notional) => Err(Placement::Rejected {
                 reason: format!(
                     "venue_notional_cap: {notional} over the {} cap of {}",
@@ -446,28 +445,52 @@ impl Router {
         }
     }
 
-    /// What the venue answered to a new order, as the engine's placement: a live order
-    /// that reached the venue (or may have) rests, its answer handled once its ACCEPTED
-    /// report is stored.
-    pub fn submitted(&mut self, routed: &Routed, submitted: Submitted) -> Placement {
-        let Some(slot) = self.live.get_mut(&routed.order.venue) else {
-            return Placement::Rejected {
-                reason: format!("unknown_venue: {}", routed.order.venue),
-            };
-        };
-        let id = routed.order.client_order_id.clone();
-        match submitted {
-            Submitted::Rejected { reason } => Placement::Rejected { reason },
-            Submitted::Accepted(state) => {
-                slot.accepting.insert(id, (Some(state), false));
-                Placement::Resting
-            }
-            Submitted::Unknown { reason } => {
-                tracing::warn!(client_order_id = %id, venue = %routed.order.venue, %reason, "no answer from the venue: the order is queried, never resent");
-                slot.accepting.insert(id, (None, true));
-                Placement::Resting
+    /// The live orders whose ACCEPTED report is stored and that are not sent yet: each
+    /// with its adapter, sent once in a job (`on_submitted` takes the answer).
+    pub fn take_sends(&mut self) -> Vec<(Live, Routed)> {
+        let mut sends = Vec::new();
+        for slot in self.live.values_mut() {
+            for working in slot.working.values_mut().filter(|w| w.to_send) {
+                working.to_send = false;
+                working.querying = true; // no query while the send is on its way
+                sends.push((slot.exchange.clone(), working.routed.clone()));
             }
         }
+        sends
+    }
+
+    /// What the venue answered to a new order: its state (as reports), a refusal
+    /// (REJECTED), or no answer (unconfirmed: queried, never resent).
+    pub fn on_submitted(&mut self, routed: &Routed, submitted: Submitted) -> Vec<LiveUpdate> {
+        let id = &routed.order.client_order_id;
+        let Some(slot) = self.live.get_mut(&routed.order.venue) else {
+            return Vec::new();
+        };
+        let Some(working) = slot.working.get_mut(id) else {
+            return Vec::new(); // ended meanwhile (its stream was quicker)
+        };
+        working.querying = false;
+        let state = match submitted {
+            Submitted::Accepted(state) => state,
+            Submitted::Rejected { reason } => VenueOrder {
+                client_order_id: Some(id.to_string()),
+                venue_order_id: None,
+                symbol: Some(routed.order.symbol.clone()),
+                venue_symbol: String::new(),
+                status: VenueStatus::Rejected,
+                filled: Decimal::ZERO,
+                filled_notional: Decimal::ZERO,
+                fee: Decimal::ZERO,
+                reason: Some(reason),
+                ts: now_ns(),
+            },
+            Submitted::Unknown { reason } => {
+                tracing::warn!(client_order_id = %id, venue = %routed.order.venue, %reason, "no answer from the venue: the order is queried, never resent");
+                working.unconfirmed_since = Some(Instant::now());
+                return Vec::new();
+            }
+        };
+        slot.apply(id, state).into_iter().collect()
     }
 
     /// A live venue's event: the reports it means for our orders.
@@ -498,11 +521,6 @@ impl Router {
                 else {
                     return Vec::new(); // not ours: reconciliation reports it
                 };
-                if let Some((queued, _)) = slot.accepting.get_mut(&id) {
-                    // Its ACCEPTED report is being stored: handled right after.
-                    keep_latest(queued, state);
-                    return Vec::new();
-                }
                 slot.apply(&id, state).into_iter().collect()
             }
         }
@@ -705,7 +723,8 @@ impl Router {
                     failed: false,
                     querying: false,
                     recheck: false,
-                    // Whatever happened meanwhile: ask the venue at the first poll.
+                    to_send: false,
+                    // Sent or not (a crash between its ACCEPTED and the send): asked.: ask the venue at the first poll.
                     unconfirmed_since: Some(Instant::now()),
                 },
             );
@@ -725,10 +744,7 @@ impl Router {
                             !o.client_order_id
                                 .as_deref()
                                 .and_then(|id| ClientOrderId::try_from(id).ok())
-                                .is_some_and(|id| {
-                                    slot.working.contains_key(&id)
-                                        || slot.accepting.contains_key(&id)
-                                })
+                                .is_some_and(|id| slot.working.contains_key(&id))
                         })
                         .cloned()
                         .collect(),
@@ -895,16 +911,15 @@ impl Venue for Router {
         self.live.contains_key(venue) || self.paper.serves(venue)
     }
 
-    /// Paper orders; live ones are sent by the engine in a job (`prepare_live`,
-    /// `submitted`), so a slow venue holds up nothing else.
+    /// Paper orders. A live order is ACCEPTED (stored) first and sent after
+    /// (`prepare_live`, `take_sends`): here it only passes the cap and rests.
     async fn place(&mut self, routed: &Routed, market: &Market) -> Placement {
+        if !self.is_live(&routed.order.venue) {
+            return self.paper.place(routed, market).await;
+        }
         match self.prepare_live(routed, market) {
-            _ if !self.is_live(&routed.order.venue) => self.paper.place(routed, market).await,
             Err(placement) => placement,
-            Ok(exchange) => {
-                let submitted = exchange.submit(routed).await;
-                self.submitted(routed, submitted)
-            }
+            Ok(()) => Placement::Resting,
         }
     }
 
@@ -918,9 +933,9 @@ impl Venue for Router {
             .or_else(|| self.find(client_order_id).map(|(_, w)| &w.routed))
     }
 
-    /// A live order whose ACCEPTED report is stored starts working; what its venue said
-    /// meanwhile is handled next. A live order already working (an update was stored) is
-    /// left as it is; a paper order rests on the paper venue.
+    /// A live order whose ACCEPTED report is stored starts working, to be sent
+    /// (`take_sends`). A live order already working (an update was stored) is left as it
+    /// is; a paper order rests on the paper venue.
     fn rest(&mut self, routed: Routed) {
         let Some(slot) = self.live.get_mut(&routed.order.venue) else {
             self.paper.rest(routed);
@@ -930,18 +945,18 @@ impl Venue for Router {
         if slot.working.contains_key(&id) {
             return;
         }
-        let (state, unconfirmed) = slot.accepting.remove(&id).unwrap_or((None, false));
         slot.working.insert(
             id,
             Working {
                 routed,
                 stored: Progress::default(),
                 storing: None,
-                later: state,
+                later: None,
                 failed: false,
                 querying: false,
                 recheck: false,
-                unconfirmed_since: unconfirmed.then(Instant::now),
+                to_send: true,
+                unconfirmed_since: None,
             },
         );
     }
