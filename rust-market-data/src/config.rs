@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use crate::alerts::Threshold;
+use crate::arb::ArbSettings;
 use crate::bars::{BarData, Intervals};
 use crate::connectors::{
     BinanceConfig, BirdeyeConfig, CoinbaseConfig, HyperliquidConfig, Section, VenueSections,
@@ -70,6 +71,101 @@ pub struct MarketDataConfig {
     pub coinbase: Section<CoinbaseConfig>,
     pub hyperliquid: Section<HyperliquidConfig>,
     pub birdeye: Section<BirdeyeConfig>,
+    /// `[market_data.arb]`: the cross-venue arbitrage detector (arb.rs).
+    pub arb: ArbConfig,
+}
+
+/// A number of basis points as written: an integer, a float (`4.5`) or a decimal
+/// string (`"4.5"`, as an environment override may bring it); read as an exact decimal.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Bps {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Bps {
+    fn decimal(&self, key: &str) -> Result<Decimal> {
+        let text = match self {
+            Bps::Int(i) => return Ok(Decimal::from(*i)),
+            // Display writes the shortest form that reads back as this f64 (never an
+            // exponent): what was written in the file.
+            Bps::Float(f) if f.is_finite() => f.to_string(),
+            Bps::Float(f) => bail!("[market_data.arb] {key} = {f}: not a number of bps"),
+            Bps::Text(t) => t.trim().to_string(),
+        };
+        text.parse::<Decimal>()
+            .with_context(|| format!("[market_data.arb] {key} = {text:?}: not a number of bps"))
+    }
+}
+
+/// `[market_data.arb]` as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArbConfig {
+    /// On by default: it only runs for a symbol with books from two venues or more.
+    pub enabled: bool,
+    /// Publish an opportunity only above this net spread (bps, >= 0).
+    pub min_net_bps: Bps,
+    /// At most one `md.arb.<symbol>` per this many ms, unless the net spread improves.
+    pub min_interval_ms: u64,
+    /// Taker fee (bps) of a venue not in `fees_bps`.
+    pub default_fee_bps: Bps,
+    /// Venue -> taker fee, bps (0 ..= 1000).
+    pub fees_bps: BTreeMap<String, Bps>,
+}
+
+impl Default for ArbConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_net_bps: Bps::Int(5),
+            min_interval_ms: 1000,
+            default_fee_bps: Bps::Int(10),
+            fees_bps: BTreeMap::new(),
+        }
+    }
+}
+
+/// A fee above this (10 %) is surely a typo (and would make selling pay almost nothing).
+const MAX_FEE_BPS: Decimal = Decimal::ONE_THOUSAND;
+
+fn parse_arb(arb: &ArbConfig) -> Result<ArbSettings> {
+    let fee = |key: &str, value: &Bps| -> Result<Decimal> {
+        let fee = value.decimal(key)?;
+        if fee.is_sign_negative() && !fee.is_zero() || fee > MAX_FEE_BPS {
+            bail!("[market_data.arb] {key} = {fee}: must be 0 ..= {MAX_FEE_BPS} bps");
+        }
+        Ok(fee.normalize())
+    };
+    let min_net_bps = arb.min_net_bps.decimal("min_net_bps")?;
+    if min_net_bps.is_sign_negative() && !min_net_bps.is_zero() || min_net_bps > Decimal::from(100_000) {
+        bail!("[market_data.arb] min_net_bps = {min_net_bps}: must be 0 ..= 100000");
+    }
+    if arb.min_interval_ms > 86_400_000 {
+        bail!(
+            "[market_data.arb] min_interval_ms = {}: must be 0 ..= 86400000",
+            arb.min_interval_ms
+        );
+    }
+    let fees_bps = arb
+        .fees_bps
+        .iter()
+        .map(|(venue, value)| {
+            let parsed: Venue = venue.to_ascii_lowercase().parse().with_context(|| {
+                format!("[market_data.arb.fees_bps]: {venue:?} is not a valid venue")
+            })?;
+            Ok((parsed, fee(&format!("fees_bps.{venue}"), value)?))
+        })
+        .collect::<Result<_>>()?;
+    Ok(ArbSettings {
+        enabled: arb.enabled,
+        min_net_bps: min_net_bps.normalize(),
+        min_interval_ns: arb.min_interval_ms * 1_000_000,
+        default_fee_bps: fee("default_fee_bps", &arb.default_fee_bps)?,
+        fees_bps,
+    })
 }
 
 impl Default for MarketDataConfig {
@@ -107,6 +203,7 @@ impl Default for MarketDataConfig {
             coinbase: Section::default(),
             hyperliquid: Section::default(),
             birdeye: Section::default(),
+            arb: ArbConfig::default(),
         }
     }
 }
@@ -211,6 +308,7 @@ impl Settings {
                 )?,
                 thresholds: parse_thresholds(md)?,
                 symbols: sim.symbols.iter().map(|(s, _)| s.clone()).collect(),
+                arb: parse_arb(&md.arb)?,
             },
             replay: parse_replay(md, &feeds)?,
             metrics_addr: Some(md.metrics_addr.trim().to_string()).filter(|a| !a.is_empty()),
@@ -498,6 +596,46 @@ mod tests {
         assert_eq!(settings.sim_books.map(|b| b.depth), Some(10));
         assert_eq!(settings.replay.speed, Speed::Times(1.0));
         assert_eq!(settings.replay.clock, ReplayClock::Wall);
+    }
+
+    #[test]
+    fn the_arb_section_reads_fees_exactly_and_checks_them() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../moonbus.toml"))
+            .unwrap();
+        let arb = settings_of(&text, &[]).unwrap().market.arb;
+        let fee = |v: &str| arb.fee_bps(&v.parse().unwrap()).to_string();
+        assert!(arb.enabled);
+        assert_eq!(arb.min_net_bps, Decimal::from(5));
+        assert_eq!(arb.min_interval_ns, 1_000_000_000);
+        assert_eq!(
+            (fee("hyperliquid"), fee("coinbase"), fee("aster"), fee("jupiter")),
+            ("4.5".into(), "60".into(), "4".into(), "10".into())
+        );
+        // Defaults without the section; an environment override as a string.
+        let arb = settings_of(
+            "",
+            &[
+                ("MOONBUS__MARKET_DATA__ARB__FEES_BPS__BINANCE", "\"7.25\""),
+                ("MOONBUS__MARKET_DATA__ARB__MIN_NET_BPS", "0.1"),
+            ],
+        )
+        .unwrap()
+        .market
+        .arb;
+        assert_eq!(arb.fee_bps(&"binance".parse().unwrap()).to_string(), "7.25");
+        assert_eq!(arb.min_net_bps.to_string(), "0.1");
+        assert_eq!(arb.default_fee_bps, Decimal::from(10));
+        let err = |env: &[(&str, &str)]| format!("{:#}", settings_of("", env).unwrap_err());
+        assert!(err(&[("MOONBUS__MARKET_DATA__ARB__FEES_BPS__BINANCE", "-1")])
+            .contains("fees_bps.binance = -1: must be 0 ..= 1000"));
+        assert!(err(&[("MOONBUS__MARKET_DATA__ARB__DEFAULT_FEE_BPS", "1001")])
+            .contains("default_fee_bps = 1001"));
+        assert!(err(&[("MOONBUS__MARKET_DATA__ARB__MIN_NET_BPS", "-2")])
+            .contains("min_net_bps = -2"));
+        assert!(err(&[("MOONBUS__MARKET_DATA__ARB__FEES_BPS__BINANCE", "\"ten\"")])
+            .contains("not a number of bps"));
+        assert!(settings_of("[market_data.arb]\nfees_bps = { \"Bad Venue\" = 1 }\n", &[]).is_err());
+        assert!(settings_of("[market_data.arb]\nmin_net = 1\n", &[]).is_err(), "unknown key");
     }
 
     #[test]

@@ -384,6 +384,19 @@ impl Engine {
     }
 
     async fn publish_books(&mut self) {
+        let mut arbs = std::mem::take(&mut self.books.arbs);
+        for arb in arbs.drain(..) {
+            tracing::info!(symbol = %arb.symbol, buy = %arb.buy_venue, sell = %arb.sell_venue, net_bps = %arb.net_bps, quantity = %arb.quantity, "arbitrage");
+            let subject = subjects::arb(&arb.symbol);
+            if self.publisher.publish(subject.into(), encode(&arb)).await {
+                metrics::global().arbs.inc();
+                let latency = now_ns().saturating_sub(arb.source_ts);
+                metrics::global()
+                    .arb_latency
+                    .observe(Duration::from_nanos(latency));
+            }
+        }
+        self.books.arbs = arbs;
         let mut books = std::mem::take(&mut self.books.books);
         for (subject, payload) in books.drain(..) {
             self.publisher.publish(subject, payload).await;

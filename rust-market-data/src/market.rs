@@ -9,12 +9,13 @@ use std::sync::Arc;
 use async_nats::Subject;
 use bytes::Bytes;
 use moonbus_common::{
-    subjects, Bar, Book, HistoryRequest, Monitor as MonitorInfo, MonitorStartRequest,
+    subjects, ArbOpportunity, Bar, Book, HistoryRequest, Monitor as MonitorInfo, MonitorStartRequest,
     MonitorStatusReply, PositiveMoney, PriceAlert, PriceRequest, PricesReply, PricesRequest,
     Symbol, Tick, Venue,
 };
 
 use crate::alerts::{Monitor, Threshold};
+use crate::arb::{self, ArbGate, ArbSettings};
 use crate::bars::{self, BarData, Bars, Closed, Intervals};
 use crate::books::{self, BookSlot};
 use crate::encode::{tick_prefix, TickData, TickEncoder};
@@ -53,6 +54,8 @@ pub struct MarketSettings {
     pub thresholds: HashMap<Symbol, Threshold>,
     /// The symbols known before any tick ([system].symbols): monitors can be set on them.
     pub symbols: Vec<Symbol>,
+    /// `[market_data.arb]`: the cross-venue arbitrage detector.
+    pub arb: ArbSettings,
 }
 
 /// One (venue, symbol), with its subjects built once (cloning a `Subject` does not allocate).
@@ -81,6 +84,8 @@ struct SymbolState {
     threshold: Option<Threshold>,
     all_subject: Subject,
     all_seq: u64,
+    /// The rate limit of its `md.arb.<symbol>`.
+    arb_gate: ArbGate,
 }
 
 pub struct Market {
@@ -95,6 +100,8 @@ pub struct Market {
 pub struct BookOut {
     pub encoder: TickEncoder,
     pub books: Vec<(Subject, Bytes)>,
+    /// Arbitrage opportunities to publish (`md.arb.<symbol>`), before the books.
+    pub arbs: Vec<ArbOpportunity>,
 }
 
 /// What recording a tick produced, for the engine to publish.
@@ -138,6 +145,7 @@ impl Market {
                     .or(settings.default_threshold),
                 all_subject: subjects::book("all", symbol).into(),
                 all_seq: 0,
+                arb_gate: ArbGate::default(),
             })
     }
 
@@ -330,9 +338,13 @@ impl Market {
 
     /// Takes a venue's book; returns the books to publish now: the venue's (if its
     /// interval has passed, else it waits for `flush_books`) and the aggregate.
+    /// Every book offered is also looked at for a cross-venue arbitrage (arb.rs).
     pub fn offer_book(&mut self, slot: usize, book: Book, now_ns: u64, out: &mut BookOut) {
         let interval = self.settings.book_interval_ns;
-        if self.series[slot].book.offer(book, now_ns, interval) {
+        let source_ts = book.ts;
+        let due = self.series[slot].book.offer(book, now_ns, interval);
+        self.detect_arb(slot, source_ts, now_ns, out);
+        if due {
             self.publish_book(slot, now_ns, out);
         }
     }
@@ -358,6 +370,39 @@ impl Market {
         let payload = out.encoder.book(series.venue.as_str(), book);
         out.books.push((series.book_subject.clone(), payload));
         self.aggregate(slot, now_ns, out);
+    }
+
+    /// `md.arb.<symbol>` if the fresh books of the symbol of `slot` (two venues or
+    /// more) hold an opportunity that the symbol's rate limit lets through.
+    fn detect_arb(&mut self, slot: usize, source_ts: u64, now_ns: u64, out: &mut BookOut) {
+        let settings = &self.settings.arb;
+        if !settings.enabled {
+            return;
+        }
+        let series = &self.series;
+        let symbol = &series[slot].symbol;
+        let Some(state) = self.symbols.get_mut(symbol.as_str()) else {
+            return;
+        };
+        if state.slots.len() < 2 {
+            return;
+        }
+        let since = now_ns.saturating_sub(self.settings.stale_after_ns);
+        let fresh: Vec<&Book> = state
+            .slots
+            .iter()
+            .filter_map(|&i| series[i].book.latest.as_ref())
+            .filter(|b| b.ts >= since)
+            .collect();
+        if fresh.len() < 2 {
+            return;
+        }
+        let Some(found) = arb::detect(symbol, &fresh, settings, source_ts, now_ns) else {
+            return;
+        };
+        if state.arb_gate.admit(&found, now_ns, settings.min_interval_ns) {
+            out.arbs.push(found);
+        }
     }
 
     /// `md.book.all.<symbol>` for the symbol of `slot`.
@@ -627,6 +672,7 @@ mod tests {
             default_threshold: None,
             thresholds: HashMap::new(),
             symbols: vec!["BTC-USD".parse().unwrap()],
+            arb: ArbSettings::default(),
         })
     }
 
@@ -739,6 +785,56 @@ mod tests {
         out.bars.clear();
         m.close_replayed(u64::MAX, &mut out);
         assert_eq!(out.bars.len(), 1, "the rest at the end: its 1m bar");
+    }
+
+    #[test]
+    fn every_book_offered_is_looked_at_for_an_arbitrage_among_fresh_books() {
+        let mut m = market();
+        let btc: Symbol = "BTC-USD".parse().unwrap();
+        let (a, b) = (
+            m.slot(&venue("sim"), &btc).unwrap(),
+            m.slot(&venue("binance"), &btc).unwrap(),
+        );
+        let book = |v: &str, bid: &str, ask: &str, ts| Book {
+            venue: venue(v),
+            symbol: btc.clone(),
+            bids: vec![level(bid, "1")],
+            asks: vec![level(ask, "1")],
+            seq: 1,
+            ts,
+        };
+        let mut out = BookOut::default();
+        // The sim alone: nothing to pair.
+        m.offer_book(a, book("sim", "100", "100.1", T0), T0, &mut out);
+        assert!(out.arbs.is_empty());
+        // binance bids 101 while the sim asks 100.1: ~69.9 bps net of 10 + 10.
+        m.offer_book(b, book("binance", "101", "101.2", T0 + 5), T0 + 5, &mut out);
+        let arbs: Vec<_> = out.arbs.drain(..).collect();
+        assert_eq!(arbs.len(), 1);
+        let arb = &arbs[0];
+        assert_eq!(
+            (arb.buy_venue.as_str(), arb.sell_venue.as_str()),
+            ("sim", "binance")
+        );
+        assert_eq!((arb.source_ts, arb.ts), (T0 + 5, T0 + 5));
+        // Within the interval (1 s): the same opportunity waits...
+        m.offer_book(b, book("binance", "101", "101.2", T0 + 9), T0 + SEC / 2, &mut out);
+        assert!(out.arbs.is_empty());
+        // ...a better one does not; and a new book arriving during the book interval (not
+        // yet published on md.book) is looked at all the same.
+        m.offer_book(b, book("binance", "101.5", "101.6", T0 + 10), T0 + SEC / 2, &mut out);
+        assert_eq!(out.arbs.drain(..).count(), 1);
+        // The sim's book goes stale (10 s): no pair left, though binance is fresh.
+        let later = T0 + 12 * SEC;
+        m.offer_book(b, book("binance", "102", "102.1", later), later, &mut out);
+        assert!(out.arbs.is_empty(), "the sim's book is 12 s old");
+        // Off: nothing.
+        m.settings.arb.enabled = false;
+        m.offer_book(a, book("sim", "100", "100.1", later), later, &mut out);
+        assert!(out.arbs.is_empty());
+        m.settings.arb.enabled = true;
+        m.offer_book(a, book("sim", "100", "100.1", later), later + 1, &mut out);
+        assert_eq!(out.arbs.len(), 1, "both fresh again, a second after the last");
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! | `md_dropped_total` | counter | reason: `bus_full` (client buffer full past `publish_timeout_ms`), `max_series` |
 //! | `md_bars_out_total` | counter | closed bars published |
 //! | `md_alerts_total` | counter | price alerts published |
+//! | `md_arbs_total` | counter | arbitrage opportunities published (`md.arb.<symbol>`) |
 //! | `md_publish_latency_seconds` | histogram | tick in -> handed to the NATS client (1 tick in 8 timed) |
+//! | `md_arb_latency_seconds` | histogram | the book update's `source_ts` -> its `md.arb` handed to the NATS client |
 //! | `md_bar_lateness_seconds` | histogram | a bar boundary -> the bars the bar clock closed there handed to the NATS client |
 
 use std::sync::{Arc, LazyLock};
@@ -47,10 +49,12 @@ pub struct Metrics {
     venues: Family<VenueMetrics>,
     pub bars_out: Counter,
     pub alerts: Counter,
+    pub arbs: Counter,
     pub dropped_bus_full: Counter,
     pub dropped_max_series: Counter,
     pub publish_latency: Histogram,
     pub bar_lateness: Histogram,
+    pub arb_latency: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -137,6 +141,17 @@ impl Metrics {
             "counter",
             "Price alerts published.",
             self.alerts.get(),
+        );
+        out.single(
+            "md_arbs_total",
+            "counter",
+            "Arbitrage opportunities published.",
+            self.arbs.get(),
+        );
+        out.histogram(
+            "md_arb_latency_seconds",
+            "A book update's arrival to its arbitrage opportunity handed to the NATS client.",
+            &self.arb_latency,
         );
         out.histogram(
             "md_publish_latency_seconds",

@@ -175,8 +175,9 @@ pub struct ArbOpportunity {
     pub buy_price: PositiveMoney,
     /// `sell_venue`'s best bid.
     pub sell_price: PositiveMoney,
-    /// The taker fees counted, basis points.
+    /// `buy_venue`'s taker fee counted, basis points.
     pub buy_fee_bps: NonNegativeMoney,
+    /// `sell_venue`'s taker fee counted, basis points.
     pub sell_fee_bps: NonNegativeMoney,
     /// (sell_price - buy_price) / buy_price, basis points, before fees.
     pub gross_bps: Money,
@@ -184,8 +185,9 @@ pub struct ArbOpportunity {
     pub net_bps: Money,
     /// The quantity executable on both books while still above the threshold.
     pub quantity: PositiveMoney,
-    /// The worst ask and bid that quantity takes.
+    /// The worst ask that quantity takes (the buy's limit price).
     pub buy_limit: PositiveMoney,
+    /// The worst bid that quantity takes (the sell's limit price).
     pub sell_limit: PositiveMoney,
     /// The profit over `quantity`, fees paid, quote currency.
     pub profit: NonNegativeMoney,
