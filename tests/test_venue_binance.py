@@ -434,6 +434,18 @@ async def test_binary_spot_unknown_outcomes(live: tuple[StandIn, Operator]) -> N
     filled = await op.wait_status(bnb, "FILLED")
     assert Decimal(str(filled.fee)) == 0 and venue.orders[bnb].trades[0]["commissionAsset"] == "BNB", filled
     venue.fee_asset = None
+    # The venue's rules change (step 0.001): its -1013 makes the adapter read them again,
+    # and the next such order is refused before it is sent.
+    venue.rules["BTCUSDT"].step = Decimal("0.001")
+    venue.rules["BTCUSDT"].min_qty = Decimal("0.001")
+    first = await op.submit("BUY", "0.0015")
+    rejected = await op.wait_status(first, "REJECTED")
+    assert (rejected.reason or "").startswith("-1013"), rejected
+    await op.until(lambda: sum(p == "/api/v3/exchangeInfo" for _, p, _ in venue.requests) >= 2, "exchangeInfo again")
+    await asyncio.sleep(0.2)
+    second = await op.submit("BUY", "0.0015")
+    rejected = await op.wait_status(second, "REJECTED")
+    assert (rejected.reason or "").startswith("lot_size:"), rejected
     # An IP ban (418): REJECTED rate_limited, nothing sent while it lasts.
     venue.ban(3)
     banned = await op.submit("BUY", "0.001")

@@ -378,6 +378,7 @@ class StandIn:
     async def exchange_info(self, request: web.Request) -> web.Response:
         if (limited := self.charge(20 if self.flavor == SPOT else 1)) is not None:
             return limited
+        self.requests.append((request.method, request.path, dict(request.query)))
         symbols = []
         for rules in self.rules.values():
             filters: list[dict[str, object]] = [

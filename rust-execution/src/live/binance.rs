@@ -1143,6 +1143,9 @@ impl Binance {
             if !self.inner.venue_symbols.contains_key(symbol) {
                 continue;
             }
+            if let Some(status) = text(entry, "status").filter(|s| *s != "TRADING") {
+                tracing::warn!(venue = %self.inner.name, symbol, status, "symbol is not TRADING at the venue: its orders will be refused");
+            }
             let parsed = Rules::from_exchange_info(entry)
                 .map_err(|e| VenueError::Transient(format!("exchangeInfo {symbol}: {e}")))?;
             rules.insert(symbol.to_string(), parsed);
@@ -1713,9 +1716,21 @@ impl Exchange for Binance {
                     },
                 }
             }
-            Reply::Error { code, msg, .. } => Submitted::Rejected {
-                reason: format!("{code}: {msg}"),
-            },
+            Reply::Error { code, msg, .. } => {
+                if code == -1013 {
+                    // A filter we checked passed, the venue's failed: its rules may have
+                    // changed since the start; read them again (in the background).
+                    let venue = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = venue.load_rules().await {
+                            tracing::warn!(venue = %venue.inner.name, error = %e, "reloading exchangeInfo failed");
+                        }
+                    });
+                }
+                Submitted::Rejected {
+                    reason: format!("{code}: {msg}"),
+                }
+            }
             Reply::RateLimited(why) => Submitted::Rejected { reason: why },
             Reply::NoAnswer(why) => Submitted::Unknown { reason: why },
         }
