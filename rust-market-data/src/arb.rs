@@ -344,13 +344,23 @@ mod tests {
         assert_eq!(arb.sell_price.get(), d("101.5"));
         assert_eq!(arb.gross_bps.get(), d("150"));
         assert_eq!(arb.net_bps.get(), d("79.3738"));
-        assert_eq!(arb.quantity.get(), d("2"), "the ask's size: the smaller top");
+        assert_eq!(
+            arb.quantity.get(),
+            d("2"),
+            "the ask's size: the smaller top"
+        );
         assert_eq!(arb.profit.get(), d("1.597"), "2 x 0.7985, exact");
-        assert_eq!((arb.buy_fee_bps.get(), arb.sell_fee_bps.get()), (d("60"), d("10")));
+        assert_eq!(
+            (arb.buy_fee_bps.get(), arb.sell_fee_bps.get()),
+            (d("60"), d("10"))
+        );
         assert_eq!((arb.source_ts, arb.ts), (T0, T0 + 7));
         // The message is valid on the wire and reads back the same.
         let wire = serde_json::to_vec(&arb).unwrap();
-        assert_eq!(serde_json::from_slice::<ArbOpportunity>(&wire).unwrap(), arb);
+        assert_eq!(
+            serde_json::from_slice::<ArbOpportunity>(&wire).unwrap(),
+            arb
+        );
     }
 
     #[test]
@@ -362,18 +372,33 @@ mod tests {
         ];
         let arb = run(&books, &settings("5", &[])).unwrap();
         assert_eq!(arb.net_bps.get(), d("9.9600"));
-        assert_eq!((arb.buy_fee_bps.get(), arb.sell_fee_bps.get()), (d("10"), d("10")));
+        assert_eq!(
+            (arb.buy_fee_bps.get(), arb.sell_fee_bps.get()),
+            (d("10"), d("10"))
+        );
         // With binance at 20 and aster at 4.5 the net is ~5.48: still above 5...
-        let arb = run(&books, &settings("5", &[("binance", "20"), ("aster", "4.5")])).unwrap();
+        let arb = run(
+            &books,
+            &settings("5", &[("binance", "20"), ("aster", "4.5")]),
+        )
+        .unwrap();
         assert_eq!(arb.net_bps.get(), d("5.4755"));
         // ...and at 25 it is ~0.49: nothing.
-        assert!(run(&books, &settings("5", &[("binance", "25"), ("aster", "4.5")])).is_none());
+        assert!(run(
+            &books,
+            &settings("5", &[("binance", "25"), ("aster", "4.5")])
+        )
+        .is_none());
         // A threshold of exactly the net spread is not "above" it.
         let exact = settings("0", &[("binance", "0"), ("aster", "0")]);
         let arb = run(&books, &exact).unwrap();
         assert_eq!(arb.net_bps.get(), d("30"));
         assert!(run(&books, &settings("30", &[("binance", "0"), ("aster", "0")])).is_none());
-        assert!(run(&books, &settings("29.99", &[("binance", "0"), ("aster", "0")])).is_some());
+        assert!(run(
+            &books,
+            &settings("29.99", &[("binance", "0"), ("aster", "0")])
+        )
+        .is_some());
     }
 
     #[test]
@@ -393,7 +418,14 @@ mod tests {
             book("hyperliquid", &[("99.9", "1")], &[("100", "1")]),
             book("coinbase", &[("101", "1")], &[("101.2", "1")]),
         ];
-        let s = settings("5", &[("binance", "10"), ("hyperliquid", "4.5"), ("coinbase", "10")]);
+        let s = settings(
+            "5",
+            &[
+                ("binance", "10"),
+                ("hyperliquid", "4.5"),
+                ("coinbase", "10"),
+            ],
+        );
         let arb = run(&books, &s).unwrap();
         assert_eq!(
             (arb.buy_venue.as_str(), arb.sell_venue.as_str()),
@@ -408,7 +440,11 @@ mod tests {
             book("binance", &[("99", "1")], &[("100", "1")]),
             book("coinbase", &[("100", "1")], &[("101", "1")]),
         ];
-        assert!(run(&locked, &settings("0", &[("binance", "0"), ("coinbase", "0")])).is_none());
+        assert!(run(
+            &locked,
+            &settings("0", &[("binance", "0"), ("coinbase", "0")])
+        )
+        .is_none());
         // A venue locked on itself (bid = ask) is kept.
         let self_locked = [
             book("binance", &[("99", "1")], &[("100", "1")]),
@@ -439,26 +475,44 @@ mod tests {
             book("coinbase", &[("101", "0"), ("100.9", "1")], &[]),
         ];
         let arb = run(&zero_top, &settings("5", &[])).unwrap();
-        assert_eq!((arb.buy_price.get(), arb.sell_price.get()), (d("100.1"), d("100.9")));
+        assert_eq!(
+            (arb.buy_price.get(), arb.sell_price.get()),
+            (d("100.1"), d("100.9"))
+        );
         assert_eq!(arb.quantity.get(), d("1"));
     }
 
     #[test]
     fn the_quantity_walks_the_levels_while_each_step_clears_the_threshold() {
         let books = [
-            book("binance", &[], &[("100", "1"), ("100.2", "2"), ("100.8", "5")]),
-            book("coinbase", &[("101", "0.5"), ("100.9", "3"), ("100.3", "9")], &[]),
+            book(
+                "binance",
+                &[],
+                &[("100", "1"), ("100.2", "2"), ("100.8", "5")],
+            ),
+            book(
+                "coinbase",
+                &[("101", "0.5"), ("100.9", "3"), ("100.3", "9")],
+                &[],
+            ),
         ];
         let s = settings("5", &[("binance", "0"), ("coinbase", "0")]);
         let arb = run(&books, &s).unwrap();
         // 0.5 @100/101, 0.5 @100/100.9, 2 @100.2/100.9; then 100.8/100.9 is ~9.9 bps:
         // 0.5 more; then 100.8/100.3 loses: stop.
         assert_eq!(arb.quantity.get(), d("3.5"));
-        assert_eq!((arb.buy_limit.get(), arb.sell_limit.get()), (d("100.8"), d("100.9")));
+        assert_eq!(
+            (arb.buy_limit.get(), arb.sell_limit.get()),
+            (d("100.8"), d("100.9"))
+        );
         // 0.5 x 1 + 0.5 x 0.9 + 2 x 0.7 + 0.5 x 0.1
         assert_eq!(arb.profit.get(), d("2.4"));
         // A higher threshold stops earlier: 100.8/100.9 (9.9 bps) no longer clears 20.
-        let arb = run(&books, &settings("20", &[("binance", "0"), ("coinbase", "0")])).unwrap();
+        let arb = run(
+            &books,
+            &settings("20", &[("binance", "0"), ("coinbase", "0")]),
+        )
+        .unwrap();
         assert_eq!(arb.quantity.get(), d("3"));
         assert_eq!(arb.sell_limit.get(), d("100.9"));
     }
@@ -484,20 +538,38 @@ mod tests {
         // Huge sizes at small prices: the profit fits for a while, the walk stops
         // where the quantity would leave the money range.
         let many = [
-            book("binance", &[], &[("1", "60000000000000"), ("1", "60000000000000")]),
-            book("coinbase", &[("1.1", "60000000000000"), ("1.1", "60000000000000")], &[]),
+            book(
+                "binance",
+                &[],
+                &[("1", "60000000000000"), ("1", "60000000000000")],
+            ),
+            book(
+                "coinbase",
+                &[("1.1", "60000000000000"), ("1.1", "60000000000000")],
+                &[],
+            ),
         ];
-        let arb = run(&many, &settings("5", &[("binance", "0"), ("coinbase", "0")]));
+        let arb = run(
+            &many,
+            &settings("5", &[("binance", "0"), ("coinbase", "0")]),
+        );
         // The first step alone: 6e13 x 0.1 = 6e12 of profit.
         let arb = arb.unwrap();
         assert_eq!(arb.quantity.get(), d("60000000000000"));
         assert_eq!(arb.profit.get(), d("6000000000000"));
         // Extreme fees and prices, smallest and largest: no panic either way.
         let odd = [
-            book("binance", &[("0.000000000000000001", "1")], &[("0.000000000000000001", big)]),
+            book(
+                "binance",
+                &[("0.000000000000000001", "1")],
+                &[("0.000000000000000001", big)],
+            ),
             book("coinbase", &[(big, "0.000000000000000001")], &[(big, "1")]),
         ];
-        let _ = run(&odd, &settings("0", &[("binance", "1000"), ("coinbase", "1000")]));
+        let _ = run(
+            &odd,
+            &settings("0", &[("binance", "1000"), ("coinbase", "1000")]),
+        );
         let _ = run(&odd, &settings("1000000", &[]));
     }
 
@@ -518,10 +590,22 @@ mod tests {
         let sec = 1_000_000_000;
         assert!(gate.admit(&arb, T0, sec), "the first goes out");
         assert!(!gate.admit(&arb, T0 + sec / 2, sec), "the same, too soon");
-        assert!(gate.admit(&better, T0 + sec / 2, sec), "an improvement, at once");
-        assert!(!gate.admit(&better, T0 + sec / 2 + 1, sec), "no better than the last");
-        assert!(!gate.admit(&arb, T0 + sec, sec), "worse, too soon after the improvement");
-        assert!(gate.admit(&arb, T0 + sec / 2 + sec, sec), "the interval passed");
+        assert!(
+            gate.admit(&better, T0 + sec / 2, sec),
+            "an improvement, at once"
+        );
+        assert!(
+            !gate.admit(&better, T0 + sec / 2 + 1, sec),
+            "no better than the last"
+        );
+        assert!(
+            !gate.admit(&arb, T0 + sec, sec),
+            "worse, too soon after the improvement"
+        );
+        assert!(
+            gate.admit(&arb, T0 + sec / 2 + sec, sec),
+            "the interval passed"
+        );
     }
 
     #[test]
@@ -534,6 +618,9 @@ mod tests {
         let mut wire: serde_json::Value = serde_json::to_value(&arb).unwrap();
         wire["sell_venue"] = "binance".into();
         let error = serde_json::from_value::<ArbOpportunity>(wire).unwrap_err();
-        assert!(error.to_string().contains("two different venues"), "{error}");
+        assert!(
+            error.to_string().contains("two different venues"),
+            "{error}"
+        );
     }
 }

@@ -140,7 +140,9 @@ fn parse_arb(arb: &ArbConfig) -> Result<ArbSettings> {
         Ok(fee.normalize())
     };
     let min_net_bps = arb.min_net_bps.decimal("min_net_bps")?;
-    if min_net_bps.is_sign_negative() && !min_net_bps.is_zero() || min_net_bps > Decimal::from(100_000) {
+    if min_net_bps.is_sign_negative() && !min_net_bps.is_zero()
+        || min_net_bps > Decimal::from(100_000)
+    {
         bail!("[market_data.arb] min_net_bps = {min_net_bps}: must be 0 ..= 100000");
     }
     if arb.min_interval_ms > 86_400_000 {
@@ -608,7 +610,12 @@ mod tests {
         assert_eq!(arb.min_net_bps, Decimal::from(5));
         assert_eq!(arb.min_interval_ns, 1_000_000_000);
         assert_eq!(
-            (fee("hyperliquid"), fee("coinbase"), fee("aster"), fee("jupiter")),
+            (
+                fee("hyperliquid"),
+                fee("coinbase"),
+                fee("aster"),
+                fee("jupiter")
+            ),
             ("4.5".into(), "60".into(), "4".into(), "10".into())
         );
         // Defaults without the section; an environment override as a string.
@@ -626,16 +633,26 @@ mod tests {
         assert_eq!(arb.min_net_bps.to_string(), "0.1");
         assert_eq!(arb.default_fee_bps, Decimal::from(10));
         let err = |env: &[(&str, &str)]| format!("{:#}", settings_of("", env).unwrap_err());
-        assert!(err(&[("MOONBUS__MARKET_DATA__ARB__FEES_BPS__BINANCE", "-1")])
-            .contains("fees_bps.binance = -1: must be 0 ..= 1000"));
-        assert!(err(&[("MOONBUS__MARKET_DATA__ARB__DEFAULT_FEE_BPS", "1001")])
-            .contains("default_fee_bps = 1001"));
-        assert!(err(&[("MOONBUS__MARKET_DATA__ARB__MIN_NET_BPS", "-2")])
-            .contains("min_net_bps = -2"));
-        assert!(err(&[("MOONBUS__MARKET_DATA__ARB__FEES_BPS__BINANCE", "\"ten\"")])
-            .contains("not a number of bps"));
+        assert!(
+            err(&[("MOONBUS__MARKET_DATA__ARB__FEES_BPS__BINANCE", "-1")])
+                .contains("fees_bps.binance = -1: must be 0 ..= 1000")
+        );
+        assert!(
+            err(&[("MOONBUS__MARKET_DATA__ARB__DEFAULT_FEE_BPS", "1001")])
+                .contains("default_fee_bps = 1001")
+        );
+        assert!(
+            err(&[("MOONBUS__MARKET_DATA__ARB__MIN_NET_BPS", "-2")]).contains("min_net_bps = -2")
+        );
+        assert!(
+            err(&[("MOONBUS__MARKET_DATA__ARB__FEES_BPS__BINANCE", "\"ten\"")])
+                .contains("not a number of bps")
+        );
         assert!(settings_of("[market_data.arb]\nfees_bps = { \"Bad Venue\" = 1 }\n", &[]).is_err());
-        assert!(settings_of("[market_data.arb]\nmin_net = 1\n", &[]).is_err(), "unknown key");
+        assert!(
+            settings_of("[market_data.arb]\nmin_net = 1\n", &[]).is_err(),
+            "unknown key"
+        );
     }
 
     #[test]

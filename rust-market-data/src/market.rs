@@ -9,9 +9,9 @@ use std::sync::Arc;
 use async_nats::Subject;
 use bytes::Bytes;
 use moonbus_common::{
-    subjects, ArbOpportunity, Bar, Book, HistoryRequest, Monitor as MonitorInfo, MonitorStartRequest,
-    MonitorStatusReply, PositiveMoney, PriceAlert, PriceRequest, PricesReply, PricesRequest,
-    Symbol, Tick, Venue,
+    subjects, ArbOpportunity, Bar, Book, HistoryRequest, Monitor as MonitorInfo,
+    MonitorStartRequest, MonitorStatusReply, PositiveMoney, PriceAlert, PriceRequest, PricesReply,
+    PricesRequest, Symbol, Tick, Venue,
 };
 
 use crate::alerts::{Monitor, Threshold};
@@ -400,7 +400,10 @@ impl Market {
         let Some(found) = arb::detect(symbol, &fresh, settings, source_ts, now_ns) else {
             return;
         };
-        if state.arb_gate.admit(&found, now_ns, settings.min_interval_ns) {
+        if state
+            .arb_gate
+            .admit(&found, now_ns, settings.min_interval_ns)
+        {
             out.arbs.push(found);
         }
     }
@@ -818,11 +821,21 @@ mod tests {
         );
         assert_eq!((arb.source_ts, arb.ts), (T0 + 5, T0 + 5));
         // Within the interval (1 s): the same opportunity waits...
-        m.offer_book(b, book("binance", "101", "101.2", T0 + 9), T0 + SEC / 2, &mut out);
+        m.offer_book(
+            b,
+            book("binance", "101", "101.2", T0 + 9),
+            T0 + SEC / 2,
+            &mut out,
+        );
         assert!(out.arbs.is_empty());
         // ...a better one does not; and a new book arriving during the book interval (not
         // yet published on md.book) is looked at all the same.
-        m.offer_book(b, book("binance", "101.5", "101.6", T0 + 10), T0 + SEC / 2, &mut out);
+        m.offer_book(
+            b,
+            book("binance", "101.5", "101.6", T0 + 10),
+            T0 + SEC / 2,
+            &mut out,
+        );
         assert_eq!(out.arbs.drain(..).count(), 1);
         // The sim's book goes stale (10 s): no pair left, though binance is fresh.
         let later = T0 + 12 * SEC;
@@ -834,7 +847,11 @@ mod tests {
         assert!(out.arbs.is_empty());
         m.settings.arb.enabled = true;
         m.offer_book(a, book("sim", "100", "100.1", later), later + 1, &mut out);
-        assert_eq!(out.arbs.len(), 1, "both fresh again, a second after the last");
+        assert_eq!(
+            out.arbs.len(),
+            1,
+            "both fresh again, a second after the last"
+        );
     }
 
     #[test]
