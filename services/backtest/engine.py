@@ -38,8 +38,7 @@ from services.contract.models import AccountState, Action, Side, Tick, Verdict
 from services.trading_agent.agent import Choice, Context, Event, plan
 from services.trading_agent.config import TradingConfig
 from services.trading_agent.decide import Decider, RuleDecider
-from services.trading_agent.service import make_decider
-from services.trading_agent.strategy import SeriesStrategy
+from services.trading_agent.service import make_deciders
 
 from . import llm
 from .data import BarSeries, trusted
@@ -124,7 +123,8 @@ def run(series: list[BarSeries], *, strategy: str | None = None, params: Mapping
     `params` are [trading_agent] keys (e.g. {"ma_fast": 10}); `overrides` are any
     section's keys over the config file ({"risk": {"starting_cash": "5000"}}); the
     config file is read as the services read it, environment overrides included.
-    `decider` replaces the configured one. The LLM strategy decides through the
+    `decider` replaces the configured one (for every symbol; else each symbol gets its
+    own, `[trading_agent.symbols."<symbol>"]`, plugins included). The LLM strategy decides through the
     record/replay cache (llm.py): `llm_mode` "replay" (free, reproducible) or "record"
     (asks the model: see llm.estimate first)."""
     if not series:
@@ -159,21 +159,26 @@ def run(series: list[BarSeries], *, strategy: str | None = None, params: Mapping
         raise BacktestError(f"config: {e}") from e
     if decider is None:
         try:
-            decider = make_decider(cfg, table | {"llm": llm.llm_settings(table, llm_mode).model_dump()})
+            book = make_deciders(cfg, table | {"llm": llm.llm_settings(table, llm_mode).model_dump()})
         except ValueError as e:
             raise BacktestError(f"config: {e}") from e
+        deciders = {s: book.for_symbol(s) for s in symbols}
+        names = sorted({d.name for d in deciders.values()})
+        name = names[0] if len(names) == 1 else "per_symbol"  # a run id's prefix ([A-Za-z0-9_-])
+    else:
+        deciders, name = {s: decider for s in symbols}, decider.name
     try:
         sim = _simulator().Simulator(text, sorted(merged.items()))
     except ValueError as e:
         raise BacktestError(f"config: {e}") from e
 
     starting_cash = AccountState.model_validate_json(sim.account()).equity
-    result = BacktestResult(strategy=decider.name, params=cfg.model_dump(mode="json"), symbols=sorted(symbols),
+    result = BacktestResult(strategy=name, params=cfg.model_dump(mode="json"), symbols=sorted(symbols),
                             interval=interval, starting_cash=starting_cash)
     for s in series:
         sim.add_series(s.venue, s.symbol, s.start_ts, [str(p) for p in s.open], [str(p) for p in s.close],
                        s.interval_ns)
-    _Run(sim, cfg, decider, series, result, trade_on_close).run()
+    _Run(sim, cfg, deciders, series, result, trade_on_close).run()
     return result
 
 
@@ -182,14 +187,15 @@ class _Run:
     stops it where the agent acts: at a bar's close to decide, at the next open (or at
     the close, trade_on_close) to plan and send an order.
 
-    A rule decider decides from prices alone, so its decisions on every bar are made
-    first, in one pass per symbol, and the bars run in Rust from one order to the next.
-    Any other decider (an LLM) sees the account and positions: it is asked at each bar's
-    close, with the state of that moment."""
+    A rule decider that decides from prices alone (a built-in: its `scan`) has its
+    decisions on every bar made first, in one pass per symbol, and the bars run in Rust
+    from one order to the next. Any other decider (an LLM, a plugin without `scan`) may
+    read the account and positions: it is asked at each bar's close, with the state of
+    that moment, exactly as the live agent asks it (RuleDecider.decide, deadline included)."""
 
-    def __init__(self, sim: Any, cfg: TradingConfig, decider: Decider, series: list[BarSeries],
+    def __init__(self, sim: Any, cfg: TradingConfig, deciders: Mapping[str, Decider], series: list[BarSeries],
                  result: BacktestResult, trade_on_close: bool) -> None:
-        self.sim, self.cfg, self.decider, self.series, self.result = sim, cfg, decider, series, result
+        self.sim, self.cfg, self.deciders, self.series, self.result = sim, cfg, deciders, series, result
         self.trade_on_close = trade_on_close
         self.new_id = _Ids()
         self.fill_times: list[int] = []
@@ -201,12 +207,12 @@ class _Run:
         heapq.heappush(self.stops, (t, phase, next(self.order), kind, payload))
 
     def run(self) -> None:
-        rules = isinstance(self.decider, RuleDecider)
         for k, s in enumerate(self.series):
-            if rules:
+            decider = self.deciders[s.symbol]
+            if isinstance(decider, RuleDecider) and decider.fast_path:
                 self.decide_every_bar(s)
             elif len(s):
-                self.stop(s.start_ts[0], CLOSED, "decide", (k, 0, Window(self.decider.bars_needed, s.bar)))
+                self.stop(s.start_ts[0], CLOSED, "decide", (k, 0, Window(decider.bars_needed, s.bar)))
         try:
             while self.stops:
                 t, phase, _, kind, payload = heapq.heappop(self.stops)
@@ -233,17 +239,17 @@ class _Run:
         """A rule decider's decisions on each bar of `s`, in one pass: the strategy's own
         scan over the closes when it has one (the built-in strategies), else its decide
         on each bar's window."""
-        decider = self.decider
+        decider = self.deciders[s.symbol]
         assert isinstance(decider, RuleDecider)
         strategy = decider.strategy
-        if isinstance(strategy, SeriesStrategy):
-            for i, d in strategy.scan(s.symbol, s.close):
+        if callable(scan := getattr(strategy, "scan", None)):
+            for i, d in scan(s.symbol, s.close):
                 self.decided(s, i, decider.choice(d), None)
             return
         window = Window(decider.bars_needed, s.bar)
         for i in range(len(s)):
             window.push(i)
-            d = strategy.decide(s.symbol, window)
+            d = strategy.decide(s.symbol, window)  # type: ignore[union-attr]
             if d.action is not Action.HOLD:
                 self.decided(s, i, decider.choice(d), None)
 
@@ -255,7 +261,7 @@ class _Run:
         self.context(ctx)
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
-        choice = self.loop.run_until_complete(_decide(self.decider, ctx))
+        choice = self.loop.run_until_complete(_decide(self.deciders[s.symbol], ctx))
         self.result.llm_cost_usd += choice.cost_usd
         if choice.action is not Action.HOLD:
             self.decided(s, i, choice, ctx)

@@ -346,7 +346,8 @@ def backtest_command(
     ctx: typer.Context,
     args: Annotated[list[str], typer.Argument(metavar="DATA...", help="Bar files (OHLCV CSV, Binance klines, "
                                               "replay files); with --sweep, more key=values axes.")],
-    strategy: Annotated[str | None, typer.Option("--strategy", help="momentum, mean_reversion, ma_crossover "
+    strategy: Annotated[str | None, typer.Option("--strategy", help="momentum, mean_reversion, ma_crossover, llm "
+                                                 "or a plugin's name (trading_agent.strategies_dir, entry points) "
                                                  "(default: moonbus.toml trading_agent.strategy).")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="A trading_agent key: ma_fast=10 "
                                                     "(fast/slow: ma_fast/ma_slow). Repeatable.")] = None,

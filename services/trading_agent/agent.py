@@ -83,6 +83,7 @@ class Choice:
     fallback: bool = False
     latency_ms: float = 0.0
     cost_usd: float = 0.0
+    failure: str | None = None  # "plugin_error" / "plugin_timeout": the plugin abstained (reported)
 
 
 @dataclass(frozen=True)

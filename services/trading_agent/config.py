@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -11,10 +11,25 @@ from services.common.config import ConfigMoney, Section
 from services.contract.models import INTERVAL_PATTERN
 
 Deterministic = Literal["momentum", "mean_reversion", "ma_crossover"]
+StrategyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+DEFAULT_STRATEGIES_DIR = "strategies"
+
+
+class SymbolStrategy(Section):
+    """`[trading_agent.symbols."<symbol>"]`: the strategy of one symbol and its params."""
+
+    strategy: StrategyName | None = None  # else the global `strategy`
+    params: dict[str, Any] = Field(default_factory=dict)  # the plugin's Params (else its defaults; the built-ins': the keys below)
 
 
 class TradingConfig(Section):
-    strategy: Literal["momentum", "mean_reversion", "ma_crossover", "llm"] = "mean_reversion"
+    # a built-in (momentum | mean_reversion | ma_crossover), llm, or a plugin's name (registry.py);
+    # checked against the strategies found when the agent (or a backtest) starts
+    strategy: StrategyName = "mean_reversion"
+    params: dict[str, Any] = Field(default_factory=dict)  # the global strategy's params
+    symbols: dict[str, SymbolStrategy] = Field(default_factory=dict)  # per symbol: strategy and params
+    strategies_dir: str = DEFAULT_STRATEGIES_DIR  # plugin files (*.py); relative = to the working dir
+    plugin_timeout_ms: Annotated[float, Field(gt=0, le=600_000)] = 250.0  # per decision of a plugin
     bar_interval: Annotated[str, Field(pattern=INTERVAL_PATTERN)] = "1s"
     on_alerts: bool = True
     # momentum

@@ -1,4 +1,10 @@
-"""Deciders: a deterministic strategy, or an LLM that falls back to one.
+"""Deciders: a deterministic strategy (a plugin, plugin.py), or an LLM that falls back to one.
+
+A plugin is asked within a deadline (plugin_timeout_ms): a sync one in a daemon thread, an
+async one under asyncio.wait_for; the built-ins (pure, microseconds) in the loop. One that
+raises, overruns or answers something that is not a Choice abstains: HOLD, the reasoning
+`plugin_error: ...` / `plugin_timeout: ...`, and `Choice.failure` set, which the service
+reports on errors.trading-agent and counts (moonbus_trading_plugin_failures_total).
 
 The LLM strategy asks the [llm] provider with a prompt of the recent bars, the latest
 sentiment, the position and the risk verdict, and gets a schema-checked answer. When the
@@ -10,8 +16,11 @@ a deadline (llm_timeout_s), so a slow model delays one decision, never the bar p
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -20,6 +29,8 @@ from services.contract.models import Action
 
 from .agent import AGENT, Choice, Context
 from .config import TradingConfig
+from .plugin import Choice as PluginChoice
+from .plugin import StrategyContext, StrategyPlugin
 from .strategy import Decision as StrategyDecision
 from .strategy import Strategy
 
@@ -45,20 +56,116 @@ def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
+class _PluginRaised(Exception):
+    """What a plugin raised (kept apart from the deadline's TimeoutError)."""
+
+
+def strategy_context(ctx: Context) -> StrategyContext:
+    e, v = ctx.event, ctx.verdict
+    return StrategyContext(symbol=e.symbol, venue=e.venue, kind=e.kind, bars=ctx.bars, price=ctx.price,
+                           position=v.position if v is not None else None, verdict=v, account=ctx.account)
+
+
 class RuleDecider:
-    """A deterministic strategy as a Decider."""
+    """A deterministic strategy as a Decider: a plugin (on_bar / on_alert within the
+    deadline), or any object with `decide(symbol, bars)` (the Strategy protocol)."""
 
     uses_sentiment = False
 
-    def __init__(self, strategy: Strategy) -> None:
+    def __init__(self, strategy: Strategy | StrategyPlugin, timeout_s: float = 0.25, max_running: int = 8) -> None:
         self.strategy = strategy
         self.name = strategy.name
         self.bars_needed = strategy.bars_needed
+        self.timeout_s = timeout_s
+        self.max_running = max_running  # threads of this plugin still running (stuck ones included)
+        self.running = 0
+        self._lock = threading.Lock()
+        plugin = strategy if isinstance(strategy, StrategyPlugin) else None
+        self.plugin = plugin
+        self.is_async = plugin is not None and inspect.iscoroutinefunction(plugin.on_bar)
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether a backtest may decide every bar from the closes alone, up front: the
+        plugin offers `scan`, or it is a plain Strategy (prices only). Any other plugin is
+        asked at each bar's close with the context of that moment, as live."""
+        return self.plugin is None or callable(getattr(self.strategy, "scan", None))
 
     async def decide(self, ctx: Context) -> Choice:
         start = time.perf_counter()
-        d = self.strategy.decide(ctx.event.symbol, ctx.bars)
-        return self.choice(d, ctx.notes, _ms_since(start))
+        if self.plugin is None:
+            d = self.strategy.decide(ctx.event.symbol, ctx.bars)  # type: ignore[union-attr]
+            return self.choice(d, ctx.notes, _ms_since(start))
+        plugin = self.plugin
+        handler = plugin.on_alert if ctx.event.kind == "alert" else plugin.on_bar
+        failure = None
+        try:
+            answer = await self._ask(handler, strategy_context(ctx))
+            if not isinstance(answer, PluginChoice):
+                raise _PluginRaised(TypeError(f"returned {answer!r}, not a Choice"))
+            if not 0.0 <= answer.confidence <= 1.0 or not isinstance(answer.action, Action):
+                raise _PluginRaised(ValueError(f"returned {answer!r}: action must be an Action, "
+                                               "confidence in [0, 1]"))
+        except _PluginRaised as e:
+            cause = e.args[0]
+            failure = "plugin_error"
+            why = f"plugin_error: {self.name} raised {type(cause).__name__}: {cause}"
+        except TimeoutError:
+            failure = "plugin_timeout"
+            why = f"plugin_timeout: {self.name} gave no answer within {self.timeout_s * 1000:g} ms"
+        if failure is not None:
+            reasoning = why + "".join(f"; {note}" for note in ctx.notes)
+            return Choice(Action.HOLD, 0.0, reasoning, self.name, latency_ms=_ms_since(start), failure=failure)
+        return self.choice(answer, ctx.notes, _ms_since(start))
+
+    async def _ask(self, handler: Callable[[StrategyContext], object], sctx: StrategyContext) -> object:
+        if self.plugin is not None and self.plugin.inline:
+            try:
+                return handler(sctx)
+            except Exception as e:  # whatever a plugin raises, it abstains
+                raise _PluginRaised(e) from e
+        if self.is_async:
+            async def guarded() -> object:
+                try:
+                    return await handler(sctx)  # type: ignore[misc]
+                except Exception as e:  # whatever a plugin raises, it abstains
+                    raise _PluginRaised(e) from e
+            return await asyncio.wait_for(guarded(), self.timeout_s)
+        return await asyncio.wait_for(self._in_thread(handler, sctx), self.timeout_s)
+
+    def _in_thread(self, handler: Callable[[StrategyContext], object], sctx: StrategyContext) -> asyncio.Future[object]:
+        """The handler in a daemon thread (a runaway one cannot be killed, nor may it keep
+        the process from exiting); its answer comes back through the returned future."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[object] = loop.create_future()
+        with self._lock:
+            if self.running >= self.max_running:
+                future.set_exception(TimeoutError())  # all its threads are stuck: abstain at once
+                return future
+            self.running += 1
+
+        def settle(ok: bool, value: object) -> None:
+            if future.done():  # the deadline passed: nobody waits for it any more
+                return
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(_PluginRaised(value))
+
+        def work() -> None:
+            ok, value = True, None
+            try:
+                value = handler(sctx)
+            except Exception as e:  # noqa: BLE001 - whatever a plugin raises, it abstains
+                ok, value = False, e
+            finally:
+                with self._lock:
+                    self.running -= 1
+            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                loop.call_soon_threadsafe(settle, ok, value)
+
+        threading.Thread(target=work, name=f"strategy-{self.name}", daemon=True).start()
+        return future
 
     def choice(self, d: StrategyDecision, notes: Sequence[str] = (), latency_ms: float = 0.0) -> Choice:
         """The strategy's decision as the agent's choice (a backtest asks the strategy

@@ -9,6 +9,9 @@ DECISIONS = Counter("moonbus_trading_decisions_total", "Decisions (one Signal ea
                     ["action", "strategy", "fallback"])
 FALLBACKS = Counter("moonbus_trading_llm_fallbacks_total",
                     "LLM strategy decisions taken by the deterministic fallback strategy", ["strategy"])
+PLUGIN_FAILURES = Counter("moonbus_trading_plugin_failures_total",
+                          "Strategy plugin calls that raised or overran plugin_timeout_ms (decided HOLD, "
+                          "reported on errors.trading-agent)", ["strategy", "reason"])
 ORDERS = Counter("moonbus_trading_orders_total", "Orders acknowledged by the ORDERS stream", ["side"])
 ORDER_FAILURES = Counter("moonbus_trading_order_publish_failures_total",
                          "Orders the ORDERS stream did not acknowledge (reported on errors.trading-agent)")

@@ -29,21 +29,50 @@ from .agent import AGENT, Event, Proposal, plan
 from .config import TradingConfig
 from .context import ContextSource
 from .decide import Decider, LLMDecider, RuleDecider
+from .registry import Found, build, choice_for, discover
 from .strategy import make_strategy
 
 SERVICE = "trading-agent"
 log = logging.getLogger(__name__)
 
 
-def make_decider(cfg: TradingConfig, config: dict[str, Any]) -> Decider:
-    if cfg.strategy != "llm":
-        return RuleDecider(make_strategy(cfg.strategy, cfg))
+class Deciders:
+    """Each symbol's decider: `[trading_agent.symbols."<symbol>"]`, else the global one."""
+
+    def __init__(self, default: Decider, per_symbol: dict[str, Decider] | None = None) -> None:
+        self.default = default
+        self.per_symbol = {k.upper(): d for k, d in (per_symbol or {}).items()}
+        names = sorted({default.name, *(d.name for d in self.per_symbol.values())})
+        self.name = names[0] if len(names) == 1 else "per-symbol " + ", ".join(names)
+
+    def for_symbol(self, symbol: str) -> Decider:
+        return self.per_symbol.get(symbol.upper(), self.default)
+
+
+def _decider(cfg: TradingConfig, config: dict[str, Any], registry: dict[str, Found], symbol: str | None) -> Decider:
+    name, params, where = choice_for(cfg, symbol)
+    if name != "llm":
+        return RuleDecider(build(registry, cfg, name, params, where), cfg.plugin_timeout_ms / 1000, cfg.workers)
     llm = section(config, "llm", LLMConfig)
     fallback = make_strategy(cfg.llm_fallback, cfg)
     if llm.provider == "offline":
         log.info("strategy llm with [llm] provider offline: the %s strategy decides", fallback.name)
-        return RuleDecider(fallback)
+        return RuleDecider(fallback, cfg.plugin_timeout_ms / 1000, cfg.workers)
     return LLMDecider(build_provider(llm), fallback, cfg)
+
+
+def make_deciders(cfg: TradingConfig, config: dict[str, Any]) -> Deciders:
+    """The global decider and one per `[trading_agent.symbols.*]` table, all built (and
+    their params checked) now: a bad one is a StrategyLoadError (a ValueError) at start."""
+    registry = discover(cfg.strategies_dir)
+    default = _decider(cfg, config, registry, None)
+    return Deciders(default, {symbol: _decider(cfg, config, registry, symbol) for symbol in cfg.symbols})
+
+
+def make_decider(cfg: TradingConfig, config: dict[str, Any], symbol: str | None = None) -> Decider:
+    """The decider of `symbol` (None: the global strategy)."""
+    deciders = make_deciders(cfg, config)
+    return deciders.default if symbol is None else deciders.for_symbol(symbol)
 
 
 def bar_event(bar: Bar) -> Event:
@@ -89,10 +118,11 @@ async def submit(bus: Bus, proposal: Proposal, timeout: float) -> bool:
 
 
 class TradingService:
-    def __init__(self, bus: Bus, cfg: TradingConfig, decider: Decider) -> None:
+    def __init__(self, bus: Bus, cfg: TradingConfig, decider: Decider | Deciders) -> None:
         self.bus = bus
         self.cfg = cfg
-        self.decider = decider
+        self.deciders = decider if isinstance(decider, Deciders) else Deciders(decider)
+        self.decider = self.deciders.default
         self.context = ContextSource(bus, cfg)
         self.queue: asyncio.Queue[tuple[Event, Bar | None, float]] = asyncio.Queue(cfg.max_pending)
         self._workers: list[asyncio.Task[None]] = []
@@ -143,9 +173,15 @@ class TradingService:
                 self.queue.task_done()
 
     async def decide(self, event: Event, bar: Bar | None, received: float) -> None:
-        d = self.decider
+        d = self.deciders.for_symbol(event.symbol)
         ctx = await self.context.gather(event, bar, d.bars_needed, d.uses_sentiment)
         choice = await d.decide(ctx)
+        if choice.failure is not None:  # the plugin abstained: visibly, and the agent goes on
+            metrics.PLUGIN_FAILURES.labels(d.name, choice.failure).inc()
+            log.warning("%s %s: %s", event.kind, event.symbol, choice.reasoning)
+            with contextlib.suppress(Exception):
+                await self.bus.report_error(event_subject(event, self.cfg.bar_interval),
+                                            f"strategy {d.name}: {choice.reasoning}", b"")
         proposal = plan(choice, ctx, self.cfg, now_ns())
         await submit(self.bus, proposal, self.cfg.publish_timeout_s)
         s = proposal.signal
@@ -170,7 +206,7 @@ class TradingService:
 async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, Any] | None = None) -> None:
     config = load() if config is None else config
     cfg = section(config, "trading_agent", TradingConfig)
-    decider = make_decider(cfg, config)
+    decider = make_deciders(cfg, config)
     bus = bus or Bus(SERVICE)
     if bus.nc is None:
         await bus.connect()

@@ -11,28 +11,30 @@ by bar. Live, `decide` scans the recent window and answers for its last bar; a b
 scans the whole history in one pass (services/backtest/engine.py), so a decision costs
 about a microsecond. Momentum and mean reversion are the shared rules of
 services/common/price_rules.py (the swarm's offline models use them too).
+
+They are strategy plugins (plugin.py) like any in `strategies/` or an installed package:
+their params default to the [trading_agent] keys (momentum_lookback, ...) and a
+`[trading_agent.symbols."<symbol>"] params` table overrides them per symbol; `scan` is the
+fast path the backtester takes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.common import price_rules
 from services.contract.models import Action, Bar
 
 from .config import TradingConfig
+from .plugin import Choice, StrategyContext, StrategyPlugin
 
 ZERO = Decimal(0)
 
-
-@dataclass(frozen=True)
-class Decision:
-    action: Action
-    confidence: float
-    reasoning: str
+Decision = Choice  # a strategy's answer (the plugin interface's Choice)
 
 
 class Strategy(Protocol):
@@ -66,15 +68,53 @@ def _decide_last(strategy: SeriesStrategy, symbol: str, bars: Sequence[Bar]) -> 
     raise AssertionError("a scan with holds=True decides every bar from start")
 
 
-class CloseRuleStrategy:
+class _BuiltinParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MomentumParams(_BuiltinParams):
+    lookback: Annotated[int, Field(ge=2, le=1000)]  # default: [trading_agent] momentum_lookback
+    threshold_pct: Annotated[float, Field(gt=0)]  # momentum_threshold_pct
+
+
+class MeanReversionParams(_BuiltinParams):
+    lookback: Annotated[int, Field(ge=2, le=1000)]  # meanrev_lookback
+    stretch_pct: Annotated[float, Field(gt=0)]  # meanrev_stretch_pct
+
+
+class CrossoverParams(_BuiltinParams):
+    fast: Annotated[int, Field(ge=1, le=1000)]  # ma_fast
+    slow: Annotated[int, Field(ge=2, le=1000)]  # ma_slow
+    min_gap_pct: Annotated[float, Field(ge=0)]  # ma_min_gap_pct
+
+    @model_validator(mode="after")
+    def _fast_below_slow(self) -> CrossoverParams:
+        if self.fast >= self.slow:
+            raise ValueError(f"fast ({self.fast}) must be below slow ({self.slow})")
+        return self
+
+
+class _Builtin(StrategyPlugin):
+    """A built-in rule as a plugin: on_bar / on_alert = decide over the bars window."""
+
+    inline = True
+
+    def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision:
+        raise NotImplementedError
+
+    def on_bar(self, ctx: StrategyContext) -> Choice:
+        return self.decide(ctx.symbol, ctx.bars)
+
+
+class CloseRuleStrategy(_Builtin):
     """A rule of services/common/price_rules.py over the closes of the last `lookback` bars."""
 
-    name: str
     rule: Callable[[str, Sequence[Decimal], float], price_rules.Call]
 
     def __init__(self, lookback: int, threshold_pct: float) -> None:
         if lookback < 2:
             raise ValueError(f"{self.name} lookback must be >= 2 bars")
+        super().__init__(None)
         self.bars_needed = lookback
         self.threshold_pct = threshold_pct
 
@@ -98,6 +138,17 @@ class MomentumStrategy(CloseRuleStrategy):
 
     name = "momentum"
     rule = staticmethod(price_rules.momentum)
+    Params = MomentumParams
+
+    @classmethod
+    def defaults(cls, cfg: TradingConfig) -> dict[str, Any]:
+        return {"lookback": cfg.momentum_lookback, "threshold_pct": cfg.momentum_threshold_pct}
+
+    @classmethod
+    def from_params(cls, params: MomentumParams) -> MomentumStrategy:
+        strategy = cls(params.lookback, params.threshold_pct)
+        strategy.params = params
+        return strategy
 
 
 class MeanReversionStrategy(CloseRuleStrategy):
@@ -106,18 +157,31 @@ class MeanReversionStrategy(CloseRuleStrategy):
 
     name = "mean_reversion"
     rule = staticmethod(price_rules.mean_reversion)
+    Params = MeanReversionParams
+
+    @classmethod
+    def defaults(cls, cfg: TradingConfig) -> dict[str, Any]:
+        return {"lookback": cfg.meanrev_lookback, "stretch_pct": cfg.meanrev_stretch_pct}
+
+    @classmethod
+    def from_params(cls, params: MeanReversionParams) -> MeanReversionStrategy:
+        strategy = cls(params.lookback, params.stretch_pct)
+        strategy.params = params
+        return strategy
 
 
-class MovingAverageCrossover:
+class MovingAverageCrossover(_Builtin):
     """BUY when the fast moving average of the closes crosses above the slow one on this
     bar, SELL when it crosses below; HOLD while they keep their order. Confidence grows
     with the gap between the averages after the cross (0.5 at min_gap_pct, 1.0 at twice)."""
 
     name = "ma_crossover"
+    Params = CrossoverParams
 
     def __init__(self, fast: int, slow: int, min_gap_pct: float) -> None:
         if not 1 <= fast < slow:
             raise ValueError("ma_crossover needs 1 <= fast < slow")
+        super().__init__(None)
         self.fast, self.slow = fast, slow
         self.min_gap = Decimal(str(min_gap_pct))
         self.bars_needed = slow + 1  # the averages on this bar and on the one before
@@ -150,6 +214,16 @@ class MovingAverageCrossover:
     def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision:
         return _decide_last(self, symbol, bars)
 
+    @classmethod
+    def defaults(cls, cfg: TradingConfig) -> dict[str, Any]:
+        return {"fast": cfg.ma_fast, "slow": cfg.ma_slow, "min_gap_pct": cfg.ma_min_gap_pct}
+
+    @classmethod
+    def from_params(cls, params: CrossoverParams) -> MovingAverageCrossover:
+        strategy = cls(params.fast, params.slow, params.min_gap_pct)
+        strategy.params = params
+        return strategy
+
     def _crossed(self, symbol: str, fast: Decimal, slow: Decimal, up: bool) -> Decision:
         gap = (fast - slow) / slow * 100
         text = (f"{symbol} fast MA({self.fast}) {fast:.6f} vs slow MA({self.slow}) {slow:.6f}, "
@@ -169,13 +243,12 @@ class MovingAverageCrossover:
         return hold
 
 
-STRATEGIES: dict[str, Callable[[TradingConfig], Strategy]] = {
-    "momentum": lambda cfg: MomentumStrategy(cfg.momentum_lookback, cfg.momentum_threshold_pct),
-    "mean_reversion": lambda cfg: MeanReversionStrategy(cfg.meanrev_lookback, cfg.meanrev_stretch_pct),
-    "ma_crossover": lambda cfg: MovingAverageCrossover(cfg.ma_fast, cfg.ma_slow, cfg.ma_min_gap_pct),
-}
+BUILTINS: tuple[type[_Builtin], ...] = (MomentumStrategy, MeanReversionStrategy, MovingAverageCrossover)
+STRATEGIES: dict[str, type[_Builtin]] = {cls.name: cls for cls in BUILTINS}
 
 
-def make_strategy(name: str, cfg: TradingConfig) -> Strategy:
-    """A deterministic strategy by name (the `strategy` key, or `llm_fallback`)."""
-    return STRATEGIES[name](cfg)
+def make_strategy(name: str, cfg: TradingConfig) -> _Builtin:
+    """A built-in strategy by name with the [trading_agent] keys as its params (`llm_fallback`;
+    registry.py builds any plugin, with per-symbol params)."""
+    cls = STRATEGIES[name]
+    return cls.from_params(cls.Params.model_validate(cls.defaults(cfg)))
