@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +57,49 @@ def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
+IDLE_THREAD_S = 30.0  # a plugin's thread idle this long ends (a backtest's, a replaced decider's)
+
+
+class _Threads:
+    """A plugin's own daemon threads, started as needed, at most `limit`: a thread cannot be
+    killed, so one stuck in a runaway call stays busy (and daemon: it cannot keep the process
+    from exiting); with `limit` of them stuck, `submit` refuses at once."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name, self.limit = name, limit
+        self.busy = 0  # jobs submitted and not finished
+        self.started = 0
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        with self._lock:
+            if self.busy >= self.limit:
+                return False
+            self.busy += 1
+            if self.busy > self.started:  # no thread free for it
+                self.started += 1
+                threading.Thread(target=self._work, name=f"{self.name}-{self.started}", daemon=True).start()
+        self._jobs.put(job)
+        return True
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=IDLE_THREAD_S)
+            except queue.Empty:
+                with self._lock:
+                    if self.busy < self.started:  # the other threads are enough for the jobs submitted
+                        self.started -= 1
+                        return
+                continue
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self.busy -= 1
+
+
 class _PluginRaised(Exception):
     """What a plugin raised (kept apart from the deadline's TimeoutError)."""
 
@@ -77,9 +121,7 @@ class RuleDecider:
         self.name = strategy.name
         self.bars_needed = strategy.bars_needed
         self.timeout_s = timeout_s
-        self.max_running = max_running  # threads of this plugin still running (stuck ones included)
-        self.running = 0
-        self._lock = threading.Lock()
+        self._threads = _Threads(f"strategy-{self.name}", max_running)
         plugin = strategy if isinstance(strategy, StrategyPlugin) else None
         self.plugin = plugin
         self.is_async = plugin is not None and inspect.iscoroutinefunction(plugin.on_bar)
@@ -133,16 +175,16 @@ class RuleDecider:
             return await asyncio.wait_for(guarded(), self.timeout_s)
         return await asyncio.wait_for(self._in_thread(handler, sctx), self.timeout_s)
 
+    @property
+    def running(self) -> int:
+        """Calls of this plugin now in its threads (stuck ones included)."""
+        return self._threads.busy
+
     def _in_thread(self, handler: Callable[[StrategyContext], object], sctx: StrategyContext) -> asyncio.Future[object]:
-        """The handler in a daemon thread (a runaway one cannot be killed, nor may it keep
-        the process from exiting); its answer comes back through the returned future."""
+        """The handler in one of the plugin's threads; its answer comes back through the
+        returned future (which the deadline may have cancelled by then)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        with self._lock:
-            if self.running >= self.max_running:
-                future.set_exception(TimeoutError())  # all its threads are stuck: abstain at once
-                return future
-            self.running += 1
 
         def settle(ok: bool, value: object) -> None:
             if future.done():  # the deadline passed: nobody waits for it any more
@@ -152,19 +194,17 @@ class RuleDecider:
             else:
                 future.set_exception(_PluginRaised(value))
 
-        def work() -> None:
+        def job() -> None:
             ok, value = True, None
             try:
                 value = handler(sctx)
             except Exception as e:  # noqa: BLE001 - whatever a plugin raises, it abstains
                 ok, value = False, e
-            finally:
-                with self._lock:
-                    self.running -= 1
             with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
                 loop.call_soon_threadsafe(settle, ok, value)
 
-        threading.Thread(target=work, name=f"strategy-{self.name}", daemon=True).start()
+        if not self._threads.submit(job):
+            future.set_exception(TimeoutError())  # all its threads are stuck: abstain at once
         return future
 
     def choice(self, d: StrategyDecision, notes: Sequence[str] = (), latency_ms: float = 0.0) -> Choice:
