@@ -220,7 +220,8 @@ async def test_rust_risk_reconciles_a_live_venue(system, feeds):
     refused = await check(execution, "BUY", 1)
     assert not refused["approved"] and refused["reason_code"] == "account_reduce_only"
     assert "recon_mismatch:binance" in refused["reason"] and "venue 0.7, risk 0.5" in refused["reason"]
-    assert (await check(execution, "SELL", 2))["approved"], "an order that reduces the position passes"
+    reduce = await check(execution, "SELL", 2)
+    assert reduce["approved"], f"an order that reduces the position passes: {reduce}"
     stored = await (await operator.jetstream().key_value(S.KV_BUCKET)).get(S.risk_recon("binance"))
     assert Reconciliation.model_validate_json(stored.value).state is ReconState.MISMATCH
 
