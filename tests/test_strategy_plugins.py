@@ -534,3 +534,14 @@ async def test_a_plugin_decides_the_same_in_the_backtest_and_live(tmp_path: Path
         assert s.reasoning.startswith(reasoning + "; ") and s.confidence == confidence
         assert s.action in (action, HOLD)  # HOLD when the agent refuses the order (no long to sell)
     assert any(s.action is BUY for s in live.values())
+
+
+def test_a_plugin_that_raises_in_a_backtest_abstains_and_the_run_goes_on(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path, "bad.py", MISBEHAVING)
+    series, _ = breakout_series("PLGBX-USD")
+    with caplog.at_level("WARNING", logger="services.backtest.engine"):
+        result = engine.run([series], strategy="boom", params={"strategies_dir": str(tmp_path)})
+    assert (result.strategy, result.signals, result.fills, result.bars) == ("boom", 0, [], len(series))
+    assert (f"PLGBX-USD: the strategy abstained on {len(series)} bars (HOLD); the first: plugin_error: boom raised "
+            "RuntimeError: no data for PLGBX-USD") in caplog.text

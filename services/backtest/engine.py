@@ -27,6 +27,7 @@ import bisect
 import heapq
 import itertools
 import json
+import logging
 import os
 from collections.abc import Mapping
 from decimal import Decimal
@@ -44,6 +45,8 @@ from . import llm
 from .data import BarSeries, trusted
 from .window import Window
 from .result import BacktestResult, Fill, Rejection, Trade
+
+log = logging.getLogger(__name__)
 
 # Where a bar time has got to in the simulator (rust-backtest sim.rs Phase).
 OPENED, CLOSED, SAMPLED = 1, 2, 3
@@ -202,6 +205,7 @@ class _Run:
         self.stops: list[tuple[int, int, int, str, Any]] = []  # (t, phase, order, kind, payload)
         self.order = itertools.count()  # stops at one (t, phase) go in the order they were made
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.abstained: dict[str, list[str]] = {}  # symbol -> why, per bar a plugin abstained on
 
     def stop(self, t: int, phase: int, kind: str, payload: Any) -> None:
         heapq.heappush(self.stops, (t, phase, next(self.order), kind, payload))
@@ -225,6 +229,8 @@ class _Run:
         finally:
             if self.loop is not None:
                 self.loop.close()
+        for symbol, whys in self.abstained.items():
+            log.warning("%s: the strategy abstained on %d bars (HOLD); the first: %s", symbol, len(whys), whys[0])
         self.result.times, equity = self.sim.take_curve()
         self.result.equity = list(map(Decimal, equity))
         self.result.bars = sum(len(s) for s in self.series)
@@ -263,6 +269,8 @@ class _Run:
             self.loop = asyncio.new_event_loop()
         choice = self.loop.run_until_complete(_decide(self.deciders[s.symbol], ctx))
         self.result.llm_cost_usd += choice.cost_usd
+        if choice.failure is not None:  # a plugin that raised or overran abstained, as live
+            self.abstained.setdefault(s.symbol, []).append(choice.reasoning)
         if choice.action is not Action.HOLD:
             self.decided(s, i, choice, ctx)
         if i + 1 < len(s):
