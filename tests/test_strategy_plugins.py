@@ -329,7 +329,8 @@ async def test_raising_slow_and_wrong_plugins_abstain_within_the_deadline(tmp_pa
         assert (slow.action, slow.failure) == (HOLD, "plugin_timeout")
         assert slow.reasoning == f"plugin_timeout: {name} gave no answer within 100 ms"
     wrong = await deciders.for_symbol("D-USD").decide(ctx_for("D-USD", bars))
-    assert wrong.failure == "plugin_error" and "returned 'BUY', not a Choice" in wrong.reasoning
+    assert (wrong.action, wrong.failure, wrong.reasoning) == (HOLD, "plugin_error",
+                                                              "plugin_error: wrong returned 'BUY': not a Choice")
     alerted = deciders.for_symbol("E-USD")
     on_bar = await alerted.decide(ctx_for("E-USD", bars, "bar"))
     on_alert = await alerted.decide(ctx_for("E-USD", bars, "alert"))

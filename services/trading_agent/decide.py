@@ -110,6 +110,25 @@ def strategy_context(ctx: Context) -> StrategyContext:
                            position=v.position if v is not None else None, verdict=v, account=ctx.account)
 
 
+def _short(text: str, limit: int = 300) -> str:
+    """A plugin's text in a Signal's reasoning: bounded."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _not_a_choice(answer: object) -> str | None:
+    """Why a plugin's answer cannot be used (None: it can)."""
+    if not isinstance(answer, PluginChoice):
+        return "not a Choice"
+    if not isinstance(answer.action, Action):
+        return "its action is not an Action"
+    c = answer.confidence
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c <= 1.0:
+        return "its confidence is not a number in [0, 1]"
+    if not isinstance(answer.reasoning, str):
+        return "its reasoning is not a string"
+    return None
+
+
 class RuleDecider:
     """A deterministic strategy as a Decider: a plugin (on_bar / on_alert within the
     deadline), or any object with `decide(symbol, bars)` (the Strategy protocol)."""
@@ -140,18 +159,16 @@ class RuleDecider:
             return self.choice(d, ctx.notes, _ms_since(start))
         plugin = self.plugin
         handler = plugin.on_alert if ctx.event.kind == "alert" else plugin.on_bar
-        failure = None
+        failure: str | None = None
+        why = ""
         try:
             answer = await self._ask(handler, strategy_context(ctx))
-            if not isinstance(answer, PluginChoice):
-                raise _PluginRaised(TypeError(f"returned {answer!r}, not a Choice"))
-            if not 0.0 <= answer.confidence <= 1.0 or not isinstance(answer.action, Action):
-                raise _PluginRaised(ValueError(f"returned {answer!r}: action must be an Action, "
-                                               "confidence in [0, 1]"))
+            if wrong := _not_a_choice(answer):
+                failure, why = "plugin_error", f"plugin_error: {self.name} returned {_short(repr(answer))}: {wrong}"
         except _PluginRaised as e:
             cause = e.args[0]
             failure = "plugin_error"
-            why = f"plugin_error: {self.name} raised {type(cause).__name__}: {cause}"
+            why = f"plugin_error: {self.name} raised {type(cause).__name__}: {_short(str(cause))}"
         except TimeoutError:
             failure = "plugin_timeout"
             why = f"plugin_timeout: {self.name} gave no answer within {self.timeout_s * 1000:g} ms"
