@@ -1,7 +1,7 @@
 //! The price engine: one task owns the market state. It takes ticks from the sim
 //! feed (run in this task: no queue hop on the 10,000-symbol path) and events from
 //! every other feed (through the `FeedSink` queue), publishes ticks, books, closed
-//! bars and alerts, closes quiet bars on a timer, sends the sim feed's status
+//! bars, alerts and arbitrage opportunities (each before the books of its turn), closes quiet bars on a timer, sends the sim feed's status
 //! heartbeat, and answers the API's queries.
 //!
 //! Two bar clocks: the wall clock (`BarClock`) closes the bars of every live series

@@ -4,8 +4,8 @@
 //! service API.
 //!
 //! Publishes `md.tick.<venue>.<symbol>`, `md.bar.<interval>.<venue>.<symbol>`,
-//! `md.book.<venue>.<symbol>`, `md.book.all.<symbol>`, `md.alert.<symbol>` and
-//! `md.status.<venue>`; serves `md.api.price`, `.prices`, `.history`,
+//! `md.book.<venue>.<symbol>`, `md.book.all.<symbol>`, `md.alert.<symbol>`,
+//! `md.arb.<symbol>` (cross-venue arbitrage, arb.rs) and `md.status.<venue>`; serves `md.api.price`, `.prices`, `.history`,
 //! `.monitor.start/stop/status`, `.version` (see api.rs); Prometheus metrics on
 //! `metrics_addr` (metrics.rs). Config: `[system].symbols` and `[market_data]`. On
 //! start it reloads its bar history from the stream BARS (history.rs).
