@@ -58,8 +58,10 @@ class Breakout(StrategyPlugin):
         if len(ctx.bars) < self.bars_needed:
             return Choice(Action.HOLD, 0.0, f"{ctx.symbol}: {len(ctx.bars)} closed bars, breakout needs "
                                             f"{self.bars_needed}")
-        channel, close = ctx.bars[-self.bars_needed:-1], ctx.bars[-1].close
-        high, low = max(b.high for b in channel), min(b.low for b in channel)
+        channel = ctx.bars[-self.bars_needed:-1]
+        close: Decimal = ctx.bars[-1].close
+        high: Decimal = max(b.high for b in channel)
+        low: Decimal = min(b.low for b in channel)
         text = f"{ctx.symbol} close {close} vs {p.lookback}-bar channel [{low}, {high}]"
         if close > high:
             return self._broke(Action.BUY, (close - high) / high * 100, f"{text}: broke out above")

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 from services.common.llm import Decision, DecisionRequest, Provider
 from services.contract.models import Action
@@ -175,7 +175,7 @@ class RuleDecider:
         if failure is not None:
             reasoning = why + "".join(f"; {note}" for note in ctx.notes)
             return Choice(Action.HOLD, 0.0, reasoning, self.name, latency_ms=_ms_since(start), failure=failure)
-        return self.choice(answer, ctx.notes, _ms_since(start))
+        return self.choice(cast(PluginChoice, answer), ctx.notes, _ms_since(start))
 
     async def _ask(self, handler: Callable[[StrategyContext], object], sctx: StrategyContext) -> object:
         if self.plugin is not None and self.plugin.inline:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
-from typing import Annotated, Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,7 +30,7 @@ from services.common import price_rules
 from services.contract.models import Action, Bar
 
 from .config import TradingConfig
-from .plugin import Choice, StrategyContext, StrategyPlugin
+from .plugin import Choice, StrategyContext, StrategyPlugin, validate_params
 
 ZERO = Decimal(0)
 
@@ -38,8 +38,11 @@ Decision = Choice  # a strategy's answer (the plugin interface's Choice)
 
 
 class Strategy(Protocol):
-    name: str
-    bars_needed: int  # how many closed bars a decision looks at
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def bars_needed(self) -> int: ...  # how many closed bars a decision looks at
 
     def decide(self, symbol: str, bars: Sequence[Bar]) -> Decision: ...
 
@@ -251,4 +254,4 @@ def make_strategy(name: str, cfg: TradingConfig) -> _Builtin:
     """A built-in strategy by name with the [trading_agent] keys as its params (`llm_fallback`;
     registry.py builds any plugin, with per-symbol params)."""
     cls = STRATEGIES[name]
-    return cls.from_params(cls.Params.model_validate(cls.defaults(cfg)))
+    return cast(_Builtin, cls.from_params(validate_params(cls, cls.defaults(cfg))))
