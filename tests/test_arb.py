@@ -20,6 +20,8 @@ import pytest
 from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, serve
 
+from services.cli.render import summary
+from services.contract.catalogue import model_for
 from services.contract.models import ArbOpportunity, Book, decode
 from services.devstack.launcher import SERVICES, System
 from services.devstack.natsserver import REPO_ROOT, free_port
@@ -144,6 +146,10 @@ async def test_two_venues_books_give_an_arb_only_when_fees_are_covered(
 
 def test_the_model_pairs_two_different_venues() -> None:
     raw = json.loads((REPO_ROOT / "proto/vectors/valid/ArbOpportunity/basic.json").read_text())
-    assert decode(ArbOpportunity, json.dumps(raw)).buy_venue == "coinbase"
+    arb = decode(ArbOpportunity, json.dumps(raw))
+    assert arb.buy_venue == "coinbase"
+    # `moon tail` and the gateway's stream know the subject, and say it in one line.
+    assert model_for("md.arb.BTC-USD") is ArbOpportunity
+    assert summary(arb) == "BTC-USD buy coinbase 100.00 sell sim 101.50: net 79.3738 bps x 2 = 1.59700"
     with pytest.raises(ValidationError, match="two different venues"):
         decode(ArbOpportunity, json.dumps({**raw, "sell_venue": raw["buy_venue"]}))

@@ -14,6 +14,7 @@ from services.ops.supervision import Supervised
 
 from services.contract.models import (
     AccountState,
+    ArbOpportunity,
     Bar,
     Consensus,
     ErrorEvent,
@@ -36,6 +37,7 @@ COLOURS: dict[str, str] = {
     "Bar": "blue",
     "Book": "blue",
     "PriceAlert": "bold yellow",
+    "ArbOpportunity": "bold green",
     "FeedStatus": "magenta",
     "Verdict": "yellow",
     "AccountState": "green",
@@ -143,6 +145,9 @@ def summary(message: BaseModel) -> str:
     if isinstance(m, PriceAlert):
         move = f"{money(m.from_price)} -> {money(m.price)}"
         return f"{m.symbol} {m.direction} {m.change_pct:+.2f}% in {m.window_s:g}s: {move}"
+    if isinstance(m, ArbOpportunity):
+        legs = f"buy {m.buy_venue} {money(m.buy_price)} sell {m.sell_venue} {money(m.sell_price)}"
+        return f"{m.symbol} {legs}: net {m.net_bps} bps x {money(m.quantity)} = {money(m.profit)}"
     if isinstance(m, FeedStatus):
         return f"{m.venue} {m.status} {m.detail}"
     if isinstance(m, Verdict):
