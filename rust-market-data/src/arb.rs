@@ -102,7 +102,8 @@ impl ArbGate {
     }
 }
 
-/// One side's fee as factors: buying costs `price x (1 + fee)`, selling brings `price x (1 - fee)`.
+/// A (buy venue, sell venue) pair with its fees as factors: buying costs
+/// `ask x buy_factor` (1 + fee), selling brings `bid x sell_factor` (1 - fee).
 #[derive(Debug, Clone, Copy)]
 struct Pair<'a> {
     buy: &'a Book,

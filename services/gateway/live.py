@@ -30,6 +30,7 @@ from .metrics import GatewayMetrics
 TOPICS: dict[str, list[str]] = {
     "ticks": [S.ALL_TICKS],
     "alerts": [S.ALL_ALERTS],
+    "arbs": [S.ALL_ARBS],  # cross-venue arbitrage opportunities (market-data)
     "feeds": [S.ALL_FEED_STATUS],
     "signals": [S.ALL_SIGNALS],
     "swarm": [S.ALL_SWARM],
@@ -83,7 +84,7 @@ class LiveState:
 
 def _symbol_of(topic: str, subject: str) -> str | None:
     """The symbol a message is about (the last subject token), for the `symbols` filter."""
-    if topic in ("ticks", "alerts", "signals", "swarm", "orders", "reports") or subject.startswith(VERDICT_PREFIX):
+    if topic in ("ticks", "alerts", "arbs", "signals", "swarm", "orders", "reports") or subject.startswith(VERDICT_PREFIX):
         return subject.rsplit(".", 1)[-1]
     return None
 
