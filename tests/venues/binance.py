@@ -34,6 +34,8 @@ from aiohttp import WSMsgType, web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from tests.venues import serve
+
 SPOT, FUTURES = "spot", "futures"
 
 
@@ -183,11 +185,7 @@ class StandIn:
             app.router.add_route("*", "/fapi/v1/listenKey", self.listen_key)
         app.router.add_get("/ws/{key}", self.websocket)
         app.router.add_get("/ws-api/v3", self.websocket_api)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve(app)
         return self
 
     async def stop(self) -> None:

@@ -41,6 +41,8 @@ from hyperliquid.utils.signing import (
     sign_l1_action,
 )
 
+from tests.venues import serve
+
 TWO_DAYS_MS = 2 * 24 * 3600 * 1000
 ONE_DAY_MS = 24 * 3600 * 1000
 TAKER_FEE = Decimal("0.00045")
@@ -196,11 +198,7 @@ class StandIn:
         app.router.add_post("/info", self.info)
         app.router.add_post("/exchange", self.exchange)
         app.router.add_get("/ws", self.websocket)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve(app)
         return self
 
     async def stop(self) -> None:
