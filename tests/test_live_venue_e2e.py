@@ -238,3 +238,154 @@ async def test_the_kill_switch_cancels_the_orders_working_at_the_venue(system: S
         assert any(m == "DELETE" and p.get("origClientOrderId") == resting for m, _, p in venue.requests)
     finally:
         await nc.close()
+
+
+# ----- the same path for the other venues: the agent's order, its fill, risk reconciled -----
+
+def rising(path: Path, venue: str, symbol: str, start_price: Decimal, places: str) -> Path:
+    """Ticks of `symbol` at `venue`, 10 a second, rising 0.05% a second for 15 s, then flat."""
+    import time
+
+    rows = ["ts,venue,symbol,price,bid,ask,size"]
+    price, start = start_price, time.time_ns()
+    for n in range(1800):
+        if n < 150:
+            price = (price * Decimal("1.00005")).quantize(Decimal(places))
+        rows.append(f"{start + n * 100_000_000},{venue},{symbol},{price},{price},{price},1")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def agent_env(replay: Path, symbol: str, venue: str, quantity_step: str) -> dict[str, str]:
+    return {
+        "RUST_LOG": "warn",
+        "MOONBUS__SYSTEM__SYMBOLS": json.dumps([symbol]),
+        "MOONBUS__MARKET_DATA__FEEDS": '["replay"]',
+        "MOONBUS__MARKET_DATA__REPLAY_FILES": json.dumps([str(replay)]),
+        "MOONBUS__MARKET_DATA__REPLAY_VENUE": json.dumps(venue),
+        "MOONBUS__EXECUTION__RECONCILE_INTERVAL_MS": "500",
+        "MOONBUS__RISK__PRICE_BAND_PCT": "0",
+        "MOONBUS__TRADING_AGENT__STRATEGY": '"momentum"',
+        "MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK": "3",
+        "MOONBUS__TRADING_AGENT__MOMENTUM_THRESHOLD_PCT": "0.01",
+        "MOONBUS__TRADING_AGENT__ON_ALERTS": "false",
+        "MOONBUS__TRADING_AGENT__ORDER_USD": '"100"',
+        "MOONBUS__TRADING_AGENT__QUANTITY_STEP": json.dumps(quantity_step),
+        "MOONBUS__TRADING_AGENT__METRICS_PORT": "0",
+    }
+
+
+async def agent_trades_and_reconciles(system: System, venue: str, symbol: str, held_at_venue) -> None:
+    """The agent's orders at `venue` fill, every one ends, and risk says MATCHED with its
+    position equal to the venue's (`held_at_venue()`) and to the fills."""
+    env = system.env_for("operator")
+    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
+                            inbox_prefix=f"_INBOX.{env['NATS_USER']}")
+    reports: dict[str, list[ExecutionReport]] = defaultdict(list)
+    recon: list[dict] = []
+
+    async def on_report(msg) -> None:
+        report = ExecutionReport.model_validate_json(msg.data)
+        if report.client_order_id:
+            reports[report.client_order_id].append(report)
+
+    async def on_recon(msg) -> None:
+        recon.append(json.loads(msg.data))
+
+    loop = asyncio.get_running_loop()
+
+    async def until(condition, what: str) -> None:
+        deadline = loop.time() + WAIT
+        while not condition():
+            assert loop.time() < deadline, f"timed out waiting for: {what}\n{system.tail(60)}"
+            await asyncio.sleep(0.1)
+
+    def settled() -> bool:
+        terminal = {"FILLED", "REJECTED", "CANCELLED", "EXPIRED", "FAILED"}
+        return all(any(r.status.value in terminal for r in rs) for rs in reports.values())
+
+    try:
+        await nc.subscribe(f"exec.report.{symbol}", cb=on_report)
+        await nc.subscribe(f"risk.recon.{venue}", cb=on_recon)
+        await until(lambda: any(r.status.value == "FILLED" and r.agent == "trading" and r.venue == venue
+                                for rs in reports.values() for r in rs), f"a FILLED agent order at {venue}")
+        await until(lambda: settled() and held_at_venue() > 0 and recon and recon[-1]["state"] == "MATCHED",
+                    f"every order ended, {venue} MATCHED (last: {recon[-1:]})")
+        await asyncio.sleep(2)  # the price is flat: nothing more is traded
+        await until(lambda: recon[-1]["state"] == "MATCHED", f"{venue} MATCHED (last: {recon[-1:]})")
+        held = await nc.request("risk.api.positions", json.dumps({"symbol": symbol}).encode(), timeout=5)
+        positions = {p["symbol"]: Decimal(p["quantity"]) for p in json.loads(held.data)["positions"]}
+        fills = sum((r.last_fill_quantity or 0) for rs in reports.values() for r in rs)
+        assert positions.get(symbol) == held_at_venue() == fills, (positions, held_at_venue(), fills)
+    finally:
+        await nc.close()
+
+
+async def test_an_agent_order_trades_at_hyperliquid_and_risk_reconciles(tmp_path: Path) -> None:
+    from tests.venues.hyperliquid import StandIn as Hyperliquid
+
+    venue = await Hyperliquid(mids={"ETH": Decimal("3500")}).start()
+    env = agent_env(rising(tmp_path / "hl.csv", "hyperliquid", "ETH-USD", Decimal("3500"), "0.1"),
+                    "ETH-USD", "hyperliquid", "0.0001") | {
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__KIND": '"hyperliquid"',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__MODE": '"testnet"',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__MAX_NOTIONAL": '"500"',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__SYMBOLS": '{ "ETH-USD" = "ETH" }',
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__REST_URL": json.dumps(venue.rest_url),
+        "MOONBUS__EXECUTION__LIVE__HYPERLIQUID__WS_URL": json.dumps(venue.ws_url),
+        "HYPERLIQUID_AGENT_PRIVATE_KEY": venue.agent_key,
+        "HYPERLIQUID_ACCOUNT_ADDRESS": venue.account,
+    }
+    system = System()
+    await asyncio.to_thread(system.start, port=free_port(), moon_dir=tmp_path,
+                            services=["market-data", "risk", "execution", "trading-agent"], out=None, env=env)
+    try:
+        await agent_trades_and_reconciles(system, "hyperliquid", "ETH-USD",
+                                          lambda: venue.positions.get("ETH", (Decimal(0), Decimal(0)))[0])
+        # Every action the venue took was signed by the configured agent wallet.
+        assert venue.actions and not [r for r in venue.refusals if "sign" in str(r).lower()], venue.refusals
+    finally:
+        await asyncio.to_thread(system.stop)
+        await venue.stop()
+        print(system.tail(60))
+
+
+async def test_an_agent_order_swaps_on_jupiter_and_risk_reconciles(tmp_path: Path) -> None:
+    import os
+
+    from solders.keypair import Keypair
+
+    from tests.venues.jupiter import JUP, USDC, WSOL
+    from tests.venues.jupiter import StandIn as Chain
+
+    kp = Keypair()
+    key_file = tmp_path / "id.json"
+    key_file.write_text(json.dumps(list(bytes(kp))))
+    os.chmod(key_file, 0o600)
+    chain = await Chain().start()
+    owner = str(kp.pubkey())
+    chain.fund(owner, WSOL, 2_000_000_000)  # SOL for the fees
+    chain.fund(owner, USDC, 1_000_000_000)
+    env = agent_env(rising(tmp_path / "jup.csv", "jup", "JUP-USDC", Decimal("0.8125"), "0.000001"),
+                    "JUP-USDC", "jup", "0.000001") | {
+        "MOONBUS__EXECUTION__LIVE__JUP__KIND": '"jupiter"',
+        "MOONBUS__EXECUTION__LIVE__JUP__MODE": '"testnet"',
+        "MOONBUS__EXECUTION__LIVE__JUP__MAX_NOTIONAL": '"500"',
+        "MOONBUS__EXECUTION__LIVE__JUP__SYMBOLS": f'{{ "JUP-USDC" = "{JUP}/{USDC}" }}',
+        "MOONBUS__EXECUTION__LIVE__JUP__JUPITER_URL": json.dumps(chain.jupiter_url),
+        "MOONBUS__EXECUTION__LIVE__JUP__RPC_URL": json.dumps(chain.rpc_url),
+        "MOONBUS__EXECUTION__LIVE__JUP__KEYPAIR_PATH": json.dumps(str(key_file)),
+        "MOONBUS__EXECUTION__LIVE__JUP__POLL_MS": "100",
+    }
+    system = System()
+    await asyncio.to_thread(system.start, port=free_port(), moon_dir=tmp_path / "moon",
+                            services=["market-data", "risk", "execution", "trading-agent"], out=None, env=env)
+    try:
+        await agent_trades_and_reconciles(system, "jup", "JUP-USDC",
+                                          lambda: Decimal(chain.balance(owner, JUP)) / Decimal(10**6))
+        # Each swap landed once, signed by the wallet (the chain verifies every signature).
+        assert len(chain.by_signature) == len({s for s, _ in chain.sends})
+    finally:
+        await asyncio.to_thread(system.stop)
+        await chain.stop()
+        print(system.tail(60))
