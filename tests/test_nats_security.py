@@ -174,6 +174,7 @@ PUBLISH_CASES = [
     ("trading-agent", "md.api.price", True),
     ("trading-agent", "md.api.monitor.start", False),
     ("trading-agent", "risk.api.positions", True),
+    ("trading-agent", "agent.api.swarm.ask", True),  # the decision pipeline's ask_swarm
     ("trading-agent", "risk.api.killswitch.trading-agent", False),
     ("trading-agent", "agent.signal.risk.BTC-USD", False),
     ("trading-agent", "md.tick.sim.BTC-USD", False),

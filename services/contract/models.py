@@ -609,6 +609,17 @@ class Sentiment(Tolerant):
     ts: TimestampNs
 
 
+class SignalInput(Tolerant):
+    """One input a decision weighed besides its strategy (`Signal.inputs`), with its age."""
+
+    source: str  # "swarm" (the consensus on agent.swarm.<symbol> or from agent.api.swarm.ask) | "sentiment"
+    action: str = ""  # the swarm's consensus action (BUY, SELL, HOLD, ABSTAIN); "" for sentiment
+    value: Score  # swarm: its agreement (0..1); sentiment: its score (-1..1)
+    age_s: Annotated[float, Field(ge=0)]  # how old it was when the decision was made
+    ts: TimestampNs  # when the input was made
+    effect: str = ""  # what it did: "confirms", "vetoes", "stale: ignored", "x1.16", ...
+
+
 class Signal(Tolerant):
     """`agent.signal.<agent>.<symbol>`: one decision, with why."""
 
@@ -623,6 +634,8 @@ class Signal(Tolerant):
     cost_usd: Annotated[float, Field(ge=0)] = 0.0  # estimated LLM cost of this decision
     origin_ts: TimestampNs
     ts: TimestampNs
+    # what the decision pipeline ([trading_agent.pipeline]) weighed, with ages; absent: nothing but the strategy
+    inputs: list[SignalInput] | None = None
 
 
 class Vote(Tolerant):

@@ -23,6 +23,7 @@ from services.contract.models import (
     Sentiment,
     Side,
     Signal,
+    SignalInput,
     Tick,
     TradingState,
     Verdict,
@@ -93,9 +94,10 @@ class Proposal:
 
 
 def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int,
-         new_id: Callable[[], str] = new_client_order_id) -> Proposal:
+         new_id: Callable[[], str] = new_client_order_id, inputs: list[SignalInput] | None = None) -> Proposal:
     """The Signal for this decision and the order it leads to (or None, with why in the
-    reasoning). `new_id` names the order (a backtest numbers them, for byte-identical runs)."""
+    reasoning). `new_id` names the order (a backtest numbers them, for byte-identical runs);
+    `inputs` are what the decision pipeline weighed (None: it is off)."""
     order, outcome = _order(choice.action, ctx, cfg, ts, new_id)
     action = Action(order.side.value) if order else Action.HOLD
     signal = Signal(
@@ -110,6 +112,7 @@ def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int,
         cost_usd=choice.cost_usd,
         origin_ts=ctx.event.origin_ts,
         ts=ts,
+        inputs=inputs,
     )
     return Proposal(signal, order)
 

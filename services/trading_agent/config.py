@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 from services.common.config import ConfigMoney, Section
 from services.contract.models import INTERVAL_PATTERN
 
+from .pipeline import PipelineConfig
+
 Deterministic = Literal["momentum", "mean_reversion", "ma_crossover"]
 StrategyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 DEFAULT_STRATEGIES_DIR = "strategies"
@@ -62,6 +64,8 @@ class TradingConfig(Section):
     workers: Annotated[int, Field(ge=1, le=256)] = 8
     max_pending: Annotated[int, Field(ge=1)] = 1000
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # [trading_agent.pipeline]: swarm consensus and sentiment weighed before an order (pipeline.py); off by default
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _ma_fast_below_slow(self) -> TradingConfig:

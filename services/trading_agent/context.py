@@ -26,6 +26,7 @@ from services.common.bus import ApiError, Bus
 from services.contract.models import (
     AccountState,
     Bar,
+    Consensus,
     HistoryRequest,
     PositionsRequest,
     Sentiment,
@@ -97,6 +98,7 @@ class ContextSource:
         self.ticks = LatestTicks(bus)
         self.verdicts: dict[str, Verdict] = {}
         self.sentiments: dict[str, Sentiment] = {}
+        self.consensus: dict[str, Consensus] = {}  # the swarm's latest per symbol (pipeline on only)
         self.account: AccountState | None = None
         self._kv: KeyValue | None = None
 
@@ -118,7 +120,14 @@ class ContextSource:
         await self.bus.subscribe(S.ALL_VERDICTS, Verdict, on_verdict)
         await self.bus.subscribe(S.ACCOUNT, AccountState, on_account)
         await self.bus.subscribe(S.ALL_SENTIMENT, Sentiment, on_sentiment)
+        if self.cfg.pipeline.swarm != "off":
+            await self.bus.subscribe(S.ALL_SWARM, Consensus, self.on_consensus)
         await self.bus.client.subscribe(S.ALL_TICKS, cb=self.ticks.on_message)
+
+    async def on_consensus(self, c: Consensus, _msg: Any = None) -> None:
+        """The swarm's consensus (agent.swarm.<symbol>, or an agent.api.swarm.ask reply): the latest wins."""
+        if c.symbol not in self.consensus or c.ts >= self.consensus[c.symbol].ts:
+            self.consensus[c.symbol] = c
 
     async def gather(self, event: Event, bar: Bar | None, bars_needed: int, sentiment: bool) -> Context:
         ctx = Context(event=event, bars=[])

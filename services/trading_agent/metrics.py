@@ -21,3 +21,5 @@ DECISION_SECONDS = Histogram("moonbus_trading_decision_seconds",
                              "Event received -> Signal published (context, strategy, order ack)",
                              ["strategy"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                                     1, 2.5, 5, 10, 20))
+SWARM_ASKS = Counter("moonbus_trading_swarm_asks_total",
+                     "agent.api.swarm.ask requests of the decision pipeline, by outcome", ["outcome"])

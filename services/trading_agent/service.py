@@ -17,15 +17,18 @@ import logging
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from services.contract import subjects as S
-from services.common.bus import Bus, OrderRefused
+from services.common.bus import ApiError, Bus, OrderRefused
 from services.common.config import load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
-from services.contract.models import Action, Bar, PriceAlert, Signal, encode, now_ns
+from services.contract.models import Action, Bar, Consensus, PriceAlert, Signal, SwarmAskRequest, encode, now_ns
 
 from . import metrics
-from .agent import AGENT, Event, Proposal, plan
+from . import pipeline
+from .agent import AGENT, Choice, Context, Event, Proposal, plan
 from .config import TradingConfig
 from .context import ContextSource
 from .decide import Decider, LLMDecider, RuleDecider
@@ -127,6 +130,7 @@ class TradingService:
         self.queue: asyncio.Queue[tuple[Event, Bar | None, float]] = asyncio.Queue(cfg.max_pending)
         self._workers: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
+        self._asking: dict[str, asyncio.Task[tuple[Consensus | None, str]]] = {}  # agent.api.swarm.ask in flight
 
     async def start(self) -> None:
         await self.context.subscribe()
@@ -174,7 +178,8 @@ class TradingService:
 
     async def decide(self, event: Event, bar: Bar | None, received: float) -> None:
         d = self.deciders.for_symbol(event.symbol)
-        ctx = await self.context.gather(event, bar, d.bars_needed, d.uses_sentiment)
+        p = self.cfg.pipeline
+        ctx = await self.context.gather(event, bar, d.bars_needed, d.uses_sentiment or p.sentiment_weight > 0)
         choice = await d.decide(ctx)
         if choice.failure is not None:  # the plugin abstained: visibly, and the agent goes on
             metrics.PLUGIN_FAILURES.labels(d.name, choice.failure).inc()
@@ -182,7 +187,10 @@ class TradingService:
             with contextlib.suppress(Exception):
                 await self.bus.report_error(event_subject(event, self.cfg.bar_interval),
                                             f"strategy {d.name}: {choice.reasoning}", b"")
-        proposal = plan(choice, ctx, self.cfg, now_ns())
+        inputs = None
+        if p.enabled:
+            choice, inputs = await self.weigh(choice, ctx)
+        proposal = plan(choice, ctx, self.cfg, now_ns(), inputs=inputs)
         await submit(self.bus, proposal, self.cfg.publish_timeout_s)
         s = proposal.signal
         metrics.DECISIONS.labels(s.action.value, d.name, str(s.fallback).lower()).inc()
@@ -190,6 +198,43 @@ class TradingService:
             metrics.FALLBACKS.labels(d.name).inc()
         metrics.DECISION_SECONDS.labels(d.name).observe(time.perf_counter() - received)
         log.debug("%s %s: %s (%s)", event.kind, event.symbol, s.action.value, s.reasoning)
+
+    async def weigh(self, choice: Choice, ctx: Context) -> tuple[Choice, list[Any]]:
+        """The decision pipeline ([trading_agent.pipeline], pipeline.py): the choice weighed
+        with the swarm's latest consensus (asked for when none is fresh and ask_swarm is on)
+        and the sentiment in the context."""
+        p, symbol = self.cfg.pipeline, ctx.event.symbol
+        position = ctx.verdict.position if ctx.verdict is not None else None
+        consensus = self.context.consensus.get(symbol)
+        note = ""
+        if (p.ask_swarm and pipeline.wants_swarm(choice, position, p)
+                and not pipeline.fresh_consensus(consensus, p, now_ns())):
+            # one ask per symbol at a time (each costs the swarm's LLM calls): decisions meanwhile share it
+            task = self._asking.get(symbol)
+            if task is None:
+                task = self._asking[symbol] = asyncio.create_task(self.ask_swarm(symbol, consensus))
+                task.add_done_callback(lambda _t: self._asking.pop(symbol, None))
+            consensus, note = await asyncio.shield(task)
+        return pipeline.apply(choice, position, consensus, ctx.sentiment, p, now_ns(), note)
+
+    async def ask_swarm(self, symbol: str, known: Consensus | None) -> tuple[Consensus | None, str]:
+        """The swarm's consensus asked on agent.api.swarm.ask within ask_timeout_s; no
+        answer: the consensus known before (stale, so ignored) and why."""
+        p = self.cfg.pipeline
+        question = f"Should the trading agent BUY {symbol} now (open or add to a long)?"
+        try:
+            answer = await self.bus.call(S.SWARM_ASK_API, SwarmAskRequest(symbol=symbol, question=question),
+                                         p.ask_timeout_s)
+        except (ApiError, ValidationError) as e:
+            metrics.SWARM_ASKS.labels("no_answer").inc()
+            log.warning("swarm ask for %s: no answer (%s)", symbol, e)
+            return known, f"asked, no answer within {p.ask_timeout_s:g} s: {e}"
+        if answer.symbol != symbol:
+            metrics.SWARM_ASKS.labels("no_answer").inc()
+            return known, f"asked, answer about {answer.symbol}"
+        metrics.SWARM_ASKS.labels("answered").inc()
+        await self.context.on_consensus(answer)
+        return answer, ""
 
     async def stop(self, timeout: float) -> None:
         """Stop taking events, decide what is queued (within `timeout`), stop the workers."""

@@ -98,6 +98,30 @@ pub struct Signal {
     pub origin_ts: u64,
     /// When this was made, ns since the epoch.
     pub ts: u64,
+    /// What the decision pipeline weighed besides the strategy, with ages (absent: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<SignalInput>>,
+}
+
+/// One input of a decision besides its strategy ([`Signal::inputs`]), with its age.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalInput {
+    /// "swarm" or "sentiment".
+    pub source: String,
+    /// The swarm's consensus action; empty for sentiment.
+    #[serde(default)]
+    pub action: String,
+    /// Swarm: its agreement (0 ..= 1); sentiment: its score (-1 ..= 1).
+    #[serde(deserialize_with = "check::score")]
+    pub value: f64,
+    /// How old it was when the decision was made, seconds.
+    #[serde(deserialize_with = "check::non_negative")]
+    pub age_s: f64,
+    /// When the input was made, ns since the epoch.
+    pub ts: u64,
+    /// What it did ("confirms", "vetoes", "stale: ignored", ...).
+    #[serde(default)]
+    pub effect: String,
 }
 
 /// One swarm member's answer, in [`Consensus`].

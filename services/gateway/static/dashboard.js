@@ -265,7 +265,15 @@ function renderSignals() {
     el("span", { class: "meta" }, `${clock(s.ts)} ${s.agent} ${s.symbol}`),
     el("span", { class: s.action }, s.action), ` ${(s.confidence * 100).toFixed(0)}% `,
     el("span", { class: "meta" }, `[${s.model}${s.fallback ? " fallback" : ""}]`),
-    el("span", { class: "why" }, s.reasoning))));
+    el("span", { class: "why" }, s.reasoning),
+    ...(s.inputs && s.inputs.length ? [el("span", { class: "meta" }, " inputs: " + s.inputs.map(inputText).join(" · "))] : []))));
+}
+
+// One input the decision pipeline weighed (Signal.inputs): source, reading, age, what it did.
+function inputText(i) {
+  const reading = i.source === "sentiment" ? (i.value >= 0 ? "+" : "") + Number(i.value).toFixed(2)
+    : `${i.action} ${Number(i.value).toFixed(2)}`;
+  return `${i.source} ${reading} (${Number(i.age_s).toFixed(1)} s) ${i.effect}`;
 }
 
 // ---------------------------------------------------------------- kill switch
