@@ -746,7 +746,14 @@ async fn circuit_breaker_verdicts_and_the_account_are_kept_in_kv() {
     );
     let until = halted["halted_until"].as_u64().unwrap();
     assert!(until > halted["ts"].as_u64().unwrap(), "{halted}");
-    let stored = kv_value(&bus, "risk.verdict.SOL-USDC", |v| v["state"] == "HALTED").await;
+    // Before the first tick the symbol was already HALTED (no_market_data): wait for the
+    // breaker's verdict, not merely a HALTED one.
+    let stored = kv_value(&bus, "risk.verdict.SOL-USDC", |v| {
+        v["reasons"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("circuit_breaker")))
+    })
+    .await;
     assert_eq!(stored["halted_until"].as_u64(), Some(until));
     let mut buy = check("cb-1", "BUY", "1");
     buy["symbol"] = json!("SOL-USDC");
