@@ -42,6 +42,7 @@ from .guard import Guard, SecurityHeaders
 from .live import Live
 from .metrics import GatewayMetrics
 from .routes import router
+from .views import Limits
 
 SERVICE = "gateway"
 STATIC = Path(__file__).parent / "static"
@@ -95,7 +96,8 @@ def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None, tok
     gw = Gateway(
         cfg=cfg,
         symbols=section(table, "system", SystemConfig).symbols,
-        live=Live(metrics, cfg.stream_queue, cfg.max_streams, cfg.recent_signals, cfg.max_streams_per_client),
+        live=Live(metrics, cfg.stream_queue, cfg.max_streams, cfg.recent_signals, cfg.max_streams_per_client,
+                  Limits(cfg.arb_stale_s, cfg.arb_keep_s, cfg.protection_keep_s, cfg.view_max_entries)),
         metrics=metrics,
         token=token if token is not None else os.environ.get(TOKEN_ENV) or None,
         read_token=read_token,

@@ -37,6 +37,10 @@ class GatewayConfig(Section):
     order_scan_max: Annotated[int, Field(ge=1)] = 100_000
     max_order_lookups: Annotated[int, Field(ge=1)] = 2
     backtests_dir: str = ".moon/backtests"  # relative: under the checkout (REPO_ROOT)
+    arb_stale_s: Annotated[float, Field(gt=0)] = 5.0  # an older arbitrage opportunity is shown stale
+    arb_keep_s: Annotated[float, Field(gt=0)] = 60.0  # ... and dropped when older than this
+    protection_keep_s: Annotated[float, Field(ge=0)] = 60.0  # a CLOSED / CANCELLED protection shown this long
+    view_max_entries: Annotated[int, Field(ge=1)] = 1000  # per view (arbs, protections, algos, ...)
 
 
 def backtests_path(cfg: GatewayConfig) -> Path:

@@ -1,8 +1,11 @@
 """The gateway's live view of the bus: one subscription per topic for the whole gateway,
-the latest state kept (prices, verdicts, account, kill switch, feeds, recent decisions),
-and every message fanned out to the open streams (/api/stream, Server-Sent Events).
+the latest state kept (prices, verdicts, account, kill switch, feeds, recent decisions,
+and views.py's swarm, sentiment, arbitrage, protections and running algorithms), and every
+message fanned out to the open streams (/api/stream, Server-Sent Events).
 
-Messages pass through as their wire JSON (no re-encoding: money stays a decimal string).
+Messages pass through as their wire JSON (no re-encoding: money stays a decimal string),
+except the views' topics, whose messages are checked first and streamed as checked (a
+malformed one is dropped and counted, views.py).
 A stream whose client reads too slowly loses its oldest events, never blocks the others.
 Streams are capped in total and per client address, so one client cannot take them all.
 """
@@ -25,6 +28,7 @@ from services.contract import subjects as S
 from services.contract.catalogue import model_for
 
 from .metrics import GatewayMetrics
+from .views import Limits, Views
 
 # Topic -> subjects. A stream asks for topics; the dashboard wants all of them.
 TOPICS: dict[str, list[str]] = {
@@ -33,9 +37,14 @@ TOPICS: dict[str, list[str]] = {
     "arbs": [S.ALL_ARBS],  # cross-venue arbitrage opportunities (market-data)
     "feeds": [S.ALL_FEED_STATUS],
     "signals": [S.ALL_SIGNALS],
-    "swarm": [S.ALL_SWARM],
+    "swarm": [S.ALL_SWARM],  # the latest Consensus per symbol (views.py)
+    "sentiment": [S.ALL_SENTIMENT],  # the latest Sentiment per symbol (views.py)
     "orders": [S.ORDERS_SUBMIT_ALL, S.ORDERS_CANCEL_ALL],
     "reports": [S.ALL_REPORTS],
+    # TWAP / ICEBERG parents' progress (`AlgoOrder` events), made from exec.report (views.py)
+    "algos": [],
+    # the stop loss / take profit / trailing stop of each position (execution's ProtectionState)
+    "protections": [S.ALL_PROTECTIONS],
     "risk": [S.ACCOUNT, S.ALL_VERDICTS, S.RISK_EVENTS],
     # the live venues: execution's status and account of each, risk's reconciliation of it
     "venues": [S.ALL_VENUE_STATUS, S.ALL_RECONCILIATIONS],
@@ -84,14 +93,15 @@ class LiveState:
 
 def _symbol_of(topic: str, subject: str) -> str | None:
     """The symbol a message is about (the last subject token), for the `symbols` filter."""
-    if topic in ("ticks", "alerts", "arbs", "signals", "swarm", "orders", "reports") or subject.startswith(VERDICT_PREFIX):
+    if topic in ("ticks", "alerts", "arbs", "signals", "swarm", "sentiment", "orders", "reports", "algos",
+                 "protections") or subject.startswith(VERDICT_PREFIX):
         return subject.rsplit(".", 1)[-1]
     return None
 
 
 class Live:
     def __init__(self, metrics: GatewayMetrics, queue_size: int = 1000, max_streams: int = 50,
-                 recent: int = 200, max_per_client: int = 8) -> None:
+                 recent: int = 200, max_per_client: int = 8, limits: Limits | None = None) -> None:
         self.metrics = metrics
         self.queue_size = queue_size
         self.max_streams = max_streams
@@ -99,6 +109,7 @@ class Live:
         self.per_client: collections.Counter[str] = collections.Counter()
         self.state = LiveState(signals=collections.deque(maxlen=recent), swarm=collections.deque(maxlen=recent))
         self.streams: set[Stream] = set()
+        self.views = Views(metrics, limits)
         self._subs: list[Any] = []
 
     async def start(self, bus: Bus) -> None:
@@ -116,10 +127,18 @@ class Live:
     def _handler(self, topic: str):  # noqa: ANN202
         async def on_message(msg: Msg) -> None:
             self.metrics.bus_messages.labels(topic).inc()
-            self.remember(topic, msg.subject, msg.data)
-            self.fan_out(topic, msg.subject, msg.data)
+            self.take(topic, msg.subject, msg.data)
 
         return on_message
+
+    def take(self, topic: str, subject: str, data: bytes) -> None:
+        """One bus message: kept, and streamed (as checked, for the views' topics)."""
+        self.remember(topic, subject, data)
+        events = self.views.take(topic, subject, data)
+        if events is None:
+            self.fan_out(topic, subject, data)
+        for event_topic, name, payload in events or ():
+            self.fan_out(event_topic, subject, payload, name)
 
     def remember(self, topic: str, subject: str, data: bytes) -> None:
         s = self.state
@@ -143,13 +162,17 @@ class Live:
         elif subject.startswith(RECON_PREFIX):
             s.reconciliations[last] = (data, time.time_ns())
 
-    def fan_out(self, topic: str, subject: str, data: bytes) -> None:
+    def fan_out(self, topic: str, subject: str, data: bytes, name: str | None = None) -> None:
+        """`data` to every stream that wants `topic` (and the subject's symbol), as an event
+        named `name`, by default the subject's message type."""
         if not self.streams:
             return
-        model = model_for(subject)
+        if name is None:
+            model = model_for(subject)
+            name = model.__name__ if model else "Message"
         symbol = _symbol_of(topic, subject)
         body = b'{"subject":' + json.dumps(subject).encode() + b',"message":' + _one_line(data) + b"}"
-        event = event_bytes(model.__name__ if model else "Message", body)
+        event = event_bytes(name, body)
         for stream in self.streams:
             if topic not in stream.topics or (stream.symbols is not None and symbol is not None
                                               and symbol not in stream.symbols):

@@ -36,6 +36,9 @@ class GatewayMetrics:
                                      ["topic"], registry=r)
         self.stream_dropped = Counter("moonbus_gateway_stream_dropped_total",
                                       "Events dropped because a live stream's client was too slow", registry=r)
+        self.view_dropped = Counter("moonbus_gateway_view_dropped_total",
+                                    "Bus messages dropped by a view (swarm, sentiment, arbs, protections, algos) "
+                                    "for what was wrong with them", ["view", "reason"], registry=r)
         self.orders_submitted = Counter("moonbus_gateway_orders_submitted_total",
                                         "Orders stored in ORDERS through POST /api/orders", ["duplicate"], registry=r)
         self.nats_connected = Gauge("moonbus_gateway_nats_connected", "1 while connected to NATS", registry=r)

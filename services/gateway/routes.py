@@ -270,6 +270,60 @@ async def signals(gw: Gw, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> J
     return JSONResponse({"signals": gw.live.recent("signals", limit), "swarm": gw.live.recent("swarm", limit)})
 
 
+@router.get("/swarm")
+async def swarm(gw: Gw) -> JSONResponse:
+    """The swarm's latest Consensus per symbol, as heard on agent.swarm.<symbol>: each model's
+    vote (action, confidence, reasoning, latency, error), the consensus action, agreement and
+    method, and `age_s` (seconds since the consensus' ts). `dropped`: malformed messages left
+    out, by reason."""
+    now = time.time_ns()
+    return JSONResponse({"swarm": gw.live.views.per_symbol("swarm", now), "dropped": gw.live.views.dropped("swarm"),
+                         "ts": now})
+
+
+@router.get("/sentiment")
+async def sentiment(gw: Gw) -> JSONResponse:
+    """The latest Sentiment per symbol, as heard on agent.sentiment.<symbol> (score -1..1,
+    confidence, items, sources, model), each with `age_s`; `dropped` as /api/swarm."""
+    now = time.time_ns()
+    return JSONResponse({"sentiment": gw.live.views.per_symbol("sentiment", now),
+                         "dropped": gw.live.views.dropped("sentiment"), "ts": now})
+
+
+@router.get("/arbs")
+async def arbs(gw: Gw) -> JSONResponse:
+    """The latest arbitrage opportunity per symbol and venue pair (md.arb.<symbol>), best net
+    spread first: net and gross bps, quantity, profit, limits, `age_s`; `stale` once older
+    than [gateway] arb_stale_s (stale ones last), gone once older than arb_keep_s."""
+    now = time.time_ns()
+    views = gw.live.views
+    return JSONResponse({"arbs": views.arbs(now), "stale_after_s": views.limits.arb_stale_s,
+                         "keep_s": views.limits.arb_keep_s, "dropped": views.dropped("arbs"), "ts": now})
+
+
+@router.get("/protections")
+async def protections(gw: Gw) -> JSONResponse:
+    """The protections execution keeps on positions (exec.protection.<symbol>), the latest
+    per parent order, by symbol: state (ARMED, TRIGGERED, CLOSED, CANCELLED), the exits'
+    side and quantity, stop_loss, take_profit, trailing_stop_bps and trailing_trigger, the
+    exit order, `age_s`. CLOSED and CANCELLED ones go after [gateway] protection_keep_s."""
+    now = time.time_ns()
+    views = gw.live.views
+    return JSONResponse({"protections": views.protections(now), "keep_s": views.limits.protection_keep_s,
+                         "dropped": views.dropped("protections"), "ts": now})
+
+
+@router.get("/algos")
+async def algos(gw: Gw) -> JSONResponse:
+    """The running execution algorithms (TWAP, ICEBERG parent orders, from their execution
+    reports' `algo`): status, quantity and filled quantity, slices sent / filled / total, the
+    working slice, the next slice's time, the latest report of a slice (`last_child`), and
+    `age_s` of the parent's latest report. A parent goes once its report is final."""
+    now = time.time_ns()
+    views = gw.live.views
+    return JSONResponse({"algos": views.algos(now), "dropped": views.dropped("algos"), "ts": now})
+
+
 @router.get("/state")
 async def state(gw: Gw) -> JSONResponse:
     """What the gateway heard last: account, kill switch event, verdicts, feeds, latest ticks."""

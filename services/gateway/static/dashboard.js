@@ -7,6 +7,14 @@ const view = {
   symbols: [], ticks: {}, selected: null, series: {}, orders: new Map(), signals: [],
   account: null, verdicts: {}, feeds: {}, killSwitch: null,
   venues: {},  // venue -> { status: LiveVenueStatus, reconciliation: Reconciliation }
+  positions: [],
+  // The views (/api/swarm, sentiment, arbs, protections, algos, then the stream): each entry
+  // keeps its age when heard (`age0`, seconds) and when (`at`, performance.now() ms).
+  swarm: {}, sentiment: {},  // symbol -> entry of Consensus / Sentiment
+  arbs: new Map(),  // "symbol buy sell" -> entry of ArbOpportunity
+  protections: new Map(),  // parent_order_id -> entry of ProtectionState
+  algos: new Map(),  // parent client_order_id -> entry of AlgoOrder
+  arbStaleS: 5, arbKeepS: 60, protectionKeepS: 60,
 };
 const $ = (id) => document.getElementById(id);
 
@@ -146,11 +154,137 @@ function renderKillSwitch() {
 
 async function refreshPositions() {
   try {
-    const reply = await api("/api/positions");
-    $("positions").tBodies[0].replaceChildren(...reply.positions.map((p) => el("tr", {},
-      el("td", {}, p.symbol), num(p.quantity), num(p.avg_price), num(p.mark_price),
-      num(p.unrealized_pnl, sign(p.unrealized_pnl)), num(p.realized_pnl, sign(p.realized_pnl)))));
+    view.positions = (await api("/api/positions")).positions;
+    schedule();
   } catch (e) { say(`positions: ${e.message}`); }
+}
+
+// Each position, and under it the protections execution keeps on it (exec.protection.*);
+// a protection of a symbol without a position (closed already) gets a row of its own.
+function renderPositions() {
+  const bySymbol = new Map();
+  for (const [id, entry] of view.protections) {
+    const p = entry.data;
+    if (["CLOSED", "CANCELLED"].includes(p.state) && aged(entry) > view.protectionKeepS) { view.protections.delete(id); continue; }
+    if (!bySymbol.has(p.symbol)) bySymbol.set(p.symbol, []);
+    bySymbol.get(p.symbol).push(entry);
+  }
+  const rows = [];
+  const protectionRows = (symbol) => (bySymbol.get(symbol) || []).sort((a, b) => a.data.ts - b.data.ts)
+    .map((entry) => protectionRow(entry));
+  for (const p of view.positions) {
+    rows.push(el("tr", { "data-symbol": p.symbol }, el("td", {}, p.symbol), num(p.quantity), num(p.avg_price),
+      num(p.mark_price), num(p.unrealized_pnl, sign(p.unrealized_pnl)), num(p.realized_pnl, sign(p.realized_pnl))));
+    rows.push(...protectionRows(p.symbol));
+    bySymbol.delete(p.symbol);
+  }
+  for (const symbol of [...bySymbol.keys()].sort()) {
+    rows.push(el("tr", { "data-symbol": symbol }, el("td", {}, symbol), el("td", { colspan: "5", class: "dim" }, "no position")));
+    rows.push(...protectionRows(symbol));
+  }
+  $("positions").tBodies[0].replaceChildren(...rows);
+}
+
+function protectionRow(entry) {
+  const p = entry.data;
+  const parts = [`${p.side} ${short(p.quantity)} on ${p.venue}`];
+  if (p.stop_loss) parts.push(`stop ${short(p.stop_loss)}`);
+  if (p.take_profit) parts.push(`take ${short(p.take_profit)}`);
+  if (p.trailing_stop_bps != null) parts.push(`trail ${p.trailing_stop_bps} bps${p.trailing_trigger ? ` at ${short(p.trailing_trigger)}` : ""}`);
+  if (p.exit_order_id) parts.push(`exit ${p.exit_order_id}`);
+  if (p.reason) parts.push(p.reason);
+  return el("tr", { class: "protection", "data-parent": p.parent_order_id, title: `parent order ${p.parent_order_id} (${p.agent})` },
+    el("td", {}, "\u21b3 protection"),
+    el("td", { colspan: "5" }, el("span", { class: p.state }, p.state), ` ${parts.join(" \u00b7 ")} `,
+      el("span", { class: "dim" }, `${aged(entry).toFixed(0)} s ago`)));
+}
+
+// ---------------------------------------------------------------- swarm, sentiment, arbitrage, algorithms
+
+// An entry of a view: the message, its age when heard, and when that was.
+const heard = (data, ageS) => ({ data, age0: Number(ageS) || 0, at: performance.now() });
+const aged = (entry) => entry.age0 + (performance.now() - entry.at) / 1000;
+const pct = (x) => `${(Number(x) * 100).toFixed(0)}%`;
+const signed = (x) => (Number(x) >= 0 ? "+" : "") + Number(x).toFixed(2);
+
+// One card per symbol: the latest sentiment, and the swarm's latest consensus with each model's vote.
+function renderSymbols() {
+  const names = [...new Set([...view.symbols, ...Object.keys(view.swarm), ...Object.keys(view.sentiment)])].sort();
+  $("symbols").replaceChildren(...names.map((symbol) => {
+    const s = view.sentiment[symbol], c = view.swarm[symbol];
+    const card = el("div", { class: "card", "data-symbol": symbol }, el("h3", {}, symbol));
+    card.append(s ? el("p", { class: "sentiment" }, "sentiment ",
+      el("span", { class: sign(String(s.data.score)) }, signed(s.data.score)),
+      el("span", { class: "meta" }, ` confidence ${pct(s.data.confidence)}, ${s.data.items} items, ${s.data.model}, ${aged(s).toFixed(1)} s ago`))
+      : el("p", { class: "sentiment dim" }, "sentiment: none heard"));
+    if (!c) { card.append(el("p", { class: "consensus dim" }, "swarm: no consensus heard")); return card; }
+    const k = c.data;
+    card.append(el("p", { class: "consensus", title: k.summary || "" }, "swarm ", el("span", { class: k.action }, k.action),
+      ` agreement ${pct(k.agreement)} `, el("span", { class: "meta" }, `${k.method}, ${aged(c).toFixed(1)} s ago`)));
+    card.append(el("table", { class: "votes" }, el("thead", {}, el("tr", {}, ...["model", "vote", "conf", "ms", "why"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...(k.votes || []).map((v) => el("tr", { title: v.reasoning || "" },
+        el("td", {}, v.model), el("td", { class: v.action }, v.action), num(pct(v.confidence)),
+        num(Number(v.latency_ms).toFixed(0)), el("td", { class: v.error ? "neg" : "dim" }, v.error || (v.reasoning || "").slice(0, 60)))))));
+    return card;
+  }));
+}
+
+// Arbitrage opportunities, best net spread first; stale ones (older than arb_stale_s) last,
+// struck through; older than arb_keep_s they go.
+function renderArbs() {
+  const rows = [];
+  for (const [key, entry] of view.arbs) {
+    const age = aged(entry);
+    if (age > view.arbKeepS) { view.arbs.delete(key); continue; }
+    rows.push([entry.data, age, age > view.arbStaleS]);
+  }
+  rows.sort((a, b) => (a[2] - b[2]) || (Number(b[0].net_bps) - Number(a[0].net_bps)));
+  $("arbs").tBodies[0].replaceChildren(...rows.map(([a, age, stale]) => el("tr", {
+    class: stale ? "stale" : "", "data-symbol": a.symbol, title: `buy up to ${a.buy_limit}, sell down to ${a.sell_limit}; fees ${a.buy_fee_bps} + ${a.sell_fee_bps} bps` },
+  el("td", {}, a.symbol), el("td", { class: "BUY" }, a.buy_venue), num(a.buy_price), el("td", { class: "SELL" }, a.sell_venue),
+  num(a.sell_price), num(a.net_bps, sign(a.net_bps)), num(a.gross_bps), num(a.quantity), num(a.profit),
+  el("td", { class: "num age" }, stale ? `${age.toFixed(1)} stale` : age.toFixed(1)))));
+  $("arbs-note").textContent = rows.length ? `${rows.filter((r) => !r[2]).length} fresh` : "none";
+}
+
+// Running TWAP / ICEBERG parents: progress of the quantity and of the slices; gone once final.
+function renderAlgos() {
+  $("algos").tBodies[0].replaceChildren(...[...view.algos.values()].map((entry) => {
+    const a = entry.data, g = a.algo, child = a.last_child;
+    const qty = Number(a.quantity), filled = Number(a.filled_quantity || 0);
+    const next = g.next_slice_ts ? Math.max(0, (g.next_slice_ts / 1e6 - Date.now()) / 1000) : null;
+    return el("tr", { "data-order": a.client_order_id, title: child ? `last slice ${child.client_order_id}: ${child.status} ${child.filled_quantity || ""}` : "" },
+      el("td", {}, a.client_order_id), el("td", {}, g.kind), el("td", {}, a.symbol), el("td", { class: a.side || "" }, a.side),
+      el("td", {}, el("progress", { max: String(qty > 0 ? qty : 1), value: String(Math.min(filled, qty > 0 ? qty : 1)) })),
+      num(`${short(a.filled_quantity || "0")} / ${short(a.quantity)}`),
+      num(`${g.slices_filled} / ${g.slices_sent} / ${g.slices_total == null ? "?" : g.slices_total}`),
+      el("td", {}, g.working_child_id || "-"), num(next == null ? "-" : `in ${next.toFixed(1)} s`),
+      el("td", { class: a.status }, a.status), num(aged(entry).toFixed(1)));
+  }));
+}
+
+function onAlgo(a) {
+  if (a.running) view.algos.set(a.client_order_id, heard(a, 0));
+  else view.algos.delete(a.client_order_id);  // final: off the table
+}
+
+async function refreshViews() {
+  const [swarm, sentiment, arbs, protections, algos] = await Promise.allSettled(
+    ["/api/swarm", "/api/sentiment", "/api/arbs", "/api/protections", "/api/algos"].map((p) => api(p)));
+  for (const [symbol, c] of Object.entries(swarm.value ? swarm.value.swarm : {})) view.swarm[symbol] = heard(c, c.age_s);
+  for (const [symbol, s] of Object.entries(sentiment.value ? sentiment.value.sentiment : {})) view.sentiment[symbol] = heard(s, s.age_s);
+  if (arbs.value) {
+    view.arbStaleS = arbs.value.stale_after_s; view.arbKeepS = arbs.value.keep_s;
+    for (const a of arbs.value.arbs) view.arbs.set(`${a.symbol} ${a.buy_venue} ${a.sell_venue}`, heard(a, a.age_s));
+  }
+  if (protections.value) {
+    view.protectionKeepS = protections.value.keep_s;
+    for (const p of protections.value.protections) view.protections.set(p.parent_order_id, heard(p, p.age_s));
+  }
+  for (const a of algos.value ? algos.value.algos : []) view.algos.set(a.client_order_id, heard(a, a.age_s));
+  const failed = [swarm, sentiment, arbs, protections, algos].filter((r) => r.status === "rejected");
+  if (failed.length) say(failed.map((r) => r.reason.message).join("; "));
+  schedule();
 }
 
 function renderVerdicts() {
@@ -303,7 +437,7 @@ function schedule() {
   requestAnimationFrame(() => {
     pending = false;
     renderPrices(); drawChart(); renderAccount(); renderVerdicts(); renderFeeds(); renderOrders(); renderSignals();
-    renderVenues();
+    renderVenues(); renderPositions(); renderSymbols(); renderArbs(); renderAlgos();
   });
 }
 
@@ -320,6 +454,11 @@ function openStream() {
   on("Signal", (s) => { view.signals.push(s); if (view.signals.length > MAX_SIGNALS) view.signals.shift(); });
   on("OrderRequest", (o) => { orderRow(o.client_order_id).order = o; });
   on("ExecutionReport", (r) => { onReport(r); refreshPositions(); });
+  on("Consensus", (c) => { view.swarm[c.symbol] = heard(c, 0); });
+  on("Sentiment", (s) => { view.sentiment[s.symbol] = heard(s, 0); });
+  on("ArbOpportunity", (a) => { view.arbs.set(`${a.symbol} ${a.buy_venue} ${a.sell_venue}`, heard(a, 0)); });
+  on("ProtectionState", (p) => { view.protections.set(p.parent_order_id, heard(p, 0)); });
+  on("AlgoOrder", onAlgo);
   source.onopen = () => { $("stream").textContent = "stream: live"; $("stream").className = "pill on"; };
   source.onerror = () => { $("stream").textContent = "stream: reconnecting"; $("stream").className = "pill off"; };
 }
@@ -343,6 +482,7 @@ async function start() {
   const failed = [state, prices, orders, signals].filter((r) => r.status === "rejected");
   if (failed.some((r) => r.reason.status === 401)) return askForReadToken();
   if (failed.length) say(failed.map((r) => r.reason.message).join("; "));
+  await refreshViews();
   openStream();
   select(view.symbols[0]);
   api("/api/killswitch").then((k) => { view.killSwitch = k; schedule(); }).catch((e) => say(`kill switch: ${e.message}`));
@@ -350,6 +490,7 @@ async function start() {
   refreshSupervision();
   refreshVenues();
   setInterval(refreshPositions, 5000);
+  setInterval(schedule, 1000);  // the ages, stale marks and drop-offs move on without events
   setInterval(refreshSupervision, 5000);
   window.addEventListener("resize", schedule);
 }
