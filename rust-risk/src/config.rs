@@ -15,6 +15,7 @@ use crate::limits::{BreachAction, Limits};
 use crate::rate::RateLimits;
 use crate::recon::ReconSettings;
 use crate::rules::OrderGuards;
+use crate::shorts::ShortVenues;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -144,13 +145,17 @@ pub struct Settings {
     pub lease: Option<LeaseSettings>,
     /// Live venue reconciliation.
     pub recon: ReconSettings,
+    /// The venues that cannot hold a short (`[execution.live.<name>] kind`, shorts.rs).
+    pub short_venues: ShortVenues,
 }
 
 impl Settings {
     pub fn load(config: &Config) -> Result<Self> {
         let risk: RiskConfig = config.section("risk")?;
         let system: SystemConfig = config.section("system")?;
-        Self::from_parts(risk, system).context("invalid [risk] section")
+        let mut settings = Self::from_parts(risk, system).context("invalid [risk] section")?;
+        settings.short_venues = ShortVenues::load(config)?;
+        Ok(settings)
     }
 
     pub fn from_parts(risk: RiskConfig, system: SystemConfig) -> Result<Self> {
@@ -236,6 +241,7 @@ impl Settings {
             snapshot_every_reports: risk.snapshot_every_reports,
             lease: LeaseSettings::from_config("risk", risk.failover, risk.lease_ttl_ms)?,
             recon,
+            short_venues: ShortVenues::default(),
         })
     }
 }

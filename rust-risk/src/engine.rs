@@ -352,6 +352,12 @@ impl Engine {
             cash: self.ledger.cash,
             buys_in_flight: self.reservations.buy_notional(),
             other_exposure: self.exposure_except(symbol),
+            venue: rules::VenueView {
+                name: request.venue.as_str(),
+                kind: self.settings.short_venues.kind(&request.venue),
+                allows_short: self.settings.short_venues.allows_short(&request.venue),
+                held: self.recon.books.quantity(&request.venue, symbol),
+            },
         };
         // Books that do not fit a decimal (the account is HALTED for it) refuse with
         // their own code, so it is not mistaken for a loss limit.

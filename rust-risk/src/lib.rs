@@ -17,5 +17,6 @@ pub mod recon;
 pub mod reservations;
 pub mod rules;
 pub mod service;
+pub mod shorts;
 pub mod store;
 pub mod watermarks;

@@ -6,14 +6,15 @@
 //! is below 1e14 (the contract), so one product cannot overflow; sums over many
 //! orders in flight, and inputs that did not come through the contract, can.
 
-use moonbus_common::MONEY_LIMIT;
 #[cfg(test)]
 use moonbus_common::MONEY_MAX;
+use moonbus_common::{LiveVenueKind, MONEY_LIMIT};
 use rust_decimal::Decimal;
 
 use crate::breaker::Halt;
 use crate::limits::Limits;
 use crate::reservations::Pending;
+use crate::shorts::SHORT_NOT_ALLOWED;
 
 /// The order-flow guards of [risk] (fixed at start; 0 = off).
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +64,18 @@ pub struct MarketData {
     pub age_ms: u64,
 }
 
+/// The venue the order goes to, as the short rule sees it (shorts.rs).
+#[derive(Debug, Clone, Copy)]
+pub struct VenueView<'a> {
+    pub name: &'a str,
+    /// Its live kind (None: the paper venue).
+    pub kind: Option<LiveVenueKind>,
+    /// Whether the venue can hold a short (paper and perps can, spot cannot).
+    pub allows_short: bool,
+    /// What risk's fills on this venue hold of the symbol (its books per venue).
+    pub held: Decimal,
+}
+
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
     pub ready: bool,
@@ -84,6 +97,7 @@ pub struct Context<'a> {
     pub buys_in_flight: Decimal,
     /// Worst-case gross exposure of every other symbol.
     pub other_exposure: Decimal,
+    pub venue: VenueView<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +202,9 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
                 ctx.position, ctx.pending.buys, ctx.pending.sells
             ),
         );
+    }
+    if let Some(refusal) = short_on_spot(ctx, order) {
+        return Err(refusal);
     }
     let Some(market) = ctx.market else {
         return refuse("no_market_data", "no tick received for this symbol yet");
@@ -333,6 +350,35 @@ pub fn check(ctx: &Context, order: &Order) -> Result<Approval, Refusal> {
     })
 }
 
+/// A sell-to-open on a venue that cannot hold a short (shorts.rs): a SELL must be covered
+/// by what risk's fills on that venue hold of the symbol, less every sell of it in flight.
+fn short_on_spot(ctx: &Context, order: &Order) -> Option<Refusal> {
+    if order.buy || ctx.venue.allows_short {
+        return None;
+    }
+    // Beyond the decimal range counts as nothing held: refused (fail closed).
+    let covered = ctx
+        .venue
+        .held
+        .checked_sub(ctx.pending.sells)
+        .unwrap_or(Decimal::MIN);
+    (order.quantity > covered).then(|| Refusal {
+        code: SHORT_NOT_ALLOWED,
+        reason: format!(
+            "SELL {} would open or add to a short on {} ({}), a spot venue that cannot hold one: \
+             risk's fills there hold {} of the symbol, sells in flight {} (shorts: the paper venue \
+             and perps only)",
+            order.quantity,
+            ctx.venue.name,
+            ctx.venue
+                .kind
+                .map_or("paper".to_string(), |k| k.to_string()),
+            ctx.venue.held,
+            ctx.pending.sells
+        ),
+    })
+}
+
 /// The fat-finger check: a LIMIT order priced more than `band_pct` past the mark on
 /// its aggressive side (a BUY above, a SELL below) is refused. Only that side: a BUY
 /// far below the market (or a SELL far above) just rests and cannot fill at a bad
@@ -400,6 +446,12 @@ mod tests {
             cash: d("10000"),
             buys_in_flight: d("0"),
             other_exposure: d("0"),
+            venue: VenueView {
+                name: "sim",
+                kind: None,
+                allows_short: true,
+                held: d("0"),
+            },
         }
     }
 
@@ -542,6 +594,79 @@ mod tests {
             ..sell("0.5")
         };
         assert_eq!(code(check(&in_flight, &rest)), "approved");
+    }
+
+    /// On a spot venue (no shorts) a SELL must be covered by what the venue holds less the
+    /// sells in flight; on paper and perps a sell-to-open passes as any risk-increasing order.
+    #[test]
+    fn a_sell_to_open_is_refused_on_a_spot_venue_only() {
+        let l = limits::sample();
+        let spot = |position: &str, held: &str| Context {
+            position: d(position),
+            venue: VenueView {
+                name: "jup",
+                kind: Some(LiveVenueKind::Jupiter),
+                allows_short: false,
+                held: d(held),
+            },
+            ..ctx(&l)
+        };
+        // Flat: a SELL would open a short.
+        let refused = check(&spot("0", "0"), &sell("1")).unwrap_err();
+        assert_eq!(refused.code, "short_not_allowed");
+        assert!(
+            refused.reason.contains("jup (jupiter)") && refused.reason.contains("SELL 1"),
+            "{}",
+            refused.reason
+        );
+        // Long 3 held there: selling 3 passes, 3.5 (a flip) does not; a BUY always may.
+        assert_eq!(code(check(&spot("3", "3"), &sell("3"))), "approved");
+        assert_eq!(
+            code(check(&spot("3", "3"), &sell("3.5"))),
+            "short_not_allowed"
+        );
+        assert_eq!(code(check(&spot("0", "0"), &buy("1"))), "approved");
+        // The symbol is long 3, but held on another venue: nothing to sell here.
+        assert_eq!(
+            code(check(&spot("3", "0"), &sell("1"))),
+            "short_not_allowed"
+        );
+        // Sells in flight count against what is held.
+        let in_flight = Context {
+            pending: Pending {
+                buys: d("0"),
+                sells: d("2.5"),
+            },
+            ..spot("3", "3")
+        };
+        assert_eq!(code(check(&in_flight, &sell("1"))), "short_not_allowed");
+        assert_eq!(code(check(&in_flight, &sell("0.5"))), "approved");
+        // Paper and perps: the same sell-to-open passes, and flips too.
+        let hl = Some(LiveVenueKind::Hyperliquid);
+        for (name, kind, position) in [("sim", None, "0"), ("hl", hl, "0"), ("hl", hl, "3")] {
+            let c = Context {
+                position: d(position),
+                venue: VenueView {
+                    name,
+                    kind,
+                    allows_short: true,
+                    held: d(position),
+                },
+                ..ctx(&l)
+            };
+            assert_eq!(code(check(&c, &sell("5"))), "approved", "{name}");
+        }
+        // The short's size still meets the limits: max_order_notional (1000 at 100).
+        let perp = Context {
+            venue: VenueView {
+                name: "hl",
+                kind: hl,
+                allows_short: true,
+                held: d("0"),
+            },
+            ..ctx(&l)
+        };
+        assert_eq!(code(check(&perp, &sell("11"))), "max_order_notional");
     }
 
     #[test]
@@ -891,6 +1016,7 @@ mod tests {
             "account_reduce_only",
             "circuit_breaker",
             "reduce_only_increases",
+            "short_not_allowed",
             "no_market_data",
             "stale_market_data",
             "price_band",
@@ -1004,6 +1130,7 @@ mod tests {
                 rest in any_rest(),
                 order in any_order(),
                 kill_switch in any::<bool>(),
+                venue in proptest::option::of(any_decimal()),
             ) {
                 let guards = OrderGuards {
                     price_band_pct: rest.band,
@@ -1027,6 +1154,13 @@ mod tests {
                     cash: rest.cash,
                     buys_in_flight: rest.buys_in_flight,
                     other_exposure: rest.other_exposure,
+                    // None: the paper venue; Some(held): a spot venue holding that much
+                    venue: VenueView {
+                        name: "v",
+                        kind: venue.map(|_| LiveVenueKind::BinanceSpot),
+                        allows_short: venue.is_none(),
+                        held: venue.unwrap_or_default(),
+                    },
                 };
                 match check(&ctx, &order) {
                     Ok(approval) => {
@@ -1080,6 +1214,12 @@ mod tests {
                     cash: MONEY_MAX,
                     buys_in_flight: Decimal::ZERO,
                     other_exposure: Decimal::ZERO,
+                    venue: VenueView {
+                        name: "sim",
+                        kind: None,
+                        allows_short: true,
+                        held: Decimal::ZERO,
+                    },
                 };
                 let order = Order {
                     quantity: Decimal::from(quantity),

@@ -1225,3 +1225,91 @@ fn marks_follow_receive_time_never_the_senders_clock() {
         "stale_market_data"
     );
 }
+
+/// Shorts (shorts.rs): on a spot venue a SELL needs what risk's fills there hold; the
+/// paper venue and a perp take a sell-to-open; the symbol's long held on another venue
+/// does not count on the spot one. And a short on the paper venue is booked and marked.
+#[test]
+fn a_sell_to_open_is_refused_on_spot_venues_only() {
+    let mut settings = settings();
+    settings.short_venues =
+        crate::shorts::ShortVenues::from_kinds([("jup", "jupiter"), ("hl", "hyperliquid")])
+            .unwrap();
+    let mut engine = Engine::new(settings, T0);
+    engine.mark_ready(T0);
+    engine.apply_tick(&tick("BTC-USD", "100"), T0);
+    let at = |venue: &str, id: &str, side: &str, quantity: &str| {
+        let mut r = request(id, side, quantity);
+        r.venue = Venue::try_from(venue.to_string()).unwrap();
+        r
+    };
+    let refused = engine.check(&at("jup", "s1", "SELL", "1"), T0);
+    assert_eq!(code(&refused), "short_not_allowed");
+    assert!(
+        refused
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("on jup (jupiter)"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        code(&engine.check(&at("hl", "s2", "SELL", "1"), T0)),
+        "approved"
+    );
+    assert_eq!(
+        code(&engine.check(&at("sim", "s3", "SELL", "1"), T0)),
+        "approved"
+    );
+    // Sells of s2 and s3 are in flight (reserved): release them by their terminal reports.
+    for id in ["s2", "s3"] {
+        engine
+            .apply_report(&report(id, "SELL", "REJECTED", "0", None))
+            .unwrap();
+    }
+    // 2 bought on the paper venue: the symbol is long 2, but jup holds none of it.
+    engine
+        .apply_report(&filled("b1", "BUY", "2", "100"))
+        .unwrap();
+    assert_eq!(
+        code(&engine.check(&at("jup", "s4", "SELL", "1"), T0)),
+        "short_not_allowed"
+    );
+    // 1.5 bought on jup: selling 1.5 there passes, 1.6 does not.
+    let mut on_jup = filled("b2", "BUY", "1.5", "100");
+    on_jup.venue = Some(Venue::try_from("jup".to_string()).unwrap());
+    engine.apply_report(&on_jup).unwrap();
+    assert_eq!(
+        code(&engine.check(&at("jup", "s5", "SELL", "1.6"), T0)),
+        "short_not_allowed"
+    );
+    assert_eq!(
+        code(&engine.check(&at("jup", "s6", "SELL", "1.5"), T0)),
+        "approved"
+    );
+    // s6 in flight: nothing more may be sold on jup.
+    assert_eq!(
+        code(&engine.check(&at("jup", "s7", "SELL", "0.1"), T0)),
+        "short_not_allowed"
+    );
+
+    // A short on the paper venue: sold 5 at 100 from long 3.5 (flat first), marked at 90.
+    engine
+        .apply_report(&report(
+            "s6",
+            "SELL",
+            "FILLED",
+            "1.5",
+            Some(("1.5", "100", "0")),
+        ))
+        .unwrap();
+    engine
+        .apply_report(&filled("s8", "SELL", "7", "100"))
+        .unwrap();
+    engine.apply_tick(&tick("BTC-USD", "90"), T0);
+    let p = &engine.positions(Some(&sym("BTC-USD")))[0];
+    assert_eq!(
+        (p.quantity.get(), p.unrealized_pnl.get()),
+        (d("-5"), d("50"))
+    );
+}
