@@ -294,8 +294,7 @@ class _Run:
             ctx = Context(event=self.event(s, i if at_close else i - 1), bars=())
         ctx.tick = self.tick(s, i, ts, price)
         self.context(ctx)
-        order = plan(choice, ctx, self.cfg, ts, self.new_id).order
-        if order is not None:
+        for order in plan(choice, ctx, self.cfg, ts, self.new_id).orders:  # a flip: the close, then the opening one
             self.record(self.sim.submit(order.model_dump_json().encode()), order.reduce_only)
 
     def context(self, ctx: Context) -> None:

@@ -5,7 +5,17 @@ It fails closed: no verdict for the symbol = no order (the position is unknown);
 risk-increasing BUY needs a fresh ACTIVE verdict and a fresh ACTIVE account (its equity
 and cash size the order), "fresh" = younger than state_max_age_s; an order that only
 reduces a position (SELL of a long, BUY of a short) is reduce_only and allowed in every
-state, risk decides the rest. No shorting: a SELL without a long is no order.
+state, risk decides the rest. Long only by default: a SELL without a long is no order.
+
+Shorts (`allow_short`, globally or per symbol): a SELL when flat opens a short (sized as
+sizing.py says), a SELL when short adds to it, a BUY covers it (reduce only). A signal
+against the position whose close flattens it (all_in: always; fixed_usd: when the
+position is at most order_usd worth) also opens the other side in the same decision: two
+orders, the close (reduce only) then the opening one, sized at the account the close
+leaves (its exit fee estimated at fee_bps). That is backtesting.py's
+`position.close(); sell()`. A choice marked `close_only` (the decision pipeline blocked
+the new risk) closes without the flip. Whether the venue may hold a short is risk's rule
+(rust-risk shorts.rs: paper and perps yes, spot `short_not_allowed`).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from services.contract.models import (
 )
 
 from .config import TradingConfig
-from .sizing import all_in_quantity, buy_quantity, reduce_quantity
+from .sizing import all_in_quantity, all_in_short_quantity, buy_quantity, reduce_quantity, short_quantity
 
 AGENT = "trading"
 
@@ -85,12 +95,19 @@ class Choice:
     latency_ms: float = 0.0
     cost_usd: float = 0.0
     failure: str | None = None  # "plugin_error" / "plugin_timeout": the plugin abstained (reported)
+    close_only: bool = False  # shorts: a signal against the position closes it, no flip (pipeline.py)
 
 
 @dataclass(frozen=True)
 class Proposal:
     signal: Signal
     order: OrderRequest | None
+    then: OrderRequest | None = None  # a flip's opening order, sent after `order` (the close)
+
+    @property
+    def orders(self) -> list[OrderRequest]:
+        """The orders to send, in this order."""
+        return [o for o in (self.order, self.then) if o is not None]
 
 
 def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int,
@@ -99,6 +116,10 @@ def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int,
     reasoning). `new_id` names the order (a backtest numbers them, for byte-identical runs);
     `inputs` are what the decision pipeline weighed (None: it is off)."""
     order, outcome = _order(choice.action, ctx, cfg, ts, new_id)
+    then = None
+    if order is not None and order.reduce_only and cfg.shorts(ctx.event.symbol):
+        then, flip = _flip(choice, order, ctx, cfg, ts, new_id)
+        outcome += flip
     action = Action(order.side.value) if order else Action.HOLD
     signal = Signal(
         agent=AGENT,
@@ -114,7 +135,7 @@ def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int,
         ts=ts,
         inputs=inputs,
     )
-    return Proposal(signal, order)
+    return Proposal(signal, order, then)
 
 
 def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int,
@@ -129,20 +150,15 @@ def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int,
     all_in = cfg.sizing == "all_in"
     if reducing:
         quantity = abs(position) if all_in else reduce_quantity(price, position, cfg.order_usd, cfg.quantity_step)
-    elif action is Action.SELL:
+    elif action is Action.SELL and not cfg.shorts(ctx.event.symbol):
         return None, f"no order: no long position to sell (position {position}, no shorting)"
     else:
         refusal = _may_increase(verdict, ctx.account, ts - int(cfg.state_max_age_s * 1e9))
         if refusal:
-            return None, f"no order: BUY would increase the position and {refusal}"
+            return None, f"no order: {action.value} would increase the position and {refusal}"
         assert ctx.account is not None
         a = ctx.account
-        if all_in:
-            quantity = all_in_quantity(price, a.equity, a.cash, cfg.cash_pct, Decimal(str(cfg.fee_bps)),
-                                       cfg.quantity_step)
-        else:
-            quantity = buy_quantity(price, position, a.equity, a.cash, cfg.order_usd, cfg.max_position_pct,
-                                    cfg.cash_pct, cfg.quantity_step)
+        quantity = _opening_quantity(action, cfg, price, position, a.equity, a.cash, a.gross_exposure)
     if quantity <= 0:
         return None, (f"no order: {action.value} size is zero (position {position}, max position "
                       f"{cfg.max_position_pct}% of equity, cash reserve {cfg.cash_pct}%)")
@@ -158,7 +174,56 @@ def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int,
         origin_ts=ctx.event.origin_ts,
         ts=ts,
     )
-    return order, f"order {action.value} {quantity} at ~{price}" + (" (reduce only)" if reducing else "")
+    opens_short = action is Action.SELL and not reducing
+    return order, (f"order {action.value} {quantity} at ~{price}" + (" (reduce only)" if reducing else "")
+                   + (" (opens or adds to a short)" if opens_short else ""))
+
+
+def _opening_quantity(action: Action, cfg: TradingConfig, price: Decimal, position: Decimal, equity: Decimal,
+                      cash: Decimal, gross_exposure: Decimal) -> Decimal:
+    """The size of an order that opens or adds to a position (sizing.py)."""
+    fee_bps, step = Decimal(str(cfg.fee_bps)), cfg.quantity_step
+    if action is Action.BUY:
+        if cfg.sizing == "all_in":
+            return all_in_quantity(price, equity, cash, cfg.cash_pct, fee_bps, step)
+        return buy_quantity(price, position, equity, cash, cfg.order_usd, cfg.max_position_pct, cfg.cash_pct, step)
+    if cfg.sizing == "all_in":
+        return all_in_short_quantity(price, equity, gross_exposure, cfg.cash_pct, fee_bps, step)
+    return short_quantity(price, position, equity, gross_exposure, cfg.order_usd, cfg.max_position_pct,
+                          cfg.cash_pct, step)
+
+
+def _flip(choice: Choice, close: OrderRequest, ctx: Context, cfg: TradingConfig, ts: int,
+          new_id: Callable[[], str]) -> tuple[OrderRequest | None, str]:
+    """After a close that flattens the position (shorts allowed): the order that opens the
+    other side, sized at the account the close leaves (exit fee at fee_bps), and what
+    was decided about it (text for the reasoning)."""
+    verdict, account = ctx.verdict, ctx.account
+    assert verdict is not None
+    if close.quantity != abs(verdict.position):
+        return None, ""  # a partial close (fixed_usd): the position keeps its side
+    side = "short" if close.side is Side.SELL else "long"
+    if choice.close_only:
+        return None, f"; no flip to a {side} (close only)"
+    refusal = _may_increase(verdict, account, ts - int(cfg.state_max_age_s * 1e9))
+    if refusal:
+        return None, f"; no flip to a {side}: {refusal}"
+    assert account is not None
+    price = ctx.price
+    notional = close.quantity * price
+    fee = notional * Decimal(str(cfg.fee_bps)) / 10_000
+    equity = account.equity - fee
+    # a long sold: its notional comes back as cash; a short covered: paid for out of cash
+    cash = account.cash + (notional if close.side is Side.SELL else -notional) - fee
+    gross = max(account.gross_exposure - notional, Decimal(0))
+    action = Action(close.side.value)
+    quantity = _opening_quantity(action, cfg, price, Decimal(0), equity, cash, gross)
+    if quantity <= 0:
+        return None, f"; no flip to a {side}: its size is zero"
+    order = OrderRequest(client_order_id=new_id(), agent=AGENT, symbol=close.symbol, venue=close.venue,
+                         side=close.side, quantity=quantity, reduce_only=False, decision_price=price,
+                         origin_ts=close.origin_ts, ts=ts)
+    return order, f"; then {action.value} {quantity} at ~{price} (flips to a {side})"
 
 
 def _may_increase(verdict: Verdict, account: AccountState | None, fresh_after_ts: int) -> str | None:

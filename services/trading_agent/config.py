@@ -22,6 +22,7 @@ class SymbolStrategy(Section):
 
     strategy: StrategyName | None = None  # else the global `strategy`
     params: dict[str, Any] = Field(default_factory=dict)  # the plugin's Params (else its defaults; the built-ins': the keys below)
+    allow_short: bool | None = None  # else the global `allow_short`
 
 
 class TradingConfig(Section):
@@ -56,6 +57,10 @@ class TradingConfig(Section):
     order_usd: Annotated[ConfigMoney, Field(gt=0)] = Decimal("100")
     max_position_pct: Annotated[float, Field(gt=0, le=100)] = 30.0
     cash_pct: Annotated[float, Field(ge=0, lt=100)] = 10.0
+    # shorts (agent.py): a SELL when flat opens a short, a SELL of a long flips to one, a BUY
+    # covers (and flips to a long); where the venue can hold one (risk refuses a sell-to-open
+    # on a spot venue: short_not_allowed). Off: long only, a SELL without a long is no order.
+    allow_short: bool = False
     # context and plumbing
     state_max_age_s: Annotated[float, Field(gt=0)] = 10.0
     history_timeout_s: Annotated[float, Field(gt=0)] = 1.0
@@ -66,6 +71,14 @@ class TradingConfig(Section):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
     # [trading_agent.pipeline]: swarm consensus and sentiment weighed before an order (pipeline.py); off by default
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    def shorts(self, symbol: str) -> bool:
+        """Whether `symbol` may go short: its `[trading_agent.symbols."<symbol>"] allow_short`
+        (matched case-insensitively), else the global one."""
+        for key, table in self.symbols.items():
+            if key.upper() == symbol.upper() and table.allow_short is not None:
+                return table.allow_short
+        return self.allow_short
 
     @model_validator(mode="after")
     def _ma_fast_below_slow(self) -> TradingConfig:

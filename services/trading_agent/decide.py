@@ -244,7 +244,8 @@ class LLMDecider:
     async def decide(self, ctx: Context) -> Choice:
         start = time.perf_counter()
         request = DecisionRequest(agent=AGENT, symbol=ctx.event.symbol, system=SYSTEM_PROMPT,
-                                  prompt=build_prompt(ctx, self.cfg.llm_bars), timeout_s=self.cfg.llm_timeout_s)
+                                  prompt=build_prompt(ctx, self.cfg.llm_bars, self.cfg.shorts(ctx.event.symbol)),
+                                  timeout_s=self.cfg.llm_timeout_s)
         decision: Decision | None = None
         try:
             # The provider keeps its own deadline; this one only guards against a provider that does not.
@@ -271,7 +272,7 @@ def _iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_prompt(ctx: Context, bars: int) -> str:
+def build_prompt(ctx: Context, bars: int, shorts: bool = False) -> str:
     e = ctx.event
     lines = [f"Symbol: {e.symbol} (venue {e.venue})", f"Event: {e.summary}", f"Last price: {ctx.price}", "",
              f"Last {min(bars, len(ctx.bars))} closed bars (oldest first): start (UTC), open, high, low, close, volume"]
@@ -288,5 +289,8 @@ def build_prompt(ctx: Context, bars: int) -> str:
     lines.append("Account: " + (f"{a.state.value}, equity {a.equity}, cash {a.cash}, day PnL {a.day_pnl}, "
                                 f"drawdown {a.drawdown_pct:.2f}%" if a else "unknown"))
     lines += [f"Missing data: {note}" for note in ctx.notes]
+    if shorts:  # the system prompt says long only; this symbol may go short (allow_short)
+        lines.append("Shorts are allowed for this symbol: SELL when flat opens a short, SELL of a long closes "
+                     "it and opens a short, BUY covers a short (and opens a long).")
     lines += ["", f"Question: BUY, SELL or HOLD {e.symbol} now?"]
     return "\n".join(lines)

@@ -14,6 +14,11 @@ Order of the steps, each written into the reasoning and into `Signal.inputs` wit
    "confirm" needs a fresh BUY consensus with agreement >= swarm_min_confidence, else HOLD;
    "veto" turns it into HOLD when a fresh SELL consensus has agreement >= swarm_min_confidence.
    No fresh consensus: "confirm" abstains (HOLD), "veto" lets the BUY through.
+   With shorts allowed for the symbol (`allow_short`) a risk-increasing SELL (opening or
+   adding to a short) is gated the same way, sides swapped: "confirm" needs a SELL
+   consensus, a BUY consensus vetoes. A signal against the position that may flip it
+   (close, then open the other side) is gated for its opening part only: blocked, it
+   still closes (`close_only`), without the flip.
 """
 
 from __future__ import annotations
@@ -55,8 +60,11 @@ def age_s(ts: int, now_ns: int) -> float:
     return max(0.0, (now_ns - ts) / 1e9)
 
 
-def increases_risk(action: Action, position: Decimal | None) -> bool:
-    """A BUY that is not closing a short (position unknown counts as increasing)."""
+def increases_risk(action: Action, position: Decimal | None, shorts: bool = False) -> bool:
+    """A BUY that is not closing a short, or with shorts a SELL that is not closing a long
+    (position unknown counts as increasing)."""
+    if action is Action.SELL and shorts:
+        return not (position is not None and position > 0)
     return action is Action.BUY and not (position is not None and position < 0)
 
 
@@ -65,9 +73,14 @@ def reduces(action: Action, position: Decimal | None) -> bool:
     return position is not None and ((action is Action.SELL and position > 0) or (action is Action.BUY and position < 0))
 
 
-def wants_swarm(choice: Choice, position: Decimal | None, cfg: PipelineConfig) -> bool:
+def wants_swarm(choice: Choice, position: Decimal | None, cfg: PipelineConfig, shorts: bool = False) -> bool:
     """Whether the swarm's consensus matters for this choice (so asking for one is worth it)."""
-    return cfg.swarm != "off" and increases_risk(choice.action, position)
+    return cfg.swarm != "off" and (increases_risk(choice.action, position, shorts)
+                                   or (shorts and reduces(choice.action, position)))
+
+
+def _opposite(action: Action) -> VoteAction:
+    return VoteAction.SELL if action is Action.BUY else VoteAction.BUY
 
 
 def fresh_consensus(consensus: Consensus | None, cfg: PipelineConfig, now_ns: int) -> bool:
@@ -79,9 +92,11 @@ def _fmt_age(seconds: float) -> str:
 
 
 def apply(choice: Choice, position: Decimal | None, consensus: Consensus | None, sentiment: Sentiment | None,
-          cfg: PipelineConfig, now_ns: int, swarm_note: str = "") -> tuple[Choice, list[SignalInput]]:
+          cfg: PipelineConfig, now_ns: int, swarm_note: str = "", shorts: bool = False
+          ) -> tuple[Choice, list[SignalInput]]:
     """The choice after the pipeline, and the inputs it weighed (with ages and effects).
-    `swarm_note` says why there is no consensus when one was asked for and none came."""
+    `swarm_note` says why there is no consensus when one was asked for and none came;
+    `shorts`: the symbol may go short (the agent's `allow_short`)."""
     if not cfg.enabled:
         return choice, []
     inputs: list[SignalInput] = []
@@ -111,8 +126,11 @@ def apply(choice: Choice, position: Decimal | None, consensus: Consensus | None,
         action = Action.HOLD
 
     # 3. swarm
+    close_only = choice.close_only
     if cfg.swarm != "off":
-        gated = increases_risk(action, position)
+        gated = increases_risk(action, position, shorts)
+        flips = shorts and reduces(action, position)  # the close may be followed by the other side
+        checked = gated or flips
         if consensus is not None:
             age = age_s(consensus.ts, now_ns)
             text = f"swarm {consensus.action.value} {consensus.agreement:.2f} ({_fmt_age(age)} old)"
@@ -120,29 +138,36 @@ def apply(choice: Choice, position: Decimal | None, consensus: Consensus | None,
             strong = consensus.agreement >= cfg.swarm_min_confidence
             if not fresh:
                 effect = f"stale (> {cfg.swarm_max_age_s:g} s): ignored"
-            elif not gated:
+            elif not checked:
                 effect = f"not needed ({action.value}{' reduces the position' if reduces(action, position) else ''})"
             elif cfg.swarm == "confirm":
-                effect = "confirms" if consensus.action is VoteAction.BUY and strong else "does not confirm"
+                effect = ("confirms" if consensus.action is VoteAction(action.value) and strong
+                          else "does not confirm")
             else:
-                effect = "vetoes" if consensus.action is VoteAction.SELL and strong else "no veto"
+                effect = "vetoes" if consensus.action is _opposite(action) and strong else "no veto"
             inputs.append(SignalInput(source="swarm", action=consensus.action.value, value=consensus.agreement,
                                       age_s=round(age, 3), ts=consensus.ts, effect=effect))
             steps.append(f"{text} {effect}")
-            if not fresh and gated:
+            if not fresh and checked:
                 consensus = None
-        if gated:
+        if checked:
+            blocked = "HOLD" if gated else "close only, no flip"
             if consensus is None:
                 why = f"no fresh swarm consensus{f' ({swarm_note})' if swarm_note else ''}"
                 if cfg.swarm == "confirm":
-                    steps.append(f"{why}: HOLD (confirm abstains)")
-                    action = Action.HOLD
+                    steps.append(f"{why}: {blocked} (confirm abstains)")
                 else:
                     steps.append(f"{why}: not vetoed")
+                    blocked = ""
             elif inputs[-1].effect in ("does not confirm", "vetoes"):
-                steps.append("HOLD")
+                steps.append(blocked)
+            else:
+                blocked = ""
+            if blocked and gated:
                 action = Action.HOLD
+            elif blocked:
+                close_only = True
 
     steps[-1] += f" -> {action.value} {conviction:.2f}"
     reasoning = f"{choice.reasoning}; pipeline: {'; '.join(steps)}"
-    return replace(choice, action=action, confidence=conviction, reasoning=reasoning), inputs
+    return replace(choice, action=action, confidence=conviction, reasoning=reasoning, close_only=close_only), inputs

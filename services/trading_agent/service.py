@@ -98,10 +98,13 @@ def event_subject(event: Event, bar_interval: str) -> str:
 
 
 async def submit(bus: Bus, proposal: Proposal, timeout: float) -> bool:
-    """The order into ORDERS (if any), then the Signal saying why (and whether the order
-    was acknowledged). A missing ack is reported on errors.trading-agent, never raised."""
-    order, signal, ok = proposal.order, proposal.signal, True
-    if order is not None:
+    """The order into ORDERS (if any; a flip's opening order after its close, and only if
+    the close was acknowledged), then the Signal saying why (and whether the order was
+    acknowledged). A missing ack is reported on errors.trading-agent, never raised."""
+    signal, ok = proposal.signal, True
+    for order in proposal.orders:  # a flip: the close, then the opening order (stream order)
+        if not ok:
+            break
         subject = S.orders_submit(order.agent, order.symbol)  # the agent token our user may publish
         try:
             ack = await bus.publish_order(subject, order, timeout=timeout, fresh=True)
@@ -207,21 +210,24 @@ class TradingService:
         position = ctx.verdict.position if ctx.verdict is not None else None
         consensus = self.context.consensus.get(symbol)
         note = ""
-        if (p.ask_swarm and pipeline.wants_swarm(choice, position, p)
+        shorts = self.cfg.shorts(symbol)
+        if (p.ask_swarm and pipeline.wants_swarm(choice, position, p, shorts)
                 and not pipeline.fresh_consensus(consensus, p, now_ns())):
             # one ask per symbol at a time (each costs the swarm's LLM calls): decisions meanwhile share it
             task = self._asking.get(symbol)
             if task is None:
-                task = self._asking[symbol] = asyncio.create_task(self.ask_swarm(symbol, consensus))
+                task = self._asking[symbol] = asyncio.create_task(self.ask_swarm(symbol, consensus, choice.action))
                 task.add_done_callback(lambda _t: self._asking.pop(symbol, None))
             consensus, note = await asyncio.shield(task)
-        return pipeline.apply(choice, position, consensus, ctx.sentiment, p, now_ns(), note)
+        return pipeline.apply(choice, position, consensus, ctx.sentiment, p, now_ns(), note, shorts)
 
-    async def ask_swarm(self, symbol: str, known: Consensus | None) -> tuple[Consensus | None, str]:
+    async def ask_swarm(self, symbol: str, known: Consensus | None,
+                        action: Action = Action.BUY) -> tuple[Consensus | None, str]:
         """The swarm's consensus asked on agent.api.swarm.ask within ask_timeout_s; no
         answer: the consensus known before (stale, so ignored) and why."""
         p = self.cfg.pipeline
-        question = f"Should the trading agent BUY {symbol} now (open or add to a long)?"
+        question = (f"Should the trading agent SELL {symbol} now (open or add to a short)?"
+                    if action is Action.SELL else f"Should the trading agent BUY {symbol} now (open or add to a long)?")
         try:
             answer = await self.bus.call(S.SWARM_ASK_API, SwarmAskRequest(symbol=symbol, question=question),
                                          p.ask_timeout_s)
