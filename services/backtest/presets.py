@@ -10,12 +10,15 @@ strategy can be compared trade for trade with it (tests/test_backtest_peer.py):
 | `spread=0`                           | [execution] slippage_bps = 0                         |
 | `buy()`: all the cash, whole units   | sizing "all_in", cash_pct 0, quantity_step 1         |
 | `position.close()`                   | a SELL of a long: reduces all of it under all_in     |
+| `position.close(); sell()`           | with `allow_short = true`: the SELL closes the long  |
+|                                      | and opens an all-in short (a BUY the other way)      |
 | no risk rules                        | risk's limits opened wide (they still run, and a     |
 |                                      | rule that would refuse does refuse)                  |
 
-Differences that remain: moonbus is long only on spot symbols (a SELL with no long is no
-order), and sizes in exact decimals where backtesting.py uses floats (a quantity at an
-exact boundary of floor(cash / price) could differ by one unit).
+Differences that remain: moonbus is long only unless `[trading_agent] allow_short` (then a
+SELL without a long opens a short, and a signal against the position flips it), and sizes
+in exact decimals where backtesting.py uses floats (a quantity at an exact boundary of
+floor(cash / price) could differ by one unit).
 """
 
 from __future__ import annotations
