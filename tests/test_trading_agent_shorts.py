@@ -7,6 +7,7 @@ binaries (tests/test_shorts_e2e.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal as D
 
 import pytest
@@ -28,7 +29,9 @@ from services.trading_agent.pipeline import PipelineConfig, apply, wants_swarm
 from services.trading_agent.sizing import all_in_short_quantity, short_quantity
 
 from tests.test_decision_pipeline import NOW, consensus
-from tests.test_trading_agent import ctx_for, verdict
+from services.common.streams import ORDERS
+from services.trading_agent import service
+from tests.test_trading_agent import CONFIG, FakeMarket, bar, ctx_for, next_signal, verdict
 
 BUY, SELL, HOLD = Action.BUY, Action.SELL, Action.HOLD
 SHORTS = TradingConfig(order_usd=D("100"), max_position_pct=30.0, cash_pct=10.0, allow_short=True)
@@ -205,3 +208,41 @@ def test_long_only_pipeline_is_unchanged() -> None:
     out = gate(SELL, "10", "confirm", None, shorts=False)
     assert out.action is SELL and not out.close_only
     assert not wants_swarm(choice(SELL), D(0), PipelineConfig(swarm="veto"))
+
+
+# ---------------------------------------------------------------- the agent on a real nats-server
+
+
+async def test_the_live_agent_sends_a_flip_as_two_orders_in_stream_order(connect, running_service) -> None:
+    """Long 0.5 (49.5 at 99, under order_usd): the momentum SELL closes it and opens a short
+    of order_usd worth, 100 / 99 = 1.010101: two orders in ORDERS, the close first."""
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    symbol = "SHRT-USD"
+    config = {"trading_agent": CONFIG["trading_agent"] | {"allow_short": True}}
+    market = await FakeMarket(md).start()
+    orders = await operator.collect(f"orders.submit.trading.{symbol}")
+    signals = await operator.collect(f"agent.signal.trading.{symbol}")
+    try:
+        async with running_service("trading-agent", service.main, config, operator):
+            await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol, position="0.5")))
+            await risk.publish("risk.account", encode(account(equity="10000", cash="9950", gross="50")))
+            await risk.flush()
+            await asyncio.sleep(0.1)
+            got = []
+            for i, close in enumerate(["100", "99.9", "99.8", "99"]):
+                await market.publish(bar(symbol, close, i))
+                got.append(await next_signal(signals))
+            sent = [decode(OrderRequest, (await asyncio.wait_for(orders.get(), 5)).data) for _ in range(2)]
+    finally:
+        await market.close()
+    assert [s.action for s in got] == [HOLD, HOLD, HOLD, SELL]
+    assert [(o.side, o.quantity, o.reduce_only) for o in sent] == [
+        (Side.SELL, D("0.5"), True), (Side.SELL, D("1.010101"), False)]
+    assert got[3].reasoning.endswith("order SELL 0.500000 at ~99 (reduce only); then SELL 1.010101 at ~99 (flips to a short)")
+    js = operator.jetstream()
+    info = await js.stream_info(ORDERS)
+    stored = [decode(OrderRequest, (await js.get_msg(ORDERS, seq)).data)
+              for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    ours = [o.client_order_id for o in stored if o.symbol == symbol]
+    assert ours == [o.client_order_id for o in sent]  # stored once each, the close first
+    assert orders.empty()
