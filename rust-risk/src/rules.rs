@@ -946,6 +946,22 @@ mod tests {
             reduce_only: false,
             ..order
         };
+        // A SELL on a spot venue that holds nothing: before the market data is looked at.
+        let spot = Context {
+            venue: VenueView {
+                name: "jup",
+                kind: Some(LiveVenueKind::Jupiter),
+                allows_short: false,
+                held: d("0"),
+            },
+            ..c.clone()
+        };
+        let sell = Order {
+            buy: false,
+            ..order.clone()
+        };
+        assert_eq!(code(check(&spot, &sell)), "short_not_allowed");
+        assert_eq!(code(check(&c, &sell)), "no_market_data");
         assert_eq!(code(check(&c, &order)), "no_market_data");
         let c = Context {
             market: Some(MarketData {
