@@ -25,6 +25,9 @@ from services.contract.models import (
 )
 from services.trading_agent.agent import Choice, plan
 from services.trading_agent.config import TradingConfig
+from services.trading_agent.decide import RuleDecider
+from services.trading_agent.plugin import Choice as PluginChoice
+from services.trading_agent.plugin import StrategyContext, StrategyPlugin
 from services.trading_agent.pipeline import PipelineConfig, apply, wants_swarm
 from services.trading_agent.sizing import all_in_short_quantity, short_quantity
 
@@ -246,3 +249,26 @@ async def test_the_live_agent_sends_a_flip_as_two_orders_in_stream_order(connect
     ours = [o.client_order_id for o in stored if o.symbol == symbol]
     assert ours == [o.client_order_id for o in sent]  # stored once each, the close first
     assert orders.empty()
+
+
+class ShortsAware(StrategyPlugin):
+    """A plugin that sells only where it may go short."""
+
+    name = "shorts_aware"
+
+    def on_bar(self, ctx: StrategyContext) -> PluginChoice:
+        if ctx.allow_short:
+            return PluginChoice(SELL, 0.7, "may go short: SELL")
+        return PluginChoice(HOLD, 0.0, "long only: HOLD")
+
+
+async def test_plugins_are_told_whether_the_symbol_may_go_short() -> None:
+    cfg = TradingConfig.model_validate({"symbols": {"ETH-USD": {"allow_short": True}}})
+    decider = RuleDecider(ShortsAware(), shorts=cfg.shorts)
+    on_eth = await decider.decide(ctx_for(symbol="ETH-USD", v=verdict("ETH-USD"), a=account()))
+    on_btc = await decider.decide(ctx_for(symbol="BTC-USD", v=verdict("BTC-USD"), a=account()))
+    assert (on_eth.action, on_btc.action) == (SELL, HOLD)
+    # the agent's deciders are built with the config's switch
+    deciders = service.make_deciders(cfg, {})
+    assert deciders.default.shorts == cfg.shorts
+    assert (await RuleDecider(ShortsAware()).decide(ctx_for(symbol="ETH-USD"))).action is HOLD  # not told: off

@@ -104,10 +104,11 @@ class _PluginRaised(Exception):
     """What a plugin raised (kept apart from the deadline's TimeoutError)."""
 
 
-def strategy_context(ctx: Context) -> StrategyContext:
+def strategy_context(ctx: Context, shorts: Callable[[str], bool] | None = None) -> StrategyContext:
     e, v = ctx.event, ctx.verdict
     return StrategyContext(symbol=e.symbol, venue=e.venue, kind=e.kind, bars=ctx.bars, price=ctx.price,
-                           position=v.position if v is not None else None, verdict=v, account=ctx.account)
+                           position=v.position if v is not None else None, verdict=v, account=ctx.account,
+                           allow_short=shorts(e.symbol) if shorts is not None else False)
 
 
 def _short(text: str, limit: int = 300) -> str:
@@ -135,8 +136,10 @@ class RuleDecider:
 
     uses_sentiment = False
 
-    def __init__(self, strategy: Strategy | StrategyPlugin, timeout_s: float = 0.25, max_running: int = 8) -> None:
+    def __init__(self, strategy: Strategy | StrategyPlugin, timeout_s: float = 0.25, max_running: int = 8,
+                 shorts: Callable[[str], bool] | None = None) -> None:
         self.strategy = strategy
+        self.shorts = shorts  # whether a symbol may go short (TradingConfig.shorts), told to plugins
         self.name = strategy.name
         self.bars_needed = strategy.bars_needed
         self.timeout_s = timeout_s
@@ -162,7 +165,7 @@ class RuleDecider:
         failure: str | None = None
         why = ""
         try:
-            answer = await self._ask(handler, strategy_context(ctx))
+            answer = await self._ask(handler, strategy_context(ctx, self.shorts))
             if wrong := _not_a_choice(answer):
                 failure, why = "plugin_error", f"plugin_error: {self.name} returned {_short(repr(answer))}: {wrong}"
         except _PluginRaised as e:

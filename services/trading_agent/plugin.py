@@ -34,6 +34,12 @@ A plugin:
   series of closes in one pass (index, Choice), for plugins that decide from closes alone
   and answer exactly as `on_bar` would; the backtester then uses it (fast path).
 
+What a Choice means: BUY and SELL are sides, the agent sizes and gates the orders. Long
+only (default): BUY opens or adds to a long (or covers a short), SELL reduces a long, a
+SELL without a long is no order. With `allow_short` (`ctx.allow_short`): SELL when flat
+opens a short, SELL when short adds to it, a signal against the position closes it and,
+once flat, opens the other side (a flip); risk refuses a short on a spot venue.
+
 A plugin should hold no state across calls (any replica decides any bar, and one
 instance serves a symbol's bars concurrently). A sync plugin runs in a thread with a
 deadline, an async one under asyncio.wait_for ([trading_agent] plugin_timeout_ms): one that
@@ -87,6 +93,7 @@ class StrategyContext:
     position: Decimal | None = None  # the risk verdict's position of the symbol
     verdict: Verdict | None = None
     account: AccountState | None = None
+    allow_short: bool = False  # the symbol may go short ([trading_agent] allow_short): see below
 
     @property
     def closes(self) -> list[Decimal]:

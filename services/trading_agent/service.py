@@ -55,7 +55,8 @@ class Deciders:
 def _decider(cfg: TradingConfig, config: dict[str, Any], registry: dict[str, Found], symbol: str | None) -> Decider:
     name, params, where = choice_for(cfg, symbol)
     if name != "llm":
-        return RuleDecider(build(registry, cfg, name, params, where), cfg.plugin_timeout_ms / 1000, cfg.workers)
+        return RuleDecider(build(registry, cfg, name, params, where), cfg.plugin_timeout_ms / 1000, cfg.workers,
+                           cfg.shorts)
     llm = section(config, "llm", LLMConfig)
     fallback = make_strategy(cfg.llm_fallback, cfg)
     if llm.provider == "offline":
