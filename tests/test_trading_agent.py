@@ -366,7 +366,7 @@ async def test_every_bar_is_decided_and_a_rise_buys(connect, running_service) ->
     assert all(s.model == "momentum" and not s.fallback for s in got)
     assert (order.side, order.reduce_only, order.quantity) == (Side.BUY, False, round_down(D("100") / D("101")))
     assert (order.origin_ts, order.decision_price) == (got[3].origin_ts, D("101"))
-    assert market.requests[-1] == {"symbol": symbol, "interval": "1s", "limit": 3, "venue": "sim"}
+    assert market.requests == [{"symbol": symbol, "interval": "1s", "limit": 3, "venue": "sim"}]  # once, then the window
     stored = await operator.jetstream().get_last_msg(ORDERS, f"orders.submit.trading.{symbol}")
     assert decode(OrderRequest, stored.data) == order and stored.headers[MSG_ID_HEADER] == order.client_order_id
     assert orders.empty()
@@ -426,7 +426,7 @@ def test_a_newer_tick_prices_the_decision() -> None:
     assert p.order and p.order.decision_price == D("101") and p.order.quantity == D("0.990099")
 
 
-async def test_ticks_are_parsed_only_when_used(connect, running_service) -> None:
+async def test_ticks_are_checked_on_arrival_and_built_when_used(connect, running_service) -> None:
     operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
     symbol = "TRDN-USD"
     market = await FakeMarket(md).start()
@@ -437,22 +437,24 @@ async def test_ticks_are_parsed_only_when_used(connect, running_service) -> None
             await allow_trading(risk, symbol)
             bad = {"venue": "sim", "symbol": symbol, "price": 101.5, "seq": 1, "ts": now_ns()}  # float money
             await md.publish(f"md.tick.sim.{symbol}", json.dumps(bad).encode())
-            await md.flush()
-            await asyncio.sleep(0.1)
-            assert errors.empty()  # not parsed on arrival
+            error = json.loads((await asyncio.wait_for(errors.get(), 5)).data)  # refused on arrival
             for i, close in enumerate(["100", "100", "101"]):
                 await market.publish(bar(symbol, close, i))
             first = decode(OrderRequest, (await asyncio.wait_for(orders.get(), 5)).data)
-            error = json.loads((await asyncio.wait_for(errors.get(), 5)).data)
             good = Tick(venue="sim", symbol=symbol, price=D("101.7"), seq=2, ts=now_ns())
             await md.publish(f"md.tick.sim.{symbol}", encode(good))
+            worse = {**json.loads(encode(good)), "price": "101.9e0", "seq": 3}  # exponent: no decimal string
+            await md.publish(f"md.tick.sim.{symbol}", json.dumps(worse).encode())
+            second_error = json.loads((await asyncio.wait_for(errors.get(), 5)).data)
             await market.publish(bar(symbol, "102", 3))
             second = decode(OrderRequest, (await asyncio.wait_for(orders.get(), 5)).data)
     finally:
         await market.close()
-    assert first.decision_price == D("101")  # the bad tick was dropped: the bar's close
+    assert first.decision_price == D("101")  # the bad tick was refused: the bar's close
     assert error["subject"] == f"md.tick.sim.{symbol}" and "bad tick" in error["reason"]
-    assert second.decision_price == D("101.7")  # the tick is newer than the bar (T0-based)
+    assert "not a JSON number" in error["reason"]  # the model's own reason
+    assert "price" in second_error["reason"] and "101.9e0" in second_error["excerpt"]
+    assert second.decision_price == D("101.7")  # the last good tick, newer than the bar (T0-based)
 
 
 async def test_failed_and_overloaded_decisions_are_still_signals(connect, service_bus) -> None:

@@ -1,6 +1,11 @@
 """Where a decision's context comes from, so that replicas keep no state of their own:
 
-- recent bars: `md.api.history` (one request per decision, the event's own bar merged in);
+- recent bars: the agent's own rolling window per (venue, symbol) (`BarWindows`), kept
+  from every closed bar on `md.bar` (a subscription outside the queue group: each replica
+  sees every bar, decides only its share); `md.api.history` is asked once per symbol at
+  the first decision (and again only when the window cannot vouch for the bars a decision
+  needs: a gap it has not had confirmed, a bar older than it keeps, a bar that never came
+  through it), so a decision needs no round trip;
 - the latest tick per symbol (`LatestTicks`), for the price at decision time: a decision
   may take seconds (an LLM), the bar's close is older by then;
 - verdicts, account, sentiment: live subscriptions (every replica sees every update);
@@ -13,7 +18,10 @@ A piece that cannot be had is left None with a note; the agent then fails closed
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
@@ -22,7 +30,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from services.contract import subjects as S
-from services.common.bus import ApiError, Bus
+from services.common.bus import ApiError, Bus, validation_summary
 from services.contract.models import (
     AccountState,
     Bar,
@@ -34,6 +42,7 @@ from services.contract.models import (
     Verdict,
 )
 from services.common.streams import KV_BUCKET
+from services.contract.wire import checker
 
 from .agent import Context, Event
 from .config import TradingConfig
@@ -41,6 +50,7 @@ from .config import TradingConfig
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 HISTORY_LIMIT = 5000  # the most bars one md.api.history request may ask for (HistoryRequest.limit)
+ARRIVAL_TIMEOUT_S = 0.25  # how long a decision waits for its bar to come through the BarWindow
 
 
 def merge_bars(history: list[Bar], bar: Bar | None, limit: int, max_gap_ns: int | None = None) -> list[Bar]:
@@ -64,19 +74,193 @@ def merge_bars(history: list[Bar], bar: Bar | None, limit: int, max_gap_ns: int 
     return merged
 
 
+ALL_KNOWN = -1  # BarWindow.known_from when market-data has no older bar than the window's first
+
+
+class BarWindow:
+    """One (venue, symbol)'s closed bars as received on md.bar (each start_ts once, the
+    latest copy wins, in start_ts order: a late bar goes in its place), for decisions.
+
+    It vouches for a decision's bars only where it knows it has them all:
+    - `known_from`: bars starting before it are unknown here (None: nothing is known yet,
+      md.api.history was not asked; ALL_KNOWN: market-data had no older bar). Set by the
+      history merged in at the first decision; raised when old bars are dropped (`keep`).
+      The subscription is up before that request, so every bar after the history's is
+      received here, in market-data's publication order;
+    - `unconfirmed`: start_ts of bars with a hole before them (the bar before ends earlier
+      than this one starts) that no history reply has confirmed: market-data makes no bar
+      for a silent interval or while it is down, but a hole may also be a bar lost on the
+      way, so the first decision across one asks md.api.history again (once per hole)."""
+
+    __slots__ = ("starts", "bars", "known_from", "unconfirmed", "keep", "arrivals")
+
+    def __init__(self, keep: int) -> None:
+        self.starts: list[int] = []
+        self.bars: dict[int, Bar] = {}
+        self.known_from: int | None = None
+        self.unconfirmed: set[int] = set()
+        self.keep = keep
+        self.arrivals: dict[int, asyncio.Future[None]] = {}  # decisions waiting for a bar to come through
+
+    def add(self, bar: Bar) -> None:
+        start = bar.start_ts
+        if start in self.bars:
+            self.bars[start] = bar
+        else:
+            starts = self.starts
+            i = bisect.bisect_left(starts, start)
+            starts.insert(i, start)
+            self.bars[start] = bar
+            if i > 0 and self.bars[starts[i - 1]].end_ts < start:
+                self.unconfirmed.add(start)
+            if i + 1 < len(starts):
+                following = starts[i + 1]
+                if bar.end_ts >= following:
+                    self.unconfirmed.discard(following)  # a late bar filled the hole
+                else:
+                    self.unconfirmed.add(following)
+            if len(starts) > self.keep:
+                self._trim()
+        waiter = self.arrivals.pop(start, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _trim(self) -> None:
+        n = len(self.starts) - self.keep
+        if n <= 0:
+            return
+        for start in self.starts[:n]:
+            del self.bars[start]
+            self.unconfirmed.discard(start)
+        del self.starts[:n]
+        self.unconfirmed.discard(self.starts[0])  # the first bar's hole is below known_from now
+        if self.known_from is not None:
+            self.known_from = max(self.known_from, self.starts[0])
+
+    def merge_history(self, history: list[Bar], asked: int) -> None:
+        """md.api.history's `asked` (or fewer) latest bars: what the window lacks goes in,
+        holes between them are market-data's own (confirmed), and the window is complete
+        from the first of them (from the beginning when market-data had fewer)."""
+        if not history:
+            return
+        before = dict(zip(self.starts[1:], self.starts))  # start -> the start before it
+        for b in history:
+            self.bars.setdefault(b.start_ts, b)
+        self.starts = starts = sorted(self.bars)
+        first, last = history[0].start_ts, history[-1].start_ts
+        bars, unconfirmed = self.bars, set()
+        for prev, start in zip(starts, starts[1:]):
+            if (bars[prev].end_ts < start and not first < start <= last
+                    and (start in self.unconfirmed or before.get(start) != prev)):
+                unconfirmed.add(start)
+        self.unconfirmed = unconfirmed
+        known = ALL_KNOWN if len(history) < asked else first
+        if self.known_from is None or known < self.known_from:
+            self.known_from = known
+        self._trim()
+
+    def select(self, upto: int | None, limit: int) -> tuple[list[Bar] | None, str]:
+        """The last `limit` bars starting at or before `upto` (None: the latest), oldest
+        first, when the window vouches for them; else None and why: "unknown" (history
+        never merged), "behind" (older bars are needed than the window keeps), "hole"
+        (a hole among them not confirmed)."""
+        if self.known_from is None:
+            return None, "unknown"
+        starts = self.starts
+        end = len(starts) if upto is None else bisect.bisect_right(starts, upto)
+        begin = bisect.bisect_left(starts, self.known_from) if self.known_from != ALL_KNOWN else 0
+        first = max(begin, end - limit)
+        if end - first < limit and self.known_from != ALL_KNOWN:
+            return None, "behind"
+        if self.unconfirmed and first < end:
+            low, high = starts[first], starts[end - 1]
+            if any(low < s <= high for s in self.unconfirmed):
+                return None, "hole"
+        bars = self.bars
+        return [bars[s] for s in starts[first:end]], ""
+
+    async def arrival(self, start: int, timeout: float) -> bool:
+        """Whether the bar starting at `start` has come through the window (waiting up to
+        `timeout`): once it has, so has every bar market-data published before it."""
+        if start in self.bars or (self.starts and start < self.starts[0]):
+            return True  # here, or older than the window keeps (select says "behind")
+        waiter = self.arrivals.get(start)
+        if waiter is None:
+            waiter = self.arrivals[start] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            self.arrivals.pop(start, None)
+            return False
+        return True
+
+
+def cut_at_silence(bars: list[Bar], max_gap_ns: int | None) -> list[Bar]:
+    """The bars after the last silence longer than `max_gap_ns` (merge_bars' rule)."""
+    if max_gap_ns is not None:
+        for i in range(len(bars) - 1, 0, -1):
+            if bars[i].start_ts - bars[i - 1].end_ts > max_gap_ns:
+                return bars[i:]
+    return bars
+
+
+class BarWindows:
+    """The rolling windows of every (venue, symbol) on md.bar.<interval>.*.* (see BarWindow)."""
+
+    def __init__(self, keep_extra: int = 256) -> None:
+        self.windows: dict[tuple[str, str], BarWindow] = {}
+        self.keep_extra = keep_extra
+        self.most = 0
+        self.received = 0
+        self._decode: Callable[[bytes], Bar] = Bar.model_validate_json
+
+    def window(self, venue: str, symbol: str, limit: int) -> BarWindow:
+        """The window of (venue, symbol), keeping at least `limit` + keep_extra bars (the
+        most any decision has asked for, so a new symbol's too)."""
+        self.most = max(self.most, limit)
+        key = (venue, symbol)
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = BarWindow(self.most + self.keep_extra)
+        elif w.keep < self.most + self.keep_extra:
+            w.keep = self.most + self.keep_extra
+        return w
+
+    async def on_message(self, msg: Msg) -> None:
+        """A bar on md.bar (every one, not only this replica's share). A malformed one is
+        left out here; the queue group's subscriber reports it on errors.<service>."""
+        try:
+            bar = self._decode(msg.data)
+        except ValidationError:
+            return
+        self.received += 1
+        self.window(bar.venue, bar.symbol, 0).add(bar)
+
+
 class LatestTicks:
-    """The latest tick per subject, kept as raw bytes and parsed only when a decision reads
-    it. Latest wins: almost every tick is replaced before anyone reads it, so validating
-    each one on arrival would be wasted work on the hottest subject (see bench/agent_ingest.py)."""
+    """The latest tick per subject. Each one is checked against the contract on arrival
+    (`wire.checker`: no Tick built, ~1.3 us; a malformed one is refused with the model's
+    reason on errors.<service> and does not replace the last good one) and kept as raw
+    bytes; a Tick is built only when a decision reads it. Latest wins: almost every tick
+    is replaced before anyone reads it (see bench/agent_ingest.py)."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.received = 0
+        self.refused = 0
         self._raw: dict[str, bytes] = {}
+        self._check = checker(Tick)
 
     async def on_message(self, msg: Msg) -> None:
         self.received += 1
-        self._raw[msg.subject] = msg.data
+        data = msg.data
+        try:
+            self._check(data)
+        except ValidationError as e:
+            self.refused += 1
+            await self.bus.report_error(msg.subject, f"bad tick: {validation_summary(e)}", data)
+            return
+        self._raw[msg.subject] = data
 
     async def get(self, venue: str, symbol: str) -> Tick | None:
         subject = S.tick(venue, symbol)
@@ -101,6 +285,9 @@ class ContextSource:
         self.consensus: dict[str, Consensus] = {}  # the swarm's latest per symbol (pipeline on only)
         self.account: AccountState | None = None
         self._kv: KeyValue | None = None
+        self.bars = BarWindows()
+        self._fetching: dict[tuple[str, str], asyncio.Lock] = {}  # one history request per symbol at a time
+        self.history_requests = 0
 
     async def subscribe(self) -> None:
         """Live updates, without a queue group: every replica needs every symbol's state."""
@@ -123,6 +310,9 @@ class ContextSource:
         if self.cfg.pipeline.swarm != "off":
             await self.bus.subscribe(S.ALL_SWARM, Consensus, self.on_consensus)
         await self.bus.client.subscribe(S.ALL_TICKS, cb=self.ticks.on_message)
+        # every closed bar, outside the queue group, before any md.api.history request (BarWindow)
+        await self.bus.client.subscribe(S.bar(self.cfg.bar_interval, "*", "*"), cb=self.bars.on_message)
+        await self.bus.client.flush()
 
     async def on_consensus(self, c: Consensus, _msg: Any = None) -> None:
         """The swarm's consensus (agent.swarm.<symbol>, or an agent.api.swarm.ask reply): the latest wins."""
@@ -131,8 +321,7 @@ class ContextSource:
 
     async def gather(self, event: Event, bar: Bar | None, bars_needed: int, sentiment: bool) -> Context:
         ctx = Context(event=event, bars=[])
-        ctx.bars = merge_bars(await self._history(event, bar, bars_needed, ctx.notes), bar, bars_needed,
-                              int(self.cfg.history_max_gap_s * 1e9))
+        ctx.bars = await self.recent_bars(event, bar, bars_needed, ctx.notes)
         symbol = event.symbol
         ctx.tick = await self.ticks.get(event.venue, symbol)
         if symbol not in self.verdicts and (v := await self._from_kv(S.verdict(symbol), Verdict, ctx.notes)):
@@ -147,17 +336,51 @@ class ContextSource:
                                                                                ctx.notes)
         return ctx
 
-    async def _history(self, event: Event, bar: Bar | None, limit: int, notes: list[str]) -> list[Bar]:
-        """The `limit` bars up to the event's. market-data may be ahead of this decision (events
-        queued behind slower ones, a replay faster than the agent): merge_bars drops the bars
-        after the event's, so then ask once more, for as many more bars as fit in between."""
+    async def recent_bars(self, event: Event, bar: Bar | None, limit: int, notes: list[str]) -> list[Bar]:
+        """The `limit` bars up to the event's (the latest for an alert), oldest first, after
+        the last silence longer than history_max_gap_s (merge_bars' rule). From the
+        symbol's BarWindow once its bar has come through it (at once, but for a slow
+        subscriber); md.api.history when the window cannot vouch for them (BarWindow), and
+        alone when the event's bar never came through the window."""
+        max_gap = int(self.cfg.history_max_gap_s * 1e9)
+        upto = None if bar is None else bar.start_ts
+        w = self.bars.window(event.venue, event.symbol, limit)
+        if bar is not None and not await w.arrival(bar.start_ts, ARRIVAL_TIMEOUT_S):
+            return merge_bars((await self._history(event, bar, limit, notes))[0], bar, limit, max_gap)
+        chosen, why = w.select(upto, limit)
+        if why == "behind":  # a bar older than the window keeps: this decision's own history
+            return merge_bars((await self._history(event, bar, limit, notes))[0], bar, limit, max_gap)
+        if chosen is None:
+            key = (event.venue, event.symbol)
+            lock = self._fetching.get(key) or self._fetching.setdefault(key, asyncio.Lock())
+            async with lock:
+                chosen, why = w.select(upto, limit)  # another decision may have fetched meanwhile
+                if chosen is None:
+                    history, asked = await self._history(event, bar, limit, notes)
+                    w.merge_history(history, asked)
+                    chosen, why = w.select(upto, limit)
+                    if chosen is None:  # (history unavailable, or the bar is older than the window keeps)
+                        return merge_bars(history, bar, limit, max_gap)
+        if bar is not None and chosen and chosen[-1] is not bar:
+            if chosen[-1].start_ts != bar.start_ts:  # not through the window after all
+                return merge_bars((await self._history(event, bar, limit, notes))[0], bar, limit, max_gap)
+            chosen[-1] = bar  # the event's own copy (the same start_ts)
+        return cut_at_silence(chosen, max_gap)
+
+    async def _history(self, event: Event, bar: Bar | None, limit: int, notes: list[str]) -> tuple[list[Bar], int]:
+        """The `limit` bars up to the event's, and how many were asked for. market-data may be
+        ahead of this decision (events queued behind slower ones, a replay faster than the
+        agent): merge_bars drops the bars after the event's, so then ask once more, for as
+        many more bars as fit in between."""
         bars = await self._ask_history(event, limit, notes)
         if bar is not None and bars and bars[-1].start_ts > bar.start_ts:
             ahead = (bars[-1].start_ts - bar.start_ts) // max(1, bar.end_ts - bar.start_ts)
-            bars = await self._ask_history(event, min(HISTORY_LIMIT, limit + ahead), notes)
-        return bars
+            limit = min(HISTORY_LIMIT, limit + ahead)
+            bars = await self._ask_history(event, limit, notes)
+        return bars, limit
 
     async def _ask_history(self, event: Event, limit: int, notes: list[str]) -> list[Bar]:
+        self.history_requests += 1
         request = HistoryRequest(symbol=event.symbol, interval=self.cfg.bar_interval, limit=limit, venue=event.venue)
         try:
             reply = await self.bus.call(S.MD_HISTORY_API, request, self.cfg.history_timeout_s)
