@@ -245,6 +245,9 @@ impl Engine {
         status: &LiveVenueStatus,
         now_ns: u64,
     ) -> Option<Reconciliation> {
+        // The venue's kind as execution runs it: a spot kind refuses shorts even where
+        // risk's own config does not declare the venue (shorts.rs).
+        self.settings.short_venues.learn(&status.venue, status.kind);
         if self.recon.settings.ignore.contains(&status.venue) {
             return None;
         }

@@ -6,7 +6,10 @@
 //!   venues (`binance_spot`, `jupiter`) cannot: selling there needs the asset in hand.
 //!   The kind decides whatever the venue's `mode` (a spot venue rehearsed in paper mode
 //!   refuses a short as it would for real).
-//! - Every other venue is the paper venue (`sim`, the `[execution] venues`): it may go short.
+//! - Every other venue is the paper venue (`sim`, the `[execution] venues`): it may go short,
+//!   unless execution's status of it (`exec.venue.<venue>`, LiveVenueStatus) says it is a
+//!   live venue of a spot kind: risk learns kinds from those too, and a spot kind heard
+//!   there wins over the config (fail closed when risk's config misses the table).
 //!
 //! On a venue that cannot go short, a SELL passes only if what risk's fills on that venue
 //! hold of the symbol (its books per venue, recon.rs) covers it and every sell of the
@@ -78,6 +81,15 @@ impl ShortVenues {
         Ok(Self { kinds })
     }
 
+    /// A kind heard from execution's status of the venue: a kind that cannot go short
+    /// replaces one that can (never the other way: a config's spot kind stays).
+    pub fn learn(&mut self, venue: &Venue, kind: LiveVenueKind) {
+        let known = self.kinds.get(venue).copied();
+        if known.is_none_or(|k| kind_allows_short(k) && !kind_allows_short(kind)) {
+            self.kinds.insert(venue.clone(), kind);
+        }
+    }
+
     /// The venue's live kind (None: the paper venue).
     pub fn kind(&self, venue: &Venue) -> Option<LiveVenueKind> {
         self.kinds.get(venue).copied()
@@ -115,6 +127,21 @@ mod tests {
         }
         assert_eq!(venues.kind(&venue("jup")), Some(LiveVenueKind::Jupiter));
         assert_eq!(venues.kind(&venue("sim")), None);
+    }
+
+    #[test]
+    fn kinds_heard_from_execution_only_close_shorts() {
+        let mut venues =
+            ShortVenues::from_kinds([("hl", "hyperliquid"), ("bn", "binance_spot")]).unwrap();
+        venues.learn(&venue("jup"), LiveVenueKind::Jupiter); // not in the config: spot now
+        venues.learn(&venue("hl"), LiveVenueKind::BinanceSpot); // says spot: spot wins
+        venues.learn(&venue("bn"), LiveVenueKind::BinanceFutures); // the config's spot stays
+        for name in ["jup", "hl", "bn"] {
+            assert!(!venues.allows_short(&venue(name)), "{name}");
+        }
+        venues.learn(&venue("aster"), LiveVenueKind::Aster);
+        assert!(venues.allows_short(&venue("aster")));
+        assert_eq!(venues.kind(&venue("aster")), Some(LiveVenueKind::Aster));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the per-venue books through a snapshot.
 
 use moonbus_common::config::SystemConfig;
-use moonbus_common::{ReconAction, ReconState};
+use moonbus_common::{LiveVenueKind, ReconAction, ReconState};
 use serde_json::json;
 
 use super::*;
@@ -300,4 +300,43 @@ fn the_books_per_venue_survive_a_snapshot() {
         .restore_state(serde_json::from_value(old).unwrap())
         .unwrap();
     assert!(older.recon.books.positions.is_empty());
+}
+
+/// Risk's config does not declare `binance`: it is paper to risk until execution's status
+/// says it is a spot venue; from then on a sell-to-open there is refused (shorts.rs).
+#[test]
+fn a_spot_kind_heard_from_execution_closes_shorts_there() {
+    let mut e = engine();
+    e.apply_tick(&tick("100"), T0);
+    assert!(e.check(&sell("s1", "0.1"), T0).approved);
+    e.apply_report(&fill("s1", "binance", "SELL", "0.1", "100", "0"))
+        .unwrap();
+    let mut spot = status(
+        json!([{"symbol": "BTC-USDT", "quantity": "-0.1"}]),
+        None,
+        None,
+    );
+    spot.kind = LiveVenueKind::BinanceSpot;
+    e.apply_venue_status(&spot, T0);
+    let refused = e.check(&sell("s2", "0.1"), T0);
+    assert_eq!(
+        refused.reason_code.as_deref(),
+        Some("short_not_allowed"),
+        "{refused:?}"
+    );
+    // A later status of another kind does not open it again.
+    e.apply_venue_status(
+        &status(
+            json!([{"symbol": "BTC-USDT", "quantity": "-0.1"}]),
+            None,
+            None,
+        ),
+        T0,
+    );
+    assert!(!e.check(&sell("s3", "0.1"), T0).approved);
+    // Buying there still may; then selling what was bought.
+    assert!(e.check(&buy("b1", "0.3"), T0).approved);
+    e.apply_report(&fill("b1", "binance", "BUY", "0.3", "100", "0"))
+        .unwrap();
+    assert!(e.check(&sell("s4", "0.2"), T0).approved);
 }
