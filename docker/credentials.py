@@ -54,6 +54,7 @@ CONTAINERS = {
     "swarm-agent": "swarm-agent",
     "backtest-worker": "backtest",
     "gateway": "gateway",
+    "notifier": "notifier",
 }
 TOKENS = ["MOONBUS_GATEWAY_TOKEN", "MOONBUS_GATEWAY_READ_TOKEN"]
 IMAGE_UID = 10001  # the images' user `moonbus`: owns the files when this runs as root

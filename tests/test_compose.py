@@ -45,6 +45,10 @@ MONITORING = REPO_ROOT / "docker" / "monitoring"
 SERVICES = ["nats", "market-data", "risk", "execution", "trading-agent", "risk-agent", "sentiment-agent",
             "swarm-agent", "backtest-worker", "gateway"]
 ONE_SHOTS = ["credentials", "provision"]
+# Off unless [notifier] enabled (MOONBUS_NOTIFIER_ENABLED): then it says so and exits 0.
+NOTIFIER = "notifier"
+# The secrets a notifier channel's url_env / token_env may name in compose: this container only.
+NOTIFIER_SECRETS = {"MOONBUS_WEBHOOK_URL", "DISCORD_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "TELEGRAM_BOT_TOKEN"}
 REPLICAS = 3
 # Decide from 3 bars (not 20) so that orders, and so fills, come within seconds.
 TEST_OVERRIDE = """
@@ -54,7 +58,7 @@ services:
       MOONBUS__TRADING_AGENT__STRATEGY: "momentum"
       MOONBUS__TRADING_AGENT__MOMENTUM_LOOKBACK: "3"
 """
-SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|PRIVATE_KEY|KEYPAIR|^MOONBUS_PW")
+SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|PRIVATE_KEY|KEYPAIR|WEBHOOK|^MOONBUS_PW")
 # The real venues' keys (README "Real venues": the adapters' default variables): execution only.
 VENUE_KEYS = {"BINANCE_API_KEY", "BINANCE_API_SECRET", "BINANCE_PRIVATE_KEY", "ASTER_API_KEY", "ASTER_API_SECRET",
               "HYPERLIQUID_AGENT_PRIVATE_KEY", "MOONBUS_JUPITER_KEYPAIR", "JUPITER_API_KEY"}
@@ -72,7 +76,7 @@ def secret_volumes(svc: dict) -> list[str]:
 
 def test_compose_file_defines_every_service_and_no_fixed_agent_names() -> None:
     services = compose_spec()
-    assert set(SERVICES) | set(ONE_SHOTS) | {"prometheus", "grafana"} == set(services)
+    assert set(SERVICES) | set(ONE_SHOTS) | {NOTIFIER, "prometheus", "grafana"} == set(services)
     for name in SERVICES:
         svc = services[name]
         assert "container_name" not in svc, name
@@ -96,11 +100,39 @@ def test_compose_file_defines_every_service_and_no_fixed_agent_names() -> None:
     assert {s for s, v in services.items() if v.get("profiles") == ["monitoring"]} == {"prometheus", "grafana"}
 
 
+def test_the_notifier_is_off_unless_enabled_and_runs_as_its_own_user() -> None:
+    """Like the agents (its own NATS user and credentials, healthy = connected), but off by
+    default: [notifier] enabled comes from MOONBUS_NOTIFIER_ENABLED (unset: false), and a
+    notifier that is off exits 0, which `on-failure` does not restart (`unless-stopped` would,
+    for ever). No port, no replicas: one notifier, or every notification goes out twice."""
+    svc = compose_spec()[NOTIFIER]
+    assert svc["command"] == ["python3", "-m", "services.notifier"]
+    assert svc["restart"] == "on-failure" and "container_name" not in svc and "ports" not in svc
+    env = svc["environment"]
+    assert (env["NATS_USER"], CONTAINERS[NOTIFIER], env["NATS_URL"]) == ("notifier", "notifier", "nats://nats:4222")
+    assert env["MOONBUS__NOTIFIER__ENABLED"] == "${MOONBUS_NOTIFIER_ENABLED:-false}"
+    assert svc["healthcheck"] == compose_spec()["trading-agent"]["healthcheck"]
+    assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
+    assert "deploy" not in svc and "scale" not in svc
+    # What the environment says is what the notifier reads: off by default, on with "true".
+    from services.common.config import load, section
+    from services.notifier.config import NotifierConfig
+
+    def enabled(value: str) -> bool:
+        return section(load(REPO_ROOT / "moonbus.toml", {"MOONBUS__NOTIFIER__ENABLED": value}), "notifier",
+                       NotifierConfig).enabled
+
+    assert (enabled("false"), enabled("true")) == (False, True)
+    # The variables it passes are the ones the documented channels name (moonbus.toml).
+    documented = set(re.findall(r'(?:url_env|token_env) = "([A-Z_]+)"', (REPO_ROOT / "moonbus.toml").read_text()))
+    assert documented and documented <= NOTIFIER_SECRETS
+
+
 def test_each_container_mounts_only_its_own_credentials() -> None:
     """One volume per container, read-only at /run/moonbus; only the `credentials`
     one-shot (no network, run on every `up`) mounts them all, and the master volume."""
     services = compose_spec()
-    for name in [*SERVICES, "provision"]:
+    for name in [*SERVICES, "provision", NOTIFIER]:
         assert secret_volumes(services[name]) == [f"secrets-{name}:/run/moonbus:ro"], name
     init = services["credentials"]
     assert init["restart"] == "no" and init["network_mode"] == "none"
@@ -148,8 +180,10 @@ def test_each_secret_reaches_only_the_containers_that_use_it() -> None:
     assert secrets["credentials"] == {password_var(u) for u in SERVICE_USERS} | set(TOKENS)
     for name in secrets["credentials"]:
         assert services["credentials"]["environment"][name] == "${" + name + ":-}", name
-    for name in [*SERVICES, "provision", "prometheus", "grafana"]:
+    for name in [*SERVICES, "provision", NOTIFIER, "prometheus", "grafana"]:
         expected = set()
+        if name == NOTIFIER:
+            expected |= NOTIFIER_SECRETS
         if name in agents:
             expected |= llm_keys
         if name == "market-data":
@@ -299,7 +333,7 @@ def test_compose_config_is_valid_without_any_set_up(tmp_path: Path) -> None:
                              text=True)
         assert run.returncode == 0, run.stderr
         monitoring = {"prometheus", "grafana"} if extra else set()
-        assert set(SERVICES) | set(ONE_SHOTS) | monitoring <= set(run.stdout.split())
+        assert set(SERVICES) | set(ONE_SHOTS) | {NOTIFIER} | monitoring <= set(run.stdout.split())
 
     subprocess.run([sys.executable, str(REPO_ROOT / "docker/compose_env.py"), str(clean / ".env"),
                     str(tmp_path / "moon")], check=True, capture_output=True)
@@ -362,7 +396,8 @@ def stack(moonbus_images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     s = ComposeProject(clone, [clone / "docker-compose.yml", clone / "docker/compose.operator.yml", override], env)
     try:
         s.compose("up", "-d", "--scale", f"trading-agent={REPLICAS}")
-        s.wait_healthy(len(SERVICES) - 1 + REPLICAS, timeout=180)
+        # the notifier is off (no MOONBUS_NOTIFIER_ENABLED): it must exit 0, like a one-shot
+        s.wait_healthy(len(SERVICES) - 1 + REPLICAS, timeout=180, one_shots=(*ONE_SHOTS, NOTIFIER))
         yield s
     finally:
         s.down()
@@ -416,6 +451,8 @@ def test_compose_credentials_each_container_its_own(stack: ComposeProject) -> No
     assert set(passwords) == set(SERVICE_USERS)
     logs = stack.compose("logs", "--no-color", "nats", timeout=60)
     assert "Server is ready" in logs and "Plaintext passwords detected" not in logs
+    notifier = stack.compose("logs", "--no-color", NOTIFIER, timeout=60)
+    assert "notifier off ([notifier] enabled = false)" in notifier, notifier
     for name in SERVICES:
         for container in stack.containers(name):
             own = files_in(container)

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import kubernetes_validate
@@ -38,7 +39,7 @@ from tests.dockerstack import docker, docker_network, moonbus_images  # noqa: E4
 K8S_VERSION = "1.32.0"  # the schemas validated against; kubernetes-validate ships them
 KUSTOMIZATIONS = ["base", "overlays/local", "overlays/production"]
 DEPLOYMENTS = {"market-data", "risk", "execution", "trading-agent", "risk-agent", "sentiment-agent",
-               "swarm-agent", "backtest-worker", "gateway"}
+               "swarm-agent", "backtest-worker", "gateway", "notifier"}
 SINGLE = {"market-data", "risk", "execution"}  # never two at once
 AUTOSCALED = {"trading-agent", "backtest-worker"}
 
@@ -167,6 +168,28 @@ def test_each_service_a_workload_with_probes_resources_and_only_its_own_secret(r
     for single in SINGLE:
         spec = deployments[single]["spec"]
         assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate", single
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_the_notifier_is_off_unless_enabled_and_its_webhooks_come_from_a_secret(rendered, name: str) -> None:
+    """No notifier pod unless an overlay turns it on: replicas 0, and never two at once
+    (Recreate; two would send everything twice). [notifier] enabled and the channels come
+    from an optional ConfigMap `notifier-config`, the webhook URLs and bot token from an
+    optional Secret `notifier-webhooks` the operator makes: nothing of them is in the manifests."""
+    notifier = by_kind(rendered[name], "Deployment")["notifier"]
+    assert notifier["spec"]["replicas"] == 0 and notifier["spec"]["strategy"]["type"] == "Recreate"
+    c = container(notifier)
+    assert c["command"] == ["python3", "-m", "services.notifier"]
+    optional = {(k, e[k]["name"]) for e in c["envFrom"] for k in ("configMapRef", "secretRef")
+                if k in e and e[k].get("optional")}
+    assert optional == {("configMapRef", "notifier-config"), ("secretRef", "notifier-webhooks")}
+    assert [e["name"] for e in c["env"]] == ["NATS_USER"]  # no URL, token or switch written here
+    assert not {"notifier-config", "notifier-webhooks"} & {o["metadata"]["name"].rsplit("-", 1)[0]
+                                                         for o in rendered[name] if o["kind"] in ("ConfigMap", "Secret")}
+    config = tomllib.loads((REPO_ROOT / "moonbus.toml").read_text())["notifier"]
+    assert config["enabled"] is False
+    assert {p["containerPort"] for p in c["ports"]} == {config["metrics_port"]}
+    assert c["livenessProbe"]["httpGet"]["port"] == config["metrics_port"]
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
