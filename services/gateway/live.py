@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from services.common.bus import ApiError, Bus
+from services.common.streams import KV_STREAM, read_stream
 from services.contract import subjects as S
 from services.contract.catalogue import model_for
 
@@ -52,6 +54,8 @@ TOPICS: dict[str, list[str]] = {
 VENUE_STATUS_PREFIX = S.exec_venue("")
 RECON_PREFIX = S.risk_recon("")
 VERDICT_PREFIX = S.verdict("")
+KV_SENTIMENT_PREFIX = S.kv_subject(S.kv_sentiment(""))
+log = logging.getLogger(__name__)
 
 
 def event_bytes(name: str, data: bytes) -> bytes:
@@ -117,6 +121,20 @@ class Live:
             for subject in subjects:
                 self._subs.append(await bus.client.subscribe(subject, cb=self._handler(topic)))
         await bus.client.flush()  # the server has the subscriptions: nothing published after is missed
+        await self.seed(bus)
+
+    async def seed(self, bus: Bus, timeout: float = 2.0) -> None:
+        """The latest Sentiment of each symbol from the KV bucket (key sentiment.<symbol>, the
+        sentiment agent's), so that the views have it before the next one is published; one
+        heard live meanwhile, being newer, wins. Best effort: a bucket that cannot be read
+        leaves the view to the live messages."""
+        try:
+            async for stored in read_stream(bus.client, KV_STREAM, S.kv_subject(S.kv_sentiment(">")), timeout=timeout):
+                if stored.data:
+                    self.views.seed("sentiment", S.sentiment(stored.subject.removeprefix(KV_SENTIMENT_PREFIX)),
+                                    stored.data)
+        except Exception as e:  # noqa: BLE001 (a missing bucket, a timeout, no permission: live only)
+            log.warning("no sentiment read from KV (%r): the view starts from the live messages", e)
 
     async def stop(self) -> None:
         for sub in self._subs:

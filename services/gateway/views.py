@@ -188,8 +188,15 @@ class Views:
             return self._report(subject, data)
         return None
 
+    def seed(self, view: str, subject: str, data: bytes) -> None:
+        """A stored message (the KV bucket's latest Sentiment) read at start: kept unless a
+        newer one was heard live already (not a drop); a malformed one is counted."""
+        kept = self.state.sentiment if view == "sentiment" else self.state.swarm
+        model = Sentiment if view == "sentiment" else Consensus
+        self._latest_per_symbol(view, model, kept, subject, data, stored=True)
+
     def _latest_per_symbol(self, view: str, model: type[Consensus] | type[Sentiment], kept: dict[str, Kept],
-                           subject: str, data: bytes) -> list[Event]:
+                           subject: str, data: bytes, stored: bool = False) -> list[Event]:
         message = self._check(view, model, data)
         if message is None:
             return []
@@ -198,7 +205,8 @@ class Views:
             return []
         old = kept.get(message.symbol)
         if old is not None and message.ts < old.ts:
-            self.drop(view, "older_than_kept")
+            if not stored:
+                self.drop(view, "older_than_kept")
             return []
         shown = _shown(message)
         kept[message.symbol] = Kept(shown, message.ts, self.clock())
