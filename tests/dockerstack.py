@@ -148,8 +148,9 @@ class ComposeProject:
             everything = self.containers(all_=True)
             shots = [c for c in everything if self.service(c) in one_shots]
             states = {c.name: self.health(c) for c in everything if c not in shots}
+            # (a one-shot with a health check, like a notifier that is off, exits "exited unhealthy")
             done = len(shots) == len(one_shots) and all(
-                self.health(c) == "exited" and c.attrs["State"]["ExitCode"] == 0 for c in shots)
+                self.health(c).split()[0] == "exited" and c.attrs["State"]["ExitCode"] == 0 for c in shots)
             if done and len(states) == expected and all(s == "running healthy" for s in states.values()):
                 return
             if time.monotonic() > deadline:
