@@ -465,6 +465,7 @@ async def test_dashboard_shows_swarm_sentiment_arbs_protections_and_algos(nats_s
                                 "document.querySelector('#arbs tbody tr').cells[5].textContent === '20'",
                                 "the best arbitrage on top")
 
+            await browser.js("document.getElementById('symbols-panel').scrollIntoView()")  # the lower panels
             shot = base64.b64decode((await browser.call("Page.captureScreenshot", format="png"))["data"])
             assert shot.startswith(b"\x89PNG") and len(shot) > 20_000
             (tmp_path / "dashboard-views.png").write_bytes(shot)
