@@ -9,13 +9,11 @@ import time
 from decimal import Decimal
 
 from . import metrics
-from .anthropic_api import AnthropicProvider
 from .budget import Budget
 from .cache import DecisionCache
 from .config import LLMConfig
 from .decision import Decision, DecisionRequest, Provider
 from .live import ANSWERED, LiveProvider
-from .openai_api import OpenAIProvider
 
 log = logging.getLogger("moonbus.llm")
 _shared_budgets: dict[tuple[Decimal, Decimal], Budget] = {}
@@ -109,7 +107,12 @@ def build_provider(config: LLMConfig, fallback: Provider | None = None, *, endpo
     if api_key is None:
         log.warning("LLM endpoint %s: %s is not set; its decisions will abstain or fall back", name,
                     settings.api_key_env)
-    live_class = AnthropicProvider if settings.kind == "anthropic" else OpenAIProvider
+    # The SDKs (~40 MB of modules between them) are imported only by a process that uses one.
+    live_class: type[LiveProvider]
+    if settings.kind == "anthropic":
+        from .anthropic_api import AnthropicProvider as live_class
+    else:
+        from .openai_api import OpenAIProvider as live_class
     live = live_class(name, settings, config, api_key)
     return GuardedProvider(live, fallback, budget or shared_budget(config),
                            DecisionCache(config.cache_mode, config.cache_dir), config.fallback_on_error)
