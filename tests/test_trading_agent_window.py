@@ -144,12 +144,26 @@ async def test_late_and_duplicate_bars() -> None:
     assert len(market.requests) == 1  # the late bars filled the hole: nothing to confirm
 
 
-async def test_a_replay_far_ahead_of_the_decisions_still_gives_each_its_bars() -> None:
-    """The firehose: every bar through the window before the first decision (more than it
-    keeps), then the decisions in order."""
+async def test_a_replay_ahead_of_the_decisions_is_decided_from_the_window() -> None:
+    """The firehose: every bar through the window before the first decision, then the
+    decisions in order: the window keeps what they still need (KEEP_AHEAD)."""
     market = Market()
     source = Source(market)
-    published = [bar(i, str(100 + i % 7)) for i in range(1000)]
+    published = [bar(i, str(100 + i % 7)) for i in range(context_module.KEEP_AHEAD)]
+    for b in published:
+        await publish(market, source, b)
+    for b in published:
+        assert await decide(source, b, 20) == market.expected(b, 20)
+    assert len(market.requests) == 2  # the first decision's: the latest 20, then back to its own bar
+    assert len(source.bars.windows[("sim", SYMBOL)].starts) <= 20 + source.bars.keep_extra + 1
+
+
+async def test_a_replay_far_ahead_of_the_decisions_still_gives_each_its_bars() -> None:
+    """More bars ahead than the window keeps: the oldest decisions ask md.api.history
+    ("behind"), the others come from the window; every one gets its bars."""
+    market = Market()
+    source = Source(market)
+    published = [bar(i, str(100 + i % 7)) for i in range(3 * context_module.KEEP_AHEAD)]
     for b in published:
         await publish(market, source, b)
     keep = len(source.bars.windows[("sim", SYMBOL)].starts)

@@ -75,6 +75,7 @@ def merge_bars(history: list[Bar], bar: Bar | None, limit: int, max_gap_ns: int 
 
 
 ALL_KNOWN = -1  # BarWindow.known_from when market-data has no older bar than the window's first
+KEEP_AHEAD = 1024  # bars a window keeps beyond `keep` for decisions still to come (~2 KB a bar)
 
 
 class BarWindow:
@@ -92,7 +93,7 @@ class BarWindow:
       for a silent interval or while it is down, but a hole may also be a bar lost on the
       way, so the first decision across one asks md.api.history again (once per hole)."""
 
-    __slots__ = ("starts", "bars", "known_from", "unconfirmed", "keep", "arrivals")
+    __slots__ = ("starts", "bars", "known_from", "unconfirmed", "keep", "low_water", "arrivals")
 
     def __init__(self, keep: int) -> None:
         self.starts: list[int] = []
@@ -100,6 +101,7 @@ class BarWindow:
         self.known_from: int | None = None
         self.unconfirmed: set[int] = set()
         self.keep = keep
+        self.low_water: int | None = None  # the first bar of the latest decision's bars (decisions come in order)
         self.arrivals: dict[int, asyncio.Future[None]] = {}  # decisions waiting for a bar to come through
 
     def add(self, bar: Bar) -> None:
@@ -126,7 +128,14 @@ class BarWindow:
             waiter.set_result(None)
 
     def _trim(self) -> None:
-        n = len(self.starts) - self.keep
+        """Down to `keep` bars, but never the bars a decision still to come may need (those
+        from `low_water` on) unless over `keep` + KEEP_AHEAD (a replay far ahead of the
+        decisions: those then ask md.api.history, "behind")."""
+        excess = len(self.starts) - self.keep
+        if excess <= 0:
+            return
+        spare = 0 if self.low_water is None else bisect.bisect_left(self.starts, self.low_water)
+        n = max(min(excess, spare), excess - KEEP_AHEAD)
         if n <= 0:
             return
         for start in self.starts[:n]:
@@ -176,8 +185,13 @@ class BarWindow:
             low, high = starts[first], starts[end - 1]
             if any(low < s <= high for s in self.unconfirmed):
                 return None, "hole"
+        if first < end and (self.low_water is None or starts[first] > self.low_water):
+            self.low_water = starts[first]
         bars = self.bars
-        return [bars[s] for s in starts[first:end]], ""
+        chosen = [bars[s] for s in starts[first:end]]
+        if len(starts) > self.keep:
+            self._trim()  # what the decisions have passed (a replay ahead of them)
+        return chosen, ""
 
     async def arrival(self, start: int, timeout: float) -> bool:
         """Whether the bar starting at `start` has come through the window (waiting up to
@@ -207,7 +221,7 @@ def cut_at_silence(bars: list[Bar], max_gap_ns: int | None) -> list[Bar]:
 class BarWindows:
     """The rolling windows of every (venue, symbol) on md.bar.<interval>.*.* (see BarWindow)."""
 
-    def __init__(self, keep_extra: int = 256) -> None:
+    def __init__(self, keep_extra: int = 64) -> None:
         self.windows: dict[tuple[str, str], BarWindow] = {}
         self.keep_extra = keep_extra
         self.most = 0
