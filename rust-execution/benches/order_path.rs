@@ -236,6 +236,9 @@ async fn main() -> Result<()> {
         result["offered_rate"] = json!(rate);
         result["echo_baseline_us"] = json!(baseline_us);
         result["max_send_lag_us"] = json!(max_lag.as_secs_f64() * 1e6);
+        // Terminal reports per second in the steady middle of the run (warm-up included,
+        // sent at the same rate): below `offered_rate` once the path saturates.
+        result["achieved_rate"] = json!(steady_rate(&outcomes.arrivals));
     } else {
         result["sustained_rate"] = json!(steady_rate(&outcomes.arrivals));
     }

@@ -15,7 +15,16 @@
 //!   by `replay` first if missing) as fast as possible, looping.
 //!
 //! `MD_BENCH_EXTRA` adds `[market_data]` lines (e.g. `book_depth = 0`) to see what a
-//! feature costs; bench/market_data.py runs the default config.
+//! feature costs; bench/market_data.py runs the default config. `max_series` is raised
+//! to the number of symbols where that is above its default (20,000): a deployment of
+//! 100,000 symbols would configure it so.
+//!
+//! `MD_BENCH_FULL_HISTORY=1` (bench/scaling.py): before the engine starts, every series'
+//! history of every interval is filled to its length (`history_len`, capped by
+//! `history_budget_mb`) through `Market::restore`, the path a restart's reload of the BARS
+//! stream takes, with closed bars ending at the current interval's start. The RSS then is
+//! that of the steady state (every history full), which the sim would otherwise reach
+//! only after `history` hours of 1 h bars.
 //!
 //! Each run warms up for one second, then counts for `seconds`: ticks published
 //! per second, the engine's tick-in -> handed-to-the-client latency histogram
@@ -68,6 +77,9 @@ fn settings(symbols: usize, replay_file: Option<&String>) -> Result<Settings> {
     let mut text = format!(
         "[system]\nsymbols = {names:?}\n[market_data]\ntick_interval_ms = 1\nmetrics_addr = \"\"\n"
     );
+    if symbols > 20_000 {
+        let _ = writeln!(text, "max_series = {symbols}");
+    }
     // Extra `[market_data]` keys, to see what each feature costs (bench/market_data.py
     // runs the default config).
     if let Ok(extra) = std::env::var("MD_BENCH_EXTRA") {
@@ -169,10 +181,18 @@ async fn engine(
             ("sim", Some(SimFeed::new(&settings.sim, settings.sim_books)))
         }
     };
+    let mut market = Market::new(settings.market.clone());
+    let full_history = std::env::var("MD_BENCH_FULL_HISTORY").is_ok_and(|v| v == "1");
+    let prefilled = if full_history {
+        let names: Vec<String> = (0..symbols).map(symbol).collect();
+        fill_history(&mut market, &settings, venue, &names)?
+    } else {
+        0
+    };
     let engine = Engine::new(
         Publisher::new(client.clone(), settings.publish_timeout),
         sim,
-        Market::new(settings.market.clone()),
+        market,
     );
     let (_queries, query_rx) = mpsc::channel(1);
     let (stop, stopped) = oneshot::channel();
@@ -199,8 +219,50 @@ async fn engine(
         "alerts": metrics::global().alerts.get(),
         "dropped_bus_full": metrics::global().dropped_bus_full.get(),
         "history_bars_per_series": settings.market.history,
+        "intervals": settings.market.intervals.names(),
+        "history_full": full_history,
+        "bars_prefilled": prefilled,
         "rss_mb": rss,
     }))
+}
+
+/// Every (symbol, interval) history of `venue` filled to `settings.market.history`
+/// closed bars through `Market::restore` (a restart's reload path), the last one ending
+/// where the current interval starts. Returns the bars restored.
+fn fill_history(
+    market: &mut Market,
+    settings: &Settings,
+    venue: &str,
+    names: &[String],
+) -> Result<usize> {
+    let now = moonbus_common::now_ns();
+    let history = settings.market.history as u64;
+    let mut restored = 0;
+    for (index, interval) in settings.market.intervals.iter().enumerate() {
+        let len = settings
+            .market
+            .intervals
+            .len_ns(index)
+            .context("interval length")?;
+        let current = now - now % len;
+        for name in names {
+            let subject = moonbus_common::subjects::bar(interval.as_str(), venue, name);
+            let mut bar: moonbus_common::Bar = serde_json::from_value(json!({
+                "venue": venue, "symbol": name, "interval": interval.as_str(),
+                "open": "100", "high": "100.5", "low": "99.5", "close": "100.25",
+                "volume": "12.5", "trades": 40, "start_ts": 0, "end_ts": len,
+            }))?;
+            for k in (1..=history).rev() {
+                bar.start_ts = current - k * len;
+                bar.end_ts = bar.start_ts + len;
+                market
+                    .restore(&subject, &bar)
+                    .map_err(|e| anyhow::anyhow!("restoring {subject}: {e}"))?;
+                restored += 1;
+            }
+        }
+    }
+    Ok(restored)
 }
 
 /// Nearest-rank percentiles from bucket counts: the upper bound of the bucket the
