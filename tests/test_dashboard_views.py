@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -34,8 +33,6 @@ from services.devstack.natsserver import NatsServer, load_or_create_credentials
 from services.gateway.app import create_app
 
 D = Decimal
-ROOT = Path(__file__).resolve().parents[1]
-PROTECTION_PUBLISHER = "execution"  # its NATS user publishes exec.protection.> (proto/nats/moonbus.conf)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +228,7 @@ async def test_arbs_latest_per_pair_best_first_stale_marked_old_dropped(connect,
 async def test_protections_latest_per_parent_ended_ones_drop_off(connect, service_bus) -> None:
     config = {**CONFIG, "gateway": {**CONFIG["gateway"], "protection_keep_s": 1.0}}
     app = create_app(bus=await service_bus("gateway"), config=config)
-    execution = await connect(PROTECTION_PUBLISHER)
+    execution = await connect("execution")  # its NATS user publishes exec.protection.>
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
             subject = S.ALL_PROTECTIONS.replace(">", "DVA-USD")
@@ -335,7 +332,7 @@ async def test_running_algorithms_from_execution_reports(connect, service_bus) -
 
 async def test_the_stream_carries_only_checked_view_messages(nats_server, connect) -> None:
     swarm, senti, md = await connect("swarm-agent"), await connect("sentiment-agent"), await connect("market-data")
-    execution, protector = await connect("execution"), await connect(PROTECTION_PUBLISHER)
+    execution = protector = await connect("execution")
     async with serve_gateway(nats_server) as base, httpx.AsyncClient(base_url=base, timeout=10) as c:
         params = {"topics": "swarm,sentiment,arbs,protections,algos", "symbols": "DVS-USD"}
         async with c.stream("GET", "/api/stream", params=params) as r:
@@ -386,7 +383,7 @@ async def test_dashboard_shows_swarm_sentiment_arbs_protections_and_algos(nats_s
     pytest.importorskip("websockets")
     md, risk = await connect("market-data"), await connect("risk")
     swarm, senti = await connect("swarm-agent"), await connect("sentiment-agent")
-    execution, protector = await connect("execution"), await connect(PROTECTION_PUBLISHER)
+    execution = protector = await connect("execution")
     market_subs = await fake_market_data(md)
     risk_subs = await fake_risk(risk)  # a position in GWA-USD
     protections = S.ALL_PROTECTIONS.replace(">", "GWA-USD")
