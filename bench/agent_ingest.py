@@ -4,13 +4,17 @@
    subscriber of the same payloads in the same run (each in its own process, a publisher
    process feeding a real nats-server). Paths:
    - `raw`: a nats-py callback that only counts (the ceiling);
-   - `agent`: the trading agent's tick path (`context.LatestTicks.on_message`: latest
-     raw tick per subject, parsed only when a decision reads it);
-   - `typed`: `Bus.subscribe(..., Tick, ...)`, full pydantic validation of every tick
-     (what the agents do for bars, alerts, verdicts), to show what eager parsing costs.
+   - `agent`: the trading agent's tick path (`context.LatestTicks.on_message`: every
+     tick checked against the contract on arrival with `services/contract/wire.checker`,
+     a malformed one refused with the model's reason; the latest raw tick per subject
+     kept, a Tick built only when a decision reads it);
+   - `typed`: `Bus.subscribe(..., Tick, ...)`, a full pydantic model built for every tick
+     (what the agents do for bars, alerts, verdicts), to show what eager building costs.
 2. Decision latency: bar published (its end_ts) -> order seen on `orders.submit.<symbol>`
    (acknowledged by the ORDERS stream), and -> Signal, for the deterministic strategy, with
-   the real `python -m services.trading_agent` (history from a fake md.api.history here).
+   the real `python -m services.trading_agent` (history from a fake md.api.history here,
+   asked once per symbol: the agent keeps its own rolling bars). bench/agent_decisions.py
+   measures the same path against a raw nats-py baseline, and decisions/s per replica.
 """
 
 from __future__ import annotations
@@ -251,7 +255,8 @@ async def decision_latency(server: NatsServer, tmp: Path, bars: int) -> dict[str
         "bar_to_order_ms": percentiles(order_ms),
         "bar_to_signal_ms": percentiles(signal_ms),
         "note": "bar end_ts (stamped at publish) -> order on orders.submit (after the ORDERS ack) / Signal; "
-                "includes the md.api.history round trip; momentum strategy, separate agent process",
+                "md.api.history asked once per symbol (the agent's own rolling bars); momentum strategy, "
+                "separate agent process",
     }
 
 
