@@ -9,7 +9,9 @@ shared and noisy: the load average is recorded before and after each curve):
    pre-encoded ticks: the same subjects and bytes, the ceiling), `sim` and `replay` (the
    real engine, default config: bars of 1s/1m/5m/15m/1h, sim books, alerts). Ratio = the
    median of the per-round engine/raw ratios, with their min and max (the spread).
-   RSS at steady state: every series' history of every interval is full before the engine
+   The sim is asked 1 tick per ms per symbol (the finest `tick_interval_ms`): 1 M ticks/s at
+   1k symbols, below raw's rate, so at 1k the sim point is paced (its ratio is a floor) and
+   only replay runs flat out there. RSS at steady state: every series' history of every interval is full before the engine
    starts (`MD_BENCH_FULL_HISTORY=1`: filled through `Market::restore`, a restart's reload
    path) and read after the measured window. The history is the default `history_len`
    (1000) capped by `history_budget_mb` (64 MB): 139, 13 and 1 bars per (symbol, interval)
@@ -257,6 +259,7 @@ async def collect_fills(env: dict[str, str], warmup: float, seconds: float) -> d
     received: list[float] = []
     in_system: list[float] = []
     counting = {"from": None, "filled": 0, "other": 0}
+    reasons: dict[str, int] = {}
 
     async def on_report(msg: Any) -> None:
         now = time.time_ns()
@@ -274,6 +277,8 @@ async def collect_fills(env: dict[str, str], warmup: float, seconds: float) -> d
                     in_system.append((report.timings.filled_ts - origin) / 1e6)
         elif report.status in (OrderStatus.REJECTED, OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.EXPIRED):
             counting["other"] += 1
+            why = f"{report.status.value}: {(report.reason or '')[:60]}"
+            reasons[why] = reasons.get(why, 0) + 1
 
     await nc.subscribe("exec.report.>", cb=on_report)
     deadline = time.monotonic() + 90
@@ -285,7 +290,7 @@ async def collect_fills(env: dict[str, str], warmup: float, seconds: float) -> d
     await asyncio.sleep(warmup + seconds)
     await nc.close()
     return {"received_ms": received, "filled_ms": in_system, "filled": counting["filled"],
-            "not_filled": counting["other"], "seconds": seconds}
+            "not_filled": counting["other"], "not_filled_reasons": reasons, "seconds": seconds}
 
 
 def ms_summary(samples: list[float]) -> dict:
@@ -308,6 +313,7 @@ def tick_to_fill_curve(ctx: Context) -> dict:
             "fills": got["filled"],
             "fills_per_s": round(got["filled"] / seconds, 1),
             "not_filled": got["not_filled"],
+            "not_filled_reasons": dict(sorted(got["not_filled_reasons"].items(), key=lambda kv: -kv[1])[:5]),
             "bar_end_to_report_ms": received,
             "bar_end_to_filled_ts_ms": filled,
         })
@@ -389,10 +395,11 @@ def table(result: dict) -> str:
         lines += [f"**bar end -> fill through the trading agent vs symbols** ({load_text(tf.get('loadavg'))}; baseline: "
                   f"order path alone at its lowest rate p50 / p99 {tf.get('baseline_order_p50_us')} / "
                   f"{tf.get('baseline_order_p99_us')} us)", "",
-                  "| symbols | fills/s | report p50 / p99 ms | filled_ts p50 / p99 ms |", "|---:|---:|---:|---:|"]
+                  "| symbols | fills/s | not filled | report p50 / p99 ms | filled_ts p50 / p99 ms |",
+                  "|---:|---:|---:|---:|---:|"]
         for p in tf["points"]:
             r, f = p["bar_end_to_report_ms"], p["bar_end_to_filled_ts_ms"]
-            lines.append(f"| {p['symbols']:,} | {p['fills_per_s']} | {r.get('p50')} / {r.get('p99')} | "
+            lines.append(f"| {p['symbols']:,} | {p['fills_per_s']} | {p.get('not_filled', 0)} | {r.get('p50')} / {r.get('p99')} | "
                          f"{f.get('p50')} / {f.get('p99')} |")
         lines.append("")
     ar = result.get("agent_replicas", {})

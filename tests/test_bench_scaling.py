@@ -78,7 +78,7 @@ SAMPLE = {
                                "echo_p99_9_us": 600.0}
                               for r, a, p99 in ((250, 250.0, 900.0), (2000, 1990.0, 1500.0), (4000, 3100.0, 80000.0))]},
     "tick_to_fill": {"loadavg": {"before": [5.0]}, "baseline_order_p50_us": 500.0, "points": [
-        {"symbols": n, "fills_per_s": f, "bar_end_to_report_ms": {"p50": p50, "p99": p50 * 3},
+        {"symbols": n, "fills_per_s": f, "not_filled": 4, "bar_end_to_report_ms": {"p50": p50, "p99": p50 * 3},
          "bar_end_to_filled_ts_ms": {"p50": p50 - 1, "p99": p50 * 3 - 1}}
         for n, f, p50 in ((3, 2.5, 12.0), (100, 80.0, 40.0), (1000, 300.0, 900.0))]},
     "agent_replicas": {"source": "agent_decisions.json", "started": "2026-12-05T14:00:00Z", "loadavg_1m": 5.0,
@@ -91,7 +91,7 @@ def test_table_states_each_point_with_its_baseline() -> None:
     assert "| 100,000 | 400,000 | 320,000 (0.8, 0.75-0.85) | 240,000 (0.6, 0.55-0.65) | 150.0 / 155.0 (20.0) | 1 |" in text
     assert "| 4,000 | 3,100.0 | 500.0 / 80000.0 / 160000.0 | 150.0 / 300.0 / 600.0 |" in text
     assert "saturation: achieved 3100/s < 90%" in text
-    assert "| 1,000 | 300.0 | 900.0 / 2700.0 | 899.0 / 2699.0 |" in text
+    assert "| 1,000 | 300.0 | 4 | 900.0 / 2700.0 | 899.0 / 2699.0 |" in text
     assert "order path alone at its lowest rate p50 / p99 500.0" in text
     assert "| hold | 3 | 1,200.0 |" in text
     missing = scaling.table({**SAMPLE, "agent_replicas": {"missing": "run agent_decisions first"}})
