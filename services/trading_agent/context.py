@@ -42,7 +42,7 @@ from services.contract.models import (
     Verdict,
 )
 from services.common.streams import KV_BUCKET
-from services.contract.wire import checker
+from services.contract.wire import checker, decoder
 
 from .agent import Context, Event
 from .config import TradingConfig
@@ -75,7 +75,7 @@ def merge_bars(history: list[Bar], bar: Bar | None, limit: int, max_gap_ns: int 
 
 
 ALL_KNOWN = -1  # BarWindow.known_from when market-data has no older bar than the window's first
-KEEP_AHEAD = 1024  # bars a window keeps beyond `keep` for decisions still to come (~2 KB a bar)
+KEEP_AHEAD = 512  # bars a window keeps beyond `keep` for decisions still to come (~2 KB a bar)
 
 
 class BarWindow:
@@ -226,7 +226,7 @@ class BarWindows:
         self.keep_extra = keep_extra
         self.most = 0
         self.received = 0
-        self._decode: Callable[[bytes], Bar] = Bar.model_validate_json
+        self._decode: Callable[[bytes], Bar] = decoder(Bar)
 
     def window(self, venue: str, symbol: str, limit: int) -> BarWindow:
         """The window of (venue, symbol), keeping at least `limit` + keep_extra bars (the
@@ -264,6 +264,7 @@ class LatestTicks:
         self.refused = 0
         self._raw: dict[str, bytes] = {}
         self._check = checker(Tick)
+        self._decode = decoder(Tick)
 
     async def on_message(self, msg: Msg) -> None:
         self.received += 1
@@ -282,7 +283,7 @@ class LatestTicks:
         if raw is None:
             return None
         try:
-            return Tick.model_validate_json(raw)
+            return self._decode(raw)
         except ValidationError as e:
             del self._raw[subject]
             await self.bus.report_error(subject, f"bad tick: {e.errors()[0]['msg']}", raw)
