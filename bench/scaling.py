@@ -405,7 +405,7 @@ def table(result: dict) -> str:
     ar = result.get("agent_replicas", {})
     if ar.get("points"):
         lines += [f"**decisions/s vs agent replicas** (from {ar['source']}, {ar.get('started')}, "
-                  f"load 1m {ar.get('loadavg_1m')}{', QUICK run' if ar.get('quick') else ''})", "", "| workload | replicas | decisions/s |", "|---|---:|---:|"]
+                  f"load 1m {round(ar.get('loadavg_1m') or 0, 2)}{', QUICK run' if ar.get('quick') else ''})", "", "| workload | replicas | decisions/s |", "|---|---:|---:|"]
         lines += [f"| {p['workload']} | {p['replicas']} | {p['decisions_per_s']:,} |" for p in ar["points"]]
         lines.append("")
     elif ar:
@@ -419,6 +419,7 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     ax = axes[0][0]
@@ -447,6 +448,8 @@ def plot(result: dict, path: Path) -> None:
         ax.plot(xs, [p["echo_p99_us"] for p in ops], "k--", label="echo p99 (baseline)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(xs, [f"{x:,}" for x in xs])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax2 = ax.twinx()
         ax2.plot(xs, [p["achieved_rate"] for p in ops], "g:s", label="achieved orders/s")
         ax2.plot(xs, xs, "g-", alpha=0.2)
