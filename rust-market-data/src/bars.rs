@@ -195,25 +195,32 @@ impl BarSeries {
             return false;
         }
         self.floor_ts = bar.start_ts.saturating_add(self.len_ns);
-        if self.capacity > 0 {
-            if self.history.len() == self.capacity {
-                self.history.pop_front();
-            }
-            self.history.push_back(bar);
-        }
+        self.keep(bar);
         true
     }
 
     fn close(&mut self) -> Option<BarData> {
         let bar = self.open.take()?;
         self.floor_ts = bar.start_ts.saturating_add(self.len_ns);
-        if self.capacity > 0 {
-            if self.history.len() == self.capacity {
-                self.history.pop_front();
-            }
-            self.history.push_back(bar);
-        }
+        self.keep(bar);
         Some(bar)
+    }
+
+    /// Keeps `bar` as the newest closed bar, dropping the oldest once `capacity` are
+    /// kept. The buffer is allocated once, at exactly `capacity`, on the first bar: grown
+    /// by doubling it would hold up to twice the bars it may keep, and at least 4, so the
+    /// history budget (config.rs: `history_budget_mb`) would not bound it (100,000 symbols
+    /// of 1 bar per interval took 4x the budget).
+    fn keep(&mut self, bar: BarData) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.history.len() == self.capacity {
+            self.history.pop_front();
+        } else if self.history.capacity() == 0 {
+            self.history.reserve_exact(self.capacity);
+        }
+        self.history.push_back(bar);
     }
 }
 
@@ -504,6 +511,25 @@ mod tests {
         assert_eq!(all[0].start_ts, T0 + 10 * SEC);
         assert_eq!(bars.last(0, 3), all[97..].to_vec());
         assert!(bars.last(7, 3).is_empty(), "no such interval");
+    }
+
+    #[test]
+    fn the_history_holds_no_more_bars_than_it_keeps() {
+        // Grown by doubling, 1 kept bar took room for 4 and 100 for 128: 4x and 1.28x
+        // the memory the history budget counts.
+        for keep in [1, 13, 100] {
+            let intervals = intervals(&ALL);
+            let mut bars = Bars::new(&intervals, keep);
+            let mut closed = Vec::new();
+            for i in 0..(keep as u64 + 3) {
+                bars.on_tick(T0 + i * SEC, money(10, 0), None, &mut closed);
+            }
+            bars.close_due(u64::MAX, &mut closed);
+            for series in &bars.series {
+                assert!(!series.history.is_empty());
+                assert_eq!(series.history.capacity(), keep, "{keep} bars kept");
+            }
+        }
     }
 
     #[test]
