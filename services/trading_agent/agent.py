@@ -29,6 +29,7 @@ from services.contract.models import (
     Verdict,
 )
 
+from .algo import algo_for
 from .config import TradingConfig
 from .sizing import all_in_quantity, buy_quantity, reduce_quantity
 
@@ -146,6 +147,7 @@ def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int,
     if quantity <= 0:
         return None, (f"no order: {action.value} size is zero (position {position}, max position "
                       f"{cfg.max_position_pct}% of equity, cash reserve {cfg.cash_pct}%)")
+    algo, algo_note = algo_for(quantity, price, verdict.max_order_notional, cfg.algo, cfg.quantity_step)
     order = OrderRequest(
         client_order_id=new_id(),
         agent=AGENT,
@@ -157,8 +159,10 @@ def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int,
         decision_price=price,
         origin_ts=ctx.event.origin_ts,
         ts=ts,
+        algo=algo,
     )
-    return order, f"order {action.value} {quantity} at ~{price}" + (" (reduce only)" if reducing else "")
+    return order, (f"order {action.value} {quantity} at ~{price}" + (" (reduce only)" if reducing else "")
+                   + algo_note)
 
 
 def _may_increase(verdict: Verdict, account: AccountState | None, fresh_after_ts: int) -> str | None:
