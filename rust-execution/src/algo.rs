@@ -44,8 +44,9 @@ use sha2::{Digest, Sha256};
 use crate::ledger::is_final;
 use crate::reports;
 
-/// Children's quantities are multiples of 10^-8 (or of the parent quantity's own last
-/// digit, if finer): the paper venue has no lot size.
+/// Children's quantities are multiples of 10^-8 by default (`[execution]
+/// algo_quantity_decimals`), or of the parent quantity's own last digit, if finer: the
+/// paper venue has no lot size; a live venue's is set there.
 pub const QUANTITY_DECIMALS: u32 = 8;
 /// An iceberg stops (EXPIRED) after this many children.
 pub const MAX_ICEBERG_CHILDREN: u32 = 1000;
@@ -83,9 +84,9 @@ pub fn child_index(id: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// The smallest quantity step of a parent's children.
-pub fn quantity_scale(quantity: Decimal) -> u32 {
-    quantity.scale().max(QUANTITY_DECIMALS)
+/// The decimals of a parent's children: `decimals`, or the quantity's own if finer.
+pub fn quantity_scale(quantity: Decimal, decimals: u32) -> u32 {
+    quantity.scale().max(decimals)
 }
 
 /// `quantity` in `slices` parts at `scale` decimals: equal parts rounded down, the last
@@ -187,13 +188,14 @@ impl Algo {
         order_id: String,
         timings: Timings,
         start_ts: u64,
+        decimals: u32,
     ) -> Result<Self, String> {
         let spec = parent
             .algo
             .clone()
             .ok_or("algo_invalid: the order has no algo")?;
         let quantity = *parent.quantity;
-        let scale = quantity_scale(quantity);
+        let scale = quantity_scale(quantity, decimals);
         let plan = match spec.kind {
             AlgoKind::Twap => {
                 let (Some(duration_ms), Some(slices)) = (spec.duration_ms, spec.slices) else {
@@ -523,6 +525,8 @@ pub struct Published {
 pub struct Algos {
     /// Shutting down: nothing new is sent.
     pub halted: bool,
+    /// `[execution] algo_quantity_decimals` (0 until set: then QUANTITY_DECIMALS).
+    pub decimals: Option<u32>,
     /// Live-venue children whose cancel was sent.
     pub cancel_sent: std::collections::HashSet<ClientOrderId>,
     active: HashMap<ClientOrderId, Algo>,
@@ -533,6 +537,11 @@ pub struct Algos {
 }
 
 impl Algos {
+    /// The decimals children are split at.
+    pub fn decimals(&self) -> u32 {
+        self.decimals.unwrap_or(QUANTITY_DECIMALS)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.active.is_empty() && self.pending.is_empty()
     }
@@ -790,21 +799,52 @@ mod tests {
             ("99999999999999.99999999", 13),
         ] {
             let q = dec(q);
-            let parts = twap_split(q, n, quantity_scale(q)).unwrap();
+            let parts = twap_split(q, n, quantity_scale(q, 8)).unwrap();
             assert_eq!(parts.len(), n as usize);
             assert_eq!(parts.iter().sum::<Decimal>(), q);
             assert!(parts.iter().all(|p| *p > Decimal::ZERO));
-            assert!(parts.iter().all(|p| p.scale() <= quantity_scale(q)));
+            assert!(parts.iter().all(|p| p.scale() <= quantity_scale(q, 8)));
         }
     }
 
     #[test]
     fn the_quantity_keeps_its_own_precision_when_finer() {
-        assert_eq!(quantity_scale(dec("1.5")), 8);
-        assert_eq!(quantity_scale(dec("1.0000000001")), 10);
+        assert_eq!(quantity_scale(dec("1.5"), 8), 8);
+        assert_eq!(quantity_scale(dec("1.0000000001"), 8), 10);
         assert_eq!(
-            twap_split(dec("1.0000000001"), 2, quantity_scale(dec("1.0000000001"))).unwrap(),
+            twap_split(
+                dec("1.0000000001"),
+                2,
+                quantity_scale(dec("1.0000000001"), 8)
+            )
+            .unwrap(),
             decs(&["0.5", "0.5000000001"])
+        );
+    }
+
+    #[test]
+    fn a_venue_lot_size_is_respected() {
+        // [execution] algo_quantity_decimals = 3 (a venue whose step is 0.001).
+        let order = parent("lot", "0.01", twap(3_000, 3));
+        let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 0, 3).unwrap();
+        let mut quantities = Vec::new();
+        for k in 0..3u32 {
+            let (index, child) = algo.take_due(u64::from(k) * 1_000_000_000).unwrap();
+            algo.published(index, true, 0);
+            quantities.push(child.quantity.to_string());
+        }
+        assert_eq!(quantities, ["0.003", "0.003", "0.004"]);
+        let err = Algo::new(
+            parent("lot2", "0.002", twap(3_000, 3)),
+            "sim-1".into(),
+            Timings::default(),
+            0,
+            3,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("too small for 3 slices of at least 0.001"),
+            "{err}"
         );
     }
 
@@ -840,7 +880,7 @@ mod tests {
     #[test]
     fn a_twap_sends_its_slices_on_schedule_and_fills() {
         let order = parent("p1", "1", twap(3_000, 3));
-        let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 10).unwrap();
+        let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 10, 8).unwrap();
         assert_eq!(algo.report().status, OrderStatus::Accepted);
         assert_eq!(algo.next_due(), Some(10));
         let (i1, c1) = algo.take_due(10).unwrap();
@@ -908,7 +948,7 @@ mod tests {
     #[test]
     fn a_refused_child_stops_the_algo_and_names_it() {
         let order = parent("p2", "1", twap(3_000, 3));
-        let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 0).unwrap();
+        let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 0, 8).unwrap();
         let (_, c1) = algo.take_due(0).unwrap();
         algo.published(1, true, 0);
         algo.on_child(1, &child_report(&c1, OrderStatus::Rejected, "0", None));
@@ -926,7 +966,7 @@ mod tests {
     #[test]
     fn a_cancel_waits_for_the_working_child_then_ends_with_what_filled() {
         let order = parent("p3", "1", twap(3_000, 3));
-        let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 0).unwrap();
+        let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 0, 8).unwrap();
         let (_, c1) = algo.take_due(0).unwrap();
         algo.published(1, true, 0);
         algo.on_child(
@@ -961,7 +1001,7 @@ mod tests {
         let mut order = parent("p4", "1", iceberg("0.4"));
         order.order_type = OrderType::Market;
         order.limit_price = None;
-        let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 0).unwrap();
+        let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 0, 8).unwrap();
         let (_, c1) = algo.take_due(5).unwrap();
         assert_eq!(c1.quantity.to_string(), "0.4");
         algo.published(1, true, 5);
@@ -996,7 +1036,7 @@ mod tests {
         let mut order = parent("p5", "1", iceberg("0.4"));
         order.order_type = OrderType::Market;
         order.limit_price = None;
-        let mut algo = Algo::new(order, "sim-2".into(), Timings::default(), 0).unwrap();
+        let mut algo = Algo::new(order, "sim-2".into(), Timings::default(), 0, 8).unwrap();
         let (_, c1) = algo.take_due(0).unwrap();
         algo.published(1, true, 0);
         algo.on_child(1, &child_report(&c1, OrderStatus::Expired, "0", None));
@@ -1010,6 +1050,7 @@ mod tests {
             "sim-1".into(),
             Timings::default(),
             0,
+            8,
         )
         .unwrap_err();
         assert!(
@@ -1021,6 +1062,7 @@ mod tests {
             "sim-1".into(),
             Timings::default(),
             0,
+            8,
         )
         .unwrap_err();
         assert!(err.starts_with("algo_invalid: display_quantity 0"), "{err}");
@@ -1033,7 +1075,7 @@ mod tests {
     #[test]
     fn restore_resumes_from_the_children_known() {
         let order = parent("p8", "1", twap(3_000, 3));
-        let mut first = Algo::new(order.clone(), "sim-1".into(), Timings::default(), 0).unwrap();
+        let mut first = Algo::new(order.clone(), "sim-1".into(), Timings::default(), 0, 8).unwrap();
         let (_, c1) = first.take_due(0).unwrap();
         first.published(1, true, 0);
         let open = first.report();
@@ -1044,7 +1086,7 @@ mod tests {
             child_report(&c2, OrderStatus::Filled, "0.33333333", Some("100")),
         ];
         let mut algos = Algos::default();
-        let again = Algo::new(order, "sim-1".into(), Timings::default(), 0).unwrap();
+        let again = Algo::new(order, "sim-1".into(), Timings::default(), 0, 8).unwrap();
         algos.restore(again, &open, &reports);
         let id = ClientOrderId::try_from("p8").unwrap();
         let algo = algos.get(&id).unwrap();
@@ -1062,7 +1104,7 @@ mod tests {
         let mut algos = Algos::default();
         let order = stopping.parent.clone();
         algos.restore(
-            Algo::new(order, "sim-1".into(), Timings::default(), 0).unwrap(),
+            Algo::new(order, "sim-1".into(), Timings::default(), 0, 8).unwrap(),
             &open,
             &[],
         );
@@ -1074,7 +1116,7 @@ mod tests {
     fn only_the_childs_own_orders_are_admitted() {
         let mut algos = Algos::default();
         let order = parent("p9", "1", twap(3_000, 3));
-        let algo = Algo::new(order, "sim-1".into(), Timings::default(), 0).unwrap();
+        let algo = Algo::new(order, "sim-1".into(), Timings::default(), 0, 8).unwrap();
         let id = algo.id().clone();
         algos.add_pending(algo);
         let accepted = algos.pending[&id].report();

@@ -52,6 +52,11 @@ async fn publish_child(client: async_nats::Client, child: OrderRequest) -> Resul
 }
 
 impl Engine {
+    /// `[execution] algo_quantity_decimals`: the decimals children are split at.
+    pub fn set_algo_quantity_decimals(&mut self, decimals: u32) {
+        self.algos.decimals = Some(decimals);
+    }
+
     /// A parent order (with `algo`), routed and valid: its ACCEPTED report (or a REJECTED
     /// one if its plan cannot work) is stored, then the message acked; the algo starts once
     /// the ACCEPTED is stored (`after_recorded_algos`). No risk check: the parent goes
@@ -69,7 +74,14 @@ impl Engine {
         recording.holds = Some(order.client_order_id.clone());
         let order_id = format!("{}-{sequence}", order.venue);
         let start = timings.received_ts.unwrap_or_else(now_ns);
-        match Algo::new(order.clone(), order_id.clone(), timings.clone(), start) {
+        let decimals = self.algos.decimals();
+        match Algo::new(
+            order.clone(),
+            order_id.clone(),
+            timings.clone(),
+            start,
+            decimals,
+        ) {
             Ok(algo) => {
                 tracing::info!(client_order_id = %order.client_order_id, algo = ?order.algo, "algo order accepted");
                 recording.reports.push(algo.report());
@@ -93,7 +105,14 @@ impl Engine {
         let why = match self.find_order(&report).await? {
             Ok(routed) => {
                 let start = report.timings.received_ts.unwrap_or(report.ts);
-                match Algo::new(routed.order, routed.order_id, report.timings.clone(), start) {
+                let decimals = self.algos.decimals();
+                match Algo::new(
+                    routed.order,
+                    routed.order_id,
+                    report.timings.clone(),
+                    start,
+                    decimals,
+                ) {
                     Ok(algo) => {
                         let children = self.ledger.children_of(&id);
                         tracing::info!(client_order_id = %id, children = children.len(), "algo order restored; its schedule resumes");
