@@ -48,6 +48,8 @@ ENV = {
     "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
     "MOONBUS__EXECUTION__ACK_WAIT_MS": "5000",
     "MOONBUS__EXECUTION__MAX_IN_FLIGHT": "4",
+    # Snapshots often: a restart rebuilds from one (its algo children included) plus the EXEC tail.
+    "MOONBUS__EXECUTION__SNAPSHOT_INTERVAL_MS": "200",
     "MOONBUS__EXECUTION__RISK_TIMEOUT_MS": "1000",
 }
 
@@ -329,3 +331,27 @@ async def test_execution_killed_mid_twap_resumes_without_doubling(system: System
     ids = [o["client_order_id"] for o in orders if o["client_order_id"].startswith("twap-kill__s")]
     assert sorted(ids) == sorted(children), ids
     await bus.wait_position("BTC-USD", Decimal("0.006"))
+
+
+async def test_a_restored_algo_with_resting_children_is_cancelled_whole(system: System, bus: Bus) -> None:
+    # Both LIMIT children rest far below the market; execution is killed and restarted; the
+    # restored algo still knows them: a cancel of the parent cancels both.
+    parent = await bus.submit("twap-rest", "0.002", {"kind": "TWAP", "duration_ms": 1000, "slices": 2},
+                              limit="50000")
+    for child in ("twap-rest__s1", "twap-rest__s2"):
+        await bus.until(lambda c=child: any(r.status is OrderStatus.ACCEPTED for r in bus.reports.get(c, [])),
+                        f"{child} resting")
+    await bus.until(lambda: any(r.algo and r.algo.slices_sent == 2 for r in bus.reports[parent]), "2 sent")
+    system.kill("execution")
+    system.restart("execution")
+    await bus.wait_serving()
+    await bus.cancel(parent)
+    final = await bus.wait_final(parent, timeout=60)
+    assert final.status is OrderStatus.CANCELLED and final.reason, final
+    assert final.reason.startswith("cancelled by operator; filled 0 of 0.002"), final.reason
+    for child in ("twap-rest__s1", "twap-rest__s2"):
+        report = await bus.wait_final(child, timeout=10)
+        assert report.status is OrderStatus.CANCELLED and report.parent_order_id == parent, report
+    stored = await bus.stored()
+    assert sorted(children_of(stored, parent)) == ["twap-rest__s1", "twap-rest__s2"]
+    assert check_books(stored, parent) == 0
