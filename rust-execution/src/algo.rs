@@ -412,7 +412,8 @@ impl Algo {
                 .filter(|c| c.status == Some(OrderStatus::Filled))
                 .count() as u64,
             working_child_id: self.working_child().map(|c| c.id.clone()),
-            next_slice_ts: self.next_due(),
+            // An iceberg's next child is due "now" (0) once the previous one ends: none shown.
+            next_slice_ts: self.next_due().filter(|&ts| ts > 0),
         }
     }
 
@@ -1002,6 +1003,8 @@ mod tests {
         order.order_type = OrderType::Market;
         order.limit_price = None;
         let mut algo = Algo::new(order, "sim-1".into(), Timings::default(), 0, 8).unwrap();
+        // Due "now": no next_slice_ts of 0 (1970) in its progress.
+        assert_eq!(algo.report().algo.unwrap().next_slice_ts, None);
         let (_, c1) = algo.take_due(5).unwrap();
         assert_eq!(c1.quantity.to_string(), "0.4");
         algo.published(1, true, 5);
@@ -1032,6 +1035,7 @@ mod tests {
             (p.slices_total, p.slices_sent, p.slices_filled),
             (None, 3, 2)
         );
+        assert_eq!(p.next_slice_ts, None);
         // A child that expires unfilled stops an iceberg.
         let mut order = parent("p5", "1", iceberg("0.4"));
         order.order_type = OrderType::Market;
