@@ -573,6 +573,14 @@ impl Algos {
         self.active.get(id).filter(|a| !a.ended)
     }
 
+    /// Forget an ended parent (its children's ids still name it: late reports are tagged,
+    /// and a late child is refused `parent_ended`).
+    pub fn prune(&mut self, id: &ClientOrderId) {
+        if self.active.get(id).is_some_and(|a| a.ended) {
+            self.active.remove(id);
+        }
+    }
+
     /// The working parents' ids.
     pub fn ids(&self) -> Vec<ClientOrderId> {
         self.active
@@ -1160,5 +1168,21 @@ mod tests {
             .admit_child(&child)
             .unwrap_err()
             .starts_with("parent_stopping: "));
+        // Ended and forgotten: its late children are refused, their reports still tagged.
+        let algo = algos.get_mut(&id).unwrap();
+        algo.published(1, true, 0);
+        algo.on_child(1, &child_report(&child, OrderStatus::Cancelled, "0", None));
+        let last = algo.report();
+        assert_eq!(last.status, OrderStatus::Cancelled);
+        algo.recorded(&last, true);
+        algos.prune(&id);
+        assert!(algos.get(&id).is_none() && algos.ids().is_empty());
+        assert!(algos
+            .admit_child(&child)
+            .unwrap_err()
+            .starts_with("parent_ended: "));
+        let mut late = vec![child_report(&child, OrderStatus::Rejected, "0", None)];
+        algos.tag(&mut late);
+        assert_eq!(late[0].parent_order_id.as_ref(), Some(&id));
     }
 }

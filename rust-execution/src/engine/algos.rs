@@ -158,6 +158,7 @@ impl Engine {
                     }
                 } else if let Some(algo) = self.algos.get_mut(id) {
                     algo.recorded(report, stored);
+                    self.algos.prune(id);
                 }
             } else if stored {
                 self.on_child_report(report);
