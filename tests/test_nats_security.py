@@ -163,7 +163,8 @@ PUBLISH_CASES = [
     ("execution", "risk.api.check", True),
     ("execution", "exec.api.version", False),
     ("execution", "risk.api.killswitch.execution", False),
-    ("execution", "orders.submit.trading.BTC-USD", False),
+    ("execution", "orders.submit.trading.BTC-USD", True),  # algo children, under the parent's agent
+    ("execution", "orders.cancel.trading.BTC-USD", False),
     ("execution", "md.tick.sim.BTC-USD", False),
     ("trading-agent", "orders.submit.trading.BTC-USD", True),
     ("trading-agent", "orders.cancel.trading.BTC-USD", True),

@@ -66,6 +66,9 @@ pub struct ExecutionConfig {
     /// Every live venue's account (balances, positions, open orders) is read this often
     /// and published on exec.venue.<venue> for risk to reconcile.
     pub reconcile_interval_ms: u64,
+    /// Algo orders' children (algo.rs) are split at this many decimals (or the parent
+    /// quantity's own, if finer): a venue's lot size, when it is a power of ten.
+    pub algo_quantity_decimals: u32,
 }
 
 impl Default for ExecutionConfig {
@@ -92,6 +95,7 @@ impl Default for ExecutionConfig {
             live: BTreeMap::new(),
             live_poll_ms: 1_000,
             reconcile_interval_ms: 5_000,
+            algo_quantity_decimals: crate::algo::QUANTITY_DECIMALS,
         }
     }
 }
@@ -119,6 +123,9 @@ impl ExecutionConfig {
         }
         if self.retry_delay_ms == 0 || self.retry_max_delay_ms < self.retry_delay_ms {
             bail!("[execution] retry_delay_ms must be positive and at most retry_max_delay_ms");
+        }
+        if self.algo_quantity_decimals > 18 {
+            bail!("[execution] algo_quantity_decimals must be within 0..=18");
         }
         if self.max_in_flight == 0 || self.max_in_flight > 10_000 {
             bail!("[execution] max_in_flight must be within 1..=10000");

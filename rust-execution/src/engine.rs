@@ -31,6 +31,8 @@
 //! The ORDERS consumer's max_ack_pending (`max_in_flight`) bounds what is in hand: in
 //! flight plus waiting in lanes.
 
+mod algos;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
@@ -118,6 +120,8 @@ pub struct Engine {
     /// exec.report.> may have seen them already, and a second decision would show them a
     /// second, different fill (and at a real venue, place the order twice).
     unsettled: HashMap<String, (Vec<ExecutionReport>, Option<Routed>)>,
+    /// Execution algorithms' parents and their children (algo.rs, engine/algos.rs).
+    algos: crate::algo::Algos,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +168,7 @@ impl Engine {
             write_failures: 0,
             intake_paused_until: None,
             unsettled: HashMap::new(),
+            algos: crate::algo::Algos::default(),
         }
     }
 
@@ -173,7 +178,16 @@ impl Engine {
     /// and EXPIRED reports gets the EXPIRED one. A resting order that cannot be found any
     /// more gets a FAILED report: it no longer works anywhere.
     pub async fn restore(&mut self) -> Result<()> {
-        for report in self.ledger.open_reports() {
+        // Algo parents first, so their children's reports below name them (algos.rs).
+        let (parents, open): (Vec<_>, Vec<_>) = self
+            .ledger
+            .open_reports()
+            .into_iter()
+            .partition(|report| report.algo.is_some());
+        for report in parents {
+            self.restore_algo(report).await?;
+        }
+        for report in open {
             let key = report
                 .client_order_id
                 .as_ref()
@@ -280,7 +294,10 @@ impl Engine {
         let has_live = self.live_events.is_some() && !self.venue.views().is_empty();
         let mut reconcile = tokio::time::interval(self.bus.reconcile_interval);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Restored algos: what became due or final while execution was down.
+        self.drive_algos().await;
         loop {
+            let algo_wake = self.algo_wake();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -302,6 +319,7 @@ impl Engine {
                 _ = reconcile.tick(), if has_live => self.read_accounts(),
                 Some(message) = self.bus.dead_letters.next() => self.on_dead_letter_message(message).await,
                 _ = retry.tick(), if !self.dead_letters.is_empty() => self.retry_dead_letters().await,
+                () = sleep_until(algo_wake), if algo_wake.is_some() => self.drive_algos().await,
                 () = sleep_until(self.intake_paused_until), if self.intake_paused_until.is_some() => {
                     self.intake_paused_until = None;
                 }
@@ -318,6 +336,8 @@ impl Engine {
                 },
             }
         }
+        // No algo sends a child any more; those in flight finish.
+        self.algos.halted = true;
         // Not started: straight back to the stream, not after ack_wait.
         let mut unstarted: Vec<jetstream::Message> = self
             .lanes
@@ -412,7 +432,7 @@ impl Engine {
             }
             if let Some(open) = self.ledger.open_report(id) {
                 let live = open.venue.as_ref().is_some_and(|v| self.venue.is_live(v));
-                if open.status == OrderStatus::PartiallyFilled && !live {
+                if open.status == OrderStatus::PartiallyFilled && !live && open.algo.is_none() {
                     // Cut off between its reports (a failed write): finish it.
                     let expired = reports::rest_expired(open, interrupted_reason());
                     let mut recording = Recording::for_message(lane, message, id.to_string());
@@ -449,13 +469,18 @@ impl Engine {
             ..Timings::default()
         };
         let agent = subject_agent(&message.subject);
-        if let Err(reason) = intake::check_route(&order, agent, lane, &self.venue) {
+        let route = intake::check_route(&order, agent, lane, &self.venue)
+            .and_then(|()| self.algos.admit_child(&order));
+        if let Err(reason) = route {
             let mut recording = Recording::for_message(lane, message, key);
             recording.holds = Some(order.client_order_id.clone());
             recording
                 .reports
                 .push(reports::rejected(&order, None, reason, timings));
             return self.spawn_record(recording);
+        }
+        if order.algo.is_some() {
+            return self.begin_algo(lane, message, order, sequence, timings);
         }
         self.spawn_check(lane, message, order, sequence, timings)
     }
@@ -537,6 +562,12 @@ impl Engine {
                         cancel.symbol
                     );
                 }
+                if self.algos.get(id).is_some() {
+                    match self.algo_cancel_refusal(&cancel) {
+                        Some(reason) => break 'check reason,
+                        None => return self.cancel_algo(lane, message, &cancel).await,
+                    }
+                }
                 match self.ledger.status(id) {
                     None => break 'check format!("unknown_order: no order {id}"),
                     Some(status) if is_final(status) => {
@@ -602,7 +633,8 @@ impl Engine {
     }
 
     /// Store the reports in a job, in order, then ack (or nak) the message.
-    fn spawn_record(&mut self, recording: Recording) -> Step {
+    fn spawn_record(&mut self, mut recording: Recording) -> Step {
+        self.algos.tag(&mut recording.reports);
         if let Some(id) = &recording.holds {
             self.in_flight.insert(id.clone());
         }
@@ -698,6 +730,7 @@ impl Engine {
         if !state.engaged {
             return;
         }
+        self.stop_algos("kill switch engaged").await;
         for id in self.venue.working_ids() {
             match self.venue.cancel_request(&id) {
                 Ok((exchange, routed)) => {
@@ -774,6 +807,7 @@ impl Engine {
                 let updates = self.venue.on_submitted(&routed, submitted);
                 self.record_live(updates);
             }
+            Done::AlgoPublished(published) => self.on_algo_published(*published).await,
         }
     }
 
@@ -840,6 +874,7 @@ impl Engine {
                 Done::Submitted(Box::new((routed, submitted)))
             });
         }
+        Box::pin(self.after_recorded_algos(&recording.reports, recording.stored)).await;
         if let Some(lane) = recording.lane {
             if let Some(next) = self.lanes.next(&lane) {
                 self.start(lane, next).await;
@@ -971,7 +1006,8 @@ impl Engine {
                 Err(_) => reports::invalid(Some(id.clone()), raw.symbol, reason.clone(), now_ns()),
             },
             (Some(OrderStatus::PartiallyFilled), Some(open))
-                if !open.venue.as_ref().is_some_and(|v| self.venue.is_live(v)) =>
+                if !open.venue.as_ref().is_some_and(|v| self.venue.is_live(v))
+                    && open.algo.is_none() =>
             {
                 reports::rest_expired(open, reason.clone())
             }
@@ -990,8 +1026,11 @@ impl Engine {
 
     /// Store a report now (start-up, before any order is taken).
     async fn record_now(&mut self, report: &ExecutionReport, key: &str) -> Result<()> {
-        self.bus.recorder.record(report, key).await?;
-        self.remember(report, key);
+        let mut tagged = [report.clone()];
+        self.algos.tag(&mut tagged);
+        self.bus.recorder.record(&tagged[0], key).await?;
+        self.remember(&tagged[0], key);
+        self.on_child_report(&tagged[0]);
         Ok(())
     }
 

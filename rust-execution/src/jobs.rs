@@ -60,6 +60,8 @@ pub enum Done {
     ),
     /// A live venue answered a cancel (from a cancel message, or the kill switch).
     CancelAnswered(Box<CancelAnswer>),
+    /// An algo's child was published to ORDERS, or not (algo.rs).
+    AlgoPublished(Box<crate::algo::Published>),
 }
 
 /// A live venue's answer to a cancel.

@@ -23,6 +23,9 @@ pub struct Ledger {
     open: HashMap<ClientOrderId, ExecutionReport>,
     /// Resting orders as a snapshot kept them, so they rest again without ORDERS.
     restored: HashMap<ClientOrderId, OrderRequest>,
+    /// The latest report of each child of an algo parent without a final report, by
+    /// parent (algo.rs rebuilds a parent's progress from them after a restart).
+    children: HashMap<ClientOrderId, HashMap<ClientOrderId, ExecutionReport>>,
 }
 
 impl Ledger {
@@ -39,9 +42,11 @@ impl Ledger {
             Some(&known) if is_final(known) => {}
             _ => {
                 self.last_status.insert(id.clone(), report.status);
+                self.record_child(id, report);
                 if is_final(report.status) {
                     self.open.remove(id);
                     self.restored.remove(id);
+                    self.children.remove(id);
                 } else {
                     // The open report keeps the order's fees so far (a live order's part
                     // fills: its next update is the difference from them, router.rs).
@@ -55,6 +60,47 @@ impl Ledger {
                     }
                     self.open.insert(id.clone(), open);
                 }
+            }
+        }
+    }
+
+    /// An algo child's report, kept while its parent is open.
+    fn record_child(&mut self, id: &ClientOrderId, report: &ExecutionReport) {
+        let Some(parent) = &report.parent_order_id else {
+            return;
+        };
+        if self.last_status.get(parent).is_some_and(|s| !is_final(*s)) {
+            self.children
+                .entry(parent.clone())
+                .or_default()
+                .insert(id.clone(), report.clone());
+        }
+    }
+
+    /// The latest reports of the children of an open parent.
+    pub fn children_of(&self, parent: &ClientOrderId) -> Vec<ExecutionReport> {
+        self.children
+            .get(parent)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every kept child report (for a snapshot).
+    pub fn child_reports(&self) -> Vec<ExecutionReport> {
+        self.children
+            .values()
+            .flat_map(|c| c.values().cloned())
+            .collect()
+    }
+
+    /// Child reports from a snapshot.
+    pub fn add_child_reports(&mut self, reports: Vec<ExecutionReport>) {
+        for report in reports {
+            if let (Some(id), Some(parent)) = (&report.client_order_id, &report.parent_order_id) {
+                self.children
+                    .entry(parent.clone())
+                    .or_default()
+                    .insert(id.clone(), report);
             }
         }
     }
@@ -101,6 +147,7 @@ impl Ledger {
                 .filter_map(|r| Some((r.client_order_id.clone()?, r)))
                 .collect(),
             restored: restored.into_iter().collect(),
+            children: HashMap::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! rust-execution as a library: intake, the venue seam and the paper venue, reports; used
 //! by the `rust-execution` binary (main.rs) and, unchanged, by the backtester (rust-backtest).
 
+pub mod algo;
 pub mod config;
 pub mod deadletter;
 pub mod engine;

@@ -121,6 +121,7 @@ async fn run() -> Result<()> {
         bus,
         cfg.latency(),
     );
+    engine.set_algo_quantity_decimals(cfg.algo_quantity_decimals);
     engine.restore().await?;
 
     let consumer = streams::open_consumer(&orders_stream, CONSUMER, |c| {

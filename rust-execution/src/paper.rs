@@ -347,6 +347,7 @@ mod tests {
                 decision_price: None,
                 origin_ts: 1,
                 ts: 1,
+                algo: None,
             },
             order_id: format!("sim-{id}"),
             timings: Timings::default(),

@@ -26,6 +26,8 @@ pub fn for_order(
         symbol: Some(order.symbol.clone()),
         venue: Some(order.venue.clone()),
         side: Some(order.side),
+        parent_order_id: None,
+        child_kind: None,
         status,
         reason: None,
         quantity: Some(order.quantity.into()),
@@ -37,6 +39,7 @@ pub fn for_order(
         slippage_bps: None,
         timings,
         ts: now_ns(),
+        algo: None,
     }
 }
 
@@ -139,6 +142,8 @@ pub fn invalid(
         symbol,
         venue: None,
         side: None,
+        parent_order_id: None,
+        child_kind: None,
         status: OrderStatus::Rejected,
         reason: Some(reason),
         quantity: None,
@@ -153,6 +158,7 @@ pub fn invalid(
             ..Timings::default()
         },
         ts: now_ns(),
+        algo: None,
     }
 }
 
@@ -172,9 +178,24 @@ pub fn slippage_bps(side: Side, fill: PositiveMoney, decision: PositiveMoney) ->
 
 /// `<key>:<status>:<filled_quantity>`: the same outcome recorded twice (a retry after a
 /// crash) is dropped by the EXEC stream's duplicate window. `key` is the client_order_id,
-/// or `invalid-<ORDERS sequence>` for an order without a valid one.
+/// or `invalid-<ORDERS sequence>` for an order without a valid one. An algo parent's
+/// progress reports (algo.rs) add their progress: children sent, filled, the working
+/// one, and whether it is stopping.
 pub fn message_id(key: &str, report: &ExecutionReport) -> String {
-    format!("{key}:{}:{}", report.status, report.filled_quantity)
+    let id = format!("{key}:{}:{}", report.status, report.filled_quantity);
+    match &report.algo {
+        None => id,
+        Some(progress) => format!(
+            "{id}:{}:{}:{}:{}",
+            progress.slices_sent,
+            progress.slices_filled,
+            progress
+                .working_child_id
+                .as_ref()
+                .map_or("-", |c| c.as_str()),
+            u8::from(report.reason.is_some())
+        ),
+    }
 }
 
 /// Writes reports to `exec.report.<symbol>` (or `exec.report._invalid`) and waits for

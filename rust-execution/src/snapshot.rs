@@ -28,6 +28,9 @@ pub const SERVICE: &str = "execution";
 pub struct State {
     pub outcomes: Vec<(ClientOrderId, OrderStatus)>,
     pub open: Vec<OpenOrder>,
+    /// The latest reports of open algo parents' children (algo.rs); absent in older snapshots.
+    #[serde(default)]
+    pub children: Vec<ExecutionReport>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +54,7 @@ impl State {
         Self {
             outcomes: ledger.outcomes(),
             open,
+            children: ledger.child_reports(),
         }
     }
 
@@ -63,7 +67,9 @@ impl State {
             }
             reports.push(open.report);
         }
-        Ledger::from_parts(self.outcomes, reports, orders)
+        let mut ledger = Ledger::from_parts(self.outcomes, reports, orders);
+        ledger.add_child_reports(self.children);
+        ledger
     }
 }
 

@@ -502,6 +502,7 @@ impl Engine {
                     quantity,
                     limit_price: None,
                     time_in_force: TimeInForce::default(),
+                    algo: None,
                     reduce_only: true,
                     decision_price: self
                         .valuation_price(symbol)

@@ -103,7 +103,7 @@ class RehearsalResult:
 
     @property
     def fills(self) -> list[ExecutionReport]:
-        return [r for r in self.final if r.filled_quantity > 0]
+        return [r for r in self.final if r.filled_quantity > 0 and r.algo is None]  # a parent's fills are its children's
 
     @property
     def rejections(self) -> list[ExecutionReport]:
@@ -293,7 +293,7 @@ class Watch:
 
     def position(self, symbol: str) -> Decimal:
         return sum((r.filled_quantity if r.side and r.side.value == "BUY" else -r.filled_quantity
-                    for r in self.final.values() if r.symbol == symbol), Decimal(0))
+                    for r in self.final.values() if r.symbol == symbol and r.algo is None), Decimal(0))
 
     def settled(self, bars: int) -> str | None:
         """None once `bars` bars are published and decided, every order has its final report

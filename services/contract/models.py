@@ -673,6 +673,81 @@ class SwarmAskRequest(Strict):
 # ---------------------------------------------------------------- orders
 
 
+class AlgoKind(str, Enum):
+    """An execution algorithm: TWAP (slices evenly over a duration) or ICEBERG (one child of display_quantity at a time)."""
+
+    TWAP = "TWAP"
+    ICEBERG = "ICEBERG"
+
+
+class ChildKind(str, Enum):
+    """Why execution made an order out of another one (`ExecutionReport.child_kind`)."""
+
+    STOP_LOSS = "STOP_LOSS"
+    TAKE_PROFIT = "TAKE_PROFIT"
+    TRAILING_STOP = "TRAILING_STOP"
+    SLICE = "SLICE"
+
+
+TWAP_MIN_DURATION_MS = 1_000
+TWAP_MAX_DURATION_MS = 86_400_000
+TWAP_MIN_SLICES = 2
+TWAP_MAX_SLICES = 500
+
+
+class ExecAlgo(Strict):
+    """`OrderRequest.algo`: execution works the order as children (rust-execution algo.rs).
+
+    TWAP needs duration_ms (1 s .. 24 h) and slices (2 .. 500) and takes no display_quantity;
+    ICEBERG needs display_quantity (each child's size, below the order's quantity) and takes
+    neither duration_ms nor slices."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"kind": {"const": "TWAP"}}, "required": ["kind"]},
+                    "then": {"required": ["duration_ms", "slices"], "not": {"required": ["display_quantity"]}},
+                    "else": {
+                        "required": ["display_quantity"],
+                        "not": {"anyOf": [{"required": ["duration_ms"]}, {"required": ["slices"]}]},
+                    },
+                }
+            ]
+        }
+    )
+
+    kind: AlgoKind
+    duration_ms: Annotated[int, Field(ge=TWAP_MIN_DURATION_MS, le=TWAP_MAX_DURATION_MS)] | None = None
+    slices: Annotated[int, Field(ge=TWAP_MIN_SLICES, le=TWAP_MAX_SLICES)] | None = None
+    display_quantity: PositiveMoney | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_the_kind(self) -> ExecAlgo:
+        if self.kind is AlgoKind.TWAP:
+            if self.duration_ms is None or self.slices is None:
+                raise ValueError("a TWAP algo needs duration_ms and slices")
+            if self.display_quantity is not None:
+                raise ValueError("a TWAP algo takes no display_quantity")
+        else:
+            if self.display_quantity is None:
+                raise ValueError("an ICEBERG algo needs display_quantity")
+            if self.duration_ms is not None or self.slices is not None:
+                raise ValueError("an ICEBERG algo takes no duration_ms or slices")
+        return self
+
+
+class AlgoProgress(Tolerant):
+    """`ExecutionReport.algo`: where a parent order's algorithm is (on the parent's reports only)."""
+
+    kind: AlgoKind
+    slices_total: Count | None = None  # TWAP: its slices; ICEBERG: null (depends on the fills)
+    slices_sent: Count
+    slices_filled: Count
+    working_child_id: ClientOrderId | None = None
+    next_slice_ts: TimestampNs | None = None  # when the next child is due; null when none is
+
+
 class OrderRequest(Strict):
     """`orders.submit.<agent>.<symbol>` (JetStream ORDERS, Nats-Msg-Id = client_order_id); the
     subject's agent token, pinned by the publisher's NATS permissions, must equal `agent`."""
@@ -702,6 +777,8 @@ class OrderRequest(Strict):
     decision_price: PositiveMoney | None = None
     origin_ts: TimestampNs
     ts: TimestampNs
+    # worked by execution as children (TWAP slices, ICEBERG chunks); absent: one order
+    algo: ExecAlgo | None = None
 
     @model_validator(mode="after")
     def _limit_needs_price(self) -> OrderRequest:
@@ -709,6 +786,9 @@ class OrderRequest(Strict):
             raise ValueError("a LIMIT order needs limit_price")
         if self.type is OrderType.MARKET and self.limit_price is not None:
             raise ValueError("a MARKET order takes no limit_price")
+        if self.algo is not None and self.algo.display_quantity is not None:
+            if self.algo.display_quantity >= self.quantity:
+                raise ValueError("an ICEBERG's display_quantity must be below the order's quantity")
         return self
 
 
@@ -757,6 +837,9 @@ class ExecutionReport(Tolerant):
     symbol: Symbol | None = None
     venue: Venue | None = None
     side: Side | None = None
+    # a child order execution made (a slice of an algo, a protection): its parent's id and kind
+    parent_order_id: ClientOrderId | None = None
+    child_kind: ChildKind | None = None
     status: OrderStatus
     reason: str | None = None
     quantity: NonNegativeMoney | None = None
@@ -768,6 +851,8 @@ class ExecutionReport(Tolerant):
     slippage_bps: float | None = None
     timings: Timings
     ts: TimestampNs
+    # on an algo parent's reports only: its progress (fills are on the children's reports)
+    algo: AlgoProgress | None = None
 
     @model_validator(mode="after")
     def _rejection_has_reason(self) -> ExecutionReport:

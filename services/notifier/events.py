@@ -68,6 +68,8 @@ def from_report(r: ExecutionReport, subject: str, data: dict[str, Any]) -> Notic
     fields: list[tuple[str, str]] = [("order", r.client_order_id or "-"), ("agent", r.agent or "-"),
                                      ("venue", r.venue or "-")]
     if r.status in FILL_STATUSES:
+        if r.algo is not None:
+            return None  # an algo parent's totals: its children's reports announce the fills
         notional = fill_notional(r)
         price = r.last_fill_price if r.last_fill_price is not None else r.avg_fill_price
         qty = r.last_fill_quantity if r.last_fill_quantity is not None else r.filled_quantity

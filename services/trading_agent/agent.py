@@ -39,6 +39,7 @@ from services.contract.models import (
     Verdict,
 )
 
+from .algo import algo_for
 from .config import TradingConfig
 from .sizing import all_in_quantity, all_in_short_quantity, buy_quantity, reduce_quantity, short_quantity
 
@@ -162,6 +163,7 @@ def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int,
     if quantity <= 0:
         return None, (f"no order: {action.value} size is zero (position {position}, max position "
                       f"{cfg.max_position_pct}% of equity, cash reserve {cfg.cash_pct}%)")
+    algo, algo_note = algo_for(quantity, price, verdict.max_order_notional, cfg.algo, cfg.quantity_step)
     order = OrderRequest(
         client_order_id=new_id(),
         agent=AGENT,
@@ -173,10 +175,11 @@ def _order(action: Action, ctx: Context, cfg: TradingConfig, ts: int,
         decision_price=price,
         origin_ts=ctx.event.origin_ts,
         ts=ts,
+        algo=algo,
     )
     opens_short = action is Action.SELL and not reducing
     return order, (f"order {action.value} {quantity} at ~{price}" + (" (reduce only)" if reducing else "")
-                   + (" (opens or adds to a short)" if opens_short else ""))
+                   + (" (opens or adds to a short)" if opens_short else "") + algo_note)
 
 
 def _opening_quantity(action: Action, cfg: TradingConfig, price: Decimal, position: Decimal, equity: Decimal,
@@ -220,10 +223,11 @@ def _flip(choice: Choice, close: OrderRequest, ctx: Context, cfg: TradingConfig,
     quantity = _opening_quantity(action, cfg, price, Decimal(0), equity, cash, gross)
     if quantity <= 0:
         return None, f"; no flip to a {side}: its size is zero"
+    algo, algo_note = algo_for(quantity, price, verdict.max_order_notional, cfg.algo, cfg.quantity_step)
     order = OrderRequest(client_order_id=new_id(), agent=AGENT, symbol=close.symbol, venue=close.venue,
                          side=close.side, quantity=quantity, reduce_only=False, decision_price=price,
-                         origin_ts=close.origin_ts, ts=ts)
-    return order, f"; then {action.value} {quantity} at ~{price} (flips to a {side})"
+                         origin_ts=close.origin_ts, ts=ts, algo=algo)
+    return order, f"; then {action.value} {quantity} at ~{price} (flips to a {side}){algo_note}"
 
 
 def _may_increase(verdict: Verdict, account: AccountState | None, fresh_after_ts: int) -> str | None:

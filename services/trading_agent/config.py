@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from services.common.config import ConfigMoney, Section
 from services.contract.models import INTERVAL_PATTERN
 
+from .algo import AlgoConfig
 from .pipeline import PipelineConfig
 
 Deterministic = Literal["momentum", "mean_reversion", "ma_crossover"]
@@ -71,6 +72,8 @@ class TradingConfig(Section):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
     # [trading_agent.pipeline]: swarm consensus and sentiment weighed before an order (pipeline.py); off by default
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    # [trading_agent.algo]: an order over max_order_notional goes as a TWAP / ICEBERG parent (algo.py); off by default
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
 
     def shorts(self, symbol: str) -> bool:
         """Whether `symbol` may go short: its `[trading_agent.symbols."<symbol>"] allow_short`

@@ -66,6 +66,120 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// An execution algorithm ([`ExecAlgo`]).
+    AlgoKind {
+        /// Time-weighted: `slices` children evenly over `duration_ms`.
+        Twap = "TWAP",
+        /// One child of `display_quantity` at a time, the next when the previous ends.
+        Iceberg = "ICEBERG",
+    }
+}
+
+wire_enum! {
+    /// Why execution made an order out of another one ([`ExecutionReport::child_kind`]).
+    ChildKind {
+        /// A protective stop-loss of a filled order.
+        StopLoss = "STOP_LOSS",
+        /// A protective take-profit of a filled order.
+        TakeProfit = "TAKE_PROFIT",
+        /// A trailing stop of a filled order.
+        TrailingStop = "TRAILING_STOP",
+        /// A slice (child) of an algo order: TWAP slice, ICEBERG chunk.
+        Slice = "SLICE",
+    }
+}
+
+/// TWAP `duration_ms` bounds: 1 s ..= 24 h.
+pub const TWAP_DURATION_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
+/// TWAP `slices` bounds.
+pub const TWAP_SLICES: std::ops::RangeInclusive<u32> = 2..=500;
+
+/// `OrderRequest.algo`: execution works the order as children (rust-execution algo.rs).
+///
+/// TWAP needs `duration_ms` and `slices` and takes no `display_quantity`; ICEBERG needs
+/// `display_quantity` (below the order's quantity, checked by [`OrderRequest::validate`])
+/// and takes neither `duration_ms` nor `slices`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", deny_unknown_fields)]
+pub struct ExecAlgo {
+    /// TWAP or ICEBERG.
+    pub kind: AlgoKind,
+    /// TWAP: over how long, in ms (1_000 ..= 86_400_000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// TWAP: how many children (2 ..= 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices: Option<u32>,
+    /// ICEBERG: each child's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_quantity: Option<PositiveMoney>,
+}
+
+impl ExecAlgo {
+    /// The cross-field rules of each kind and the TWAP bounds.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self.kind {
+            AlgoKind::Twap => {
+                let (Some(duration_ms), Some(slices)) = (self.duration_ms, self.slices) else {
+                    return Err(ValidationError::new(
+                        "a TWAP algo needs duration_ms and slices",
+                    ));
+                };
+                if self.display_quantity.is_some() {
+                    return Err(ValidationError::new(
+                        "a TWAP algo takes no display_quantity",
+                    ));
+                }
+                if !TWAP_DURATION_MS.contains(&duration_ms) {
+                    return Err(ValidationError::new(format!(
+                        "duration_ms {duration_ms} is not in [1000, 86400000]"
+                    )));
+                }
+                if !TWAP_SLICES.contains(&slices) {
+                    return Err(ValidationError::new(format!(
+                        "slices {slices} is not in [2, 500]"
+                    )));
+                }
+            }
+            AlgoKind::Iceberg => {
+                if self.display_quantity.is_none() {
+                    return Err(ValidationError::new(
+                        "an ICEBERG algo needs display_quantity",
+                    ));
+                }
+                if self.duration_ms.is_some() || self.slices.is_some() {
+                    return Err(ValidationError::new(
+                        "an ICEBERG algo takes no duration_ms or slices",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `ExecutionReport.algo`: where a parent order's algorithm is (on the parent's reports
+/// only; the fills are on its children's reports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlgoProgress {
+    /// TWAP or ICEBERG.
+    pub kind: AlgoKind,
+    /// TWAP: its slices; ICEBERG: none (the count depends on the fills).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices_total: Option<u64>,
+    /// Children sent so far.
+    pub slices_sent: u64,
+    /// Children filled completely so far.
+    pub slices_filled: u64,
+    /// The child working now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_child_id: Option<ClientOrderId>,
+    /// When the next child is due, ns since the epoch; none when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_slice_ts: Option<u64>,
+}
+
 impl Side {
     /// +1 for BUY, -1 for SELL: the sign of the position change.
     pub fn sign(self) -> Decimal {
@@ -122,6 +236,9 @@ pub struct OrderRequest {
     pub origin_ts: u64,
     /// When the order was sent, ns since the epoch.
     pub ts: u64,
+    /// Worked by execution as children (TWAP slices, ICEBERG chunks); none: one order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algo: Option<ExecAlgo>,
 }
 
 impl OrderRequest {
@@ -135,7 +252,15 @@ impl OrderRequest {
                 Err(ValidationError::new("a MARKET order takes no limit_price"))
             }
             _ => Ok(()),
+        }?;
+        if let Some(display) = self.algo.as_ref().and_then(|a| a.display_quantity) {
+            if display >= self.quantity {
+                return Err(ValidationError::new(
+                    "an ICEBERG's display_quantity must be below the order's quantity",
+                ));
+            }
         }
+        Ok(())
     }
 }
 
@@ -196,6 +321,12 @@ pub struct ExecutionReport {
     /// BUY or SELL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub side: Option<Side>,
+    /// A child order execution made (an algo's slice, a protection): its parent's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_order_id: Option<ClientOrderId>,
+    /// A child order execution made: what kind of child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_kind: Option<ChildKind>,
     /// The order's state.
     pub status: OrderStatus,
     /// Why (required when REJECTED or FAILED).
@@ -226,6 +357,9 @@ pub struct ExecutionReport {
     pub timings: Timings,
     /// When the report was made, ns since the epoch.
     pub ts: u64,
+    /// On an algo parent's reports only: its progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algo: Option<AlgoProgress>,
 }
 
 impl ExecutionReport {
@@ -242,7 +376,7 @@ impl ExecutionReport {
     }
 }
 
-validated_on_read!(OrderRequest, ExecutionReport);
+validated_on_read!(OrderRequest, ExecutionReport, ExecAlgo);
 
 #[cfg(test)]
 mod tests {

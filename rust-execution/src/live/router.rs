@@ -991,6 +991,7 @@ mod tests {
                 decision_price: None,
                 origin_ts: 1,
                 ts: 1,
+                algo: None,
             },
             order_id: "binance-7".into(),
             timings: Timings::default(),
