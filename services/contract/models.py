@@ -673,6 +673,38 @@ class SwarmAskRequest(Strict):
 # ---------------------------------------------------------------- orders
 
 
+TrailingStopBps = Annotated[int, Field(ge=1, le=5000)]
+
+
+class Protection(Strict):
+    """Exits attached to an entry order (`OrderRequest.protection`), carried out by execution
+    (rust-execution/src/protect.rs) once the entry fills: `stop_loss` and `take_profit` are
+    trigger prices, `trailing_stop_bps` a stop that trails the best price since arming by this
+    distance (1..=5000 bps). At least one is set. For a BUY entry (a long) the stop lies below
+    the take-profit, for a SELL entry (a short) above it. The first trigger crossed sends one
+    reduce-only MARKET exit and cancels the other legs (OCO)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["stop_loss"]},
+                {"required": ["take_profit"]},
+                {"required": ["trailing_stop_bps"]},
+            ]
+        }
+    )
+
+    stop_loss: PositiveMoney | None = None
+    take_profit: PositiveMoney | None = None
+    trailing_stop_bps: TrailingStopBps | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Protection:
+        if self.stop_loss is None and self.take_profit is None and self.trailing_stop_bps is None:
+            raise ValueError("a protection needs stop_loss, take_profit or trailing_stop_bps")
+        return self
+
+
 class OrderRequest(Strict):
     """`orders.submit.<agent>.<symbol>` (JetStream ORDERS, Nats-Msg-Id = client_order_id); the
     subject's agent token, pinned by the publisher's NATS permissions, must equal `agent`."""
@@ -684,7 +716,11 @@ class OrderRequest(Strict):
                     "if": {"properties": {"type": {"const": "LIMIT"}}, "required": ["type"]},
                     "then": {"required": ["limit_price"]},
                     "else": {"not": {"required": ["limit_price"]}},
-                }
+                },
+                {
+                    "if": {"properties": {"reduce_only": {"const": True}}, "required": ["reduce_only"]},
+                    "then": {"not": {"required": ["protection"]}},
+                },
             ]
         }
     )
@@ -700,6 +736,7 @@ class OrderRequest(Strict):
     time_in_force: TimeInForce = TimeInForce.GTC
     reduce_only: bool = False
     decision_price: PositiveMoney | None = None
+    protection: Protection | None = None
     origin_ts: TimestampNs
     ts: TimestampNs
 
@@ -709,6 +746,15 @@ class OrderRequest(Strict):
             raise ValueError("a LIMIT order needs limit_price")
         if self.type is OrderType.MARKET and self.limit_price is not None:
             raise ValueError("a MARKET order takes no limit_price")
+        p = self.protection
+        if p is not None:
+            if self.reduce_only:
+                raise ValueError("a reduce_only order takes no protection (it protects no new position)")
+            if p.stop_loss is not None and p.take_profit is not None:
+                if self.side is Side.BUY and not p.stop_loss < p.take_profit:
+                    raise ValueError("a BUY's protection needs stop_loss below take_profit")
+                if self.side is Side.SELL and not p.stop_loss > p.take_profit:
+                    raise ValueError("a SELL's protection needs stop_loss above take_profit")
         return self
 
 
@@ -728,6 +774,15 @@ class Timings(Tolerant):
     received_ts: TimestampNs | None = None
     risk_checked_ts: TimestampNs | None = None
     filled_ts: TimestampNs | None = None
+
+
+class ChildKind(str, Enum):
+    """What a child order (one execution sends for a parent order) is for."""
+
+    STOP_LOSS = "STOP_LOSS"
+    TAKE_PROFIT = "TAKE_PROFIT"
+    TRAILING_STOP = "TRAILING_STOP"
+    SLICE = "SLICE"
 
 
 class ExecutionReport(Tolerant):
@@ -757,6 +812,8 @@ class ExecutionReport(Tolerant):
     symbol: Symbol | None = None
     venue: Venue | None = None
     side: Side | None = None
+    parent_order_id: ClientOrderId | None = None
+    child_kind: ChildKind | None = None
     status: OrderStatus
     reason: str | None = None
     quantity: NonNegativeMoney | None = None
@@ -774,6 +831,40 @@ class ExecutionReport(Tolerant):
         if self.status in (OrderStatus.REJECTED, OrderStatus.FAILED) and not self.reason:
             raise ValueError(f"a {self.status.value} report must carry a reason")
         return self
+
+
+class ProtectionStatus(str, Enum):
+    """A protection's state: ARMED (watching ticks), TRIGGERED (its exit sent, not filled yet),
+    CLOSED (the exit filled: flat), CANCELLED (the entry's cancel, an entry that never filled,
+    the kill switch)."""
+
+    ARMED = "ARMED"
+    TRIGGERED = "TRIGGERED"
+    CLOSED = "CLOSED"
+    CANCELLED = "CANCELLED"
+
+
+class ProtectionState(Tolerant):
+    """`exec.protection.<symbol>` (execution only; the latest per entry in KV
+    `exec.protection.<parent_order_id>`): the protection of the entry `parent_order_id`.
+    `side` is the exits' side (SELL for a long), `quantity` the open quantity protected,
+    `trailing_trigger` the trailing stop's current trigger price, `exit_order_id` the
+    reduce-only exit sent once triggered."""
+
+    parent_order_id: ClientOrderId
+    agent: AgentName
+    symbol: Symbol
+    venue: Venue
+    side: Side
+    quantity: NonNegativeMoney
+    stop_loss: PositiveMoney | None = None
+    take_profit: PositiveMoney | None = None
+    trailing_stop_bps: TrailingStopBps | None = None
+    trailing_trigger: PositiveMoney | None = None
+    state: ProtectionStatus
+    exit_order_id: ClientOrderId | None = None
+    reason: str | None = None
+    ts: TimestampNs
 
 
 # ---------------------------------------------------------------- errors and APIs
@@ -977,6 +1068,7 @@ MESSAGES: dict[str, type[BaseModel]] = {
         OrderRequest,
         CancelRequest,
         ExecutionReport,
+        ProtectionState,
         ErrorEvent,
         ErrorReply,
         PriceRequest,
