@@ -30,6 +30,7 @@ from services.contract.models import (
 )
 
 from .config import TradingConfig
+from .protection import attach
 from .sizing import all_in_quantity, buy_quantity, reduce_quantity
 
 AGENT = "trading"
@@ -99,6 +100,7 @@ def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int,
     reasoning). `new_id` names the order (a backtest numbers them, for byte-identical runs);
     `inputs` are what the decision pipeline weighed (None: it is off)."""
     order, outcome = _order(choice.action, ctx, cfg, ts, new_id)
+    order = attach(order, cfg.protection)
     action = Action(order.side.value) if order else Action.HOLD
     signal = Signal(
         agent=AGENT,

@@ -11,6 +11,7 @@ from services.common.config import ConfigMoney, Section
 from services.contract.models import INTERVAL_PATTERN
 
 from .pipeline import PipelineConfig
+from .protection import ProtectionConfig
 
 Deterministic = Literal["momentum", "mean_reversion", "ma_crossover"]
 StrategyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -66,6 +67,8 @@ class TradingConfig(Section):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
     # [trading_agent.pipeline]: swarm consensus and sentiment weighed before an order (pipeline.py); off by default
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    # [trading_agent.protection]: stop-loss / take-profit / trailing stop on entries (protection.py); off by default
+    protection: ProtectionConfig = Field(default_factory=ProtectionConfig)
 
     @model_validator(mode="after")
     def _ma_fast_below_slow(self) -> TradingConfig:
