@@ -86,6 +86,8 @@ pub struct Bus {
     pub reconcile_interval: Duration,
     /// Core NATS, for the live venues' status.
     pub client: async_nats::Client,
+    /// Stop-loss, take-profit and trailing stops (protect.rs).
+    pub protect: crate::protect::Protector,
 }
 
 pub struct Engine {
@@ -211,6 +213,11 @@ impl Engine {
                 }
             }
         }
+        self.bus
+            .protect
+            .restore(&self.bus.client, &self.ledger)
+            .await
+            .context("restoring the protections")?;
         Ok(())
     }
 
@@ -273,6 +280,8 @@ impl Engine {
         if !market_warmup.is_zero() {
             self.intake_paused_until = Some(tokio::time::Instant::now() + market_warmup);
         }
+        let mut protect_timer = tokio::time::interval(Duration::from_millis(100));
+        protect_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(self.bus.backoff.max);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut live_poll = tokio::time::interval(self.bus.live_poll);
@@ -300,6 +309,10 @@ impl Engine {
                     }
                 }
                 _ = reconcile.tick(), if has_live => self.read_accounts(),
+                _ = protect_timer.tick(), if self.bus.protect.is_busy() => {
+                    self.bus.protect.on_timer(&self.ledger);
+                    self.bus.protect.flush().await;
+                }
                 Some(message) = self.bus.dead_letters.next() => self.on_dead_letter_message(message).await,
                 _ = retry.tick(), if !self.dead_letters.is_empty() => self.retry_dead_letters().await,
                 () = sleep_until(self.intake_paused_until), if self.intake_paused_until.is_some() => {
@@ -508,6 +521,13 @@ impl Engine {
             self.spawn_record(recording);
             return;
         }
+        if let Err(reason) = self.bus.protect.register(&order).await {
+            recording
+                .reports
+                .push(reports::rejected(&order, Some(&order_id), reason, timings));
+            self.spawn_record(recording);
+            return;
+        }
         let routed = Routed {
             order,
             order_id,
@@ -536,6 +556,22 @@ impl Engine {
                         "symbol_mismatch: subject token {lane:?} but cancel symbol {}",
                         cancel.symbol
                     );
+                }
+                let cancels_any = intake::CANCELS_ANY_ORDER.contains(&cancel.agent.as_str());
+                match self
+                    .bus
+                    .protect
+                    .cancel(id, &cancel.agent, &cancel.symbol, cancels_any)
+                {
+                    Some(Err(reason)) => break 'check reason,
+                    Some(Ok(())) => {
+                        self.bus.protect.flush().await;
+                        if self.venue.resting(id).is_none() {
+                            settle(&message, AckKind::Ack).await;
+                            return Step::Over;
+                        }
+                    }
+                    None => {}
                 }
                 match self.ledger.status(id) {
                     None => break 'check format!("unknown_order: no order {id}"),
@@ -602,7 +638,8 @@ impl Engine {
     }
 
     /// Store the reports in a job, in order, then ack (or nak) the message.
-    fn spawn_record(&mut self, recording: Recording) -> Step {
+    fn spawn_record(&mut self, mut recording: Recording) -> Step {
+        self.bus.protect.tag(&mut recording.reports);
         if let Some(id) = &recording.holds {
             self.in_flight.insert(id.clone());
         }
@@ -698,6 +735,8 @@ impl Engine {
         if !state.engaged {
             return;
         }
+        self.bus.protect.kill_switch(&state.reason);
+        self.bus.protect.flush().await;
         for id in self.venue.working_ids() {
             match self.venue.cancel_request(&id) {
                 Ok((exchange, routed)) => {
@@ -840,6 +879,7 @@ impl Engine {
                 Done::Submitted(Box::new((routed, submitted)))
             });
         }
+        self.bus.protect.flush().await;
         if let Some(lane) = recording.lane {
             if let Some(next) = self.lanes.next(&lane) {
                 self.start(lane, next).await;
@@ -860,11 +900,13 @@ impl Engine {
         };
         // The last tick received wins, whatever its ts says (venue.rs Market: clocks).
         let fills = self.venue.on_market(&tick);
+        self.bus.protect.on_tick(&tick, &self.ledger);
         self.market.update(tick);
         for (routed, fill) in fills {
             let report = reports::filled(&routed, &fill);
             self.spawn_record(Recording::tick_fill(report, routed));
         }
+        self.bus.protect.flush().await;
     }
 
     async fn on_book_message(&mut self, message: async_nats::Message) {
@@ -990,6 +1032,9 @@ impl Engine {
 
     /// Store a report now (start-up, before any order is taken).
     async fn record_now(&mut self, report: &ExecutionReport, key: &str) -> Result<()> {
+        let mut report = report.clone();
+        self.bus.protect.tag(std::slice::from_mut(&mut report));
+        let report = &report;
         self.bus.recorder.record(report, key).await?;
         self.remember(report, key);
         Ok(())
@@ -997,6 +1042,7 @@ impl Engine {
 
     fn remember(&mut self, report: &ExecutionReport, key: &str) {
         self.ledger.record(report);
+        self.bus.protect.on_report(report);
         metrics::global().stored(report);
         tracing::info!(
             client_order_id = report.client_order_id.as_ref().map(|id| id.as_str()).unwrap_or(key),
