@@ -1178,4 +1178,236 @@ mod tests {
         let wire = serde_json::to_vec(&order).unwrap();
         assert!(serde_json::from_slice::<OrderRequest>(&wire).is_ok());
     }
+
+    // ---------------------------------------------------------------- the state machine
+
+    fn backoff() -> Backoff {
+        Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+        }
+    }
+
+    fn entry(id: &str, side: &str, quantity: &str, protection: &str) -> OrderRequest {
+        serde_json::from_str(&format!(
+            r#"{{"client_order_id":"{id}","agent":"trading","symbol":"BTC-USD","side":"{side}",
+                "quantity":"{quantity}","protection":{protection},"origin_ts":1,"ts":1}}"#
+        ))
+        .unwrap()
+    }
+
+    fn report(id: &str, status: &str, filled: &str, avg: Option<&str>) -> ExecutionReport {
+        let avg = avg
+            .map(|p| format!(r#","avg_fill_price":"{p}""#))
+            .unwrap_or_default();
+        let reason = if matches!(status, "REJECTED" | "FAILED") {
+            r#","reason":"reduce_only_increases: no position""#
+        } else {
+            ""
+        };
+        serde_json::from_str(&format!(
+            r#"{{"client_order_id":"{id}","symbol":"BTC-USD","status":"{status}",
+                "filled_quantity":"{filled}"{avg}{reason},"timings":{{}},"ts":1}}"#
+        ))
+        .unwrap()
+    }
+
+    fn tick(seq: u64, price: &str) -> Tick {
+        serde_json::from_str(&format!(
+            r#"{{"venue":"sim","symbol":"BTC-USD","price":"{price}","seq":{seq},"ts":{seq}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn book() -> (Protections, Ledger) {
+        let mut p = Protections::new(backoff());
+        p.set_now(1_000);
+        (p, Ledger::default())
+    }
+
+    fn state(p: &Protections, parent: &str) -> ProtectionState {
+        p.records[&ClientOrderId::try_from(parent).unwrap()]
+            .stored
+            .state
+            .clone()
+    }
+
+    /// Books a report as execution does: the ledger, then the protections.
+    fn stored(p: &mut Protections, ledger: &mut Ledger, mut r: ExecutionReport) {
+        p.tag(std::slice::from_mut(&mut r));
+        ledger.record(&r);
+        p.on_report(&r);
+    }
+
+    #[test]
+    fn arms_with_each_fill_and_sends_one_exit_for_the_open_quantity() {
+        let (mut p, mut ledger) = book();
+        let order = entry(
+            "e-1",
+            "BUY",
+            "1",
+            r#"{"stop_loss":"95","take_profit":"110"}"#,
+        );
+        let record = p.new_record(&order).unwrap();
+        assert_eq!(record.state.quantity.to_string(), "0");
+        p.insert(record);
+        assert!(
+            p.new_record(&order).is_none(),
+            "a re-delivered entry keeps its record"
+        );
+        p.on_tick(&tick(1, "90"), &ledger);
+        assert!(
+            p.take_sends().is_empty(),
+            "nothing filled: nothing to protect"
+        );
+        stored(
+            &mut p,
+            &mut ledger,
+            report("e-1", "PARTIALLY_FILLED", "0.4", Some("100")),
+        );
+        assert_eq!(state(&p, "e-1").quantity.to_string(), "0.4");
+        stored(
+            &mut p,
+            &mut ledger,
+            report("e-1", "FILLED", "1", Some("100")),
+        );
+        let armed = state(&p, "e-1");
+        assert_eq!(
+            (armed.state, armed.side),
+            (ProtectionStatus::Armed, Side::Sell)
+        );
+        assert_eq!(armed.quantity.to_string(), "1");
+        p.on_tick(&tick(2, "96"), &ledger);
+        assert!(p.take_sends().is_empty());
+        p.on_tick(&tick(3, "94.99"), &ledger);
+        p.on_tick(&tick(4, "80"), &ledger);
+        p.on_tick(&tick(5, "120"), &ledger);
+        let sends = p.take_sends();
+        assert_eq!(sends.len(), 1, "one exit, whatever comes after (OCO)");
+        assert_eq!(sends[0].client_order_id.as_str(), "e-1-x1");
+        assert_eq!(sends[0].quantity.to_string(), "1");
+        assert!(sends[0].reduce_only);
+        let mut exit = report("e-1-x1", "FILLED", "1", Some("94.9"));
+        p.tag(std::slice::from_mut(&mut exit));
+        assert_eq!(exit.parent_order_id.as_ref().unwrap().as_str(), "e-1");
+        assert_eq!(exit.child_kind, Some(ChildKind::StopLoss));
+        stored(&mut p, &mut ledger, exit);
+        assert!(p.records.is_empty() || state(&p, "e-1").state == ProtectionStatus::Closed);
+    }
+
+    #[test]
+    fn a_refused_exit_stays_triggered_and_the_next_attempt_waits_for_the_backoff() {
+        let (mut p, mut ledger) = book();
+        let order = entry("e-2", "SELL", "2", r#"{"stop_loss":"105"}"#);
+        let record = p.new_record(&order).unwrap();
+        p.insert(record);
+        stored(
+            &mut p,
+            &mut ledger,
+            report("e-2", "FILLED", "2", Some("100")),
+        );
+        p.on_tick(&tick(1, "105"), &ledger);
+        let first = p.records[&ClientOrderId::try_from("e-2").unwrap()].clone();
+        assert!(first.send && first.persist);
+        assert_eq!(exit_order(&first.stored, None).unwrap().side, Side::Buy);
+        stored(&mut p, &mut ledger, report("e-2-x1", "REJECTED", "0", None));
+        let refused = state(&p, "e-2");
+        assert_eq!(refused.state, ProtectionStatus::Triggered);
+        assert!(refused.reason.unwrap().contains("reduce_only_increases"));
+        assert_eq!(p.events.len(), 1, "said on errors.execution");
+        p.on_timer(&ledger);
+        assert_eq!(
+            state(&p, "e-2").exit_order_id.unwrap().as_str(),
+            "e-2-x1",
+            "not before the backoff"
+        );
+        p.set_now(1_000 + 100_000_000);
+        p.on_timer(&ledger);
+        assert_eq!(state(&p, "e-2").exit_order_id.unwrap().as_str(), "e-2-x2");
+        stored(
+            &mut p,
+            &mut ledger,
+            report("e-2-x2", "FILLED", "2", Some("105.1")),
+        );
+        assert_eq!(state(&p, "e-2").state, ProtectionStatus::Closed);
+    }
+
+    #[test]
+    fn the_entrys_cancel_and_the_kill_switch_cancel_it() {
+        let (mut p, mut ledger) = book();
+        for id in ["c-1", "c-2"] {
+            let record = p
+                .new_record(&entry(id, "BUY", "1", r#"{"trailing_stop_bps":100}"#))
+                .unwrap();
+            p.insert(record);
+            stored(&mut p, &mut ledger, report(id, "FILLED", "1", Some("100")));
+        }
+        assert_eq!(state(&p, "c-1").trailing_trigger.unwrap().to_string(), "99");
+        let id = ClientOrderId::try_from("c-1").unwrap();
+        let symbol = Symbol::try_from("BTC-USD").unwrap();
+        let stranger = AgentName::try_from("gateway").unwrap();
+        assert!(p.cancel(&id, &stranger, &symbol, false).unwrap().is_err());
+        let owner = AgentName::try_from("trading").unwrap();
+        assert_eq!(p.cancel(&id, &owner, &symbol, false), Some(Ok(())));
+        assert_eq!(state(&p, "c-1").state, ProtectionStatus::Cancelled);
+        assert_eq!(p.cancel(&id, &owner, &symbol, false), None, "over already");
+        p.kill_switch("operator: test");
+        let killed = state(&p, "c-2");
+        assert_eq!(killed.state, ProtectionStatus::Cancelled);
+        assert_eq!(
+            killed.reason.as_deref(),
+            Some("kill_switch: operator: test")
+        );
+        p.on_tick(&tick(1, "1"), &ledger);
+        assert!(p.take_sends().is_empty());
+    }
+
+    #[test]
+    fn an_entry_that_never_fills_cancels_its_protection() {
+        let (mut p, mut ledger) = book();
+        let record = p
+            .new_record(&entry("n-1", "BUY", "1", r#"{"stop_loss":"1"}"#))
+            .unwrap();
+        p.insert(record);
+        stored(&mut p, &mut ledger, report("n-1", "REJECTED", "0", None));
+        assert_eq!(state(&p, "n-1").state, ProtectionStatus::Cancelled);
+    }
+
+    #[test]
+    fn a_restart_squares_the_record_with_the_ledger() {
+        let (mut p, mut ledger) = book();
+        let armed = p
+            .new_record(&entry("r-1", "BUY", "0.5", r#"{"stop_loss":"95"}"#))
+            .unwrap();
+        // Stored with quantity 0; the entry's FILLED report made it to EXEC, not the state.
+        ledger.record(&report("r-1", "FILLED", "0.5", Some("100")));
+        p.restore_record(armed, &ledger);
+        assert_eq!(state(&p, "r-1").quantity.to_string(), "0.5");
+        // Triggered, exit never stored: sent again under the same id.
+        let (mut q, mut ledger) = book();
+        let mut record = q
+            .new_record(&entry("r-2", "BUY", "0.5", r#"{"stop_loss":"95"}"#))
+            .unwrap();
+        ledger.record(&report("r-2", "FILLED", "0.5", Some("100")));
+        record.entry_filled = NonNegativeMoney::new(d("0.5")).unwrap();
+        record.state.state = ProtectionStatus::Triggered;
+        record.state.exit_order_id = Some(exit_id(&record.state.parent_order_id, 1));
+        record.attempt = 1;
+        record.exit_kind = Some(ChildKind::StopLoss);
+        record.exit_quantity = Some(PositiveMoney::new(d("0.5")).unwrap());
+        q.restore_record(record.clone(), &ledger);
+        let sends = q.take_sends();
+        assert_eq!(sends.len(), 1);
+        assert_eq!(
+            sends[0].client_order_id.as_str(),
+            "r-2-x1",
+            "the same exit, never a second"
+        );
+        // Triggered, exit filled before the crash: closed, nothing sent.
+        let (mut q, _) = book();
+        ledger.record(&report("r-2-x1", "FILLED", "0.5", Some("94")));
+        q.restore_record(record, &ledger);
+        assert_eq!(state(&q, "r-2").state, ProtectionStatus::Closed);
+        assert!(q.take_sends().is_empty());
+    }
 }
