@@ -55,6 +55,9 @@ ENV = {
     "MOONBUS__RISK__MAX_OPEN_ORDERS": "0",
     "MOONBUS__RISK__MAX_OPEN_ORDERS_PER_SYMBOL": "0",
     "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
+    # An exit in hand when execution is killed comes back after 5 s (> 4 x (1000 + 0) ms).
+    "MOONBUS__EXECUTION__ACK_WAIT_MS": "5000",
+    "MOONBUS__EXECUTION__MAX_IN_FLIGHT": "4",
     "MOONBUS__EXECUTION__RETRY_DELAY_MS": "300",
     "MOONBUS__EXECUTION__RETRY_MAX_DELAY_MS": "600",
 }

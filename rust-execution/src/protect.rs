@@ -48,6 +48,9 @@ const KV_STREAM: &str = "KV_moonbus";
 const KV_FILTER: &str = "$KV.moonbus.exec.protection.>";
 /// A trailing stop's ratchets are stored and published at most this often.
 const TRAIL_WRITE_EVERY: Duration = Duration::from_secs(1);
+/// On start, protections that ended this recently are published again (their last state
+/// may have been stored and not published when the previous run died).
+const RETELL: Duration = Duration::from_secs(600);
 /// How long a KV write or an ORDERS publish may take before it counts as failed.
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -904,9 +907,20 @@ impl Protector {
     pub async fn restore(&mut self, client: &async_nats::Client, ledger: &Ledger) -> Result<()> {
         let mut reader = DirectReader::new(client.clone(), KV_STREAM, KV_FILTER, 1);
         let mut read = 0;
+        // Stored but perhaps never published (a crash between the two): every active
+        // state, and those that ended within RETELL, are published again.
+        let mut retell = Vec::new();
+        let recent = now_ns().saturating_sub(delay_ns(RETELL));
         while let Some(message) = reader.next().await? {
             match serde_json::from_slice::<Stored>(&message.payload) {
                 Ok(stored) => {
+                    let announced = !stored.entry_filled.get().is_zero() || !stored.is_active();
+                    if announced && (stored.is_active() || stored.state.ts >= recent) {
+                        retell.push(stored.state.parent_order_id.clone());
+                    }
+                    if !stored.is_active() && stored.state.ts >= recent {
+                        self.publish(&stored.state).await;
+                    }
                     self.book.restore_record(stored, ledger);
                     read += 1;
                 }
@@ -920,6 +934,11 @@ impl Protector {
             active = self.book.records.len(),
             "protections restored"
         );
+        for id in retell {
+            if let Some(record) = self.book.records.get_mut(&id) {
+                record.persist = true; // stored again (unchanged or squared) and published
+            }
+        }
         self.flush().await;
         Ok(())
     }
