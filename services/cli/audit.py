@@ -44,14 +44,16 @@ STREAMS = [ORDERS, EXEC, KV_STREAM, BACKTEST_DATA]
 # The agent token each user may put in orders.submit.<agent>.<symbol> (moonbus.conf).
 OWN_AGENT = {"trading-agent": "trading", "risk-agent": "risk", "gateway": "gateway", "operator": "operator",
              "risk": "killswitch", "execution": S.PROTECTION_AGENT}
+# execution's protections: KV keys `exec.protection.<parent_order_id>` (S.kv_protection).
+PROTECTION_KEYS = S.kv_protection("<id>").removesuffix(".<id>")
 # Who owns which KV keys (`supervisor.*`: make run's launcher, records of each service).
 KV_OWNER = {"risk": "risk", "sentiment": "sentiment-agent", "supervisor": "supervisor",
-            "exec.protection": "execution"}
+            PROTECTION_KEYS: "execution"}
 # The failover leases (rust-common leader.rs): only the service's own user takes or renews one.
 LEASE_OWNER = {S.kv_leader("risk"): "risk", S.kv_leader("execution"): "execution"}
 # The real key an unsafe attack aims at, per prefix.
 KV_TARGET = {"risk": S.KV_KILLSWITCH, "sentiment": S.kv_sentiment("BTC-USD"), "supervisor": S.kv_supervisor("risk"),
-             "exec.protection": S.kv_protection("audit-probe")}
+             PROTECTION_KEYS: S.kv_protection("audit-probe")}
 
 
 @dataclass
