@@ -167,6 +167,42 @@ def test_the_backtester_runs_the_same_protections(tmp_path) -> None:
     assert out["account"]["open_positions"] == 0
 
 
+BACKTEST_SCRIPT = r"""
+import json
+from tests.test_backtest_engine import wave, crossover
+from services.backtest import engine
+base = crossover()
+plain = engine.run([wave("BTC-USD")], **base)
+params = base["params"] | {"protection": {"enabled": True, "take_profit_pct": "1"}}
+protected = engine.run([wave("BTC-USD")], **{**base, "params": params})
+exits = lambda r: [f for f in r.fills if f.client_order_id.endswith("-x1")]
+print(json.dumps({"plain": len(exits(plain)), "exits": len(exits(protected)),
+                  "reduce_only": all(f.reduce_only for f in exits(protected)),
+                  "rejections": [r.reason for r in protected.rejections]}))
+"""
+
+
+def test_a_backtest_with_trading_agent_protection_takes_profit(tmp_path) -> None:
+    """The trading agent's [trading_agent.protection] in a backtest (services/backtest/engine.py
+    over this tree's moonbus_sim): a 1 % take-profit on every entry closes positions the
+    crossover alone would hold; the exits count as reduce-only."""
+    import shutil
+    import subprocess
+    import sys
+
+    built = REPO_ROOT / "target" / "release" / "libmoonbus_sim.so"
+    if not built.exists():
+        pytest.fail("target/release/libmoonbus_sim.so missing: cargo build --release -p rust-backtest")
+    shutil.copyfile(built, tmp_path / "moonbus_sim.abi3.so")
+    done = subprocess.run([sys.executable, "-c", BACKTEST_SCRIPT], cwd=REPO_ROOT,
+                          env={"PYTHONPATH": f"{tmp_path}:{REPO_ROOT}", "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["plain"] == 0 and out["exits"] > 0 and out["reduce_only"], out
+    assert out["rejections"] == [], out
+
+
 # ---------------------------------------------------------------- permissions (nats_server only)
 
 
