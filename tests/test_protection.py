@@ -420,11 +420,37 @@ async def test_long_stop_loss_one_reduce_only_exit_then_flat_and_the_take_profit
     assert closed.quantity == 0
     exit_ = assert_one_exit(desk, entry, "STOP_LOSS", "SELL")
     assert exit_.client_order_id == f"{entry}-x1" and exit_.filled_quantity == Decimal("0.5")
+    # origin_ts = the crossing tick's ts: the exit's tick-to-fill latency (-s shows it)
+    assert exit_.timings.origin_ts and exit_.timings.filled_ts
+    print(f"tick crossing the stop -> exit filled: {(exit_.timings.filled_ts - exit_.timings.origin_ts) / 1e6:.2f} ms")
     await desk.wait_position("0")
     # OCO: the take-profit leg is over.
     await desk.set_price("111")
     await asyncio.sleep(0.5)
     assert len(desk.exits(entry)) == 1
+    await desk.wait_position("0")
+
+
+async def test_an_engaged_kill_switch_cancels_armed_protections(desk: Desk) -> None:
+    async def killswitch(action: str) -> dict:
+        body = {"action": action, "actor": "protection-test", "reason": "test"}
+        reply = await desk.nc.request("risk.api.killswitch.operator", json.dumps(body).encode(), timeout=10)
+        return json.loads(reply.data)
+
+    entry = await desk.submit("BUY", "0.1", {"stop_loss": "95"})
+    await desk.wait_state(entry, "ARMED")
+    try:
+        assert (await killswitch("engage"))["engaged"] is True
+        cancelled = await desk.wait_state(entry, "CANCELLED")
+        assert cancelled.reason and cancelled.reason.startswith("kill_switch: "), cancelled
+        await desk.set_price("90")
+        await asyncio.sleep(0.5)
+        assert desk.exits(entry) == [], "no exit races the flatten"
+    finally:
+        assert (await killswitch("release"))["engaged"] is False
+    await desk.set_price("100")
+    close = await desk.submit("SELL", "0.1", tag="close")
+    await desk.wait_report(close, OrderStatus.FILLED)
     await desk.wait_position("0")
 
 
