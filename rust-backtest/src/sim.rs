@@ -25,6 +25,7 @@ use rust_decimal::Decimal;
 use rust_execution::config::ExecutionConfig;
 use rust_execution::ledger::{is_final, Ledger};
 use rust_execution::paper::PaperVenue;
+use rust_execution::protect::Protections;
 use rust_execution::reports;
 use rust_execution::risk::{answer, request_for, RiskAnswer};
 use rust_execution::venue::{Market, Routed, Venue};
@@ -76,6 +77,10 @@ pub struct Simulator {
     pending_reports: Vec<ExecutionReport>,
     heartbeat_ns: u64,
     last_heartbeat: u64,
+    /// Stop-loss, take-profit and trailing stops: rust-execution's state machine and
+    /// trigger rule (protect.rs), on event time; their exits are submitted here like any
+    /// order (risk's check included).
+    protections: Protections,
 }
 
 impl Simulator {
@@ -96,6 +101,8 @@ impl Simulator {
         let heartbeat_ns = settings.heartbeat_ms.saturating_mul(1_000_000);
         let mut risk = Engine::new(settings, 0);
         risk.mark_ready(0);
+        let mut protections = Protections::new(execution.backoff());
+        protections.set_now(0);
         Ok(Self {
             risk,
             venue: PaperVenue::new(venues, execution.fee_rate()?, execution.slippage_rate()?),
@@ -110,6 +117,7 @@ impl Simulator {
             pending_reports: Vec::new(),
             heartbeat_ns,
             last_heartbeat: 0,
+            protections,
         })
     }
 
@@ -121,6 +129,7 @@ impl Simulator {
             bail!("time goes back: {ts} is before {}", self.now);
         }
         self.now = ts;
+        self.protections.set_now(ts);
         if ts.saturating_sub(self.last_heartbeat) >= self.heartbeat_ns {
             self.last_heartbeat = ts;
             self.risk.heartbeat(ts);
@@ -160,12 +169,19 @@ impl Simulator {
         };
         self.risk.apply_tick(&tick, self.now);
         let fills = self.venue.on_market(&tick);
-        self.market.update(tick);
+        self.market.update(tick.clone());
         let mut out: Vec<ExecutionReport> = fills
             .iter()
             .map(|(routed, fill)| reports::filled(routed, fill))
             .collect();
         self.book(&mut out);
+        // The protections of the symbol watch the same tick, as live: at most one exit
+        // each, submitted now (and a refused one tried again after the backoff).
+        self.protections.on_tick(&tick, &self.ledger);
+        self.protections.on_timer(&self.ledger);
+        for exit in self.protections.take_sends() {
+            out.extend(self.submit(exit));
+        }
         out
     }
 
@@ -196,6 +212,9 @@ impl Simulator {
                     vec![reports::rejected(&order, Some(&order_id), reason, timings)]
                 }
                 RiskAnswer::Approved { ts } => {
+                    if let Some(record) = self.protections.new_record(&order) {
+                        self.protections.insert(record);
+                    }
                     let routed = Routed {
                         order,
                         order_id,
@@ -221,6 +240,7 @@ impl Simulator {
 
     /// Stamps reports with the event time and books them: execution's ledger, risk's books.
     fn book(&mut self, reports: &mut [ExecutionReport]) {
+        self.protections.tag(reports);
         for report in reports.iter_mut() {
             report.ts = self.now;
             if report.last_fill_quantity.is_some() {
@@ -231,6 +251,7 @@ impl Simulator {
                 // Only a fill that does not fit a decimal: risk halts the account, as live.
                 report.reason = Some(why);
             }
+            self.protections.on_report(report);
         }
     }
 

@@ -26,6 +26,8 @@ pub const ORDERS_SUBMIT_ALL: &str = "orders.submit.>";
 pub const ORDERS_CANCEL_ALL: &str = "orders.cancel.>";
 /// Every live venue's [`LiveVenueStatus`](crate::LiveVenueStatus) (published by execution only).
 pub const ALL_VENUE_STATUS: &str = "exec.venue.>";
+/// Every protection's [`ProtectionState`](crate::ProtectionState) (published by execution only).
+pub const ALL_PROTECTIONS: &str = "exec.protection.>";
 /// nats-server's advisory when execution's ORDERS consumer gives up on a message
 /// (`max_deliver`); kept in the DEADLETTER stream, acted on by execution.
 pub const DEAD_LETTER_ADVISORY: &str =
@@ -71,6 +73,14 @@ pub fn exec_report(symbol: impl Display) -> String {
 pub fn exec_venue(venue: impl Display) -> String {
     format!("exec.venue.{venue}")
 }
+/// `exec.protection.<symbol>`: a protection's state, published by execution only.
+pub fn exec_protection(symbol: impl Display) -> String {
+    format!("exec.protection.{symbol}")
+}
+/// The KV key (bucket [`KV_BUCKET`]) of the latest state of an entry's protection.
+pub fn kv_protection(parent_order_id: impl Display) -> String {
+    format!("exec.protection.{parent_order_id}")
+}
 /// `risk.recon.<venue>`: risk's reconciliation of a live venue, published by risk only;
 /// also the KV key of the latest one.
 pub fn risk_recon(venue: impl Display) -> String {
@@ -83,6 +93,8 @@ pub fn orders_submit(agent: impl Display, symbol: impl Display) -> String {
 
 /// The agent of rust-risk's kill-switch flatten orders (`orders.submit.killswitch.<symbol>`).
 pub const KILLSWITCH_AGENT: &str = "killswitch";
+/// The agent of execution's protection exits (`orders.submit.protection.<symbol>`).
+pub const PROTECTION_AGENT: &str = "protection";
 
 /// Submit or cancel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,7 +35,7 @@ message_types! {
     ExecutionReport, ErrorEvent, ErrorReply, PriceRequest, PriceReply, PricesRequest,
     PricesReply, HistoryRequest, HistoryReply, MonitorStartRequest, MonitorStopRequest,
     MonitorStatusRequest, MonitorStatusReply, VersionReply, BacktestRequest, BacktestReply,
-    LiveVenueStatus, Reconciliation,
+    LiveVenueStatus, Reconciliation, ProtectionState,
 }
 
 fn proto() -> PathBuf {

@@ -316,6 +316,7 @@ impl Algo {
             quantity,
             ts: now,
             algo: None,
+            protection: None,
             ..self.parent.clone()
         };
         Some((index, child))
@@ -736,6 +737,7 @@ mod tests {
             time_in_force: TimeInForce::Gtc,
             reduce_only: false,
             decision_price: None,
+            protection: None,
             origin_ts: 1,
             ts: 1,
             algo: Some(algo),

@@ -88,6 +88,8 @@ pub struct Bus {
     pub reconcile_interval: Duration,
     /// Core NATS, for the live venues' status.
     pub client: async_nats::Client,
+    /// Stop-loss, take-profit and trailing stops (protect.rs).
+    pub protect: crate::protect::Protector,
 }
 
 pub struct Engine {
@@ -225,6 +227,11 @@ impl Engine {
                 }
             }
         }
+        self.bus
+            .protect
+            .restore(&self.bus.client, &self.ledger)
+            .await
+            .context("restoring the protections")?;
         Ok(())
     }
 
@@ -287,6 +294,8 @@ impl Engine {
         if !market_warmup.is_zero() {
             self.intake_paused_until = Some(tokio::time::Instant::now() + market_warmup);
         }
+        let mut protect_timer = tokio::time::interval(Duration::from_millis(100));
+        protect_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(self.bus.backoff.max);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut live_poll = tokio::time::interval(self.bus.live_poll);
@@ -317,6 +326,10 @@ impl Engine {
                     }
                 }
                 _ = reconcile.tick(), if has_live => self.read_accounts(),
+                _ = protect_timer.tick(), if self.bus.protect.is_busy() => {
+                    self.bus.protect.on_timer(&self.ledger);
+                    self.bus.protect.flush().await;
+                }
                 Some(message) = self.bus.dead_letters.next() => self.on_dead_letter_message(message).await,
                 _ = retry.tick(), if !self.dead_letters.is_empty() => self.retry_dead_letters().await,
                 () = sleep_until(algo_wake), if algo_wake.is_some() => self.drive_algos().await,
@@ -533,6 +546,13 @@ impl Engine {
             self.spawn_record(recording);
             return;
         }
+        if let Err(reason) = self.bus.protect.register(&order).await {
+            recording
+                .reports
+                .push(reports::rejected(&order, Some(&order_id), reason, timings));
+            self.spawn_record(recording);
+            return;
+        }
         let routed = Routed {
             order,
             order_id,
@@ -567,6 +587,22 @@ impl Engine {
                         Some(reason) => break 'check reason,
                         None => return self.cancel_algo(lane, message, &cancel).await,
                     }
+                }
+                let cancels_any = intake::CANCELS_ANY_ORDER.contains(&cancel.agent.as_str());
+                match self
+                    .bus
+                    .protect
+                    .cancel(id, &cancel.agent, &cancel.symbol, cancels_any)
+                {
+                    Some(Err(reason)) => break 'check reason,
+                    Some(Ok(())) => {
+                        self.bus.protect.flush().await;
+                        if self.venue.resting(id).is_none() {
+                            settle(&message, AckKind::Ack).await;
+                            return Step::Over;
+                        }
+                    }
+                    None => {}
                 }
                 match self.ledger.status(id) {
                     None => break 'check format!("unknown_order: no order {id}"),
@@ -635,6 +671,7 @@ impl Engine {
     /// Store the reports in a job, in order, then ack (or nak) the message.
     fn spawn_record(&mut self, mut recording: Recording) -> Step {
         self.algos.tag(&mut recording.reports);
+        self.bus.protect.tag(&mut recording.reports);
         if let Some(id) = &recording.holds {
             self.in_flight.insert(id.clone());
         }
@@ -731,6 +768,8 @@ impl Engine {
             return;
         }
         self.stop_algos("kill switch engaged").await;
+        self.bus.protect.kill_switch(&state.reason);
+        self.bus.protect.flush().await;
         for id in self.venue.working_ids() {
             match self.venue.cancel_request(&id) {
                 Ok((exchange, routed)) => {
@@ -875,6 +914,7 @@ impl Engine {
             });
         }
         Box::pin(self.after_recorded_algos(&recording.reports, recording.stored)).await;
+        self.bus.protect.flush().await;
         if let Some(lane) = recording.lane {
             if let Some(next) = self.lanes.next(&lane) {
                 self.start(lane, next).await;
@@ -895,11 +935,13 @@ impl Engine {
         };
         // The last tick received wins, whatever its ts says (venue.rs Market: clocks).
         let fills = self.venue.on_market(&tick);
+        self.bus.protect.on_tick(&tick, &self.ledger);
         self.market.update(tick);
         for (routed, fill) in fills {
             let report = reports::filled(&routed, &fill);
             self.spawn_record(Recording::tick_fill(report, routed));
         }
+        self.bus.protect.flush().await;
     }
 
     async fn on_book_message(&mut self, message: async_nats::Message) {
@@ -1028,6 +1070,7 @@ impl Engine {
     async fn record_now(&mut self, report: &ExecutionReport, key: &str) -> Result<()> {
         let mut tagged = [report.clone()];
         self.algos.tag(&mut tagged);
+        self.bus.protect.tag(&mut tagged);
         self.bus.recorder.record(&tagged[0], key).await?;
         self.remember(&tagged[0], key);
         self.on_child_report(&tagged[0]);
@@ -1036,6 +1079,7 @@ impl Engine {
 
     fn remember(&mut self, report: &ExecutionReport, key: &str) {
         self.ledger.record(report);
+        self.bus.protect.on_report(report);
         metrics::global().stored(report);
         tracing::info!(
             client_order_id = report.client_order_id.as_ref().map(|id| id.as_str()).unwrap_or(key),

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod live;
 pub mod metrics;
 pub mod paper;
+pub mod protect;
 pub mod reports;
 pub mod risk;
 pub mod snapshot;

@@ -23,6 +23,7 @@ use rust_execution::config::ExecutionConfig;
 use rust_execution::engine::{Bus, Engine};
 use rust_execution::live::router::Router;
 use rust_execution::paper::PaperVenue;
+use rust_execution::protect::Protector;
 use rust_execution::reports::Recorder;
 use rust_execution::risk::RiskClient;
 use rust_execution::venue::Market;
@@ -101,6 +102,13 @@ async fn run() -> Result<()> {
         live_poll: Duration::from_millis(cfg.live_poll_ms),
         reconcile_interval: Duration::from_millis(cfg.reconcile_interval_ms),
         client: client.clone(),
+        protect: Protector::new(
+            streams::open_kv(&js).await?,
+            js.clone(),
+            client.clone(),
+            ErrorSink::new(client.clone(), SERVICE),
+            cfg.backoff(),
+        ),
     };
     // Real venues: keys from the environment, rules and clock read, private streams up,
     // before any order is taken (a venue that cannot start stops the service: fail closed).

@@ -345,6 +345,7 @@ mod tests {
                 time_in_force: tif,
                 reduce_only: false,
                 decision_price: None,
+                protection: None,
                 origin_ts: 1,
                 ts: 1,
                 algo: None,

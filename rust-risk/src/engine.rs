@@ -507,6 +507,7 @@ impl Engine {
                     decision_price: self
                         .valuation_price(symbol)
                         .and_then(|p| PositiveMoney::new(p).ok()),
+                    protection: None,
                     origin_ts: now_ns,
                     ts: now_ns,
                 })

@@ -320,12 +320,17 @@ class _Run:
                 result.fills.append(Fill(ts=r["ts"], symbol=r["symbol"], side=r["side"],
                                          quantity=Decimal(r["last_fill_quantity"]),
                                          price=Decimal(r["last_fill_price"]), fee=Decimal(r["fee"]),
-                                         client_order_id=r["client_order_id"], reduce_only=reduce_only))
+                                         client_order_id=r["client_order_id"],
+                                         # a protection's exit (stop, take-profit, trailing) is reduce-only
+                                         reduce_only=reduce_only or r.get("child_kind") in PROTECTION_EXITS))
                 self.fill_times.append(r["ts"])
             elif r["status"] in ("REJECTED", "EXPIRED"):
                 result.rejections.append(Rejection(ts=r["ts"], symbol=r.get("symbol") or "", side=r.get("side") or "",
                                                    quantity=Decimal(r.get("quantity") or 0),
                                                    reason=r.get("reason") or r["status"]))
+
+
+PROTECTION_EXITS = ("STOP_LOSS", "TAKE_PROFIT", "TRAILING_STOP")
 
 
 def _closes_at(times: list[int], s: BarSeries) -> list[Decimal | None]:

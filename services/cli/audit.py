@@ -43,13 +43,17 @@ SERVICES = [u for u in SERVICE_USERS if u != "admin"]
 STREAMS = [ORDERS, EXEC, KV_STREAM, BACKTEST_DATA]
 # The agent token each user may put in orders.submit.<agent>.<symbol> (moonbus.conf).
 OWN_AGENT = {"trading-agent": "trading", "risk-agent": "risk", "gateway": "gateway", "operator": "operator",
-             "risk": "killswitch"}
+             "risk": "killswitch", "execution": S.PROTECTION_AGENT}
+# execution's protections: KV keys `exec.protection.<parent_order_id>` (S.kv_protection).
+PROTECTION_KEYS = S.kv_protection("<id>").removesuffix(".<id>")
 # Who owns which KV keys (`supervisor.*`: make run's launcher, records of each service).
-KV_OWNER = {"risk": "risk", "sentiment": "sentiment-agent", "supervisor": "supervisor"}
+KV_OWNER = {"risk": "risk", "sentiment": "sentiment-agent", "supervisor": "supervisor",
+            PROTECTION_KEYS: "execution"}
 # The failover leases (rust-common leader.rs): only the service's own user takes or renews one.
 LEASE_OWNER = {S.kv_leader("risk"): "risk", S.kv_leader("execution"): "execution"}
 # The real key an unsafe attack aims at, per prefix.
-KV_TARGET = {"risk": S.KV_KILLSWITCH, "sentiment": S.kv_sentiment("BTC-USD"), "supervisor": S.kv_supervisor("risk")}
+KV_TARGET = {"risk": S.KV_KILLSWITCH, "sentiment": S.kv_sentiment("BTC-USD"), "supervisor": S.kv_supervisor("risk"),
+             PROTECTION_KEYS: S.kv_protection("audit-probe")}
 
 
 @dataclass
@@ -374,7 +378,8 @@ async def order_as_another_agent(a: Auditor, watcher: Probe, user: str, safe: bo
     attacker = await a.connect(user)
     assert attacker.nc
     mine = OWN_AGENT.get(user)
-    victims = [agent for agent in ("trading", "risk", "gateway", "operator", "killswitch") if agent != mine]
+    victims = [agent for agent in ("trading", "risk", "gateway", "operator", "killswitch", S.PROTECTION_AGENT)
+               if agent != mine]
     symbol = f"AUDIT{_uid().upper()}-USD"  # a symbol of its own: found again below, traded by nobody
     for agent in victims:
         for kind in ("submit", "cancel"):
@@ -560,9 +565,29 @@ async def forge_venue_accounts(a: Auditor, watcher: Probe, user: str, safe: bool
                   "refused" if held else "; ".join(broken))
 
 
+async def forge_protections(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
+    """Publish a protection's state (`exec.protection.<symbol>`: the dashboard and agents
+    would see a position protected, or closed, that is not). Only execution may (its KV
+    record is `tamper_with_kv`'s, its exits `order_as_another_agent`'s)."""
+    attacker = await a.connect(user)
+    assert attacker.nc
+    subject = S.exec_protection(f"AUDIT{_uid().upper()}-USD")  # a symbol of its own: shown by nobody
+    if user == "execution":
+        return Result("forge a protection's state", user, True, "its own subject")
+    queue = await _watch(watcher, subject)
+    await attacker.nc.publish(subject, f'{{"audit": "{_uid()}"}}'.encode())
+    await attacker.nc.flush()
+    await asyncio.sleep(SETTLE_S)
+    broken = [] if attacker.refused(subject) else [f"not refused: {subject}"]
+    broken += [f"delivered on {subject}"] if not queue.empty() else []
+    held = not broken
+    return Result("forge a protection's state", user, held, "refused" if held else "; ".join(broken))
+
+
 ATTACKS: list[Callable[[Auditor, Probe, str, bool], Awaitable[Result]]] = [
     forge_state_or_dead_letters,
     forge_venue_accounts,
+    forge_protections,
     forge_with_push_consumer,
     forge_with_republish,
     read_others_replies,

@@ -28,6 +28,7 @@ from .models import (
     OrderRequest,
     PositionsRequest,
     PriceAlert,
+    ProtectionState,
     Reconciliation,
     RiskCheckRequest,
     Sentiment,
@@ -64,6 +65,7 @@ SUBJECT_MODELS: list[tuple[str, type[BaseModel]]] = [
     (S.orders_cancel("*", "*"), CancelRequest),
     (S.exec_report("*"), ExecutionReport),
     (S.exec_venue("*"), LiveVenueStatus),
+    (S.exec_protection("*"), ProtectionState),
     (S.errors("*"), ErrorEvent),
 ]
 

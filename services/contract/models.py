@@ -748,6 +748,38 @@ class AlgoProgress(Tolerant):
     next_slice_ts: TimestampNs | None = None  # when the next child is due; null when none is
 
 
+TrailingStopBps = Annotated[int, Field(ge=1, le=5000)]
+
+
+class Protection(Strict):
+    """Exits attached to an entry order (`OrderRequest.protection`), carried out by execution
+    (rust-execution/src/protect.rs) once the entry fills: `stop_loss` and `take_profit` are
+    trigger prices, `trailing_stop_bps` a stop that trails the best price since arming by this
+    distance (1..=5000 bps). At least one is set. For a BUY entry (a long) the stop lies below
+    the take-profit, for a SELL entry (a short) above it. The first trigger crossed sends one
+    reduce-only MARKET exit and cancels the other legs (OCO)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["stop_loss"]},
+                {"required": ["take_profit"]},
+                {"required": ["trailing_stop_bps"]},
+            ]
+        }
+    )
+
+    stop_loss: PositiveMoney | None = None
+    take_profit: PositiveMoney | None = None
+    trailing_stop_bps: TrailingStopBps | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Protection:
+        if self.stop_loss is None and self.take_profit is None and self.trailing_stop_bps is None:
+            raise ValueError("a protection needs stop_loss, take_profit or trailing_stop_bps")
+        return self
+
+
 class OrderRequest(Strict):
     """`orders.submit.<agent>.<symbol>` (JetStream ORDERS, Nats-Msg-Id = client_order_id); the
     subject's agent token, pinned by the publisher's NATS permissions, must equal `agent`."""
@@ -759,7 +791,12 @@ class OrderRequest(Strict):
                     "if": {"properties": {"type": {"const": "LIMIT"}}, "required": ["type"]},
                     "then": {"required": ["limit_price"]},
                     "else": {"not": {"required": ["limit_price"]}},
-                }
+                },
+                {
+                    "if": {"properties": {"reduce_only": {"const": True}}, "required": ["reduce_only"]},
+                    "then": {"not": {"required": ["protection"]}},
+                },
+                {"not": {"required": ["algo", "protection"]}},
             ]
         }
     )
@@ -775,6 +812,7 @@ class OrderRequest(Strict):
     time_in_force: TimeInForce = TimeInForce.GTC
     reduce_only: bool = False
     decision_price: PositiveMoney | None = None
+    protection: Protection | None = None
     origin_ts: TimestampNs
     ts: TimestampNs
     # worked by execution as children (TWAP slices, ICEBERG chunks); absent: one order
@@ -789,6 +827,17 @@ class OrderRequest(Strict):
         if self.algo is not None and self.algo.display_quantity is not None:
             if self.algo.display_quantity >= self.quantity:
                 raise ValueError("an ICEBERG's display_quantity must be below the order's quantity")
+        p = self.protection
+        if p is not None:
+            if self.reduce_only:
+                raise ValueError("a reduce_only order takes no protection (it protects no new position)")
+            if self.algo is not None:
+                raise ValueError("an algo order takes no protection (its children carry the fills)")
+            if p.stop_loss is not None and p.take_profit is not None:
+                if self.side is Side.BUY and not p.stop_loss < p.take_profit:
+                    raise ValueError("a BUY's protection needs stop_loss below take_profit")
+                if self.side is Side.SELL and not p.stop_loss > p.take_profit:
+                    raise ValueError("a SELL's protection needs stop_loss above take_profit")
         return self
 
 
@@ -859,6 +908,40 @@ class ExecutionReport(Tolerant):
         if self.status in (OrderStatus.REJECTED, OrderStatus.FAILED) and not self.reason:
             raise ValueError(f"a {self.status.value} report must carry a reason")
         return self
+
+
+class ProtectionStatus(str, Enum):
+    """A protection's state: ARMED (watching ticks), TRIGGERED (its exit sent, not filled yet),
+    CLOSED (the exit filled: flat), CANCELLED (the entry's cancel, an entry that never filled,
+    the kill switch)."""
+
+    ARMED = "ARMED"
+    TRIGGERED = "TRIGGERED"
+    CLOSED = "CLOSED"
+    CANCELLED = "CANCELLED"
+
+
+class ProtectionState(Tolerant):
+    """`exec.protection.<symbol>` (execution only; the latest per entry in KV
+    `exec.protection.<parent_order_id>`): the protection of the entry `parent_order_id`.
+    `side` is the exits' side (SELL for a long), `quantity` the open quantity protected,
+    `trailing_trigger` the trailing stop's current trigger price, `exit_order_id` the
+    reduce-only exit sent once triggered."""
+
+    parent_order_id: ClientOrderId
+    agent: AgentName
+    symbol: Symbol
+    venue: Venue
+    side: Side
+    quantity: NonNegativeMoney
+    stop_loss: PositiveMoney | None = None
+    take_profit: PositiveMoney | None = None
+    trailing_stop_bps: TrailingStopBps | None = None
+    trailing_trigger: PositiveMoney | None = None
+    state: ProtectionStatus
+    exit_order_id: ClientOrderId | None = None
+    reason: str | None = None
+    ts: TimestampNs
 
 
 # ---------------------------------------------------------------- errors and APIs
@@ -1062,6 +1145,7 @@ MESSAGES: dict[str, type[BaseModel]] = {
         OrderRequest,
         CancelRequest,
         ExecutionReport,
+        ProtectionState,
         ErrorEvent,
         ErrorReply,
         PriceRequest,

@@ -69,6 +69,8 @@ ORDERS_SUBMIT_ALL = "orders.submit.>"
 ORDERS_CANCEL_ALL = "orders.cancel.>"
 # Every live venue's LiveVenueStatus (published by execution only).
 ALL_VENUE_STATUS = "exec.venue.>"
+# Every protection's ProtectionState (published by execution only).
+ALL_PROTECTIONS = "exec.protection.>"
 # nats-server's advisory when execution's ORDERS consumer gives up on a message (max_deliver);
 # kept in the DEADLETTER stream, acted on by execution.
 DEAD_LETTER_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ORDERS.execution"
@@ -82,6 +84,8 @@ KV_BUCKET = "moonbus"
 INVALID_TOKEN = "_invalid"
 # The agent of rust-risk's kill-switch flatten orders (`orders.submit.killswitch.<symbol>`).
 KILLSWITCH_AGENT = "killswitch"
+# The agent of execution's protection exits (`orders.submit.protection.<symbol>`).
+PROTECTION_AGENT = "protection"
 
 # ---------------------------------------------------------------- Python-side constants
 
@@ -158,6 +162,16 @@ def exec_report(symbol: object) -> str:
 def exec_venue(venue: object) -> str:
     """`exec.venue.<venue>`: a live venue's status and account, published by execution only."""
     return f"exec.venue.{venue}"
+
+
+def exec_protection(symbol: object) -> str:
+    """`exec.protection.<symbol>`: a protection's state (ProtectionState), published by execution only."""
+    return f"exec.protection.{symbol}"
+
+
+def kv_protection(parent_order_id: object) -> str:
+    """The KV key (in KV_BUCKET) of the latest ProtectionState of entry `parent_order_id`."""
+    return f"exec.protection.{parent_order_id}"
 
 
 def risk_recon(venue: object) -> str:
@@ -272,7 +286,7 @@ PATTERNS: tuple[str, ...] = (
     sentiment("*"), signal("*", "*"), swarm("*"), SWARM_ASK,
     risk_recon("*"),
     orders_submit("*", "*"), orders_cancel("*", "*"), exec_report("*"), exec_report(INVALID_TOKEN),
-    exec_venue("*"),
+    exec_venue("*"), exec_protection("*"),
     EXEC_VERSION, errors("*"), DEAD_LETTER_ADVISORY, BACKTEST_RUN,
 )
 

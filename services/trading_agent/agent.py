@@ -41,6 +41,7 @@ from services.contract.models import (
 
 from .algo import algo_for
 from .config import TradingConfig
+from .protection import attach
 from .sizing import all_in_quantity, all_in_short_quantity, buy_quantity, reduce_quantity, short_quantity
 
 AGENT = "trading"
@@ -121,6 +122,7 @@ def plan(choice: Choice, ctx: Context, cfg: TradingConfig, ts: int,
     if order is not None and order.reduce_only and cfg.shorts(ctx.event.symbol):
         then, flip = _flip(choice, order, ctx, cfg, ts, new_id)
         outcome += flip
+    order, then = attach(order, cfg.protection), attach(then, cfg.protection)
     action = Action(order.side.value) if order else Action.HOLD
     signal = Signal(
         agent=AGENT,

@@ -12,6 +12,7 @@ from services.contract.models import INTERVAL_PATTERN
 
 from .algo import AlgoConfig
 from .pipeline import PipelineConfig
+from .protection import ProtectionConfig
 
 Deterministic = Literal["momentum", "mean_reversion", "ma_crossover"]
 StrategyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -82,6 +83,8 @@ class TradingConfig(Section):
             if key.upper() == symbol.upper() and table.allow_short is not None:
                 return table.allow_short
         return self.allow_short
+    # [trading_agent.protection]: stop-loss / take-profit / trailing stop on entries (protection.py); off by default
+    protection: ProtectionConfig = Field(default_factory=ProtectionConfig)
 
     @model_validator(mode="after")
     def _ma_fast_below_slow(self) -> TradingConfig:

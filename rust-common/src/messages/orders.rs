@@ -180,6 +180,64 @@ pub struct AlgoProgress {
     pub next_slice_ts: Option<u64>,
 }
 
+wire_enum! {
+    /// A protection's state in its [`ProtectionState`].
+    ProtectionStatus {
+        /// Watching ticks (the entry filled).
+        Armed = "ARMED",
+        /// A trigger was crossed; the exit is sent and not filled yet.
+        Triggered = "TRIGGERED",
+        /// The exit filled: the protected quantity is closed.
+        Closed = "CLOSED",
+        /// Cancelled (the entry's cancel, an entry that never filled, the kill switch).
+        Cancelled = "CANCELLED",
+    }
+}
+
+/// The largest `trailing_stop_bps` (50 %).
+pub const MAX_TRAILING_STOP_BPS: u32 = 5000;
+
+fn check_trailing(bps: Option<u32>) -> Result<(), ValidationError> {
+    match bps {
+        Some(bps) if !(1..=MAX_TRAILING_STOP_BPS).contains(&bps) => Err(ValidationError::new(
+            format!("trailing_stop_bps {bps} is not within 1..={MAX_TRAILING_STOP_BPS}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Exits attached to an entry order ([`OrderRequest::protection`]), carried out by
+/// execution once the entry fills: trigger prices, and a stop trailing the best price
+/// since arming by `trailing_stop_bps`. At least one is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", deny_unknown_fields)]
+pub struct Protection {
+    /// Exit when the price reaches this (below a long's entry, above a short's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_loss: Option<PositiveMoney>,
+    /// Exit when the price reaches this (above a long's entry, below a short's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take_profit: Option<PositiveMoney>,
+    /// A stop this many basis points from the best price since arming (1..=5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trailing_stop_bps: Option<u32>,
+}
+
+impl Protection {
+    /// At least one leg; the trailing distance within 1..=5000 bps.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.stop_loss.is_none()
+            && self.take_profit.is_none()
+            && self.trailing_stop_bps.is_none()
+        {
+            return Err(ValidationError::new(
+                "a protection needs stop_loss, take_profit or trailing_stop_bps",
+            ));
+        }
+        check_trailing(self.trailing_stop_bps)
+    }
+}
+
 impl Side {
     /// +1 for BUY, -1 for SELL: the sign of the position change.
     pub fn sign(self) -> Decimal {
@@ -232,6 +290,9 @@ pub struct OrderRequest {
     /// The price the agent decided at; reports measure slippage against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_price: Option<PositiveMoney>,
+    /// Exits execution attaches to the position this order opens (not on a reduce-only order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<Protection>,
     /// The event that led to the order (e.g. a bar's end), ns since the epoch.
     pub origin_ts: u64,
     /// When the order was sent, ns since the epoch.
@@ -257,6 +318,31 @@ impl OrderRequest {
             if display >= self.quantity {
                 return Err(ValidationError::new(
                     "an ICEBERG's display_quantity must be below the order's quantity",
+                ));
+            }
+        }
+        let Some(protection) = &self.protection else {
+            return Ok(());
+        };
+        if self.algo.is_some() {
+            return Err(ValidationError::new(
+                "an algo order takes no protection (its children carry the fills)",
+            ));
+        }
+        if self.reduce_only {
+            return Err(ValidationError::new(
+                "a reduce_only order takes no protection (it protects no new position)",
+            ));
+        }
+        if let (Some(stop), Some(take)) = (protection.stop_loss, protection.take_profit) {
+            if self.side == Side::Buy && stop.get() >= take.get() {
+                return Err(ValidationError::new(
+                    "a BUY's protection needs stop_loss below take_profit",
+                ));
+            }
+            if self.side == Side::Sell && stop.get() <= take.get() {
+                return Err(ValidationError::new(
+                    "a SELL's protection needs stop_loss above take_profit",
                 ));
             }
         }
@@ -376,7 +462,55 @@ impl ExecutionReport {
     }
 }
 
-validated_on_read!(OrderRequest, ExecutionReport, ExecAlgo);
+/// `exec.protection.<symbol>` (execution only; the latest per entry in KV
+/// `exec.protection.<parent_order_id>`): the protection of entry `parent_order_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
+pub struct ProtectionState {
+    /// The entry order the protection belongs to.
+    pub parent_order_id: ClientOrderId,
+    /// The entry's agent.
+    pub agent: AgentName,
+    /// The symbol.
+    pub symbol: Symbol,
+    /// The venue of the entry and its exits.
+    pub venue: Venue,
+    /// The exits' side (SELL for a long, BUY for a short).
+    pub side: Side,
+    /// The open quantity protected.
+    pub quantity: NonNegativeMoney,
+    /// The stop-loss trigger price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_loss: Option<PositiveMoney>,
+    /// The take-profit trigger price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take_profit: Option<PositiveMoney>,
+    /// The trailing stop's distance, basis points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trailing_stop_bps: Option<u32>,
+    /// The trailing stop's current trigger price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trailing_trigger: Option<PositiveMoney>,
+    /// ARMED, TRIGGERED, CLOSED or CANCELLED.
+    pub state: ProtectionStatus,
+    /// The reduce-only exit sent once triggered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_order_id: Option<ClientOrderId>,
+    /// Why the state is what it is (the trigger crossed, a refusal, a cancel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When this state was made, ns since the epoch.
+    pub ts: u64,
+}
+
+impl ProtectionState {
+    /// The trailing distance within 1..=5000 bps.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_trailing(self.trailing_stop_bps)
+    }
+}
+
+validated_on_read!(OrderRequest, ExecutionReport, ExecAlgo, Protection, ProtectionState);
 
 #[cfg(test)]
 mod tests {

@@ -989,6 +989,7 @@ mod tests {
                 time_in_force: TimeInForce::Gtc,
                 reduce_only: false,
                 decision_price: None,
+                protection: None,
                 origin_ts: 1,
                 ts: 1,
                 algo: None,
