@@ -11,8 +11,9 @@ md.bar, a stand-in md.api.history) and risk (ACTIVE verdicts and account, heartb
    hops without any agent work; as the trading-agent user, on agent.signal.trading.<symbol>). History is asked once per symbol (the agent keeps its
    own rolling bars), counted from the stand-in's requests.
 2. `replicas`: decisions/s of 1, 2 and 3 replicas (one queue group, `trading-agent`):
-   SYMBOLS symbols, BARS bars each published as fast as the bench can (a replay faster
-   than the agents: max_pending holds them all, so no decision is an `overloaded` HOLD),
+   24 symbols, 500 bars each published as fast as the bench can (a replay faster
+   than the agents, within the 512 bars a window keeps ahead of its decisions: max_pending
+   holds them all, so no decision is an `overloaded` HOLD),
    flat closes (momentum decides HOLD: a Signal per bar, no order) and, for the
    `with_orders` workload, rising ones (a BUY order per bar into ORDERS). Rate = decided
    bars / (last Signal - first Signal). Rounds alternate 1, 2, 3, 3, 2, 1.
@@ -302,7 +303,8 @@ class Bench:
                 await sub.unsubscribe()
             await self.stop_agents(agents, "orders" if orders else "hold")
         rate = (len(times) - 1) / ((times[-1] - times[0]) / 1e9) if len(times) > 1 else 0.0
-        return {"replicas": n, "workload": "with_orders" if orders else "hold", "decided": len(times),
+        gone = [a.name for a in agents if a.returncode not in (None, 0, -signal.SIGTERM)]
+        return {"agents_ended_early": gone, "replicas": n, "workload": "with_orders" if orders else "hold", "decided": len(times),
                 "expected": expected, "overloaded": overloaded, "orders": ordered, "decisions_per_s": round(rate),
                 "agent_cpu_s": round(cpu, 2), "decisions_per_cpu_s": round(len(times) / cpu) if cpu else None,
                 "publish_per_s": round(len(payloads) / publish_s)}
@@ -319,6 +321,8 @@ class Bench:
         best: dict[str, dict[int, int]] = {}
         per_cpu: dict[str, dict[int, int]] = {}
         for r in runs:
+            if not r["decided"]:  # the agents were gone (agents_ended_early): no figure
+                continue
             w = best.setdefault(r["workload"], {})
             w[r["replicas"]] = max(w.get(r["replicas"], 0), r["decisions_per_s"])
             c = per_cpu.setdefault(r["workload"], {})
@@ -400,7 +404,7 @@ async def _run(server: NatsServer, tmp: Path, ctx: Context) -> dict[str, Any]:
     try:
         q = ctx.quick
         latency = await b.latency(bars=10 if q else 60, rounds=1 if q else 2)
-        replicas = await b.replicas([1, 2, 3], symbols=6 if q else 12, bars=100 if q else 1000,
+        replicas = await b.replicas([1, 2, 3], symbols=6 if q else 24, bars=100 if q else 500,
                                     with_orders=True)
     finally:
         await b.close()
