@@ -107,8 +107,6 @@ ALL_RECONCILIATIONS = "risk.recon.>"
 ALL_SENTIMENT = "agent.sentiment.>"
 ALL_SIGNALS = "agent.signal.>"
 ALL_SWARM = "agent.swarm.>"
-# Execution's ProtectionState of each protected position (`exec.protection.<symbol>`), read by the gateway.
-ALL_PROTECTIONS = "exec.protection.>"
 ALL_ERRORS = "errors.>"
 ORDERS_ALL = "orders.>"
 ORDERS_PREFIX = "orders."

@@ -17,10 +17,9 @@ kept as the latest state and sent on the live stream:
 Every message is checked before it is kept or streamed: a malformed one (not JSON, a field
 missing or of the wrong type or range, money not a decimal string, a symbol that is not the
 subject's) is dropped and counted by view and reason (`moonbus_gateway_view_dropped_total`,
-and `dropped` in each /api answer); it never stops the gateway. ProtectionState and the algo
-fields of ExecutionReport are read here as plain JSON, by this module's own models
-(ProtectionView, AlgoProgress), the rest of an ExecutionReport by the contract's model.
-What is kept and shown is the checked message (money as decimal strings), not the raw one.
+and `dropped` in each /api answer); it never stops the gateway. Every message is checked by
+the contract's own model (ProtectionState; ExecutionReport with its `algo`, `parent_order_id`
+and `child_kind`). What is kept and shown is the checked message (money as decimal strings), not the raw one.
 """
 
 from __future__ import annotations
@@ -30,80 +29,28 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 
 from services.contract import subjects as S
 from services.contract.models import (
-    AgentName,
     ArbOpportunity,
-    ClientOrderId,
+    ChildKind,
     Consensus,
-    Count,
     ExecutionReport,
     OrderStatus,
-    PositiveMoney,
+    ProtectionState,
+    ProtectionStatus,
     Sentiment,
-    Side,
-    Symbol,
-    TimestampNs,
     Tolerant,
-    Venue,
 )
 
 from .metrics import GatewayMetrics
 
 FINAL = frozenset({OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.EXPIRED,
                    OrderStatus.FAILED})
-ProtectionStatus = Literal["ARMED", "TRIGGERED", "CLOSED", "CANCELLED"]
-ENDED = frozenset({"CLOSED", "CANCELLED"})
-
-
-class ProtectionView(Tolerant):
-    """`exec.protection.<symbol>` (execution): the exits armed for one parent order's position.
-    `side` is the exits' side; money is a decimal string; `ts` nanoseconds."""
-
-    parent_order_id: ClientOrderId
-    agent: AgentName
-    symbol: Symbol
-    venue: Venue
-    side: Side
-    quantity: PositiveMoney
-    stop_loss: PositiveMoney | None = None
-    take_profit: PositiveMoney | None = None
-    trailing_stop_bps: Annotated[int, Field(ge=1, le=10_000)] | None = None
-    trailing_trigger: PositiveMoney | None = None
-    state: ProtectionStatus
-    exit_order_id: ClientOrderId | None = None
-    reason: Annotated[str, Field(max_length=2000)] | None = None
-    ts: TimestampNs
-
-
-class AlgoProgress(Tolerant):
-    """The `algo` object of a TWAP / ICEBERG parent's ExecutionReport."""
-
-    kind: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")]  # TWAP, ICEBERG
-    slices_total: Annotated[int, Field(ge=1, le=1_000_000)] | None = None  # TWAP knows it, ICEBERG may not
-    slices_sent: Count
-    slices_filled: Count
-    working_child_id: ClientOrderId | None = None
-    next_slice_ts: TimestampNs | None = None
-
-    @model_validator(mode="after")
-    def _counts(self) -> AlgoProgress:
-        if self.slices_filled > self.slices_sent:
-            raise ValueError("slices_filled is above slices_sent")
-        if self.slices_total is not None and self.slices_sent > self.slices_total:
-            raise ValueError("slices_sent is above slices_total")
-        return self
-
-
-class SliceLink(Tolerant):
-    """What ties a child's ExecutionReport to its parent."""
-
-    parent_order_id: ClientOrderId
-    child_kind: Literal["SLICE"]
+ENDED = frozenset({ProtectionStatus.CLOSED, ProtectionStatus.CANCELLED})
 
 
 @dataclass
@@ -120,7 +67,7 @@ class ViewState:
     swarm: dict[str, Kept] = field(default_factory=dict)  # symbol -> Consensus
     sentiment: dict[str, Kept] = field(default_factory=dict)  # symbol -> Sentiment
     arbs: dict[tuple[str, str, str], Kept] = field(default_factory=dict)  # (symbol, buy, sell) -> ArbOpportunity
-    protections: dict[str, Kept] = field(default_factory=dict)  # parent_order_id -> ProtectionView
+    protections: dict[str, Kept] = field(default_factory=dict)  # parent_order_id -> ProtectionState
     algos: dict[str, Kept] = field(default_factory=dict)  # parent client_order_id -> parent report + algo
     dropped: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
 
@@ -231,7 +178,7 @@ class Views:
         return [("arbs", "ArbOpportunity", _encode(shown))]
 
     def _protection(self, subject: str, data: bytes) -> list[Event]:
-        p = self._check("protections", ProtectionView, data)
+        p = self._check("protections", ProtectionState, data)
         if p is None:
             return []
         if p.symbol != S.last_token(subject):
@@ -259,24 +206,23 @@ class Views:
         if not isinstance(raw, dict):
             return events
         if raw.get("algo") is not None:
-            shown = self._parent(subject, data, raw)
+            shown = self._parent(subject, data)
         elif "parent_order_id" in raw:
-            shown = self._child(data, raw)
+            shown = self._child(data)
         else:
             shown = None
         if shown is not None:
             events.append(("algos", "AlgoOrder", _encode(shown)))
         return events
 
-    def _parent(self, subject: str, data: bytes, raw: dict[str, Any]) -> dict[str, Any] | None:
+    def _parent(self, subject: str, data: bytes) -> dict[str, Any] | None:
         report = self._check("algos", ExecutionReport, data)
         if report is None:
             return None
-        if not isinstance(raw["algo"], dict):
+        algo = report.algo
+        if algo is None or algo.slices_filled > algo.slices_sent or (
+                algo.slices_total is not None and algo.slices_sent > algo.slices_total):
             self.drop("algos", "invalid")
-            return None
-        algo = self._check("algos", AlgoProgress, raw["algo"])
-        if algo is None:
             return None
         if report.client_order_id is None or report.symbol is None or report.symbol != S.last_token(subject):
             self.drop("algos", "subject_mismatch")
@@ -300,17 +246,17 @@ class Views:
             self.state.algos.pop(coid, None)  # finished: off the view
         return shown
 
-    def _child(self, data: bytes, raw: dict[str, Any]) -> dict[str, Any] | None:
-        link = self._check("algos", SliceLink, raw)
-        if link is None:
+    def _child(self, data: bytes) -> dict[str, Any] | None:
+        report = self._check("algos", ExecutionReport, data)
+        if report is None:
             return None
-        parent = self.state.algos.get(link.parent_order_id)
+        if report.child_kind is not ChildKind.SLICE or report.parent_order_id is None:
+            return None  # a protection's exit: not an algo's child
+        parent = self.state.algos.get(report.parent_order_id)
         if parent is None:
             return None  # its parent finished, or was never heard: nothing to show it under
-        report = self._check("algos", ExecutionReport, data)
-        if report is None or report.client_order_id is None:
-            if report is not None:
-                self.drop("algos", "invalid")
+        if report.client_order_id is None:
+            self.drop("algos", "invalid")
             return None
         parent.shown["last_child"] = {k: v for k, v in _shown(report).items() if k in (
             "client_order_id", "status", "reason", "quantity", "filled_quantity", "last_fill_price", "ts")}
