@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +367,9 @@ def replica_points(found: Any) -> list[dict]:
 def table(result: dict) -> str:
     """The markdown table of every curve, each point with its baseline."""
     lines: list[str] = []
+    for name in ("market_data", "order_path", "tick_to_fill"):
+        if (result.get(name) or {}).get("failed"):
+            lines += [f"**{name} failed**: {result[name]['failed'][:300]}", ""]
     md = result.get("market_data", {})
     if md.get("points"):
         lines += [f"**market-data vs symbols** ({load_text(md.get('loadavg'))}, {md.get('seconds_per_run')} s per run)", "",
@@ -500,13 +504,23 @@ def run(ctx: Context) -> dict:
     ctx.results.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "loadavg_start": loadavg(), "cpus": os.cpu_count()}
-    result["market_data"] = market_data_curve(ctx)
-    result["order_path"] = order_path_curve(ctx)
-    result["tick_to_fill"] = tick_to_fill_curve(ctx)
+    # A curve that fails (a service that does not start, a config mid-edit) is recorded
+    # with its error; the others are still measured and written.
+    for name, curve in (("market_data", market_data_curve), ("order_path", order_path_curve),
+                        ("tick_to_fill", tick_to_fill_curve)):
+        try:
+            result[name] = curve(ctx)
+        except Exception as e:  # noqa: BLE001 (recorded in the result, and the run fails below)
+            traceback.print_exc()
+            result[name] = {"failed": f"{type(e).__name__}: {str(e)[:2000]}", "points": []}
     first = result["order_path"]["points"][0] if result["order_path"]["points"] else {}
     result["tick_to_fill"]["baseline_order_p50_us"] = first.get("p50_us")
     result["tick_to_fill"]["baseline_order_p99_us"] = first.get("p99_us")
     result["agent_replicas"] = agent_replicas(ctx.results)
     result["loadavg_end"] = loadavg()
     write_outputs(result, ctx.results)
+    failed = [name for name in ("market_data", "order_path", "tick_to_fill") if result[name].get("failed")]
+    if failed:
+        (ctx.results / "scaling.json").write_text(json.dumps({"benchmark": "scaling", "results": result}, indent=2) + "\n")
+        raise RuntimeError(f"curves failed: {', '.join(failed)} (the others in bench/results/scaling.json)")
     return result

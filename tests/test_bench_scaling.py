@@ -96,6 +96,9 @@ def test_table_states_each_point_with_its_baseline() -> None:
     assert "| hold | 3 | 1,200.0 |" in text
     missing = scaling.table({**SAMPLE, "agent_replicas": {"missing": "run agent_decisions first"}})
     assert "run agent_decisions first" in missing
+    failed = scaling.table({**SAMPLE, "order_path": {"failed": "NatsServerError: parse error", "points": []}})
+    assert "**order_path failed**: NatsServerError: parse error" in failed
+    assert "offered/s" not in failed and "| 100,000 |" in failed
 
 
 def test_outputs_are_written(tmp_path: Path) -> None:
