@@ -357,8 +357,11 @@ def replica_points(found: Any) -> list[dict]:
             for n, rate in (per or {}).items():
                 if str(n).isdigit() and isinstance(rate, (int, float)):
                     by[(str(workload), int(n))] = [float(rate)]
-    return [{"workload": w, "replicas": n, "decisions_per_s": round(statistics.median(rates), 1),
-             "runs": [round(r, 1) for r in rates]} for (w, n), rates in sorted(by.items())]
+    # A round that decided nothing (0/s: it failed) is left out of the median and counted.
+    return [{"workload": w, "replicas": n,
+             "decisions_per_s": round(statistics.median([r for r in rates if r > 0] or [0.0]), 1),
+             "runs": [round(r, 1) for r in rates], "zero_runs": sum(1 for r in rates if r <= 0)}
+            for (w, n), rates in sorted(by.items())]
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -410,7 +413,9 @@ def table(result: dict) -> str:
     if ar.get("points"):
         lines += [f"**decisions/s vs agent replicas** (from {ar['source']}, {ar.get('started')}, "
                   f"load 1m {round(ar.get('loadavg_1m') or 0, 2)}{', QUICK run' if ar.get('quick') else ''})", "", "| workload | replicas | decisions/s |", "|---|---:|---:|"]
-        lines += [f"| {p['workload']} | {p['replicas']} | {p['decisions_per_s']:,} |" for p in ar["points"]]
+        lines += [f"| {p['workload']} | {p['replicas']} | {p['decisions_per_s']:,}"
+                  f"{' (' + str(p['zero_runs']) + ' round(s) at 0 left out)' if p.get('zero_runs') else ''} |"
+                  for p in ar["points"]]
         lines.append("")
     elif ar:
         lines += [f"**decisions/s vs agent replicas**: {ar.get('missing', 'no replica figures')}", ""]

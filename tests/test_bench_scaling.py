@@ -44,10 +44,12 @@ def test_replica_points_from_agent_decisions_runs_and_best() -> None:
     runs = {"runs": [{"replicas": 1, "workload": "hold", "decisions_per_s": 100},
                      {"replicas": 2, "workload": "hold", "decisions_per_s": 190},
                      {"replicas": 1, "workload": "hold", "decisions_per_s": 110},
-                     {"replicas": 1, "workload": "hold", "decisions_per_s": 300}]}
+                     {"replicas": 1, "workload": "hold", "decisions_per_s": 300},
+                     {"replicas": 2, "workload": "hold", "decisions_per_s": 0}]}
     got = scaling.replica_points(runs)
-    assert got == [{"workload": "hold", "replicas": 1, "decisions_per_s": 110.0, "runs": [100.0, 110.0, 300.0]},
-                   {"workload": "hold", "replicas": 2, "decisions_per_s": 190.0, "runs": [190.0]}]
+    assert got == [{"workload": "hold", "replicas": 1, "decisions_per_s": 110.0, "runs": [100.0, 110.0, 300.0],
+                    "zero_runs": 0},
+                   {"workload": "hold", "replicas": 2, "decisions_per_s": 190.0, "runs": [190.0, 0.0], "zero_runs": 1}]
     best = {"best_decisions_per_s": {"with_orders": {"1": 50, "3": 140}}}
     assert [(p["replicas"], p["decisions_per_s"]) for p in scaling.replica_points(best)] == [(1, 50.0), (3, 140.0)]
     assert scaling.replica_points(None) == []
