@@ -381,8 +381,11 @@ async def order_as_another_agent(a: Auditor, watcher: Probe, user: str, safe: bo
     victims = [agent for agent in ("trading", "risk", "gateway", "operator", "killswitch", S.PROTECTION_AGENT)
                if agent != mine]
     symbol = f"AUDIT{_uid().upper()}-USD"  # a symbol of its own: found again below, traded by nobody
+    # execution submits algo children under their parent's agent token (rust-execution
+    # algo.rs): its submits are its own; it still cancels as nobody.
+    kinds = ("cancel",) if user == "execution" else ("submit", "cancel")
     for agent in victims:
-        for kind in ("submit", "cancel"):
+        for kind in kinds:
             # Never a valid order: even stored, execution would only reject it.
             await attacker.nc.publish(S.orders(kind, agent, symbol), b'{"audit": true}')
     await attacker.nc.flush()
