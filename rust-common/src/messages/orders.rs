@@ -510,7 +510,13 @@ impl ProtectionState {
     }
 }
 
-validated_on_read!(OrderRequest, ExecutionReport, ExecAlgo, Protection, ProtectionState);
+validated_on_read!(
+    OrderRequest,
+    ExecutionReport,
+    ExecAlgo,
+    Protection,
+    ProtectionState
+);
 
 #[cfg(test)]
 mod tests {
