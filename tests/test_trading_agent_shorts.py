@@ -244,9 +244,11 @@ async def test_the_live_agent_sends_a_flip_as_two_orders_in_stream_order(connect
     assert got[3].reasoning.endswith("order SELL 0.500000 at ~99 (reduce only); then SELL 1.010101 at ~99 (flips to a short)")
     js = operator.jetstream()
     info = await js.stream_info(ORDERS)
-    stored = [decode(OrderRequest, (await js.get_msg(ORDERS, seq)).data)
-              for seq in range(info.state.first_seq, info.state.last_seq + 1)]
-    ours = [o.client_order_id for o in stored if o.symbol == symbol]
+    # ORDERS is the session's: other tests store there too (the attack suite's probes are not
+    # even orders), so only this symbol's subject is read.
+    stored = [await js.get_msg(ORDERS, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    ours = [decode(OrderRequest, m.data).client_order_id for m in stored
+            if m.subject == f"orders.submit.trading.{symbol}"]
     assert ours == [o.client_order_id for o in sent]  # stored once each, the close first
     assert orders.empty()
 
