@@ -388,6 +388,28 @@ async def test_submit_order_is_stored_once(client: httpx.AsyncClient, connect) -
         assert (r.status_code, error_code(r)) == (422, "bad_request"), bad
 
 
+async def test_an_order_may_carry_a_protection_or_an_algo(client: httpx.AsyncClient, connect) -> None:
+    symbol = f"GW{uid()}-USD"
+    base = {"symbol": symbol, "side": "BUY", "quantity": "0.3"}
+    protection = {"stop_loss": "90", "take_profit": "110", "trailing_stop_bps": 150}
+    algo = {"kind": "TWAP", "duration_ms": 3000, "slices": 3}
+    js = (await connect("operator")).jetstream(timeout=5)
+    for extra in ({"protection": protection}, {"algo": algo}):
+        body = {**base, "client_order_id": f"gw-{uid()}", **extra}
+        r = await client.post("/api/orders", json=body, headers=AUTH)
+        assert r.status_code == 202, r.text
+        order = OrderRequest.model_validate_json((await js.get_msg(ORDERS, r.json()["seq"], direct=True)).data)
+        assert order.model_dump(mode="json", include=set(extra), exclude_none=True) == extra
+    for bad in ({"protection": protection, "algo": algo},  # one or the other
+                {"protection": {**protection, "stop_loss": "120"}},  # a BUY's stop above its take-profit
+                {"protection": protection, "reduce_only": True},
+                {"protection": {}},
+                {"algo": {"kind": "TWAP", "slices": 3}},
+                {"algo": {"kind": "ICEBERG", "display_quantity": "0.3"}}):  # not below the quantity
+        r = await client.post("/api/orders", json={**base, "client_order_id": f"gw-{uid()}", **bad}, headers=AUTH)
+        assert (r.status_code, error_code(r)) == (422, "bad_request"), bad
+
+
 async def test_orders_and_trace_read_from_the_streams(client: httpx.AsyncClient, connect) -> None:
     symbol, coid = f"GW{uid()}-USD", f"gw-{uid()}"
     order = OrderRequest(client_order_id=coid, agent="trading", symbol=symbol, side=Side.BUY, quantity=D("2"),

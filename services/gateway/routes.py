@@ -38,6 +38,7 @@ from services.contract.models import (
     LimitsReply,
     LimitsRequest,
     OrderRequest,
+    Protection,
     PositiveMoney,
     PositionsReply,
     PositionsRequest,
@@ -177,6 +178,12 @@ class OrderSubmit(Strict):
     venue: Venue = "sim"
     time_in_force: Literal["GTC", "IOC"] = "GTC"
     reduce_only: bool = False
+    # exits execution carries out once it fills (README "Protections"), or an execution
+    # algorithm (README "Execution algorithms"): one or the other
+    protection: Protection | None = None
+    # an ExecAlgo, checked when the order is built (from JSON: its `kind` is an enum, which
+    # this strict body model would take only as the enum object)
+    algo: dict[str, Any] | None = Field(default=None, description="ExecAlgo (proto/schemas/OrderRequest.json)")
 
 
 class OrderAccepted(BaseModel):
