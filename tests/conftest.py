@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from services.common.bus import Bus
-from services.devstack.natsserver import NatsServer, load_or_create_credentials
+from services.contract.models import PositionsReply
+from services.devstack.launcher import SERVICES, System
+from services.devstack.natsserver import NatsServer, free_port, load_or_create_credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,3 +193,139 @@ def running_service(service_bus: ServiceBusFn) -> Callable[..., contextlib.Abstr
             await asyncio.wait_for(task, timeout)
 
     return _running
+
+
+# ---------------------------------------------------------------- the whole system (e2e)
+# Tests of the money path through the real binaries (test_money_path, test_exec_algos,
+# test_shorts_e2e, test_protection) share these: `from tests.conftest import ...`.
+
+# Risk's rules have their own tests; these let the orders of a test through.
+RISK_ROOMY = {
+    "MOONBUS__RISK__STARTING_CASH": '"1000000"',
+    "MOONBUS__RISK__MAX_POSITION_NOTIONAL": '"1000000"',
+    "MOONBUS__RISK__MAX_GROSS_EXPOSURE": '"10000000"',
+    "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
+}
+RISK_UNLIMITED = RISK_ROOMY | {  # ... and a stream of them: no rate or open-order limits
+    "MOONBUS__RISK__RATE_LIMIT_AGENT": "0",
+    "MOONBUS__RISK__RATE_LIMIT_GLOBAL": "0",
+    "MOONBUS__RISK__RATE_LIMIT_REDUCE_ONLY": "0",
+    "MOONBUS__RISK__MAX_OPEN_ORDERS": "0",
+    "MOONBUS__RISK__MAX_OPEN_ORDERS_PER_SYMBOL": "0",
+}
+MONEY_PATH = ("market-data", "risk", "execution")
+
+
+@contextlib.contextmanager
+def release_system(moon_dir: Path, env: dict[str, str], services: tuple[str, ...] = MONEY_PATH,
+                   tail: int = 0) -> Iterator[System]:
+    """The launcher's System on a free port in `moon_dir` (nats-server with the secure config,
+    the release-built `services`, `env` on top); stopped at the end, then its last `tail` log
+    lines printed (pytest shows them when the test failed)."""
+    missing = [s.command[0] for s in SERVICES.values()
+               if s.name in services and s.kind == "rust" and not (REPO_ROOT / s.command[0]).exists()]
+    if missing:
+        pytest.fail(f"release binaries missing ({', '.join(missing)}): run `make setup` (or `make test`)")
+    system = System().start(port=free_port(), moon_dir=moon_dir, services=list(services), out=None, env=env)
+    try:
+        yield system
+    finally:
+        system.stop()
+        if tail:
+            print(system.tail(tail))
+
+
+def system_fixture(env: dict[str, str], services: tuple[str, ...] = MONEY_PATH, tail: int = 0,
+                   scope: str = "function") -> Any:
+    """A `system` fixture for a test module: `system = system_fixture(ENV, tail=40)`, a fresh
+    release_system per test (or per module with scope="module")."""
+
+    @pytest.fixture(scope=scope)
+    def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+        with release_system(tmp_path_factory.mktemp("system"), env, services, tail) as system:
+            yield system
+
+    return system
+
+
+async def connect_as(system: System, user: str) -> nats.NATS:
+    """A nats-py client of `system` logged in as the moonbus user `user`."""
+    env = system.env_for(user)
+    return await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
+                              inbox_prefix=f"_INBOX.{env['NATS_USER']}")
+
+
+class SystemBus:
+    """The operator's connection to a release_system. A subclass says what it keeps of the
+    execution reports (`on_report`) and when the system serves (`wait_serving`, usually
+    `wait_active` and execution answering)."""
+
+    wait = 120.0  # generous: a loaded 2-core machine is allowed, a stuck service is not
+    tail = 40  # log lines of the system in a timeout's message
+
+    def __init__(self, system: System, nc: nats.NATS) -> None:
+        self.system = system
+        self.nc = nc
+        self.js = nc.jetstream()
+
+    @classmethod
+    def fixture(cls, name: str = "bus") -> Any:
+        """A fixture `name` for a test module (after the subclass): `bus = Bus.fixture()`,
+        the subclass connected by `operator` to the module's `system`."""
+
+        @pytest.fixture(name=name)
+        async def bus(system: System) -> AsyncIterator[Any]:
+            async with cls.operator(system) as bus:
+                yield bus
+
+        return bus
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def operator(cls, system: System) -> AsyncIterator[Any]:
+        """Connected as operator, seeing exec.report.>, once the system serves; closed after."""
+        nc = await connect_as(system, "operator")
+        bus = cls(system, nc)
+        try:
+            await nc.subscribe("exec.report.>", cb=bus.on_report)
+            await bus.wait_serving()
+            yield bus
+        finally:
+            await nc.close()
+
+    async def on_report(self, msg: Msg) -> None:
+        raise NotImplementedError
+
+    async def wait_serving(self) -> None:
+        raise NotImplementedError
+
+    async def wait_active(self, symbols: Any) -> None:
+        """Until risk's verdict on every one of `symbols` is ACTIVE (rebuilt, fresh prices)."""
+        states: dict[str, str] = {}
+
+        async def on_verdict(msg: Msg) -> None:
+            verdict = json.loads(msg.data)
+            states[verdict["symbol"]] = verdict["state"]
+
+        sub = await self.nc.subscribe("risk.verdict.>", cb=on_verdict)
+        try:
+            await self.until(lambda: all(states.get(s) == "ACTIVE" for s in symbols), f"every symbol ACTIVE: {states}")
+        finally:
+            await sub.unsubscribe()
+
+    async def positions(self) -> PositionsReply | None:
+        """risk.api.positions; None while risk is not ready (or not there)."""
+        try:
+            reply = await self.nc.request("risk.api.positions", b"{}", timeout=2)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return None
+        if b'"error"' in reply.data:
+            return None
+        return PositionsReply.model_validate_json(reply.data)
+
+    async def until(self, condition: Callable[[], Any], what: str, timeout: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.wait if timeout is None else timeout)
+        while not condition():
+            assert loop.time() < deadline, f"timed out waiting for: {what}\n{self.system.tail(self.tail)}"
+            await asyncio.sleep(0.05)

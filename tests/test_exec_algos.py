@@ -19,17 +19,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import nats
 import pytest
 
 from services.common.streams import read_stream
-from services.contract.models import ChildKind, ExecutionReport, OrderStatus, PositionsReply
-from services.devstack.launcher import SERVICES, System
-from services.devstack.natsserver import REPO_ROOT, free_port
+from services.contract.models import ChildKind, ExecutionReport, OrderStatus
+from services.devstack.launcher import System
+from tests.conftest import RISK_ROOMY, SystemBus, system_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -38,14 +36,10 @@ TERMINAL = {OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED, Ord
             OrderStatus.FAILED}
 WAIT = 120.0
 
-ENV = {
+# max_order_notional stays at its default (1000): a BTC order over ~0.0103 is refused whole.
+ENV = RISK_ROOMY | {
     "RUST_LOG": "warn,rust_execution=info",
     "MOONBUS__MARKET_DATA__TICK_INTERVAL_MS": "20",
-    # max_order_notional stays at its default (1000): a BTC order over ~0.0103 is refused whole.
-    "MOONBUS__RISK__STARTING_CASH": '"1000000"',
-    "MOONBUS__RISK__MAX_POSITION_NOTIONAL": '"1000000"',
-    "MOONBUS__RISK__MAX_GROSS_EXPOSURE": '"10000000"',
-    "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
     "MOONBUS__EXECUTION__ACK_WAIT_MS": "5000",
     "MOONBUS__EXECUTION__MAX_IN_FLIGHT": "4",
     # Snapshots often: a restart rebuilds from one (its algo children included) plus the EXEC tail.
@@ -54,39 +48,12 @@ ENV = {
 }
 
 
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[System]:
-    missing = [s.command[0] for s in SERVICES.values() if s.kind == "rust" and not (REPO_ROOT / s.command[0]).exists()]
-    if missing:
-        pytest.fail(f"release binaries missing ({', '.join(missing)}): run `make setup` (or `make test`)")
-    system = System().start(port=free_port(), moon_dir=tmp_path, services=["market-data", "risk", "execution"],
-                            out=None, env=ENV)
-    try:
-        yield system
-    finally:
-        system.stop()
-        print(system.tail(60))
+system = system_fixture(ENV, tail=60)
 
 
-@pytest.fixture
-async def bus(system: System) -> AsyncIterator[Bus]:
-    env = system.env_for("operator")
-    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
-                            inbox_prefix=f"_INBOX.{env['NATS_USER']}")
-    bus = Bus(system, nc)
-    try:
-        await nc.subscribe("exec.report.>", cb=bus.on_report)
-        await bus.wait_serving()
-        yield bus
-    finally:
-        await nc.close()
-
-
-class Bus:
+class Bus(SystemBus):
     def __init__(self, system: System, nc: nats.NATS) -> None:
-        self.system = system
-        self.nc = nc
-        self.js = nc.jetstream()
+        super().__init__(system, nc)
         self.reports: dict[str, list[ExecutionReport]] = defaultdict(list)
         self.seen_at: dict[str, list[float]] = defaultdict(list)
 
@@ -97,17 +64,7 @@ class Bus:
             self.seen_at[report.client_order_id].append(asyncio.get_running_loop().time())
 
     async def wait_serving(self) -> None:
-        states: dict[str, str] = {}
-
-        async def on_verdict(msg: nats.aio.msg.Msg) -> None:
-            verdict = json.loads(msg.data)
-            states[verdict["symbol"]] = verdict["state"]
-
-        sub = await self.nc.subscribe("risk.verdict.>", cb=on_verdict)
-        try:
-            await self.until(lambda: all(states.get(s) == "ACTIVE" for s in SYMBOLS), f"every symbol ACTIVE: {states}")
-        finally:
-            await sub.unsubscribe()
+        await self.wait_active(SYMBOLS)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT
         while True:  # execution may register on the service API a little after risk is ACTIVE
@@ -118,13 +75,6 @@ class Bus:
                 assert loop.time() < deadline, f"execution never answered\n{self.system.tail(40)}"
                 await asyncio.sleep(0.2)
         assert json.loads(reply.data)["service"] == "execution"
-
-    async def until(self, condition, what: str, timeout: float = WAIT) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not condition():
-            assert loop.time() < deadline, f"timed out waiting for: {what}\n{self.system.tail(40)}"
-            await asyncio.sleep(0.05)
 
     async def submit(self, order_id: str, quantity: str, algo: dict | None, *, side: str = "BUY",
                      limit: str | None = None, symbol: str = "BTC-USD") -> str:
@@ -154,14 +104,9 @@ class Bus:
     async def stored(self) -> list[ExecutionReport]:
         return [ExecutionReport.model_validate_json(m.data) async for m in read_stream(self.nc, "EXEC", "exec.report.>")]
 
-    async def positions(self) -> dict[str, Decimal] | None:
-        try:
-            reply = await self.nc.request("risk.api.positions", b"{}", timeout=2)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return None
-        if b'"error"' in reply.data:
-            return None
-        return {p.symbol: p.quantity for p in PositionsReply.model_validate_json(reply.data).positions}
+    async def positions(self) -> dict[str, Decimal] | None:  # type: ignore[override]
+        reply = await super().positions()
+        return None if reply is None else {p.symbol: p.quantity for p in reply.positions}
 
     async def wait_position(self, symbol: str, expected: Decimal) -> None:
         loop = asyncio.get_running_loop()
@@ -172,6 +117,9 @@ class Bus:
                 return
             assert loop.time() < deadline, f"risk's {symbol} position {held} != {expected}"
             await asyncio.sleep(0.1)
+
+
+bus = Bus.fixture()
 
 
 def children_of(reports: list[ExecutionReport], parent: str) -> dict[str, list[ExecutionReport]]:

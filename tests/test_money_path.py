@@ -17,18 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import nats
 import pytest
-from nats.js import JetStreamContext
 
-from services.devstack.launcher import SERVICES, System
+from services.devstack.launcher import System
 from services.contract.models import ExecutionReport, OrderStatus, PositionsReply
-from services.devstack.natsserver import REPO_ROOT, free_port
 from services.common.streams import read_stream
+from tests.conftest import RISK_UNLIMITED, SystemBus, system_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -37,19 +34,9 @@ TERMINAL = {OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED, Ord
             OrderStatus.FAILED}
 WAIT = 120.0  # generous: a loaded 2-core machine is allowed, a stuck service is not
 
-ENV = {
+ENV = RISK_UNLIMITED | {
     "RUST_LOG": "warn",
     "MOONBUS__MARKET_DATA__TICK_INTERVAL_MS": "20",
-    # Risk's rules have their own tests; here they must let a stream of orders through.
-    "MOONBUS__RISK__STARTING_CASH": '"1000000"',
-    "MOONBUS__RISK__MAX_POSITION_NOTIONAL": '"1000000"',
-    "MOONBUS__RISK__MAX_GROSS_EXPOSURE": '"10000000"',
-    "MOONBUS__RISK__RATE_LIMIT_AGENT": "0",
-    "MOONBUS__RISK__RATE_LIMIT_GLOBAL": "0",
-    "MOONBUS__RISK__RATE_LIMIT_REDUCE_ONLY": "0",
-    "MOONBUS__RISK__MAX_OPEN_ORDERS": "0",
-    "MOONBUS__RISK__MAX_OPEN_ORDERS_PER_SYMBOL": "0",
-    "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
     # A killed execution's orders in hand come back after 5 s (> 4 x (1000 + 10) ms, as
     # validated); 10 ms of simulated venue latency per order keeps a stream of orders going
     # long enough to kill it midway; risk gets 1 s, this machine may be busy.
@@ -60,41 +47,17 @@ ENV = {
 }
 
 
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[System]:
-    missing = [s.command[0] for s in SERVICES.values() if s.kind == "rust" and not (REPO_ROOT / s.command[0]).exists()]
-    if missing:
-        pytest.fail(f"release binaries missing ({', '.join(missing)}): run `make setup` (or `make test`)")
-    system = System().start(port=free_port(), moon_dir=tmp_path, services=["market-data", "risk", "execution"],
-                            out=None, env=ENV)
-    try:
-        yield system
-    finally:
-        system.stop()
-        print(system.tail(40))  # shown by pytest only when the test failed
+system = system_fixture(ENV, tail=40)
 
 
-@pytest.fixture
-async def bus(system: System) -> AsyncIterator[Bus]:
-    env = system.env_for("operator")
-    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"], inbox_prefix=f"_INBOX.{env['NATS_USER']}")
-    bus = Bus(system, nc)
-    try:
-        await nc.subscribe("exec.report.>", cb=bus.on_report)
-        await bus.wait_serving()
-        yield bus
-    finally:
-        await nc.close()
-
-
-class Bus:
+class Bus(SystemBus):
     """The operator's view: sends orders, sees reports as they are published, reads the
     EXEC stream (the durable record) and risk's positions."""
 
+    tail = 30
+
     def __init__(self, system: System, nc: nats.NATS) -> None:
-        self.system = system
-        self.nc = nc
-        self.js: JetStreamContext = nc.jetstream()
+        super().__init__(system, nc)
         self.terminal: dict[str, list[ExecutionReport]] = defaultdict(list)
         self.sent = 0
 
@@ -105,26 +68,9 @@ class Bus:
 
     async def wait_serving(self) -> None:
         """Risk rebuilt and trading every symbol (fresh prices), execution answering."""
-        states: dict[str, str] = {}
-
-        async def on_verdict(msg: nats.aio.msg.Msg) -> None:
-            verdict = json.loads(msg.data)
-            states[verdict["symbol"]] = verdict["state"]
-
-        sub = await self.nc.subscribe("risk.verdict.>", cb=on_verdict)
-        try:
-            await self.until(lambda: all(states.get(s) == "ACTIVE" for s in SYMBOLS), f"every symbol ACTIVE: {states}")
-        finally:
-            await sub.unsubscribe()
+        await self.wait_active(SYMBOLS)
         reply = await self.nc.request("exec.api.version", b"{}", timeout=10)
         assert json.loads(reply.data)["service"] == "execution"
-
-    async def until(self, condition, what: str, timeout: float = WAIT) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not condition():
-            assert loop.time() < deadline, f"timed out waiting for: {what}\n{self.system.tail(30)}"
-            await asyncio.sleep(0.05)
 
     async def submit(self, symbol: str, side: str, quantity: str | None = None) -> str:
         """One MARKET order, stored in ORDERS (PubAck awaited); returns its id."""
@@ -156,16 +102,6 @@ class Bus:
         return [ExecutionReport.model_validate_json(stored.data)
                 async for stored in read_stream(self.nc, "EXEC", "exec.report.>")]
 
-    async def positions(self) -> PositionsReply | None:
-        """risk.api.positions; None while risk is not ready (or not there)."""
-        try:
-            reply = await self.nc.request("risk.api.positions", b"{}", timeout=2)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return None
-        if b'"error"' in reply.data:
-            return None
-        return PositionsReply.model_validate_json(reply.data)
-
     async def ready_positions(self) -> PositionsReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT
@@ -185,6 +121,9 @@ class Bus:
                 return fills
             assert loop.time() < deadline, f"risk positions {held} != fills in EXEC {fills}"
             await asyncio.sleep(0.1)
+
+
+bus = Bus.fixture()
 
 
 def net_fills(reports: list[ExecutionReport]) -> dict[str, Decimal]:

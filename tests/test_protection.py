@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import nats
@@ -36,25 +36,17 @@ from services.contract.models import (
     ProtectionStatus,
     Side,
 )
-from services.devstack.launcher import SERVICES, System
-from services.devstack.natsserver import REPO_ROOT, free_port
+from services.devstack.launcher import System
+from services.devstack.natsserver import REPO_ROOT
 from services.trading_agent.protection import ProtectionConfig, attach, protection_for
+from tests.conftest import RISK_UNLIMITED, connect_as, system_fixture
 
 SYMBOL = "BTC-USD"
 OTHERS = {"ETH-USD": "2000", "SOL-USDC": "100"}
 WAIT = 60.0
 
-ENV = {
+ENV = RISK_UNLIMITED | {
     "RUST_LOG": "warn,rust_execution::protect=info",
-    "MOONBUS__RISK__STARTING_CASH": '"1000000"',
-    "MOONBUS__RISK__MAX_POSITION_NOTIONAL": '"1000000"',
-    "MOONBUS__RISK__MAX_GROSS_EXPOSURE": '"10000000"',
-    "MOONBUS__RISK__RATE_LIMIT_AGENT": "0",
-    "MOONBUS__RISK__RATE_LIMIT_GLOBAL": "0",
-    "MOONBUS__RISK__RATE_LIMIT_REDUCE_ONLY": "0",
-    "MOONBUS__RISK__MAX_OPEN_ORDERS": "0",
-    "MOONBUS__RISK__MAX_OPEN_ORDERS_PER_SYMBOL": "0",
-    "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
     # An exit in hand when execution is killed comes back after 5 s (> 4 x (1000 + 0) ms).
     "MOONBUS__EXECUTION__ACK_WAIT_MS": "5000",
     "MOONBUS__EXECUTION__MAX_IN_FLIGHT": "4",
@@ -230,18 +222,7 @@ async def test_nobody_but_execution_publishes_protections_or_their_exits(connect
 # ---------------------------------------------------------------- the running system
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    missing = [s.command[0] for s in SERVICES.values()
-               if s.name in ("risk", "execution") and not (REPO_ROOT / s.command[0]).exists()]
-    if missing:
-        pytest.fail(f"release binaries missing ({', '.join(missing)}): run `make setup`")
-    system = System().start(port=free_port(), moon_dir=tmp_path_factory.mktemp("protect"),
-                            services=["risk", "execution"], out=None, env=ENV)
-    try:
-        yield system
-    finally:
-        system.stop()
+system = system_fixture(ENV, services=("risk", "execution"), scope="module")
 
 
 class Desk:
@@ -376,12 +357,7 @@ class Desk:
 
 @pytest.fixture
 async def desk(system: System) -> AsyncIterator[Desk]:
-    async def conn(user: str) -> nats.NATS:
-        env = system.env_for(user)
-        return await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
-                                  inbox_prefix=f"_INBOX.{env['NATS_USER']}")
-
-    nc, md = await conn("operator"), await conn("market-data")
+    nc, md = await connect_as(system, "operator"), await connect_as(system, "market-data")
     desk = Desk(system, nc, md)
     await desk.start()
     try:

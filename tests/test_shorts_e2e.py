@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 
-import nats
 import pytest
 
-from services.devstack.launcher import SERVICES, System
-from services.devstack.natsserver import REPO_ROOT, free_port
+from tests.conftest import system_fixture
 from tests.test_money_path import ENV as MONEY_PATH_ENV
 from tests.test_money_path import Bus
 
@@ -35,18 +31,7 @@ ENV = MONEY_PATH_ENV | {
 }
 
 
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[System]:
-    missing = [s.command[0] for s in SERVICES.values() if s.kind == "rust" and not (REPO_ROOT / s.command[0]).exists()]
-    if missing:
-        pytest.fail(f"release binaries missing ({', '.join(missing)}): run `make setup` (or `make test`)")
-    system = System().start(port=free_port(), moon_dir=tmp_path, services=["market-data", "risk", "execution"],
-                            out=None, env=ENV)
-    try:
-        yield system
-    finally:
-        system.stop()
-        print(system.tail(40))  # shown by pytest only when the test failed
+system = system_fixture(ENV, tail=40)
 
 
 class Orders(Bus):
@@ -78,18 +63,7 @@ class Orders(Bus):
         raise AssertionError(f"risk's BTC-USD position is {seen}, expected {expected}")
 
 
-@pytest.fixture
-async def orders(system: System) -> AsyncIterator[Orders]:
-    env = system.env_for("operator")
-    nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
-                            inbox_prefix=f"_INBOX.{env['NATS_USER']}")
-    bus = Orders(system, nc)
-    try:
-        await nc.subscribe("exec.report.>", cb=bus.on_report)
-        await bus.wait_serving()
-        yield bus
-    finally:
-        await nc.close()
+orders = Orders.fixture("orders")
 
 
 async def test_shorts_on_paper_and_perps_not_on_spot(orders: Orders) -> None:
