@@ -8,7 +8,9 @@ use anyhow::Result;
 use moonbus_common::service::{exit, Base};
 use rust_risk::{config, service};
 
-#[tokio::main]
+// One thread: the check loop, the NATS connection and the EXEC feed hand messages to
+// each other without cross-thread wake-ups (measured: bench/order_path.py, issue #17).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     exit(run().await)
 }

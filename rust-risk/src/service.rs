@@ -601,7 +601,11 @@ impl Snapshotter {
         let state = engine.snapshot_state();
         let (snapshots, covered) = (self.snapshots.clone(), self.covered);
         self.writing = Some(tokio::spawn(async move {
-            let payload = serde_json::to_vec(&state).context("encoding the state snapshot")?;
+            // Encoded on the blocking pool: the runtime has one thread, the checks'.
+            let payload = tokio::task::spawn_blocking(move || serde_json::to_vec(&state))
+                .await
+                .context("encoding the state snapshot")?
+                .context("encoding the state snapshot")?;
             match snapshots.write(covered, now_ns(), &payload).await {
                 Ok(manifest) => {
                     tracing::info!(
