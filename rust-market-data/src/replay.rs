@@ -255,7 +255,7 @@ struct Replayer<'a> {
     /// The last seq per venue and symbol (looked up without allocating; FNV: short
     /// keys, one lookup per tick).
     seqs: HashMap<Venue, HashMap<Symbol, u64, FnvBuild>, FnvBuild>,
-    symbols: HashSet<Symbol>,
+    symbols: HashSet<Symbol, FnvBuild>,
     interned: Interned,
     rows: u64,
     ticks: u64,
@@ -269,7 +269,7 @@ impl<'a> Replayer<'a> {
             sink,
             origin: None,
             seqs: HashMap::default(),
-            symbols: HashSet::new(),
+            symbols: HashSet::default(),
             interned: Interned::default(),
             rows: 0,
             ticks: 0,
