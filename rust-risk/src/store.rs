@@ -127,9 +127,29 @@ impl Writer {
     }
 }
 
+/// How long the writes of views (the account, the verdicts) are gathered before they are
+/// stored, the latest value of each key: a fill changes both, and storing each change
+/// would add two JetStream writes to every order (issue #17). Agents read these keys only
+/// when they start; the loss latch and the reconciliations are never held back.
+pub const VIEW_WINDOW: Duration = Duration::from_millis(100);
+
+/// A key whose value is only a view of risk's state (nothing restores from it).
+fn is_view(key: &str) -> bool {
+    key == ACCOUNT_KEY || key.starts_with("risk.verdict.")
+}
+
 async fn write_latest(kv: kv::Store, mut queue: mpsc::UnboundedReceiver<(String, Bytes)>) {
     while let Some((key, value)) = queue.recv().await {
         let mut batch = BTreeMap::from([(key, value)]);
+        let deadline = tokio::time::Instant::now() + VIEW_WINDOW;
+        while batch.keys().all(|key| is_view(key)) {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some((key, value))) => {
+                    batch.insert(key, value);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
         while let Ok((key, value)) = queue.try_recv() {
             batch.insert(key, value);
         }
@@ -137,6 +157,25 @@ async fn write_latest(kv: kv::Store, mut queue: mpsc::UnboundedReceiver<(String,
             if let Err(e) = kv.put(&key, value).await {
                 tracing::warn!(key, error = %e, "could not store in KV");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_account_and_the_verdicts_are_held_back() {
+        assert!(is_view(ACCOUNT_KEY));
+        assert!(is_view(&verdict_key("BTC-USD")));
+        for key in [
+            LOSS_LATCH_KEY,
+            KILL_SWITCH_KEY,
+            LIMITS_KEY,
+            "risk.recon.binance",
+        ] {
+            assert!(!is_view(key), "{key}");
         }
     }
 }
