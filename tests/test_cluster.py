@@ -106,14 +106,16 @@ async def test_provisioning_scales_r1_streams_up_in_place(tmp_path: Path) -> Non
         cluster.provision(None)
         nc = await _connect(cluster, "operator")
         try:
-            ack = await nc.jetstream().publish("orders.submit.operator.BTC-USD", b"{}",
-                                               headers={"Nats-Msg-Id": "r1-order"})
+            # Generous timeouts: on a loaded machine a fresh cluster's stream leaders (and, after
+            # the update, their new replicas) can take seconds to answer; CI saw a 5 s one expire.
+            ack = await nc.jetstream(timeout=15).publish("orders.submit.operator.BTC-USD", b"{}",
+                                                         headers={"Nats-Msg-Id": "r1-order"})
             changes = cluster.provision({"jetstream": {"replicas": 3}})
             assert changes == {name: ["num_replicas: 1 -> 3"] for name in STREAMS}, changes
             for name in STREAMS:
-                info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)).data)
+                info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=15)).data)
                 assert info["config"]["num_replicas"] == 3, name
-            stored = json.loads((await nc.request("$JS.API.STREAM.INFO.ORDERS", b"", timeout=5)).data)
+            stored = json.loads((await nc.request("$JS.API.STREAM.INFO.ORDERS", b"", timeout=15)).data)
             assert stored["state"]["last_seq"] == ack.seq and stored["state"]["messages"] == 1
         finally:
             await nc.close()
