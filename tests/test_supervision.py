@@ -359,7 +359,10 @@ def test_compose_keeps_its_restart_policies_and_gets_the_supervisor_hash(tmp_pat
     import yaml
 
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
-    long_running = [name for name in compose["services"] if name not in ("provision", "credentials")]
+    # The notifier is off by default: it then exits 0, and `on-failure` leaves it exited
+    # (README "Notifications"); on, it restarts on a crash like the others.
+    assert compose["services"]["notifier"].get("restart") == "on-failure"
+    long_running = [name for name in compose["services"] if name not in ("provision", "credentials", "notifier")]
     assert {"nats", "market-data", "risk", "execution", "gateway"} <= set(long_running)
     for name in long_running:
         assert compose["services"][name].get("restart") == "unless-stopped", name
