@@ -199,7 +199,7 @@ async def test_failover_loses_and_doubles_no_order(tmp_path: Path) -> None:
     try:
         await chaos.start(timeout=60)
         await asyncio.sleep(3.0)  # a steady flow first
-        result = await asyncio.wait_for(run_failover(chaos, hold_s=4.0, timeout=40), 150)
+        result = await asyncio.wait_for(run_failover(chaos, hold_s=4.0, timeout=60), 240)
     finally:
         await chaos.stop()
     out = result.outcome
