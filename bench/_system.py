@@ -20,7 +20,7 @@ from pathlib import Path
 import nats
 
 from bench.__main__ import percentiles
-from services.devstack.launcher import System
+from services.devstack.launcher import System, all_active, risk_states
 from services.devstack.natsserver import free_port
 
 # Every limit out of the way (0 = off for the counts and percentages).
@@ -68,24 +68,18 @@ async def _wait_until_serving(system: System, symbols: list[str], services: tupl
     env = system.env_for("operator")
     nc = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"], inbox_prefix=f"_INBOX.{env['NATS_USER']}")
     try:
-        states: dict[str, str] = {}
-
-        async def on_verdict(msg: nats.aio.msg.Msg) -> None:
-            verdict = json.loads(msg.data)
-            states[verdict["symbol"]] = verdict["state"]
-
-        await nc.subscribe("risk.verdict.>", cb=on_verdict)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        executing = "execution" not in services
-        while not (executing and all(states.get(s) == "ACTIVE" for s in symbols)):
-            if not executing:
-                with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                    executing = bool((await nc.request("exec.api.version", b"{}", timeout=1)).data)
-            if loop.time() > deadline:
-                raise TimeoutError(f"not serving within {timeout:.0f}s: verdicts {states}, execution "
-                                   f"{'up' if executing else 'down'}\n{system.tail(30)}")
-            await asyncio.sleep(0.1)
+        async with risk_states(nc) as states:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            executing = "execution" not in services
+            while not (executing and all_active(states, symbols)):
+                if not executing:
+                    with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                        executing = bool((await nc.request("exec.api.version", b"{}", timeout=1)).data)
+                if loop.time() > deadline:
+                    raise TimeoutError(f"not serving within {timeout:.0f}s: verdicts {states}, execution "
+                                       f"{'up' if executing else 'down'}\n{system.tail(30)}")
+                await asyncio.sleep(0.1)
     finally:
         await nc.close()
 

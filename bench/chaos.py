@@ -52,7 +52,7 @@ from bench.__main__ import Context
 from services.common.bus import server_urls
 from services.common.streams import read_stream
 from services.contract.models import ExecutionReport, OrderStatus, PositionsReply
-from services.devstack.launcher import SERVICES, System
+from services.devstack.launcher import SERVICES, System, all_active, risk_states
 from services.devstack.natsserver import free_port
 
 TERMINAL = {OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.FAILED}
@@ -195,18 +195,9 @@ class Chaos:
     async def wait_serving(self, timeout: float) -> None:
         """Risk trading every symbol (fresh prices, rebuilt) and execution answering."""
         assert self.nc is not None
-        states: dict[str, str] = {}
-
-        async def on_verdict(msg: Msg) -> None:
-            verdict = json.loads(msg.data)
-            states[verdict["symbol"]] = verdict["state"]
-
-        sub = await self.nc.subscribe("risk.verdict.>", cb=on_verdict)
-        try:
-            await self.until(lambda: all(states.get(s) == "ACTIVE" for s in QUANTITY), "every symbol ACTIVE", timeout)
+        async with risk_states(self.nc) as states:
+            await self.until(lambda: all_active(states, QUANTITY), "every symbol ACTIVE", timeout)
             await self.until_answers("execution", timeout)
-        finally:
-            await sub.unsubscribe()
 
     # ---- what the operator sees ----------------------------------------------------------
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from nats.aio.msg import Msg
 
 from services.common.bus import Bus
 from services.contract.models import PositionsReply
-from services.devstack.launcher import SERVICES, System
+from services.devstack.launcher import SERVICES, System, all_active, risk_states
 from services.devstack.natsserver import NatsServer, free_port, load_or_create_credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -301,17 +300,8 @@ class SystemBus:
 
     async def wait_active(self, symbols: Any) -> None:
         """Until risk's verdict on every one of `symbols` is ACTIVE (rebuilt, fresh prices)."""
-        states: dict[str, str] = {}
-
-        async def on_verdict(msg: Msg) -> None:
-            verdict = json.loads(msg.data)
-            states[verdict["symbol"]] = verdict["state"]
-
-        sub = await self.nc.subscribe("risk.verdict.>", cb=on_verdict)
-        try:
-            await self.until(lambda: all(states.get(s) == "ACTIVE" for s in symbols), f"every symbol ACTIVE: {states}")
-        finally:
-            await sub.unsubscribe()
+        async with risk_states(self.nc) as states:
+            await self.until(lambda: all_active(states, symbols), f"every symbol ACTIVE: {states}")
 
     async def positions(self) -> PositionsReply | None:
         """risk.api.positions; None while risk is not ready (or not there)."""

@@ -35,6 +35,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import json
 import os
 import re
 import signal
@@ -42,10 +44,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from services.common import config
 from services.devstack.natsserver import (
@@ -278,6 +280,30 @@ class Child:
                         + "\n".join(self.lines)
                     )
                 self._cond.wait(min(remaining, 0.5))
+
+
+@contextlib.asynccontextmanager
+async def risk_states(nc: Any) -> AsyncIterator[dict[str, str]]:
+    """Risk's latest verdict state per symbol (`risk.verdict.>`, read as any user allowed
+    to), kept up to date while inside: to wait until risk trades the symbols a run needs."""
+    states: dict[str, str] = {}
+
+    async def on_verdict(msg: Any) -> None:
+        verdict = json.loads(msg.data)
+        states[verdict["symbol"]] = verdict["state"]
+
+    sub = await nc.subscribe("risk.verdict.>", cb=on_verdict)
+    try:
+        yield states
+    finally:
+        with contextlib.suppress(Exception):  # the connection may be gone already
+            await sub.unsubscribe()
+
+
+def all_active(states: dict[str, str], symbols: Iterable[str]) -> bool:
+    """Risk trades every one of `symbols`: its verdict is ACTIVE (rebuilt, fresh prices);
+    before that it refuses every check."""
+    return all(states.get(s) == "ACTIVE" for s in symbols)
 
 
 class System:
