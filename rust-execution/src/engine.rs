@@ -53,7 +53,7 @@ use crate::intake::{self, RawIds};
 use crate::jobs::{self, settle, Backoff, CancelAnswer, Checked, Done, Recording};
 use crate::lanes::Lanes;
 use crate::ledger::{self, is_final, Ledger};
-use crate::live::router::{LiveEvent, LiveUpdate, Router};
+use crate::live::router::{Live, LiveEvent, LiveUpdate, Router};
 use crate::metrics;
 use crate::reports::{self, Recorder};
 use crate::risk::RiskClient;
@@ -630,18 +630,9 @@ impl Engine {
                 }
                 if self.venue.is_live(&resting.order.venue) {
                     match self.venue.cancel_request(id) {
-                        Ok((exchange, routed)) => {
-                            let id = id.clone();
-                            let lane = lane.to_string();
-                            self.spawn(async move {
-                                let result = exchange.cancel(&routed).await;
-                                Done::CancelAnswered(Box::new(CancelAnswer {
-                                    id,
-                                    result,
-                                    message: Some((lane, message)),
-                                }))
-                            });
-                            return Step::Started;
+                        Ok(at) => {
+                            let message = Some((lane.to_string(), message));
+                            return self.spawn_live_cancel(id.clone(), at, message);
                         }
                         Err(reason) => break 'check reason,
                     }
@@ -681,6 +672,24 @@ impl Engine {
             self.bus.backoff,
             recording,
         ))
+    }
+
+    /// Ask a live venue to cancel order `id` in a job beside the engine (its answer comes
+    /// back as `Done::CancelAnswered`, with the cancel message to ack when there is one).
+    fn spawn_live_cancel(
+        &mut self,
+        id: ClientOrderId,
+        (exchange, routed): (Live, Routed),
+        message: Option<(String, jetstream::Message)>,
+    ) -> Step {
+        self.spawn(async move {
+            let result = exchange.cancel(&routed).await;
+            Done::CancelAnswered(Box::new(CancelAnswer {
+                id,
+                result,
+                message,
+            }))
+        })
     }
 
     fn spawn(&mut self, job: impl Future<Output = Done> + Send + 'static) -> Step {
@@ -772,15 +781,8 @@ impl Engine {
         self.bus.protect.flush().await;
         for id in self.venue.working_ids() {
             match self.venue.cancel_request(&id) {
-                Ok((exchange, routed)) => {
-                    self.spawn(async move {
-                        let result = exchange.cancel(&routed).await;
-                        Done::CancelAnswered(Box::new(CancelAnswer {
-                            id,
-                            result,
-                            message: None,
-                        }))
-                    });
+                Ok(at) => {
+                    self.spawn_live_cancel(id, at, None);
                 }
                 Err(reason) => {
                     tracing::error!(client_order_id = %id, %reason, "kill switch: a live order could not be cancelled");

@@ -11,7 +11,7 @@ use moonbus_common::{
 use super::{Engine, Step};
 use crate::algo::{Algo, Published};
 use crate::intake;
-use crate::jobs::{settle, CancelAnswer, Done, Recording};
+use crate::jobs::{settle, Done, Recording};
 use crate::reports;
 use crate::venue::Venue as _;
 
@@ -239,17 +239,9 @@ impl Engine {
         };
         if self.venue.is_live(&resting.order.venue) {
             match self.venue.cancel_request(child) {
-                Ok((exchange, routed)) => {
+                Ok(at) => {
                     self.algos.cancel_sent.insert(child.clone());
-                    let id = child.clone();
-                    self.spawn(async move {
-                        let result = exchange.cancel(&routed).await;
-                        Done::CancelAnswered(Box::new(CancelAnswer {
-                            id,
-                            result,
-                            message: None,
-                        }))
-                    });
+                    self.spawn_live_cancel(child.clone(), at, None);
                 }
                 Err(why) => {
                     tracing::warn!(client_order_id = %child, %why, "algo child not cancelled yet")
