@@ -289,7 +289,7 @@ def test_prometheus_scrapes_every_metrics_endpoint() -> None:
         addr = compose[service]["environment"][f"MOONBUS__{section.upper()}__METRICS_ADDR"].strip('"')
         assert addr.split(":")[1] == config[section]["metrics_addr"].split(":")[1], service
         expected[service] = addr.split(":")[1]
-    for agent in ["trading-agent", "risk-agent", "sentiment-agent", "swarm-agent"]:
+    for agent in ["trading-agent", "risk-agent", "sentiment-agent", "swarm-agent", "notifier"]:
         expected[agent] = str(config[agent.replace("-", "_")]["metrics_port"])
     assert {job: t.split(":")[1] for job, t in targets.items()} == expected
     assert all(t.split(":")[0] == job for job, t in targets.items())
