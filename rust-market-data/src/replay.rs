@@ -34,8 +34,9 @@
 //! The replay runs on its own thread (file reads and pacing sleeps never occupy
 //! the async runtime) and hands events to the engine with `blocking_send`: when
 //! the queue is full it waits, which is how "as fast as the bus takes them" works.
-//! Ticks go in batches (`FeedEvent::Ticks`, up to `TICK_BATCH`, sent when full and
-//! before every pacing sleep, so no tick waits for a batch to fill), each naming
+//! Ticks go in batches (`FeedEvent::Ticks`, up to `TICK_BATCH`, sent when full, before
+//! every pacing sleep and before every read of the file that may wait, so no tick waits
+//! for a batch to fill), each naming
 //! its (venue, symbol) by the number it got on first sight: no strings per tick, and
 //! the engine finds the tick's slot by index. `BUFFERS` batches at most are in flight.
 
@@ -346,6 +347,11 @@ impl<'a> Replayer<'a> {
         let mut buffer = String::new();
         for number in 0.. {
             buffer.clear();
+            // The next line is not read yet: reading may wait (a pipe fed as the system
+            // answers, services/backtest/rehearsal.py), so the ticks read so far go first.
+            if !reader.buffer().contains(&b'\n') {
+                self.flush()?;
+            }
             let read = reader
                 .read_line(&mut buffer)
                 .with_context(|| format!("reading {}", path.display()))?;
