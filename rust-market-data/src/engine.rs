@@ -29,6 +29,7 @@
 //! timeout, not one per message, memory stays bounded by the channel, and the
 //! feed, the timers and the API keep running.
 
+use std::collections::VecDeque;
 use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Duration;
@@ -38,14 +39,15 @@ use bytes::Bytes;
 use moonbus_common::bus::encode;
 use moonbus_common::{now_ns, subjects, Bar, ErrorEvent, FeedState, FeedStatus, HistoryRequest};
 use moonbus_common::{
-    MonitorStartRequest, MonitorStatusReply, PriceRequest, PricesReply, PricesRequest, Symbol, Tick,
+    MonitorStartRequest, MonitorStatusReply, PriceRequest, PricesReply, PricesRequest, Symbol,
+    Tick, Venue,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{unconstrained, yield_now};
 use tokio::time::{interval, sleep, Instant, MissedTickBehavior, Sleep};
 
 use crate::encode::{TickData, TickEncoder};
-use crate::feed::FeedEvent;
+use crate::feed::{FeedEvent, SeriesId, TickBatch};
 use crate::market::{ApiError, BookOut, Market, Outputs};
 use crate::metrics;
 use crate::sim::SimFeed;
@@ -59,8 +61,9 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// 4 ms: on a loaded machine tokio's sleeps end up to ~3 ms late (bench/bar_timing.py).
 const BAR_CLOCK_LEAD: Duration = Duration::from_millis(4);
 const NANOS_PER_SEC: u64 = 1_000_000_000;
-/// Feed events taken from the queue per loop turn (the rest wait for the next turn,
-/// so timers and queries are served in between).
+/// Feed events taken from the queue at a time, and the work done per loop turn: up
+/// to this many events, a `TickBatch` counting as its ticks (the rest wait for the
+/// next turn, so timers and queries are served in between).
 const EVENT_BATCH: usize = 256;
 /// One tick in this many is timed for the publish latency histogram (reading the
 /// clock twice per tick would cost more than the rest of the bookkeeping).
@@ -153,6 +156,23 @@ pub struct Engine {
     /// The replay file's clock: the next bar boundary (of the shortest interval) of
     /// its ticks' time; 0 before the first replayed tick.
     file_boundary: u64,
+    /// Per feed sending `TickBatch`es: its series numbers to market slots.
+    feed_series: Vec<FeedSeries>,
+}
+
+/// The series a feed numbered (`TickBatch`), by number (`None`: a number not
+/// introduced, which no tick names).
+struct FeedSeries {
+    feed: u32,
+    series: Vec<Option<Numbered>>,
+}
+
+struct Numbered {
+    venue: Venue,
+    symbol: Symbol,
+    /// Made on its first tick; `None` while `max_series` refuses it: then each of its
+    /// ticks asks again, as a tick of a feed task does.
+    slot: Option<usize>,
 }
 
 impl Engine {
@@ -172,6 +192,7 @@ impl Engine {
             books: BookOut::default(),
             ticks_in: 0,
             file_boundary: 0,
+            feed_series: Vec::new(),
         }
     }
 
@@ -191,6 +212,8 @@ impl Engine {
         book_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut bar_clock = BarClock::new(now_ns());
         let mut batch = Vec::with_capacity(EVENT_BATCH);
+        // Events taken from the queue, not yet handled.
+        let mut pending = VecDeque::with_capacity(EVENT_BATCH);
         // False once every feed task has ended (all sinks dropped); the sim goes on.
         let mut feeds_open = true;
         loop {
@@ -203,11 +226,14 @@ impl Engine {
                     // API) run between batches, whatever the feed's pace.
                     yield_now().await;
                 }
-                n = events.recv_many(&mut batch, EVENT_BATCH), if feeds_open => {
+                n = events.recv_many(&mut batch, EVENT_BATCH), if feeds_open && pending.is_empty() => {
                     feeds_open = n > 0;
-                    for event in batch.drain(..) {
-                        self.on_event(event).await;
-                    }
+                    pending.extend(batch.drain(..));
+                    self.on_events(&mut pending).await;
+                    yield_now().await;
+                }
+                () = std::future::ready(()), if !pending.is_empty() => {
+                    self.on_events(&mut pending).await;
                     yield_now().await;
                 }
                 boundary = bar_clock.boundary() => {
@@ -256,10 +282,26 @@ impl Engine {
         }
     }
 
+    /// Handles the first of `pending` up to one turn's work (`EVENT_BATCH`).
+    async fn on_events(&mut self, pending: &mut VecDeque<FeedEvent>) {
+        let mut work = 0;
+        while work < EVENT_BATCH {
+            let Some(event) = pending.pop_front() else {
+                return;
+            };
+            work += match &event {
+                FeedEvent::Ticks(batch) => batch.ticks.len().max(1),
+                _ => 1,
+            };
+            self.on_event(event).await;
+        }
+    }
+
     async fn on_event(&mut self, event: FeedEvent) {
         match event {
             FeedEvent::Tick(tick) => self.feed_tick(tick, false).await,
             FeedEvent::ReplayTick(tick) => self.feed_tick(tick, true).await,
+            FeedEvent::Ticks(batch) => self.feed_batch(batch).await,
             FeedEvent::Book(book) => {
                 if let Some(slot) = self.market.slot(&book.venue, &book.symbol) {
                     self.market
@@ -304,21 +346,6 @@ impl Engine {
         let Some(slot) = self.market.slot(&tick.venue, &tick.symbol) else {
             return;
         };
-        if file_clock {
-            self.market.use_file_clock(slot);
-            if tick.ts >= self.file_boundary {
-                self.market.close_replayed(tick.ts, &mut self.outputs);
-                self.publish_outputs().await;
-                let base = self
-                    .market
-                    .settings()
-                    .intervals
-                    .len_ns(0)
-                    .unwrap_or(NANOS_PER_SEC);
-                self.file_boundary = tick.ts - tick.ts % base + base;
-            }
-        }
-        self.market.tick_route(slot).2.ticks_in.inc();
         let data = TickData {
             price: tick.price,
             bid: tick.bid,
@@ -327,6 +354,77 @@ impl Engine {
             seq: tick.seq,
             ts: tick.ts,
         };
+        self.slot_tick(slot, data, file_clock, received).await;
+    }
+
+    /// The ticks of a batch, as `feed_tick` each, their slots found by number.
+    async fn feed_batch(&mut self, batch: TickBatch) {
+        let feed = match self.feed_series.iter().position(|f| f.feed == batch.feed) {
+            Some(feed) => feed,
+            None => {
+                self.feed_series.push(FeedSeries {
+                    feed: batch.feed,
+                    series: Vec::new(),
+                });
+                self.feed_series.len() - 1
+            }
+        };
+        for (number, venue, symbol) in &batch.series {
+            let table = &mut self.feed_series[feed].series;
+            let number = *number as usize;
+            if table.len() <= number {
+                table.resize_with(number + 1, || None);
+            }
+            table[number] = Some(Numbered {
+                venue: venue.clone(),
+                symbol: symbol.clone(),
+                slot: None,
+            });
+        }
+        for &(number, tick) in &batch.ticks {
+            let received = self.received();
+            let Some(slot) = self.batch_slot(feed, number) else {
+                continue;
+            };
+            self.slot_tick(slot, tick, batch.file_clock, received).await;
+        }
+    }
+
+    /// The slot of series `number` of `self.feed_series[feed]`, made on its first tick.
+    fn batch_slot(&mut self, feed: usize, number: SeriesId) -> Option<usize> {
+        let named = self.feed_series[feed]
+            .series
+            .get_mut(number as usize)?
+            .as_mut()?;
+        if named.slot.is_none() {
+            named.slot = self.market.slot(&named.venue, &named.symbol);
+        }
+        named.slot
+    }
+
+    async fn slot_tick(
+        &mut self,
+        slot: usize,
+        data: TickData,
+        file_clock: bool,
+        received: Option<std::time::Instant>,
+    ) {
+        let ts = data.ts;
+        if file_clock {
+            self.market.use_file_clock(slot);
+            if ts >= self.file_boundary {
+                self.market.close_replayed(ts, &mut self.outputs);
+                self.publish_outputs().await;
+                let base = self
+                    .market
+                    .settings()
+                    .intervals
+                    .len_ns(0)
+                    .unwrap_or(NANOS_PER_SEC);
+                self.file_boundary = ts - ts % base + base;
+            }
+        }
+        self.market.tick_route(slot).2.ticks_in.inc();
         self.publish_tick(slot, data, received).await;
     }
 

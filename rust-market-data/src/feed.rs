@@ -8,10 +8,13 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use moonbus_common::{Book, FeedStatus, Tick};
+use moonbus_common::{Book, FeedStatus, Symbol, Tick, Venue};
 use serde::Deserialize;
 use tokio::sync::mpsc;
+
+use crate::encode::TickData;
 
 /// One thing a feed observed. Ticks and books carry their venue and canonical
 /// symbol; the engine publishes them on `md.tick.<venue>.<symbol>` and
@@ -22,6 +25,9 @@ pub enum FeedEvent {
     /// A replayed tick stamped with the file's time (`replay_clock = "file"`): its
     /// series' bars follow the ticks' time, not the wall clock (engine.rs).
     ReplayTick(Tick),
+    /// Many ticks of one feed thread at once (the replay): one queue slot, no
+    /// strings per tick.
+    Ticks(TickBatch),
     Book(Book),
     Status(FeedStatus),
     /// Input the feed skipped (a frame not in the venue's format): the engine
@@ -31,6 +37,91 @@ pub enum FeedEvent {
         reason: String,
         excerpt: String,
     },
+}
+
+/// At most this many ticks in a `TickBatch`.
+pub const TICK_BATCH: usize = 256;
+
+/// Ticks of one feed, in order, handed to the engine as one event. Each names its
+/// (venue, symbol) by a number the feed assigned on first sight (`SeriesId`), so the
+/// engine finds its slot by index instead of hashing two strings per tick; `series`
+/// introduces the numbers first used in this batch, before any tick of theirs.
+///
+/// The tick buffer goes back to the feed when the engine drops the batch (`Drop`): the
+/// feed reuses it, and holding a fixed number of buffers bounds its ticks in flight.
+#[derive(Debug)]
+pub struct TickBatch {
+    /// Whose numbers these are (`feed_number`): each feed numbers its series from 0.
+    pub feed: u32,
+    /// (number, venue, symbol) of the series first seen in this batch.
+    pub series: Vec<(SeriesId, Venue, Symbol)>,
+    pub ticks: Vec<(SeriesId, TickData)>,
+    /// Stamped with a replay file's time (`replay_clock = "file"`), like `ReplayTick`.
+    pub file_clock: bool,
+    /// Where the tick buffer goes back to.
+    home: Option<std::sync::mpsc::Sender<Vec<(SeriesId, TickData)>>>,
+}
+
+/// A feed's number for one of its (venue, symbol) series.
+pub type SeriesId = u32;
+
+impl TickBatch {
+    /// An empty batch of feed `feed` that returns its tick buffer to `home` when dropped.
+    pub fn new(
+        feed: u32,
+        file_clock: bool,
+        ticks: Vec<(SeriesId, TickData)>,
+        home: std::sync::mpsc::Sender<Vec<(SeriesId, TickData)>>,
+    ) -> Self {
+        Self {
+            feed,
+            series: Vec::new(),
+            ticks,
+            file_clock,
+            home: Some(home),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty() && self.ticks.is_empty()
+    }
+
+    /// A feed's own number, unique in this process.
+    pub fn feed_number() -> u32 {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Drop for TickBatch {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take() {
+            let mut ticks = std::mem::take(&mut self.ticks);
+            ticks.clear();
+            // The feed may have ended: then the buffer is simply freed.
+            let _ = home.send(ticks);
+        }
+    }
+}
+
+/// A copy that returns no buffer.
+impl Clone for TickBatch {
+    fn clone(&self) -> Self {
+        Self {
+            feed: self.feed,
+            series: self.series.clone(),
+            ticks: self.ticks.clone(),
+            file_clock: self.file_clock,
+            home: None,
+        }
+    }
+}
+
+impl PartialEq for TickBatch {
+    fn eq(&self, other: &Self) -> bool {
+        (self.feed, &self.series, &self.ticks, self.file_clock)
+            == (other.feed, &other.series, &other.ticks, other.file_clock)
+    }
 }
 
 /// Capacity of the queue from all the feeds to the engine, in events.

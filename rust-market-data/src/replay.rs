@@ -34,6 +34,11 @@
 //! The replay runs on its own thread (file reads and pacing sleeps never occupy
 //! the async runtime) and hands events to the engine with `blocking_send`: when
 //! the queue is full it waits, which is how "as fast as the bus takes them" works.
+//! Ticks go in batches (`FeedEvent::Ticks`, up to `TICK_BATCH`, sent when full, before
+//! every pacing sleep and before every read of the file that may wait, so no tick waits
+//! for a batch to fill), each naming
+//! its (venue, symbol) by the number it got on first sight: no strings per tick, and
+//! the engine finds the tick's slot by index. `BUFFERS` batches at most are in flight.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -44,12 +49,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use moonbus_common::{
-    now_ns, FeedState, FeedStatus, Interval, NonNegativeMoney, PositiveMoney, Symbol, Tick, Venue,
+    now_ns, FeedState, FeedStatus, Interval, NonNegativeMoney, PositiveMoney, Symbol, Venue,
 };
 use rust_decimal::Decimal;
 
 use crate::encode::TickData;
-use crate::feed::{FeedEvent, FeedSink};
+use crate::feed::{FeedEvent, FeedSink, SeriesId, TickBatch, TICK_BATCH};
 use crate::fnv::FnvBuild;
 
 /// How fast to replay.
@@ -80,12 +85,15 @@ pub enum ReplayClock {
     File,
 }
 
-/// One row: a tick, or the four ticks of a bar, at source time `ts`.
+/// Tick buffers of the replay: batches in flight to the engine at most.
+const BUFFERS: usize = 8;
+
+/// One row: a tick, or the four ticks of a bar, at source time `ts`, of the
+/// (venue, symbol) numbered `series` (`Interned::name`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub ts: u64,
-    pub venue: Option<Venue>,
-    pub symbol: Symbol,
+    pub series: SeriesId,
     pub prices: RowPrices,
 }
 
@@ -212,14 +220,10 @@ fn run(settings: &ReplaySettings, sink: &FeedSink) -> Result<()> {
         format!("replaying {}", names.join(", ")),
         0,
     ))?;
-    loop {
-        for file in &settings.files {
-            replay.file(file)?;
-        }
-        if !settings.repeat {
-            break;
-        }
-    }
+    let result = replay.files();
+    // The ticks read before the end (or an error) go out before any status.
+    replay.flush()?;
+    result?;
     let detail = format!(
         "replayed {} ticks from {} rows of {} files, {} bad rows skipped",
         replay.ticks,
@@ -252,11 +256,16 @@ struct Replayer<'a> {
     sink: &'a FeedSink,
     /// The source time and wall time the pace is measured from (per file pass).
     origin: Option<(u64, Instant)>,
-    /// The last seq per venue and symbol (looked up without allocating; FNV: short
-    /// keys, one lookup per tick).
-    seqs: HashMap<Venue, HashMap<Symbol, u64, FnvBuild>, FnvBuild>,
+    /// The last seq per series (`Row::series`); 0: none sent yet.
+    seqs: Vec<u64>,
     symbols: HashSet<Symbol, FnvBuild>,
     interned: Interned,
+    /// The batch being filled, and the tick buffers the engine gave back.
+    batch: TickBatch,
+    returned: std::sync::mpsc::Receiver<Vec<(SeriesId, TickData)>>,
+    home: std::sync::mpsc::Sender<Vec<(SeriesId, TickData)>>,
+    /// Tick buffers made so far (at most `BUFFERS`).
+    buffers: usize,
     rows: u64,
     ticks: u64,
     bad_rows: u64,
@@ -264,13 +273,20 @@ struct Replayer<'a> {
 
 impl<'a> Replayer<'a> {
     fn new(settings: &'a ReplaySettings, sink: &'a FeedSink) -> Self {
+        let (home, returned) = std::sync::mpsc::channel();
+        let file_clock = settings.clock == ReplayClock::File;
+        let ticks = Vec::with_capacity(TICK_BATCH);
         Self {
             settings,
             sink,
             origin: None,
-            seqs: HashMap::default(),
+            seqs: Vec::new(),
             symbols: HashSet::default(),
-            interned: Interned::default(),
+            interned: Interned::new(settings.venue.clone()),
+            batch: TickBatch::new(TickBatch::feed_number(), file_clock, ticks, home.clone()),
+            returned,
+            home,
+            buffers: 1,
             rows: 0,
             ticks: 0,
             bad_rows: 0,
@@ -283,6 +299,44 @@ impl<'a> Replayer<'a> {
             .map_err(|_| anyhow::anyhow!(Stopped))
     }
 
+    /// Sends the batch being filled (if any), and starts the next one in a returned
+    /// buffer, or a new one while fewer than `BUFFERS` exist, else waits for one.
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let ticks = match self.returned.try_recv() {
+            Ok(ticks) => ticks,
+            Err(_) if self.buffers < BUFFERS => {
+                self.buffers += 1;
+                Vec::with_capacity(TICK_BATCH)
+            }
+            // Every buffer is in a batch the engine holds (or in the queue): it comes back
+            // when the engine drops that batch, or when the queue is dropped.
+            Err(_) => self.returned.recv().map_err(|_| anyhow::anyhow!(Stopped))?,
+        };
+        let next = TickBatch::new(
+            self.batch.feed,
+            self.batch.file_clock,
+            ticks,
+            self.home.clone(),
+        );
+        let full = std::mem::replace(&mut self.batch, next);
+        self.send(FeedEvent::Ticks(full))
+    }
+
+    /// Every file once, or over and over with `repeat`.
+    fn files(&mut self) -> Result<()> {
+        loop {
+            for file in &self.settings.files {
+                self.file(file)?;
+            }
+            if !self.settings.repeat {
+                return Ok(());
+            }
+        }
+    }
+
     fn file(&mut self, path: &Path) -> Result<()> {
         let format = format_of(path)?;
         let file = File::open(path).with_context(|| format!("replay file {}", path.display()))?;
@@ -293,6 +347,11 @@ impl<'a> Replayer<'a> {
         let mut buffer = String::new();
         for number in 0.. {
             buffer.clear();
+            // The next line is not read yet: reading may wait (a pipe fed as the system
+            // answers, services/backtest/rehearsal.py), so the ticks read so far go first.
+            if !reader.buffer().contains(&b'\n') {
+                self.flush()?;
+            }
             let read = reader
                 .read_line(&mut buffer)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -328,75 +387,64 @@ impl<'a> Replayer<'a> {
         Ok(())
     }
 
-    /// The row's ticks to the engine; the last one takes the row's venue and symbol
-    /// (moved, not cloned: one allocation less per tick row).
+    /// The row's ticks into the batch; the first good row of a series also
+    /// introduces it (its number, venue and symbol) to the engine.
     fn row(&mut self, row: Row) -> Result<()> {
         self.rows += 1;
         let (points, count) = row.points();
-        let venue = row.venue.unwrap_or_else(|| self.settings.venue.clone());
-        let symbol = row.symbol;
-        if !self.symbols.contains(symbol.as_str()) {
+        let series = row.series as usize;
+        if self.seqs.len() <= series {
+            self.seqs.resize(series + 1, 0);
+        }
+        if self.seqs[series] == 0 {
+            let (venue, symbol) = self.interned.name(row.series);
             self.symbols.insert(symbol.clone());
+            self.batch
+                .series
+                .push((row.series, venue.clone(), symbol.clone()));
         }
-        let Some((last, first)) = points[..count].split_last() else {
-            return Ok(());
-        };
-        for point in first {
-            self.tick(point, venue.clone(), symbol.clone())?;
+        for point in &points[..count] {
+            self.tick(row.series, point)?;
         }
-        self.tick(last, venue, symbol)
-    }
-
-    fn tick(&mut self, point: &TickData, venue: Venue, symbol: Symbol) -> Result<()> {
-        self.wait_until(point.ts);
-        let seq = self.next_seq(&venue, &symbol);
-        let mut tick = Tick {
-            venue,
-            symbol,
-            price: point.price,
-            bid: point.bid,
-            ask: point.ask,
-            size: point.size,
-            seq,
-            ts: point.ts,
-        };
-        let event = match self.settings.clock {
-            ReplayClock::File => FeedEvent::ReplayTick(tick),
-            ReplayClock::Wall => {
-                tick.ts = now_ns();
-                FeedEvent::Tick(tick)
-            }
-        };
-        self.send(event)?;
-        self.ticks += 1;
         Ok(())
     }
 
-    fn next_seq(&mut self, venue: &Venue, symbol: &Symbol) -> u64 {
-        let seqs = match self.seqs.get_mut(venue.as_str()) {
-            Some(seqs) => seqs,
-            None => self.seqs.entry(venue.clone()).or_default(),
-        };
-        let seq = match seqs.get_mut(symbol.as_str()) {
-            Some(seq) => seq,
-            None => seqs.entry(symbol.clone()).or_default(),
-        };
+    fn tick(&mut self, series: SeriesId, point: &TickData) -> Result<()> {
+        self.wait_until(point.ts)?;
+        let seq = &mut self.seqs[series as usize];
         *seq += 1;
-        *seq
+        let mut tick = TickData {
+            seq: *seq,
+            ..*point
+        };
+        if self.settings.clock == ReplayClock::Wall {
+            tick.ts = now_ns();
+        }
+        self.batch.ticks.push((series, tick));
+        self.ticks += 1;
+        if self.batch.ticks.len() >= TICK_BATCH {
+            self.flush()?;
+        }
+        Ok(())
     }
 
-    /// Sleeps until source time `ts` is due at the replay's speed.
-    fn wait_until(&mut self, ts: u64) {
+    /// Sleeps until source time `ts` is due at the replay's speed, after sending
+    /// the ticks due before it.
+    fn wait_until(&mut self, ts: u64) -> Result<()> {
         let Speed::Times(speed) = self.settings.speed else {
-            return;
+            return Ok(());
         };
         let (ts0, t0) = *self.origin.get_or_insert((ts, Instant::now()));
         let offset = Duration::from_secs_f64(ts.saturating_sub(ts0) as f64 / 1e9 / speed);
         let due = t0 + offset;
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+        if due > Instant::now() {
+            self.flush()?;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
         }
+        Ok(())
     }
 }
 
@@ -452,18 +500,54 @@ impl Fields for serde_json::Map<String, serde_json::Value> {
     }
 }
 
-/// The symbols seen so far: a known symbol is cloned, not parsed and validated again.
-#[derive(Default)]
-pub struct Interned(HashMap<String, Symbol, FnvBuild>);
+/// The (venue, symbol) series seen so far, numbered from 0 in order of first
+/// sight: a known one is found with one lookup of its text, not parsed and
+/// validated again.
+pub struct Interned {
+    /// The venue of rows without one.
+    default_venue: Venue,
+    /// "venue symbol" -> number.
+    numbers: HashMap<String, SeriesId, FnvBuild>,
+    names: Vec<(Venue, Symbol)>,
+    /// The key being looked up (no allocation per row).
+    key: String,
+}
 
 impl Interned {
-    fn symbol(&mut self, text: &str) -> Result<Symbol> {
-        if let Some(symbol) = self.0.get(text) {
-            return Ok(symbol.clone());
+    pub fn new(default_venue: Venue) -> Self {
+        Self {
+            default_venue,
+            numbers: HashMap::default(),
+            names: Vec::new(),
+            key: String::new(),
         }
-        let symbol: Symbol = text.parse().context("symbol")?;
-        self.0.insert(text.to_string(), symbol.clone());
-        Ok(symbol)
+    }
+
+    /// The number of (`venue`, or the default venue, `symbol`).
+    fn series(&mut self, venue: Option<&str>, symbol: &str) -> Result<SeriesId> {
+        self.key.clear();
+        self.key
+            .push_str(venue.unwrap_or(self.default_venue.as_str()));
+        self.key.push(' ');
+        self.key.push_str(symbol);
+        if let Some(&number) = self.numbers.get(self.key.as_str()) {
+            return Ok(number);
+        }
+        let symbol: Symbol = symbol.parse().context("symbol")?;
+        let venue: Venue = match venue {
+            Some(text) => text.parse().context("venue")?,
+            None => self.default_venue.clone(),
+        };
+        let number = SeriesId::try_from(self.names.len()).context("too many series")?;
+        self.names.push((venue, symbol));
+        self.numbers.insert(self.key.clone(), number);
+        Ok(number)
+    }
+
+    /// The venue and symbol of series `number` (one this `Interned` gave out).
+    pub fn name(&self, number: SeriesId) -> (&Venue, &Symbol) {
+        let (venue, symbol) = &self.names[number as usize];
+        (venue, symbol)
     }
 }
 
@@ -505,12 +589,7 @@ fn parse_row(fields: &impl Fields, interned: &mut Interned) -> Result<Row> {
         .required("ts")?
         .parse()
         .context("ts: not an integer of nanoseconds")?;
-    let symbol = interned.symbol(&fields.required("symbol")?)?;
-    let venue: Option<Venue> = fields
-        .get("venue")
-        .map(|v| v.parse())
-        .transpose()
-        .context("venue")?;
+    let series = interned.series(fields.get("venue").as_deref(), &fields.required("symbol")?)?;
     let money = |name: &str| -> Result<Option<Decimal>> {
         fields
             .get(name)
@@ -562,12 +641,7 @@ fn parse_row(fields: &impl Fields, interned: &mut Interned) -> Result<Row> {
             size: non_negative("size")?,
         }
     };
-    Ok(Row {
-        ts,
-        venue,
-        symbol,
-        prices,
-    })
+    Ok(Row { ts, series, prices })
 }
 
 #[cfg(test)]
@@ -578,24 +652,45 @@ mod tests {
         header.split(',').map(String::from).collect()
     }
 
+    fn interned() -> Interned {
+        Interned::new("replay".parse().unwrap())
+    }
+
     #[test]
     fn csv_and_json_ticks_read_the_same() {
         let csv = parse_csv(
             &columns("ts,symbol,price,bid,ask,size"),
             "1000,BTC-USD,97000.5,97000,97001,0.25",
-            &mut Interned::default(),
+            &mut interned(),
         )
         .unwrap();
-        let json = parse_json(r#"{"ts":1000,"symbol":"BTC-USD","price":"97000.5","bid":"97000","ask":97001,"size":"0.25"}"#, &mut Interned::default()).unwrap();
+        let json = parse_json(r#"{"ts":1000,"symbol":"BTC-USD","price":"97000.5","bid":"97000","ask":97001,"size":"0.25"}"#, &mut interned()).unwrap();
         assert_eq!(csv, json);
         assert_eq!(csv.points().1, 1);
+        // Without a venue: the replay's own; the same (venue, symbol) keeps its number.
+        let mut seen = interned();
         let no_optional = parse_csv(
             &columns("symbol,ts,price,venue"),
             "ETH-USD,5,3500,",
-            &mut Interned::default(),
+            &mut seen,
         )
         .unwrap();
-        assert_eq!(no_optional.venue, None);
+        let named = parse_csv(
+            &columns("symbol,ts,price,venue"),
+            "ETH-USD,6,3501,replay",
+            &mut seen,
+        )
+        .unwrap();
+        let other = parse_csv(
+            &columns("symbol,ts,price,venue"),
+            "ETH-USD,7,3502,binance",
+            &mut seen,
+        )
+        .unwrap();
+        assert_eq!((no_optional.series, named.series, other.series), (0, 0, 1));
+        assert_eq!(seen.name(0).0.as_str(), "replay");
+        assert_eq!(seen.name(1).0.as_str(), "binance");
+        assert_eq!(seen.name(1).1.as_str(), "ETH-USD");
         assert!(matches!(
             no_optional.prices,
             RowPrices::Tick {
@@ -608,13 +703,14 @@ mod tests {
 
     #[test]
     fn a_bar_becomes_four_ticks_inside_its_interval() {
+        let mut seen = interned();
         let row = parse_csv(
             &columns("ts,symbol,interval,open,high,low,close,volume,venue"),
             "60000000000,SOL-USDC,1m,150,151,149.5,150.5,12.5,binance",
-            &mut Interned::default(),
+            &mut seen,
         )
         .unwrap();
-        assert_eq!(row.venue.as_ref().map(Venue::as_str), Some("binance"));
+        assert_eq!(seen.name(row.series).0.as_str(), "binance");
         let (points, count) = row.points();
         assert_eq!(count, 4);
         let points: Vec<(u64, String, String)> = points
@@ -648,7 +744,7 @@ mod tests {
         .unwrap();
         let mut lines = text.lines().filter(|l| !l.starts_with('#'));
         let header = columns(lines.next().unwrap());
-        let mut interned = Interned::default();
+        let mut interned = interned();
         let rows: Vec<Row> = lines
             .map(|l| parse_csv(&header, l, &mut interned).unwrap())
             .collect();
@@ -661,11 +757,12 @@ mod tests {
         let err = |cols: &str, line: &str| {
             format!(
                 "{:#}",
-                parse_csv(&columns(cols), line, &mut Interned::default()).unwrap_err()
+                parse_csv(&columns(cols), line, &mut interned()).unwrap_err()
             )
         };
         assert!(err("ts,symbol,price", "x,BTC-USD,1").contains("ts: not an integer"));
         assert!(err("ts,symbol,price", "1,btc,1").contains("symbol"));
+        assert!(err("ts,symbol,price,venue", "1,BTC-USD,1,Bad Venue").contains("venue"));
         assert!(err("ts,symbol,price", "1,BTC-USD,-1").contains("price must be > 0"));
         assert!(err("ts,symbol,price", "1,BTC-USD").contains("2 values for 3 columns"));
         assert!(err("ts,symbol", "1,BTC-USD").contains("no price"));
@@ -674,11 +771,10 @@ mod tests {
             "1,A-B,1m,10,9,8,9"
         )
         .contains("do not contain"));
-        assert!(format!(
-            "{:#}",
-            parse_json("[1]", &mut Interned::default()).unwrap_err()
-        )
-        .contains("not a JSON object"));
+        assert!(
+            format!("{:#}", parse_json("[1]", &mut interned()).unwrap_err())
+                .contains("not a JSON object")
+        );
         assert!(format_of(Path::new("x.txt")).is_err());
     }
 }

@@ -31,8 +31,26 @@ pub const MONEY_LIMIT: Decimal = Decimal::from_parts(276_447_232, 23_283, 0, fal
 pub const MONEY_MAX: Decimal =
     Decimal::from_parts(268_435_455, 1_042_612_833, 542_101_086, false, 14);
 
+/// 10^0 ..= 10^38: every power of ten a `u128` holds.
+const POW10_U128: [u128; 39] = {
+    let mut table = [1u128; 39];
+    let mut i = 1;
+    while i < table.len() {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
+/// |value| < [`MONEY_LIMIT`], on the integers: |mantissa| x 10^-scale < 10^14 exactly
+/// when |mantissa| < 10^(14 + scale) (comparing the `Decimal`s would rescale one of
+/// them, several times slower: this check runs on every money value built). A
+/// mantissa is below 2^96 < 10^29: past the table, every value is in range.
 fn money_in_range(value: &Decimal) -> bool {
-    value.abs() < MONEY_LIMIT
+    match POW10_U128.get(MONEY_INT_DIGITS + value.scale() as usize) {
+        Some(limit) => value.mantissa().unsigned_abs() < *limit,
+        None => true,
+    }
 }
 
 fn out_of_range(value: impl fmt::Display) -> ValidationError {
@@ -355,6 +373,33 @@ mod tests {
         assert_eq!(write(huge), "\"99999999999999.99999999999999\"");
         let tiny = Money::try_from(Decimal::new(1, 28)).unwrap();
         assert_eq!(write(tiny), format!("\"0.{}1\"", "0".repeat(27)));
+    }
+
+    /// The range check on the integers agrees with comparing the `Decimal`s, at every
+    /// scale, on both sides of the bound and at the ends of the mantissa.
+    #[test]
+    fn the_range_check_on_integers_is_the_decimal_comparison() {
+        let mut checked = 0;
+        for scale in 0..=28u32 {
+            let limit = POW10_U128.get(14 + scale as usize).copied();
+            let mut mantissas: Vec<i128> = vec![0, 1, 7, 99_999, (1 << 96) - 1];
+            if let Some(limit) = limit.filter(|l| *l < 1 << 96) {
+                let limit = limit as i128;
+                mantissas.extend([limit - 1, limit, limit + 1, limit / 10, limit * 3 / 2]);
+            }
+            for m in mantissas.into_iter().filter(|m| *m < 1 << 96) {
+                for m in [m, -m] {
+                    let value = Decimal::from_i128_with_scale(m, scale);
+                    assert_eq!(
+                        money_in_range(&value),
+                        value.abs() < MONEY_LIMIT,
+                        "{value} (scale {scale})"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 400);
     }
 
     #[test]
