@@ -332,6 +332,8 @@ async def test_binary_limit_rests_fills_in_part_and_cancels(operator: Operator) 
     op, venue = operator, operator.venue
     await op.submit("hl-1", "ETH-USD", "BUY", "0.1", limit="3400")
     await op.wait_status("hl-1", "ACCEPTED")
+    # ACCEPTED is stored before the order is sent: the venue has it a moment later.
+    await op.until(lambda: cloid_of("hl-1").lower() in venue.by_cloid, "hl-1 at the venue")
     order = venue.find(cloid_of("hl-1"))  # the cloid is sha256(client_order_id)[:16]
     assert (order.px, order.orig_sz, order.tif, order.is_buy) == (Decimal("3400"), Decimal("0.1"), "Gtc", True)
     # Malformed frames are skipped; the stream goes on (the same connection).

@@ -292,7 +292,7 @@ async def risk_states(nc: Any) -> AsyncIterator[dict[str, str]]:
         verdict = json.loads(msg.data)
         states[verdict["symbol"]] = verdict["state"]
 
-    sub = await nc.subscribe("risk.verdict.>", cb=on_verdict)
+    sub = await nc.subscribe(S.ALL_VERDICTS, cb=on_verdict)
     try:
         yield states
     finally:
