@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats
+import nats.errors
+import nats.js.api
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -80,6 +82,9 @@ class OrderRefused(RuntimeError):
         self.err_code = err_code
 
 
+# The status header of the server's "no responders" answer (nats-py's NO_RESPONDERS_STATUS).
+_NO_RESPONDERS = "503"
+
 # nats-server's err_code for a store write that failed (JSStreamStoreFailedF).
 _STORE_FAILED = 10077
 
@@ -123,6 +128,9 @@ class Bus:
         self.nc: Client | None = None
         self._micro: Service | None = None
         self.errors_published = 0
+        self._acks: tuple[str, dict[str, asyncio.Future[Msg]]] = ("", {})  # publish_order's replies
+        self._acks_nc: Client | None = None  # the connection they are subscribed on
+        self._ack_seq = 0
 
     # ------------------------------------------------------------ connection
 
@@ -192,18 +200,61 @@ class Bus:
         order too large) raises OrderRefused with the server's reason; no answer in time
         raises nats.errors.TimeoutError (stored or not: resend with the same id)."""
         try:
-            ack = await self.client.jetstream().publish(
-                subject,
-                encode(order),
-                timeout=timeout,
-                headers={"Nats-Msg-Id": order.client_order_id},
-            )
+            ack = await self._publish_to_stream(subject, encode(order), order.client_order_id, timeout)
         except nats.js.errors.APIError as e:
             raise OrderRefused(_refusal_reason(e), e.code, e.err_code) from None
         if fresh and ack.duplicate:
             raise DuplicateOrderId(f"ORDERS already holds a message with id {order.client_order_id} "
                                    f"(seq {ack.seq}): this new order was not stored")
         return ack
+
+    async def _publish_to_stream(self, subject: str, payload: bytes, msg_id: str, timeout: float) -> PubAck:
+        """`JetStreamContext.publish(subject, payload, timeout, headers={"Nats-Msg-Id": msg_id})`
+        (the same answers and errors: the stream's PubAck, its APIError, NoStreamResponseError
+        when no stream takes the subject, nats' TimeoutError), with the stream's answer taken
+        on one reply subscription of this Bus (`<inbox>.<n>`) and awaited directly: nats-py's
+        request makes a NUID and random token per call and waits through `wait_for` and two
+        more callbacks, half of an agent's CPU per order (bench/agent_decisions.py)."""
+        prefix, waiting = self._acks if self._acks_nc is self.nc else await self._ack_inbox()
+        self._ack_seq += 1
+        token = str(self._ack_seq)
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        waiting[token] = future
+        try:
+            await self.client.publish(subject, payload, reply=prefix + token, headers={"Nats-Msg-Id": msg_id})
+            async with asyncio.timeout(timeout):
+                msg = await future
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+        finally:
+            waiting.pop(token, None)
+        if msg.headers and msg.headers.get(nats.js.api.Header.STATUS) == _NO_RESPONDERS:
+            raise nats.js.errors.NoStreamResponseError
+        answer = json.loads(msg.data)
+        if "error" in answer:
+            raise nats.js.errors.APIError.from_error(answer["error"])
+        return PubAck.from_response(answer)
+
+    async def _ack_inbox(self) -> tuple[str, dict[str, asyncio.Future[Msg]]]:
+        """The reply subscription of `_publish_to_stream` (one per connection), subscribed
+        before the first order goes out (the SUB precedes the PUB on the connection)."""
+        nc = self.client
+        prefix = nc.new_inbox() + "."
+        waiting: dict[str, asyncio.Future[Msg]] = {}
+        skip = len(prefix)
+
+        async def on_answer(msg: Msg) -> None:
+            future = waiting.pop(msg.subject[skip:], None)
+            if future is not None and not future.done():
+                future.set_result(msg)
+
+        self._acks, self._acks_nc = (prefix, waiting), nc  # concurrent first orders share it
+        try:
+            await nc.subscribe(prefix + "*", cb=on_answer)
+        except BaseException:
+            self._acks_nc = None
+            raise
+        return prefix, waiting
 
     async def report_error(self, subject: str, reason: str, payload: bytes) -> None:
         log.warning("rejected input on %s: %s", subject, reason)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 EVENTS = Counter("moonbus_trading_events_total", "Bars and alerts received for a decision", ["kind"])
@@ -23,3 +25,16 @@ DECISION_SECONDS = Histogram("moonbus_trading_decision_seconds",
                                                     1, 2.5, 5, 10, 20))
 SWARM_ASKS = Counter("moonbus_trading_swarm_asks_total",
                      "agent.api.swarm.ask requests of the decision pipeline, by outcome", ["outcome"])
+
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Counter | Histogram, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once per label set (the hot path's counters: a
+    `labels()` call validates and locks each time). The label sets are few: actions,
+    strategy names, sides, event kinds."""
+    key = (metric, values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child

@@ -117,9 +117,12 @@ async def submit(bus: Bus, proposal: Proposal, timeout: float) -> bool:
             await bus.report_error(subject, why, encode(order))
             signal = signal.model_copy(update={"reasoning": f"{signal.reasoning}; NOT acknowledged: {e!r}"})
         else:
-            metrics.ORDERS.labels(order.side.value).inc()
-            log.info("order %s %s %s %s (stream seq %s%s)", order.client_order_id, order.side.value,
-                     order.quantity, order.symbol, ack.seq, ", duplicate" if ack.duplicate else "")
+            metrics.labelled(metrics.ORDERS, order.side.value).inc()
+            # DEBUG: a line per order costs more than the rest of a rule's decision (the
+            # orders are in ORDERS, counted in moonbus_trading_orders_total, each in its Signal)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("order %s %s %s %s (stream seq %s%s)", order.client_order_id, order.side.value,
+                          order.quantity, order.symbol, ack.seq, ", duplicate" if ack.duplicate else "")
     await bus.publish(S.signal(AGENT, signal.symbol), signal)
     return ok
 
@@ -151,7 +154,7 @@ class TradingService:
             self._subs.append(await self.bus.subscribe(S.alert("*"), PriceAlert, on_alert, queue=SERVICE))
 
     async def enqueue(self, event: Event, bar: Bar | None) -> None:
-        metrics.EVENTS.labels(event.kind).inc()
+        metrics.labelled(metrics.EVENTS, event.kind).inc()
         try:
             self.queue.put_nowait((event, bar, time.perf_counter()))
         except asyncio.QueueFull:  # still decided, visibly: HOLD without a strategy
@@ -161,7 +164,7 @@ class TradingService:
 
     async def hold(self, event: Event, model: str, why: str) -> None:
         """The Signal of an event no strategy could decide: HOLD, no order, and why."""
-        metrics.DECISIONS.labels("HOLD", model, "false").inc()
+        metrics.labelled(metrics.DECISIONS, "HOLD", model, "false").inc()
         signal = Signal(agent=AGENT, symbol=event.symbol, action=Action.HOLD, confidence=0.0,
                         reasoning=f"{why}; no order", model=model, origin_ts=event.origin_ts, ts=now_ns())
         await self.bus.publish(S.signal(AGENT, event.symbol), signal)
@@ -197,11 +200,12 @@ class TradingService:
         proposal = plan(choice, ctx, self.cfg, now_ns(), inputs=inputs)
         await submit(self.bus, proposal, self.cfg.publish_timeout_s)
         s = proposal.signal
-        metrics.DECISIONS.labels(s.action.value, d.name, str(s.fallback).lower()).inc()
+        metrics.labelled(metrics.DECISIONS, s.action.value, d.name, "true" if s.fallback else "false").inc()
         if s.fallback:
-            metrics.FALLBACKS.labels(d.name).inc()
-        metrics.DECISION_SECONDS.labels(d.name).observe(time.perf_counter() - received)
-        log.debug("%s %s: %s (%s)", event.kind, event.symbol, s.action.value, s.reasoning)
+            metrics.labelled(metrics.FALLBACKS, d.name).inc()
+        metrics.labelled(metrics.DECISION_SECONDS, d.name).observe(time.perf_counter() - received)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s: %s (%s)", event.kind, event.symbol, s.action.value, s.reasoning)
 
     async def weigh(self, choice: Choice, ctx: Context) -> tuple[Choice, list[Any]]:
         """The decision pipeline ([trading_agent.pipeline], pipeline.py): the choice weighed
