@@ -2,7 +2,9 @@
 
 - recent bars: the agent's own rolling window per (venue, symbol) (`BarWindows`), kept
   from every closed bar on `md.bar` (a subscription outside the queue group: each replica
-  sees every bar, decides only its share); `md.api.history` is asked once per symbol at
+  sees every bar, decides only its share; a bar is kept as received, `RawBar`, and checked
+  and built only when a decision reads it, so the bars of other replicas' decisions cost
+  little); `md.api.history` is asked once per symbol at
   the first decision (and again only when the window cannot vouch for the bars a decision
   needs: a gap it has not had confirmed, a bar older than it keeps, a bar that never came
   through it), so a decision needs no round trip;
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -77,6 +80,38 @@ def merge_bars(history: list[Bar], bar: Bar | None, limit: int, max_gap_ns: int 
 ALL_KNOWN = -1  # BarWindow.known_from when market-data has no older bar than the window's first
 KEEP_AHEAD = 512  # bars a window keeps beyond `keep` for decisions still to come (~2 KB a bar)
 
+_START_KEY, _END_KEY = b'"start_ts":', b'"end_ts":'
+_NUMBER = re.compile(rb"[0-9]{1,20}(?=[,}])")
+_decode_bar: Callable[[bytes], Bar] = decoder(Bar)
+
+
+class RawBar:
+    """A closed bar as it came on md.bar: its JSON, not yet checked, with the start_ts and
+    end_ts read from it (what the window's order and holes need). The Bar is built, and
+    checked against the contract, when a decision reads it (`BarWindow.select`); one that
+    fails then (malformed, or not what its start_ts, end_ts and subject said) is dropped
+    from the window as if it had been lost on the way. Most bars of a replica's window are
+    decided by other replicas and never read at all: ~1 us here against ~10 us to build one."""
+
+    __slots__ = ("data", "start_ts", "end_ts")
+
+    def __init__(self, data: bytes, start_ts: int, end_ts: int) -> None:
+        self.data = data
+        self.start_ts = start_ts
+        self.end_ts = end_ts
+
+    @classmethod
+    def read(cls, data: bytes) -> RawBar | None:
+        """start_ts and end_ts of market-data's compact JSON (a key's last occurrence: the one
+        the model takes); None when they are not there in that form."""
+        i, j = data.rfind(_START_KEY), data.rfind(_END_KEY)
+        if i < 0 or j < 0:
+            return None
+        start, end = _NUMBER.match(data, i + len(_START_KEY)), _NUMBER.match(data, j + len(_END_KEY))
+        if start is None or end is None:
+            return None
+        return cls(data, int(start[0]), int(end[0]))
+
 
 class BarWindow:
     """One (venue, symbol)'s closed bars as received on md.bar (each start_ts once, the
@@ -91,20 +126,24 @@ class BarWindow:
     - `unconfirmed`: start_ts of bars with a hole before them (the bar before ends earlier
       than this one starts) that no history reply has confirmed: market-data makes no bar
       for a silent interval or while it is down, but a hole may also be a bar lost on the
-      way, so the first decision across one asks md.api.history again (once per hole)."""
+      way, so the first decision across one asks md.api.history again (once per hole).
 
-    __slots__ = ("starts", "bars", "known_from", "unconfirmed", "keep", "low_water", "arrivals")
+    Bars from md.bar are kept as `RawBar`s until a decision reads them (`select` builds
+    them; one that fails its check is dropped there, `_drop`)."""
 
-    def __init__(self, keep: int) -> None:
+    __slots__ = ("starts", "bars", "known_from", "unconfirmed", "keep", "low_water", "arrivals", "venue", "symbol")
+
+    def __init__(self, keep: int, venue: str | None = None, symbol: str | None = None) -> None:
         self.starts: list[int] = []
-        self.bars: dict[int, Bar] = {}
+        self.bars: dict[int, Bar | RawBar] = {}
+        self.venue, self.symbol = venue, symbol  # what a RawBar read here must say (None: not checked)
         self.known_from: int | None = None
         self.unconfirmed: set[int] = set()
         self.keep = keep
         self.low_water: int | None = None  # the first bar of the latest decision's bars (decisions come in order)
         self.arrivals: dict[int, asyncio.Future[None]] = {}  # decisions waiting for a bar to come through
 
-    def add(self, bar: Bar) -> None:
+    def add(self, bar: Bar | RawBar) -> None:
         start = bar.start_ts
         if start in self.bars:
             self.bars[start] = bar
@@ -172,26 +211,64 @@ class BarWindow:
         """The last `limit` bars starting at or before `upto` (None: the latest), oldest
         first, when the window vouches for them; else None and why: "unknown" (history
         never merged), "behind" (older bars are needed than the window keeps), "hole"
-        (a hole among them not confirmed)."""
-        if self.known_from is None:
-            return None, "unknown"
-        starts = self.starts
-        end = len(starts) if upto is None else bisect.bisect_right(starts, upto)
-        begin = bisect.bisect_left(starts, self.known_from) if self.known_from != ALL_KNOWN else 0
-        first = max(begin, end - limit)
-        if end - first < limit and self.known_from != ALL_KNOWN:
-            return None, "behind"
-        if self.unconfirmed and first < end:
-            low, high = starts[first], starts[end - 1]
-            if any(low < s <= high for s in self.unconfirmed):
-                return None, "hole"
+        (a hole among them not confirmed). The RawBars among them are built here; one that
+        fails is dropped (`_drop`) and the choice made again without it."""
+        while True:
+            if self.known_from is None:
+                return None, "unknown"
+            starts = self.starts
+            end = len(starts) if upto is None else bisect.bisect_right(starts, upto)
+            begin = bisect.bisect_left(starts, self.known_from) if self.known_from != ALL_KNOWN else 0
+            first = max(begin, end - limit)
+            if end - first < limit and self.known_from != ALL_KNOWN:
+                return None, "behind"
+            if self.unconfirmed and first < end:
+                low, high = starts[first], starts[end - 1]
+                if any(low < s <= high for s in self.unconfirmed):
+                    return None, "hole"
+            bars = self.bars
+            chosen = [bars[s] for s in starts[first:end]]
+            if any(type(b) is RawBar for b in chosen):
+                chosen = [self.build(b) if type(b) is RawBar else b for b in chosen]  # type: ignore[arg-type]
+                if any(b is None for b in chosen):
+                    continue  # one did not pass its check: dropped, choose again
+            break
         if first < end and (self.low_water is None or starts[first] > self.low_water):
             self.low_water = starts[first]
-        bars = self.bars
-        chosen = [bars[s] for s in starts[first:end]]
         if len(starts) > self.keep:
             self._trim()  # what the decisions have passed (a replay ahead of them)
-        return chosen, ""
+        return chosen, ""  # type: ignore[return-value]  # (every RawBar built above)
+
+    def build(self, raw: RawBar) -> Bar | None:
+        """The Bar of a RawBar of this window, checked against the contract and against
+        what the window took it for (its start_ts, end_ts, and the subject's venue and
+        symbol); None when it fails (then it is dropped from the window, `_drop`)."""
+        try:
+            bar = _decode_bar(raw.data)
+        except ValidationError:
+            bar = None
+        if (bar is None or bar.start_ts != raw.start_ts or bar.end_ts != raw.end_ts
+                or (self.venue is not None and (bar.venue, bar.symbol) != (self.venue, self.symbol))):
+            if self.bars.get(raw.start_ts) is raw:
+                self._drop(raw.start_ts)
+            return None
+        if self.bars.get(raw.start_ts) is raw:
+            self.bars[raw.start_ts] = bar
+        return bar
+
+    def _drop(self, start: int) -> None:
+        """A bar that failed its check when read: out of the window, as if lost on the way.
+        The bar after it is behind a hole until a history reply confirms it, and the window
+        vouches for nothing until then (known_from None: the next decision asks md.api.history
+        once, whose bars fill the place)."""
+        starts = self.starts
+        i = bisect.bisect_left(starts, start)
+        del starts[i]
+        del self.bars[start]
+        self.unconfirmed.discard(start)
+        if 0 < i < len(starts) and self.bars[starts[i - 1]].end_ts < starts[i]:
+            self.unconfirmed.add(starts[i])
+        self.known_from = None
 
     async def arrival(self, start: int, timeout: float) -> bool:
         """Whether the bar starting at `start` has come through the window (waiting up to
@@ -235,20 +312,39 @@ class BarWindows:
         key = (venue, symbol)
         w = self.windows.get(key)
         if w is None:
-            w = self.windows[key] = BarWindow(self.most + self.keep_extra)
+            w = self.windows[key] = BarWindow(self.most + self.keep_extra, venue, symbol)
         elif w.keep < self.most + self.keep_extra:
             w.keep = self.most + self.keep_extra
         return w
 
     async def on_message(self, msg: Msg) -> None:
-        """A bar on md.bar (every one, not only this replica's share). A malformed one is
-        left out here; the queue group's subscriber reports it on errors.<service>."""
+        """A bar on md.bar (every one, not only this replica's share), kept as received
+        (`RawBar`, checked and built when a decision reads it) in the window of its
+        subject's venue and symbol; one not in market-data's compact form is decoded now.
+        A malformed one is left out (here, or when read); the queue group's subscriber
+        reports it on errors.<service>."""
+        data = msg.data
+        raw = RawBar.read(data)
+        tokens = msg.subject.split(".")
+        if raw is not None and len(tokens) == 5:  # md.bar.<interval>.<venue>.<symbol>
+            self.received += 1
+            self.window(tokens[3], tokens[4], 0).add(raw)
+            return
         try:
-            bar = self._decode(msg.data)
+            bar = self._decode(data)
         except ValidationError:
             return
         self.received += 1
         self.window(bar.venue, bar.symbol, 0).add(bar)
+
+    def adopt(self, bar: Bar, data: bytes) -> None:
+        """The queue group's copy of a bar (decoded from `data`) in place of the window's
+        RawBar of the same bytes, so that a later decision does not build it again."""
+        w = self.windows.get((bar.venue, bar.symbol))
+        if w is not None:
+            raw = w.bars.get(bar.start_ts)
+            if type(raw) is RawBar and raw.data == data and raw.end_ts == bar.end_ts:
+                w.bars[bar.start_ts] = bar
 
 
 class LatestTicks:

@@ -143,7 +143,8 @@ class TradingService:
         await self.context.subscribe()
         self._workers = [asyncio.create_task(self._work()) for _ in range(self.cfg.workers)]
 
-        async def on_bar(bar: Bar, _msg: Any) -> None:
+        async def on_bar(bar: Bar, msg: Any) -> None:
+            self.context.bars.adopt(bar, msg.data)  # built once for this replica's window too
             await self.enqueue(bar_event(bar), bar)
 
         async def on_alert(alert: PriceAlert, _msg: Any) -> None:
