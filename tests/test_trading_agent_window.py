@@ -252,7 +252,7 @@ async def test_a_malformed_bar_is_left_out_of_the_window() -> None:
     b = bar(6)
     await publish(market, source, b)
     assert await decide(source, b, 7) == market.expected(b, 7)
-    assert [x.close for x in market.expected(b, 7)][3:6] == [Decimal("101")] * 3
+    assert [x.close for x in market.expected(b, 7)][3:6] == [Decimal(101)] * 3
     assert market.requests == [7]  # the first decision's; its reply decided it (the window had holes then)
     assert await decide(source, b, 7) == market.expected(b, 7)
     assert market.requests == [7, 7]  # the holes the malformed bars left, confirmed once
