@@ -168,6 +168,19 @@ async def wait_for_service(nc: Client, name: str, task: asyncio.Task, timeout: f
     raise AssertionError(f"{name} did not come up")
 
 
+async def request_when_answered(nc: Client, subject: str, timeout: float = 30.0) -> Any:
+    """The reply to `subject`, asked again while nobody subscribes to it yet (a binary
+    started with others subscribes when it is ready, not when the one before it is)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await nc.request(subject, b"{}", timeout=2)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"nobody answered {subject} within {timeout:.0f} s") from None
+            await asyncio.sleep(0.1)
+
+
 ServiceMain = Callable[..., Awaitable[None]]
 
 

@@ -22,6 +22,7 @@ from services.cli import audit
 from services.devstack.launcher import SERVICES, System
 from services.devstack.natsserver import REPO_ROOT, NatsServer, free_port, load_or_create_credentials
 from services.common.streams import EXEC, KV_STREAM, ORDERS, jetstream_spec, read_stream
+from tests.conftest import request_when_answered
 
 NETWORK_ATTACKS = [a for a in audit.ATTACKS if a is not audit.risk_api_beyond_role]
 
@@ -171,7 +172,7 @@ async def operator(system: System) -> AsyncIterator[Operator]:
         except nats.errors.Error:
             pass
         await asyncio.sleep(0.1)
-    await nc.request("exec.api.version", b"{}", timeout=10)
+    await request_when_answered(nc, "exec.api.version")
     try:
         yield op
     finally:

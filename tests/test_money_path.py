@@ -25,7 +25,7 @@ import pytest
 from services.devstack.launcher import System
 from services.contract.models import ExecutionReport, OrderStatus, PositionsReply
 from services.common.streams import read_stream
-from tests.conftest import RISK_UNLIMITED, SystemBus, system_fixture
+from tests.conftest import RISK_UNLIMITED, SystemBus, request_when_answered, system_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +69,7 @@ class Bus(SystemBus):
     async def wait_serving(self) -> None:
         """Risk rebuilt and trading every symbol (fresh prices), execution answering."""
         await self.wait_active(SYMBOLS)
-        reply = await self.nc.request("exec.api.version", b"{}", timeout=10)
+        reply = await request_when_answered(self.nc, "exec.api.version")
         assert json.loads(reply.data)["service"] == "execution"
 
     async def submit(self, symbol: str, side: str, quantity: str | None = None) -> str:
