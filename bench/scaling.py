@@ -14,7 +14,7 @@ shared and noisy: the load average is recorded before and after each curve):
    only replay runs flat out there. RSS at steady state: every series' history of every interval is full before the engine
    starts (`MD_BENCH_FULL_HISTORY=1`: filled through `Market::restore`, a restart's reload
    path) and read after the measured window. The history is the default `history_len`
-   (1000) capped by `history_budget_mb` (64 MB): 139, 13 and 1 bars per (symbol, interval)
+   (1000) capped by `history_budget_mb` (40 MB of 56-byte kept bars): 149, 14 and 1 bars per (symbol, interval)
    at 1k, 10k and 100k symbols; at 100k `max_series` is raised to 100,000 (its default,
    20,000, would drop 80 % of the symbols).
 2. `order_path`: the real order path (nats-server with the secure config, rust-market-data,

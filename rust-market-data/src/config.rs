@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::alerts::Threshold;
 use crate::arb::ArbSettings;
-use crate::bars::{BarData, Intervals};
+use crate::bars::{Intervals, KEPT_BAR_BYTES};
 use crate::connectors::{
     BinanceConfig, BirdeyeConfig, CoinbaseConfig, HyperliquidConfig, Section, VenueSections,
 };
@@ -184,7 +184,7 @@ impl Default for MarketDataConfig {
             start_prices: BTreeMap::new(),
             bar_intervals: ["1s", "1m", "5m", "15m", "1h"].map(String::from).to_vec(),
             history_len: 1000,
-            history_budget_mb: 64,
+            history_budget_mb: 40,
             max_series: 20_000,
             book_depth: 10,
             book_interval_ms: 1000,
@@ -231,9 +231,6 @@ impl VenueSections for MarketDataConfig {
         &self.birdeye
     }
 }
-
-/// Memory of one kept bar (`BarData`), for the history budget.
-const BAR_BYTES: usize = std::mem::size_of::<BarData>();
 
 /// Everything market-data runs with, validated.
 #[derive(Debug, Clone)]
@@ -285,7 +282,7 @@ impl Settings {
             .saturating_mul(1 << 20);
         let history = md
             .history_len
-            .min(budget / (BAR_BYTES * intervals.len() * series));
+            .min(budget / (KEPT_BAR_BYTES * intervals.len() * series));
         if history < md.history_len {
             tracing::warn!(
                 history_len = md.history_len,
@@ -660,8 +657,10 @@ mod tests {
         let symbols: Vec<String> = (0..10_000).map(|i| format!("\"S{i}-USD\"")).collect();
         let text = format!("[system]\nsymbols = [{}]\n", symbols.join(","));
         let settings = settings_of(&text, &[]).unwrap();
-        // 64 MB / (96 B x 5 intervals x 10,000 series) = 13 bars.
-        assert_eq!(settings.market.history, 13);
+        // 40 MB / (56 B x 5 intervals x 10,000 series) = 14 bars (96-byte bars in 64 MB
+        // held 13).
+        assert_eq!(crate::bars::KEPT_BAR_BYTES, 56, "a kept bar is packed");
+        assert_eq!(settings.market.history, 14);
     }
 
     #[test]

@@ -185,15 +185,21 @@ impl GbmPath {
             .ok()?;
             Some((PositiveMoney::new(price).ok()?, size))
         };
-        let bids = (0..depth as i64)
-            .map(|k| bid - k * step)
-            .take_while(|&u| u > 0)
-            .filter_map(&mut level)
-            .collect();
-        let asks = (0..depth as i64)
-            .map(|k| ask + k * step)
-            .filter_map(&mut level)
-            .collect();
+        // Allocated at `depth` (collect() would grow to the next power of two: a symbol's
+        // latest book is kept, so that is memory held per symbol).
+        let mut bids = Vec::with_capacity(depth);
+        bids.extend(
+            (0..depth as i64)
+                .map(|k| bid - k * step)
+                .take_while(|&u| u > 0)
+                .filter_map(&mut level),
+        );
+        let mut asks = Vec::with_capacity(depth);
+        asks.extend(
+            (0..depth as i64)
+                .map(|k| ask + k * step)
+                .filter_map(&mut level),
+        );
         (bids, asks)
     }
 }
