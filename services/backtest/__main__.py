@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import services.common.entry  # noqa: F401 - first, before nats: see there
 from services.common.bus import run, setup_logging
 
 from .worker import SERVICE, main

@@ -3,6 +3,7 @@
 import logging
 import sys
 
+import services.common.entry  # noqa: F401 - first, before nats: see there
 from services.common.bus import run, setup_logging
 
 from .app import SERVICE

@@ -1,5 +1,6 @@
 """`python -m services.risk_agent`: run the risk agent until SIGINT/SIGTERM."""
 
+import services.common.entry  # noqa: F401 - first, before nats: see there
 from services.common.bus import run, setup_logging
 
 from .service import SERVICE, main

@@ -1,5 +1,6 @@
 """`python -m services.trading_agent`: run the trading agent until SIGINT/SIGTERM."""
 
+import services.common.entry  # noqa: F401 - first, before nats: see there
 from services.common.bus import run, setup_logging
 
 from .service import SERVICE, main
