@@ -187,13 +187,14 @@ def _differs(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
     return [f"{k}: {live.get(k)!r} -> {v!r}" for k, v in wanted.items() if k != "$comment" and live.get(k) != v]
 
 
-async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout: float = 15.0,
+async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout: float = 30.0,
                     dry_run: bool = False) -> dict[str, list[str]]:
     """Create what is missing and update what differs (streams, then consumers), as the
     `admin` user. Settings not in the spec are kept. Idempotent; returns, per stream and
     consumer, the changes made ("created", or "field: old -> new"); dry_run: only says them.
     `timeout` per JetStream API call: scaling a stream to R3 waits for its new replicas,
-    seconds on a busy machine.
+    seconds on a busy machine (15 s expired once on a 2-core VM building beside it; a start
+    would rather wait than fail).
     rust-common streams::provision follows the same rules (rust-risk/tests/provision.rs)."""
     spec = wanted_state(config)
     changes: dict[str, list[str]] = {}
