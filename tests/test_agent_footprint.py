@@ -1,11 +1,15 @@
 """The Python agents stay lean: the LLM SDKs (anthropic, openai: ~40 MB of modules) are
-imported only by a process whose [llm] provider uses one (services/common/llm/factory.py)."""
+imported only by a process whose [llm] provider uses one (services/common/llm/factory.py), and
+no service process loads aiohttp (services/common/entry.py)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+
+from services.devstack.natsserver import REPO_ROOT
 
 PROBE = """
 import json, sys
@@ -35,3 +39,37 @@ for name, kind in kinds.items():
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
     assert lines == [["a", "AnthropicProvider", ["anthropic"]], ["o", "OpenAIProvider", ["anthropic", "openai"]]]
+
+
+SERVICE_MAINS = sorted(p for p in (REPO_ROOT / "services").glob("*/__main__.py") if "run(main)" in p.read_text())
+
+
+def test_every_service_imports_its_entry_before_nats() -> None:
+    """services/common/entry.py must come before anything that imports nats: the first
+    import of `services` or `nats` in each service's `__main__`."""
+    assert len(SERVICE_MAINS) >= 7, SERVICE_MAINS
+    for path in SERVICE_MAINS:
+        imported = [imported_package(n) for n in ast.parse(path.read_text()).body
+                    if isinstance(n, ast.Import | ast.ImportFrom)]
+        first = next(name for name in imported if name.split(".")[0] in ("services", "nats"))
+        assert first == "services.common.entry", path
+
+
+def imported_package(node: ast.Import | ast.ImportFrom) -> str:
+    """The module an import statement names (a relative one is inside `services`)."""
+    if isinstance(node, ast.Import):
+        return node.names[0].name
+    return "services" if node.level else node.module or ""
+
+
+def test_a_service_process_runs_without_aiohttp() -> None:
+    """nats-py loads aiohttp whenever installed (~11 MB per process); entry.py leaves it out."""
+    probe = """
+import json, sys
+import services.common.entry
+import services.trading_agent.service
+print(json.dumps([sys.modules.get("aiohttp") is None, "nats" in sys.modules]))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, True]
