@@ -48,7 +48,7 @@ SYMBOLS = "BTC-USD:0.001,ETH-USD:0.01,SOL-USDC:0.5"
 RATE = 1000
 
 
-SYNC_LINE = re.compile(r"^(\s*sync_interval:\s*)(\S+)", re.MULTILINE)
+SYNC_LINE = re.compile(r'^(\s*sync_interval:\s*)"?([^"\s]+)"?', re.MULTILINE)
 
 
 def configured_sync(root: Path) -> str:
@@ -65,7 +65,8 @@ def nats_sync(root: Path, sync: str) -> Iterator[None]:
     from services.devstack import launcher
     from services.devstack.natsserver import NatsServer
 
-    text = SYNC_LINE.sub(lambda m: m.group(1) + sync, (root / "proto" / "nats" / "moonbus.conf").read_text())
+    # Quoted: nats-server reads an unquoted 2m as the number 2,000,000, then as that many seconds.
+    text = SYNC_LINE.sub(lambda m: f'{m.group(1)}"{sync}"', (root / "proto" / "nats" / "moonbus.conf").read_text())
     with tempfile.TemporaryDirectory(prefix="moonbus-sync-") as where:
         config = Path(where) / "moonbus.conf"
         config.write_text(text)

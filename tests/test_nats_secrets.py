@@ -185,6 +185,19 @@ def test_monitoring_is_off_unless_asked_for(tmp_path):
         assert not any("http monitor" in line for line in server.lines)
 
 
+def test_the_config_reads_as_written(tmp_path):
+    """nats-server only warns about a field it reads otherwise than written (an unquoted
+    `sync_interval: 2m` is the number 2,000,000, taken as seconds: an fsync every 23 days):
+    moonbus.conf reads without one, and JetStream fsyncs every 2 minutes as README says."""
+    monitor = free_port()
+    with NatsServer(store_dir=tmp_path, credentials=load_or_create_credentials(tmp_path),
+                    monitor_port=monitor) as server:
+        jsz = httpx.get(f"http://127.0.0.1:{monitor}/jsz", timeout=5).json()
+        warnings = [line for line in server.lines if "invalid use of field" in line or "[WRN]" in line]
+    assert warnings == []
+    assert jsz["config"]["sync_interval"] == 120 * 10**9, jsz["config"]
+
+
 def test_make_run_settings_come_from_the_nats_section():
     shipped = config.section(config.load(REPO_ROOT / "moonbus.toml", {}), "nats", NatsConfig)
     assert (shipped.tls, shipped.monitor_port) == (False, 8222)
