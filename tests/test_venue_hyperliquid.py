@@ -434,6 +434,7 @@ async def test_binary_duplicate_cloid_unknown_answer_and_stream_drop(operator: O
     # (or the query of the working order): reported once.
     await op.submit("hl-s1", "ETH-USD", "SELL", "0.01", limit="3700")
     await op.wait_status("hl-s1", "ACCEPTED")
+    await op.until(lambda: cloid_of("hl-s1").lower() in venue.by_cloid, "hl-s1 at the venue")
     await op.hook(venue.drop_ws())
     await op.hook(venue.fill(cloid_of("hl-s1"), Decimal("0.01"), push=False))
     filled = await op.wait_status("hl-s1", "FILLED")
