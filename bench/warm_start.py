@@ -22,10 +22,12 @@ is the strategy's and the market's doing (momentum: a 0.05 % move over 20 bars).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import nats
@@ -58,6 +60,8 @@ def run(ctx: Context) -> dict:
         decided = [r["first_full_decision_s"] for r in results if r["first_full_decision_s"] is not None]
         out[mode] = {"first_fill_s_median": round(statistics.median(times), 2), "min": min(times), "max": max(times),
                      "all_runs_s": times, "agents": [r["agent"] for r in results],
+                     "launched_s": [r["launched_s"] for r in results],
+                     "agent_ready_s": [r["agent_ready_s"] for r in results],
                      "first_signal_s": [r["first_signal_s"] for r in results],
                      "first_full_history_decision_s": [r["first_full_decision_s"] for r in results],
                      "first_full_history_decision_s_median": round(statistics.median(decided), 2) if decided else None,
@@ -75,8 +79,11 @@ def start_until_fill(moon_dir: Path, port: int, after_seq: int, drop_bars: bool)
     # what is measured is how soon the agent decides with full history, not the strategy's call.
     system = System().start(port=port, moon_dir=moon_dir, out=None,
                             env={"MOONBUS_LOG_LEVEL": "INFO", "MOONBUS__TRADING_AGENT__STRATEGY": "momentum"})
+    started = round((time.time_ns() - t0) / 1e9, 2)  # nats-server up, JetStream provisioned, services launched
     try:
         result = asyncio.run(first_fill(system, after_seq, t0))
+        result["launched_s"] = started
+        result["agent_ready_s"] = logged_at(system.output("trading-agent"), "trading agent ready", t0)
         reloaded = [line for line in system.output("market-data") if "bar history reloaded" in line]
         result["bars_reloaded"] = _field(reloaded[0], "bars") if reloaded else None
         return result
@@ -85,6 +92,17 @@ def start_until_fill(moon_dir: Path, port: int, after_seq: int, drop_bars: bool)
         raise
     finally:
         system.stop()
+
+
+def logged_at(lines: list[str], text: str, t0: int) -> float | None:
+    """Seconds from `t0` to the first log line with `text` (the agents' default format
+    starts with the local time to the millisecond: `2026-12-05 22:55:01,123`)."""
+    for line in lines:
+        if text in line:
+            with contextlib.suppress(ValueError, IndexError):
+                stamp = datetime.strptime(" ".join(line.split()[:2]), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                return round(stamp - t0 / 1e9, 2)
+    return None
 
 
 def _field(line: str, name: str) -> int | None:
