@@ -3,6 +3,8 @@
 - the server is given bcrypt hashes, never the plaintext (it does not warn about plaintext
   passwords), the hashes are cached beside the credentials and made again only for a
   password that changed;
+- moonbus.conf and cluster.conf read as written (nats-server warns, and goes on, about a
+  field it reads otherwise: an unquoted `sync_interval: 2m` was 2,000,000 seconds);
 - the HTTP monitoring port listens on 127.0.0.1 only, even when clients may connect from
   anywhere;
 - `[nats] tls = true`: a CA and a server certificate are made, TLS is required, and
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import ssl
 import stat
@@ -196,6 +199,19 @@ def test_the_config_reads_as_written(tmp_path):
         warnings = [line for line in server.lines if "invalid use of field" in line or "[WRN]" in line]
     assert warnings == []
     assert jsz["config"]["sync_interval"] == 120 * 10**9, jsz["config"]
+
+
+def test_the_cluster_config_reads_as_written():
+    """cluster.conf (moonbus.conf plus the routes) passes nats-server's own check (`-t`)
+    without a warning."""
+    conf = REPO_ROOT / "proto" / "nats"
+    referenced = re.findall(r"\$(MOONBUS_[A-Z_]+)", (conf / "moonbus.conf").read_text() + (conf / "cluster.conf").read_text())
+    env = {**os.environ, **{name: "x" for name in referenced},
+           "MOONBUS_CLUSTER_LISTEN": '"127.0.0.1:6222"', "MOONBUS_CLUSTER_ROUTES": '["nats://route:x@127.0.0.1:6223"]'}
+    checked = subprocess.run([natsserver.find_nats_server(), "-c", str(conf / "cluster.conf"), "-t"],
+                             env=env, capture_output=True, text=True, timeout=30)
+    output = (checked.stdout + checked.stderr).strip()
+    assert checked.returncode == 0 and output.endswith(")") and "is valid" in output and "\n" not in output, output
 
 
 def test_make_run_settings_come_from_the_nats_section():
