@@ -427,7 +427,8 @@ class StandIn:
             statuses = [await self.place(o, now) for o in action["orders"]]
             if self.answer_delay:
                 await asyncio.sleep(self.answer_delay)
-            if self.answer_5xx > 0:
+            # Only an order placed: a refused one (a late duplicate) leaves the 502 for the next.
+            if self.answer_5xx > 0 and any("error" not in st for st in statuses):
                 self.answer_5xx -= 1
                 return web.Response(status=502, text="Bad Gateway")
             return web.json_response({"status": "ok", "response": {"type": "order", "data": {"statuses": statuses}}})
