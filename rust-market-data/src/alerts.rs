@@ -61,6 +61,13 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// Prefetches the bucket a price goes into (market.rs `prefetch_parts`).
+    pub fn prefetch(&self) {
+        if let Some(bucket) = self.buckets.back() {
+            crate::prefetch::value(bucket);
+        }
+    }
+
     pub fn new(threshold: Threshold) -> Self {
         // The window is a whole number of buckets, so buckets only leave it when a
         // tick opens a new bucket.

@@ -348,6 +348,13 @@ impl Bars {
         }
     }
 
+    /// Prefetches the base interval's series, the one a tick goes into.
+    pub fn prefetch(&self) {
+        if let Some(base) = self.series.first() {
+            crate::prefetch::value(base);
+        }
+    }
+
     /// Closes every bar whose interval ended by `now_ns`, shortest first, so a
     /// base bar closed here still lands in its longer bars before they close.
     pub fn close_due(&mut self, now_ns: u64, closed: &mut Vec<Closed>) {

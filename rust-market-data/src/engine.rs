@@ -69,6 +69,10 @@ const EVENT_BATCH: usize = 256;
 /// clock twice per tick would cost more than the rest of the bookkeeping).
 const LATENCY_SAMPLE: u64 = 8;
 
+/// How many ticks ahead the sim's and a batch's series are prefetched (twice that for
+/// the series itself, which must be in cache to find its parts).
+const PREFETCH_AHEAD: usize = 4;
+
 /// A question for the engine, with the channel for its answer.
 pub enum Query {
     Price(PriceRequest, oneshot::Sender<Result<Tick, ApiError>>),
@@ -274,6 +278,10 @@ impl Engine {
                 continue;
             };
             let slot = self.sim_slots[index];
+            // The sim goes round its symbols in turn: the next ones are known.
+            let ahead = |n: usize| self.sim_slots[(index + n) % self.sim_slots.len()];
+            self.market.prefetch_series(ahead(PREFETCH_AHEAD * 2));
+            self.market.prefetch_parts(ahead(PREFETCH_AHEAD));
             self.publish_tick(slot, tick, received).await;
             if let Some(book) = book {
                 self.market.offer_book(slot, book, now, &mut self.books);
@@ -381,7 +389,22 @@ impl Engine {
                 slot: None,
             });
         }
-        for &(number, tick) in &batch.ticks {
+        for (i, &(number, tick)) in batch.ticks.iter().enumerate() {
+            // The batch says which series come next: their memory is fetched meanwhile.
+            let ahead = |n: usize| {
+                let (number, _) = batch.ticks.get(i + n)?;
+                self.feed_series[feed]
+                    .series
+                    .get(*number as usize)?
+                    .as_ref()?
+                    .slot
+            };
+            if let Some(slot) = ahead(PREFETCH_AHEAD * 2) {
+                self.market.prefetch_series(slot);
+            }
+            if let Some(slot) = ahead(PREFETCH_AHEAD) {
+                self.market.prefetch_parts(slot);
+            }
             let received = self.received();
             let Some(slot) = self.batch_slot(feed, number) else {
                 continue;

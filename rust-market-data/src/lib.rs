@@ -18,5 +18,6 @@ pub mod fnv;
 pub mod history;
 pub mod market;
 pub mod metrics;
+pub mod prefetch;
 pub mod replay;
 pub mod sim;

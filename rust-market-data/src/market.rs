@@ -21,6 +21,7 @@ use crate::books::{self, BookSlot};
 use crate::encode::{tick_prefix, TickData, TickEncoder};
 use crate::fnv::FnvBuild;
 use crate::metrics::{self, VenueMetrics};
+use crate::prefetch;
 
 /// A query refused, as the `{"error": {"code", "message"}}` reply will say it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +207,30 @@ impl Market {
     pub fn tick_route(&self, slot: usize) -> (&Subject, &[u8], &VenueMetrics) {
         let s = &self.series[slot];
         (&s.tick_subject, &s.prefix, &s.metrics)
+    }
+
+    /// Asks the CPU to bring `slot`'s series into cache ahead of its tick: at thousands
+    /// of symbols in turn, each tick's series is cold, and waiting for it was a good
+    /// part of a tick's time. Call a few ticks ahead of `prefetch_parts`, which reads
+    /// the series to find what it points to.
+    pub fn prefetch_series(&self, slot: usize) {
+        if let Some(series) = self.series.get(slot) {
+            prefetch::value(series);
+        }
+    }
+
+    /// What a tick of `slot` reads behind the series' pointers: its subject, its JSON
+    /// prefix, its base interval's open bar and its monitor's latest bucket.
+    pub fn prefetch_parts(&self, slot: usize) {
+        if let Some(series) = self.series.get(slot) {
+            let subject = series.tick_subject.as_str();
+            prefetch::bytes(subject.as_ptr(), subject.len());
+            prefetch::bytes(series.prefix.as_ptr(), series.prefix.len());
+            series.bars.prefetch();
+            if let Some(monitor) = &series.monitor {
+                monitor.prefetch();
+            }
+        }
     }
 
     /// Keeps `tick` as the latest of its slot, feeds its bars and its monitor.
