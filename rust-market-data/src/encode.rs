@@ -47,11 +47,10 @@ impl TickEncoder {
     }
 
     pub fn encode(&mut self, prefix: &[u8], tick: &TickData) -> Bytes {
-        // Written on the stack first, then copied into the chunk at once: the ~15 short
-        // pieces of a tick go as moves the compiler inlines, where `put_slice` into the
-        // chunk called memcpy for each (~10 % of the sim's process in perf). A prefix
-        // too long for the stack buffer (none is: venues and symbols are short tokens)
-        // goes into the chunk on its own.
+        // Written on the stack first, then copied into the chunk at once: the short
+        // pieces of a tick (keys, digits) go as inlined moves, where `put_slice` into the
+        // chunk called memcpy for each. A prefix too long for the stack buffer (none is:
+        // venues and symbols are short tokens) goes into the chunk on its own.
         if prefix.len() <= 512 - TICK_REST {
             let mut staged = Staged::<512>::new();
             staged.put(prefix);
