@@ -7,7 +7,7 @@ md.bar, a stand-in md.api.history) and risk (ACTIVE verdicts and account, heartb
 1. `latency`: bar published (its end_ts, stamped at publish) -> the order seen on
    orders.submit.<symbol> and -> the Signal, one agent, momentum strategy, rising closes:
    every bar a BUY. Baseline in the same run, rounds alternated: `echo`, a separate raw
-   nats-py process on the agent's event loop (uvloop by default) that republishes each bar at once (md.bar -> the observer: the bus
+   nats-py process that republishes each bar at once (md.bar -> the observer: the bus
    hops without any agent work; as the trading-agent user, on agent.signal.trading.<symbol>). History is asked once per symbol (the agent keeps its
    own rolling bars), counted from the stand-in's requests.
 2. `replicas`: decisions/s of 1, 2 and 3 replicas (one queue group, `trading-agent`):
@@ -45,7 +45,6 @@ import nats
 
 from bench.__main__ import Context, percentiles
 from services.contract.models import AccountState, Bar, OrderRequest, Signal, TradingState, Verdict, encode, now_ns
-from services.common.bus import run_on_service_loop
 from services.devstack.launcher import Child, Output
 from services.devstack.natsserver import REPO_ROOT, NatsServer, load_or_create_credentials
 
@@ -350,7 +349,7 @@ def _echo(env: dict[str, str], subject: str) -> None:
         while True:
             await asyncio.sleep(3600)
 
-    run_on_service_loop(main())  # the agent's own loop: the baseline differs by the agent's work only
+    asyncio.run(main())
 
 
 def plot(result: dict[str, Any], path: Path) -> str | None:

@@ -1,9 +1,8 @@
 """Agent ingest rate and decision latency (`make bench BENCH=agent_ingest`).
 
 1. Ingest: ticks/s one agent process takes in on `md.tick.>`, against a raw nats-py
-   subscriber of the same payloads in the same run (each in its own process on the
-   services' event loop, uvloop by default; a publisher process feeding a real
-   nats-server). Paths:
+   subscriber of the same payloads in the same run (each in its own process, a publisher
+   process feeding a real nats-server). Paths:
    - `raw`: a nats-py callback that only counts (the ceiling);
    - `agent`: the trading agent's tick path (`context.LatestTicks.on_message`: every
      tick checked against the contract on arrival with `services/contract/wire.checker`,
@@ -37,7 +36,7 @@ from typing import Any
 import nats
 
 from bench.__main__ import Context, percentiles
-from services.common.bus import Bus, run_on_service_loop
+from services.common.bus import Bus
 from services.devstack.launcher import Child, Output
 from services.contract.models import (
     AccountState,
@@ -114,7 +113,7 @@ def _subscriber(path: str, env: dict[str, str], total: int, pipe: Any) -> None:
         await bus.close()
         pipe.send({"first": first, "last": last, "received": count()})
 
-    run_on_service_loop(main())  # every path on the agent's own loop: they differ by decoding only
+    asyncio.run(main())
 
 
 async def _publish(env: dict[str, str], payloads: list[tuple[str, bytes]], total: int) -> float:

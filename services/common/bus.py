@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats
@@ -38,7 +38,6 @@ from services.contract.wire import decoder
 from .tls import client_tls_options
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 
@@ -406,23 +405,6 @@ def setup_logging(service: str) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop a service runs on: uvloop (libuv) by default, where it is installed
-    (a dependency on Linux and macOS), or asyncio's own with MOONBUS_EVENT_LOOP=asyncio.
-    uvloop takes ~25 % off a nats-py round trip (README "Benchmarks", agent_decisions);
-    None means asyncio's default loop."""
-    choice = os.environ.get("MOONBUS_EVENT_LOOP", "uvloop")
-    if choice == "asyncio":
-        return None
-    if choice != "uvloop":
-        raise SystemExit(f"MOONBUS_EVENT_LOOP={choice!r}: expected 'uvloop' or 'asyncio'")
-    try:
-        import uvloop
-    except ImportError:  # no uvloop on this platform (Windows): asyncio's loop
-        return None
-    return uvloop.new_event_loop
-
-
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a service's main(stop_event) until SIGINT/SIGTERM sets the event."""
 
@@ -433,11 +415,4 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    run_on_service_loop(runner())
-
-
-def run_on_service_loop(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Runs `coroutine` to its end on the event loop the services run on
-    (`event_loop_factory`): a service, or a benchmark's process measured against one."""
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(coroutine)
+    asyncio.run(runner())
