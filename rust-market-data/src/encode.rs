@@ -4,7 +4,7 @@
 //! which the tests check; the rare messages (alerts, statuses) go through serde.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use moonbus_common::{Bar, Book, NonNegativeMoney, PositiveMoney, PriceLevel, Symbol, Venue};
+use moonbus_common::{Bar, Book, NonNegativeMoney, PositiveMoney, PriceLevel, Symbol, Tick, Venue};
 use rust_decimal::Decimal;
 
 /// A tick without its labels: what the market keeps per (venue, symbol).
@@ -16,6 +16,19 @@ pub struct TickData {
     pub size: Option<NonNegativeMoney>,
     pub seq: u64,
     pub ts: u64,
+}
+
+impl From<&Tick> for TickData {
+    fn from(tick: &Tick) -> Self {
+        Self {
+            price: tick.price,
+            bid: tick.bid,
+            ask: tick.ask,
+            size: tick.size,
+            seq: tick.seq,
+            ts: tick.ts,
+        }
+    }
 }
 
 /// `{"venue":"<venue>","symbol":"<symbol>","price":"`: the constant start of every
@@ -332,7 +345,6 @@ const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 mod tests {
     use super::*;
     use moonbus_common::bus::encode;
-    use moonbus_common::Tick;
     use proptest::prelude::*;
 
     fn text(value: Decimal) -> String {
@@ -369,7 +381,7 @@ mod tests {
                 seq,
                 ts,
             };
-            let data = TickData { price: tick.price, bid: tick.bid, ask: tick.ask, size: tick.size, seq, ts };
+            let data = TickData::from(&tick);
             let mut encoder = TickEncoder::default();
             let ours = encoder.encode(&tick_prefix(&tick.venue, &tick.symbol), &data);
             prop_assert_eq!(ours, encode(&tick));
@@ -446,14 +458,7 @@ mod tests {
             seq: u64::MAX,
             ts: u64::MAX,
         };
-        let data = TickData {
-            price: tick.price,
-            bid: tick.bid,
-            ask: tick.ask,
-            size: tick.size,
-            seq: tick.seq,
-            ts: tick.ts,
-        };
+        let data = TickData::from(&tick);
         let mut encoder = TickEncoder::default();
         let prefix = tick_prefix(&tick.venue, &tick.symbol);
         let ours = encoder.encode(&prefix, &data);

@@ -354,15 +354,8 @@ impl Engine {
         let Some(slot) = self.market.slot(&tick.venue, &tick.symbol) else {
             return;
         };
-        let data = TickData {
-            price: tick.price,
-            bid: tick.bid,
-            ask: tick.ask,
-            size: tick.size,
-            seq: tick.seq,
-            ts: tick.ts,
-        };
-        self.slot_tick(slot, data, file_clock, received).await;
+        self.slot_tick(slot, TickData::from(&tick), file_clock, received)
+            .await;
     }
 
     /// The ticks of a batch, as `feed_tick` each, their slots found by number.
