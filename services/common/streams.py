@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -178,9 +179,30 @@ def wanted_state(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return spec
 
 
+# How long one INFO request waits for its answer before it is asked again (`_info`).
+INFO_ATTEMPT_S = 5.0
+
+
 async def _api(nc: Client, subject: str, body: Mapping[str, Any] | None, timeout: float) -> dict[str, Any]:
     reply = await nc.request(subject, json.dumps(body).encode() if body is not None else b"", timeout=timeout)
     return json.loads(reply.data)
+
+
+async def _info(nc: Client, subject: str, timeout: float, attempt: float = INFO_ATTEMPT_S) -> dict[str, Any]:
+    """A STREAM/CONSUMER.INFO request, asked again while unanswered until `timeout`. A
+    clustered asset without a leader at that moment (a stream just scaled up, its
+    consumers being remapped) drops the request rather than answering it, so one long wait
+    can miss the leader elected a second later (a CI run waited 30 s on CONSUMER.INFO after
+    an R1 -> R3 update). INFO only reads: asking again is safe."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            return await _api(nc, subject, None, max(0.001, min(attempt, left)))
+        except nats.errors.TimeoutError:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            log.info("%s: no answer within %gs, asking again", subject, attempt)
 
 
 def _differs(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
@@ -200,7 +222,7 @@ async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout
     changes: dict[str, list[str]] = {}
     for wanted in spec["streams"]:
         name = wanted["name"]
-        info = await _api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout)
+        info = await _info(nc, f"$JS.API.STREAM.INFO.{name}", timeout)
         if "error" in info:
             if info["error"].get("err_code") != _STREAM_NOT_FOUND:
                 raise ProvisionError(f"stream {name}: {info['error'].get('description')}")
@@ -225,7 +247,7 @@ async def provision(nc: Client, config: Mapping[str, Any] | None = None, timeout
     for consumer in spec["consumers"]:
         stream, wanted = consumer["stream_name"], consumer["config"]
         name = wanted["durable_name"]
-        info = await _api(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}", None, timeout)
+        info = await _info(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}", timeout)
         if "error" not in info:
             what = _differs(info["config"], wanted)
             if not what:
