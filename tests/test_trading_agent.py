@@ -566,3 +566,28 @@ async def test_unacknowledged_order_is_reported_not_raised() -> None:
     assert subject == "agent.signal.trading.BTC-USD" and "NOT acknowledged" in signal.reasoning
     assert bus.errors and bus.errors[0][0] == "orders.submit.trading.BTC-USD" and "not acknowledged" in bus.errors[0][1]
     assert service.metrics.ORDER_FAILURES._value.get() == failures + 1
+
+
+def test_order_ids_are_unguessable_and_never_repeat_even_across_a_fork() -> None:
+    """new_client_order_id hands out 80 CSPRNG bits per id from a pool (one getrandom per
+    ~400 ids): every id differs, the pool refills past its end, and a forked child never
+    hands out the parent's next ids (it starts with an empty pool)."""
+    import os
+
+    from services.trading_agent.agent import new_client_order_id
+
+    ids = [new_client_order_id() for _ in range(2000)]  # ~5 refills of the 4 KiB pool
+    assert all(re.fullmatch(r"trd-[0-9a-f]{20}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(write, new_client_order_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert re.fullmatch(r"trd-[0-9a-f]{20}", child)
+    assert child != new_client_order_id()
+    assert child not in ids
