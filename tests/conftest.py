@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from nats.aio.msg import Msg
 from services.common.bus import Bus
 from services.contract.models import PositionsReply
 from services.devstack.launcher import SERVICES, System, all_active, risk_states
-from services.devstack.natsserver import NatsServer, free_port, load_or_create_credentials
+from services.devstack.natsserver import NatsServer, find_nats_server, free_port, load_or_create_credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,6 +101,32 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     with server:
         server.provision()  # ORDERS, EXEC, KV and the durables, as `make run` has them
         yield server
+
+
+@pytest.fixture
+def plain_nats() -> Iterator[str]:
+    """The URL of a bare nats-server of this test alone (no JetStream, no users): for
+    stand-ins of the JetStream API or of a stream. Killed at teardown."""
+    port = free_port()
+    server = subprocess.Popen([find_nats_server(), "-a", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+async def connect_when_up(url: str, timeout: float = 10.0) -> nats.NATS:
+    """A plain connection to `url`, once its server (just started) accepts one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await nats.connect(url, allow_reconnect=False, connect_timeout=1)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 ConnectFn = Callable[..., Awaitable[MoonClient]]

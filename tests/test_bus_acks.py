@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import time
 from decimal import Decimal
 from typing import Any
@@ -15,58 +13,40 @@ import pytest
 
 from services.common.bus import Bus
 from services.contract.models import OrderRequest, Side
-from services.devstack.natsserver import find_nats_server, free_port
+from tests.conftest import connect_when_up
 
 
-async def _connect_when_up(url: str) -> nats.NATS:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return await nats.connect(url, connect_timeout=1, allow_reconnect=False)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-
-
-async def test_an_order_ack_that_never_comes_is_a_timeout_and_a_late_one_is_dropped() -> None:
+async def test_an_order_ack_that_never_comes_is_a_timeout_and_a_late_one_is_dropped(plain_nats: str) -> None:
     """Bus.publish_order waits for the stream's answer on its own reply subscription, with one
     timer: answered, the PubAck; unanswered, nats' TimeoutError after `timeout` (not before),
     and its waiter is gone, so an answer that comes later is dropped. A stand-in stream on a
     plain nats-server answers only the orders of BTC-USD."""
-    port = free_port()
-    server = subprocess.Popen([find_nats_server(), "-a", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        stand_in = await _connect_when_up(f"nats://127.0.0.1:{port}")
-        unanswered: list[str] = []
+    stand_in = await connect_when_up(plain_nats)
+    unanswered: list[str] = []
 
-        async def stream(msg: Any) -> None:
-            if msg.subject.endswith(".BTC-USD"):
-                await msg.respond(b'{"stream": "ORDERS", "seq": 7}')
-            else:
-                unanswered.append(msg.reply)
+    async def stream(msg: Any) -> None:
+        if msg.subject.endswith(".BTC-USD"):
+            await msg.respond(b'{"stream": "ORDERS", "seq": 7}')
+        else:
+            unanswered.append(msg.reply)
 
-        await stand_in.subscribe("orders.submit.>", cb=stream)
-        await stand_in.flush()
-        bus = Bus("test")
-        await bus.connect(f"nats://127.0.0.1:{port}")
-        order = OrderRequest(client_order_id="trd-ack", agent="trading", symbol="BTC-USD", side=Side.BUY,
-                             quantity=Decimal("0.01"), origin_ts=1, ts=2)
-        ack = await bus.publish_order("orders.submit.trading.BTC-USD", order, timeout=2, fresh=True)
-        assert (ack.stream, ack.seq) == ("ORDERS", 7)
-        late = order.model_copy(update={"symbol": "ETH-USD"})
-        started = time.monotonic()
-        with pytest.raises(nats.errors.TimeoutError):
-            await bus.publish_order("orders.submit.trading.ETH-USD", late, timeout=0.4)
-        assert 0.35 <= time.monotonic() - started < 3
-        assert len(unanswered) == 1 and not bus._acks[1]  # no waiter left behind
-        await stand_in.publish(unanswered[0], b'{"stream": "ORDERS", "seq": 8}')  # the late answer: dropped
-        await stand_in.flush()
-        ack = await bus.publish_order("orders.submit.trading.BTC-USD", order, timeout=2)
-        assert ack.seq == 7
-        await bus.close()
-        await stand_in.close()
-    finally:
-        server.kill()
-        server.wait()
+    await stand_in.subscribe("orders.submit.>", cb=stream)
+    await stand_in.flush()
+    bus = Bus("test")
+    await bus.connect(plain_nats)
+    order = OrderRequest(client_order_id="trd-ack", agent="trading", symbol="BTC-USD", side=Side.BUY,
+                         quantity=Decimal("0.01"), origin_ts=1, ts=2)
+    ack = await bus.publish_order("orders.submit.trading.BTC-USD", order, timeout=2, fresh=True)
+    assert (ack.stream, ack.seq) == ("ORDERS", 7)
+    late = order.model_copy(update={"symbol": "ETH-USD"})
+    started = time.monotonic()
+    with pytest.raises(nats.errors.TimeoutError):
+        await bus.publish_order("orders.submit.trading.ETH-USD", late, timeout=0.4)
+    assert 0.35 <= time.monotonic() - started < 3
+    assert len(unanswered) == 1 and not bus._acks[1]  # no waiter left behind
+    await stand_in.publish(unanswered[0], b'{"stream": "ORDERS", "seq": 8}')  # the late answer: dropped
+    await stand_in.flush()
+    ack = await bus.publish_order("orders.submit.trading.BTC-USD", order, timeout=2)
+    assert ack.seq == 7
+    await bus.close()
+    await stand_in.close()

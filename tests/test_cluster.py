@@ -13,7 +13,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,10 +33,10 @@ from services.devstack.natsserver import (
     NatsCluster,
     NatsServerError,
     Routes,
-    find_nats_server,
     free_port,
     load_or_create_credentials,
 )
+from tests.conftest import connect_when_up
 from tests.dockerstack import ComposeProject, docker, fresh_clone, moonbus_images  # noqa: F401
 
 STREAMS = [s["name"] for s in jetstream_spec()["streams"]]
@@ -124,46 +123,28 @@ async def test_provisioning_scales_r1_streams_up_in_place(tmp_path: Path) -> Non
             await nc.close()
 
 
-async def test_an_unanswered_info_is_asked_again_until_its_timeout() -> None:
+async def test_an_unanswered_info_is_asked_again_until_its_timeout(plain_nats: str) -> None:
     """A stream or consumer without a leader for the moment drops an INFO request (seen after
     an R1 -> R3 update): provisioning asks again instead of waiting out one long timeout. A
     stand-in JetStream API on a plain nats-server leaves the first two requests unanswered."""
-    port = free_port()
-    server = subprocess.Popen([find_nats_server(), "-a", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        nc = await _connect_when_up(f"nats://127.0.0.1:{port}")
-        asked: list[str] = []
+    nc = await connect_when_up(plain_nats)
+    asked: list[str] = []
 
-        async def stand_in(msg: Any) -> None:
-            asked.append(msg.subject)
-            if len(asked) > 2 and ".EXEC." in msg.subject:
-                await msg.respond(b'{"config": {"name": "EXEC"}}')
+    async def stand_in(msg: Any) -> None:
+        asked.append(msg.subject)
+        if len(asked) > 2 and ".EXEC." in msg.subject:
+            await msg.respond(b'{"config": {"name": "EXEC"}}')
 
-        await nc.subscribe("$JS.API.>", cb=stand_in)
-        info = await _info(nc, "$JS.API.CONSUMER.INFO.EXEC.risk", timeout=5, attempt=0.2)
-        assert info == {"config": {"name": "EXEC"}}
-        assert asked == ["$JS.API.CONSUMER.INFO.EXEC.risk"] * 3
-        # Never answered: asked again each attempt, and the timeout still ends it.
-        asked.clear()
-        with pytest.raises(nats.errors.TimeoutError):
-            await _info(nc, "$JS.API.CONSUMER.INFO.ORDERS.execution", timeout=1, attempt=0.3)
-        assert len(asked) >= 3 and set(asked) == {"$JS.API.CONSUMER.INFO.ORDERS.execution"}, asked
-        await nc.close()
-    finally:
-        server.kill()
-        server.wait()
-
-
-async def _connect_when_up(url: str) -> nats.NATS:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return await nats.connect(url, allow_reconnect=False, connect_timeout=1)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+    await nc.subscribe("$JS.API.>", cb=stand_in)
+    info = await _info(nc, "$JS.API.CONSUMER.INFO.EXEC.risk", timeout=5, attempt=0.2)
+    assert info == {"config": {"name": "EXEC"}}
+    assert asked == ["$JS.API.CONSUMER.INFO.EXEC.risk"] * 3
+    # Never answered: asked again each attempt, and the timeout still ends it.
+    asked.clear()
+    with pytest.raises(nats.errors.TimeoutError):
+        await _info(nc, "$JS.API.CONSUMER.INFO.ORDERS.execution", timeout=1, attempt=0.3)
+    assert len(asked) >= 3 and set(asked) == {"$JS.API.CONSUMER.INFO.ORDERS.execution"}, asked
+    await nc.close()
 
 
 async def test_a_client_reaches_the_cluster_through_any_seed(cluster: NatsCluster) -> None:
