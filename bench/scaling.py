@@ -27,8 +27,10 @@ shared and noisy: the load average is recorded before and after each curve):
    bars of 1 s, threshold 0.0001 %: an order on almost every bar) vs symbols (3, 100,
    1000): bar end (`end_ts`, the instant after the bar's last tick, which the agent carries
    as the order's `origin_ts`) -> the FILLED report received here, and -> execution's
-   `filled_ts`. Baseline: the order path's own order -> report latency at its lowest rate
-   in this run (the same services without the agent and market-data's bar close).
+   `filled_ts`, and hop by hop (`HOPS`: the agent's decision, the ORDERS write and delivery
+   to execution, the risk round trip, the fill, the report's delivery here) from each
+   order's own stamps. Baseline: the order path's own order -> report latency at its lowest
+   rate in this run (the same services without the agent and market-data's bar close).
 4. `agent_replicas`: decisions/s vs trading-agent replicas, read from
    bench/results/agent_decisions.json (bench/agent_decisions.py, its own baseline), not
    measured twice.
@@ -248,9 +250,17 @@ def agent_env(symbols: list[str]) -> dict[str, str]:
     }
 
 
+# Where bar end -> report goes, hop by hop (each order's own stamps; clocks of one machine):
+# the bar reaching the agent and its decision (bar end_ts -> the order's ts), the ORDERS
+# write and its delivery to execution (-> received_ts), the risk round trip (->
+# risk_checked_ts), the paper fill (-> filled_ts), the EXEC write and its delivery here.
+HOPS = ("bar_end_to_decided", "decided_to_execution", "risk_round_trip", "fill", "report_to_subscriber")
+
+
 async def collect_fills(env: dict[str, str], warmup: float, seconds: float) -> dict:
     """FILLED reports on exec.report.> for `seconds` after the first one (+ `warmup`):
-    received - origin_ts and filled_ts - origin_ts, in ms."""
+    received - origin_ts and filled_ts - origin_ts, in ms, and each hop (HOPS) of the orders
+    seen on orders.submit.>."""
     import nats
 
     from services.contract.models import ExecutionReport, OrderStatus
@@ -259,8 +269,14 @@ async def collect_fills(env: dict[str, str], warmup: float, seconds: float) -> d
                             inbox_prefix=f"_INBOX.{env['NATS_USER']}")
     received: list[float] = []
     in_system: list[float] = []
+    hops: dict[str, list[float]] = {name: [] for name in HOPS}
+    decided: dict[str, int] = {}  # client_order_id -> the order's ts (the agent's decision)
     counting = {"from": None, "filled": 0, "other": 0}
     reasons: dict[str, int] = {}
+
+    async def on_order(msg: Any) -> None:
+        order = json.loads(msg.data)
+        decided[order["client_order_id"]] = order["ts"]
 
     async def on_report(msg: Any) -> None:
         now = time.time_ns()
@@ -271,16 +287,22 @@ async def collect_fills(env: dict[str, str], warmup: float, seconds: float) -> d
             return
         if report.status == OrderStatus.FILLED:
             counting["filled"] += 1
-            origin = report.timings.origin_ts
-            if origin:
-                received.append((now - origin) / 1e6)
-                if report.timings.filled_ts:
-                    in_system.append((report.timings.filled_ts - origin) / 1e6)
+            t = report.timings
+            if t.origin_ts:
+                received.append((now - t.origin_ts) / 1e6)
+                if t.filled_ts:
+                    in_system.append((t.filled_ts - t.origin_ts) / 1e6)
+                stamps = [t.origin_ts, decided.pop(report.client_order_id or "", None), t.received_ts,
+                          t.risk_checked_ts, t.filled_ts, now]
+                if all(stamps):
+                    for name, (a, b) in zip(HOPS, zip(stamps, stamps[1:]), strict=True):
+                        hops[name].append((b - a) / 1e6)  # type: ignore[operator]
         elif report.status in (OrderStatus.REJECTED, OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.EXPIRED):
             counting["other"] += 1
             why = f"{report.status.value}: {(report.reason or '')[:60]}"
             reasons[why] = reasons.get(why, 0) + 1
 
+    await nc.subscribe("orders.submit.>", cb=on_order)
     await nc.subscribe("exec.report.>", cb=on_report)
     deadline = time.monotonic() + 90
     while counting["from"] is None and time.monotonic() < deadline:
@@ -290,7 +312,7 @@ async def collect_fills(env: dict[str, str], warmup: float, seconds: float) -> d
         raise RuntimeError("no execution report within 90 s of the system serving")
     await asyncio.sleep(warmup + seconds)
     await nc.close()
-    return {"received_ms": received, "filled_ms": in_system, "filled": counting["filled"],
+    return {"received_ms": received, "filled_ms": in_system, "hops_ms": hops, "filled": counting["filled"],
             "not_filled": counting["other"], "not_filled_reasons": reasons, "seconds": seconds}
 
 
@@ -317,6 +339,7 @@ def tick_to_fill_curve(ctx: Context) -> dict:
             "not_filled_reasons": dict(sorted(got["not_filled_reasons"].items(), key=lambda kv: -kv[1])[:5]),
             "bar_end_to_report_ms": received,
             "bar_end_to_filled_ts_ms": filled,
+            "hops_ms": {name: ms_summary(v) for name, v in got["hops_ms"].items()},
         })
         print(f"   tick_to_fill {n} symbols: p50 {received.get('p50')} ms p99 {received.get('p99')} ms, "
               f"{got['filled']} fills", flush=True)
@@ -409,6 +432,15 @@ def table(result: dict) -> str:
             lines.append(f"| {p['symbols']:,} | {p['fills_per_s']} | {p.get('not_filled', 0)} | {r.get('p50')} / {r.get('p99')} | "
                          f"{f.get('p50')} / {f.get('p99')} |")
         lines.append("")
+        if any(p.get("hops_ms") for p in tf["points"]):
+            lines += ["Hop by hop, p50 / p99 ms (HOPS in bench/scaling.py):", "",
+                      "| symbols | " + " | ".join(h.replace("_", " ") for h in HOPS) + " |",
+                      "|---:|" + "---:|" * len(HOPS)]
+            for p in tf["points"]:
+                h = p.get("hops_ms", {})
+                lines.append(f"| {p['symbols']:,} | " + " | ".join(
+                    f"{h.get(name, {}).get('p50')} / {h.get(name, {}).get('p99')}" for name in HOPS) + " |")
+            lines.append("")
     ar = result.get("agent_replicas", {})
     if ar.get("points"):
         lines += [f"**decisions/s vs agent replicas** (from {ar['source']}, {ar.get('started')}, "

@@ -131,9 +131,10 @@ impl Engine {
     /// and from now on the marks value positions and time is the wall clock.
     pub fn mark_ready(&mut self, now_ns: u64) {
         self.ready = true;
-        self.watermarks.roll_day(now_ns, self.totals().equity);
-        self.watermarks.observe(self.totals().equity);
-        self.latch_breaches(now_ns);
+        self.roll_day(now_ns);
+        let totals = self.totals();
+        self.watermarks.observe(totals.equity);
+        self.latch(&totals, now_ns);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -229,13 +230,30 @@ impl Engine {
             self.marks.insert(tick.symbol.clone(), mark);
             return false;
         }
-        self.watermarks.roll_day(now_ns, self.totals().equity);
+        let new_day = self.roll_day(now_ns);
         let previous = self.marks.insert(tick.symbol.clone(), mark);
         let revalued = self.ledger.quantity(tick.symbol.as_str()) != Decimal::ZERO
             && previous.is_none_or(|p| p.price != mark.price);
-        self.watermarks.observe(self.totals().equity);
-        self.latch_breaches(now_ns);
+        // The totals (a sum over every position) only when they moved: a tick of a symbol
+        // without a position, or at the same price, changes no figure the peak or a loss
+        // limit reads. At 1,000 positions this is most of a tick's cost.
+        if revalued || new_day {
+            let totals = self.totals();
+            self.watermarks.observe(totals.equity);
+            self.latch(&totals, now_ns);
+        }
         revalued || tripped
+    }
+
+    /// Starts a new UTC day at `now_ns` if it is one (its equity recorded, at the marks
+    /// before the event); returns whether it did.
+    fn roll_day(&mut self, now_ns: u64) -> bool {
+        if !self.watermarks.rolls_over(now_ns) {
+            return false;
+        }
+        let equity = self.totals().equity;
+        self.watermarks.roll_day(now_ns, equity);
+        true
     }
 
     /// A live venue's status from execution: the reconciliation to publish (None while
@@ -295,7 +313,7 @@ impl Engine {
             tracing::info!(client_order_id = %order, "reservation expired without a terminal report");
         }
         if self.ready {
-            self.watermarks.roll_day(now_ns, self.totals().equity);
+            self.roll_day(now_ns);
             self.latch_breaches(now_ns);
         }
     }
@@ -649,60 +667,79 @@ impl Engine {
         );
         symbols
             .into_iter()
-            .map(|symbol| {
-                let mut state = account_state;
-                let mut reasons = account_reasons.clone();
-                let mut details = Vec::new();
-                let mut halted_until = None;
-                if let Some(latch) = self.loss_latch.as_ref().filter(|_| self.ready) {
-                    details.push(format!(
-                        "{} latched since ts {} until the UTC day rolls over or an operator releases it",
-                        latch.breaches.join(", "),
-                        latch.since_ts
-                    ));
-                }
-                if let Some(halt) = self.breakers.halt(symbol, now_ns) {
-                    state = TradingState::Halted;
-                    reasons.push("circuit_breaker".into());
-                    details.push(halt.detail.clone());
-                    halted_until = Some(halt.until_ns);
-                }
-                let position = self.ledger.quantity(symbol.as_str());
-                match self.marks.get(symbol) {
-                    None => {
-                        state = TradingState::Halted;
-                        reasons.push("no_market_data".into());
-                    }
-                    Some(mark)
-                        if now_ns.saturating_sub(mark.received_ns) / NS_PER_MS
-                            > self.settings.stale_after_ms =>
-                    {
-                        state = TradingState::Halted;
-                        reasons.push("stale_market_data".into());
-                    }
-                    Some(mark) => {
-                        if position.abs().saturating_mul(mark.price)
-                            >= self.settings.limits.max_position_notional
-                        {
-                            if state == TradingState::Active {
-                                state = TradingState::ReduceOnly;
-                            }
-                            reasons.push("max_position_notional".into());
-                        }
-                    }
-                }
-                Verdict {
-                    symbol: symbol.clone(),
-                    state,
-                    reasons,
-                    position: money(position),
-                    max_order_notional: Some(non_negative(self.settings.limits.max_order_notional)),
-                    detail: details.join("; "),
-                    halted_until,
-                    ts: now_ns,
-                }
-            })
+            .map(|symbol| self.verdict_with(symbol, account_state, &account_reasons, now_ns))
             .collect()
+    }
+
+    /// The verdict of `symbol` alone, as `verdicts` would give it, with the account's state
+    /// and reasons from `account` (this engine's `account()` of the same moment): None when
+    /// `verdicts` gives none for it (not configured, no position). A symbol's own event
+    /// (its tick, its report) changes no other symbol's verdict unless the account's state,
+    /// reasons or loss latch change (Publisher).
+    pub fn verdict(&self, symbol: &Symbol, account: &AccountState, now_ns: u64) -> Option<Verdict> {
+        let listed = self.ledger.quantity(symbol.as_str()) != Decimal::ZERO
+            || self.settings.symbols.contains(symbol);
+        listed.then(|| self.verdict_with(symbol, account.state, &account.reasons, now_ns))
+    }
+
+    fn verdict_with(
+        &self,
+        symbol: &Symbol,
+        account_state: TradingState,
+        account_reasons: &[String],
+        now_ns: u64,
+    ) -> Verdict {
+        let mut state = account_state;
+        let mut reasons = account_reasons.to_vec();
+        let mut details = Vec::new();
+        let mut halted_until = None;
+        if let Some(latch) = self.loss_latch.as_ref().filter(|_| self.ready) {
+            details.push(format!(
+                "{} latched since ts {} until the UTC day rolls over or an operator releases it",
+                latch.breaches.join(", "),
+                latch.since_ts
+            ));
+        }
+        if let Some(halt) = self.breakers.halt(symbol, now_ns) {
+            state = TradingState::Halted;
+            reasons.push("circuit_breaker".into());
+            details.push(halt.detail.clone());
+            halted_until = Some(halt.until_ns);
+        }
+        let position = self.ledger.quantity(symbol.as_str());
+        match self.marks.get(symbol) {
+            None => {
+                state = TradingState::Halted;
+                reasons.push("no_market_data".into());
+            }
+            Some(mark)
+                if now_ns.saturating_sub(mark.received_ns) / NS_PER_MS
+                    > self.settings.stale_after_ms =>
+            {
+                state = TradingState::Halted;
+                reasons.push("stale_market_data".into());
+            }
+            Some(mark) => {
+                if position.abs().saturating_mul(mark.price)
+                    >= self.settings.limits.max_position_notional
+                {
+                    if state == TradingState::Active {
+                        state = TradingState::ReduceOnly;
+                    }
+                    reasons.push("max_position_notional".into());
+                }
+            }
+        }
+        Verdict {
+            symbol: symbol.clone(),
+            state,
+            reasons,
+            position: money(position),
+            max_order_notional: Some(non_negative(self.settings.limits.max_order_notional)),
+            detail: details.join("; "),
+            halted_until,
+            ts: now_ns,
+        }
     }
 
     // ------------------------------------------------------------ internals
@@ -887,13 +924,21 @@ impl Engine {
     /// Latch the limits past now; a new UTC day ends the old latch. Only once ready:
     /// during the rebuild the history is valued at fill prices only.
     fn latch_breaches(&mut self, now_ns: u64) {
+        if self.ready {
+            let totals = self.totals();
+            self.latch(&totals, now_ns);
+        }
+    }
+
+    /// `latch_breaches` with the totals at hand.
+    fn latch(&mut self, totals: &Totals, now_ns: u64) {
         if !self.ready {
             return;
         }
         let Some(day) = self.watermarks.day() else {
             return;
         };
-        let breaches = self.breaches(&self.totals());
+        let breaches = self.breaches(totals);
         let latch = LossLatch::update(self.loss_latch.as_ref(), &breaches, day, now_ns);
         if latch != self.loss_latch {
             tracing::warn!(?latch, "loss latch changed");

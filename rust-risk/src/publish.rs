@@ -51,15 +51,27 @@ impl Publisher {
 
     pub async fn changes(&mut self, engine: &Engine) {
         if engine.is_ready() {
-            self.send(engine, false).await;
+            self.send(engine, false, None).await;
+        }
+    }
+
+    /// After an event of `symbol` alone (its tick, its report): the account, and the
+    /// verdict of `symbol` only, unless the account's state, reasons or loss latch moved
+    /// (which every verdict carries): then every verdict, as `changes`. A verdict that only
+    /// time changes (stale market data, a halt ending) waits for the heartbeat's
+    /// `everything`, as before the next event. Publishing every verdict on every tick was
+    /// O(symbols) a tick: at 1,000 symbols, more than risk could do.
+    pub async fn changes_of(&mut self, engine: &Engine, symbol: &Symbol) {
+        if engine.is_ready() {
+            self.send(engine, false, Some(symbol)).await;
         }
     }
 
     pub async fn everything(&mut self, engine: &Engine) {
-        self.send(engine, true).await;
+        self.send(engine, true, None).await;
     }
 
-    async fn send(&mut self, engine: &Engine, all: bool) {
+    async fn send(&mut self, engine: &Engine, all: bool, only: Option<&Symbol>) {
         let now = steady_ns();
         let account = engine.account(now);
         metrics::global().set_account(&account);
@@ -67,6 +79,13 @@ impl Publisher {
             .account
             .as_ref()
             .is_none_or(|last| !same_account(last, &account));
+        let verdicts_move = changed
+            && self
+                .account
+                .as_ref()
+                .is_none_or(|last| last.state != account.state || last.reasons != account.reasons);
+        let only =
+            only.filter(|_| !verdicts_move && self.loss_latch.as_ref() == engine.loss_latch());
         if all || changed {
             let body = bus::encode(&account);
             if changed {
@@ -74,9 +93,13 @@ impl Publisher {
                     .put_latest(store::ACCOUNT_KEY.to_string(), body.clone());
             }
             self.publish(subjects::ACCOUNT.to_string(), body).await;
-            self.account = Some(account);
+            self.account = Some(account.clone());
         }
-        for verdict in engine.verdicts(now) {
+        let verdicts = match only {
+            Some(symbol) => engine.verdict(symbol, &account, now).into_iter().collect(),
+            None => engine.verdicts(now),
+        };
+        for verdict in verdicts {
             let last = self.verdicts.get(&verdict.symbol);
             let changed = last.is_none_or(|last| !same_verdict(last, &verdict));
             if last

@@ -152,8 +152,10 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
             _ = &mut shutdown => break,
             event = feed.recv() => match event {
                 Some(FeedEvent::Report { sequence, subject, payload }) => {
-                    on_report(&mut engine, &errors, &subject, &payload).await;
-                    publisher.changes(&engine).await;
+                    match on_report(&mut engine, &errors, &subject, &payload).await {
+                        Some(symbol) => publisher.changes_of(&engine, &symbol).await,
+                        None => publisher.changes(&engine).await,
+                    }
                     snapshotter.applied(sequence, &engine);
                 }
                 Some(FeedEvent::CaughtUp) => {
@@ -243,7 +245,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                 match bus::decode::<Tick>(&message.payload) {
                     Ok(tick) => {
                         if engine.apply_tick(&tick, steady_ns()) || publisher.lacks_mark(&tick.symbol) {
-                            publisher.changes(&engine).await;
+                            publisher.changes_of(&engine, &tick.symbol).await;
                         }
                     }
                     Err(e) => errors.report(&message.subject, &e, &message.payload).await,
@@ -639,10 +641,20 @@ impl Snapshotter {
     }
 }
 
-async fn on_report(engine: &mut Engine, errors: &ErrorSink, subject: &str, payload: &[u8]) {
+/// Applies one EXEC report; returns its symbol, the only one whose own verdict it can
+/// change (None: no decodable report with a symbol, so publish as for anything).
+async fn on_report(
+    engine: &mut Engine,
+    errors: &ErrorSink,
+    subject: &str,
+    payload: &[u8],
+) -> Option<moonbus_common::Symbol> {
     let report = match bus::decode::<ExecutionReport>(payload) {
         Ok(report) => report,
-        Err(e) => return errors.report(subject, &e, payload).await,
+        Err(e) => {
+            errors.report(subject, &e, payload).await;
+            return None;
+        }
     };
     match engine.apply_report(&report) {
         Ok(ReportEffect::Duplicate) => {
@@ -652,6 +664,7 @@ async fn on_report(engine: &mut Engine, errors: &ErrorSink, subject: &str, paylo
         Ok(ReportEffect::NoOrder) => {}
         Err(e) => errors.report(subject, &e, payload).await,
     }
+    report.symbol
 }
 
 /// An empty body reads as `{}`, for the requests whose fields are all optional.

@@ -25,11 +25,16 @@ impl Watermarks {
     /// Call before applying an event at `now_ns`: the first event of a new UTC day
     /// records the equity the day starts from. Time never runs back a day.
     pub fn roll_day(&mut self, now_ns: u64, equity: Decimal) {
-        let day = now_ns / NS_PER_DAY;
-        if self.day.is_none_or(|current| day > current) {
-            self.day = Some(day);
+        if self.rolls_over(now_ns) {
+            self.day = Some(now_ns / NS_PER_DAY);
             self.day_start_equity = equity;
         }
+    }
+
+    /// Whether an event at `now_ns` starts a new UTC day (`roll_day` would record one).
+    pub fn rolls_over(&self, now_ns: u64) -> bool {
+        let day = now_ns / NS_PER_DAY;
+        self.day.is_none_or(|current| day > current)
     }
 
     /// The UTC day (days since the epoch) the day start belongs to.

@@ -839,6 +839,41 @@ async fn a_tripped_loss_limit_stays_latched_across_a_restart_until_released() {
     assert_eq!(code(&check_with_a_mark(client, "l-3").await), "approved");
 }
 
+/// A tick moves only its own symbol's verdict, unless it moves the account's state: then
+/// every verdict follows at once, not at the next heartbeat (10 minutes here).
+#[tokio::test]
+async fn an_account_state_moved_by_one_symbols_tick_reaches_every_verdict_at_once() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let mut sol = report("v-1", "BUY", "30", "150", "0");
+    sol["symbol"] = json!("SOL-USDC");
+    publish_report(&bus, body(&sol)).await;
+    let tick = |symbol: &str, seq: u64, price: &str| json!({"venue": "sim", "symbol": symbol, "price": price, "seq": seq, "ts": 1});
+    let _risk = start_risk_env(&server, &[("MOONBUS__RISK__HEARTBEAT_MS", "600000")]);
+    rebuilt(client).await;
+    let mut btc = client.subscribe("risk.verdict.BTC-USD").await.unwrap();
+    client.flush().await.unwrap();
+    client
+        .publish("md.tick.sim.BTC-USD", body(&tick("BTC-USD", 1, "97000")))
+        .await
+        .unwrap();
+    next_where(&mut btc, "BTC-USD active on its own tick", |v| {
+        v["state"] == "ACTIVE"
+    })
+    .await;
+    // 30 SOL marked 20 lower: day PnL -600, past max_daily_loss 500. No BTC-USD tick.
+    client
+        .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", 1, "130")))
+        .await
+        .unwrap();
+    let verdict = next_where(&mut btc, "BTC-USD following the account", |v| {
+        v["state"] == "REDUCE_ONLY"
+    })
+    .await;
+    assert_eq!(verdict["reasons"], json!(["max_daily_loss"]));
+}
+
 #[tokio::test]
 async fn the_caller_is_the_subject_and_the_risk_agent_may_only_engage() {
     let server = NatsServer::start();
