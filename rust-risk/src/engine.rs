@@ -7,6 +7,7 @@
 //! account's totals saturate and then halt the account (`overflow`), and figures
 //! beyond the contract's money range (|x| < 1e14) are written as its end.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use moonbus_common::{
@@ -90,6 +91,10 @@ pub struct Engine {
     unavailable: Option<String>,
     /// The live venues' reconciliation (recon.rs) and risk's books per venue.
     recon: Recon,
+    /// `totals()` as last summed (a sum over every position): cleared by whatever changes
+    /// what it reads (the books, a position's mark, readiness; `invalidate_totals`), so a
+    /// check, its heartbeat and the account published after an event share one sum.
+    totals_cache: Cell<Option<Totals>>,
 }
 
 impl Engine {
@@ -116,6 +121,7 @@ impl Engine {
             unavailable: None,
             recon: Recon::new(settings.recon.clone()),
             settings,
+            totals_cache: Cell::new(None),
         }
     }
 
@@ -131,6 +137,7 @@ impl Engine {
     /// and from now on the marks value positions and time is the wall clock.
     pub fn mark_ready(&mut self, now_ns: u64) {
         self.ready = true;
+        self.invalidate_totals();
         self.roll_day(now_ns);
         let totals = self.totals();
         self.watermarks.observe(totals.equity);
@@ -144,6 +151,7 @@ impl Engine {
     /// Never ready: the state cannot be rebuilt, for `why`.
     pub fn fail_closed(&mut self, why: String) {
         self.ready = false;
+        self.invalidate_totals();
         self.unavailable = Some(why);
     }
 
@@ -183,8 +191,9 @@ impl Engine {
         if self.applied.contains(&key) {
             return Ok(ReportEffect::Duplicate);
         }
-        self.watermarks.roll_day(report.ts, self.totals().equity);
+        self.roll_day(report.ts);
         if let Some((symbol, fill)) = fill {
+            self.invalidate_totals();
             if let Err(Overflow) = self.ledger.apply(symbol, &fill) {
                 let why = format!(
                     "the fill of order {order_id} ({} {symbol} at {}, fee {}) does not fit the books' \
@@ -228,6 +237,7 @@ impl Engine {
         if !self.ready {
             // Kept for later; during the rebuild history runs on the reports' clock.
             self.marks.insert(tick.symbol.clone(), mark);
+            self.invalidate_totals();
             return false;
         }
         let new_day = self.roll_day(now_ns);
@@ -237,6 +247,9 @@ impl Engine {
         // The totals (a sum over every position) only when they moved: a tick of a symbol
         // without a position, or at the same price, changes no figure the peak or a loss
         // limit reads. At 1,000 positions this is most of a tick's cost.
+        if revalued {
+            self.invalidate_totals();
+        }
         if revalued || new_day {
             let totals = self.totals();
             self.watermarks.observe(totals.equity);
@@ -841,8 +854,22 @@ impl Engine {
         })
     }
 
+    /// The books, a position's mark or readiness changed: `totals()` sums again.
+    pub(crate) fn invalidate_totals(&self) {
+        self.totals_cache.set(None);
+    }
+
     /// Checked sums: a figure that does not fit saturates and sets `overflow`.
     fn totals(&self) -> Totals {
+        if let Some(totals) = self.totals_cache.get() {
+            return totals;
+        }
+        let totals = self.sum_totals();
+        self.totals_cache.set(Some(totals));
+        totals
+    }
+
+    fn sum_totals(&self) -> Totals {
         let mut totals = Totals {
             equity: self.ledger.cash,
             unrealized_pnl: Decimal::ZERO,

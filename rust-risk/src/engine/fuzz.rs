@@ -218,6 +218,17 @@ fn run(mut engine: Engine, events: &[Event]) -> Result<(), TestCaseError> {
             }
         }
         views_are_readable(&engine, now)?;
+        // The kept sum is the sum of the books as they are now (nothing changed them
+        // without clearing it).
+        let (kept, fresh) = (engine.totals(), engine.sum_totals());
+        prop_assert_eq!(
+            (kept.equity, kept.unrealized_pnl, kept.gross_exposure),
+            (fresh.equity, fresh.unrealized_pnl, fresh.gross_exposure)
+        );
+        prop_assert_eq!(
+            (kept.open_positions, kept.overflow),
+            (fresh.open_positions, fresh.overflow)
+        );
     }
     Ok(())
 }

@@ -185,6 +185,7 @@ impl Engine {
             tracing::warn!(snapshot = %state.starting_cash, config = %self.settings.starting_cash,
                 "starting_cash changed since the snapshot: cash and equity marks shifted by the difference");
         }
+        self.invalidate_totals();
         self.ledger.cash = shifted(state.cash)?;
         self.ledger.fees = state.fees.0;
         self.ledger.positions = state
