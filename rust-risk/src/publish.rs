@@ -58,9 +58,9 @@ impl Publisher {
     /// After an event of `symbol` alone (its tick, its report): the account, and the
     /// verdict of `symbol` only, unless the account's state, reasons or loss latch moved
     /// (which every verdict carries): then every verdict, as `changes`. A verdict that only
-    /// time changes (stale market data, a halt ending) waits for the heartbeat's
-    /// `everything`, as before the next event. Publishing every verdict on every tick was
-    /// O(symbols) a tick: at 1,000 symbols, more than risk could do.
+    /// time changes (stale market data, a halt ending) shows at the heartbeat's
+    /// `everything` (it used to show at any symbol's next event). Publishing every verdict
+    /// on every tick was O(symbols) a tick: at 1,000 symbols, more than risk could do.
     pub async fn changes_of(&mut self, engine: &Engine, symbol: &Symbol) {
         if engine.is_ready() {
             self.send(engine, false, Some(symbol)).await;
@@ -79,13 +79,13 @@ impl Publisher {
             .account
             .as_ref()
             .is_none_or(|last| !same_account(last, &account));
-        let verdicts_move = changed
-            && self
-                .account
-                .as_ref()
-                .is_none_or(|last| last.state != account.state || last.reasons != account.reasons);
-        let only =
-            only.filter(|_| !verdicts_move && self.loss_latch.as_ref() == engine.loss_latch());
+        // What every verdict carries of the account: its state, reasons and loss latch.
+        let verdicts_move = self
+            .account
+            .as_ref()
+            .is_none_or(|last| last.state != account.state || last.reasons != account.reasons)
+            || self.loss_latch.as_ref() != engine.loss_latch();
+        let only = only.filter(|_| !verdicts_move);
         if all || changed {
             let body = bus::encode(&account);
             if changed {

@@ -769,20 +769,29 @@ async fn circuit_breaker_verdicts_and_the_account_are_kept_in_kv() {
     );
 }
 
+/// A filled BUY of 30 SOL-USDC at 150 in EXEC: past max_daily_loss (500) once marked 20 lower.
+async fn long_30_sol_at_150(bus: &Bus, id: &str) {
+    let mut sol = report(id, "BUY", "30", "150", "0");
+    sol["symbol"] = json!("SOL-USDC");
+    bus.js
+        .publish("exec.report.SOL-USDC", body(&sol))
+        .await
+        .expect("publish")
+        .await
+        .expect("stream ack");
+}
+
+fn tick(symbol: &str, seq: u64, price: &str) -> Value {
+    json!({"venue": "sim", "symbol": symbol, "price": price, "seq": seq, "ts": 1})
+}
+
 #[tokio::test]
 async fn a_tripped_loss_limit_stays_latched_across_a_restart_until_released() {
     let server = NatsServer::start();
     let bus = bus(&server).await;
     let client = &bus.client;
-    let mut sol = report("l-1", "BUY", "30", "150", "0");
-    sol["symbol"] = json!("SOL-USDC");
-    bus.js
-        .publish("exec.report.SOL-USDC", body(&sol))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let sol_tick = |seq: u64, price: &str| json!({"venue": "sim", "symbol": "SOL-USDC", "price": price, "seq": seq, "ts": 1});
+    long_30_sol_at_150(&bus, "l-1").await;
+    let sol_tick = |seq: u64, price: &str| tick("SOL-USDC", seq, price);
     let mut risk = start_risk(&server);
     rebuilt(client).await;
     let mut accounts = client.subscribe("risk.account").await.unwrap();
@@ -846,10 +855,7 @@ async fn an_account_state_moved_by_one_symbols_tick_reaches_every_verdict_at_onc
     let server = NatsServer::start();
     let bus = bus(&server).await;
     let client = &bus.client;
-    let mut sol = report("v-1", "BUY", "30", "150", "0");
-    sol["symbol"] = json!("SOL-USDC");
-    publish_report(&bus, body(&sol)).await;
-    let tick = |symbol: &str, seq: u64, price: &str| json!({"venue": "sim", "symbol": symbol, "price": price, "seq": seq, "ts": 1});
+    long_30_sol_at_150(&bus, "v-1").await;
     let _risk = start_risk_env(&server, &[("MOONBUS__RISK__HEARTBEAT_MS", "600000")]);
     rebuilt(client).await;
     let mut btc = client.subscribe("risk.verdict.BTC-USD").await.unwrap();
