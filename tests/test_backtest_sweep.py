@@ -277,28 +277,29 @@ async def test_a_worker_killed_mid_sweep_has_its_runs_retried_on_the_other(conne
     await workers.ready(operator, 2)
     ref = await upload_sample(operator)
     axes, requests, cells = grid_requests(ref, "kill")
-    # 12 runs all in flight at once: the queue group spreads them at random, so the worker that did
-    # not answer first still holds some (all 12 on one worker: a 1 in 2048 chance).
+    # 12 runs all in flight at once: the queue group spreads them at random over both workers (all
+    # 12 on one: a 1 in 4096 chance). The victim is frozen before the sweep and killed at the first
+    # answer (the survivor's), so every run it took is lost with it: had it kept running, it could
+    # have answered all of its runs before the kill and left nothing to retry.
     requests = requests + [r.model_copy(update={"run_id": r.run_id + "-b"}) for r in requests]
     cells = cells * 2
     done: list[sweep.RunResult] = []
-    killed: list[str] = []
+    victim = workers.procs[1]
+    os.killpg(victim.pid, signal.SIGSTOP)
 
     def on_result(result: sweep.RunResult) -> None:
         done.append(result)
-        if not killed:  # the first answer names a live worker: kill the other one, mid-sweep
-            victim = next(p for p in workers.procs if f":{p.pid}" not in result.worker)
+        if victim.poll() is None:
+            assert f":{victim.pid}" not in result.worker, "a frozen worker answered"
             os.killpg(victim.pid, signal.SIGKILL)
-            killed.append(str(victim.pid))
+            victim.wait()
 
     results = await sweep.fan_out(operator, requests, concurrency=len(requests), timeout=8, on_result=on_result)
     assert [r.error for r in results] == [None] * len(requests), results
     assert Counter(r.run_id for r in done) == Counter(r.run_id for r in requests)
-    # A run the victim finished before it died may be answered by it (its reply was already on
-    # its way); every run sent again was answered by the survivor.
     retried = [r for r in results if r.attempts == 2]
     assert retried, "some runs were lost with the killed worker and sent again"
-    assert all(not r.worker.endswith(f":{killed[0]}") for r in retried), retried
+    assert all(not r.worker.endswith(f":{victim.pid}") for r in results), results
     assert [r.summary for r in results] == local_summaries(cells)
 
 
