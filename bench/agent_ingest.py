@@ -6,6 +6,7 @@
    - `raw`: a nats-py callback that only counts (the ceiling);
    - `agent`: the trading agent's tick path (`context.LatestTicks.on_message`: every
      tick checked against the contract on arrival with `services/contract/wire.checker`,
+     which reads it with the contract's Rust types when moonbus_sim is installed,
      a malformed one refused with the model's reason; the latest raw tick per subject
      kept, a Tick built only when a decision reads it);
    - `typed`: `Bus.subscribe(..., Tick, ...)`, a full pydantic model built for every tick

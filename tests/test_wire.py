@@ -41,16 +41,24 @@ def _model_accepts(name: str, raw: str) -> bool:
 
 
 def _check_accepts(name: str, raw: str) -> bool:
-    try:
-        checker(MESSAGES[name])(raw)
-    except ValidationError:
-        return False
-    return True
+    """What the check says of `raw` as text and as bytes (as the bus delivers it: a Tick is
+    first read by the contract's Rust types then), which must agree."""
+    said = []
+    for data in (raw, raw.encode()):
+        try:
+            checker(MESSAGES[name])(data)
+        except ValidationError:
+            said.append(False)
+        else:
+            said.append(True)
+    assert said[0] == said[1], (name, raw, said)
+    return said[0]
 
 
 @pytest.mark.parametrize(("name", "path"), _vectors("valid"), ids=lambda v: getattr(v, "stem", v))
 def test_valid_vectors_pass_the_check(name: str, path: Path) -> None:
     checker(MESSAGES[name])(path.read_text())
+    checker(MESSAGES[name])(path.read_bytes())
 
 
 @pytest.mark.parametrize(("name", "path"), _vectors("invalid"), ids=lambda v: getattr(v, "stem", v))
@@ -58,9 +66,10 @@ def test_invalid_vectors_are_refused_with_the_models_reasons(name: str, path: Pa
     raw = path.read_text()
     with pytest.raises(ValidationError) as model_error:
         MESSAGES[name].model_validate_json(raw)
-    with pytest.raises(ValidationError) as check_error:
-        checker(MESSAGES[name])(raw)
-    assert check_error.value.errors(include_context=False) == model_error.value.errors(include_context=False)
+    for data in (raw, raw.encode()):
+        with pytest.raises(ValidationError) as check_error:
+            checker(MESSAGES[name])(data)
+        assert check_error.value.errors(include_context=False) == model_error.value.errors(include_context=False)
 
 
 @pytest.mark.parametrize(("name", "path"), _vectors("valid"), ids=lambda v: getattr(v, "stem", v))
@@ -85,6 +94,19 @@ def test_not_json_and_not_an_object_are_refused() -> None:
     for raw in (b"", b"{", b"[]", b"null", b'"tick"', b"\xff\xfe"):
         with pytest.raises(ValidationError):
             check(raw)
+
+
+def test_a_tick_is_read_first_by_the_contracts_rust_types() -> None:
+    """`make setup` installs moonbus_sim, whose is_tick is serde into moonbus_common's Tick;
+    the edge-value and vector tests above hold it to never accept what the model refuses."""
+    from services.contract.wire import rust_check
+
+    is_tick = rust_check(Tick)
+    assert is_tick is not None, "moonbus_sim without is_tick: run `make setup`"
+    valid = (VECTORS / "valid" / "Tick").glob("*.json")
+    assert all(is_tick(p.read_bytes()) for p in valid)
+    assert not is_tick(b'{"venue":"sim","symbol":"BTC-USD","price":"-1","seq":1,"ts":1}')
+    assert rust_check(Verdict) is None  # only the tick, the message that arrives by the thousand
 
 
 def test_the_check_is_the_fast_path_for_the_hot_messages() -> None:

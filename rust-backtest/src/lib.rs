@@ -123,8 +123,15 @@ impl Simulator {
     }
 }
 
+/// Whether `data` is a Tick by the contract's Rust types (nothing built for Python).
+#[pyfunction]
+fn is_tick(data: &[u8]) -> bool {
+    serde_json::from_slice::<moonbus_common::Tick>(data).is_ok()
+}
+
 #[pymodule]
 fn moonbus_sim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Simulator>()?;
+    m.add_function(wrap_pyfunction!(is_tick, m)?)?;
     Ok(())
 }
