@@ -408,6 +408,6 @@ async def _run(server: NatsServer, tmp: Path, ctx: Context) -> dict[str, Any]:
                                     with_orders=True)
     finally:
         await b.close()
-    ingested = await ingest(server, 20_000 if ctx.quick else 200_000, 1 if ctx.quick else 2)
+    ingested = await ingest(server, 20_000 if ctx.quick else 200_000, 1 if ctx.quick else 5)
     load["loadavg_after"] = os.getloadavg()
     return {"latency": latency, "replicas": replicas, "ingest": ingested, "rss_mb": b.rss, "load": load}
