@@ -279,6 +279,7 @@ def run(ctx: Context) -> dict[str, Any]:
     server = NatsServer(store_dir=tmp, credentials=load_or_create_credentials(tmp))
     server.start()
     try:
+        server.provision()  # ORDERS: every order waits for its stream ack, as in the system
         total, rounds, bars = (20_000, 1, 20) if ctx.quick else (200_000, 5, 150)
         result = asyncio.run(_run(server, tmp, total, rounds, bars))
     finally:
