@@ -166,18 +166,16 @@ async def ingest(server: NatsServer, total: int, rounds: int) -> dict[str, Any]:
             runs.append(await ingest_once(server, path, total, payloads))
     rates = {p: [r["rate"] for r in runs if r["path"] == p] for p in PATHS}
 
-    def ratios(path: str) -> list[float]:
-        return [round(a / b, 3) for a, b in zip(rates[path], rates["raw"]) if b]
-
+    ratios = {p: [round(a / b, 3) for a, b in zip(rates[p], rates["raw"]) if b] for p in ("agent", "typed")}
     return {
         "ticks_per_run": total,
         "tick_bytes": round(sum(len(d) for _, d in payloads) / len(payloads)),
         "runs": runs,
         "median_ticks_per_s": {p: round(statistics.median(v)) for p, v in rates.items()},
         "best_ticks_per_s": {p: max(v) for p, v in rates.items()},
-        "agent_vs_raw_per_round": ratios("agent"),
-        "agent_vs_raw": statistics.median(ratios("agent")) if ratios("agent") else None,
-        "typed_vs_raw": statistics.median(ratios("typed")) if ratios("typed") else None,
+        "agent_vs_raw_per_round": ratios["agent"],
+        "agent_vs_raw": statistics.median(ratios["agent"]) if ratios["agent"] else None,
+        "typed_vs_raw": statistics.median(ratios["typed"]) if ratios["typed"] else None,
     }
 
 

@@ -131,7 +131,7 @@ async def run_failover(chaos: Chaos, hold_s: float = 5.0, timeout: float = 60.0)
     result.no_quorum_s = round(back.at - kill2.at, 2)
     await asyncio.to_thread(system.restart_nats, kill2.node)
     await asyncio.to_thread(system.restart_nats, kill1.node)
-    await asyncio.to_thread(cluster.wait_ready, timeout, None, False)  # the streams exist: healthz is enough
+    await asyncio.to_thread(cluster.wait_ready, timeout, placement=False)  # the streams exist
     back.leader_after = _leader(cluster)
     back.leader_elected_s = round(time.monotonic() - back.at, 2)
     result.steps.append(back)

@@ -100,7 +100,7 @@ def rust_check(model: type[BaseModel]) -> Callable[[bytes], bool] | None:
         import moonbus_sim
     except ImportError:
         return None
-    return getattr(moonbus_sim, "is_" + re.sub(r"(?<!^)(?=[A-Z])", "_", model.__name__).lower(), None)
+    return getattr(moonbus_sim, f"is_{model.__name__.lower()}", None)
 
 
 def checker(model: type[BaseModel]) -> Callable[[bytes | str], None]:
