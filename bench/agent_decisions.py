@@ -56,7 +56,7 @@ AGENT_CONFIG = """
 strategy = "momentum"
 momentum_lookback = 2
 momentum_threshold_pct = 0.01
-workers = 4
+# workers: the default (8), as shipped
 max_pending = 200000
 metrics_port = 0
 history_max_gap_s = 1000000000

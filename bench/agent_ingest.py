@@ -186,7 +186,6 @@ AGENT_CONFIG = """
 strategy = "momentum"
 momentum_lookback = 2
 momentum_threshold_pct = 0.01
-workers = 4
 metrics_port = 0
 """
 

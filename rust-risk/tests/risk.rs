@@ -1284,3 +1284,75 @@ async fn snapshot_io_time() {
         started.elapsed()
     );
 }
+
+/// An account change of its marks alone waits for `account_marks_ms` (10 minutes here, as
+/// the heartbeat): the ticks moving SOL's mark make no `risk.account`. A change of its state
+/// goes out at once, with the marks of that moment.
+#[tokio::test]
+async fn an_account_change_of_marks_alone_waits_and_a_state_change_does_not() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    long_30_sol_at_150(&bus, "m-1").await;
+    let _risk = start_risk_env(
+        &server,
+        &[
+            ("MOONBUS__RISK__HEARTBEAT_MS", "600000"),
+            ("MOONBUS__RISK__ACCOUNT_MARKS_MS", "600000"),
+        ],
+    );
+    rebuilt(client).await;
+    let mut account = client.subscribe("risk.account").await.unwrap();
+    client.flush().await.unwrap();
+    for (seq, price) in [(1, "151"), (2, "152"), (3, "153")] {
+        client
+            .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", seq, price)))
+            .await
+            .unwrap();
+    }
+    // 30 SOL marked 20 under cost: day PnL -600, past max_daily_loss 500.
+    client
+        .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", 4, "130")))
+        .await
+        .unwrap();
+    // The first account after the ticks is the REDUCE_ONLY one: 5,500 cash + 30 x 130.
+    let first = next_json(&mut account).await;
+    assert_eq!(
+        first["state"], "REDUCE_ONLY",
+        "a marks-only change was published: {first}"
+    );
+    assert_eq!(
+        first["equity"].as_str().unwrap().parse::<f64>().unwrap(),
+        9400.0
+    );
+}
+
+/// The change that waited goes out when its time is up, though nothing else happens.
+#[tokio::test]
+async fn an_account_change_of_marks_alone_goes_out_after_account_marks_ms() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    long_30_sol_at_150(&bus, "m-2").await;
+    let _risk = start_risk_env(
+        &server,
+        &[
+            ("MOONBUS__RISK__HEARTBEAT_MS", "600000"),
+            ("MOONBUS__RISK__ACCOUNT_MARKS_MS", "300"),
+        ],
+    );
+    rebuilt(client).await;
+    let mut account = client.subscribe("risk.account").await.unwrap();
+    client.flush().await.unwrap();
+    for (seq, price) in [(1, "151"), (2, "152"), (3, "153")] {
+        client
+            .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", seq, price)))
+            .await
+            .unwrap();
+    }
+    // 5,500 cash + 30 x 153: the latest mark, in one message or more.
+    next_where(&mut account, "the account at the last mark", |v| {
+        v["equity"].as_str().unwrap().parse::<f64>().unwrap() == 10090.0
+    })
+    .await;
+}

@@ -244,7 +244,10 @@ class Bus:
         answer = json.loads(msg.data)
         if "error" in answer:
             raise nats.js.errors.APIError.from_error(answer["error"])
-        return PubAck.from_response(answer)
+        # What PubAck.from_response reads, without its walk over the dataclass's fields
+        # (~2 % of an agent's CPU per order)
+        return PubAck(stream=answer["stream"], seq=answer["seq"], domain=answer.get("domain"),
+                      duplicate=answer.get("duplicate"))
 
     async def _ack_inbox(self) -> tuple[str, dict[str, asyncio.Future[Msg]]]:
         """The reply subscription of `_publish_to_stream` (one per connection), subscribed
