@@ -1285,33 +1285,43 @@ async fn snapshot_io_time() {
     );
 }
 
+/// Long 30 SOL at 150, risk with a 10-minute heartbeat and `account_marks_ms` = `marks_ms`,
+/// a subscription to `risk.account`, and SOL ticked up to 151, 152 and 153 (marks alone).
+async fn sol_marked_up(
+    server: &NatsServer,
+    id: &str,
+    marks_ms: &str,
+) -> (Bus, ChildGuard, async_nats::Subscriber) {
+    let bus = bus(server).await;
+    long_30_sol_at_150(&bus, id).await;
+    let risk = start_risk_env(
+        server,
+        &[
+            ("MOONBUS__RISK__HEARTBEAT_MS", "600000"),
+            ("MOONBUS__RISK__ACCOUNT_MARKS_MS", marks_ms),
+        ],
+    );
+    rebuilt(&bus.client).await;
+    let account = bus.client.subscribe("risk.account").await.unwrap();
+    bus.client.flush().await.unwrap();
+    for (seq, price) in [(1, "151"), (2, "152"), (3, "153")] {
+        bus.client
+            .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", seq, price)))
+            .await
+            .unwrap();
+    }
+    (bus, risk, account)
+}
+
 /// An account change of its marks alone waits for `account_marks_ms` (10 minutes here, as
 /// the heartbeat): the ticks moving SOL's mark make no `risk.account`. A change of its state
 /// goes out at once, with the marks of that moment.
 #[tokio::test]
 async fn an_account_change_of_marks_alone_waits_and_a_state_change_does_not() {
     let server = NatsServer::start();
-    let bus = bus(&server).await;
-    let client = &bus.client;
-    long_30_sol_at_150(&bus, "m-1").await;
-    let _risk = start_risk_env(
-        &server,
-        &[
-            ("MOONBUS__RISK__HEARTBEAT_MS", "600000"),
-            ("MOONBUS__RISK__ACCOUNT_MARKS_MS", "600000"),
-        ],
-    );
-    rebuilt(client).await;
-    let mut account = client.subscribe("risk.account").await.unwrap();
-    client.flush().await.unwrap();
-    for (seq, price) in [(1, "151"), (2, "152"), (3, "153")] {
-        client
-            .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", seq, price)))
-            .await
-            .unwrap();
-    }
+    let (bus, _risk, mut account) = sol_marked_up(&server, "m-1", "600000").await;
     // 30 SOL marked 20 under cost: day PnL -600, past max_daily_loss 500.
-    client
+    bus.client
         .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", 4, "130")))
         .await
         .unwrap();
@@ -1331,25 +1341,7 @@ async fn an_account_change_of_marks_alone_waits_and_a_state_change_does_not() {
 #[tokio::test]
 async fn an_account_change_of_marks_alone_goes_out_after_account_marks_ms() {
     let server = NatsServer::start();
-    let bus = bus(&server).await;
-    let client = &bus.client;
-    long_30_sol_at_150(&bus, "m-2").await;
-    let _risk = start_risk_env(
-        &server,
-        &[
-            ("MOONBUS__RISK__HEARTBEAT_MS", "600000"),
-            ("MOONBUS__RISK__ACCOUNT_MARKS_MS", "300"),
-        ],
-    );
-    rebuilt(client).await;
-    let mut account = client.subscribe("risk.account").await.unwrap();
-    client.flush().await.unwrap();
-    for (seq, price) in [(1, "151"), (2, "152"), (3, "153")] {
-        client
-            .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", seq, price)))
-            .await
-            .unwrap();
-    }
+    let (_bus, _risk, mut account) = sol_marked_up(&server, "m-2", "300").await;
     // 5,500 cash + 30 x 153: the latest mark, in one message or more.
     next_where(&mut account, "the account at the last mark", |v| {
         v["equity"].as_str().unwrap().parse::<f64>().unwrap() == 10090.0
