@@ -29,9 +29,6 @@ pub struct RiskConfig {
     pub max_drawdown_pct: f64,
     pub stale_after_ms: u64,
     pub heartbeat_ms: u64,
-    /// A change of `risk.account` in its marked figures alone (a tick moving equity, PnL,
-    /// drawdown, exposure) is published at most this often; 0 = every change at once.
-    pub account_marks_ms: u64,
     pub reservation_ttl_ms: u64,
     pub on_limit_breach: BreachAction,
     /// Fee rate assumed for the min_cash check (basis points of notional).
@@ -93,7 +90,6 @@ impl Default for RiskConfig {
             max_drawdown_pct: 10.0,
             stale_after_ms: 5000,
             heartbeat_ms: 1000,
-            account_marks_ms: 100,
             reservation_ttl_ms: 10_000,
             on_limit_breach: BreachAction::ReduceOnly,
             fee_bps: 10.0,
@@ -131,7 +127,6 @@ pub struct Settings {
     pub starting_cash: Decimal,
     pub stale_after_ms: u64,
     pub heartbeat_ms: u64,
-    pub account_marks_ms: u64,
     pub reservation_ttl_ms: u64,
     pub on_limit_breach: BreachAction,
     pub fee_bps: Decimal,
@@ -233,7 +228,6 @@ impl Settings {
             starting_cash: risk.starting_cash.get(),
             stale_after_ms: risk.stale_after_ms,
             heartbeat_ms: risk.heartbeat_ms,
-            account_marks_ms: risk.account_marks_ms,
             reservation_ttl_ms: risk.reservation_ttl_ms,
             on_limit_breach: risk.on_limit_breach,
             fee_bps,

@@ -3,23 +3,14 @@
 //! bucket (`risk.account`, `risk.verdict.<symbol>`), as is the loss latch. Nothing on
 //! change before the rebuild is done: half-rebuilt numbers would flap; the heartbeat
 //! says "not_ready".
-//!
-//! An account change of its marked figures alone (equity, PnL, drawdown, exposure: a
-//! tick revaluing a position) waits until `account_marks_ms` after the last account sent:
-//! every tick of every held symbol moves them, which made one `risk.account` per tick
-//! (468/s at 100 symbols) for every agent to read. Its state, reasons, kill switch,
-//! cash, realized PnL, fees and open positions go out at once, with the latest marks.
 
 use std::collections::HashMap;
-use std::pin::Pin;
-use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
 use moonbus_common::{
     bus, steady_ns, subjects, AccountState, Reconciliation, Symbol, Venue, Verdict,
 };
-use tokio::time::{Instant, Sleep};
 
 use crate::engine::Engine;
 use crate::limits::LossLatch;
@@ -35,22 +26,10 @@ pub struct Publisher {
     loss_latch: Option<LossLatch>,
     /// The reconciliation of each live venue as last stored.
     reconciliations: HashMap<Venue, Reconciliation>,
-    /// How long a change of the account's marks alone may wait (zero: none waits).
-    marks_every: Duration,
-    /// When the account was last sent.
-    account_sent: Instant,
-    /// Armed while a marks-only change waits (`marks_owed`): its send (`send_owed`).
-    pub marks_timer: Pin<Box<Sleep>>,
-    pub marks_owed: bool,
 }
 
 impl Publisher {
-    pub fn new(
-        client: Client,
-        store: Store,
-        loss_latch: Option<LossLatch>,
-        marks_every: Duration,
-    ) -> Self {
+    pub fn new(client: Client, store: Store, loss_latch: Option<LossLatch>) -> Self {
         Self {
             client,
             store,
@@ -58,25 +37,6 @@ impl Publisher {
             verdicts: HashMap::new(),
             loss_latch,
             reconciliations: HashMap::new(),
-            marks_every,
-            account_sent: Instant::now(),
-            marks_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            marks_owed: false,
-        }
-    }
-
-    /// The marks-only account change that waited (`marks_timer` fired).
-    pub async fn send_owed(&mut self, engine: &Engine) {
-        self.marks_owed = false;
-        if engine.is_ready() {
-            let account = engine.account(steady_ns());
-            if self
-                .account
-                .as_ref()
-                .is_none_or(|last| !same_account(last, &account))
-            {
-                self.send_account(account, true).await;
-            }
         }
     }
 
@@ -126,19 +86,14 @@ impl Publisher {
             .is_none_or(|last| last.state != account.state || last.reasons != account.reasons)
             || self.loss_latch.as_ref() != engine.loss_latch();
         let only = only.filter(|_| !verdicts_move);
-        let marks_only = changed
-            && self
-                .account
-                .as_ref()
-                .is_some_and(|last| same_but_marks(last, &account));
-        let wait = self.marks_every.saturating_sub(self.account_sent.elapsed());
-        if !all && marks_only && !wait.is_zero() {
-            if !self.marks_owed {
-                self.marks_owed = true;
-                self.marks_timer.as_mut().reset(Instant::now() + wait);
+        if all || changed {
+            let body = bus::encode(&account);
+            if changed {
+                self.store
+                    .put_latest(store::ACCOUNT_KEY.to_string(), body.clone());
             }
-        } else if all || changed {
-            self.send_account(account.clone(), changed).await;
+            self.publish(subjects::ACCOUNT.to_string(), body).await;
+            self.account = Some(account.clone());
         }
         let verdicts = match only {
             Some(symbol) => engine.verdict(symbol, &account, now).into_iter().collect(),
@@ -170,18 +125,6 @@ impl Publisher {
         }
     }
 
-    async fn send_account(&mut self, account: AccountState, changed: bool) {
-        let body = bus::encode(&account);
-        if changed {
-            self.store
-                .put_latest(store::ACCOUNT_KEY.to_string(), body.clone());
-        }
-        self.publish(subjects::ACCOUNT.to_string(), body).await;
-        self.account = Some(account);
-        self.account_sent = Instant::now();
-        self.marks_owed = false;
-    }
-
     /// A live venue's reconciliation: always published (`risk.recon.<venue>`), stored in
     /// KV (`risk.recon.<venue>`) when it changed (timestamps aside).
     pub async fn reconciliation(&mut self, reconciliation: Reconciliation) {
@@ -206,21 +149,6 @@ impl Publisher {
 
 fn same_account(a: &AccountState, b: &AccountState) -> bool {
     AccountState { ts: 0, ..a.clone() } == AccountState { ts: 0, ..b.clone() }
-}
-
-/// The same but for the figures a new mark moves (and the timestamp); any other field,
-/// one added later included, counts.
-fn same_but_marks(a: &AccountState, b: &AccountState) -> bool {
-    *a == AccountState {
-        equity: a.equity,
-        peak_equity: a.peak_equity,
-        drawdown_pct: a.drawdown_pct,
-        unrealized_pnl: a.unrealized_pnl,
-        day_pnl: a.day_pnl,
-        gross_exposure: a.gross_exposure,
-        ts: a.ts,
-        ..b.clone()
-    }
 }
 
 fn same_reconciliation(a: &Reconciliation, b: &Reconciliation) -> bool {

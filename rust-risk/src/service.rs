@@ -142,12 +142,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
         );
     }
     engine.restore(kill_switch, loss_latch.clone());
-    let mut publisher = Publisher::new(
-        client.clone(),
-        store,
-        loss_latch,
-        Duration::from_millis(settings.account_marks_ms),
-    );
+    let mut publisher = Publisher::new(client.clone(), store, loss_latch);
     let shutdown = skeleton::shutdown_signal();
     tokio::pin!(shutdown);
     tracing::info!("risk started; rebuilding from EXEC");
@@ -281,7 +276,6 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                 snapshotter.owed(&engine);
             }
             _ = snapshotter.timer.tick() => snapshotter.write(&engine),
-            () = &mut publisher.marks_timer, if publisher.marks_owed => publisher.send_owed(&engine).await,
         }
     }
 
