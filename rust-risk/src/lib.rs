@@ -19,4 +19,5 @@ pub mod rules;
 pub mod service;
 pub mod shorts;
 pub mod store;
+pub mod ticks;
 pub mod watermarks;

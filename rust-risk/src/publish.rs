@@ -62,8 +62,14 @@ impl Publisher {
     /// `everything` (it used to show at any symbol's next event). Publishing every verdict
     /// on every tick was O(symbols) a tick: at 1,000 symbols, more than risk could do.
     pub async fn changes_of(&mut self, engine: &Engine, symbol: &Symbol) {
+        self.changes_of_symbols(engine, std::slice::from_ref(symbol))
+            .await;
+    }
+
+    /// `changes_of` for the symbols of a batch of ticks (ticks.rs): the account once.
+    pub async fn changes_of_symbols(&mut self, engine: &Engine, symbols: &[Symbol]) {
         if engine.is_ready() {
-            self.send(engine, false, Some(symbol)).await;
+            self.send(engine, false, Some(symbols)).await;
         }
     }
 
@@ -71,7 +77,7 @@ impl Publisher {
         self.send(engine, true, None).await;
     }
 
-    async fn send(&mut self, engine: &Engine, all: bool, only: Option<&Symbol>) {
+    async fn send(&mut self, engine: &Engine, all: bool, only: Option<&[Symbol]>) {
         let now = steady_ns();
         let account = engine.account(now);
         metrics::global().set_account(&account);
@@ -96,7 +102,10 @@ impl Publisher {
             self.account = Some(account.clone());
         }
         let verdicts = match only {
-            Some(symbol) => engine.verdict(symbol, &account, now).into_iter().collect(),
+            Some(symbols) => symbols
+                .iter()
+                .filter_map(|symbol| engine.verdict(symbol, &account, now))
+                .collect(),
             None => engine.verdicts(now),
         };
         for verdict in verdicts {

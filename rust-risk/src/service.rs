@@ -16,7 +16,7 @@ use moonbus_common::streams;
 use moonbus_common::{
     now_ns, steady_ns, subjects, ExecutionReport, KillSwitchRequest, KillSwitchState, LimitsReply,
     LimitsRequest, LiveVenueStatus, PositionsReply, PositionsRequest, Reconciliation,
-    RiskCheckRequest, Tick, Venue,
+    RiskCheckRequest, Symbol, Tick, Venue,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -31,6 +31,7 @@ use crate::limits::LossLatch;
 use crate::metrics;
 use crate::publish::Publisher;
 use crate::store::{self, Store, StoredLimits};
+use crate::ticks::{TickBatch, MAX_BATCH};
 
 pub const SERVICE: &str = "risk";
 
@@ -242,14 +243,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
             }
             message = ticks.next() => {
                 let message = message.context("tick subscription closed")?;
-                match bus::decode::<Tick>(&message.payload) {
-                    Ok(tick) => {
-                        if engine.apply_tick(&tick, steady_ns()) || publisher.lacks_mark(&tick.symbol) {
-                            publisher.changes_of(&engine, &tick.symbol).await;
-                        }
-                    }
-                    Err(e) => errors.report(&message.subject, &e, &message.payload).await,
-                }
+                on_ticks(message, &mut ticks, &mut engine, &mut publisher, &errors).await?;
             }
             message = venue_statuses.next() => {
                 let message = message.context("venue status subscription closed")?;
@@ -638,6 +632,60 @@ impl Snapshotter {
             }
             self.write(engine);
         }
+    }
+}
+
+/// A tick and the ticks already waiting behind it (up to `MAX_WAITING`), applied in
+/// batches of one tick per symbol (ticks.rs): when risk keeps up there is nothing waiting
+/// and each tick is applied alone, as it comes.
+async fn on_ticks(
+    first: async_nats::Message,
+    ticks: &mut async_nats::Subscriber,
+    engine: &mut Engine,
+    publisher: &mut Publisher,
+    errors: &ErrorSink,
+) -> Result<()> {
+    /// Ticks taken at one go before the other inputs (checks first) get their turn.
+    const MAX_WAITING: usize = 4 * MAX_BATCH;
+    let mut batch = TickBatch::default();
+    let mut next = Some(first);
+    let mut taken = 1;
+    while let Some(message) = next.take() {
+        match bus::decode::<Tick>(&message.payload) {
+            Ok(tick) => {
+                if !batch.takes(&tick) {
+                    apply_ticks(&batch, engine, publisher).await;
+                    batch.clear();
+                }
+                batch.push(tick);
+            }
+            Err(e) => errors.report(&message.subject, &e, &message.payload).await,
+        }
+        if taken < MAX_WAITING {
+            if let Some(waiting) = ticks.next().now_or_never() {
+                next = Some(waiting.context("tick subscription closed")?);
+                taken += 1;
+            }
+        }
+    }
+    apply_ticks(&batch, engine, publisher).await;
+    Ok(())
+}
+
+async fn apply_ticks(batch: &TickBatch, engine: &mut Engine, publisher: &mut Publisher) {
+    if batch.is_empty() {
+        return;
+    }
+    let moved = engine.apply_ticks(batch.ticks(), steady_ns());
+    let symbols: Vec<Symbol> = batch
+        .ticks()
+        .iter()
+        .zip(moved)
+        .filter(|(tick, moved)| *moved || publisher.lacks_mark(&tick.symbol))
+        .map(|(tick, _)| tick.symbol.clone())
+        .collect();
+    if !symbols.is_empty() {
+        publisher.changes_of_symbols(engine, &symbols).await;
     }
 }
 

@@ -848,6 +848,48 @@ async fn a_tripped_loss_limit_stays_latched_across_a_restart_until_released() {
     assert_eq!(code(&check_with_a_mark(client, "l-3").await), "approved");
 }
 
+/// Ticks that arrive together are applied in batches (rust-risk/src/ticks.rs), one
+/// account sum per batch, but a symbol's second tick waits for the next batch: a dip
+/// past the loss limit and its recovery published back to back, inside a burst of other
+/// symbols' ticks, still latch the limit, and the account ends at the last marks.
+#[tokio::test]
+async fn a_dip_and_its_recovery_in_one_burst_of_ticks_still_latch_the_loss_limit() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    long_30_sol_at_150(&bus, "b-1").await;
+    let _risk = start_risk_env(&server, &[("MOONBUS__RISK__HEARTBEAT_MS", "600000")]);
+    rebuilt(client).await;
+    let mut accounts = client.subscribe("risk.account").await.unwrap();
+    client.flush().await.unwrap();
+    // One write: 200 ticks of other symbols around SOL at 130 (day PnL -600, past 500)
+    // and then at 150 (day PnL 0).
+    let mut burst = Vec::new();
+    for i in 0..200u64 {
+        let symbol = format!("B{i:03}-USD");
+        burst.push((format!("md.tick.sim.{symbol}"), tick(&symbol, 1, "10")));
+        if i == 100 {
+            burst.push(("md.tick.sim.SOL-USDC".into(), tick("SOL-USDC", 1, "130")));
+            burst.push(("md.tick.sim.SOL-USDC".into(), tick("SOL-USDC", 2, "150")));
+        }
+    }
+    for (subject, payload) in burst {
+        client.publish(subject, body(&payload)).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let settled = next_where(&mut accounts, "the account at the last marks", |a| {
+        a["day_pnl"] == "0" && a["unrealized_pnl"] == "0"
+    })
+    .await;
+    assert_eq!(
+        (settled["state"].as_str(), settled["reasons"].clone()),
+        (Some("REDUCE_ONLY"), json!(["max_daily_loss"])),
+        "the dip to 130 was not seen: {settled}"
+    );
+    let latch = kv_value(&bus, "risk.loss_latch", |v| v.is_object()).await;
+    assert_eq!(latch["breaches"], json!(["max_daily_loss"]));
+}
+
 /// A tick moves only its own symbol's verdict, unless it moves the account's state: then
 /// every verdict follows at once, not at the next heartbeat (10 minutes here).
 #[tokio::test]

@@ -22,6 +22,10 @@ enum Event {
         symbol: usize,
         price: String,
     },
+    /// A tick of each symbol, found waiting together (`Engine::apply_ticks`).
+    Ticks {
+        prices: (String, String),
+    },
     /// A FILLED report of `quantity` at `price` with `fee`.
     Fill {
         symbol: usize,
@@ -51,6 +55,7 @@ enum Event {
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         3 => (0..SYMBOLS.len(), money_text()).prop_map(|(symbol, price)| Event::Tick { symbol, price }),
+        1 => (money_text(), money_text()).prop_map(|prices| Event::Ticks { prices }),
         3 => (0..SYMBOLS.len(), any::<bool>(), money_text(), money_text(), money_text()).prop_map(
             |(symbol, buy, quantity, price, fee)| Event::Fill { symbol, buy, quantity, price, fee },
         ),
@@ -142,6 +147,19 @@ fn run(mut engine: Engine, events: &[Event]) -> Result<(), TestCaseError> {
                 }))
                 .expect("a valid tick");
                 engine.apply_tick(&tick, now);
+            }
+            Event::Ticks { prices } => {
+                let ticks: Vec<Tick> = [&prices.0, &prices.1]
+                    .into_iter()
+                    .zip(SYMBOLS)
+                    .map(|(price, symbol)| {
+                        serde_json::from_value(json!({
+                            "venue": "sim", "symbol": symbol, "price": price, "seq": n, "ts": now,
+                        }))
+                        .expect("a valid tick")
+                    })
+                    .collect();
+                engine.apply_ticks(&ticks, now);
             }
             Event::Fill {
                 symbol,

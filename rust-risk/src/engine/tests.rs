@@ -1313,3 +1313,35 @@ fn a_sell_to_open_is_refused_on_spot_venues_only() {
         (d("-5"), d("50"))
     );
 }
+
+#[test]
+fn a_batch_of_ticks_ends_where_the_same_ticks_one_by_one_end() {
+    let ticks = [
+        tick("BTC-USD", "87.5"),
+        tick("ETH-USD", "3000"),
+        tick("SOL-USDC", "150"),
+    ];
+    let booked = || {
+        let mut engine = no_breaker_engine();
+        engine.apply_tick(&tick("BTC-USD", "100"), T0);
+        engine
+            .apply_report(&filled("f", "BUY", "40", "100"))
+            .unwrap();
+        engine
+    };
+    let mut one_by_one = booked();
+    let moved: Vec<bool> = ticks.iter().map(|t| one_by_one.apply_tick(t, T0)).collect();
+    let mut batched = booked();
+    // Only BTC-USD is held: only its tick revalues the account.
+    assert_eq!(batched.apply_ticks(&ticks, T0), moved);
+    assert_eq!(moved, vec![true, false, false]);
+    assert_eq!(batched.account(T0), one_by_one.account(T0));
+    assert_eq!(batched.verdicts(T0), one_by_one.verdicts(T0));
+    // The batch's end met the loss latch (day PnL -500).
+    let account = batched.account(T0);
+    assert_eq!(
+        (account.state, account.reasons),
+        (TradingState::ReduceOnly, vec!["max_daily_loss".to_string()])
+    );
+    assert!(batched.loss_latch().is_some());
+}
