@@ -35,6 +35,17 @@ pub struct Pending {
     pub sells: Decimal,
 }
 
+impl Pending {
+    /// A reservation's signed quantity: a buy (> 0) or a sell (< 0).
+    fn add(&mut self, quantity: Decimal) {
+        if quantity.is_sign_negative() {
+            self.sells = self.sells.saturating_sub(quantity);
+        } else {
+            self.buys = self.buys.saturating_add(quantity);
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Reservations {
     by_order: HashMap<String, Reservation>,
@@ -89,16 +100,20 @@ impl Reservations {
             .values()
             .filter(|r| r.symbol.as_str() == symbol)
         {
-            if r.quantity.is_sign_negative() {
-                pending.sells = pending.sells.saturating_sub(r.quantity);
-            } else {
-                pending.buys = pending.buys.saturating_add(r.quantity);
-            }
+            pending.add(r.quantity);
         }
         pending
     }
 
-    /// Notional of every buy in flight: cash it may still take.
+    /// `pending` of every symbol with something in flight, in one pass.
+    pub fn pending_by_symbol(&self) -> HashMap<&Symbol, Pending> {
+        let mut all: HashMap<&Symbol, Pending> = HashMap::new();
+        for r in self.by_order.values() {
+            all.entry(&r.symbol).or_default().add(r.quantity);
+        }
+        all
+    }
+
     pub fn buy_notional(&self) -> Decimal {
         self.by_order
             .values()

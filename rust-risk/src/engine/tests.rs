@@ -1345,3 +1345,82 @@ fn a_batch_of_ticks_ends_where_the_same_ticks_one_by_one_end() {
     );
     assert!(batched.loss_latch().is_some());
 }
+
+/// `exposure_except` as it was: a scan of every reservation for each position, and each
+/// position's quantity looked up by name.
+fn exposure_by_scan(engine: &Engine, symbol: &Symbol) -> Decimal {
+    let mut prices: HashMap<&Symbol, Decimal> = engine.reservations.symbols().collect();
+    for s in engine.ledger.positions.keys() {
+        if let Some(price) = engine.valuation_price(s) {
+            prices.insert(s, price);
+        }
+    }
+    prices
+        .into_iter()
+        .filter(|(s, _)| *s != symbol)
+        .map(|(s, price)| {
+            rules::worst_case_quantity(
+                engine.ledger.quantity(s.as_str()),
+                engine.reservations.pending(s.as_str()),
+            )
+            .map_or(Decimal::MAX, |worst| worst.saturating_mul(price))
+        })
+        .fold(Decimal::ZERO, Decimal::saturating_add)
+}
+
+#[test]
+fn the_exposure_of_the_other_symbols_is_what_a_scan_of_every_reservation_gives() {
+    let mut engine = no_breaker_engine();
+    let fill = |id: &str, symbol: &str, side: &str, quantity: &str, price: &str| {
+        let mut report = filled(id, side, quantity, price);
+        report.symbol = Some(sym(symbol));
+        report
+    };
+    // BTC-USD long 2, marked at 110; ETH-USD short 3 with no tick (its fill price, 50,
+    // values it); SOL-USDC only reserved; XRP-USD flat (bought and sold back) with a buy in
+    // flight; ADA-USD unknown.
+    engine.apply_tick(&tick("BTC-USD", "100"), T0);
+    engine
+        .apply_report(&fill("b", "BTC-USD", "BUY", "2", "100"))
+        .unwrap();
+    engine.apply_tick(&tick("BTC-USD", "110"), T0);
+    engine
+        .apply_report(&fill("e", "ETH-USD", "SELL", "3", "50"))
+        .unwrap();
+    engine
+        .apply_report(&fill("x1", "XRP-USD", "BUY", "5", "2"))
+        .unwrap();
+    engine
+        .apply_report(&fill("x2", "XRP-USD", "SELL", "5", "2"))
+        .unwrap();
+    let reserve = |engine: &mut Engine, id: &str, symbol: &str, quantity: &str, price: &str| {
+        engine.reservations.reserve(
+            id,
+            Reservation {
+                symbol: sym(symbol),
+                agent: "trading".parse().unwrap(),
+                quantity: d(quantity),
+                price: d(price),
+                expires_ns: T0 + DAY,
+            },
+        );
+    };
+    reserve(&mut engine, "r1", "BTC-USD", "1", "109");
+    reserve(&mut engine, "r2", "BTC-USD", "-4", "109");
+    reserve(&mut engine, "r3", "ETH-USD", "1", "51");
+    reserve(&mut engine, "r4", "SOL-USDC", "10", "150");
+    reserve(&mut engine, "r5", "SOL-USDC", "-2", "150");
+    reserve(&mut engine, "r6", "XRP-USD", "7", "2");
+    for symbol in ["BTC-USD", "ETH-USD", "SOL-USDC", "XRP-USD", "ADA-USD"] {
+        let symbol = sym(symbol);
+        assert_eq!(
+            engine.exposure_except(&symbol),
+            exposure_by_scan(&engine, &symbol),
+            "{symbol}"
+        );
+    }
+    // Worst cases: BTC max(|2+1|, |2-4|) = 3 x 110; ETH max(|-3+1|, |-3|) = 3 x 50; SOL
+    // max(10, 2) = 10 x 150; XRP (flat) 7 x 2 at its fill price.
+    assert_eq!(engine.exposure_except(&sym("ADA-USD")), d("1994"));
+    assert_eq!(engine.exposure_except(&sym("SOL-USDC")), d("494"));
+}
