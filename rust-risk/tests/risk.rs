@@ -781,6 +781,19 @@ async fn long_30_sol_at_150(bus: &Bus, id: &str) {
         .expect("stream ack");
 }
 
+/// Risk rebuilt with 30 SOL-USDC bought at 150 (`long_30_sol_at_150`) and a heartbeat of
+/// 10 minutes: whatever it publishes during a test is what the test's input moved.
+async fn rebuilt_long_sol_without_heartbeats(
+    server: &NatsServer,
+    bus: &Bus,
+    id: &str,
+) -> ChildGuard {
+    long_30_sol_at_150(bus, id).await;
+    let risk = start_risk_env(server, &[("MOONBUS__RISK__HEARTBEAT_MS", "600000")]);
+    rebuilt(&bus.client).await;
+    risk
+}
+
 fn tick(symbol: &str, seq: u64, price: &str) -> Value {
     json!({"venue": "sim", "symbol": symbol, "price": price, "seq": seq, "ts": 1})
 }
@@ -857,9 +870,7 @@ async fn a_dip_and_its_recovery_in_one_burst_of_ticks_still_latch_the_loss_limit
     let server = NatsServer::start();
     let bus = bus(&server).await;
     let client = &bus.client;
-    long_30_sol_at_150(&bus, "b-1").await;
-    let _risk = start_risk_env(&server, &[("MOONBUS__RISK__HEARTBEAT_MS", "600000")]);
-    rebuilt(client).await;
+    let _risk = rebuilt_long_sol_without_heartbeats(&server, &bus, "b-1").await;
     let mut accounts = client.subscribe("risk.account").await.unwrap();
     client.flush().await.unwrap();
     // One write: 200 ticks of other symbols around SOL at 130 (day PnL -600, past 500)
@@ -897,9 +908,7 @@ async fn an_account_state_moved_by_one_symbols_tick_reaches_every_verdict_at_onc
     let server = NatsServer::start();
     let bus = bus(&server).await;
     let client = &bus.client;
-    long_30_sol_at_150(&bus, "v-1").await;
-    let _risk = start_risk_env(&server, &[("MOONBUS__RISK__HEARTBEAT_MS", "600000")]);
-    rebuilt(client).await;
+    let _risk = rebuilt_long_sol_without_heartbeats(&server, &bus, "v-1").await;
     let mut btc = client.subscribe("risk.verdict.BTC-USD").await.unwrap();
     client.flush().await.unwrap();
     client
