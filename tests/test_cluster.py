@@ -28,6 +28,7 @@ from services.common.bus import server_urls
 from services.common.streams import ProvisionError, _info, jetstream_spec, wanted_state
 from services.devstack.launcher import SERVICES
 from services.devstack.natsserver import (
+    EPHEMERAL_RANGE,
     ROUTE_PASSWORD_FILE,
     REPO_ROOT,
     NatsCluster,
@@ -79,6 +80,18 @@ async def _connect(cluster: NatsCluster, user: str, url: str | None = None) -> n
     env = cluster.env_for(user)
     return await nats.connect(server_urls(url or env["NATS_URL"]), user=user, password=env["NATS_PASSWORD"],
                               inbox_prefix=f"_INBOX.{user}", allow_reconnect=False, connect_timeout=2)
+
+
+def test_a_clusters_ports_are_distinct_and_below_the_ephemeral_range(tmp_path: Path) -> None:
+    """No outgoing connection can take a node's port before the node binds it (see
+    natsserver.cluster_port): the nodes dial each other's route ports while they start."""
+    low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    clusters = [NatsCluster(moon_dir=tmp_path / str(i), credentials=load_or_create_credentials(tmp_path / str(i)))
+                for i in range(2)]
+    ports = [int(url.rsplit(":", 1)[1]) for c in clusters for url in c.url.split(",")]
+    ports += [int(n.routes.listen.rsplit(":", 1)[1]) for c in clusters for n in c.nodes.values()]
+    assert len(ports) == len(set(ports)) == 12, ports
+    assert all(p < low for p in ports), (low, ports)
 
 
 async def test_the_nodes_form_one_jetstream_cluster_with_r3_streams(cluster: NatsCluster) -> None:

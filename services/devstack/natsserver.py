@@ -23,6 +23,7 @@ import collections
 import hashlib
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -227,6 +228,35 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_cluster_ports: set[int] = set()  # handed out by cluster_port in this process
+
+
+def cluster_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port below the kernel's ephemeral range, not handed out before in this
+    process. A cluster's nodes dial each other's route ports while the last node is still
+    starting, and any outgoing connection may take a free port of the ephemeral range (where
+    `free_port` finds one) as its own source port: a node once failed to bind its route
+    port so (`address already in use`). free_port where the range cannot be read or leaves
+    too little room below it."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port(host)
+    first = max(10_000, low - 20_000)
+    for port in random.sample(range(first, low), min(200, max(0, low - first))):
+        if port in _cluster_ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _cluster_ports.add(port)
+        return port
+    return free_port(host)
 
 
 def _port_open(host: str, port: int, ca: Path | None = None) -> bool:
@@ -545,9 +575,9 @@ class NatsCluster:
         if size < 1:
             raise NatsServerError(f"a cluster of {size} nodes makes no sense")
         moon_dir = Path(moon_dir)
-        ports = ports or [free_port(host) for _ in range(size)]
-        cluster_ports = cluster_ports or [free_port(host) for _ in range(size)]
-        monitor_ports = monitor_ports or [free_port() for _ in range(size)]
+        ports = ports or [cluster_port(host) for _ in range(size)]
+        cluster_ports = cluster_ports or [cluster_port(host) for _ in range(size)]
+        monitor_ports = monitor_ports or [cluster_port() for _ in range(size)]
         if not len(ports) == len(cluster_ports) == len(monitor_ports) == size:
             raise NatsServerError(f"a cluster of {size} nodes needs {size} ports of each kind")
         route_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
