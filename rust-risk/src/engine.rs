@@ -21,7 +21,7 @@ use rust_decimal::Decimal;
 
 use crate::breaker::CircuitBreakers;
 use crate::config::Settings;
-use crate::ledger::{Fill, Ledger, Overflow};
+use crate::ledger::{Fill, Ledger, Overflow, Position as LedgerPosition};
 use crate::limits::{BreachAction, Limits, LossLatch};
 use crate::open_orders::{is_terminal, OpenOrders};
 use crate::rate::RateLimiter;
@@ -239,21 +239,9 @@ impl Engine {
     /// symbol's next tick goes in the next batch, so a dip and its recovery cannot cancel
     /// out unseen. At 1,000 held symbols a sum per tick was most of risk's time.
     pub fn apply_ticks(&mut self, ticks: &[Tick], now_ns: u64) -> Vec<bool> {
-        if !self.ready {
-            // Kept for later; during the rebuild history runs on the reports' clock.
-            for tick in ticks {
-                let mark = Mark {
-                    price: tick.price.get(),
-                    received_ns: now_ns,
-                };
-                self.breakers.observe(&tick.symbol, mark.price, now_ns);
-                self.marks.insert(tick.symbol.clone(), mark);
-            }
-            self.invalidate_totals();
-            return vec![false; ticks.len()];
-        }
-        // The day rolls at the marks before the event.
-        let new_day = self.roll_day(now_ns);
+        // The day rolls at the marks before the event; during the rebuild history runs on
+        // the reports' clock, and the marks are only kept for later.
+        let new_day = self.ready && self.roll_day(now_ns);
         let mut revalued_any = false;
         let mut moved = Vec::with_capacity(ticks.len());
         for tick in ticks {
@@ -266,7 +254,11 @@ impl Engine {
             let revalued = self.ledger.quantity(tick.symbol.as_str()) != Decimal::ZERO
                 && previous.is_none_or(|p| p.price != mark.price);
             revalued_any |= revalued;
-            moved.push(revalued || tripped);
+            moved.push(self.ready && (revalued || tripped));
+        }
+        if !self.ready {
+            self.invalidate_totals();
+            return moved;
         }
         // The totals (a sum over every position) only when they moved: a tick of a symbol
         // without a position, or at the same price, changes no figure the peak or a loss
@@ -635,7 +627,9 @@ impl Engine {
             .iter()
             .filter(|(symbol, _)| only.is_none_or(|s| s == *symbol))
             .map(|(symbol, p)| {
-                let price = self.valuation_price(symbol).unwrap_or(Decimal::ZERO);
+                let price = self
+                    .valuation_price_of(symbol, Some(p))
+                    .unwrap_or(Decimal::ZERO);
                 Position {
                     symbol: symbol.clone(),
                     quantity: money(p.quantity),
@@ -869,13 +863,18 @@ impl Engine {
     /// While rebuilding, only fill prices: today's mark on a half-replayed history
     /// would record a peak (or a day start) the account never had.
     fn valuation_price(&self, symbol: &Symbol) -> Option<Decimal> {
+        self.valuation_price_of(symbol, self.ledger.positions.get(symbol))
+    }
+
+    /// `valuation_price` with the symbol's position at hand (no lookup of it by name).
+    fn valuation_price_of(
+        &self,
+        symbol: &Symbol,
+        position: Option<&LedgerPosition>,
+    ) -> Option<Decimal> {
         let mark = self.marks.get(symbol).filter(|_| self.ready);
-        mark.map(|m| m.price).or_else(|| {
-            self.ledger
-                .positions
-                .get(symbol)
-                .and_then(|p| p.last_fill_price)
-        })
+        mark.map(|m| m.price)
+            .or_else(|| position.and_then(|p| p.last_fill_price))
     }
 
     /// The books, a position's mark or readiness changed: `totals()` sums again.
@@ -908,7 +907,9 @@ impl Engine {
             .iter()
             .filter(|(_, p)| !p.quantity.is_zero())
         {
-            let price = self.valuation_price(symbol).unwrap_or(Decimal::ZERO);
+            let price = self
+                .valuation_price_of(symbol, Some(p))
+                .unwrap_or(Decimal::ZERO);
             let value = p.quantity.checked_mul(price);
             let long = p.quantity.is_sign_positive();
             overflow |= saturating_add(&mut totals.equity, value, long);
@@ -940,8 +941,7 @@ impl Engine {
             if s == symbol {
                 continue;
             }
-            let mark = self.marks.get(s).filter(|_| self.ready).map(|m| m.price);
-            if let Some(price) = mark.or(position.last_fill_price).or(checked_at) {
+            if let Some(price) = self.valuation_price_of(s, Some(position)).or(checked_at) {
                 total = total.saturating_add(exposure(s, position.quantity, price));
             }
         }
