@@ -114,6 +114,7 @@ impl Reservations {
         all
     }
 
+    /// Notional of every buy in flight: cash it may still take.
     pub fn buy_notional(&self) -> Decimal {
         self.by_order
             .values()
