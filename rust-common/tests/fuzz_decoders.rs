@@ -527,3 +527,21 @@ fn huge_strings_are_refused_with_a_short_excerpt() {
     report["reason"] = Value::String("é".repeat(500_000));
     assert!(serde_json::from_value::<ExecutionReport>(report).is_ok());
 }
+
+/// A float read from the wire and written again reads back the same: serde_json's default
+/// float parser can be one unit in the last place off, so `slippage_bps` of
+/// 911657372889830080 came back as another number (found by `mutated_orders_and_reports`
+/// in CI). The workspace enables serde_json's `float_roundtrip`.
+#[test]
+fn a_reports_float_reads_back_as_it_was_written() {
+    let mut report = valid_vector("ExecutionReport");
+    for text in [
+        "911657372889830080",
+        "0.30000000000000004",
+        "-12.345678901234567",
+        "1e300",
+    ] {
+        report["slippage_bps"] = serde_json::from_str(text).expect("a JSON number");
+        judge::<ExecutionReport>(&report.to_string()).unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+}
