@@ -25,6 +25,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.bus import loop_factory
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -64,6 +66,7 @@ def machine() -> dict[str, object]:
         "rustc": cmd("rustc", "--version"),
         "kernel": platform.release(),
         "loadavg_1m": os.getloadavg()[0],
+        "event_loop": "asyncio" if loop_factory() is None else "uvloop",  # of the services and the bench's clients
     }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import nats
 
 from bench.__main__ import percentiles
+from services.common.bus import run_async
 from services.devstack.launcher import System, all_active, risk_states
 from services.devstack.natsserver import free_port
 
@@ -61,7 +62,7 @@ def wait_until_serving(system: System, symbols: list[str], services: tuple[str, 
                        timeout: float = 60.0) -> None:
     """Until risk has rebuilt its state and trades every symbol (its verdict is ACTIVE: it
     has fresh prices, else it refuses every check), and execution answers."""
-    asyncio.run(_wait_until_serving(system, symbols, services, timeout))
+    run_async(_wait_until_serving(system, symbols, services, timeout))
 
 
 async def _wait_until_serving(system: System, symbols: list[str], services: tuple[str, ...], timeout: float) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 import nats
 
 from bench.__main__ import Context, percentiles
+from services.common.bus import run_async
 from services.contract.models import AccountState, Bar, OrderRequest, Signal, TradingState, Verdict, encode, now_ns
 from services.devstack.launcher import Child, Output
 from services.devstack.natsserver import REPO_ROOT, NatsServer, load_or_create_credentials
@@ -94,7 +95,8 @@ class Bench:
         self.server = server
         self.tmp = tmp
         (tmp / "bench.toml").write_text(AGENT_CONFIG)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "MOONBUS"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("NATS_", "MOONBUS")) or k == "MOONBUS_EVENT_LOOP"}  # the loop under test passes
         self.env = {**env, "MOONBUS_CONFIG": str(tmp / "bench.toml"), "PYTHONUNBUFFERED": "1",
                     **server.env_for("trading-agent")}
         self.history: dict[str, list[Bar]] = {}
@@ -349,7 +351,7 @@ def _echo(env: dict[str, str], subject: str) -> None:
         while True:
             await asyncio.sleep(3600)
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def plot(result: dict[str, Any], path: Path) -> str | None:
@@ -386,7 +388,7 @@ def run(ctx: Context) -> dict[str, Any]:
     server.start()
     try:
         server.provision()
-        result = asyncio.run(_run(server, tmp, ctx))
+        result = run_async(_run(server, tmp, ctx))
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

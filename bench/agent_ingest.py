@@ -38,7 +38,7 @@ from typing import Any
 import nats
 
 from bench.__main__ import Context, percentiles
-from services.common.bus import Bus
+from services.common.bus import Bus, run_async
 from services.devstack.launcher import Child, Output
 from services.contract.models import (
     AccountState,
@@ -115,7 +115,7 @@ def _subscriber(path: str, env: dict[str, str], total: int, pipe: Any) -> None:
         await bus.close()
         pipe.send({"first": first, "last": last, "received": count()})
 
-    asyncio.run(main())
+    run_async(main())
 
 
 async def _publish(env: dict[str, str], payloads: list[tuple[str, bytes]], total: int) -> float:
@@ -192,7 +192,8 @@ metrics_port = 0
 
 async def decision_latency(server: NatsServer, tmp: Path, bars: int) -> dict[str, Any]:
     (tmp / "bench.toml").write_text(AGENT_CONFIG)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "MOONBUS"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NATS_", "MOONBUS")) or k == "MOONBUS_EVENT_LOOP"}  # the loop under test passes
     env.update({"MOONBUS_CONFIG": str(tmp / "bench.toml"), "PYTHONUNBUFFERED": "1",
                 **server.env_for("trading-agent")})
     agent = Child("trading-agent", [sys.executable, "-m", "services.trading_agent"], env, REPO_ROOT,
@@ -278,7 +279,7 @@ def run(ctx: Context) -> dict[str, Any]:
     try:
         server.provision()  # ORDERS: every order waits for its stream ack, as in the system
         total, rounds, bars = (20_000, 1, 20) if ctx.quick else (200_000, 5, 150)
-        result = asyncio.run(_run(server, tmp, total, rounds, bars))
+        result = run_async(_run(server, tmp, total, rounds, bars))
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

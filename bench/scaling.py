@@ -56,6 +56,7 @@ from typing import Any
 from bench.__main__ import Context
 from bench._system import OPEN_RISK, build_driver, drive, driver_env, running, summary, wait_until_serving
 from bench.market_data import nats_server
+from services.common.bus import run_async
 
 MD_SIZES = (1_000, 10_000, 100_000)
 MD_ROUNDS = 3
@@ -329,7 +330,7 @@ def tick_to_fill_curve(ctx: Context) -> dict:
         symbols = [f"T{i:04d}-USD" for i in range(n)]
         with running(["market-data", "risk", "execution", "trading-agent"], agent_env(symbols)) as system:
             wait_until_serving(system, symbols, timeout=120)
-            got = asyncio.run(collect_fills(system.env_for("operator"), warmup=5.0, seconds=seconds))
+            got = run_async(collect_fills(system.env_for("operator"), warmup=5.0, seconds=seconds))
         received, filled = ms_summary(got["received_ms"]), ms_summary(got["filled_ms"])
         points.append({
             "symbols": n,

@@ -33,6 +33,7 @@ from pathlib import Path
 import nats
 
 from bench.__main__ import Context
+from services.common.bus import run_async
 from services.contract.models import ExecutionReport, OrderStatus, Signal
 from services.devstack.launcher import System
 from services.devstack.natsserver import free_port
@@ -81,7 +82,7 @@ def start_until_fill(moon_dir: Path, port: int, after_seq: int, drop_bars: bool)
                             env={"MOONBUS_LOG_LEVEL": "INFO", "MOONBUS__TRADING_AGENT__STRATEGY": "momentum"})
     started = round((time.time_ns() - t0) / 1e9, 2)  # nats-server up, JetStream provisioned, services launched
     try:
-        result = asyncio.run(first_fill(system, after_seq, t0))
+        result = run_async(first_fill(system, after_seq, t0))
         result["launched_s"] = started
         result["agent_ready_s"] = logged_at(system.output("trading-agent"), "trading agent ready", t0)
         reloaded = [line for line in system.output("market-data") if "bar history reloaded" in line]

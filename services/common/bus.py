@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import nats
@@ -40,6 +40,7 @@ from .tls import client_tls_options
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -419,6 +420,30 @@ def setup_logging(service: str) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop every Python service runs on: uvloop's (libuv) where it is installed,
+    which is the default install on Linux and macOS: a nats-py request/reply between two
+    processes ~25 % shorter than on asyncio's own loop, one trading agent ~5 % more decisions
+    a second with an order each (README, bench agent_decisions).
+    MOONBUS_EVENT_LOOP=asyncio chooses asyncio's own loop (None: asyncio's default)."""
+    choice = os.environ.get("MOONBUS_EVENT_LOOP", "uvloop").strip().lower()
+    if choice not in ("uvloop", "asyncio"):
+        raise ValueError(f"MOONBUS_EVENT_LOOP={choice!r}: expected 'uvloop' or 'asyncio'")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # Windows has no uvloop: asyncio's loop, as MOONBUS_EVENT_LOOP=asyncio
+        return None
+    return uvloop.new_event_loop
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run(coro) on the services' event loop (loop_factory)."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(coro)
+
+
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a service's main(stop_event) until SIGINT/SIGTERM sets the event."""
 
@@ -429,4 +454,4 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    run_async(runner())
