@@ -45,11 +45,13 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use moonbus_common::{
-    now_ns, FeedState, FeedStatus, Interval, NonNegativeMoney, PositiveMoney, Symbol, Venue,
+    now_ns, FeedState, FeedStatus, Interval, NonNegativeMoney, PositiveMoney, Symbol,
+    ValidationError, Venue,
 };
 use rust_decimal::Decimal;
 
@@ -740,41 +742,38 @@ fn parse_ts(text: &str) -> Result<u64, std::num::ParseIntError> {
     text.parse()
 }
 
+/// The money value of `name`, if the row has one, of the kind `new` makes (`bound` says
+/// its rule). A value in the wire's form (what moonbus and the venues write) is read by the
+/// contract's one-pass parser (money.rs, ~1/3 of rust_decimal's instructions); any other (a
+/// `+`, leading zeros, ...) by rust_decimal, with its reason when it is no decimal.
+fn money<T: FromStr>(
+    fields: &impl Fields,
+    name: Field,
+    new: fn(Decimal) -> Result<T, ValidationError>,
+    bound: &str,
+) -> Result<Option<T>> {
+    let Some(v) = fields.get(name) else {
+        return Ok(None);
+    };
+    if let Ok(m) = v.parse::<T>() {
+        return Ok(Some(m));
+    }
+    let value: Decimal = v
+        .parse()
+        .with_context(|| format!("{name}: {v:?} is not a decimal"))?;
+    new(value)
+        .with_context(|| format!("{name} must be {bound}"))
+        .map(Some)
+}
+
 fn parse_row(fields: &impl Fields, interned: &mut Interned) -> Result<Row> {
     let ts = parse_ts(&fields.required(Field::Ts)?).context("ts: not an integer of nanoseconds")?;
     let series = interned.series(
         fields.get(Field::Venue).as_deref(),
         &fields.required(Field::Symbol)?,
     )?;
-    // A value in the wire's form (what moonbus and the venues write) is read by the
-    // contract's one-pass parser (money.rs, ~1/3 of rust_decimal's instructions); any other
-    // (a `+`, leading zeros, ...) by rust_decimal, with its reason when it is no decimal.
-    let money = |name: Field, v: &str| -> Result<Decimal> {
-        v.parse::<Decimal>()
-            .with_context(|| format!("{name}: {v:?} is not a decimal"))
-    };
-    let positive = |name: Field| -> Result<Option<PositiveMoney>> {
-        let Some(v) = fields.get(name) else {
-            return Ok(None);
-        };
-        if let Ok(m) = v.parse::<PositiveMoney>() {
-            return Ok(Some(m));
-        }
-        PositiveMoney::new(money(name, &v)?)
-            .with_context(|| format!("{name} must be > 0"))
-            .map(Some)
-    };
-    let non_negative = |name: Field| -> Result<Option<NonNegativeMoney>> {
-        let Some(v) = fields.get(name) else {
-            return Ok(None);
-        };
-        if let Ok(m) = v.parse::<NonNegativeMoney>() {
-            return Ok(Some(m));
-        }
-        NonNegativeMoney::new(money(name, &v)?)
-            .with_context(|| format!("{name} must be >= 0"))
-            .map(Some)
-    };
+    let positive = |name| money(fields, name, PositiveMoney::new, "> 0");
+    let non_negative = |name| money(fields, name, NonNegativeMoney::new, ">= 0");
     let required = |name: Field| positive(name)?.with_context(|| format!("no {name}"));
     let prices = if fields.get(Field::Open).is_some() {
         let interval: Interval = fields
