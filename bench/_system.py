@@ -90,6 +90,15 @@ def summary(samples: list[float]) -> dict:
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in percentiles(samples).items()}
 
 
+def agent_child_env(user_env: dict[str, str], config: Path) -> dict[str, str]:
+    """The environment of an agent process a benchmark starts: this one's, without its own
+    NATS_ / MOONBUS settings (the benchmark's config and credentials instead), but for the
+    event loop under test (MOONBUS_EVENT_LOOP)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NATS_", "MOONBUS")) or k == "MOONBUS_EVENT_LOOP"}
+    return {**env, "MOONBUS_CONFIG": str(config), "PYTHONUNBUFFERED": "1", **user_env}
+
+
 def driver_env(system: System) -> dict[str, str]:
     """The driver runs as the operator (orders as agent `operator`, the echo requests) and, for
     `risk.api.check`, as `execution`, its only caller (CHECK_); its echo responder (the bus

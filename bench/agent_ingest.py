@@ -24,7 +24,6 @@ import asyncio
 import itertools
 import json
 import multiprocessing
-import os
 import shutil
 import signal
 import statistics
@@ -38,6 +37,7 @@ from typing import Any
 import nats
 
 from bench.__main__ import Context, percentiles
+from bench._system import agent_child_env
 from services.common.bus import Bus, run_async
 from services.devstack.launcher import Child, Output
 from services.contract.models import (
@@ -192,10 +192,7 @@ metrics_port = 0
 
 async def decision_latency(server: NatsServer, tmp: Path, bars: int) -> dict[str, Any]:
     (tmp / "bench.toml").write_text(AGENT_CONFIG)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("NATS_", "MOONBUS")) or k == "MOONBUS_EVENT_LOOP"}  # the loop under test passes
-    env.update({"MOONBUS_CONFIG": str(tmp / "bench.toml"), "PYTHONUNBUFFERED": "1",
-                **server.env_for("trading-agent")})
+    env = agent_child_env(server.env_for("trading-agent"), tmp / "bench.toml")
     agent = Child("trading-agent", [sys.executable, "-m", "services.trading_agent"], env, REPO_ROOT,
                   Output(None, []), keep_lines=200)
 
