@@ -1,7 +1,7 @@
 """Bars on time: how late a closed bar reaches a subscriber after its boundary.
 
 A bar is published at its boundary (the bar clock, rust-market-data/src/engine.rs: a
-tokio sleep to 2 ms before each whole second, then the wall clock watched until it) or
+tokio sleep to 4 ms before each whole second, then the wall clock watched until it) or
 at the first tick after it, whichever comes first; the aim is within 100 µs.
 
 Starts its own nats-server (no auth, a free port) and runs the Rust driver
