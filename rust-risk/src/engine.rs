@@ -28,6 +28,7 @@ use crate::rate::RateLimiter;
 use crate::recon::Recon;
 use crate::reservations::{Reservation, Reservations};
 use crate::rules::{self, Gate, MarketData, OpenOrderCounts, Refusal};
+use crate::valuation::{self, Part, Unfit, Valuation};
 use crate::watermarks::Watermarks;
 
 /// The agent name of the orders risk itself sends (kill switch flatten).
@@ -64,6 +65,16 @@ struct Totals {
     overflow: bool,
 }
 
+impl Totals {
+    /// The same figures, but for the rounding of a sum in another order (valuation.rs).
+    fn agrees_with(&self, other: &Totals) -> bool {
+        valuation::agree(self.equity, other.equity)
+            && valuation::agree(self.unrealized_pnl, other.unrealized_pnl)
+            && valuation::agree(self.gross_exposure, other.gross_exposure)
+            && (self.open_positions, self.overflow) == (other.open_positions, other.overflow)
+    }
+}
+
 /// The refusal code (and account reason) while the state cannot be rebuilt.
 pub const UNAVAILABLE: &str = "risk_unavailable";
 
@@ -91,9 +102,12 @@ pub struct Engine {
     unavailable: Option<String>,
     /// The live venues' reconciliation (recon.rs) and risk's books per venue.
     recon: Recon,
-    /// `totals()` as last summed (a sum over every position): cleared by whatever changes
-    /// what it reads (the books, a position's mark, readiness; `invalidate_totals`), so a
-    /// check, its heartbeat and the account published after an event share one sum.
+    /// Each open position's part of the totals, and their sums (valuation.rs): kept by
+    /// `revalue` whenever a position, its mark or readiness changes.
+    valuation: Valuation,
+    /// `totals()` as last made: cleared by whatever changes what it reads (the books, a
+    /// position's mark, readiness; `invalidate_totals`), so a check, its heartbeat and the
+    /// account published after an event share one.
     totals_cache: Cell<Option<Totals>>,
 }
 
@@ -121,6 +135,7 @@ impl Engine {
             unavailable: None,
             recon: Recon::new(settings.recon.clone()),
             settings,
+            valuation: Valuation::default(),
             totals_cache: Cell::new(None),
         }
     }
@@ -137,7 +152,7 @@ impl Engine {
     /// and from now on the marks value positions and time is the wall clock.
     pub fn mark_ready(&mut self, now_ns: u64) {
         self.ready = true;
-        self.invalidate_totals();
+        self.revalue_all();
         self.roll_day(now_ns);
         let totals = self.totals();
         self.watermarks.observe(totals.equity);
@@ -151,7 +166,7 @@ impl Engine {
     /// Never ready: the state cannot be rebuilt, for `why`.
     pub fn fail_closed(&mut self, why: String) {
         self.ready = false;
-        self.invalidate_totals();
+        self.revalue_all();
         self.unavailable = Some(why);
     }
 
@@ -204,6 +219,7 @@ impl Engine {
                 self.unbooked_fill = Some(why.clone());
                 return Err(format!("{OVERFLOW}: {why}"));
             }
+            self.revalue(symbol);
             self.reservations.fill(order_id.as_str(), fill_quantity);
             if let Some(venue) = &report.venue {
                 self.recon
@@ -253,6 +269,9 @@ impl Engine {
             let previous = self.marks.insert(tick.symbol.clone(), mark);
             let revalued = self.ledger.quantity(tick.symbol.as_str()) != Decimal::ZERO
                 && previous.is_none_or(|p| p.price != mark.price);
+            if revalued && self.ready {
+                self.revalue(&tick.symbol);
+            }
             revalued_any |= revalued;
             moved.push(self.ready && (revalued || tripped));
         }
@@ -260,12 +279,8 @@ impl Engine {
             self.invalidate_totals();
             return moved;
         }
-        // The totals (a sum over every position) only when they moved: a tick of a symbol
-        // without a position, or at the same price, changes no figure the peak or a loss
-        // limit reads. At 1,000 positions this is most of a tick's cost.
-        if revalued_any {
-            self.invalidate_totals();
-        }
+        // The peak and the loss latch only when the totals moved: a tick of a symbol
+        // without a position, or at the same price, changes no figure they read.
         if revalued_any || new_day {
             let totals = self.totals();
             self.watermarks.observe(totals.equity);
@@ -340,6 +355,9 @@ impl Engine {
     pub fn heartbeat(&mut self, now_ns: u64) {
         for order in self.reservations.expire(now_ns) {
             tracing::info!(client_order_id = %order, "reservation expired without a terminal report");
+        }
+        if self.valuation.sums().is_none() {
+            self.revalue_all();
         }
         if self.ready {
             self.roll_day(now_ns);
@@ -877,17 +895,65 @@ impl Engine {
             .or_else(|| position.and_then(|p| p.last_fill_price))
     }
 
-    /// The books, a position's mark or readiness changed: `totals()` sums again.
+    /// The books, a position's mark or readiness changed: `totals()` is made again.
     pub(crate) fn invalidate_totals(&self) {
         self.totals_cache.set(None);
     }
 
-    /// Checked sums: a figure that does not fit saturates and sets `overflow`.
+    /// `symbol`'s position or its valuation price changed.
+    fn revalue(&mut self, symbol: &Symbol) {
+        let part = match self.ledger.positions.get(symbol) {
+            Some(position) => self.part_of(symbol, position),
+            None => Ok(None),
+        };
+        self.valuation.set(symbol, part);
+        self.invalidate_totals();
+    }
+
+    /// Every position again: the books were replaced, or readiness (what values them)
+    /// changed, or the sums were left unusable by a figure too big.
+    pub(crate) fn revalue_all(&mut self) {
+        let parts: Vec<_> = self
+            .ledger
+            .positions
+            .iter()
+            .map(|(symbol, position)| (symbol, self.part_of(symbol, position)))
+            .collect();
+        self.valuation.rebuild(parts);
+        self.invalidate_totals();
+    }
+
+    /// A position's part of the totals at its valuation price (None when flat).
+    fn part_of(&self, symbol: &Symbol, position: &LedgerPosition) -> Result<Option<Part>, Unfit> {
+        if position.quantity.is_zero() {
+            return Ok(None);
+        }
+        let price = self
+            .valuation_price_of(symbol, Some(position))
+            .unwrap_or(Decimal::ZERO);
+        Ok(Some(Part {
+            value: position.quantity.checked_mul(price).ok_or(Unfit)?,
+            unrealized_pnl: position.unrealized_pnl(price).ok_or(Unfit)?,
+        }))
+    }
+
+    /// The totals from the kept sums; summed over every position when those are unusable
+    /// (checked sums: a figure that does not fit saturates and sets `overflow`).
     fn totals(&self) -> Totals {
         if let Some(totals) = self.totals_cache.get() {
             return totals;
         }
-        let totals = self.sum_totals();
+        let kept = self.valuation.sums().and_then(|sums| {
+            Some(Totals {
+                equity: valuation::exact_add(self.ledger.cash, sums.value)?,
+                unrealized_pnl: sums.unrealized_pnl,
+                gross_exposure: sums.gross_exposure,
+                open_positions: sums.positions,
+                overflow: false,
+            })
+        });
+        let totals = kept.unwrap_or_else(|| self.sum_totals());
+        debug_assert!(kept.is_none_or(|kept| kept.agrees_with(&self.sum_totals())));
         self.totals_cache.set(Some(totals));
         totals
     }
@@ -924,12 +990,53 @@ impl Engine {
     /// Worst-case exposure of every symbol but `symbol`, if all in-flight orders fill
     /// (saturating: a figure too big for a decimal is the biggest one).
     fn exposure_except(&self, symbol: &Symbol) -> Decimal {
+        let kept = self.kept_exposure_except(symbol);
+        debug_assert!(
+            kept.is_none_or(|kept| valuation::agree(kept, self.summed_exposure_except(symbol)))
+        );
+        kept.unwrap_or_else(|| self.summed_exposure_except(symbol))
+    }
+
+    /// `exposure_except` from the kept gross exposure (every open position at its
+    /// valuation price), less `symbol`'s, with each other symbol that has orders in
+    /// flight taken at its worst case instead: a pass over the reservations, not over
+    /// every position. None when the sums are unusable or a figure is not exact.
+    fn kept_exposure_except(&self, symbol: &Symbol) -> Option<Decimal> {
+        let held = |s: &Symbol| {
+            self.valuation
+                .part(s)
+                .map_or(Decimal::ZERO, |p| p.value.abs())
+        };
+        let mut total = valuation::exact_sub(self.valuation.sums()?.gross_exposure, held(symbol))?;
+        let pending = self.reservations.pending_by_symbol();
+        for (s, checked_at) in self.reservations.checked_prices() {
+            if s == symbol {
+                continue;
+            }
+            // As `summed_exposure_except`: a symbol never filled at its checked price.
+            let (quantity, price) = match self.ledger.positions.get(s) {
+                Some(p) => (
+                    p.quantity,
+                    self.valuation_price_of(s, Some(p)).unwrap_or(checked_at),
+                ),
+                None => (Decimal::ZERO, checked_at),
+            };
+            let worst =
+                rules::worst_case_quantity(quantity, pending.get(s).copied().unwrap_or_default())?
+                    .checked_mul(price)?;
+            total = valuation::exact_add(valuation::exact_sub(total, held(s))?, worst)?;
+        }
+        Some(total)
+    }
+
+    /// `exposure_except` summed over every position and reservation.
+    fn summed_exposure_except(&self, symbol: &Symbol) -> Decimal {
         // One pass over the reservations and one over the positions: a scan of every
         // reservation for each position, and a lookup of each position's quantity by
         // name, were most of a check at 1,000 positions.
         let pending = self.reservations.pending_by_symbol();
         // A symbol's price: its valuation price, else the price it was last checked at.
-        let mut reserved: HashMap<&Symbol, Decimal> = self.reservations.symbols().collect();
+        let mut reserved = self.reservations.checked_prices();
         let exposure = |s: &Symbol, quantity: Decimal, price: Decimal| {
             let pending = pending.get(s).copied().unwrap_or_default();
             rules::worst_case_quantity(quantity, pending)

@@ -20,4 +20,5 @@ pub mod service;
 pub mod shorts;
 pub mod store;
 pub mod ticks;
+pub mod valuation;
 pub mod watermarks;

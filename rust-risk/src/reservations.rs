@@ -130,14 +130,20 @@ impl Reservations {
             .map(|(id, r)| (id.as_str(), &r.symbol, Some(&r.agent)))
     }
 
-    /// Symbols with something in flight, and the price each was last checked at.
     /// Every reservation, for a snapshot.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &Reservation)> {
         self.by_order.iter().map(|(id, r)| (id.as_str(), r))
     }
 
-    pub fn symbols(&self) -> impl Iterator<Item = (&Symbol, Decimal)> {
-        self.by_order.values().map(|r| (&r.symbol, r.price))
+    /// Symbols with something in flight, each with the highest price one of its orders
+    /// was checked at (the worst case, and the same whatever order the map is read in).
+    pub fn checked_prices(&self) -> HashMap<&Symbol, Decimal> {
+        let mut prices: HashMap<&Symbol, Decimal> = HashMap::new();
+        for r in self.by_order.values() {
+            let price = prices.entry(&r.symbol).or_insert(r.price);
+            *price = (*price).max(r.price);
+        }
+        prices
     }
 
     #[cfg(test)]

@@ -185,7 +185,6 @@ impl Engine {
             tracing::warn!(snapshot = %state.starting_cash, config = %self.settings.starting_cash,
                 "starting_cash changed since the snapshot: cash and equity marks shifted by the difference");
         }
-        self.invalidate_totals();
         self.ledger.cash = shifted(state.cash)?;
         self.ledger.fees = state.fees.0;
         self.ledger.positions = state
@@ -202,6 +201,7 @@ impl Engine {
                 (p.symbol, position)
             })
             .collect();
+        self.revalue_all();
         self.applied = state.applied.into_iter().collect();
         for (id, symbol, agent) in state.open_orders {
             self.open_orders

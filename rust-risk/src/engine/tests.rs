@@ -1349,7 +1349,7 @@ fn a_batch_of_ticks_ends_where_the_same_ticks_one_by_one_end() {
 /// `exposure_except` as it was: a scan of every reservation for each position, and each
 /// position's quantity looked up by name.
 fn exposure_by_scan(engine: &Engine, symbol: &Symbol) -> Decimal {
-    let mut prices: HashMap<&Symbol, Decimal> = engine.reservations.symbols().collect();
+    let mut prices: HashMap<&Symbol, Decimal> = engine.reservations.checked_prices();
     for s in engine.ledger.positions.keys() {
         if let Some(price) = engine.valuation_price(s) {
             prices.insert(s, price);
