@@ -678,14 +678,7 @@ impl Engine {
             equity: money(self.live_equity(&totals)),
             peak_equity: money(self.watermarks.peak_equity),
             drawdown_pct: drawdown.to_f64().unwrap_or(0.0),
-            realized_pnl: money(self.ledger.realized_pnl().unwrap_or_else(|| {
-                // Only a sum that large: the sign of its biggest part.
-                self.ledger
-                    .positions
-                    .values()
-                    .map(|p| p.realized_pnl)
-                    .fold(Decimal::ZERO, Decimal::saturating_add)
-            })),
+            realized_pnl: money(self.realized_pnl()),
             unrealized_pnl: money(totals.unrealized_pnl),
             day_pnl: money(self.watermarks.day_pnl(totals.equity)),
             fees: non_negative(self.ledger.fees),
@@ -923,10 +916,17 @@ impl Engine {
         self.invalidate_totals();
     }
 
-    /// A position's part of the totals at its valuation price (None when flat).
+    /// A position's part of the totals at its valuation price.
     fn part_of(&self, symbol: &Symbol, position: &LedgerPosition) -> Result<Option<Part>, Unfit> {
+        let realized_pnl = position.realized_pnl;
         if position.quantity.is_zero() {
-            return Ok(None);
+            let flat = Part {
+                value: Decimal::ZERO,
+                unrealized_pnl: Decimal::ZERO,
+                realized_pnl,
+                open: false,
+            };
+            return Ok(Some(flat));
         }
         let price = self
             .valuation_price_of(symbol, Some(position))
@@ -934,7 +934,26 @@ impl Engine {
         Ok(Some(Part {
             value: position.quantity.checked_mul(price).ok_or(Unfit)?,
             unrealized_pnl: position.unrealized_pnl(price).ok_or(Unfit)?,
+            realized_pnl,
+            open: true,
         }))
+    }
+
+    /// Every position's realized PnL: kept (valuation.rs), else summed (saturating).
+    fn realized_pnl(&self) -> Decimal {
+        let kept = self.valuation.sums().map(|sums| sums.realized_pnl);
+        debug_assert!(kept
+            .zip(self.ledger.realized_pnl())
+            .is_none_or(|(kept, summed)| valuation::agree(kept, summed)));
+        kept.or_else(|| self.ledger.realized_pnl())
+            .unwrap_or_else(|| {
+                // Only a sum that large: the sign of its biggest part.
+                self.ledger
+                    .positions
+                    .values()
+                    .map(|p| p.realized_pnl)
+                    .fold(Decimal::ZERO, Decimal::saturating_add)
+            })
     }
 
     /// The totals from the kept sums; summed over every position when those are unusable

@@ -1,5 +1,5 @@
-//! The account's totals over its positions (value, unrealized PnL, gross exposure, open
-//! positions), kept one symbol at a time: at 1,000 held symbols, summing every position
+//! The account's totals over its positions (value, unrealized and realized PnL, gross
+//! exposure, open positions), kept one symbol at a time: at 1,000 held symbols, summing every position
 //! again for each tick and each check was most of risk's CPU (issue #17). A position's
 //! part is replaced when its mark or the position changes, and the sums move by the
 //! difference, in exact decimal arithmetic. A part that does not fit a decimal, or a sum
@@ -11,12 +11,16 @@ use std::collections::HashMap;
 use moonbus_common::Symbol;
 use rust_decimal::Decimal;
 
-/// One open position's part of the totals: its value at its valuation price (signed:
-/// negative for a short) and its unrealized PnL there. Its gross exposure is |value|.
+/// One position's part of the totals: its value at its valuation price (signed: negative
+/// for a short), its unrealized PnL there and its realized PnL; a flat position has only
+/// the last. Its gross exposure is |value|.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Part {
     pub value: Decimal,
     pub unrealized_pnl: Decimal,
+    pub realized_pnl: Decimal,
+    /// Not flat: counted in `Sums::positions`.
+    pub open: bool,
 }
 
 /// A part whose figures do not fit a decimal.
@@ -29,6 +33,8 @@ pub struct Sums {
     pub value: Decimal,
     pub unrealized_pnl: Decimal,
     pub gross_exposure: Decimal,
+    pub realized_pnl: Decimal,
+    /// Open (not flat) positions.
     pub positions: u64,
 }
 
@@ -46,12 +52,12 @@ impl Valuation {
         self.exact.then_some(self.sums)
     }
 
-    /// `symbol`'s part, if it has an open position (whether or not the sums are usable).
+    /// `symbol`'s part, if it has a position (whether or not the sums are usable).
     pub fn part(&self, symbol: &Symbol) -> Option<&Part> {
         self.parts.get(symbol)
     }
 
-    /// Start again from every open position's part.
+    /// Start again from every position's part.
     pub fn rebuild<'a>(
         &mut self,
         parts: impl IntoIterator<Item = (&'a Symbol, Result<Option<Part>, Unfit>)>,
@@ -64,7 +70,7 @@ impl Valuation {
         }
     }
 
-    /// `symbol`'s part is now `part` (None: no open position).
+    /// `symbol`'s part is now `part` (None: no position).
     pub fn set(&mut self, symbol: &Symbol, part: Result<Option<Part>, Unfit>) {
         if !self.exact {
             return; // nothing to keep until a rebuild
@@ -92,7 +98,8 @@ impl Valuation {
             value: exact_sub(self.sums.value, part.value)?,
             unrealized_pnl: exact_sub(self.sums.unrealized_pnl, part.unrealized_pnl)?,
             gross_exposure: exact_sub(self.sums.gross_exposure, part.value.abs())?,
-            positions: self.sums.positions.checked_sub(1)?,
+            realized_pnl: exact_sub(self.sums.realized_pnl, part.realized_pnl)?,
+            positions: self.sums.positions.checked_sub(u64::from(part.open))?,
         })
     }
 }
@@ -105,7 +112,8 @@ fn with(sums: Sums, part: Option<Part>) -> Option<Sums> {
         value: exact_add(sums.value, part.value)?,
         unrealized_pnl: exact_add(sums.unrealized_pnl, part.unrealized_pnl)?,
         gross_exposure: exact_add(sums.gross_exposure, part.value.abs())?,
-        positions: sums.positions.checked_add(1)?,
+        realized_pnl: exact_add(sums.realized_pnl, part.realized_pnl)?,
+        positions: sums.positions.checked_add(u64::from(part.open))?,
     })
 }
 
@@ -143,6 +151,8 @@ mod tests {
         Ok(Some(Part {
             value: d(value),
             unrealized_pnl: d(pnl),
+            realized_pnl: d("1"),
+            open: !d(value).is_zero(),
         }))
     }
 
@@ -178,29 +188,29 @@ mod tests {
             (&sym("ETH-USD"), part("-350", "-5")),
         ]);
         let sums = v.sums().expect("exact");
-        assert_eq!(
+        let figures = |s: Sums| {
             (
-                sums.value,
-                sums.unrealized_pnl,
-                sums.gross_exposure,
-                sums.positions
-            ),
-            (d("620.5"), d("5.5"), d("1320.5"), 2)
+                s.value,
+                s.unrealized_pnl,
+                s.gross_exposure,
+                s.realized_pnl,
+                s.positions,
+            )
+        };
+        assert_eq!(
+            figures(sums),
+            (d("620.5"), d("5.5"), d("1320.5"), d("2"), 2)
         );
         v.set(&sym("BTC-USD"), part("980.25", "20.25"));
-        v.set(&sym("ETH-USD"), Ok(None));
+        v.set(&sym("ETH-USD"), part("0", "0"));
         v.set(&sym("SOL-USDC"), part("150", "0"));
         let sums = v.sums().expect("exact");
+        // ETH-USD is flat: only its realized PnL counts.
         assert_eq!(
-            (
-                sums.value,
-                sums.unrealized_pnl,
-                sums.gross_exposure,
-                sums.positions
-            ),
-            (d("1130.25"), d("20.25"), d("1130.25"), 2)
+            figures(sums),
+            (d("1130.25"), d("20.25"), d("1130.25"), d("3"), 2)
         );
-        // A flat symbol that had no part changes nothing.
+        // A symbol that had no part changes nothing.
         v.set(&sym("XRP-USD"), Ok(None));
         assert_eq!(v.sums().expect("exact").positions, 2);
     }
