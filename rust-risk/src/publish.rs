@@ -1,10 +1,12 @@
 //! Publishes `risk.account` and `risk.verdict.<symbol>` when they change (timestamps
-//! aside) and all of them on every heartbeat; what changed is also stored in the KV
+//! aside; an account that only marks moved at most every `MARKS_EVERY`) and all of them
+//! on every heartbeat; what changed is also stored in the KV
 //! bucket (`risk.account`, `risk.verdict.<symbol>`), as is the loss latch. Nothing on
 //! change before the rebuild is done: half-rebuilt numbers would flap; the heartbeat
 //! says "not_ready".
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
@@ -17,6 +19,13 @@ use crate::limits::LossLatch;
 use crate::metrics;
 use crate::store::{self, Store};
 
+/// An account that only ticks moved (its state, reasons and loss latch as they were) goes
+/// out at most this often; the latest one held back goes out at the next `release_marks`,
+/// which the service calls as often. Fills, limits and the kill switch go out at once. At
+/// 1,000 held symbols nearly every batch of ticks moved the account: ~1,600 a second to
+/// every agent, the gateway and the notifier, each decoding it.
+pub const MARKS_EVERY: Duration = Duration::from_millis(100);
+
 pub struct Publisher {
     client: Client,
     store: Store,
@@ -26,6 +35,10 @@ pub struct Publisher {
     loss_latch: Option<LossLatch>,
     /// The reconciliation of each live venue as last stored.
     reconciliations: HashMap<Venue, Reconciliation>,
+    /// When the account was last published.
+    account_sent: Option<tokio::time::Instant>,
+    /// An account that only ticks moved is held back (`MARKS_EVERY`).
+    marks_held: bool,
 }
 
 impl Publisher {
@@ -37,6 +50,8 @@ impl Publisher {
             verdicts: HashMap::new(),
             loss_latch,
             reconciliations: HashMap::new(),
+            account_sent: None,
+            marks_held: false,
         }
     }
 
@@ -51,33 +66,43 @@ impl Publisher {
 
     pub async fn changes(&mut self, engine: &Engine) {
         if engine.is_ready() {
-            self.send(engine, false, None).await;
+            self.send(engine, false, None, false).await;
         }
     }
 
-    /// After an event of `symbol` alone (its tick, its report): the account, and the
+    /// After an event of `symbol` alone (its report): the account, and the
     /// verdict of `symbol` only, unless the account's state, reasons or loss latch moved
     /// (which every verdict carries): then every verdict, as `changes`. A verdict that only
     /// time changes (stale market data, a halt ending) shows at the heartbeat's
     /// `everything` (it used to show at any symbol's next event). Publishing every verdict
     /// on every tick was O(symbols) a tick: at 1,000 symbols, more than risk could do.
     pub async fn changes_of(&mut self, engine: &Engine, symbol: &Symbol) {
-        self.changes_of_symbols(engine, std::slice::from_ref(symbol))
-            .await;
+        if engine.is_ready() {
+            self.send(engine, false, Some(std::slice::from_ref(symbol)), false)
+                .await;
+        }
     }
 
-    /// `changes_of` for the symbols of a batch of ticks (ticks.rs): the account once.
-    pub async fn changes_of_symbols(&mut self, engine: &Engine, symbols: &[Symbol]) {
+    /// `changes_of` for the symbols of a batch of ticks (ticks.rs): the account once, and
+    /// held back if only the marks moved it since it was last sent `MARKS_EVERY` ago.
+    pub async fn marks_of_symbols(&mut self, engine: &Engine, symbols: &[Symbol]) {
         if engine.is_ready() {
-            self.send(engine, false, Some(symbols)).await;
+            self.send(engine, false, Some(symbols), true).await;
+        }
+    }
+
+    /// The account held back by `marks_of_symbols`, if any.
+    pub async fn release_marks(&mut self, engine: &Engine) {
+        if self.marks_held && engine.is_ready() {
+            self.send(engine, false, Some(&[]), false).await;
         }
     }
 
     pub async fn everything(&mut self, engine: &Engine) {
-        self.send(engine, true, None).await;
+        self.send(engine, true, None, false).await;
     }
 
-    async fn send(&mut self, engine: &Engine, all: bool, only: Option<&[Symbol]>) {
+    async fn send(&mut self, engine: &Engine, all: bool, only: Option<&[Symbol]>, marks: bool) {
         let now = steady_ns();
         let account = engine.account(now);
         metrics::global().set_account(&account);
@@ -92,7 +117,14 @@ impl Publisher {
             .is_none_or(|last| last.state != account.state || last.reasons != account.reasons)
             || self.loss_latch.as_ref() != engine.loss_latch();
         let only = only.filter(|_| !verdicts_move);
-        if all || changed {
+        let hold = marks
+            && !verdicts_move
+            && self
+                .account_sent
+                .is_some_and(|sent| sent.elapsed() < MARKS_EVERY);
+        // Held back, or nothing left to send: what was sent is the account.
+        self.marks_held = changed && hold;
+        if !self.marks_held && (all || changed) {
             let body = bus::encode(&account);
             if changed {
                 self.store
@@ -100,6 +132,7 @@ impl Publisher {
             }
             self.publish(subjects::ACCOUNT.to_string(), body).await;
             self.account = Some(account.clone());
+            self.account_sent = Some(tokio::time::Instant::now());
         }
         let verdicts = match only {
             Some(symbols) => symbols

@@ -126,6 +126,8 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
     };
     let mut heartbeat = tokio::time::interval(Duration::from_millis(settings.heartbeat_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut marks_timer = tokio::time::interval(crate::publish::MARKS_EVERY);
+    marks_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let io = Io {
         client: client.clone(),
         js: js.clone(),
@@ -270,6 +272,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                 snapshotter.owed(&engine);
             }
             _ = snapshotter.timer.tick() => snapshotter.write(&engine),
+            _ = marks_timer.tick() => publisher.release_marks(&engine).await,
         }
     }
 
@@ -685,7 +688,7 @@ async fn apply_ticks(batch: &TickBatch, engine: &mut Engine, publisher: &mut Pub
         .map(|(tick, _)| tick.symbol.clone())
         .collect();
     if !symbols.is_empty() {
-        publisher.changes_of_symbols(engine, &symbols).await;
+        publisher.marks_of_symbols(engine, &symbols).await;
     }
 }
 

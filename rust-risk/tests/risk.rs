@@ -901,6 +901,40 @@ async fn a_dip_and_its_recovery_in_one_burst_of_ticks_still_latch_the_loss_limit
     assert_eq!(latch["breaches"], json!(["max_daily_loss"]));
 }
 
+/// An account that only ticks move goes out at most every 100 ms (publish.rs MARKS_EVERY),
+/// and the latest one always goes out: 40 marks in 200 ms are not 40 accounts.
+#[tokio::test]
+async fn an_account_only_ticks_move_goes_out_at_most_every_100_ms_and_the_latest_always() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let _risk = rebuilt_long_sol_without_heartbeats(&server, &bus, "m-1").await;
+    let mut accounts = client.subscribe("risk.account").await.unwrap();
+    client.flush().await.unwrap();
+    for i in 1..=40u64 {
+        let price = format!("150.{i:02}");
+        client
+            .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", i, &price)))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut seen = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_millis(600);
+    while let Ok(Some(message)) = tokio::time::timeout_at(until, accounts.next()).await {
+        seen.push(serde_json::from_slice::<Value>(&message.payload).unwrap());
+    }
+    let last = seen.last().expect("the account after the marks");
+    // 30 SOL bought at 150, marked at 150.40 last.
+    assert_eq!(last["unrealized_pnl"], "12", "{last}");
+    assert!(
+        (2..=6).contains(&seen.len()),
+        "{} accounts for 40 marks in ~200 ms",
+        seen.len()
+    );
+}
+
 /// A tick moves only its own symbol's verdict, unless it moves the account's state: then
 /// every verdict follows at once, not at the next heartbeat (10 minutes here).
 #[tokio::test]
