@@ -102,8 +102,8 @@ pub struct Engine {
     unavailable: Option<String>,
     /// The live venues' reconciliation (recon.rs) and risk's books per venue.
     recon: Recon,
-    /// Each open position's part of the totals, and their sums (valuation.rs): kept by
-    /// `revalue` whenever a position, its mark or readiness changes.
+    /// Each position's part of the totals (a flat one: its realized PnL), and their sums
+    /// (valuation.rs): kept by `revalue` whenever a position, its mark or readiness changes.
     valuation: Valuation,
     /// `totals()` as last made: cleared by whatever changes what it reads (the books, a
     /// position's mark, readiness; `invalidate_totals`), so a check, its heartbeat and the
