@@ -497,6 +497,64 @@ async def test_failed_and_overloaded_decisions_are_still_signals(connect, servic
     assert sorted(s.origin_ts for s in rest) == [events[1].end_ts, events[2].end_ts]
 
 
+@pytest.mark.parametrize("in_flight, deciding", [(service.ORDERS_IN_FLIGHT, 2), (1, 1)])
+async def test_a_worker_decides_on_while_its_orders_await_the_stream(connect, service_bus, monkeypatch,
+                                                                     in_flight: int, deciding: int) -> None:
+    """The stream's ack of an order is awaited off the worker (up to ORDERS_IN_FLIGHT
+    decisions at once): one worker decides the next event meanwhile; stop() waits for
+    the orders and Signals of what was decided."""
+    monkeypatch.setattr(service, "ORDERS_IN_FLIGHT", in_flight)
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    symbols = [f"TRDQ{in_flight}-USD", f"TRDR{in_flight}-USD"]
+    market = await FakeMarket(md).start()
+    signals = await operator.collect("agent.signal.trading.*")
+
+    class Buys:
+        name, bars_needed, uses_sentiment = "buys", 1, False
+
+        async def decide(self, ctx: Context) -> Choice:
+            return choice(BUY)
+
+    bus = await service_bus("trading-agent")
+    acked, sending = asyncio.Event(), []
+    stream_publish = bus.publish_order
+
+    async def slow_stream(subject: str, order: OrderRequest, timeout: float = 2.0, fresh: bool = False):
+        sending.append(order.symbol)
+        await acked.wait()  # the stream's ack, held back
+        return await stream_publish(subject, order, timeout=timeout, fresh=fresh)
+
+    bus.publish_order = slow_stream  # type: ignore[method-assign]
+    svc = service.TradingService(bus, TradingConfig(workers=1, history_timeout_s=0.5), Buys())
+    await svc.start()
+    try:
+        for symbol in symbols:
+            await allow_trading(risk, symbol)
+        events = [bar(symbol, "100", 0) for symbol in symbols]
+        for b in events:
+            await market.publish(b)
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(sending) < deciding and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # time enough for a decision the bound should hold back
+        assert sending == symbols[:deciding]
+        assert signals.empty()  # a Signal says whether its order was acknowledged: after the ack
+        stopping = asyncio.create_task(svc.stop(5))
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # stop() waits for the acks of what was decided
+        acked.set()
+        await asyncio.wait_for(stopping, 5)
+    finally:
+        acked.set()
+        await market.close()
+    got = sorted([await next_signal(signals) for _ in symbols], key=lambda s: s.symbol)
+    assert [(s.symbol, s.action) for s in got] == [(symbol, BUY) for symbol in symbols]
+    assert all("NOT acknowledged" not in s.reasoning for s in got)
+    for symbol in symbols:
+        stored = await operator.jetstream().get_last_msg(ORDERS, f"orders.submit.trading.{symbol}")
+        assert decode(OrderRequest, stored.data).side is Side.BUY
+
+
 class SilentLLM:
     """An OpenAI-compatible endpoint that accepts the connection and never answers."""
 
