@@ -1,11 +1,12 @@
 //! Publishes `risk.account` and `risk.verdict.<symbol>` when they change (timestamps
-//! aside; an account that only marks moved at most every `MARKS_EVERY`) and all of them
-//! on every heartbeat; what changed is also stored in the KV
+//! aside; an account that only marks moved at most every `MARKS_EVERY`), and on every
+//! heartbeat the account and each verdict not sent since the last heartbeat (so every
+//! verdict goes out at least once a heartbeat); what changed is also stored in the KV
 //! bucket (`risk.account`, `risk.verdict.<symbol>`), as is the loss latch. Nothing on
 //! change before the rebuild is done: half-rebuilt numbers would flap; the heartbeat
 //! says "not_ready".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::Client;
@@ -31,6 +32,10 @@ pub struct Publisher {
     store: Store,
     account: Option<AccountState>,
     verdicts: HashMap<Symbol, Verdict>,
+    /// Verdicts sent since the last heartbeat, which leaves them out: at 1,000 symbols
+    /// with fills, most verdicts had gone out on change within the second, and the
+    /// heartbeat sent all 1,000 again at once to every agent, the gateway and the notifier.
+    sent_since_heartbeat: HashSet<Symbol>,
     /// The loss latch as last stored.
     loss_latch: Option<LossLatch>,
     /// The reconciliation of each live venue as last stored.
@@ -48,6 +53,7 @@ impl Publisher {
             store,
             account: None,
             verdicts: HashMap::new(),
+            sent_since_heartbeat: HashSet::new(),
             loss_latch,
             reconciliations: HashMap::new(),
             account_sent: None,
@@ -149,15 +155,21 @@ impl Publisher {
             {
                 tracing::info!(symbol = %verdict.symbol, state = %verdict.state, reasons = ?verdict.reasons, "verdict");
             }
-            if all || changed {
+            if changed || (all && !self.sent_since_heartbeat.contains(&verdict.symbol)) {
                 let body = bus::encode(&verdict);
                 if changed {
                     self.store
                         .put_latest(store::verdict_key(&verdict.symbol), body.clone());
                 }
                 self.publish(subjects::verdict(&verdict.symbol), body).await;
+                if !all {
+                    self.sent_since_heartbeat.insert(verdict.symbol.clone());
+                }
                 self.verdicts.insert(verdict.symbol.clone(), verdict);
             }
+        }
+        if all {
+            self.sent_since_heartbeat.clear();
         }
         let latch = engine.loss_latch();
         if self.loss_latch.as_ref() != latch {

@@ -1364,3 +1364,66 @@ async fn snapshot_io_time() {
         started.elapsed()
     );
 }
+
+/// A heartbeat sends the account and each verdict not sent since the last heartbeat: a
+/// verdict that changes faster than the heartbeat (fills here) goes out once per change,
+/// not once more per heartbeat, and one that does not change still goes out each heartbeat.
+#[tokio::test]
+async fn a_heartbeat_leaves_out_the_verdicts_sent_since_the_last_one() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    long_30_sol_at_150(&bus, "h-0").await;
+    let _risk = start_risk(&server); // a heartbeat every 200 ms
+    rebuilt(client).await;
+    let mut btc = client.subscribe("risk.verdict.BTC-USD").await.unwrap();
+    let mut sol = client.subscribe("risk.verdict.SOL-USDC").await.unwrap();
+    client.flush().await.unwrap();
+    // 25 fills of BTC-USD 40 ms apart (~5 heartbeats): each moves its verdict's position.
+    for i in 1..=25 {
+        let fill = report(&format!("h-{i}"), "BUY", "0.001", "100", "0");
+        bus.js
+            .publish("exec.report.BTC-USD", body(&fill))
+            .await
+            .expect("publish")
+            .await
+            .expect("stream ack");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // Every BTC-USD verdict until the last fill's has come twice: once on the change, then
+    // from a heartbeat (it no longer changes).
+    let mut positions: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while positions.iter().filter(|p| *p == "0.025").count() < 2 {
+        let message = tokio::time::timeout_at(deadline, btc.next())
+            .await
+            .expect("BTC-USD's verdicts within the wait")
+            .expect("the subscription is open");
+        let verdict: Value = serde_json::from_slice(&message.payload).unwrap();
+        positions.push(verdict["position"].as_str().unwrap_or_default().to_string());
+    }
+    // During the fills, a verdict came again only if a heartbeat found no fill since the
+    // last one (a slow machine); the old heartbeat sent one more every 200 ms (~5).
+    let first = positions
+        .iter()
+        .position(|p| p == "0.001")
+        .expect("the first fill's verdict");
+    let during = &positions[first..positions.iter().position(|p| p == "0.025").unwrap() + 1];
+    let repeats = during.windows(2).filter(|w| w[0] == w[1]).count();
+    assert!(
+        repeats <= 1,
+        "{repeats} heartbeat repeats during the fills: {positions:?}"
+    );
+    assert_eq!(
+        during.len() - repeats,
+        25,
+        "each fill's verdict: {positions:?}"
+    );
+    // SOL-USDC never changed: it goes out on every heartbeat.
+    for n in 1..=5 {
+        tokio::time::timeout(Duration::from_millis(1_000), sol.next())
+            .await
+            .unwrap_or_else(|_| panic!("SOL-USDC's unchanged verdict, heartbeat {n}"))
+            .expect("the subscription is open");
+    }
+}

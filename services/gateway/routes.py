@@ -123,7 +123,7 @@ async def account(gw: Gw) -> Response:
 
 @router.get("/verdicts")
 async def verdicts(gw: Gw) -> JSONResponse:
-    """The latest verdict per symbol, as heard on risk.verdict.* (risk re-sends them every heartbeat)."""
+    """The latest verdict per symbol, as heard on risk.verdict.* (risk sends each at least once a heartbeat)."""
     return JSONResponse({"verdicts": gw.live.snapshot()["verdicts"]})
 
 
