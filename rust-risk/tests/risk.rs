@@ -1382,12 +1382,7 @@ async fn a_heartbeat_leaves_out_the_verdicts_sent_since_the_last_one() {
     // 25 fills of BTC-USD 40 ms apart (~5 heartbeats): each moves its verdict's position.
     for i in 1..=25 {
         let fill = report(&format!("h-{i}"), "BUY", "0.001", "100", "0");
-        bus.js
-            .publish("exec.report.BTC-USD", body(&fill))
-            .await
-            .expect("publish")
-            .await
-            .expect("stream ack");
+        publish_report(&bus, body(&fill)).await;
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     // Every BTC-USD verdict until the last fill's has come twice: once on the change, then
