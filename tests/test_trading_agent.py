@@ -555,6 +555,45 @@ async def test_a_worker_decides_on_while_its_orders_await_the_stream(connect, se
         assert decode(OrderRequest, stored.data).side is Side.BUY
 
 
+async def test_a_signal_the_bus_cannot_send_is_reported_on_errors(connect, service_bus) -> None:
+    """Off the worker too (`_submit`), a decision whose Signal cannot be published is an
+    event on errors.trading-agent, and the worker goes on to the next event."""
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    symbols = ["TRDS-USD", "TRDT-USD"]
+    market = await FakeMarket(md).start()
+    errors = await operator.collect("errors.trading-agent")
+    signals = await operator.collect("agent.signal.trading.*")
+
+    class Holds:
+        name, bars_needed, uses_sentiment = "holds", 1, False
+
+        async def decide(self, ctx: Context) -> Choice:
+            return choice(HOLD)
+
+    bus = await service_bus("trading-agent")
+    publish = bus.publish
+
+    async def failing_first(subject: str, message: Signal) -> None:
+        if subject.endswith(symbols[0]):
+            raise ConnectionError("bus gone")
+        await publish(subject, message)
+
+    bus.publish = failing_first  # type: ignore[method-assign]
+    svc = service.TradingService(bus, TradingConfig(workers=1, history_timeout_s=0.5), Holds())
+    await svc.start()
+    try:
+        for symbol in symbols:
+            await market.publish(bar(symbol, "100", 0))
+        error = json.loads((await asyncio.wait_for(errors.get(), 5)).data)
+        after = await next_signal(signals)
+    finally:
+        await svc.stop(2)
+        await market.close()
+    assert error["subject"] == f"md.bar.1s.sim.{symbols[0]}"
+    assert error["reason"] == "signal not sent: ConnectionError('bus gone')"
+    assert after.symbol == symbols[1]
+
+
 class SilentLLM:
     """An OpenAI-compatible endpoint that accepts the connection and never answers."""
 

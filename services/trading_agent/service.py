@@ -218,8 +218,9 @@ class TradingService:
         thousand decisions a second while their CPU was ~60 us each."""
         try:
             await submit(self.bus, proposal, self.cfg.publish_timeout_s)
-        except Exception as e:  # the Signal's publish: the bus itself failed
+        except Exception as e:  # the Signal's publish: the bus itself failed (no HOLD: an order may be stored)
             log.error("signal for %s %s not sent: %r", event.kind, event.symbol, e)
+            await self.bus.report_error(event_subject(event, self.cfg.bar_interval), f"signal not sent: {e!r}", b"")
             return
         s = proposal.signal
         metrics.labelled(metrics.DECISIONS, s.action.value, model, "true" if s.fallback else "false").inc()
