@@ -278,23 +278,23 @@ async def test_a_worker_killed_mid_sweep_has_its_runs_retried_on_the_other(conne
     ref = await upload_sample(operator)
     axes, requests, cells = grid_requests(ref, "kill")
     # 12 runs all in flight at once: the queue group spreads them at random over both workers (all
-    # 12 on one: a 1 in 4096 chance). The victim is frozen before the sweep and killed at the first
-    # answer (the survivor's), so every run it took is lost with it: had it kept running, it could
-    # have answered all of its runs before the kill and left nothing to retry.
+    # 12 on one: a 1 in 4096 chance). The victim is frozen before the sweep and killed once the
+    # server has routed every request (a flush after they are all sent), so every run it took is
+    # lost with it, and the retries can only reach the survivor, however slow its first answer.
     requests = requests + [r.model_copy(update={"run_id": r.run_id + "-b"}) for r in requests]
     cells = cells * 2
     done: list[sweep.RunResult] = []
     victim = workers.procs[1]
     os.killpg(victim.pid, signal.SIGSTOP)
-
-    def on_result(result: sweep.RunResult) -> None:
-        done.append(result)
-        if victim.poll() is None:
-            assert f":{victim.pid}" not in result.worker, "a frozen worker answered"
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait()
-
-    results = await sweep.fan_out(operator, requests, concurrency=len(requests), timeout=8, on_result=on_result)
+    sent_before = operator.stats["out_msgs"]
+    sweeping = asyncio.create_task(sweep.fan_out(operator, requests, concurrency=len(requests), timeout=8,
+                                                 on_result=done.append))
+    while operator.stats["out_msgs"] < sent_before + len(requests):
+        await asyncio.sleep(0.01)
+    await operator.flush()
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    results = await sweeping
     assert [r.error for r in results] == [None] * len(requests), results
     assert Counter(r.run_id for r in done) == Counter(r.run_id for r in requests)
     retried = [r for r in results if r.attempts == 2]
