@@ -25,7 +25,7 @@ from unittest import mock
 import httpx
 import pytest
 
-from services.common.bus import inbox_prefix
+from services.common.bus import Bus, inbox_prefix
 from services.contract.models import (
     AccountState,
     Bar,
@@ -51,6 +51,7 @@ from services.devstack.natsserver import REPO_ROOT
 from services.common.streams import MSG_ID_HEADER, ORDERS, StreamReadError
 from services.gateway.app import create_app
 from services.gateway.config import READ_TOKEN_ENV, GatewayConfigError
+from tests.conftest import connect_when_up
 
 D = Decimal
 KNOWN = {"GWA-USD": "100.5", "GWB-USD": "2000"}
@@ -410,6 +411,23 @@ async def test_an_order_may_carry_a_protection_or_an_algo(client: httpx.AsyncCli
         assert (r.status_code, error_code(r)) == (422, "bad_request"), bad
 
 
+async def test_an_order_no_stream_takes_is_503_not_stored(plain_nats: str) -> None:
+    """A server without the ORDERS stream (not provisioned yet) answers the publish with
+    "no responders": the order was not stored, a 503 that says so (it was a 500)."""
+    await (await connect_when_up(plain_nats)).close()  # the server is up
+    bus = Bus("gateway")
+    await bus.connect(plain_nats)
+    try:
+        app = create_app(bus=bus, config=CONFIG, token=TOKEN, read_token="")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+            body = {"client_order_id": f"gw-{uid()}", "symbol": "GWA-USD", "side": "BUY", "quantity": "1"}
+            r = await c.post("/api/orders", json=body, headers=AUTH)
+        assert (r.status_code, error_code(r)) == (503, "not_stored"), r.text
+        assert "client_order_id" in r.json()["error"]["message"]
+    finally:
+        await bus.close()
+
+
 async def test_orders_and_trace_read_from_the_streams(client: httpx.AsyncClient, connect) -> None:
     symbol, coid = f"GW{uid()}-USD", f"gw-{uid()}"
     order = OrderRequest(client_order_id=coid, agent="trading", symbol=symbol, side=Side.BUY, quantity=D("2"),
@@ -447,6 +465,15 @@ async def test_orders_and_trace_read_from_the_streams(client: httpx.AsyncClient,
         assert (r.status_code, error_code(r)) == (422, "bad_request"), bad
 
 
+async def test_a_trace_look_back_beyond_any_time_is_bad_input(client: httpx.AsyncClient) -> None:
+    """since_s is a float: `inf` or 1e300 seconds is no nanosecond count; a 422 that says
+    so, never a 500 (it was an OverflowError)."""
+    for since_s in ("inf", "1e300", "nan", "-1"):
+        r = await client.get(f"/api/orders/gw-{uid()}", params={"since_s": since_s})
+        assert (r.status_code, error_code(r)) == (422, "bad_request"), since_s
+        assert "since_s" in r.json()["error"]["message"], since_s
+
+
 async def test_orders_without_the_streams_is_503(service_bus, nats_server) -> None:
     """A stream that cannot be read is the bus's fault, said so."""
     async def unreadable(_nc, stream: str) -> tuple[int, int]:
@@ -469,6 +496,33 @@ async def test_services_lists_every_instance(client: httpx.AsyncClient, service_
     assert len(swarm["instances"]) == 2 and swarm["versions"] == ["0.1.0"] and swarm["started_ns"] > 0
 
 
+async def test_services_skips_malformed_service_api_answers(client: httpx.AsyncClient, service_bus, connect) -> None:
+    """Any credential may answer $SRV.INFO / $SRV.STATS (every service subscribes $SRV.*):
+    an answer of the wrong shape is left out, never a 500 that hides the real services."""
+    await (await service_bus("swarm-agent")).serve("stand-in swarm", {})
+    rogue = await connect("gateway")  # a stolen gateway credential (any service's would do)
+    infos = [{"name": ["x"], "id": "r1"}, {"name": "rogue", "id": {"a": 1}}, {"name": "rogue", "id": "r3",
+             "endpoints": [1]}, {"name": 7, "id": "r4"}, {"name": "rogue", "id": "r5", "endpoints": "abc"}]
+    stats = [{"id": "r6", "name": ["y"]}, {"id": "r7", "started": 5}, {"id": "r8", "started": "9999-99-99T00:00:00Z"},
+             {"id": "r9", "endpoints": [{"num_requests": "many"}]}, {"id": "r10", "endpoints": [3]},
+             {"id": ["r11"]}]
+
+    async def answer_info(msg) -> None:
+        for a in infos:
+            await rogue.publish(msg.reply, json.dumps(a).encode())
+
+    async def answer_stats(msg) -> None:
+        for a in stats:
+            await rogue.publish(msg.reply, json.dumps(a).encode())
+
+    await rogue.subscribe("$SRV.INFO", cb=answer_info)
+    await rogue.subscribe("$SRV.STATS", cb=answer_stats)
+    await rogue.flush()
+    r = await client.get("/api/services")
+    assert r.status_code == 200, r.text
+    assert any(s["name"] == "swarm-agent" for s in r.json()["services"])
+
+
 # ---------------------------------------------------------------- metrics and the spec
 
 
@@ -484,6 +538,24 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     assert 'moonbus_gateway_auth_failures_total{access="write",reason="missing"} 1.0' in text
     assert "moonbus_gateway_nats_connected 1.0" in text
     assert 'moonbus_gateway_bus_request_seconds_count{subject="md.api.price"} 2.0' in text
+
+
+async def test_metrics_label_only_the_standard_http_methods(gateway_client) -> None:
+    """The method is the client's to choose (uvicorn's h11 takes any token, up to its 16 KiB
+    head): labelled as it came, every new one was a new time series, in memory for good and
+    in the open /metrics, even for requests refused at the edge. Others are `other`."""
+    c = await gateway_client(read_token=READ)
+    for i in range(20):
+        r = await c.request(f"X{i}{'A' * 1000}", "/health", headers={"Host": "evil.example"})
+        assert r.status_code == 400
+        r = await c.request(f"Y{i}", "/api/limits")
+        assert r.status_code == 401
+    await c.get("/health")
+    text = (await c.get("/metrics")).text
+    assert "X0A" not in text and 'method="Y' not in text
+    assert 'moonbus_gateway_http_requests_total{method="other",route="unmatched",status="400"} 20.0' in text
+    assert 'moonbus_gateway_http_requests_total{method="other",route="unmatched",status="401"} 20.0' in text
+    assert 'moonbus_gateway_http_requests_total{method="GET",route="/health",status="200"} 1.0' in text
 
 
 async def test_openapi_documents_the_api_and_its_security(client: httpx.AsyncClient) -> None:

@@ -49,6 +49,9 @@ STATIC = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+# Methods labelled as they are; any other is `other`: the client picks the method (uvicorn
+# takes any token), and each new label value would be a time series kept for good.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 
 
 class CountRequests:
@@ -63,11 +66,12 @@ class CountRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        method = scope["method"] if scope["method"] in METHODS else "other"
 
         def record(status: int) -> None:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.http_seconds.labels(scope["method"], route).observe(time.perf_counter() - started)
+            self.metrics.http_requests.labels(method, route, str(status)).inc()
+            self.metrics.http_seconds.labels(method, route).observe(time.perf_counter() - started)
 
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 import nats.errors
+import nats.js.errors
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
@@ -70,6 +71,7 @@ WRITE_ERRORS = {**ERRORS, 401: {"model": ErrorReply, "description": "missing or 
                 403: {"model": ErrorReply, "description": "writes disabled: no MOONBUS_GATEWAY_TOKEN"},
                 413: {"model": ErrorReply, "description": "body over [gateway] max_body_bytes"}}
 T = TypeVar("T")
+MAX_SINCE_S = 1e10  # a trace's look-back (over 300 years): more, or inf, is no nanosecond count
 
 
 def wire(message: BaseModel) -> Response:
@@ -208,7 +210,8 @@ async def orders(gw: Gw, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 
 @router.get("/orders/{client_order_id}", responses={**ERRORS, 404: {"model": ErrorReply}})
 async def order_trace(gw: Gw, client_order_id: Annotated[str, Path(pattern=CLIENT_ORDER_ID_PATTERN)],
-                      since_s: Annotated[float | None, Query(gt=0, description="look back this far")] = None,
+                      since_s: Annotated[float | None, Query(gt=0, le=MAX_SINCE_S,
+                                                             description="look back this far")] = None,
                       ) -> JSONResponse:
     """One order, its reports and every hop's timestamp from the origin tick to the fill.
     The search is bounded ([gateway] order_scan_max messages of each stream, and
@@ -260,7 +263,7 @@ async def submit_order(gw: Writer, body: OrderSubmit) -> OrderAccepted:
         ack = await gw.the_bus().publish_order(S.orders_submit("gateway", order.symbol), order, gw.cfg.request_timeout_s)
     except OrderRefused as e:  # not stored: a full store, an order too large
         raise ApiError("not_stored", f"the ORDERS stream refused the order: {e.reason}") from None
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+    except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError):
         raise ApiError("not_stored", "the ORDERS stream did not acknowledge the order; it may be retried "
                                      "with the same client_order_id") from None
     gw.metrics.orders_submitted.labels(str(ack.duplicate).lower()).inc()

@@ -114,32 +114,55 @@ async def collect(nc: Client, subject: str, wait: float = 1.0, quiet: float = 0.
 
 
 async def discover(nc: Client, wait: float = 1.0, quiet: float = 0.25) -> dict[str, Service]:
-    """Every service that answers $SRV.INFO, with the request counts of $SRV.STATS."""
+    """Every service that answers $SRV.INFO, with the request counts of $SRV.STATS. Any
+    user may answer those (every service subscribes $SRV.*): an answer of another shape
+    (a name or id that is not a string, endpoints that are not objects, counts that are not
+    numbers, a bad `started`) is left out."""
     infos, stats = await asyncio.gather(
         collect(nc, "$SRV.INFO", wait, quiet), collect(nc, "$SRV.STATS", wait, quiet)
     )
     services: dict[str, Service] = {}
     instances: dict[str, Instance] = {}
     for info in infos:
-        if not isinstance(info, dict) or "name" not in info or "id" not in info:
+        try:
+            name, instance_id = _text(info, "name"), _text(info, "id")
+            endpoints = [str(e.get("subject", "")) for e in info.get("endpoints") or []]
+        except MALFORMED:
             continue
-        service = services.setdefault(info["name"], Service(info["name"], info.get("description") or ""))
-        instance = Instance(id=info["id"], version=str(info.get("version", "")))
-        instance.endpoints = [e.get("subject", "") for e in info.get("endpoints") or []]
+        service = services.setdefault(name, Service(name, info.get("description") or ""))
+        instance = Instance(id=instance_id, version=str(info.get("version", "")), endpoints=endpoints)
         service.instances.append(instance)
         instances[instance.id] = instance
     for stat in stats:
-        if not isinstance(stat, dict) or "id" not in stat:
+        try:
+            instance_id = _text(stat, "id")
+            name = _text(stat, "name") if "name" in stat else "?"
+            started_ns = parse_time_ns(stat.get("started") or "")
+            counts = [(int(e.get("num_requests") or 0), int(e.get("num_errors") or 0), str(e.get("last_error") or ""))
+                      for e in stat.get("endpoints") or []]
+        except MALFORMED:
             continue
-        instance = instances.get(stat["id"])
+        instance = instances.get(instance_id)
         if instance is None:  # started between the two requests: count it anyway
-            service = services.setdefault(stat.get("name", "?"), Service(stat.get("name", "?")))
-            instance = Instance(id=stat["id"], version=str(stat.get("version", "")))
+            service = services.setdefault(name, Service(name))
+            instance = Instance(id=instance_id, version=str(stat.get("version", "")))
             service.instances.append(instance)
             instances[instance.id] = instance
-        instance.started_ns = parse_time_ns(stat.get("started") or "")
-        for endpoint in stat.get("endpoints") or []:
-            instance.requests += int(endpoint.get("num_requests") or 0)
-            instance.errors += int(endpoint.get("num_errors") or 0)
-            instance.last_error = endpoint.get("last_error") or instance.last_error
+        instance.started_ns = started_ns
+        for requests, errors, last_error in counts:
+            instance.requests += requests
+            instance.errors += errors
+            instance.last_error = last_error or instance.last_error
     return dict(sorted(services.items()))
+
+
+# What a malformed answer raises while it is read (a list where an object belongs, "many"
+# or Infinity for a count, a time that is no time).
+MALFORMED = (AttributeError, TypeError, ValueError, OverflowError)
+
+
+def _text(answer: Any, key: str) -> str:
+    value = answer.get(key) if isinstance(answer, dict) else None
+    if not isinstance(value, str):
+        raise ValueError(f"{key} is not a string")
+    return value
