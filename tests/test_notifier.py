@@ -765,3 +765,24 @@ async def test_make_run_launches_the_notifier_as_its_own_user(hook: Hook, tmp_pa
     finally:
         system.stop()
         print(system.tail(40))
+
+
+async def test_a_message_that_is_not_json_for_the_webhook_does_not_stop_the_channel(
+        hook: Hook, connect: Any, running_service: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any user may publish errors.<its name>, which the notifier reads. Python's json reads
+    NaN / Infinity in a field the contract ignores, and httpx refuses to send them (allow_nan
+    False): that ValueError escaped Channel.run and the channel sent nothing more, silently."""
+    monkeypatch.setenv("NOTIFIER_TEST_JSON", f"{hook.url}/json/Zx9SeCrEtJsOn")
+    hook.default = (204, "", {}, 0.0)
+    config = {"notifier": {"enabled": True, "channels": {
+        "all": {"kind": "json", "url_env": "NOTIFIER_TEST_JSON", "events": ["errors"]}}}}
+    operator = await connect("operator")
+    news = await connect("sentiment-agent")  # the least of the users: it may publish errors.sentiment-agent
+    async with running_service("notifier", notifier.main, config, operator):
+        await news.publish("errors.sentiment-agent", b'{"service":"sentiment-agent","subject":"x","reason":"r",'
+                                                     b'"ts":1,"extra":NaN}')
+        await news.publish("errors.sentiment-agent", encode(ErrorEvent(service="sentiment-agent", subject="y",
+                                                                       reason="the next one", ts=TS)))
+        await news.flush()
+        seen = await hook.wait(1)
+        assert seen[0].body["text"] == "the next one"

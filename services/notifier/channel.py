@@ -288,6 +288,11 @@ class Channel:
                 reason, wait = f"no answer within {self.cfg.timeout_s:g}s", self.backoff(attempt)
             except httpx.HTTPError as e:
                 reason, wait = f"connection failed ({type(e).__name__})", self.backoff(attempt)
+            except ValueError as e:
+                # The body is no JSON (httpx refuses NaN / Infinity, which Python's json reads in
+                # a field the contract ignores: any user may publish errors.<its name>). Not
+                # retried; raised, it would stop run() and the channel for good.
+                return False, f"not sendable as JSON ({e})"
             else:
                 status = response.status_code
                 if 200 <= status < 300:
