@@ -7,6 +7,7 @@ agent.api.swarm.ask answered by a stand-in swarm, and left unanswered."""
 from __future__ import annotations
 
 import asyncio
+import json
 from decimal import Decimal
 
 import pytest
@@ -295,3 +296,49 @@ async def test_concurrent_decisions_share_one_swarm_ask(connect, service_bus) ->
         assert asks == 1 and c.action is BUY
     finally:
         await sub.unsubscribe()
+
+
+async def test_an_input_dated_far_ahead_is_refused_and_hides_no_later_one(connect, service_bus) -> None:
+    """The live caches keep the latest by `ts` (`ts >=`). A consensus (swarm-agent's user), a
+    sentiment (sentiment-agent's), a verdict or the account (risk's) dated years ahead was kept
+    and then hid every genuine later one for good (and counted as 0 s old: fresh forever, so a
+    stolen swarm credential could veto every BUY until the agent restarted). Now one dated more
+    than FUTURE_TOLERANCE_NS ahead of the agent's clock is refused on errors.trading-agent."""
+    from tests.test_trading_agent import account
+
+    operator = await connect("operator")
+    errors = await operator.collect("errors.trading-agent")
+    swarm, news, risk = await connect("swarm-agent"), await connect("sentiment-agent"), await connect("risk")
+    cfg_ = TradingConfig.model_validate({"pipeline": {"swarm": "veto"}})
+    svc = service.TradingService(await service_bus("trading-agent"), cfg_, service.RuleDecider(
+        service.make_strategy("momentum", cfg_)))
+    await svc.context.subscribe()
+    for nc in (swarm, news, risk):  # each publisher's round trip first: without it, one of
+        await nc.flush()               # their first messages was now and then not delivered
+    symbol, far = "PIPF-USD", now_ns() + 10 * 365 * 86400 * S
+    await swarm.publish(f"agent.swarm.{symbol}", encode(consensus(VoteAction.SELL, 1.0, symbol=symbol, ts=far)))
+    await news.publish(f"agent.sentiment.{symbol}", encode(sentiment(-1.0, symbol=symbol, ts=far)))
+    await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol, ts=far)))
+    await risk.publish("risk.account", encode(account().model_copy(update={"ts": far})))
+    for nc in (swarm, news, risk):
+        await nc.flush()
+    reasons = [json.loads((await asyncio.wait_for(errors.get(), 5)).data)["reason"] for _ in range(4)]
+    assert all("ahead of this clock" in r for r in reasons), reasons
+
+    genuine = consensus(VoteAction.BUY, 0.9, symbol=symbol, ts=now_ns())
+    await swarm.publish(f"agent.swarm.{symbol}", encode(genuine))
+    await news.publish(f"agent.sentiment.{symbol}", encode(sentiment(0.5, symbol=symbol, ts=now_ns())))
+    await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol)))
+    await risk.publish("risk.account", encode(account()))
+    for nc in (swarm, news, risk):
+        await nc.flush()
+    await asyncio.sleep(0.2)
+    ctx = svc.context
+    assert ctx.consensus[symbol].action is VoteAction.BUY and ctx.sentiments[symbol].score == 0.5
+    assert ctx.verdicts[symbol].ts < far and ctx.account is not None and ctx.account.ts < far
+    out, _ = apply(choice(BUY), FLAT, ctx.consensus[symbol], None, cfg_.pipeline, now_ns())
+    assert out.action is BUY  # no veto from the future
+    # and an answer of agent.api.swarm.ask dated far ahead is refused the same way
+    await ctx.on_consensus(consensus(VoteAction.SELL, 1.0, symbol=symbol, ts=far))
+    assert ctx.consensus[symbol].action is VoteAction.BUY
+

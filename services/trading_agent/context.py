@@ -43,6 +43,8 @@ from services.contract.models import (
     Sentiment,
     Tick,
     Verdict,
+    encode,
+    now_ns,
 )
 from services.common.streams import KV_BUCKET
 from services.contract.wire import checker, decoder
@@ -54,6 +56,10 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 HISTORY_LIMIT = 5000  # the most bars one md.api.history request may ask for (HistoryRequest.limit)
 ARRIVAL_TIMEOUT_S = 0.25  # how long a decision waits for its bar to come through the BarWindow
+# Clocks differ a little; a verdict, account, sentiment or consensus dated further ahead of this
+# one is refused: the live caches keep the latest by `ts`, so it would hide every later genuine
+# one for good (and a consensus or sentiment would count as 0 s old, fresh, until then).
+FUTURE_TOLERANCE_NS = 60 * 10**9
 
 
 def merge_bars(history: list[Bar], bar: Bar | None, limit: int, max_gap_ns: int | None = None) -> list[Bar]:
@@ -404,15 +410,21 @@ class ContextSource:
     async def subscribe(self) -> None:
         """Live updates, without a queue group: every replica needs every symbol's state."""
 
-        async def on_verdict(v: Verdict, _msg: Any) -> None:
+        async def on_verdict(v: Verdict, msg: Msg) -> None:
+            if await self._ahead(v.ts, msg.subject, msg.data):
+                return
             if v.symbol not in self.verdicts or v.ts >= self.verdicts[v.symbol].ts:
                 self.verdicts[v.symbol] = v
 
-        async def on_account(a: AccountState, _msg: Any) -> None:
+        async def on_account(a: AccountState, msg: Msg) -> None:
+            if await self._ahead(a.ts, msg.subject, msg.data):
+                return
             if self.account is None or a.ts >= self.account.ts:
                 self.account = a
 
-        async def on_sentiment(s: Sentiment, _msg: Any) -> None:
+        async def on_sentiment(s: Sentiment, msg: Msg) -> None:
+            if await self._ahead(s.ts, msg.subject, msg.data):
+                return
             if s.symbol not in self.sentiments or s.ts >= self.sentiments[s.symbol].ts:
                 self.sentiments[s.symbol] = s
 
@@ -426,8 +438,19 @@ class ContextSource:
         await self.bus.client.subscribe(S.bar(self.cfg.bar_interval, "*", "*"), cb=self.bars.on_message)
         await self.bus.client.flush()
 
-    async def on_consensus(self, c: Consensus, _msg: Any = None) -> None:
+    async def _ahead(self, ts: int, subject: str, data: bytes) -> bool:
+        """Whether `ts` is more than FUTURE_TOLERANCE_NS ahead of this clock: then the message
+        is refused, on errors.<service>."""
+        if ts <= now_ns() + FUTURE_TOLERANCE_NS:
+            return False
+        await self.bus.report_error(subject, f"ts {ts} is more than {FUTURE_TOLERANCE_NS // 10**9} s ahead of "
+                                             "this clock: refused", data)
+        return True
+
+    async def on_consensus(self, c: Consensus, msg: Msg | None = None) -> None:
         """The swarm's consensus (agent.swarm.<symbol>, or an agent.api.swarm.ask reply): the latest wins."""
+        if await self._ahead(c.ts, msg.subject if msg else S.SWARM_ASK, msg.data if msg else encode(c)):
+            return
         if c.symbol not in self.consensus or c.ts >= self.consensus[c.symbol].ts:
             self.consensus[c.symbol] = c
 
