@@ -341,7 +341,11 @@ impl Rules {
                 ));
             }
             if self.tick_size > Decimal::ZERO {
-                let rem = (price - self.min_price).checked_rem(self.tick_size);
+                // Checked: minPrice is the venue's word, and one far below zero would put
+                // the difference past Decimal's range (a panic); the order is refused.
+                let rem = price
+                    .checked_sub(self.min_price)
+                    .and_then(|offset| offset.checked_rem(self.tick_size));
                 if rem != Some(Decimal::ZERO) {
                     return Err(format!(
                         "tick_size: price {price} is not a multiple of tickSize {}",
@@ -377,7 +381,10 @@ impl Rules {
             } else {
                 self.min_qty
             };
-            let rem = (quantity - step_min).checked_rem(step);
+            // Checked, as the price above: minQty is the venue's word.
+            let rem = quantity
+                .checked_sub(step_min)
+                .and_then(|offset| offset.checked_rem(step));
             if rem != Some(Decimal::ZERO) {
                 return Err(format!(
                     "lot_size: quantity {quantity} is not a multiple of {step_filter} stepSize {step}"
@@ -424,9 +431,11 @@ pub fn weight_limit(info: &Value) -> Option<u32> {
                 int(limit, "intervalNum").unwrap_or(1),
             ) {
                 ("SECOND", n) => n,
-                ("MINUTE", n) => n * 60,
-                ("HOUR", n) => n * 3_600,
-                ("DAY", n) => n * 86_400,
+                // Checked: intervalNum is the venue's word; one beyond u64 seconds is
+                // skipped like any unreadable entry.
+                ("MINUTE", n) => n.checked_mul(60)?,
+                ("HOUR", n) => n.checked_mul(3_600)?,
+                ("DAY", n) => n.checked_mul(86_400)?,
                 _ => return None,
             };
             // Scaled to one minute: the header we read is per minute.
@@ -755,6 +764,11 @@ fn read_key_file(path: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("key file {path}"))
 }
 
+/// The longest ban a Retry-After sets: 30 days, far beyond Binance's longest (3 days).
+const MAX_BAN_SECS: u64 = 30 * 86_400;
+/// The most the venue's clock may be off ours (sync_time): a day.
+const MAX_CLOCK_OFFSET_MS: i64 = 86_400_000;
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1035,8 +1049,13 @@ impl Binance {
             Err(e) => return Reply::NoAnswer(format!("reading the answer: {}", e.without_url())),
         };
         if http == 429 || http == 418 {
-            let wait =
-                Duration::from_secs(retry_after.unwrap_or(if http == 418 { 120 } else { 60 }));
+            // Capped: Retry-After is the venue's word, and an Instant cannot be pushed
+            // past ~292 years (adding u64::MAX seconds panics).
+            let wait = Duration::from_secs(
+                retry_after
+                    .unwrap_or(if http == 418 { 120 } else { 60 })
+                    .min(MAX_BAN_SECS),
+            );
             self.state().banned_until = Some(Instant::now() + wait);
             tracing::warn!(venue = %self.inner.name, http, wait_s = wait.as_secs(), "rate limited by the venue: sending stops until the ban ends");
             return Reply::RateLimited(format!(
@@ -1104,7 +1123,16 @@ impl Binance {
             .get("serverTime")
             .and_then(Value::as_i64)
             .ok_or_else(|| VenueError::Transient("time: no serverTime".into()))?;
-        let offset = server - (sent + received) / 2;
+        // serverTime is the venue's word: more than a day off ours is refused, so that
+        // the offset and `now_ms() + offset_ms` (every signed timestamp) fit an i64.
+        let offset = server
+            .checked_sub((sent + received) / 2)
+            .filter(|offset| (-MAX_CLOCK_OFFSET_MS..=MAX_CLOCK_OFFSET_MS).contains(offset))
+            .ok_or_else(|| {
+                VenueError::Transient(format!(
+                    "time: serverTime {server} is more than a day off our clock ({received})"
+                ))
+            })?;
         self.state().offset_ms = offset;
         tracing::info!(venue = %self.inner.name, offset_ms = offset, "venue clock offset");
         Ok(())
@@ -2092,6 +2120,105 @@ mod tests {
         // Broken entries are errors, not panics.
         assert!(Rules::from_exchange_info(&json!({"symbol": "X"})).is_err());
         assert!(Rules::from_exchange_info(&json!({"baseAsset": "A", "quoteAsset": "B"})).is_err());
+    }
+
+    /// exchangeInfo is the venue's word: a minPrice or minQty far below zero puts
+    /// `price - minPrice` and `quantity - minQty` past Decimal's range (7.9e28). The order
+    /// is refused, execution does not panic.
+    #[test]
+    fn absurd_filters_refuse_the_order_instead_of_panicking() {
+        let entry = json!({"baseAsset": "BTC", "quoteAsset": "USDT", "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": "-79228162514264337593543950335",
+             "maxPrice": "0", "tickSize": "0.01"},
+            {"filterType": "LOT_SIZE", "minQty": "-79228162514264337593543950335",
+             "maxQty": "0", "stepSize": "0.001"}
+        ]});
+        let rules = Rules::from_exchange_info(&entry).unwrap();
+        let err = rules
+            .check(OrderType::Limit, d("1"), Some(d("100")), None)
+            .unwrap_err();
+        assert!(err.starts_with("tick_size:"), "{err}");
+        let err = rules
+            .check(OrderType::Market, d("1"), None, None)
+            .unwrap_err();
+        assert!(err.starts_with("lot_size:"), "{err}");
+    }
+
+    /// A REQUEST_WEIGHT interval whose length in seconds does not fit a u64 is skipped
+    /// like any unreadable entry (`n * 60` overflowed: a panic in debug builds, a wrapped
+    /// interval of 44 s and a budget far above the venue's in release).
+    #[test]
+    fn a_weight_interval_beyond_u64_seconds_is_skipped() {
+        for interval in ["MINUTE", "HOUR", "DAY"] {
+            let info = json!({"rateLimits": [
+                {"rateLimitType": "REQUEST_WEIGHT", "interval": interval,
+                 "intervalNum": u64::MAX / 60 + 1, "limit": 6000}
+            ]});
+            assert_eq!(weight_limit(&info), None, "{interval}");
+        }
+    }
+
+    /// A venue stand-in on 127.0.0.1 that answers every request with `response`.
+    fn venue_answering(response: &'static str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut request = [0u8; 8192];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+            }
+        });
+        url
+    }
+
+    /// A 429 whose Retry-After (seconds) no clock can add (u64::MAX): a long ban, not a
+    /// panic ("overflow when adding duration to instant").
+    #[tokio::test]
+    async fn an_endless_retry_after_is_a_ban_not_a_panic() {
+        std::env::set_var("MB_TEST_RETRY_KEY", "key");
+        std::env::set_var("MB_TEST_RETRY_SECRET", "secret");
+        let url = venue_answering(
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 18446744073709551615\r\n\
+             Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        );
+        let cfg = json!({"symbols": {"BTC-USDT": "BTCUSDT"}, "rest_url": url,
+                         "api_key_env": "MB_TEST_RETRY_KEY", "api_secret_env": "MB_TEST_RETRY_SECRET"});
+        let venue = Binance::from_config("b", "binance_spot", Mode::Testnet, cfg).unwrap();
+        let (events, _rx) = mpsc::unbounded_channel();
+        match venue.start(events).await {
+            Err(VenueError::Transient(why)) => {
+                assert!(why.starts_with("rate_limited: HTTP 429"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The ban holds: the next call is refused here, the venue is not asked.
+        let why = venue.admit(1).unwrap_err();
+        assert!(why.starts_with("rate_limited: the venue asked us"), "{why}");
+    }
+
+    /// A serverTime far from ours is refused at start: `serverTime - our time` and then
+    /// `now + offset` (every signed request's timestamp) overflowed i64 (a panic in debug
+    /// builds, nonsense timestamps in release).
+    #[tokio::test]
+    async fn a_server_time_beyond_a_day_off_is_refused() {
+        std::env::set_var("MB_TEST_TIME_KEY", "key");
+        std::env::set_var("MB_TEST_TIME_SECRET", "secret");
+        let url = venue_answering(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 35\r\n\
+             Connection: close\r\n\r\n{\"serverTime\":-9223372036854775808}",
+        );
+        let cfg = json!({"symbols": {"BTC-USDT": "BTCUSDT"}, "rest_url": url,
+                         "api_key_env": "MB_TEST_TIME_KEY", "api_secret_env": "MB_TEST_TIME_SECRET"});
+        let venue = Binance::from_config("b", "binance_spot", Mode::Testnet, cfg).unwrap();
+        let (events, _rx) = mpsc::unbounded_channel();
+        match venue.start(events).await {
+            Err(VenueError::Transient(why)) => {
+                assert!(why.starts_with("time: serverTime"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(venue.state().offset_ms, 0);
     }
 
     #[test]
