@@ -157,7 +157,8 @@ impl Monitor {
         let since = ts.saturating_sub(self.window_ns);
         let mut dropped = false;
         while let Some(first) = self.buckets.front() {
-            if first.start + self.bucket_ns > since {
+            // Saturating: a replay file's ts may be in the last bucket before u64::MAX.
+            if first.start.saturating_add(self.bucket_ns) > since {
                 break;
             }
             self.buckets.pop_front();
@@ -268,6 +269,19 @@ mod tests {
         // +1 % every 10 s: within any 10 s window the move stays ~1 %.
         let points: Vec<(f64, i64)> = (0..30).map(|i| (i as f64 * 10.0, 1000 + i * 10)).collect();
         assert!(feed(&mut m, &points).is_empty());
+    }
+
+    /// At the end of u64 time, a tick a little older than the last (a replay file's
+    /// rows out of order) still sees the window: `start + bucket_ns` overflowed (a
+    /// panic in debug builds; in release the window was emptied and the move missed).
+    #[test]
+    fn the_window_holds_at_the_end_of_time() {
+        let mut m = monitor(2.0, 10.0);
+        let (venue, symbol) = (Venue::sim(), "BTC-USD".parse::<Symbol>().unwrap());
+        let price = |p| PositiveMoney::new(Decimal::new(p, 0)).unwrap();
+        assert!(m.on_price(&venue, &symbol, price(100), u64::MAX).is_none());
+        let alert = m.on_price(&venue, &symbol, price(103), u64::MAX - 2 * SEC);
+        assert_eq!(alert.map(|a| a.direction), Some(Direction::Up));
     }
 
     #[test]

@@ -437,7 +437,7 @@ impl Engine {
                     .intervals
                     .len_ns(0)
                     .unwrap_or(NANOS_PER_SEC);
-                self.file_boundary = ts - ts % base + base;
+                self.file_boundary = next_boundary(ts, base);
             }
         }
         self.market.tick_route(slot).2.ticks_in.inc();
@@ -613,6 +613,12 @@ fn next_second(now_ns: u64) -> u64 {
     now_ns - now_ns % NANOS_PER_SEC + NANOS_PER_SEC
 }
 
+/// The first multiple of `len_ns` after `ts` (a replay file's time), or u64::MAX: a
+/// file's ts may be in the last interval before it.
+fn next_boundary(ts: u64, len_ns: u64) -> u64 {
+    (ts - ts % len_ns).saturating_add(len_ns)
+}
+
 /// How long tokio's timer may sleep towards `boundary_ns`: up to the lead.
 fn coarse_wait(now_ns: u64, boundary_ns: u64) -> Duration {
     Duration::from_nanos(boundary_ns.saturating_sub(now_ns)).saturating_sub(BAR_CLOCK_LEAD)
@@ -640,6 +646,21 @@ mod tests {
             coarse_wait(t + 2 * NANOS_PER_SEC, t + NANOS_PER_SEC),
             Duration::ZERO
         );
+    }
+
+    /// A replay file's tick in the last interval before u64::MAX: the next boundary is
+    /// u64::MAX, not an overflow (a panic in debug builds; in release a boundary wrapped
+    /// back to 1970, so every later tick closed bars again).
+    #[test]
+    fn the_file_clock_boundary_stops_at_the_end_of_time() {
+        let t = 1_764_129_600 * NANOS_PER_SEC;
+        assert_eq!(
+            next_boundary(t + 250_000_000, NANOS_PER_SEC),
+            t + NANOS_PER_SEC
+        );
+        assert_eq!(next_boundary(t, 60 * NANOS_PER_SEC), t + 60 * NANOS_PER_SEC);
+        assert_eq!(next_boundary(u64::MAX, NANOS_PER_SEC), u64::MAX);
+        assert_eq!(next_boundary(u64::MAX - 5, 60 * NANOS_PER_SEC), u64::MAX);
     }
 
     /// On the real clock: each boundary is returned at or just after the wall clock

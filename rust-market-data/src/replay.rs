@@ -784,6 +784,10 @@ fn parse_row(fields: &impl Fields, interned: &mut Interned) -> Result<Row> {
         if len_ns == 0 {
             bail!("interval {interval} has no length");
         }
+        // The bar's ticks fall within ts .. ts + len_ns (`points`): that must fit a u64.
+        if ts.checked_add(len_ns).is_none() {
+            bail!("ts {ts} + interval {interval} is past the end of u64 nanoseconds");
+        }
         let (open, high, low, close) = (
             required(Field::Open)?,
             required(Field::High)?,
@@ -976,6 +980,19 @@ mod tests {
                 (120 * s - 1, "150.5".into(), "12.5".into()),
             ]
         );
+    }
+
+    /// A bar whose interval ends past u64 nanoseconds is a bad row: its ticks' times
+    /// (`ts + len_ns`) would overflow (a panic in debug builds, ticks wrapped back to
+    /// 1970 in release).
+    #[test]
+    fn a_bar_ending_past_u64_time_is_a_bad_row() {
+        let header = columns("ts,symbol,interval,open,high,low,close");
+        let line = "18446744073709551000,SOL-USDC,1m,150,151,149.5,150.5";
+        match parse_csv(&header, line, &mut interned()) {
+            Err(e) => assert!(format!("{e:#}").contains("past the end of u64"), "{e:#}"),
+            Ok(row) => panic!("accepted, its ticks: {:?}", row.points()),
+        }
     }
 
     #[test]
