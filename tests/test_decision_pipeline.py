@@ -25,6 +25,7 @@ from services.contract.models import (
     encode,
     now_ns,
 )
+from services.common import caps
 from services.trading_agent import service
 from services.trading_agent.agent import Choice, plan
 from services.trading_agent.config import TradingConfig
@@ -342,3 +343,106 @@ async def test_an_input_dated_far_ahead_is_refused_and_hides_no_later_one(connec
     await ctx.on_consensus(consensus(VoteAction.SELL, 1.0, symbol=symbol, ts=far))
     assert ctx.consensus[symbol].action is VoteAction.BUY
 
+
+
+async def test_an_oversized_sentiment_or_consensus_is_refused(connect, service_bus) -> None:
+    """Sentiment's sources and model, Consensus's question, summary and votes (and each vote's
+    text) had no bound: a stolen sentiment-agent or swarm-agent credential could have the agent
+    keep up to the server's max payload (1 MB) per symbol. The contract bounds them now
+    (models.py NAME_MAX_CHARS ...): one beyond is refused, with the field, on errors.trading-agent."""
+    operator = await connect("operator")
+    errors = await operator.collect("errors.trading-agent")
+    swarm, news = await connect("swarm-agent"), await connect("sentiment-agent")
+    cfg_ = TradingConfig.model_validate({"pipeline": {"swarm": "veto"}})
+    svc = service.TradingService(await service_bus("trading-agent"), cfg_, service.RuleDecider(
+        service.make_strategy("momentum", cfg_)))
+    await svc.context.subscribe()
+    for nc in (swarm, news):  # each publisher's round trip first (see the test above)
+        await nc.flush()
+    symbol = "PIPO-USD"
+    s = json.loads(encode(sentiment(0.5, symbol=symbol, ts=now_ns())))
+    c = json.loads(encode(consensus(VoteAction.SELL, 1.0, symbol=symbol, ts=now_ns())))
+    v = {"model": "offline-momentum", "action": "SELL", "confidence": 0.9, "latency_ms": 1.0}
+    oversized_sentiments = {
+        "sources": s | {"sources": ["feed:news.example"] * 33},
+        "sources.0": s | {"sources": ["x" * 257]},
+        "model": s | {"model": "m" * 100_000},
+    }
+    oversized_consensus = {
+        "question": c | {"question": "q" * 2001},
+        "summary": c | {"summary": "s" * 100_000},
+        "votes": c | {"votes": [v] * 33},
+        "votes.0.reasoning": c | {"votes": [v | {"reasoning": "r" * 2001}]},
+        "votes.0.error": c | {"votes": [v | {"action": "ABSTAIN", "error": "e" * 1001}]},
+    }
+    for message in oversized_sentiments.values():
+        await news.publish(f"agent.sentiment.{symbol}", json.dumps(message).encode())
+    for message in oversized_consensus.values():
+        await swarm.publish(f"agent.swarm.{symbol}", json.dumps(message).encode())
+    for nc in (swarm, news):
+        await nc.flush()
+    n = len(oversized_sentiments) + len(oversized_consensus)
+    reasons = [json.loads((await asyncio.wait_for(errors.get(), 5)).data)["reason"] for _ in range(n)]
+    for field in [*oversized_sentiments, *oversized_consensus]:
+        assert any(r.startswith(f"{field}: ") and "at most" in r for r in reasons), (field, reasons)
+    assert symbol not in svc.context.sentiments and symbol not in svc.context.consensus
+
+    # genuine ones, at the bounds, still pass
+    at_bounds = c | {"question": "q" * 2000, "summary": "s" * 4000,
+                     "votes": [v | {"model": "m" * 256, "reasoning": "r" * 2000}] * 32}
+    await swarm.publish(f"agent.swarm.{symbol}", json.dumps(at_bounds).encode())
+    await news.publish(f"agent.sentiment.{symbol}", json.dumps(s | {"sources": ["x" * 256] * 32}).encode())
+    for nc in (swarm, news):
+        await nc.flush()
+    for _ in range(50):
+        if symbol in svc.context.sentiments and symbol in svc.context.consensus:
+            break
+        await asyncio.sleep(0.05)
+    assert len(svc.context.consensus[symbol].votes) == 32 and len(svc.context.sentiments[symbol].sources) == 32
+    assert errors.empty()
+
+
+async def test_past_the_symbol_cap_a_new_symbol_is_refused_and_a_known_one_updates(
+        connect, service_bus, monkeypatch) -> None:
+    """The agent kept the latest sentiment and consensus of every symbol named on the bus: one
+    stolen credential publishing made-up symbols grew them without end. Now each keeps at most
+    caps.MAX_SYMBOLS symbols; a new one beyond is refused on errors.trading-agent, the agent
+    carries on and the symbols it keeps still update."""
+    monkeypatch.setattr(caps, "MAX_SYMBOLS", 2)
+    operator = await connect("operator")
+    errors = await operator.collect("errors.trading-agent")
+    swarm, news = await connect("swarm-agent"), await connect("sentiment-agent")
+    cfg_ = TradingConfig.model_validate({"pipeline": {"swarm": "veto"}})
+    svc = service.TradingService(await service_bus("trading-agent"), cfg_, service.RuleDecider(
+        service.make_strategy("momentum", cfg_)))
+    await svc.context.subscribe()
+    for nc in (swarm, news):
+        await nc.flush()
+    kept, new = ["PIPK-USD", "PIPL-USD"], "PIPM-USD"
+    for symbol in [*kept, new]:
+        await news.publish(f"agent.sentiment.{symbol}", encode(sentiment(0.1, symbol=symbol, ts=now_ns())))
+        await swarm.publish(f"agent.swarm.{symbol}", encode(consensus(VoteAction.SELL, 0.5, symbol=symbol,
+                                                                      ts=now_ns())))
+    for nc in (swarm, news):
+        await nc.flush()
+    events = [json.loads((await asyncio.wait_for(errors.get(), 5)).data) for _ in range(2)]
+    assert sorted(e["subject"] for e in events) == [f"agent.sentiment.{new}", f"agent.swarm.{new}"]
+    assert all(f"symbol {new} refused" in e["reason"] and "MAX_SYMBOLS 2" in e["reason"] for e in events), events
+
+    await news.publish(f"agent.sentiment.{kept[0]}", encode(sentiment(0.7, symbol=kept[0], ts=now_ns())))
+    await swarm.publish(f"agent.swarm.{kept[0]}", encode(consensus(VoteAction.BUY, 0.9, symbol=kept[0],
+                                                                   ts=now_ns())))
+    for nc in (swarm, news):
+        await nc.flush()
+    ctx = svc.context
+    for _ in range(50):
+        if ctx.sentiments[kept[0]].score == 0.7 and ctx.consensus[kept[0]].action is VoteAction.BUY:
+            break
+        await asyncio.sleep(0.05)
+    assert ctx.sentiments[kept[0]].score == 0.7 and ctx.consensus[kept[0]].action is VoteAction.BUY
+    assert sorted(ctx.sentiments) == sorted(ctx.consensus) == kept
+    # an agent.api.swarm.ask answer for a new symbol is refused the same way
+    await ctx.on_consensus(consensus(VoteAction.BUY, 0.9, symbol="PIPN-USD", ts=now_ns()))
+    event = json.loads((await asyncio.wait_for(errors.get(), 5)).data)
+    assert event["subject"] == "agent.api.swarm.ask" and "symbol PIPN-USD refused" in event["reason"]
+    assert sorted(ctx.consensus) == kept

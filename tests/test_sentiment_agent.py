@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from services.common.llm import Decision, DecisionRequest
-from services.contract.models import Sentiment, decode
+from services.contract.models import NAME_MAX_CHARS, Sentiment, decode, encode
 from services.common.streams import KV_BUCKET
 from services.sentiment_agent import service
 from services.sentiment_agent.aggregate import DecayingSentiment
@@ -311,3 +311,13 @@ async def test_feeds_are_scored_published_and_a_broken_feed_is_reported(
     assert messages[0].score > 0 and messages[1].score < 0  # rallies / hacked
     assert all(m.sources == [f"feed:{feed_server.url.removeprefix('http://')}"] for m in messages)
     assert error["subject"].endswith("/broken") and "500" in error["reason"]
+
+
+async def test_a_long_source_or_model_name_is_cut_to_the_contract_not_refused() -> None:
+    """Sentiment.sources and .model are bounded now (models.py NAME_MAX_CHARS): the agent cuts a
+    longer feed host or replay file name to fit, so its own messages are never refused."""
+    tracker = service.SentimentTracker(LexiconScorer(), half_life_s=60)
+    out = await tracker.on_headline(Headline(title="BTC rallies", symbols=["BTC-USD"]), "feed:" + "h" * 400, 0.0)
+    (s,) = out
+    assert len(s.sources[0]) == NAME_MAX_CHARS and s.sources[0].startswith("feed:hhh")
+    assert decode(Sentiment, encode(s)) == s

@@ -12,8 +12,13 @@ from decimal import Decimal
 
 import pytest
 
+from services.common import caps
 from services.common.llm import Decision, DecisionRequest, LLMConfig
 from services.contract.models import (
+    NAME_MAX_CHARS,
+    REASONING_MAX_CHARS,
+    SUMMARY_MAX_CHARS,
+    VOTE_ERROR_MAX_CHARS,
     Bar,
     Consensus,
     PriceAlert,
@@ -323,3 +328,75 @@ async def test_an_alert_makes_the_swarm_ask_by_itself(connect, running_service) 
     assert "connection error" in llm_vote.error and llm_vote.cost_usd == 0.0 and llm_vote.latency_ms > 0
     assert consensus.action is HOLD  # one BUY, one SELL, one abstention: a tie
     assert "local:m ABSTAIN (connection error" in consensus.summary
+
+
+async def test_past_the_symbol_cap_the_swarm_keeps_no_new_sentiment(connect, running_service, monkeypatch) -> None:
+    """The swarm kept the latest sentiment of every symbol named on agent.sentiment.>, each as
+    large as the server let it be: one stolen sentiment-agent credential publishing made-up
+    symbols grew it without end. Now an oversized Sentiment is refused (the contract's bounds)
+    and at most caps.MAX_SYMBOLS symbols are kept: a new one beyond is refused on
+    errors.swarm-agent, a kept one still updates."""
+    monkeypatch.setattr(caps, "MAX_SYMBOLS", 2)
+    operator, news = await connect("operator"), await connect("sentiment-agent")
+    errors = await operator.collect("errors.swarm-agent")
+    config = {"swarm_agent": {**CONFIG["swarm_agent"], "models": ["offline-sentiment"]}}
+
+    def sentiment(symbol: str, score: float) -> bytes:
+        return encode(Sentiment(symbol=symbol, score=score, confidence=0.5, items=3, model="offline-lexicon",
+                                ts=now_ns()))
+
+    async def ask(symbol: str) -> Vote:
+        reply = await operator.request("agent.api.swarm.ask", json.dumps({"symbol": symbol}).encode(), timeout=3)
+        return decode(Consensus, reply.data).votes[0]
+
+    async def refusal() -> dict:
+        return json.loads((await asyncio.wait_for(errors.get(), 5)).data)
+
+    async with running_service("swarm-agent", service.main, config, operator):
+        await news.flush()  # the publisher's round trip first (tests/test_decision_pipeline.py)
+        for symbol in ("SWMK-USD", "SWML-USD", "SWMM-USD"):
+            await news.publish(f"agent.sentiment.{symbol}", sentiment(symbol, 0.6))
+        oversized = json.loads(sentiment("SWMO-USD", 0.6)) | {"sources": ["feed:news.example"] * 33}
+        await news.publish("agent.sentiment.SWMO-USD", json.dumps(oversized).encode())
+        await news.flush()
+        capped, too_big = await refusal(), await refusal()
+        assert capped["subject"] == "agent.sentiment.SWMM-USD" and "MAX_SYMBOLS 2" in capped["reason"], capped
+        assert too_big["subject"] == "agent.sentiment.SWMO-USD", too_big
+        assert too_big["reason"].startswith("sources: List should have at most 32 items"), too_big
+
+        await news.publish("agent.sentiment.SWMK-USD", sentiment("SWMK-USD", -0.6))  # a kept symbol updates
+        await news.publish("agent.sentiment.SWMN-USD", sentiment("SWMN-USD", 0.6))  # refused (and in order)
+        await news.flush()
+        assert (await refusal())["subject"] == "agent.sentiment.SWMN-USD"
+        kept, updated, refused = await ask("SWML-USD"), await ask("SWMK-USD"), await ask("SWMM-USD")
+    assert kept.action is BUY and "+0.600" in kept.reasoning
+    assert updated.action is SELL and "-0.600" in updated.reasoning
+    assert refused.action is ABSTAIN and "no sentiment for SWMM-USD" in (refused.error or "")
+
+
+async def test_a_members_long_text_is_cut_to_the_contract_not_refused() -> None:
+    """Vote.model, .reasoning, .error and Consensus.summary are bounded now (models.py): the
+    swarm cuts what a member says to fit, so its own Consensus is never refused."""
+
+    class Verbose:
+        name = "v" * 300
+
+        async def ask(self, symbol: str, question: str) -> Opinion:
+            return Opinion(BUY, 0.9, "r" * 5000)
+
+    class Failing:
+        name = "failing"
+
+        async def ask(self, symbol: str, question: str) -> Opinion:
+            raise RuntimeError("e" * 5000)
+
+    votes = await ask_models([Verbose(), Failing()], "BTC-USD", "?", [1.0, 1.0])
+    assert [len(votes[0].model), len(votes[0].reasoning), len(votes[1].error or "")] == [
+        NAME_MAX_CHARS, REASONING_MAX_CHARS, VOTE_ERROR_MAX_CHARS]
+    summary = summarize(votes * 16, decide(votes * 16, "majority"), "majority")
+    assert len(summary) == SUMMARY_MAX_CHARS and summary.endswith("\u2026")
+    c = Consensus(symbol="BTC-USD", question="?", votes=votes * 16, action=BUY, method="majority",
+                  agreement=1.0, summary=summary, ts=now_ns())
+    assert decode(Consensus, encode(c)) == c
+    with pytest.raises(ValueError, match="at most 32"):
+        SwarmConfig(models=[f"m{i}" for i in range(33)])

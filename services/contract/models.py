@@ -597,6 +597,29 @@ class Reconciliation(Tolerant):
 # ---------------------------------------------------------------- agents
 
 
+# The free text of the agents' messages is bounded, generously: a subscriber keeps the latest
+# Sentiment / Consensus per symbol (for at most MAX_SYMBOLS symbols, services/common/caps.py), so
+# what a stolen sentiment-agent or swarm-agent credential can make it hold is bounded by these,
+# not by the server's max payload (1 MB) per made-up symbol. The producers (services/
+# sentiment_agent, services/swarm_agent) cut their text to them, so no genuine message is
+# refused. In characters (Unicode code points, as Python counts and Rust's check::chars).
+NAME_MAX_CHARS = 256  # a model's name (Sentiment.model, Vote.model), one source (Sentiment.sources)
+SENTIMENT_MAX_SOURCES = 32  # the sentiment agent sends one (the headline's feed or replay file)
+SWARM_MAX_VOTES = 32  # one per swarm member ([swarm_agent] models: 3 offline + a few LLMs)
+QUESTION_MAX_CHARS = 2000  # SwarmAskRequest.question, Consensus.question
+SUMMARY_MAX_CHARS = 4000  # Consensus.summary: the outcome and every vote, in words
+REASONING_MAX_CHARS = 2000  # Vote.reasoning: "a few sentences" asked of an LLM; a longer one is cut
+VOTE_ERROR_MAX_CHARS = 1000  # Vote.error: why a member abstained
+
+ShortName = Annotated[str, Field(max_length=NAME_MAX_CHARS)]
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters (the cut marked with an ellipsis): how a
+    producer fits its text into the bounds above."""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "\u2026"
+
+
 class Sentiment(Tolerant):
     """`agent.sentiment.<symbol>`."""
 
@@ -604,8 +627,8 @@ class Sentiment(Tolerant):
     score: Score
     confidence: Confidence
     items: Count
-    sources: list[str] = []
-    model: str
+    sources: Annotated[list[ShortName], Field(max_length=SENTIMENT_MAX_SOURCES)] = []
+    model: ShortName
     ts: TimestampNs
 
 
@@ -641,25 +664,25 @@ class Signal(Tolerant):
 class Vote(Tolerant):
     """One swarm member's vote with its latency, cost and error (abstentions included)."""
 
-    model: str
+    model: ShortName
     action: VoteAction
     confidence: Confidence
-    reasoning: str = ""
+    reasoning: Annotated[str, Field(max_length=REASONING_MAX_CHARS)] = ""
     latency_ms: Annotated[float, Field(ge=0)]
     cost_usd: Annotated[float, Field(ge=0)] = 0.0
-    error: str | None = None
+    error: Annotated[str, Field(max_length=VOTE_ERROR_MAX_CHARS)] | None = None
 
 
 class Consensus(Tolerant):
     """`agent.swarm.<symbol>` and the `agent.api.swarm.ask` reply."""
 
     symbol: Symbol
-    question: str
-    votes: list[Vote]
+    question: Annotated[str, Field(max_length=QUESTION_MAX_CHARS)]
+    votes: Annotated[list[Vote], Field(max_length=SWARM_MAX_VOTES)]
     action: VoteAction
     method: Literal["majority", "weighted", "quorum"]
     agreement: Confidence
-    summary: str
+    summary: Annotated[str, Field(max_length=SUMMARY_MAX_CHARS)]
     ts: TimestampNs
 
 
@@ -667,7 +690,7 @@ class SwarmAskRequest(Strict):
     """`agent.api.swarm.ask` request."""
 
     symbol: Symbol
-    question: Annotated[str, Field(max_length=2000)] = ""
+    question: Annotated[str, Field(max_length=QUESTION_MAX_CHARS)] = ""
 
 
 # ---------------------------------------------------------------- orders

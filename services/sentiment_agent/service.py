@@ -23,7 +23,7 @@ from services.common.bus import Bus
 from services.common.config import SystemConfig, load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
-from services.contract.models import Sentiment, encode, now_ns
+from services.contract.models import NAME_MAX_CHARS, Sentiment, clip, encode, now_ns
 from services.common.streams import open_kv
 
 from . import metrics
@@ -66,7 +66,8 @@ class SentimentTracker:
             self.decay.add(symbol, score.value, now)
             agg = self.decay.value(symbol, now)
             out.append(Sentiment(symbol=symbol, score=agg.score, confidence=agg.confidence, items=agg.items,
-                                 sources=[source], model=score.model, ts=now_ns()))
+                                 sources=[clip(source, NAME_MAX_CHARS)], model=clip(score.model, NAME_MAX_CHARS),
+                                 ts=now_ns()))
         return out
 
 

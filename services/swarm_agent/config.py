@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from services.common.config import Section
-from services.contract.models import INTERVAL_PATTERN
+from services.contract.models import INTERVAL_PATTERN, SWARM_MAX_VOTES
 
 OFFLINE_MODELS = ("offline-momentum", "offline-meanrev", "offline-sentiment")
 
 
 class SwarmConfig(Section):
-    models: list[str] = list(OFFLINE_MODELS)  # offline names and/or [llm.endpoints] names
+    # offline names and/or [llm.endpoints] names; one vote each, at most the contract's Consensus.votes
+    models: Annotated[list[str], Field(max_length=SWARM_MAX_VOTES)] = list(OFFLINE_MODELS)
     method: Literal["majority", "weighted", "quorum"] = "majority"
     quorum: Annotated[float, Field(gt=0, le=1)] = 0.6
     timeout_s: Annotated[float, Field(gt=0)] = 2.0

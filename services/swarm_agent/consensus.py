@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from services.contract.models import Vote, VoteAction
+from services.contract.models import SUMMARY_MAX_CHARS, Vote, VoteAction, clip
 
 METHODS = ("majority", "weighted", "quorum")
 
@@ -63,4 +63,5 @@ def summarize(votes: list[Vote], outcome: Outcome, method: str) -> str:
             parts.append(f"{v.model} ABSTAIN ({v.error or 'no reason'})")
         else:
             parts.append(f"{v.model} {v.action.value} {v.confidence:.2f}")
-    return f"{outcome.action.value} by {method} (agreement {outcome.agreement:.2f}): " + ", ".join(parts)
+    text = f"{outcome.action.value} by {method} (agreement {outcome.agreement:.2f}): " + ", ".join(parts)
+    return clip(text, SUMMARY_MAX_CHARS)  # the contract's bound (many long abstention errors)

@@ -12,7 +12,14 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.contract.models import Vote, VoteAction
+from services.contract.models import (
+    NAME_MAX_CHARS,
+    REASONING_MAX_CHARS,
+    VOTE_ERROR_MAX_CHARS,
+    Vote,
+    VoteAction,
+    clip,
+)
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,9 @@ class NoData(Exception):
 
 
 async def ask_model(model: Model, symbol: str, question: str, timeout_s: float) -> Vote:
+    """The model's vote; its name, reasoning and error cut to the contract's bounds (models.py)."""
     start = time.perf_counter()
+    name = clip(model.name, NAME_MAX_CHARS)
 
     def elapsed_ms() -> float:
         return round((time.perf_counter() - start) * 1000, 3)
@@ -43,20 +52,20 @@ async def ask_model(model: Model, symbol: str, question: str, timeout_s: float) 
     try:
         opinion = await asyncio.wait_for(model.ask(symbol, question), timeout_s)
     except TimeoutError:
-        return Vote(model=model.name, action=VoteAction.ABSTAIN, confidence=0.0,
+        return Vote(model=name, action=VoteAction.ABSTAIN, confidence=0.0,
                     latency_ms=elapsed_ms(), error=f"timeout after {timeout_s}s")
     except Exception as e:
-        return Vote(model=model.name, action=VoteAction.ABSTAIN, confidence=0.0,
-                    latency_ms=elapsed_ms(), error=str(e) or repr(e))
+        return Vote(model=name, action=VoteAction.ABSTAIN, confidence=0.0,
+                    latency_ms=elapsed_ms(), error=clip(str(e) or repr(e), VOTE_ERROR_MAX_CHARS))
     failed = opinion.error is not None
     return Vote(
-        model=model.name,
+        model=name,
         action=VoteAction.ABSTAIN if failed else opinion.action,
         confidence=0.0 if failed else max(0.0, min(1.0, opinion.confidence)),
-        reasoning=opinion.reasoning,
+        reasoning=clip(opinion.reasoning, REASONING_MAX_CHARS),
         latency_ms=elapsed_ms(),
         cost_usd=max(0.0, opinion.cost_usd),
-        error=opinion.error,
+        error=None if opinion.error is None else clip(opinion.error, VOTE_ERROR_MAX_CHARS),
     )
 
 

@@ -11,7 +11,7 @@ Momentum and mean reversion are the shared rules of services/common/price_rules.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 
 from services.common import price_rules
@@ -58,10 +58,20 @@ class MeanReversionModel:
 
 
 class LatestSentiment:
-    """The last Sentiment seen per symbol (fed by the `agent.sentiment.>` subscription)."""
+    """The last Sentiment seen per symbol (fed by the `agent.sentiment.>` subscription, which
+    keeps at most MAX_SYMBOLS symbols here: services/common/caps.py `admit_symbol`)."""
 
     def __init__(self) -> None:
         self._latest: dict[str, tuple[Sentiment, float]] = {}
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._latest
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._latest)
+
+    def __len__(self) -> int:
+        return len(self._latest)
 
     def update(self, sentiment: Sentiment, now: float | None = None) -> None:
         self._latest[sentiment.symbol] = (sentiment, time.monotonic() if now is None else now)

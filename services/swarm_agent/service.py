@@ -4,7 +4,7 @@ service API, so replicas share the load), asks by itself on every price alert
 every Consensus on `agent.swarm.<symbol>`.
 
 `agent.sentiment.>` is subscribed without a queue group: each replica needs the latest
-sentiment of every symbol.
+sentiment of every symbol (of at most MAX_SYMBOLS symbols: services/common/caps.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from services.contract import subjects as S
 from services.common.bus import Bus
+from services.common.caps import admit_symbol
 from services.common.config import load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
@@ -114,8 +115,9 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
         log.info("%s: %s", consensus.symbol, consensus.summary)
         return consensus
 
-    async def on_sentiment(sentiment: Sentiment, _msg: Any) -> None:
-        latest.update(sentiment)
+    async def on_sentiment(sentiment: Sentiment, msg: Any) -> None:
+        if await admit_symbol(bus, latest, sentiment.symbol, msg.subject, msg.data):  # else: past MAX_SYMBOLS
+            latest.update(sentiment)
 
     async def ask_on_alert(alert: PriceAlert) -> None:
         try:

@@ -14,6 +14,8 @@
   what has not been seen yet is read from the KV bucket `moonbus` (`risk.verdict.<symbol>`,
   `risk.account`, `sentiment.<symbol>`; the account else from `risk.api.positions`), so a
   replica that has just started decides with the same context as one that has run for hours.
+  Sentiment and consensus are kept for at most MAX_SYMBOLS symbols each (services/common/caps.py:
+  made-up symbols are refused, not kept without end).
 
 A piece that cannot be had is left None with a note; the agent then fails closed.
 """
@@ -34,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.contract import subjects as S
 from services.common.bus import ApiError, Bus, validation_summary
+from services.common.caps import admit_symbol
 from services.contract.models import (
     AccountState,
     Bar,
@@ -399,6 +402,7 @@ class ContextSource:
         self.cfg = cfg
         self.ticks = LatestTicks(bus)
         self.verdicts: dict[str, Verdict] = {}
+        # the latest per symbol, for at most MAX_SYMBOLS symbols each (services/common/caps.py)
         self.sentiments: dict[str, Sentiment] = {}
         self.consensus: dict[str, Consensus] = {}  # the swarm's latest per symbol (pipeline on only)
         self.account: AccountState | None = None
@@ -425,6 +429,8 @@ class ContextSource:
         async def on_sentiment(s: Sentiment, msg: Msg) -> None:
             if await self._ahead(s.ts, msg.subject, msg.data):
                 return
+            if not await admit_symbol(self.bus, self.sentiments, s.symbol, msg.subject, msg.data):
+                return  # a new symbol past MAX_SYMBOLS (made-up symbols would grow this without end)
             if s.symbol not in self.sentiments or s.ts >= self.sentiments[s.symbol].ts:
                 self.sentiments[s.symbol] = s
 
@@ -448,8 +454,12 @@ class ContextSource:
         return True
 
     async def on_consensus(self, c: Consensus, msg: Msg | None = None) -> None:
-        """The swarm's consensus (agent.swarm.<symbol>, or an agent.api.swarm.ask reply): the latest wins."""
-        if await self._ahead(c.ts, msg.subject if msg else S.SWARM_ASK, msg.data if msg else encode(c)):
+        """The swarm's consensus (agent.swarm.<symbol>, or an agent.api.swarm.ask reply): the latest
+        wins; refused when dated far ahead (`_ahead`) or for a new symbol past MAX_SYMBOLS."""
+        subject, data = (msg.subject, msg.data) if msg else (S.SWARM_ASK, encode(c))
+        if await self._ahead(c.ts, subject, data):
+            return
+        if not await admit_symbol(self.bus, self.consensus, c.symbol, subject, data):
             return
         if c.symbol not in self.consensus or c.ts >= self.consensus[c.symbol].ts:
             self.consensus[c.symbol] = c

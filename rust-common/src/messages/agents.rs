@@ -60,10 +60,11 @@ pub struct Sentiment {
     pub confidence: f64,
     /// How many news items the score is made of.
     pub items: u64,
-    /// Where the items came from.
-    #[serde(default)]
+    /// Where the items came from: at most 32, of at most 256 characters each.
+    #[serde(default, deserialize_with = "check::short_strings::<32, 256, _>")]
     pub sources: Vec<String>,
-    /// The model that scored the items.
+    /// The model that scored the items, at most 256 characters.
+    #[serde(deserialize_with = "check::chars::<0, 256, _>")]
     pub model: String,
     /// When this was made, ns since the epoch.
     pub ts: u64,
@@ -127,15 +128,16 @@ pub struct SignalInput {
 /// One swarm member's answer, in [`Consensus`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Vote {
-    /// The member that voted.
+    /// The member that voted, at most 256 characters.
+    #[serde(deserialize_with = "check::chars::<0, 256, _>")]
     pub model: String,
     /// Its vote; ABSTAIN when it failed or timed out.
     pub action: VoteAction,
     /// 0 ..= 1.
     #[serde(deserialize_with = "check::unit")]
     pub confidence: f64,
-    /// Why, in words.
-    #[serde(default)]
+    /// Why, in words; at most 2000 characters.
+    #[serde(default, deserialize_with = "check::chars::<0, 2000, _>")]
     pub reasoning: String,
     /// Time the member took, milliseconds.
     #[serde(deserialize_with = "check::non_negative")]
@@ -143,8 +145,12 @@ pub struct Vote {
     /// Estimated LLM cost of the vote, USD.
     #[serde(default, deserialize_with = "check::non_negative")]
     pub cost_usd: f64,
-    /// Why the member abstained (or fell back), if it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why the member abstained (or fell back), if it did; at most 1000 characters.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "check::optional_chars::<0, 1000, _>"
+    )]
     pub error: Option<String>,
 }
 
@@ -153,9 +159,11 @@ pub struct Vote {
 pub struct Consensus {
     /// The symbol.
     pub symbol: Symbol,
-    /// What the swarm was asked.
+    /// What the swarm was asked, at most 2000 characters.
+    #[serde(deserialize_with = "check::chars::<0, 2000, _>")]
     pub question: String,
-    /// Every member's vote.
+    /// Every member's vote, at most 32.
+    #[serde(deserialize_with = "check::at_most::<32, _, _>")]
     pub votes: Vec<Vote>,
     /// The outcome; ABSTAIN when no member voted.
     pub action: VoteAction,
@@ -164,7 +172,8 @@ pub struct Consensus {
     /// 0 ..= 1.
     #[serde(deserialize_with = "check::unit")]
     pub agreement: f64,
-    /// The outcome and the votes, in words.
+    /// The outcome and the votes, in words; at most 4000 characters.
+    #[serde(deserialize_with = "check::chars::<0, 4000, _>")]
     pub summary: String,
     /// When this was made, ns since the epoch.
     pub ts: u64,
@@ -195,5 +204,51 @@ mod tests {
         };
         assert!(score("-1").is_ok() && score("-0.5").is_ok() && score("1").is_ok());
         assert!(score("-1.01").is_err() && score("true").is_err());
+    }
+
+    /// The bounds of models.py (NAME_MAX_CHARS, SENTIMENT_MAX_SOURCES, SWARM_MAX_VOTES, ...).
+    #[test]
+    fn text_and_list_bounds() {
+        let sentiment = |sources: &str, model: &str| {
+            let text = format!(
+                r#"{{"symbol":"BTC-USD","score":0,"confidence":1,"items":0,"sources":{sources},"model":"{model}","ts":0}}"#
+            );
+            serde_json::from_str::<Sentiment>(&text)
+        };
+        let list = |n: usize, item: &str| format!("[{}]", vec![format!("\"{item}\""); n].join(","));
+        let (a256, a257) = ("a".repeat(256), "a".repeat(257));
+        assert!(sentiment(&list(32, &a256), &a256).is_ok());
+        assert!(sentiment(&list(33, "x"), "m").is_err());
+        assert!(sentiment(&list(1, &a257), "m").is_err());
+        assert!(sentiment("[]", &a257).is_err());
+        // characters, not bytes, as Python counts them
+        assert!(sentiment("[]", &"\u{e9}".repeat(256)).is_ok());
+
+        let vote = |model: &str, reasoning: &str, error: &str| {
+            format!(
+                r#"{{"model":"{model}","action":"HOLD","confidence":0,"reasoning":"{reasoning}","latency_ms":0,"error":{error}}}"#
+            )
+        };
+        let consensus = |question: &str, votes: &[String], summary: &str| {
+            let text = format!(
+                r#"{{"symbol":"BTC-USD","question":"{question}","votes":[{}],"action":"HOLD","method":"majority","agreement":0,"summary":"{summary}","ts":0}}"#,
+                votes.join(",")
+            );
+            serde_json::from_str::<Consensus>(&text)
+        };
+        let ok = vote(
+            &a256,
+            &"r".repeat(2000),
+            &format!("\"{}\"", "e".repeat(1000)),
+        );
+        assert!(consensus(&"q".repeat(2000), &vec![ok.clone(); 32], &"s".repeat(4000)).is_ok());
+        assert!(consensus("q", &[vote("m", "", "null")], "s").is_ok());
+        assert!(consensus(&"q".repeat(2001), &[], "s").is_err());
+        assert!(consensus("q", &vec![ok; 33], "s").is_err());
+        assert!(consensus("q", &[], &"s".repeat(4001)).is_err());
+        assert!(consensus("q", &[vote(&a257, "", "null")], "s").is_err());
+        assert!(consensus("q", &[vote("m", &"r".repeat(2001), "null")], "s").is_err());
+        let long_error = format!("\"{}\"", "e".repeat(1001));
+        assert!(consensus("q", &[vote("m", "", &long_error)], "s").is_err());
     }
 }

@@ -89,6 +89,53 @@ pub fn chars<'de, const MIN: usize, const MAX: usize, D: Deserializer<'de>>(
     }
 }
 
+/// Absent, null or a string of MIN ..= MAX characters (`Annotated[str, Field(...)] | None`).
+pub fn optional_chars<'de, const MIN: usize, const MAX: usize, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(text) => {
+            let n = text.chars().count();
+            if (MIN..=MAX).contains(&n) {
+                Ok(Some(text))
+            } else {
+                Err(de::Error::custom(format!(
+                    "a string of {MIN} to {MAX} characters expected, got {n}"
+                )))
+            }
+        }
+        None => Ok(None),
+    }
+}
+
+/// A list of at most MAX items (`Field(max_length=MAX)` on a list).
+pub fn at_most<'de, const MAX: usize, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    let items = Vec::<T>::deserialize(d)?;
+    if items.len() <= MAX {
+        Ok(items)
+    } else {
+        Err(de::Error::custom(format!(
+            "at most {MAX} items expected, got {}",
+            items.len()
+        )))
+    }
+}
+
+/// A list of at most ITEMS strings of at most CHARS characters each.
+pub fn short_strings<'de, const ITEMS: usize, const CHARS: usize, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<String>, D::Error> {
+    let items = at_most::<ITEMS, String, D>(d)?;
+    if let Some(n) = items.iter().map(|s| s.chars().count()).find(|&n| n > CHARS) {
+        return Err(de::Error::custom(format!(
+            "a string of 0 to {CHARS} characters expected, got {n}"
+        )));
+    }
+    Ok(items)
+}
+
 /// HistoryRequest.limit: 1 ..= 5000.
 pub fn history_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let limit = u32::deserialize(d)?;
