@@ -354,6 +354,9 @@ fn parse_thresholds(md: &MarketDataConfig) -> Result<HashMap<Symbol, Threshold>>
         .collect()
 }
 
+/// The slowest `replay_speed` (a second of the file takes 11.6 days).
+const MIN_REPLAY_SPEED: f64 = 1e-6;
+
 fn parse_replay(md: &MarketDataConfig, feeds: &[FeedKind]) -> Result<ReplaySettings> {
     let venue: Venue = md
         .replay_venue
@@ -361,8 +364,10 @@ fn parse_replay(md: &MarketDataConfig, feeds: &[FeedKind]) -> Result<ReplaySetti
         .with_context(|| format!("[market_data] replay_venue = {:?}", md.replay_venue))?;
     let speed = match md.replay_speed {
         0.0 => Speed::AsFastAsPossible,
-        s if s.is_finite() && s > 0.0 => Speed::Times(s),
-        s => bail!("[market_data] replay_speed = {s}: must be > 0 (1 = real pace), or 0 = as fast as possible"),
+        // Slower than MIN_REPLAY_SPEED, a file's span (up to u64::MAX ns) divided by the
+        // speed overflows the replay's Duration/Instant (a panic mid-replay).
+        s if s.is_finite() && s >= MIN_REPLAY_SPEED => Speed::Times(s),
+        s => bail!("[market_data] replay_speed = {s}: must be at least {MIN_REPLAY_SPEED} (1 = real pace), or 0 = as fast as possible"),
     };
     if feeds.contains(&FeedKind::Replay) && md.replay_files.is_empty() {
         bail!("[market_data] feeds has replay but replay_files is empty");
@@ -686,6 +691,8 @@ mod tests {
                 .contains("alert_thresholds.btc-usd = 0")
         );
         assert!(err(&[("MOONBUS__MARKET_DATA__REPLAY_SPEED", "-1")]).contains("replay_speed = -1"));
+        assert!(err(&[("MOONBUS__MARKET_DATA__REPLAY_SPEED", "1e-10")])
+            .contains("replay_speed = 0.0000000001: must be at least 0.000001"));
         assert!(err(&[("MOONBUS__MARKET_DATA__REPLAY_CLOCK", "\"event\"")])
             .contains("replay_clock = \"event\": must be \"wall\" or \"file\""));
         assert!(err(&[

@@ -445,6 +445,15 @@ impl Hyperliquid {
         }
         let settings: Settings = serde_json::from_value(settings)
             .with_context(|| format!("[execution.live.{name}] (kind hyperliquid)"))?;
+        // The stream waits 2 x ping_secs for a word from the venue: a huge value would
+        // overflow that Duration (a panic), and any ping of 60 s or more lets the venue
+        // drop the connection anyway.
+        if settings.ping_secs >= 60 {
+            bail!(
+                "venue {name}: ping_secs = {}: must be at most 59 (Hyperliquid drops a connection silent for 60 s)",
+                settings.ping_secs
+            );
+        }
         let key_hex = std::env::var(&settings.agent_key_env).map_err(|_| {
             anyhow!(
                 "venue {name}: environment variable {} is not set (the Hyperliquid API wallet's private key)",
@@ -2564,6 +2573,19 @@ mod tests {
         let h = mk(s).unwrap();
         assert_eq!(h.inner.settings.slippage_bps, 25);
         assert_eq!(h.unknown_deadline(), Duration::from_secs(172_800));
+        // A ping the venue would not wait for (or that overflows 2 x ping) is refused.
+        for ping in [json!(60), json!(u64::MAX.to_string())] {
+            let mut s = base.clone();
+            s["ping_secs"] = ping;
+            let e = mk(s).unwrap_err().to_string();
+            assert!(
+                e.contains("ping_secs = ") && e.contains("at most 59"),
+                "{e}"
+            );
+        }
+        let mut s = base.clone();
+        s["ping_secs"] = json!(59);
+        assert!(mk(s).is_ok());
     }
 
     #[test]

@@ -308,6 +308,10 @@ impl Coinbase {
             }
             _ => Advanced::Other, // heartbeats, subscriptions, channels we did not ask for
         };
+        // u64::MAX has no successor, so the next message cannot be checked
+        // against it: taken as a gap (resync), and the numbering starts over with
+        // whatever comes next, as on a new connection.
+        let successor = sequence_num.checked_add(1);
         match self.next_sequence_num {
             Some(next) if sequence_num < next => {
                 // Already seen (a duplicate or out of order): its content is superseded.
@@ -315,7 +319,7 @@ impl Coinbase {
                 out.duplicates += 1;
                 return Ok(());
             }
-            Some(next) if sequence_num > next => {
+            next if successor.is_none() || next.is_some_and(|next| sequence_num > next) => {
                 tracing::warn!(
                     expected = next,
                     got = sequence_num,
@@ -326,7 +330,7 @@ impl Coinbase {
             }
             _ => {}
         }
-        self.next_sequence_num = Some(sequence_num + 1);
+        self.next_sequence_num = successor;
         match message {
             Advanced::Books(books) => {
                 for (id, snapshot, changes) in books {
@@ -670,6 +674,31 @@ mod tests {
         assert_eq!(out.frames.len(), 2);
         assert!(out.frames[0].contains("unsubscribe"));
         assert_eq!(coinbase.next_sequence_num, Some(8));
+    }
+
+    #[test]
+    fn a_sequence_num_of_u64_max_resyncs_and_numbering_starts_over() {
+        let mut coinbase = advanced();
+        let mut out = Batch::default();
+        // A jump to u64::MAX: one gap, one resubscription, no overflow.
+        let last = l2(u64::MAX, &update("bid", "21921.5", "0.1"));
+        coinbase.on_text(&last, &mut out).unwrap();
+        assert_eq!((out.gaps, out.frames.len()), (1, 2));
+        assert_eq!(coinbase.next_sequence_num, None);
+        // Nothing can follow it in sequence: whatever comes next starts anew.
+        coinbase
+            .on_text(&l2(6, &update("bid", "1", "1")), &mut out)
+            .unwrap();
+        assert_eq!(coinbase.next_sequence_num, Some(7));
+        assert_eq!(out.gaps, 1);
+
+        // Reached in sequence, u64::MAX still resyncs (it has no successor).
+        let mut coinbase = advanced();
+        coinbase.next_sequence_num = Some(u64::MAX);
+        let mut out = Batch::default();
+        coinbase.on_text(&last, &mut out).unwrap();
+        assert_eq!((out.gaps, out.frames.len()), (1, 2));
+        assert_eq!(coinbase.next_sequence_num, None);
     }
 
     #[test]
