@@ -669,6 +669,22 @@ impl Algos {
         }
     }
 
+    /// An order named like a child (`...__s<n>`) that no working algo sent, or that came
+    /// from another agent than its parent's: refused without a report (engine.rs), since
+    /// a REJECTED report would put the id in the ledger and the genuine child, sent
+    /// later under that id, would be dropped as its duplicate (the algo waiting for it
+    /// for ever). The risk agent and the gateway read every parent's id on exec.report.>.
+    pub fn forged_child(&self, order: &OrderRequest) -> bool {
+        let id = &order.client_order_id;
+        if child_index(id.as_str()).is_none() {
+            return false;
+        }
+        match self.parent_of.get(id).and_then(|parent| self.get(parent)) {
+            Some(algo) => algo.parent.agent != order.agent,
+            None => !self.parent_of.contains_key(id),
+        }
+    }
+
     /// Whether a child order may go on: a child id belongs to a parent working here, is
     /// the child that parent published, and the parent is not stopping. Any other order
     /// whose id looks like a child's (`...__s<n>`) is refused: those ids are reserved.

@@ -482,8 +482,21 @@ impl Engine {
             ..Timings::default()
         };
         let agent = subject_agent(&message.subject);
-        let route = intake::check_route(&order, agent, lane, &self.venue)
-            .and_then(|()| self.algos.admit_child(&order));
+        let route = intake::check_route(&order, agent, lane, &self.venue);
+        if route.is_ok() && self.algos.forged_child(&order) {
+            // No report: it would take the id from the child the algo sends later.
+            let reason = format!(
+                "orphan_slice: {} is named like an algo's child but no working algo of agent {} sent it",
+                order.client_order_id, order.agent
+            );
+            self.bus
+                .errors
+                .report(&message.subject, &reason, &message.payload)
+                .await;
+            settle(&message, AckKind::Ack).await;
+            return Step::Over;
+        }
+        let route = route.and_then(|()| self.algos.admit_child(&order));
         if let Err(reason) = route {
             let mut recording = Recording::for_message(lane, message, key);
             recording.holds = Some(order.client_order_id.clone());

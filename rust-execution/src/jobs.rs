@@ -14,6 +14,49 @@ use crate::reports::Recorder;
 use crate::risk::{RiskAnswer, RiskClient};
 use crate::venue::Routed;
 
+/// Publish an order execution makes itself (an algo's child, a protection's exit) to
+/// ORDERS under `subject`, Nats-Msg-Id = its client_order_id, and wait for the stream's
+/// ack. A duplicate ack counts only when the message ORDERS kept under that id is on
+/// `subject` (an earlier try of ours: only execution and that subject's agent may publish
+/// there). ORDERS de-duplicates on the message id whatever the subject, and any order
+/// publisher may set any id: a thief that read the parent's id (exec.protection.>,
+/// exec.report.>) could store a message under the exit's or child's id first, and the
+/// stream would drop ours in silence (a stop-loss never sent, an iceberg stalled). Then it
+/// goes again without a message id: the ledger still runs a client_order_id once.
+pub async fn publish_order(
+    js: &jetstream::Context,
+    subject: String,
+    order: &OrderRequest,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use async_nats::jetstream::message::PublishMessage;
+    let payload = moonbus_common::bus::encode(order);
+    let message = PublishMessage::build()
+        .payload(payload.clone())
+        .message_id(order.client_order_id.as_str());
+    let ack = js.send_publish(subject.clone(), message).await?.await?;
+    if !ack.duplicate {
+        return Ok(());
+    }
+    let kept = js
+        .get_stream_no_info(moonbus_common::subjects::ORDERS_STREAM)
+        .await?
+        .get_raw_message(ack.sequence)
+        .await
+        .with_context(|| format!("reading ORDERS message {}", ack.sequence))?;
+    if kept.subject.as_str() == subject {
+        return Ok(());
+    }
+    tracing::warn!(
+        client_order_id = %order.client_order_id, foreign_subject = %kept.subject,
+        sequence = ack.sequence, "ORDERS holds a foreign message under this order's id; sent without one"
+    );
+    js.send_publish(subject, PublishMessage::build().payload(payload))
+        .await?
+        .await?;
+    Ok(())
+}
+
 /// How long a message whose outcome could not be stored (or whose id is busy) waits
 /// before it comes back: `first`, doubling with each delivery, at most `max`. Each nak
 /// uses a delivery of the consumer's max_deliver, so the delays decide how long a failure

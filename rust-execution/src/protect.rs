@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use async_nats::jetstream::{self, kv, message::PublishMessage};
+use async_nats::jetstream::{self, kv};
 use moonbus_common::bus::{self, ErrorSink};
 use moonbus_common::streams::DirectReader;
 use moonbus_common::{
@@ -886,13 +886,7 @@ impl Protector {
     async fn send_exit(&self, stored: &Stored) -> Result<()> {
         let order = exit_order(stored, None)?;
         let subject = subjects::orders_submit(&order.agent, &order.symbol);
-        let message = PublishMessage::build()
-            .payload(bus::encode(&order))
-            .message_id(order.client_order_id.as_str());
-        let sent = async {
-            self.js.send_publish(subject, message).await?.await?;
-            anyhow::Ok(())
-        };
+        let sent = crate::jobs::publish_order(&self.js, subject, &order);
         tokio::time::timeout(IO_TIMEOUT, sent)
             .await
             .map_err(|_| anyhow!("ORDERS did not acknowledge within {IO_TIMEOUT:?}"))??;

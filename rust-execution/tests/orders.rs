@@ -1095,3 +1095,103 @@ async fn the_simulated_venue_latency_comes_before_the_fill() {
     let waited = Duration::from_nanos(t.filled_ts.unwrap() - t.risk_checked_ts.unwrap());
     assert!(waited >= Duration::from_millis(200), "{waited:?}");
 }
+
+// ---------------------------------------------------------------- message ids and reserved ids
+
+/// ORDERS de-duplicates on Nats-Msg-Id whatever the subject, and any order publisher may
+/// set any message id. The trading agent reads `exec.protection.>`, so it knows the
+/// gateway's protected entry and its exit's id (`<parent>-x1`): a junk order of its own
+/// stored under that message id must not make the stream drop the stop-loss exit.
+#[tokio::test]
+async fn a_foreign_message_id_cannot_drop_a_protection_exit() {
+    let system = System::start().await;
+    fake_risk(&system.client, RiskMode::Approve).await;
+    let mut entry = order("gw-prot-1", "BUY");
+    entry["agent"] = json!("gateway");
+    entry["protection"] = json!({"stop_loss": "96000"});
+    system.submit("BTC-USD", &entry, Some("gw-prot-1")).await;
+    system
+        .wait_report("the entry filled", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-prot-1")
+                && r.status == OrderStatus::Filled
+        })
+        .await;
+    // The thief's own order, stored under the exit's message id.
+    let burn = limit("trd-burn-1", "BUY", "1", "GTC");
+    system.submit("BTC-USD", &burn, Some("gw-prot-1-x1")).await;
+    system.wait_orders_done().await;
+    system.set_quote(Quote {
+        price: "95000.00",
+        bid: "94999.00",
+        ask: "95001.00",
+    });
+    let (_, exit) = system
+        .wait_report("the stop-loss exit ended", |r| {
+            r.parent_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-prot-1")
+                && ledger_final(r.status)
+        })
+        .await;
+    assert_eq!(exit.status, OrderStatus::Filled, "{exit:?}");
+    assert_eq!(exit.agent.as_ref().unwrap().as_str(), "protection");
+    assert_eq!(exit.client_order_id.unwrap().as_str(), "gw-prot-1-x1");
+}
+
+/// The risk agent reads `exec.report.>`, so it sees the gateway's algo parent and how many
+/// children it sent: an order of its own named like the next child (`<parent>__s2`) is
+/// refused, but must not take that id away from the child the algo sends next (the
+/// iceberg would wait for it for ever).
+#[tokio::test]
+async fn a_forged_child_id_cannot_stall_another_agents_algo() {
+    let system = System::start().await;
+    fake_risk(&system.client, RiskMode::Approve).await;
+    // The book is thin, so each 0.01 child fills and the next goes after it.
+    let mut parent = order("gw-ice-1", "BUY");
+    parent["agent"] = json!("gateway");
+    parent["quantity"] = json!("0.03");
+    parent["type"] = json!("LIMIT");
+    parent["limit_price"] = json!("90000");
+    parent["algo"] = json!({"kind": "ICEBERG", "display_quantity": "0.01"});
+    system.submit("BTC-USD", &parent, Some("gw-ice-1")).await;
+    system
+        .wait_report("the first child rests", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-ice-1__s1")
+                && r.status == OrderStatus::Accepted
+        })
+        .await;
+    // The thief names its own orders like the children still to come, and burns their
+    // message ids too.
+    for n in 2..=3 {
+        let mut forged = order(&format!("gw-ice-1__s{n}"), "BUY");
+        forged["agent"] = json!("risk");
+        system
+            .submit("BTC-USD", &forged, Some(&format!("gw-ice-1__s{n}")))
+            .await;
+    }
+    system.wait_orders_done().await;
+    // Every child fills now, one after the other.
+    system.set_quote(Quote {
+        price: "89000.00",
+        bid: "88999.00",
+        ask: "89001.00",
+    });
+    let (_, done) = system
+        .wait_report("the parent ended", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-ice-1")
+                && ledger_final(r.status)
+        })
+        .await;
+    assert_eq!(done.status, OrderStatus::Filled, "{done:?}");
+    assert_eq!(done.filled_quantity.get(), dec("0.03"));
+}
+
+fn ledger_final(status: OrderStatus) -> bool {
+    !matches!(status, OrderStatus::Accepted | OrderStatus::PartiallyFilled)
+}

@@ -2,9 +2,9 @@
 //! its children to ORDERS when due, following their reports, cancelling, the kill switch
 //! and the restore after a restart. The hooks in engine.rs call these.
 
-use async_nats::jetstream::{self, message::PublishMessage, AckKind};
+use async_nats::jetstream::{self, AckKind};
 use moonbus_common::{
-    bus, now_ns, subjects, CancelRequest, ClientOrderId, ExecutionReport, NonNegativeMoney,
+    now_ns, subjects, CancelRequest, ClientOrderId, ExecutionReport, NonNegativeMoney,
     OrderRequest, OrderStatus, Timings,
 };
 
@@ -33,22 +33,13 @@ fn bare(key: String, reports: Vec<ExecutionReport>) -> Recording {
 }
 
 /// Publish a child to ORDERS with Nats-Msg-Id = its id, waiting for the stream's ack (a
-/// duplicate ack counts: the stream has it).
+/// duplicate ack counts when the stream has it: jobs.rs `publish_order`).
 async fn publish_child(client: async_nats::Client, child: OrderRequest) -> Result<(), String> {
     let js = jetstream::new(client);
     let subject = subjects::orders_submit(&child.agent, &child.symbol);
-    let ack = js
-        .send_publish(
-            subject,
-            PublishMessage::build()
-                .payload(bus::encode(&child))
-                .message_id(child.client_order_id.as_str()),
-        )
+    crate::jobs::publish_order(&js, subject, &child)
         .await
-        .map_err(|e| format!("publishing {}: {e}", child.client_order_id))?;
-    ack.await
-        .map_err(|e| format!("ORDERS did not store {}: {e}", child.client_order_id))?;
-    Ok(())
+        .map_err(|e| format!("ORDERS did not store {}: {e:#}", child.client_order_id))
 }
 
 impl Engine {
