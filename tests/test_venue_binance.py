@@ -344,6 +344,29 @@ async def test_binary_spot(live: tuple[StandIn, Operator]) -> None:
     rejected = await op.wait_status(blocked, "REJECTED")
     assert "rate_limited" in (rejected.reason or ""), rejected
     assert limited not in venue.orders and blocked not in venue.orders
+    # The venue fills more than ordered: no report (no figure can be ours), the order stays as
+    # last reported, and errors.execution says so, once, however often the state comes again.
+    errors = await op.nc.subscribe("errors.execution")
+    await op.nc.flush()
+    await asyncio.sleep(3)  # the 429's Retry-After has passed
+    over = await op.submit("BUY", "0.001", price="59000.00")
+    await op.until(lambda: over in venue.orders, "the order at the venue")
+    await op.wait_status(over, "ACCEPTED")
+    await venue.fill(over, Decimal("0.002"), beyond=True)
+    event = json.loads((await errors.next_msg(timeout=10)).data)
+    assert event["subject"] == "exec.venue.binance", event
+    assert f"venue state of {over} not applied: overfill" in event["reason"], event
+    await venue.drop_streams()  # the order is queried while the stream is down: the same state
+    await op.until(lambda: venue.stream_count() > 0, "the stream reconnected")
+    await asyncio.sleep(1)
+    again = []
+    while True:
+        try:
+            again.append(json.loads((await errors.next_msg(timeout=0.2)).data)["reason"])
+        except nats.errors.TimeoutError:
+            break
+    assert not [r for r in again if over in r], again
+    assert op.statuses(over) == ["ACCEPTED"], op.statuses(over)
     # Reconciliation reads balances, open orders, and prices for the equity.
     for path in ("/api/v3/account", "/api/v3/openOrders", "/api/v3/ticker/price"):
         assert any(p == path for _, p, _ in venue.requests), path

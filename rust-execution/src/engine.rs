@@ -721,6 +721,22 @@ impl Engine {
         for update in updates {
             self.spawn_record(Recording::live(update));
         }
+        self.report_refusals();
+    }
+
+    /// A venue state the router refused (more filled than ordered, less than reported, a
+    /// figure it cannot read) is an event on errors.execution, not only a log line: the
+    /// order stays working as last reported, and reconciliation compares the positions.
+    fn report_refusals(&mut self) {
+        for (venue, id, why) in self.venue.take_refusals() {
+            let errors = self.bus.errors.clone();
+            tokio::spawn(async move {
+                let reason = format!("venue state of {id} not applied: {why}");
+                errors
+                    .report(&subjects::exec_venue(&venue), &reason, b"")
+                    .await;
+            });
+        }
     }
 
     /// The same, the first one acking `message` (the cancel that caused them) once
@@ -738,6 +754,7 @@ impl Engine {
             }
             self.spawn_record(recording);
         }
+        self.report_refusals();
         if let Some((lane, message)) = message {
             settle(&message, AckKind::Ack).await;
             if let Some(next) = self.lanes.next(lane) {

@@ -300,15 +300,16 @@ class StandIn:
                     "R": order.reduce_only,
                 }})
 
-    async def fill(self, client_id: str, qty: Decimal, price: Decimal | None = None) -> Order:
-        """Fill `qty` more of an open order (at its limit price, or the set price)."""
+    async def fill(self, client_id: str, qty: Decimal, price: Decimal | None = None, beyond: bool = False) -> Order:
+        """Fill `qty` more of an open order (at its limit price, or the set price); `beyond`:
+        a venue gone wrong, filling more than the order's quantity."""
         order = self.orders[client_id]
         assert order.status in ("NEW", "PARTIALLY_FILLED"), order.status
-        qty = min(qty, order.qty - order.filled)
+        qty = qty if beyond else min(qty, order.qty - order.filled)
         price = price or (order.price if order.type == "LIMIT" else self.prices[order.symbol])
         order.filled += qty
         order.quote += qty * price
-        order.status = "FILLED" if order.filled == order.qty else "PARTIALLY_FILLED"
+        order.status = "FILLED" if order.filled >= order.qty else "PARTIALLY_FILLED"
         order.update = self.now_ms()
         rules = self.rules[order.symbol]
         sign = 1 if order.side == "BUY" else -1

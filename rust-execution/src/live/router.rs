@@ -266,6 +266,9 @@ struct Working {
     recheck: bool,
     /// ACCEPTED and stored, not sent yet.
     to_send: bool,
+    /// Why the venue's last state was refused (`progress`), once reported: the same
+    /// state polled again is not reported again.
+    refused: Option<String>,
 }
 
 /// A query of one live order, made beside the engine.
@@ -303,6 +306,8 @@ struct Slot {
     connected: bool,
     detail: String,
     account: Option<Result<AccountState, VenueError>>,
+    /// Venue states refused since the engine last took them (`take_refusals`).
+    refusals: Vec<(ClientOrderId, String)>,
 }
 
 pub struct Router {
@@ -389,6 +394,7 @@ impl Router {
                 connected: true,
                 detail: "started".into(),
                 account: None,
+                refusals: Vec::new(),
             },
         );
         Ok(())
@@ -724,11 +730,26 @@ impl Router {
                     querying: false,
                     recheck: false,
                     to_send: false,
-                    // Sent or not (a crash between its ACCEPTED and the send): asked.: ask the venue at the first poll.
+                    refused: None,
+                    // Sent or not (a crash between its ACCEPTED and the send): ask the venue at the first poll.
                     unconfirmed_since: Some(Instant::now()),
                 },
             );
         }
+    }
+
+    /// The venue states refused since the last call (stale, overfill, unreadable
+    /// figures): (venue, order, why), each reason once per order.
+    pub fn take_refusals(&mut self) -> Vec<(VenueName, ClientOrderId, String)> {
+        let mut taken = Vec::new();
+        for (venue, slot) in &mut self.live {
+            taken.extend(
+                slot.refusals
+                    .drain(..)
+                    .map(|(id, why)| (venue.clone(), id, why)),
+            );
+        }
+        taken
     }
 
     pub fn views(&self) -> Vec<SlotView> {
@@ -900,6 +921,12 @@ impl Slot {
             }
             Err(why) => {
                 tracing::warn!(client_order_id = %id, %why, "venue state not applied");
+                // Told once per reason (the engine, on errors.execution): an overfill is
+                // money at the venue that no report shows, and every poll brings it again.
+                if working.refused.as_ref() != Some(&why) {
+                    working.refused = Some(why.clone());
+                    self.refusals.push((id.clone(), why));
+                }
                 None
             }
         }
@@ -956,6 +983,7 @@ impl Venue for Router {
                 querying: false,
                 recheck: false,
                 to_send: true,
+                refused: None,
                 unconfirmed_since: None,
             },
         );
