@@ -18,7 +18,8 @@
 //!   Retry-After has passed (submits meanwhile: `Rejected rate_limited`, never sent).
 //! - Fills come from the user data stream (listenKey, kept alive every 30 min, renewed on
 //!   `listenKeyExpired` or a lost connection, with `Health` events); REST queries are the
-//!   fallback.
+//!   fallback. A connection silent for `user_stream_idle_s` (no frame at all, not even the
+//!   venue's ping: a half-open connection) counts as lost.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -41,8 +42,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    AccountState, Exchange, Mode, Submitted, VenueBalance, VenueError, VenueEvent, VenueOrder,
-    VenuePosition, VenueStatus,
+    AccountState, Due, Exchange, Mode, ReadDeadline, Submitted, VenueBalance, VenueError,
+    VenueEvent, VenueOrder, VenuePosition, VenueStatus,
 };
 use crate::venue::Routed;
 
@@ -101,6 +102,13 @@ struct Settings {
     /// listenKey keepalive period, s.
     #[serde(default = "default_keepalive")]
     keepalive_secs: u64,
+    /// The user data stream's read deadline, s: a connection silent this long (not a frame,
+    /// not even the venue's ping) is dropped and reconnected, as if it had closed. Default
+    /// by flavour: spot 60 (the venue pings every 20 s and drops us after a minute without
+    /// our pong), futures and Aster 600 (Binance pings every 3 min and waits 10 min for the
+    /// pong; Aster every 5 min). 1..=86400.
+    #[serde(default)]
+    user_stream_idle_s: Option<u64>,
     /// Futures account endpoint (Binance `/fapi/v2/account`, Aster `/fapi/v4/account`).
     #[serde(default)]
     account_path: Option<String>,
@@ -715,6 +723,8 @@ struct Inner {
     recv_window_ms: u64,
     weight_share: f64,
     keepalive: Duration,
+    /// The user data stream's read deadline (`user_stream_idle_s`).
+    user_stream_idle: Duration,
     account_path: String,
     symbols: HashMap<Symbol, String>,
     venue_symbols: HashMap<String, Symbol>,
@@ -766,6 +776,13 @@ fn read_key_file(path: &str) -> anyhow::Result<String> {
 
 /// The longest ban a Retry-After sets: 30 days, far beyond Binance's longest (3 days).
 const MAX_BAN_SECS: u64 = 30 * 86_400;
+/// The user data stream's default read deadlines, s. Spot (WebSocket API and stream.binance.com):
+/// "The WebSocket server will send a ping frame every 20 seconds": 60 s is three pings missed,
+/// and the venue itself drops a connection whose pong is a minute late. USDⓈ-M futures: "The
+/// websocket server will send a ping frame every 3 minutes" (and waits 10 minutes for the
+/// pong); Aster pings every 5 minutes: 600 s is two of Aster's pings, three of Binance's.
+const DEFAULT_IDLE_SPOT_S: u64 = 60;
+const DEFAULT_IDLE_FUTURES_S: u64 = 600;
 /// The most the venue's clock may be off ours (sync_time): a day.
 const MAX_CLOCK_OFFSET_MS: i64 = 86_400_000;
 
@@ -821,6 +838,15 @@ impl Binance {
         }
         if !(settings.weight_share > 0.0 && settings.weight_share <= 1.0) {
             bail!("[execution.live.{name}] weight_share must be in (0, 1]");
+        }
+        let user_stream_idle_s = settings.user_stream_idle_s.unwrap_or(match flavor {
+            Flavor::Spot => DEFAULT_IDLE_SPOT_S,
+            Flavor::Futures => DEFAULT_IDLE_FUTURES_S,
+        });
+        if !(1..=86_400).contains(&user_stream_idle_s) {
+            bail!(
+                "[execution.live.{name}] user_stream_idle_s = {user_stream_idle_s}: must be 1..=86400"
+            );
         }
         let mut symbols = HashMap::new();
         let mut venue_symbols = HashMap::new();
@@ -928,6 +954,7 @@ impl Binance {
                 recv_window_ms: settings.recv_window_ms,
                 weight_share: settings.weight_share,
                 keepalive: Duration::from_secs(settings.keepalive_secs.max(1)),
+                user_stream_idle: Duration::from_secs(user_stream_idle_s),
                 account_path,
                 symbols,
                 venue_symbols,
@@ -1383,6 +1410,39 @@ impl Binance {
         .to_string()
     }
 
+    /// The user data stream's read deadline: `user_stream_idle_s` without a frame (text,
+    /// ping, pong) and the connection is dropped like a closed one; halfway through the
+    /// silence we ping once (RFC 6455 5.5.2: the venue must answer with a pong; Binance's
+    /// developer forum: "Client can send ping message to Websocket server, the server will
+    /// return pong as response"), so a stream the venue does not ping stays up.
+    fn read_deadline(&self) -> ReadDeadline {
+        let idle = self.inner.user_stream_idle;
+        ReadDeadline::new(idle, Some(idle / 2))
+    }
+
+    /// What the read deadline says is due: our ping (sent here), or why the connection is
+    /// taken as dead.
+    async fn on_silence<S>(&self, ws: &mut S, due: Due) -> Option<String>
+    where
+        S: futures::Sink<Message> + Unpin,
+        S::Error: fmt::Display,
+    {
+        match due {
+            Due::Ping => match ws.send(Message::Ping(Vec::new().into())).await {
+                Ok(()) => None,
+                Err(e) => Some(format!("stream error: ping: {e}")),
+            },
+            Due::Dead(silent) => {
+                tracing::warn!(venue = %self.inner.name, silent_ms = silent.as_millis() as u64,
+                    "user data stream silent past user_stream_idle_s: dropping the connection");
+                Some(format!(
+                    "nothing heard for {silent:?} (user_stream_idle_s = {} s): connection taken as dead",
+                    self.inner.user_stream_idle.as_secs()
+                ))
+            }
+        }
+    }
+
     /// One WebSocket API session with a user data subscription; returns why it ended.
     async fn stream_ws_api(
         &self,
@@ -1403,6 +1463,7 @@ impl Binance {
         let mut subscribed = false;
         let deadline = tokio::time::sleep(Duration::from_secs(10));
         tokio::pin!(deadline);
+        let mut liveness = self.read_deadline();
         loop {
             tokio::select! {
                 message = ws.next() => {
@@ -1411,6 +1472,7 @@ impl Binance {
                         Some(Err(e)) => return Ok(format!("stream error: {e}")),
                         Some(Ok(message)) => message,
                     };
+                    liveness.heard();
                     match message {
                         Message::Text(frame) => {
                             let value: Option<Value> = serde_json::from_str(frame.as_str()).ok();
@@ -1448,6 +1510,11 @@ impl Binance {
                     }
                 }
                 _ = &mut deadline, if !subscribed => return Err("no answer to the subscription in 10 s".into()),
+                due = liveness.due() => {
+                    if let Some(why) = self.on_silence(&mut ws, due).await {
+                        return Ok(why);
+                    }
+                }
                 _ = events.closed() => return Ok("stopped".into()),
             }
         }
@@ -1484,6 +1551,7 @@ impl Binance {
         });
         let mut keepalive = tokio::time::interval(self.inner.keepalive);
         keepalive.tick().await;
+        let mut liveness = self.read_deadline();
         loop {
             tokio::select! {
                 message = ws.next() => {
@@ -1492,6 +1560,7 @@ impl Binance {
                         Some(Err(e)) => return Ok(format!("stream error: {e}")),
                         Some(Ok(message)) => message,
                     };
+                    liveness.heard();
                     match message {
                         Message::Text(frame) if self.on_frame(frame.as_str(), events) => {
                             return Ok("listenKeyExpired".into());
@@ -1512,6 +1581,11 @@ impl Binance {
                         Reply::Ok(_) => {}
                         Reply::Error { code: -1125, .. } => return Ok("listenKey no longer valid".into()),
                         other => tracing::warn!(venue = %self.inner.name, error = %reply_error(other), "listenKey keepalive failed"),
+                    }
+                }
+                due = liveness.due() => {
+                    if let Some(why) = self.on_silence(&mut ws, due).await {
+                        return Ok(why);
                     }
                 }
                 _ = events.closed() => return Ok("stopped".into()),
@@ -2604,5 +2678,213 @@ mod ws_api_tests {
             parse_stream(r#"{"subscriptionId":3,"event":{"e":"eventStreamTerminated","E":1}}"#),
             Ok(StreamEvent::Expired)
         );
+    }
+}
+
+/// The user data stream's read deadline against venue stand-ins on 127.0.0.1: a listenKey
+/// endpoint (HTTP) and a WebSocket server that, once connected (and, for the WebSocket API,
+/// subscribed), goes silent with the TCP connection kept open (a half-open connection: the
+/// peer gone without FIN/RST), or only pings, or only answers our pings.
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Clone, Copy)]
+    enum Peer {
+        /// Says nothing and reads nothing (our pings go unanswered).
+        Silent,
+        /// Sends a ping frame every 200 ms and reads nothing.
+        Pings,
+        /// Sends nothing of its own but reads, so it answers our pings with pongs.
+        AnswersPings,
+    }
+
+    struct StandIn {
+        rest_url: String,
+        ws_url: String,
+        listen_keys: Arc<AtomicUsize>,
+        connections: Arc<AtomicUsize>,
+    }
+
+    async fn stand_in(peer: Peer, ws_api: bool) -> StandIn {
+        let listen_keys = Arc::new(AtomicUsize::new(0));
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let rest_url = format!("http://{}", http.local_addr().unwrap());
+        let counter = listen_keys.clone();
+        std::thread::spawn(move || {
+            for mut stream in http.incoming().flatten() {
+                let mut request = [0u8; 8192];
+                let n = std::io::Read::read(&mut stream, &mut request).unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..n]);
+                if request.starts_with("POST /fapi/v1/listenKey")
+                    || request.starts_with("POST /api/v3/userDataStream")
+                {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                let body = r#"{"listenKey":"standinkey1"}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+            }
+        });
+        let connections = Arc::new(AtomicUsize::new(0));
+        let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ws_url = format!("ws://{}", ws.local_addr().unwrap());
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = ws.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    if ws_api {
+                        // Answer the subscription (the WebSocket API's first request).
+                        let Some(Ok(Message::Text(request))) = ws.next().await else {
+                            return;
+                        };
+                        let request: Value = serde_json::from_str(request.as_str()).unwrap();
+                        let answer = json!({"id": request["id"], "status": 200, "result": {}});
+                        let _ = ws.send(Message::Text(answer.to_string().into())).await;
+                    }
+                    match peer {
+                        Peer::Silent => std::future::pending::<()>().await,
+                        Peer::Pings => loop {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                                return;
+                            }
+                        },
+                        Peer::AnswersPings => while let Some(Ok(_)) = ws.next().await {},
+                    }
+                });
+            }
+        });
+        StandIn {
+            rest_url,
+            ws_url,
+            listen_keys,
+            connections,
+        }
+    }
+
+    fn venue(kind: &str, stand_in: &StandIn) -> Binance {
+        std::env::set_var("MB_TEST_IDLE_KEY", "key");
+        std::env::set_var("MB_TEST_IDLE_SECRET", "secret");
+        let cfg = json!({"symbols": {"BTC-USDT": "BTCUSDT"}, "rest_url": stand_in.rest_url,
+                         "ws_url": stand_in.ws_url, "user_stream_idle_s": 1,
+                         "api_key_env": "MB_TEST_IDLE_KEY", "api_secret_env": "MB_TEST_IDLE_SECRET"});
+        Binance::from_config("b", kind, Mode::Testnet, cfg).unwrap()
+    }
+
+    /// The next Health event within `wait`, if any (order events are not expected here).
+    async fn health(
+        rx: &mut mpsc::UnboundedReceiver<VenueEvent>,
+        wait: Duration,
+    ) -> Option<(bool, String)> {
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(VenueEvent::Health { connected, detail })) => Some((connected, detail)),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => None,
+        }
+    }
+
+    /// Connected, then the silent connection is dropped (stream down, as on a disconnect:
+    /// the router queries working orders meanwhile), then connected again: a second
+    /// connection, and for a listenKey stream a second listenKey request.
+    async fn a_silent_stream_is_dropped_and_reconnected(kind: &str, ws_api: bool) {
+        let stand_in = stand_in(Peer::Silent, ws_api).await;
+        let venue = venue(kind, &stand_in);
+        let (events, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(venue.clone().stream_loop(events));
+        let wait = Duration::from_secs(5);
+        assert!(matches!(health(&mut rx, wait).await, Some((true, _))));
+        assert!(venue.state().stream_up);
+        let (connected, detail) = health(&mut rx, wait).await.expect("never taken as down");
+        assert!(!connected && detail.contains("nothing heard"), "{detail}");
+        assert!(!venue.state().stream_up);
+        assert!(matches!(health(&mut rx, wait).await, Some((true, _))));
+        assert_eq!(stand_in.connections.load(Ordering::SeqCst), 2);
+        let listen_keys = if ws_api { 0 } else { 2 };
+        assert_eq!(stand_in.listen_keys.load(Ordering::SeqCst), listen_keys);
+        task.abort();
+    }
+
+    /// A stream that is quiet but alive (the venue's pings, or pongs to ours) stays up.
+    async fn a_live_quiet_stream_stays_up(kind: &str, ws_api: bool, peer: Peer) {
+        let stand_in = stand_in(peer, ws_api).await;
+        let venue = venue(kind, &stand_in);
+        let (events, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(venue.clone().stream_loop(events));
+        assert!(matches!(
+            health(&mut rx, Duration::from_secs(5)).await,
+            Some((true, _))
+        ));
+        // Three deadlines of 1 s without a text frame.
+        assert_eq!(health(&mut rx, Duration::from_millis(3_200)).await, None);
+        assert!(venue.state().stream_up);
+        assert_eq!(stand_in.connections.load(Ordering::SeqCst), 1);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn idle_listen_key_stream_is_dropped_and_reconnected() {
+        a_silent_stream_is_dropped_and_reconnected("binance_futures", false).await;
+    }
+
+    #[tokio::test]
+    async fn idle_ws_api_stream_is_dropped_and_reconnected() {
+        a_silent_stream_is_dropped_and_reconnected("binance_spot", true).await;
+    }
+
+    #[tokio::test]
+    async fn idle_deadline_is_reset_by_the_venues_pings_listen_key() {
+        a_live_quiet_stream_stays_up("aster", false, Peer::Pings).await;
+    }
+
+    #[tokio::test]
+    async fn idle_deadline_is_reset_by_the_venues_pings_ws_api() {
+        a_live_quiet_stream_stays_up("binance_spot", true, Peer::Pings).await;
+    }
+
+    #[tokio::test]
+    async fn idle_deadline_is_reset_by_pongs_to_our_ping() {
+        a_live_quiet_stream_stays_up("binance_futures", false, Peer::AnswersPings).await;
+        a_live_quiet_stream_stays_up("binance_spot", true, Peer::AnswersPings).await;
+    }
+
+    #[test]
+    fn idle_deadline_defaults_by_flavour_and_is_bounded() {
+        std::env::set_var("MB_TEST_IDLE_KEY", "key");
+        std::env::set_var("MB_TEST_IDLE_SECRET", "secret");
+        let cfg = json!({"symbols": {"BTC-USDT": "BTCUSDT"},
+                         "api_key_env": "MB_TEST_IDLE_KEY", "api_secret_env": "MB_TEST_IDLE_SECRET"});
+        for (kind, secs) in [
+            ("binance_spot", 60),
+            ("binance_futures", 600),
+            ("aster", 600),
+        ] {
+            let venue = Binance::from_config("b", kind, Mode::Live, cfg.clone()).unwrap();
+            assert_eq!(
+                venue.inner.user_stream_idle,
+                Duration::from_secs(secs),
+                "{kind}"
+            );
+        }
+        let mut set = cfg.clone();
+        set["user_stream_idle_s"] = json!(90);
+        let venue = Binance::from_config("b", "binance_spot", Mode::Live, set).unwrap();
+        assert_eq!(venue.inner.user_stream_idle, Duration::from_secs(90));
+        for bad in [json!(0), json!(86_401), json!(u64::MAX)] {
+            let mut set = cfg.clone();
+            set["user_stream_idle_s"] = bad;
+            let err = Binance::from_config("b", "binance_futures", Mode::Live, set).unwrap_err();
+            assert!(format!("{err:#}").contains("user_stream_idle_s"), "{err:#}");
+        }
     }
 }

@@ -26,7 +26,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
@@ -42,8 +42,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 use super::{
-    AccountState, Exchange, Mode, Submitted, VenueBalance, VenueError, VenueEvent, VenueOrder,
-    VenuePosition, VenueStatus,
+    AccountState, Due, Exchange, Mode, ReadDeadline, Submitted, VenueBalance, VenueError,
+    VenueEvent, VenueOrder, VenuePosition, VenueStatus,
 };
 use crate::venue::Routed;
 
@@ -1139,25 +1139,31 @@ impl Hyperliquid {
         }
         *backoff = Duration::from_secs(1);
         self.health(true, format!("{url}: subscribed userFills, orderUpdates"));
+        // A ping after `ping` of silence, dead after twice that (the shared read deadline).
         let ping = Duration::from_secs(self.inner.settings.ping_secs.max(1));
-        let mut last_heard = Instant::now();
+        let mut liveness = ReadDeadline::new(ping * 2, Some(ping));
         loop {
             if events.is_closed() {
                 return Ok(());
             }
-            match tokio::time::timeout(ping, ws.next()).await {
-                Err(_) => {
-                    if last_heard.elapsed() > ping * 2 {
-                        return Err(format!("nothing heard for {:?}", last_heard.elapsed()));
+            let message = tokio::select! {
+                message = ws.next() => message,
+                due = liveness.due() => {
+                    match due {
+                        Due::Ping => ws
+                            .send(Message::Text(r#"{"method":"ping"}"#.into()))
+                            .await
+                            .map_err(|e| format!("ping: {e}"))?,
+                        Due::Dead(silent) => return Err(format!("nothing heard for {silent:?}")),
                     }
-                    ws.send(Message::Text(r#"{"method":"ping"}"#.into()))
-                        .await
-                        .map_err(|e| format!("ping: {e}"))?;
+                    continue;
                 }
-                Ok(None) => return Err("closed by the venue".into()),
-                Ok(Some(Err(e))) => return Err(format!("read: {e}")),
-                Ok(Some(Ok(msg))) => {
-                    last_heard = Instant::now();
+            };
+            match message {
+                None => return Err("closed by the venue".into()),
+                Some(Err(e)) => return Err(format!("read: {e}")),
+                Some(Ok(msg)) => {
+                    liveness.heard();
                     match msg {
                         Message::Text(text) => self.on_frame(text.as_str()),
                         Message::Close(frame) => {

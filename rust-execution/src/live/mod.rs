@@ -172,6 +172,58 @@ pub enum VenueEvent {
     Health { connected: bool, detail: String },
 }
 
+/// A private stream's read deadline (Binance user data stream, Hyperliquid user feeds). A
+/// half-open connection (the peer gone without FIN/RST: a NAT timeout, a dead link) reads
+/// nothing and errs never, so without it a dead stream looks up forever: no fills, no REST
+/// fallback. Every frame heard (text, ping, pong) pushes the deadline back; `ping_after` of
+/// silence first asks the venue once (the caller sends its ping), `idle` of silence and the
+/// connection is dead: the caller drops it and reconnects as after a disconnect.
+#[derive(Debug)]
+pub(crate) struct ReadDeadline {
+    idle: Duration,
+    ping_after: Option<Duration>,
+    last_heard: tokio::time::Instant,
+    pinged: bool,
+}
+
+/// What a [`ReadDeadline`] says is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Nothing heard for `ping_after`: send a ping.
+    Ping,
+    /// Nothing heard for this long (at least `idle`): the connection is dead.
+    Dead(Duration),
+}
+
+impl ReadDeadline {
+    /// `ping_after` at or beyond `idle` is no ping at all.
+    pub(crate) fn new(idle: Duration, ping_after: Option<Duration>) -> Self {
+        ReadDeadline {
+            idle,
+            ping_after: ping_after.filter(|p| *p < idle),
+            last_heard: tokio::time::Instant::now(),
+            pinged: false,
+        }
+    }
+
+    /// A frame arrived.
+    pub(crate) fn heard(&mut self) {
+        self.last_heard = tokio::time::Instant::now();
+        self.pinged = false;
+    }
+
+    /// Resolves when a ping or the end is due (cancel-safe: a `select!` branch).
+    pub(crate) async fn due(&mut self) -> Due {
+        if let Some(ping_after) = self.ping_after.filter(|_| !self.pinged) {
+            tokio::time::sleep_until(self.last_heard + ping_after).await;
+            self.pinged = true;
+            return Due::Ping;
+        }
+        tokio::time::sleep_until(self.last_heard + self.idle).await;
+        Due::Dead(self.last_heard.elapsed())
+    }
+}
+
 /// A real venue. Methods take `&self`: adapters keep their state (symbol rules, time
 /// offset, rate-limit budget) behind an `Arc`, so clones share it.
 pub trait Exchange: Clone + Send + Sync + 'static {
