@@ -180,7 +180,28 @@ impl Engine {
     /// Apply one report of the EXEC stream. Err = a report that claims a fill but
     /// lacks what a fill needs, or whose fill does not fit a decimal (it goes to
     /// errors.risk; nothing was changed; the latter halts the account).
+    ///
+    /// On the report's own clock (`ts`): a backtest, whose reports carry the simulated time.
+    /// The service uses `apply_report_at`.
     pub fn apply_report(&mut self, report: &ExecutionReport) -> Result<ReportEffect, String> {
+        self.apply_report_at(report, report.ts)
+    }
+
+    /// `apply_report` of a report received at `now_ns` (risk's clock). The UTC day and the
+    /// loss latch move on the reports' clock during the rebuild and on risk's once ready,
+    /// and never past `now_ns`: a report dated ahead (execution's clock, or its stolen
+    /// credential) would push the day start ahead, and no real day would roll it again
+    /// (daily loss measured from a stale start: a real day's loss missed, a latch kept).
+    pub fn apply_report_at(
+        &mut self,
+        report: &ExecutionReport,
+        now_ns: u64,
+    ) -> Result<ReportEffect, String> {
+        let clock = if self.ready {
+            now_ns
+        } else {
+            report.ts.min(now_ns)
+        };
         let Some(order_id) = &report.client_order_id else {
             return Ok(ReportEffect::NoOrder);
         };
@@ -206,7 +227,7 @@ impl Engine {
         if self.applied.contains(&key) {
             return Ok(ReportEffect::Duplicate);
         }
-        self.roll_day(report.ts);
+        self.roll_day(clock);
         if let Some((symbol, fill)) = fill {
             self.invalidate_totals();
             if let Err(Overflow) = self.ledger.apply(symbol, &fill) {
@@ -238,7 +259,7 @@ impl Engine {
             report.status,
         );
         self.watermarks.observe(self.totals().equity);
-        self.latch_breaches(report.ts);
+        self.latch_breaches(clock);
         Ok(ReportEffect::Applied)
     }
 

@@ -707,7 +707,7 @@ async fn on_report(
             return None;
         }
     };
-    match engine.apply_report(&report) {
+    match engine.apply_report_at(&report, steady_ns()) {
         Ok(ReportEffect::Duplicate) => {
             tracing::debug!(subject, client_order_id = ?report.client_order_id, "duplicate report skipped");
         }

@@ -861,6 +861,50 @@ async fn a_tripped_loss_limit_stays_latched_across_a_restart_until_released() {
     assert_eq!(code(&check_with_a_mark(client, "l-3").await), "approved");
 }
 
+/// A report dated 1,000 days ahead (what a stolen execution credential may store in EXEC)
+/// does not move risk's UTC day: a loss limit tripped after it latches for today, so the
+/// next real day ends it (and measures its own loss from its own start).
+#[tokio::test]
+async fn a_report_dated_ahead_does_not_move_the_day() {
+    const DAY: u64 = 86_400_000_000_000;
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let client = &bus.client;
+    let _risk = rebuilt_long_sol_without_heartbeats(&server, &bus, "ah-1").await;
+    let today = moonbus_common::now_ns() / DAY;
+    let mut ahead = report("ah-2", "BUY", "1", "150", "0");
+    ahead["symbol"] = json!("SOL-USDC");
+    ahead["ts"] = json!(moonbus_common::now_ns() + 1000 * DAY);
+    bus.js
+        .publish("exec.report.SOL-USDC", body(&ahead))
+        .await
+        .expect("publish")
+        .await
+        .expect("stream ack");
+    eventually("the report dated ahead applied", || async {
+        let reply = try_request(client, "risk.api.positions", Bytes::from_static(b"{}")).await?;
+        let sol = reply["positions"]
+            .as_array()?
+            .iter()
+            .find(|p| p["symbol"] == "SOL-USDC")?
+            .clone();
+        (sol["quantity"] == "31").then_some(())
+    })
+    .await;
+    // 31 SOL marked 20 lower: past max_daily_loss, latched for today.
+    client
+        .publish("md.tick.sim.SOL-USDC", body(&tick("SOL-USDC", 1, "130")))
+        .await
+        .unwrap();
+    let latch = kv_value(&bus, "risk.loss_latch", |v| v.is_object()).await;
+    assert_eq!(latch["breaches"], json!(["max_daily_loss"]));
+    assert!(latch["day"].as_u64().unwrap() <= today + 1, "{latch}");
+    assert!(
+        latch["since_ts"].as_u64().unwrap() < moonbus_common::now_ns() + DAY,
+        "{latch}"
+    );
+}
+
 /// Ticks that arrive together are applied in batches (rust-risk/src/ticks.rs), one
 /// account sum per batch, but a symbol's second tick waits for the next batch: a dip
 /// past the loss limit and its recovery published back to back, inside a burst of other

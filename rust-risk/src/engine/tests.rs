@@ -1424,3 +1424,40 @@ fn the_exposure_of_the_other_symbols_is_what_a_scan_of_every_reservation_gives()
     assert_eq!(engine.exposure_except(&sym("ADA-USD")), d("1994"));
     assert_eq!(engine.exposure_except(&sym("SOL-USDC")), d("494"));
 }
+
+/// A report dated far ahead (execution's clock, or a stolen execution credential), in
+/// the rebuild or once ready, must not move the UTC day: the next real day starts the
+/// day's PnL again, so its loss trips max_daily_loss (else it was measured from the
+/// equity of the day the report named, and a real day's loss passed unseen).
+#[test]
+fn a_report_dated_ahead_moves_no_day() {
+    for ready_first in [true, false] {
+        let mut engine = Engine::new(no_breaker_engine().settings.clone(), T0);
+        if ready_first {
+            engine.mark_ready(T0);
+        }
+        let mut ahead = report("ahead", "BUY", "ACCEPTED", "0", None);
+        ahead.ts = T0 + 1000 * DAY;
+        engine.apply_report_at(&ahead, T0 + MS).unwrap();
+        engine.mark_ready(T0 + MS);
+        // The day goes up 975: 39 bought at 100, marked 125.
+        engine
+            .apply_report_at(&filled("f", "BUY", "39", "100"), T0 + 2 * MS)
+            .unwrap();
+        engine.apply_tick(&tick("BTC-USD", "125"), T0 + 3 * MS);
+        // The next real day starts at 10975 and loses 585.
+        engine.heartbeat(T0 + DAY);
+        engine.apply_tick(&tick("BTC-USD", "110"), T0 + DAY + MS);
+        let account = engine.account(T0 + DAY + MS);
+        assert_eq!(
+            account.day_pnl.get(),
+            d("-585"),
+            "ready first: {ready_first}"
+        );
+        assert_eq!(account.state, TradingState::ReduceOnly);
+        assert_eq!(
+            code(&engine.check(&request("b", "BUY", "1"), T0 + DAY + 2 * MS)),
+            "account_reduce_only"
+        );
+    }
+}
