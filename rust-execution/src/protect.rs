@@ -377,14 +377,25 @@ impl Protections {
     /// Fill in `parent_order_id` and `child_kind` of the reports of exits.
     pub fn tag(&self, reports: &mut [ExecutionReport]) {
         for report in reports {
-            let Some(id) = &report.client_order_id else {
-                continue;
-            };
-            if let Some((parent, kind)) = self.exits.get(id) {
+            if let Some((parent, kind)) = self.exit_of(report) {
                 report.parent_order_id.get_or_insert_with(|| parent.clone());
                 report.child_kind.get_or_insert(*kind);
             }
         }
+    }
+
+    /// The protection (parent, leg) whose exit `report` is about. Only an order of agent
+    /// `protection` is an exit: another agent's order may carry an exit's id in its payload
+    /// (stored just as the protection triggers, before the exit), and its fills are not
+    /// the exit's.
+    fn exit_of(&self, report: &ExecutionReport) -> Option<&(ClientOrderId, ChildKind)> {
+        let by_protection = report
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.as_str() == subjects::PROTECTION_AGENT);
+        self.exits
+            .get(report.client_order_id.as_ref()?)
+            .filter(|_| by_protection)
     }
 
     /// A report stored in EXEC: an entry's fill arms (or grows) its protection, an entry
@@ -394,7 +405,7 @@ impl Protections {
         let Some(id) = &report.client_order_id else {
             return;
         };
-        if let Some((parent, _)) = self.exits.get(id).cloned() {
+        if let Some((parent, _)) = self.exit_of(report).cloned() {
             self.on_exit_report(&parent, id, report);
             return;
         }
@@ -1219,8 +1230,14 @@ mod tests {
         } else {
             ""
         };
+        // An exit's reports are of agent `protection` (its exits), the entry's of its own.
+        let agent = if id.contains("-x") {
+            "protection"
+        } else {
+            "trading"
+        };
         serde_json::from_str(&format!(
-            r#"{{"client_order_id":"{id}","symbol":"BTC-USD","status":"{status}",
+            r#"{{"client_order_id":"{id}","agent":"{agent}","symbol":"BTC-USD","status":"{status}",
                 "filled_quantity":"{filled}"{avg}{reason},"timings":{{}},"ts":1}}"#
         ))
         .unwrap()

@@ -1140,6 +1140,61 @@ async fn a_foreign_message_id_cannot_drop_a_protection_exit() {
     assert_eq!(exit.client_order_id.unwrap().as_str(), "gw-prot-1-x1");
 }
 
+/// The trading agent's own order whose payload id is a protection's exit id
+/// (`<parent>-x1`, under a message id of its own), stored just as the stop triggers: its
+/// fill is not the exit's. Neither its reports nor the protection may count it as the
+/// exit (a BUY, it would mark the long "closed" while doubling it).
+#[tokio::test]
+async fn a_forged_order_named_like_a_protection_exit_is_not_counted_as_the_exit() {
+    let system = System::start().await;
+    // Every BTC-USD check takes 300 ms: the forged order waits for risk while the stop
+    // triggers (ticks every 20 ms) and names its exit.
+    fake_risk(&system.client, RiskMode::SlowFor("BTC-USD")).await;
+    let mut entry = order("gw-prot-2", "BUY");
+    entry["agent"] = json!("gateway");
+    entry["protection"] = json!({"stop_loss": "96000"});
+    system.submit("BTC-USD", &entry, Some("gw-prot-2")).await;
+    system
+        .wait_report("the entry filled", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-prot-2")
+                && r.status == OrderStatus::Filled
+        })
+        .await;
+    let forged = order("gw-prot-2-x1", "BUY");
+    system.submit("BTC-USD", &forged, Some("trd-forge-1")).await;
+    system.set_quote(Quote {
+        price: "95000.00",
+        bid: "94999.00",
+        ask: "95001.00",
+    });
+    let (_, forged_fill) = system
+        .wait_report("the forged order filled", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-prot-2-x1")
+                && r.agent.as_ref().is_some_and(|a| a.as_str() == "trading")
+                && ledger_final(r.status)
+        })
+        .await;
+    assert_eq!(forged_fill.parent_order_id, None, "{forged_fill:?}");
+    assert_eq!(forged_fill.child_kind, None, "{forged_fill:?}");
+    // The protection does not take the forged fill for its exit's.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = system
+        .client
+        .request(
+            "$JS.API.DIRECT.GET.KV_moonbus.$KV.moonbus.exec.protection.gw-prot-2",
+            "".into(),
+        )
+        .await
+        .expect("the protection's record");
+    let state: Value = serde_json::from_slice(&state.payload).expect("json");
+    assert_ne!(state["state"], json!("CLOSED"), "{state}");
+    assert_eq!(state["exited"], json!("0"), "{state}");
+}
+
 /// The risk agent reads `exec.report.>`, so it sees the gateway's algo parent and how many
 /// children it sent: an order of its own named like the next child (`<parent>__s2`) is
 /// refused, but must not take that id away from the child the algo sends next (the
