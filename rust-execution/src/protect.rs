@@ -409,6 +409,10 @@ impl Protections {
             self.on_exit_report(&parent, id, report);
             return;
         }
+        if let Some((parent, _)) = self.exits.get(id).cloned() {
+            self.on_exit_taken(&parent, id, report);
+            return;
+        }
         let wall = self.wall();
         let Some(record) = self.records.get_mut(id) else {
             return;
@@ -502,6 +506,34 @@ impl Protections {
             "protection exit {id} of {parent} {}: {why}; tried again in {delay:?}",
             report.status
         );
+        self.events.push((subject, text));
+    }
+
+    /// Another agent's order took the id of an exit (stored just as the protection
+    /// triggered): the exit sent under it is then a duplicate the ledger drops, so the
+    /// protection would wait for it for ever. It goes again at once, under the next id
+    /// the ledger does not know (`next_attempt`).
+    fn on_exit_taken(
+        &mut self,
+        parent: &ClientOrderId,
+        id: &ClientOrderId,
+        report: &ExecutionReport,
+    ) {
+        let mono = self.mono();
+        let Some(record) = self.records.get_mut(parent) else {
+            return;
+        };
+        let stored = &record.stored;
+        if stored.state.exit_order_id.as_ref() != Some(id)
+            || !stored.is_active()
+            || record.retry_at.is_some()
+        {
+            return;
+        }
+        record.retry_at = Some(mono);
+        let agent = report.agent.as_ref().map_or("?", |a| a.as_str());
+        let subject = subjects::orders_submit(subjects::PROTECTION_AGENT, &stored.state.symbol);
+        let text = format!("protection exit {id} of {parent}: the id was taken by an order of agent {agent}; sent again under the next id");
         self.events.push((subject, text));
     }
 

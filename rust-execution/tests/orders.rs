@@ -1143,7 +1143,8 @@ async fn a_foreign_message_id_cannot_drop_a_protection_exit() {
 /// The trading agent's own order whose payload id is a protection's exit id
 /// (`<parent>-x1`, under a message id of its own), stored just as the stop triggers: its
 /// fill is not the exit's. Neither its reports nor the protection may count it as the
-/// exit (a BUY, it would mark the long "closed" while doubling it).
+/// exit (a BUY, it would mark the long "closed" while doubling it); and the exit goes
+/// again under the next id, since the ledger now drops the one sent under the taken id.
 #[tokio::test]
 async fn a_forged_order_named_like_a_protection_exit_is_not_counted_as_the_exit() {
     let system = System::start().await;
@@ -1180,7 +1181,22 @@ async fn a_forged_order_named_like_a_protection_exit_is_not_counted_as_the_exit(
         .await;
     assert_eq!(forged_fill.parent_order_id, None, "{forged_fill:?}");
     assert_eq!(forged_fill.child_kind, None, "{forged_fill:?}");
-    // The protection does not take the forged fill for its exit's.
+    // The protection does not take the forged fill for its exit's, and its exit, whose id
+    // was taken (the one sent under it is a duplicate the ledger drops), goes again under
+    // the next id and closes it.
+    let (_, exit) = system
+        .wait_report("the exit under the next id filled", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-prot-2-x2")
+                && r.status == OrderStatus::Filled
+        })
+        .await;
+    assert_eq!(exit.agent.as_ref().map(|a| a.as_str()), Some("protection"));
+    assert_eq!(
+        exit.parent_order_id.as_ref().map(|p| p.as_str()),
+        Some("gw-prot-2")
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let state = system
         .client
@@ -1191,8 +1207,13 @@ async fn a_forged_order_named_like_a_protection_exit_is_not_counted_as_the_exit(
         .await
         .expect("the protection's record");
     let state: Value = serde_json::from_slice(&state.payload).expect("json");
-    assert_ne!(state["state"], json!("CLOSED"), "{state}");
-    assert_eq!(state["exited"], json!("0"), "{state}");
+    assert_eq!(state["state"], json!("CLOSED"), "{state}");
+    assert_eq!(state["exit_order_id"], json!("gw-prot-2-x2"), "{state}");
+    assert_eq!(
+        state["exited"],
+        json!(exit.filled_quantity.get().to_string()),
+        "{state}"
+    );
 }
 
 /// The risk agent reads `exec.report.>`, so it sees the gateway's algo parent and how many
