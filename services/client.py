@@ -39,7 +39,7 @@ from pydantic import BaseModel, ValidationError
 from services.cli.connection import CliError, Target
 from services.ops import orderlog
 from services.contract import subjects as S
-from services.common.bus import ApiError, Bus, inbox_prefix, server_urls
+from services.common.bus import ApiError, Bus, flush, inbox_prefix, server_urls
 from services.contract.catalogue import model_for
 from services.contract.models import (
     Bar,
@@ -223,7 +223,7 @@ class MoonbusClient:
         contract's for each subject (services/contract/catalogue.py) unless given. Messages that
         do not parse are skipped. Ends after `limit` messages, or when the loop breaks."""
         sub = await self.nc.subscribe(subject)
-        await self.nc.flush()
+        await flush(self.nc)
         seen = 0
         try:
             async for msg in sub.messages:

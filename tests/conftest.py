@@ -31,7 +31,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from services.common.bus import Bus
+from services.common.bus import Bus, flush
 from services.contract.models import PositionsReply
 from services.devstack.launcher import SERVICES, System, all_active, risk_states
 from services.devstack.natsserver import NatsServer, find_nats_server, free_port, load_or_create_credentials
@@ -80,7 +80,7 @@ class MoonClient(Client):
         """Subscribe to `subject`; every message lands in the returned queue."""
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         await self.subscribe(subject, cb=queue.put)
-        await self.flush()
+        await flush(self)
         return queue
 
 

@@ -50,6 +50,7 @@ from nats.aio.msg import Msg
 from services.backtest import data
 from services.backtest import engine as backtest_engine
 from services.common import config as moon_config
+from services.common.bus import flush
 from services.common.streams import read_stream
 from services.contract import subjects as S
 from services.contract.models import (
@@ -285,7 +286,7 @@ class Watch:
         await nc.subscribe(S.ALL_VERDICTS, cb=on(Verdict, lambda v: self.verdicts.__setitem__(v.symbol, v)))
         await nc.subscribe(S.ACCOUNT, cb=on(AccountState, account))
         await nc.subscribe(S.ALL_FEED_STATUS, cb=on(FeedStatus, status))
-        await nc.flush()
+        await flush(nc)
 
     @property
     def orders(self) -> int:

@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from services.contract import subjects as S
-from services.common.bus import inbox_prefix
+from services.common.bus import flush, inbox_prefix
 from services.contract.users import SERVICE_USERS
 from services.common.streams import EXEC, KV_BUCKET, KV_STREAM, ORDERS
 
@@ -127,7 +127,7 @@ async def _watch(watcher: Probe, subject: str) -> asyncio.Queue:
     assert watcher.nc
     queue: asyncio.Queue = asyncio.Queue()
     await watcher.nc.subscribe(subject, cb=queue.put)
-    await watcher.nc.flush()
+    await flush(watcher.nc)
     return queue
 
 
@@ -245,7 +245,7 @@ async def read_others_replies(a: Auditor, watcher: Probe, user: str, safe: bool)
 
     for subject in ["_INBOX.>", *(f"_INBOX.{u}.>" for u in SERVICE_USERS if u != user)]:
         await attacker.nc.subscribe(subject, cb=got)
-    await attacker.nc.flush()
+    await flush(attacker.nc)
     await asyncio.sleep(0.05)
     # Another service asks something; the JetStream API replies to that service's inbox.
     asker = await a.connect("execution" if user != "execution" else "risk")
@@ -266,7 +266,7 @@ async def take_or_ack_orders(a: Auditor, watcher: Probe, user: str, safe: bool) 
                                     {"batch": 1, "no_wait": True})
     assert attacker.nc
     await attacker.nc.publish(f"$JS.ACK.{ORDERS}.execution.1.1.1.1.0", b"+TERM")
-    await attacker.nc.flush()
+    await flush(attacker.nc)
     await asyncio.sleep(SETTLE_S)
     # (The consumer itself moves on with the orders of a live system: the refusals are the proof.)
     held = answer is None and attacker.refused("$JS.ACK")
@@ -388,7 +388,7 @@ async def order_as_another_agent(a: Auditor, watcher: Probe, user: str, safe: bo
         for kind in kinds:
             # Never a valid order: even stored, execution would only reject it.
             await attacker.nc.publish(S.orders(kind, agent, symbol), b'{"audit": true}')
-    await attacker.nc.flush()
+    await flush(attacker.nc)
     await asyncio.sleep(SETTLE_S)
     found = await _last_on(watcher, ORDERS, S.orders("*", "*", symbol))
     held = attacker.refused(S.ORDERS_PREFIX) and found is None
@@ -473,7 +473,7 @@ async def forge_state_or_dead_letters(a: Auditor, watcher: Probe, user: str, saf
     for _, subject in targets:
         await attacker.nc.publish(subject, marker)
     await attacker.nc.publish(S.DEAD_LETTER_ADVISORY, json.dumps(advisory).encode())
-    await attacker.nc.flush()
+    await flush(attacker.nc)
     await asyncio.sleep(SETTLE_S)
     broken = [f"not refused: {subject}" for _, subject in targets if not attacker.refused(subject)]
     if not attacker.refused("MAX_DELIVERIES"):
@@ -497,7 +497,7 @@ async def hijack_backtests(a: Auditor, watcher: Probe, user: str, safe: bool) ->
     subs = [await attacker.nc.subscribe(S.BACKTEST_RUN)]
     if user != "backtest":  # its own queue group is the workers' role
         subs.append(await attacker.nc.subscribe(S.BACKTEST_RUN, queue=S.BACKTEST_QUEUE))
-    await attacker.nc.flush()
+    await flush(attacker.nc)
     await asyncio.sleep(SETTLE_S)
     if not attacker.refused(f'subscription to "{S.BACKTEST_RUN}"'):
         broken.append("subscribed to the sweep requests")
@@ -537,7 +537,7 @@ async def backtest_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool
     queues = [await _watch(watcher, subject) for subject in forged]
     for subject in forged:
         await attacker.nc.publish(subject, b'{"audit": true}')
-    await attacker.nc.flush()
+    await flush(attacker.nc)
     await asyncio.sleep(SETTLE_S)
     broken += [f"subscribed to {s}" for s in (S.ALL_REPORTS, S.ORDERS_ALL) if not attacker.refused(f'"{s}"')]
     broken += [f"forged {s}" for s, q in zip(forged, queues) if q.qsize() or not attacker.refused(s)]
@@ -559,7 +559,7 @@ async def forge_venue_accounts(a: Auditor, watcher: Probe, user: str, safe: bool
     queues = {subject: await _watch(watcher, subject) for subject in targets}
     for subject in targets:
         await attacker.nc.publish(subject, marker)
-    await attacker.nc.flush()
+    await flush(attacker.nc)
     await asyncio.sleep(SETTLE_S)
     broken = [f"not refused: {subject}" for subject in targets if not attacker.refused(subject)]
     broken += [f"delivered on {subject}" for subject, queue in queues.items() if not queue.empty()]
@@ -579,7 +579,7 @@ async def forge_protections(a: Auditor, watcher: Probe, user: str, safe: bool) -
         return Result("forge a protection's state", user, True, "its own subject")
     queue = await _watch(watcher, subject)
     await attacker.nc.publish(subject, f'{{"audit": "{_uid()}"}}'.encode())
-    await attacker.nc.flush()
+    await flush(attacker.nc)
     await asyncio.sleep(SETTLE_S)
     broken = [] if attacker.refused(subject) else [f"not refused: {subject}"]
     broken += [f"delivered on {subject}"] if not queue.empty() else []

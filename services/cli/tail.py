@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from services.contract.catalogue import model_for
+from services.common.bus import flush
 
 from .connection import CliError, Session
 from .render import message_line
@@ -95,7 +96,7 @@ async def tail(session: Session, pattern: str, console: Console, *, raw: bool = 
 
     try:
         await session.nc.subscribe(pattern, cb=on_message)
-        await session.nc.flush(timeout=session.timeout)
+        await flush(session.nc, session.timeout)
     except Exception as e:
         raise CliError(f"cannot subscribe to {pattern!r}: {e}") from None
     denied = [e for e in session.server_errors if "permissions violation" in e.lower()]

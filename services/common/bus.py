@@ -120,6 +120,16 @@ def server_urls(url: str) -> list[str]:
     return servers
 
 
+async def flush(nc: Client, timeout: float = 10.0) -> None:
+    """`nc.flush()` with everything queued before it written first: then the server has our
+    SUBs and PUBs when the PONG comes (a subscription taken in, a permission refused). nats-py
+    (2.16) writes flush()'s PING straight to the socket, ahead of what its flusher task has
+    not written yet, so a plain flush() can return before the server has them."""
+    if nc.is_connected:
+        await nc._flush_pending(force_flush=True)  # the flusher writes the queue, then resolves
+    await nc.flush(timeout)
+
+
 def validation_summary(error: ValidationError) -> str:
     """The first few problems of a validation error, one line, fit to send back."""
     parts = []

@@ -24,7 +24,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from services.common.bus import ApiError, Bus
+from services.common.bus import ApiError, Bus, flush
 from services.common.streams import KV_STREAM, read_stream
 from services.contract import subjects as S
 from services.contract.catalogue import model_for
@@ -120,7 +120,7 @@ class Live:
         for topic, subjects in TOPICS.items():
             for subject in subjects:
                 self._subs.append(await bus.client.subscribe(subject, cb=self._handler(topic)))
-        await bus.client.flush()  # the server has the subscriptions: nothing published after is missed
+        await flush(bus.client)  # the server has the subscriptions: nothing published after is missed
         await self.seed(bus)
 
     async def seed(self, bus: Bus, timeout: float = 2.0) -> None:

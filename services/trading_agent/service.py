@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.contract import subjects as S
-from services.common.bus import ApiError, Bus, OrderRefused
+from services.common.bus import ApiError, Bus, OrderRefused, flush
 from services.common.config import load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
@@ -161,6 +161,7 @@ class TradingService:
         self._subs.append(await self.bus.subscribe(S.bar(self.cfg.bar_interval, "*", "*"), Bar, on_bar, queue=SERVICE))
         if self.cfg.on_alerts:
             self._subs.append(await self.bus.subscribe(S.alert("*"), PriceAlert, on_alert, queue=SERVICE))
+        await flush(self.bus.client)  # started = the server has them: no bar after it goes undecided
 
     async def enqueue(self, event: Event, bar: Bar | None) -> None:
         metrics.labelled(metrics.EVENTS, event.kind).inc()
