@@ -20,6 +20,7 @@ from services.contract.models import (
     Sentiment,
     Signal,
     SwarmAskRequest,
+    Vote,
     VoteAction,
     decode,
     encode,
@@ -314,8 +315,6 @@ async def test_an_input_dated_far_ahead_is_refused_and_hides_no_later_one(connec
     svc = service.TradingService(await service_bus("trading-agent"), cfg_, service.RuleDecider(
         service.make_strategy("momentum", cfg_)))
     await svc.context.subscribe()
-    for nc in (swarm, news, risk):  # each publisher's round trip first: without it, one of
-        await nc.flush()               # their first messages was now and then not delivered
     symbol, far = "PIPF-USD", now_ns() + 10 * 365 * 86400 * S
     await swarm.publish(f"agent.swarm.{symbol}", encode(consensus(VoteAction.SELL, 1.0, symbol=symbol, ts=far)))
     await news.publish(f"agent.sentiment.{symbol}", encode(sentiment(-1.0, symbol=symbol, ts=far)))
@@ -398,7 +397,8 @@ async def test_an_oversized_sentiment_or_consensus_is_refused(connect, service_b
         if symbol in svc.context.sentiments and symbol in svc.context.consensus:
             break
         await asyncio.sleep(0.05)
-    assert len(svc.context.consensus[symbol].votes) == 32 and len(svc.context.sentiments[symbol].sources) == 32
+    # kept (a consensus without its votes and words: test_the_agent_keeps_a_consensus_without_its_votes_and_words)
+    assert symbol in svc.context.consensus and len(svc.context.sentiments[symbol].sources) == 32
     assert errors.empty()
 
 
@@ -446,3 +446,15 @@ async def test_past_the_symbol_cap_a_new_symbol_is_refused_and_a_known_one_updat
     event = json.loads((await asyncio.wait_for(errors.get(), 5)).data)
     assert event["subject"] == "agent.api.swarm.ask" and "symbol PIPN-USD refused" in event["reason"]
     assert sorted(ctx.consensus) == kept
+
+
+async def test_the_agent_keeps_a_consensus_without_its_votes_and_words() -> None:
+    """The pipeline reads a consensus's action, agreement and ts only: the rest (up to 32 votes
+    of 2,000-character reasonings, the question, the summary) is not kept per symbol."""
+    ctx = service.ContextSource(None, TradingConfig.model_validate({"pipeline": {"swarm": "veto"}}))  # type: ignore[arg-type]
+    vote = Vote(model="m", action=VoteAction.BUY, confidence=0.9, reasoning="r" * 2000, latency_ms=1.0)
+    full = consensus(VoteAction.BUY, 0.9, symbol="PIPS-USD", ts=now_ns()).model_copy(update={"votes": [vote] * 32})
+    await ctx.on_consensus(full)
+    kept = ctx.consensus["PIPS-USD"]
+    assert (kept.action, kept.agreement, kept.ts, kept.method) == (full.action, full.agreement, full.ts, full.method)
+    assert (kept.question, kept.summary, kept.votes) == ("", "", [])

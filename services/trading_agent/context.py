@@ -35,7 +35,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from services.contract import subjects as S
-from services.common.bus import ApiError, Bus, validation_summary
+from services.common.bus import ApiError, Bus, flush, validation_summary
 from services.common.caps import admit_symbol
 from services.contract.models import (
     AccountState,
@@ -442,7 +442,7 @@ class ContextSource:
         await self.bus.client.subscribe(S.ALL_TICKS, cb=self.ticks.on_message)
         # every closed bar, outside the queue group, before any md.api.history request (BarWindow)
         await self.bus.client.subscribe(S.bar(self.cfg.bar_interval, "*", "*"), cb=self.bars.on_message)
-        await self.bus.client.flush()
+        await flush(self.bus.client)
 
     async def _ahead(self, ts: int, subject: str, data: bytes) -> bool:
         """Whether `ts` is more than FUTURE_TOLERANCE_NS ahead of this clock: then the message
@@ -462,7 +462,10 @@ class ContextSource:
         if not await admit_symbol(self.bus, self.consensus, c.symbol, subject, data):
             return
         if c.symbol not in self.consensus or c.ts >= self.consensus[c.symbol].ts:
-            self.consensus[c.symbol] = c
+            # Kept without its votes and words: the pipeline reads action, agreement and ts
+            # only, and a symbol's entry stays small (what a stolen swarm credential can make
+            # 10,000 of them hold).
+            self.consensus[c.symbol] = c.model_copy(update={"question": "", "votes": [], "summary": ""})
 
     async def gather(self, event: Event, bar: Bar | None, bars_needed: int, sentiment: bool) -> Context:
         ctx = Context(event=event, bars=[])
