@@ -669,42 +669,34 @@ impl Algos {
         }
     }
 
-    /// An order named like a child (`...__s<n>`) that no working algo sent, or that came
-    /// from another agent than its parent's: refused without a report (engine.rs), since
-    /// a REJECTED report would put the id in the ledger and the genuine child, sent
-    /// later under that id, would be dropped as its duplicate (the algo waiting for it
-    /// for ever). The risk agent and the gateway read every parent's id on exec.report.>.
-    pub fn forged_child(&self, order: &OrderRequest) -> bool {
-        let id = &order.client_order_id;
-        if child_index(id.as_str()).is_none() {
-            return false;
-        }
-        match self.parent_of.get(id).and_then(|parent| self.get(parent)) {
-            Some(algo) => algo.parent.agent != order.agent,
-            None => !self.parent_of.contains_key(id),
-        }
-    }
-
     /// Whether a child order may go on: a child id belongs to a parent working here, is
     /// the child that parent published, and the parent is not stopping. Any other order
     /// whose id looks like a child's (`...__s<n>`) is refused: those ids are reserved.
-    pub fn admit_child(&self, order: &OrderRequest) -> Result<(), String> {
+    pub fn admit_child(&self, order: &OrderRequest) -> Result<(), ChildRefusal> {
         let id = &order.client_order_id;
         let Some(index) = child_index(id.as_str()) else {
             return Ok(());
         };
         let Some(parent) = self.parent_of.get(id) else {
-            return Err(format!(
+            return Err(ChildRefusal::Forged(format!(
                 "orphan_slice: {id} is named like an algo's child (…{SEPARATOR}<n>) but no working algo sent it"
-            ));
+            )));
         };
         let Some(algo) = self.get(parent) else {
-            return Err(format!("parent_ended: the algo {parent} of {id} has ended"));
+            return Err(ChildRefusal::Rejected(format!(
+                "parent_ended: the algo {parent} of {id} has ended"
+            )));
         };
+        if order.agent != algo.parent.agent {
+            return Err(ChildRefusal::Forged(format!(
+                "orphan_slice: {id} is named like a child of algo {parent}, which agent {} did not send",
+                order.agent
+            )));
+        }
         if let Some((_, reason)) = &algo.stop {
-            return Err(format!(
+            return Err(ChildRefusal::Rejected(format!(
                 "parent_stopping: the algo {parent} is stopping: {reason}"
-            ));
+            )));
         }
         let expected = &algo.parent;
         let quantity_differs = algo
@@ -713,17 +705,36 @@ impl Algos {
             .is_some_and(|q| *q != order.quantity);
         if index > algo.sent + 1
             || quantity_differs
-            || order.agent != expected.agent
             || order.side != expected.side
             || order.order_type != expected.order_type
             || order.limit_price != expected.limit_price
             || order.venue != expected.venue
         {
-            return Err(format!(
+            return Err(ChildRefusal::Rejected(format!(
                 "not_a_slice: {id} is not the child algo {parent} sent"
-            ));
+            )));
         }
         Ok(())
+    }
+}
+
+/// Why an order named like an algo's child may not go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChildRefusal {
+    /// REJECTED, reported as any refused order.
+    Rejected(String),
+    /// No working algo of its agent sent it: refused without a report (engine.rs), since a
+    /// REJECTED report would put the id in the ledger and the genuine child, sent later
+    /// under it, would be dropped as its duplicate (the algo waiting for it for ever). The
+    /// risk agent and the gateway read every parent's id on exec.report.>.
+    Forged(String),
+}
+
+impl ChildRefusal {
+    pub fn reason(&self) -> &str {
+        match self {
+            ChildRefusal::Rejected(reason) | ChildRefusal::Forged(reason) => reason,
+        }
     }
 }
 
@@ -1163,19 +1174,27 @@ mod tests {
         assert!(algos
             .admit_child(&forged)
             .unwrap_err()
+            .reason()
             .starts_with("not_a_slice: "));
         let mut forged = child.clone();
         forged.quantity = "0.9".parse().unwrap();
         assert!(algos
             .admit_child(&forged)
             .unwrap_err()
+            .reason()
             .starts_with("not_a_slice: "));
         let mut orphan = child.clone();
         orphan.client_order_id = ClientOrderId::try_from("x__s1").unwrap();
-        assert!(algos
-            .admit_child(&orphan)
-            .unwrap_err()
-            .starts_with("orphan_slice: "));
+        assert!(matches!(
+            algos.admit_child(&orphan),
+            Err(ChildRefusal::Forged(r)) if r.starts_with("orphan_slice: ")
+        ));
+        let mut foreign = child.clone();
+        foreign.agent = AgentName::try_from("risk").unwrap();
+        assert!(matches!(
+            algos.admit_child(&foreign),
+            Err(ChildRefusal::Forged(r)) if r.starts_with("orphan_slice: ")
+        ));
         let plain = parent("plain-1", "1", twap(3_000, 3));
         assert_eq!(algos.admit_child(&plain), Ok(()));
         algos
@@ -1185,6 +1204,7 @@ mod tests {
         assert!(algos
             .admit_child(&child)
             .unwrap_err()
+            .reason()
             .starts_with("parent_stopping: "));
         // Ended and forgotten: its late children are refused, their reports still tagged.
         let algo = algos.get_mut(&id).unwrap();
@@ -1198,6 +1218,7 @@ mod tests {
         assert!(algos
             .admit_child(&child)
             .unwrap_err()
+            .reason()
             .starts_with("parent_ended: "));
         let mut late = vec![child_report(&child, OrderStatus::Rejected, "0", None)];
         algos.tag(&mut late);

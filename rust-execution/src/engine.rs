@@ -48,6 +48,7 @@ use moonbus_common::{
 };
 use tokio::sync::mpsc;
 
+use crate::algo::ChildRefusal;
 use crate::deadletter::{self, Advisory};
 use crate::intake::{self, RawIds};
 use crate::jobs::{self, settle, Backoff, CancelAnswer, Checked, Done, Recording};
@@ -482,28 +483,28 @@ impl Engine {
             ..Timings::default()
         };
         let agent = subject_agent(&message.subject);
-        let route = intake::check_route(&order, agent, lane, &self.venue);
-        if route.is_ok() && self.algos.forged_child(&order) {
-            // No report: it would take the id from the child the algo sends later.
-            let reason = format!(
-                "orphan_slice: {} is named like an algo's child but no working algo of agent {} sent it",
-                order.client_order_id, order.agent
-            );
-            self.bus
-                .errors
-                .report(&message.subject, &reason, &message.payload)
-                .await;
-            settle(&message, AckKind::Ack).await;
-            return Step::Over;
-        }
-        let route = route.and_then(|()| self.algos.admit_child(&order));
-        if let Err(reason) = route {
-            let mut recording = Recording::for_message(lane, message, key);
-            recording.holds = Some(order.client_order_id.clone());
-            recording
-                .reports
-                .push(reports::rejected(&order, None, reason, timings));
-            return self.spawn_record(recording);
+        let route = intake::check_route(&order, agent, lane, &self.venue)
+            .map_err(ChildRefusal::Rejected)
+            .and_then(|()| self.algos.admit_child(&order));
+        match route {
+            Ok(()) => {}
+            Err(ChildRefusal::Forged(reason)) => {
+                // No report: it would take the id from the child the algo sends later.
+                self.bus
+                    .errors
+                    .report(&message.subject, &reason, &message.payload)
+                    .await;
+                settle(&message, AckKind::Ack).await;
+                return Step::Over;
+            }
+            Err(ChildRefusal::Rejected(reason)) => {
+                let mut recording = Recording::for_message(lane, message, key);
+                recording.holds = Some(order.client_order_id.clone());
+                recording
+                    .reports
+                    .push(reports::rejected(&order, None, reason, timings));
+                return self.spawn_record(recording);
+            }
         }
         if order.algo.is_some() {
             return self.begin_algo(lane, message, order, sequence, timings);
