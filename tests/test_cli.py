@@ -369,3 +369,21 @@ async def test_orders_and_trace(moon, connect) -> None:
 
     assert one_line_error(await moon("trace", f"cli-{uid()}", "--since", "10m")).startswith("moon: no order")
     assert "bad --since" in one_line_error(await moon("trace", coid, "--since", "soon"))
+
+
+def test_the_notifier_is_missing_only_where_a_supervisor_runs_it() -> None:
+    """Off by default (`[notifier] enabled = false`): a system without it is whole; one whose
+    launcher runs it misses it when it does not answer."""
+    from services.cli.status import EXPECTED, Service, Status
+    from services.ops.supervision import Supervised
+
+    every = {name: Service(name) for name in EXPECTED}
+    assert Status(every).missing == [] and Status(every).healthy
+    import time
+
+    run = {"notifier": Supervised(service="notifier", state="restarting", ts=time.time_ns())}
+    assert Status(every, supervision=run).missing == ["notifier"]
+    gone = {"notifier": Supervised(service="notifier", state="running", ts=time.time_ns() - 3600 * 10**9)}
+    assert Status(every, supervision=gone).healthy  # a launcher that ran it is gone
+    assert Status({**every, "notifier": Service("notifier")}, supervision=run).healthy
+    assert Status({k: v for k, v in every.items() if k != "risk"}).missing == ["risk"]

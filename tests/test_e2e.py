@@ -87,6 +87,26 @@ async def test_every_service_answers_the_service_api(system: System) -> None:
         await nc.close()
 
 
+async def test_moon_status_calls_the_default_system_healthy(system: System) -> None:
+    """What `make run` starts (the notifier is off by default) is the whole system: `moon
+    status` exits 0 and misses nothing once every service is up."""
+    from typer.testing import CliRunner
+
+    from services.cli.main import app
+
+    env = system.env_for("operator")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["status", "--json"], env=env)
+        status = json.loads(result.stdout)
+        if result.exit_code == 0 or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert result.exit_code == 0 and status["healthy"], (status["missing"], status["problems"])
+    assert status["missing"] == [] and "notifier" not in {s["name"] for s in status["services"]}
+
+
 async def test_a_tick_triggered_order_is_filled_and_shows_in_the_position(system: System) -> None:
     nc = await _operator(system)
     js = nc.jetstream()

@@ -44,8 +44,11 @@ from services.contract.users import SERVICE_USERS
 from .connection import Session, explain
 from .render import age, cells, duration, money, signed, state, supervised
 
-# Every service of a full system (the NATS users, less the humans').
-EXPECTED = [u for u in SERVICE_USERS if u not in ("operator", "admin", "supervisor")]
+# Services a system may run or not: the notifier runs only with `[notifier] enabled = true`,
+# so it is missing only where a running supervisor (`make run`) runs it.
+OPTIONAL = ("notifier",)
+# Every service of a full system (the NATS users, less the humans' and the optional ones).
+EXPECTED = [u for u in SERVICE_USERS if u not in ("operator", "admin", "supervisor", *OPTIONAL)]
 
 
 @dataclass
@@ -88,7 +91,9 @@ class Status:
 
     @property
     def missing(self) -> list[str]:
-        return [name for name in EXPECTED if name not in self.services]
+        run = [name for name in OPTIONAL if name in self.supervision and not self.supervision[name].stale()]
+        wanted = EXPECTED + run
+        return [name for name in wanted if name not in self.services]
 
     @property
     def healthy(self) -> bool:
