@@ -322,6 +322,25 @@ impl Algo {
         Some((index, child))
     }
 
+    /// Whether `order` is, but for its `ts`, the child this algo would send next.
+    fn is_next(&self, order: &OrderRequest) -> bool {
+        let Some(quantity) = self
+            .next_quantity()
+            .and_then(|q| PositiveMoney::new(q).ok())
+        else {
+            return false;
+        };
+        let expected = OrderRequest {
+            client_order_id: child_id(self.id(), self.sent.saturating_add(1)),
+            quantity,
+            ts: order.ts,
+            algo: None,
+            protection: None,
+            ..self.parent.clone()
+        };
+        *order == expected
+    }
+
     /// The publish of child `index` ended (`ok`: ORDERS has it).
     pub fn published(&mut self, index: u32, ok: bool, now: u64) {
         self.publishing = false;
@@ -672,15 +691,16 @@ impl Algos {
     /// Whether a child order may go on: a child id belongs to a parent working here, is
     /// the child that parent published, and the parent is not stopping. Any other order
     /// whose id looks like a child's (`...__s<n>`) is refused: those ids are reserved.
-    pub fn admit_child(&self, order: &OrderRequest) -> Result<(), ChildRefusal> {
+    /// After a restart, a child published just before the crash, whose parent's progress
+    /// (`slices_sent`) was not stored, is admitted if it is exactly the next child of a
+    /// working algo ([`Algos::admit_unrecorded_child`]); the algo then counts it as sent.
+    pub fn admit_child(&mut self, order: &OrderRequest) -> Result<(), ChildRefusal> {
         let id = &order.client_order_id;
         let Some(index) = child_index(id.as_str()) else {
             return Ok(());
         };
         let Some(parent) = self.parent_of.get(id) else {
-            return Err(ChildRefusal::Forged(format!(
-                "orphan_slice: {id} is named like an algo's child (…{SEPARATOR}<n>) but no working algo sent it"
-            )));
+            return self.admit_unrecorded_child(index, order);
         };
         let Some(algo) = self.get(parent) else {
             return Err(ChildRefusal::Rejected(format!(
@@ -714,6 +734,36 @@ impl Algos {
                 "not_a_slice: {id} is not the child algo {parent} sent"
             )));
         }
+        Ok(())
+    }
+
+    /// A child id no algo here sent (`parent_of` does not know it). After a restart it may
+    /// be the child published to ORDERS just before the crash, whose parent's report with
+    /// `slices_sent` was not stored: refused, the algo would stay short of it (its own
+    /// publish of that child later is a duplicate ORDERS drops). So it is admitted, and
+    /// counted as sent, when it is exactly the child a working (not stopping) algo would
+    /// send next: index `sent + 1`, the algo's agent, and the order that algo makes (side,
+    /// type, price, venue, quantity ...: all but `ts`). Anything else is refused as an
+    /// orphan (no report). A child already in the ledger never gets here (a duplicate).
+    fn admit_unrecorded_child(
+        &mut self,
+        index: u32,
+        order: &OrderRequest,
+    ) -> Result<(), ChildRefusal> {
+        let id = &order.client_order_id;
+        let next = self.active.values_mut().find(|algo| {
+            algo.sent.checked_add(1) == Some(index) && child_id(algo.id(), index) == *id
+        });
+        let Some(algo) = next.filter(|algo| algo.next_due().is_some() && algo.is_next(order))
+        else {
+            return Err(ChildRefusal::Forged(format!(
+                "orphan_slice: {id} is named like an algo's child (…{SEPARATOR}<n>) but no working algo sent it"
+            )));
+        };
+        algo.note_child(index);
+        let parent = algo.id().clone();
+        tracing::warn!(parent = %parent, child = %id, "algo child published before a restart, its parent's progress not stored: counted as sent");
+        self.parent_of.insert(id.clone(), parent);
         Ok(())
     }
 }
@@ -1151,6 +1201,90 @@ mod tests {
         );
         assert!(algos.get(&id).unwrap().is_stopping());
         assert_eq!(algos.next_wake(), None);
+    }
+
+    #[test]
+    fn after_a_restart_the_child_published_before_the_crash_is_admitted_once() {
+        // Child 2 went into ORDERS, then execution died before the parent's report saying
+        // 2 sent was stored: the restored algo has 1 sent, and child 2 comes back from
+        // ORDERS before its own (duplicate) publish.
+        let order = parent("p10", "1", twap(3_000, 3));
+        let mut first = Algo::new(order.clone(), "sim-1".into(), Timings::default(), 0, 8).unwrap();
+        let (_, c1) = first.take_due(0).unwrap();
+        first.published(1, true, 0);
+        let open = first.report();
+        let (_, c2) = first.take_due(1_000_000_000).unwrap();
+        let filled = [child_report(
+            &c1,
+            OrderStatus::Filled,
+            "0.33333333",
+            Some("100"),
+        )];
+        let restored = || {
+            let mut algos = Algos::default();
+            let again = Algo::new(order.clone(), "sim-1".into(), Timings::default(), 0, 8).unwrap();
+            algos.restore(again, &open, &filled);
+            algos
+        };
+        let id = ClientOrderId::try_from("p10").unwrap();
+        let orphan = |refused: Result<(), ChildRefusal>| matches!(refused, Err(ChildRefusal::Forged(r)) if r.starts_with("orphan_slice: "));
+
+        // Not the child the algo would send next: refused as before, nothing counted.
+        let mut algos = restored();
+        let mut foreign = c2.clone();
+        foreign.agent = AgentName::try_from("risk").unwrap();
+        assert!(orphan(algos.admit_child(&foreign)), "another agent's");
+        let (_, c3) = {
+            let mut ahead = first.clone();
+            ahead.published(2, true, 0);
+            ahead.take_due(2_000_000_000).unwrap()
+        };
+        assert!(orphan(algos.admit_child(&c3)), "not the next index");
+        for change in [
+            |o: &mut OrderRequest| o.side = Side::Sell,
+            |o: &mut OrderRequest| o.quantity = "0.5".parse().unwrap(),
+            |o: &mut OrderRequest| o.limit_price = Some("101".parse().unwrap()),
+            |o: &mut OrderRequest| o.venue = Venue::try_from("other").unwrap(),
+            |o: &mut OrderRequest| o.order_type = OrderType::Market,
+        ] {
+            let mut other = c2.clone();
+            change(&mut other);
+            assert!(orphan(algos.admit_child(&other)), "{other:?}");
+        }
+        assert_eq!(algos.get(&id).unwrap().sent, 1);
+        assert!(algos.parent_of(&c2.client_order_id).is_none());
+
+        // The child itself: admitted, counted as sent, its reports name the parent.
+        assert_eq!(algos.admit_child(&c2), Ok(()));
+        let algo = algos.get(&id).unwrap();
+        assert_eq!(algo.sent, 2);
+        assert_eq!(algo.report().algo.unwrap().slices_sent, 2);
+        let mut reports = vec![child_report(
+            &c2,
+            OrderStatus::Filled,
+            "0.33333333",
+            Some("100"),
+        )];
+        algos.tag(&mut reports);
+        assert_eq!(reports[0].parent_order_id.as_ref(), Some(&id));
+        algos.get_mut(&id).unwrap().on_child(2, &reports[0]);
+        // Never doubled: the algo does not send child 2 again; child 3 goes on schedule.
+        assert!(algos.take_due(1_999_999_999).is_empty());
+        let due = algos.take_due(2_000_000_000);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].2.client_order_id.as_str(), "p10__s3");
+
+        // A parent that is not working: stopping, or ended.
+        let mut algos = restored();
+        let algo = algos.get_mut(&id).unwrap();
+        algo.stop(OrderStatus::Cancelled, "cancelled by trading".into());
+        assert!(orphan(algos.admit_child(&c2)), "stopping");
+        let algo = algos.get_mut(&id).unwrap();
+        let last = algo.report();
+        assert_eq!(last.status, OrderStatus::Cancelled);
+        algo.recorded(&last, true);
+        assert!(orphan(algos.admit_child(&c2)), "ended");
+        assert!(orphan(Algos::default().admit_child(&c2)), "unknown");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! beyond the streams' 10-minute duplicate window and across restarts: an id with a
 //! final report is never executed again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use moonbus_common::streams::DirectReader;
@@ -26,6 +26,9 @@ pub struct Ledger {
     /// The latest report of each child of an algo parent without a final report, by
     /// parent (algo.rs rebuilds a parent's progress from them after a restart).
     children: HashMap<ClientOrderId, HashMap<ClientOrderId, ExecutionReport>>,
+    /// The ids whose reports are agent `protection`'s: only those are a protection's exits
+    /// (protect.rs); another agent's order may carry an exit's id.
+    by_protection: HashSet<ClientOrderId>,
 }
 
 impl Ledger {
@@ -43,6 +46,13 @@ impl Ledger {
             _ => {
                 self.last_status.insert(id.clone(), report.status);
                 self.record_child(id, report);
+                if report
+                    .agent
+                    .as_ref()
+                    .is_some_and(|a| a.as_str() == subjects::PROTECTION_AGENT)
+                {
+                    self.by_protection.insert(id.clone());
+                }
                 if is_final(report.status) {
                     self.open.remove(id);
                     self.restored.remove(id);
@@ -105,6 +115,22 @@ impl Ledger {
         }
     }
 
+    /// Whether the order under `id` is agent `protection`'s (a protection's exit): false
+    /// for another agent's, and for an id the ledger does not know.
+    pub fn is_protections(&self, id: &ClientOrderId) -> bool {
+        self.by_protection.contains(id)
+    }
+
+    /// The ids of agent `protection`'s orders (for a snapshot).
+    pub fn protection_orders(&self) -> Vec<ClientOrderId> {
+        self.by_protection.iter().cloned().collect()
+    }
+
+    /// Agent `protection`'s order ids from a snapshot.
+    pub fn add_protection_orders(&mut self, ids: Vec<ClientOrderId>) {
+        self.by_protection.extend(ids);
+    }
+
     /// The latest report of an order that has no final one yet.
     pub fn open_report(&self, id: &ClientOrderId) -> Option<&ExecutionReport> {
         self.open.get(id)
@@ -148,6 +174,7 @@ impl Ledger {
                 .collect(),
             restored: restored.into_iter().collect(),
             children: HashMap::new(),
+            by_protection: HashSet::new(),
         }
     }
 
@@ -226,6 +253,24 @@ mod tests {
         assert_eq!(ledger.status(&id), Some(OrderStatus::Filled));
         ledger.record(&reports::invalid(None, None, "x".into(), 1));
         assert_eq!(ledger.len(), 1);
+    }
+
+    #[test]
+    fn it_knows_which_orders_are_agent_protections() {
+        let id = |s: &str| ClientOrderId::try_from(s).unwrap();
+        let by = |id: &str, agent: &str| {
+            let mut r = report(id, OrderStatus::Filled);
+            r.agent = Some(moonbus_common::AgentName::try_from(agent).unwrap());
+            r
+        };
+        let mut ledger = Ledger::default();
+        ledger.record(&by("p-x1", "trading"));
+        // The exit sent under that id afterwards is a duplicate: it changes nothing.
+        ledger.record(&by("p-x1", "protection"));
+        ledger.record(&by("p-x2", "protection"));
+        assert!(!ledger.is_protections(&id("p-x1")));
+        assert!(ledger.is_protections(&id("p-x2")));
+        assert!(!ledger.is_protections(&id("p-x3")), "unknown");
     }
 
     #[test]

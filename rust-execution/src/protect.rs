@@ -22,7 +22,9 @@
 //!   the fill; an entry that ends without a fill cancels it; an engaged kill switch
 //!   cancels every protection (its flatten closes the positions; no exit races it).
 //! - Start: every stored protection not CLOSED / CANCELLED is restored and squared with the
-//!   ledger (an entry or exit whose report was stored but not its state change).
+//!   ledger (an entry or exit whose report was stored but not its state change). Only an
+//!   order the ledger holds as agent `protection`'s is the exit: another agent's order under
+//!   the exit's id makes the exit go again under the next id, as at run time.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -705,6 +707,19 @@ impl Protections {
                 match ledger.status(&exit) {
                     // Sent or not before the crash: (again) the same id, never doubled.
                     None => record.send = true,
+                    // Another agent's order under the exit's id (stored as the protection
+                    // triggered): its outcome is not the exit's, and the exit sent under the
+                    // id is a duplicate the ledger drops. It goes again at once under the
+                    // next id the ledger does not know, as `on_exit_taken` does at run time.
+                    Some(_) if !ledger.is_protections(&exit) => {
+                        record.retry_at = Some(mono);
+                        let subject = subjects::orders_submit(
+                            subjects::PROTECTION_AGENT,
+                            &stored.state.symbol,
+                        );
+                        let text = format!("protection exit {exit} of {parent}: the id was taken by another agent's order (found at start); sent again under the next id");
+                        self.events.push((subject, text));
+                    }
                     Some(OrderStatus::Filled) => {
                         let filled = stored.exit_quantity.map(|q| q.get()).unwrap_or_default();
                         stored.exited = NonNegativeMoney::new(stored.exited.get() + filled)
@@ -1471,6 +1486,86 @@ mod tests {
         ledger.record(&report("r-2-x1", "FILLED", "0.5", Some("94")));
         q.restore_record(record, &ledger);
         assert_eq!(state(&q, "r-2").state, ProtectionStatus::Closed);
+        assert!(q.take_sends().is_empty());
+    }
+
+    /// A TRIGGERED record naming exit `<parent>-x1`, the entry filled.
+    fn triggered(p: &Protections, ledger: &mut Ledger, parent: &str) -> Stored {
+        let mut record = p
+            .new_record(&entry(parent, "BUY", "0.5", r#"{"stop_loss":"95"}"#))
+            .unwrap();
+        ledger.record(&report(parent, "FILLED", "0.5", Some("100")));
+        record.entry_filled = NonNegativeMoney::new(d("0.5")).unwrap();
+        record.set_quantity();
+        record.state.state = ProtectionStatus::Triggered;
+        record.state.exit_order_id = Some(exit_id(&record.state.parent_order_id, 1));
+        record.attempt = 1;
+        record.exit_kind = Some(ChildKind::StopLoss);
+        record.exit_quantity = Some(PositiveMoney::new(d("0.5")).unwrap());
+        record
+    }
+
+    #[test]
+    fn a_restart_does_not_take_another_agents_order_under_the_exit_id_for_the_exit() {
+        // The trading agent's order named `f-1-x1` (stored as the stop triggered) filled;
+        // execution died before the exit went again under the next id.
+        let (mut p, mut ledger) = book();
+        let record = triggered(&p, &mut ledger, "f-1");
+        let mut forged = report("f-1-x1", "FILLED", "0.5", Some("94"));
+        forged.agent = Some(AgentName::try_from("trading").unwrap());
+        ledger.record(&forged);
+        p.restore_record(record, &ledger);
+        let restored = state(&p, "f-1");
+        assert_eq!(
+            restored.state,
+            ProtectionStatus::Triggered,
+            "the forged fill is not the exit's: {restored:?}"
+        );
+        assert_eq!(restored.quantity.to_string(), "0.5", "still open");
+        assert_eq!(p.events.len(), 1, "said on errors.execution");
+        assert!(
+            p.events[0].1.contains("taken by another agent's order"),
+            "{:?}",
+            p.events
+        );
+        p.on_timer(&ledger);
+        let sends = p.take_sends();
+        assert_eq!(sends.len(), 1);
+        assert_eq!(
+            sends[0].client_order_id.as_str(),
+            "f-1-x2",
+            "the exit goes again under the next free id"
+        );
+        assert_eq!(sends[0].quantity.to_string(), "0.5");
+        stored(
+            &mut p,
+            &mut ledger,
+            report("f-1-x2", "FILLED", "0.5", Some("94.9")),
+        );
+        let closed = state(&p, "f-1");
+        assert_eq!(closed.state, ProtectionStatus::Closed);
+        assert_eq!(closed.exit_order_id.unwrap().as_str(), "f-1-x2");
+
+        // The same for another agent's order still resting under the exit's id (its
+        // reports may never come).
+        let (mut q, mut ledger) = book();
+        let record = triggered(&q, &mut ledger, "f-2");
+        let mut resting = report("f-2-x1", "ACCEPTED", "0", None);
+        resting.agent = Some(AgentName::try_from("trading").unwrap());
+        ledger.record(&resting);
+        q.restore_record(record, &ledger);
+        q.on_timer(&ledger);
+        let sends = q.take_sends();
+        assert_eq!(sends.len(), 1);
+        assert_eq!(sends[0].client_order_id.as_str(), "f-2-x2");
+
+        // Its own exit, filled before the crash, still closes it (nothing sent).
+        let (mut q, mut ledger) = book();
+        let record = triggered(&q, &mut ledger, "f-3");
+        ledger.record(&report("f-3-x1", "FILLED", "0.5", Some("94")));
+        q.restore_record(record, &ledger);
+        assert_eq!(state(&q, "f-3").state, ProtectionStatus::Closed);
+        q.on_timer(&ledger);
         assert!(q.take_sends().is_empty());
     }
 }

@@ -31,6 +31,19 @@ pub struct State {
     /// The latest reports of open algo parents' children (algo.rs); absent in older snapshots.
     #[serde(default)]
     pub children: Vec<ExecutionReport>,
+    /// The ids of agent `protection`'s orders (ledger.rs `is_protections`). Absent in older
+    /// snapshots, which did not say whose an id was: there every id named like an exit
+    /// (`…-x<n>`) counts as the protection's, as before, so that an upgrade does not send
+    /// again an exit that had filled.
+    #[serde(default)]
+    pub protection_orders: Option<Vec<ClientOrderId>>,
+}
+
+/// `<parent>-x<attempt>`, the form of protect.rs `exit_id`.
+fn named_like_an_exit(id: &ClientOrderId) -> bool {
+    id.as_str()
+        .rsplit_once("-x")
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,6 +68,7 @@ impl State {
             outcomes: ledger.outcomes(),
             open,
             children: ledger.child_reports(),
+            protection_orders: Some(ledger.protection_orders()),
         }
     }
 
@@ -67,8 +81,17 @@ impl State {
             }
             reports.push(open.report);
         }
+        let exits = match self.protection_orders {
+            Some(ids) => ids,
+            None => (self.outcomes.iter().map(|(id, _)| id))
+                .chain(reports.iter().filter_map(|r| r.client_order_id.as_ref()))
+                .filter(|id| named_like_an_exit(id))
+                .cloned()
+                .collect(),
+        };
         let mut ledger = Ledger::from_parts(self.outcomes, reports, orders);
         ledger.add_child_reports(self.children);
+        ledger.add_protection_orders(exits);
         ledger
     }
 }
@@ -218,8 +241,12 @@ mod tests {
         done.status = OrderStatus::Filled;
         let mut resting = reports::invalid(Some(id("rest")), None, "x".into(), 2);
         resting.status = OrderStatus::Accepted;
+        let mut exit = reports::invalid(Some(id("p-x1")), None, "x".into(), 3);
+        exit.status = OrderStatus::Filled;
+        exit.agent = Some(moonbus_common::AgentName::try_from("protection").unwrap());
         ledger.record(&done);
         ledger.record(&resting);
+        ledger.record(&exit);
         let order: OrderRequest = serde_json::from_value(serde_json::json!({
             "client_order_id": "rest", "agent": "trading", "symbol": "BTC-USD", "venue": "sim",
             "side": "BUY", "type": "LIMIT", "quantity": "0.01", "limit_price": "90000",
@@ -239,5 +266,32 @@ mod tests {
         assert_eq!(back.open_reports().len(), 1);
         assert_eq!(back.restored_order(&id("rest")), Some(&order));
         assert_eq!(back.restored_order(&id("done")), None);
+        // Which orders were agent protection's (its exits) survives too.
+        assert!(back.is_protections(&id("p-x1")));
+        assert!(!back.is_protections(&id("done")));
+    }
+
+    #[test]
+    fn an_older_snapshot_counts_the_ids_named_like_exits_as_the_protections() {
+        let id = |s: &str| ClientOrderId::try_from(s).unwrap();
+        // Written before snapshots said whose an id was: a filled exit must not be sent
+        // again after the upgrade (restore_record would take it for another agent's).
+        let old = serde_json::json!({
+            "outcomes": [["trd-1-x2", "FILLED"], ["trd-2", "FILLED"], ["trd-3-x", "FILLED"],
+                         ["px-0a1b-x10", "CANCELLED"], ["trd-4-xy", "FILLED"]],
+            "open": [],
+        });
+        let back = serde_json::from_value::<State>(old).unwrap().into_ledger();
+        assert!(back.is_protections(&id("trd-1-x2")));
+        assert!(back.is_protections(&id("px-0a1b-x10")));
+        for other in ["trd-2", "trd-3-x", "trd-4-xy"] {
+            assert!(!back.is_protections(&id(other)), "{other}");
+        }
+        // A snapshot that says (even that there are none) is taken at its word.
+        let new = serde_json::json!({
+            "outcomes": [["trd-1-x2", "FILLED"]], "open": [], "protection_orders": [],
+        });
+        let back = serde_json::from_value::<State>(new).unwrap().into_ledger();
+        assert!(!back.is_protections(&id("trd-1-x2")));
     }
 }

@@ -1271,3 +1271,168 @@ async fn a_forged_child_id_cannot_stall_another_agents_algo() {
 fn ledger_final(status: OrderStatus) -> bool {
     !matches!(status, OrderStatus::Accepted | OrderStatus::PartiallyFilled)
 }
+
+/// A protection's stored record, read back (KV `exec.protection.<parent>`).
+async fn protection_record(system: &System, parent: &str) -> Value {
+    let reply = system
+        .client
+        .request(
+            format!("$JS.API.DIRECT.GET.KV_moonbus.$KV.moonbus.exec.protection.{parent}"),
+            "".into(),
+        )
+        .await
+        .expect("the protection's record");
+    serde_json::from_slice(&reply.payload).expect("json")
+}
+
+/// The trading agent's order named like a protection's exit (`<parent>-x1`) filled, and
+/// execution died before the exit went again under the next id: its stored record still
+/// names `-x1`, TRIGGERED. On restart that fill is not the exit's either (the ledger knows
+/// the order under the id is not agent protection's): the exit goes under the next id and
+/// closes the protection.
+#[tokio::test]
+async fn after_a_restart_a_forged_order_named_like_the_exit_is_not_counted_as_the_exit() {
+    let mut system = System::start().await;
+    fake_risk(&system.client, RiskMode::Approve).await;
+    let mut entry = order("gw-prot-3", "BUY");
+    entry["agent"] = json!("gateway");
+    entry["protection"] = json!({"stop_loss": "96000"});
+    system.submit("BTC-USD", &entry, Some("gw-prot-3")).await;
+    system
+        .wait_report("the entry filled", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-prot-3")
+                && r.status == OrderStatus::Filled
+        })
+        .await;
+    let forged = order("gw-prot-3-x1", "BUY");
+    system.submit("BTC-USD", &forged, Some("trd-forge-3")).await;
+    system
+        .wait_report("the forged order filled", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-prot-3-x1")
+                && r.status == OrderStatus::Filled
+        })
+        .await;
+    system.wait_orders_done().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    system.kill_execution();
+    // As the crash left it: the stop triggered and stored its exit's id, `-x1`, which the
+    // forged order (in flight at that moment) had taken.
+    let mut record = protection_record(&system, "gw-prot-3").await;
+    assert_eq!(record["state"], json!("ARMED"), "{record}");
+    record["state"] = json!("TRIGGERED");
+    record["exit_order_id"] = json!("gw-prot-3-x1");
+    record["attempt"] = json!(1);
+    record["exit_kind"] = json!("STOP_LOSS");
+    record["exit_quantity"] = record["entry_filled"].clone();
+    record["triggered_ts"] = json!(now_ns());
+    record["reason"] = json!("stop_loss: price 95000.00 crossed 96000");
+    let kv = system.js.get_key_value("moonbus").await.expect("bucket");
+    kv.put("exec.protection.gw-prot-3", record.to_string().into())
+        .await
+        .expect("record stored");
+    system.set_quote(Quote {
+        price: "95000.00",
+        bid: "94999.00",
+        ask: "95001.00",
+    });
+    system.start_execution().await;
+    let (_, exit) = system
+        .wait_report("the exit under the next id filled", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-prot-3-x2")
+                && r.status == OrderStatus::Filled
+        })
+        .await;
+    assert_eq!(exit.agent.as_ref().map(|a| a.as_str()), Some("protection"));
+    assert_eq!(
+        exit.parent_order_id.as_ref().map(|p| p.as_str()),
+        Some("gw-prot-3")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = protection_record(&system, "gw-prot-3").await;
+    assert_eq!(state["state"], json!("CLOSED"), "{state}");
+    assert_eq!(state["exit_order_id"], json!("gw-prot-3-x2"), "{state}");
+    assert_eq!(
+        state["exited"],
+        json!(exit.filled_quantity.get().to_string()),
+        "{state}"
+    );
+}
+
+/// Execution published an algo's next child to ORDERS and died before the parent's report
+/// counting it (`slices_sent`) was stored. On restart the child comes back from ORDERS: it
+/// is exactly the algo's next child, so it goes on and counts (refused as an orphan, the
+/// algo would wait for it: its own publish of that child is a duplicate ORDERS drops). The
+/// child is due a minute on here (as to a restarted execution whose clock is behind), so it
+/// arrives from ORDERS before the algo would send it itself.
+#[tokio::test]
+async fn after_a_restart_the_algo_child_published_before_the_crash_goes_on() {
+    let mut system = System::start().await;
+    fake_risk(&system.client, RiskMode::Approve).await;
+    let errors = error_events(&system.client).await;
+    let mut parent = order("trd-twap-r1", "BUY");
+    parent["quantity"] = json!("0.02");
+    parent["algo"] = json!({"kind": "TWAP", "duration_ms": 120000, "slices": 2});
+    system.submit("BTC-USD", &parent, Some("trd-twap-r1")).await;
+    system
+        .wait_report("the parent counted its first child's fill", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "trd-twap-r1")
+                && r.status == OrderStatus::PartiallyFilled
+                && r.algo.as_ref().is_some_and(|a| a.slices_sent == 1)
+        })
+        .await;
+    system.wait_orders_done().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    system.kill_execution();
+    // What execution had published just before it died: the second child.
+    let mut child = parent.clone();
+    child.as_object_mut().unwrap().remove("algo");
+    child["client_order_id"] = json!("trd-twap-r1__s2");
+    child["quantity"] = json!("0.01");
+    child["ts"] = json!(now_ns());
+    system
+        .submit("BTC-USD", &child, Some("trd-twap-r1__s2"))
+        .await;
+    system.start_execution().await;
+    let (_, done) = system
+        .wait_report("the parent ended", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "trd-twap-r1")
+                && ledger_final(r.status)
+        })
+        .await;
+    assert_eq!(done.status, OrderStatus::Filled, "{done:?}");
+    assert_eq!(done.filled_quantity.get(), dec("0.02"));
+    let progress = done.algo.expect("progress");
+    assert_eq!((progress.slices_sent, progress.slices_filled), (2, 2));
+    for n in 1..=2 {
+        let id = format!("trd-twap-r1__s{n}");
+        let finals: Vec<_> = system
+            .reports_for(&id)
+            .await
+            .into_iter()
+            .filter(|r| ledger_final(r.status))
+            .collect();
+        assert_eq!(finals.len(), 1, "{id}: {finals:?}");
+        assert_eq!(
+            finals[0].parent_order_id.as_ref().map(|p| p.as_str()),
+            Some("trd-twap-r1")
+        );
+    }
+    assert!(
+        !errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.reason.starts_with("orphan_slice")),
+        "the child was refused"
+    );
+}
