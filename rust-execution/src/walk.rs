@@ -50,6 +50,7 @@ pub fn walk(side: Side, book: &Book, quantity: Decimal) -> Result<Option<Walked>
         Side::Sell => levels.sort_by_key(|level| std::cmp::Reverse(level.0)),
     }
     let (mut left, mut cost, mut taken, mut scale) = (quantity, Decimal::ZERO, 0usize, 0u32);
+    let (mut lowest, mut highest) = (Decimal::MAX, Decimal::MIN);
     for (price, size) in levels {
         if left.is_zero() {
             break;
@@ -62,12 +63,18 @@ pub fn walk(side: Side, book: &Book, quantity: Decimal) -> Result<Option<Walked>
         left = exact_sub(left, take)?;
         taken += 1;
         scale = scale.max(price.scale());
+        (lowest, highest) = (lowest.min(**price), highest.max(**price));
     }
     let filled = exact_sub(quantity, left)?;
     if filled.is_zero() {
         return Ok(None);
     }
-    let average = cost.checked_div(filled).ok_or(Overflow)?;
+    // Within the prices taken, as an average is: a cost of more than 28 digits was rounded
+    // (`product`), and the quotient with it could fall a hair outside them.
+    let average = cost
+        .checked_div(filled)
+        .ok_or(Overflow)?
+        .clamp(lowest, highest);
     let rounding = match side {
         Side::Buy => RoundingStrategy::ToPositiveInfinity,
         Side::Sell => RoundingStrategy::ToNegativeInfinity,
@@ -362,6 +369,12 @@ mod tests {
             assert_eq!(
                 walk(Side::Buy, &b, dec("1")).unwrap(),
                 walked("0.000000000000001", "2", 1)
+            );
+            // A cost of 29 digits, rounded: the average fell 6e-17 below the only bid taken.
+            let b = book(&[("2300000000000.0000000000002", "3501")], &[]);
+            assert_eq!(
+                walk(Side::Sell, &b, dec("10000")).unwrap(),
+                walked("3501", "2300000000000.0000000000002", 1)
             );
             let tiny = book(&[], &[("1.1", "1")]);
             assert_eq!(
