@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, serve
 
 from services.cli.render import summary
+from services.common.bus import flush
 from services.contract.catalogue import model_for
 from services.contract.models import ArbOpportunity, Book, decode
 from services.devstack.launcher import SERVICES, System
@@ -108,7 +109,7 @@ async def test_two_venues_books_give_an_arb_only_when_fees_are_covered(
 
         await nc.subscribe("md.book.sim.BTC-USD", cb=on_book)
         await nc.subscribe("md.arb.>", cb=on_arb)
-        await nc.flush()
+        await flush(nc)
         await asyncio.wait_for(stand_in.connected.wait(), WAIT)
         sim = await asyncio.wait_for(sim_books.get(), WAIT)
         bid, ask = sim.bids[0][0], sim.asks[0][0]

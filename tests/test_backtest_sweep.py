@@ -25,6 +25,7 @@ import pytest
 
 from services.backtest import data, datastore, sweep
 from services.backtest.datastore import DatasetError, DatasetRef
+from services.common.bus import flush
 from services.contract import subjects as S
 from services.contract.models import BacktestReply, BacktestRequest, ErrorEvent, ErrorReply, encode
 from services.devstack.natsserver import REPO_ROOT, NatsServer
@@ -155,7 +156,7 @@ async def test_the_backtest_credential_serves_its_queue_group_and_nothing_else(c
     await thief.subscribe(S.BACKTEST_RUN, queue=S.BACKTEST_QUEUE)
     await datastore.fetch(thief, ref.name, ref.sha256)
     await thief.publish(S.errors("backtest"), b"{}")
-    await thief.flush()
+    await flush(thief)
     await asyncio.sleep(0.2)
     assert thief.permission_errors() == []
     # A plain subscription would see every sweep's requests; orders, reports, forged subjects.
@@ -291,7 +292,7 @@ async def test_a_worker_killed_mid_sweep_has_its_runs_retried_on_the_other(conne
                                                  on_result=done.append))
     while operator.stats["out_msgs"] < sent_before + len(requests):
         await asyncio.sleep(0.01)
-    await operator.flush()
+    await flush(operator)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     results = await sweeping

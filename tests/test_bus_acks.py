@@ -11,7 +11,7 @@ import nats
 import nats.errors
 import pytest
 
-from services.common.bus import Bus
+from services.common.bus import Bus, flush
 from services.contract.models import OrderRequest, Side
 from tests.conftest import connect_when_up
 
@@ -31,7 +31,7 @@ async def test_an_order_ack_that_never_comes_is_a_timeout_and_a_late_one_is_drop
             unanswered.append(msg.reply)
 
     await stand_in.subscribe("orders.submit.>", cb=stream)
-    await stand_in.flush()
+    await flush(stand_in)
     bus = Bus("test")
     await bus.connect(plain_nats)
     order = OrderRequest(client_order_id="trd-ack", agent="trading", symbol="BTC-USD", side=Side.BUY,
@@ -45,7 +45,7 @@ async def test_an_order_ack_that_never_comes_is_a_timeout_and_a_late_one_is_drop
     assert 0.35 <= time.monotonic() - started < 3
     assert len(unanswered) == 1 and not bus._acks[1]  # no waiter left behind
     await stand_in.publish(unanswered[0], b'{"stream": "ORDERS", "seq": 8}')  # the late answer: dropped
-    await stand_in.flush()
+    await flush(stand_in)
     ack = await bus.publish_order("orders.submit.trading.BTC-USD", order, timeout=2)
     assert ack.seq == 7
     await bus.close()

@@ -15,7 +15,7 @@ import pytest
 
 from services.client import ApiError, BlockingMoonbusClient, ConnectError, MoonbusClient
 from services.contract import subjects as S
-from services.common.bus import Bus, RequestError
+from services.common.bus import Bus, RequestError, flush
 from services.contract.models import (
     AccountState,
     ExecutionReport,
@@ -142,8 +142,8 @@ async def services(service_bus) -> AsyncIterator[list[KillSwitchRequest]]:
     await risk.serve("stand-in risk", {S.RISK_POSITIONS: (PositionsRequest, positions),
                                        S.risk_killswitch("operator"): (KillSwitchRequest, killswitch),
                                        S.RISK_VERSION: (S.VersionRequest, risk_version)})
-    await md.client.flush()  # the endpoints' subscriptions are on the server before any request
-    await risk.client.flush()
+    await flush(md.client)  # the endpoints' subscriptions are on the server before any request
+    await flush(risk.client)
     yield seen
 
 

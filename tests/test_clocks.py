@@ -24,6 +24,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from services.common.bus import flush
 from services.contract.models import ExecutionReport, OrderStatus
 from services.devstack.launcher import SERVICES, System
 from services.devstack.natsserver import REPO_ROOT, free_port
@@ -73,7 +74,7 @@ class Feed:
         self.seq += 1
         tick = {"venue": "sim", "symbol": "BTC-USD", "price": price, "seq": self.seq, "ts": ts}
         await self.nc.publish("md.tick.sim.BTC-USD", json.dumps(tick).encode())
-        await self.nc.flush()
+        await flush(self.nc)
 
     async def run(self) -> None:
         while True:

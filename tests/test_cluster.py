@@ -24,7 +24,7 @@ import pytest
 
 from bench.cluster_failover import cluster_chaos, run_failover
 from services.common import config
-from services.common.bus import server_urls
+from services.common.bus import flush, server_urls
 from services.common.streams import ProvisionError, _info, jetstream_spec, wanted_state
 from services.devstack.launcher import SERVICES
 from services.devstack.natsserver import (
@@ -167,7 +167,7 @@ async def test_a_client_reaches_the_cluster_through_any_seed(cluster: NatsCluste
     sub, pub = await _connect(cluster, "operator", first.url), await _connect(cluster, "market-data", second.url)
     try:
         got = await sub.subscribe("md.tick.sim.BTC-USD")
-        await sub.flush()
+        await flush(sub)
         await asyncio.sleep(0.2)  # the interest travels over the route
         await pub.publish("md.tick.sim.BTC-USD", b"{}")
         assert (await got.next_msg(timeout=2)).data == b"{}"

@@ -24,6 +24,7 @@ import nats
 import pytest
 
 from services.common import config
+from services.common.bus import flush
 from services.common.streams import read_stream
 from services.contract.models import ErrorEvent, ExecutionReport, OrderStatus
 from services.devstack.launcher import SERVICES, System
@@ -106,7 +107,7 @@ async def test_an_order_that_cannot_be_settled_is_rejected_dead_letter_once(syst
 
     await nc.subscribe("exec.report.>", cb=on_report)
     await nc.subscribe("errors.execution", cb=on_error)
-    await nc.flush()
+    await flush(nc)
 
     # An ordinary order first (once risk has prices), to learn the size of a report.
     async def first_fill() -> None:

@@ -27,6 +27,7 @@ from services.contract.models import (
     now_ns,
 )
 from services.common import caps
+from services.common.bus import flush
 from services.trading_agent import service
 from services.trading_agent.agent import Choice, plan
 from services.trading_agent.config import TradingConfig
@@ -214,7 +215,7 @@ async def test_a_published_consensus_changes_the_decision(connect, running_servi
 
             published = consensus(VoteAction.BUY, 0.8, symbol=symbol, ts=now_ns() - 2 * S)
             await swarm.publish(f"agent.swarm.{symbol}", encode(published))
-            await swarm.flush()
+            await flush(swarm)
             await asyncio.sleep(0.2)
             await market.publish(bar(symbol, "101.5", 4))
             confirmed = await next_signal(signals)
@@ -247,7 +248,7 @@ async def test_the_agent_asks_the_swarm_and_abstains_without_an_answer(connect, 
             await msg.respond(encode(consensus(VoteAction.BUY, 0.9, symbol=request.symbol, ts=now_ns())))
 
     sub = await swarm.subscribe("agent.api.swarm.ask", cb=responder)
-    await swarm.flush()
+    await flush(swarm)
     config = pipeline_config(swarm="confirm", ask_swarm=True, ask_timeout_s=0.5, swarm_max_age_s=1.0)
     try:
         async with running_service("trading-agent", service.main, config, operator):
@@ -285,7 +286,7 @@ async def test_concurrent_decisions_share_one_swarm_ask(connect, service_bus) ->
         await msg.respond(encode(consensus(VoteAction.BUY, 0.9, symbol="PIPC-USD", ts=now_ns())))
 
     sub = await swarm.subscribe("agent.api.swarm.ask", cb=responder)
-    await swarm.flush()
+    await flush(swarm)
     cfg_ = TradingConfig.model_validate({"pipeline": {"swarm": "confirm", "ask_swarm": True, "ask_timeout_s": 2}})
     svc = service.TradingService(await service_bus("trading-agent"), cfg_, service.RuleDecider(
         service.make_strategy("momentum", cfg_)))
@@ -321,7 +322,7 @@ async def test_an_input_dated_far_ahead_is_refused_and_hides_no_later_one(connec
     await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol, ts=far)))
     await risk.publish("risk.account", encode(account().model_copy(update={"ts": far})))
     for nc in (swarm, news, risk):
-        await nc.flush()
+        await flush(nc)
     reasons = [json.loads((await asyncio.wait_for(errors.get(), 5)).data)["reason"] for _ in range(4)]
     assert all("ahead of this clock" in r for r in reasons), reasons
 
@@ -331,7 +332,7 @@ async def test_an_input_dated_far_ahead_is_refused_and_hides_no_later_one(connec
     await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol)))
     await risk.publish("risk.account", encode(account()))
     for nc in (swarm, news, risk):
-        await nc.flush()
+        await flush(nc)
     await asyncio.sleep(0.2)
     ctx = svc.context
     assert ctx.consensus[symbol].action is VoteAction.BUY and ctx.sentiments[symbol].score == 0.5
@@ -379,7 +380,7 @@ async def test_an_oversized_sentiment_or_consensus_is_refused(connect, service_b
     for message in oversized_consensus.values():
         await swarm.publish(f"agent.swarm.{symbol}", json.dumps(message).encode())
     for nc in (swarm, news):
-        await nc.flush()
+        await flush(nc)
     n = len(oversized_sentiments) + len(oversized_consensus)
     reasons = [json.loads((await asyncio.wait_for(errors.get(), 5)).data)["reason"] for _ in range(n)]
     for field in [*oversized_sentiments, *oversized_consensus]:
@@ -392,7 +393,7 @@ async def test_an_oversized_sentiment_or_consensus_is_refused(connect, service_b
     await swarm.publish(f"agent.swarm.{symbol}", json.dumps(at_bounds).encode())
     await news.publish(f"agent.sentiment.{symbol}", json.dumps(s | {"sources": ["x" * 256] * 32}).encode())
     for nc in (swarm, news):
-        await nc.flush()
+        await flush(nc)
     for _ in range(50):
         if symbol in svc.context.sentiments and symbol in svc.context.consensus:
             break
@@ -424,7 +425,7 @@ async def test_past_the_symbol_cap_a_new_symbol_is_refused_and_a_known_one_updat
         await swarm.publish(f"agent.swarm.{symbol}", encode(consensus(VoteAction.SELL, 0.5, symbol=symbol,
                                                                       ts=now_ns())))
     for nc in (swarm, news):
-        await nc.flush()
+        await flush(nc)
     events = [json.loads((await asyncio.wait_for(errors.get(), 5)).data) for _ in range(2)]
     assert sorted(e["subject"] for e in events) == [f"agent.sentiment.{new}", f"agent.swarm.{new}"]
     assert all(f"symbol {new} refused" in e["reason"] and "MAX_SYMBOLS 2" in e["reason"] for e in events), events
@@ -433,7 +434,7 @@ async def test_past_the_symbol_cap_a_new_symbol_is_refused_and_a_known_one_updat
     await swarm.publish(f"agent.swarm.{kept[0]}", encode(consensus(VoteAction.BUY, 0.9, symbol=kept[0],
                                                                    ts=now_ns())))
     for nc in (swarm, news):
-        await nc.flush()
+        await flush(nc)
     ctx = svc.context
     for _ in range(50):
         if ctx.sentiments[kept[0]].score == 0.7 and ctx.consensus[kept[0]].action is VoteAction.BUY:

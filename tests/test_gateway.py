@@ -25,7 +25,7 @@ from unittest import mock
 import httpx
 import pytest
 
-from services.common.bus import Bus, inbox_prefix
+from services.common.bus import Bus, flush, inbox_prefix
 from services.contract.models import (
     AccountState,
     Bar,
@@ -107,7 +107,7 @@ async def fake_market_data(md) -> list:
         await md.subscribe("md.api.prices", cb=prices),
         await md.subscribe("md.api.history", cb=history),
     ]
-    await md.flush()
+    await flush(md)
     return subs
 
 
@@ -147,7 +147,7 @@ async def fake_risk(risk, seen: list[tuple[str, dict]] | None = None) -> list:
         await risk.subscribe("risk.api.killswitch.*", cb=killswitch),  # the last token: the caller
         await risk.subscribe("risk.api.limits.*", cb=limits),
     ]
-    await risk.flush()
+    await flush(risk)
     return subs
 
 
@@ -248,7 +248,7 @@ async def test_positions_and_account(client: httpx.AsyncClient) -> None:
 async def test_no_responders_is_503(client: httpx.AsyncClient) -> None:
     for sub in client.risk_subs:  # type: ignore[attr-defined]
         await sub.unsubscribe()
-    await client.risk.flush()  # type: ignore[attr-defined]  # the server has dropped them
+    await flush(client.risk)  # type: ignore[attr-defined]  # the server has dropped them
     r = await client.get("/api/account")
     assert (r.status_code, error_code(r)) == (503, "no_responders")
 
@@ -517,7 +517,7 @@ async def test_services_skips_malformed_service_api_answers(client: httpx.AsyncC
 
     await rogue.subscribe("$SRV.INFO", cb=answer_info)
     await rogue.subscribe("$SRV.STATS", cb=answer_stats)
-    await rogue.flush()
+    await flush(rogue)
     r = await client.get("/api/services")
     assert r.status_code == 200, r.text
     assert any(s["name"] == "swarm-agent" for s in r.json()["services"])

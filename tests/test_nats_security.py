@@ -22,6 +22,7 @@ import nats.micro
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from services.common.bus import flush
 from services.devstack.natsserver import (
     SERVICE_USERS,
     NatsServer,
@@ -267,12 +268,12 @@ PUBLISH_CASES = [
 async def test_publish_permissions(connect, user, subject, allowed):
     watcher = await connect("operator")  # operator may subscribe to everything
     sub = await watcher.subscribe(subject)
-    await watcher.flush()
+    await flush(watcher)
 
     nc = await connect(user)
     payload = f"probe-{uid()}".encode()
     await nc.publish(subject, payload)
-    await nc.flush()  # the server has processed the PUB once our PING is answered
+    await flush(nc)  # the server has processed the PUB once our PING is answered
 
     if allowed:
         msg = await sub.next_msg(timeout=5)
@@ -288,7 +289,7 @@ async def test_publish_permissions(connect, user, subject, allowed):
 async def test_market_data_tick_reaches_operator(connect):
     operator = await connect("operator")
     sub = await operator.subscribe("md.>")
-    await operator.flush()
+    await flush(operator)
     md = await connect("market-data")
     await md.publish("md.tick.sim.BTC-USD", b'{"price":"100.5"}')
     msg = await sub.next_msg(timeout=5)
@@ -300,10 +301,10 @@ async def test_market_data_tick_reaches_operator(connect):
 async def test_operator_cannot_impersonate_services(connect, subject):
     listener = await connect("gateway")  # gateway subscribes md.>, risk.>, exec.>
     sub = await listener.subscribe(subject)
-    await listener.flush()
+    await flush(listener)
     operator = await connect("operator")
     await operator.publish(subject, b"forged")
-    await operator.flush()
+    await flush(operator)
     text = await operator.wait_for_permission_error(subject)
     assert "publish" in text.lower()
     await listener.flush()
@@ -388,7 +389,7 @@ SUBSCRIBE_CASES = [
 async def test_subscribe_permissions(connect, user, subject, allowed):
     nc = await connect(user)
     await nc.subscribe(subject)
-    await nc.flush()
+    await flush(nc)
     if allowed:
         await asyncio.sleep(0.05)
         assert not nc.permission_errors(), nc.permission_errors()
@@ -402,13 +403,13 @@ async def test_wide_subscription_does_not_see_api_requests(connect):
     risk.api.check requests meant for risk."""
     agent = await connect("risk-agent")
     sub = await agent.subscribe("risk.>")
-    await agent.flush()
+    await flush(agent)
     execution = await connect("execution")
     await execution.publish("risk.api.check", b"{}", reply="_INBOX.x")
     risk = await connect("risk")
     await risk.publish("risk.verdict.BTC-USD", b"verdict")
-    await execution.flush()
-    await risk.flush()
+    await flush(execution)
+    await flush(risk)
     await agent.flush()
     msg = await sub.next_msg(timeout=5)
     assert msg.subject == "risk.verdict.BTC-USD"
@@ -427,7 +428,7 @@ async def test_responders_answer_requests_and_service_api(connect):
 
     await md.subscribe("md.api.price", cb=price)
     service = await nats.micro.add_service(md, name="market-data", version="0.1.0")
-    await md.flush()
+    await flush(md)
 
     agent = await connect("trading-agent")
     reply = await agent.request("md.api.price", b'{"symbol":"BTC-USD"}', timeout=5)
@@ -443,7 +444,7 @@ async def test_responders_answer_requests_and_service_api(connect):
 async def test_operator_cannot_answer_requests(connect):
     operator = await connect("operator")
     sub = await operator.subscribe("md.api.>")
-    await operator.flush()
+    await flush(operator)
     agent = await connect("trading-agent")
     with pytest.raises((NatsTimeoutError, nats.errors.NoRespondersError)):
         fut = asyncio.ensure_future(agent.request("md.api.price", b"{}", timeout=1))
@@ -504,7 +505,7 @@ async def test_exec_api_requests_are_not_captured_by_exec_stream(connect, stream
         await msg.respond(b'{"version":"test"}')
 
     await execution.subscribe("exec.api.version", cb=version)
-    await execution.flush()
+    await flush(execution)
     operator = await connect("operator")
     for _ in range(5):
         reply = await operator.request("exec.api.version", b"{}", timeout=5)

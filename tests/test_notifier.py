@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
+from services.common.bus import flush
 from services.contract.models import (
     AccountState,
     ErrorEvent,
@@ -692,7 +693,7 @@ async def test_execution_report_reaches_the_webhooks_through_nats(
         await execution.publish("exec.report.BTC-USD", encode(report()))
         await execution.publish("exec.report.BTC-USD", encode(report(client_order_id="small",
                                                                      last_fill_quantity=Decimal("0.0001"))))
-        await execution.flush()
+        await flush(execution)
         await until(lambda: len(by_path("/json/")) == 2 and len(by_path("/api/webhooks/")) == 1)
         assert [s.body["data"]["client_order_id"] for s in by_path("/json/")] == ["ord-1", "small"]
         (discord,) = by_path("/api/webhooks/")
@@ -703,14 +704,14 @@ async def test_execution_report_reaches_the_webhooks_through_nats(
         await risk.publish("risk.verdict.BTC-USD", encode(verdict))
         await risk.publish("risk.verdict.BTC-USD", encode(verdict))
         await risk.publish("risk.verdict.BTC-USD", encode(verdict.model_copy(update={"state": TradingState.HALTED})))
-        await risk.flush()
+        await flush(risk)
         await until(lambda: len(by_path("/json/")) == 3)
         assert by_path("/json/")[2].body["title"] == "BTC-USD: ACTIVE -> HALTED"
 
         # the broken channel (its webhook answers 500) fails on the kill switch and says so
         await risk.publish("risk.events", encode(KillSwitchState(engaged=True, actor="operator", reason="test",
                                                                  changed_ts=TS)))
-        await risk.flush()
+        await flush(risk)
         msg = await asyncio.wait_for(errors.get(), 10)
         event = ErrorEvent.model_validate_json(msg.data)
         assert event.service == "notifier" and event.subject == "notifier.channel.broken"
@@ -722,7 +723,7 @@ async def test_execution_report_reaches_the_webhooks_through_nats(
         # other services' errors go to the channels that want them; its own never (no loop)
         await execution.publish("errors.execution", encode(ErrorEvent(service="execution", subject="orders.x",
                                                                       reason="bad order", ts=TS)))
-        await execution.flush()
+        await flush(execution)
         await until(lambda: len(by_path("/json/")) == 5)
         assert by_path("/json/")[4].body["title"] == "Error in execution"
         await asyncio.sleep(0.3)
@@ -754,7 +755,7 @@ async def test_make_run_launches_the_notifier_as_its_own_user(hook: Hook, tmp_pa
         try:
             await risk.publish("risk.events", encode(KillSwitchState(engaged=True, actor="operator",
                                                                      reason="launcher test", changed_ts=TS)))
-            await risk.flush()
+            await flush(risk)
             (seen,) = await hook.wait(1, timeout=15)
         finally:
             await risk.close()
@@ -783,6 +784,6 @@ async def test_a_message_that_is_not_json_for_the_webhook_does_not_stop_the_chan
                                                      b'"ts":1,"extra":NaN}')
         await news.publish("errors.sentiment-agent", encode(ErrorEvent(service="sentiment-agent", subject="y",
                                                                        reason="the next one", ts=TS)))
-        await news.flush()
+        await flush(news)
         seen = await hook.wait(1)
         assert seen[0].body["text"] == "the next one"

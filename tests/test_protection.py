@@ -27,6 +27,7 @@ from decimal import Decimal
 import nats
 import pytest
 
+from services.common.bus import flush
 from services.contract.models import (
     ExecutionReport,
     OrderRequest,
@@ -206,7 +207,7 @@ async def test_nobody_but_execution_publishes_protections_or_their_exits(connect
         await nc.publish(f"exec.protection.{SYMBOL}", state.model_dump_json(exclude_none=True).encode())
         await nc.publish("$KV.moonbus.exec.protection.p-1", b"{}")
         await nc.publish(f"orders.submit.protection.{SYMBOL}", b"{}")
-        await nc.flush()
+        await flush(nc)
         for subject in (f"exec.protection.{SYMBOL}", "$kv.moonbus.exec.protection.p-1",
                         f"orders.submit.protection.{SYMBOL}"):
             await nc.wait_for_permission_error(subject)
@@ -214,7 +215,7 @@ async def test_nobody_but_execution_publishes_protections_or_their_exits(connect
     for user in ("trading-agent", "gateway", "notifier", "risk-agent"):
         nc = await connect(user)
         await nc.subscribe("exec.protection.>")
-        await nc.flush()
+        await flush(nc)
         await asyncio.sleep(0.05)
         assert not nc.permission_errors(), (user, nc.permission_errors())
 

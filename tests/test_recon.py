@@ -26,6 +26,7 @@ import nats
 import pytest
 
 from services.cli import audit
+from services.common.bus import flush
 from services.contract import subjects as S
 from services.contract.models import (
     AccountState,
@@ -78,7 +79,7 @@ async def test_the_owner_publishes_and_the_readers_receive(connect, publisher, s
     queues = {user: await (await connect(user)).collect(subject) for user in readers}
     nc = await connect(publisher)
     await nc.publish(subject, b'{"probe": 1}')
-    await nc.flush()
+    await flush(nc)
     for user, queue in queues.items():
         msg = await asyncio.wait_for(queue.get(), 2)
         assert msg.data == b'{"probe": 1}', user

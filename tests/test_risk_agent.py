@@ -26,6 +26,7 @@ from services.contract.models import (
 )
 from services.risk_agent import service
 from services.risk_agent.config import RiskAgentConfig
+from services.common.bus import flush
 from services.common.llm import Decision, DecisionRequest, LLMConfig
 from services.risk_agent.confirm import ask_hold, hold_threshold
 from services.risk_agent.rules import Breach, Latch, PnLWindow, check_account, close_orders, day_pnl
@@ -173,7 +174,7 @@ async def test_breach_flattens_every_position_once(connect, running_service) -> 
 
             # The heartbeat repeats the breached state: nothing more happens.
             await risk.publish("risk.account", encode(account("-420")))
-            await risk.flush()
+            await flush(risk)
             await asyncio.sleep(0.3)
             assert orders.empty() and len(requests) == 1
 

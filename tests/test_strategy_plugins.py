@@ -21,6 +21,7 @@ import pytest
 from services.backtest import engine, presets
 from services.backtest.data import BarSeries
 from services.backtest.result import BacktestResult
+from services.common.bus import flush
 from services.common.config import REPO_ROOT, load
 from services.contract.models import AccountState, Action, Bar, Signal, TradingState, Verdict, decode, encode, now_ns
 from services.trading_agent import metrics, service
@@ -380,7 +381,7 @@ async def allow_trading(risk, *symbols: str) -> None:
                            drawdown_pct=0.0, realized_pnl=D(0), unrealized_pnl=D(0), day_pnl=D(0), fees=D(0),
                            gross_exposure=D(0), open_positions=0, kill_switch=False, ts=now_ns())
     await risk.publish("risk.account", encode(account))
-    await risk.flush()
+    await flush(risk)
     await asyncio.sleep(0.1)
 
 

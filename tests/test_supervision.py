@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 
 from services.cli.main import app as moon_app
 from services.common.bus import Bus as ServiceBus
-from services.common.bus import inbox_prefix
+from services.common.bus import flush, inbox_prefix
 from services.contract import subjects as S
 from services.contract.models import ErrorEvent, ExecutionReport, OrderStatus
 from services.devstack.launcher import SERVICES, ServiceSpec, System
@@ -106,7 +106,7 @@ class Operator:
         op = cls(system, nc)
         await nc.subscribe(S.ALL_REPORTS, cb=op._on_report)
         await nc.subscribe(S.errors("supervisor"), cb=op._on_event)
-        await nc.flush()
+        await flush(nc)
         try:
             yield op
         finally:

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 
 from services.common import caps
+from services.common.bus import flush
 from services.common.llm import Decision, DecisionRequest, LLMConfig
 from services.contract.models import (
     NAME_MAX_CHARS,
@@ -266,7 +267,7 @@ async def test_ask_returns_consensus_of_three_votes(connect, running_service) ->
         async with running_service("swarm-agent", service.main, CONFIG, operator):
             s = Sentiment(symbol="SWMA-USD", score=0.6, confidence=0.5, items=3, model="offline-lexicon", ts=now_ns())
             await sentiment.publish("agent.sentiment.SWMA-USD", encode(s))
-            await sentiment.flush()
+            await flush(sentiment)
             for _ in range(50):  # until the swarm has seen the sentiment
                 reply = await operator.request("agent.api.swarm.ask", b'{"symbol": "SWMA-USD"}', timeout=3)
                 consensus = decode(Consensus, reply.data)
@@ -358,7 +359,7 @@ async def test_past_the_symbol_cap_the_swarm_keeps_no_new_sentiment(connect, run
             await news.publish(f"agent.sentiment.{symbol}", sentiment(symbol, 0.6))
         oversized = json.loads(sentiment("SWMO-USD", 0.6)) | {"sources": ["feed:news.example"] * 33}
         await news.publish("agent.sentiment.SWMO-USD", json.dumps(oversized).encode())
-        await news.flush()
+        await flush(news)
         capped, too_big = await refusal(), await refusal()
         assert capped["subject"] == "agent.sentiment.SWMM-USD" and "MAX_SYMBOLS 2" in capped["reason"], capped
         assert too_big["subject"] == "agent.sentiment.SWMO-USD", too_big
@@ -366,7 +367,7 @@ async def test_past_the_symbol_cap_the_swarm_keeps_no_new_sentiment(connect, run
 
         await news.publish("agent.sentiment.SWMK-USD", sentiment("SWMK-USD", -0.6))  # a kept symbol updates
         await news.publish("agent.sentiment.SWMN-USD", sentiment("SWMN-USD", 0.6))  # refused (and in order)
-        await news.flush()
+        await flush(news)
         assert (await refusal())["subject"] == "agent.sentiment.SWMN-USD"
         kept, updated, refused = await ask("SWML-USD"), await ask("SWMK-USD"), await ask("SWMM-USD")
     assert kept.action is BUY and "+0.600" in kept.reasoning

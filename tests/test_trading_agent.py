@@ -13,6 +13,7 @@ from decimal import Decimal
 import nats.errors
 import pytest
 
+from services.common.bus import flush
 from services.common.llm import Decision, DecisionRequest
 from services.contract.models import (
     AccountState,
@@ -335,7 +336,7 @@ async def allow_trading(risk, symbol: str) -> None:
     """risk stand-in: an ACTIVE verdict and the account, seen by the agent before it goes on."""
     await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol)))
     await risk.publish("risk.account", encode(account("10000")))
-    await risk.flush()
+    await flush(risk)
     await asyncio.sleep(0.1)
 
 

@@ -32,6 +32,7 @@ from services.trading_agent.pipeline import PipelineConfig, apply, wants_swarm
 from services.trading_agent.sizing import all_in_short_quantity, short_quantity
 
 from tests.test_decision_pipeline import NOW, consensus
+from services.common.bus import flush
 from services.common.streams import ORDERS
 from services.trading_agent import service
 from tests.test_trading_agent import CONFIG, FakeMarket, bar, ctx_for, next_signal, verdict
@@ -229,7 +230,7 @@ async def test_the_live_agent_sends_a_flip_as_two_orders_in_stream_order(connect
         async with running_service("trading-agent", service.main, config, operator):
             await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol, position="0.5")))
             await risk.publish("risk.account", encode(account(equity="10000", cash="9950", gross="50")))
-            await risk.flush()
+            await flush(risk)
             await asyncio.sleep(0.1)
             got = []
             for i, close in enumerate(["100", "99.9", "99.8", "99"]):
