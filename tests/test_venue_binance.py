@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.common.bus import flush
 from services.contract.models import ExecutionReport
 from services.devstack.launcher import SERVICES, System
 from services.devstack.natsserver import REPO_ROOT, free_port
@@ -347,7 +348,7 @@ async def test_binary_spot(live: tuple[StandIn, Operator]) -> None:
     # The venue fills more than ordered: no report (no figure can be ours), the order stays as
     # last reported, and errors.execution says so, once, however often the state comes again.
     errors = await op.nc.subscribe("errors.execution")
-    await op.nc.flush()
+    await flush(op.nc)
     await asyncio.sleep(3)  # the 429's Retry-After has passed
     over = await op.submit("BUY", "0.001", price="59000.00")
     await op.until(lambda: over in venue.orders, "the order at the venue")
@@ -407,6 +408,25 @@ async def test_binary_futures(live: tuple[StandIn, Operator]) -> None:
     rejected = await op.wait_status(small, "REJECTED")
     assert "min_notional" in (rejected.reason or ""), rejected
     assert not [r for r in venue.refusals if r[1] in (-1022, -2015)], venue.refusals
+    # A stream event the adapter cannot read (a TRADE without its trade id and price): not
+    # applied, and told on errors.execution under the order's id, not only logged.
+    errors = await op.nc.subscribe("errors.execution")
+    await flush(op.nc)
+    resting = await op.submit("BUY", "0.002", price="58000.0")
+    await op.until(lambda: resting in venue.orders, "the order at the venue")
+    await op.wait_status(resting, "ACCEPTED")
+    await op.until(lambda: venue.stream_count() > 0, "the stream reconnected")
+    now = venue.now_ms()
+    await venue.push({"e": "ORDER_TRADE_UPDATE", "E": now, "T": now, "o": {
+        "s": "BTCUSDT", "c": venue.orders[resting].client_id, "x": "TRADE", "X": "PARTIALLY_FILLED",
+        "z": "0.001", "ap": "58000"}})
+    seen = []
+    while not any(resting in e["reason"] for e in seen):
+        seen.append(json.loads((await errors.next_msg(timeout=10)).data))
+    told = seen[-1]
+    assert told["subject"] == "exec.venue.binance", told
+    assert told["reason"].startswith(f"venue state of {resting} not applied: malformed event: TRADE without t: "), seen
+    assert op.statuses(resting) == ["ACCEPTED"], op.statuses(resting)
     # Reconciliation reads the futures account and open orders.
     account = "/fapi/v4/account" if op.kind == "aster" else "/fapi/v2/account"
     assert any(path == account for _, path, _ in venue.requests), account

@@ -171,6 +171,9 @@ from collections import defaultdict  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import nats  # noqa: E402
+
+from services.common.bus import flush  # noqa: E402
 from services.devstack.launcher import SERVICES, System  # noqa: E402
 from services.devstack.natsserver import REPO_ROOT, free_port  # noqa: E402
 
@@ -336,7 +339,8 @@ async def test_binary_limit_rests_fills_in_part_and_cancels(operator: Operator) 
     await op.until(lambda: cloid_of("hl-1").lower() in venue.by_cloid, "hl-1 at the venue")
     order = venue.find(cloid_of("hl-1"))  # the cloid is sha256(client_order_id)[:16]
     assert (order.px, order.orig_sz, order.tif, order.is_buy) == (Decimal("3400"), Decimal("0.1"), "Gtc", True)
-    # Malformed frames are skipped; the stream goes on (the same connection).
+    # Malformed frames are not applied (each told on errors.execution); the stream goes on (the
+    # same connection).
     connections = list(venue.sockets)
     for junk in ("not json", '{"channel":"userFills","data":{"user":"%s","fills":[{"px":"x"}]}}' % venue.account,
                  '{"channel":"orderUpdates","data":{"oops":1}}', '{"data":[]}'):
@@ -357,6 +361,71 @@ async def test_binary_limit_rests_fills_in_part_and_cancels(operator: Operator) 
     assert kinds == ["order", "cancelByCloid"]
     assert venue.actions[0]["expiresAfter"] > venue.actions[0]["nonce"]
     assert venue.actions[1]["nonce"] > venue.actions[0]["nonce"]
+
+
+async def errors_until(errors, match, what: str, timeout: float = 10) -> dict:
+    """The next errors.execution event whose reason `match`es (others are skipped)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    seen = []
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        assert left > 0, f"timed out waiting for {what} on errors.execution; seen: {seen}"
+        try:
+            event = json.loads((await errors.next_msg(timeout=left)).data)
+        except nats.errors.TimeoutError:
+            continue
+        if match(event["reason"]):
+            return event
+        seen.append(event["reason"])
+
+
+@pytest.mark.e2e
+async def test_binary_a_malformed_fill_is_told_and_loses_no_good_one(operator: Operator) -> None:
+    """A userFills list with one malformed fill among good ones: the good fill is applied (its
+    report arrives), the malformed one is not, and errors.execution names it and its order, once
+    however often the venue sends it again. A malformed frame is told the same way."""
+    op, venue = operator, operator.venue
+    errors = await op.nc.subscribe("errors.execution")
+    await flush(op.nc)
+    await op.submit("hl-b1", "ETH-USD", "BUY", "0.1", limit="3400")
+    await op.wait_status("hl-b1", "ACCEPTED")
+    await op.until(lambda: cloid_of("hl-b1").lower() in venue.by_cloid, "hl-b1 at the venue")
+    order = venue.find(cloid_of("hl-b1"))
+    await op.hook(venue.fill(order.oid, Decimal("0.04"), push=False))
+    good = venue.fills[-1]
+    bad = dict(good, tid=10_000_000, px="3400.x")  # the same order, a price that is no number
+    frame = json.dumps({"channel": "userFills",
+                        "data": {"isSnapshot": False, "user": venue.user, "fills": [bad, good]}})
+    await op.hook(venue.push_raw(frame))
+    partial = await op.wait_status("hl-b1", "PARTIALLY_FILLED")
+    assert Decimal(partial["filled_quantity"]) == Decimal("0.04")
+    assert Decimal(partial["avg_fill_price"]) == Decimal("3400")
+    told = f"venue state of hl-b1 not applied: malformed fill tid 10000000, oid {order.oid}: "
+    event = await errors_until(errors, lambda r: "malformed fill" in r, "the malformed fill")
+    assert event["subject"] == "exec.venue.hyperliquid", event
+    assert event["reason"].startswith(told), event
+    assert '"px":"3400.x"' in event["reason"], event  # an excerpt of the fill
+    # The same list again (a venue repeating itself): the good fill counts once, the bad one is
+    # not told again; a malformed frame is told.
+    await op.hook(venue.push_raw(frame))
+    await op.hook(venue.push_raw('{"channel":"userFills","data":{"fills":[]}}'))
+    event = await errors_until(errors, lambda r: "malformed frame" in r, "the malformed frame")
+    assert event["subject"] == "exec.venue.hyperliquid", event
+    assert event["reason"].startswith(
+        "venue state of the stream not applied: malformed frame: userFills without user: "), event
+    await asyncio.sleep(1)
+    again = []
+    while True:
+        try:
+            again.append(json.loads((await errors.next_msg(timeout=0.2)).data)["reason"])
+        except nats.errors.TimeoutError:
+            break
+    assert not [r for r in again if "malformed fill" in r], again
+    assert op.statuses("hl-b1") == ["ACCEPTED", "PARTIALLY_FILLED"], op.statuses("hl-b1")
+    # The rest fills well-formed: FILLED at the sum of the good fills only.
+    await op.hook(venue.fill(order.oid, Decimal("0.06")))
+    filled = await op.wait_status("hl-b1", "FILLED")
+    assert Decimal(filled["filled_quantity"]) == Decimal("0.1")
 
 
 @pytest.mark.e2e

@@ -19,7 +19,9 @@
 //! - Fills come from the user data stream (listenKey, kept alive every 30 min, renewed on
 //!   `listenKeyExpired` or a lost connection, with `Health` events); REST queries are the
 //!   fallback. A connection silent for `user_stream_idle_s` (no frame at all, not even the
-//!   venue's ping: a half-open connection) counts as lost.
+//!   venue's ping: a half-open connection) counts as lost. A stream event that cannot be
+//!   read is not applied and is told (`VenueEvent::Problem`: errors.execution, named by our
+//!   order when the frame still says whose it is).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -553,6 +555,28 @@ pub fn parse_stream(frame: &str) -> Result<StreamEvent, String> {
         }
         _ => Ok(StreamEvent::Other),
     }
+}
+
+/// The client order id a stream frame names (an execution report's `C` for a cancel, else
+/// its `c`; a futures update's `o.c`), as far as the frame can be read: to name the order of
+/// a malformed one.
+pub fn stream_client_id(frame: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(frame).ok()?;
+    let value = match value.get("data") {
+        Some(data) if value.get("stream").is_some() => data,
+        _ => &value,
+    };
+    let value = value
+        .get("event")
+        .filter(|e| e.is_object())
+        .unwrap_or(value);
+    let order = value.get("o").filter(|o| o.is_object()).unwrap_or(value);
+    let id = [text(order, "C"), text(order, "c")]
+        .into_iter()
+        .flatten()
+        .find(|c| !c.is_empty())
+        .map(|c| c.chars().take(64).collect());
+    id
 }
 
 /// One trade of an order: its id, commission (and the asset it is in), price and quantity.
@@ -1729,7 +1753,19 @@ impl Binance {
                 false
             }
             Err(e) => {
-                tracing::warn!(venue = %self.inner.name, error = %e, "malformed user data stream frame ignored");
+                // Not applied, and told (errors.execution through the router, throttled):
+                // an order event we cannot read may be a fill no report will show. Named
+                // by our order when the frame still says whose it is.
+                let state = self.state();
+                let of = stream_client_id(frame)
+                    .map(|id| state.ids.get(&id).cloned().unwrap_or(id))
+                    .unwrap_or_else(|| "the user data stream".into());
+                drop(state);
+                let excerpt: String = frame.chars().take(200).collect();
+                let _ = events.send(VenueEvent::Problem {
+                    of,
+                    why: format!("malformed event: {e}: {excerpt}"),
+                });
                 false
             }
         }
@@ -2449,6 +2485,62 @@ mod tests {
         ] {
             assert!(parse_stream(frame).is_err(), "{frame:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_malformed_stream_event_is_told_not_only_logged() {
+        assert_eq!(
+            stream_client_id(r#"{"e":"executionReport","c":"abc","C":"","X":"BOGUS"}"#).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            stream_client_id(r#"{"e":"executionReport","c":"cxl-1","C":"abc","X":"CANCELED"}"#)
+                .as_deref(),
+            Some("abc")
+        );
+        let futures = r#"{"stream":"k","data":{"e":"ORDER_TRADE_UPDATE","o":{"c":"f-1","z":"x"}}}"#;
+        assert_eq!(stream_client_id(futures).as_deref(), Some("f-1"));
+        let ws_api = r#"{"event":{"e":"executionReport","c":"w-1"}}"#;
+        assert_eq!(stream_client_id(ws_api).as_deref(), Some("w-1"));
+        assert_eq!(stream_client_id("not json"), None);
+        assert_eq!(stream_client_id(r#"{"e":"executionReport"}"#), None);
+
+        std::env::set_var("MB_TEST_MALFORMED_KEY", "key");
+        std::env::set_var("MB_TEST_MALFORMED_SECRET", "secret");
+        let cfg = json!({"symbols": {"BTC-USDT": "BTCUSDT"},
+                         "api_key_env": "MB_TEST_MALFORMED_KEY", "api_secret_env": "MB_TEST_MALFORMED_SECRET"});
+        let venue = Binance::from_config("b", "binance_spot", Mode::Testnet, cfg).unwrap();
+        let long = "x".repeat(40);
+        let derived = venue_client_id(&long);
+        venue.state().ids.insert(derived.clone(), long.clone());
+        let (events, mut rx) = mpsc::unbounded_channel();
+        // A fill whose cumulative notional is missing: not applied, told under our id.
+        let bad = format!(
+            r#"{{"e":"executionReport","s":"BTCUSDT","X":"FILLED","x":"TRADE","c":"{derived}","z":"1"}}"#
+        );
+        assert!(!venue.on_frame(&bad, &events));
+        assert!(!venue.on_frame("not json", &events));
+        match rx.try_recv().unwrap() {
+            VenueEvent::Problem { of, why } => {
+                assert_eq!(of, long);
+                assert!(
+                    why.starts_with("malformed event: executionReport without Z: {"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match rx.try_recv().unwrap() {
+            VenueEvent::Problem { of, why } => {
+                assert_eq!(of, "the user data stream");
+                assert!(
+                    why.starts_with("malformed event: not JSON") && why.ends_with(": not json"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

@@ -20,6 +20,12 @@
 //! - Fills come from the `userFills` WebSocket feed (deduplicated by `tid`, the first
 //!   message a snapshot that also catches up after a reconnect), states from `orderUpdates`.
 //!   Reported figures are always sums of the fills seen (exact decimals, fees in USDC).
+//! - A fill is a WsFill (coin, px, sz, side, time, startPosition, dir, closedPnl, hash, oid,
+//!   crossed, fee, tid, feeToken, optional cloid, liquidation, builderFee); we need coin, px,
+//!   sz, oid, tid, fee and time. A list is read item by item: a malformed fill (or order
+//!   update) is not applied and is told (`VenueEvent::Problem`: errors.execution, named by
+//!   our order when it is ours), the list's other items are applied. A malformed frame or an
+//!   `error` frame is told the same way.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -261,6 +267,15 @@ impl Book {
             }
         }
         self.oid_to_cloid.get(&oid).cloned()
+    }
+
+    /// Our client order id of the order the venue names by oid and/or cloid, if it is ours.
+    fn owner(&self, oid: Option<u64>, cloid: Option<&str>) -> Option<String> {
+        let cloid = match cloid.map(str::to_ascii_lowercase) {
+            Some(c) if self.by_cloid.contains_key(&c) => c,
+            _ => self.oid_to_cloid.get(&oid?)?.clone(),
+        };
+        self.by_cloid.get(&cloid).map(|t| t.client_order_id.clone())
     }
 
     /// Applies fills; returns the orders that changed.
@@ -557,6 +572,36 @@ impl Hyperliquid {
         }
     }
 
+    /// Tells what the venue sent that could not be applied (`VenueEvent::Problem`: the
+    /// router puts it on errors.execution, throttled).
+    fn problem(&self, of: String, why: String) {
+        let guard = self.inner.events.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            let _ = tx.send(VenueEvent::Problem { of, why });
+        }
+    }
+
+    /// Tells a list's malformed items, each named by our order when it is one of ours.
+    fn tell_bad(&self, bad: Vec<BadItem>) {
+        if bad.is_empty() {
+            return;
+        }
+        let named: Vec<(String, String)> = {
+            let book = self.inner.book.lock().unwrap_or_else(|e| e.into_inner());
+            bad.into_iter()
+                .map(|b| {
+                    let of = book
+                        .owner(b.oid, b.cloid.as_deref())
+                        .unwrap_or_else(|| "an unidentified order".into());
+                    (of, b.why)
+                })
+                .collect()
+        };
+        for (of, why) in named {
+            self.problem(of, why);
+        }
+    }
+
     fn health(&self, connected: bool, detail: String) {
         let guard = self.inner.events.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = guard.as_ref() {
@@ -828,16 +873,20 @@ impl Hyperliquid {
         Ok(self.view(&cloid))
     }
 
-    /// Reads the user's recent fills (`userFills`) and applies those not seen yet.
+    /// Reads the user's recent fills (`userFills`) and applies those not seen yet; a
+    /// malformed one is told, the others applied.
     async fn catch_up_fills(&self) {
-        let fills = match self
+        let (fills, bad) = match self
             .info(json!({"type": "userFills", "user": self.inner.user}))
             .await
         {
             Ok(v) => match parse_fill_list(&v) {
                 Ok(f) => f,
                 Err(e) => {
-                    warn!(venue = %self.inner.name, "hyperliquid: userFills: {e}");
+                    self.problem(
+                        "the userFills answer".into(),
+                        format!("malformed answer: {e}: {}", excerpt(&v.to_string())),
+                    );
                     return;
                 }
             },
@@ -851,6 +900,7 @@ impl Hyperliquid {
             book.apply_fills(&fills)
         };
         self.emit(changed);
+        self.tell_bad(bad);
     }
 }
 
@@ -867,6 +917,11 @@ fn without_url(e: &reqwest::Error) -> String {
 
 fn clip(text: &str) -> String {
     text.chars().take(300).collect()
+}
+
+/// Enough of what the venue sent to recognise it in an error event.
+fn excerpt(text: &str) -> String {
+    text.chars().take(200).collect()
 }
 
 impl Exchange for Hyperliquid {
@@ -1182,31 +1237,47 @@ impl Hyperliquid {
                 user,
                 fills,
                 snapshot,
+                bad,
             }) => {
                 if !user.eq_ignore_ascii_case(&self.inner.user) {
                     warn!(venue = %self.inner.name, "hyperliquid: userFills for another user ignored");
                     return;
                 }
-                debug!(n = fills.len(), snapshot, "hyperliquid: fills");
+                debug!(
+                    n = fills.len(),
+                    bad = bad.len(),
+                    snapshot,
+                    "hyperliquid: fills"
+                );
+                // The well-formed fills are applied; a malformed one is told, not applied
+                // (a snapshot or the REST catch-up brings it again: told once, throttled).
                 let changed = {
                     let mut book = self.inner.book.lock().unwrap_or_else(|e| e.into_inner());
                     book.apply_fills(&fills)
                 };
                 self.emit(changed);
+                self.tell_bad(bad);
             }
-            Ok(WsFrame::OrderUpdates(updates)) => {
+            Ok(WsFrame::OrderUpdates { updates, bad }) => {
                 let changed = {
                     let mut book = self.inner.book.lock().unwrap_or_else(|e| e.into_inner());
                     book.apply_updates(&updates)
                 };
                 self.emit(changed);
+                self.tell_bad(bad);
             }
             Ok(WsFrame::Error(why)) => {
-                warn!(venue = %self.inner.name, "hyperliquid stream error: {why}")
+                // E.g. a subscription refused: then no fills arrive at all.
+                let why: String = why.chars().take(300).collect();
+                self.problem("the stream".into(), format!("error frame: {why}"));
             }
             Ok(WsFrame::Other) => {}
             Err(why) => {
-                warn!(venue = %self.inner.name, "hyperliquid: malformed frame ignored: {why}")
+                // Nothing of it is applied (it may be a fill list whose user cannot be read).
+                self.problem(
+                    "the stream".into(),
+                    format!("malformed frame: {why}: {}", excerpt(text)),
+                );
             }
         }
     }
@@ -1790,13 +1861,83 @@ fn parse_fill(f: &Value) -> Result<WsFill, String> {
     })
 }
 
-/// A list of fills (the `userFills` info answer); a malformed fill fails the list.
-pub fn parse_fill_list(v: &Value) -> Result<Vec<WsFill>, String> {
-    v.as_array()
-        .ok_or("fills: not a list")?
-        .iter()
-        .map(parse_fill)
-        .collect()
+/// An item of a list (a fill of `userFills`, an update of `orderUpdates`) that could not be
+/// read: not applied, told (`VenueEvent::Problem`); the list's other items are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadItem {
+    /// Whose it is, as far as it can be read (to name our order when it is ours).
+    pub oid: Option<u64>,
+    pub cloid: Option<String>,
+    /// What it is, why it cannot be read, and an excerpt of it: `malformed fill tid 12,
+    /// oid 5: fill with px -1 sz 1: {...}`.
+    pub why: String,
+}
+
+impl BadItem {
+    fn of(kind: &str, item: &Value, why: String) -> Self {
+        let int = |k: &str| item.get(k).and_then(Value::as_u64);
+        // A fill names its order at the top; an order update inside `order`.
+        let order = item.get("order").filter(|o| o.is_object()).unwrap_or(item);
+        let oid = order.get("oid").and_then(Value::as_u64);
+        let cloid = order
+            .get("cloid")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase);
+        let mut ids = Vec::new();
+        if let Some(tid) = int("tid") {
+            ids.push(format!("tid {tid}"));
+        }
+        if let Some(oid) = oid {
+            ids.push(format!("oid {oid}"));
+        }
+        let ids = if ids.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", ids.join(", "))
+        };
+        // All of it that fits (a whole fill is ~400 characters): its fields are sorted by
+        // name, so 200 would cut it before px and sz.
+        let item: String = item.to_string().chars().take(400).collect();
+        BadItem {
+            oid,
+            cloid,
+            why: format!("malformed {kind}{ids}: {why}: {item}"),
+        }
+    }
+}
+
+/// A list of fills (a `userFills` frame's, or the `userFills` info answer): the fills read,
+/// and those that could not be (each alone: one malformed fill loses no other). `Err` only
+/// when it is not a list at all.
+pub fn parse_fill_list(v: &Value) -> Result<(Vec<WsFill>, Vec<BadItem>), String> {
+    let mut fills = Vec::new();
+    let mut bad = Vec::new();
+    for f in v.as_array().ok_or("fills: not a list")? {
+        match parse_fill(f) {
+            Ok(fill) => fills.push(fill),
+            Err(why) => bad.push(BadItem::of("fill", f, why)),
+        }
+    }
+    Ok((fills, bad))
+}
+
+fn parse_order_update(u: &Value) -> Result<WsOrderUpdate, String> {
+    let o = parse_wire_order(u.get("order").ok_or("orderUpdate without order")?)?;
+    let status = u
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or("orderUpdate without status")?;
+    Ok(WsOrderUpdate {
+        oid: o.oid,
+        cloid: o.cloid,
+        sz: o.sz,
+        orig_sz: o.orig_sz,
+        status: status.to_string(),
+        ts: u
+            .get("statusTimestamp")
+            .and_then(Value::as_u64)
+            .unwrap_or(o.ts),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1811,12 +1952,18 @@ pub struct WsOrderUpdate {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum WsFrame {
+    /// The fills read, and the list's malformed ones (told, not applied).
     Fills {
         user: String,
         snapshot: bool,
         fills: Vec<WsFill>,
+        bad: Vec<BadItem>,
     },
-    OrderUpdates(Vec<WsOrderUpdate>),
+    /// The updates read, and the list's malformed ones (told, not applied).
+    OrderUpdates {
+        updates: Vec<WsOrderUpdate>,
+        bad: Vec<BadItem>,
+    },
     Error(String),
     /// pong, subscriptionResponse, other channels.
     Other,
@@ -1841,37 +1988,28 @@ pub fn parse_frame(text: &str) -> Result<WsFrame, String> {
                 .get("isSnapshot")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            let fills = parse_fill_list(data.get("fills").ok_or("userFills without fills")?)?;
+            let (fills, bad) =
+                parse_fill_list(data.get("fills").ok_or("userFills without fills")?)?;
             Ok(WsFrame::Fills {
                 user: user.to_string(),
                 snapshot,
                 fills,
+                bad,
             })
         }
         "orderUpdates" => {
             let list = data
                 .and_then(Value::as_array)
                 .ok_or("orderUpdates without a list")?;
-            let mut out = Vec::with_capacity(list.len());
+            let mut updates = Vec::with_capacity(list.len());
+            let mut bad = Vec::new();
             for u in list {
-                let o = parse_wire_order(u.get("order").ok_or("orderUpdate without order")?)?;
-                let status = u
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .ok_or("orderUpdate without status")?;
-                out.push(WsOrderUpdate {
-                    oid: o.oid,
-                    cloid: o.cloid,
-                    sz: o.sz,
-                    orig_sz: o.orig_sz,
-                    status: status.to_string(),
-                    ts: u
-                        .get("statusTimestamp")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(o.ts),
-                });
+                match parse_order_update(u) {
+                    Ok(update) => updates.push(update),
+                    Err(why) => bad.push(BadItem::of("order update", u, why)),
+                }
             }
-            Ok(WsFrame::OrderUpdates(out))
+            Ok(WsFrame::OrderUpdates { updates, bad })
         }
         "error" => Ok(WsFrame::Error(match data {
             Some(Value::String(s)) => s.clone(),
@@ -2369,25 +2507,30 @@ mod tests {
                 user,
                 snapshot,
                 fills,
+                bad,
             } => {
                 assert_eq!(user, "0xabc");
                 assert!(snapshot);
                 assert_eq!(fills[0].px, d("1800.5"));
                 assert_eq!(fills[0].fee, d("0.07"));
+                assert!(bad.is_empty());
             }
             other => panic!("{other:?}"),
         }
         let upd = json!({"channel":"orderUpdates","data":[{"order":{"coin":"ETH","side":"B","limitPx":"1800","sz":"0","oid":1,"timestamp":1,"origSz":"0.1","cloid":"0x01"},"status":"filled","statusTimestamp":3}]});
         assert_eq!(
             parse_frame(&upd.to_string()).unwrap(),
-            WsFrame::OrderUpdates(vec![WsOrderUpdate {
-                oid: 1,
-                cloid: Some("0x01".into()),
-                sz: d("0"),
-                orig_sz: d("0.1"),
-                status: "filled".into(),
-                ts: 3
-            }])
+            WsFrame::OrderUpdates {
+                updates: vec![WsOrderUpdate {
+                    oid: 1,
+                    cloid: Some("0x01".into()),
+                    sz: d("0"),
+                    orig_sz: d("0.1"),
+                    status: "filled".into(),
+                    ts: 3
+                }],
+                bad: vec![]
+            }
         );
         assert_eq!(
             parse_frame(r#"{"channel":"pong"}"#).unwrap(),
@@ -2409,16 +2552,229 @@ mod tests {
             "[]",
             "{}",
             r#"{"channel":"userFills"}"#,
-            r#"{"channel":"userFills","data":{"user":"0x1","fills":[{"px":"1"}]}}"#,
-            r#"{"channel":"userFills","data":{"user":"0x1","fills":[{"coin":"E","px":"abc","sz":"1","oid":1,"tid":1,"fee":"0","time":1}]}}"#,
-            r#"{"channel":"userFills","data":{"user":"0x1","fills":[{"coin":"E","px":"-1","sz":"1","oid":1,"tid":1,"fee":"0","time":1}]}}"#,
-            r#"{"channel":"userFills","data":{"user":"0x1","fills":[{"coin":"E","px":"1e999","sz":"1","oid":1,"tid":1,"fee":"0","time":1}]}}"#,
+            r#"{"channel":"userFills","data":{"fills":[]}}"#,
+            r#"{"channel":"userFills","data":{"user":"0x1","fills":{"px":"1"}}}"#,
             r#"{"channel":"orderUpdates","data":{"x":1}}"#,
-            r#"{"channel":"orderUpdates","data":[{"order":{"coin":"E","oid":"x","sz":"1"},"status":"open"}]}"#,
-            r#"{"channel":"orderUpdates","data":[{"status":"open"}]}"#,
         ] {
             assert!(parse_frame(bad).is_err(), "{bad}");
         }
+        // A malformed item of a list is that item's error only, never a panic: told (named
+        // by what of it can be read), not applied.
+        for (item, named) in [
+            (r#"{"px":"1"}"#, ""),
+            (
+                r#"{"coin":"E","px":"abc","sz":"1","oid":1,"tid":1,"fee":"0","time":1}"#,
+                " tid 1, oid 1: \"abc\" is not a decimal",
+            ),
+            (
+                r#"{"coin":"E","px":"-1","sz":"1","oid":1,"tid":1,"fee":"0","time":1}"#,
+                " tid 1, oid 1: fill with px -1 sz 1",
+            ),
+            (
+                r#"{"coin":"E","px":"1e999","sz":"1","oid":1,"tid":1,"fee":"0","time":1}"#,
+                " tid 1, oid 1:",
+            ),
+            (
+                r#"{"coin":"E","px":"1","sz":"1","oid":2,"fee":"0","time":1}"#,
+                " oid 2: fill without tid",
+            ),
+            ("7", ": fill without px"),
+        ] {
+            let frame =
+                format!(r#"{{"channel":"userFills","data":{{"user":"0x1","fills":[{item}]}}}}"#);
+            match parse_frame(&frame).unwrap() {
+                WsFrame::Fills { fills, bad, .. } => {
+                    assert!(fills.is_empty(), "{item}");
+                    assert_eq!(bad.len(), 1, "{item}");
+                    let why = &bad[0].why;
+                    assert!(why.starts_with(&format!("malformed fill{named}")), "{why}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for item in [
+            r#"{"order":{"coin":"E","oid":"x","sz":"1","cloid":"0xAB"},"status":"open"}"#,
+            r#"{"status":"open"}"#,
+            r#"{"order":{"coin":"E","oid":4,"sz":"1"}}"#,
+        ] {
+            let frame = format!(r#"{{"channel":"orderUpdates","data":[{item}]}}"#);
+            match parse_frame(&frame).unwrap() {
+                WsFrame::OrderUpdates { updates, bad } => {
+                    assert!(updates.is_empty(), "{item}");
+                    assert_eq!(bad.len(), 1, "{item}");
+                    assert!(bad[0].why.starts_with("malformed order update"), "{bad:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_fill_loses_no_other_fill_of_its_list() {
+        // The WebSocket feed: two good fills around a bad one of the same order.
+        let mut bad_fill = fill(5, 2, "abc", "0.1", "0.05");
+        bad_fill["cloid"] = json!("0x01");
+        let list = json!([
+            fill(5, 1, "1800", "0.1", "0.05"),
+            bad_fill,
+            fill(5, 3, "1802", "0.1", "0.05")
+        ]);
+        let frame =
+            json!({"channel":"userFills","data":{"isSnapshot":false,"user":"0xabc","fills":list}});
+        let WsFrame::Fills {
+            fills: good, bad, ..
+        } = parse_frame(&frame.to_string()).unwrap()
+        else {
+            panic!("not fills")
+        };
+        assert_eq!(
+            good.iter().map(|f| f.tid).collect::<Vec<_>>(),
+            [1, 3],
+            "the good fills are read"
+        );
+        assert_eq!(bad.len(), 1);
+        assert_eq!(
+            (bad[0].oid, bad[0].cloid.as_deref()),
+            (Some(5), Some("0x01"))
+        );
+        assert!(
+            bad[0]
+                .why
+                .starts_with("malformed fill tid 2, oid 5: \"abc\" is not a decimal"),
+            "{}",
+            bad[0].why
+        );
+        assert!(
+            bad[0].why.contains(r#""px":"abc""#),
+            "an excerpt: {}",
+            bad[0].why
+        );
+        // The good ones are applied, the bad one named by our order.
+        let mut book = Book::default();
+        tracked(&mut book, "0x01", "0.3", false);
+        book.oid_to_cloid.insert(5, "0x01".into());
+        let out = book.apply_fills(&good);
+        assert_eq!(
+            (out[0].filled, out[0].filled_notional),
+            (d("0.2"), d("360.2"))
+        );
+        assert_eq!(
+            book.owner(bad[0].oid, bad[0].cloid.as_deref()).as_deref(),
+            Some("c-1")
+        );
+        assert_eq!(book.owner(Some(5), None).as_deref(), Some("c-1"));
+        assert_eq!(book.owner(Some(99), Some("0x99")), None);
+        // The REST catch-up reads the same list the same way; the good fills are seen
+        // already (dedup by tid), the bad one is not: a good copy of it would still count.
+        let (again, bad_again) = parse_fill_list(&list).unwrap();
+        assert_eq!((again.len(), bad_again), (2, bad));
+        assert!(book.apply_fills(&again).is_empty());
+        let out = book.apply_fills(&fills(json!([fill(5, 2, "1801", "0.1", "0.05")])));
+        assert_eq!(
+            (out[0].filled, out[0].status),
+            (d("0.3"), VenueStatus::Open)
+        );
+        assert!(parse_fill_list(&json!({"fills": []})).is_err());
+    }
+
+    #[test]
+    fn the_stream_applies_the_good_fills_and_tells_the_bad_ones() {
+        std::env::set_var("MB_TEST_HL_KEY_4", SDK_KEY);
+        let h = Hyperliquid::from_config(
+            "hyperliquid",
+            "hyperliquid",
+            Mode::Testnet,
+            json!({"symbols":{"ETH-USDC":"ETH"},"agent_key_env":"MB_TEST_HL_KEY_4",
+                   "account_address":"0x1d9470d4b963f552e6f671a81619d395877bf409"}),
+        )
+        .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        *h.inner.events.lock().unwrap() = Some(tx);
+        {
+            let mut book = h.inner.book.lock().unwrap();
+            tracked(&mut book, "0x01", "0.3", false);
+            book.oid_to_cloid.insert(5, "0x01".into());
+        }
+        let mut taken = || {
+            let mut events = Vec::new();
+            while let Ok(event) = rx.try_recv() {
+                events.push(event);
+            }
+            events
+        };
+        let frame = json!({"channel":"userFills","data":{"isSnapshot":false,"user":h.inner.user,
+            "fills":[fill(5,1,"1800","0.1","0.05"), fill(5,2,"1800","-0.1","0.05"), fill(77,3,"1","1","0")]}});
+        h.on_frame(&frame.to_string());
+        let mut unknown = fill(77, 4, "1", "1", "0");
+        unknown.as_object_mut().unwrap().remove("fee");
+        h.on_frame(
+            &json!({"channel":"userFills","data":{"user":h.inner.user,"fills":[unknown]}})
+                .to_string(),
+        );
+        let events = taken();
+        assert_eq!(events.len(), 3, "{events:?}");
+        match &events[0] {
+            VenueEvent::Order(o) => {
+                assert_eq!(o.client_order_id.as_deref(), Some("c-1"));
+                assert_eq!((o.filled, o.filled_notional), (d("0.1"), d("180.0")));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &events[1] {
+            VenueEvent::Problem { of, why } => {
+                assert_eq!(of, "c-1");
+                assert!(
+                    why.starts_with("malformed fill tid 2, oid 5: fill with px 1800 sz -0.1: {"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match &events[2] {
+            VenueEvent::Problem { of, why } => {
+                assert_eq!(of, "an unidentified order");
+                assert!(
+                    why.starts_with("malformed fill tid 4, oid 77: fill without fee"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A malformed frame, an error frame: told, the stream goes on.
+        h.on_frame("not json");
+        h.on_frame(r#"{"channel":"error","data":"Invalid subscription"}"#);
+        h.on_frame(r#"{"channel":"pong"}"#);
+        let events = taken();
+        assert_eq!(events.len(), 2, "{events:?}");
+        match &events[0] {
+            VenueEvent::Problem { of, why } => {
+                assert_eq!(of, "the stream");
+                assert!(why.starts_with("malformed frame: not JSON: "), "{why}");
+                assert!(why.ends_with(": not json"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            events[1],
+            VenueEvent::Problem {
+                of: "the stream".into(),
+                why: "error frame: Invalid subscription".into()
+            }
+        );
+        // An order update list: the good update applied, the bad one told.
+        let upd = json!({"channel":"orderUpdates","data":[
+            {"order":{"coin":"ETH","oid":5,"sz":"0.1","origSz":"0.3","cloid":"0x01","timestamp":1},"status":"open"},
+            {"order":{"coin":"ETH","oid":5,"sz":"x","cloid":"0x01"},"status":"canceled"}]});
+        h.on_frame(&upd.to_string());
+        let events = taken();
+        assert!(
+            matches!(&events[0], VenueEvent::Order(o) if o.filled == d("0.1")),
+            "{events:?}"
+        );
+        assert!(
+            matches!(&events[1], VenueEvent::Problem { of, why } if of == "c-1" && why.starts_with("malformed order update oid 5: ")),
+            "{events:?}"
+        );
     }
 
     fn tracked(book: &mut Book, cloid: &str, qty: &str, ioc: bool) {
@@ -2443,7 +2799,9 @@ mod tests {
     }
 
     fn fills(v: Value) -> Vec<WsFill> {
-        parse_fill_list(&v).unwrap()
+        let (fills, bad) = parse_fill_list(&v).unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        fills
     }
 
     #[test]

@@ -170,6 +170,12 @@ pub enum VenueEvent {
     /// The private stream is up (`true`) or lost (`false`, with why); while it is down
     /// the router polls open orders with `query`.
     Health { connected: bool, detail: String },
+    /// Something the venue sent that could not be read, so it was not applied (a malformed
+    /// fill in a list whose other fills were applied, a malformed frame or event): money at
+    /// the venue the system may not see. `of` names it (our client order id when the
+    /// adapter could tell whose it is, else what it was), `why` says what was wrong (with an
+    /// excerpt). The router tells it on errors.execution (`exec.venue.<venue>`), throttled.
+    Problem { of: String, why: String },
 }
 
 /// A private stream's read deadline (Binance user data stream, Hyperliquid user feeds). A

@@ -21,7 +21,7 @@
 //!   rolled back and tried again on the next poll.
 //! - Cancels go to the venue; its answer is a state like any other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -306,8 +306,73 @@ struct Slot {
     connected: bool,
     detail: String,
     account: Option<Result<AccountState, VenueError>>,
-    /// Venue states refused since the engine last took them (`take_refusals`).
-    refusals: Vec<(ClientOrderId, String)>,
+    /// Venue states refused and venue problems told since the engine last took them
+    /// (`take_refusals`): (what, why).
+    refusals: Vec<(String, String)>,
+    /// Which venue problems were told lately (`VenueEvent::Problem`).
+    problems: Problems,
+}
+
+/// How long a venue problem told on errors.execution is not told again.
+const PROBLEM_WINDOW: Duration = Duration::from_secs(600);
+/// At most this many venue problems told per venue and window.
+const PROBLEMS_TOLD: usize = 20;
+
+/// Venue problems ([`VenueEvent::Problem`]: a malformed fill, frame or event) reach
+/// errors.execution without flooding it: each distinct one once per `PROBLEM_WINDOW` (a
+/// venue repeats them: its snapshot after every reconnect, the catch-up of every query), at
+/// most `PROBLEMS_TOLD` per window; beyond that they are only counted, and the count is told
+/// once the window is over. Every one is in the log (warn) regardless.
+#[derive(Debug)]
+struct Problems {
+    since: Instant,
+    told: HashSet<String>,
+    untold: u64,
+}
+
+impl Problems {
+    fn new(now: Instant) -> Self {
+        Problems {
+            since: now,
+            told: Default::default(),
+            untold: 0,
+        }
+    }
+
+    /// A window over starts the next: how many were not told in it, if any.
+    fn roll(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.since) < PROBLEM_WINDOW {
+            return None;
+        }
+        self.since = now;
+        self.told.clear();
+        Some(std::mem::take(&mut self.untold)).filter(|n| *n > 0)
+    }
+
+    /// Whether this problem is told now (not told in this window yet, and room left).
+    fn admit(&mut self, of: &str, why: &str) -> bool {
+        let key = format!("{of}\n{why}");
+        if self.told.contains(&key) {
+            return false;
+        }
+        if self.told.len() >= PROBLEMS_TOLD {
+            self.untold += 1;
+            return false;
+        }
+        self.told.insert(key);
+        true
+    }
+
+    /// The refusal that tells how many were not told.
+    fn untold_refusal(untold: u64) -> (String, String) {
+        (
+            format!("{untold} more items"),
+            format!(
+                "venue problems beyond {PROBLEMS_TOLD} in {} min are counted, not told one by one: see the execution log",
+                PROBLEM_WINDOW.as_secs() / 60
+            ),
+        )
+    }
 }
 
 pub struct Router {
@@ -395,6 +460,7 @@ impl Router {
                 detail: "started".into(),
                 account: None,
                 refusals: Vec::new(),
+                problems: Problems::new(Instant::now()),
             },
         );
         Ok(())
@@ -517,6 +583,16 @@ impl Router {
                 }
                 slot.connected = connected;
                 slot.detail = detail;
+                Vec::new()
+            }
+            VenueEvent::Problem { of, why } => {
+                tracing::warn!(%venue, %of, %why, "venue data not applied");
+                if let Some(untold) = slot.problems.roll(Instant::now()) {
+                    slot.refusals.push(Problems::untold_refusal(untold));
+                }
+                if slot.problems.admit(&of, &why) {
+                    slot.refusals.push((of, why));
+                }
                 Vec::new()
             }
             VenueEvent::Order(state) => {
@@ -739,10 +815,15 @@ impl Router {
     }
 
     /// The venue states refused since the last call (stale, overfill, unreadable
-    /// figures): (venue, order, why), each reason once per order.
-    pub fn take_refusals(&mut self) -> Vec<(VenueName, ClientOrderId, String)> {
+    /// figures), each reason once per order, and the venue problems told (a malformed
+    /// fill, frame or event; see [`Problems`]): (venue, what, why).
+    pub fn take_refusals(&mut self) -> Vec<(VenueName, String, String)> {
         let mut taken = Vec::new();
+        let now = Instant::now();
         for (venue, slot) in &mut self.live {
+            if let Some(untold) = slot.problems.roll(now) {
+                slot.refusals.push(Problems::untold_refusal(untold));
+            }
             taken.extend(
                 slot.refusals
                     .drain(..)
@@ -925,7 +1006,7 @@ impl Slot {
                 // money at the venue that no report shows, and every poll brings it again.
                 if working.refused.as_ref() != Some(&why) {
                     working.refused = Some(why.clone());
-                    self.refusals.push((id.clone(), why));
+                    self.refusals.push((id.to_string(), why));
                 }
                 None
             }
@@ -1137,6 +1218,32 @@ mod tests {
         );
         // More filled but no more notional: no price can be derived.
         assert!(progress(&order, &before, &state(VenueStatus::Open, "3", "200", "0")).is_err());
+    }
+
+    #[test]
+    fn venue_problems_are_told_once_per_window_and_counted_beyond_the_cap() {
+        let start = Instant::now();
+        let mut problems = Problems::new(start);
+        assert!(problems.admit("c-1", "malformed fill tid 2"));
+        // The same again (a snapshot, a catch-up): not told again in the window.
+        assert!(!problems.admit("c-1", "malformed fill tid 2"));
+        // Another fill, another order: told.
+        assert!(problems.admit("c-1", "malformed fill tid 3"));
+        assert!(problems.admit("c-2", "malformed fill tid 2"));
+        assert_eq!(problems.roll(start + PROBLEM_WINDOW / 2), None);
+        // Beyond the cap: counted, not told.
+        for n in 0..PROBLEMS_TOLD + 5 {
+            problems.admit("the stream", &format!("malformed frame {n}"));
+        }
+        assert_eq!(problems.told.len(), PROBLEMS_TOLD);
+        assert!(!problems.admit("the stream", "malformed frame 999"));
+        // The window over: the count, and the same problem told again.
+        assert_eq!(problems.roll(start + PROBLEM_WINDOW), Some(9));
+        let (of, why) = Problems::untold_refusal(9);
+        assert_eq!(of, "9 more items");
+        assert!(why.contains("beyond 20 in 10 min"), "{why}");
+        assert!(problems.admit("c-1", "malformed fill tid 2"));
+        assert_eq!(problems.roll(start + PROBLEM_WINDOW * 2), None);
     }
 
     #[test]
