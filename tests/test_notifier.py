@@ -666,6 +666,7 @@ async def test_execution_report_reaches_the_webhooks_through_nats(
     monkeypatch.setenv("NOTIFIER_TEST_JSON", f"{hook.url}/json/Zx9SeCrEtJsOn")
     monkeypatch.setenv("NOTIFIER_TEST_DISCORD", f"{hook.url}{DISCORD_SECRET_PATH}")
     monkeypatch.setenv("NOTIFIER_TEST_BROKEN", f"{hook.url}/broken/Zx9SeCrEtBrOkEn")
+    monkeypatch.setenv("NOTIFIER_TEST_OPS", f"{hook.url}/ops/Zx9SeCrEtOpS")
     hook.default = (204, "", {}, 0.0)
     config = {"notifier": {"enabled": True, "channels": {
         "all": {"kind": "json", "url_env": "NOTIFIER_TEST_JSON", "events": ["fills", "rejections", "kill_switch",
@@ -674,6 +675,7 @@ async def test_execution_report_reaches_the_webhooks_through_nats(
                  "min_fill_notional": "10000"},
         "broken": {"kind": "slack", "url_env": "NOTIFIER_TEST_BROKEN", "events": ["kill_switch"], "max_retries": 0,
                    "fail_after": 1},
+        "ops": {"kind": "json", "url_env": "NOTIFIER_TEST_OPS", "events": ["venues"]},
     }}}
     operator = await connect("operator")
     errors = await operator.collect("errors.notifier")
@@ -726,8 +728,25 @@ async def test_execution_report_reaches_the_webhooks_through_nats(
         await flush(execution)
         await until(lambda: len(by_path("/json/")) == 5)
         assert by_path("/json/")[4].body["title"] == "Error in execution"
+
+        # execution's word that it did not apply what a live venue sent is venue trouble (a
+        # channel of `venues` alone gets it); another service's error naming a venue is not
+        await execution.publish("errors.execution", encode(ErrorEvent(
+            service="execution", subject="exec.venue.binance",
+            reason="venue state of c-1 not applied: malformed fill tid 7, oid 9: bad px", ts=TS)))
+        await flush(execution)
+        await until(lambda: len(by_path("/json/")) == 6 and len(by_path("/ops/")) == 1)
+        (ops,) = by_path("/ops/")
+        assert ops.body["event"] == "venues" and ops.body["severity"] == "critical"
+        assert ops.body["title"] == "Venue binance: data not applied" and "malformed fill tid 7" in ops.body["text"]
+        forger = await connect("trading-agent")
+        await forger.publish("errors.trading-agent", encode(ErrorEvent(
+            service="execution", subject="exec.venue.binance", reason="venue state of c-1 not applied", ts=TS)))
+        await flush(forger)
+        await until(lambda: len(by_path("/json/")) == 7)
+        assert by_path("/json/")[6].body["event"] == "errors"
         await asyncio.sleep(0.3)
-        assert len(by_path("/json/")) == 5 and errors.empty()
+        assert len(by_path("/json/")) == 7 and len(by_path("/ops/")) == 1 and errors.empty()
     assert "Zx9SeCrEt" not in caplog.text
 
 

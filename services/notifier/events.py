@@ -107,7 +107,19 @@ def from_alert(a: PriceAlert, subject: str, data: dict[str, Any]) -> Notice:
     return Notice("alerts", title, text, "info", a.symbol, None, fields, subject, data, a.ts)
 
 
+VENUE_ERRORS = "errors.execution"  # only execution's word on a live venue is a `venues` notice
+VENUE_PREFIX = "exec.venue."
+
+
 def from_error(e: ErrorEvent, subject: str, data: dict[str, Any]) -> Notice:
+    """Another service's ErrorEvent; execution's about a live venue (a venue state it did not
+    apply, a malformed fill or frame: money at the venue the system may not see) is venue
+    trouble. Any service may publish `errors.<its own name>`, so only `errors.execution`
+    counts as execution's."""
+    if subject == VENUE_ERRORS and e.subject.startswith(VENUE_PREFIX):
+        venue = e.subject.removeprefix(VENUE_PREFIX)
+        return Notice("venues", f"Venue {venue}: data not applied", e.reason[:1000], "critical", None, None,
+                      (("venue", venue), ("excerpt", e.excerpt or "-")), subject, data, e.ts)
     return Notice("errors", f"Error in {e.service}", e.reason[:1000], "warning", None, None,
                   (("subject", e.subject), ("excerpt", e.excerpt or "-")), subject, data, e.ts)
 

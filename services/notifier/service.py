@@ -3,7 +3,7 @@
 Subscribes only what some channel wants: `exec.report.>` (fills, rejections), `risk.events`
 (kill switch), `risk.verdict.>` and `risk.account` (state changes only), `md.alert.>`,
 `exec.venue.>` and `risk.recon.>` (venue disconnects, unknown orders, reconciliation changes),
-`errors.>` (other services' errors; never its own). Each message becomes at most one Notice
+`errors.>` (other services' errors, never its own; execution's about a live venue are `venues`). Each message becomes at most one Notice
 (events.py), offered to every channel (channel.py), which filters, rate-limits and sends it.
 No queue group: run one notifier (two would send everything twice).
 """
@@ -110,7 +110,7 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
             (S.ALL_ALERTS, PriceAlert, handler(from_alert), {"alerts"}),
             (S.ALL_VENUE_STATUS, LiveVenueStatus, handler(tracker.venue_status), {"venues"}),
             (S.ALL_RECONCILIATIONS, Reconciliation, handler(tracker.reconciliation), {"venues"}),
-            (S.ALL_ERRORS, ErrorEvent, on_error, {"errors"}),
+            (S.ALL_ERRORS, ErrorEvent, on_error, {"errors", "venues"}),  # execution's venue trouble
         ]
         subjects = []
         for subject, model, on_message, kinds in subscriptions:
