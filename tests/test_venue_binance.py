@@ -21,6 +21,7 @@ from services.common.bus import flush
 from services.contract.models import ExecutionReport
 from services.devstack.launcher import SERVICES, System
 from services.devstack.natsserver import REPO_ROOT, free_port
+from tests.venues import reasons_left
 from tests.venues.binance import FUTURES, SPOT, Client, StandIn, hmac_signature, verify_signature
 
 # Binance spot API docs, "SIGNED Endpoint Examples for POST /api/v3/order - HMAC Keys".
@@ -360,12 +361,7 @@ async def test_binary_spot(live: tuple[StandIn, Operator]) -> None:
     await venue.drop_streams()  # the order is queried while the stream is down: the same state
     await op.until(lambda: venue.stream_count() > 0, "the stream reconnected")
     await asyncio.sleep(1)
-    again = []
-    while True:
-        try:
-            again.append(json.loads((await errors.next_msg(timeout=0.2)).data)["reason"])
-        except nats.errors.TimeoutError:
-            break
+    again = await reasons_left(errors)
     assert not [r for r in again if over in r], again
     assert op.statuses(over) == ["ACCEPTED"], op.statuses(over)
     # Reconciliation reads balances, open orders, and prices for the equity.

@@ -22,6 +22,7 @@ from hyperliquid.utils.signing import (
     sign_l1_action,
 )
 
+from tests.venues import reasons_left
 from tests.venues.hyperliquid import Client, StandIn, canonical_action, valid_price
 
 # hyperliquid-python-sdk tests/signing_test.py.
@@ -414,12 +415,7 @@ async def test_binary_a_malformed_fill_is_told_and_loses_no_good_one(operator: O
     assert event["reason"].startswith(
         "venue state of the stream not applied: malformed frame: userFills without user: "), event
     await asyncio.sleep(1)
-    again = []
-    while True:
-        try:
-            again.append(json.loads((await errors.next_msg(timeout=0.2)).data)["reason"])
-        except nats.errors.TimeoutError:
-            break
+    again = await reasons_left(errors)
     assert not [r for r in again if "malformed fill" in r], again
     assert op.statuses("hl-b1") == ["ACCEPTED", "PARTIALLY_FILLED"], op.statuses("hl-b1")
     # The rest fills well-formed: FILLED at the sum of the good fills only.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import nats
 from aiohttp import web
 
 
@@ -12,3 +16,13 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def reasons_left(errors: Any, quiet: float = 0.2) -> list[str]:
+    """The reasons of the ErrorEvents still coming on subscription `errors`, until it is quiet."""
+    reasons = []
+    while True:
+        try:
+            reasons.append(json.loads((await errors.next_msg(timeout=quiet)).data)["reason"])
+        except nats.errors.TimeoutError:
+            return reasons
