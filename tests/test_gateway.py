@@ -92,6 +92,10 @@ async def fake_market_data(md) -> list:
         if request["symbol"] not in KNOWN:
             await msg.respond(UNKNOWN)
             return
+        if request["interval"] not in ("1s", "1m", "5m", "15m", "1h"):  # as rust-market-data answers it
+            await msg.respond(json.dumps({"error": {"code": "unknown_interval", "message": f"interval "
+                                                    f"{request['interval']} is not served"}}).encode())
+            return
         end = time.time_ns() // 10**9 * 10**9  # the last `limit` whole seconds, closes going up and down
         closes = [D(KNOWN[request["symbol"]]) + D(i % 7) / 10 for i in range(request["limit"])]
         bars = [
@@ -230,6 +234,42 @@ async def test_history(client: httpx.AsyncClient) -> None:
         assert (r.status_code, error_code(r)) == (422, "bad_request"), params
 
 
+async def test_an_interval_market_data_does_not_serve_is_422(client: httpx.AsyncClient) -> None:
+    """`7m` is a well-formed interval that market data does not serve: the client's mistake,
+    a 422 that says so (it was a 502, as if market data had failed)."""
+    r = await client.get("/api/history/GWB-USD", params={"interval": "7m"})
+    assert (r.status_code, error_code(r)) == (422, "unknown_interval"), r.text
+    assert "7m" in r.json()["error"]["message"]
+
+
+async def test_symbol_parameters_are_documented_as_they_are_checked(client: httpx.AsyncClient) -> None:
+    """The OpenAPI spec says what a symbol, an interval and a limit must be (the checks ran
+    with the spec saying "any string": a fuzzer's valid requests were refused)."""
+    paths = (await client.get("/openapi.json")).json()["paths"]
+
+    def schema(path: str, name: str) -> dict:
+        (param,) = [p for p in paths[path]["get"]["parameters"] if p["name"] == name]
+        s = param["schema"]
+        return next(a for a in s["anyOf"] if a["type"] == "string") if "anyOf" in s else s
+
+    for path, name in (("/api/price/{symbol}", "symbol"), ("/api/history/{symbol}", "symbol"),
+                       ("/api/positions", "symbol"), ("/api/orders", "symbol")):
+        assert schema(path, name)["pattern"] == r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$", path
+    assert schema("/api/history/{symbol}", "interval")["pattern"] == r"^[0-9]{1,4}[smhd]$"
+    assert (schema("/api/history/{symbol}", "limit")["minimum"], schema("/api/history/{symbol}", "limit")["maximum"]) \
+        == (1, 5000)
+    listed = re.compile(schema("/api/prices", "symbols")["pattern"])
+    for good in ("GWA-USD", "GWA-USD,GWX-USD", " GWA-USD , GWX-USD ", ""):
+        assert listed.fullmatch(good), good
+        assert (await client.get("/api/prices", params={"symbols": good})).status_code == 200, good
+    for bad in ("GWA-USD,,GWX-USD", "GWA-USD,", ",GWA-USD", "GWA-USD;GWX-USD", "\tGWA-USD", " ", "gwa-usd"):
+        assert not listed.fullmatch(bad), bad
+        r = await client.get("/api/prices", params={"symbols": bad})
+        assert (r.status_code, error_code(r)) == (422, "bad_request"), bad
+    r = await client.get("/api/positions", params={"symbol": ""})
+    assert (r.status_code, error_code(r)) == (422, "bad_request")
+
+
 async def test_timeout_is_503(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/history/GWSLOW-USD")
     assert (r.status_code, error_code(r)) == (503, "timeout")
@@ -350,6 +390,21 @@ async def test_bad_write_bodies_never_reach_the_bus(client: httpx.AsyncClient) -
     assert client.seen == []  # type: ignore[attr-defined]
 
 
+async def test_a_body_that_is_not_json_is_422_with_the_reason(client: httpx.AsyncClient) -> None:
+    """Bytes that are not UTF-8, JSON nested past the parser's depth, a number of more than
+    4300 digits: FastAPI's bare 400 "There was an error parsing the body" (undocumented,
+    no reason) is now the 422 every other bad input gets, saying why."""
+    cases = ((b"\x04\xff\xfe", "not JSON text"), (b"{\"action\": \"engage\", \"reason\": \"\xe9\"}", "not JSON text"),
+             (b"[" * 5000 + b"]" * 5000, "nested too deep"), (b'{"action": ' + b"1" * 5000 + b"}", "not valid JSON"),
+             (b'{"action": "engage",', "not valid JSON"))
+    for path in ("/api/killswitch", "/api/limits", "/api/orders"):
+        for body, why in cases:
+            r = await client.post(path, content=body, headers={**AUTH, "Content-Type": "application/json"})
+            assert (r.status_code, error_code(r)) == (422, "bad_request"), (path, body[:20])
+            assert why in r.json()["error"]["message"], (path, body[:20], r.text)
+    assert client.seen == []  # type: ignore[attr-defined]
+
+
 async def test_limits_read_and_change(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/limits")
     assert r.status_code == 200 and r.json()["limits"]["max_order_notional"] == "1000"
@@ -409,6 +464,29 @@ async def test_an_order_may_carry_a_protection_or_an_algo(client: httpx.AsyncCli
                 {"algo": {"kind": "ICEBERG", "display_quantity": "0.3"}}):  # not below the quantity
         r = await client.post("/api/orders", json={**base, "client_order_id": f"gw-{uid()}", **bad}, headers=AUTH)
         assert (r.status_code, error_code(r)) == (422, "bad_request"), bad
+
+
+async def test_an_algo_nested_deep_is_bad_input_not_a_500(client: httpx.AsyncClient) -> None:
+    """`algo` was taken as any JSON object (checked as an ExecAlgo later): one nested a few
+    hundred levels deep made the body's serialization raise, a 500. It is checked as an
+    ExecAlgo now, and documented as one (the spec said "any object")."""
+    base = {"symbol": "GWA-USD", "side": "BUY", "quantity": "0.3"}
+    for depth in (1, 300, 600):
+        nested = "[" * depth + "]" * depth
+        body = json.dumps({**base, "client_order_id": f"gw-{uid()}", "algo": {"kind": "TWAP", "x": 0}})
+        body = body.replace('"x": 0', f'"x": {nested}')
+        r = await client.post("/api/orders", content=body, headers={**AUTH, "Content-Type": "application/json"})
+        assert (r.status_code, error_code(r)) == (422, "bad_request"), (depth, r.text)
+        assert "algo" in r.json()["error"]["message"], depth
+    for algo in ({"kind": {"a": 1}}, {}, {"kind": "twap"}, {"kind": "TWAP", "duration_ms": "3000", "slices": 3}):
+        r = await client.post("/api/orders", json={**base, "client_order_id": f"gw-{uid()}", "algo": algo},
+                              headers=AUTH)
+        assert (r.status_code, error_code(r)) == (422, "bad_request"), algo
+        assert "algo" in r.json()["error"]["message"], algo
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    assert {"$ref": "#/components/schemas/AlgoSubmit"} in schemas["OrderSubmit"]["properties"]["algo"]["anyOf"]
+    assert set(schemas["AlgoSubmit"]["properties"]) == {"kind", "duration_ms", "slices", "display_quantity"}
+    assert schemas["AlgoSubmit"]["additionalProperties"] is False
 
 
 async def test_an_order_no_stream_takes_is_503_not_stored(plain_nats: str) -> None:
@@ -472,6 +550,9 @@ async def test_a_trace_look_back_beyond_any_time_is_bad_input(client: httpx.Asyn
         r = await client.get(f"/api/orders/gw-{uid()}", params={"since_s": since_s})
         assert (r.status_code, error_code(r)) == (422, "bad_request"), since_s
         assert "since_s" in r.json()["error"]["message"], since_s
+    for since_s in ("inf", "nan", "-inf"):  # said as it is (nan was "less than or equal to 1e10")
+        r = await client.get(f"/api/orders/gw-{uid()}", params={"since_s": since_s})
+        assert "finite number" in r.json()["error"]["message"], since_s
 
 
 async def test_orders_without_the_streams_is_503(service_bus, nats_server) -> None:
@@ -571,6 +652,17 @@ async def test_openapi_documents_the_api_and_its_security(client: httpx.AsyncCli
     assert "security" not in paths["/api/killswitch"]["get"]
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "PricesReply" in spec["components"]["schemas"]
+
+
+async def test_a_405_names_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    """`Allow` lists what the path serves (RFC 9110), not only the methods of the first
+    route that matched it: GET and POST for /api/orders (it said `GET`)."""
+    for method, path, allowed in (("OPTIONS", "/api/orders", "GET, POST"), ("DELETE", "/api/killswitch", "GET, POST"),
+                                  ("PUT", "/api/limits", "GET, POST"), ("PATCH", "/api/price/GWA-USD", "GET"),
+                                  ("DELETE", "/api/orders/gw-1", "GET"), ("GET", "/api/session", "POST")):
+        r = await client.request(method, path, headers=AUTH)
+        assert (r.status_code, error_code(r)) == (405, "method_not_allowed"), (method, path)
+        assert r.headers["allow"] == allowed, (method, path)
 
 
 # ---------------------------------------------------------------- the edge: token before body, body size

@@ -111,6 +111,18 @@ async def test_anything_but_a_report_file_is_404(make_client, tmp_path: Path) ->
     assert (await c.get("/api/backtests/run-new/trades.json")).status_code == 200
 
 
+async def test_an_id_too_long_for_the_file_system_is_404(make_client, tmp_path: Path) -> None:
+    """An id of 5000 characters made the file system refuse the path (ENAMETOOLONG): a 500.
+    No such report: 404, with the id cut short in the message."""
+    reports(tmp_path)
+    c = make_client()
+    for path in ("/api/backtests/" + "A" * 5000, "/api/backtests/" + "A" * 5000 + "/report.html",
+                 "/api/backtests/" + "A" * 300):
+        r = await c.get(path)
+        assert (r.status_code, error_code(r)) == (404, "not_found"), path[:40]
+        assert len(r.json()["error"]["message"]) < 200
+
+
 async def test_reads_need_the_read_token_when_one_is_set(make_client, tmp_path: Path) -> None:
     reports(tmp_path)
     c = make_client(read_token=READ)

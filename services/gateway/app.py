@@ -30,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.bus import ApiError, Bus, validation_summary
@@ -83,6 +84,37 @@ class CountRequests:
         except Exception:
             record(500)
             raise
+
+
+def body_problem(cause: BaseException) -> str:
+    """Why FastAPI could not read a request body as JSON, in words."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not JSON text: byte {cause.start} is not {cause.encoding} ({cause.reason})"
+    if isinstance(cause, RecursionError):
+        return "the body's JSON is nested too deep"
+    return f"the body is not valid JSON: {str(cause)[:200]}"
+
+
+def json_problem(e: RequestValidationError) -> str | None:
+    """`the body is not valid JSON: <why> at character N` for FastAPI's JSON decode error
+    (its own message says only "JSON decode error")."""
+    for error in e.errors():
+        if error.get("type") == "json_invalid":
+            why = (error.get("ctx") or {}).get("error", "decode error")
+            where = error["loc"][-1] if len(error.get("loc", ())) > 1 else "?"
+            return f"the body is not valid JSON: {why} at character {where}"
+    return None
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the API serves at `path` (every operation of the OpenAPI paths matching
+    it): a 405 names them all in `Allow` (RFC 9110), not only those of the first route
+    that matched the path (Starlette's)."""
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(path):
+            methods.update(method.upper() for method in operations)
+    return sorted(methods)
 
 
 def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None, token: str | None = None,
@@ -159,14 +191,21 @@ def create_app(bus: Bus | None = None, config: dict[str, Any] | None = None, tok
 
     @app.exception_handler(RequestValidationError)
     async def on_bad_request(_request: Request, e: RequestValidationError) -> JSONResponse:
-        return error_response(ApiError("bad_request", validation_summary(e)))  # type: ignore[arg-type]
+        message = json_problem(e) or validation_summary(e)  # type: ignore[arg-type]
+        return error_response(ApiError("bad_request", message))
 
     @app.exception_handler(HTTPException)
-    async def on_http_error(_request: Request, e: HTTPException) -> JSONResponse:
-        """Starlette's own (no such route, method not allowed) in the same error shape."""
+    async def on_http_error(request: Request, e: HTTPException) -> JSONResponse:
+        """Starlette's own (no such route, method not allowed) in the same error shape; a body
+        FastAPI could not parse (its bare 400) is bad input like any other: 422 with why."""
+        if e.status_code == 400 and e.__cause__ is not None:
+            return error_response(ApiError("bad_request", body_problem(e.__cause__)))
+        headers = dict(e.headers or {})
+        if e.status_code == 405 and (allowed := allowed_methods(request.app, request.url.path)):
+            headers["Allow"] = ", ".join(allowed)
         code = HTTP_CODES.get(e.status_code, "bad_request")
         return JSONResponse({"error": {"code": code, "message": str(e.detail)}}, status_code=e.status_code,
-                            headers=e.headers)
+                            headers=headers or None)
 
     # add_middleware wraps what is there: the last added runs first.
     app.add_middleware(Guard, gw=gw)

@@ -39,8 +39,14 @@ def report_file(root: Path, backtest_id: str, name: str) -> Path:
     """The file `name` of report `backtest_id`, or not_found."""
     root = root.resolve()
     path = (root / backtest_id / name).resolve() if ID.fullmatch(backtest_id) and backtest_id not in (".", "..") else None
-    if path is None or not path.is_relative_to(root) or not path.is_file():
-        raise ApiError("not_found", f"no backtest {backtest_id!r} with a {name} (see GET /api/backtests)")
+    try:
+        found = path is not None and path.is_relative_to(root) and path.is_file()
+    except OSError:  # a name too long for the file system (ENAMETOOLONG), ...: no such report either
+        found = False
+    if not found:
+        shown = backtest_id if len(backtest_id) <= 80 else backtest_id[:80] + "..."
+        raise ApiError("not_found", f"no backtest {shown!r} with a {name} (see GET /api/backtests)")
+    assert path is not None
     return path
 
 

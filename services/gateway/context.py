@@ -27,6 +27,7 @@ SESSION_COOKIE = "moonbus_read"
 
 STATUS_BY_CODE = {
     "bad_request": 422,
+    "unknown_interval": 422,  # md.api.history: an interval market data does not serve (the client's choice)
     "bad_host": 400,
     "body_too_large": 413,
     "unknown_symbol": 404,

@@ -29,9 +29,12 @@ from services.ops.discovery import discover
 from services.ops.supervision import StreamReadError, read_supervision
 from services.contract.models import (
     CLIENT_ORDER_ID_PATTERN,
+    INTERVAL_PATTERN,
     SYMBOL_PATTERN,
+    AlgoKind,
     ClientOrderId,
     ErrorReply,
+    ExecAlgo,
     HistoryReply,
     HistoryRequest,
     KillSwitchRequest,
@@ -71,6 +74,10 @@ WRITE_ERRORS = {**ERRORS, 401: {"model": ErrorReply, "description": "missing or 
                 403: {"model": ErrorReply, "description": "writes disabled: no MOONBUS_GATEWAY_TOKEN"},
                 413: {"model": ErrorReply, "description": "body over [gateway] max_body_bytes"}}
 T = TypeVar("T")
+SymbolPath = Annotated[str, Path(pattern=SYMBOL_PATTERN)]
+_SYMBOL = SYMBOL_PATTERN.strip("^$")
+# A comma-separated list of symbols (spaces around them allowed), or nothing (the default).
+SYMBOLS_PATTERN = rf"^( *{_SYMBOL} *(, *{_SYMBOL} *)*)?$"
 MAX_SINCE_S = 1e10  # a trace's look-back (over 300 years): more, or inf, is no nanosecond count
 
 
@@ -86,21 +93,25 @@ def split_list(text: str | None, default: list[str]) -> list[str]:
 
 
 @router.get("/prices", response_model=PricesReply, responses=ERRORS)
-async def prices(gw: Gw, symbols: Annotated[str | None, Query(description="comma-separated; default: "
-                                                                "[system].symbols")] = None) -> Response:
+async def prices(gw: Gw, symbols: Annotated[str | None, Query(pattern=SYMBOLS_PATTERN,
+                                                              description="comma-separated; default: "
+                                                                          "[system].symbols")] = None) -> Response:
     """Latest tick per symbol (md.api.prices); unknown symbols are listed in `missing`."""
     request = PricesRequest(symbols=split_list(symbols, gw.symbols))
     return wire(await gw.call(S.MD_PRICES_API, request))
 
 
 @router.get("/price/{symbol}", response_model=PriceReply, responses={**ERRORS, 404: {"model": ErrorReply}})
-async def price(gw: Gw, symbol: str) -> Response:
+async def price(gw: Gw, symbol: SymbolPath) -> Response:
     """Latest tick of one symbol (md.api.price)."""
     return wire(await gw.call(S.MD_PRICE_API, PriceRequest(symbol=symbol)))
 
 
 @router.get("/history/{symbol}", response_model=HistoryReply, responses={**ERRORS, 404: {"model": ErrorReply}})
-async def history(gw: Gw, symbol: str, interval: str = "1m", limit: int = 100) -> Response:
+async def history(gw: Gw, symbol: SymbolPath,
+                  interval: Annotated[str, Query(pattern=INTERVAL_PATTERN, description="one market data serves "
+                                                 "([market_data] intervals), else 422 unknown_interval")] = "1m",
+                  limit: Annotated[int, Query(ge=1, le=5000)] = 100) -> Response:
     """The last closed bars (md.api.history)."""
     request = HistoryRequest(symbol=symbol, interval=interval, limit=limit)
     return wire(await gw.call(S.MD_HISTORY_API, request))
@@ -110,7 +121,7 @@ async def history(gw: Gw, symbol: str, interval: str = "1m", limit: int = 100) -
 
 
 @router.get("/positions", responses=ERRORS)
-async def positions(gw: Gw, symbol: str | None = None) -> JSONResponse:
+async def positions(gw: Gw, symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None) -> JSONResponse:
     """Positions and PnL (risk.api.positions)."""
     reply = await gw.call(S.RISK_POSITIONS_API, PositionsRequest(symbol=symbol))
     return JSONResponse({"positions": [json.loads(p.model_dump_json(exclude_none=True)) for p in reply.positions]})
@@ -167,6 +178,15 @@ async def set_kill_switch(gw: Writer, body: KillSwitchRequest) -> Response:
 # ---------------------------------------------------------------- orders
 
 
+class AlgoSubmit(ExecAlgo):
+    """An ExecAlgo as a client sends it: TWAP needs duration_ms and slices, ICEBERG
+    display_quantity (below the order's quantity)."""
+
+    # The body is checked from parsed JSON (Python objects), where a strict enum takes only
+    # the enum object: `kind` takes its name. Every other field is as strict as the contract's.
+    kind: Annotated[AlgoKind, Field(strict=False)]
+
+
 class OrderSubmit(Strict):
     """An order from a person. `client_order_id` is the idempotency key: sending the same
     order twice (a retry) stores it once. The gateway adds agent `gateway` and the times."""
@@ -183,9 +203,7 @@ class OrderSubmit(Strict):
     # exits execution carries out once it fills (README "Protections"), or an execution
     # algorithm (README "Execution algorithms"): one or the other
     protection: Protection | None = None
-    # an ExecAlgo, checked when the order is built (from JSON: its `kind` is an enum, which
-    # this strict body model would take only as the enum object)
-    algo: dict[str, Any] | None = Field(default=None, description="ExecAlgo (proto/schemas/OrderRequest.json)")
+    algo: AlgoSubmit | None = None
 
 
 class OrderAccepted(BaseModel):
@@ -210,8 +228,8 @@ async def orders(gw: Gw, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 
 @router.get("/orders/{client_order_id}", responses={**ERRORS, 404: {"model": ErrorReply}})
 async def order_trace(gw: Gw, client_order_id: Annotated[str, Path(pattern=CLIENT_ORDER_ID_PATTERN)],
-                      since_s: Annotated[float | None, Query(gt=0, le=MAX_SINCE_S,
-                                                             description="look back this far")] = None,
+                      since_s: Annotated[float | None, Query(gt=0, le=MAX_SINCE_S, allow_inf_nan=False,
+                                                             description="look back this far, in seconds")] = None,
                       ) -> JSONResponse:
     """One order, its reports and every hop's timestamp from the origin tick to the fill.
     The search is bounded ([gateway] order_scan_max messages of each stream, and
