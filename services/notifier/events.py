@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from services.contract import subjects as S
 from services.contract.models import (
     AccountState,
     ErrorEvent,
@@ -107,8 +108,8 @@ def from_alert(a: PriceAlert, subject: str, data: dict[str, Any]) -> Notice:
     return Notice("alerts", title, text, "info", a.symbol, None, fields, subject, data, a.ts)
 
 
-VENUE_ERRORS = "errors.execution"  # only execution's word on a live venue is a `venues` notice
-VENUE_PREFIX = "exec.venue."
+VENUE_ERRORS = S.errors("execution")  # only execution's word on a live venue is a `venues` notice
+VENUE_PREFIX = S.exec_venue("")
 
 
 def from_error(e: ErrorEvent, subject: str, data: dict[str, Any]) -> Notice:
