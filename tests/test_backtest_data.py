@@ -291,6 +291,12 @@ GOOD = "2024-01-01 00:00,10,11,9,10,5\n"
     ("negative volume", HEADER + "2024-01-01 00:00,10,11,9,10,-5\n", 2, "volume -5 must not be negative"),
     ("too large", HEADER + "2024-01-01 00:00,10,100000000000000,9,10,5\n", 2,
      "high 100000000000000 is too large (money stays below 1e14)"),
+    ("too fine", HEADER + "2024-01-01 00:00,10,11,9,10,1e-30\n", 2,
+     "volume 1e-30 has more digits than money holds (at most 28 after the point, and below 2^96 "
+     "with the point taken out)"),
+    ("too many places", HEADER + "2024-01-01 00:00,10,11,9,10." + "0" * 29 + ",5\n", 2,
+     "close 10." + "0" * 29 + " has more digits than money holds (at most 28 after the point, and "
+     "below 2^96 with the point taken out)"),
     ("high below", HEADER + GOOD + "2024-01-01 00:01,10,10.5,9,11,5\n", 3, "high 10.5 is below max(open 10, close 11)"),
     ("low above", HEADER + "2024-01-01 00:00,10,11,10.5,10.6,5\n", 2, "low 10.5 is above min(open 10, close 10.6)"),
     ("column count", HEADER + GOOD + "2024-01-01 00:01,10,11,9,10\n", 3, "5 values for 6 columns"),

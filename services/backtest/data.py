@@ -27,12 +27,14 @@ from pydantic import BaseModel
 
 from services.contract.models import (
     INTERVAL_PATTERN,
+    FAST_MONEY_CHARS,
     MAX_DECIMAL_CHARS,
     MONEY_LIMIT,
     SYMBOL_PATTERN,
     U64_MAX,
     VENUE_PATTERN,
     Bar,
+    fits_96_bits,
 )
 
 NS = 1_000_000_000
@@ -214,7 +216,7 @@ class _Part:
                                self.volume, self.lines))
         trades_ = self.trades.append if self.trades is not None else None
         last = self.ts[-1] if self.ts else -1
-        line, o, h, lo, c, v, big = 0, "", "", "", "", "", MAX_DECIMAL_CHARS
+        line, o, h, lo, c, v, big = 0, "", "", "", "", "", FAST_MONEY_CHARS
         last_c, cp = "", ZERO
         try:
             for line, ts, o, h, lo, c, v, n in rows:
@@ -227,7 +229,8 @@ class _Part:
                 if (not (0 < lp and hp < MONEY_LIMIT and 0 <= vp < MONEY_LIMIT)
                         or hp < op or hp < cp or lp > op or lp > cp
                         or len(o) > big or len(h) > big or len(lo) > big or len(c) > big
-                        or len(v) > big):
+                        or len(v) > big or "e" in (row := o + h + lo + c + v) or "E" in row):
+                    # long texts and exponent forms (1e-30) may be finer than money holds
                     _diagnose(o, h, lo, c, v)
                 last = ts
                 ts_(ts)
@@ -296,7 +299,7 @@ def _diagnose(o: str, h: str, lo: str, c: str, v: str) -> None:
 
 def _number(text: str, name: str, positive: bool) -> Decimal:
     """A price (positive) or an amount (>= 0) from its text, checked as the contract's
-    money (finite, below 1e14, at most 40 characters)."""
+    money (finite, below 1e14, at most 40 characters, what a 96-bit decimal holds)."""
     try:
         value = Decimal(text)
     except (InvalidOperation, TypeError, ValueError):
@@ -311,6 +314,9 @@ def _number(text: str, name: str, positive: bool) -> Decimal:
         raise _Bad(f"{name} {text} is too large (money stays below 1e14)")
     if len(text) > MAX_DECIMAL_CHARS:
         raise _Bad(f"{name} {text[:20]}... has more than {MAX_DECIMAL_CHARS} characters")
+    if not fits_96_bits(value):
+        raise _Bad(f"{name} {text} has more digits than money holds (at most 28 after the "
+                   "point, and below 2^96 with the point taken out)")
     return value
 
 

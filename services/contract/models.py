@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from enum import Enum
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -44,11 +44,52 @@ INTERVAL_PATTERN = r"^[0-9]{1,4}[smhd]$"
 MAX_DECIMAL_CHARS = 40
 MONEY_LIMIT = Decimal(10) ** 14
 _TOO_LARGE = re.compile(r"^-?[1-9][0-9]{14,}(\.[0-9]+)?$")
+# What the Rust services' 96-bit decimal holds exactly, which the contract therefore
+# admits: at most 28 digits after the point, and the digits (the point taken out, read as
+# an integer) below 2^96 = 79228162514264337593543950336. The Rust services emit figures
+# up to that (risk's average price, a quotient, can have 29 digits), so the bound is not
+# "28 digits in all". A text of at most FAST_MONEY_CHARS characters has at most 28
+# digits, so only longer texts need the integer compared.
+MONEY_DECIMALS = 28
+MONEY_MANTISSA_LIMIT = 2**96
+FAST_MONEY_CHARS = 29
+_WIDE = Context(prec=80)
 
 
 def _out_of_range(value: object) -> ValueError:
     return ValueError(f"money {str(value)[:40]!r} out of range: |x| must be below 1e14 "
                       "(at most 14 digits before the point)")
+
+
+def fits_96_bits(value: Decimal) -> bool:
+    """At most 28 places, digits below 2^96: what a 96-bit decimal holds exactly."""
+    text = str(value)  # a third of as_tuple's cost: fixed-point and short is most money
+    if len(text) <= FAST_MONEY_CHARS and "E" not in text:
+        return True
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite: checked before
+    return exponent >= -MONEY_DECIMALS and (
+        len(digits) < 29 or int("".join(map(str, digits))) < MONEY_MANTISSA_LIMIT)
+
+
+def _too_fine(shown: object) -> ValueError:
+    return ValueError(f"money {str(shown)[:40]!r} is more than a 96-bit decimal holds: at most "
+                      f"{MONEY_DECIMALS} digits after the point, and its digits, the point taken "
+                      "out, below 2^96 = 79228162514264337593543950336")
+
+
+def _fit(value: Decimal) -> Decimal:
+    """A Decimal built in code, rounded (half to even) to what a 96-bit decimal holds.
+    Python's context keeps 28 significant digits, so a quotient below 1 can have more
+    places (0.01 / 3); rust_decimal rounds its own results the same way."""
+    if fits_96_bits(value):
+        return value
+    places = min(-value.as_tuple().exponent, MONEY_DECIMALS)  # type: ignore[operator]
+    while True:
+        fitted = value.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN, _WIDE)
+        if fits_96_bits(fitted):
+            return fitted
+        places -= 1
 
 
 def _decimal_parser(pattern: str) -> Any:
@@ -59,16 +100,20 @@ def _decimal_parser(pattern: str) -> Any:
             # Built in code: the same range as on the wire (and no NaN or Infinity).
             if not value.is_finite():
                 raise ValueError(f"money must be a finite decimal, not {value}")
-            if abs(value) >= MONEY_LIMIT:
+            fitted = _fit(value)
+            if abs(fitted) >= MONEY_LIMIT:  # also what rounds up to 1e14
                 raise _out_of_range(value)
-            return value
+            return fitted
         if not isinstance(value, str):
             raise ValueError("money must be a decimal string such as \"187.42\", not a JSON number")
         if len(value) <= MAX_DECIMAL_CHARS and _TOO_LARGE.fullmatch(value):
             raise _out_of_range(value)
         if len(value) > MAX_DECIMAL_CHARS or not regex.fullmatch(value):
             raise ValueError(f"not a decimal string of the expected sign: {value[:40]!r}")
-        return Decimal(value)
+        parsed = Decimal(value)
+        if len(value) > FAST_MONEY_CHARS and not fits_96_bits(parsed):
+            raise _too_fine(value)
+        return parsed
 
     return parse
 
@@ -84,6 +129,19 @@ NON_NEGATIVE_DECIMAL_PATTERN = r"^(0|[1-9][0-9]{0,13})(\.[0-9]+)?$"
 POSITIVE_DECIMAL_PATTERN = r"^(0\.[0-9]*[1-9][0-9]*|[1-9][0-9]{0,13}(\.[0-9]+)?)$"
 
 
+# The schemas' patterns also bound the places to 28 (the positive one with a lookahead,
+# which the parsers' patterns above avoid: pydantic-core's Rust regex, wire.py, has none;
+# the parser counts the places itself). The 2^96 bound no pattern can say: the description.
+SCHEMA_PATTERNS = {
+    DECIMAL_PATTERN: r"^-?(0|[1-9][0-9]{0,13})(\.[0-9]{1,28})?$",
+    NON_NEGATIVE_DECIMAL_PATTERN: r"^(0|[1-9][0-9]{0,13})(\.[0-9]{1,28})?$",
+    POSITIVE_DECIMAL_PATTERN: r"^(0\.(?=[0-9]{1,28}$)0*[1-9][0-9]*|[1-9][0-9]{0,13}(\.[0-9]{1,28})?)$",
+}
+MONEY_DESCRIPTION = ("A decimal string: at most 14 digits before the point and 28 after it, "
+                     "and its digits, the point taken out, read as an integer below 2^96 "
+                     "(79228162514264337593543950336): what a 96-bit decimal holds exactly.")
+
+
 def _money(pattern: str, check: Any = None) -> Any:
     validators = [BeforeValidator(_decimal_parser(pattern))]
     if check is not None:
@@ -92,7 +150,8 @@ def _money(pattern: str, check: Any = None) -> Any:
         Decimal,
         *validators,
         PlainSerializer(_decimal_to_string, return_type=str, when_used="always"),
-        WithJsonSchema({"type": "string", "pattern": pattern, "maxLength": MAX_DECIMAL_CHARS}),
+        WithJsonSchema({"type": "string", "pattern": SCHEMA_PATTERNS[pattern],
+                        "maxLength": MAX_DECIMAL_CHARS, "description": MONEY_DESCRIPTION}),
     ]
 
 

@@ -8,7 +8,8 @@ bounds, symbol/venue/interval patterns, required fields, unknown fields as the m
 treats them) in which each money field is checked in Rust instead: the JSON string must
 match the field's own pattern (models.py: the pattern carries the sign, the
 at-most-14-digit range and the plain fixed-point form) and have at most
-MAX_DECIMAL_CHARS characters, which is what the Python parser accepts. ~1.3 us a Tick.
+FAST_MONEY_CHARS characters (so at most 28 digits: always what the Python parser and a
+96-bit decimal accept; a longer text goes to the model). ~1.3 us a Tick.
 
 A Tick (the message every subscriber of md.tick.> checks, thousands a second) is first
 read by the contract's Rust types themselves (`moonbus_sim.is_tick`: serde into
@@ -35,7 +36,7 @@ from pydantic import BaseModel
 from pydantic_core import SchemaValidator, core_schema
 
 from . import models
-from .models import MAX_DECIMAL_CHARS
+from .models import FAST_MONEY_CHARS
 
 # A sign check after the parser that the pattern already implies: the pattern admits no
 # zero (POSITIVE: a non-zero digit is required) / no minus sign (NON_NEGATIVE).
@@ -60,8 +61,11 @@ def _money_pattern(schema: dict[str, Any]) -> str | None:
 
 
 def _fast_money(pattern: str) -> core_schema.CoreSchema:
-    # What _decimal_parser accepts from JSON: a string of the pattern, at most MAX_DECIMAL_CHARS.
-    return core_schema.str_schema(pattern=pattern, max_length=MAX_DECIMAL_CHARS, strict=True)
+    # A string of the pattern of at most FAST_MONEY_CHARS: at most 28 digits, so always
+    # what a 96-bit decimal holds. _decimal_parser accepts these and more: a longer text
+    # (up to MAX_DECIMAL_CHARS, one of risk's 29-digit quotients) is refused here and then
+    # judged by the model, as every refusal is.
+    return core_schema.str_schema(pattern=pattern, max_length=FAST_MONEY_CHARS, strict=True)
 
 
 def _rewrite(node: Any) -> tuple[Any, int]:

@@ -60,9 +60,10 @@ fn out_of_range(value: impl fmt::Display) -> ValidationError {
 }
 
 /// The wire form of money to a `Decimal`: a decimal literal (the schema's pattern
-/// `^-?(0|[1-9][0-9]{0,13})(\.[0-9]+)?$`: no exponent, no `+`, no leading zeros, no
+/// `^-?(0|[1-9][0-9]{0,13})(\.[0-9]{1,28})?$`: no exponent, no `+`, no leading zeros, no
 /// spaces; at most 40 characters), exact (rust_decimal holds 28 fractional digits and a
-/// 96-bit mantissa: anything beyond is refused, never rounded).
+/// 96-bit mantissa: anything beyond is refused, never rounded; the contract says the
+/// same, and the Python models refuse it too).
 ///
 /// One pass over the bytes checks the form and gathers the digits; a literal of at most
 /// 19 digits (every price and quantity seen in practice: they fit a `u64`) is built
