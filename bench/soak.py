@@ -12,13 +12,23 @@ warnings, the ticks market-data published (its md_ticks_out_total) and the order
 
 market-data keeps `history_len` closed bars per series: 100 here (not 1000) so that the
 1 s history is full within the warm-up and its growth is not mistaken for a leak.
+
+nats-server is a Go program: its RSS follows the heap's high-water mark, which the
+collector lets grow to twice what was live at the last collection before it collects
+again, and gives back to the system slowly. So its Go heap is sampled too (MemStats from
+its profiling port, on 127.0.0.1 like everything here): `NextGC`, the heap size at which
+the next collection starts, is twice what was live at the last one, a figure no sampling
+interval distorts. `MOONBUS_SOAK_SECONDS` runs longer than 10 minutes (the BARS stream,
+1,000 bars per series, is full after ~17 minutes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import os
 import re
 import tempfile
 import time
@@ -52,6 +62,21 @@ class Plan:
 
 
 FULL = Plan(seconds=600, warmup=120, symbols=SYMBOLS, tick_interval_ms=TICK_INTERVAL_MS)
+SECONDS_ENV = "MOONBUS_SOAK_SECONDS"
+
+
+def full_plan(env: dict[str, str] | os._Environ[str] = os.environ) -> Plan:
+    """FULL, for $MOONBUS_SOAK_SECONDS when set (at least the warm-up and 5 minutes)."""
+    text = env.get(SECONDS_ENV, "").strip()
+    if not text:
+        return FULL
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise SystemExit(f"{SECONDS_ENV}={text!r} is not a number of seconds") from None
+    if not seconds >= FULL.warmup + 300:
+        raise SystemExit(f"{SECONDS_ENV}={text}: at least {FULL.warmup + 300:.0f} (the warm-up and 5 minutes)")
+    return dataclasses.replace(FULL, seconds=seconds)
 
 
 def env_for(plan: Plan, metrics_port: int) -> dict[str, str]:
@@ -62,6 +87,11 @@ def env_for(plan: Plan, metrics_port: int) -> dict[str, str]:
         "MOONBUS__SYSTEM__SYMBOLS": json.dumps(plan.symbols),
         "MOONBUS__MARKET_DATA__TICK_INTERVAL_MS": str(plan.tick_interval_ms),
         "MOONBUS__MARKET_DATA__HISTORY_LEN": "100",
+        # The strategy loses on the sim's random walk (fees): past the default daily loss
+        # (500 on 10,000) risk latches the account REDUCE_ONLY and the agents stop sending
+        # (after ~9 minutes, seen 2026-12-07), leaving the order path idle. The soak keeps it busy.
+        "MOONBUS__RISK__MAX_DAILY_LOSS": '"1000000"',
+        "MOONBUS__RISK__MAX_DRAWDOWN_PCT": "100.0",
         "MOONBUS__MARKET_DATA__METRICS_ADDR": f'"127.0.0.1:{metrics_port}"',
         "MOONBUS__RISK__METRICS_ADDR": '""',
         "MOONBUS__EXECUTION__METRICS_ADDR": '""',
@@ -104,6 +134,17 @@ def jetstream_mb(port: int) -> float | None:
     return jsz.get("storage", 0) / 2**20
 
 
+def go_gc_target_mb(port: int) -> float | None:
+    """nats-server's NextGC (the heap size of its next collection: twice what was live at
+    the last), from the MemStats its profiling port prints with the heap profile."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/pprof/heap?debug=1", timeout=5).read()
+    except OSError:
+        return None
+    found = re.search(rb"^# NextGC = (\d+)$", text, re.M)
+    return int(found.group(1)) / 2**20 if found else None
+
+
 def ticks_out(port: int) -> float | None:
     """market-data's md_ticks_out_total, all venues."""
     try:
@@ -115,14 +156,17 @@ def ticks_out(port: int) -> float | None:
 
 
 async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
-    metrics_port, monitor_port = free_port(), free_port()
+    metrics_port, monitor_port, profile_port = free_port(), free_port(), free_port()
     system = System()
     await asyncio.to_thread(lambda: system.start(port=free_port(), moon_dir=moon_dir, out=None,
                                                  env=env_for(plan, metrics_port), write_env_file=False,
-                                                 monitor_port=monitor_port))
+                                                 monitor_port=monitor_port,
+                                                 nats_args=["--profile", str(profile_port)]))
     errors: Counter[str] = Counter()
     samples: dict[str, list[str]] = defaultdict(list)
     reports: Counter[str] = Counter()
+    filled_by_minute: Counter[int] = Counter()  # the order path busy to the end
+    started = time.monotonic()
     rss: dict[str, list[tuple[float, float]]] = defaultdict(list)
     try:
         env = system.env_for("operator")
@@ -138,13 +182,18 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
 
         async def on_report(msg: Msg) -> None:
             with contextlib.suppress(ValueError, KeyError):
-                reports[json.loads(msg.data)["status"]] += 1
+                status = json.loads(msg.data)["status"]
+                reports[status] += 1
+                if status == "FILLED":
+                    filled_by_minute[int((time.monotonic() - started) // 60)] += 1
 
         await nc.subscribe("errors.>", cb=on_error)
         await nc.subscribe("exec.report.>", cb=on_report)
         started = time.monotonic()
+        filled_by_minute.clear()
         ticks: list[tuple[float, float]] = []
         stored: list[tuple[float, float]] = []  # JetStream's stored MB
+        gc_target: list[tuple[float, float]] = []  # nats-server's NextGC, MB
         while (elapsed := time.monotonic() - started) < plan.seconds:
             pids = {name: child.process.pid if child.running and child.process else None
                     for name, child in system.children.items()}
@@ -156,6 +205,8 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
                 ticks.append((elapsed, count))
             if (mb := jetstream_mb(monitor_port)) is not None:
                 stored.append((elapsed, mb))
+            if (mb := go_gc_target_mb(profile_port)) is not None:
+                gc_target.append((elapsed, mb))
             if progress:
                 print(f"  {elapsed:5.0f}s " + " ".join(f"{n}={v[-1][1]:.0f}" for n, v in rss.items() if v)
                       + f" stored={stored[-1][1] if stored else 0:.0f} errors={sum(errors.values())}", flush=True)
@@ -189,6 +240,12 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
     if "nats-server" in services:  # growth no faster than what it stores: the streams filling
         nats_rss = services["nats-server"]
         nats_rss["flat_given_store_growth"] = nats_rss["slope_mb_per_min"] <= nats_rss["flat_mb_per_min"] + store_slope
+        steady = [p for p in gc_target if p[0] >= plan.warmup]
+        if steady:
+            nats_rss["go_gc_target_mb_after_warmup"] = round(steady[0][1], 1)
+            nats_rss["go_gc_target_mb_end"] = round(steady[-1][1], 1)
+            nats_rss["go_gc_target_mb_max"] = round(max(v for _, v in steady), 1)
+            nats_rss["go_gc_target_slope_mb_per_min"] = round(slope_mb_per_min(steady), 3)
     measured = [(t, c) for t, c in ticks if t >= plan.warmup] or ticks
     rate = ((measured[-1][1] - measured[0][1]) / (measured[-1][0] - measured[0][0])
             if len(measured) >= 2 and measured[-1][0] > measured[0][0] else None)
@@ -212,14 +269,16 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
         "unexpected_exits": exits,
         "nats_slow_consumer_warnings": slow,
         "reports": dict(reports),
+        "filled_per_minute": [filled_by_minute[m] for m in range(int(plan.seconds // 60))],
     }
 
 
 def run(ctx: Context) -> dict:
-    plan = Plan(seconds=60, warmup=20, symbols=SYMBOLS, tick_interval_ms=TICK_INTERVAL_MS) if ctx.quick else FULL
+    plan = Plan(seconds=60, warmup=20, symbols=SYMBOLS, tick_interval_ms=TICK_INTERVAL_MS) if ctx.quick else full_plan()
     with tempfile.TemporaryDirectory(prefix="moonbus-soak-") as moon_dir:
         result = asyncio.run(soak(plan, Path(moon_dir), progress=True))
     print(f"{'service':<16} {'start MB':>9} {'end MB':>8} {'slope MB/min':>13} flat")
     for name, s in result["services"].items():
         print(f"{name:<16} {s['rss_mb_start']:>9} {s['rss_mb_end']:>8} {s['slope_mb_per_min']:>13} {s['flat']}")
+    print(f"FILLED per minute: {result['filled_per_minute']}")
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import SYMBOLS, TICK_INTERVAL_MS, Plan, soak
+from bench.soak import FULL, SECONDS_ENV, SYMBOLS, TICK_INTERVAL_MS, Plan, full_plan, soak
 from services.devstack.launcher import SERVICES
 from services.devstack.natsserver import REPO_ROOT
 
@@ -33,3 +33,13 @@ async def test_a_minute_at_10000_ticks_per_s_has_no_error_and_no_growing_rss(tmp
              if s["rss_mb_end"] > 2 * s["rss_mb_after_warmup"] + 50}
     assert not grown, f"RSS more than doubled after the warm-up: {grown}"
     assert result["ticks_per_s_published"], "market-data published no ticks (md_ticks_out_total)"
+    # nats-server's Go heap, read from its profiling port (127.0.0.1): twice the live heap
+    assert 0 < result["services"]["nats-server"]["go_gc_target_mb_end"] < 10_000, result["services"]["nats-server"]
+
+
+def test_a_longer_soak_is_asked_for_in_seconds() -> None:
+    assert full_plan({}) == FULL
+    assert full_plan({SECONDS_ENV: "2400"}).seconds == 2400
+    for bad in ("ten", "60", "nan"):
+        with pytest.raises(SystemExit, match=SECONDS_ENV):
+            full_plan({SECONDS_ENV: bad})

@@ -348,6 +348,7 @@ class System:
         cluster: int = 1,
         cluster_ports: tuple[list[int] | None, list[int] | None, list[int] | None] | None = None,
         standby: bool = False,
+        nats_args: list[str] | None = None,
     ) -> System:
         """Start nats-server, then `services` (default: all of SERVICES, in order).
 
@@ -370,6 +371,7 @@ class System:
         cluster_ports: (client, route, monitoring) ports per node, default free ports.
         standby: risk and execution each run twice, active + `<name>-standby`, with
         `failover = true` (with_standbys): the standby takes over when the active one dies.
+        nats_args: more nats-server arguments (one node only; the soak's `--profile`).
         """
         known = {**SERVICES, **OPTIONAL_SERVICES}
         specs = [known[s] if isinstance(s, str) and s in known else s
@@ -377,6 +379,8 @@ class System:
         unknown = [s for s in specs if not isinstance(s, ServiceSpec)]
         if unknown:
             raise ValueError(f"unknown service(s) {unknown}; known: {', '.join(known)}")
+        if nats_args and cluster > 1:
+            raise ValueError("nats_args is for a single nats-server, not a cluster")
         if standby:
             specs = with_standbys(specs)
         names = [spec.name for spec in specs]
@@ -406,6 +410,7 @@ class System:
                 on_line=lambda text: self.out.line("nats", text),
                 monitor_port=monitor_port or None,
                 tls=tls_files,
+                extra_args=nats_args,
             )
         self.nats.start(timeout=max(nats_timeout, 30.0) if cluster > 1 else nats_timeout)
         self.supervise = supervise
