@@ -13,13 +13,12 @@ warnings, the ticks market-data published (its md_ticks_out_total) and the order
 market-data keeps `history_len` closed bars per series: 100 here (not 1000) so that the
 1 s history is full within the warm-up and its growth is not mistaken for a leak.
 
-nats-server is a Go program: its RSS follows the heap's high-water mark, which the
-collector lets grow to twice what was live at the last collection before it collects
-again, and gives back to the system slowly. So its Go heap is sampled too (MemStats from
-its profiling port, on 127.0.0.1 like everything here): `NextGC`, the heap size at which
-the next collection starts, is twice what was live at the last one, a figure no sampling
-interval distorts. `MOONBUS_SOAK_SECONDS` runs longer than 10 minutes (the BARS stream,
-1,000 bars per series, is full after ~17 minutes).
+nats-server is a Go program run with GOGC=400 (natsserver.py NATS_GOGC): its heap grows
+to five times what was live at the last collection before the next, and its RSS follows
+that high-water mark. So what it keeps is measured too: once a minute its profiling port
+(on 127.0.0.1 like everything here) is asked for the heap profile after a collection
+(`gc=1`), whose MemStats HeapAlloc is then exactly the live heap. `MOONBUS_SOAK_SECONDS`
+runs longer than 10 minutes (the BARS stream's 1 s bars reach 1,000 per series after ~17).
 """
 
 from __future__ import annotations
@@ -134,14 +133,15 @@ def jetstream_mb(port: int) -> float | None:
     return jsz.get("storage", 0) / 2**20
 
 
-def go_gc_target_mb(port: int) -> float | None:
-    """nats-server's NextGC (the heap size of its next collection: twice what was live at
-    the last), from the MemStats its profiling port prints with the heap profile."""
+def go_live_heap_mb(port: int) -> float | None:
+    """nats-server's live Go heap: HeapAlloc of the MemStats its profiling port prints with
+    the heap profile, asked for after a collection (gc=1)."""
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/pprof/heap?debug=1", timeout=5).read()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/pprof/heap?debug=1&gc=1",
+                                      timeout=10).read()
     except OSError:
         return None
-    found = re.search(rb"^# NextGC = (\d+)$", text, re.M)
+    found = re.search(rb"^# HeapAlloc = (\d+)$", text, re.M)
     return int(found.group(1)) / 2**20 if found else None
 
 
@@ -171,7 +171,8 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
     try:
         env = system.env_for("operator")
         nc = await nats.connect(env["NATS_URL"], user="operator", password=env["NATS_PASSWORD"],
-                                inbox_prefix="_INBOX.operator", name="soak")
+                                inbox_prefix="_INBOX.operator", name="soak",
+                                connect_timeout=10)  # bcrypt under the start-up load
 
         async def on_error(msg: Msg) -> None:
             service = msg.subject.split(".", 1)[1]
@@ -193,7 +194,8 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
         filled_by_minute.clear()
         ticks: list[tuple[float, float]] = []
         stored: list[tuple[float, float]] = []  # JetStream's stored MB
-        gc_target: list[tuple[float, float]] = []  # nats-server's NextGC, MB
+        live_heap: list[tuple[float, float]] = []  # nats-server's live Go heap, MB
+        heap_every = 60.0 if plan.seconds >= 600 else 15.0  # each forces a collection
         while (elapsed := time.monotonic() - started) < plan.seconds:
             pids = {name: child.process.pid if child.running and child.process else None
                     for name, child in system.children.items()}
@@ -205,8 +207,9 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
                 ticks.append((elapsed, count))
             if (mb := jetstream_mb(monitor_port)) is not None:
                 stored.append((elapsed, mb))
-            if (mb := go_gc_target_mb(profile_port)) is not None:
-                gc_target.append((elapsed, mb))
+            if (not live_heap or elapsed - live_heap[-1][0] >= heap_every) and (
+                    mb := go_live_heap_mb(profile_port)) is not None:
+                live_heap.append((elapsed, mb))
             if progress:
                 print(f"  {elapsed:5.0f}s " + " ".join(f"{n}={v[-1][1]:.0f}" for n, v in rss.items() if v)
                       + f" stored={stored[-1][1] if stored else 0:.0f} errors={sum(errors.values())}", flush=True)
@@ -240,12 +243,12 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
     if "nats-server" in services:  # growth no faster than what it stores: the streams filling
         nats_rss = services["nats-server"]
         nats_rss["flat_given_store_growth"] = nats_rss["slope_mb_per_min"] <= nats_rss["flat_mb_per_min"] + store_slope
-        steady = [p for p in gc_target if p[0] >= plan.warmup]
+        steady = [p for p in live_heap if p[0] >= plan.warmup]
         if steady:
-            nats_rss["go_gc_target_mb_after_warmup"] = round(steady[0][1], 1)
-            nats_rss["go_gc_target_mb_end"] = round(steady[-1][1], 1)
-            nats_rss["go_gc_target_mb_max"] = round(max(v for _, v in steady), 1)
-            nats_rss["go_gc_target_slope_mb_per_min"] = round(slope_mb_per_min(steady), 3)
+            nats_rss["go_live_heap_mb_after_warmup"] = round(steady[0][1], 1)
+            nats_rss["go_live_heap_mb_end"] = round(steady[-1][1], 1)
+            nats_rss["go_live_heap_slope_mb_per_min"] = round(slope_mb_per_min(steady), 3)
+            nats_rss["go_live_heap_mb"] = [round(v, 1) for _, v in live_heap]
     measured = [(t, c) for t, c in ticks if t >= plan.warmup] or ticks
     rate = ((measured[-1][1] - measured[0][1]) / (measured[-1][0] - measured[0][0])
             if len(measured) >= 2 and measured[-1][0] > measured[0][0] else None)
