@@ -166,7 +166,6 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
     samples: dict[str, list[str]] = defaultdict(list)
     reports: Counter[str] = Counter()
     filled_by_minute: Counter[int] = Counter()  # the order path busy to the end
-    started = time.monotonic()
     rss: dict[str, list[tuple[float, float]]] = defaultdict(list)
     try:
         env = system.env_for("operator")
@@ -188,10 +187,9 @@ async def soak(plan: Plan, moon_dir: Path, progress: bool = False) -> dict:
                 if status == "FILLED":
                     filled_by_minute[int((time.monotonic() - started) // 60)] += 1
 
+        started = time.monotonic()
         await nc.subscribe("errors.>", cb=on_error)
         await nc.subscribe("exec.report.>", cb=on_report)
-        started = time.monotonic()
-        filled_by_minute.clear()
         ticks: list[tuple[float, float]] = []
         stored: list[tuple[float, float]] = []  # JetStream's stored MB
         live_heap: list[tuple[float, float]] = []  # nats-server's live Go heap, MB

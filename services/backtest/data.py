@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from services.contract.models import (
-    INTERVAL_PATTERN,
     FAST_MONEY_CHARS,
+    INTERVAL_PATTERN,
     MAX_DECIMAL_CHARS,
     MONEY_LIMIT,
     SYMBOL_PATTERN,
