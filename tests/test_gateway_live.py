@@ -24,8 +24,11 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 from test_gateway import BASE, CONFIG, account, fake_market_data, fake_risk
+from test_venue_views import reconciliation, status
 
-from services.common.bus import ApiError
+from services.common import caps
+from services.common.bus import ApiError, flush
+from services.contract import subjects as S
 from services.contract.models import (
     Action,
     ExecutionReport,
@@ -33,6 +36,7 @@ from services.contract.models import (
     KillSwitchState,
     OrderRequest,
     OrderStatus,
+    ReconState,
     Side,
     Signal,
     Tick,
@@ -135,6 +139,68 @@ async def test_state_verdicts_and_signals_from_the_bus(connect, service_bus) -> 
             assert verdicts["LVA-USD"]["reasons"] == ["circuit_breaker"]
             signals = (await c.get("/api/signals", params={"limit": 2})).json()["signals"]
             assert [s["reasoning"] for s in signals] == ["reason 1", "reason 2"]  # the last two, oldest first
+
+
+async def test_past_the_caps_a_new_subject_symbol_or_venue_is_refused(connect, service_bus, monkeypatch) -> None:
+    """The gateway kept the latest tick of every md.tick subject, the verdict of every symbol,
+    the feed, venue status and reconciliation of every venue named on the bus: a stolen
+    market-data, risk or execution credential publishing made-up names grew them without end.
+    Now each keeps at most caps.MAX_MARKET_SYMBOLS (ticks, verdicts) or caps.MAX_VENUES keys: a
+    message naming a new one beyond is refused on errors.gateway, neither kept nor streamed; a
+    kept one still updates."""
+    monkeypatch.setattr(caps, "MAX_MARKET_SYMBOLS", 2)
+    monkeypatch.setattr(caps, "MAX_VENUES", 2)
+    app = create_app(bus=await service_bus("gateway"), config=CONFIG)
+    operator = await connect("operator")
+    errors = await operator.collect("errors.gateway")
+    md, risk, execution = await connect("market-data"), await connect("risk"), await connect("execution")
+    symbols, venues = ["LVCA-USD", "LVCB-USD", "LVCC-USD"], ["lvca", "lvcb", "lvcc"]
+    new_symbol, new_venue = symbols[2], venues[2]
+    async with app.router.lifespan_context(app):
+        stream = app.state.gateway.live.open({"ticks"}, None)
+        for nc in (md, risk, execution):
+            await nc.flush()  # the publishers' round trips first (tests/test_decision_pipeline.py)
+        for symbol, venue in zip(symbols, venues, strict=True):
+            await md.publish(f"md.tick.sim.{symbol}", encode(tick(symbol, "10")))
+            await risk.publish(S.verdict(symbol), encode(Verdict(symbol=symbol, state=TradingState.ACTIVE, ts=5)))
+            await md.publish(f"md.status.{venue}", encode(FeedStatus(venue=venue, status="connected", ts=4)))
+            await execution.publish(S.exec_venue(venue), encode(status(venue)))
+            await risk.publish(S.risk_recon(venue), encode(reconciliation(venue)))
+        kept_symbol, kept_venue = symbols[0], venues[0]  # each updates
+        await md.publish(f"md.tick.sim.{kept_symbol}", encode(tick(kept_symbol, "11", 2)))
+        await risk.publish(S.verdict(kept_symbol), encode(Verdict(symbol=kept_symbol, state=TradingState.HALTED,
+                                                                  ts=6)))
+        await md.publish(f"md.status.{kept_venue}", encode(FeedStatus(venue=kept_venue, status="stale", ts=5)))
+        await execution.publish(S.exec_venue(kept_venue), encode(status(kept_venue, connected=False)))
+        await risk.publish(S.risk_recon(kept_venue), encode(reconciliation(kept_venue, ReconState.MISMATCH)))
+        for nc in (md, risk, execution):
+            await flush(nc)
+        refused = {e["subject"]: e["reason"] for e in
+                   [json.loads((await asyncio.wait_for(errors.get(), 5)).data) for _ in range(5)]}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+            async def updated() -> bool:
+                state, venue = (await c.get("/api/state")).json(), (await c.get("/api/venues")).json()["venues"]
+                return (state["ticks"][kept_symbol]["price"] == "11" and state["feeds"][kept_venue]["status"] == "stale"
+                        and state["verdicts"][kept_symbol]["state"] == "HALTED"
+                        and venue[kept_venue]["status"]["connected"] is False
+                        and venue[kept_venue]["reconciliation"]["state"] == "MISMATCH")
+
+            await wait_for(updated, what="the kept ones to update")
+            state, venue = (await c.get("/api/state")).json(), (await c.get("/api/venues")).json()["venues"]
+            assert (await c.get("/health")).status_code == 200
+    assert refused == {
+        f"md.tick.sim.{new_symbol}": f"subject md.tick.sim.{new_symbol} refused: already 2 subjects kept, the most "
+                                     "this service keeps (MAX_MARKET_SYMBOLS 2)",
+        S.verdict(new_symbol): f"symbol {new_symbol} refused: already 2 symbols kept, the most this service keeps "
+                               "(MAX_MARKET_SYMBOLS 2)",
+        **{subject: f"venue {new_venue} refused: already 2 venues kept, the most this service keeps (MAX_VENUES 2)"
+           for subject in (f"md.status.{new_venue}", S.exec_venue(new_venue), S.risk_recon(new_venue))},
+    }
+    assert sorted(state["ticks"]) == sorted(state["verdicts"]) == symbols[:2]
+    assert sorted(state["feeds"]) == sorted(venue) == venues[:2]
+    streamed = [stream.queue.get_nowait() for _ in range(stream.queue.qsize())]
+    assert len(streamed) == 3 and not any(new_symbol.encode() in e for e in streamed)  # A, B, A again
+    assert errors.empty()
 
 
 # ---------------------------------------------------------------- the stream, over real uvicorn

@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
+from services.common import caps
 from services.common.bus import flush
 from services.contract.models import (
     AccountState,
@@ -806,3 +807,62 @@ async def test_a_message_that_is_not_json_for_the_webhook_does_not_stop_the_chan
         await flush(news)
         seen = await hook.wait(1)
         assert seen[0].body["text"] == "the next one"
+
+
+async def test_past_the_caps_a_new_symbol_or_venue_is_refused(
+        hook: Hook, connect: Any, running_service: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notifier kept the last verdict of every symbol and the last reconciliation and
+    connection of every venue named on the bus: a stolen risk or execution credential
+    publishing made-up names grew them without end. Now at most caps.MAX_MARKET_SYMBOLS symbols
+    and caps.MAX_VENUES venues: a message naming a new one beyond is refused on errors.notifier
+    (no notice), a kept one still changes and is told."""
+    monkeypatch.setattr(caps, "MAX_MARKET_SYMBOLS", 2)
+    monkeypatch.setattr(caps, "MAX_VENUES", 2)
+    monkeypatch.setenv("NOTIFIER_TEST_JSON", f"{hook.url}/json/Zx9SeCrEtJsOn")
+    hook.default = (204, "", {}, 0.0)
+    config = {"notifier": {"enabled": True, "channels": {
+        "all": {"kind": "json", "url_env": "NOTIFIER_TEST_JSON", "events": ["breaches", "venues"],
+                "max_per_minute": 6000}}}}
+    operator, risk, execution = await connect("operator"), await connect("risk"), await connect("execution")
+    errors = await operator.collect("errors.notifier")
+    symbols, venues = ["NTCA-USD", "NTCB-USD", "NTCC-USD"], ["ntca", "ntcb", "ntcc"]
+
+    def halted(symbol: str, state: TradingState = TradingState.HALTED) -> bytes:
+        return encode(Verdict(symbol=symbol, state=state, reasons=["circuit_breaker"], ts=TS))
+
+    def down(venue: str, connected: bool = False) -> bytes:
+        return encode(LiveVenueStatus(venue=venue, kind=LiveVenueKind.HYPERLIQUID, mode=VenueMode.TESTNET,
+                                      connected=connected, ts=TS))
+
+    def mismatch(venue: str, state: ReconState = ReconState.MISMATCH) -> bytes:
+        return encode(Reconciliation(venue=venue, state=state, action=ReconAction.NONE, differences=[],
+                                     unknown_orders=0, ts=TS))
+
+    async with running_service("notifier", notifier.main, config, operator):
+        for nc in (risk, execution):
+            await nc.flush()  # the publishers' round trips first (tests/test_decision_pipeline.py)
+        for symbol, venue in zip(symbols, venues, strict=True):  # each first sighting is a notice
+            await risk.publish(f"risk.verdict.{symbol}", halted(symbol))
+            await execution.publish(f"exec.venue.{venue}", down(venue))
+            await risk.publish(f"risk.recon.{venue}", mismatch(venue))
+        await risk.publish(f"risk.verdict.{symbols[0]}", halted(symbols[0], TradingState.ACTIVE))  # kept: a change
+        await execution.publish(f"exec.venue.{venues[0]}", down(venues[0], connected=True))
+        await risk.publish(f"risk.recon.{venues[0]}", mismatch(venues[0], ReconState.MATCHED))
+        await risk.publish(f"risk.verdict.{symbols[2]}", halted(symbols[2], TradingState.ACTIVE))  # refused again
+        for nc in (risk, execution):
+            await flush(nc)
+        refused = [json.loads((await asyncio.wait_for(errors.get(), 5)).data) for _ in range(4)]
+        seen = await hook.wait(9)
+        await asyncio.sleep(0.3)  # nothing more comes
+        titles = sorted(s.body["title"] for s in hook.seen)
+    assert sorted((e["subject"], e["reason"]) for e in refused) == sorted([
+        *[(f"risk.verdict.{symbols[2]}", f"symbol {symbols[2]} refused: already 2 symbols kept, the most this "
+                                         "service keeps (MAX_MARKET_SYMBOLS 2)")] * 2,
+        *[(subject, f"venue {venues[2]} refused: already 2 venues kept, the most this service keeps (MAX_VENUES 2)")
+          for subject in (f"exec.venue.{venues[2]}", f"risk.recon.{venues[2]}")]])
+    assert len(seen) == 9 and titles == sorted([
+        "NTCA-USD: unknown -> HALTED", "NTCB-USD: unknown -> HALTED", "NTCA-USD: HALTED -> ACTIVE",
+        "Venue ntca (testnet) DISCONNECTED", "Venue ntcb (testnet) DISCONNECTED", "Venue ntca (testnet) connected",
+        "Reconciliation ntca: unknown -> MISMATCH", "Reconciliation ntcb: unknown -> MISMATCH",
+        "Reconciliation ntca: MISMATCH -> MATCHED"])
+    assert errors.empty()

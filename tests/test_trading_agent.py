@@ -13,6 +13,7 @@ from decimal import Decimal
 import nats.errors
 import pytest
 
+from services.common import caps
 from services.common.bus import flush
 from services.common.llm import Decision, DecisionRequest
 from services.contract.models import (
@@ -105,6 +106,20 @@ def test_ma_crossover_acts_on_the_cross_only() -> None:
     assert d.action is HOLD and "no cross, fast stays above slow" in d.reasoning
     with pytest.raises(ValueError):
         MovingAverageCrossover(fast=3, slow=3, min_gap_pct=0.1)
+
+
+def test_ma_crossover_keeps_its_holds_for_at_most_the_market_cap(monkeypatch) -> None:
+    """Its HOLD decisions are kept per (symbol, side) to be shared: made-up symbols on md.bar
+    grew them without end. Past caps.MAX_MARKET_SYMBOLS symbols (x 3 sides) a new one's is made
+    each time, the same decision."""
+    monkeypatch.setattr(caps, "MAX_MARKET_SYMBOLS", 2)
+    s = MovingAverageCrossover(fast=2, slow=3, min_gap_pct=0.1)
+    for n in range(10):
+        symbol = f"MAH{n}-USD"
+        for _ in range(2):
+            d = s.decide(symbol, bars(symbol, ["100", "100", "103", "104"]))
+            assert d.action is HOLD and d.reasoning == f"{symbol} MA(2) vs MA(3): no cross, fast stays above slow"
+    assert len(s._holds) == 6 and s._hold("MAH0-USD", "above") is s._hold("MAH0-USD", "above")
 
 
 def test_config_checks() -> None:
@@ -456,6 +471,136 @@ async def test_ticks_are_checked_on_arrival_and_built_when_used(connect, running
     assert "not a JSON number" in error["reason"]  # the model's own reason
     assert "price" in second_error["reason"] and "101.9e0" in second_error["excerpt"]
     assert second.decision_price == D("101.7")  # the last good tick, newer than the bar (T0-based)
+
+
+def capped_service(bus) -> service.TradingService:
+    """The agent of CONFIG (momentum over 3 bars), for tests that look inside its caches."""
+    cfg = TradingConfig.model_validate(CONFIG["trading_agent"])
+    return service.TradingService(bus, cfg, service.RuleDecider(service.make_strategy("momentum", cfg)))
+
+
+async def refusals(errors: asyncio.Queue, n: int) -> list[dict]:
+    return [json.loads((await asyncio.wait_for(errors.get(), 5)).data) for _ in range(n)]
+
+
+async def test_past_the_market_cap_a_tick_on_a_new_subject_is_refused(connect, service_bus, monkeypatch) -> None:
+    """The agent kept the latest tick of every md.tick subject: one stolen market-data
+    credential publishing made-up symbols grew it without end. Now it keeps at most
+    caps.MAX_MARKET_SYMBOLS subjects: a tick on a new one beyond is refused on
+    errors.trading-agent, a kept one still updates (and prices the decision), the agent decides on."""
+    monkeypatch.setattr(caps, "MAX_MARKET_SYMBOLS", 2)
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    kept, new = ["TRCA-USD", "TRCB-USD"], "TRCC-USD"
+    market = await FakeMarket(md).start()
+    errors = await operator.collect("errors.trading-agent")
+    orders = await operator.collect(f"orders.submit.trading.{kept[0]}")
+    svc = capped_service(await service_bus("trading-agent"))
+    await svc.start()
+
+    def tick(symbol: str, price: str, seq: int) -> bytes:
+        return encode(Tick(venue="sim", symbol=symbol, price=D(price), seq=seq, ts=now_ns()))
+
+    try:
+        await md.flush()  # the publisher's round trip first (tests/test_decision_pipeline.py)
+        for symbol in [*kept, new]:
+            await md.publish(f"md.tick.sim.{symbol}", tick(symbol, "100", 1))
+        await md.publish(f"md.tick.sim.{kept[0]}", tick(kept[0], "101.7", 2))  # a kept subject updates
+        await md.publish(f"md.tick.sim.{new}", tick(new, "100", 2))  # refused again
+        await flush(md)
+        refused = await refusals(errors, 2)
+        await allow_trading(risk, kept[0])
+        for i, close in enumerate(["100", "100", "101"]):
+            await market.publish(bar(kept[0], close, i))
+        order = decode(OrderRequest, (await asyncio.wait_for(orders.get(), 5)).data)
+    finally:
+        await svc.stop(2)
+        await market.close()
+    assert [e["subject"] for e in refused] == [f"md.tick.sim.{new}"] * 2
+    assert all(f"subject md.tick.sim.{new} refused" in e["reason"] and "MAX_MARKET_SYMBOLS 2" in e["reason"]
+               for e in refused), refused
+    assert sorted(svc.context.ticks._raw) == [f"md.tick.sim.{s}" for s in kept]
+    assert order.decision_price == D("101.7")  # the kept subject's latest tick
+    assert errors.empty()
+
+
+async def test_past_the_market_cap_a_new_symbols_bars_are_refused_and_decided_from_history(
+        connect, service_bus, monkeypatch) -> None:
+    """The agent kept a bar window per (venue, symbol) named on md.bar: made-up symbols grew
+    them without end. Now at most caps.MAX_MARKET_SYMBOLS are kept: a bar of a new one beyond
+    is refused on errors.trading-agent and still decided, from md.api.history; a kept window
+    still takes its bars."""
+    monkeypatch.setattr(caps, "MAX_MARKET_SYMBOLS", 2)
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    kept, new = ["TRCD-USD", "TRCE-USD"], "TRCF-USD"
+    market = await FakeMarket(md).start()
+    errors = await operator.collect("errors.trading-agent")
+    signals = {s: await operator.collect(f"agent.signal.trading.{s}") for s in (kept[0], new)}
+    svc = capped_service(await service_bus("trading-agent"))
+    await svc.start()
+    got: dict[str, list[Signal]] = {kept[0]: [], new: []}
+    try:
+        for symbol in (kept[0], new):
+            await allow_trading(risk, symbol)
+        for i, close in enumerate(["100", "100", "101"]):
+            for symbol in kept:
+                await market.publish(bar(symbol, close, i))
+            while len(svc.context.bars.windows) < 2:  # the kept ones first (a decision may make a window too)
+                await asyncio.sleep(0.01)
+            await market.publish(bar(new, close, i))
+            for symbol, queue in signals.items():
+                got[symbol].append(await next_signal(queue))
+        refused = await refusals(errors, 3)
+    finally:
+        await svc.stop(2)
+        await market.close()
+    assert [e["subject"] for e in refused] == [f"md.bar.1s.sim.{new}"] * 3
+    assert all(f"bar window sim {new} refused" in e["reason"] and "MAX_MARKET_SYMBOLS 2" in e["reason"]
+               for e in refused), refused
+    assert sorted(svc.context.bars.windows) == [("sim", s) for s in kept]
+    assert len(svc.context.bars.windows[("sim", kept[0])].starts) == 3  # the kept window took every bar
+    assert [s.action for s in got[kept[0]]] == [s.action for s in got[new]] == [HOLD, HOLD, BUY]
+    asked = [r["symbol"] for r in market.requests]
+    assert asked.count(kept[0]) == 1 and asked.count(new) == 3  # the window once; no window: every decision
+    assert errors.empty()
+
+
+async def test_past_the_market_cap_a_verdict_of_a_new_symbol_is_refused(connect, service_bus, monkeypatch) -> None:
+    """The agent kept the latest verdict of every symbol named on risk.verdict.> (and read from
+    KV): one stolen risk credential publishing made-up symbols grew it without end. Now at most
+    caps.MAX_MARKET_SYMBOLS symbols: a verdict of a new one beyond is refused on
+    errors.trading-agent (its decisions fail closed), a kept one still updates, and a verdict
+    read from KV is used but not kept."""
+    monkeypatch.setattr(caps, "MAX_MARKET_SYMBOLS", 2)
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    kept, new, stored = ["TRCG-USD", "TRCH-USD"], "TRCI-USD", "TRCJ-USD"
+    kv = await open_kv(risk.jetstream())
+    await kv.put(f"risk.verdict.{stored}", encode(verdict(stored, TradingState.HALTED)))
+    market = await FakeMarket(md).start()
+    errors = await operator.collect("errors.trading-agent")
+    signals = {s: await operator.collect(f"agent.signal.trading.{s}") for s in (new, stored)}
+    svc = capped_service(await service_bus("trading-agent"))
+    await svc.start()
+    try:
+        await risk.flush()
+        for symbol in [*kept, new]:
+            await risk.publish(f"risk.verdict.{symbol}", encode(verdict(symbol)))
+        await risk.publish(f"risk.verdict.{kept[0]}", encode(verdict(kept[0], TradingState.HALTED)))
+        await risk.publish("risk.account", encode(account("10000")))
+        await flush(risk)
+        (refused,) = await refusals(errors, 1)
+        for i, close in enumerate(["100", "100", "101"]):
+            for symbol in (new, stored):
+                await market.publish(bar(symbol, close, i))
+        last = {symbol: [await next_signal(queue) for _ in range(3)][-1] for symbol, queue in signals.items()}
+    finally:
+        await svc.stop(2)
+        await market.close()
+    assert refused["subject"] == f"risk.verdict.{new}", refused
+    assert f"symbol {new} refused" in refused["reason"] and "MAX_MARKET_SYMBOLS 2" in refused["reason"], refused
+    assert sorted(svc.context.verdicts) == kept and svc.context.verdicts[kept[0]].state is TradingState.HALTED
+    assert last[new].action is HOLD and "needs a verdict from risk (fail closed)" in last[new].reasoning
+    assert last[stored].action is HOLD and "the verdict is HALTED" in last[stored].reasoning  # from KV
+    assert errors.empty()
 
 
 async def test_failed_and_overloaded_decisions_are_still_signals(connect, service_bus) -> None:

@@ -147,7 +147,7 @@ impl Simulator {
         let venue = VenueName::try_from(venue).map_err(anyhow::Error::msg)?;
         let symbol = Symbol::try_from(symbol).map_err(anyhow::Error::msg)?;
         let price = parse_price(&symbol, price)?;
-        Ok(self.trade(venue, symbol, price))
+        self.trade(venue, symbol, price)
     }
 
     fn trade(
@@ -155,7 +155,7 @@ impl Simulator {
         venue: VenueName,
         symbol: Symbol,
         price: PositiveMoney,
-    ) -> Vec<ExecutionReport> {
+    ) -> Result<Vec<ExecutionReport>> {
         self.seq += 1;
         let tick = Tick {
             venue,
@@ -167,9 +167,13 @@ impl Simulator {
             seq: self.seq,
             ts: self.now,
         };
+        // A symbol beyond the live services' cap (moonbus_common::caps) is refused here as
+        // there, before risk or the venue sees its price.
+        self.market
+            .update(tick.clone())
+            .map_err(anyhow::Error::msg)?;
         self.risk.apply_tick(&tick, self.now);
         let fills = self.venue.on_market(&tick);
-        self.market.update(tick.clone());
         let mut out: Vec<ExecutionReport> = fills
             .iter()
             .map(|(routed, fill)| reports::filled(routed, fill))
@@ -182,7 +186,7 @@ impl Simulator {
         for exit in self.protections.take_sends() {
             out.extend(self.submit(exit));
         }
-        out
+        Ok(out)
     }
 
     /// An order from an agent, handled as rust-execution handles one from ORDERS.
@@ -318,7 +322,7 @@ impl Simulator {
                         .filter(|&k| self.series[k].start.get(self.series[k].next) == Some(&time))
                         .collect();
                     self.advance(time)?;
-                    self.trade_bars(&due, |s, i| s.open[i]);
+                    self.trade_bars(&due, |s, i| s.open[i])?;
                     self.step = Some((time, Phase::Opened, due));
                     continue;
                 }
@@ -335,7 +339,7 @@ impl Simulator {
                         .max()
                         .unwrap_or(time);
                     self.advance(end)?;
-                    self.trade_bars(&due, |s, i| s.close[i]);
+                    self.trade_bars(&due, |s, i| s.close[i])?;
                     for &k in &due {
                         self.series[k].next += 1;
                     }
@@ -351,13 +355,18 @@ impl Simulator {
     }
 
     /// Trades each due series' bar at the price `price` picks (its open or its close).
-    fn trade_bars(&mut self, due: &[usize], price: fn(&Series, usize) -> PositiveMoney) {
+    fn trade_bars(
+        &mut self,
+        due: &[usize],
+        price: fn(&Series, usize) -> PositiveMoney,
+    ) -> Result<()> {
         for &k in due {
             let s = &self.series[k];
             let (venue, symbol, price) = (s.venue.clone(), s.symbol.clone(), price(s, s.next));
-            let reports = self.trade(venue, symbol, price);
+            let reports = self.trade(venue, symbol, price)?;
             self.pending_reports.extend(reports);
         }
+        Ok(())
     }
 
     /// The reports of resting orders that bars filled since the last call.

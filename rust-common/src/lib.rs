@@ -2,6 +2,7 @@
 //! configuration, logging, shutdown and the Prometheus metrics primitives. No business logic lives here.
 
 pub mod bus;
+pub mod caps;
 pub mod config;
 pub mod leader;
 pub mod messages;

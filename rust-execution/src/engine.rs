@@ -969,7 +969,13 @@ impl Engine {
         // The last tick received wins, whatever its ts says (venue.rs Market: clocks).
         let fills = self.venue.on_market(&tick);
         self.bus.protect.on_tick(&tick, &self.ledger);
-        self.market.update(tick);
+        if let Err(reason) = self.market.update(tick) {
+            let subject = message.subject.as_str();
+            self.bus
+                .errors
+                .report(subject, &reason, &message.payload)
+                .await;
+        }
         for (routed, fill) in fills {
             let report = reports::filled(&routed, &fill);
             self.spawn_record(Recording::tick_fill(report, routed));
@@ -978,8 +984,8 @@ impl Engine {
     }
 
     async fn on_book_message(&mut self, message: async_nats::Message) {
-        match bus::decode::<Book>(&message.payload) {
-            Ok(book) => self.market.update_book(book),
+        match bus::decode::<Book>(&message.payload).and_then(|book| self.market.update_book(book)) {
+            Ok(()) => {}
             Err(reason) => {
                 self.bus
                     .errors

@@ -361,7 +361,7 @@ mod tests {
 
     fn market(t: Tick) -> Market {
         let mut m = Market::default();
-        m.update(t);
+        m.update(t).unwrap();
         m
     }
 
@@ -655,7 +655,8 @@ mod tests {
             "sim",
             &[("96999.00", "0.004")],
             &[("97001.50", "0.004"), ("97002.00", "0.01")],
-        ));
+        ))
+        .unwrap();
         let buy = routed("a", Side::Buy, OrderType::Market, None, TimeInForce::Gtc);
         let Placement::Filled(fill) = v.place(&buy, &m).await else {
             panic!("not filled")
@@ -671,7 +672,8 @@ mod tests {
     async fn what_the_book_cannot_fill_expires() {
         let mut v = venue();
         let mut m = Market::default();
-        m.update_book(book("sim", &[("96999.00", "0.004")], &[]));
+        m.update_book(book("sim", &[("96999.00", "0.004")], &[]))
+            .unwrap();
         let sell = routed("s", Side::Sell, OrderType::Market, None, TimeInForce::Gtc);
         let Placement::PartiallyFilled { fill, reason } = v.place(&sell, &m).await else {
             panic!("not partially filled")
@@ -691,7 +693,7 @@ mod tests {
     async fn the_aggregated_book_serves_when_the_venue_has_none_and_stale_books_are_ignored() {
         let mut v = venue();
         let mut m = market(tick("100.00", Some("99.90"), Some("100.10")));
-        m.update_book(book("all", &[], &[("100.20", "1")]));
+        m.update_book(book("all", &[], &[("100.20", "1")])).unwrap();
         let buy = routed("a", Side::Buy, OrderType::Market, None, TimeInForce::Gtc);
         let Placement::Filled(fill) = v.place(&buy, &m).await else {
             panic!("not filled")
@@ -699,8 +701,12 @@ mod tests {
         assert_eq!(*fill.price, dec("100.2"));
 
         let mut stale = Market::new(std::time::Duration::ZERO, std::time::Duration::from_secs(5));
-        stale.update(tick("100.00", Some("99.90"), Some("100.10")));
-        stale.update_book(book("sim", &[], &[("100.20", "1")]));
+        stale
+            .update(tick("100.00", Some("99.90"), Some("100.10")))
+            .unwrap();
+        stale
+            .update_book(book("sim", &[], &[("100.20", "1")]))
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         let Placement::Filled(fill) = v.place(&buy, &stale).await else {
             panic!("not filled")
@@ -761,7 +767,7 @@ mod tests {
                 let mut m = market(t.clone());
                 if let Some(levels) = &book_levels {
                     let pairs: Vec<(&str, &str)> = levels.iter().map(|(p, s)| (p.as_str(), s.as_str())).collect();
-                    m.update_book(book("sim", &pairs, &pairs));
+                    m.update_book(book("sim", &pairs, &pairs)).unwrap();
                 }
                 let side = if buy { Side::Buy } else { Side::Sell };
                 let tif = if ioc { TimeInForce::Ioc } else { TimeInForce::Gtc };

@@ -144,6 +144,11 @@ impl CircuitBreakers {
         true
     }
 
+    /// Forgets `symbol`'s window and halt (its mark was dropped: engine.rs).
+    pub fn forget(&mut self, symbol: &Symbol) {
+        self.symbols.remove(symbol);
+    }
+
     /// Every halt recorded (in force or ended), for a snapshot.
     pub fn halts(&self) -> impl Iterator<Item = (&Symbol, &Halt)> {
         self.symbols

@@ -10,6 +10,7 @@
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use moonbus_common::caps::KeyCap;
 use moonbus_common::{
     AccountState, AgentName, ClientOrderId, ExecutionReport, KillSwitchAction, KillSwitchRequest,
     KillSwitchState, LimitsPatch, LiveVenueStatus, Money, NonNegativeMoney, OrderRequest,
@@ -85,6 +86,12 @@ pub struct Engine {
     settings: Settings,
     ledger: Ledger,
     marks: HashMap<Symbol, Mark>,
+    /// At most `MAX_MARKET_SYMBOLS` marks (moonbus_common::caps): a stolen market-data
+    /// credential naming made-up symbols cannot grow them without end.
+    mark_cap: KeyCap,
+    /// Ticks of new symbols refused, with the reason, since the service last took them
+    /// (`take_refused`).
+    refused_ticks: Vec<(Tick, String)>,
     reservations: Reservations,
     open_orders: OpenOrders,
     rate: RateLimiter,
@@ -117,6 +124,8 @@ impl Engine {
             ledger: Ledger::new(settings.starting_cash),
             watermarks: Watermarks::new(settings.starting_cash),
             marks: HashMap::new(),
+            mark_cap: KeyCap::default(),
+            refused_ticks: Vec::new(),
             reservations: Reservations::default(),
             open_orders: OpenOrders::default(),
             rate: RateLimiter::new(settings.rate),
@@ -282,6 +291,12 @@ impl Engine {
         let mut revalued_any = false;
         let mut moved = Vec::with_capacity(ticks.len());
         for tick in ticks {
+            if !self.admits_mark(&tick.symbol, now_ns) {
+                let reason = self.mark_cap.refusal("mark of", tick.symbol.as_str());
+                self.refused_ticks.push((tick.clone(), reason));
+                moved.push(false);
+                continue;
+            }
             let mark = Mark {
                 price: tick.price.get(),
                 received_ns: now_ns,
@@ -308,6 +323,57 @@ impl Engine {
             self.latch(&totals, now_ns);
         }
         moved
+    }
+
+    /// Whether a tick of `symbol` may be kept: always for a symbol already marked or held;
+    /// a new one while fewer than the cap are marked, after dropping the marks gone stale
+    /// if there is no room (at most once a second: `KeyCap::may_sweep`).
+    fn admits_mark(&mut self, symbol: &Symbol, now_ns: u64) -> bool {
+        if !self.mark_cap.full(self.marks.len())
+            || self.marks.contains_key(symbol)
+            || self.ledger.quantity(symbol.as_str()) != Decimal::ZERO
+        {
+            return true;
+        }
+        if self.mark_cap.may_sweep(now_ns) {
+            self.drop_stale_marks(now_ns);
+        }
+        !self.mark_cap.full(self.marks.len())
+    }
+
+    /// Drops the marks that no check would price with (older than `stale_after_ms`), and
+    /// their breaker windows, but never those of a symbol held, configured or halted.
+    fn drop_stale_marks(&mut self, now_ns: u64) {
+        let (ledger, settings, breakers) = (&self.ledger, &self.settings, &mut self.breakers);
+        let before = self.marks.len();
+        self.marks.retain(|symbol, mark| {
+            let keep = now_ns.saturating_sub(mark.received_ns) / NS_PER_MS
+                <= settings.stale_after_ms
+                || ledger.quantity(symbol.as_str()) != Decimal::ZERO
+                || settings.symbols.contains(symbol)
+                || breakers.halt(symbol, now_ns).is_some();
+            if !keep {
+                breakers.forget(symbol);
+            }
+            keep
+        });
+        tracing::info!(
+            dropped = before - self.marks.len(),
+            kept = self.marks.len(),
+            "stale marks dropped to make room"
+        );
+    }
+
+    /// The ticks of new symbols refused since the last call (the cap was reached and no
+    /// mark was stale), each with the reason, for `errors.risk`.
+    pub fn take_refused(&mut self) -> Vec<(Tick, String)> {
+        std::mem::take(&mut self.refused_ticks)
+    }
+
+    #[cfg(test)]
+    fn with_mark_cap(mut self, limit: usize) -> Self {
+        self.mark_cap = KeyCap::new(limit);
+        self
     }
 
     /// Starts a new UTC day at `now_ns` if it is one (its equity recorded, at the marks

@@ -657,7 +657,7 @@ async fn on_ticks(
         match bus::decode::<Tick>(&message.payload) {
             Ok(tick) => {
                 if !batch.takes(&tick) {
-                    apply_ticks(&batch, engine, publisher).await;
+                    apply_ticks(&batch, engine, publisher, errors).await;
                     batch.clear();
                 }
                 batch.push(tick);
@@ -671,15 +671,24 @@ async fn on_ticks(
             }
         }
     }
-    apply_ticks(&batch, engine, publisher).await;
+    apply_ticks(&batch, engine, publisher, errors).await;
     Ok(())
 }
 
-async fn apply_ticks(batch: &TickBatch, engine: &mut Engine, publisher: &mut Publisher) {
+async fn apply_ticks(
+    batch: &TickBatch,
+    engine: &mut Engine,
+    publisher: &mut Publisher,
+    errors: &ErrorSink,
+) {
     if batch.is_empty() {
         return;
     }
     let moved = engine.apply_ticks(batch.ticks(), steady_ns());
+    for (tick, reason) in engine.take_refused() {
+        let subject = subjects::tick(&tick.venue, &tick.symbol);
+        errors.report(&subject, &reason, &bus::encode(&tick)).await;
+    }
     let symbols: Vec<Symbol> = batch
         .ticks()
         .iter()

@@ -8,6 +8,9 @@ except the views' topics, whose messages are checked first and streamed as check
 malformed one is dropped and counted, views.py).
 A stream whose client reads too slowly loses its oldest events, never blocks the others.
 Streams are capped in total and per client address, so one client cannot take them all.
+What is kept per subject, symbol or venue is capped (services/common/caps.py: MAX_MARKET_SYMBOLS
+ticks and verdicts, MAX_VENUES feeds, venue statuses and reconciliations): a message naming a
+new one beyond is refused on errors.gateway (neither kept nor streamed), a kept one still updates.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from services.common import caps
 from services.common.bus import ApiError, Bus, flush
 from services.common.streams import KV_STREAM, read_stream
 from services.contract import subjects as S
@@ -84,6 +88,7 @@ class Stream:
 
 @dataclass
 class LiveState:
+    # each cache keyed by a subject, symbol or venue holds at most caps.MAX_MARKET_SYMBOLS / MAX_VENUES keys
     ticks: dict[str, bytes] = field(default_factory=dict)  # subject -> latest payload
     verdicts: dict[str, bytes] = field(default_factory=dict)  # symbol -> latest Verdict
     feeds: dict[str, bytes] = field(default_factory=dict)  # venue -> latest FeedStatus
@@ -93,6 +98,10 @@ class LiveState:
     swarm: collections.deque[bytes] = field(default_factory=collections.deque)
     venue_status: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # venue -> (LiveVenueStatus, received ns)
     reconciliations: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # venue -> (Reconciliation, received)
+
+
+# A message not kept: (the full cache, its new key, the cap's name in caps.py, what the key is).
+Refusal = tuple[dict[str, Any], str, str, str]
 
 
 def _symbol_of(topic: str, subject: str) -> str | None:
@@ -114,9 +123,11 @@ class Live:
         self.state = LiveState(signals=collections.deque(maxlen=recent), swarm=collections.deque(maxlen=recent))
         self.streams: set[Stream] = set()
         self.views = Views(metrics, limits)
+        self.bus: Bus | None = None  # where a refused message is reported (start)
         self._subs: list[Any] = []
 
     async def start(self, bus: Bus) -> None:
+        self.bus = bus
         for topic, subjects in TOPICS.items():
             for subject in subjects:
                 self._subs.append(await bus.client.subscribe(subject, cb=self._handler(topic)))
@@ -145,25 +156,39 @@ class Live:
     def _handler(self, topic: str):  # noqa: ANN202
         async def on_message(msg: Msg) -> None:
             self.metrics.bus_messages.labels(topic).inc()
-            self.take(topic, msg.subject, msg.data)
+            refused = self.take(topic, msg.subject, msg.data)
+            if refused is not None and self.bus is not None:
+                kept, key, limit, what = refused
+                await caps.refuse(self.bus, kept, key, msg.subject, msg.data, limit, what)
 
         return on_message
 
-    def take(self, topic: str, subject: str, data: bytes) -> None:
-        """One bus message: kept, and streamed (as checked, for the views' topics)."""
-        self.remember(topic, subject, data)
+    def take(self, topic: str, subject: str, data: bytes) -> Refusal | None:
+        """One bus message: kept, and streamed (as checked, for the views' topics); or, naming a
+        new subject, symbol or venue past its cap, neither (the refusal, for errors.gateway)."""
+        refused = self.remember(topic, subject, data)
+        if refused is not None:
+            return refused
         events = self.views.take(topic, subject, data)
         if events is None:
             self.fan_out(topic, subject, data)
         for event_topic, name, payload in events or ():
             self.fan_out(event_topic, subject, payload, name)
+        return None
 
-    def remember(self, topic: str, subject: str, data: bytes) -> None:
+    def remember(self, topic: str, subject: str, data: bytes) -> Refusal | None:
+        """Keep the latest state `data` says; the refusal when its key is new and its cache full
+        (made-up symbols or venues must not grow the gateway without end)."""
         s = self.state
         last = subject.rsplit(".", 1)[-1]
         if topic == "ticks":
-            s.ticks[subject] = data
+            ticks = s.ticks
+            if subject not in ticks and len(ticks) >= caps.MAX_MARKET_SYMBOLS:
+                return ticks, subject, "MAX_MARKET_SYMBOLS", "subject"
+            ticks[subject] = data
         elif topic == "feeds":
+            if caps.full(s.feeds, last, "MAX_VENUES"):
+                return s.feeds, last, "MAX_VENUES", "venue"
             s.feeds[last] = data
         elif topic == "signals":
             s.signals.append(data)
@@ -174,11 +199,18 @@ class Live:
         elif subject == S.RISK_EVENTS:
             s.kill_switch = data
         elif subject.startswith(VERDICT_PREFIX):
+            if caps.full(s.verdicts, last, "MAX_MARKET_SYMBOLS"):
+                return s.verdicts, last, "MAX_MARKET_SYMBOLS", "symbol"
             s.verdicts[last] = data
         elif subject.startswith(VENUE_STATUS_PREFIX):
+            if caps.full(s.venue_status, last, "MAX_VENUES"):
+                return s.venue_status, last, "MAX_VENUES", "venue"
             s.venue_status[last] = (data, time.time_ns())
         elif subject.startswith(RECON_PREFIX):
+            if caps.full(s.reconciliations, last, "MAX_VENUES"):
+                return s.reconciliations, last, "MAX_VENUES", "venue"
             s.reconciliations[last] = (data, time.time_ns())
+        return None
 
     def fan_out(self, topic: str, subject: str, data: bytes, name: str | None = None) -> None:
         """`data` to every stream that wants `topic` (and the subject's symbol), as an event

@@ -131,7 +131,8 @@ _LEVEL = {TradingState.ACTIVE: "info", TradingState.REDUCE_ONLY: "warning", Trad
 class Tracker:
     """The last state of each thing whose changes are notices. A first sighting is a notice
     only when it is not the normal state (ACTIVE, MATCHED, connected): a notifier started
-    while a symbol is halted says so once."""
+    while a symbol is halted says so once. (service.py keeps it to MAX_MARKET_SYMBOLS symbols
+    and MAX_VENUES venues: services/common/caps.py.)"""
 
     def __init__(self) -> None:
         self.verdicts: dict[str, TradingState] = {}

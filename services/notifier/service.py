@@ -5,6 +5,8 @@ Subscribes only what some channel wants: `exec.report.>` (fills, rejections), `r
 `exec.venue.>` and `risk.recon.>` (venue disconnects, unknown orders, reconciliation changes),
 `errors.>` (other services' errors, never its own; execution's about a live venue are `venues`). Each message becomes at most one Notice
 (events.py), offered to every channel (channel.py), which filters, rate-limits and sends it.
+The Tracker's last states are kept for at most MAX_MARKET_SYMBOLS symbols and MAX_VENUES venues
+(services/common/caps.py): a message naming a new one beyond is refused on errors.notifier.
 No queue group: run one notifier (two would send everything twice).
 """
 
@@ -22,6 +24,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from services.common.bus import Bus
+from services.common.caps import admit_symbol
 from services.common.config import load, section
 from services.common.metrics import serve_metrics
 from services.contract import subjects as S
@@ -93,10 +96,23 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
                 for ch in channels:
                     ch.offer(notice)
 
-        def handler(convert: Callable[[Any, str, dict[str, Any]], Notice | None]) -> Callable[[Any, Msg], Any]:
+        def handler(convert: Callable[[Any, str, dict[str, Any]], Notice | None],
+                    kept: Callable[[Any], tuple[dict[str, Any], str, str, str]] | None = None
+                    ) -> Callable[[Any, Msg], Any]:
+            """`kept`: the Tracker's cache a message updates, its key, the cap's name, what the key is."""
             async def on_message(message: BaseModel, msg: Msg) -> None:
+                if kept is not None:
+                    cache, key, limit, what = kept(message)
+                    if not await admit_symbol(bus, cache, key, msg.subject, msg.data, limit, what):
+                        return  # a new symbol or venue past the cap: made-up ones must not grow the tracker
                 dispatch(convert(message, msg.subject, json.loads(msg.data)))
             return on_message
+
+        def by_symbol(v: Verdict) -> tuple[dict[str, Any], str, str, str]:
+            return tracker.verdicts, v.symbol, "MAX_MARKET_SYMBOLS", "symbol"
+
+        def by_venue(cache: dict[str, Any]) -> Callable[[Any], tuple[dict[str, Any], str, str, str]]:
+            return lambda m: (cache, m.venue, "MAX_VENUES", "venue")
 
         async def on_error(event: ErrorEvent, msg: Msg) -> None:
             if msg.subject != OWN_ERRORS:  # its own errors are about its channels: no loop
@@ -105,11 +121,14 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
         subscriptions: list[tuple[str, type[BaseModel], Callable[[Any, Msg], Any], set[str]]] = [
             (S.ALL_REPORTS, ExecutionReport, handler(from_report), {"fills", "rejections"}),
             (S.RISK_EVENTS, KillSwitchState, handler(from_kill_switch), {"kill_switch"}),
-            (S.ALL_VERDICTS, Verdict, handler(tracker.verdict), {"breaches"}),
+            (S.ALL_VERDICTS, Verdict, handler(tracker.verdict, by_symbol), {"breaches"}),
             (S.ACCOUNT, AccountState, handler(tracker.account_state), {"breaches"}),
             (S.ALL_ALERTS, PriceAlert, handler(from_alert), {"alerts"}),
-            (S.ALL_VENUE_STATUS, LiveVenueStatus, handler(tracker.venue_status), {"venues"}),
-            (S.ALL_RECONCILIATIONS, Reconciliation, handler(tracker.reconciliation), {"venues"}),
+            # (connected and unknown_orders are kept per venue together)
+            (S.ALL_VENUE_STATUS, LiveVenueStatus, handler(tracker.venue_status, by_venue(tracker.connected)),
+             {"venues"}),
+            (S.ALL_RECONCILIATIONS, Reconciliation, handler(tracker.reconciliation, by_venue(tracker.recon)),
+             {"venues"}),
             (S.ALL_ERRORS, ErrorEvent, on_error, {"errors", "venues"}),  # execution's venue trouble
         ]
         subjects = []

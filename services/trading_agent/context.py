@@ -14,8 +14,9 @@
   what has not been seen yet is read from the KV bucket `moonbus` (`risk.verdict.<symbol>`,
   `risk.account`, `sentiment.<symbol>`; the account else from `risk.api.positions`), so a
   replica that has just started decides with the same context as one that has run for hours.
-  Sentiment and consensus are kept for at most MAX_SYMBOLS symbols each (services/common/caps.py:
-  made-up symbols are refused, not kept without end).
+  Sentiment and consensus are kept for at most MAX_SYMBOLS symbols each; ticks, bar windows and
+  verdicts for at most MAX_MARKET_SYMBOLS subjects / (venue, symbol)s / symbols (services/common/caps.py:
+  made-up symbols are refused on errors.<service>, not kept without end).
 
 A piece that cannot be had is left None with a note; the agent then fails closed.
 """
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.contract import subjects as S
 from services.common.bus import ApiError, Bus, flush, validation_summary
+from services.common import caps
 from services.common.caps import admit_symbol
 from services.contract.models import (
     AccountState,
@@ -305,23 +307,31 @@ def cut_at_silence(bars: list[Bar], max_gap_ns: int | None) -> list[Bar]:
 
 
 class BarWindows:
-    """The rolling windows of every (venue, symbol) on md.bar.<interval>.*.* (see BarWindow)."""
+    """The rolling windows of every (venue, symbol) on md.bar.<interval>.*.* (see BarWindow),
+    of at most MAX_MARKET_SYMBOLS (venue, symbol)s (services/common/caps.py): a bar of a new
+    one beyond is refused on errors.<service>, its decisions ask md.api.history."""
 
-    def __init__(self, keep_extra: int = 64) -> None:
+    def __init__(self, keep_extra: int = 64, bus: Bus | None = None) -> None:
         self.windows: dict[tuple[str, str], BarWindow] = {}
         self.keep_extra = keep_extra
+        self.bus = bus  # where a refused bar is reported (`on_message`)
         self.most = 0
         self.received = 0
         self._decode: Callable[[bytes], Bar] = decoder(Bar)
 
-    def window(self, venue: str, symbol: str, limit: int) -> BarWindow:
+    def window(self, venue: str, symbol: str, limit: int) -> BarWindow | None:
         """The window of (venue, symbol), keeping at least `limit` + keep_extra bars (the
-        most any decision has asked for, so a new symbol's too)."""
+        most any decision has asked for, so a new symbol's too); None for a new one when
+        MAX_MARKET_SYMBOLS are kept (made-up symbols must not grow this without end)."""
         self.most = max(self.most, limit)
-        key = (venue, symbol)
+        return self._window((venue, symbol))
+
+    def _window(self, key: tuple[str, str]) -> BarWindow | None:
         w = self.windows.get(key)
         if w is None:
-            w = self.windows[key] = BarWindow(self.most + self.keep_extra, venue, symbol)
+            if len(self.windows) >= caps.MAX_MARKET_SYMBOLS:
+                return None
+            w = self.windows[key] = BarWindow(self.most + self.keep_extra, *key)
         elif w.keep < self.most + self.keep_extra:
             w.keep = self.most + self.keep_extra
         return w
@@ -331,20 +341,27 @@ class BarWindows:
         (`RawBar`, checked and built when a decision reads it) in the window of its
         subject's venue and symbol; one not in market-data's compact form is decoded now.
         A malformed one is left out (here, or when read); the queue group's subscriber
-        reports it on errors.<service>."""
+        reports it on errors.<service>. A bar of a new (venue, symbol) past MAX_MARKET_SYMBOLS
+        is refused there too."""
         data = msg.data
         raw = RawBar.read(data)
         tokens = msg.subject.split(".")
+        bar: Bar | RawBar
         if raw is not None and len(tokens) == 5:  # md.bar.<interval>.<venue>.<symbol>
-            self.received += 1
-            self.window(tokens[3], tokens[4], 0).add(raw)
-            return
-        try:
-            bar = self._decode(data)
-        except ValidationError:
-            return
+            bar, key = raw, (tokens[3], tokens[4])
+        else:
+            try:
+                bar = self._decode(data)
+            except ValidationError:
+                return
+            key = (bar.venue, bar.symbol)
         self.received += 1
-        self.window(bar.venue, bar.symbol, 0).add(bar)
+        w = self._window(key)
+        if w is None:
+            assert self.bus is not None
+            await caps.refuse(self.bus, self.windows, key, msg.subject, data, "MAX_MARKET_SYMBOLS", "bar window")
+            return
+        w.add(bar)
 
     def adopt(self, bar: Bar, data: bytes) -> None:
         """The queue group's copy of a bar (decoded from `data`) in place of the window's
@@ -362,7 +379,8 @@ class LatestTicks:
     malformed one is refused with the model's reason on errors.<service> and does not
     replace the last good one) and kept as raw bytes; a Tick is built only when a decision
     reads it. Latest wins: almost every tick is replaced before anyone reads it (see
-    bench/agent_ingest.py)."""
+    bench/agent_ingest.py). At most MAX_MARKET_SYMBOLS subjects are kept (caps.py): a tick
+    on a new one beyond is refused on errors.<service>."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
@@ -381,7 +399,13 @@ class LatestTicks:
             self.refused += 1
             await self.bus.report_error(msg.subject, f"bad tick: {validation_summary(e)}", data)
             return
-        self._raw[msg.subject] = data
+        raw, subject = self._raw, msg.subject
+        # a kept subject (almost every tick) costs one lookup here; a new one past the cap is refused
+        if subject not in raw and not await admit_symbol(self.bus, raw, subject, subject, data,
+                                                         "MAX_MARKET_SYMBOLS", "subject"):
+            self.refused += 1
+            return
+        raw[subject] = data
 
     async def get(self, venue: str, symbol: str) -> Tick | None:
         subject = S.tick(venue, symbol)
@@ -401,13 +425,13 @@ class ContextSource:
         self.bus = bus
         self.cfg = cfg
         self.ticks = LatestTicks(bus)
-        self.verdicts: dict[str, Verdict] = {}
+        self.verdicts: dict[str, Verdict] = {}  # for at most MAX_MARKET_SYMBOLS symbols
         # the latest per symbol, for at most MAX_SYMBOLS symbols each (services/common/caps.py)
         self.sentiments: dict[str, Sentiment] = {}
         self.consensus: dict[str, Consensus] = {}  # the swarm's latest per symbol (pipeline on only)
         self.account: AccountState | None = None
         self._kv: KeyValue | None = None
-        self.bars = BarWindows()
+        self.bars = BarWindows(bus=bus)
         self._fetching: dict[tuple[str, str], asyncio.Lock] = {}  # one history request per symbol at a time
         self.history_requests = 0
 
@@ -417,6 +441,9 @@ class ContextSource:
         async def on_verdict(v: Verdict, msg: Msg) -> None:
             if await self._ahead(v.ts, msg.subject, msg.data):
                 return
+            if v.symbol not in self.verdicts and not await admit_symbol(self.bus, self.verdicts, v.symbol, msg.subject,
+                                                                       msg.data, "MAX_MARKET_SYMBOLS"):
+                return  # a new symbol past MAX_MARKET_SYMBOLS (a stolen risk credential's made-up symbols)
             if v.symbol not in self.verdicts or v.ts >= self.verdicts[v.symbol].ts:
                 self.verdicts[v.symbol] = v
 
@@ -472,9 +499,11 @@ class ContextSource:
         ctx.bars = await self.recent_bars(event, bar, bars_needed, ctx.notes)
         symbol = event.symbol
         ctx.tick = await self.ticks.get(event.venue, symbol)
-        if symbol not in self.verdicts and (v := await self._from_kv(S.verdict(symbol), Verdict, ctx.notes)):
+        v = None
+        if (symbol not in self.verdicts and (v := await self._from_kv(S.verdict(symbol), Verdict, ctx.notes))
+                and not caps.full(self.verdicts, symbol, "MAX_MARKET_SYMBOLS")):
             self.verdicts.setdefault(symbol, v)
-        ctx.verdict = self.verdicts.get(symbol)
+        ctx.verdict = self.verdicts.get(symbol, v)  # (past the cap: KV's, read each time, not kept)
         if self.account is None:
             self.account = (await self._from_kv(S.ACCOUNT, AccountState, ctx.notes)
                             or await self._account(ctx.notes))
@@ -493,6 +522,8 @@ class ContextSource:
         max_gap = int(self.cfg.history_max_gap_s * 1e9)
         upto = None if bar is None else bar.start_ts
         w = self.bars.window(event.venue, event.symbol, limit)
+        if w is None:  # a new (venue, symbol) past MAX_MARKET_SYMBOLS: no window, this decision's own history
+            return merge_bars((await self._history(event, bar, limit, notes))[0], bar, limit, max_gap)
         if bar is not None and not await w.arrival(bar.start_ts, ARRIVAL_TIMEOUT_S):
             return merge_bars((await self._history(event, bar, limit, notes))[0], bar, limit, max_gap)
         chosen, why = w.select(upto, limit)

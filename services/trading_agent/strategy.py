@@ -26,7 +26,7 @@ from typing import Annotated, Any, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.common import price_rules
+from services.common import caps, price_rules
 from services.contract.models import Action, Bar
 
 from .config import TradingConfig
@@ -242,7 +242,10 @@ class MovingAverageCrossover(_Builtin):
         hold = self._holds.get(key)
         if hold is None:
             reason = f"{symbol} MA({self.fast}) vs MA({self.slow}): no cross, fast stays {side} slow"
-            hold = self._holds[key] = Decision(Action.HOLD, 0.5, reason)
+            hold = Decision(Action.HOLD, 0.5, reason)
+            # kept for at most MAX_MARKET_SYMBOLS symbols (x 3 sides): the symbols are market-data's to name
+            if len(self._holds) < 3 * caps.MAX_MARKET_SYMBOLS:
+                self._holds[key] = hold
         return hold
 
 

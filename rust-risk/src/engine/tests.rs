@@ -1461,3 +1461,58 @@ fn a_report_dated_ahead_moves_no_day() {
         );
     }
 }
+
+#[test]
+fn marks_of_made_up_symbols_stop_at_the_cap_and_stale_ones_make_room() {
+    // BTC-USD and ETH-USD are configured; the cap is 4 marks.
+    let mut engine = ready_engine().with_mark_cap(4);
+    for symbol in ["BTC-USD", "ETH-USD", "AAA-USD", "BBB-USD"] {
+        engine.apply_ticks(&[tick(symbol, "100")], T0);
+    }
+    // Full, nothing stale: the new symbol is refused, with the reason; no mark, no window.
+    assert_eq!(engine.apply_ticks(&[tick("CCC-USD", "100")], T0), [false]);
+    let refused = engine.take_refused();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0.symbol, sym("CCC-USD"));
+    assert!(
+        refused[0].1.contains("MAX_MARKET_SYMBOLS 4"),
+        "{}",
+        refused[0].1
+    );
+    assert!(!engine.marks.contains_key(&sym("CCC-USD")));
+    assert!(engine.take_refused().is_empty(), "taken once");
+    // A symbol already marked still updates.
+    engine.apply_ticks(&[tick("AAA-USD", "101")], T0 + MS);
+    assert_eq!(engine.marks[&sym("AAA-USD")].price, d("101"));
+
+    // AAA-USD halts (a 20% move), then everything but it goes stale.
+    engine.apply_ticks(&[tick("AAA-USD", "125")], T0 + 2 * MS);
+    assert!(engine.breakers.halt(&sym("AAA-USD"), T0 + 2 * MS).is_some());
+    let later = T0 + (engine.settings.stale_after_ms + 1) * MS + 2 * MS;
+    // The stale BBB-USD makes room; configured symbols and the halted one are kept.
+    assert_eq!(
+        engine.apply_ticks(&[tick("CCC-USD", "100")], later).len(),
+        1
+    );
+    assert!(engine.take_refused().is_empty());
+    let mut marked: Vec<&str> = engine.marks.keys().map(|s| s.as_str()).collect();
+    marked.sort();
+    assert_eq!(marked, ["AAA-USD", "BTC-USD", "CCC-USD", "ETH-USD"]);
+    assert!(engine.breakers.halt(&sym("AAA-USD"), later).is_some());
+
+    // Full again and the sweep just ran: the next new symbol waits for the next second.
+    engine.apply_ticks(&[tick("DDD-USD", "100")], later + MS);
+    assert_eq!(engine.take_refused().len(), 1);
+}
+
+#[test]
+fn a_held_symbol_is_marked_whatever_the_cap() {
+    let mut engine = ready_engine().with_mark_cap(2);
+    engine.apply_ticks(&[tick("BTC-USD", "100"), tick("ETH-USD", "100")], T0);
+    let mut fill = filled("held-1", "BUY", "1", "100");
+    fill.symbol = Some(sym("XYZ-USD"));
+    assert_eq!(engine.apply_report(&fill), Ok(ReportEffect::Applied));
+    engine.apply_ticks(&[tick("XYZ-USD", "101")], T0 + MS);
+    assert!(engine.take_refused().is_empty());
+    assert_eq!(engine.marks[&sym("XYZ-USD")].price, d("101"));
+}
