@@ -494,3 +494,31 @@ async def test_dashboard_in_headless_chromium(nats_server, connect, tmp_path) ->
     finally:
         publisher.cancel()
         await browser.close()
+
+
+async def test_a_tick_or_verdict_padded_past_what_is_kept_is_refused(connect, service_bus) -> None:
+    """Ticks and verdicts are Tolerant (unknown fields pass) and the gateway keeps them as
+    received: one padded past caps.MAX_KEPT_MESSAGE_BYTES is refused on errors.gateway, neither
+    kept nor streamed; the last good one stays."""
+    app = create_app(bus=await service_bus("gateway"), config=CONFIG)
+    operator = await connect("operator")
+    errors = await operator.collect("errors.gateway")
+    md, risk = await connect("market-data"), await connect("risk")
+    symbol, pad = "LVPA-USD", {"pad": "x" * caps.MAX_KEPT_MESSAGE_BYTES}
+    async with app.router.lifespan_context(app):
+        for nc in (md, risk):
+            await nc.flush()
+        await md.publish(f"md.tick.sim.{symbol}", encode(tick(symbol, "10")))
+        await md.publish(f"md.tick.sim.{symbol}", json.dumps(json.loads(encode(tick(symbol, "99", 2))) | pad).encode())
+        await risk.publish(S.verdict(symbol), json.dumps(
+            json.loads(encode(Verdict(symbol=symbol, state=TradingState.ACTIVE, ts=5))) | pad).encode())
+        for nc in (md, risk):
+            await flush(nc)
+        refused = {e["subject"]: e["reason"] for e in
+                   [json.loads((await asyncio.wait_for(errors.get(), 5)).data) for _ in range(2)]}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+            state = (await c.get("/api/state")).json()
+    assert sorted(refused) == sorted([f"md.tick.sim.{symbol}", S.verdict(symbol)]), refused
+    assert all("MAX_KEPT_MESSAGE_BYTES 8192" in reason for reason in refused.values()), refused
+    assert state["ticks"][symbol]["price"] == "10" and symbol not in state["verdicts"]
+    assert errors.empty()

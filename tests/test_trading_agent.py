@@ -523,6 +523,46 @@ async def test_past_the_market_cap_a_tick_on_a_new_subject_is_refused(connect, s
     assert errors.empty()
 
 
+async def test_a_tick_or_verdict_padded_past_what_is_kept_is_refused_and_a_padded_bar_kept_as_a_bar(
+        connect, service_bus) -> None:
+    """Market data and verdicts are Tolerant (unknown fields pass), and the agent kept ticks and
+    bars as received: padded to NATS's 1 MiB, 100,000 of them would be 100 GiB. A tick or a
+    verdict over caps.MAX_KEPT_MESSAGE_BYTES is refused on errors.trading-agent (the last good
+    one stays); a padded bar is kept as a Bar, whose every field is bounded."""
+    operator, md, risk = await connect("operator"), await connect("market-data"), await connect("risk")
+    symbol = "TRPD-USD"
+    errors = await operator.collect("errors.trading-agent")
+    svc = capped_service(await service_bus("trading-agent"))
+    await svc.start()
+    pad = {"pad": "x" * caps.MAX_KEPT_MESSAGE_BYTES}
+
+    def padded(message: Tick | Verdict | Bar) -> bytes:
+        return json.dumps(json.loads(encode(message)) | pad).encode()
+
+    try:
+        await md.flush()
+        good = encode(Tick(venue="sim", symbol=symbol, price=D("100"), seq=1, ts=now_ns()))
+        await md.publish(f"md.tick.sim.{symbol}", good)
+        await md.publish(f"md.tick.sim.{symbol}",
+                         padded(Tick(venue="sim", symbol=symbol, price=D("999"), seq=2, ts=now_ns())))
+        await risk.publish(f"risk.verdict.{symbol}", padded(verdict(symbol)))
+        await md.publish(f"md.bar.1s.sim.{symbol}", padded(bar(symbol, "100", 0)))
+        await flush(md)
+        await flush(risk)
+        refused = await refusals(errors, 2)
+        while not svc.context.bars.windows:
+            await asyncio.sleep(0.01)
+    finally:
+        await svc.stop(2)
+    assert sorted(e["subject"] for e in refused) == [f"md.tick.sim.{symbol}", f"risk.verdict.{symbol}"], refused
+    assert all("MAX_KEPT_MESSAGE_BYTES 8192" in e["reason"] for e in refused), refused
+    assert svc.context.ticks._raw[f"md.tick.sim.{symbol}"] == good
+    assert symbol not in svc.context.verdicts
+    kept = list(svc.context.bars.windows[("sim", symbol)].bars.values())
+    assert [type(b) for b in kept] == [Bar] and kept[0].close == D("100")
+    assert errors.empty()
+
+
 async def test_past_the_market_cap_a_new_symbols_bars_are_refused_and_decided_from_history(
         connect, service_bus, monkeypatch) -> None:
     """The agent kept a bar window per (venue, symbol) named on md.bar: made-up symbols grew

@@ -43,6 +43,20 @@ MAX_MARKET_SYMBOLS = 100_000
 # Venues are a handful per deployment (one per [market_data] feed / [execution] venue).
 MAX_VENUES = 1_000
 
+# The most bytes of one message a service keeps per symbol (a tick or bar as received, a verdict):
+# market-data's ticks and bars are 150-300 bytes, risk's verdicts under 2 KiB; the rest is room
+# for fields a later version adds (market data and verdicts are Tolerant). Without it the caps
+# above bound the keys, not what each holds: a message may be up to NATS's max_payload (1 MiB).
+MAX_KEPT_MESSAGE_BYTES = 8_192
+
+
+def oversized(data: bytes, what: str) -> str | None:
+    """The reason `data` (a `what`: "tick", "verdict") is too big to keep, else None."""
+    if len(data) <= MAX_KEPT_MESSAGE_BYTES:
+        return None
+    return (f"{what} of {len(data)} bytes refused: more than a message kept per symbol may be "
+            f"(MAX_KEPT_MESSAGE_BYTES {MAX_KEPT_MESSAGE_BYTES})")
+
 
 def full(kept: Collection[Hashable], key: Hashable, limit: str = "MAX_SYMBOLS") -> bool:
     """Whether `key` is new to `kept` and `kept` holds the cap named `limit` (a constant of this
@@ -53,9 +67,13 @@ def full(kept: Collection[Hashable], key: Hashable, limit: str = "MAX_SYMBOLS") 
 async def refuse(bus: Bus, kept: Collection[Hashable], key: Hashable, subject: str, data: bytes,
                  limit: str = "MAX_SYMBOLS", what: str = "symbol") -> None:
     """The refusal of a message for `key` (new to the full `kept`), on errors.<service>."""
+    await bus.report_error(subject, refusal(kept, key, limit, what), data)
+
+
+def refusal(kept: Collection[Hashable], key: Hashable, limit: str = "MAX_SYMBOLS", what: str = "symbol") -> str:
+    """Why a message for `key` (new to the full `kept`) is refused."""
     name = " ".join(key) if isinstance(key, tuple) else key
-    await bus.report_error(subject, f"{what} {name} refused: already {len(kept)} {what}s kept, the most "
-                                    f"this service keeps ({limit} {globals()[limit]})", data)
+    return f"{what} {name} refused: already {len(kept)} {what}s kept, the most this service keeps ({limit} {globals()[limit]})"
 
 
 async def admit_symbol(bus: Bus, kept: Collection[Hashable], symbol: Hashable, subject: str, data: bytes,

@@ -100,10 +100,6 @@ class LiveState:
     reconciliations: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # venue -> (Reconciliation, received)
 
 
-# A message not kept: (the full cache, its new key, the cap's name in caps.py, what the key is).
-Refusal = tuple[dict[str, Any], str, str, str]
-
-
 def _symbol_of(topic: str, subject: str) -> str | None:
     """The symbol a message is about (the last subject token), for the `symbols` filter."""
     if topic in ("ticks", "alerts", "arbs", "signals", "swarm", "sentiment", "orders", "reports", "algos",
@@ -158,14 +154,14 @@ class Live:
             self.metrics.bus_messages.labels(topic).inc()
             refused = self.take(topic, msg.subject, msg.data)
             if refused is not None and self.bus is not None:
-                kept, key, limit, what = refused
-                await caps.refuse(self.bus, kept, key, msg.subject, msg.data, limit, what)
+                await self.bus.report_error(msg.subject, refused, msg.data)
 
         return on_message
 
-    def take(self, topic: str, subject: str, data: bytes) -> Refusal | None:
+    def take(self, topic: str, subject: str, data: bytes) -> str | None:
         """One bus message: kept, and streamed (as checked, for the views' topics); or, naming a
-        new subject, symbol or venue past its cap, neither (the refusal, for errors.gateway)."""
+        new subject, symbol or venue past its cap (or too big to keep), neither: why, for
+        errors.gateway."""
         refused = self.remember(topic, subject, data)
         if refused is not None:
             return refused
@@ -176,19 +172,22 @@ class Live:
             self.fan_out(event_topic, subject, payload, name)
         return None
 
-    def remember(self, topic: str, subject: str, data: bytes) -> Refusal | None:
-        """Keep the latest state `data` says; the refusal when its key is new and its cache full
-        (made-up symbols or venues must not grow the gateway without end)."""
+    def remember(self, topic: str, subject: str, data: bytes) -> str | None:
+        """Keep the latest state `data` says; why not when its key is new and its cache full, or a
+        tick or verdict is too big to keep (made-up symbols or venues, or padded messages, must not
+        grow the gateway without end)."""
         s = self.state
         last = subject.rsplit(".", 1)[-1]
         if topic == "ticks":
             ticks = s.ticks
+            if len(data) > caps.MAX_KEPT_MESSAGE_BYTES:
+                return caps.oversized(data, "tick")
             if subject not in ticks and len(ticks) >= caps.MAX_MARKET_SYMBOLS:
-                return ticks, subject, "MAX_MARKET_SYMBOLS", "subject"
+                return caps.refusal(ticks, subject, "MAX_MARKET_SYMBOLS", "subject")
             ticks[subject] = data
         elif topic == "feeds":
             if caps.full(s.feeds, last, "MAX_VENUES"):
-                return s.feeds, last, "MAX_VENUES", "venue"
+                return caps.refusal(s.feeds, last, "MAX_VENUES", "venue")
             s.feeds[last] = data
         elif topic == "signals":
             s.signals.append(data)
@@ -199,16 +198,18 @@ class Live:
         elif subject == S.RISK_EVENTS:
             s.kill_switch = data
         elif subject.startswith(VERDICT_PREFIX):
+            if len(data) > caps.MAX_KEPT_MESSAGE_BYTES:
+                return caps.oversized(data, "verdict")
             if caps.full(s.verdicts, last, "MAX_MARKET_SYMBOLS"):
-                return s.verdicts, last, "MAX_MARKET_SYMBOLS", "symbol"
+                return caps.refusal(s.verdicts, last, "MAX_MARKET_SYMBOLS", "symbol")
             s.verdicts[last] = data
         elif subject.startswith(VENUE_STATUS_PREFIX):
             if caps.full(s.venue_status, last, "MAX_VENUES"):
-                return s.venue_status, last, "MAX_VENUES", "venue"
+                return caps.refusal(s.venue_status, last, "MAX_VENUES", "venue")
             s.venue_status[last] = (data, time.time_ns())
         elif subject.startswith(RECON_PREFIX):
             if caps.full(s.reconciliations, last, "MAX_VENUES"):
-                return s.reconciliations, last, "MAX_VENUES", "venue"
+                return caps.refusal(s.reconciliations, last, "MAX_VENUES", "venue")
             s.reconciliations[last] = (data, time.time_ns())
         return None
 

@@ -344,7 +344,8 @@ class BarWindows:
         reports it on errors.<service>. A bar of a new (venue, symbol) past MAX_MARKET_SYMBOLS
         is refused there too."""
         data = msg.data
-        raw = RawBar.read(data)
+        # One too big to keep as received is kept as a Bar (every field of it bounded).
+        raw = RawBar.read(data) if len(data) <= caps.MAX_KEPT_MESSAGE_BYTES else None
         tokens = msg.subject.split(".")
         bar: Bar | RawBar
         if raw is not None and len(tokens) == 5:  # md.bar.<interval>.<venue>.<symbol>
@@ -358,8 +359,8 @@ class BarWindows:
         self.received += 1
         w = self._window(key)
         if w is None:
-            assert self.bus is not None
-            await caps.refuse(self.bus, self.windows, key, msg.subject, data, "MAX_MARKET_SYMBOLS", "bar window")
+            if self.bus is not None:
+                await caps.refuse(self.bus, self.windows, key, msg.subject, data, "MAX_MARKET_SYMBOLS", "bar window")
             return
         w.add(bar)
 
@@ -400,6 +401,10 @@ class LatestTicks:
             await self.bus.report_error(msg.subject, f"bad tick: {validation_summary(e)}", data)
             return
         raw, subject = self._raw, msg.subject
+        if len(data) > caps.MAX_KEPT_MESSAGE_BYTES:  # valid, but kept as received: bounded in size too
+            self.refused += 1
+            await self.bus.report_error(subject, caps.oversized(data, "tick") or "", data)
+            return
         # a kept subject (almost every tick) costs one lookup here; a new one past the cap is refused
         if subject not in raw and not await admit_symbol(self.bus, raw, subject, subject, data,
                                                          "MAX_MARKET_SYMBOLS", "subject"):
@@ -440,6 +445,9 @@ class ContextSource:
 
         async def on_verdict(v: Verdict, msg: Msg) -> None:
             if await self._ahead(v.ts, msg.subject, msg.data):
+                return
+            if (too_big := caps.oversized(msg.data, "verdict")) is not None:
+                await self.bus.report_error(msg.subject, too_big, msg.data)
                 return
             if v.symbol not in self.verdicts and not await admit_symbol(self.bus, self.verdicts, v.symbol, msg.subject,
                                                                        msg.data, "MAX_MARKET_SYMBOLS"):
