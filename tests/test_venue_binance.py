@@ -423,6 +423,19 @@ async def test_binary_futures(live: tuple[StandIn, Operator]) -> None:
     assert told["subject"] == "exec.venue.binance", told
     assert told["reason"].startswith(f"venue state of {resting} not applied: malformed event: TRADE without t: "), seen
     assert op.statuses(resting) == ["ACCEPTED"], op.statuses(resting)
+    # A fill the stream missed whose trades cannot be read (a 500): FILLED, its fee left out,
+    # and errors.execution says so under the order's id (it was only a log line).
+    unread = await op.submit("BUY", "0.002", price="58000.0")
+    await op.until(lambda: unread in venue.orders, "the order at the venue")
+    await op.wait_status(unread, "ACCEPTED")
+    await venue.drop_streams()
+    venue.trades_error = True
+    await venue.fill(unread, Decimal("0.002"))
+    await op.wait_status(unread, "FILLED")
+    while not any(unread in e["reason"] and "fee may be left out" in e["reason"] for e in seen):
+        seen.append(json.loads((await errors.next_msg(timeout=10)).data))
+    venue.trades_error = False
+    await op.until(lambda: venue.stream_count() > 0, "the stream reconnected")
     # Reconciliation reads the futures account and open orders.
     account = "/fapi/v4/account" if op.kind == "aster" else "/fapi/v2/account"
     assert any(path == account for _, path, _ in venue.requests), account

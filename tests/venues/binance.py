@@ -124,6 +124,7 @@ class StandIn:
     answer_5xx: int = 0  # the next N new orders are placed but answered 503
     force_429: int = 0  # the next N requests are answered 429
     fill_before_cancel: bool = False  # a cancel finds its order just filled (-2011)
+    trades_error: bool = False  # an order's trades (myTrades / userTrades) cannot be read: a 500
     retry_after: int = 2
 
     def __post_init__(self) -> None:
@@ -500,6 +501,8 @@ class StandIn:
         params, refused = self.authenticate(request, signed=True)
         if refused is not None:
             return refused
+        if self.trades_error:
+            return self.error(500, -1000, "An unknown error occurred while processing the request.", request.path)
         return self.reply([t for o in self.orders.values() if o.symbol == params.get("symbol")
                            and str(o.order_id) == params.get("orderId", str(o.order_id)) for t in o.trades])
 

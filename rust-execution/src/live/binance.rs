@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
@@ -754,6 +754,9 @@ struct Inner {
     venue_symbols: HashMap<String, Symbol>,
     http: reqwest::Client,
     state: Mutex<State>,
+    /// The router's channel (set by `start`): problems off the stream (the fee path's) are
+    /// told on errors.execution like the stream's own.
+    events: OnceLock<mpsc::UnboundedSender<VenueEvent>>,
 }
 
 /// The Binance family adapter. Cheap to clone.
@@ -987,8 +990,19 @@ impl Binance {
                     weight_limit: 1_000,
                     ..State::default()
                 }),
+                events: OnceLock::new(),
             }),
         })
+    }
+
+    /// A problem with `of` (an order, else what it was) told on errors.execution through the
+    /// router (throttled there), and logged; only logged before `start`.
+    fn tell(&self, of: &str, why: String) {
+        tracing::warn!(venue = %self.inner.name, of, why, "venue problem");
+        if let Some(events) = self.inner.events.get() {
+            let of = of.to_string();
+            let _ = events.send(VenueEvent::Problem { of, why });
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -1633,9 +1647,11 @@ impl Binance {
                     Some(trade) => {
                         self.add_fee(client, venue_symbol, &trade);
                     }
-                    None => {
-                        tracing::warn!(venue = %self.inner.name, "a fill without tradeId, price or qty in the answer")
-                    }
+                    None => self.tell(
+                        client,
+                        format!("a fill without tradeId, price or qty in the order's answer, its fee left out: {}",
+                            excerpt(fill)),
+                    ),
                 }
             }
             return;
@@ -1675,7 +1691,11 @@ impl Binance {
         {
             Reply::Ok(Value::Array(trades)) => trades,
             other => {
-                tracing::warn!(venue = %self.inner.name, client_order_id = client, error = %reply_error(other), "reading the order's trades failed: its fee may be left out");
+                let why = format!(
+                    "reading the order's trades failed, its fee may be left out: {}",
+                    reply_error(other)
+                );
+                self.tell(client, why);
                 return;
             }
         };
@@ -1684,9 +1704,13 @@ impl Binance {
                 Some(trade) => {
                     self.add_fee(client, venue_symbol, &trade);
                 }
-                None => {
-                    tracing::warn!(venue = %self.inner.name, "a trade without id, price or qty ignored")
-                }
+                None => self.tell(
+                    client,
+                    format!(
+                        "a trade without id, price or qty ignored, its fee left out: {}",
+                        excerpt(trade)
+                    ),
+                ),
             }
         }
     }
@@ -1772,6 +1796,11 @@ impl Binance {
     }
 }
 
+/// A JSON value's first 200 characters, for a problem's reason.
+fn excerpt(value: &Value) -> String {
+    value.to_string().chars().take(200).collect()
+}
+
 fn ok_or_error(reply: Reply) -> Result<Value, VenueError> {
     match reply {
         Reply::Ok(value) => Ok(value),
@@ -1801,6 +1830,7 @@ impl Exchange for Binance {
     async fn start(&self, events: mpsc::UnboundedSender<VenueEvent>) -> Result<(), VenueError> {
         self.sync_time().await?;
         self.load_rules().await?;
+        let _ = self.inner.events.set(events.clone());
         tokio::spawn(self.clone().stream_loop(events));
         Ok(())
     }
