@@ -107,6 +107,23 @@ def test_sliding_window_pnl() -> None:
     assert breach.reason == "PnL over the last 60s -350 <= -300 (max_loss_usd)"
 
 
+def test_a_flood_of_account_updates_keeps_the_window_bounded() -> None:
+    """Every update was kept for the whole window: a stolen risk credential sending the account
+    a hundred thousand times a second grew it without end. Now at most PnLWindow.MAX_SAMPLES
+    are kept (the latest of each lookback / MAX_SAMPLES), and the PnL is still measured from
+    the equity at the window's start, to within that much."""
+    w = PnLWindow(lookback_s=60)
+    s, step, t0 = 10**9, 10**9 // 1000, 1_000 * 10**9  # 1,000 updates a second for 120 s
+    for n in range(120_001):
+        pnl = w.update(account(equity=str(10000 - n // 1000), ts=t0 + n * step))
+    assert len(w._samples) <= PnLWindow.MAX_SAMPLES + 2, len(w._samples)
+    # At 120 s the window starts at 60 s; the update at 60 s exactly shared its 6 ms with later
+    # ones, so the reference is the one just before, at 59.999 s (9941; 9940 from 60 s on).
+    assert pnl.start_equity == D(9941) and pnl.amount == D(-61), pnl
+    assert w.update(account(equity="9800", ts=t0 + 120 * s + 1)).start_equity == D(9941)
+    assert w.update(account(equity="9800", ts=t0 + 126 * s)).start_equity == D(9935)
+
+
 def test_latch_acts_once_per_breach_until_it_clears() -> None:
     latch = Latch()
     loss = Breach("max_loss", "x")

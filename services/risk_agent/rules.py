@@ -61,17 +61,28 @@ def day_pnl(account: AccountState) -> PnL:
 class PnLWindow:
     """The equity change over the last `lookback_s` seconds of account updates: the
     reference is the last equity seen at or before the window's start (or the first one
-    seen, while the agent has run for less than the window)."""
+    seen, while the agent has run for less than the window).
+
+    At most MAX_SAMPLES are kept: of updates closer together than lookback / MAX_SAMPLES only
+    the latest (the reference may then be up to that much before the window's start). Risk sends
+    the account at most every 100 ms; anyone else holding risk's credential could send a
+    hundred thousand a second, and every one was kept for the whole window."""
+
+    MAX_SAMPLES = 10_000
 
     def __init__(self, lookback_s: float) -> None:
         self.lookback_ns = int(lookback_s * 1e9)
+        self.granule_ns = max(1, self.lookback_ns // self.MAX_SAMPLES)
         self.period = f"last {lookback_s:g}s"
         self._samples: deque[tuple[int, Decimal]] = deque()
 
     def update(self, account: AccountState) -> PnL:
         samples = self._samples
         if not samples or account.ts >= samples[-1][0]:
-            samples.append((account.ts, account.equity))
+            if len(samples) > 1 and account.ts // self.granule_ns == samples[-1][0] // self.granule_ns:
+                samples[-1] = (account.ts, account.equity)  # the same granule: the latest only
+            else:
+                samples.append((account.ts, account.equity))
         start = account.ts - self.lookback_ns
         while len(samples) > 1 and samples[1][0] <= start:
             samples.popleft()
