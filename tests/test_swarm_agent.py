@@ -331,6 +331,48 @@ async def test_an_alert_makes_the_swarm_ask_by_itself(connect, running_service) 
     assert "local:m ABSTAIN (connection error" in consensus.summary
 
 
+async def test_a_burst_of_alerts_starts_at_most_max_alert_asks_one_per_symbol(
+        connect, running_service, monkeypatch) -> None:
+    """Every alert started an ask (a model call per member) at once: a burst of alerts (a
+    crash moving every symbol, or a stolen market-data credential's) started as many. Now one
+    ask per symbol is under way at a time (a second alert of it is skipped: its answer is
+    coming) and at most max_alert_asks in all; an alert beyond is told on errors.swarm-agent."""
+    release = asyncio.Event()
+    asked: list[str] = []
+
+    async def slow_ask(self, request):  # noqa: ANN001, ANN202 (holds each ask until released)
+        asked.append(request.symbol)
+        await release.wait()
+        return await original(self, request)
+
+    original = service.Swarm.ask
+    monkeypatch.setattr(service.Swarm, "ask", slow_ask)
+    operator, md = await connect("operator"), await connect("market-data")
+    errors = await operator.collect("errors.swarm-agent")
+    published = await operator.collect("agent.swarm.>")
+    config = {"swarm_agent": {**CONFIG["swarm_agent"], "max_alert_asks": 2}}
+
+    def alert(symbol: str) -> bytes:
+        return encode(PriceAlert(venue="sim", symbol=symbol, direction="UP", change_pct=2.5, threshold_pct=2.0,
+                                 window_s=60, from_price=Decimal("100"), price=Decimal("102.5"), ts=now_ns()))
+
+    async with running_service("swarm-agent", service.main, config, operator):
+        for symbol in ("SWBA-USD", "SWBA-USD", "SWBB-USD", "SWBC-USD"):
+            await md.publish(f"md.alert.{symbol}", alert(symbol))
+        await flush(md)
+        told = json.loads((await asyncio.wait_for(errors.get(), 5)).data)
+        assert sorted(asked) == ["SWBA-USD", "SWBB-USD"], asked
+        release.set()
+        answered = sorted([decode(Consensus, (await asyncio.wait_for(published.get(), 10)).data).symbol
+                           for _ in range(2)])
+        await md.publish("md.alert.SWBC-USD", alert("SWBC-USD"))  # room again
+        again = decode(Consensus, (await asyncio.wait_for(published.get(), 10)).data)
+    assert told["subject"] == "md.alert.SWBC-USD", told
+    assert told["reason"] == "alert of SWBC-USD not asked about: 2 asks on alerts under way (max_alert_asks 2)"
+    assert answered == ["SWBA-USD", "SWBB-USD"] and again.symbol == "SWBC-USD"
+    assert asked == ["SWBA-USD", "SWBB-USD", "SWBC-USD"] and errors.empty()
+
+
 async def test_past_the_symbol_cap_the_swarm_keeps_no_new_sentiment(connect, running_service, monkeypatch) -> None:
     """The swarm kept the latest sentiment of every symbol named on agent.sentiment.>, each as
     large as the server let it be: one stolen sentiment-agent credential publishing made-up

@@ -20,6 +20,9 @@ class SwarmConfig(Section):
     timeout_s: Annotated[float, Field(gt=0)] = 2.0
     llm_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     on_alerts: bool = True
+    # Asks on alerts under way at once per replica, one per symbol: a burst of alerts (a crash
+    # moving every symbol, or made-up alerts) must not start a model call per alert.
+    max_alert_asks: Annotated[int, Field(ge=1, le=1000)] = 8
     history_interval: Annotated[str, Field(pattern=INTERVAL_PATTERN)] = "1s"
     history_limit: Annotated[int, Field(ge=2, le=5000)] = 30
     momentum_threshold_pct: Annotated[float, Field(gt=0)] = 0.05

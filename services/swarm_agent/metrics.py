@@ -5,6 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 ASKS = Counter("moonbus_swarm_asks_total", "Questions put to the swarm, by trigger", ["trigger"])
+ALERTS_SKIPPED = Counter("moonbus_swarm_alerts_skipped_total", "Price alerts not asked about, by reason "
+                         "(in_flight: an ask on that symbol's alert is under way; busy: max_alert_asks are)",
+                         ["reason"])
 VOTES = Counter("moonbus_swarm_votes_total", "Votes by model and answer (ABSTAIN = failed, timed out "
                 "or had no data)", ["model", "action"])
 CONSENSUS = Counter("moonbus_swarm_consensus_total", "Consensus outcomes", ["action", "method"])

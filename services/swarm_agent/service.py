@@ -106,7 +106,7 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
     swarm = Swarm(build_models(cfg, history, latest, section(config, "llm", LLMConfig)), cfg)
     if bus.nc is None:
         await bus.connect()
-    pending: set[asyncio.Task[None]] = set()
+    asking: dict[str, asyncio.Task[None]] = {}  # asks on alerts under way, by symbol
 
     async def ask(request: SwarmAskRequest, trigger: str = "request") -> Consensus:
         metrics.ASKS.labels(trigger).inc()
@@ -126,11 +126,20 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
             log.exception("swarm on alert %s failed", alert.symbol)
             await bus.report_error(S.alert(alert.symbol), f"swarm failed: {e!r}", b"")
 
-    async def on_alert(alert: PriceAlert, _msg: Any) -> None:
-        # In a task: the models may take seconds, the next alert must not wait for them.
-        task = asyncio.create_task(ask_on_alert(alert))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+    async def on_alert(alert: PriceAlert, msg: Any) -> None:
+        # In a task: the models may take seconds, the next alert must not wait for them. One
+        # ask per symbol (its answer is coming) and at most max_alert_asks at once.
+        symbol = alert.symbol
+        if symbol in asking:
+            metrics.ALERTS_SKIPPED.labels("in_flight").inc()
+            return
+        if len(asking) >= cfg.max_alert_asks:
+            metrics.ALERTS_SKIPPED.labels("busy").inc()
+            await bus.report_error(msg.subject, f"alert of {symbol} not asked about: {len(asking)} asks on alerts "
+                                                f"under way (max_alert_asks {cfg.max_alert_asks})", msg.data)
+            return
+        task = asking[symbol] = asyncio.create_task(ask_on_alert(alert))
+        task.add_done_callback(lambda _: asking.pop(symbol, None))
 
     try:
         serve_metrics(cfg.metrics_port)
@@ -143,7 +152,7 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
         )
         log.info("swarm agent ready: %s", [m.name for m in swarm.models])
         await stop.wait()
-        if pending:
-            await asyncio.wait(pending, timeout=cfg.llm_timeout_s + 1.0)
+        if asking:
+            await asyncio.wait(list(asking.values()), timeout=cfg.llm_timeout_s + 1.0)
     finally:
         await bus.close()
