@@ -609,6 +609,19 @@ async def test_services_skips_malformed_service_api_answers(client: httpx.AsyncC
 # ---------------------------------------------------------------- metrics and the spec
 
 
+def test_bus_request_outcomes_are_bounded() -> None:
+    """The outcome label is the error code whoever answered chose: at most MAX_OUTCOMES distinct
+    ones are counted apart, later new ones as `other` (a stolen responder credential answering
+    a new code each time made a new series each time)."""
+    from services.gateway.metrics import MAX_OUTCOMES, GatewayMetrics
+
+    m = GatewayMetrics()
+    labels = [m.outcome(f"code_{n}") for n in range(MAX_OUTCOMES + 10)]
+    assert labels[: MAX_OUTCOMES - 1] == [f"code_{n}" for n in range(MAX_OUTCOMES - 1)]  # "ok" is one
+    assert set(labels[MAX_OUTCOMES - 1:]) == {"other"}
+    assert m.outcome("ok") == "ok" and m.outcome("code_3") == "code_3"
+
+
 async def test_metrics(client: httpx.AsyncClient) -> None:
     await client.get("/api/price/GWA-USD")
     await client.get("/api/price/GWX-USD")

@@ -92,7 +92,7 @@ class Gateway:
             outcome = "bad_reply"
             raise ApiError("bad_reply", f"{subject} answered an invalid reply: {validation_summary(e)}") from None
         finally:
-            self.metrics.bus_requests.labels(subject, outcome).inc()
+            self.metrics.bus_requests.labels(subject, self.metrics.outcome(outcome)).inc()
             self.metrics.bus_seconds.labels(subject).observe(time.perf_counter() - started)
 
     # ------------------------------------------------------------ tokens

@@ -11,8 +11,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
+# The most distinct error codes `bus_requests` counts apart; later new ones count as `other`.
+# A code comes from whoever answers the request (the pattern bounds its form, not its
+# variety): a stolen responder credential must not make a new series per answer.
+MAX_OUTCOMES = 50
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
+        self._outcomes: set[str] = {"ok"}
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter("moonbus_gateway_http_requests_total", "HTTP requests by route and status",
@@ -42,3 +49,12 @@ class GatewayMetrics:
         self.orders_submitted = Counter("moonbus_gateway_orders_submitted_total",
                                         "Orders stored in ORDERS through POST /api/orders", ["duplicate"], registry=r)
         self.nats_connected = Gauge("moonbus_gateway_nats_connected", "1 while connected to NATS", registry=r)
+
+    def outcome(self, code: str) -> str:
+        """`code` as the outcome label of `bus_requests`: itself, or `other` once MAX_OUTCOMES
+        distinct ones are counted."""
+        if code not in self._outcomes:
+            if len(self._outcomes) >= MAX_OUTCOMES:
+                return "other"
+            self._outcomes.add(code)
+        return code
