@@ -732,7 +732,11 @@ impl Engine {
         for (venue, id, why) in self.venue.take_refusals() {
             let errors = self.bus.errors.clone();
             tokio::spawn(async move {
-                let reason = format!("venue state of {id} not applied: {why}");
+                let reason = if id.is_empty() {
+                    why
+                } else {
+                    format!("venue state of {id} not applied: {why}")
+                };
                 errors
                     .report(&subjects::exec_venue(&venue), &reason, b"")
                     .await;

@@ -363,12 +363,13 @@ impl Problems {
         true
     }
 
-    /// The refusal that tells how many were not told.
+    /// The refusal that tells how many were not told (of no one item: `what` is empty).
     fn untold_refusal(untold: u64) -> (String, String) {
         (
-            format!("{untold} more items"),
+            String::new(),
             format!(
-                "venue problems beyond {PROBLEMS_TOLD} in {} min are counted, not told one by one: see the execution log",
+                "{untold} more venue problems in {} min, beyond the {PROBLEMS_TOLD} told, were counted, \
+                 not told one by one: see the execution log",
                 PROBLEM_WINDOW.as_secs() / 60
             ),
         )
@@ -816,7 +817,8 @@ impl Router {
 
     /// The venue states refused since the last call (stale, overfill, unreadable
     /// figures), each reason once per order, and the venue problems told (a malformed
-    /// fill, frame or event; see [`Problems`]): (venue, what, why).
+    /// fill, frame or event; see [`Problems`]): (venue, what, why); `what` is empty for the
+    /// count of problems not told one by one.
     pub fn take_refusals(&mut self) -> Vec<(VenueName, String, String)> {
         let mut taken = Vec::new();
         let now = Instant::now();
@@ -1240,8 +1242,11 @@ mod tests {
         // The window over: the count, and the same problem told again.
         assert_eq!(problems.roll(start + PROBLEM_WINDOW), Some(9));
         let (of, why) = Problems::untold_refusal(9);
-        assert_eq!(of, "9 more items");
-        assert!(why.contains("beyond 20 in 10 min"), "{why}");
+        assert_eq!(of, "");
+        assert!(
+            why.starts_with("9 more venue problems in 10 min, beyond the 20 told"),
+            "{why}"
+        );
         assert!(problems.admit("c-1", "malformed fill tid 2"));
         assert_eq!(problems.roll(start + PROBLEM_WINDOW * 2), None);
     }
