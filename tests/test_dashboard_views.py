@@ -153,21 +153,21 @@ async def test_swarm_votes_and_sentiment_per_symbol(connect, service_bus) -> Non
 
 
 async def test_sentiment_is_read_from_kv_at_start_and_a_newer_live_one_wins(connect, service_bus) -> None:
-    """The sentiment agent keeps each symbol's latest Sentiment in KV (sentiment.<symbol>): the
+    """The sentiment agent keeps each symbol's latest Sentiment in its KV bucket (key: the symbol): the
     gateway starts with it, not with an empty panel until the next headline; a malformed
     stored value is counted, not shown."""
     senti = await connect("sentiment-agent")
     js = senti.jetstream()
     stored_ts = now_ns() - 30 * 10**9
-    await js.publish(S.kv_subject(S.kv_sentiment("DVK-USD")), encode(sentiment("DVK-USD", 0.61, ts=stored_ts)))
-    await js.publish(S.kv_subject(S.kv_sentiment("DVL-USD")), encode(sentiment("DVL-USD", -0.2, ts=stored_ts)))
-    await js.publish(S.kv_subject(S.kv_sentiment("DVM-USD")), b'{"symbol": "DVM-USD", "score": 2}')
+    await js.publish(S.kv_sentiment_subject("DVK-USD"), encode(sentiment("DVK-USD", 0.61, ts=stored_ts)))
+    await js.publish(S.kv_sentiment_subject("DVL-USD"), encode(sentiment("DVL-USD", -0.2, ts=stored_ts)))
+    await js.publish(S.kv_sentiment_subject("DVM-USD"), b'{"symbol": "DVM-USD", "score": 2}')
     app = create_app(bus=await service_bus("gateway"), config=CONFIG)
     try:
         await _sentiment_from_kv(app, senti)
     finally:  # the keys deleted: the next gateways of this module start without them
         for symbol in ("DVK-USD", "DVL-USD", "DVM-USD"):
-            await js.publish(S.kv_subject(S.kv_sentiment(symbol)), b"", headers={"KV-Operation": "DEL"})
+            await js.publish(S.kv_sentiment_subject(symbol), b"", headers={"KV-Operation": "DEL"})
 
 
 async def _sentiment_from_kv(app, senti) -> None:  # noqa: ANN001

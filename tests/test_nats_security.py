@@ -34,6 +34,7 @@ from services.devstack.natsserver import (
 from services.common.streams import (
     EXEC,
     KV_BUCKET,
+    KV_SENTIMENT_BUCKET,
     KV_STREAM,
     MSG_ID_HEADER,
     ORDERS,
@@ -192,7 +193,8 @@ PUBLISH_CASES = [
     ("risk-agent", "risk.verdict.BTC-USD", False),
     ("risk-agent", "agent.signal.trading.BTC-USD", False),
     ("sentiment-agent", "agent.sentiment.BTC-USD", True),
-    ("sentiment-agent", "$KV.moonbus.sentiment.BTC-USD", True),
+    ("sentiment-agent", "$KV.sentiment.BTC-USD", True),
+    ("sentiment-agent", "$KV.moonbus.sentiment.BTC-USD", False),  # its keys are a bucket of their own
     ("sentiment-agent", "$KV.moonbus.risk.killswitch", False),
     ("sentiment-agent", "agent.swarm.BTC-USD", False),
     ("sentiment-agent", "orders.submit.trading.BTC-USD", False),
@@ -666,8 +668,8 @@ async def test_only_execution_publishes_exec_reports(connect, streams):
 
 async def test_kv_each_writer_writes_only_its_own_keys_and_everyone_reads(connect, streams):
     sentiment = await connect("sentiment-agent")
-    kv = await open_kv(sentiment.jetstream(timeout=5))
-    key = f"sentiment.KV{uid().upper()}-USD"
+    kv = await open_kv(sentiment.jetstream(timeout=5), KV_SENTIMENT_BUCKET)
+    key = f"KV{uid().upper()}-USD"
     await kv.put(key, b'{"score":0.4}')
 
     risk = await connect("risk")
@@ -684,20 +686,61 @@ async def test_kv_each_writer_writes_only_its_own_keys_and_everyone_reads(connec
     for reader in ("trading-agent", "risk-agent", "swarm-agent", "gateway", "sentiment-agent", "risk"):
         nc = await connect(reader)
         kv_reader = await nc.jetstream(timeout=5).key_value(KV_BUCKET)  # STREAM.INFO, then direct gets
-        for k, value in {**risk_keys, key: b'{"score":0.4}'}.items():
+        for k, value in risk_keys.items():
             assert (await kv_reader.get(k)).value == value, (reader, k)
+        sentiment_reader = await nc.jetstream(timeout=5).key_value(KV_SENTIMENT_BUCKET)
+        assert (await sentiment_reader.get(key)).value == b'{"score":0.4}', reader
         assert not nc.permission_errors(), (reader, nc.permission_errors())
     # Writers are confined to their own prefix; readers write nothing.
-    for user, foreign in (("sentiment-agent", f"risk.killswitch{tag}"), ("risk", key),
-                          ("trading-agent", key), ("risk-agent", f"risk.killswitch{tag}")):
+    for user, bucket, foreign in (("sentiment-agent", KV_BUCKET, f"risk.killswitch{tag}"),
+                                  ("sentiment-agent", KV_BUCKET, f"sentiment.{key}"),
+                                  ("risk", KV_SENTIMENT_BUCKET, key), ("trading-agent", KV_SENTIMENT_BUCKET, key),
+                                  ("risk-agent", KV_BUCKET, f"risk.killswitch{tag}")):
         nc = await connect(user)
         with pytest.raises(NatsTimeoutError):
-            await (await nc.jetstream(timeout=SHORT).key_value(KV_BUCKET)).put(foreign, b"forged")
-        await nc.wait_for_permission_error(f"$KV.{KV_BUCKET}.")
+            await (await nc.jetstream(timeout=SHORT).key_value(bucket)).put(foreign, b"forged")
+        await nc.wait_for_permission_error(f"$KV.{bucket}.")
     # Purging a key of one's own (a rollup) is refused by the bucket: nothing is erased.
     with pytest.raises(nats.js.errors.APIError):
         await kv.purge(key)
     assert (await kv.get(key)).value == b'{"score":0.4}'
+
+
+async def test_a_full_sentiment_bucket_locks_no_one_else_out(tmp_path):
+    """A full KV bucket (discard new) refuses every write, the update of a key it holds too.
+    The sentiment agent may name any symbol: in the shared bucket its stolen credential could fill
+    it and lock risk out of storing a kill switch release, the loss latch or its lease. Its keys
+    are a bucket of their own: filling that one leaves everyone else's writes alone. (A server of
+    this test alone: the session's must not be left full.)"""
+    server = NatsServer(store_dir=tmp_path, credentials=load_or_create_credentials(tmp_path),
+                        log_path=tmp_path / "nats-server.log")
+    with server:
+        server.provision()
+
+        async def login(user: str) -> nats.NATS:
+            return await nats.connect(server.url, user=user, password=server.credentials[user],
+                                      inbox_prefix=f"_INBOX.{user}", allow_reconnect=False)
+
+        thief, risk = await login("sentiment-agent"), await login("risk")
+        try:
+            stolen = await thief.jetstream(timeout=5).key_value(KV_SENTIMENT_BUCKET)
+            filled, refusal = 0, ""
+            while not refusal and filled < 5_000:
+                try:
+                    await stolen.put(f"FILL{filled}-USD", b"x" * 60_000)
+                    filled += 1
+                except nats.js.errors.APIError as e:
+                    refusal = str(e)
+            assert "maximum bytes exceeded" in refusal, (filled, refusal)
+            own = await risk.jetstream(timeout=5).key_value(KV_BUCKET)
+            key = f"risk.killswitch{uid()}"
+            for engaged in ("true", "false"):  # a new key, then its update: both stored
+                state = f'{{"engaged":{engaged},"actor":"operator","reason":"test","changed_ts":1}}'.encode()
+                await own.put(key, state)
+            assert (await own.get(key)).value == state
+        finally:
+            await thief.close()
+            await risk.close()
 
 
 # ---- the launcher gives each service its own user, and only that -------------------------

@@ -18,7 +18,7 @@ import pytest
 
 from services.common.llm import Decision, DecisionRequest
 from services.contract.models import NAME_MAX_CHARS, Sentiment, decode, encode
-from services.common.streams import KV_BUCKET
+from services.common.streams import KV_SENTIMENT_BUCKET
 from services.sentiment_agent import service
 from services.sentiment_agent.aggregate import DecayingSentiment
 from services.sentiment_agent.config import SentimentConfig, keywords_for
@@ -183,14 +183,14 @@ async def test_replay_publishes_scores(connect, running_service, tmp_path: Path)
     assert third.items == 3  # cycled back to the first headline
     assert all(m.model == "offline-lexicon" and m.sources == ["replay:news.jsonl"] for _, m in received)
 
-    # The latest per symbol is in the KV bucket for any agent to read.
-    kv = await operator.jetstream().key_value(KV_BUCKET)
+    # The latest per symbol is in its KV bucket (key: the symbol) for any agent to read.
+    kv = await operator.jetstream().key_value(KV_SENTIMENT_BUCKET)
     # (The agent goes on scoring until it has stopped: on a busy machine that is a few more
     # cycles, so the latest is at least what was received, not necessarily equal to it.)
-    latest_b = decode(Sentiment, (await kv.get("sentiment.SENTB-USD")).value)
+    latest_b = decode(Sentiment, (await kv.get("SENTB-USD")).value)
     assert latest_b.symbol == "SENTB-USD" and latest_b.score == b.score and latest_b.items >= b.items
     assert latest_b.model == b.model and latest_b.sources == b.sources and latest_b.ts >= b.ts
-    latest_a = decode(Sentiment, (await kv.get("sentiment.SENTA-USD")).value)
+    latest_a = decode(Sentiment, (await kv.get("SENTA-USD")).value)
     assert latest_a.items >= 3 and latest_a.symbol == "SENTA-USD"
 
 

@@ -555,6 +555,7 @@ mod tests {
             "ORDERS",
             "EXEC",
             "KV_moonbus",
+            "KV_sentiment",
             "SNAPSHOTS",
             "DEADLETTER",
             "BARS",

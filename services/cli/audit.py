@@ -31,7 +31,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from services.contract import subjects as S
 from services.common.bus import flush, inbox_prefix
 from services.contract.users import SERVICE_USERS
-from services.common.streams import EXEC, KV_BUCKET, KV_STREAM, ORDERS
+from services.common.streams import EXEC, KV_BUCKET, KV_SENTIMENT_STREAM, KV_STREAM, ORDERS
 
 # The object store of backtest datasets (only `operator` writes it, only appends).
 BACKTEST_DATA = f"OBJ_{S.BACKTEST_DATA_BUCKET}"
@@ -40,20 +40,28 @@ BACKTEST_DATA = f"OBJ_{S.BACKTEST_DATA_BUCKET}"
 SETTLE_S = 0.3
 
 SERVICES = [u for u in SERVICE_USERS if u != "admin"]
-STREAMS = [ORDERS, EXEC, KV_STREAM, BACKTEST_DATA]
+STREAMS = [ORDERS, EXEC, KV_STREAM, KV_SENTIMENT_STREAM, BACKTEST_DATA]
 # The agent token each user may put in orders.submit.<agent>.<symbol> (moonbus.conf).
 OWN_AGENT = {"trading-agent": "trading", "risk-agent": "risk", "gateway": "gateway", "operator": "operator",
              "risk": "killswitch", "execution": S.PROTECTION_AGENT}
 # execution's protections: KV keys `exec.protection.<parent_order_id>` (S.kv_protection).
 PROTECTION_KEYS = S.kv_protection("<id>").removesuffix(".<id>")
-# Who owns which KV keys (`supervisor.*`: make run's launcher, records of each service).
-KV_OWNER = {"risk": "risk", "sentiment": "sentiment-agent", "supervisor": "supervisor",
-            PROTECTION_KEYS: "execution"}
+# Who owns which KV keys, by subject prefix (`supervisor.*`: make run's launcher, records of each
+# service; the sentiment agent's keys are a bucket of their own).
+SENTIMENT_KEYS = S.kv_sentiment_subject("").removesuffix(".")
+KV_OWNER = {S.kv_subject("risk"): "risk", SENTIMENT_KEYS: "sentiment-agent", S.kv_subject("supervisor"): "supervisor",
+            S.kv_subject(PROTECTION_KEYS): "execution"}
 # The failover leases (rust-common leader.rs): only the service's own user takes or renews one.
 LEASE_OWNER = {S.kv_leader("risk"): "risk", S.kv_leader("execution"): "execution"}
 # The real key an unsafe attack aims at, per prefix.
-KV_TARGET = {"risk": S.KV_KILLSWITCH, "sentiment": S.kv_sentiment("BTC-USD"), "supervisor": S.kv_supervisor("risk"),
-             PROTECTION_KEYS: S.kv_protection("audit-probe")}
+KV_TARGET = {S.kv_subject("risk"): S.kv_subject(S.KV_KILLSWITCH), SENTIMENT_KEYS: S.kv_sentiment_subject("BTC-USD"),
+             S.kv_subject("supervisor"): S.kv_subject(S.kv_supervisor("risk")),
+             S.kv_subject(PROTECTION_KEYS): S.kv_subject(S.kv_protection("audit-probe"))}
+
+
+def _kv_stream(subject: str) -> str:
+    """The stream of a KV subject: `$KV.<bucket>.<key>` is stored in `KV_<bucket>`."""
+    return f"KV_{subject.split('.')[1]}"
 
 
 @dataclass
@@ -146,11 +154,11 @@ async def _consumer(reader: Probe, stream: str, name: str) -> dict[str, Any] | N
     return info if info and "error" not in info else None
 
 
-async def _kv_raw(reader: Probe, key: str) -> bytes | None:
-    """The stored value of `key` (None: none), by direct get."""
+async def _kv_raw(reader: Probe, subject: str) -> bytes | None:
+    """The stored value of KV `subject` (None: none), by direct get."""
     assert reader.nc
     try:
-        msg = await reader.nc.request(f"$JS.API.DIRECT.GET.{KV_STREAM}.$KV.{KV_BUCKET}.{key}", b"", timeout=5)
+        msg = await reader.nc.request(f"$JS.API.DIRECT.GET.{_kv_stream(subject)}.{subject}", b"", timeout=5)
     except NatsTimeoutError:
         return None
     if (msg.headers or {}).get("Status"):
@@ -312,22 +320,20 @@ async def tamper_with_kv(a: Auditor, watcher: Probe, user: str, safe: bool) -> R
     for prefix, owner in KV_OWNER.items():
         if owner == user:
             continue
-        key = f"{prefix}.audit-probe" if safe else KV_TARGET[prefix]
-        before = await _kv_raw(watcher, key)
-        subject = f"$KV.{KV_BUCKET}.{key}"
+        subject = f"{prefix}.audit-probe" if safe else KV_TARGET[prefix]
+        before = await _kv_raw(watcher, subject)
         put, delete = await asyncio.gather(
             attacker.request(subject, b'{"engaged":false,"actor":"audit","reason":"","changed_ts":1}'),
             attacker.request(subject, b"", headers={"KV-Operation": "DEL"}))
-        if (put and "error" not in put) or (delete and "error" not in delete) or await _kv_raw(watcher, key) != before:
-            broken.append(f"wrote {key}")
+        if (put and "error" not in put) or (delete and "error" not in delete) or await _kv_raw(watcher, subject) != before:
+            broken.append(f"wrote {subject}")
     own = next((p for p, o in KV_OWNER.items() if o == user), None)
     if own is not None:
-        state = await _stream_state(watcher, KV_STREAM)
-        key = f"{own}.audit-probe"
+        state = await _stream_state(watcher, _kv_stream(own))
         rollup = "sub" if safe else "all"
-        answer = await attacker.request(f"$KV.{KV_BUCKET}.{key}", b"probe",
+        answer = await attacker.request(f"{own}.audit-probe", b"probe",
                                         headers={"Nats-Rollup": rollup, "KV-Operation": "PURGE"})
-        after = await _stream_state(watcher, KV_STREAM)
+        after = await _stream_state(watcher, _kv_stream(own))
         if (answer and "error" not in answer) or (state and after and after.get("messages", 0) < state.get("messages", 0)):
             broken.append(f"rollup {rollup} accepted ({answer})")
     held = not broken
@@ -356,7 +362,7 @@ async def take_a_lease(a: Auditor, watcher: Probe, user: str, safe: bool) -> Res
             for seq in ("0", revision)))
         through = [x for x in answers if x is not None]  # a PubAck or a JetStream error: not refused
         # A live lease is renewed all the time: what shows a breach is the attacker's holder in it.
-        if through or f"audit-{user}".encode() in (await _kv_raw(watcher, key) or b""):
+        if through or f"audit-{user}".encode() in (await _kv_raw(watcher, subject) or b""):
             broken.append(f"reached {key}: {through}")
     held = not broken
     return Result("take another service's failover lease", user, held, "refused" if held else "; ".join(broken))
@@ -526,7 +532,7 @@ async def backtest_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool
     attacker = await a.connect(user)
     assert attacker.nc
     broken = []
-    for stream in (ORDERS, EXEC, KV_STREAM):
+    for stream in (ORDERS, EXEC, KV_STREAM, KV_SENTIMENT_STREAM):
         if await attacker.request(f"$JS.API.DIRECT.GET.{stream}", {"seq": 1}) is not None:
             broken.append(f"read {stream}")
     for subject in (S.ALL_REPORTS, S.ORDERS_ALL):

@@ -203,9 +203,19 @@ def sentiment(symbol: object) -> str:
     return f"agent.sentiment.{symbol}"
 
 
+# The sentiment agent's own KV bucket (a full bucket refuses every write, and the sentiment agent
+# may name any symbol: in KV_BUCKET its credential could fill it and lock risk's keys out).
+KV_SENTIMENT_BUCKET = "sentiment"
+
+
 def kv_sentiment(symbol: object) -> str:
-    """The KV key (not a subject) of a symbol's latest Sentiment."""
-    return f"sentiment.{symbol}"
+    """The KV key (not a subject) of a symbol's latest Sentiment, in KV_SENTIMENT_BUCKET."""
+    return f"{symbol}"
+
+
+def kv_sentiment_subject(symbol: object) -> str:
+    """The subject a symbol's latest Sentiment is stored on: `$KV.sentiment.<symbol>`."""
+    return f"$KV.{KV_SENTIMENT_BUCKET}.{symbol}"
 
 
 def kv_supervisor(service: object) -> str:

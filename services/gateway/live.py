@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 
 from services.common import caps
 from services.common.bus import ApiError, Bus, flush
-from services.common.streams import KV_STREAM, read_stream
+from services.common.streams import KV_SENTIMENT_STREAM, read_stream
 from services.contract import subjects as S
 from services.contract.catalogue import model_for
 
@@ -58,7 +58,7 @@ TOPICS: dict[str, list[str]] = {
 VENUE_STATUS_PREFIX = S.exec_venue("")
 RECON_PREFIX = S.risk_recon("")
 VERDICT_PREFIX = S.verdict("")
-KV_SENTIMENT_PREFIX = S.kv_subject(S.kv_sentiment(""))
+KV_SENTIMENT_PREFIX = S.kv_sentiment_subject("")
 log = logging.getLogger(__name__)
 
 
@@ -131,12 +131,12 @@ class Live:
         await self.seed(bus)
 
     async def seed(self, bus: Bus, timeout: float = 2.0) -> None:
-        """The latest Sentiment of each symbol from the KV bucket (key sentiment.<symbol>, the
-        sentiment agent's), so that the views have it before the next one is published; one
+        """The latest Sentiment of each symbol from the sentiment agent's KV bucket (key: the
+        symbol), so that the views have it before the next one is published; one
         heard live meanwhile, being newer, wins. Best effort: a bucket that cannot be read
         leaves the view to the live messages."""
         try:
-            async for stored in read_stream(bus.client, KV_STREAM, S.kv_subject(S.kv_sentiment(">")), timeout=timeout):
+            async for stored in read_stream(bus.client, KV_SENTIMENT_STREAM, S.kv_sentiment_subject(">"), timeout=timeout):
                 if stored.data:
                     self.views.seed("sentiment", S.sentiment(stored.subject.removeprefix(KV_SENTIMENT_PREFIX)),
                                     stored.data)

@@ -24,7 +24,7 @@ from services.common.config import SystemConfig, load, section
 from services.common.llm import LLMConfig, build_provider
 from services.common.metrics import serve_metrics
 from services.contract.models import NAME_MAX_CHARS, Sentiment, clip, encode, now_ns
-from services.common.streams import open_kv
+from services.common.streams import KV_SENTIMENT_BUCKET, open_kv
 
 from . import metrics
 from .aggregate import DecayingSentiment
@@ -136,7 +136,7 @@ async def main(
         serve_metrics(cfg.metrics_port)
         kv = None
         try:
-            kv = await open_kv(bus.client.jetstream())
+            kv = await open_kv(bus.client.jetstream(), KV_SENTIMENT_BUCKET)
         except Exception as e:  # publish anyway; KV readers will find nothing
             log.error("KV bucket unavailable, sentiment is only published: %r", e)
         service = SentimentService(bus, tracker, kv, clock)

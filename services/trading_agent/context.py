@@ -51,7 +51,7 @@ from services.contract.models import (
     encode,
     now_ns,
 )
-from services.common.streams import KV_BUCKET
+from services.common.streams import KV_BUCKET, KV_SENTIMENT_BUCKET
 from services.contract.wire import checker, decoder
 
 from .agent import Context, Event
@@ -435,7 +435,7 @@ class ContextSource:
         self.sentiments: dict[str, Sentiment] = {}
         self.consensus: dict[str, Consensus] = {}  # the swarm's latest per symbol (pipeline on only)
         self.account: AccountState | None = None
-        self._kv: KeyValue | None = None
+        self._kv: dict[str, KeyValue] = {}  # by bucket
         self.bars = BarWindows(bus=bus)
         self._fetching: dict[tuple[str, str], asyncio.Lock] = {}  # one history request per symbol at a time
         self.history_requests = 0
@@ -518,7 +518,7 @@ class ContextSource:
         ctx.account = self.account
         if sentiment:
             ctx.sentiment = self.sentiments.get(symbol) or await self._from_kv(S.kv_sentiment(symbol), Sentiment,
-                                                                               ctx.notes)
+                                                                               ctx.notes, KV_SENTIMENT_BUCKET)
         return ctx
 
     async def recent_bars(self, event: Event, bar: Bar | None, limit: int, notes: list[str]) -> list[Bar]:
@@ -584,11 +584,11 @@ class ContextSource:
             return None
         return reply.account
 
-    async def _from_kv(self, key: str, model: type[M], notes: list[str]) -> M | None:
+    async def _from_kv(self, key: str, model: type[M], notes: list[str], bucket: str = KV_BUCKET) -> M | None:
         try:
-            if self._kv is None:
-                self._kv = await self.bus.client.jetstream().key_value(KV_BUCKET)
-            entry = await self._kv.get(key)
+            if bucket not in self._kv:
+                self._kv[bucket] = await self.bus.client.jetstream().key_value(bucket)
+            entry = await self._kv[bucket].get(key)
         except (BucketNotFoundError, KeyNotFoundError):
             return None
         except Exception as e:  # KV unreachable: decide without it, visibly
@@ -599,5 +599,5 @@ class ContextSource:
         except ValidationError as e:
             notes.append(f"KV {key} unreadable")
             reason = f"bad {model.__name__} in KV: {e}"
-            await self.bus.report_error(f"$KV.{KV_BUCKET}.{key}", reason, entry.value or b"")
+            await self.bus.report_error(f"$KV.{bucket}.{key}", reason, entry.value or b"")
             return None
