@@ -1,6 +1,6 @@
 """Sentiment agent: the lexicon scorer (weights, negation, range), the time decay, the
 headline file, the LLM scorer and its fallback, RSS / Atom feeds from a local HTTP server,
-and the agent in-process against the real nats-server (publish + KV `sentiment.<symbol>`)."""
+and the agent in-process against the real nats-server (publish + the KV bucket `sentiment`)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Sources: the replay file (one headline every interval_s, cycling) and RSS / Atom feeds
 (polled every feed_poll_s). Each headline is scored per symbol, added to the symbol's
 decaying score, and the result published on `agent.sentiment.<symbol>` and written to
-the KV bucket `moonbus` under `sentiment.<symbol>` (the latest, for any agent to read).
+its own KV bucket `sentiment` under the symbol (the latest, for any agent to read).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class SentimentService:
                 await self.kv.put(S.kv_sentiment(sentiment.symbol), encode(sentiment))
             except Exception as e:  # readers fall back to the live subject
                 metrics.KV_FAILURES.inc()
-                log.warning("sentiment.%s not written to KV: %r", sentiment.symbol, e)
+                log.warning("%s not written to the KV bucket sentiment: %r", sentiment.symbol, e)
         log.debug("scored %r from %s", item.title, source)
 
     async def replay(self, items: list[Headline], source: str, interval_s: float) -> None:

@@ -11,8 +11,8 @@
 - the latest tick per symbol (`LatestTicks`), for the price at decision time: a decision
   may take seconds (an LLM), the bar's close is older by then;
 - verdicts, account, sentiment: live subscriptions (every replica sees every update);
-  what has not been seen yet is read from the KV bucket `moonbus` (`risk.verdict.<symbol>`,
-  `risk.account`, `sentiment.<symbol>`; the account else from `risk.api.positions`), so a
+  what has not been seen yet is read from the KV buckets (`moonbus`: `risk.verdict.<symbol>`,
+  `risk.account`; `sentiment`: the symbol's; the account else from `risk.api.positions`), so a
   replica that has just started decides with the same context as one that has run for hours.
   Sentiment and consensus are kept for at most MAX_SYMBOLS symbols each; ticks, bar windows and
   verdicts for at most MAX_MARKET_SYMBOLS subjects / (venue, symbol)s / symbols (services/common/caps.py:
