@@ -44,10 +44,6 @@ impl KeyCap {
         }
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Whether a map holding `len` keys has no room for a new one.
     pub fn full(&self, len: usize) -> bool {
         len >= self.limit
