@@ -147,11 +147,19 @@ class Watch:
         # The price goes flat: the agent holds, every order it sent ends.
         await self.until(lambda: settled() and held_at_venue() > 0 and self.state() == "MATCHED",
                          f"every order ended, {self.venue} MATCHED (last: {self.recon[-1:]})")
-        held = await self.nc.request("risk.api.positions", json.dumps({"symbol": self.symbol}).encode(), timeout=5)
-        positions = {p["symbol"]: Decimal(p["quantity"]) for p in json.loads(held.data)["positions"]}
-        fills = sum((r.last_fill_quantity or 0) for r in self.all_reports())
-        assert positions.get(self.symbol) == held_at_venue() == fills, (positions, held_at_venue(), fills)
-        return first
+        # Risk books the fills through its own EXEC consumer, which may lag the reports seen
+        # here (and a MATCHED may be from before the first fill, when both held nothing).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while True:
+            held = await self.nc.request("risk.api.positions", json.dumps({"symbol": self.symbol}).encode(),
+                                         timeout=5)
+            positions = {p["symbol"]: Decimal(p["quantity"]) for p in json.loads(held.data)["positions"]}
+            fills = sum((r.last_fill_quantity or 0) for r in self.all_reports())
+            if positions.get(self.symbol) == held_at_venue() == fills and self.state() == "MATCHED":
+                return first
+            assert loop.time() < deadline, (positions, held_at_venue(), fills, self.recon[-1:])
+            await asyncio.sleep(0.1)
 
 
 # ----- Binance ---------------------------------------------------------------------------------

@@ -111,15 +111,21 @@ class Bus(SystemBus):
         return positions
 
     async def wait_positions_match_fills(self) -> dict[str, Decimal]:
-        """Until risk's position per symbol equals the signed sum of the fills in EXEC."""
-        fills = net_fills(await self.stored_reports())
+        """Until risk's position and fees per symbol equal the sums of the fills in EXEC
+        (the fees too: a quantity can equal the final one before the last fills, BUY BUY
+        SELL, while every fill adds a fee)."""
+        stored = await self.stored_reports()
+        fills, fees = net_fills(stored), fill_fees(stored)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT
         while True:
-            held = {p.symbol: p.quantity for p in (await self.ready_positions()).positions}
-            if all(held.get(s, Decimal(0)) == fills.get(s, Decimal(0)) for s in {*held, *fills}):
+            positions = (await self.ready_positions()).positions
+            held = {p.symbol: p.quantity for p in positions}
+            paid = {p.symbol: p.fees for p in positions}
+            if all(held.get(s, Decimal(0)) == fills.get(s, Decimal(0))
+                   and paid.get(s, Decimal(0)) == fees.get(s, Decimal(0)) for s in {*held, *fills}):
                 return fills
-            assert loop.time() < deadline, f"risk positions {held} != fills in EXEC {fills}"
+            assert loop.time() < deadline, f"risk positions {held}, fees {paid} != fills in EXEC {fills}, {fees}"
             await asyncio.sleep(0.1)
 
 
@@ -132,6 +138,14 @@ def net_fills(reports: list[ExecutionReport]) -> dict[str, Decimal]:
         if r.last_fill_quantity and r.symbol and r.side:
             net[r.symbol] += r.last_fill_quantity if r.side.value == "BUY" else -r.last_fill_quantity
     return dict(net)
+
+
+def fill_fees(reports: list[ExecutionReport]) -> dict[str, Decimal]:
+    fees: dict[str, Decimal] = defaultdict(Decimal)
+    for r in reports:
+        if r.last_fill_quantity and r.symbol:
+            fees[r.symbol] += r.fee
+    return dict(fees)
 
 
 def by_order(reports: list[ExecutionReport], ids: list[str]) -> dict[str, list[ExecutionReport]]:

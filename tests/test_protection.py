@@ -497,6 +497,7 @@ async def test_a_protection_on_a_reduce_only_order_is_refused(desk: Desk) -> Non
 async def test_an_exit_risk_refuses_stays_triggered_and_is_tried_again(desk: Desk) -> None:
     entry = await desk.submit("BUY", "0.4", {"stop_loss": "95"})
     await desk.wait_state(entry, "ARMED")
+    await desk.wait_position("0.4")  # booked by risk, so that "0" below is after the close
     # The position is closed by hand: the stop's reduce-only exit would flip it.
     close = await desk.submit("SELL", "0.4", tag="close")
     await desk.wait_report(close, OrderStatus.FILLED)

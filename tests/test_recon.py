@@ -223,8 +223,18 @@ async def test_rust_risk_reconciles_a_live_venue(system, feeds):
     assert "recon_mismatch:binance" in refused["reason"] and "venue 0.7, risk 0.5" in refused["reason"]
     reduce = await check(execution, "SELL", 2)
     assert reduce["approved"], f"an order that reduces the position passes: {reduce}"
-    stored = await (await operator.jetstream().key_value(S.KV_BUCKET)).get(S.risk_recon("binance"))
-    assert Reconciliation.model_validate_json(stored.value).state is ReconState.MISMATCH
+    # Risk stores the reconciliation through a background writer: poll for it.
+    kv = await operator.jetstream().key_value(S.KV_BUCKET)
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            stored = Reconciliation.model_validate_json((await kv.get(S.risk_recon("binance"))).value)
+        except nats.js.errors.KeyNotFoundError:
+            stored = None
+        if stored is not None and stored.state is ReconState.MISMATCH:
+            break
+        assert time.monotonic() < deadline, f"the mismatch was never stored: {stored}"
+        await asyncio.sleep(0.05)
 
     # An order open at the venue that execution does not know: a mismatch as well.
     await execution.publish(S.exec_venue("binance"), encode(venue_status(positions={"BTC-USDT": "0.5"}, unknown=1)))

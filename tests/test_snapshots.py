@@ -89,6 +89,7 @@ class Bus:
     def __init__(self, system: System) -> None:
         self.system = system
         self.reports: dict[str, list[ExecutionReport]] = defaultdict(list)
+        self.orders: dict[str, tuple[str, str]] = {}  # client_order_id -> (symbol, side)
         self.errors: list[dict] = []
 
     async def connect(self) -> None:
@@ -127,6 +128,7 @@ class Bus:
 
     async def submit(self, order_id: str, symbol: str, side: str, *, limit: str | None = None,
                      msg_id: str | None = None) -> None:
+        self.orders.setdefault(order_id, (symbol, side))
         body = {"client_order_id": order_id, "agent": "operator", "symbol": symbol, "side": side,
                 "type": "LIMIT" if limit else "MARKET", "quantity": SYMBOLS[symbol], "origin_ts": 1, "ts": 1}
         if limit:
@@ -164,6 +166,28 @@ class Bus:
             assert loop.time() < deadline, f"risk.api.positions never answered\n{self.system.tail(30)}"
             await asyncio.sleep(0.1)
         return positions
+
+    async def booked_positions(self) -> PositionsReply:
+        """Risk's positions once it has booked every fill reported so far: a FILLED report
+        reaches this test before (or after) it reaches risk's EXEC consumer. Quantities and
+        fees: a quantity can equal the final one before the last fills (BUY BUY SELL),
+        while every fill adds a fee."""
+        held: dict[str, Decimal] = defaultdict(Decimal)
+        fees: dict[str, Decimal] = defaultdict(Decimal)
+        for order_id, (symbol, side) in self.orders.items():
+            for report in self.terminal(order_id)[:1]:
+                held[symbol] += report.filled_quantity if side == "BUY" else -report.filled_quantity
+                fees[symbol] += report.fee
+        want = {symbol: (held[symbol], fees[symbol]) for symbol in held}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while True:
+            positions = await self.ready_positions()
+            booked = {p.symbol: (p.quantity, p.fees) for p in positions.positions}
+            if all(booked.get(symbol, (Decimal(0), Decimal(0))) == w for symbol, w in want.items()):
+                return positions
+            assert loop.time() < deadline, f"risk never booked {want}: {booked}\n{self.system.tail(30)}"
+            await asyncio.sleep(0.1)
 
     async def exec_last_sequence(self) -> int:
         return (await self.js.stream_info("EXEC")).state.last_seq
@@ -220,7 +244,7 @@ async def test_state_outlives_exec_retention(start_system, bus_for) -> None:
     change = {"set": {"max_order_notional": "777"}, "reason": "snapshot test"}
     reply = json.loads((await bus.nc.request("risk.api.limits.operator", json.dumps(change).encode(), timeout=10)).data)
     assert reply["limits"]["max_order_notional"] == "777", reply
-    before = await bus.ready_positions()
+    before = await bus.booked_positions()
     assert any(p.quantity != 0 for p in before.positions) and before.account.fees > 0, before
     last = await bus.exec_last_sequence()
     await bus.snapshot_covering("risk", last)
@@ -299,7 +323,7 @@ async def test_a_graceful_stop_writes_the_snapshots(start_system, bus_for) -> No
     bus = await bus_for(system)
     await bus.ready_positions()
     ids = await bus.trade("stop", 6)
-    before = await bus.ready_positions()
+    before = await bus.booked_positions()
     last = await bus.exec_last_sequence()
     system.kill("execution", signal.SIGTERM)
     system.kill("risk", signal.SIGTERM)
