@@ -8,18 +8,19 @@
 //! beyond the contract's money range (|x| < 1e14) are written as its end.
 
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use moonbus_common::caps::KeyCap;
 use moonbus_common::{
     AccountState, AgentName, ClientOrderId, ExecutionReport, KillSwitchAction, KillSwitchRequest,
     KillSwitchState, LimitsPatch, LiveVenueStatus, Money, NonNegativeMoney, OrderRequest,
-    OrderStatus, OrderType, Position, PositiveMoney, Reconciliation, RiskCheckRequest,
-    RiskCheckResult, RiskLimits, Side, Symbol, Tick, TimeInForce, TradingState, Venue, Verdict,
+    OrderType, Position, PositiveMoney, Reconciliation, RiskCheckRequest, RiskCheckResult,
+    RiskLimits, Side, Symbol, Tick, TimeInForce, TradingState, Venue, Verdict,
 };
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
+use crate::applied::{orders_kept_ns, Applied};
 use crate::breaker::CircuitBreakers;
 use crate::config::Settings;
 use crate::ledger::{Fill, Ledger, Overflow, Position as LedgerPosition};
@@ -100,7 +101,8 @@ pub struct Engine {
     loss_latch: Option<LossLatch>,
     kill_switch: KillSwitchState,
     ready: bool,
-    applied: HashSet<(ClientOrderId, OrderStatus, NonNegativeMoney)>,
+    /// The reports applied, by order (applied.rs): one sent again is a duplicate.
+    applied: Applied,
     /// A fill that could not be booked (its figures overflow a decimal): the books miss
     /// it, so the account stays HALTED (fail closed) for the life of the process.
     unbooked_fill: Option<String>,
@@ -139,7 +141,7 @@ impl Engine {
                 flatten_orders: None,
             },
             ready: false,
-            applied: HashSet::new(),
+            applied: Applied::new(orders_kept_ns()),
             unbooked_fill: None,
             unavailable: None,
             recon: Recon::new(settings.recon.clone()),
@@ -232,11 +234,12 @@ impl Engine {
             };
             Some((symbol, fill))
         };
-        let key = (order_id.clone(), report.status, report.filled_quantity);
-        if self.applied.contains(&key) {
+        let key = (report.status, report.filled_quantity);
+        if self.applied.contains(order_id, &key) {
             return Ok(ReportEffect::Duplicate);
         }
         self.roll_day(clock);
+        self.applied.forget_old(clock);
         if let Some((symbol, fill)) = fill {
             self.invalidate_totals();
             if let Err(Overflow) = self.ledger.apply(symbol, &fill) {
@@ -257,7 +260,8 @@ impl Engine {
                     .book(venue, symbol, fill.quantity, fill.price, fill.fee);
             }
         }
-        self.applied.insert(key);
+        self.applied
+            .insert(order_id, key, is_terminal(report.status), clock);
         if is_terminal(report.status) {
             self.reservations.release(order_id.as_str());
         }

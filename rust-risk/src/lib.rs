@@ -2,6 +2,7 @@
 //! (main.rs) and, unchanged, by the backtester (rust-backtest).
 
 pub mod access;
+pub mod applied;
 pub mod breaker;
 pub mod config;
 pub mod engine;

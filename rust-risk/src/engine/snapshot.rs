@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::Engine;
 use crate::breaker::Halt;
 use crate::ledger::Position;
+use crate::open_orders::is_terminal;
 use crate::reservations::Reservation;
 use crate::watermarks::Watermarks;
 
@@ -72,9 +73,14 @@ pub struct State {
     pub cash: Dec,
     pub fees: Dec,
     pub positions: Vec<PositionState>,
-    /// (client_order_id, status, filled_quantity) of every report applied: duplicates
-    /// in the tail are skipped as before.
+    /// (client_order_id, status, filled_quantity) of every report remembered
+    /// (applied.rs): duplicates in the tail are skipped as before.
     pub applied: Vec<(ClientOrderId, OrderStatus, NonNegativeMoney)>,
+    /// (client_order_id, when it became final) of the final orders remembered, oldest
+    /// first: each is forgotten as long after as ORDERS keeps an order. Absent in a
+    /// snapshot from before they were dated: its final orders are dated by the next report.
+    #[serde(default)]
+    pub applied_finals: Option<Vec<(ClientOrderId, u64)>>,
     pub open_orders: Vec<(String, Symbol, Option<AgentName>)>,
     pub reservations: Vec<ReservationState>,
     pub peak_equity: Dec,
@@ -96,7 +102,7 @@ impl Engine {
     pub fn snapshot_state(&self) -> State {
         let (peak_equity, day, day_start_equity) = self.watermarks.parts();
         // Unsorted: sorting 10^5 ids would hold up the checks for nothing.
-        let applied: Vec<_> = self.applied.iter().cloned().collect();
+        let applied = self.applied.reports();
         let mut open_orders: Vec<_> = self
             .open_orders
             .iter()
@@ -140,6 +146,7 @@ impl Engine {
                 })
                 .collect(),
             applied,
+            applied_finals: self.applied.finals(),
             open_orders,
             reservations,
             peak_equity: Dec(peak_equity),
@@ -202,7 +209,8 @@ impl Engine {
             })
             .collect();
         self.revalue_all();
-        self.applied = state.applied.into_iter().collect();
+        self.applied
+            .restore(state.applied, state.applied_finals, is_terminal);
         for (id, symbol, agent) in state.open_orders {
             self.open_orders
                 .on_report(&id, Some(&symbol), agent.as_ref(), OrderStatus::Accepted);

@@ -1157,6 +1157,106 @@ fn fail_closed_refuses_every_check_with_the_reason() {
 }
 
 /// Not a check: the size of a snapshot after 100,000 orders (two reports each), printed.
+/// The reports applied are remembered while a resent one could still come: a final
+/// order for as long as ORDERS keeps an order, an open one for as long as it is open.
+#[test]
+fn final_orders_are_forgotten_a_week_after_they_ended() {
+    let mut engine = Engine::new(settings(), T0);
+    engine.mark_ready(T0);
+    let resting = report("resting", "BUY", "ACCEPTED", "0", None);
+    engine.apply_report_at(&resting, T0).unwrap();
+    // An order filled every 6 hours for 10 days.
+    let at = |n: u64| T0 + n * DAY / 4;
+    for n in 0..40 {
+        let fill = filled(&format!("o{n}"), "BUY", "0.001", "97000");
+        assert_eq!(
+            engine.apply_report_at(&fill, at(n)),
+            Ok(ReportEffect::Applied)
+        );
+    }
+    let state = engine.snapshot_state();
+    // The last 7 days (28 fills, and the one exactly a week before the last) and the
+    // resting order, however old.
+    let mut kept: Vec<_> = state
+        .applied
+        .iter()
+        .map(|(id, _, _)| id.to_string())
+        .collect();
+    kept.sort_by_key(|id| id.trim_start_matches('o').parse::<u64>().unwrap_or(0));
+    assert_eq!(kept.len(), 30, "{kept:?}");
+    assert_eq!((kept[0].as_str(), kept[1].as_str()), ("resting", "o11"));
+    let finals = state.applied_finals.clone().unwrap();
+    assert_eq!(finals.len(), 29);
+    assert!(finals.windows(2).all(|w| w[0].1 <= w[1].1), "oldest first");
+
+    // A report of a remembered order sent again is still not booked twice, and the
+    // restored engine forgets on the same schedule.
+    let quantity = |e: &Engine| e.ledger.quantity("BTC-USD");
+    let before = quantity(&engine);
+    let again = filled("o11", "BUY", "0.001", "97000");
+    assert_eq!(
+        engine.apply_report_at(&again, at(40)),
+        Ok(ReportEffect::Duplicate)
+    );
+    assert_eq!(quantity(&engine), before);
+    let json = serde_json::to_vec(&state).unwrap();
+    let mut restored = Engine::new(settings(), T0);
+    restored
+        .restore_state(serde_json::from_slice(&json).unwrap())
+        .unwrap();
+    restored.mark_ready(at(39));
+    assert_eq!(
+        restored.apply_report_at(&again, at(40)),
+        Ok(ReportEffect::Duplicate)
+    );
+    let later = filled("o40", "BUY", "0.001", "97000");
+    restored.apply_report_at(&later, at(40) + 1).unwrap();
+    assert_eq!(restored.snapshot_state().applied.len(), 29, "o11 forgotten");
+}
+
+/// A snapshot written before the final orders were dated: they are dated by the first
+/// report after the restore, and forgotten a week after it.
+#[test]
+fn a_snapshot_without_dates_dates_its_final_orders_at_the_next_report() {
+    let mut engine = ready_engine();
+    engine
+        .apply_report_at(&filled("old", "BUY", "0.001", "97000"), T0)
+        .unwrap();
+    let mut old = serde_json::to_value(engine.snapshot_state()).unwrap();
+    old.as_object_mut().unwrap().remove("applied_finals");
+    let mut restored = Engine::new(settings(), T0);
+    restored
+        .restore_state(serde_json::from_value(old).unwrap())
+        .unwrap();
+    restored.mark_ready(T0);
+    assert_eq!(restored.snapshot_state().applied_finals, None);
+    let next = T0 + 30 * DAY;
+    restored
+        .apply_report_at(&filled("a", "BUY", "0.001", "97000"), next)
+        .unwrap();
+    assert_eq!(
+        restored.snapshot_state().applied.len(),
+        2,
+        "dated now, not 30 days ago"
+    );
+    let ids = |e: &Engine| {
+        let mut ids: Vec<_> = (e.snapshot_state().applied.iter())
+            .map(|(id, _, _)| id.to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let week = next + 7 * DAY;
+    restored
+        .apply_report_at(&filled("b", "BUY", "0.001", "97000"), week)
+        .unwrap();
+    assert_eq!(ids(&restored), ["a", "b", "old"]);
+    restored
+        .apply_report_at(&filled("c", "BUY", "0.001", "97000"), week + 1)
+        .unwrap();
+    assert_eq!(ids(&restored), ["b", "c"]);
+}
+
 /// `cargo test -p rust-risk --bin rust-risk snapshot_size -- --ignored --nocapture`
 #[test]
 #[ignore]
