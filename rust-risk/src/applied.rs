@@ -132,6 +132,7 @@ impl Applied {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::open_orders::is_terminal as is_final;
     use rust_decimal::Decimal;
 
     const DAY: u64 = 86_400_000_000_000;
@@ -142,15 +143,6 @@ mod tests {
 
     fn filled(q: i64) -> NonNegativeMoney {
         NonNegativeMoney::new(Decimal::from(q)).unwrap()
-    }
-
-    fn is_final(status: OrderStatus) -> bool {
-        !matches!(status, OrderStatus::Accepted | OrderStatus::PartiallyFilled)
-    }
-
-    #[test]
-    fn final_orders_are_kept_as_long_as_orders_keeps_an_order() {
-        assert_eq!(orders_kept_ns(), 7 * DAY);
     }
 
     #[test]
