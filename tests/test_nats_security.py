@@ -34,6 +34,7 @@ from services.devstack.natsserver import (
 from services.common.streams import (
     EXEC,
     KV_BUCKET,
+    KV_PROTECTIONS_BUCKET,
     KV_SENTIMENT_BUCKET,
     KV_STREAM,
     MSG_ID_HEADER,
@@ -706,12 +707,14 @@ async def test_kv_each_writer_writes_only_its_own_keys_and_everyone_reads(connec
     assert (await kv.get(key)).value == b'{"score":0.4}'
 
 
-async def test_a_full_sentiment_bucket_locks_no_one_else_out(tmp_path):
+@pytest.mark.parametrize(("thief_user", "bucket"), [("sentiment-agent", KV_SENTIMENT_BUCKET),
+                                                    ("execution", KV_PROTECTIONS_BUCKET)])
+async def test_a_full_bucket_of_ones_own_locks_no_one_else_out(tmp_path, thief_user, bucket):
     """A full KV bucket (discard new) refuses every write, the update of a key it holds too.
-    The sentiment agent may name any symbol: in the shared bucket its stolen credential could fill
-    it and lock risk out of storing a kill switch release, the loss latch or its lease. Its keys
-    are a bucket of their own: filling that one leaves everyone else's writes alone. (A server of
-    this test alone: the session's must not be left full.)"""
+    The sentiment agent may name any symbol, execution any entry id: in the shared bucket a stolen
+    credential of either could fill it and lock risk out of storing a kill switch release, the
+    loss latch or its lease. Their keys are buckets of their own: filling one leaves everyone
+    else's writes alone. (A server of this test alone: the session's must not be left full.)"""
     server = NatsServer(store_dir=tmp_path, credentials=load_or_create_credentials(tmp_path),
                         log_path=tmp_path / "nats-server.log")
     with server:
@@ -721,9 +724,9 @@ async def test_a_full_sentiment_bucket_locks_no_one_else_out(tmp_path):
             return await nats.connect(server.url, user=user, password=server.credentials[user],
                                       inbox_prefix=f"_INBOX.{user}", allow_reconnect=False)
 
-        thief, risk = await login("sentiment-agent"), await login("risk")
+        thief, risk = await login(thief_user), await login("risk")
         try:
-            stolen = await thief.jetstream(timeout=5).key_value(KV_SENTIMENT_BUCKET)
+            stolen = await thief.jetstream(timeout=5).key_value(bucket)
             filled, refusal = 0, ""
             while not refusal and filled < 5_000:
                 try:

@@ -28,6 +28,7 @@ import nats
 import pytest
 
 from services.common.bus import flush
+from services.contract import subjects as S
 from services.contract.models import (
     ExecutionReport,
     OrderRequest,
@@ -205,12 +206,19 @@ async def test_nobody_but_execution_publishes_protections_or_their_exits(connect
     for user in ("trading-agent", "risk", "gateway", "operator"):
         nc = await connect(user)
         await nc.publish(f"exec.protection.{SYMBOL}", state.model_dump_json(exclude_none=True).encode())
+        await nc.publish(S.kv_protection("p-1"), b"{}")
         await nc.publish("$KV.moonbus.exec.protection.p-1", b"{}")
         await nc.publish(f"orders.submit.protection.{SYMBOL}", b"{}")
         await flush(nc)
-        for subject in (f"exec.protection.{SYMBOL}", "$kv.moonbus.exec.protection.p-1",
+        for subject in (f"exec.protection.{SYMBOL}", S.kv_protection("p-1").lower(), "$kv.moonbus.exec.protection.p-1",
                         f"orders.submit.protection.{SYMBOL}"):
             await nc.wait_for_permission_error(subject)
+    # Execution's own keys are a bucket of their own: the shared bucket, where risk keeps its
+    # kill switch, is not execution's to fill, not even under the keys it wrote there before.
+    nc = await connect("execution")
+    await nc.publish("$KV.moonbus.exec.protection.p-1", b"{}")
+    await flush(nc)
+    await nc.wait_for_permission_error("$kv.moonbus.exec.protection.p-1")
     # The subscribers the catalogue names may listen.
     for user in ("trading-agent", "gateway", "notifier", "risk-agent"):
         nc = await connect(user)

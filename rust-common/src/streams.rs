@@ -556,6 +556,7 @@ mod tests {
             "EXEC",
             "KV_moonbus",
             "KV_sentiment",
+            "KV_protections",
             "SNAPSHOTS",
             "DEADLETTER",
             "BARS",

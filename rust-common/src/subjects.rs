@@ -77,10 +77,9 @@ pub fn exec_venue(venue: impl Display) -> String {
 pub fn exec_protection(symbol: impl Display) -> String {
     format!("exec.protection.{symbol}")
 }
-/// The KV key (bucket [`KV_BUCKET`]) of the latest state of an entry's protection.
-pub fn kv_protection(parent_order_id: impl Display) -> String {
-    format!("exec.protection.{parent_order_id}")
-}
+/// The KV bucket of execution's protections (key: the entry's client_order_id), a bucket
+/// of its own (services/contract/subjects.py `KV_PROTECTIONS_BUCKET`).
+pub const KV_PROTECTIONS_BUCKET: &str = "protections";
 /// `risk.recon.<venue>`: risk's reconciliation of a live venue, published by risk only;
 /// also the KV key of the latest one.
 pub fn risk_recon(venue: impl Display) -> String {

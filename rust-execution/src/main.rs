@@ -64,6 +64,7 @@ async fn run() -> Result<()> {
     streams::open_stream(&js, subjects::EXEC_STREAM).await?;
     let orders_stream = streams::open_stream(&js, subjects::ORDERS_STREAM).await?;
     streams::open_stream(&js, deadletter::STREAM).await?;
+    streams::open_stream(&js, rust_execution::protect::KV_STREAM).await?;
 
     // The latest snapshot plus the EXEC tail; refuses to start if reports were lost.
     let ledger = snapshot::rebuild(&client).await?;
@@ -103,7 +104,6 @@ async fn run() -> Result<()> {
         reconcile_interval: Duration::from_millis(cfg.reconcile_interval_ms),
         client: client.clone(),
         protect: Protector::new(
-            streams::open_kv(&js).await?,
             js.clone(),
             client.clone(),
             ErrorSink::new(client.clone(), SERVICE),

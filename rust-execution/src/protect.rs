@@ -2,8 +2,11 @@
 //! entry order (`OrderRequest.protection`), carried out here as reduce-only exits.
 //!
 //! - Registered when risk approves the entry (before it is placed), stored at once in KV
-//!   `exec.protection.<parent_order_id>` (bucket `moonbus`) with quantity 0: a crash between
-//!   the entry's fill and the next write cannot lose it.
+//!   (bucket `protections`, key = the entry's id) with quantity 0: a crash between the
+//!   entry's fill and the next write cannot lose it. A bucket of its own: full, it refuses
+//!   only new protections (the entry is REJECTED `protection_unavailable`), never risk's
+//!   keys. An ended protection is stored with a per-message TTL ([`ENDED_KEPT`]) and expires
+//!   by itself, so the bucket holds the active protections and the last minutes' ended ones.
 //! - ARMED once the entry fills, for the filled quantity (it grows with partial fills); a
 //!   trailing stop starts at the entry's average fill price less (long) or plus (short)
 //!   `trailing_stop_bps`. Every state is published on `exec.protection.<symbol>` and kept
@@ -21,16 +24,17 @@
 //! - A cancel of the entry's id (orders.cancel) cancels the protection, before or after
 //!   the fill; an entry that ends without a fill cancels it; an engaged kill switch
 //!   cancels every protection (its flatten closes the positions; no exit races it).
-//! - Start: every stored protection not CLOSED / CANCELLED is restored and squared with the
+//! - Start: every stored protection not CLOSED / CANCELLED (and those stored in bucket
+//!   `moonbus` before protections had their own, not overwritten since) is restored and squared with the
 //!   ledger (an entry or exit whose report was stored but not its state change). Only an
 //!   order the ledger holds as agent `protection`'s is the exit: another agent's order under
 //!   the exit's id makes the exit go again under the next id, as at run time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use moonbus_common::bus::{self, ErrorSink};
 use moonbus_common::streams::DirectReader;
 use moonbus_common::{
@@ -45,14 +49,24 @@ use sha2::{Digest, Sha256};
 use crate::jobs::Backoff;
 use crate::ledger::{is_final, Ledger};
 
-/// The KV stream and the filter of its protection keys.
-const KV_STREAM: &str = "KV_moonbus";
-const KV_FILTER: &str = "$KV.moonbus.exec.protection.>";
+/// The KV stream of the protections bucket, and where they were stored before they had a
+/// bucket of their own (bucket `moonbus`, keys `exec.protection.<parent>`): read on start,
+/// never written.
+pub const KV_STREAM: &str = "KV_protections";
+const LEGACY_KV_STREAM: &str = "KV_moonbus";
+const LEGACY_KV_FILTER: &str = "$KV.moonbus.exec.protection.>";
+/// The subject of the latest record of an entry's protection: `$KV.protections.<parent>`.
+fn kv_subject(parent_order_id: impl std::fmt::Display) -> String {
+    format!("$KV.{}.{parent_order_id}", subjects::KV_PROTECTIONS_BUCKET)
+}
 /// A trailing stop's ratchets are stored and published at most this often.
 const TRAIL_WRITE_EVERY: Duration = Duration::from_secs(1);
 /// On start, protections that ended this recently are published again (their last state
 /// may have been stored and not published when the previous run died).
 const RETELL: Duration = Duration::from_secs(600);
+/// How long an ended protection stays stored (its `Nats-TTL`): past RETELL, so a restart
+/// still tells it, and short, so the bucket holds only what is active and just ended.
+pub const ENDED_KEPT: Duration = Duration::from_secs(2 * 600);
 /// How long a KV write or an ORDERS publish may take before it counts as failed.
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -179,7 +193,7 @@ pub fn exit_id(parent: &ClientOrderId, attempt: u32) -> ClientOrderId {
 
 // ---------------------------------------------------------------- what is stored
 
-/// The KV value of `exec.protection.<parent_order_id>`: the [`ProtectionState`] (readers of
+/// The KV value of `<parent_order_id>` in bucket `protections`: the [`ProtectionState`] (readers of
 /// that message ignore the rest) and execution's bookkeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stored {
@@ -794,7 +808,9 @@ fn next_attempt(
 /// `exec.protection.<symbol>`, each exit into ORDERS.
 pub struct Protector {
     book: Protections,
-    kv: kv::Store,
+    /// Entries whose active protection was read from bucket `moonbus` at start: their
+    /// records never expire, or that older record would come back at the next start.
+    legacy: HashSet<ClientOrderId>,
     js: jetstream::Context,
     client: async_nats::Client,
     errors: ErrorSink,
@@ -815,7 +831,6 @@ impl std::ops::DerefMut for Protector {
 
 impl Protector {
     pub fn new(
-        kv: kv::Store,
         js: jetstream::Context,
         client: async_nats::Client,
         errors: ErrorSink,
@@ -823,7 +838,7 @@ impl Protector {
     ) -> Self {
         Self {
             book: Protections::new(backoff),
-            kv,
+            legacy: HashSet::new(),
             js,
             client,
             errors,
@@ -881,7 +896,7 @@ impl Protector {
                     }
                     Err(e) => {
                         let reason = format!("protection of {id} not stored: {e:#}");
-                        let subject = subjects::kv_protection(&id);
+                        let subject = kv_subject(&id);
                         self.errors.report(&subject, &reason, b"").await;
                     }
                 }
@@ -920,9 +935,21 @@ impl Protector {
     }
 
     async fn put(&self, stored: &Stored) -> Result<()> {
-        let key = subjects::kv_protection(&stored.state.parent_order_id);
+        let parent = &stored.state.parent_order_id;
         let value = serde_json::to_vec(stored).context("encoding the protection")?;
-        tokio::time::timeout(IO_TIMEOUT, self.kv.put(key, value.into()))
+        let mut headers = async_nats::HeaderMap::new();
+        if !stored.is_active() && !self.legacy.contains(parent) {
+            headers.insert("Nats-TTL", format!("{}s", ENDED_KEPT.as_secs()).as_str());
+        }
+        let subject = kv_subject(parent);
+        let stored = async {
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, value.into())
+                .await?;
+            ack.await
+        };
+        tokio::time::timeout(IO_TIMEOUT, stored)
             .await
             .map_err(|_| anyhow!("KV write timed out"))??;
         Ok(())
@@ -955,35 +982,71 @@ impl Protector {
         Ok(())
     }
 
-    /// Every stored protection back (start-up), squared with the ledger.
+    async fn stream_exists(&self, name: &str) -> Result<bool> {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        use async_nats::jetstream::ErrorCode;
+        match self.js.get_stream(name).await {
+            Ok(_) => Ok(true),
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(e).with_context(|| format!("reading stream {name}")),
+            },
+        }
+    }
+
+    /// Every stored protection back (start-up), squared with the ledger: bucket
+    /// `protections`, then those stored in `moonbus` before it existed that it does not hold.
     pub async fn restore(&mut self, client: &async_nats::Client, ledger: &Ledger) -> Result<()> {
-        let mut reader = DirectReader::new(client.clone(), KV_STREAM, KV_FILTER, 1);
+        let mut seen = HashSet::new();
         let mut read = 0;
         // Stored but perhaps never published (a crash between the two): every active
         // state, and those that ended within RETELL, are published again.
         let mut retell = Vec::new();
         let recent = now_ns().saturating_sub(delay_ns(RETELL));
-        while let Some(message) = reader.next().await? {
-            match serde_json::from_slice::<Stored>(&message.payload) {
-                Ok(stored) => {
-                    let announced = !stored.entry_filled.get().is_zero() || !stored.is_active();
-                    if announced && (stored.is_active() || stored.state.ts >= recent) {
-                        retell.push(stored.state.parent_order_id.clone());
+        let sources = [
+            (KV_STREAM, kv_subject(">")),
+            (LEGACY_KV_STREAM, LEGACY_KV_FILTER.to_string()),
+        ];
+        for (stream, filter) in sources {
+            let legacy = stream == LEGACY_KV_STREAM;
+            if legacy && !self.stream_exists(stream).await? {
+                continue; // never provisioned here: nothing was stored in it
+            }
+            let mut reader = DirectReader::new(client.clone(), stream, &filter, 1);
+            while let Some(message) = reader.next().await? {
+                let stored = match serde_json::from_slice::<Stored>(&message.payload) {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        tracing::error!(subject = %message.subject, error = %e, "a stored protection is unreadable; ignored");
+                        continue;
                     }
-                    if !stored.is_active() && stored.state.ts >= recent {
-                        self.publish(&stored.state).await;
-                    }
-                    self.book.restore_record(stored, ledger);
-                    read += 1;
+                };
+                let parent = stored.state.parent_order_id.clone();
+                if legacy && stored.is_active() {
+                    self.legacy.insert(parent.clone());
                 }
-                Err(e) => {
-                    tracing::error!(subject = %message.subject, error = %e, "a stored protection is unreadable; ignored")
+                if !seen.insert(parent.clone()) {
+                    continue; // the bucket's own record is the latest
                 }
+                let announced = !stored.entry_filled.get().is_zero() || !stored.is_active();
+                if announced && (stored.is_active() || stored.state.ts >= recent) {
+                    retell.push(parent);
+                }
+                if !stored.is_active() && stored.state.ts >= recent {
+                    self.publish(&stored.state).await;
+                }
+                self.book.restore_record(stored, ledger);
+                read += 1;
             }
         }
         tracing::info!(
             read,
             active = self.book.records.len(),
+            from_moonbus = self.legacy.len(),
             "protections restored"
         );
         for id in retell {

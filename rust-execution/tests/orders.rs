@@ -1198,15 +1198,10 @@ async fn a_forged_order_named_like_a_protection_exit_is_not_counted_as_the_exit(
         Some("gw-prot-2")
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let state = system
-        .client
-        .request(
-            "$JS.API.DIRECT.GET.KV_moonbus.$KV.moonbus.exec.protection.gw-prot-2",
-            "".into(),
-        )
-        .await
-        .expect("the protection's record");
-    let state: Value = serde_json::from_slice(&state.payload).expect("json");
+    let stored = stored_protection(&system, "gw-prot-2").await;
+    // Ended: it expires by itself (a bucket of active protections and the last minutes' ended).
+    assert_eq!(ttl_of(&stored).as_deref(), Some("1200s"));
+    let state: Value = serde_json::from_slice(&stored.payload).expect("json");
     assert_eq!(state["state"], json!("CLOSED"), "{state}");
     assert_eq!(state["exit_order_id"], json!("gw-prot-2-x2"), "{state}");
     assert_eq!(
@@ -1272,17 +1267,26 @@ fn ledger_final(status: OrderStatus) -> bool {
     !matches!(status, OrderStatus::Accepted | OrderStatus::PartiallyFilled)
 }
 
-/// A protection's stored record, read back (KV `exec.protection.<parent>`).
+/// A protection's stored record, read back (KV bucket `protections`, key = the entry's id).
 async fn protection_record(system: &System, parent: &str) -> Value {
-    let reply = system
+    serde_json::from_slice(&stored_protection(system, parent).await.payload).expect("json")
+}
+
+/// The stored message of a protection's record, headers included.
+async fn stored_protection(system: &System, parent: &str) -> async_nats::Message {
+    system
         .client
         .request(
-            format!("$JS.API.DIRECT.GET.KV_moonbus.$KV.moonbus.exec.protection.{parent}"),
+            format!("$JS.API.DIRECT.GET.KV_protections.$KV.protections.{parent}"),
             "".into(),
         )
         .await
-        .expect("the protection's record");
-    serde_json::from_slice(&reply.payload).expect("json")
+        .expect("the protection's record")
+}
+
+fn ttl_of(message: &async_nats::Message) -> Option<String> {
+    let headers = message.headers.as_ref()?;
+    headers.get("Nats-TTL").map(|v| v.as_str().to_string())
 }
 
 /// The trading agent's order named like a protection's exit (`<parent>-x1`) filled, and
@@ -1321,7 +1325,9 @@ async fn after_a_restart_a_forged_order_named_like_the_exit_is_not_counted_as_th
     system.kill_execution();
     // As the crash left it: the stop triggered and stored its exit's id, `-x1`, which the
     // forged order (in flight at that moment) had taken.
-    let mut record = protection_record(&system, "gw-prot-3").await;
+    let stored = stored_protection(&system, "gw-prot-3").await;
+    assert_eq!(ttl_of(&stored), None, "an active protection never expires");
+    let mut record: Value = serde_json::from_slice(&stored.payload).expect("json");
     assert_eq!(record["state"], json!("ARMED"), "{record}");
     record["state"] = json!("TRIGGERED");
     record["exit_order_id"] = json!("gw-prot-3-x1");
@@ -1330,8 +1336,12 @@ async fn after_a_restart_a_forged_order_named_like_the_exit_is_not_counted_as_th
     record["exit_quantity"] = record["entry_filled"].clone();
     record["triggered_ts"] = json!(now_ns());
     record["reason"] = json!("stop_loss: price 95000.00 crossed 96000");
-    let kv = system.js.get_key_value("moonbus").await.expect("bucket");
-    kv.put("exec.protection.gw-prot-3", record.to_string().into())
+    let kv = system
+        .js
+        .get_key_value("protections")
+        .await
+        .expect("bucket");
+    kv.put("gw-prot-3", record.to_string().into())
         .await
         .expect("record stored");
     system.set_quote(Quote {
@@ -1362,6 +1372,75 @@ async fn after_a_restart_a_forged_order_named_like_the_exit_is_not_counted_as_th
         json!(exit.filled_quantity.get().to_string()),
         "{state}"
     );
+}
+
+/// Protections stored in bucket `moonbus` (before they had a bucket of their own) are
+/// restored at start and carried on in `protections`; their records there never expire (the
+/// older one in `moonbus`, which nothing may delete, would come back at the next start),
+/// while a protection of the new bucket that ends expires by itself.
+#[tokio::test]
+async fn protections_stored_in_the_shared_bucket_before_carry_on_after_an_upgrade() {
+    let mut system = System::start().await;
+    fake_risk(&system.client, RiskMode::Approve).await;
+    let mut entry = order("gw-prot-4", "BUY");
+    entry["agent"] = json!("gateway");
+    entry["protection"] = json!({"stop_loss": "96000"});
+    system.submit("BTC-USD", &entry, Some("gw-prot-4")).await;
+    system
+        .wait_report("the entry filled", |r| {
+            r.client_order_id
+                .as_ref()
+                .is_some_and(|id| id == "gw-prot-4")
+                && r.status == OrderStatus::Filled
+        })
+        .await;
+    system.wait_orders_done().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    system.kill_execution();
+    // As an older execution stored an armed protection: in `moonbus`, key exec.protection.<id>.
+    let mut legacy = protection_record(&system, "gw-prot-4").await;
+    assert_eq!(legacy["state"], json!("ARMED"), "{legacy}");
+    legacy["parent_order_id"] = json!("gw-prot-old");
+    legacy["ts"] = json!(now_ns());
+    let shared = moonbus_common::streams::open_kv(&system.js)
+        .await
+        .expect("bucket moonbus");
+    shared
+        .put("exec.protection.gw-prot-old", legacy.to_string().into())
+        .await
+        .expect("legacy record stored");
+    system.set_quote(Quote {
+        price: "95000.00",
+        bid: "94999.00",
+        ask: "95001.00",
+    });
+    system.start_execution().await;
+    for parent in ["gw-prot-4", "gw-prot-old"] {
+        let exit = format!("{parent}-x1");
+        system
+            .wait_report("the stop's exit filled", |r| {
+                r.client_order_id
+                    .as_ref()
+                    .is_some_and(|id| id.as_str() == exit)
+                    && r.status == OrderStatus::Filled
+            })
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = stored_protection(&system, "gw-prot-4").await;
+    let old = stored_protection(&system, "gw-prot-old").await;
+    for stored in [&new, &old] {
+        let state: Value = serde_json::from_slice(&stored.payload).expect("json");
+        assert_eq!(state["state"], json!("CLOSED"), "{state}");
+    }
+    assert_eq!(ttl_of(&new).as_deref(), Some("1200s"));
+    assert_eq!(ttl_of(&old), None, "carried over from moonbus: kept");
+    // Restarted again, the ended protection from `moonbus` is not armed again: no second exit.
+    system.kill_execution();
+    system.start_execution().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let exits = system.reports_for("gw-prot-old-x2").await;
+    assert!(exits.is_empty(), "{exits:?}");
 }
 
 /// Execution published an algo's next child to ORDERS and died before the parent's report

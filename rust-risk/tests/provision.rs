@@ -49,8 +49,8 @@ async fn rust_and_python_provision_the_same_state() {
         .unwrap();
     assert_eq!(
         made.len(),
-        10,
-        "eight streams (the object store's included) and two consumers created: {made:?}"
+        11,
+        "nine streams (the object store's included) and two consumers created: {made:?}"
     );
     assert!(streams::provision(&client, ExecutionSettings::default())
         .await
@@ -108,7 +108,7 @@ async fn stream_limits_of_the_config_are_applied_alike() {
     let client = async_nats::connect(server.url.as_str()).await.unwrap();
     let settings = Settings::from_config(&Config::from_parts(text, []).unwrap()).unwrap();
     let made = streams::provision_with(&client, &settings).await.unwrap();
-    assert_eq!(made.len(), 10, "{made:?}");
+    assert_eq!(made.len(), 11, "{made:?}");
     let (code, said) = python_provision_with(&server.url, true, &file);
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("nothing to change"), "{said}");

@@ -31,7 +31,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from services.contract import subjects as S
 from services.common.bus import flush, inbox_prefix
 from services.contract.users import SERVICE_USERS
-from services.common.streams import EXEC, KV_BUCKET, KV_SENTIMENT_STREAM, KV_STREAM, ORDERS
+from services.common.streams import EXEC, KV_BUCKET, KV_PROTECTIONS_STREAM, KV_SENTIMENT_STREAM, KV_STREAM, ORDERS
 
 # The object store of backtest datasets (only `operator` writes it, only appends).
 BACKTEST_DATA = f"OBJ_{S.BACKTEST_DATA_BUCKET}"
@@ -40,23 +40,23 @@ BACKTEST_DATA = f"OBJ_{S.BACKTEST_DATA_BUCKET}"
 SETTLE_S = 0.3
 
 SERVICES = [u for u in SERVICE_USERS if u != "admin"]
-STREAMS = [ORDERS, EXEC, KV_STREAM, KV_SENTIMENT_STREAM, BACKTEST_DATA]
+STREAMS = [ORDERS, EXEC, KV_STREAM, KV_SENTIMENT_STREAM, KV_PROTECTIONS_STREAM, BACKTEST_DATA]
 # The agent token each user may put in orders.submit.<agent>.<symbol> (moonbus.conf).
 OWN_AGENT = {"trading-agent": "trading", "risk-agent": "risk", "gateway": "gateway", "operator": "operator",
              "risk": "killswitch", "execution": S.PROTECTION_AGENT}
-# execution's protections: KV keys `exec.protection.<parent_order_id>` (S.kv_protection).
-PROTECTION_KEYS = S.kv_protection("<id>").removesuffix(".<id>")
+# execution's protections: a KV bucket of their own, `$KV.protections.<parent_order_id>`.
+PROTECTION_KEYS = S.kv_protection("").removesuffix(".")
 # Who owns which KV keys, by subject prefix (`supervisor.*`: make run's launcher, records of each
 # service; the sentiment agent's keys are a bucket of their own).
 SENTIMENT_KEYS = S.kv_sentiment_subject("").removesuffix(".")
 KV_OWNER = {S.kv_subject("risk"): "risk", SENTIMENT_KEYS: "sentiment-agent", S.kv_subject("supervisor"): "supervisor",
-            S.kv_subject(PROTECTION_KEYS): "execution"}
+            PROTECTION_KEYS: "execution"}
 # The failover leases (rust-common leader.rs): only the service's own user takes or renews one.
 LEASE_OWNER = {S.kv_leader("risk"): "risk", S.kv_leader("execution"): "execution"}
 # The real key an unsafe attack aims at, per prefix.
 KV_TARGET = {S.kv_subject("risk"): S.kv_subject(S.KV_KILLSWITCH), SENTIMENT_KEYS: S.kv_sentiment_subject("BTC-USD"),
              S.kv_subject("supervisor"): S.kv_subject(S.kv_supervisor("risk")),
-             S.kv_subject(PROTECTION_KEYS): S.kv_subject(S.kv_protection("audit-probe"))}
+             PROTECTION_KEYS: S.kv_protection("audit-probe")}
 
 
 def _kv_stream(subject: str) -> str:
@@ -532,7 +532,7 @@ async def backtest_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool
     attacker = await a.connect(user)
     assert attacker.nc
     broken = []
-    for stream in (ORDERS, EXEC, KV_STREAM, KV_SENTIMENT_STREAM):
+    for stream in (ORDERS, EXEC, KV_STREAM, KV_SENTIMENT_STREAM, KV_PROTECTIONS_STREAM):
         if await attacker.request(f"$JS.API.DIRECT.GET.{stream}", {"seq": 1}) is not None:
             broken.append(f"read {stream}")
     for subject in (S.ALL_REPORTS, S.ORDERS_ALL):

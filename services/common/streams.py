@@ -47,6 +47,7 @@ from nats.js.kv import KeyValue
 
 from services.contract.subjects import EXEC_STREAM, ORDERS_STREAM
 from services.contract.subjects import KV_BUCKET as SUBJECTS_KV_BUCKET
+from services.contract.subjects import KV_PROTECTIONS_BUCKET as SUBJECTS_KV_PROTECTIONS_BUCKET
 from services.contract.subjects import KV_SENTIMENT_BUCKET as SUBJECTS_KV_SENTIMENT_BUCKET
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ KV_BUCKET = SUBJECTS_KV_BUCKET
 KV_STREAM = f"KV_{KV_BUCKET}"
 KV_SENTIMENT_BUCKET = SUBJECTS_KV_SENTIMENT_BUCKET
 KV_SENTIMENT_STREAM = f"KV_{KV_SENTIMENT_BUCKET}"
+KV_PROTECTIONS_BUCKET = SUBJECTS_KV_PROTECTIONS_BUCKET
+KV_PROTECTIONS_STREAM = f"KV_{KV_PROTECTIONS_BUCKET}"
 
 # Header that carries the client_order_id for de-duplication.
 MSG_ID_HEADER = "Nats-Msg-Id"

@@ -1004,8 +1004,8 @@ class ProtectionStatus(str, Enum):
 
 
 class ProtectionState(Tolerant):
-    """`exec.protection.<symbol>` (execution only; the latest per entry in KV
-    `exec.protection.<parent_order_id>`): the protection of the entry `parent_order_id`.
+    """`exec.protection.<symbol>` (execution only; the latest per entry in KV bucket
+    `protections`, key `<parent_order_id>`): the protection of the entry `parent_order_id`.
     `side` is the exits' side (SELL for a long), `quantity` the open quantity protected,
     `trailing_trigger` the trailing stop's current trigger price, `exit_order_id` the
     reduce-only exit sent once triggered."""

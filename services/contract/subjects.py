@@ -167,9 +167,15 @@ def exec_protection(symbol: object) -> str:
     return f"exec.protection.{symbol}"
 
 
+# Execution's protections: a KV bucket of their own (key = the entry's client_order_id; filled,
+# it refuses only new protections). An ended one is stored with a Nats-TTL and expires by itself.
+KV_PROTECTIONS_BUCKET = "protections"
+
+
 def kv_protection(parent_order_id: object) -> str:
-    """The KV key (in KV_BUCKET) of the latest ProtectionState of entry `parent_order_id`."""
-    return f"exec.protection.{parent_order_id}"
+    """The subject the latest record of entry `parent_order_id`'s protection is stored on:
+    `$KV.protections.<parent_order_id>` (written by execution only)."""
+    return f"$KV.{KV_PROTECTIONS_BUCKET}.{parent_order_id}"
 
 
 def risk_recon(venue: object) -> str:

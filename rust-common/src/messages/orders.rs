@@ -462,8 +462,8 @@ impl ExecutionReport {
     }
 }
 
-/// `exec.protection.<symbol>` (execution only; the latest per entry in KV
-/// `exec.protection.<parent_order_id>`): the protection of entry `parent_order_id`.
+/// `exec.protection.<symbol>` (execution only; the latest per entry in KV bucket
+/// `protections`, key `<parent_order_id>`): the protection of entry `parent_order_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(remote = "Self")]
 pub struct ProtectionState {
