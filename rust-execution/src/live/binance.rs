@@ -2076,6 +2076,13 @@ impl Exchange for Binance {
         // off by at most the measured offset's error (half a round trip): 2 s of margin.
         Duration::from_millis(self.inner.recv_window_ms + 2_000)
     }
+
+    fn forget(&self, client_order_id: &str) {
+        let theirs = venue_client_id(client_order_id);
+        let mut state = self.state();
+        state.fees.remove(&theirs);
+        state.ids.remove(&theirs);
+    }
 }
 
 #[cfg(test)]
@@ -2515,6 +2522,29 @@ mod tests {
         ] {
             assert!(parse_stream(frame).is_err(), "{frame:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_forgotten_order_leaves_its_fees_and_id_mapping() {
+        std::env::set_var("MB_TEST_FORGET_KEY", "key");
+        std::env::set_var("MB_TEST_FORGET_SECRET", "secret");
+        let cfg = json!({"symbols": {"BTC-USDT": "BTCUSDT"},
+                         "api_key_env": "MB_TEST_FORGET_KEY", "api_secret_env": "MB_TEST_FORGET_SECRET"});
+        let venue = Binance::from_config("b", "binance_spot", Mode::Testnet, cfg).unwrap();
+        let (long, short) = ("x".repeat(40), "kept-1".to_string());
+        {
+            let mut state = venue.state();
+            for ours in [&long, &short] {
+                let theirs = venue_client_id(ours);
+                state.ids.insert(theirs.clone(), ours.clone());
+                state.fees.insert(theirs, FeeBook::default());
+            }
+        }
+        venue.forget(&long);
+        let state = venue.state();
+        let derived = venue_client_id(&long);
+        assert!(!state.ids.contains_key(&derived) && !state.fees.contains_key(&derived));
+        assert!(state.ids.contains_key(&short) && state.fees.contains_key(&short));
     }
 
     #[test]

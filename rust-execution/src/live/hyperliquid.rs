@@ -1150,6 +1150,14 @@ impl Exchange for Hyperliquid {
             ms => Duration::from_millis(ms) + Duration::from_secs(2),
         }
     }
+
+    fn forget(&self, client_order_id: &str) {
+        let cloid = cloid_for(client_order_id);
+        let mut book = self.inner.book.lock().unwrap_or_else(|e| e.into_inner());
+        if book.by_cloid.remove(&cloid).is_some() {
+            book.oid_to_cloid.retain(|_, c| *c != cloid);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2675,6 +2683,31 @@ mod tests {
             (d("0.3"), VenueStatus::Open)
         );
         assert!(parse_fill_list(&json!({"fills": []})).is_err());
+    }
+
+    #[test]
+    fn a_forgotten_order_leaves_the_book_and_the_others_stay() {
+        std::env::set_var("MB_TEST_HL_KEY_6", SDK_KEY);
+        let h = Hyperliquid::from_config(
+            "hyperliquid",
+            "hyperliquid",
+            Mode::Testnet,
+            json!({"symbols":{"ETH-USDC":"ETH"},"agent_key_env":"MB_TEST_HL_KEY_6",
+                   "account_address":"0x1d9470d4b963f552e6f671a81619d395877bf409"}),
+        )
+        .unwrap();
+        let (done, open) = (cloid_for("done"), cloid_for("open"));
+        {
+            let mut book = h.inner.book.lock().unwrap();
+            tracked(&mut book, &done, "1", true);
+            tracked(&mut book, &open, "1", false);
+            book.oid_to_cloid.insert(7, done.clone());
+            book.oid_to_cloid.insert(8, open.clone());
+        }
+        h.forget("done");
+        let book = h.inner.book.lock().unwrap();
+        assert!(!book.by_cloid.contains_key(&done) && !book.oid_to_cloid.contains_key(&7));
+        assert!(book.by_cloid.contains_key(&open) && book.oid_to_cloid.get(&8) == Some(&open));
     }
 
     #[test]

@@ -1691,6 +1691,19 @@ impl Exchange for Jupiter {
     fn unknown_deadline(&self) -> Duration {
         Duration::from_secs(self.inner.settings.unknown_deadline_secs)
     }
+
+    fn forget(&self, client_order_id: &str) {
+        let mut orders = lock(&self.inner.orders);
+        // Only an order that ended here: one still being sent or watched stays.
+        let ended = match orders.get(client_order_id) {
+            Some(Slot::Ended(_)) => true,
+            Some(Slot::Sent(sent)) => sent.terminal.is_some(),
+            _ => false,
+        };
+        if ended {
+            orders.remove(client_order_id);
+        }
+    }
 }
 
 fn clip(text: &str) -> String {
@@ -2154,6 +2167,35 @@ mod tests {
     fn settings(path: &str) -> Value {
         json!({"symbols": {"SOL-USDC": format!("{WSOL_MINT}/{USDC}"), "JUP-USDC": format!("{JUP}/{USDC}")},
                "keypair_path": path, "rpc_url": "http://127.0.0.1:9"})
+    }
+
+    #[test]
+    fn an_ended_order_is_forgotten_one_in_progress_is_not() {
+        let path = temp_keypair(0o600);
+        let venue =
+            Jupiter::from_config("jupiter", "jupiter", Mode::Testnet, settings(&path)).unwrap();
+        let ended = VenueOrder {
+            client_order_id: Some("done".into()),
+            venue_order_id: None,
+            symbol: None,
+            venue_symbol: String::new(),
+            status: VenueStatus::Expired,
+            filled: Decimal::ZERO,
+            filled_notional: Decimal::ZERO,
+            fee: Decimal::ZERO,
+            reason: None,
+            ts: 1,
+        };
+        {
+            let mut orders = lock(&venue.inner.orders);
+            orders.insert("done".into(), Slot::Ended(ended));
+            orders.insert("sending".into(), Slot::Preparing);
+        }
+        venue.forget("done");
+        venue.forget("sending");
+        let orders = lock(&venue.inner.orders);
+        assert!(!orders.contains_key("done"));
+        assert!(orders.contains_key("sending"), "still being sent: kept");
     }
 
     #[tokio::test]

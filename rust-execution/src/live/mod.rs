@@ -264,5 +264,10 @@ pub trait Exchange: Clone + Send + Sync + 'static {
 
     /// How long after a send without answer the order can no longer reach the venue.
     fn unknown_deadline(&self) -> Duration;
+
+    /// The order's final report is stored and the router follows it no more: drop what
+    /// the adapter kept for it (its fees so far, id mappings), so a long run does not keep
+    /// every order it ever sent. A later event about it is ignored, as the router's is.
+    fn forget(&self, client_order_id: &str);
 }
 pub mod router;

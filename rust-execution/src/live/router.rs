@@ -85,6 +85,10 @@ macro_rules! live_venues {
             pub fn unknown_deadline(&self) -> Duration {
                 match *self { $(Live::$variant(ref v) => v.unknown_deadline(),)* }
             }
+
+            pub fn forget(&self, client_order_id: &str) {
+                match *self { $(Live::$variant(ref v) => v.forget(client_order_id),)* }
+            }
         }
     };
 }
@@ -624,6 +628,7 @@ impl Router {
                 keep_latest(&mut working.later, state);
             } else if ends {
                 slot.working.remove(id);
+                slot.exchange.forget(id.as_str());
             } else {
                 working.stored = progress;
             }
