@@ -15,6 +15,8 @@ use std::collections::{HashMap, VecDeque};
 
 use moonbus_common::{ClientOrderId, NonNegativeMoney, OrderStatus};
 
+use crate::open_orders::is_terminal;
+
 /// How long a final order is remembered: as long as ORDERS keeps an order (forever if
 /// it keeps them forever). The spec is compiled in, so only a broken build fails to read it.
 pub fn orders_kept_ns() -> u64 {
@@ -54,10 +56,10 @@ impl Applied {
         self.by_order.get(id).is_some_and(|keys| keys.contains(key))
     }
 
-    /// A report applied at `now_ns`; `is_final`: it ends the order.
-    pub fn insert(&mut self, id: &ClientOrderId, key: ReportKey, is_final: bool, now_ns: u64) {
+    /// A report applied at `now_ns` (a final status dates the order's end).
+    pub fn insert(&mut self, id: &ClientOrderId, key: ReportKey, now_ns: u64) {
         self.by_order.entry(id.clone()).or_default().push(key);
-        if is_final {
+        if is_terminal(key.0) {
             self.finals.push_back((now_ns, id.clone()));
         }
     }
@@ -82,7 +84,8 @@ impl Applied {
     }
 
     /// How many orders are remembered.
-    pub fn orders(&self) -> usize {
+    #[cfg(test)]
+    fn orders(&self) -> usize {
         self.by_order.len()
     }
 
@@ -107,18 +110,17 @@ impl Applied {
 
     /// Restore from a snapshot: its reports, and when its final orders became final
     /// (`None`: a snapshot from before they were dated, whose orders with a final report
-    /// are dated by the next clock; `is_final` tells which statuses end an order).
+    /// are dated by the next clock).
     pub fn restore(
         &mut self,
         reports: Vec<(ClientOrderId, OrderStatus, NonNegativeMoney)>,
         finals: Option<Vec<(ClientOrderId, u64)>>,
-        is_final: impl Fn(OrderStatus) -> bool,
     ) {
         self.by_order.clear();
         self.finals.clear();
         self.undated.clear();
         for (id, status, filled) in reports {
-            if finals.is_none() && is_final(status) {
+            if finals.is_none() && is_terminal(status) {
                 self.undated.push(id.clone());
             }
             self.by_order.entry(id).or_default().push((status, filled));
@@ -132,7 +134,6 @@ impl Applied {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::open_orders::is_terminal as is_final;
     use rust_decimal::Decimal;
 
     const DAY: u64 = 86_400_000_000_000;
@@ -146,12 +147,17 @@ mod tests {
     }
 
     #[test]
+    fn final_orders_are_kept_as_long_as_orders_keeps_an_order() {
+        assert_eq!(orders_kept_ns(), 7 * DAY);
+    }
+
+    #[test]
     fn a_final_order_is_forgotten_only_after_the_horizon() {
         let mut applied = Applied::new(7 * DAY);
         let (a, b) = (id("a"), id("b"));
-        applied.insert(&a, (OrderStatus::Accepted, filled(0)), false, 0);
-        applied.insert(&a, (OrderStatus::Filled, filled(1)), true, DAY);
-        applied.insert(&b, (OrderStatus::Accepted, filled(0)), false, DAY);
+        applied.insert(&a, (OrderStatus::Accepted, filled(0)), 0);
+        applied.insert(&a, (OrderStatus::Filled, filled(1)), DAY);
+        applied.insert(&b, (OrderStatus::Accepted, filled(0)), DAY);
         assert_eq!(applied.forget_old(8 * DAY), 0, "exactly 7 days: still kept");
         assert!(applied.contains(&a, &(OrderStatus::Filled, filled(1))));
         assert_eq!(applied.forget_old(8 * DAY + 1), 1);
@@ -166,7 +172,7 @@ mod tests {
     #[test]
     fn a_clock_that_goes_back_forgets_nothing() {
         let mut applied = Applied::new(DAY);
-        applied.insert(&id("a"), (OrderStatus::Filled, filled(1)), true, 5 * DAY);
+        applied.insert(&id("a"), (OrderStatus::Filled, filled(1)), 5 * DAY);
         assert_eq!(applied.forget_old(0), 0);
         assert_eq!(applied.orders(), 1);
     }
@@ -174,12 +180,12 @@ mod tests {
     #[test]
     fn a_snapshot_keeps_the_dates_and_an_old_one_is_dated_at_the_next_clock() {
         let mut applied = Applied::new(DAY);
-        applied.insert(&id("old"), (OrderStatus::Filled, filled(1)), true, 0);
-        applied.insert(&id("new"), (OrderStatus::Cancelled, filled(0)), true, DAY);
-        applied.insert(&id("open"), (OrderStatus::Accepted, filled(0)), false, DAY);
+        applied.insert(&id("old"), (OrderStatus::Filled, filled(1)), 0);
+        applied.insert(&id("new"), (OrderStatus::Cancelled, filled(0)), DAY);
+        applied.insert(&id("open"), (OrderStatus::Accepted, filled(0)), DAY);
 
         let mut restored = Applied::new(DAY);
-        restored.restore(applied.reports(), applied.finals(), is_final);
+        restored.restore(applied.reports(), applied.finals());
         assert_eq!(
             restored.forget_old(DAY + 1),
             1,
@@ -189,7 +195,7 @@ mod tests {
 
         // A snapshot from before the dates: its final orders are dated by the next clock.
         let mut undated = Applied::new(DAY);
-        undated.restore(applied.reports(), None, is_final);
+        undated.restore(applied.reports(), None);
         assert_eq!(undated.finals(), None, "not dated yet");
         assert_eq!(undated.forget_old(10 * DAY), 0);
         assert_eq!(undated.finals().map(|f| f.len()), Some(2));

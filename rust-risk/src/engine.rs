@@ -260,8 +260,7 @@ impl Engine {
                     .book(venue, symbol, fill.quantity, fill.price, fill.fee);
             }
         }
-        self.applied
-            .insert(order_id, key, is_terminal(report.status), clock);
+        self.applied.insert(order_id, key, clock);
         if is_terminal(report.status) {
             self.reservations.release(order_id.as_str());
         }

@@ -14,7 +14,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::Engine;
 use crate::breaker::Halt;
 use crate::ledger::Position;
-use crate::open_orders::is_terminal;
 use crate::reservations::Reservation;
 use crate::watermarks::Watermarks;
 
@@ -209,8 +208,7 @@ impl Engine {
             })
             .collect();
         self.revalue_all();
-        self.applied
-            .restore(state.applied, state.applied_finals, is_terminal);
+        self.applied.restore(state.applied, state.applied_finals);
         for (id, symbol, agent) in state.open_orders {
             self.open_orders
                 .on_report(&id, Some(&symbol), agent.as_ref(), OrderStatus::Accepted);
