@@ -62,7 +62,8 @@ pub struct Simulator {
     risk: Engine,
     venue: PaperVenue,
     market: Market,
-    /// Final outcomes by client_order_id: an id seen before is never executed again.
+    /// Final outcomes by client_order_id: an id seen before is not executed again (for two
+    /// weeks of the bars' time after it ended, as live).
     ledger: Ledger,
     now: u64,
     /// Per (venue, symbol) tick sequence, and the venue's order ids.

@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod caps;
 pub mod config;
+pub mod horizon;
 pub mod leader;
 pub mod messages;
 pub mod metrics;

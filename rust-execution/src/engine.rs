@@ -13,8 +13,8 @@
 //! - ack after the report: a message is acked only once all its reports are stored in
 //!   EXEC. A crash re-delivers it; a failed write naks it (back after a growing delay,
 //!   jobs.rs Backoff) and says why on errors.execution;
-//! - nothing doubled: a client_order_id with a final report is never executed again
-//!   (ledger.rs, rebuilt from EXEC on start), and one in flight right now (the same id
+//! - nothing doubled: a client_order_id with a final report is not executed again for
+//!   two weeks after it (ledger.rs, rebuilt from EXEC on start), and one in flight right now (the same id
 //!   sent on two symbols) is not started twice: the second is nak'ed, comes back later
 //!   and finds the first one's outcome;
 //! - an order rests on the venue only once its ACCEPTED report is stored, so a tick never
@@ -1044,6 +1044,17 @@ impl Engine {
                 return;
             }
         };
+        // ORDERS drops an order long before the ledger forgets its outcome (ledger.rs);
+        // one kept longer (its max_age raised by hand) may have had an outcome that is
+        // forgotten: a second report could contradict it.
+        let stored_ns = u64::try_from(message.time.unix_timestamp_nanos()).unwrap_or(0);
+        if now_ns().saturating_sub(stored_ns) > ledger::outcomes_kept_ns() {
+            tracing::warn!(
+                sequence,
+                "dead letter: the order is older than the ledger keeps outcomes; left alone"
+            );
+            return;
+        }
         let reason = deadletter::reason(&advisory);
         let subject = message.subject.to_string();
         let Some((kind, _, symbol)) = order_subject(&subject) else {

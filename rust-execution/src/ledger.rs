@@ -1,21 +1,36 @@
 //! What happened to every client_order_id, rebuilt on start from the latest snapshot
 //! (snapshot.rs) plus the EXEC stream after it. This is what makes execution idempotent
 //! beyond the streams' 10-minute duplicate window and across restarts: an id with a
-//! final report is never executed again.
+//! final report is not executed again for [`outcomes_kept_ns`] (two weeks) after it ended.
+//!
+//! Then its outcome is forgotten: kept for good, every order's outcome grew the ledger
+//! and every snapshot of it without bound (~60-80 bytes an order). Two weeks is twice as
+//! long as ORDERS keeps an order (so no delivery of the order can come after it), and a
+//! week longer than risk remembers the order's reports (rust-risk applied.rs): an id sent
+//! again after it is a new order to both, never a duplicate to one of them only. A venue
+//! asks less: Binance's clientOrderId is unique among open orders only. An order that is
+//! not final is never forgotten.
 
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
+use moonbus_common::horizon::{orders_kept_ns, Ended};
 use moonbus_common::streams::DirectReader;
 use moonbus_common::{
-    bus, subjects, ClientOrderId, ExecutionReport, NonNegativeMoney, OrderRequest, OrderStatus,
+    bus, now_ns, subjects, ClientOrderId, ExecutionReport, NonNegativeMoney, OrderRequest,
+    OrderStatus,
 };
 
 pub fn is_final(status: OrderStatus) -> bool {
     !matches!(status, OrderStatus::Accepted | OrderStatus::PartiallyFilled)
 }
 
-#[derive(Debug, Default)]
+/// How long a final order's outcome is kept: twice as long as ORDERS keeps an order.
+pub fn outcomes_kept_ns() -> u64 {
+    orders_kept_ns().saturating_mul(2)
+}
+
+#[derive(Debug)]
 pub struct Ledger {
     last_status: HashMap<ClientOrderId, OrderStatus>,
     /// The latest report of every order without a final one: ACCEPTED (resting), or
@@ -29,9 +44,34 @@ pub struct Ledger {
     /// The ids whose reports are agent `protection`'s: only those are a protection's exits
     /// (protect.rs); another agent's order may carry an exit's id.
     by_protection: HashSet<ClientOrderId>,
+    /// When each final order ended (its final report's time).
+    ended: Ended,
+    /// The newest report time recorded (never ahead of this process's clock): outcomes
+    /// are forgotten on it, so a rebuild forgets as the run did and nothing is forgotten
+    /// while no report comes.
+    clock: u64,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::with_horizon(outcomes_kept_ns())
+    }
 }
 
 impl Ledger {
+    /// A ledger that forgets a final order's outcome `keep_ns` after it ended.
+    pub fn with_horizon(keep_ns: u64) -> Self {
+        Self {
+            last_status: HashMap::new(),
+            open: HashMap::new(),
+            restored: HashMap::new(),
+            children: HashMap::new(),
+            by_protection: HashSet::new(),
+            ended: Ended::new(keep_ns),
+            clock: 0,
+        }
+    }
+
     pub fn status(&self, id: &ClientOrderId) -> Option<OrderStatus> {
         self.last_status.get(id).copied()
     }
@@ -41,6 +81,10 @@ impl Ledger {
         let Some(id) = &report.client_order_id else {
             return;
         };
+        // A report dated ahead (a venue's clock) cannot make the ledger forget early.
+        let at = report.ts.min(now_ns());
+        self.clock = self.clock.max(at);
+        self.forget_old();
         match self.last_status.get(id) {
             Some(&known) if is_final(known) => {}
             _ => {
@@ -57,6 +101,7 @@ impl Ledger {
                     self.open.remove(id);
                     self.restored.remove(id);
                     self.children.remove(id);
+                    self.ended.push(id.clone(), at);
                 } else {
                     // The open report keeps the order's fees so far (a live order's part
                     // fills: its next update is the difference from them, router.rs).
@@ -72,6 +117,22 @@ impl Ledger {
                 }
             }
         }
+    }
+
+    /// Forget the outcomes of orders final for longer than the horizon at `clock`.
+    fn forget_old(&mut self) {
+        for id in self.ended.expired(self.clock) {
+            if self.last_status.get(&id).is_some_and(|s| is_final(*s)) {
+                self.last_status.remove(&id);
+                self.by_protection.remove(&id);
+            }
+        }
+    }
+
+    /// When each final order ended (for a snapshot); `None` while outcomes of a snapshot
+    /// from before the dates are not dated yet (no report since the restore).
+    pub fn ended(&self) -> Option<Vec<(ClientOrderId, u64)>> {
+        self.ended.dates()
     }
 
     /// An algo child's report, kept while its parent is open.
@@ -159,23 +220,28 @@ impl Ledger {
             .collect()
     }
 
-    /// From a snapshot: the outcomes, the open orders' latest reports, and the resting
-    /// orders themselves.
+    /// From a snapshot: the outcomes, when the final ones ended (`None`: a snapshot from
+    /// before the dates, whose final outcomes are dated by the next report), the open
+    /// orders' latest reports, and the resting orders themselves.
     pub fn from_parts(
         outcomes: Vec<(ClientOrderId, OrderStatus)>,
+        ended: Option<Vec<(ClientOrderId, u64)>>,
         open: Vec<ExecutionReport>,
         restored: Vec<(ClientOrderId, OrderRequest)>,
     ) -> Self {
-        Self {
-            last_status: outcomes.into_iter().collect(),
-            open: open
-                .into_iter()
-                .filter_map(|r| Some((r.client_order_id.clone()?, r)))
-                .collect(),
-            restored: restored.into_iter().collect(),
-            children: HashMap::new(),
-            by_protection: HashSet::new(),
+        let mut ledger = Self::default();
+        match ended {
+            Some(dates) => ledger.ended.restore(dates),
+            None => (outcomes.iter())
+                .filter(|(_, status)| is_final(*status))
+                .for_each(|(id, _)| ledger.ended.push_undated(id.clone())),
         }
+        ledger.last_status = outcomes.into_iter().collect();
+        ledger.open = (open.into_iter())
+            .filter_map(|r| Some((r.client_order_id.clone()?, r)))
+            .collect();
+        ledger.restored = restored.into_iter().collect();
+        ledger
     }
 
     /// A resting order kept by the snapshot the ledger was rebuilt from.
@@ -271,6 +337,68 @@ mod tests {
         assert!(!ledger.is_protections(&id("p-x1")));
         assert!(ledger.is_protections(&id("p-x2")));
         assert!(!ledger.is_protections(&id("p-x3")), "unknown");
+    }
+
+    const DAY: u64 = 86_400_000_000_000;
+
+    fn at(id: &str, status: OrderStatus, ts: u64) -> ExecutionReport {
+        let mut r = report(id, status);
+        r.ts = ts;
+        r
+    }
+
+    #[test]
+    fn outcomes_are_kept_twice_as_long_as_orders_keeps_an_order() {
+        assert_eq!(outcomes_kept_ns(), 14 * DAY);
+        assert_eq!(outcomes_kept_ns(), 2 * orders_kept_ns());
+    }
+
+    #[test]
+    fn a_final_outcome_is_forgotten_after_the_horizon_and_an_open_order_never() {
+        let id = |s: &str| ClientOrderId::try_from(s).unwrap();
+        let mut ledger = Ledger::with_horizon(7 * DAY);
+        ledger.record(&at("a", OrderStatus::Accepted, 0));
+        ledger.record(&at("a", OrderStatus::Filled, DAY));
+        ledger.record(&at("rest", OrderStatus::Accepted, DAY));
+        let mut exit = at("p-x1", OrderStatus::Filled, 2 * DAY);
+        exit.agent = Some(moonbus_common::AgentName::try_from("protection").unwrap());
+        ledger.record(&exit);
+        // Exactly 7 days after "a" ended: still a duplicate.
+        ledger.record(&at("b", OrderStatus::Rejected, 8 * DAY));
+        assert_eq!(ledger.status(&id("a")), Some(OrderStatus::Filled));
+        // A report after that (any order's) moves the clock: "a" is forgotten, and the
+        // same id sent again is a new order.
+        ledger.record(&at("c", OrderStatus::Accepted, 8 * DAY + 1));
+        assert_eq!(ledger.status(&id("a")), None);
+        ledger.record(&at("a", OrderStatus::Accepted, 8 * DAY + 2));
+        assert_eq!(ledger.status(&id("a")), Some(OrderStatus::Accepted));
+        assert!(ledger.is_protections(&id("p-x1")));
+        ledger.record(&at("c", OrderStatus::Cancelled, 9 * DAY + 1));
+        assert_eq!(ledger.status(&id("p-x1")), None);
+        assert!(
+            !ledger.is_protections(&id("p-x1")),
+            "forgotten with its outcome"
+        );
+        // A resting order stays, however old.
+        ledger.record(&at("d", OrderStatus::Filled, 1000 * DAY));
+        assert_eq!(ledger.status(&id("rest")), Some(OrderStatus::Accepted));
+        assert_eq!(ledger.open_reports().len(), 2, "rest and the new a");
+        assert_eq!(
+            (ledger.status(&id("b")), ledger.status(&id("c"))),
+            (None, None)
+        );
+        assert_eq!(ledger.len(), 3, "rest, a, d");
+    }
+
+    #[test]
+    fn a_report_dated_ahead_forgets_nothing_early() {
+        let id = ClientOrderId::try_from("a").unwrap();
+        let mut ledger = Ledger::with_horizon(DAY);
+        ledger.record(&at("a", OrderStatus::Filled, now_ns()));
+        // A venue whose clock is years ahead: the ledger's clock stays at this process's.
+        ledger.record(&at("b", OrderStatus::Filled, u64::MAX));
+        ledger.record(&at("c", OrderStatus::Filled, now_ns() + 365 * DAY));
+        assert_eq!(ledger.status(&id), Some(OrderStatus::Filled));
     }
 
     #[test]

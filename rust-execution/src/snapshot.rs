@@ -37,6 +37,11 @@ pub struct State {
     /// again an exit that had filled.
     #[serde(default)]
     pub protection_orders: Option<Vec<ClientOrderId>>,
+    /// When each final order ended (ledger.rs: its outcome is forgotten two weeks after).
+    /// Absent in older snapshots: their final outcomes are dated by the next report, so
+    /// they are forgotten two weeks after the upgrade, never early.
+    #[serde(default)]
+    pub ended: Option<Vec<(ClientOrderId, u64)>>,
 }
 
 /// `<parent>-x<attempt>`, the form of protect.rs `exit_id`.
@@ -69,6 +74,7 @@ impl State {
             open,
             children: ledger.child_reports(),
             protection_orders: Some(ledger.protection_orders()),
+            ended: ledger.ended(),
         }
     }
 
@@ -89,7 +95,7 @@ impl State {
                 .cloned()
                 .collect(),
         };
-        let mut ledger = Ledger::from_parts(self.outcomes, reports, orders);
+        let mut ledger = Ledger::from_parts(self.outcomes, self.ended, reports, orders);
         ledger.add_child_reports(self.children);
         ledger.add_protection_orders(exits);
         ledger
@@ -231,6 +237,7 @@ impl Snapshotter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::outcomes_kept_ns as outcomes_kept;
     use crate::reports;
 
     #[test]
@@ -269,6 +276,56 @@ mod tests {
         // Which orders were agent protection's (its exits) survives too.
         assert!(back.is_protections(&id("p-x1")));
         assert!(!back.is_protections(&id("done")));
+    }
+
+    #[test]
+    fn final_outcomes_keep_their_end_dates_and_an_older_snapshot_dates_them_at_the_next_report() {
+        let id = |s: &str| ClientOrderId::try_from(s).unwrap();
+        let day = 86_400_000_000_000u64;
+        let at = |name: &str, status: OrderStatus, ts: u64| {
+            let mut r = reports::invalid(Some(id(name)), None, "x".into(), ts);
+            r.status = status;
+            r.ts = ts;
+            r
+        };
+        let mut ledger = Ledger::with_horizon(outcomes_kept());
+        ledger.record(&at("old", OrderStatus::Filled, day));
+        ledger.record(&at("new", OrderStatus::Cancelled, 5 * day));
+        ledger.record(&at("rest", OrderStatus::Accepted, 5 * day));
+        let state = State::of(&ledger, |_| None);
+        assert_eq!(
+            state.ended,
+            Some(vec![(id("old"), day), (id("new"), 5 * day)])
+        );
+        let json = serde_json::to_value(&state).unwrap();
+        let mut back = serde_json::from_value::<State>(json.clone())
+            .unwrap()
+            .into_ledger();
+        // Forgotten on the dates the run gave them.
+        back.record(&at("x", OrderStatus::Accepted, day + outcomes_kept() + 1));
+        assert_eq!(back.status(&id("old")), None);
+        assert_eq!(back.status(&id("new")), Some(OrderStatus::Cancelled));
+
+        // Written before the dates: every final outcome is dated by the next report.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("ended");
+        let mut back = serde_json::from_value::<State>(old).unwrap().into_ledger();
+        assert_eq!(back.ended(), None, "not dated yet");
+        back.record(&at("x", OrderStatus::Accepted, 100 * day));
+        assert_eq!(back.status(&id("old")), Some(OrderStatus::Filled));
+        assert_eq!(back.ended().map(|e| e.len()), Some(2));
+        back.record(&at("x", OrderStatus::Filled, 100 * day + outcomes_kept()));
+        assert_eq!(back.status(&id("old")), Some(OrderStatus::Filled));
+        back.record(&at(
+            "y",
+            OrderStatus::Filled,
+            100 * day + outcomes_kept() + 1,
+        ));
+        assert_eq!(
+            (back.status(&id("old")), back.status(&id("new"))),
+            (None, None)
+        );
+        assert_eq!(back.status(&id("rest")), Some(OrderStatus::Accepted));
     }
 
     #[test]

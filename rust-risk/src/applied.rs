@@ -7,38 +7,24 @@
 //! keeps an order (`ORDERS` max_age, 7 days): without that the set, and every snapshot
 //! with it, grew by a report for every report, forever (~110 bytes each: ~1 GB a day at
 //! 50 orders/s). Execution publishes nothing for an order after its final report (its
-//! ledger keeps every final status), and an order whose message ORDERS no longer holds
-//! cannot be delivered to it again, so no resent report comes that late. An order that
-//! is not final is never forgotten.
+//! ledger keeps the final status a week longer than this), and an order whose message
+//! ORDERS no longer holds cannot be delivered to it again, so no resent report comes that
+//! late. An order that is not final is never forgotten. The dates: moonbus_common::horizon.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
+use moonbus_common::horizon::Ended;
 use moonbus_common::{ClientOrderId, NonNegativeMoney, OrderStatus};
 
 use crate::open_orders::is_terminal;
-
-/// How long a final order is remembered: as long as ORDERS keeps an order (forever if
-/// it keeps them forever). The spec is compiled in, so only a broken build fails to read it.
-pub fn orders_kept_ns() -> u64 {
-    match moonbus_common::streams::stream_config("ORDERS") {
-        Ok(orders) if !orders.max_age.is_zero() => {
-            u64::try_from(orders.max_age.as_nanos()).unwrap_or(u64::MAX)
-        }
-        _ => u64::MAX,
-    }
-}
 
 pub type ReportKey = (OrderStatus, NonNegativeMoney);
 
 #[derive(Debug)]
 pub struct Applied {
     by_order: HashMap<ClientOrderId, Vec<ReportKey>>,
-    /// (when the order's final report was applied, the order), oldest first.
-    finals: VecDeque<(u64, ClientOrderId)>,
-    /// Final orders from a snapshot that did not say when they became final: they are
-    /// dated by the first clock after the restore (forgotten `keep_ns` after it).
-    undated: Vec<ClientOrderId>,
-    keep_ns: u64,
+    /// When each final order's final report was applied.
+    finals: Ended,
 }
 
 impl Applied {
@@ -46,9 +32,7 @@ impl Applied {
     pub fn new(keep_ns: u64) -> Self {
         Self {
             by_order: HashMap::new(),
-            finals: VecDeque::new(),
-            undated: Vec::new(),
-            keep_ns,
+            finals: Ended::new(keep_ns),
         }
     }
 
@@ -60,7 +44,7 @@ impl Applied {
     pub fn insert(&mut self, id: &ClientOrderId, key: ReportKey, now_ns: u64) {
         self.by_order.entry(id.clone()).or_default().push(key);
         if is_terminal(key.0) {
-            self.finals.push_back((now_ns, id.clone()));
+            self.finals.push(id.clone(), now_ns);
         }
     }
 
@@ -68,19 +52,10 @@ impl Applied {
     /// never ahead of risk's own, so a report dated ahead cannot make it forget early).
     /// Returns how many were forgotten.
     pub fn forget_old(&mut self, now_ns: u64) -> usize {
-        for id in self.undated.drain(..) {
-            self.finals.push_back((now_ns, id));
-        }
-        let mut forgotten = 0;
-        while let Some((at, _)) = self.finals.front() {
-            if now_ns.saturating_sub(*at) <= self.keep_ns {
-                break;
-            }
-            if let Some((_, id)) = self.finals.pop_front() {
-                forgotten += usize::from(self.by_order.remove(&id).is_some());
-            }
-        }
-        forgotten
+        let expired = self.finals.expired(now_ns);
+        (expired.iter())
+            .filter(|id| self.by_order.remove(*id).is_some())
+            .count()
     }
 
     /// How many orders are remembered.
@@ -101,11 +76,7 @@ impl Applied {
     /// the orders of a snapshot from before the dates are not dated yet (no report since
     /// the restore: the dates are then all still unknown, and stay so).
     pub fn finals(&self) -> Option<Vec<(ClientOrderId, u64)>> {
-        self.undated.is_empty().then(|| {
-            (self.finals.iter())
-                .map(|(at, id)| (id.clone(), *at))
-                .collect()
-        })
+        self.finals.dates()
     }
 
     /// Restore from a snapshot: its reports, and when its final orders became final
@@ -117,17 +88,14 @@ impl Applied {
         finals: Option<Vec<(ClientOrderId, u64)>>,
     ) {
         self.by_order.clear();
-        self.finals.clear();
-        self.undated.clear();
+        let dated = finals.is_some();
+        self.finals.restore(finals.unwrap_or_default());
         for (id, status, filled) in reports {
-            if finals.is_none() && is_terminal(status) {
-                self.undated.push(id.clone());
+            if !dated && is_terminal(status) {
+                self.finals.push_undated(id.clone());
             }
             self.by_order.entry(id).or_default().push((status, filled));
         }
-        let mut finals = finals.unwrap_or_default();
-        finals.sort_by_key(|(_, at)| *at);
-        self.finals = finals.into_iter().map(|(id, at)| (at, id)).collect();
     }
 }
 
@@ -144,11 +112,6 @@ mod tests {
 
     fn filled(q: i64) -> NonNegativeMoney {
         NonNegativeMoney::new(Decimal::from(q)).unwrap()
-    }
-
-    #[test]
-    fn final_orders_are_kept_as_long_as_orders_keeps_an_order() {
-        assert_eq!(orders_kept_ns(), 7 * DAY);
     }
 
     #[test]

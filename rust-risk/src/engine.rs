@@ -20,7 +20,7 @@ use moonbus_common::{
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
-use crate::applied::{orders_kept_ns, Applied};
+use crate::applied::Applied;
 use crate::breaker::CircuitBreakers;
 use crate::config::Settings;
 use crate::ledger::{Fill, Ledger, Overflow, Position as LedgerPosition};
@@ -32,6 +32,7 @@ use crate::reservations::{Reservation, Reservations};
 use crate::rules::{self, Gate, MarketData, OpenOrderCounts, Refusal};
 use crate::valuation::{self, Part, Unfit, Valuation};
 use crate::watermarks::Watermarks;
+use moonbus_common::horizon::orders_kept_ns;
 
 /// The agent name of the orders risk itself sends (kill switch flatten).
 pub const RISK_AGENT: &str = moonbus_common::subjects::KILLSWITCH_AGENT;
@@ -234,12 +235,14 @@ impl Engine {
             };
             Some((symbol, fill))
         };
+        // Forgotten first: an id used again after its horizon (execution ran it again)
+        // is a new order, not a duplicate of the forgotten one.
+        self.applied.forget_old(clock);
         let key = (report.status, report.filled_quantity);
         if self.applied.contains(order_id, &key) {
             return Ok(ReportEffect::Duplicate);
         }
         self.roll_day(clock);
-        self.applied.forget_old(clock);
         if let Some((symbol, fill)) = fill {
             self.invalidate_totals();
             if let Err(Overflow) = self.ledger.apply(symbol, &fill) {

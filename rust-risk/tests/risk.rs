@@ -1167,6 +1167,13 @@ async fn a_snapshot_outlives_exec_retention_and_a_gap_fails_closed() {
     let server = NatsServer::start();
     let bus = bus(&server).await;
     let client = &bus.client;
+    // Reports of now: a final order's reports are remembered for a week after it ended
+    // (applied.rs), and the copy of r-1 below must come within it.
+    let report = |id: &str, side: &str, quantity: &str, price: &str, fee: &str| {
+        let mut value = report(id, side, quantity, price, fee);
+        value["ts"] = json!(moonbus_common::now_ns());
+        value
+    };
     let mut eth = report("r-2", "BUY", "0.3", "3500", "1.05");
     eth["symbol"] = json!("ETH-USD");
     publish_report(&bus, body(&report("r-1", "BUY", "0.01", "97000", "0.97"))).await;

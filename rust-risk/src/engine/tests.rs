@@ -1193,9 +1193,10 @@ fn final_orders_are_forgotten_a_week_after_they_ended() {
     // restored engine forgets on the same schedule.
     let quantity = |e: &Engine| e.ledger.quantity("BTC-USD");
     let before = quantity(&engine);
+    // (o11 ended exactly 7 days before the last fill: still remembered then.)
     let again = filled("o11", "BUY", "0.001", "97000");
     assert_eq!(
-        engine.apply_report_at(&again, at(40)),
+        engine.apply_report_at(&again, at(39)),
         Ok(ReportEffect::Duplicate)
     );
     assert_eq!(quantity(&engine), before);
@@ -1206,12 +1207,23 @@ fn final_orders_are_forgotten_a_week_after_they_ended() {
         .unwrap();
     restored.mark_ready(at(39));
     assert_eq!(
-        restored.apply_report_at(&again, at(40)),
+        restored.apply_report_at(&again, at(39)),
         Ok(ReportEffect::Duplicate)
     );
+    // Past its horizon (and before anything else moved the clock), an id used again is
+    // a new order (execution ran it again: its ledger forgets a week later than this),
+    // booked, not taken for the forgotten one.
+    let before = quantity(&restored);
+    assert_eq!(
+        restored.apply_report_at(&again, at(40)),
+        Ok(ReportEffect::Applied)
+    );
+    assert_eq!(quantity(&restored), before + d("0.001"));
     let later = filled("o40", "BUY", "0.001", "97000");
     restored.apply_report_at(&later, at(40) + 1).unwrap();
-    assert_eq!(restored.snapshot_state().applied.len(), 29, "o11 forgotten");
+    let kept = restored.snapshot_state().applied;
+    assert_eq!(kept.len(), 30, "o12 forgotten, o11 again, o40");
+    assert!(!kept.iter().any(|(id, _, _)| id.as_str() == "o12"));
 }
 
 /// A snapshot written before the final orders were dated: they are dated by the first
