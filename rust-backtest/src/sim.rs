@@ -257,6 +257,9 @@ impl Simulator {
                 report.reason = Some(why);
             }
             self.protections.on_report(report);
+            for id in self.ledger.take_forgotten() {
+                self.protections.forget(&id);
+            }
         }
     }
 

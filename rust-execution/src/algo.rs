@@ -669,6 +669,13 @@ impl Algos {
         due
     }
 
+    /// A child whose outcome the ledger forgot (ledger.rs: two weeks after it ended): no
+    /// report of it can come any more, and its parent ended long before.
+    pub fn forget(&mut self, id: &ClientOrderId) {
+        self.parent_of.remove(id);
+        self.cancel_sent.remove(id);
+    }
+
     /// The parent of a child id, if it is one of ours.
     pub fn parent_of(&self, child: &ClientOrderId) -> Option<&ClientOrderId> {
         self.parent_of.get(child)
@@ -1031,6 +1038,36 @@ mod tests {
         // (33.333333 + 33.6666663 + 34.00000068) / 1
         assert_eq!(last.avg_fill_price.unwrap().to_string(), "101.00000001");
         assert_eq!(last.algo.unwrap().next_slice_ts, None);
+    }
+
+    #[test]
+    fn a_child_is_forgotten_with_its_outcome() {
+        let mut algos = Algos::default();
+        let algo = Algo::new(
+            parent("p11", "1", twap(3_000, 3)),
+            "sim-1".into(),
+            Timings::default(),
+            0,
+            8,
+        )
+        .unwrap();
+        let id = algo.id().clone();
+        algos.add_pending(algo);
+        let accepted = algos.pending[&id].report();
+        algos.activate(&id, &accepted);
+        let child = algos.take_due(0)[0].2.clone();
+        let child_id = child.client_order_id.clone();
+        algos.cancel_sent.insert(child_id.clone());
+        assert_eq!(algos.parent_of(&child_id), Some(&id));
+        algos.forget(&child_id);
+        assert_eq!(algos.parent_of(&child_id), None);
+        assert!(!algos.cancel_sent.contains(&child_id));
+        let mut reports = vec![child_report(&child, OrderStatus::Filled, "0.1", Some("1"))];
+        algos.tag(&mut reports);
+        assert_eq!(
+            reports[0].parent_order_id, None,
+            "no longer known as a child"
+        );
     }
 
     #[test]

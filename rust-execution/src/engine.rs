@@ -1134,6 +1134,10 @@ impl Engine {
     fn remember(&mut self, report: &ExecutionReport, key: &str) {
         self.ledger.record(report);
         self.bus.protect.on_report(report);
+        for id in self.ledger.take_forgotten() {
+            self.bus.protect.forget(&id);
+            self.algos.forget(&id);
+        }
         metrics::global().stored(report);
         tracing::info!(
             client_order_id = report.client_order_id.as_ref().map(|id| id.as_str()).unwrap_or(key),

@@ -50,6 +50,9 @@ pub struct Ledger {
     /// are forgotten on it, so a rebuild forgets as the run did and nothing is forgotten
     /// while no report comes.
     clock: u64,
+    /// Ids forgotten since [`Ledger::take_forgotten`] last asked: what else is kept per
+    /// order (protections' exits, algo children) is forgotten with them.
+    forgotten: Vec<ClientOrderId>,
 }
 
 impl Default for Ledger {
@@ -69,6 +72,7 @@ impl Ledger {
             by_protection: HashSet::new(),
             ended: Ended::new(keep_ns),
             clock: 0,
+            forgotten: Vec::new(),
         }
     }
 
@@ -125,8 +129,14 @@ impl Ledger {
             if self.last_status.get(&id).is_some_and(|s| is_final(*s)) {
                 self.last_status.remove(&id);
                 self.by_protection.remove(&id);
+                self.forgotten.push(id);
             }
         }
+    }
+
+    /// The ids whose outcome was forgotten since the last call.
+    pub fn take_forgotten(&mut self) -> Vec<ClientOrderId> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// When each final order ended (for a snapshot); `None` while outcomes of a snapshot
@@ -368,8 +378,11 @@ mod tests {
         assert_eq!(ledger.status(&id("a")), Some(OrderStatus::Filled));
         // A report after that (any order's) moves the clock: "a" is forgotten, and the
         // same id sent again is a new order.
+        assert!(ledger.take_forgotten().is_empty());
         ledger.record(&at("c", OrderStatus::Accepted, 8 * DAY + 1));
         assert_eq!(ledger.status(&id("a")), None);
+        assert_eq!(ledger.take_forgotten(), vec![id("a")]);
+        assert!(ledger.take_forgotten().is_empty(), "taken");
         ledger.record(&at("a", OrderStatus::Accepted, 8 * DAY + 2));
         assert_eq!(ledger.status(&id("a")), Some(OrderStatus::Accepted));
         assert!(ledger.is_protections(&id("p-x1")));

@@ -390,6 +390,12 @@ impl Protections {
             .insert(stored.state.parent_order_id.clone(), Record::new(stored));
     }
 
+    /// An exit whose outcome the ledger forgot (ledger.rs: two weeks after it ended) is no
+    /// longer known as one: no report of it can come any more.
+    pub fn forget(&mut self, id: &ClientOrderId) {
+        self.exits.remove(id);
+    }
+
     /// Fill in `parent_order_id` and `child_kind` of the reports of exits.
     pub fn tag(&self, reports: &mut [ExecutionReport]) {
         for report in reports {
@@ -1378,6 +1384,45 @@ mod tests {
         p.tag(std::slice::from_mut(&mut r));
         ledger.record(&r);
         p.on_report(&r);
+    }
+
+    #[test]
+    fn an_exit_is_forgotten_with_its_outcome() {
+        let (mut p, _) = book();
+        let mut ledger = Ledger::with_horizon(10);
+        let order = entry("e-1", "BUY", "1", r#"{"stop_loss":"95"}"#);
+        let record = p.new_record(&order).unwrap();
+        p.insert(record);
+        stored(
+            &mut p,
+            &mut ledger,
+            report("e-1", "FILLED", "1", Some("100")),
+        );
+        p.on_tick(&tick(1, "90"), &ledger);
+        assert_eq!(p.take_sends().len(), 1);
+        let mut exit = report("e-1-x1", "FILLED", "1", Some("90"));
+        exit.ts = 2;
+        stored(&mut p, &mut ledger, exit.clone());
+        let tagged = |p: &Protections| {
+            let mut again = exit.clone();
+            again.parent_order_id = None;
+            p.tag(std::slice::from_mut(&mut again));
+            again.parent_order_id.is_some()
+        };
+        assert!(tagged(&p), "known as the exit of e-1");
+        // Past the horizon, as the engine does: what the ledger forgot, the book forgets.
+        let mut later = report("other", "FILLED", "1", Some("90"));
+        later.ts = 13;
+        ledger.record(&later);
+        let forgotten = ledger.take_forgotten();
+        assert!(
+            forgotten.iter().any(|id| id.as_str() == "e-1-x1"),
+            "{forgotten:?}"
+        );
+        for id in &forgotten {
+            p.forget(id);
+        }
+        assert!(!tagged(&p), "no longer an exit of anything");
     }
 
     #[test]
