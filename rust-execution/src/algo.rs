@@ -580,6 +580,11 @@ impl Algos {
         }
     }
 
+    /// A pending parent that ended before its ACCEPTED was stored: it never starts.
+    pub fn drop_pending(&mut self, id: &ClientOrderId) {
+        self.pending.remove(id);
+    }
+
     pub fn is_pending(&self, id: &ClientOrderId) -> bool {
         self.pending.contains_key(id)
     }
@@ -1068,6 +1073,31 @@ mod tests {
             reports[0].parent_order_id, None,
             "no longer known as a child"
         );
+    }
+
+    #[test]
+    fn a_pending_parent_that_ended_before_it_started_is_dropped() {
+        let mut algos = Algos::default();
+        let algo = Algo::new(
+            parent("p12", "1", twap(3_000, 3)),
+            "sim-1".into(),
+            Timings::default(),
+            0,
+            8,
+        )
+        .unwrap();
+        let id = algo.id().clone();
+        let accepted = algo.report();
+        algos.add_pending(algo);
+        assert!(!algos.is_empty());
+        algos.drop_pending(&id);
+        assert!(algos.is_empty());
+        algos.activate(&id, &accepted);
+        assert!(
+            algos.get(&id).is_none(),
+            "a late ACCEPTED does not start it"
+        );
+        assert!(algos.take_due(0).is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::{Engine, Step};
 use crate::algo::{Algo, Published};
 use crate::intake;
 use crate::jobs::{settle, Done, Recording};
+use crate::ledger;
 use crate::reports;
 use crate::venue::Venue as _;
 
@@ -152,6 +153,11 @@ impl Engine {
                     self.algos.prune(id);
                 }
             } else if stored {
+                // A parent whose ACCEPTED was never stored and that ended otherwise (a
+                // dead letter's REJECTED) never starts.
+                if ledger::is_final(report.status) {
+                    self.algos.drop_pending(id);
+                }
                 self.on_child_report(report);
             }
         }
