@@ -30,6 +30,9 @@ pub fn outcomes_kept_ns() -> u64 {
     orders_kept_ns().saturating_mul(2)
 }
 
+/// A final order, its status and when it ended (ns).
+pub type Final = (ClientOrderId, OrderStatus, u64);
+
 #[derive(Debug)]
 pub struct Ledger {
     last_status: HashMap<ClientOrderId, OrderStatus>,
@@ -139,10 +142,33 @@ impl Ledger {
         std::mem::take(&mut self.forgotten)
     }
 
-    /// When each final order ended (for a snapshot); `None` while outcomes of a snapshot
-    /// from before the dates are not dated yet (no report since the restore).
-    pub fn ended(&self) -> Option<Vec<(ClientOrderId, u64)>> {
-        self.ended.dates()
+    /// The outcomes for a snapshot: the orders without a final status, and each final
+    /// one with when it ended, oldest first (each id once). While the final outcomes of a
+    /// snapshot from before the dates are not dated yet (no report since the restore):
+    /// every order in the first list, and `None`.
+    pub fn outcomes(&self) -> (Vec<(ClientOrderId, OrderStatus)>, Option<Vec<Final>>) {
+        let every = |final_too: bool| {
+            (self.last_status.iter())
+                .filter(|(_, s)| final_too || !is_final(**s))
+                .map(|(id, s)| (id.clone(), *s))
+                .collect()
+        };
+        match self.ended.dates() {
+            None => (every(true), None),
+            Some(dates) => {
+                let finals = (dates.into_iter())
+                    .filter_map(|(id, at)| {
+                        let status = self
+                            .last_status
+                            .get(&id)
+                            .copied()
+                            .filter(|s| is_final(*s))?;
+                        Some((id, status, at))
+                    })
+                    .collect();
+                (every(false), Some(finals))
+            }
+        }
     }
 
     /// An algo child's report, kept while its parent is open.
@@ -222,31 +248,31 @@ impl Ledger {
         self.last_status.is_empty()
     }
 
-    /// Every order's latest status (for a snapshot).
-    pub fn outcomes(&self) -> Vec<(ClientOrderId, OrderStatus)> {
-        self.last_status
-            .iter()
-            .map(|(id, s)| (id.clone(), *s))
-            .collect()
-    }
-
-    /// From a snapshot: the outcomes, when the final ones ended (`None`: a snapshot from
-    /// before the dates, whose final outcomes are dated by the next report), the open
-    /// orders' latest reports, and the resting orders themselves.
+    /// From a snapshot: the outcomes ([`Ledger::outcomes`]: `finals` `None` for a
+    /// snapshot from before the dates, whose final outcomes, in `outcomes`, are dated by
+    /// the next report), the open orders' latest reports, and the resting orders.
     pub fn from_parts(
         outcomes: Vec<(ClientOrderId, OrderStatus)>,
-        ended: Option<Vec<(ClientOrderId, u64)>>,
+        finals: Option<Vec<Final>>,
         open: Vec<ExecutionReport>,
         restored: Vec<(ClientOrderId, OrderRequest)>,
     ) -> Self {
         let mut ledger = Self::default();
-        match ended {
-            Some(dates) => ledger.ended.restore(dates),
-            None => (outcomes.iter())
-                .filter(|(_, status)| is_final(*status))
-                .for_each(|(id, _)| ledger.ended.push_undated(id.clone())),
+        if let Some(finals) = finals {
+            let mut dates = Vec::with_capacity(finals.len());
+            for (id, status, at) in finals {
+                ledger.last_status.insert(id.clone(), status);
+                dates.push((id, at));
+            }
+            ledger.ended.restore(dates);
         }
-        ledger.last_status = outcomes.into_iter().collect();
+        for (id, status) in outcomes {
+            // Only a snapshot from before the dates has final outcomes here.
+            if is_final(status) {
+                ledger.ended.push_undated(id.clone());
+            }
+            ledger.last_status.insert(id, status);
+        }
         ledger.open = (open.into_iter())
             .filter_map(|r| Some((r.client_order_id.clone()?, r)))
             .collect();

@@ -26,6 +26,7 @@ pub const SERVICE: &str = "execution";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
+    /// The orders without a final status; in snapshots from before `finals`, every order.
     pub outcomes: Vec<(ClientOrderId, OrderStatus)>,
     pub open: Vec<OpenOrder>,
     /// The latest reports of open algo parents' children (algo.rs); absent in older snapshots.
@@ -37,11 +38,12 @@ pub struct State {
     /// again an exit that had filled.
     #[serde(default)]
     pub protection_orders: Option<Vec<ClientOrderId>>,
-    /// When each final order ended (ledger.rs: its outcome is forgotten two weeks after).
-    /// Absent in older snapshots: their final outcomes are dated by the next report, so
-    /// they are forgotten two weeks after the upgrade, never early.
+    /// Every final order, its status and when it ended, oldest first (ledger.rs: its
+    /// outcome is forgotten two weeks after). Absent in older snapshots, whose final
+    /// outcomes are in `outcomes` and dated by the next report (so forgotten two weeks
+    /// after the upgrade, never early).
     #[serde(default)]
-    pub ended: Option<Vec<(ClientOrderId, u64)>>,
+    pub finals: Option<Vec<ledger::Final>>,
 }
 
 /// `<parent>-x<attempt>`, the form of protect.rs `exit_id`.
@@ -69,12 +71,13 @@ impl State {
                 report,
             })
             .collect();
+        let (outcomes, finals) = ledger.outcomes();
         Self {
-            outcomes: ledger.outcomes(),
+            outcomes,
             open,
             children: ledger.child_reports(),
             protection_orders: Some(ledger.protection_orders()),
-            ended: ledger.ended(),
+            finals,
         }
     }
 
@@ -90,12 +93,13 @@ impl State {
         let exits = match self.protection_orders {
             Some(ids) => ids,
             None => (self.outcomes.iter().map(|(id, _)| id))
+                .chain(self.finals.iter().flatten().map(|(id, _, _)| id))
                 .chain(reports.iter().filter_map(|r| r.client_order_id.as_ref()))
                 .filter(|id| named_like_an_exit(id))
                 .cloned()
                 .collect(),
         };
-        let mut ledger = Ledger::from_parts(self.outcomes, self.ended, reports, orders);
+        let mut ledger = Ledger::from_parts(self.outcomes, self.finals, reports, orders);
         ledger.add_child_reports(self.children);
         ledger.add_protection_orders(exits);
         ledger
@@ -293,9 +297,14 @@ mod tests {
         ledger.record(&at("new", OrderStatus::Cancelled, 5 * day));
         ledger.record(&at("rest", OrderStatus::Accepted, 5 * day));
         let state = State::of(&ledger, |_| None);
+        assert_eq!(state.outcomes, vec![(id("rest"), OrderStatus::Accepted)]);
         assert_eq!(
-            state.ended,
-            Some(vec![(id("old"), day), (id("new"), 5 * day)])
+            state.finals,
+            Some(vec![
+                (id("old"), OrderStatus::Filled, day),
+                (id("new"), OrderStatus::Cancelled, 5 * day)
+            ]),
+            "each final order once, with its date, oldest first"
         );
         let json = serde_json::to_value(&state).unwrap();
         let mut back = serde_json::from_value::<State>(json.clone())
@@ -306,14 +315,22 @@ mod tests {
         assert_eq!(back.status(&id("old")), None);
         assert_eq!(back.status(&id("new")), Some(OrderStatus::Cancelled));
 
-        // Written before the dates: every final outcome is dated by the next report.
-        let mut old = json;
-        old.as_object_mut().unwrap().remove("ended");
+        assert_eq!(back.status(&id("rest")), Some(OrderStatus::Accepted));
+
+        // Written before the dates: every outcome in `outcomes`, the final ones dated by
+        // the next report.
+        let old = serde_json::json!({
+            "outcomes": [["old", "FILLED"], ["new", "CANCELLED"], ["rest", "ACCEPTED"]],
+            "open": [],
+        });
         let mut back = serde_json::from_value::<State>(old).unwrap().into_ledger();
-        assert_eq!(back.ended(), None, "not dated yet");
+        assert_eq!(back.outcomes().1, None, "not dated yet");
+        assert_eq!(back.outcomes().0.len(), 3);
         back.record(&at("x", OrderStatus::Accepted, 100 * day));
         assert_eq!(back.status(&id("old")), Some(OrderStatus::Filled));
-        assert_eq!(back.ended().map(|e| e.len()), Some(2));
+        let (open, finals) = back.outcomes();
+        assert_eq!(finals.map(|f| f.len()), Some(2));
+        assert_eq!(open.len(), 2, "rest and x");
         back.record(&at("x", OrderStatus::Filled, 100 * day + outcomes_kept()));
         assert_eq!(back.status(&id("old")), Some(OrderStatus::Filled));
         back.record(&at(
