@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -24,45 +23,21 @@ import pytest
 from services.common.bus import flush
 from services.common.streams import read_stream
 from services.contract.models import ExecutionReport, OrderStatus, Side, Timings
-from services.devstack.launcher import SERVICES, System
-from services.devstack.natsserver import REPO_ROOT, free_port
+from services.devstack.launcher import System
+from tests.conftest import RISK_UNLIMITED, connect_as, system_fixture
 
 pytestmark = pytest.mark.e2e
 
 WAIT = 60.0
 DAY_NS = 86_400 * 10**9
-ENV = {
-    "RUST_LOG": "warn",
-    "MOONBUS__MARKET_DATA__TICK_INTERVAL_MS": "20",
-    "MOONBUS__RISK__RATE_LIMIT_AGENT": "0",
-    "MOONBUS__RISK__RATE_LIMIT_GLOBAL": "0",
-    "MOONBUS__RISK__CIRCUIT_BREAKER_PCT": "0",
-}
+ENV = RISK_UNLIMITED | {"RUST_LOG": "warn", "MOONBUS__MARKET_DATA__TICK_INTERVAL_MS": "20"}
 
-
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[System]:
-    missing = [s.command[0] for s in SERVICES.values() if s.kind == "rust" and not (REPO_ROOT / s.command[0]).exists()]
-    if missing:
-        pytest.fail(f"release binaries missing ({', '.join(missing)}): run `make setup` (or `make test`)")
-    system = System().start(port=free_port(), moon_dir=tmp_path, services=["market-data", "risk", "execution"],
-                            out=None, env=ENV, supervise=False)
-    try:
-        yield system
-    finally:
-        system.stop()
-        print(system.tail(60))  # shown by pytest only when the test failed
-
-
-async def connect(system: System, user: str) -> nats.NATS:
-    env = system.env_for(user)
-    return await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
-                              inbox_prefix=f"_INBOX.{env['NATS_USER']}")
+system = system_fixture(ENV, tail=60)
 
 
 @pytest.fixture
 async def nc(system: System) -> AsyncIterator[nats.NATS]:
-    client = await connect(system, "operator")
+    client = await connect_as(system, "operator")
     try:
         yield client
     finally:
@@ -100,7 +75,7 @@ async def test_an_id_is_taken_for_two_weeks_after_its_order_ended(system: System
     await flush(nc)
 
     # Two orders that filled 15 and 13 days ago, stored as execution stored its reports then.
-    as_execution = await connect(system, "execution")
+    as_execution = await connect_as(system, "execution")
     now = time.time_ns()
     try:
         for order_id, days in (("h-old", 15), ("h-recent", 13)):
