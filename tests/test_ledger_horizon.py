@@ -24,7 +24,7 @@ from services.common.bus import flush
 from services.common.streams import read_stream
 from services.contract.models import ExecutionReport, OrderStatus, Side, Timings
 from services.devstack.launcher import System
-from tests.conftest import RISK_UNLIMITED, connect_as, system_fixture
+from tests.conftest import RISK_UNLIMITED, connect_as, request_when_answered, system_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -102,12 +102,7 @@ async def test_an_id_is_taken_for_two_weeks_after_its_order_ended(system: System
     # today's report the 15-day-old outcome is forgotten, the 13-day-old one is not.
     system.kill("execution")
     system.restart("execution")
-    for _ in range(200):
-        try:
-            await nc.request("exec.api.version", b"{}", timeout=0.5)
-            break
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            await asyncio.sleep(0.2)
+    await request_when_answered(nc, "exec.api.version")
 
     # Sent again: the 13-day-old id is a duplicate, the 15-day-old one a new order. Orders
     # of one symbol are taken in turn, so once "h-after" has filled, "h-recent" has been
