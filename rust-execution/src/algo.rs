@@ -1045,20 +1045,19 @@ mod tests {
         assert_eq!(last.algo.unwrap().next_slice_ts, None);
     }
 
+    /// A TWAP parent `name` whose ACCEPTED is being stored, and its ACCEPTED report.
+    fn pending(name: &str) -> (Algos, ClientOrderId, ExecutionReport) {
+        let mut algos = Algos::default();
+        let order = parent(name, "1", twap(3_000, 3));
+        let algo = Algo::new(order, "sim-1".into(), Timings::default(), 0, 8).unwrap();
+        let (id, accepted) = (algo.id().clone(), algo.report());
+        algos.add_pending(algo);
+        (algos, id, accepted)
+    }
+
     #[test]
     fn a_child_is_forgotten_with_its_outcome() {
-        let mut algos = Algos::default();
-        let algo = Algo::new(
-            parent("p11", "1", twap(3_000, 3)),
-            "sim-1".into(),
-            Timings::default(),
-            0,
-            8,
-        )
-        .unwrap();
-        let id = algo.id().clone();
-        algos.add_pending(algo);
-        let accepted = algos.pending[&id].report();
+        let (mut algos, id, accepted) = pending("p11");
         algos.activate(&id, &accepted);
         let child = algos.take_due(0)[0].2.clone();
         let child_id = child.client_order_id.clone();
@@ -1077,18 +1076,7 @@ mod tests {
 
     #[test]
     fn a_pending_parent_that_ended_before_it_started_is_dropped() {
-        let mut algos = Algos::default();
-        let algo = Algo::new(
-            parent("p12", "1", twap(3_000, 3)),
-            "sim-1".into(),
-            Timings::default(),
-            0,
-            8,
-        )
-        .unwrap();
-        let id = algo.id().clone();
-        let accepted = algo.report();
-        algos.add_pending(algo);
+        let (mut algos, id, accepted) = pending("p12");
         assert!(!algos.is_empty());
         algos.drop_pending(&id);
         assert!(algos.is_empty());
