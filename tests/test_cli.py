@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from services.cli.main import app
+from services.cli.status import Store, store_problems
 from services.common.bus import Bus, RequestError
 from services.contract.models import (
     AccountState,
@@ -46,7 +47,7 @@ from services.contract.models import (
     now_ns,
 )
 from services.devstack.natsserver import REPO_ROOT, free_port, write_nats_env
-from services.common.streams import MSG_ID_HEADER
+from services.common.streams import MSG_ID_HEADER, jetstream_spec
 
 D = Decimal
 PRICES = {"CLA-USD": "100.5", "CLB-USD": "0.00012345"}
@@ -311,10 +312,29 @@ async def test_status(moon, connect, market_data, risk) -> None:
     assert status["feeds"]["sim"]["status"] == "connected"
     assert status["account"]["state"] == "REDUCE_ONLY" and status["kill_switch"]["engaged"] is False
 
+    # Every stream of the spec, as provisioned; none near full.
+    assert set(status["stores"]) == {s["name"] for s in jetstream_spec()["streams"]}
+    orders = status["stores"]["ORDERS"]
+    assert (orders["discard"], orders["max_bytes"]) == ("new", 1 << 30) and orders["used"] < 0.9
+    assert not [p for p in status["problems"] if p.startswith("stream ")], status["problems"]
+
     result = await run_while_publishing(moon("status", "--feed-wait", "20"), heartbeat)
     for text in ("market-data", "not running", "execution", "sim", "connected", "REDUCE_ONLY (max_daily_loss)",
-                 "10055.25"):
+                 "10055.25", "streams", "ORDERS", "refuses new", "drops oldest"):
         assert text in result.stdout, text
+
+
+def test_a_stream_that_refuses_writes_when_full_is_a_problem_from_90_percent() -> None:
+    stores = {
+        "ORDERS": Store("ORDERS", "new", 967_000_000, 1 << 30, 2_400_000),  # 90.06 %
+        "KV_moonbus": Store("KV_moonbus", "new", 60_000_000, 64 << 20, 90),  # 89.4 %
+        "EXEC": Store("EXEC", "old", 2 << 30, 2 << 30, 5_000_000),  # full: drops its oldest
+    }
+    [problem] = store_problems(stores)
+    assert problem.startswith("stream ORDERS is 90% full (967,000,000 of 1,073,741,824 bytes)"), problem
+    assert "every new order" in problem and "[jetstream.ORDERS] max_bytes" in problem
+    stores["KV_moonbus"].bytes = 64 << 20
+    assert [p.split(" is ")[0] for p in store_problems(stores)] == ["stream ORDERS", "stream KV_moonbus"]
 
 
 # ---------------------------------------------------------------- orders and trace, from the real streams

@@ -2,7 +2,8 @@
 flag from `make run`'s supervisor (KV `supervisor.<service>`), the feeds (md.status.*),
 the live venues (exec.venue.*: mode, connection, working and unconfirmed orders; risk's
 reconciliation of each, risk.recon.* and KV `risk.recon.<venue>`), the account, trading
-state and kill switch (risk.api.positions, risk.api.killswitch)."""
+state and kill switch (risk.api.positions, risk.api.killswitch), and how full each stream
+is ($JS.API.STREAM.INFO: a stream that refuses new writes when full is a problem from 90 %)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 from rich.console import Console, Group
@@ -22,6 +26,7 @@ from rich.text import Text
 from services.contract import subjects as S
 from services.common.bus import ApiError
 from services.common.config import SystemConfig, load, section
+from services.common.streams import jetstream_spec
 from services.ops.discovery import Service, discover
 from services.ops.leadership import Lease, read_leadership
 from services.ops.supervision import StreamReadError, Supervised, read_records, read_supervision
@@ -78,6 +83,59 @@ def venue_problems(venues: dict[str, LiveVenue]) -> list[str]:
     return problems
 
 
+# A stream that refuses new writes when full (discard new: ORDERS, the KV buckets) is a
+# problem from this share of its max_bytes on: at 100 % ORDERS refuses every order.
+FULL_WARN = 0.9
+
+
+@dataclass
+class Store:
+    """One stream of the spec as the server has it."""
+
+    name: str
+    discard: str  # "new": full, it refuses new writes; "old": it drops its oldest
+    bytes: int
+    max_bytes: int
+    messages: int
+
+    @property
+    def used(self) -> float:
+        return self.bytes / self.max_bytes if self.max_bytes > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"discard": self.discard, "bytes": self.bytes, "max_bytes": self.max_bytes,
+                "messages": self.messages, "used": round(self.used, 4)}
+
+
+async def read_stores(session: Session) -> dict[str, Store] | list[str]:
+    """Every stream of the spec (proto/nats/jetstream.json), or the problems reading them."""
+    js = session.nc.jetstream(timeout=session.timeout)
+    stores: dict[str, Store] = {}
+    problems = []
+    for spec in jetstream_spec()["streams"]:
+        name = spec["name"]
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            problems.append(f"stream {name}: missing (not provisioned: `make run` or "
+                            f"`python -m services.common.streams` provisions it)")
+            continue
+        except nats.errors.Error as e:  # each stream's problem is told; the others are read
+            problems.append(f"stream {name}: not readable ({type(e).__name__}: {e})")
+            continue
+        stores[name] = Store(name, spec["discard"], info.state.bytes, info.config.max_bytes or 0,
+                             info.state.messages)
+    return problems or stores
+
+
+def store_problems(stores: dict[str, Store]) -> list[str]:
+    """A stream that refuses new writes when full, FULL_WARN of the way there."""
+    return [f"stream {s.name} is {s.used:.0%} full ({s.bytes:,} of {s.max_bytes:,} bytes): full, it refuses "
+            f"every new write{' (every new order)' if s.name == 'ORDERS' else ''}; raise "
+            f"[jetstream.{s.name}] max_bytes (README: Stream limits)"
+            for s in stores.values() if s.discard == "new" and s.used >= FULL_WARN]
+
+
 @dataclass
 class Status:
     services: dict[str, Service]
@@ -87,6 +145,7 @@ class Status:
     supervision: dict[str, Supervised] = field(default_factory=dict)  # empty unless run by `make run`
     leadership: dict[str, Lease] = field(default_factory=dict)  # failover leases (empty without failover)
     venues: dict[str, LiveVenue] = field(default_factory=dict)  # live venues (empty when trading paper only)
+    stores: dict[str, Store] = field(default_factory=dict)  # the spec's streams
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -110,6 +169,7 @@ class Status:
             "supervision": {name: record.as_dict() for name, record in self.supervision.items()},
             "leadership": {name: lease.as_dict() for name, lease in self.leadership.items()},
             "venues": {name: venue.as_dict() for name, venue in self.venues.items()},
+            "stores": {name: store.as_dict() for name, store in self.stores.items()},
             "problems": self.problems,
         }
 
@@ -160,9 +220,10 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         read_supervision(session.nc, timeout),
         read_leadership(session.nc, timeout),
         read_records(session.nc, S.risk_recon, Reconciliation, "a Reconciliation", timeout),
+        read_stores(session),
         return_exceptions=True,
     )
-    services, positions, kill_switch, prices, supervision, leadership, stored_recon = results
+    services, positions, kill_switch, prices, supervision, leadership, stored_recon, stores = results
     if isinstance(services, BaseException):
         raise services
     status = Status(services)
@@ -176,6 +237,13 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         status.account = positions.account
     if isinstance(kill_switch, KillSwitchState):
         status.kill_switch = kill_switch
+    if isinstance(stores, BaseException):
+        raise stores
+    if isinstance(stores, list):
+        status.problems += stores
+    else:
+        status.stores = stores
+        status.problems += store_problems(stores)
     if records := _records(status, supervision, f"supervisor records (KV {S.kv_supervisor('*')})"):
         status.supervision = records
         status.problems += supervision_problems(status.supervision)
@@ -324,6 +392,18 @@ def venues_table(status: Status) -> Table:
     return table
 
 
+def stores_table(status: Status) -> Table:
+    table = Table(title="streams", title_justify="left")
+    for column in ("stream", "messages", "bytes", "of max_bytes", "used", "when full"):
+        table.add_column(column)
+    for store in status.stores.values():
+        full = "refuses new" if store.discard == "new" else "drops oldest"
+        style = "red" if store.discard == "new" and store.used >= FULL_WARN else ""
+        table.add_row(*cells(store.name, f"{store.messages:,}", f"{store.bytes:,}", f"{store.max_bytes:,}",
+                             Text(f"{store.used:.1%}", style=style), full))
+    return table
+
+
 def account_table(account: AccountState, kill_switch: KillSwitchState | None) -> Table:
     table = Table(title="account", title_justify="left", show_header=False)
     table.add_column(style="bold")
@@ -353,5 +433,7 @@ def show(status: Status, console: Console) -> None:
         parts.append(venues_table(status))
     if status.account is not None:
         parts.append(account_table(status.account, status.kill_switch))
+    if status.stores:
+        parts.append(stores_table(status))
     parts += [Text(f"! {p}", style="red") for p in status.problems]
     console.print(Group(*parts))
