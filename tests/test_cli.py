@@ -15,12 +15,13 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from services.cli.main import app
-from services.cli.status import Store, store_problems
+from services.cli.status import Store, read_stores, store_problems
 from services.common.bus import Bus, RequestError
 from services.contract.models import (
     AccountState,
@@ -48,6 +49,7 @@ from services.contract.models import (
 )
 from services.devstack.natsserver import REPO_ROOT, free_port, write_nats_env
 from services.common.streams import MSG_ID_HEADER, jetstream_spec
+from tests.conftest import connect_when_up
 
 D = Decimal
 PRICES = {"CLA-USD": "100.5", "CLB-USD": "0.00012345"}
@@ -322,6 +324,20 @@ async def test_status(moon, connect, market_data, risk) -> None:
     for text in ("market-data", "not running", "execution", "sim", "connected", "REDUCE_ONLY (max_daily_loss)",
                  "10055.25", "streams", "ORDERS", "refuses new", "drops oldest"):
         assert text in result.stdout, text
+
+
+async def test_streams_missing_or_unreadable_are_each_a_problem(connect, plain_nats) -> None:
+    # The provisioned server, as the operator: every stream read, nothing to say.
+    stores, problems = await read_stores(SimpleNamespace(nc=await connect("operator"), timeout=5.0))
+    assert len(stores) == len(jetstream_spec()["streams"]) and problems == []
+    # A server without JetStream: each stream is a problem of its own, with the reason.
+    nc = await connect_when_up(plain_nats)
+    try:
+        stores, problems = await read_stores(SimpleNamespace(nc=nc, timeout=1.0))
+    finally:
+        await nc.close()
+    assert stores == {} and len(problems) == len(jetstream_spec()["streams"]), problems
+    assert problems[0].startswith("stream ORDERS: not readable ("), problems[0]
 
 
 def test_a_stream_that_refuses_writes_when_full_is_a_problem_from_90_percent() -> None:

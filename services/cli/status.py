@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -107,8 +106,9 @@ class Store:
                 "messages": self.messages, "used": round(self.used, 4)}
 
 
-async def read_stores(session: Session) -> dict[str, Store] | list[str]:
-    """Every stream of the spec (proto/nats/jetstream.json), or the problems reading them."""
+async def read_stores(session: Session) -> tuple[dict[str, Store], list[str]]:
+    """Every stream of the spec (proto/nats/jetstream.json) as the server has it, and the
+    problems reading them (one unreadable stream does not hide the others)."""
     js = session.nc.jetstream(timeout=session.timeout)
     stores: dict[str, Store] = {}
     problems = []
@@ -123,9 +123,10 @@ async def read_stores(session: Session) -> dict[str, Store] | list[str]:
         except nats.errors.Error as e:  # each stream's problem is told; the others are read
             problems.append(f"stream {name}: not readable ({type(e).__name__}: {e})")
             continue
-        stores[name] = Store(name, spec["discard"], info.state.bytes, info.config.max_bytes or 0,
-                             info.state.messages)
-    return problems or stores
+        # (nats-py gives the policy as the server's string, or the enum where it built the config)
+        discard = str(getattr(info.config.discard, "value", info.config.discard) or "old")
+        stores[name] = Store(name, discard, info.state.bytes, info.config.max_bytes or 0, info.state.messages)
+    return stores, problems
 
 
 def store_problems(stores: dict[str, Store]) -> list[str]:
@@ -239,11 +240,8 @@ async def gather(session: Session, wait: float, feed_wait: float) -> Status:
         status.kill_switch = kill_switch
     if isinstance(stores, BaseException):
         raise stores
-    if isinstance(stores, list):
-        status.problems += stores
-    else:
-        status.stores = stores
-        status.problems += store_problems(stores)
+    status.stores, unreadable = stores
+    status.problems += unreadable + store_problems(status.stores)
     if records := _records(status, supervision, f"supervisor records (KV {S.kv_supervisor('*')})"):
         status.supervision = records
         status.problems += supervision_problems(status.supervision)
