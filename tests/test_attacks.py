@@ -21,7 +21,8 @@ import pytest
 from services.cli import audit
 from services.devstack.launcher import SERVICES, System
 from services.devstack.natsserver import REPO_ROOT, NatsServer, free_port, load_or_create_credentials
-from services.common.streams import EXEC, KV_STREAM, ORDERS, jetstream_spec, read_stream
+from services.common.streams import EXEC, KV_SENTIMENT_STREAM, KV_STREAM, ORDERS, jetstream_spec, read_stream
+from services.contract import subjects as S
 from tests.conftest import request_when_answered
 
 NETWORK_ATTACKS = [a for a in audit.ATTACKS if a is not audit.risk_api_beyond_role]
@@ -90,6 +91,38 @@ async def test_the_suite_sees_a_broken_defence(tmp_path):
                                     attacks=[audit.forge_with_push_consumer, audit.forge_with_republish,
                                              audit.forge_state_or_dead_letters])
     assert [r.held for r in results] == [False, False, False], results
+
+
+async def test_a_live_buckets_writes_are_not_lost_data_but_a_key_gone_is(server):
+    """`rewrite_or_erase_streams` compares the streams before and after: a KV bucket keeps one
+    message a key, so a running service writing a key again moves the bucket's first sequence
+    (the compose suite once read that as lost data); a key gone is the loss."""
+    writer = await nats.connect(server.url, user="sentiment-agent", password=server.credentials["sentiment-agent"],
+                                inbox_prefix="_INBOX.sentiment-agent")
+    try:
+        js = writer.jetstream()
+        kv = await js.key_value(S.KV_SENTIMENT_BUCKET)
+        for key in ("AUDIT-USD", "AUDITB-USD"):
+            await kv.put(key, b"1")
+
+        async def state() -> dict:  # as the audit reads it: STREAM.INFO's own state
+            reply = await writer.request(f"$JS.API.STREAM.INFO.{KV_SENTIMENT_STREAM}", b"", timeout=5)
+            return json.loads(reply.data)["state"]
+        before = await state()
+        # The key of the bucket's oldest message written again: that message is dropped.
+        oldest = await js.get_msg(KV_SENTIMENT_STREAM, seq=before["first_seq"], direct=True)
+        await kv.put(oldest.subject.removeprefix(f"$KV.{S.KV_SENTIMENT_BUCKET}."), b"2")
+        rewritten = await state()
+        assert rewritten["first_seq"] != before["first_seq"]
+        assert rewritten["num_subjects"] == before["num_subjects"] >= 2
+        assert not audit._lost(before, rewritten, KV_SENTIMENT_STREAM)
+    finally:
+        await writer.close()
+    # (Nobody may delete from the buckets, admin included: a key gone, as a purge would leave it.)
+    assert audit._lost(rewritten, {**rewritten, "num_subjects": rewritten["num_subjects"] - 1}, KV_SENTIMENT_STREAM)
+    # Any other stream: its first message gone is the loss.
+    assert audit._lost({"first_seq": 1}, {"first_seq": 2}, ORDERS)
+    assert not audit._lost({"first_seq": 1}, {"first_seq": 1}, ORDERS)
 
 
 async def test_the_lease_attack_sees_a_broken_defence(tmp_path):
