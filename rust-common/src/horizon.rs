@@ -44,10 +44,6 @@ impl Ended {
         }
     }
 
-    pub fn keep_ns(&self) -> u64 {
-        self.keep_ns
-    }
-
     /// `id` ended at `at_ns` (the caller says so once per end).
     pub fn push(&mut self, id: ClientOrderId, at_ns: u64) {
         let at = self
@@ -96,14 +92,6 @@ impl Ended {
         self.undated.clear();
         self.queue = dates.into_iter().map(|(id, at)| (at, id)).collect();
     }
-
-    pub fn len(&self) -> usize {
-        self.queue.len() + self.undated.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -130,7 +118,7 @@ mod tests {
         assert_eq!(ended.expired(8 * DAY + 1), vec![id("a")]);
         assert!(ended.expired(8 * DAY + 1).is_empty());
         assert_eq!(ended.expired(100 * DAY), vec![id("b")]);
-        assert!(ended.is_empty());
+        assert_eq!(ended.dates(), Some(vec![]), "none left");
     }
 
     #[test]
