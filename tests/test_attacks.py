@@ -21,7 +21,8 @@ import pytest
 from services.cli import audit
 from services.devstack.launcher import SERVICES, System
 from services.devstack.natsserver import REPO_ROOT, NatsServer, free_port, load_or_create_credentials
-from services.common.streams import EXEC, KV_SENTIMENT_STREAM, KV_STREAM, ORDERS, jetstream_spec, read_stream
+from services.common.streams import (EXEC, KV_PROTECTIONS_STREAM, KV_SENTIMENT_STREAM, KV_STREAM, ORDERS, jetstream_spec,
+                                     read_stream)
 from services.contract import subjects as S
 from tests.conftest import request_when_answered
 
@@ -97,6 +98,8 @@ async def test_a_live_buckets_writes_are_not_lost_data_but_a_key_gone_is(server)
     """`rewrite_or_erase_streams` compares the streams before and after: a KV bucket keeps one
     message a key, so a running service writing a key again moves the bucket's first sequence
     (the compose suite once read that as lost data); a key gone is the loss."""
+    auditor = audit.Auditor(server.url, server.credentials)
+    watcher = await auditor.connect("operator")
     writer = await nats.connect(server.url, user="sentiment-agent", password=server.credentials["sentiment-agent"],
                                 inbox_prefix="_INBOX.sentiment-agent")
     try:
@@ -104,25 +107,52 @@ async def test_a_live_buckets_writes_are_not_lost_data_but_a_key_gone_is(server)
         kv = await js.key_value(S.KV_SENTIMENT_BUCKET)
         for key in ("AUDIT-USD", "AUDITB-USD"):
             await kv.put(key, b"1")
-
-        async def state() -> dict:  # as the audit reads it: STREAM.INFO's own state
-            reply = await writer.request(f"$JS.API.STREAM.INFO.{KV_SENTIMENT_STREAM}", b"", timeout=5)
-            return json.loads(reply.data)["state"]
-        before = await state()
+        before = await audit._stream_state(watcher, KV_SENTIMENT_STREAM)
         # The key of the bucket's oldest message written again: that message is dropped.
         oldest = await js.get_msg(KV_SENTIMENT_STREAM, seq=before["first_seq"], direct=True)
         await kv.put(oldest.subject.removeprefix(f"$KV.{S.KV_SENTIMENT_BUCKET}."), b"2")
-        rewritten = await state()
+        rewritten = await audit._stream_state(watcher, KV_SENTIMENT_STREAM)
         assert rewritten["first_seq"] != before["first_seq"]
         assert rewritten["num_subjects"] == before["num_subjects"] >= 2
         assert not audit._lost(before, rewritten, KV_SENTIMENT_STREAM)
     finally:
         await writer.close()
+        await auditor.close()
     # (Nobody may delete from the buckets, admin included: a key gone, as a purge would leave it.)
-    assert audit._lost(rewritten, {**rewritten, "num_subjects": rewritten["num_subjects"] - 1}, KV_SENTIMENT_STREAM)
+    gone = dict(list(rewritten["subjects"].items())[1:])
+    assert audit._lost(rewritten, {**rewritten, "subjects": gone}, KV_SENTIMENT_STREAM)
     # Any other stream: its first message gone is the loss.
     assert audit._lost({"first_seq": 1}, {"first_seq": 2}, ORDERS)
     assert not audit._lost({"first_seq": 1}, {"first_seq": 1}, ORDERS)
+
+
+async def test_an_ended_protection_expiring_is_not_lost_data(server):
+    """Execution writes an ended protection's record with a per-message TTL: the record going
+    by itself during an audit is no loss (`moon audit` once could report it as one); an active
+    record (no TTL) gone still is."""
+    auditor = audit.Auditor(server.url, server.credentials)
+    watcher = await auditor.connect("operator")
+    execution = await nats.connect(server.url, user="execution", password=server.credentials["execution"],
+                                   inbox_prefix="_INBOX.execution")
+    try:
+        await execution.request(S.kv_protection("audit-ended"), b"{}", headers={"Nats-TTL": "1s"}, timeout=5)
+        await execution.request(S.kv_protection("audit-active"), b"{}", timeout=5)
+        before = await audit._stream_state(watcher, KV_PROTECTIONS_STREAM)
+        expiring = await audit._expiring_keys(watcher, KV_PROTECTIONS_STREAM, before)
+        assert expiring == {S.kv_protection("audit-ended")}
+        after = before
+        for _ in range(50):  # the TTL is 1 s; the server removes expired messages on its own timer
+            await asyncio.sleep(0.1)
+            after = await audit._stream_state(watcher, KV_PROTECTIONS_STREAM)
+            if S.kv_protection("audit-ended") not in after.get("subjects", {}):
+                break
+        assert set(after["subjects"]) == {S.kv_protection("audit-active")}, after
+        assert audit._lost(before, after, KV_PROTECTIONS_STREAM)  # without knowing it was to expire
+        assert not audit._lost(before, after, KV_PROTECTIONS_STREAM, expiring)
+        assert audit._lost(before, {**after, "subjects": {}}, KV_PROTECTIONS_STREAM, expiring)
+    finally:
+        await execution.close()
+        await auditor.close()
 
 
 async def test_the_lease_attack_sees_a_broken_defence(tmp_path):

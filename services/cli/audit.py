@@ -145,8 +145,25 @@ async def _stream_config(reader: Probe, stream: str) -> dict[str, Any] | None:
 
 
 async def _stream_state(reader: Probe, stream: str) -> dict[str, Any] | None:
-    info = await reader.request(f"$JS.API.STREAM.INFO.{stream}", timeout=5)
+    """STREAM.INFO's state; for a KV bucket with its keys (`subjects`: key subject -> count)."""
+    body = {"subjects_filter": ">"} if stream.startswith("KV_") else None
+    info = await reader.request(f"$JS.API.STREAM.INFO.{stream}", body, timeout=5)
     return info.get("state") if info and "error" not in info else None
+
+
+async def _expiring_keys(reader: Probe, stream: str, state: dict[str, Any]) -> set[str]:
+    """The keys of KV bucket `stream` whose latest value carries a per-message TTL (`Nats-TTL`,
+    as an ended protection's record does): they may go by themselves, which is no loss."""
+    assert reader.nc
+    expiring = set()
+    for subject in state.get("subjects") or {}:
+        try:
+            msg = await reader.nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=5)
+        except NatsTimeoutError:
+            continue
+        if (msg.headers or {}).get("Nats-TTL"):
+            expiring.add(subject)
+    return expiring
 
 
 async def _consumer(reader: Probe, stream: str, name: str) -> dict[str, Any] | None:
@@ -287,6 +304,7 @@ async def rewrite_or_erase_streams(a: Auditor, watcher: Probe, user: str, safe: 
     attacker = await a.connect(user)
     before = {s: await _stream_config(watcher, s) for s in STREAMS}
     states = {s: await _stream_state(watcher, s) for s in STREAMS}
+    expiring = {s: await _expiring_keys(watcher, s, states[s]) for s in STREAMS if states[s] and s.startswith("KV_")}
     tries = []
     for stream in STREAMS:
         config = before[stream]
@@ -304,18 +322,20 @@ async def rewrite_or_erase_streams(a: Auditor, watcher: Probe, user: str, safe: 
     accepted = [f"{subject} {json.dumps(body)[:60]}" for (subject, body), answer in zip(tries, answers)
                 if answer and "error" not in answer and answer.get("success", True)]
     after = {s: await _stream_config(watcher, s) for s in STREAMS}
-    lost = [s for s in STREAMS if states[s] and _lost(states[s], await _stream_state(watcher, s) or {}, s)]
+    lost = [s for s in STREAMS
+            if states[s] and _lost(states[s], await _stream_state(watcher, s) or {}, s, expiring.get(s, set()))]
     held = not accepted and before == after and not lost
     return Result("rewrite, purge or delete a stream", user, held,
                   "refused" if held else f"accepted: {accepted}; lost data in: {lost}")
 
 
-def _lost(before: dict[str, Any], after: dict[str, Any], stream: str) -> bool:
+def _lost(before: dict[str, Any], after: dict[str, Any], stream: str, expiring: set[str] = frozenset()) -> bool:
     """Whether `stream` lost data between two states. A KV bucket keeps one message a key, so
     a live system's writes move its first sequence (a key written again drops its older
-    message): there a key gone is the loss. Elsewhere, the first message gone."""
+    message): there a key gone is the loss, unless its value was written to expire
+    (`expiring`). Elsewhere, the first message gone."""
     if stream.startswith("KV_"):
-        return after.get("num_subjects", 0) < before.get("num_subjects", 0)
+        return bool(set(before.get("subjects") or {}) - set(after.get("subjects") or {}) - expiring)
     return after.get("first_seq") != before.get("first_seq")
 
 
@@ -337,12 +357,14 @@ async def tamper_with_kv(a: Auditor, watcher: Probe, user: str, safe: bool) -> R
             broken.append(f"wrote {subject}")
     own = next((p for p, o in KV_OWNER.items() if o == user), None)
     if own is not None:
-        state = await _stream_state(watcher, _kv_stream(own))
+        bucket = _kv_stream(own)
+        state = await _stream_state(watcher, bucket)
+        expiring = await _expiring_keys(watcher, bucket, state) if state else set()
         rollup = "sub" if safe else "all"
         answer = await attacker.request(f"{own}.audit-probe", b"probe",
                                         headers={"Nats-Rollup": rollup, "KV-Operation": "PURGE"})
-        after = await _stream_state(watcher, _kv_stream(own))
-        if (answer and "error" not in answer) or (state and after and after.get("messages", 0) < state.get("messages", 0)):
+        after = await _stream_state(watcher, bucket)
+        if (answer and "error" not in answer) or (state and after and _lost(state, after, bucket, expiring)):
             broken.append(f"rollup {rollup} accepted ({answer})")
     held = not broken
     return Result("write, delete or purge KV keys that are not one's own", user, held,
