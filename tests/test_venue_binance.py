@@ -319,6 +319,18 @@ async def test_binary_spot(live: tuple[StandIn, Operator]) -> None:
     await op.cancel(resting)
     cancelled = await op.wait_status(resting, "CANCELLED")
     assert venue.orders[resting].status == "CANCELED", cancelled
+    # A fill racing our cancel, told only by the cancel's answer (whose clientOrderId is the
+    # cancel's own, the order being origClientOrderId): booked under the order, fee and all.
+    raced = await op.submit("BUY", "0.003", price="59000.00")
+    await op.until(lambda: raced in venue.orders, "the order at the venue")
+    await op.wait_status(raced, "ACCEPTED")
+    venue.fill_in_cancel = Decimal("0.001")
+    await op.cancel(raced)
+    cancelled = await op.wait_status(raced, "CANCELLED")
+    venue.fill_in_cancel = Decimal(0)
+    told = [(r.status.value, r.filled_quantity, r.fee) for r in op.reports[raced]]
+    assert Decimal(str(cancelled.filled_quantity)) == Decimal("0.001"), told
+    assert sum(Decimal(str(r.fee)) for r in op.reports[raced]) == Decimal("0.059"), told  # a report's fee is its fill's
     # IOC that does not cross: EXPIRED.
     ioc = await op.submit("BUY", "0.001", price="50000", tif="IOC")
     await op.wait_status(ioc, "EXPIRED")

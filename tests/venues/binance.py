@@ -124,6 +124,9 @@ class StandIn:
     answer_5xx: int = 0  # the next N new orders are placed but answered 503
     force_429: int = 0  # the next N requests are answered 429
     fill_before_cancel: bool = False  # a cancel finds its order just filled (-2011)
+    # A fill racing a cancel, told only by the cancel's answer: this much of the order fills
+    # as it is cancelled, and the stream's events of both are lost.
+    fill_in_cancel: Decimal = Decimal(0)
     trades_error: bool = False  # an order's trades (myTrades / userTrades) cannot be read: a 500
     retry_after: int = 2
 
@@ -277,14 +280,17 @@ class StandIn:
                 await ws.send_str(json.dumps({"subscriptionId": subscription, "event": event}))
 
     async def event(self, order: Order, exec_type: str, last_qty: Decimal = Decimal(0),
-                    last_price: Decimal = Decimal(0), fee: Decimal = Decimal(0), trade_id: int = 0) -> None:
+                    last_price: Decimal = Decimal(0), fee: Decimal = Decimal(0), trade_id: int = 0,
+                    cancel_id: str = "") -> None:
         rules = self.rules[order.symbol]
         fee_asset = self.fee_asset or rules.quote
         now = self.now_ms()
         if self.flavor == SPOT:
+            # Spot: the event of a cancel carries the cancel request's id in `c`, the order's in `C`.
+            client, original = (cancel_id, order.client_id) if cancel_id else (order.client_id, "")
             await self.push({
-                "e": "executionReport", "E": now, "s": order.symbol, "c": order.client_id, "S": order.side,
-                "o": order.type, "f": order.tif, "q": str(order.qty), "p": str(order.price), "C": "",
+                "e": "executionReport", "E": now, "s": order.symbol, "c": client, "S": order.side,
+                "o": order.type, "f": order.tif, "q": str(order.qty), "p": str(order.price), "C": original,
                 "x": exec_type, "X": order.status, "r": "NONE", "i": order.order_id, "l": str(last_qty),
                 "z": str(order.filled), "L": str(last_price), "n": str(fee),
                 "N": fee_asset if fee else None, "T": now, "t": trade_id if trade_id else -1,
@@ -301,9 +307,10 @@ class StandIn:
                     "R": order.reduce_only,
                 }})
 
-    async def fill(self, client_id: str, qty: Decimal, price: Decimal | None = None, beyond: bool = False) -> Order:
+    async def fill(self, client_id: str, qty: Decimal, price: Decimal | None = None, beyond: bool = False,
+                   quiet: bool = False) -> Order:
         """Fill `qty` more of an open order (at its limit price, or the set price); `beyond`:
-        a venue gone wrong, filling more than the order's quantity."""
+        a venue gone wrong, filling more than the order's quantity; `quiet`: its stream event lost."""
         order = self.orders[client_id]
         assert order.status in ("NEW", "PARTIALLY_FILLED"), order.status
         qty = qty if beyond else min(qty, order.qty - order.filled)
@@ -324,7 +331,8 @@ class StandIn:
         order.trades.append({"symbol": order.symbol, "id": trade_id, "orderId": order.order_id, "price": str(price),
                              "qty": str(qty), "quoteQty": str(qty * price), "commission": str(fee),
                              "commissionAsset": self.fee_asset or rules.quote, "time": order.update})
-        await self.event(order, "TRADE", qty, price, fee, trade_id)
+        if not quiet:
+            await self.event(order, "TRADE", qty, price, fee, trade_id)
         return order
 
     def add_order(self, client_id: str, side: str, qty: Decimal, price: Decimal, symbol: str = "BTCUSDT") -> Order:
@@ -432,9 +440,21 @@ class StandIn:
                 await self.fill(order.client_id, order.qty - order.filled)
             if order.status not in ("NEW", "PARTIALLY_FILLED"):
                 return self.error(400, -2011, "Unknown order sent.", request.path)
+            raced = self.fill_in_cancel
+            if raced:
+                await self.fill(order.client_id, raced, quiet=True)
             order.status = "CANCELED"
             order.update = self.now_ms()
-            await self.event(order, "CANCELED")
+            if self.flavor == SPOT:
+                # The answer's clientOrderId is the cancel request's own (newClientOrderId, or
+                # one the venue makes up); the order's is origClientOrderId.
+                cancel_id = params.get("newClientOrderId") or f"cancel{next(self.ids)}"
+                if not raced:
+                    await self.event(order, "CANCELED", cancel_id=cancel_id)
+                return self.reply({**self.order_json(order), "clientOrderId": cancel_id,
+                                   "origClientOrderId": order.client_id})
+            if not raced:
+                await self.event(order, "CANCELED")
         return self.reply(self.order_json(order))
 
     async def new_order(self, request: web.Request, params: dict[str, str]) -> web.Response:

@@ -498,8 +498,11 @@ pub fn parse_rest_order(flavor: Flavor, value: &Value) -> Result<VenueOrder, Str
         .or_else(|| int(value, "time"))
         .unwrap_or(0);
     Ok(VenueOrder {
-        client_order_id: text(value, "clientOrderId")
-            .or_else(|| text(value, "origClientOrderId"))
+        // A spot cancel's answer names the order `origClientOrderId`; its `clientOrderId` is
+        // the cancel request's own id. Every other answer names it `clientOrderId`.
+        client_order_id: text(value, "origClientOrderId")
+            .filter(|id| !id.is_empty())
+            .or_else(|| text(value, "clientOrderId"))
             .map(str::to_string),
         venue_order_id: int(value, "orderId").map(|id| id.to_string()),
         symbol: None,
@@ -2397,6 +2400,18 @@ mod tests {
             Some("6gCrw2kRUAF9CvJDGP16IP")
         );
         assert_eq!(order.ts, 1_507_725_176_595_000_000);
+        // The docs' answer to a spot cancel (DELETE /api/v3/order): the order is
+        // origClientOrderId, clientOrderId is the cancel request's own.
+        let cancelled = json!({
+            "symbol": "LTCBTC", "origClientOrderId": "myOrder1", "orderId": 4, "orderListId": -1,
+            "clientOrderId": "cancelMyOrder1", "transactTime": 1684804350068u64, "price": "2.00000000",
+            "origQty": "1.00000000", "executedQty": "0.00000000", "cummulativeQuoteQty": "0.00000000",
+            "status": "CANCELED", "timeInForce": "GTC", "type": "LIMIT", "side": "BUY",
+            "selfTradePreventionMode": "NONE"
+        });
+        let order = parse_rest_order(Flavor::Spot, &cancelled).unwrap();
+        assert_eq!(order.client_order_id.as_deref(), Some("myOrder1"));
+        assert_eq!(order.status, VenueStatus::Cancelled);
         let futures = json!({
             "clientOrderId": "testOrder", "cumQty": "0", "cumQuote": "0", "executedQty": "0.002",
             "orderId": 22542179, "avgPrice": "60000.5", "origQty": "10", "price": "0",
