@@ -847,9 +847,13 @@ impl Binance {
                 "https://testnet.binance.vision",
                 "wss://stream.testnet.binance.vision",
             ),
-            ("binance_futures", Mode::Live) => {
-                ("https://fapi.binance.com", "wss://fstream.binance.com")
-            }
+            // USDⓈ-M user data comes from the `/private` base since Binance split its
+            // WebSocket URLs (announced 2026-03; the legacy URLs retired 2026-04-23): the
+            // stream is `wss://fstream.binance.com/private/ws/<listenKey>`.
+            ("binance_futures", Mode::Live) => (
+                "https://fapi.binance.com",
+                "wss://fstream.binance.com/private",
+            ),
             ("binance_futures", _) => (
                 "https://testnet.binancefuture.com",
                 "wss://fstream.binancefuture.com",
@@ -2677,6 +2681,7 @@ mod tests {
         let futures =
             Binance::from_config("bf", "binance_futures", Mode::Live, settings()).unwrap();
         assert_eq!(futures.inner.rest_url, "https://fapi.binance.com");
+        assert_eq!(futures.inner.ws_url, "wss://fstream.binance.com/private");
         assert_eq!(futures.inner.flavor, Flavor::Futures);
         let aster = Binance::from_config("aster", "aster", Mode::Live, settings()).unwrap();
         assert_eq!(aster.inner.rest_url, "https://fapi.asterdex.com");
