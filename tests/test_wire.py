@@ -73,7 +73,8 @@ def test_invalid_vectors_are_refused_with_the_models_reasons(name: str, path: Pa
     for data in (raw, raw.encode()):
         with pytest.raises(ValidationError) as check_error:
             checker(MESSAGES[name])(data)
-        assert check_error.value.errors(include_context=False) == model_error.value.errors(include_context=False)
+        # (compared as text: a NaN input is not equal to itself)
+        assert repr(check_error.value.errors(include_context=False)) == repr(model_error.value.errors(include_context=False))
 
 
 @pytest.mark.parametrize(("name", "path"), _vectors("valid"), ids=lambda v: getattr(v, "stem", v))
@@ -150,7 +151,7 @@ def _decode_both(name: str, raw: str) -> tuple[Any, Any]:
                          ids=lambda v: getattr(v, "stem", v))
 def test_the_decoder_builds_what_the_model_builds_and_refuses_what_it_refuses(name: str, path: Path) -> None:
     want, got = _decode_both(name, path.read_text())
-    assert _same(got, want) if isinstance(want, BaseModel) else got == want
+    assert _same(got, want) if isinstance(want, BaseModel) else repr(got) == repr(want)  # (a NaN input)
 
 
 @pytest.mark.parametrize(("name", "path"), _vectors("valid"), ids=lambda v: getattr(v, "stem", v))

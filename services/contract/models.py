@@ -196,15 +196,17 @@ def now_ns() -> int:
 
 
 class Tolerant(BaseModel):
-    """Market data and events: unknown fields are ignored (forward compatible)."""
+    """Market data and events: unknown fields are ignored (forward compatible). A number is
+    finite: JSON has no NaN or Infinity, and the Rust side refuses them (Python's parser
+    would take the tokens)."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
 
 class Strict(BaseModel):
     """Orders and requests: unknown fields are rejected, a typo must not pass silently."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Side(str, Enum):
