@@ -213,6 +213,35 @@ async def test_breach_flattens_every_position_once(connect, running_service) -> 
     assert {o.client_order_id for o in again}.isdisjoint(o.client_order_id for o in got)
 
 
+async def test_an_account_dated_far_ahead_does_not_empty_the_window(connect, running_service) -> None:
+    """With a lookback window, an account update dated an hour ahead (a standby's skewed clock)
+    would have dropped every earlier equity from the window and held later updates out of it:
+    it is refused on errors.risk-agent, and a loss after it is still measured from the start."""
+    operator, risk = await connect("operator"), await connect("risk")
+
+    async def positions_api(msg) -> None:  # a fake rust-risk
+        await msg.respond(encode(PositionsReply(positions=[position("RSKF-USD", "1")], account=account())))
+
+    sub = await risk.subscribe("risk.api.positions", cb=positions_api)
+    orders = await operator.collect("orders.submit.>")
+    errors = await operator.collect("errors.risk-agent")
+    config = {"risk_agent": {"max_loss_usd": "300", "lookback_s": 600}}
+    try:
+        async with running_service("risk-agent", service.main, config, operator):
+            now, minute = now_ns(), 60 * 10**9
+            await risk.publish("risk.account", encode(account(equity="10000", ts=now - 15 * minute)))
+            await risk.publish("risk.account", encode(account(equity="9700", ts=now - 5 * minute)))
+            await risk.publish("risk.account", encode(account(equity="9700", ts=now + 60 * minute)))
+            error = json.loads((await drain(errors, 1))[0].data)
+            assert error["subject"] == "risk.account" and "ahead of this clock: refused" in error["reason"], error
+            # 10 minutes back the equity was 10,000: -350 over the window (not -50 from 9,700).
+            await risk.publish("risk.account", encode(account(equity="9650", ts=now)))
+            (order,) = [decode(OrderRequest, m.data) for m in await drain(orders, 1)]
+    finally:
+        await sub.unsubscribe()
+    assert (order.symbol, order.side, order.quantity) == ("RSKF-USD", Side.SELL, D("1"))
+
+
 # ---------------------------------------------------------------- AI confirmation
 
 

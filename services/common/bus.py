@@ -37,6 +37,16 @@ from services.contract.subjects import Endpoint
 from services.contract.wire import decoder
 from .tls import client_tls_options
 
+# Clocks differ a little; a message dated further ahead of this one is refused where an agent
+# keeps the latest by `ts` or a window of time: one such message would hide every later genuine
+# one (or empty the window) for as long as it is ahead.
+FUTURE_TOLERANCE_NS = 60 * 10**9
+
+
+def is_ahead(ts: int) -> bool:
+    """Whether `ts` is more than FUTURE_TOLERANCE_NS ahead of this clock."""
+    return ts > now_ns() + FUTURE_TOLERANCE_NS
+
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -280,6 +290,15 @@ class Bus:
             self._acks_nc = None
             raise
         return prefix, waiting
+
+    async def refused_as_ahead(self, ts: int, subject: str, payload: bytes) -> bool:
+        """Whether `ts` is more than FUTURE_TOLERANCE_NS ahead of this clock: then the message
+        is refused, on errors.<service>."""
+        if not is_ahead(ts):
+            return False
+        await self.report_error(subject, f"ts {ts} is more than {FUTURE_TOLERANCE_NS // 10**9} s ahead of "
+                                         "this clock: refused", payload)
+        return True
 
     async def report_error(self, subject: str, reason: str, payload: bytes) -> None:
         log.warning("rejected input on %s: %s", subject, reason)

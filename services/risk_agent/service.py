@@ -131,7 +131,9 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
     try:
         serve_metrics(cfg.metrics_port)
 
-        async def on_account(account: AccountState, _msg: Any) -> None:
+        async def on_account(account: AccountState, msg: Any) -> None:
+            if window and await bus.refused_as_ahead(account.ts, msg.subject, msg.data):
+                return  # it would empty the window of every earlier equity (PnLWindow)
             pnl = window.update(account) if window else day_pnl(account)
             new = latch.update(check_account(account, pnl, cfg))
             if not new:

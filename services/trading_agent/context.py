@@ -36,7 +36,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from services.contract import subjects as S
-from services.common.bus import ApiError, Bus, flush, validation_summary
+from services.common.bus import ApiError, Bus, flush, is_ahead, validation_summary
 from services.common import caps
 from services.common.caps import admit_symbol
 from services.contract.models import (
@@ -49,7 +49,6 @@ from services.contract.models import (
     Tick,
     Verdict,
     encode,
-    now_ns,
 )
 from services.common.streams import KV_BUCKET, KV_SENTIMENT_BUCKET
 from services.contract.wire import checker, decoder
@@ -61,10 +60,6 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 HISTORY_LIMIT = 5000  # the most bars one md.api.history request may ask for (HistoryRequest.limit)
 ARRIVAL_TIMEOUT_S = 0.25  # how long a decision waits for its bar to come through the BarWindow
-# Clocks differ a little; a verdict, account, sentiment or consensus dated further ahead of this
-# one is refused: the live caches keep the latest by `ts`, so it would hide every later genuine
-# one for good (and a consensus or sentiment would count as 0 s old, fresh, until then).
-FUTURE_TOLERANCE_NS = 60 * 10**9
 
 
 def merge_bars(history: list[Bar], bar: Bar | None, limit: int, max_gap_ns: int | None = None) -> list[Bar]:
@@ -480,13 +475,10 @@ class ContextSource:
         await flush(self.bus.client)
 
     async def _ahead(self, ts: int, subject: str, data: bytes) -> bool:
-        """Whether `ts` is more than FUTURE_TOLERANCE_NS ahead of this clock: then the message
-        is refused, on errors.<service>."""
-        if ts <= now_ns() + FUTURE_TOLERANCE_NS:
-            return False
-        await self.bus.report_error(subject, f"ts {ts} is more than {FUTURE_TOLERANCE_NS // 10**9} s ahead of "
-                                             "this clock: refused", data)
-        return True
+        """A verdict, account, sentiment or consensus dated far ahead (Bus.refused_as_ahead): the
+        live caches keep the latest by `ts`, so it would hide every later genuine one (and a
+        consensus or sentiment would count as 0 s old, fresh, until then)."""
+        return is_ahead(ts) and await self.bus.refused_as_ahead(ts, subject, data)
 
     async def on_consensus(self, c: Consensus, msg: Msg | None = None) -> None:
         """The swarm's consensus (agent.swarm.<symbol>, or an agent.api.swarm.ask reply): the latest
