@@ -8,11 +8,13 @@ import asyncio
 import json
 import math
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import nats.errors
 
 import pytest
 
@@ -22,7 +24,7 @@ from services.common.streams import KV_SENTIMENT_BUCKET
 from services.sentiment_agent import service
 from services.sentiment_agent.aggregate import DecayingSentiment
 from services.sentiment_agent.config import SentimentConfig, keywords_for
-from services.sentiment_agent.feeds import FeedError, FeedPoller, parse_feed
+from services.sentiment_agent.feeds import MAX_FEED_BYTES, FeedError, FeedPoller, parse_feed
 from services.sentiment_agent.headlines import Headline, load_headlines
 from services.sentiment_agent.lexicon import raw_score, score, tokens
 from services.sentiment_agent.scoring import LexiconScorer, LLMScorer
@@ -202,7 +204,8 @@ KEYWORDS = keywords_for(SentimentConfig(), ["BTC-USD", "ETH-USD", "SOL-USDC"])
 
 class FeedServer:
     """A local HTTP server: /crypto.rss and /crypto.atom (the files, editable per test),
-    /broken (HTTP 500), /garbage (not a feed)."""
+    /broken (HTTP 500), /garbage (not a feed), /trickle (a byte every 0.1 s, for 10 s),
+    /huge (more than MAX_FEED_BYTES)."""
 
     def __init__(self) -> None:
         self.files = {"/crypto.rss": (FEEDS / "crypto.rss").read_bytes(),
@@ -214,6 +217,9 @@ class FeedServer:
             def do_GET(self) -> None:  # noqa: N802
                 server.requests.append(self.path)
                 types = {"/crypto.rss": "application/rss+xml", "/crypto.atom": "application/atom+xml"}
+                if self.path in ("/trickle", "/huge"):
+                    self.hostile()
+                    return
                 if self.path in server.files:
                     body, status, ctype = server.files[self.path], 200, types[self.path]
                 elif self.path == "/garbage":
@@ -225,6 +231,22 @@ class FeedServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def hostile(self) -> None:
+                trickle = self.path == "/trickle"
+                size = 100 if trickle else MAX_FEED_BYTES + 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/rss+xml")
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                try:
+                    for _ in range(size if trickle else size // 65536 + 1):
+                        self.wfile.write(b"<" if trickle else b" " * 65536)
+                        self.wfile.flush()
+                        if trickle:
+                            time.sleep(0.1)
+                except OSError:  # the poller hung up
+                    pass
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -289,6 +311,13 @@ async def test_poller_errors_are_feed_errors(feed_server: FeedServer) -> None:
             await FeedPoller(f"{feed_server.url}/broken", KEYWORDS, 5.0, client).poll()
         with pytest.raises(FeedError, match="not an RSS or Atom feed"):
             await FeedPoller(f"{feed_server.url}/garbage", KEYWORDS, 5.0, client).poll()
+        # httpx's timeout is per read: a byte every 0.1 s never trips it; the poll's own does.
+        started = time.monotonic()
+        with pytest.raises(FeedError, match="no whole answer within 1 s"):
+            await FeedPoller(f"{feed_server.url}/trickle", KEYWORDS, 1.0, client).poll()
+        assert time.monotonic() - started < 3
+        with pytest.raises(FeedError, match=f"larger than {MAX_FEED_BYTES} bytes"):
+            await FeedPoller(f"{feed_server.url}/huge", KEYWORDS, 5.0, client).poll()
 
 
 async def test_feeds_are_scored_published_and_a_broken_feed_is_reported(
@@ -311,6 +340,50 @@ async def test_feeds_are_scored_published_and_a_broken_feed_is_reported(
     assert messages[0].score > 0 and messages[1].score < 0  # rallies / hacked
     assert all(m.sources == [f"feed:{feed_server.url.removeprefix('http://')}"] for m in messages)
     assert error["subject"].endswith("/broken") and "500" in error["reason"]
+
+
+class RefusingBus:
+    """What a Bus does when the server has been gone for long: its buffer is full and every
+    publish raises (nats-py's OutboundBufferLimitError); errors are noted."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    async def publish(self, subject: str, message: object) -> None:
+        raise nats.errors.OutboundBufferLimitError
+
+    async def report_error(self, subject: str, reason: str, payload: bytes) -> None:
+        self.errors.append(reason)
+
+
+async def test_a_source_keeps_going_through_a_bus_outage_and_an_unexpected_error() -> None:
+    """The replay and poll tasks run for the agent's life: a publish that raises, or a poll that
+    fails other than as a bad feed, is noted and the source goes on (it used to end the task,
+    silently, with the process still answering pings)."""
+    bus = RefusingBus()
+    agent = service.SentimentService(bus, SentimentTracker(LexiconScorer(), 3600.0), None, time.time)  # type: ignore[arg-type]
+    await agent.handle(Headline(title="Bitcoin rallies", symbols=["BTC-USD"]), "test")  # no raise
+
+    class FlakyPoller:
+        url, source, polls = "http://feed.invalid/x", "feed:x", 0
+
+        async def poll(self) -> list[Headline]:
+            self.polls += 1
+            if self.polls == 1:
+                raise RuntimeError("a parser bug")
+            return [Headline(title="Ethereum hacked", symbols=["ETH-USD"])]
+
+    poller = FlakyPoller()
+    task = asyncio.create_task(agent.poll(poller, 0.01))  # type: ignore[arg-type]
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if poller.polls >= 3:
+                break
+        assert poller.polls >= 3 and not task.done()
+    finally:
+        task.cancel()
+    assert bus.errors == ["polling failed: RuntimeError('a parser bug')"], bus.errors
 
 
 async def test_a_long_source_or_model_name_is_cut_to_the_contract_not_refused() -> None:

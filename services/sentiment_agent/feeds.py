@@ -1,5 +1,6 @@
-"""RSS and Atom feeds by URL: fetched with httpx (async, a timeout each), parsed with
-feedparser, mapped to symbols by keywords, each entry reported once.
+"""RSS and Atom feeds by URL: fetched with httpx (the whole answer within the timeout, at
+most MAX_FEED_BYTES of it), parsed with feedparser, mapped to symbols by keywords, each entry
+reported once.
 
 An entry is tied to every symbol one of whose keywords is a word of its title or summary
 ("Bitcoin ETF inflows" -> BTC-USD). Entries about no known symbol are skipped. An entry is
@@ -23,6 +24,9 @@ from .headlines import Headline
 from .lexicon import tokens
 
 SEEN_LIMIT = 5000
+# A feed is a few hundred KB at most; a server sending more (or sending for ever) is refused
+# rather than held in memory.
+MAX_FEED_BYTES = 5 * 2**20
 _tag = re.compile(r"<[^>]+>")
 
 
@@ -71,11 +75,14 @@ class FeedPoller:
 
     async def poll(self) -> list[Headline]:
         try:
-            response = await self.client.get(self.url, timeout=self.timeout_s, follow_redirects=True)
-            response.raise_for_status()
+            # httpx's timeout is per read: a server trickling bytes would hold the poll for ever.
+            async with asyncio.timeout(self.timeout_s):
+                content = await self._fetch()
+        except TimeoutError:
+            raise FeedError(f"{self.url}: no whole answer within {self.timeout_s:g} s") from None
         except httpx.HTTPError as e:
             raise FeedError(f"{self.url}: {type(e).__name__}: {e}") from None
-        items = await asyncio.to_thread(parse_feed, response.content, self.keywords)
+        items = await asyncio.to_thread(parse_feed, content, self.keywords)
         new = []
         for item in items:
             if item.key in self._seen:
@@ -85,3 +92,13 @@ class FeedPoller:
         while len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
         return new
+
+    async def _fetch(self) -> bytes:
+        async with self.client.stream("GET", self.url, timeout=self.timeout_s, follow_redirects=True) as response:
+            response.raise_for_status()
+            body = bytearray()
+            async for chunk in response.aiter_bytes():  # (decompressed: a small gzip bomb is counted whole)
+                body += chunk
+                if len(body) > MAX_FEED_BYTES:
+                    raise FeedError(f"{self.url}: larger than {MAX_FEED_BYTES} bytes: refused")
+            return bytes(body)

@@ -87,7 +87,10 @@ class SentimentService:
             await self.bus.report_error(source[:256], f"scoring failed: {e!r}", item.title.encode())
             return
         for sentiment in sentiments:
-            await self.bus.publish(S.sentiment(sentiment.symbol), sentiment)
+            try:
+                await self.bus.publish(S.sentiment(sentiment.symbol), sentiment)
+            except Exception as e:  # the bus down for long (its buffer full): the next one goes
+                log.warning("%s not published: %r", sentiment.symbol, e)
             if self.kv is None:
                 continue
             try:
@@ -112,6 +115,10 @@ class SentimentService:
             except FeedError as e:
                 metrics.FEED_ERRORS.labels(poller.source).inc()
                 await self.bus.report_error(poller.url[:256], f"feed unusable: {e}", b"")
+            except Exception as e:  # anything else must not end the source's task for good
+                metrics.FEED_ERRORS.labels(poller.source).inc()
+                log.exception("polling %s failed", poller.url)
+                await self.bus.report_error(poller.url[:256], f"polling failed: {e!r}", b"")
             await asyncio.sleep(every_s)
 
 
