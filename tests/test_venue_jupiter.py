@@ -194,6 +194,8 @@ BINARY_ENV = {
     "MOONBUS__EXECUTION__LIVE__JUP__POLL_MS": "50",
     "MOONBUS__EXECUTION__LIVE__JUP__RESEND_MS": "150",
     "MOONBUS__EXECUTION__LIVE__JUP__TIMEOUT_MS": "1000",
+    # Only a swap found again after a restart expires by time (its last valid height is lost).
+    "MOONBUS__EXECUTION__LIVE__JUP__BLOCKHASH_LIFE_SECS": "3",
 }
 TERMINAL = {"FILLED", "REJECTED", "CANCELLED", "EXPIRED", "FAILED"}
 
@@ -266,12 +268,19 @@ class Operator:
 
     async def order(self, side: str, quantity: str, symbol: str = "SOL-USDC", **extra: str) -> dict:
         """Sends one order to venue `jup` and waits for its terminal report."""
+        cid = await self.submit(side, quantity, symbol, **extra)
+        return await self.terminal(cid)
+
+    async def submit(self, side: str, quantity: str, symbol: str = "SOL-USDC", **extra: str) -> str:
         self.sent += 1
         cid = f"jup-{self.sent}"
         body = {"client_order_id": cid, "agent": "operator", "symbol": symbol, "venue": "jup", "side": side,
                 "type": "MARKET", "quantity": quantity, "origin_ts": 1, "ts": 1, **extra}
         await self.js.publish(f"orders.submit.operator.{symbol}", json.dumps(body).encode(),
                               headers={"Nats-Msg-Id": cid})
+        return cid
+
+    async def terminal(self, cid: str) -> dict:
         await self.until(lambda: any(r["status"] in TERMINAL for r in self.reports[cid]), f"{cid} terminal")
         return next(r for r in self.reports[cid] if r["status"] in TERMINAL)
 
@@ -393,6 +402,48 @@ async def test_binary_expiry_failures_and_rules(live, operator: Operator) -> Non
     chain.no_route = True
     no_route = await operator.order("SELL", "0.1")
     assert no_route["status"] == "REJECTED" and "COULD_NOT_FIND_ANY_ROUTE" in no_route["reason"], no_route
+
+
+@pytest.mark.e2e
+async def test_binary_restart_mid_swap_finds_the_swap_by_its_signature(live, operator: Operator) -> None:
+    system, chain, kp = live
+    owner = str(kp.pubkey())
+
+    async def signed_and_stored(cid: str) -> str:
+        """The swap is sent but lands nowhere (every send lost); its signature is stored on an
+        ACCEPTED report (a swap is known by its signature only); execution is then killed."""
+        await operator.until(lambda: any(r.get("venue_order_id") for r in operator.reports[cid]), f"{cid}'s signature")
+        signature = next(r["venue_order_id"] for r in operator.reports[cid] if r.get("venue_order_id"))
+        assert [r["status"] for r in operator.reports[cid]] == ["ACCEPTED", "ACCEPTED"], operator.reports[cid]
+        assert {s for s, _ in chain.sends} >= {signature}
+        system.kill("execution")
+        return signature
+
+    # It landed while execution was down (an earlier send went through after all): the
+    # restarted execution finds it by the stored signature and books the fill, once.
+    chain.drop_sends = 10_000
+    swaps = len(chain.swap_requests)
+    landed = await operator.submit("BUY", "0.2")
+    signature = await signed_and_stored(landed)
+    chain.drop_sends = 0
+    swap = next(s for s in chain.swaps.values() if s.landed_slot is None and s.user == owner)
+    chain.land(swap, signature)
+    system.restart("execution")
+    filled = await operator.terminal(landed)
+    assert filled["status"] == "FILLED" and Decimal(filled["filled_quantity"]) == Decimal("0.2"), operator.reports[landed]
+    assert filled["venue_order_id"] == signature
+    assert len(chain.swap_requests) == swaps + 1 and len(chain.landed()) == 1
+
+    # It never lands: EXPIRED once a blockhash's life has passed since the signature was
+    # stored (not REJECTED as never received: it was, and could have landed).
+    chain.drop_sends = 10_000
+    lost = await operator.submit("BUY", "0.1")
+    await signed_and_stored(lost)
+    system.restart("execution")
+    expired = await operator.terminal(lost)
+    assert expired["status"] == "EXPIRED" and "found again after a restart" in expired["reason"], expired
+    assert len(chain.landed()) == 1
+    chain.drop_sends = 0
 
 
 @pytest.mark.e2e

@@ -22,6 +22,7 @@ pub fn for_order(
     ExecutionReport {
         client_order_id: Some(order.client_order_id.clone()),
         order_id: order_id.map(str::to_owned),
+        venue_order_id: None,
         agent: Some(order.agent.clone()),
         symbol: Some(order.symbol.clone()),
         venue: Some(order.venue.clone()),
@@ -138,6 +139,7 @@ pub fn invalid(
     ExecutionReport {
         client_order_id,
         order_id: None,
+        venue_order_id: None,
         agent: None,
         symbol,
         venue: None,
@@ -182,7 +184,12 @@ pub fn slippage_bps(side: Side, fill: PositiveMoney, decision: PositiveMoney) ->
 /// progress reports (algo.rs) add their progress: children sent, filled, the working
 /// one, and whether it is stopping.
 pub fn message_id(key: &str, report: &ExecutionReport) -> String {
-    let id = format!("{key}:{}:{}", report.status, report.filled_quantity);
+    let mut id = format!("{key}:{}:{}", report.status, report.filled_quantity);
+    // The ACCEPTED that tells the venue's id (live/router.rs `progress`) is not the
+    // written-ahead ACCEPTED again.
+    if let (OrderStatus::Accepted, Some(venue_id)) = (report.status, &report.venue_order_id) {
+        id = format!("{id}:{venue_id}");
+    }
     match &report.algo {
         None => id,
         Some(progress) => format!(

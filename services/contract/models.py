@@ -965,7 +965,9 @@ class ExecutionReport(Tolerant):
     )
 
     client_order_id: ClientOrderId | None = None
-    order_id: str | None = None
+    order_id: str | None = None  # execution's: <venue>-<ORDERS sequence>
+    # a live order's id at the venue once it has one (a Solana signature, a Binance orderId)
+    venue_order_id: str | None = None
     agent: AgentName | None = None
     symbol: Symbol | None = None
     venue: Venue | None = None

@@ -392,9 +392,13 @@ pub struct ExecutionReport {
     /// The agent's id of the order; none when it cannot be trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<ClientOrderId>,
-    /// The venue's id of the order.
+    /// Execution's id of the order (`<venue>-<ORDERS sequence>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
+    /// The venue's own id of a live order, once the venue has one (a Solana transaction
+    /// signature, a Binance orderId): a restarted execution finds the order by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venue_order_id: Option<String>,
     /// The agent that sent the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentName>,

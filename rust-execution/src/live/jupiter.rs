@@ -77,6 +77,9 @@ fn default_resend_ms() -> u64 {
 fn default_unknown_deadline_secs() -> u64 {
     120
 }
+fn default_blockhash_life_secs() -> u64 {
+    180
+}
 fn default_true() -> bool {
     true
 }
@@ -124,6 +127,12 @@ pub struct Settings {
     pub resend_ms: u64,
     #[serde(default = "default_unknown_deadline_secs")]
     pub unknown_deadline_secs: u64,
+    /// A swap found again after a restart (by its signature, from the stored reports) has
+    /// lost its blockhash's last valid height: it counts as expired once it has not landed
+    /// this long after its signature was stored. A blockhash lives 150 blocks, about a
+    /// minute; the default leaves room for slow blocks.
+    #[serde(default = "default_blockhash_life_secs")]
+    pub blockhash_life_secs: u64,
 }
 
 /// One tradable pair.
@@ -568,8 +577,12 @@ struct Sent {
     side: Side,
     quantity: Decimal,
     signature: String,
+    /// The signed bytes, sent again until it lands; empty once ended or after a restart.
     tx_base64: String,
-    last_valid_block_height: u64,
+    /// The blockhash's last valid block height; `None` for a swap found again after a
+    /// restart, which expires by time instead (`blockhash_life_secs` after `since_ns`).
+    last_valid_block_height: Option<u64>,
+    since_ns: u64,
     terminal: Option<VenueOrder>,
 }
 
@@ -1094,7 +1107,8 @@ impl Jupiter {
             quantity,
             signature: signature.clone(),
             tx_base64: tx_base64.clone(),
-            last_valid_block_height: last_valid,
+            last_valid_block_height: Some(last_valid),
+            since_ns: now_ns(),
             terminal: None,
         };
         let snapshot = self.order_snapshot(cid, &sent);
@@ -1187,7 +1201,9 @@ impl Jupiter {
 
     async fn resend(&self, cid: &str) {
         let tx = match lock(&self.inner.orders).get(cid) {
-            Some(Slot::Sent(sent)) if sent.terminal.is_none() => sent.tx_base64.clone(),
+            Some(Slot::Sent(sent)) if sent.terminal.is_none() && !sent.tx_base64.is_empty() => {
+                sent.tx_base64.clone()
+            }
             _ => return,
         };
         let params = json!([tx, {"encoding": "base64", "skipPreflight": true, "maxRetries": 0}]);
@@ -1210,25 +1226,38 @@ impl Jupiter {
         let status = match status {
             Some(s) => s,
             None => {
-                let height = self
-                    .rpc("getBlockHeight", json!([{"commitment": "finalized"}]))
-                    .await?
-                    .as_u64()
-                    .ok_or_else(|| VenueError::Transient("getBlockHeight: not a number".into()))?;
-                if height <= sent.last_valid_block_height {
-                    return Ok(Check::Pending);
-                }
-                // Past the blockhash's life at finalized height: one last look, since it
-                // may have landed between the two calls.
+                let why = match sent.last_valid_block_height {
+                    Some(last_valid) => {
+                        let height = self
+                            .rpc("getBlockHeight", json!([{"commitment": "finalized"}]))
+                            .await?
+                            .as_u64()
+                            .ok_or_else(|| {
+                                VenueError::Transient("getBlockHeight: not a number".into())
+                            })?;
+                        if height <= last_valid {
+                            return Ok(Check::Pending);
+                        }
+                        format!("blockhash_expired: not landed by block height {last_valid} (now {height})")
+                    }
+                    None => {
+                        let life = self.inner.settings.blockhash_life_secs;
+                        if now_ns().saturating_sub(sent.since_ns)
+                            <= life.saturating_mul(1_000_000_000)
+                        {
+                            return Ok(Check::Pending);
+                        }
+                        format!("blockhash_expired: not landed within {life} s of its signature being stored (found again after a restart)")
+                    }
+                };
+                // Past the blockhash's life: one last look, since it may have landed
+                // between the two calls.
                 match self.status(&sent.signature).await? {
                     Some(s) => s,
                     None => {
                         let order = VenueOrder {
                             status: VenueStatus::Expired,
-                            reason: Some(format!(
-                                "blockhash_expired: not landed by block height {} (now {height})",
-                                sent.last_valid_block_height
-                            )),
+                            reason: Some(why),
                             ..self.order_snapshot(cid, &sent)
                         };
                         return Ok(Check::Terminal(self.finish(cid, order)));
@@ -1690,6 +1719,36 @@ impl Exchange for Jupiter {
 
     fn unknown_deadline(&self) -> Duration {
         Duration::from_secs(self.inner.settings.unknown_deadline_secs)
+    }
+
+    /// A swap is known by its signature only.
+    fn finds_orders_by_client_id(&self) -> bool {
+        false
+    }
+
+    /// The swap's signature was stored before the restart: watch it again. Sent or not
+    /// (a crash between storing and sending), it lands or expires; its bytes are gone, so
+    /// it is not sent again.
+    fn restore(&self, order: &Routed, venue_order_id: &str, since_ns: u64) {
+        let cid = order.order.client_order_id.as_str().to_string();
+        let Some(market) = self.inner.markets.get(&order.order.symbol).cloned() else {
+            tracing::warn!(client_order_id = %cid, "restored swap of a symbol no longer configured: not watched");
+            return;
+        };
+        let sent = Sent {
+            symbol: order.order.symbol.clone(),
+            market,
+            side: order.order.side,
+            quantity: order.order.quantity.get(),
+            signature: venue_order_id.to_string(),
+            tx_base64: String::new(),
+            last_valid_block_height: None,
+            since_ns,
+            terminal: None,
+        };
+        tracing::info!(venue = %self.inner.name, client_order_id = %cid, signature = venue_order_id, "watching a swap again after a restart");
+        lock(&self.inner.orders).insert(cid.clone(), Slot::Sent(Box::new(sent)));
+        self.spawn_watcher(&cid);
     }
 
     fn forget(&self, client_order_id: &str) {

@@ -269,5 +269,16 @@ pub trait Exchange: Clone + Send + Sync + 'static {
     /// the adapter kept for it (its fees so far, id mappings), so a long run does not keep
     /// every order it ever sent. A later event about it is ignored, as the router's is.
     fn forget(&self, client_order_id: &str);
+
+    /// Whether `query` finds an order by our client order id alone (Binance, Hyperliquid).
+    /// A venue that cannot (a Solana swap is known by its signature only) has the router
+    /// store the venue's id as soon as it is known, and gets it back with [`Exchange::restore`].
+    fn finds_orders_by_client_id(&self) -> bool {
+        true
+    }
+
+    /// After a restart: a working order whose stored reports carry the venue's id
+    /// (`venue_order_id`, first stored at `since_ns`), so that `query` can find it again.
+    fn restore(&self, _order: &Routed, _venue_order_id: &str, _since_ns: u64) {}
 }
 pub mod router;

@@ -89,6 +89,15 @@ macro_rules! live_venues {
             pub fn forget(&self, client_order_id: &str) {
                 match *self { $(Live::$variant(ref v) => v.forget(client_order_id),)* }
             }
+
+            pub fn finds_orders_by_client_id(&self) -> bool {
+                match *self { $(Live::$variant(ref v) => v.finds_orders_by_client_id(),)* }
+            }
+
+            pub fn restore(&self, order: &Routed, venue_order_id: &str, since_ns: u64) {
+                let _ = (order, venue_order_id, since_ns);
+                match *self { $(Live::$variant(ref v) => v.restore(order, venue_order_id, since_ns),)* }
+            }
         }
     };
 }
@@ -117,11 +126,13 @@ pub struct LiveVenueConfig {
 }
 
 /// What has been reported of a live order: cumulative, like the venue's figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
     pub filled: Decimal,
     pub notional: Decimal,
     pub fee: Decimal,
+    /// The venue's own id of the order, once a stored report carries it.
+    pub venue_order_id: Option<String>,
 }
 
 impl Progress {
@@ -137,6 +148,7 @@ impl Progress {
             filled,
             notional,
             fee: *report.fee,
+            venue_order_id: report.venue_order_id.clone(),
         }
     }
 }
@@ -155,10 +167,16 @@ pub type LiveEvent = (VenueName, VenueEvent);
 /// The reports that take a live order from what was reported (`before`) to the venue's
 /// `state`; `None` when there is nothing new. Errors: a state that cannot be ours (less
 /// filled than reported, more than ordered, a negative or unrepresentable figure).
+///
+/// Every report carries the venue's id of the order once the venue gave one. With
+/// `tell_venue_id` (a venue that cannot find an order by our id: a Solana swap is known
+/// by its signature only), the id's first sight is news of its own, an ACCEPTED that
+/// carries it, so that a restarted execution can still ask after the order.
 pub fn progress(
     routed: &Routed,
     before: &Progress,
     state: &VenueOrder,
+    tell_venue_id: bool,
 ) -> Result<Option<(Vec<ExecutionReport>, Progress, bool)>, String> {
     let ordered = *routed.order.quantity;
     if state.filled < before.filled {
@@ -174,7 +192,14 @@ pub fn progress(
         ));
     }
     let mut reports = Vec::new();
-    let mut after = *before;
+    let venue_order_id = before
+        .venue_order_id
+        .clone()
+        .or_else(|| state.venue_order_id.clone());
+    let mut after = Progress {
+        venue_order_id: venue_order_id.clone(),
+        ..before.clone()
+    };
     let done = !matches!(state.status, VenueStatus::Open) || state.filled == ordered;
     if state.filled > before.filled {
         let quantity = state.filled - before.filled;
@@ -215,6 +240,7 @@ pub fn progress(
             filled: state.filled,
             notional: state.filled_notional,
             fee: before.fee.max(state.fee),
+            venue_order_id: venue_order_id.clone(),
         };
     }
     if done && state.filled < ordered {
@@ -242,8 +268,23 @@ pub fn progress(
         }
         reports.push(report);
     }
+    if reports.is_empty() && tell_venue_id && before.venue_order_id.is_none() {
+        if let Some(venue_id) = &venue_order_id {
+            let mut report = reports::routed(routed, OrderStatus::Accepted, None);
+            report.filled_quantity =
+                NonNegativeMoney::new(before.filled).map_err(|e| format!("filled: {e}"))?;
+            if let Some(average) = before.notional.checked_div(before.filled) {
+                report.avg_fill_price = PositiveMoney::new(average).ok();
+            }
+            tracing::debug!(client_order_id = %routed.order.client_order_id, %venue_id, "the venue's id of the order");
+            reports.push(report);
+        }
+    }
     if reports.is_empty() {
         return Ok(None);
+    }
+    for report in &mut reports {
+        report.venue_order_id = venue_order_id.clone();
     }
     Ok(Some((reports, after, !done)))
 }
@@ -801,6 +842,9 @@ impl Router {
     pub fn restore_live(&mut self, routed: Routed, open: &ExecutionReport) {
         let id = routed.order.client_order_id.clone();
         if let Some(slot) = self.live.get_mut(&routed.order.venue) {
+            if let Some(venue_id) = &open.venue_order_id {
+                slot.exchange.restore(&routed, venue_id, open.ts);
+            }
             slot.working.insert(
                 id,
                 Working {
@@ -996,7 +1040,8 @@ impl Slot {
             return None;
         }
         working.unconfirmed_since = None;
-        match progress(&working.routed, &working.stored, &state) {
+        let tell_venue_id = !self.exchange.finds_orders_by_client_id();
+        match progress(&working.routed, &working.stored, &state, tell_venue_id) {
             Ok(None) => None,
             Ok(Some((reports, after, still_working))) => {
                 working.storing = Some((after, !still_working, state));
@@ -1134,7 +1179,7 @@ mod tests {
     fn part_fills_report_the_difference_and_the_cumulative_figures() {
         let order = routed("3");
         let first = state(VenueStatus::Open, "1", "99", "0.1");
-        let (reports, after, working) = progress(&order, &Progress::default(), &first)
+        let (reports, after, working) = progress(&order, &Progress::default(), &first, false)
             .unwrap()
             .unwrap();
         assert!(working);
@@ -1144,10 +1189,10 @@ mod tests {
         assert_eq!(*reports[0].last_fill_price.unwrap(), dec("99"));
         assert_eq!(*reports[0].fee, dec("0.1"));
         // The same state again (a duplicate event): nothing.
-        assert!(progress(&order, &after, &first).unwrap().is_none());
+        assert!(progress(&order, &after, &first, false).unwrap().is_none());
         // The rest at 102: the new part at 102, average over all, only the new fee.
         let done = state(VenueStatus::Filled, "3", "303", "0.4");
-        let (reports, after, working) = progress(&order, &after, &done).unwrap().unwrap();
+        let (reports, after, working) = progress(&order, &after, &done, false).unwrap().unwrap();
         assert!(!working);
         assert_eq!(reports[0].status, OrderStatus::Filled);
         assert_eq!(*reports[0].last_fill_quantity.unwrap(), dec("2"));
@@ -1159,13 +1204,49 @@ mod tests {
     }
 
     #[test]
+    fn the_venues_id_is_told_once_where_only_it_finds_the_order_and_carried_after() {
+        let order = routed("3");
+        let sent = VenueOrder {
+            venue_order_id: Some("5sig".into()),
+            ..state(VenueStatus::Open, "0", "0", "0")
+        };
+        // A venue that finds orders by our id: nothing new to report.
+        assert!(progress(&order, &Progress::default(), &sent, false)
+            .unwrap()
+            .is_none());
+        // One that cannot: an ACCEPTED that carries the id, stored with it (a distinct
+        // EXEC message id from the written-ahead ACCEPTED's).
+        let (reports, after, working) = progress(&order, &Progress::default(), &sent, true)
+            .unwrap()
+            .unwrap();
+        assert!(working);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].status, OrderStatus::Accepted);
+        assert_eq!(reports[0].venue_order_id.as_deref(), Some("5sig"));
+        let written_ahead = reports::routed(&order, OrderStatus::Accepted, None);
+        assert_ne!(
+            reports::message_id("c-1", &reports[0]),
+            reports::message_id("c-1", &written_ahead)
+        );
+        assert_eq!(after.venue_order_id.as_deref(), Some("5sig"));
+        assert_eq!(Progress::of_report(&reports[0]), after);
+        // Told once; the fill after carries it, though the venue's state does not.
+        assert!(progress(&order, &after, &sent, true).unwrap().is_none());
+        let filled = state(VenueStatus::Filled, "3", "300", "0.3");
+        let (reports, _, working) = progress(&order, &after, &filled, true).unwrap().unwrap();
+        assert!(!working);
+        assert_eq!(reports[0].status, OrderStatus::Filled);
+        assert_eq!(reports[0].venue_order_id.as_deref(), Some("5sig"));
+    }
+
+    #[test]
     fn a_cancel_after_a_part_fill_reports_the_fill_then_the_cancel() {
         let order = routed("3");
         let cancelled = VenueOrder {
             reason: Some("cancelled by operator".into()),
             ..state(VenueStatus::Cancelled, "1", "100", "0")
         };
-        let (reports, _, working) = progress(&order, &Progress::default(), &cancelled)
+        let (reports, _, working) = progress(&order, &Progress::default(), &cancelled, false)
             .unwrap()
             .unwrap();
         assert!(!working);
@@ -1183,7 +1264,7 @@ mod tests {
     fn a_rejection_without_fills_is_rejected_and_with_fills_expires_the_rest() {
         let order = routed("3");
         let rejected = state(VenueStatus::Rejected, "0", "0", "0");
-        let (reports, _, _) = progress(&order, &Progress::default(), &rejected)
+        let (reports, _, _) = progress(&order, &Progress::default(), &rejected, false)
             .unwrap()
             .unwrap();
         assert_eq!(reports[0].status, OrderStatus::Rejected);
@@ -1191,6 +1272,7 @@ mod tests {
             filled: dec("1"),
             notional: dec("100"),
             fee: Decimal::ZERO,
+            venue_order_id: None,
         };
         let (reports, _, _) = progress(
             &order,
@@ -1199,6 +1281,7 @@ mod tests {
                 status: VenueStatus::Rejected,
                 ..state(VenueStatus::Rejected, "1", "100", "0")
             },
+            false,
         )
         .unwrap()
         .unwrap();
@@ -1212,19 +1295,32 @@ mod tests {
             filled: dec("2"),
             notional: dec("200"),
             fee: Decimal::ZERO,
+            venue_order_id: None,
         };
-        assert!(
-            progress(&order, &before, &state(VenueStatus::Open, "1", "100", "0"))
-                .unwrap_err()
-                .starts_with("stale")
-        );
-        assert!(
-            progress(&order, &before, &state(VenueStatus::Open, "4", "400", "0"))
-                .unwrap_err()
-                .starts_with("overfill")
-        );
+        assert!(progress(
+            &order,
+            &before,
+            &state(VenueStatus::Open, "1", "100", "0"),
+            false
+        )
+        .unwrap_err()
+        .starts_with("stale"));
+        assert!(progress(
+            &order,
+            &before,
+            &state(VenueStatus::Open, "4", "400", "0"),
+            false
+        )
+        .unwrap_err()
+        .starts_with("overfill"));
         // More filled but no more notional: no price can be derived.
-        assert!(progress(&order, &before, &state(VenueStatus::Open, "3", "200", "0")).is_err());
+        assert!(progress(
+            &order,
+            &before,
+            &state(VenueStatus::Open, "3", "200", "0"),
+            false
+        )
+        .is_err());
     }
 
     #[test]
