@@ -373,6 +373,37 @@ async def test_a_burst_of_alerts_starts_at_most_max_alert_asks_one_per_symbol(
     assert asked == ["SWBA-USD", "SWBB-USD", "SWBC-USD"] and errors.empty()
 
 
+async def test_a_slow_ask_holds_up_no_other_asker(connect, running_service, monkeypatch) -> None:
+    """agent.api.swarm.ask waits for the slowest member (an LLM: up to llm_timeout_s): answered
+    one at a time, every other asker waited behind it (the trading agent gives up after its
+    own timeout). Up to max_concurrent_asks are answered at once; beyond, a request waits."""
+    release = asyncio.Event()
+
+    async def slow_for_one(self, request):  # noqa: ANN001, ANN202
+        if request.symbol.startswith("SWSLOW"):
+            await release.wait()
+        return await original(self, request)
+
+    original = service.Swarm.ask
+    monkeypatch.setattr(service.Swarm, "ask", slow_for_one)
+    operator = await connect("operator")
+    config = {"swarm_agent": {**CONFIG["swarm_agent"], "max_concurrent_asks": 2}}
+    async with running_service("swarm-agent", service.main, config, operator):
+        slow = asyncio.create_task(operator.request("agent.api.swarm.ask", b'{"symbol": "SWSLOWA-USD"}', timeout=10))
+        await asyncio.sleep(0.2)
+        quick = await operator.request("agent.api.swarm.ask", b'{"symbol": "SWSQ-USD"}', timeout=3)
+        assert decode(Consensus, quick.data).symbol == "SWSQ-USD" and not slow.done()
+        # Two slow ones fill the room: the next ask waits until one is answered.
+        slower = asyncio.create_task(operator.request("agent.api.swarm.ask", b'{"symbol": "SWSLOWB-USD"}', timeout=10))
+        await asyncio.sleep(0.2)
+        waiting = asyncio.create_task(operator.request("agent.api.swarm.ask", b'{"symbol": "SWSQ-USD"}', timeout=10))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        release.set()
+        answered = [decode(Consensus, (await t).data).symbol for t in (slow, slower, waiting)]
+    assert answered == ["SWSLOWA-USD", "SWSLOWB-USD", "SWSQ-USD"]
+
+
 async def test_past_the_symbol_cap_the_swarm_keeps_no_new_sentiment(connect, running_service, monkeypatch) -> None:
     """The swarm kept the latest sentiment of every symbol named on agent.sentiment.>, each as
     large as the server let it be: one stolen sentiment-agent credential publishing made-up

@@ -371,9 +371,14 @@ class Bus:
         self,
         description: str,
         endpoints: dict[str, tuple[type[BaseModel], Callable[[Any], Awaitable[BaseModel]]]],
+        concurrency: int = 1,
     ) -> Service:
         """Register on $SRV.* with one endpoint per subject; each handler takes the parsed
-        request and returns the reply model. The reply is always sent."""
+        request and returns the reply model. The reply is always sent.
+
+        An endpoint answers one request at a time (nats-py runs a subscription's callbacks
+        one after another), unless `concurrency` > 1: then up to that many at once, each in
+        a task; the next request waits for room (it stays queued in the client)."""
         self._micro = await add_service(
             self.client,
             ServiceConfig(name=self.service, version=self.version, description=description),
@@ -383,7 +388,7 @@ class Bus:
                 EndpointConfig(
                     name=subject.replace(".", "-"),
                     subject=subject,
-                    handler=self._endpoint(subject, request_model, handler),
+                    handler=self._concurrent(self._endpoint(subject, request_model, handler), concurrency),
                 )
             )
         return self._micro
@@ -408,6 +413,27 @@ class Bus:
                 await self._reply_error(req, "internal", repr(e), 500)
 
         return handle
+
+    @staticmethod
+    def _concurrent(handle: Callable[[Request], Awaitable[None]], limit: int) -> Callable[[Request], Awaitable[None]]:
+        if limit <= 1:
+            return handle
+        room = asyncio.Semaphore(limit)
+        running: set[asyncio.Task[None]] = set()
+
+        async def run(req: Request) -> None:
+            try:
+                await handle(req)  # (it answers every failure itself)
+            finally:
+                room.release()
+
+        async def start(req: Request) -> None:
+            await room.acquire()
+            task = asyncio.create_task(run(req))
+            running.add(task)  # (a task nobody holds may be collected before it ends)
+            task.add_done_callback(running.discard)
+
+        return start
 
     @staticmethod
     async def _reply_error(req: Request, code: str, message: str, status: int) -> None:

@@ -23,6 +23,9 @@ class SwarmConfig(Section):
     # Asks on alerts under way at once per replica, one per symbol: a burst of alerts (a crash
     # moving every symbol, or made-up alerts) must not start a model call per alert.
     max_alert_asks: Annotated[int, Field(ge=1, le=1000)] = 8
+    # agent.api.swarm.ask requests answered at once per replica: an ask waits for its slowest
+    # member (an LLM: up to llm_timeout_s), and one at a time made every other asker wait too.
+    max_concurrent_asks: Annotated[int, Field(ge=1, le=1000)] = 8
     history_interval: Annotated[str, Field(pattern=INTERVAL_PATTERN)] = "1s"
     history_limit: Annotated[int, Field(ge=2, le=5000)] = 30
     momentum_threshold_pct: Annotated[float, Field(gt=0)] = 0.05

@@ -149,6 +149,7 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
         await bus.serve(
             f"swarm of {len(swarm.models)} models, {cfg.method} consensus",
             {S.SWARM_ASK: (SwarmAskRequest, ask)},
+            concurrency=cfg.max_concurrent_asks,
         )
         log.info("swarm agent ready: %s", [m.name for m in swarm.models])
         await stop.wait()
