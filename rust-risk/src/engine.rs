@@ -266,6 +266,9 @@ impl Engine {
         self.applied.insert(order_id, key, clock);
         if is_terminal(report.status) {
             self.reservations.release(order_id.as_str());
+        } else {
+            // Execution has it (resting, or sent to a venue): no longer "maybe never sent".
+            self.reservations.pin(order_id.as_str());
         }
         self.open_orders.on_report(
             order_id.as_str(),
@@ -474,8 +477,10 @@ impl Engine {
         }
         self.heartbeat(now_ns);
         // A re-check of the same order (execution retrying) replaces the earlier one,
-        // so the order is neither counted twice nor against itself.
-        self.reservations.release(request.client_order_id.as_str());
+        // so the order is neither counted twice nor against itself. One execution has
+        // reported (pinned) stays pinned, and stays whatever the re-check says: the order
+        // is out there.
+        let earlier = self.reservations.take(request.client_order_id.as_str());
         let symbol = &request.symbol;
         let order = rules::Order {
             quantity: request.quantity.get(),
@@ -552,9 +557,13 @@ impl Engine {
                         agent: request.agent.clone(),
                         quantity: request.side.sign() * order.quantity,
                         price: approval.price,
-                        expires_ns: now_ns.saturating_add(
-                            self.settings.reservation_ttl_ms.saturating_mul(NS_PER_MS),
-                        ),
+                        expires_ns: if earlier.as_ref().is_some_and(Reservation::is_pinned) {
+                            u64::MAX
+                        } else {
+                            now_ns.saturating_add(
+                                self.settings.reservation_ttl_ms.saturating_mul(NS_PER_MS),
+                            )
+                        },
                     },
                 );
                 tracing::debug!(
@@ -568,6 +577,10 @@ impl Engine {
                     client_order_id = %request.client_order_id, %symbol, side = %request.side,
                     quantity = %order.quantity, code, %reason, "refused"
                 );
+                if let Some(earlier) = earlier.filter(Reservation::is_pinned) {
+                    self.reservations
+                        .reserve(request.client_order_id.as_str(), earlier);
+                }
                 (false, Some(code.to_string()), Some(reason))
             }
         };

@@ -1,6 +1,9 @@
 //! In-flight reservations: an approved order holds its share of the limits until its
 //! execution report is terminal or its time-to-live passes, so two orders that each
-//! fit but together do not cannot both be approved.
+//! fit but together do not cannot both be approved. The time-to-live is for an approved
+//! order that never reaches execution; once execution reports the order (ACCEPTED: a
+//! limit order resting, a live order sent) it holds its share until its terminal report
+//! ([`Reservations::pin`]): a resting order may fill any time.
 //!
 //! Sums saturate at the end of the decimal range instead of overflowing: a bigger
 //! figure in flight only makes the limits refuse sooner (the rules check their own
@@ -19,12 +22,18 @@ pub struct Reservation {
     pub quantity: Decimal,
     /// The price the order was checked at.
     pub price: Decimal,
+    /// `u64::MAX` once execution has reported the order (pinned).
     pub expires_ns: u64,
 }
 
 impl Reservation {
     pub fn notional(&self) -> Decimal {
         self.quantity.abs().saturating_mul(self.price)
+    }
+
+    /// Execution has reported the order: held until its terminal report.
+    pub fn is_pinned(&self) -> bool {
+        self.expires_ns == u64::MAX
     }
 }
 
@@ -72,6 +81,18 @@ impl Reservations {
                 };
             }
         }
+    }
+
+    /// Execution reported the order (not terminal): it holds its share until it ends.
+    pub fn pin(&mut self, client_order_id: &str) {
+        if let Some(r) = self.by_order.get_mut(client_order_id) {
+            r.expires_ns = u64::MAX;
+        }
+    }
+
+    /// Take the order's reservation out (a re-check replaces it).
+    pub fn take(&mut self, client_order_id: &str) -> Option<Reservation> {
+        self.by_order.remove(client_order_id)
     }
 
     /// The order is done (terminal report): nothing of it is in flight any more.

@@ -169,7 +169,7 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                         realized_pnl = %account.realized_pnl, "ready"
                     );
                     publisher.everything(&engine).await;
-                    snapshotter.write(&engine);
+                    snapshotter.write(&engine, false);
                 }
                 None => bail!("the EXEC feed stopped"),
             },
@@ -271,7 +271,8 @@ pub async fn run(base: Base, settings: Settings) -> Result<()> {
                 publisher.everything(&engine).await;
                 snapshotter.owed(&engine);
             }
-            _ = snapshotter.timer.tick() => snapshotter.write(&engine),
+            // Even without a new report: ticks and checks move state a restart needs.
+            _ = snapshotter.timer.tick() => snapshotter.write(&engine, true),
             _ = marks_timer.tick() => publisher.release_marks(&engine).await,
         }
     }
@@ -572,27 +573,28 @@ impl Snapshotter {
     fn applied(&mut self, sequence: u64, engine: &Engine) {
         self.covered = sequence;
         if self.every > 0 && self.covered.saturating_sub(self.requested) >= self.every {
-            self.write(engine);
+            self.write(engine, false);
         }
     }
 
     /// Called every heartbeat: a write that was due while another ran.
     fn owed(&mut self, engine: &Engine) {
         if self.owed {
-            self.write(engine);
+            self.write(engine, false);
         }
     }
 
-    /// Start writing the state now, unless nothing changed since the last snapshot or
-    /// the state is not (yet) whole; while a write is under way, once it is over.
-    fn write(&mut self, engine: &Engine) {
+    /// Start writing the state now, unless no report came since the last snapshot
+    /// (`always`: even then) or the state is not (yet) whole; while a write is under
+    /// way, once it is over.
+    fn write(&mut self, engine: &Engine, always: bool) {
         if let Some(task) = self.writing.take_if(|t| t.is_finished()) {
             if let Some(Ok(Ok(covered))) = task.now_or_never() {
                 self.stored = self.stored.max(covered);
             }
         }
         self.owed = self.writing.is_some();
-        if !engine.is_ready() || self.owed || self.covered == self.stored {
+        if !engine.is_ready() || self.owed || (self.covered == self.stored && !always) {
             return;
         }
         self.requested = self.covered;
@@ -623,17 +625,23 @@ impl Snapshotter {
         }));
     }
 
-    /// On a graceful stop: wait for a write under way, then store the final state.
+    /// On a graceful stop: wait for a write under way, then store the final state, even
+    /// when no report came since the last snapshot: ticks alone move circuit-breaker
+    /// halts, the equity peak and the day's start, and checks the reservations, which a
+    /// restart would otherwise not know.
     async fn finish(&mut self, engine: &Engine) {
-        for _ in 0..2 {
-            if let Some(task) = self.writing.take() {
-                match tokio::time::timeout(Duration::from_secs(10), task).await {
-                    Ok(Ok(Ok(covered))) => self.stored = self.stored.max(covered),
-                    Ok(_) => {}
-                    Err(_) => tracing::warn!("the state snapshot did not finish in time"),
-                }
+        self.wait().await;
+        self.write(engine, true);
+        self.wait().await;
+    }
+
+    async fn wait(&mut self) {
+        if let Some(task) = self.writing.take() {
+            match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(Ok(covered))) => self.stored = self.stored.max(covered),
+                Ok(_) => {}
+                Err(_) => tracing::warn!("the state snapshot did not finish in time"),
             }
-            self.write(engine);
         }
     }
 }

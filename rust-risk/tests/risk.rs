@@ -1267,6 +1267,24 @@ async fn a_graceful_stop_writes_a_snapshot() {
 }
 
 #[tokio::test]
+async fn a_graceful_stop_stores_the_state_though_no_report_came_since_the_last_snapshot() {
+    // Ticks alone move halts, the peak and the day's start, and checks the reservations:
+    // the snapshot at the stop was skipped when no report had come since the last one.
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    publish_report(&bus, body(&report("r-1", "BUY", "0.01", "97000", "0.97"))).await;
+    let mut risk = start_risk_env(&server, &snapshot_every("1"));
+    ready_positions(&bus.client).await;
+    let first = manifest_covering(&bus, "risk", 1).await;
+    assert!(risk.terminate().success());
+    let last = manifest_covering(&bus, "risk", 1).await;
+    assert!(
+        last["created_ts"].as_u64() > first["created_ts"].as_u64(),
+        "no snapshot at the stop: {first} then {last}"
+    );
+}
+
+#[tokio::test]
 async fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one() {
     let server = NatsServer::start();
     let bus = bus(&server).await;

@@ -216,6 +216,17 @@ impl Binance {
                 flavour.snapshot_limits
             );
         }
+        // Levels beyond the snapshot are learnt only when they change (Binance's "How to
+        // manage a local order book correctly"): a snapshot shallower than the published
+        // book would publish it with holes from the start.
+        if u64::from(config.snapshot_limit) < link.book_depth as u64 {
+            bail!(
+                "[market_data.{name}] snapshot_limit = {} is below book_depth = {}: the book \
+                 would be published without the levels the snapshot does not hold",
+                config.snapshot_limit,
+                link.book_depth
+            );
+        }
         let venue: Venue = name.parse()?;
         Ok(Self {
             flavour,
@@ -1414,6 +1425,19 @@ mod tests {
             ..BinanceConfig::default()
         };
         assert!(new(&BINANCE, "binance", &many).is_ok());
+        let shallow = BinanceConfig {
+            snapshot_limit: 5,
+            ..BinanceConfig::default()
+        };
+        let err = new(&ASTER, "aster", &shallow).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "[market_data.aster] snapshot_limit = 5 is below book_depth = {}: the book would be \
+                 published without the levels the snapshot does not hold",
+                link.book_depth
+            )
+        );
         let err = new(&ASTER, "aster", &many).unwrap_err().to_string();
         assert_eq!(
             err,

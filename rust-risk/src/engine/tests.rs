@@ -528,6 +528,62 @@ fn reservations_expire_after_their_ttl() {
 }
 
 #[test]
+fn a_resting_order_holds_its_reservation_past_the_ttl() {
+    let mut engine = ready_engine();
+    engine
+        .apply_report(&filled("f", "BUY", "40", "100"))
+        .unwrap();
+    engine.apply_tick(&tick("BTC-USD", "100"), T0);
+    approve(&mut engine, &limit_request("a", "BUY", "9", "99"), T0);
+    // Execution has it: a limit order resting at the venue (it may fill any time).
+    engine
+        .apply_report(&report("a", "BUY", "ACCEPTED", "0", None))
+        .unwrap();
+    let later = T0 + 60_000 * MS;
+    engine.apply_tick(&tick("BTC-USD", "100"), later);
+    assert_eq!(
+        code(&engine.check(&request("b", "BUY", "9"), later)),
+        "max_position_notional"
+    );
+    // A re-check of the resting order keeps it held (and does not count it twice).
+    approve(&mut engine, &limit_request("a", "BUY", "9", "99"), later);
+    let much_later = later + 60_000 * MS;
+    engine.apply_tick(&tick("BTC-USD", "100"), much_later);
+    assert_eq!(
+        code(&engine.check(&request("b", "BUY", "9"), much_later)),
+        "max_position_notional"
+    );
+    // Its end frees the room.
+    engine
+        .apply_report(&report("a", "BUY", "CANCELLED", "0", None))
+        .unwrap();
+    assert_eq!(
+        code(&engine.check(&request("b", "BUY", "9"), much_later)),
+        "approved"
+    );
+}
+
+#[test]
+fn a_resting_reduce_only_sell_is_not_counted_as_reducing_twice() {
+    let mut engine = ready_engine();
+    engine
+        .apply_report(&filled("f", "BUY", "10", "100"))
+        .unwrap();
+    engine.apply_tick(&tick("BTC-USD", "100"), T0);
+    let mut sell = limit_request("s1", "SELL", "10", "101");
+    sell.reduce_only = true;
+    approve(&mut engine, &sell, T0);
+    engine
+        .apply_report(&report("s1", "SELL", "ACCEPTED", "0", None))
+        .unwrap();
+    let later = T0 + 60_000 * MS;
+    engine.apply_tick(&tick("BTC-USD", "100"), later);
+    let mut again = limit_request("s2", "SELL", "10", "101");
+    again.reduce_only = true;
+    assert_ne!(code(&engine.check(&again, later)), "approved");
+}
+
+#[test]
 fn daily_loss_makes_the_account_reduce_only() {
     let mut engine = no_breaker_engine();
     engine.apply_tick(&tick("BTC-USD", "100"), T0);
