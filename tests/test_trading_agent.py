@@ -741,6 +741,44 @@ async def test_a_worker_decides_on_while_its_orders_await_the_stream(connect, se
         assert decode(OrderRequest, stored.data).side is Side.BUY
 
 
+async def test_a_stopping_replica_decides_the_bars_it_was_given(connect, service_bus) -> None:
+    """A replica stopped (SIGTERM) as a burst of bars reaches it: the server gave them to it
+    (its share of the queue group), so no other replica will; each is decided. stop() used to
+    unsubscribe, and nats-py discards what a subscription holds undelivered then (the compose
+    suite saw a bar of the window without a Signal)."""
+    operator, md = await connect("operator"), await connect("market-data")
+    market = await FakeMarket(md).start()
+    signals = await operator.collect("agent.signal.trading.*")
+
+    class Holds:
+        name, bars_needed, uses_sentiment = "holds", 1, False
+
+        async def decide(self, ctx: Context) -> Choice:
+            return choice(HOLD)
+
+    bus = await service_bus("trading-agent")
+    svc = service.TradingService(bus, TradingConfig(workers=2, history_timeout_s=0.5), Holds())
+    enqueue = svc.enqueue
+
+    async def slow_enqueue(event, b) -> None:  # noqa: ANN001 (the bars pile up in the subscription)
+        await asyncio.sleep(0.02)
+        await enqueue(event, b)
+
+    svc.enqueue = slow_enqueue  # type: ignore[method-assign]
+    await svc.start()
+    symbols = [f"TRDD{i}-USD" for i in range(40)]
+    try:
+        for symbol in symbols:
+            await market.publish(bar(symbol, "100", 0))
+        await flush(md)  # the server has every bar; the replica holds most of them unread
+        await asyncio.sleep(0.1)
+        await svc.stop(10)
+    finally:
+        await market.close()
+    got = sorted([(await next_signal(signals)).symbol for _ in symbols])
+    assert got == sorted(symbols)
+
+
 async def test_a_signal_the_bus_cannot_send_is_reported_on_errors(connect, service_bus) -> None:
     """Off the worker too (`_submit`), a decision whose Signal cannot be published is an
     event on errors.trading-agent, and the worker goes on to the next event."""

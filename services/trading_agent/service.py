@@ -278,13 +278,16 @@ class TradingService:
     async def stop(self, timeout: float) -> None:
         """Stop taking events, decide what is queued and send its orders (within `timeout`),
         stop the workers."""
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        for sub in self._subs:
+            # Drained, not unsubscribed: the events the server already gave this replica (its
+            # share of the queue group) are decided; unsubscribe() discarded them, and no other
+            # replica gets them again.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.drain(), max(0.0, deadline - loop.time()))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.queue.join(), timeout)
+            await asyncio.wait_for(self.queue.join(), max(0.0, deadline - loop.time()))
         if self._submitting:  # the decided orders' acks and Signals
             await asyncio.wait(self._submitting, timeout=max(0.0, deadline - loop.time()))
         for task in self._workers:
