@@ -252,9 +252,19 @@ impl Conn {
 struct HttpRequest {
     target: String,
     headers: HashMap<String, String>,
+    at: std::time::Instant,
 }
 
-type Responder = dyn Fn(usize, &HttpRequest) -> (u16, String) + Send + Sync;
+/// An answer: status, extra headers, body.
+struct Reply(u16, Vec<(&'static str, String)>, String);
+
+impl From<(u16, String)> for Reply {
+    fn from((status, body): (u16, String)) -> Self {
+        Reply(status, Vec::new(), body)
+    }
+}
+
+type Responder = dyn Fn(usize, &HttpRequest) -> Reply + Send + Sync;
 
 /// Answers each request with `respond(n, request)` (n counts from 1), one request
 /// a connection, and keeps every request.
@@ -264,14 +274,14 @@ struct HttpServer {
 }
 
 impl HttpServer {
-    async fn start(
-        respond: impl Fn(usize, &HttpRequest) -> (u16, String) + Send + Sync + 'static,
+    async fn start<R: Into<Reply>>(
+        respond: impl Fn(usize, &HttpRequest) -> R + Send + Sync + 'static,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let kept = requests.clone();
-        let respond: Arc<Responder> = Arc::new(respond);
+        let respond: Arc<Responder> = Arc::new(move |n, request| respond(n, request).into());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (kept, respond) = (kept.clone(), respond.clone());
@@ -312,15 +322,20 @@ async fn answer(
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
         .collect();
-    let request = HttpRequest { target, headers };
+    let request = HttpRequest {
+        target,
+        headers,
+        at: std::time::Instant::now(),
+    };
     let n = {
         let mut kept = kept.lock().unwrap();
         kept.push(request.clone());
         kept.len()
     };
-    let (status, body) = respond(n, &request);
+    let Reply(status, extra, body) = respond(n, &request);
+    let extra: String = extra.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let response = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
@@ -473,6 +488,86 @@ async fn binance_replays_the_diffs_behind_a_gap_after_the_resync_and_ignores_old
     assert_eq!(rest.requests().len(), 2, "no resync for an old diff");
     assert_eq!(counters.gaps.get(), gaps + 1);
     assert!(counters.duplicates.get() > duplicates);
+}
+
+/// A 429 or 418 stops every snapshot for its Retry-After, whatever the symbol's
+/// own retry delay (20 ms here): asking again during it is what turns Binance's 429
+/// into a ban.
+#[tokio::test]
+async fn binance_waits_out_a_rate_limit_before_the_next_snapshot() {
+    let rest = HttpServer::start(|n, _| match n {
+        1 => Reply(
+            418,
+            vec![("Retry-After", "2".into())],
+            r#"{"code":-1003,"msg":"Way too many requests; IP banned until 1700000000000."}"#
+                .into(),
+        ),
+        _ => Reply(200, Vec::new(), fixture("binance/depth_snapshot_160.json")),
+    })
+    .await;
+    let mut ws = WsServer::start(None).await;
+    let mut events = start(
+        FeedKind::Binance,
+        &format!(
+            "ws_url = \"{}\"\nrest_url = \"{}\"\nsymbols = [\"BNBBTC\"]\n",
+            ws.url, rest.url
+        ),
+    );
+    let mut conn = ws.accept().await;
+    conn.send(&lines("binance/depth_stream.jsonl")[1]).await;
+    assert_eq!(events.book().await.seq, 160);
+    let requests = rest.requests();
+    assert_eq!(requests.len(), 2);
+    let waited = requests[1].at - requests[0].at;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "asked again after {waited:?}"
+    );
+}
+
+/// A quiet connection is kept alive by the connector's own pings (Aster pings
+/// only every 5 minutes; a connection without a frame for dead_after_ms is dead).
+#[tokio::test]
+async fn aster_pings_a_quiet_connection_and_its_pongs_keep_it_alive() {
+    let rest = HttpServer::start(|_, _| (200, fixture("aster/depth_snapshot_1000.json"))).await;
+    let mut ws = WsServer::start(None).await;
+    let mut events = start(
+        FeedKind::Aster,
+        &format!(
+            "ws_url = \"{}\"\nrest_url = \"{}\"\nsymbols = [\"BTCUSDT\"]\nping_interval_ms = 100\ndead_after_ms = 400\nstale_after_ms = 200\n",
+            ws.url, rest.url
+        ),
+    );
+    let conn = ws.accept().await;
+    events.status(FeedState::Connected).await;
+    // The venue reads (and so answers every ping: tungstenite pongs on the next
+    // read) and sends nothing else for 1.2 s, three times dead_after_ms.
+    let pings = tokio::spawn(async move {
+        let mut conn = conn;
+        let mut pings = 0;
+        let end = tokio::time::Instant::now() + Duration::from_millis(1200);
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(end, conn.ws.next()).await {
+            if matches!(frame, Message::Ping(_)) {
+                pings += 1;
+            }
+        }
+        (pings, conn)
+    });
+    assert_eq!(
+        events.status(FeedState::Stale).await,
+        "no market data for 200 ms"
+    );
+    assert!(
+        timeout(Duration::from_millis(1000), ws.accept())
+            .await
+            .is_err(),
+        "the connector reconnected though the venue answered its pings"
+    );
+    let (pings, _conn) = pings.await.unwrap();
+    assert!(
+        pings >= 5,
+        "{pings} pings in 1.2 s at ping_interval_ms = 100"
+    );
 }
 
 #[tokio::test]
@@ -921,18 +1016,23 @@ async fn birdeye_polls_with_the_key_backs_off_on_errors_and_keeps_every_digit() 
 }
 
 #[tokio::test]
-async fn birdeye_takes_a_poll_round_whole_or_not_at_all() {
-    // Round 1: SOL is good, mSOL's value is negative: the round is rejected
-    // (reported, backed off) and moves no token's last value, so round 2, the same
-    // SOL value, still ticks for both.
-    let rest = HttpServer::start(|n, _| match n {
-        1 => (
+async fn birdeye_refuses_a_token_s_odd_price_and_takes_the_rest_of_the_round() {
+    // Round 1: SOL is good, mSOL's value is negative; round 2: mSOL's value needs
+    // more decimal places than a decimal holds. Each time mSOL is refused (reported,
+    // its last value unmoved) and SOL is taken: one odd token must not freeze the
+    // others. Round 3 (the fixture): mSOL ticks, SOL has not moved.
+    let rest = HttpServer::start(|n, _| {
+        let msol = match n {
+            1 => "-1",
+            2 => "1.2345678901234567e-13",
+            _ => return (200, fixture("birdeye/multi_price.json")),
+        };
+        (
             200,
             format!(
-                r#"{{"data":{{"{SOL}":{{"value":23.40138801321701,"updateUnixTime":1692181644}},"{MSOL}":{{"value":-1,"updateUnixTime":1692181652}}}},"success":true}}"#
+                r#"{{"data":{{"{SOL}":{{"value":23.40138801321701,"updateUnixTime":1692181644}},"{MSOL}":{{"value":{msol},"updateUnixTime":1692181652}}}},"success":true}}"#
             ),
-        ),
-        _ => (200, fixture("birdeye/multi_price.json")),
+        )
     })
     .await;
     let mut events = start(
@@ -942,31 +1042,33 @@ async fn birdeye_takes_a_poll_round_whole_or_not_at_all() {
             rest.url
         ),
     );
-    let rejected = events
-        .next("a rejected round", |e| {
-            matches!(e, FeedEvent::Rejected { .. })
-        })
-        .await;
-    let FeedEvent::Rejected { reason, .. } = rejected else {
-        unreachable!()
-    };
-    assert!(
-        reason.contains(MSOL) && reason.contains("not positive"),
-        "{reason}"
-    );
-    let failed = events.status(FeedState::Reconnecting).await;
-    assert!(failed.contains("not positive"), "{failed}");
-    let mut ticks = Vec::new();
-    for _ in 0..2 {
-        let t = events.tick().await;
-        ticks.push((t.symbol.to_string(), t.price.to_string(), t.seq));
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match events
+            .next("a tick or a refusal", |e| {
+                matches!(e, FeedEvent::Rejected { .. } | FeedEvent::Tick(_))
+                    || matches!(e, FeedEvent::Status(s) if s.status == FeedState::Reconnecting && s.detail != "first poll")
+            })
+            .await
+        {
+            FeedEvent::Rejected {
+                reason, excerpt, ..
+            } => {
+                assert!(reason.contains(MSOL), "{reason}");
+                seen.push(format!("refused {excerpt}: {}", reason.contains("not positive") || reason.contains("not an exact decimal")));
+            }
+            FeedEvent::Tick(t) => seen.push(format!("{} {} {}", t.symbol, t.price, t.seq)),
+            FeedEvent::Status(s) => panic!("a refused token failed the round: {}", s.detail),
+            other => unreachable!("{other:?}"),
+        }
     }
-    ticks.sort();
     assert_eq!(
-        ticks,
+        seen,
         [
-            ("MSOL-USD".into(), "26.419009478261618".into(), 1),
-            ("SOL-USD".into(), "23.40138801321701".into(), 1)
+            "refused -1: true",
+            "SOL-USD 23.40138801321701 1",
+            "refused 1.2345678901234567e-13: true",
+            "MSOL-USD 26.419009478261618 1",
         ]
     );
 }

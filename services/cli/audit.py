@@ -155,7 +155,11 @@ async def _expiring_keys(reader: Probe, stream: str, state: dict[str, Any]) -> s
     """The keys of KV bucket `stream` whose latest value carries a per-message TTL (`Nats-TTL`,
     as an ended protection's record does): they may go by themselves, which is no loss."""
     assert reader.nc
-    expiring = set()
+    expiring: set[str] = set()
+    # Only a bucket that allows per-message TTLs has any: the rest need no get per key.
+    config = await _stream_config(reader, stream)
+    if not config or not config.get("allow_msg_ttl"):
+        return expiring
     for subject in state.get("subjects") or {}:
         try:
             msg = await reader.nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=5)

@@ -28,10 +28,16 @@
 //!   it is buffered or applied. The book is published after every applied diff,
 //!   `seq` = its `u`; a replay that hits a gap publishes nothing.
 //! - Binance pings every 20 s, Aster every 5 min; tungstenite answers with the same
-//!   payload.
+//!   payload. The connector pings every `ping_interval_ms` too: the venue's pong keeps
+//!   a quiet connection (a few quiet Aster symbols) from being taken for dead.
+//! - The snapshots spend REST weight, which both venues count per IP a minute
+//!   (Binance 6,000, Aster 2,400; execution's orders from the same IP count too): a
+//!   [`WeightBudget`] paces them, and a 429 or 418 stops every fetch for its
+//!   `Retry-After` (a 429 ignored becomes a 418 ban, 2 minutes up to 3 days).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -40,11 +46,13 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::book::{level, Instrument, LocalBook, Side, Trade};
 use super::link::{check_url, Backoff, Link, HTTP, WS};
-use super::session::{http_body, plain_request, run_ws, Batch, Fault, FeedOut, WsVenue};
+use super::session::{plain_request, response_body, run_ws, Batch, Fault, FeedOut, WsVenue};
 use super::symbols::{self, Naming};
 use super::wire::Dec;
 use crate::feed::FeedSink;
@@ -66,6 +74,12 @@ pub struct BinanceConfig {
     /// Levels asked of the depth snapshot (spot 1..5000, 1000 costs weight 50;
     /// Aster one of 5, 10, 20, 50, 100, 500, 1000).
     pub snapshot_limit: u32,
+    /// The REST weight the depth snapshots may spend in any 60 s; 0 = half the
+    /// venue's limit for an IP (Binance 6,000, Aster 2,400), leaving the rest to
+    /// execution and anything else on the same address.
+    pub snapshot_weight_per_minute: u32,
+    /// A WebSocket ping this often; the venue's pong is a sign of life.
+    pub ping_interval_ms: u64,
 }
 
 impl Default for BinanceConfig {
@@ -76,6 +90,8 @@ impl Default for BinanceConfig {
             symbols: vec!["BTCUSDT".into(), "ETHUSDT".into(), "SOLUSDT".into()],
             symbol_map: BTreeMap::new(),
             snapshot_limit: 1000,
+            snapshot_weight_per_minute: 0,
+            ping_interval_ms: 30_000,
         }
     }
 }
@@ -94,6 +110,10 @@ pub(super) struct Flavour {
     snapshot_limit: fn(u32) -> bool,
     /// The valid `snapshot_limit`s, for messages.
     snapshot_limits: &'static str,
+    /// The venue's REST weight limit for an IP a minute (`REQUEST_WEIGHT`).
+    weight_limit: u32,
+    /// The weight of a depth snapshot of a valid `snapshot_limit`.
+    depth_weight: fn(u32) -> u32,
     rule: Rule,
 }
 
@@ -111,6 +131,13 @@ pub(super) const BINANCE: Flavour = Flavour {
     max_symbols: 300,
     snapshot_limit: |limit| (1..=5000).contains(&limit),
     snapshot_limits: "1..5000",
+    weight_limit: 6000,
+    depth_weight: |limit| match limit {
+        1..=100 => 5,
+        101..=500 => 25,
+        501..=1000 => 50,
+        _ => 250,
+    },
     rule: Rule::Spot,
 };
 
@@ -129,6 +156,13 @@ pub(super) const ASTER: Flavour = Flavour {
     max_symbols: 66,
     snapshot_limit: |limit| [5, 10, 20, 50, 100, 500, 1000].contains(&limit),
     snapshot_limits: "one of 5, 10, 20, 50, 100, 500, 1000",
+    weight_limit: 2400,
+    depth_weight: |limit| match limit {
+        0..=50 => 2,
+        51..=100 => 5,
+        101..=500 => 10,
+        _ => 20,
+    },
     rule: Rule::Futures,
 };
 
@@ -169,12 +203,16 @@ pub(super) struct Binance {
     ws_url: String,
     rest_url: String,
     snapshot_limit: u32,
+    /// What one snapshot costs of `budget`.
+    snapshot_weight: u32,
+    budget: Arc<Mutex<WeightBudget>>,
+    ping_interval: Duration,
     depth: usize,
     http: reqwest::Client,
     /// Venue symbol -> its state.
     pairs: HashMap<String, Pair>,
     /// Depth snapshots on their way (dropped, i.e. aborted, on a new connection).
-    fetches: JoinSet<(String, Result<Snapshot, String>)>,
+    fetches: JoinSet<(String, Result<Snapshot, SnapshotError>)>,
 }
 
 impl Binance {
@@ -227,12 +265,53 @@ impl Binance {
                 link.book_depth
             );
         }
+        let snapshot_weight = (flavour.depth_weight)(config.snapshot_limit);
+        let per_minute = match config.snapshot_weight_per_minute {
+            0 => flavour.weight_limit / 2,
+            set => set,
+        };
+        // A fifth of the budget is the burst: it must hold one snapshot.
+        if per_minute > flavour.weight_limit || per_minute < BURST_SHARE * snapshot_weight {
+            bail!(
+                "[market_data.{name}] snapshot_weight_per_minute = {per_minute}: must be from {} \
+                 (five snapshots of snapshot_limit = {}, weight {snapshot_weight} each) to the \
+                 venue's limit of {} (0 = half of it)",
+                BURST_SHARE * snapshot_weight,
+                config.snapshot_limit,
+                flavour.weight_limit
+            );
+        }
+        let whole_sync = u64::from(snapshot_weight) * symbols.len() as u64;
+        if whole_sync > u64::from(per_minute) {
+            tracing::warn!(
+                venue = name,
+                symbols = symbols.len(),
+                weight = whole_sync,
+                per_minute,
+                "the depth snapshots of every symbol weigh more than the budget allows in a \
+                 minute: a full book sync (at start, after a reconnect) takes minutes; a lower \
+                 snapshot_limit weighs less"
+            );
+        }
+        if config.ping_interval_ms == 0
+            || config.ping_interval_ms >= link.dead_after.as_millis() as u64
+        {
+            bail!(
+                "[market_data.{name}] ping_interval_ms = {}: must be from 1 to below \
+                 dead_after_ms ({}), so that the pong keeps a quiet connection alive",
+                config.ping_interval_ms,
+                link.dead_after.as_millis()
+            );
+        }
         let venue: Venue = name.parse()?;
         Ok(Self {
             flavour,
             ws_url: ws_url.trim_end_matches('/').to_string(),
             rest_url: rest_url.trim_end_matches('/').to_string(),
             snapshot_limit: config.snapshot_limit,
+            snapshot_weight,
+            budget: Arc::new(Mutex::new(WeightBudget::new(per_minute, Instant::now()))),
+            ping_interval: Duration::from_millis(config.ping_interval_ms),
             depth: link.book_depth,
             http: reqwest::Client::builder()
                 .timeout(link.connect_timeout)
@@ -258,16 +337,113 @@ impl Binance {
         };
         let url = format!("{}{}", self.rest_url, self.flavour.depth_path);
         let (http, limit, name) = (self.http.clone(), self.snapshot_limit, name.to_string());
+        let (budget, weight) = (self.budget.clone(), self.snapshot_weight);
         self.fetches.spawn(async move {
             tokio::time::sleep(delay).await;
+            // Asked again after each wait: a 429 elsewhere may have paused every fetch.
+            loop {
+                let taken = lock(&budget).take(weight, Instant::now());
+                match taken {
+                    Ok(()) => break,
+                    Err(wait) => tokio::time::sleep(wait).await,
+                }
+            }
             let snapshot = fetch_snapshot(&http, &url, &name, limit).await;
             (name, snapshot)
         });
     }
 }
 
+fn lock(budget: &Mutex<WeightBudget>) -> std::sync::MutexGuard<'_, WeightBudget> {
+    // Nothing panics while holding it; a poisoned budget is still a budget.
+    budget.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `1 / BURST_SHARE` of the budget may be spent at once.
+const BURST_SHARE: u32 = 5;
+
+/// The longest ban Binance and Aster document (3 days): a longer `Retry-After` is
+/// taken as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// The REST weight the depth snapshots may spend, shared by every symbol of a
+/// connector and kept across reconnects (a reconnect fetches every snapshot
+/// again). A generic cell rate: a fifth of the budget at once, the rest spread
+/// evenly, so that no 60 s spend more than the budget; a pause (a 429's or 418's
+/// `Retry-After`) stops every fetch.
+#[derive(Debug)]
+struct WeightBudget {
+    /// When the spent weight has come back whole (`>= now` when some is spent).
+    whole_at: Instant,
+    /// How long one unit of weight takes to come back.
+    per_unit: Duration,
+    /// How far `whole_at` may run ahead of now: the burst.
+    burst: Duration,
+    paused_until: Instant,
+}
+
+impl WeightBudget {
+    /// `per_minute` is at least `BURST_SHARE` (the config check).
+    fn new(per_minute: u32, now: Instant) -> Self {
+        let burst_weight = per_minute / BURST_SHARE;
+        let per_unit = Duration::from_secs(60) / (per_minute - burst_weight).max(1);
+        Self {
+            whole_at: now,
+            per_unit,
+            burst: per_unit * burst_weight,
+            paused_until: now,
+        }
+    }
+
+    /// Spends `weight` now, or says how long to wait before asking again.
+    fn take(&mut self, weight: u32, now: Instant) -> Result<(), Duration> {
+        if now < self.paused_until {
+            return Err(self.paused_until - now);
+        }
+        let whole_after = self.whole_at.max(now) + self.per_unit * weight;
+        let allowed_from = whole_after.checked_sub(self.burst).unwrap_or(now);
+        if allowed_from > now {
+            return Err(allowed_from - now);
+        }
+        self.whole_at = whole_after;
+        Ok(())
+    }
+
+    /// Nothing is spent before `until`.
+    fn pause(&mut self, until: Instant) {
+        self.paused_until = self.paused_until.max(until);
+    }
+}
+
+/// Why a depth snapshot did not come.
+#[derive(Debug)]
+pub(super) enum SnapshotError {
+    /// 429 (over the limit) or 418 (banned), with the venue's `Retry-After`.
+    Throttled {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    Failed(String),
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Throttled {
+                status,
+                retry_after: Some(after),
+            } => write!(f, "HTTP {status}, Retry-After {} s", after.as_secs()),
+            Self::Throttled {
+                status,
+                retry_after: None,
+            } => write!(f, "HTTP {status} without Retry-After"),
+            Self::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 impl WsVenue for Binance {
-    type Done = (String, Result<Snapshot, String>);
+    type Done = (String, Result<Snapshot, SnapshotError>);
 
     fn request(&self) -> Result<Request, String> {
         let mut names: Vec<&String> = self.pairs.keys().collect();
@@ -285,6 +461,10 @@ impl WsVenue for Binance {
             self.ws_url,
             streams.join("/")
         ))
+    }
+
+    fn keepalive(&self) -> Option<(Duration, Message)> {
+        Some((self.ping_interval, Message::Ping(Default::default())))
     }
 
     fn on_open(&mut self, _out: &mut Batch) {
@@ -356,7 +536,19 @@ impl WsVenue for Binance {
         let when = match snapshot {
             Ok(snapshot) => pair.on_snapshot(snapshot, self.depth, out),
             Err(e) => {
-                tracing::warn!(symbol = %name, error = e, "depth snapshot failed; retrying");
+                if let SnapshotError::Throttled {
+                    retry_after: Some(after),
+                    ..
+                } = e
+                {
+                    lock(&self.budget).pause(Instant::now() + after);
+                    tracing::warn!(
+                        venue = self.flavour.naming.venue,
+                        error = %e,
+                        "the venue limits this IP: every depth snapshot waits"
+                    );
+                }
+                tracing::warn!(symbol = %name, error = %e, "depth snapshot failed; retrying");
                 Some(Fetch::Later)
             }
         };
@@ -376,12 +568,31 @@ async fn fetch_snapshot(
     url: &str,
     symbol: &str,
     limit: u32,
-) -> Result<Snapshot, String> {
-    let request = http
+) -> Result<Snapshot, SnapshotError> {
+    let response = http
         .get(url)
-        .query(&[("symbol", symbol), ("limit", &limit.to_string())]);
-    let body = http_body(request).await?;
-    parse_snapshot(&body)
+        .query(&[("symbol", symbol), ("limit", &limit.to_string())])
+        .send()
+        .await
+        .map_err(|e| SnapshotError::Failed(e.without_url().to_string()))?;
+    let status = response.status().as_u16();
+    if status == 429 || status == 418 {
+        // Seconds, as both venues send it; an HTTP date is not theirs.
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+        return Err(SnapshotError::Throttled {
+            status,
+            retry_after,
+        });
+    }
+    let body = response_body(response)
+        .await
+        .map_err(SnapshotError::Failed)?;
+    parse_snapshot(&body).map_err(SnapshotError::Failed)
 }
 
 /// A depth snapshot answer, checked whole.
@@ -1454,6 +1665,108 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("[market_data.aster] ws_url = "), "{err}");
+    }
+
+    #[test]
+    fn the_snapshot_budget_and_the_ping_are_checked_against_the_venue() {
+        let link = LinkConfig::default().validate("binance").unwrap();
+        let new = |flavour, name, config: &BinanceConfig| {
+            Binance::new(flavour, name, &link, config).map(|b| (b.snapshot_weight, b.ping_interval))
+        };
+        // The documented weights: spot 1000 levels 50, 5000 levels 250; Aster 1000 levels 20.
+        let (weight, ping) = new(&BINANCE, "binance", &BinanceConfig::default()).unwrap();
+        assert_eq!((weight, ping), (50, Duration::from_secs(30)));
+        let deep = BinanceConfig {
+            snapshot_limit: 5000,
+            ..BinanceConfig::default()
+        };
+        assert_eq!(new(&BINANCE, "binance", &deep).unwrap().0, 250);
+        assert_eq!(
+            new(&ASTER, "aster", &BinanceConfig::default()).unwrap().0,
+            20
+        );
+        let over = BinanceConfig {
+            snapshot_weight_per_minute: 2401,
+            ..BinanceConfig::default()
+        };
+        assert!(new(&BINANCE, "binance", &over).is_ok());
+        let err = new(&ASTER, "aster", &over).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "[market_data.aster] snapshot_weight_per_minute = 2401: must be from 100 (five \
+             snapshots of snapshot_limit = 1000, weight 20 each) to the venue's limit of 2400 \
+             (0 = half of it)"
+        );
+        let tight = BinanceConfig {
+            snapshot_weight_per_minute: 249,
+            ..BinanceConfig::default()
+        };
+        assert!(new(&BINANCE, "binance", &tight).is_err());
+        let silent = BinanceConfig {
+            ping_interval_ms: 60_000,
+            ..BinanceConfig::default()
+        };
+        let err = new(&BINANCE, "binance", &silent).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "[market_data.binance] ping_interval_ms = 60000: must be from 1 to below \
+             dead_after_ms (60000), so that the pong keeps a quiet connection alive"
+        );
+    }
+
+    #[test]
+    fn the_budget_spends_a_fifth_at_once_then_paces_so_no_minute_spends_more() {
+        let start = Instant::now();
+        let mut budget = WeightBudget::new(3000, start);
+        // A fifth (600) at once: twelve snapshots of 50.
+        for _ in 0..12 {
+            assert_eq!(budget.take(50, start), Ok(()));
+        }
+        // Then 2,400 a minute: 50 every 1.25 s.
+        let wait = budget.take(50, start).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(1250));
+        assert_eq!(budget.take(50, start + wait), Ok(()));
+        assert!(budget.take(50, start + wait).is_err());
+        // Over any 60 s, whatever the asking: at most the budget.
+        let mut budget = WeightBudget::new(3000, start);
+        let mut spent = Vec::new();
+        let mut now = start;
+        while now < start + Duration::from_secs(300) {
+            match budget.take(50, now) {
+                Ok(()) => spent.push(now),
+                Err(wait) => now += wait,
+            }
+        }
+        for (i, at) in spent.iter().enumerate() {
+            let in_minute = spent[i..]
+                .iter()
+                .take_while(|t| **t < *at + Duration::from_secs(60))
+                .count();
+            assert!(
+                in_minute * 50 <= 3000,
+                "{in_minute} snapshots within 60 s of {at:?}"
+            );
+        }
+        // Idle, it fills again, but never beyond the burst.
+        let later = now + Duration::from_secs(600);
+        for _ in 0..12 {
+            assert_eq!(budget.take(50, later), Ok(()));
+        }
+        assert!(budget.take(50, later).is_err());
+    }
+
+    #[test]
+    fn a_pause_stops_every_fetch_until_its_end() {
+        let start = Instant::now();
+        let mut budget = WeightBudget::new(3000, start);
+        budget.pause(start + Duration::from_secs(120));
+        budget.pause(start + Duration::from_secs(30)); // an earlier end does not shorten it
+        assert_eq!(budget.take(5, start), Err(Duration::from_secs(120)));
+        assert_eq!(
+            budget.take(5, start + Duration::from_secs(100)),
+            Err(Duration::from_secs(20))
+        );
+        assert_eq!(budget.take(5, start + Duration::from_secs(120)), Ok(()));
     }
 
     // ------------------------------------------------------------ both rules, at random

@@ -235,10 +235,18 @@ impl Birdeye {
 
     /// One `multi_price` round: every token, 100 addresses a request. Every answer
     /// of the round is decoded and checked before any token is updated: a failed
-    /// round changes nothing, so the next one sends every tick it would have.
-    async fn poll(&mut self, http: &reqwest::Client, out: &mut Batch) -> Result<(), PollError> {
+    /// round (no answer, an error, not Birdeye's format) changes nothing, so the
+    /// next one sends every tick it would have. A token whose own price is refused
+    /// (not positive, more digits than a decimal holds) is left out of the round
+    /// and named in the answer's refusals: one odd token must not freeze the rest.
+    async fn poll(
+        &mut self,
+        http: &reqwest::Client,
+        out: &mut Batch,
+    ) -> Result<Vec<Refused>, PollError> {
         let url = format!("{}/defi/multi_price", self.rest_url);
         let mut polled = Vec::new();
+        let mut refused = Vec::new();
         for chunk in self.addresses.clone().chunks(MAX_ADDRESSES) {
             let request = http
                 .get(&url)
@@ -263,13 +271,21 @@ impl Birdeye {
                 else {
                     continue; // not ours, or Birdeye has no price for it
                 };
-                let value =
-                    json_number(price.value).map_err(|e| malformed(format!("{address}: {e}")))?;
-                let Some(value) = value else { continue };
-                let trade =
-                    Trade::new(value, None).map_err(|e| malformed(format!("{address}: {e}")))?;
-                let seen = (value, price.update_unix_time.unwrap_or(0));
-                polled.push((address.to_string(), seen, trade));
+                let trade = json_number(price.value).and_then(|value| match value {
+                    None => Ok(None),
+                    Some(value) => Trade::new(value, None).map(|trade| Some((value, trade))),
+                });
+                match trade {
+                    Ok(None) => {}
+                    Ok(Some((value, trade))) => {
+                        let seen = (value, price.update_unix_time.unwrap_or(0));
+                        polled.push((address.to_string(), seen, trade));
+                    }
+                    Err(e) => refused.push(Refused {
+                        reason: format!("multi_price: {address}: {e}"),
+                        price: price.value.get().to_string(),
+                    }),
+                }
             }
         }
         for (address, seen, trade) in polled {
@@ -282,8 +298,15 @@ impl Birdeye {
             token.last = Some(seen);
             out.events.push(token.instrument.trade(trade));
         }
-        Ok(())
+        Ok(refused)
     }
+}
+
+/// A token's price left out of a poll round, and why.
+struct Refused {
+    reason: String,
+    /// The price as Birdeye wrote it.
+    price: String,
 }
 
 /// Why a poll round failed.
@@ -322,7 +345,10 @@ async fn run_poll(mut birdeye: Birdeye, http: reqwest::Client, link: Link, mut o
                     polled = birdeye.poll(&http, &mut batch) => polled,
                 };
                 match polled {
-                    Ok(()) => {
+                    Ok(refused) => {
+                        for token in refused {
+                            out.garbage(&token.reason, &token.price);
+                        }
                         next_poll = Instant::now() + birdeye.poll_interval;
                         backoff.reset();
                         let fresh = !batch.events.is_empty() && liveness.data();

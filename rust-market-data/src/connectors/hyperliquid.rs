@@ -14,8 +14,10 @@
 //!
 //! The server closes a connection that has sent nothing for 60 s, so the client
 //! sends `{"method":"ping"}` every `ping_interval_ms` and gets `{"channel":"pong"}`.
-//! Coins map to `<COIN>-<quote>` (perps: `BTC` -> `BTC-USD`), spot pairs
-//! `PURR/USDC` -> `PURR-USDC`; spot indices (`@107`) need `symbol_map`.
+//! Coins map to `<COIN>-<quote>` (perps: `BTC` -> `BTC-USD`), the one spot pair
+//! Hyperliquid names by its tokens, `PURR/USDC` -> `PURR-USDC`; every other spot
+//! pair is named by its index in `spotMeta` (`@107`) and needs `symbol_map`. Another
+//! `BASE/QUOTE` would subscribe to nothing, so it is refused at start-up.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -42,7 +44,7 @@ use crate::feed::FeedSink;
 #[serde(default)]
 pub struct HyperliquidConfig {
     pub ws_url: String,
-    /// Coins (`BTC`), spot pairs (`PURR/USDC`) or spot indices (`@107`).
+    /// Coins (`BTC`), `PURR/USDC` or spot indices (`@107`).
     pub symbols: Vec<String>,
     /// The quote of a bare coin's canonical symbol (`BTC` -> `BTC-USD`).
     pub quote: String,
@@ -67,6 +69,9 @@ const NAMING: Naming = Naming {
     pattern: "COIN, BASE/QUOTE or @INDEX, letters and digits only",
     valid: is_coin,
 };
+
+/// The only spot pair Hyperliquid names by its tokens; the rest are `@<index>`.
+const NAMED_SPOT_PAIR: &str = "PURR/USDC";
 
 fn is_coin(name: &str) -> bool {
     let part =
@@ -152,6 +157,17 @@ impl Coin {
 impl Hyperliquid {
     /// Checks `[market_data.hyperliquid]`.
     pub(super) fn new(name: &str, link: &Link, config: &HyperliquidConfig) -> Result<Self> {
+        if let Some(pair) = config
+            .symbols
+            .iter()
+            .find(|name| name.contains('/') && name.as_str() != NAMED_SPOT_PAIR)
+        {
+            bail!(
+                "[market_data.hyperliquid] symbols: {pair:?}: Hyperliquid names spot pairs by \
+                 their index in spotMeta (\"@107\"), {NAMED_SPOT_PAIR} alone by its tokens; list \
+                 the index and name it in symbol_map"
+            );
+        }
         let symbols = symbols::map(&NAMING, &config.symbols, &config.symbol_map, |coin| {
             canonical(coin, &config.quote)
         })?;
@@ -462,5 +478,28 @@ mod tests {
         assert_eq!(canonical("kPEPE", "USDC").as_deref(), Some("KPEPE-USDC"));
         assert_eq!(canonical("PURR/USDC", "USD").as_deref(), Some("PURR-USDC"));
         assert_eq!(canonical("@107", "USD"), None);
+    }
+
+    #[test]
+    fn a_spot_pair_other_than_purr_usdc_is_refused_with_the_way_to_name_it() {
+        let link = LinkConfig::default().validate("hyperliquid").unwrap();
+        let config = |symbols: &[&str]| HyperliquidConfig {
+            symbols: symbols.iter().map(|s| s.to_string()).collect(),
+            symbol_map: [("@107".to_string(), "HYPE-USDC".to_string())].into(),
+            ..HyperliquidConfig::default()
+        };
+        assert!(
+            Hyperliquid::new("hyperliquid", &link, &config(&["BTC", "PURR/USDC", "@107"])).is_ok()
+        );
+        let err = Hyperliquid::new("hyperliquid", &link, &config(&["BTC", "HYPE/USDC"]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "[market_data.hyperliquid] symbols: \"HYPE/USDC\": Hyperliquid names spot pairs by \
+             their index in spotMeta (\"@107\"), PURR/USDC alone by its tokens; list the index \
+             and name it in symbol_map"
+        );
     }
 }

@@ -50,8 +50,9 @@
 //!   `tid` at the same time) is a duplicate (a new subscription repeats recent
 //!   trades).
 //! - **Birdeye**: no sequence. A poll round (every `multi_price` answer) is checked
-//!   whole before any token moves; a token whose value and update time did not
-//!   change gives no tick.
+//!   whole before any token moves (an answer not in Birdeye's format fails the
+//!   round); a token whose own price is refused is reported and left out, the rest
+//!   move; a token whose value and update time did not change gives no tick.
 
 mod binance;
 mod birdeye;

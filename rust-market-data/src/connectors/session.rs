@@ -313,6 +313,11 @@ pub(crate) async fn http_body(request: reqwest::RequestBuilder) -> Result<bytes:
         .send()
         .await
         .map_err(|e| e.without_url().to_string())?;
+    response_body(response).await
+}
+
+/// The body of an answer already received; not 2xx is an error with an excerpt.
+pub(crate) async fn response_body(response: reqwest::Response) -> Result<bytes::Bytes, String> {
     let status = response.status();
     let body = response
         .bytes()
