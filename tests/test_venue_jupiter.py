@@ -447,6 +447,30 @@ async def test_binary_restart_mid_swap_finds_the_swap_by_its_signature(live, ope
 
 
 @pytest.mark.e2e
+async def test_binary_killed_right_after_the_send_finds_the_swap_it_stored_ahead(live, operator: Operator) -> None:
+    system, chain, _ = live
+    # The swap lands at once but its answer comes late, and execution is killed while it
+    # waits (well within the adapter's 1 s). The signature was stored on an ACCEPTED report
+    # before the send, so the restarted execution watches it and books the fill. Stored only
+    # after the answer, it was lost: the order, found nowhere, would end REJECTED
+    # venue_never_received while the wallet had swapped.
+    chain.send_answer_delay = 5
+    cid = await operator.submit("BUY", "0.2")
+    await operator.until(lambda: chain.sends, "the swap sent")
+    system.kill("execution")
+    signature = chain.sends[0][0]
+    assert len(chain.landed()) == 1
+    await operator.until(lambda: any(r.get("venue_order_id") == signature for r in operator.reports[cid]),
+                         f"the signature stored before the send: {operator.reports[cid]}", timeout=5)
+    chain.send_answer_delay = 0
+    system.restart("execution")
+    filled = await operator.terminal(cid)
+    assert filled["status"] == "FILLED" and Decimal(filled["filled_quantity"]) == Decimal("0.2"), operator.reports[cid]
+    assert filled["venue_order_id"] == signature
+    assert len(chain.swap_requests) == 1 and len(chain.landed()) == 1
+
+
+@pytest.mark.e2e
 async def test_binary_lost_answer_is_found_on_chain_never_resent_as_a_new_swap(live, operator: Operator) -> None:
     _, chain, kp = live
     # The transaction lands but the answer to sendTransaction comes after the adapter's 1 s

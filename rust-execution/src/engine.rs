@@ -54,7 +54,7 @@ use crate::intake::{self, RawIds};
 use crate::jobs::{self, settle, Backoff, CancelAnswer, Checked, Done, Recording};
 use crate::lanes::Lanes;
 use crate::ledger::{self, is_final, Ledger};
-use crate::live::router::{Live, LiveEvent, LiveUpdate, Router};
+use crate::live::router::{self, Live, LiveEvent, LiveUpdate, Router};
 use crate::metrics;
 use crate::reports::{self, Recorder};
 use crate::risk::RiskClient;
@@ -879,8 +879,12 @@ impl Engine {
                 }
             }
             Done::Submitted(submitted) => {
-                let (routed, submitted) = *submitted;
-                let updates = self.venue.on_submitted(&routed, submitted);
+                let (routed, submitted, stored) = *submitted;
+                let venue_id = stored.as_ref().and_then(|r| r.venue_order_id.clone());
+                if let Some(report) = &stored {
+                    self.remember(report, routed.order.client_order_id.as_str());
+                }
+                let updates = self.venue.on_submitted(&routed, submitted, venue_id);
                 self.record_live(updates);
             }
             Done::AlgoPublished(published) => self.on_algo_published(*published).await,
@@ -945,9 +949,9 @@ impl Engine {
         self.record_live(ready);
         // Live orders whose ACCEPTED is stored: sent now, beside the engine.
         for (exchange, routed) in self.venue.take_sends() {
+            let recorder = self.bus.recorder.clone();
             self.spawn(async move {
-                let submitted = exchange.submit(&routed).await;
-                Done::Submitted(Box::new((routed, submitted)))
+                Done::Submitted(Box::new(router::send(exchange, routed, recorder).await))
             });
         }
         Box::pin(self.after_recorded_algos(&recording.reports, recording.stored)).await;

@@ -91,7 +91,8 @@ pub enum Done {
     Checked(Box<Checked>),
     Recorded(Box<Recording>),
     /// A live venue answered a new order (or did not).
-    Submitted(Box<(Routed, crate::live::Submitted)>),
+    /// A live order's send: the venue's answer, and the report stored ahead of it.
+    Submitted(Box<(Routed, crate::live::Submitted, Option<ExecutionReport>)>),
     /// A live order's state, asked for (live/router.rs `poll`).
     Queried(Box<crate::live::router::Queried>),
     /// A live venue's account, read for reconciliation.

@@ -1842,7 +1842,8 @@ impl Exchange for Binance {
         Ok(())
     }
 
-    async fn submit(&self, routed: &Routed) -> Submitted {
+    /// Binance finds an order by our id: nothing to write ahead.
+    async fn submit(&self, routed: &Routed, _write_ahead: super::WriteAhead<'_>) -> Submitted {
         let (venue_symbol, client) = match self.ids_for(routed) {
             Ok(ids) => ids,
             Err(reason) => return Submitted::Rejected { reason },

@@ -933,7 +933,8 @@ impl Exchange for Hyperliquid {
         Ok(())
     }
 
-    async fn submit(&self, order: &Routed) -> Submitted {
+    /// Hyperliquid finds an order by its cloid (ours): nothing to write ahead.
+    async fn submit(&self, order: &Routed, _write_ahead: super::WriteAhead<'_>) -> Submitted {
         let (coin, asset, px, sz) = match self.prepare(order).await {
             Ok(v) => v,
             Err(reason) => return Submitted::Rejected { reason },
@@ -3027,7 +3028,11 @@ mod tests {
             order_id: "hyperliquid-1".into(),
             timings: Default::default(),
         };
-        match h.submit(&routed).await {
+        let nothing_to_store =
+            |_: String| -> futures::future::BoxFuture<'static, Result<(), String>> {
+                Box::pin(async { Ok(()) })
+            };
+        match h.submit(&routed, &nothing_to_store).await {
             Submitted::Rejected { reason } => {
                 assert!(reason.starts_with("unknown_symbol"), "{reason}")
             }

@@ -11,8 +11,9 @@
 //!    unsigned base64 `VersionedTransaction` and its `lastValidBlockHeight`;
 //! 3. the transaction is parsed here (legacy or v0), its fee payer must be our wallet and the
 //!    only signer; we sign the message bytes with ed25519 into signature slot 0;
-//! 4. the signature (the order's identity at the venue) is stored, then the transaction goes
-//!    out by JSON-RPC `sendTransaction` (preflight on, `maxRetries: 0`);
+//! 4. the signature (the order's identity at the venue) is stored (the router's write-ahead:
+//!    an ACCEPTED report in EXEC that carries it), then the transaction goes out by JSON-RPC
+//!    `sendTransaction` (preflight on, `maxRetries: 0`);
 //! 5. a watcher polls `getSignatureStatuses`; while the transaction is not seen it re-sends
 //!    the SAME signed bytes (same signature: it can land at most once) until the finalized
 //!    block height passes `lastValidBlockHeight`: then the order is Expired
@@ -938,7 +939,7 @@ impl Jupiter {
 
     // -- submit ---------------------------------------------------------------------------
 
-    async fn submit_order(&self, routed: &Routed) -> Submitted {
+    async fn submit_order(&self, routed: &Routed, write_ahead: super::WriteAhead<'_>) -> Submitted {
         let order = &routed.order;
         let cid = order.client_order_id.as_str().to_string();
         {
@@ -962,7 +963,7 @@ impl Jupiter {
                 }
             }
         }
-        let outcome = self.prepare_and_send(routed, &cid).await;
+        let outcome = self.prepare_and_send(routed, &cid, write_ahead).await;
         if matches!(outcome, Submitted::Rejected { .. }) {
             let mut orders = lock(&self.inner.orders);
             if matches!(orders.get(&cid), Some(Slot::Preparing)) {
@@ -972,7 +973,12 @@ impl Jupiter {
         outcome
     }
 
-    async fn prepare_and_send(&self, routed: &Routed, cid: &str) -> Submitted {
+    async fn prepare_and_send(
+        &self,
+        routed: &Routed,
+        cid: &str,
+        write_ahead: super::WriteAhead<'_>,
+    ) -> Submitted {
         let reject = |reason: String| Submitted::Rejected { reason };
         let order = &routed.order;
         let Some(market) = self.inner.markets.get(&order.symbol).cloned() else {
@@ -1112,7 +1118,14 @@ impl Jupiter {
             terminal: None,
         };
         let snapshot = self.order_snapshot(cid, &sent);
-        // The identity is stored before anything leaves.
+        // The identity is stored before anything leaves: in EXEC (a crash after the send
+        // leaves the signature a restarted execution watches again), then here.
+        if let Err(why) = write_ahead(signature.clone()).await {
+            return reject(format!(
+                "write_ahead_failed: the swap's signature could not be stored, so it was not \
+                 sent: {why}"
+            ));
+        }
         lock(&self.inner.orders).insert(cid.to_string(), Slot::Sent(Box::new(sent)));
         tracing::info!(venue = %self.inner.name, client_order_id = cid, %signature, last_valid, "sending swap");
         let params = json!([tx_base64, {
@@ -1634,8 +1647,8 @@ impl Exchange for Jupiter {
         Ok(())
     }
 
-    async fn submit(&self, order: &Routed) -> Submitted {
-        self.submit_order(order).await
+    async fn submit(&self, order: &Routed, write_ahead: super::WriteAhead<'_>) -> Submitted {
+        self.submit_order(order, write_ahead).await
     }
 
     async fn cancel(&self, order: &Routed) -> Result<VenueOrder, VenueError> {

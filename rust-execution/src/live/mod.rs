@@ -12,6 +12,10 @@
 //! - Orders carry our `client_order_id` to the venue (Binance `newClientOrderId`,
 //!   Hyperliquid a `cloid` derived from it, Jupiter none: the transaction signature is kept),
 //!   so a retry can never double at the venue.
+//! - A venue that cannot find an order by our id (a Solana swap is known by its signature)
+//!   hands the venue's id to the [`WriteAhead`] before the order leaves: the router stores
+//!   it on an ACCEPTED report, so a crash at any point after the send still leaves the
+//!   record a restarted execution needs to find the order ([`Exchange::restore`]).
 //! - Fills arrive as [`VenueEvent::Order`] with CUMULATIVE figures (filled quantity,
 //!   notional, fee): the router reports the difference from what it reported before, so a
 //!   duplicate or replayed event changes nothing and a missed one is caught up by the next.
@@ -21,6 +25,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use moonbus_common::Symbol;
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -230,6 +235,11 @@ impl ReadDeadline {
     }
 }
 
+/// Stores the venue's id of an order (`Ok`: stored) before the order is sent; an `Err`
+/// says why it could not be, and the order must then not be sent.
+pub type WriteAhead<'a> =
+    &'a (dyn Fn(String) -> BoxFuture<'static, Result<(), String>> + Send + Sync);
+
 /// A real venue. Methods take `&self`: adapters keep their state (symbol rules, time
 /// offset, rate-limit budget) behind an `Arc`, so clones share it.
 pub trait Exchange: Clone + Send + Sync + 'static {
@@ -242,8 +252,14 @@ pub trait Exchange: Clone + Send + Sync + 'static {
         events: mpsc::UnboundedSender<VenueEvent>,
     ) -> impl std::future::Future<Output = Result<(), VenueError>> + Send;
 
-    /// Send a risk-approved order once (see the module comment).
-    fn submit(&self, order: &Routed) -> impl std::future::Future<Output = Submitted> + Send;
+    /// Send a risk-approved order once (see the module comment). A venue that finds
+    /// orders only by its own id gives that id to `write_ahead` before anything leaves,
+    /// and does not send when it fails.
+    fn submit(
+        &self,
+        order: &Routed,
+        write_ahead: WriteAhead<'_>,
+    ) -> impl std::future::Future<Output = Submitted> + Send;
 
     /// Cancel a working order; the order's state after the cancel (it may have filled
     /// meanwhile: then Filled, not Cancelled).

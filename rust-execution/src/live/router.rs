@@ -35,9 +35,11 @@ use tokio::sync::mpsc;
 
 #[allow(unused_imports)] // used by the adapters the macro lists
 use super::Exchange;
-use super::{AccountState, Mode, Submitted, VenueError, VenueEvent, VenueOrder, VenueStatus};
+use super::{
+    AccountState, Mode, Submitted, VenueError, VenueEvent, VenueOrder, VenueStatus, WriteAhead,
+};
 use crate::paper::PaperVenue;
-use crate::reports;
+use crate::reports::{self, Recorder};
 use crate::venue::{Fill, Market, Placement, Routed, Venue};
 
 /// Adds a live venue kind: `Variant(Type) = "kind" | "other kind"`; `Type` implements
@@ -63,9 +65,9 @@ macro_rules! live_venues {
                 match *self { $(Live::$variant(ref v) => v.start(events).await,)* }
             }
 
-            pub async fn submit(&self, order: &Routed) -> Submitted {
-                let _ = order;
-                match *self { $(Live::$variant(ref v) => v.submit(order).await,)* }
+            pub async fn submit(&self, order: &Routed, write_ahead: WriteAhead<'_>) -> Submitted {
+                let _ = (order, write_ahead);
+                match *self { $(Live::$variant(ref v) => v.submit(order, write_ahead).await,)* }
             }
 
             pub async fn cancel(&self, order: &Routed) -> Result<VenueOrder, VenueError> {
@@ -270,14 +272,7 @@ pub fn progress(
     }
     if reports.is_empty() && tell_venue_id && before.venue_order_id.is_none() {
         if let Some(venue_id) = &venue_order_id {
-            let mut report = reports::routed(routed, OrderStatus::Accepted, None);
-            report.filled_quantity =
-                NonNegativeMoney::new(before.filled).map_err(|e| format!("filled: {e}"))?;
-            if let Some(average) = before.notional.checked_div(before.filled) {
-                report.avg_fill_price = PositiveMoney::new(average).ok();
-            }
-            tracing::debug!(client_order_id = %routed.order.client_order_id, %venue_id, "the venue's id of the order");
-            reports.push(report);
+            reports.push(venue_id_report(routed, before, venue_id)?);
         }
     }
     if reports.is_empty() {
@@ -287,6 +282,57 @@ pub fn progress(
         report.venue_order_id = venue_order_id.clone();
     }
     Ok(Some((reports, after, !done)))
+}
+
+/// The ACCEPTED that tells the venue's id of an order (what was reported before carried
+/// on): all a restarted execution needs to find an order the venue knows by that id only.
+pub fn venue_id_report(
+    routed: &Routed,
+    before: &Progress,
+    venue_id: &str,
+) -> Result<ExecutionReport, String> {
+    let mut report = reports::routed(routed, OrderStatus::Accepted, None);
+    report.filled_quantity =
+        NonNegativeMoney::new(before.filled).map_err(|e| format!("filled: {e}"))?;
+    if let Some(average) = before.notional.checked_div(before.filled) {
+        report.avg_fill_price = PositiveMoney::new(average).ok();
+    }
+    report.venue_order_id = Some(venue_id.to_string());
+    tracing::debug!(client_order_id = %routed.order.client_order_id, %venue_id, "the venue's id of the order");
+    Ok(report)
+}
+
+/// A new live order sent once (a job beside the engine): the venue's answer, and the
+/// report that stored the venue's id before the send when the adapter wrote one ahead.
+pub async fn send(
+    exchange: Live,
+    routed: Routed,
+    recorder: Recorder,
+) -> (Routed, Submitted, Option<ExecutionReport>) {
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let write_ahead = {
+        let (routed, stored) = (routed.clone(), stored.clone());
+        move |venue_id: String| -> futures::future::BoxFuture<'static, Result<(), String>> {
+            let (routed, stored, recorder) = (routed.clone(), stored.clone(), recorder.clone());
+            Box::pin(async move {
+                let report = venue_id_report(&routed, &Progress::default(), &venue_id)?;
+                recorder
+                    .record(&report, routed.order.client_order_id.as_str())
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                *stored
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report);
+                Ok(())
+            })
+        }
+    };
+    let submitted = exchange.submit(&routed, &write_ahead).await;
+    let stored = stored
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    (routed, submitted, stored)
 }
 
 /// One of our orders at a live venue.
@@ -578,8 +624,14 @@ impl Router {
     }
 
     /// What the venue answered to a new order: its state (as reports), a refusal
-    /// (REJECTED), or no answer (unconfirmed: queried, never resent).
-    pub fn on_submitted(&mut self, routed: &Routed, submitted: Submitted) -> Vec<LiveUpdate> {
+    /// (REJECTED), or no answer (unconfirmed: queried, never resent). `venue_id_stored`:
+    /// the venue's id the send stored ahead of itself ([`send`]), told no more.
+    pub fn on_submitted(
+        &mut self,
+        routed: &Routed,
+        submitted: Submitted,
+        venue_id_stored: Option<String>,
+    ) -> Vec<LiveUpdate> {
         let id = &routed.order.client_order_id;
         let Some(slot) = self.live.get_mut(&routed.order.venue) else {
             return Vec::new();
@@ -588,6 +640,9 @@ impl Router {
             return Vec::new(); // ended meanwhile (its stream was quicker)
         };
         working.querying = false;
+        if venue_id_stored.is_some() && working.stored.venue_order_id.is_none() {
+            working.stored.venue_order_id = venue_id_stored;
+        }
         let state = match submitted {
             Submitted::Accepted(state) => state,
             Submitted::Rejected { reason } => VenueOrder {
