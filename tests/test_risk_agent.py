@@ -8,6 +8,7 @@ import json
 import re
 from decimal import Decimal
 
+import nats.errors
 import pytest
 
 from services.contract.models import (
@@ -29,7 +30,7 @@ from services.risk_agent.config import RiskAgentConfig
 from services.common.bus import flush
 from services.common.llm import Decision, DecisionRequest, LLMConfig
 from services.risk_agent.confirm import ask_hold, hold_threshold
-from services.risk_agent.rules import Breach, Latch, PnLWindow, check_account, close_orders, day_pnl
+from services.risk_agent.rules import Breach, Closing, Latch, PnLWindow, check_account, close_orders, day_pnl
 
 D = Decimal
 CFG = RiskAgentConfig(max_loss_usd=D("300"), max_gain_usd=D("1000"), min_balance_usd=D("100"))
@@ -331,7 +332,7 @@ async def test_breach_with_ai_hold_and_kill_switch(connect, service_bus) -> None
     cfg = RiskAgentConfig(ai_confirm=True, engage_kill_switch_on_breach=True)
     try:
         ok = await service.act(bus, cfg, PerSymbol(), [Breach("max_loss", "day PnL -400 <= -300 (max_loss_usd)")],
-                               account("-400"))
+                               account("-400"), Closing())
         got = [decode(Signal, m.data) for m in await drain(signals, 2)]
         (order,) = [decode(OrderRequest, m.data) for m in await drain(orders, 1)]
     finally:
@@ -343,6 +344,58 @@ async def test_breach_with_ai_hold_and_kill_switch(connect, service_bus) -> None
     assert "position kept" in held.reasoning
     assert (closed.symbol, closed.action) == ("RSKJ-USD", Action.BUY) and "closing" in closed.reasoning
     assert (order.symbol, order.side, order.reduce_only, order.quantity) == ("RSKJ-USD", Side.BUY, True, D("0.5"))
+
+
+async def test_a_lost_ack_is_tried_again_with_the_same_orders(connect, service_bus) -> None:
+    """The ack of one closing order is lost (the stream stored it; the agent cannot know): the
+    action failed and the next account update acts again. Each position gets the same order
+    again, the same client_order_id, which ORDERS keeps once: no second close for risk to
+    refuse as over-closing, and no second signal."""
+    operator, risk = await connect("operator"), await connect("risk")
+    bus = await service_bus("risk-agent")
+
+    async def positions_api(msg) -> None:
+        reply = PositionsReply(positions=[position("RSKL-USD", "0.01"), position("RSKM-USD", "-0.5")],
+                               account=account("-400"))
+        await msg.respond(encode(reply))
+
+    stored = bus.publish_order
+    lose = {"RSKL-USD"}
+
+    async def ack_lost_once(subject, order, timeout=2.0, fresh=False):
+        ack = await stored(subject, order, timeout=timeout, fresh=fresh)
+        if order.symbol in lose:
+            lose.discard(order.symbol)
+            raise nats.errors.TimeoutError  # stored, but the answer never came
+        return ack
+
+    bus.publish_order = ack_lost_once
+    sub = await risk.subscribe("risk.api.positions", cb=positions_api)
+    orders = await operator.collect("orders.submit.>")
+    signals = await operator.collect("agent.signal.risk.>")
+    js = operator.jetstream()
+    before = (await js.stream_info("ORDERS")).state.messages
+    breach, closing, cfg = Breach("max_loss", "day PnL -400 <= -300 (max_loss_usd)"), Closing(), RiskAgentConfig()
+    try:
+        first = await service.act(bus, cfg, None, [breach], account("-400"), closing)
+        second = await service.act(bus, cfg, None, [breach], account("-400"), closing)
+        sent = [decode(OrderRequest, m.data) for m in await drain(orders, 4)]
+        await drain(signals, 2)
+        await asyncio.sleep(0.2)
+        stored_orders = (await js.stream_info("ORDERS")).state.messages - before
+        quiet = signals.empty()
+        # The breach over, the next one closes with new orders.
+        closing.clear()
+        third = await service.act(bus, cfg, None, [breach], account("-400"), closing)
+        fresh = [decode(OrderRequest, m.data).client_order_id for m in await drain(orders, 2)]
+    finally:
+        await sub.unsubscribe()
+    assert (first, second, third) == (False, True, True)
+    ids = [o.client_order_id for o in sent]
+    assert len(set(ids)) == 2 and sorted(ids[:2]) == sorted(ids[2:]), ids
+    assert stored_orders == 2
+    assert quiet, "a resent order is not a new decision"
+    assert set(fresh).isdisjoint(ids)
 
 
 async def test_positions_unavailable_is_reported_and_retried(connect, running_service) -> None:

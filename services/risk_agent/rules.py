@@ -163,6 +163,30 @@ def close_order(p: Position, reason: str, venue: str, origin_ts: int, ts: int) -
     return signal, order
 
 
+class Closing:
+    """The closing order of each symbol while a breach lasts. An action that failed (one
+    order's ack lost: stored or not, nobody knows) is tried again on the next account update;
+    the same position then gets the same order, the same client_order_id, which ORDERS and
+    execution take once, not a second order that risk would refuse as over-closing."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, OrderRequest] = {}
+
+    def close(self, p: Position, reason: str, venue: str, origin_ts: int,
+              ts: int) -> tuple[Signal, OrderRequest, bool]:
+        """The signal and the order closing `p`, and whether that order was made before."""
+        signal, order = close_order(p, reason, venue, origin_ts, ts)
+        made = self.orders.get(p.symbol)
+        if made is not None and (made.side, made.quantity, made.venue) == (order.side, order.quantity, order.venue):
+            return signal, made, True
+        self.orders[p.symbol] = order
+        return signal, order, False
+
+    def clear(self) -> None:
+        """The breach is over: the next one closes with new orders."""
+        self.orders.clear()
+
+
 def close_orders(
     positions: Iterable[Position],
     reason: str,

@@ -34,7 +34,7 @@ from services.contract.models import (
 from . import metrics
 from .config import RiskAgentConfig
 from .confirm import Answer, ask_hold, hold_threshold
-from .rules import AGENT, Breach, Latch, PnLWindow, check_account, close_order, day_pnl
+from .rules import AGENT, Breach, Closing, Latch, PnLWindow, check_account, day_pnl
 
 SERVICE = "risk-agent"
 # Its NATS user may engage (never release) the kill switch; rust-risk reads the caller here.
@@ -65,8 +65,9 @@ async def engage_kill_switch(bus: Bus, cfg: RiskAgentConfig, reason: str) -> Non
 
 
 async def act(bus: Bus, cfg: RiskAgentConfig, provider: Provider | None, breaches: list[Breach],
-              account: AccountState) -> bool:
-    """Handle new breaches; True when everything that had to be done was done."""
+              account: AccountState, closing: Closing) -> bool:
+    """Handle new breaches; True when everything that had to be done was done. A position
+    closed before in this breach (an earlier try that failed) gets the same order again."""
     reason = "; ".join(b.reason for b in breaches)
     try:
         reply = await bus.call(S.RISK_POSITIONS_API, PositionsRequest(), cfg.request_timeout_s)
@@ -91,14 +92,16 @@ async def act(bus: Bus, cfg: RiskAgentConfig, provider: Provider | None, breache
             log.warning("%s kept: %s", p.symbol, answer.why)
             continue
         why = f"{reason}; {answer.why}" if answer else reason
-        signal, order = close_order(p, why, cfg.venue, account.ts, now_ns())
+        signal, order, again = closing.close(p, why, cfg.venue, account.ts, now_ns())
         if answer and answer.decision:
             signal = signal.model_copy(update={"latency_ms": answer.decision.latency_ms,
                                                "cost_usd": answer.decision.cost_usd})
-        await bus.publish(S.signal(AGENT, p.symbol), signal)
+        if not again:
+            await bus.publish(S.signal(AGENT, p.symbol), signal)
         subject = S.orders_submit(order.agent, order.symbol)  # the agent token our user may publish
         try:
-            await bus.publish_order(subject, order, timeout=cfg.request_timeout_s, fresh=True)
+            # Sent again: a "duplicate" answer means the first try was stored after all.
+            await bus.publish_order(subject, order, timeout=cfg.request_timeout_s, fresh=not again)
         except Exception as e:
             ok = False
             metrics.ORDER_FAILURES.inc()
@@ -128,6 +131,7 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
     if bus.nc is None:
         await bus.connect()
     latch = Latch()
+    closing = Closing()
     try:
         serve_metrics(cfg.metrics_port)
 
@@ -136,12 +140,14 @@ async def main(stop: asyncio.Event, bus: Bus | None = None, config: dict[str, An
                 return  # it would empty the window of every earlier equity (PnLWindow)
             pnl = window.update(account) if window else day_pnl(account)
             new = latch.update(check_account(account, pnl, cfg))
+            if not latch.active:
+                closing.clear()
             if not new:
                 return
             for b in new:
                 metrics.BREACHES.labels(b.rule).inc()
             log.warning("account rule breached: %s", "; ".join(b.reason for b in new))
-            if not await act(bus, cfg, provider, new, account):
+            if not await act(bus, cfg, provider, new, account, closing):
                 latch.release(b.rule for b in new)
 
         await bus.subscribe(S.ACCOUNT, AccountState, on_account)
