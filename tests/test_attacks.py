@@ -88,10 +88,17 @@ async def test_the_suite_sees_a_broken_defence(tmp_path):
     creds = load_or_create_credentials(tmp_path)
     with NatsServer(store_dir=tmp_path, credentials=creds, config=weak) as server:
         server.provision()
+        reader = audit.Auditor(server.url, creds)  # audit() closes its own connections
+        watcher = await reader.connect("operator")
+        before = {stream: await audit._stream_config(watcher, stream) for stream in audit.STREAMS}
         results = await audit.audit(audit.Auditor(server.url, creds), safe=True, users=["market-data"],
                                     attacks=[audit.forge_with_push_consumer, audit.forge_with_republish,
-                                             audit.forge_state_or_dead_letters])
-    assert [r.held for r in results] == [False, False, False], results
+                                             audit.forge_state_or_dead_letters, audit.rewrite_or_erase_streams])
+        after = {stream: await audit._stream_config(watcher, stream) for stream in audit.STREAMS}
+        await reader.close()
+    assert [r.held for r in results] == [False, False, False, False], results
+    # Safe means safe though the defence is broken: no real stream sealed, re-subjected or republished.
+    assert after == before
 
 
 async def test_a_live_buckets_writes_are_not_lost_data_but_a_key_gone_is(server):

@@ -291,6 +291,23 @@ async def test_tail_decodes_filters_and_prints_raw(moon, connect) -> None:
     assert "bad --filter" in one_line_error(await moon("tail", ">", "--filter", "symbol"))
 
 
+async def test_tail_escapes_control_characters_any_credential_can_send(moon, connect) -> None:
+    """Every user may publish errors.<itself>, with any text: an ESC in it would move the operator's
+    cursor, erase or fake lines already shown, or (OSC 52) write the clipboard. `moon tail` shows
+    the characters escaped."""
+    agent = await connect("sentiment-agent")
+    reason = "fine\x1b[1A\x1b[2Kforged line\x1b]52;c;ZXZpbA==\x07\x9b"
+
+    async def hostile() -> None:
+        event = {"service": "sentiment-agent", "subject": "x", "reason": reason, "ts": 1}
+        await agent.publish("errors.sentiment-agent", json.dumps(event).encode())
+
+    result = await run_while_publishing(moon("tail", "errors.sentiment-agent", "-n", "1", "--seconds", "30"), hostile)
+    assert result.exit_code == 0, result.output
+    assert not any(c in result.stdout for c in "\x1b\x07\x9b"), repr(result.stdout)
+    assert "fine\\x1b[1A\\x1b[2Kforged line\\x1b]52;c;ZXZpbA==\\x07\\x9b" in result.stdout, repr(result.stdout)
+
+
 # ---------------------------------------------------------------- status
 
 
@@ -379,6 +396,15 @@ async def test_orders_and_trace(moon, connect) -> None:
     assert (trail["client_order_id"], trail["status"], len(trail["reports"])) == (coid, "FILLED", 2)
     result = await moon("orders", "--symbol", symbol)
     assert coid in result.stdout and "FILLED" in result.stdout and "99.75" in result.stdout
+
+    # The same id again, stored (no Nats-Msg-Id) by the trading agent's credential claiming to be
+    # the operator's bigger BUY: execution takes the first only, and so does the order log.
+    forged = order.model_copy(update={"agent": "operator", "side": Side.BUY, "quantity": D("9")})
+    await agent.jetstream().publish(f"orders.submit.trading.{symbol}", encode(forged))
+    trails = {t["client_order_id"]: t for t in json.loads((await moon("orders", "--symbol", symbol, "--json")).stdout)}
+    order_shown = trails.pop(coid)["order"]
+    assert (order_shown["agent"], order_shown["side"], order_shown["quantity"]) == ("trading", "SELL", "0.5")
+    assert [t["order"] for t in trails.values()] == [None], trails  # shown as unreadable, on its own
 
     result = await moon("trace", coid, "--json")
     hops = {h["hop"]: h["since_previous_ns"] for h in json.loads(result.stdout)["hops"]}

@@ -107,6 +107,45 @@ def test_fan_out_filters_by_topic_and_symbol_and_drops_the_oldest() -> None:
     assert "moonbus_gateway_stream_clients 2.0" in text
 
 
+def test_agent_messages_are_checked_before_they_are_kept_and_streams_hold_bounded_bytes() -> None:
+    """A stolen agent credential may publish anything up to the server's 1 MiB on agent.signal.> or
+    agent.swarm.>: the gateway keeps 200 of each and parses them on every /api/signals, so only a
+    real Signal / Consensus within caps.MAX_AGENT_MESSAGE_BYTES is kept. What it relays to a live
+    stream is bounded per event and per client, in bytes as in count."""
+    live = Live(GatewayMetrics(), queue_size=1000)
+    nested = b"[" + b"[]," * 20_000 + b"[]]"  # 60 KB of JSON that parses to 20,000 lists
+    refused = live.take("signals", "agent.signal.trading.LVS-USD", nested)
+    assert refused is not None and refused.startswith("not a Signal:"), refused
+    big = json.loads(encode(signal("LVS-USD", "x" * caps.MAX_AGENT_MESSAGE_BYTES)))
+    refused = live.take("signals", "agent.signal.trading.LVS-USD", json.dumps(big).encode())
+    assert refused is not None and "MAX_AGENT_MESSAGE_BYTES 65536" in refused, refused
+    refused = live.take("swarm", "agent.swarm.LVS-USD", encode(signal("LVS-USD", "not a consensus")))
+    assert refused is not None and refused.startswith("not a Consensus:"), refused
+    assert live.take("signals", "agent.signal.trading.LVS-USD", encode(signal("LVS-USD", "kept"))) is None
+    assert [s["reasoning"] for s in live.recent("signals", 200)] == ["kept"]
+    assert live.recent("swarm", 200) == []
+
+    relayed = live.open({"orders"}, None)
+    # An order naming another agent than its subject (execution refuses it) is not relayed: the
+    # dashboard would show it as the order whose id it borrows.
+    order = {"client_order_id": "op-1", "agent": "operator", "symbol": "LVS-USD", "side": "BUY", "quantity": "9"}
+    refused = live.take("orders", "orders.submit.trading.LVS-USD", json.dumps(order).encode())
+    assert refused is not None and "agent 'operator'" in refused, refused
+    assert live.take("orders", "orders.submit.operator.LVS-USD", json.dumps(order).encode()) is None
+    assert b'"op-1"' in relayed.queue.get_nowait() and relayed.queue.empty()
+    live.close(relayed)
+
+    stream = live.open({"orders"}, None)
+    live.fan_out("orders", "orders.submit.trading.LVS-USD", b'{"pad":"' + b"x" * 70_000 + b'"}')
+    assert stream.queue.empty(), "an order past ORDERS' own size limit is not relayed"
+    event = b'{"pad":"' + b"x" * 60_000 + b'"}'
+    for _ in range(100):  # 6 MB for a client that reads nothing
+        live.fan_out("orders", "orders.submit.trading.LVS-USD", event)
+    assert stream.queued_bytes <= caps.MAX_STREAM_QUEUE_BYTES
+    assert stream.dropped == 100 - stream.queue.qsize() and stream.queue.qsize() >= 60
+    assert stream.queued_bytes == sum(len(e) for e in list(stream.queue._queue))
+
+
 # ---------------------------------------------------------------- the latest state
 
 

@@ -746,6 +746,7 @@ async def test_execution_report_reaches_the_webhooks_through_nats(
         await flush(forger)
         await until(lambda: len(by_path("/json/")) == 7)
         assert by_path("/json/")[6].body["event"] == "errors"
+        assert by_path("/json/")[6].body["title"] == "Error in trading-agent", by_path("/json/")[6].body
         await asyncio.sleep(0.3)
         assert len(by_path("/json/")) == 7 and len(by_path("/ops/")) == 1 and errors.empty()
     assert "Zx9SeCrEt" not in caplog.text

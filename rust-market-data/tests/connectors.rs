@@ -490,11 +490,11 @@ async fn binance_replays_the_diffs_behind_a_gap_after_the_resync_and_ignores_old
     assert!(counters.duplicates.get() > duplicates);
 }
 
-/// A 429 or 418 stops every snapshot for its Retry-After, whatever the symbol's
-/// own retry delay (20 ms here): asking again during it is what turns Binance's 429
-/// into a ban.
+/// A failed snapshot is fetched again after the symbol's retry delay (20 ms here);
+/// a 429 or 418 stops every snapshot for its Retry-After first: asking again during
+/// it is what turns Binance's 429 into a ban.
 #[tokio::test]
-async fn binance_waits_out_a_rate_limit_before_the_next_snapshot() {
+async fn binance_retries_a_failed_snapshot_and_waits_out_a_rate_limit() {
     let rest = HttpServer::start(|n, _| match n {
         1 => Reply(
             418,
@@ -502,7 +502,12 @@ async fn binance_waits_out_a_rate_limit_before_the_next_snapshot() {
             r#"{"code":-1003,"msg":"Way too many requests; IP banned until 1700000000000."}"#
                 .into(),
         ),
-        _ => Reply(200, Vec::new(), fixture("binance/depth_snapshot_160.json")),
+        2 => (
+            429,
+            r#"{"code":-1003,"msg":"Too many requests."}"#.to_string(),
+        )
+            .into(),
+        _ => (200, fixture("binance/depth_snapshot_160.json")).into(),
     })
     .await;
     let mut ws = WsServer::start(None).await;
@@ -516,8 +521,9 @@ async fn binance_waits_out_a_rate_limit_before_the_next_snapshot() {
     let mut conn = ws.accept().await;
     conn.send(&lines("binance/depth_stream.jsonl")[1]).await;
     assert_eq!(events.book().await.seq, 160);
+    assert_eq!(events.book().await.seq, 163);
     let requests = rest.requests();
-    assert_eq!(requests.len(), 2);
+    assert_eq!(requests.len(), 3);
     let waited = requests[1].at - requests[0].at;
     assert!(
         waited >= Duration::from_secs(2),
@@ -568,31 +574,6 @@ async fn aster_pings_a_quiet_connection_and_its_pongs_keep_it_alive() {
         pings >= 5,
         "{pings} pings in 1.2 s at ping_interval_ms = 100"
     );
-}
-
-#[tokio::test]
-async fn binance_retries_a_failed_snapshot() {
-    let rest = HttpServer::start(|n, _| match n {
-        1 => (
-            429,
-            r#"{"code":-1003,"msg":"Too many requests."}"#.to_string(),
-        ),
-        _ => (200, fixture("binance/depth_snapshot_160.json")),
-    })
-    .await;
-    let mut ws = WsServer::start(None).await;
-    let mut events = start(
-        FeedKind::Binance,
-        &format!(
-            "ws_url = \"{}\"\nrest_url = \"{}\"\nsymbols = [\"BNBBTC\"]\n",
-            ws.url, rest.url
-        ),
-    );
-    let mut conn = ws.accept().await;
-    conn.send(&lines("binance/depth_stream.jsonl")[1]).await;
-    assert_eq!(events.book().await.seq, 160);
-    assert_eq!(events.book().await.seq, 163);
-    assert_eq!(rest.requests().len(), 2);
 }
 
 // ---------------------------------------------------------------- Aster

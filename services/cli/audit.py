@@ -207,16 +207,38 @@ async def _last_on(reader: Probe, stream: str, subject: str) -> str | None:
 # Each takes (auditor, watcher = an operator Probe, attacker user, safe) -> Result.
 
 
+# The stream a safe update names in its body (not the one in its subject): the server answers
+# "stream name in subject does not match request" and changes nothing, so an answer at all shows
+# the permissions let the update through, while a real stream is never sealed or rewritten.
+MISMATCHED_STREAM = "AUDITPROBE"
+
+
+def _stream_update(stream: str, config: dict[str, Any], safe: bool) -> tuple[str, dict[str, Any]]:
+    """An update of `stream` to `config`; safe: one the server refuses after the permissions."""
+    return f"$JS.API.STREAM.UPDATE.{stream}", {**config, "name": MISMATCHED_STREAM} if safe else config
+
+
+def _through(answer: dict[str, Any] | None, safe: bool) -> bool:
+    """Whether an update got past the permissions: safe, any answer (see MISMATCHED_STREAM);
+    else an answer that is not an error."""
+    if safe:
+        return answer is not None
+    return bool(answer) and "error" not in answer and answer.get("success", True)
+
+
 async def forge_with_push_consumer(a: Auditor, watcher: Probe, user: str, safe: bool) -> Result:
     """A push consumer whose deliver subject is one the user may not publish (nats-server
-    #8274): the server would publish stored messages there on the user's behalf."""
+    #8274): the server would publish stored messages there on the user's behalf. Safe: it
+    delivers only new messages and goes by itself a second after the audit stops watching."""
     target = S.feed_status("audit-probe") if safe else S.tick("sim", "BTC-USD")
     arrived = await _watch(watcher, target)
     attacker = await a.connect(user)
     tries = []
     for stream in STREAMS:
         name = f"audit-{_uid()}"
-        config = {"deliver_subject": target, "ack_policy": "none", "deliver_policy": "all"}
+        config: dict[str, Any] = {"deliver_subject": target, "ack_policy": "none", "deliver_policy": "all"}
+        if safe:
+            config |= {"deliver_policy": "new", "inactive_threshold": 1_000_000_000}
         named = {**config, "durable_name": name, "name": name}
         tries += [
             (f"$JS.API.CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}),
@@ -243,14 +265,15 @@ async def forge_with_republish(a: Auditor, watcher: Probe, user: str, safe: bool
     name = f"AUDIT{_uid().upper()}"
     # A literal source inside the stream's subjects: a transform from a wildcard to one
     # literal subject is not valid, from a literal it is.
-    tries = [(f"$JS.API.STREAM.UPDATE.{stream}",
-              {**before[stream], "republish": {"src": before[stream]["subjects"][0].replace(">", "audit"),
-                                               "dest": target}})
-             for stream in STREAMS if before[stream] is not None]
-    tries.append((f"$JS.API.STREAM.CREATE.{name}", {"name": name, "subjects": [f"audit.{name}.>"],
-                                                    "republish": {"src": f"audit.{name}.x", "dest": target}}))
-    answers = await asyncio.gather(*(attacker.request(subject, body) for subject, body in tries))
-    accepted = [subject for (subject, _), answer in zip(tries, answers) if answer and "error" not in answer]
+    updates = [_stream_update(stream, {**before[stream], "republish": {
+                   "src": before[stream]["subjects"][0].replace(">", "audit"), "dest": target}}, safe)
+               for stream in STREAMS if before[stream] is not None]
+    create = (f"$JS.API.STREAM.CREATE.{name}", {"name": name, "subjects": [f"audit.{name}.>"],
+                                                 "republish": {"src": f"audit.{name}.x", "dest": target}})
+    answers = await asyncio.gather(*(attacker.request(subject, body) for subject, body in [*updates, create]))
+    accepted = [subject for (subject, _), answer in zip(updates, answers) if _through(answer, safe)]
+    if answers[-1] and "error" not in answers[-1]:
+        accepted.append(create[0])
     after = {s: await _stream_config(watcher, s) for s in STREAMS}
     await asyncio.sleep(SETTLE_S)
     held = not accepted and before == after and arrived.qsize() == 0
@@ -316,15 +339,13 @@ async def rewrite_or_erase_streams(a: Auditor, watcher: Probe, user: str, safe: 
             continue
         for change in ({"sealed": True}, {"max_msgs": 1}, {"subjects": ["audit.>"]}, {"allow_rollup_hdrs": True},
                        {"deny_purge": False}):
-            if safe and change.get("max_msgs") == 1:
-                continue  # were it accepted, it would drop real data
-            tries.append((f"$JS.API.STREAM.UPDATE.{stream}", {**config, **change}))
+            tries.append(_stream_update(stream, {**config, **change}, safe))
         if not safe:
             tries += [(f"$JS.API.STREAM.PURGE.{stream}", {}), (f"$JS.API.STREAM.MSG.DELETE.{stream}", {"seq": 1}),
                       (f"$JS.API.STREAM.DELETE.{stream}", {})]
     answers = await asyncio.gather(*(attacker.request(subject, body) for subject, body in tries))
     accepted = [f"{subject} {json.dumps(body)[:60]}" for (subject, body), answer in zip(tries, answers)
-                if answer and "error" not in answer and answer.get("success", True)]
+                if _through(answer, safe)]
     after = {s: await _stream_config(watcher, s) for s in STREAMS}
     lost = [s for s in STREAMS
             if states[s] and _lost(states[s], await _stream_state(watcher, s) or {}, s, expiring.get(s, set()))]
@@ -464,6 +485,7 @@ async def risk_api_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool
     if state is None or limits is None:
         return Result("release the kill switch or change limits", user, True, "skipped: risk is not running")
     broken = []
+    account_active = safe and await _account_state(watcher) == "ACTIVE"
     same_limits = {"set": {"max_order_notional": limits["limits"]["max_order_notional"]}}
     for caller in {user, "operator"}:
         subject = S.risk_killswitch(caller)
@@ -475,14 +497,35 @@ async def risk_api_beyond_role(a: Auditor, watcher: Probe, user: str, safe: bool
         answer = await attacker.request(S.risk_limits(caller), {**same_limits, "actor": "operator"}, timeout=2)
         if answer and "error" not in answer:
             broken.append(f"limits via {S.risk_limits(caller)}")
-        answer = await attacker.request(S.risk_limits(caller), {"release_loss_latch": True}, timeout=2)
-        if answer and "error" not in answer:
-            broken.append(f"latch release via {S.risk_limits(caller)}")
+        # Safe: only while the account is ACTIVE (no loss latch to release), so a release that
+        # went through changes nothing.
+        if not safe or account_active:
+            answer = await attacker.request(S.risk_limits(caller), {"release_loss_latch": True}, timeout=2)
+            if answer and "error" not in answer:
+                broken.append(f"latch release via {S.risk_limits(caller)}")
     after = await watcher.request(S.risk_killswitch("operator"), {"action": "status"}, timeout=5)
     if after and after.get("engaged") != state.get("engaged"):
         broken.append("the kill switch changed")
     held = not broken
     return Result("release the kill switch or change limits", user, held, "refused" if held else "; ".join(broken))
+
+
+async def _account_state(reader: Probe, timeout: float = 3.0) -> str | None:
+    """The trading state of risk's next account update (it sends one at least every few
+    seconds); None if none comes in time."""
+    assert reader.nc
+    arrived: asyncio.Queue = asyncio.Queue()
+    sub = await reader.nc.subscribe(S.ACCOUNT, cb=arrived.put)
+    try:
+        msg = await asyncio.wait_for(arrived.get(), timeout)
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        await sub.unsubscribe()
+    try:
+        return json.loads(msg.data).get("state")
+    except (ValueError, AttributeError):
+        return None
 
 
 async def _last_data(reader: Probe, stream: str, subject: str) -> bytes | None:

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from services.backtest import data, presets, sweep
 from services.backtest.datastore import DatasetRef, upload
@@ -34,6 +35,7 @@ from services.common.config import REPO_ROOT, load
 from services.contract.models import BacktestRequest
 
 from .connection import CliError, Session
+from .render import printable
 
 # Shown in the tables, when the summary has them (every field is in the JSON and CSV files).
 SHOWN = ("return_pct", "buy_hold_return_pct", "return_ann_pct", "sharpe", "sortino", "calmar", "max_drawdown_pct",
@@ -283,7 +285,8 @@ class Sweeper:
         if not self.settings.as_json:
             self.console.print(ranking_table(title, outcome.ranked, self.plan.axes, self.settings.metric))
             for r in failed[:5]:
-                self.console.print(f"  failed {r.run_id} {r.params}: {r.error}", style="red")
+                # A worker's error text: not markup, no control characters.
+                self.console.print(Text(printable(f"  failed {r.run_id} {r.params}: {r.error}"), style="red"))
             _paths(self.console, outcome.files)
         return outcome
 

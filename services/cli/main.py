@@ -37,7 +37,7 @@ from services.contract.models import (
 from . import orders as order_views
 from . import status as status_views
 from .connection import CliError, Session, Target, run
-from .render import age, cells, money, signed, state
+from .render import age, cells, money, printable, signed, state
 from .tail import parse_filters, tail
 
 T = TypeVar("T")
@@ -63,7 +63,7 @@ def console() -> Console:
 
 
 def fail(message: str) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(Text(f"moon: {message}", style="red"), soft_wrap=True)
+    Console(stderr=True, highlight=False).print(Text(printable(f"moon: {message}"), style="red"), soft_wrap=True)
     return typer.Exit(1)
 
 

@@ -54,9 +54,21 @@ STATE_COLOURS = {TradingState.ACTIVE: "green", TradingState.REDUCE_ONLY: "yellow
 BAD_STATUSES = {OrderStatus.REJECTED, OrderStatus.FAILED, OrderStatus.EXPIRED, OrderStatus.CANCELLED}
 
 
+# Control characters (C0 but tab, DEL, C1) in text from the bus, shown escaped: any credential may
+# publish an error reason or a message, and an ESC in it would drive the operator's terminal
+# (erase lines already shown, fake new ones, OSC 52 writes the clipboard). rich lets ESC through.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0)]}
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters escaped (`\\x1b`), safe to print to a terminal."""
+    return text.translate(_CONTROLS)
+
+
 def cells(*values: Any) -> list[Any]:
-    """Table cells: text is shown as it is (a `[tag]` in a service's reason is not rich markup)."""
-    return [Text(v) if isinstance(v, str) else v for v in values]
+    """Table cells: text is shown as it is (a `[tag]` in a service's reason is not rich markup),
+    its control characters escaped."""
+    return [Text(printable(v)) if isinstance(v, str) else v for v in values]
 
 
 def clock(ts_ns: int | None) -> str:
@@ -196,13 +208,13 @@ def message_line(subject: str, message: BaseModel | None, raw: bytes, problem: s
     `ts` when it has one (else now), subject, type in its colour, summary."""
     ts = getattr(message, "ts", None) or time.time_ns()
     line = Text(f"{clock(ts)} ", style="dim")
-    line.append(f"{subject} ", style="dim")
+    line.append(f"{printable(subject)} ", style="dim")
     if message is None:
         excerpt = raw[:200].decode("utf-8", "replace")
-        line.append(f"{problem} " if problem else "", style="bold red")
-        line.append(excerpt)
+        line.append(f"{printable(problem)} " if problem else "", style="bold red")
+        line.append(printable(excerpt))
         return line
     line.append(f"{type(message).__name__} ", style=colour_of(message))
-    line.append(summary(message))
+    line.append(printable(summary(message)))
     return line
 

@@ -50,6 +50,16 @@ MAX_VENUES = 1_000
 MAX_KEPT_MESSAGE_BYTES = 8_192
 
 
+# The most bytes of one agent message (a Signal, a swarm Consensus) a service keeps or relays to
+# its clients: a consensus of a dozen models with their reasoning is 10-20 KiB; the contract's
+# text bounds allow more (32 votes of 2,000 characters), which no member list sends.
+MAX_AGENT_MESSAGE_BYTES = 65_536
+
+# The most bytes of events one live stream (the gateway's SSE) holds for a client that does not
+# read: past it the oldest go, as past its count.
+MAX_STREAM_QUEUE_BYTES = 4 * 1024 * 1024
+
+
 def oversized(data: bytes, what: str) -> str | None:
     """The reason `data` (a `what`: "tick", "verdict") is too big to keep, else None."""
     if len(data) <= MAX_KEPT_MESSAGE_BYTES:

@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
+from pydantic import ValidationError
 
 from services.common import caps
-from services.common.bus import ApiError, Bus, flush
+from services.common.bus import ApiError, Bus, flush, validation_summary
 from services.common.streams import KV_SENTIMENT_STREAM, read_stream
 from services.contract import subjects as S
 from services.contract.catalogue import model_for
+from services.contract.models import Consensus, Signal
 
 from .metrics import GatewayMetrics
 from .views import Limits, Views
@@ -84,6 +86,7 @@ class Stream:
     queue: asyncio.Queue[bytes]
     client: str = ""  # the peer's address
     dropped: int = 0
+    queued_bytes: int = 0  # of the events in `queue` (caps.MAX_STREAM_QUEUE_BYTES)
 
 
 @dataclass
@@ -189,10 +192,20 @@ class Live:
             if caps.full(s.feeds, last, "MAX_VENUES"):
                 return caps.refusal(s.feeds, last, "MAX_VENUES", "venue")
             s.feeds[last] = data
-        elif topic == "signals":
-            s.signals.append(data)
-        elif topic == "swarm":
-            s.swarm.append(data)
+        elif topic in ("signals", "swarm"):
+            # Kept as received and parsed on every read: checked whole first, so a stolen agent
+            # credential cannot make the gateway hold (and parse) what is not a real message.
+            model = Signal if topic == "signals" else Consensus
+            if len(data) > caps.MAX_AGENT_MESSAGE_BYTES:
+                return (f"{model.__name__} of {len(data)} bytes refused: more than an agent message kept "
+                        f"may be (MAX_AGENT_MESSAGE_BYTES {caps.MAX_AGENT_MESSAGE_BYTES})")
+            try:
+                model.model_validate_json(data)
+            except ValidationError as e:
+                return f"not a {model.__name__}: {validation_summary(e)}"
+            (s.signals if topic == "signals" else s.swarm).append(data)
+        elif topic == "orders":
+            return _foreign_order(subject, data)
         elif subject == S.ACCOUNT:
             s.account = data
         elif subject == S.RISK_EVENTS:
@@ -221,6 +234,10 @@ class Live:
         if name is None:
             model = model_for(subject)
             name = model.__name__ if model else "Message"
+        if len(data) > caps.MAX_AGENT_MESSAGE_BYTES:
+            # Orders are heard on plain subscriptions, where ORDERS' own size limit does not apply.
+            self.metrics.refused.labels("too_big_to_stream").inc()
+            return
         symbol = _symbol_of(topic, subject)
         body = b'{"subject":' + json.dumps(subject).encode() + b',"message":' + _one_line(data) + b"}"
         event = event_bytes(name, body)
@@ -228,11 +245,14 @@ class Live:
             if topic not in stream.topics or (stream.symbols is not None and symbol is not None
                                               and symbol not in stream.symbols):
                 continue
-            if stream.queue.full():  # latest wins: drop the oldest for this slow client
-                stream.queue.get_nowait()
+            # Latest wins: drop the oldest for this slow client, past its count or its bytes.
+            while stream.queue.full() or (stream.queued_bytes + len(event) > caps.MAX_STREAM_QUEUE_BYTES
+                                          and not stream.queue.empty()):
+                stream.queued_bytes -= len(stream.queue.get_nowait())
                 stream.dropped += 1
                 self.metrics.stream_dropped.inc()
             stream.queue.put_nowait(event)
+            stream.queued_bytes += len(event)
             self.metrics.stream_events.labels(topic).inc()
 
     def open(self, topics: set[str], symbols: set[str] | None, client: str = "") -> Stream:
@@ -267,7 +287,9 @@ class Live:
             yield b"retry: 2000\n\n"
             while True:
                 try:
-                    yield await asyncio.wait_for(stream.queue.get(), keepalive_s)
+                    event = await asyncio.wait_for(stream.queue.get(), keepalive_s)
+                    stream.queued_bytes -= len(event)
+                    yield event
                 except asyncio.TimeoutError:
                     yield b": keepalive\n\n"
         finally:
@@ -303,6 +325,23 @@ class Live:
         """The last `limit` signals or swarm consensus messages, oldest first."""
         items = list(self.state.signals if which == "signals" else self.state.swarm)[-limit:]
         return [m for m in map(_parse, items) if m is not None]
+
+
+def _foreign_order(subject: str, data: bytes) -> str | None:
+    """Why an order or cancel heard on `orders.<kind>.<agent>.<symbol>` is not relayed: it names
+    another agent or symbol than its subject (execution refuses it; a client would show it as
+    the order whose id it borrows). None: relay it."""
+    try:
+        claimed = json.loads(data)
+    except ValueError:
+        return None  # not JSON: relayed as received, no order row to forge
+    parts = subject.split(".")
+    if not isinstance(claimed, dict) or len(parts) != 4:
+        return None
+    said = (claimed.get("agent"), claimed.get("symbol"))
+    if said != (parts[2], parts[3]):
+        return f"an order naming agent {said[0]!r} and symbol {said[1]!r} on {subject}: not relayed"
+    return None
 
 
 def _parse(data: bytes | None) -> Any:

@@ -121,8 +121,12 @@ def from_error(e: ErrorEvent, subject: str, data: dict[str, Any]) -> Notice:
         venue = e.subject.removeprefix(VENUE_PREFIX)
         return Notice("venues", f"Venue {venue}: data not applied", e.reason[:1000], "critical", None, None,
                       (("venue", venue), ("excerpt", e.excerpt or "-")), subject, data, e.ts)
-    return Notice("errors", f"Error in {e.service}", e.reason[:1000], "warning", None, None,
-                  (("subject", e.subject), ("excerpt", e.excerpt or "-")), subject, data, e.ts)
+    # The service is the subject's token (its publisher's permissions pin it), not what the
+    # message says it is: a stolen credential must not post "Error in risk".
+    service = subject.removeprefix("errors.")
+    claimed = () if e.service == service else (("claims to be", e.service[:64]),)
+    return Notice("errors", f"Error in {service}", e.reason[:1000], "warning", None, None,
+                  (("subject", e.subject), ("excerpt", e.excerpt or "-"), *claimed), subject, data, e.ts)
 
 
 _LEVEL = {TradingState.ACTIVE: "info", TradingState.REDUCE_ONLY: "warning", TradingState.HALTED: "critical"}

@@ -82,10 +82,16 @@ def _wire(message: BaseModel | None) -> Any:
 
 
 def _order(stored: Stored) -> OrderRequest | None:
+    """The order stored, when it is one and it names the agent and symbol of its subject
+    (`orders.submit.<agent>.<symbol>`): one that names another agent is not that agent's order
+    (execution refuses it), shown as unreadable, never as the order it claims to be."""
     try:
-        return OrderRequest.model_validate_json(stored.data)
+        order = OrderRequest.model_validate_json(stored.data)
     except ValidationError:
         return None  # execution rejects it too and reports it on exec.report._invalid
+    if stored.subject != subjects.orders_submit(order.agent, order.symbol):
+        return None
+    return order
 
 
 def _report(stored: Stored) -> ExecutionReport | None:
@@ -132,7 +138,9 @@ async def recent_orders(nc: Client, limit: int = 20, symbol: str | None = None, 
     for stored in found[-limit:]:
         order = _order(stored)
         key = order.client_order_id if order else stored.msg_id or f"seq-{stored.seq}"
-        trails[key] = OrderTrail(key, order, stored)
+        # The first stored under an id is the order execution took; a later one is a duplicate.
+        if key not in trails:
+            trails[key] = OrderTrail(key, order, stored)
     if trails:
         oldest = min(t.stored.stored_ns for t in trails.values() if t.stored)
         await _attach_reports(nc, trails, subjects.exec_report(symbol or ">"), oldest, max_scan)
