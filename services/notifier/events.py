@@ -123,7 +123,7 @@ def from_error(e: ErrorEvent, subject: str, data: dict[str, Any]) -> Notice:
                       (("venue", venue), ("excerpt", e.excerpt or "-")), subject, data, e.ts)
     # The service is the subject's token (its publisher's permissions pin it), not what the
     # message says it is: a stolen credential must not post "Error in risk".
-    service = subject.removeprefix("errors.")
+    service = subject.removeprefix(S.errors(""))
     claimed = () if e.service == service else (("claims to be", e.service[:64]),)
     return Notice("errors", f"Error in {service}", e.reason[:1000], "warning", None, None,
                   (("subject", e.subject), ("excerpt", e.excerpt or "-"), *claimed), subject, data, e.ts)
