@@ -562,3 +562,36 @@ async def test_execution_killed_as_it_triggers_exits_exactly_once(desk: Desk) ->
     assert len(stored) == 1
     await desk.set_price("100")
 
+
+
+async def test_a_cancel_is_done_only_once_its_protection_is_stored(desk: Desk) -> None:
+    """A cancel of an armed protection whose CANCELLED state KV refuses to store is not acked:
+    acked, a restart would read the protection ARMED from KV and fire the exit the operator had
+    cancelled. It comes back, to the restarted execution here, and is done once KV stores again."""
+    entry = await desk.submit("BUY", "0.1", {"stop_loss": "95"})
+    await desk.wait_state(entry, "ARMED")
+    await desk.wait_position("0.1")
+    admin = await connect_as(desk.system, "admin")
+    js = admin.jetstream()
+    config = (await js.stream_info("KV_protections")).config
+    kept = config.max_msg_size
+    config.max_msg_size = 16  # smaller than any protection record: every write refused
+    await js.update_stream(config)
+    try:
+        await desk.cancel(entry)
+        await desk.until(lambda: [e for e in desk.errors if f"protection of {entry} not stored" in e.get("reason", "")],
+                         "the refused write reported")
+        desk.system.kill("execution")
+    finally:
+        config.max_msg_size = kept
+        await js.update_stream(config)
+        await admin.close()
+    desk.system.restart("execution")
+    cancelled = await desk.wait_state(entry, "CANCELLED")
+    assert cancelled.reason == "cancelled by operator", cancelled
+    await desk.set_price("90")
+    await asyncio.sleep(1.0)
+    assert desk.exits(entry) == [], "the cancelled protection sent an exit"
+    close = await desk.submit("SELL", "0.1", tag="close")
+    await desk.wait_report(close, OrderStatus.FILLED)
+    await desk.wait_position("0")

@@ -516,6 +516,11 @@ impl Algo {
         Some(report)
     }
 
+    /// A parent report is being stored (one at a time).
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
     /// A parent report's write ended (`stored` or not).
     pub fn recorded(&mut self, report: &ExecutionReport, stored: bool) {
         self.recording = false;

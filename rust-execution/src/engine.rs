@@ -603,20 +603,30 @@ impl Engine {
                     }
                 }
                 let cancels_any = intake::CANCELS_ANY_ORDER.contains(&cancel.agent.as_str());
-                match self
-                    .bus
-                    .protect
-                    .cancel(id, &cancel.agent, &cancel.symbol, cancels_any)
-                {
-                    Some(Err(reason)) => break 'check reason,
-                    Some(Ok(())) => {
-                        self.bus.protect.flush().await;
-                        if self.venue.resting(id).is_none() {
-                            settle(&message, AckKind::Ack).await;
-                            return Step::Over;
-                        }
+                let protection_cancelled =
+                    match self
+                        .bus
+                        .protect
+                        .cancel(id, &cancel.agent, &cancel.symbol, cancels_any)
+                    {
+                        Some(Err(reason)) => break 'check reason,
+                        Some(Ok(())) => true,
+                        // Cancelled by an earlier delivery whose write failed.
+                        None => self.bus.protect.unsaved(id),
+                    };
+                if protection_cancelled {
+                    self.bus.protect.flush().await;
+                    if self.bus.protect.unsaved(id) {
+                        // CANCELLED is not stored: a restart would read the protection armed
+                        // and fire its exit. The cancel comes back.
+                        let delay = self.bus.backoff.for_message(&message);
+                        settle(&message, AckKind::Nak(Some(delay))).await;
+                        return Step::Over;
                     }
-                    None => {}
+                    if self.venue.resting(id).is_none() {
+                        settle(&message, AckKind::Ack).await;
+                        return Step::Over;
+                    }
                 }
                 match self.ledger.status(id) {
                     None => break 'check format!("unknown_order: no order {id}"),
@@ -1073,13 +1083,17 @@ impl Engine {
                 .await;
             return;
         };
-        if kind == Kind::Cancel || self.in_flight.contains(&id) {
-            if kind == Kind::Cancel {
-                self.bus
-                    .errors
-                    .report(&subject, &reason, &message.payload)
-                    .await;
-            }
+        if kind == Kind::Cancel {
+            self.bus
+                .errors
+                .report(&subject, &reason, &message.payload)
+                .await;
+            return;
+        }
+        if self.in_flight.contains(&id) {
+            // Its outcome is on the way; should that write fail, nothing delivers the order
+            // again (its deliveries are spent): looked at again on the retry timer.
+            self.dead_letters.insert(sequence, advisory);
             return;
         }
         if let Some((reports, _)) = self.unsettled.remove(id.as_str()) {

@@ -56,6 +56,10 @@ pub struct Ledger {
     /// Ids forgotten since [`Ledger::take_forgotten`] last asked: what else is kept per
     /// order (protections' exits, algo children) is forgotten with them.
     forgotten: Vec<ClientOrderId>,
+    /// What filled of each final order that ended neither FILLED nor without a fill (a part
+    /// fill, then EXPIRED or CANCELLED): a protection restored after a crash needs it to
+    /// guard that part (protect.rs). Forgotten with the outcome.
+    part_filled: HashMap<ClientOrderId, NonNegativeMoney>,
 }
 
 impl Default for Ledger {
@@ -74,6 +78,7 @@ impl Ledger {
             children: HashMap::new(),
             by_protection: HashSet::new(),
             ended: Ended::new(keep_ns),
+            part_filled: HashMap::new(),
             clock: 0,
             forgotten: Vec::new(),
         }
@@ -105,6 +110,9 @@ impl Ledger {
                     self.by_protection.insert(id.clone());
                 }
                 if is_final(report.status) {
+                    if report.status != OrderStatus::Filled && !report.filled_quantity.is_zero() {
+                        self.part_filled.insert(id.clone(), report.filled_quantity);
+                    }
                     self.open.remove(id);
                     self.restored.remove(id);
                     self.children.remove(id);
@@ -132,6 +140,7 @@ impl Ledger {
             if self.last_status.get(&id).is_some_and(|s| is_final(*s)) {
                 self.last_status.remove(&id);
                 self.by_protection.remove(&id);
+                self.part_filled.remove(&id);
                 self.forgotten.push(id);
             }
         }
@@ -231,6 +240,32 @@ impl Ledger {
     /// The latest report of an order that has no final one yet.
     pub fn open_report(&self, id: &ClientOrderId) -> Option<&ExecutionReport> {
         self.open.get(id)
+    }
+
+    /// What filled of an order not FILLED: its open report's, or, ended, its part fill
+    /// (None: nothing filled, or an order the ledger does not know).
+    pub fn filled_short(&self, id: &ClientOrderId) -> Option<NonNegativeMoney> {
+        match self.open.get(id) {
+            Some(open) => Some(open.filled_quantity),
+            None => self.part_filled.get(id).copied(),
+        }
+    }
+
+    /// The part fills of final orders (for a snapshot).
+    pub fn part_fills(&self) -> Vec<(ClientOrderId, NonNegativeMoney)> {
+        self.part_filled
+            .iter()
+            .map(|(id, q)| (id.clone(), *q))
+            .collect()
+    }
+
+    /// Part fills from a snapshot (of orders whose outcome it keeps).
+    pub fn add_part_fills(&mut self, fills: Vec<(ClientOrderId, NonNegativeMoney)>) {
+        for (id, filled) in fills {
+            if self.last_status.get(&id).is_some_and(|s| is_final(*s)) {
+                self.part_filled.insert(id, filled);
+            }
+        }
     }
 
     /// The latest reports of all orders without a final one, oldest first.

@@ -592,6 +592,11 @@ impl Protections {
         }
     }
 
+    /// Whether the protection of `id` has a change its KV write has not stored yet.
+    pub fn unsaved(&self, id: &ClientOrderId) -> bool {
+        self.records.get(id).is_some_and(|r| r.persist)
+    }
+
     /// `orders.cancel` of an entry with a protection: None if it has none active; Err if
     /// `agent` may not cancel it; Ok: cancelled (the entry's own cancel goes on if it rests).
     pub fn cancel(
@@ -704,9 +709,11 @@ impl Protections {
         let mut record = Record::new(stored);
         record.announced = !record.stored.entry_filled.get().is_zero();
         let stored = &mut record.stored;
+        // The entry may have ended part filled (then EXPIRED or CANCELLED) while the
+        // protection's KV write did not come: that part is a position to guard.
         let entry_filled = match ledger.status(&parent) {
             Some(OrderStatus::Filled) => Some(stored.entry_quantity.into()),
-            Some(_) => ledger.open_report(&parent).map(|r| r.filled_quantity),
+            Some(_) => ledger.filled_short(&parent),
             None => None,
         };
         if let Some(filled) = entry_filled.filter(|f| f.get() > stored.entry_filled.get()) {
@@ -1557,6 +1564,33 @@ mod tests {
         p.insert(record);
         stored(&mut p, &mut ledger, report("n-1", "REJECTED", "0", None));
         assert_eq!(state(&p, "n-1").state, ProtectionStatus::Cancelled);
+    }
+
+    #[test]
+    fn a_restart_guards_an_entry_that_ended_part_filled() {
+        // The entry filled 0.3 of 1 and then expired; the protection's writes after its
+        // ARMED-with-nothing record never came. Restored: armed for the 0.3, not cancelled
+        // as an entry that ended without a fill (the 0.3 would be left without its stop).
+        let (mut p, mut ledger) = book();
+        let armed = p
+            .new_record(&entry("pf-1", "BUY", "1", r#"{"stop_loss":"95"}"#))
+            .unwrap();
+        ledger.record(&report("pf-1", "PARTIALLY_FILLED", "0.3", Some("100")));
+        ledger.record(&report("pf-1", "EXPIRED", "0.3", Some("100")));
+        // As a snapshot keeps the ledger, too.
+        let ledger = crate::snapshot::State::of(&ledger, |_| None).into_ledger();
+        p.restore_record(armed, &ledger);
+        let restored = state(&p, "pf-1");
+        assert_eq!(restored.state, ProtectionStatus::Armed);
+        assert_eq!(restored.quantity.to_string(), "0.3");
+        // Ended without a fill: cancelled, as before.
+        let (mut q, mut ledger) = book();
+        let armed = q
+            .new_record(&entry("pf-2", "BUY", "1", r#"{"stop_loss":"95"}"#))
+            .unwrap();
+        ledger.record(&report("pf-2", "EXPIRED", "0", None));
+        q.restore_record(armed, &ledger);
+        assert_eq!(state(&q, "pf-2").state, ProtectionStatus::Cancelled);
     }
 
     #[test]

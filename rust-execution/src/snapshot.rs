@@ -15,7 +15,9 @@ use async_nats::jetstream;
 use async_nats::Client;
 use futures::FutureExt as _;
 use moonbus_common::snapshot::{Snapshots, Start};
-use moonbus_common::{now_ns, subjects, ClientOrderId, ExecutionReport, OrderRequest, OrderStatus};
+use moonbus_common::{
+    now_ns, subjects, ClientOrderId, ExecutionReport, NonNegativeMoney, OrderRequest, OrderStatus,
+};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -44,6 +46,11 @@ pub struct State {
     /// after the upgrade, never early).
     #[serde(default)]
     pub finals: Option<Vec<ledger::Final>>,
+    /// What filled of final orders that ended part filled (ledger.rs `filled_short`).
+    /// Absent in older snapshots, and left out when there is none, so that a snapshot
+    /// without one stays readable by the binaries before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_filled: Vec<(ClientOrderId, NonNegativeMoney)>,
 }
 
 /// `<parent>-x<attempt>`, the form of protect.rs `exit_id`.
@@ -78,6 +85,7 @@ impl State {
             children: ledger.child_reports(),
             protection_orders: Some(ledger.protection_orders()),
             finals,
+            part_filled: ledger.part_fills(),
         }
     }
 
@@ -102,6 +110,7 @@ impl State {
         let mut ledger = Ledger::from_parts(self.outcomes, self.finals, reports, orders);
         ledger.add_child_reports(self.children);
         ledger.add_protection_orders(exits);
+        ledger.add_part_fills(self.part_filled);
         ledger
     }
 }

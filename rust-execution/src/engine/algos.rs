@@ -16,6 +16,9 @@ use crate::ledger;
 use crate::reports;
 use crate::venue::Venue as _;
 
+/// How long a cancel of an algo waits when a report of the algo is being stored.
+const CANCEL_WAITS_FOR_WRITE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A recording of reports with no ORDERS message behind them (a parent's progress, the
 /// cancel of a child): stored in a job, nothing to ack.
 fn bare(key: String, reports: Vec<ExecutionReport>) -> Recording {
@@ -303,15 +306,24 @@ impl Engine {
         cancel: &CancelRequest,
     ) -> Step {
         let id = &cancel.client_order_id;
+        let mut busy = false;
         let report = self.algos.get_mut(id).and_then(|algo| {
             algo.stop(
                 OrderStatus::Cancelled,
                 format!("cancelled by {}", cancel.agent),
             );
+            busy = algo.is_recording();
             algo.next_report()
         });
+        if busy {
+            // A report of it is being stored: the stop is in memory only until its own report
+            // is. Acked now, a crash before that would resume the algo after the restart; the
+            // cancel comes back once that write is done.
+            settle(&message, AckKind::Nak(Some(CANCEL_WAITS_FOR_WRITE))).await;
+            return Step::Over;
+        }
         let Some(report) = report else {
-            // Already stopping, or a report of it is being stored: the next drive stores it.
+            // Already stopping, its stopping report stored: the next drive ends it.
             settle(&message, AckKind::Ack).await;
             self.drive_algos().await;
             return Step::Over;
