@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import defaultdict
 from decimal import Decimal
 
 import nats
 import pytest
+from nats.js.api import DiscardPolicy
 
 from services.common.streams import read_stream
 from services.contract.models import ChildKind, ExecutionReport, OrderStatus
@@ -303,3 +305,44 @@ async def test_a_restored_algo_with_resting_children_is_cancelled_whole(system: 
     stored = await bus.stored()
     assert sorted(children_of(stored, parent)) == ["twap-rest__s1", "twap-rest__s2"]
     assert check_books(stored, parent) == 0
+
+
+async def test_a_parent_older_than_orders_keeps_is_restored_from_the_snapshot(system: System, bus: Bus) -> None:
+    # ORDERS keeps an order 7 days; a parent whose LIMIT children rest may work longer. Its order
+    # is kept by the ledger's snapshot: a restart after ORDERS dropped it still restores the
+    # algo (before: FAILED restore_failed, its children left working alone).
+    parent = await bus.submit("twap-old", "0.002", {"kind": "TWAP", "duration_ms": 1000, "slices": 2},
+                              limit="50000")
+    for child in ("twap-old__s1", "twap-old__s2"):
+        await bus.until(lambda c=child: any(r.status is OrderStatus.ACCEPTED for r in bus.reports.get(c, [])),
+                        f"{child} resting")
+    await bus.until(lambda: any(r.algo and r.algo.slices_sent == 2 for r in bus.reports[parent]), "2 sent")
+    last = (await bus.js.stream_info("EXEC")).state.last_seq
+    pattern = re.compile(r"ledger snapshot stored.*exec_sequence=(\d+)")
+    await bus.until(lambda: any(int(m.group(1)) >= last for line in system.output("execution")
+                                if (m := pattern.search(line))), "a snapshot covering the algo")
+    system.kill("execution")
+    env = system.env_for("admin")
+    admin = await nats.connect(env["NATS_URL"], user=env["NATS_USER"], password=env["NATS_PASSWORD"],
+                               inbox_prefix=f"_INBOX.{env['NATS_USER']}")
+    js = admin.jetstream()
+    config = (await js.stream_info("ORDERS")).config
+    kept = (config.max_msgs, config.discard)
+    try:
+        # As max_age would after 7 days: all but the newest message (a child) gone.
+        config.max_msgs, config.discard = 1, DiscardPolicy.OLD
+        await js.update_stream(config)
+        assert (await js.stream_info("ORDERS")).state.messages == 1
+        system.restart("execution")
+        await bus.wait_serving()
+    finally:
+        config.max_msgs, config.discard = kept
+        await js.update_stream(config)
+        await admin.close()
+    assert bus.final(parent) is None, bus.final(parent)
+    await bus.cancel(parent)
+    final = await bus.wait_final(parent, timeout=60)
+    assert final.status is OrderStatus.CANCELLED, final
+    for child in ("twap-old__s1", "twap-old__s2"):
+        report = await bus.wait_final(child, timeout=10)
+        assert report.status is OrderStatus.CANCELLED and report.parent_order_id == parent, report

@@ -236,7 +236,8 @@ impl Engine {
         Ok(())
     }
 
-    /// The order behind an ACCEPTED report; the outer error is a transient failure.
+    /// The order behind an ACCEPTED report (the snapshot's, else ORDERS'); the outer error
+    /// is a transient failure.
     async fn find_order(&self, accepted: &ExecutionReport) -> Result<Result<Routed, String>> {
         let Some(order_id) = accepted.order_id.clone() else {
             return Ok(Err("the ACCEPTED report has no order_id".into()));
@@ -339,9 +340,9 @@ impl Engine {
                 }
                 // Only with nothing in flight: every report in EXEC is then in the ledger.
                 _ = self.bus.snapshots.timer.tick(), if self.jobs == 0 => {
-                    let venue = &self.venue;
-                    let resting = |id: &ClientOrderId| venue.resting(id).map(|r| r.order.clone());
-                    self.bus.snapshots.write(&self.ledger, resting).await;
+                    let (venue, algos) = (&self.venue, &self.algos);
+                    let kept = |id: &ClientOrderId| kept_order(venue, algos, id);
+                    self.bus.snapshots.write(&self.ledger, kept).await;
                 }
                 next = orders.next(), if self.intake_paused_until.is_none() => match next {
                     Some(Ok(message)) => self.on_order_message(message).await,
@@ -380,9 +381,9 @@ impl Engine {
         }
         let drained = self.jobs == 0;
         if drained {
-            let venue = &self.venue;
-            let resting = |id: &ClientOrderId| venue.resting(id).map(|r| r.order.clone());
-            self.bus.snapshots.finish(&self.ledger, resting).await;
+            let (venue, algos) = (&self.venue, &self.algos);
+            let kept = |id: &ClientOrderId| kept_order(venue, algos, id);
+            self.bus.snapshots.finish(&self.ledger, kept).await;
         }
         Ok(([self.bus.ticks, self.bus.books], drained))
     }
@@ -1203,4 +1204,15 @@ async fn next_live_event(
         Some(events) => events.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// The order a snapshot keeps beside an open report: a resting order's, and an algo
+/// parent's, which may work longer than ORDERS keeps its message (7 days): without it a
+/// restart could not find the parent, would end it FAILED and leave its child working alone.
+fn kept_order(
+    venue: &Router,
+    algos: &crate::algo::Algos,
+    id: &ClientOrderId,
+) -> Option<OrderRequest> {
+    (venue.resting(id).map(|r| r.order.clone())).or_else(|| algos.get(id).map(|a| a.parent.clone()))
 }

@@ -202,6 +202,8 @@ class Live:
             try:
                 model.model_validate_json(data)
             except ValidationError as e:
+                if topic == "swarm":
+                    return None  # not kept; the swarm view counts and drops it (views.py)
                 return f"not a {model.__name__}: {validation_summary(e)}"
             (s.signals if topic == "signals" else s.swarm).append(data)
         elif topic == "orders":
