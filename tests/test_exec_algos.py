@@ -283,15 +283,20 @@ async def test_execution_killed_mid_twap_resumes_without_doubling(system: System
     await bus.wait_position("BTC-USD", Decimal("0.006"))
 
 
-async def test_a_restored_algo_with_resting_children_is_cancelled_whole(system: System, bus: Bus) -> None:
-    # Both LIMIT children rest far below the market; execution is killed and restarted; the
-    # restored algo still knows them: a cancel of the parent cancels both.
-    parent = await bus.submit("twap-rest", "0.002", {"kind": "TWAP", "duration_ms": 1000, "slices": 2},
-                              limit="50000")
-    for child in ("twap-rest__s1", "twap-rest__s2"):
+async def twap_resting_two_children(bus: Bus, parent: str) -> str:
+    """A TWAP of two LIMIT slices far below the market: both children sent, both resting."""
+    await bus.submit(parent, "0.002", {"kind": "TWAP", "duration_ms": 1000, "slices": 2}, limit="50000")
+    for child in (f"{parent}__s1", f"{parent}__s2"):
         await bus.until(lambda c=child: any(r.status is OrderStatus.ACCEPTED for r in bus.reports.get(c, [])),
                         f"{child} resting")
     await bus.until(lambda: any(r.algo and r.algo.slices_sent == 2 for r in bus.reports[parent]), "2 sent")
+    return parent
+
+
+async def test_a_restored_algo_with_resting_children_is_cancelled_whole(system: System, bus: Bus) -> None:
+    # Both LIMIT children rest far below the market; execution is killed and restarted; the
+    # restored algo still knows them: a cancel of the parent cancels both.
+    parent = await twap_resting_two_children(bus, "twap-rest")
     system.kill("execution")
     system.restart("execution")
     await bus.wait_serving()
@@ -311,12 +316,7 @@ async def test_a_parent_older_than_orders_keeps_is_restored_from_the_snapshot(sy
     # ORDERS keeps an order 7 days; a parent whose LIMIT children rest may work longer. Its order
     # is kept by the ledger's snapshot: a restart after ORDERS dropped it still restores the
     # algo (before: FAILED restore_failed, its children left working alone).
-    parent = await bus.submit("twap-old", "0.002", {"kind": "TWAP", "duration_ms": 1000, "slices": 2},
-                              limit="50000")
-    for child in ("twap-old__s1", "twap-old__s2"):
-        await bus.until(lambda c=child: any(r.status is OrderStatus.ACCEPTED for r in bus.reports.get(c, [])),
-                        f"{child} resting")
-    await bus.until(lambda: any(r.algo and r.algo.slices_sent == 2 for r in bus.reports[parent]), "2 sent")
+    parent = await twap_resting_two_children(bus, "twap-old")
     last = (await bus.js.stream_info("EXEC")).state.last_seq
     pattern = re.compile(r"ledger snapshot stored.*exec_sequence=(\d+)")
     await bus.until(lambda: any(int(m.group(1)) >= last for line in system.output("execution")

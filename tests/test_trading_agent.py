@@ -321,6 +321,18 @@ CONFIG = {"trading_agent": {"strategy": "momentum", "momentum_lookback": 3, "mom
                             "max_position_pct": 30.0, "cash_pct": 10.0, "workers": 2}}
 
 
+class Always:
+    """A strategy that answers `action` on every bar (one bar is enough)."""
+
+    bars_needed, uses_sentiment = 1, False
+
+    def __init__(self, action: Action) -> None:
+        self.action, self.name = action, f"always-{action.value.lower()}"
+
+    async def decide(self, ctx: Context) -> Choice:
+        return choice(self.action)
+
+
 class FakeMarket:
     """market-data stand-in: publishes closed bars and answers md.api.history with them."""
 
@@ -695,12 +707,6 @@ async def test_a_worker_decides_on_while_its_orders_await_the_stream(connect, se
     market = await FakeMarket(md).start()
     signals = await operator.collect("agent.signal.trading.*")
 
-    class Buys:
-        name, bars_needed, uses_sentiment = "buys", 1, False
-
-        async def decide(self, ctx: Context) -> Choice:
-            return choice(BUY)
-
     bus = await service_bus("trading-agent")
     acked, sending = asyncio.Event(), []
     stream_publish = bus.publish_order
@@ -711,7 +717,7 @@ async def test_a_worker_decides_on_while_its_orders_await_the_stream(connect, se
         return await stream_publish(subject, order, timeout=timeout, fresh=fresh)
 
     bus.publish_order = slow_stream  # type: ignore[method-assign]
-    svc = service.TradingService(bus, TradingConfig(workers=1, history_timeout_s=0.5), Buys())
+    svc = service.TradingService(bus, TradingConfig(workers=1, history_timeout_s=0.5), Always(BUY))
     await svc.start()
     try:
         for symbol in symbols:
@@ -750,14 +756,8 @@ async def test_a_stopping_replica_decides_the_bars_it_was_given(connect, service
     market = await FakeMarket(md).start()
     signals = await operator.collect("agent.signal.trading.*")
 
-    class Holds:
-        name, bars_needed, uses_sentiment = "holds", 1, False
-
-        async def decide(self, ctx: Context) -> Choice:
-            return choice(HOLD)
-
     bus = await service_bus("trading-agent")
-    svc = service.TradingService(bus, TradingConfig(workers=2, history_timeout_s=0.5), Holds())
+    svc = service.TradingService(bus, TradingConfig(workers=2, history_timeout_s=0.5), Always(HOLD))
     enqueue = svc.enqueue
 
     async def slow_enqueue(event, b) -> None:  # noqa: ANN001 (the bars pile up in the subscription)
@@ -788,12 +788,6 @@ async def test_a_signal_the_bus_cannot_send_is_reported_on_errors(connect, servi
     errors = await operator.collect("errors.trading-agent")
     signals = await operator.collect("agent.signal.trading.*")
 
-    class Holds:
-        name, bars_needed, uses_sentiment = "holds", 1, False
-
-        async def decide(self, ctx: Context) -> Choice:
-            return choice(HOLD)
-
     bus = await service_bus("trading-agent")
     publish = bus.publish
 
@@ -803,7 +797,7 @@ async def test_a_signal_the_bus_cannot_send_is_reported_on_errors(connect, servi
         await publish(subject, message)
 
     bus.publish = failing_first  # type: ignore[method-assign]
-    svc = service.TradingService(bus, TradingConfig(workers=1, history_timeout_s=0.5), Holds())
+    svc = service.TradingService(bus, TradingConfig(workers=1, history_timeout_s=0.5), Always(HOLD))
     await svc.start()
     try:
         for symbol in symbols:
